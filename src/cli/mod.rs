@@ -1,0 +1,263 @@
+//! The `availdb` command line: subcommands, the TOML configuration file, and
+//! starting a node.
+//!
+//! Every server option can come from (highest precedence first) the command
+//! line, the environment (`AVAILDB_PASSWORD`), the `--config` TOML file (same
+//! keys, with `_` for `-`), or the built-in default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::engine::Engine;
+use crate::frontend::{Frontend, FrontendConfig};
+
+/// availdb: Always On availability groups for SQLite, over the PostgreSQL
+/// wire protocol.
+#[derive(Debug, Parser)]
+#[command(name = "availdb", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node: SQLite databases served over the PostgreSQL protocol.
+    Server(ServerArgs),
+}
+
+/// `availdb server` options.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Directory holding the node's databases (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on. A non-loopback address requires a password.
+    #[arg(long)]
+    pub host: Option<IpAddr>,
+    /// Port to listen on for PostgreSQL clients.
+    #[arg(long, short)]
+    pub port: Option<u16>,
+    /// This node's name (shown in logs and, later, in replica views).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Password of user `availdb` (SCRAM-SHA-256). Without one, a loopback
+    /// node lets any user in.
+    #[arg(long, env = "AVAILDB_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
+    /// `password`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    host: Option<IpAddr>,
+    port: Option<u16>,
+    name: Option<String>,
+    password: Option<String>,
+}
+
+/// A node's resolved settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Node name.
+    pub name: String,
+    /// Password of user `availdb`.
+    pub password: Option<String>,
+}
+
+/// Default PostgreSQL-protocol port.
+pub const DEFAULT_PORT: u16 = 5432;
+
+impl ServerArgs {
+    /// Merges the command line, environment and config file.
+    pub fn resolve(self) -> Result<ServerConfig, String> {
+        let file = match &self.config {
+            Some(path) => load_config(path)?,
+            None => ConfigFile::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .ok_or("no data directory: pass --data-dir DIR (or data_dir in --config)")?;
+        let host = self
+            .host
+            .or(file.host)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let port = self.port.or(file.port).unwrap_or(DEFAULT_PORT);
+        let password = self.password.or(file.password).filter(|p| !p.is_empty());
+        if !host.is_loopback() && password.is_none() {
+            return Err(format!(
+                "refusing to listen on {host} without a password: anyone on the network could connect. \
+                 Set --password or AVAILDB_PASSWORD, or listen on 127.0.0.1"
+            ));
+        }
+        Ok(ServerConfig {
+            data_dir,
+            listen: SocketAddr::new(host, port),
+            name: self
+                .name
+                .or(file.name)
+                .unwrap_or_else(|| format!("node-{port}")),
+            password,
+        })
+    }
+}
+
+fn load_config(path: &Path) -> Result<ConfigFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {e}", path.display()))
+}
+
+/// Runs a node until SIGTERM or Ctrl-C.
+pub async fn run_server(config: ServerConfig) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "data directory {} is unusable: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let engine = Engine::open(&config.data_dir).map_err(|e| {
+        format!(
+            "data directory {} is unusable: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "port {} on {} is already in use: choose another --port",
+                config.listen.port(),
+                config.listen.ip()
+            )
+        } else {
+            format!("cannot listen on {}: {e}", config.listen)
+        }
+    })?;
+    let frontend = Frontend::new(
+        Arc::new(engine),
+        &FrontendConfig {
+            password: config.password.clone(),
+        },
+    );
+    tracing::info!(
+        node = %config.name,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        auth = if config.password.is_some() { "scram-sha-256" } else { "trust (loopback)" },
+        "availdb node ready; connect with: psql \"host={} port={} user=availdb dbname=availdb\"",
+        config.listen.ip(),
+        config.listen.port()
+    );
+    frontend.serve(listener, shutdown_signal()).await;
+    tracing::info!(node = %config.name, "shut down");
+    Ok(())
+}
+
+/// Holds an exclusive lock on `DIR/availdb.lock` for the life of the node,
+/// so two nodes never write the same databases.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join("availdb.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("data directory {} is unusable: {e}", dir.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data directory {} is in use by another availdb process",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(host: Option<&str>, password: Option<&str>) -> ServerArgs {
+        ServerArgs {
+            data_dir: Some("d".into()),
+            host: host.map(|h| h.parse().unwrap()),
+            port: None,
+            name: None,
+            password: password.map(Into::into),
+            config: None,
+        }
+    }
+
+    #[test]
+    fn non_loopback_host_requires_a_password() {
+        let err = args(Some("0.0.0.0"), None).resolve().unwrap_err();
+        assert!(err.contains("password"), "{err}");
+        assert!(args(Some("0.0.0.0"), Some("pw")).resolve().is_ok());
+        assert!(args(None, None).resolve().is_ok());
+    }
+
+    #[test]
+    fn command_line_wins_over_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\nport = 7000\nname = \"r9\"\n").unwrap();
+        let mut a = args(None, None);
+        a.data_dir = None;
+        a.port = Some(7001);
+        a.config = Some(path);
+        let c = a.resolve().unwrap();
+        assert_eq!(
+            (c.data_dir, c.listen.port(), c.name.as_str()),
+            (PathBuf::from("/x"), 7001, "r9")
+        );
+    }
+
+    #[test]
+    fn unknown_config_keys_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "prot = 1\n").unwrap();
+        assert!(load_config(&path).unwrap_err().contains("prot"));
+    }
+}

@@ -1,0 +1,271 @@
+//! Preparing, describing and running one SQLite statement on one connection.
+//! Blocking: callers run these on a blocking thread.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, Statement};
+
+use super::error::{Error, Result};
+use crate::sql::types::ValueType;
+use crate::sql::typing::{self, Schema};
+
+/// A result column as announced to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name (SQLite's: the alias, or the expression text).
+    pub name: String,
+    /// The type we announce for it.
+    pub ty: ValueType,
+}
+
+/// What a prepared statement looks like before it runs.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// Result columns (empty for statements returning no rows).
+    pub columns: Vec<Column>,
+    /// Types of `$1..$n`, None where nothing tells (announced as text).
+    pub params: Vec<Option<ValueType>>,
+    /// SQLite's verdict: the statement does not write the database.
+    pub readonly: bool,
+}
+
+/// The result of running a statement to completion.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Result columns.
+    pub columns: Vec<Column>,
+    /// All result rows.
+    pub rows: Vec<Vec<Value>>,
+    /// Rows changed by an INSERT, UPDATE or DELETE.
+    pub changes: u64,
+}
+
+/// Prepares `sql` and reports its columns, parameters and whether it writes.
+pub fn describe(conn: &Connection, sql: &str) -> Result<Described> {
+    let stmt = conn.prepare_cached(sql)?;
+    let schema = ConnSchema::new(conn);
+    let params = typing::infer_parameter_types(sql, param_count(&stmt), &schema);
+    Ok(Described {
+        columns: columns(&stmt, sql, &schema),
+        params,
+        readonly: stmt.readonly(),
+    })
+}
+
+/// True when `sql` does not write (SQLite's `sqlite3_stmt_readonly`).
+pub fn is_readonly(conn: &Connection, sql: &str) -> Result<bool> {
+    Ok(conn.prepare_cached(sql)?.readonly())
+}
+
+/// Runs `sql` with `params` (`params[i]` is `$i+1`), collecting all rows.
+/// Column types are inferred only when `with_types` (the extended protocol
+/// already announced them at Describe).
+pub fn run(conn: &Connection, sql: &str, params: &[Value], with_types: bool) -> Result<Outcome> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, params)?;
+    let columns = if with_types {
+        columns(&stmt, sql, &ConnSchema::new(conn))
+    } else {
+        stmt.column_names()
+            .into_iter()
+            .map(|name| Column {
+                name: name.to_string(),
+                ty: ValueType::Text,
+            })
+            .collect()
+    };
+    let ncols = columns.len();
+    let mut rows = Vec::new();
+    let mut cursor = stmt.raw_query();
+    while let Some(row) = cursor.next()? {
+        let mut values = Vec::with_capacity(ncols);
+        for i in 0..ncols {
+            values.push(row.get::<_, Value>(i)?);
+        }
+        rows.push(values);
+    }
+    drop(cursor);
+    let changes = if ncols == 0 || !stmt.readonly() {
+        conn.changes()
+    } else {
+        0
+    };
+    Ok(Outcome {
+        columns,
+        rows,
+        changes,
+    })
+}
+
+/// The number of parameters as PostgreSQL counts them: the highest `$N`.
+/// SQLite numbers distinct named parameters by first appearance, so `$2`
+/// may be SQLite's parameter 1.
+fn param_count(stmt: &Statement<'_>) -> usize {
+    (1..=stmt.parameter_count())
+        .map(|i| pg_index(stmt, i).map_or(i, |n| n))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The PostgreSQL number (1-based) of SQLite parameter `i`, for `$N`/`?N`.
+fn pg_index(stmt: &Statement<'_>, i: usize) -> Option<usize> {
+    let name = stmt.parameter_name(i)?;
+    name.strip_prefix('$')
+        .or_else(|| name.strip_prefix('?'))
+        .and_then(|n| n.parse().ok())
+}
+
+fn bind(stmt: &mut Statement<'_>, params: &[Value]) -> Result<()> {
+    let wanted = param_count(stmt);
+    if wanted != params.len() {
+        return Err(Error::sql(
+            "08P01",
+            format!(
+                "bind message supplies {} parameters, but prepared statement requires {wanted}",
+                params.len()
+            ),
+        ));
+    }
+    for i in 1..=stmt.parameter_count() {
+        let n = match (stmt.parameter_name(i), pg_index(stmt, i)) {
+            (_, Some(n)) => n,
+            (None, None) => i,
+            (Some(name), None) => {
+                return Err(Error::sql(
+                    "42P02",
+                    format!("parameter {name} cannot be bound: use $1, $2, … placeholders"),
+                ))
+            }
+        };
+        stmt.raw_bind_parameter(i, &params[n - 1])?;
+    }
+    Ok(())
+}
+
+fn columns(stmt: &Statement<'_>, sql: &str, schema: &dyn Schema) -> Vec<Column> {
+    let cols: Vec<_> = stmt.columns().collect();
+    let declared: Vec<Option<ValueType>> = cols
+        .iter()
+        .map(|c| c.decl_type().map(ValueType::from_decltype))
+        .collect();
+    let types = typing::infer_column_types(sql, &declared, schema);
+    cols.iter()
+        .zip(types)
+        .map(|(c, ty)| Column {
+            name: c.name().to_string(),
+            ty,
+        })
+        .collect()
+}
+
+/// Column types looked up with `PRAGMA table_info`, cached per statement.
+struct ConnSchema<'c> {
+    conn: &'c Connection,
+    tables: RefCell<HashMap<String, HashMap<String, ValueType>>>,
+}
+
+impl<'c> ConnSchema<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        ConnSchema {
+            conn,
+            tables: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn load(&self, table: &str) -> HashMap<String, ValueType> {
+        let mut cols = HashMap::new();
+        let Ok(mut stmt) = self
+            .conn
+            .prepare_cached("SELECT name, type FROM pragma_table_info(?1)")
+        else {
+            return cols;
+        };
+        let Ok(rows) = stmt.query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        }) else {
+            return cols;
+        };
+        for (name, decl) in rows.flatten() {
+            cols.insert(name.to_ascii_lowercase(), ValueType::from_decltype(&decl));
+        }
+        cols
+    }
+}
+
+impl Schema for ConnSchema<'_> {
+    fn column_type(&self, table: &str, column: &str) -> Option<ValueType> {
+        let key = table.to_ascii_lowercase();
+        let mut tables = self.tables.borrow_mut();
+        let cols = tables.entry(key).or_insert_with(|| self.load(table));
+        cols.get(&column.to_ascii_lowercase()).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB)")
+            .unwrap();
+        c
+    }
+
+    #[test]
+    fn dollar_parameters_bind_by_number_not_by_appearance() {
+        let c = db();
+        let out = run(
+            &c,
+            "SELECT $2, $1",
+            &[Value::Integer(1), Value::Integer(2)],
+            false,
+        )
+        .unwrap();
+        assert_eq!(out.rows, vec![vec![Value::Integer(2), Value::Integer(1)]]);
+    }
+
+    #[test]
+    fn parameter_count_is_the_highest_dollar_number() {
+        let c = db();
+        let d = describe(&c, "SELECT * FROM t WHERE id = $2 OR name = $1").unwrap();
+        assert_eq!(d.params.len(), 2);
+        let err = run(&c, "SELECT $1", &[], false).unwrap_err();
+        assert_eq!(err.sqlstate(), "08P01");
+    }
+
+    #[test]
+    fn describe_reports_declared_column_types_and_readonly() {
+        let c = db();
+        let d = describe(&c, "SELECT id, name, score, data FROM t").unwrap();
+        let types: Vec<_> = d.columns.iter().map(|c| c.ty).collect();
+        assert_eq!(
+            types,
+            [
+                ValueType::Int8,
+                ValueType::Text,
+                ValueType::Float8,
+                ValueType::Bytea
+            ]
+        );
+        assert!(d.readonly);
+        assert!(
+            !describe(&c, "INSERT INTO t(name) VALUES ('x')")
+                .unwrap()
+                .readonly
+        );
+    }
+
+    #[test]
+    fn changes_count_rows_of_dml_only() {
+        let c = db();
+        let out = run(&c, "INSERT INTO t(name) VALUES ('a'), ('b')", &[], false).unwrap();
+        assert_eq!(out.changes, 2);
+        let out = run(&c, "UPDATE t SET score = 1", &[], false).unwrap();
+        assert_eq!(out.changes, 2);
+        let out = run(&c, "SELECT * FROM t", &[], false).unwrap();
+        assert_eq!((out.rows.len(), out.changes), (2, 0));
+    }
+}

@@ -1,0 +1,221 @@
+//! The storage engine: SQLite databases, one file each, under the node's data
+//! directory.
+//!
+//! # Layout
+//! ```text
+//! DIR/databases/<name>.db      the SQLite file (WAL mode), with -wal and -shm
+//! ```
+//! A database named `availdb` is created on first start, so that libpq's
+//! default (dbname = user name) connects.
+//!
+//! # Connections and the write path
+//! Each [`Database`] has exactly **one writer connection**, behind a fair
+//! async mutex: every write of a database — autocommit statements and whole
+//! explicit transactions — runs on it, in the order sessions queued. This is
+//! what lets the log-shipping layer capture each transaction's committed
+//! pages from SQLite's WAL right after COMMIT and before the next write
+//! ([`Writer::after_commit`] is that point), and it means SQLITE_BUSY never
+//! reaches a client: contention is a queue with a `lock_timeout`.
+//!
+//! Reads run on a pool of `SQLITE_OPEN_READ_ONLY` connections, concurrently
+//! with the writer and with each other; WAL mode gives each read transaction
+//! a consistent snapshot.
+//!
+//! # Invariants
+//! * Nothing but the writer writes a database file (readers are opened
+//!   read-only; an authorizer refuses ATTACH, DETACH and the PRAGMAs that
+//!   change journaling, syncing or checkpointing).
+//! * A commit acknowledged to a client is durable: `synchronous = FULL`.
+//! * `commit_seq` counts commits; a read snapshot taken at `n` is the newest
+//!   state as long as `commit_seq` is still `n` under the write lock. Sessions
+//!   use this to upgrade a read transaction to a write transaction without
+//!   breaking serializability.
+//!
+//! # Known limits
+//! * Results are materialised in memory before they are sent.
+//! * SQLite's automatic checkpoints are still on; log shipping takes them over.
+
+mod database;
+mod error;
+mod exec;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use database::{Conn, Database, Reader, Writer, WriterGuard, PG_VERSION};
+pub use error::{Error, Result};
+pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
+
+/// The database a fresh node creates, named after the default user.
+pub const DEFAULT_DATABASE: &str = "availdb";
+
+/// All databases of a node.
+pub struct Engine {
+    dir: PathBuf,
+    databases: Mutex<HashMap<String, Arc<Database>>>,
+}
+
+impl Engine {
+    /// Opens every database under `data_dir`, creating the directory and the
+    /// default database on first start.
+    pub fn open(data_dir: &Path) -> Result<Engine> {
+        let dir = data_dir.join("databases");
+        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            context: format!("cannot create data directory {}", dir.display()),
+            source,
+        })?;
+        let engine = Engine {
+            dir,
+            databases: Mutex::new(HashMap::new()),
+        };
+        let entries = fs::read_dir(&engine.dir).map_err(|source| Error::Io {
+            context: format!("cannot read data directory {}", engine.dir.display()),
+            source,
+        })?;
+        let mut databases = engine.lock();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = database_name_of(&path) else {
+                continue;
+            };
+            databases.insert(name.clone(), Arc::new(Database::open(&name, &path)?));
+        }
+        if !databases.contains_key(DEFAULT_DATABASE) {
+            let path = engine.path_of(DEFAULT_DATABASE);
+            databases.insert(
+                DEFAULT_DATABASE.to_string(),
+                Arc::new(Database::open(DEFAULT_DATABASE, &path)?),
+            );
+        }
+        drop(databases);
+        Ok(engine)
+    }
+
+    /// The database called `name`.
+    pub fn database(&self, name: &str) -> Result<Arc<Database>> {
+        self.lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchDatabase(name.to_string()))
+    }
+
+    /// Names of all databases, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// `CREATE DATABASE name`.
+    pub fn create_database(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let mut databases = self.lock();
+        if databases.contains_key(name) {
+            return Err(Error::DatabaseExists(name.to_string()));
+        }
+        let db = Database::open(name, &self.path_of(name))?;
+        databases.insert(name.to_string(), Arc::new(db));
+        Ok(())
+    }
+
+    /// `DROP DATABASE name`: refused while any session uses it.
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        let mut databases = self.lock();
+        let db = databases
+            .get(name)
+            .ok_or_else(|| Error::NoSuchDatabase(name.to_string()))?;
+        // The catalog holds one reference; every session holds another.
+        if Arc::strong_count(db) > 1 {
+            return Err(Error::DatabaseInUse(name.to_string()));
+        }
+        databases.remove(name);
+        let path = self.path_of(name);
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            match fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: format!("cannot remove {}", file.display()),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.db"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Database>>> {
+        self.databases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn database_name_of(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let name = file.strip_suffix(".db")?;
+    validate_name(name).ok()?;
+    Some(name.to_string())
+}
+
+/// Database names become file names: keep them to identifiers.
+fn validate_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(Error::InvalidDatabaseName(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_database_exists_on_first_start_and_databases_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        assert_eq!(engine.names(), ["availdb"]);
+        engine.create_database("app").unwrap();
+        assert_eq!(
+            engine.create_database("app").unwrap_err().sqlstate(),
+            "42P04"
+        );
+        drop(engine);
+        let engine = Engine::open(dir.path()).unwrap();
+        assert_eq!(engine.names(), ["app", "availdb"]);
+    }
+
+    #[test]
+    fn drop_database_is_refused_while_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        engine.create_database("app").unwrap();
+        let session = engine.database("app").unwrap();
+        assert_eq!(engine.drop_database("app").unwrap_err().sqlstate(), "55006");
+        drop(session);
+        engine.drop_database("app").unwrap();
+        assert_eq!(engine.database("app").err().unwrap().sqlstate(), "3D000");
+    }
+
+    #[test]
+    fn database_names_are_identifiers() {
+        for bad in ["", "1abc", "a-b", "../x", "a b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        for good in ["a", "_x", "App_2"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Values between SQLite and the wire: result rows out, parameters in.
+//!
+//! Text format is lenient: whatever SQLite stored is rendered as text, as a
+//! dynamically typed database must. Binary format must match the announced
+//! type exactly, so values are converted, and a value that cannot be (text
+//! `'abc'` in an INTEGER column) fails with 22P02 naming the column.
+
+use std::sync::Arc;
+
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::Type;
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::types::format::FormatOptions;
+use rusqlite::types::Value;
+use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
+use rust_decimal::Decimal;
+
+use crate::engine::{Column, Error};
+use crate::sql::types::ValueType;
+
+/// The PostgreSQL type announced for a value type.
+pub fn pg_type(ty: ValueType) -> Type {
+    match ty {
+        ValueType::Int8 => Type::INT8,
+        ValueType::Float8 => Type::FLOAT8,
+        ValueType::Text => Type::TEXT,
+        ValueType::Bytea => Type::BYTEA,
+        ValueType::Bool => Type::BOOL,
+        ValueType::Numeric => Type::NUMERIC,
+    }
+}
+
+/// Row descriptions for `columns` in the client's requested formats.
+pub fn fields(columns: &[Column], format: &Format) -> Vec<FieldInfo> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            FieldInfo::new(
+                c.name.clone(),
+                None,
+                None,
+                pg_type(c.ty),
+                format.format_for(i),
+            )
+        })
+        .collect()
+}
+
+/// Encodes all rows for `schema`.
+pub fn encode_rows(
+    schema: &Arc<Vec<FieldInfo>>,
+    rows: Vec<Vec<Value>>,
+) -> PgWireResult<Vec<DataRow>> {
+    let mut encoder = DataRowEncoder::new(schema.clone());
+    let opts = FormatOptions::default();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        for (field, value) in schema.iter().zip(&row) {
+            encode_value(&mut encoder, field, value, &opts)?;
+        }
+        out.push(encoder.take_row());
+    }
+    Ok(out)
+}
+
+fn encode_value(
+    enc: &mut DataRowEncoder,
+    field: &FieldInfo,
+    value: &Value,
+    opts: &FormatOptions,
+) -> PgWireResult<()> {
+    let format = field.format();
+    let ty = field.datatype();
+    if format == FieldFormat::Text {
+        return match (ty, value) {
+            (_, Value::Null) => {
+                enc.encode_field_with_type_and_format(&None::<i64>, &Type::INT8, format, opts)
+            }
+            (&Type::BOOL, Value::Integer(i)) => {
+                enc.encode_field_with_type_and_format(&(*i != 0), ty, format, opts)
+            }
+            (_, Value::Integer(i)) => {
+                enc.encode_field_with_type_and_format(i, &Type::INT8, format, opts)
+            }
+            (_, Value::Real(f)) => {
+                enc.encode_field_with_type_and_format(f, &Type::FLOAT8, format, opts)
+            }
+            (_, Value::Text(s)) => {
+                enc.encode_field_with_type_and_format(s, &Type::TEXT, format, opts)
+            }
+            (&Type::TEXT, Value::Blob(b)) => enc.encode_field_with_type_and_format(
+                &String::from_utf8_lossy(b).as_ref(),
+                &Type::TEXT,
+                format,
+                opts,
+            ),
+            (_, Value::Blob(b)) => {
+                enc.encode_field_with_type_and_format(&b.as_slice(), &Type::BYTEA, format, opts)
+            }
+        };
+    }
+    let mismatch = || {
+        PgWireError::UserError(Box::new(to_user_error(
+            &Error::sql(
+                "22P02",
+                format!(
+                    "value {} of column \"{}\" cannot be sent as {} in binary format",
+                    describe(value),
+                    field.name(),
+                    ty.name()
+                ),
+            )
+            .with_hint("CAST the column to the type it holds, or request text format"),
+        )))
+    };
+    if matches!(value, Value::Null) {
+        return enc.encode_field_with_type_and_format(&None::<i64>, ty, format, opts);
+    }
+    match *ty {
+        Type::INT8 => {
+            let v = match value {
+                Value::Integer(i) => *i,
+                Value::Real(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => *f as i64,
+                Value::Text(s) => s.trim().parse().map_err(|_| mismatch())?,
+                _ => return Err(mismatch()),
+            };
+            enc.encode_field_with_type_and_format(&v, ty, format, opts)
+        }
+        Type::FLOAT8 => {
+            let v = match value {
+                Value::Real(f) => *f,
+                Value::Integer(i) => *i as f64,
+                Value::Text(s) => s.trim().parse().map_err(|_| mismatch())?,
+                _ => return Err(mismatch()),
+            };
+            enc.encode_field_with_type_and_format(&v, ty, format, opts)
+        }
+        Type::BOOL => {
+            let v = match value {
+                Value::Integer(i) => *i != 0,
+                Value::Real(f) => *f != 0.0,
+                Value::Text(s) => parse_bool(s).ok_or_else(mismatch)?,
+                _ => return Err(mismatch()),
+            };
+            enc.encode_field_with_type_and_format(&v, ty, format, opts)
+        }
+        Type::NUMERIC => {
+            let v = match value {
+                Value::Integer(i) => Decimal::from(*i),
+                Value::Real(f) => Decimal::from_f64(*f).ok_or_else(mismatch)?,
+                Value::Text(s) => s.trim().parse().map_err(|_| mismatch())?,
+                _ => return Err(mismatch()),
+            };
+            enc.encode_field_with_type_and_format(&v, ty, format, opts)
+        }
+        Type::BYTEA => {
+            let v: &[u8] = match value {
+                Value::Blob(b) => b,
+                Value::Text(s) => s.as_bytes(),
+                _ => return Err(mismatch()),
+            };
+            enc.encode_field_with_type_and_format(&v, ty, format, opts)
+        }
+        _ => {
+            let v = match value {
+                Value::Text(s) => s.clone(),
+                Value::Integer(i) => i.to_string(),
+                Value::Real(f) => f.to_string(),
+                Value::Blob(b) => String::from_utf8(b.clone()).map_err(|_| mismatch())?,
+                Value::Null => unreachable!("handled above"),
+            };
+            enc.encode_field_with_type_and_format(&v, &Type::TEXT, format, opts)
+        }
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(s) => format!("'{}'", s.chars().take(40).collect::<String>()),
+        Value::Blob(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "1" | "on" | "yes" | "y" => Some(true),
+        "f" | "false" | "0" | "off" | "no" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+/// Decodes the parameters of a bound portal. `types[i]` is the type of
+/// `$i+1`: the client's, else the one we inferred and announced.
+pub fn decode_params<S: Clone>(portal: &Portal<S>, types: &[Type]) -> Result<Vec<Value>, Error> {
+    (0..portal.parameter_len())
+        .map(|i| {
+            let ty = types.get(i).cloned().unwrap_or(Type::UNKNOWN);
+            let Some(raw) = portal.parameters[i].as_ref() else {
+                return Ok(Value::Null);
+            };
+            let bad = |why: &str| {
+                Error::sql(
+                    "22P02",
+                    format!(
+                        "invalid value for parameter ${} of type {}: {why}",
+                        i + 1,
+                        ty.name()
+                    ),
+                )
+            };
+            if portal.parameter_format.is_binary(i) {
+                decode_binary(portal, i, &ty, raw).map_err(|e| bad(&e))
+            } else {
+                let text = std::str::from_utf8(raw).map_err(|_| bad("not valid UTF-8"))?;
+                decode_text(&ty, text).ok_or_else(|| bad(&format!("\"{text}\"")))
+            }
+        })
+        .collect()
+}
+
+fn decode_text(ty: &Type, text: &str) -> Option<Value> {
+    Some(match *ty {
+        Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
+            Value::Integer(text.trim().parse().ok()?)
+        }
+        Type::FLOAT4 | Type::FLOAT8 => Value::Real(parse_float(text)?),
+        Type::BOOL => Value::Integer(parse_bool(text)? as i64),
+        Type::NUMERIC => {
+            let d: Decimal = text.trim().parse().ok()?;
+            decimal_value(d)
+        }
+        Type::BYTEA => Value::Blob(decode_bytea_text(text)?),
+        _ => Value::Text(text.to_string()),
+    })
+}
+
+fn parse_float(text: &str) -> Option<f64> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "infinity" | "+infinity" => Some(f64::INFINITY),
+        "-infinity" => Some(f64::NEG_INFINITY),
+        "nan" => Some(f64::NAN),
+        t => t.parse().ok(),
+    }
+}
+
+/// An integral numeric is stored as INTEGER, others as REAL (SQLite's
+/// NUMERIC affinity would do the same with text).
+fn decimal_value(d: Decimal) -> Value {
+    if d.fract().is_zero() {
+        if let Some(i) = d.to_i64() {
+            return Value::Integer(i);
+        }
+    }
+    Value::Real(d.to_f64().unwrap_or(f64::NAN))
+}
+
+/// `\x0a0b` hex format (PostgreSQL's default output); anything else is taken
+/// as the bytes of the text.
+fn decode_bytea_text(text: &str) -> Option<Vec<u8>> {
+    let Some(hex) = text.strip_prefix("\\x") else {
+        return Some(text.as_bytes().to_vec());
+    };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+fn decode_binary<S: Clone>(
+    portal: &Portal<S>,
+    i: usize,
+    ty: &Type,
+    raw: &[u8],
+) -> Result<Value, String> {
+    let fixed = |n: usize| -> Result<&[u8], String> {
+        if raw.len() == n {
+            Ok(raw)
+        } else {
+            Err(format!("expected {n} bytes, got {}", raw.len()))
+        }
+    };
+    Ok(match *ty {
+        Type::BOOL => Value::Integer((fixed(1)?[0] != 0) as i64),
+        Type::INT2 => {
+            Value::Integer(i16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes")) as i64)
+        }
+        Type::INT4 | Type::OID => {
+            Value::Integer(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")) as i64)
+        }
+        Type::INT8 => Value::Integer(i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
+        Type::FLOAT4 => {
+            Value::Real(f32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")) as f64)
+        }
+        Type::FLOAT8 => Value::Real(f64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
+        Type::NUMERIC => {
+            let d = portal
+                .parameter::<Decimal>(i, ty)
+                .map_err(|e| e.to_string())?
+                .ok_or("missing value")?;
+            decimal_value(d)
+        }
+        Type::BYTEA => Value::Blob(raw.to_vec()),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
+            Value::Text(String::from_utf8(raw.to_vec()).map_err(|_| "not valid UTF-8".to_string())?)
+        }
+        _ => {
+            return Err(format!(
+                "binary format of type {} is not supported; send it as text",
+                ty.name()
+            ))
+        }
+    })
+}
+
+/// An engine error as the client sees it.
+pub fn to_user_error(err: &Error) -> pgwire::error::ErrorInfo {
+    let mut info =
+        pgwire::error::ErrorInfo::new("ERROR".into(), err.sqlstate().into(), err.to_string());
+    info.hint = err.hint();
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_parameters_decode_by_announced_type() {
+        assert_eq!(decode_text(&Type::INT8, "42"), Some(Value::Integer(42)));
+        assert_eq!(decode_text(&Type::INT4, "x"), None);
+        assert_eq!(
+            decode_text(&Type::FLOAT8, "-Infinity"),
+            Some(Value::Real(f64::NEG_INFINITY))
+        );
+        assert_eq!(decode_text(&Type::BOOL, "t"), Some(Value::Integer(1)));
+        assert_eq!(
+            decode_text(&Type::NUMERIC, "12.50"),
+            Some(Value::Real(12.5))
+        );
+        assert_eq!(decode_text(&Type::NUMERIC, "12"), Some(Value::Integer(12)));
+        assert_eq!(
+            decode_text(&Type::BYTEA, "\\x00ff"),
+            Some(Value::Blob(vec![0, 255]))
+        );
+        assert_eq!(decode_text(&Type::BYTEA, "\\x0"), None);
+        assert_eq!(
+            decode_text(&Type::TEXT, "hi"),
+            Some(Value::Text("hi".into()))
+        );
+        assert_eq!(
+            decode_text(&Type::UNKNOWN, "7"),
+            Some(Value::Text("7".into()))
+        );
+    }
+
+    fn one(ty: Type, format: FieldFormat, v: Value) -> PgWireResult<DataRow> {
+        let schema = Arc::new(vec![FieldInfo::new("c".into(), None, None, ty, format)]);
+        encode_rows(&schema, vec![vec![v]]).map(|mut rows| rows.remove(0))
+    }
+
+    #[test]
+    fn binary_results_convert_or_fail_with_22p02() {
+        assert!(one(Type::INT8, FieldFormat::Binary, Value::Text("12".into())).is_ok());
+        assert!(one(Type::INT8, FieldFormat::Binary, Value::Real(2.0)).is_ok());
+        let err = one(Type::INT8, FieldFormat::Binary, Value::Text("abc".into())).unwrap_err();
+        assert!(
+            err.to_string().contains("22P02") || format!("{err:?}").contains("22P02"),
+            "{err:?}"
+        );
+        assert!(one(Type::NUMERIC, FieldFormat::Binary, Value::Real(1.25)).is_ok());
+        assert!(one(Type::BOOL, FieldFormat::Binary, Value::Integer(1)).is_ok());
+    }
+
+    #[test]
+    fn text_results_render_any_stored_value() {
+        for v in [
+            Value::Text("abc".into()),
+            Value::Real(1.5),
+            Value::Blob(vec![1]),
+            Value::Null,
+        ] {
+            assert!(one(Type::INT8, FieldFormat::Text, v).is_ok());
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! The PostgreSQL front end: the wire protocol (through the `pgwire` crate),
+//! authentication, sessions and cancel requests.
+//!
+//! # One connection, from start-up to Terminate
+//! 1. `pgwire` negotiates SSL (refused: no TLS yet) and reads the start-up
+//!    packet; [`Connection`]'s start-up handler authenticates — SCRAM-SHA-256
+//!    for user `availdb` when the node has a password, none on a loopback
+//!    node without one — then opens the requested database (FATAL 3D000 if
+//!    there is none), builds the [`Session`], and reports ParameterStatus
+//!    (`server_version` ≥ 14, `in_hot_standby`, `default_transaction_read_only`,
+//!    …) and BackendKeyData, which a cancel request quotes later.
+//! 2. A simple Query is split into statements ([`crate::sql::split`]), each
+//!    classified ([`crate::sql::command`]) and run by the session in order,
+//!    stopping at the first error.
+//! 3. Extended protocol: Parse classifies and *describes* the statement on
+//!    the connection its transaction would use (parameter and column types
+//!    are inferred then, because drivers ask before they bind); Bind decodes
+//!    parameters by those types; Execute runs it.
+//! 4. The transaction status in every ReadyForQuery comes from the session's
+//!    own state machine, never from guesses about the statements.
+//!
+//! # Cancel requests
+//! A CancelRequest arrives on a new connection with the pid and secret key of
+//! the target. The registry maps them to the target session's
+//! [`CancelSlot`], which interrupts the SQLite statement it is running (or
+//! its wait for the write lock); the statement fails with 57014 and the
+//! session goes on.
+
+mod encode;
+mod session;
+mod settings;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{stream, Sink, SinkExt};
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::SaslMechanisms;
+use pgwire::api::auth::{
+    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthOutcome, AuthSource,
+    LoginInfo, Password, ServerParameterProvider, StartupHandler,
+};
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{
+    send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
+};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::response::{
+    EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::ParameterStatus;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+
+use crate::engine::{Column, Described, Engine, Error};
+use crate::sql::command::{classify, Command};
+use crate::sql::split::split_statements;
+use crate::sql::types::ValueType;
+
+pub use session::{Aside, CancelSlot, Reply, Session, TxStatus};
+pub use settings::Settings;
+
+/// The one user name of a password-protected node.
+pub const USER: &str = "availdb";
+
+/// PBKDF2 iterations for SCRAM (PostgreSQL's default).
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// What the front end needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    /// Password of user `availdb`; None accepts any user without one (only
+    /// allowed on loopback, checked by the caller).
+    pub password: Option<String>,
+}
+
+/// State shared by all connections of a node.
+pub struct Frontend {
+    engine: Arc<Engine>,
+    driver: AuthDriver<StartupParameters>,
+    scram: Option<Arc<SaslMechanisms>>,
+    cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
+}
+
+impl Frontend {
+    /// A front end serving `engine`.
+    pub fn new(engine: Arc<Engine>, config: &FrontendConfig) -> Arc<Frontend> {
+        let scram = config.password.as_ref().map(|password| {
+            let salt: [u8; 16] = rand_salt();
+            let secret = Arc::new(Secret {
+                salt: salt.to_vec(),
+                salted: gen_salted_password(password, &salt, SCRAM_ITERATIONS),
+            });
+            let mut auth = ScramAuth::new(secret);
+            auth.set_iterations(SCRAM_ITERATIONS);
+            Arc::new(SaslMechanisms::new(vec![Arc::new(auth)]))
+        });
+        Arc::new(Frontend {
+            engine,
+            driver: AuthDriver::new(StartupParameters),
+            scram,
+            cancels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Accepts connections until `shutdown` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let _ = socket.set_nodelay(true);
+                        let handlers = Connection::new(self.clone(), peer);
+                        tokio::spawn(async move {
+                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+    }
+
+    fn lock_cancels(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, Bytes), Weak<CancelSlot>>> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn rand_salt() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    // Per-process random salt: two RandomState hashers are seeded by the OS.
+    let mut out = [0u8; 16];
+    for chunk in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
+}
+
+/// The SCRAM secret of user `availdb`.
+#[derive(Debug)]
+struct Secret {
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+#[async_trait]
+impl AuthSource for Secret {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        if login.user() != Some(USER) {
+            return Err(PgWireError::InvalidPassword(
+                login.user().unwrap_or_default().to_string(),
+            ));
+        }
+        Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+    }
+}
+
+/// ParameterStatus values at start-up, from the client's start-up packet.
+struct StartupParameters;
+
+impl ServerParameterProvider for StartupParameters {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
+        let settings = Settings::from_startup(client.metadata()).unwrap_or_default();
+        Some(settings.reported(false).into_iter().collect())
+    }
+}
+
+/// Per-connection state shared by the handlers of one connection.
+pub struct ConnState {
+    frontend: Arc<Frontend>,
+    peer: SocketAddr,
+    session: tokio::sync::Mutex<Option<Session>>,
+    cancel_key: Mutex<Option<(i32, Bytes)>>,
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        if let Some(key) = self
+            .cancel_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.frontend.lock_cancels().remove(&key);
+        }
+    }
+}
+
+/// The handlers `pgwire` drives for one connection.
+pub struct Connection {
+    state: Arc<ConnState>,
+    extended: Arc<Extended>,
+}
+
+impl Connection {
+    fn new(frontend: Arc<Frontend>, peer: SocketAddr) -> Connection {
+        let state = Arc::new(ConnState {
+            frontend,
+            peer,
+            session: tokio::sync::Mutex::new(None),
+            cancel_key: Mutex::new(None),
+        });
+        let extended = Arc::new(Extended {
+            state: state.clone(),
+            parser: Arc::new(Parser {
+                state: state.clone(),
+            }),
+        });
+        Connection { state, extended }
+    }
+}
+
+impl PgWireServerHandlers for Connection {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.state.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.extended.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.state.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.state.frontend.clone()
+    }
+}
+
+#[async_trait]
+impl CancelHandler for Frontend {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let key = (request.pid, request.secret_key.to_bytes());
+        let slot = self.lock_cancels().get(&key).and_then(Weak::upgrade);
+        match slot {
+            Some(slot) => slot.cancel(),
+            None => tracing::debug!(pid = request.pid, "cancel request for no known session"),
+        }
+    }
+}
+
+fn fatal(err: &Error) -> PgWireError {
+    let mut info = encode::to_user_error(err);
+    info.severity = "FATAL".into();
+    PgWireError::UserError(Box::new(info))
+}
+
+fn user_error(err: &Error) -> PgWireError {
+    PgWireError::UserError(Box::new(encode::to_user_error(err)))
+}
+
+impl ConnState {
+    /// After authentication: open the database, build the session, finish
+    /// the start-up protocol, and register for cancel requests.
+    async fn open_session<C>(
+        &self,
+        client: &mut C,
+        final_message: Option<pgwire::messages::startup::Authentication>,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = client.metadata().clone();
+        let user = params
+            .get("user")
+            .cloned()
+            .unwrap_or_else(|| USER.to_string());
+        let db_name = params
+            .get("database")
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        let frontend = &self.frontend;
+        let db = frontend.engine.database(&db_name).map_err(|e| fatal(&e))?;
+        let settings = Settings::from_startup(&params).map_err(|e| fatal(&e))?;
+        let session = Session::new(frontend.engine.clone(), db, settings);
+        let slot = session.cancel_slot();
+        *self.session.lock().await = Some(session);
+        frontend
+            .driver
+            .complete_authentication(client, final_message)
+            .await?;
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes());
+        frontend
+            .lock_cancels()
+            .insert(key.clone(), Arc::downgrade(&slot));
+        *self.cancel_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        tracing::debug!(peer = %self.peer, %user, database = %db_name, pid, "session started");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StartupHandler for ConnState {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let driver = &self.frontend.driver;
+        let outcome = match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                match &self.frontend.scram {
+                    Some(scram) => driver.begin_authentication(client, scram.create()).await?,
+                    None => AuthOutcome::Authenticated {
+                        identity: None,
+                        final_message: None,
+                    },
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                driver.advance_authentication(client, message).await?
+            }
+            _ => return Ok(()),
+        };
+        match outcome {
+            AuthOutcome::InProgress => Ok(()),
+            AuthOutcome::Authenticated { final_message, .. } => {
+                self.open_session(client, final_message).await
+            }
+        }
+    }
+}
+
+fn status_of(session: &Session) -> TransactionStatus {
+    match session.status() {
+        TxStatus::Idle => TransactionStatus::Idle,
+        TxStatus::InBlock => TransactionStatus::Transaction,
+        TxStatus::Failed => TransactionStatus::Error,
+    }
+}
+
+async fn send_asides<C>(client: &mut C, session: &mut Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for aside in session.take_asides() {
+        let message = match aside {
+            Aside::Notice {
+                severity,
+                code,
+                message,
+            } => PgWireBackendMessage::NoticeResponse(NoticeResponse::from(ErrorInfo::new(
+                severity.into(),
+                code.into(),
+                message,
+            ))),
+            Aside::ParameterStatus(name, value) => {
+                PgWireBackendMessage::ParameterStatus(ParameterStatus::new(name, value))
+            }
+        };
+        client.feed(message).await?;
+    }
+    Ok(())
+}
+
+/// Turns a session reply into a `pgwire` response in the given formats.
+/// `announced` are the columns described earlier (extended protocol); rows
+/// are encoded by those types so they match the RowDescription sent then.
+fn to_response(
+    reply: Reply,
+    format: &Format,
+    announced: Option<&[Column]>,
+) -> PgWireResult<Response> {
+    Ok(match reply {
+        Reply::Rows { columns, rows, tag } => {
+            let columns = match announced {
+                Some(a) if a.len() == columns.len() => a.to_vec(),
+                _ => columns,
+            };
+            let schema = Arc::new(encode::fields(&columns, format));
+            let data = encode::encode_rows(&schema, rows)?;
+            let mut response = QueryResponse::new(schema, stream::iter(data.into_iter().map(Ok)));
+            // pgwire appends the row count it sent.
+            let verb = tag.rsplit_once(' ').map_or(tag.as_str(), |(verb, _)| verb);
+            response.set_command_tag(verb);
+            Response::Query(response)
+        }
+        Reply::Done(tag) => Response::Execution(Tag::new(&tag)),
+        Reply::TxStart(tag) => Response::TransactionStart(Tag::new(&tag)),
+        Reply::TxEnd(tag) => Response::TransactionEnd(Tag::new(&tag)),
+    })
+}
+
+#[async_trait]
+impl SimpleQueryHandler for ConnState {
+    /// Runs the query's statements and answers ReadyForQuery with the
+    /// session's own transaction status.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        for response in self.do_query(client, &query.query).await? {
+            match response {
+                Response::Query(rows) => send_query_response(client, rows, true).await?,
+                Response::Execution(tag)
+                | Response::TransactionStart(tag)
+                | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                Response::Error(info) => {
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse((*info).into()))
+                        .await?
+                }
+                Response::EmptyQuery => {
+                    client
+                        .feed(PgWireBackendMessage::EmptyQueryResponse(
+                            EmptyQueryResponse::new(),
+                        ))
+                        .await?
+                }
+                Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+                    unreachable!("availdb never answers with COPY")
+                }
+            }
+        }
+        let status = match self.session.lock().await.as_ref() {
+            Some(session) => status_of(session),
+            None => TransactionStatus::Idle,
+        };
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
+        let statements = split_statements(query);
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let result = session.execute(classify(statement), Vec::new()).await;
+            send_asides(client, session).await?;
+            match result {
+                Ok(reply) => responses.push(to_response(reply, &Format::UnifiedText, None)?),
+                Err(err) => {
+                    tracing::debug!(sqlstate = err.sqlstate(), error = %err, "statement failed");
+                    responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// A statement prepared with Parse.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    command: Command,
+    /// For SQLite statements: types found when the statement was parsed.
+    described: Option<Described>,
+}
+
+impl Prepared {
+    fn columns(&self) -> Vec<Column> {
+        let text = |name: &str| {
+            vec![Column {
+                name: name.to_string(),
+                ty: ValueType::Text,
+            }]
+        };
+        match &self.command {
+            Command::Show { name } => text(name),
+            Command::SessionUser => text("current_user"),
+            Command::CurrentSchema => text("current_schema"),
+            _ => self
+                .described
+                .as_ref()
+                .map(|d| d.columns.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn parameter_types(&self) -> Vec<Type> {
+        self.described
+            .as_ref()
+            .map(|d| {
+                d.params
+                    .iter()
+                    .map(|p| p.map_or(Type::TEXT, encode::pg_type))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Parses statements for the extended protocol, on the connection's session.
+pub struct Parser {
+    state: Arc<ConnState>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = split_statements(sql);
+        let statement = match statements.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                return Err(user_error(&Error::sql(
+                    "42601",
+                    "cannot insert multiple commands into a prepared statement",
+                )))
+            }
+        };
+        let command = classify(statement);
+        let described = match &command {
+            Command::Sql(sql) => {
+                let mut guard = self.state.session.lock().await;
+                let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
+                Some(
+                    session
+                        .describe(sql.clone())
+                        .await
+                        .map_err(|e| user_error(&e))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Some(Prepared { command, described }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.parameter_types())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(encode::fields(
+            &stmt.columns(),
+            format.unwrap_or(&Format::UnifiedBinary),
+        ))
+    }
+}
+
+/// The extended-protocol handler of one connection.
+pub struct Extended {
+    state: Arc<ConnState>,
+    parser: Arc<Parser>,
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Extended {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let inferred = prepared.parameter_types();
+        let types: Vec<Type> = (0..portal.parameter_len())
+            .map(|i| {
+                portal
+                    .statement
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+                    .or_else(|| inferred.get(i).cloned())
+                    .unwrap_or(Type::UNKNOWN)
+            })
+            .collect();
+        let mut guard = self.state.session.lock().await;
+        let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
+        let params = match encode::decode_params(portal, &types) {
+            Ok(params) => params,
+            Err(err) => {
+                session.note_error(&err);
+                return Err(user_error(&err));
+            }
+        };
+        let result = session.execute(prepared.command.clone(), params).await;
+        send_asides(client, session).await?;
+        match result {
+            Ok(reply) => {
+                let announced = prepared.columns();
+                to_response(reply, &portal.result_column_format, Some(&announced))
+            }
+            Err(err) => Err(user_error(&err)),
+        }
+    }
+
+    /// ReadyForQuery carries the session's own transaction status.
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+        let status = match self.state.session.lock().await.as_ref() {
+            Some(session) => status_of(session),
+            None => TransactionStatus::Idle,
+        };
+        client.set_transaction_status(status);
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                status,
+            )))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,843 @@
+//! A client session: its database, settings and transaction state, and the
+//! rules that route each statement to a reader or to the single writer.
+//!
+//! # Transaction state machine
+//! ```text
+//!            BEGIN                     error
+//!   Idle ───────────► Active(holder) ─────────► Failed(holder)
+//!    ▲                  │   ▲                      │
+//!    └── COMMIT/ROLLBACK┘   └── ROLLBACK TO ───────┤
+//!    └──────────────── COMMIT (= ROLLBACK) / ROLLBACK
+//! ```
+//! `holder` is what the open transaction runs on: nothing yet, a reader
+//! snapshot (while it has only read), or the database's write lock. A read
+//! transaction that starts writing is upgraded to the writer only if no other
+//! transaction committed since its snapshot (checked under the write lock),
+//! otherwise it fails with 40001, as SQLite's own BUSY_SNAPSHOT and
+//! PostgreSQL's SERIALIZABLE do. Outside a transaction block each statement
+//! runs alone: reads on a pooled reader, writes on the writer in autocommit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::InterruptHandle;
+use tokio::sync::Notify;
+
+use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, WriterGuard};
+use crate::sql::command::Command;
+use crate::sql::tag::command_tag;
+
+use super::settings::Settings;
+
+/// What a statement produced, for the wire layer to send.
+#[derive(Debug)]
+pub enum Reply {
+    /// Rows and the tag that ends them.
+    Rows {
+        /// Result columns.
+        columns: Vec<Column>,
+        /// Result rows.
+        rows: Vec<Vec<Value>>,
+        /// Command tag.
+        tag: String,
+    },
+    /// A statement without rows.
+    Done(String),
+    /// A transaction block began.
+    TxStart(String),
+    /// A transaction block ended.
+    TxEnd(String),
+}
+
+/// Where a session is, as ReadyForQuery reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InBlock,
+    /// In a failed transaction block.
+    Failed,
+}
+
+/// Messages to send the client besides the reply (notices, changed settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aside {
+    /// A WARNING or NOTICE.
+    Notice {
+        /// Severity word.
+        severity: &'static str,
+        /// SQLSTATE.
+        code: &'static str,
+        /// Text.
+        message: String,
+    },
+    /// A ParameterStatus for a reported setting that changed.
+    ParameterStatus(String, String),
+}
+
+/// Lets a cancel request (another connection) stop this session's statement.
+#[derive(Default)]
+pub struct CancelSlot {
+    running: Mutex<Option<Arc<InterruptHandle>>>,
+    waiting: Notify,
+    timed_out: AtomicBool,
+}
+
+impl CancelSlot {
+    /// Interrupts the running statement, or the wait for the write lock.
+    pub fn cancel(&self) {
+        if let Some(handle) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            handle.interrupt();
+        }
+        self.waiting.notify_waiters();
+    }
+
+    fn set(&self, handle: Option<Arc<InterruptHandle>>) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+}
+
+enum Holder {
+    Nothing,
+    Reader { reader: Reader, seq: u64 },
+    Writer(WriterGuard),
+}
+
+enum Tx {
+    Idle,
+    Active { holder: Holder, read_only: bool },
+    Failed { holder: Holder },
+}
+
+/// One client session.
+pub struct Session {
+    engine: Arc<Engine>,
+    db: Arc<Database>,
+    tx: Tx,
+    /// Session settings (`SET`/`SHOW`).
+    pub settings: Settings,
+    cancel: Arc<CancelSlot>,
+    asides: Vec<Aside>,
+}
+
+impl Session {
+    /// A session on `db`.
+    pub fn new(engine: Arc<Engine>, db: Arc<Database>, settings: Settings) -> Session {
+        Session {
+            engine,
+            db,
+            tx: Tx::Idle,
+            settings,
+            cancel: Arc::new(CancelSlot::default()),
+            asides: Vec::new(),
+        }
+    }
+
+    /// The handle a cancel request uses.
+    pub fn cancel_slot(&self) -> Arc<CancelSlot> {
+        self.cancel.clone()
+    }
+
+    /// The session's database.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// True inside a transaction block (including a failed one).
+    pub fn in_transaction(&self) -> bool {
+        !matches!(self.tx, Tx::Idle)
+    }
+
+    /// The transaction status.
+    pub fn status(&self) -> TxStatus {
+        match self.tx {
+            Tx::Idle => TxStatus::Idle,
+            Tx::Active { .. } => TxStatus::InBlock,
+            Tx::Failed { .. } => TxStatus::Failed,
+        }
+    }
+
+    /// Records an error found before the statement ran (e.g. a parameter
+    /// that does not decode): it fails an open transaction block too.
+    pub fn note_error(&mut self, err: &Error) {
+        self.fail_transaction(err);
+    }
+
+    /// Notices and parameter changes produced since the last call.
+    pub fn take_asides(&mut self) -> Vec<Aside> {
+        std::mem::take(&mut self.asides)
+    }
+
+    /// Runs one classified statement. On error the session is left in the
+    /// state PostgreSQL would be in (a failed transaction block stays failed
+    /// until ROLLBACK).
+    pub async fn execute(&mut self, cmd: Command, params: Vec<Value>) -> Result<Reply> {
+        let result = self.dispatch(cmd, params).await;
+        let timed_out = self.cancel.timed_out.swap(false, Ordering::SeqCst);
+        match result {
+            Err(err) => {
+                self.fail_transaction(&err);
+                if timed_out && err.sqlstate() == "57014" {
+                    Err(Error::sql(
+                        "57014",
+                        "canceling statement due to statement timeout",
+                    ))
+                } else {
+                    Err(err)
+                }
+            }
+            ok => ok,
+        }
+    }
+
+    /// Describes a statement on the connection its transaction would use.
+    pub async fn describe(&mut self, sql: String) -> Result<engine::Described> {
+        if let Tx::Active {
+            holder: Holder::Writer(_),
+            ..
+        } = self.tx
+        {
+            let Tx::Active {
+                holder: Holder::Writer(w),
+                read_only,
+            } = std::mem::replace(&mut self.tx, Tx::Idle)
+            else {
+                unreachable!("matched above")
+            };
+            let (w, res) = blocking(move || {
+                let res = engine::describe(w.conn().sqlite(), &sql);
+                (w, res)
+            })
+            .await;
+            self.tx = Tx::Active {
+                holder: Holder::Writer(w),
+                read_only,
+            };
+            return res;
+        }
+        let reader = self.db.reader()?;
+        blocking(move || engine::describe(reader.conn().sqlite(), &sql)).await
+    }
+
+    async fn dispatch(&mut self, cmd: Command, params: Vec<Value>) -> Result<Reply> {
+        if matches!(self.tx, Tx::Failed { .. })
+            && !matches!(
+                cmd,
+                Command::Commit
+                    | Command::Rollback
+                    | Command::Savepoint {
+                        rollback_to: true,
+                        ..
+                    }
+            )
+        {
+            return Err(Error::sql(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        match cmd {
+            Command::Begin { read_only } => Ok(self.begin(read_only)),
+            Command::Commit => self.commit().await,
+            Command::Rollback => Ok(self.rollback("ROLLBACK")),
+            Command::Savepoint { sql, rollback_to } => self.savepoint(sql, rollback_to).await,
+            Command::SetTransaction { read_only, session } => {
+                Ok(self.set_transaction(read_only, session))
+            }
+            Command::Set { name, value } => {
+                let changed = self.settings.set(&name, value.as_deref())?;
+                self.asides
+                    .extend(changed.map(|(n, v)| Aside::ParameterStatus(n, v)));
+                Ok(Reply::Done("SET".into()))
+            }
+            Command::Reset { name } => {
+                let changed = self.settings.reset(name.as_deref());
+                self.asides.extend(
+                    changed
+                        .into_iter()
+                        .map(|(n, v)| Aside::ParameterStatus(n, v)),
+                );
+                Ok(Reply::Done("RESET".into()))
+            }
+            Command::Show { name } => self.show(&name),
+            Command::CreateDatabase { name } => {
+                self.outside_transaction("CREATE DATABASE")?;
+                let engine = self.engine.clone();
+                blocking(move || engine.create_database(&name)).await?;
+                Ok(Reply::Done("CREATE DATABASE".into()))
+            }
+            Command::DropDatabase { name, if_exists } => self.drop_database(name, if_exists).await,
+            Command::SessionUser => Ok(single_text("current_user", super::USER)),
+            Command::CurrentSchema => Ok(single_text("current_schema", "public")),
+            Command::NoOp { tag } => Ok(Reply::Done(tag)),
+            Command::Sql(sql) => self.sql(sql, params).await,
+        }
+    }
+
+    async fn savepoint(&mut self, sql: String, rollback_to: bool) -> Result<Reply> {
+        let tag = command_tag(&sql, 0, 0);
+        match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Idle => Err(Error::sql(
+                "25P01",
+                format!("{tag} can only be used in transaction blocks"),
+            )),
+            Tx::Failed { holder } if rollback_to => {
+                let Holder::Writer(w) = holder else {
+                    return Err(Error::sql("3B001", "savepoint does not exist"));
+                };
+                let (w, res) =
+                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+                        engine::run(w.conn().sqlite(), &sql, &[], false)
+                    })
+                    .await;
+                match res {
+                    Ok(_) => {
+                        self.tx = Tx::Active {
+                            holder: Holder::Writer(w),
+                            read_only: false,
+                        };
+                        Ok(Reply::Done(tag))
+                    }
+                    Err(e) => {
+                        self.tx = Tx::Failed {
+                            holder: Holder::Writer(w),
+                        };
+                        Err(e)
+                    }
+                }
+            }
+            Tx::Failed { holder } => {
+                self.tx = Tx::Failed { holder };
+                Err(Error::sql(
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ))
+            }
+            Tx::Active { holder, read_only } => {
+                // Savepoints live on the connection that will do the writes.
+                let w = self.writer_for_transaction(holder).await?;
+                let (w, res) =
+                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+                        engine::run(w.conn().sqlite(), &sql, &[], false)
+                    })
+                    .await;
+                self.tx = Tx::Active {
+                    holder: Holder::Writer(w),
+                    read_only,
+                };
+                res.map(|_| Reply::Done(tag))
+            }
+        }
+    }
+
+    fn begin(&mut self, read_only: Option<bool>) -> Reply {
+        if self.in_transaction() {
+            self.warn("25001", "there is already a transaction in progress");
+        } else {
+            self.tx = Tx::Active {
+                holder: Holder::Nothing,
+                read_only: read_only.unwrap_or(self.settings.default_read_only),
+            };
+        }
+        Reply::TxStart("BEGIN".into())
+    }
+
+    async fn commit(&mut self) -> Result<Reply> {
+        match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Idle => {
+                self.warn("25P01", "there is no transaction in progress");
+                Ok(Reply::TxEnd("COMMIT".into()))
+            }
+            Tx::Failed { holder } => {
+                release(holder).await;
+                Ok(Reply::TxEnd("ROLLBACK".into()))
+            }
+            Tx::Active {
+                holder: Holder::Writer(w),
+                ..
+            } => {
+                let (_w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, |w| {
+                    let res = w
+                        .conn()
+                        .sqlite()
+                        .execute_batch("COMMIT")
+                        .map_err(Error::from);
+                    if res.is_ok() {
+                        w.after_commit();
+                    } else {
+                        w.conn().reset();
+                    }
+                    res
+                })
+                .await;
+                res.map(|_| Reply::TxEnd("COMMIT".into()))
+            }
+            Tx::Active { holder, .. } => {
+                release(holder).await;
+                Ok(Reply::TxEnd("COMMIT".into()))
+            }
+        }
+    }
+
+    fn rollback(&mut self, tag: &str) -> Reply {
+        match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Idle => self.warn("25P01", "there is no transaction in progress"),
+            Tx::Active { holder, .. } | Tx::Failed { holder } => drop_holder(holder),
+        }
+        Reply::TxEnd(tag.into())
+    }
+
+    fn set_transaction(&mut self, read_only: Option<bool>, session: bool) -> Reply {
+        if session {
+            if let Some(ro) = read_only {
+                self.settings.default_read_only = ro;
+            }
+            return Reply::Done("SET".into());
+        }
+        match &mut self.tx {
+            Tx::Active {
+                holder: Holder::Nothing,
+                read_only: current,
+            } => {
+                if let Some(ro) = read_only {
+                    *current = ro;
+                }
+            }
+            Tx::Active { .. } | Tx::Failed { .. } => {
+                self.warn("25001", "SET TRANSACTION must be called before any query")
+            }
+            Tx::Idle => self.warn(
+                "25P01",
+                "SET TRANSACTION can only be used in transaction blocks",
+            ),
+        }
+        Reply::Done("SET".into())
+    }
+
+    fn show(&self, name: &str) -> Result<Reply> {
+        if name == "all" {
+            let rows = self
+                .settings
+                .all(self.transaction_read_only())
+                .into_iter()
+                .map(|(n, v)| vec![Value::Text(n), Value::Text(v)])
+                .collect::<Vec<_>>();
+            let tag = format!("SELECT {}", rows.len());
+            let text = |n: &str| Column {
+                name: n.into(),
+                ty: crate::sql::types::ValueType::Text,
+            };
+            return Ok(Reply::Rows {
+                columns: vec![text("name"), text("setting")],
+                rows,
+                tag,
+            });
+        }
+        let value = if name == "transaction_read_only" {
+            on_off(self.transaction_read_only())
+        } else {
+            self.settings.show(name).ok_or_else(|| {
+                Error::sql(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+            })?
+        };
+        Ok(single_text(name, &value))
+    }
+
+    fn transaction_read_only(&self) -> bool {
+        match self.tx {
+            Tx::Active { read_only, .. } => read_only,
+            _ => self.settings.default_read_only,
+        }
+    }
+
+    async fn drop_database(&mut self, name: String, if_exists: bool) -> Result<Reply> {
+        self.outside_transaction("DROP DATABASE")?;
+        if name == self.db.name() {
+            return Err(
+                Error::sql("55006", "cannot drop the currently open database").with_hint(
+                    "connect to another database (e.g. dbname=availdb) to drop this one",
+                ),
+            );
+        }
+        let engine = self.engine.clone();
+        let target = name.clone();
+        match blocking(move || engine.drop_database(&target)).await {
+            Err(Error::NoSuchDatabase(_)) if if_exists => {
+                self.asides.push(Aside::Notice {
+                    severity: "NOTICE",
+                    code: "00000",
+                    message: format!("database \"{name}\" does not exist, skipping"),
+                });
+                Ok(Reply::Done("DROP DATABASE".into()))
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(Reply::Done("DROP DATABASE".into())),
+        }
+    }
+
+    fn outside_transaction(&self, what: &str) -> Result<()> {
+        if self.in_transaction() {
+            Err(Error::sql(
+                "25001",
+                format!("{what} cannot run inside a transaction block"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn sql(&mut self, sql: String, params: Vec<Value>) -> Result<Reply> {
+        match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Idle => self.autocommit(sql, params).await,
+            Tx::Active { holder, read_only } => {
+                let (holder, res) = self
+                    .in_transaction_block(holder, read_only, sql, params)
+                    .await;
+                self.tx = Tx::Active { holder, read_only };
+                res
+            }
+            Tx::Failed { .. } => unreachable!("refused in dispatch"),
+        }
+    }
+
+    async fn autocommit(&mut self, sql: String, params: Vec<Value>) -> Result<Reply> {
+        let read_only = self.settings.default_read_only;
+        let reader = self.db.reader()?;
+        let handle = reader.conn().interrupt_handle();
+        let s = sql.clone();
+        let p = params.clone();
+        let read = interruptible(
+            &self.cancel,
+            self.settings.statement_timeout,
+            handle,
+            move || {
+                let conn = reader.conn().sqlite();
+                if engine::is_readonly(conn, &s)? || read_only {
+                    engine::run(conn, &s, &p, true).map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        )
+        .await;
+        if let Some(outcome) = read.map_err(|e| self.read_only_error(e, &sql))? {
+            return Ok(reply(&sql, outcome));
+        }
+        let w = self
+            .db
+            .writer(self.settings.lock_timeout, &self.cancel.waiting)
+            .await?;
+        let s = sql.clone();
+        let (_w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+            let res = engine::run(w.conn().sqlite(), &s, &params, true);
+            if !w.conn().sqlite().is_autocommit() {
+                // A statement outside a block must not leave a
+                // transaction open on the shared writer.
+                w.conn().reset();
+                return Err(Error::sql(
+                    "25P01",
+                    "transaction control must use BEGIN, COMMIT and ROLLBACK",
+                ));
+            }
+            w.after_commit();
+            res
+        })
+        .await;
+        res.map(|outcome| reply(&sql, outcome))
+    }
+
+    async fn in_transaction_block(
+        &mut self,
+        holder: Holder,
+        read_only: bool,
+        sql: String,
+        params: Vec<Value>,
+    ) -> (Holder, Result<Reply>) {
+        let holder = match holder {
+            Holder::Nothing => match self.db.reader() {
+                Ok(reader) => {
+                    // Read the commit counter before the snapshot starts, so
+                    // a commit racing with BEGIN makes the upgrade check fail
+                    // safe (a spurious 40001), never pass wrongly.
+                    let seq = self.db.commit_seq();
+                    let s = sql.clone();
+                    let (reader, res) = blocking(move || {
+                        let conn = reader.conn().sqlite();
+                        let res = engine::is_readonly(conn, &s).and_then(|ro| {
+                            if ro || read_only {
+                                conn.execute_batch("BEGIN")?;
+                            }
+                            Ok(ro)
+                        });
+                        (reader, res)
+                    })
+                    .await;
+                    match res {
+                        Ok(true) => Holder::Reader { reader, seq },
+                        Ok(false) if read_only => Holder::Reader { reader, seq },
+                        Ok(false) => match self.writer_for_transaction(Holder::Nothing).await {
+                            Ok(w) => Holder::Writer(w),
+                            Err(e) => return (Holder::Nothing, Err(e)),
+                        },
+                        Err(e) => return (Holder::Nothing, Err(e)),
+                    }
+                }
+                Err(e) => return (Holder::Nothing, Err(e)),
+            },
+            other => other,
+        };
+        match holder {
+            Holder::Reader { reader, seq } => {
+                let handle = reader.conn().interrupt_handle();
+                let s = sql.clone();
+                let p = params.clone();
+                let (reader, res) = interruptible(
+                    &self.cancel,
+                    self.settings.statement_timeout,
+                    handle,
+                    move || {
+                        let conn = reader.conn().sqlite();
+                        let res = engine::is_readonly(conn, &s).and_then(|ro| {
+                            if ro || read_only {
+                                engine::run(conn, &s, &p, true).map(Some)
+                            } else {
+                                Ok(None)
+                            }
+                        });
+                        (reader, res)
+                    },
+                )
+                .await;
+                match res {
+                    Ok(Some(outcome)) => (Holder::Reader { reader, seq }, Ok(reply(&sql, outcome))),
+                    Err(e) => (
+                        Holder::Reader { reader, seq },
+                        Err(self.read_only_error(e, &sql)),
+                    ),
+                    Ok(None) => match self
+                        .writer_for_transaction(Holder::Reader { reader, seq })
+                        .await
+                    {
+                        Ok(w) => self.run_on_writer(w, sql, params).await,
+                        Err(e) => (Holder::Nothing, Err(e)),
+                    },
+                }
+            }
+            Holder::Writer(w) => self.run_on_writer(w, sql, params).await,
+            Holder::Nothing => unreachable!("a holder was chosen above"),
+        }
+    }
+
+    async fn run_on_writer(
+        &mut self,
+        w: WriterGuard,
+        sql: String,
+        params: Vec<Value>,
+    ) -> (Holder, Result<Reply>) {
+        let s = sql.clone();
+        let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+            engine::run(w.conn().sqlite(), &s, &params, true)
+        })
+        .await;
+        (Holder::Writer(w), res.map(|outcome| reply(&sql, outcome)))
+    }
+
+    /// Moves an open transaction onto the writer (BEGIN IMMEDIATE there).
+    /// From a reader snapshot this is allowed only if nothing committed since
+    /// the snapshot began; otherwise the transaction must retry (40001).
+    async fn writer_for_transaction(&mut self, holder: Holder) -> Result<WriterGuard> {
+        let snapshot_seq = match holder {
+            Holder::Writer(w) => return Ok(w),
+            Holder::Reader { reader, seq } => {
+                drop(reader);
+                Some(seq)
+            }
+            Holder::Nothing => None,
+        };
+        let w = self
+            .db
+            .writer(self.settings.lock_timeout, &self.cancel.waiting)
+            .await?;
+        if let Some(seq) = snapshot_seq {
+            if self.db.commit_seq() != seq {
+                return Err(Error::sql(
+                    "40001",
+                    "could not serialize access due to concurrent update",
+                )
+                .with_hint(
+                    "the transaction read data another transaction has since changed; retry it",
+                ));
+            }
+        }
+        let (w, res) = blocking(move || {
+            let res = w
+                .conn()
+                .sqlite()
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(Error::from);
+            (w, res)
+        })
+        .await;
+        res.map(|_| w)
+    }
+
+    /// Marks the transaction failed after `err` (or forgets it when SQLite
+    /// already rolled it back).
+    fn fail_transaction(&mut self, err: &Error) {
+        self.tx = match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Idle => Tx::Idle,
+            Tx::Active { holder, .. } | Tx::Failed { holder } => {
+                let holder = if err.ends_transaction() || holder_in_autocommit(&holder) {
+                    drop_holder(holder);
+                    Holder::Nothing
+                } else {
+                    holder
+                };
+                Tx::Failed { holder }
+            }
+        };
+    }
+
+    /// Rewords SQLite's "attempt to write a readonly database" for a session
+    /// in a read-only transaction.
+    fn read_only_error(&self, err: Error, sql: &str) -> Error {
+        if err.sqlstate() == "25006" {
+            let verb = command_tag(sql, 0, 0);
+            let verb = verb.split_whitespace().next().unwrap_or("statement");
+            Error::sql(
+                "25006",
+                format!("cannot execute {verb} in a read-only transaction"),
+            )
+        } else {
+            err
+        }
+    }
+
+    fn warn(&mut self, code: &'static str, message: &str) {
+        self.asides.push(Aside::Notice {
+            severity: "WARNING",
+            code,
+            message: message.to_string(),
+        });
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Tx::Active { holder, .. } | Tx::Failed { holder } =
+            std::mem::replace(&mut self.tx, Tx::Idle)
+        {
+            drop_holder(holder);
+        }
+    }
+}
+
+fn holder_in_autocommit(holder: &Holder) -> bool {
+    match holder {
+        Holder::Nothing => true,
+        Holder::Reader { reader, .. } => reader.conn().sqlite().is_autocommit(),
+        Holder::Writer(w) => w.conn().sqlite().is_autocommit(),
+    }
+}
+
+/// Ends whatever transaction the holder has open, without blocking the
+/// async runtime for long: a rollback only discards in-memory state.
+fn drop_holder(holder: Holder) {
+    match holder {
+        Holder::Nothing => {}
+        // The reader rolls back when it returns to the pool.
+        Holder::Reader { reader, .. } => drop(reader),
+        Holder::Writer(w) => w.conn().reset(),
+    }
+}
+
+async fn release(holder: Holder) {
+    let _ = blocking(move || drop_holder(holder)).await;
+}
+
+fn reply(sql: &str, outcome: engine::Outcome) -> Reply {
+    let tag = command_tag(sql, outcome.rows.len(), outcome.changes);
+    if outcome.columns.is_empty() {
+        Reply::Done(tag)
+    } else {
+        Reply::Rows {
+            columns: outcome.columns,
+            rows: outcome.rows,
+            tag,
+        }
+    }
+}
+
+fn single_text(name: &str, value: &str) -> Reply {
+    Reply::Rows {
+        columns: vec![Column {
+            name: name.to_string(),
+            ty: crate::sql::types::ValueType::Text,
+        }],
+        rows: vec![vec![Value::Text(value.to_string())]],
+        tag: "SELECT 1".into(),
+    }
+}
+
+pub(super) fn on_off(b: bool) -> String {
+    if b { "on" } else { "off" }.to_string()
+}
+
+/// Runs `f` on a blocking thread while `handle` is what a cancel request or
+/// `statement_timeout` interrupts.
+async fn interruptible<T: Send + 'static>(
+    slot: &Arc<CancelSlot>,
+    timeout: Option<Duration>,
+    handle: Arc<InterruptHandle>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    slot.set(Some(handle));
+    let timer = timeout.map(|limit| {
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            slot.timed_out.store(true, Ordering::SeqCst);
+            slot.cancel();
+        })
+    });
+    let out = blocking(f).await;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    slot.set(None);
+    out
+}
+
+/// Runs `f` on the writer, interruptibly; gives the writer back.
+async fn on_writer<T: Send + 'static>(
+    slot: &Arc<CancelSlot>,
+    timeout: Option<Duration>,
+    mut w: WriterGuard,
+    f: impl FnOnce(&mut WriterGuard) -> Result<T> + Send + 'static,
+) -> (WriterGuard, Result<T>) {
+    let handle = w.conn().interrupt_handle();
+    interruptible(slot, timeout, handle, move || {
+        let res = f(&mut w);
+        (w, res)
+    })
+    .await
+}
+
+/// Runs blocking SQLite work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

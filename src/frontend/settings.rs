@@ -1,0 +1,459 @@
+//! Session settings: what `SET` remembers and `SHOW` answers, and the
+//! ParameterStatus values clients read at start-up and after `SET`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::engine::{Error, Result, PG_VERSION};
+
+use super::session::on_off;
+
+/// A known setting: its canonical spelling, default, and whether PostgreSQL
+/// reports it to clients with ParameterStatus (GUC_REPORT).
+struct Known {
+    name: &'static str,
+    default: &'static str,
+    reported: bool,
+    read_only: bool,
+}
+
+const KNOWN: &[Known] = &[
+    Known {
+        name: "server_version",
+        default: PG_VERSION,
+        reported: true,
+        read_only: true,
+    },
+    Known {
+        name: "server_version_num",
+        default: "160000",
+        reported: false,
+        read_only: true,
+    },
+    Known {
+        name: "server_encoding",
+        default: "UTF8",
+        reported: true,
+        read_only: true,
+    },
+    Known {
+        name: "client_encoding",
+        default: "UTF8",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "DateStyle",
+        default: "ISO, MDY",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "TimeZone",
+        default: "UTC",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "IntervalStyle",
+        default: "postgres",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "integer_datetimes",
+        default: "on",
+        reported: true,
+        read_only: true,
+    },
+    Known {
+        name: "standard_conforming_strings",
+        default: "on",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "is_superuser",
+        default: "on",
+        reported: true,
+        read_only: true,
+    },
+    Known {
+        name: "application_name",
+        default: "",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "default_transaction_read_only",
+        default: "off",
+        reported: true,
+        read_only: false,
+    },
+    Known {
+        name: "in_hot_standby",
+        default: "off",
+        reported: true,
+        read_only: true,
+    },
+    Known {
+        name: "transaction_isolation",
+        default: "serializable",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "default_transaction_isolation",
+        default: "serializable",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "statement_timeout",
+        default: "0",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "lock_timeout",
+        default: "0",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "idle_in_transaction_session_timeout",
+        default: "0",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "extra_float_digits",
+        default: "1",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "search_path",
+        default: "\"$user\", public",
+        reported: false,
+        read_only: false,
+    },
+    Known {
+        name: "max_identifier_length",
+        default: "63",
+        reported: false,
+        read_only: true,
+    },
+    Known {
+        name: "synchronous_commit",
+        default: "on",
+        reported: false,
+        read_only: false,
+    },
+];
+
+fn known(name: &str) -> Option<&'static Known> {
+    KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(name))
+}
+
+/// The settings of one session.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Values set by the client, keyed by lower-case name.
+    values: BTreeMap<String, String>,
+    /// `default_transaction_read_only`.
+    pub default_read_only: bool,
+    /// `statement_timeout` (None: no limit).
+    pub statement_timeout: Option<Duration>,
+    /// `lock_timeout`: how long to wait for a database's write lock.
+    pub lock_timeout: Option<Duration>,
+    /// The session's user name.
+    pub user: String,
+}
+
+impl Settings {
+    /// Settings from the start-up packet: its parameters (`application_name`,
+    /// `client_encoding`, …) and `options` (`-c name=value` pairs).
+    pub fn from_startup(params: &HashMap<String, String>) -> Result<Settings> {
+        let mut s = Settings {
+            user: params
+                .get("user")
+                .cloned()
+                .unwrap_or_else(|| super::USER.into()),
+            ..Settings::default()
+        };
+        for (k, v) in params {
+            match k.as_str() {
+                "user" | "database" | "replication" | "options" => {}
+                _ => {
+                    s.set(k, Some(v))?;
+                }
+            }
+        }
+        if let Some(options) = params.get("options") {
+            for (k, v) in parse_options(options) {
+                s.set(&k, Some(&v))?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// `SET name = value` (None: DEFAULT). Returns the ParameterStatus to
+    /// send when the setting is one clients track.
+    pub fn set(&mut self, name: &str, value: Option<&str>) -> Result<Option<(String, String)>> {
+        let key = name.to_ascii_lowercase();
+        let Some(value) = value else {
+            return Ok(self.reset(Some(&key)).pop());
+        };
+        if let Some(k) = known(&key) {
+            if k.read_only {
+                return Err(Error::sql(
+                    "55P02",
+                    format!("parameter \"{}\" cannot be changed", k.name),
+                ));
+            }
+        }
+        let value = match key.as_str() {
+            "client_encoding" => {
+                let v = value.replace('-', "").to_ascii_uppercase();
+                if v != "UTF8" && v != "UNICODE" {
+                    return Err(Error::sql(
+                        "22023",
+                        format!("availdb speaks UTF8 only, not \"{value}\""),
+                    )
+                    .with_hint("set client_encoding to UTF8"));
+                }
+                "UTF8".to_string()
+            }
+            "default_transaction_read_only" => {
+                self.default_read_only = parse_bool(&key, value)?;
+                on_off(self.default_read_only)
+            }
+            "statement_timeout" => {
+                self.statement_timeout = parse_duration(&key, value)?;
+                value.to_string()
+            }
+            "lock_timeout" => {
+                self.lock_timeout = parse_duration(&key, value)?;
+                value.to_string()
+            }
+            _ => value.to_string(),
+        };
+        self.values.insert(key.clone(), value.clone());
+        Ok(known(&key)
+            .filter(|k| k.reported)
+            .map(|k| (k.name.to_string(), value)))
+    }
+
+    /// `RESET name` / `RESET ALL`; returns changed reported settings.
+    pub fn reset(&mut self, name: Option<&str>) -> Vec<(String, String)> {
+        let keys: Vec<String> = match name {
+            Some(n) => vec![n.to_ascii_lowercase()],
+            None => self.values.keys().cloned().collect(),
+        };
+        let mut changed = Vec::new();
+        for key in keys {
+            if self.values.remove(&key).is_none() {
+                continue;
+            }
+            match key.as_str() {
+                "default_transaction_read_only" => self.default_read_only = false,
+                "statement_timeout" => self.statement_timeout = None,
+                "lock_timeout" => self.lock_timeout = None,
+                _ => {}
+            }
+            if let Some(k) = known(&key).filter(|k| k.reported) {
+                changed.push((k.name.to_string(), k.default.to_string()));
+            }
+        }
+        changed
+    }
+
+    /// `SHOW name`: a value set in this session, else the default; None for
+    /// names we do not know and the client never set.
+    pub fn show(&self, name: &str) -> Option<String> {
+        let key = name.to_ascii_lowercase();
+        if key == "session_authorization" || key == "current_user" {
+            return Some(self.user.clone());
+        }
+        self.values
+            .get(&key)
+            .cloned()
+            .or_else(|| known(&key).map(|k| k.default.to_string()))
+    }
+
+    /// `SHOW ALL`.
+    pub fn all(&self, transaction_read_only: bool) -> Vec<(String, String)> {
+        let mut out: BTreeMap<String, String> = KNOWN
+            .iter()
+            .map(|k| (k.name.to_string(), self.show(k.name).unwrap_or_default()))
+            .collect();
+        out.insert(
+            "transaction_read_only".into(),
+            on_off(transaction_read_only),
+        );
+        for (k, v) in &self.values {
+            if known(k).is_none() {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// ParameterStatus values sent after authentication.
+    pub fn reported(&self, hot_standby: bool) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = KNOWN
+            .iter()
+            .filter(|k| k.reported)
+            .map(|k| (k.name.to_string(), self.show(k.name).unwrap_or_default()))
+            .collect();
+        out.insert("in_hot_standby".into(), on_off(hot_standby));
+        out.insert("session_authorization".into(), self.user.clone());
+        if hot_standby {
+            out.insert("default_transaction_read_only".into(), "on".into());
+        }
+        out
+    }
+}
+
+/// `-c name=value -c other=value` (also `--name=value`), as libpq sends
+/// PGOPTIONS. Backslash escapes a space.
+fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(w) = iter.next() {
+        let pair = if w == "-c" {
+            iter.next()
+        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+            Some(rest.to_string())
+        } else {
+            None
+        };
+        if let Some((k, v)) = pair.as_deref().and_then(|p| p.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_string()));
+        }
+    }
+    out
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" | "t" => Ok(true),
+        "off" | "false" | "no" | "0" | "f" => Ok(false),
+        _ => Err(Error::sql(
+            "22023",
+            format!("parameter \"{name}\" requires a Boolean value"),
+        )),
+    }
+}
+
+/// PostgreSQL time units: a bare number is milliseconds; 0 means no limit.
+fn parse_duration(name: &str, v: &str) -> Result<Option<Duration>> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let bad = || {
+        Error::sql(
+            "22023",
+            format!("invalid value for parameter \"{name}\": \"{v}\""),
+        )
+        .with_hint("valid units are \"ms\", \"s\", \"min\", \"h\" and \"d\"")
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1e3,
+        "min" => n * 60e3,
+        "h" => n * 3600e3,
+        "d" => n * 86400e3,
+        _ => return Err(bad()),
+    };
+    Ok((ms > 0.0).then(|| Duration::from_micros((ms * 1e3) as u64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_options_become_settings() {
+        let params = HashMap::from([
+            ("user".to_string(), "availdb".to_string()),
+            ("application_name".to_string(), "psql".to_string()),
+            (
+                "options".to_string(),
+                "-c application_intent=read_only --statement-timeout=5s".to_string(),
+            ),
+        ]);
+        let s = Settings::from_startup(&params).unwrap();
+        assert_eq!(s.show("application_name").as_deref(), Some("psql"));
+        assert_eq!(s.show("application_intent").as_deref(), Some("read_only"));
+        assert_eq!(s.statement_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn reported_settings_produce_parameter_status_on_set() {
+        let mut s = Settings::default();
+        assert_eq!(
+            s.set("application_name", Some("x")).unwrap(),
+            Some(("application_name".into(), "x".into()))
+        );
+        assert_eq!(s.set("extra_float_digits", Some("3")).unwrap(), None);
+        assert_eq!(
+            s.set("datestyle", Some("ISO")).unwrap(),
+            Some(("DateStyle".into(), "ISO".into()))
+        );
+        assert_eq!(s.reset(None).len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_22023_and_fixed_ones_with_55p02() {
+        let mut s = Settings::default();
+        assert_eq!(
+            s.set("client_encoding", Some("LATIN1"))
+                .unwrap_err()
+                .sqlstate(),
+            "22023"
+        );
+        assert_eq!(
+            s.set("statement_timeout", Some("5 parsecs"))
+                .unwrap_err()
+                .sqlstate(),
+            "22023"
+        );
+        assert_eq!(
+            s.set("server_version", Some("9")).unwrap_err().sqlstate(),
+            "55P02"
+        );
+        s.set("lock_timeout", Some("250")).unwrap();
+        assert_eq!(s.lock_timeout, Some(Duration::from_millis(250)));
+        s.set("lock_timeout", Some("0")).unwrap();
+        assert_eq!(s.lock_timeout, None);
+    }
+
+    #[test]
+    fn server_version_is_at_least_14_for_libpq() {
+        let v = Settings::default().show("server_version").unwrap();
+        let major: u32 = v.split('.').next().unwrap().parse().unwrap();
+        assert!(major >= 14);
+    }
+}

@@ -1,0 +1,517 @@
+//! Recognising the statements availdb answers itself before SQLite sees
+//! them: transaction control, session settings, database DDL and the
+//! start-up chatter of PostgreSQL clients.
+
+/// What a single statement asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `BEGIN`, `START TRANSACTION` (with READ ONLY / READ WRITE), SQLite's
+    /// `BEGIN DEFERRED | IMMEDIATE | EXCLUSIVE`.
+    Begin {
+        /// Some(true) for READ ONLY, Some(false) for READ WRITE.
+        read_only: Option<bool>,
+    },
+    /// `COMMIT`, `END` (also `… WORK`, `… TRANSACTION`).
+    Commit,
+    /// `ROLLBACK`, `ABORT` — but not `ROLLBACK TO SAVEPOINT`.
+    Rollback,
+    /// `SAVEPOINT x`, `RELEASE [SAVEPOINT] x`, `ROLLBACK TO [SAVEPOINT] x`:
+    /// run by SQLite, only inside a transaction block.
+    Savepoint {
+        /// The statement, run as is.
+        sql: String,
+        /// True for `ROLLBACK TO`, which also clears a failed transaction.
+        rollback_to: bool,
+    },
+    /// `SET TRANSACTION …` / `SET SESSION CHARACTERISTICS AS TRANSACTION …`.
+    SetTransaction {
+        /// Some(true) for READ ONLY, Some(false) for READ WRITE.
+        read_only: Option<bool>,
+        /// True for the session default (`SESSION CHARACTERISTICS`).
+        session: bool,
+    },
+    /// `SET [SESSION | LOCAL] name {TO | =} value`, `SET TIME ZONE value`.
+    Set {
+        /// Lower-cased setting name.
+        name: String,
+        /// The value, unquoted; `DEFAULT` resets.
+        value: Option<String>,
+    },
+    /// `RESET name`, `RESET ALL` (name None).
+    Reset {
+        /// Lower-cased setting name, None for ALL.
+        name: Option<String>,
+    },
+    /// `SHOW name`, `SHOW ALL`.
+    Show {
+        /// Lower-cased setting name.
+        name: String,
+    },
+    /// `CREATE DATABASE name [options]`.
+    CreateDatabase {
+        /// Database name (identifier case folded as PostgreSQL does).
+        name: String,
+    },
+    /// `DROP DATABASE [IF EXISTS] name`.
+    DropDatabase {
+        /// Database name.
+        name: String,
+        /// IF EXISTS given.
+        if_exists: bool,
+    },
+    /// `SELECT current_user` and friends, which SQLite cannot parse.
+    SessionUser,
+    /// `SELECT current_schema()` / `current_schema`.
+    CurrentSchema,
+    /// `DISCARD …`, `DEALLOCATE …`, `LISTEN`/`UNLISTEN`: accepted, nothing to do.
+    NoOp {
+        /// The command tag to answer with.
+        tag: String,
+    },
+    /// Anything else: a SQLite statement (with `pg_catalog.` prefixes of
+    /// function calls removed).
+    Sql(String),
+}
+
+/// Classifies one statement (already split, without its trailing `;`).
+pub fn classify(stmt: &str) -> Command {
+    let tokens = tokenize(stmt);
+    let words: Vec<String> = tokens.iter().map(|t| t.lower()).collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["begin" | "start", rest @ ..] if begin_ok(w[0], rest) => Command::Begin {
+            read_only: access_mode(rest),
+        },
+        ["commit" | "end", rest @ ..] if is_tx_noise(rest) => Command::Commit,
+        ["rollback" | "abort", rest @ ..] if is_tx_noise(rest) => Command::Rollback,
+        ["rollback", rest @ ..] if rest.contains(&"to") => Command::Savepoint {
+            sql: stmt.to_string(),
+            rollback_to: true,
+        },
+        ["savepoint", ..] | ["release", ..] => Command::Savepoint {
+            sql: stmt.to_string(),
+            rollback_to: false,
+        },
+        ["set", "transaction", rest @ ..] => Command::SetTransaction {
+            read_only: access_mode(rest),
+            session: false,
+        },
+        ["set", "session", "characteristics", "as", "transaction", rest @ ..] => {
+            Command::SetTransaction {
+                read_only: access_mode(rest),
+                session: true,
+            }
+        }
+        ["set", ..] => parse_set(&tokens[1..]),
+        ["reset", "all"] => Command::Reset { name: None },
+        ["reset", name] => Command::Reset {
+            name: Some(name.to_string()),
+        },
+        ["show", name] => Command::Show {
+            name: name.to_string(),
+        },
+        ["show", "transaction", "isolation", "level"] => Command::Show {
+            name: "transaction_isolation".into(),
+        },
+        ["create", "database", ..] if tokens.len() >= 3 => Command::CreateDatabase {
+            name: tokens[2].ident(),
+        },
+        ["drop", "database", "if", "exists", ..] if tokens.len() >= 5 => Command::DropDatabase {
+            name: tokens[4].ident(),
+            if_exists: true,
+        },
+        ["drop", "database", _, ..] => Command::DropDatabase {
+            name: tokens[2].ident(),
+            if_exists: false,
+        },
+        ["select", "current_user" | "session_user" | "user"]
+        | ["select", "current_user" | "session_user", "(", ")"] => Command::SessionUser,
+        ["select", "current_schema"] | ["select", "current_schema", "(", ")"] => {
+            Command::CurrentSchema
+        }
+        ["discard", ..] => Command::NoOp {
+            tag: upper_words(&w, 2),
+        },
+        ["deallocate", ..] => Command::NoOp {
+            tag: "DEALLOCATE".into(),
+        },
+        ["listen" | "unlisten", ..] => Command::NoOp {
+            tag: w[0].to_ascii_uppercase(),
+        },
+        _ => Command::Sql(strip_pg_catalog(stmt)),
+    }
+}
+
+fn upper_words(w: &[&str], n: usize) -> String {
+    w.iter()
+        .take(n)
+        .map(|s| s.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `BEGIN` may be followed by SQLite's kinds and PostgreSQL's modes;
+/// `START` only by `TRANSACTION`.
+fn begin_ok(first: &str, rest: &[&str]) -> bool {
+    match first {
+        "start" => rest.first() == Some(&"transaction"),
+        _ => rest.iter().all(|w| {
+            matches!(
+                *w,
+                "work"
+                    | "transaction"
+                    | "deferred"
+                    | "immediate"
+                    | "exclusive"
+                    | "isolation"
+                    | "level"
+                    | "serializable"
+                    | "repeatable"
+                    | "read"
+                    | "committed"
+                    | "uncommitted"
+                    | "only"
+                    | "write"
+                    | "not"
+                    | "deferrable"
+                    | ","
+            )
+        }),
+    }
+}
+
+fn is_tx_noise(rest: &[&str]) -> bool {
+    matches!(
+        rest,
+        [] | ["work"] | ["transaction"] | ["and", "no", "chain"]
+    )
+}
+
+fn access_mode(rest: &[&str]) -> Option<bool> {
+    rest.windows(2).find_map(|pair| match pair {
+        ["read", "only"] => Some(true),
+        ["read", "write"] => Some(false),
+        _ => None,
+    })
+}
+
+fn parse_set(tokens: &[Token]) -> Command {
+    let mut rest = tokens;
+    if let Some(first) = rest.first() {
+        if matches!(first.lower().as_str(), "session" | "local") {
+            rest = &rest[1..];
+        }
+    }
+    let lower: Vec<String> = rest.iter().map(Token::lower).collect();
+    let (name, value_tokens) = match lower.as_slice() {
+        [a, b, ..] if a == "time" && b == "zone" => ("timezone".to_string(), &rest[2..]),
+        [_, sep, ..] if sep == "to" || sep == "=" => (lower[0].clone(), &rest[2..]),
+        [_, ..] => (lower[0].clone(), &rest[1..]),
+        [] => (String::new(), rest),
+    };
+    let value = value_tokens
+        .iter()
+        .map(Token::unquoted)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" , ", ", ");
+    let value = if value.eq_ignore_ascii_case("default") || value.is_empty() {
+        None
+    } else {
+        Some(value)
+    };
+    Command::Set { name, value }
+}
+
+/// `SELECT pg_catalog.version()` → `SELECT version()`: function calls with
+/// the catalog prefix become our SQLite functions. Only outside quotes.
+fn strip_pg_catalog(stmt: &str) -> String {
+    if !stmt.to_ascii_lowercase().contains("pg_catalog.") {
+        return stmt.to_string();
+    }
+    let mut out = String::with_capacity(stmt.len());
+    let mut quote: Option<char> = None;
+    let mut i = 0;
+    let bytes = stmt.as_bytes();
+    while i < stmt.len() {
+        let c = stmt[i..].chars().next().expect("in bounds");
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if bytes.len() >= i + 11
+                && stmt[i..i + 11].eq_ignore_ascii_case("pg_catalog.") =>
+            {
+                i += 11;
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Token {
+    Word(String),
+    Quoted(String),
+    Str(String),
+    Symbol(char),
+}
+
+impl Token {
+    fn lower(&self) -> String {
+        match self {
+            Token::Word(w) => w.to_ascii_lowercase(),
+            Token::Quoted(q) => q.clone(),
+            Token::Str(s) => format!("'{s}'"),
+            Token::Symbol(c) => c.to_string(),
+        }
+    }
+
+    fn unquoted(&self) -> String {
+        match self {
+            Token::Word(w) => w.clone(),
+            Token::Quoted(q) | Token::Str(q) => q.clone(),
+            Token::Symbol(c) => c.to_string(),
+        }
+    }
+
+    /// An identifier as PostgreSQL folds it: unquoted → lower case.
+    fn ident(&self) -> String {
+        match self {
+            Token::Word(w) => w.to_ascii_lowercase(),
+            other => other.unquoted(),
+        }
+    }
+}
+
+fn tokenize(sql: &str) -> Vec<Token> {
+    let mut tokens = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '-' && sql_comment_follows(&mut chars.clone()) {
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    break;
+                }
+            }
+        } else if c == '\'' || c == '"' {
+            chars.next();
+            let mut s = String::new();
+            while let Some(ch) = chars.next() {
+                if ch == c {
+                    if chars.peek() == Some(&c) {
+                        chars.next();
+                        s.push(c);
+                        continue;
+                    }
+                    break;
+                }
+                s.push(ch);
+            }
+            tokens.push(if c == '\'' {
+                Token::Str(s)
+            } else {
+                Token::Quoted(s)
+            });
+        } else if c.is_alphanumeric() || c == '_' || c == '.' || c == '$' {
+            let mut w = String::new();
+            while let Some(&ch) = chars.peek() {
+                if ch.is_alphanumeric()
+                    || ch == '_'
+                    || ch == '.'
+                    || ch == '$'
+                    || (ch == '-' && is_setting_value_char(&w))
+                {
+                    w.push(ch);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            tokens.push(Token::Word(w));
+        } else {
+            tokens.push(Token::Symbol(c));
+            chars.next();
+        }
+    }
+    tokens
+}
+
+/// Words like `ISO-8859-1` or `en-US` stay one token in setting values;
+/// only words starting with a letter continue across a `-`.
+fn is_setting_value_char(word: &str) -> bool {
+    word.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+}
+
+fn sql_comment_follows(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+    chars.next() == Some('-') && chars.next() == Some('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Command::*;
+    use super::*;
+
+    #[test]
+    fn transaction_control_is_recognised_in_postgres_and_sqlite_spellings() {
+        let savepoint = |sql: &str, rollback_to| Savepoint {
+            sql: sql.into(),
+            rollback_to,
+        };
+        let cases = [
+            ("BEGIN", Begin { read_only: None }),
+            ("begin transaction", Begin { read_only: None }),
+            ("BEGIN IMMEDIATE", Begin { read_only: None }),
+            (
+                "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+                Begin {
+                    read_only: Some(true),
+                },
+            ),
+            (
+                "START TRANSACTION READ WRITE",
+                Begin {
+                    read_only: Some(false),
+                },
+            ),
+            ("COMMIT", Commit),
+            ("end", Commit),
+            ("COMMIT WORK", Commit),
+            ("ROLLBACK", Rollback),
+            ("abort", Rollback),
+            (
+                "ROLLBACK TO SAVEPOINT a",
+                savepoint("ROLLBACK TO SAVEPOINT a", true),
+            ),
+            (
+                "rollback transaction to a",
+                savepoint("rollback transaction to a", true),
+            ),
+            ("SAVEPOINT a", savepoint("SAVEPOINT a", false)),
+            ("RELEASE a", savepoint("RELEASE a", false)),
+            (
+                "SET TRANSACTION READ ONLY",
+                SetTransaction {
+                    read_only: Some(true),
+                    session: false,
+                },
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+                SetTransaction {
+                    read_only: Some(false),
+                    session: true,
+                },
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(classify(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_parse_with_to_equals_and_quotes() {
+        let set = |n: &str, v: Option<&str>| Set {
+            name: n.into(),
+            value: v.map(Into::into),
+        };
+        let cases = [
+            (
+                "SET extra_float_digits = 3",
+                set("extra_float_digits", Some("3")),
+            ),
+            (
+                "SET application_name TO 'my app'",
+                set("application_name", Some("my app")),
+            ),
+            ("set SESSION DateStyle = ISO", set("datestyle", Some("ISO"))),
+            ("SET TIME ZONE 'UTC'", set("timezone", Some("UTC"))),
+            (
+                "SET search_path = public, other",
+                set("search_path", Some("public, other")),
+            ),
+            (
+                "SET statement_timeout TO DEFAULT",
+                set("statement_timeout", None),
+            ),
+            (
+                "SET client_encoding = 'UTF8'",
+                set("client_encoding", Some("UTF8")),
+            ),
+            (
+                "SHOW transaction_read_only",
+                Show {
+                    name: "transaction_read_only".into(),
+                },
+            ),
+            (
+                "SHOW TRANSACTION ISOLATION LEVEL",
+                Show {
+                    name: "transaction_isolation".into(),
+                },
+            ),
+            ("RESET ALL", Reset { name: None }),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(classify(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn database_ddl_and_chatter_are_answered_by_availdb() {
+        assert_eq!(
+            classify("CREATE DATABASE App"),
+            CreateDatabase { name: "app".into() }
+        );
+        assert_eq!(
+            classify("create database \"Mixed\""),
+            CreateDatabase {
+                name: "Mixed".into()
+            }
+        );
+        assert_eq!(
+            classify("DROP DATABASE IF EXISTS x"),
+            DropDatabase {
+                name: "x".into(),
+                if_exists: true
+            }
+        );
+        assert_eq!(
+            classify("DROP DATABASE x"),
+            DropDatabase {
+                name: "x".into(),
+                if_exists: false
+            }
+        );
+        assert_eq!(classify("SELECT current_user"), SessionUser);
+        assert_eq!(classify("select current_schema()"), CurrentSchema);
+        assert_eq!(
+            classify("DISCARD ALL"),
+            NoOp {
+                tag: "DISCARD ALL".into()
+            }
+        );
+    }
+
+    #[test]
+    fn pg_catalog_prefix_is_removed_outside_quotes_only() {
+        assert_eq!(
+            classify("SELECT pg_catalog.pg_is_in_recovery()"),
+            Sql("SELECT pg_is_in_recovery()".into())
+        );
+        assert_eq!(
+            classify("SELECT 'pg_catalog.x', PG_CATALOG.version()"),
+            Sql("SELECT 'pg_catalog.x', version()".into())
+        );
+        assert_eq!(
+            classify("INSERT INTO t VALUES (1)"),
+            Sql("INSERT INTO t VALUES (1)".into())
+        );
+    }
+}

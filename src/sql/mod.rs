@@ -1,0 +1,18 @@
+//! The SQL layer: what a statement is before it reaches SQLite.
+//!
+//! * [`split`] cuts a simple-protocol query string into statements.
+//! * [`command`] recognises what availdb answers itself (transaction
+//!   control, `SET`/`SHOW`, `CREATE/DROP DATABASE`, client start-up chatter);
+//!   everything else is SQLite's dialect and goes to the engine.
+//! * [`types`] maps SQLite declared types to PostgreSQL types, and
+//!   [`typing`] infers parameter and result types from the SQL text, because
+//!   PostgreSQL drivers need them before a statement runs.
+//! * [`tag`] builds the command tags (`INSERT 0 1`) drivers read counts from.
+//!
+//! Everything here is pure: no connections, no I/O.
+
+pub mod command;
+pub mod split;
+pub mod tag;
+pub mod types;
+pub mod typing;
