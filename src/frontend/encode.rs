@@ -86,7 +86,7 @@ fn encode_value(
                 enc.encode_field_with_type_and_format(i, &Type::INT8, format, opts)
             }
             (_, Value::Real(f)) => {
-                enc.encode_field_with_type_and_format(f, &Type::FLOAT8, format, opts)
+                enc.encode_field_with_type_and_format(&float_text(*f), &Type::TEXT, format, opts)
             }
             (_, Value::Text(s)) => {
                 enc.encode_field_with_type_and_format(s, &Type::TEXT, format, opts)
@@ -174,6 +174,27 @@ fn encode_value(
             };
             enc.encode_field_with_type_and_format(&v, &Type::TEXT, format, opts)
         }
+    }
+}
+
+/// A float as PostgreSQL prints float8: the shortest text that reads back
+/// the same value, `2` rather than `2.0`, and an exponent outside 1e-4..1e15.
+fn float_text(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    if f != 0.0 && !(-4..15).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else {
+        let plain = f.to_string();
+        plain.strip_suffix(".0").map(str::to_string).unwrap_or(plain)
     }
 }
 
@@ -378,6 +399,25 @@ mod tests {
         );
         assert!(one(Type::NUMERIC, FieldFormat::Binary, Value::Real(1.25)).is_ok());
         assert!(one(Type::BOOL, FieldFormat::Binary, Value::Integer(1)).is_ok());
+    }
+
+    #[test]
+    fn floats_print_as_postgres_prints_float8() {
+        let cases = [
+            (2.0, "2"),
+            (1.5, "1.5"),
+            (-0.25, "-0.25"),
+            (0.0, "0"),
+            (1e20, "1e+20"),
+            (1.5e-5, "1.5e-05"),
+            (123456789012345.0, "123456789012345"),
+            (1e15, "1e+15"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(float_text(f), want, "{f}");
+        }
     }
 
     #[test]

@@ -483,17 +483,34 @@ impl SimpleQueryHandler for ConnState {
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
-        let mut responses = Vec::with_capacity(statements.len());
-        for statement in statements {
-            let result = session.execute(classify(statement), Vec::new()).await;
+        let commands: Vec<Command> = statements.into_iter().map(classify).collect();
+        // Like PostgreSQL, several statements in one Query run as one
+        // implicit transaction unless they manage transactions themselves.
+        let implicit = commands.len() > 1
+            && session.status() == TxStatus::Idle
+            && commands.iter().all(|c| matches!(c, Command::Sql(_)));
+        if implicit {
+            session.execute(Command::Begin { read_only: None }, Vec::new()).await.map_err(|e| user_error(&e))?;
+        }
+        let mut responses = Vec::with_capacity(commands.len());
+        let mut failed = false;
+        for command in commands {
+            let result = session.execute(command, Vec::new()).await;
             send_asides(client, session).await?;
             match result {
                 Ok(reply) => responses.push(to_response(reply, &Format::UnifiedText, None)?),
                 Err(err) => {
                     tracing::debug!(sqlstate = err.sqlstate(), error = %err, "statement failed");
                     responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
+                    failed = true;
                     break;
                 }
+            }
+        }
+        if implicit {
+            let end = if failed { Command::Rollback } else { Command::Commit };
+            if let Err(err) = session.execute(end, Vec::new()).await {
+                responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
             }
         }
         Ok(responses)
