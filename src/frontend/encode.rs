@@ -194,7 +194,10 @@ fn float_text(f: f64) -> String {
         format!("{mantissa}e{sign}{:02}", exp.abs())
     } else {
         let plain = f.to_string();
-        plain.strip_suffix(".0").map(str::to_string).unwrap_or(plain)
+        plain
+            .strip_suffix(".0")
+            .map(str::to_string)
+            .unwrap_or(plain)
     }
 }
 

@@ -490,7 +490,10 @@ impl SimpleQueryHandler for ConnState {
             && session.status() == TxStatus::Idle
             && commands.iter().all(|c| matches!(c, Command::Sql(_)));
         if implicit {
-            session.execute(Command::Begin { read_only: None }, Vec::new()).await.map_err(|e| user_error(&e))?;
+            session
+                .execute(Command::Begin { read_only: None }, Vec::new())
+                .await
+                .map_err(|e| user_error(&e))?;
         }
         let mut responses = Vec::with_capacity(commands.len());
         let mut failed = false;
@@ -508,7 +511,11 @@ impl SimpleQueryHandler for ConnState {
             }
         }
         if implicit {
-            let end = if failed { Command::Rollback } else { Command::Commit };
+            let end = if failed {
+                Command::Rollback
+            } else {
+                Command::Commit
+            };
             if let Err(err) = session.execute(end, Vec::new()).await {
                 responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
             }
