@@ -1,0 +1,468 @@
+//! Segment files on disk: appending, group commit, reading back, recovery.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::record::{DecodeError, Lsn, Record};
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Log errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The file system failed us.
+    #[error("log I/O error in {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A record before the end of the log is damaged: the log cannot be
+    /// trusted past it. This is a must-stop error.
+    #[error("log record at LSN {lsn} in {path} is corrupt ({cause}); restore this database from a replica")]
+    Corrupt {
+        /// Segment file.
+        path: PathBuf,
+        /// Position of the bad record.
+        lsn: Lsn,
+        /// What is wrong.
+        cause: DecodeError,
+    },
+    /// A read asked for records the log no longer (or never) held.
+    #[error("LSN {wanted} is not in the log, which holds {first}..{end}")]
+    OutOfRange {
+        /// Requested position.
+        wanted: Lsn,
+        /// First LSN held.
+        first: Lsn,
+        /// End of the log.
+        end: Lsn,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    first_lsn: Lsn,
+    path: PathBuf,
+}
+
+struct Tail {
+    segments: Vec<Segment>,
+    file: Arc<File>,
+    /// Bytes written to the current segment.
+    len: u64,
+    /// LSN the next record gets.
+    end: Lsn,
+    /// Encoding buffer, reused.
+    buf: Vec<u8>,
+}
+
+/// The append-only log of one database.
+pub struct Log {
+    dir: PathBuf,
+    tail: Mutex<Tail>,
+    durable: watch::Sender<Lsn>,
+    syncing: AtomicBool,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`. A torn record at the very end is
+    /// cut off — it was never acknowledged; damage anywhere else is an error.
+    pub fn open(dir: &Path) -> Result<Log, LogError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut segments = list_segments(dir)?;
+        if segments.is_empty() {
+            let path = segment_path(dir, 0);
+            create_segment(dir, &path)?;
+            segments.push(Segment { first_lsn: 0, path });
+        }
+        let last = segments.last().expect("at least one segment").clone();
+        let (end, len) = scan_segment(&last, true)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&last.path)
+            .map_err(io_err(&last.path))?;
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            tail: Mutex::new(Tail {
+                segments,
+                file: Arc::new(file),
+                len,
+                end,
+                buf: Vec::new(),
+            }),
+            durable: watch::channel(end).0,
+            syncing: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// LSN the next record will get (everything before it is written).
+    pub fn end_lsn(&self) -> Lsn {
+        self.lock().end
+    }
+
+    /// Everything before this LSN is on stable storage.
+    pub fn durable_lsn(&self) -> Lsn {
+        *self.durable.borrow()
+    }
+
+    /// First LSN still held.
+    pub fn first_lsn(&self) -> Lsn {
+        self.lock().segments[0].first_lsn
+    }
+
+    /// Appends a record (its `lsn` is assigned here) without waiting for
+    /// durability; returns the record's end LSN, to pass to
+    /// [`Log::wait_durable`] before acknowledging the commit.
+    pub fn append(&self, mut record: Record) -> Result<Lsn, LogError> {
+        let mut tail = self.lock();
+        record.lsn = tail.end;
+        let len = record.encoded_len() as u64;
+        if tail.len > 0 && tail.len + len > SEGMENT_BYTES {
+            self.roll(&mut tail)?;
+        }
+        let mut buf = std::mem::take(&mut tail.buf);
+        buf.clear();
+        record.encode_into(&mut buf);
+        let path = tail.segments.last().expect("a segment").path.clone();
+        (&*tail.file).write_all(&buf).map_err(io_err(&path))?;
+        tail.buf = buf;
+        tail.len += len;
+        tail.end += len;
+        Ok(tail.end)
+    }
+
+    /// Closes the current segment (synced, so durability never has to look
+    /// back) and starts a new one at the current end.
+    fn roll(&self, tail: &mut Tail) -> Result<(), LogError> {
+        let old = tail.segments.last().expect("a segment").path.clone();
+        tail.file.sync_data().map_err(io_err(&old))?;
+        self.durable.send_if_modified(|d| {
+            let moved = *d < tail.end;
+            *d = (*d).max(tail.end);
+            moved
+        });
+        let path = segment_path(&self.dir, tail.end);
+        create_segment(&self.dir, &path)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        tail.segments.push(Segment {
+            first_lsn: tail.end,
+            path,
+        });
+        tail.file = Arc::new(file);
+        tail.len = 0;
+        Ok(())
+    }
+
+    /// Waits until everything before `lsn` is durable. Group commit: one
+    /// waiter at a time syncs everything written so far; the others wait
+    /// for that sync instead of issuing their own.
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
+        let mut rx = self.durable.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= lsn {
+                return Ok(());
+            }
+            if self.syncing.swap(true, Ordering::AcqRel) {
+                // Another waiter is syncing; its result may cover us.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed()).await;
+                continue;
+            }
+            let (file, target, path) = {
+                let tail = self.lock();
+                (
+                    tail.file.clone(),
+                    tail.end,
+                    tail.segments.last().expect("a segment").path.clone(),
+                )
+            };
+            let synced = tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+            self.syncing.store(false, Ordering::Release);
+            synced.map_err(io_err(&path))?;
+            self.durable.send_if_modified(|d| {
+                let moved = *d < target;
+                *d = (*d).max(target);
+                moved
+            });
+        }
+    }
+
+    /// Syncs now, from a blocking context (e.g. before a checkpoint).
+    pub fn sync_blocking(&self) -> Result<Lsn, LogError> {
+        let (file, target, path) = {
+            let tail = self.lock();
+            (
+                tail.file.clone(),
+                tail.end,
+                tail.segments.last().expect("a segment").path.clone(),
+            )
+        };
+        file.sync_data().map_err(io_err(&path))?;
+        self.durable.send_if_modified(|d| {
+            let moved = *d < target;
+            *d = (*d).max(target);
+            moved
+        });
+        Ok(target)
+    }
+
+    /// All records from `from` (a record boundary) to the end, in order.
+    pub fn read_from(&self, from: Lsn) -> Result<Vec<Record>, LogError> {
+        let (segments, end) = {
+            let tail = self.lock();
+            (tail.segments.clone(), tail.end)
+        };
+        let first = segments[0].first_lsn;
+        if from < first || from > end {
+            return Err(LogError::OutOfRange {
+                wanted: from,
+                first,
+                end,
+            });
+        }
+        let mut out = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            let seg_end = segments.get(i + 1).map_or(end, |next| next.first_lsn);
+            if seg_end <= from {
+                continue;
+            }
+            let bytes = read_prefix(&seg.path, seg_end - seg.first_lsn)?;
+            let mut at = 0usize;
+            while at < bytes.len() {
+                let lsn = seg.first_lsn + at as u64;
+                let (record, len) =
+                    Record::decode(&bytes[at..]).map_err(|cause| LogError::Corrupt {
+                        path: seg.path.clone(),
+                        lsn,
+                        cause,
+                    })?;
+                if lsn >= from {
+                    out.push(record);
+                }
+                at += len;
+            }
+        }
+        if out.first().is_some_and(|r| r.lsn != from) {
+            return Err(LogError::OutOfRange {
+                wanted: from,
+                first,
+                end,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes whole segments that end at or before `lsn` (no replica and no
+    /// checkpoint needs them any more). The current segment is kept.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize, LogError> {
+        let mut tail = self.lock();
+        let mut removed = 0;
+        while tail.segments.len() > 1 && tail.segments[1].first_lsn <= lsn {
+            let seg = tail.segments.remove(0);
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
+    dir.join(format!("{first_lsn:016x}.avlog"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, LogError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".avlog"))
+        else {
+            continue;
+        };
+        if let Ok(first_lsn) = u64::from_str_radix(stem, 16) {
+            segments.push(Segment { first_lsn, path });
+        }
+    }
+    segments.sort_by_key(|s| s.first_lsn);
+    Ok(segments)
+}
+
+/// Creates an empty segment and makes its directory entry durable.
+fn create_segment(dir: &Path, path: &Path) -> Result<(), LogError> {
+    File::create(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, LogError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    Read::by_ref(&mut file)
+        .take(len)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+/// Walks a segment's records; returns (end LSN, valid length). With
+/// `cut_torn`, a torn last record is truncated away.
+fn scan_segment(seg: &Segment, cut_torn: bool) -> Result<(Lsn, u64), LogError> {
+    let mut file = File::open(&seg.path).map_err(io_err(&seg.path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err(&seg.path))?;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        match Record::decode(&bytes[at..]) {
+            Ok((_, len)) => at += len,
+            Err(DecodeError::Torn { .. }) if cut_torn => {
+                tracing::warn!(segment = %seg.path.display(), at, "cutting a torn record at the end of the log");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&seg.path)
+                    .map_err(io_err(&seg.path))?;
+                f.set_len(at as u64).map_err(io_err(&seg.path))?;
+                f.sync_all().map_err(io_err(&seg.path))?;
+                break;
+            }
+            Err(cause) => {
+                return Err(LogError::Corrupt {
+                    path: seg.path.clone(),
+                    lsn: seg.first_lsn + at as u64,
+                    cause,
+                })
+            }
+        }
+    }
+    Ok((seg.first_lsn + at as u64, at as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u8) -> Record {
+        Record {
+            lsn: 0,
+            epoch: 1,
+            commit_time_us: n as i64,
+            db_size: n as u32,
+            page_size: 64,
+            pages: vec![(n as u32, vec![n; 64])],
+        }
+    }
+
+    #[tokio::test]
+    async fn appended_records_read_back_in_order_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut ends = Vec::new();
+        for n in 1..=5 {
+            ends.push(log.append(record(n)).unwrap());
+        }
+        log.wait_durable(*ends.last().unwrap()).await.unwrap();
+        assert_eq!(log.durable_lsn(), log.end_lsn());
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        let all = log.read_from(0).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.db_size).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(all[1].lsn, all[0].end_lsn());
+        let tail = log.read_from(ends[2]).unwrap();
+        assert_eq!(tail.len(), 2);
+        assert!(matches!(
+            log.read_from(ends[2] + 1),
+            Err(LogError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_never_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let end1 = log.append(record(1)).unwrap();
+        log.append(record(2)).unwrap();
+        drop(log);
+        let seg = segment_path(dir.path(), 0);
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.end_lsn(), end1);
+        assert_eq!(log.read_from(0).unwrap().len(), 1);
+        assert_eq!(
+            log.append(record(3)).unwrap(),
+            end1 + record(3).encoded_len() as u64
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_before_the_end_is_a_must_stop_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.append(record(1)).unwrap();
+        log.append(record(2)).unwrap();
+        drop(log);
+        let seg = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[50] ^= 1;
+        fs::write(&seg, bytes).unwrap();
+        assert!(matches!(
+            Log::open(dir.path()),
+            Err(LogError::Corrupt { lsn: 0, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_waiters_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for n in 0..16 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let end = log.append(record(n)).unwrap();
+                log.wait_durable(end).await.unwrap();
+                end
+            }));
+        }
+        for t in tasks {
+            let end = t.await.unwrap();
+            assert!(log.durable_lsn() >= end);
+        }
+    }
+}
