@@ -69,7 +69,6 @@ pub fn run(conn: &Connection, sql: &str, params: &[Value], with_types: bool) -> 
         columns(&stmt, sql, &ConnSchema::new(conn))
     } else {
         stmt.column_names()
-            .into_iter()
             .map(|name| Column {
                 name: name.to_string(),
                 ty: ValueType::Text,
@@ -163,7 +162,7 @@ fn columns(stmt: &Statement<'_>, sql: &str, schema: &dyn Schema) -> Vec<Column> 
 /// Column types looked up with `PRAGMA table_info`, cached per statement.
 struct ConnSchema<'c> {
     conn: &'c Connection,
-    tables: RefCell<HashMap<String, HashMap<String, ValueType>>>,
+    tables: RefCell<HashMap<String, Vec<(String, ValueType)>>>,
 }
 
 impl<'c> ConnSchema<'c> {
@@ -174,8 +173,9 @@ impl<'c> ConnSchema<'c> {
         }
     }
 
-    fn load(&self, table: &str) -> HashMap<String, ValueType> {
-        let mut cols = HashMap::new();
+    /// (lower-case name, type) of each column, in table order.
+    fn load(&self, table: &str) -> Vec<(String, ValueType)> {
+        let mut cols = Vec::new();
         let Ok(mut stmt) = self
             .conn
             .prepare_cached("SELECT name, type FROM pragma_table_info(?1)")
@@ -188,18 +188,36 @@ impl<'c> ConnSchema<'c> {
             return cols;
         };
         for (name, decl) in rows.flatten() {
-            cols.insert(name.to_ascii_lowercase(), ValueType::from_decltype(&decl));
+            cols.push((name.to_ascii_lowercase(), ValueType::from_decltype(&decl)));
         }
         cols
     }
 }
 
+impl ConnSchema<'_> {
+    fn with_table<T>(&self, table: &str, f: impl FnOnce(&[(String, ValueType)]) -> T) -> T {
+        let mut tables = self.tables.borrow_mut();
+        let cols = tables
+            .entry(table.to_ascii_lowercase())
+            .or_insert_with(|| self.load(table));
+        f(cols)
+    }
+}
+
 impl Schema for ConnSchema<'_> {
     fn column_type(&self, table: &str, column: &str) -> Option<ValueType> {
-        let key = table.to_ascii_lowercase();
-        let mut tables = self.tables.borrow_mut();
-        let cols = tables.entry(key).or_insert_with(|| self.load(table));
-        cols.get(&column.to_ascii_lowercase()).copied()
+        let column = column.to_ascii_lowercase();
+        self.with_table(table, |cols| {
+            cols.iter()
+                .find(|(name, _)| *name == column)
+                .map(|(_, ty)| *ty)
+        })
+    }
+
+    fn table_columns(&self, table: &str) -> Option<Vec<ValueType>> {
+        self.with_table(table, |cols| {
+            (!cols.is_empty()).then(|| cols.iter().map(|(_, ty)| *ty).collect())
+        })
     }
 }
 

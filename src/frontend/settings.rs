@@ -341,10 +341,10 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     while let Some(w) = iter.next() {
         let pair = if w == "-c" {
             iter.next()
-        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
-            Some(rest.to_string())
         } else {
-            None
+            w.strip_prefix("--")
+                .or_else(|| w.strip_prefix("-c"))
+                .map(str::to_string)
         };
         if let Some((k, v)) = pair.as_deref().and_then(|p| p.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_string()));

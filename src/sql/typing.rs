@@ -59,6 +59,10 @@ use crate::sql::types::ValueType;
 pub trait Schema {
     /// Declared type of `column` in `table` (case-insensitive names), or None if unknown.
     fn column_type(&self, table: &str, column: &str) -> Option<ValueType>;
+
+    /// Declared types of all columns of `table`, in table order (for
+    /// `INSERT INTO t VALUES (…)` without a column list), or None if unknown.
+    fn table_columns(&self, table: &str) -> Option<Vec<ValueType>>;
 }
 
 /// Types of parameters $1..=$n_params of `sql` (a single SQLite statement
@@ -1020,11 +1024,22 @@ impl ParamWalker<'_> {
         };
         let target = scope.bindings.first().map(|b| &b.source);
         if let Some(source) = &insert.source {
-            let column_types: Vec<_> = insert
-                .columns
-                .iter()
-                .map(|column| self.target_column_type(target, column))
-                .collect();
+            let column_types: Vec<_> = match target {
+                // No column list: the values fill the table's columns in order.
+                Some(Source::Table(table)) if insert.columns.is_empty() => self
+                    .ctx
+                    .schema
+                    .table_columns(table)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                _ => insert
+                    .columns
+                    .iter()
+                    .map(|column| self.target_column_type(target, column))
+                    .collect(),
+            };
             self.assign_output_types(&source.body, &column_types);
             self.walk_query(source, outer);
         }
@@ -1555,7 +1570,6 @@ fn subquery(expr: &Expr) -> Option<&Query> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
     use ValueType::*;
@@ -1563,7 +1577,7 @@ mod tests {
     /// users(id INTEGER, name TEXT, score REAL, balance NUMERIC,
     ///       active BOOLEAN, avatar BLOB, created TIMESTAMP);
     /// orders(id INTEGER, user_id INTEGER, total REAL, note TEXT).
-    struct TestSchema(HashMap<(String, String), ValueType>);
+    struct TestSchema(Vec<((String, String), ValueType)>);
 
     impl TestSchema {
         fn new() -> Self {
@@ -1592,7 +1606,18 @@ mod tests {
     impl Schema for TestSchema {
         fn column_type(&self, table: &str, column: &str) -> Option<ValueType> {
             let key = (table.to_ascii_lowercase(), column.to_ascii_lowercase());
-            self.0.get(&key).copied()
+            self.0.iter().find(|(k, _)| *k == key).map(|(_, ty)| *ty)
+        }
+
+        fn table_columns(&self, table: &str) -> Option<Vec<ValueType>> {
+            let table = table.to_ascii_lowercase();
+            let cols: Vec<_> = self
+                .0
+                .iter()
+                .filter(|((t, _), _)| *t == table)
+                .map(|(_, ty)| *ty)
+                .collect();
+            (!cols.is_empty()).then_some(cols)
         }
     }
 
@@ -1642,8 +1667,18 @@ mod tests {
     }
 
     #[test]
-    fn insert_without_column_list_leaves_parameters_unknown() {
-        check_params(&[("INSERT INTO users VALUES ($1, $2)", &[None, None])]);
+    fn insert_without_column_list_takes_table_column_order() {
+        check_params(&[
+            (
+                "INSERT INTO users VALUES ($1, $2)",
+                &[Some(Int8), Some(Text)],
+            ),
+            (
+                "INSERT INTO orders VALUES ($1, $2, $3, $4)",
+                &[Some(Int8), Some(Int8), Some(Float8), Some(Text)],
+            ),
+            ("INSERT INTO nosuch VALUES ($1)", &[None]),
+        ]);
     }
 
     #[test]

@@ -1,0 +1,556 @@
+//! Black-box harness: starts the real `availdb server` binary on a free
+//! loopback port with a temporary data directory and hands out real
+//! PostgreSQL clients.
+//!
+//! * Every server gets its own `TempDir`; the data directory is `<tmp>/data`
+//!   and everything the process writes to stdout and stderr is appended to
+//!   `<tmp>/server.log`, which panics quote (its tail) so a failing test says
+//!   what the server said.
+//! * The port is picked at run time (bind `127.0.0.1:0`, read it, drop the
+//!   socket) and kept across `restart()`.
+//! * Every wait is bounded; nothing here sleeps to assert timing, only to poll.
+//! * Dropping a `TestServer` kills the process (SIGKILL) and removes the
+//!   directory.
+// Each test binary uses a different part of the harness.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// The user availdb authenticates (and libpq's default database name).
+pub const USER: &str = "availdb";
+/// The database that exists on first start.
+pub const DEFAULT_DB: &str = "availdb";
+/// How long a server may take to accept `SELECT 1` after it was spawned.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to exit after SIGTERM, or to fail at start.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one client connection attempt (TCP connect + start-up + auth).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+const POLL: Duration = Duration::from_millis(100);
+const LOG_TAIL_LINES: usize = 60;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Where a server's password comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum PasswordSource {
+    /// `--password PW`.
+    #[default]
+    Argument,
+    /// `AVAILDB_PASSWORD=PW`.
+    Environment,
+    /// `password = "PW"` in a `--config` TOML file.
+    ConfigFile,
+}
+
+/// How to start a server: password (argument, environment or config file),
+/// host, port, extra arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    password: Option<String>,
+    password_source: PasswordSource,
+    host: Option<String>,
+    port: Option<u16>,
+    extra_args: Vec<String>,
+}
+
+impl Builder {
+    /// Require this password (SCRAM-SHA-256), given as `--password`.
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_string());
+        self.password_source = PasswordSource::Argument;
+        self
+    }
+
+    /// Require this password, given through `AVAILDB_PASSWORD`.
+    pub fn password_from_env(mut self, password: &str) -> Self {
+        self.password = Some(password.to_string());
+        self.password_source = PasswordSource::Environment;
+        self
+    }
+
+    /// Require this password, given as `password` in a `--config` file.
+    pub fn password_in_config_file(mut self, password: &str) -> Self {
+        assert!(
+            password
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "keep test passwords TOML-safe"
+        );
+        self.password = Some(password.to_string());
+        self.password_source = PasswordSource::ConfigFile;
+        self
+    }
+
+    /// Bind this host instead of `127.0.0.1`.
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_string());
+        self
+    }
+
+    /// Use this port instead of a fresh free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Append one more command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.to_string());
+        self
+    }
+
+    /// Spawns the server and waits until a client can run `SELECT 1`.
+    pub async fn start(self) -> TestServer {
+        let mut server = self.spawn();
+        server.wait_ready().await;
+        server
+    }
+
+    /// Spawns a server that is expected to refuse to start: waits (bounded)
+    /// for it to exit and returns how it exited and what it logged. Panics
+    /// if it is still running after `EXIT_TIMEOUT`.
+    pub async fn start_expecting_exit(self) -> FailedStart {
+        let mut server = self.spawn();
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = server.try_wait() {
+                return FailedStart {
+                    status,
+                    log: server.log(),
+                };
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "availdb was expected to refuse to start but is still running after {:?}\n{}",
+                    EXIT_TIMEOUT,
+                    server.log_tail()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn spawn(self) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("availdb-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let port = self.port.unwrap_or_else(free_port);
+        let mut server = TestServer {
+            log_path: dir.path().join("server.log"),
+            dir,
+            port,
+            config: self,
+            child: None,
+            starts: 0,
+        };
+        server.spawn_child();
+        server
+    }
+}
+
+/// How a server that refused to start exited.
+#[derive(Debug)]
+pub struct FailedStart {
+    /// The exit status of the process.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout and stderr.
+    pub log: String,
+}
+
+/// One running (or stopped) `availdb server` process and its directory.
+pub struct TestServer {
+    dir: TempDir,
+    port: u16,
+    config: Builder,
+    child: Option<Child>,
+    log_path: PathBuf,
+    /// How many times the process was spawned (log section markers).
+    starts: u32,
+}
+
+impl TestServer {
+    /// Starts a server with no password on a free loopback port.
+    pub async fn start() -> TestServer {
+        Builder::default().start().await
+    }
+
+    /// A builder for servers with a password, another host or extra args.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The port the server listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory passed as `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is not running").id()
+    }
+
+    /// A libpq-style connection string for `db`, with the password when the
+    /// server has one.
+    pub fn conn_string(&self, db: &str) -> String {
+        let mut s = format!(
+            "host=127.0.0.1 port={} user={USER} dbname={db} connect_timeout={}",
+            self.port,
+            CONNECT_TIMEOUT.as_secs()
+        );
+        if let Some(password) = &self.config.password {
+            s.push_str(&format!(" password={password}"));
+        }
+        s
+    }
+
+    /// Connects to `db`; the caller inspects the error.
+    pub async fn try_client(&self, db: &str) -> Result<Client, tokio_postgres::Error> {
+        match connect_bounded(&self.conn_string(db)).await {
+            Some(result) => result,
+            None => panic!(
+                "connecting to database {db:?} on port {} took longer than {CONNECT_TIMEOUT:?}\n{}",
+                self.port,
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Connects to `db`, panicking with the server log when that fails.
+    pub async fn client(&self, db: &str) -> Client {
+        match self.try_client(db).await {
+            Ok(client) => client,
+            Err(e) => panic!(
+                "cannot connect to database {db:?} on port {}: {e:?}\n{}",
+                self.port,
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Everything the server wrote so far (all starts).
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The last lines of the server log, formatted for a panic message.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+        format!(
+            "--- last {} lines of {} ---\n{}\n--- end of server log ---",
+            lines.len() - from,
+            self.log_path.display(),
+            lines[from..].join("\n")
+        )
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let tail = self.log_tail();
+                self.kill9();
+                panic!("availdb did not exit within {EXIT_TIMEOUT:?} of SIGTERM\n{tail}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Starts the server again on the same data directory and port; stops it
+    /// with SIGTERM first if it is still running.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.sigterm().await;
+        }
+        self.spawn_child();
+        self.wait_ready().await;
+    }
+
+    /// The exit status, if the process has exited.
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("wait for availdb")
+    }
+
+    fn spawn_child(&mut self) {
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open server log");
+        writeln!(log, "=== test harness: start #{} ===", self.starts).expect("write server log");
+        let stdout = log.try_clone().expect("clone log handle");
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_availdb"));
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--host")
+            .arg(self.config.host.as_deref().unwrap_or("127.0.0.1"))
+            .env_remove("AVAILDB_PASSWORD")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log);
+        if let Some(password) = &self.config.password {
+            match self.config.password_source {
+                PasswordSource::Argument => {
+                    cmd.arg("--password").arg(password);
+                }
+                PasswordSource::Environment => {
+                    cmd.env("AVAILDB_PASSWORD", password);
+                }
+                PasswordSource::ConfigFile => {
+                    let path = self.dir.path().join("availdb.toml");
+                    std::fs::write(&path, format!("password = \"{password}\"\n"))
+                        .expect("write config file");
+                    cmd.arg("--config").arg(path);
+                }
+            }
+        }
+        cmd.args(&self.config.extra_args);
+        self.child = Some(cmd.spawn().expect("spawn the availdb binary"));
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                panic!(
+                    "availdb exited ({status}) before accepting connections\n{}",
+                    self.log_tail()
+                );
+            }
+            let last_error = match connect_bounded(&self.conn_string(DEFAULT_DB)).await {
+                Some(Ok(client)) => match client.simple_query("SELECT 1").await {
+                    Ok(_) => return,
+                    Err(e) => format!("SELECT 1 failed: {e:?}"),
+                },
+                Some(Err(e)) => format!("connect failed: {e:?}"),
+                None => format!("connect took longer than {CONNECT_TIMEOUT:?}"),
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "availdb did not answer SELECT 1 within {START_TIMEOUT:?} (last: {last_error})\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// A command for a libpq program (`psql`, `pgbench`) with the `PG*`
+    /// environment pointing at this server's database `db`.
+    pub fn libpq_command(&self, program: &str, db: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for var in [
+            "PGSERVICE",
+            "PGSERVICEFILE",
+            "PGOPTIONS",
+            "PGSSLMODE",
+            "PGTARGETSESSIONATTRS",
+            "PGPASSFILE",
+            "PGPASSWORD",
+            "PGHOSTADDR",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", USER)
+            .env("PGDATABASE", db)
+            .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string())
+            .env("PGAPPNAME", "availdb-tests")
+            .stdin(Stdio::null());
+        if let Some(password) = &self.config.password {
+            cmd.env("PGPASSWORD", password);
+        }
+        cmd
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Connects with a libpq-style connection string and runs the connection on
+/// its own task; panics if the start-up takes longer than `CONNECT_TIMEOUT`.
+pub async fn connect(conn_string: &str) -> Result<Client, tokio_postgres::Error> {
+    match connect_bounded(conn_string).await {
+        Some(result) => result,
+        None => panic!("connecting with {conn_string:?} took longer than {CONNECT_TIMEOUT:?}"),
+    }
+}
+
+/// `connect`, with `None` when the whole start-up (TCP, TLS refusal, auth)
+/// did not finish within `CONNECT_TIMEOUT`.
+async fn connect_bounded(conn_string: &str) -> Option<Result<Client, tokio_postgres::Error>> {
+    let attempt = tokio_postgres::connect(conn_string, NoTls);
+    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return Some(Err(e)),
+        Err(_) => return None,
+    };
+    tokio::spawn(async move {
+        // Errors surface on the client's next call.
+        let _ = connection.await;
+    });
+    Some(Ok(client))
+}
+
+/// The first row's first column of a simple-protocol query, as text.
+pub async fn simple_value(client: &Client, sql: &str) -> Option<String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: returned no row"))
+}
+
+/// Rows and the command-complete count of a simple-protocol query.
+pub async fn simple_rows(client: &Client, sql: &str) -> (Vec<Vec<Option<String>>>, Option<u64>) {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let mut rows = Vec::new();
+    let mut count = None;
+    for message in messages {
+        match message {
+            SimpleQueryMessage::Row(row) => rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            SimpleQueryMessage::CommandComplete(n) => count = Some(n),
+            _ => {}
+        }
+    }
+    (rows, count)
+}
+
+/// Asserts that `result` failed with `expected`, naming what was run.
+pub fn assert_sqlstate<T: std::fmt::Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    expected: &SqlState,
+    what: &str,
+) {
+    match result {
+        Ok(value) => panic!(
+            "{what}: expected SQLSTATE {} but it succeeded with {value:?}",
+            expected.code()
+        ),
+        Err(e) => {
+            let got = e.code().map(|c| c.code().to_string());
+            assert_eq!(
+                got.as_deref(),
+                Some(expected.code()),
+                "{what}: expected SQLSTATE {}, got {got:?} ({e:?})",
+                expected.code()
+            );
+        }
+    }
+}
+
+/// Runs a command to completion, killing it after `timeout`; stdout and
+/// stderr are read on their own threads so a chatty child never blocks.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    let description = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let mut out = child.stdout.take().expect("stdout pipe");
+    let mut err = child.stderr.take().expect("stderr pipe");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out_reader.join().unwrap_or_default();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "{description} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(POLL);
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
