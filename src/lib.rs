@@ -5,4 +5,5 @@ pub mod cli;
 pub mod engine;
 pub mod frontend;
 pub mod log;
+pub mod replication;
 pub mod sql;

@@ -1,0 +1,362 @@
+//! Who a commit waits for: the synchronization state of each secondary
+//! replica of one database, as the primary sees it. Pure state machine: the
+//! connection tasks feed it events; commits ask it whether they may return.
+//!
+//! # States (per secondary replica of a database), as SQL Server names them
+//! ```text
+//!                connect                 hardened ≥ primary end (sync mode)
+//!  NOT SYNCHRONIZING ────► SYNCHRONIZING ──────────────────────► SYNCHRONIZED
+//!         ▲                     ▲   │ disconnect, session timeout,     │
+//!         └─────────────────────┴───┴── suspend ◄────────────────────┘
+//! ```
+//! An asynchronous-commit replica never becomes SYNCHRONIZED: it stays
+//! SYNCHRONIZING while connected, and commits never wait for it.
+//!
+//! # The commit rule (RPO 0 for synchronous commit)
+//! A commit whose record ends at LSN `l` may be acknowledged when every
+//! SYNCHRONIZED replica has hardened `l`, and at least
+//! `REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT` replicas are SYNCHRONIZED.
+//! A replica leaves the synchronized set only through [`DbSync::leave`]
+//! (disconnect, session timeout, suspend) — the one place the cluster
+//! manager will later route through quorum — and rejoins only by catching up
+//! to the primary's end, after which every later commit waits for it again.
+
+use std::collections::BTreeMap;
+
+use crate::log::Lsn;
+
+/// Synchronization state of one database on one secondary replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Not connected, suspended, or timed out.
+    NotSynchronizing,
+    /// Connected and receiving, not (yet) counted for commits.
+    Synchronizing,
+    /// Caught up; commits wait for it.
+    Synchronized,
+}
+
+impl SyncState {
+    /// The name SQL Server's views use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncState::NotSynchronizing => "NOT SYNCHRONIZING",
+            SyncState::Synchronizing => "SYNCHRONIZING",
+            SyncState::Synchronized => "SYNCHRONIZED",
+        }
+    }
+}
+
+/// Why a replica left the synchronized set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The connection closed.
+    Disconnected,
+    /// No message within SESSION_TIMEOUT.
+    SessionTimeout,
+    /// Data movement suspended (ALTER DATABASE … SET HADR SUSPEND).
+    Suspended,
+}
+
+/// What the primary knows of one secondary for one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    /// SYNCHRONOUS_COMMIT (true) or ASYNCHRONOUS_COMMIT.
+    pub sync_commit: bool,
+    /// Current state.
+    pub state: SyncState,
+    /// Everything before this LSN is on the replica's disk.
+    pub hardened: Lsn,
+    /// Everything before this LSN is redone into the replica's database.
+    pub redone: Lsn,
+    /// Data movement suspended for this database.
+    pub suspended: bool,
+    /// Why it last left the synchronized set, if it did.
+    pub left: Option<LeaveReason>,
+}
+
+/// The answer to "may this commit return?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitCheck {
+    /// Hardened where it must be.
+    Ready,
+    /// Waiting for these replicas to harden the commit.
+    Waiting(Vec<String>),
+    /// Fewer synchronized replicas than required; waits until enough are.
+    TooFewSynchronized {
+        /// How many are synchronized.
+        have: usize,
+        /// REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT.
+        required: usize,
+    },
+}
+
+/// Synchronization of one database with all its secondaries.
+#[derive(Debug, Clone, Default)]
+pub struct DbSync {
+    /// End of the primary's log.
+    primary_end: Lsn,
+    replicas: BTreeMap<String, ReplicaProgress>,
+    required: usize,
+}
+
+impl DbSync {
+    /// A database whose log ends at `primary_end`, with these secondaries
+    /// (name, synchronous commit?) and the required synchronized count.
+    pub fn new(primary_end: Lsn, secondaries: &[(String, bool)], required: usize) -> DbSync {
+        let replicas = secondaries
+            .iter()
+            .map(|(name, sync_commit)| {
+                (
+                    name.clone(),
+                    ReplicaProgress {
+                        sync_commit: *sync_commit,
+                        state: SyncState::NotSynchronizing,
+                        hardened: 0,
+                        redone: 0,
+                        suspended: false,
+                        left: None,
+                    },
+                )
+            })
+            .collect();
+        DbSync {
+            primary_end,
+            replicas,
+            required,
+        }
+    }
+
+    /// End of the primary's log.
+    pub fn primary_end(&self) -> Lsn {
+        self.primary_end
+    }
+
+    /// A replica's progress.
+    pub fn replica(&self, name: &str) -> Option<&ReplicaProgress> {
+        self.replicas.get(name)
+    }
+
+    /// All replicas, by name.
+    pub fn replicas(&self) -> impl Iterator<Item = (&String, &ReplicaProgress)> {
+        self.replicas.iter()
+    }
+
+    /// Changes a replica's availability mode. Switching to asynchronous
+    /// takes it out of the synchronized set at once (commits stop waiting);
+    /// switching to synchronous makes it count only after it catches up.
+    pub fn set_mode(&mut self, name: &str, sync_commit: bool) {
+        if let Some(r) = self.replicas.get_mut(name) {
+            r.sync_commit = sync_commit;
+            if !sync_commit && r.state == SyncState::Synchronized {
+                r.state = SyncState::Synchronizing;
+            }
+        }
+        self.promote(name);
+    }
+
+    /// Sets REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT.
+    pub fn set_required(&mut self, required: usize) {
+        self.required = required;
+    }
+
+    /// The primary appended records up to `end`.
+    pub fn appended(&mut self, end: Lsn) {
+        self.primary_end = self.primary_end.max(end);
+    }
+
+    /// The replica connected (and is not suspended): it starts receiving.
+    pub fn connected(&mut self, name: &str, hardened: Lsn, redone: Lsn) {
+        if let Some(r) = self.replicas.get_mut(name) {
+            r.hardened = hardened;
+            r.redone = redone;
+            if !r.suspended {
+                r.state = SyncState::Synchronizing;
+            }
+        }
+        self.promote(name);
+    }
+
+    /// The replica reported progress.
+    pub fn progress(&mut self, name: &str, hardened: Lsn, redone: Lsn) {
+        if let Some(r) = self.replicas.get_mut(name) {
+            r.hardened = r.hardened.max(hardened);
+            r.redone = r.redone.max(redone);
+        }
+        self.promote(name);
+    }
+
+    /// The replica leaves the synchronized set: commits stop waiting for it.
+    /// This is the single decision point for that (see the module docs).
+    pub fn leave(&mut self, name: &str, reason: LeaveReason) {
+        if let Some(r) = self.replicas.get_mut(name) {
+            r.state = SyncState::NotSynchronizing;
+            r.left = Some(reason);
+            if reason == LeaveReason::Suspended {
+                r.suspended = true;
+            }
+        }
+    }
+
+    /// Data movement resumed (the connection, if any, goes on).
+    pub fn resume(&mut self, name: &str, connected: bool) {
+        if let Some(r) = self.replicas.get_mut(name) {
+            r.suspended = false;
+            if connected {
+                r.state = SyncState::Synchronizing;
+            }
+        }
+        self.promote(name);
+    }
+
+    /// SYNCHRONIZING → SYNCHRONIZED once a sync replica has caught up.
+    fn promote(&mut self, name: &str) {
+        let end = self.primary_end;
+        if let Some(r) = self.replicas.get_mut(name) {
+            if r.sync_commit && r.state == SyncState::Synchronizing && r.hardened >= end {
+                r.state = SyncState::Synchronized;
+                r.left = None;
+            }
+        }
+    }
+
+    /// May a commit whose record ends at `lsn` be acknowledged?
+    pub fn check_commit(&self, lsn: Lsn) -> CommitCheck {
+        let synchronized: Vec<(&String, &ReplicaProgress)> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.state == SyncState::Synchronized)
+            .collect();
+        if synchronized.len() < self.required {
+            return CommitCheck::TooFewSynchronized {
+                have: synchronized.len(),
+                required: self.required,
+            };
+        }
+        let behind: Vec<String> = synchronized
+            .iter()
+            .filter(|(_, r)| r.hardened < lsn)
+            .map(|(n, _)| (*n).clone())
+            .collect();
+        if behind.is_empty() {
+            CommitCheck::Ready
+        } else {
+            CommitCheck::Waiting(behind)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_sync_one_async() -> DbSync {
+        DbSync::new(
+            100,
+            &[
+                ("r2".into(), true),
+                ("r3".into(), true),
+                ("r4".into(), false),
+            ],
+            0,
+        )
+    }
+
+    #[test]
+    fn a_sync_replica_counts_only_after_catching_up() {
+        let mut s = two_sync_one_async();
+        s.connected("r2", 40, 40);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronizing);
+        assert_eq!(
+            s.check_commit(150),
+            CommitCheck::Ready,
+            "not yet in the set: not waited for"
+        );
+        s.progress("r2", 100, 90);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronized);
+        s.appended(150);
+        assert_eq!(s.check_commit(150), CommitCheck::Waiting(vec!["r2".into()]));
+        s.progress("r2", 150, 100);
+        assert_eq!(s.check_commit(150), CommitCheck::Ready);
+    }
+
+    #[test]
+    fn asynchronous_replicas_are_never_waited_for() {
+        let mut s = two_sync_one_async();
+        s.connected("r4", 100, 100);
+        s.appended(500);
+        assert_eq!(s.replica("r4").unwrap().state, SyncState::Synchronizing);
+        assert_eq!(s.check_commit(500), CommitCheck::Ready);
+    }
+
+    #[test]
+    fn session_timeout_removes_the_replica_before_commits_stop_waiting() {
+        let mut s = two_sync_one_async();
+        s.connected("r2", 100, 100);
+        s.connected("r3", 100, 100);
+        s.appended(200);
+        assert_eq!(
+            s.check_commit(200),
+            CommitCheck::Waiting(vec!["r2".into(), "r3".into()])
+        );
+        s.progress("r3", 200, 200);
+        assert_eq!(s.check_commit(200), CommitCheck::Waiting(vec!["r2".into()]));
+        s.leave("r2", LeaveReason::SessionTimeout);
+        assert_eq!(s.check_commit(200), CommitCheck::Ready);
+        assert_eq!(
+            s.replica("r2").unwrap().left,
+            Some(LeaveReason::SessionTimeout)
+        );
+        // It comes back: counted again only after catching up.
+        s.connected("r2", 150, 150);
+        assert_eq!(s.check_commit(200), CommitCheck::Ready);
+        s.progress("r2", 200, 180);
+        s.appended(300);
+        assert_eq!(
+            s.check_commit(300),
+            CommitCheck::Waiting(vec!["r2".into(), "r3".into()])
+        );
+    }
+
+    #[test]
+    fn required_synchronized_secondaries_block_commits_until_met() {
+        let mut s = two_sync_one_async();
+        s.set_required(1);
+        assert_eq!(
+            s.check_commit(100),
+            CommitCheck::TooFewSynchronized {
+                have: 0,
+                required: 1
+            }
+        );
+        s.connected("r3", 100, 100);
+        assert_eq!(s.check_commit(100), CommitCheck::Ready);
+    }
+
+    #[test]
+    fn suspended_databases_stay_out_until_resumed_and_caught_up() {
+        let mut s = two_sync_one_async();
+        s.connected("r2", 100, 100);
+        s.leave("r2", LeaveReason::Suspended);
+        s.progress("r2", 100, 100);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::NotSynchronizing);
+        s.connected("r2", 100, 100);
+        assert_eq!(
+            s.replica("r2").unwrap().state,
+            SyncState::NotSynchronizing,
+            "suspended wins"
+        );
+        s.resume("r2", true);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronized);
+    }
+
+    #[test]
+    fn switching_to_async_releases_waiting_commits() {
+        let mut s = two_sync_one_async();
+        s.connected("r2", 100, 100);
+        s.appended(200);
+        assert_eq!(s.check_commit(200), CommitCheck::Waiting(vec!["r2".into()]));
+        s.set_mode("r2", false);
+        assert_eq!(s.check_commit(200), CommitCheck::Ready);
+    }
+}
