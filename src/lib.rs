@@ -1,6 +1,7 @@
 //! availdb: SQL Server–style Always On availability groups for SQLite,
 //! spoken over the PostgreSQL wire protocol. See `docs/ARCHITECTURE.md`.
 
+pub mod ag;
 pub mod cli;
 pub mod engine;
 pub mod frontend;

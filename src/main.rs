@@ -3,7 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use availdb::cli::{run_server, Cli, Command};
+use availdb::cli::{run_server, up, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => run_server(args.resolve()?).await,
+            Command::Up(args) => up::run(args).await,
         }
     });
     match result {

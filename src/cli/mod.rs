@@ -13,8 +13,12 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::ag::Manager;
 use crate::engine::Engine;
 use crate::frontend::{Frontend, FrontendConfig};
+use crate::replication::secondary::serve_endpoint;
+
+pub mod up;
 
 /// availdb: Always On availability groups for SQLite, over the PostgreSQL
 /// wire protocol.
@@ -31,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one node: SQLite databases served over the PostgreSQL protocol.
     Server(ServerArgs),
+    /// Start a local availability group: N nodes on loopback, r1 primary.
+    Up(up::UpArgs),
 }
 
 /// `availdb server` options.
@@ -45,9 +51,13 @@ pub struct ServerArgs {
     /// Port to listen on for PostgreSQL clients.
     #[arg(long, short)]
     pub port: Option<u16>,
-    /// This node's name (shown in logs and, later, in replica views).
+    /// This node's name: its replica name in availability groups.
     #[arg(long)]
     pub name: Option<String>,
+    /// Replication endpoint to listen on (`127.0.0.1:7001` or
+    /// `tcp://127.0.0.1:7001`): the ENDPOINT_URL primaries connect to.
+    #[arg(long, value_name = "ADDR")]
+    pub endpoint: Option<String>,
     /// Password of user `availdb` (SCRAM-SHA-256). Without one, a loopback
     /// node lets any user in.
     #[arg(long, env = "AVAILDB_PASSWORD", hide_env_values = true)]
@@ -66,6 +76,7 @@ struct ConfigFile {
     host: Option<IpAddr>,
     port: Option<u16>,
     name: Option<String>,
+    endpoint: Option<String>,
     password: Option<String>,
 }
 
@@ -80,6 +91,8 @@ pub struct ServerConfig {
     pub name: String,
     /// Password of user `availdb`.
     pub password: Option<String>,
+    /// Replication endpoint, if this node takes part in groups.
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -108,6 +121,10 @@ impl ServerArgs {
                  Set --password or AVAILDB_PASSWORD, or listen on 127.0.0.1"
             ));
         }
+        let endpoint = match self.endpoint.or(file.endpoint) {
+            Some(text) => Some(parse_endpoint(&text)?),
+            None => None,
+        };
         Ok(ServerConfig {
             data_dir,
             listen: SocketAddr::new(host, port),
@@ -116,8 +133,16 @@ impl ServerArgs {
                 .or(file.name)
                 .unwrap_or_else(|| format!("node-{port}")),
             password,
+            endpoint,
         })
     }
+}
+
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    let bare = text.strip_prefix("tcp://").unwrap_or(text);
+    bare.parse().map_err(|_| {
+        format!("--endpoint {text:?} is not an address: use IP:PORT, e.g. 127.0.0.1:7001")
+    })
 }
 
 fn load_config(path: &Path) -> Result<ConfigFile, String> {
@@ -135,12 +160,20 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         )
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
-    let engine = Engine::open(&config.data_dir).map_err(|e| {
+    let engine = Arc::new(Engine::open(&config.data_dir).map_err(|e| {
         format!(
             "data directory {} is unusable: {e}",
             config.data_dir.display()
         )
-    })?;
+    })?);
+    let groups = Manager::start(&config.name, engine.clone(), &config.data_dir)
+        .map_err(|e| format!("cannot resume availability groups: {e}"))?;
+    if let Some(endpoint) = config.endpoint {
+        let listener = TcpListener::bind(endpoint).await.map_err(|e| {
+            format!("cannot listen for replication on {endpoint}: {e}: choose another --endpoint")
+        })?;
+        tokio::spawn(serve_endpoint(listener, groups.clone()));
+    }
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             format!(
@@ -153,7 +186,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         }
     })?;
     let frontend = Frontend::new(
-        Arc::new(engine),
+        engine,
+        groups,
         &FrontendConfig {
             password: config.password.clone(),
         },
@@ -161,6 +195,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     tracing::info!(
         node = %config.name,
         listen = %config.listen,
+        endpoint = ?config.endpoint,
         data_dir = %config.data_dir.display(),
         auth = if config.password.is_some() { "scram-sha-256" } else { "trust (loopback)" },
         "availdb node ready; connect with: psql \"host={} port={} user=availdb dbname=availdb\"",
@@ -224,6 +259,7 @@ mod tests {
             host: host.map(|h| h.parse().unwrap()),
             port: None,
             name: None,
+            endpoint: None,
             password: password.map(Into::into),
             config: None,
         }

@@ -2,16 +2,21 @@
 //! writer connection and a pool of read-only connections.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
+use super::capture::Capture;
 use super::error::{Error, Result};
+use super::recover::recover;
+use crate::log::{Log, Lsn};
 
 /// PostgreSQL version we announce; libpq and drivers need ≥ 14 to enable
 /// `target_session_attrs` and friends.
@@ -47,7 +52,8 @@ impl Conn {
 /// (tokio's mutex is fair), so SQLITE_BUSY never reaches a client.
 pub struct Writer {
     conn: Conn,
-    commit_seq: Arc<AtomicU64>,
+    capture: Capture,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
@@ -56,14 +62,56 @@ impl Writer {
         &self.conn
     }
 
-    /// Records that a write transaction committed on this connection.
+    /// Records that a write transaction committed on this connection and
+    /// captures it into the log; returns the LSN the commit must wait for
+    /// ([`Database::commit_durable`]) before it is acknowledged.
     ///
     /// This is the one place every commit passes through, right after
-    /// SQLite's COMMIT and before the next write: the log-shipping capture of
-    /// the transaction's pages hooks in here.
-    pub fn after_commit(&mut self) {
-        self.commit_seq.fetch_add(1, Ordering::SeqCst);
+    /// SQLite's COMMIT and before the next write. If capture fails, the
+    /// database stops taking writes: its file and its log would disagree.
+    pub fn after_commit(&mut self) -> Result<Lsn> {
+        self.shared.commit_seq.fetch_add(1, Ordering::SeqCst);
+        let captured = self.capture.after_commit(self.conn.sqlite());
+        if let Err(e) = &captured {
+            tracing::error!(error = %e, "capture failed; the database takes no more writes");
+            *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        captured
     }
+}
+
+/// Waits, after a commit is durable locally, for whatever replication
+/// demands (synchronous-commit secondaries) before it is acknowledged.
+#[async_trait]
+pub trait CommitHook: Send + Sync {
+    /// Returns once the commit ending at `lsn` may be acknowledged.
+    async fn wait(&self, lsn: Lsn) -> Result<()>;
+}
+
+/// Where a database stands in an availability group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not in a group, or the group's primary: takes writes.
+    ReadWrite,
+    /// A secondary: read-only, written only by redo.
+    Secondary {
+        /// The availability group.
+        group: String,
+        /// The primary replica's name, for error messages.
+        primary: String,
+    },
+}
+
+/// State shared by a database, its writer and the replication layer.
+struct Shared {
+    commit_seq: AtomicU64,
+    epoch: Arc<AtomicU64>,
+    /// Lowest LSN a replica still needs (`u64::MAX`: none).
+    retain_from: Arc<AtomicU64>,
+    in_recovery: Arc<AtomicBool>,
+    failed: Mutex<Option<String>>,
+    role: RwLock<Role>,
+    hook: RwLock<Option<Arc<dyn CommitHook>>>,
 }
 
 /// The write lock, held across awaits by a session's write transaction.
@@ -96,30 +144,147 @@ impl Drop for Reader {
 
 const MAX_IDLE_READERS: usize = 16;
 
-/// A database: its file, its writer and its readers.
+/// A database: its file, its log, its writer and its readers.
 pub struct Database {
     name: String,
     path: PathBuf,
+    log_dir: PathBuf,
+    log: Arc<Log>,
     writer: Arc<tokio::sync::Mutex<Writer>>,
     readers: Arc<Mutex<Vec<Conn>>>,
-    commit_seq: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl Database {
-    /// Opens (creating if needed) the database file at `path`.
-    pub fn open(name: &str, path: &Path) -> Result<Database> {
-        let conn = open_writer(path, name)?;
-        let commit_seq = Arc::new(AtomicU64::new(0));
+    /// Opens (creating if needed) the database file at `path` with its log
+    /// in `log_dir`, recovering the file from the log first.
+    pub fn open(name: &str, path: &Path, log_dir: &Path) -> Result<Database> {
+        let log = recover(name, path, log_dir)?;
+        let shared = Arc::new(Shared {
+            commit_seq: AtomicU64::new(0),
+            epoch: Arc::new(AtomicU64::new(1)),
+            retain_from: Arc::new(AtomicU64::new(u64::MAX)),
+            in_recovery: Arc::new(AtomicBool::new(false)),
+            failed: Mutex::new(None),
+            role: RwLock::new(Role::ReadWrite),
+            hook: RwLock::new(None),
+        });
+        let conn = open_writer(path, name, &shared.in_recovery)?;
+        let capture = Capture::new(
+            path,
+            log.clone(),
+            log_dir.to_path_buf(),
+            shared.epoch.clone(),
+            shared.retain_from.clone(),
+        );
         Ok(Database {
             name: name.to_string(),
             path: path.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+            log,
             writer: Arc::new(tokio::sync::Mutex::new(Writer {
                 conn,
-                commit_seq: commit_seq.clone(),
+                capture,
+                shared: shared.clone(),
             })),
             readers: Arc::new(Mutex::new(Vec::new())),
-            commit_seq,
+            shared,
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log directory.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// The database's transaction log.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The role in an availability group.
+    pub fn role(&self) -> Role {
+        self.shared
+            .role
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes the database a secondary (read-only, written by redo) or
+    /// read-write again.
+    pub fn set_role(&self, role: Role) {
+        self.shared
+            .in_recovery
+            .store(matches!(role, Role::Secondary { .. }), Ordering::SeqCst);
+        *self.shared.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
+    /// Installs (or removes) what commits wait for after local durability.
+    pub fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+        *self.shared.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    /// Sets the epoch new records carry.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.shared.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// Sets the lowest LSN replicas still need (log truncation stops there).
+    pub fn set_retain_from(&self, lsn: Lsn) {
+        self.shared.retain_from.store(lsn, Ordering::SeqCst);
+    }
+
+    /// Appends a full image of the database (every page) to the log, under
+    /// the write lock, and waits until it is durable; returns its LSN. A
+    /// replica that redoes the log from there gets the whole database: this
+    /// is how secondaries are seeded.
+    pub async fn write_base_image(&self) -> Result<Lsn> {
+        self.check_writable()?;
+        let writer = self.writer.clone().lock_owned().await;
+        let log = self.log.clone();
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        let (start, end) = tokio::task::spawn_blocking(move || -> Result<(Lsn, Lsn)> {
+            let record = super::capture::base_image(writer.conn().sqlite(), epoch)?;
+            let start = log.end_lsn();
+            let end = log
+                .append(record)
+                .map_err(|e| Error::sql("58030", e.to_string()))?;
+            drop(writer);
+            Ok((start, end))
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))??;
+        self.log
+            .wait_durable(end)
+            .await
+            .map_err(|e| Error::sql("58030", e.to_string()))?;
+        tracing::info!(database = %self.name, lsn = start, bytes = end - start, "wrote a full image to the log for seeding");
+        Ok(start)
+    }
+
+    /// Waits until the commit ending at `lsn` may be acknowledged: hardened
+    /// in the local log, then whatever the commit hook demands.
+    pub async fn commit_durable(&self, lsn: Lsn) -> Result<()> {
+        self.log
+            .wait_durable(lsn)
+            .await
+            .map_err(|e| Error::sql("58030", format!("cannot make the commit durable: {e}")))?;
+        let hook = self
+            .shared
+            .hook
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match hook {
+            Some(hook) => hook.wait(lsn).await,
+            None => Ok(()),
+        }
     }
 
     /// The database's name (as in `CREATE DATABASE name`).
@@ -131,12 +296,13 @@ impl Database {
     /// read snapshot taken when this was `n` is still the newest state while
     /// it is still `n` (checked under the write lock).
     pub fn commit_seq(&self) -> u64 {
-        self.commit_seq.load(Ordering::SeqCst)
+        self.shared.commit_seq.load(Ordering::SeqCst)
     }
 
     /// Takes the write lock, waiting in line for at most `timeout` (None:
     /// forever), and giving up early when `cancel` is notified.
     pub async fn writer(&self, timeout: Option<Duration>, cancel: &Notify) -> Result<WriterGuard> {
+        self.check_writable()?;
         let lock = self.writer.clone().lock_owned();
         let waited = async {
             match timeout {
@@ -155,12 +321,45 @@ impl Database {
         }
     }
 
+    /// Refuses writes on a secondary or a database whose log failed.
+    fn check_writable(&self) -> Result<()> {
+        if let Role::Secondary { group, primary } = self.role() {
+            return Err(Error::sql(
+                "25006",
+                format!(
+                    "database \"{}\" is read-only on this replica: it is a secondary of availability group \"{group}\"",
+                    self.name
+                ),
+            )
+            .with_hint(format!(
+                "write on the primary replica \"{primary}\", or connect with target_session_attrs=read-write"
+            )));
+        }
+        if let Some(why) = self
+            .shared
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(Error::sql(
+                "XX000",
+                format!(
+                    "database \"{}\" takes no writes after a failure: {why}",
+                    self.name
+                ),
+            )
+            .with_hint("restart the node; recovery rebuilds the database from its log"));
+        }
+        Ok(())
+    }
+
     /// Borrows a read-only connection (opening one if none is idle).
     pub fn reader(&self) -> Result<Reader> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
             Some(conn) => conn,
-            None => open_reader(&self.path, &self.name)?,
+            None => open_reader(&self.path, &self.name, &self.shared.in_recovery)?,
         };
         Ok(Reader {
             conn: Some(conn),
@@ -169,7 +368,7 @@ impl Database {
     }
 }
 
-fn open_writer(path: &Path, name: &str) -> Result<Conn> {
+fn open_writer(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -177,18 +376,21 @@ fn open_writer(path: &Path, name: &str) -> Result<Conn> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| open_error(path, e))?;
-    // FULL: a commit acknowledged to a client is on disk (the WAL is fsynced
-    // at every commit), so a crash or power loss cannot take it back.
+    // The log, not SQLite's WAL, makes commits durable (it is fsynced before
+    // a commit is acknowledged), so SQLite need not sync at commit. NORMAL
+    // still syncs the WAL before, and the file after, each checkpoint.
+    // availdb checkpoints itself, only as far as the log is durable.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA wal_autocheckpoint = 0;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;",
     )?;
-    finish_setup(conn, name)
+    finish_setup(conn, name, in_recovery)
 }
 
-fn open_reader(path: &Path, name: &str) -> Result<Conn> {
+fn open_reader(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {
     // Readers are read-only at the SQLite level: nothing but the writer (and,
     // on a secondary, the redo applier) may ever write the file.
     let conn = Connection::open_with_flags(
@@ -197,7 +399,7 @@ fn open_reader(path: &Path, name: &str) -> Result<Conn> {
     )
     .map_err(|e| open_error(path, e))?;
     conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
-    finish_setup(conn, name)
+    finish_setup(conn, name, in_recovery)
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> Error {
@@ -208,7 +410,7 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
 }
 
 /// Registers availdb's SQL functions and the authorizer on a new connection.
-fn finish_setup(mut conn: Connection, name: &str) -> Result<Conn> {
+fn finish_setup(mut conn: Connection, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     let version = format!(
         "PostgreSQL {PG_VERSION} (availdb {}, SQLite {})",
@@ -218,7 +420,13 @@ fn finish_setup(mut conn: Connection, name: &str) -> Result<Conn> {
     conn.create_scalar_function("version", 0, flags, move |_| Ok(version.clone()))?;
     let db_name = name.to_string();
     conn.create_scalar_function("current_database", 0, flags, move |_| Ok(db_name.clone()))?;
-    conn.create_scalar_function("pg_is_in_recovery", 0, flags, |_| Ok(false))?;
+    let recovering = in_recovery.clone();
+    conn.create_scalar_function(
+        "pg_is_in_recovery",
+        0,
+        FunctionFlags::SQLITE_UTF8,
+        move |_| Ok(recovering.load(Ordering::SeqCst)),
+    )?;
     conn.authorizer(Some(authorize))?;
     conn.set_prepared_statement_cache_capacity(64);
     let interrupt = Arc::new(conn.get_interrupt_handle());
@@ -284,7 +492,7 @@ mod tests {
     #[test]
     fn storage_pragmas_and_attach_are_denied_introspection_allowed() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open("t", &dir.path().join("t.db")).unwrap();
+        let db = Database::open("t", &dir.path().join("t.db"), &dir.path().join("log")).unwrap();
         let w = db.writer.try_lock().unwrap();
         let c = w.conn().sqlite();
         for sql in [
@@ -312,7 +520,7 @@ mod tests {
     #[test]
     fn readers_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open("t", &dir.path().join("t.db")).unwrap();
+        let db = Database::open("t", &dir.path().join("t.db"), &dir.path().join("log")).unwrap();
         db.writer
             .try_lock()
             .unwrap()

@@ -35,18 +35,24 @@
 //! * Results are materialised in memory before they are sent.
 //! * SQLite's automatic checkpoints are still on; log shipping takes them over.
 
+mod capture;
 mod database;
 mod error;
 mod exec;
+mod recover;
+pub mod redo;
+pub mod wal;
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use database::{Conn, Database, Reader, Writer, WriterGuard, PG_VERSION};
+pub use capture::{checkpoint_passive, is_base_image};
+pub use database::{CommitHook, Conn, Database, Reader, Role, Writer, WriterGuard, PG_VERSION};
 pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
+pub use recover::redo as redo_records;
 
 /// The database a fresh node creates, named after the default user.
 pub const DEFAULT_DATABASE: &str = "availdb";
@@ -54,6 +60,7 @@ pub const DEFAULT_DATABASE: &str = "availdb";
 /// All databases of a node.
 pub struct Engine {
     dir: PathBuf,
+    log_root: PathBuf,
     databases: Mutex<HashMap<String, Arc<Database>>>,
 }
 
@@ -68,6 +75,7 @@ impl Engine {
         })?;
         let engine = Engine {
             dir,
+            log_root: data_dir.join("log"),
             databases: Mutex::new(HashMap::new()),
         };
         let entries = fs::read_dir(&engine.dir).map_err(|source| Error::Io {
@@ -80,13 +88,18 @@ impl Engine {
             let Some(name) = database_name_of(&path) else {
                 continue;
             };
-            databases.insert(name.clone(), Arc::new(Database::open(&name, &path)?));
+            let db = Database::open(&name, &path, &engine.log_of(&name))?;
+            databases.insert(name.clone(), Arc::new(db));
         }
         if !databases.contains_key(DEFAULT_DATABASE) {
             let path = engine.path_of(DEFAULT_DATABASE);
             databases.insert(
                 DEFAULT_DATABASE.to_string(),
-                Arc::new(Database::open(DEFAULT_DATABASE, &path)?),
+                Arc::new(Database::open(
+                    DEFAULT_DATABASE,
+                    &path,
+                    &engine.log_of(DEFAULT_DATABASE),
+                )?),
             );
         }
         drop(databases);
@@ -115,7 +128,9 @@ impl Engine {
         if databases.contains_key(name) {
             return Err(Error::DatabaseExists(name.to_string()));
         }
-        let db = Database::open(name, &self.path_of(name))?;
+        // A log left by an earlier database of the same name is not this one's.
+        remove_dir_if_present(&self.log_of(name))?;
+        let db = Database::open(name, &self.path_of(name), &self.log_of(name))?;
         databases.insert(name.to_string(), Arc::new(db));
         Ok(())
     }
@@ -145,15 +160,30 @@ impl Engine {
                 }
             }
         }
-        Ok(())
+        remove_dir_if_present(&self.log_of(name))
     }
 
     fn path_of(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.db"))
     }
 
+    fn log_of(&self, name: &str) -> PathBuf {
+        self.log_root.join(name)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Database>>> {
         self.databases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            context: format!("cannot remove {}", dir.display()),
+            source,
+        }),
     }
 }
 

@@ -93,6 +93,7 @@ pub struct FrontendConfig {
 /// State shared by all connections of a node.
 pub struct Frontend {
     engine: Arc<Engine>,
+    ag: Arc<crate::ag::Manager>,
     driver: AuthDriver<StartupParameters>,
     scram: Option<Arc<SaslMechanisms>>,
     cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
@@ -100,7 +101,11 @@ pub struct Frontend {
 
 impl Frontend {
     /// A front end serving `engine`.
-    pub fn new(engine: Arc<Engine>, config: &FrontendConfig) -> Arc<Frontend> {
+    pub fn new(
+        engine: Arc<Engine>,
+        ag: Arc<crate::ag::Manager>,
+        config: &FrontendConfig,
+    ) -> Arc<Frontend> {
         let scram = config.password.as_ref().map(|password| {
             let salt: [u8; 16] = rand_salt();
             let secret = Arc::new(Secret {
@@ -112,8 +117,11 @@ impl Frontend {
             Arc::new(SaslMechanisms::new(vec![Arc::new(auth)]))
         });
         Arc::new(Frontend {
+            driver: AuthDriver::new(StartupParameters {
+                engine: engine.clone(),
+            }),
             engine,
-            driver: AuthDriver::new(StartupParameters),
+            ag,
             scram,
             cancels: Mutex::new(HashMap::new()),
         })
@@ -184,13 +192,27 @@ impl AuthSource for Secret {
     }
 }
 
-/// ParameterStatus values at start-up, from the client's start-up packet.
-struct StartupParameters;
+/// ParameterStatus values at start-up, from the client's start-up packet
+/// and the role of the database it connects to (`in_hot_standby` on a
+/// secondary, which libpq's `target_session_attrs` reads).
+struct StartupParameters {
+    engine: Arc<Engine>,
+}
 
 impl ServerParameterProvider for StartupParameters {
     fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
-        let settings = Settings::from_startup(client.metadata()).unwrap_or_default();
-        Some(settings.reported(false).into_iter().collect())
+        let meta = client.metadata();
+        let settings = Settings::from_startup(meta).unwrap_or_default();
+        let db_name = meta
+            .get("database")
+            .or_else(|| meta.get("user"))
+            .map(String::as_str)
+            .unwrap_or(USER);
+        let hot_standby = self
+            .engine
+            .database(db_name)
+            .is_ok_and(|db| matches!(db.role(), crate::engine::Role::Secondary { .. }));
+        Some(settings.reported(hot_standby).into_iter().collect())
     }
 }
 
@@ -304,7 +326,7 @@ impl ConnState {
         let frontend = &self.frontend;
         let db = frontend.engine.database(&db_name).map_err(|e| fatal(&e))?;
         let settings = Settings::from_startup(&params).map_err(|e| fatal(&e))?;
-        let session = Session::new(frontend.engine.clone(), db, settings);
+        let session = Session::new(frontend.engine.clone(), frontend.ag.clone(), db, settings);
         let slot = session.cancel_slot();
         *self.session.lock().await = Some(session);
         frontend

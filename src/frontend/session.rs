@@ -120,6 +120,7 @@ enum Tx {
 /// One client session.
 pub struct Session {
     engine: Arc<Engine>,
+    ag: Arc<crate::ag::Manager>,
     db: Arc<Database>,
     tx: Tx,
     /// Session settings (`SET`/`SHOW`).
@@ -130,9 +131,15 @@ pub struct Session {
 
 impl Session {
     /// A session on `db`.
-    pub fn new(engine: Arc<Engine>, db: Arc<Database>, settings: Settings) -> Session {
+    pub fn new(
+        engine: Arc<Engine>,
+        ag: Arc<crate::ag::Manager>,
+        db: Arc<Database>,
+        settings: Settings,
+    ) -> Session {
         Session {
             engine,
+            ag,
             db,
             tx: Tx::Idle,
             settings,
@@ -200,6 +207,10 @@ impl Session {
 
     /// Describes a statement on the connection its transaction would use.
     pub async fn describe(&mut self, sql: String) -> Result<engine::Described> {
+        if crate::ag::views::mentions_sys(&sql) {
+            let snapshot = self.ag.snapshot();
+            return blocking(move || snapshot.describe(&sql)).await;
+        }
         if let Tx::Active {
             holder: Holder::Writer(_),
             ..
@@ -278,6 +289,24 @@ impl Session {
             Command::SessionUser => Ok(single_text("current_user", super::USER)),
             Command::CurrentSchema => Ok(single_text("current_schema", "public")),
             Command::NoOp { tag } => Ok(Reply::Done(tag)),
+            Command::Ag(sql) => {
+                self.outside_transaction("availability group DDL")?;
+                let statement = crate::sql::ag::parse(&sql).map_err(|e| {
+                    let err = Error::sql("42601", e.message.clone());
+                    match e.hint {
+                        Some(h) => err.with_hint(h),
+                        None => err,
+                    }
+                })?;
+                Ok(Reply::Done(self.ag.execute(statement).await?))
+            }
+            Command::Sql(sql) if crate::ag::views::mentions_sys(&sql) => {
+                let snapshot = self.ag.snapshot();
+                let outcome =
+                    blocking(move || snapshot.query(&sql, &params).map(|o| (sql, o))).await;
+                let (sql, outcome) = outcome?;
+                Ok(reply(&sql, outcome))
+            }
             Command::Sql(sql) => self.sql(sql, params).await,
         }
     }
@@ -364,21 +393,24 @@ impl Session {
                 holder: Holder::Writer(w),
                 ..
             } => {
-                let (_w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, |w| {
-                    let res = w
-                        .conn()
-                        .sqlite()
-                        .execute_batch("COMMIT")
-                        .map_err(Error::from);
-                    if res.is_ok() {
-                        w.after_commit();
-                    } else {
-                        w.conn().reset();
+                let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, |w| {
+                    match w.conn().sqlite().execute_batch("COMMIT") {
+                        Ok(()) => w.after_commit(),
+                        Err(e) => {
+                            // Never capture after a failed COMMIT: its frames
+                            // may be in the WAL without being committed.
+                            w.conn().reset();
+                            Err(Error::from(e))
+                        }
                     }
-                    res
                 })
                 .await;
-                res.map(|_| Reply::TxEnd("COMMIT".into()))
+                // Release the write lock before waiting, so later commits
+                // share this one's fsync and replication round trip.
+                drop(w);
+                let end = res?;
+                self.db.commit_durable(end).await?;
+                Ok(Reply::TxEnd("COMMIT".into()))
             }
             Tx::Active { holder, .. } => {
                 release(holder).await;
@@ -443,6 +475,10 @@ impl Session {
         }
         let value = if name == "transaction_read_only" {
             on_off(self.transaction_read_only())
+        } else if name == "in_hot_standby"
+            || (name == "default_transaction_read_only" && self.hot_standby())
+        {
+            on_off(self.hot_standby())
         } else {
             self.settings.show(name).ok_or_else(|| {
                 Error::sql(
@@ -455,10 +491,16 @@ impl Session {
     }
 
     fn transaction_read_only(&self) -> bool {
-        match self.tx {
-            Tx::Active { read_only, .. } => read_only,
-            _ => self.settings.default_read_only,
-        }
+        self.hot_standby()
+            || match self.tx {
+                Tx::Active { read_only, .. } => read_only,
+                _ => self.settings.default_read_only,
+            }
+    }
+
+    /// True when the session's database is a secondary (read-only) here.
+    pub fn hot_standby(&self) -> bool {
+        matches!(self.db.role(), engine::Role::Secondary { .. })
     }
 
     async fn drop_database(&mut self, name: String, if_exists: bool) -> Result<Reply> {
@@ -539,8 +581,8 @@ impl Session {
             .writer(self.settings.lock_timeout, &self.cancel.waiting)
             .await?;
         let s = sql.clone();
-        let (_w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-            let res = engine::run(w.conn().sqlite(), &s, &params, true);
+        let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+            let outcome = engine::run(w.conn().sqlite(), &s, &params, true);
             if !w.conn().sqlite().is_autocommit() {
                 // A statement outside a block must not leave a
                 // transaction open on the shared writer.
@@ -550,11 +592,14 @@ impl Session {
                     "transaction control must use BEGIN, COMMIT and ROLLBACK",
                 ));
             }
-            w.after_commit();
-            res
+            let outcome = outcome?;
+            Ok((outcome, w.after_commit()?))
         })
         .await;
-        res.map(|outcome| reply(&sql, outcome))
+        drop(w);
+        let (outcome, end) = res?;
+        self.db.commit_durable(end).await?;
+        Ok(reply(&sql, outcome))
     }
 
     async fn in_transaction_block(

@@ -1,7 +1,7 @@
 //! Segment files on disk: appending, group commit, reading back, recovery.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +76,7 @@ pub struct Log {
     dir: PathBuf,
     tail: Mutex<Tail>,
     durable: watch::Sender<Lsn>,
+    written: watch::Sender<Lsn>,
     syncing: AtomicBool,
 }
 
@@ -106,6 +107,7 @@ impl Log {
                 buf: Vec::new(),
             }),
             durable: watch::channel(end).0,
+            written: watch::channel(end).0,
             syncing: AtomicBool::new(false),
         })
     }
@@ -147,6 +149,7 @@ impl Log {
         tail.buf = buf;
         tail.len += len;
         tail.end += len;
+        self.written.send_replace(tail.end);
         Ok(tail.end)
     }
 
@@ -232,6 +235,12 @@ impl Log {
 
     /// All records from `from` (a record boundary) to the end, in order.
     pub fn read_from(&self, from: Lsn) -> Result<Vec<Record>, LogError> {
+        self.read_some(from, u64::MAX)
+    }
+
+    /// Records from `from` (a record boundary) in order, stopping after
+    /// about `max_bytes` (at least one record when there is one).
+    pub fn read_some(&self, from: Lsn, max_bytes: u64) -> Result<Vec<Record>, LogError> {
         let (segments, end) = {
             let tail = self.lock();
             (tail.segments.clone(), tail.end)
@@ -244,36 +253,102 @@ impl Log {
                 end,
             });
         }
+        let corrupt = |seg: &Segment, lsn: Lsn| {
+            let path = seg.path.clone();
+            move |cause| LogError::Corrupt { path, lsn, cause }
+        };
         let mut out = Vec::new();
+        let mut budget = max_bytes;
         for (i, seg) in segments.iter().enumerate() {
             let seg_end = segments.get(i + 1).map_or(end, |next| next.first_lsn);
             if seg_end <= from {
                 continue;
             }
-            let bytes = read_prefix(&seg.path, seg_end - seg.first_lsn)?;
+            // `from` is a record boundary, so reading can start right there.
+            let start = from.max(seg.first_lsn);
+            let len = (seg_end - start).min(budget);
+            let cut = start + len < seg_end;
+            let bytes = read_range(&seg.path, start - seg.first_lsn, len)?;
             let mut at = 0usize;
             while at < bytes.len() {
-                let lsn = seg.first_lsn + at as u64;
-                let (record, len) =
-                    Record::decode(&bytes[at..]).map_err(|cause| LogError::Corrupt {
-                        path: seg.path.clone(),
-                        lsn,
-                        cause,
-                    })?;
-                if lsn >= from {
-                    out.push(record);
+                let lsn = start + at as u64;
+                let (record, n) = match Record::decode(&bytes[at..]) {
+                    Err(DecodeError::Torn { .. }) if cut => {
+                        if out.is_empty() {
+                            // The first record alone is over the budget:
+                            // its header says how long it is.
+                            let offset = lsn - seg.first_lsn;
+                            let header = read_range(&seg.path, offset, 8)?;
+                            let body = header
+                                .get(4..8)
+                                .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                            let whole = read_range(&seg.path, offset, 12 + body as u64)?;
+                            out.push(Record::decode(&whole).map_err(corrupt(seg, lsn))?.0);
+                        }
+                        return Ok(out);
+                    }
+                    decoded => decoded.map_err(corrupt(seg, lsn))?,
+                };
+                if record.lsn != lsn {
+                    let cause =
+                        DecodeError::Inconsistent(format!("record says LSN {}", record.lsn));
+                    return Err(corrupt(seg, lsn)(cause));
                 }
-                at += len;
+                out.push(record);
+                at += n;
+            }
+            budget -= len;
+            if cut || budget == 0 {
+                break;
             }
         }
-        if out.first().is_some_and(|r| r.lsn != from) {
+        Ok(out)
+    }
+
+    /// Appends a record received from the primary at its own LSN, which
+    /// must be this log's end (the logs of all replicas share LSNs).
+    pub fn append_at(&self, record: &Record) -> Result<Lsn, LogError> {
+        let end = self.end_lsn();
+        if record.lsn != end {
             return Err(LogError::OutOfRange {
-                wanted: from,
-                first,
+                wanted: record.lsn,
+                first: self.first_lsn(),
                 end,
             });
         }
-        Ok(out)
+        self.append(record.clone())
+    }
+
+    /// Empties the log and starts it again at `lsn` (a replica being seeded
+    /// from a full image recorded at `lsn` on the primary).
+    pub fn reset_to(&self, lsn: Lsn) -> Result<(), LogError> {
+        let mut tail = self.lock();
+        let path = segment_path(&self.dir, lsn);
+        create_segment(&self.dir, &path)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        for seg in std::mem::take(&mut tail.segments) {
+            if seg.path != path {
+                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            }
+        }
+        tail.segments.push(Segment {
+            first_lsn: lsn,
+            path,
+        });
+        tail.file = Arc::new(file);
+        tail.len = 0;
+        tail.end = lsn;
+        self.durable.send_replace(lsn);
+        self.written.send_replace(lsn);
+        Ok(())
+    }
+
+    /// A receiver that sees the end LSN move at every append.
+    pub fn subscribe_end(&self) -> watch::Receiver<Lsn> {
+        self.written.subscribe()
     }
 
     /// Deletes whole segments that end at or before `lsn` (no replica and no
@@ -323,9 +398,10 @@ fn create_segment(dir: &Path, path: &Path) -> Result<(), LogError> {
         .map_err(io_err(dir))
 }
 
-fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>, LogError> {
+fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, LogError> {
     let mut file = File::open(path).map_err(io_err(path))?;
-    let mut bytes = Vec::with_capacity(len as usize);
+    file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+    let mut bytes = Vec::with_capacity(len.min(64 << 20) as usize);
     Read::by_ref(&mut file)
         .take(len)
         .read_to_end(&mut bytes)
@@ -400,8 +476,22 @@ mod tests {
         assert_eq!(all[1].lsn, all[0].end_lsn());
         let tail = log.read_from(ends[2]).unwrap();
         assert_eq!(tail.len(), 2);
+        assert_eq!(log.read_some(0, 1).unwrap().len(), 1, "at least one record");
+        assert_eq!(
+            log.read_some(ends[0], (ends[1] - ends[0]) + 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            log.read_some(ends[0], 2 * (ends[1] - ends[0]))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(log.read_from(ends[2] + 1).is_err(), "not a record boundary");
         assert!(matches!(
-            log.read_from(ends[2] + 1),
+            log.read_from(ends[4] + 1),
             Err(LogError::OutOfRange { .. })
         ));
     }
@@ -445,6 +535,31 @@ mod tests {
             Log::open(dir.path()),
             Err(LogError::Corrupt { lsn: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_replica_log_takes_records_at_the_primary_lsns_and_can_restart_at_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Log::open(&dir.path().join("p")).unwrap();
+        let replica = Log::open(&dir.path().join("r")).unwrap();
+        for n in 1..=3 {
+            primary.append(record(n)).unwrap();
+        }
+        let records = primary.read_from(0).unwrap();
+        for r in &records[..2] {
+            replica.append_at(r).unwrap();
+        }
+        assert!(
+            replica.append_at(&records[1]).is_err(),
+            "a duplicate is refused"
+        );
+        replica.reset_to(records[2].lsn).unwrap();
+        replica.append_at(&records[2]).unwrap();
+        drop(replica);
+        let replica = Log::open(&dir.path().join("r")).unwrap();
+        assert_eq!(replica.first_lsn(), records[2].lsn);
+        assert_eq!(replica.end_lsn(), primary.end_lsn());
+        assert_eq!(replica.read_from(records[2].lsn).unwrap(), records[2..]);
     }
 
     #[tokio::test]

@@ -68,6 +68,9 @@ pub enum Command {
         /// The command tag to answer with.
         tag: String,
     },
+    /// Availability group DDL (`CREATE AVAILABILITY GROUP …`, `ALTER
+    /// DATABASE … SET HADR …`), parsed by [`crate::sql::ag`].
+    Ag(String),
     /// Anything else: a SQLite statement (with `pg_catalog.` prefixes of
     /// function calls removed).
     Sql(String),
@@ -75,6 +78,9 @@ pub enum Command {
 
 /// Classifies one statement (already split, without its trailing `;`).
 pub fn classify(stmt: &str) -> Command {
+    if super::ag::is_ag_statement(stmt) {
+        return Command::Ag(stmt.to_string());
+    }
     let tokens = tokenize(stmt);
     let words: Vec<String> = tokens.iter().map(|t| t.lower()).collect();
     let w: Vec<&str> = words.iter().map(String::as_str).collect();

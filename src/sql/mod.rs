@@ -9,8 +9,11 @@
 //!   PostgreSQL drivers need them before a statement runs.
 //! * [`tag`] builds the command tags (`INSERT 0 1`) drivers read counts from.
 //!
+//! * [`ag`] parses SQL Server's availability group DDL.
+//!
 //! Everything here is pure: no connections, no I/O.
 
+pub mod ag;
 pub mod command;
 pub mod split;
 pub mod tag;

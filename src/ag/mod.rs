@@ -1,0 +1,553 @@
+//! Availability groups on this node: their definitions, this node's role in
+//! each, and the statements that change them.
+//!
+//! # Lifecycle (without the cluster manager)
+//! * `CREATE AVAILABILITY GROUP` runs on the node that becomes primary; its
+//!   `--name` must be one of the replicas. The definition is stored in
+//!   `DATA_DIR/ag/<group>.json` and the primary starts streaming to every
+//!   secondary's `ENDPOINT_URL`.
+//! * `ALTER AVAILABILITY GROUP g JOIN` on a secondary node records that the
+//!   node accepts the group. The first primary that connects with the
+//!   group's name, this replica's name and a cluster id (learned then, and
+//!   required ever after) sends the definition; the group's databases
+//!   become read-only secondaries here, created empty when missing and
+//!   seeded by redo of a full image.
+//! * Any change (`ADD/REMOVE DATABASE`, `ADD/REMOVE/MODIFY REPLICA`, `SET`)
+//!   bumps the definition's version, is stored, and restarts the group's
+//!   replication links so every secondary receives it.
+//! * Failover belongs to the cluster manager (next issue): `FAILOVER` and
+//!   `FORCE_FAILOVER_ALLOW_DATA_LOSS` answer 0A000 until then.
+
+pub mod config;
+pub mod views;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::engine::{Engine, Error, Result, Role};
+use crate::replication::primary::PrimaryGroup;
+use crate::replication::secondary::{Admission, SecondaryGroup};
+use crate::sql::ag::{self as ddl, AgStatement};
+
+use config::{
+    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, ReplicaConfig,
+    SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
+};
+
+/// This node's part in one group.
+enum Part {
+    /// Joined; waiting for a primary to connect.
+    Joined { cluster_id: Option<String> },
+    /// This node is the primary.
+    Primary(Arc<PrimaryGroup>),
+    /// This node is a secondary.
+    Secondary(Arc<SecondaryGroup>),
+}
+
+/// The availability groups of this node.
+pub struct Manager {
+    node: String,
+    engine: Arc<Engine>,
+    store: ConfigStore,
+    groups: Mutex<HashMap<String, Part>>,
+}
+
+fn key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+impl Manager {
+    /// Loads this node's groups and resumes its role in each.
+    pub fn start(node: &str, engine: Arc<Engine>, data_dir: &Path) -> Result<Arc<Manager>> {
+        let manager = Arc::new(Manager {
+            node: node.to_string(),
+            engine,
+            store: ConfigStore::new(data_dir),
+            groups: Mutex::new(HashMap::new()),
+        });
+        for membership in manager.store.load_all()? {
+            let name = key(membership.name());
+            let part = match membership {
+                Membership::Joined { cluster_id, .. } => Part::Joined { cluster_id },
+                Membership::Defined(config) => manager.run(config)?,
+            };
+            manager.lock().insert(name, part);
+        }
+        Ok(manager)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Part>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's replica name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Starts this node's role in a defined group.
+    fn run(&self, config: GroupConfig) -> Result<Part> {
+        if config.primary.eq_ignore_ascii_case(&self.node) {
+            Ok(Part::Primary(PrimaryGroup::start(
+                config,
+                &self.node,
+                &self.engine,
+            )?))
+        } else {
+            let mut dbs = Vec::new();
+            for name in &config.databases {
+                dbs.push(self.ensure_database(name)?);
+            }
+            Ok(Part::Secondary(SecondaryGroup::start(config, dbs)))
+        }
+    }
+
+    fn ensure_database(&self, name: &str) -> Result<Arc<crate::engine::Database>> {
+        match self.engine.database(name) {
+            Ok(db) => Ok(db),
+            Err(Error::NoSuchDatabase(_)) => {
+                self.engine.create_database(name)?;
+                self.engine.database(name)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn stop(part: &Part) {
+        match part {
+            Part::Primary(p) => p.stop(),
+            Part::Secondary(s) => s.stop(),
+            Part::Joined { .. } => {}
+        }
+    }
+
+    /// Runs one availability-group statement; returns its command tag.
+    pub async fn execute(self: &Arc<Self>, statement: AgStatement) -> Result<String> {
+        let this = self.clone();
+        // Statements touch files and start tasks; none blocks for long.
+        match statement {
+            AgStatement::CreateGroup(spec) => this.create(spec).map(|_| "CREATE AVAILABILITY GROUP".into()),
+            AgStatement::Join { group, .. } => this.join(&group).map(|_| "ALTER AVAILABILITY GROUP".into()),
+            AgStatement::DropGroup { group } => this.drop_group(&group).map(|_| "DROP AVAILABILITY GROUP".into()),
+            AgStatement::AddDatabases { group, databases } => this.change(&group, |c, m| {
+                for d in databases {
+                    m.engine.database(&d)?;
+                    if !c.has_database(&d) {
+                        c.databases.push(d);
+                    }
+                }
+                Ok(())
+            }),
+            AgStatement::RemoveDatabase { group, database } => this.change(&group, |c, _| {
+                let before = c.databases.len();
+                c.databases.retain(|d| d != &database);
+                if c.databases.len() == before {
+                    return Err(Error::sql(
+                        "42704",
+                        format!("database \"{database}\" is not in availability group \"{}\"", c.name),
+                    ));
+                }
+                Ok(())
+            }),
+            AgStatement::AddReplica { group, replica } => this.change(&group, |c, _| {
+                if c.replica(&replica.name).is_some() {
+                    return Err(Error::sql("42710", format!("replica \"{}\" is already in the group", replica.name)));
+                }
+                if c.replicas.len() >= ddl::MAX_REPLICAS {
+                    return Err(Error::sql("54000", "a group has at most 9 replicas (1 primary and 8 secondaries)"));
+                }
+                c.replicas.push(replica_config(&replica.name, &replica.options, None)?);
+                Ok(())
+            }),
+            AgStatement::RemoveReplica { group, replica } => this.change(&group, |c, _| {
+                if c.primary.eq_ignore_ascii_case(&replica) {
+                    return Err(Error::sql("55000", "the primary replica cannot be removed").with_hint("fail over first"));
+                }
+                let before = c.replicas.len();
+                c.replicas.retain(|r| !r.name.eq_ignore_ascii_case(&replica));
+                if c.replicas.len() == before {
+                    return Err(no_replica(&replica, &c.name));
+                }
+                Ok(())
+            }),
+            AgStatement::ModifyReplica { group, replica, options } => this.change(&group, |c, _| {
+                let group_name = c.name.clone();
+                let current = c.replica_mut(&replica).ok_or_else(|| no_replica(&replica, &group_name))?;
+                *current = replica_config(&current.name.clone(), &options, Some(current))?;
+                Ok(())
+            }),
+            AgStatement::SetGroupOptions { group, options } => this.change(&group, |c, _| {
+                if let Some(n) = options.required_synchronized_secondaries_to_commit {
+                    c.required_synchronized_secondaries = n;
+                }
+                Ok(())
+            }),
+            AgStatement::SuspendDatabase { database } => this.set_suspended(&database, true).map(|_| "ALTER DATABASE".into()),
+            AgStatement::ResumeDatabase { database } => this.set_suspended(&database, false).map(|_| "ALTER DATABASE".into()),
+            AgStatement::JoinDatabase { database, group } => {
+                let config = this.defined(&group)?;
+                if !config.has_database(&database) {
+                    return Err(Error::sql(
+                        "42704",
+                        format!("database \"{database}\" is not in availability group \"{group}\""),
+                    )
+                    .with_hint(format!("on the primary: ALTER AVAILABILITY GROUP {group} ADD DATABASE {database}")));
+                }
+                // Seeding is automatic: the database joined when the
+                // primary's definition arrived.
+                Ok("ALTER DATABASE".into())
+            }
+            AgStatement::Failover { .. } | AgStatement::ForceFailover { .. } => Err(Error::sql(
+                "0A000",
+                "failover needs the quorum cluster manager, which this version does not have yet",
+            )),
+            AgStatement::AddListener { .. } => Err(Error::sql(
+                "0A000",
+                "availability group listeners are not available in this version",
+            )
+            .with_hint("connect to the primary directly, or use a multi-host connection string with target_session_attrs=read-write")),
+            AgStatement::RemoveDatabaseFromHadr { database } => Err(Error::sql(
+                "0A000",
+                format!("SET HADR OFF is not available in this version; remove \"{database}\" on the primary with ALTER AVAILABILITY GROUP … REMOVE DATABASE"),
+            )),
+        }
+    }
+
+    fn create(&self, spec: ddl::GroupSpec) -> Result<()> {
+        if self.lock().contains_key(&key(&spec.name)) {
+            return Err(Error::sql(
+                "42710",
+                format!(
+                    "availability group \"{}\" already exists on this node",
+                    spec.name
+                ),
+            ));
+        }
+        if !spec
+            .replicas
+            .iter()
+            .any(|r| r.name.eq_ignore_ascii_case(&self.node))
+        {
+            return Err(Error::sql(
+                "22023",
+                format!(
+                    "this node is replica \"{}\", which the group does not list",
+                    self.node
+                ),
+            )
+            .with_hint("run CREATE AVAILABILITY GROUP on the node that becomes primary, and list it under REPLICA ON"));
+        }
+        if spec
+            .options
+            .cluster_type
+            .is_some_and(|t| t != ddl::ClusterType::None)
+        {
+            tracing::info!(
+                "CLUSTER_TYPE noted; failover decisions arrive with the cluster manager"
+            );
+        }
+        for db in &spec.databases {
+            self.engine.database(db)?;
+        }
+        let mut replicas = Vec::new();
+        for r in &spec.replicas {
+            replicas.push(replica_config(&r.name, &r.options, None)?);
+        }
+        let config = GroupConfig {
+            name: spec.name.clone(),
+            cluster_id: new_cluster_id(),
+            version: 1,
+            epoch: 1,
+            primary: self.node.clone(),
+            databases: spec.databases,
+            required_synchronized_secondaries: spec
+                .options
+                .required_synchronized_secondaries_to_commit
+                .unwrap_or(0),
+            replicas,
+        };
+        self.store.save(&Membership::Defined(config.clone()))?;
+        let part = self.run(config)?;
+        self.lock().insert(key(&spec.name), part);
+        Ok(())
+    }
+
+    fn join(&self, group: &str) -> Result<()> {
+        let mut groups = self.lock();
+        if groups.contains_key(&key(group)) {
+            return Ok(());
+        }
+        self.store.save(&Membership::Joined {
+            name: group.to_string(),
+            cluster_id: None,
+        })?;
+        groups.insert(key(group), Part::Joined { cluster_id: None });
+        Ok(())
+    }
+
+    fn drop_group(&self, group: &str) -> Result<()> {
+        let part = self
+            .lock()
+            .remove(&key(group))
+            .ok_or_else(|| no_group(group))?;
+        Self::stop(&part);
+        if let Part::Secondary(s) = &part {
+            for sdb in s.databases() {
+                sdb.database().set_role(Role::ReadWrite);
+            }
+        }
+        self.store.remove(group)
+    }
+
+    fn defined(&self, group: &str) -> Result<GroupConfig> {
+        match self.lock().get(&key(group)) {
+            Some(Part::Primary(p)) => Ok(p.config().clone()),
+            Some(Part::Secondary(s)) => Ok(s.config()),
+            Some(Part::Joined { .. }) => Err(Error::sql(
+                "55000",
+                format!("availability group \"{group}\" is joined here but no primary has connected yet"),
+            )),
+            None => Err(no_group(group)),
+        }
+    }
+
+    /// Applies a definition change on the primary and restarts its links.
+    fn change(
+        self: Arc<Self>,
+        group: &str,
+        edit: impl FnOnce(&mut GroupConfig, &Manager) -> Result<()>,
+    ) -> Result<String> {
+        let mut groups = self.lock();
+        let part = groups.get(&key(group)).ok_or_else(|| no_group(group))?;
+        let Part::Primary(primary) = part else {
+            return Err(Error::sql(
+                "25006",
+                format!(
+                    "availability group \"{group}\" can only be changed on its primary replica"
+                ),
+            ));
+        };
+        let mut config = primary.config().clone();
+        edit(&mut config, &self)?;
+        config.version += 1;
+        self.store.save(&Membership::Defined(config.clone()))?;
+        primary.stop();
+        let part = self.run(config)?;
+        groups.insert(key(group), part);
+        Ok("ALTER AVAILABILITY GROUP".into())
+    }
+
+    fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
+        for part in self.lock().values() {
+            if let Part::Primary(p) = part {
+                if p.config().has_database(database) {
+                    return p.set_suspended(database, suspended);
+                }
+            }
+            if let Part::Secondary(s) = part {
+                if s.config().has_database(database) {
+                    return Err(Error::sql(
+                        "25006",
+                        "data movement is suspended and resumed on the primary replica in this version",
+                    ));
+                }
+            }
+        }
+        Err(Error::sql(
+            "42704",
+            format!("database \"{database}\" is not in an availability group on this node"),
+        ))
+    }
+
+    /// A snapshot of everything the `sys` views show.
+    pub fn snapshot(&self) -> views::Snapshot {
+        let groups = self.lock();
+        let mut out = views::Snapshot::default();
+        for part in groups.values() {
+            match part {
+                Part::Primary(p) => out.add_primary(&self.node, p),
+                Part::Secondary(s) => out.add_secondary(&self.node, s),
+                Part::Joined { .. } => {}
+            }
+        }
+        out
+    }
+}
+
+impl Admission for Manager {
+    fn check_hello(
+        &self,
+        cluster_id: &str,
+        group: &str,
+        to_replica: &str,
+        epoch: u64,
+    ) -> std::result::Result<(), String> {
+        if !to_replica.eq_ignore_ascii_case(&self.node) {
+            return Err(format!(
+                "this node is replica \"{}\", not \"{to_replica}\"",
+                self.node
+            ));
+        }
+        match self.lock().get(&key(group)) {
+            None => Err(format!(
+                "this node has not joined availability group \"{group}\" (run ALTER AVAILABILITY GROUP {group} JOIN here)"
+            )),
+            Some(Part::Joined { cluster_id: None }) => Ok(()),
+            Some(Part::Joined { cluster_id: Some(known) }) if known == cluster_id => Ok(()),
+            Some(Part::Secondary(s)) => {
+                let config = s.config();
+                if config.cluster_id != cluster_id {
+                    Err(format!(
+                        "peer belongs to cluster {cluster_id}, but this replica belongs to cluster {}",
+                        config.cluster_id
+                    ))
+                } else if epoch < config.epoch {
+                    Err(format!("epoch {epoch} is older than epoch {} known here", config.epoch))
+                } else {
+                    Ok(())
+                }
+            }
+            Some(Part::Joined { cluster_id: Some(known) }) => Err(format!(
+                "peer belongs to cluster {cluster_id}, but this replica belongs to cluster {known}"
+            )),
+            Some(Part::Primary(_)) => Err(format!(
+                "this replica is the primary of availability group \"{group}\""
+            )),
+        }
+    }
+
+    fn accept_config(
+        &self,
+        config: GroupConfig,
+    ) -> std::result::Result<Arc<SecondaryGroup>, String> {
+        let mut groups = self.lock();
+        let k = key(&config.name);
+        if let Some(Part::Secondary(s)) = groups.get(&k) {
+            let current = s.config();
+            if current.version >= config.version && current.databases == config.databases {
+                return Ok(s.clone());
+            }
+            s.stop();
+        }
+        self.store
+            .save(&Membership::Defined(config.clone()))
+            .map_err(|e| e.to_string())?;
+        let part = self.run(config).map_err(|e| e.to_string())?;
+        let Part::Secondary(group) = &part else {
+            return Err("the definition names this node as primary".into());
+        };
+        let group = group.clone();
+        groups.insert(k, part);
+        Ok(group)
+    }
+}
+
+fn no_group(group: &str) -> Error {
+    Error::sql(
+        "42704",
+        format!("availability group \"{group}\" does not exist on this node"),
+    )
+}
+
+fn no_replica(replica: &str, group: &str) -> Error {
+    Error::sql(
+        "42704",
+        format!("replica \"{replica}\" is not in availability group \"{group}\""),
+    )
+}
+
+/// A replica's configuration from its options (over `base` for MODIFY).
+fn replica_config(
+    name: &str,
+    o: &ddl::ReplicaOptions,
+    base: Option<&ReplicaConfig>,
+) -> Result<ReplicaConfig> {
+    let endpoint = match (&o.endpoint_url, base) {
+        (Some(url), _) => resolve(url)?,
+        (None, Some(b)) => b.endpoint,
+        (None, None) => {
+            return Err(Error::sql(
+                "42601",
+                format!("replica \"{name}\" needs ENDPOINT_URL = 'tcp://host:port'"),
+            ))
+        }
+    };
+    let availability_mode = match o.availability_mode {
+        Some(ddl::AvailabilityMode::SynchronousCommit) => AvailabilityMode::SynchronousCommit,
+        Some(ddl::AvailabilityMode::AsynchronousCommit) => AvailabilityMode::AsynchronousCommit,
+        Some(ddl::AvailabilityMode::ConfigurationOnly) => {
+            return Err(Error::sql(
+                "0A000",
+                "CONFIGURATION_ONLY replicas are not supported",
+            ))
+        }
+        None => base.map_or(AvailabilityMode::SynchronousCommit, |b| b.availability_mode),
+    };
+    let failover_mode = match o.failover_mode {
+        Some(ddl::FailoverMode::Automatic) => FailoverMode::Automatic,
+        Some(_) => FailoverMode::Manual,
+        None => base.map_or(FailoverMode::Manual, |b| b.failover_mode),
+    };
+    let secondary_allow_connections = match o.secondary_allow_connections {
+        Some(ddl::SecondaryConnections::No) => SecondaryConnections::No,
+        Some(ddl::SecondaryConnections::ReadOnly) => SecondaryConnections::ReadOnly,
+        Some(ddl::SecondaryConnections::All) => SecondaryConnections::All,
+        None => base.map_or(SecondaryConnections::All, |b| b.secondary_allow_connections),
+    };
+    Ok(ReplicaConfig {
+        name: name.to_string(),
+        endpoint,
+        availability_mode,
+        failover_mode,
+        session_timeout_s: o
+            .session_timeout_s
+            .or(base.map(|b| b.session_timeout_s))
+            .unwrap_or(DEFAULT_SESSION_TIMEOUT_S),
+        secondary_allow_connections,
+        read_only_routing_url: o
+            .read_only_routing_url
+            .clone()
+            .or_else(|| base.and_then(|b| b.read_only_routing_url.clone())),
+        read_only_routing_list: o
+            .read_only_routing_list
+            .clone()
+            .or_else(|| base.map(|b| b.read_only_routing_list.clone()))
+            .unwrap_or_default(),
+        backup_priority: o
+            .backup_priority
+            .or(base.map(|b| b.backup_priority))
+            .unwrap_or(50),
+    })
+}
+
+fn resolve(url: &str) -> Result<SocketAddr> {
+    let (host, port) = ddl::parse_tcp_url(url)
+        .map_err(|why| Error::sql("42601", format!("ENDPOINT_URL '{url}': {why}")))?;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!("ENDPOINT_URL '{url}': cannot resolve host \"{host}\""),
+            )
+        })
+}
+
+/// A random cluster id (time and process entropy; uniqueness, not secrecy).
+fn new_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let a = h.finish();
+    let mut h2 = std::collections::hash_map::RandomState::new().build_hasher();
+    h2.write_u64(a);
+    format!("{a:016x}{:016x}", h2.finish())
+}

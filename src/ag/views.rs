@@ -1,0 +1,304 @@
+//! The `sys` catalog views (`sys.availability_groups`,
+//! `sys.availability_replicas`, `sys.dm_hadr_availability_replica_states`,
+//! `sys.dm_hadr_database_replica_states`), answered with plain SELECT.
+//!
+//! A statement that names `sys.` runs on a private in-memory SQLite
+//! database holding a snapshot of the node's state as tables, so any SELECT
+//! (filters, joins between views, aggregates) works; a view cannot be joined
+//! with a user table. Columns follow SQL Server's names; LSNs are byte
+//! positions in the database's log.
+
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+use crate::engine::{self, Outcome, Result};
+use crate::replication::primary::PrimaryGroup;
+use crate::replication::secondary::SecondaryGroup;
+use crate::replication::sync::SyncState;
+
+/// Everything the views show, taken at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    groups: Vec<Vec<Value>>,
+    replicas: Vec<Vec<Value>>,
+    replica_states: Vec<Vec<Value>>,
+    database_states: Vec<Vec<Value>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE sys.availability_groups(
+    group_id TEXT, name TEXT, required_synchronized_secondaries_to_commit INTEGER,
+    version INTEGER, epoch INTEGER, primary_replica TEXT, cluster_id TEXT);
+CREATE TABLE sys.availability_replicas(
+    group_id TEXT, replica_server_name TEXT, endpoint_url TEXT,
+    availability_mode_desc TEXT, failover_mode_desc TEXT, session_timeout INTEGER,
+    secondary_role_allow_connections_desc TEXT, read_only_routing_url TEXT,
+    backup_priority INTEGER);
+CREATE TABLE sys.dm_hadr_availability_replica_states(
+    group_id TEXT, replica TEXT, role_desc TEXT, connected_state_desc TEXT,
+    synchronization_health_desc TEXT, is_local BOOLEAN, last_connect_error_description TEXT);
+CREATE TABLE sys.dm_hadr_database_replica_states(
+    database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
+    is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
+    synchronization_health_desc TEXT, is_suspended BOOLEAN,
+    last_hardened_lsn INTEGER, last_redone_lsn INTEGER, last_commit_lsn INTEGER,
+    log_send_queue_size INTEGER, redo_queue_size INTEGER, last_error TEXT);
+";
+
+fn text(s: impl Into<String>) -> Value {
+    Value::Text(s.into())
+}
+
+fn int(n: u64) -> Value {
+    Value::Integer(n.min(i64::MAX as u64) as i64)
+}
+
+fn boolean(b: bool) -> Value {
+    Value::Integer(b as i64)
+}
+
+impl Snapshot {
+    fn add_config(&mut self, config: &crate::ag::config::GroupConfig) {
+        self.groups.push(vec![
+            text(&config.name),
+            text(&config.name),
+            int(config.required_synchronized_secondaries as u64),
+            int(config.version),
+            int(config.epoch),
+            text(&config.primary),
+            text(&config.cluster_id),
+        ]);
+        for r in &config.replicas {
+            self.replicas.push(vec![
+                text(&config.name),
+                text(&r.name),
+                text(format!("tcp://{}", r.endpoint)),
+                text(r.availability_mode.name()),
+                text(match r.failover_mode {
+                    crate::ag::config::FailoverMode::Automatic => "AUTOMATIC",
+                    crate::ag::config::FailoverMode::Manual => "MANUAL",
+                }),
+                int(r.session_timeout_s as u64),
+                text(match r.secondary_allow_connections {
+                    crate::ag::config::SecondaryConnections::No => "NO",
+                    crate::ag::config::SecondaryConnections::ReadOnly => "READ_ONLY",
+                    crate::ag::config::SecondaryConnections::All => "ALL",
+                }),
+                r.read_only_routing_url
+                    .clone()
+                    .map_or(Value::Null, Value::Text),
+                int(r.backup_priority as u64),
+            ]);
+        }
+    }
+
+    /// Adds a group this node is primary of.
+    pub fn add_primary(&mut self, node: &str, group: &PrimaryGroup) {
+        let config = group.config();
+        self.add_config(config);
+        let links = group.links();
+        self.replica_states.push(vec![
+            text(&config.name),
+            text(node),
+            text("PRIMARY"),
+            text("CONNECTED"),
+            text("HEALTHY"),
+            boolean(true),
+            Value::Null,
+        ]);
+        let states = group.sync_states();
+        for r in config.secondaries() {
+            let link = links.get(&r.name).cloned().unwrap_or_default();
+            let healthy = states.iter().all(|(_, s)| {
+                s.replica(&r.name).is_some_and(|p| {
+                    p.state == SyncState::Synchronized
+                        || (!p.sync_commit && p.state == SyncState::Synchronizing)
+                })
+            });
+            self.replica_states.push(vec![
+                text(&config.name),
+                text(&r.name),
+                text("SECONDARY"),
+                text(if link.connected {
+                    "CONNECTED"
+                } else {
+                    "DISCONNECTED"
+                }),
+                text(if healthy { "HEALTHY" } else { "NOT_HEALTHY" }),
+                boolean(false),
+                link.last_error.map_or(Value::Null, Value::Text),
+            ]);
+        }
+        for (database, sync) in &states {
+            let end = sync.primary_end();
+            self.database_states.push(vec![
+                text(database),
+                text(&config.name),
+                text(node),
+                boolean(true),
+                boolean(true),
+                text("SYNCHRONIZED"),
+                text("HEALTHY"),
+                boolean(false),
+                int(end),
+                int(end),
+                int(end),
+                int(0),
+                int(0),
+                Value::Null,
+            ]);
+            for (replica, p) in sync.replicas() {
+                self.database_states.push(vec![
+                    text(database),
+                    text(&config.name),
+                    text(replica),
+                    boolean(false),
+                    boolean(false),
+                    text(p.state.name()),
+                    text(match p.state {
+                        SyncState::Synchronized => "HEALTHY",
+                        SyncState::Synchronizing if !p.sync_commit => "HEALTHY",
+                        SyncState::Synchronizing => "PARTIALLY_HEALTHY",
+                        SyncState::NotSynchronizing => "NOT_HEALTHY",
+                    }),
+                    boolean(p.suspended),
+                    int(p.hardened),
+                    int(p.redone),
+                    int(end),
+                    int(end.saturating_sub(p.hardened)),
+                    int(p.hardened.saturating_sub(p.redone)),
+                    p.left.map_or(Value::Null, |l| text(format!("{l:?}"))),
+                ]);
+            }
+        }
+    }
+
+    /// Adds a group this node is a secondary of.
+    pub fn add_secondary(&mut self, node: &str, group: &SecondaryGroup) {
+        let config = group.config();
+        self.add_config(&config);
+        let connected = group.is_connected();
+        self.replica_states.push(vec![
+            text(&config.name),
+            text(node),
+            text("SECONDARY"),
+            text(if connected {
+                "CONNECTED"
+            } else {
+                "DISCONNECTED"
+            }),
+            text(if connected { "HEALTHY" } else { "NOT_HEALTHY" }),
+            boolean(true),
+            Value::Null,
+        ]);
+        for sdb in group.databases() {
+            let (hardened, redone) = (sdb.hardened(), sdb.redone());
+            self.database_states.push(vec![
+                text(sdb.database().name()),
+                text(&config.name),
+                text(node),
+                boolean(true),
+                boolean(false),
+                text(if connected {
+                    "SYNCHRONIZING"
+                } else {
+                    "NOT SYNCHRONIZING"
+                }),
+                text(if connected { "HEALTHY" } else { "NOT_HEALTHY" }),
+                boolean(false),
+                int(hardened),
+                int(redone),
+                int(hardened),
+                Value::Null,
+                int(hardened.saturating_sub(redone)),
+                sdb.last_error().map_or(Value::Null, Value::Text),
+            ]);
+        }
+    }
+
+    /// Runs `sql` over the snapshot.
+    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
+        engine::run(&self.connection()?, sql, params, true)
+    }
+
+    /// Describes `sql` over the snapshot (extended protocol).
+    pub fn describe(&self, sql: &str) -> Result<engine::Described> {
+        engine::describe(&self.connection()?, sql)
+    }
+
+    fn connection(&self) -> Result<Connection> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch("ATTACH ':memory:' AS sys;")?;
+        conn.execute_batch(SCHEMA)?;
+        for (table, rows) in [
+            ("availability_groups", &self.groups),
+            ("availability_replicas", &self.replicas),
+            ("dm_hadr_availability_replica_states", &self.replica_states),
+            ("dm_hadr_database_replica_states", &self.database_states),
+        ] {
+            let Some(first) = rows.first() else { continue };
+            let marks = vec!["?"; first.len()].join(", ");
+            let mut stmt = conn.prepare(&format!("INSERT INTO sys.{table} VALUES ({marks})"))?;
+            for row in rows {
+                stmt.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+        }
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        Ok(conn)
+    }
+}
+
+/// True when `sql` reads the `sys` views.
+pub fn mentions_sys(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    [
+        "sys.availability_groups",
+        "sys.availability_replicas",
+        "sys.dm_hadr_",
+    ]
+    .iter()
+    .any(|v| lower.contains(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_answer_plain_selects_with_filters_and_joins() {
+        let mut snap = Snapshot::default();
+        snap.groups.push(vec![
+            text("ag1"),
+            text("ag1"),
+            int(0),
+            int(1),
+            int(1),
+            text("r1"),
+            text("c"),
+        ]);
+        snap.replica_states.push(vec![
+            text("ag1"),
+            text("r1"),
+            text("PRIMARY"),
+            text("CONNECTED"),
+            text("HEALTHY"),
+            boolean(true),
+            Value::Null,
+        ]);
+        let out = snap
+            .query(
+                "SELECT g.name, s.role_desc FROM sys.availability_groups g \
+                 JOIN sys.dm_hadr_availability_replica_states s ON s.group_id = g.group_id WHERE s.is_local",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(out.rows, vec![vec![text("ag1"), text("PRIMARY")]]);
+        assert!(snap
+            .query("DELETE FROM sys.availability_groups", &[])
+            .is_err());
+        assert!(mentions_sys(
+            "select * from SYS.DM_HADR_DATABASE_REPLICA_STATES"
+        ));
+        assert!(!mentions_sys("select 'system'"));
+    }
+}

@@ -1,0 +1,226 @@
+//! `availdb up`: a whole availability group on this machine, for trying
+//! availdb and for tests — N node processes on loopback, r1 primary, the
+//! others synchronous (or asynchronous) secondaries, one database `app`.
+//!
+//! Ports: replica `ri` serves clients on `PORT + i - 1` and replication on
+//! `PORT + 100 + i - 1`; its data lives in `DIR/ri`. Running `up` again on
+//! the same directory resumes the same group.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio::process::{Child, Command};
+use tokio_postgres::NoTls;
+
+/// `availdb up` options.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of replicas (1 primary + N-1 secondaries; 2..=9).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=9))]
+    pub replicas: u16,
+    /// Client port of r1; the others follow.
+    #[arg(long, short, default_value_t = super::DEFAULT_PORT)]
+    pub port: u16,
+    /// Directory for all replicas' data.
+    #[arg(long, value_name = "DIR", default_value = "availdb-data")]
+    pub data_dir: PathBuf,
+    /// Secondaries use ASYNCHRONOUS_COMMIT (default: SYNCHRONOUS_COMMIT).
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+struct Node {
+    name: String,
+    port: u16,
+    endpoint: SocketAddr,
+    child: Child,
+}
+
+/// Runs the group until Ctrl-C or SIGTERM, then stops every node.
+pub async fn run(args: UpArgs) -> Result<(), String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the availdb binary: {e}"))?;
+    let last_port = args.port as u32 + 100 + args.replicas as u32;
+    if last_port > u16::MAX as u32 {
+        return Err(format!(
+            "--port {} leaves no room for {} replicas",
+            args.port, args.replicas
+        ));
+    }
+    let mut nodes = Vec::new();
+    for i in 0..args.replicas {
+        let name = format!("r{}", i + 1);
+        let port = args.port + i;
+        let endpoint = SocketAddr::from(([127, 0, 0, 1], args.port + 100 + i));
+        let dir = args.data_dir.join(&name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let log = std::fs::File::create(dir.join("node.log"))
+            .map_err(|e| format!("cannot create the log file in {}: {e}", dir.display()))?;
+        let child = Command::new(&exe)
+            .arg("server")
+            .args(["--data-dir", &dir.display().to_string()])
+            .args(["--port", &port.to_string()])
+            .args(["--host", "127.0.0.1"])
+            .args(["--name", &name])
+            .args(["--endpoint", &endpoint.to_string()])
+            .env_remove("AVAILDB_PASSWORD")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        nodes.push(Node {
+            name,
+            port,
+            endpoint,
+            child,
+        });
+    }
+    let result = set_up(&args, &mut nodes).await;
+    if let Err(e) = result {
+        stop_all(&mut nodes).await;
+        return Err(e);
+    }
+    print_urls(&args, &nodes);
+    super::shutdown_signal().await;
+    eprintln!("stopping the group…");
+    stop_all(&mut nodes).await;
+    Ok(())
+}
+
+async fn set_up(args: &UpArgs, nodes: &mut [Node]) -> Result<(), String> {
+    let mut clients = Vec::new();
+    for node in nodes.iter_mut() {
+        clients.push(connect_when_ready(node, &args.data_dir).await?);
+    }
+    let primary = &clients[0];
+    let existing = primary
+        .query(
+            "SELECT name FROM sys.availability_groups WHERE name = 'ag1'",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("r1: {e}"))?;
+    if !existing.is_empty() {
+        return Ok(());
+    }
+    for (node, client) in nodes.iter().zip(&clients).skip(1) {
+        client
+            .batch_execute("ALTER AVAILABILITY GROUP ag1 JOIN")
+            .await
+            .map_err(|e| format!("{}: {}", node.name, error_text(&e)))?;
+    }
+    match primary.batch_execute("CREATE DATABASE app").await {
+        Ok(()) => {}
+        Err(e) if e.code().is_some_and(|c| c.code() == "42P04") => {}
+        Err(e) => return Err(format!("r1: {}", error_text(&e))),
+    }
+    let mode = if args.asynchronous {
+        "ASYNCHRONOUS_COMMIT"
+    } else {
+        "SYNCHRONOUS_COMMIT"
+    };
+    let replicas: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "'{}' WITH (ENDPOINT_URL = 'tcp://{}', AVAILABILITY_MODE = {mode}, FAILOVER_MODE = MANUAL, \
+                 SECONDARY_ROLE (ALLOW_CONNECTIONS = ALL))",
+                n.name, n.endpoint
+            )
+        })
+        .collect();
+    let create = format!(
+        "CREATE AVAILABILITY GROUP ag1 FOR DATABASE app REPLICA ON {}",
+        replicas.join(", ")
+    );
+    primary
+        .batch_execute(&create)
+        .await
+        .map_err(|e| format!("r1: {}", error_text(&e)))?;
+    Ok(())
+}
+
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Connects to a node, waiting (bounded) for it to start.
+async fn connect_when_ready(
+    node: &mut Node,
+    dir: &std::path::Path,
+) -> Result<tokio_postgres::Client, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user=availdb dbname=availdb connect_timeout=2",
+        node.port
+    );
+    loop {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            return Err(format!(
+                "{} exited ({status}); see {}",
+                node.name,
+                dir.join(&node.name).join("node.log").display()
+            ));
+        }
+        if let Ok((client, connection)) = tokio_postgres::connect(&conn_str, NoTls).await {
+            tokio::spawn(connection);
+            return Ok(client);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not start within 30 s", node.name));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_urls(args: &UpArgs, nodes: &[Node]) {
+    println!(
+        "availability group ag1 is up ({} replicas, database app):",
+        nodes.len()
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "secondary" };
+        println!(
+            "  {} ({role}): postgresql://availdb@127.0.0.1:{}/app   endpoint tcp://{}",
+            n.name, n.port, n.endpoint
+        );
+    }
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    println!(
+        "  writes: postgresql://availdb@{}/app?target_session_attrs=read-write",
+        hosts.join(",")
+    );
+    println!(
+        "  data and logs: {}   (Ctrl-C stops the group)",
+        args.data_dir.display()
+    );
+}
+
+async fn stop_all(nodes: &mut [Node]) {
+    for node in nodes.iter() {
+        if let Some(pid) = node.child.id() {
+            // SAFETY: kill(2) with a pid we spawned and a valid signal.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(10), node.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = node.child.kill().await;
+        }
+    }
+}

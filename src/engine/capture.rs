@@ -1,0 +1,171 @@
+//! Capture: turning each commit on the writer into a log record, and
+//! checkpointing SQLite only as far as the log is durable.
+//!
+//! Runs on the writer connection's thread, under the write lock, right after
+//! SQLite's COMMIT and before the next write — the only moment the WAL's
+//! newest frames are known to be exactly that transaction's (see
+//! SQLITE-NOTES.md on missed WAL generations).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+
+use super::error::{Error, Result};
+use super::wal::{WalError, WalReader};
+use crate::log::{self, Log, Lsn, Record};
+
+/// WAL frames after which the writer checkpoints (about 16 MB of 4 KB pages).
+const CHECKPOINT_FRAMES: u32 = 4000;
+
+/// The capture state of one database's writer.
+pub struct Capture {
+    wal: WalReader,
+    log: Arc<Log>,
+    log_dir: PathBuf,
+    epoch: Arc<AtomicU64>,
+    retain_from: Arc<AtomicU64>,
+}
+
+impl Capture {
+    /// Capture for the database at `db_path`, appending to `log`.
+    pub fn new(
+        db_path: &Path,
+        log: Arc<Log>,
+        log_dir: PathBuf,
+        epoch: Arc<AtomicU64>,
+        retain_from: Arc<AtomicU64>,
+    ) -> Capture {
+        Capture {
+            wal: WalReader::new(wal_path(db_path)),
+            log,
+            log_dir,
+            epoch,
+            retain_from,
+        }
+    }
+
+    /// Appends a record for every transaction committed since the last
+    /// call; returns the log's end LSN (what the commit must wait for).
+    pub fn after_commit(&mut self, conn: &Connection) -> Result<Lsn> {
+        let transactions = self.wal.read_committed().map_err(capture_error)?;
+        let page_size = page_size(conn)?;
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let mut end = self.log.end_lsn();
+        for tx in transactions {
+            end = self
+                .log
+                .append(Record {
+                    lsn: 0,
+                    epoch,
+                    commit_time_us: now_us(),
+                    db_size: tx.db_size,
+                    page_size,
+                    pages: tx.pages,
+                })
+                .map_err(log_error)?;
+        }
+        if self.wal.frames_read() >= CHECKPOINT_FRAMES {
+            self.checkpoint(conn)?;
+        }
+        Ok(end)
+    }
+
+    /// Copies the WAL into the database file once the log holds (durably)
+    /// every frame in it; records the checkpoint LSN only if the copy was
+    /// complete, then drops log segments nobody needs.
+    fn checkpoint(&mut self, conn: &Connection) -> Result<()> {
+        let durable = self.log.sync_blocking().map_err(log_error)?;
+        if !checkpoint_passive(conn)? {
+            // A reader still uses older frames; try again after later commits.
+            return Ok(());
+        }
+        log::write_checkpoint(&self.log_dir, durable).map_err(log_error)?;
+        let keep = durable.min(self.retain_from.load(Ordering::SeqCst));
+        self.log.truncate_before(keep).map_err(log_error)?;
+        Ok(())
+    }
+}
+
+/// A record holding every page of the database as `conn` sees it: redone
+/// on an empty file it recreates the database.
+pub fn base_image(conn: &Connection, epoch: u64) -> Result<Record> {
+    let page_size = page_size(conn)?;
+    let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+    let pages = stmt
+        .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Record {
+        lsn: 0,
+        epoch,
+        commit_time_us: now_us(),
+        db_size: pages.len() as u32,
+        page_size,
+        pages,
+    })
+}
+
+/// True when `record` holds every page of the database it describes.
+pub fn is_base_image(record: &Record) -> bool {
+    record.pages.len() == record.db_size as usize
+        && record
+            .pages
+            .iter()
+            .enumerate()
+            .all(|(i, (pgno, _))| *pgno == i as u32 + 1)
+}
+
+/// `<db>-wal`.
+pub fn wal_path(db_path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-wal", db_path.display()))
+}
+
+/// Runs a PASSIVE checkpoint through the C API (the authorizer refuses the
+/// PRAGMA to clients); true when every frame was copied.
+pub fn checkpoint_passive(conn: &Connection) -> Result<bool> {
+    let mut log_frames = 0;
+    let mut copied = 0;
+    // SAFETY: the handle is valid for the connection's lifetime and used on
+    // the thread that owns the connection; the out-pointers are live locals.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_wal_checkpoint_v2(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_CHECKPOINT_PASSIVE,
+            &mut log_frames,
+            &mut copied,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(Error::sql(
+            "58030",
+            format!("checkpoint failed with SQLite code {rc}"),
+        ));
+    }
+    Ok(log_frames == copied)
+}
+
+fn page_size(conn: &Connection) -> Result<u32> {
+    Ok(conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0))?)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn capture_error(e: WalError) -> Error {
+    Error::sql(
+        "XX000",
+        format!("cannot capture the committed transaction from the WAL: {e}"),
+    )
+    .with_hint("the database stopped accepting writes to keep its log whole; restart the node")
+}
+
+fn log_error(e: log::LogError) -> Error {
+    Error::sql("58030", format!("cannot write the transaction log: {e}"))
+        .with_hint("the database stopped accepting writes to keep its log whole; fix the disk and restart the node")
+}

@@ -1,0 +1,445 @@
+//! The primary's side: one sender task per secondary, and the commit hook
+//! that makes commits wait for synchronized synchronous secondaries.
+//!
+//! # A sender's life
+//! 1. Connect to the secondary's endpoint; send `Hello` (cluster id, group,
+//!    both replica names, epoch) and the group definition (`Config`).
+//! 2. Read `Welcome`: where each database's log ends on the secondary.
+//!    Streaming starts there; a secondary with an empty log, or one behind
+//!    what the primary still holds, is seeded from a full image record that
+//!    the primary appends to its log for that purpose.
+//! 3. Stream records as they are appended (before the local fsync: the
+//!    secondary hardens in parallel), ping every second, and feed every
+//!    `Progress` into the database's [`DbSync`].
+//! 4. On disconnect or session timeout, the replica leaves the synchronized
+//!    set of every database, and the sender reconnects with backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+
+use super::sync::{CommitCheck, DbSync, LeaveReason};
+use super::wire::{DatabasePosition, Message, WireCodec};
+use crate::ag::config::{AvailabilityMode, GroupConfig, ReplicaConfig};
+use crate::engine::{CommitHook, Database, Engine, Error, Result};
+use crate::log::Lsn;
+
+/// Most record bytes sent in one `Records` message.
+const BATCH_BYTES: u64 = 4 << 20;
+/// How often partners ping.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Synchronization of one database of the group, shared by the senders
+/// (which feed it) and the commit hook (which reads it).
+pub struct SyncCell {
+    state: Mutex<DbSync>,
+    changed: watch::Sender<u64>,
+}
+
+impl SyncCell {
+    fn new(sync: DbSync) -> Arc<SyncCell> {
+        Arc::new(SyncCell {
+            state: Mutex::new(sync),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// Applies `f` to the state and wakes waiting commits.
+    pub fn update<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
+        let out = f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.send_modify(|n| *n += 1);
+        out
+    }
+
+    /// A copy of the state, for views.
+    pub fn snapshot(&self) -> DbSync {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Makes a commit wait for the synchronized synchronous secondaries.
+struct SyncHook {
+    cell: Arc<SyncCell>,
+    /// How long a commit waits for too few synchronized secondaries.
+    patience: Duration,
+}
+
+#[async_trait]
+impl CommitHook for SyncHook {
+    async fn wait(&self, lsn: Lsn) -> Result<()> {
+        let mut rx = self.cell.changed.subscribe();
+        let deadline = Instant::now() + self.patience;
+        loop {
+            let check = self.cell.update(|s| {
+                s.appended(lsn);
+                s.check_commit(lsn)
+            });
+            match check {
+                CommitCheck::Ready => return Ok(()),
+                CommitCheck::Waiting(_) => {
+                    // Replicas either harden or leave the set on timeout.
+                    let _ = rx.changed().await;
+                }
+                CommitCheck::TooFewSynchronized { have, required } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::sql(
+                            "40003",
+                            format!(
+                                "the commit is durable on the primary but not acknowledged: \
+                                 REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT is {required}, \
+                                 and {have} secondaries are synchronized"
+                            ),
+                        )
+                        .with_hint("check the secondaries (sys.dm_hadr_database_replica_states); the transaction may be visible"));
+                    }
+                    let _ = tokio::time::timeout(left, rx.changed()).await;
+                }
+            }
+        }
+    }
+}
+
+/// The primary's replication state for one group.
+pub struct PrimaryGroup {
+    config: GroupConfig,
+    node: String,
+    databases: HashMap<String, (Arc<Database>, Arc<SyncCell>)>,
+    /// Per secondary: connected now, last message time.
+    links: Mutex<HashMap<String, LinkState>>,
+    stop: watch::Sender<bool>,
+}
+
+/// What the primary knows of its connection to one secondary.
+#[derive(Debug, Clone, Default)]
+pub struct LinkState {
+    /// Connected and past the handshake.
+    pub connected: bool,
+    /// Last error, for views and logs.
+    pub last_error: Option<String>,
+}
+
+impl PrimaryGroup {
+    /// Takes the primary role for `config`'s databases on this node and
+    /// starts one sender per secondary.
+    pub fn start(config: GroupConfig, node: &str, engine: &Engine) -> Result<Arc<PrimaryGroup>> {
+        let secondaries: Vec<(String, bool)> = config
+            .secondaries()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.availability_mode == AvailabilityMode::SynchronousCommit,
+                )
+            })
+            .collect();
+        let mut databases = HashMap::new();
+        for name in &config.databases {
+            let db = engine.database(name)?;
+            let sync = DbSync::new(
+                db.log().end_lsn(),
+                &secondaries,
+                config.required_synchronized_secondaries as usize,
+            );
+            databases.insert(name.clone(), (db, SyncCell::new(sync)));
+        }
+        let patience = Duration::from_secs(
+            config
+                .replica(node)
+                .map_or(10, |r| r.session_timeout_s as u64),
+        );
+        for (db, cell) in databases.values() {
+            db.set_role(crate::engine::Role::ReadWrite);
+            db.set_epoch(config.epoch);
+            db.set_commit_hook(Some(Arc::new(SyncHook {
+                cell: cell.clone(),
+                patience,
+            })));
+        }
+        let group = Arc::new(PrimaryGroup {
+            node: node.to_string(),
+            databases,
+            links: Mutex::new(HashMap::new()),
+            stop: watch::channel(false).0,
+            config,
+        });
+        for replica in group.config.secondaries().cloned().collect::<Vec<_>>() {
+            tokio::spawn(sender(group.clone(), replica));
+        }
+        Ok(group)
+    }
+
+    /// The group's definition.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Synchronization state of each database.
+    pub fn sync_states(&self) -> Vec<(String, DbSync)> {
+        let mut out: Vec<_> = self
+            .databases
+            .iter()
+            .map(|(name, (_, cell))| (name.clone(), cell.snapshot()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Connection state of each secondary.
+    pub fn links(&self) -> HashMap<String, LinkState> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Suspends or resumes data movement of `database` to every secondary.
+    pub fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
+        let (_, cell) = self
+            .databases
+            .get(database)
+            .ok_or_else(|| Error::NoSuchDatabase(database.to_string()))?;
+        let links = self.links();
+        cell.update(|s| {
+            let names: Vec<String> = s.replicas().map(|(n, _)| n.clone()).collect();
+            for name in names {
+                if suspended {
+                    s.leave(&name, LeaveReason::Suspended);
+                } else {
+                    s.resume(&name, links.get(&name).is_some_and(|l| l.connected));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops the senders and releases the databases' commit hooks.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+        for (db, _) in self.databases.values() {
+            db.set_commit_hook(None);
+        }
+    }
+
+    fn set_link(&self, replica: &str, connected: bool, error: Option<String>) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let link = links.entry(replica.to_string()).or_default();
+        link.connected = connected;
+        if error.is_some() || connected {
+            link.last_error = error;
+        }
+    }
+
+    fn leave_all(&self, replica: &str, reason: LeaveReason) {
+        for (_, cell) in self.databases.values() {
+            cell.update(|s| s.leave(replica, reason));
+        }
+    }
+
+    fn is_suspended(&self, database: &str, replica: &str) -> bool {
+        self.databases.get(database).is_some_and(|(_, cell)| {
+            cell.snapshot()
+                .replica(replica)
+                .is_some_and(|r| r.suspended)
+        })
+    }
+}
+
+/// Keeps one secondary connected and fed, until the group stops.
+async fn sender(group: Arc<PrimaryGroup>, replica: ReplicaConfig) {
+    let mut stop = group.stop.subscribe();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let result = tokio::select! {
+            r = stream_to(&group, &replica) => r,
+            _ = stop.changed() => return,
+        };
+        let (reason, message) = match result {
+            Ok(reason) => (reason, None),
+            Err(e) => (LeaveReason::Disconnected, Some(e)),
+        };
+        if let Some(m) = &message {
+            tracing::info!(group = %group.config.name, replica = %replica.name, "replication link down: {m}");
+        }
+        group.set_link(&replica.name, false, message.clone());
+        group.leave_all(&replica.name, reason);
+        if message.is_some() {
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One connection's life; returns why it ended.
+async fn stream_to(
+    group: &PrimaryGroup,
+    replica: &ReplicaConfig,
+) -> std::result::Result<LeaveReason, String> {
+    let timeout = Duration::from_secs(replica.session_timeout_s.max(1) as u64);
+    let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(replica.endpoint))
+        .await
+        .map_err(|_| format!("connecting to {} timed out", replica.endpoint))?
+        .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
+    let _ = socket.set_nodelay(true);
+    let mut conn = Framed::new(socket, WireCodec);
+    let config = &group.config;
+    send(
+        &mut conn,
+        Message::Hello {
+            cluster_id: config.cluster_id.clone(),
+            group: config.name.clone(),
+            from_replica: group.node.clone(),
+            to_replica: replica.name.clone(),
+            epoch: config.epoch,
+        },
+    )
+    .await?;
+    send(
+        &mut conn,
+        Message::Config {
+            version: config.version,
+            config: config.to_bytes(),
+        },
+    )
+    .await?;
+    let positions = match tokio::time::timeout(timeout, conn.next()).await {
+        Err(_) => return Err("no answer to Hello within the session timeout".into()),
+        Ok(None) => return Err("the secondary closed the connection".into()),
+        Ok(Some(Err(e))) => return Err(format!("bad message from the secondary: {e}")),
+        Ok(Some(Ok(Message::Welcome { databases, .. }))) => databases,
+        Ok(Some(Ok(Message::Refuse { reason }))) => return Err(format!("refused: {reason}")),
+        Ok(Some(Ok(other))) => return Err(format!("expected Welcome, got {other:?}")),
+    };
+    let mut next: HashMap<String, Lsn> = HashMap::new();
+    for (name, (db, cell)) in &group.databases {
+        let position = positions.iter().find(|p| &p.database == name);
+        let start = start_lsn(db, position).await.map_err(|e| e.to_string())?;
+        let hardened = position.map_or(0, |p| p.end_lsn);
+        let redone = position.map_or(0, |p| p.redone_lsn);
+        cell.update(|s| s.connected(&replica.name, hardened, redone));
+        next.insert(name.clone(), start);
+    }
+    group.set_link(&replica.name, true, None);
+    tracing::info!(group = %config.name, replica = %replica.name, "replication link up");
+
+    let mut ends: Vec<(String, watch::Receiver<Lsn>)> = group
+        .databases
+        .iter()
+        .map(|(name, (db, _))| (name.clone(), db.log().subscribe_end()))
+        .collect();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        // Send whatever is new, database by database.
+        for (name, (db, _)) in &group.databases {
+            if group.is_suspended(name, &replica.name) {
+                continue;
+            }
+            let from = next[name];
+            if from >= db.log().end_lsn() {
+                continue;
+            }
+            let log = db.log().clone();
+            let records = tokio::task::spawn_blocking(move || log.read_some(from, BATCH_BYTES))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let Some(last) = records.last() else { continue };
+            next.insert(name.clone(), last.end_lsn());
+            let encoded = records
+                .iter()
+                .map(|r| {
+                    let mut buf = Vec::with_capacity(r.encoded_len());
+                    r.encode_into(&mut buf);
+                    buf
+                })
+                .collect();
+            send(
+                &mut conn,
+                Message::Records {
+                    database: name.clone(),
+                    records: encoded,
+                },
+            )
+            .await?;
+        }
+        let any_end_changed = async {
+            let waits = ends.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
+            let _ = futures::future::select_all(waits).await;
+        };
+        tokio::select! {
+            _ = any_end_changed => {}
+            _ = ping.tick() => {
+                if last_heard.elapsed() > timeout {
+                    return Ok(LeaveReason::SessionTimeout);
+                }
+                send(&mut conn, Message::Ping { sent_us: monotonic_us() }).await?;
+            }
+            incoming = conn.next() => match incoming {
+                None => return Err("the secondary closed the connection".into()),
+                Some(Err(e)) => return Err(format!("bad message from the secondary: {e}")),
+                Some(Ok(message)) => {
+                    last_heard = Instant::now();
+                    match message {
+                        Message::Progress { database, hardened_lsn, redone_lsn } => {
+                            if let Some((_, cell)) = group.databases.get(&database) {
+                                cell.update(|s| s.progress(&replica.name, hardened_lsn, redone_lsn));
+                            }
+                        }
+                        Message::Ping { sent_us } => send(&mut conn, Message::Pong { echo_us: sent_us }).await?,
+                        Message::Pong { .. } => {}
+                        Message::Refuse { reason } => return Err(format!("the secondary stopped: {reason}")),
+                        other => return Err(format!("unexpected message from the secondary: {other:?}")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where streaming to a secondary starts for one database: where its log
+/// ends, if the primary still holds that; otherwise at a fresh full image.
+async fn start_lsn(db: &Database, position: Option<&DatabasePosition>) -> Result<Lsn> {
+    let log = db.log();
+    let theirs = position.map_or(0, |p| p.end_lsn);
+    if theirs > log.end_lsn() {
+        return Err(Error::sql(
+            "XX000",
+            format!(
+                "database \"{}\" on the secondary ends at LSN {theirs}, past the primary's {}: \
+                 its log diverged and must be rewound",
+                db.name(),
+                log.end_lsn()
+            ),
+        ));
+    }
+    if theirs >= log.first_lsn() && (theirs > 0 || log.first_lsn() == 0) {
+        return Ok(theirs);
+    }
+    db.write_base_image().await
+}
+
+async fn send(
+    conn: &mut Framed<TcpStream, WireCodec>,
+    message: Message,
+) -> std::result::Result<(), String> {
+    conn.send(message)
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}
+
+/// Microseconds on a monotonic clock (for pings).
+pub fn monotonic_us() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}

@@ -1,0 +1,518 @@
+//! The secondary's side: the endpoint that primaries connect to, hardening
+//! received records in the local log, and redo into the database file.
+//!
+//! # One connection from a primary
+//! 1. `Hello` is checked by the [`Admission`] (group joined here, addressed
+//!    to this replica, same cluster, epoch not older than known); a failed
+//!    check is answered with `Refuse` and the reason, and nothing else.
+//! 2. `Config` gives the group's definition: its databases become
+//!    secondaries here (created empty if missing), and `Welcome` reports
+//!    where each one's log ends.
+//! 3. Each `Records` message is decoded and checked whole (checksums,
+//!    epochs, LSN continuity) before any of it is appended; then it is
+//!    appended and fsynced — *hardened* — and `Progress` reports the new end.
+//!    A record that starts past the log's end is accepted only if it is a
+//!    full image (seeding); the log then restarts at it.
+//! 4. A redo task per database applies hardened records to the file, one
+//!    SQLite transaction per batch of whole records, and reports the redone
+//!    LSN.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::Framed;
+
+use super::primary::{monotonic_us, PING_INTERVAL};
+use super::wire::{DatabasePosition, Message, WireCodec};
+use crate::ag::config::GroupConfig;
+use crate::engine::redo::{Applier, PageSet};
+use crate::engine::{checkpoint_passive, is_base_image, Database, Role};
+use crate::log::{self, DecodeError, Lsn, Record};
+
+/// Redo batches at most this many bytes of records.
+const REDO_BATCH_BYTES: u64 = 8 << 20;
+/// Checkpoint the secondary's file after this many redone bytes.
+const CHECKPOINT_BYTES: u64 = 16 << 20;
+
+/// What decides whether a primary may connect, and sets databases up.
+pub trait Admission: Send + Sync + 'static {
+    /// Checks a `Hello`; Err is the reason sent back in `Refuse`.
+    fn check_hello(
+        &self,
+        cluster_id: &str,
+        group: &str,
+        to_replica: &str,
+        epoch: u64,
+    ) -> Result<(), String>;
+    /// Takes the group's definition from the primary; returns the group's
+    /// receiver (its databases set up as secondaries here).
+    fn accept_config(&self, config: GroupConfig) -> Result<Arc<SecondaryGroup>, String>;
+}
+
+/// Serves the replication endpoint until the process ends.
+pub async fn serve_endpoint(listener: TcpListener, admission: Arc<dyn Admission>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    let _ = socket.set_nodelay(true);
+                    if let Err(reason) = serve_primary(socket, admission).await {
+                        tracing::info!(%peer, "replication connection closed: {reason}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "endpoint accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A secondary database: its log, its redo task's progress.
+pub struct SecondaryDb {
+    db: Arc<Database>,
+    hardened: watch::Sender<Lsn>,
+    redone: watch::Sender<Lsn>,
+    /// Highest epoch of any record accepted.
+    epoch: Mutex<u64>,
+    /// Last redo error, for views.
+    last_error: Mutex<Option<String>>,
+}
+
+impl SecondaryDb {
+    /// Everything before this LSN is in the local log, durably.
+    pub fn hardened(&self) -> Lsn {
+        *self.hardened.borrow()
+    }
+
+    /// Everything before this LSN is redone into the file.
+    pub fn redone(&self) -> Lsn {
+        *self.redone.borrow()
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Last redo failure, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The secondary's replication state for one group.
+pub struct SecondaryGroup {
+    config: Mutex<GroupConfig>,
+    databases: HashMap<String, Arc<SecondaryDb>>,
+    connected: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl SecondaryGroup {
+    /// Makes `databases` secondaries of the group and starts their redo.
+    pub fn start(config: GroupConfig, databases: Vec<Arc<Database>>) -> Arc<SecondaryGroup> {
+        let stop = watch::channel(false).0;
+        let mut map = HashMap::new();
+        for db in databases {
+            db.set_role(Role::Secondary {
+                group: config.name.clone(),
+                primary: config.primary.clone(),
+            });
+            db.set_commit_hook(None);
+            let end = db.log().end_lsn();
+            let sdb = Arc::new(SecondaryDb {
+                hardened: watch::channel(end).0,
+                redone: watch::channel(end).0,
+                epoch: Mutex::new(config.epoch),
+                last_error: Mutex::new(None),
+                db,
+            });
+            tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
+            map.insert(sdb.db.name().to_string(), sdb);
+        }
+        Arc::new(SecondaryGroup {
+            config: Mutex::new(config),
+            databases: map,
+            connected: watch::channel(false).0,
+            stop,
+        })
+    }
+
+    /// The group's definition as last received.
+    pub fn config(&self) -> GroupConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// True while a primary is connected.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// The group's databases here.
+    pub fn databases(&self) -> Vec<Arc<SecondaryDb>> {
+        let mut out: Vec<_> = self.databases.values().cloned().collect();
+        out.sort_by(|a, b| a.db.name().cmp(b.db.name()));
+        out
+    }
+
+    /// Stops redo (the group is dropped or reconfigured).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    fn positions(&self) -> Vec<DatabasePosition> {
+        self.databases()
+            .iter()
+            .map(|s| DatabasePosition {
+                database: s.db.name().to_string(),
+                epoch: *s.epoch.lock().unwrap_or_else(|e| e.into_inner()),
+                end_lsn: s.hardened(),
+                redone_lsn: s.redone(),
+                epoch_history: vec![],
+            })
+            .collect()
+    }
+
+    /// Hardens a batch of records of one database; returns the new end.
+    async fn receive(&self, database: &str, raw: Vec<Vec<u8>>) -> Result<Lsn, String> {
+        let sdb = self
+            .databases
+            .get(database)
+            .ok_or_else(|| format!("database \"{database}\" is not in this group here"))?
+            .clone();
+        let records = decode_all(database, &raw)?;
+        let log = sdb.db.log().clone();
+        let mut epoch = *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expected = log.end_lsn();
+        let mut accepted = Vec::with_capacity(records.len());
+        for record in records {
+            if record.epoch < epoch {
+                return Err(format!(
+                    "record at LSN {} of database \"{database}\" is from epoch {}, older than epoch {epoch} already accepted",
+                    record.lsn, record.epoch
+                ));
+            }
+            epoch = record.epoch;
+            if record.end_lsn() <= expected && record.lsn < expected {
+                continue; // already hardened
+            }
+            if record.lsn != expected {
+                let seeding =
+                    accepted.is_empty() && record.lsn > expected && is_base_image(&record);
+                if !seeding {
+                    return Err(format!(
+                        "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
+                        record.lsn
+                    ));
+                }
+            }
+            expected = record.end_lsn();
+            accepted.push(record);
+        }
+        let Some(last) = accepted.last() else {
+            return Ok(log.end_lsn());
+        };
+        let end = last.end_lsn();
+        let log2 = log.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            if let Some(first) = accepted.first() {
+                if first.lsn != log2.end_lsn() {
+                    tracing::info!(
+                        lsn = first.lsn,
+                        "seeding from a full image: the log restarts there"
+                    );
+                    log2.reset_to(first.lsn).map_err(|e| e.to_string())?;
+                }
+            }
+            for record in &accepted {
+                log2.append_at(record).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        log.wait_durable(end).await.map_err(|e| e.to_string())?;
+        *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
+        sdb.hardened.send_replace(end);
+        Ok(end)
+    }
+}
+
+fn decode_all(database: &str, raw: &[Vec<u8>]) -> Result<Vec<Record>, String> {
+    raw.iter()
+        .map(|bytes| match Record::decode(bytes) {
+            Ok((record, len)) if len == bytes.len() => Ok(record),
+            Ok((record, _)) => Err(format!(
+                "record at LSN {} of database \"{database}\" has trailing bytes",
+                record.lsn
+            )),
+            Err(e @ (DecodeError::BadChecksum { .. } | DecodeError::BadMagic(_) | DecodeError::Torn { .. } | DecodeError::Inconsistent(_))) => {
+                Err(format!("corrupt record for database \"{database}\": {e}; nothing of this batch was applied"))
+            }
+        })
+        .collect()
+}
+
+/// One primary's connection, from Hello to close.
+async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Result<(), String> {
+    let mut conn = Framed::new(socket, WireCodec);
+    let hello = next_message(&mut conn, Duration::from_secs(10)).await?;
+    let Message::Hello {
+        cluster_id,
+        group,
+        from_replica,
+        to_replica,
+        epoch,
+    } = hello
+    else {
+        return refuse(&mut conn, "the first message must be Hello".into()).await;
+    };
+    if let Err(reason) = admission.check_hello(&cluster_id, &group, &to_replica, epoch) {
+        return refuse(&mut conn, reason).await;
+    }
+    let Message::Config { config, .. } = next_message(&mut conn, Duration::from_secs(10)).await?
+    else {
+        return refuse(
+            &mut conn,
+            "expected the group definition (Config) after Hello".into(),
+        )
+        .await;
+    };
+    let config = match GroupConfig::from_bytes(&config) {
+        Ok(c) if c.cluster_id == cluster_id && c.name.eq_ignore_ascii_case(&group) => c,
+        Ok(_) => {
+            return refuse(
+                &mut conn,
+                "the group definition does not match Hello".into(),
+            )
+            .await
+        }
+        Err(e) => return refuse(&mut conn, e.to_string()).await,
+    };
+    let timeout = Duration::from_secs(
+        config
+            .replica(&to_replica)
+            .map_or(10, |r| r.session_timeout_s.max(1) as u64),
+    );
+    let group = match admission.accept_config(config) {
+        Ok(g) => g,
+        Err(reason) => return refuse(&mut conn, reason).await,
+    };
+    send(
+        &mut conn,
+        Message::Welcome {
+            replica: to_replica.clone(),
+            databases: group.positions(),
+        },
+    )
+    .await?;
+    group.connected.send_replace(true);
+    tracing::info!(primary = %from_replica, group = %group.config().name, "primary connected");
+    let result = stream_from(&mut conn, &group, timeout).await;
+    group.connected.send_replace(false);
+    if let Err(reason) = &result {
+        let _ = send(
+            &mut conn,
+            Message::Refuse {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+    }
+    result
+}
+
+async fn stream_from(
+    conn: &mut Framed<TcpStream, WireCodec>,
+    group: &Arc<SecondaryGroup>,
+    timeout: Duration,
+) -> Result<(), String> {
+    // Redo progress of every database, forwarded as Progress messages.
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
+    let mut watchers = Vec::new();
+    for sdb in group.databases() {
+        let tx = progress_tx.clone();
+        let mut rx = sdb.redone.subscribe();
+        let name = sdb.db.name().to_string();
+        watchers.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if tx.send(name.clone()).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let _abort = AbortOnDrop(watchers);
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            incoming = conn.next() => {
+                let message = match incoming {
+                    None => return Err("the primary closed the connection".into()),
+                    Some(Err(e)) => return Err(format!("bad message from the primary: {e}")),
+                    Some(Ok(m)) => m,
+                };
+                last_heard = Instant::now();
+                match message {
+                    Message::Records { database, records } => {
+                        let hardened = group.receive(&database, records).await?;
+                        let redone = group.databases.get(&database).map_or(0, |s| s.redone());
+                        send(conn, Message::Progress { database, hardened_lsn: hardened, redone_lsn: redone }).await?;
+                    }
+                    Message::Ping { sent_us } => send(conn, Message::Pong { echo_us: sent_us }).await?,
+                    Message::Pong { .. } | Message::DatabaseState { .. } => {}
+                    Message::Config { config, .. } => {
+                        let config = GroupConfig::from_bytes(&config).map_err(|e| e.to_string())?;
+                        *group.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+                    }
+                    Message::Refuse { reason } => return Err(format!("the primary stopped: {reason}")),
+                    other => return Err(format!("unexpected message from the primary: {other:?}")),
+                }
+            }
+            Some(database) = progress_rx.recv() => {
+                if let Some(sdb) = group.databases.get(&database) {
+                    send(conn, Message::Progress {
+                        database,
+                        hardened_lsn: sdb.hardened(),
+                        redone_lsn: sdb.redone(),
+                    }).await?;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > timeout {
+                    return Err("no message from the primary within the session timeout".into());
+                }
+                send(conn, Message::Ping { sent_us: monotonic_us() }).await?;
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Applies hardened records to the database file, in order, until stopped.
+async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
+    let mut hardened = sdb.hardened.subscribe();
+    let mut applier: Option<Applier> = None;
+    let mut since_checkpoint = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let redone = sdb.redone();
+        let log = sdb.db.log().clone();
+        // After seeding, the log restarts at a full image past `redone`.
+        let from = redone.max(log.first_lsn());
+        if from >= sdb.hardened() {
+            tokio::select! {
+                _ = hardened.changed() => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        let db = sdb.db.clone();
+        let mut taken = applier.take();
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<(Option<Applier>, Lsn, u64), String> {
+                let records = log
+                    .read_some(from, REDO_BATCH_BYTES)
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = records.last() else {
+                    return Ok((taken, from, 0));
+                };
+                let end = last.end_lsn();
+                let bytes = end - from;
+                let applier = match taken.as_mut() {
+                    Some(a) => a,
+                    None => taken.insert(Applier::open(db.path()).map_err(|e| e.to_string())?),
+                };
+                let sets: Vec<PageSet<'_>> = records
+                    .iter()
+                    .map(|r| PageSet {
+                        pages: &r.pages,
+                        db_size: r.db_size,
+                    })
+                    .collect();
+                applier.apply(&sets).map_err(|e| e.to_string())?;
+                Ok((taken, end, bytes))
+            })
+            .await;
+        let result = result.unwrap_or_else(|e| Err(e.to_string()));
+        match result {
+            Ok((a, end, bytes)) => {
+                applier = a;
+                since_checkpoint += bytes;
+                sdb.redone.send_replace(end);
+                if since_checkpoint >= CHECKPOINT_BYTES {
+                    if let Some(a) = applier.as_ref() {
+                        if checkpoint_passive(a.connection()).unwrap_or(false) {
+                            since_checkpoint = 0;
+                            let _ = log::write_checkpoint(sdb.db.log_dir(), end);
+                            let _ = sdb.db.log().truncate_before(end);
+                        }
+                    }
+                }
+            }
+            Err(message) => {
+                tracing::error!(database = %sdb.db.name(), "redo failed: {message}");
+                *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+                applier = None;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn next_message(
+    conn: &mut Framed<TcpStream, WireCodec>,
+    within: Duration,
+) -> Result<Message, String> {
+    match tokio::time::timeout(within, conn.next()).await {
+        Err(_) => Err("the primary sent nothing in time".into()),
+        Ok(None) => Err("the primary closed the connection".into()),
+        Ok(Some(Err(e))) => Err(format!("bad message from the primary: {e}")),
+        Ok(Some(Ok(m))) => Ok(m),
+    }
+}
+
+async fn refuse(conn: &mut Framed<TcpStream, WireCodec>, reason: String) -> Result<(), String> {
+    tracing::warn!("refusing a primary: {reason}");
+    let _ = send(
+        conn,
+        Message::Refuse {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    Err(reason)
+}
+
+async fn send(conn: &mut Framed<TcpStream, WireCodec>, message: Message) -> Result<(), String> {
+    conn.send(message)
+        .await
+        .map_err(|e| format!("send failed: {e}"))
+}
