@@ -302,6 +302,7 @@ async fn stream_to(
             to_replica: replica.name.clone(),
             epoch: config.epoch,
         },
+        timeout,
     )
     .await?;
     send(
@@ -310,6 +311,7 @@ async fn stream_to(
             version: config.version,
             config: config.to_bytes(),
         },
+        timeout,
     )
     .await?;
     let positions = match tokio::time::timeout(timeout, conn.next()).await {
@@ -370,6 +372,7 @@ async fn stream_to(
                     database: name.clone(),
                     records: encoded,
                 },
+                timeout,
             )
             .await?;
         }
@@ -383,7 +386,7 @@ async fn stream_to(
                 if last_heard.elapsed() > timeout {
                     return Ok(LeaveReason::SessionTimeout);
                 }
-                send(&mut conn, Message::Ping { sent_us: monotonic_us() }).await?;
+                send(&mut conn, Message::Ping { sent_us: monotonic_us() }, timeout).await?;
             }
             incoming = conn.next() => match incoming {
                 None => return Err("the secondary closed the connection".into()),
@@ -396,7 +399,7 @@ async fn stream_to(
                                 cell.update(|s| s.progress(&replica.name, hardened_lsn, redone_lsn));
                             }
                         }
-                        Message::Ping { sent_us } => send(&mut conn, Message::Pong { echo_us: sent_us }).await?,
+                        Message::Ping { sent_us } => send(&mut conn, Message::Pong { echo_us: sent_us }, timeout).await?,
                         Message::Pong { .. } => {}
                         Message::Refuse { reason } => return Err(format!("the secondary stopped: {reason}")),
                         other => return Err(format!("unexpected message from the secondary: {other:?}")),
@@ -429,13 +432,18 @@ async fn start_lsn(db: &Database, position: Option<&DatabasePosition>) -> Result
     db.write_base_image().await
 }
 
+/// Sends within the session timeout: a partner that stops reading (paused,
+/// wedged) must not stall the sender past it, or its timeout would never
+/// be noticed and commits would wait for it forever.
 async fn send(
     conn: &mut Framed<TcpStream, WireCodec>,
     message: Message,
+    within: Duration,
 ) -> std::result::Result<(), String> {
-    conn.send(message)
-        .await
-        .map_err(|e| format!("send failed: {e}"))
+    match tokio::time::timeout(within, conn.send(message)).await {
+        Ok(sent) => sent.map_err(|e| format!("send failed: {e}")),
+        Err(_) => Err("the secondary stopped reading for longer than the session timeout".into()),
+    }
 }
 
 /// Microseconds on a monotonic clock (for pings).
