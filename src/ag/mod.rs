@@ -365,6 +365,11 @@ impl Manager {
     pub fn snapshot(&self) -> views::Snapshot {
         let groups = self.lock();
         let mut out = views::Snapshot::default();
+        for name in self.engine.names() {
+            if let Ok(db) = self.engine.database(&name) {
+                out.add_database(&db);
+            }
+        }
         for part in groups.values() {
             match part {
                 Part::Primary(p) => out.add_primary(&self.node, p),

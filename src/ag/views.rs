@@ -23,6 +23,7 @@ pub struct Snapshot {
     replicas: Vec<Vec<Value>>,
     replica_states: Vec<Vec<Value>>,
     database_states: Vec<Vec<Value>>,
+    databases: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -37,6 +38,9 @@ CREATE TABLE sys.availability_replicas(
 CREATE TABLE sys.dm_hadr_availability_replica_states(
     group_id TEXT, replica TEXT, role_desc TEXT, connected_state_desc TEXT,
     synchronization_health_desc TEXT, is_local BOOLEAN, last_connect_error_description TEXT);
+CREATE TABLE sys.databases(
+    name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
+    log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -90,6 +94,32 @@ impl Snapshot {
                 int(r.backup_priority as u64),
             ]);
         }
+    }
+
+    /// Adds a database of the node, with why its log cannot be truncated
+    /// (SQL Server's `log_reuse_wait_desc`): a replica still needs records
+    /// (`AVAILABILITY_REPLICA`), records wait for a checkpoint
+    /// (`CHECKPOINT`), or `NOTHING`.
+    pub fn add_database(&mut self, db: &crate::engine::Database) {
+        let log = db.log();
+        let checkpoint = crate::log::read_checkpoint(db.log_dir()).unwrap_or(0);
+        let first = log.first_lsn();
+        let wait = if db.retain_from() < checkpoint {
+            "AVAILABILITY_REPLICA"
+        } else if log.end_lsn() > checkpoint {
+            "CHECKPOINT"
+        } else {
+            "NOTHING"
+        };
+        self.databases.push(vec![
+            text(db.name()),
+            boolean(matches!(db.role(), crate::engine::Role::Secondary { .. })),
+            int(first),
+            int(log.end_lsn()),
+            int(log.durable_lsn()),
+            int(checkpoint),
+            text(wait),
+        ]);
     }
 
     /// Adds a group this node is primary of.
@@ -235,6 +265,7 @@ impl Snapshot {
             ("availability_replicas", &self.replicas),
             ("dm_hadr_availability_replica_states", &self.replica_states),
             ("dm_hadr_database_replica_states", &self.database_states),
+            ("databases", &self.databases),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -254,6 +285,7 @@ pub fn mentions_sys(sql: &str) -> bool {
     [
         "sys.availability_groups",
         "sys.availability_replicas",
+        "sys.databases",
         "sys.dm_hadr_",
     ]
     .iter()

@@ -235,6 +235,11 @@ impl Database {
         self.shared.epoch.store(epoch, Ordering::SeqCst);
     }
 
+    /// The lowest LSN replicas still need (`u64::MAX`: none).
+    pub fn retain_from(&self) -> Lsn {
+        self.shared.retain_from.load(Ordering::SeqCst)
+    }
+
     /// Sets the lowest LSN replicas still need (log truncation stops there).
     pub fn set_retain_from(&self, lsn: Lsn) {
         self.shared.retain_from.store(lsn, Ordering::SeqCst);

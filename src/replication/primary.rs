@@ -154,6 +154,8 @@ impl PrimaryGroup {
                 .map_or(10, |r| r.session_timeout_s as u64),
         );
         for (db, cell) in databases.values() {
+            // Until each secondary reports, keep everything it may need.
+            db.set_retain_from(0);
             db.set_role(crate::engine::Role::ReadWrite);
             db.set_epoch(config.epoch);
             db.set_commit_hook(Some(Arc::new(SyncHook {
@@ -220,6 +222,7 @@ impl PrimaryGroup {
         self.stop.send_replace(true);
         for (db, _) in self.databases.values() {
             db.set_commit_hook(None);
+            db.set_retain_from(u64::MAX);
         }
     }
 
@@ -395,8 +398,14 @@ async fn stream_to(
                     last_heard = Instant::now();
                     match message {
                         Message::Progress { database, hardened_lsn, redone_lsn } => {
-                            if let Some((_, cell)) = group.databases.get(&database) {
-                                cell.update(|s| s.progress(&replica.name, hardened_lsn, redone_lsn));
+                            if let Some((db, cell)) = group.databases.get(&database) {
+                                let needed = cell.update(|s| {
+                                    s.progress(&replica.name, hardened_lsn, redone_lsn);
+                                    s.lowest_hardened()
+                                });
+                                // The log is kept from the LSN the slowest
+                                // secondary (connected or not) still needs.
+                                db.set_retain_from(needed);
                             }
                         }
                         Message::Ping { sent_us } => send(&mut conn, Message::Pong { echo_us: sent_us }, timeout).await?,

@@ -220,6 +220,16 @@ impl DbSync {
         }
     }
 
+    /// The lowest LSN any secondary has hardened: the log must be kept
+    /// from there for it (its end when there are no secondaries).
+    pub fn lowest_hardened(&self) -> Lsn {
+        self.replicas
+            .values()
+            .map(|r| r.hardened)
+            .min()
+            .unwrap_or(self.primary_end)
+    }
+
     /// May a commit whose record ends at `lsn` be acknowledged?
     pub fn check_commit(&self, lsn: Lsn) -> CommitCheck {
         let synchronized: Vec<(&String, &ReplicaProgress)> = self
@@ -348,6 +358,23 @@ mod tests {
         );
         s.resume("r2", true);
         assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronized);
+    }
+
+    #[test]
+    fn the_log_is_kept_for_the_slowest_secondary() {
+        let mut s = two_sync_one_async();
+        assert_eq!(s.lowest_hardened(), 0, "never heard from: keep everything");
+        s.connected("r2", 100, 100);
+        s.connected("r3", 70, 60);
+        s.connected("r4", 90, 90);
+        assert_eq!(s.lowest_hardened(), 70);
+        s.leave("r3", LeaveReason::Disconnected);
+        assert_eq!(
+            s.lowest_hardened(),
+            70,
+            "a disconnected replica still needs its tail"
+        );
+        assert_eq!(DbSync::new(500, &[], 0).lowest_hardened(), 500);
     }
 
     #[test]
