@@ -46,7 +46,8 @@ CREATE TABLE sys.dm_hadr_database_replica_states(
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
     synchronization_health_desc TEXT, is_suspended BOOLEAN,
     last_hardened_lsn INTEGER, last_redone_lsn INTEGER, last_commit_lsn INTEGER,
-    log_send_queue_size INTEGER, redo_queue_size INTEGER, last_error TEXT);
+    last_commit_time TEXT, log_send_queue_size INTEGER, log_send_rate REAL,
+    redo_queue_size INTEGER, redo_rate REAL, secondary_lag_seconds REAL, last_error TEXT);
 ";
 
 fn text(s: impl Into<String>) -> Value {
@@ -59,6 +60,32 @@ fn int(n: u64) -> Value {
 
 fn boolean(b: bool) -> Value {
     Value::Integer(b as i64)
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC) for microseconds since the Unix epoch.
+fn time(us: Option<i64>) -> Value {
+    let Some(us) = us else {
+        return Value::Null;
+    };
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    text(format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{micros:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
 }
 
 impl Snapshot {
@@ -139,7 +166,7 @@ impl Snapshot {
         let states = group.sync_states();
         for r in config.secondaries() {
             let link = links.get(&r.name).cloned().unwrap_or_default();
-            let healthy = states.iter().all(|(_, s)| {
+            let healthy = states.iter().all(|(_, s, _)| {
                 s.replica(&r.name).is_some_and(|p| {
                     p.state == SyncState::Synchronized
                         || (!p.sync_commit && p.state == SyncState::Synchronizing)
@@ -159,8 +186,11 @@ impl Snapshot {
                 link.last_error.map_or(Value::Null, Value::Text),
             ]);
         }
-        for (database, sync) in &states {
+        for (database, sync, cell) in &states {
             let end = sync.primary_end();
+            let last_commit = group
+                .database(database)
+                .and_then(|db| db.log().last_commit_us());
             self.database_states.push(vec![
                 text(database),
                 text(&config.name),
@@ -173,11 +203,16 @@ impl Snapshot {
                 int(end),
                 int(end),
                 int(end),
+                time(last_commit),
                 int(0),
+                Value::Null,
                 int(0),
+                Value::Null,
+                Value::Null,
                 Value::Null,
             ]);
             for (replica, p) in sync.replicas() {
+                let m = cell.metrics(replica);
                 self.database_states.push(vec![
                     text(database),
                     text(&config.name),
@@ -195,8 +230,12 @@ impl Snapshot {
                     int(p.hardened),
                     int(p.redone),
                     int(end),
+                    time(m.last_redone_commit_us),
                     int(end.saturating_sub(p.hardened)),
+                    Value::Real(m.send_rate),
                     int(p.hardened.saturating_sub(p.redone)),
+                    Value::Real(m.redo_rate),
+                    m.lag_seconds.map_or(Value::Null, Value::Real),
                     p.left.map_or(Value::Null, |l| text(format!("{l:?}"))),
                 ]);
             }
@@ -239,8 +278,12 @@ impl Snapshot {
                 int(hardened),
                 int(redone),
                 int(hardened),
+                time(sdb.last_redone_commit_us()),
+                Value::Null,
                 Value::Null,
                 int(hardened.saturating_sub(redone)),
+                Value::Null,
+                Value::Null,
                 sdb.last_error().map_or(Value::Null, Value::Text),
             ]);
         }
@@ -332,5 +375,19 @@ mod tests {
             "select * from SYS.DM_HADR_DATABASE_REPLICA_STATES"
         ));
         assert!(!mentions_sys("select 'system'"));
+    }
+
+    #[test]
+    fn times_print_as_utc_timestamps() {
+        assert_eq!(time(Some(0)), text("1970-01-01 00:00:00.000000"));
+        assert_eq!(
+            time(Some(1_795_307_625_123_456)),
+            text("2026-11-22 00:33:45.123456")
+        );
+        assert_eq!(
+            time(Some(951_782_400_000_001)),
+            text("2000-02-29 00:00:00.000001")
+        );
+        assert_eq!(time(None), Value::Null);
     }
 }

@@ -78,6 +78,8 @@ pub struct Log {
     durable: watch::Sender<Lsn>,
     written: watch::Sender<Lsn>,
     syncing: AtomicBool,
+    /// Commit time of the last record appended (µs since the Unix epoch).
+    last_commit_us: std::sync::atomic::AtomicI64,
 }
 
 impl Log {
@@ -109,6 +111,7 @@ impl Log {
             durable: watch::channel(end).0,
             written: watch::channel(end).0,
             syncing: AtomicBool::new(false),
+            last_commit_us: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -137,6 +140,8 @@ impl Log {
     pub fn append(&self, mut record: Record) -> Result<Lsn, LogError> {
         let mut tail = self.lock();
         record.lsn = tail.end;
+        self.last_commit_us
+            .store(record.commit_time_us, Ordering::Relaxed);
         let len = record.encoded_len() as u64;
         if tail.len > 0 && tail.len + len > SEGMENT_BYTES {
             self.roll(&mut tail)?;
@@ -344,6 +349,12 @@ impl Log {
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
         Ok(())
+    }
+
+    /// Commit time of the last record appended since the log was opened
+    /// (µs since the Unix epoch), None before the first.
+    pub fn last_commit_us(&self) -> Option<i64> {
+        Some(self.last_commit_us.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
     /// A receiver that sees the end LSN move at every append.

@@ -40,6 +40,85 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 pub struct SyncCell {
     state: Mutex<DbSync>,
     changed: watch::Sender<u64>,
+    metrics: Mutex<HashMap<String, ReplicaMetrics>>,
+}
+
+/// Measured movement of one database to one secondary (for the views).
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaMetrics {
+    /// Bytes of log sent per second (smoothed).
+    pub send_rate: f64,
+    /// Bytes of log redone per second on the secondary (smoothed).
+    pub redo_rate: f64,
+    /// Age of the oldest commit the secondary has not redone (0 when
+    /// caught up); None until known.
+    pub lag_seconds: Option<f64>,
+    /// Commit time (µs since the Unix epoch) of the last record redone there.
+    pub last_redone_commit_us: Option<i64>,
+    sent_at: Option<Instant>,
+    progress_at: Option<Instant>,
+    last_redone: Lsn,
+    /// (end LSN, commit time) of records sent and not yet redone.
+    in_flight: std::collections::VecDeque<(Lsn, i64)>,
+}
+
+/// At most this many unredone records are remembered for lag.
+const IN_FLIGHT_LIMIT: usize = 100_000;
+
+fn smooth(old: f64, sample: f64) -> f64 {
+    if old == 0.0 {
+        sample
+    } else {
+        0.7 * old + 0.3 * sample
+    }
+}
+
+impl ReplicaMetrics {
+    fn sent(&mut self, records: &[crate::log::Record], bytes: u64) {
+        let now = Instant::now();
+        if let Some(at) = self.sent_at {
+            let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+            self.send_rate = smooth(self.send_rate, bytes as f64 / secs);
+        }
+        self.sent_at = Some(now);
+        for r in records {
+            if self.in_flight.len() >= IN_FLIGHT_LIMIT {
+                self.in_flight.pop_front();
+            }
+            self.in_flight.push_back((r.end_lsn(), r.commit_time_us));
+        }
+    }
+
+    fn progressed(&mut self, redone: Lsn, primary_end: Lsn) {
+        let now = Instant::now();
+        if let Some(at) = self.progress_at {
+            let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+            let bytes = redone.saturating_sub(self.last_redone);
+            self.redo_rate = smooth(self.redo_rate, bytes as f64 / secs);
+        }
+        self.progress_at = Some(now);
+        self.last_redone = self.last_redone.max(redone);
+        while let Some(&(end, commit_us)) = self.in_flight.front() {
+            if end > redone {
+                break;
+            }
+            self.last_redone_commit_us = Some(commit_us);
+            self.in_flight.pop_front();
+        }
+        self.lag_seconds = if redone >= primary_end {
+            Some(0.0)
+        } else {
+            self.in_flight
+                .front()
+                .map(|&(_, commit_us)| (now_us() - commit_us).max(0) as f64 / 1e6)
+        };
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl SyncCell {
@@ -47,6 +126,7 @@ impl SyncCell {
         Arc::new(SyncCell {
             state: Mutex::new(sync),
             changed: watch::channel(0).0,
+            metrics: Mutex::new(HashMap::new()),
         })
     }
 
@@ -60,6 +140,18 @@ impl SyncCell {
     /// A copy of the state, for views.
     pub fn snapshot(&self) -> DbSync {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Measured movement to `replica`.
+    pub fn metrics(&self, replica: &str) -> ReplicaMetrics {
+        self.lock_metrics()
+            .get(replica)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn lock_metrics(&self) -> std::sync::MutexGuard<'_, HashMap<String, ReplicaMetrics>> {
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -181,15 +273,20 @@ impl PrimaryGroup {
         &self.config
     }
 
-    /// Synchronization state of each database.
-    pub fn sync_states(&self) -> Vec<(String, DbSync)> {
+    /// Synchronization state of each database, with its cell for metrics.
+    pub fn sync_states(&self) -> Vec<(String, DbSync, Arc<SyncCell>)> {
         let mut out: Vec<_> = self
             .databases
             .iter()
-            .map(|(name, (_, cell))| (name.clone(), cell.snapshot()))
+            .map(|(name, (_, cell))| (name.clone(), cell.snapshot(), cell.clone()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// One of the group's databases.
+    pub fn database(&self, name: &str) -> Option<Arc<Database>> {
+        self.databases.get(name).map(|(db, _)| db.clone())
     }
 
     /// Connection state of each secondary.
@@ -361,6 +458,13 @@ async fn stream_to(
                 .map_err(|e| e.to_string())?;
             let Some(last) = records.last() else { continue };
             next.insert(name.clone(), last.end_lsn());
+            if let Some((_, cell)) = group.databases.get(name) {
+                let bytes = last.end_lsn() - from;
+                cell.lock_metrics()
+                    .entry(replica.name.clone())
+                    .or_default()
+                    .sent(&records, bytes);
+            }
             let encoded = records
                 .iter()
                 .map(|r| {
@@ -399,10 +503,14 @@ async fn stream_to(
                     match message {
                         Message::Progress { database, hardened_lsn, redone_lsn } => {
                             if let Some((db, cell)) = group.databases.get(&database) {
-                                let needed = cell.update(|s| {
+                                let (needed, end) = cell.update(|s| {
                                     s.progress(&replica.name, hardened_lsn, redone_lsn);
-                                    s.lowest_hardened()
+                                    (s.lowest_hardened(), s.primary_end())
                                 });
+                                cell.lock_metrics()
+                                    .entry(replica.name.clone())
+                                    .or_default()
+                                    .progressed(redone_lsn, end.max(db.log().end_lsn()));
                                 // The log is kept from the LSN the slowest
                                 // secondary (connected or not) still needs.
                                 db.set_retain_from(needed);

@@ -18,6 +18,7 @@
 //!    LSN.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,8 @@ pub struct SecondaryDb {
     epoch: Mutex<u64>,
     /// Last redo error, for views.
     last_error: Mutex<Option<String>>,
+    /// Commit time of the last record redone (µs since the Unix epoch).
+    last_redone_commit_us: AtomicI64,
 }
 
 impl SecondaryDb {
@@ -99,6 +102,11 @@ impl SecondaryDb {
     /// The database.
     pub fn database(&self) -> &Arc<Database> {
         &self.db
+    }
+
+    /// Commit time of the last record redone here, if any.
+    pub fn last_redone_commit_us(&self) -> Option<i64> {
+        Some(self.last_redone_commit_us.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
     /// Last redo failure, if any.
@@ -135,6 +143,7 @@ impl SecondaryGroup {
                 redone: watch::channel(end).0,
                 epoch: Mutex::new(config.epoch),
                 last_error: Mutex::new(None),
+                last_redone_commit_us: AtomicI64::new(0),
                 db,
             });
             tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
@@ -433,15 +442,16 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
         }
         let db = sdb.db.clone();
         let mut taken = applier.take();
-        let result =
-            tokio::task::spawn_blocking(move || -> Result<(Option<Applier>, Lsn, u64), String> {
+        let result = tokio::task::spawn_blocking(
+            move || -> Result<(Option<Applier>, Lsn, u64, i64), String> {
                 let records = log
                     .read_some(from, REDO_BATCH_BYTES)
                     .map_err(|e| e.to_string())?;
                 let Some(last) = records.last() else {
-                    return Ok((taken, from, 0));
+                    return Ok((taken, from, 0, 0));
                 };
                 let end = last.end_lsn();
+                let commit_us = last.commit_time_us;
                 let bytes = end - from;
                 let applier = match taken.as_mut() {
                     Some(a) => a,
@@ -455,13 +465,16 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
                     })
                     .collect();
                 applier.apply(&sets).map_err(|e| e.to_string())?;
-                Ok((taken, end, bytes))
-            })
-            .await;
+                Ok((taken, end, bytes, commit_us))
+            },
+        )
+        .await;
         let result = result.unwrap_or_else(|e| Err(e.to_string()));
         match result {
-            Ok((a, end, bytes)) => {
+            Ok((a, end, bytes, commit_us)) => {
                 applier = a;
+                sdb.last_redone_commit_us
+                    .store(commit_us, Ordering::Relaxed);
                 since_checkpoint += bytes;
                 sdb.redone.send_replace(end);
                 if since_checkpoint >= CHECKPOINT_BYTES {
