@@ -7,7 +7,7 @@
 //! SQLITE-NOTES.md on missed WAL generations).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,8 @@ pub struct Capture {
     log_dir: PathBuf,
     epoch: Arc<AtomicU64>,
     retain_from: Arc<AtomicU64>,
+    /// Frames in the WAL after the last commit, as SQLite's wal_hook says.
+    wal_frames: Arc<AtomicU32>,
 }
 
 impl Capture {
@@ -37,6 +39,7 @@ impl Capture {
         log_dir: PathBuf,
         epoch: Arc<AtomicU64>,
         retain_from: Arc<AtomicU64>,
+        wal_frames: Arc<AtomicU32>,
     ) -> Capture {
         Capture {
             wal: WalReader::new(wal_path(db_path)),
@@ -44,6 +47,7 @@ impl Capture {
             log_dir,
             epoch,
             retain_from,
+            wal_frames,
         }
     }
 
@@ -51,6 +55,18 @@ impl Capture {
     /// call; returns the log's end LSN (what the commit must wait for).
     pub fn after_commit(&mut self, conn: &Connection) -> Result<Lsn> {
         let transactions = self.wal.read_committed().map_err(capture_error)?;
+        // Defence in depth: what we read must be exactly what SQLite wrote.
+        let hooked = self.wal_frames.load(Ordering::SeqCst);
+        if hooked != 0 && hooked != self.wal.frames_read() {
+            return Err(Error::sql(
+                "XX000",
+                format!(
+                    "capture read {} WAL frames, but SQLite reports {hooked}: a commit was not captured",
+                    self.wal.frames_read()
+                ),
+            )
+            .with_hint("the database stopped accepting writes to keep its log whole; restart the node"));
+        }
         let page_size = page_size(conn)?;
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut end = self.log.end_lsn();

@@ -2,7 +2,7 @@
 //! writer connection and a pool of read-only connections.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -169,13 +169,15 @@ impl Database {
             role: RwLock::new(Role::ReadWrite),
             hook: RwLock::new(None),
         });
-        let conn = open_writer(path, name, &shared.in_recovery)?;
+        let wal_frames = Arc::new(AtomicU32::new(0));
+        let conn = open_writer(path, name, &shared.in_recovery, &wal_frames)?;
         let capture = Capture::new(
             path,
             log.clone(),
             log_dir.to_path_buf(),
             shared.epoch.clone(),
             shared.retain_from.clone(),
+            wal_frames,
         );
         Ok(Database {
             name: name.to_string(),
@@ -373,8 +375,13 @@ impl Database {
     }
 }
 
-fn open_writer(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {
-    let conn = Connection::open_with_flags(
+fn open_writer(
+    path: &Path,
+    name: &str,
+    in_recovery: &Arc<AtomicBool>,
+    wal_frames: &Arc<AtomicU32>,
+) -> Result<Conn> {
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -392,6 +399,15 @@ fn open_writer(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;",
     )?;
+    // After the pragma (it would replace the hook): SQLite's own count of
+    // frames in the WAL after each commit, to cross-check capture.
+    let frames = wal_frames.clone();
+    conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+            frames.store(n.max(0) as u32, Ordering::SeqCst);
+            Ok(())
+        },
+    ))?;
     finish_setup(conn, name, in_recovery)
 }
 
