@@ -44,7 +44,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub use record::{DecodeError, Lsn, Record};
-pub use store::{Log, LogError, SEGMENT_BYTES};
+pub use store::{Log, LogError, RawRecord, SEGMENT_BYTES};
 
 /// Reads the checkpoint LSN of the log in `dir` (0 when there is none yet).
 pub fn read_checkpoint(dir: &Path) -> Result<Lsn, LogError> {

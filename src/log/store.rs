@@ -60,7 +60,31 @@ struct Segment {
     path: PathBuf,
 }
 
+/// A record as stored: its bytes and the fields a sender needs.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Where it starts.
+    pub lsn: Lsn,
+    /// Its commit time (µs since the Unix epoch).
+    pub commit_time_us: i64,
+    /// The encoded record, checksum included.
+    pub bytes: Arc<[u8]>,
+}
+
+impl RawRecord {
+    /// Where the next record starts.
+    pub fn end_lsn(&self) -> Lsn {
+        self.lsn + self.bytes.len() as u64
+    }
+}
+
+/// Recent records kept in memory for senders (bytes).
+const RECENT_BYTES: u64 = 32 << 20;
+
 struct Tail {
+    /// The newest records, so senders that keep up never read the disk.
+    recent: std::collections::VecDeque<RawRecord>,
+    recent_bytes: u64,
     segments: Vec<Segment>,
     file: Arc<File>,
     /// Bytes written to the current segment.
@@ -102,6 +126,8 @@ impl Log {
         Ok(Log {
             dir: dir.to_path_buf(),
             tail: Mutex::new(Tail {
+                recent: std::collections::VecDeque::new(),
+                recent_bytes: 0,
                 segments,
                 file: Arc::new(file),
                 len,
@@ -151,7 +177,18 @@ impl Log {
         record.encode_into(&mut buf);
         let path = tail.segments.last().expect("a segment").path.clone();
         (&*tail.file).write_all(&buf).map_err(io_err(&path))?;
+        let raw = RawRecord {
+            lsn: record.lsn,
+            commit_time_us: record.commit_time_us,
+            bytes: Arc::from(buf.as_slice()),
+        };
         tail.buf = buf;
+        tail.recent_bytes += len;
+        tail.recent.push_back(raw);
+        while tail.recent_bytes > RECENT_BYTES && tail.recent.len() > 1 {
+            let old = tail.recent.pop_front().expect("not empty");
+            tail.recent_bytes -= old.bytes.len() as u64;
+        }
         tail.len += len;
         tail.end += len;
         self.written.send_replace(tail.end);
@@ -310,6 +347,48 @@ impl Log {
         Ok(out)
     }
 
+    /// Records from `from` (a record boundary) as stored, for shipping:
+    /// from memory when they are recent, else read and checked from disk.
+    /// Stops after about `max_bytes` (at least one record when there is one).
+    pub fn read_raw(&self, from: Lsn, max_bytes: u64) -> Result<Vec<RawRecord>, LogError> {
+        {
+            let tail = self.lock();
+            if from == tail.end {
+                return Ok(Vec::new());
+            }
+            if tail.recent.front().is_some_and(|r| r.lsn <= from) {
+                let mut out = Vec::new();
+                let mut size = 0u64;
+                for r in tail.recent.iter().skip_while(|r| r.lsn < from) {
+                    if out.is_empty() && r.lsn != from {
+                        break;
+                    }
+                    if !out.is_empty() && size + r.bytes.len() as u64 > max_bytes {
+                        break;
+                    }
+                    size += r.bytes.len() as u64;
+                    out.push(r.clone());
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(self
+            .read_some(from, max_bytes)?
+            .into_iter()
+            .map(|r| {
+                let mut bytes = Vec::with_capacity(r.encoded_len());
+                r.encode_into(&mut bytes);
+                RawRecord {
+                    lsn: r.lsn,
+                    commit_time_us: r.commit_time_us,
+                    bytes: bytes.into(),
+                }
+            })
+            .collect())
+    }
+
     /// Appends a record received from the primary at its own LSN, which
     /// must be this log's end (the logs of all replicas share LSNs).
     pub fn append_at(&self, record: &Record) -> Result<Lsn, LogError> {
@@ -346,6 +425,8 @@ impl Log {
         tail.file = Arc::new(file);
         tail.len = 0;
         tail.end = lsn;
+        tail.recent.clear();
+        tail.recent_bytes = 0;
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
         Ok(())
@@ -505,6 +586,33 @@ mod tests {
             log.read_from(ends[4] + 1),
             Err(LogError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn raw_reads_match_decoded_reads_from_memory_and_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        for n in 1..=4 {
+            log.append(record(n)).unwrap();
+        }
+        let decoded = log.read_from(0).unwrap();
+        let check = |raw: Vec<RawRecord>, from: usize| {
+            for (r, d) in raw.iter().zip(&decoded[from..]) {
+                assert_eq!(Record::decode(&r.bytes).unwrap().0, *d);
+                assert_eq!(r.end_lsn(), d.end_lsn());
+            }
+            raw.len()
+        };
+        assert_eq!(check(log.read_raw(0, u64::MAX).unwrap(), 0), 4);
+        assert_eq!(check(log.read_raw(decoded[2].lsn, 1).unwrap(), 2), 1);
+        assert!(log.read_raw(log.end_lsn(), 10).unwrap().is_empty());
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(
+            check(log.read_raw(decoded[1].lsn, u64::MAX).unwrap(), 1),
+            3,
+            "from disk"
+        );
     }
 
     #[test]

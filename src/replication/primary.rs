@@ -74,7 +74,7 @@ fn smooth(old: f64, sample: f64) -> f64 {
 }
 
 impl ReplicaMetrics {
-    fn sent(&mut self, records: &[crate::log::Record], bytes: u64) {
+    fn sent(&mut self, records: &[crate::log::RawRecord], bytes: u64) {
         let now = Instant::now();
         if let Some(at) = self.sent_at {
             let secs = now.duration_since(at).as_secs_f64().max(1e-3);
@@ -452,7 +452,7 @@ async fn stream_to(
                 continue;
             }
             let log = db.log().clone();
-            let records = tokio::task::spawn_blocking(move || log.read_some(from, BATCH_BYTES))
+            let records = tokio::task::spawn_blocking(move || log.read_raw(from, BATCH_BYTES))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -465,14 +465,7 @@ async fn stream_to(
                     .or_default()
                     .sent(&records, bytes);
             }
-            let encoded = records
-                .iter()
-                .map(|r| {
-                    let mut buf = Vec::with_capacity(r.encoded_len());
-                    r.encode_into(&mut buf);
-                    buf
-                })
-                .collect();
+            let encoded = records.iter().map(|r| r.bytes.to_vec()).collect();
             send(
                 &mut conn,
                 Message::Records {
