@@ -14,6 +14,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod group;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -112,6 +114,15 @@ impl Builder {
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_string());
         self
+    }
+
+    /// Run as replica `name` with its replication endpoint on
+    /// `127.0.0.1:endpoint_port` (`--name`, `--endpoint`).
+    pub fn replica(self, name: &str, endpoint_port: u16) -> Self {
+        self.arg("--name")
+            .arg(name)
+            .arg("--endpoint")
+            .arg(&format!("127.0.0.1:{endpoint_port}"))
     }
 
     /// Spawns the server and waits until a client can run `SELECT 1`.
@@ -276,6 +287,34 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// True while the process has been spawned and not yet seen to exit.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
+    }
+
+    /// Sends `signal` (a name `kill -s` understands: `STOP`, `CONT`, …) to
+    /// the running process with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let sent = Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("run kill -s {signal} {pid}: {e}"));
+        assert!(sent.success(), "kill -s {signal} {pid} failed: {sent}");
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open, it answers nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
