@@ -487,7 +487,7 @@ const ALLOWED_PRAGMAS: &[&str] = &[
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
         // VACUUM attaches a nameless temporary database; that one is fine.
-        AuthAction::Attach { filename } if filename.is_empty() => Authorization::Allow,
+        AuthAction::Attach { filename: "" } => Authorization::Allow,
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
         AuthAction::Pragma {
             pragma_name,
@@ -530,7 +530,8 @@ mod tests {
             assert_eq!(err.sqlstate(), "42501", "{sql}");
         }
         c.execute_batch("CREATE TABLE t(a INTEGER)").unwrap();
-        c.execute_batch("VACUUM").expect("VACUUM attaches a temporary database");
+        c.execute_batch("VACUUM")
+            .expect("VACUUM attaches a temporary database");
         for sql in [
             "PRAGMA table_info(t)",
             "PRAGMA page_size",
