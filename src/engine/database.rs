@@ -232,9 +232,18 @@ impl Database {
         *self.shared.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
-    /// Sets the epoch new records carry.
-    pub fn set_epoch(&self, epoch: u64) {
+    /// Sets the epoch new records carry, and records in the epoch history
+    /// where it starts (the log's end now).
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        crate::log::append_history(&self.log_dir, epoch, self.log.end_lsn())
+            .map_err(|e| Error::sql("58030", e.to_string()))?;
         self.shared.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The epoch history of this database's log.
+    pub fn epoch_history(&self) -> Vec<(u64, Lsn)> {
+        crate::log::read_history(&self.log_dir).unwrap_or_default()
     }
 
     /// The lowest LSN replicas still need (`u64::MAX`: none).

@@ -46,6 +46,63 @@ use std::path::Path;
 pub use record::{DecodeError, Lsn, Record};
 pub use store::{Log, LogError, RawRecord, SEGMENT_BYTES};
 
+/// The epoch history of the log in `dir`: `(epoch, first LSN written in
+/// it)`, oldest first, like PostgreSQL's timeline history. Two replicas'
+/// histories give their fork point: the first LSN of the first epoch they
+/// disagree on.
+pub fn read_history(dir: &Path) -> Result<Vec<(u64, Lsn)>, LogError> {
+    let path = dir.join("epochs");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(LogError::Io { path, source }),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut parts = line.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(epoch)), Some(Ok(lsn))) => Ok((epoch, lsn)),
+                _ => Err(LogError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(format!("bad epoch history line {line:?}")),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Records durably that `epoch` starts at `first_lsn` (no-op when the
+/// history already ends with that epoch or a newer one).
+pub fn append_history(dir: &Path, epoch: u64, first_lsn: Lsn) -> Result<(), LogError> {
+    let history = read_history(dir)?;
+    if history.last().is_some_and(|(e, _)| *e >= epoch) {
+        return Ok(());
+    }
+    let path = dir.join("epochs");
+    let io = |source| LogError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(f, "{epoch} {first_lsn}").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// The first LSN at which two epoch histories disagree (where the logs
+/// fork), or None when one is a prefix of the other.
+pub fn fork_point(a: &[(u64, Lsn)], b: &[(u64, Lsn)]) -> Option<Lsn> {
+    a.iter()
+        .zip(b)
+        .find(|(x, y)| x != y)
+        .map(|(x, y)| x.1.min(y.1))
+}
+
 /// Reads the checkpoint LSN of the log in `dir` (0 when there is none yet).
 pub fn read_checkpoint(dir: &Path) -> Result<Lsn, LogError> {
     let path = dir.join("checkpoint");
@@ -79,6 +136,19 @@ pub fn write_checkpoint(dir: &Path, lsn: Lsn) -> Result<(), LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_history_appends_only_newer_epochs_and_finds_the_fork() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_history(dir.path()).unwrap().is_empty());
+        append_history(dir.path(), 1, 0).unwrap();
+        append_history(dir.path(), 2, 500).unwrap();
+        append_history(dir.path(), 2, 900).unwrap();
+        assert_eq!(read_history(dir.path()).unwrap(), [(1, 0), (2, 500)]);
+        let other = [(1, 0), (2, 700), (3, 800)];
+        assert_eq!(fork_point(&[(1, 0), (2, 500)], &other), Some(500));
+        assert_eq!(fork_point(&[(1, 0)], &other), None);
+    }
 
     #[test]
     fn checkpoint_lsn_survives_and_starts_at_zero() {

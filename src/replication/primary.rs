@@ -249,7 +249,7 @@ impl PrimaryGroup {
             // Until each secondary reports, keep everything it may need.
             db.set_retain_from(0);
             db.set_role(crate::engine::Role::ReadWrite);
-            db.set_epoch(config.epoch);
+            db.set_epoch(config.epoch)?;
             db.set_commit_hook(Some(Arc::new(SyncHook {
                 cell: cell.clone(),
                 patience,

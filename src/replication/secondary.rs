@@ -190,7 +190,7 @@ impl SecondaryGroup {
                 epoch: *s.epoch.lock().unwrap_or_else(|e| e.into_inner()),
                 end_lsn: s.hardened(),
                 redone_lsn: s.redone(),
-                epoch_history: vec![],
+                epoch_history: s.db.epoch_history(),
             })
             .collect()
     }
@@ -236,6 +236,8 @@ impl SecondaryGroup {
         };
         let end = last.end_lsn();
         let log2 = log.clone();
+        let log_dir = sdb.db.log_dir().to_path_buf();
+        let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(first) = accepted.first() {
                 if first.lsn != log2.end_lsn() {
@@ -247,6 +249,12 @@ impl SecondaryGroup {
                 }
             }
             for record in &accepted {
+                // Where a new epoch starts goes into the history first.
+                if record.epoch > history_epoch {
+                    log::append_history(&log_dir, record.epoch, record.lsn)
+                        .map_err(|e| e.to_string())?;
+                    history_epoch = record.epoch;
+                }
                 log2.append_at(record).map_err(|e| e.to_string())?;
             }
             Ok(())
