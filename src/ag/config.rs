@@ -89,6 +89,46 @@ pub struct GroupConfig {
     pub required_synchronized_secondaries: u32,
     /// All replicas, the primary included.
     pub replicas: Vec<ReplicaConfig>,
+    /// `CLUSTER_TYPE`: NONE is a read-scale group (no automatic failover).
+    #[serde(default)]
+    pub cluster_type: ClusterType,
+    /// The most recent failover, if any.
+    #[serde(default)]
+    pub last_failover: Option<FailoverRecord>,
+}
+
+/// CLUSTER_TYPE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterType {
+    /// availdb's own quorum cluster manager decides (the default).
+    #[default]
+    External,
+    /// Read-scale: no quorum, no automatic failover; forced failover only.
+    None,
+}
+
+/// What happened at a failover (shown in `sys.availability_groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    /// When (µs since the Unix epoch).
+    pub at_us: i64,
+    /// FORCED, PLANNED or AUTOMATIC, and why.
+    pub reason: String,
+    /// The former primary.
+    pub from: String,
+    /// The new primary.
+    pub to: String,
+    /// The epoch the new primary started.
+    pub epoch: u64,
+    /// Per database, the LSN ranges `[start, end)` the former primary had
+    /// and the new one did not: lost. Filled in when the former primary
+    /// rejoins and its log is compared (empty until then, or none lost).
+    pub lost: Vec<(String, u64, u64)>,
+    /// Databases whose former-primary log has been compared.
+    #[serde(default)]
+    pub checked: Vec<String>,
+    /// True once every database's former-primary log has been compared.
+    pub loss_known: bool,
 }
 
 /// SQL Server's default and minimum SESSION_TIMEOUT, in seconds.
@@ -265,6 +305,8 @@ mod tests {
             databases: vec!["app".into()],
             required_synchronized_secondaries: 0,
             replicas: vec![replica("r1", 7001), replica("r2", 7002)],
+            cluster_type: ClusterType::External,
+            last_failover: None,
         }
     }
 

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::engine::{Engine, Error, Result, Role};
-use crate::replication::primary::PrimaryGroup;
+use crate::replication::primary::{PrimaryGroup, StartOptions};
 use crate::replication::secondary::{Admission, SecondaryGroup};
 use crate::sql::ag::{self as ddl, AgStatement};
 
@@ -48,10 +48,13 @@ enum Part {
 
 /// The availability groups of this node.
 pub struct Manager {
+    me: std::sync::Weak<Manager>,
     node: String,
     engine: Arc<Engine>,
     store: ConfigStore,
     groups: Mutex<HashMap<String, Part>>,
+    /// Latest failover record per group, as losses become known.
+    failovers: Mutex<HashMap<String, Option<config::FailoverRecord>>>,
 }
 
 fn key(name: &str) -> String {
@@ -61,11 +64,13 @@ fn key(name: &str) -> String {
 impl Manager {
     /// Loads this node's groups and resumes its role in each.
     pub fn start(node: &str, engine: Arc<Engine>, data_dir: &Path) -> Result<Arc<Manager>> {
-        let manager = Arc::new(Manager {
+        let manager = Arc::new_cyclic(|me| Manager {
+            me: me.clone(),
             node: node.to_string(),
             engine,
             store: ConfigStore::new(data_dir),
             groups: Mutex::new(HashMap::new()),
+            failovers: Mutex::new(HashMap::new()),
         });
         for membership in manager.store.load_all()? {
             let name = key(membership.name());
@@ -89,11 +94,28 @@ impl Manager {
 
     /// Starts this node's role in a defined group.
     fn run(&self, config: GroupConfig) -> Result<Part> {
+        self.run_with(config, false)
+    }
+
+    /// Starts this node's role; a primary may start with data movement
+    /// suspended (after a forced failover).
+    fn run_with(&self, config: GroupConfig, suspended: bool) -> Result<Part> {
         if config.primary.eq_ignore_ascii_case(&self.node) {
+            let me = self.me.clone();
+            let group = config.name.clone();
+            let options = StartOptions {
+                suspended,
+                on_divergence: Some(Arc::new(move |replica: &str, database: &str, range| {
+                    if let Some(manager) = me.upgrade() {
+                        manager.record_rejoin(&group, replica, database, range);
+                    }
+                })),
+            };
             Ok(Part::Primary(PrimaryGroup::start(
                 config,
                 &self.node,
                 &self.engine,
+                options,
             )?))
         } else {
             let mut dbs = Vec::new();
@@ -199,10 +221,15 @@ impl Manager {
                 // primary's definition arrived.
                 Ok("ALTER DATABASE".into())
             }
-            AgStatement::Failover { .. } | AgStatement::ForceFailover { .. } => Err(Error::sql(
+            AgStatement::ForceFailover { group } => this
+                .force_failover(&group)
+                .await
+                .map(|_| "ALTER AVAILABILITY GROUP".into()),
+            AgStatement::Failover { .. } => Err(Error::sql(
                 "0A000",
-                "failover needs the quorum cluster manager, which this version does not have yet",
-            )),
+                "planned failover needs the quorum cluster manager, which this version does not have yet",
+            )
+            .with_hint("to fail over now, run ALTER AVAILABILITY GROUP … FORCE_FAILOVER_ALLOW_DATA_LOSS on the target secondary")),
             AgStatement::AddListener { .. } => Err(Error::sql(
                 "0A000",
                 "availability group listeners are not available in this version",
@@ -213,6 +240,121 @@ impl Manager {
                 format!("SET HADR OFF is not available in this version; remove \"{database}\" on the primary with ALTER AVAILABILITY GROUP … REMOVE DATABASE"),
             )),
         }
+    }
+
+    /// FORCE_FAILOVER_ALLOW_DATA_LOSS, run on a secondary: it redoes what it
+    /// has hardened, becomes primary at the next epoch, and starts with data
+    /// movement to every secondary suspended (as SQL Server does) until an
+    /// operator resumes each database. The former primary, when it meets
+    /// the new epoch, becomes a secondary; the part of its log this node
+    /// never received is reported lost, and its database restarts from a
+    /// full image of this one.
+    async fn force_failover(&self, group: &str) -> Result<()> {
+        let secondary = match self.lock().get(&key(group)) {
+            Some(Part::Secondary(s)) => s.clone(),
+            Some(Part::Primary(_)) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
+                        "this replica is already the primary of availability group \"{group}\""
+                    ),
+                ))
+            }
+            Some(Part::Joined { .. }) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
+                    "this replica has joined availability group \"{group}\" but has no data yet"
+                ),
+                ))
+            }
+            None => return Err(no_group(group)),
+        };
+        secondary
+            .drain_and_stop(std::time::Duration::from_secs(60))
+            .await
+            .map_err(|e| Error::sql("55000", format!("cannot fail over: {e}")))?;
+        let old = secondary.config();
+        let mut config = old.clone();
+        config.primary = self.node.clone();
+        config.epoch += 1;
+        config.version += 1;
+        config.last_failover = Some(config::FailoverRecord {
+            at_us: now_us(),
+            reason: "FORCE_FAILOVER_ALLOW_DATA_LOSS".into(),
+            from: old.primary.clone(),
+            to: self.node.clone(),
+            epoch: config.epoch,
+            lost: Vec::new(),
+            checked: Vec::new(),
+            loss_known: false,
+        });
+        for name in &config.databases {
+            self.engine.database(name)?.promote(config.epoch).await?;
+        }
+        self.store.save(&Membership::Defined(config.clone()))?;
+        self.failovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(group), config.last_failover.clone());
+        tracing::warn!(
+            group,
+            from = %old.primary,
+            epoch = config.epoch,
+            "forced failover: this replica is now the primary; data movement to the secondaries is suspended until resumed"
+        );
+        let part = self.run_with(config, true)?;
+        self.lock().insert(key(group), part);
+        Ok(())
+    }
+
+    /// A replica connected to this primary: if the group's last failover
+    /// came from it, its log now tells what that failover lost.
+    fn record_rejoin(&self, group: &str, replica: &str, database: &str, range: Option<(u64, u64)>) {
+        let config = match self.lock().get(&key(group)) {
+            Some(Part::Primary(p)) => p.config().clone(),
+            _ => return,
+        };
+        let mut failovers = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = failovers
+            .entry(key(group))
+            .or_insert_with(|| config.last_failover.clone())
+            .as_mut()
+        else {
+            return;
+        };
+        if !record.from.eq_ignore_ascii_case(replica)
+            || record.checked.iter().any(|d| d == database)
+        {
+            return;
+        }
+        if let Some((start, end)) = range {
+            tracing::warn!(
+                group,
+                database,
+                start,
+                end,
+                "the forced failover lost LSN {start}..{end} of {database}"
+            );
+            record.lost.push((database.to_string(), start, end));
+        }
+        record.checked.push(database.to_string());
+        record.loss_known = config.databases.iter().all(|d| record.checked.contains(d));
+        let mut saved = config;
+        saved.last_failover = Some(record.clone());
+        if let Err(e) = self.store.save(&Membership::Defined(saved)) {
+            tracing::error!(group, "cannot save the failover record: {e}");
+        }
+    }
+
+    /// The group's last failover as currently known (losses included).
+    fn last_failover(&self, config: &GroupConfig) -> Option<config::FailoverRecord> {
+        self.failovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key(&config.name))
+            .cloned()
+            .unwrap_or_else(|| config.last_failover.clone())
     }
 
     fn create(&self, spec: ddl::GroupSpec) -> Result<()> {
@@ -267,6 +409,11 @@ impl Manager {
                 .required_synchronized_secondaries_to_commit
                 .unwrap_or(0),
             replicas,
+            cluster_type: match spec.options.cluster_type {
+                Some(ddl::ClusterType::None) => config::ClusterType::None,
+                _ => config::ClusterType::External,
+            },
+            last_failover: None,
         };
         self.store.save(&Membership::Defined(config.clone()))?;
         let part = self.run(config)?;
@@ -372,7 +519,10 @@ impl Manager {
         }
         for part in groups.values() {
             match part {
-                Part::Primary(p) => out.add_primary(&self.node, p),
+                Part::Primary(p) => {
+                    out.add_primary(&self.node, p);
+                    out.set_failover(&p.config().name, self.last_failover(p.config()).as_ref());
+                }
                 Part::Secondary(s) => out.add_secondary(&self.node, s),
                 Part::Joined { .. } => {}
             }
@@ -417,8 +567,16 @@ impl Admission for Manager {
             Some(Part::Joined { cluster_id: Some(known) }) => Err(format!(
                 "peer belongs to cluster {cluster_id}, but this replica belongs to cluster {known}"
             )),
-            Some(Part::Primary(_)) => Err(format!(
-                "this replica is the primary of availability group \"{group}\""
+            // A newer epoch means another replica became primary (forced
+            // failover): this one steps down when the definition arrives.
+            Some(Part::Primary(p))
+                if p.config().cluster_id == cluster_id && epoch > p.config().epoch =>
+            {
+                Ok(())
+            }
+            Some(Part::Primary(p)) => Err(format!(
+                "this replica is the primary of availability group \"{group}\" at epoch {}",
+                p.config().epoch
             )),
         }
     }
@@ -429,12 +587,35 @@ impl Admission for Manager {
     ) -> std::result::Result<Arc<SecondaryGroup>, String> {
         let mut groups = self.lock();
         let k = key(&config.name);
-        if let Some(Part::Secondary(s)) = groups.get(&k) {
-            let current = s.config();
-            if current.version >= config.version && current.databases == config.databases {
-                return Ok(s.clone());
+        match groups.get(&k) {
+            Some(Part::Secondary(s)) => {
+                let current = s.config();
+                if current.epoch > config.epoch {
+                    return Err(format!(
+                        "epoch {} is older than epoch {} known here",
+                        config.epoch, current.epoch
+                    ));
+                }
+                if current.version >= config.version && current.databases == config.databases {
+                    return Ok(s.clone());
+                }
+                s.stop();
             }
-            s.stop();
+            Some(Part::Primary(p)) => {
+                if config.epoch <= p.config().epoch
+                    || config.primary.eq_ignore_ascii_case(&self.node)
+                {
+                    return Err("this replica is the primary of the group".into());
+                }
+                tracing::warn!(
+                    group = %config.name,
+                    new_primary = %config.primary,
+                    epoch = config.epoch,
+                    "another replica is primary at a newer epoch: stepping down to secondary"
+                );
+                p.stop();
+            }
+            _ => {}
         }
         self.store
             .save(&Membership::Defined(config.clone()))
@@ -447,6 +628,12 @@ impl Admission for Manager {
         groups.insert(k, part);
         Ok(group)
     }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn no_group(group: &str) -> Error {

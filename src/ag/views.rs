@@ -29,7 +29,10 @@ pub struct Snapshot {
 const SCHEMA: &str = "
 CREATE TABLE sys.availability_groups(
     group_id TEXT, name TEXT, required_synchronized_secondaries_to_commit INTEGER,
-    version INTEGER, epoch INTEGER, primary_replica TEXT, cluster_id TEXT);
+    version INTEGER, epoch INTEGER, primary_replica TEXT, cluster_id TEXT,
+    cluster_type_desc TEXT, last_failover_time TEXT, last_failover_reason TEXT,
+    last_failover_from TEXT, last_failover_to TEXT, last_failover_data_lost TEXT,
+    last_failover_loss_known BOOLEAN);
 CREATE TABLE sys.availability_replicas(
     group_id TEXT, replica_server_name TEXT, endpoint_url TEXT,
     availability_mode_desc TEXT, failover_mode_desc TEXT, session_timeout INTEGER,
@@ -62,6 +65,32 @@ fn boolean(b: bool) -> Value {
     Value::Integer(b as i64)
 }
 
+fn failover_columns(record: Option<&crate::ag::config::FailoverRecord>) -> Vec<Value> {
+    let Some(r) = record else {
+        return vec![Value::Null; 6];
+    };
+    let lost = r
+        .lost
+        .iter()
+        .map(|(db, start, end)| format!("{db}: LSN {start}..{end}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    vec![
+        time(Some(r.at_us)),
+        text(&r.reason),
+        text(&r.from),
+        text(&r.to),
+        if r.loss_known && lost.is_empty() {
+            text("none")
+        } else if lost.is_empty() {
+            Value::Null
+        } else {
+            text(lost)
+        },
+        boolean(r.loss_known),
+    ]
+}
+
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC) for microseconds since the Unix epoch.
 fn time(us: Option<i64>) -> Value {
     let Some(us) = us else {
@@ -90,7 +119,7 @@ fn time(us: Option<i64>) -> Value {
 
 impl Snapshot {
     fn add_config(&mut self, config: &crate::ag::config::GroupConfig) {
-        self.groups.push(vec![
+        let mut row = vec![
             text(&config.name),
             text(&config.name),
             int(config.required_synchronized_secondaries as u64),
@@ -98,7 +127,13 @@ impl Snapshot {
             int(config.epoch),
             text(&config.primary),
             text(&config.cluster_id),
-        ]);
+            text(match config.cluster_type {
+                crate::ag::config::ClusterType::External => "EXTERNAL",
+                crate::ag::config::ClusterType::None => "NONE",
+            }),
+        ];
+        row.extend(failover_columns(config.last_failover.as_ref()));
+        self.groups.push(row);
         for r in &config.replicas {
             self.replicas.push(vec![
                 text(&config.name),
@@ -289,6 +324,21 @@ impl Snapshot {
         }
     }
 
+    /// Shows `record` as the last failover of `group` (fresher than the
+    /// definition's copy while losses are being found).
+    pub fn set_failover(
+        &mut self,
+        group: &str,
+        record: Option<&crate::ag::config::FailoverRecord>,
+    ) {
+        for row in &mut self.groups {
+            if row[0] == text(group) {
+                row.truncate(8);
+                row.extend(failover_columns(record));
+            }
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -342,7 +392,7 @@ mod tests {
     #[test]
     fn views_answer_plain_selects_with_filters_and_joins() {
         let mut snap = Snapshot::default();
-        snap.groups.push(vec![
+        let mut row = vec![
             text("ag1"),
             text("ag1"),
             int(0),
@@ -350,7 +400,10 @@ mod tests {
             int(1),
             text("r1"),
             text("c"),
-        ]);
+            text("NONE"),
+        ];
+        row.extend(failover_columns(None));
+        snap.groups.push(row);
         snap.replica_states.push(vec![
             text("ag1"),
             text("r1"),

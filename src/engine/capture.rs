@@ -51,6 +51,27 @@ impl Capture {
         }
     }
 
+    /// Forgets everything in the WAL so far: the frames there were written
+    /// by redo (this node was a secondary) and are in the log already.
+    /// Called when the database becomes writable here.
+    ///
+    /// The writer connection empties the WAL itself (TRUNCATE checkpoint):
+    /// SQLite gives a connection that never restarted the WAL a random salt
+    /// at its first restart after another connection's, which a reader
+    /// cannot tell from a missed generation (see `wal.rs`).
+    pub fn skip_to_end(&mut self, conn: &Connection, db_path: &Path) -> Result<()> {
+        let (log_frames, copied) = checkpoint(conn, rusqlite::ffi::SQLITE_CHECKPOINT_TRUNCATE)?;
+        if log_frames != 0 || copied != 0 {
+            return Err(Error::sql(
+                "55P03",
+                "cannot empty the WAL: readers still use it; retry in a moment",
+            ));
+        }
+        self.wal = WalReader::new(wal_path(db_path));
+        self.wal_frames.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Appends a record for every transaction committed since the last
     /// call; returns the log's end LSN (what the commit must wait for).
     pub fn after_commit(&mut self, conn: &Connection) -> Result<Lsn> {
@@ -141,6 +162,12 @@ pub fn wal_path(db_path: &Path) -> PathBuf {
 /// Runs a PASSIVE checkpoint through the C API (the authorizer refuses the
 /// PRAGMA to clients); true when every frame was copied.
 pub fn checkpoint_passive(conn: &Connection) -> Result<bool> {
+    let (log_frames, copied) = checkpoint(conn, rusqlite::ffi::SQLITE_CHECKPOINT_PASSIVE)?;
+    Ok(log_frames == copied)
+}
+
+/// Runs a checkpoint of `mode`; returns (frames in the WAL, frames copied).
+fn checkpoint(conn: &Connection, mode: std::ffi::c_int) -> Result<(i32, i32)> {
     let mut log_frames = 0;
     let mut copied = 0;
     // SAFETY: the handle is valid for the connection's lifetime and used on
@@ -149,18 +176,22 @@ pub fn checkpoint_passive(conn: &Connection) -> Result<bool> {
         rusqlite::ffi::sqlite3_wal_checkpoint_v2(
             conn.handle(),
             c"main".as_ptr(),
-            rusqlite::ffi::SQLITE_CHECKPOINT_PASSIVE,
+            mode,
             &mut log_frames,
             &mut copied,
         )
     };
-    if rc != rusqlite::ffi::SQLITE_OK {
-        return Err(Error::sql(
+    match rc {
+        rusqlite::ffi::SQLITE_OK => Ok((log_frames, copied)),
+        rusqlite::ffi::SQLITE_BUSY => Err(Error::sql(
+            "55P03",
+            "checkpoint could not finish: readers still use the WAL",
+        )),
+        _ => Err(Error::sql(
             "58030",
             format!("checkpoint failed with SQLite code {rc}"),
-        ));
+        )),
     }
-    Ok(log_frames == copied)
 }
 
 fn page_size(conn: &Connection) -> Result<u32> {

@@ -227,6 +227,23 @@ impl Database {
         *self.shared.role.write().unwrap_or_else(|e| e.into_inner()) = role;
     }
 
+    /// Makes this database writable here at `epoch` (a secondary becoming
+    /// primary): capture starts after whatever redo left in the WAL, and new
+    /// records carry the new epoch, which the epoch history records.
+    pub async fn promote(&self, epoch: u64) -> Result<()> {
+        let mut writer = self.writer.clone().lock_owned().await;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let Writer { conn, capture, .. } = &mut *writer;
+            capture.skip_to_end(conn.sqlite(), &path)
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))??;
+        self.set_epoch(epoch)?;
+        self.set_role(Role::ReadWrite);
+        Ok(())
+    }
+
     /// Installs (or removes) what commits wait for after local durability.
     pub fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         *self.shared.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;

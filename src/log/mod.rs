@@ -94,13 +94,43 @@ pub fn append_history(dir: &Path, epoch: u64, first_lsn: Lsn) -> Result<(), LogE
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
-/// The first LSN at which two epoch histories disagree (where the logs
-/// fork), or None when one is a prefix of the other.
-pub fn fork_point(a: &[(u64, Lsn)], b: &[(u64, Lsn)]) -> Option<Lsn> {
-    a.iter()
-        .zip(b)
-        .find(|(x, y)| x != y)
-        .map(|(x, y)| x.1.min(y.1))
+/// Where a replica's log stops agreeing with ours, if it does: the first
+/// LSN below `their_end` that the two histories attribute to different
+/// epochs, or our end when their log goes past it. None when every record
+/// they hold is one we hold too (they can continue from their end).
+///
+/// A history lists `(epoch, first LSN this log holds of it)`. Where a log
+/// starts (a replica seeded mid-epoch) does not matter: only LSNs both logs
+/// cover are compared, and epochs only change at listed boundaries, so
+/// checking the boundaries suffices.
+pub fn divergence(
+    ours: &[(u64, Lsn)],
+    our_end: Lsn,
+    theirs: &[(u64, Lsn)],
+    their_end: Lsn,
+) -> Option<Lsn> {
+    let epoch_at =
+        |h: &[(u64, Lsn)], lsn: Lsn| h.iter().rev().find(|(_, s)| *s <= lsn).map(|(e, _)| *e);
+    let start = ours
+        .first()
+        .map_or(0, |x| x.1)
+        .max(theirs.first().map_or(0, |x| x.1));
+    let mut points: Vec<Lsn> = ours
+        .iter()
+        .chain(theirs)
+        .map(|(_, s)| *s)
+        .chain(std::iter::once(start))
+        .filter(|p| *p >= start && *p < their_end)
+        .collect();
+    points.sort_unstable();
+    let differs = points.into_iter().find(|p| {
+        !theirs.is_empty() && !ours.is_empty() && epoch_at(ours, *p) != epoch_at(theirs, *p)
+    });
+    match differs {
+        Some(p) => Some(p.min(our_end)),
+        None if their_end > our_end => Some(our_end),
+        None => None,
+    }
 }
 
 /// Reads the checkpoint LSN of the log in `dir` (0 when there is none yet).
@@ -145,9 +175,27 @@ mod tests {
         append_history(dir.path(), 2, 500).unwrap();
         append_history(dir.path(), 2, 900).unwrap();
         assert_eq!(read_history(dir.path()).unwrap(), [(1, 0), (2, 500)]);
-        let other = [(1, 0), (2, 700), (3, 800)];
-        assert_eq!(fork_point(&[(1, 0), (2, 500)], &other), Some(500));
-        assert_eq!(fork_point(&[(1, 0)], &other), None);
+    }
+
+    #[test]
+    fn divergence_is_the_first_lsn_the_histories_attribute_to_different_epochs() {
+        let new_primary = [(1, 0), (2, 700)];
+        // The old primary stayed in epoch 1 and wrote past 700: its tail diverged.
+        assert_eq!(divergence(&new_primary, 900, &[(1, 0)], 950), Some(700));
+        // A secondary that stopped at 650 in epoch 1 continues.
+        assert_eq!(divergence(&new_primary, 900, &[(1, 0)], 650), None);
+        // One seeded mid-epoch (its log starts at 12000) agrees too.
+        assert_eq!(divergence(&[(1, 0)], 20000, &[(1, 12000)], 15000), None);
+        assert_eq!(divergence(&[(1, 12000)], 20000, &[(1, 0)], 15000), None);
+        // Ahead of us in the same epoch: diverged at our end.
+        assert_eq!(divergence(&[(1, 0)], 500, &[(1, 0)], 600), Some(500));
+        // Two different epoch 2s.
+        assert_eq!(
+            divergence(&[(1, 0), (2, 500)], 900, &[(1, 0), (2, 700)], 800),
+            Some(500)
+        );
+        // Empty history on one side (nothing written yet): only ends matter.
+        assert_eq!(divergence(&[(1, 0)], 100, &[], 0), None);
     }
 
     #[test]

@@ -198,8 +198,24 @@ impl CommitHook for SyncHook {
     }
 }
 
+/// Called for every database of every replica that connects: (replica,
+/// database, `Some((first divergent LSN, its end))` when its log diverged
+/// and restarts from a full image). A diverged range is what a failover lost.
+pub type DivergenceReport = Arc<dyn Fn(&str, &str, Option<(Lsn, Lsn)>) + Send + Sync>;
+
+/// How a primary starts.
+#[derive(Clone, Default)]
+pub struct StartOptions {
+    /// Start with data movement suspended to every secondary (after a
+    /// forced failover, until an operator resumes each database).
+    pub suspended: bool,
+    /// Told about every divergent replica log found.
+    pub on_divergence: Option<DivergenceReport>,
+}
+
 /// The primary's replication state for one group.
 pub struct PrimaryGroup {
+    on_divergence: Option<DivergenceReport>,
     config: GroupConfig,
     node: String,
     databases: HashMap<String, (Arc<Database>, Arc<SyncCell>)>,
@@ -220,7 +236,12 @@ pub struct LinkState {
 impl PrimaryGroup {
     /// Takes the primary role for `config`'s databases on this node and
     /// starts one sender per secondary.
-    pub fn start(config: GroupConfig, node: &str, engine: &Engine) -> Result<Arc<PrimaryGroup>> {
+    pub fn start(
+        config: GroupConfig,
+        node: &str,
+        engine: &Engine,
+        options: StartOptions,
+    ) -> Result<Arc<PrimaryGroup>> {
         let secondaries: Vec<(String, bool)> = config
             .secondaries()
             .map(|r| {
@@ -233,11 +254,16 @@ impl PrimaryGroup {
         let mut databases = HashMap::new();
         for name in &config.databases {
             let db = engine.database(name)?;
-            let sync = DbSync::new(
+            let mut sync = DbSync::new(
                 db.log().end_lsn(),
                 &secondaries,
                 config.required_synchronized_secondaries as usize,
             );
+            if options.suspended {
+                for (replica, _) in &secondaries {
+                    sync.leave(replica, LeaveReason::Suspended);
+                }
+            }
             databases.insert(name.clone(), (db, SyncCell::new(sync)));
         }
         let patience = Duration::from_secs(
@@ -261,6 +287,7 @@ impl PrimaryGroup {
             links: Mutex::new(HashMap::new()),
             stop: watch::channel(false).0,
             config,
+            on_divergence: options.on_divergence,
         });
         for replica in group.config.secondaries().cloned().collect::<Vec<_>>() {
             tokio::spawn(sender(group.clone(), replica));
@@ -425,9 +452,31 @@ async fn stream_to(
     let mut next: HashMap<String, Lsn> = HashMap::new();
     for (name, (db, cell)) in &group.databases {
         let position = positions.iter().find(|p| &p.database == name);
-        let start = start_lsn(db, position).await.map_err(|e| e.to_string())?;
-        let hardened = position.map_or(0, |p| p.end_lsn);
-        let redone = position.map_or(0, |p| p.redone_lsn);
+        let (start, rewind) = start_lsn(db, position).await.map_err(|e| e.to_string())?;
+        if let Some(report) = &group.on_divergence {
+            report(&replica.name, name, rewind);
+        }
+        if let Some((diverged_at, their_end)) = rewind {
+            tracing::warn!(
+                group = %config.name, replica = %replica.name, database = %name,
+                diverged_at, their_end,
+                "the replica's log diverged; it restarts from a full image (LSN {diverged_at}..{their_end} discarded there)"
+            );
+            send(
+                &mut conn,
+                Message::Rewind {
+                    database: name.clone(),
+                    from_lsn: start,
+                },
+                timeout,
+            )
+            .await?;
+        }
+        // A diverged log's positions count for nothing: it restarts.
+        let (hardened, redone) = match (rewind, position) {
+            (None, Some(p)) => (p.end_lsn, p.redone_lsn),
+            _ => (0, 0),
+        };
         cell.update(|s| s.connected(&replica.name, hardened, redone));
         next.insert(name.clone(), start);
     }
@@ -522,24 +571,23 @@ async fn stream_to(
 
 /// Where streaming to a secondary starts for one database: where its log
 /// ends, if the primary still holds that; otherwise at a fresh full image.
-async fn start_lsn(db: &Database, position: Option<&DatabasePosition>) -> Result<Lsn> {
+/// Where streaming to a secondary starts for one database: where its log
+/// ends, if that log agrees with ours and we still hold what follows;
+/// otherwise at a fresh full image. Also returns, for a log that diverged
+/// (its tail holds records we never had: a former primary's unshipped
+/// commits), the discarded range `[first divergent LSN, its end)`.
+async fn start_lsn(
+    db: &Database,
+    position: Option<&DatabasePosition>,
+) -> Result<(Lsn, Option<(Lsn, Lsn)>)> {
     let log = db.log();
-    let theirs = position.map_or(0, |p| p.end_lsn);
-    if theirs > log.end_lsn() {
-        return Err(Error::sql(
-            "XX000",
-            format!(
-                "database \"{}\" on the secondary ends at LSN {theirs}, past the primary's {}: \
-                 its log diverged and must be rewound",
-                db.name(),
-                log.end_lsn()
-            ),
-        ));
+    let (theirs, history) = position.map_or((0, &[][..]), |p| (p.end_lsn, &p.epoch_history[..]));
+    let diverged = crate::log::divergence(&db.epoch_history(), log.end_lsn(), history, theirs)
+        .map(|at| (at, theirs));
+    if diverged.is_none() && theirs >= log.first_lsn() && (theirs > 0 || log.first_lsn() == 0) {
+        return Ok((theirs, None));
     }
-    if theirs >= log.first_lsn() && (theirs > 0 || log.first_lsn() == 0) {
-        return Ok(theirs);
-    }
-    db.write_base_image().await
+    Ok((db.write_base_image().await?, diverged))
 }
 
 /// Sends within the session timeout: a partner that stops reading (paused,

@@ -86,6 +86,11 @@ pub struct SecondaryDb {
     last_error: Mutex<Option<String>>,
     /// Commit time of the last record redone (µs since the Unix epoch).
     last_redone_commit_us: AtomicI64,
+    /// Held while redoing a batch and while the log restarts (rewind).
+    redo_lock: Mutex<()>,
+    /// The primary announced that this log diverged: the next record is a
+    /// full image at this LSN, and the log restarts there.
+    rewind_to: Mutex<Option<Lsn>>,
 }
 
 impl SecondaryDb {
@@ -144,6 +149,8 @@ impl SecondaryGroup {
                 epoch: Mutex::new(config.epoch),
                 last_error: Mutex::new(None),
                 last_redone_commit_us: AtomicI64::new(0),
+                redo_lock: Mutex::new(()),
+                rewind_to: Mutex::new(None),
                 db,
             });
             tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
@@ -182,6 +189,30 @@ impl SecondaryGroup {
         self.stop.send_replace(true);
     }
 
+    /// Waits (bounded) until every hardened record is redone, then stops
+    /// redo: the databases then hold everything this node received, ready
+    /// to become writable here.
+    pub async fn drain_and_stop(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        for sdb in self.databases() {
+            let mut redone = sdb.redone.subscribe();
+            while sdb.redone() < sdb.hardened() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "database \"{}\" has not redone LSN {}..{} yet",
+                        sdb.db.name(),
+                        sdb.redone(),
+                        sdb.hardened()
+                    ));
+                }
+                let _ = tokio::time::timeout(left, redone.changed()).await;
+            }
+        }
+        self.stop();
+        Ok(())
+    }
+
     fn positions(&self) -> Vec<DatabasePosition> {
         self.databases()
             .iter()
@@ -197,6 +228,9 @@ impl SecondaryGroup {
 
     /// Hardens a batch of records of one database; returns the new end.
     async fn receive(&self, database: &str, raw: Vec<Vec<u8>>) -> Result<Lsn, String> {
+        if *self.stop.borrow() {
+            return Err("this replica no longer takes records for this group (it was reconfigured or promoted)".into());
+        }
         let sdb = self
             .databases
             .get(database)
@@ -219,9 +253,11 @@ impl SecondaryGroup {
                 continue; // already hardened
             }
             if record.lsn != expected {
-                let seeding =
-                    accepted.is_empty() && record.lsn > expected && is_base_image(&record);
-                if !seeding {
+                let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
+                let restart = accepted.is_empty()
+                    && is_base_image(&record)
+                    && (record.lsn > expected || rewind == Some(record.lsn));
+                if !restart {
                     return Err(format!(
                         "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
                         record.lsn
@@ -238,6 +274,7 @@ impl SecondaryGroup {
         let log2 = log.clone();
         let log_dir = sdb.db.log_dir().to_path_buf();
         let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
+        let restarter = sdb.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if let Some(first) = accepted.first() {
                 if first.lsn != log2.end_lsn() {
@@ -245,7 +282,16 @@ impl SecondaryGroup {
                         lsn = first.lsn,
                         "seeding from a full image: the log restarts there"
                     );
+                    let _guard = restarter
+                        .redo_lock
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     log2.reset_to(first.lsn).map_err(|e| e.to_string())?;
+                    restarter.redone.send_replace(first.lsn);
+                    *restarter
+                        .rewind_to
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
                 }
             }
             for record in &accepted {
@@ -392,6 +438,13 @@ async fn stream_from(
                     }
                     Message::Ping { sent_us } => send(conn, Message::Pong { echo_us: sent_us }).await?,
                     Message::Pong { .. } | Message::DatabaseState { .. } => {}
+                    Message::Rewind { database, from_lsn } => {
+                        let sdb = group.databases.get(&database).ok_or_else(|| {
+                            format!("rewind of database \"{database}\", which is not in this group here")
+                        })?;
+                        tracing::warn!(database = %database, from_lsn, "the log here diverged from the primary's; restarting it from a full image");
+                        *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(from_lsn);
+                    }
                     Message::Config { config, .. } => {
                         let config = GroupConfig::from_bytes(&config).map_err(|e| e.to_string())?;
                         *group.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
@@ -438,55 +491,27 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let redone = sdb.redone();
-        let log = sdb.db.log().clone();
-        // After seeding, the log restarts at a full image past `redone`.
-        let from = redone.max(log.first_lsn());
-        if from >= sdb.hardened() {
+        if sdb.redone() >= sdb.hardened() {
             tokio::select! {
                 _ = hardened.changed() => continue,
                 _ = stop.changed() => return,
             }
         }
-        let db = sdb.db.clone();
+        let worker = sdb.clone();
         let mut taken = applier.take();
-        let result = tokio::task::spawn_blocking(
-            move || -> Result<(Option<Applier>, Lsn, u64, i64), String> {
-                let records = log
-                    .read_some(from, REDO_BATCH_BYTES)
-                    .map_err(|e| e.to_string())?;
-                let Some(last) = records.last() else {
-                    return Ok((taken, from, 0, 0));
-                };
-                let end = last.end_lsn();
-                let commit_us = last.commit_time_us;
-                let bytes = end - from;
-                let applier = match taken.as_mut() {
-                    Some(a) => a,
-                    None => taken.insert(Applier::open(db.path()).map_err(|e| e.to_string())?),
-                };
-                let sets: Vec<PageSet<'_>> = records
-                    .iter()
-                    .map(|r| PageSet {
-                        pages: &r.pages,
-                        db_size: r.db_size,
-                    })
-                    .collect();
-                applier.apply(&sets).map_err(|e| e.to_string())?;
-                Ok((taken, end, bytes, commit_us))
-            },
-        )
+        let result = tokio::task::spawn_blocking(move || {
+            let batch = redo_batch(&worker, &mut taken);
+            (taken, batch)
+        })
         .await;
-        let result = result.unwrap_or_else(|e| Err(e.to_string()));
+        let (returned, result) = result.unwrap_or_else(|e| (None, Err(e.to_string())));
+        applier = returned;
         match result {
-            Ok((a, end, bytes, commit_us)) => {
-                applier = a;
-                sdb.last_redone_commit_us
-                    .store(commit_us, Ordering::Relaxed);
+            Ok(bytes) => {
                 since_checkpoint += bytes;
-                sdb.redone.send_replace(end);
                 if since_checkpoint >= CHECKPOINT_BYTES {
                     if let Some(a) = applier.as_ref() {
+                        let end = sdb.redone();
                         if checkpoint_passive(a.connection()).unwrap_or(false) {
                             since_checkpoint = 0;
                             let _ = log::write_checkpoint(sdb.db.log_dir(), end);
@@ -506,6 +531,41 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Redoes one batch of hardened records (blocking); returns the bytes
+/// redone. Holds the redo lock, so a rewind never interleaves with it.
+fn redo_batch(sdb: &SecondaryDb, applier: &mut Option<Applier>) -> Result<u64, String> {
+    let _guard = sdb.redo_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let log = sdb.db.log();
+    // After seeding or a rewind, the log restarts at a full image.
+    let from = sdb.redone().max(log.first_lsn());
+    if from >= log.end_lsn() {
+        return Ok(0);
+    }
+    let records = log
+        .read_some(from, REDO_BATCH_BYTES)
+        .map_err(|e| e.to_string())?;
+    let Some(last) = records.last() else {
+        return Ok(0);
+    };
+    let (end, commit_us) = (last.end_lsn(), last.commit_time_us);
+    let a = match applier {
+        Some(a) => a,
+        None => applier.insert(Applier::open(sdb.db.path()).map_err(|e| e.to_string())?),
+    };
+    let sets: Vec<PageSet<'_>> = records
+        .iter()
+        .map(|r| PageSet {
+            pages: &r.pages,
+            db_size: r.db_size,
+        })
+        .collect();
+    a.apply(&sets).map_err(|e| e.to_string())?;
+    sdb.last_redone_commit_us
+        .store(commit_us, Ordering::Relaxed);
+    sdb.redone.send_replace(end);
+    Ok(end - from)
 }
 
 async fn next_message(
