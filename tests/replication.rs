@@ -803,6 +803,8 @@ async fn safety_rule_6_a_peer_from_another_cluster_is_refused() {
             replica_config("r1", free_port()),
             replica_config("r2", group.endpoints[1]),
         ],
+        cluster_type: Default::default(),
+        last_failover: None,
     };
     let mut conn = wire_connect(group.endpoints[1]).await;
     wire_send(
@@ -942,6 +944,8 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
             replica_config("fp", free_port()),
             replica_config("rx", endpoint),
         ],
+        cluster_type: Default::default(),
+        last_failover: None,
     };
     let hello = || Message::Hello {
         cluster_id: cluster.into(),

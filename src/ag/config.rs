@@ -194,7 +194,7 @@ pub enum Membership {
         cluster_id: Option<String>,
     },
     /// The full definition (created here, or received from the primary).
-    Defined(GroupConfig),
+    Defined(Box<GroupConfig>),
 }
 
 impl Membership {
@@ -314,7 +314,7 @@ mod tests {
     fn memberships_persist_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let store = ConfigStore::new(dir.path());
-        store.save(&Membership::Defined(group())).unwrap();
+        store.save(&Membership::Defined(Box::new(group()))).unwrap();
         store
             .save(&Membership::Joined {
                 name: "ag2".into(),
@@ -323,7 +323,7 @@ mod tests {
             .unwrap();
         let all = store.load_all().unwrap();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[0], Membership::Defined(group()));
+        assert_eq!(all[0], Membership::Defined(Box::new(group())));
         store.remove("ag2").unwrap();
         assert_eq!(store.load_all().unwrap().len(), 1);
     }

@@ -76,7 +76,7 @@ impl Manager {
             let name = key(membership.name());
             let part = match membership {
                 Membership::Joined { cluster_id, .. } => Part::Joined { cluster_id },
-                Membership::Defined(config) => manager.run(config)?,
+                Membership::Defined(config) => manager.run(*config)?,
             };
             manager.lock().insert(name, part);
         }
@@ -292,7 +292,8 @@ impl Manager {
         for name in &config.databases {
             self.engine.database(name)?.promote(config.epoch).await?;
         }
-        self.store.save(&Membership::Defined(config.clone()))?;
+        self.store
+            .save(&Membership::Defined(Box::new(config.clone())))?;
         self.failovers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -342,7 +343,7 @@ impl Manager {
         record.loss_known = config.databases.iter().all(|d| record.checked.contains(d));
         let mut saved = config;
         saved.last_failover = Some(record.clone());
-        if let Err(e) = self.store.save(&Membership::Defined(saved)) {
+        if let Err(e) = self.store.save(&Membership::Defined(Box::new(saved))) {
             tracing::error!(group, "cannot save the failover record: {e}");
         }
     }
@@ -415,7 +416,8 @@ impl Manager {
             },
             last_failover: None,
         };
-        self.store.save(&Membership::Defined(config.clone()))?;
+        self.store
+            .save(&Membership::Defined(Box::new(config.clone())))?;
         let part = self.run(config)?;
         self.lock().insert(key(&spec.name), part);
         Ok(())
@@ -479,7 +481,8 @@ impl Manager {
         let mut config = primary.config().clone();
         edit(&mut config, &self)?;
         config.version += 1;
-        self.store.save(&Membership::Defined(config.clone()))?;
+        self.store
+            .save(&Membership::Defined(Box::new(config.clone())))?;
         primary.stop();
         let part = self.run(config)?;
         groups.insert(key(group), part);
@@ -618,7 +621,7 @@ impl Admission for Manager {
             _ => {}
         }
         self.store
-            .save(&Membership::Defined(config.clone()))
+            .save(&Membership::Defined(Box::new(config.clone())))
             .map_err(|e| e.to_string())?;
         let part = self.run(config).map_err(|e| e.to_string())?;
         let Part::Secondary(group) = &part else {
