@@ -19,6 +19,7 @@
 //!   `FORCE_FAILOVER_ALLOW_DATA_LOSS` answer 0A000 until then.
 
 pub mod config;
+pub mod failover;
 pub mod views;
 
 use std::collections::HashMap;

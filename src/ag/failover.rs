@@ -1,0 +1,401 @@
+//! The automatic failover decision: given what the cluster knows about a
+//! group, should its primary be replaced, and by whom? A pure function; the
+//! cluster leader calls it on every tick with fresh observations and acts
+//! on the answer through the cluster (a `Promote` at the next epoch).
+//!
+//! # The flexible failover policy (`FAILURE_CONDITION_LEVEL`)
+//! Each level includes the ones below it, as in SQL Server:
+//!
+//! | level | availdb fails over when … |
+//! |---|---|
+//! | 1 | the primary is **down**: its lease expired (no renewal reached the cluster for the lease period plus the margin) — process killed, paused, partitioned away, or host down |
+//! | 2 | … or **unresponsive**: it renews its lease but its own SQL health probe has not succeeded for `HEALTH_CHECK_TIMEOUT` |
+//! | 3 (default) | … or a **critical internal error**: a database of the group stopped taking writes (capture or log write failed, corrupt log) |
+//! | 4 | … or **resource exhaustion**: disk full or out of memory on a database of the group |
+//! | 5 | … or **any qualified failure**: any database of the group failed to open or recover |
+//!
+//! # Who may become primary
+//! Only a replica that is SYNCHRONOUS_COMMIT with FAILOVER_MODE = AUTOMATIC
+//! (and the primary must be AUTOMATIC too), that is in the synchronized set
+//! of *every* database of the group — so it has hardened every
+//! acknowledged commit (RPO 0) — and whose node the cluster currently hears
+//! from. Ties go to the first by name, so every leader decides alike.
+//! Read-scale groups (`CLUSTER_TYPE = NONE`) never fail over automatically.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::config::{AvailabilityMode, ClusterType, FailoverMode, GroupConfig};
+
+/// A failure the primary reports about itself with its lease renewals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The SQL health probe has not succeeded for this long (ms).
+    ProbeFailing {
+        /// Milliseconds since the last successful probe.
+        since_ms: u64,
+    },
+    /// A database stopped taking writes after an internal error.
+    DatabaseStopped {
+        /// Which database.
+        database: String,
+    },
+    /// Disk full or out of memory.
+    ResourceExhausted {
+        /// What ran out.
+        what: String,
+    },
+    /// A database failed to open or recover.
+    DatabaseFailed {
+        /// Which database.
+        database: String,
+    },
+}
+
+impl Condition {
+    /// The lowest FAILURE_CONDITION_LEVEL at which this condition counts
+    /// (`ProbeFailing` counts only past the health check timeout).
+    fn level(&self) -> u8 {
+        match self {
+            Condition::ProbeFailing { .. } => 2,
+            Condition::DatabaseStopped { .. } => 3,
+            Condition::ResourceExhausted { .. } => 4,
+            Condition::DatabaseFailed { .. } => 5,
+        }
+    }
+}
+
+/// The policy knobs of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// FAILURE_CONDITION_LEVEL, 1..=5.
+    pub failure_condition_level: u8,
+    /// HEALTH_CHECK_TIMEOUT in milliseconds.
+    pub health_check_timeout_ms: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            failure_condition_level: 3,
+            health_check_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// What the cluster leader knows at one moment.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    /// The group's definition (its primary and epoch included).
+    pub config: &'a GroupConfig,
+    /// Per database, the replicas in the synchronized set (from the
+    /// cluster's replicated state).
+    pub synchronized: &'a BTreeMap<String, BTreeSet<String>>,
+    /// The primary's lease expired by the leader's clock plus the margin.
+    pub lease_expired: bool,
+    /// Conditions in the primary's latest renewal.
+    pub conditions: &'a [Condition],
+    /// Replicas whose nodes the cluster hears from.
+    pub reachable: &'a BTreeSet<String>,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to do.
+    Healthy,
+    /// Promote `target` at the next epoch.
+    Failover {
+        /// The new primary.
+        target: String,
+        /// Why, for the failover record.
+        reason: String,
+    },
+    /// The primary failed, but no replica may take over (the reason says
+    /// which rule stops it); the group waits, unavailable for writes.
+    Blocked {
+        /// Why the failure is not acted on.
+        reason: String,
+    },
+}
+
+/// Decides whether the group's primary must be replaced.
+pub fn decide(obs: &Observation<'_>, policy: Policy) -> Decision {
+    let Some(failure) = failure(obs, policy) else {
+        return Decision::Healthy;
+    };
+    let config = obs.config;
+    if config.cluster_type == ClusterType::None {
+        return Decision::Blocked {
+            reason: format!("{failure}; CLUSTER_TYPE = NONE groups fail over only by FORCE_FAILOVER_ALLOW_DATA_LOSS"),
+        };
+    }
+    let primary_automatic = config
+        .replica(&config.primary)
+        .is_some_and(|r| r.failover_mode == FailoverMode::Automatic);
+    if !primary_automatic {
+        return Decision::Blocked {
+            reason: format!("{failure}; the primary's FAILOVER_MODE is MANUAL"),
+        };
+    }
+    let mut why_not = Vec::new();
+    for replica in config.secondaries() {
+        let name = &replica.name;
+        let blocker = if replica.availability_mode != AvailabilityMode::SynchronousCommit {
+            Some("is ASYNCHRONOUS_COMMIT")
+        } else if replica.failover_mode != FailoverMode::Automatic {
+            Some("has FAILOVER_MODE = MANUAL")
+        } else if !config.databases.iter().all(|db| {
+            obs.synchronized
+                .get(db)
+                .is_some_and(|set| set.contains(name))
+        }) {
+            Some("is not SYNCHRONIZED for every database")
+        } else if !obs.reachable.contains(name) {
+            Some("is not reachable")
+        } else {
+            None
+        };
+        match blocker {
+            None => {
+                return Decision::Failover {
+                    target: name.clone(),
+                    reason: format!("AUTOMATIC: {failure}"),
+                }
+            }
+            Some(b) => why_not.push(format!("{name} {b}")),
+        }
+    }
+    Decision::Blocked {
+        reason: format!(
+            "{failure}; no replica may take over: {}",
+            why_not.join(", ")
+        ),
+    }
+}
+
+/// The failure that counts at this policy level, described; None if none.
+fn failure(obs: &Observation<'_>, policy: Policy) -> Option<String> {
+    if obs.lease_expired {
+        return Some(format!(
+            "primary {} is down (its lease expired)",
+            obs.config.primary
+        ));
+    }
+    obs.conditions
+        .iter()
+        .filter(|c| c.level() <= policy.failure_condition_level)
+        .find_map(|c| match c {
+            Condition::ProbeFailing { since_ms } if *since_ms >= policy.health_check_timeout_ms => {
+                Some(format!(
+                    "primary {} is unresponsive (no successful health probe for {since_ms} ms)",
+                    obs.config.primary
+                ))
+            }
+            Condition::ProbeFailing { .. } => None,
+            Condition::DatabaseStopped { database } => Some(format!(
+                "database {database} stopped taking writes on the primary"
+            )),
+            Condition::ResourceExhausted { what } => Some(format!("the primary ran out of {what}")),
+            Condition::DatabaseFailed { database } => {
+                Some(format!("database {database} failed on the primary"))
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ag::config::{ReplicaConfig, SecondaryConnections};
+
+    fn replica(name: &str, sync: bool, automatic: bool) -> ReplicaConfig {
+        ReplicaConfig {
+            name: name.into(),
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            availability_mode: if sync {
+                AvailabilityMode::SynchronousCommit
+            } else {
+                AvailabilityMode::AsynchronousCommit
+            },
+            failover_mode: if automatic {
+                FailoverMode::Automatic
+            } else {
+                FailoverMode::Manual
+            },
+            session_timeout_s: 10,
+            secondary_allow_connections: SecondaryConnections::All,
+            read_only_routing_url: None,
+            read_only_routing_list: vec![],
+            backup_priority: 50,
+        }
+    }
+
+    fn group(replicas: Vec<ReplicaConfig>) -> GroupConfig {
+        GroupConfig {
+            name: "ag1".into(),
+            cluster_id: "c".into(),
+            version: 1,
+            epoch: 1,
+            primary: "r1".into(),
+            databases: vec!["app".into(), "billing".into()],
+            required_synchronized_secondaries: 0,
+            replicas,
+            cluster_type: ClusterType::External,
+            last_failover: None,
+        }
+    }
+
+    struct World {
+        config: GroupConfig,
+        synchronized: BTreeMap<String, BTreeSet<String>>,
+        reachable: BTreeSet<String>,
+    }
+
+    impl World {
+        fn standard() -> World {
+            let set: BTreeSet<String> = ["r2".to_string(), "r3".to_string()].into();
+            World {
+                config: group(vec![
+                    replica("r1", true, true),
+                    replica("r2", true, true),
+                    replica("r3", true, true),
+                ]),
+                synchronized: [
+                    ("app".to_string(), set.clone()),
+                    ("billing".to_string(), set.clone()),
+                ]
+                .into(),
+                reachable: set,
+            }
+        }
+
+        fn decide(
+            &self,
+            lease_expired: bool,
+            conditions: &[Condition],
+            policy: Policy,
+        ) -> Decision {
+            decide(
+                &Observation {
+                    config: &self.config,
+                    synchronized: &self.synchronized,
+                    lease_expired,
+                    conditions,
+                    reachable: &self.reachable,
+                },
+                policy,
+            )
+        }
+    }
+
+    fn target(d: &Decision) -> Option<&str> {
+        match d {
+            Decision::Failover { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_healthy_primary_is_left_alone() {
+        assert_eq!(
+            World::standard().decide(false, &[], Policy::default()),
+            Decision::Healthy
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_fails_over_to_the_first_synchronized_automatic_replica() {
+        let d = World::standard().decide(true, &[], Policy::default());
+        assert_eq!(target(&d), Some("r2"));
+    }
+
+    #[test]
+    fn the_target_must_be_synchronized_for_every_database() {
+        let mut w = World::standard();
+        w.synchronized.get_mut("billing").unwrap().remove("r2");
+        assert_eq!(target(&w.decide(true, &[], Policy::default())), Some("r3"));
+        w.synchronized.get_mut("app").unwrap().remove("r3");
+        match w.decide(true, &[], Policy::default()) {
+            Decision::Blocked { reason } => {
+                assert!(reason.contains("not SYNCHRONIZED"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn async_manual_and_unreachable_replicas_are_never_targets() {
+        let mut w = World::standard();
+        w.config.replicas = vec![
+            replica("r1", true, true),
+            replica("r2", false, true),
+            replica("r3", true, false),
+        ];
+        assert!(matches!(
+            w.decide(true, &[], Policy::default()),
+            Decision::Blocked { .. }
+        ));
+        let mut w = World::standard();
+        w.reachable.clear();
+        assert!(matches!(
+            w.decide(true, &[], Policy::default()),
+            Decision::Blocked { .. }
+        ));
+    }
+
+    #[test]
+    fn a_manual_primary_or_a_read_scale_group_blocks_automatic_failover() {
+        let mut w = World::standard();
+        w.config.replicas[0].failover_mode = FailoverMode::Manual;
+        assert!(matches!(
+            w.decide(true, &[], Policy::default()),
+            Decision::Blocked { .. }
+        ));
+        let mut w = World::standard();
+        w.config.cluster_type = ClusterType::None;
+        assert!(matches!(
+            w.decide(true, &[], Policy::default()),
+            Decision::Blocked { .. }
+        ));
+    }
+
+    #[test]
+    fn failure_condition_levels_include_the_ones_below() {
+        let w = World::standard();
+        let level = |n| Policy {
+            failure_condition_level: n,
+            health_check_timeout_ms: 5_000,
+        };
+        let probe = [Condition::ProbeFailing { since_ms: 6_000 }];
+        let stopped = [Condition::DatabaseStopped {
+            database: "app".into(),
+        }];
+        let disk = [Condition::ResourceExhausted {
+            what: "disk".into(),
+        }];
+        let failed = [Condition::DatabaseFailed {
+            database: "app".into(),
+        }];
+        let cases: [(&[Condition], u8); 4] = [(&probe, 2), (&stopped, 3), (&disk, 4), (&failed, 5)];
+        for (conditions, from_level) in cases {
+            for l in 1..=5 {
+                let d = w.decide(false, conditions, level(l));
+                assert_eq!(
+                    target(&d).is_some(),
+                    l >= from_level,
+                    "{conditions:?} at level {l}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_slow_probe_counts_only_past_the_health_check_timeout() {
+        let w = World::standard();
+        let d = w.decide(
+            false,
+            &[Condition::ProbeFailing { since_ms: 4_999 }],
+            Policy::default(),
+        );
+        assert_eq!(d, Decision::Healthy);
+    }
+}
