@@ -304,19 +304,23 @@ impl Database {
     /// Waits until the commit ending at `lsn` may be acknowledged: hardened
     /// in the local log, then whatever the commit hook demands.
     pub async fn commit_durable(&self, lsn: Lsn) -> Result<()> {
-        self.log
-            .wait_durable(lsn)
-            .await
-            .map_err(|e| Error::sql("58030", format!("cannot make the commit durable: {e}")))?;
+        let local = async {
+            self.log
+                .wait_durable(lsn)
+                .await
+                .map_err(|e| Error::sql("58030", format!("cannot make the commit durable: {e}")))
+        };
         let hook = self
             .shared
             .hook
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // The local fsync and the secondaries' hardening run in parallel
+        // (records are shipped before the local fsync); both must finish.
         match hook {
-            Some(hook) => hook.wait(lsn).await,
-            None => Ok(()),
+            Some(hook) => tokio::try_join!(local, hook.wait(lsn)).map(|_| ()),
+            None => local.await,
         }
     }
 

@@ -137,6 +137,12 @@ impl SyncCell {
         out
     }
 
+    /// Applies `f` without waking waiting commits: for changes that can
+    /// never release one (a higher primary end only makes catching up harder).
+    fn inspect<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// A copy of the state, for views.
     pub fn snapshot(&self) -> DbSync {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -168,7 +174,9 @@ impl CommitHook for SyncHook {
         let mut rx = self.cell.changed.subscribe();
         let deadline = Instant::now() + self.patience;
         loop {
-            let check = self.cell.update(|s| {
+            // Checking must not wake the other waiting commits: only
+            // progress and leaving replicas can release them.
+            let check = self.cell.inspect(|s| {
                 s.appended(lsn);
                 s.check_commit(lsn)
             });

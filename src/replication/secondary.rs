@@ -86,6 +86,9 @@ pub struct SecondaryDb {
     last_error: Mutex<Option<String>>,
     /// Commit time of the last record redone (µs since the Unix epoch).
     last_redone_commit_us: AtomicI64,
+    /// Everything before this LSN is written to the local log (maybe not
+    /// yet durable).
+    written: watch::Sender<Lsn>,
     /// Held while redoing a batch and while the log restarts (rewind).
     redo_lock: Mutex<()>,
     /// The primary announced that this log diverged: the next record is a
@@ -150,10 +153,12 @@ impl SecondaryGroup {
                 last_error: Mutex::new(None),
                 last_redone_commit_us: AtomicI64::new(0),
                 redo_lock: Mutex::new(()),
+                written: watch::channel(end).0,
                 rewind_to: Mutex::new(None),
                 db,
             });
             tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
+            tokio::spawn(harden_task(sdb.clone(), stop.subscribe()));
             map.insert(sdb.db.name().to_string(), sdb);
         }
         Arc::new(SecondaryGroup {
@@ -288,6 +293,7 @@ impl SecondaryGroup {
                         .unwrap_or_else(|e| e.into_inner());
                     log2.reset_to(first.lsn).map_err(|e| e.to_string())?;
                     restarter.redone.send_replace(first.lsn);
+                    restarter.hardened.send_replace(first.lsn);
                     *restarter
                         .rewind_to
                         .lock()
@@ -307,9 +313,10 @@ impl SecondaryGroup {
         })
         .await
         .map_err(|e| e.to_string())??;
-        log.wait_durable(end).await.map_err(|e| e.to_string())?;
+        // Hardening (fsync) happens in the database's harden task, so the
+        // connection goes on reading while one fsync covers many batches.
         *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
-        sdb.hardened.send_replace(end);
+        sdb.written.send_replace(end);
         Ok(end)
     }
 }
@@ -407,16 +414,17 @@ async fn stream_from(
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
     let mut watchers = Vec::new();
     for sdb in group.databases() {
-        let tx = progress_tx.clone();
-        let mut rx = sdb.redone.subscribe();
-        let name = sdb.db.name().to_string();
-        watchers.push(tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if tx.send(name.clone()).is_err() {
-                    break;
+        for mut rx in [sdb.hardened.subscribe(), sdb.redone.subscribe()] {
+            let tx = progress_tx.clone();
+            let name = sdb.db.name().to_string();
+            watchers.push(tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    if tx.send(name.clone()).is_err() {
+                        break;
+                    }
                 }
-            }
-        }));
+            }));
+        }
     }
     let _abort = AbortOnDrop(watchers);
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -432,9 +440,7 @@ async fn stream_from(
                 last_heard = Instant::now();
                 match message {
                     Message::Records { database, records } => {
-                        let hardened = group.receive(&database, records).await?;
-                        let redone = group.databases.get(&database).map_or(0, |s| s.redone());
-                        send(conn, Message::Progress { database, hardened_lsn: hardened, redone_lsn: redone }).await?;
+                        group.receive(&database, records).await?;
                     }
                     Message::Ping { sent_us } => send(conn, Message::Pong { echo_us: sent_us }).await?,
                     Message::Pong { .. } | Message::DatabaseState { .. } => {}
@@ -533,6 +539,35 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Makes written records durable and publishes the hardened LSN: one fsync
+/// covers everything written meanwhile (group commit on the secondary).
+async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
+    let mut written = sdb.written.subscribe();
+    loop {
+        let target = *written.borrow_and_update();
+        if target > sdb.hardened() {
+            match sdb.db.log().wait_durable(target).await {
+                Ok(()) => {
+                    sdb.hardened.send_if_modified(|h| {
+                        let moved = *h < target;
+                        *h = (*h).max(target);
+                        moved
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(database = %sdb.db.name(), "cannot harden the log: {e}");
+                    *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = written.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Redoes one batch of hardened records (blocking); returns the bytes
 /// redone. Holds the redo lock, so a rewind never interleaves with it.
 fn redo_batch(sdb: &SecondaryDb, applier: &mut Option<Applier>) -> Result<u64, String> {
@@ -543,9 +578,14 @@ fn redo_batch(sdb: &SecondaryDb, applier: &mut Option<Applier>) -> Result<u64, S
     if from >= log.end_lsn() {
         return Ok(0);
     }
-    let records = log
+    // Only hardened records: the file must never hold what the log may lose.
+    let hardened = sdb.hardened();
+    let records: Vec<_> = log
         .read_some(from, REDO_BATCH_BYTES)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .take_while(|r| r.end_lsn() <= hardened)
+        .collect();
     let Some(last) = records.last() else {
         return Ok(0);
     };
