@@ -358,6 +358,24 @@ impl PrimaryGroup {
         }
     }
 
+    /// A secondary's progress report for one database.
+    fn take_progress(&self, replica: &str, database: &str, hardened: Lsn, redone: Lsn) {
+        let Some((db, cell)) = self.databases.get(database) else {
+            return;
+        };
+        let (needed, end) = cell.update(|s| {
+            s.progress(replica, hardened, redone);
+            (s.lowest_hardened(), s.primary_end())
+        });
+        cell.lock_metrics()
+            .entry(replica.to_string())
+            .or_default()
+            .progressed(redone, end.max(db.log().end_lsn()));
+        // The log is kept from the LSN the slowest secondary (connected or
+        // not) still needs.
+        db.set_retain_from(needed);
+    }
+
     fn set_link(&self, replica: &str, connected: bool, error: Option<String>) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let link = links.entry(replica.to_string()).or_default();
@@ -417,7 +435,7 @@ async fn sender(group: Arc<PrimaryGroup>, replica: ReplicaConfig) {
 
 /// One connection's life; returns why it ended.
 async fn stream_to(
-    group: &PrimaryGroup,
+    group: &Arc<PrimaryGroup>,
     replica: &ReplicaConfig,
 ) -> std::result::Result<LeaveReason, String> {
     let timeout = Duration::from_secs(replica.session_timeout_s.max(1) as u64);
@@ -496,8 +514,44 @@ async fn stream_to(
         .iter()
         .map(|(name, (db, _))| (name.clone(), db.log().subscribe_end()))
         .collect();
+    // Incoming messages are handled by their own task, so progress is
+    // taken in as it arrives even while this loop is busy sending.
+    let (mut sink, mut stream) = conn.split();
+    let (control, mut controls) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
+    let heard = Arc::new(std::sync::atomic::AtomicU64::new(monotonic_us()));
+    let reader = {
+        let group = group.clone();
+        let replica = replica.name.clone();
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            let outcome = loop {
+                let message = match stream.next().await {
+                    None => break "the secondary closed the connection".to_string(),
+                    Some(Err(e)) => break format!("bad message from the secondary: {e}"),
+                    Some(Ok(m)) => m,
+                };
+                heard.store(monotonic_us(), std::sync::atomic::Ordering::Relaxed);
+                match message {
+                    Message::Progress {
+                        database,
+                        hardened_lsn,
+                        redone_lsn,
+                    } => group.take_progress(&replica, &database, hardened_lsn, redone_lsn),
+                    Message::Ping { sent_us } => {
+                        if control.send(Ok(sent_us)).is_err() {
+                            return;
+                        }
+                    }
+                    Message::Pong { .. } => {}
+                    Message::Refuse { reason } => break format!("the secondary stopped: {reason}"),
+                    other => break format!("unexpected message from the secondary: {other:?}"),
+                }
+            };
+            let _ = control.send(Err(outcome));
+        })
+    };
+    let _reader = AbortOnDrop(reader);
     let mut ping = tokio::time::interval(PING_INTERVAL);
-    let mut last_heard = Instant::now();
     loop {
         // Send whatever is new, database by database.
         for (name, (db, _)) in &group.databases {
@@ -524,7 +578,7 @@ async fn stream_to(
             }
             let encoded = records.iter().map(|r| r.bytes.to_vec()).collect();
             send(
-                &mut conn,
+                &mut sink,
                 Message::Records {
                     database: name.clone(),
                     records: encoded,
@@ -540,45 +594,29 @@ async fn stream_to(
         tokio::select! {
             _ = any_end_changed => {}
             _ = ping.tick() => {
-                if last_heard.elapsed() > timeout {
+                let silent = monotonic_us().saturating_sub(heard.load(std::sync::atomic::Ordering::Relaxed));
+                if silent > timeout.as_micros() as u64 {
                     return Ok(LeaveReason::SessionTimeout);
                 }
-                send(&mut conn, Message::Ping { sent_us: monotonic_us() }, timeout).await?;
+                send(&mut sink, Message::Ping { sent_us: monotonic_us() }, timeout).await?;
             }
-            incoming = conn.next() => match incoming {
-                None => return Err("the secondary closed the connection".into()),
-                Some(Err(e)) => return Err(format!("bad message from the secondary: {e}")),
-                Some(Ok(message)) => {
-                    last_heard = Instant::now();
-                    match message {
-                        Message::Progress { database, hardened_lsn, redone_lsn } => {
-                            if let Some((db, cell)) = group.databases.get(&database) {
-                                let (needed, end) = cell.update(|s| {
-                                    s.progress(&replica.name, hardened_lsn, redone_lsn);
-                                    (s.lowest_hardened(), s.primary_end())
-                                });
-                                cell.lock_metrics()
-                                    .entry(replica.name.clone())
-                                    .or_default()
-                                    .progressed(redone_lsn, end.max(db.log().end_lsn()));
-                                // The log is kept from the LSN the slowest
-                                // secondary (connected or not) still needs.
-                                db.set_retain_from(needed);
-                            }
-                        }
-                        Message::Ping { sent_us } => send(&mut conn, Message::Pong { echo_us: sent_us }, timeout).await?,
-                        Message::Pong { .. } => {}
-                        Message::Refuse { reason } => return Err(format!("the secondary stopped: {reason}")),
-                        other => return Err(format!("unexpected message from the secondary: {other:?}")),
-                    }
-                }
-            }
+            control = controls.recv() => match control {
+                Some(Ok(sent_us)) => send(&mut sink, Message::Pong { echo_us: sent_us }, timeout).await?,
+                Some(Err(reason)) => return Err(reason),
+                None => return Err("the connection reader stopped".into()),
+            },
         }
     }
 }
 
-/// Where streaming to a secondary starts for one database: where its log
-/// ends, if the primary still holds that; otherwise at a fresh full image.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where streaming to a secondary starts for one database: where its log
 /// ends, if that log agrees with ours and we still hold what follows;
 /// otherwise at a fresh full image. Also returns, for a log that diverged
@@ -601,12 +639,16 @@ async fn start_lsn(
 /// Sends within the session timeout: a partner that stops reading (paused,
 /// wedged) must not stall the sender past it, or its timeout would never
 /// be noticed and commits would wait for it forever.
-async fn send(
-    conn: &mut Framed<TcpStream, WireCodec>,
+async fn send<S>(
+    sink: &mut S,
     message: Message,
     within: Duration,
-) -> std::result::Result<(), String> {
-    match tokio::time::timeout(within, conn.send(message)).await {
+) -> std::result::Result<(), String>
+where
+    S: futures::Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    match tokio::time::timeout(within, sink.send(message)).await {
         Ok(sent) => sent.map_err(|e| format!("send failed: {e}")),
         Err(_) => Err("the secondary stopped reading for longer than the session timeout".into()),
     }
