@@ -110,8 +110,23 @@ struct Shared {
     retain_from: Arc<AtomicU64>,
     in_recovery: Arc<AtomicBool>,
     failed: Mutex<Option<String>>,
+    /// Writes allowed until this monotonic time (µs); `NO_LEASE`: always.
+    lease_until_us: AtomicU64,
     role: RwLock<Role>,
     hook: RwLock<Option<Arc<dyn CommitHook>>>,
+}
+
+/// No lease: writes need none.
+const NO_LEASE: u64 = u64::MAX;
+
+/// Microseconds on this process's monotonic clock (leases are measured on
+/// it, never on the wall clock).
+pub fn monotonic_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 /// The write lock, held across awaits by a session's write transaction.
@@ -166,6 +181,7 @@ impl Database {
             retain_from: Arc::new(AtomicU64::new(u64::MAX)),
             in_recovery: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(None),
+            lease_until_us: AtomicU64::new(NO_LEASE),
             role: RwLock::new(Role::ReadWrite),
             hook: RwLock::new(None),
         });
@@ -319,9 +335,22 @@ impl Database {
         // The local fsync and the secondaries' hardening run in parallel
         // (records are shipped before the local fsync); both must finish.
         match hook {
-            Some(hook) => tokio::try_join!(local, hook.wait(lsn)).map(|_| ()),
-            None => local.await,
+            Some(hook) => tokio::try_join!(local, hook.wait(lsn)).map(|_| ())?,
+            None => local.await?,
         }
+        if self.is_resolving() {
+            // Durable here, but the lease ran out before the acknowledgement:
+            // a new primary may not have it. The client must check.
+            return Err(Error::sql(
+                "40003",
+                format!(
+                    "the commit on database \"{}\" is durable on this replica, but its lease as primary ran out before it could be acknowledged",
+                    self.name
+                ),
+            )
+            .with_hint("reconnect to the primary and check whether the transaction is there"));
+        }
+        Ok(())
     }
 
     /// The database's name (as in `CREATE DATABASE name`).
@@ -359,7 +388,7 @@ impl Database {
     }
 
     /// Refuses writes on a secondary or a database whose log failed.
-    fn check_writable(&self) -> Result<()> {
+    pub fn check_writable(&self) -> Result<()> {
         if let Role::Secondary { group, primary } = self.role() {
             return Err(Error::sql(
                 "25006",
@@ -388,7 +417,33 @@ impl Database {
             )
             .with_hint("restart the node; recovery rebuilds the database from its log"));
         }
+        let deadline = self.shared.lease_until_us.load(Ordering::SeqCst);
+        if deadline != NO_LEASE && monotonic_us() >= deadline {
+            return Err(Error::sql(
+                "25006",
+                format!(
+                    "database \"{}\" is RESOLVING on this replica: its lease as primary ran out, so another replica may be primary now",
+                    self.name
+                ),
+            )
+            .with_hint("reconnect, with target_session_attrs=read-write to find the primary"));
+        }
         Ok(())
+    }
+
+    /// Writes are allowed until `until_us` on [`monotonic_us`]'s clock: the
+    /// primary's lease as the cluster granted it (None: no lease needed —
+    /// a node outside a cluster, or a read-scale group).
+    pub fn set_lease(&self, until_us: Option<u64>) {
+        self.shared
+            .lease_until_us
+            .store(until_us.unwrap_or(NO_LEASE), Ordering::SeqCst);
+    }
+
+    /// True while writes wait for a lease that ran out (role RESOLVING).
+    pub fn is_resolving(&self) -> bool {
+        let deadline = self.shared.lease_until_us.load(Ordering::SeqCst);
+        deadline != NO_LEASE && monotonic_us() >= deadline
     }
 
     /// Borrows a read-only connection (opening one if none is idle).

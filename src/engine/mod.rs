@@ -49,7 +49,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use capture::{checkpoint_passive, is_base_image};
-pub use database::{CommitHook, Conn, Database, Reader, Role, Writer, WriterGuard, PG_VERSION};
+pub use database::{
+    monotonic_us, CommitHook, Conn, Database, Reader, Role, Writer, WriterGuard, PG_VERSION,
+};
 pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
 pub use recover::redo as redo_records;

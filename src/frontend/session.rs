@@ -393,6 +393,11 @@ impl Session {
                 holder: Holder::Writer(w),
                 ..
             } => {
+                // The commit is the write: it needs a valid lease now.
+                if let Err(e) = self.db.check_writable() {
+                    w.conn().reset();
+                    return Err(e);
+                }
                 let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, |w| {
                     match w.conn().sqlite().execute_batch("COMMIT") {
                         Ok(()) => w.after_commit(),

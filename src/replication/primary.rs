@@ -27,7 +27,7 @@ use tokio_util::codec::Framed;
 use super::sync::{CommitCheck, DbSync, LeaveReason};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::ag::config::{AvailabilityMode, GroupConfig, ReplicaConfig};
-use crate::engine::{CommitHook, Database, Engine, Error, Result};
+use crate::engine::{monotonic_us, CommitHook, Database, Engine, Error, Result};
 use crate::log::Lsn;
 
 /// Most record bytes sent in one `Records` message.
@@ -652,10 +652,4 @@ where
         Ok(sent) => sent.map_err(|e| format!("send failed: {e}")),
         Err(_) => Err("the secondary stopped reading for longer than the session timeout".into()),
     }
-}
-
-/// Microseconds on a monotonic clock (for pings).
-pub fn monotonic_us() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }

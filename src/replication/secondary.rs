@@ -27,9 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 
-use super::primary::{monotonic_us, PING_INTERVAL};
+use super::primary::PING_INTERVAL;
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::ag::config::GroupConfig;
+use crate::engine::monotonic_us;
 use crate::engine::redo::{Applier, PageSet};
 use crate::engine::{checkpoint_passive, is_base_image, Database, Role};
 use crate::log::{self, DecodeError, Lsn, Record};
