@@ -15,8 +15,15 @@
 //! * Any change (`ADD/REMOVE DATABASE`, `ADD/REMOVE/MODIFY REPLICA`, `SET`)
 //!   bumps the definition's version, is stored, and restarts the group's
 //!   replication links so every secondary receives it.
-//! * Failover belongs to the cluster manager (next issue): `FAILOVER` and
-//!   `FORCE_FAILOVER_ALLOW_DATA_LOSS` answer 0A000 until then.
+//! * `FORCE_FAILOVER_ALLOW_DATA_LOSS` on a secondary makes it primary at
+//!   the next epoch (after redoing what it hardened), with data movement to
+//!   every secondary suspended until an operator resumes each database. A
+//!   former primary meeting the newer epoch steps down; if its log holds
+//!   records the new primary never received, the lost range is reported in
+//!   `sys.availability_groups` and its database restarts from a full image.
+//! * Automatic and planned failover need the quorum cluster manager
+//!   (`FAILOVER` answers 0A000 until it is wired in); [`failover`] holds
+//!   the decision rules it will apply.
 
 pub mod config;
 pub mod failover;

@@ -94,6 +94,24 @@ pub fn append_history(dir: &Path, epoch: u64, first_lsn: Lsn) -> Result<(), LogE
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
+/// Replaces the epoch history with one entry (a log restarted at a full
+/// image holds nothing of the epochs before it).
+pub fn reset_history(dir: &Path, epoch: u64, first_lsn: Lsn) -> Result<(), LogError> {
+    let tmp = dir.join("epochs.tmp");
+    let path = dir.join("epochs");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| LogError::Io { path: p, source }
+    };
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    writeln!(f, "{epoch} {first_lsn}").map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
 /// Where a replica's log stops agreeing with ours, if it does: the first
 /// LSN below `their_end` that the two histories attribute to different
 /// epochs, or our end when their log goes past it. None when every record
@@ -175,6 +193,8 @@ mod tests {
         append_history(dir.path(), 2, 500).unwrap();
         append_history(dir.path(), 2, 900).unwrap();
         assert_eq!(read_history(dir.path()).unwrap(), [(1, 0), (2, 500)]);
+        reset_history(dir.path(), 2, 900).unwrap();
+        assert_eq!(read_history(dir.path()).unwrap(), [(2, 900)]);
     }
 
     #[test]

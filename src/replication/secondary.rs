@@ -247,6 +247,8 @@ impl SecondaryGroup {
         let mut epoch = *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner());
         let mut expected = log.end_lsn();
         let mut accepted = Vec::with_capacity(records.len());
+        let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
+        let mut restart = false;
         for record in records {
             if record.epoch < epoch {
                 return Err(format!(
@@ -255,20 +257,31 @@ impl SecondaryGroup {
                 ));
             }
             epoch = record.epoch;
+            if accepted.is_empty() && is_base_image(&record) {
+                // A full image restarts the log: to seed an empty or
+                // lagging replica (past our end), or to rewind a diverged
+                // one (the primary announced it, wherever it lands).
+                if rewind == Some(record.lsn) || record.lsn > expected {
+                    restart = true;
+                    expected = record.end_lsn();
+                    accepted.push(record);
+                    continue;
+                }
+            }
+            if rewind.is_some() && !restart {
+                return Err(format!(
+                    "database \"{database}\" waits for the full image announced by Rewind, got a record at LSN {}",
+                    record.lsn
+                ));
+            }
             if record.end_lsn() <= expected && record.lsn < expected {
                 continue; // already hardened
             }
             if record.lsn != expected {
-                let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
-                let restart = accepted.is_empty()
-                    && is_base_image(&record)
-                    && (record.lsn > expected || rewind == Some(record.lsn));
-                if !restart {
-                    return Err(format!(
-                        "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
-                        record.lsn
-                    ));
-                }
+                return Err(format!(
+                    "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
+                    record.lsn
+                ));
             }
             expected = record.end_lsn();
             accepted.push(record);
@@ -282,24 +295,25 @@ impl SecondaryGroup {
         let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
         let restarter = sdb.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            if let Some(first) = accepted.first() {
-                if first.lsn != log2.end_lsn() {
-                    tracing::info!(
-                        lsn = first.lsn,
-                        "seeding from a full image: the log restarts there"
-                    );
-                    let _guard = restarter
-                        .redo_lock
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    log2.reset_to(first.lsn).map_err(|e| e.to_string())?;
-                    restarter.redone.send_replace(first.lsn);
-                    restarter.hardened.send_replace(first.lsn);
-                    *restarter
-                        .rewind_to
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = None;
-                }
+            if let Some(first) = accepted.first().filter(|_| restart) {
+                tracing::info!(lsn = first.lsn, "restarting the log from a full image");
+                let _guard = restarter
+                    .redo_lock
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                log2.reset_to(first.lsn).map_err(|e| e.to_string())?;
+                // The log now starts at the image: its history is the
+                // image's epoch alone, and recovery must start there.
+                log::reset_history(&log_dir, first.epoch, first.lsn).map_err(|e| e.to_string())?;
+                log::write_checkpoint(&log_dir, first.lsn).map_err(|e| e.to_string())?;
+                history_epoch = first.epoch;
+                restarter.redone.send_replace(first.lsn);
+                restarter.hardened.send_replace(first.lsn);
+                restarter.written.send_replace(first.lsn);
+                *restarter
+                    .rewind_to
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
             }
             for record in &accepted {
                 // Where a new epoch starts goes into the history first.

@@ -636,3 +636,226 @@ pub fn assert_has_acked(report: &LoadReport, present: &BTreeSet<i64>, what: &str
         &phantom[..phantom.len().min(50)]
     );
 }
+
+// ------------------------------------------------ failover (any primary)
+
+/// One row of `sys.availability_groups`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRow {
+    pub name: String,
+    pub version: u64,
+    pub epoch: u64,
+    pub primary_replica: String,
+    pub cluster_type_desc: Option<String>,
+    pub last_failover_time: Option<String>,
+    pub last_failover_reason: Option<String>,
+    pub last_failover_from: Option<String>,
+    pub last_failover_to: Option<String>,
+    pub last_failover_data_lost: Option<String>,
+    pub last_failover_loss_known: bool,
+}
+
+/// The `sys.availability_groups` row of [`GROUP`] as `server` sees it
+/// (None when the node has no definition of it).
+pub async fn group_row(server: &TestServer) -> Option<GroupRow> {
+    let client = server.client(DEFAULT_DB).await;
+    let sql = format!(
+        "SELECT name, version, epoch, primary_replica, cluster_type_desc, last_failover_time, \
+         last_failover_reason, last_failover_from, last_failover_to, last_failover_data_lost, \
+         last_failover_loss_known FROM sys.availability_groups WHERE name = '{GROUP}'"
+    );
+    let rows = query_text(&client, &sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    rows.into_iter().next().map(|r| GroupRow {
+        name: r[0].clone().unwrap_or_default(),
+        version: number(&r[1]),
+        epoch: number(&r[2]),
+        primary_replica: r[3].clone().unwrap_or_default(),
+        cluster_type_desc: r[4].clone(),
+        last_failover_time: r[5].clone(),
+        last_failover_reason: r[6].clone(),
+        last_failover_from: r[7].clone(),
+        last_failover_to: r[8].clone(),
+        last_failover_data_lost: r[9].clone(),
+        last_failover_loss_known: flag(&r[10]),
+    })
+}
+
+/// `(log_first_lsn, log_end_lsn)` of `db` in `server`'s `sys.databases`.
+pub async fn log_bounds(server: &TestServer, db: &str) -> (u64, u64) {
+    let client = server.client(DEFAULT_DB).await;
+    let sql = format!("SELECT log_first_lsn, log_end_lsn FROM sys.databases WHERE name = '{db}'");
+    let rows = query_text(&client, &sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    let row = rows
+        .first()
+        .unwrap_or_else(|| panic!("{sql}: no row on port {}", server.port()));
+    (number(&row[0]), number(&row[1]))
+}
+
+impl Group {
+    /// Node `primary`'s rows of `sys.dm_hadr_database_replica_states` for
+    /// `app` (like [`Group::primary_view`], for any node as primary).
+    pub async fn view_on(&self, primary: usize) -> Vec<DbReplicaState> {
+        db_states(&self.nodes[primary])
+            .await
+            .into_iter()
+            .filter(|s| s.database == APP)
+            .collect()
+    }
+
+    /// Node `primary`'s own last commit LSN of `app`.
+    pub async fn commit_lsn_on(&self, primary: usize) -> u64 {
+        self.view_on(primary)
+            .await
+            .iter()
+            .find(|s| s.is_local)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} has no local row for {APP}\n{}",
+                    name(primary),
+                    self.logs()
+                )
+            })
+            .commit
+    }
+
+    /// Waits until node `primary`'s view shows every replica in
+    /// `secondaries` SYNCHRONIZED and CONNECTED (like
+    /// [`Group::wait_synchronized`], for any node as primary).
+    pub async fn wait_synchronized_on(
+        &self,
+        primary: usize,
+        secondaries: &[usize],
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.view_on(primary).await;
+            let links = replica_states(&self.nodes[primary]).await;
+            let pending: Vec<String> = secondaries
+                .iter()
+                .map(|&i| name(i))
+                .filter(|n| {
+                    let synced = view
+                        .iter()
+                        .any(|s| &s.replica == n && s.sync_state == "SYNCHRONIZED");
+                    let connected = links
+                        .iter()
+                        .any(|l| &l.replica == n && l.connected == "CONNECTED");
+                    !(synced && connected)
+                })
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{pending:?} not SYNCHRONIZED and CONNECTED in {}'s view within {timeout:?}\n\
+                     database view: {view:#?}\nreplica view: {links:#?}\n{}",
+                    name(primary),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Runs `ALTER AVAILABILITY GROUP ag1 FORCE_FAILOVER_ALLOW_DATA_LOSS` on
+    /// node `i` (dbname=availdb); panics with the logs when it fails.
+    pub async fn force_failover(&self, i: usize) {
+        let client = self.nodes[i].client(DEFAULT_DB).await;
+        let sql = format!("ALTER AVAILABILITY GROUP {GROUP} FORCE_FAILOVER_ALLOW_DATA_LOSS");
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.batch_execute(&sql)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{sql} on {}: {}\n{}", name(i), error_text(&e), self.logs()),
+            Err(_) => panic!(
+                "{sql} on {}: no answer within {STATEMENT_TIMEOUT:?}\n{}",
+                name(i),
+                self.logs()
+            ),
+        }
+    }
+
+    /// Waits until every node in `secondaries` holds all of node
+    /// `primary`'s log of `app`: the primary's log end (full images
+    /// included) is hardened and redone both in the secondary's own row and
+    /// in the primary's row for it. The primary's row is reset when a
+    /// replica reconnects, so a rejoining replica whose stale log ends far
+    /// out (a former primary's divergent tail) does not count as caught up
+    /// before it restarted from the primary's image. Returns the LSN.
+    pub async fn wait_caught_up_to(
+        &self,
+        primary: usize,
+        secondaries: &[usize],
+        timeout: Duration,
+    ) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, end) = log_bounds(&self.nodes[primary], APP).await;
+            let view = self.view_on(primary).await;
+            let mut behind = Vec::new();
+            for &i in secondaries {
+                let seen = view
+                    .iter()
+                    .find(|s| s.replica == name(i) && !s.is_local)
+                    .cloned();
+                let own = self.local_state(i).await;
+                let done = seen
+                    .as_ref()
+                    .is_some_and(|s| s.hardened >= end && s.redone >= end)
+                    && own
+                        .as_ref()
+                        .is_some_and(|s| s.hardened >= end && s.redone >= end);
+                if !done {
+                    behind.push((name(i), seen, own));
+                }
+            }
+            if behind.is_empty() {
+                return end;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "secondaries did not harden and redo {}'s log end {end} within {timeout:?}; \
+                     (replica, primary's row, own row): {behind:#?}\n{}",
+                    name(primary),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// `assert_page_identical_on` with node `primary` as the primary: waits
+    /// for [`Group::wait_caught_up_to`], then compares page images.
+    pub async fn assert_page_identical_to(
+        &self,
+        primary: usize,
+        secondaries: &[usize],
+        what: &str,
+    ) -> usize {
+        let lsn = self
+            .wait_caught_up_to(primary, secondaries, CATCH_UP_TIMEOUT)
+            .await;
+        let expected = pages(&self.nodes[primary], APP).await;
+        assert!(
+            !expected.is_empty(),
+            "{what}: {} has no pages",
+            name(primary)
+        );
+        for &i in secondaries {
+            let actual = pages(&self.nodes[i], APP).await;
+            if let Err(diff) = compare_pages(&expected, &actual) {
+                panic!(
+                    "{what}: {} is not page-identical to {} at LSN {lsn}:\n{diff}\n{}",
+                    name(i),
+                    name(primary),
+                    self.logs()
+                );
+            }
+        }
+        expected.len()
+    }
+}
