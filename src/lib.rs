@@ -3,6 +3,7 @@
 
 pub mod ag;
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod frontend;
 pub mod log;

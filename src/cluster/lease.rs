@@ -1,0 +1,283 @@
+//! When a lease runs out, by one node's monotonic clock.
+//!
+//! The replicated [`super::Lease`] says who holds a group's lease, at which
+//! epoch and for how long after each renewal; *when* it was renewed is not
+//! replicated, because clocks differ between nodes. Each side measures it
+//! with its own monotonic clock instead, erring in the safe direction:
+//!
+//! * the **primary** counts from the moment it *sent* the renewal, so its
+//!   own view ends first;
+//! * the **cluster leader** counts from the moment it *applied* the renewal
+//!   (always later), resets the count when it becomes leader (a renewal it
+//!   has not applied yet may have been granted just before), and declares
+//!   the lease expired only a safety margin after that — the margin covers
+//!   the rate difference of the two clocks.
+//!
+//! So by the time the leader sees a lease expired, the primary has stopped
+//! accepting writes (safety rule 2). [`LeaseClock`] is the pure bookkeeping
+//! of either side; time is passed in, so tests never sleep.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::state::{ClusterState, Command};
+
+/// One group's lease as seen by one node's monotonic clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseClock {
+    /// Start of the current term of the lease and its length; `None` until
+    /// a renewal was seen or this node became leader.
+    renewed: Option<(Instant, Duration)>,
+}
+
+impl LeaseClock {
+    /// A clock that has seen nothing: never expired, since nothing is known.
+    pub fn new() -> LeaseClock {
+        LeaseClock::default()
+    }
+
+    /// A renewal of `duration_ms` was applied (leader) or sent (primary) at `now`.
+    pub fn on_renewal_applied(&mut self, duration_ms: u64, now: Instant) {
+        self.renewed = Some((now, Duration::from_millis(duration_ms)));
+    }
+
+    /// This node just became the cluster leader: it may not have applied the
+    /// latest renewal yet, so it treats the lease as renewed right now, for
+    /// the duration it last knew (`duration_ms` of the lease in its state).
+    pub fn on_became_leader(&mut self, duration_ms: u64, now: Instant) {
+        self.on_renewal_applied(duration_ms, now);
+    }
+
+    /// True once `margin` has passed after the end of the lease. A clock
+    /// that has seen no renewal is never expired.
+    pub fn expired(&self, now: Instant, margin: Duration) -> bool {
+        self.renewed
+            .is_some_and(|(at, duration)| now >= at + duration + margin)
+    }
+
+    /// For the primary: true while the lease is valid (`now` before its end).
+    pub fn valid(&self, now: Instant) -> bool {
+        self.renewed
+            .is_some_and(|(at, duration)| now < at + duration)
+    }
+}
+
+/// The lease clocks of every group on one node, kept by the state machine
+/// as it applies commands and read by the leader ([`super::Cluster::lease_expired`]).
+#[derive(Debug, Default)]
+pub(crate) struct LeaseBook {
+    /// Term in which this node last started counting as leader.
+    leader_term: Option<u64>,
+    /// Per group (lower-case name).
+    clocks: BTreeMap<String, LeaseClock>,
+}
+
+impl LeaseBook {
+    /// The state machine applied `command` (accepted) at `now`.
+    pub(crate) fn applied(&mut self, command: &Command, now: Instant) {
+        match command {
+            Command::RenewLease {
+                group, duration_ms, ..
+            } => self
+                .clocks
+                .entry(group.to_ascii_lowercase())
+                .or_default()
+                .on_renewal_applied(*duration_ms, now),
+            Command::Promote { group, .. } | Command::RemoveGroup(group) => {
+                self.clocks.remove(&group.to_ascii_lowercase());
+            }
+            Command::PutGroup(_) | Command::SetSynchronized { .. } => {}
+        }
+    }
+
+    /// Whether `group`'s lease has expired for the leader of `term`, whose
+    /// applied state is `state`; `None` for an unknown group. The first
+    /// question in a new term restarts every clock (`on_became_leader`); a
+    /// group without a lease has nothing to wait for.
+    pub(crate) fn expired(
+        &mut self,
+        state: &ClusterState,
+        term: u64,
+        group: &str,
+        now: Instant,
+        margin: Duration,
+    ) -> Option<bool> {
+        if self.leader_term != Some(term) {
+            self.leader_term = Some(term);
+            self.clocks.clear();
+        }
+        let record = state.group(group)?;
+        let Some(lease) = &record.lease else {
+            return Some(true);
+        };
+        let clock = self
+            .clocks
+            .entry(group.to_ascii_lowercase())
+            .or_insert_with(|| {
+                let mut clock = LeaseClock::new();
+                clock.on_became_leader(lease.duration_ms, now);
+                clock
+            });
+        Some(clock.expired(now, margin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_lease_expires_a_margin_after_its_duration() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new();
+        assert!(!clock.expired(t0 + ms(1_000_000), ms(0)), "nothing known");
+        assert!(!clock.valid(t0), "no lease to write under");
+
+        clock.on_renewal_applied(5000, t0);
+        let cases = [
+            (4999, 0, false, true),
+            (5000, 0, true, false),
+            (5000, 500, false, false),
+            (5499, 500, false, false),
+            (5500, 500, true, false),
+        ];
+        for (after, margin, expired, valid) in cases {
+            let now = t0 + ms(after);
+            assert_eq!(
+                clock.expired(now, ms(margin)),
+                expired,
+                "{after} ms, margin {margin}"
+            );
+            assert_eq!(clock.valid(now), valid, "{after} ms");
+        }
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_count_with_its_own_duration() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new();
+        clock.on_renewal_applied(5000, t0);
+        clock.on_renewal_applied(2000, t0 + ms(4000));
+        assert!(!clock.expired(t0 + ms(5999), ms(0)));
+        assert!(clock.expired(t0 + ms(6000), ms(0)));
+    }
+
+    #[test]
+    fn a_new_leader_counts_the_whole_lease_from_its_election() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new();
+        // As a follower it applied a renewal long ago…
+        clock.on_renewal_applied(5000, t0);
+        assert!(clock.expired(t0 + ms(10_000), ms(500)));
+        // …but after becoming leader it cannot know whether a newer renewal
+        // was granted just before, so it waits a full lease again.
+        clock.on_became_leader(5000, t0 + ms(10_000));
+        assert!(!clock.expired(t0 + ms(15_499), ms(500)));
+        assert!(clock.expired(t0 + ms(15_500), ms(500)));
+    }
+
+    #[test]
+    fn the_primary_stops_before_the_leader_may_promote() {
+        // Safety rule 2 with the clocks as they are meant to be used: the
+        // primary counts from sending, the leader from applying (later).
+        let t0 = Instant::now();
+        let (mut primary, mut leader) = (LeaseClock::new(), LeaseClock::new());
+        primary.on_renewal_applied(3000, t0);
+        leader.on_renewal_applied(3000, t0 + ms(40));
+        for step in 0..400u64 {
+            let now = t0 + ms(step * 10);
+            assert!(
+                !(primary.valid(now) && leader.expired(now, ms(200))),
+                "both a writing primary and an expired lease at {step}0 ms"
+            );
+        }
+    }
+
+    #[test]
+    fn the_leaders_book_restarts_every_clock_in_a_new_term() {
+        use crate::cluster::state::{GroupRecord, Lease};
+
+        let t0 = Instant::now();
+        let renew = |duration_ms| Command::RenewLease {
+            group: "AG1".into(),
+            holder: "r1".into(),
+            epoch: 1,
+            duration_ms,
+        };
+        let state = |lease: Option<u64>| {
+            let config: crate::ag::config::GroupConfig =
+                serde_json::from_value(serde_json::json!({
+                    "name": "ag1", "cluster_id": "c", "version": 1, "epoch": 1, "primary": "r1",
+                    "databases": [], "required_synchronized_secondaries": 0, "replicas": []
+                }))
+                .unwrap();
+            let mut s = ClusterState::default();
+            let lease = lease.map(|duration_ms| Lease {
+                holder: "r1".into(),
+                epoch: 1,
+                duration_ms,
+            });
+            s.groups.insert(
+                "ag1".into(),
+                GroupRecord {
+                    config,
+                    lease,
+                    synchronized: Default::default(),
+                },
+            );
+            s
+        };
+        let with_lease = state(Some(1000));
+        let mut book = LeaseBook::default();
+        let margin = ms(100);
+
+        // A renewal applied as a follower, long before this node leads.
+        book.applied(&renew(1000), t0);
+        // First question in term 5: the count restarts now.
+        let t1 = t0 + ms(60_000);
+        assert_eq!(book.expired(&with_lease, 5, "ag1", t1, margin), Some(false));
+        assert_eq!(
+            book.expired(&with_lease, 5, "ag1", t1 + ms(1099), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 5, "ag1", t1 + ms(1100), margin),
+            Some(true)
+        );
+        // A renewal applied while leading restarts it again.
+        book.applied(&renew(1000), t1 + ms(1200));
+        assert_eq!(
+            book.expired(&with_lease, 5, "ag1", t1 + ms(2000), margin),
+            Some(false)
+        );
+        // Leading again in a later term: restart from that question.
+        let t2 = t1 + ms(10_000);
+        assert_eq!(book.expired(&with_lease, 7, "ag1", t2, margin), Some(false));
+        assert_eq!(
+            book.expired(&with_lease, 7, "AG1", t2 + ms(1100), margin),
+            Some(true)
+        );
+
+        assert_eq!(
+            book.expired(&state(None), 7, "ag1", t2, margin),
+            Some(true),
+            "no lease"
+        );
+        assert_eq!(
+            book.expired(&with_lease, 7, "ag2", t2, margin),
+            None,
+            "no group"
+        );
+        let promote = Command::Promote {
+            group: "ag1".into(),
+            new_primary: "r2".into(),
+            new_epoch: 2,
+        };
+        book.applied(&promote, t2);
+        assert!(book.clocks.is_empty());
+    }
+}

@@ -1,0 +1,671 @@
+//! The replicated state machine: what the cluster agrees on about every
+//! availability group, and the rules every command is checked against.
+//!
+//! Pure and deterministic: [`ClusterState::apply`] depends only on the
+//! state and the command, never on clocks, files or the node it runs on,
+//! so every node that applies the same log reaches the same state and the
+//! same [`CommandResult`]s. A rejected command changes nothing.
+//!
+//! # Rules
+//! | command | accepted when | effect |
+//! | --- | --- | --- |
+//! | `PutGroup` | new group: a valid definition. Existing group: same cluster id, epoch and primary, and a higher version (the same version with the same content is an idempotent retry) | stores the definition; drops synchronized entries of removed databases or replicas |
+//! | `RemoveGroup` | the group exists | forgets it |
+//! | `RenewLease` | epoch = the group's epoch, holder = its primary, duration > 0 | records the lease |
+//! | `SetSynchronized` | epoch = the group's epoch, the database is in the group, the replica is a secondary; joining also needs synchronous commit | adds or removes the replica |
+//! | `Promote` | new_epoch = epoch + 1, new_primary is a replica of the group | new primary and epoch, version + 1, lease cleared, synchronized set emptied |
+//!
+//! An epoch older than the group's means the sender was deposed: it may
+//! neither renew its lease nor change the synchronized set (safety rules 1
+//! and 2). `Promote` does not check that its target is synchronized: the
+//! caller decides (automatic and planned failover must check it, forced
+//! failover does not), and the state machine only keeps epochs in order.
+//! `Promote` empties the synchronized set because the old secondaries were
+//! synchronized with the old primary, not the new one: the new primary adds
+//! each back once it has caught up in the new epoch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{LogId, StoredMembership};
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, NodeInfo};
+use crate::ag::config::{AvailabilityMode, GroupConfig};
+
+/// Everything the cluster agrees on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Availability groups, keyed by name in lower case (names are
+    /// case-insensitive, as in `DATA_DIR/ag/`).
+    pub groups: BTreeMap<String, GroupRecord>,
+    /// Last Raft log entry applied to this state.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// Last membership (voters and their addresses) applied to this state.
+    pub membership: StoredMembership<NodeId, NodeInfo>,
+}
+
+/// What the cluster knows of one availability group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The definition, including the current primary and epoch.
+    pub config: GroupConfig,
+    /// The primary's lease, if it holds one in the current epoch.
+    pub lease: Option<Lease>,
+    /// Per database: the replicas commits wait for (the synchronized set).
+    pub synchronized: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A primary's right to accept writes. Only who holds it, at which epoch
+/// and for how long is replicated; when it was renewed is measured by each
+/// node's own monotonic clock ([`super::LeaseClock`]), because clocks differ
+/// between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Replica name of the primary holding it.
+    pub holder: String,
+    /// Epoch in which it was granted.
+    pub epoch: u64,
+    /// How long it lasts after each renewal, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// A change proposed to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a group or replaces its definition (boxed: a definition is
+    /// much larger than the other commands).
+    PutGroup(Box<GroupConfig>),
+    /// Forgets a group.
+    RemoveGroup(String),
+    /// The primary renews its lease.
+    RenewLease {
+        /// Group name.
+        group: String,
+        /// Replica name of the primary.
+        holder: String,
+        /// The primary's epoch.
+        epoch: u64,
+        /// Lease length, in milliseconds.
+        duration_ms: u64,
+    },
+    /// The primary adds a replica to, or removes it from, a database's
+    /// synchronized set.
+    SetSynchronized {
+        /// Group name.
+        group: String,
+        /// Database of the group.
+        database: String,
+        /// Secondary replica.
+        replica: String,
+        /// True to add, false to remove.
+        synchronized: bool,
+        /// The primary's epoch.
+        epoch: u64,
+    },
+    /// Makes another replica (or the same one, in a new epoch) the primary.
+    Promote {
+        /// Group name.
+        group: String,
+        /// Replica that becomes primary.
+        new_primary: String,
+        /// Must be the group's epoch + 1.
+        new_epoch: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied.
+    Ok,
+    /// Not applied; the state is unchanged. Says why.
+    Rejected(String),
+}
+
+impl ClusterState {
+    /// The group called `name` (any case).
+    pub fn group(&self, name: &str) -> Option<&GroupRecord> {
+        self.groups.get(&name.to_ascii_lowercase())
+    }
+
+    /// Applies one command (see the module docs for the rules).
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        match self.check_and_apply(command) {
+            Ok(()) => CommandResult::Ok,
+            Err(why) => CommandResult::Rejected(why),
+        }
+    }
+
+    fn check_and_apply(&mut self, command: &Command) -> Result<(), String> {
+        match command {
+            Command::PutGroup(config) => self.put_group(config),
+            Command::RemoveGroup(name) => self
+                .groups
+                .remove(&name.to_ascii_lowercase())
+                .map(drop)
+                .ok_or_else(|| no_group(name)),
+            Command::RenewLease {
+                group,
+                holder,
+                epoch,
+                duration_ms,
+            } => {
+                let record = self.group_mut(group)?;
+                check_epoch(&record.config, *epoch, "renew the lease")?;
+                let primary = &record.config.primary;
+                if !holder.eq_ignore_ascii_case(primary) {
+                    return Err(format!(
+                        "replica \"{holder}\" is not the primary of group \"{group}\" \
+                         (\"{primary}\" is, at epoch {epoch}); only the primary holds the lease"
+                    ));
+                }
+                if *duration_ms == 0 {
+                    return Err("a lease must last at least 1 ms".into());
+                }
+                record.lease = Some(Lease {
+                    holder: primary.clone(),
+                    epoch: *epoch,
+                    duration_ms: *duration_ms,
+                });
+                Ok(())
+            }
+            Command::SetSynchronized {
+                group,
+                database,
+                replica,
+                synchronized,
+                epoch,
+            } => {
+                let record = self.group_mut(group)?;
+                let config = &record.config;
+                check_epoch(config, *epoch, "change the synchronized set")?;
+                if !config.has_database(database) {
+                    return Err(format!(
+                        "database \"{database}\" is not in group \"{group}\""
+                    ));
+                }
+                let Some(r) = config.replica(replica) else {
+                    return Err(format!("replica \"{replica}\" is not in group \"{group}\""));
+                };
+                if r.name.eq_ignore_ascii_case(&config.primary) {
+                    return Err(format!(
+                        "replica \"{replica}\" is the primary of group \"{group}\"; \
+                         only secondaries are synchronized"
+                    ));
+                }
+                if *synchronized && r.availability_mode != AvailabilityMode::SynchronousCommit {
+                    return Err(format!(
+                        "replica \"{replica}\" is {}; only SYNCHRONOUS_COMMIT replicas \
+                         join the synchronized set",
+                        r.availability_mode.name()
+                    ));
+                }
+                let name = r.name.clone();
+                let set = record.synchronized.entry(database.clone()).or_default();
+                if *synchronized {
+                    set.insert(name);
+                } else {
+                    set.remove(&name);
+                    if set.is_empty() {
+                        record.synchronized.remove(database);
+                    }
+                }
+                Ok(())
+            }
+            Command::Promote {
+                group,
+                new_primary,
+                new_epoch,
+            } => {
+                let record = self.group_mut(group)?;
+                let config = &mut record.config;
+                let expected = config.epoch + 1;
+                if *new_epoch != expected {
+                    return Err(format!(
+                        "group \"{group}\" is at epoch {}: a promotion must name epoch \
+                         {expected}, not {new_epoch}; read the cluster state and retry",
+                        config.epoch
+                    ));
+                }
+                let Some(r) = config.replica(new_primary) else {
+                    return Err(format!(
+                        "replica \"{new_primary}\" is not in group \"{group}\"; \
+                         only a replica of the group can become its primary"
+                    ));
+                };
+                config.primary = r.name.clone();
+                config.epoch = *new_epoch;
+                config.version += 1;
+                record.lease = None;
+                record.synchronized.clear();
+                Ok(())
+            }
+        }
+    }
+
+    fn group_mut(&mut self, name: &str) -> Result<&mut GroupRecord, String> {
+        self.groups
+            .get_mut(&name.to_ascii_lowercase())
+            .ok_or_else(|| no_group(name))
+    }
+
+    fn put_group(&mut self, config: &GroupConfig) -> Result<(), String> {
+        validate(config)?;
+        let key = config.name.to_ascii_lowercase();
+        let Some(record) = self.groups.get_mut(&key) else {
+            self.groups.insert(
+                key,
+                GroupRecord {
+                    config: config.clone(),
+                    lease: None,
+                    synchronized: BTreeMap::new(),
+                },
+            );
+            return Ok(());
+        };
+        let current = &record.config;
+        let name = &config.name;
+        if config.cluster_id != current.cluster_id {
+            return Err(format!(
+                "group \"{name}\" belongs to cluster {}, not {}",
+                current.cluster_id, config.cluster_id
+            ));
+        }
+        check_epoch(current, config.epoch, "change the definition")?;
+        if !config.primary.eq_ignore_ascii_case(&current.primary) {
+            return Err(format!(
+                "the primary of group \"{name}\" is \"{}\"; a definition cannot change it \
+                 (use Promote)",
+                current.primary
+            ));
+        }
+        if config.version == current.version && config == current {
+            return Ok(());
+        }
+        if config.version <= current.version {
+            return Err(format!(
+                "group \"{name}\" is at version {}; a new definition needs a higher version \
+                 than {}",
+                current.version, config.version
+            ));
+        }
+        record.config = config.clone();
+        let config = &record.config;
+        record.synchronized.retain(|database, replicas| {
+            replicas.retain(|r| config.replica(r).is_some());
+            config.has_database(database) && !replicas.is_empty()
+        });
+        Ok(())
+    }
+}
+
+fn no_group(name: &str) -> String {
+    format!("no availability group \"{name}\" in the cluster")
+}
+
+/// Commands of a primary carry its epoch; only the current one may act.
+fn check_epoch(config: &GroupConfig, epoch: u64, action: &str) -> Result<(), String> {
+    let (name, current) = (&config.name, config.epoch);
+    if epoch < current {
+        return Err(format!(
+            "epoch {epoch} is older than group \"{name}\"'s epoch {current}: the sender was \
+             deposed and may not {action}"
+        ));
+    }
+    if epoch > current {
+        return Err(format!(
+            "epoch {epoch} is newer than group \"{name}\"'s epoch {current}; only Promote \
+             starts an epoch"
+        ));
+    }
+    Ok(())
+}
+
+fn validate(config: &GroupConfig) -> Result<(), String> {
+    let name = &config.name;
+    if name.is_empty() {
+        return Err("a group needs a name".into());
+    }
+    let mut seen = BTreeSet::new();
+    for r in &config.replicas {
+        if !seen.insert(r.name.to_ascii_lowercase()) {
+            return Err(format!(
+                "group \"{name}\" names replica \"{}\" twice",
+                r.name
+            ));
+        }
+    }
+    if config.replica(&config.primary).is_none() {
+        return Err(format!(
+            "the primary \"{}\" of group \"{name}\" is not one of its replicas",
+            config.primary
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::ag::config::{ClusterType, FailoverMode, ReplicaConfig, SecondaryConnections};
+
+    fn replica(name: &str, mode: AvailabilityMode) -> ReplicaConfig {
+        ReplicaConfig {
+            name: name.into(),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            availability_mode: mode,
+            failover_mode: FailoverMode::Automatic,
+            session_timeout_s: 10,
+            secondary_allow_connections: SecondaryConnections::All,
+            read_only_routing_url: None,
+            read_only_routing_list: vec![],
+            backup_priority: 50,
+        }
+    }
+
+    /// ag1: r1 (primary), r2 (sync), r3 (async); databases app, shop; epoch 3.
+    fn group() -> GroupConfig {
+        GroupConfig {
+            name: "ag1".into(),
+            cluster_id: "c1".into(),
+            version: 5,
+            epoch: 3,
+            primary: "r1".into(),
+            databases: vec!["app".into(), "shop".into()],
+            required_synchronized_secondaries: 0,
+            replicas: vec![
+                replica("r1", AvailabilityMode::SynchronousCommit),
+                replica("r2", AvailabilityMode::SynchronousCommit),
+                replica("r3", AvailabilityMode::AsynchronousCommit),
+            ],
+            cluster_type: ClusterType::External,
+            last_failover: None,
+        }
+    }
+
+    /// A state holding `group()` with r2 synchronized for app and a lease.
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        for c in [
+            Command::PutGroup(Box::new(group())),
+            renew("r1", 3),
+            sync("app", "r2", true, 3),
+        ] {
+            assert_eq!(s.apply(&c), CommandResult::Ok, "{c:?}");
+        }
+        s
+    }
+
+    fn renew(holder: &str, epoch: u64) -> Command {
+        Command::RenewLease {
+            group: "ag1".into(),
+            holder: holder.into(),
+            epoch,
+            duration_ms: 5000,
+        }
+    }
+
+    fn sync(database: &str, replica: &str, synchronized: bool, epoch: u64) -> Command {
+        Command::SetSynchronized {
+            group: "ag1".into(),
+            database: database.into(),
+            replica: replica.into(),
+            synchronized,
+            epoch,
+        }
+    }
+
+    fn promote(new_primary: &str, new_epoch: u64) -> Command {
+        Command::Promote {
+            group: "ag1".into(),
+            new_primary: new_primary.into(),
+            new_epoch,
+        }
+    }
+
+    fn put(edit: impl FnOnce(&mut GroupConfig)) -> Command {
+        let mut g = group();
+        edit(&mut g);
+        Command::PutGroup(Box::new(g))
+    }
+
+    #[test]
+    fn every_rejection_leaves_the_state_unchanged_and_says_why() {
+        let cases: Vec<(&str, Command, &str)> = vec![
+            // Safety rule 2: a deposed primary cannot renew.
+            ("stale epoch renewal", renew("r1", 2), "older than"),
+            ("future epoch renewal", renew("r1", 4), "newer than"),
+            ("renewal by a secondary", renew("r2", 3), "not the primary"),
+            (
+                "zero-length lease",
+                Command::RenewLease {
+                    group: "ag1".into(),
+                    holder: "r1".into(),
+                    epoch: 3,
+                    duration_ms: 0,
+                },
+                "at least 1 ms",
+            ),
+            (
+                "renewal in an unknown group",
+                {
+                    Command::RenewLease {
+                        group: "nope".into(),
+                        holder: "r1".into(),
+                        epoch: 3,
+                        duration_ms: 1,
+                    }
+                },
+                "no availability group",
+            ),
+            // Safety rule 1: a deposed primary cannot shrink the synchronized set.
+            (
+                "stale epoch leave",
+                sync("app", "r2", false, 2),
+                "older than",
+            ),
+            (
+                "stale epoch join",
+                sync("shop", "r2", true, 2),
+                "older than",
+            ),
+            (
+                "unknown database",
+                sync("other", "r2", true, 3),
+                "not in group",
+            ),
+            (
+                "unknown replica",
+                sync("app", "r9", true, 3),
+                "not in group",
+            ),
+            (
+                "primary in its own set",
+                sync("app", "r1", true, 3),
+                "is the primary",
+            ),
+            (
+                "async replica joins",
+                sync("shop", "r3", true, 3),
+                "ASYNCHRONOUS_COMMIT",
+            ),
+            (
+                "promotion skipping an epoch",
+                promote("r2", 5),
+                "must name epoch 4",
+            ),
+            (
+                "promotion at the current epoch",
+                promote("r2", 3),
+                "must name epoch 4",
+            ),
+            ("promotion of a stranger", promote("r9", 4), "not in group"),
+            (
+                "removal of an unknown group",
+                Command::RemoveGroup("nope".into()),
+                "no availability group",
+            ),
+            (
+                "definition from another cluster",
+                put(|g| {
+                    g.cluster_id = "c2".into();
+                    g.version = 6;
+                }),
+                "belongs to cluster",
+            ),
+            (
+                "definition at an old epoch",
+                put(|g| {
+                    g.epoch = 2;
+                    g.version = 6;
+                }),
+                "older than",
+            ),
+            (
+                "definition changing the primary",
+                put(|g| {
+                    g.primary = "r2".into();
+                    g.version = 6;
+                }),
+                "use Promote",
+            ),
+            (
+                "definition at an old version",
+                put(|g| {
+                    g.version = 4;
+                }),
+                "higher version",
+            ),
+            (
+                "same version, other content",
+                put(|g| {
+                    g.databases.pop();
+                }),
+                "higher version",
+            ),
+            (
+                "primary not a replica",
+                put(|g| {
+                    g.primary = "r9".into();
+                }),
+                "not one of its replicas",
+            ),
+            (
+                "duplicate replica",
+                put(|g| {
+                    g.replicas
+                        .push(replica("R2", AvailabilityMode::SynchronousCommit));
+                }),
+                "twice",
+            ),
+            ("nameless group", put(|g| g.name.clear()), "needs a name"),
+        ];
+        for (what, command, needle) in cases {
+            let mut s = state();
+            let before = s.clone();
+            match s.apply(&command) {
+                CommandResult::Rejected(why) => {
+                    assert!(why.contains(needle), "{what}: {why:?} lacks {needle:?}")
+                }
+                CommandResult::Ok => panic!("{what}: accepted"),
+            }
+            assert_eq!(s, before, "{what}: state changed");
+        }
+    }
+
+    #[test]
+    fn accepted_commands_do_what_they_say() {
+        let mut s = state();
+        let g = s.group("AG1").unwrap();
+        assert_eq!(
+            g.lease,
+            Some(Lease {
+                holder: "r1".into(),
+                epoch: 3,
+                duration_ms: 5000
+            })
+        );
+        assert_eq!(g.synchronized["app"], BTreeSet::from(["r2".to_string()]));
+
+        // Names are case-insensitive; the stored names are the definition's.
+        assert_eq!(s.apply(&sync("shop", "R2", true, 3)), CommandResult::Ok);
+        assert_eq!(s.apply(&renew("R1", 3)), CommandResult::Ok);
+        let g = s.group("ag1").unwrap();
+        assert_eq!(g.synchronized["shop"], BTreeSet::from(["r2".to_string()]));
+        assert_eq!(g.lease.as_ref().unwrap().holder, "r1");
+
+        // Leaving twice is harmless; an empty set disappears.
+        assert_eq!(s.apply(&sync("shop", "r2", false, 3)), CommandResult::Ok);
+        assert_eq!(s.apply(&sync("shop", "r2", false, 3)), CommandResult::Ok);
+        assert!(!s.group("ag1").unwrap().synchronized.contains_key("shop"));
+
+        // The same definition again is an idempotent retry.
+        assert_eq!(
+            s.apply(&Command::PutGroup(Box::new(group()))),
+            CommandResult::Ok
+        );
+    }
+
+    #[test]
+    fn promotion_moves_the_primary_and_deposes_the_old_one() {
+        let mut s = state();
+        assert_eq!(s.apply(&promote("R2", 4)), CommandResult::Ok);
+        let g = s.group("ag1").unwrap();
+        assert_eq!(g.config.primary, "r2");
+        assert_eq!(g.config.epoch, 4);
+        assert_eq!(g.config.version, 6, "replicas must take the new definition");
+        assert_eq!(g.lease, None);
+        assert!(g.synchronized.is_empty());
+
+        // Safety rule 2: the old primary can no longer renew or change the set.
+        for stale in [renew("r1", 3), sync("app", "r2", false, 3)] {
+            assert!(matches!(s.apply(&stale), CommandResult::Rejected(_)));
+        }
+        // The new one can.
+        assert_eq!(s.apply(&renew("r2", 4)), CommandResult::Ok);
+        assert_eq!(s.apply(&sync("app", "r1", true, 4)), CommandResult::Ok);
+        // A second promotion to the same epoch loses the race.
+        assert!(matches!(
+            s.apply(&promote("r3", 4)),
+            CommandResult::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn a_new_definition_prunes_the_synchronized_set() {
+        let mut s = state();
+        assert_eq!(s.apply(&sync("shop", "r2", true, 3)), CommandResult::Ok);
+        let edit = put(|g| {
+            g.version = 6;
+            g.databases.retain(|d| d != "shop");
+        });
+        assert_eq!(s.apply(&edit), CommandResult::Ok);
+        let g = s.group("ag1").unwrap();
+        assert!(!g.synchronized.contains_key("shop"));
+        assert!(g.synchronized.contains_key("app"));
+        assert!(g.lease.is_some(), "the lease survives a definition change");
+
+        let edit = put(|g| {
+            g.version = 7;
+            g.databases.retain(|d| d != "shop");
+            g.replicas.retain(|r| r.name != "r2");
+        });
+        assert_eq!(s.apply(&edit), CommandResult::Ok);
+        assert!(s.group("ag1").unwrap().synchronized.is_empty());
+
+        assert_eq!(
+            s.apply(&Command::RemoveGroup("AG1".into())),
+            CommandResult::Ok
+        );
+        assert!(s.groups.is_empty());
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json() {
+        let s = state();
+        let bytes = serde_json::to_vec(&s).unwrap();
+        assert_eq!(serde_json::from_slice::<ClusterState>(&bytes).unwrap(), s);
+    }
+}
