@@ -25,6 +25,7 @@
 //!   (`FAILOVER` answers 0A000 until it is wired in); [`failover`] holds
 //!   the decision rules it will apply.
 
+pub mod clustered;
 pub mod config;
 pub mod failover;
 pub mod views;
@@ -34,6 +35,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::cluster::{Cluster, Command as ClusterCommand, CommandResult, NodeInfo};
 use crate::engine::{Engine, Error, Result, Role};
 use crate::replication::primary::{PrimaryGroup, StartOptions};
 use crate::replication::secondary::{Admission, SecondaryGroup};
@@ -58,6 +60,8 @@ enum Part {
 pub struct Manager {
     me: std::sync::Weak<Manager>,
     node: String,
+    /// The quorum cluster manager, when this node takes part in one.
+    cluster: Option<Arc<Cluster>>,
     engine: Arc<Engine>,
     store: ConfigStore,
     groups: Mutex<HashMap<String, Part>>,
@@ -71,11 +75,17 @@ fn key(name: &str) -> String {
 
 impl Manager {
     /// Loads this node's groups and resumes its role in each.
-    pub fn start(node: &str, engine: Arc<Engine>, data_dir: &Path) -> Result<Arc<Manager>> {
+    pub fn start(
+        node: &str,
+        engine: Arc<Engine>,
+        data_dir: &Path,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Arc<Manager>> {
         let manager = Arc::new_cyclic(|me| Manager {
             me: me.clone(),
             node: node.to_string(),
             engine,
+            cluster,
             store: ConfigStore::new(data_dir),
             groups: Mutex::new(HashMap::new()),
             failovers: Mutex::new(HashMap::new()),
@@ -111,6 +121,7 @@ impl Manager {
         if config.primary.eq_ignore_ascii_case(&self.node) {
             let me = self.me.clone();
             let group = config.name.clone();
+            let clustered = self.clustered(&config);
             let options = StartOptions {
                 suspended,
                 on_divergence: Some(Arc::new(move |replica: &str, database: &str, range| {
@@ -118,13 +129,37 @@ impl Manager {
                         manager.record_rejoin(&group, replica, database, range);
                     }
                 })),
+                arbiter: clustered.clone().map(|cluster| {
+                    Arc::new(clustered::ClusterArbiter {
+                        cluster,
+                        group: config.name.clone(),
+                        epoch: config.epoch,
+                    }) as Arc<dyn crate::replication::primary::SyncArbiter>
+                }),
             };
-            Ok(Part::Primary(PrimaryGroup::start(
-                config,
-                &self.node,
-                &self.engine,
-                options,
-            )?))
+            let (name, epoch) = (config.name.clone(), config.epoch);
+            let databases: Vec<_> = config
+                .databases
+                .iter()
+                .filter_map(|d| self.engine.database(d).ok())
+                .collect();
+            let primary = PrimaryGroup::start(config, &self.node, &self.engine, options)?;
+            match clustered {
+                Some(cluster) => clustered::spawn_lease(
+                    cluster,
+                    name,
+                    self.node.clone(),
+                    epoch,
+                    databases,
+                    primary.stopped(),
+                ),
+                None => {
+                    for db in &databases {
+                        db.set_lease(None);
+                    }
+                }
+            }
+            Ok(Part::Primary(primary))
         } else {
             let mut dbs = Vec::new();
             for name in &config.databases {
@@ -158,7 +193,11 @@ impl Manager {
         let this = self.clone();
         // Statements touch files and start tasks; none blocks for long.
         match statement {
-            AgStatement::CreateGroup(spec) => this.create(spec).map(|_| "CREATE AVAILABILITY GROUP".into()),
+            AgStatement::CreateGroup(spec) => {
+                let config = this.create(spec)?;
+                this.enter_cluster(config).await?;
+                Ok("CREATE AVAILABILITY GROUP".into())
+            }
             AgStatement::Join { group, .. } => this.join(&group).map(|_| "ALTER AVAILABILITY GROUP".into()),
             AgStatement::DropGroup { group } => this.drop_group(&group).map(|_| "DROP AVAILABILITY GROUP".into()),
             AgStatement::AddDatabases { group, databases } => this.change(&group, |c, m| {
@@ -366,7 +405,32 @@ impl Manager {
             .unwrap_or_else(|| config.last_failover.clone())
     }
 
-    fn create(&self, spec: ddl::GroupSpec) -> Result<()> {
+    /// Forms the cluster from the group's replicas (if this node's cluster
+    /// is not formed yet) and puts the definition into it.
+    async fn enter_cluster(&self, config: GroupConfig) -> Result<()> {
+        let Some(cluster) = self.clustered(&config) else {
+            return Ok(());
+        };
+        let members = members(&config);
+        let known = cluster.metrics().voters;
+        if known.is_empty() {
+            cluster
+                .initialize(members)
+                .await
+                .map_err(|e| Error::sql("55000", e.to_string()))?;
+        } else {
+            for (id, info) in members {
+                if !known.contains_key(&id) {
+                    if let Err(e) = cluster.add_voter(id, info.clone()).await {
+                        tracing::warn!("cannot add {} to the cluster: {e}", info.name);
+                    }
+                }
+            }
+        }
+        put_group(&cluster, config).await
+    }
+
+    fn create(&self, spec: ddl::GroupSpec) -> Result<GroupConfig> {
         if self.lock().contains_key(&key(&spec.name)) {
             return Err(Error::sql(
                 "42710",
@@ -426,9 +490,9 @@ impl Manager {
         };
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
-        let part = self.run(config)?;
+        let part = self.run(config.clone())?;
         self.lock().insert(key(&spec.name), part);
-        Ok(())
+        Ok(config)
     }
 
     fn join(&self, group: &str) -> Result<()> {
@@ -492,9 +556,78 @@ impl Manager {
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
         primary.stop();
-        let part = self.run(config)?;
+        let part = self.run(config.clone())?;
         groups.insert(key(group), part);
+        drop(groups);
+        if let Some(cluster) = self.clustered(&config) {
+            tokio::spawn(async move {
+                if let Err(e) = put_group(&cluster, config).await {
+                    tracing::error!("the cluster did not take the new definition: {e}");
+                }
+            });
+        }
         Ok("ALTER AVAILABILITY GROUP".into())
+    }
+
+    /// The cluster, when `config`'s group is run by it (CLUSTER_TYPE other
+    /// than NONE on a node with a cluster).
+    fn clustered(&self, config: &GroupConfig) -> Option<Arc<Cluster>> {
+        self.cluster
+            .clone()
+            .filter(|_| config.cluster_type != config::ClusterType::None)
+    }
+
+    /// Follows the cluster's definition of a group: becomes primary where
+    /// it names this node at a newer epoch (automatic or planned failover),
+    /// steps down where it names another.
+    pub async fn follow(&self, config: &GroupConfig) -> Result<()> {
+        let part = match self.lock().get(&key(&config.name)) {
+            Some(Part::Primary(p)) => Part::Primary(p.clone()),
+            Some(Part::Secondary(s)) => Part::Secondary(s.clone()),
+            _ => return Ok(()),
+        };
+        let me = config.primary.eq_ignore_ascii_case(&self.node);
+        match part {
+            Part::Primary(p) if !me && config.epoch > p.config().epoch => {
+                tracing::warn!(group = %config.name, new_primary = %config.primary, epoch = config.epoch, "the cluster named another primary: stepping down");
+                p.stop();
+                self.store
+                    .save(&Membership::Defined(Box::new(config.clone())))?;
+                let part = self.run(config.clone())?;
+                self.lock().insert(key(&config.name), part);
+            }
+            Part::Secondary(s) if me && config.epoch > s.config().epoch => {
+                let old = s.config();
+                s.drain_and_stop(std::time::Duration::from_secs(30))
+                    .await
+                    .map_err(|e| Error::sql("55000", format!("cannot take over: {e}")))?;
+                let mut config = config.clone();
+                config.last_failover = Some(config::FailoverRecord {
+                    at_us: now_us(),
+                    reason: "AUTOMATIC or PLANNED (the cluster named this replica)".into(),
+                    from: old.primary.clone(),
+                    to: self.node.clone(),
+                    epoch: config.epoch,
+                    lost: Vec::new(),
+                    checked: config.databases.clone(),
+                    loss_known: true,
+                });
+                for name in &config.databases {
+                    self.engine.database(name)?.promote(config.epoch).await?;
+                }
+                self.store
+                    .save(&Membership::Defined(Box::new(config.clone())))?;
+                self.failovers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key(&config.name), config.last_failover.clone());
+                tracing::warn!(group = %config.name, from = %old.primary, epoch = config.epoch, "this replica is now the primary");
+                let part = self.run(config.clone())?;
+                self.lock().insert(key(&config.name), part);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
@@ -639,6 +772,53 @@ impl Admission for Manager {
         groups.insert(k, part);
         Ok(group)
     }
+}
+
+/// Puts a group's definition into the cluster (retrying while a leader is
+/// being elected).
+async fn put_group(cluster: &Cluster, config: GroupConfig) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match cluster
+            .propose_anywhere(ClusterCommand::PutGroup(Box::new(config.clone())))
+            .await
+        {
+            Ok(CommandResult::Ok) => return Ok(()),
+            Ok(CommandResult::Rejected(reason)) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!("the cluster refused the definition: {reason}"),
+                ))
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!("waiting for the cluster: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!("the cluster did not answer: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+/// The cluster members a group needs: every replica's node.
+fn members(config: &GroupConfig) -> std::collections::BTreeMap<u64, NodeInfo> {
+    config
+        .replicas
+        .iter()
+        .map(|r| {
+            (
+                crate::cluster::node_id(&r.name),
+                NodeInfo {
+                    name: r.name.clone(),
+                    endpoint: r.endpoint,
+                },
+            )
+        })
+        .collect()
 }
 
 fn now_us() -> i64 {

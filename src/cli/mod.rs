@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::ag::Manager;
+use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::frontend::{Frontend, FrontendConfig};
 use crate::replication::secondary::serve_endpoint;
@@ -166,13 +167,30 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             config.data_dir.display()
         )
     })?);
-    let groups = Manager::start(&config.name, engine.clone(), &config.data_dir)
-        .map_err(|e| format!("cannot resume availability groups: {e}"))?;
+    let cluster = match config.endpoint {
+        Some(endpoint) => Some(start_cluster(&config, endpoint).await?),
+        None => None,
+    };
+    let groups = Manager::start(
+        &config.name,
+        engine.clone(),
+        &config.data_dir,
+        cluster.clone(),
+    )
+    .map_err(|e| format!("cannot resume availability groups: {e}"))?;
     if let Some(endpoint) = config.endpoint {
         let listener = TcpListener::bind(endpoint).await.map_err(|e| {
             format!("cannot listen for replication on {endpoint}: {e}: choose another --endpoint")
         })?;
-        tokio::spawn(serve_endpoint(listener, groups.clone()));
+        tokio::spawn(serve_endpoint(
+            listener,
+            groups.clone(),
+            cluster.as_ref().map(|c| c.raft().clone()),
+        ));
+    }
+    if let Some(cluster) = &cluster {
+        crate::ag::clustered::spawn_follower(cluster.clone(), Arc::downgrade(&groups));
+        crate::ag::clustered::spawn_failover_decider(cluster.clone());
     }
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -205,6 +223,30 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     frontend.serve(listener, shutdown_signal()).await;
     tracing::info!(node = %config.name, "shut down");
     Ok(())
+}
+
+/// Starts this node's member of the quorum cluster manager; its RPCs share
+/// the replication endpoint.
+async fn start_cluster(
+    config: &ServerConfig,
+    endpoint: SocketAddr,
+) -> Result<Arc<Cluster>, String> {
+    use crate::cluster::{node_id, NodeInfo, TcpTransport, PREAMBLE};
+    let info = NodeInfo {
+        name: config.name.clone(),
+        endpoint,
+    };
+    let transport = || TcpTransport::with_preamble(PREAMBLE.to_vec());
+    let cluster = Cluster::start_with(
+        node_id(&config.name),
+        info,
+        &config.data_dir.join("cluster"),
+        transport(),
+        Cluster::raft_config(),
+    )
+    .await
+    .map_err(|e| format!("cannot start the cluster manager: {e}"))?;
+    Ok(Arc::new(cluster.with_forwarding(transport())))
 }
 
 /// Holds an exclusive lock on `DIR/availdb.lock` for the life of the node,

@@ -118,16 +118,17 @@ async fn set_up(args: &UpArgs, nodes: &mut [Node]) -> Result<(), String> {
         Err(e) if e.code().is_some_and(|c| c.code() == "42P04") => {}
         Err(e) => return Err(format!("r1: {}", error_text(&e))),
     }
-    let mode = if args.asynchronous {
-        "ASYNCHRONOUS_COMMIT"
+    // Automatic failover needs synchronous commit (as in SQL Server).
+    let (mode, failover) = if args.asynchronous {
+        ("ASYNCHRONOUS_COMMIT", "MANUAL")
     } else {
-        "SYNCHRONOUS_COMMIT"
+        ("SYNCHRONOUS_COMMIT", "AUTOMATIC")
     };
     let replicas: Vec<String> = nodes
         .iter()
         .map(|n| {
             format!(
-                "'{}' WITH (ENDPOINT_URL = 'tcp://{}', AVAILABILITY_MODE = {mode}, FAILOVER_MODE = MANUAL, \
+                "'{}' WITH (ENDPOINT_URL = 'tcp://{}', AVAILABILITY_MODE = {mode}, FAILOVER_MODE = {failover}, \
                  SECONDARY_ROLE (ALLOW_CONNECTIONS = ALL))",
                 n.name, n.endpoint
             )

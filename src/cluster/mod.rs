@@ -111,6 +111,23 @@ use lease::LeaseBook;
 /// A node's id in the cluster: stable for the node's life, never reused.
 pub type NodeId = u64;
 
+/// The Raft handle of this crate's cluster.
+pub type RaftHandle = openraft::Raft<TypeConfig>;
+
+/// First bytes of a cluster RPC connection on a port shared with log
+/// shipping (the replication endpoint).
+pub const PREAMBLE: &[u8; 4] = b"AVRC";
+
+/// A node's id, derived from its replica name (FNV-1a, case-insensitive):
+/// the same name always gives the same id, on every node.
+pub fn node_id(name: &str) -> NodeId {
+    name.to_ascii_lowercase()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 /// How to reach a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -185,6 +202,9 @@ pub enum Error {
     /// The node's Raft files cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A proposal forwarded to the leader failed there (or on the way).
+    #[error("the cluster leader did not apply the command: {0}")]
+    Forwarded(String),
     /// The Raft node stopped (shut down, or a storage failure).
     #[error("the cluster manager on this node stopped ({0}); restart the node")]
     Stopped(String),
@@ -247,6 +267,8 @@ pub struct Cluster {
     state: watch::Receiver<ClusterState>,
     leases: Arc<Mutex<LeaseBook>>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Sends proposals to the leader when this node is not it.
+    forward: TcpTransport,
 }
 
 impl Cluster {
@@ -291,6 +313,7 @@ impl Cluster {
             state,
             leases,
             listener: Mutex::new(None),
+            forward: TcpTransport::default(),
         })
     }
 
@@ -391,6 +414,34 @@ impl Cluster {
 
     /// On the leader: commits `command` and returns how the state machine
     /// answered it.
+    /// Sets how proposals reach the leader from this node (the same
+    /// transport the node's Raft uses, preamble included).
+    pub fn with_forwarding(mut self, transport: TcpTransport) -> Cluster {
+        self.forward = transport;
+        self
+    }
+
+    /// Proposes `command` wherever the leader is: here, or forwarded to it.
+    pub async fn propose_anywhere(&self, command: Command) -> Result<CommandResult> {
+        match self.propose(command.clone()).await {
+            Err(Error::NotLeader(Some((id, Some(info))))) => {
+                let sent = self
+                    .forward
+                    .call(id, &info, RpcRequest::Propose(command), PROPOSE_TIMEOUT)
+                    .await;
+                match sent {
+                    Ok(RpcResponse::Proposed(Ok(result))) => Ok(result),
+                    Ok(RpcResponse::Proposed(Err(reason))) | Ok(RpcResponse::Refused(reason)) => {
+                        Err(Error::Forwarded(reason))
+                    }
+                    Ok(other) => Err(Error::Forwarded(format!("unexpected answer {other:?}"))),
+                    Err(e) => Err(Error::Forwarded(e.to_string())),
+                }
+            }
+            other => other,
+        }
+    }
+
     pub async fn propose(&self, command: Command) -> Result<CommandResult> {
         let write = self.raft.client_write(command);
         match tokio::time::timeout(PROPOSE_TIMEOUT, write).await {

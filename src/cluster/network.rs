@@ -58,6 +58,9 @@ use super::{NodeId, NodeInfo, TypeConfig};
 /// A Raft RPC.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcRequest {
+    /// A command forwarded to the leader by a node that is not (only the
+    /// leader takes proposals).
+    Propose(super::Command),
     /// Log replication and heartbeat.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// Election.
@@ -79,6 +82,8 @@ pub enum RpcResponse {
     ),
     /// The request was not handled, and why.
     Refused(String),
+    /// The outcome of a forwarded proposal, or why it was not applied.
+    Proposed(Result<super::CommandResult, String>),
 }
 
 /// What travels in a request frame.
@@ -236,6 +241,16 @@ where
 /// Hands one request to the local Raft node.
 pub(crate) async fn handle(raft: &Raft<TypeConfig>, request: RpcRequest) -> RpcResponse {
     match request {
+        RpcRequest::Propose(command) => {
+            let write = raft.client_write(command);
+            RpcResponse::Proposed(
+                match tokio::time::timeout(super::PROPOSE_TIMEOUT, write).await {
+                    Ok(Ok(response)) => Ok(response.data),
+                    Ok(Err(e)) => Err(super::write_error(e).to_string()),
+                    Err(_) => Err(super::Error::Timeout(super::PROPOSE_TIMEOUT).to_string()),
+                },
+            )
+        }
         RpcRequest::AppendEntries(rpc) => {
             RpcResponse::AppendEntries(raft.append_entries(rpc).await)
         }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
-use super::sync::{CommitCheck, DbSync, LeaveReason};
+use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::ag::config::{AvailabilityMode, GroupConfig, ReplicaConfig};
 use crate::engine::{monotonic_us, CommitHook, Database, Engine, Error, Result};
@@ -219,11 +219,28 @@ pub struct StartOptions {
     pub suspended: bool,
     /// Told about every divergent replica log found.
     pub on_divergence: Option<DivergenceReport>,
+    /// Where synchronized-set changes are recorded before they take
+    /// effect (the cluster); None outside a cluster.
+    pub arbiter: Option<Arc<dyn SyncArbiter>>,
+}
+
+/// Records synchronized-set changes where failover decisions read them.
+#[async_trait]
+pub trait SyncArbiter: Send + Sync {
+    /// Records that `replica` is (`true`) or is no longer in the
+    /// synchronized set of `database`. Err: refused or not recorded.
+    async fn set(
+        &self,
+        database: &str,
+        replica: &str,
+        synchronized: bool,
+    ) -> std::result::Result<(), String>;
 }
 
 /// The primary's replication state for one group.
 pub struct PrimaryGroup {
     on_divergence: Option<DivergenceReport>,
+    arbiter: Option<Arc<dyn SyncArbiter>>,
     config: GroupConfig,
     node: String,
     databases: HashMap<String, (Arc<Database>, Arc<SyncCell>)>,
@@ -296,6 +313,7 @@ impl PrimaryGroup {
             stop: watch::channel(false).0,
             config,
             on_divergence: options.on_divergence,
+            arbiter: options.arbiter,
         });
         for replica in group.config.secondaries().cloned().collect::<Vec<_>>() {
             tokio::spawn(sender(group.clone(), replica));
@@ -363,10 +381,16 @@ impl PrimaryGroup {
         let Some((db, cell)) = self.databases.get(database) else {
             return;
         };
-        let (needed, end) = cell.update(|s| {
+        let (needed, end, joined) = cell.update(|s| {
+            let before = s.replica(replica).map(|r| r.state);
             s.progress(replica, hardened, redone);
-            (s.lowest_hardened(), s.primary_end())
+            let after = s.replica(replica).map(|r| r.state);
+            let joined = after == Some(SyncState::Synchronized) && before != after;
+            (s.lowest_hardened(), s.primary_end(), joined)
         });
+        if joined {
+            self.announce_synchronized(database, replica);
+        }
         cell.lock_metrics()
             .entry(replica.to_string())
             .or_default()
@@ -385,10 +409,58 @@ impl PrimaryGroup {
         }
     }
 
-    fn leave_all(&self, replica: &str, reason: LeaveReason) {
-        for (_, cell) in self.databases.values() {
+    /// The replica leaves the synchronized set of every database: first in
+    /// the cluster (retried until recorded or refused), then here, which
+    /// releases the commits waiting for it. Never the other way round: a
+    /// commit acknowledged without it must not let it become primary.
+    async fn leave_all(&self, replica: &str, reason: LeaveReason) {
+        let mut stop = self.stop.subscribe();
+        for (name, (_, cell)) in &self.databases {
+            let was_synchronized = cell
+                .snapshot()
+                .replica(replica)
+                .is_some_and(|r| r.state == SyncState::Synchronized);
+            if let (true, Some(arbiter)) = (was_synchronized, &self.arbiter) {
+                loop {
+                    match arbiter.set(name, replica, false).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(database = %name, replica, "cannot record that the replica left the synchronized set, retrying: {e}")
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
             cell.update(|s| s.leave(replica, reason));
         }
+    }
+
+    /// After a replica became SYNCHRONIZED here (commits already wait for
+    /// it), records it in the cluster so it may be a failover target.
+    fn announce_synchronized(&self, database: &str, replica: &str) {
+        let Some(arbiter) = self.arbiter.clone() else {
+            return;
+        };
+        let (database, replica) = (database.to_string(), replica.to_string());
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                match arbiter.set(&database, &replica, true).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(%database, %replica, "cannot record the synchronized replica yet: {e}")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    /// A receiver that turns true when the group stops.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     fn is_suspended(&self, database: &str, replica: &str) -> bool {
@@ -420,7 +492,7 @@ async fn sender(group: Arc<PrimaryGroup>, replica: ReplicaConfig) {
             tracing::info!(group = %group.config.name, replica = %replica.name, "replication link down: {m}");
         }
         group.set_link(&replica.name, false, message.clone());
-        group.leave_all(&replica.name, reason);
+        group.leave_all(&replica.name, reason).await;
         if message.is_some() {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         } else {
@@ -503,7 +575,13 @@ async fn stream_to(
             (None, Some(p)) => (p.end_lsn, p.redone_lsn),
             _ => (0, 0),
         };
-        cell.update(|s| s.connected(&replica.name, hardened, redone));
+        let joined = cell.update(|s| {
+            s.connected(&replica.name, hardened, redone);
+            s.replica(&replica.name).map(|r| r.state) == Some(SyncState::Synchronized)
+        });
+        if joined {
+            group.announce_synchronized(name, &replica.name);
+        }
         next.insert(name.clone(), start);
     }
     group.set_link(&replica.name, true, None);

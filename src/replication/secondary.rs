@@ -56,15 +56,41 @@ pub trait Admission: Send + Sync + 'static {
 }
 
 /// Serves the replication endpoint until the process ends.
-pub async fn serve_endpoint(listener: TcpListener, admission: Arc<dyn Admission>) {
+///
+/// The port is shared with the cluster manager: a connection that starts
+/// with [`crate::cluster::PREAMBLE`] carries cluster RPCs and goes to
+/// `cluster`; any other is a primary's replication stream.
+pub async fn serve_endpoint(
+    listener: TcpListener,
+    admission: Arc<dyn Admission>,
+    cluster: Option<crate::cluster::RaftHandle>,
+) {
     loop {
         match listener.accept().await {
-            Ok((socket, peer)) => {
+            Ok((mut socket, peer)) => {
                 let admission = admission.clone();
+                let cluster = cluster.clone();
                 tokio::spawn(async move {
                     let _ = socket.set_nodelay(true);
-                    if let Err(reason) = serve_primary(socket, admission).await {
-                        tracing::info!(%peer, "replication connection closed: {reason}");
+                    let mut first = [0u8; 4];
+                    let is_cluster = matches!(socket.peek(&mut first).await, Ok(4))
+                        && first == *crate::cluster::PREAMBLE;
+                    match (is_cluster, cluster) {
+                        (true, Some(raft)) => {
+                            use tokio::io::AsyncReadExt;
+                            let _ = socket.read_exact(&mut first).await;
+                            if let Err(e) = crate::cluster::serve_rpc(raft, socket).await {
+                                tracing::debug!(%peer, "cluster connection ended: {e}");
+                            }
+                        }
+                        (true, None) => {
+                            tracing::warn!(%peer, "a cluster RPC reached a node outside any cluster");
+                        }
+                        (false, _) => {
+                            if let Err(reason) = serve_primary(socket, admission).await {
+                                tracing::info!(%peer, "replication connection closed: {reason}");
+                            }
+                        }
                     }
                 });
             }

@@ -1,0 +1,222 @@
+//! Availability groups under the quorum cluster manager: the primary's
+//! lease, the synchronized set kept through the cluster, the leader's
+//! automatic failover, and each node following the cluster's decisions.
+//!
+//! # Timing (defaults)
+//! * The primary renews its lease every [`RENEW_EVERY`] for [`LEASE`]; it
+//!   counts the lease from when it *sent* the renewal, on its own monotonic
+//!   clock, and stops writing (RESOLVING) when it runs out.
+//! * The cluster leader counts from when it *applied* the renewal and
+//!   promotes another replica only when [`LEASE`] plus [`MARGIN`] passed
+//!   without one (a new leader starts counting afresh). So the old primary
+//!   has stopped writing before a new one is named: one writer.
+//! * The leader looks every [`TICK`]. A dead primary is replaced after at
+//!   most LEASE + MARGIN + TICK, plus an election when it was also the
+//!   cluster leader.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::config::ClusterType;
+use super::failover::{decide, Decision, Observation, Policy};
+use super::Manager;
+use crate::cluster::{Cluster, Command, CommandResult};
+use crate::engine::{monotonic_us, Database};
+use crate::replication::primary::SyncArbiter;
+
+/// How long a renewal lets the primary write.
+pub const LEASE: Duration = Duration::from_millis(1000);
+/// How often the primary renews.
+pub const RENEW_EVERY: Duration = Duration::from_millis(200);
+/// Extra time the leader waits past a lease before promoting.
+pub const MARGIN: Duration = Duration::from_millis(300);
+/// How often the leader checks primaries.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long a new primary has to take its first lease before the leader
+/// looks for another.
+pub const TAKE_OFFICE: Duration = Duration::from_secs(5);
+
+/// Keeps the primary's lease alive through the cluster until `stop`, and
+/// sets how long its databases may take writes.
+pub fn spawn_lease(
+    cluster: Arc<Cluster>,
+    group: String,
+    holder: String,
+    epoch: u64,
+    databases: Vec<Arc<Database>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    for db in &databases {
+        // RESOLVING until the first renewal is committed.
+        db.set_lease(Some(0));
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let sent = monotonic_us();
+            let renewal = Command::RenewLease {
+                group: group.clone(),
+                holder: holder.clone(),
+                epoch,
+                duration_ms: LEASE.as_millis() as u64,
+            };
+            match cluster.propose_anywhere(renewal).await {
+                Ok(CommandResult::Ok) => {
+                    let until = sent + LEASE.as_micros() as u64;
+                    for db in &databases {
+                        db.set_lease(Some(until));
+                    }
+                }
+                Ok(CommandResult::Rejected(reason)) => {
+                    let state = cluster.state();
+                    let deposed = state.group(&group).is_some_and(|r| {
+                        r.config.epoch > epoch || !r.config.primary.eq_ignore_ascii_case(&holder)
+                    });
+                    if deposed {
+                        // Another epoch began: writes stop at once.
+                        tracing::warn!(group, "lease renewal refused: {reason}");
+                        for db in &databases {
+                            db.set_lease(Some(0));
+                        }
+                        return;
+                    }
+                    // Not in the cluster yet (its definition is on the way).
+                    tracing::debug!(group, "lease renewal not taken yet: {reason}");
+                }
+                Err(e) => tracing::debug!(group, "lease renewal failed: {e}"),
+            }
+        }
+    });
+}
+
+/// Records synchronized-set changes through the cluster (RPO 0: a
+/// replica leaves the set in the cluster before commits stop waiting).
+pub struct ClusterArbiter {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Group name.
+    pub group: String,
+    /// The primary's epoch.
+    pub epoch: u64,
+}
+
+#[async_trait]
+impl SyncArbiter for ClusterArbiter {
+    async fn set(&self, database: &str, replica: &str, synchronized: bool) -> Result<(), String> {
+        let command = Command::SetSynchronized {
+            group: self.group.clone(),
+            database: database.to_string(),
+            replica: replica.to_string(),
+            synchronized,
+            epoch: self.epoch,
+        };
+        match self.cluster.propose_anywhere(command).await {
+            Ok(CommandResult::Ok) => Ok(()),
+            Ok(CommandResult::Rejected(reason)) => Err(reason),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// On the cluster leader: replaces primaries whose lease ran out (or that
+/// report failures the policy counts), by the rules of [`decide`].
+pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        // Groups whose primary has not taken a lease yet (new, or just
+        // promoted), and since when: it gets time to do so.
+        let mut unleased: std::collections::HashMap<String, std::time::Instant> =
+            Default::default();
+        loop {
+            tick.tick().await;
+            let state = cluster.state();
+            for (name, record) in &state.groups {
+                let config = &record.config;
+                if config.cluster_type == ClusterType::None {
+                    continue;
+                }
+                let Ok(expired) = cluster.lease_expired(name, MARGIN) else {
+                    unleased.clear();
+                    continue; // not the leader
+                };
+                if record.lease.is_none() {
+                    let since = *unleased
+                        .entry(name.clone())
+                        .or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < TAKE_OFFICE {
+                        continue;
+                    }
+                } else {
+                    unleased.remove(name);
+                }
+                if !expired {
+                    continue;
+                }
+                let reachable: BTreeSet<String> = config
+                    .replicas
+                    .iter()
+                    .filter(|r| !r.name.eq_ignore_ascii_case(&config.primary))
+                    .map(|r| r.name.clone())
+                    .collect();
+                let observation = Observation {
+                    config,
+                    synchronized: &record.synchronized,
+                    lease_expired: true,
+                    conditions: &[],
+                    reachable: &reachable,
+                };
+                match decide(&observation, Policy::default()) {
+                    Decision::Failover { target, reason } => {
+                        tracing::warn!(group = %name, from = %config.primary, to = %target, "{reason}: promoting");
+                        let promote = Command::Promote {
+                            group: name.clone(),
+                            new_primary: target,
+                            new_epoch: config.epoch + 1,
+                        };
+                        if let Err(e) = cluster.propose(promote).await {
+                            tracing::warn!(group = %name, "promotion not committed: {e}");
+                        }
+                    }
+                    Decision::Blocked { reason } => {
+                        tracing::warn!(group = %name, "primary failed, no automatic failover: {reason}");
+                    }
+                    Decision::Healthy => {}
+                }
+            }
+        }
+    });
+}
+
+/// Makes this node follow the cluster's state: become primary where the
+/// cluster named it, step down where it named another.
+pub fn spawn_follower(cluster: Arc<Cluster>, manager: std::sync::Weak<Manager>) {
+    tokio::spawn(async move {
+        let mut states = cluster.subscribe();
+        loop {
+            let state = states.borrow_and_update().clone();
+            let Some(manager) = manager.upgrade() else {
+                return;
+            };
+            for record in state.groups.values() {
+                if let Err(e) = manager.follow(&record.config).await {
+                    tracing::warn!(group = %record.config.name, "cannot follow the cluster: {e}");
+                }
+            }
+            drop(manager);
+            if states.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
