@@ -65,6 +65,9 @@ pub struct Manager {
     engine: Arc<Engine>,
     store: ConfigStore,
     groups: Mutex<HashMap<String, Part>>,
+    /// Held while this node changes role in a group (failover, following
+    /// the cluster), so two changes never interleave.
+    transitions: tokio::sync::Mutex<()>,
     /// Latest failover record per group, as losses become known.
     failovers: Mutex<HashMap<String, Option<config::FailoverRecord>>>,
 }
@@ -89,6 +92,7 @@ impl Manager {
             store: ConfigStore::new(data_dir),
             groups: Mutex::new(HashMap::new()),
             failovers: Mutex::new(HashMap::new()),
+            transitions: tokio::sync::Mutex::new(()),
         });
         for membership in manager.store.load_all()? {
             let name = key(membership.name());
@@ -317,6 +321,27 @@ impl Manager {
             }
             None => return Err(no_group(group)),
         };
+        let _transition = self.transitions.lock().await;
+        if let Some(cluster) = self.clustered(&secondary.config()) {
+            // In a cluster the new epoch is the cluster's decision (so no
+            // other replica can be named for it), without the lease wait.
+            let current = secondary.config();
+            let promote = ClusterCommand::Promote {
+                group: current.name.clone(),
+                new_primary: self.node.clone(),
+                new_epoch: current.epoch + 1,
+            };
+            match propose_retrying(&cluster, promote, std::time::Duration::from_secs(10)).await {
+                Ok(CommandResult::Ok) => {}
+                Ok(CommandResult::Rejected(reason)) => {
+                    return Err(Error::sql("55000", format!("the cluster refused the failover: {reason}")))
+                }
+                Err(e) => {
+                    return Err(Error::sql("55000", format!("cannot fail over without a cluster majority: {e}"))
+                        .with_hint("bring a majority of the group's nodes back, or use a CLUSTER_TYPE = NONE group"))
+                }
+            }
+        }
         secondary
             .drain_and_stop(std::time::Duration::from_secs(60))
             .await
@@ -351,9 +376,14 @@ impl Manager {
             epoch = config.epoch,
             "forced failover: this replica is now the primary; data movement to the secondaries is suspended until resumed"
         );
+        let databases: Vec<_> = config
+            .databases
+            .iter()
+            .filter_map(|d| self.engine.database(d).ok())
+            .collect();
         let part = self.run_with(config, true)?;
         self.lock().insert(key(group), part);
-        Ok(())
+        wait_for_lease(&databases).await
     }
 
     /// A replica connected to this primary: if the group's last failover
@@ -427,7 +457,14 @@ impl Manager {
                 }
             }
         }
-        put_group(&cluster, config).await
+        let databases: Vec<_> = config
+            .databases
+            .iter()
+            .filter_map(|d| self.engine.database(d).ok())
+            .collect();
+        put_group(&cluster, config).await?;
+        // The group is ready when its primary holds its first lease.
+        wait_for_lease(&databases).await
     }
 
     fn create(&self, spec: ddl::GroupSpec) -> Result<GroupConfig> {
@@ -581,6 +618,7 @@ impl Manager {
     /// it names this node at a newer epoch (automatic or planned failover),
     /// steps down where it names another.
     pub async fn follow(&self, config: &GroupConfig) -> Result<()> {
+        let _transition = self.transitions.lock().await;
         let part = match self.lock().get(&key(&config.name)) {
             Some(Part::Primary(p)) => Part::Primary(p.clone()),
             Some(Part::Secondary(s)) => Part::Secondary(s.clone()),
@@ -774,33 +812,57 @@ impl Admission for Manager {
     }
 }
 
-/// Puts a group's definition into the cluster (retrying while a leader is
-/// being elected).
-async fn put_group(cluster: &Cluster, config: GroupConfig) -> Result<()> {
+/// Waits (bounded) until the cluster has granted this primary its lease,
+/// so the statement that made it primary returns a writable group.
+async fn wait_for_lease(databases: &[Arc<crate::engine::Database>]) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while databases.iter().any(|db| db.is_resolving()) {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::sql(
+                "55000",
+                "this replica is primary, but the cluster has not granted it a lease yet",
+            )
+            .with_hint(
+                "check that a majority of the replicas' nodes are up (sys.availability_replicas)",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Proposes a command, retrying while the cluster elects a leader (a
+/// stale leader address, no leader yet) until `within` runs out.
+async fn propose_retrying(
+    cluster: &Cluster,
+    command: ClusterCommand,
+    within: std::time::Duration,
+) -> std::result::Result<CommandResult, crate::cluster::Error> {
+    let deadline = std::time::Instant::now() + within;
     loop {
-        match cluster
-            .propose_anywhere(ClusterCommand::PutGroup(Box::new(config.clone())))
-            .await
-        {
-            Ok(CommandResult::Ok) => return Ok(()),
-            Ok(CommandResult::Rejected(reason)) => {
-                return Err(Error::sql(
-                    "55000",
-                    format!("the cluster refused the definition: {reason}"),
-                ))
-            }
+        match cluster.propose_anywhere(command.clone()).await {
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::debug!("waiting for the cluster: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Err(e) => {
-                return Err(Error::sql(
-                    "55000",
-                    format!("the cluster did not answer: {e}"),
-                ))
-            }
+            other => return other,
         }
+    }
+}
+
+/// Puts a group's definition into the cluster.
+async fn put_group(cluster: &Cluster, config: GroupConfig) -> Result<()> {
+    let put = ClusterCommand::PutGroup(Box::new(config));
+    match propose_retrying(cluster, put, std::time::Duration::from_secs(15)).await {
+        Ok(CommandResult::Ok) => Ok(()),
+        Ok(CommandResult::Rejected(reason)) => Err(Error::sql(
+            "55000",
+            format!("the cluster refused the definition: {reason}"),
+        )),
+        Err(e) => Err(Error::sql(
+            "55000",
+            format!("the cluster did not answer: {e}"),
+        )),
     }
 }
 
