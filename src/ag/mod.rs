@@ -276,11 +276,10 @@ impl Manager {
                 .force_failover(&group)
                 .await
                 .map(|_| "ALTER AVAILABILITY GROUP".into()),
-            AgStatement::Failover { .. } => Err(Error::sql(
-                "0A000",
-                "planned failover needs the quorum cluster manager, which this version does not have yet",
-            )
-            .with_hint("to fail over now, run ALTER AVAILABILITY GROUP … FORCE_FAILOVER_ALLOW_DATA_LOSS on the target secondary")),
+            AgStatement::Failover { group } => this
+                .planned_failover(&group)
+                .await
+                .map(|_| "ALTER AVAILABILITY GROUP".into()),
             AgStatement::AddListener { .. } => Err(Error::sql(
                 "0A000",
                 "availability group listeners are not available in this version",
@@ -383,6 +382,94 @@ impl Manager {
             .collect();
         let part = self.run_with(config, true)?;
         self.lock().insert(key(group), part);
+        wait_for_lease(&databases).await
+    }
+
+    /// `FAILOVER` on a synchronized secondary: the cluster names this
+    /// replica primary at the next epoch; it has hardened every commit the
+    /// old primary acknowledged (it is in the synchronized set of every
+    /// database), so nothing is lost. The old primary steps down as soon as
+    /// it sees the new epoch and cannot acknowledge another commit: its
+    /// lease is no longer renewed, and this replica stopped hardening for it.
+    async fn planned_failover(&self, group: &str) -> Result<()> {
+        let config = match self.lock().get(&key(group)) {
+            Some(Part::Secondary(s)) => s.config(),
+            Some(Part::Primary(_)) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
+                        "this replica is already the primary of availability group \"{group}\""
+                    ),
+                ))
+            }
+            Some(Part::Joined { .. }) => return Err(Error::sql(
+                "55000",
+                format!(
+                    "this replica has joined availability group \"{group}\" but has no data yet"
+                ),
+            )),
+            None => return Err(no_group(group)),
+        };
+        let Some(cluster) = self.clustered(&config) else {
+            return Err(Error::sql(
+                "0A000",
+                "a CLUSTER_TYPE = NONE group has no planned failover",
+            )
+            .with_hint("use ALTER AVAILABILITY GROUP … FORCE_FAILOVER_ALLOW_DATA_LOSS"));
+        };
+        let state = cluster.state();
+        let record = state.group(&config.name).ok_or_else(|| no_group(group))?;
+        for db in &config.databases {
+            let synchronized = record
+                .synchronized
+                .get(db)
+                .is_some_and(|set| set.iter().any(|r| r.eq_ignore_ascii_case(&self.node)));
+            if !synchronized {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
+                        "planned failover refused: this replica is not SYNCHRONIZED for database \"{db}\", so it may lack acknowledged commits"
+                    ),
+                )
+                .with_hint("wait until sys.dm_hadr_database_replica_states shows SYNCHRONIZED, or use FORCE_FAILOVER_ALLOW_DATA_LOSS"));
+            }
+        }
+        let promote = ClusterCommand::Promote {
+            group: record.config.name.clone(),
+            new_primary: self.node.clone(),
+            new_epoch: record.config.epoch + 1,
+        };
+        match propose_retrying(&cluster, promote, std::time::Duration::from_secs(10)).await {
+            Ok(CommandResult::Ok) => {}
+            Ok(CommandResult::Rejected(reason)) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!("the cluster refused the failover: {reason}"),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!("the cluster did not answer: {e}"),
+                ))
+            }
+        }
+        // The follower task promotes this replica; wait for it and the lease.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if matches!(self.lock().get(&key(group)), Some(Part::Primary(_))) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::sql("55000", "the cluster named this replica primary, but taking over did not finish in 30 s"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let databases: Vec<_> = config
+            .databases
+            .iter()
+            .filter_map(|d| self.engine.database(d).ok())
+            .collect();
         wait_for_lease(&databases).await
     }
 
