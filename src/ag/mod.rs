@@ -402,12 +402,14 @@ impl Manager {
                     ),
                 ))
             }
-            Some(Part::Joined { .. }) => return Err(Error::sql(
-                "55000",
-                format!(
+            Some(Part::Joined { .. }) => {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
                     "this replica has joined availability group \"{group}\" but has no data yet"
                 ),
-            )),
+                ))
+            }
             None => return Err(no_group(group)),
         };
         let Some(cluster) = self.clustered(&config) else {
@@ -795,6 +797,13 @@ impl Manager {
                 Part::Secondary(s) => out.add_secondary(&self.node, s),
                 Part::Joined { .. } => {}
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            let state = cluster.state();
+            for record in state.groups.values() {
+                out.set_failover_ready(&record.config.name, &record.synchronized);
+            }
+            out.add_cluster(&cluster.metrics());
         }
         out
     }

@@ -24,6 +24,8 @@ pub struct Snapshot {
     replica_states: Vec<Vec<Value>>,
     database_states: Vec<Vec<Value>>,
     databases: Vec<Vec<Value>>,
+    cluster: Vec<Vec<Value>>,
+    members: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -41,6 +43,12 @@ CREATE TABLE sys.availability_replicas(
 CREATE TABLE sys.dm_hadr_availability_replica_states(
     group_id TEXT, replica TEXT, role_desc TEXT, connected_state_desc TEXT,
     synchronization_health_desc TEXT, is_local BOOLEAN, last_connect_error_description TEXT);
+CREATE TABLE sys.dm_hadr_cluster(
+    cluster_name TEXT, quorum_type_desc TEXT, quorum_state_desc TEXT,
+    leader TEXT, term INTEGER, local_state_desc TEXT);
+CREATE TABLE sys.dm_hadr_cluster_members(
+    member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
+    number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
@@ -50,7 +58,8 @@ CREATE TABLE sys.dm_hadr_database_replica_states(
     synchronization_health_desc TEXT, is_suspended BOOLEAN,
     last_hardened_lsn INTEGER, last_redone_lsn INTEGER, last_commit_lsn INTEGER,
     last_commit_time TEXT, log_send_queue_size INTEGER, log_send_rate REAL,
-    redo_queue_size INTEGER, redo_rate REAL, secondary_lag_seconds REAL, last_error TEXT);
+    redo_queue_size INTEGER, redo_rate REAL, secondary_lag_seconds REAL, last_error TEXT,
+    is_failover_ready BOOLEAN);
 ";
 
 fn text(s: impl Into<String>) -> Value {
@@ -189,10 +198,16 @@ impl Snapshot {
         let config = group.config();
         self.add_config(config);
         let links = group.links();
+        // A primary whose lease ran out is RESOLVING: it takes no writes.
+        let resolving = config
+            .databases
+            .iter()
+            .filter_map(|d| group.database(d))
+            .any(|db| db.is_resolving());
         self.replica_states.push(vec![
             text(&config.name),
             text(node),
-            text("PRIMARY"),
+            text(if resolving { "RESOLVING" } else { "PRIMARY" }),
             text("CONNECTED"),
             text("HEALTHY"),
             boolean(true),
@@ -245,6 +260,7 @@ impl Snapshot {
                 Value::Null,
                 Value::Null,
                 Value::Null,
+                boolean(false),
             ]);
             for (replica, p) in sync.replicas() {
                 let m = cell.metrics(replica);
@@ -272,6 +288,7 @@ impl Snapshot {
                     Value::Real(m.redo_rate),
                     m.lag_seconds.map_or(Value::Null, Value::Real),
                     p.left.map_or(Value::Null, |l| text(format!("{l:?}"))),
+                    boolean(false),
                 ]);
             }
         }
@@ -320,6 +337,7 @@ impl Snapshot {
                 Value::Null,
                 Value::Null,
                 sdb.last_error().map_or(Value::Null, Value::Text),
+                boolean(false),
             ]);
         }
     }
@@ -337,6 +355,61 @@ impl Snapshot {
                 row.extend(failover_columns(record));
             }
         }
+    }
+
+    /// Marks which database replicas the cluster would let take over
+    /// (`is_failover_ready`: in the cluster's synchronized set).
+    pub fn set_failover_ready(
+        &mut self,
+        group: &str,
+        synchronized: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    ) {
+        for row in &mut self.database_states {
+            if row[1] != text(group) {
+                continue;
+            }
+            let (Value::Text(db), Value::Text(replica)) = (&row[0], &row[2]) else {
+                continue;
+            };
+            let ready = synchronized
+                .get(db)
+                .is_some_and(|set| set.iter().any(|r| r.eq_ignore_ascii_case(replica)));
+            let last = row.len() - 1;
+            row[last] = boolean(ready);
+            // A secondary learns from the cluster that it is synchronized.
+            if ready && row[5] == text("SYNCHRONIZING") {
+                row[5] = text("SYNCHRONIZED");
+            }
+        }
+    }
+
+    /// The cluster manager as this node sees it.
+    pub fn add_cluster(&mut self, m: &crate::cluster::ClusterMetrics) {
+        let name_of = |id: u64| m.voters.get(&id).map_or(id.to_string(), |n| n.name.clone());
+        let majority = m.voters.len() / 2 + 1;
+        self.cluster.push(vec![
+            text("availdb"),
+            text("NODE_MAJORITY"),
+            text(if m.leader.is_some() {
+                "NORMAL_QUORUM"
+            } else {
+                "NO_QUORUM"
+            }),
+            m.leader.map_or(Value::Null, |id| text(name_of(id))),
+            int(m.term),
+            text(format!("{:?}", m.state).to_ascii_uppercase()),
+        ]);
+        for (id, node) in &m.voters {
+            self.members.push(vec![
+                text(&node.name),
+                text("VOTER"),
+                text(format!("tcp://{}", node.endpoint)),
+                int(1),
+                boolean(m.leader == Some(*id)),
+                boolean(*id == m.id),
+            ]);
+        }
+        let _ = majority;
     }
 
     /// Runs `sql` over the snapshot.
@@ -359,6 +432,8 @@ impl Snapshot {
             ("dm_hadr_availability_replica_states", &self.replica_states),
             ("dm_hadr_database_replica_states", &self.database_states),
             ("databases", &self.databases),
+            ("dm_hadr_cluster", &self.cluster),
+            ("dm_hadr_cluster_members", &self.members),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -379,6 +454,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.availability_groups",
         "sys.availability_replicas",
         "sys.databases",
+        "sys.dm_hadr_cluster",
         "sys.dm_hadr_",
     ]
     .iter()
