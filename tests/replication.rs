@@ -805,6 +805,8 @@ async fn safety_rule_6_a_peer_from_another_cluster_is_refused() {
         ],
         cluster_type: Default::default(),
         last_failover: None,
+        failure_condition_level: 3,
+        health_check_timeout_ms: 5000,
     };
     let mut conn = wire_connect(group.endpoints[1]).await;
     wire_send(
@@ -946,6 +948,8 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         ],
         cluster_type: Default::default(),
         last_failover: None,
+        failure_condition_level: 3,
+        health_check_timeout_ms: 5000,
     };
     let hello = || Message::Hello {
         cluster_id: cluster.into(),

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::ClusterType;
-use super::failover::{decide, Decision, Observation, Policy};
+use super::failover::{decide, triggering, Condition, Decision, Observation, Policy};
 use super::Manager;
 use crate::cluster::{Cluster, Command, CommandResult};
 use crate::engine::{monotonic_us, Database};
@@ -42,11 +42,18 @@ pub const TAKE_OFFICE: Duration = Duration::from_secs(5);
 
 /// Keeps the primary's lease alive through the cluster until `stop`, and
 /// sets how long its databases may take writes.
+///
+/// The primary judges its own health by the group's flexible failover
+/// policy: while a failure that counts at FAILURE_CONDITION_LEVEL lasts
+/// (its SQL probe failing past HEALTH_CHECK_TIMEOUT, a database that
+/// stopped taking writes), it does not renew, so the cluster sees its lease
+/// run out and fails over.
 pub fn spawn_lease(
     cluster: Arc<Cluster>,
     group: String,
     holder: String,
     epoch: u64,
+    policy: Policy,
     databases: Vec<Arc<Database>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -54,8 +61,10 @@ pub fn spawn_lease(
         // RESOLVING until the first renewal is committed.
         db.set_lease(Some(0));
     }
+    let probed = spawn_probe(databases.clone(), stop.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RENEW_EVERY);
+        let mut withholding = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -64,6 +73,29 @@ pub fn spawn_lease(
             if *stop.borrow() {
                 return;
             }
+            let since_ms = monotonic_us()
+                .saturating_sub(probed.load(std::sync::atomic::Ordering::Relaxed))
+                / 1000;
+            let mut conditions = vec![Condition::ProbeFailing { since_ms }];
+            conditions.extend(
+                databases
+                    .iter()
+                    .filter(|db| db.failure().is_some())
+                    .map(|db| Condition::DatabaseStopped {
+                        database: db.name().to_string(),
+                    }),
+            );
+            if let Some(failure) = triggering(&conditions, &holder, policy) {
+                if !withholding {
+                    tracing::error!(
+                        group,
+                        "{failure}: no longer renewing the lease, so the cluster fails over"
+                    );
+                    withholding = true;
+                }
+                continue;
+            }
+            withholding = false;
             let sent = monotonic_us();
             let renewal = Command::RenewLease {
                 group: group.clone(),
@@ -98,6 +130,42 @@ pub fn spawn_lease(
             }
         }
     });
+}
+
+/// Probes every database with a read every [`RENEW_EVERY`]; the returned
+/// time (µs, monotonic) is when the last probe of all succeeded.
+fn spawn_probe(
+    databases: Vec<Arc<Database>>,
+    mut stop: watch::Receiver<bool>,
+) -> Arc<std::sync::atomic::AtomicU64> {
+    let ok = Arc::new(std::sync::atomic::AtomicU64::new(monotonic_us()));
+    let last_ok = ok.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let dbs = databases.clone();
+            let probe = tokio::task::spawn_blocking(move || {
+                dbs.iter().all(|db| {
+                    db.reader()
+                        .and_then(|r| {
+                            r.conn()
+                                .sqlite()
+                                .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                                .map_err(Into::into)
+                        })
+                        .is_ok()
+                })
+            });
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), probe).await {
+                last_ok.store(monotonic_us(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    ok
 }
 
 /// Records synchronized-set changes through the cluster (RPO 0: a
@@ -176,7 +244,11 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                     conditions: &[],
                     reachable: &reachable,
                 };
-                match decide(&observation, Policy::default()) {
+                let policy = Policy {
+                    failure_condition_level: config.failure_condition_level,
+                    health_check_timeout_ms: config.health_check_timeout_ms,
+                };
+                match decide(&observation, policy) {
                     Decision::Failover { target, reason } => {
                         tracing::warn!(group = %name, from = %config.primary, to = %target, "{reason}: promoting");
                         let promote = Command::Promote {

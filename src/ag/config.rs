@@ -95,6 +95,21 @@ pub struct GroupConfig {
     /// The most recent failover, if any.
     #[serde(default)]
     pub last_failover: Option<FailoverRecord>,
+    /// `FAILURE_CONDITION_LEVEL` (1–5): which failures of the primary
+    /// trigger automatic failover (see `ag::failover`).
+    #[serde(default = "default_failure_condition_level")]
+    pub failure_condition_level: u8,
+    /// `HEALTH_CHECK_TIMEOUT` in milliseconds.
+    #[serde(default = "default_health_check_timeout_ms")]
+    pub health_check_timeout_ms: u64,
+}
+
+fn default_failure_condition_level() -> u8 {
+    3
+}
+
+fn default_health_check_timeout_ms() -> u64 {
+    5_000
 }
 
 /// CLUSTER_TYPE.
@@ -307,6 +322,8 @@ mod tests {
             replicas: vec![replica("r1", 7001), replica("r2", 7002)],
             cluster_type: ClusterType::External,
             last_failover: None,
+            failure_condition_level: 3,
+            health_check_timeout_ms: 5000,
         }
     }
 

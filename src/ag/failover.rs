@@ -181,14 +181,20 @@ fn failure(obs: &Observation<'_>, policy: Policy) -> Option<String> {
             obs.config.primary
         ));
     }
-    obs.conditions
+    triggering(obs.conditions, &obs.config.primary, policy)
+}
+
+/// The first of `conditions` that counts at the policy's level, described.
+/// The primary uses it on itself: it stops renewing its lease when one
+/// does, which the cluster then sees as the primary being down.
+pub fn triggering(conditions: &[Condition], primary: &str, policy: Policy) -> Option<String> {
+    conditions
         .iter()
         .filter(|c| c.level() <= policy.failure_condition_level)
         .find_map(|c| match c {
             Condition::ProbeFailing { since_ms } if *since_ms >= policy.health_check_timeout_ms => {
                 Some(format!(
-                    "primary {} is unresponsive (no successful health probe for {since_ms} ms)",
-                    obs.config.primary
+                    "primary {primary} is unresponsive (no successful health probe for {since_ms} ms)"
                 ))
             }
             Condition::ProbeFailing { .. } => None,
@@ -241,6 +247,8 @@ mod tests {
             replicas,
             cluster_type: ClusterType::External,
             last_failover: None,
+            failure_condition_level: 3,
+            health_check_timeout_ms: 5000,
         }
     }
 

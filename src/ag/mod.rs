@@ -142,6 +142,10 @@ impl Manager {
                 }),
             };
             let (name, epoch) = (config.name.clone(), config.epoch);
+            let policy = failover::Policy {
+                failure_condition_level: config.failure_condition_level,
+                health_check_timeout_ms: config.health_check_timeout_ms,
+            };
             let databases: Vec<_> = config
                 .databases
                 .iter()
@@ -154,6 +158,7 @@ impl Manager {
                     name,
                     self.node.clone(),
                     epoch,
+                    policy,
                     databases,
                     primary.stopped(),
                 ),
@@ -254,6 +259,12 @@ impl Manager {
             AgStatement::SetGroupOptions { group, options } => this.change(&group, |c, _| {
                 if let Some(n) = options.required_synchronized_secondaries_to_commit {
                     c.required_synchronized_secondaries = n;
+                }
+                if let Some(level) = options.failure_condition_level {
+                    c.failure_condition_level = level;
+                }
+                if let Some(ms) = options.health_check_timeout_ms {
+                    c.health_check_timeout_ms = ms.into();
                 }
                 Ok(())
             }),
@@ -613,6 +624,11 @@ impl Manager {
                 _ => config::ClusterType::External,
             },
             last_failover: None,
+            failure_condition_level: spec.options.failure_condition_level.unwrap_or(3),
+            health_check_timeout_ms: spec
+                .options
+                .health_check_timeout_ms
+                .map_or(5_000, u64::from),
         };
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;

@@ -382,6 +382,8 @@ mod tests {
             ],
             cluster_type: ClusterType::External,
             last_failover: None,
+            failure_condition_level: 3,
+            health_check_timeout_ms: 5000,
         }
     }
 

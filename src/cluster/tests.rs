@@ -75,6 +75,8 @@ fn group() -> GroupConfig {
         replicas: vec![replica("r1"), replica("r2"), replica("r3")],
         cluster_type: ClusterType::External,
         last_failover: None,
+        failure_condition_level: 3,
+        health_check_timeout_ms: 5000,
     }
 }
 

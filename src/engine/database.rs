@@ -353,6 +353,15 @@ impl Database {
         Ok(())
     }
 
+    /// Why the database stopped taking writes (capture or log failure).
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The database's name (as in `CREATE DATABASE name`).
     pub fn name(&self) -> &str {
         &self.name

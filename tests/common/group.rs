@@ -39,6 +39,14 @@ pub struct GroupSpec {
     pub session_timeout_s: u32,
     /// SYNCHRONOUS_COMMIT (true) or ASYNCHRONOUS_COMMIT for every replica.
     pub synchronous: bool,
+    /// FAILOVER_MODE = AUTOMATIC for every synchronous replica (default
+    /// MANUAL; asynchronous replicas are always MANUAL).
+    pub automatic: bool,
+    /// Node indexes that are ASYNCHRONOUS_COMMIT whatever `synchronous` says.
+    pub asynchronous_replicas: Vec<usize>,
+    /// `WITH (CLUSTER_TYPE = …)` of the group (None: the default, which
+    /// puts the group under the nodes' cluster manager).
+    pub cluster_type: Option<&'static str>,
 }
 
 impl Default for GroupSpec {
@@ -47,7 +55,17 @@ impl Default for GroupSpec {
             replicas: 3,
             session_timeout_s: 5,
             synchronous: true,
+            automatic: false,
+            asynchronous_replicas: Vec::new(),
+            cluster_type: None,
         }
+    }
+}
+
+impl GroupSpec {
+    /// True when node `i` is a SYNCHRONOUS_COMMIT replica.
+    pub fn is_synchronous(&self, i: usize) -> bool {
+        self.synchronous && !self.asynchronous_replicas.contains(&i)
     }
 }
 
@@ -309,37 +327,50 @@ impl Group {
         let primary = group.nodes[0].client(DEFAULT_DB).await;
         exec(&primary, &format!("CREATE DATABASE {APP}"), "r1").await;
         exec(&primary, &group.create_statement(), "r1").await;
-        let all: Vec<usize> = (1..group.nodes.len()).collect();
-        if group.spec.synchronous {
-            group.wait_synchronized(&all, CATCH_UP_TIMEOUT).await;
-        } else {
-            group.wait_caught_up(&all, CATCH_UP_TIMEOUT).await;
+        let (sync, not_sync): (Vec<usize>, Vec<usize>) =
+            (1..group.nodes.len()).partition(|&i| group.spec.is_synchronous(i));
+        if !sync.is_empty() {
+            group.wait_synchronized(&sync, CATCH_UP_TIMEOUT).await;
+        }
+        if !not_sync.is_empty() {
+            group.wait_caught_up(&not_sync, CATCH_UP_TIMEOUT).await;
         }
         group
     }
 
     /// The `CREATE AVAILABILITY GROUP` statement for this group.
     pub fn create_statement(&self) -> String {
-        let mode = if self.spec.synchronous {
-            "SYNCHRONOUS_COMMIT"
-        } else {
-            "ASYNCHRONOUS_COMMIT"
-        };
         let replicas: Vec<String> = self
             .endpoints
             .iter()
             .enumerate()
             .map(|(i, port)| {
+                let sync = self.spec.is_synchronous(i);
+                let mode = if sync {
+                    "SYNCHRONOUS_COMMIT"
+                } else {
+                    "ASYNCHRONOUS_COMMIT"
+                };
+                let failover = if sync && self.spec.automatic {
+                    "AUTOMATIC"
+                } else {
+                    "MANUAL"
+                };
                 format!(
                     "'{}' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{port}', AVAILABILITY_MODE = {mode}, \
-                     FAILOVER_MODE = MANUAL, SESSION_TIMEOUT = {})",
+                     FAILOVER_MODE = {failover}, SESSION_TIMEOUT = {})",
                     name(i),
                     self.spec.session_timeout_s
                 )
             })
             .collect();
+        let options = self
+            .spec
+            .cluster_type
+            .map(|t| format!(" WITH (CLUSTER_TYPE = {t})"))
+            .unwrap_or_default();
         format!(
-            "CREATE AVAILABILITY GROUP {GROUP} FOR DATABASE {APP} REPLICA ON {}",
+            "CREATE AVAILABILITY GROUP {GROUP}{options} FOR DATABASE {APP} REPLICA ON {}",
             replicas.join(", ")
         )
     }

@@ -14,6 +14,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod group;
 
 use std::fs::{File, OpenOptions};
