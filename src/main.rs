@@ -3,7 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use availdb::cli::{run_server, up, Cli, Command};
+use availdb::cli::{cluster, run_server, up, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(args) => run_server(args.resolve()?).await,
             Command::Up(args) => up::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
         }
     });
     match result {

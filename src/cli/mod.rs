@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::frontend::{Frontend, FrontendConfig};
 use crate::replication::secondary::serve_endpoint;
 
+pub mod cluster;
 pub mod up;
 
 /// availdb: Always On availability groups for SQLite, over the PostgreSQL
@@ -38,6 +39,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Start a local availability group: N nodes on loopback, r1 primary.
     Up(up::UpArgs),
+    /// The quorum cluster manager (`availdb cluster status`).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// `availdb server` options.
