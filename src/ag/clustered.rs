@@ -29,11 +29,11 @@ use crate::engine::{monotonic_us, Database};
 use crate::replication::primary::SyncArbiter;
 
 /// How long a renewal lets the primary write.
-pub const LEASE: Duration = Duration::from_millis(1000);
+pub const LEASE: Duration = Duration::from_millis(800);
 /// How often the primary renews.
-pub const RENEW_EVERY: Duration = Duration::from_millis(200);
+pub const RENEW_EVERY: Duration = Duration::from_millis(150);
 /// Extra time the leader waits past a lease before promoting.
-pub const MARGIN: Duration = Duration::from_millis(300);
+pub const MARGIN: Duration = Duration::from_millis(200);
 /// How often the leader checks primaries.
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long a new primary has to take its first lease before the leader

@@ -50,7 +50,7 @@
 //! # Protocol and timing
 //! RPCs travel as checksummed JSON frames over TCP, one request per
 //! connection (`network.rs`, [`serve_rpc`]). Timing ([`Cluster::raft_config`]):
-//! heartbeat every 100 ms, election timeout 300–600 ms, so a dead leader is
+//! heartbeat every 50 ms, election timeout 200–400 ms, so a dead leader is
 //! replaced in well under a second on a healthy network. openraft waits at
 //! most one heartbeat interval for an AppendEntries answer, which includes
 //! the follower's fsync: a disk slower than that delays replication (the
@@ -322,9 +322,9 @@ impl Cluster {
     pub fn raft_config() -> Config {
         Config {
             cluster_name: "availdb".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: 50,
+            election_timeout_min: 200,
+            election_timeout_max: 400,
             install_snapshot_timeout: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
             max_in_snapshot_log_to_keep: 100,

@@ -166,14 +166,20 @@ struct SyncHook {
     cell: Arc<SyncCell>,
     /// How long a commit waits for too few synchronized secondaries.
     patience: Duration,
+    /// Turns true when this primary stops: waiting commits then fail.
+    stopped: watch::Receiver<bool>,
 }
 
 #[async_trait]
 impl CommitHook for SyncHook {
     async fn wait(&self, lsn: Lsn) -> Result<()> {
         let mut rx = self.cell.changed.subscribe();
+        let mut stopped = self.stopped.clone();
         let deadline = Instant::now() + self.patience;
         loop {
+            if *stopped.borrow() {
+                return Err(stopped_waiting());
+            }
             // Checking must not wake the other waiting commits: only
             // progress and leaving replicas can release them.
             let check = self.cell.inspect(|s| {
@@ -184,7 +190,13 @@ impl CommitHook for SyncHook {
                 CommitCheck::Ready => return Ok(()),
                 CommitCheck::Waiting(_) => {
                     // Replicas either harden or leave the set on timeout.
-                    let _ = rx.changed().await;
+                    if *stopped.borrow() {
+                        return Err(stopped_waiting());
+                    }
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { return Err(stopped_waiting()) },
+                        _ = stopped.changed() => return Err(stopped_waiting()),
+                    }
                 }
                 CommitCheck::TooFewSynchronized { have, required } => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -235,6 +247,14 @@ pub trait SyncArbiter: Send + Sync {
         replica: &str,
         synchronized: bool,
     ) -> std::result::Result<(), String>;
+}
+
+fn stopped_waiting() -> Error {
+    Error::sql(
+        "40003",
+        "the commit is durable here, but this replica stopped being primary before the secondaries confirmed it",
+    )
+    .with_hint("reconnect to the primary and check whether the transaction is there")
 }
 
 /// The primary's replication state for one group.
@@ -296,6 +316,7 @@ impl PrimaryGroup {
                 .replica(node)
                 .map_or(10, |r| r.session_timeout_s as u64),
         );
+        let stop = watch::channel(false).0;
         for (db, cell) in databases.values() {
             // Until each secondary reports, keep everything it may need.
             db.set_retain_from(0);
@@ -304,13 +325,14 @@ impl PrimaryGroup {
             db.set_commit_hook(Some(Arc::new(SyncHook {
                 cell: cell.clone(),
                 patience,
+                stopped: stop.subscribe(),
             })));
         }
         let group = Arc::new(PrimaryGroup {
             node: node.to_string(),
             databases,
             links: Mutex::new(HashMap::new()),
-            stop: watch::channel(false).0,
+            stop,
             config,
             on_divergence: options.on_divergence,
             arbiter: options.arbiter,
@@ -368,7 +390,16 @@ impl PrimaryGroup {
     }
 
     /// Stops the senders and releases the databases' commit hooks.
+    ///
+    /// Writes are fenced first: the databases turn RESOLVING, so nothing
+    /// is written or acknowledged between this primary stopping and
+    /// whatever runs next (a secondary, or this primary restarted with a new
+    /// definition, which takes its own lease). Commits still waiting for
+    /// secondaries fail with 40003 rather than being acknowledged.
     pub fn stop(&self) {
+        for (db, _) in self.databases.values() {
+            db.set_lease(Some(0));
+        }
         self.stop.send_replace(true);
         for (db, _) in self.databases.values() {
             db.set_commit_hook(None);
