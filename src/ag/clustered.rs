@@ -48,6 +48,7 @@ pub const TAKE_OFFICE: Duration = Duration::from_secs(5);
 /// (its SQL probe failing past HEALTH_CHECK_TIMEOUT, a database that
 /// stopped taking writes), it does not renew, so the cluster sees its lease
 /// run out and fails over.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_lease(
     cluster: Arc<Cluster>,
     group: String,
@@ -55,6 +56,7 @@ pub fn spawn_lease(
     epoch: u64,
     policy: Policy,
     databases: Vec<Arc<Database>>,
+    cleared: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     for db in &databases {
@@ -63,6 +65,11 @@ pub fn spawn_lease(
     }
     let probed = spawn_probe(databases.clone(), stop.clone());
     tokio::spawn(async move {
+        // A primary (re)starting counts no secondary as synchronized yet:
+        // the cluster must not either, or it could promote a replica that
+        // commits did not wait for. Writes stay fenced until this is done.
+        clear_synchronized(&cluster, &group, epoch).await;
+        cleared.send_replace(true);
         let mut tick = tokio::time::interval(RENEW_EVERY);
         let mut withholding = false;
         loop {
@@ -132,6 +139,37 @@ pub fn spawn_lease(
     });
 }
 
+/// Empties the cluster's synchronized sets of `group` (retrying until the
+/// cluster answers), for a primary that starts counting from nothing.
+async fn clear_synchronized(cluster: &Cluster, group: &str, epoch: u64) {
+    let entries: Vec<(String, String)> = cluster
+        .state()
+        .group(group)
+        .map(|r| {
+            r.synchronized
+                .iter()
+                .flat_map(|(db, set)| set.iter().map(move |replica| (db.clone(), replica.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (database, replica) in entries {
+        let command = Command::SetSynchronized {
+            group: group.to_string(),
+            database,
+            replica,
+            synchronized: false,
+            epoch,
+        };
+        for _ in 0..100 {
+            match cluster.propose_anywhere(command.clone()).await {
+                Ok(_) => break,
+                Err(e) => tracing::debug!(group, "clearing the synchronized set: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Probes every database with a read every [`RENEW_EVERY`]; the returned
 /// time (µs, monotonic) is when the last probe of all succeeded.
 fn spawn_probe(
@@ -177,11 +215,20 @@ pub struct ClusterArbiter {
     pub group: String,
     /// The primary's epoch.
     pub epoch: u64,
+    /// True once the starting primary emptied the cluster's sets; no
+    /// replica is added before that (its removal would follow the add).
+    pub cleared: watch::Receiver<bool>,
 }
 
 #[async_trait]
 impl SyncArbiter for ClusterArbiter {
     async fn set(&self, database: &str, replica: &str, synchronized: bool) -> Result<(), String> {
+        if synchronized {
+            let mut cleared = self.cleared.clone();
+            if cleared.wait_for(|c| *c).await.is_err() {
+                return Err("the primary stopped".into());
+            }
+        }
         let command = Command::SetSynchronized {
             group: self.group.clone(),
             database: database.to_string(),
@@ -255,6 +302,7 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                             group: name.clone(),
                             new_primary: target,
                             new_epoch: config.epoch + 1,
+                            require_synchronized: true,
                         };
                         if let Err(e) = cluster.propose(promote).await {
                             tracing::warn!(group = %name, "promotion not committed: {e}");

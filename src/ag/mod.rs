@@ -126,6 +126,7 @@ impl Manager {
             let me = self.me.clone();
             let group = config.name.clone();
             let clustered = self.clustered(&config);
+            let cleared = tokio::sync::watch::channel(false).0;
             let options = StartOptions {
                 suspended,
                 on_divergence: Some(Arc::new(move |replica: &str, database: &str, range| {
@@ -138,6 +139,7 @@ impl Manager {
                         cluster,
                         group: config.name.clone(),
                         epoch: config.epoch,
+                        cleared: cleared.subscribe(),
                     }) as Arc<dyn crate::replication::primary::SyncArbiter>
                 }),
             };
@@ -160,6 +162,7 @@ impl Manager {
                     epoch,
                     policy,
                     databases,
+                    cleared,
                     primary.stopped(),
                 ),
                 None => {
@@ -268,8 +271,8 @@ impl Manager {
                 }
                 Ok(())
             }),
-            AgStatement::SuspendDatabase { database } => this.set_suspended(&database, true).map(|_| "ALTER DATABASE".into()),
-            AgStatement::ResumeDatabase { database } => this.set_suspended(&database, false).map(|_| "ALTER DATABASE".into()),
+            AgStatement::SuspendDatabase { database } => this.set_suspended(&database, true).await.map(|_| "ALTER DATABASE".into()),
+            AgStatement::ResumeDatabase { database } => this.set_suspended(&database, false).await.map(|_| "ALTER DATABASE".into()),
             AgStatement::JoinDatabase { database, group } => {
                 let config = this.defined(&group)?;
                 if !config.has_database(&database) {
@@ -340,6 +343,7 @@ impl Manager {
                 group: current.name.clone(),
                 new_primary: self.node.clone(),
                 new_epoch: current.epoch + 1,
+                require_synchronized: false,
             };
             match propose_retrying(&cluster, promote, std::time::Duration::from_secs(10)).await {
                 Ok(CommandResult::Ok) => {}
@@ -451,6 +455,7 @@ impl Manager {
             group: record.config.name.clone(),
             new_primary: self.node.clone(),
             new_epoch: record.config.epoch + 1,
+            require_synchronized: true,
         };
         match propose_retrying(&cluster, promote, std::time::Duration::from_secs(10)).await {
             Ok(CommandResult::Ok) => {}
@@ -773,11 +778,12 @@ impl Manager {
         Ok(())
     }
 
-    fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
+    async fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
+        let mut primary = None;
         for part in self.lock().values() {
             if let Part::Primary(p) = part {
                 if p.config().has_database(database) {
-                    return p.set_suspended(database, suspended);
+                    primary = Some(p.clone());
                 }
             }
             if let Part::Secondary(s) = part {
@@ -789,10 +795,13 @@ impl Manager {
                 }
             }
         }
-        Err(Error::sql(
-            "42704",
-            format!("database \"{database}\" is not in an availability group on this node"),
-        ))
+        match primary {
+            Some(p) => p.set_suspended(database, suspended).await,
+            None => Err(Error::sql(
+                "42704",
+                format!("database \"{database}\" is not in an availability group on this node"),
+            )),
+        }
     }
 
     /// A snapshot of everything the `sys` views show.

@@ -276,6 +276,7 @@ mod tests {
             group: "ag1".into(),
             new_primary: "r2".into(),
             new_epoch: 2,
+            require_synchronized: false,
         };
         book.applied(&promote, t2);
         assert!(book.clocks.is_empty());

@@ -110,6 +110,12 @@ pub enum Command {
         new_primary: String,
         /// Must be the group's epoch + 1.
         new_epoch: u64,
+        /// Refuse unless the new primary is in the synchronized set of every
+        /// database (planned and automatic failover; not forced). Checked
+        /// when the command is applied, so a stale copy of the state on the
+        /// proposing node cannot let an unsynchronized replica through.
+        #[serde(default)]
+        require_synchronized: bool,
     },
 }
 
@@ -216,8 +222,22 @@ impl ClusterState {
                 group,
                 new_primary,
                 new_epoch,
+                require_synchronized,
             } => {
                 let record = self.group_mut(group)?;
+                if *require_synchronized {
+                    for db in &record.config.databases {
+                        let ready = record.synchronized.get(db).is_some_and(|set| {
+                            set.iter().any(|r| r.eq_ignore_ascii_case(new_primary))
+                        });
+                        if !ready {
+                            return Err(format!(
+                                "replica \"{new_primary}\" is not SYNCHRONIZED for database \"{db}\": \
+                                 promoting it could lose acknowledged commits"
+                            ));
+                        }
+                    }
+                }
                 let config = &mut record.config;
                 let expected = config.epoch + 1;
                 if *new_epoch != expected {
@@ -424,6 +444,7 @@ mod tests {
             group: "ag1".into(),
             new_primary: new_primary.into(),
             new_epoch,
+            require_synchronized: false,
         }
     }
 

@@ -260,6 +260,7 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
         group: "ag1".into(),
         new_primary: "r2".into(),
         new_epoch: 2,
+        require_synchronized: false,
     };
     assert_eq!(
         propose_on_leader(&nodes, promote.clone()).await,
@@ -449,6 +450,7 @@ async fn a_cut_off_leader_commits_nothing_while_the_majority_fails_over() {
         group: "ag1".into(),
         new_primary: "r2".into(),
         new_epoch: 2,
+        require_synchronized: false,
     };
     assert_eq!(propose_on_leader(&nodes, promote).await, CommandResult::Ok);
 

@@ -370,22 +370,42 @@ impl PrimaryGroup {
     }
 
     /// Suspends or resumes data movement of `database` to every secondary.
-    pub fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
+    ///
+    /// Suspending takes each synchronized replica out of the synchronized
+    /// set in the cluster first (RPO 0: it may not be a failover target
+    /// once commits stop waiting for it); resuming lets it back once it has
+    /// caught up, as after any reconnection.
+    pub async fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
         let (_, cell) = self
             .databases
             .get(database)
             .ok_or_else(|| Error::NoSuchDatabase(database.to_string()))?;
-        let links = self.links();
-        cell.update(|s| {
-            let names: Vec<String> = s.replicas().map(|(n, _)| n.clone()).collect();
-            for name in names {
-                if suspended {
-                    s.leave(&name, LeaveReason::Suspended);
-                } else {
-                    s.resume(&name, links.get(&name).is_some_and(|l| l.connected));
+        let names: Vec<String> = cell.snapshot().replicas().map(|(n, _)| n.clone()).collect();
+        if suspended {
+            for name in &names {
+                let synchronized = cell
+                    .snapshot()
+                    .replica(name)
+                    .is_some_and(|r| r.state == SyncState::Synchronized);
+                if let (true, Some(arbiter)) = (synchronized, &self.arbiter) {
+                    arbiter.set(database, name, false).await.map_err(|e| {
+                        Error::sql("55000", format!("cannot suspend: the cluster did not record that {name} left the synchronized set: {e}"))
+                    })?;
+                }
+                cell.update(|s| s.leave(name, LeaveReason::Suspended));
+            }
+        } else {
+            let links = self.links();
+            for name in &names {
+                let joined = cell.update(|s| {
+                    s.resume(name, links.get(name).is_some_and(|l| l.connected));
+                    s.replica(name).map(|r| r.state) == Some(SyncState::Synchronized)
+                });
+                if joined {
+                    self.announce_synchronized(database, name);
                 }
             }
-        });
+        }
         Ok(())
     }
 
