@@ -22,10 +22,10 @@ use super::group::{
 };
 use super::{TestServer, DEFAULT_DB, USER};
 
-/// The primary's lease (`src/ag/clustered.rs`).
-pub const LEASE: Duration = Duration::from_millis(1000);
-/// What the cluster leader waits past a lease before promoting.
-pub const MARGIN: Duration = Duration::from_millis(300);
+/// The primary's lease, its renewal period and the leader's margin, as
+/// the code under test has them.
+#[allow(unused_imports)]
+pub use availdb::ag::clustered::{LEASE, MARGIN, RENEW_EVERY};
 /// Bound on an automatic failover becoming visible on the new primary
 /// (LEASE + MARGIN + a tick + an election, on a loaded 2-core machine with
 /// a debug build: generous on purpose).
@@ -132,16 +132,20 @@ impl ReadWrite {
         let mut last = String::new();
         while Instant::now() < deadline {
             match self.connect().await {
-                Ok(client) => match tokio::time::timeout(STATEMENT_TIMEOUT, client.simple_query(sql)).await {
-                    Ok(Ok(messages)) => return Ok(rows_of(messages)),
-                    Ok(Err(e)) => last = error_text(&e),
-                    Err(_) => last = format!("no answer within {STATEMENT_TIMEOUT:?}"),
-                },
+                Ok(client) => {
+                    match tokio::time::timeout(STATEMENT_TIMEOUT, client.simple_query(sql)).await {
+                        Ok(Ok(messages)) => return Ok(rows_of(messages)),
+                        Ok(Err(e)) => last = error_text(&e),
+                        Err(_) => last = format!("no answer within {STATEMENT_TIMEOUT:?}"),
+                    }
+                }
                 Err(e) => last = e,
             }
             tokio::time::sleep(RETRY).await;
         }
-        Err(format!("{sql}: not answered by a primary within {timeout:?}: {last}"))
+        Err(format!(
+            "{sql}: not answered by a primary within {timeout:?}: {last}"
+        ))
     }
 }
 
@@ -358,7 +362,10 @@ async fn write_loop(
 
 /// All reports' acknowledged ids.
 pub fn acked_ids(reports: &[WriterReport]) -> BTreeSet<i64> {
-    reports.iter().flat_map(|r| r.acked.iter().copied()).collect()
+    reports
+        .iter()
+        .flat_map(|r| r.acked.iter().copied())
+        .collect()
 }
 
 /// All reports' attempted ids.
@@ -393,7 +400,12 @@ pub fn summary(reports: &[WriterReport]) -> String {
 
 /// `SELECT key, count(*) … GROUP BY key` on `server`'s `db`: how many rows
 /// hold each value of `column` in `table`.
-pub async fn counts(server: &TestServer, db: &str, table: &str, column: &str) -> BTreeMap<i64, i64> {
+pub async fn counts(
+    server: &TestServer,
+    db: &str,
+    table: &str,
+    column: &str,
+) -> BTreeMap<i64, i64> {
     let client = server.client(db).await;
     let sql = format!("SELECT {column}, count(*) FROM {table} GROUP BY {column}");
     match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(sql.as_str(), &[])).await {
@@ -539,7 +551,13 @@ pub async fn wait_new_primary(
 }
 
 /// Waits until node `i` is a secondary of `primary` at `epoch`.
-pub async fn wait_secondary_of(group: &Group, live: &[usize], i: usize, primary: usize, epoch: u64) {
+pub async fn wait_secondary_of(
+    group: &Group,
+    live: &[usize],
+    i: usize,
+    primary: usize,
+    epoch: u64,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let row = group_row(&group.nodes[i]).await;
@@ -569,9 +587,8 @@ pub async fn wait_secondary_of(group: &Group, live: &[usize], i: usize, primary:
 /// synchronized set); None when this build's view has no such column.
 pub async fn failover_ready(group: &Group, i: usize) -> Option<BTreeMap<String, bool>> {
     let client = group.nodes[i].client(DEFAULT_DB).await;
-    let sql = format!(
-        "SELECT * FROM sys.dm_hadr_database_replica_states WHERE database_name = '{APP}'"
-    );
+    let sql =
+        format!("SELECT * FROM sys.dm_hadr_database_replica_states WHERE database_name = '{APP}'");
     let messages = match tokio::time::timeout(STATEMENT_TIMEOUT, client.simple_query(&sql)).await {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => panic!("{sql} on {}: {}", name(i), error_text(&e)),
@@ -642,7 +659,11 @@ pub async fn planned_failover(group: &Group, i: usize) -> Result<Duration, (Stri
             Some(db) => (db.code().code().to_string(), db.message().to_string()),
             None => (String::new(), format!("{e:?}")),
         }),
-        Err(_) => panic!("{sql} on {}: no answer within 60 s\n{}", name(i), group.logs()),
+        Err(_) => panic!(
+            "{sql} on {}: no answer within 60 s\n{}",
+            name(i),
+            group.logs()
+        ),
     }
 }
 
@@ -677,4 +698,43 @@ pub async fn rows_on(group: &Group, i: usize, db: &str, sql: &str) -> Vec<Vec<Op
     query_text(&client, sql)
         .await
         .unwrap_or_else(|e| panic!("{sql} on {}: {}\n{}", name(i), error_text(&e), group.logs()))
+}
+
+/// Copies every node's whole log to `target/tmp/<test>/rN.log` when the
+/// test panics (the panic message quotes only their last lines, and the
+/// nodes' directories are removed). Declare it after the group, so it is
+/// dropped first.
+pub struct KeepLogsOnPanic {
+    test: String,
+    logs: Vec<std::path::PathBuf>,
+}
+
+impl KeepLogsOnPanic {
+    /// Watches `group`'s nodes for test `test`.
+    pub fn new(group: &Group, test: &str) -> KeepLogsOnPanic {
+        KeepLogsOnPanic {
+            test: test.to_string(),
+            logs: group
+                .nodes
+                .iter()
+                .map(|n| n.data_dir().with_file_name("server.log"))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for KeepLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(&self.test);
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        for (i, log) in self.logs.iter().enumerate() {
+            let _ = std::fs::copy(log, dir.join(format!("{}.log", name(i))));
+        }
+        eprintln!("the nodes' whole logs are in {}", dir.display());
+    }
 }

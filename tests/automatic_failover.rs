@@ -1,0 +1,560 @@
+//! Black-box tests of automatic and planned failover under the quorum
+//! cluster manager: real `availdb server` processes on loopback form group
+//! `ag1` (r1 primary, r2 and r3 SYNCHRONOUS_COMMIT secondaries, FAILOVER_MODE
+//! = AUTOMATIC unless a test says otherwise, database `app`); the group is
+//! under the nodes' embedded Raft cluster (the default CLUSTER_TYPE), so the
+//! primary holds a lease (`availdb::ag::clustered::LEASE`) that it renews
+//! through the cluster, and the cluster leader promotes a synchronized
+//! secondary once the lease plus a margin ran out.
+//!
+//! Each test is named after the rule it guards:
+//!
+//! * safety rule 1 (RPO 0): a kill -9 of the primary under concurrent
+//!   writers loses no acknowledged insert, and the old primary rejoins as a
+//!   page-identical secondary;
+//! * safety rule 2 (one writer): a primary paused past its lease accepts no
+//!   write once another replica was named, and nothing it was given after
+//!   that point ever appears;
+//! * planned failover (`ALTER AVAILABILITY GROUP ag1 FAILOVER`) moves the
+//!   primary without loss, and is refused while the target is not
+//!   SYNCHRONIZED;
+//! * twenty consecutive failovers (kill -9, SIGSTOP, planned, in turn) keep
+//!   a bank's total and every acknowledged commit;
+//! * a read-scale group (CLUSTER_TYPE = NONE) never fails over by itself;
+//! * a failover needs a majority of the cluster.
+//!
+//! Clients find the primary as applications do: a multi-host connection
+//! string with `target_session_attrs=read-write` (`common::cluster`), and
+//! reconnect after every error. Writers never retry an id: an id whose
+//! statement failed is "in doubt" (it may or may not be there), an id that
+//! was acknowledged must be on every replica exactly once. Every wait is
+//! bounded; a failure quotes the nodes' logs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::KeepLogsOnPanic;
+use common::cluster::{
+    acked_ids, attempted_ids, check_ids, counts, local_role, logs_of, planned_failover, rows_on,
+    summary, try_write, wait_failover_ready, wait_new_primary, wait_secondary_of, ReadWrite, Work,
+    WriterOptions, WriterReport, Writers, FAILOVER_TIMEOUT, LEASE, MARGIN, RENEW_EVERY,
+};
+use common::group::{
+    error_text, group_row, name, Group, GroupSpec, APP, CATCH_UP_TIMEOUT, GROUP, STATEMENT_TIMEOUT,
+};
+use common::DEFAULT_DB;
+use tokio_postgres::Client;
+
+const R1: usize = 0;
+const R2: usize = 1;
+const R3: usize = 2;
+const ALL: [usize; 3] = [R1, R2, R3];
+
+/// The writers' table: `id` is deliberately not a key, so an insert that
+/// landed twice would show.
+const CREATE_T: &str =
+    "CREATE TABLE t(seq INTEGER PRIMARY KEY, id INTEGER NOT NULL, w INTEGER NOT NULL, pad BLOB)";
+
+/// Bound on writers finishing their ids through a failover.
+const WRITERS_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A 3-node group, sync + AUTOMATIC, under the cluster (CLUSTER_TYPE
+/// default), with `spec`'s other choices.
+async fn automatic_group(spec: GroupSpec) -> Group {
+    Group::start_with(GroupSpec {
+        automatic: true,
+        ..spec
+    })
+    .await
+}
+
+/// Runs one statement on node `i`'s database `db` (bounded), panicking
+/// with the group's logs on error.
+async fn run_on(group: &Group, i: usize, db: &str, sql: &str) {
+    let client = group.nodes[i].client(db).await;
+    run(group, &client, sql).await;
+}
+
+async fn run(group: &Group, client: &Client, sql: &str) {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, client.batch_execute(sql)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{sql}: {}\n{}", error_text(&e), group.logs()),
+        Err(_) => panic!(
+            "{sql}: no answer within {STATEMENT_TIMEOUT:?}\n{}",
+            group.logs()
+        ),
+    }
+}
+
+/// One autocommit INSERT of `id` into `t` per statement.
+fn insert_work() -> Work {
+    Arc::new(|id| {
+        format!(
+            "INSERT INTO t(id, w, pad) VALUES ({id}, {}, randomblob(200))",
+            id / 1_000_000
+        )
+    })
+}
+
+/// Two writers of `per_task` inserts each into `t`, ids 1.. and 1000001..
+fn insert_writers(rw: &ReadWrite, per_task: usize) -> Writers {
+    Writers::start(
+        rw,
+        &WriterOptions {
+            tasks: 2,
+            first: 1,
+            stride: 1_000_000,
+            per_task,
+            pace: Duration::from_millis(5),
+            reconnect_within: Duration::from_secs(60),
+        },
+        insert_work(),
+    )
+}
+
+/// Asserts that node `i` holds every acknowledged id of `reports` in `t`
+/// exactly once, and nothing that was never sent.
+async fn assert_t_on(group: &Group, i: usize, reports: &[WriterReport], what: &str) {
+    let found = counts(&group.nodes[i], APP, "t", "id").await;
+    if let Err(e) = check_ids(&found, &acked_ids(reports), &attempted_ids(reports)) {
+        panic!(
+            "{what}: {}'s t: {e}\nwriters: {}\n{}",
+            name(i),
+            summary(reports),
+            group.logs()
+        );
+    }
+}
+
+/// Asserts that every writer sent all its ids (none gave up).
+fn assert_finished(group: &Group, reports: &[WriterReport], per_task: usize, what: &str) {
+    for r in reports {
+        assert!(
+            r.gave_up.is_none() && r.attempted.len() == per_task,
+            "{what}: a writer did not send all {per_task} ids: {}\n{}",
+            summary(reports),
+            group.logs()
+        );
+    }
+}
+
+/// Safety rule 1: every acknowledged commit survives the loss of the
+/// primary. Two writers insert 300 unique ids each through a multi-host
+/// read-write connection; the primary is killed with SIGKILL mid-load; the
+/// cluster promotes a synchronized secondary; the writers finish there.
+/// Every acknowledged id is on the new primary and on the other survivor
+/// exactly once; the old primary, restarted, rejoins as a page-identical
+/// secondary holding the same rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_insert() {
+    let mut group = automatic_group(GroupSpec::default()).await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_insert",
+    );
+    run_on(&group, R1, APP, CREATE_T).await;
+    let rw = ReadWrite::multi_host(&group, APP);
+    let per_task = 300;
+    let writers = insert_writers(&rw, per_task);
+    writers
+        .wait_acked(100, Duration::from_secs(60), || group.logs())
+        .await;
+    let acked_before_kill = writers.acked();
+    group.nodes[R1].kill9();
+    let killed = Instant::now();
+    let survivors = [R2, R3];
+    let (new, epoch, _) = wait_new_primary(&group, &survivors, &[R1], 1, FAILOVER_TIMEOUT).await;
+    let named_after = killed.elapsed();
+    let reports = writers.join(WRITERS_TIMEOUT).await;
+    assert_finished(&group, &reports, per_task, "after the kill");
+    let acked = acked_ids(&reports);
+    assert!(
+        acked.len() > acked_before_kill,
+        "no insert was acknowledged after the kill ({} before it): {}\n{}",
+        acked_before_kill,
+        summary(&reports),
+        logs_of(&group, &survivors)
+    );
+    eprintln!(
+        "{} named primary at epoch {epoch} {named_after:?} after the kill; {}",
+        name(new),
+        summary(&reports)
+    );
+    let other = if new == R2 { R3 } else { R2 };
+    group
+        .wait_caught_up_to(new, &[other], CATCH_UP_TIMEOUT)
+        .await;
+    assert_t_on(&group, new, &reports, "on the new primary").await;
+    assert_t_on(&group, other, &reports, "on the surviving secondary").await;
+
+    group.nodes[R1].restart().await;
+    wait_secondary_of(&group, &ALL, R1, new, epoch).await;
+    group
+        .assert_page_identical_to(new, &[R1, other], "after the old primary rejoined")
+        .await;
+    assert_t_on(&group, R1, &reports, "on the old primary after it rejoined").await;
+}
+
+/// Safety rule 2: one writer. The primary is frozen (SIGSTOP) with an open
+/// write transaction whose COMMIT and another session's INSERT are sent
+/// while it is frozen; it stays frozen past its lease and margin, until
+/// another replica is primary and has taken writes. Once it runs again it
+/// refuses writes (25006: RESOLVING, then read-only), the two pending
+/// statements fail, and none of what it was given after the new primary was
+/// named appears on any replica, even after it rejoined.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_primary_accepts_no_write_after_a_new_primary_is_named() {
+    let group = automatic_group(GroupSpec::default()).await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "a_paused_primary_accepts_no_write_after_a_new_primary_is_named",
+    );
+    run_on(
+        &group,
+        R1,
+        APP,
+        "CREATE TABLE p(id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    )
+    .await;
+    let before: BTreeSet<i64> = (1..=10).collect();
+    for id in &before {
+        run_on(
+            &group,
+            R1,
+            APP,
+            &format!("INSERT INTO p VALUES ({id}, 'before')"),
+        )
+        .await;
+    }
+    // Session A holds an open write transaction; session B is idle.
+    let a = group.nodes[R1].client(APP).await;
+    run(
+        &group,
+        &a,
+        "BEGIN; INSERT INTO p VALUES (100, 'open at SIGSTOP')",
+    )
+    .await;
+    let b = group.nodes[R1].client(APP).await;
+
+    group.nodes[R1].pause();
+    let paused = Instant::now();
+    let pending_commit = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(90), a.batch_execute("COMMIT")).await
+    });
+    let pending_insert = tokio::spawn(async move {
+        tokio::time::timeout(
+            Duration::from_secs(90),
+            b.batch_execute("INSERT INTO p VALUES (101, 'sent while stopped')"),
+        )
+        .await
+    });
+
+    let others = [R2, R3];
+    let (new, epoch, _) = wait_new_primary(&group, &others, &[R1], 1, FAILOVER_TIMEOUT).await;
+    let named_after = paused.elapsed();
+    // The leader waits for the lease (counted from the last renewal, at most
+    // one renewal period before the pause) plus its margin.
+    assert!(
+        named_after >= LEASE + MARGIN - RENEW_EVERY,
+        "{} was named primary {named_after:?} after the old primary stopped, before its \
+         {LEASE:?} lease (renewed every {RENEW_EVERY:?}) and the {MARGIN:?} margin could have \
+         run out\n{}",
+        name(new),
+        logs_of(&group, &others)
+    );
+    let after: BTreeSet<i64> = (200..=209).collect();
+    for id in &after {
+        run_on(
+            &group,
+            new,
+            APP,
+            &format!("INSERT INTO p VALUES ({id}, 'on the new primary')"),
+        )
+        .await;
+    }
+    // Frozen for at least 3 s in all (more than twice lease + margin).
+    let frozen_for = Duration::from_secs(3);
+    if let Some(left) = frozen_for.checked_sub(paused.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    group.nodes[R1].resume();
+
+    // The old primary refuses every write from the moment it runs again.
+    let refused: BTreeSet<i64> = (300..=304).collect();
+    let c = group.nodes[R1].client(APP).await;
+    for id in &refused {
+        let sql = format!("INSERT INTO p VALUES ({id}, 'after SIGCONT')");
+        match try_write(&c, &sql).await {
+            None => panic!(
+                "{sql} on the old primary succeeded after {} was named primary\n{}",
+                name(new),
+                group.logs()
+            ),
+            Some(code) => assert!(
+                code.starts_with("25006"),
+                "{sql} on the old primary: expected SQLSTATE 25006 (RESOLVING or read-only), \
+                 got {code}\n{}",
+                group.logs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (what, pending) in [
+        ("COMMIT of the transaction open at SIGSTOP", pending_commit),
+        ("INSERT sent while stopped", pending_insert),
+    ] {
+        match pending.await.expect("pending statement task") {
+            Ok(Ok(())) => panic!(
+                "{what} was acknowledged by the old primary after {} was named primary\n{}",
+                name(new),
+                group.logs()
+            ),
+            Ok(Err(e)) => eprintln!("{what}: failed as it must: {}", error_text(&e)),
+            Err(_) => panic!("{what}: no answer within 90 s\n{}", group.logs()),
+        }
+    }
+
+    wait_secondary_of(&group, &ALL, R1, new, epoch).await;
+    let other = if new == R2 { R3 } else { R2 };
+    group
+        .assert_page_identical_to(new, &[R1, other], "after the paused primary rejoined")
+        .await;
+    let expected: BTreeSet<i64> = before.union(&after).copied().collect();
+    for i in ALL {
+        let found = counts(&group.nodes[i], APP, "p", "id").await;
+        let ids: BTreeSet<i64> = found.keys().copied().collect();
+        assert_eq!(
+            ids,
+            expected,
+            "{} holds the wrong rows of p (100 and 101 were given to the paused primary, \
+             300..=304 to it after SIGCONT: none may appear)\n{}",
+            name(i),
+            group.logs()
+        );
+    }
+}
+
+/// Planned failover: `ALTER AVAILABILITY GROUP ag1 FAILOVER` on a
+/// synchronized secondary while two writers insert through a multi-host
+/// read-write connection. The target becomes primary at the next epoch, the
+/// old primary a secondary, the writers finish on the new primary, and every
+/// acknowledged id is on every replica exactly once, page-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_failover_moves_the_primary_without_loss() {
+    let group = automatic_group(GroupSpec::default()).await;
+    let _logs = KeepLogsOnPanic::new(&group, "planned_failover_moves_the_primary_without_loss");
+    run_on(&group, R1, APP, CREATE_T).await;
+    match planned_failover(&group, R1).await {
+        Err((code, message)) => assert!(
+            code == "55000" && message.contains("already the primary"),
+            "FAILOVER on the primary: expected 55000 \"already the primary\", got {code} {message}"
+        ),
+        Ok(_) => panic!("FAILOVER on the primary itself succeeded\n{}", group.logs()),
+    }
+    wait_failover_ready(&group, R1, &[R2, R3]).await;
+    let rw = ReadWrite::multi_host(&group, APP);
+    let per_task = 300;
+    let writers = insert_writers(&rw, per_task);
+    writers
+        .wait_acked(100, Duration::from_secs(60), || group.logs())
+        .await;
+    let took = planned_failover(&group, R2)
+        .await
+        .unwrap_or_else(|(code, message)| {
+            panic!(
+                "FAILOVER on synchronized r2: {code} {message}\n{}",
+                group.logs()
+            )
+        });
+    let row = group_row(&group.nodes[R2]).await.expect("r2's group row");
+    assert_eq!(
+        (row.primary_replica.as_str(), row.epoch),
+        ("r2", 2),
+        "after FAILOVER on r2 (it took {took:?}), r2's definition\n{}",
+        group.logs()
+    );
+    assert_eq!(
+        local_role(&group, R2).await.as_deref(),
+        Some("PRIMARY"),
+        "r2's role after FAILOVER returned\n{}",
+        group.logs()
+    );
+    wait_secondary_of(&group, &ALL, R1, R2, 2).await;
+    let reports = writers.join(WRITERS_TIMEOUT).await;
+    assert_finished(&group, &reports, per_task, "after the planned failover");
+    eprintln!("FAILOVER took {took:?}; {}", summary(&reports));
+    group
+        .assert_page_identical_to(R2, &[R1, R3], "after the planned failover")
+        .await;
+    for i in ALL {
+        assert_t_on(&group, i, &reports, "after the planned failover").await;
+    }
+}
+
+/// Planned failover is refused (55000, "not SYNCHRONIZED") while the target
+/// may lack acknowledged commits: an ASYNCHRONOUS_COMMIT replica, and a
+/// synchronous one whose data movement is suspended on the primary. The
+/// primary stays primary and keeps taking writes. Once resumed and back in
+/// the synchronized set, the same target's FAILOVER succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_scale_group_never_fails_over_automatically() {
+    let mut group = automatic_group(GroupSpec {
+        cluster_type: Some("NONE"),
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(&group, "a_read_scale_group_never_fails_over_automatically");
+    let row = group_row(group.primary()).await.expect("r1's group row");
+    assert_eq!(
+        row.cluster_type_desc.as_deref(),
+        Some("NONE"),
+        "cluster type\n{}",
+        group.logs()
+    );
+    run_on(
+        &group,
+        R1,
+        APP,
+        "CREATE TABLE n(id INTEGER PRIMARY KEY); INSERT INTO n VALUES (1), (2), (3)",
+    )
+    .await;
+    group.wait_caught_up(&[R2, R3], CATCH_UP_TIMEOUT).await;
+    group.nodes[R1].kill9();
+    // An automatic failover would take LEASE + MARGIN + a tick (about
+    // 1.1 s) plus an election; watch for several times that.
+    let watch = Duration::from_secs(5);
+    let start = Instant::now();
+    while start.elapsed() < watch {
+        for i in [R2, R3] {
+            let row = group_row(&group.nodes[i]).await.expect("group row");
+            let role = local_role(&group, i).await;
+            assert!(
+                row.primary_replica == "r1"
+                    && row.epoch == 1
+                    && role.as_deref() == Some("SECONDARY"),
+                "{} {:?} after r1 died in a CLUSTER_TYPE = NONE group: its definition names {} at \
+                 epoch {}, its role is {role:?}\n{}",
+                name(i),
+                start.elapsed(),
+                row.primary_replica,
+                row.epoch,
+                logs_of(&group, &[R2, R3])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = group.nodes[R2].client(APP).await;
+    let refused = try_write(&c, "INSERT INTO n VALUES (4)").await;
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|code| code.starts_with("25006")),
+        "a write on r2 before FORCE: expected 25006, got {refused:?}"
+    );
+
+    group.force_failover(R2).await;
+    let row = group_row(&group.nodes[R2]).await.expect("r2's group row");
+    assert_eq!(
+        (row.primary_replica.as_str(), row.epoch),
+        ("r2", 2),
+        "r2 after FORCE_FAILOVER_ALLOW_DATA_LOSS\n{}",
+        group.logs()
+    );
+    run_on(&group, R2, APP, "INSERT INTO n VALUES (4)").await;
+    let rows = rows_on(&group, R2, APP, "SELECT count(*) FROM n").await;
+    assert_eq!(rows, vec![vec![Some("4".to_string())]], "n on r2");
+}
+
+/// A failover is a cluster decision and needs a majority: with the primary
+/// and one secondary frozen (SIGSTOP), the remaining secondary is never
+/// promoted, and FORCE_FAILOVER_ALLOW_DATA_LOSS on it fails with 55000 and
+/// a message about the majority. Once the two run again the group takes
+/// writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_decision_needs_a_cluster_majority() {
+    let group = automatic_group(GroupSpec::default()).await;
+    let _logs = KeepLogsOnPanic::new(&group, "failover_decision_needs_a_cluster_majority");
+    run_on(
+        &group,
+        R1,
+        APP,
+        "CREATE TABLE m(id INTEGER PRIMARY KEY); INSERT INTO m VALUES (1)",
+    )
+    .await;
+    wait_failover_ready(&group, R1, &[R2, R3]).await;
+    // r2 first, so r1 and r3 are never a majority without r2 for long.
+    group.nodes[R2].pause();
+    group.nodes[R1].pause();
+    let paused = Instant::now();
+    let watch = Duration::from_secs(5);
+    while paused.elapsed() < watch {
+        let row = group_row(&group.nodes[R3]).await.expect("r3's group row");
+        let role = local_role(&group, R3).await;
+        if row.primary_replica != "r1" || row.epoch != 1 || role.as_deref() != Some("SECONDARY") {
+            group.nodes[R1].resume();
+            group.nodes[R2].resume();
+            panic!(
+                "r3 {:?} after r1 and r2 stopped: its definition names {} at epoch {}, its role \
+                 is {role:?}: promoted without a majority\n{}",
+                paused.elapsed(),
+                row.primary_replica,
+                row.epoch,
+                group.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = group.nodes[R3].client(DEFAULT_DB).await;
+    let sql = format!("ALTER AVAILABILITY GROUP {GROUP} FORCE_FAILOVER_ALLOW_DATA_LOSS");
+    let forced = tokio::time::timeout(Duration::from_secs(60), c.batch_execute(&sql)).await;
+    let row = group_row(&group.nodes[R3]).await.expect("r3's group row");
+    group.nodes[R1].resume();
+    group.nodes[R2].resume();
+    match forced {
+        Err(_) => panic!("{sql} on r3: no answer within 60 s\n{}", group.logs()),
+        Ok(Ok(())) => panic!(
+            "{sql} on r3 succeeded with r1 and r2 stopped (no majority)\n{}",
+            group.logs()
+        ),
+        Ok(Err(e)) => {
+            let db = e
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{sql}: not a server error: {e:?}"));
+            assert!(
+                db.code().code() == "55000" && db.message().contains("majority"),
+                "{sql} on r3 without a majority: expected 55000 mentioning the majority, got {}",
+                error_text(&e)
+            );
+            eprintln!("FORCE without a majority: {}", error_text(&e));
+        }
+    }
+    assert_eq!(
+        (row.primary_replica.as_str(), row.epoch),
+        ("r1", 1),
+        "r3's definition after the refused FORCE\n{}",
+        group.logs()
+    );
+    // With the majority back, the group takes writes again (whoever is
+    // primary now).
+    let rw = ReadWrite::each_host(&group, APP);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written = match rw.connect().await {
+            Ok(client) => try_write(&client, "INSERT OR IGNORE INTO m VALUES (2)").await,
+            Err(e) => Some(e),
+        };
+        match written {
+            None => break,
+            Some(e) if Instant::now() > deadline => {
+                panic!(
+                    "no write accepted 60 s after r1 and r2 resumed: {e}\n{}",
+                    group.logs()
+                )
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
