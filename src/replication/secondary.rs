@@ -159,6 +159,9 @@ pub struct SecondaryGroup {
     databases: HashMap<String, Arc<SecondaryDb>>,
     connected: watch::Sender<bool>,
     stop: watch::Sender<bool>,
+    /// Set when the group takes no more records (it is being drained to
+    /// become primary); redo still runs until `stop`.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl SecondaryGroup {
@@ -193,6 +196,7 @@ impl SecondaryGroup {
             databases: map,
             connected: watch::channel(false).0,
             stop,
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -226,19 +230,48 @@ impl SecondaryGroup {
     /// to become writable here.
     pub async fn drain_and_stop(&self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
+        // First take no more records, so "everything received" stops moving.
+        self.closed.store(true, Ordering::SeqCst);
         for sdb in self.databases() {
-            let mut redone = sdb.redone.subscribe();
-            while sdb.redone() < sdb.hardened() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(format!(
-                        "database \"{}\" has not redone LSN {}..{} yet",
-                        sdb.db.name(),
-                        sdb.redone(),
-                        sdb.hardened()
-                    ));
+            // Everything written to the log must be hardened and redone:
+            // the database file and the log must agree before this node
+            // writes on top of them. (A batch being received as the group
+            // closed may still land: loop until nothing moves.)
+            loop {
+                let written = *sdb.written.borrow();
+                if written > sdb.hardened() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, sdb.db.log().wait_durable(written))
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "database \"{}\": the log did not become durable in time",
+                                sdb.db.name()
+                            )
+                        })?
+                        .map_err(|e| e.to_string())?;
+                    sdb.hardened.send_if_modified(|h| {
+                        let moved = *h < written;
+                        *h = (*h).max(written);
+                        moved
+                    });
                 }
-                let _ = tokio::time::timeout(left, redone.changed()).await;
+                let mut redone = sdb.redone.subscribe();
+                while sdb.redone() < sdb.hardened() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(format!(
+                            "database \"{}\" has not redone LSN {}..{} yet",
+                            sdb.db.name(),
+                            sdb.redone(),
+                            sdb.hardened()
+                        ));
+                    }
+                    let _ = tokio::time::timeout(left, redone.changed()).await;
+                }
+                if *sdb.written.borrow() == written {
+                    break;
+                }
             }
         }
         self.stop();
@@ -260,7 +293,7 @@ impl SecondaryGroup {
 
     /// Hardens a batch of records of one database; returns the new end.
     async fn receive(&self, database: &str, raw: Vec<Vec<u8>>) -> Result<Lsn, String> {
-        if *self.stop.borrow() {
+        if *self.stop.borrow() || self.closed.load(Ordering::SeqCst) {
             return Err("this replica no longer takes records for this group (it was reconfigured or promoted)".into());
         }
         let sdb = self
