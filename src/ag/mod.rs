@@ -313,27 +313,27 @@ impl Manager {
     /// the new epoch, becomes a secondary; the part of its log this node
     /// never received is reported lost, and its database restarts from a
     /// full image of this one.
-    async fn force_failover(&self, group: &str) -> Result<()> {
-        let secondary = match self.lock().get(&key(group)) {
-            Some(Part::Secondary(s)) => s.clone(),
-            Some(Part::Primary(_)) => {
-                return Err(Error::sql(
-                    "55000",
-                    format!(
-                        "this replica is already the primary of availability group \"{group}\""
-                    ),
-                ))
-            }
-            Some(Part::Joined { .. }) => {
-                return Err(Error::sql(
-                    "55000",
-                    format!(
+    /// This node's secondary part in `group`, which a failover would
+    /// promote; a clear error when this node cannot be the target.
+    fn failover_target(&self, group: &str) -> Result<Arc<SecondaryGroup>> {
+        match self.lock().get(&key(group)) {
+            Some(Part::Secondary(s)) => Ok(s.clone()),
+            Some(Part::Primary(_)) => Err(Error::sql(
+                "55000",
+                format!("this replica is already the primary of availability group \"{group}\""),
+            )),
+            Some(Part::Joined { .. }) => Err(Error::sql(
+                "55000",
+                format!(
                     "this replica has joined availability group \"{group}\" but has no data yet"
                 ),
-                ))
-            }
-            None => return Err(no_group(group)),
-        };
+            )),
+            None => Err(no_group(group)),
+        }
+    }
+
+    async fn force_failover(&self, group: &str) -> Result<()> {
+        let secondary = self.failover_target(group)?;
         let _transition = self.transitions.lock().await;
         if let Some(cluster) = self.clustered(&secondary.config()) {
             // In a cluster the new epoch is the cluster's decision (so no
@@ -407,26 +407,7 @@ impl Manager {
     /// it sees the new epoch and cannot acknowledge another commit: its
     /// lease is no longer renewed, and this replica stopped hardening for it.
     async fn planned_failover(&self, group: &str) -> Result<()> {
-        let config = match self.lock().get(&key(group)) {
-            Some(Part::Secondary(s)) => s.config(),
-            Some(Part::Primary(_)) => {
-                return Err(Error::sql(
-                    "55000",
-                    format!(
-                        "this replica is already the primary of availability group \"{group}\""
-                    ),
-                ))
-            }
-            Some(Part::Joined { .. }) => {
-                return Err(Error::sql(
-                    "55000",
-                    format!(
-                    "this replica has joined availability group \"{group}\" but has no data yet"
-                ),
-                ))
-            }
-            None => return Err(no_group(group)),
-        };
+        let config = self.failover_target(group)?.config();
         let Some(cluster) = self.clustered(&config) else {
             return Err(Error::sql(
                 "0A000",
