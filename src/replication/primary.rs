@@ -259,6 +259,9 @@ fn stopped_waiting() -> Error {
 
 /// The primary's replication state for one group.
 pub struct PrimaryGroup {
+    /// Serializes synchronized-set changes sent to the arbiter with the
+    /// local changes they go with.
+    arbiter_lock: Arc<tokio::sync::Mutex<()>>,
     on_divergence: Option<DivergenceReport>,
     arbiter: Option<Arc<dyn SyncArbiter>>,
     config: GroupConfig,
@@ -334,6 +337,7 @@ impl PrimaryGroup {
             links: Mutex::new(HashMap::new()),
             stop,
             config,
+            arbiter_lock: Arc::new(tokio::sync::Mutex::new(())),
             on_divergence: options.on_divergence,
             arbiter: options.arbiter,
         });
@@ -387,6 +391,7 @@ impl PrimaryGroup {
                     .snapshot()
                     .replica(name)
                     .is_some_and(|r| r.state == SyncState::Synchronized);
+                let _serial = self.arbiter_lock.lock().await;
                 if let (true, Some(arbiter)) = (synchronized, &self.arbiter) {
                     arbiter.set(database, name, false).await.map_err(|e| {
                         Error::sql("55000", format!("cannot suspend: the cluster did not record that {name} left the synchronized set: {e}"))
@@ -467,6 +472,9 @@ impl PrimaryGroup {
     async fn leave_all(&self, replica: &str, reason: LeaveReason) {
         let mut stop = self.stop.subscribe();
         for (name, (_, cell)) in &self.databases {
+            // Held until the local leave: a pending announcement cannot
+            // re-add the replica in the cluster after it left there.
+            let _serial = self.arbiter_lock.lock().await;
             let was_synchronized = cell
                 .snapshot()
                 .replica(replica)
@@ -495,15 +503,29 @@ impl PrimaryGroup {
         let Some(arbiter) = self.arbiter.clone() else {
             return;
         };
+        let Some((_, cell)) = self.databases.get(database) else {
+            return;
+        };
+        let (cell, serial) = (cell.clone(), self.arbiter_lock.clone());
         let (database, replica) = (database.to_string(), replica.to_string());
         tokio::spawn(async move {
             for _ in 0..20 {
+                let _serial = serial.lock().await;
+                // It may have left since: then it must not be re-added.
+                let still = cell
+                    .snapshot()
+                    .replica(&replica)
+                    .is_some_and(|r| r.state == SyncState::Synchronized);
+                if !still {
+                    return;
+                }
                 match arbiter.set(&database, &replica, true).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::debug!(%database, %replica, "cannot record the synchronized replica yet: {e}")
                     }
                 }
+                drop(_serial);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
