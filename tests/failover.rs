@@ -778,14 +778,22 @@ async fn a_restarted_new_primary_comes_back_as_primary_at_the_same_epoch_with_it
         ),
         "the failover record survives the restart: before {row_before:#?}, after {row:#?}"
     );
-    let me = replica_states(&group.nodes[R2])
-        .await
-        .into_iter()
-        .find(|r| r.is_local);
-    assert!(
-        me.as_ref().is_some_and(|m| m.role == "PRIMARY"),
-        "r2's own replica row after its restart: {me:#?}"
-    );
+    // A restarted primary is RESOLVING until the cluster renews its lease.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let me = replica_states(&group.nodes[R2])
+            .await
+            .into_iter()
+            .find(|r| r.is_local);
+        if me.as_ref().is_some_and(|m| m.role == "PRIMARY") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && me.as_ref().is_some_and(|m| m.role == "RESOLVING"),
+            "r2's own replica row after its restart should become PRIMARY: {me:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_rows(&group, R2, &set(&[ROWS_A, ROWS_C]), "r2 after its restart").await;
     let suspended: Vec<_> = db_states(&group.nodes[R2])
         .await

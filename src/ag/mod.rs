@@ -718,12 +718,23 @@ impl Manager {
         let me = config.primary.eq_ignore_ascii_case(&self.node);
         match part {
             Part::Primary(p) if !me && config.epoch > p.config().epoch => {
+                // Under the groups lock from check to insert: the entry may
+                // have changed since it was read (a definition change on
+                // this primary), and whatever runs there must be stopped
+                // before the secondary starts on the same databases.
+                let mut groups = self.lock();
+                let current = match groups.get(&key(&config.name)) {
+                    Some(Part::Primary(q)) if Arc::ptr_eq(q, &p) => q.clone(),
+                    Some(Part::Primary(q)) if q.config().epoch < config.epoch => q.clone(),
+                    _ => return Ok(()),
+                };
                 tracing::warn!(group = %config.name, new_primary = %config.primary, epoch = config.epoch, "the cluster named another primary: stepping down");
                 p.stop();
+                current.stop();
                 self.store
                     .save(&Membership::Defined(Box::new(config.clone())))?;
                 let part = self.run(config.clone())?;
-                self.lock().insert(key(&config.name), part);
+                groups.insert(key(&config.name), part);
             }
             Part::Secondary(s) if me && config.epoch > s.config().epoch => {
                 let old = s.config();
@@ -869,6 +880,13 @@ impl Admission for Manager {
         &self,
         config: GroupConfig,
     ) -> std::result::Result<Arc<SecondaryGroup>, String> {
+        // A role change in progress (failover, following the cluster) owns
+        // the group's entry until it is done: starting a secondary here in
+        // the middle of it would leave two receivers writing one log. The
+        // primary retries its connection shortly.
+        let Ok(_transition) = self.transitions.try_lock() else {
+            return Err("this replica is changing its role in the group; retry shortly".into());
+        };
         let mut groups = self.lock();
         let k = key(&config.name);
         match groups.get(&k) {

@@ -93,6 +93,19 @@ struct Tail {
     end: Lsn,
     /// Encoding buffer, reused.
     buf: Vec<u8>,
+    /// Bumped by [`Log::reset_to`]: a sync of the file that was current
+    /// before a reset says nothing about the log after it.
+    generation: u64,
+}
+
+/// The group-commit turn of one waiter; handed back even when the waiter
+/// is dropped mid-sync.
+struct SyncTurn<'a>(&'a AtomicBool);
+
+impl Drop for SyncTurn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The append-only log of one database.
@@ -133,6 +146,7 @@ impl Log {
                 len,
                 end,
                 buf: Vec::new(),
+                generation: 0,
             }),
             durable: watch::channel(end).0,
             written: watch::channel(end).0,
@@ -223,6 +237,10 @@ impl Log {
     /// Waits until everything before `lsn` is durable. Group commit: one
     /// waiter at a time syncs everything written so far; the others wait
     /// for that sync instead of issuing their own.
+    ///
+    /// Cancellation-safe: a waiter dropped in the middle of its sync (a
+    /// commit whose other half failed first, a timeout) hands the turn on,
+    /// so the log never stops becoming durable.
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
         let mut rx = self.durable.subscribe();
         loop {
@@ -235,44 +253,47 @@ impl Log {
                     tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed()).await;
                 continue;
             }
-            let (file, target, path) = {
-                let tail = self.lock();
-                (
-                    tail.file.clone(),
-                    tail.end,
-                    tail.segments.last().expect("a segment").path.clone(),
-                )
-            };
+            let _turn = SyncTurn(&self.syncing);
+            let (file, target, path, generation) = self.sync_target();
             let synced = tokio::task::spawn_blocking(move || file.sync_data())
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-            self.syncing.store(false, Ordering::Release);
             synced.map_err(io_err(&path))?;
-            self.durable.send_if_modified(|d| {
-                let moved = *d < target;
-                *d = (*d).max(target);
-                moved
-            });
+            self.mark_durable(target, generation);
         }
     }
 
     /// Syncs now, from a blocking context (e.g. before a checkpoint).
     pub fn sync_blocking(&self) -> Result<Lsn, LogError> {
-        let (file, target, path) = {
-            let tail = self.lock();
-            (
-                tail.file.clone(),
-                tail.end,
-                tail.segments.last().expect("a segment").path.clone(),
-            )
-        };
+        let (file, target, path, generation) = self.sync_target();
         file.sync_data().map_err(io_err(&path))?;
+        self.mark_durable(target, generation);
+        Ok(target)
+    }
+
+    /// What a sync started now covers: the current file, up to the end.
+    fn sync_target(&self) -> (Arc<File>, Lsn, PathBuf, u64) {
+        let tail = self.lock();
+        (
+            tail.file.clone(),
+            tail.end,
+            tail.segments.last().expect("a segment").path.clone(),
+            tail.generation,
+        )
+    }
+
+    /// Publishes that everything before `target` is durable, unless the log
+    /// was reset since the sync started (then it covered another file).
+    fn mark_durable(&self, target: Lsn, generation: u64) {
+        let tail = self.lock();
+        if tail.generation != generation {
+            return;
+        }
         self.durable.send_if_modified(|d| {
             let moved = *d < target;
             *d = (*d).max(target);
             moved
         });
-        Ok(target)
     }
 
     /// All records from `from` (a record boundary) to the end, in order.
@@ -427,6 +448,7 @@ impl Log {
         tail.end = lsn;
         tail.recent.clear();
         tail.recent_bytes = 0;
+        tail.generation += 1;
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
         Ok(())
@@ -546,6 +568,43 @@ mod tests {
             page_size: 64,
             pages: vec![(n as u32, vec![n; 64])],
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_dropped_in_the_middle_of_its_sync_does_not_stop_group_commit() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        for round in 1..=20u8 {
+            let end = log.append(record(round)).unwrap();
+            // Polled once: it takes the sync turn and starts syncing, then
+            // is dropped (as when the other half of a commit fails first).
+            assert!(log.wait_durable(end).now_or_never().is_none());
+            let end = log.append(record(round)).unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(10), log.wait_durable(end))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the log never became durable"))
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sync_of_the_file_before_a_reset_does_not_make_the_new_log_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.append(record(1)).unwrap();
+        let (_, _, _, before) = log.sync_target();
+        log.reset_to(1_000).unwrap();
+        let end = log
+            .append_at(&Record {
+                lsn: 1_000,
+                ..record(2)
+            })
+            .unwrap();
+        log.mark_durable(end, before);
+        assert_eq!(log.durable_lsn(), 1_000);
+        log.wait_durable(end).await.unwrap();
+        assert_eq!(log.durable_lsn(), end);
     }
 
     #[tokio::test]

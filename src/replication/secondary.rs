@@ -107,7 +107,8 @@ pub struct SecondaryDb {
     db: Arc<Database>,
     hardened: watch::Sender<Lsn>,
     redone: watch::Sender<Lsn>,
-    /// Highest epoch of any record accepted.
+    /// Epoch of the newest record in the local log: records arrive in LSN
+    /// order, and epochs never go down along a log.
     epoch: Mutex<u64>,
     /// Last redo error, for views.
     last_error: Mutex<Option<String>>,
@@ -176,10 +177,11 @@ impl SecondaryGroup {
             });
             db.set_commit_hook(None);
             let end = db.log().end_lsn();
+            let newest_epoch = db.epoch_history().last().map_or(0, |(e, _)| *e);
             let sdb = Arc::new(SecondaryDb {
                 hardened: watch::channel(end).0,
                 redone: watch::channel(end).0,
-                epoch: Mutex::new(config.epoch),
+                epoch: Mutex::new(newest_epoch),
                 last_error: Mutex::new(None),
                 last_redone_commit_us: AtomicI64::new(0),
                 redo_lock: Mutex::new(()),
@@ -278,6 +280,29 @@ impl SecondaryGroup {
         Ok(())
     }
 
+    /// Makes everything in the local logs durable, so the positions sent to
+    /// a primary cover every record this node holds: a record beyond the
+    /// reported end (a former primary's last commit, appended as it
+    /// stepped down) would otherwise escape the divergence check.
+    async fn harden_everything(&self) -> Result<(), String> {
+        for sdb in self.databases() {
+            let end = sdb.db.log().end_lsn();
+            sdb.db
+                .log()
+                .wait_durable(end)
+                .await
+                .map_err(|e| e.to_string())?;
+            for lsn in [&sdb.written, &sdb.hardened] {
+                lsn.send_if_modified(|h| {
+                    let moved = *h < end;
+                    *h = (*h).max(end);
+                    moved
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn positions(&self) -> Vec<DatabasePosition> {
         self.databases()
             .iter()
@@ -309,23 +334,23 @@ impl SecondaryGroup {
         let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
         let mut restart = false;
         for record in records {
-            if record.epoch < epoch {
-                return Err(format!(
-                    "record at LSN {} of database \"{database}\" is from epoch {}, older than epoch {epoch} already accepted",
-                    record.lsn, record.epoch
-                ));
-            }
-            epoch = record.epoch;
             if accepted.is_empty() && is_base_image(&record) {
                 // A full image restarts the log: to seed an empty or
                 // lagging replica (past our end), or to rewind a diverged
                 // one (the primary announced it, wherever it lands).
                 if rewind == Some(record.lsn) || record.lsn > expected {
                     restart = true;
+                    epoch = record.epoch;
                     expected = record.end_lsn();
                     accepted.push(record);
                     continue;
                 }
+            }
+            if record.epoch < epoch {
+                return Err(format!(
+                    "record at LSN {} of database \"{database}\" is from epoch {}, but the log here already holds epoch {epoch} before it",
+                    record.lsn, record.epoch
+                ));
             }
             if rewind.is_some() && !restart {
                 return Err(format!(
@@ -334,7 +359,12 @@ impl SecondaryGroup {
                 ));
             }
             if record.end_lsn() <= expected && record.lsn < expected {
-                continue; // already hardened
+                // Already here, if the local record at that LSN is this
+                // one; otherwise the logs forked and this replica must be
+                // rewound, which the primary decides from the positions
+                // sent on the next connection.
+                same_as_local(&log, &record, database)?;
+                continue;
             }
             if record.lsn != expected {
                 return Err(format!(
@@ -342,6 +372,7 @@ impl SecondaryGroup {
                     record.lsn
                 ));
             }
+            epoch = record.epoch;
             expected = record.end_lsn();
             accepted.push(record);
         }
@@ -392,6 +423,30 @@ impl SecondaryGroup {
         *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
         sdb.written.send_replace(end);
         Ok(end)
+    }
+}
+
+/// Checks that the local log holds `record` where the primary has it.
+/// Records older than the local log's start cannot be compared and are
+/// taken as equal (they are below a checkpoint both sides agreed on).
+fn same_as_local(log: &crate::log::Log, record: &Record, database: &str) -> Result<(), String> {
+    if record.lsn < log.first_lsn() {
+        return Ok(());
+    }
+    let local = log.read_some(record.lsn, 1).map_err(|e| {
+        format!(
+            "database \"{database}\": cannot read the local log at LSN {}: {e}",
+            record.lsn
+        )
+    })?;
+    match local.first() {
+        Some(ours) if ours == record => Ok(()),
+        ours => Err(format!(
+            "database \"{database}\": the local log holds a different record at LSN {} (epoch {:?}, the primary's is from epoch {}); reconnecting so the primary rewinds this replica",
+            record.lsn,
+            ours.map(|r| r.epoch),
+            record.epoch
+        )),
     }
 }
 
@@ -455,6 +510,9 @@ async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Resu
         Ok(g) => g,
         Err(reason) => return refuse(&mut conn, reason).await,
     };
+    if let Err(e) = group.harden_everything().await {
+        return refuse(&mut conn, format!("cannot harden the local log: {e}")).await;
+    }
     send(
         &mut conn,
         Message::Welcome {
