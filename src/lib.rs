@@ -7,5 +7,6 @@ pub mod cluster;
 pub mod engine;
 pub mod frontend;
 pub mod log;
+pub mod net;
 pub mod replication;
 pub mod sql;

@@ -199,6 +199,88 @@ async fn kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_insert() {
     assert_t_on(&group, R1, &reports, "on the old primary after it rejoined").await;
 }
 
+/// Safety rules 1 and 2 across a network partition: the primary is cut off
+/// from both secondaries (cluster and replication traffic alike, through
+/// the test proxy) while two writers insert through a multi-host read-write
+/// connection. The majority names a new primary; the primary left in the
+/// minority stops taking writes (its lease is not renewed: RESOLVING, then
+/// read-only); the writers finish on the new primary. After the partition
+/// heals, the old primary rejoins as a secondary of the new one and
+/// converges page-identically; every acknowledged insert is on every
+/// replica exactly once, and nothing the minority was sent after the cut
+/// appears anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_cut_off_from_the_majority_stops_writing_and_rejoins_after_the_heal() {
+    let group = Group::start_partitionable(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "a_primary_cut_off_from_the_majority_stops_writing_and_rejoins_after_the_heal",
+    );
+    let proxy = group.proxy.as_ref().expect("a partitionable group");
+    run_on(&group, R1, APP, CREATE_T).await;
+    let rw = ReadWrite::multi_host(&group, APP);
+    let per_task = 300;
+    let writers = insert_writers(&rw, per_task);
+    writers
+        .wait_acked(100, Duration::from_secs(60), || group.logs())
+        .await;
+    // A session on r1 opened before the cut, used after it.
+    let minority = group.nodes[R1].client(APP).await;
+
+    proxy.partition(&[R1], &[R2, R3]);
+    let cut = Instant::now();
+    let majority = [R2, R3];
+    let (new, epoch, _) = wait_new_primary(&group, &majority, &[R1], 1, FAILOVER_TIMEOUT).await;
+    eprintln!(
+        "{} named primary at epoch {epoch} {:?} after the cut",
+        name(new),
+        cut.elapsed()
+    );
+
+    // The minority side writes nothing from now on.
+    let mut refused = Vec::new();
+    for id in [-1i64, -2, -3] {
+        let sql = format!("INSERT INTO t(id, w, pad) VALUES ({id}, 9, NULL)");
+        let outcome = try_write(&minority, &sql).await;
+        assert!(
+            outcome.is_some(),
+            "r1, cut off from the majority after {} became primary, acknowledged {sql}\n{}",
+            name(new),
+            group.logs()
+        );
+        refused.extend(outcome);
+    }
+    eprintln!("writes on the minority side: {refused:?}");
+
+    let reports = writers.join(WRITERS_TIMEOUT).await;
+    assert_finished(&group, &reports, per_task, "through the partition");
+    let other = if new == R2 { R3 } else { R2 };
+
+    proxy.heal();
+    wait_secondary_of(&group, &ALL, R1, new, epoch).await;
+    group
+        .wait_caught_up_to(new, &[R1, other], CATCH_UP_TIMEOUT)
+        .await;
+    group
+        .assert_page_identical_to(new, &[R1, other], "after the partition healed")
+        .await;
+    for i in ALL {
+        assert_t_on(&group, i, &reports, "after the partition healed").await;
+        let stale = rows_on(&group, i, APP, "SELECT count(*) FROM t WHERE id < 0").await;
+        assert_eq!(
+            stale,
+            vec![vec![Some("0".to_string())]],
+            "{}: a write sent to the minority side landed\n{}",
+            name(i),
+            group.logs()
+        );
+    }
+}
+
 /// Safety rule 2: one writer. The primary is frozen (SIGSTOP) with an open
 /// write transaction whose COMMIT and another session's INSERT are sent
 /// while it is frozen; it stays frozen past its lease and margin, until
@@ -594,10 +676,14 @@ enum Fault {
     Pause,
     /// `FAILOVER` on a synchronized secondary.
     Planned,
+    /// The primary cut off from both secondaries until another is named,
+    /// then healed.
+    Partition,
 }
 
 /// The twenty consecutive failovers: kill -9 + restart, SIGSTOP +
-/// SIGCONT and planned failover in turn, while two clients make bank
+/// SIGCONT, a partition of the primary from the majority + heal, and
+/// planned failover in turn, while two clients make bank
 /// transfers (BEGIN; two UPDATEs; a ledger INSERT; COMMIT) and one inserts
 /// unique ids, all through read-write multi-host connections that
 /// reconnect on error. After each failover the bank's total is unchanged and
@@ -611,7 +697,11 @@ async fn twenty_failovers_keep_the_bank_total_and_every_acknowledged_insert() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let mut group = automatic_group(GroupSpec::default()).await;
+    let mut group = Group::start_partitionable(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
     let _logs = KeepLogsOnPanic::new(
         &group,
         "twenty_failovers_keep_the_bank_total_and_every_acknowledged_insert",
@@ -663,7 +753,7 @@ async fn twenty_failovers_keep_the_bank_total_and_every_acknowledged_insert() {
     let mut epoch = 1;
     let mut log = Vec::new();
     for round in 0..rounds {
-        let fault = [Fault::Kill, Fault::Pause, Fault::Planned][round % 3];
+        let fault = [Fault::Kill, Fault::Pause, Fault::Partition, Fault::Planned][round % 4];
         let secondaries: Vec<usize> = ALL.into_iter().filter(|&i| i != primary).collect();
         wait_failover_ready(&group, primary, &secondaries).await;
         let acked_before = transfers.acked();
@@ -685,8 +775,17 @@ async fn twenty_failovers_keep_the_bank_total_and_every_acknowledged_insert() {
                 group.nodes[primary].resume();
                 (named.0, named.1)
             }
+            Fault::Partition => {
+                let proxy = group.proxy.as_ref().expect("a partitionable group");
+                proxy.partition(&[primary], &secondaries);
+                let named =
+                    wait_new_primary(&group, &secondaries, &[primary], epoch, FAILOVER_TIMEOUT)
+                        .await;
+                proxy.heal();
+                (named.0, named.1)
+            }
             Fault::Planned => {
-                let target = secondaries[round % secondaries.len()];
+                let target = secondaries[(round / 4) % secondaries.len()];
                 if let Err((code, message)) = planned_failover(&group, target).await {
                     panic!(
                         "round {round}: FAILOVER on {}: {code} {message}\n{}",

@@ -170,6 +170,9 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             config.data_dir.display()
         )
     })?);
+    if let Some(endpoint) = config.endpoint {
+        crate::net::set_source(endpoint);
+    }
     let cluster = match config.endpoint {
         Some(endpoint) => Some(start_cluster(&config, endpoint).await?),
         None => None,

@@ -378,10 +378,14 @@ impl Cluster {
     /// started). Call it on one node of a new cluster, once; the others
     /// learn the membership from the leader.
     pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
-        if members.get(&self.id) != Some(&self.info) {
+        // The members' endpoints are the addresses partners reach them at
+        // (ENDPOINT_URL), which may differ from the address a node listens
+        // on (a proxy, NAT, a wildcard listen address): only the identity
+        // must match.
+        if members.get(&self.id).map(|m| &m.name) != Some(&self.info.name) {
             return Err(Error::Initialize(format!(
-                "the members must include this node as node {} ({})",
-                self.id, self.info
+                "the members must include this node as node {} (replica {:?})",
+                self.id, self.info.name
             )));
         }
         self.raft.initialize(members).await.map_err(|e| match e {

@@ -50,7 +50,6 @@ use openraft::raft::{
 use openraft::{RPCTypes, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError};
 use super::{NodeId, NodeInfo, TypeConfig};
@@ -176,7 +175,7 @@ impl Transport for TcpTransport {
         let endpoint = node.endpoint;
         let frame_err = |source| TransportError::Frame { target, source };
         let exchange = async {
-            let mut stream = TcpStream::connect(endpoint).await.map_err(|source| {
+            let mut stream = crate::net::connect(endpoint).await.map_err(|source| {
                 TransportError::Unreachable {
                     target,
                     endpoint,

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
@@ -584,10 +583,13 @@ async fn stream_to(
     replica: &ReplicaConfig,
 ) -> std::result::Result<LeaveReason, String> {
     let timeout = Duration::from_secs(replica.session_timeout_s.max(1) as u64);
-    let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(replica.endpoint))
-        .await
-        .map_err(|_| format!("connecting to {} timed out", replica.endpoint))?
-        .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
+    let socket = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::net::connect(replica.endpoint),
+    )
+    .await
+    .map_err(|_| format!("connecting to {} timed out", replica.endpoint))?
+    .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
     let _ = socket.set_nodelay(true);
     let mut conn = Framed::new(socket, WireCodec);
     let config = &group.config;

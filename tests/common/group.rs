@@ -98,8 +98,12 @@ pub struct ReplicaState {
 /// A running group: `nodes[i]` is replica `r{i+1}`.
 pub struct Group {
     pub nodes: Vec<TestServer>,
+    /// The port each node's ENDPOINT_URL names (on 127.0.0.1): its own
+    /// endpoint, or its port on the proxy.
     pub endpoints: Vec<u16>,
     pub spec: GroupSpec,
+    /// The proxy between the nodes, for groups that can be partitioned.
+    pub proxy: Option<super::proxy::Proxy>,
 }
 
 /// The replica name of node index `i`.
@@ -310,10 +314,47 @@ impl Group {
             );
             endpoints.push(endpoint);
         }
+        Group::define(nodes, endpoints, spec, None).await
+    }
+
+    /// Like [`Group::start_with`], but every connection between two nodes
+    /// passes through a [`Proxy`](super::proxy::Proxy) that can partition
+    /// them: node `i` listens on its own loopback address
+    /// ([`node_ip`](super::proxy::node_ip)) and its ENDPOINT_URL names its
+    /// proxy port.
+    pub async fn start_partitionable(spec: GroupSpec) -> Group {
+        let mut nodes = Vec::new();
+        let mut upstream = Vec::new();
+        for i in 0..spec.replicas {
+            let ip = super::proxy::node_ip(i);
+            let endpoint = free_port();
+            nodes.push(
+                TestServer::builder()
+                    .replica_at(&name(i), ip, endpoint)
+                    .start()
+                    .await,
+            );
+            upstream.push(std::net::SocketAddr::new(ip, endpoint));
+        }
+        let proxy = super::proxy::Proxy::start(&upstream).await;
+        let endpoints = (0..spec.replicas).map(|i| proxy.port(i)).collect();
+        Group::define(nodes, endpoints, spec, Some(proxy)).await
+    }
+
+    /// Joins the secondaries, creates `app` and the group on r1, and waits
+    /// until every secondary is SYNCHRONIZED (or, for asynchronous commit,
+    /// SYNCHRONIZING and caught up).
+    async fn define(
+        nodes: Vec<TestServer>,
+        endpoints: Vec<u16>,
+        spec: GroupSpec,
+        proxy: Option<super::proxy::Proxy>,
+    ) -> Group {
         let group = Group {
             nodes,
             endpoints,
             spec,
+            proxy,
         };
         for i in 1..group.nodes.len() {
             let client = group.nodes[i].client(DEFAULT_DB).await;

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod group;
+pub mod proxy;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -124,6 +125,15 @@ impl Builder {
             .arg(name)
             .arg("--endpoint")
             .arg(&format!("127.0.0.1:{endpoint_port}"))
+    }
+
+    /// Run as replica `name` with its replication endpoint on `ip:port`
+    /// (partner connections then leave from `ip`).
+    pub fn replica_at(self, name: &str, ip: std::net::IpAddr, endpoint_port: u16) -> Self {
+        self.arg("--name")
+            .arg(name)
+            .arg("--endpoint")
+            .arg(&format!("{ip}:{endpoint_port}"))
     }
 
     /// Spawns the server and waits until a client can run `SELECT 1`.
