@@ -70,6 +70,8 @@ pub struct Manager {
     transitions: tokio::sync::Mutex<()>,
     /// Latest failover record per group, as losses become known.
     failovers: Mutex<HashMap<String, Option<config::FailoverRecord>>>,
+    /// A witness node votes in the cluster and hosts no replica.
+    witness: bool,
 }
 
 fn key(name: &str) -> String {
@@ -83,6 +85,7 @@ impl Manager {
         engine: Arc<Engine>,
         data_dir: &Path,
         cluster: Option<Arc<Cluster>>,
+        witness: bool,
     ) -> Result<Arc<Manager>> {
         let manager = Arc::new_cyclic(|me| Manager {
             me: me.clone(),
@@ -93,6 +96,7 @@ impl Manager {
             groups: Mutex::new(HashMap::new()),
             failovers: Mutex::new(HashMap::new()),
             transitions: tokio::sync::Mutex::new(()),
+            witness,
         });
         for membership in manager.store.load_all()? {
             let name = key(membership.name());
@@ -203,6 +207,20 @@ impl Manager {
     /// Runs one availability-group statement; returns its command tag.
     pub async fn execute(self: &Arc<Self>, statement: AgStatement) -> Result<String> {
         let this = self.clone();
+        if self.witness
+            && matches!(
+                statement,
+                AgStatement::CreateGroup(_)
+                    | AgStatement::Join { .. }
+                    | AgStatement::JoinDatabase { .. }
+            )
+        {
+            return Err(Error::sql(
+                "55000",
+                "this node is a witness: it votes in the cluster and hosts no replica",
+            )
+            .with_hint("run the statement on a replica host (a node started without --witness)"));
+        }
         // Statements touch files and start tasks; none blocks for long.
         match statement {
             AgStatement::CreateGroup(spec) => {
@@ -299,11 +317,109 @@ impl Manager {
                 "availability group listeners are not available in this version",
             )
             .with_hint("connect to the primary directly, or use a multi-host connection string with target_session_attrs=read-write")),
+            AgStatement::CreateCluster => this.create_cluster().await.map(|_| "CREATE CLUSTER".into()),
+            AgStatement::AddClusterNode { name, endpoint_url } => this
+                .add_cluster_node(&name, &endpoint_url)
+                .await
+                .map(|_| "ALTER CLUSTER".into()),
+            AgStatement::RemoveClusterNode { name } => this
+                .remove_cluster_node(&name)
+                .await
+                .map(|_| "ALTER CLUSTER".into()),
             AgStatement::RemoveDatabaseFromHadr { database } => Err(Error::sql(
                 "0A000",
                 format!("SET HADR OFF is not available in this version; remove \"{database}\" on the primary with ALTER AVAILABILITY GROUP … REMOVE DATABASE"),
             )),
         }
+    }
+
+    /// This node's cluster member, or why it has none.
+    fn cluster_member(&self) -> Result<&Arc<Cluster>> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Error::sql(
+                "55000",
+                "this node takes no part in a cluster: it has no replication endpoint",
+            )
+            .with_hint(
+                "restart it with --endpoint HOST:PORT (and --name) to make it a cluster node",
+            )
+        })
+    }
+
+    /// `CREATE CLUSTER`: a cluster whose one voter is this node; others
+    /// join with `ALTER CLUSTER ADD NODE`.
+    async fn create_cluster(&self) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        let m = cluster.metrics();
+        if !m.voters.is_empty() {
+            return Err(Error::sql(
+                "42710",
+                format!(
+                    "this node already belongs to a cluster of {} voters",
+                    m.voters.len()
+                ),
+            )
+            .with_hint("see availdb cluster status; a node leaves with availdb cluster leave"));
+        }
+        cluster
+            .initialize(std::collections::BTreeMap::from([(m.id, m.local.clone())]))
+            .await
+            .map_err(|e| Error::sql("55000", e.to_string()))
+    }
+
+    /// `ALTER CLUSTER ADD NODE`: the named node, running and reachable at
+    /// `endpoint_url`, becomes a voter (a witness, or a future replica host).
+    async fn add_cluster_node(&self, name: &str, endpoint_url: &str) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        if cluster.metrics().voters.is_empty() {
+            return Err(Error::sql("55000", "this node is in no cluster yet")
+                .with_hint("run CREATE CLUSTER here first (availdb cluster init)"));
+        }
+        let endpoint = resolve_endpoint(endpoint_url).await?;
+        let info = NodeInfo {
+            name: name.to_string(),
+            endpoint,
+        };
+        cluster
+            .change_members(crate::cluster::MemberChange::Add(crate::cluster::node_id(name), info))
+            .await
+            .map_err(|e| {
+                Error::sql("55000", format!("cannot add node \"{name}\" to the cluster: {e}"))
+                    .with_hint(format!("check that the node runs with --name {name} and that its endpoint {endpoint_url} is reachable from the cluster's leader"))
+            })
+    }
+
+    /// `ALTER CLUSTER REMOVE NODE`: refused while the node hosts a replica
+    /// of a group the cluster runs (its vote and its replica go together).
+    async fn remove_cluster_node(&self, name: &str) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        let m = cluster.metrics();
+        let id = crate::cluster::node_id(name);
+        if !m.voters.contains_key(&id) {
+            return Err(Error::sql(
+                "42704",
+                format!("node \"{name}\" is not a voter of this node's cluster"),
+            )
+            .with_hint("see availdb cluster status for the members"));
+        }
+        for record in cluster.state().groups.values() {
+            if record.config.replica(name).is_some() {
+                return Err(Error::sql(
+                    "55000",
+                    format!("node \"{name}\" hosts replica \"{name}\" of availability group \"{}\"", record.config.name),
+                )
+                .with_hint(format!("remove the replica first: ALTER AVAILABILITY GROUP {} REMOVE REPLICA ON '{name}'", record.config.name)));
+            }
+        }
+        cluster
+            .change_members(crate::cluster::MemberChange::Remove(id))
+            .await
+            .map_err(|e| {
+                Error::sql(
+                    "55000",
+                    format!("cannot remove node \"{name}\" from the cluster: {e}"),
+                )
+            })
     }
 
     /// FORCE_FAILOVER_ALLOW_DATA_LOSS, run on a secondary: it redoes what it
@@ -537,7 +653,8 @@ impl Manager {
         } else {
             for (id, info) in members {
                 if !known.contains_key(&id) {
-                    if let Err(e) = cluster.add_voter(id, info.clone()).await {
+                    let add = crate::cluster::MemberChange::Add(id, info.clone());
+                    if let Err(e) = cluster.change_members(add).await {
                         tracing::warn!("cannot add {} to the cluster: {e}", info.name);
                     }
                 }
@@ -880,6 +997,11 @@ impl Admission for Manager {
         &self,
         config: GroupConfig,
     ) -> std::result::Result<Arc<SecondaryGroup>, String> {
+        if self.witness {
+            return Err(
+                "this node is a witness: it votes in the cluster and hosts no replica".into(),
+            );
+        }
         // A role change in progress (failover, following the cluster) owns
         // the group's entry until it is done: starting a secondary here in
         // the middle of it would leave two receivers writing one log. The
@@ -987,6 +1109,22 @@ async fn put_group(cluster: &Cluster, config: GroupConfig) -> Result<()> {
 }
 
 /// The cluster members a group needs: every replica's node.
+/// The address of a `tcp://host:port` URL (a host name is looked up).
+async fn resolve_endpoint(url: &str) -> Result<std::net::SocketAddr> {
+    let (host, port) = ddl::parse_tcp_url(url)
+        .map_err(|why| Error::sql("22023", format!("ENDPOINT_URL '{url}': {why}")))?;
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!("ENDPOINT_URL '{url}': cannot resolve host \"{host}\""),
+            )
+        })
+}
+
 fn members(config: &GroupConfig) -> std::collections::BTreeMap<u64, NodeInfo> {
     config
         .replicas

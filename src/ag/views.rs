@@ -45,7 +45,8 @@ CREATE TABLE sys.dm_hadr_availability_replica_states(
     synchronization_health_desc TEXT, is_local BOOLEAN, last_connect_error_description TEXT);
 CREATE TABLE sys.dm_hadr_cluster(
     cluster_name TEXT, quorum_type_desc TEXT, quorum_state_desc TEXT,
-    leader TEXT, term INTEGER, local_state_desc TEXT);
+    leader TEXT, term INTEGER, local_state_desc TEXT,
+    local_member_name TEXT, local_endpoint_url TEXT);
 CREATE TABLE sys.dm_hadr_cluster_members(
     member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
     number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
@@ -398,6 +399,8 @@ impl Snapshot {
             m.leader.map_or(Value::Null, |id| text(name_of(id))),
             int(m.term),
             text(format!("{:?}", m.state).to_ascii_uppercase()),
+            text(&m.local.name),
+            text(format!("tcp://{}", m.local.endpoint)),
         ]);
         for (id, node) in &m.voters {
             self.members.push(vec![

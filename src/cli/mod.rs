@@ -66,8 +66,13 @@ pub struct ServerArgs {
     /// node lets any user in.
     #[arg(long, env = "AVAILDB_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Run as a witness: a cluster voter that hosts no replica, so that
+    /// two replica hosts and a witness keep a majority when either host
+    /// fails. Needs --endpoint; add it with `availdb cluster join`.
+    #[arg(long)]
+    pub witness: bool,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
-    /// `password`).
+    /// `endpoint`, `password`, `witness`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -82,6 +87,7 @@ struct ConfigFile {
     name: Option<String>,
     endpoint: Option<String>,
     password: Option<String>,
+    witness: Option<bool>,
 }
 
 /// A node's resolved settings.
@@ -97,6 +103,8 @@ pub struct ServerConfig {
     pub password: Option<String>,
     /// Replication endpoint, if this node takes part in groups.
     pub endpoint: Option<SocketAddr>,
+    /// A witness votes in the cluster and hosts no replica.
+    pub witness: bool,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -129,6 +137,13 @@ impl ServerArgs {
             Some(text) => Some(parse_endpoint(&text)?),
             None => None,
         };
+        let witness = self.witness || file.witness.unwrap_or(false);
+        if witness && endpoint.is_none() {
+            return Err(
+                "a witness needs --endpoint HOST:PORT: it takes part in the cluster through it"
+                    .into(),
+            );
+        }
         Ok(ServerConfig {
             data_dir,
             listen: SocketAddr::new(host, port),
@@ -138,6 +153,7 @@ impl ServerArgs {
                 .unwrap_or_else(|| format!("node-{port}")),
             password,
             endpoint,
+            witness,
         })
     }
 }
@@ -182,6 +198,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         engine.clone(),
         &config.data_dir,
         cluster.clone(),
+        config.witness,
     )
     .map_err(|e| format!("cannot resume availability groups: {e}"))?;
     if let Some(endpoint) = config.endpoint {
@@ -309,8 +326,28 @@ mod tests {
             name: None,
             endpoint: None,
             password: password.map(Into::into),
+            witness: false,
             config: None,
         }
+    }
+
+    #[test]
+    fn a_witness_needs_an_endpoint() {
+        let err = ServerArgs {
+            witness: true,
+            ..args(None, None)
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("--endpoint"), "{err}");
+        let ok = ServerArgs {
+            witness: true,
+            endpoint: Some("127.0.0.1:7010".into()),
+            ..args(None, None)
+        }
+        .resolve()
+        .unwrap();
+        assert!(ok.witness);
     }
 
     #[test]

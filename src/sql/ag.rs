@@ -13,7 +13,7 @@
 //! more times, `|` picks one, quoted punctuation is literal.
 //!
 //! ```text
-//! statement   = ( create | alter_ag | drop | alter_db ) [ ";" ]
+//! statement   = ( create | alter_ag | drop | alter_db | cluster ) [ ";" ]
 //! create      = CREATE AVAILABILITY GROUP group
 //!                 [ WITH "(" group_opt { "," group_opt } ")" ]
 //!                 FOR [ DATABASE db { "," db } ]
@@ -30,6 +30,10 @@
 //! drop        = DROP AVAILABILITY GROUP group
 //! alter_db    = ALTER DATABASE db SET HADR
 //!                 ( SUSPEND | RESUME | OFF | AVAILABILITY GROUP "=" group )
+//! cluster     = CREATE CLUSTER                     -- availdb's own: the
+//!             | ALTER CLUSTER ADD NODE 'name'      -- quorum cluster's voters
+//!                 WITH "(" ENDPOINT_URL "=" 'tcp://host:port' ")"
+//!             | ALTER CLUSTER REMOVE NODE 'name'
 //! replica     = 'name' WITH "(" replica_opt { "," replica_opt } ")"
 //! listener    = 'name' "(" listener_opt { "," listener_opt } ")"
 //!
@@ -210,6 +214,22 @@ pub enum AgStatement {
     RemoveDatabaseFromHadr {
         /// Database name.
         database: String,
+    },
+    /// `CREATE CLUSTER`: start a quorum cluster whose only voter is this
+    /// node (availdb's own statement; SQL Server leaves this to WSFC).
+    CreateCluster,
+    /// `ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = …)`: make a
+    /// running node a voter of this node's cluster.
+    AddClusterNode {
+        /// The node's `--name`.
+        name: String,
+        /// Where the other nodes reach it (`tcp://host:port`).
+        endpoint_url: String,
+    },
+    /// `ALTER CLUSTER REMOVE NODE 'name'`: take a node out of the voters.
+    RemoveClusterNode {
+        /// The node's `--name`.
+        name: String,
     },
 }
 
@@ -419,6 +439,9 @@ pub fn is_ag_statement(sql: &str) -> bool {
         .any(|kw| is_word(&first, kw))
         && is_word(&second, "AVAILABILITY")
     {
+        return true;
+    }
+    if ["CREATE", "ALTER"].iter().any(|kw| is_word(&first, kw)) && is_word(&second, "CLUSTER") {
         return true;
     }
     is_word(&first, "ALTER")
@@ -939,6 +962,9 @@ impl Parser {
 
     fn statement(&mut self) -> Result<AgStatement> {
         if self.eat_keyword("CREATE") {
+            if self.eat_keyword("CLUSTER") {
+                return Ok(AgStatement::CreateCluster);
+            }
             self.keyword("AVAILABILITY")?;
             self.keyword("GROUP")?;
             self.create_group()
@@ -949,7 +975,9 @@ impl Parser {
                 group: self.group_name()?,
             })
         } else if self.eat_keyword("ALTER") {
-            if self.eat_keyword("DATABASE") {
+            if self.eat_keyword("CLUSTER") {
+                self.alter_cluster()
+            } else if self.eat_keyword("DATABASE") {
                 self.alter_database()
             } else if self.eat_keyword("AVAILABILITY") {
                 self.keyword("GROUP")?;
@@ -959,6 +987,29 @@ impl Parser {
             }
         } else {
             Err(self.unexpected("CREATE, ALTER or DROP AVAILABILITY GROUP"))
+        }
+    }
+
+    fn alter_cluster(&mut self) -> Result<AgStatement> {
+        const SHAPE: &str =
+            "ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = 'tcp://host:port') \
+                             or ALTER CLUSTER REMOVE NODE 'name'";
+        if self.eat_keyword("ADD") {
+            self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
+            let (name, _) = self.name_literal("a node name")?;
+            self.keyword("WITH").map_err(|e| e.with_hint(SHAPE))?;
+            self.punct(Tok::LParen)?;
+            self.keyword("ENDPOINT_URL")
+                .map_err(|e| e.with_hint(SHAPE))?;
+            let endpoint_url = self.equals_url("ENDPOINT_URL")?;
+            self.punct(Tok::RParen)?;
+            Ok(AgStatement::AddClusterNode { name, endpoint_url })
+        } else if self.eat_keyword("REMOVE") {
+            self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
+            let (name, _) = self.name_literal("a node name")?;
+            Ok(AgStatement::RemoveClusterNode { name })
+        } else {
+            Err(self.unexpected("ADD NODE or REMOVE NODE").with_hint(SHAPE))
         }
     }
 
@@ -1407,6 +1458,34 @@ mod tests {
         list.iter()
             .map(|set| set.iter().map(|r| r.to_string()).collect())
             .collect()
+    }
+
+    #[test]
+    fn cluster_statements_parse_and_say_what_is_accepted() {
+        assert_eq!(parsed("create cluster;"), AgStatement::CreateCluster);
+        assert_eq!(
+            parsed("ALTER CLUSTER ADD NODE 'w1' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:7010')"),
+            AgStatement::AddClusterNode {
+                name: "w1".into(),
+                endpoint_url: "tcp://127.0.0.1:7010".into()
+            }
+        );
+        assert_eq!(
+            parsed("alter cluster remove node 'w1'"),
+            AgStatement::RemoveClusterNode { name: "w1".into() }
+        );
+        assert!(is_ag_statement("ALTER CLUSTER ADD NODE"));
+        assert!(is_ag_statement("create cluster"));
+        for bad in [
+            "ALTER CLUSTER ADD NODE w1",
+            "ALTER CLUSTER ADD NODE 'w1'",
+            "ALTER CLUSTER ADD NODE 'w1' WITH (ENDPOINT_URL = 'http://x:1')",
+            "ALTER CLUSTER DROP NODE 'w1'",
+            "CREATE CLUSTER c1",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(!e.to_string().is_empty(), "{bad}");
+        }
     }
 
     #[test]
