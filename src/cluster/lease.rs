@@ -7,11 +7,21 @@
 //!
 //! * the **primary** counts from the moment it *sent* the renewal, so its
 //!   own view ends first;
-//! * the **cluster leader** counts from the moment it *applied* the renewal
-//!   (always later), resets the count when it becomes leader (a renewal it
-//!   has not applied yet may have been granted just before), and declares
-//!   the lease expired only a safety margin after that — the margin covers
-//!   the rate difference of the two clocks.
+//! * every node of the cluster counts from the moment it *applied* the
+//!   renewal (always later than it was sent), as follower and as leader;
+//!   the **cluster leader** declares the lease expired only a safety margin
+//!   after that — the margin covers the rate difference of the two clocks.
+//!
+//! A new leader keeps the counts it made as a follower. That is safe
+//! because it answers only once it has applied every entry of earlier
+//! terms ([`super::Cluster::lease_expired`] waits for an applied entry of
+//! its own term): a renewal the primary counted as granted was committed,
+//! so the new leader holds it (Raft's leader completeness) and has applied
+//! it by then, at a time later than the primary sent it. Only a group it
+//! has seen no renewal of (it joined by snapshot) is counted from the
+//! first question, a whole lease. So a primary that dies together with the
+//! leader is replaced as fast as one that dies alone: one lease plus the
+//! margin after its last renewal, not after the election.
 //!
 //! So by the time the leader sees a lease expired, the primary has stopped
 //! accepting writes (safety rule 2). [`LeaseClock`] is the pure bookkeeping
@@ -66,8 +76,6 @@ impl LeaseClock {
 /// as it applies commands and read by the leader ([`super::Cluster::lease_expired`]).
 #[derive(Debug, Default)]
 pub(crate) struct LeaseBook {
-    /// Term in which this node last started counting as leader.
-    leader_term: Option<u64>,
     /// Per group (lower-case name).
     clocks: BTreeMap<String, LeaseClock>,
 }
@@ -90,22 +98,18 @@ impl LeaseBook {
         }
     }
 
-    /// Whether `group`'s lease has expired for the leader of `term`, whose
-    /// applied state is `state`; `None` for an unknown group. The first
-    /// question in a new term restarts every clock (`on_became_leader`); a
-    /// group without a lease has nothing to wait for.
+    /// Whether `group`'s lease has expired for the leader, whose applied
+    /// state is `state` (complete up to its own term); `None` for an
+    /// unknown group. A group whose renewals this node never applied is
+    /// counted from now (`on_became_leader`); a group without a lease has
+    /// nothing to wait for.
     pub(crate) fn expired(
         &mut self,
         state: &ClusterState,
-        term: u64,
         group: &str,
         now: Instant,
         margin: Duration,
     ) -> Option<bool> {
-        if self.leader_term != Some(term) {
-            self.leader_term = Some(term);
-            self.clocks.clear();
-        }
         let record = state.group(group)?;
         let Some(lease) = &record.lease else {
             return Some(true);
@@ -198,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn the_leaders_book_restarts_every_clock_in_a_new_term() {
+    fn the_leaders_book_counts_from_the_last_renewal_applied_here_in_any_role() {
         use crate::cluster::state::{GroupRecord, Lease};
 
         let t0 = Instant::now();
@@ -235,40 +239,50 @@ mod tests {
         let mut book = LeaseBook::default();
         let margin = ms(100);
 
-        // A renewal applied as a follower, long before this node leads.
-        book.applied(&renew(1000), t0);
-        // First question in term 5: the count restarts now.
+        // A group this node never saw a renewal of (it joined by snapshot):
+        // counted from the first question, a whole lease.
         let t1 = t0 + ms(60_000);
-        assert_eq!(book.expired(&with_lease, 5, "ag1", t1, margin), Some(false));
+        assert_eq!(book.expired(&with_lease, "ag1", t1, margin), Some(false));
         assert_eq!(
-            book.expired(&with_lease, 5, "ag1", t1 + ms(1099), margin),
+            book.expired(&with_lease, "ag1", t1 + ms(1099), margin),
             Some(false)
         );
         assert_eq!(
-            book.expired(&with_lease, 5, "ag1", t1 + ms(1100), margin),
+            book.expired(&with_lease, "AG1", t1 + ms(1100), margin),
             Some(true)
         );
-        // A renewal applied while leading restarts it again.
-        book.applied(&renew(1000), t1 + ms(1200));
-        assert_eq!(
-            book.expired(&with_lease, 5, "ag1", t1 + ms(2000), margin),
-            Some(false)
-        );
-        // Leading again in a later term: restart from that question.
+        // A renewal applied as a follower counts when this node leads
+        // later: the lease ends a lease plus the margin after it, however
+        // recently this node was elected.
         let t2 = t1 + ms(10_000);
-        assert_eq!(book.expired(&with_lease, 7, "ag1", t2, margin), Some(false));
+        book.applied(&renew(1000), t2);
+        let elected = t2 + ms(400);
         assert_eq!(
-            book.expired(&with_lease, 7, "AG1", t2 + ms(1100), margin),
+            book.expired(&with_lease, "ag1", elected, margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, "ag1", t2 + ms(1099), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, "ag1", t2 + ms(1100), margin),
             Some(true)
+        );
+        // A later renewal restarts the count.
+        book.applied(&renew(1000), t2 + ms(1200));
+        assert_eq!(
+            book.expired(&with_lease, "ag1", t2 + ms(2000), margin),
+            Some(false)
         );
 
         assert_eq!(
-            book.expired(&state(None), 7, "ag1", t2, margin),
+            book.expired(&state(None), "ag1", t2, margin),
             Some(true),
             "no lease"
         );
         assert_eq!(
-            book.expired(&with_lease, 7, "ag2", t2, margin),
+            book.expired(&with_lease, "ag2", t2, margin),
             None,
             "no group"
         );
