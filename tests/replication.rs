@@ -1125,6 +1125,14 @@ async fn suspend_and_resume_data_movement() {
             "{r} after SUSPEND: {view:#?}"
         );
     }
+    // A definition change restarts the primary's links: the suspension
+    // stays (it is recorded, as is one from a forced failover).
+    run(
+        &group,
+        &admin,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r3' WITH (SESSION_TIMEOUT = 6)",
+    )
+    .await;
     // Commits do not wait for suspended secondaries (they would never
     // harden: nothing is sent to them).
     for id in 11..=30 {

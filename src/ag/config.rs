@@ -258,23 +258,69 @@ impl ConfigStore {
 
     /// Writes a group's membership durably (temp file, fsync, rename).
     pub fn save(&self, membership: &Membership) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
-        let path = self.path(membership.name());
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(membership).expect("membership serializes");
+        self.write_durably(&self.path(membership.name()), &bytes)
+    }
+
+    /// The databases of `group` whose data movement this node, as primary,
+    /// keeps suspended (`ALTER DATABASE … SET HADR SUSPEND`, or a forced
+    /// failover), so a restart or a definition change does not resume it.
+    pub fn load_suspended(&self, group: &str) -> Result<std::collections::BTreeSet<String>> {
+        let path = self.suspended_path(group);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::sql(
+                    "XX000",
+                    format!("{} is not a valid list of databases: {e}", path.display()),
+                )
+                .with_hint("delete the file to resume data movement of every database of the group")
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    /// Records which databases of `group` are suspended (none: the file goes).
+    pub fn save_suspended(
+        &self,
+        group: &str,
+        databases: &std::collections::BTreeSet<String>,
+    ) -> Result<()> {
+        let path = self.suspended_path(group);
+        if databases.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io(&path, e)),
+            };
+        }
+        let bytes = serde_json::to_vec(databases).expect("a list of names serializes");
+        self.write_durably(&path, &bytes)
+    }
+
+    /// Temp file, fsync, rename, fsync of the directory.
+    fn write_durably(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
+            f.write_all(bytes)?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, path)?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| io(&path, e))
+        write().map_err(|e| io(path, e))
+    }
+
+    fn suspended_path(&self, group: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.suspended", group.to_ascii_lowercase()))
     }
 
     /// Forgets a group.
     pub fn remove(&self, name: &str) -> Result<()> {
+        self.save_suspended(name, &Default::default())?;
         let path = self.path(name);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -124,9 +124,17 @@ impl Manager {
     }
 
     /// Starts this node's role; a primary may start with data movement
-    /// suspended (after a forced failover).
-    fn run_with(&self, config: GroupConfig, suspended: bool) -> Result<Part> {
+    /// of every database suspended (after a forced failover). A primary
+    /// keeps the suspensions it recorded (restart, definition change); a
+    /// secondary drops them (the next primary decides its own).
+    fn run_with(&self, config: GroupConfig, suspend_all: bool) -> Result<Part> {
+        let mut suspended = self.store.load_suspended(&config.name)?;
         if config.primary.eq_ignore_ascii_case(&self.node) {
+            if suspend_all {
+                suspended.extend(config.databases.iter().cloned());
+            }
+            suspended.retain(|d| config.has_database(d));
+            self.store.save_suspended(&config.name, &suspended)?;
             let me = self.me.clone();
             let group = config.name.clone();
             let clustered = self.clustered(&config);
@@ -177,6 +185,10 @@ impl Manager {
             }
             Ok(Part::Primary(primary))
         } else {
+            if !suspended.is_empty() {
+                self.store
+                    .save_suspended(&config.name, &Default::default())?;
+            }
             let mut dbs = Vec::new();
             for name in &config.databases {
                 dbs.push(self.ensure_database(name)?);
@@ -905,7 +917,17 @@ impl Manager {
             }
         }
         match primary {
-            Some(p) => p.set_suspended(database, suspended).await,
+            Some(p) => {
+                p.set_suspended(database, suspended).await?;
+                let group = p.config().name.clone();
+                let mut recorded = self.store.load_suspended(&group)?;
+                if suspended {
+                    recorded.insert(database.to_string());
+                } else {
+                    recorded.remove(database);
+                }
+                self.store.save_suspended(&group, &recorded)
+            }
             None => Err(Error::sql(
                 "42704",
                 format!("database \"{database}\" is not in an availability group on this node"),

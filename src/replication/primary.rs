@@ -225,9 +225,10 @@ pub type DivergenceReport = Arc<dyn Fn(&str, &str, Option<(Lsn, Lsn)>) + Send + 
 /// How a primary starts.
 #[derive(Clone, Default)]
 pub struct StartOptions {
-    /// Start with data movement suspended to every secondary (after a
-    /// forced failover, until an operator resumes each database).
-    pub suspended: bool,
+    /// Databases whose data movement to every secondary starts suspended
+    /// (after a forced failover, or a suspension from before a restart),
+    /// until an operator resumes each.
+    pub suspended: std::collections::BTreeSet<String>,
     /// Told about every divergent replica log found.
     pub on_divergence: Option<DivergenceReport>,
     /// Where synchronized-set changes are recorded before they take
@@ -306,7 +307,7 @@ impl PrimaryGroup {
                 &secondaries,
                 config.required_synchronized_secondaries as usize,
             );
-            if options.suspended {
+            if options.suspended.contains(name) {
                 for (replica, _) in &secondaries {
                     sync.leave(replica, LeaveReason::Suspended);
                 }
