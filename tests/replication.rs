@@ -754,6 +754,7 @@ fn replica_config(name: &str, endpoint_port: u16) -> ReplicaConfig {
         failover_mode: FailoverMode::Manual,
         session_timeout_s: 10,
         secondary_allow_connections: SecondaryConnections::All,
+        primary_allow_connections: Default::default(),
         read_only_routing_url: None,
         read_only_routing_list: vec![],
         backup_priority: 50,
@@ -807,6 +808,7 @@ async fn safety_rule_6_a_peer_from_another_cluster_is_refused() {
         last_failover: None,
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
+        listener: None,
     };
     let mut conn = wire_connect(group.endpoints[1]).await;
     wire_send(
@@ -950,6 +952,7 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         last_failover: None,
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
+        listener: None,
     };
     let hello = || Message::Hello {
         cluster_id: cluster.into(),

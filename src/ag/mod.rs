@@ -42,8 +42,8 @@ use crate::replication::secondary::{Admission, SecondaryGroup};
 use crate::sql::ag::{self as ddl, AgStatement};
 
 use config::{
-    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, ReplicaConfig,
-    SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
+    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, PrimaryConnections,
+    ReplicaConfig, SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
 };
 
 /// This node's part in one group.
@@ -294,11 +294,17 @@ impl Manager {
                 .planned_failover(&group)
                 .await
                 .map(|_| "ALTER AVAILABILITY GROUP".into()),
-            AgStatement::AddListener { .. } => Err(Error::sql(
-                "0A000",
-                "availability group listeners are not available in this version",
-            )
-            .with_hint("connect to the primary directly, or use a multi-host connection string with target_session_attrs=read-write")),
+            AgStatement::AddListener { group, listener } => this.change(&group, |c, _| {
+                if let Some(existing) = &c.listener {
+                    return Err(Error::sql(
+                        "42710",
+                        format!("availability group \"{}\" already has listener '{}'", c.name, existing.name),
+                    )
+                    .with_hint("a group has one listener in this version"));
+                }
+                c.listener = Some(listener_config(&listener)?);
+                Ok(())
+            }),
             AgStatement::RemoveDatabaseFromHadr { database } => Err(Error::sql(
                 "0A000",
                 format!("SET HADR OFF is not available in this version; remove \"{database}\" on the primary with ALTER AVAILABILITY GROUP … REMOVE DATABASE"),
@@ -615,6 +621,7 @@ impl Manager {
                 .options
                 .health_check_timeout_ms
                 .map_or(5_000, u64::from),
+            listener: spec.listener.as_ref().map(listener_config).transpose()?,
         };
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
@@ -1061,6 +1068,11 @@ fn replica_config(
         Some(ddl::SecondaryConnections::All) => SecondaryConnections::All,
         None => base.map_or(SecondaryConnections::All, |b| b.secondary_allow_connections),
     };
+    let primary_allow_connections = match o.primary_allow_connections {
+        Some(ddl::PrimaryConnections::ReadWrite) => PrimaryConnections::ReadWrite,
+        Some(ddl::PrimaryConnections::All) => PrimaryConnections::All,
+        None => base.map_or(PrimaryConnections::All, |b| b.primary_allow_connections),
+    };
     Ok(ReplicaConfig {
         name: name.to_string(),
         endpoint,
@@ -1071,6 +1083,7 @@ fn replica_config(
             .or(base.map(|b| b.session_timeout_s))
             .unwrap_or(DEFAULT_SESSION_TIMEOUT_S),
         secondary_allow_connections,
+        primary_allow_connections,
         read_only_routing_url: o
             .read_only_routing_url
             .clone()
@@ -1084,6 +1097,28 @@ fn replica_config(
             .backup_priority
             .or(base.map(|b| b.backup_priority))
             .unwrap_or(50),
+    })
+}
+
+/// A listener's definition; `READ_ONLY_PORT` defaults to `PORT + 1`.
+fn listener_config(spec: &ddl::ListenerSpec) -> Result<config::ListenerConfig> {
+    let read_only_port = match spec.read_only_port {
+        Some(port) => port,
+        None => spec.port.checked_add(1).ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!(
+                    "listener '{}': PORT 65535 leaves no room for the read-only port",
+                    spec.name
+                ),
+            )
+            .with_hint("give READ_ONLY_PORT = n")
+        })?,
+    };
+    Ok(config::ListenerConfig {
+        name: spec.name.clone(),
+        port: spec.port,
+        read_only_port,
     })
 }
 
