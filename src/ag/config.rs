@@ -381,7 +381,9 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_slice(&group().to_bytes()).unwrap();
         json.as_object_mut().unwrap().remove("listener");
         for r in json["replicas"].as_array_mut().unwrap() {
-            r.as_object_mut().unwrap().remove("primary_allow_connections");
+            r.as_object_mut()
+                .unwrap()
+                .remove("primary_allow_connections");
         }
         let old = GroupConfig::from_bytes(&serde_json::to_vec(&json).unwrap()).unwrap();
         assert_eq!(old, group());

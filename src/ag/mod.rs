@@ -803,6 +803,106 @@ impl Manager {
         }
     }
 
+    /// The freshest definition of `group` this node knows: the cluster's,
+    /// which names a new primary as soon as the cluster decides, or its own
+    /// (a read-scale group, or a node outside the cluster). None when the
+    /// group is not defined here.
+    pub fn current_config(&self, group: &str) -> Option<GroupConfig> {
+        let local = self.defined(group).ok()?;
+        let clustered = self
+            .clustered(&local)
+            .and_then(|c| c.state().group(group).map(|r| r.config.clone()));
+        Some(match clustered {
+            Some(c) if (c.epoch, c.version) > (local.epoch, local.version) => c,
+            _ => local,
+        })
+    }
+
+    /// [`Manager::current_config`] of every group defined here.
+    pub fn current_configs(&self) -> Vec<GroupConfig> {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        names
+            .iter()
+            .filter_map(|name| self.current_config(name))
+            .collect()
+    }
+
+    /// For a database of a group here: the group's name and this node's
+    /// role in it, with its connection settings.
+    pub fn local_role(&self, database: &str) -> Option<(String, crate::listener::LocalRole)> {
+        use crate::listener::LocalRole;
+        let groups = self.lock();
+        groups.values().find_map(|part| match part {
+            Part::Primary(p) if p.config().has_database(database) => {
+                let config = p.config();
+                let allow = config
+                    .replica(&self.node)
+                    .map(|r| r.primary_allow_connections)
+                    .unwrap_or_default();
+                Some((config.name.clone(), LocalRole::Primary { allow }))
+            }
+            Part::Secondary(s) => {
+                let config = s.config();
+                config.has_database(database).then(|| {
+                    let allow = config
+                        .replica(&self.node)
+                        .map_or(SecondaryConnections::All, |r| r.secondary_allow_connections);
+                    (config.name.clone(), LocalRole::Secondary { allow })
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Why this node cannot serve `group`'s sessions in the role the
+    /// listener chose (primary: it is the primary and holds its lease;
+    /// secondary: it is a secondary connected to its primary); None when
+    /// it can.
+    pub fn cannot_serve(&self, group: &str, as_primary: bool) -> Option<String> {
+        let groups = self.lock();
+        match (groups.get(&key(group)), as_primary) {
+            (Some(Part::Primary(p)), true) => p
+                .config()
+                .databases
+                .iter()
+                .filter_map(|d| self.engine.database(d).ok())
+                .any(|db| db.is_resolving())
+                .then(|| {
+                    format!(
+                        "replica \"{}\" is the primary of availability group \"{group}\" but holds no lease (RESOLVING)",
+                        self.node
+                    )
+                }),
+            (Some(Part::Secondary(s)), false) if s.is_connected() => None,
+            (Some(Part::Secondary(s)), true) => Some(format!(
+                "replica \"{}\" is not the primary of availability group \"{group}\" (\"{}\" is, as far as it knows)",
+                self.node,
+                s.config().primary
+            )),
+            (Some(Part::Secondary(_)), false) => Some(format!(
+                "replica \"{}\" is not connected to the primary of availability group \"{group}\" (NOT SYNCHRONIZING)",
+                self.node
+            )),
+            (Some(Part::Primary(_)), false) => None,
+            _ => Some(format!(
+                "replica \"{}\" does not serve availability group \"{group}\"",
+                self.node
+            )),
+        }
+    }
+
+    /// The redone LSN of `database`, followed, when it is a secondary here.
+    pub fn redone_watch(&self, database: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.lock().values().find_map(|part| match part {
+            Part::Secondary(s) => s
+                .databases()
+                .into_iter()
+                .find(|d| d.database().name() == database)
+                .map(|d| d.watch_redone()),
+            _ => None,
+        })
+    }
+
     /// A snapshot of everything the `sys` views show.
     pub fn snapshot(&self) -> views::Snapshot {
         let groups = self.lock();
