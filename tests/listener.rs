@@ -636,6 +636,17 @@ fn sqlstate_of(answer: &[u8]) -> Option<String> {
     })
 }
 
+/// Bytes a broken client sends the listener, and what must come back: the
+/// `N`s for its encryption requests, then an ErrorResponse with `sqlstate`
+/// (or nothing, when the client left mid-packet).
+struct Junk {
+    what: &'static str,
+    bytes: Vec<u8>,
+    close_write: bool,
+    prefix: &'static [u8],
+    sqlstate: Option<&'static str>,
+}
+
 fn untyped(code: u32, body: &[u8]) -> Vec<u8> {
     let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&code.to_be_bytes());
@@ -664,52 +675,63 @@ async fn malformed_startup_packets_and_ssl_requests_get_a_clean_error_and_never_
     let mut three_ssl = ssl.clone();
     three_ssl.extend_from_slice(&ssl);
     three_ssl.extend_from_slice(&ssl);
-    let cases: Vec<(&str, Vec<u8>, bool, &[u8], Option<&str>)> = vec![
-        (
+    let case = |what, bytes, close_write, prefix: &'static [u8], sqlstate| Junk {
+        what,
+        bytes,
+        close_write,
+        prefix,
+        sqlstate,
+    };
+    let cases = [
+        case(
             "SSLRequest, then a length of 3",
             ssl_then_short,
             false,
             b"N",
             Some("08P01"),
         ),
-        (
+        case(
             "a length past 10000",
             20_000u32.to_be_bytes().to_vec(),
             false,
             b"",
             Some("08P01"),
         ),
-        (
+        case(
             "GSSENC, SSL, then protocol 2",
             gss_ssl_then_v2,
             false,
             b"NN",
             Some("0A000"),
         ),
-        ("three SSLRequests", three_ssl, false, b"NN", Some("08P01")),
-        (
+        case("three SSLRequests", three_ssl, false, b"NN", Some("08P01")),
+        case(
             "parameters without their NUL",
             untyped(0x0003_0000, b"user\0availdb"),
             false,
             b"",
             Some("08P01"),
         ),
-        (
+        case(
             "a truncated start-up packet",
             vec![0, 0, 0, 100, 0, 3, 0, 0, b'u'],
             true,
             b"",
             None,
         ),
-        ("SSLRequest, then nothing", ssl, true, b"N", None),
+        case("SSLRequest, then nothing", ssl, true, b"N", None),
     ];
-    for (what, bytes, close, prefix, sqlstate) in cases {
+    for junk in cases {
         for port in [listener.rw, listener.ro] {
-            let answer = raw_exchange(port, &bytes, close).await;
-            assert!(answer.starts_with(prefix), "{what}: answered {answer:?}");
+            let answer = raw_exchange(port, &junk.bytes, junk.close_write).await;
+            let what = junk.what;
+            assert!(
+                answer.starts_with(junk.prefix),
+                "{what}: answered {answer:?}"
+            );
             assert_eq!(
-                sqlstate_of(&answer[prefix.len()..]).as_deref(),
-                sqlstate,
+                sqlstate_of(&answer[junk.prefix.len()..]).as_deref(),
+                junk.sqlstate,
                 "{what}: {answer:?}"
             );
         }

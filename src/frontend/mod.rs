@@ -3,7 +3,10 @@
 //!
 //! # One connection, from start-up to Terminate
 //! 1. `pgwire` negotiates SSL (refused: no TLS yet) and reads the start-up
-//!    packet; [`Connection`]'s start-up handler authenticates — SCRAM-SHA-256
+//!    packet; [`Connection`]'s start-up handler first checks the connection
+//!    settings (`ALLOW_CONNECTIONS` against the session's read intent, and
+//!    for a session a listener forwarded, that this node still has the role
+//!    it was chosen for: [`crate::listener`]), then authenticates — SCRAM-SHA-256
 //!    for user `availdb` when the node has a password, none on a loopback
 //!    node without one — then opens the requested database (FATAL 3D000 if
 //!    there is none), builds the [`Session`], and reports ParameterStatus
@@ -18,6 +21,11 @@
 //!    parameters by those types; Execute runs it.
 //! 4. The transaction status in every ReadyForQuery comes from the session's
 //!    own state machine, never from guesses about the statements.
+//! 5. A session whose database was read-write when it began ends (FATAL
+//!    57P01, "reconnect") at its next message once this replica has been
+//!    demoted to secondary. Every commit reports its end LSN as
+//!    ParameterStatus `availdb.commit_lsn`; `availdb.read_after_lsn` makes
+//!    statements on a secondary wait until that LSN is redone.
 //!
 //! # Cancel requests
 //! A CancelRequest arrives on a new connection with the pid and secret key of

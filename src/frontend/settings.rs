@@ -277,7 +277,7 @@ impl Settings {
     }
 
     /// Records a value the server sets (a read-only setting such as
-    /// [`COMMIT_LSN`]).
+    /// `availdb.commit_lsn`).
     pub fn record(&mut self, name: &str, value: String) {
         self.values.insert(name.to_ascii_lowercase(), value);
     }

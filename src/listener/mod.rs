@@ -14,7 +14,7 @@
 //!
 //! # One session
 //! 1. The listener reads the client's first packet (bounded by
-//!    [`STARTUP_TIMEOUT`], at most [`packet::MAX_STARTUP_LEN`] bytes):
+//!    [`STARTUP_TIMEOUT`], at most 10 000 bytes):
 //!    SSLRequest and GSSENCRequest are answered `N` (no TLS yet), a
 //!    CancelRequest is passed to every replica of the group, anything
 //!    malformed gets a FATAL ErrorResponse (08P01 / 0A000) and the

@@ -38,7 +38,7 @@ pub const MAX_ANSWER_LEN: u32 = 64 * 1024;
 /// Why a client's first packet was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PacketError {
-    /// The length word is below 8 or above [`MAX_STARTUP_LEN`].
+    /// The length word is below 8 or above `MAX_STARTUP_LEN`.
     BadLength(u32),
     /// A start-up packet for a protocol other than 3.x.
     UnsupportedVersion(u32),

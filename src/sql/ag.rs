@@ -627,8 +627,11 @@ const JOIN_OPTIONS: &[(&str, Setter<Option<ClusterType>>)] = &[("CLUSTER_TYPE", 
     Ok(())
 })];
 
+/// A listener's `PORT` and `READ_ONLY_PORT`, as given.
+type ListenerPorts = (Option<u16>, Option<u16>);
+
 /// The targets are the ports; the address clause is checked and dropped.
-const LISTENER_OPTIONS: &[(&str, Setter<(Option<u16>, Option<u16>)>)] = &[
+const LISTENER_OPTIONS: &[(&str, Setter<ListenerPorts>)] = &[
     ("WITH", |p, _, _| p.listener_addresses()),
     ("PORT", |p, ports, name| {
         ports.0 = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
