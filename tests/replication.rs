@@ -1186,7 +1186,18 @@ fn free_port_block() -> u16 {
         if base > u16::MAX - 200 {
             continue;
         }
-        let ports = [base, base + 1, base + 2, base + 100, base + 101, base + 102];
+        // The listener's two ports, three replicas' client ports, and
+        // their endpoints.
+        let ports = [
+            base,
+            base + 1,
+            base + 2,
+            base + 3,
+            base + 4,
+            base + 100,
+            base + 101,
+            base + 102,
+        ];
         let held: Vec<_> = ports
             .iter()
             .map_while(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
@@ -1354,9 +1365,10 @@ async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() 
     let conn = |port: u16| {
         format!("host=127.0.0.1 port={port} user={USER} dbname={APP} connect_timeout=10")
     };
+    // The listener's read-write port reaches the primary.
     let r1 = connect(&conn(base))
         .await
-        .unwrap_or_else(|e| panic!("connect to r1: {e:?}\n{}", output()));
+        .unwrap_or_else(|e| panic!("connect to the listener: {e:?}\n{}", output()));
     match tokio::time::timeout(
         STATEMENT_TIMEOUT,
         r1.batch_execute(
@@ -1369,7 +1381,13 @@ async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() 
         Ok(Ok(())) => {}
         other => panic!("write on r1: {other:?}\n{}", output()),
     }
-    for (port, name) in [(base + 1, "r2"), (base + 2, "r3")] {
+    // The replicas' own ports follow the listener's read-only port, which
+    // reaches a readable secondary.
+    for (port, name) in [
+        (base + 3, "r2"),
+        (base + 4, "r3"),
+        (base + 1, "the listener's read-only port"),
+    ] {
         let client = connect(&conn(port))
             .await
             .unwrap_or_else(|e| panic!("connect to {name}: {e:?}\n{}", output()));
