@@ -172,6 +172,36 @@ async fn the_listener_sends_writes_to_the_primary_and_spreads_read_intent_over_t
     let listener = define_listener(&group, 0, &routing(&group, "(('r2', 'r3'), 'r1')")).await;
     group.wait_synchronized(&[1, 2], REACH_TIMEOUT).await;
 
+    // The definition, as every replica shows it.
+    let r3 = group.nodes[2].client(DEFAULT_DB).await;
+    let rows = query_text(
+        &r3,
+        "SELECT dns_name, port, read_only_port FROM sys.availability_group_listeners",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("listener view: {}", error_text(&e)));
+    let port = |p: u16| Some(p.to_string());
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(format!("{GROUP}-listener")),
+            port(listener.rw),
+            port(listener.ro)
+        ]]
+    );
+    let rows = query_text(
+        &r3,
+        "SELECT routing_priority, read_only_replica_server_name \
+         FROM sys.availability_read_only_routing_lists WHERE replica_server_name = 'r1' ORDER BY 1, 2",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("routing view: {}", error_text(&e)));
+    let entry = |p: &str, r: &str| vec![Some(p.to_string()), Some(r.to_string())];
+    assert_eq!(
+        rows,
+        vec![entry("1", "r2"), entry("1", "r3"), entry("2", "r1")]
+    );
+
     let writer = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
     assert_eq!(served_by(&writer).await, "r1", "a read-write session");
     exec(
