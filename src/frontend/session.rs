@@ -131,8 +131,9 @@ pub struct Session {
     pub settings: Settings,
     cancel: Arc<CancelSlot>,
     asides: Vec<Aside>,
-    /// The database took writes here when the session began: if it becomes
-    /// a secondary (this replica was demoted), the session ends.
+    /// The database took writes here (read-write, not RESOLVING) when the
+    /// session began: if it becomes a secondary (this replica was demoted),
+    /// the session ends.
     began_read_write: bool,
 }
 
@@ -144,7 +145,9 @@ impl Session {
         db: Arc<Database>,
         settings: Settings,
     ) -> Session {
-        let began_read_write = db.role() == engine::Role::ReadWrite;
+        // A primary without its lease (RESOLVING, e.g. just restarted or
+        // already deposed) never served this session as the writer.
+        let began_read_write = db.role() == engine::Role::ReadWrite && !db.is_resolving();
         Session {
             engine,
             ag,
