@@ -47,6 +47,29 @@ pub enum SecondaryConnections {
     All,
 }
 
+/// PRIMARY_ROLE (ALLOW_CONNECTIONS = …).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrimaryConnections {
+    /// Sessions that declare read-only intent are refused.
+    ReadWrite,
+    /// All sessions (SQL Server's default).
+    #[default]
+    All,
+}
+
+/// The group's listener: the address clients keep across failovers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerConfig {
+    /// DNS name, as written in `LISTENER 'name'`.
+    pub name: String,
+    /// Sessions arriving here go to the primary, or along the read-only
+    /// routing list when they declare read intent.
+    pub port: u16,
+    /// Sessions arriving here are read-intent (`READ_ONLY_PORT`, default
+    /// `port + 1`).
+    pub read_only_port: u16,
+}
+
 /// One replica of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaConfig {
@@ -62,6 +85,9 @@ pub struct ReplicaConfig {
     pub session_timeout_s: u32,
     /// Who may connect when this replica is a secondary.
     pub secondary_allow_connections: SecondaryConnections,
+    /// Who may connect when this replica is the primary.
+    #[serde(default)]
+    pub primary_allow_connections: PrimaryConnections,
     /// `READ_ONLY_ROUTING_URL`.
     pub read_only_routing_url: Option<String>,
     /// `READ_ONLY_ROUTING_LIST`: priority order of load-balanced sets.
@@ -102,6 +128,9 @@ pub struct GroupConfig {
     /// `HEALTH_CHECK_TIMEOUT` in milliseconds.
     #[serde(default = "default_health_check_timeout_ms")]
     pub health_check_timeout_ms: u64,
+    /// The group's listener, if it has one.
+    #[serde(default)]
+    pub listener: Option<ListenerConfig>,
 }
 
 fn default_failure_condition_level() -> u8 {
@@ -353,6 +382,7 @@ mod tests {
             failover_mode: FailoverMode::Manual,
             session_timeout_s: DEFAULT_SESSION_TIMEOUT_S,
             secondary_allow_connections: SecondaryConnections::All,
+            primary_allow_connections: PrimaryConnections::All,
             read_only_routing_url: None,
             read_only_routing_list: vec![],
             backup_priority: 50,
@@ -370,6 +400,7 @@ mod tests {
             last_failover: None,
             failure_condition_level: 3,
             health_check_timeout_ms: 5000,
+            listener: None,
         }
     }
 
@@ -389,6 +420,19 @@ mod tests {
         assert_eq!(all[0], Membership::Defined(Box::new(group())));
         store.remove("ag2").unwrap();
         assert_eq!(store.load_all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn definitions_written_before_listeners_still_load() {
+        let mut json: serde_json::Value = serde_json::from_slice(&group().to_bytes()).unwrap();
+        json.as_object_mut().unwrap().remove("listener");
+        for r in json["replicas"].as_array_mut().unwrap() {
+            r.as_object_mut()
+                .unwrap()
+                .remove("primary_allow_connections");
+        }
+        let old = GroupConfig::from_bytes(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(old, group());
     }
 
     #[test]

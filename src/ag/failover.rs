@@ -285,6 +285,7 @@ mod tests {
             },
             session_timeout_s: 10,
             secondary_allow_connections: SecondaryConnections::All,
+            primary_allow_connections: Default::default(),
             read_only_routing_url: None,
             read_only_routing_list: vec![],
             backup_priority: 50,
@@ -305,6 +306,7 @@ mod tests {
             last_failover: None,
             failure_condition_level: 3,
             health_check_timeout_ms: 5000,
+            listener: None,
         }
     }
 

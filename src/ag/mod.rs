@@ -42,8 +42,8 @@ use crate::replication::secondary::{Admission, SecondaryGroup};
 use crate::sql::ag::{self as ddl, AgStatement};
 
 use config::{
-    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, ReplicaConfig,
-    SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
+    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, PrimaryConnections,
+    ReplicaConfig, SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
 };
 
 /// This node's part in one group.
@@ -324,11 +324,17 @@ impl Manager {
                 .planned_failover(&group)
                 .await
                 .map(|_| "ALTER AVAILABILITY GROUP".into()),
-            AgStatement::AddListener { .. } => Err(Error::sql(
-                "0A000",
-                "availability group listeners are not available in this version",
-            )
-            .with_hint("connect to the primary directly, or use a multi-host connection string with target_session_attrs=read-write")),
+            AgStatement::AddListener { group, listener } => this.change(&group, |c, _| {
+                if let Some(existing) = &c.listener {
+                    return Err(Error::sql(
+                        "42710",
+                        format!("availability group \"{}\" already has listener '{}'", c.name, existing.name),
+                    )
+                    .with_hint("a group has one listener in this version"));
+                }
+                c.listener = Some(listener_config(&listener)?);
+                Ok(())
+            }),
             AgStatement::CreateCluster => this.create_cluster().await.map(|_| "CREATE CLUSTER".into()),
             AgStatement::AddClusterNode { name, endpoint_url } => this
                 .add_cluster_node(&name, &endpoint_url)
@@ -744,6 +750,7 @@ impl Manager {
                 .options
                 .health_check_timeout_ms
                 .map_or(5_000, u64::from),
+            listener: spec.listener.as_ref().map(listener_config).transpose()?,
         };
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
@@ -933,6 +940,106 @@ impl Manager {
                 format!("database \"{database}\" is not in an availability group on this node"),
             )),
         }
+    }
+
+    /// The freshest definition of `group` this node knows: the cluster's,
+    /// which names a new primary as soon as the cluster decides, or its own
+    /// (a read-scale group, or a node outside the cluster). None when the
+    /// group is not defined here.
+    pub fn current_config(&self, group: &str) -> Option<GroupConfig> {
+        let local = self.defined(group).ok()?;
+        let clustered = self
+            .clustered(&local)
+            .and_then(|c| c.state().group(group).map(|r| r.config.clone()));
+        Some(match clustered {
+            Some(c) if (c.epoch, c.version) > (local.epoch, local.version) => c,
+            _ => local,
+        })
+    }
+
+    /// [`Manager::current_config`] of every group defined here.
+    pub fn current_configs(&self) -> Vec<GroupConfig> {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        names
+            .iter()
+            .filter_map(|name| self.current_config(name))
+            .collect()
+    }
+
+    /// For a database of a group here: the group's name and this node's
+    /// role in it, with its connection settings.
+    pub fn local_role(&self, database: &str) -> Option<(String, crate::listener::LocalRole)> {
+        use crate::listener::LocalRole;
+        let groups = self.lock();
+        groups.values().find_map(|part| match part {
+            Part::Primary(p) if p.config().has_database(database) => {
+                let config = p.config();
+                let allow = config
+                    .replica(&self.node)
+                    .map(|r| r.primary_allow_connections)
+                    .unwrap_or_default();
+                Some((config.name.clone(), LocalRole::Primary { allow }))
+            }
+            Part::Secondary(s) => {
+                let config = s.config();
+                config.has_database(database).then(|| {
+                    let allow = config
+                        .replica(&self.node)
+                        .map_or(SecondaryConnections::All, |r| r.secondary_allow_connections);
+                    (config.name.clone(), LocalRole::Secondary { allow })
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Why this node cannot serve `group`'s sessions in the role the
+    /// listener chose (primary: it is the primary and holds its lease;
+    /// secondary: it is a secondary connected to its primary); None when
+    /// it can.
+    pub fn cannot_serve(&self, group: &str, as_primary: bool) -> Option<String> {
+        let groups = self.lock();
+        match (groups.get(&key(group)), as_primary) {
+            (Some(Part::Primary(p)), true) => p
+                .config()
+                .databases
+                .iter()
+                .filter_map(|d| self.engine.database(d).ok())
+                .any(|db| db.is_resolving())
+                .then(|| {
+                    format!(
+                        "replica \"{}\" is the primary of availability group \"{group}\" but holds no lease (RESOLVING)",
+                        self.node
+                    )
+                }),
+            (Some(Part::Secondary(s)), false) if s.is_connected() => None,
+            (Some(Part::Secondary(s)), true) => Some(format!(
+                "replica \"{}\" is not the primary of availability group \"{group}\" (\"{}\" is, as far as it knows)",
+                self.node,
+                s.config().primary
+            )),
+            (Some(Part::Secondary(_)), false) => Some(format!(
+                "replica \"{}\" is not connected to the primary of availability group \"{group}\" (NOT SYNCHRONIZING)",
+                self.node
+            )),
+            (Some(Part::Primary(_)), false) => None,
+            _ => Some(format!(
+                "replica \"{}\" does not serve availability group \"{group}\"",
+                self.node
+            )),
+        }
+    }
+
+    /// The redone LSN of `database`, followed, when it is a secondary here.
+    pub fn redone_watch(&self, database: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.lock().values().find_map(|part| match part {
+            Part::Secondary(s) => s
+                .databases()
+                .into_iter()
+                .find(|d| d.database().name() == database)
+                .map(|d| d.watch_redone()),
+            _ => None,
+        })
     }
 
     /// A snapshot of everything the `sys` views show.
@@ -1221,6 +1328,11 @@ fn replica_config(
         Some(ddl::SecondaryConnections::All) => SecondaryConnections::All,
         None => base.map_or(SecondaryConnections::All, |b| b.secondary_allow_connections),
     };
+    let primary_allow_connections = match o.primary_allow_connections {
+        Some(ddl::PrimaryConnections::ReadWrite) => PrimaryConnections::ReadWrite,
+        Some(ddl::PrimaryConnections::All) => PrimaryConnections::All,
+        None => base.map_or(PrimaryConnections::All, |b| b.primary_allow_connections),
+    };
     Ok(ReplicaConfig {
         name: name.to_string(),
         endpoint,
@@ -1231,6 +1343,7 @@ fn replica_config(
             .or(base.map(|b| b.session_timeout_s))
             .unwrap_or(DEFAULT_SESSION_TIMEOUT_S),
         secondary_allow_connections,
+        primary_allow_connections,
         read_only_routing_url: o
             .read_only_routing_url
             .clone()
@@ -1244,6 +1357,28 @@ fn replica_config(
             .backup_priority
             .or(base.map(|b| b.backup_priority))
             .unwrap_or(50),
+    })
+}
+
+/// A listener's definition; `READ_ONLY_PORT` defaults to `PORT + 1`.
+fn listener_config(spec: &ddl::ListenerSpec) -> Result<config::ListenerConfig> {
+    let read_only_port = match spec.read_only_port {
+        Some(port) => port,
+        None => spec.port.checked_add(1).ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!(
+                    "listener '{}': PORT 65535 leaves no room for the read-only port",
+                    spec.name
+                ),
+            )
+            .with_hint("give READ_ONLY_PORT = n")
+        })?,
+    };
+    Ok(config::ListenerConfig {
+        name: spec.name.clone(),
+        port: spec.port,
+        read_only_port,
     })
 }
 

@@ -379,6 +379,7 @@ mod tests {
             failover_mode: FailoverMode::Automatic,
             session_timeout_s: 10,
             secondary_allow_connections: SecondaryConnections::All,
+            primary_allow_connections: Default::default(),
             read_only_routing_url: None,
             read_only_routing_list: vec![],
             backup_priority: 50,
@@ -404,6 +405,7 @@ mod tests {
             last_failover: None,
             failure_condition_level: 3,
             health_check_timeout_ms: 5000,
+            listener: None,
         }
     }
 

@@ -60,6 +60,7 @@ fn group() -> GroupConfig {
         failover_mode: FailoverMode::Automatic,
         session_timeout_s: 10,
         secondary_allow_connections: SecondaryConnections::All,
+        primary_allow_connections: Default::default(),
         read_only_routing_url: None,
         read_only_routing_list: vec![],
         backup_priority: 50,
@@ -77,6 +78,7 @@ fn group() -> GroupConfig {
         last_failover: None,
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
+        listener: None,
     }
 }
 

@@ -60,6 +60,7 @@
 //! listener_opt = WITH IP "(" "(" 'address' [ "," 'mask' ] ")" { "," ... } ")"
 //!             | WITH DHCP [ ON "(" 'address' "," 'mask' ")" ]
 //!             | PORT "=" 1..65535
+//!             | READ_ONLY_PORT "=" 1..65535              -- availdb's own
 //! ```
 //!
 //! # Names and literals
@@ -94,8 +95,10 @@
 //! * `ADD REPLICA ON` adds one replica per statement.
 //! * A listener needs `PORT` (SQL Server defaults to 1433, which means
 //!   nothing to a PostgreSQL client); its `WITH IP` / `WITH DHCP` clause is
-//!   checked for shape and dropped, because the listener binds where the
-//!   primary runs.
+//!   checked for shape and dropped, because every node binds the listener
+//!   on its own address. `READ_ONLY_PORT` (default `PORT + 1`) is availdb's
+//!   own: sessions arriving there count as read-intent, for clients that
+//!   cannot send `application_intent`.
 //! * Not supported, rejected with the list of what is: distributed and
 //!   contained groups, `OFFLINE`, `GRANT`/`DENY CREATE ANY DATABASE`,
 //!   `MODIFY`/`RESTART`/`REMOVE LISTENER`, `READ_WRITE_ROUTING_URL`.
@@ -307,13 +310,15 @@ pub struct ReplicaOptions {
     pub read_only_routing_url: Option<String>,
 }
 
-/// A listener: the name and port clients connect to.
+/// A listener: the name and ports clients connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
     /// DNS name, as written.
     pub name: String,
     /// TCP port (1–65535).
     pub port: u16,
+    /// `READ_ONLY_PORT`, when given: sessions arriving there are read-intent.
+    pub read_only_port: Option<u16>,
 }
 
 /// `CLUSTER_TYPE`: who manages the group.
@@ -645,11 +650,18 @@ const JOIN_OPTIONS: &[(&str, Setter<Option<ClusterType>>)] = &[("CLUSTER_TYPE", 
     Ok(())
 })];
 
-/// The target is the port; the address clause is checked and dropped.
-const LISTENER_OPTIONS: &[(&str, Setter<Option<u16>>)] = &[
+/// A listener's `PORT` and `READ_ONLY_PORT`, as given.
+type ListenerPorts = (Option<u16>, Option<u16>);
+
+/// The targets are the ports; the address clause is checked and dropped.
+const LISTENER_OPTIONS: &[(&str, Setter<ListenerPorts>)] = &[
     ("WITH", |p, _, _| p.listener_addresses()),
-    ("PORT", |p, port, name| {
-        *port = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
+    ("PORT", |p, ports, name| {
+        ports.0 = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
+        Ok(())
+    }),
+    ("READ_ONLY_PORT", |p, ports, name| {
+        ports.1 = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
         Ok(())
     }),
 ];
@@ -1222,13 +1234,25 @@ impl Parser {
 
     fn listener(&mut self) -> Result<ListenerSpec> {
         let (name, pos) = self.name_literal("a listener name")?;
-        let mut port = None;
-        self.options("LISTENER", LISTENER_OPTIONS, &mut port)?;
+        let mut ports = (None, None);
+        self.options("LISTENER", LISTENER_OPTIONS, &mut ports)?;
+        let (port, read_only_port) = ports;
         let port = port.ok_or_else(|| {
             AgParseError::new(format!("listener '{name}' has no PORT"), pos)
                 .with_hint("availdb has no default listener port: add PORT = 5432 (or another)")
         })?;
-        Ok(ListenerSpec { name, port })
+        if read_only_port == Some(port) {
+            return Err(AgParseError::new(
+                format!("listener '{name}' has READ_ONLY_PORT equal to PORT"),
+                pos,
+            )
+            .with_hint("use another port for read-intent sessions (the default is PORT + 1)"));
+        }
+        Ok(ListenerSpec {
+            name,
+            port,
+            read_only_port,
+        })
     }
 
     /// `WITH IP ((…), …)` or `WITH DHCP [ON (…)]`, after `WITH`: checked for
@@ -1495,6 +1519,7 @@ mod tests {
         let listener = |port| ListenerSpec {
             name: "ag1-listener".into(),
             port,
+            read_only_port: None,
         };
         let cases: Vec<(String, AgStatement)> = vec![
             (
@@ -1635,6 +1660,18 @@ mod tests {
                     .into(),
                 AgStatement::AddListener { group: g(), listener: listener(5433) },
             ),
+            (
+                "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (PORT = 5432, READ_ONLY_PORT = 6543)"
+                    .into(),
+                AgStatement::AddListener {
+                    group: g(),
+                    listener: ListenerSpec {
+                        name: "l".into(),
+                        port: 5432,
+                        read_only_port: Some(6543),
+                    },
+                },
+            ),
             ("DROP AVAILABILITY GROUP ag1;".into(), AgStatement::DropGroup { group: g() }),
             (
                 "ALTER DATABASE app SET HADR SUSPEND".into(),
@@ -1747,6 +1784,7 @@ mod tests {
             listener: Some(ListenerSpec {
                 name: "ag1-listener".into(),
                 port: 5432,
+                read_only_port: None,
             }),
         };
         assert_eq!(parsed(sql), AgStatement::CreateGroup(want));
@@ -1957,6 +1995,12 @@ mod tests {
                 "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (WITH DHCP)".into(),
                 "'l'",
                 "listener 'l' has no PORT",
+            ),
+            (
+                "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (PORT = 5432, READ_ONLY_PORT = 5432)"
+                    .into(),
+                "'l'",
+                "listener 'l' has READ_ONLY_PORT equal to PORT",
             ),
             (
                 "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (PORT = 70000)".into(),
