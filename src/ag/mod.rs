@@ -250,7 +250,7 @@ impl Manager {
                     }
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::RemoveDatabase { group, database } => this.change(&group, |c, _| {
                 let before = c.databases.len();
                 c.databases.retain(|d| d != &database);
@@ -261,7 +261,7 @@ impl Manager {
                     ));
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::AddReplica { group, replica } => this.change(&group, |c, _| {
                 if c.replica(&replica.name).is_some() {
                     return Err(Error::sql("42710", format!("replica \"{}\" is already in the group", replica.name)));
@@ -271,7 +271,7 @@ impl Manager {
                 }
                 c.replicas.push(replica_config(&replica.name, &replica.options, None)?);
                 Ok(())
-            }),
+            }).await,
             AgStatement::RemoveReplica { group, replica } => this.change(&group, |c, _| {
                 if c.primary.eq_ignore_ascii_case(&replica) {
                     return Err(Error::sql("55000", "the primary replica cannot be removed").with_hint("fail over first"));
@@ -282,13 +282,13 @@ impl Manager {
                     return Err(no_replica(&replica, &c.name));
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::ModifyReplica { group, replica, options } => this.change(&group, |c, _| {
                 let group_name = c.name.clone();
                 let current = c.replica_mut(&replica).ok_or_else(|| no_replica(&replica, &group_name))?;
                 *current = replica_config(&current.name.clone(), &options, Some(current))?;
                 Ok(())
-            }),
+            }).await,
             AgStatement::SetGroupOptions { group, options } => this.change(&group, |c, _| {
                 if let Some(n) = options.required_synchronized_secondaries_to_commit {
                     c.required_synchronized_secondaries = n;
@@ -300,7 +300,7 @@ impl Manager {
                     c.health_check_timeout_ms = ms.into();
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::SuspendDatabase { database } => this.set_suspended(&database, true).await.map(|_| "ALTER DATABASE".into()),
             AgStatement::ResumeDatabase { database } => this.set_suspended(&database, false).await.map(|_| "ALTER DATABASE".into()),
             AgStatement::JoinDatabase { database, group } => {
@@ -334,7 +334,7 @@ impl Manager {
                 }
                 c.listener = Some(listener_config(&listener)?);
                 Ok(())
-            }),
+            }).await,
             AgStatement::CreateCluster => this.create_cluster().await.map(|_| "CREATE CLUSTER".into()),
             AgStatement::AddClusterNode { name, endpoint_url } => this
                 .add_cluster_node(&name, &endpoint_url)
@@ -799,11 +799,27 @@ impl Manager {
     }
 
     /// Applies a definition change on the primary and restarts its links.
-    fn change(
+    /// A clustered primary restarting fences its writes until it holds a
+    /// lease again (its new links count no secondary as synchronized, and
+    /// the cluster must agree first); the statement returns once it does,
+    /// so the session that changed the group can write right away.
+    async fn change(
         self: Arc<Self>,
         group: &str,
         edit: impl FnOnce(&mut GroupConfig, &Manager) -> Result<()>,
     ) -> Result<String> {
+        let (config, databases) = self.change_now(group, edit)?;
+        if self.clustered(&config).is_some() {
+            wait_for_lease(&databases).await?;
+        }
+        Ok("ALTER AVAILABILITY GROUP".into())
+    }
+
+    fn change_now(
+        self: &Arc<Self>,
+        group: &str,
+        edit: impl FnOnce(&mut GroupConfig, &Manager) -> Result<()>,
+    ) -> Result<(GroupConfig, Vec<Arc<crate::engine::Database>>)> {
         let mut groups = self.lock();
         let part = groups.get(&key(group)).ok_or_else(|| no_group(group))?;
         let Part::Primary(primary) = part else {
@@ -815,7 +831,7 @@ impl Manager {
             ));
         };
         let mut config = primary.config().clone();
-        edit(&mut config, &self)?;
+        edit(&mut config, self)?;
         config.version += 1;
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
@@ -824,13 +840,19 @@ impl Manager {
         groups.insert(key(group), part);
         drop(groups);
         if let Some(cluster) = self.clustered(&config) {
+            let config = config.clone();
             tokio::spawn(async move {
                 if let Err(e) = put_group(&cluster, config).await {
                     tracing::error!("the cluster did not take the new definition: {e}");
                 }
             });
         }
-        Ok("ALTER AVAILABILITY GROUP".into())
+        let databases = config
+            .databases
+            .iter()
+            .filter_map(|d| self.engine.database(d).ok())
+            .collect();
+        Ok((config, databases))
     }
 
     /// The cluster, when `config`'s group is run by it (CLUSTER_TYPE other
