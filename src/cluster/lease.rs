@@ -19,9 +19,16 @@
 //! so the new leader holds it (Raft's leader completeness) and has applied
 //! it by then, at a time later than the primary sent it. Only a group it
 //! has seen no renewal of (it joined by snapshot) is counted from the
-//! first question, a whole lease. So a primary that dies together with the
-//! leader is replaced as fast as one that dies alone: one lease plus the
-//! margin after its last renewal, not after the election.
+//! first question, a whole lease.
+//!
+//! A live primary cannot renew while there is no leader, so after a long
+//! election its lease may have run out although it is fine. A new leader
+//! therefore also gives it a grace of half a lease plus the margin from
+//! its first question to renew through the new leader, before declaring
+//! the lease expired. So a primary that dies together with the leader is
+//! replaced about as fast as one that dies alone, and a leader change by
+//! itself (a node returning from a partition with a higher term) does not
+//! fail a healthy primary over.
 //!
 //! So by the time the leader sees a lease expired, the primary has stopped
 //! accepting writes (safety rule 2). [`LeaseClock`] is the pure bookkeeping
@@ -76,6 +83,8 @@ impl LeaseClock {
 /// as it applies commands and read by the leader ([`super::Cluster::lease_expired`]).
 #[derive(Debug, Default)]
 pub(crate) struct LeaseBook {
+    /// Term in which this node last started answering as leader, and when.
+    leader_since: Option<(u64, Instant)>,
     /// Per group (lower-case name).
     clocks: BTreeMap<String, LeaseClock>,
 }
@@ -106,10 +115,18 @@ impl LeaseBook {
     pub(crate) fn expired(
         &mut self,
         state: &ClusterState,
+        term: u64,
         group: &str,
         now: Instant,
         margin: Duration,
     ) -> Option<bool> {
+        let since = match self.leader_since {
+            Some((t, since)) if t == term => since,
+            _ => {
+                self.leader_since = Some((term, now));
+                now
+            }
+        };
         let record = state.group(group)?;
         let Some(lease) = &record.lease else {
             return Some(true);
@@ -122,7 +139,8 @@ impl LeaseBook {
                 clock.on_became_leader(lease.duration_ms, now);
                 clock
             });
-        Some(clock.expired(now, margin))
+        let grace = Duration::from_millis(lease.duration_ms / 2) + margin;
+        Some(clock.expired(now, margin) && now >= since + grace)
     }
 }
 
@@ -242,47 +260,75 @@ mod tests {
         // A group this node never saw a renewal of (it joined by snapshot):
         // counted from the first question, a whole lease.
         let t1 = t0 + ms(60_000);
-        assert_eq!(book.expired(&with_lease, "ag1", t1, margin), Some(false));
+        assert_eq!(book.expired(&with_lease, 5, "ag1", t1, margin), Some(false));
         assert_eq!(
-            book.expired(&with_lease, "ag1", t1 + ms(1099), margin),
+            book.expired(&with_lease, 5, "ag1", t1 + ms(1099), margin),
             Some(false)
         );
         assert_eq!(
-            book.expired(&with_lease, "AG1", t1 + ms(1100), margin),
+            book.expired(&with_lease, 5, "AG1", t1 + ms(1100), margin),
             Some(true)
         );
         // A renewal applied as a follower counts when this node leads
-        // later: the lease ends a lease plus the margin after it, however
-        // recently this node was elected.
+        // later: after a short election the lease ends a lease plus the
+        // margin after that renewal (the grace, half a lease plus the
+        // margin from the election, is over by then).
         let t2 = t1 + ms(10_000);
         book.applied(&renew(1000), t2);
         let elected = t2 + ms(400);
         assert_eq!(
-            book.expired(&with_lease, "ag1", elected, margin),
+            book.expired(&with_lease, 6, "ag1", elected, margin),
             Some(false)
         );
         assert_eq!(
-            book.expired(&with_lease, "ag1", t2 + ms(1099), margin),
+            book.expired(&with_lease, 6, "ag1", t2 + ms(1099), margin),
             Some(false)
         );
         assert_eq!(
-            book.expired(&with_lease, "ag1", t2 + ms(1100), margin),
+            book.expired(&with_lease, 6, "ag1", t2 + ms(1100), margin),
             Some(true)
         );
-        // A later renewal restarts the count.
-        book.applied(&renew(1000), t2 + ms(1200));
+        // After a long election the lease has run out by the clock, but the
+        // primary gets the grace to renew through the new leader…
+        let t3 = t2 + ms(10_000);
+        book.applied(&renew(1000), t3);
+        let elected = t3 + ms(3_000);
         assert_eq!(
-            book.expired(&with_lease, "ag1", t2 + ms(2000), margin),
+            book.expired(&with_lease, 7, "ag1", elected, margin),
             Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 7, "ag1", elected + ms(599), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 7, "ag1", elected + ms(600), margin),
+            Some(true),
+            "a primary that did not renew within the grace"
+        );
+        // …and a renewal within it keeps the primary.
+        let elected = elected + ms(10_000);
+        assert_eq!(
+            book.expired(&with_lease, 8, "ag1", elected, margin),
+            Some(false)
+        );
+        book.applied(&renew(1000), elected + ms(300));
+        assert_eq!(
+            book.expired(&with_lease, 8, "ag1", elected + ms(600), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 8, "ag1", elected + ms(1400), margin),
+            Some(true)
         );
 
         assert_eq!(
-            book.expired(&state(None), "ag1", t2, margin),
+            book.expired(&state(None), 8, "ag1", elected, margin),
             Some(true),
             "no lease"
         );
         assert_eq!(
-            book.expired(&with_lease, "ag2", t2, margin),
+            book.expired(&with_lease, 8, "ag2", elected, margin),
             None,
             "no group"
         );

@@ -561,7 +561,7 @@ impl Cluster {
         self.leases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .expired(&state, group, now, margin)
+            .expired(&state, m.current_term, group, now, margin)
             .ok_or_else(|| Error::UnknownGroup(group.to_string()))
     }
 
