@@ -370,23 +370,31 @@ fn io(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+/// Group definitions for unit tests: every test starts from these and
+/// changes only the fields its rule is about.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn group() -> GroupConfig {
-        let replica = |name: &str, port: u16| ReplicaConfig {
+    /// A synchronous, AUTOMATIC replica at 127.0.0.1:7000 with defaults.
+    pub(crate) fn replica(name: &str) -> ReplicaConfig {
+        ReplicaConfig {
             name: name.into(),
-            endpoint: SocketAddr::from(([127, 0, 0, 1], port)),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 7000)),
             availability_mode: AvailabilityMode::SynchronousCommit,
-            failover_mode: FailoverMode::Manual,
+            failover_mode: FailoverMode::Automatic,
             session_timeout_s: DEFAULT_SESSION_TIMEOUT_S,
             secondary_allow_connections: SecondaryConnections::All,
             primary_allow_connections: PrimaryConnections::All,
             read_only_routing_url: None,
             read_only_routing_list: vec![],
             backup_priority: 50,
-        };
+        }
+    }
+
+    /// Group ag1 (cluster c1, version 1, epoch 1) of database app, primary
+    /// r1, with `replicas` from [`replica`].
+    pub(crate) fn group(replicas: &[&str]) -> GroupConfig {
         GroupConfig {
             name: "ag1".into(),
             cluster_id: "c1".into(),
@@ -395,13 +403,22 @@ mod tests {
             primary: "r1".into(),
             databases: vec!["app".into()],
             required_synchronized_secondaries: 0,
-            replicas: vec![replica("r1", 7001), replica("r2", 7002)],
+            replicas: replicas.iter().map(|r| replica(r)).collect(),
             cluster_type: ClusterType::External,
             last_failover: None,
             failure_condition_level: 3,
             health_check_timeout_ms: 5000,
             listener: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupConfig {
+        fixtures::group(&["r1", "r2"])
     }
 
     #[test]

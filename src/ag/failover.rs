@@ -267,47 +267,24 @@ pub fn triggering(conditions: &[Condition], primary: &str, policy: Policy) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ag::config::{ReplicaConfig, SecondaryConnections};
+    use crate::ag::config::ReplicaConfig;
 
     fn replica(name: &str, sync: bool, automatic: bool) -> ReplicaConfig {
-        ReplicaConfig {
-            name: name.into(),
-            endpoint: "127.0.0.1:1".parse().unwrap(),
-            availability_mode: if sync {
-                AvailabilityMode::SynchronousCommit
-            } else {
-                AvailabilityMode::AsynchronousCommit
-            },
-            failover_mode: if automatic {
-                FailoverMode::Automatic
-            } else {
-                FailoverMode::Manual
-            },
-            session_timeout_s: 10,
-            secondary_allow_connections: SecondaryConnections::All,
-            primary_allow_connections: Default::default(),
-            read_only_routing_url: None,
-            read_only_routing_list: vec![],
-            backup_priority: 50,
+        let mut r = crate::ag::config::fixtures::replica(name);
+        if !sync {
+            r.availability_mode = AvailabilityMode::AsynchronousCommit;
         }
+        if !automatic {
+            r.failover_mode = FailoverMode::Manual;
+        }
+        r
     }
 
     fn group(replicas: Vec<ReplicaConfig>) -> GroupConfig {
-        GroupConfig {
-            name: "ag1".into(),
-            cluster_id: "c".into(),
-            version: 1,
-            epoch: 1,
-            primary: "r1".into(),
-            databases: vec!["app".into(), "billing".into()],
-            required_synchronized_secondaries: 0,
-            replicas,
-            cluster_type: ClusterType::External,
-            last_failover: None,
-            failure_condition_level: 3,
-            health_check_timeout_ms: 5000,
-            listener: None,
-        }
+        let mut g = crate::ag::config::fixtures::group(&[]);
+        g.databases = vec!["app".into(), "billing".into()];
+        g.replicas = replicas;
+        g
     }
 
     struct World {

@@ -160,11 +160,7 @@ impl Manager {
                 failure_condition_level: config.failure_condition_level,
                 health_check_timeout_ms: config.health_check_timeout_ms,
             };
-            let databases: Vec<_> = config
-                .databases
-                .iter()
-                .filter_map(|d| self.engine.database(d).ok())
-                .collect();
+            let databases = self.open_databases(&config);
             let primary = PrimaryGroup::start(config, &self.node, &self.engine, options)?;
             match clustered {
                 Some(cluster) => clustered::spawn_lease(
@@ -195,6 +191,30 @@ impl Manager {
             }
             Ok(Part::Secondary(SecondaryGroup::start(config, dbs)))
         }
+    }
+
+    /// Makes this node's copies of the group's databases writable at the
+    /// new epoch and records the definition and the failover.
+    async fn take_office(&self, config: &GroupConfig) -> Result<()> {
+        for name in &config.databases {
+            self.engine.database(name)?.promote(config.epoch).await?;
+        }
+        self.store
+            .save(&Membership::Defined(Box::new(config.clone())))?;
+        self.failovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(&config.name), config.last_failover.clone());
+        Ok(())
+    }
+
+    /// The group's databases that exist on this node.
+    fn open_databases(&self, config: &GroupConfig) -> Vec<Arc<crate::engine::Database>> {
+        config
+            .databases
+            .iter()
+            .filter_map(|d| self.engine.database(d).ok())
+            .collect()
     }
 
     fn ensure_database(&self, name: &str) -> Result<Arc<crate::engine::Database>> {
@@ -509,26 +529,14 @@ impl Manager {
             checked: Vec::new(),
             loss_known: false,
         });
-        for name in &config.databases {
-            self.engine.database(name)?.promote(config.epoch).await?;
-        }
-        self.store
-            .save(&Membership::Defined(Box::new(config.clone())))?;
-        self.failovers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key(group), config.last_failover.clone());
+        self.take_office(&config).await?;
         tracing::warn!(
             group,
             from = %old.primary,
             epoch = config.epoch,
             "forced failover: this replica is now the primary; data movement to the secondaries is suspended until resumed"
         );
-        let databases: Vec<_> = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         let part = self.run_with(config, true)?;
         self.lock().insert(key(group), part);
         wait_for_lease(&databases).await
@@ -598,11 +606,7 @@ impl Manager {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let databases: Vec<_> = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         wait_for_lease(&databases).await
     }
 
@@ -678,11 +682,7 @@ impl Manager {
                 }
             }
         }
-        let databases: Vec<_> = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         put_group(&cluster, config).await?;
         // The group is ready when its primary holds its first lease.
         wait_for_lease(&databases).await
@@ -847,11 +847,7 @@ impl Manager {
                 }
             });
         }
-        let databases = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         Ok((config, databases))
     }
 
@@ -910,15 +906,7 @@ impl Manager {
                     checked: config.databases.clone(),
                     loss_known: true,
                 });
-                for name in &config.databases {
-                    self.engine.database(name)?.promote(config.epoch).await?;
-                }
-                self.store
-                    .save(&Membership::Defined(Box::new(config.clone())))?;
-                self.failovers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key(&config.name), config.last_failover.clone());
+                self.take_office(&config).await?;
                 tracing::warn!(group = %config.name, from = %old.primary, epoch = config.epoch, "this replica is now the primary");
                 let part = self.run(config.clone())?;
                 self.lock().insert(key(&config.name), part);

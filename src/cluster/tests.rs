@@ -14,9 +14,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::ag::config::{
-    AvailabilityMode, ClusterType, FailoverMode, GroupConfig, ReplicaConfig, SecondaryConnections,
-};
+use crate::ag::config::GroupConfig;
 
 /// Longest any condition may take to come true.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -53,33 +51,7 @@ fn node(nodes: &[Option<Cluster>], id: NodeId) -> &Cluster {
 }
 
 fn group() -> GroupConfig {
-    let replica = |name: &str| ReplicaConfig {
-        name: name.into(),
-        endpoint: SocketAddr::from(([127, 0, 0, 1], 5000)),
-        availability_mode: AvailabilityMode::SynchronousCommit,
-        failover_mode: FailoverMode::Automatic,
-        session_timeout_s: 10,
-        secondary_allow_connections: SecondaryConnections::All,
-        primary_allow_connections: Default::default(),
-        read_only_routing_url: None,
-        read_only_routing_list: vec![],
-        backup_priority: 50,
-    };
-    GroupConfig {
-        name: "ag1".into(),
-        cluster_id: "c1".into(),
-        version: 1,
-        epoch: 1,
-        primary: "r1".into(),
-        databases: vec!["app".into()],
-        required_synchronized_secondaries: 0,
-        replicas: vec![replica("r1"), replica("r2"), replica("r3")],
-        cluster_type: ClusterType::External,
-        last_failover: None,
-        failure_condition_level: 3,
-        health_check_timeout_ms: 5000,
-        listener: None,
-    }
+    crate::ag::config::fixtures::group(&["r1", "r2", "r3"])
 }
 
 fn renew(holder: &str, epoch: u64, duration_ms: u64) -> Command {

@@ -199,44 +199,19 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::ag::config::{AvailabilityMode, FailoverMode, ReplicaConfig};
 
     fn config(list: &[&[&str]], allow: &[(&str, SecondaryConnections)]) -> GroupConfig {
-        let replica = |name: &str| ReplicaConfig {
-            name: name.into(),
-            endpoint: ([127, 0, 0, 1], 7000).into(),
-            availability_mode: AvailabilityMode::SynchronousCommit,
-            failover_mode: FailoverMode::Automatic,
-            session_timeout_s: 10,
-            secondary_allow_connections: allow
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or(SecondaryConnections::All, |(_, a)| *a),
-            primary_allow_connections: PrimaryConnections::All,
-            read_only_routing_url: None,
-            read_only_routing_list: vec![],
-            backup_priority: 50,
-        };
-        let mut replicas: Vec<_> = ["r1", "r2", "r3", "r4"].map(replica).to_vec();
-        replicas[0].read_only_routing_list = list
+        let mut g = crate::ag::config::fixtures::group(&["r1", "r2", "r3", "r4"]);
+        for r in &mut g.replicas {
+            if let Some((_, a)) = allow.iter().find(|(n, _)| *n == r.name) {
+                r.secondary_allow_connections = *a;
+            }
+        }
+        g.replicas[0].read_only_routing_list = list
             .iter()
             .map(|set| set.iter().map(|s| s.to_string()).collect())
             .collect();
-        GroupConfig {
-            name: "ag1".into(),
-            cluster_id: "c".into(),
-            version: 1,
-            epoch: 1,
-            primary: "r1".into(),
-            databases: vec!["app".into()],
-            required_synchronized_secondaries: 0,
-            replicas,
-            cluster_type: Default::default(),
-            last_failover: None,
-            failure_condition_level: 3,
-            health_check_timeout_ms: 5000,
-            listener: None,
-        }
+        g
     }
 
     fn all(_: &str) -> bool {
