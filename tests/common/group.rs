@@ -104,6 +104,8 @@ pub struct Group {
     pub spec: GroupSpec,
     /// The proxy between the nodes, for groups that can be partitioned.
     pub proxy: Option<super::proxy::Proxy>,
+    /// The host each node's ENDPOINT_URL names.
+    pub endpoint_hosts: Vec<String>,
 }
 
 /// The replica name of node index `i`.
@@ -317,6 +319,38 @@ impl Group {
         Group::define(nodes, endpoints, spec, None).await
     }
 
+    /// Like [`Group::start_with`], with node `i` inside network namespace
+    /// `hosts.ns(i)` at `hosts.ip(i)` (clients and partners reach it
+    /// there; a non-loopback node needs a password).
+    pub async fn start_in_namespaces(spec: GroupSpec, hosts: &super::netns::Hosts) -> Group {
+        let mut nodes = Vec::new();
+        let mut endpoints = Vec::new();
+        for i in 0..spec.replicas {
+            let endpoint = free_port();
+            nodes.push(
+                TestServer::builder()
+                    .netns(&hosts.ns(i))
+                    .host(&hosts.ip(i).to_string())
+                    .password("netns-test")
+                    .replica_at(&name(i), hosts.ip(i), endpoint)
+                    .start()
+                    .await,
+            );
+            endpoints.push(endpoint);
+        }
+        let mut group = Group::define_at(
+            nodes,
+            endpoints,
+            (0..spec.replicas)
+                .map(|i| hosts.ip(i).to_string())
+                .collect(),
+            spec,
+        )
+        .await;
+        group.proxy = None;
+        group
+    }
+
     /// Like [`Group::start_with`], but every connection between two nodes
     /// passes through a [`Proxy`](super::proxy::Proxy) that can partition
     /// them: node `i` listens on its own loopback address
@@ -350,11 +384,24 @@ impl Group {
         spec: GroupSpec,
         proxy: Option<super::proxy::Proxy>,
     ) -> Group {
+        let hosts = vec!["127.0.0.1".to_string(); nodes.len()];
+        let mut group = Group::define_at(nodes, endpoints, hosts, spec).await;
+        group.proxy = proxy;
+        group
+    }
+
+    async fn define_at(
+        nodes: Vec<TestServer>,
+        endpoints: Vec<u16>,
+        endpoint_hosts: Vec<String>,
+        spec: GroupSpec,
+    ) -> Group {
         let group = Group {
             nodes,
             endpoints,
             spec,
-            proxy,
+            proxy: None,
+            endpoint_hosts,
         };
         for i in 1..group.nodes.len() {
             let client = group.nodes[i].client(DEFAULT_DB).await;
@@ -398,9 +445,10 @@ impl Group {
                     "MANUAL"
                 };
                 format!(
-                    "'{}' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{port}', AVAILABILITY_MODE = {mode}, \
+                    "'{}' WITH (ENDPOINT_URL = 'tcp://{}:{port}', AVAILABILITY_MODE = {mode}, \
                      FAILOVER_MODE = {failover}, SESSION_TIMEOUT = {})",
                     name(i),
+                    self.endpoint_hosts[i],
                     self.spec.session_timeout_s
                 )
             })

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod group;
+pub mod netns;
 pub mod proxy;
 
 use std::fs::{File, OpenOptions};
@@ -70,6 +71,8 @@ pub struct Builder {
     host: Option<String>,
     port: Option<u16>,
     extra_args: Vec<String>,
+    /// Network namespace to run the process in (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl Builder {
@@ -109,6 +112,12 @@ impl Builder {
     /// Use this port instead of a fresh free one.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Run the server inside network namespace `name` (needs root).
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
         self
     }
 
@@ -235,8 +244,12 @@ impl TestServer {
     /// A libpq-style connection string for `db`, with the password when the
     /// server has one.
     pub fn conn_string(&self, db: &str) -> String {
+        let host = match self.config.host.as_deref() {
+            None | Some("0.0.0.0") => "127.0.0.1",
+            Some(host) => host,
+        };
         let mut s = format!(
-            "host=127.0.0.1 port={} user={USER} dbname={db} connect_timeout={}",
+            "host={host} port={} user={USER} dbname={db} connect_timeout={}",
             self.port,
             CONNECT_TIMEOUT.as_secs()
         );
@@ -378,7 +391,15 @@ impl TestServer {
         writeln!(log, "=== test harness: start #{} ===", self.starts).expect("write server log");
         let stdout = log.try_clone().expect("clone log handle");
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_availdb"));
+        let mut cmd = match &self.config.netns {
+            // `ip netns exec` execs the binary: the child's pid is the server's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_availdb")]);
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_availdb")),
+        };
         cmd.arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())
