@@ -271,7 +271,12 @@ impl Snapshot {
             ]);
         }
         for (database, sync, cell) in &states {
-            let end = sync.primary_end();
+            // The log's end, not only the last commit's: a full image written
+            // for seeding holds no commit, but a replica has not caught up
+            // until it has redone it.
+            let end = sync
+                .primary_end()
+                .max(group.database(database).map_or(0, |db| db.log().end_lsn()));
             let last_commit = group
                 .database(database)
                 .and_then(|db| db.log().last_commit_us());

@@ -101,6 +101,7 @@ impl Capture {
                     db_size: tx.db_size,
                     page_size,
                     pages: tx.pages,
+                    flags: 0,
                 })
                 .map_err(log_error)?;
         }
@@ -124,34 +125,6 @@ impl Capture {
         self.log.truncate_before(keep).map_err(log_error)?;
         Ok(())
     }
-}
-
-/// A record holding every page of the database as `conn` sees it: redone
-/// on an empty file it recreates the database.
-pub fn base_image(conn: &Connection, epoch: u64) -> Result<Record> {
-    let page_size = page_size(conn)?;
-    let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
-    let pages = stmt
-        .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Record {
-        lsn: 0,
-        epoch,
-        commit_time_us: now_us(),
-        db_size: pages.len() as u32,
-        page_size,
-        pages,
-    })
-}
-
-/// True when `record` holds every page of the database it describes.
-pub fn is_base_image(record: &Record) -> bool {
-    record.pages.len() == record.db_size as usize
-        && record
-            .pages
-            .iter()
-            .enumerate()
-            .all(|(i, (pgno, _))| *pgno == i as u32 + 1)
 }
 
 /// `<db>-wal`.
@@ -198,7 +171,7 @@ fn page_size(conn: &Connection) -> Result<u32> {
     Ok(conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0))?)
 }
 
-fn now_us() -> i64 {
+pub(super) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)

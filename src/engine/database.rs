@@ -299,11 +299,14 @@ impl Database {
         let log = self.log.clone();
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
         let (start, end) = tokio::task::spawn_blocking(move || -> Result<(Lsn, Lsn)> {
-            let record = super::capture::base_image(writer.conn().sqlite(), epoch)?;
             let start = log.end_lsn();
-            let end = log
-                .append(record)
-                .map_err(|e| Error::sql("58030", e.to_string()))?;
+            let mut end = start;
+            super::image::for_each_image_part(writer.conn().sqlite(), epoch, |part| {
+                end = log
+                    .append(part)
+                    .map_err(|e| Error::sql("58030", e.to_string()))?;
+                Ok(())
+            })?;
             drop(writer);
             Ok((start, end))
         })

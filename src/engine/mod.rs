@@ -39,6 +39,7 @@ mod capture;
 mod database;
 mod error;
 mod exec;
+pub mod image;
 mod recover;
 pub mod redo;
 pub mod wal;
@@ -48,12 +49,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use capture::{checkpoint_passive, is_base_image};
+pub use capture::checkpoint_passive;
 pub use database::{
     monotonic_us, CommitHook, Conn, Database, Reader, Role, Writer, WriterGuard, PG_VERSION,
 };
 pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
+pub use image::is_base_image;
 pub use recover::redo as redo_records;
 
 /// The database a fresh node creates, named after the default user.

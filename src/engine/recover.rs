@@ -37,22 +37,36 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<Arc<Log>> {
             // The log must be able to rebuild the file from nothing: start
             // it with a full image of what the file holds now.
             let conn = Connection::open(db_path)?;
-            let image = super::capture::base_image(&conn, 1)?;
-            if !image.pages.is_empty() {
-                log.append(image).map_err(|e| log_error(name, e))?;
-                log.sync_blocking().map_err(|e| log_error(name, e))?;
-            }
+            super::image::for_each_image_part(&conn, 1, |part| {
+                log.append(part).map(|_| ()).map_err(|e| log_error(name, e))
+            })?;
+            log.sync_blocking().map_err(|e| log_error(name, e))?;
         }
         log::write_checkpoint(log_dir, log.end_lsn()).map_err(|e| log_error(name, e))?;
     }
     let checkpoint = log::read_checkpoint(log_dir).map_err(|e| log_error(name, e))?;
     discard_wal(db_path)?;
     if log.end_lsn() > checkpoint {
-        let records = log.read_from(checkpoint).map_err(|e| log_error(name, e))?;
-        redo(db_path, &records)?;
+        // A bounded slice of the log at a time: a long tail (a replica
+        // seeded with a large image) never has to fit in memory at once.
+        let mut from = checkpoint;
+        let mut count = 0;
+        let mut applier = Applier::open(db_path).map_err(redo_error)?;
+        while from < log.end_lsn() {
+            let records = log
+                .read_some(from, RECOVERY_READ_BYTES)
+                .map_err(|e| log_error(name, e))?;
+            let Some(last) = records.last() else { break };
+            from = last.end_lsn();
+            count += records.len();
+            apply_all(&mut applier, &records)?;
+        }
+        applier
+            .connection()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         tracing::info!(
             database = name,
-            records = records.len(),
+            records = count,
             from = checkpoint,
             to = log.end_lsn(),
             "recovered from the log"
@@ -65,6 +79,17 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<Arc<Log>> {
 /// Redoes `records` into the file at `db_path` and checkpoints it fully.
 pub fn redo(db_path: &Path, records: &[Record]) -> Result<()> {
     let mut applier = Applier::open(db_path).map_err(redo_error)?;
+    apply_all(&mut applier, records)?;
+    applier
+        .connection()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    Ok(())
+}
+
+/// Bytes of log read at a time during recovery.
+const RECOVERY_READ_BYTES: u64 = 16 << 20;
+
+fn apply_all(applier: &mut Applier, records: &[Record]) -> Result<()> {
     for chunk in records.chunks(REDO_BATCH) {
         let sets: Vec<PageSet<'_>> = chunk
             .iter()
@@ -73,11 +98,15 @@ pub fn redo(db_path: &Path, records: &[Record]) -> Result<()> {
                 db_size: r.db_size,
             })
             .collect();
-        applier.apply(&sets).map_err(redo_error)?;
+        // A log may end inside a full image (a replica stopped while being
+        // seeded): the rest arrives from the primary.
+        let partial = chunk.last().is_some_and(Record::image_continues);
+        if partial {
+            applier.apply_partial(&sets).map_err(redo_error)?;
+        } else {
+            applier.apply(&sets).map_err(redo_error)?;
+        }
     }
-    applier
-        .connection()
-        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     Ok(())
 }
 

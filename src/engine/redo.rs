@@ -228,6 +228,17 @@ impl Applier {
     /// (see the module doc for the steps and the rules behind them). On error
     /// nothing of the batch is applied.
     pub fn apply(&mut self, batch: &[PageSet<'_>]) -> Result<(), RedoError> {
+        self.apply_settling(batch, true)
+    }
+
+    /// Like [`Applier::apply`] for a batch that ends inside a full image
+    /// (`log::record`): the file is part new, part old until the image's
+    /// last part, so the schema is not loaded from it yet.
+    pub fn apply_partial(&mut self, batch: &[PageSet<'_>]) -> Result<(), RedoError> {
+        self.apply_settling(batch, false)
+    }
+
+    fn apply_settling(&mut self, batch: &[PageSet<'_>], consistent: bool) -> Result<(), RedoError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -243,7 +254,8 @@ impl Applier {
         let written = self.write(&plan);
         // A failed batch may have loaded a schema from pages it then rolled
         // back: reload from the committed state then too.
-        let settled = self.settle(plan.pages.contains_key(&1) || written.is_err());
+        let reload = consistent && (plan.pages.contains_key(&1) || written.is_err());
+        let settled = self.settle(reload);
         written.and(settled)
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  magic "AVLR" (0x41 0x56 0x4c 0x52)
+//!      0     4  magic "AVL2" (0x41 0x56 0x4c 0x32)
 //!      4     4  body length N (bytes 8 .. 8+N, i.e. everything up to the CRC)
 //!      8     8  lsn             position of this record in the database's log
 //!     16     8  epoch           failover generation that wrote it
@@ -10,12 +10,21 @@
 //!     32     4  db size         database size in pages after the commit
 //!     36     4  page size       bytes per page image
 //!     40     4  page count      P
-//!     44     …  P × (4-byte page number, page-size bytes of image)
+//!     44     4  flags           bit 0: starts a full image; bit 1: the image
+//!                               goes on in the next record
+//!     48     …  P × (4-byte page number, page-size bytes of image)
 //!  8 + N     4  crc32c          over bytes 0 .. 8+N
 //! ```
 //! All integers little-endian. A record is `12 + N` bytes long; the next
 //! record's LSN is this one's LSN plus that length, so LSNs are byte
 //! positions in an endless stream and queue sizes are differences of LSNs.
+//!
+//! A **full image** of a database (seeding a replica, rewinding a diverged
+//! one, starting a log for an existing file) is a run of records: the
+//! first has [`Record::IMAGE_START`] and pages 1, 2, … in order; each but
+//! the last has [`Record::IMAGE_MORE`], and the next continues the pages.
+//! Every part is far below a wire frame, so a database of any size ships.
+//! Until the last part is redone the file is part new, part old.
 //!
 //! A record that ends early is *torn* (a crash during the write): only the
 //! last record of a log may be torn, and it was never acknowledged. A record
@@ -24,8 +33,8 @@
 /// A log sequence number: the byte position of a record in a database's log.
 pub type Lsn = u64;
 
-const MAGIC: [u8; 4] = *b"AVLR";
-const FIXED_BODY: usize = 8 + 8 + 8 + 4 + 4 + 4;
+const MAGIC: [u8; 4] = *b"AVL2";
+const FIXED_BODY: usize = 8 + 8 + 8 + 4 + 4 + 4 + 4;
 
 /// One committed transaction as shipped and redone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +51,8 @@ pub struct Record {
     pub page_size: u32,
     /// (page number, image), sorted by page number.
     pub pages: Vec<(u32, Vec<u8>)>,
+    /// [`Record::IMAGE_START`], [`Record::IMAGE_MORE`] (0 for a commit).
+    pub flags: u32,
 }
 
 /// Why bytes are not a valid record.
@@ -72,6 +83,22 @@ pub enum DecodeError {
 }
 
 impl Record {
+    /// The record starts a full image: the database is replaced.
+    pub const IMAGE_START: u32 = 1;
+    /// The full image goes on in the next record.
+    pub const IMAGE_MORE: u32 = 2;
+
+    /// True for the first record of a full image.
+    pub fn starts_image(&self) -> bool {
+        self.flags & Record::IMAGE_START != 0
+    }
+
+    /// True when a full image goes on after this record: the database is
+    /// not consistent until the image's last record is redone.
+    pub fn image_continues(&self) -> bool {
+        self.flags & Record::IMAGE_MORE != 0
+    }
+
     /// Encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
         12 + FIXED_BODY + self.pages.len() * (4 + self.page_size as usize)
@@ -94,6 +121,7 @@ impl Record {
         out.extend_from_slice(&self.db_size.to_le_bytes());
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
         for (pgno, image) in &self.pages {
             debug_assert_eq!(image.len(), self.page_size as usize);
             out.extend_from_slice(&pgno.to_le_bytes());
@@ -139,8 +167,14 @@ impl Record {
                 "{count} pages of {page_size} bytes need a body of {expected}, found {body_len}"
             )));
         }
+        let flags = u32_at(bytes, 44);
+        if flags & !(Record::IMAGE_START | Record::IMAGE_MORE) != 0 {
+            return Err(DecodeError::Inconsistent(format!(
+                "unknown flags {flags:#x} (a newer availdb wrote this log?)"
+            )));
+        }
         let mut pages = Vec::with_capacity(count);
-        let mut at = 44;
+        let mut at = 48;
         for _ in 0..count {
             let pgno = u32_at(bytes, at);
             let image = bytes[at + 4..at + 4 + page_size as usize].to_vec();
@@ -154,6 +188,7 @@ impl Record {
             db_size: u32_at(bytes, 32),
             page_size,
             pages,
+            flags,
         };
         Ok((record, total))
     }
@@ -179,6 +214,7 @@ mod tests {
             db_size: 7,
             page_size: 512,
             pages: vec![(1, vec![1; 512]), (7, vec![7; 512])],
+            flags: Record::IMAGE_MORE,
         }
     }
 

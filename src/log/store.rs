@@ -567,6 +567,7 @@ mod tests {
             db_size: n as u32,
             page_size: 64,
             pages: vec![(n as u32, vec![n; 64])],
+            flags: 0,
         }
     }
 

@@ -143,6 +143,8 @@ pub struct SecondaryDb {
     /// The primary announced that this log diverged: the next record is a
     /// full image at this LSN, and the log restarts there.
     rewind_to: Mutex<Option<Lsn>>,
+    /// Pages of the full image being received (0: none in progress).
+    image_pages: std::sync::atomic::AtomicU64,
 }
 
 impl SecondaryDb {
@@ -213,6 +215,7 @@ impl SecondaryGroup {
                 redo_lock: Mutex::new(()),
                 written: watch::channel(end).0,
                 rewind_to: Mutex::new(None),
+                image_pages: std::sync::atomic::AtomicU64::new(0),
                 db,
             });
             tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
@@ -406,6 +409,27 @@ impl SecondaryGroup {
             return Ok(log.end_lsn());
         };
         let end = last.end_lsn();
+        // Seeding progress: pages of a full image received so far.
+        for record in &accepted {
+            if record.starts_image() {
+                sdb.image_pages.store(0, Ordering::Relaxed);
+            }
+            if record.starts_image() || sdb.image_pages.load(Ordering::Relaxed) > 0 {
+                let so_far = sdb
+                    .image_pages
+                    .fetch_add(record.pages.len() as u64, Ordering::Relaxed)
+                    + record.pages.len() as u64;
+                tracing::info!(
+                    database,
+                    "receiving a full image: {so_far} of {} pages ({}%)",
+                    record.db_size,
+                    so_far * 100 / u64::from(record.db_size.max(1))
+                );
+                if !record.image_continues() {
+                    sdb.image_pages.store(0, Ordering::Relaxed);
+                }
+            }
+        }
         let log2 = log.clone();
         let log_dir = sdb.db.log_dir().to_path_buf();
         let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
@@ -759,7 +783,11 @@ fn redo_batch(sdb: &SecondaryDb, applier: &mut Option<Applier>) -> Result<u64, S
             db_size: r.db_size,
         })
         .collect();
-    a.apply(&sets).map_err(|e| e.to_string())?;
+    if last.image_continues() {
+        a.apply_partial(&sets).map_err(|e| e.to_string())?;
+    } else {
+        a.apply(&sets).map_err(|e| e.to_string())?;
+    }
     sdb.last_redone_commit_us
         .store(commit_us, Ordering::Relaxed);
     sdb.redone.send_replace(end);
