@@ -6,6 +6,8 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod frontend;
+pub mod listener;
 pub mod log;
+pub mod net;
 pub mod replication;
 pub mod sql;

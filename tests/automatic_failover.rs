@@ -38,9 +38,10 @@ use std::time::{Duration, Instant};
 
 use common::cluster::KeepLogsOnPanic;
 use common::cluster::{
-    acked_ids, attempted_ids, check_ids, counts, local_role, logs_of, planned_failover, rows_on,
-    summary, try_write, wait_failover_ready, wait_new_primary, wait_secondary_of, ReadWrite, Work,
-    WriterOptions, WriterReport, Writers, FAILOVER_TIMEOUT, LEASE, MARGIN, RENEW_EVERY,
+    acked_ids, attempted_ids, check_ids, counts, failover_ready, local_role, logs_of,
+    named_primary, planned_failover, rows_on, summary, try_write, wait_failover_ready,
+    wait_new_primary, wait_secondary_of, ReadWrite, Work, WriterOptions, WriterReport, Writers,
+    FAILOVER_TIMEOUT, LEASE, MARGIN, RENEW_EVERY,
 };
 use common::group::{
     error_text, group_row, name, Group, GroupSpec, APP, CATCH_UP_TIMEOUT, GROUP, STATEMENT_TIMEOUT,
@@ -196,6 +197,88 @@ async fn kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_insert() {
         .assert_page_identical_to(new, &[R1, other], "after the old primary rejoined")
         .await;
     assert_t_on(&group, R1, &reports, "on the old primary after it rejoined").await;
+}
+
+/// Safety rules 1 and 2 across a network partition: the primary is cut off
+/// from both secondaries (cluster and replication traffic alike, through
+/// the test proxy) while two writers insert through a multi-host read-write
+/// connection. The majority names a new primary; the primary left in the
+/// minority stops taking writes (its lease is not renewed: RESOLVING, then
+/// read-only); the writers finish on the new primary. After the partition
+/// heals, the old primary rejoins as a secondary of the new one and
+/// converges page-identically; every acknowledged insert is on every
+/// replica exactly once, and nothing the minority was sent after the cut
+/// appears anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_cut_off_from_the_majority_stops_writing_and_rejoins_after_the_heal() {
+    let group = Group::start_partitionable(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "a_primary_cut_off_from_the_majority_stops_writing_and_rejoins_after_the_heal",
+    );
+    let proxy = group.proxy.as_ref().expect("a partitionable group");
+    run_on(&group, R1, APP, CREATE_T).await;
+    let rw = ReadWrite::multi_host(&group, APP);
+    let per_task = 300;
+    let writers = insert_writers(&rw, per_task);
+    writers
+        .wait_acked(100, Duration::from_secs(60), || group.logs())
+        .await;
+    // A session on r1 opened before the cut, used after it.
+    let minority = group.nodes[R1].client(APP).await;
+
+    proxy.partition(&[R1], &[R2, R3]);
+    let cut = Instant::now();
+    let majority = [R2, R3];
+    let (new, epoch, _) = wait_new_primary(&group, &majority, &[R1], 1, FAILOVER_TIMEOUT).await;
+    eprintln!(
+        "{} named primary at epoch {epoch} {:?} after the cut",
+        name(new),
+        cut.elapsed()
+    );
+
+    // The minority side writes nothing from now on.
+    let mut refused = Vec::new();
+    for id in [-1i64, -2, -3] {
+        let sql = format!("INSERT INTO t(id, w, pad) VALUES ({id}, 9, NULL)");
+        let outcome = try_write(&minority, &sql).await;
+        assert!(
+            outcome.is_some(),
+            "r1, cut off from the majority after {} became primary, acknowledged {sql}\n{}",
+            name(new),
+            group.logs()
+        );
+        refused.extend(outcome);
+    }
+    eprintln!("writes on the minority side: {refused:?}");
+
+    let reports = writers.join(WRITERS_TIMEOUT).await;
+    assert_finished(&group, &reports, per_task, "through the partition");
+    let other = if new == R2 { R3 } else { R2 };
+
+    proxy.heal();
+    wait_secondary_of(&group, &ALL, R1, new, epoch).await;
+    group
+        .wait_caught_up_to(new, &[R1, other], CATCH_UP_TIMEOUT)
+        .await;
+    group
+        .assert_page_identical_to(new, &[R1, other], "after the partition healed")
+        .await;
+    for i in ALL {
+        assert_t_on(&group, i, &reports, "after the partition healed").await;
+        let stale = rows_on(&group, i, APP, "SELECT count(*) FROM t WHERE id < 0").await;
+        assert_eq!(
+            stale,
+            vec![vec![Some("0".to_string())]],
+            "{}: a write sent to the minority side landed\n{}",
+            name(i),
+            group.logs()
+        );
+    }
 }
 
 /// Safety rule 2: one writer. The primary is frozen (SIGSTOP) with an open
@@ -399,6 +482,389 @@ async fn planned_failover_moves_the_primary_without_loss() {
 /// synchronous one whose data movement is suspended on the primary. The
 /// primary stays primary and keeps taking writes. Once resumed and back in
 /// the synchronized set, the same target's FAILOVER succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_failover_is_refused_while_the_target_is_not_synchronized() {
+    let group = automatic_group(GroupSpec {
+        asynchronous_replicas: vec![R3],
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "planned_failover_is_refused_while_the_target_is_not_synchronized",
+    );
+    run_on(
+        &group,
+        R1,
+        APP,
+        "CREATE TABLE q(id INTEGER PRIMARY KEY); INSERT INTO q VALUES (1)",
+    )
+    .await;
+    let not_synchronized = |who: &str, result: Result<Duration, (String, String)>| {
+        match result {
+        Err((code, message)) => assert!(
+            code == "55000" && message.contains("not SYNCHRONIZED"),
+            "FAILOVER on {who}: expected 55000 with \"not SYNCHRONIZED\", got {code}: {message}\n{}",
+            group.logs()
+        ),
+        Ok(_) => panic!("FAILOVER on {who} succeeded\n{}", group.logs()),
+    }
+    };
+    not_synchronized(
+        "r3 (ASYNCHRONOUS_COMMIT)",
+        planned_failover(&group, R3).await,
+    );
+
+    run_on(
+        &group,
+        R1,
+        DEFAULT_DB,
+        &format!("ALTER DATABASE {APP} SET HADR SUSPEND"),
+    )
+    .await;
+    // The primary stops waiting for r2 (and r3) as soon as they left the
+    // synchronized set, which must happen in the cluster first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = group.view_on(R1).await;
+        if view
+            .iter()
+            .any(|s| s.replica == "r2" && s.sync_state != "SYNCHRONIZED")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 still SYNCHRONIZED on r1 30 s after SUSPEND: {view:#?}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Acknowledged without r2: r2 must not become primary now.
+    run_on(&group, R1, APP, "INSERT INTO q VALUES (2)").await;
+    // Where the view tells, give r2's copy of the cluster's state a moment
+    // to show it left the set (not asserted: FAILOVER is the check).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut r2_ready = failover_ready(&group, R2).await;
+    while r2_ready
+        .as_ref()
+        .is_some_and(|m| m.get("r2") == Some(&true))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r2_ready = failover_ready(&group, R2).await;
+    }
+    let suspended = planned_failover(&group, R2).await;
+    if let Ok(took) = suspended {
+        let rows = rows_on(&group, R2, APP, "SELECT id FROM q ORDER BY id").await;
+        panic!(
+            "FAILOVER on r2 succeeded ({took:?}) although r2's data movement is suspended and \
+             row 2 was acknowledged without it; r2 now holds q = {rows:?}; r2's \
+             is_failover_ready before FAILOVER: {r2_ready:?}\n{}",
+            group.logs()
+        );
+    }
+    not_synchronized("r2 (suspended)", suspended);
+    for i in ALL {
+        let row = group_row(&group.nodes[i]).await.expect("group row");
+        assert_eq!(
+            (row.primary_replica.as_str(), row.epoch),
+            ("r1", 1),
+            "{}'s definition after two refused failovers\n{}",
+            name(i),
+            group.logs()
+        );
+    }
+
+    run_on(
+        &group,
+        R1,
+        DEFAULT_DB,
+        &format!("ALTER DATABASE {APP} SET HADR RESUME"),
+    )
+    .await;
+    wait_failover_ready(&group, R1, &[R2]).await;
+    // r2's copy of the cluster's state may be a heartbeat behind.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match planned_failover(&group, R2).await {
+            Ok(_) => break,
+            Err((code, message))
+                if message.contains("not SYNCHRONIZED") && Instant::now() < deadline =>
+            {
+                eprintln!("FAILOVER on r2 right after RESUME: {code} {message}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err((code, message)) => panic!(
+                "FAILOVER on r2 after RESUME: {code} {message}\n{}",
+                group.logs()
+            ),
+        }
+    }
+    wait_secondary_of(&group, &ALL, R1, R2, 2).await;
+    run_on(&group, R2, APP, "INSERT INTO q VALUES (3)").await;
+    let rows = rows_on(&group, R2, APP, "SELECT id FROM q ORDER BY id").await;
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("1".to_string())],
+            vec![Some("2".to_string())],
+            vec![Some("3".to_string())]
+        ],
+        "q on the new primary (row 2 was acknowledged while r2 was suspended, before RESUME)\n{}",
+        group.logs()
+    );
+}
+
+// ------------------------------------------------------- twenty failovers
+
+/// Accounts of the bank and what each starts with.
+const ACCOUNTS: i64 = 10;
+const OPENING: i64 = 1000;
+
+/// One transfer per id: from and to accounts and the amount follow from
+/// the id; the ledger row records it under the id.
+fn transfer_work() -> Work {
+    Arc::new(|id| {
+        let h = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let from = (h % ACCOUNTS as u64) as i64 + 1;
+        let to = ((h >> 16) % (ACCOUNTS as u64 - 1)) as i64 + 1;
+        let to = if to >= from { to + 1 } else { to };
+        let amount = ((h >> 32) % 50) as i64 + 1;
+        format!(
+            "BEGIN; \
+             UPDATE accounts SET balance = balance - {amount} WHERE id = {from}; \
+             UPDATE accounts SET balance = balance + {amount} WHERE id = {to}; \
+             INSERT INTO ledger(id, src, dst, amount) VALUES ({id}, {from}, {to}, {amount}); \
+             COMMIT"
+        )
+    })
+}
+
+/// Checks the bank on the primary (through `rw`): the total is unchanged
+/// and every account's balance is its opening balance plus what the ledger
+/// says it received minus what it sent (so no transfer was half applied).
+async fn check_bank(rw: &ReadWrite, group: &Group, live: &[usize], what: &str) {
+    let sql = format!(
+        "SELECT (SELECT sum(balance) FROM accounts), \
+                (SELECT count(*) FROM accounts a WHERE a.balance <> {OPENING} \
+                   + (SELECT coalesce(sum(amount), 0) FROM ledger WHERE dst = a.id) \
+                   - (SELECT coalesce(sum(amount), 0) FROM ledger WHERE src = a.id)), \
+                (SELECT count(*) FROM ledger)"
+    );
+    let rows = rw
+        .query_retrying(&sql, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", logs_of(group, live)));
+    let row = &rows[0];
+    let total = row[0].clone().unwrap_or_default();
+    let inconsistent = row[1].clone().unwrap_or_default();
+    assert_eq!(
+        (total.as_str(), inconsistent.as_str()),
+        ((ACCOUNTS * OPENING).to_string().as_str(), "0"),
+        "{what}: (total, accounts whose balance disagrees with the ledger), {} ledger rows\n{}",
+        row[2].clone().unwrap_or_default(),
+        logs_of(group, live)
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL of the primary, then a restart of it.
+    Kill,
+    /// SIGSTOP of the primary until another is named, then SIGCONT.
+    Pause,
+    /// `FAILOVER` on a synchronized secondary.
+    Planned,
+    /// The primary cut off from both secondaries until another is named,
+    /// then healed.
+    Partition,
+}
+
+/// The issue's twenty consecutive failovers: kill -9 + restart, SIGSTOP +
+/// SIGCONT, a partition of the primary from the majority + heal, and
+/// planned failover in turn, while two clients make bank
+/// transfers (BEGIN; two UPDATEs; a ledger INSERT; COMMIT) and one inserts
+/// unique ids, all through read-write multi-host connections that
+/// reconnect on error. After each failover the bank's total is unchanged and
+/// every balance agrees with the ledger, on the new primary; at the end
+/// every acknowledged transfer and insert is on every replica exactly once,
+/// and the replicas are page-identical. About a minute with a debug build
+/// here; `AVAILDB_FAILOVER_ROUNDS=n` runs n rounds instead of 20.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_failovers_keep_the_bank_total_and_every_acknowledged_insert() {
+    let rounds: usize = std::env::var("AVAILDB_FAILOVER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut group = Group::start_partitionable(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "twenty_failovers_keep_the_bank_total_and_every_acknowledged_insert",
+    );
+    let values: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!("({id}, {OPENING})"))
+        .collect();
+    run_on(
+        &group,
+        R1,
+        APP,
+        &format!(
+            "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL); \
+             INSERT INTO accounts VALUES {}; \
+             CREATE TABLE ledger(id INTEGER PRIMARY KEY, src INTEGER NOT NULL, \
+               dst INTEGER NOT NULL, amount INTEGER NOT NULL); \
+             {CREATE_T}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    // Paused nodes are part of the rounds: connect host by host, each host
+    // bounded (libpq's connect_timeout semantics).
+    let rw = ReadWrite::each_host(&group, APP);
+    let options = WriterOptions {
+        tasks: 2,
+        first: 1,
+        stride: 10_000_000,
+        per_task: 5_000_000,
+        pace: Duration::from_millis(10),
+        reconnect_within: Duration::from_secs(90),
+    };
+    let transfers = Writers::start(&rw, &options, transfer_work());
+    let inserts = Writers::start(
+        &rw,
+        &WriterOptions {
+            tasks: 1,
+            first: 1,
+            ..options.clone()
+        },
+        insert_work(),
+    );
+    transfers
+        .wait_acked(20, Duration::from_secs(60), || group.logs())
+        .await;
+
+    let started = Instant::now();
+    let mut primary = R1;
+    let mut epoch = 1;
+    let mut log = Vec::new();
+    for round in 0..rounds {
+        let fault = [Fault::Kill, Fault::Pause, Fault::Partition, Fault::Planned][round % 4];
+        let secondaries: Vec<usize> = ALL.into_iter().filter(|&i| i != primary).collect();
+        wait_failover_ready(&group, primary, &secondaries).await;
+        let acked_before = transfers.acked();
+        let t0 = Instant::now();
+        let (new, new_epoch) = match fault {
+            Fault::Kill => {
+                group.nodes[primary].kill9();
+                let (new, e, _) =
+                    wait_new_primary(&group, &secondaries, &[primary], epoch, FAILOVER_TIMEOUT)
+                        .await;
+                group.nodes[primary].restart().await;
+                (new, e)
+            }
+            Fault::Pause => {
+                group.nodes[primary].pause();
+                let named =
+                    wait_new_primary(&group, &secondaries, &[primary], epoch, FAILOVER_TIMEOUT)
+                        .await;
+                group.nodes[primary].resume();
+                (named.0, named.1)
+            }
+            Fault::Partition => {
+                let proxy = group.proxy.as_ref().expect("a partitionable group");
+                proxy.partition(&[primary], &secondaries);
+                let named =
+                    wait_new_primary(&group, &secondaries, &[primary], epoch, FAILOVER_TIMEOUT)
+                        .await;
+                proxy.heal();
+                (named.0, named.1)
+            }
+            Fault::Planned => {
+                let target = secondaries[(round / 4) % secondaries.len()];
+                if let Err((code, message)) = planned_failover(&group, target).await {
+                    panic!(
+                        "round {round}: FAILOVER on {}: {code} {message}\n{}",
+                        name(target),
+                        group.logs()
+                    );
+                }
+                (target, epoch + 1)
+            }
+        };
+        let switched = t0.elapsed();
+        assert_eq!(
+            new_epoch,
+            epoch + 1,
+            "round {round} ({fault:?}): epochs move by one\n{}",
+            group.logs()
+        );
+        wait_secondary_of(&group, &ALL, primary, new, new_epoch).await;
+        // The transfers go on, on the new primary.
+        transfers
+            .wait_acked(acked_before + 5, Duration::from_secs(60), || group.logs())
+            .await;
+        check_bank(
+            &rw,
+            &group,
+            &ALL,
+            &format!("after round {round} ({fault:?} of {})", name(primary)),
+        )
+        .await;
+        log.push(format!(
+            "round {round}: {fault:?} {} -> {} (epoch {new_epoch}) in {switched:?}",
+            name(primary),
+            name(new)
+        ));
+        primary = new;
+        epoch = new_epoch;
+    }
+    let transfer_reports = transfers.finish().await;
+    let insert_reports = inserts.finish().await;
+    eprintln!(
+        "{rounds} failovers in {:?}:\n{}\ntransfers: {}\ninserts: {}",
+        started.elapsed(),
+        log.join("\n"),
+        summary(&transfer_reports),
+        summary(&insert_reports)
+    );
+    assert_eq!(
+        named_primary(&group, &ALL).await,
+        Some((primary, epoch)),
+        "the group's primary at the end\n{}",
+        group.logs()
+    );
+    check_bank(&rw, &group, &ALL, "at the end").await;
+    let secondaries: Vec<usize> = ALL.into_iter().filter(|&i| i != primary).collect();
+    group
+        .assert_page_identical_to(primary, &secondaries, "after twenty failovers")
+        .await;
+    for i in ALL {
+        let ledger = counts(&group.nodes[i], APP, "ledger", "id").await;
+        if let Err(e) = check_ids(
+            &ledger,
+            &acked_ids(&transfer_reports),
+            &attempted_ids(&transfer_reports),
+        ) {
+            panic!("{}'s ledger: {e}\n{}", name(i), group.logs());
+        }
+        assert_t_on(&group, i, &insert_reports, "after twenty failovers").await;
+    }
+    for node in &mut group.nodes {
+        assert!(node.is_running(), "a node is down at the end");
+    }
+}
+
+// ------------------------------------------------ what must not fail over
+
+/// A read-scale group (CLUSTER_TYPE = NONE) is not run by the cluster: when
+/// its primary dies nothing is promoted, even with every replica
+/// synchronous and AUTOMATIC, for several times the time an automatic
+/// failover takes. FORCE_FAILOVER_ALLOW_DATA_LOSS still works.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_scale_group_never_fails_over_automatically() {
     let mut group = automatic_group(GroupSpec {

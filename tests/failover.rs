@@ -801,7 +801,13 @@ async fn a_restarted_new_primary_comes_back_as_primary_at_the_same_epoch_with_it
         .filter(|s| !s.is_local)
         .map(|s| (s.replica, s.is_suspended))
         .collect();
-    eprintln!("after r2's restart, (replica, is_suspended) in r2's view: {suspended:?}");
+    // The forced failover's suspension survives the restart: data moves
+    // again only when an operator resumes it.
+    assert!(
+        !suspended.is_empty() && suspended.iter().all(|(_, s)| *s),
+        "after r2's restart, (replica, is_suspended) in r2's view: {suspended:?}\n{}",
+        group.logs()
+    );
 
     // Still writable, and still the group's primary: r3 follows once resumed.
     let d = 301..=310;

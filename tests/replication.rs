@@ -754,6 +754,7 @@ fn replica_config(name: &str, endpoint_port: u16) -> ReplicaConfig {
         failover_mode: FailoverMode::Manual,
         session_timeout_s: 10,
         secondary_allow_connections: SecondaryConnections::All,
+        primary_allow_connections: Default::default(),
         read_only_routing_url: None,
         read_only_routing_list: vec![],
         backup_priority: 50,
@@ -807,6 +808,7 @@ async fn safety_rule_6_a_peer_from_another_cluster_is_refused() {
         last_failover: None,
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
+        listener: None,
     };
     let mut conn = wire_connect(group.endpoints[1]).await;
     wire_send(
@@ -950,6 +952,7 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         last_failover: None,
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
+        listener: None,
     };
     let hello = || Message::Hello {
         cluster_id: cluster.into(),
@@ -1125,6 +1128,14 @@ async fn suspend_and_resume_data_movement() {
             "{r} after SUSPEND: {view:#?}"
         );
     }
+    // A definition change restarts the primary's links: the suspension
+    // stays (it is recorded, as is one from a forced failover).
+    run(
+        &group,
+        &admin,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r3' WITH (SESSION_TIMEOUT = 6)",
+    )
+    .await;
     // Commits do not wait for suspended secondaries (they would never
     // harden: nothing is sent to them).
     for id in 11..=30 {
@@ -1183,7 +1194,18 @@ fn free_port_block() -> u16 {
         if base > u16::MAX - 200 {
             continue;
         }
-        let ports = [base, base + 1, base + 2, base + 100, base + 101, base + 102];
+        // The listener's two ports, three replicas' client ports, and
+        // their endpoints.
+        let ports = [
+            base,
+            base + 1,
+            base + 2,
+            base + 3,
+            base + 4,
+            base + 100,
+            base + 101,
+            base + 102,
+        ];
         let held: Vec<_> = ports
             .iter()
             .map_while(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
@@ -1351,9 +1373,10 @@ async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() 
     let conn = |port: u16| {
         format!("host=127.0.0.1 port={port} user={USER} dbname={APP} connect_timeout=10")
     };
+    // The listener's read-write port reaches the primary.
     let r1 = connect(&conn(base))
         .await
-        .unwrap_or_else(|e| panic!("connect to r1: {e:?}\n{}", output()));
+        .unwrap_or_else(|e| panic!("connect to the listener: {e:?}\n{}", output()));
     match tokio::time::timeout(
         STATEMENT_TIMEOUT,
         r1.batch_execute(
@@ -1366,7 +1389,13 @@ async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() 
         Ok(Ok(())) => {}
         other => panic!("write on r1: {other:?}\n{}", output()),
     }
-    for (port, name) in [(base + 1, "r2"), (base + 2, "r3")] {
+    // The replicas' own ports follow the listener's read-only port, which
+    // reaches a readable secondary.
+    for (port, name) in [
+        (base + 3, "r2"),
+        (base + 4, "r3"),
+        (base + 1, "the listener's read-only port"),
+    ] {
         let client = connect(&conn(port))
             .await
             .unwrap_or_else(|e| panic!("connect to {name}: {e:?}\n{}", output()));

@@ -6,13 +6,15 @@
 //! * The primary renews its lease every [`RENEW_EVERY`] for [`LEASE`]; it
 //!   counts the lease from when it *sent* the renewal, on its own monotonic
 //!   clock, and stops writing (RESOLVING) when it runs out.
-//! * The cluster leader counts from when it *applied* the renewal and
-//!   promotes another replica only when [`LEASE`] plus [`MARGIN`] passed
-//!   without one (a new leader starts counting afresh). So the old primary
-//!   has stopped writing before a new one is named: one writer.
+//! * The cluster leader counts from when it *applied* the renewal (a new
+//!   leader from when it applied it as a follower, see
+//!   `cluster/lease.rs`) and promotes another replica only when [`LEASE`]
+//!   plus [`MARGIN`] passed without one. So the old primary has stopped
+//!   writing before a new one is named: one writer.
 //! * The leader looks every [`TICK`]. A dead primary is replaced after at
-//!   most LEASE + MARGIN + TICK, plus an election when it was also the
-//!   cluster leader.
+//!   most LEASE + MARGIN + TICK after its last renewal — when it was also
+//!   the cluster leader, or the election took longer than that, once the
+//!   new leader has applied its first entry.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,7 +24,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::config::ClusterType;
-use super::failover::{decide, triggering, Condition, Decision, Observation, Policy};
+use super::failover::{
+    decide, self_conditions, triggering, Decision, Observation, Policy, ProbeError,
+};
 use super::Manager;
 use crate::cluster::{Cluster, Command, CommandResult};
 use crate::engine::{monotonic_us, Database};
@@ -81,17 +85,23 @@ pub fn spawn_lease(
                 return;
             }
             let since_ms = monotonic_us()
-                .saturating_sub(probed.load(std::sync::atomic::Ordering::Relaxed))
+                .saturating_sub(probed.last_ok.load(std::sync::atomic::Ordering::Relaxed))
                 / 1000;
-            let mut conditions = vec![Condition::ProbeFailing { since_ms }];
-            conditions.extend(
-                databases
-                    .iter()
-                    .filter(|db| db.failure().is_some())
-                    .map(|db| Condition::DatabaseStopped {
-                        database: db.name().to_string(),
-                    }),
-            );
+            let stopped: Vec<String> = databases
+                .iter()
+                .filter(|db| db.failure().is_some())
+                .map(|db| db.name().to_string())
+                .collect();
+            let errors = probed
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let free: Vec<(String, u64)> = databases
+                .iter()
+                .filter_map(|db| Some((db.name().to_string(), free_bytes(db.log_dir())?)))
+                .collect();
+            let conditions = self_conditions(since_ms, &stopped, &errors, &free);
             if let Some(failure) = triggering(&conditions, &holder, policy) {
                 if !withholding {
                     tracing::error!(
@@ -172,12 +182,19 @@ async fn clear_synchronized(cluster: &Cluster, group: &str, epoch: u64) {
 
 /// Probes every database with a read every [`RENEW_EVERY`]; the returned
 /// time (µs, monotonic) is when the last probe of all succeeded.
-fn spawn_probe(
-    databases: Vec<Arc<Database>>,
-    mut stop: watch::Receiver<bool>,
-) -> Arc<std::sync::atomic::AtomicU64> {
-    let ok = Arc::new(std::sync::atomic::AtomicU64::new(monotonic_us()));
-    let last_ok = ok.clone();
+/// What the primary's health probe found: when it last succeeded for
+/// every database, and each database's error in the latest round.
+struct Probed {
+    last_ok: std::sync::atomic::AtomicU64,
+    errors: std::sync::Mutex<Vec<(String, ProbeError)>>,
+}
+
+fn spawn_probe(databases: Vec<Arc<Database>>, mut stop: watch::Receiver<bool>) -> Arc<Probed> {
+    let probed = Arc::new(Probed {
+        last_ok: std::sync::atomic::AtomicU64::new(monotonic_us()),
+        errors: std::sync::Mutex::new(Vec::new()),
+    });
+    let out = probed.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         loop {
@@ -187,23 +204,54 @@ fn spawn_probe(
             }
             let dbs = databases.clone();
             let probe = tokio::task::spawn_blocking(move || {
-                dbs.iter().all(|db| {
-                    db.reader()
-                        .and_then(|r| {
-                            r.conn()
-                                .sqlite()
-                                .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-                                .map_err(Into::into)
-                        })
-                        .is_ok()
-                })
+                dbs.iter()
+                    .filter_map(|db| probe_one(db).err().map(|e| (db.name().to_string(), e)))
+                    .collect::<Vec<_>>()
             });
-            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), probe).await {
-                last_ok.store(monotonic_us(), std::sync::atomic::Ordering::Relaxed);
+            // A probe that hangs past its bound counts as failing (level 2,
+            // after HEALTH_CHECK_TIMEOUT), not as an error.
+            if let Ok(Ok(errors)) = tokio::time::timeout(Duration::from_secs(5), probe).await {
+                if errors.is_empty() {
+                    probed
+                        .last_ok
+                        .store(monotonic_us(), std::sync::atomic::Ordering::Relaxed);
+                }
+                *probed.errors.lock().unwrap_or_else(|e| e.into_inner()) = errors;
             }
         }
     });
-    ok
+    out
+}
+
+/// One database's probe: a read of its schema through a reader connection.
+fn probe_one(db: &Database) -> std::result::Result<(), ProbeError> {
+    let read = db.reader().map_err(|e| ProbeError::Other(e.to_string()))?;
+    read.conn()
+        .sqlite()
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::OutOfMemory | rusqlite::ErrorCode::DiskFull) => {
+                ProbeError::Exhausted(e.to_string())
+            }
+            _ => ProbeError::Other(e.to_string()),
+        })
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call,
+    // and `stat` points to writable memory of the right type; statvfs
+    // fills it completely when it returns 0.
+    let stat = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Records synchronized-set changes through the cluster (RPO 0: a

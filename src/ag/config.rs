@@ -47,6 +47,29 @@ pub enum SecondaryConnections {
     All,
 }
 
+/// PRIMARY_ROLE (ALLOW_CONNECTIONS = …).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrimaryConnections {
+    /// Sessions that declare read-only intent are refused.
+    ReadWrite,
+    /// All sessions (SQL Server's default).
+    #[default]
+    All,
+}
+
+/// The group's listener: the address clients keep across failovers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerConfig {
+    /// DNS name, as written in `LISTENER 'name'`.
+    pub name: String,
+    /// Sessions arriving here go to the primary, or along the read-only
+    /// routing list when they declare read intent.
+    pub port: u16,
+    /// Sessions arriving here are read-intent (`READ_ONLY_PORT`, default
+    /// `port + 1`).
+    pub read_only_port: u16,
+}
+
 /// One replica of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaConfig {
@@ -62,6 +85,9 @@ pub struct ReplicaConfig {
     pub session_timeout_s: u32,
     /// Who may connect when this replica is a secondary.
     pub secondary_allow_connections: SecondaryConnections,
+    /// Who may connect when this replica is the primary.
+    #[serde(default)]
+    pub primary_allow_connections: PrimaryConnections,
     /// `READ_ONLY_ROUTING_URL`.
     pub read_only_routing_url: Option<String>,
     /// `READ_ONLY_ROUTING_LIST`: priority order of load-balanced sets.
@@ -102,6 +128,9 @@ pub struct GroupConfig {
     /// `HEALTH_CHECK_TIMEOUT` in milliseconds.
     #[serde(default = "default_health_check_timeout_ms")]
     pub health_check_timeout_ms: u64,
+    /// The group's listener, if it has one.
+    #[serde(default)]
+    pub listener: Option<ListenerConfig>,
 }
 
 fn default_failure_condition_level() -> u8 {
@@ -258,23 +287,69 @@ impl ConfigStore {
 
     /// Writes a group's membership durably (temp file, fsync, rename).
     pub fn save(&self, membership: &Membership) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
-        let path = self.path(membership.name());
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(membership).expect("membership serializes");
+        self.write_durably(&self.path(membership.name()), &bytes)
+    }
+
+    /// The databases of `group` whose data movement this node, as primary,
+    /// keeps suspended (`ALTER DATABASE … SET HADR SUSPEND`, or a forced
+    /// failover), so a restart or a definition change does not resume it.
+    pub fn load_suspended(&self, group: &str) -> Result<std::collections::BTreeSet<String>> {
+        let path = self.suspended_path(group);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::sql(
+                    "XX000",
+                    format!("{} is not a valid list of databases: {e}", path.display()),
+                )
+                .with_hint("delete the file to resume data movement of every database of the group")
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    /// Records which databases of `group` are suspended (none: the file goes).
+    pub fn save_suspended(
+        &self,
+        group: &str,
+        databases: &std::collections::BTreeSet<String>,
+    ) -> Result<()> {
+        let path = self.suspended_path(group);
+        if databases.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io(&path, e)),
+            };
+        }
+        let bytes = serde_json::to_vec(databases).expect("a list of names serializes");
+        self.write_durably(&path, &bytes)
+    }
+
+    /// Temp file, fsync, rename, fsync of the directory.
+    fn write_durably(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
+            f.write_all(bytes)?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, path)?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| io(&path, e))
+        write().map_err(|e| io(path, e))
+    }
+
+    fn suspended_path(&self, group: &str) -> PathBuf {
+        self.dir
+            .join(format!("{}.suspended", group.to_ascii_lowercase()))
     }
 
     /// Forgets a group.
     pub fn remove(&self, name: &str) -> Result<()> {
+        self.save_suspended(name, &Default::default())?;
         let path = self.path(name);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -295,22 +370,31 @@ fn io(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+/// Group definitions for unit tests: every test starts from these and
+/// changes only the fields its rule is about.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn group() -> GroupConfig {
-        let replica = |name: &str, port: u16| ReplicaConfig {
+    /// A synchronous, AUTOMATIC replica at 127.0.0.1:7000 with defaults.
+    pub(crate) fn replica(name: &str) -> ReplicaConfig {
+        ReplicaConfig {
             name: name.into(),
-            endpoint: SocketAddr::from(([127, 0, 0, 1], port)),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 7000)),
             availability_mode: AvailabilityMode::SynchronousCommit,
-            failover_mode: FailoverMode::Manual,
+            failover_mode: FailoverMode::Automatic,
             session_timeout_s: DEFAULT_SESSION_TIMEOUT_S,
             secondary_allow_connections: SecondaryConnections::All,
+            primary_allow_connections: PrimaryConnections::All,
             read_only_routing_url: None,
             read_only_routing_list: vec![],
             backup_priority: 50,
-        };
+        }
+    }
+
+    /// Group ag1 (cluster c1, version 1, epoch 1) of database app, primary
+    /// r1, with `replicas` from [`replica`].
+    pub(crate) fn group(replicas: &[&str]) -> GroupConfig {
         GroupConfig {
             name: "ag1".into(),
             cluster_id: "c1".into(),
@@ -319,12 +403,22 @@ mod tests {
             primary: "r1".into(),
             databases: vec!["app".into()],
             required_synchronized_secondaries: 0,
-            replicas: vec![replica("r1", 7001), replica("r2", 7002)],
+            replicas: replicas.iter().map(|r| replica(r)).collect(),
             cluster_type: ClusterType::External,
             last_failover: None,
             failure_condition_level: 3,
             health_check_timeout_ms: 5000,
+            listener: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupConfig {
+        fixtures::group(&["r1", "r2"])
     }
 
     #[test]
@@ -343,6 +437,19 @@ mod tests {
         assert_eq!(all[0], Membership::Defined(Box::new(group())));
         store.remove("ag2").unwrap();
         assert_eq!(store.load_all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn definitions_written_before_listeners_still_load() {
+        let mut json: serde_json::Value = serde_json::from_slice(&group().to_bytes()).unwrap();
+        json.as_object_mut().unwrap().remove("listener");
+        for r in json["replicas"].as_array_mut().unwrap() {
+            r.as_object_mut()
+                .unwrap()
+                .remove("primary_allow_connections");
+        }
+        let old = GroupConfig::from_bytes(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(old, group());
     }
 
     #[test]

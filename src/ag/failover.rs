@@ -11,8 +11,11 @@
 //! | 1 | the primary is **down**: its lease expired (no renewal reached the cluster for the lease period plus the margin) — process killed, paused, partitioned away, or host down |
 //! | 2 | … or **unresponsive**: it renews its lease but its own SQL health probe has not succeeded for `HEALTH_CHECK_TIMEOUT` |
 //! | 3 (default) | … or a **critical internal error**: a database of the group stopped taking writes (capture or log write failed, corrupt log) |
-//! | 4 | … or **resource exhaustion**: disk full or out of memory on a database of the group |
-//! | 5 | … or **any qualified failure**: any database of the group failed to open or recover |
+//! | 4 | … or **resource exhaustion**: less than [`LOW_DISK_BYTES`] free on the file system of a database of the group, or its probe failed for lack of memory or disk (SQLITE_NOMEM, SQLITE_FULL) |
+//! | 5 | … or **any qualified failure**: a database's health probe returned an error at all (I/O error, corruption, cannot open), at once rather than after HEALTH_CHECK_TIMEOUT |
+//!
+//! The primary observes itself ([`self_conditions`]) at every renewal and,
+//! when a condition counts, stops renewing its lease.
 //!
 //! # Who may become primary
 //! Only a replica that is SYNCHRONOUS_COMMIT with FAILOVER_MODE = AUTOMATIC
@@ -62,6 +65,59 @@ impl Condition {
             Condition::DatabaseFailed { .. } => 5,
         }
     }
+}
+
+/// Below this many free bytes on the file system of a database's log, the
+/// primary reports resource exhaustion (level 4): soon it could not log a
+/// commit, and a replica on another disk can take over first.
+pub const LOW_DISK_BYTES: u64 = 64 << 20;
+
+/// What a database's latest health probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeError {
+    /// Out of memory or disk (SQLITE_NOMEM, SQLITE_FULL).
+    Exhausted(String),
+    /// Any other error (I/O, corruption, cannot open).
+    Other(String),
+}
+
+/// The primary's view of itself at one renewal: how long its probe has
+/// been failing, databases that stopped taking writes, each database's
+/// latest probe error, and free bytes on each database's file system.
+pub fn self_conditions(
+    probe_failing_ms: u64,
+    stopped: &[String],
+    probe_errors: &[(String, ProbeError)],
+    free_bytes: &[(String, u64)],
+) -> Vec<Condition> {
+    let mut out = vec![Condition::ProbeFailing {
+        since_ms: probe_failing_ms,
+    }];
+    out.extend(stopped.iter().map(|d| Condition::DatabaseStopped {
+        database: d.clone(),
+    }));
+    for (database, free) in free_bytes {
+        if *free < LOW_DISK_BYTES {
+            out.push(Condition::ResourceExhausted {
+                what: format!(
+                    "disk space for database {database} ({} MiB free)",
+                    free >> 20
+                ),
+            });
+        }
+    }
+    for (database, error) in probe_errors {
+        match error {
+            ProbeError::Exhausted(why) => out.push(Condition::ResourceExhausted {
+                what: format!("memory or disk for database {database} ({why})"),
+            }),
+            ProbeError::Other(_) => {}
+        }
+        out.push(Condition::DatabaseFailed {
+            database: database.clone(),
+        });
+    }
+    out
 }
 
 /// The policy knobs of a group.
@@ -211,45 +267,24 @@ pub fn triggering(conditions: &[Condition], primary: &str, policy: Policy) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ag::config::{ReplicaConfig, SecondaryConnections};
+    use crate::ag::config::ReplicaConfig;
 
     fn replica(name: &str, sync: bool, automatic: bool) -> ReplicaConfig {
-        ReplicaConfig {
-            name: name.into(),
-            endpoint: "127.0.0.1:1".parse().unwrap(),
-            availability_mode: if sync {
-                AvailabilityMode::SynchronousCommit
-            } else {
-                AvailabilityMode::AsynchronousCommit
-            },
-            failover_mode: if automatic {
-                FailoverMode::Automatic
-            } else {
-                FailoverMode::Manual
-            },
-            session_timeout_s: 10,
-            secondary_allow_connections: SecondaryConnections::All,
-            read_only_routing_url: None,
-            read_only_routing_list: vec![],
-            backup_priority: 50,
+        let mut r = crate::ag::config::fixtures::replica(name);
+        if !sync {
+            r.availability_mode = AvailabilityMode::AsynchronousCommit;
         }
+        if !automatic {
+            r.failover_mode = FailoverMode::Manual;
+        }
+        r
     }
 
     fn group(replicas: Vec<ReplicaConfig>) -> GroupConfig {
-        GroupConfig {
-            name: "ag1".into(),
-            cluster_id: "c".into(),
-            version: 1,
-            epoch: 1,
-            primary: "r1".into(),
-            databases: vec!["app".into(), "billing".into()],
-            required_synchronized_secondaries: 0,
-            replicas,
-            cluster_type: ClusterType::External,
-            last_failover: None,
-            failure_condition_level: 3,
-            health_check_timeout_ms: 5000,
-        }
+        let mut g = crate::ag::config::fixtures::group(&[]);
+        g.databases = vec!["app".into(), "billing".into()];
+        g.replicas = replicas;
+        g
     }
 
     struct World {
@@ -300,6 +335,49 @@ mod tests {
             Decision::Failover { target, .. } => Some(target),
             _ => None,
         }
+    }
+
+    #[test]
+    fn each_self_observed_failure_counts_from_its_level_up() {
+        let policy = |level| Policy {
+            failure_condition_level: level,
+            health_check_timeout_ms: 1_000,
+        };
+        let fires = |conditions: &[Condition], level| triggering(conditions, "r1", policy(level));
+        let healthy = self_conditions(100, &[], &[], &[("app".into(), 10 << 30)]);
+        assert!((1..=5).all(|l| fires(&healthy, l).is_none()));
+
+        let unresponsive = self_conditions(1_500, &[], &[], &[]);
+        assert!(fires(&unresponsive, 1).is_none());
+        assert!(fires(&unresponsive, 2).unwrap().contains("unresponsive"));
+
+        let stopped = self_conditions(0, &["app".into()], &[], &[]);
+        assert!(fires(&stopped, 2).is_none());
+        assert!(fires(&stopped, 3)
+            .unwrap()
+            .contains("stopped taking writes"));
+
+        let low_disk = self_conditions(0, &[], &[], &[("app".into(), LOW_DISK_BYTES - 1)]);
+        assert!(fires(&low_disk, 3).is_none());
+        assert!(fires(&low_disk, 4).unwrap().contains("disk space"));
+
+        let nomem = self_conditions(
+            0,
+            &[],
+            &[("app".into(), ProbeError::Exhausted("out of memory".into()))],
+            &[],
+        );
+        assert!(fires(&nomem, 3).is_none());
+        assert!(fires(&nomem, 4).unwrap().contains("memory or disk"));
+
+        let io = self_conditions(
+            0,
+            &[],
+            &[("app".into(), ProbeError::Other("disk I/O error".into()))],
+            &[],
+        );
+        assert!(fires(&io, 4).is_none());
+        assert!(fires(&io, 5).unwrap().contains("database app failed"));
     }
 
     #[test]

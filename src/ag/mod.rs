@@ -42,8 +42,8 @@ use crate::replication::secondary::{Admission, SecondaryGroup};
 use crate::sql::ag::{self as ddl, AgStatement};
 
 use config::{
-    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, ReplicaConfig,
-    SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
+    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, PrimaryConnections,
+    ReplicaConfig, SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
 };
 
 /// This node's part in one group.
@@ -70,6 +70,8 @@ pub struct Manager {
     transitions: tokio::sync::Mutex<()>,
     /// Latest failover record per group, as losses become known.
     failovers: Mutex<HashMap<String, Option<config::FailoverRecord>>>,
+    /// A witness node votes in the cluster and hosts no replica.
+    witness: bool,
 }
 
 fn key(name: &str) -> String {
@@ -83,6 +85,7 @@ impl Manager {
         engine: Arc<Engine>,
         data_dir: &Path,
         cluster: Option<Arc<Cluster>>,
+        witness: bool,
     ) -> Result<Arc<Manager>> {
         let manager = Arc::new_cyclic(|me| Manager {
             me: me.clone(),
@@ -93,6 +96,7 @@ impl Manager {
             groups: Mutex::new(HashMap::new()),
             failovers: Mutex::new(HashMap::new()),
             transitions: tokio::sync::Mutex::new(()),
+            witness,
         });
         for membership in manager.store.load_all()? {
             let name = key(membership.name());
@@ -120,9 +124,17 @@ impl Manager {
     }
 
     /// Starts this node's role; a primary may start with data movement
-    /// suspended (after a forced failover).
-    fn run_with(&self, config: GroupConfig, suspended: bool) -> Result<Part> {
+    /// of every database suspended (after a forced failover). A primary
+    /// keeps the suspensions it recorded (restart, definition change); a
+    /// secondary drops them (the next primary decides its own).
+    fn run_with(&self, config: GroupConfig, suspend_all: bool) -> Result<Part> {
+        let mut suspended = self.store.load_suspended(&config.name)?;
         if config.primary.eq_ignore_ascii_case(&self.node) {
+            if suspend_all {
+                suspended.extend(config.databases.iter().cloned());
+            }
+            suspended.retain(|d| config.has_database(d));
+            self.store.save_suspended(&config.name, &suspended)?;
             let me = self.me.clone();
             let group = config.name.clone();
             let clustered = self.clustered(&config);
@@ -148,11 +160,7 @@ impl Manager {
                 failure_condition_level: config.failure_condition_level,
                 health_check_timeout_ms: config.health_check_timeout_ms,
             };
-            let databases: Vec<_> = config
-                .databases
-                .iter()
-                .filter_map(|d| self.engine.database(d).ok())
-                .collect();
+            let databases = self.open_databases(&config);
             let primary = PrimaryGroup::start(config, &self.node, &self.engine, options)?;
             match clustered {
                 Some(cluster) => clustered::spawn_lease(
@@ -173,12 +181,40 @@ impl Manager {
             }
             Ok(Part::Primary(primary))
         } else {
+            if !suspended.is_empty() {
+                self.store
+                    .save_suspended(&config.name, &Default::default())?;
+            }
             let mut dbs = Vec::new();
             for name in &config.databases {
                 dbs.push(self.ensure_database(name)?);
             }
             Ok(Part::Secondary(SecondaryGroup::start(config, dbs)))
         }
+    }
+
+    /// Makes this node's copies of the group's databases writable at the
+    /// new epoch and records the definition and the failover.
+    async fn take_office(&self, config: &GroupConfig) -> Result<()> {
+        for name in &config.databases {
+            self.engine.database(name)?.promote(config.epoch).await?;
+        }
+        self.store
+            .save(&Membership::Defined(Box::new(config.clone())))?;
+        self.failovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key(&config.name), config.last_failover.clone());
+        Ok(())
+    }
+
+    /// The group's databases that exist on this node.
+    fn open_databases(&self, config: &GroupConfig) -> Vec<Arc<crate::engine::Database>> {
+        config
+            .databases
+            .iter()
+            .filter_map(|d| self.engine.database(d).ok())
+            .collect()
     }
 
     fn ensure_database(&self, name: &str) -> Result<Arc<crate::engine::Database>> {
@@ -203,6 +239,20 @@ impl Manager {
     /// Runs one availability-group statement; returns its command tag.
     pub async fn execute(self: &Arc<Self>, statement: AgStatement) -> Result<String> {
         let this = self.clone();
+        if self.witness
+            && matches!(
+                statement,
+                AgStatement::CreateGroup(_)
+                    | AgStatement::Join { .. }
+                    | AgStatement::JoinDatabase { .. }
+            )
+        {
+            return Err(Error::sql(
+                "55000",
+                "this node is a witness: it votes in the cluster and hosts no replica",
+            )
+            .with_hint("run the statement on a replica host (a node started without --witness)"));
+        }
         // Statements touch files and start tasks; none blocks for long.
         match statement {
             AgStatement::CreateGroup(spec) => {
@@ -220,7 +270,7 @@ impl Manager {
                     }
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::RemoveDatabase { group, database } => this.change(&group, |c, _| {
                 let before = c.databases.len();
                 c.databases.retain(|d| d != &database);
@@ -231,7 +281,7 @@ impl Manager {
                     ));
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::AddReplica { group, replica } => this.change(&group, |c, _| {
                 if c.replica(&replica.name).is_some() {
                     return Err(Error::sql("42710", format!("replica \"{}\" is already in the group", replica.name)));
@@ -241,7 +291,7 @@ impl Manager {
                 }
                 c.replicas.push(replica_config(&replica.name, &replica.options, None)?);
                 Ok(())
-            }),
+            }).await,
             AgStatement::RemoveReplica { group, replica } => this.change(&group, |c, _| {
                 if c.primary.eq_ignore_ascii_case(&replica) {
                     return Err(Error::sql("55000", "the primary replica cannot be removed").with_hint("fail over first"));
@@ -252,13 +302,13 @@ impl Manager {
                     return Err(no_replica(&replica, &c.name));
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::ModifyReplica { group, replica, options } => this.change(&group, |c, _| {
                 let group_name = c.name.clone();
                 let current = c.replica_mut(&replica).ok_or_else(|| no_replica(&replica, &group_name))?;
                 *current = replica_config(&current.name.clone(), &options, Some(current))?;
                 Ok(())
-            }),
+            }).await,
             AgStatement::SetGroupOptions { group, options } => this.change(&group, |c, _| {
                 if let Some(n) = options.required_synchronized_secondaries_to_commit {
                     c.required_synchronized_secondaries = n;
@@ -270,7 +320,7 @@ impl Manager {
                     c.health_check_timeout_ms = ms.into();
                 }
                 Ok(())
-            }),
+            }).await,
             AgStatement::SuspendDatabase { database } => this.set_suspended(&database, true).await.map(|_| "ALTER DATABASE".into()),
             AgStatement::ResumeDatabase { database } => this.set_suspended(&database, false).await.map(|_| "ALTER DATABASE".into()),
             AgStatement::JoinDatabase { database, group } => {
@@ -294,16 +344,120 @@ impl Manager {
                 .planned_failover(&group)
                 .await
                 .map(|_| "ALTER AVAILABILITY GROUP".into()),
-            AgStatement::AddListener { .. } => Err(Error::sql(
-                "0A000",
-                "availability group listeners are not available in this version",
-            )
-            .with_hint("connect to the primary directly, or use a multi-host connection string with target_session_attrs=read-write")),
+            AgStatement::AddListener { group, listener } => this.change(&group, |c, _| {
+                if let Some(existing) = &c.listener {
+                    return Err(Error::sql(
+                        "42710",
+                        format!("availability group \"{}\" already has listener '{}'", c.name, existing.name),
+                    )
+                    .with_hint("a group has one listener in this version"));
+                }
+                c.listener = Some(listener_config(&listener)?);
+                Ok(())
+            }).await,
+            AgStatement::CreateCluster => this.create_cluster().await.map(|_| "CREATE CLUSTER".into()),
+            AgStatement::AddClusterNode { name, endpoint_url } => this
+                .add_cluster_node(&name, &endpoint_url)
+                .await
+                .map(|_| "ALTER CLUSTER".into()),
+            AgStatement::RemoveClusterNode { name } => this
+                .remove_cluster_node(&name)
+                .await
+                .map(|_| "ALTER CLUSTER".into()),
             AgStatement::RemoveDatabaseFromHadr { database } => Err(Error::sql(
                 "0A000",
                 format!("SET HADR OFF is not available in this version; remove \"{database}\" on the primary with ALTER AVAILABILITY GROUP … REMOVE DATABASE"),
             )),
         }
+    }
+
+    /// This node's cluster member, or why it has none.
+    fn cluster_member(&self) -> Result<&Arc<Cluster>> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Error::sql(
+                "55000",
+                "this node takes no part in a cluster: it has no replication endpoint",
+            )
+            .with_hint(
+                "restart it with --endpoint HOST:PORT (and --name) to make it a cluster node",
+            )
+        })
+    }
+
+    /// `CREATE CLUSTER`: a cluster whose one voter is this node; others
+    /// join with `ALTER CLUSTER ADD NODE`.
+    async fn create_cluster(&self) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        let m = cluster.metrics();
+        if !m.voters.is_empty() {
+            return Err(Error::sql(
+                "42710",
+                format!(
+                    "this node already belongs to a cluster of {} voters",
+                    m.voters.len()
+                ),
+            )
+            .with_hint("see availdb cluster status; a node leaves with availdb cluster leave"));
+        }
+        cluster
+            .initialize(std::collections::BTreeMap::from([(m.id, m.local.clone())]))
+            .await
+            .map_err(|e| Error::sql("55000", e.to_string()))
+    }
+
+    /// `ALTER CLUSTER ADD NODE`: the named node, running and reachable at
+    /// `endpoint_url`, becomes a voter (a witness, or a future replica host).
+    async fn add_cluster_node(&self, name: &str, endpoint_url: &str) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        if cluster.metrics().voters.is_empty() {
+            return Err(Error::sql("55000", "this node is in no cluster yet")
+                .with_hint("run CREATE CLUSTER here first (availdb cluster init)"));
+        }
+        let endpoint = resolve_endpoint(endpoint_url).await?;
+        let info = NodeInfo {
+            name: name.to_string(),
+            endpoint,
+        };
+        cluster
+            .change_members(crate::cluster::MemberChange::Add(crate::cluster::node_id(name), info))
+            .await
+            .map_err(|e| {
+                Error::sql("55000", format!("cannot add node \"{name}\" to the cluster: {e}"))
+                    .with_hint(format!("check that the node runs with --name {name} and that its endpoint {endpoint_url} is reachable from the cluster's leader"))
+            })
+    }
+
+    /// `ALTER CLUSTER REMOVE NODE`: refused while the node hosts a replica
+    /// of a group the cluster runs (its vote and its replica go together).
+    async fn remove_cluster_node(&self, name: &str) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        let m = cluster.metrics();
+        let id = crate::cluster::node_id(name);
+        if !m.voters.contains_key(&id) {
+            return Err(Error::sql(
+                "42704",
+                format!("node \"{name}\" is not a voter of this node's cluster"),
+            )
+            .with_hint("see availdb cluster status for the members"));
+        }
+        for record in cluster.state().groups.values() {
+            if record.config.replica(name).is_some() {
+                return Err(Error::sql(
+                    "55000",
+                    format!("node \"{name}\" hosts replica \"{name}\" of availability group \"{}\"", record.config.name),
+                )
+                .with_hint(format!("remove the replica first: ALTER AVAILABILITY GROUP {} REMOVE REPLICA ON '{name}'", record.config.name)));
+            }
+        }
+        cluster
+            .change_members(crate::cluster::MemberChange::Remove(id))
+            .await
+            .map_err(|e| {
+                Error::sql(
+                    "55000",
+                    format!("cannot remove node \"{name}\" from the cluster: {e}"),
+                )
+            })
     }
 
     /// FORCE_FAILOVER_ALLOW_DATA_LOSS, run on a secondary: it redoes what it
@@ -375,26 +529,14 @@ impl Manager {
             checked: Vec::new(),
             loss_known: false,
         });
-        for name in &config.databases {
-            self.engine.database(name)?.promote(config.epoch).await?;
-        }
-        self.store
-            .save(&Membership::Defined(Box::new(config.clone())))?;
-        self.failovers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key(group), config.last_failover.clone());
+        self.take_office(&config).await?;
         tracing::warn!(
             group,
             from = %old.primary,
             epoch = config.epoch,
             "forced failover: this replica is now the primary; data movement to the secondaries is suspended until resumed"
         );
-        let databases: Vec<_> = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         let part = self.run_with(config, true)?;
         self.lock().insert(key(group), part);
         wait_for_lease(&databases).await
@@ -464,11 +606,7 @@ impl Manager {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let databases: Vec<_> = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         wait_for_lease(&databases).await
     }
 
@@ -537,17 +675,14 @@ impl Manager {
         } else {
             for (id, info) in members {
                 if !known.contains_key(&id) {
-                    if let Err(e) = cluster.add_voter(id, info.clone()).await {
+                    let add = crate::cluster::MemberChange::Add(id, info.clone());
+                    if let Err(e) = cluster.change_members(add).await {
                         tracing::warn!("cannot add {} to the cluster: {e}", info.name);
                     }
                 }
             }
         }
-        let databases: Vec<_> = config
-            .databases
-            .iter()
-            .filter_map(|d| self.engine.database(d).ok())
-            .collect();
+        let databases = self.open_databases(&config);
         put_group(&cluster, config).await?;
         // The group is ready when its primary holds its first lease.
         wait_for_lease(&databases).await
@@ -615,6 +750,7 @@ impl Manager {
                 .options
                 .health_check_timeout_ms
                 .map_or(5_000, u64::from),
+            listener: spec.listener.as_ref().map(listener_config).transpose()?,
         };
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
@@ -663,11 +799,27 @@ impl Manager {
     }
 
     /// Applies a definition change on the primary and restarts its links.
-    fn change(
+    /// A clustered primary restarting fences its writes until it holds a
+    /// lease again (its new links count no secondary as synchronized, and
+    /// the cluster must agree first); the statement returns once it does,
+    /// so the session that changed the group can write right away.
+    async fn change(
         self: Arc<Self>,
         group: &str,
         edit: impl FnOnce(&mut GroupConfig, &Manager) -> Result<()>,
     ) -> Result<String> {
+        let (config, databases) = self.change_now(group, edit)?;
+        if self.clustered(&config).is_some() {
+            wait_for_lease(&databases).await?;
+        }
+        Ok("ALTER AVAILABILITY GROUP".into())
+    }
+
+    fn change_now(
+        self: &Arc<Self>,
+        group: &str,
+        edit: impl FnOnce(&mut GroupConfig, &Manager) -> Result<()>,
+    ) -> Result<(GroupConfig, Vec<Arc<crate::engine::Database>>)> {
         let mut groups = self.lock();
         let part = groups.get(&key(group)).ok_or_else(|| no_group(group))?;
         let Part::Primary(primary) = part else {
@@ -679,7 +831,7 @@ impl Manager {
             ));
         };
         let mut config = primary.config().clone();
-        edit(&mut config, &self)?;
+        edit(&mut config, self)?;
         config.version += 1;
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
@@ -688,13 +840,15 @@ impl Manager {
         groups.insert(key(group), part);
         drop(groups);
         if let Some(cluster) = self.clustered(&config) {
+            let config = config.clone();
             tokio::spawn(async move {
                 if let Err(e) = put_group(&cluster, config).await {
                     tracing::error!("the cluster did not take the new definition: {e}");
                 }
             });
         }
-        Ok("ALTER AVAILABILITY GROUP".into())
+        let databases = self.open_databases(&config);
+        Ok((config, databases))
     }
 
     /// The cluster, when `config`'s group is run by it (CLUSTER_TYPE other
@@ -752,15 +906,7 @@ impl Manager {
                     checked: config.databases.clone(),
                     loss_known: true,
                 });
-                for name in &config.databases {
-                    self.engine.database(name)?.promote(config.epoch).await?;
-                }
-                self.store
-                    .save(&Membership::Defined(Box::new(config.clone())))?;
-                self.failovers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key(&config.name), config.last_failover.clone());
+                self.take_office(&config).await?;
                 tracing::warn!(group = %config.name, from = %old.primary, epoch = config.epoch, "this replica is now the primary");
                 let part = self.run(config.clone())?;
                 self.lock().insert(key(&config.name), part);
@@ -788,12 +934,122 @@ impl Manager {
             }
         }
         match primary {
-            Some(p) => p.set_suspended(database, suspended).await,
+            Some(p) => {
+                p.set_suspended(database, suspended).await?;
+                let group = p.config().name.clone();
+                let mut recorded = self.store.load_suspended(&group)?;
+                if suspended {
+                    recorded.insert(database.to_string());
+                } else {
+                    recorded.remove(database);
+                }
+                self.store.save_suspended(&group, &recorded)
+            }
             None => Err(Error::sql(
                 "42704",
                 format!("database \"{database}\" is not in an availability group on this node"),
             )),
         }
+    }
+
+    /// The freshest definition of `group` this node knows: the cluster's,
+    /// which names a new primary as soon as the cluster decides, or its own
+    /// (a read-scale group, or a node outside the cluster). None when the
+    /// group is not defined here.
+    pub fn current_config(&self, group: &str) -> Option<GroupConfig> {
+        let local = self.defined(group).ok()?;
+        let clustered = self
+            .clustered(&local)
+            .and_then(|c| c.state().group(group).map(|r| r.config.clone()));
+        Some(match clustered {
+            Some(c) if (c.epoch, c.version) > (local.epoch, local.version) => c,
+            _ => local,
+        })
+    }
+
+    /// [`Manager::current_config`] of every group defined here.
+    pub fn current_configs(&self) -> Vec<GroupConfig> {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        names
+            .iter()
+            .filter_map(|name| self.current_config(name))
+            .collect()
+    }
+
+    /// For a database of a group here: the group's name and this node's
+    /// role in it, with its connection settings.
+    pub fn local_role(&self, database: &str) -> Option<(String, crate::listener::LocalRole)> {
+        use crate::listener::LocalRole;
+        let groups = self.lock();
+        groups.values().find_map(|part| match part {
+            Part::Primary(p) if p.config().has_database(database) => {
+                let config = p.config();
+                let allow = config
+                    .replica(&self.node)
+                    .map(|r| r.primary_allow_connections)
+                    .unwrap_or_default();
+                Some((config.name.clone(), LocalRole::Primary { allow }))
+            }
+            Part::Secondary(s) => {
+                let config = s.config();
+                config.has_database(database).then(|| {
+                    let allow = config
+                        .replica(&self.node)
+                        .map_or(SecondaryConnections::All, |r| r.secondary_allow_connections);
+                    (config.name.clone(), LocalRole::Secondary { allow })
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Why this node cannot serve `group`'s sessions in the role the
+    /// listener chose (primary: it is the primary and holds its lease;
+    /// secondary: it is a secondary connected to its primary); None when
+    /// it can.
+    pub fn cannot_serve(&self, group: &str, as_primary: bool) -> Option<String> {
+        let groups = self.lock();
+        match (groups.get(&key(group)), as_primary) {
+            (Some(Part::Primary(p)), true) => p
+                .config()
+                .databases
+                .iter()
+                .filter_map(|d| self.engine.database(d).ok())
+                .any(|db| db.is_resolving())
+                .then(|| {
+                    format!(
+                        "replica \"{}\" is the primary of availability group \"{group}\" but holds no lease (RESOLVING)",
+                        self.node
+                    )
+                }),
+            (Some(Part::Secondary(s)), false) if s.is_connected() => None,
+            (Some(Part::Secondary(s)), true) => Some(format!(
+                "replica \"{}\" is not the primary of availability group \"{group}\" (\"{}\" is, as far as it knows)",
+                self.node,
+                s.config().primary
+            )),
+            (Some(Part::Secondary(_)), false) => Some(format!(
+                "replica \"{}\" is not connected to the primary of availability group \"{group}\" (NOT SYNCHRONIZING)",
+                self.node
+            )),
+            (Some(Part::Primary(_)), false) => None,
+            _ => Some(format!(
+                "replica \"{}\" does not serve availability group \"{group}\"",
+                self.node
+            )),
+        }
+    }
+
+    /// The redone LSN of `database`, followed, when it is a secondary here.
+    pub fn redone_watch(&self, database: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.lock().values().find_map(|part| match part {
+            Part::Secondary(s) => s
+                .databases()
+                .into_iter()
+                .find(|d| d.database().name() == database)
+                .map(|d| d.watch_redone()),
+            _ => None,
+        })
     }
 
     /// A snapshot of everything the `sys` views show.
@@ -880,6 +1136,11 @@ impl Admission for Manager {
         &self,
         config: GroupConfig,
     ) -> std::result::Result<Arc<SecondaryGroup>, String> {
+        if self.witness {
+            return Err(
+                "this node is a witness: it votes in the cluster and hosts no replica".into(),
+            );
+        }
         // A role change in progress (failover, following the cluster) owns
         // the group's entry until it is done: starting a secondary here in
         // the middle of it would leave two receivers writing one log. The
@@ -987,6 +1248,22 @@ async fn put_group(cluster: &Cluster, config: GroupConfig) -> Result<()> {
 }
 
 /// The cluster members a group needs: every replica's node.
+/// The address of a `tcp://host:port` URL (a host name is looked up).
+async fn resolve_endpoint(url: &str) -> Result<std::net::SocketAddr> {
+    let (host, port) = ddl::parse_tcp_url(url)
+        .map_err(|why| Error::sql("22023", format!("ENDPOINT_URL '{url}': {why}")))?;
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!("ENDPOINT_URL '{url}': cannot resolve host \"{host}\""),
+            )
+        })
+}
+
 fn members(config: &GroupConfig) -> std::collections::BTreeMap<u64, NodeInfo> {
     config
         .replicas
@@ -1061,6 +1338,11 @@ fn replica_config(
         Some(ddl::SecondaryConnections::All) => SecondaryConnections::All,
         None => base.map_or(SecondaryConnections::All, |b| b.secondary_allow_connections),
     };
+    let primary_allow_connections = match o.primary_allow_connections {
+        Some(ddl::PrimaryConnections::ReadWrite) => PrimaryConnections::ReadWrite,
+        Some(ddl::PrimaryConnections::All) => PrimaryConnections::All,
+        None => base.map_or(PrimaryConnections::All, |b| b.primary_allow_connections),
+    };
     Ok(ReplicaConfig {
         name: name.to_string(),
         endpoint,
@@ -1071,6 +1353,7 @@ fn replica_config(
             .or(base.map(|b| b.session_timeout_s))
             .unwrap_or(DEFAULT_SESSION_TIMEOUT_S),
         secondary_allow_connections,
+        primary_allow_connections,
         read_only_routing_url: o
             .read_only_routing_url
             .clone()
@@ -1084,6 +1367,28 @@ fn replica_config(
             .backup_priority
             .or(base.map(|b| b.backup_priority))
             .unwrap_or(50),
+    })
+}
+
+/// A listener's definition; `READ_ONLY_PORT` defaults to `PORT + 1`.
+fn listener_config(spec: &ddl::ListenerSpec) -> Result<config::ListenerConfig> {
+    let read_only_port = match spec.read_only_port {
+        Some(port) => port,
+        None => spec.port.checked_add(1).ok_or_else(|| {
+            Error::sql(
+                "22023",
+                format!(
+                    "listener '{}': PORT 65535 leaves no room for the read-only port",
+                    spec.name
+                ),
+            )
+            .with_hint("give READ_ONLY_PORT = n")
+        })?,
+    };
+    Ok(config::ListenerConfig {
+        name: spec.name.clone(),
+        port: spec.port,
+        read_only_port,
     })
 }
 

@@ -1,5 +1,7 @@
 //! The `sys` catalog views (`sys.availability_groups`,
-//! `sys.availability_replicas`, `sys.dm_hadr_availability_replica_states`,
+//! `sys.availability_replicas`, `sys.availability_group_listeners`,
+//! `sys.availability_read_only_routing_lists`,
+//! `sys.dm_hadr_availability_replica_states`,
 //! `sys.dm_hadr_database_replica_states`), answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
@@ -21,6 +23,8 @@ use crate::replication::sync::SyncState;
 pub struct Snapshot {
     groups: Vec<Vec<Value>>,
     replicas: Vec<Vec<Value>>,
+    listeners: Vec<Vec<Value>>,
+    routing: Vec<Vec<Value>>,
     replica_states: Vec<Vec<Value>>,
     database_states: Vec<Vec<Value>>,
     databases: Vec<Vec<Value>>,
@@ -39,13 +43,19 @@ CREATE TABLE sys.availability_replicas(
     group_id TEXT, replica_server_name TEXT, endpoint_url TEXT,
     availability_mode_desc TEXT, failover_mode_desc TEXT, session_timeout INTEGER,
     secondary_role_allow_connections_desc TEXT, read_only_routing_url TEXT,
-    backup_priority INTEGER);
+    backup_priority INTEGER, primary_role_allow_connections_desc TEXT);
+CREATE TABLE sys.availability_group_listeners(
+    group_id TEXT, dns_name TEXT, port INTEGER, read_only_port INTEGER);
+CREATE TABLE sys.availability_read_only_routing_lists(
+    group_id TEXT, replica_server_name TEXT, routing_priority INTEGER,
+    read_only_replica_server_name TEXT);
 CREATE TABLE sys.dm_hadr_availability_replica_states(
     group_id TEXT, replica TEXT, role_desc TEXT, connected_state_desc TEXT,
     synchronization_health_desc TEXT, is_local BOOLEAN, last_connect_error_description TEXT);
 CREATE TABLE sys.dm_hadr_cluster(
     cluster_name TEXT, quorum_type_desc TEXT, quorum_state_desc TEXT,
-    leader TEXT, term INTEGER, local_state_desc TEXT);
+    leader TEXT, term INTEGER, local_state_desc TEXT,
+    local_member_name TEXT, local_endpoint_url TEXT);
 CREATE TABLE sys.dm_hadr_cluster_members(
     member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
     number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
@@ -163,6 +173,30 @@ impl Snapshot {
                     .clone()
                     .map_or(Value::Null, Value::Text),
                 int(r.backup_priority as u64),
+                text(match r.primary_allow_connections {
+                    crate::ag::config::PrimaryConnections::ReadWrite => "READ_WRITE",
+                    crate::ag::config::PrimaryConnections::All => "ALL",
+                }),
+            ]);
+            // Members of one load-balanced set share a priority, as in
+            // SQL Server.
+            for (priority, set) in r.read_only_routing_list.iter().enumerate() {
+                for member in set {
+                    self.routing.push(vec![
+                        text(&config.name),
+                        text(&r.name),
+                        int(priority as u64 + 1),
+                        text(member),
+                    ]);
+                }
+            }
+        }
+        if let Some(l) = &config.listener {
+            self.listeners.push(vec![
+                text(&config.name),
+                text(&l.name),
+                int(l.port.into()),
+                int(l.read_only_port.into()),
             ]);
         }
     }
@@ -398,6 +432,8 @@ impl Snapshot {
             m.leader.map_or(Value::Null, |id| text(name_of(id))),
             int(m.term),
             text(format!("{:?}", m.state).to_ascii_uppercase()),
+            text(&m.local.name),
+            text(format!("tcp://{}", m.local.endpoint)),
         ]);
         for (id, node) in &m.voters {
             self.members.push(vec![
@@ -429,6 +465,8 @@ impl Snapshot {
         for (table, rows) in [
             ("availability_groups", &self.groups),
             ("availability_replicas", &self.replicas),
+            ("availability_group_listeners", &self.listeners),
+            ("availability_read_only_routing_lists", &self.routing),
             ("dm_hadr_availability_replica_states", &self.replica_states),
             ("dm_hadr_database_replica_states", &self.database_states),
             ("databases", &self.databases),
@@ -451,8 +489,7 @@ impl Snapshot {
 pub fn mentions_sys(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
     [
-        "sys.availability_groups",
-        "sys.availability_replicas",
+        "sys.availability_",
         "sys.databases",
         "sys.dm_hadr_cluster",
         "sys.dm_hadr_",

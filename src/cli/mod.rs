@@ -17,6 +17,7 @@ use crate::ag::Manager;
 use crate::cluster::Cluster;
 use crate::engine::Engine;
 use crate::frontend::{Frontend, FrontendConfig};
+use crate::listener::{ListenerOptions, Listeners};
 use crate::replication::secondary::serve_endpoint;
 
 pub mod cluster;
@@ -66,8 +67,17 @@ pub struct ServerArgs {
     /// node lets any user in.
     #[arg(long, env = "AVAILDB_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Run as a witness: a cluster voter that hosts no replica, so that
+    /// two replica hosts and a witness keep a majority when either host
+    /// fails. Needs --endpoint; add it with `availdb cluster join`.
+    #[arg(long)]
+    pub witness: bool,
+    /// How long an availability group listener on this node holds a new
+    /// session while no primary answers (a failover), in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub listener_hold_ms: Option<u64>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
-    /// `password`).
+    /// `endpoint`, `password`, `witness`, `listener_hold_ms`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -82,6 +92,8 @@ struct ConfigFile {
     name: Option<String>,
     endpoint: Option<String>,
     password: Option<String>,
+    witness: Option<bool>,
+    listener_hold_ms: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -97,6 +109,10 @@ pub struct ServerConfig {
     pub password: Option<String>,
     /// Replication endpoint, if this node takes part in groups.
     pub endpoint: Option<SocketAddr>,
+    /// A witness votes in the cluster and hosts no replica.
+    pub witness: bool,
+    /// How long a listener holds a session while no primary answers.
+    pub listener_hold: std::time::Duration,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -129,6 +145,13 @@ impl ServerArgs {
             Some(text) => Some(parse_endpoint(&text)?),
             None => None,
         };
+        let witness = self.witness || file.witness.unwrap_or(false);
+        if witness && endpoint.is_none() {
+            return Err(
+                "a witness needs --endpoint HOST:PORT: it takes part in the cluster through it"
+                    .into(),
+            );
+        }
         Ok(ServerConfig {
             data_dir,
             listen: SocketAddr::new(host, port),
@@ -138,6 +161,11 @@ impl ServerArgs {
                 .unwrap_or_else(|| format!("node-{port}")),
             password,
             endpoint,
+            witness,
+            listener_hold: self.listener_hold_ms.or(file.listener_hold_ms).map_or(
+                crate::listener::DEFAULT_HOLD,
+                std::time::Duration::from_millis,
+            ),
         })
     }
 }
@@ -170,6 +198,9 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             config.data_dir.display()
         )
     })?);
+    if let Some(endpoint) = config.endpoint {
+        crate::net::set_source(endpoint);
+    }
     let cluster = match config.endpoint {
         Some(endpoint) => Some(start_cluster(&config, endpoint).await?),
         None => None,
@@ -179,23 +210,40 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         engine.clone(),
         &config.data_dir,
         cluster.clone(),
+        config.witness,
     )
     .map_err(|e| format!("cannot resume availability groups: {e}"))?;
+    let frontend = Frontend::new(
+        engine,
+        groups.clone(),
+        &FrontendConfig {
+            password: config.password.clone(),
+        },
+    );
     if let Some(endpoint) = config.endpoint {
         let listener = TcpListener::bind(endpoint).await.map_err(|e| {
             format!("cannot listen for replication on {endpoint}: {e}: choose another --endpoint")
         })?;
+        // Sessions a listener hands over through the endpoint are
+        // authenticated like direct ones; without a password that means
+        // none, which only a loopback endpoint may offer.
+        let sessions = (config.password.is_some() || endpoint.ip().is_loopback()).then(|| {
+            let frontend = frontend.clone();
+            Arc::new(move |socket, peer| frontend.clone().serve_socket(socket, peer))
+                as crate::replication::secondary::SessionHandoff
+        });
         tokio::spawn(serve_endpoint(
             listener,
             groups.clone(),
             cluster.as_ref().map(|c| c.raft().clone()),
+            sessions,
         ));
     }
     if let Some(cluster) = &cluster {
         crate::ag::clustered::spawn_follower(cluster.clone(), Arc::downgrade(&groups));
         crate::ag::clustered::spawn_failover_decider(cluster.clone());
     }
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+    let client_listener = TcpListener::bind(config.listen).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             format!(
                 "port {} on {} is already in use: choose another --port",
@@ -206,11 +254,11 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             format!("cannot listen on {}: {e}", config.listen)
         }
     })?;
-    let frontend = Frontend::new(
-        engine,
+    let _listeners = Listeners::spawn(
         groups,
-        &FrontendConfig {
-            password: config.password.clone(),
+        ListenerOptions {
+            host: config.listen.ip(),
+            hold: config.listener_hold,
         },
     );
     tracing::info!(
@@ -223,7 +271,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         config.listen.ip(),
         config.listen.port()
     );
-    frontend.serve(listener, shutdown_signal()).await;
+    frontend.serve(client_listener, shutdown_signal()).await;
     tracing::info!(node = %config.name, "shut down");
     Ok(())
 }
@@ -306,8 +354,29 @@ mod tests {
             name: None,
             endpoint: None,
             password: password.map(Into::into),
+            witness: false,
+            listener_hold_ms: None,
             config: None,
         }
+    }
+
+    #[test]
+    fn a_witness_needs_an_endpoint() {
+        let err = ServerArgs {
+            witness: true,
+            ..args(None, None)
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("--endpoint"), "{err}");
+        let ok = ServerArgs {
+            witness: true,
+            endpoint: Some("127.0.0.1:7010".into()),
+            ..args(None, None)
+        }
+        .resolve()
+        .unwrap();
+        assert!(ok.witness);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! availdb and for tests — N node processes on loopback, r1 primary, the
 //! others synchronous (or asynchronous) secondaries, one database `app`.
 //!
-//! Ports: replica `ri` serves clients on `PORT + i - 1` and replication on
-//! `PORT + 100 + i - 1`; its data lives in `DIR/ri`. Running `up` again on
-//! the same directory resumes the same group.
+//! Ports: the group's listener takes `PORT` (read-write) and `PORT + 1`
+//! (read-only: read-intent sessions, routed round-robin over the readable
+//! secondaries, the primary last); replica `ri` serves clients on
+//! `PORT + 1 + i` and replication on `PORT + 100 + i - 1`; its data lives
+//! in `DIR/ri`. Every node runs the listener (the ports are shared with
+//! `SO_REUSEPORT`), so it survives the loss of any node. Running `up` again
+//! on the same directory resumes the same group.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +24,8 @@ pub struct UpArgs {
     /// Number of replicas (1 primary + N-1 secondaries; 2..=9).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=9))]
     pub replicas: u16,
-    /// Client port of r1; the others follow.
+    /// The listener's read-write port; PORT + 1 is its read-only port,
+    /// and the replicas' own ports follow.
     #[arg(long, short, default_value_t = super::DEFAULT_PORT)]
     pub port: u16,
     /// Directory for all replicas' data.
@@ -52,7 +57,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
     let mut nodes = Vec::new();
     for i in 0..args.replicas {
         let name = format!("r{}", i + 1);
-        let port = args.port + i;
+        let port = args.port + 2 + i;
         let endpoint = SocketAddr::from(([127, 0, 0, 1], args.port + 100 + i));
         let dir = args.data_dir.join(&name);
         std::fs::create_dir_all(&dir)
@@ -124,25 +129,64 @@ async fn set_up(args: &UpArgs, nodes: &mut [Node]) -> Result<(), String> {
     } else {
         ("SYNCHRONOUS_COMMIT", "AUTOMATIC")
     };
+    // As primary, each replica routes read intent round-robin over the
+    // others, and takes it itself when none of them is available.
     let replicas: Vec<String> = nodes
         .iter()
         .map(|n| {
+            let others: Vec<String> = nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .map(|o| format!("'{}'", o.name))
+                .collect();
             format!(
                 "'{}' WITH (ENDPOINT_URL = 'tcp://{}', AVAILABILITY_MODE = {mode}, FAILOVER_MODE = {failover}, \
-                 SECONDARY_ROLE (ALLOW_CONNECTIONS = ALL))",
-                n.name, n.endpoint
+                 SECONDARY_ROLE (ALLOW_CONNECTIONS = ALL, READ_ONLY_ROUTING_URL = 'tcp://127.0.0.1:{}'), \
+                 PRIMARY_ROLE (READ_ONLY_ROUTING_LIST = (({}), '{}')))",
+                n.name,
+                n.endpoint,
+                n.port,
+                others.join(", "),
+                n.name
             )
         })
         .collect();
     let create = format!(
-        "CREATE AVAILABILITY GROUP ag1 FOR DATABASE app REPLICA ON {}",
-        replicas.join(", ")
+        "CREATE AVAILABILITY GROUP ag1 FOR DATABASE app REPLICA ON {} \
+         LISTENER 'ag1-listener' (PORT = {}, READ_ONLY_PORT = {})",
+        replicas.join(", "),
+        args.port,
+        args.port + 1
     );
     primary
         .batch_execute(&create)
         .await
         .map_err(|e| format!("r1: {}", error_text(&e)))?;
-    Ok(())
+    wait_for_listener(args.port).await
+}
+
+/// Waits (bounded) until a session through the listener answers.
+async fn wait_for_listener(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let conn_str = format!("host=127.0.0.1 port={port} user=availdb dbname=app connect_timeout=2");
+    loop {
+        let last = match tokio_postgres::connect(&conn_str, NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                match client.simple_query("SELECT 1").await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => error_text(&e),
+                }
+            }
+            Err(e) => error_text(&e),
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the listener on port {port} did not answer within 30 s: {last}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn error_text(e: &tokio_postgres::Error) -> String {
@@ -186,6 +230,14 @@ fn print_urls(args: &UpArgs, nodes: &[Node]) {
         "availability group ag1 is up ({} replicas, database app):",
         nodes.len()
     );
+    println!(
+        "  listener (read-write): postgresql://availdb@127.0.0.1:{}/app",
+        args.port
+    );
+    println!(
+        "  listener (read-only):  postgresql://availdb@127.0.0.1:{}/app",
+        args.port + 1
+    );
     for (i, n) in nodes.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "secondary" };
         println!(
@@ -198,7 +250,7 @@ fn print_urls(args: &UpArgs, nodes: &[Node]) {
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
     println!(
-        "  writes: postgresql://availdb@{}/app?target_session_attrs=read-write",
+        "  without the listener: postgresql://availdb@{}/app?target_session_attrs=read-write",
         hosts.join(",")
     );
     println!(

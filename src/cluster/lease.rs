@@ -7,11 +7,28 @@
 //!
 //! * the **primary** counts from the moment it *sent* the renewal, so its
 //!   own view ends first;
-//! * the **cluster leader** counts from the moment it *applied* the renewal
-//!   (always later), resets the count when it becomes leader (a renewal it
-//!   has not applied yet may have been granted just before), and declares
-//!   the lease expired only a safety margin after that — the margin covers
-//!   the rate difference of the two clocks.
+//! * every node of the cluster counts from the moment it *applied* the
+//!   renewal (always later than it was sent), as follower and as leader;
+//!   the **cluster leader** declares the lease expired only a safety margin
+//!   after that — the margin covers the rate difference of the two clocks.
+//!
+//! A new leader keeps the counts it made as a follower. That is safe
+//! because it answers only once it has applied every entry of earlier
+//! terms ([`super::Cluster::lease_expired`] waits for an applied entry of
+//! its own term): a renewal the primary counted as granted was committed,
+//! so the new leader holds it (Raft's leader completeness) and has applied
+//! it by then, at a time later than the primary sent it. Only a group it
+//! has seen no renewal of (it joined by snapshot) is counted from the
+//! first question, a whole lease.
+//!
+//! A live primary cannot renew while there is no leader, so after a long
+//! election its lease may have run out although it is fine. A new leader
+//! therefore also gives it a grace of half a lease plus the margin from
+//! its first question to renew through the new leader, before declaring
+//! the lease expired. So a primary that dies together with the leader is
+//! replaced about as fast as one that dies alone, and a leader change by
+//! itself (a node returning from a partition with a higher term) does not
+//! fail a healthy primary over.
 //!
 //! So by the time the leader sees a lease expired, the primary has stopped
 //! accepting writes (safety rule 2). [`LeaseClock`] is the pure bookkeeping
@@ -66,8 +83,8 @@ impl LeaseClock {
 /// as it applies commands and read by the leader ([`super::Cluster::lease_expired`]).
 #[derive(Debug, Default)]
 pub(crate) struct LeaseBook {
-    /// Term in which this node last started counting as leader.
-    leader_term: Option<u64>,
+    /// Term in which this node last started answering as leader, and when.
+    leader_since: Option<(u64, Instant)>,
     /// Per group (lower-case name).
     clocks: BTreeMap<String, LeaseClock>,
 }
@@ -90,10 +107,11 @@ impl LeaseBook {
         }
     }
 
-    /// Whether `group`'s lease has expired for the leader of `term`, whose
-    /// applied state is `state`; `None` for an unknown group. The first
-    /// question in a new term restarts every clock (`on_became_leader`); a
-    /// group without a lease has nothing to wait for.
+    /// Whether `group`'s lease has expired for the leader, whose applied
+    /// state is `state` (complete up to its own term); `None` for an
+    /// unknown group. A group whose renewals this node never applied is
+    /// counted from now (`on_became_leader`); a group without a lease has
+    /// nothing to wait for.
     pub(crate) fn expired(
         &mut self,
         state: &ClusterState,
@@ -102,10 +120,13 @@ impl LeaseBook {
         now: Instant,
         margin: Duration,
     ) -> Option<bool> {
-        if self.leader_term != Some(term) {
-            self.leader_term = Some(term);
-            self.clocks.clear();
-        }
+        let since = match self.leader_since {
+            Some((t, since)) if t == term => since,
+            _ => {
+                self.leader_since = Some((term, now));
+                now
+            }
+        };
         let record = state.group(group)?;
         let Some(lease) = &record.lease else {
             return Some(true);
@@ -118,7 +139,8 @@ impl LeaseBook {
                 clock.on_became_leader(lease.duration_ms, now);
                 clock
             });
-        Some(clock.expired(now, margin))
+        let grace = Duration::from_millis(lease.duration_ms / 2) + margin;
+        Some(clock.expired(now, margin) && now >= since + grace)
     }
 }
 
@@ -198,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn the_leaders_book_restarts_every_clock_in_a_new_term() {
+    fn the_leaders_book_counts_from_the_last_renewal_applied_here_in_any_role() {
         use crate::cluster::state::{GroupRecord, Lease};
 
         let t0 = Instant::now();
@@ -235,9 +257,8 @@ mod tests {
         let mut book = LeaseBook::default();
         let margin = ms(100);
 
-        // A renewal applied as a follower, long before this node leads.
-        book.applied(&renew(1000), t0);
-        // First question in term 5: the count restarts now.
+        // A group this node never saw a renewal of (it joined by snapshot):
+        // counted from the first question, a whole lease.
         let t1 = t0 + ms(60_000);
         assert_eq!(book.expired(&with_lease, 5, "ag1", t1, margin), Some(false));
         assert_eq!(
@@ -245,30 +266,69 @@ mod tests {
             Some(false)
         );
         assert_eq!(
-            book.expired(&with_lease, 5, "ag1", t1 + ms(1100), margin),
+            book.expired(&with_lease, 5, "AG1", t1 + ms(1100), margin),
             Some(true)
         );
-        // A renewal applied while leading restarts it again.
-        book.applied(&renew(1000), t1 + ms(1200));
+        // A renewal applied as a follower counts when this node leads
+        // later: after a short election the lease ends a lease plus the
+        // margin after that renewal (the grace, half a lease plus the
+        // margin from the election, is over by then).
+        let t2 = t1 + ms(10_000);
+        book.applied(&renew(1000), t2);
+        let elected = t2 + ms(400);
         assert_eq!(
-            book.expired(&with_lease, 5, "ag1", t1 + ms(2000), margin),
+            book.expired(&with_lease, 6, "ag1", elected, margin),
             Some(false)
         );
-        // Leading again in a later term: restart from that question.
-        let t2 = t1 + ms(10_000);
-        assert_eq!(book.expired(&with_lease, 7, "ag1", t2, margin), Some(false));
         assert_eq!(
-            book.expired(&with_lease, 7, "AG1", t2 + ms(1100), margin),
+            book.expired(&with_lease, 6, "ag1", t2 + ms(1099), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 6, "ag1", t2 + ms(1100), margin),
+            Some(true)
+        );
+        // After a long election the lease has run out by the clock, but the
+        // primary gets the grace to renew through the new leader…
+        let t3 = t2 + ms(10_000);
+        book.applied(&renew(1000), t3);
+        let elected = t3 + ms(3_000);
+        assert_eq!(
+            book.expired(&with_lease, 7, "ag1", elected, margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 7, "ag1", elected + ms(599), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 7, "ag1", elected + ms(600), margin),
+            Some(true),
+            "a primary that did not renew within the grace"
+        );
+        // …and a renewal within it keeps the primary.
+        let elected = elected + ms(10_000);
+        assert_eq!(
+            book.expired(&with_lease, 8, "ag1", elected, margin),
+            Some(false)
+        );
+        book.applied(&renew(1000), elected + ms(300));
+        assert_eq!(
+            book.expired(&with_lease, 8, "ag1", elected + ms(600), margin),
+            Some(false)
+        );
+        assert_eq!(
+            book.expired(&with_lease, 8, "ag1", elected + ms(1400), margin),
             Some(true)
         );
 
         assert_eq!(
-            book.expired(&state(None), 7, "ag1", t2, margin),
+            book.expired(&state(None), 8, "ag1", elected, margin),
             Some(true),
             "no lease"
         );
         assert_eq!(
-            book.expired(&with_lease, 7, "ag2", t2, margin),
+            book.expired(&with_lease, 8, "ag2", elected, margin),
             None,
             "no group"
         );

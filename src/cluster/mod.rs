@@ -256,6 +256,46 @@ pub struct ClusterMetrics {
     pub voters: BTreeMap<NodeId, NodeInfo>,
     /// Index of the last entry applied here.
     pub last_applied: Option<u64>,
+    /// This node's name and the endpoint it listens on.
+    pub local: NodeInfo,
+}
+
+/// A change of the cluster's voters, made by the leader (forwarded to it
+/// from any node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add a running node as a voter: it first catches up as a learner.
+    Add(NodeId, NodeInfo),
+    /// Take a voter out of the cluster.
+    Remove(NodeId),
+}
+
+/// Makes `change` on this node's Raft, which must be the leader.
+pub(crate) async fn change_members_here(
+    raft: &Raft<TypeConfig>,
+    change: MemberChange,
+) -> Result<()> {
+    let work = async {
+        match change {
+            MemberChange::Add(id, info) => {
+                raft.add_learner(id, info, true)
+                    .await
+                    .map_err(write_error)?;
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_error)?;
+            }
+            MemberChange::Remove(id) => {
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_error)?;
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(MEMBERSHIP_TIMEOUT, work)
+        .await
+        .unwrap_or(Err(Error::Timeout(MEMBERSHIP_TIMEOUT)))
 }
 
 /// This node's member of the cluster. Dropping it stops its listener; call
@@ -378,10 +418,14 @@ impl Cluster {
     /// started). Call it on one node of a new cluster, once; the others
     /// learn the membership from the leader.
     pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
-        if members.get(&self.id) != Some(&self.info) {
+        // The members' endpoints are the addresses partners reach them at
+        // (ENDPOINT_URL), which may differ from the address a node listens
+        // on (a proxy, NAT, a wildcard listen address): only the identity
+        // must match.
+        if members.get(&self.id).map(|m| &m.name) != Some(&self.info.name) {
             return Err(Error::Initialize(format!(
-                "the members must include this node as node {} ({})",
-                self.id, self.info
+                "the members must include this node as node {} (replica {:?})",
+                self.id, self.info.name
             )));
         }
         self.raft.initialize(members).await.map_err(|e| match e {
@@ -396,20 +440,33 @@ impl Cluster {
     /// On the leader: adds node `id` as a voter once it has caught up with
     /// the log (it must be started and reachable at `info.endpoint`).
     pub async fn add_voter(&self, id: NodeId, info: NodeInfo) -> Result<()> {
-        let add = async {
-            self.raft
-                .add_learner(id, info, true)
-                .await
-                .map_err(write_error)?;
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(write_error)?;
-            Ok(())
-        };
-        tokio::time::timeout(MEMBERSHIP_TIMEOUT, add)
-            .await
-            .unwrap_or(Err(Error::Timeout(MEMBERSHIP_TIMEOUT)))
+        change_members_here(&self.raft, MemberChange::Add(id, info)).await
+    }
+
+    /// Changes the voters from any node: made here when this node leads,
+    /// else forwarded to the leader.
+    pub async fn change_members(&self, change: MemberChange) -> Result<()> {
+        match change_members_here(&self.raft, change.clone()).await {
+            Err(Error::NotLeader(Some((id, Some(info))))) => {
+                let sent = self
+                    .forward
+                    .call(
+                        id,
+                        &info,
+                        RpcRequest::ChangeMembers(change),
+                        MEMBERSHIP_TIMEOUT + PROPOSE_TIMEOUT,
+                    )
+                    .await;
+                match sent {
+                    Ok(RpcResponse::MembersChanged(Ok(()))) => Ok(()),
+                    Ok(RpcResponse::MembersChanged(Err(reason)))
+                    | Ok(RpcResponse::Refused(reason)) => Err(Error::Forwarded(reason)),
+                    Ok(other) => Err(Error::Forwarded(format!("unexpected answer {other:?}"))),
+                    Err(e) => Err(Error::Forwarded(e.to_string())),
+                }
+            }
+            other => other,
+        }
     }
 
     /// On the leader: commits `command` and returns how the state machine
@@ -476,6 +533,7 @@ impl Cluster {
             leader: m.current_leader,
             voters,
             last_applied: m.last_applied.map(|l| l.index),
+            local: self.info.clone(),
         }
     }
 

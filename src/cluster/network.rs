@@ -50,7 +50,6 @@ use openraft::raft::{
 use openraft::{RPCTypes, Raft};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::frame::{self, FrameError};
 use super::{NodeId, NodeInfo, TypeConfig};
@@ -67,6 +66,8 @@ pub enum RpcRequest {
     Vote(VoteRequest<NodeId>),
     /// One chunk of a snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A change of the voters forwarded to the leader.
+    ChangeMembers(super::MemberChange),
 }
 
 /// The answer to an [`RpcRequest`].
@@ -84,6 +85,8 @@ pub enum RpcResponse {
     Refused(String),
     /// The outcome of a forwarded proposal, or why it was not applied.
     Proposed(Result<super::CommandResult, String>),
+    /// The outcome of a forwarded change of the voters.
+    MembersChanged(Result<(), String>),
 }
 
 /// What travels in a request frame.
@@ -176,7 +179,7 @@ impl Transport for TcpTransport {
         let endpoint = node.endpoint;
         let frame_err = |source| TransportError::Frame { target, source };
         let exchange = async {
-            let mut stream = TcpStream::connect(endpoint).await.map_err(|source| {
+            let mut stream = crate::net::connect(endpoint).await.map_err(|source| {
                 TransportError::Unreachable {
                     target,
                     endpoint,
@@ -254,6 +257,11 @@ pub(crate) async fn handle(raft: &Raft<TypeConfig>, request: RpcRequest) -> RpcR
         RpcRequest::AppendEntries(rpc) => {
             RpcResponse::AppendEntries(raft.append_entries(rpc).await)
         }
+        RpcRequest::ChangeMembers(change) => RpcResponse::MembersChanged(
+            super::change_members_here(raft, change)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
         RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
         RpcRequest::InstallSnapshot(rpc) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)

@@ -366,45 +366,17 @@ fn validate(config: &GroupConfig) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
-    use crate::ag::config::{ClusterType, FailoverMode, ReplicaConfig, SecondaryConnections};
-
-    fn replica(name: &str, mode: AvailabilityMode) -> ReplicaConfig {
-        ReplicaConfig {
-            name: name.into(),
-            endpoint: SocketAddr::from(([127, 0, 0, 1], 7000)),
-            availability_mode: mode,
-            failover_mode: FailoverMode::Automatic,
-            session_timeout_s: 10,
-            secondary_allow_connections: SecondaryConnections::All,
-            read_only_routing_url: None,
-            read_only_routing_list: vec![],
-            backup_priority: 50,
-        }
-    }
+    use crate::ag::config::fixtures;
 
     /// ag1: r1 (primary), r2 (sync), r3 (async); databases app, shop; epoch 3.
     fn group() -> GroupConfig {
-        GroupConfig {
-            name: "ag1".into(),
-            cluster_id: "c1".into(),
-            version: 5,
-            epoch: 3,
-            primary: "r1".into(),
-            databases: vec!["app".into(), "shop".into()],
-            required_synchronized_secondaries: 0,
-            replicas: vec![
-                replica("r1", AvailabilityMode::SynchronousCommit),
-                replica("r2", AvailabilityMode::SynchronousCommit),
-                replica("r3", AvailabilityMode::AsynchronousCommit),
-            ],
-            cluster_type: ClusterType::External,
-            last_failover: None,
-            failure_condition_level: 3,
-            health_check_timeout_ms: 5000,
-        }
+        let mut g = fixtures::group(&["r1", "r2", "r3"]);
+        g.version = 5;
+        g.epoch = 3;
+        g.databases = vec!["app".into(), "shop".into()];
+        g.replicas[2].availability_mode = AvailabilityMode::AsynchronousCommit;
+        g
     }
 
     /// A state holding `group()` with r2 synchronized for app and a lease.
@@ -578,8 +550,7 @@ mod tests {
             (
                 "duplicate replica",
                 put(|g| {
-                    g.replicas
-                        .push(replica("R2", AvailabilityMode::SynchronousCommit));
+                    g.replicas.push(fixtures::replica("R2"));
                 }),
                 "twice",
             ),

@@ -3,7 +3,10 @@
 //!
 //! # One connection, from start-up to Terminate
 //! 1. `pgwire` negotiates SSL (refused: no TLS yet) and reads the start-up
-//!    packet; [`Connection`]'s start-up handler authenticates — SCRAM-SHA-256
+//!    packet; [`Connection`]'s start-up handler first checks the connection
+//!    settings (`ALLOW_CONNECTIONS` against the session's read intent, and
+//!    for a session a listener forwarded, that this node still has the role
+//!    it was chosen for: [`crate::listener`]), then authenticates — SCRAM-SHA-256
 //!    for user `availdb` when the node has a password, none on a loopback
 //!    node without one — then opens the requested database (FATAL 3D000 if
 //!    there is none), builds the [`Session`], and reports ParameterStatus
@@ -18,6 +21,11 @@
 //!    parameters by those types; Execute runs it.
 //! 4. The transaction status in every ReadyForQuery comes from the session's
 //!    own state machine, never from guesses about the statements.
+//! 5. A session whose database was read-write when it began ends (FATAL
+//!    57P01, "reconnect") at its next message once this replica has been
+//!    demoted to secondary. Every commit reports its end LSN as
+//!    ParameterStatus `availdb.commit_lsn`; `availdb.read_after_lsn` makes
+//!    statements on a secondary wait until that LSN is redone.
 //!
 //! # Cancel requests
 //! A CancelRequest arrives on a new connection with the pid and secret key of
@@ -74,7 +82,7 @@ use crate::sql::split::split_statements;
 use crate::sql::types::ValueType;
 
 pub use session::{Aside, CancelSlot, Reply, Session, TxStatus};
-pub use settings::Settings;
+pub use settings::{parse_options, Settings};
 
 /// The one user name of a password-protected node.
 pub const USER: &str = "availdb";
@@ -137,15 +145,7 @@ impl Frontend {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        let _ = socket.set_nodelay(true);
-                        let handlers = Connection::new(self.clone(), peer);
-                        tokio::spawn(async move {
-                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
+                    Ok((socket, peer)) => self.clone().serve_socket(socket, peer),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -154,6 +154,49 @@ impl Frontend {
                 _ = &mut shutdown => break,
             }
         }
+    }
+
+    /// Serves one client connection on its own task (also connections an
+    /// availability group listener hands over through the replication
+    /// endpoint).
+    pub fn serve_socket(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
+        let _ = socket.set_nodelay(true);
+        let handlers = Connection::new(self, peer);
+        tokio::spawn(async move {
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    /// The connection settings, checked from the start-up packet before
+    /// authentication: the session's read intent against this replica's
+    /// `ALLOW_CONNECTIONS` for the database's group, and, for a session a
+    /// listener sent here, that this node still has the role the listener
+    /// chose it for (57P03 tells the listener to choose again).
+    fn admit(&self, params: &HashMap<String, String>) -> Result<(), Error> {
+        use crate::listener::{intent_of, GROUP_PARAM, INTENT_PARAM, ROUTE_PARAM};
+        let intent = intent_of(
+            params.get(INTENT_PARAM).map(String::as_str),
+            params.get("options").map(String::as_str),
+        )
+        .map_err(|message| Error::sql("22023", message))?;
+        if let Some(group) = params.get(GROUP_PARAM) {
+            let as_primary = params.get(ROUTE_PARAM).map(String::as_str) != Some("secondary");
+            if let Some(why) = self.ag.cannot_serve(group, as_primary) {
+                return Err(Error::sql("57P03", why)
+                    .with_hint("connect through the listener again; it chooses the replica anew"));
+            }
+        }
+        let database = params
+            .get("database")
+            .or_else(|| params.get("user"))
+            .map_or(USER, String::as_str);
+        if let Some((group, role)) = self.ag.local_role(database) {
+            crate::listener::admit(&role, intent, database, &group, self.ag.node())
+                .map_err(|r| Error::sql(r.sqlstate, r.message).with_hint(r.hint))?;
+        }
+        Ok(())
     }
 
     fn lock_cancels(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, Bytes), Weak<CancelSlot>>> {
@@ -302,6 +345,20 @@ fn user_error(err: &Error) -> PgWireError {
 }
 
 impl ConnState {
+    /// Ends the session (FATAL) when its replica was demoted since it began.
+    async fn end_if_demoted(&self) -> PgWireResult<()> {
+        match self
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .and_then(Session::demoted)
+        {
+            Some(err) => Err(fatal(&err)),
+            None => Ok(()),
+        }
+    }
+
     /// After authentication: open the database, build the session, finish
     /// the start-up protocol, and register for cancel requests.
     async fn open_session<C>(
@@ -361,6 +418,9 @@ impl StartupHandler for ConnState {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                self.frontend
+                    .admit(client.metadata())
+                    .map_err(|e| fatal(&e))?;
                 match &self.frontend.scram {
                     Some(scram) => driver.begin_authentication(client, scram.create()).await?,
                     None => AuthOutcome::Authenticated {
@@ -459,6 +519,7 @@ impl SimpleQueryHandler for ConnState {
         if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
             return Err(PgWireError::NotReadyForQuery);
         }
+        self.end_if_demoted().await?;
         client.set_state(PgWireConnectionState::QueryInProgress);
         for response in self.do_query(client, &query.query).await? {
             match response {
@@ -538,7 +599,9 @@ impl SimpleQueryHandler for ConnState {
             } else {
                 Command::Commit
             };
-            if let Err(err) = session.execute(end, Vec::new()).await {
+            let result = session.execute(end, Vec::new()).await;
+            send_asides(client, session).await?;
+            if let Err(err) = result {
                 responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
             }
         }
@@ -616,6 +679,7 @@ impl QueryParser for Parser {
                 )))
             }
         };
+        self.state.end_if_demoted().await?;
         let command = classify(statement);
         let described = match &command {
             Command::Sql(sql) => {
@@ -676,6 +740,7 @@ impl ExtendedQueryHandler for Extended {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.state.end_if_demoted().await?;
         let prepared = &portal.statement.statement;
         let inferred = prepared.parameter_types();
         let types: Vec<Type> = (0..portal.parameter_len())

@@ -29,7 +29,11 @@ use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, Write
 use crate::sql::command::Command;
 use crate::sql::tag::command_tag;
 
-use super::settings::Settings;
+use super::settings::{Settings, COMMIT_LSN};
+
+/// The longest a statement waits for `availdb.read_after_lsn` to be redone
+/// (less when `statement_timeout` is shorter).
+pub const READ_AFTER_LSN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a statement produced, for the wire layer to send.
 #[derive(Debug)]
@@ -127,6 +131,10 @@ pub struct Session {
     pub settings: Settings,
     cancel: Arc<CancelSlot>,
     asides: Vec<Aside>,
+    /// The database took writes here (read-write, not RESOLVING) when the
+    /// session began: if it becomes a secondary (this replica was demoted),
+    /// the session ends.
+    began_read_write: bool,
 }
 
 impl Session {
@@ -137,6 +145,9 @@ impl Session {
         db: Arc<Database>,
         settings: Settings,
     ) -> Session {
+        // A primary without its lease (RESOLVING, e.g. just restarted or
+        // already deposed) never served this session as the writer.
+        let began_read_write = db.role() == engine::Role::ReadWrite && !db.is_resolving();
         Session {
             engine,
             ag,
@@ -145,7 +156,27 @@ impl Session {
             settings,
             cancel: Arc::new(CancelSlot::default()),
             asides: Vec::new(),
+            began_read_write,
         }
+    }
+
+    /// Why the session must end: its database was read-write here when it
+    /// began and this replica has since become a secondary (a failover
+    /// demoted it). Sent as FATAL, as SQL Server drops such connections.
+    pub fn demoted(&self) -> Option<Error> {
+        let engine::Role::Secondary { group, primary } = self.db.role() else {
+            return None;
+        };
+        self.began_read_write.then(|| {
+            Error::sql(
+                "57P01",
+                format!(
+                    "terminating connection: replica \"{}\" is no longer the primary of availability group \"{group}\" (\"{primary}\" is)",
+                    self.ag.node()
+                ),
+            )
+            .with_hint("reconnect through the group's listener, or with target_session_attrs=read-write, to reach the new primary")
+        })
     }
 
     /// The handle a cancel request uses.
@@ -307,7 +338,60 @@ impl Session {
                 let (sql, outcome) = outcome?;
                 Ok(reply(&sql, outcome))
             }
-            Command::Sql(sql) => self.sql(sql, params).await,
+            Command::Sql(sql) => {
+                self.wait_for_redo().await?;
+                self.sql(sql, params).await
+            }
+        }
+    }
+
+    /// Reports a commit's end LSN (ParameterStatus `availdb.commit_lsn`):
+    /// a secondary that has redone up to it shows the commit.
+    fn committed(&mut self, end: crate::log::Lsn) {
+        self.settings.record(COMMIT_LSN, end.to_string());
+        self.asides
+            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end.to_string()));
+    }
+
+    /// Read-your-writes: on a secondary, waits until `availdb.read_after_lsn`
+    /// is redone here, at most [`READ_AFTER_LSN_TIMEOUT`] (or
+    /// `statement_timeout`). A primary, or a database outside any group,
+    /// shows every commit already.
+    async fn wait_for_redo(&mut self) -> Result<()> {
+        let Some(target) = self.settings.read_after_lsn else {
+            return Ok(());
+        };
+        let limit = self
+            .settings
+            .statement_timeout
+            .map_or(READ_AFTER_LSN_TIMEOUT, |t| t.min(READ_AFTER_LSN_TIMEOUT));
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let Some(mut redone) = self.ag.redone_watch(self.db.name()) else {
+                return Ok(());
+            };
+            let reached = tokio::select! {
+                r = tokio::time::timeout_at(deadline, redone.wait_for(|lsn| *lsn >= target)) => r.map(|r| r.map(|_| ())),
+                _ = self.cancel.waiting.notified() => return Err(Error::Canceled),
+            };
+            match reached {
+                Ok(Ok(_)) => return Ok(()),
+                // Redo restarted (a new definition): follow the new one.
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => {
+                    let at = *redone.borrow();
+                    return Err(Error::sql(
+                        "55000",
+                        format!(
+                            "database \"{}\" on replica \"{}\" has redone up to LSN {at}, not yet LSN {target} (waited {} ms)",
+                            self.db.name(),
+                            self.ag.node(),
+                            limit.as_millis()
+                        ),
+                    )
+                    .with_hint("retry, read on the primary, or RESET availdb.read_after_lsn; sys.dm_hadr_database_replica_states shows the redo queue"));
+                }
+            }
         }
     }
 
@@ -415,6 +499,7 @@ impl Session {
                 drop(w);
                 let end = res?;
                 self.db.commit_durable(end).await?;
+                self.committed(end);
                 Ok(Reply::TxEnd("COMMIT".into()))
             }
             Tx::Active { holder, .. } => {
@@ -604,6 +689,7 @@ impl Session {
         drop(w);
         let (outcome, end) = res?;
         self.db.commit_durable(end).await?;
+        self.committed(end);
         Ok(reply(&sql, outcome))
     }
 

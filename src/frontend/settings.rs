@@ -145,12 +145,30 @@ const KNOWN: &[Known] = &[
         read_only: true,
     },
     Known {
+        name: COMMIT_LSN,
+        default: "0",
+        reported: false,
+        read_only: true,
+    },
+    Known {
+        name: READ_AFTER_LSN,
+        default: "0",
+        reported: false,
+        read_only: false,
+    },
+    Known {
         name: "synchronous_commit",
         default: "on",
         reported: false,
         read_only: false,
     },
 ];
+
+/// The end LSN of the session's last commit: sent as ParameterStatus after
+/// each commit, the token for [`READ_AFTER_LSN`] on a secondary.
+pub const COMMIT_LSN: &str = "availdb.commit_lsn";
+/// Statements on a secondary wait (bounded) until it has redone this LSN.
+pub const READ_AFTER_LSN: &str = "availdb.read_after_lsn";
 
 fn known(name: &str) -> Option<&'static Known> {
     KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(name))
@@ -167,6 +185,8 @@ pub struct Settings {
     pub statement_timeout: Option<Duration>,
     /// `lock_timeout`: how long to wait for a database's write lock.
     pub lock_timeout: Option<Duration>,
+    /// `availdb.read_after_lsn` (None: 0, no wait).
+    pub read_after_lsn: Option<u64>,
     /// The session's user name.
     pub user: String,
 }
@@ -237,12 +257,29 @@ impl Settings {
                 self.lock_timeout = parse_duration(&key, value)?;
                 value.to_string()
             }
+            READ_AFTER_LSN => {
+                let lsn: u64 = value.trim().parse().map_err(|_| {
+                    Error::sql(
+                        "22023",
+                        format!("invalid value for parameter \"{READ_AFTER_LSN}\": \"{value}\""),
+                    )
+                    .with_hint(format!("use the number a commit reported in {COMMIT_LSN}"))
+                })?;
+                self.read_after_lsn = (lsn > 0).then_some(lsn);
+                lsn.to_string()
+            }
             _ => value.to_string(),
         };
         self.values.insert(key.clone(), value.clone());
         Ok(known(&key)
             .filter(|k| k.reported)
             .map(|k| (k.name.to_string(), value)))
+    }
+
+    /// Records a value the server sets (a read-only setting such as
+    /// `availdb.commit_lsn`).
+    pub fn record(&mut self, name: &str, value: String) {
+        self.values.insert(name.to_ascii_lowercase(), value);
     }
 
     /// `RESET name` / `RESET ALL`; returns changed reported settings.
@@ -260,6 +297,7 @@ impl Settings {
                 "default_transaction_read_only" => self.default_read_only = false,
                 "statement_timeout" => self.statement_timeout = None,
                 "lock_timeout" => self.lock_timeout = None,
+                READ_AFTER_LSN => self.read_after_lsn = None,
                 _ => {}
             }
             if let Some(k) = known(&key).filter(|k| k.reported) {
@@ -318,7 +356,7 @@ impl Settings {
 
 /// `-c name=value -c other=value` (also `--name=value`), as libpq sends
 /// PGOPTIONS. Backslash escapes a space.
-fn parse_options(options: &str) -> Vec<(String, String)> {
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut chars = options.chars();
@@ -448,6 +486,27 @@ mod tests {
         assert_eq!(s.lock_timeout, Some(Duration::from_millis(250)));
         s.set("lock_timeout", Some("0")).unwrap();
         assert_eq!(s.lock_timeout, None);
+    }
+
+    #[test]
+    fn read_after_lsn_takes_a_commit_lsn_and_zero_or_reset_clears_it() {
+        let mut s = Settings::default();
+        s.set(READ_AFTER_LSN, Some("4096")).unwrap();
+        assert_eq!(s.read_after_lsn, Some(4096));
+        assert_eq!(s.show(READ_AFTER_LSN).as_deref(), Some("4096"));
+        s.set(READ_AFTER_LSN, Some("0")).unwrap();
+        assert_eq!(s.read_after_lsn, None);
+        s.set(READ_AFTER_LSN, Some("7")).unwrap();
+        s.reset(Some(READ_AFTER_LSN));
+        assert_eq!(s.read_after_lsn, None);
+        let err = s.set(READ_AFTER_LSN, Some("0/16B3748")).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+        assert_eq!(
+            s.set(COMMIT_LSN, Some("1")).unwrap_err().sqlstate(),
+            "55P02"
+        );
+        s.record(COMMIT_LSN, "99".into());
+        assert_eq!(s.show(COMMIT_LSN).as_deref(), Some("99"));
     }
 
     #[test]

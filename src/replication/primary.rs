@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
@@ -226,9 +225,10 @@ pub type DivergenceReport = Arc<dyn Fn(&str, &str, Option<(Lsn, Lsn)>) + Send + 
 /// How a primary starts.
 #[derive(Clone, Default)]
 pub struct StartOptions {
-    /// Start with data movement suspended to every secondary (after a
-    /// forced failover, until an operator resumes each database).
-    pub suspended: bool,
+    /// Databases whose data movement to every secondary starts suspended
+    /// (after a forced failover, or a suspension from before a restart),
+    /// until an operator resumes each.
+    pub suspended: std::collections::BTreeSet<String>,
     /// Told about every divergent replica log found.
     pub on_divergence: Option<DivergenceReport>,
     /// Where synchronized-set changes are recorded before they take
@@ -307,7 +307,7 @@ impl PrimaryGroup {
                 &secondaries,
                 config.required_synchronized_secondaries as usize,
             );
-            if options.suspended {
+            if options.suspended.contains(name) {
                 for (replica, _) in &secondaries {
                     sync.leave(replica, LeaveReason::Suspended);
                 }
@@ -584,10 +584,13 @@ async fn stream_to(
     replica: &ReplicaConfig,
 ) -> std::result::Result<LeaveReason, String> {
     let timeout = Duration::from_secs(replica.session_timeout_s.max(1) as u64);
-    let socket = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(replica.endpoint))
-        .await
-        .map_err(|_| format!("connecting to {} timed out", replica.endpoint))?
-        .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
+    let socket = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::net::connect(replica.endpoint),
+    )
+    .await
+    .map_err(|_| format!("connecting to {} timed out", replica.endpoint))?
+    .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
     let _ = socket.set_nodelay(true);
     let mut conn = Framed::new(socket, WireCodec);
     let config = &group.config;

@@ -55,26 +55,47 @@ pub trait Admission: Send + Sync + 'static {
     fn accept_config(&self, config: GroupConfig) -> Result<Arc<SecondaryGroup>, String>;
 }
 
+/// Takes a client session an availability group listener handed over.
+pub type SessionHandoff = Arc<dyn Fn(TcpStream, std::net::SocketAddr) + Send + Sync>;
+
 /// Serves the replication endpoint until the process ends.
 ///
-/// The port is shared with the cluster manager: a connection that starts
-/// with [`crate::cluster::PREAMBLE`] carries cluster RPCs and goes to
-/// `cluster`; any other is a primary's replication stream.
+/// The port is shared with the cluster manager and the listener: a
+/// connection that starts with [`crate::cluster::PREAMBLE`] carries cluster
+/// RPCs and goes to `cluster`; one that starts with
+/// [`crate::listener::PREAMBLE`] is a client session a listener forwards,
+/// and goes to `sessions` (the node's front end); any other is a primary's
+/// replication stream.
 pub async fn serve_endpoint(
     listener: TcpListener,
     admission: Arc<dyn Admission>,
     cluster: Option<crate::cluster::RaftHandle>,
+    sessions: Option<SessionHandoff>,
 ) {
     loop {
         match listener.accept().await {
             Ok((mut socket, peer)) => {
                 let admission = admission.clone();
                 let cluster = cluster.clone();
+                let sessions = sessions.clone();
                 tokio::spawn(async move {
                     let _ = socket.set_nodelay(true);
                     let mut first = [0u8; 4];
-                    let is_cluster = matches!(socket.peek(&mut first).await, Ok(4))
-                        && first == *crate::cluster::PREAMBLE;
+                    let peeked = matches!(socket.peek(&mut first).await, Ok(4));
+                    if peeked && first == *crate::listener::PREAMBLE {
+                        use tokio::io::AsyncReadExt;
+                        match sessions {
+                            Some(handoff) if socket.read_exact(&mut first).await.is_ok() => {
+                                handoff(socket, peer)
+                            }
+                            Some(_) => {}
+                            None => {
+                                tracing::warn!(%peer, "a listener session reached an endpoint that takes none (a node without a password takes them on loopback endpoints only)")
+                            }
+                        }
+                        return;
+                    }
+                    let is_cluster = peeked && first == *crate::cluster::PREAMBLE;
                     match (is_cluster, cluster) {
                         (true, Some(raft)) => {
                             use tokio::io::AsyncReadExt;
@@ -133,6 +154,11 @@ impl SecondaryDb {
     /// Everything before this LSN is redone into the file.
     pub fn redone(&self) -> Lsn {
         *self.redone.borrow()
+    }
+
+    /// Follows [`SecondaryDb::redone`] (read-your-writes waits on it).
+    pub fn watch_redone(&self) -> watch::Receiver<Lsn> {
+        self.redone.subscribe()
     }
 
     /// The database.

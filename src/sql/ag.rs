@@ -13,7 +13,7 @@
 //! more times, `|` picks one, quoted punctuation is literal.
 //!
 //! ```text
-//! statement   = ( create | alter_ag | drop | alter_db ) [ ";" ]
+//! statement   = ( create | alter_ag | drop | alter_db | cluster ) [ ";" ]
 //! create      = CREATE AVAILABILITY GROUP group
 //!                 [ WITH "(" group_opt { "," group_opt } ")" ]
 //!                 FOR [ DATABASE db { "," db } ]
@@ -30,6 +30,10 @@
 //! drop        = DROP AVAILABILITY GROUP group
 //! alter_db    = ALTER DATABASE db SET HADR
 //!                 ( SUSPEND | RESUME | OFF | AVAILABILITY GROUP "=" group )
+//! cluster     = CREATE CLUSTER                     -- availdb's own: the
+//!             | ALTER CLUSTER ADD NODE 'name'      -- quorum cluster's voters
+//!                 WITH "(" ENDPOINT_URL "=" 'tcp://host:port' ")"
+//!             | ALTER CLUSTER REMOVE NODE 'name'
 //! replica     = 'name' WITH "(" replica_opt { "," replica_opt } ")"
 //! listener    = 'name' "(" listener_opt { "," listener_opt } ")"
 //!
@@ -56,6 +60,7 @@
 //! listener_opt = WITH IP "(" "(" 'address' [ "," 'mask' ] ")" { "," ... } ")"
 //!             | WITH DHCP [ ON "(" 'address' "," 'mask' ")" ]
 //!             | PORT "=" 1..65535
+//!             | READ_ONLY_PORT "=" 1..65535              -- availdb's own
 //! ```
 //!
 //! # Names and literals
@@ -90,8 +95,10 @@
 //! * `ADD REPLICA ON` adds one replica per statement.
 //! * A listener needs `PORT` (SQL Server defaults to 1433, which means
 //!   nothing to a PostgreSQL client); its `WITH IP` / `WITH DHCP` clause is
-//!   checked for shape and dropped, because the listener binds where the
-//!   primary runs.
+//!   checked for shape and dropped, because every node binds the listener
+//!   on its own address. `READ_ONLY_PORT` (default `PORT + 1`) is availdb's
+//!   own: sessions arriving there count as read-intent, for clients that
+//!   cannot send `application_intent`.
 //! * Not supported, rejected with the list of what is: distributed and
 //!   contained groups, `OFFLINE`, `GRANT`/`DENY CREATE ANY DATABASE`,
 //!   `MODIFY`/`RESTART`/`REMOVE LISTENER`, `READ_WRITE_ROUTING_URL`.
@@ -211,6 +218,22 @@ pub enum AgStatement {
         /// Database name.
         database: String,
     },
+    /// `CREATE CLUSTER`: start a quorum cluster whose only voter is this
+    /// node (availdb's own statement; SQL Server leaves this to WSFC).
+    CreateCluster,
+    /// `ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = …)`: make a
+    /// running node a voter of this node's cluster.
+    AddClusterNode {
+        /// The node's `--name`.
+        name: String,
+        /// Where the other nodes reach it (`tcp://host:port`).
+        endpoint_url: String,
+    },
+    /// `ALTER CLUSTER REMOVE NODE 'name'`: take a node out of the voters.
+    RemoveClusterNode {
+        /// The node's `--name`.
+        name: String,
+    },
 }
 
 /// Everything `CREATE AVAILABILITY GROUP` defines.
@@ -287,13 +310,15 @@ pub struct ReplicaOptions {
     pub read_only_routing_url: Option<String>,
 }
 
-/// A listener: the name and port clients connect to.
+/// A listener: the name and ports clients connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpec {
     /// DNS name, as written.
     pub name: String,
     /// TCP port (1–65535).
     pub port: u16,
+    /// `READ_ONLY_PORT`, when given: sessions arriving there are read-intent.
+    pub read_only_port: Option<u16>,
 }
 
 /// `CLUSTER_TYPE`: who manages the group.
@@ -419,6 +444,9 @@ pub fn is_ag_statement(sql: &str) -> bool {
         .any(|kw| is_word(&first, kw))
         && is_word(&second, "AVAILABILITY")
     {
+        return true;
+    }
+    if ["CREATE", "ALTER"].iter().any(|kw| is_word(&first, kw)) && is_word(&second, "CLUSTER") {
         return true;
     }
     is_word(&first, "ALTER")
@@ -622,11 +650,18 @@ const JOIN_OPTIONS: &[(&str, Setter<Option<ClusterType>>)] = &[("CLUSTER_TYPE", 
     Ok(())
 })];
 
-/// The target is the port; the address clause is checked and dropped.
-const LISTENER_OPTIONS: &[(&str, Setter<Option<u16>>)] = &[
+/// A listener's `PORT` and `READ_ONLY_PORT`, as given.
+type ListenerPorts = (Option<u16>, Option<u16>);
+
+/// The targets are the ports; the address clause is checked and dropped.
+const LISTENER_OPTIONS: &[(&str, Setter<ListenerPorts>)] = &[
     ("WITH", |p, _, _| p.listener_addresses()),
-    ("PORT", |p, port, name| {
-        *port = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
+    ("PORT", |p, ports, name| {
+        ports.0 = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
+        Ok(())
+    }),
+    ("READ_ONLY_PORT", |p, ports, name| {
+        ports.1 = Some(p.equals_number(name, 1..=u16::MAX, "between 1 and 65535")?);
         Ok(())
     }),
 ];
@@ -939,6 +974,9 @@ impl Parser {
 
     fn statement(&mut self) -> Result<AgStatement> {
         if self.eat_keyword("CREATE") {
+            if self.eat_keyword("CLUSTER") {
+                return Ok(AgStatement::CreateCluster);
+            }
             self.keyword("AVAILABILITY")?;
             self.keyword("GROUP")?;
             self.create_group()
@@ -949,7 +987,9 @@ impl Parser {
                 group: self.group_name()?,
             })
         } else if self.eat_keyword("ALTER") {
-            if self.eat_keyword("DATABASE") {
+            if self.eat_keyword("CLUSTER") {
+                self.alter_cluster()
+            } else if self.eat_keyword("DATABASE") {
                 self.alter_database()
             } else if self.eat_keyword("AVAILABILITY") {
                 self.keyword("GROUP")?;
@@ -959,6 +999,29 @@ impl Parser {
             }
         } else {
             Err(self.unexpected("CREATE, ALTER or DROP AVAILABILITY GROUP"))
+        }
+    }
+
+    fn alter_cluster(&mut self) -> Result<AgStatement> {
+        const SHAPE: &str =
+            "ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = 'tcp://host:port') \
+                             or ALTER CLUSTER REMOVE NODE 'name'";
+        if self.eat_keyword("ADD") {
+            self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
+            let (name, _) = self.name_literal("a node name")?;
+            self.keyword("WITH").map_err(|e| e.with_hint(SHAPE))?;
+            self.punct(Tok::LParen)?;
+            self.keyword("ENDPOINT_URL")
+                .map_err(|e| e.with_hint(SHAPE))?;
+            let endpoint_url = self.equals_url("ENDPOINT_URL")?;
+            self.punct(Tok::RParen)?;
+            Ok(AgStatement::AddClusterNode { name, endpoint_url })
+        } else if self.eat_keyword("REMOVE") {
+            self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
+            let (name, _) = self.name_literal("a node name")?;
+            Ok(AgStatement::RemoveClusterNode { name })
+        } else {
+            Err(self.unexpected("ADD NODE or REMOVE NODE").with_hint(SHAPE))
         }
     }
 
@@ -1171,13 +1234,25 @@ impl Parser {
 
     fn listener(&mut self) -> Result<ListenerSpec> {
         let (name, pos) = self.name_literal("a listener name")?;
-        let mut port = None;
-        self.options("LISTENER", LISTENER_OPTIONS, &mut port)?;
+        let mut ports = (None, None);
+        self.options("LISTENER", LISTENER_OPTIONS, &mut ports)?;
+        let (port, read_only_port) = ports;
         let port = port.ok_or_else(|| {
             AgParseError::new(format!("listener '{name}' has no PORT"), pos)
                 .with_hint("availdb has no default listener port: add PORT = 5432 (or another)")
         })?;
-        Ok(ListenerSpec { name, port })
+        if read_only_port == Some(port) {
+            return Err(AgParseError::new(
+                format!("listener '{name}' has READ_ONLY_PORT equal to PORT"),
+                pos,
+            )
+            .with_hint("use another port for read-intent sessions (the default is PORT + 1)"));
+        }
+        Ok(ListenerSpec {
+            name,
+            port,
+            read_only_port,
+        })
     }
 
     /// `WITH IP ((…), …)` or `WITH DHCP [ON (…)]`, after `WITH`: checked for
@@ -1410,12 +1485,41 @@ mod tests {
     }
 
     #[test]
+    fn cluster_statements_parse_and_say_what_is_accepted() {
+        assert_eq!(parsed("create cluster;"), AgStatement::CreateCluster);
+        assert_eq!(
+            parsed("ALTER CLUSTER ADD NODE 'w1' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:7010')"),
+            AgStatement::AddClusterNode {
+                name: "w1".into(),
+                endpoint_url: "tcp://127.0.0.1:7010".into()
+            }
+        );
+        assert_eq!(
+            parsed("alter cluster remove node 'w1'"),
+            AgStatement::RemoveClusterNode { name: "w1".into() }
+        );
+        assert!(is_ag_statement("ALTER CLUSTER ADD NODE"));
+        assert!(is_ag_statement("create cluster"));
+        for bad in [
+            "ALTER CLUSTER ADD NODE w1",
+            "ALTER CLUSTER ADD NODE 'w1'",
+            "ALTER CLUSTER ADD NODE 'w1' WITH (ENDPOINT_URL = 'http://x:1')",
+            "ALTER CLUSTER DROP NODE 'w1'",
+            "CREATE CLUSTER c1",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(!e.to_string().is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_statement_form_parses() {
         let r1 = replica_sql("r1", 7001);
         let g = || "ag1".to_string();
         let listener = |port| ListenerSpec {
             name: "ag1-listener".into(),
             port,
+            read_only_port: None,
         };
         let cases: Vec<(String, AgStatement)> = vec![
             (
@@ -1556,6 +1660,18 @@ mod tests {
                     .into(),
                 AgStatement::AddListener { group: g(), listener: listener(5433) },
             ),
+            (
+                "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (PORT = 5432, READ_ONLY_PORT = 6543)"
+                    .into(),
+                AgStatement::AddListener {
+                    group: g(),
+                    listener: ListenerSpec {
+                        name: "l".into(),
+                        port: 5432,
+                        read_only_port: Some(6543),
+                    },
+                },
+            ),
             ("DROP AVAILABILITY GROUP ag1;".into(), AgStatement::DropGroup { group: g() }),
             (
                 "ALTER DATABASE app SET HADR SUSPEND".into(),
@@ -1668,6 +1784,7 @@ mod tests {
             listener: Some(ListenerSpec {
                 name: "ag1-listener".into(),
                 port: 5432,
+                read_only_port: None,
             }),
         };
         assert_eq!(parsed(sql), AgStatement::CreateGroup(want));
@@ -1878,6 +1995,12 @@ mod tests {
                 "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (WITH DHCP)".into(),
                 "'l'",
                 "listener 'l' has no PORT",
+            ),
+            (
+                "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (PORT = 5432, READ_ONLY_PORT = 5432)"
+                    .into(),
+                "'l'",
+                "listener 'l' has READ_ONLY_PORT equal to PORT",
             ),
             (
                 "ALTER AVAILABILITY GROUP ag1 ADD LISTENER 'l' (PORT = 70000)".into(),

@@ -98,8 +98,14 @@ pub struct ReplicaState {
 /// A running group: `nodes[i]` is replica `r{i+1}`.
 pub struct Group {
     pub nodes: Vec<TestServer>,
+    /// The port each node's ENDPOINT_URL names (on 127.0.0.1): its own
+    /// endpoint, or its port on the proxy.
     pub endpoints: Vec<u16>,
     pub spec: GroupSpec,
+    /// The proxy between the nodes, for groups that can be partitioned.
+    pub proxy: Option<super::proxy::Proxy>,
+    /// The host each node's ENDPOINT_URL names.
+    pub endpoint_hosts: Vec<String>,
 }
 
 /// The replica name of node index `i`.
@@ -310,10 +316,92 @@ impl Group {
             );
             endpoints.push(endpoint);
         }
+        Group::define(nodes, endpoints, spec, None).await
+    }
+
+    /// Like [`Group::start_with`], with node `i` inside network namespace
+    /// `hosts.ns(i)` at `hosts.ip(i)` (clients and partners reach it
+    /// there; a non-loopback node needs a password).
+    pub async fn start_in_namespaces(spec: GroupSpec, hosts: &super::netns::Hosts) -> Group {
+        let mut nodes = Vec::new();
+        let mut endpoints = Vec::new();
+        for i in 0..spec.replicas {
+            let endpoint = free_port();
+            nodes.push(
+                TestServer::builder()
+                    .netns(&hosts.ns(i))
+                    .host(&hosts.ip(i).to_string())
+                    .password("netns-test")
+                    .replica_at(&name(i), hosts.ip(i), endpoint)
+                    .start()
+                    .await,
+            );
+            endpoints.push(endpoint);
+        }
+        let mut group = Group::define_at(
+            nodes,
+            endpoints,
+            (0..spec.replicas)
+                .map(|i| hosts.ip(i).to_string())
+                .collect(),
+            spec,
+        )
+        .await;
+        group.proxy = None;
+        group
+    }
+
+    /// Like [`Group::start_with`], but every connection between two nodes
+    /// passes through a [`Proxy`](super::proxy::Proxy) that can partition
+    /// them: node `i` listens on its own loopback address
+    /// ([`node_ip`](super::proxy::node_ip)) and its ENDPOINT_URL names its
+    /// proxy port.
+    pub async fn start_partitionable(spec: GroupSpec) -> Group {
+        let mut nodes = Vec::new();
+        let mut upstream = Vec::new();
+        for i in 0..spec.replicas {
+            let ip = super::proxy::node_ip(i);
+            let endpoint = free_port();
+            nodes.push(
+                TestServer::builder()
+                    .replica_at(&name(i), ip, endpoint)
+                    .start()
+                    .await,
+            );
+            upstream.push(std::net::SocketAddr::new(ip, endpoint));
+        }
+        let proxy = super::proxy::Proxy::start(&upstream).await;
+        let endpoints = (0..spec.replicas).map(|i| proxy.port(i)).collect();
+        Group::define(nodes, endpoints, spec, Some(proxy)).await
+    }
+
+    /// Joins the secondaries, creates `app` and the group on r1, and waits
+    /// until every secondary is SYNCHRONIZED (or, for asynchronous commit,
+    /// SYNCHRONIZING and caught up).
+    async fn define(
+        nodes: Vec<TestServer>,
+        endpoints: Vec<u16>,
+        spec: GroupSpec,
+        proxy: Option<super::proxy::Proxy>,
+    ) -> Group {
+        let hosts = vec!["127.0.0.1".to_string(); nodes.len()];
+        let mut group = Group::define_at(nodes, endpoints, hosts, spec).await;
+        group.proxy = proxy;
+        group
+    }
+
+    async fn define_at(
+        nodes: Vec<TestServer>,
+        endpoints: Vec<u16>,
+        endpoint_hosts: Vec<String>,
+        spec: GroupSpec,
+    ) -> Group {
         let group = Group {
             nodes,
             endpoints,
             spec,
+            proxy: None,
+            endpoint_hosts,
         };
         for i in 1..group.nodes.len() {
             let client = group.nodes[i].client(DEFAULT_DB).await;
@@ -357,9 +445,10 @@ impl Group {
                     "MANUAL"
                 };
                 format!(
-                    "'{}' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{port}', AVAILABILITY_MODE = {mode}, \
+                    "'{}' WITH (ENDPOINT_URL = 'tcp://{}:{port}', AVAILABILITY_MODE = {mode}, \
                      FAILOVER_MODE = {failover}, SESSION_TIMEOUT = {})",
                     name(i),
+                    self.endpoint_hosts[i],
                     self.spec.session_timeout_s
                 )
             })

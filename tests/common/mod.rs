@@ -16,6 +16,8 @@
 
 pub mod cluster;
 pub mod group;
+pub mod netns;
+pub mod proxy;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -69,6 +71,8 @@ pub struct Builder {
     host: Option<String>,
     port: Option<u16>,
     extra_args: Vec<String>,
+    /// Network namespace to run the process in (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl Builder {
@@ -111,6 +115,12 @@ impl Builder {
         self
     }
 
+    /// Run the server inside network namespace `name` (needs root).
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
     /// Append one more command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_string());
@@ -124,6 +134,15 @@ impl Builder {
             .arg(name)
             .arg("--endpoint")
             .arg(&format!("127.0.0.1:{endpoint_port}"))
+    }
+
+    /// Run as replica `name` with its replication endpoint on `ip:port`
+    /// (partner connections then leave from `ip`).
+    pub fn replica_at(self, name: &str, ip: std::net::IpAddr, endpoint_port: u16) -> Self {
+        self.arg("--name")
+            .arg(name)
+            .arg("--endpoint")
+            .arg(&format!("{ip}:{endpoint_port}"))
     }
 
     /// Spawns the server and waits until a client can run `SELECT 1`.
@@ -225,8 +244,12 @@ impl TestServer {
     /// A libpq-style connection string for `db`, with the password when the
     /// server has one.
     pub fn conn_string(&self, db: &str) -> String {
+        let host = match self.config.host.as_deref() {
+            None | Some("0.0.0.0") => "127.0.0.1",
+            Some(host) => host,
+        };
         let mut s = format!(
-            "host=127.0.0.1 port={} user={USER} dbname={db} connect_timeout={}",
+            "host={host} port={} user={USER} dbname={db} connect_timeout={}",
             self.port,
             CONNECT_TIMEOUT.as_secs()
         );
@@ -368,7 +391,15 @@ impl TestServer {
         writeln!(log, "=== test harness: start #{} ===", self.starts).expect("write server log");
         let stdout = log.try_clone().expect("clone log handle");
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_availdb"));
+        let mut cmd = match &self.config.netns {
+            // `ip netns exec` execs the binary: the child's pid is the server's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_availdb")]);
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_availdb")),
+        };
         cmd.arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())

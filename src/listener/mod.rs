@@ -1,0 +1,545 @@
+//! The availability group listener: one address per group that clients
+//! keep across failovers, with read-only routing.
+//!
+//! # What runs where
+//! Every node runs a listener for every group it knows with a `LISTENER`
+//! clause (`CREATE AVAILABILITY GROUP … LISTENER 'name' (PORT = n)`,
+//! `ALTER AVAILABILITY GROUP … ADD LISTENER`): it binds `PORT` (read-write)
+//! and `READ_ONLY_PORT` (default `PORT + 1`, read-intent) on the node's
+//! `--host`. The sockets are bound with `SO_REUSEPORT`, so several nodes on
+//! one machine (`availdb up`, the tests) all listen on the same port and
+//! the kernel spreads connections over the live ones; a node whose bind
+//! fails (another program holds the port) logs it once and retries every
+//! [`RECONCILE_EVERY`] while the other nodes serve.
+//!
+//! # One session
+//! 1. The listener reads the client's first packet (bounded by
+//!    [`STARTUP_TIMEOUT`], at most 10 000 bytes):
+//!    SSLRequest and GSSENCRequest are answered `N` (no TLS yet), a
+//!    CancelRequest is passed to every replica of the group, anything
+//!    malformed gets a FATAL ErrorResponse (08P01 / 0A000) and the
+//!    connection closes. Each connection is its own task, so a slow or
+//!    broken client never holds up another.
+//! 2. The start-up packet says the intent (`application_intent` as a
+//!    parameter or in `options`, or the read-only port). The listener
+//!    chooses a replica with [`route`] from the freshest definition this
+//!    node knows ([`crate::ag::Manager::current_config`]: the cluster's,
+//!    which names a new primary as soon as the cluster decides).
+//! 3. It adds `availdb.listener = <group>` and `availdb.route =
+//!    primary|secondary` to the start-up packet and sends it to the chosen
+//!    replica: to its `READ_ONLY_ROUTING_URL` when routed there as a
+//!    secondary, otherwise through its replication endpoint, which hands
+//!    connections that open with [`PREAMBLE`] to its front end. The
+//!    replica checks, before authentication, that it is what the route
+//!    claims (the primary with a lease; a secondary connected to its
+//!    primary) and answers FATAL 57P03 otherwise.
+//! 4. The listener reads the replica's first message. A 57P03 or a
+//!    connection failure marks the replica unavailable for
+//!    [`UNAVAILABLE_FOR`] and the listener chooses again; it **holds** the
+//!    session this way for up to the node's `--listener-hold-ms` (default
+//!    15 s) — a failover in progress — before refusing it with 57P03. Any
+//!    other first message goes to the client, and from then on the
+//!    listener relays bytes both ways until either side closes.
+//!
+//! # Invariants
+//! * The listener never authenticates and never reads past the start-up
+//!   packet: authentication and every connection setting (`ALLOW_CONNECTIONS`,
+//!   [`admit`]) are the replica's, so a direct connection and one through
+//!   the listener get the same answers.
+//! * A replica refuses a session routed to it in a role it no longer has,
+//!   so a stale definition on the listener's node costs a retry, never a
+//!   write on a former primary.
+//!
+//! # Known limits
+//! * No TLS (SSLRequest is refused, as on the nodes themselves).
+//! * A cancel request through the listener goes to every replica of the
+//!   group; the random secret key picks the session.
+//! * Connections the kernel queued on a node that is then killed are reset;
+//!   clients reconnect.
+
+mod packet;
+mod routing;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::ag::config::GroupConfig;
+use crate::ag::Manager;
+use crate::sql::ag::parse_tcp_url;
+
+pub use packet::PacketError;
+pub use routing::{admit, route, Intent, LocalRole, Refusal, Route};
+
+/// A connection to a replication endpoint that opens with these bytes is a
+/// client session the listener hands over, not replication.
+pub const PREAMBLE: &[u8; 4] = b"AVPG";
+/// Start-up parameter naming the listener's group.
+pub const GROUP_PARAM: &str = "availdb.listener";
+/// Start-up parameter saying which role the listener chose the replica
+/// for: `primary` or `secondary`.
+pub const ROUTE_PARAM: &str = "availdb.route";
+/// The start-up parameter (or `-c` option) that declares read intent.
+pub const INTENT_PARAM: &str = "application_intent";
+
+/// How long a client has to send its start-up packet.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on connecting to a replica and reading its first answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica that failed is passed over.
+pub const UNAVAILABLE_FOR: Duration = Duration::from_millis(500);
+/// Pause between attempts while a session is held.
+pub const RETRY: Duration = Duration::from_millis(100);
+/// How often the node compares the listeners it runs with the definitions.
+pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// Default of `--listener-hold-ms`.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(15);
+
+/// The read intent of a start-up packet: its `application_intent`
+/// parameter and any `-c application_intent=…` in `options`; read-only if
+/// either says so.
+pub fn intent_of(param: Option<&str>, options: Option<&str>) -> Result<Intent, String> {
+    let mut intent = Intent::parse(param)?;
+    for (name, value) in options
+        .map(crate::frontend::parse_options)
+        .unwrap_or_default()
+    {
+        if name.eq_ignore_ascii_case(INTENT_PARAM)
+            && Intent::parse(Some(&value))? == Intent::ReadOnly
+        {
+            intent = Intent::ReadOnly;
+        }
+    }
+    Ok(intent)
+}
+
+/// What a node's listeners need.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// Address to bind (the node's `--host`).
+    pub host: IpAddr,
+    /// How long a session waits for a primary (or a readable secondary)
+    /// before it is refused.
+    pub hold: Duration,
+}
+
+/// One bound listener port.
+struct Running {
+    group: String,
+    read_only: bool,
+    task: JoinHandle<()>,
+}
+
+/// The listeners of one node.
+pub struct Listeners {
+    manager: Arc<Manager>,
+    options: ListenerOptions,
+    running: Mutex<HashMap<u16, Running>>,
+    /// Ports whose bind failure was already logged.
+    failed_binds: Mutex<HashSet<u16>>,
+    /// Replicas passed over until the instant (they failed lately).
+    unavailable: Mutex<HashMap<String, Instant>>,
+    /// Round-robin counter for load-balanced routing sets.
+    turn: AtomicUsize,
+}
+
+impl Listeners {
+    /// Starts following the node's group definitions: binds and unbinds
+    /// listener ports as they appear and change.
+    pub fn spawn(manager: Arc<Manager>, options: ListenerOptions) -> Arc<Listeners> {
+        let listeners = Arc::new(Listeners {
+            manager,
+            options,
+            running: Mutex::new(HashMap::new()),
+            failed_binds: Mutex::new(HashSet::new()),
+            unavailable: Mutex::new(HashMap::new()),
+            turn: AtomicUsize::new(0),
+        });
+        let weak = Arc::downgrade(&listeners);
+        tokio::spawn(async move {
+            while let Some(listeners) = weak.upgrade() {
+                listeners.reconcile();
+                drop(listeners);
+                tokio::time::sleep(RECONCILE_EVERY).await;
+            }
+        });
+        listeners
+    }
+
+    /// Binds the ports the definitions ask for and closes the others.
+    fn reconcile(self: &Arc<Self>) {
+        let mut wanted: HashMap<u16, (String, bool)> = HashMap::new();
+        for config in self.manager.current_configs() {
+            if let Some(l) = &config.listener {
+                wanted.entry(l.port).or_insert((config.name.clone(), false));
+                wanted
+                    .entry(l.read_only_port)
+                    .or_insert((config.name.clone(), true));
+            }
+        }
+        let mut running = lock(&self.running);
+        running.retain(|port, r| {
+            let keep =
+                wanted.get(port) == Some(&(r.group.clone(), r.read_only)) && !r.task.is_finished();
+            if !keep {
+                tracing::info!(port, group = %r.group, "listener port closed");
+                r.task.abort();
+            }
+            keep
+        });
+        for (port, (group, read_only)) in wanted {
+            if running.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.options.host, port);
+            match bind_shared(addr) {
+                Ok(listener) => {
+                    lock(&self.failed_binds).remove(&port);
+                    tracing::info!(%addr, %group, read_only, "listener ready");
+                    let task =
+                        tokio::spawn(self.clone().accept_loop(listener, group.clone(), read_only));
+                    running.insert(
+                        port,
+                        Running {
+                            group,
+                            read_only,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => {
+                    if lock(&self.failed_binds).insert(port) {
+                        tracing::warn!(%addr, %group, "cannot listen for availability group {group} on {addr}: {e}; the group's other nodes serve its listener, and this node retries");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, group: String, read_only: bool) {
+        loop {
+            match listener.accept().await {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let this = self.clone();
+                    let group = group.clone();
+                    tokio::spawn(async move {
+                        this.session(socket, &group, read_only).await;
+                        tracing::debug!(%peer, %group, "listener session ended");
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn available(&self, replica: &str) -> bool {
+        let now = Instant::now();
+        let mut map = lock(&self.unavailable);
+        map.retain(|_, until| *until > now);
+        !map.contains_key(&replica.to_ascii_lowercase())
+    }
+
+    fn mark_unavailable(&self, replica: &str) {
+        lock(&self.unavailable).insert(
+            replica.to_ascii_lowercase(),
+            Instant::now() + UNAVAILABLE_FOR,
+        );
+    }
+
+    /// Serves one client connection from its first byte to its last.
+    async fn session(&self, mut client: TcpStream, group: &str, read_only_port: bool) {
+        let mut startup = match tokio::time::timeout(STARTUP_TIMEOUT, read_opening(&mut client))
+            .await
+        {
+            Err(_) => {
+                let _ = refuse(&mut client, "08P01", "no start-up packet within 10 s", None).await;
+                return;
+            }
+            Ok(Err(OpeningError::Io(e))) => {
+                tracing::debug!(error = %e, "a client left before its start-up packet was complete");
+                return;
+            }
+            Ok(Err(OpeningError::Packet(e))) => {
+                let _ = refuse(&mut client, e.sqlstate(), &e.to_string(), None).await;
+                return;
+            }
+            Ok(Ok(Opening::Cancel(packet))) => {
+                self.pass_cancel(group, packet).await;
+                return;
+            }
+            Ok(Ok(Opening::Startup(startup))) => startup,
+        };
+        let intent = match intent_of(startup.get(INTENT_PARAM), startup.get("options")) {
+            Ok(_) if read_only_port => {
+                startup.set(INTENT_PARAM, "read_only");
+                Intent::ReadOnly
+            }
+            Ok(intent) => intent,
+            Err(message) => {
+                let _ = refuse(&mut client, "22023", &message, None).await;
+                return;
+            }
+        };
+        let database = startup
+            .database()
+            .unwrap_or(crate::frontend::USER)
+            .to_string();
+        startup.set(GROUP_PARAM, group);
+        let deadline = Instant::now() + self.options.hold;
+        let mut last;
+        loop {
+            let Some(config) = self.manager.current_config(group) else {
+                let message =
+                    format!("availability group \"{group}\" is no longer defined on this node");
+                let _ = refuse(&mut client, "57P03", &message, None).await;
+                return;
+            };
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            let chosen = route(
+                &config,
+                intent,
+                config.has_database(&database),
+                &|name| self.available(name),
+                turn,
+            );
+            let (replica, as_primary) = match chosen {
+                Route::Primary(name) => (name, true),
+                Route::Secondary(name) => (name, false),
+                Route::Refuse(why) => {
+                    let hint = "check SECONDARY_ROLE (ALLOW_CONNECTIONS) of the replicas in the routing list, or connect without read intent";
+                    let _ = refuse(&mut client, "08004", &why, Some(hint)).await;
+                    return;
+                }
+                Route::Wait(why) => {
+                    last = why;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            startup.set(
+                ROUTE_PARAM,
+                if as_primary { "primary" } else { "secondary" },
+            );
+            match open(&config, &replica, as_primary, &startup.encode()).await {
+                Ok((mut server, first)) => {
+                    let retry = first.first() == Some(&b'E')
+                        && packet::error_sqlstate(&first[5..]).as_deref() == Some("57P03");
+                    if !retry {
+                        if client.write_all(&first).await.is_ok() {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                        return;
+                    }
+                    last = packet::error_fields(&first[5..])
+                        .into_iter()
+                        .find(|(code, _)| *code == b'M')
+                        .map_or_else(
+                            || format!("replica \"{replica}\" refused the session"),
+                            |(_, m)| m,
+                        );
+                    self.mark_unavailable(&replica);
+                }
+                Err(e) => {
+                    last = format!("replica \"{replica}\": {e}");
+                    self.mark_unavailable(&replica);
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        let message = format!(
+            "no replica of availability group \"{group}\" took the session within {} ms: {last}",
+            self.options.hold.as_millis()
+        );
+        let hint = "the group may be failing over: retry; sys.availability_groups on any replica names the primary";
+        let _ = refuse(&mut client, "57P03", &message, Some(hint)).await;
+    }
+
+    /// Passes a cancel request to every replica of the group: only the one
+    /// running the session with that key acts on it.
+    async fn pass_cancel(&self, group: &str, packet: Vec<u8>) {
+        let Some(config) = self.manager.current_config(group) else {
+            return;
+        };
+        let sends = config.replicas.iter().map(|r| {
+            let mut bytes = PREAMBLE.to_vec();
+            bytes.extend_from_slice(&packet);
+            let endpoint = r.endpoint;
+            async move {
+                let send = async {
+                    let mut s = TcpStream::connect(endpoint).await?;
+                    s.write_all(&bytes).await?;
+                    s.shutdown().await
+                };
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, send).await;
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Binds `addr` so that other nodes on this machine can bind it too.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// What opens a client connection.
+enum Opening {
+    Cancel(Vec<u8>),
+    Startup(packet::Startup),
+}
+
+enum OpeningError {
+    Io(std::io::Error),
+    Packet(PacketError),
+}
+
+impl From<std::io::Error> for OpeningError {
+    fn from(e: std::io::Error) -> Self {
+        OpeningError::Io(e)
+    }
+}
+
+/// Reads the client's first packets: answers SSL and GSSAPI encryption
+/// requests with `N` (each at most once, as libpq sends them) and returns
+/// the start-up packet or cancel request that follows.
+async fn read_opening(client: &mut TcpStream) -> Result<Opening, OpeningError> {
+    let mut negotiated = 0;
+    loop {
+        let len = client.read_u32().await?;
+        let body_len = packet::body_len(len).map_err(OpeningError::Packet)?;
+        let mut body = vec![0; body_len];
+        client.read_exact(&mut body).await?;
+        match packet::decode_first(&body).map_err(OpeningError::Packet)? {
+            packet::FirstPacket::SslRequest | packet::FirstPacket::GssEncRequest
+                if negotiated < 2 =>
+            {
+                negotiated += 1;
+                client.write_all(b"N").await?;
+            }
+            packet::FirstPacket::SslRequest | packet::FirstPacket::GssEncRequest => {
+                return Err(OpeningError::Packet(PacketError::Malformed(
+                    "more encryption requests than a client sends",
+                )))
+            }
+            packet::FirstPacket::Cancel(bytes) => return Ok(Opening::Cancel(bytes)),
+            packet::FirstPacket::Startup(s) => return Ok(Opening::Startup(s)),
+        }
+    }
+}
+
+/// Sends a FATAL ErrorResponse and closes.
+async fn refuse(
+    client: &mut TcpStream,
+    sqlstate: &str,
+    message: &str,
+    hint: Option<&str>,
+) -> std::io::Result<()> {
+    tracing::debug!(sqlstate, message, "listener refused a session");
+    client
+        .write_all(&packet::error_response("FATAL", sqlstate, message, hint))
+        .await?;
+    client.shutdown().await
+}
+
+/// Connects to `replica` (its routing URL as a secondary, else its
+/// endpoint), sends the start-up packet and reads the first answer.
+async fn open(
+    config: &GroupConfig,
+    replica: &str,
+    as_primary: bool,
+    startup: &[u8],
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let r = config.replica(replica).ok_or_else(|| {
+        std::io::Error::other(format!("no replica \"{replica}\" in the definition"))
+    })?;
+    let url = r.read_only_routing_url.as_deref().filter(|_| !as_primary);
+    let attempt = async {
+        let (mut server, mut bytes) = match url {
+            Some(url) => {
+                let (host, port) = parse_tcp_url(url).map_err(std::io::Error::other)?;
+                (TcpStream::connect((host, port)).await?, Vec::new())
+            }
+            None => (TcpStream::connect(r.endpoint).await?, PREAMBLE.to_vec()),
+        };
+        server.set_nodelay(true)?;
+        bytes.extend_from_slice(startup);
+        server.write_all(&bytes).await?;
+        let first = read_message(&mut server).await?;
+        Ok((server, first))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
+}
+
+/// Reads one typed backend message (type byte and length included).
+async fn read_message(server: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut header = [0u8; 5];
+    server.read_exact(&mut header).await?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if !(4..=packet::MAX_ANSWER_LEN).contains(&len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("first answer of length {len}"),
+        ));
+    }
+    let mut message = header.to_vec();
+    message.resize(len as usize + 1, 0);
+    server.read_exact(&mut message[5..]).await?;
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_intent_comes_from_the_parameter_or_the_options() {
+        assert_eq!(intent_of(None, None), Ok(Intent::ReadWrite));
+        assert_eq!(intent_of(Some("read_only"), None), Ok(Intent::ReadOnly));
+        assert_eq!(
+            intent_of(None, Some("-c application_intent=read_only")),
+            Ok(Intent::ReadOnly)
+        );
+        assert_eq!(
+            intent_of(
+                Some("read_write"),
+                Some("--application-intent=ReadOnly -c x=y")
+            ),
+            Ok(Intent::ReadOnly)
+        );
+        assert_eq!(
+            intent_of(None, Some("-c statement_timeout=5s")),
+            Ok(Intent::ReadWrite)
+        );
+        assert!(intent_of(None, Some("-c application_intent=maybe")).is_err());
+    }
+}

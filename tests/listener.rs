@@ -1,0 +1,796 @@
+//! The availability group listener and read-only routing, with real
+//! `availdb server` processes and real clients (tokio-postgres, psql,
+//! psycopg): writes through the listener reach the primary, read-intent
+//! sessions follow the routing list, ALLOW_CONNECTIONS holds on every node,
+//! a client keeps the listener's address across failovers, libpq's
+//! `target_session_attrs` finds the right node, read-your-writes with
+//! `availdb.read_after_lsn`, and broken start-up packets never wedge the
+//! listener. Every wait is bounded; nothing asserts how long anything took.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+
+use common::cluster::{planned_failover, wait_failover_ready, KeepLogsOnPanic};
+use common::group::{error_text, exec, name, query_text, Group, GroupSpec, APP, GROUP};
+use common::{free_port, run_bounded, DEFAULT_DB, USER};
+
+/// Bound on the listener answering after it was defined, and on a client
+/// reaching a new primary through it after a failover.
+const REACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hang guard for one psql or python run.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(100);
+
+/// A listener's two ports.
+#[derive(Clone, Copy, Debug)]
+struct Listener {
+    rw: u16,
+    ro: u16,
+}
+
+impl Listener {
+    fn conn(&self, port: u16, db: &str, extra: &str) -> String {
+        format!("host=127.0.0.1 port={port} user={USER} dbname={db} connect_timeout=20 {extra}")
+    }
+
+    /// Read-write port, database `db`, extra libpq keywords.
+    fn rw(&self, db: &str, extra: &str) -> String {
+        self.conn(self.rw, db, extra)
+    }
+
+    /// Read-only port.
+    fn ro(&self, db: &str, extra: &str) -> String {
+        self.conn(self.ro, db, extra)
+    }
+}
+
+/// Two free loopback ports.
+fn two_ports() -> (u16, u16) {
+    loop {
+        let (a, b) = (free_port(), free_port());
+        if a != b {
+            return (a, b);
+        }
+    }
+}
+
+async fn connect(conn: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = match tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_postgres::connect(conn, NoTls),
+    )
+    .await
+    {
+        Ok(result) => result?,
+        Err(_) => panic!("connecting with {conn:?} did not finish within 30 s"),
+    };
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Connects, retrying every [`POLL`] until `timeout`.
+async fn connect_retrying(conn: &str, timeout: Duration, group: &Group) -> Client {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match connect(conn).await {
+            Ok(client) => return client,
+            Err(e) if Instant::now() > deadline => panic!(
+                "{conn}: no session within {timeout:?}: {}\n{}",
+                error_text(&e),
+                group.logs()
+            ),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// The replica a session runs on.
+async fn served_by(client: &Client) -> String {
+    let rows = query_text(
+        client,
+        "SELECT replica FROM sys.dm_hadr_availability_replica_states WHERE is_local",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("which replica: {}", error_text(&e)));
+    rows.first()
+        .and_then(|r| r[0].clone())
+        .expect("a local replica row")
+}
+
+async fn value(client: &Client, sql: &str) -> String {
+    let rows = query_text(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    rows.first()
+        .and_then(|r| r[0].clone())
+        .unwrap_or_else(|| panic!("{sql}: no value"))
+}
+
+/// The SQLSTATE and whole text of a failed connection attempt.
+fn refusal(result: Result<Client, tokio_postgres::Error>, what: &str) -> (String, String) {
+    match result {
+        Ok(_) => panic!("{what}: the session was accepted, expected a refusal"),
+        Err(e) => match e.as_db_error() {
+            Some(db) => (
+                db.code().code().to_string(),
+                format!("{} (hint: {:?})", db.message(), db.hint()),
+            ),
+            None => panic!("{what}: refused without a server error: {e:?}"),
+        },
+    }
+}
+
+/// Adds the listener (and runs `statements` first) on the primary `i`,
+/// then waits until a session through it answers.
+async fn define_listener(group: &Group, i: usize, statements: &[String]) -> Listener {
+    let (rw, ro) = two_ports();
+    let client = group.nodes[i].client(DEFAULT_DB).await;
+    for sql in statements {
+        exec(&client, sql, &name(i)).await;
+    }
+    exec(
+        &client,
+        &format!(
+            "ALTER AVAILABILITY GROUP {GROUP} ADD LISTENER '{GROUP}-listener' (PORT = {rw}, READ_ONLY_PORT = {ro})"
+        ),
+        &name(i),
+    )
+    .await;
+    let listener = Listener { rw, ro };
+    connect_retrying(&listener.rw(DEFAULT_DB, ""), REACH_TIMEOUT, group).await;
+    listener
+}
+
+/// The primary's routing list and each secondary's routing URL (r2's is
+/// its client port; r3 has none, so sessions reach it through its
+/// endpoint).
+fn routing(group: &Group, list: &str) -> Vec<String> {
+    vec![
+        format!(
+            "ALTER AVAILABILITY GROUP {GROUP} MODIFY REPLICA ON 'r1' WITH (PRIMARY_ROLE (READ_ONLY_ROUTING_LIST = {list}))"
+        ),
+        format!(
+            "ALTER AVAILABILITY GROUP {GROUP} MODIFY REPLICA ON 'r2' WITH (SECONDARY_ROLE (READ_ONLY_ROUTING_URL = 'tcp://127.0.0.1:{}'))",
+            group.nodes[1].port()
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listener_sends_writes_to_the_primary_and_spreads_read_intent_over_the_routing_set() {
+    let group = Group::start(3).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_routing");
+    let listener = define_listener(&group, 0, &routing(&group, "(('r2', 'r3'), 'r1')")).await;
+    group.wait_synchronized(&[1, 2], REACH_TIMEOUT).await;
+
+    // The definition, as every replica shows it.
+    let r3 = group.nodes[2].client(DEFAULT_DB).await;
+    let rows = query_text(
+        &r3,
+        "SELECT dns_name, port, read_only_port FROM sys.availability_group_listeners",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("listener view: {}", error_text(&e)));
+    let port = |p: u16| Some(p.to_string());
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(format!("{GROUP}-listener")),
+            port(listener.rw),
+            port(listener.ro)
+        ]]
+    );
+    let rows = query_text(
+        &r3,
+        "SELECT routing_priority, read_only_replica_server_name \
+         FROM sys.availability_read_only_routing_lists WHERE replica_server_name = 'r1' ORDER BY 1, 2",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("routing view: {}", error_text(&e)));
+    let entry = |p: &str, r: &str| vec![Some(p.to_string()), Some(r.to_string())];
+    assert_eq!(
+        rows,
+        vec![entry("1", "r2"), entry("1", "r3"), entry("2", "r1")]
+    );
+
+    let writer = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    assert_eq!(served_by(&writer).await, "r1", "a read-write session");
+    exec(
+        &writer,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "listener",
+    )
+    .await;
+    exec(&writer, "INSERT INTO t VALUES (1, 'one')", "listener").await;
+    let token = value(&writer, "SHOW availdb.commit_lsn").await;
+    assert!(token.parse::<u64>().unwrap() > 0, "commit LSN {token}");
+
+    // Read intent by port, and by PGOPTIONS-style options on the
+    // read-write port: round-robin over ('r2', 'r3'), never the primary.
+    let mut seen = Vec::new();
+    for i in 0..8 {
+        let conn = if i % 2 == 0 {
+            listener.ro(APP, "")
+        } else {
+            listener.rw(APP, "options='-c application_intent=read_only'")
+        };
+        let reader = connect_retrying(&conn, REACH_TIMEOUT, &group).await;
+        seen.push(served_by(&reader).await);
+        let write = reader
+            .batch_execute("INSERT INTO t VALUES (99, 'no')")
+            .await;
+        assert_eq!(
+            write
+                .err()
+                .and_then(|e| e.code().map(|c| c.code().to_string())),
+            Some("25006".to_string()),
+            "a write on a read-intent session"
+        );
+    }
+    let distinct: BTreeSet<&str> = seen.iter().map(String::as_str).collect();
+    assert_eq!(
+        distinct,
+        BTreeSet::from(["r2", "r3"]),
+        "read-intent sessions went to {seen:?}"
+    );
+
+    // Read-your-writes through the listener: the token as a start-up option.
+    let reader = connect_retrying(
+        &listener.ro(APP, &format!("options='-c availdb.read_after_lsn={token}'")),
+        REACH_TIMEOUT,
+        &group,
+    )
+    .await;
+    assert_eq!(value(&reader, "SELECT v FROM t WHERE id = 1").await, "one");
+
+    // r3 gone: its set falls to r2. r2 not readable either: the primary,
+    // last in the list, takes the reads.
+    let mut group = group;
+    group.nodes[2].kill9();
+    for _ in 0..4 {
+        let reader = connect_retrying(&listener.ro(APP, ""), REACH_TIMEOUT, &group).await;
+        assert_eq!(served_by(&reader).await, "r2", "r3 is down");
+    }
+    let primary = group.primary().client(DEFAULT_DB).await;
+    exec(
+        &primary,
+        &format!("ALTER AVAILABILITY GROUP {GROUP} MODIFY REPLICA ON 'r2' WITH (SECONDARY_ROLE (ALLOW_CONNECTIONS = NO))"),
+        "r1",
+    )
+    .await;
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    loop {
+        let reader = connect_retrying(&listener.ro(APP, ""), REACH_TIMEOUT, &group).await;
+        if served_by(&reader).await == "r1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read intent never fell back to r1\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_connections_is_enforced_on_every_node_directly_and_through_the_listener() {
+    let group = Group::start(3).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_allow_connections");
+    let settings = vec![
+        format!(
+            "ALTER AVAILABILITY GROUP {GROUP} MODIFY REPLICA ON 'r1' WITH (PRIMARY_ROLE (ALLOW_CONNECTIONS = READ_WRITE, READ_ONLY_ROUTING_LIST = ('r2', 'r3')))"
+        ),
+        format!("ALTER AVAILABILITY GROUP {GROUP} MODIFY REPLICA ON 'r2' WITH (SECONDARY_ROLE (ALLOW_CONNECTIONS = NO))"),
+        format!(
+            "ALTER AVAILABILITY GROUP {GROUP} MODIFY REPLICA ON 'r3' WITH (SECONDARY_ROLE (ALLOW_CONNECTIONS = READ_ONLY))"
+        ),
+    ];
+    let listener = define_listener(&group, 0, &settings).await;
+    let direct = |i: usize, extra: &str| format!("{} {extra}", group.nodes[i].conn_string(APP));
+    let intent = "options='-c application_intent=read_only'";
+
+    // The secondaries learn the settings with the next definition.
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    while connect(&direct(1, "")).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "r2 still takes sessions\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let refused = [
+        (1, "", "r2 ALLOW_CONNECTIONS = NO, no intent"),
+        (1, intent, "r2 ALLOW_CONNECTIONS = NO, read intent"),
+        (2, "", "r3 ALLOW_CONNECTIONS = READ_ONLY, no intent"),
+        (
+            0,
+            intent,
+            "r1 PRIMARY_ROLE ALLOW_CONNECTIONS = READ_WRITE, read intent",
+        ),
+    ];
+    for (i, extra, what) in refused {
+        let deadline = Instant::now() + REACH_TIMEOUT;
+        let (code, text) = loop {
+            match connect(&direct(i, extra)).await {
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                other => break refusal(other, what),
+            }
+        };
+        assert_eq!(code, "08004", "{what}: {text}");
+        assert!(text.contains("ALLOW_CONNECTIONS"), "{what}: {text}");
+    }
+    let accepted = [
+        (1, DEFAULT_DB, "", "r2, a database outside the group"),
+        (2, APP, intent, "r3 with read intent"),
+        (0, APP, "", "r1 without read intent"),
+    ];
+    for (i, db, extra, what) in accepted {
+        let conn = format!("{} {extra}", group.nodes[i].conn_string(db));
+        let client = connect(&conn)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {}", error_text(&e)));
+        assert_eq!(served_by(&client).await, name(i), "{what}");
+    }
+
+    // Through the listener: r2 is not readable, so reads go to r3; the
+    // primary keeps read-write sessions.
+    for _ in 0..4 {
+        let reader = connect_retrying(&listener.ro(APP, ""), REACH_TIMEOUT, &group).await;
+        assert_eq!(served_by(&reader).await, "r3");
+    }
+    let writer = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    assert_eq!(served_by(&writer).await, "r1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_keeps_the_listener_address_across_failovers_and_sessions_on_a_demoted_primary_end(
+) {
+    let mut group = Group::start_with(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_failover");
+    let listener = define_listener(&group, 0, &[]).await;
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    let writer = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    exec(
+        &writer,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY)",
+        "listener",
+    )
+    .await;
+    exec(&writer, "INSERT INTO t VALUES (1)", "listener").await;
+    assert_eq!(served_by(&writer).await, "r1");
+    let direct = group.nodes[0].client(APP).await;
+
+    // Planned failover to r2: both sessions on r1 end, saying to reconnect.
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!("planned failover to r2: {code} {message}\n{}", group.logs());
+    }
+    for (client, what) in [
+        (&direct, "direct session on r1"),
+        (&writer, "listener session on r1"),
+    ] {
+        let deadline = Instant::now() + REACH_TIMEOUT;
+        let err = loop {
+            match client.simple_query("SELECT 1").await {
+                Ok(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Ok(_) => panic!("{what}: still served after the failover\n{}", group.logs()),
+                Err(e) => break e,
+            }
+        };
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{what}: ended without an error message: {err:?}"));
+        assert_eq!(db.code().code(), "57P01", "{what}: {}", db.message());
+        assert!(
+            db.message().contains("no longer the primary"),
+            "{what}: {}",
+            db.message()
+        );
+        assert!(
+            db.hint().is_some_and(|h| h.contains("reconnect")),
+            "{what}: {:?}",
+            db.hint()
+        );
+        assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    }
+    let writer = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    assert_eq!(
+        served_by(&writer).await,
+        "r2",
+        "the same address after a planned failover"
+    );
+    exec(
+        &writer,
+        "INSERT INTO t VALUES (2)",
+        "listener after planned failover",
+    )
+    .await;
+
+    // kill -9 of the primary: reconnecting to the same address reaches the
+    // replica the cluster promotes.
+    wait_failover_ready(&group, 1, &[0, 2]).await;
+    group.nodes[1].kill9();
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    let new_primary = loop {
+        let attempt = async {
+            let client = connect(&listener.rw(APP, ""))
+                .await
+                .map_err(|e| error_text(&e))?;
+            client
+                .batch_execute("INSERT OR IGNORE INTO t VALUES (3)")
+                .await
+                .map_err(|e| error_text(&e))?;
+            Ok::<_, String>(served_by(&client).await)
+        };
+        match attempt.await {
+            Ok(replica) => break replica,
+            Err(e) if Instant::now() > deadline => {
+                panic!(
+                    "no write through the listener after kill -9 of r2: {e}\n{}",
+                    group.logs()
+                )
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    };
+    assert!(
+        ["r1", "r3"].contains(&new_primary.as_str()),
+        "{new_primary}"
+    );
+    let client = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    assert_eq!(
+        value(
+            &client,
+            "SELECT group_concat(id) FROM (SELECT id FROM t ORDER BY id)"
+        )
+        .await,
+        "1,2,3"
+    );
+}
+
+/// Runs a command (bounded) and returns its stdout, failing with its output.
+async fn output(mut cmd: Command, what: &str) -> String {
+    for var in [
+        "PGOPTIONS",
+        "PGTARGETSESSIONATTRS",
+        "PGSSLMODE",
+        "PGSERVICE",
+        "PGPASSWORD",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = tokio::task::spawn_blocking(move || run_bounded(&mut cmd, TOOL_TIMEOUT))
+        .await
+        .expect("client program thread");
+    assert!(
+        out.status.success(),
+        "{what}: exit {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const WHICH: &str = "SELECT replica FROM sys.dm_hadr_availability_replica_states WHERE is_local";
+
+const PSYCOPG_MATRIX: &str = r#"
+import sys, psycopg
+for conninfo in sys.argv[1:]:
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT replica FROM sys.dm_hadr_availability_replica_states WHERE is_local"
+        ).fetchone()
+        print(row[0])
+"#;
+
+const PSYCOPG_COMMIT_LSN: &str = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    conn.execute("CREATE TABLE IF NOT EXISTS lsn_probe(id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO lsn_probe DEFAULT VALUES")
+    print(conn.info.parameter_status("availdb.commit_lsn"))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_session_attrs_pick_the_right_node_in_psql_psycopg_and_tokio_postgres() {
+    let group = Group::start(3).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_target_session_attrs");
+    let hosts = |order: &[usize], attrs: &str| {
+        let ports: Vec<String> = order
+            .iter()
+            .map(|&i| group.nodes[i].port().to_string())
+            .collect();
+        format!(
+            "host={} port={} user={USER} dbname={APP} connect_timeout=10 target_session_attrs={attrs}",
+            vec!["127.0.0.1"; order.len()].join(","),
+            ports.join(",")
+        )
+    };
+    // (host order, target_session_attrs, node libpq must pick)
+    let matrix: Vec<(&[usize], &str, &str)> = vec![
+        (&[1, 0, 2], "read-write", "r1"),
+        (&[1, 0, 2], "primary", "r1"),
+        (&[1, 0, 2], "read-only", "r2"),
+        (&[1, 0, 2], "standby", "r2"),
+        (&[1, 0, 2], "prefer-standby", "r2"),
+        (&[1, 0, 2], "any", "r2"),
+        (&[0, 2, 1], "read-only", "r3"),
+        (&[0, 2, 1], "standby", "r3"),
+        (&[0, 2, 1], "prefer-standby", "r3"),
+        (&[0, 2, 1], "any", "r1"),
+        (&[2, 1, 0], "read-write", "r1"),
+    ];
+    for (order, attrs, want) in &matrix {
+        let conn = hosts(order, attrs);
+        let mut psql = Command::new("psql");
+        psql.args(["-X", "-A", "-t", "-c", WHICH, &conn]);
+        let got = output(psql, &format!("psql {conn}")).await;
+        assert_eq!(got.trim(), *want, "psql {conn}");
+    }
+    let mut python = Command::new("python3");
+    python.arg("-c").arg(PSYCOPG_MATRIX);
+    for (order, attrs, _) in &matrix {
+        python.arg(hosts(order, attrs));
+    }
+    let got = output(python, "psycopg matrix").await;
+    let want: Vec<&str> = matrix.iter().map(|(_, _, w)| *w).collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want, "psycopg picks");
+
+    // tokio-postgres asks SHOW transaction_read_only.
+    for (order, attrs, want) in [
+        (&[1, 2, 0][..], "read-write", "r1"),
+        (&[0, 1, 2][..], "read-only", "r2"),
+    ] {
+        let client = connect(&hosts(order, attrs))
+            .await
+            .unwrap_or_else(|e| panic!("tokio-postgres {attrs}: {}", error_text(&e)));
+        assert_eq!(served_by(&client).await, want, "tokio-postgres {attrs}");
+    }
+
+    // psycopg sees every commit's LSN as ParameterStatus.
+    let mut python = Command::new("python3");
+    python
+        .arg("-c")
+        .arg(PSYCOPG_COMMIT_LSN)
+        .arg(hosts(&[1, 0, 2], "read-write"));
+    let lsn = output(python, "psycopg commit LSN").await;
+    assert!(
+        lsn.trim().parse::<u64>().is_ok_and(|n| n > 0),
+        "availdb.commit_lsn = {lsn:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_after_lsn_waits_until_a_lagging_secondary_has_redone_the_write() {
+    let group = Group::start(2).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_read_after_lsn");
+    let primary = group.primary().client(APP).await;
+    exec(&primary, "CREATE TABLE t(id INTEGER PRIMARY KEY)", "r1").await;
+    group.wait_caught_up(&[1], REACH_TIMEOUT).await;
+
+    // The secondary lags, deterministically: data movement is suspended.
+    exec(
+        &primary,
+        &format!("ALTER DATABASE {APP} SET HADR SUSPEND"),
+        "r1",
+    )
+    .await;
+    exec(&primary, "INSERT INTO t VALUES (42)", "r1").await;
+    let token = value(&primary, "SHOW availdb.commit_lsn").await;
+    let secondary = group.nodes[1].client(APP).await;
+    assert_eq!(
+        value(&secondary, "SELECT count(*) FROM t").await,
+        "0",
+        "the secondary lags"
+    );
+
+    // Bounded: with data movement suspended the wait gives up.
+    exec(&secondary, "SET statement_timeout = '300ms'", "r2").await;
+    exec(
+        &secondary,
+        &format!("SET availdb.read_after_lsn = '{token}'"),
+        "r2",
+    )
+    .await;
+    let err = secondary
+        .simple_query("SELECT count(*) FROM t")
+        .await
+        .expect_err("the wait must give up while data movement is suspended");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "55000", "{}", db.message());
+    assert!(db.message().contains(&token), "{}", db.message());
+    exec(&secondary, "RESET statement_timeout", "r2").await;
+
+    // Data movement resumes in the background; the read waits for it.
+    let resume = {
+        let primary = group.primary().client(DEFAULT_DB).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            primary
+                .batch_execute(&format!("ALTER DATABASE {APP} SET HADR RESUME"))
+                .await
+        })
+    };
+    assert_eq!(
+        value(&secondary, "SELECT count(*) FROM t").await,
+        "1",
+        "read after the token"
+    );
+    resume
+        .await
+        .expect("resume task")
+        .unwrap_or_else(|e| panic!("RESUME: {}", error_text(&e)));
+}
+
+/// Sends `bytes` to the listener and returns what it answered before
+/// closing: `N` for an encryption request, an ErrorResponse's SQLSTATE, or
+/// nothing.
+async fn raw_exchange(port: u16, bytes: &[u8], close_write: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("send");
+    if close_write {
+        s.shutdown().await.expect("shutdown");
+    }
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await {
+        Ok(_) => answer,
+        Err(_) => panic!("the listener neither answered nor closed after {bytes:?}"),
+    }
+}
+
+fn sqlstate_of(answer: &[u8]) -> Option<String> {
+    let start = answer.iter().position(|b| *b == b'E')?;
+    let body = answer.get(start + 5..)?;
+    let mut fields = body.split(|b| *b == 0);
+    fields.find_map(|f| {
+        f.strip_prefix(b"C")
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+    })
+}
+
+/// Bytes a broken client sends the listener, and what must come back: the
+/// `N`s for its encryption requests, then an ErrorResponse with `sqlstate`
+/// (or nothing, when the client left mid-packet).
+struct Junk {
+    what: &'static str,
+    bytes: Vec<u8>,
+    close_write: bool,
+    prefix: &'static [u8],
+    sqlstate: Option<&'static str>,
+}
+
+fn untyped(code: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_startup_packets_and_ssl_requests_get_a_clean_error_and_never_wedge_the_listener()
+{
+    let group = Group::start(2).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_malformed");
+    let listener = define_listener(&group, 0, &[]).await;
+    // A client that connects and says nothing holds no one up.
+    let _idle = TcpStream::connect(("127.0.0.1", listener.rw))
+        .await
+        .expect("connect");
+
+    let ssl = untyped(80_877_103, &[]);
+    let gss = untyped(80_877_104, &[]);
+    let mut ssl_then_short = ssl.clone();
+    ssl_then_short.extend_from_slice(&3u32.to_be_bytes());
+    let mut gss_ssl_then_v2 = gss.clone();
+    gss_ssl_then_v2.extend_from_slice(&ssl);
+    gss_ssl_then_v2.extend_from_slice(&untyped(0x0002_0000, &[]));
+    let mut three_ssl = ssl.clone();
+    three_ssl.extend_from_slice(&ssl);
+    three_ssl.extend_from_slice(&ssl);
+    let case = |what, bytes, close_write, prefix: &'static [u8], sqlstate| Junk {
+        what,
+        bytes,
+        close_write,
+        prefix,
+        sqlstate,
+    };
+    let cases = [
+        case(
+            "SSLRequest, then a length of 3",
+            ssl_then_short,
+            false,
+            b"N",
+            Some("08P01"),
+        ),
+        case(
+            "a length past 10000",
+            20_000u32.to_be_bytes().to_vec(),
+            false,
+            b"",
+            Some("08P01"),
+        ),
+        case(
+            "GSSENC, SSL, then protocol 2",
+            gss_ssl_then_v2,
+            false,
+            b"NN",
+            Some("0A000"),
+        ),
+        case("three SSLRequests", three_ssl, false, b"NN", Some("08P01")),
+        case(
+            "parameters without their NUL",
+            untyped(0x0003_0000, b"user\0availdb"),
+            false,
+            b"",
+            Some("08P01"),
+        ),
+        case(
+            "a truncated start-up packet",
+            vec![0, 0, 0, 100, 0, 3, 0, 0, b'u'],
+            true,
+            b"",
+            None,
+        ),
+        case("SSLRequest, then nothing", ssl, true, b"N", None),
+    ];
+    for junk in cases {
+        for port in [listener.rw, listener.ro] {
+            let answer = raw_exchange(port, &junk.bytes, junk.close_write).await;
+            let what = junk.what;
+            assert!(
+                answer.starts_with(junk.prefix),
+                "{what}: answered {answer:?}"
+            );
+            assert_eq!(
+                sqlstate_of(&answer[junk.prefix.len()..]).as_deref(),
+                junk.sqlstate,
+                "{what}: {answer:?}"
+            );
+        }
+    }
+    // An unknown application_intent is refused by name.
+    let (code, text) = refusal(
+        connect(&listener.rw(APP, "options='-c application_intent=sometimes'")).await,
+        "application_intent=sometimes",
+    );
+    assert_eq!(code, "22023", "{text}");
+    assert!(text.contains("application_intent"), "{text}");
+
+    // The listener still serves, and real clients negotiating SSL too.
+    let client = connect(&listener.rw(APP, "sslmode=prefer"))
+        .await
+        .expect("a session after the junk");
+    assert_eq!(served_by(&client).await, "r1");
+    let mut psql = Command::new("psql");
+    psql.args([
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        WHICH,
+        &listener.ro(APP, "sslmode=prefer"),
+    ]);
+    // No routing list: read intent goes to the primary, as in SQL Server.
+    assert_eq!(
+        output(psql, "psql through the read-only port").await.trim(),
+        "r1"
+    );
+}
