@@ -1,0 +1,743 @@
+#!/usr/bin/env python3
+"""Parsing, statistics, reports and plots for scripts/bench.
+
+scripts/bench runs the servers and pgbench, and appends every measurement
+as one row of a long-format CSV (`kind` says what the row is). This module
+turns those rows into the run's JSON document, its markdown tables and its
+PNG plots, so the numbers in BENCHMARKS.md are a pure function of the CSV
+(plus the machine description and the failover trials' JSON). Statistics are
+deliberately plain: nearest-rank percentiles, medians over trials, ratios of
+medians measured in the same run.
+
+Command line (each prints to stdout, errors to stderr):
+
+  benchlib.py columns                 the run CSV's header
+  benchlib.py pgbench-summary LOG     "tps latency_ms failed processed retried"
+                                      of a pgbench run; tps/latency are
+                                      "error" when the output has no result
+  benchlib.py latency DIR             "p50 p95 p99 count" (ms) over pgbench's
+                                      per-transaction logs (-l) in DIR
+  benchlib.py progress LOG            "t_s,tps" lines of pgbench's -P output
+  benchlib.py sample --conninfo C --sql Q --interval S --seconds N --out F
+                                      runs Q with psql every S seconds for N
+                                      seconds, appending "t_s,<row>" lines
+  benchlib.py report --csv F --meta F [--failover F] [--patroni F]
+                     --json OUT --md OUT
+                                      the run's JSON document and markdown
+  benchlib.py plot JSON DIR           PNG plots of a run (needs matplotlib;
+                                      exits 3 when it is missing)
+
+The plot command is the only one that needs a third-party module; the
+others run on any Python 3.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+# Systems of the commit matrix, in table order, and how tables name them.
+SYSTEMS = [
+    ("standalone", "availdb standalone"),
+    ("async3", "availdb async, 3 replicas"),
+    ("sync2", "availdb sync, 1 sync secondary"),
+    ("sync3", "availdb sync, 2 sync secondaries"),
+    ("pg_alone", "PostgreSQL alone"),
+    ("pg", "PostgreSQL + sync standby"),
+]
+LABELS = dict(SYSTEMS)
+# The two PostgreSQL baselines every availdb number is divided by.
+BASELINES = [("pg", "ratio_pg_sync"), ("pg_alone", "ratio_pg_alone")]
+MATRIX_SCENARIOS = {
+    "commit": "single-row insert per transaction (commit.sql)",
+    "rw": "small read-write transaction: an update, 2 point selects, an insert (rw.sql)",
+}
+
+# Column order of the run CSV. scripts/bench writes rows by column name.
+CSV_COLUMNS = [
+    "kind", "scenario", "system", "clients", "trial", "seconds", "tps", "latency_avg_ms",
+    "p50_ms", "p95_ms", "p99_ms", "failed", "transactions", "t_s", "replica",
+    "redo_queue_bytes", "log_send_queue_bytes", "secondary_lag_s", "rows", "expected_rows",
+    "phase", "bytes", "elapsed_s", "mb_per_s", "note",
+]
+
+
+# --- parsing -------------------------------------------------------------------
+
+def parse_pgbench_summary(text):
+    """The result lines of pgbench's output, as a dict: tps, latency_ms
+    (None when pgbench printed none: it failed), failed, processed and
+    retried (0 when missing)."""
+    out = {"tps": None, "latency_ms": None, "failed": 0, "processed": 0, "retried": 0}
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("tps = "):
+            out["tps"] = float(words[2])
+        elif line.startswith("latency average = "):
+            out["latency_ms"] = float(words[3])
+        elif line.startswith("number of failed transactions: "):
+            out["failed"] = int(words[4])
+        elif line.startswith("number of transactions actually processed: "):
+            out["processed"] = int(words[5].split("/")[0])
+        elif line.startswith("number of transactions retried: "):
+            out["retried"] = int(words[4])
+    return out
+
+
+def parse_pgbench_log(lines):
+    """Latencies (µs) of pgbench's per-transaction log lines (-l): column 3.
+    Failed and skipped transactions ("failed", "skipped" there) are left out."""
+    lat = []
+    for line in lines:
+        cols = line.split()
+        if len(cols) > 2 and cols[2].isdigit():
+            lat.append(int(cols[2]))
+    return lat
+
+
+def latencies_in(directory):
+    """Latencies (µs) of every pgbench per-transaction log in a folder."""
+    lat = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name)) as f:
+            lat.extend(parse_pgbench_log(f))
+    return lat
+
+
+def parse_progress(text):
+    """(t_s, tps) pairs of pgbench's -P progress lines
+    ("progress: 2.0 s, 1234.5 tps, lat 0.81 ms stddev 0.2, 0 failed")."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("progress: "):
+            continue
+        words = line.replace(",", " ").split()
+        try:
+            out.append((float(words[1]), float(words[words.index("tps") - 1])))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def number(value):
+    """A CSV cell as int or float; None for an empty cell or "error"."""
+    if value is None or value == "" or value == "error":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+
+# --- statistics ----------------------------------------------------------------
+
+def percentile(values, p):
+    """Nearest-rank percentile p (0 < p <= 100); None for no values."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)]
+
+
+def median(values):
+    """Median (mean of the middle two for an even count); None for none.
+    None entries (failed runs) are left out."""
+    xs = sorted(v for v in values if v is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def ratio(a, b):
+    """a / b, or None when either is missing or b is not positive."""
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def slope(points):
+    """Least-squares slope of (x, y) points; None for fewer than 3."""
+    if len(points) < 3:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    den = sum((x - mx) ** 2 for x, _ in points)
+    if den == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in points) / den
+
+
+# --- summaries of the CSV rows ---------------------------------------------------
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarize_matrix(rows):
+    """One entry per (scenario, system, clients) of the commit matrix: the
+    median over trials of TPS and latencies, the spread, and the ratios of
+    the median TPS to each PostgreSQL baseline's median in the same run."""
+    cells = {}
+    for r in rows:
+        if r["kind"] != "run" or r["scenario"] not in MATRIX_SCENARIOS:
+            continue
+        key = (r["scenario"], r["system"], int(r["clients"]))
+        cells.setdefault(key, []).append(r)
+    order = {s: i for i, (s, _) in enumerate(SYSTEMS)}
+    out = []
+    for (scenario, system, clients), runs in sorted(
+            cells.items(), key=lambda kv: (list(MATRIX_SCENARIOS).index(kv[0][0]), kv[0][2],
+                                           order.get(kv[0][1], len(order)), kv[0][1])):
+        tps = [number(r["tps"]) for r in runs]
+        ok = [t for t in tps if t is not None]
+        out.append({
+            "scenario": scenario,
+            "system": system,
+            "label": LABELS.get(system, system),
+            "clients": clients,
+            "trials": len(runs),
+            "failed_runs": len(tps) - len(ok),
+            "tps_trials": tps,
+            "tps_median": median(tps),
+            "tps_min": min(ok) if ok else None,
+            "tps_max": max(ok) if ok else None,
+            "latency_avg_ms_median": median(number(r["latency_avg_ms"]) for r in runs),
+            "p50_ms_median": median(number(r["p50_ms"]) for r in runs),
+            "p95_ms_median": median(number(r["p95_ms"]) for r in runs),
+            "p99_ms_median": median(number(r["p99_ms"]) for r in runs),
+            "failed_tx": sum(number(r["failed"]) or 0 for r in runs),
+            "transactions": sum(number(r["transactions"]) or 0 for r in runs),
+        })
+    by_key = {(c["scenario"], c["system"], c["clients"]): c for c in out}
+    for c in out:
+        for base, field in BASELINES:
+            b = by_key.get((c["scenario"], base, c["clients"]))
+            c[field] = ratio(c["tps_median"], b["tps_median"] if b else None)
+    return out
+
+
+def summarize_redo(rows):
+    """Per (scenario, system, clients, replica): the redo and send queue
+    samples taken during the matrix runs, over every trial."""
+    groups = {}
+    for r in rows:
+        if r["kind"] != "redo":
+            continue
+        key = (r["scenario"], r["system"], int(r["clients"]), r["replica"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (scenario, system, clients, replica), samples in sorted(groups.items()):
+        timed = [s for s in samples if s["t_s"] != "end"]
+        ends = [s for s in samples if s["t_s"] == "end"]
+        redo = [number(s["redo_queue_bytes"]) or 0 for s in samples]
+        send = [number(s["log_send_queue_bytes"]) or 0 for s in samples]
+        trends = []
+        for trial in sorted({s["trial"] for s in timed}):
+            pts = [(float(s["t_s"]), number(s["redo_queue_bytes"]) or 0)
+                   for s in timed if s["trial"] == trial]
+            trends.append(slope(pts))
+        out.append({
+            "scenario": scenario, "system": system, "label": LABELS.get(system, system),
+            "clients": clients, "replica": replica, "samples": len(timed),
+            "redo_max": max(redo) if redo else None,
+            "redo_end_max": max((number(s["redo_queue_bytes"]) or 0 for s in ends), default=None),
+            "redo_trend_median": median(trends),
+            "send_max": max(send) if send else None,
+            "send_end_max": max((number(s["log_send_queue_bytes"]) or 0 for s in ends), default=None),
+        })
+    return out
+
+
+def summarize_lag(rows):
+    """Per (system, replica) of the lag scenario: maxima, 95th percentiles
+    and the last sample of the three queues, and the load's median TPS."""
+    samples = {}
+    for r in rows:
+        if r["kind"] == "lag":
+            samples.setdefault((r["system"], r["replica"]), []).append(r)
+    tps = {}
+    for r in rows:
+        if r["kind"] == "progress" and r["scenario"] == "lag":
+            tps.setdefault(r["system"], []).append(number(r["tps"]))
+    out = []
+    for (system, replica), xs in sorted(samples.items()):
+        xs.sort(key=lambda r: float(r["t_s"]))
+        redo = [number(r["redo_queue_bytes"]) or 0 for r in xs]
+        send = [number(r["log_send_queue_bytes"]) or 0 for r in xs]
+        lag = [number(r["secondary_lag_s"]) for r in xs]
+        lag_known = [x for x in lag if x is not None]
+        out.append({
+            "system": system, "label": LABELS.get(system, system), "replica": replica,
+            "samples": len(xs), "load_tps_median": median(tps.get(system, [])),
+            "redo_max": max(redo), "redo_p95": percentile(redo, 95), "redo_last": redo[-1],
+            "send_max": max(send), "send_p95": percentile(send, 95), "send_last": send[-1],
+            "lag_s_max": max(lag_known) if lag_known else None,
+            "lag_s_p95": percentile(lag_known, 95),
+            "lag_s_last": lag[-1],
+        })
+    return out
+
+
+def summarize_seeding(rows):
+    """The seeding scenario's result rows, typed, with MB/s per trial and
+    the median over trials per phase."""
+    trials = []
+    for r in rows:
+        if r["kind"] == "seeding":
+            trials.append({
+                "phase": r["phase"], "trial": number(r["trial"]), "replica": r["replica"],
+                "bytes": number(r["bytes"]), "elapsed_s": number(r["elapsed_s"]),
+                "mb_per_s": number(r["mb_per_s"]), "note": r.get("note", ""),
+            })
+    phases = []
+    for phase in sorted({t["phase"] for t in trials}):
+        xs = [t for t in trials if t["phase"] == phase]
+        phases.append({
+            "phase": phase, "trials": len(xs),
+            "bytes_median": median(t["bytes"] for t in xs),
+            "elapsed_s_median": median(t["elapsed_s"] for t in xs),
+            "mb_per_s_median": median(t["mb_per_s"] for t in xs),
+            "mb_per_s_min": min((t["mb_per_s"] for t in xs if t["mb_per_s"] is not None), default=None),
+            "mb_per_s_max": max((t["mb_per_s"] for t in xs if t["mb_per_s"] is not None), default=None),
+        })
+    return {"trials": trials, "phases": phases}
+
+
+def mb_per_s(nbytes, seconds):
+    """Throughput in MB/s (10^6 bytes); None when it cannot be computed."""
+    if nbytes is None or seconds is None or seconds <= 0:
+        return None
+    return nbytes / 1e6 / seconds
+
+
+# --- the run document ------------------------------------------------------------
+
+def read_meta(path):
+    """The "key<TAB>value" lines scripts/bench writes, nested on dots:
+    "machine.cpu\tAMD EPYC" -> {"machine": {"cpu": "AMD EPYC"}}. A key
+    ending in ":n" holds a number ("machine.cores:n\t2"); a repeated key
+    ending in "[]" collects a list."""
+    meta = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if "\t" not in line:
+                continue
+            key, value = line.split("\t", 1)
+            if key.endswith(":n"):
+                key, value = key[:-2], number(value)
+            node = meta
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            last = parts[-1]
+            if last.endswith("[]"):
+                node.setdefault(last[:-2], []).append(value)
+            else:
+                node[last] = value
+    return meta
+
+
+def typed_rows(rows):
+    """CSV rows with empty cells dropped and numbers as numbers."""
+    out = []
+    for r in rows:
+        t = {}
+        for k, v in r.items():
+            if v is None or v == "":
+                continue
+            n = number(v)
+            t[k] = n if n is not None and k not in ("replica", "system", "scenario", "phase", "kind", "note") else v
+        out.append(t)
+    return out
+
+
+def failover_summary(doc):
+    """Percentiles of the failover trials' JSON (scripts/bench-scripts/failover.py)."""
+    if not doc:
+        return None
+    trials = doc.get("trials", [])
+    kills = [t["failover_s"] for t in trials if t.get("kind") == "kill" and t.get("failover_s") is not None]
+    planned = [t["window_s"] for t in trials if t.get("kind") == "planned" and t.get("window_s") is not None]
+    return {
+        "kill_failover_s": {"n": len(kills), "p50": percentile(kills, 50), "p99": percentile(kills, 99),
+                            "max": max(kills, default=None), "min": min(kills, default=None)},
+        "planned_window_s": {"n": len(planned), "p50": percentile(planned, 50),
+                             "p99": percentile(planned, 99), "max": max(planned, default=None)},
+    }
+
+
+def build_document(rows, meta, failover=None, patroni=None):
+    """The JSON document of one run: machine, versions, configuration, every
+    measurement (the CSV rows), the summaries, the checks."""
+    doc = dict(meta)
+    doc["schema"] = 1
+    doc["measurements"] = typed_rows(rows)
+    doc["summary"] = {
+        "matrix": summarize_matrix(rows),
+        "redo": summarize_redo(rows),
+        "lag": summarize_lag(rows),
+        "seeding": summarize_seeding(rows),
+    }
+    if failover is not None:
+        doc["failover"] = {"availdb": failover, "availdb_summary": failover_summary(failover)}
+        if patroni is not None:
+            doc["failover"]["patroni"] = patroni
+            doc["failover"]["patroni_summary"] = failover_summary(patroni)
+    return doc
+
+
+# --- markdown ----------------------------------------------------------------------
+
+def fmt(x, digits=0):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) or digits:
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def matrix_markdown(doc):
+    cells = doc["summary"]["matrix"]
+    out = []
+    for scenario, what in MATRIX_SCENARIOS.items():
+        xs = [c for c in cells if c["scenario"] == scenario]
+        if not xs:
+            continue
+        trials = max(c["trials"] for c in xs)
+        out += [
+            f"### {scenario}: {what}",
+            "",
+            f"Median of {trials} trial(s) per cell (TPS range = lowest–highest trial); "
+            "the ratios divide medians measured in this run.",
+            "",
+            "| clients | system | TPS | TPS range | / PG + sync standby | / PG alone | avg latency (ms) | p50 (ms) | p95 (ms) | p99 (ms) | failed tx |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in xs:
+            out.append(
+                f"| {c['clients']} | {c['label']} | {fmt(c['tps_median'])} | "
+                f"{fmt(c['tps_min'])}–{fmt(c['tps_max'])} | {fmt(c['ratio_pg_sync'], 2)} | "
+                f"{fmt(c['ratio_pg_alone'], 2)} | {fmt(c['latency_avg_ms_median'], 3)} | "
+                f"{fmt(c['p50_ms_median'], 3)} | {fmt(c['p95_ms_median'], 3)} | "
+                f"{fmt(c['p99_ms_median'], 3)} | {c['failed_tx']}"
+                + (f" ({c['failed_runs']} run(s) failed)" if c["failed_runs"] else "") + " |")
+        out.append("")
+    redo = doc["summary"]["redo"]
+    if redo:
+        out += [
+            "Redo and send queues of the 3-replica groups (bytes), sampled on r1 every second "
+            "during each run of every trial; \"end\" = right after pgbench returned (worst trial).",
+            "",
+            "| scenario | system | clients | replica | samples | max redo queue | redo queue at end | redo trend (bytes/s, median) | max send queue | send queue at end |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in redo:
+            out.append(f"| {r['scenario']} | {r['label']} | {r['clients']} | {r['replica']} | {r['samples']} | "
+                       f"{fmt(r['redo_max'])} | {fmt(r['redo_end_max'])} | {fmt(r['redo_trend_median'])} | "
+                       f"{fmt(r['send_max'])} | {fmt(r['send_end_max'])} |")
+        out.append("")
+    return out
+
+
+def lag_markdown(doc):
+    lag = doc["summary"]["lag"]
+    if not lag:
+        return []
+    cfg = doc.get("config", {}).get("lag", {})
+    out = [
+        f"Sustained insert load (commit.sql, -c {cfg.get('clients', '?')}, {cfg.get('seconds', '?')} s) "
+        f"on r1; `sys.dm_hadr_database_replica_states` sampled on r1 every {cfg.get('interval_s', '?')} s.",
+        "",
+        "| system | replica | samples | load TPS (median per second) | max redo queue (bytes) | p95 redo queue | max send queue (bytes) | p95 send queue | last send queue | max lag (s) | p95 lag (s) | last lag (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in lag:
+        out.append(f"| {r['label']} | {r['replica']} | {r['samples']} | {fmt(r['load_tps_median'])} | "
+                   f"{fmt(r['redo_max'])} | {fmt(r['redo_p95'])} | {fmt(r['send_max'])} | {fmt(r['send_p95'])} | "
+                   f"{fmt(r['send_last'])} | {fmt(r['lag_s_max'], 3)} | {fmt(r['lag_s_p95'], 3)} | {fmt(r['lag_s_last'], 3)} |")
+    out.append("")
+    return out
+
+
+def seeding_markdown(doc):
+    s = doc["summary"]["seeding"]
+    if not s["trials"]:
+        return []
+    out = [
+        "| phase | trial | replica | MB | seconds | MB/s | how it was timed |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for t in s["trials"]:
+        mb = None if t["bytes"] is None else t["bytes"] / 1e6
+        out.append(f"| {t['phase']} | {t['trial']} | {t['replica']} | {fmt(mb, 1)} | {fmt(t['elapsed_s'], 2)} | "
+                   f"{fmt(t['mb_per_s'], 1)} | {t['note']} |")
+    out += ["", "| phase | trials | median MB | median seconds | median MB/s | range MB/s |", "|---|---:|---:|---:|---:|---:|"]
+    for p in s["phases"]:
+        mb = None if p["bytes_median"] is None else p["bytes_median"] / 1e6
+        out.append(f"| {p['phase']} | {p['trials']} | {fmt(mb, 1)} | {fmt(p['elapsed_s_median'], 2)} | "
+                   f"{fmt(p['mb_per_s_median'], 1)} | {fmt(p['mb_per_s_min'], 1)}–{fmt(p['mb_per_s_max'], 1)} |")
+    out.append("")
+    return out
+
+
+def report_markdown(doc):
+    """The tables this module owns (matrix, lag, seeding), as markdown."""
+    out = []
+    m = matrix_markdown(doc)
+    if m:
+        out += ["## commit matrix: availdb standalone / async / sync groups vs PostgreSQL alone and with a sync standby", ""] + m
+    lag = lag_markdown(doc)
+    if lag:
+        out += ["## lag: secondary queues and lag over time under sustained writes", ""] + lag
+    seed = seeding_markdown(doc)
+    if seed:
+        out += ["## seeding: catch-up after SUSPEND/RESUME and automatic seeding of an emptied replica", ""] + seed
+    return "\n".join(out)
+
+
+# --- plots -----------------------------------------------------------------------------
+
+PLOTS = {
+    "commit_tps": "commit matrix: TPS vs clients per system",
+    "commit_latency": "commit matrix: p50/p95/p99 latency per system and client count",
+    "lag": "lag: send/redo queue and lag seconds over time",
+    "failover": "failover: distribution of kill -9 → first commit",
+}
+
+
+def plot(doc, directory):
+    """Writes the PNG plots the run's data allows; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    stamp = doc.get("stamp", "run")
+    written = []
+
+    def save(fig, name):
+        path = os.path.join(directory, f"{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    cells = doc["summary"]["matrix"]
+    for scenario in MATRIX_SCENARIOS:
+        xs = [c for c in cells if c["scenario"] == scenario]
+        if not xs:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for system, label in SYSTEMS:
+            pts = sorted((c["clients"], c["tps_median"], c["tps_min"], c["tps_max"])
+                         for c in xs if c["system"] == system and c["tps_median"] is not None)
+            if not pts:
+                continue
+            cl = [p[0] for p in pts]
+            ax.errorbar(cl, [p[1] for p in pts],
+                        yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                        marker="o", capsize=3, label=label,
+                        linestyle="--" if system.startswith("pg") else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({c["clients"] for c in xs}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("pgbench clients")
+        ax.set_ylabel("TPS (median of trials; bars: min–max)")
+        ax.set_title(f"{scenario}: TPS vs clients ({stamp})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        save(fig, f"{scenario}_tps")
+
+        clients = sorted({c["clients"] for c in xs})
+        fig, axes = plt.subplots(1, len(clients), figsize=(4.5 * len(clients), 5), squeeze=False)
+        for ax, cl in zip(axes[0], clients):
+            row = [c for c in xs if c["clients"] == cl]
+            row.sort(key=lambda c: [s for s, _ in SYSTEMS].index(c["system"]) if c["system"] in LABELS else 99)
+            names = [c["label"].replace("availdb ", "").replace("PostgreSQL", "PG") for c in row]
+            pos = range(len(row))
+            for i, (key, name) in enumerate([("p50_ms_median", "p50"), ("p95_ms_median", "p95"), ("p99_ms_median", "p99")]):
+                ax.bar([p + (i - 1) * 0.27 for p in pos], [c[key] or 0 for c in row], width=0.27, label=name)
+            ax.set_xticks(list(pos))
+            ax.set_xticklabels(names, rotation=45, ha="right", fontsize="small")
+            ax.set_title(f"-c {cl}")
+            ax.set_ylabel("latency (ms, median of trials)")
+            ax.grid(True, axis="y", alpha=0.3)
+        axes[0][0].legend()
+        fig.suptitle(f"{scenario}: latency percentiles ({stamp})")
+        save(fig, f"{scenario}_latency")
+
+    lag_rows = [m for m in doc["measurements"] if m.get("kind") == "lag"]
+    if lag_rows:
+        systems = sorted({m["system"] for m in lag_rows}, key=lambda s: [x for x, _ in SYSTEMS].index(s) if s in LABELS else 99)
+        fig, axes = plt.subplots(3, len(systems), figsize=(6 * len(systems), 9), squeeze=False, sharex=True)
+        for j, system in enumerate(systems):
+            mine = [m for m in lag_rows if m["system"] == system]
+            for replica in sorted({m["replica"] for m in mine}):
+                pts = sorted((m["t_s"], m) for m in mine if m["replica"] == replica)
+                t = [p[0] for p in pts]
+                axes[0][j].plot(t, [p[1].get("log_send_queue_bytes", 0) / 1e6 for p in pts], label=replica)
+                axes[1][j].plot(t, [p[1].get("redo_queue_bytes", 0) / 1e6 for p in pts], label=replica)
+                axes[2][j].plot(t, [p[1].get("secondary_lag_s") for p in pts], label=replica)
+            progress = sorted((m["t_s"], m["tps"]) for m in doc["measurements"]
+                              if m.get("kind") == "progress" and m.get("system") == system)
+            if progress:
+                twin = axes[0][j].twinx()
+                twin.plot([p[0] for p in progress], [p[1] for p in progress], color="grey", alpha=0.5, label="primary TPS")
+                twin.set_ylabel("primary TPS (grey)")
+            load_s = doc.get("config", {}).get("lag", {}).get("seconds")
+            if load_s is not None:
+                for i in range(3):
+                    axes[i][j].axvline(load_s, color="black", linestyle=":", linewidth=1)
+            axes[0][j].set_title(f"{LABELS.get(system, system)} (load ends at the dotted line)")
+            axes[0][j].set_ylabel("log send queue (MB)")
+            axes[1][j].set_ylabel("redo queue (MB)")
+            axes[2][j].set_ylabel("secondary_lag_seconds")
+            axes[2][j].set_xlabel("seconds into the load")
+            for i in range(3):
+                axes[i][j].grid(True, alpha=0.3)
+                axes[i][j].legend(fontsize="small", loc="upper left")
+        fig.suptitle(f"lag under sustained writes ({stamp})")
+        save(fig, "lag")
+
+    fo = doc.get("failover")
+    if fo:
+        series = []
+        for key, label in [("availdb", "availdb kill -9"), ("patroni", "PostgreSQL + Patroni kill -9")]:
+            trials = (fo.get(key) or {}).get("trials", [])
+            xs = [t["failover_s"] for t in trials if t.get("kind") == "kill" and t.get("failover_s") is not None]
+            if xs:
+                series.append((label, xs))
+        planned = [t["window_s"] for t in (fo.get("availdb") or {}).get("trials", [])
+                   if t.get("kind") == "planned" and t.get("window_s") is not None]
+        if planned:
+            series.append(("availdb planned (write gap)", planned))
+        if series:
+            fig, ax = plt.subplots(figsize=(8, 4.5))
+            ax.boxplot([s[1] for s in series], vert=False, showfliers=True)
+            for i, (_, xs) in enumerate(series, start=1):
+                ax.scatter(xs, [i] * len(xs), alpha=0.6, s=15)
+            ax.set_yticks(range(1, len(series) + 1))
+            ax.set_yticklabels([f"{s[0]} (n={len(s[1])})" for s in series])
+            ax.set_xscale("log")
+            ax.set_xlabel("seconds until a client commits again (log scale)")
+            ax.set_title(f"failover time distribution ({stamp})")
+            ax.grid(True, axis="x", alpha=0.3)
+            save(fig, "failover")
+    return written
+
+
+# --- the sampler ---------------------------------------------------------------------------
+
+def psql_query(conninfo, sql):
+    """Rows of sql as psql prints them unaligned with "," between columns;
+    no rows when psql fails or takes over 3 s."""
+    env = dict(os.environ, PGCONNECT_TIMEOUT="2")
+    try:
+        res = subprocess.run(["psql", "-d", conninfo, "-X", "-Atq", "-F", ",", "-c", sql],
+                             capture_output=True, text=True, timeout=3, env=env)
+    except subprocess.TimeoutExpired:
+        return []
+    return res.stdout.splitlines() if res.returncode == 0 else []
+
+
+def sample(query, interval, seconds, out_path, clock=time.monotonic, sleep=time.sleep):
+    """Calls query() at 0, interval, 2 * interval, ... up to seconds after the
+    start, appending "t_s,<row>" to out_path for every row it returns (t_s:
+    when the call began). A call that overruns skips the slots it overran
+    rather than bunching the next calls up."""
+    start = clock()
+    i = 0
+    while i * interval <= seconds + 1e-9:
+        wait = start + i * interval - clock()
+        if wait > 0:
+            sleep(wait)
+        t = clock() - start
+        lines = query()
+        with open(out_path, "a") as f:
+            for line in lines:
+                f.write(f"{t:.3f},{line}\n")
+        i = max(i + 1, math.ceil((clock() - start) / interval))
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("columns")
+    s = sub.add_parser("pgbench-summary")
+    s.add_argument("log")
+    s = sub.add_parser("latency")
+    s.add_argument("dir")
+    s = sub.add_parser("progress")
+    s.add_argument("log")
+    s = sub.add_parser("sample")
+    s.add_argument("--conninfo", required=True)
+    s.add_argument("--sql", required=True)
+    s.add_argument("--interval", type=float, required=True)
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--out", required=True)
+    s = sub.add_parser("report")
+    s.add_argument("--csv", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--failover")
+    s.add_argument("--patroni")
+    s.add_argument("--json", required=True)
+    s.add_argument("--md", required=True)
+    s = sub.add_parser("plot")
+    s.add_argument("json")
+    s.add_argument("dir")
+    a = p.parse_args(argv)
+
+    if a.cmd == "pgbench-summary":
+        with open(a.log) as f:
+            r = parse_pgbench_summary(f.read())
+        ok = r["tps"] is not None and r["latency_ms"] is not None
+        print(r["tps"] if ok else "error", r["latency_ms"] if ok else "error", r["failed"], r["processed"], r["retried"])
+    elif a.cmd == "columns":
+        print(",".join(CSV_COLUMNS))
+    elif a.cmd == "latency":
+        lat = latencies_in(a.dir)
+        print(*[("%.3f" % (percentile(lat, q) / 1000)) if lat else "error" for q in (50, 95, 99)], len(lat))
+    elif a.cmd == "progress":
+        with open(a.log) as f:
+            for t, tps in parse_progress(f.read()):
+                print(f"{t:g},{tps}")
+    elif a.cmd == "sample":
+        sample(lambda: psql_query(a.conninfo, a.sql), a.interval, a.seconds, a.out)
+    elif a.cmd == "report":
+        def load(path):
+            if not path or not os.path.exists(path):
+                return None
+            with open(path) as f:
+                return json.load(f)
+        doc = build_document(read_csv(a.csv), read_meta(a.meta), load(a.failover), load(a.patroni))
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(a.md, "w") as f:
+            f.write(report_markdown(doc) + "\n")
+    elif a.cmd == "plot":
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("benchlib: matplotlib is not installed: no plots", file=sys.stderr)
+            return 3
+        with open(a.json) as f:
+            doc = json.load(f)
+        for path in plot(doc, a.dir):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

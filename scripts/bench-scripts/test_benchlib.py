@@ -1,0 +1,324 @@
+"""Unit tests of benchlib: pgbench output parsing, statistics, summaries,
+the run document and the plots.
+
+    python3 -m unittest discover -s scripts/bench-scripts -p 'test_*.py'
+
+(tests/bench_smoke.rs runs them as part of `cargo test`.)
+"""
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import unittest
+from contextlib import redirect_stdout
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True
+
+import benchlib  # noqa: E402
+
+# pgbench 15's output for a custom script with retries allowed.
+PGBENCH_OK = """\
+pgbench (15.18 (Debian 15.18-0+deb12u1), server 16.0)
+transaction type: rw.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 4
+number of threads: 4
+maximum number of tries: 10
+duration: 5 s
+number of transactions actually processed: 1517
+number of failed transactions: 2 (0.132%)
+number of transactions retried: 31 (2.044%)
+total number of retries: 40
+latency average = 13.171 ms
+initial connection time = 3.137 ms
+tps = 303.705961 (without initial connection time)
+"""
+
+# A run that could not connect: no result lines at all.
+PGBENCH_FAILED = """\
+pgbench: error: connection to server at "127.0.0.1", port 1 failed: Connection refused
+pgbench: error: could not create connection for initialization
+"""
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=benchlib.CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def run_row(scenario, system, clients, trial, tps, p50=1.0, failed=0):
+    return {"kind": "run", "scenario": scenario, "system": system, "clients": clients, "trial": trial,
+            "seconds": 5, "tps": tps, "latency_avg_ms": 1.5, "p50_ms": p50, "p95_ms": p50 * 2,
+            "p99_ms": p50 * 3, "failed": failed, "transactions": 100}
+
+
+class ParsePgbench(unittest.TestCase):
+    def test_summary_of_a_successful_run(self):
+        r = benchlib.parse_pgbench_summary(PGBENCH_OK)
+        self.assertEqual(r, {"tps": 303.705961, "latency_ms": 13.171, "failed": 2, "processed": 1517, "retried": 31})
+
+    def test_summary_of_a_failed_run_has_no_tps(self):
+        r = benchlib.parse_pgbench_summary(PGBENCH_FAILED)
+        self.assertIsNone(r["tps"])
+        self.assertIsNone(r["latency_ms"])
+        self.assertEqual((r["failed"], r["processed"], r["retried"]), (0, 0, 0))
+
+    def test_summary_with_a_transaction_limit(self):
+        r = benchlib.parse_pgbench_summary("number of transactions actually processed: 10/10\ntps = 5.0 (x)\nlatency average = 2.0 ms\n")
+        self.assertEqual((r["processed"], r["tps"], r["latency_ms"]), (10, 5.0, 2.0))
+
+    def test_per_transaction_log_leaves_out_failed_and_skipped(self):
+        lines = [
+            "0 1 812 0 1700000000 123456",
+            "0 2 failed 0 1700000000 123999",
+            "1 1 skipped 0 1700000001 5",
+            "1 2 1500 0 1700000001 9",
+            "",
+            "garbage",
+        ]
+        self.assertEqual(benchlib.parse_pgbench_log(lines), [812, 1500])
+
+    def test_latencies_of_every_log_in_a_folder(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "tx.1"), "w") as f:
+                f.write("0 1 100 0 1 1\n0 2 300 0 1 2\n")
+            with open(os.path.join(d, "tx.1.1"), "w") as f:
+                f.write("1 1 200 0 1 3\n")
+            self.assertEqual(sorted(benchlib.latencies_in(d)), [100, 200, 300])
+
+    def test_progress_lines(self):
+        text = ("starting vacuum...end.\n"
+                "progress: 1.0 s, 1234.5 tps, lat 0.807 ms stddev 0.204, 0 failed\n"
+                "progress: 2.0 s, 99.0 tps, lat 10.1 ms stddev 2.0, 0 failed, 3 retried, 4 retries\n"
+                "progress: bogus\n")
+        self.assertEqual(benchlib.parse_progress(text), [(1.0, 1234.5), (2.0, 99.0)])
+
+    def test_cli_prints_error_for_a_failed_run(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "log")
+            with open(path, "w") as f:
+                f.write(PGBENCH_FAILED)
+            out = io.StringIO()
+            with redirect_stdout(out):
+                self.assertEqual(benchlib.main(["pgbench-summary", path]), 0)
+            self.assertEqual(out.getvalue().split(), ["error", "error", "0", "0", "0"])
+
+
+class Statistics(unittest.TestCase):
+    def test_nearest_rank_percentiles(self):
+        xs = list(range(1, 101))  # 1..100
+        for p, want in [(50, 50), (95, 95), (99, 99), (100, 100), (0.5, 1)]:
+            self.assertEqual(benchlib.percentile(xs, p), want, p)
+        self.assertEqual(benchlib.percentile([7], 99), 7)
+        self.assertEqual(benchlib.percentile([3, 1, 2], 50), 2)  # unsorted input
+        self.assertEqual(benchlib.percentile([1, 2, 3, 4], 50), 2)
+        self.assertIsNone(benchlib.percentile([], 50))
+
+    def test_median(self):
+        for xs, want in [([3, 1, 2], 2), ([4, 1, 3, 2], 2.5), ([5], 5), ([], None),
+                         ([None, 4, None, 2], 3), ([None], None)]:
+            self.assertEqual(benchlib.median(xs), want, xs)
+
+    def test_ratio(self):
+        self.assertAlmostEqual(benchlib.ratio(50, 200), 0.25)
+        for a, b in [(None, 1), (1, None), (1, 0), (1, -1)]:
+            self.assertIsNone(benchlib.ratio(a, b))
+
+    def test_slope(self):
+        self.assertAlmostEqual(benchlib.slope([(0, 1), (1, 3), (2, 5)]), 2.0)
+        self.assertAlmostEqual(benchlib.slope([(0, 5), (1, 5), (2, 5), (3, 5)]), 0.0)
+        self.assertIsNone(benchlib.slope([(0, 1), (1, 2)]))
+        self.assertIsNone(benchlib.slope([(1, 1), (1, 2), (1, 3)]))
+
+    def test_mb_per_s(self):
+        self.assertAlmostEqual(benchlib.mb_per_s(40_000_000, 2.0), 20.0)
+        self.assertIsNone(benchlib.mb_per_s(1, 0))
+        self.assertIsNone(benchlib.mb_per_s(None, 1))
+
+    def test_number(self):
+        for cell, want in [("3", 3), ("2.5", 2.5), ("", None), ("error", None), (None, None), ("end", None)]:
+            self.assertEqual(benchlib.number(cell), want, cell)
+
+
+class Summaries(unittest.TestCase):
+    def matrix_rows(self):
+        rows = []
+        for trial, (a, pg, alone) in enumerate([(100, 200, 400), (300, 250, 500), (200, 300, 450)], start=1):
+            rows.append(run_row("commit", "sync2", 4, trial, a, p50=trial))
+            rows.append(run_row("commit", "pg", 4, trial, pg))
+            rows.append(run_row("commit", "pg_alone", 4, trial, alone))
+        rows.append(run_row("commit", "sync2", 1, 1, "error", failed=3))
+        rows.append(run_row("point_select", "availdb", 1, 1, 9999))  # not in the matrix
+        return [{k: str(v) for k, v in r.items()} for r in rows]
+
+    def test_matrix_medians_and_ratios_within_the_run(self):
+        cells = benchlib.summarize_matrix(self.matrix_rows())
+        by = {(c["system"], c["clients"]): c for c in cells}
+        self.assertEqual(len(cells), 4)
+        sync2 = by[("sync2", 4)]
+        self.assertEqual(sync2["trials"], 3)
+        self.assertEqual(sync2["tps_median"], 200)
+        self.assertEqual((sync2["tps_min"], sync2["tps_max"]), (100, 300))
+        self.assertEqual(sync2["p50_ms_median"], 2)
+        self.assertAlmostEqual(sync2["ratio_pg_sync"], 200 / 250)
+        self.assertAlmostEqual(sync2["ratio_pg_alone"], 200 / 450)
+        self.assertAlmostEqual(by[("pg", 4)]["ratio_pg_sync"], 1.0)
+        # A failed run has no TPS: counted, no ratio without a baseline.
+        failed = by[("sync2", 1)]
+        self.assertEqual((failed["failed_runs"], failed["failed_tx"]), (1, 3))
+        self.assertIsNone(failed["tps_median"])
+        self.assertIsNone(failed["ratio_pg_sync"])
+        # Table order: clients, then the systems' order.
+        self.assertEqual([(c["system"], c["clients"]) for c in cells],
+                         [("sync2", 1), ("sync2", 4), ("pg_alone", 4), ("pg", 4)])
+
+    def test_redo_summary_over_trials(self):
+        rows = []
+        for trial, samples in [(1, [("1", 0, 10), ("2", 4148, 20), ("3", 8296, 0), ("end", 0, 0)]),
+                               (2, [("1", 0, 0), ("2", 0, 0), ("3", 0, 5), ("end", 4148, 5)])]:
+            for t, redo, send in samples:
+                rows.append({"kind": "redo", "scenario": "commit", "system": "sync3", "clients": "16",
+                             "trial": str(trial), "t_s": t, "replica": "r2",
+                             "redo_queue_bytes": str(redo), "log_send_queue_bytes": str(send)})
+        [r] = benchlib.summarize_redo(rows)
+        self.assertEqual((r["samples"], r["redo_max"], r["redo_end_max"], r["send_max"], r["send_end_max"]),
+                         (6, 8296, 4148, 20, 5))
+        self.assertAlmostEqual(r["redo_trend_median"], (4148 + 0) / 2)
+
+    def test_lag_summary(self):
+        rows = []
+        for i in range(20):
+            rows.append({"kind": "lag", "scenario": "lag", "system": "async3", "t_s": str(i / 2), "replica": "r2",
+                         "redo_queue_bytes": str(i), "log_send_queue_bytes": str(100 * i),
+                         "secondary_lag_s": "" if i == 0 else str(i / 100)})
+        rows.append({"kind": "progress", "scenario": "lag", "system": "async3", "t_s": "1", "tps": "500"})
+        rows.append({"kind": "progress", "scenario": "lag", "system": "async3", "t_s": "2", "tps": "700"})
+        [r] = benchlib.summarize_lag(list(reversed(rows)))
+        self.assertEqual(r["samples"], 20)
+        self.assertEqual((r["redo_max"], r["redo_last"], r["send_max"], r["send_p95"]), (19, 19, 1900, 1800))
+        self.assertAlmostEqual(r["lag_s_max"], 0.19)
+        self.assertEqual(r["load_tps_median"], 600)
+
+    def test_seeding_summary(self):
+        rows = [{"kind": "seeding", "phase": "catch-up", "trial": str(t), "replica": "r2+r3",
+                 "bytes": "40000000", "elapsed_s": str(s), "mb_per_s": str(40 / s), "note": "x"}
+                for t, s in [(1, 2.0), (2, 4.0), (3, 1.0)]]
+        s = benchlib.summarize_seeding(rows)
+        self.assertEqual(len(s["trials"]), 3)
+        [p] = s["phases"]
+        self.assertEqual((p["trials"], p["mb_per_s_median"], p["mb_per_s_min"], p["mb_per_s_max"]), (3, 20.0, 10.0, 40.0))
+        self.assertEqual(p["elapsed_s_median"], 2.0)
+
+    def test_failover_summary(self):
+        doc = {"trials": [{"kind": "kill", "failover_s": x} for x in (1.0, 2.0, 1.5)]
+               + [{"kind": "planned", "window_s": 0.04}, {"kind": "kill", "failover_s": None}]}
+        s = benchlib.failover_summary(doc)
+        self.assertEqual(s["kill_failover_s"], {"n": 3, "p50": 1.5, "p99": 2.0, "max": 2.0, "min": 1.0})
+        self.assertEqual(s["planned_window_s"]["n"], 1)
+        self.assertIsNone(benchlib.failover_summary(None))
+
+
+class Document(unittest.TestCase):
+    def test_meta_nests_types_and_collects(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "meta.tsv")
+            with open(path, "w") as f:
+                f.write("stamp\t20261122-010203\nmachine.cores:n\t2\nmachine.cpu\tAMD EPYC 7B13\n"
+                        "versions.availdb_commit\t0123456\nconfig.lag.interval_s:n\t0.5\n"
+                        "checks[]\tone\nchecks[]\ttwo, with a comma\nnot a meta line\n")
+            meta = benchlib.read_meta(path)
+        self.assertEqual(meta["machine"], {"cores": 2, "cpu": "AMD EPYC 7B13"})
+        self.assertEqual(meta["versions"]["availdb_commit"], "0123456")
+        self.assertEqual(meta["config"]["lag"]["interval_s"], 0.5)
+        self.assertEqual(meta["checks"], ["one", "two, with a comma"])
+
+    def test_report_writes_json_and_markdown(self):
+        rows = Summaries().matrix_rows()
+        rows.append({"kind": "seeding", "scenario": "seeding", "phase": "seeding", "trial": "1", "replica": "r3",
+                     "bytes": "41000000", "elapsed_s": "1.5", "mb_per_s": "27.3", "note": "from restart"})
+        with tempfile.TemporaryDirectory() as d:
+            write_csv(os.path.join(d, "r.csv"), rows)
+            with open(os.path.join(d, "meta.tsv"), "w") as f:
+                f.write("stamp\tT\nmachine.cores:n\t2\n")
+            with open(os.path.join(d, "fo.json"), "w") as f:
+                json.dump({"trials": [{"kind": "kill", "failover_s": 1.1}]}, f)
+            self.assertEqual(benchlib.main(["report", "--csv", os.path.join(d, "r.csv"), "--meta", os.path.join(d, "meta.tsv"),
+                                            "--failover", os.path.join(d, "fo.json"), "--patroni", os.path.join(d, "missing.json"),
+                                            "--json", os.path.join(d, "r.json"), "--md", os.path.join(d, "r.md")]), 0)
+            with open(os.path.join(d, "r.json")) as f:
+                doc = json.load(f)
+            with open(os.path.join(d, "r.md")) as f:
+                md = f.read()
+        self.assertEqual(doc["schema"], 1)
+        self.assertEqual(doc["machine"]["cores"], 2)
+        self.assertEqual(len(doc["measurements"]), len(rows))
+        self.assertEqual(doc["measurements"][0]["tps"], 100)
+        self.assertEqual(doc["measurements"][0]["system"], "sync2")
+        self.assertNotIn("patroni", doc["failover"])
+        self.assertEqual(doc["failover"]["availdb_summary"]["kill_failover_s"]["n"], 1)
+        self.assertIn("| 4 | availdb sync, 1 sync secondary | 200 | 100–300 | 0.80 | 0.44 |", md)
+        self.assertIn("| seeding | 1 | r3 | 41.0 | 1.50 | 27.3 | from restart |", md)
+
+
+class Sampler(unittest.TestCase):
+    def test_samples_on_schedule_and_skips_overrun_slots(self):
+        now = [0.0]
+        durations = iter([0.1, 1.3, 0.1, 0.1, 0.1, 0.1])
+
+        def clock():
+            return now[0]
+
+        def sleep(s):
+            self.assertGreater(s, 0)
+            now[0] += s
+
+        def query():
+            now[0] += next(durations)
+            return ["r2,0,4148,0.5", "r3,0,0,"]
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "s.csv")
+            benchlib.sample(query, 0.5, 2.0, path, clock=clock, sleep=sleep)
+            with open(path) as f:
+                lines = f.read().splitlines()
+        times = sorted({float(line.split(",")[0]) for line in lines})
+        # 0.0 and 0.5 on time; the 0.5 call ran until 1.9, so 1.0 and 1.5 are skipped.
+        self.assertEqual(times, [0.0, 0.5, 2.0])
+        self.assertEqual(lines[:2], ["0.000,r2,0,4148,0.5", "0.000,r3,0,0,"])
+
+
+class Plots(unittest.TestCase):
+    def test_plots_of_a_small_run(self):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.skipTest("matplotlib is not installed (apt-get install python3-matplotlib)")
+        rows = Summaries().matrix_rows()
+        for t in range(4):
+            rows.append({"kind": "lag", "scenario": "lag", "system": "sync3", "t_s": str(t / 2), "replica": "r2",
+                         "redo_queue_bytes": "4148", "log_send_queue_bytes": "0", "secondary_lag_s": "0.001"})
+            rows.append({"kind": "progress", "scenario": "lag", "system": "sync3", "t_s": str(t), "tps": "400"})
+        doc = benchlib.build_document(rows, {"stamp": "T", "config": {"lag": {"seconds": 1}}},
+                                      failover={"trials": [{"kind": "kill", "failover_s": 1.0},
+                                                           {"kind": "planned", "window_s": 0.05}]},
+                                      patroni={"trials": [{"kind": "kill", "failover_s": 26.0}]})
+        doc = json.loads(json.dumps(doc))  # plot reads what the JSON file holds
+        with tempfile.TemporaryDirectory() as d:
+            written = benchlib.plot(doc, d)
+            names = sorted(os.path.basename(p) for p in written)
+            self.assertEqual(names, ["commit_latency.png", "commit_tps.png", "failover.png", "lag.png"])
+            for p in written:
+                with open(p, "rb") as f:
+                    self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
