@@ -45,9 +45,29 @@ const POLL: Duration = Duration::from_millis(100);
 const LOG_TAIL_LINES: usize = 60;
 
 /// A loopback port that was free a moment ago.
+///
+/// Picked below the kernel's ephemeral range (32768–60999 here), where
+/// the tests' own client sockets never land, at a pseudo-random spot so
+/// concurrent tests rarely try the same one; servers still retry on a
+/// collision ([`Builder::start`]).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 20);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // A multiplicative hash spreads consecutive draws over the span.
+        let port =
+            (LOW + (seed.wrapping_add(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Where a server's password comes from.
@@ -145,11 +165,32 @@ impl Builder {
             .arg(&format!("{ip}:{endpoint_port}"))
     }
 
-    /// Spawns the server and waits until a client can run `SELECT 1`.
+    /// Spawns the server and waits until a client can run `SELECT 1`. A
+    /// client port picked here that another process took in the meantime
+    /// is picked again.
     pub async fn start(self) -> TestServer {
+        let picked_port = self.port.is_none();
         let mut server = self.spawn();
-        server.wait_ready().await;
-        server
+        for _ in 0..5 {
+            let Some(status) = server.wait_ready_or_exit().await else {
+                return server;
+            };
+            let taken = server
+                .log()
+                .contains("already in use: choose another --port");
+            if !(picked_port && taken) {
+                panic!(
+                    "availdb exited ({status}) before accepting connections\n{}",
+                    server.log_tail()
+                );
+            }
+            server.port = free_port();
+            server.spawn_child();
+        }
+        panic!(
+            "availdb found its client port taken five times\n{}",
+            server.log_tail()
+        );
     }
 
     /// Spawns a server that is expected to refuse to start: waits (bounded)
@@ -432,18 +473,25 @@ impl TestServer {
     }
 
     async fn wait_ready(&mut self) {
+        if let Some(status) = self.wait_ready_or_exit().await {
+            panic!(
+                "availdb exited ({status}) before accepting connections\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Waits until the server answers `SELECT 1` (None) or exits (its status).
+    async fn wait_ready_or_exit(&mut self) -> Option<ExitStatus> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.try_wait() {
                 self.child = None;
-                panic!(
-                    "availdb exited ({status}) before accepting connections\n{}",
-                    self.log_tail()
-                );
+                return Some(status);
             }
             let last_error = match connect_bounded(&self.conn_string(DEFAULT_DB)).await {
                 Some(Ok(client)) => match client.simple_query("SELECT 1").await {
-                    Ok(_) => return,
+                    Ok(_) => return None,
                     Err(e) => format!("SELECT 1 failed: {e:?}"),
                 },
                 Some(Err(e)) => format!("connect failed: {e:?}"),
