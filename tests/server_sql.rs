@@ -585,6 +585,83 @@ async fn count_star_is_int8() {
     assert_eq!(xs, 2);
 }
 
+/// READ COMMITTED, the default as in PostgreSQL: a transaction that read,
+/// then writes after another session committed, goes on (its write sees
+/// the newer data). REPEATABLE READ and SERIALIZABLE, asked for by BEGIN,
+/// SET TRANSACTION or the session default, keep the snapshot's promise and
+/// fail with 40001 instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_then_write_transactions_follow_their_isolation_level() {
+    let server = TestServer::start().await;
+    let a = server.client(DEFAULT_DB).await;
+    let other = server.client(DEFAULT_DB).await;
+    a.batch_execute("CREATE TABLE acct(id INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO acct VALUES (1, 0), (2, 0)")
+        .await
+        .expect("setup");
+    assert_eq!(
+        simple_value(&a, "SHOW transaction_isolation")
+            .await
+            .as_deref(),
+        Some("read committed")
+    );
+    // Each round: read in a transaction, another session commits, write.
+    let round = |begin: &'static str| {
+        let (a, other) = (&a, &other);
+        async move {
+            a.batch_execute(begin).await.expect(begin);
+            a.query_one("SELECT v FROM acct WHERE id = 1", &[])
+                .await
+                .expect("read");
+            other
+                .batch_execute("UPDATE acct SET v = v + 1 WHERE id = 2")
+                .await
+                .expect("the other session's commit");
+            let written = a
+                .batch_execute("UPDATE acct SET v = v + 10 WHERE id = 1")
+                .await;
+            let ended = a
+                .batch_execute(if written.is_ok() {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                })
+                .await;
+            ended.expect("end of the transaction");
+            written
+        }
+    };
+    round("BEGIN").await.expect("read committed by default");
+    round("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await
+        .expect("read committed asked for");
+    let strict = [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ];
+    for begin in strict {
+        assert_sqlstate(
+            round(begin).await,
+            &SqlState::T_R_SERIALIZATION_FAILURE,
+            begin,
+        );
+    }
+    a.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .expect("session default");
+    assert_sqlstate(
+        round("BEGIN").await,
+        &SqlState::T_R_SERIALIZATION_FAILURE,
+        "BEGIN under a SERIALIZABLE session default",
+    );
+    let rows = simple_rows(&a, "SELECT v FROM acct ORDER BY id").await.0;
+    assert_eq!(
+        rows,
+        vec![vec![Some("20".to_string())], vec![Some("6".to_string())]],
+        "two read-committed writes landed, the four failed ones did not"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn committed_batch_transaction_is_visible_to_other_sessions() {
     let server = TestServer::start().await;

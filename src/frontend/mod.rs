@@ -574,7 +574,13 @@ impl SimpleQueryHandler for ConnState {
             && commands.iter().all(|c| matches!(c, Command::Sql(_)));
         if implicit {
             session
-                .execute(Command::Begin { read_only: None }, Vec::new())
+                .execute(
+                    Command::Begin {
+                        read_only: None,
+                        strict: None,
+                    },
+                    Vec::new(),
+                )
                 .await
                 .map_err(|e| user_error(&e))?;
         }

@@ -11,10 +11,14 @@
 //! ```
 //! `holder` is what the open transaction runs on: nothing yet, a reader
 //! snapshot (while it has only read), or the database's write lock. A read
-//! transaction that starts writing is upgraded to the writer only if no other
-//! transaction committed since its snapshot (checked under the write lock),
-//! otherwise it fails with 40001, as SQLite's own BUSY_SNAPSHOT and
-//! PostgreSQL's SERIALIZABLE do. Outside a transaction block each statement
+//! transaction that starts writing moves to the writer, which sees every
+//! commit so far. At READ COMMITTED (the default, as in PostgreSQL) that is
+//! all: each statement may see newer data than the one before. At
+//! REPEATABLE READ or SERIALIZABLE (`BEGIN ISOLATION LEVEL …`, `SET
+//! TRANSACTION`, `default_transaction_isolation`) the move is allowed only
+//! if no other transaction committed since its snapshot (checked under the
+//! write lock), otherwise it fails with 40001, as SQLite's own
+//! BUSY_SNAPSHOT and PostgreSQL's SERIALIZABLE do. Outside a transaction block each statement
 //! runs alone: reads on a pooled reader, writes on the writer in autocommit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,7 +115,12 @@ impl CancelSlot {
 
 enum Holder {
     Nothing,
-    Reader { reader: Reader, seq: u64 },
+    /// `seq`: the commit counter when the snapshot began, kept only when
+    /// the transaction must fail rather than see later commits (40001).
+    Reader {
+        reader: Reader,
+        seq: Option<u64>,
+    },
     Writer(WriterGuard),
 }
 
@@ -127,6 +136,9 @@ pub struct Session {
     ag: Arc<crate::ag::Manager>,
     db: Arc<Database>,
     tx: Tx,
+    /// The open transaction is REPEATABLE READ or SERIALIZABLE (see the
+    /// module doc).
+    strict: bool,
     /// Session settings (`SET`/`SHOW`).
     pub settings: Settings,
     cancel: Arc<CancelSlot>,
@@ -153,6 +165,7 @@ impl Session {
             ag,
             db,
             tx: Tx::Idle,
+            strict: false,
             settings,
             cancel: Arc::new(CancelSlot::default()),
             asides: Vec::new(),
@@ -287,13 +300,15 @@ impl Session {
             ));
         }
         match cmd {
-            Command::Begin { read_only } => Ok(self.begin(read_only)),
+            Command::Begin { read_only, strict } => Ok(self.begin(read_only, strict)),
             Command::Commit => self.commit().await,
             Command::Rollback => Ok(self.rollback("ROLLBACK")),
             Command::Savepoint { sql, rollback_to } => self.savepoint(sql, rollback_to).await,
-            Command::SetTransaction { read_only, session } => {
-                Ok(self.set_transaction(read_only, session))
-            }
+            Command::SetTransaction {
+                read_only,
+                strict,
+                session,
+            } => Ok(self.set_transaction(read_only, strict, session)),
             Command::Set { name, value } => {
                 let changed = self.settings.set(&name, value.as_deref())?;
                 self.asides
@@ -451,10 +466,18 @@ impl Session {
         }
     }
 
-    fn begin(&mut self, read_only: Option<bool>) -> Reply {
+    fn begin(&mut self, read_only: Option<bool>, strict: Option<bool>) -> Reply {
         if self.in_transaction() {
             self.warn("25001", "there is already a transaction in progress");
         } else {
+            self.strict = strict.unwrap_or_else(|| {
+                crate::sql::command::is_strict_isolation(
+                    &self
+                        .settings
+                        .show("default_transaction_isolation")
+                        .unwrap_or_default(),
+                )
+            });
             self.tx = Tx::Active {
                 holder: Holder::Nothing,
                 read_only: read_only.unwrap_or(self.settings.default_read_only),
@@ -517,10 +540,24 @@ impl Session {
         Reply::TxEnd(tag.into())
     }
 
-    fn set_transaction(&mut self, read_only: Option<bool>, session: bool) -> Reply {
+    fn set_transaction(
+        &mut self,
+        read_only: Option<bool>,
+        strict: Option<bool>,
+        session: bool,
+    ) -> Reply {
         if session {
             if let Some(ro) = read_only {
                 self.settings.default_read_only = ro;
+            }
+            if let Some(strict) = strict {
+                let level = if strict {
+                    "serializable"
+                } else {
+                    "read committed"
+                };
+                self.settings
+                    .record("default_transaction_isolation", level.into());
             }
             return Reply::Done("SET".into());
         }
@@ -531,6 +568,9 @@ impl Session {
             } => {
                 if let Some(ro) = read_only {
                     *current = ro;
+                }
+                if let Some(strict) = strict {
+                    self.strict = strict;
                 }
             }
             Tx::Active { .. } | Tx::Failed { .. } => {
@@ -706,7 +746,7 @@ impl Session {
                     // Read the commit counter before the snapshot starts, so
                     // a commit racing with BEGIN makes the upgrade check fail
                     // safe (a spurious 40001), never pass wrongly.
-                    let seq = self.db.commit_seq();
+                    let seq = self.strict.then(|| self.db.commit_seq());
                     let s = sql.clone();
                     let (reader, res) = blocking(move || {
                         let conn = reader.conn().sqlite();
@@ -797,7 +837,7 @@ impl Session {
             Holder::Writer(w) => return Ok(w),
             Holder::Reader { reader, seq } => {
                 drop(reader);
-                Some(seq)
+                seq
             }
             Holder::Nothing => None,
         };

@@ -98,13 +98,13 @@ const KNOWN: &[Known] = &[
     },
     Known {
         name: "transaction_isolation",
-        default: "serializable",
+        default: "read committed",
         reported: false,
         read_only: false,
     },
     Known {
         name: "default_transaction_isolation",
-        default: "serializable",
+        default: "read committed",
         reported: false,
         read_only: false,
     },

@@ -10,6 +10,9 @@ pub enum Command {
     Begin {
         /// Some(true) for READ ONLY, Some(false) for READ WRITE.
         read_only: Option<bool>,
+        /// Some(true) for ISOLATION LEVEL SERIALIZABLE or REPEATABLE READ,
+        /// Some(false) for READ COMMITTED or READ UNCOMMITTED.
+        strict: Option<bool>,
     },
     /// `COMMIT`, `END` (also `… WORK`, `… TRANSACTION`).
     Commit,
@@ -27,6 +30,8 @@ pub enum Command {
     SetTransaction {
         /// Some(true) for READ ONLY, Some(false) for READ WRITE.
         read_only: Option<bool>,
+        /// As for `Begin`.
+        strict: Option<bool>,
         /// True for the session default (`SESSION CHARACTERISTICS`).
         session: bool,
     },
@@ -87,6 +92,7 @@ pub fn classify(stmt: &str) -> Command {
     match w.as_slice() {
         ["begin" | "start", rest @ ..] if begin_ok(w[0], rest) => Command::Begin {
             read_only: access_mode(rest),
+            strict: isolation_strict(rest),
         },
         ["commit" | "end", rest @ ..] if is_tx_noise(rest) => Command::Commit,
         ["rollback" | "abort", rest @ ..] if is_tx_noise(rest) => Command::Rollback,
@@ -100,11 +106,13 @@ pub fn classify(stmt: &str) -> Command {
         },
         ["set", "transaction", rest @ ..] => Command::SetTransaction {
             read_only: access_mode(rest),
+            strict: isolation_strict(rest),
             session: false,
         },
         ["set", "session", "characteristics", "as", "transaction", rest @ ..] => {
             Command::SetTransaction {
                 read_only: access_mode(rest),
+                strict: isolation_strict(rest),
                 session: true,
             }
         }
@@ -191,6 +199,22 @@ fn is_tx_noise(rest: &[&str]) -> bool {
         rest,
         [] | ["work"] | ["transaction"] | ["and", "no", "chain"]
     )
+}
+
+/// `ISOLATION LEVEL …`: whether it asks for snapshot-level guarantees.
+fn isolation_strict(rest: &[&str]) -> Option<bool> {
+    let at = rest.windows(2).position(|p| p == ["isolation", "level"])?;
+    match rest.get(at + 2..)? {
+        ["serializable", ..] | ["repeatable", "read", ..] => Some(true),
+        ["read", "committed", ..] | ["read", "uncommitted", ..] => Some(false),
+        _ => None,
+    }
+}
+
+/// True when an isolation level's name asks for snapshot-level guarantees.
+pub fn is_strict_isolation(level: &str) -> bool {
+    let level = level.trim().to_ascii_lowercase();
+    level == "serializable" || level == "repeatable read"
 }
 
 fn access_mode(rest: &[&str]) -> Option<bool> {
@@ -364,6 +388,10 @@ mod tests {
     use super::Command::*;
     use super::*;
 
+    fn begin(read_only: Option<bool>, strict: Option<bool>) -> Command {
+        Begin { read_only, strict }
+    }
+
     #[test]
     fn transaction_control_is_recognised_in_postgres_and_sqlite_spellings() {
         let savepoint = |sql: &str, rollback_to| Savepoint {
@@ -371,20 +399,21 @@ mod tests {
             rollback_to,
         };
         let cases = [
-            ("BEGIN", Begin { read_only: None }),
-            ("begin transaction", Begin { read_only: None }),
-            ("BEGIN IMMEDIATE", Begin { read_only: None }),
+            ("BEGIN", begin(None, None)),
+            ("begin transaction", begin(None, None)),
+            ("BEGIN IMMEDIATE", begin(None, None)),
             (
                 "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY",
-                Begin {
-                    read_only: Some(true),
-                },
+                begin(Some(true), Some(true)),
+            ),
+            ("START TRANSACTION READ WRITE", begin(Some(false), None)),
+            (
+                "START TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                begin(None, Some(true)),
             ),
             (
-                "START TRANSACTION READ WRITE",
-                Begin {
-                    read_only: Some(false),
-                },
+                "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE",
+                begin(Some(false), Some(false)),
             ),
             ("COMMIT", Commit),
             ("end", Commit),
@@ -405,6 +434,15 @@ mod tests {
                 "SET TRANSACTION READ ONLY",
                 SetTransaction {
                     read_only: Some(true),
+                    strict: None,
+                    session: false,
+                },
+            ),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                SetTransaction {
+                    read_only: None,
+                    strict: Some(true),
                     session: false,
                 },
             ),
@@ -412,6 +450,7 @@ mod tests {
                 "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
                 SetTransaction {
                     read_only: Some(false),
+                    strict: None,
                     session: true,
                 },
             ),
