@@ -280,16 +280,25 @@ mod tests {
             .unwrap();
         let mut applier = Applier::open(&path).unwrap();
         for (i, part) in parts.iter().enumerate() {
-            let set = [PageSet {
-                pages: &part.pages,
-                db_size: part.db_size,
-            }];
-            let applied = if part.image_continues() {
-                applier.apply_partial(&set)
-            } else {
-                applier.apply(&set)
-            };
-            applied.unwrap_or_else(|e| panic!("part {i} of {}: {e}", parts.len()));
+            redo_part(&mut applier, part)
+                .unwrap_or_else(|e| panic!("part {i} of {}: {e}", parts.len()));
+        }
+    }
+
+    /// Redoes one image part as a replica does: in its own transaction,
+    /// loading the schema only after the last part.
+    fn redo_part(
+        applier: &mut Applier,
+        part: &Record,
+    ) -> std::result::Result<(), super::super::redo::RedoError> {
+        let set = [PageSet {
+            pages: &part.pages,
+            db_size: part.db_size,
+        }];
+        if part.image_continues() {
+            applier.apply_partial(&set)
+        } else {
+            applier.apply(&set)
         }
     }
 
@@ -338,16 +347,7 @@ mod tests {
             }
             let mut applier = Applier::open(&path).unwrap();
             for (i, part) in parts.iter().enumerate() {
-                let set = [PageSet {
-                    pages: &part.pages,
-                    db_size: part.db_size,
-                }];
-                let applied = if part.image_continues() {
-                    applier.apply_partial(&set)
-                } else {
-                    applier.apply(&set)
-                };
-                applied.unwrap_or_else(|e| {
+                redo_part(&mut applier, part).unwrap_or_else(|e| {
                     panic!("part {i} (over an old file: {seeded_before}): {e}")
                 });
                 let tables: i64 = applier
