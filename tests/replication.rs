@@ -1296,6 +1296,67 @@ async fn suspend_and_resume_data_movement() {
         .await;
 }
 
+/// `SET HADR SUSPEND` run on a secondary suspends data movement to that
+/// secondary alone: the primary takes it out of the synchronized set and
+/// stops sending, commits no longer wait for it, the other secondary goes
+/// on; RESUME there brings it back to SYNCHRONIZED with every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_suspends_and_resumes_its_own_data_movement() {
+    let group = Group::start(3).await;
+    let c = group.primary().client(APP).await;
+    run(&group, &c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await;
+    for id in 1..=10 {
+        insert_row(&group, &c, "t", id).await;
+    }
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let r2 = group.nodes[1].client(DEFAULT_DB).await;
+    run(&group, &r2, "ALTER DATABASE app SET HADR SUSPEND").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = group.primary_view().await;
+        let row = |r: &str| view.iter().find(|s| s.replica == r).cloned();
+        let (two, three) = (row("r2"), row("r3"));
+        if two
+            .as_ref()
+            .is_some_and(|s| s.is_suspended && s.sync_state == "NOT SYNCHRONIZING")
+            && three
+                .as_ref()
+                .is_some_and(|s| !s.is_suspended && s.sync_state == "SYNCHRONIZED")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary did not take r2's suspension within 30 s: {view:#?}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let own = group.local_state(1).await.expect("r2's own row");
+    assert!(own.is_suspended, "r2's own row: {own:#?}");
+    for id in 11..=30 {
+        insert_row(&group, &c, "t", id).await;
+    }
+    group.wait_caught_up(&[2], CATCH_UP_TIMEOUT).await;
+    assert_eq!(
+        ids(&group.nodes[2], APP, "t").await,
+        (1..=30).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        ids(&group.nodes[1], APP, "t").await,
+        (1..=10).collect::<BTreeSet<_>>(),
+        "r2 while suspended"
+    );
+
+    run(&group, &r2, "ALTER DATABASE app SET HADR RESUME").await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.assert_page_identical("after r2 resumed").await;
+    assert_eq!(
+        ids(&group.nodes[1], APP, "t").await,
+        (1..=30).collect::<BTreeSet<_>>()
+    );
+}
+
 // ------------------------------------------------------------ availdb up
 
 /// A base port P with P, P+1, P+2 and P+100, P+101, P+102 free now.

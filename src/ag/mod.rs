@@ -926,10 +926,11 @@ impl Manager {
             }
             if let Part::Secondary(s) = part {
                 if s.config().has_database(database) {
-                    return Err(Error::sql(
-                        "25006",
-                        "data movement is suspended and resumed on the primary replica in this version",
-                    ));
+                    // This secondary alone: the primary is told and stops
+                    // sending (after taking it out of the synchronized set).
+                    return s
+                        .set_suspended_here(database, suspended)
+                        .map_err(|e| Error::sql("55000", e));
                 }
             }
         }

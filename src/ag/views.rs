@@ -353,19 +353,20 @@ impl Snapshot {
         ]);
         for sdb in group.databases() {
             let (hardened, redone) = (sdb.hardened(), sdb.redone());
+            let moving = connected && !sdb.is_suspended_here();
             self.database_states.push(vec![
                 text(sdb.database().name()),
                 text(&config.name),
                 text(node),
                 boolean(true),
                 boolean(false),
-                text(if connected {
+                text(if moving {
                     "SYNCHRONIZING"
                 } else {
                     "NOT SYNCHRONIZING"
                 }),
-                text(if connected { "HEALTHY" } else { "NOT_HEALTHY" }),
-                boolean(false),
+                text(if moving { "HEALTHY" } else { "NOT_HEALTHY" }),
+                boolean(sdb.is_suspended_here()),
                 int(hardened),
                 int(redone),
                 int(hardened),

@@ -380,11 +380,28 @@ impl PrimaryGroup {
     /// once commits stop waiting for it); resuming lets it back once it has
     /// caught up, as after any reconnection.
     pub async fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {
+        self.set_suspended_for(database, None, suspended).await
+    }
+
+    /// Suspends or resumes data movement of `database` to one secondary
+    /// (`Some(replica)`: the secondary asked, `SET HADR SUSPEND` run there)
+    /// or to every secondary (`None`), with the same RPO-0 ordering.
+    pub async fn set_suspended_for(
+        &self,
+        database: &str,
+        replica: Option<&str>,
+        suspended: bool,
+    ) -> Result<()> {
         let (_, cell) = self
             .databases
             .get(database)
             .ok_or_else(|| Error::NoSuchDatabase(database.to_string()))?;
-        let names: Vec<String> = cell.snapshot().replicas().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = cell
+            .snapshot()
+            .replicas()
+            .map(|(n, _)| n.clone())
+            .filter(|n| replica.is_none_or(|r| r.eq_ignore_ascii_case(n)))
+            .collect();
         if suspended {
             for name in &names {
                 let synchronized = cell
@@ -697,6 +714,26 @@ async fn stream_to(
                         }
                     }
                     Message::Pong { .. } => {}
+                    Message::DatabaseState {
+                        database,
+                        suspended,
+                    } => {
+                        // The secondary suspended or resumed its copy.
+                        let what = if suspended { "suspended" } else { "resumed" };
+                        match group
+                            .set_suspended_for(&database, Some(&replica), suspended)
+                            .await
+                        {
+                            Ok(()) => {
+                                tracing::info!(replica, database = %database, "data movement {what} by the secondary")
+                            }
+                            Err(e) => {
+                                break format!(
+                                    "cannot record that the secondary {what} {database}: {e}"
+                                )
+                            }
+                        }
+                    }
                     Message::Refuse { reason } => break format!("the secondary stopped: {reason}"),
                     other => break format!("unexpected message from the secondary: {other:?}"),
                 }

@@ -145,6 +145,9 @@ pub struct SecondaryDb {
     rewind_to: Mutex<Option<Lsn>>,
     /// Pages of the full image being received (0: none in progress).
     image_pages: std::sync::atomic::AtomicU64,
+    /// Data movement suspended from this side (`SET HADR SUSPEND` run on
+    /// this secondary); the primary is told at every connection.
+    suspended_here: std::sync::atomic::AtomicBool,
 }
 
 impl SecondaryDb {
@@ -173,6 +176,11 @@ impl SecondaryDb {
         Some(self.last_redone_commit_us.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
+    /// True while data movement is suspended from this side.
+    pub fn is_suspended_here(&self) -> bool {
+        self.suspended_here.load(Ordering::SeqCst)
+    }
+
     /// Last redo failure, if any.
     pub fn last_error(&self) -> Option<String> {
         self.last_error
@@ -191,6 +199,10 @@ pub struct SecondaryGroup {
     /// Set when the group takes no more records (it is being drained to
     /// become primary); redo still runs until `stop`.
     closed: std::sync::atomic::AtomicBool,
+    /// Suspensions and resumptions made here, for the primary's connection
+    /// to pass on.
+    announce: tokio::sync::mpsc::UnboundedSender<(String, bool)>,
+    announcements: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, bool)>>,
 }
 
 impl SecondaryGroup {
@@ -216,18 +228,22 @@ impl SecondaryGroup {
                 written: watch::channel(end).0,
                 rewind_to: Mutex::new(None),
                 image_pages: std::sync::atomic::AtomicU64::new(0),
+                suspended_here: std::sync::atomic::AtomicBool::new(false),
                 db,
             });
             tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
             tokio::spawn(harden_task(sdb.clone(), stop.subscribe()));
             map.insert(sdb.db.name().to_string(), sdb);
         }
+        let (announce, announcements) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(SecondaryGroup {
             config: Mutex::new(config),
             databases: map,
             connected: watch::channel(false).0,
             stop,
             closed: std::sync::atomic::AtomicBool::new(false),
+            announce,
+            announcements: tokio::sync::Mutex::new(announcements),
         })
     }
 
@@ -249,6 +265,20 @@ impl SecondaryGroup {
         let mut out: Vec<_> = self.databases.values().cloned().collect();
         out.sort_by(|a, b| a.db.name().cmp(b.db.name()));
         out
+    }
+
+    /// Suspends or resumes data movement of `database` from this side: the
+    /// primary is told (now if connected, else when it next connects) and
+    /// stops sending it, after taking this replica out of the synchronized
+    /// set. Not kept across a restart of this node.
+    pub fn set_suspended_here(&self, database: &str, suspended: bool) -> Result<(), String> {
+        let sdb = self
+            .databases
+            .get(database)
+            .ok_or_else(|| format!("database \"{database}\" is not in this group here"))?;
+        sdb.suspended_here.store(suspended, Ordering::SeqCst);
+        let _ = self.announce.send((database.to_string(), suspended));
+        Ok(())
     }
 
     /// Stops redo (the group is dropped or reconfigured).
@@ -609,6 +639,26 @@ async fn stream_from(
         }
     }
     let _abort = AbortOnDrop(watchers);
+    // Suspensions made here hold on every connection; later changes follow.
+    let mut announcements = group.announcements.lock().await;
+    let mut changed = std::collections::BTreeSet::new();
+    while let Ok((database, _)) = announcements.try_recv() {
+        changed.insert(database);
+    }
+    for sdb in group.databases() {
+        let database = sdb.db.name().to_string();
+        let suspended = sdb.is_suspended_here();
+        if suspended || changed.contains(&database) {
+            send(
+                conn,
+                Message::DatabaseState {
+                    database,
+                    suspended,
+                },
+            )
+            .await?;
+        }
+    }
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
@@ -640,6 +690,9 @@ async fn stream_from(
                     Message::Refuse { reason } => return Err(format!("the primary stopped: {reason}")),
                     other => return Err(format!("unexpected message from the primary: {other:?}")),
                 }
+            }
+            Some((database, suspended)) = announcements.recv() => {
+                send(conn, Message::DatabaseState { database, suspended }).await?;
             }
             Some(database) = progress_rx.recv() => {
                 if let Some(sdb) = group.databases.get(&database) {

@@ -49,7 +49,7 @@
 //!    6  Rewind         P → S      str database, u64 from_lsn
 //!    7  Ping           either     u64 sent_us
 //!    8  Pong           either     u64 echo_us
-//!    9  DatabaseState  P → S      str database, bool suspended
+//!    9  DatabaseState  either     str database, bool suspended
 //!   10  Config         P → S      u64 version, blob config
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
@@ -165,8 +165,9 @@ pub enum Message {
         /// The `sent_us` of the ping answered, so its sender measures the RTT.
         echo_us: u64,
     },
-    /// Primary → secondary: data movement for a database is suspended or
-    /// resumed.
+    /// Data movement for a database is suspended or resumed: from the
+    /// primary (for every secondary), or from a secondary (`SET HADR
+    /// SUSPEND` run there, for itself alone).
     DatabaseState {
         /// Database concerned.
         database: String,
