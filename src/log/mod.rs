@@ -14,7 +14,7 @@
 //! DIR/log/<database>/<first-lsn, 16 hex digits>.avlog   segments (64 MiB)
 //! DIR/log/<database>/checkpoint                         LSN the file holds
 //! ```
-//! The record format is in [`record`]; LSNs are byte positions, so the
+//! The record format is in `record.rs` ([`Record`]); LSNs are byte positions, so the
 //! first segment starts at 0 and each record's LSN is the previous record's
 //! end.
 //!
