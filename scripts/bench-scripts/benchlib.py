@@ -18,6 +18,12 @@ Command line (each prints to stdout, errors to stderr):
   benchlib.py latency DIR             "p50 p95 p99 count" (ms) over pgbench's
                                       per-transaction logs (-l) in DIR
   benchlib.py progress LOG            "t_s,tps" lines of pgbench's -P output
+  benchlib.py connections [--samples N --interval S] PORT...
+                                      "PORT=N ..." where N is the number of
+                                      established TCP connections (client
+                                      side: remote port PORT) in this network
+                                      namespace, from /proc/net/tcp and tcp6;
+                                      the median of N samples S seconds apart
   benchlib.py sample --conninfo C --sql Q --interval S --seconds N --out F
                                       runs Q with psql every S seconds for N
                                       seconds, appending "t_s,<row>" lines
@@ -52,6 +58,18 @@ SYSTEMS = [
 LABELS = dict(SYSTEMS)
 # The two PostgreSQL baselines every availdb number is divided by.
 BASELINES = [("pg", "ratio_pg_sync"), ("pg_alone", "ratio_pg_alone")]
+# Systems of the listener scenario, in table order: (name, group, label,
+# the system whose TPS it is divided by, or None).
+LISTENER_SYSTEMS = [
+    ("r1_direct", "up --replicas 3", "r1 (primary), its own port", None),
+    ("rw_listener", "up --replicas 3", "listener read-write port → r1", "r1_direct"),
+    ("r2_direct", "up --replicas 3", "r2 (secondary), its own port", None),
+    ("ro_listener", "up --replicas 3", "listener read-only port → r2, r3 (as `up` sets it)", "r2_direct"),
+    ("ro4_r2_direct", "up --replicas 4", "r2 (secondary), its own port", None),
+    ("ro4_t1", "up --replicas 4", "listener read-only port, 1 readable target (r2)", "ro4_r2_direct"),
+    ("ro4_t2", "up --replicas 4", "listener read-only port, 2 readable targets (r2, r3)", "ro4_r2_direct"),
+    ("ro4_t3", "up --replicas 4", "listener read-only port, 3 readable targets (r2, r3, r4)", "ro4_r2_direct"),
+]
 MATRIX_SCENARIOS = {
     "commit": "single-row insert per transaction (commit.sql)",
     "rw": "small read-write transaction: an update, 2 point selects, an insert (rw.sql)",
@@ -121,6 +139,26 @@ def parse_progress(text):
         except (ValueError, IndexError):
             continue
     return out
+
+
+def count_established(lines, ports):
+    """Established TCP connections whose remote port is one of ports, from
+    the lines of /proc/net/tcp or /proc/net/tcp6 (header included or not):
+    {port: count}. On loopback both ends of a connection are listed; only
+    the client's end has the server's port as its remote port, so each
+    connection counts once."""
+    counts = {p: 0 for p in ports}
+    for line in lines:
+        cols = line.split()
+        if len(cols) < 4 or cols[3] != "01" or ":" not in cols[2]:  # 01 = ESTABLISHED
+            continue
+        try:
+            port = int(cols[2].rsplit(":", 1)[1], 16)
+        except ValueError:
+            continue
+        if port in counts:
+            counts[port] += 1
+    return counts
 
 
 def number(value):
@@ -312,6 +350,43 @@ def summarize_seeding(rows):
     return {"trials": trials, "phases": phases}
 
 
+def summarize_listener(rows):
+    """One entry per (system, clients) of the listener scenario: medians
+    over trials, the ratio of the median TPS to its direct counterpart's
+    median at the same client count, and the sessions counted on each
+    replica during the runs (summed over trials)."""
+    order = {s: i for i, (s, _, _, _) in enumerate(LISTENER_SYSTEMS)}
+    info = {s: (g, label, base) for s, g, label, base in LISTENER_SYSTEMS}
+    cells, sessions = {}, {}
+    for r in rows:
+        if r.get("scenario") != "listener" or not r.get("clients"):
+            continue
+        key = (r["system"], int(r["clients"]))
+        if r["kind"] == "run":
+            cells.setdefault(key, []).append(r)
+        elif r["kind"] == "sessions":
+            per = sessions.setdefault(key, {})
+            per[r["replica"]] = per.get(r["replica"], 0) + (number(r["rows"]) or 0)
+    out = []
+    for (system, clients), runs in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1])):
+        group, label, base = info.get(system, ("", system, None))
+        tps = [number(r["tps"]) for r in runs]
+        ok = [t for t in tps if t is not None]
+        out.append({
+            "system": system, "group": group, "label": label, "baseline": base, "clients": clients,
+            "trials": len(runs), "failed_runs": len(tps) - len(ok), "tps_trials": tps,
+            "tps_median": median(tps), "tps_min": min(ok) if ok else None, "tps_max": max(ok) if ok else None,
+            "latency_avg_ms_median": median(number(r["latency_avg_ms"]) for r in runs),
+            "failed_tx": sum(number(r["failed"]) or 0 for r in runs),
+            "sessions": dict(sorted(sessions.get((system, clients), {}).items())),
+        })
+    by_key = {(c["system"], c["clients"]): c for c in out}
+    for c in out:
+        b = by_key.get((c["baseline"], c["clients"])) if c["baseline"] else None
+        c["ratio_direct"] = ratio(c["tps_median"], b["tps_median"]) if b else None
+    return out
+
+
 def mb_per_s(nbytes, seconds):
     """Throughput in MB/s (10^6 bytes); None when it cannot be computed."""
     if nbytes is None or seconds is None or seconds <= 0:
@@ -387,6 +462,7 @@ def build_document(rows, meta, failover=None, patroni=None):
         "redo": summarize_redo(rows),
         "lag": summarize_lag(rows),
         "seeding": summarize_seeding(rows),
+        "listener": summarize_listener(rows),
     }
     if failover is not None:
         doc["failover"] = {"availdb": failover, "availdb_summary": failover_summary(failover)}
@@ -490,8 +566,33 @@ def seeding_markdown(doc):
     return out
 
 
+def listener_markdown(doc):
+    cells = doc["summary"].get("listener") or []
+    if not cells:
+        return []
+    trials = max(c["trials"] for c in cells)
+    out = [
+        f"Median of {trials} trial(s) per cell (TPS range = lowest–highest trial); \"/ direct\" divides the "
+        "median by the median of the same group's direct connection at the same client count (r1 for the "
+        "read-write port, r2 for the read-only port). Sessions per replica: pgbench's connections during each "
+        "run, counted as established TCP connections to each replica (its client port; r1 also its endpoint, "
+        "where the listener relays sessions for the primary), summed over the trials.",
+        "",
+        "| group | clients | path | TPS | TPS range | / direct | avg latency (ms) | sessions per replica | failed tx |",
+        "|---|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for c in cells:
+        spread = ", ".join(f"{k} {v}" for k, v in c["sessions"].items() if v) or "n/a"
+        out.append(f"| `{c['group']}` | {c['clients']} | {c['label']} | {fmt(c['tps_median'])} | "
+                   f"{fmt(c['tps_min'])}–{fmt(c['tps_max'])} | {fmt(c['ratio_direct'], 2) if c['baseline'] else ''} | "
+                   f"{fmt(c['latency_avg_ms_median'], 3)} | {spread} | {c['failed_tx']}"
+                   + (f" ({c['failed_runs']} run(s) failed)" if c["failed_runs"] else "") + " |")
+    out.append("")
+    return out
+
+
 def report_markdown(doc):
-    """The tables this module owns (matrix, lag, seeding), as markdown."""
+    """The tables this module owns (matrix, lag, seeding, listener), as markdown."""
     out = []
     m = matrix_markdown(doc)
     if m:
@@ -502,6 +603,9 @@ def report_markdown(doc):
     seed = seeding_markdown(doc)
     if seed:
         out += ["## seeding: catch-up after SUSPEND/RESUME and automatic seeding of an emptied replica", ""] + seed
+    lst = listener_markdown(doc)
+    if lst:
+        out += ["## listener: select-only TPS, direct and through the listener", ""] + lst
     return "\n".join(out)
 
 
@@ -512,6 +616,7 @@ PLOTS = {
     "commit_latency": "commit matrix: p50/p95/p99 latency per system and client count",
     "lag": "lag: send/redo queue and lag seconds over time",
     "failover": "failover: distribution of kill -9 → first commit",
+    "listener": "listener: select-only TPS direct vs through the listener, and over 1/2/3 read-only targets",
 }
 
 
@@ -633,6 +738,35 @@ def plot(doc, directory):
             ax.set_title(f"failover time distribution ({stamp})")
             ax.grid(True, axis="x", alpha=0.3)
             save(fig, "failover")
+
+    cells = (doc["summary"].get("listener") or [])
+    if cells:
+        panels = [("up --replicas 3", "listener overhead (`up --replicas 3`)"),
+                  ("up --replicas 4", "read-only routing (`up --replicas 4`)")]
+        panels = [(g, t) for g, t in panels if any(c["group"] == g for c in cells)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+        for ax, (group, title) in zip(axes[0], panels):
+            mine = [c for c in cells if c["group"] == group]
+            systems = [s for s, g, _, _ in LISTENER_SYSTEMS if g == group and any(c["system"] == s for c in mine)]
+            clients = sorted({c["clients"] for c in mine})
+            width = 0.8 / max(1, len(systems))
+            for i, system in enumerate(systems):
+                by = {c["clients"]: c for c in mine if c["system"] == system}
+                xs = [k + (i - (len(systems) - 1) / 2) * width for k in range(len(clients))]
+                med = [(by[cl]["tps_median"] or 0) if cl in by else 0 for cl in clients]
+                lo = [m - (by[cl]["tps_min"] or m) if cl in by else 0 for m, cl in zip(med, clients)]
+                hi = [(by[cl]["tps_max"] or m) - m if cl in by else 0 for m, cl in zip(med, clients)]
+                label = next(lbl for s, _, lbl, _ in LISTENER_SYSTEMS if s == system)
+                ax.bar(xs, med, width=width, yerr=[lo, hi], capsize=3, label=label)
+            ax.set_xticks(range(len(clients)))
+            ax.set_xticklabels([f"-c {c}" for c in clients])
+            ax.set_ylabel("select-only TPS (median of trials; bars: min–max)")
+            ax.set_title(title)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+            ax.legend(fontsize="small", loc="upper left")
+        fig.suptitle(f"listener: point selects direct and through the listener ({stamp})")
+        save(fig, "listener")
     return written
 
 
@@ -681,6 +815,10 @@ def main(argv=None):
     s.add_argument("dir")
     s = sub.add_parser("progress")
     s.add_argument("log")
+    s = sub.add_parser("connections")
+    s.add_argument("--samples", type=int, default=1)
+    s.add_argument("--interval", type=float, default=0.0)
+    s.add_argument("ports", nargs="+", type=int)
     s = sub.add_parser("sample")
     s.add_argument("--conninfo", required=True)
     s.add_argument("--sql", required=True)
@@ -713,6 +851,21 @@ def main(argv=None):
         with open(a.log) as f:
             for t, tps in parse_progress(f.read()):
                 print(f"{t:g},{tps}")
+    elif a.cmd == "connections":
+        samples = []
+        for i in range(max(1, a.samples)):
+            if i:
+                time.sleep(a.interval)
+            lines = []
+            for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+                try:
+                    with open(path) as f:
+                        lines.extend(f.read().splitlines())
+                except OSError:
+                    pass
+            samples.append(count_established(lines, a.ports))
+        # The median drops a connection that lives for one sample only.
+        print(" ".join(f"{p}={round(median([c[p] for c in samples]))}" for p in a.ports))
     elif a.cmd == "sample":
         sample(lambda: psql_query(a.conninfo, a.sql), a.interval, a.seconds, a.out)
     elif a.cmd == "report":

@@ -101,6 +101,22 @@ class ParsePgbench(unittest.TestCase):
                 "progress: bogus\n")
         self.assertEqual(benchlib.parse_progress(text), [(1.0, 1234.5), (2.0, 99.0)])
 
+    def test_established_connections_count_the_client_end_once(self):
+        lines = [
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+            # client end of a connection to port 0x7918 = 31000, and its server end
+            "   0: 0100007F:9C40 0100007F:7918 01 00000000:00000000 00:00000000 00000000     0        0 1",
+            "   1: 0100007F:7918 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2",
+            # the listening socket (0A) and a closing one (06) do not count
+            "   2: 0100007F:7918 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3",
+            "   3: 0100007F:9C41 0100007F:7918 06 00000000:00000000 00:00000000 00000000     0        0 4",
+            # tcp6, remote port 0x7919 = 31001
+            "   0: 0000000000000000FFFF00000100007F:9C42 0000000000000000FFFF00000100007F:7919 01 0:0 0:0 0 0 0 5",
+            "garbage",
+        ]
+        self.assertEqual(benchlib.count_established(lines, [31000, 31001, 31002]),
+                         {31000: 1, 31001: 1, 31002: 0})
+
     def test_cli_prints_error_for_a_failed_run(self):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "log")
@@ -217,6 +233,30 @@ class Summaries(unittest.TestCase):
         self.assertEqual((p["trials"], p["mb_per_s_median"], p["mb_per_s_min"], p["mb_per_s_max"]), (3, 20.0, 10.0, 40.0))
         self.assertEqual(p["elapsed_s_median"], 2.0)
 
+    def test_listener_summary_ratios_to_the_direct_path_and_sessions(self):
+        rows = []
+        for trial, (direct, lst) in enumerate([(1000, 900), (1200, 1000), (800, 700)], start=1):
+            rows.append(run_row("listener", "r1_direct", 4, trial, direct))
+            rows.append(run_row("listener", "rw_listener", 4, trial, lst))
+            rows.append({"kind": "sessions", "scenario": "listener", "system": "rw_listener", "clients": "4",
+                         "trial": str(trial), "replica": "r1", "rows": "4"})
+            rows.append({"kind": "sessions", "scenario": "listener", "system": "rw_listener", "clients": "4",
+                         "trial": str(trial), "replica": "r2", "rows": "0"})
+        rows.append(run_row("listener", "ro4_t2", 1, 1, "error", failed=2))
+        rows.append(run_row("commit", "sync2", 4, 1, 5))  # not the listener's
+        rows = [{k: str(v) for k, v in r.items()} for r in rows]
+        cells = benchlib.summarize_listener(rows)
+        self.assertEqual([(c["system"], c["clients"]) for c in cells],
+                         [("r1_direct", 4), ("rw_listener", 4), ("ro4_t2", 1)])
+        direct, lst, failed = cells
+        self.assertEqual((lst["tps_median"], lst["tps_min"], lst["tps_max"]), (900, 700, 1000))
+        self.assertAlmostEqual(lst["ratio_direct"], 900 / 1000)
+        self.assertIsNone(direct["ratio_direct"])
+        self.assertEqual(lst["sessions"], {"r1": 12, "r2": 0})
+        self.assertEqual((failed["failed_runs"], failed["failed_tx"], failed["ratio_direct"]), (1, 2, None))
+        md = "\n".join(benchlib.listener_markdown({"summary": {"listener": cells}}))
+        self.assertIn("| `up --replicas 3` | 4 | listener read-write port → r1 | 900 | 700–1000 | 0.90 | 1.500 | r1 12 | 0 |", md)
+
     def test_failover_summary(self):
         doc = {"trials": [{"kind": "kill", "failover_s": x} for x in (1.0, 2.0, 1.5)]
                + [{"kind": "planned", "window_s": 0.04}, {"kind": "kill", "failover_s": None}]}
@@ -315,6 +355,13 @@ class Plots(unittest.TestCase):
             written = benchlib.plot(doc, d)
             names = sorted(os.path.basename(p) for p in written)
             self.assertEqual(names, ["commit_latency.png", "commit_tps.png", "failover.png", "lag.png"])
+        rows = [{k: str(v) for k, v in r.items()} for r in
+                [run_row("listener", s, c, 1, 1000 + c) for s in ("r1_direct", "rw_listener", "ro4_r2_direct", "ro4_t3")
+                 for c in (1, 4)]]
+        doc = json.loads(json.dumps(benchlib.build_document(rows, {"stamp": "T"})))
+        with tempfile.TemporaryDirectory() as d:
+            written = benchlib.plot(doc, d)
+            self.assertEqual([os.path.basename(p) for p in written], ["listener.png"])
             for p in written:
                 with open(p, "rb") as f:
                     self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
