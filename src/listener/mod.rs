@@ -145,8 +145,19 @@ pub struct Listeners {
     failed_binds: Mutex<HashSet<u16>>,
     /// Replicas passed over until the instant (they failed lately).
     unavailable: Mutex<HashMap<String, Instant>>,
-    /// Round-robin counter for load-balanced routing sets.
+    /// Round-robin counter for load-balanced routing sets. Every node of a
+    /// group runs a listener and the kernel hands each connection to any
+    /// of them, so each starts at its own random point: otherwise every
+    /// node's first session would go to the same replica.
     turn: AtomicUsize,
+}
+
+/// A start for the round-robin counter that differs between processes.
+fn random_start() -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().rotate_left(16)) as usize
 }
 
 impl Listeners {
@@ -159,7 +170,7 @@ impl Listeners {
             running: Mutex::new(HashMap::new()),
             failed_binds: Mutex::new(HashSet::new()),
             unavailable: Mutex::new(HashMap::new()),
-            turn: AtomicUsize::new(0),
+            turn: AtomicUsize::new(random_start()),
         });
         let weak = Arc::downgrade(&listeners);
         tokio::spawn(async move {
