@@ -7,6 +7,17 @@ use availdb::cli::{cluster, run_server, up, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Cluster(_)) {
+        // A short-lived report: piped into `head`, it ends quietly when the
+        // reader goes away, like other command-line tools. (Servers keep
+        // Rust's default of ignoring SIGPIPE: a client that hangs up must
+        // not kill them.)
+        // SAFETY: called before any thread starts; SIG_DFL is a valid
+        // disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("AVAILDB_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
