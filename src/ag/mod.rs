@@ -402,7 +402,24 @@ impl Manager {
         cluster
             .initialize(std::collections::BTreeMap::from([(m.id, m.local.clone())]))
             .await
-            .map_err(|e| Error::sql("55000", e.to_string()))
+            .map_err(|e| Error::sql("55000", e.to_string()))?;
+        // Return once this node leads its cluster, so the next statement
+        // (ADD NODE) finds it formed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let m = cluster.metrics();
+            if m.leader == Some(m.id) && m.voters.contains_key(&m.id) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::sql(
+                    "55000",
+                    "the cluster was initialized but this node did not become its leader within 10 s",
+                )
+                .with_hint("see availdb cluster status; the node's log says why"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// `ALTER CLUSTER ADD NODE`: the named node, running and reachable at
