@@ -3,7 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use availdb::cli::{cluster, run_server, up, Cli, Command};
+use availdb::cli::{cluster, listener, run_server, up, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => run_server(args.resolve()?).await,
             Command::Up(args) => up::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
+            Command::Listener(args) => listener::run(args).await,
         }
     });
     match result {

@@ -794,3 +794,128 @@ async fn malformed_startup_packets_and_ssl_requests_get_a_clean_error_and_never_
         "r1"
     );
 }
+
+/// A stand-alone listener (`availdb listener --join`) process, killed and
+/// its directory removed on drop.
+struct StandAlone {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl StandAlone {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("listener.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for StandAlone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `availdb listener --join` on a host with no replica (its own loopback
+/// address here) follows the cluster without voting and serves the
+/// group's listener: sessions through it reach the primary, and after a
+/// planned failover the same address reaches the new primary. It refuses
+/// to host a replica, and shows as a non-voting member.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stand_alone_listener_follows_the_primary_without_hosting_a_replica() {
+    let group = Group::start_with(GroupSpec {
+        replicas: 2,
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "a_stand_alone_listener_follows_the_primary_without_hosting_a_replica",
+    );
+    let listener = define_listener(&group, 0, &[]).await;
+    let host = "127.0.0.9";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = std::fs::File::create(dir.path().join("listener.log")).expect("log file");
+    let client_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_availdb"))
+        .args(["listener", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--host", host, "--name", "l1"])
+        .args(["--port", &client_port.to_string()])
+        .args(["--endpoint", &format!("{host}:{}", free_port())])
+        .args(["--join", &format!("127.0.0.1:{}", group.nodes[0].port())])
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn availdb listener");
+    let stand_alone = StandAlone { child, dir };
+    let through = |db: &str| {
+        format!(
+            "host={host} port={} user={USER} dbname={db} connect_timeout=20",
+            listener.rw
+        )
+    };
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    let first = loop {
+        if let Ok(client) = connect(&through(APP)).await {
+            break client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stand-alone listener at {host}:{} never answered\n{}\n{}",
+            listener.rw,
+            stand_alone.log(),
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert_eq!(
+        served_by(&first).await,
+        "r1",
+        "through the stand-alone listener"
+    );
+    let members = query_text(
+        &first,
+        "SELECT member_name, member_type_desc FROM sys.dm_hadr_cluster_members WHERE member_name = 'l1'",
+    )
+    .await
+    .expect("members");
+    assert_eq!(
+        members,
+        vec![vec![Some("l1".to_string()), Some("NON_VOTER".to_string())]]
+    );
+    let own = connect(&format!(
+        "host={host} port={client_port} user={USER} dbname={DEFAULT_DB} connect_timeout=20"
+    ))
+    .await
+    .expect("the listener host's own port");
+    let refused = own
+        .batch_execute(&format!("ALTER AVAILABILITY GROUP {GROUP} JOIN"))
+        .await
+        .expect_err("a listener host joining a group as a replica");
+    assert!(
+        error_text(&refused).contains("witness"),
+        "{}",
+        error_text(&refused)
+    );
+    drop(first);
+
+    wait_failover_ready(&group, 0, &[1]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!("FAILOVER on r2: {code} {message}\n{}", group.logs());
+    }
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    loop {
+        if let Ok(client) = connect(&through(APP)).await {
+            if served_by(&client).await == "r2" {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stand-alone listener never reached the new primary r2\n{}\n{}",
+            stand_alone.log(),
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -356,8 +356,12 @@ impl Manager {
                 Ok(())
             }).await,
             AgStatement::CreateCluster => this.create_cluster().await.map(|_| "CREATE CLUSTER".into()),
-            AgStatement::AddClusterNode { name, endpoint_url } => this
-                .add_cluster_node(&name, &endpoint_url)
+            AgStatement::AddClusterNode {
+                name,
+                endpoint_url,
+                voter,
+            } => this
+                .add_cluster_node(&name, &endpoint_url, voter)
                 .await
                 .map(|_| "ALTER CLUSTER".into()),
             AgStatement::RemoveClusterNode { name } => this
@@ -424,7 +428,7 @@ impl Manager {
 
     /// `ALTER CLUSTER ADD NODE`: the named node, running and reachable at
     /// `endpoint_url`, becomes a voter (a witness, or a future replica host).
-    async fn add_cluster_node(&self, name: &str, endpoint_url: &str) -> Result<()> {
+    async fn add_cluster_node(&self, name: &str, endpoint_url: &str, voter: bool) -> Result<()> {
         let cluster = self.cluster_member()?;
         if cluster.metrics().voters.is_empty() {
             return Err(Error::sql("55000", "this node is in no cluster yet")
@@ -435,8 +439,14 @@ impl Manager {
             name: name.to_string(),
             endpoint,
         };
+        let id = crate::cluster::node_id(name);
+        let change = if voter {
+            crate::cluster::MemberChange::Add(id, info)
+        } else {
+            crate::cluster::MemberChange::AddLearner(id, info)
+        };
         cluster
-            .change_members(crate::cluster::MemberChange::Add(crate::cluster::node_id(name), info))
+            .change_members(change)
             .await
             .map_err(|e| {
                 Error::sql("55000", format!("cannot add node \"{name}\" to the cluster: {e}"))
@@ -450,10 +460,10 @@ impl Manager {
         let cluster = self.cluster_member()?;
         let m = cluster.metrics();
         let id = crate::cluster::node_id(name);
-        if !m.voters.contains_key(&id) {
+        if !m.voters.contains_key(&id) && !m.learners.contains_key(&id) {
             return Err(Error::sql(
                 "42704",
-                format!("node \"{name}\" is not a voter of this node's cluster"),
+                format!("node \"{name}\" is not a member of this node's cluster"),
             )
             .with_hint("see availdb cluster status for the members"));
         }
@@ -975,7 +985,14 @@ impl Manager {
     /// (a read-scale group, or a node outside the cluster). None when the
     /// group is not defined here.
     pub fn current_config(&self, group: &str) -> Option<GroupConfig> {
-        let local = self.defined(group).ok()?;
+        let Ok(local) = self.defined(group) else {
+            // A group this node has no part in (a witness, a stand-alone
+            // listener): the cluster's definition, when it runs the group.
+            return self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.state().group(group).map(|r| r.config.clone()));
+        };
         let clustered = self
             .clustered(&local)
             .and_then(|c| c.state().group(group).map(|r| r.config.clone()));
@@ -987,7 +1004,14 @@ impl Manager {
 
     /// [`Manager::current_config`] of every group defined here.
     pub fn current_configs(&self) -> Vec<GroupConfig> {
-        let names: Vec<String> = self.lock().keys().cloned().collect();
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        if let Some(cluster) = &self.cluster {
+            for name in cluster.state().groups.keys() {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
         names
             .iter()
             .filter_map(|name| self.current_config(name))

@@ -441,12 +441,21 @@ impl Snapshot {
             text(&m.local.name),
             text(format!("tcp://{}", m.local.endpoint)),
         ]);
-        for (id, node) in &m.voters {
+        let members = m
+            .voters
+            .iter()
+            .map(|(id, node)| (id, node, "VOTER", 1))
+            .chain(
+                m.learners
+                    .iter()
+                    .map(|(id, node)| (id, node, "NON_VOTER", 0)),
+            );
+        for (id, node, kind, votes) in members {
             self.members.push(vec![
                 text(&node.name),
-                text("VOTER"),
+                text(kind),
                 text(format!("tcp://{}", node.endpoint)),
-                int(1),
+                int(votes),
                 boolean(m.leader == Some(*id)),
                 boolean(*id == m.id),
             ]);

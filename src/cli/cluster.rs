@@ -138,7 +138,7 @@ async fn identity(client: &tokio_postgres::Client) -> Result<(String, String), S
         })
 }
 
-async fn execute(client: &tokio_postgres::Client, sql: &str) -> Result<(), String> {
+pub(super) async fn execute(client: &tokio_postgres::Client, sql: &str) -> Result<(), String> {
     client
         .batch_execute(sql)
         .await
@@ -160,11 +160,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// A SQL string literal.
-fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-async fn connect(
+pub(super) async fn connect(
     host: &str,
     port: u16,
     password: &Option<String>,
@@ -200,7 +200,7 @@ async fn status(target: &Target) -> Result<(), String> {
             r[0], r[1], r[2], r[3], r[4]
         ),
     }
-    let members = query("SELECT member_name, endpoint_url, is_leader, is_local FROM sys.dm_hadr_cluster_members ORDER BY member_name").await?;
+    let members = query("SELECT member_name, endpoint_url, is_leader, is_local, member_type_desc FROM sys.dm_hadr_cluster_members ORDER BY member_name").await?;
     for r in text_rows(&members) {
         let mut tags = Vec::new();
         if r[2] == "t" {
@@ -209,7 +209,12 @@ async fn status(target: &Target) -> Result<(), String> {
         if r[3] == "t" {
             tags.push("this node");
         }
-        println!("  voter {:<12} {}  {}", r[0], r[1], tags.join(", "));
+        let kind = if r[4] == "VOTER" {
+            "voter"
+        } else {
+            "non-voter"
+        };
+        println!("  {kind} {:<12} {}  {}", r[0], r[1], tags.join(", "));
     }
     let groups = query("SELECT name, primary_replica, epoch, cluster_type_desc FROM sys.availability_groups ORDER BY name").await?;
     for r in text_rows(&groups) {
@@ -225,7 +230,7 @@ async fn status(target: &Target) -> Result<(), String> {
     Ok(())
 }
 
-fn text_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
+pub(super) fn text_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
     messages
         .iter()
         .filter_map(|m| match m {

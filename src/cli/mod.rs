@@ -21,6 +21,7 @@ use crate::listener::{ListenerOptions, Listeners};
 use crate::replication::secondary::serve_endpoint;
 
 pub mod cluster;
+pub mod listener;
 pub mod up;
 
 /// availdb: Always On availability groups for SQLite, over the PostgreSQL
@@ -42,6 +43,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// The quorum cluster manager (`availdb cluster status`).
     Cluster(cluster::ClusterArgs),
+    /// A stand-alone availability group listener on a host with no replica.
+    Listener(listener::ListenerArgs),
 }
 
 /// `availdb server` options.

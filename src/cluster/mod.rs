@@ -258,6 +258,9 @@ pub struct ClusterMetrics {
     pub last_applied: Option<u64>,
     /// This node's name and the endpoint it listens on.
     pub local: NodeInfo,
+    /// Members that follow the state without voting (stand-alone
+    /// listeners).
+    pub learners: BTreeMap<NodeId, NodeInfo>,
 }
 
 /// A change of the cluster's voters, made by the leader (forwarded to it
@@ -266,7 +269,10 @@ pub struct ClusterMetrics {
 pub enum MemberChange {
     /// Add a running node as a voter: it first catches up as a learner.
     Add(NodeId, NodeInfo),
-    /// Take a voter out of the cluster.
+    /// Add a running node that follows the state without voting (a
+    /// stand-alone listener).
+    AddLearner(NodeId, NodeInfo),
+    /// Take a voter (or learner) out of the cluster.
     Remove(NodeId),
 }
 
@@ -285,8 +291,25 @@ pub(crate) async fn change_members_here(
                     .await
                     .map_err(write_error)?;
             }
+            MemberChange::AddLearner(id, info) => {
+                raft.add_learner(id, info, true)
+                    .await
+                    .map_err(write_error)?;
+            }
             MemberChange::Remove(id) => {
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                let learner = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .learner_ids()
+                    .any(|l| l == id);
+                let change = if learner {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                };
+                raft.change_membership(change, false)
                     .await
                     .map_err(write_error)?;
             }
@@ -526,6 +549,10 @@ impl Cluster {
             .voter_ids()
             .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
             .collect();
+        let learners = membership
+            .learner_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+            .collect();
         ClusterMetrics {
             id: m.id,
             state: m.state,
@@ -534,6 +561,7 @@ impl Cluster {
             voters,
             last_applied: m.last_applied.map(|l| l.index),
             local: self.info.clone(),
+            learners,
         }
     }
 

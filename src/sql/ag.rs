@@ -31,8 +31,9 @@
 //! alter_db    = ALTER DATABASE db SET HADR
 //!                 ( SUSPEND | RESUME | OFF | AVAILABILITY GROUP "=" group )
 //! cluster     = CREATE CLUSTER                     -- availdb's own: the
-//!             | ALTER CLUSTER ADD NODE 'name'      -- quorum cluster's voters
-//!                 WITH "(" ENDPOINT_URL "=" 'tcp://host:port' ")"
+//!             | ALTER CLUSTER ADD NODE 'name'      -- quorum cluster's members
+//!                 WITH "(" ENDPOINT_URL "=" 'tcp://host:port'
+//!                          [ "," VOTE "=" ( ON | OFF ) ] ")"
 //!             | ALTER CLUSTER REMOVE NODE 'name'
 //! replica     = 'name' WITH "(" replica_opt { "," replica_opt } ")"
 //! listener    = 'name' "(" listener_opt { "," listener_opt } ")"
@@ -228,6 +229,9 @@ pub enum AgStatement {
         name: String,
         /// Where the other nodes reach it (`tcp://host:port`).
         endpoint_url: String,
+        /// False for `VOTE = OFF`: it follows the state without voting (a
+        /// stand-alone listener).
+        voter: bool,
     },
     /// `ALTER CLUSTER REMOVE NODE 'name'`: take a node out of the voters.
     RemoveClusterNode {
@@ -1004,7 +1008,7 @@ impl Parser {
 
     fn alter_cluster(&mut self) -> Result<AgStatement> {
         const SHAPE: &str =
-            "ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = 'tcp://host:port') \
+            "ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = 'tcp://host:port'[, VOTE = OFF]) \
                              or ALTER CLUSTER REMOVE NODE 'name'";
         if self.eat_keyword("ADD") {
             self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
@@ -1014,8 +1018,24 @@ impl Parser {
             self.keyword("ENDPOINT_URL")
                 .map_err(|e| e.with_hint(SHAPE))?;
             let endpoint_url = self.equals_url("ENDPOINT_URL")?;
+            let mut voter = true;
+            if self.eat(&Tok::Comma) {
+                self.keyword("VOTE").map_err(|e| e.with_hint(SHAPE))?;
+                self.punct(Tok::Equals)?;
+                voter = if self.eat_keyword("ON") {
+                    true
+                } else if self.eat_keyword("OFF") {
+                    false
+                } else {
+                    return Err(self.unexpected("ON or OFF for VOTE"));
+                };
+            }
             self.punct(Tok::RParen)?;
-            Ok(AgStatement::AddClusterNode { name, endpoint_url })
+            Ok(AgStatement::AddClusterNode {
+                name,
+                endpoint_url,
+                voter,
+            })
         } else if self.eat_keyword("REMOVE") {
             self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
             let (name, _) = self.name_literal("a node name")?;
@@ -1491,7 +1511,16 @@ mod tests {
             parsed("ALTER CLUSTER ADD NODE 'w1' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:7010')"),
             AgStatement::AddClusterNode {
                 name: "w1".into(),
-                endpoint_url: "tcp://127.0.0.1:7010".into()
+                endpoint_url: "tcp://127.0.0.1:7010".into(),
+                voter: true,
+            }
+        );
+        assert_eq!(
+            parsed("ALTER CLUSTER ADD NODE 'l1' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:7011', VOTE = OFF)"),
+            AgStatement::AddClusterNode {
+                name: "l1".into(),
+                endpoint_url: "tcp://127.0.0.1:7011".into(),
+                voter: false,
             }
         );
         assert_eq!(
