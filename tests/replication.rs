@@ -1219,8 +1219,9 @@ async fn a_database_larger_than_a_wire_frame_seeds_a_new_secondary() {
 
 // --------------------------------------------------- suspend and resume
 
-#[tokio::test(flavor = "multi_thread")]
-async fn suspend_and_resume_data_movement() {
+/// A 3-replica group whose table `t` holds ids 1..=10 on every replica;
+/// a session on the primary's `app`.
+async fn three_replicas_with_ten_rows() -> (Group, Client) {
     let group = Group::start(3).await;
     let c = group.primary().client(APP).await;
     run(&group, &c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await;
@@ -1228,6 +1229,12 @@ async fn suspend_and_resume_data_movement() {
         insert_row(&group, &c, "t", id).await;
     }
     group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    (group, c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_and_resume_data_movement() {
+    let (group, c) = three_replicas_with_ten_rows().await;
     let admin = group.primary().client(DEFAULT_DB).await;
     run(&group, &admin, "ALTER DATABASE app SET HADR SUSPEND").await;
 
@@ -1302,13 +1309,7 @@ async fn suspend_and_resume_data_movement() {
 /// on; RESUME there brings it back to SYNCHRONIZED with every row.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secondary_suspends_and_resumes_its_own_data_movement() {
-    let group = Group::start(3).await;
-    let c = group.primary().client(APP).await;
-    run(&group, &c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await;
-    for id in 1..=10 {
-        insert_row(&group, &c, "t", id).await;
-    }
-    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let (group, c) = three_replicas_with_ten_rows().await;
     let r2 = group.nodes[1].client(DEFAULT_DB).await;
     run(&group, &r2, "ALTER DATABASE app SET HADR SUSPEND").await;
     let deadline = Instant::now() + Duration::from_secs(30);
