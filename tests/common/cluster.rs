@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::group::{
-    db_states, error_text, group_row, name, query_text, replica_states, Group, GroupRow, APP,
-    GROUP, STATEMENT_TIMEOUT,
+    db_states, error_text, group_row, name, query_text, replica_states, rows_of, Group, GroupRow,
+    APP, GROUP, STATEMENT_TIMEOUT,
 };
 use super::{TestServer, DEFAULT_DB, USER};
 
@@ -160,20 +160,6 @@ async fn connect_within(conn_string: &str, bound: Duration) -> Result<Client, St
         Ok(Err(e)) => Err(error_text(&e)),
         Err(_) => Err(format!("no session within {bound:?}")),
     }
-}
-
-fn rows_of(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_string))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 // ------------------------------------------------------------- the writers

@@ -122,7 +122,12 @@ pub async fn query_text(
         Ok(result) => result?,
         Err(_) => panic!("{sql}: no answer within {STATEMENT_TIMEOUT:?}"),
     };
-    Ok(messages
+    Ok(rows_of(messages))
+}
+
+/// The rows of a simple-protocol answer, as text.
+pub fn rows_of(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
+    messages
         .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(row) => Some(
@@ -132,7 +137,7 @@ pub async fn query_text(
             ),
             _ => None,
         })
-        .collect())
+        .collect()
 }
 
 /// `batch_execute`, bounded; panics (with `what`) on error or timeout.
