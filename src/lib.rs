@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod frontend;
+pub mod group;
 pub mod listener;
 pub mod log;
 pub mod net;

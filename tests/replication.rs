@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use availdb::ag::config::{
+use availdb::group::{
     AvailabilityMode, FailoverMode, GroupConfig, ReplicaConfig, SecondaryConnections,
 };
 use availdb::log::Record;

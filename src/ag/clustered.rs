@@ -23,13 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::config::ClusterType;
 use super::failover::{
     decide, self_conditions, triggering, Decision, Observation, Policy, ProbeError,
 };
 use super::Manager;
 use crate::cluster::{Cluster, Command, CommandResult};
 use crate::engine::{monotonic_us, Database};
+use crate::group::ClusterType;
 use crate::replication::primary::SyncArbiter;
 
 /// How long a renewal lets the primary write.

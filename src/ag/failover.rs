@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::config::{AvailabilityMode, ClusterType, FailoverMode, GroupConfig};
+use crate::group::{AvailabilityMode, ClusterType, FailoverMode, GroupConfig};
 
 /// A failure the primary reports about itself with its lease renewals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,10 +267,10 @@ pub fn triggering(conditions: &[Condition], primary: &str, policy: Policy) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ag::config::ReplicaConfig;
+    use crate::group::ReplicaConfig;
 
     fn replica(name: &str, sync: bool, automatic: bool) -> ReplicaConfig {
-        let mut r = crate::ag::config::fixtures::replica(name);
+        let mut r = crate::group::fixtures::replica(name);
         if !sync {
             r.availability_mode = AvailabilityMode::AsynchronousCommit;
         }
@@ -281,7 +281,7 @@ mod tests {
     }
 
     fn group(replicas: Vec<ReplicaConfig>) -> GroupConfig {
-        let mut g = crate::ag::config::fixtures::group(&[]);
+        let mut g = crate::group::fixtures::group(&[]);
         g.databases = vec!["app".into(), "billing".into()];
         g.replicas = replicas;
         g

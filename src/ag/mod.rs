@@ -26,8 +26,8 @@
 //!   the decision rules it will apply.
 
 pub mod clustered;
-pub mod config;
 pub mod failover;
+pub mod store;
 pub mod views;
 
 use std::collections::HashMap;
@@ -41,10 +41,11 @@ use crate::replication::primary::{PrimaryGroup, StartOptions};
 use crate::replication::secondary::{Admission, SecondaryGroup};
 use crate::sql::ag::{self as ddl, AgStatement};
 
-use config::{
-    AvailabilityMode, ConfigStore, FailoverMode, GroupConfig, Membership, PrimaryConnections,
+use crate::group::{
+    AvailabilityMode, ClusterType, FailoverMode, FailoverRecord, GroupConfig, ListenerConfig,
     ReplicaConfig, SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
 };
+use store::{ConfigStore, Membership};
 
 /// This node's part in one group.
 enum Part {
@@ -69,7 +70,7 @@ pub struct Manager {
     /// the cluster), so two changes never interleave.
     transitions: tokio::sync::Mutex<()>,
     /// Latest failover record per group, as losses become known.
-    failovers: Mutex<HashMap<String, Option<config::FailoverRecord>>>,
+    failovers: Mutex<HashMap<String, Option<FailoverRecord>>>,
     /// A witness node votes in the cluster and hosts no replica.
     witness: bool,
 }
@@ -546,7 +547,7 @@ impl Manager {
         config.primary = self.node.clone();
         config.epoch += 1;
         config.version += 1;
-        config.last_failover = Some(config::FailoverRecord {
+        config.last_failover = Some(FailoverRecord {
             at_us: now_us(),
             reason: "FORCE_FAILOVER_ALLOW_DATA_LOSS".into(),
             from: old.primary.clone(),
@@ -677,7 +678,7 @@ impl Manager {
     }
 
     /// The group's last failover as currently known (losses included).
-    fn last_failover(&self, config: &GroupConfig) -> Option<config::FailoverRecord> {
+    fn last_failover(&self, config: &GroupConfig) -> Option<FailoverRecord> {
         self.failovers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -768,8 +769,8 @@ impl Manager {
                 .unwrap_or(0),
             replicas,
             cluster_type: match spec.options.cluster_type {
-                Some(ddl::ClusterType::None) => config::ClusterType::None,
-                _ => config::ClusterType::External,
+                Some(ddl::ClusterType::None) => ClusterType::None,
+                _ => ClusterType::External,
             },
             last_failover: None,
             failure_condition_level: spec.options.failure_condition_level.unwrap_or(3),
@@ -883,7 +884,7 @@ impl Manager {
     fn clustered(&self, config: &GroupConfig) -> Option<Arc<Cluster>> {
         self.cluster
             .clone()
-            .filter(|_| config.cluster_type != config::ClusterType::None)
+            .filter(|_| config.cluster_type != ClusterType::None)
     }
 
     /// Follows the cluster's definition of a group: becomes primary where
@@ -923,7 +924,7 @@ impl Manager {
                     .await
                     .map_err(|e| Error::sql("55000", format!("cannot take over: {e}")))?;
                 let mut config = config.clone();
-                config.last_failover = Some(config::FailoverRecord {
+                config.last_failover = Some(FailoverRecord {
                     at_us: now_us(),
                     reason: "AUTOMATIC or PLANNED (the cluster named this replica)".into(),
                     from: old.primary.clone(),
@@ -1374,17 +1375,14 @@ fn replica_config(
         Some(_) => FailoverMode::Manual,
         None => base.map_or(FailoverMode::Manual, |b| b.failover_mode),
     };
-    let secondary_allow_connections = match o.secondary_allow_connections {
-        Some(ddl::SecondaryConnections::No) => SecondaryConnections::No,
-        Some(ddl::SecondaryConnections::ReadOnly) => SecondaryConnections::ReadOnly,
-        Some(ddl::SecondaryConnections::All) => SecondaryConnections::All,
-        None => base.map_or(SecondaryConnections::All, |b| b.secondary_allow_connections),
-    };
-    let primary_allow_connections = match o.primary_allow_connections {
-        Some(ddl::PrimaryConnections::ReadWrite) => PrimaryConnections::ReadWrite,
-        Some(ddl::PrimaryConnections::All) => PrimaryConnections::All,
-        None => base.map_or(PrimaryConnections::All, |b| b.primary_allow_connections),
-    };
+    let secondary_allow_connections = o
+        .secondary_allow_connections
+        .or(base.map(|b| b.secondary_allow_connections))
+        .unwrap_or(SecondaryConnections::All);
+    let primary_allow_connections = o
+        .primary_allow_connections
+        .or(base.map(|b| b.primary_allow_connections))
+        .unwrap_or_default();
     Ok(ReplicaConfig {
         name: name.to_string(),
         endpoint,
@@ -1413,7 +1411,7 @@ fn replica_config(
 }
 
 /// A listener's definition; `READ_ONLY_PORT` defaults to `PORT + 1`.
-fn listener_config(spec: &ddl::ListenerSpec) -> Result<config::ListenerConfig> {
+fn listener_config(spec: &ddl::ListenerSpec) -> Result<ListenerConfig> {
     let read_only_port = match spec.read_only_port {
         Some(port) => port,
         None => spec.port.checked_add(1).ok_or_else(|| {
@@ -1427,7 +1425,7 @@ fn listener_config(spec: &ddl::ListenerSpec) -> Result<config::ListenerConfig> {
             .with_hint("give READ_ONLY_PORT = n")
         })?,
     };
-    Ok(config::ListenerConfig {
+    Ok(ListenerConfig {
         name: spec.name.clone(),
         port: spec.port,
         read_only_port,

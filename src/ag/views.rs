@@ -84,7 +84,7 @@ fn boolean(b: bool) -> Value {
     Value::Integer(b as i64)
 }
 
-fn failover_columns(record: Option<&crate::ag::config::FailoverRecord>) -> Vec<Value> {
+fn failover_columns(record: Option<&crate::group::FailoverRecord>) -> Vec<Value> {
     let Some(r) = record else {
         return vec![Value::Null; 6];
     };
@@ -137,7 +137,7 @@ fn time(us: Option<i64>) -> Value {
 }
 
 impl Snapshot {
-    fn add_config(&mut self, config: &crate::ag::config::GroupConfig) {
+    fn add_config(&mut self, config: &crate::group::GroupConfig) {
         let mut row = vec![
             text(&config.name),
             text(&config.name),
@@ -147,8 +147,8 @@ impl Snapshot {
             text(&config.primary),
             text(&config.cluster_id),
             text(match config.cluster_type {
-                crate::ag::config::ClusterType::External => "EXTERNAL",
-                crate::ag::config::ClusterType::None => "NONE",
+                crate::group::ClusterType::External => "EXTERNAL",
+                crate::group::ClusterType::None => "NONE",
             }),
         ];
         row.extend(failover_columns(config.last_failover.as_ref()));
@@ -160,22 +160,22 @@ impl Snapshot {
                 text(format!("tcp://{}", r.endpoint)),
                 text(r.availability_mode.name()),
                 text(match r.failover_mode {
-                    crate::ag::config::FailoverMode::Automatic => "AUTOMATIC",
-                    crate::ag::config::FailoverMode::Manual => "MANUAL",
+                    crate::group::FailoverMode::Automatic => "AUTOMATIC",
+                    crate::group::FailoverMode::Manual => "MANUAL",
                 }),
                 int(r.session_timeout_s as u64),
                 text(match r.secondary_allow_connections {
-                    crate::ag::config::SecondaryConnections::No => "NO",
-                    crate::ag::config::SecondaryConnections::ReadOnly => "READ_ONLY",
-                    crate::ag::config::SecondaryConnections::All => "ALL",
+                    crate::group::SecondaryConnections::No => "NO",
+                    crate::group::SecondaryConnections::ReadOnly => "READ_ONLY",
+                    crate::group::SecondaryConnections::All => "ALL",
                 }),
                 r.read_only_routing_url
                     .clone()
                     .map_or(Value::Null, Value::Text),
                 int(r.backup_priority as u64),
                 text(match r.primary_allow_connections {
-                    crate::ag::config::PrimaryConnections::ReadWrite => "READ_WRITE",
-                    crate::ag::config::PrimaryConnections::All => "ALL",
+                    crate::group::PrimaryConnections::ReadWrite => "READ_WRITE",
+                    crate::group::PrimaryConnections::All => "ALL",
                 }),
             ]);
             // Members of one load-balanced set share a priority, as in
@@ -384,11 +384,7 @@ impl Snapshot {
 
     /// Shows `record` as the last failover of `group` (fresher than the
     /// definition's copy while losses are being found).
-    pub fn set_failover(
-        &mut self,
-        group: &str,
-        record: Option<&crate::ag::config::FailoverRecord>,
-    ) {
+    pub fn set_failover(&mut self, group: &str, record: Option<&crate::group::FailoverRecord>) {
         for row in &mut self.groups {
             if row[0] == text(group) {
                 row.truncate(8);

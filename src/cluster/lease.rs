@@ -231,12 +231,11 @@ mod tests {
             duration_ms,
         };
         let state = |lease: Option<u64>| {
-            let config: crate::ag::config::GroupConfig =
-                serde_json::from_value(serde_json::json!({
-                    "name": "ag1", "cluster_id": "c", "version": 1, "epoch": 1, "primary": "r1",
-                    "databases": [], "required_synchronized_secondaries": 0, "replicas": []
-                }))
-                .unwrap();
+            let config: crate::group::GroupConfig = serde_json::from_value(serde_json::json!({
+                "name": "ag1", "cluster_id": "c", "version": 1, "epoch": 1, "primary": "r1",
+                "databases": [], "required_synchronized_secondaries": 0, "replicas": []
+            }))
+            .unwrap();
             let mut s = ClusterState::default();
             let lease = lease.map(|duration_ms| Lease {
                 holder: "r1".into(),

@@ -5,7 +5,7 @@
 //! Every node of the cluster (replica hosts and witnesses) is a Raft voter.
 //! The state machine ([`ClusterState`], `state.rs`) holds, per
 //! availability group: its definition
-//! ([`GroupConfig`](crate::ag::config::GroupConfig), including the
+//! ([`GroupConfig`](crate::group::GroupConfig), including the
 //! current primary and epoch), the primary's [`Lease`], and the
 //! synchronized set of each database. It changes only through
 //! [`Command`]s committed by a majority and applied in log order; each is

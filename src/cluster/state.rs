@@ -30,7 +30,7 @@ use openraft::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, NodeInfo};
-use crate::ag::config::{AvailabilityMode, GroupConfig};
+use crate::group::{AvailabilityMode, GroupConfig};
 
 /// Everything the cluster agrees on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,7 +367,7 @@ fn validate(config: &GroupConfig) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ag::config::fixtures;
+    use crate::group::fixtures;
 
     /// ag1: r1 (primary), r2 (sync), r3 (async); databases app, shop; epoch 3.
     fn group() -> GroupConfig {

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::ag::config::GroupConfig;
+use crate::group::GroupConfig;
 
 /// Longest any condition may take to come true.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -51,7 +51,7 @@ fn node(nodes: &[Option<Cluster>], id: NodeId) -> &Cluster {
 }
 
 fn group() -> GroupConfig {
-    crate::ag::config::fixtures::group(&["r1", "r2", "r3"])
+    crate::group::fixtures::group(&["r1", "r2", "r3"])
 }
 
 fn renew(holder: &str, epoch: u64, duration_ms: u64) -> Command {

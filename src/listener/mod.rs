@@ -70,12 +70,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::ag::config::GroupConfig;
 use crate::ag::Manager;
+use crate::group::GroupConfig;
 use crate::sql::ag::parse_tcp_url;
 
+pub use crate::group::LocalRole;
 pub use packet::PacketError;
-pub use routing::{admit, route, Intent, LocalRole, Refusal, Route};
+pub use routing::{admit, route, Intent, Refusal, Route};
 
 /// A connection to a replication endpoint that opens with these bytes is a
 /// client session the listener hands over, not replication.

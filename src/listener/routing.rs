@@ -19,7 +19,7 @@
 //!   and is refused when the listener's hold time runs out. A list with no
 //!   eligible replica at all is refused at once ([`Route::Refuse`]).
 
-use crate::ag::config::{GroupConfig, PrimaryConnections, SecondaryConnections};
+use crate::group::{GroupConfig, LocalRole, PrimaryConnections, SecondaryConnections};
 
 /// What a session declares it will do (`application_intent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,21 +127,6 @@ pub fn route(
     }
 }
 
-/// This node's role in the group of the session's database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LocalRole {
-    /// The primary replica.
-    Primary {
-        /// Its `PRIMARY_ROLE (ALLOW_CONNECTIONS)`.
-        allow: PrimaryConnections,
-    },
-    /// A secondary replica.
-    Secondary {
-        /// Its `SECONDARY_ROLE (ALLOW_CONNECTIONS)`.
-        allow: SecondaryConnections,
-    },
-}
-
 /// A refused session: SQLSTATE, message and what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -201,7 +186,7 @@ mod tests {
     use super::*;
 
     fn config(list: &[&[&str]], allow: &[(&str, SecondaryConnections)]) -> GroupConfig {
-        let mut g = crate::ag::config::fixtures::group(&["r1", "r2", "r3", "r4"]);
+        let mut g = crate::group::fixtures::group(&["r1", "r2", "r3", "r4"]);
         for r in &mut g.replicas {
             if let Some((_, a)) = allow.iter().find(|(n, _)| *n == r.name) {
                 r.secondary_allow_connections = *a;

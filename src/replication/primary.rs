@@ -25,8 +25,8 @@ use tokio_util::codec::Framed;
 
 use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
-use crate::ag::config::{AvailabilityMode, GroupConfig, ReplicaConfig};
 use crate::engine::{monotonic_us, CommitHook, Database, Engine, Error, Result};
+use crate::group::{AvailabilityMode, GroupConfig, ReplicaConfig};
 use crate::log::Lsn;
 
 /// Most record bytes sent in one `Records` message.

@@ -29,10 +29,10 @@ use tokio_util::codec::Framed;
 
 use super::primary::PING_INTERVAL;
 use super::wire::{DatabasePosition, Message, WireCodec};
-use crate::ag::config::GroupConfig;
 use crate::engine::monotonic_us;
 use crate::engine::redo::{Applier, PageSet};
 use crate::engine::{checkpoint_passive, is_base_image, Database, Role};
+use crate::group::GroupConfig;
 use crate::log::{self, DecodeError, Lsn, Record};
 
 /// Redo batches at most this many bytes of records.

@@ -107,6 +107,8 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
+pub use crate::group::{PrimaryConnections, SecondaryConnections};
+
 /// Most replicas one availability group can have: a primary and eight
 /// secondaries.
 pub const MAX_REPLICAS: usize = 9;
@@ -366,26 +368,6 @@ pub enum SeedingMode {
     Automatic,
     /// `MANUAL`: the admin restores a backup, then joins the database.
     Manual,
-}
-
-/// `PRIMARY_ROLE (ALLOW_CONNECTIONS = …)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrimaryConnections {
-    /// `READ_WRITE`: sessions that declare read-only intent are refused.
-    ReadWrite,
-    /// `ALL`.
-    All,
-}
-
-/// `SECONDARY_ROLE (ALLOW_CONNECTIONS = …)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecondaryConnections {
-    /// `NO`: the secondary is not readable.
-    No,
-    /// `READ_ONLY`: only sessions that declare read-only intent.
-    ReadOnly,
-    /// `ALL`: any session, for reads.
-    All,
 }
 
 /// `AUTOMATED_BACKUP_PREFERENCE` of a group.
