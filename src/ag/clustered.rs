@@ -28,7 +28,7 @@ use super::failover::{
 };
 use super::Manager;
 use crate::cluster::{Cluster, Command, CommandResult};
-use crate::engine::{monotonic_us, Database};
+use crate::engine::{monotonic_us, Closed, Database};
 use crate::group::ClusterType;
 use crate::replication::primary::SyncArbiter;
 
@@ -58,21 +58,18 @@ pub fn spawn_lease(
     group: String,
     holder: String,
     epoch: u64,
+    version: u64,
     policy: Policy,
     databases: Vec<Arc<Database>>,
     cleared: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    for db in &databases {
-        // RESOLVING until the first renewal is committed.
-        db.set_lease(Some(0));
-    }
     let probed = spawn_probe(databases.clone(), stop.clone());
     tokio::spawn(async move {
         // A primary (re)starting counts no secondary as synchronized yet:
         // the cluster must not either, or it could promote a replica that
         // commits did not wait for. Writes stay fenced until this is done.
-        clear_synchronized(&cluster, &group, epoch).await;
+        clear_synchronized(&cluster, &group, epoch, version).await;
         cleared.send_replace(true);
         let mut tick = tokio::time::interval(RENEW_EVERY);
         let mut withholding = false;
@@ -124,7 +121,7 @@ pub fn spawn_lease(
                 Ok(CommandResult::Ok) => {
                     let until = sent + LEASE.as_micros() as u64;
                     for db in &databases {
-                        db.set_lease(Some(until));
+                        db.renew_lease(epoch, until);
                     }
                 }
                 Ok(CommandResult::Rejected(reason)) => {
@@ -136,7 +133,7 @@ pub fn spawn_lease(
                         // Another epoch began: writes stop at once.
                         tracing::warn!(group, "lease renewal refused: {reason}");
                         for db in &databases {
-                            db.set_lease(Some(0));
+                            db.close_writes(epoch, Closed::LeaseLost);
                         }
                         return;
                     }
@@ -151,7 +148,7 @@ pub fn spawn_lease(
 
 /// Empties the cluster's synchronized sets of `group` (retrying until the
 /// cluster answers), for a primary that starts counting from nothing.
-async fn clear_synchronized(cluster: &Cluster, group: &str, epoch: u64) {
+async fn clear_synchronized(cluster: &Cluster, group: &str, epoch: u64, version: u64) {
     let entries: Vec<(String, String)> = cluster
         .state()
         .group(group)
@@ -169,6 +166,7 @@ async fn clear_synchronized(cluster: &Cluster, group: &str, epoch: u64) {
             replica,
             synchronized: false,
             epoch,
+            version,
         };
         for _ in 0..100 {
             match cluster.propose_anywhere(command.clone()).await {
@@ -263,6 +261,8 @@ pub struct ClusterArbiter {
     pub group: String,
     /// The primary's epoch.
     pub epoch: u64,
+    /// The definition version the primary runs under.
+    pub version: u64,
     /// True once the starting primary emptied the cluster's sets; no
     /// replica is added before that (its removal would follow the add).
     pub cleared: watch::Receiver<bool>,
@@ -283,6 +283,7 @@ impl SyncArbiter for ClusterArbiter {
             replica: replica.to_string(),
             synchronized,
             epoch: self.epoch,
+            version: self.version,
         };
         match self.cluster.propose_anywhere(command).await {
             Ok(CommandResult::Ok) => Ok(()),
@@ -351,6 +352,7 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                             new_primary: target,
                             new_epoch: config.epoch + 1,
                             require_synchronized: true,
+                            after_lease: true,
                         };
                         if let Err(e) = cluster.propose(promote).await {
                             tracing::warn!(group = %name, "promotion not committed: {e}");

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::cluster::{Cluster, Command as ClusterCommand, CommandResult, NodeInfo};
-use crate::engine::{Engine, Error, Result, Role};
+use crate::engine::{Engine, Error, Fence, Result};
 use crate::replication::primary::{PrimaryGroup, StartOptions};
 use crate::replication::secondary::{Admission, SecondaryGroup};
 use crate::sql::ag::{self as ddl, AgStatement};
@@ -147,38 +147,36 @@ impl Manager {
                         manager.record_rejoin(&group, replica, database, range);
                     }
                 })),
+                leased: clustered.is_some(),
                 arbiter: clustered.clone().map(|cluster| {
                     Arc::new(clustered::ClusterArbiter {
                         cluster,
                         group: config.name.clone(),
                         epoch: config.epoch,
+                        version: config.version,
                         cleared: cleared.subscribe(),
                     }) as Arc<dyn crate::replication::primary::SyncArbiter>
                 }),
             };
-            let (name, epoch) = (config.name.clone(), config.epoch);
+            let (name, epoch, version) = (config.name.clone(), config.epoch, config.version);
             let policy = failover::Policy {
                 failure_condition_level: config.failure_condition_level,
                 health_check_timeout_ms: config.health_check_timeout_ms,
             };
             let databases = self.open_databases(&config);
             let primary = PrimaryGroup::start(config, &self.node, &self.engine, options)?;
-            match clustered {
-                Some(cluster) => clustered::spawn_lease(
+            if let Some(cluster) = clustered {
+                clustered::spawn_lease(
                     cluster,
                     name,
                     self.node.clone(),
                     epoch,
+                    version,
                     policy,
                     databases,
                     cleared,
                     primary.stopped(),
-                ),
-                None => {
-                    for db in &databases {
-                        db.set_lease(None);
-                    }
-                }
+                );
             }
             Ok(Part::Primary(primary))
         } else {
@@ -198,7 +196,10 @@ impl Manager {
     /// new epoch and records the definition and the failover.
     async fn take_office(&self, config: &GroupConfig) -> Result<()> {
         for name in &config.databases {
-            self.engine.database(name)?.promote(config.epoch).await?;
+            self.engine
+                .database(name)?
+                .promote(&config.name, config.epoch)
+                .await?;
         }
         self.store
             .save(&Membership::Defined(Box::new(config.clone())))?;
@@ -526,6 +527,7 @@ impl Manager {
                 new_primary: self.node.clone(),
                 new_epoch: current.epoch + 1,
                 require_synchronized: false,
+                after_lease: false,
             };
             match propose_retrying(&cluster, promote, std::time::Duration::from_secs(10)).await {
                 Ok(CommandResult::Ok) => {}
@@ -607,6 +609,7 @@ impl Manager {
             new_primary: self.node.clone(),
             new_epoch: record.config.epoch + 1,
             require_synchronized: true,
+            after_lease: false,
         };
         match propose_retrying(&cluster, promote, std::time::Duration::from_secs(10)).await {
             Ok(CommandResult::Ok) => {}
@@ -806,10 +809,14 @@ impl Manager {
             .remove(&key(group))
             .ok_or_else(|| no_group(group))?;
         Self::stop(&part);
-        if let Part::Secondary(s) = &part {
-            for sdb in s.databases() {
-                sdb.database().set_role(Role::ReadWrite);
-            }
+        // The databases stay here, read-write, outside any group.
+        let databases = match &part {
+            Part::Secondary(s) => s.databases().iter().map(|d| d.database().clone()).collect(),
+            Part::Primary(p) => self.open_databases(p.config()),
+            Part::Joined { .. } => Vec::new(),
+        };
+        for db in databases {
+            db.set_fence(Fence::Standalone)?;
         }
         self.store.remove(group)
     }

@@ -103,7 +103,7 @@ impl LeaseBook {
             Command::Promote { group, .. } | Command::RemoveGroup(group) => {
                 self.clocks.remove(&group.to_ascii_lowercase());
             }
-            Command::PutGroup(_) | Command::SetSynchronized { .. } => {}
+            Command::PutGroup(_) | Command::SetSynchronized { .. } | Command::StepDown { .. } => {}
         }
     }
 
@@ -248,6 +248,8 @@ mod tests {
                     config,
                     lease,
                     synchronized: Default::default(),
+                    previous: None,
+                    stopped_epoch: 0,
                 },
             );
             s
@@ -336,6 +338,7 @@ mod tests {
             new_primary: "r2".into(),
             new_epoch: 2,
             require_synchronized: false,
+            after_lease: false,
         };
         book.applied(&promote, t2);
         assert!(book.clocks.is_empty());

@@ -12,8 +12,9 @@
 //! | `PutGroup` | new group: a valid definition. Existing group: same cluster id, epoch and primary, and a higher version (the same version with the same content is an idempotent retry) | stores the definition; drops synchronized entries of removed databases or replicas |
 //! | `RemoveGroup` | the group exists | forgets it |
 //! | `RenewLease` | epoch = the group's epoch, holder = its primary, duration > 0 | records the lease |
-//! | `SetSynchronized` | epoch = the group's epoch, the database is in the group, the replica is a secondary; joining also needs synchronous commit | adds or removes the replica |
-//! | `Promote` | new_epoch = epoch + 1, new_primary is a replica of the group | new primary and epoch, version + 1, lease cleared, synchronized set emptied |
+//! | `SetSynchronized` | epoch = the group's epoch, the database is in the group, the replica is a secondary; joining also needs synchronous commit and the definition's current version | adds or removes the replica |
+//! | `Promote` | new_epoch = epoch + 1, new_primary is a replica of the group | new primary and epoch, version + 1, lease cleared, synchronized set emptied; the old primary is remembered, and marked as stopped when the leader promoted only after its lease ran out |
+//! | `StepDown` | holder and epoch name the primary the last `Promote` replaced | records that it stopped writing |
 //!
 //! An epoch older than the group's means the sender was deposed: it may
 //! neither renew its lease nor change the synchronized set (safety rules 1
@@ -23,6 +24,18 @@
 //! `Promote` empties the synchronized set because the old secondaries were
 //! synchronized with the old primary, not the new one: the new primary adds
 //! each back once it has caught up in the new epoch.
+//!
+//! A replica joins the synchronized set only with the definition version it
+//! runs under: a primary restarted by a definition change empties the set
+//! and adds replicas back as they catch up, and an addition still on its way
+//! from before the change (a retry of the old primary instance) is refused
+//! rather than re-adding a replica that commits no longer wait for.
+//!
+//! A new primary takes writes only once the old one cannot: after the old
+//! primary's lease ran out, or once the old primary recorded that it stopped
+//! (`StepDown`, which a deposed primary sends as soon as it has closed its
+//! writes). [`GroupRecord::stopped_epoch`] is the newest epoch known to have
+//! stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,6 +66,24 @@ pub struct GroupRecord {
     pub lease: Option<Lease>,
     /// Per database: the replicas commits wait for (the synchronized set).
     pub synchronized: BTreeMap<String, BTreeSet<String>>,
+    /// The primary the last `Promote` replaced, and its epoch.
+    #[serde(default)]
+    pub previous: Option<(String, u64)>,
+    /// The newest epoch whose primary is known to take no more writes:
+    /// promoted away from after its lease ran out, or stepped down.
+    #[serde(default)]
+    pub stopped_epoch: u64,
+}
+
+impl GroupRecord {
+    /// True when the primary of the epoch before the current one can no
+    /// longer write (the current epoch's primary may then open its writes
+    /// without waiting for the old lease to run out).
+    pub fn predecessor_stopped(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_none_or(|(_, epoch)| self.stopped_epoch >= *epoch)
+    }
 }
 
 /// A primary's right to accept writes. Only who holds it, at which epoch
@@ -101,6 +132,11 @@ pub enum Command {
         synchronized: bool,
         /// The primary's epoch.
         epoch: u64,
+        /// The definition version the primary runs under; an addition must
+        /// name the current one (0: an entry from before versions were
+        /// checked, taken as current).
+        #[serde(default)]
+        version: u64,
     },
     /// Makes another replica (or the same one, in a new epoch) the primary.
     Promote {
@@ -116,6 +152,19 @@ pub enum Command {
         /// proposing node cannot let an unsynchronized replica through.
         #[serde(default)]
         require_synchronized: bool,
+        /// The proposer (the leader's failover decider) promotes only after
+        /// the old primary's lease ran out: it has stopped writing.
+        #[serde(default)]
+        after_lease: bool,
+    },
+    /// A deposed primary records that it closed its writes.
+    StepDown {
+        /// Group name.
+        group: String,
+        /// Replica name of the deposed primary.
+        holder: String,
+        /// The epoch it was primary in.
+        epoch: u64,
     },
 }
 
@@ -181,10 +230,19 @@ impl ClusterState {
                 replica,
                 synchronized,
                 epoch,
+                version,
             } => {
                 let record = self.group_mut(group)?;
                 let config = &record.config;
                 check_epoch(config, *epoch, "change the synchronized set")?;
+                if *synchronized && *version != 0 && *version != config.version {
+                    return Err(format!(
+                        "the definition of group \"{group}\" is at version {}, not {version}: \
+                         a primary adds replicas to the synchronized set only under the current \
+                         definition",
+                        config.version
+                    ));
+                }
                 if !config.has_database(database) {
                     return Err(format!(
                         "database \"{database}\" is not in group \"{group}\""
@@ -223,6 +281,7 @@ impl ClusterState {
                 new_primary,
                 new_epoch,
                 require_synchronized,
+                after_lease,
             } => {
                 let record = self.group_mut(group)?;
                 if *require_synchronized {
@@ -253,12 +312,34 @@ impl ClusterState {
                          only a replica of the group can become its primary"
                     ));
                 };
+                let old = (config.primary.clone(), config.epoch);
                 config.primary = r.name.clone();
                 config.epoch = *new_epoch;
                 config.version += 1;
+                if *after_lease {
+                    record.stopped_epoch = record.stopped_epoch.max(old.1);
+                }
+                record.previous = Some(old);
                 record.lease = None;
                 record.synchronized.clear();
                 Ok(())
+            }
+            Command::StepDown {
+                group,
+                holder,
+                epoch,
+            } => {
+                let record = self.group_mut(group)?;
+                match &record.previous {
+                    Some((previous, e)) if previous.eq_ignore_ascii_case(holder) && e == epoch => {
+                        record.stopped_epoch = record.stopped_epoch.max(*epoch);
+                        Ok(())
+                    }
+                    _ => Err(format!(
+                        "replica \"{holder}\" was not the primary of group \"{group}\" that the \
+                         last promotion replaced (epoch {epoch})"
+                    )),
+                }
             }
         }
     }
@@ -279,6 +360,8 @@ impl ClusterState {
                     config: config.clone(),
                     lease: None,
                     synchronized: BTreeMap::new(),
+                    previous: None,
+                    stopped_epoch: 0,
                 },
             );
             return Ok(());
@@ -408,6 +491,7 @@ mod tests {
             replica: replica.into(),
             synchronized,
             epoch,
+            version: 0,
         }
     }
 
@@ -417,6 +501,7 @@ mod tests {
             new_primary: new_primary.into(),
             new_epoch,
             require_synchronized: false,
+            after_lease: false,
         }
     }
 
@@ -661,5 +746,68 @@ mod tests {
         let s = state();
         let bytes = serde_json::to_vec(&s).unwrap();
         assert_eq!(serde_json::from_slice::<ClusterState>(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn a_replica_joins_the_synchronized_set_only_under_the_current_definition_version() {
+        // Issue 9 cause 4: an addition still in flight from before a
+        // definition change must not re-add a replica the restarted primary
+        // took out of the set.
+        let mut s = state();
+        let versioned = |version, synchronized| Command::SetSynchronized {
+            group: "ag1".into(),
+            database: "shop".into(),
+            replica: "r2".into(),
+            synchronized,
+            epoch: 3,
+            version,
+        };
+        assert!(
+            matches!(s.apply(&versioned(4, true)), CommandResult::Rejected(why) if why.contains("version 5"))
+        );
+        assert_eq!(s.apply(&versioned(5, true)), CommandResult::Ok);
+        assert!(s.group("ag1").unwrap().synchronized["shop"].contains("r2"));
+        // Leaving is always allowed in the epoch: it only makes commits wait less
+        // after the cluster knows.
+        assert_eq!(s.apply(&versioned(4, false)), CommandResult::Ok);
+        assert!(!s.group("ag1").unwrap().synchronized.contains_key("shop"));
+    }
+
+    #[test]
+    fn a_new_primary_knows_its_predecessor_stopped_only_after_the_lease_or_its_step_down() {
+        let mut s = state();
+        assert!(
+            s.group("ag1").unwrap().predecessor_stopped(),
+            "no predecessor"
+        );
+        assert_eq!(s.apply(&promote("r2", 4)), CommandResult::Ok);
+        let record = s.group("ag1").unwrap();
+        assert_eq!(record.previous, Some(("r1".into(), 3)));
+        assert!(!record.predecessor_stopped(), "r1's lease may still run");
+        let step_down = |holder: &str, epoch| Command::StepDown {
+            group: "ag1".into(),
+            holder: holder.into(),
+            epoch,
+        };
+        assert!(matches!(
+            s.apply(&step_down("r3", 3)),
+            CommandResult::Rejected(_)
+        ));
+        assert!(matches!(
+            s.apply(&step_down("r1", 2)),
+            CommandResult::Rejected(_)
+        ));
+        assert_eq!(s.apply(&step_down("r1", 3)), CommandResult::Ok);
+        assert!(s.group("ag1").unwrap().predecessor_stopped());
+        // The leader's decider promotes only after the lease ran out.
+        let after_lease = Command::Promote {
+            group: "ag1".into(),
+            new_primary: "r1".into(),
+            new_epoch: 5,
+            require_synchronized: false,
+            after_lease: true,
+        };
+        assert_eq!(s.apply(&after_lease), CommandResult::Ok);
+        assert!(s.group("ag1").unwrap().predecessor_stopped());
     }
 }

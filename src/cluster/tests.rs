@@ -175,6 +175,7 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
             replica: "r2".into(),
             synchronized: true,
             epoch: 1,
+            version: 0,
         },
     ] {
         assert_eq!(propose_on_leader(&nodes, command).await, CommandResult::Ok);
@@ -238,6 +239,7 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
         new_primary: "r2".into(),
         new_epoch: 2,
         require_synchronized: false,
+        after_lease: false,
     };
     assert_eq!(
         propose_on_leader(&nodes, promote.clone()).await,
@@ -252,6 +254,7 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
             replica: "r3".into(),
             synchronized: true,
             epoch: 1,
+            version: 0,
         },
         promote,
     ];
@@ -428,6 +431,7 @@ async fn a_cut_off_leader_commits_nothing_while_the_majority_fails_over() {
         new_primary: "r2".into(),
         new_epoch: 2,
         require_synchronized: false,
+        after_lease: false,
     };
     assert_eq!(propose_on_leader(&nodes, promote).await, CommandResult::Ok);
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,8 +15,10 @@ use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use super::capture::Capture;
-use super::error::{Error, Result};
+use super::error::{refusal_text, Error, Result};
+use super::fence::{Closed, Fence, Writes};
 use super::recover::recover;
+use super::redo::{Applier, PageSet};
 use crate::log::{Log, Lsn};
 
 /// PostgreSQL version we announce; libpq and drivers need ≥ 14 to enable
@@ -88,10 +91,12 @@ pub trait CommitHook: Send + Sync {
     async fn wait(&self, lsn: Lsn) -> Result<()>;
 }
 
-/// Where a database stands in an availability group.
+/// Where a database stands in an availability group, as sessions see it
+/// (derived from the [`Fence`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// Not in a group, or the group's primary: takes writes.
+    /// Not in a group, or the group's primary: takes writes (while the
+    /// fence is open).
     ReadWrite,
     /// A secondary: read-only, written only by redo.
     Secondary {
@@ -105,19 +110,19 @@ pub enum Role {
 /// State shared by a database, its writer and the replication layer.
 struct Shared {
     commit_seq: AtomicU64,
+    /// The epoch new records carry: the fence's, copied here for capture
+    /// whenever the fence changes (under the fence's lock).
     epoch: Arc<AtomicU64>,
     /// Lowest LSN a replica still needs (`u64::MAX`: none).
     retain_from: Arc<AtomicU64>,
     in_recovery: Arc<AtomicBool>,
     failed: Mutex<Option<String>>,
-    /// Writes allowed until this monotonic time (µs); `NO_LEASE`: always.
-    lease_until_us: AtomicU64,
-    role: RwLock<Role>,
-    hook: RwLock<Option<Arc<dyn CommitHook>>>,
+    /// Everything before this LSN is in the database file: recovery sets it
+    /// to the log's end, redo moves it on a secondary, and on a writable
+    /// database every captured commit is in the file already.
+    applied: AtomicU64,
+    fence: RwLock<Fence>,
 }
-
-/// No lease: writes need none.
-const NO_LEASE: u64 = u64::MAX;
 
 /// Microseconds on this process's monotonic clock (leases are measured on
 /// it, never on the wall clock).
@@ -168,6 +173,26 @@ pub struct Database {
     writer: Arc<tokio::sync::Mutex<Writer>>,
     readers: Arc<Mutex<Vec<Conn>>>,
     shared: Arc<Shared>,
+    /// The redo applier, opened on first use: on a secondary the only
+    /// writer of the file. Held for a whole batch, so redo never runs twice
+    /// at once whoever asks (a group restarted while its predecessor's
+    /// batch is still running), and always starts from the applied LSN.
+    redo: Mutex<Option<Applier>>,
+    /// Held while records received from a primary are checked and
+    /// appended to the log, so a promotion that closes the intake knows
+    /// that nothing is in flight once it holds it.
+    intake: Mutex<()>,
+}
+
+/// One batch of redo: what it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redone {
+    /// The applied LSN after the batch.
+    pub end: Lsn,
+    /// Bytes of log redone.
+    pub bytes: u64,
+    /// Commit time of the batch's last record (µs since the Unix epoch).
+    pub commit_time_us: i64,
 }
 
 impl Database {
@@ -175,18 +200,21 @@ impl Database {
     /// in `log_dir`, recovering the file from the log first.
     pub fn open(name: &str, path: &Path, log_dir: &Path) -> Result<Database> {
         let log = recover(name, path, log_dir)?;
+        let newest_epoch = crate::log::read_history(log_dir)
+            .ok()
+            .and_then(|h| h.last().map(|(e, _)| *e))
+            .unwrap_or(1);
         let shared = Arc::new(Shared {
             commit_seq: AtomicU64::new(0),
-            epoch: Arc::new(AtomicU64::new(1)),
+            epoch: Arc::new(AtomicU64::new(newest_epoch)),
             retain_from: Arc::new(AtomicU64::new(u64::MAX)),
             in_recovery: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(None),
-            lease_until_us: AtomicU64::new(NO_LEASE),
-            role: RwLock::new(Role::ReadWrite),
-            hook: RwLock::new(None),
+            applied: AtomicU64::new(log.end_lsn()),
+            fence: RwLock::new(Fence::Standalone),
         });
         let wal_frames = Arc::new(AtomicU32::new(0));
-        let conn = open_writer(path, name, &shared.in_recovery, &wal_frames)?;
+        let conn = open_writer(path, name, &shared, &wal_frames)?;
         let capture = Capture::new(
             path,
             log.clone(),
@@ -207,6 +235,8 @@ impl Database {
             })),
             readers: Arc::new(Mutex::new(Vec::new())),
             shared,
+            redo: Mutex::new(None),
+            intake: Mutex::new(()),
         })
     }
 
@@ -225,28 +255,191 @@ impl Database {
         &self.log
     }
 
-    /// The role in an availability group.
+    /// The role in an availability group, as sessions see it.
     pub fn role(&self) -> Role {
-        self.shared
-            .role
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        match &*self.read_fence() {
+            Fence::Secondary { group, primary } => Role::Secondary {
+                group: group.clone(),
+                primary: primary.clone(),
+            },
+            _ => Role::ReadWrite,
+        }
     }
 
-    /// Makes the database a secondary (read-only, written by redo) or
-    /// read-write again.
-    pub fn set_role(&self, role: Role) {
+    fn read_fence(&self) -> std::sync::RwLockReadGuard<'_, Fence> {
+        self.shared.fence.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write fence as it stands now.
+    pub fn fence(&self) -> Fence {
+        self.read_fence().clone()
+    }
+
+    /// Replaces the write fence in one step (see [`Fence`]). A primary
+    /// fence of an epoch newer than the log's epoch history records in the
+    /// history that the epoch starts at the log's end.
+    pub fn set_fence(&self, fence: Fence) -> Result<()> {
+        let mut current = self.shared.fence.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(epoch) = fence.epoch() {
+            crate::log::append_history(&self.log_dir, epoch, self.log.end_lsn())
+                .map_err(|e| Error::sql("58030", e.to_string()))?;
+            self.shared.epoch.store(epoch, Ordering::SeqCst);
+        }
         self.shared
             .in_recovery
-            .store(matches!(role, Role::Secondary { .. }), Ordering::SeqCst);
-        *self.shared.role.write().unwrap_or_else(|e| e.into_inner()) = role;
+            .store(fence.is_secondary(), Ordering::SeqCst);
+        *current = fence;
+        Ok(())
+    }
+
+    /// Extends the lease of the primary fence of `epoch` to `until_us`
+    /// ([`monotonic_us`]); false (nothing changes) when the fence is not
+    /// that epoch's primary waiting for or holding a lease — a renewal that
+    /// arrives after the role moved on must not reopen writes.
+    pub fn renew_lease(&self, epoch: u64, until_us: u64) -> bool {
+        let mut fence = self.shared.fence.write().unwrap_or_else(|e| e.into_inner());
+        match &mut *fence {
+            Fence::Primary(p)
+                if p.epoch == epoch
+                    && matches!(
+                        p.writes,
+                        Writes::Until(_)
+                            | Writes::Closed(Closed::AwaitingLease | Closed::LeaseLost)
+                    ) =>
+            {
+                p.writes = Writes::Until(until_us);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes the writes of the primary fence of `epoch` (false when the
+    /// fence is not that epoch's primary).
+    pub fn close_writes(&self, epoch: u64, why: Closed) -> bool {
+        let mut fence = self.shared.fence.write().unwrap_or_else(|e| e.into_inner());
+        match &mut *fence {
+            Fence::Primary(p) if p.epoch == epoch => {
+                p.writes = Writes::Closed(why);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Redoes the records that follow what the file holds: under the redo
+    /// lock, `next(applied LSN)` returns them (whole records, in order,
+    /// starting at that LSN; hardened only — the file must never hold what
+    /// the log may lose), they are applied in one SQLite transaction
+    /// (readers see all of them or none), and the applied LSN moves to
+    /// their end. None when `next` had nothing.
+    ///
+    /// A batch that ends inside a full image leaves the file part new, part
+    /// old (seeding); the image's last part makes it whole.
+    pub fn redo_next(
+        &self,
+        next: impl FnOnce(Lsn) -> std::result::Result<Vec<crate::log::Record>, String>,
+    ) -> std::result::Result<Option<Redone>, String> {
+        let mut applier = self.redo.lock().unwrap_or_else(|e| e.into_inner());
+        let from = self.applied_lsn();
+        let records = next(from)?;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(None);
+        };
+        if first.lsn != from {
+            return Err(format!(
+                "redo of database \"{}\" must continue at LSN {from}, not {}",
+                self.name, first.lsn
+            ));
+        }
+        let done = Redone {
+            end: last.end_lsn(),
+            bytes: last.end_lsn() - from,
+            commit_time_us: last.commit_time_us,
+        };
+        let a = match &mut *applier {
+            Some(a) => a,
+            None => applier.insert(Applier::open(&self.path).map_err(|e| e.to_string())?),
+        };
+        let sets: Vec<PageSet<'_>> = records
+            .iter()
+            .map(|r| PageSet {
+                pages: &r.pages,
+                db_size: r.db_size,
+            })
+            .collect();
+        let applied = if last.image_continues() {
+            a.apply_partial(&sets)
+        } else {
+            a.apply(&sets)
+        };
+        if let Err(e) = applied {
+            // A failed batch may leave the connection in any state.
+            *applier = None;
+            return Err(e.to_string());
+        }
+        self.set_applied_lsn(done.end);
+        Ok(Some(done))
+    }
+
+    /// Copies redo's WAL into the file (PASSIVE: never waits for readers)
+    /// and, when the copy was complete, records the checkpoint LSN and drops
+    /// log segments before it that no replica needs. Returns whether it
+    /// checkpointed.
+    pub fn checkpoint_redone(&self) -> Result<bool> {
+        let applier = self.redo.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(a) = applier.as_ref() else {
+            return Ok(false);
+        };
+        let end = self.applied_lsn();
+        if !super::capture::checkpoint_passive(a.connection())? {
+            return Ok(false);
+        }
+        crate::log::write_checkpoint(&self.log_dir, end)
+            .map_err(|e| Error::sql("58030", e.to_string()))?;
+        self.log
+            .truncate_before(end.min(self.retain_from()))
+            .map_err(|e| Error::sql("58030", e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Restarts the log at a full image that starts at `lsn` in `epoch`
+    /// (seeding or rewinding this replica): under the redo lock, so no
+    /// batch interleaves; the file is redone from the image on.
+    pub fn restart_log_at(&self, lsn: Lsn, epoch: u64) -> std::result::Result<(), String> {
+        let _redo = self.redo.lock().unwrap_or_else(|e| e.into_inner());
+        self.log.reset_to(lsn).map_err(|e| e.to_string())?;
+        // The log now starts at the image: its history is the image's
+        // epoch alone, and recovery must start there.
+        crate::log::reset_history(&self.log_dir, epoch, lsn).map_err(|e| e.to_string())?;
+        crate::log::write_checkpoint(&self.log_dir, lsn).map_err(|e| e.to_string())?;
+        self.set_applied_lsn(lsn);
+        Ok(())
+    }
+
+    /// Takes the intake lock: held while received records are checked and
+    /// appended (see the field's documentation). Blocking.
+    pub fn intake(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything before this LSN is in the database file.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.shared.applied.load(Ordering::SeqCst)
+    }
+
+    /// Records that redo brought the file up to `lsn` (a secondary's redo,
+    /// or a log restarted at a full image, whose file starts over).
+    pub fn set_applied_lsn(&self, lsn: Lsn) {
+        self.shared.applied.store(lsn, Ordering::SeqCst);
     }
 
     /// Makes this database writable here at `epoch` (a secondary becoming
-    /// primary): capture starts after whatever redo left in the WAL, and new
-    /// records carry the new epoch, which the epoch history records.
-    pub async fn promote(&self, epoch: u64) -> Result<()> {
+    /// primary), fenced: capture starts after whatever redo left in the WAL,
+    /// new records will carry the new epoch (the epoch history records where
+    /// it starts), and writes stay closed (`TakingOffice`) until the caller
+    /// sets the open fence with its commit hook.
+    pub async fn promote(&self, group: &str, epoch: u64) -> Result<()> {
         let mut writer = self.writer.clone().lock_owned().await;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -255,23 +448,13 @@ impl Database {
         })
         .await
         .map_err(|e| Error::sql("XX000", e.to_string()))??;
-        self.set_epoch(epoch)?;
-        self.set_role(Role::ReadWrite);
-        Ok(())
-    }
-
-    /// Installs (or removes) what commits wait for after local durability.
-    pub fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
-        *self.shared.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
-    }
-
-    /// Sets the epoch new records carry, and records in the epoch history
-    /// where it starts (the log's end now).
-    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
-        crate::log::append_history(&self.log_dir, epoch, self.log.end_lsn())
-            .map_err(|e| Error::sql("58030", e.to_string()))?;
-        self.shared.epoch.store(epoch, Ordering::SeqCst);
-        Ok(())
+        self.set_applied_lsn(self.log.end_lsn());
+        self.set_fence(Fence::Primary(super::fence::PrimaryFence {
+            group: group.to_string(),
+            epoch,
+            writes: Writes::Closed(Closed::TakingOffice),
+            hook: None,
+        }))
     }
 
     /// The epoch history of this database's log.
@@ -329,26 +512,23 @@ impl Database {
                 .await
                 .map_err(|e| Error::sql("58030", format!("cannot make the commit durable: {e}")))
         };
-        let hook = self
-            .shared
-            .hook
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let hook = self.read_fence().hook();
         // The local fsync and the secondaries' hardening run in parallel
         // (records are shipped before the local fsync); both must finish.
         match hook {
             Some(hook) => tokio::try_join!(local, hook.wait(lsn)).map(|_| ())?,
             None => local.await?,
         }
-        if self.is_resolving() {
-            // Durable here, but the lease ran out before the acknowledgement:
-            // a new primary may not have it. The client must check.
+        if let Err(refusal) = self.read_fence().check(monotonic_us()) {
+            // Durable here, but the fence closed before the acknowledgement
+            // (the lease ran out, the role moved on): a new primary may not
+            // have it. The client must check.
             return Err(Error::sql(
                 "40003",
                 format!(
-                    "the commit on database \"{}\" is durable on this replica, but its lease as primary ran out before it could be acknowledged",
-                    self.name
+                    "the commit on database \"{}\" is durable on this replica, but it could not be acknowledged: this replica {}",
+                    self.name,
+                    refusal_text(&refusal)
                 ),
             )
             .with_hint("reconnect to the primary and check whether the transaction is there"));
@@ -399,20 +579,9 @@ impl Database {
         }
     }
 
-    /// Refuses writes on a secondary or a database whose log failed.
+    /// Refuses writes on a secondary, on a fenced primary (RESOLVING) and
+    /// on a database whose log failed.
     pub fn check_writable(&self) -> Result<()> {
-        if let Role::Secondary { group, primary } = self.role() {
-            return Err(Error::sql(
-                "25006",
-                format!(
-                    "database \"{}\" is read-only on this replica: it is a secondary of availability group \"{group}\"",
-                    self.name
-                ),
-            )
-            .with_hint(format!(
-                "write on the primary replica \"{primary}\", or connect with target_session_attrs=read-write"
-            )));
-        }
         if let Some(why) = self
             .shared
             .failed
@@ -429,33 +598,21 @@ impl Database {
             )
             .with_hint("restart the node; recovery rebuilds the database from its log"));
         }
-        let deadline = self.shared.lease_until_us.load(Ordering::SeqCst);
-        if deadline != NO_LEASE && monotonic_us() >= deadline {
-            return Err(Error::sql(
-                "25006",
-                format!(
-                    "database \"{}\" is RESOLVING on this replica: its lease as primary ran out, so another replica may be primary now",
-                    self.name
-                ),
-            )
-            .with_hint("reconnect, with target_session_attrs=read-write to find the primary"));
-        }
-        Ok(())
+        self.read_fence()
+            .check(monotonic_us())
+            .map_err(|refusal| Error::NotWritable {
+                database: self.name.clone(),
+                refusal,
+            })
     }
 
-    /// Writes are allowed until `until_us` on [`monotonic_us`]'s clock: the
-    /// primary's lease as the cluster granted it (None: no lease needed —
-    /// a node outside a cluster, or a read-scale group).
-    pub fn set_lease(&self, until_us: Option<u64>) {
-        self.shared
-            .lease_until_us
-            .store(until_us.unwrap_or(NO_LEASE), Ordering::SeqCst);
-    }
-
-    /// True while writes wait for a lease that ran out (role RESOLVING).
+    /// True while this node holds the primary role but writes are closed
+    /// (role RESOLVING).
     pub fn is_resolving(&self) -> bool {
-        let deadline = self.shared.lease_until_us.load(Ordering::SeqCst);
-        deadline != NO_LEASE && monotonic_us() >= deadline
+        matches!(
+            self.read_fence().check(monotonic_us()),
+            Err(super::fence::Refusal::Resolving(_))
+        )
     }
 
     /// Borrows a read-only connection (opening one if none is idle).
@@ -475,7 +632,7 @@ impl Database {
 fn open_writer(
     path: &Path,
     name: &str,
-    in_recovery: &Arc<AtomicBool>,
+    shared: &Arc<Shared>,
     wal_frames: &Arc<AtomicU32>,
 ) -> Result<Conn> {
     let mut conn = Connection::open_with_flags(
@@ -505,7 +662,21 @@ fn open_writer(
             Ok(())
         },
     ))?;
-    finish_setup(conn, name, in_recovery)
+    // The fence, checked at the instant of every commit: a closed fence
+    // turns the COMMIT into a rollback (SQLITE_CONSTRAINT_COMMITHOOK), so
+    // nothing commits into the file of a database that may not be written.
+    let fenced = shared.clone();
+    conn.commit_hook(Some(move || {
+        let fence = fenced.fence.read().unwrap_or_else(|e| e.into_inner());
+        fence.check(monotonic_us()).is_err()
+    }))?;
+    // A close after a failed capture must not checkpoint an uncaptured
+    // transaction into the file: only availdb checkpoints.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
+    finish_setup(conn, name, &shared.in_recovery)
 }
 
 fn open_reader(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {

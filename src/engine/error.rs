@@ -4,6 +4,8 @@
 use rusqlite::ffi;
 use rusqlite::ErrorCode;
 
+use super::fence::Refusal;
+
 /// Engine result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -43,6 +45,20 @@ pub enum Error {
     /// The statement was cancelled (cancel request or statement_timeout).
     #[error("canceling statement due to user request")]
     Canceled,
+    /// The database's write fence refuses writes here: it is a secondary,
+    /// or this node holds the primary role with writes closed (RESOLVING).
+    #[error("database \"{database}\" {}", refusal_text(refusal))]
+    NotWritable {
+        /// The database.
+        database: String,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// SQLite's commit hook found the write fence closed at the instant of
+    /// COMMIT (the lease ran out, the role moved on): the transaction was
+    /// rolled back, nothing of it is in the database.
+    #[error("the transaction was rolled back: this replica stopped taking writes before it could commit (its lease as primary ran out, or another replica is primary now)")]
+    CommitFenced,
     /// A file-system problem with the data directory.
     #[error("{context}: {source}")]
     Io {
@@ -65,6 +81,7 @@ impl Error {
             Error::LockTimeout { .. } => "55P03",
             Error::Canceled => "57014",
             Error::Io { .. } => "58030",
+            Error::NotWritable { .. } | Error::CommitFenced => "25006",
         }
     }
 
@@ -82,6 +99,15 @@ impl Error {
             Error::LockTimeout { .. } => Some(
                 "retry the transaction, or raise lock_timeout (SET lock_timeout = '60s')".into(),
             ),
+            Error::NotWritable {
+                refusal: Refusal::Secondary { primary, .. },
+                ..
+            } => Some(format!(
+                "write on the primary replica \"{primary}\", or connect with target_session_attrs=read-write"
+            )),
+            Error::NotWritable { .. } | Error::CommitFenced => {
+                Some("reconnect, with target_session_attrs=read-write to find the primary".into())
+            }
             _ => None,
         }
     }
@@ -113,13 +139,29 @@ impl Error {
     /// session must forget it (see <https://sqlite.org/lang_transaction.html>,
     /// "Response To Errors Within A Transaction").
     pub fn ends_transaction(&self) -> bool {
-        matches!(self, Error::Sql { sqlstate, .. } if matches!(*sqlstate, "53100" | "53200" | "58030" | "XX001" | "57014"))
+        matches!(self, Error::CommitFenced)
+            || matches!(self, Error::Sql { sqlstate, .. } if matches!(*sqlstate, "53100" | "53200" | "58030" | "XX001" | "57014"))
+    }
+}
+
+/// What a [`Refusal`] means, completing "database \"x\" …".
+pub(crate) fn refusal_text(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Secondary { group, .. } => format!(
+            "is read-only on this replica: it is a secondary of availability group \"{group}\""
+        ),
+        Refusal::Resolving(why) => format!("is RESOLVING on this replica: {}", why.describe()),
     }
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Error {
         match err {
+            rusqlite::Error::SqliteFailure(code, _)
+                if code.extended_code == ffi::SQLITE_CONSTRAINT_COMMITHOOK =>
+            {
+                Error::CommitFenced
+            }
             rusqlite::Error::SqliteFailure(code, message) => {
                 let message = message.unwrap_or_else(|| code.to_string());
                 from_sqlite(code, message)

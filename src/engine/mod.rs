@@ -39,6 +39,7 @@ mod capture;
 mod database;
 mod error;
 mod exec;
+pub mod fence;
 pub mod image;
 mod recover;
 pub mod redo;
@@ -51,10 +52,11 @@ use std::sync::{Arc, Mutex};
 
 pub use capture::checkpoint_passive;
 pub use database::{
-    monotonic_us, CommitHook, Conn, Database, Reader, Role, Writer, WriterGuard, PG_VERSION,
+    monotonic_us, CommitHook, Conn, Database, Reader, Redone, Role, Writer, WriterGuard, PG_VERSION,
 };
 pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
+pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
 pub use recover::redo as redo_records;
 

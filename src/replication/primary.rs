@@ -25,7 +25,9 @@ use tokio_util::codec::Framed;
 
 use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
-use crate::engine::{monotonic_us, CommitHook, Database, Engine, Error, Result};
+use crate::engine::{
+    monotonic_us, Closed, CommitHook, Database, Engine, Error, Fence, PrimaryFence, Result, Writes,
+};
 use crate::group::{AvailabilityMode, GroupConfig, ReplicaConfig};
 use crate::log::Lsn;
 
@@ -234,6 +236,9 @@ pub struct StartOptions {
     /// Where synchronized-set changes are recorded before they take
     /// effect (the cluster); None outside a cluster.
     pub arbiter: Option<Arc<dyn SyncArbiter>>,
+    /// Writes need the cluster's lease: they stay closed until the lease
+    /// task holds one (false: no cluster manages the group).
+    pub leased: bool,
 }
 
 /// Records synchronized-set changes where failover decisions read them.
@@ -323,13 +328,23 @@ impl PrimaryGroup {
         for (db, cell) in databases.values() {
             // Until each secondary reports, keep everything it may need.
             db.set_retain_from(0);
-            db.set_role(crate::engine::Role::ReadWrite);
-            db.set_epoch(config.epoch)?;
-            db.set_commit_hook(Some(Arc::new(SyncHook {
-                cell: cell.clone(),
-                patience,
-                stopped: stop.subscribe(),
-            })));
+            // One step: the epoch, the commit hook and the writes. Under a
+            // cluster, writes stay closed until the lease task holds the
+            // epoch's first lease.
+            db.set_fence(Fence::Primary(PrimaryFence {
+                group: config.name.clone(),
+                epoch: config.epoch,
+                writes: if options.leased {
+                    Writes::Closed(Closed::AwaitingLease)
+                } else {
+                    Writes::Unleased
+                },
+                hook: Some(Arc::new(SyncHook {
+                    cell: cell.clone(),
+                    patience,
+                    stopped: stop.subscribe(),
+                })),
+            }))?;
         }
         let group = Arc::new(PrimaryGroup {
             node: node.to_string(),
@@ -440,11 +455,10 @@ impl PrimaryGroup {
     /// secondaries fail with 40003 rather than being acknowledged.
     pub fn stop(&self) {
         for (db, _) in self.databases.values() {
-            db.set_lease(Some(0));
+            db.close_writes(self.config.epoch, Closed::SteppingDown);
         }
         self.stop.send_replace(true);
         for (db, _) in self.databases.values() {
-            db.set_commit_hook(None);
             db.set_retain_from(u64::MAX);
         }
     }

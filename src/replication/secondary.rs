@@ -30,8 +30,7 @@ use tokio_util::codec::Framed;
 use super::primary::PING_INTERVAL;
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::monotonic_us;
-use crate::engine::redo::{Applier, PageSet};
-use crate::engine::{checkpoint_passive, is_base_image, Database, Role};
+use crate::engine::{is_base_image, Database, Fence};
 use crate::group::GroupConfig;
 use crate::log::{self, DecodeError, Lsn, Record};
 
@@ -138,8 +137,6 @@ pub struct SecondaryDb {
     /// Everything before this LSN is written to the local log (maybe not
     /// yet durable).
     written: watch::Sender<Lsn>,
-    /// Held while redoing a batch and while the log restarts (rewind).
-    redo_lock: Mutex<()>,
     /// The primary announced that this log diverged: the next record is a
     /// full image at this LSN, and the log restarts there.
     rewind_to: Mutex<Option<Lsn>>,
@@ -197,8 +194,9 @@ pub struct SecondaryGroup {
     connected: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     /// Set when the group takes no more records (it is being drained to
-    /// become primary); redo still runs until `stop`.
-    closed: std::sync::atomic::AtomicBool,
+    /// become primary); redo still runs until `stop`. Shared with the
+    /// blocking intake of each batch.
+    closed_flag: Arc<std::sync::atomic::AtomicBool>,
     /// Suspensions and resumptions made here, for the primary's connection
     /// to pass on.
     announce: tokio::sync::mpsc::UnboundedSender<(String, bool)>,
@@ -211,20 +209,27 @@ impl SecondaryGroup {
         let stop = watch::channel(false).0;
         let mut map = HashMap::new();
         for db in databases {
-            db.set_role(Role::Secondary {
+            // A secondary's fence has no epoch: this cannot fail.
+            let _ = db.set_fence(Fence::Secondary {
                 group: config.name.clone(),
                 primary: config.primary.clone(),
             });
-            db.set_commit_hook(None);
+            // Where this group starts comes from the database and its log,
+            // not from an earlier group's bookkeeping: records hardened but
+            // not yet redone (a group restarted by a definition change or a
+            // new primary while redo ran behind) are redone from the file's
+            // applied LSN on, and records written but not yet durable are
+            // hardened by the harden task before they count.
             let end = db.log().end_lsn();
+            let durable = db.log().durable_lsn().min(end);
+            let applied = db.applied_lsn().max(db.log().first_lsn());
             let newest_epoch = db.epoch_history().last().map_or(0, |(e, _)| *e);
             let sdb = Arc::new(SecondaryDb {
-                hardened: watch::channel(end).0,
-                redone: watch::channel(end).0,
+                hardened: watch::channel(durable).0,
+                redone: watch::channel(applied).0,
                 epoch: Mutex::new(newest_epoch),
                 last_error: Mutex::new(None),
                 last_redone_commit_us: AtomicI64::new(0),
-                redo_lock: Mutex::new(()),
                 written: watch::channel(end).0,
                 rewind_to: Mutex::new(None),
                 image_pages: std::sync::atomic::AtomicU64::new(0),
@@ -241,7 +246,7 @@ impl SecondaryGroup {
             databases: map,
             connected: watch::channel(false).0,
             stop,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             announce,
             announcements: tokio::sync::Mutex::new(announcements),
         })
@@ -289,53 +294,69 @@ impl SecondaryGroup {
     /// Waits (bounded) until every hardened record is redone, then stops
     /// redo: the databases then hold everything this node received, ready
     /// to become writable here.
+    /// On failure the group takes records again, as before.
     pub async fn drain_and_stop(&self, within: Duration) -> Result<(), String> {
+        let drained = self.drain(within).await;
+        match &drained {
+            Ok(()) => self.stop(),
+            Err(_) => self.closed_flag.store(false, Ordering::SeqCst),
+        }
+        drained
+    }
+
+    async fn drain(&self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
-        // First take no more records, so "everything received" stops moving.
-        self.closed.store(true, Ordering::SeqCst);
+        // First take no more records, so "everything received" stops moving:
+        // once the intake lock has been held after `closed` was set, no batch
+        // is in flight (a batch checks `closed` under that lock).
+        self.closed_flag.store(true, Ordering::SeqCst);
         for sdb in self.databases() {
-            // Everything written to the log must be hardened and redone:
-            // the database file and the log must agree before this node
-            // writes on top of them. (A batch being received as the group
-            // closed may still land: loop until nothing moves.)
-            loop {
-                let written = *sdb.written.borrow();
-                if written > sdb.hardened() {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::timeout(left, sdb.db.log().wait_durable(written))
-                        .await
-                        .map_err(|_| {
-                            format!(
-                                "database \"{}\": the log did not become durable in time",
-                                sdb.db.name()
-                            )
-                        })?
-                        .map_err(|e| e.to_string())?;
-                    sdb.hardened.send_if_modified(|h| {
-                        let moved = *h < written;
-                        *h = (*h).max(written);
-                        moved
-                    });
-                }
-                let mut redone = sdb.redone.subscribe();
-                while sdb.redone() < sdb.hardened() {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(format!(
-                            "database \"{}\" has not redone LSN {}..{} yet",
-                            sdb.db.name(),
-                            sdb.redone(),
-                            sdb.hardened()
-                        ));
-                    }
-                    let _ = tokio::time::timeout(left, redone.changed()).await;
-                }
-                if *sdb.written.borrow() == written {
-                    break;
-                }
+            let db = sdb.db.clone();
+            tokio::task::spawn_blocking(move || drop(db.intake()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        for sdb in self.databases() {
+            if sdb.image_pages.load(Ordering::Relaxed) > 0 {
+                return Err(format!(
+                    "database \"{}\" is being seeded: its copy here is incomplete until the full image has arrived",
+                    sdb.db.name()
+                ));
             }
         }
-        self.stop();
+        for sdb in self.databases() {
+            // Everything in the log must be hardened and redone: the
+            // database file and the log must agree before this node writes
+            // on top of them.
+            let end = sdb.db.log().end_lsn();
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(left, sdb.db.log().wait_durable(end))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "database \"{}\": the log did not become durable in time",
+                        sdb.db.name()
+                    )
+                })?
+                .map_err(|e| e.to_string())?;
+            sdb.hardened.send_if_modified(|h| {
+                let moved = *h < end;
+                *h = (*h).max(end);
+                moved
+            });
+            let mut redone = sdb.redone.subscribe();
+            while sdb.db.applied_lsn() < end {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "database \"{}\" has not redone LSN {}..{end} yet",
+                        sdb.db.name(),
+                        sdb.db.applied_lsn(),
+                    ));
+                }
+                let _ = tokio::time::timeout(left, redone.changed()).await;
+            }
+        }
         Ok(())
     }
 
@@ -376,9 +397,14 @@ impl SecondaryGroup {
     }
 
     /// Hardens a batch of records of one database; returns the new end.
+    ///
+    /// The whole batch is checked and appended under the database's intake
+    /// lock, after checking there that the group still takes records: a
+    /// promotion that closed the intake and then took the lock knows that no
+    /// batch is in flight and that the log's end no longer moves.
     async fn receive(&self, database: &str, raw: Vec<Vec<u8>>) -> Result<Lsn, String> {
-        if *self.stop.borrow() || self.closed.load(Ordering::SeqCst) {
-            return Err("this replica no longer takes records for this group (it was reconfigured or promoted)".into());
+        if *self.stop.borrow() || self.closed_flag.load(Ordering::SeqCst) {
+            return Err(closed_intake());
         }
         let sdb = self
             .databases
@@ -386,123 +412,133 @@ impl SecondaryGroup {
             .ok_or_else(|| format!("database \"{database}\" is not in this group here"))?
             .clone();
         let records = decode_all(database, &raw)?;
-        let log = sdb.db.log().clone();
-        let mut epoch = *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner());
-        let mut expected = log.end_lsn();
-        let mut accepted = Vec::with_capacity(records.len());
-        let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
-        let mut restart = false;
-        for record in records {
-            if accepted.is_empty() && is_base_image(&record) {
-                // A full image restarts the log: to seed an empty or
-                // lagging replica (past our end), or to rewind a diverged
-                // one (the primary announced it, wherever it lands).
-                if rewind == Some(record.lsn) || record.lsn > expected {
-                    restart = true;
-                    epoch = record.epoch;
-                    expected = record.end_lsn();
-                    accepted.push(record);
-                    continue;
-                }
+        let closed = self.closed_flag.clone();
+        let stop = self.stop.subscribe();
+        let database = database.to_string();
+        tokio::task::spawn_blocking(move || {
+            let _intake = sdb.db.intake();
+            if closed.load(Ordering::SeqCst) || *stop.borrow() {
+                return Err(closed_intake());
             }
-            if record.epoch < epoch {
-                return Err(format!(
-                    "record at LSN {} of database \"{database}\" is from epoch {}, but the log here already holds epoch {epoch} before it",
-                    record.lsn, record.epoch
-                ));
-            }
-            if rewind.is_some() && !restart {
-                return Err(format!(
-                    "database \"{database}\" waits for the full image announced by Rewind, got a record at LSN {}",
-                    record.lsn
-                ));
-            }
-            if record.end_lsn() <= expected && record.lsn < expected {
-                // Already here, if the local record at that LSN is this
-                // one; otherwise the logs forked and this replica must be
-                // rewound, which the primary decides from the positions
-                // sent on the next connection.
-                same_as_local(&log, &record, database)?;
-                continue;
-            }
-            if record.lsn != expected {
-                return Err(format!(
-                    "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
-                    record.lsn
-                ));
-            }
-            epoch = record.epoch;
-            expected = record.end_lsn();
-            accepted.push(record);
-        }
-        let Some(last) = accepted.last() else {
-            return Ok(log.end_lsn());
-        };
-        let end = last.end_lsn();
-        // Seeding progress: pages of a full image received so far.
-        for record in &accepted {
-            if record.starts_image() {
-                sdb.image_pages.store(0, Ordering::Relaxed);
-            }
-            if record.starts_image() || sdb.image_pages.load(Ordering::Relaxed) > 0 {
-                let so_far = sdb
-                    .image_pages
-                    .fetch_add(record.pages.len() as u64, Ordering::Relaxed)
-                    + record.pages.len() as u64;
-                tracing::info!(
-                    database,
-                    "receiving a full image: {so_far} of {} pages ({}%)",
-                    record.db_size,
-                    so_far * 100 / u64::from(record.db_size.max(1))
-                );
-                if !record.image_continues() {
-                    sdb.image_pages.store(0, Ordering::Relaxed);
-                }
-            }
-        }
-        let log2 = log.clone();
-        let log_dir = sdb.db.log_dir().to_path_buf();
-        let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
-        let restarter = sdb.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            if let Some(first) = accepted.first().filter(|_| restart) {
-                tracing::info!(lsn = first.lsn, "restarting the log from a full image");
-                let _guard = restarter
-                    .redo_lock
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                log2.reset_to(first.lsn).map_err(|e| e.to_string())?;
-                // The log now starts at the image: its history is the
-                // image's epoch alone, and recovery must start there.
-                log::reset_history(&log_dir, first.epoch, first.lsn).map_err(|e| e.to_string())?;
-                log::write_checkpoint(&log_dir, first.lsn).map_err(|e| e.to_string())?;
-                history_epoch = first.epoch;
-                restarter.redone.send_replace(first.lsn);
-                restarter.hardened.send_replace(first.lsn);
-                restarter.written.send_replace(first.lsn);
-                *restarter
-                    .rewind_to
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-            }
-            for record in &accepted {
-                // Where a new epoch starts goes into the history first.
-                if record.epoch > history_epoch {
-                    log::append_history(&log_dir, record.epoch, record.lsn)
-                        .map_err(|e| e.to_string())?;
-                    history_epoch = record.epoch;
-                }
-                log2.append_at(record).map_err(|e| e.to_string())?;
-            }
-            Ok(())
+            accept_batch(&sdb, &database, records)
         })
         .await
-        .map_err(|e| e.to_string())??;
-        // Hardening (fsync) happens in the database's harden task, so the
-        // connection goes on reading while one fsync covers many batches.
-        *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
-        sdb.written.send_replace(end);
-        Ok(end)
+        .map_err(|e| e.to_string())?
+    }
+}
+
+fn closed_intake() -> String {
+    "this replica no longer takes records for this group (it was reconfigured or promoted)".into()
+}
+
+/// Checks a decoded batch against the local log and appends it (the
+/// caller holds the intake lock). Hardening (fsync) happens in the
+/// database's harden task, so the connection goes on reading while one
+/// fsync covers many batches.
+fn accept_batch(sdb: &SecondaryDb, database: &str, records: Vec<Record>) -> Result<Lsn, String> {
+    let log = sdb.db.log();
+    let mut epoch = *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner());
+    let mut expected = log.end_lsn();
+    let mut accepted = Vec::with_capacity(records.len());
+    let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
+    let mut restart = false;
+    for record in records {
+        if accepted.is_empty() && is_base_image(&record) {
+            // A full image restarts the log: to seed an empty or lagging
+            // replica (past our end), or to rewind a diverged one (the
+            // primary announced it, wherever it lands).
+            if rewind == Some(record.lsn) || record.lsn > expected {
+                restart = true;
+                epoch = record.epoch;
+                expected = record.end_lsn();
+                accepted.push(record);
+                continue;
+            }
+        }
+        if record.epoch < epoch {
+            return Err(format!(
+                "record at LSN {} of database \"{database}\" is from epoch {}, but the log here already holds epoch {epoch} before it",
+                record.lsn, record.epoch
+            ));
+        }
+        if rewind.is_some() && !restart {
+            return Err(format!(
+                "database \"{database}\" waits for the full image announced by Rewind, got a record at LSN {}",
+                record.lsn
+            ));
+        }
+        if record.end_lsn() <= expected && record.lsn < expected {
+            // Already here, if the local record at that LSN is this one;
+            // otherwise the logs forked and this replica must be rewound,
+            // which the primary decides from the positions sent on the next
+            // connection.
+            same_as_local(log, &record, database)?;
+            continue;
+        }
+        if record.lsn != expected {
+            return Err(format!(
+                "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
+                record.lsn
+            ));
+        }
+        epoch = record.epoch;
+        expected = record.end_lsn();
+        accepted.push(record);
+    }
+    let Some(last) = accepted.last() else {
+        return Ok(log.end_lsn());
+    };
+    let end = last.end_lsn();
+    report_image_progress(sdb, database, &accepted);
+    let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
+    if let Some(first) = accepted.first().filter(|_| restart) {
+        tracing::info!(
+            database,
+            lsn = first.lsn,
+            "restarting the log from a full image"
+        );
+        sdb.db.restart_log_at(first.lsn, first.epoch)?;
+        history_epoch = first.epoch;
+        sdb.redone.send_replace(first.lsn);
+        sdb.hardened.send_replace(first.lsn);
+        sdb.written.send_replace(first.lsn);
+        *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    for record in &accepted {
+        // Where a new epoch starts goes into the history first.
+        if record.epoch > history_epoch {
+            log::append_history(sdb.db.log_dir(), record.epoch, record.lsn)
+                .map_err(|e| e.to_string())?;
+            history_epoch = record.epoch;
+        }
+        log.append_at(record).map_err(|e| e.to_string())?;
+    }
+    *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
+    sdb.written.send_replace(end);
+    Ok(end)
+}
+
+/// Seeding progress: pages of a full image received so far.
+fn report_image_progress(sdb: &SecondaryDb, database: &str, accepted: &[Record]) {
+    for record in accepted {
+        if record.starts_image() {
+            sdb.image_pages.store(0, Ordering::Relaxed);
+        }
+        if record.starts_image() || sdb.image_pages.load(Ordering::Relaxed) > 0 {
+            let so_far = sdb
+                .image_pages
+                .fetch_add(record.pages.len() as u64, Ordering::Relaxed)
+                + record.pages.len() as u64;
+            tracing::info!(
+                database,
+                "receiving a full image: {so_far} of {} pages ({}%)",
+                record.db_size,
+                so_far * 100 / u64::from(record.db_size.max(1))
+            );
+            if !record.image_continues() {
+                sdb.image_pages.store(0, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -726,45 +762,57 @@ impl Drop for AbortOnDrop {
 /// Applies hardened records to the database file, in order, until stopped.
 async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
     let mut hardened = sdb.hardened.subscribe();
-    let mut applier: Option<Applier> = None;
     let mut since_checkpoint = 0u64;
     loop {
         if *stop.borrow() {
             return;
         }
-        if sdb.redone() >= sdb.hardened() {
+        let applied = sdb.db.applied_lsn();
+        if applied != sdb.redone() {
+            // Another group's redo (or a log restart) moved the file.
+            sdb.redone.send_replace(applied);
+        }
+        if applied >= sdb.hardened() {
             tokio::select! {
                 _ = hardened.changed() => continue,
                 _ = stop.changed() => return,
             }
         }
         let worker = sdb.clone();
-        let mut taken = applier.take();
-        let result = tokio::task::spawn_blocking(move || {
-            let batch = redo_batch(&worker, &mut taken);
-            (taken, batch)
-        })
-        .await;
-        let (returned, result) = result.unwrap_or_else(|e| (None, Err(e.to_string())));
-        applier = returned;
+        let result = tokio::task::spawn_blocking(move || redo_batch(&worker))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
         match result {
-            Ok(bytes) => {
-                since_checkpoint += bytes;
+            Ok(Some(done)) => {
+                sdb.last_redone_commit_us
+                    .store(done.commit_time_us, Ordering::Relaxed);
+                sdb.redone.send_replace(done.end);
+                since_checkpoint += done.bytes;
                 if since_checkpoint >= CHECKPOINT_BYTES {
-                    if let Some(a) = applier.as_ref() {
-                        let end = sdb.redone();
-                        if checkpoint_passive(a.connection()).unwrap_or(false) {
-                            since_checkpoint = 0;
-                            let _ = log::write_checkpoint(sdb.db.log_dir(), end);
-                            let _ = sdb.db.log().truncate_before(end);
+                    let db = sdb.db.clone();
+                    let checkpointed = tokio::task::spawn_blocking(move || db.checkpoint_redone())
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                    match checkpointed {
+                        Ok(true) => since_checkpoint = 0,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(database = %sdb.db.name(), "checkpoint after redo failed: {e}")
                         }
                     }
+                }
+            }
+            Ok(None) => {
+                // Nothing hardened beyond the file yet: wait for more.
+                tokio::select! {
+                    _ = hardened.changed() => {}
+                    _ = stop.changed() => return,
                 }
             }
             Err(message) => {
                 tracing::error!(database = %sdb.db.name(), "redo failed: {message}");
                 *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
-                applier = None;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return,
@@ -803,48 +851,26 @@ async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Redoes one batch of hardened records (blocking); returns the bytes
-/// redone. Holds the redo lock, so a rewind never interleaves with it.
-fn redo_batch(sdb: &SecondaryDb, applier: &mut Option<Applier>) -> Result<u64, String> {
-    let _guard = sdb.redo_lock.lock().unwrap_or_else(|e| e.into_inner());
+/// Redoes one batch of hardened records (blocking), from wherever the
+/// file stands: the database's redo lock makes the read of the applied
+/// LSN, the log read and the apply one step.
+fn redo_batch(sdb: &SecondaryDb) -> Result<Option<crate::engine::Redone>, String> {
     let log = sdb.db.log();
-    // After seeding or a rewind, the log restarts at a full image.
-    let from = sdb.redone().max(log.first_lsn());
-    if from >= log.end_lsn() {
-        return Ok(0);
-    }
     // Only hardened records: the file must never hold what the log may lose.
     let hardened = sdb.hardened();
-    let records: Vec<_> = log
-        .read_some(from, REDO_BATCH_BYTES)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .take_while(|r| r.end_lsn() <= hardened)
-        .collect();
-    let Some(last) = records.last() else {
-        return Ok(0);
-    };
-    let (end, commit_us) = (last.end_lsn(), last.commit_time_us);
-    let a = match applier {
-        Some(a) => a,
-        None => applier.insert(Applier::open(sdb.db.path()).map_err(|e| e.to_string())?),
-    };
-    let sets: Vec<PageSet<'_>> = records
-        .iter()
-        .map(|r| PageSet {
-            pages: &r.pages,
-            db_size: r.db_size,
-        })
-        .collect();
-    if last.image_continues() {
-        a.apply_partial(&sets).map_err(|e| e.to_string())?;
-    } else {
-        a.apply(&sets).map_err(|e| e.to_string())?;
-    }
-    sdb.last_redone_commit_us
-        .store(commit_us, Ordering::Relaxed);
-    sdb.redone.send_replace(end);
-    Ok(end - from)
+    sdb.db.redo_next(|applied| {
+        // After seeding or a rewind, the log restarts at a full image.
+        let from = applied.max(log.first_lsn());
+        if from >= hardened.min(log.end_lsn()) {
+            return Ok(Vec::new());
+        }
+        Ok(log
+            .read_some(from, REDO_BATCH_BYTES)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .take_while(|r| r.end_lsn() <= hardened)
+            .collect())
+    })
 }
 
 async fn next_message(
@@ -875,4 +901,75 @@ async fn send(conn: &mut Framed<TcpStream, WireCodec>, message: Message) -> Resu
     conn.send(message)
         .await
         .map_err(|e| format!("send failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{run, Database};
+
+    /// A primary database with `rows` committed rows, and its log's records.
+    async fn primary_with_rows(dir: &std::path::Path, rows: usize) -> Vec<Record> {
+        let db = Database::open("app", &dir.join("p.db"), &dir.join("plog")).unwrap();
+        let cancel = tokio::sync::Notify::new();
+        for sql in std::iter::once("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)".to_string())
+            .chain((0..rows).map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(3000))")))
+        {
+            let mut w = db.writer(None, &cancel).await.unwrap();
+            run(w.conn().sqlite(), &sql, &[], false).unwrap();
+            w.after_commit().unwrap();
+        }
+        db.log().read_from(0).unwrap()
+    }
+
+    fn count_rows(db: &Database) -> i64 {
+        db.reader()
+            .unwrap()
+            .conn()
+            .sqlite()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_group_redoes_the_records_hardened_but_not_redone_before() {
+        // Issue 9 cause 1: a group restarted by a definition change or a
+        // new primary started with `redone = hardened = log end`, so records
+        // hardened while redo ran behind never reached the file.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 20).await;
+        let db = Arc::new(
+            Database::open("app", &dir.path().join("s.db"), &dir.path().join("slog")).unwrap(),
+        );
+        // An earlier group hardened every record, redid the first two (the
+        // schema and one row) and stopped before redoing the rest.
+        for r in &records {
+            db.log().append_at(r).unwrap();
+        }
+        db.log().wait_durable(db.log().end_lsn()).await.unwrap();
+        db.redo_next(|from| {
+            Ok(records
+                .iter()
+                .filter(|r| r.lsn >= from)
+                .take(2)
+                .cloned()
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(count_rows(&db), 1);
+        let config = crate::group::fixtures::group(&["r1", "r2"]);
+        let group = SecondaryGroup::start(config, vec![db.clone()]);
+        let end = records.last().unwrap().end_lsn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while db.applied_lsn() < end {
+            assert!(
+                Instant::now() < deadline,
+                "redo stopped at {} of {end}",
+                db.applied_lsn()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        group.stop();
+        assert_eq!(count_rows(&db), 20);
+    }
 }
