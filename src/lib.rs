@@ -4,6 +4,7 @@
 pub mod ag;
 pub mod cli;
 pub mod cluster;
+pub mod crashpoint;
 pub mod engine;
 pub mod frontend;
 pub mod group;

@@ -261,8 +261,9 @@ pub struct ClusterArbiter {
     pub group: String,
     /// The primary's epoch.
     pub epoch: u64,
-    /// The definition version the primary runs under.
-    pub version: u64,
+    /// The definition version the primary runs under (a definition taken
+    /// in place moves it).
+    pub version: std::sync::atomic::AtomicU64,
     /// True once the starting primary emptied the cluster's sets; no
     /// replica is added before that (its removal would follow the add).
     pub cleared: watch::Receiver<bool>,
@@ -283,7 +284,7 @@ impl SyncArbiter for ClusterArbiter {
             replica: replica.to_string(),
             synchronized,
             epoch: self.epoch,
-            version: self.version,
+            version: self.version.load(std::sync::atomic::Ordering::SeqCst),
         };
         match self.cluster.propose_anywhere(command).await {
             Ok(CommandResult::Ok) => Ok(()),
@@ -379,9 +380,7 @@ pub fn spawn_follower(cluster: Arc<Cluster>, manager: std::sync::Weak<Manager>) 
                 return;
             };
             for record in state.groups.values() {
-                if let Err(e) = manager.follow(&record.config).await {
-                    tracing::warn!(group = %record.config.name, "cannot follow the cluster: {e}");
-                }
+                manager.follow(record);
             }
             drop(manager);
             if states.changed().await.is_err() {

@@ -230,7 +230,7 @@ impl Snapshot {
     /// Adds a group this node is primary of.
     pub fn add_primary(&mut self, node: &str, group: &PrimaryGroup) {
         let config = group.config();
-        self.add_config(config);
+        self.add_config(&config);
         let links = group.links();
         // A primary whose lease ran out is RESOLVING: it takes no writes.
         let resolving = config

@@ -262,6 +262,9 @@ fn stopped_waiting() -> Error {
     .with_hint("reconnect to the primary and check whether the transaction is there")
 }
 
+/// Called with every definition a primary takes in place.
+pub type UpdateHook = Box<dyn Fn(&GroupConfig) + Send + Sync>;
+
 /// The primary's replication state for one group.
 pub struct PrimaryGroup {
     /// Serializes synchronized-set changes sent to the arbiter with the
@@ -269,7 +272,13 @@ pub struct PrimaryGroup {
     arbiter_lock: Arc<tokio::sync::Mutex<()>>,
     on_divergence: Option<DivergenceReport>,
     arbiter: Option<Arc<dyn SyncArbiter>>,
-    config: GroupConfig,
+    /// The definition; a newer one with the same shape replaces it in place
+    /// ([`PrimaryGroup::update_config`]) and goes out on every live link.
+    config: watch::Sender<GroupConfig>,
+    /// Called with every definition taken in place.
+    on_update: Mutex<Vec<UpdateHook>>,
+    /// The epoch this primary writes in (fixed for its life).
+    epoch: u64,
     node: String,
     databases: HashMap<String, (Arc<Database>, Arc<SyncCell>)>,
     /// Per secondary: connected now, last message time.
@@ -351,20 +360,51 @@ impl PrimaryGroup {
             databases,
             links: Mutex::new(HashMap::new()),
             stop,
-            config,
+            epoch: config.epoch,
+            config: watch::channel(config).0,
+            on_update: Mutex::new(Vec::new()),
             arbiter_lock: Arc::new(tokio::sync::Mutex::new(())),
             on_divergence: options.on_divergence,
             arbiter: options.arbiter,
         });
-        for replica in group.config.secondaries().cloned().collect::<Vec<_>>() {
+        let secondaries: Vec<String> = group
+            .config()
+            .secondaries()
+            .map(|r| r.name.clone())
+            .collect();
+        for replica in secondaries {
             tokio::spawn(sender(group.clone(), replica));
         }
         Ok(group)
     }
 
     /// The group's definition.
-    pub fn config(&self) -> &GroupConfig {
-        &self.config
+    pub fn config(&self) -> GroupConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Takes a newer definition that changes only settings (the same
+    /// databases, replicas, modes, primary and epoch: see
+    /// `ag::role::settings_only`) without restarting: senders use the new
+    /// settings and send it to their secondaries.
+    pub fn update_config(&self, config: GroupConfig) {
+        for hook in self
+            .on_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            hook(&config);
+        }
+        self.config.send_replace(config);
+    }
+
+    /// Calls `hook` with every definition taken in place.
+    pub fn on_update(&self, hook: UpdateHook) {
+        self.on_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Synchronization state of each database, with its cell for metrics.
@@ -455,7 +495,7 @@ impl PrimaryGroup {
     /// secondaries fail with 40003 rather than being acknowledged.
     pub fn stop(&self) {
         for (db, _) in self.databases.values() {
-            db.close_writes(self.config.epoch, Closed::SteppingDown);
+            db.close_writes(self.epoch, Closed::SteppingDown);
         }
         self.stop.send_replace(true);
         for (db, _) in self.databases.values() {
@@ -577,13 +617,17 @@ impl PrimaryGroup {
 }
 
 /// Keeps one secondary connected and fed, until the group stops.
-async fn sender(group: Arc<PrimaryGroup>, replica: ReplicaConfig) {
+async fn sender(group: Arc<PrimaryGroup>, replica: String) {
     let mut stop = group.stop.subscribe();
     let mut backoff = Duration::from_millis(200);
     loop {
         if *stop.borrow() {
             return;
         }
+        // The replica's settings as the definition has them now.
+        let Some(replica) = group.config().replica(&replica).cloned() else {
+            return;
+        };
         let result = tokio::select! {
             r = stream_to(&group, &replica) => r,
             _ = stop.changed() => return,
@@ -593,7 +637,7 @@ async fn sender(group: Arc<PrimaryGroup>, replica: ReplicaConfig) {
             Err(e) => (LeaveReason::Disconnected, Some(e)),
         };
         if let Some(m) = &message {
-            tracing::info!(group = %group.config.name, replica = %replica.name, "replication link down: {m}");
+            tracing::info!(group = %group.config().name, replica = %replica.name, "replication link down: {m}");
         }
         group.set_link(&replica.name, false, message.clone());
         group.leave_all(&replica.name, reason).await;
@@ -624,7 +668,9 @@ async fn stream_to(
     .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
     let _ = socket.set_nodelay(true);
     let mut conn = Framed::new(socket, WireCodec);
-    let config = &group.config;
+    let mut configs = group.config.subscribe();
+    let config = configs.borrow_and_update().clone();
+    let mut timeout = timeout;
     send(
         &mut conn,
         Message::Hello {
@@ -810,6 +856,18 @@ async fn stream_to(
                 Some(Err(reason)) => return Err(reason),
                 None => return Err("the connection reader stopped".into()),
             },
+            changed = configs.changed() => {
+                if changed.is_err() {
+                    return Err("the primary stopped".into());
+                }
+                // A definition taken in place: the secondary takes it too,
+                // and this link uses the new session timeout.
+                let config = configs.borrow_and_update().clone();
+                if let Some(r) = config.replica(&replica.name) {
+                    timeout = Duration::from_secs(r.session_timeout_s.max(1) as u64);
+                }
+                send(&mut sink, Message::Config { version: config.version, config: config.to_bytes() }, timeout).await?;
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ const REDO_BATCH_BYTES: u64 = 8 << 20;
 const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// What decides whether a primary may connect, and sets databases up.
+#[async_trait::async_trait]
 pub trait Admission: Send + Sync + 'static {
     /// Checks a `Hello`; Err is the reason sent back in `Refuse`.
     fn check_hello(
@@ -49,9 +50,10 @@ pub trait Admission: Send + Sync + 'static {
         to_replica: &str,
         epoch: u64,
     ) -> Result<(), String>;
-    /// Takes the group's definition from the primary; returns the group's
+    /// Takes the group's definition from the primary (at the start of a
+    /// connection, or in-band when it changes); returns the group's
     /// receiver (its databases set up as secondaries here).
-    fn accept_config(&self, config: GroupConfig) -> Result<Arc<SecondaryGroup>, String>;
+    async fn accept_config(&self, config: GroupConfig) -> Result<Arc<SecondaryGroup>, String>;
 }
 
 /// Takes a client session an availability group listener handed over.
@@ -197,6 +199,10 @@ pub struct SecondaryGroup {
     /// become primary); redo still runs until `stop`. Shared with the
     /// blocking intake of each batch.
     closed_flag: Arc<std::sync::atomic::AtomicBool>,
+    /// No primary of an older epoch may ship here: raised when this node
+    /// learns of a newer epoch (from the cluster, or a newer primary's
+    /// Hello); a connection of an older epoch ends at its next batch.
+    epoch_floor: watch::Sender<u64>,
     /// Suspensions and resumptions made here, for the primary's connection
     /// to pass on.
     announce: tokio::sync::mpsc::UnboundedSender<(String, bool)>,
@@ -247,6 +253,7 @@ impl SecondaryGroup {
             connected: watch::channel(false).0,
             stop,
             closed_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            epoch_floor: watch::channel(0).0,
             announce,
             announcements: tokio::sync::Mutex::new(announcements),
         })
@@ -258,6 +265,21 @@ impl SecondaryGroup {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Takes a newer definition of the same shape (same primary, epoch and
+    /// databases) without restarting.
+    pub fn set_config(&self, config: GroupConfig) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// No primary of an epoch below `epoch` may ship here any more.
+    pub fn raise_epoch_floor(&self, epoch: u64) {
+        self.epoch_floor.send_if_modified(|floor| {
+            let raised = epoch > *floor;
+            *floor = (*floor).max(epoch);
+            raised
+        });
     }
 
     /// True while a primary is connected.
@@ -402,7 +424,12 @@ impl SecondaryGroup {
     /// lock, after checking there that the group still takes records: a
     /// promotion that closed the intake and then took the lock knows that no
     /// batch is in flight and that the log's end no longer moves.
-    async fn receive(&self, database: &str, raw: Vec<Vec<u8>>) -> Result<Lsn, String> {
+    async fn receive(
+        &self,
+        database: &str,
+        raw: Vec<Vec<u8>>,
+        link_epoch: u64,
+    ) -> Result<Lsn, String> {
         if *self.stop.borrow() || self.closed_flag.load(Ordering::SeqCst) {
             return Err(closed_intake());
         }
@@ -414,11 +441,20 @@ impl SecondaryGroup {
         let records = decode_all(database, &raw)?;
         let closed = self.closed_flag.clone();
         let stop = self.stop.subscribe();
+        let floor = self.epoch_floor.subscribe();
         let database = database.to_string();
         tokio::task::spawn_blocking(move || {
             let _intake = sdb.db.intake();
             if closed.load(Ordering::SeqCst) || *stop.borrow() {
                 return Err(closed_intake());
+            }
+            // Checked under the intake lock: once the floor is raised, no
+            // batch of an older primary is appended (issue 9 cause 10).
+            if link_epoch < *floor.borrow() {
+                return Err(format!(
+                    "a primary of epoch {} exists: this replica takes nothing more from epoch {link_epoch}",
+                    *floor.borrow()
+                ));
             }
             accept_batch(&sdb, &database, records)
         })
@@ -622,7 +658,7 @@ async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Resu
             .replica(&to_replica)
             .map_or(10, |r| r.session_timeout_s.max(1) as u64),
     );
-    let group = match admission.accept_config(config) {
+    let group = match admission.accept_config(config).await {
         Ok(g) => g,
         Err(reason) => return refuse(&mut conn, reason).await,
     };
@@ -639,7 +675,18 @@ async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Resu
     .await?;
     group.connected.send_replace(true);
     tracing::info!(primary = %from_replica, group = %group.config().name, "primary connected");
-    let result = stream_from(&mut conn, &group, timeout).await;
+    if epoch < *group.epoch_floor.borrow() {
+        return refuse(
+            &mut conn,
+            format!(
+                "epoch {epoch} is older than epoch {} known here",
+                *group.epoch_floor.borrow()
+            ),
+        )
+        .await;
+    }
+    group.raise_epoch_floor(epoch);
+    let result = stream_from(&mut conn, &group, &admission, epoch, timeout).await;
     group.connected.send_replace(false);
     if let Err(reason) = &result {
         let _ = send(
@@ -656,8 +703,11 @@ async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Resu
 async fn stream_from(
     conn: &mut Framed<TcpStream, WireCodec>,
     group: &Arc<SecondaryGroup>,
+    admission: &Arc<dyn Admission>,
+    epoch: u64,
     timeout: Duration,
 ) -> Result<(), String> {
+    let mut floor = group.epoch_floor.subscribe();
     // Redo progress of every database, forwarded as Progress messages.
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
     let mut watchers = Vec::new();
@@ -708,7 +758,7 @@ async fn stream_from(
                 last_heard = Instant::now();
                 match message {
                     Message::Records { database, records } => {
-                        group.receive(&database, records).await?;
+                        group.receive(&database, records, epoch).await?;
                     }
                     Message::Ping { sent_us } => send(conn, Message::Pong { echo_us: sent_us }).await?,
                     Message::Pong { .. } | Message::DatabaseState { .. } => {}
@@ -720,8 +770,15 @@ async fn stream_from(
                         *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(from_lsn);
                     }
                     Message::Config { config, .. } => {
+                        // A definition the primary took in place: through
+                        // the role machine, which keeps this group (same
+                        // shape) or restarts it (then this link ends and the
+                        // primary reconnects to the new one).
                         let config = GroupConfig::from_bytes(&config).map_err(|e| e.to_string())?;
-                        *group.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+                        let serving = admission.accept_config(config).await?;
+                        if !Arc::ptr_eq(&serving, group) {
+                            return Err("the group restarted with the new definition; reconnecting".into());
+                        }
                     }
                     Message::Refuse { reason } => return Err(format!("the primary stopped: {reason}")),
                     other => return Err(format!("unexpected message from the primary: {other:?}")),
@@ -737,6 +794,14 @@ async fn stream_from(
                         hardened_lsn: sdb.hardened(),
                         redone_lsn: sdb.redone(),
                     }).await?;
+                }
+            }
+            _ = floor.changed() => {
+                if *floor.borrow() > epoch {
+                    return Err(format!(
+                        "a primary of epoch {} exists: this replica takes nothing more from epoch {epoch}",
+                        *floor.borrow()
+                    ));
                 }
             }
             _ = ping.tick() => {
