@@ -108,7 +108,11 @@ impl Driver {
             };
             let mut pending = vec![event];
             while let Some(event) = pending.pop() {
-                let actions = self.machine.step(monotonic_us(), event);
+                let now = super::role::Now {
+                    mono_us: monotonic_us(),
+                    wall_us: super::now_us(),
+                };
+                let actions = self.machine.step(now, event);
                 for action in actions {
                     if let Some(next) = self.act(action).await {
                         pending.push(next);
@@ -265,11 +269,8 @@ impl Driver {
                     let _ = inbox.send(Input::Event(Event::Finished { work, outcome }));
                 });
             }
-            Action::Save(mut membership) => {
-                if let Membership::Defined(config) = &mut membership {
-                    if let Some(f) = config.last_failover.as_mut().filter(|f| f.at_us == 0) {
-                        f.at_us = super::now_us();
-                    }
+            Action::Save(membership) => {
+                if let Membership::Defined(config) = &membership {
                     manager.publish_config(&self.group, (**config).clone());
                 }
                 if let Membership::Joined { cluster_id, .. } = &membership {

@@ -65,6 +65,27 @@ use super::store::Membership;
 /// How long a failed drain or promotion waits before it is tried again.
 pub const RETRY: Duration = Duration::from_millis(500);
 
+/// The time, injected: the monotonic clock (µs) for waits and timers, and
+/// the wall clock (µs since the Unix epoch) for what users read (the time
+/// of a failover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic microseconds.
+    pub mono_us: u64,
+    /// Microseconds since the Unix epoch.
+    pub wall_us: i64,
+}
+
+impl From<u64> for Now {
+    /// A test clock whose wall time equals its monotonic time.
+    fn from(mono_us: u64) -> Now {
+        Now {
+            mono_us,
+            wall_us: mono_us as i64,
+        }
+    }
+}
+
 /// Identifies a caller waiting for an answer (an operator statement, a
 /// primary's connection).
 pub type ReplyId = u64;
@@ -321,6 +342,8 @@ pub struct RoleMachine {
     quiet_until: u64,
     /// The epoch floor last set on the secondary.
     floor: u64,
+    /// The wall clock at the current step.
+    wall_us: i64,
 }
 
 impl RoleMachine {
@@ -335,6 +358,7 @@ impl RoleMachine {
             takeover: None,
             quiet_until: 0,
             floor: 0,
+            wall_us: 0,
         }
     }
 
@@ -363,8 +387,11 @@ impl RoleMachine {
         config.cluster_type != crate::group::ClusterType::None
     }
 
-    /// Takes one event at time `now` (µs, monotonic); returns the actions.
-    pub fn step(&mut self, now: u64, event: Event) -> Vec<Action> {
+    /// Takes one event at time `now`; returns the actions.
+    pub fn step(&mut self, now: impl Into<Now>, event: Event) -> Vec<Action> {
+        let now = now.into();
+        self.wall_us = now.wall_us;
+        let now = now.mono_us;
         let mut out = Vec::new();
         match event {
             Event::Start(membership) => self.start(*membership, &mut out),
@@ -485,7 +512,7 @@ impl RoleMachine {
                     let forced = self.takeover.is_some_and(|t| t.forced);
                     let mut next = named.clone();
                     next.last_failover = Some(FailoverRecord {
-                        at_us: 0,
+                        at_us: self.wall_us,
                         reason: if forced {
                             "FORCE_FAILOVER_ALLOW_DATA_LOSS".into()
                         } else {
@@ -805,7 +832,7 @@ impl RoleMachine {
                     next.epoch += 1;
                     next.version += 1;
                     next.last_failover = Some(FailoverRecord {
-                        at_us: 0,
+                        at_us: self.wall_us,
                         reason: "FORCE_FAILOVER_ALLOW_DATA_LOSS".into(),
                         from: config.primary.clone(),
                         to: self.node.clone(),

@@ -75,9 +75,13 @@ impl Writer {
     pub fn after_commit(&mut self) -> Result<Lsn> {
         self.shared.commit_seq.fetch_add(1, Ordering::SeqCst);
         let captured = self.capture.after_commit(self.conn.sqlite());
-        if let Err(e) = &captured {
-            tracing::error!(error = %e, "capture failed; the database takes no more writes");
-            *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        match &captured {
+            // The file holds the commit already: it is applied.
+            Ok(end) => self.shared.applied.store(*end, Ordering::SeqCst),
+            Err(e) => {
+                tracing::error!(error = %e, "capture failed; the database takes no more writes");
+                *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
         }
         captured
     }
@@ -495,6 +499,8 @@ impl Database {
         })
         .await
         .map_err(|e| Error::sql("XX000", e.to_string()))??;
+        // The image is of the file as it stands: applied.
+        self.shared.applied.fetch_max(end, Ordering::SeqCst);
         self.log
             .wait_durable(end)
             .await

@@ -728,7 +728,12 @@ async fn stream_to(
             (None, Some(p)) => (p.end_lsn, p.redone_lsn),
             _ => (0, 0),
         };
+        // Caught up means caught up with the log as it is now, a full image
+        // written for this replica included: the rule must not count a
+        // replica that has hardened only the first part of its seed.
+        let log_end = db.log().end_lsn();
         let joined = cell.update(|s| {
+            s.appended(log_end);
             s.connected(&replica.name, hardened, redone);
             s.replica(&replica.name).map(|r| r.state) == Some(SyncState::Synchronized)
         });
@@ -821,6 +826,9 @@ async fn stream_to(
             let Some(last) = records.last() else { continue };
             next.insert(name.clone(), last.end_lsn());
             if let Some((_, cell)) = group.databases.get(name) {
+                // Whatever was appended (commits, and full images that
+                // no commit waits for) counts before any replica catches up.
+                cell.inspect(|s| s.appended(last.end_lsn()));
                 let bytes = last.end_lsn() - from;
                 cell.lock_metrics()
                     .entry(replica.name.clone())
