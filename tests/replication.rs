@@ -1630,3 +1630,43 @@ async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() 
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Issue 9 cause 8: one transaction larger than a wire frame (64 MiB) was
+/// acknowledged and then stopped replication for good ("frame of … bytes
+/// exceeds the limit"), leaving the group without a failover target. A
+/// transaction is now a run of bounded records: the secondary stays
+/// SYNCHRONIZED, redoes it whole, and is page-identical to the primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_larger_than_a_wire_frame_replicates_and_keeps_the_secondary_synchronized() {
+    let group = Group::start(2).await;
+    let c = group.primary().client(APP).await;
+    run(
+        &group,
+        &c,
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB NOT NULL)",
+    )
+    .await;
+    // 72 MiB in one transaction.
+    let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 72) \
+               INSERT INTO big SELECT i, randomblob(1048576) FROM n";
+    match tokio::time::timeout(Duration::from_secs(120), c.batch_execute(sql)).await {
+        Ok(Ok(())) => {}
+        other => panic!("{sql}: {other:?}\n{}", group.logs()),
+    }
+    group.wait_synchronized(&[1], CATCH_UP_TIMEOUT).await;
+    group
+        .assert_page_identical("after a 72 MiB transaction")
+        .await;
+    let s = group.nodes[1].client(APP).await;
+    let rows = query_text(&s, "SELECT count(*), sum(length(b)) FROM big")
+        .await
+        .unwrap_or_else(|e| panic!("count on r2: {}", error_text(&e)));
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("72".to_string()),
+            Some((72 * 1048576).to_string())
+        ]],
+        "r2 holds the whole transaction"
+    );
+}

@@ -43,6 +43,8 @@ pub(crate) enum Input {
         Box<GroupConfig>,
         oneshot::Sender<Result<Arc<SecondaryGroup>, String>>,
     ),
+    /// The node starts with what it stored; answered once the role runs.
+    Start(Box<Membership>, oneshot::Sender<()>),
 }
 
 /// A running group's driver: its inbox.
@@ -93,7 +95,12 @@ impl Driver {
                 None => rx.recv().await,
             };
             let Some(input) = input else { return };
+            let mut started = None;
             let event = match input {
+                Input::Start(membership, done) => {
+                    started = Some(done);
+                    Event::Start(membership)
+                }
                 Input::Event(e) => e,
                 Input::Request(request, answer) => {
                     let reply = self.reply_id();
@@ -118,6 +125,9 @@ impl Driver {
                         pending.push(next);
                     }
                 }
+            }
+            if let Some(done) = started {
+                let _ = done.send(());
             }
             let Some(manager) = self.manager.upgrade() else {
                 return;

@@ -109,8 +109,10 @@ fn key(name: &str) -> String {
 }
 
 impl Manager {
-    /// Loads this node's groups and resumes its role in each.
-    pub fn start(
+    /// Loads this node's groups and resumes its role in each; returns once
+    /// every database of a group is fenced as its role says (before any
+    /// client can connect, a secondary's copy is read-only).
+    pub async fn start(
         node: &str,
         engine: Arc<Engine>,
         data_dir: &Path,
@@ -127,7 +129,9 @@ impl Manager {
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
-            let _ = inbox.send(Input::Event(role::Event::Start(Box::new(membership))));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = inbox.send(Input::Start(Box::new(membership), tx));
+            let _ = rx.await;
         }
         Ok(manager)
     }
@@ -206,8 +210,13 @@ impl Manager {
         match self.engine.database(name) {
             Ok(db) => Ok(db),
             Err(Error::NoSuchDatabase(_)) => {
-                // A secondary's copy starts fenced: nothing but redo writes it.
-                self.engine.create_database(name)?;
+                // A secondary's copy is fenced from its first moment:
+                // nothing but redo writes it.
+                let fence = crate::engine::Fence::Secondary {
+                    group: String::new(),
+                    primary: String::new(),
+                };
+                self.engine.create_database_fenced(name, fence)?;
                 self.engine.database(name)
             }
             Err(e) => Err(e),

@@ -215,6 +215,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         cluster.clone(),
         config.witness,
     )
+    .await
     .map_err(|e| format!("cannot resume availability groups: {e}"))?;
     let frontend = Frontend::new(
         engine,

@@ -92,18 +92,22 @@ impl Capture {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut end = self.log.end_lsn();
         for tx in transactions {
-            end = self
-                .log
-                .append(Record {
-                    lsn: 0,
-                    epoch,
-                    commit_time_us: now_us(),
-                    db_size: tx.db_size,
-                    page_size,
-                    pages: tx.pages,
-                    flags: 0,
-                })
-                .map_err(log_error)?;
+            let commit_time_us = now_us();
+            for (pages, more) in split_pages(tx.pages, page_size) {
+                end = self
+                    .log
+                    .append(Record {
+                        lsn: 0,
+                        epoch,
+                        commit_time_us,
+                        db_size: tx.db_size,
+                        page_size,
+                        pages,
+                        flags: if more { Record::TX_MORE } else { 0 },
+                    })
+                    .map_err(log_error)?;
+                crate::crashpoint::hit("capture.part_appended");
+            }
         }
         if self.wal.frames_read() >= CHECKPOINT_FRAMES {
             self.checkpoint(conn)?;
@@ -125,6 +129,26 @@ impl Capture {
         self.log.truncate_before(keep).map_err(log_error)?;
         Ok(())
     }
+}
+
+/// A page number and its image.
+type Page = (u32, Vec<u8>);
+
+/// A transaction's pages in parts of at most [`Record::PART_BYTES`] (at
+/// least one page each), each with whether another part follows: a
+/// transaction of any size becomes records far below a wire frame.
+fn split_pages(pages: Vec<Page>, page_size: u32) -> Vec<(Vec<Page>, bool)> {
+    let per_part = (Record::PART_BYTES / page_size.max(1) as usize).max(1);
+    if pages.len() <= per_part {
+        return vec![(pages, false)];
+    }
+    let mut parts = Vec::with_capacity(pages.len().div_ceil(per_part));
+    let mut pages = pages.into_iter().peekable();
+    while pages.peek().is_some() {
+        let part: Vec<_> = pages.by_ref().take(per_part).collect();
+        parts.push((part, pages.peek().is_some()));
+    }
+    parts
 }
 
 /// `<db>-wal`.
@@ -188,4 +212,33 @@ fn capture_error(e: WalError) -> Error {
 fn log_error(e: log::LogError) -> Error {
     Error::sql("58030", format!("cannot write the transaction log: {e}"))
         .with_hint("the database stopped accepting writes to keep its log whole; fix the disk and restart the node")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_transaction_is_split_into_bounded_parts_in_page_order() {
+        // Issue 9 cause 8: a record larger than one wire frame could never
+        // be shipped.
+        let page = 4096u32;
+        let per_part = Record::PART_BYTES / page as usize;
+        let pages: Vec<(u32, Vec<u8>)> = (1..=(2 * per_part as u32 + 3))
+            .map(|n| (n, vec![0u8; page as usize]))
+            .collect();
+        let parts = split_pages(pages, page);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts
+                .iter()
+                .map(|(p, more)| (p.len(), *more))
+                .collect::<Vec<_>>(),
+            [(per_part, true), (per_part, true), (3, false)]
+        );
+        assert_eq!(parts[1].0[0].0, per_part as u32 + 1);
+        let small = split_pages(vec![(1, vec![0; 512])], 512);
+        assert_eq!(small.len(), 1);
+        assert!(!small[0].1);
+    }
 }

@@ -203,7 +203,15 @@ impl Database {
     /// Opens (creating if needed) the database file at `path` with its log
     /// in `log_dir`, recovering the file from the log first.
     pub fn open(name: &str, path: &Path, log_dir: &Path) -> Result<Database> {
-        let log = recover(name, path, log_dir)?;
+        let (log, applied) = recover(name, path, log_dir)?;
+        if applied < log.end_lsn() {
+            // The log ends inside a transaction whose last part never
+            // reached it: never acknowledged, never applied. Cut it, so the
+            // log continues at a transaction boundary (a primary resends
+            // it to a secondary; a writable database writes after it).
+            log.truncate_from(applied)
+                .map_err(|e| Error::sql("XX001", format!("database \"{name}\": {e}")))?;
+        }
         let newest_epoch = crate::log::read_history(log_dir)
             .ok()
             .and_then(|h| h.last().map(|(e, _)| *e))
@@ -214,7 +222,7 @@ impl Database {
             retain_from: Arc::new(AtomicU64::new(u64::MAX)),
             in_recovery: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(None),
-            applied: AtomicU64::new(log.end_lsn()),
+            applied: AtomicU64::new(applied),
             fence: RwLock::new(Fence::Standalone),
         });
         let wal_frames = Arc::new(AtomicU32::new(0));
@@ -446,7 +454,26 @@ impl Database {
     pub async fn promote(&self, group: &str, epoch: u64) -> Result<()> {
         let mut writer = self.writer.clone().lock_owned().await;
         let path = self.path.clone();
+        let (log, applied) = (self.log.clone(), self.applied_lsn());
         tokio::task::spawn_blocking(move || {
+            // Parts of a transaction that never got its last part (the old
+            // primary stopped between them) may end the log: cut them before
+            // this node writes after them — but never a whole transaction
+            // that redo has not applied yet.
+            let tail = log
+                .read_from(applied)
+                .map_err(|e| Error::sql("58030", e.to_string()))?;
+            if let Some(whole) = tail.iter().rfind(|r| !r.continues_transaction()) {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
+                        "redo has not applied LSN {applied}..{} yet: the database cannot become writable",
+                        whole.end_lsn()
+                    ),
+                ));
+            }
+            log.truncate_from(applied)
+                .map_err(|e| Error::sql("58030", e.to_string()))?;
             let Writer { conn, capture, .. } = &mut *writer;
             capture.skip_to_end(conn.sqlite(), &path)
         })

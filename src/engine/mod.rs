@@ -58,7 +58,7 @@ pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
-pub use recover::redo as redo_records;
+pub use recover::{redo as redo_records, whole_transactions};
 
 /// The database a fresh node creates, named after the default user.
 pub const DEFAULT_DATABASE: &str = "availdb";
@@ -75,10 +75,14 @@ impl Engine {
     /// default database on first start.
     pub fn open(data_dir: &Path) -> Result<Engine> {
         let dir = data_dir.join("databases");
+        let fresh = !dir.exists();
         fs::create_dir_all(&dir).map_err(|source| Error::Io {
             context: format!("cannot create data directory {}", dir.display()),
             source,
         })?;
+        if fresh {
+            Engine::sync_dir_and_parent(&dir)?;
+        }
         let engine = Engine {
             dir,
             log_root: data_dir.join("log"),
@@ -129,6 +133,12 @@ impl Engine {
 
     /// `CREATE DATABASE name`.
     pub fn create_database(&self, name: &str) -> Result<()> {
+        self.create_database_fenced(name, Fence::Standalone)
+    }
+
+    /// Creates a database whose write fence is `fence` from the moment it
+    /// exists (a secondary's copy: nothing but redo may write it).
+    pub fn create_database_fenced(&self, name: &str, fence: Fence) -> Result<()> {
         validate_name(name)?;
         let mut databases = self.lock();
         if databases.contains_key(name) {
@@ -137,8 +147,18 @@ impl Engine {
         // A log left by an earlier database of the same name is not this one's.
         remove_dir_if_present(&self.log_of(name))?;
         let db = Database::open(name, &self.path_of(name), &self.log_of(name))?;
+        db.set_fence(fence)?;
         databases.insert(name.to_string(), Arc::new(db));
-        Ok(())
+        sync_dir(&self.dir)
+    }
+
+    /// Makes a new entry of `dir` durable, and `dir` itself in its parent.
+    fn sync_dir_and_parent(dir: &Path) -> Result<()> {
+        sync_dir(dir)?;
+        match dir.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        }
     }
 
     /// `DROP DATABASE name`: refused while any session uses it.
@@ -180,6 +200,17 @@ impl Engine {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Database>>> {
         self.databases.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// fsync of a directory: its entries (a new file, a new subdirectory) survive
+/// a power loss.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            context: format!("cannot sync directory {}", dir.display()),
+            source,
+        })
 }
 
 fn remove_dir_if_present(dir: &Path) -> Result<()> {

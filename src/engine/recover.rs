@@ -17,14 +17,16 @@ use rusqlite::Connection;
 use super::capture::wal_path;
 use super::error::{Error, Result};
 use super::redo::{Applier, PageSet};
-use crate::log::{self, Log, LogError, Record};
+use crate::log::{self, Log, LogError, Lsn, Record};
 
 /// Records redone per SQLite transaction during recovery.
 const REDO_BATCH: usize = 256;
 
 /// Opens the log of the database at `db_path` and brings the file up to the
-/// log's end. Returns the log.
-pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<Arc<Log>> {
+/// end of the log's last whole transaction. Returns the log and that LSN
+/// (the applied LSN): a log that ends inside a large transaction (a crash
+/// between its parts) keeps those parts, unapplied.
+pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, Lsn)> {
     let fresh_log = !log_dir.exists();
     if fresh_log && db_path.exists() {
         // A database older than its log: its content (WAL included) is the
@@ -46,11 +48,14 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<Arc<Log>> {
     }
     let checkpoint = log::read_checkpoint(log_dir).map_err(|e| log_error(name, e))?;
     discard_wal(db_path)?;
+    let mut applied = checkpoint.max(log.first_lsn()).min(log.end_lsn());
     if log.end_lsn() > checkpoint {
         // A bounded slice of the log at a time: a long tail (a replica
-        // seeded with a large image) never has to fit in memory at once.
+        // seeded with a large image) never has to fit in memory at once;
+        // only the parts of one large transaction wait for its last part.
         let mut from = checkpoint;
         let mut count = 0;
+        let mut pending: Vec<Record> = Vec::new();
         let mut applier = Applier::open(db_path).map_err(redo_error)?;
         while from < log.end_lsn() {
             let records = log
@@ -59,21 +64,45 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<Arc<Log>> {
             let Some(last) = records.last() else { break };
             from = last.end_lsn();
             count += records.len();
-            apply_all(&mut applier, &records)?;
+            pending.extend(records);
+            let whole = whole_transactions(&pending);
+            if whole > 0 {
+                apply_all(&mut applier, &pending[..whole])?;
+                applied = pending[whole - 1].end_lsn();
+                pending.drain(..whole);
+            }
         }
         applier
             .connection()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        if let Some(first) = pending.first() {
+            tracing::warn!(
+                database = name,
+                from = first.lsn,
+                to = log.end_lsn(),
+                "the log ends inside a transaction (a crash between its parts): it is not applied"
+            );
+        }
         tracing::info!(
             database = name,
             records = count,
             from = checkpoint,
-            to = log.end_lsn(),
+            to = applied,
             "recovered from the log"
         );
-        log::write_checkpoint(log_dir, log.end_lsn()).map_err(|e| log_error(name, e))?;
+        log::write_checkpoint(log_dir, applied).map_err(|e| log_error(name, e))?;
     }
-    Ok(Arc::new(log))
+    Ok((Arc::new(log), applied))
+}
+
+/// How many of `records` (in log order) form whole transactions: everything
+/// up to the last record that does not continue a transaction. A full
+/// image's parts count as whole (seeding applies them as they come).
+pub fn whole_transactions(records: &[Record]) -> usize {
+    records
+        .iter()
+        .rposition(|r| !r.continues_transaction())
+        .map_or(0, |i| i + 1)
 }
 
 /// Redoes `records` into the file at `db_path` and checkpoints it fully.

@@ -11,7 +11,8 @@
 //!     36     4  page size       bytes per page image
 //!     40     4  page count      P
 //!     44     4  flags           bit 0: starts a full image; bit 1: the image
-//!                               goes on in the next record
+//!                               goes on in the next record; bit 2: the
+//!                               transaction goes on in the next record
 //!     48     …  P × (4-byte page number, page-size bytes of image)
 //!  8 + N     4  crc32c          over bytes 0 .. 8+N
 //! ```
@@ -25,6 +26,13 @@
 //! the last has [`Record::IMAGE_MORE`], and the next continues the pages.
 //! Every part is far below a wire frame, so a database of any size ships.
 //! Until the last part is redone the file is part new, part old.
+//!
+//! A **large transaction** is a run of records too: each part carries at
+//! most [`Record::PART_BYTES`] of pages, every part but the last has
+//! [`Record::TX_MORE`], and all carry the transaction's final database
+//! size. Redo applies a transaction's parts together, in one SQLite
+//! transaction, so readers never see part of one; a log that ends inside
+//! one (a crash between its parts) ends, for redo, before its first part.
 //!
 //! A record that ends early is *torn* (a crash during the write): only the
 //! last record of a log may be torn, and it was never acknowledged. A record
@@ -87,6 +95,16 @@ impl Record {
     pub const IMAGE_START: u32 = 1;
     /// The full image goes on in the next record.
     pub const IMAGE_MORE: u32 = 2;
+    /// The transaction goes on in the next record.
+    pub const TX_MORE: u32 = 4;
+    /// Most page bytes one record of a large transaction carries.
+    pub const PART_BYTES: usize = 8 << 20;
+
+    /// True when the transaction goes on in the next record: the database
+    /// is not consistent until its last record is redone too.
+    pub fn continues_transaction(&self) -> bool {
+        self.flags & Record::TX_MORE != 0
+    }
 
     /// True for the first record of a full image.
     pub fn starts_image(&self) -> bool {
@@ -97,6 +115,41 @@ impl Record {
     /// not consistent until the image's last record is redone.
     pub fn image_continues(&self) -> bool {
         self.flags & Record::IMAGE_MORE != 0
+    }
+
+    /// Checks what a valid checksum cannot: that the contents are possible.
+    /// A receiver refuses such a record before hardening it. The rules: a
+    /// page size that is a power of two from 512 to 65536, a database of at
+    /// least one page, page numbers from 1, strictly ascending (each page at
+    /// most once). Pages beyond the database size are allowed: a transaction
+    /// that shrinks the file may carry pages it spilled before it cut them,
+    /// and redo drops them.
+    pub fn check_contents(&self) -> Result<(), DecodeError> {
+        let bad = |why: String| Err(DecodeError::Inconsistent(why));
+        if !(512..=65536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+            return bad(format!(
+                "page size {} is not a power of two from 512 to 65536",
+                self.page_size
+            ));
+        }
+        if self.db_size == 0 {
+            return bad("a database of 0 pages".into());
+        }
+        let mut previous = 0u32;
+        for (pgno, image) in &self.pages {
+            if *pgno <= previous {
+                return bad(format!("page {pgno} follows page {previous}: pages must be listed once, in ascending order from 1"));
+            }
+            if image.len() != self.page_size as usize {
+                return bad(format!(
+                    "page {pgno} is {} bytes, not {}",
+                    image.len(),
+                    self.page_size
+                ));
+            }
+            previous = *pgno;
+        }
+        Ok(())
     }
 
     /// Encoded length in bytes.
@@ -168,7 +221,7 @@ impl Record {
             )));
         }
         let flags = u32_at(bytes, 44);
-        if flags & !(Record::IMAGE_START | Record::IMAGE_MORE) != 0 {
+        if flags & !(Record::IMAGE_START | Record::IMAGE_MORE | Record::TX_MORE) != 0 {
             return Err(DecodeError::Inconsistent(format!(
                 "unknown flags {flags:#x} (a newer availdb wrote this log?)"
             )));
@@ -238,6 +291,24 @@ mod tests {
                 matches!(Record::decode(&buf[..cut]), Err(DecodeError::Torn { .. })),
                 "cut {cut}"
             );
+        }
+    }
+
+    #[test]
+    fn impossible_contents_are_refused_even_with_a_valid_checksum() {
+        assert_eq!(sample().check_contents(), Ok(()));
+        type Breaks = fn(&mut Record);
+        let cases: [(&str, Breaks); 5] = [
+            ("page size 1000", |r| r.page_size = 1000),
+            ("page size 256", |r| r.page_size = 256),
+            ("0 pages", |r| r.db_size = 0),
+            ("page 0", |r| r.pages[0].0 = 0),
+            ("descending", |r| r.pages.swap(0, 1)),
+        ];
+        for (what, break_it) in cases {
+            let mut r = sample();
+            break_it(&mut r);
+            assert!(r.check_contents().is_err(), "{what}");
         }
     }
 

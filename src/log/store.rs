@@ -96,6 +96,8 @@ struct Tail {
     /// Bumped by [`Log::reset_to`]: a sync of the file that was current
     /// before a reset says nothing about the log after it.
     generation: u64,
+    /// The last record held: where it starts and its stored crc32c.
+    last: Option<(Lsn, u32)>,
 }
 
 /// The group-commit turn of one waiter; handed back even when the waiter
@@ -131,7 +133,12 @@ impl Log {
             segments.push(Segment { first_lsn: 0, path });
         }
         let last = segments.last().expect("at least one segment").clone();
-        let (end, len) = scan_segment(&last, true)?;
+        let (end, len, mut last_record) = scan_segment(&last, true)?;
+        if last_record.is_none() && segments.len() > 1 {
+            // The last segment is empty (it had just rolled): the last
+            // record closes the one before.
+            last_record = scan_segment(&segments[segments.len() - 2], false)?.2;
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(&last.path)
@@ -147,6 +154,7 @@ impl Log {
                 end,
                 buf: Vec::new(),
                 generation: 0,
+                last: last_record,
             }),
             durable: watch::channel(end).0,
             written: watch::channel(end).0,
@@ -167,6 +175,30 @@ impl Log {
     /// Everything before this LSN is on stable storage.
     pub fn durable_lsn(&self) -> Lsn {
         *self.durable.borrow()
+    }
+
+    /// The last record held: where it starts and its stored crc32c (None
+    /// for an empty log).
+    pub fn last_record(&self) -> Option<(Lsn, u32)> {
+        self.lock().last
+    }
+
+    /// The stored crc32c of the record that starts at `lsn` and where it
+    /// ends; None when no record starts there (or it is no longer held).
+    pub fn record_checksum_at(&self, lsn: Lsn) -> Result<Option<(Lsn, u32)>, LogError> {
+        if lsn < self.first_lsn() || lsn >= self.end_lsn() {
+            return Ok(None);
+        }
+        match self.read_raw(lsn, 1) {
+            Ok(records) => Ok(records.first().filter(|r| r.lsn == lsn).map(|r| {
+                let crc =
+                    u32::from_le_bytes(r.bytes[r.bytes.len() - 4..].try_into().expect("4 bytes"));
+                (r.end_lsn(), crc)
+            })),
+            // Not a record boundary of this log.
+            Err(LogError::Corrupt { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// First LSN still held.
@@ -191,6 +223,8 @@ impl Log {
         record.encode_into(&mut buf);
         let path = tail.segments.last().expect("a segment").path.clone();
         (&*tail.file).write_all(&buf).map_err(io_err(&path))?;
+        let crc = u32::from_le_bytes(buf[buf.len() - 4..].try_into().expect("4 bytes"));
+        tail.last = Some((record.lsn, crc));
         let raw = RawRecord {
             lsn: record.lsn,
             commit_time_us: record.commit_time_us,
@@ -449,8 +483,70 @@ impl Log {
         tail.recent.clear();
         tail.recent_bytes = 0;
         tail.generation += 1;
+        tail.last = None;
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
+        Ok(())
+    }
+
+    /// Cuts every record at or after `lsn`, which must be a record boundary
+    /// between the first LSN and the end: the parts of a transaction whose
+    /// last part never reached the log (a crash between its parts) before
+    /// the log takes new records after them. Later segments are removed, the
+    /// one holding `lsn` is cut and synced.
+    pub fn truncate_from(&self, lsn: Lsn) -> Result<(), LogError> {
+        let mut tail = self.lock();
+        if lsn >= tail.end {
+            return Ok(());
+        }
+        let first = tail.segments[0].first_lsn;
+        if lsn < first {
+            return Err(LogError::OutOfRange {
+                wanted: lsn,
+                first,
+                end: tail.end,
+            });
+        }
+        while tail.segments.len() > 1 && tail.segments.last().is_some_and(|s| s.first_lsn > lsn) {
+            let seg = tail.segments.pop().expect("more than one segment");
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        }
+        let seg = tail.segments.last().expect("a segment").clone();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(io_err(&seg.path))?;
+        file.set_len(lsn - seg.first_lsn)
+            .map_err(io_err(&seg.path))?;
+        file.sync_all().map_err(io_err(&seg.path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        tail.file = Arc::new(
+            OpenOptions::new()
+                .append(true)
+                .open(&seg.path)
+                .map_err(io_err(&seg.path))?,
+        );
+        tail.len = lsn - seg.first_lsn;
+        tail.end = lsn;
+        while tail.recent.back().is_some_and(|r| r.end_lsn() > lsn) {
+            let dropped = tail.recent.pop_back().expect("not empty");
+            tail.recent_bytes -= dropped.bytes.len() as u64;
+        }
+        tail.last = tail.recent.back().map(|r| {
+            let crc = u32::from_le_bytes(r.bytes[r.bytes.len() - 4..].try_into().expect("4 bytes"));
+            (r.lsn, crc)
+        });
+        tail.generation += 1;
+        drop(tail);
+        if self.last_record().is_none() && lsn > first {
+            // The record before the cut was no longer cached: read it back.
+            let (_, _, last) = scan_segment(&seg, false)?;
+            self.lock().last = last;
+        }
+        self.written.send_replace(lsn);
+        self.durable.send_modify(|d| *d = (*d).min(lsn));
         Ok(())
     }
 
@@ -523,16 +619,27 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, LogError> {
     Ok(bytes)
 }
 
-/// Walks a segment's records; returns (end LSN, valid length). With
-/// `cut_torn`, a torn last record is truncated away.
-fn scan_segment(seg: &Segment, cut_torn: bool) -> Result<(Lsn, u64), LogError> {
+/// What a scan of a segment found: its end LSN, its valid length, and its
+/// last record's start and crc.
+type Scanned = (Lsn, u64, Option<(Lsn, u32)>);
+
+/// Walks a segment's records; returns (end LSN, valid length, the last
+/// record's start and crc). With `cut_torn`, a torn last record is
+/// truncated away.
+fn scan_segment(seg: &Segment, cut_torn: bool) -> Result<Scanned, LogError> {
     let mut file = File::open(&seg.path).map_err(io_err(&seg.path))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io_err(&seg.path))?;
     let mut at = 0usize;
+    let mut last = None;
     while at < bytes.len() {
         match Record::decode(&bytes[at..]) {
-            Ok((_, len)) => at += len,
+            Ok((_, len)) => {
+                let crc =
+                    u32::from_le_bytes(bytes[at + len - 4..at + len].try_into().expect("4 bytes"));
+                last = Some((seg.first_lsn + at as u64, crc));
+                at += len;
+            }
             Err(DecodeError::Torn { .. }) if cut_torn => {
                 tracing::warn!(segment = %seg.path.display(), at, "cutting a torn record at the end of the log");
                 let f = OpenOptions::new()
@@ -552,7 +659,7 @@ fn scan_segment(seg: &Segment, cut_torn: bool) -> Result<(Lsn, u64), LogError> {
             }
         }
     }
-    Ok((seg.first_lsn + at as u64, at as u64))
+    Ok((seg.first_lsn + at as u64, at as u64, last))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
+use super::error::ReplicationError;
+use super::link::{plan_start, OwnLog, Start};
 use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::{
@@ -639,7 +641,11 @@ async fn sender(group: Arc<PrimaryGroup>, replica: String) {
         if let Some(m) = &message {
             tracing::info!(group = %group.config().name, replica = %replica.name, "replication link down: {m}");
         }
-        group.set_link(&replica.name, false, message.clone());
+        group.set_link(
+            &replica.name,
+            false,
+            message.as_ref().map(|m| m.to_string()),
+        );
         group.leave_all(&replica.name, reason).await;
         if message.is_some() {
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -657,15 +663,19 @@ async fn sender(group: Arc<PrimaryGroup>, replica: String) {
 async fn stream_to(
     group: &Arc<PrimaryGroup>,
     replica: &ReplicaConfig,
-) -> std::result::Result<LeaveReason, String> {
+) -> std::result::Result<LeaveReason, ReplicationError> {
     let timeout = Duration::from_secs(replica.session_timeout_s.max(1) as u64);
+    let connect_error = |cause: String| ReplicationError::Connect {
+        endpoint: replica.endpoint,
+        cause,
+    };
     let socket = tokio::time::timeout(
         Duration::from_secs(2),
         crate::net::connect(replica.endpoint),
     )
     .await
-    .map_err(|_| format!("connecting to {} timed out", replica.endpoint))?
-    .map_err(|e| format!("cannot connect to {}: {e}", replica.endpoint))?;
+    .map_err(|_| connect_error("timed out".into()))?
+    .map_err(|e| connect_error(e.to_string()))?;
     let _ = socket.set_nodelay(true);
     let mut conn = Framed::new(socket, WireCodec);
     let mut configs = group.config.subscribe();
@@ -693,17 +703,24 @@ async fn stream_to(
     )
     .await?;
     let positions = match tokio::time::timeout(timeout, conn.next()).await {
-        Err(_) => return Err("no answer to Hello within the session timeout".into()),
-        Ok(None) => return Err("the secondary closed the connection".into()),
-        Ok(Some(Err(e))) => return Err(format!("bad message from the secondary: {e}")),
+        Err(_) => return Err(ReplicationError::SessionTimeout(timeout)),
+        Ok(None) => return Err(ReplicationError::Closed),
+        Ok(Some(Err(e))) => return Err(ReplicationError::Wire(e.to_string())),
         Ok(Some(Ok(Message::Welcome { databases, .. }))) => databases,
-        Ok(Some(Ok(Message::Refuse { reason }))) => return Err(format!("refused: {reason}")),
-        Ok(Some(Ok(other))) => return Err(format!("expected Welcome, got {other:?}")),
+        Ok(Some(Ok(Message::Refuse { reason }))) => return Err(ReplicationError::Refused(reason)),
+        Ok(Some(Ok(other))) => {
+            return Err(ReplicationError::Unexpected {
+                expected: "Welcome or Refuse",
+                got: format!("{other:?}"),
+            })
+        }
     };
     let mut next: HashMap<String, Lsn> = HashMap::new();
     for (name, (db, cell)) in &group.databases {
         let position = positions.iter().find(|p| &p.database == name);
-        let (start, rewind) = start_lsn(db, position).await.map_err(|e| e.to_string())?;
+        let (start, rewind) = start_lsn(db, position)
+            .await
+            .map_err(ReplicationError::local)?;
         if let Some(report) = &group.on_divergence {
             report(&replica.name, name, rewind);
         }
@@ -753,7 +770,8 @@ async fn stream_to(
     // Incoming messages are handled by their own task, so progress is
     // taken in as it arrives even while this loop is busy sending.
     let (mut sink, mut stream) = conn.split();
-    let (control, mut controls) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
+    let (control, mut controls) =
+        tokio::sync::mpsc::unbounded_channel::<std::result::Result<u64, ReplicationError>>();
     let heard = Arc::new(std::sync::atomic::AtomicU64::new(monotonic_us()));
     let reader = {
         let group = group.clone();
@@ -762,8 +780,8 @@ async fn stream_to(
         tokio::spawn(async move {
             let outcome = loop {
                 let message = match stream.next().await {
-                    None => break "the secondary closed the connection".to_string(),
-                    Some(Err(e)) => break format!("bad message from the secondary: {e}"),
+                    None => break ReplicationError::Closed,
+                    Some(Err(e)) => break ReplicationError::Wire(e.to_string()),
                     Some(Ok(m)) => m,
                 };
                 heard.store(monotonic_us(), std::sync::atomic::Ordering::Relaxed);
@@ -793,14 +811,19 @@ async fn stream_to(
                                 tracing::info!(replica, database = %database, "data movement {what} by the secondary")
                             }
                             Err(e) => {
-                                break format!(
+                                break ReplicationError::Local(format!(
                                     "cannot record that the secondary {what} {database}: {e}"
-                                )
+                                ))
                             }
                         }
                     }
-                    Message::Refuse { reason } => break format!("the secondary stopped: {reason}"),
-                    other => break format!("unexpected message from the secondary: {other:?}"),
+                    Message::Refuse { reason } => break ReplicationError::Refused(reason),
+                    other => {
+                        break ReplicationError::Unexpected {
+                            expected: "Progress, Ping, Pong, DatabaseState or Refuse",
+                            got: format!("{other:?}"),
+                        }
+                    }
                 }
             };
             let _ = control.send(Err(outcome));
@@ -821,8 +844,8 @@ async fn stream_to(
             let log = db.log().clone();
             let records = tokio::task::spawn_blocking(move || log.read_raw(from, BATCH_BYTES))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(ReplicationError::local)?
+                .map_err(ReplicationError::local)?;
             let Some(last) = records.last() else { continue };
             next.insert(name.clone(), last.end_lsn());
             if let Some((_, cell)) = group.databases.get(name) {
@@ -862,11 +885,11 @@ async fn stream_to(
             control = controls.recv() => match control {
                 Some(Ok(sent_us)) => send(&mut sink, Message::Pong { echo_us: sent_us }, timeout).await?,
                 Some(Err(reason)) => return Err(reason),
-                None => return Err("the connection reader stopped".into()),
+                None => return Err(ReplicationError::Closed),
             },
             changed = configs.changed() => {
                 if changed.is_err() {
-                    return Err("the primary stopped".into());
+                    return Err(ReplicationError::PrimaryStopped);
                 }
                 // A definition taken in place: the secondary takes it too,
                 // and this link uses the new session timeout.
@@ -898,13 +921,21 @@ async fn start_lsn(
     position: Option<&DatabasePosition>,
 ) -> Result<(Lsn, Option<(Lsn, Lsn)>)> {
     let log = db.log();
-    let (theirs, history) = position.map_or((0, &[][..]), |p| (p.end_lsn, &p.epoch_history[..]));
-    let diverged = crate::log::divergence(&db.epoch_history(), log.end_lsn(), history, theirs)
-        .map(|at| (at, theirs));
-    if diverged.is_none() && theirs >= log.first_lsn() && (theirs > 0 || log.first_lsn() == 0) {
-        return Ok((theirs, None));
+    let history = db.epoch_history();
+    let ours = OwnLog {
+        first: log.first_lsn(),
+        end: log.end_lsn(),
+        history: &history,
+    };
+    let checksum_at = |lsn| log.record_checksum_at(lsn).ok().flatten();
+    match plan_start(ours, checksum_at, position) {
+        Start::Continue(from) => Ok((from, None)),
+        Start::Seed => Ok((db.write_base_image().await?, None)),
+        Start::Rewind {
+            diverged,
+            their_end,
+        } => Ok((db.write_base_image().await?, Some((diverged, their_end)))),
     }
-    Ok((db.write_base_image().await?, diverged))
 }
 
 /// Sends within the session timeout: a partner that stops reading (paused,
@@ -914,13 +945,15 @@ async fn send<S>(
     sink: &mut S,
     message: Message,
     within: Duration,
-) -> std::result::Result<(), String>
+) -> std::result::Result<(), ReplicationError>
 where
     S: futures::Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
     match tokio::time::timeout(within, sink.send(message)).await {
-        Ok(sent) => sent.map_err(|e| format!("send failed: {e}")),
-        Err(_) => Err("the secondary stopped reading for longer than the session timeout".into()),
+        Ok(sent) => sent.map_err(|e| ReplicationError::Wire(format!("send failed: {e}"))),
+        // A partner that stopped reading is as silent as one that stopped
+        // writing.
+        Err(_) => Err(ReplicationError::SessionTimeout(within)),
     }
 }

@@ -27,12 +27,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 
+use super::error::ReplicationError;
+use super::link::{check_batch, Intake, LocalLog};
 use super::primary::PING_INTERVAL;
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::monotonic_us;
-use crate::engine::{is_base_image, Database, Fence};
+use crate::engine::{Database, Fence};
 use crate::group::GroupConfig;
-use crate::log::{self, DecodeError, Lsn, Record};
+use crate::log::{self, Lsn, Record};
 
 /// Redo batches at most this many bytes of records.
 const REDO_BATCH_BYTES: u64 = 8 << 20;
@@ -129,9 +131,9 @@ pub struct SecondaryDb {
     db: Arc<Database>,
     hardened: watch::Sender<Lsn>,
     redone: watch::Sender<Lsn>,
-    /// Epoch of the newest record in the local log: records arrive in LSN
-    /// order, and epochs never go down along a log.
-    epoch: Mutex<u64>,
+    /// The batch check's state: the newest epoch in the local log (epochs
+    /// never go down along a log) and a pending `Rewind`.
+    intake: Mutex<Intake>,
     /// Last redo error, for views.
     last_error: Mutex<Option<String>>,
     /// Commit time of the last record redone (µs since the Unix epoch).
@@ -139,9 +141,6 @@ pub struct SecondaryDb {
     /// Everything before this LSN is written to the local log (maybe not
     /// yet durable).
     written: watch::Sender<Lsn>,
-    /// The primary announced that this log diverged: the next record is a
-    /// full image at this LSN, and the log restarts there.
-    rewind_to: Mutex<Option<Lsn>>,
     /// Pages of the full image being received (0: none in progress).
     image_pages: std::sync::atomic::AtomicU64,
     /// Data movement suspended from this side (`SET HADR SUSPEND` run on
@@ -150,6 +149,10 @@ pub struct SecondaryDb {
 }
 
 impl SecondaryDb {
+    fn intake(&self) -> Intake {
+        *self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Everything before this LSN is in the local log, durably.
     pub fn hardened(&self) -> Lsn {
         *self.hardened.borrow()
@@ -233,11 +236,13 @@ impl SecondaryGroup {
             let sdb = Arc::new(SecondaryDb {
                 hardened: watch::channel(durable).0,
                 redone: watch::channel(applied).0,
-                epoch: Mutex::new(newest_epoch),
+                intake: Mutex::new(Intake {
+                    epoch: newest_epoch,
+                    rewind_to: None,
+                }),
                 last_error: Mutex::new(None),
                 last_redone_commit_us: AtomicI64::new(0),
                 written: watch::channel(end).0,
-                rewind_to: Mutex::new(None),
                 image_pages: std::sync::atomic::AtomicU64::new(0),
                 suspended_here: std::sync::atomic::AtomicBool::new(false),
                 db,
@@ -349,10 +354,11 @@ impl SecondaryGroup {
         for sdb in self.databases() {
             // Everything in the log must be hardened and redone: the
             // database file and the log must agree before this node writes
-            // on top of them.
-            let end = sdb.db.log().end_lsn();
+            // on top of them (parts of a transaction whose last part never
+            // came are cut when the database becomes writable).
+            let log_end = sdb.db.log().end_lsn();
             let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::timeout(left, sdb.db.log().wait_durable(end))
+            tokio::time::timeout(left, sdb.db.log().wait_durable(log_end))
                 .await
                 .map_err(|_| {
                     format!(
@@ -362,10 +368,15 @@ impl SecondaryGroup {
                 })?
                 .map_err(|e| e.to_string())?;
             sdb.hardened.send_if_modified(|h| {
-                let moved = *h < end;
-                *h = (*h).max(end);
+                let moved = *h < log_end;
+                *h = (*h).max(log_end);
                 moved
             });
+            let log = sdb.db.log().clone();
+            let applied = sdb.db.applied_lsn();
+            let end = tokio::task::spawn_blocking(move || whole_end(&log, applied))
+                .await
+                .map_err(|e| e.to_string())??;
             let mut redone = sdb.redone.subscribe();
             while sdb.db.applied_lsn() < end {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -410,10 +421,11 @@ impl SecondaryGroup {
             .iter()
             .map(|s| DatabasePosition {
                 database: s.db.name().to_string(),
-                epoch: *s.epoch.lock().unwrap_or_else(|e| e.into_inner()),
+                epoch: s.intake().epoch,
                 end_lsn: s.hardened(),
                 redone_lsn: s.redone(),
                 epoch_history: s.db.epoch_history(),
+                last_record: s.db.log().last_record(),
             })
             .collect()
     }
@@ -429,14 +441,14 @@ impl SecondaryGroup {
         database: &str,
         raw: Vec<Vec<u8>>,
         link_epoch: u64,
-    ) -> Result<Lsn, String> {
+    ) -> Result<Lsn, ReplicationError> {
         if *self.stop.borrow() || self.closed_flag.load(Ordering::SeqCst) {
-            return Err(closed_intake());
+            return Err(ReplicationError::IntakeClosed);
         }
         let sdb = self
             .databases
             .get(database)
-            .ok_or_else(|| format!("database \"{database}\" is not in this group here"))?
+            .ok_or_else(|| ReplicationError::UnknownDatabase(database.to_string()))?
             .clone();
         let records = decode_all(database, &raw)?;
         let closed = self.closed_flag.clone();
@@ -446,112 +458,89 @@ impl SecondaryGroup {
         tokio::task::spawn_blocking(move || {
             let _intake = sdb.db.intake();
             if closed.load(Ordering::SeqCst) || *stop.borrow() {
-                return Err(closed_intake());
+                return Err(ReplicationError::IntakeClosed);
             }
             // Checked under the intake lock: once the floor is raised, no
             // batch of an older primary is appended (issue 9 cause 10).
-            if link_epoch < *floor.borrow() {
-                return Err(format!(
-                    "a primary of epoch {} exists: this replica takes nothing more from epoch {link_epoch}",
-                    *floor.borrow()
-                ));
+            let newest = *floor.borrow();
+            if link_epoch < newest {
+                return Err(ReplicationError::Superseded {
+                    epoch: link_epoch,
+                    newest,
+                });
             }
             accept_batch(&sdb, &database, records)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(ReplicationError::local)?
     }
-}
-
-fn closed_intake() -> String {
-    "this replica no longer takes records for this group (it was reconfigured or promoted)".into()
 }
 
 /// Checks a decoded batch against the local log and appends it (the
 /// caller holds the intake lock). Hardening (fsync) happens in the
 /// database's harden task, so the connection goes on reading while one
 /// fsync covers many batches.
-fn accept_batch(sdb: &SecondaryDb, database: &str, records: Vec<Record>) -> Result<Lsn, String> {
+fn accept_batch(
+    sdb: &SecondaryDb,
+    database: &str,
+    records: Vec<Record>,
+) -> Result<Lsn, ReplicationError> {
     let log = sdb.db.log();
-    let mut epoch = *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner());
-    let mut expected = log.end_lsn();
-    let mut accepted = Vec::with_capacity(records.len());
-    let rewind = *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner());
-    let mut restart = false;
-    for record in records {
-        if accepted.is_empty() && is_base_image(&record) {
-            // A full image restarts the log: to seed an empty or lagging
-            // replica (past our end), or to rewind a diverged one (the
-            // primary announced it, wherever it lands).
-            if rewind == Some(record.lsn) || record.lsn > expected {
-                restart = true;
-                epoch = record.epoch;
-                expected = record.end_lsn();
-                accepted.push(record);
-                continue;
-            }
-        }
-        if record.epoch < epoch {
-            return Err(format!(
-                "record at LSN {} of database \"{database}\" is from epoch {}, but the log here already holds epoch {epoch} before it",
-                record.lsn, record.epoch
-            ));
-        }
-        if rewind.is_some() && !restart {
-            return Err(format!(
-                "database \"{database}\" waits for the full image announced by Rewind, got a record at LSN {}",
-                record.lsn
-            ));
-        }
-        if record.end_lsn() <= expected && record.lsn < expected {
-            // Already here, if the local record at that LSN is this one;
-            // otherwise the logs forked and this replica must be rewound,
-            // which the primary decides from the positions sent on the next
-            // connection.
-            same_as_local(log, &record, database)?;
-            continue;
-        }
-        if record.lsn != expected {
-            return Err(format!(
-                "record of database \"{database}\" starts at LSN {}, but the log here ends at {expected}",
-                record.lsn
-            ));
-        }
-        epoch = record.epoch;
-        expected = record.end_lsn();
-        accepted.push(record);
-    }
-    let Some(last) = accepted.last() else {
+    let plan = check_batch(sdb.intake(), &LogView(log), database, records)?;
+    let Some(last) = plan.append.last() else {
         return Ok(log.end_lsn());
     };
     let end = last.end_lsn();
-    report_image_progress(sdb, database, &accepted);
+    report_image_progress(sdb, database, &plan.append);
     let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
-    if let Some(first) = accepted.first().filter(|_| restart) {
-        tracing::info!(
-            database,
-            lsn = first.lsn,
-            "restarting the log from a full image"
-        );
-        sdb.db.restart_log_at(first.lsn, first.epoch)?;
-        history_epoch = first.epoch;
-        sdb.redone.send_replace(first.lsn);
-        sdb.hardened.send_replace(first.lsn);
-        sdb.written.send_replace(first.lsn);
-        *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    if let Some((lsn, epoch)) = plan.restart {
+        tracing::info!(database, lsn, "restarting the log from a full image");
+        sdb.db
+            .restart_log_at(lsn, epoch)
+            .map_err(ReplicationError::Local)?;
+        history_epoch = epoch;
+        sdb.redone.send_replace(lsn);
+        sdb.hardened.send_replace(lsn);
+        sdb.written.send_replace(lsn);
     }
-    for record in &accepted {
+    for record in &plan.append {
         // Where a new epoch starts goes into the history first.
         if record.epoch > history_epoch {
             log::append_history(sdb.db.log_dir(), record.epoch, record.lsn)
-                .map_err(|e| e.to_string())?;
+                .map_err(ReplicationError::local)?;
             history_epoch = record.epoch;
         }
-        log.append_at(record).map_err(|e| e.to_string())?;
+        log.append_at(record).map_err(ReplicationError::local)?;
     }
-    *sdb.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch;
+    *sdb.intake.lock().unwrap_or_else(|e| e.into_inner()) = plan.intake;
     sdb.written.send_replace(end);
     Ok(end)
+}
+
+/// The local log as the batch check sees it.
+struct LogView<'a>(&'a crate::log::Log);
+
+impl LocalLog for LogView<'_> {
+    fn first(&self) -> Lsn {
+        self.0.first_lsn()
+    }
+
+    fn end(&self) -> Lsn {
+        self.0.end_lsn()
+    }
+
+    fn same(&self, record: &Record) -> Result<Option<u64>, ReplicationError> {
+        let local = self.0.read_some(record.lsn, 1).map_err(|e| {
+            ReplicationError::Local(format!(
+                "cannot read the local log at LSN {}: {e}",
+                record.lsn
+            ))
+        })?;
+        Ok(local
+            .first()
+            .filter(|ours| *ours == record)
+            .map(|r| r.epoch))
+    }
 }
 
 /// Seeding progress: pages of a full image received so far.
@@ -578,47 +567,28 @@ fn report_image_progress(sdb: &SecondaryDb, database: &str, accepted: &[Record])
     }
 }
 
-/// Checks that the local log holds `record` where the primary has it.
-/// Records older than the local log's start cannot be compared and are
-/// taken as equal (they are below a checkpoint both sides agreed on).
-fn same_as_local(log: &crate::log::Log, record: &Record, database: &str) -> Result<(), String> {
-    if record.lsn < log.first_lsn() {
-        return Ok(());
-    }
-    let local = log.read_some(record.lsn, 1).map_err(|e| {
-        format!(
-            "database \"{database}\": cannot read the local log at LSN {}: {e}",
-            record.lsn
-        )
-    })?;
-    match local.first() {
-        Some(ours) if ours == record => Ok(()),
-        ours => Err(format!(
-            "database \"{database}\": the local log holds a different record at LSN {} (epoch {:?}, the primary's is from epoch {}); reconnecting so the primary rewinds this replica",
-            record.lsn,
-            ours.map(|r| r.epoch),
-            record.epoch
-        )),
-    }
-}
-
-fn decode_all(database: &str, raw: &[Vec<u8>]) -> Result<Vec<Record>, String> {
+fn decode_all(database: &str, raw: &[Vec<u8>]) -> Result<Vec<Record>, ReplicationError> {
+    let corrupt = |cause: String| ReplicationError::Corrupt {
+        database: database.to_string(),
+        cause,
+    };
     raw.iter()
         .map(|bytes| match Record::decode(bytes) {
             Ok((record, len)) if len == bytes.len() => Ok(record),
-            Ok((record, _)) => Err(format!(
-                "record at LSN {} of database \"{database}\" has trailing bytes",
+            Ok((record, _)) => Err(corrupt(format!(
+                "the record at LSN {} has trailing bytes",
                 record.lsn
-            )),
-            Err(e @ (DecodeError::BadChecksum { .. } | DecodeError::BadMagic(_) | DecodeError::Torn { .. } | DecodeError::Inconsistent(_))) => {
-                Err(format!("corrupt record for database \"{database}\": {e}; nothing of this batch was applied"))
-            }
+            ))),
+            Err(e) => Err(corrupt(e.to_string())),
         })
         .collect()
 }
 
 /// One primary's connection, from Hello to close.
-async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Result<(), String> {
+async fn serve_primary(
+    socket: TcpStream,
+    admission: Arc<dyn Admission>,
+) -> Result<(), ReplicationError> {
     let mut conn = Framed::new(socket, WireCodec);
     let hello = next_message(&mut conn, Duration::from_secs(10)).await?;
     let Message::Hello {
@@ -662,6 +632,12 @@ async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Resu
         Ok(g) => g,
         Err(reason) => return refuse(&mut conn, reason).await,
     };
+    let newest = *group.epoch_floor.borrow();
+    if epoch < newest {
+        let superseded = ReplicationError::Superseded { epoch, newest };
+        return refuse(&mut conn, superseded.to_string()).await;
+    }
+    group.raise_epoch_floor(epoch);
     if let Err(e) = group.harden_everything().await {
         return refuse(&mut conn, format!("cannot harden the local log: {e}")).await;
     }
@@ -675,24 +651,13 @@ async fn serve_primary(socket: TcpStream, admission: Arc<dyn Admission>) -> Resu
     .await?;
     group.connected.send_replace(true);
     tracing::info!(primary = %from_replica, group = %group.config().name, "primary connected");
-    if epoch < *group.epoch_floor.borrow() {
-        return refuse(
-            &mut conn,
-            format!(
-                "epoch {epoch} is older than epoch {} known here",
-                *group.epoch_floor.borrow()
-            ),
-        )
-        .await;
-    }
-    group.raise_epoch_floor(epoch);
     let result = stream_from(&mut conn, &group, &admission, epoch, timeout).await;
     group.connected.send_replace(false);
     if let Err(reason) = &result {
         let _ = send(
             &mut conn,
             Message::Refuse {
-                reason: reason.clone(),
+                reason: reason.to_string(),
             },
         )
         .await;
@@ -706,7 +671,7 @@ async fn stream_from(
     admission: &Arc<dyn Admission>,
     epoch: u64,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ReplicationError> {
     let mut floor = group.epoch_floor.subscribe();
     // Redo progress of every database, forwarded as Progress messages.
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
@@ -751,8 +716,8 @@ async fn stream_from(
         tokio::select! {
             incoming = conn.next() => {
                 let message = match incoming {
-                    None => return Err("the primary closed the connection".into()),
-                    Some(Err(e)) => return Err(format!("bad message from the primary: {e}")),
+                    None => return Err(ReplicationError::Closed),
+                    Some(Err(e)) => return Err(ReplicationError::Wire(e.to_string())),
                     Some(Ok(m)) => m,
                 };
                 last_heard = Instant::now();
@@ -764,24 +729,33 @@ async fn stream_from(
                     Message::Pong { .. } | Message::DatabaseState { .. } => {}
                     Message::Rewind { database, from_lsn } => {
                         let sdb = group.databases.get(&database).ok_or_else(|| {
-                            format!("rewind of database \"{database}\", which is not in this group here")
+                            ReplicationError::UnknownDatabase(database.clone())
                         })?;
                         tracing::warn!(database = %database, from_lsn, "the log here diverged from the primary's; restarting it from a full image");
-                        *sdb.rewind_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(from_lsn);
+                        sdb.intake.lock().unwrap_or_else(|e| e.into_inner()).rewind_to = Some(from_lsn);
                     }
                     Message::Config { config, .. } => {
                         // A definition the primary took in place: through
                         // the role machine, which keeps this group (same
                         // shape) or restarts it (then this link ends and the
                         // primary reconnects to the new one).
-                        let config = GroupConfig::from_bytes(&config).map_err(|e| e.to_string())?;
-                        let serving = admission.accept_config(config).await?;
+                        let config = GroupConfig::from_bytes(&config)
+                            .map_err(|e| ReplicationError::Wire(e.to_string()))?;
+                        let serving = admission
+                            .accept_config(config)
+                            .await
+                            .map_err(ReplicationError::Refused)?;
                         if !Arc::ptr_eq(&serving, group) {
-                            return Err("the group restarted with the new definition; reconnecting".into());
+                            // The group restarted with the new definition:
+                            // the primary reconnects to the new one.
+                            return Err(ReplicationError::IntakeClosed);
                         }
                     }
-                    Message::Refuse { reason } => return Err(format!("the primary stopped: {reason}")),
-                    other => return Err(format!("unexpected message from the primary: {other:?}")),
+                    Message::Refuse { reason } => return Err(ReplicationError::Refused(reason)),
+                    other => return Err(ReplicationError::Unexpected {
+                        expected: "Records, Ping, Pong, Rewind, Config or Refuse",
+                        got: format!("{other:?}"),
+                    }),
                 }
             }
             Some((database, suspended)) = announcements.recv() => {
@@ -797,16 +771,14 @@ async fn stream_from(
                 }
             }
             _ = floor.changed() => {
-                if *floor.borrow() > epoch {
-                    return Err(format!(
-                        "a primary of epoch {} exists: this replica takes nothing more from epoch {epoch}",
-                        *floor.borrow()
-                    ));
+                let newest = *floor.borrow();
+                if newest > epoch {
+                    return Err(ReplicationError::Superseded { epoch, newest });
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > timeout {
-                    return Err("no message from the primary within the session timeout".into());
+                    return Err(ReplicationError::SessionTimeout(timeout));
                 }
                 send(conn, Message::Ping { sent_us: monotonic_us() }).await?;
             }
@@ -925,32 +897,66 @@ fn redo_batch(sdb: &SecondaryDb) -> Result<Option<crate::engine::Redone>, String
     let hardened = sdb.hardened();
     sdb.db.redo_next(|applied| {
         // After seeding or a rewind, the log restarts at a full image.
-        let from = applied.max(log.first_lsn());
-        if from >= hardened.min(log.end_lsn()) {
-            return Ok(Vec::new());
+        let mut from = applied.max(log.first_lsn());
+        let mut records: Vec<Record> = Vec::new();
+        // Whole transactions only: a large one is read to its last part
+        // (when that is hardened), so readers never see part of it.
+        loop {
+            if from >= hardened.min(log.end_lsn()) {
+                break;
+            }
+            let more: Vec<Record> = log
+                .read_some(from, REDO_BATCH_BYTES)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .take_while(|r| r.end_lsn() <= hardened)
+                .collect();
+            let Some(last) = more.last() else { break };
+            from = last.end_lsn();
+            records.extend(more);
+            if crate::engine::whole_transactions(&records) > 0 {
+                break;
+            }
         }
-        Ok(log
-            .read_some(from, REDO_BATCH_BYTES)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .take_while(|r| r.end_lsn() <= hardened)
-            .collect())
+        records.truncate(crate::engine::whole_transactions(&records));
+        Ok(records)
     })
+}
+
+/// The end of the log's last whole transaction at or after `from` (the log
+/// may end with parts of one whose last part has not arrived).
+fn whole_end(log: &crate::log::Log, from: Lsn) -> Result<Lsn, String> {
+    let mut at = from.max(log.first_lsn());
+    let mut whole = at;
+    while at < log.end_lsn() {
+        let records = log
+            .read_some(at, REDO_BATCH_BYTES)
+            .map_err(|e| e.to_string())?;
+        let Some(last) = records.last() else { break };
+        if let Some(r) = records.iter().rfind(|r| !r.continues_transaction()) {
+            whole = r.end_lsn();
+        }
+        at = last.end_lsn();
+    }
+    Ok(whole)
 }
 
 async fn next_message(
     conn: &mut Framed<TcpStream, WireCodec>,
     within: Duration,
-) -> Result<Message, String> {
+) -> Result<Message, ReplicationError> {
     match tokio::time::timeout(within, conn.next()).await {
-        Err(_) => Err("the primary sent nothing in time".into()),
-        Ok(None) => Err("the primary closed the connection".into()),
-        Ok(Some(Err(e))) => Err(format!("bad message from the primary: {e}")),
+        Err(_) => Err(ReplicationError::SessionTimeout(within)),
+        Ok(None) => Err(ReplicationError::Closed),
+        Ok(Some(Err(e))) => Err(ReplicationError::Wire(e.to_string())),
         Ok(Some(Ok(m))) => Ok(m),
     }
 }
 
-async fn refuse(conn: &mut Framed<TcpStream, WireCodec>, reason: String) -> Result<(), String> {
+async fn refuse(
+    conn: &mut Framed<TcpStream, WireCodec>,
+    reason: String,
+) -> Result<(), ReplicationError> {
     tracing::warn!("refusing a primary: {reason}");
     let _ = send(
         conn,
@@ -959,13 +965,16 @@ async fn refuse(conn: &mut Framed<TcpStream, WireCodec>, reason: String) -> Resu
         },
     )
     .await;
-    Err(reason)
+    Err(ReplicationError::NotAdmitted(reason))
 }
 
-async fn send(conn: &mut Framed<TcpStream, WireCodec>, message: Message) -> Result<(), String> {
+async fn send(
+    conn: &mut Framed<TcpStream, WireCodec>,
+    message: Message,
+) -> Result<(), ReplicationError> {
     conn.send(message)
         .await
-        .map_err(|e| format!("send failed: {e}"))
+        .map_err(|e| ReplicationError::Wire(format!("send failed: {e}")))
 }
 
 #[cfg(test)]

@@ -42,7 +42,10 @@
 //!    2  Welcome        S → P      str replica, list<position> databases
 //!                                 position = str database, u64 epoch,
 //!                                   u64 end_lsn, u64 redone_lsn,
-//!                                   list<u64 epoch, u64 first_lsn> epoch_history
+//!                                   list<u64 epoch, u64 first_lsn> epoch_history,
+//!                                   bool has_last, [u64 last_lsn, u32 last_crc]
+//!                                   (the last record the secondary holds, when
+//!                                   has_last: where it starts and its crc32c)
 //!    3  Refuse         either     str reason
 //!    4  Records        P → S      str database, list<blob> records
 //!    5  Progress       S → P      str database, u64 hardened_lsn, u64 redone_lsn
@@ -88,8 +91,10 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The protocol version this node speaks.
-pub const VERSION: u8 = 1;
+/// The protocol version this node speaks. Version 2 added the last
+/// record's checksum to each position of `Welcome` (so a primary can tell
+/// two logs apart that forked within one epoch).
+pub const VERSION: u8 = 2;
 
 /// Largest allowed value of a frame's length field (64 MiB).
 pub const MAX_FRAME_LEN: usize = 64 << 20;
@@ -196,6 +201,11 @@ pub struct DatabasePosition {
     pub redone_lsn: u64,
     /// `(epoch, first_lsn)` pairs, oldest first, to find a fork point.
     pub epoch_history: Vec<(u64, u64)>,
+    /// The last record the secondary holds: where it starts and its stored
+    /// crc32c. Two logs that end at the same LSN in the same epoch can still
+    /// differ (a primary that lost its unsynced tail wrote on in the same
+    /// epoch); the primary compares its own record there.
+    pub last_record: Option<(u64, u32)>,
 }
 
 /// Why bytes are not a valid frame, or a message cannot be sent.
@@ -333,7 +343,12 @@ impl Message {
             Message::Welcome { replica, databases } => {
                 let mut len = str_len(replica)? + 4;
                 for p in databases {
-                    len += str_len(&p.database)? + 3 * 8 + 4 + 16 * p.epoch_history.len();
+                    len += str_len(&p.database)?
+                        + 3 * 8
+                        + 4
+                        + 16 * p.epoch_history.len()
+                        + 1
+                        + p.last_record.map_or(0, |_| 12);
                 }
                 len
             }
@@ -412,6 +427,11 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
                 for &(epoch, first_lsn) in &p.epoch_history {
                     w.u64(epoch);
                     w.u64(first_lsn);
+                }
+                w.u8(u8::from(p.last_record.is_some()));
+                if let Some((lsn, crc)) = p.last_record {
+                    w.u64(lsn);
+                    w.u32(crc);
                 }
             }
         }
@@ -520,7 +540,10 @@ pub fn decode(buf: &[u8]) -> Result<(Message, usize), WireError> {
     // The version is checked before the rest arrives and before the CRC: a
     // peer of another version may frame its checksum differently.
     if let Some(&version) = buf.get(LEN_FIELD) {
-        if version != VERSION {
+        // Version 1 framed `Refuse` as this version does: an older peer can
+        // still say why it turned this one away.
+        let older_refusal = version == 1 && buf.get(LEN_FIELD + 1) == Some(&(Kind::Refuse as u8));
+        if version != VERSION && !older_refusal {
             return Err(WireError::Version {
                 got: version,
                 supported: VERSION,
@@ -624,12 +647,21 @@ impl<'a> Reader<'a> {
             let first_lsn = self.u64("databases[].epoch_history[].first_lsn")?;
             epoch_history.push((epoch, first_lsn));
         }
+        let last_record = if self.bool("databases[].has_last")? {
+            Some((
+                self.u64("databases[].last_lsn")?,
+                self.u32("databases[].last_crc")?,
+            ))
+        } else {
+            None
+        };
         Ok(DatabasePosition {
             database,
             epoch,
             end_lsn,
             redone_lsn,
             epoch_history,
+            last_record,
         })
     }
 
@@ -818,6 +850,7 @@ mod tests {
                         end_lsn: 81_920,
                         redone_lsn: 40_960,
                         epoch_history: vec![(1, 0), (2, 4_096), (3, 65_536)],
+                        last_record: Some((77_000, 0xdead_beef)),
                     },
                     DatabasePosition {
                         database: "empty".into(),
@@ -825,6 +858,7 @@ mod tests {
                         end_lsn: 0,
                         redone_lsn: 0,
                         epoch_history: vec![],
+                        last_record: None,
                     },
                 ],
             },
@@ -929,9 +963,9 @@ mod tests {
         #[rustfmt::skip]
         let ping_frame = [
             0x0e, 0x00, 0x00, 0x00,                          // length 14
-            0x01, 0x07,                                      // version 1, kind Ping
+            0x02, 0x07,                                      // version 2, kind Ping
             0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,  // sent_us
-            0x42, 0xf5, 0x3a, 0x45,                          // crc32c
+            0x5c, 0x0f, 0x2c, 0x1d,                          // crc32c
         ];
         let progress = Message::Progress {
             database: "db".into(),
@@ -941,11 +975,11 @@ mod tests {
         #[rustfmt::skip]
         let progress_frame = [
             0x1a, 0x00, 0x00, 0x00,                          // length 26
-            0x01, 0x05,                                      // version 1, kind Progress
+            0x02, 0x05,                                      // version 2, kind Progress
             0x02, 0x00, b'd', b'b',                          // database
             0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // hardened_lsn
             0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // redone_lsn
-            0xe2, 0xd6, 0xe1, 0x0b,                          // crc32c
+            0x3e, 0xe5, 0xdf, 0xef,                          // crc32c
         ];
         assert_eq!(frame_of(&ping), ping_frame);
         assert_eq!(frame_of(&progress), progress_frame);
@@ -1015,7 +1049,7 @@ mod tests {
 
     #[test]
     fn an_unknown_version_is_rejected_naming_the_supported_one() {
-        let frame = raw_frame(2, Kind::Ping as u8, &[0; 8]);
+        let frame = raw_frame(3, Kind::Ping as u8, &[0; 8]);
         // Refused as soon as the version byte arrives, whatever follows.
         for cut in [LEN_FIELD + 1, frame.len()] {
             let err = decode(&frame[..cut]).unwrap_err();
@@ -1023,14 +1057,26 @@ mod tests {
                 matches!(
                     err,
                     WireError::Version {
-                        got: 2,
-                        supported: 1
+                        got: 3,
+                        supported: 2
                     }
                 ),
                 "{err:?}"
             );
-            assert!(err.to_string().contains("supports version 1"), "{err}");
+            assert!(err.to_string().contains("supports version 2"), "{err}");
         }
+        // A version 1 peer can still say why it refused this one.
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&(4u16).to_le_bytes());
+        payload.extend_from_slice(b"nope");
+        let refusal = raw_frame(1, Kind::Refuse as u8, &payload);
+        assert_eq!(
+            decode(&refusal).unwrap().0,
+            Message::Refuse {
+                reason: "nope".into()
+            }
+        );
+        assert!(decode(&raw_frame(1, Kind::Ping as u8, &[0; 8])).is_err());
     }
 
     #[test]
