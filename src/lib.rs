@@ -12,4 +12,6 @@ pub mod listener;
 pub mod log;
 pub mod net;
 pub mod replication;
+#[cfg(test)]
+mod sim;
 pub mod sql;

@@ -716,6 +716,8 @@ async fn stream_to(
         }
     };
     let mut next: HashMap<String, Lsn> = HashMap::new();
+    // Databases that start from a full image here, and where its log starts.
+    let mut restarts: HashMap<String, Lsn> = HashMap::new();
     for (name, (db, cell)) in &group.databases {
         let position = positions.iter().find(|p| &p.database == name);
         let (start, rewind) = start_lsn(db, position)
@@ -740,9 +742,14 @@ async fn stream_to(
             )
             .await?;
         }
-        // A diverged log's positions count for nothing: it restarts.
-        let (hardened, redone) = match (rewind, position) {
-            (None, Some(p)) => (p.end_lsn, p.redone_lsn),
+        // A seeded or diverged log's positions count for nothing: it
+        // restarts at the image.
+        let seeded = rewind.is_some() || position.is_none_or(|p| p.end_lsn != start);
+        if seeded {
+            restarts.insert(name.clone(), start);
+        }
+        let (hardened, redone) = match (seeded, position) {
+            (false, Some(p)) => (p.end_lsn, p.redone_lsn),
             _ => (0, 0),
         };
         // Caught up means caught up with the log as it is now, a full image
@@ -777,6 +784,7 @@ async fn stream_to(
         let group = group.clone();
         let replica = replica.name.clone();
         let heard = heard.clone();
+        let mut restarts = restarts;
         tokio::spawn(async move {
             let outcome = loop {
                 let message = match stream.next().await {
@@ -790,7 +798,18 @@ async fn stream_to(
                         database,
                         hardened_lsn,
                         redone_lsn,
-                    } => group.take_progress(&replica, &database, hardened_lsn, redone_lsn),
+                        first_lsn,
+                    } => {
+                        // A seeded or rewound replica reports about its
+                        // old log until the full image restarted it there:
+                        // such reports count for nothing (they could claim
+                        // positions the new log does not hold).
+                        let restarted = restarts.get(&database).is_none_or(|at| *at == first_lsn);
+                        if restarted {
+                            restarts.remove(&database);
+                            group.take_progress(&replica, &database, hardened_lsn, redone_lsn)
+                        }
+                    }
                     Message::Ping { sent_us } => {
                         if control.send(Ok(sent_us)).is_err() {
                             return;

@@ -767,6 +767,7 @@ async fn stream_from(
                         database,
                         hardened_lsn: sdb.hardened(),
                         redone_lsn: sdb.redone(),
+                        first_lsn: sdb.db.log().first_lsn(),
                     }).await?;
                 }
             }

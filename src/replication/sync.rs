@@ -166,8 +166,18 @@ impl DbSync {
     }
 
     /// The replica connected (and is not suspended): it starts receiving.
+    ///
+    /// A replica still SYNCHRONIZED here stays so: only [`DbSync::leave`]
+    /// takes it out of the set (after the cluster recorded it), so a link
+    /// that comes back before its loss was recorded cannot let commits stop
+    /// waiting for a replica that may still become primary.
     pub fn connected(&mut self, name: &str, hardened: Lsn, redone: Lsn) {
         if let Some(r) = self.replicas.get_mut(name) {
+            if r.state == SyncState::Synchronized {
+                r.hardened = r.hardened.max(hardened);
+                r.redone = r.redone.max(redone);
+                return;
+            }
             r.hardened = hardened;
             r.redone = redone;
             if !r.suspended {
@@ -385,5 +395,23 @@ mod tests {
         assert_eq!(s.check_commit(200), CommitCheck::Waiting(vec!["r2".into()]));
         s.set_mode("r2", false);
         assert_eq!(s.check_commit(200), CommitCheck::Ready);
+    }
+
+    #[test]
+    fn a_link_back_before_its_loss_was_recorded_keeps_the_replica_synchronized() {
+        // Safety rule 1: only `leave` (after the cluster recorded it) takes a
+        // replica out of the set. A reconnection that reset it to
+        // SYNCHRONIZING let commits go on without a replica the cluster
+        // still listed as a failover target (found by the simulation).
+        let mut s = DbSync::new(100, &[("r2".into(), true)], 0);
+        s.connected("r2", 100, 100);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronized);
+        s.appended(200);
+        s.connected("r2", 0, 0);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronized);
+        assert_eq!(s.check_commit(200), CommitCheck::Waiting(vec!["r2".into()]));
+        s.leave("r2", LeaveReason::Disconnected);
+        s.connected("r2", 150, 150);
+        assert_eq!(s.replica("r2").unwrap().state, SyncState::Synchronizing);
     }
 }

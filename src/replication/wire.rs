@@ -48,7 +48,10 @@
 //!                                   has_last: where it starts and its crc32c)
 //!    3  Refuse         either     str reason
 //!    4  Records        P → S      str database, list<blob> records
-//!    5  Progress       S → P      str database, u64 hardened_lsn, u64 redone_lsn
+//!    5  Progress       S → P      str database, u64 hardened_lsn, u64 redone_lsn,
+//!                                 u64 first_lsn (where the secondary's log
+//!                                 starts: a report about a log that a full
+//!                                 image has not restarted yet is told apart)
 //!    6  Rewind         P → S      str database, u64 from_lsn
 //!    7  Ping           either     u64 sent_us
 //!    8  Pong           either     u64 echo_us
@@ -151,6 +154,10 @@ pub enum Message {
         hardened_lsn: u64,
         /// Everything before this LSN is applied to the secondary's file.
         redone_lsn: u64,
+        /// First LSN of the secondary's log (after a seed or rewind, the
+        /// full image's): the primary counts a report only once it is about
+        /// the log it sent.
+        first_lsn: u64,
     },
     /// Primary → secondary: expect records of a database from this LSN on
     /// (e.g. after a gap); the secondary truncates nothing.
@@ -356,7 +363,7 @@ impl Message {
             Message::Records { database, records } => {
                 str_len(database)? + 4 + records.iter().map(|r| 4 + r.len()).sum::<usize>()
             }
-            Message::Progress { database, .. } => str_len(database)? + 16,
+            Message::Progress { database, .. } => str_len(database)? + 24,
             Message::Rewind { database, .. } => str_len(database)? + 8,
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
@@ -447,10 +454,12 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             database,
             hardened_lsn,
             redone_lsn,
+            first_lsn,
         } => {
             w.str(database);
             w.u64(*hardened_lsn);
             w.u64(*redone_lsn);
+            w.u64(*first_lsn);
         }
         Message::Rewind { database, from_lsn } => {
             w.str(database);
@@ -613,6 +622,7 @@ impl<'a> Reader<'a> {
                 database: self.str("database")?,
                 hardened_lsn: self.u64("hardened_lsn")?,
                 redone_lsn: self.u64("redone_lsn")?,
+                first_lsn: self.u64("first_lsn")?,
             },
             Kind::Rewind => Message::Rewind {
                 database: self.str("database")?,
@@ -880,6 +890,7 @@ mod tests {
                 database: "shop".into(),
                 hardened_lsn: 81_920,
                 redone_lsn: 40_960,
+                first_lsn: 4_096,
             },
             Message::Rewind {
                 database: "shop".into(),
@@ -971,15 +982,17 @@ mod tests {
             database: "db".into(),
             hardened_lsn: 5,
             redone_lsn: 3,
+            first_lsn: 1,
         };
         #[rustfmt::skip]
         let progress_frame = [
-            0x1a, 0x00, 0x00, 0x00,                          // length 26
+            0x22, 0x00, 0x00, 0x00,                          // length 34
             0x02, 0x05,                                      // version 2, kind Progress
             0x02, 0x00, b'd', b'b',                          // database
             0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // hardened_lsn
             0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // redone_lsn
-            0x3e, 0xe5, 0xdf, 0xef,                          // crc32c
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // first_lsn
+            0x92, 0x8b, 0x58, 0xd9,                          // crc32c
         ];
         assert_eq!(frame_of(&ping), ping_frame);
         assert_eq!(frame_of(&progress), progress_frame);
