@@ -22,10 +22,16 @@
 //! a consistent snapshot.
 //!
 //! # Invariants
-//! * Nothing but the writer writes a database file (readers are opened
-//!   read-only; an authorizer refuses ATTACH, DETACH and the PRAGMAs that
-//!   change journaling, syncing or checkpointing).
-//! * A commit acknowledged to a client is durable: `synchronous = FULL`.
+//! * Nothing but the writer (on a secondary: the redo applier, which the
+//!   database owns) writes a database file (readers are opened read-only;
+//!   an authorizer refuses ATTACH, DETACH and the PRAGMAs that change
+//!   journaling, syncing or checkpointing).
+//! * A commit acknowledged to a client is durable: in the availdb log,
+//!   fsynced, and through the write fence's commit hook on the synchronous
+//!   secondaries ([`fence`]).
+//! * Whether a database may be written is one value, its [`Fence`], checked
+//!   at the write lock, by SQLite's commit hook at every COMMIT, and at
+//!   every acknowledgement.
 //! * `commit_seq` counts commits; a read snapshot taken at `n` is the newest
 //!   state as long as `commit_seq` is still `n` under the write lock. Sessions
 //!   use this to upgrade a read transaction to a write transaction without
