@@ -809,6 +809,7 @@ async fn safety_rule_6_a_peer_from_another_cluster_is_refused() {
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
         listener: None,
+        database_options: Default::default(),
     };
     let mut conn = wire_connect(group.endpoints[1]).await;
     wire_send(
@@ -953,6 +954,7 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         failure_condition_level: 3,
         health_check_timeout_ms: 5000,
         listener: None,
+        database_options: Default::default(),
     };
     let hello = || Message::Hello {
         cluster_id: cluster.into(),

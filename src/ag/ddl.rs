@@ -226,5 +226,6 @@ pub(super) fn new_group(spec: ddl::GroupSpec, node: &str) -> Result<GroupConfig>
             .health_check_timeout_ms
             .map_or(5_000, u64::from),
         listener: spec.listener.as_ref().map(listener_config).transpose()?,
+        database_options: Default::default(),
     })
 }

@@ -176,11 +176,15 @@ impl Driver {
                         }
                     }
                 }
+                apply_read_only(&databases, &config);
                 let secondary = SecondaryGroup::start(config.clone(), databases);
                 manager.publish(&self.group, Part::Secondary(secondary), Some(config));
             }
             Action::UpdateSecondary(config) => {
                 if let Some(Part::Secondary(s)) = manager.part(&self.group) {
+                    let databases: Vec<_> =
+                        s.databases().iter().map(|d| d.database().clone()).collect();
+                    apply_read_only(&databases, &config);
                     s.set_config(config.clone());
                 }
                 manager.publish_config(&self.group, config);
@@ -238,6 +242,7 @@ impl Driver {
                 }
             },
             Action::UpdatePrimary(config) => {
+                apply_read_only(&manager.open_databases(&config), &config);
                 if let Some(Part::Primary(p)) = manager.part(&self.group) {
                     p.update_config(config.clone());
                 }
@@ -373,6 +378,7 @@ impl Driver {
             arbiter: arbiter.clone().map(|a| a as Arc<dyn SyncArbiter>),
         };
         let databases: Vec<Arc<Database>> = manager.open_databases(&config);
+        apply_read_only(&databases, &config);
         let policy = failover::Policy {
             failure_condition_level: config.failure_condition_level,
             health_check_timeout_ms: config.health_check_timeout_ms,
@@ -400,6 +406,13 @@ impl Driver {
             );
         }
         Ok(primary)
+    }
+}
+
+/// Sets each database's READ_ONLY as the definition says.
+fn apply_read_only(databases: &[Arc<Database>], config: &GroupConfig) {
+    for db in databases {
+        db.set_read_only(config.database_options(db.name()).read_only);
     }
 }
 

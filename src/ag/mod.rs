@@ -430,6 +430,156 @@ impl Manager {
                 "0A000",
                 format!("SET HADR OFF is not available in this version; remove \"{database}\" on the primary with ALTER AVAILABILITY GROUP … REMOVE DATABASE"),
             )),
+            AgStatement::SetServerName { name } => {
+                self.propose_cluster(crate::cluster::Command::SetServerName(name))
+                    .await?;
+                Ok("ALTER CLUSTER".into())
+            }
+            AgStatement::AddPartner {
+                server,
+                endpoint_urls,
+            } => {
+                let partner = crate::cluster::Partner {
+                    name: server,
+                    endpoint_urls,
+                };
+                self.propose_cluster(crate::cluster::Command::PutPartner(partner))
+                    .await?;
+                Ok("ALTER CLUSTER".into())
+            }
+            AgStatement::RemovePartner { server } => {
+                self.propose_cluster(crate::cluster::Command::RemovePartner(server))
+                    .await?;
+                Ok("ALTER CLUSTER".into())
+            }
+            AgStatement::SetReadOnly {
+                database,
+                read_only,
+                open_transactions,
+            } => {
+                self.set_read_only(&database, read_only, open_transactions)
+                    .await?;
+                Ok("ALTER DATABASE".into())
+            }
+            AgStatement::SetGeoMaxLag { database, seconds } => {
+                let group = self.primary_group_of(&database)?;
+                self.change(&group, |c, _| {
+                    c.database_options
+                        .entry(database.clone())
+                        .or_default()
+                        .geo_max_lag_ms = seconds.map(|s| u64::from(s) * 1000);
+                    Ok(())
+                })
+                .await?;
+                Ok("ALTER DATABASE".into())
+            }
+            AgStatement::AddGeoSecondary { .. }
+            | AgStatement::RemoveGeoSecondary { .. }
+            | AgStatement::GeoFailover { .. }
+            | AgStatement::GeoForceFailover { .. } => Err(Error::sql(
+                "0A000",
+                "geo-replication links (ADD/REMOVE SECONDARY ON SERVER, database FAILOVER) are not available in this version",
+            )
+            .with_hint("name the cluster and register its partners now (ALTER CLUSTER SET (SERVER_NAME = …), ADD PARTNER SERVER); links come in the next release")),
+        }
+    }
+
+    /// Proposes a cluster-wide command (naming, partners) from this node.
+    async fn propose_cluster(&self, command: crate::cluster::Command) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        match driver::propose_retrying(cluster, command, std::time::Duration::from_secs(10)).await {
+            Ok(crate::cluster::CommandResult::Ok) => Ok(()),
+            Ok(crate::cluster::CommandResult::Rejected(why)) => {
+                Err(Error::sql("55000", format!("the cluster refused: {why}")))
+            }
+            Err(e) => Err(
+                Error::sql("55000", format!("the cluster did not answer: {e}"))
+                    .with_hint("check that a majority of the cluster's nodes are up"),
+            ),
+        }
+    }
+
+    /// The group in which this node is the primary of `database`; a clear
+    /// error when it is a secondary here or in no group.
+    fn primary_group_of(&self, database: &str) -> Result<String> {
+        let groups = self.lock();
+        for (name, slot) in groups.iter() {
+            match &slot.part {
+                Some(Part::Primary(p)) if p.config().has_database(database) => return Ok(name.clone()),
+                Some(Part::Secondary(s)) if s.config().has_database(database) => {
+                    return Err(Error::sql(
+                        "25006",
+                        format!("database \"{database}\" is a secondary on this replica of availability group \"{}\"", s.config().name),
+                    )
+                    .with_hint(format!("run the statement on the primary replica \"{}\"", s.config().primary)))
+                }
+                _ => {}
+            }
+        }
+        Err(Error::sql(
+            "42704",
+            format!("database \"{database}\" is not in an availability group on this node"),
+        ))
+    }
+
+    /// `ALTER DATABASE d SET READ_ONLY | READ_WRITE`: on a database of a
+    /// group, run on the primary, kept in the definition (so every replica
+    /// has it, across failovers and restarts); on a database outside any
+    /// group, kept by the engine.
+    async fn set_read_only(
+        self: &Arc<Self>,
+        database: &str,
+        read_only: bool,
+        open: ddl_syntax::OpenTransactions,
+    ) -> Result<()> {
+        let db = self.engine.database(database)?;
+        let was = db.is_read_only();
+        let group = match self.primary_group_of(database) {
+            Ok(group) => Some(group),
+            Err(e) if e.sqlstate() == "42704" => None,
+            Err(e) => return Err(e),
+        };
+        if read_only {
+            match open {
+                ddl_syntax::OpenTransactions::Wait => {
+                    db.quiesce_writes(None, || db.set_read_only(true)).await?
+                }
+                ddl_syntax::OpenTransactions::NoWait => {
+                    db.quiesce_writes(Some(std::time::Duration::ZERO), || db.set_read_only(true))
+                        .await?
+                }
+                ddl_syntax::OpenTransactions::RollbackImmediate => {
+                    // Closed now: the statement running on the writer is
+                    // interrupted, and an open transaction can no longer
+                    // commit (the commit hook rolls it back).
+                    db.set_read_only(true);
+                    db.interrupt_writer();
+                }
+            }
+        }
+        let outcome = match &group {
+            Some(group) => self
+                .change(group, |c, _| {
+                    c.database_options
+                        .entry(database.to_string())
+                        .or_default()
+                        .read_only = read_only;
+                    Ok(())
+                })
+                .await
+                .map(|_| ()),
+            None => self.engine.set_read_only(database, read_only),
+        };
+        match outcome {
+            Ok(()) => {
+                db.set_read_only(read_only);
+                Ok(())
+            }
+            Err(e) => {
+                // Not recorded: back to what it was.
+                db.set_read_only(was);
+                Err(e)
+            }
         }
     }
 
@@ -838,6 +988,7 @@ impl Manager {
                 out.set_failover_ready(&record.config.name, &record.synchronized);
             }
             out.add_cluster(&cluster.metrics());
+            out.add_geo(&state);
         }
         out
     }

@@ -30,6 +30,7 @@ pub struct Snapshot {
     databases: Vec<Vec<Value>>,
     cluster: Vec<Vec<Value>>,
     members: Vec<Vec<Value>>,
+    partners: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -59,6 +60,8 @@ CREATE TABLE sys.dm_hadr_cluster(
 CREATE TABLE sys.dm_hadr_cluster_members(
     member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
     number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
+CREATE TABLE sys.partner_servers(
+    name TEXT, endpoint_urls TEXT);
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
@@ -218,7 +221,9 @@ impl Snapshot {
         };
         self.databases.push(vec![
             text(db.name()),
-            boolean(matches!(db.role(), crate::engine::Role::Secondary { .. })),
+            // The READ_ONLY property (a secondary is read-only by role,
+            // which sys.dm_hadr_* shows).
+            boolean(db.is_read_only()),
             int(first),
             int(log.end_lsn()),
             int(log.durable_lsn()),
@@ -459,6 +464,20 @@ impl Snapshot {
         let _ = majority;
     }
 
+    /// The cluster's server name (its `SERVER_NAME`, which other regions
+    /// use) and the partner servers it knows.
+    pub fn add_geo(&mut self, state: &crate::cluster::ClusterState) {
+        if let (Some(name), Some(row)) = (&state.server_name, self.cluster.first_mut()) {
+            row[0] = text(name);
+        }
+        for partner in state.partners.values() {
+            self.partners.push(vec![
+                text(&partner.name),
+                text(partner.endpoint_urls.join(", ")),
+            ]);
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -483,6 +502,7 @@ impl Snapshot {
             ("databases", &self.databases),
             ("dm_hadr_cluster", &self.cluster),
             ("dm_hadr_cluster_members", &self.members),
+            ("partner_servers", &self.partners),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -504,6 +524,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.databases",
         "sys.dm_hadr_cluster",
         "sys.dm_hadr_",
+        "sys.partner_servers",
     ]
     .iter()
     .any(|v| lower.contains(v))

@@ -103,7 +103,12 @@ impl LeaseBook {
             Command::Promote { group, .. } | Command::RemoveGroup(group) => {
                 self.clocks.remove(&group.to_ascii_lowercase());
             }
-            Command::PutGroup(_) | Command::SetSynchronized { .. } | Command::StepDown { .. } => {}
+            Command::PutGroup(_)
+            | Command::SetSynchronized { .. }
+            | Command::StepDown { .. }
+            | Command::SetServerName(_)
+            | Command::PutPartner(_)
+            | Command::RemovePartner(_) => {}
         }
     }
 

@@ -103,7 +103,7 @@ use tokio::task::JoinHandle;
 pub use frame::FrameError;
 pub use lease::LeaseClock;
 pub use network::{serve_rpc, RpcRequest, RpcResponse, TcpTransport, Transport, TransportError};
-pub use state::{ClusterState, Command, CommandResult, GroupRecord, Lease};
+pub use state::{ClusterState, Command, CommandResult, GroupRecord, Lease, Partner};
 pub use store::StoreError;
 
 use lease::LeaseBook;

@@ -15,6 +15,9 @@
 //! | `SetSynchronized` | epoch = the group's epoch, the database is in the group, the replica is a secondary; joining also needs synchronous commit and the definition's current version | adds or removes the replica |
 //! | `Promote` | new_epoch = epoch + 1, new_primary is a replica of the group | new primary and epoch, version + 1, lease cleared, synchronized set emptied; the old primary is remembered, and marked as stopped when the leader promoted only after its lease ran out |
 //! | `StepDown` | holder and epoch name the primary the last `Promote` replaced | records that it stopped writing |
+//! | `SetServerName` | no name yet, or the same one | names this cluster for other regions |
+//! | `PutPartner` | the cluster is named, the partner's name is not its own, at least one endpoint | registers or updates a partner server (another region) |
+//! | `RemovePartner` | the partner exists and no database is geo-replicated with it | forgets it |
 //!
 //! An epoch older than the group's means the sender was deposed: it may
 //! neither renew its lease nor change the synchronized set (safety rules 1
@@ -55,6 +58,21 @@ pub struct ClusterState {
     pub last_applied: Option<LogId<NodeId>>,
     /// Last membership (voters and their addresses) applied to this state.
     pub membership: StoredMembership<NodeId, NodeInfo>,
+    /// This cluster's name as other regions call it (`SERVER_NAME`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Other regions this one geo-replicates with, by lower-case name.
+    #[serde(default)]
+    pub partners: BTreeMap<String, Partner>,
+}
+
+/// Another region: a cluster reachable at any of its nodes' endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partner {
+    /// Its `SERVER_NAME`, as written.
+    pub name: String,
+    /// Its nodes' replication endpoints (`tcp://host:port`).
+    pub endpoint_urls: Vec<String>,
 }
 
 /// What the cluster knows of one availability group.
@@ -157,6 +175,12 @@ pub enum Command {
         #[serde(default)]
         after_lease: bool,
     },
+    /// Names this cluster (`ALTER CLUSTER SET (SERVER_NAME = …)`).
+    SetServerName(String),
+    /// Registers or updates a partner server.
+    PutPartner(Partner),
+    /// Forgets a partner server.
+    RemovePartner(String),
     /// A deposed primary records that it closed its writes.
     StepDown {
         /// Group name.
@@ -322,6 +346,57 @@ impl ClusterState {
                 record.previous = Some(old);
                 record.lease = None;
                 record.synchronized.clear();
+                Ok(())
+            }
+            Command::SetServerName(name) => match &self.server_name {
+                Some(current) if !current.eq_ignore_ascii_case(name) => Err(format!(
+                    "this cluster is already named '{current}'; other regions know it by that name"
+                )),
+                _ if name.trim().is_empty() => Err("a server name cannot be empty".into()),
+                _ => {
+                    self.server_name = Some(name.clone());
+                    Ok(())
+                }
+            },
+            Command::PutPartner(partner) => {
+                let Some(own) = &self.server_name else {
+                    return Err(
+                        "name this cluster first: ALTER CLUSTER SET (SERVER_NAME = 'name')".into(),
+                    );
+                };
+                if own.eq_ignore_ascii_case(&partner.name) {
+                    return Err(format!(
+                        "'{}' is this cluster's own name: a partner is another region",
+                        partner.name
+                    ));
+                }
+                if partner.endpoint_urls.is_empty() {
+                    return Err(format!("partner '{}' has no endpoint", partner.name));
+                }
+                self.partners
+                    .insert(partner.name.to_ascii_lowercase(), partner.clone());
+                Ok(())
+            }
+            Command::RemovePartner(name) => {
+                let key = name.to_ascii_lowercase();
+                if !self.partners.contains_key(&key) {
+                    return Err(format!("no partner server '{name}' in this cluster"));
+                }
+                for record in self.groups.values() {
+                    for (db, options) in &record.config.database_options {
+                        let linked = options
+                            .geo_source
+                            .iter()
+                            .chain(&options.geo_secondaries)
+                            .any(|p| p.server.eq_ignore_ascii_case(name));
+                        if linked {
+                            return Err(format!(
+                                "database \"{db}\" is geo-replicated with '{name}'; remove that link first"
+                            ));
+                        }
+                    }
+                }
+                self.partners.remove(&key);
                 Ok(())
             }
             Command::StepDown {
@@ -809,5 +884,57 @@ mod tests {
         };
         assert_eq!(s.apply(&after_lease), CommandResult::Ok);
         assert!(s.group("ag1").unwrap().predecessor_stopped());
+    }
+
+    #[test]
+    fn partners_need_a_named_cluster_another_name_and_no_links_to_be_removed() {
+        let mut s = state();
+        let partner = |name: &str| {
+            Command::PutPartner(Partner {
+                name: name.into(),
+                endpoint_urls: vec!["tcp://10.0.0.2:7001".into()],
+            })
+        };
+        assert!(
+            matches!(s.apply(&partner("B")), CommandResult::Rejected(why) if why.contains("SERVER_NAME"))
+        );
+        assert_eq!(
+            s.apply(&Command::SetServerName("A".into())),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            s.apply(&Command::SetServerName("a".into())),
+            CommandResult::Ok,
+            "the same name again"
+        );
+        assert!(matches!(
+            s.apply(&Command::SetServerName("Z".into())),
+            CommandResult::Rejected(_)
+        ));
+        assert!(
+            matches!(s.apply(&partner("a")), CommandResult::Rejected(why) if why.contains("own name"))
+        );
+        assert_eq!(s.apply(&partner("B")), CommandResult::Ok);
+        let mut g = group();
+        g.version = 6;
+        g.database_options.insert(
+            "app".into(),
+            crate::group::DatabaseOptions {
+                geo_secondaries: vec![crate::group::GeoPartner {
+                    server: "b".into(),
+                    database: "app".into(),
+                    allow_connections: crate::group::SecondaryConnections::All,
+                }],
+                ..Default::default()
+            },
+        );
+        assert_eq!(s.apply(&Command::PutGroup(Box::new(g))), CommandResult::Ok);
+        assert!(
+            matches!(s.apply(&Command::RemovePartner("B".into())), CommandResult::Rejected(why) if why.contains("geo-replicated"))
+        );
+        assert!(matches!(
+            s.apply(&Command::RemovePartner("C".into())),
+            CommandResult::Rejected(_)
+        ));
     }
 }

@@ -125,6 +125,8 @@ struct Shared {
     /// to the log's end, redo moves it on a secondary, and on a writable
     /// database every captured commit is in the file already.
     applied: AtomicU64,
+    /// `SET READ_ONLY`: no writes, whatever the fence says.
+    read_only: AtomicBool,
     fence: RwLock<Fence>,
 }
 
@@ -186,6 +188,8 @@ pub struct Database {
     /// appended to the log, so a promotion that closes the intake knows
     /// that nothing is in flight once it holds it.
     intake: Mutex<()>,
+    /// Interrupts the writer connection's running statement.
+    writer_interrupt: std::sync::OnceLock<Arc<InterruptHandle>>,
 }
 
 /// One batch of redo: what it applied.
@@ -223,10 +227,13 @@ impl Database {
             in_recovery: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(None),
             applied: AtomicU64::new(applied),
+            read_only: AtomicBool::new(false),
             fence: RwLock::new(Fence::Standalone),
         });
         let wal_frames = Arc::new(AtomicU32::new(0));
         let conn = open_writer(path, name, &shared, &wal_frames)?;
+        let writer_interrupt = std::sync::OnceLock::new();
+        let _ = writer_interrupt.set(conn.interrupt_handle());
         let capture = Capture::new(
             path,
             log.clone(),
@@ -249,6 +256,7 @@ impl Database {
             shared,
             redo: Mutex::new(None),
             intake: Mutex::new(()),
+            writer_interrupt,
         })
     }
 
@@ -631,12 +639,62 @@ impl Database {
             )
             .with_hint("restart the node; recovery rebuilds the database from its log"));
         }
+        if self.is_read_only() {
+            return Err(Error::NotWritable {
+                database: self.name.clone(),
+                refusal: super::fence::Refusal::ReadOnly,
+            });
+        }
         self.read_fence()
             .check(monotonic_us())
             .map_err(|refusal| Error::NotWritable {
                 database: self.name.clone(),
                 refusal,
             })
+    }
+
+    /// True while the database is READ_ONLY.
+    pub fn is_read_only(&self) -> bool {
+        self.shared.read_only.load(Ordering::SeqCst)
+    }
+
+    /// Makes the database READ_ONLY (or writable again). What happens to a
+    /// write transaction open at that moment is the caller's choice (see
+    /// [`Database::quiesce_writes`]); one that tries to commit afterwards is
+    /// rolled back by the commit hook.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.shared.read_only.store(read_only, Ordering::SeqCst);
+    }
+
+    /// Waits until no write transaction is open (`within`: at most that
+    /// long, None: as long as it takes), holding the write lock while `f`
+    /// runs, so no transaction starts in between.
+    pub async fn quiesce_writes<T>(
+        &self,
+        within: Option<Duration>,
+        f: impl FnOnce() -> T,
+    ) -> Result<T> {
+        let lock = self.writer.clone().lock_owned();
+        let guard = match within {
+            Some(t) => tokio::time::timeout(t, lock).await.map_err(|_| {
+                Error::sql(
+                    "55006",
+                    format!("database \"{}\" has an open write transaction", self.name),
+                )
+                .with_hint("retry when it has ended, or use WITH ROLLBACK IMMEDIATE")
+            })?,
+            None => lock.await,
+        };
+        let out = f();
+        drop(guard);
+        Ok(out)
+    }
+
+    /// Interrupts whatever statement runs on the writer connection.
+    pub fn interrupt_writer(&self) {
+        if let Some(handle) = self.writer_interrupt.get() {
+            handle.interrupt();
+        }
     }
 
     /// True while this node holds the primary role but writes are closed
@@ -700,6 +758,9 @@ fn open_writer(
     // nothing commits into the file of a database that may not be written.
     let fenced = shared.clone();
     conn.commit_hook(Some(move || {
+        if fenced.read_only.load(Ordering::SeqCst) {
+            return true;
+        }
         let fence = fenced.fence.read().unwrap_or_else(|e| e.into_inner());
         fence.check(monotonic_us()).is_err()
     }))?;

@@ -105,6 +105,12 @@ impl Error {
             } => Some(format!(
                 "write on the primary replica \"{primary}\", or connect with target_session_attrs=read-write"
             )),
+            Error::NotWritable {
+                refusal: Refusal::ReadOnly,
+                database,
+            } => Some(format!(
+                "ALTER DATABASE {database} SET READ_WRITE on the primary makes it writable again"
+            )),
             Error::NotWritable { .. } | Error::CommitFenced => {
                 Some("reconnect, with target_session_attrs=read-write to find the primary".into())
             }
@@ -151,6 +157,7 @@ pub(crate) fn refusal_text(refusal: &Refusal) -> String {
             "is read-only on this replica: it is a secondary of availability group \"{group}\""
         ),
         Refusal::Resolving(why) => format!("is RESOLVING on this replica: {}", why.describe()),
+        Refusal::ReadOnly => "is READ_ONLY: it takes no writes on any replica".to_string(),
     }
 }
 

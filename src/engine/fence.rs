@@ -123,6 +123,9 @@ pub enum Refusal {
     },
     /// The primary role is here but writes are closed (RESOLVING).
     Resolving(Closed),
+    /// The database is READ_ONLY (`ALTER DATABASE … SET READ_ONLY`): no
+    /// replica takes writes, whatever its role.
+    ReadOnly,
 }
 
 impl Fence {

@@ -105,6 +105,7 @@ impl Engine {
                 continue;
             };
             let db = Database::open(&name, &path, &engine.log_of(&name))?;
+            db.set_read_only(engine.read_only_marker(&name).exists());
             databases.insert(name.clone(), Arc::new(db));
         }
         if !databases.contains_key(DEFAULT_DATABASE) {
@@ -135,6 +136,37 @@ impl Engine {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Makes a database outside any availability group READ_ONLY (or
+    /// writable again), durably: `DATA_DIR/databases/<name>.read_only`
+    /// exists while it is. (A database of a group keeps the property in the
+    /// group's definition instead.)
+    pub fn set_read_only(&self, name: &str, read_only: bool) -> Result<()> {
+        let db = self.database(name)?;
+        let marker = self.read_only_marker(name);
+        let io = |source| Error::Io {
+            context: format!("cannot record READ_ONLY in {}", marker.display()),
+            source,
+        };
+        if read_only {
+            fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+        } else {
+            match fs::remove_file(&marker) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        sync_dir(&self.dir)?;
+        db.set_read_only(read_only);
+        Ok(())
+    }
+
+    fn read_only_marker(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.read_only"))
     }
 
     /// `CREATE DATABASE name`.

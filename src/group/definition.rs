@@ -2,6 +2,7 @@
 //! (`DATA_DIR/ag/<group>.json`), what the primary sends its secondaries and
 //! what the cluster replicates.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -134,7 +135,50 @@ pub struct GroupConfig {
     /// The group's listener, if it has one.
     #[serde(default)]
     pub listener: Option<ListenerConfig>,
+    /// Per database: properties that replicate with the definition (read
+    /// only, geo-replication). A database without an entry has the defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub database_options: BTreeMap<String, DatabaseOptions>,
 }
+
+/// Properties of one database of a group, kept with the definition so that
+/// every replica has them and they survive failovers and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseOptions {
+    /// `ALTER DATABASE … SET READ_ONLY`: writes are refused on every replica.
+    #[serde(default)]
+    pub read_only: bool,
+    /// `SET GEO_MAX_LAG`: commits wait (and in the end fail) while a
+    /// geo-secondary is further behind than this, in milliseconds.
+    #[serde(default)]
+    pub geo_max_lag_ms: Option<u64>,
+    /// This region's copy is a geo-secondary of this source: read-only
+    /// here, written by redo of the source's log.
+    #[serde(default)]
+    pub geo_source: Option<GeoPartner>,
+    /// The geo-secondaries this region's copy feeds (at most four).
+    #[serde(default)]
+    pub geo_secondaries: Vec<GeoPartner>,
+}
+
+/// A database in another region (a partner server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeoPartner {
+    /// The partner server's name (its cluster's `SERVER_NAME`).
+    pub server: String,
+    /// The database's name there.
+    pub database: String,
+    /// Who may read a geo-secondary (`ALLOW_CONNECTIONS = ALL | NO`).
+    #[serde(default = "all_connections")]
+    pub allow_connections: SecondaryConnections,
+}
+
+fn all_connections() -> SecondaryConnections {
+    SecondaryConnections::All
+}
+
+/// The most geo-secondaries one database feeds.
+pub const MAX_GEO_SECONDARIES: usize = 4;
 
 fn default_failure_condition_level() -> u8 {
     3
@@ -208,6 +252,21 @@ impl GroupConfig {
         self.databases.iter().any(|d| d == database)
     }
 
+    /// The properties of `database` (the defaults when it has none).
+    pub fn database_options(&self, database: &str) -> DatabaseOptions {
+        self.database_options
+            .get(database)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// True when this region's copy of `database` is a geo-secondary.
+    pub fn is_geo_secondary(&self, database: &str) -> bool {
+        self.database_options
+            .get(database)
+            .is_some_and(|o| o.geo_source.is_some())
+    }
+
     /// Serialized form (the wire's Config payload and the file's content).
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("a GroupConfig always serializes")
@@ -258,6 +317,7 @@ pub(crate) mod fixtures {
             failure_condition_level: 3,
             health_check_timeout_ms: 5000,
             listener: None,
+            database_options: BTreeMap::new(),
         }
     }
 }

@@ -77,6 +77,9 @@ impl Cluster {
 
 fn group_of(command: &Command) -> String {
     match command {
+        Command::SetServerName(_) | Command::PutPartner(_) | Command::RemovePartner(_) => {
+            String::new()
+        }
         Command::PutGroup(c) => c.name.to_ascii_lowercase(),
         Command::RemoveGroup(g)
         | Command::RenewLease { group: g, .. }

@@ -195,7 +195,11 @@ impl Sim {
         let result = self.cluster.commit(self.now, command);
         if result == CommandResult::Ok {
             match command {
-                Command::RenewLease { .. } => {}
+                Command::RenewLease { .. }
+                | Command::RemoveGroup(_)
+                | Command::SetServerName(_)
+                | Command::PutPartner(_)
+                | Command::RemovePartner(_) => {}
                 Command::SetSynchronized {
                     replica,
                     synchronized,
@@ -223,7 +227,6 @@ impl Sim {
                 Command::PutGroup(c) => {
                     self.note(format!("cluster: definition version {}", c.version))
                 }
-                Command::RemoveGroup(_) => {}
             }
         }
         Ok(result)

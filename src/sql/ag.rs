@@ -30,11 +30,25 @@
 //! drop        = DROP AVAILABILITY GROUP group
 //! alter_db    = ALTER DATABASE db SET HADR
 //!                 ( SUSPEND | RESUME | OFF | AVAILABILITY GROUP "=" group )
+//!             | ALTER DATABASE db SET ( READ_ONLY | READ_WRITE )
+//!                 [ WITH ( ROLLBACK IMMEDIATE | NO_WAIT ) ]
+//!             | ALTER DATABASE db SET GEO_MAX_LAG "=" ( seconds SECONDS | OFF )
+//!             | ALTER DATABASE db ADD SECONDARY ON SERVER 'name'
+//!                 [ WITH "(" geo_opt { "," geo_opt } ")" ]
+//!             | ALTER DATABASE db REMOVE SECONDARY ON SERVER 'name'
+//!                 [ WITH "(" TERMINATION "=" ( PLANNED | FORCED ) ")" ]
+//!             | ALTER DATABASE db ( FAILOVER | FORCE_FAILOVER_ALLOW_DATA_LOSS )
+//! geo_opt     = ALLOW_CONNECTIONS "=" ( ALL | NO )
+//!             | DATABASE_NAME "=" 'name'
 //! cluster     = CREATE CLUSTER                     -- availdb's own: the
 //!             | ALTER CLUSTER ADD NODE 'name'      -- quorum cluster's members
 //!                 WITH "(" ENDPOINT_URL "=" 'tcp://host:port'
 //!                          [ "," VOTE "=" ( ON | OFF ) ] ")"
 //!             | ALTER CLUSTER REMOVE NODE 'name'
+//!             | ALTER CLUSTER SET "(" SERVER_NAME "=" 'name' ")"
+//!             | ALTER CLUSTER ADD PARTNER SERVER 'name'   -- another region
+//!                 WITH "(" ENDPOINT_URL "=" 'tcp://host:port[, tcp://…]' ")"
+//!             | ALTER CLUSTER REMOVE PARTNER SERVER 'name'
 //! replica     = 'name' WITH "(" replica_opt { "," replica_opt } ")"
 //! listener    = 'name' "(" listener_opt { "," listener_opt } ")"
 //!
@@ -221,9 +235,75 @@ pub enum AgStatement {
         /// Database name.
         database: String,
     },
+    /// `ALTER DATABASE d SET READ_ONLY | READ_WRITE [WITH …]`.
+    SetReadOnly {
+        /// Database name.
+        database: String,
+        /// READ_ONLY (true) or READ_WRITE.
+        read_only: bool,
+        /// What happens to write transactions open at that moment.
+        open_transactions: OpenTransactions,
+    },
+    /// `ALTER DATABASE d SET GEO_MAX_LAG = n SECONDS | OFF`.
+    SetGeoMaxLag {
+        /// Database name.
+        database: String,
+        /// The bound, or None for OFF.
+        seconds: Option<u32>,
+    },
+    /// `ALTER DATABASE d ADD SECONDARY ON SERVER 'B' [WITH (…)]`: a
+    /// geo-secondary in another region.
+    AddGeoSecondary {
+        /// Database name (here).
+        database: String,
+        /// The partner server (region).
+        server: String,
+        /// `ALLOW_CONNECTIONS` (ALL: readable, the default).
+        allow_connections: Option<SecondaryConnections>,
+        /// `DATABASE_NAME` there (default: the same name).
+        database_name: Option<String>,
+    },
+    /// `ALTER DATABASE d REMOVE SECONDARY ON SERVER 'B' [WITH (TERMINATION = …)]`.
+    RemoveGeoSecondary {
+        /// Database name (here).
+        database: String,
+        /// The partner server.
+        server: String,
+        /// `TERMINATION = FORCED` (else PLANNED: wait until it has everything).
+        forced: bool,
+    },
+    /// `ALTER DATABASE d FAILOVER` on a geo-secondary: planned, no data loss.
+    GeoFailover {
+        /// Database name.
+        database: String,
+    },
+    /// `ALTER DATABASE d FORCE_FAILOVER_ALLOW_DATA_LOSS` on a geo-secondary.
+    GeoForceFailover {
+        /// Database name.
+        database: String,
+    },
     /// `CREATE CLUSTER`: start a quorum cluster whose only voter is this
     /// node (availdb's own statement; SQL Server leaves this to WSFC).
     CreateCluster,
+    /// `ALTER CLUSTER SET (SERVER_NAME = 'A')`: this cluster's name as other
+    /// regions call it.
+    SetServerName {
+        /// The name.
+        name: String,
+    },
+    /// `ALTER CLUSTER ADD PARTNER SERVER 'B' WITH (ENDPOINT_URL = …)`:
+    /// another region, reachable at any of its nodes' endpoints.
+    AddPartner {
+        /// Its server name.
+        server: String,
+        /// Its nodes' replication endpoints (`tcp://host:port`).
+        endpoint_urls: Vec<String>,
+    },
+    /// `ALTER CLUSTER REMOVE PARTNER SERVER 'B'`.
+    RemovePartner {
+        /// Its server name.
+        server: String,
+    },
     /// `ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = …)`: make a
     /// running node a voter of this node's cluster.
     AddClusterNode {
@@ -314,6 +394,18 @@ pub struct ReplicaOptions {
     /// `SECONDARY_ROLE (READ_ONLY_ROUTING_URL = …)`: where read-intent
     /// sessions routed to this replica connect, `tcp://host:port`.
     pub read_only_routing_url: Option<String>,
+}
+
+/// What `SET READ_ONLY` does to write transactions open at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenTransactions {
+    /// Wait until they end (the default).
+    #[default]
+    Wait,
+    /// `WITH ROLLBACK IMMEDIATE`: roll them back.
+    RollbackImmediate,
+    /// `WITH NO_WAIT`: fail at once if there are any.
+    NoWait,
 }
 
 /// A listener: the name and ports clients connect to.
@@ -435,11 +527,25 @@ pub fn is_ag_statement(sql: &str) -> bool {
     if ["CREATE", "ALTER"].iter().any(|kw| is_word(&first, kw)) && is_word(&second, "CLUSTER") {
         return true;
     }
-    is_word(&first, "ALTER")
+    if !(is_word(&first, "ALTER")
         && is_word(&second, "DATABASE")
-        && matches!(next(), Some(Tok::Word(_) | Tok::Quoted(_)))
-        && is_word(&next(), "SET")
-        && is_word(&next(), "HADR")
+        && matches!(next(), Some(Tok::Word(_) | Tok::Quoted(_))))
+    {
+        return false;
+    }
+    let verb = next();
+    if is_word(&verb, "SET") {
+        let what = next();
+        return ["HADR", "READ_ONLY", "READ_WRITE", "GEO_MAX_LAG"]
+            .iter()
+            .any(|kw| is_word(&what, kw));
+    }
+    if ["ADD", "REMOVE"].iter().any(|kw| is_word(&verb, kw)) {
+        return is_word(&next(), "SECONDARY");
+    }
+    ["FAILOVER", "FORCE_FAILOVER_ALLOW_DATA_LOSS"]
+        .iter()
+        .any(|kw| is_word(&verb, kw))
 }
 
 fn is_word(tok: &Option<Tok>, keyword: &str) -> bool {
@@ -880,6 +986,11 @@ impl Parser {
         matches!(&self.peek().tok, Tok::Word(w) if w.eq_ignore_ascii_case(keyword))
     }
 
+    /// True when the token `ahead` places after the next one is `keyword`.
+    fn peek_keyword(&self, ahead: usize, keyword: &str) -> bool {
+        matches!(self.tokens.get(self.at + ahead).map(|t| &t.tok), Some(Tok::Word(w)) if w.eq_ignore_ascii_case(keyword))
+    }
+
     fn eat_keyword(&mut self, keyword: &str) -> bool {
         let found = self.is_keyword(keyword);
         if found {
@@ -992,6 +1103,61 @@ impl Parser {
         const SHAPE: &str =
             "ALTER CLUSTER ADD NODE 'name' WITH (ENDPOINT_URL = 'tcp://host:port'[, VOTE = OFF]) \
                              or ALTER CLUSTER REMOVE NODE 'name'";
+        const PARTNER: &str = "ALTER CLUSTER ADD PARTNER SERVER 'name' WITH (ENDPOINT_URL = 'tcp://host:port[, tcp://host:port]')";
+        if self.eat_keyword("SET") {
+            self.punct(Tok::LParen)?;
+            self.keyword("SERVER_NAME")?;
+            self.punct(Tok::Equals)?;
+            let (name, _) = self.name_literal("a server name")?;
+            self.punct(Tok::RParen)?;
+            return Ok(AgStatement::SetServerName { name });
+        }
+        if self.is_keyword("ADD") && self.peek_keyword(1, "PARTNER") {
+            self.advance();
+            self.advance();
+            self.keyword("SERVER").map_err(|e| e.with_hint(PARTNER))?;
+            let (server, _) = self.name_literal("a server name")?;
+            self.keyword("WITH").map_err(|e| e.with_hint(PARTNER))?;
+            self.punct(Tok::LParen)?;
+            self.keyword("ENDPOINT_URL")
+                .map_err(|e| e.with_hint(PARTNER))?;
+            self.punct(Tok::Equals)?;
+            let Token { tok, pos } = self.peek().clone();
+            let Tok::Str(list) = tok else {
+                return Err(
+                    self.unexpected("'tcp://host:port[, tcp://host:port]' for ENDPOINT_URL")
+                );
+            };
+            let mut endpoint_urls = Vec::new();
+            for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                if let Err(why) = parse_tcp_url(url) {
+                    return Err(AgParseError::new(
+                        format!("expected 'tcp://host:port' in ENDPOINT_URL, found '{url}': {why}"),
+                        pos,
+                    )
+                    .with_hint(PARTNER));
+                }
+                endpoint_urls.push(url.to_string());
+            }
+            if endpoint_urls.is_empty() {
+                return Err(
+                    AgParseError::new("ENDPOINT_URL lists no address", pos).with_hint(PARTNER)
+                );
+            }
+            self.advance();
+            self.punct(Tok::RParen)?;
+            return Ok(AgStatement::AddPartner {
+                server,
+                endpoint_urls,
+            });
+        }
+        if self.is_keyword("REMOVE") && self.peek_keyword(1, "PARTNER") {
+            self.advance();
+            self.advance();
+            self.keyword("SERVER")?;
+            let (server, _) = self.name_literal("a server name")?;
+            return Ok(AgStatement::RemovePartner { server });
+        }
         if self.eat_keyword("ADD") {
             self.keyword("NODE").map_err(|e| e.with_hint(SHAPE))?;
             let (name, _) = self.name_literal("a node name")?;
@@ -1177,7 +1343,113 @@ impl Parser {
 
     fn alter_database(&mut self) -> Result<AgStatement> {
         let database = self.database_name()?;
+        if self.eat_keyword("FAILOVER") {
+            return Ok(AgStatement::GeoFailover { database });
+        }
+        if self.eat_keyword("FORCE_FAILOVER_ALLOW_DATA_LOSS") {
+            return Ok(AgStatement::GeoForceFailover { database });
+        }
+        if self.eat_keyword("ADD") {
+            self.keyword("SECONDARY")?;
+            self.keyword("ON")?;
+            self.keyword("SERVER")?;
+            let (server, _) = self.name_literal("a server name")?;
+            let mut allow_connections = None;
+            let mut database_name = None;
+            if self.eat_keyword("WITH") {
+                self.punct(Tok::LParen)?;
+                loop {
+                    if self.eat_keyword("ALLOW_CONNECTIONS") {
+                        self.punct(Tok::Equals)?;
+                        allow_connections = Some(if self.eat_keyword("ALL") {
+                            SecondaryConnections::All
+                        } else if self.eat_keyword("NO") {
+                            SecondaryConnections::No
+                        } else {
+                            return Err(self.unexpected("ALL or NO for ALLOW_CONNECTIONS"));
+                        });
+                    } else if self.eat_keyword("DATABASE_NAME") {
+                        self.punct(Tok::Equals)?;
+                        database_name = Some(self.name_literal("a database name")?.0);
+                    } else {
+                        return Err(self.unexpected("ALLOW_CONNECTIONS or DATABASE_NAME"));
+                    }
+                    if !self.eat(&Tok::Comma) {
+                        break;
+                    }
+                }
+                self.punct(Tok::RParen)?;
+            }
+            return Ok(AgStatement::AddGeoSecondary {
+                database,
+                server,
+                allow_connections,
+                database_name,
+            });
+        }
+        if self.eat_keyword("REMOVE") {
+            self.keyword("SECONDARY")?;
+            self.keyword("ON")?;
+            self.keyword("SERVER")?;
+            let (server, _) = self.name_literal("a server name")?;
+            let mut forced = false;
+            if self.eat_keyword("WITH") {
+                self.punct(Tok::LParen)?;
+                self.keyword("TERMINATION")?;
+                self.punct(Tok::Equals)?;
+                forced = if self.eat_keyword("FORCED") {
+                    true
+                } else if self.eat_keyword("PLANNED") {
+                    false
+                } else {
+                    return Err(self.unexpected("PLANNED or FORCED for TERMINATION"));
+                };
+                self.punct(Tok::RParen)?;
+            }
+            return Ok(AgStatement::RemoveGeoSecondary {
+                database,
+                server,
+                forced,
+            });
+        }
         self.keyword("SET")?;
+        if self.is_keyword("READ_ONLY") || self.is_keyword("READ_WRITE") {
+            let read_only = self.eat_keyword("READ_ONLY");
+            if !read_only {
+                self.keyword("READ_WRITE")?;
+            }
+            let mut open_transactions = OpenTransactions::Wait;
+            if self.eat_keyword("WITH") {
+                open_transactions = if self.eat_keyword("ROLLBACK") {
+                    self.keyword("IMMEDIATE")?;
+                    OpenTransactions::RollbackImmediate
+                } else if self.eat_keyword("NO_WAIT") {
+                    OpenTransactions::NoWait
+                } else {
+                    return Err(self.unexpected("ROLLBACK IMMEDIATE or NO_WAIT"));
+                };
+            }
+            return Ok(AgStatement::SetReadOnly {
+                database,
+                read_only,
+                open_transactions,
+            });
+        }
+        if self.eat_keyword("GEO_MAX_LAG") {
+            self.punct(Tok::Equals)?;
+            if self.eat_keyword("OFF") {
+                return Ok(AgStatement::SetGeoMaxLag {
+                    database,
+                    seconds: None,
+                });
+            }
+            let seconds = self.number_in("GEO_MAX_LAG", 1..=86_400u32, "1 to 86400 seconds")?;
+            self.keyword("SECONDS")?;
+            return Ok(AgStatement::SetGeoMaxLag {
+                database,
+                seconds: Some(seconds),
+            });
+        }
         self.keyword("HADR")?;
         if self.eat_keyword("SUSPEND") {
             Ok(AgStatement::SuspendDatabase { database })
@@ -1327,6 +1599,14 @@ impl Parser {
         T: TryFrom<u64> + PartialOrd,
     {
         self.punct(Tok::Equals)?;
+        self.number_in(option, range, rule)
+    }
+
+    /// A number in `range` (the `=` already read); `rule` says the range.
+    fn number_in<T>(&mut self, option: &str, range: RangeInclusive<T>, rule: &str) -> Result<T>
+    where
+        T: TryFrom<u64> + PartialOrd,
+    {
         let Token { tok, pos } = self.peek().clone();
         let Tok::Number(digits) = tok else {
             return Err(self.unexpected(&format!("a number for {option}")));
@@ -1517,6 +1797,133 @@ mod tests {
             "ALTER CLUSTER ADD NODE 'w1' WITH (ENDPOINT_URL = 'http://x:1')",
             "ALTER CLUSTER DROP NODE 'w1'",
             "CREATE CLUSTER c1",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(!e.to_string().is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn geo_replication_statements_parse_and_route_here() {
+        assert_eq!(
+            parsed("ALTER CLUSTER SET (SERVER_NAME = 'A')"),
+            AgStatement::SetServerName { name: "A".into() }
+        );
+        assert_eq!(
+            parsed("ALTER CLUSTER ADD PARTNER SERVER 'B' WITH (ENDPOINT_URL = 'tcp://10.0.0.2:7001, tcp://10.0.0.3:7001')"),
+            AgStatement::AddPartner {
+                server: "B".into(),
+                endpoint_urls: vec!["tcp://10.0.0.2:7001".into(), "tcp://10.0.0.3:7001".into()],
+            }
+        );
+        assert_eq!(
+            parsed("alter cluster remove partner server 'B'"),
+            AgStatement::RemovePartner { server: "B".into() }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app ADD SECONDARY ON SERVER 'B' WITH (ALLOW_CONNECTIONS = NO, DATABASE_NAME = 'app2')"),
+            AgStatement::AddGeoSecondary {
+                database: "app".into(),
+                server: "B".into(),
+                allow_connections: Some(SecondaryConnections::No),
+                database_name: Some("app2".into()),
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app ADD SECONDARY ON SERVER 'B'"),
+            AgStatement::AddGeoSecondary {
+                database: "app".into(),
+                server: "B".into(),
+                allow_connections: None,
+                database_name: None,
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app REMOVE SECONDARY ON SERVER 'B' WITH (TERMINATION = FORCED)"),
+            AgStatement::RemoveGeoSecondary {
+                database: "app".into(),
+                server: "B".into(),
+                forced: true
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app REMOVE SECONDARY ON SERVER 'B'"),
+            AgStatement::RemoveGeoSecondary {
+                database: "app".into(),
+                server: "B".into(),
+                forced: false
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app FAILOVER"),
+            AgStatement::GeoFailover {
+                database: "app".into()
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app FORCE_FAILOVER_ALLOW_DATA_LOSS"),
+            AgStatement::GeoForceFailover {
+                database: "app".into()
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app SET READ_ONLY WITH ROLLBACK IMMEDIATE"),
+            AgStatement::SetReadOnly {
+                database: "app".into(),
+                read_only: true,
+                open_transactions: OpenTransactions::RollbackImmediate
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app SET READ_WRITE WITH NO_WAIT"),
+            AgStatement::SetReadOnly {
+                database: "app".into(),
+                read_only: false,
+                open_transactions: OpenTransactions::NoWait
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app SET READ_ONLY"),
+            AgStatement::SetReadOnly {
+                database: "app".into(),
+                read_only: true,
+                open_transactions: OpenTransactions::Wait
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app SET GEO_MAX_LAG = 5 SECONDS"),
+            AgStatement::SetGeoMaxLag {
+                database: "app".into(),
+                seconds: Some(5)
+            }
+        );
+        assert_eq!(
+            parsed("ALTER DATABASE app SET GEO_MAX_LAG = OFF"),
+            AgStatement::SetGeoMaxLag {
+                database: "app".into(),
+                seconds: None
+            }
+        );
+        for routed in [
+            "ALTER DATABASE app SET READ_ONLY",
+            "alter database app set read_write",
+            "ALTER DATABASE app ADD SECONDARY ON SERVER 'B'",
+            "ALTER DATABASE app FAILOVER",
+            "ALTER DATABASE app SET GEO_MAX_LAG = 5 SECONDS",
+            "ALTER CLUSTER ADD PARTNER SERVER 'B'",
+        ] {
+            assert!(is_ag_statement(routed), "{routed}");
+        }
+        assert!(!is_ag_statement("ALTER DATABASE app RENAME TO x"));
+        for bad in [
+            "ALTER CLUSTER ADD PARTNER SERVER 'B' WITH (ENDPOINT_URL = 'http://x:1')",
+            "ALTER CLUSTER ADD PARTNER SERVER 'B' WITH (ENDPOINT_URL = '')",
+            "ALTER DATABASE app ADD SECONDARY ON SERVER B",
+            "ALTER DATABASE app ADD SECONDARY ON SERVER 'B' WITH (ALLOW_CONNECTIONS = READ_ONLY)",
+            "ALTER DATABASE app REMOVE SECONDARY ON SERVER 'B' WITH (TERMINATION = LATER)",
+            "ALTER DATABASE app SET GEO_MAX_LAG = 0 SECONDS",
+            "ALTER DATABASE app SET GEO_MAX_LAG = 5",
+            "ALTER DATABASE app SET READ_ONLY WITH ROLLBACK",
         ] {
             let e = parse(bad).expect_err(bad);
             assert!(!e.to_string().is_empty(), "{bad}");
@@ -2171,7 +2578,7 @@ mod tests {
                 "ALTER DATABASE [app] SET HADR AVAILABILITY GROUP = ag1",
                 true,
             ),
-            ("ALTER DATABASE app SET READ_ONLY", false),
+            ("ALTER DATABASE app SET READ_ONLY", true),
             ("ALTER TABLE t ADD COLUMN c", false),
             ("SELECT 'CREATE AVAILABILITY GROUP'", false),
             ("CREATE TABLE availability (group_name TEXT)", false),
