@@ -282,6 +282,10 @@ impl Database {
                 group: group.clone(),
                 primary: primary.clone(),
             },
+            Fence::GeoSecondary { server, database } => Role::Secondary {
+                group: format!("geo-replication from {database} on server '{server}'"),
+                primary: format!("{database} on server '{server}'"),
+            },
             _ => Role::ReadWrite,
         }
     }

@@ -111,6 +111,12 @@ impl Error {
             } => Some(format!(
                 "ALTER DATABASE {database} SET READ_WRITE on the primary makes it writable again"
             )),
+            Error::NotWritable {
+                refusal: Refusal::GeoSecondary { server, .. },
+                database,
+            } => Some(format!(
+                "write in region '{server}', or make this region's copy the primary with ALTER DATABASE {database} FAILOVER"
+            )),
             Error::NotWritable { .. } | Error::CommitFenced => {
                 Some("reconnect, with target_session_attrs=read-write to find the primary".into())
             }
@@ -158,6 +164,9 @@ pub(crate) fn refusal_text(refusal: &Refusal) -> String {
         ),
         Refusal::Resolving(why) => format!("is RESOLVING on this replica: {}", why.describe()),
         Refusal::ReadOnly => "is READ_ONLY: it takes no writes on any replica".to_string(),
+        Refusal::GeoSecondary { server, database } => format!(
+            "is a geo-secondary of database \"{database}\" on server '{server}': it is read-only in this region"
+        ),
     }
 }
 

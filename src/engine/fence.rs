@@ -53,6 +53,16 @@ pub enum Fence {
         /// The primary replica's name, for error messages.
         primary: String,
     },
+    /// A geo-secondary: this region's copy of a database that another
+    /// region writes (`server`'s `database`); read-only here, written by
+    /// redo of that region's log, and forwarded to this region's
+    /// secondaries.
+    GeoSecondary {
+        /// The source region's server name.
+        server: String,
+        /// The database's name there.
+        database: String,
+    },
 }
 
 /// The primary role's part of a fence.
@@ -126,6 +136,13 @@ pub enum Refusal {
     /// The database is READ_ONLY (`ALTER DATABASE … SET READ_ONLY`): no
     /// replica takes writes, whatever its role.
     ReadOnly,
+    /// A geo-secondary: written in another region.
+    GeoSecondary {
+        /// The source region's server name.
+        server: String,
+        /// The database's name there.
+        database: String,
+    },
 }
 
 impl Fence {
@@ -136,6 +153,10 @@ impl Fence {
             Fence::Secondary { group, primary } => Err(Refusal::Secondary {
                 group: group.clone(),
                 primary: primary.clone(),
+            }),
+            Fence::GeoSecondary { server, database } => Err(Refusal::GeoSecondary {
+                server: server.clone(),
+                database: database.clone(),
             }),
             Fence::Primary(p) => match p.writes {
                 Writes::Unleased => Ok(()),
@@ -155,9 +176,10 @@ impl Fence {
         }
     }
 
-    /// True for a secondary.
+    /// True for a secondary (of this region's group or of another region):
+    /// the copy is read-only and in recovery.
     pub fn is_secondary(&self) -> bool {
-        matches!(self, Fence::Secondary { .. })
+        matches!(self, Fence::Secondary { .. } | Fence::GeoSecondary { .. })
     }
 
     /// The commit hook, if any.
@@ -175,6 +197,9 @@ impl std::fmt::Debug for Fence {
             Fence::Standalone => f.write_str("Standalone"),
             Fence::Secondary { group, primary } => {
                 write!(f, "Secondary {{ group: {group}, primary: {primary} }}")
+            }
+            Fence::GeoSecondary { server, database } => {
+                write!(f, "GeoSecondary {{ server: {server}, database: {database} }}")
             }
             Fence::Primary(p) => write!(
                 f,

@@ -149,6 +149,169 @@ pub struct SecondaryDb {
 }
 
 impl SecondaryDb {
+    /// Takes `db`'s log in from a primary: starts its harden and redo tasks
+    /// (until `stop`). Where it starts comes from the database and its log,
+    /// not from an earlier intake's bookkeeping: records hardened but not
+    /// yet redone (an intake restarted by a definition change or a new
+    /// primary while redo ran behind) are redone from the file's applied
+    /// LSN on, and records written but not yet durable are hardened by the
+    /// harden task before they count.
+    pub fn start(db: Arc<Database>, stop: watch::Receiver<bool>) -> Arc<SecondaryDb> {
+        let end = db.log().end_lsn();
+        let durable = db.log().durable_lsn().min(end);
+        let applied = db.applied_lsn().max(db.log().first_lsn());
+        let newest_epoch = db.epoch_history().last().map_or(0, |(e, _)| *e);
+        let sdb = Arc::new(SecondaryDb {
+            hardened: watch::channel(durable).0,
+            redone: watch::channel(applied).0,
+            intake: Mutex::new(Intake {
+                epoch: newest_epoch,
+                rewind_to: None,
+            }),
+            last_error: Mutex::new(None),
+            last_redone_commit_us: AtomicI64::new(0),
+            written: watch::channel(end).0,
+            image_pages: std::sync::atomic::AtomicU64::new(0),
+            suspended_here: std::sync::atomic::AtomicBool::new(false),
+            db,
+        });
+        tokio::spawn(redo_task(sdb.clone(), stop.clone()));
+        tokio::spawn(harden_task(sdb.clone(), stop));
+        sdb
+    }
+
+    /// Where this copy's log stands, for `Welcome`.
+    pub fn position(&self) -> DatabasePosition {
+        DatabasePosition {
+            database: self.db.name().to_string(),
+            epoch: self.intake().epoch,
+            end_lsn: self.hardened(),
+            redone_lsn: self.redone(),
+            epoch_history: self.db.epoch_history(),
+            last_record: self.db.log().last_record(),
+        }
+    }
+
+    /// Makes everything in the local log durable, so the position sent to a
+    /// primary covers every record this node holds: a record beyond the
+    /// reported end (a former primary's last commit, appended as it
+    /// stepped down) would otherwise escape the divergence check.
+    pub async fn harden_everything(&self) -> Result<(), ReplicationError> {
+        let end = self.db.log().end_lsn();
+        self.db
+            .log()
+            .wait_durable(end)
+            .await
+            .map_err(ReplicationError::local)?;
+        for lsn in [&self.written, &self.hardened] {
+            lsn.send_if_modified(|h| {
+                let moved = *h < end;
+                *h = (*h).max(end);
+                moved
+            });
+        }
+        Ok(())
+    }
+
+    /// The primary announced a rewind: the next record is a full image at
+    /// `lsn`, and the log restarts there.
+    pub fn expect_image_at(&self, lsn: Lsn) {
+        self.intake.lock().unwrap_or_else(|e| e.into_inner()).rewind_to = Some(lsn);
+    }
+
+    /// Follows the hardened LSN.
+    pub fn watch_hardened(&self) -> watch::Receiver<Lsn> {
+        self.hardened.subscribe()
+    }
+
+    /// Checks and appends a batch of records (see [`IntakeGate`]); returns
+    /// the log's new end.
+    pub async fn receive(
+        self: &Arc<Self>,
+        raw: Vec<Vec<u8>>,
+        link_epoch: u64,
+        gate: &IntakeGate,
+    ) -> Result<Lsn, ReplicationError> {
+        let database = self.db.name().to_string();
+        if gate.is_closed() {
+            return Err(ReplicationError::IntakeClosed);
+        }
+        let records = decode_all(&database, &raw)?;
+        let sdb = self.clone();
+        let gate = gate.clone();
+        tokio::task::spawn_blocking(move || {
+            let _intake = sdb.db.intake();
+            if gate.is_closed() {
+                return Err(ReplicationError::IntakeClosed);
+            }
+            // Checked under the intake lock: once the floor is raised, no
+            // batch of an older primary is appended (issue 9 cause 10).
+            let newest = *gate.floor.borrow();
+            if link_epoch < newest {
+                return Err(ReplicationError::Superseded {
+                    epoch: link_epoch,
+                    newest,
+                });
+            }
+            accept_batch(&sdb, &database, records)
+        })
+        .await
+        .map_err(ReplicationError::local)?
+    }
+
+    /// Hardens and redoes everything the log holds (the intake must be
+    /// closed already, so the log's end no longer moves), within
+    /// `deadline`: the file and the log then agree, ready for this node to
+    /// write on top of them. Refused while a full image is still arriving.
+    pub async fn drain(&self, deadline: Instant) -> Result<(), String> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || drop(db.intake()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.image_pages.load(Ordering::Relaxed) > 0 {
+            return Err(format!(
+                "database \"{}\" is being seeded: its copy here is incomplete until the full image has arrived",
+                self.db.name()
+            ));
+        }
+        // Parts of a transaction whose last part never came are cut when
+        // the database becomes writable.
+        let log_end = self.db.log().end_lsn();
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, self.db.log().wait_durable(log_end))
+            .await
+            .map_err(|_| {
+                format!(
+                    "database \"{}\": the log did not become durable in time",
+                    self.db.name()
+                )
+            })?
+            .map_err(|e| e.to_string())?;
+        self.hardened.send_if_modified(|h| {
+            let moved = *h < log_end;
+            *h = (*h).max(log_end);
+            moved
+        });
+        let log = self.db.log().clone();
+        let applied = self.db.applied_lsn();
+        let end = tokio::task::spawn_blocking(move || whole_end(&log, applied))
+            .await
+            .map_err(|e| e.to_string())??;
+        let mut redone = self.redone.subscribe();
+        while self.db.applied_lsn() < end {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "database \"{}\" has not redone LSN {}..{end} yet",
+                    self.db.name(),
+                    self.db.applied_lsn(),
+                ));
+            }
+            let _ = tokio::time::timeout(left, redone.changed()).await;
+        }
+        Ok(())
+    }
+
     fn intake(&self) -> Intake {
         *self.intake.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -192,6 +355,24 @@ impl SecondaryDb {
     }
 }
 
+/// Whether an intake still takes records, and from which epoch on: shared
+/// by the connection tasks that feed it and whoever closes it.
+#[derive(Clone)]
+pub struct IntakeGate {
+    /// Set when no more records are taken (a promotion drains the intake).
+    pub closed: Arc<std::sync::atomic::AtomicBool>,
+    /// True once the intake's owner stopped.
+    pub stop: watch::Receiver<bool>,
+    /// No primary of an older epoch may ship here.
+    pub floor: watch::Receiver<u64>,
+}
+
+impl IntakeGate {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) || *self.stop.borrow()
+    }
+}
+
 /// The secondary's replication state for one group.
 pub struct SecondaryGroup {
     config: Mutex<GroupConfig>,
@@ -223,32 +404,7 @@ impl SecondaryGroup {
                 group: config.name.clone(),
                 primary: config.primary.clone(),
             });
-            // Where this group starts comes from the database and its log,
-            // not from an earlier group's bookkeeping: records hardened but
-            // not yet redone (a group restarted by a definition change or a
-            // new primary while redo ran behind) are redone from the file's
-            // applied LSN on, and records written but not yet durable are
-            // hardened by the harden task before they count.
-            let end = db.log().end_lsn();
-            let durable = db.log().durable_lsn().min(end);
-            let applied = db.applied_lsn().max(db.log().first_lsn());
-            let newest_epoch = db.epoch_history().last().map_or(0, |(e, _)| *e);
-            let sdb = Arc::new(SecondaryDb {
-                hardened: watch::channel(durable).0,
-                redone: watch::channel(applied).0,
-                intake: Mutex::new(Intake {
-                    epoch: newest_epoch,
-                    rewind_to: None,
-                }),
-                last_error: Mutex::new(None),
-                last_redone_commit_us: AtomicI64::new(0),
-                written: watch::channel(end).0,
-                image_pages: std::sync::atomic::AtomicU64::new(0),
-                suspended_here: std::sync::atomic::AtomicBool::new(false),
-                db,
-            });
-            tokio::spawn(redo_task(sdb.clone(), stop.subscribe()));
-            tokio::spawn(harden_task(sdb.clone(), stop.subscribe()));
+            let sdb = SecondaryDb::start(db, stop.subscribe());
             map.insert(sdb.db.name().to_string(), sdb);
         }
         let (announce, announcements) = tokio::sync::mpsc::unbounded_channel();
@@ -338,96 +494,30 @@ impl SecondaryGroup {
         // is in flight (a batch checks `closed` under that lock).
         self.closed_flag.store(true, Ordering::SeqCst);
         for sdb in self.databases() {
-            let db = sdb.db.clone();
-            tokio::task::spawn_blocking(move || drop(db.intake()))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        for sdb in self.databases() {
-            if sdb.image_pages.load(Ordering::Relaxed) > 0 {
-                return Err(format!(
-                    "database \"{}\" is being seeded: its copy here is incomplete until the full image has arrived",
-                    sdb.db.name()
-                ));
-            }
-        }
-        for sdb in self.databases() {
-            // Everything in the log must be hardened and redone: the
-            // database file and the log must agree before this node writes
-            // on top of them (parts of a transaction whose last part never
-            // came are cut when the database becomes writable).
-            let log_end = sdb.db.log().end_lsn();
-            let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::timeout(left, sdb.db.log().wait_durable(log_end))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "database \"{}\": the log did not become durable in time",
-                        sdb.db.name()
-                    )
-                })?
-                .map_err(|e| e.to_string())?;
-            sdb.hardened.send_if_modified(|h| {
-                let moved = *h < log_end;
-                *h = (*h).max(log_end);
-                moved
-            });
-            let log = sdb.db.log().clone();
-            let applied = sdb.db.applied_lsn();
-            let end = tokio::task::spawn_blocking(move || whole_end(&log, applied))
-                .await
-                .map_err(|e| e.to_string())??;
-            let mut redone = sdb.redone.subscribe();
-            while sdb.db.applied_lsn() < end {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(format!(
-                        "database \"{}\" has not redone LSN {}..{end} yet",
-                        sdb.db.name(),
-                        sdb.db.applied_lsn(),
-                    ));
-                }
-                let _ = tokio::time::timeout(left, redone.changed()).await;
-            }
+            sdb.drain(deadline).await?;
         }
         Ok(())
     }
 
-    /// Makes everything in the local logs durable, so the positions sent to
-    /// a primary cover every record this node holds: a record beyond the
-    /// reported end (a former primary's last commit, appended as it
-    /// stepped down) would otherwise escape the divergence check.
-    async fn harden_everything(&self) -> Result<(), String> {
+    /// Makes everything in every local log durable (see
+    /// [`SecondaryDb::harden_everything`]).
+    async fn harden_everything(&self) -> Result<(), ReplicationError> {
         for sdb in self.databases() {
-            let end = sdb.db.log().end_lsn();
-            sdb.db
-                .log()
-                .wait_durable(end)
-                .await
-                .map_err(|e| e.to_string())?;
-            for lsn in [&sdb.written, &sdb.hardened] {
-                lsn.send_if_modified(|h| {
-                    let moved = *h < end;
-                    *h = (*h).max(end);
-                    moved
-                });
-            }
+            sdb.harden_everything().await?;
         }
         Ok(())
     }
 
     fn positions(&self) -> Vec<DatabasePosition> {
-        self.databases()
-            .iter()
-            .map(|s| DatabasePosition {
-                database: s.db.name().to_string(),
-                epoch: s.intake().epoch,
-                end_lsn: s.hardened(),
-                redone_lsn: s.redone(),
-                epoch_history: s.db.epoch_history(),
-                last_record: s.db.log().last_record(),
-            })
-            .collect()
+        self.databases().iter().map(|s| s.position()).collect()
+    }
+
+    fn gate(&self) -> IntakeGate {
+        IntakeGate {
+            closed: self.closed_flag.clone(),
+            stop: self.stop.subscribe(),
+            floor: self.epoch_floor.subscribe(),
+        }
     }
 
     /// Hardens a batch of records of one database; returns the new end.
@@ -442,37 +532,12 @@ impl SecondaryGroup {
         raw: Vec<Vec<u8>>,
         link_epoch: u64,
     ) -> Result<Lsn, ReplicationError> {
-        if *self.stop.borrow() || self.closed_flag.load(Ordering::SeqCst) {
-            return Err(ReplicationError::IntakeClosed);
-        }
         let sdb = self
             .databases
             .get(database)
             .ok_or_else(|| ReplicationError::UnknownDatabase(database.to_string()))?
             .clone();
-        let records = decode_all(database, &raw)?;
-        let closed = self.closed_flag.clone();
-        let stop = self.stop.subscribe();
-        let floor = self.epoch_floor.subscribe();
-        let database = database.to_string();
-        tokio::task::spawn_blocking(move || {
-            let _intake = sdb.db.intake();
-            if closed.load(Ordering::SeqCst) || *stop.borrow() {
-                return Err(ReplicationError::IntakeClosed);
-            }
-            // Checked under the intake lock: once the floor is raised, no
-            // batch of an older primary is appended (issue 9 cause 10).
-            let newest = *floor.borrow();
-            if link_epoch < newest {
-                return Err(ReplicationError::Superseded {
-                    epoch: link_epoch,
-                    newest,
-                });
-            }
-            accept_batch(&sdb, &database, records)
-        })
-        .await
-        .map_err(ReplicationError::local)?
+        sdb.receive(raw, link_epoch, &self.gate()).await
     }
 }
 
@@ -732,7 +797,7 @@ async fn stream_from(
                             ReplicationError::UnknownDatabase(database.clone())
                         })?;
                         tracing::warn!(database = %database, from_lsn, "the log here diverged from the primary's; restarting it from a full image");
-                        sdb.intake.lock().unwrap_or_else(|e| e.into_inner()).rewind_to = Some(from_lsn);
+                        sdb.expect_image_at(from_lsn);
                     }
                     Message::Config { config, .. } => {
                         // A definition the primary took in place: through

@@ -57,6 +57,10 @@
 //!    8  Pong           either     u64 echo_us
 //!    9  DatabaseState  either     str database, bool suspended
 //!   10  Config         P → S      u64 version, blob config
+//!   11  GeoHello       P → S      str from_server, str cluster_id,
+//!                                 str source_database, str database,
+//!                                 u64 epoch, bool create, bool readable,
+//!                                 bool read_only
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -138,6 +142,29 @@ pub enum Message {
     Refuse {
         /// Human-readable, e.g. "peer belongs to cluster X, not Y".
         reason: String,
+    },
+    /// First message of a geo-replication link, the source region's primary
+    /// → the geo-secondary region's primary (its forwarder): one database.
+    GeoHello {
+        /// The source region's server name.
+        from_server: String,
+        /// The source region's cluster id; a forwarder of another cluster
+        /// pairing refuses.
+        cluster_id: String,
+        /// The database's name in the source region.
+        source_database: String,
+        /// The database's name in the geo-secondary region.
+        database: String,
+        /// The source primary's epoch for this database: a forwarder takes
+        /// nothing from a source older than one it has seen.
+        epoch: u64,
+        /// Create the geo-secondary (ADD SECONDARY), rather than attach to
+        /// one that exists.
+        create: bool,
+        /// Sessions may read the geo-secondary (ALLOW_CONNECTIONS = ALL).
+        readable: bool,
+        /// The database is READ_ONLY in the source region.
+        read_only: bool,
     },
     /// Primary → secondary: log records of one database, in LSN order.
     Records {
@@ -281,6 +308,7 @@ pub enum WireError {
 /// Message kinds as numbered on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    GeoHello = 11,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -308,6 +336,7 @@ impl TryFrom<u8> for Kind {
             8 => Kind::Pong,
             9 => Kind::DatabaseState,
             10 => Kind::Config,
+            11 => Kind::GeoHello,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -326,6 +355,7 @@ impl Message {
             Message::Pong { .. } => Kind::Pong,
             Message::DatabaseState { .. } => Kind::DatabaseState,
             Message::Config { .. } => Kind::Config,
+            Message::GeoHello { .. } => Kind::GeoHello,
         }
     }
 
@@ -346,6 +376,20 @@ impl Message {
                     + str_len(from_replica)?
                     + str_len(to_replica)?
                     + 8
+            }
+            Message::GeoHello {
+                from_server,
+                cluster_id,
+                source_database,
+                database,
+                ..
+            } => {
+                str_len(from_server)?
+                    + str_len(cluster_id)?
+                    + str_len(source_database)?
+                    + str_len(database)?
+                    + 8
+                    + 3
             }
             Message::Welcome { replica, databases } => {
                 let mut len = str_len(replica)? + 4;
@@ -421,6 +465,25 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             w.str(from_replica);
             w.str(to_replica);
             w.u64(*epoch);
+        }
+        Message::GeoHello {
+            from_server,
+            cluster_id,
+            source_database,
+            database,
+            epoch,
+            create,
+            readable,
+            read_only,
+        } => {
+            w.str(from_server);
+            w.str(cluster_id);
+            w.str(source_database);
+            w.str(database);
+            w.u64(*epoch);
+            w.u8(u8::from(*create));
+            w.u8(u8::from(*readable));
+            w.u8(u8::from(*read_only));
         }
         Message::Welcome { replica, databases } => {
             w.str(replica);
@@ -595,6 +658,16 @@ impl<'a> Reader<'a> {
                 from_replica: self.str("from_replica")?,
                 to_replica: self.str("to_replica")?,
                 epoch: self.u64("epoch")?,
+            },
+            Kind::GeoHello => Message::GeoHello {
+                from_server: self.str("from_server")?,
+                cluster_id: self.str("cluster_id")?,
+                source_database: self.str("source_database")?,
+                database: self.str("database")?,
+                epoch: self.u64("epoch")?,
+                create: self.bool("create")?,
+                readable: self.bool("readable")?,
+                read_only: self.bool("read_only")?,
             },
             Kind::Welcome => {
                 let replica = self.str("replica")?;
@@ -916,6 +989,16 @@ mod tests {
                 version: 0,
                 config: vec![],
             },
+            Message::GeoHello {
+                from_server: "A".into(),
+                cluster_id: "c-1".into(),
+                source_database: "app".into(),
+                database: "app_b".into(),
+                epoch: 7,
+                create: true,
+                readable: false,
+                read_only: true,
+            },
         ]
     }
 
@@ -960,8 +1043,8 @@ mod tests {
     fn the_samples_cover_every_kind() {
         let mut kinds: Vec<u8> = samples().iter().map(|m| m.kind() as u8).collect();
         kinds.dedup();
-        assert_eq!(kinds, (1..=10).collect::<Vec<u8>>());
-        for byte in 1..=10u8 {
+        assert_eq!(kinds, (1..=11).collect::<Vec<u8>>());
+        for byte in 1..=11u8 {
             assert_eq!(Kind::try_from(byte).unwrap() as u8, byte);
         }
     }
@@ -1094,7 +1177,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_rejected_with_advice() {
-        for kind in [0, 11, 255] {
+        for kind in [0, 12, 255] {
             let err = decode(&raw_frame(VERSION, kind, &[])).unwrap_err();
             assert!(matches!(err, WireError::Kind(k) if k == kind), "{err:?}");
             assert!(err.to_string().contains("upgrade"), "{err}");
