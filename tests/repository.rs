@@ -31,7 +31,10 @@ fn tracked_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![root];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("a readable folder").flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .expect("a readable folder")
+            .flatten()
+        {
             let path = entry.path();
             let name = entry.file_name();
             if path.is_dir() {
@@ -47,7 +50,9 @@ fn tracked_files() -> Vec<PathBuf> {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[test]
@@ -86,7 +91,9 @@ fn no_tracked_file_points_outside_the_repository() {
         }
         for note in &notes {
             if contains(&bytes, note) {
-                problems.push(format!("{name} refers to {note}, which is not in the repository"));
+                problems.push(format!(
+                    "{name} refers to {note}, which is not in the repository"
+                ));
             }
         }
     }
