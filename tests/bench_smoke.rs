@@ -7,7 +7,7 @@
 //! Performance is not asserted here (the numbers of a 1-second smoke run
 //! on a shared machine mean nothing); only that the harness runs, measures
 //! and checks what it says. It needs `pgbench`, `psql`, `python3` and
-//! PostgreSQL's server binaries (Debian's `postgresql`, which `.ci/run`
+//! PostgreSQL's server binaries (Debian's `postgresql`, which `scripts/test`
 //! installs); a missing one fails the test with install instructions.
 
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ fn require_tool(program: &str, args: &[&str], install: &str) {
         Ok(out) => format!("`{program} {}` failed: {}", args.join(" "), describe(&out)),
         Err(e) => format!("`{program}` cannot be run: {e}"),
     };
-    panic!("{problem}\nThe benchmark smoke test needs it. Install it with: {install} (or run .ci/run, which installs every test tool).");
+    panic!("{problem}\nThe benchmark smoke test needs it. Run the tests with scripts/test, which installs every test tool, or install it with: {install}");
 }
 
 fn require_postgresql_server() {
@@ -56,7 +56,7 @@ fn require_postgresql_server() {
     assert!(
         found,
         "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin: the benchmark compares \
-         availdb with PostgreSQL. Install them with: apt-get install -y postgresql (or run .ci/run)"
+         availdb with PostgreSQL. Run the tests with scripts/test, which installs them, or: apt-get install -y postgresql"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Real PostgreSQL clients against a real `availdb server`: `psql`,
 //! `pgbench` in each query mode, and psycopg 3. The scripts they run live in
 //! `tests/interop/`. A missing client program is a test failure that says
-//! how to install it (`.ci/run` installs all of them), never a silent skip.
+//! how to install it (`scripts/test` installs all of them), never a silent skip.
 
 mod common;
 
@@ -41,7 +41,7 @@ fn require_tool(program: &str, args: &[&str], install: &str) {
         Ok(out) => format!("`{program} {}` failed: {}", args.join(" "), describe(&out)),
         Err(e) => format!("`{program}` cannot be run: {e}"),
     };
-    panic!("{problem}\nThis test needs it. Install it with: {install} (or run .ci/run, which installs every test tool).");
+    panic!("{problem}\nThis test needs it. Run the tests with scripts/test, which installs every test tool, or install it with: {install}");
 }
 
 fn require_psql() {
@@ -64,7 +64,7 @@ fn require_psycopg() {
     require_tool(
         "python3",
         &["-c", "import psycopg"],
-        "python3 -m pip install \"psycopg[binary]\"",
+        "python3 -m pip install \"psycopg[binary]\" (scripts/test puts it in .venv/ and that first on PATH)",
     );
 }
 

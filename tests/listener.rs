@@ -509,6 +509,14 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn target_session_attrs_pick_the_right_node_in_psql_psycopg_and_tokio_postgres() {
+    let psycopg = std::process::Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .output();
+    assert!(
+        psycopg.is_ok_and(|o| o.status.success()),
+        "this test needs psycopg 3 in the python3 on PATH: run it through scripts/test, \
+         which makes .venv/ with psycopg and puts it first on PATH"
+    );
     let group = Group::start(3).await;
     let _logs = KeepLogsOnPanic::new(&group, "listener_target_session_attrs");
     let hosts = |order: &[usize], attrs: &str| {

@@ -1,7 +1,7 @@
 //! Black-box tests of physical log shipping: real `availdb server`
 //! processes on loopback form availability group `ag1` (r1 primary, r2 … rN
 //! synchronous-commit secondaries, database `app`), and real clients check
-//! the safety rules of DESIGN.md §3 through SQL, the `sys` views, the page
+//! the safety rules (docs/ARCHITECTURE.md, "Safety rules") through SQL, the `sys` views, the page
 //! images (`sqlite_dbpage`) and, for rule 6, a fake primary speaking the
 //! replication wire protocol.
 //!

@@ -38,8 +38,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one node: SQLite databases served over the PostgreSQL protocol.
+    #[command(after_help = server_timings())]
     Server(ServerArgs),
     /// Start a local availability group: N nodes on loopback, r1 primary.
+    #[command(after_help = up::layout())]
     Up(up::UpArgs),
     /// The quorum cluster manager (`availdb cluster status`).
     Cluster(cluster::ClusterArgs),
@@ -50,24 +52,31 @@ pub enum Command {
 /// `availdb server` options.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    // The defaults are written into the help texts rather than given to
+    // clap, because a clap default would override the --config file; the
+    // test `help_shows_every_default` keeps them equal to `resolve`'s.
     /// Directory holding the node's databases (created if missing).
+    /// Required, here or as `data_dir` in --config.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on. A non-loopback address requires a password.
+    /// Address to listen on. A non-loopback address requires a password
+    /// [default: 127.0.0.1].
     #[arg(long)]
     pub host: Option<IpAddr>,
-    /// Port to listen on for PostgreSQL clients.
+    /// Port to listen on for PostgreSQL clients [default: 5432].
     #[arg(long, short)]
     pub port: Option<u16>,
-    /// This node's name: its replica name in availability groups.
+    /// This node's name: its replica name in availability groups
+    /// [default: node-PORT].
     #[arg(long)]
     pub name: Option<String>,
     /// Replication endpoint to listen on (`127.0.0.1:7001` or
-    /// `tcp://127.0.0.1:7001`): the ENDPOINT_URL primaries connect to.
+    /// `tcp://127.0.0.1:7001`): the ENDPOINT_URL primaries connect to
+    /// [default: none: the node joins no cluster and receives no log].
     #[arg(long, value_name = "ADDR")]
     pub endpoint: Option<String>,
-    /// Password of user `availdb` (SCRAM-SHA-256). Without one, a loopback
-    /// node lets any user in.
+    /// Password of user `availdb` (SCRAM-SHA-256) [default: none: a
+    /// loopback node lets any user in].
     #[arg(long, env = "AVAILDB_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Run as a witness: a cluster voter that hosts no replica, so that
@@ -76,7 +85,8 @@ pub struct ServerArgs {
     #[arg(long)]
     pub witness: bool,
     /// How long an availability group listener on this node holds a new
-    /// session while no primary answers (a failover), in milliseconds.
+    /// session while no primary answers (a failover), in milliseconds
+    /// [default: 15000].
     #[arg(long, value_name = "MS")]
     pub listener_hold_ms: Option<u64>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
@@ -120,6 +130,20 @@ pub struct ServerConfig {
 
 /// Default PostgreSQL-protocol port.
 pub const DEFAULT_PORT: u16 = 5432;
+
+/// `availdb server --help`'s closing lines: the timings that are not options.
+fn server_timings() -> String {
+    use crate::ag::clustered::{LEASE, MARGIN, RENEW_EVERY};
+    format!(
+        "Fixed timings: in a cluster, a primary's lease lasts {} ms and is renewed every \
+         {} ms; a primary whose lease runs out stops taking writes, and a new one is named \
+         once {} ms pass without a renewal. How long a primary waits for a silent \
+         secondary is each replica's SESSION_TIMEOUT (CREATE or ALTER AVAILABILITY GROUP).",
+        LEASE.as_millis(),
+        RENEW_EVERY.as_millis(),
+        (LEASE + MARGIN).as_millis()
+    )
+}
 
 impl ServerArgs {
     /// Merges the command line, environment and config file.
@@ -405,6 +429,46 @@ mod tests {
             (c.data_dir, c.listen.port(), c.name.as_str()),
             (PathBuf::from("/x"), 7001, "r9")
         );
+    }
+
+    #[test]
+    fn help_shows_every_default() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = |cli: &mut clap::Command, sub: &str| {
+            cli.find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string()
+        };
+        let server = help(&mut cli, "server");
+        let c = args(None, None).resolve().unwrap();
+        for default in [
+            c.listen.ip().to_string(),
+            c.listen.port().to_string(),
+            c.name.replace(&c.listen.port().to_string(), "PORT"),
+            c.listener_hold.as_millis().to_string(),
+        ] {
+            assert!(
+                server.contains(&format!("[default: {default}]")),
+                "{default} in {server}"
+            );
+        }
+        assert!(server.contains("Required"), "{server}");
+        assert!(
+            server.contains(&format!(
+                "lease lasts {} ms",
+                crate::ag::clustered::LEASE.as_millis()
+            )),
+            "{server}"
+        );
+        let up = help(&mut cli, "up");
+        for default in ["3", &DEFAULT_PORT.to_string(), "availdb-data"] {
+            assert!(
+                up.contains(&format!("[default: {default}]")),
+                "{default} in {up}"
+            );
+        }
     }
 
     #[test]

@@ -28,12 +28,26 @@ pub struct UpArgs {
     /// and the replicas' own ports follow.
     #[arg(long, short, default_value_t = super::DEFAULT_PORT)]
     pub port: u16,
-    /// Directory for all replicas' data.
+    /// Directory for all replicas' data (a relative one is under the
+    /// current directory).
     #[arg(long, value_name = "DIR", default_value = "availdb-data")]
     pub data_dir: PathBuf,
     /// Secondaries use ASYNCHRONOUS_COMMIT (default: SYNCHRONOUS_COMMIT).
     #[arg(long = "async")]
     pub asynchronous: bool,
+}
+
+/// `availdb up --help`'s closing lines: where each replica lives, and the
+/// settings its node runs with.
+pub(super) fn layout() -> String {
+    format!(
+        "Replica ri (i = 1..N) serves clients on 127.0.0.1:PORT+1+i and has its replication \
+         endpoint on 127.0.0.1:PORT+99+i; its data and node.log are in DIR/ri. Every node is an \
+         `availdb server` on 127.0.0.1 with no password and the other defaults (listener \
+         hold {} ms); synchronous secondaries fail over automatically. Running `up` again \
+         on the same DIR resumes the group.",
+        crate::listener::DEFAULT_HOLD.as_millis()
+    )
 }
 
 struct Node {

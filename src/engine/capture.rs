@@ -4,7 +4,7 @@
 //! Runs on the writer connection's thread, under the write lock, right after
 //! SQLite's COMMIT and before the next write — the only moment the WAL's
 //! newest frames are known to be exactly that transaction's (see
-//! SQLITE-NOTES.md on missed WAL generations).
+//! `docs/sqlite-notes.md` on missed WAL generations).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
