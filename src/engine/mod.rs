@@ -36,6 +36,7 @@
 //! * SQLite's automatic checkpoints are still on; log shipping takes them over.
 
 mod capture;
+pub mod catalog;
 mod database;
 mod error;
 mod exec;
