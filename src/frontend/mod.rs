@@ -27,6 +27,15 @@
 //!    ParameterStatus `availdb.commit_lsn`; `availdb.read_after_lsn` makes
 //!    statements on a secondary wait until that LSN is redone.
 //!
+//! 6. `COPY … FROM STDIN` answers CopyInResponse and collects the CopyData
+//!    messages; at CopyDone their rows (text or CSV, [`crate::sql::pg::copy`])
+//!    are inserted in one transaction ([`Session::run_many`]). `COPY … TO
+//!    STDOUT` runs its query and sends one CopyData per row.
+//! 7. A FATAL during start-up is sent and the connection closed at once:
+//!    PostgreSQL never sends ReadyForQuery after it, and clients (asyncpg)
+//!    break if it comes. `postgres` and `template1`, where libpq tools
+//!    connect first, reach the default database.
+//!
 //! # Cancel requests
 //! A CancelRequest arrives on a new connection with the pid and secret key of
 //! the target. The registry maps them to the target session's

@@ -3,7 +3,7 @@
 //! Applications written for PostgreSQL (ORMs, migration tools, psql's `\d`
 //! commands, pgbench) send PostgreSQL's dialect; availdb runs SQLite. A
 //! statement that may need it is parsed with `sqlparser`'s PostgreSQL
-//! dialect, rewritten on the AST ([`rewrite`]) and printed back as SQLite
+//! dialect, rewritten on the AST (`rewrite.rs`) and printed back as SQLite
 //! SQL. Statements without a PostgreSQL-only marker (a cheap scan,
 //! [`needs_translation`]) pass through untouched, and so does anything the
 //! PostgreSQL parser rejects (SQLite's own dialect: `INSERT OR REPLACE`,
