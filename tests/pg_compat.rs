@@ -362,3 +362,12 @@ async fn psycopg_copies_and_sends_dates_times_and_uuids_in_binary() {
     let server = TestServer::start().await;
     python(&server, "psycopg_compat.py", None).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlalchemy_creates_reflects_and_uses_a_schema_through_the_orm() {
+    if !have_python_modules("sqlalchemy_compat", &["sqlalchemy", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "sqlalchemy_compat.py", None).await;
+}

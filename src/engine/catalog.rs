@@ -418,6 +418,7 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
     constant("pg_table_is_visible", 1, Value::Integer(1))?;
     constant("pg_type_is_visible", 1, Value::Integer(1))?;
     constant("pg_function_is_visible", 1, Value::Integer(1))?;
+    constant("pg_collation_is_visible", 1, Value::Integer(1))?;
     constant("pg_is_other_temp_schema", 1, Value::Integer(0))?;
     constant("current_schema", 0, Value::Text("public".into()))?;
     constant(
@@ -458,6 +459,9 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
         constant(privilege, -1, Value::Integer(1))?;
     }
     conn.create_scalar_function("pg_get_expr", -1, det, |ctx| Ok(text_arg(ctx, 0)))?;
+    // Marks a JSON array as a PostgreSQL array for the client (typing
+    // announces `text[]`); the value is unchanged.
+    conn.create_scalar_function("pg_array", 1, det, |ctx| Ok(text_arg(ctx, 0)))?;
     // No partitions: a relation's only ancestor is itself.
     conn.create_scalar_function("pg_partition_ancestors", 1, det, |ctx| {
         Ok(ctx.get::<Option<i64>>(0).ok().flatten())
@@ -619,7 +623,8 @@ CREATE TEMP VIEW IF NOT EXISTS pg_index AS
     isunique AS indisunique, 0 AS indnullsnotdistinct, isprimary AS indisprimary,
     0 AS indisexclusion, 1 AS indimmediate, 0 AS indisclustered, 1 AS indisvalid,
     0 AS indcheckxmin, 1 AS indisready, 1 AS indislive, 0 AS indisreplident,
-    indkey, NULL AS indcollation, NULL AS indclass,
+    indkey, (SELECT json_group_array(0) FROM json_each(indkey)) AS indcollation,
+    (SELECT json_group_array(0) FROM json_each(indkey)) AS indclass,
     (SELECT json_group_array(0) FROM json_each(indkey)) AS indoption, NULL AS indexprs,
     CASE WHEN partial THEN substr(sql, instr(upper(sql), ' WHERE ') + 7) END AS indpred
   FROM availdb_indexes;
@@ -727,6 +732,8 @@ CREATE TEMP VIEW IF NOT EXISTS pg_partitioned_table AS
   SELECT 0 AS partrelid, '' AS partstrat WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_rewrite AS SELECT 0 AS oid, '' AS rulename, 0 AS ev_class WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_foreign_table AS SELECT 0 AS ftrelid, 0 AS ftserver WHERE 0;
+CREATE TEMP VIEW IF NOT EXISTS pg_opclass AS
+  SELECT 0 AS oid, '' AS opcname, 403 AS opcmethod, 11 AS opcnamespace, 1 AS opcdefault WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_cursors AS SELECT '' AS name, '' AS statement WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_stat_activity AS
   SELECT current_database() AS datname, pg_backend_pid() AS pid, 'availdb' AS usename,
@@ -808,10 +815,18 @@ CREATE TEMP VIEW IF NOT EXISTS "information_schema.sequences" AS
 /// booleans (`t`/`f` to psql) and integers.
 pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
     let t = table.to_ascii_lowercase();
-    if !(t.starts_with("pg_") || t.starts_with("information_schema.")) {
+    if !(t.starts_with("pg_") || t.starts_with("information_schema.") || t.starts_with("availdb_"))
+    {
         return None;
     }
     let c = column.to_ascii_lowercase();
+    if t.starts_with("availdb_") {
+        return Some(match c.as_str() {
+            "availdb_roid" | "availdb_coid" | "availdb_ioid" | "availdb_icoid" => ValueType::Oid,
+            "availdb_icord" => ValueType::Int2,
+            _ => ValueType::Text,
+        });
+    }
     const BOOLS: &[&str] = &[
         "relhasindex",
         "relisshared",
@@ -947,6 +962,15 @@ pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
     ];
     if BOOLS.contains(&c.as_str()) {
         return Some(ValueType::Bool);
+    }
+    if matches!(
+        c.as_str(),
+        "indkey" | "indoption" | "indclass" | "indcollation"
+    ) {
+        return Some(ValueType::Int2Vector);
+    }
+    if matches!(c.as_str(), "conkey" | "confkey") {
+        return Some(ValueType::TextArray);
     }
     if t.starts_with("information_schema.") {
         return match c.as_str() {

@@ -155,7 +155,8 @@ fn encode_value(
         | Type::TIMESTAMPTZ
         | Type::INTERVAL
         | Type::UUID
-        | Type::JSONB => {
+        | Type::JSONB
+        | Type::TEXT_ARRAY => {
             let text = match value {
                 Value::Text(s) => s.as_str(),
                 _ => return Err(mismatch()),
@@ -232,6 +233,7 @@ fn binary_of_text(ty: &Type, text: &str) -> Option<Vec<u8>> {
         }
         Type::INTERVAL => Some(temporal::Interval::parse(text)?.to_binary()),
         Type::UUID => temporal::uuid_to_binary(text),
+        Type::TEXT_ARRAY => json_to_array_binary(text),
         Type::JSONB => {
             let mut out = vec![1];
             out.extend_from_slice(text.as_bytes());
@@ -241,10 +243,100 @@ fn binary_of_text(ty: &Type, text: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// A JSON array as PostgreSQL's array literal (`{a,"b c",NULL}`).
+fn json_to_array_text(text: &str) -> Option<String> {
+    let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            serde_json::Value::Null => out.push_str("NULL"),
+            serde_json::Value::String(s) => {
+                let plain = !s.is_empty()
+                    && !s.eq_ignore_ascii_case("null")
+                    && !s.contains(|c: char| {
+                        c.is_whitespace() || matches!(c, '{' | '}' | ',' | '"' | '\\')
+                    });
+                if plain {
+                    out.push_str(s);
+                } else {
+                    out.push('"');
+                    out.push_str(&s.replace('\\', "\\\\").replace('"', "\\\""));
+                    out.push('"');
+                }
+            }
+            serde_json::Value::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// A JSON array as PostgreSQL's binary `text[]`.
+fn json_to_array_binary(text: &str) -> Option<Vec<u8>> {
+    let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    let mut out = Vec::new();
+    let has_null = items.iter().any(serde_json::Value::is_null);
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&i32::from(has_null).to_be_bytes());
+    out.extend_from_slice(&25u32.to_be_bytes());
+    out.extend_from_slice(&(items.len() as i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    for item in items {
+        let text = match item {
+            serde_json::Value::Null => {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                continue;
+            }
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Bool(b) => if b { "t" } else { "f" }.to_string(),
+            other => other.to_string(),
+        };
+        out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    Some(out)
+}
+
 /// PostgreSQL's output form of a stored date, time or timestamp (text
 /// format), when it is not in that form already; None keeps the text.
 fn normalize_text(ty: &Type, text: &str) -> Option<String> {
     match *ty {
+        Type::TEXT_ARRAY | Type::INT8_ARRAY => json_to_array_text(text),
+        Type::BOOL_ARRAY => {
+            let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+                return None;
+            };
+            let items: Vec<&str> = items
+                .iter()
+                .map(|i| match i {
+                    serde_json::Value::Null => "NULL",
+                    serde_json::Value::Bool(false) => "f",
+                    serde_json::Value::Number(n) if n.as_f64() == Some(0.0) => "f",
+                    _ => "t",
+                })
+                .collect();
+            Some(format!("{{{}}}", items.join(",")))
+        }
+        Type::INT2_VECTOR => {
+            let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+                return None;
+            };
+            Some(
+                items
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        }
         Type::TIMESTAMPTZ => Some(temporal::format_timestamptz(temporal::parse_timestamptz(
             text,
         )?)),

@@ -61,6 +61,14 @@ pub enum ValueType {
     Jsonb,
     /// `oid` (catalog identifiers; also regclass, regtype, regproc).
     Oid,
+    /// `text[]`: an array, kept as a JSON array (`array_agg`, `ARRAY(…)`).
+    TextArray,
+    /// `int2vector` (catalog key lists), kept as a JSON array.
+    Int2Vector,
+    /// `bool[]`, kept as a JSON array.
+    BoolArray,
+    /// `int8[]`, kept as a JSON array.
+    Int8Array,
 }
 
 impl ValueType {
@@ -166,6 +174,10 @@ impl ValueType {
             ValueType::Json => "json",
             ValueType::Jsonb => "jsonb",
             ValueType::Oid => "oid",
+            ValueType::TextArray => "text[]",
+            ValueType::Int2Vector => "int2vector",
+            ValueType::BoolArray => "boolean[]",
+            ValueType::Int8Array => "bigint[]",
         }
     }
 
@@ -192,6 +204,10 @@ impl ValueType {
             ValueType::Json => 114,
             ValueType::Jsonb => 3802,
             ValueType::Oid => 26,
+            ValueType::TextArray => 1009,
+            ValueType::Int2Vector => 22,
+            ValueType::BoolArray => 1000,
+            ValueType::Int8Array => 1016,
         }
     }
 

@@ -787,6 +787,20 @@ impl Scope<'_> {
         let name = function_name(function);
         let args = function_args(function);
         let first_arg = || args.first().and_then(|arg| self.type_of(arg));
+        if name == "pg_array" {
+            // pg_array(json_group_array(x)): an array of x's type.
+            let element = match args.first() {
+                Some(Expr::Function(inner)) => {
+                    function_args(inner).first().and_then(|a| self.type_of(a))
+                }
+                _ => None,
+            };
+            return Some(match element.map(ValueType::storage) {
+                Some(ValueType::Bool) => ValueType::BoolArray,
+                Some(ValueType::Int8) => ValueType::Int8Array,
+                _ => ValueType::TextArray,
+            });
+        }
         if let Some(ty) = fixed_result_type(&name) {
             return Some(ty);
         }

@@ -49,6 +49,13 @@
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
 //! * `COPY … FROM STDIN` / `TO STDOUT` in text and CSV ([`copy`]).
+//! * `(VALUES …) AS t(a, b)` and `(SELECT …) AS t(a, b)`: SQLite takes no
+//!   column list, so the subquery's columns are named instead
+//!   (SQLAlchemy's multi-row INSERT sends this).
+//! * `json_build_object` → `json_object`, `bool_and`/`bool_or` → `min`/`max`;
+//!   `array_agg` and `ARRAY(subquery)` are wrapped in `pg_array()`, which
+//!   typing announces as `text[]`, `bool[]` or `int8[]` (sent as
+//!   PostgreSQL array literals).
 //!
 //! What SQLite cannot do and no rewrite fixes is refused with 0A000 and a
 //! message saying what to use instead ([`Translated::Unsupported`]).

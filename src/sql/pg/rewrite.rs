@@ -419,13 +419,35 @@ impl Rewriter {
                     alias: ident("availdb_elem"),
                 };
                 parse_expr(&format!(
-                    "(SELECT json_group_array(availdb_elem) FROM ({q}))"
+                    "pg_array((SELECT json_group_array(availdb_elem) FROM ({q})))"
                 ))
             }
             "array_upper" => parse_expr(&format!("json_array_length({})", args.first()?)),
             "array_lower" => Some(number(1)),
+            "json_build_object" | "jsonb_build_object" => {
+                f.name = object_name("json_object");
+                self.changed = true;
+                None
+            }
+            "json_build_array" | "jsonb_build_array" => {
+                f.name = object_name("json_array");
+                self.changed = true;
+                None
+            }
             "array_agg" => {
-                f.name = object_name("json_group_array");
+                // The array is JSON inside; `pg_array` marks it as one for
+                // the client (announced `text[]`).
+                let mut agg = f.clone();
+                agg.name = object_name("json_group_array");
+                Some(call("pg_array", vec![Expr::Function(agg)]))
+            }
+            "bool_and" | "every" => {
+                f.name = object_name("min");
+                self.changed = true;
+                None
+            }
+            "bool_or" => {
+                f.name = object_name("max");
                 self.changed = true;
                 None
             }
@@ -542,6 +564,57 @@ impl VisitorMut for Rewriter {
     }
 
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // `(subquery) AS t(a, b)`: SQLite takes no column list; name the
+        // subquery's columns instead (`VALUES` columns are column1, …).
+        if let TableFactor::Derived {
+            subquery,
+            alias: Some(alias),
+            ..
+        } = factor
+        {
+            if !alias.columns.is_empty() {
+                let names: Vec<String> = alias.columns.iter().map(|c| c.name.to_string()).collect();
+                let renamed = match subquery.body.as_mut() {
+                    SetExpr::Select(select) if select.projection.len() == names.len() => {
+                        for (item, name) in select.projection.iter_mut().zip(&names) {
+                            let e = match item {
+                                SelectItem::UnnamedExpr(e)
+                                | SelectItem::ExprWithAlias { expr: e, .. } => e.clone(),
+                                _ => return ControlFlow::Continue(()),
+                            };
+                            *item = SelectItem::ExprWithAlias {
+                                expr: e,
+                                alias: ident(name),
+                            };
+                        }
+                        true
+                    }
+                    SetExpr::Values(_) => {
+                        let columns: Vec<String> = names
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| format!("column{} AS {n}", i + 1))
+                            .collect();
+                        let sql = format!("SELECT {} FROM ({subquery})", columns.join(", "));
+                        match Parser::new(&PostgreSqlDialect {})
+                            .try_with_sql(&sql)
+                            .and_then(|mut p| p.parse_query())
+                        {
+                            Ok(q) => {
+                                **subquery = *q;
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    _ => false,
+                };
+                if renamed {
+                    alias.columns.clear();
+                    self.changed = true;
+                }
+            }
+        }
         // `FROM unnest(a) AS x` → the elements of the JSON array `a`;
         // `FROM generate_series(…) AS s` → SQLite's, its `value` named `s`.
         let (source, alias, ordinality) = match factor {
@@ -668,6 +741,14 @@ fn unnest_projection(select: &mut sqlparser::ast::Select) -> bool {
             continue;
         };
         if array.as_ref().is_some_and(|a| *a != arg) {
+            // Another array unnested alongside: zipped by position.
+            if name == "unnest" {
+                if let Some(r) = parse_expr(&format!(
+                    "json_extract({arg}, '$[' || availdb_u.key || ']')"
+                )) {
+                    *e = r;
+                }
+            }
             continue;
         }
         let replacement = match name.as_str() {
