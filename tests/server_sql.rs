@@ -200,7 +200,8 @@ const MAPPED_TYPES: [Type; 7] = [
     Type::INT8,
     Type::FLOAT8,
     Type::TEXT,
-    Type::TEXT,
+    // The declared type is kept: VARCHAR(40) is announced as varchar.
+    Type::VARCHAR,
     Type::BYTEA,
     Type::BOOL,
     Type::NUMERIC,
@@ -1778,4 +1779,254 @@ async fn cancel_request_interrupts_running_query_with_57014() {
         .simple_query("SELECT 1")
         .await
         .expect("other sessions work after the cancel");
+}
+
+/// Sends a start-up packet with `params` and returns every message the
+/// server sends until it closes the connection (tag, payload).
+async fn startup_messages(port: u16, params: &[(&str, &str)]) -> Vec<(u8, Vec<u8>)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("TCP connect");
+        let mut body = Vec::new();
+        body.extend_from_slice(&196_608i32.to_be_bytes());
+        for (key, value) in params {
+            body.extend_from_slice(key.as_bytes());
+            body.push(0);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).await.expect("send start-up");
+        let mut messages = Vec::new();
+        while let Ok(tag) = stream.read_u8().await {
+            let len = stream.read_i32().await.expect("read length") as usize;
+            let mut payload = vec![0; len - 4];
+            stream.read_exact(&mut payload).await.expect("read payload");
+            let ready = tag == b'Z';
+            messages.push((tag, payload));
+            if ready {
+                break;
+            }
+        }
+        messages
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("start-up exchange within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fatal_start_up_error_closes_the_connection_without_ready_for_query() {
+    let server = TestServer::start().await;
+    let messages = startup_messages(
+        server.port(),
+        &[("user", USER), ("database", "no_such_database")],
+    )
+    .await;
+    let tags: Vec<char> = messages.iter().map(|(t, _)| *t as char).collect();
+    assert_eq!(
+        tags,
+        vec!['E'],
+        "only the FATAL, then the connection closes"
+    );
+    assert!(String::from_utf8_lossy(&messages[0].1).contains("3D000"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_encoding_spellings_of_utf8_and_the_postgres_database_are_accepted() {
+    let server = TestServer::start().await;
+    for encoding in ["'utf-8'", "UTF8", "utf8", "unicode"] {
+        let messages = startup_messages(
+            server.port(),
+            &[
+                ("user", USER),
+                ("database", DEFAULT_DB),
+                ("client_encoding", encoding),
+            ],
+        )
+        .await;
+        assert_eq!(
+            messages.last().map(|(t, _)| *t),
+            Some(b'Z'),
+            "client_encoding={encoding}: {messages:?}"
+        );
+    }
+    // libpq tools (psql -l, pgcli) connect to `postgres` first.
+    let c = server.client("postgres").await;
+    assert_eq!(
+        simple_value(&c, "SELECT current_database()")
+            .await
+            .as_deref(),
+        Some(DEFAULT_DB)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_casts_strings_operators_and_arrays_are_translated() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE item (id SERIAL PRIMARY KEY, name varchar(20) NOT NULL, at timestamp with time zone DEFAULT now());
+         INSERT INTO item (name) VALUES ('apple'), ('banana'), ('cherry');",
+    )
+    .await
+    .expect("create and fill");
+    let cases = [
+        ("SELECT '42'::int + 1", "43"),
+        ("SELECT CAST('7' AS integer) * 2", "14"),
+        ("SELECT E'a\\tb'", "a\tb"),
+        ("SELECT count(*) FROM item WHERE name ~ '^b'", "1"),
+        ("SELECT count(*) FROM item WHERE name !~ '^b'", "2"),
+        ("SELECT count(*) FROM item WHERE name ~* '^A'", "1"),
+        ("SELECT count(*) FROM item WHERE name ILIKE 'CH%'", "1"),
+        ("SELECT count(*) FROM item WHERE name = ANY(ARRAY['apple', 'cherry'])", "2"),
+        ("SELECT count(*) FROM item WHERE id <> ALL(ARRAY[1, 2])", "1"),
+        ("SELECT array_to_string(ARRAY(SELECT name FROM item ORDER BY id), ',')", "apple,banana,cherry"),
+        ("SELECT string_agg(name, '|' ORDER BY name DESC) FROM pg_catalog.pg_tables t JOIN item ON true WHERE t.tablename = 'item'", "cherry|banana|apple"),
+        ("SELECT max(id) FROM item", "3"),
+        ("SELECT '2024-03-04 05:06:07+01'::timestamptz", "2024-03-04 04:06:07+00"),
+        ("SELECT '2024-03-04 05:06:07'::date", "2024-03-04"),
+        ("SELECT 't'::boolean", "t"),
+        ("SELECT pg_catalog.format_type(1043, 44)", "character varying(40)"),
+        ("SELECT 'item'::regclass::text", "item"),
+        ("SELECT relname FROM pg_catalog.pg_class WHERE oid = to_regclass('public.item')", "item"),
+        ("SELECT current_schema()", "public"),
+        ("SELECT length(gen_random_uuid()::text)", "36"),
+    ];
+    let mut problems = Vec::new();
+    for (sql, want) in cases {
+        match c.simple_query(sql).await {
+            Ok(messages) => {
+                let got = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                    _ => None,
+                });
+                if got != Some(Some(want.to_string())) {
+                    problems.push(format!("{sql}: got {got:?}, want {want:?}"));
+                }
+            }
+            Err(e) => problems.push(format!("{sql}: {e:?}")),
+        }
+    }
+    // `$1::VARCHAR` as SQLAlchemy sends every string.
+    match c
+        .query("SELECT id FROM item WHERE name = $1::VARCHAR", &[&"banana"])
+        .await
+    {
+        Ok(rows) if rows.len() == 1 => {}
+        other => problems.push(format!("$1::VARCHAR: {other:?}")),
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serial_and_identity_keys_number_themselves_and_ddl_is_translated() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE a (id SERIAL NOT NULL, v text, PRIMARY KEY (id)) WITH (fillfactor=90);
+         CREATE TABLE b (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v text);
+         CREATE UNLOGGED TABLE c (x int);
+         CREATE INDEX CONCURRENTLY a_v ON a USING btree (v varchar_pattern_ops);",
+    )
+    .await
+    .expect("PostgreSQL DDL");
+    for table in ["a", "b"] {
+        let rows = c
+            .query(
+                &format!("INSERT INTO {table} (v) VALUES ('x'), ('y') RETURNING id"),
+                &[],
+            )
+            .await
+            .expect("insert");
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(ids, vec![1, 2], "{table} numbers its ids");
+    }
+    let done = |m: &[SimpleQueryMessage]| {
+        m.iter().find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+    };
+    let m = c
+        .simple_query("TRUNCATE TABLE a, b RESTART IDENTITY")
+        .await
+        .expect("truncate");
+    assert_eq!(done(&m), Some(0));
+    assert_eq!(count_rows(&c, "a").await + count_rows(&c, "b").await, 0);
+    c.batch_execute("ALTER TABLE c ADD PRIMARY KEY (x)")
+        .await
+        .expect("add primary key");
+    assert_sqlstate(
+        c.batch_execute("INSERT INTO c VALUES (1), (1)").await,
+        &SqlState::UNIQUE_VIOLATION,
+        "the added primary key holds",
+    );
+    c.batch_execute("VACUUM ANALYZE a").await.expect("vacuum");
+    c.batch_execute("DROP TABLE IF EXISTS a, b, c, missing CASCADE")
+        .await
+        .expect("drop several");
+    let left = simple_value(
+        &c,
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ('a', 'b', 'c')",
+    )
+    .await;
+    assert_eq!(left.as_deref(), Some("0"));
+    assert_sqlstate(
+        c.batch_execute("CREATE SEQUENCE s").await,
+        &SqlState::FEATURE_NOT_SUPPORTED,
+        "sequences are refused clearly",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_postgres_types_are_announced_and_sent_in_binary() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE ev (id integer PRIMARY KEY, small smallint, at timestamp, atz timestamptz,
+                          day date, u uuid, j jsonb, v varchar(10))",
+    )
+    .await
+    .expect("create");
+    let insert = c
+        .prepare("INSERT INTO ev VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .await
+        .expect("prepare");
+    assert_eq!(
+        insert.params(),
+        &[
+            // `integer` is SQLite's 64-bit INTEGER (see sql::types).
+            Type::INT8,
+            Type::INT2,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::DATE,
+            Type::UUID,
+            Type::JSONB,
+            Type::VARCHAR
+        ]
+    );
+    let select = c
+        .prepare("SELECT id, small, v FROM ev")
+        .await
+        .expect("prepare select");
+    let types: Vec<Type> = select.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(types, vec![Type::INT8, Type::INT2, Type::VARCHAR]);
+    c.batch_execute(
+        "INSERT INTO ev VALUES (1, 2, '2024-01-02 03:04:05.5', '2024-01-02 03:04:05+00', '2024-01-02',
+                               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', 'x')",
+    )
+    .await
+    .expect("insert");
+    let row = c
+        .query_one("SELECT id, small, v FROM ev", &[])
+        .await
+        .expect("select");
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, i16>(1), 2);
+    assert_eq!(row.get::<_, String>(2), "x");
 }

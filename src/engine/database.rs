@@ -774,7 +774,7 @@ fn open_writer(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     )?;
-    finish_setup(conn, name, &shared.in_recovery)
+    finish_setup(conn, path, name, &shared.in_recovery)
 }
 
 fn open_reader(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {
@@ -786,7 +786,7 @@ fn open_reader(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result
     )
     .map_err(|e| open_error(path, e))?;
     conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
-    finish_setup(conn, name, in_recovery)
+    finish_setup(conn, path, name, in_recovery)
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> Error {
@@ -797,7 +797,12 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
 }
 
 /// Registers availdb's SQL functions and the authorizer on a new connection.
-fn finish_setup(mut conn: Connection, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {
+fn finish_setup(
+    mut conn: Connection,
+    path: &Path,
+    name: &str,
+    in_recovery: &Arc<AtomicBool>,
+) -> Result<Conn> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     let version = format!(
         "PostgreSQL {PG_VERSION} (availdb {}, SQLite {})",
@@ -814,6 +819,11 @@ fn finish_setup(mut conn: Connection, name: &str, in_recovery: &Arc<AtomicBool>)
         FunctionFlags::SQLITE_UTF8,
         move |_| Ok(recovering.load(Ordering::SeqCst)),
     )?;
+    // Each connection answers pg_backend_pid() with its own number.
+    static NEXT_PID: AtomicU32 = AtomicU32::new(1000);
+    let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    super::catalog::install(&conn, dir, i64::from(pid))?;
     conn.authorizer(Some(authorize))?;
     conn.set_prepared_statement_cache_capacity(64);
     let interrupt = Arc::new(conn.get_interrupt_handle());

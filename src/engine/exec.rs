@@ -206,6 +206,9 @@ impl ConnSchema<'_> {
 
 impl Schema for ConnSchema<'_> {
     fn column_type(&self, table: &str, column: &str) -> Option<ValueType> {
+        if let Some(ty) = super::catalog::column_type(table, column) {
+            return Some(ty);
+        }
         let column = column.to_ascii_lowercase();
         self.with_table(table, |cols| {
             cols.iter()

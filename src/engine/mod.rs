@@ -37,11 +37,17 @@
 //!   use this to upgrade a read transaction to a write transaction without
 //!   breaking serializability.
 //!
+//! # The PostgreSQL catalog
+//! Every connection also gets `pg_catalog` and `information_schema` as
+//! TEMP views over SQLite's schema, and the SQL functions PostgreSQL
+//! clients call ([`catalog`]); nothing of them is written to the file.
+//!
 //! # Known limits
 //! * Results are materialised in memory before they are sent.
 //! * SQLite's automatic checkpoints are still on; log shipping takes them over.
 
 mod capture;
+pub mod catalog;
 mod database;
 mod error;
 mod exec;

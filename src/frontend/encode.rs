@@ -16,20 +16,16 @@ use pgwire::types::format::FormatOptions;
 use rusqlite::types::Value;
 use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use rust_decimal::Decimal;
+use tokio_postgres::types::Kind;
 
 use crate::engine::{Column, Error};
 use crate::sql::types::ValueType;
 
+use crate::sql::temporal;
+
 /// The PostgreSQL type announced for a value type.
 pub fn pg_type(ty: ValueType) -> Type {
-    match ty {
-        ValueType::Int8 => Type::INT8,
-        ValueType::Float8 => Type::FLOAT8,
-        ValueType::Text => Type::TEXT,
-        ValueType::Bytea => Type::BYTEA,
-        ValueType::Bool => Type::BOOL,
-        ValueType::Numeric => Type::NUMERIC,
-    }
+    Type::from_oid(ty.oid()).unwrap_or(Type::TEXT)
 }
 
 /// Row descriptions for `columns` in the client's requested formats.
@@ -89,7 +85,9 @@ fn encode_value(
                 enc.encode_field_with_type_and_format(&float_text(*f), &Type::TEXT, format, opts)
             }
             (_, Value::Text(s)) => {
-                enc.encode_field_with_type_and_format(s, &Type::TEXT, format, opts)
+                let normalized = normalize_text(ty, s);
+                let s = normalized.as_deref().unwrap_or(s);
+                enc.encode_field_with_type_and_format(&s, &Type::TEXT, format, opts)
             }
             (&Type::TEXT, Value::Blob(b)) => enc.encode_field_with_type_and_format(
                 &String::from_utf8_lossy(b).as_ref(),
@@ -120,6 +118,52 @@ fn encode_value(
         return enc.encode_field_with_type_and_format(&None::<i64>, ty, format, opts);
     }
     match *ty {
+        Type::INT2 | Type::INT4 | Type::OID => {
+            let v = match value {
+                Value::Integer(i) => *i,
+                Value::Real(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => *f as i64,
+                Value::Text(s) => s.trim().parse().map_err(|_| mismatch())?,
+                _ => return Err(mismatch()),
+            };
+            match *ty {
+                Type::INT2 => {
+                    let v = i16::try_from(v).map_err(|_| mismatch())?;
+                    enc.encode_field_with_type_and_format(&v, ty, format, opts)
+                }
+                Type::INT4 => {
+                    let v = i32::try_from(v).map_err(|_| mismatch())?;
+                    enc.encode_field_with_type_and_format(&v, ty, format, opts)
+                }
+                _ => {
+                    let v = u32::try_from(v).map_err(|_| mismatch())?;
+                    enc.encode_field_with_type_and_format(&v, ty, format, opts)
+                }
+            }
+        }
+        Type::FLOAT4 => {
+            let v = match value {
+                Value::Real(f) => *f as f32,
+                Value::Integer(i) => *i as f32,
+                Value::Text(s) => s.trim().parse().map_err(|_| mismatch())?,
+                _ => return Err(mismatch()),
+            };
+            enc.encode_field_with_type_and_format(&v, ty, format, opts)
+        }
+        Type::DATE
+        | Type::TIME
+        | Type::TIMESTAMP
+        | Type::TIMESTAMPTZ
+        | Type::INTERVAL
+        | Type::UUID
+        | Type::JSONB
+        | Type::TEXT_ARRAY => {
+            let text = match value {
+                Value::Text(s) => s.as_str(),
+                _ => return Err(mismatch()),
+            };
+            let raw = binary_of_text(ty, text).ok_or_else(mismatch)?;
+            enc.encode_field_with_type_and_format(&raw.as_slice(), &Type::BYTEA, format, opts)
+        }
         Type::INT8 => {
             let v = match value {
                 Value::Integer(i) => *i,
@@ -175,6 +219,158 @@ fn encode_value(
             enc.encode_field_with_type_and_format(&v, &Type::TEXT, format, opts)
         }
     }
+}
+
+/// The binary form of a value stored as text, for the temporal types,
+/// UUID and jsonb (a version byte, then the text).
+fn binary_of_text(ty: &Type, text: &str) -> Option<Vec<u8>> {
+    match *ty {
+        Type::DATE => temporal::parse_date(text).map(temporal::date_to_binary),
+        Type::TIME => temporal::parse_time(text).map(temporal::time_to_binary),
+        Type::TIMESTAMP => temporal::timestamp_to_binary(temporal::parse_timestamp(text)?.0),
+        Type::TIMESTAMPTZ => {
+            temporal::timestamp_to_binary(temporal::parse_timestamptz(text)?.naive_utc())
+        }
+        Type::INTERVAL => Some(temporal::Interval::parse(text)?.to_binary()),
+        Type::UUID => temporal::uuid_to_binary(text),
+        Type::TEXT_ARRAY => json_to_array_binary(text),
+        Type::JSONB => {
+            let mut out = vec![1];
+            out.extend_from_slice(text.as_bytes());
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// A JSON array as PostgreSQL's array literal (`{a,"b c",NULL}`).
+fn json_to_array_text(text: &str) -> Option<String> {
+    let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            serde_json::Value::Null => out.push_str("NULL"),
+            serde_json::Value::String(s) => {
+                let plain = !s.is_empty()
+                    && !s.eq_ignore_ascii_case("null")
+                    && !s.contains(|c: char| {
+                        c.is_whitespace() || matches!(c, '{' | '}' | ',' | '"' | '\\')
+                    });
+                if plain {
+                    out.push_str(s);
+                } else {
+                    out.push('"');
+                    out.push_str(&s.replace('\\', "\\\\").replace('"', "\\\""));
+                    out.push('"');
+                }
+            }
+            serde_json::Value::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// A JSON array as PostgreSQL's binary `text[]`.
+fn json_to_array_binary(text: &str) -> Option<Vec<u8>> {
+    let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    let mut out = Vec::new();
+    let has_null = items.iter().any(serde_json::Value::is_null);
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&i32::from(has_null).to_be_bytes());
+    out.extend_from_slice(&25u32.to_be_bytes());
+    out.extend_from_slice(&(items.len() as i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    for item in items {
+        let text = match item {
+            serde_json::Value::Null => {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                continue;
+            }
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Bool(b) => if b { "t" } else { "f" }.to_string(),
+            other => other.to_string(),
+        };
+        out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    Some(out)
+}
+
+/// PostgreSQL's output form of a stored date, time or timestamp (text
+/// format), when it is not in that form already; None keeps the text.
+fn normalize_text(ty: &Type, text: &str) -> Option<String> {
+    match *ty {
+        Type::TEXT_ARRAY | Type::INT8_ARRAY => json_to_array_text(text),
+        Type::BOOL_ARRAY => {
+            let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+                return None;
+            };
+            let items: Vec<&str> = items
+                .iter()
+                .map(|i| match i {
+                    serde_json::Value::Null => "NULL",
+                    serde_json::Value::Bool(false) => "f",
+                    serde_json::Value::Number(n) if n.as_f64() == Some(0.0) => "f",
+                    _ => "t",
+                })
+                .collect();
+            Some(format!("{{{}}}", items.join(",")))
+        }
+        Type::INT2_VECTOR => {
+            let serde_json::Value::Array(items) = serde_json::from_str(text).ok()? else {
+                return None;
+            };
+            Some(
+                items
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        }
+        Type::TIMESTAMPTZ => Some(temporal::format_timestamptz(temporal::parse_timestamptz(
+            text,
+        )?)),
+        Type::TIMESTAMP if text.contains('T') => Some(temporal::format_timestamp(
+            temporal::parse_timestamp(text)?.0,
+        )),
+        Type::BOOL => match parse_bool(text)? {
+            true => Some("t".into()),
+            false => Some("f".into()),
+        },
+        _ => None,
+    }
+}
+
+/// A stored value as PostgreSQL's text output of `ty` (None for NULL):
+/// what COPY TO writes.
+pub fn value_text(ty: ValueType, value: &Value) -> Option<String> {
+    let pg = pg_type(ty);
+    Some(match value {
+        Value::Null => return None,
+        Value::Integer(i) if ty == ValueType::Bool => if *i != 0 { "t" } else { "f" }.into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => float_text(*f),
+        Value::Text(s) => normalize_text(&pg, s).unwrap_or_else(|| s.clone()),
+        Value::Blob(b) if ty == ValueType::Bytea => {
+            let mut out = String::with_capacity(2 + b.len() * 2);
+            out.push_str("\\x");
+            for byte in b {
+                out.push_str(&format!("{byte:02x}"));
+            }
+            out
+        }
+        Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+    })
 }
 
 /// A float as PostgreSQL prints float8: the shortest text that reads back
@@ -248,7 +444,9 @@ pub fn decode_params<S: Clone>(portal: &Portal<S>, types: &[Type]) -> Result<Vec
         .collect()
 }
 
-fn decode_text(ty: &Type, text: &str) -> Option<Value> {
+/// A text-format value of type `ty` as availdb stores it; None when the
+/// text does not spell one.
+pub fn decode_text(ty: &Type, text: &str) -> Option<Value> {
     Some(match *ty {
         Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
             Value::Integer(text.trim().parse().ok()?)
@@ -260,8 +458,109 @@ fn decode_text(ty: &Type, text: &str) -> Option<Value> {
             decimal_value(d)
         }
         Type::BYTEA => Value::Blob(decode_bytea_text(text)?),
-        _ => Value::Text(text.to_string()),
+        Type::TIMESTAMPTZ => Value::Text(
+            temporal::parse_timestamptz(text)
+                .map(temporal::format_timestamptz)
+                .unwrap_or_else(|| text.to_string()),
+        ),
+        Type::TIMESTAMP => Value::Text(
+            temporal::parse_timestamp(text)
+                .map(|(ts, _)| temporal::format_timestamp(ts))
+                .unwrap_or_else(|| text.to_string()),
+        ),
+        Type::UUID => Value::Text(
+            uuid::Uuid::parse_str(text.trim())
+                .map(|u| u.hyphenated().to_string())
+                .unwrap_or_else(|_| text.to_string()),
+        ),
+        _ => match ty.kind() {
+            Kind::Array(element) => Value::Text(array_text_to_json(text, element)?),
+            _ => Value::Text(text.to_string()),
+        },
     })
+}
+
+/// A PostgreSQL array literal (`{1,2,"a b",NULL}`) as a JSON array, the
+/// form availdb keeps arrays in (`= ANY($1)` reads it with `json_each`).
+/// Nested arrays become nested JSON arrays.
+fn array_text_to_json(text: &str, element: &Type) -> Option<String> {
+    let t = text.trim();
+    if t.starts_with('[') {
+        return Some(t.to_string());
+    }
+    let mut chars = t.chars().peekable();
+    let value = parse_array(&mut chars, element)?;
+    Some(value.to_string())
+}
+
+fn parse_array(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    element: &Type,
+) -> Option<serde_json::Value> {
+    if chars.next()? != '{' {
+        return None;
+    }
+    let mut items = Vec::new();
+    loop {
+        match chars.peek()? {
+            '}' => {
+                chars.next();
+                return Some(serde_json::Value::Array(items));
+            }
+            ',' | ' ' => {
+                chars.next();
+            }
+            '{' => items.push(parse_array(chars, element)?),
+            '"' => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next()? {
+                        '\\' => s.push(chars.next()?),
+                        '"' => break,
+                        c => s.push(c),
+                    }
+                }
+                items.push(json_element(&s, element, true));
+            }
+            _ => {
+                let mut s = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ',' || c == '}' {
+                        break;
+                    }
+                    s.push(c);
+                    chars.next();
+                }
+                items.push(json_element(s.trim(), element, false));
+            }
+        }
+    }
+}
+
+fn json_element(s: &str, element: &Type, quoted: bool) -> serde_json::Value {
+    if !quoted && s.eq_ignore_ascii_case("null") {
+        return serde_json::Value::Null;
+    }
+    match decode_text(element, s) {
+        Some(Value::Integer(i)) => i.into(),
+        Some(Value::Real(f)) => {
+            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+        }
+        _ => serde_json::Value::String(s.to_string()),
+    }
+}
+
+fn value_to_json(v: Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => i.into(),
+        Value::Real(f) => {
+            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Text(s) => s.into(),
+        Value::Blob(b) => String::from_utf8_lossy(&b).into_owned().into(),
+    }
 }
 
 fn parse_float(text: &str) -> Option<f64> {
@@ -336,6 +635,32 @@ fn decode_binary<S: Clone>(
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
             Value::Text(String::from_utf8(raw.to_vec()).map_err(|_| "not valid UTF-8".to_string())?)
         }
+        Type::JSONB => {
+            let text = raw.strip_prefix(&[1]).ok_or("unknown jsonb version")?;
+            Value::Text(
+                String::from_utf8(text.to_vec()).map_err(|_| "not valid UTF-8".to_string())?,
+            )
+        }
+        Type::DATE => Value::Text(temporal::date_from_binary(raw).ok_or("expected 4 bytes")?),
+        Type::TIME => Value::Text(temporal::time_from_binary(raw).ok_or("expected 8 bytes")?),
+        Type::TIMESTAMP => {
+            Value::Text(temporal::timestamp_from_binary(raw).ok_or("expected 8 bytes")?)
+        }
+        Type::TIMESTAMPTZ => {
+            Value::Text(temporal::timestamptz_from_binary(raw).ok_or("expected 8 bytes")?)
+        }
+        Type::INTERVAL => Value::Text(
+            temporal::Interval::from_binary(raw)
+                .ok_or("expected 16 bytes")?
+                .format(),
+        ),
+        Type::UUID => Value::Text(temporal::uuid_from_binary(raw).ok_or("expected 16 bytes")?),
+        _ if matches!(ty.kind(), Kind::Array(_)) => {
+            let Kind::Array(element) = ty.kind() else {
+                unreachable!("matched above")
+            };
+            Value::Text(binary_array_to_json(portal, i, element, raw)?.to_string())
+        }
         _ => {
             return Err(format!(
                 "binary format of type {} is not supported; send it as text",
@@ -343,6 +668,45 @@ fn decode_binary<S: Clone>(
             ))
         }
     })
+}
+
+/// A binary array (dimensions, null flag, element OID, then each
+/// element's length and bytes) as a JSON array; one dimension.
+fn binary_array_to_json<S: Clone>(
+    portal: &Portal<S>,
+    i: usize,
+    element: &Type,
+    raw: &[u8],
+) -> Result<serde_json::Value, String> {
+    let word = |at: usize| -> Result<i32, String> {
+        raw.get(at..at + 4)
+            .map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| "truncated array".to_string())
+    };
+    let ndim = word(0)?;
+    if ndim == 0 {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    if ndim != 1 {
+        return Err("only one-dimensional arrays are supported".into());
+    }
+    let len = word(12)?;
+    let mut at = 20;
+    let mut items = Vec::with_capacity(len.max(0) as usize);
+    for _ in 0..len {
+        let n = word(at)?;
+        at += 4;
+        if n < 0 {
+            items.push(serde_json::Value::Null);
+            continue;
+        }
+        let bytes = raw
+            .get(at..at + n as usize)
+            .ok_or_else(|| "truncated array".to_string())?;
+        at += n as usize;
+        items.push(value_to_json(decode_binary(portal, i, element, bytes)?));
+    }
+    Ok(serde_json::Value::Array(items))
 }
 
 /// An engine error as the client sees it.

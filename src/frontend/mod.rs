@@ -27,6 +27,15 @@
 //!    ParameterStatus `availdb.commit_lsn`; `availdb.read_after_lsn` makes
 //!    statements on a secondary wait until that LSN is redone.
 //!
+//! 6. `COPY … FROM STDIN` answers CopyInResponse and collects the CopyData
+//!    messages; at CopyDone their rows (text or CSV, [`crate::sql::pg::copy`])
+//!    are inserted in one transaction ([`Session::run_many`]). `COPY … TO
+//!    STDOUT` runs its query and sends one CopyData per row.
+//! 7. A FATAL during start-up is sent and the connection closed at once:
+//!    PostgreSQL never sends ReadyForQuery after it, and clients (asyncpg)
+//!    break if it comes. `postgres` and `template1`, where libpq tools
+//!    connect first, reach the default database.
+//!
 //! # Cancel requests
 //! A CancelRequest arrives on a new connection with the pid and secret key of
 //! the target. The registry maps them to the target session's
@@ -54,12 +63,13 @@ use pgwire::api::auth::{
     LoginInfo, Password, ServerParameterProvider, StartupHandler,
 };
 use pgwire::api::cancel::CancelHandler;
+use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
     send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
     SimpleQueryHandler,
 };
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -67,6 +77,7 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::extendedquery::Sync as PgSync;
 use pgwire::messages::response::{
     EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
@@ -78,6 +89,7 @@ use tokio::net::TcpListener;
 
 use crate::engine::{Column, Described, Engine, Error};
 use crate::sql::command::{classify, Command};
+use crate::sql::pg::CopySpec;
 use crate::sql::split::split_statements;
 use crate::sql::types::ValueType;
 
@@ -264,6 +276,8 @@ pub struct ConnState {
     frontend: Arc<Frontend>,
     peer: SocketAddr,
     session: tokio::sync::Mutex<Option<Session>>,
+    /// A `COPY … FROM STDIN` in progress: what it loads and the data so far.
+    copy_in: tokio::sync::Mutex<Option<CopyIn>>,
     cancel_key: Mutex<Option<(i32, Bytes)>>,
 }
 
@@ -292,6 +306,7 @@ impl Connection {
             frontend,
             peer,
             session: tokio::sync::Mutex::new(None),
+            copy_in: tokio::sync::Mutex::new(None),
             cancel_key: Mutex::new(None),
         });
         let extended = Arc::new(Extended {
@@ -320,6 +335,198 @@ impl PgWireServerHandlers for Connection {
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.state.frontend.clone()
     }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.state.clone()
+    }
+}
+
+/// A `COPY … FROM STDIN` between its start and CopyDone. The data is kept
+/// until CopyDone and then loaded in one transaction (see the module's
+/// known limits).
+struct CopyIn {
+    spec: CopySpec,
+    columns: Vec<Column>,
+    data: Vec<u8>,
+}
+
+#[async_trait]
+impl CopyHandler for ConnState {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(copy) = self.copy_in.lock().await.as_mut() {
+            copy.data.extend_from_slice(&copy_data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(copy) = self.copy_in.lock().await.take() else {
+            return Err(user_error(&Error::sql("08P01", "CopyDone without COPY")));
+        };
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
+        let result = load_copy(session, copy).await;
+        client.set_transaction_status(status_of(session));
+        match result {
+            Ok(n) => {
+                client
+                    .send(PgWireBackendMessage::CommandComplete(
+                        Tag::new("COPY").with_rows(n as usize).into(),
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Err(err) => {
+                session.note_error(&err);
+                client.set_transaction_status(status_of(session));
+                Err(user_error(&err))
+            }
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy_in.lock().await.take();
+        let err = Error::sql("57014", format!("COPY from stdin failed: {}", fail.message));
+        if let Some(session) = self.session.lock().await.as_mut() {
+            session.note_error(&err);
+            client.set_transaction_status(status_of(session));
+        }
+        user_error(&err)
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Parses the rows of a finished COPY FROM STDIN and inserts them in one
+/// transaction (a savepoint inside a transaction block).
+async fn load_copy(session: &mut Session, copy: CopyIn) -> Result<u64, Error> {
+    let text = String::from_utf8(copy.data)
+        .map_err(|_| Error::sql("22021", "COPY data is not valid UTF-8"))?;
+    let rows = copy
+        .spec
+        .parse_rows(&text)
+        .map_err(|why| Error::sql("22P04", why))?;
+    let types: Vec<Type> = copy.columns.iter().map(|c| encode::pg_type(c.ty)).collect();
+    let mut values = Vec::with_capacity(rows.len());
+    for (line, row) in rows.into_iter().enumerate() {
+        if row.len() != copy.columns.len() {
+            return Err(Error::sql(
+                "22P04",
+                format!(
+                    "COPY line {}: {} fields, expected {}",
+                    line + 1,
+                    row.len(),
+                    copy.columns.len()
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(row.len());
+        for ((field, ty), col) in row.into_iter().zip(&types).zip(&copy.columns) {
+            out.push(match field {
+                None => rusqlite::types::Value::Null,
+                Some(text) => encode::decode_text(ty, &text).ok_or_else(|| {
+                    Error::sql(
+                        "22P02",
+                        format!(
+                            "COPY line {}, column {}: invalid input for type {}: \"{text}\"",
+                            line + 1,
+                            col.name,
+                            col.ty.pg_name()
+                        ),
+                    )
+                })?,
+            });
+        }
+        values.push(out);
+    }
+    let table = copy.spec.table.clone().unwrap_or_default();
+    let names: Vec<String> = copy.columns.iter().map(|c| quote(&c.name)).collect();
+    let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        quote(&table),
+        names.join(", "),
+        params.join(", ")
+    );
+    session.run_many(vec![(sql, values)]).await
+}
+
+/// Starts a COPY: FROM STDIN answers CopyInResponse (and remembers what to
+/// load); TO STDOUT runs the query and answers with all its rows.
+async fn start_copy(
+    state: &ConnState,
+    session: &mut Session,
+    spec: CopySpec,
+) -> Result<Response, Error> {
+    if spec.from_stdin {
+        let columns = session.copy_columns(&spec).await?;
+        let n = columns.len();
+        *state.copy_in.lock().await = Some(CopyIn {
+            spec,
+            columns,
+            data: Vec::new(),
+        });
+        return Ok(Response::CopyIn(CopyResponse::new(0, n, stream::empty())));
+    }
+    let query = match &spec.query {
+        Some(q) => q.clone(),
+        None => {
+            let columns = session.copy_columns(&spec).await?;
+            let names: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
+            format!(
+                "SELECT {} FROM {}",
+                names.join(", "),
+                quote(spec.table.as_deref().unwrap_or_default())
+            )
+        }
+    };
+    let (columns, rows) = match session.execute(Command::Sql(query), Vec::new()).await? {
+        Reply::Rows { columns, rows, .. } => (columns, rows),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let mut chunks = Vec::with_capacity(rows.len() + 1);
+    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+    for row in &rows {
+        let fields: Vec<Option<String>> = row
+            .iter()
+            .zip(&columns)
+            .map(|(v, c)| encode::value_text(c.ty, v))
+            .collect();
+        chunks.push(spec.format_row(&fields));
+    }
+    // pgwire counts CopyData messages for the tag: the header rides with
+    // the first row.
+    if let Some(header) = spec.header_line(&names) {
+        match chunks.first_mut() {
+            Some(first) => first.insert_str(0, &header),
+            None => chunks.push(header),
+        }
+    }
+    let data = chunks
+        .into_iter()
+        .map(|line| Ok(CopyData::new(Bytes::from(line))));
+    Ok(Response::CopyOut(CopyResponse::new(
+        0,
+        columns.len(),
+        stream::iter(data.collect::<Vec<_>>()),
+    )))
 }
 
 #[async_trait]
@@ -381,7 +588,17 @@ impl ConnState {
             .cloned()
             .unwrap_or_else(|| user.clone());
         let frontend = &self.frontend;
-        let db = frontend.engine.database(&db_name).map_err(|e| fatal(&e))?;
+        let db = match frontend.engine.database(&db_name) {
+            // libpq tools (psql -l, pgcli, createdb) connect to `postgres`
+            // or `template1` first: they reach the default database.
+            Err(Error::NoSuchDatabase(_))
+                if matches!(db_name.as_str(), "postgres" | "template1") =>
+            {
+                frontend.engine.database(crate::engine::DEFAULT_DATABASE)
+            }
+            other => other,
+        }
+        .map_err(|e| fatal(&e))?;
         let settings = Settings::from_startup(&params).map_err(|e| fatal(&e))?;
         let session = Session::new(frontend.engine.clone(), frontend.ag.clone(), db, settings);
         let slot = session.cancel_slot();
@@ -408,6 +625,35 @@ impl StartupHandler for ConnState {
         client: &mut C,
         message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self.startup(client, message).await {
+            Err(e) if e.is_fatal() => {
+                // PostgreSQL closes the connection after a FATAL during
+                // start-up and never sends ReadyForQuery: send the error,
+                // close, and let pgwire's own error path (which would add
+                // ReadyForQuery) fail on the closed socket.
+                let info: ErrorInfo = e.into();
+                let code = info.code.clone();
+                let message = info.message.clone();
+                let _ = client
+                    .send(PgWireBackendMessage::ErrorResponse(info.into()))
+                    .await;
+                let _ = client.close().await;
+                let mut again = ErrorInfo::new("FATAL".into(), code, message);
+                again.hint = None;
+                Err(PgWireError::UserError(Box::new(again)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl ConnState {
+    async fn startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -539,9 +785,14 @@ impl SimpleQueryHandler for ConnState {
                         ))
                         .await?
                 }
-                Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
-                    unreachable!("availdb never answers with COPY")
+                Response::CopyIn(copy) => {
+                    // The data follows; ReadyForQuery comes after CopyDone.
+                    send_copy_in_response(client, copy).await?;
+                    client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    return Ok(());
                 }
+                Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
+                Response::CopyBoth(_) => unreachable!("availdb never answers with COPY BOTH"),
             }
         }
         let status = match self.session.lock().await.as_ref() {
@@ -567,6 +818,29 @@ impl SimpleQueryHandler for ConnState {
             return Ok(vec![Response::EmptyQuery]);
         }
         let commands: Vec<Command> = statements.into_iter().map(classify).collect();
+        if let Some(at) = commands.iter().position(|c| matches!(c, Command::Copy(_))) {
+            if commands.len() > 1 {
+                return Ok(vec![Response::Error(Box::new(encode::to_user_error(
+                    &Error::sql(
+                        "0A000",
+                        "COPY must be the only statement of its Query message",
+                    )
+                    .with_hint("send COPY on its own"),
+                )))]);
+            }
+            let Command::Copy(spec) = commands[at].clone() else {
+                unreachable!("found above")
+            };
+            let result = start_copy(self, session, spec).await;
+            send_asides(client, session).await?;
+            return Ok(vec![match result {
+                Ok(response) => response,
+                Err(err) => {
+                    session.note_error(&err);
+                    Response::Error(Box::new(encode::to_user_error(&err)))
+                }
+            }]);
+        }
         // Like PostgreSQL, several statements in one Query run as one
         // implicit transaction unless they manage transactions themselves.
         let implicit = commands.len() > 1
@@ -771,6 +1045,14 @@ impl ExtendedQueryHandler for Extended {
                 return Err(user_error(&err));
             }
         };
+        if let Command::Copy(spec) = &prepared.command {
+            let result = start_copy(&self.state, session, spec.clone()).await;
+            send_asides(client, session).await?;
+            return result.map_err(|err| {
+                session.note_error(&err);
+                user_error(&err)
+            });
+        }
         let result = session.execute(prepared.command.clone(), params).await;
         send_asides(client, session).await?;
         match result {

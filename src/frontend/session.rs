@@ -346,6 +346,22 @@ impl Session {
                 })?;
                 Ok(Reply::Done(self.ag.execute(statement).await?))
             }
+            Command::Unsupported { message, hint } => {
+                Err(Error::sql("0A000", message).with_hint(hint))
+            }
+            Command::Batch { statements, tag } => {
+                let steps = statements
+                    .into_iter()
+                    .map(|s| (s, vec![Vec::new()]))
+                    .collect();
+                self.run_many(steps).await?;
+                Ok(Reply::Done(tag))
+            }
+            Command::Copy(_) => Err(Error::sql(
+                "0A000",
+                "COPY must be sent as the only statement of a Query message",
+            )
+            .with_hint("send COPY on its own (psql's \\copy and drivers' copy APIs do)")),
             Command::Sql(sql) if crate::ag::views::mentions_sys(&sql) => {
                 let snapshot = self.ag.snapshot();
                 let outcome =
@@ -827,6 +843,145 @@ impl Session {
         })
         .await;
         (Holder::Writer(w), res.map(|outcome| reply(&sql, outcome)))
+    }
+
+    /// Runs SQLite statements, each once per row of parameters, as one
+    /// unit: its own transaction outside a block, a savepoint inside one.
+    /// Returns the rows changed.
+    pub async fn run_many(&mut self, steps: Vec<(String, Vec<Vec<Value>>)>) -> Result<u64> {
+        let run = move |w: &mut WriterGuard| -> Result<u64> {
+            let conn = w.conn().sqlite();
+            let mut changes = 0;
+            for (sql, rows) in &steps {
+                for params in rows {
+                    changes += engine::run(conn, sql, params, false)?.changes;
+                }
+            }
+            Ok(changes)
+        };
+        match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Idle => {
+                let w = self
+                    .db
+                    .writer(self.settings.lock_timeout, &self.cancel.waiting)
+                    .await?;
+                let (w, res) =
+                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+                        w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
+                        let changes = match run(w) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                w.conn().reset();
+                                return Err(e);
+                            }
+                        };
+                        if let Err(e) = w.conn().sqlite().execute_batch("COMMIT") {
+                            w.conn().reset();
+                            return Err(Error::from(e));
+                        }
+                        Ok((changes, w.after_commit()?))
+                    })
+                    .await;
+                drop(w);
+                let (changes, end) = res?;
+                self.db.commit_durable(end).await?;
+                self.committed(end);
+                Ok(changes)
+            }
+            Tx::Active {
+                read_only: true,
+                holder,
+            } => {
+                self.tx = Tx::Active {
+                    holder,
+                    read_only: true,
+                };
+                Err(Error::sql(
+                    "25006",
+                    "cannot execute a write in a read-only transaction",
+                ))
+            }
+            Tx::Active { holder, read_only } => {
+                let w = match self.writer_for_transaction(holder).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        self.tx = Tx::Active {
+                            holder: Holder::Nothing,
+                            read_only,
+                        };
+                        return Err(e);
+                    }
+                };
+                let (w, res) =
+                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+                        let conn = w.conn().sqlite();
+                        conn.execute_batch("SAVEPOINT availdb_many")?;
+                        match run(w) {
+                            Ok(n) => {
+                                w.conn().sqlite().execute_batch("RELEASE availdb_many")?;
+                                Ok(n)
+                            }
+                            Err(e) => {
+                                let _ = w.conn().sqlite().execute_batch(
+                                    "ROLLBACK TO availdb_many; RELEASE availdb_many",
+                                );
+                                Err(e)
+                            }
+                        }
+                    })
+                    .await;
+                self.tx = Tx::Active {
+                    holder: Holder::Writer(w),
+                    read_only,
+                };
+                res
+            }
+            Tx::Failed { .. } => unreachable!("refused in dispatch"),
+        }
+    }
+
+    /// The columns a COPY names, or all of the table's, with their types.
+    pub async fn copy_columns(&mut self, spec: &crate::sql::pg::CopySpec) -> Result<Vec<Column>> {
+        let table = spec.table.clone().unwrap_or_default();
+        let reader = self.db.reader()?;
+        let cols = blocking(move || -> Result<Vec<(String, String)>> {
+            let conn = reader.conn().sqlite();
+            let mut stmt = conn.prepare("SELECT name, type FROM pragma_table_info(?1)")?;
+            let rows = stmt
+                .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await?;
+        let name = spec.table.clone().unwrap_or_default();
+        if cols.is_empty() {
+            return Err(Error::sql(
+                "42P01",
+                format!("relation \"{name}\" does not exist"),
+            ));
+        }
+        let wanted: Vec<String> = if spec.columns.is_empty() {
+            cols.iter().map(|(n, _)| n.clone()).collect()
+        } else {
+            spec.columns.clone()
+        };
+        wanted
+            .into_iter()
+            .map(|w| {
+                cols.iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(&w))
+                    .map(|(n, t)| Column {
+                        name: n.clone(),
+                        ty: crate::sql::types::ValueType::from_decltype(t),
+                    })
+                    .ok_or_else(|| {
+                        Error::sql(
+                            "42703",
+                            format!("column \"{w}\" of relation \"{name}\" does not exist"),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// Moves an open transaction onto the writer (BEGIN IMMEDIATE there).

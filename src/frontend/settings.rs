@@ -235,7 +235,12 @@ impl Settings {
         }
         let value = match key.as_str() {
             "client_encoding" => {
-                let v = value.replace('-', "").to_ascii_uppercase();
+                // asyncpg sends `'utf-8'`, quotes included.
+                let v = value
+                    .trim()
+                    .trim_matches(|c| c == '\'' || c == '"')
+                    .replace(['-', '_'], "")
+                    .to_ascii_uppercase();
                 if v != "UTF8" && v != "UNICODE" {
                     return Err(Error::sql(
                         "22023",
@@ -466,6 +471,9 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_22023_and_fixed_ones_with_55p02() {
         let mut s = Settings::default();
+        for spelling in ["UTF8", "utf8", "'utf-8'", "unicode", "UTF-8"] {
+            s.set("client_encoding", Some(spelling)).unwrap();
+        }
         assert_eq!(
             s.set("client_encoding", Some("LATIN1"))
                 .unwrap_err()

@@ -76,9 +76,26 @@ pub enum Command {
     /// Availability group DDL (`CREATE AVAILABILITY GROUP …`, `ALTER
     /// DATABASE … SET HADR …`), parsed by [`crate::sql::ag`].
     Ag(String),
-    /// Anything else: a SQLite statement (with `pg_catalog.` prefixes of
-    /// function calls removed).
+    /// Anything else: a SQLite statement, translated from PostgreSQL's
+    /// dialect where needed ([`crate::sql::pg`]).
     Sql(String),
+    /// A PostgreSQL statement that takes several SQLite statements (`DROP
+    /// TABLE a, b`, `TRUNCATE`), run in one transaction.
+    Batch {
+        /// The SQLite statements, in order.
+        statements: Vec<String>,
+        /// The command tag.
+        tag: String,
+    },
+    /// `COPY … FROM STDIN` / `TO STDOUT`.
+    Copy(crate::sql::pg::CopySpec),
+    /// PostgreSQL syntax availdb refuses (0A000).
+    Unsupported {
+        /// What is not supported.
+        message: String,
+        /// What to do instead.
+        hint: String,
+    },
 }
 
 /// Classifies one statement (already split, without its trailing `;`).
@@ -124,6 +141,9 @@ pub fn classify(stmt: &str) -> Command {
         ["show", name] => Command::Show {
             name: name.to_string(),
         },
+        ["show", "time", "zone"] => Command::Show {
+            name: "timezone".into(),
+        },
         ["show", "transaction", "isolation", "level"] => Command::Show {
             name: "transaction_isolation".into(),
         },
@@ -152,7 +172,18 @@ pub fn classify(stmt: &str) -> Command {
         ["listen" | "unlisten", ..] => Command::NoOp {
             tag: w[0].to_ascii_uppercase(),
         },
-        _ => Command::Sql(strip_pg_catalog(stmt)),
+        _ => translated(stmt),
+    }
+}
+
+/// A statement for SQLite, through the PostgreSQL compatibility layer.
+fn translated(stmt: &str) -> Command {
+    use crate::sql::pg::{translate, Translated};
+    match translate(stmt) {
+        Translated::Sql(sql) => Command::Sql(strip_pg_catalog(&sql)),
+        Translated::Batch { statements, tag } => Command::Batch { statements, tag },
+        Translated::Copy(spec) => Command::Copy(spec),
+        Translated::Unsupported { message, hint } => Command::Unsupported { message, hint },
     }
 }
 

@@ -787,6 +787,20 @@ impl Scope<'_> {
         let name = function_name(function);
         let args = function_args(function);
         let first_arg = || args.first().and_then(|arg| self.type_of(arg));
+        if name == "pg_array" {
+            // pg_array(json_group_array(x)): an array of x's type.
+            let element = match args.first() {
+                Some(Expr::Function(inner)) => {
+                    function_args(inner).first().and_then(|a| self.type_of(a))
+                }
+                _ => None,
+            };
+            return Some(match element.map(ValueType::storage) {
+                Some(ValueType::Bool) => ValueType::BoolArray,
+                Some(ValueType::Int8) => ValueType::Int8Array,
+                _ => ValueType::TextArray,
+            });
+        }
         if let Some(ty) = fixed_result_type(&name) {
             return Some(ty);
         }
@@ -864,10 +878,10 @@ fn is_predicate(expr: &Expr) -> bool {
 /// blobs to whichever number they spell.
 fn arithmetic_type(left: Option<ValueType>, right: Option<ValueType>) -> Option<ValueType> {
     use ValueType::*;
-    let numeric = |ty: ValueType| match ty {
+    let numeric = |ty: ValueType| match ty.storage() {
         Int8 | Bool => Int8,
         Float8 => Float8,
-        Text | Bytea | Numeric => Numeric,
+        _ => Numeric,
     };
     match (left.map(numeric), right.map(numeric)) {
         (Some(Float8), _) | (_, Some(Float8)) => Some(Float8),
@@ -879,7 +893,7 @@ fn arithmetic_type(left: Option<ValueType>, right: Option<ValueType>) -> Option<
 /// `ceil`, `floor`, `trunc`: integers stay integers, anything else is REAL.
 fn integral_type(arg: Option<ValueType>) -> ValueType {
     match arg {
-        Some(ValueType::Int8) => ValueType::Int8,
+        Some(ty) if ty.is_integer() => ty,
         _ => ValueType::Float8,
     }
 }
@@ -917,7 +931,21 @@ fn fixed_result_type(name: &str) -> Option<ValueType> {
         | "sqlite_version" | "sqlite_source_id" | "concat" | "concat_ws" | "soundex" => Text,
         // availdb's own functions (engine/database.rs registers them).
         "version" | "current_database" => Text,
-        "pg_is_in_recovery" => Bool,
+        "pg_is_in_recovery" | "pg_to_bool" | "pg_regex" | "pg_table_is_visible" => Bool,
+        "pg_to_date" => Date,
+        "pg_to_time" => Time,
+        "pg_to_timestamp" => Timestamp,
+        "pg_to_timestamptz" | "now" => Timestamptz,
+        "pg_to_uuid" => Uuid,
+        "pg_to_regclass" | "pg_to_regtype" | "pg_oid" => Oid,
+        "format_type"
+        | "array_to_string"
+        | "current_schema"
+        | "pg_get_userbyid"
+        | "pg_encoding_to_char"
+        | "quote_ident"
+        | "pg_get_expr" => Text,
+        "pg_backend_pid" => Int4,
         // JSONB functions build SQLite's binary JSON, a blob.
         _ if name.starts_with("jsonb") => Bytea,
         _ if name.starts_with("json") => Text,

@@ -1,0 +1,677 @@
+//! The PostgreSQL compatibility layer: PostgreSQL SQL in, SQLite SQL out.
+//!
+//! Applications written for PostgreSQL (ORMs, migration tools, psql's `\d`
+//! commands, pgbench) send PostgreSQL's dialect; availdb runs SQLite. A
+//! statement that may need it is parsed with `sqlparser`'s PostgreSQL
+//! dialect, rewritten on the AST (`rewrite.rs`) and printed back as SQLite
+//! SQL. Statements without a PostgreSQL-only marker (a cheap scan,
+//! [`needs_translation`]) pass through untouched, and so does anything the
+//! PostgreSQL parser rejects (SQLite's own dialect: `INSERT OR REPLACE`,
+//! `PRAGMA`, trigger bodies), for SQLite to judge. The extended protocol
+//! translates once, at Parse, and keeps the result with the prepared
+//! statement.
+//!
+//! # What is translated
+//! * Casts (`x::int`, `CAST(x AS varchar)`, `$1::VARCHAR`, `$1::TIMESTAMP
+//!   WITHOUT TIME ZONE`): to SQLite's `CAST` for text, integers, reals,
+//!   numerics and blobs; to availdb functions (`pg_to_date`,
+//!   `pg_to_timestamptz`, `pg_to_bool`, `pg_to_regclass`, …) for the types
+//!   SQLite does not have; `::regtype::text` and `::regclass::text` give
+//!   names.
+//! * `E'…'`, `U&'…'` and dollar-quoted strings → plain literals.
+//! * `~ ~* !~ !~*` and `OPERATOR(pg_catalog.~)` → `pg_regex(text, pattern,
+//!   case_insensitive)` (Rust's `regex`); `ILIKE` → `LIKE` (SQLite's LIKE
+//!   ignores ASCII case); `COLLATE "C"`, `COLLATE pg_catalog.default`
+//!   dropped.
+//! * Arrays are JSON arrays: `ARRAY[…]` → `json_array(…)`, `ARRAY(subquery)`
+//!   → `json_group_array`, `array_agg` → `json_group_array`; `x = ANY(ARRAY[…])`
+//!   → `x IN (…)`, `x = ANY($1)` (an array parameter, decoded to JSON) →
+//!   `x IN (SELECT value FROM json_each($1))`, other operators through
+//!   `EXISTS`; `unnest(a)` and `generate_subscripts(a, 1)` in a projection
+//!   → a join with `json_each(a)`.
+//! * `pg_catalog.` and `public.` qualifiers dropped (the catalog is a set of
+//!   TEMP views, found first); `information_schema.x` →
+//!   `"information_schema.x"` (see `engine::catalog`).
+//! * `now()`, `gen_random_uuid()` (as SQLite expressions, so they work in
+//!   column defaults), `pg_get_indexdef`, `pg_get_constraintdef`,
+//!   `to_regclass`, `to_regtype`.
+//! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
+//!   AS IDENTITY` primary keys → `INTEGER PRIMARY KEY` (SQLite's rowid
+//!   alias, which numbers itself); PostgreSQL type names kept as the
+//!   declared type; `WITH (…)`, `TABLESPACE`, `UNLOGGED` dropped;
+//!   non-constant defaults (`now()`) → `CURRENT_TIMESTAMP`.
+//! * `CREATE INDEX`: `USING btree`, `CONCURRENTLY`, operator classes,
+//!   `INCLUDE` and `WITH (…)` dropped.
+//! * `DROP TABLE a, b [CASCADE]` → one DROP per table; `TRUNCATE a, b` →
+//!   `DELETE FROM` each; `ALTER TABLE … ADD PRIMARY KEY / ADD CONSTRAINT …
+//!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
+//!   `VACUUM [ANALYZE] t` → `ANALYZE t`; `EXPLAIN [ANALYZE]` → `EXPLAIN
+//!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
+//!   writes anyway).
+//! * `COPY … FROM STDIN` / `TO STDOUT` in text and CSV ([`copy`]).
+//! * `(VALUES …) AS t(a, b)` and `(SELECT …) AS t(a, b)`: SQLite takes no
+//!   column list, so the subquery's columns are named instead
+//!   (SQLAlchemy's multi-row INSERT sends this).
+//! * `json_build_object` → `json_object`, `bool_and`/`bool_or` → `min`/`max`;
+//!   `array_agg` and `ARRAY(subquery)` are wrapped in `pg_array()`, which
+//!   typing announces as `text[]`, `bool[]` or `int8[]` (sent as
+//!   PostgreSQL array literals).
+//!
+//! What SQLite cannot do and no rewrite fixes is refused with 0A000 and a
+//! message saying what to use instead ([`Translated::Unsupported`]).
+
+pub mod copy;
+mod rewrite;
+
+use sqlparser::ast::{
+    AlterTableOperation, ColumnOption, ColumnOptionDef, CreateTableOptions, DataType, Expr, Ident,
+    ObjectName, ObjectNamePart, ObjectType, PrimaryKeyConstraint, Statement, TableConstraint,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use copy::{CopyFormat, CopySpec};
+
+/// A statement after translation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Translated {
+    /// One SQLite statement (maybe the input unchanged).
+    Sql(String),
+    /// SQLite statements that together do what the one statement asked,
+    /// run in order in one transaction; `tag` is the command tag.
+    Batch {
+        /// The statements.
+        statements: Vec<String>,
+        /// What the client is told (`DROP TABLE`, `TRUNCATE TABLE`).
+        tag: String,
+    },
+    /// `COPY … FROM STDIN` / `TO STDOUT`.
+    Copy(CopySpec),
+    /// Refused: SQLSTATE 0A000 with this message and hint.
+    Unsupported {
+        /// What is not supported.
+        message: String,
+        /// What to do instead.
+        hint: String,
+    },
+}
+
+/// Words and symbols only PostgreSQL's dialect uses. A statement without
+/// any of them is passed to SQLite as it is, unparsed.
+const MARKERS: &[&str] = &[
+    "::",
+    "pg_",
+    "information_schema",
+    "~",
+    "e'",
+    "u&'",
+    "$$",
+    "any",
+    "all",
+    "array",
+    "serial",
+    "identity",
+    "ilike",
+    "now(",
+    "timestamp",
+    "truncate",
+    "with (",
+    "copy",
+    "collate",
+    "operator",
+    "drop ",
+    "alter ",
+    "create ",
+    "explain",
+    "uuid",
+    "public.",
+    "for update",
+    "for share",
+    "for no key",
+    "for key share",
+    "regclass",
+    "regtype",
+    "format_type",
+    "to_reg",
+    "unnest",
+];
+
+/// Whether `sql` may contain PostgreSQL-only syntax (a quick scan).
+pub fn needs_translation(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    MARKERS.iter().any(|m| lower.contains(m))
+}
+
+/// Translates one statement (already split, without its `;`).
+pub fn translate(sql: &str) -> Translated {
+    let first = sql.split_whitespace().next().unwrap_or_default();
+    if first.eq_ignore_ascii_case("vacuum") {
+        return vacuum(sql);
+    }
+    if !needs_translation(sql) {
+        return Translated::Sql(sql.to_string());
+    }
+    let normalized;
+    let sql = if first.eq_ignore_ascii_case("copy") {
+        // sqlparser reads COPY's booleans only as TRUE/FALSE.
+        static BOOLEAN_OPTION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"(?i)\b(freeze|header)\s+(on|off)\b").expect("valid regex")
+        });
+        normalized = BOOLEAN_OPTION.replace_all(sql, |c: &regex::Captures<'_>| {
+            let value = if c[2].eq_ignore_ascii_case("on") {
+                "true"
+            } else {
+                "false"
+            };
+            format!("{} {value}", &c[1])
+        });
+        normalized.as_ref()
+    } else {
+        sql
+    };
+    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Translated::Sql(sql.to_string());
+    };
+    if statements.len() != 1 {
+        return Translated::Sql(sql.to_string());
+    }
+    let mut stmt = statements.remove(0);
+    match translate_statement(&mut stmt) {
+        Some(t) => t,
+        None => {
+            if rewrite::rewrite_statement(&mut stmt) {
+                Translated::Sql(stmt.to_string())
+            } else {
+                Translated::Sql(sql.to_string())
+            }
+        }
+    }
+}
+
+fn unsupported(message: impl Into<String>, hint: impl Into<String>) -> Translated {
+    Translated::Unsupported {
+        message: message.into(),
+        hint: hint.into(),
+    }
+}
+
+/// `VACUUM [FULL] [ANALYZE] [t]` → `ANALYZE [t]`: SQLite's VACUUM rewrites
+/// the whole file (and takes no table); statistics are what callers want.
+fn vacuum(sql: &str) -> Translated {
+    let table = sql
+        .split_whitespace()
+        .skip(1)
+        .find(|w| {
+            !matches!(
+                w.to_ascii_lowercase().as_str(),
+                "full" | "freeze" | "verbose" | "analyze" | "analyse"
+            ) && !w.starts_with('(')
+        })
+        .map(|t| t.trim_end_matches(';').to_string());
+    Translated::Batch {
+        statements: vec![match table {
+            Some(t) => format!("ANALYZE {t}"),
+            None => "ANALYZE".into(),
+        }],
+        tag: "VACUUM".into(),
+    }
+}
+
+fn name_of(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| i.to_string())
+        .unwrap_or_default()
+}
+
+fn unqualified(name: &ObjectName) -> ObjectName {
+    ObjectName(name.0.last().cloned().into_iter().collect())
+}
+
+/// Statement-level translations; None leaves the statement to the
+/// expression rules.
+fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
+    match stmt {
+        Statement::CreateTable(_) => {
+            rewrite::rewrite_statement(stmt);
+            let Statement::CreateTable(ct) = stmt else {
+                unreachable!()
+            };
+            create_table(ct);
+            Some(Translated::Sql(stmt.to_string()))
+        }
+        Statement::CreateIndex(ci) => {
+            ci.using = None;
+            ci.concurrently = false;
+            ci.include.clear();
+            ci.with.clear();
+            ci.nulls_distinct = None;
+            ci.table_name = unqualified(&ci.table_name);
+            for c in &mut ci.columns {
+                c.operator_class = None;
+            }
+            rewrite::rewrite_statement(stmt);
+            Some(Translated::Sql(stmt.to_string()))
+        }
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            ..
+        } => {
+            let kind = match object_type {
+                ObjectType::Table => "TABLE",
+                ObjectType::View => "VIEW",
+                ObjectType::Index => "INDEX",
+                _ => return None,
+            };
+            let exists = if *if_exists { "IF EXISTS " } else { "" };
+            let statements = names
+                .iter()
+                .map(|n| format!("DROP {kind} {exists}{}", unqualified(n)))
+                .collect();
+            Some(Translated::Batch {
+                statements,
+                tag: format!("DROP {kind}"),
+            })
+        }
+        Statement::Truncate(t) => Some(Translated::Batch {
+            statements: t
+                .table_names
+                .iter()
+                .map(|n| format!("DELETE FROM {}", unqualified(&n.name)))
+                .collect(),
+            tag: "TRUNCATE TABLE".into(),
+        }),
+        Statement::Copy {
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
+        } => {
+            let query = match source {
+                sqlparser::ast::CopySource::Query(q) => {
+                    let mut s = Statement::Query(q.clone());
+                    rewrite::rewrite_statement(&mut s);
+                    Some(s.to_string())
+                }
+                _ => None,
+            };
+            Some(
+                match CopySpec::from_parts(source, *to, target, options, legacy_options, query) {
+                    Ok(spec) => Translated::Copy(spec),
+                    Err(why) => unsupported(why, "run COPY through psql's \\copy, or a driver's copy API"),
+                },
+            )
+        }
+        Statement::Explain { statement, .. } => {
+            let mut inner = (**statement).clone();
+            let inner_sql = match translate_statement(&mut inner) {
+                Some(Translated::Sql(s)) => s,
+                Some(_) => return Some(unsupported("EXPLAIN of this statement is not supported in availdb", "EXPLAIN the SELECT, INSERT, UPDATE or DELETE itself")),
+                None => {
+                    rewrite::rewrite_statement(&mut inner);
+                    inner.to_string()
+                }
+            };
+            Some(Translated::Sql(format!("EXPLAIN QUERY PLAN {inner_sql}")))
+        }
+        Statement::AlterTable(alter) => {
+            let table = unqualified(&alter.name);
+            let mut statements = Vec::new();
+            for op in &alter.operations {
+                match op {
+                    AlterTableOperation::AddConstraint { constraint, .. } => {
+                        match unique_index(&table, constraint) {
+                            Some(sql) => statements.push(sql),
+                            None => {
+                                return Some(unsupported(
+                                    format!(
+                                        "ALTER TABLE … ADD {} is not supported in availdb yet",
+                                        constraint_kind(constraint)
+                                    ),
+                                    "declare the constraint in CREATE TABLE",
+                                ))
+                            }
+                        }
+                    }
+                    AlterTableOperation::AddColumn { column_def, .. } => {
+                        let mut def = column_def.clone();
+                        def.data_type = sqlite_type(&def.data_type);
+                        statements.push(format!("ALTER TABLE {table} ADD COLUMN {def}"));
+                    }
+                    AlterTableOperation::DropColumn { column_names, .. } => {
+                        for c in column_names {
+                            statements.push(format!("ALTER TABLE {table} DROP COLUMN {c}"));
+                        }
+                    }
+                    AlterTableOperation::RenameColumn {
+                        old_column_name,
+                        new_column_name,
+                    } => statements.push(format!(
+                        "ALTER TABLE {table} RENAME COLUMN {old_column_name} TO {new_column_name}"
+                    )),
+                    AlterTableOperation::RenameTable { table_name } => {
+                        statements.push(format!("ALTER TABLE {table} RENAME TO {table_name}"))
+                    }
+                    other => {
+                        return Some(unsupported(
+                            format!("ALTER TABLE … {other} is not supported in availdb yet"),
+                            "create the table anew with the definition you want and copy the rows (INSERT INTO new SELECT … FROM old)",
+                        ))
+                    }
+                }
+            }
+            Some(Translated::Batch {
+                statements,
+                tag: "ALTER TABLE".into(),
+            })
+        }
+        Statement::CreateSequence { .. } => Some(unsupported(
+            "CREATE SEQUENCE is not supported in availdb yet",
+            "use an INTEGER PRIMARY KEY (or SERIAL / GENERATED AS IDENTITY) column, which numbers itself",
+        )),
+        _ => None,
+    }
+}
+
+fn constraint_kind(c: &TableConstraint) -> &'static str {
+    match c {
+        TableConstraint::ForeignKey(_) => "FOREIGN KEY",
+        TableConstraint::Check(_) => "CHECK",
+        TableConstraint::PrimaryKey(_) => "PRIMARY KEY",
+        TableConstraint::Unique(_) => "UNIQUE",
+        _ => "CONSTRAINT",
+    }
+}
+
+/// `ADD PRIMARY KEY (a)` / `ADD CONSTRAINT n UNIQUE (a, b)` as a unique
+/// index (SQLite cannot add constraints to a table).
+fn unique_index(table: &ObjectName, c: &TableConstraint) -> Option<String> {
+    let (name, columns) = match c {
+        TableConstraint::PrimaryKey(pk) => (
+            pk.name
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| format!("{}_pkey", name_of(table).trim_matches('"'))),
+            &pk.columns,
+        ),
+        TableConstraint::Unique(u) => (
+            u.name
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| format!("{}_key", name_of(table).trim_matches('"'))),
+            &u.columns,
+        ),
+        _ => return None,
+    };
+    let cols: Vec<String> = columns.iter().map(|c| c.column.expr.to_string()).collect();
+    Some(format!(
+        "CREATE UNIQUE INDEX {} ON {table} ({})",
+        Ident::with_quote('"', name.trim_matches('"')),
+        cols.join(", ")
+    ))
+}
+
+fn sqlite_type(ty: &DataType) -> DataType {
+    DataType::Custom(
+        ObjectName(vec![ObjectNamePart::Identifier(Ident::new(
+            rewrite::column_type(ty),
+        ))]),
+        vec![],
+    )
+}
+
+/// The CREATE TABLE rules (see the module page).
+fn create_table(ct: &mut sqlparser::ast::CreateTable) {
+    ct.name = unqualified(&ct.name);
+    ct.unlogged = false;
+    ct.table_options = CreateTableOptions::None;
+    // The single-column primary key, from a column option or a table
+    // constraint.
+    let table_pk: Option<String> = ct.constraints.iter().find_map(|c| match c {
+        TableConstraint::PrimaryKey(PrimaryKeyConstraint { columns, .. }) if columns.len() == 1 => {
+            Some(
+                columns[0]
+                    .column
+                    .expr
+                    .to_string()
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        }
+        _ => None,
+    });
+    let mut moved_pk = false;
+    for col in &mut ct.columns {
+        let serial = rewrite::is_serial(&col.data_type);
+        let identity = col.options.iter().any(|o| rewrite::is_identity(&o.option));
+        let column_pk = col
+            .options
+            .iter()
+            .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
+        let is_pk = column_pk || table_pk.as_deref() == Some(col.name.value.as_str());
+        col.options.retain(|o| !rewrite::is_identity(&o.option));
+        if (serial || identity) && is_pk {
+            // SQLite's rowid alias: exactly `INTEGER PRIMARY KEY`.
+            col.data_type = DataType::Integer(None);
+            col.options.retain(|o| {
+                !matches!(
+                    o.option,
+                    ColumnOption::PrimaryKey(_) | ColumnOption::Default(_)
+                )
+            });
+            col.options.insert(
+                0,
+                ColumnOptionDef {
+                    name: None,
+                    option: ColumnOption::PrimaryKey(PrimaryKeyConstraint {
+                        name: None,
+                        index_name: None,
+                        index_type: None,
+                        columns: vec![],
+                        include: vec![],
+                        index_options: vec![],
+                        characteristics: None,
+                    }),
+                },
+            );
+            if !column_pk {
+                moved_pk = true;
+            }
+        } else {
+            col.data_type = sqlite_type(&col.data_type);
+        }
+        for o in &mut col.options {
+            if let ColumnOption::Default(e) = &mut o.option {
+                if let Some(d) = constant_default(e) {
+                    *e = d;
+                }
+            }
+        }
+    }
+    if moved_pk {
+        ct.constraints
+            .retain(|c| !matches!(c, TableConstraint::PrimaryKey(_)));
+    }
+}
+
+/// SQLite wants constant defaults in parentheses; `now()` and friends
+/// become `CURRENT_TIMESTAMP`, other function calls are parenthesised.
+fn constant_default(e: &Expr) -> Option<Expr> {
+    let Expr::Function(f) = e else { return None };
+    let name = f
+        .name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .unwrap_or_default();
+    if name == "now" || name == "current_timestamp" {
+        return Some(Expr::Identifier(Ident::new("CURRENT_TIMESTAMP")));
+    }
+    Some(Expr::Nested(Box::new(e.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(input: &str) -> String {
+        match translate(input) {
+            Translated::Sql(s) => s,
+            other => panic!("{input}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sqlite_statements_pass_through_untouched() {
+        for s in [
+            "SELECT 1",
+            "INSERT OR REPLACE INTO t VALUES (1)",
+            "SELECT * FROM t WHERE a = $1",
+            "PRAGMA table_info(t)",
+        ] {
+            assert_eq!(sql(s), s);
+        }
+    }
+
+    #[test]
+    fn casts_become_sqlite_casts_or_availdb_functions() {
+        let cases = [
+            ("SELECT $1::VARCHAR", "SELECT CAST($1 AS TEXT)"),
+            ("SELECT '1'::int + 1", "SELECT CAST('1' AS INTEGER) + 1"),
+            (
+                "SELECT $1::TIMESTAMP WITHOUT TIME ZONE",
+                "SELECT pg_to_timestamp($1)",
+            ),
+            ("SELECT 'a'::text", "SELECT 'a'"),
+            (
+                "SELECT t.oid::regtype::text FROM pg_type t",
+                "SELECT format_type(pg_to_regtype(t.oid), NULL) FROM pg_type t",
+            ),
+            (
+                "SELECT 1 FROM t WHERE a = 'x'::regclass",
+                "SELECT 1 FROM t WHERE a = pg_to_regclass('x')",
+            ),
+            ("SELECT E'a\\nb'", "SELECT 'a\nb'"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sql(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn operators_arrays_and_catalog_names_are_rewritten() {
+        let cases = [
+            (
+                "SELECT relname FROM pg_catalog.pg_class WHERE relname !~ '^pg_'",
+                "SELECT relname FROM \"pg_class\" WHERE NOT (pg_regex(relname, '^pg_', 0))",
+            ),
+            (
+                "SELECT 1 WHERE 'a' OPERATOR(pg_catalog.~) '^a' COLLATE pg_catalog.default",
+                "SELECT 1 WHERE pg_regex('a', ('^a'), 0)",
+            ),
+            (
+                "SELECT * FROM t WHERE a = ANY(ARRAY['x', 'y'])",
+                "SELECT * FROM t WHERE a IN ('x', 'y')",
+            ),
+            (
+                "SELECT * FROM t WHERE a = ANY($1)",
+                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each($1))",
+            ),
+            (
+                "SELECT table_name FROM information_schema.tables",
+                "SELECT table_name FROM \"information_schema.tables\"",
+            ),
+            ("SELECT pg_catalog.version()", "SELECT version()"),
+            ("SELECT * FROM t FOR UPDATE", "SELECT * FROM t"),
+            (
+                "SELECT * FROM t WHERE a ILIKE 'x%'",
+                "SELECT * FROM t WHERE a LIKE 'x%'",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sql(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn create_table_keeps_postgres_types_and_numbers_serial_keys() {
+        let cases = [
+            (
+                "CREATE TABLE t (id SERIAL NOT NULL, name VARCHAR(40), at TIMESTAMP WITHOUT TIME ZONE DEFAULT now(), PRIMARY KEY (id))",
+                "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP)",
+            ),
+            (
+                "CREATE TABLE \"a\" (\"id\" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, \"t\" timestamp with time zone NOT NULL)",
+                "CREATE TABLE \"a\" (\"id\" INTEGER PRIMARY KEY NOT NULL, \"t\" timestamp with time zone NOT NULL)",
+            ),
+            (
+                "create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)",
+                "CREATE TABLE pgbench_tellers (tid int NOT NULL, bid int, tbalance int, filler char(84))",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sql(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn multi_table_statements_become_batches() {
+        assert_eq!(
+            translate("drop table if exists a, b"),
+            Translated::Batch {
+                statements: vec![
+                    "DROP TABLE IF EXISTS a".into(),
+                    "DROP TABLE IF EXISTS b".into()
+                ],
+                tag: "DROP TABLE".into()
+            }
+        );
+        assert_eq!(
+            translate("truncate table a, b"),
+            Translated::Batch {
+                statements: vec!["DELETE FROM a".into(), "DELETE FROM b".into()],
+                tag: "TRUNCATE TABLE".into()
+            }
+        );
+        assert_eq!(
+            translate("alter table pgbench_branches add primary key (bid)"),
+            Translated::Batch {
+                statements: vec![
+                    "CREATE UNIQUE INDEX \"pgbench_branches_pkey\" ON pgbench_branches (bid)"
+                        .into()
+                ],
+                tag: "ALTER TABLE".into()
+            }
+        );
+        assert!(
+            matches!(translate("vacuum analyze t"), Translated::Batch { tag, .. } if tag == "VACUUM")
+        );
+    }
+
+    #[test]
+    fn copy_reads_its_options() {
+        let Translated::Copy(_) = translate("copy pgbench_accounts from stdin with (freeze on)")
+        else {
+            panic!()
+        };
+        let Translated::Copy(spec) =
+            translate("COPY t (a, b) FROM STDIN WITH (FORMAT csv, HEADER true)")
+        else {
+            panic!()
+        };
+        assert_eq!(spec.table.as_deref(), Some("t"));
+        assert_eq!(spec.columns, vec!["a", "b"]);
+        assert!(spec.from_stdin && spec.header);
+        assert_eq!(spec.format, CopyFormat::Csv);
+        assert!(matches!(
+            translate("COPY t TO '/tmp/x'"),
+            Translated::Unsupported { .. }
+        ));
+    }
+}
