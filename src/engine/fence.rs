@@ -199,7 +199,10 @@ impl std::fmt::Debug for Fence {
                 write!(f, "Secondary {{ group: {group}, primary: {primary} }}")
             }
             Fence::GeoSecondary { server, database } => {
-                write!(f, "GeoSecondary {{ server: {server}, database: {database} }}")
+                write!(
+                    f,
+                    "GeoSecondary {{ server: {server}, database: {database} }}"
+                )
             }
             Fence::Primary(p) => write!(
                 f,

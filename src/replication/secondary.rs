@@ -216,7 +216,10 @@ impl SecondaryDb {
     /// The primary announced a rewind: the next record is a full image at
     /// `lsn`, and the log restarts there.
     pub fn expect_image_at(&self, lsn: Lsn) {
-        self.intake.lock().unwrap_or_else(|e| e.into_inner()).rewind_to = Some(lsn);
+        self.intake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rewind_to = Some(lsn);
     }
 
     /// Follows the hardened LSN.
