@@ -217,6 +217,11 @@ impl Driver {
                 crate::crashpoint::hit("ag.promote.before");
                 let mut outcome = Outcome::Done;
                 for name in &config.databases {
+                    if config.is_geo_secondary(name) {
+                        // Written in another region: this node becomes its
+                        // forwarder, never its writer.
+                        continue;
+                    }
                     let promoted = match manager.engine.database(name) {
                         Ok(db) => db.promote(&config.name, config.epoch).await,
                         Err(e) => Err(e),
@@ -376,6 +381,10 @@ impl Driver {
             })),
             leased: clustered.is_some(),
             arbiter: arbiter.clone().map(|a| a as Arc<dyn SyncArbiter>),
+            geo: manager.cluster.clone().map(|c| {
+                Arc::new(super::geo::ClusterDirectory(c))
+                    as Arc<dyn crate::replication::geo::GeoDirectory>
+            }),
         };
         let databases: Vec<Arc<Database>> = manager.open_databases(&config);
         apply_read_only(&databases, &config);

@@ -46,6 +46,7 @@ pub mod clustered;
 mod ddl;
 mod driver;
 pub mod failover;
+mod geo;
 pub mod role;
 pub mod store;
 pub mod views;
@@ -473,14 +474,31 @@ impl Manager {
                 .await?;
                 Ok("ALTER DATABASE".into())
             }
-            AgStatement::AddGeoSecondary { .. }
-            | AgStatement::RemoveGeoSecondary { .. }
-            | AgStatement::GeoFailover { .. }
+            AgStatement::AddGeoSecondary {
+                database,
+                server,
+                allow_connections,
+                database_name,
+            } => {
+                self.add_geo_secondary(&database, &server, allow_connections, database_name)
+                    .await?;
+                Ok("ALTER DATABASE".into())
+            }
+            AgStatement::RemoveGeoSecondary {
+                database,
+                server,
+                forced,
+            } => {
+                self.remove_geo_secondary(&database, &server, forced)
+                    .await?;
+                Ok("ALTER DATABASE".into())
+            }
+            AgStatement::GeoFailover { .. }
             | AgStatement::GeoForceFailover { .. } => Err(Error::sql(
                 "0A000",
-                "geo-replication links (ADD/REMOVE SECONDARY ON SERVER, database FAILOVER) are not available in this version",
+                "geo-failover (ALTER DATABASE … FAILOVER | FORCE_FAILOVER_ALLOW_DATA_LOSS) is not available in this version",
             )
-            .with_hint("name the cluster and register its partners now (ALTER CLUSTER SET (SERVER_NAME = …), ADD PARTNER SERVER); links come in the next release")),
+            .with_hint("the geo-secondary is readable and follows its source; to make it an independent read-write database, end the link on the source with REMOVE SECONDARY … WITH (TERMINATION = FORCED) once it has caught up")),
         }
     }
 
@@ -996,6 +1014,13 @@ impl Manager {
 
 #[async_trait]
 impl Admission for Manager {
+    async fn geo_forwarder(
+        self: Arc<Self>,
+        request: &crate::replication::geo::GeoRequest,
+    ) -> std::result::Result<Arc<crate::replication::geo::Forwarder>, String> {
+        self.admit_geo_source(request).await
+    }
+
     fn check_hello(
         &self,
         cluster_id: &str,

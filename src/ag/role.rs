@@ -1035,6 +1035,13 @@ pub fn settings_only(current: &GroupConfig, next: &GroupConfig) -> bool {
             c.epoch,
             c.cluster_id.clone(),
             c.required_synchronized_secondaries,
+            // A database that becomes or stops being a geo-secondary
+            // changes who writes it.
+            c.databases
+                .iter()
+                .filter(|d| c.is_geo_secondary(d))
+                .cloned()
+                .collect::<Vec<_>>(),
         )
     };
     shape(current) == shape(next)

@@ -31,6 +31,7 @@ pub struct Snapshot {
     cluster: Vec<Vec<Value>>,
     members: Vec<Vec<Value>>,
     partners: Vec<Vec<Value>>,
+    geo_links: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -62,6 +63,19 @@ CREATE TABLE sys.dm_hadr_cluster_members(
     number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
 CREATE TABLE sys.partner_servers(
     name TEXT, endpoint_urls TEXT);
+CREATE TABLE sys.geo_replication_links(
+    database_name TEXT, partner_server TEXT, partner_database TEXT,
+    role INTEGER, role_desc TEXT, replication_state INTEGER, replication_state_desc TEXT,
+    secondary_allow_connections INTEGER, secondary_allow_connections_desc TEXT,
+    is_connected BOOLEAN, last_replication TEXT, replication_lag_sec REAL,
+    hardened_lsn INTEGER, redone_lsn INTEGER, percent_complete REAL,
+    last_contact TEXT, last_error TEXT);
+CREATE VIEW sys.dm_geo_replication_link_status AS
+    SELECT database_name, partner_server, partner_database, last_replication,
+           replication_lag_sec, replication_state, replication_state_desc, role, role_desc,
+           secondary_allow_connections, secondary_allow_connections_desc, is_connected,
+           hardened_lsn, redone_lsn, percent_complete, last_contact, last_error
+    FROM sys.geo_replication_links;
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
@@ -236,6 +250,9 @@ impl Snapshot {
     pub fn add_primary(&mut self, node: &str, group: &PrimaryGroup) {
         let config = group.config();
         self.add_config(&config);
+        for link in group.geo_links() {
+            self.add_geo_link(&link);
+        }
         let links = group.links();
         // A primary whose lease ran out is RESOLVING: it takes no writes.
         let resolving = config
@@ -478,6 +495,49 @@ impl Snapshot {
         }
     }
 
+    fn add_geo_link(&mut self, link: &crate::replication::geo::GeoLinkView) {
+        use crate::replication::geo::{GeoRole, GeoState};
+        let (role, role_desc) = match link.role {
+            GeoRole::Primary => (0, "PRIMARY"),
+            GeoRole::Secondary => (1, "SECONDARY"),
+        };
+        let state = match link.state {
+            GeoState::Pending => 0,
+            GeoState::Seeding => 1,
+            GeoState::CatchUp => 2,
+        };
+        let (allow, allow_desc) = match link.partner.allow_connections {
+            crate::group::SecondaryConnections::No => (0, "NO"),
+            _ => (2, "ALL"),
+        };
+        let percent = match (link.state, link.seeding) {
+            (GeoState::CatchUp, _) => Value::Real(100.0),
+            (GeoState::Seeding, Some((done, all))) if all > 0 => {
+                Value::Real(done as f64 * 100.0 / all as f64)
+            }
+            _ => Value::Real(0.0),
+        };
+        self.geo_links.push(vec![
+            text(&link.database),
+            text(&link.partner.server),
+            text(&link.partner.database),
+            int(role),
+            text(role_desc),
+            int(state),
+            text(link.state.desc()),
+            int(allow),
+            text(allow_desc),
+            boolean(link.connected),
+            time(link.last_replication_us),
+            link.lag_seconds.map_or(Value::Null, Value::Real),
+            int(link.hardened_lsn),
+            int(link.redone_lsn),
+            percent,
+            time(link.last_contact_us),
+            link.last_error.clone().map_or(Value::Null, Value::Text),
+        ]);
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -503,6 +563,7 @@ impl Snapshot {
             ("dm_hadr_cluster", &self.cluster),
             ("dm_hadr_cluster_members", &self.members),
             ("partner_servers", &self.partners),
+            ("geo_replication_links", &self.geo_links),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -525,6 +586,8 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.dm_hadr_cluster",
         "sys.dm_hadr_",
         "sys.partner_servers",
+        "sys.geo_replication_links",
+        "sys.dm_geo_replication_link_status",
     ]
     .iter()
     .any(|v| lower.contains(v))

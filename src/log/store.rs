@@ -13,6 +13,19 @@ use super::record::{DecodeError, Lsn, Record};
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
+/// The segment size in use: [`SEGMENT_BYTES`], or `AVAILDB_LOG_SEGMENT_BYTES`
+/// (at least 64 KiB) — a knob for tests that need the log to be truncated
+/// (and replicas to be seeded from full images) without writing 64 MiB.
+pub fn segment_bytes() -> u64 {
+    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var("AVAILDB_LOG_SEGMENT_BYTES")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(SEGMENT_BYTES, |n| n.max(64 << 10))
+    })
+}
+
 /// Log errors.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -215,7 +228,7 @@ impl Log {
         self.last_commit_us
             .store(record.commit_time_us, Ordering::Relaxed);
         let len = record.encoded_len() as u64;
-        if tail.len > 0 && tail.len + len > SEGMENT_BYTES {
+        if tail.len > 0 && tail.len + len > segment_bytes() {
             self.roll(&mut tail)?;
         }
         let mut buf = std::mem::take(&mut tail.buf);

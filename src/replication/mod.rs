@@ -8,8 +8,11 @@
 //! * [`wire`]: the framed, checksummed messages between partners.
 //! * [`primary`]: one sender per secondary; the commit hook.
 //! * [`secondary`]: the endpoint; hardening and redo.
+//! * [`geo`]: geo-replication between regions — the source's geo senders
+//!   and the forwarder that takes a geo-secondary's log in.
 //! * [`error`]: why a link ended or a batch was refused.
 pub mod error;
+pub mod geo;
 pub mod link;
 pub mod primary;
 pub mod secondary;

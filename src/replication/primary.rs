@@ -24,13 +24,17 @@ use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
 use super::error::ReplicationError;
+use super::geo::{
+    run_geo_sender, Forwarder, GeoDirectory, GeoLinkStatus, GeoLinkView, GeoRole, GeoSource,
+    IMAGE_WITHIN,
+};
 use super::link::{plan_start, OwnLog, Start};
 use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::{
     monotonic_us, Closed, CommitHook, Database, Engine, Error, Fence, PrimaryFence, Result, Writes,
 };
-use crate::group::{AvailabilityMode, GroupConfig, ReplicaConfig};
+use crate::group::{AvailabilityMode, GeoPartner, GroupConfig, ReplicaConfig};
 use crate::log::Lsn;
 
 /// Most record bytes sent in one `Records` message.
@@ -77,7 +81,7 @@ fn smooth(old: f64, sample: f64) -> f64 {
 }
 
 impl ReplicaMetrics {
-    fn sent(&mut self, records: &[crate::log::RawRecord], bytes: u64) {
+    pub(crate) fn sent(&mut self, records: &[crate::log::RawRecord], bytes: u64) {
         let now = Instant::now();
         if let Some(at) = self.sent_at {
             let secs = now.duration_since(at).as_secs_f64().max(1e-3);
@@ -92,7 +96,7 @@ impl ReplicaMetrics {
         }
     }
 
-    fn progressed(&mut self, redone: Lsn, primary_end: Lsn) {
+    pub(crate) fn progressed(&mut self, redone: Lsn, primary_end: Lsn) {
         let now = Instant::now();
         if let Some(at) = self.progress_at {
             let secs = now.duration_since(at).as_secs_f64().max(1e-3);
@@ -241,6 +245,9 @@ pub struct StartOptions {
     /// Writes need the cluster's lease: they stay closed until the lease
     /// task holds one (false: no cluster manages the group).
     pub leased: bool,
+    /// This region's name and its partner servers, for geo-replication
+    /// links (None: the node takes part in no cluster, so in no region).
+    pub geo: Option<Arc<dyn GeoDirectory>>,
 }
 
 /// Records synchronized-set changes where failover decisions read them.
@@ -285,6 +292,21 @@ pub struct PrimaryGroup {
     databases: HashMap<String, (Arc<Database>, Arc<SyncCell>)>,
     /// Per secondary: connected now, last message time.
     links: Mutex<HashMap<String, LinkState>>,
+    stop: watch::Sender<bool>,
+    /// The geo-secondary databases of this region, each taking its log in
+    /// from its source region.
+    forwarders: HashMap<String, Arc<Forwarder>>,
+    /// This region's name and partners.
+    geo: Option<Arc<dyn GeoDirectory>>,
+    /// Running geo senders, by (database, partner server).
+    geo_senders: Mutex<HashMap<(String, String), GeoSender>>,
+    /// The LSN each geo-secondary still needs, by (database, partner).
+    geo_holds: Mutex<HashMap<(String, String), Lsn>>,
+}
+
+/// A running geo sender: its status and its stop switch.
+struct GeoSender {
+    status: Arc<GeoLinkStatus>,
     stop: watch::Sender<bool>,
 }
 
@@ -336,9 +358,20 @@ impl PrimaryGroup {
                 .map_or(10, |r| r.session_timeout_s as u64),
         );
         let stop = watch::channel(false).0;
-        for (db, cell) in databases.values() {
+        let mut forwarders = HashMap::new();
+        for (name, (db, cell)) in &databases {
             // Until each secondary reports, keep everything it may need.
             db.set_retain_from(0);
+            if let Some(source) = config.database_options(name).geo_source {
+                // Written in another region: read-only here, fed by the
+                // geo link, shipped on to this region's secondaries.
+                db.set_fence(Fence::GeoSecondary {
+                    server: source.server.clone(),
+                    database: source.database.clone(),
+                })?;
+                forwarders.insert(name.clone(), Forwarder::start(db.clone(), source));
+                continue;
+            }
             // One step: the epoch, the commit hook and the writes. Under a
             // cluster, writes stay closed until the lease task holds the
             // epoch's first lease.
@@ -368,7 +401,12 @@ impl PrimaryGroup {
             arbiter_lock: Arc::new(tokio::sync::Mutex::new(())),
             on_divergence: options.on_divergence,
             arbiter: options.arbiter,
+            forwarders,
+            geo: options.geo,
+            geo_senders: Mutex::new(HashMap::new()),
+            geo_holds: Mutex::new(HashMap::new()),
         });
+        group.start_geo_senders();
         let secondaries: Vec<String> = group
             .config()
             .secondaries()
@@ -389,7 +427,7 @@ impl PrimaryGroup {
     /// databases, replicas, modes, primary and epoch: see
     /// `ag::role::settings_only`) without restarting: senders use the new
     /// settings and send it to their secondaries.
-    pub fn update_config(&self, config: GroupConfig) {
+    pub fn update_config(self: &Arc<Self>, config: GroupConfig) {
         for hook in self
             .on_update
             .lock()
@@ -399,8 +437,145 @@ impl PrimaryGroup {
             hook(&config);
         }
         self.config.send_replace(config);
+        self.start_geo_senders();
     }
 
+    /// Starts a geo sender for every geo-secondary the definition names
+    /// that has none, and stops those of links it no longer names.
+    fn start_geo_senders(self: &Arc<Self>) {
+        let Some(directory) = self.geo.clone() else {
+            return;
+        };
+        let config = self.config();
+        let mut wanted = std::collections::BTreeSet::new();
+        for (name, (db, _)) in &self.databases {
+            for partner in config.database_options(name).geo_secondaries {
+                wanted.insert((name.clone(), partner.server.to_ascii_lowercase()));
+                let key = (name.clone(), partner.server.to_ascii_lowercase());
+                let mut senders = self.geo_senders.lock().unwrap_or_else(|e| e.into_inner());
+                if senders.contains_key(&key) {
+                    continue;
+                }
+                let status = GeoLinkStatus::new(name, partner.clone(), GeoRole::Primary);
+                // Stopped with the group (see `stop`) or when the link is
+                // removed.
+                let stop = watch::channel(*self.stop.borrow()).0;
+                tokio::spawn(run_geo_sender(
+                    self.clone() as Arc<dyn GeoSource>,
+                    directory.clone(),
+                    db.clone(),
+                    partner.server.clone(),
+                    status.clone(),
+                    stop.subscribe(),
+                ));
+                senders.insert(key, GeoSender { status, stop });
+            }
+        }
+        let mut senders = self.geo_senders.lock().unwrap_or_else(|e| e.into_inner());
+        senders.retain(|key, sender| {
+            let keep = wanted.contains(key);
+            if !keep {
+                sender.stop.send_replace(true);
+            }
+            keep
+        });
+        let mut holds = self.geo_holds.lock().unwrap_or_else(|e| e.into_inner());
+        holds.retain(|key, _| wanted.contains(key));
+    }
+
+    /// The status of every geo link of this primary: its geo senders and
+    /// its forwarders.
+    pub fn geo_links(&self) -> Vec<GeoLinkView> {
+        let mut out: Vec<GeoLinkView> = self
+            .geo_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|sender| sender.status.view())
+            .collect();
+        out.extend(self.forwarders.values().map(|f| f.status().view()));
+        out.sort_by(|a, b| (&a.database, &a.partner.server).cmp(&(&b.database, &b.partner.server)));
+        out
+    }
+
+    /// The forwarder of a geo-secondary database of this region.
+    pub fn forwarder(&self, database: &str) -> Option<Arc<Forwarder>> {
+        self.forwarders.get(database).cloned()
+    }
+
+    /// Keeps the log from the LSN the slowest replica — a local secondary
+    /// or a geo-secondary — still needs.
+    fn retain(&self, database: &str) {
+        let Some((db, cell)) = self.databases.get(database) else {
+            return;
+        };
+        let local = cell.inspect(|s| s.lowest_hardened());
+        let geo = self
+            .geo_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((d, _), _)| d == database)
+            .map(|(_, lsn)| *lsn)
+            .min()
+            .unwrap_or(u64::MAX);
+        db.set_retain_from(local.min(geo));
+    }
+
+    /// A full image of `db` in the log to seed a replica from: written here
+    /// when this region writes the database, else asked of its source.
+    async fn seed_image(&self, db: &Arc<Database>) -> Result<Lsn> {
+        match self.forwarders.get(db.name()) {
+            Some(forwarder) => forwarder
+                .fresh_image(IMAGE_WITHIN)
+                .await
+                .map_err(|why| Error::sql("55000", why)),
+            None => db.write_base_image().await,
+        }
+    }
+}
+
+#[async_trait]
+impl GeoSource for PrimaryGroup {
+    fn cluster_id(&self) -> String {
+        self.config().cluster_id
+    }
+
+    fn epoch(&self, db: &Database) -> u64 {
+        let newest = db.epoch_history().last().map_or(0, |(e, _)| *e);
+        if self.forwarders.contains_key(db.name()) {
+            newest
+        } else {
+            newest.max(self.epoch)
+        }
+    }
+
+    async fn seed_image(&self, db: &Arc<Database>) -> Result<Lsn> {
+        PrimaryGroup::seed_image(self, db).await
+    }
+
+    fn hold_log(&self, database: &str, partner: &str, lsn: Lsn) {
+        self.geo_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((database.to_string(), partner.to_ascii_lowercase()), lsn);
+        self.retain(database);
+    }
+
+    fn partner(&self, database: &str, server: &str) -> Option<GeoPartner> {
+        self.config()
+            .database_options(database)
+            .geo_secondaries
+            .into_iter()
+            .find(|p| p.server.eq_ignore_ascii_case(server))
+    }
+
+    fn read_only(&self, database: &str) -> bool {
+        self.config().database_options(database).read_only
+    }
+}
+
+impl PrimaryGroup {
     /// Calls `hook` with every definition taken in place.
     pub fn on_update(&self, hook: UpdateHook) {
         self.on_update
@@ -500,6 +675,17 @@ impl PrimaryGroup {
             db.close_writes(self.epoch, Closed::SteppingDown);
         }
         self.stop.send_replace(true);
+        for forwarder in self.forwarders.values() {
+            forwarder.close();
+        }
+        for sender in self
+            .geo_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            sender.stop.send_replace(true);
+        }
         for (db, _) in self.databases.values() {
             db.set_retain_from(u64::MAX);
         }
@@ -510,7 +696,7 @@ impl PrimaryGroup {
         let Some((db, cell)) = self.databases.get(database) else {
             return;
         };
-        let (needed, end, joined) = cell.update(|s| {
+        let (_, end, joined) = cell.update(|s| {
             let before = s.replica(replica).map(|r| r.state);
             s.progress(replica, hardened, redone);
             let after = s.replica(replica).map(|r| r.state);
@@ -525,8 +711,8 @@ impl PrimaryGroup {
             .or_default()
             .progressed(redone, end.max(db.log().end_lsn()));
         // The log is kept from the LSN the slowest secondary (connected or
-        // not) still needs.
-        db.set_retain_from(needed);
+        // not, local or in another region) still needs.
+        self.retain(database);
     }
 
     fn set_link(&self, replica: &str, connected: bool, error: Option<String>) {
@@ -720,7 +906,7 @@ async fn stream_to(
     let mut restarts: HashMap<String, Lsn> = HashMap::new();
     for (name, (db, cell)) in &group.databases {
         let position = positions.iter().find(|p| &p.database == name);
-        let (start, rewind) = start_lsn(db, position)
+        let (start, rewind) = start_lsn(group, db, position)
             .await
             .map_err(ReplicationError::local)?;
         if let Some(report) = &group.on_divergence {
@@ -936,7 +1122,8 @@ impl Drop for AbortOnDrop {
 /// (its tail holds records we never had: a former primary's unshipped
 /// commits), the discarded range `[first divergent LSN, its end)`.
 async fn start_lsn(
-    db: &Database,
+    group: &PrimaryGroup,
+    db: &Arc<Database>,
     position: Option<&DatabasePosition>,
 ) -> Result<(Lsn, Option<(Lsn, Lsn)>)> {
     let log = db.log();
@@ -949,11 +1136,11 @@ async fn start_lsn(
     let checksum_at = |lsn| log.record_checksum_at(lsn).ok().flatten();
     match plan_start(ours, checksum_at, position) {
         Start::Continue(from) => Ok((from, None)),
-        Start::Seed => Ok((db.write_base_image().await?, None)),
+        Start::Seed => Ok((group.seed_image(db).await?, None)),
         Start::Rewind {
             diverged,
             their_end,
-        } => Ok((db.write_base_image().await?, Some((diverged, their_end)))),
+        } => Ok((group.seed_image(db).await?, Some((diverged, their_end)))),
     }
 }
 

@@ -56,6 +56,13 @@ pub trait Admission: Send + Sync + 'static {
     /// connection, or in-band when it changes); returns the group's
     /// receiver (its databases set up as secondaries here).
     async fn accept_config(&self, config: GroupConfig) -> Result<Arc<SecondaryGroup>, String>;
+    /// A source region's primary opens a geo link: the forwarder of the
+    /// database it names (created when asked and missing), or why not
+    /// (sent back in `Refuse`: the source tries its partner's next node).
+    async fn geo_forwarder(
+        self: Arc<Self>,
+        request: &super::geo::GeoRequest,
+    ) -> Result<Arc<super::geo::Forwarder>, String>;
 }
 
 /// Takes a client session an availability group listener handed over.
@@ -143,6 +150,10 @@ pub struct SecondaryDb {
     written: watch::Sender<Lsn>,
     /// Pages of the full image being received (0: none in progress).
     image_pages: std::sync::atomic::AtomicU64,
+    /// Pages of that image in all.
+    image_total: std::sync::atomic::AtomicU64,
+    /// Where the newest full image taken in starts.
+    images: watch::Sender<Option<Lsn>>,
     /// Data movement suspended from this side (`SET HADR SUSPEND` run on
     /// this secondary); the primary is told at every connection.
     suspended_here: std::sync::atomic::AtomicBool,
@@ -172,6 +183,8 @@ impl SecondaryDb {
             last_redone_commit_us: AtomicI64::new(0),
             written: watch::channel(end).0,
             image_pages: std::sync::atomic::AtomicU64::new(0),
+            image_total: std::sync::atomic::AtomicU64::new(0),
+            images: watch::channel(None).0,
             suspended_here: std::sync::atomic::AtomicBool::new(false),
             db,
         });
@@ -225,6 +238,17 @@ impl SecondaryDb {
     /// Follows the hardened LSN.
     pub fn watch_hardened(&self) -> watch::Receiver<Lsn> {
         self.hardened.subscribe()
+    }
+
+    /// Follows where the newest full image taken in starts.
+    pub fn watch_images(&self) -> watch::Receiver<Option<Lsn>> {
+        self.images.subscribe()
+    }
+
+    /// While a full image arrives: pages received so far, of how many.
+    pub fn image_progress(&self) -> Option<(u64, u64)> {
+        let pages = self.image_pages.load(Ordering::Relaxed);
+        (pages > 0).then(|| (pages, self.image_total.load(Ordering::Relaxed)))
     }
 
     /// Checks and appends a batch of records (see [`IntakeGate`]); returns
@@ -616,6 +640,15 @@ fn report_image_progress(sdb: &SecondaryDb, database: &str, accepted: &[Record])
     for record in accepted {
         if record.starts_image() {
             sdb.image_pages.store(0, Ordering::Relaxed);
+            sdb.image_total
+                .store(u64::from(record.db_size), Ordering::Relaxed);
+            sdb.images.send_replace(Some(record.lsn));
+            tracing::info!(
+                database,
+                lsn = record.lsn,
+                "taking in a full image of {} pages",
+                record.db_size
+            );
         }
         if record.starts_image() || sdb.image_pages.load(Ordering::Relaxed) > 0 {
             let so_far = sdb
@@ -659,6 +692,44 @@ async fn serve_primary(
 ) -> Result<(), ReplicationError> {
     let mut conn = Framed::new(socket, WireCodec);
     let hello = next_message(&mut conn, Duration::from_secs(10)).await?;
+    if let Message::GeoHello {
+        from_server,
+        cluster_id,
+        source_database,
+        database,
+        epoch,
+        create,
+        readable,
+        read_only,
+    } = hello
+    {
+        let request = super::geo::GeoRequest {
+            from_server,
+            cluster_id,
+            source_database,
+            database,
+            epoch,
+            create,
+            readable,
+            read_only,
+        };
+        let forwarder = match admission.clone().geo_forwarder(&request).await {
+            Ok(f) => f,
+            Err(reason) => return refuse(&mut conn, reason).await,
+        };
+        let result =
+            super::geo::serve_source(&mut conn, forwarder, &request.from_server, epoch).await;
+        if let Err(reason) = &result {
+            let _ = send(
+                &mut conn,
+                Message::Refuse {
+                    reason: reason.to_string(),
+                },
+            )
+            .await;
+        }
+        return result;
+    }
     let Message::Hello {
         cluster_id,
         group,

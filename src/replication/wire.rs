@@ -61,6 +61,9 @@
 //!                                 str source_database, str database,
 //!                                 u64 epoch, bool create, bool readable,
 //!                                 bool read_only
+//!   12  ImageRequest   S → P      str database (a geo forwarder asks its
+//!                                 source for a full image in the log, to
+//!                                 seed a replica of its own region)
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -165,6 +168,13 @@ pub enum Message {
         readable: bool,
         /// The database is READ_ONLY in the source region.
         read_only: bool,
+    },
+    /// Geo forwarder → its source: append a full image of the database to
+    /// the log (it flows down the link like any record), so a replica of
+    /// the forwarder's region can be seeded from it.
+    ImageRequest {
+        /// The database's name in the source region.
+        database: String,
     },
     /// Primary → secondary: log records of one database, in LSN order.
     Records {
@@ -309,6 +319,7 @@ pub enum WireError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     GeoHello = 11,
+    ImageRequest = 12,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -337,6 +348,7 @@ impl TryFrom<u8> for Kind {
             9 => Kind::DatabaseState,
             10 => Kind::Config,
             11 => Kind::GeoHello,
+            12 => Kind::ImageRequest,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -356,6 +368,7 @@ impl Message {
             Message::DatabaseState { .. } => Kind::DatabaseState,
             Message::Config { .. } => Kind::Config,
             Message::GeoHello { .. } => Kind::GeoHello,
+            Message::ImageRequest { .. } => Kind::ImageRequest,
         }
     }
 
@@ -409,6 +422,7 @@ impl Message {
             }
             Message::Progress { database, .. } => str_len(database)? + 24,
             Message::Rewind { database, .. } => str_len(database)? + 8,
+            Message::ImageRequest { database } => str_len(database)?,
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
             Message::Config { config, .. } => 8 + 4 + config.len(),
@@ -528,6 +542,7 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             w.str(database);
             w.u64(*from_lsn);
         }
+        Message::ImageRequest { database } => w.str(database),
         Message::Ping { sent_us } => w.u64(*sent_us),
         Message::Pong { echo_us } => w.u64(*echo_us),
         Message::DatabaseState {
@@ -700,6 +715,9 @@ impl<'a> Reader<'a> {
             Kind::Rewind => Message::Rewind {
                 database: self.str("database")?,
                 from_lsn: self.u64("from_lsn")?,
+            },
+            Kind::ImageRequest => Message::ImageRequest {
+                database: self.str("database")?,
             },
             Kind::Ping => Message::Ping {
                 sent_us: self.u64("sent_us")?,
@@ -999,6 +1017,9 @@ mod tests {
                 readable: false,
                 read_only: true,
             },
+            Message::ImageRequest {
+                database: "shop".into(),
+            },
         ]
     }
 
@@ -1043,8 +1064,8 @@ mod tests {
     fn the_samples_cover_every_kind() {
         let mut kinds: Vec<u8> = samples().iter().map(|m| m.kind() as u8).collect();
         kinds.dedup();
-        assert_eq!(kinds, (1..=11).collect::<Vec<u8>>());
-        for byte in 1..=11u8 {
+        assert_eq!(kinds, (1..=12).collect::<Vec<u8>>());
+        for byte in 1..=12u8 {
             assert_eq!(Kind::try_from(byte).unwrap() as u8, byte);
         }
     }
@@ -1177,7 +1198,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_rejected_with_advice() {
-        for kind in [0, 12, 255] {
+        for kind in [0, 13, 255] {
             let err = decode(&raw_frame(VERSION, kind, &[])).unwrap_err();
             assert!(matches!(err, WireError::Kind(k) if k == kind), "{err:?}");
             assert!(err.to_string().contains("upgrade"), "{err}");

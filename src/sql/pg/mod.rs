@@ -45,7 +45,7 @@
 //! * `DROP TABLE a, b [CASCADE]` → one DROP per table; `TRUNCATE a, b` →
 //!   `DELETE FROM` each; `ALTER TABLE … ADD PRIMARY KEY / ADD CONSTRAINT …
 //!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
-//!   `VACUUM [ANALYZE] t` → `ANALYZE t`; `EXPLAIN [ANALYZE]` → `EXPLAIN
+//!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
 //! * `COPY … FROM STDIN` / `TO STDOUT` in text and CSV ([`copy`]).
@@ -195,25 +195,30 @@ fn unsupported(message: impl Into<String>, hint: impl Into<String>) -> Translate
     }
 }
 
-/// `VACUUM [FULL] [ANALYZE] [t]` → `ANALYZE [t]`: SQLite's VACUUM rewrites
-/// the whole file (and takes no table); statistics are what callers want.
+/// `VACUUM [FULL] [ANALYZE]` with no table → SQLite's `VACUUM` (the whole
+/// file is rewritten and shrunk; replicated like any transaction; its
+/// statistics are not refreshed); `VACUUM [ANALYZE] t` → `ANALYZE t`: SQLite
+/// cannot vacuum one table, and statistics are what callers of the
+/// per-table form (pgbench -i) want.
 fn vacuum(sql: &str) -> Translated {
     let table = sql
         .split_whitespace()
         .skip(1)
         .find(|w| {
             !matches!(
-                w.to_ascii_lowercase().as_str(),
-                "full" | "freeze" | "verbose" | "analyze" | "analyse"
+                w.trim_end_matches(';').to_ascii_lowercase().as_str(),
+                "full" | "freeze" | "verbose" | "analyze" | "analyse" | ""
             ) && !w.starts_with('(')
         })
         .map(|t| t.trim_end_matches(';').to_string());
-    Translated::Batch {
-        statements: vec![match table {
-            Some(t) => format!("ANALYZE {t}"),
-            None => "ANALYZE".into(),
-        }],
-        tag: "VACUUM".into(),
+    match table {
+        Some(t) => Translated::Batch {
+            statements: vec![format!("ANALYZE {t}")],
+            tag: "VACUUM".into(),
+        },
+        // Alone: SQLite's VACUUM cannot run inside the transaction a batch
+        // runs in.
+        None => Translated::Sql("VACUUM".into()),
     }
 }
 
@@ -649,8 +654,18 @@ mod tests {
                 tag: "ALTER TABLE".into()
             }
         );
-        assert!(
-            matches!(translate("vacuum analyze t"), Translated::Batch { tag, .. } if tag == "VACUUM")
+        assert_eq!(
+            translate("vacuum analyze t"),
+            Translated::Batch {
+                statements: vec!["ANALYZE t".into()],
+                tag: "VACUUM".into()
+            }
+        );
+        // A bare VACUUM is SQLite's: it shrinks the file (and replicates).
+        assert_eq!(translate("VACUUM"), Translated::Sql("VACUUM".into()));
+        assert_eq!(
+            translate("vacuum full analyze;"),
+            Translated::Sql("VACUUM".into())
         );
     }
 

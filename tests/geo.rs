@@ -1,0 +1,297 @@
+//! Geo-replication between two regions, each an independent cluster with its
+//! own availability group (real `availdb server` processes on loopback,
+//! real clients): a geo-secondary is created and seeded in the other region
+//! by `ALTER DATABASE … ADD SECONDARY ON SERVER`, follows its source, is
+//! read-only there, reaches that region's own secondaries through its
+//! primary (the forwarder), and keeps its link across a local failover in
+//! either region without a reseed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{planned_failover, wait_failover_ready};
+use common::group::{compare_pages, error_text, log_bounds, pages, query_text, Group, APP};
+use common::{TestServer, DEFAULT_DB};
+use tokio_postgres::Client;
+
+/// The geo-secondary's name in region B (B's group already has `app`).
+const GEO_DB: &str = "app_b";
+const WITHIN: Duration = Duration::from_secs(90);
+
+async fn exec(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+}
+
+/// The SQLSTATE and message of a statement that must fail.
+async fn refusal(client: &Client, sql: &str) -> (String, String) {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("{sql}: succeeded, but must be refused"),
+        Err(e) => (
+            e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+            error_text(&e),
+        ),
+    }
+}
+
+/// Names both regions and registers B (every node of it) as A's partner.
+async fn link_regions(a: &Group, b: &Group) {
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        "ALTER CLUSTER SET (SERVER_NAME = 'A')",
+    )
+    .await;
+    exec(
+        &b.primary().client(DEFAULT_DB).await,
+        "ALTER CLUSTER SET (SERVER_NAME = 'B')",
+    )
+    .await;
+    let urls: Vec<String> = b
+        .endpoints
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER CLUSTER ADD PARTNER SERVER 'B' WITH (ENDPOINT_URL = '{}')",
+            urls.join(", ")
+        ),
+    )
+    .await;
+}
+
+/// Waits until `SELECT count(*) FROM t` in `db` on `server` is `n`.
+async fn wait_count(server: &TestServer, db: &str, n: i64, what: &str) {
+    let deadline = Instant::now() + WITHIN;
+    let mut last;
+    loop {
+        match server.try_client(db).await {
+            Ok(client) => match query_text(&client, "SELECT count(*) FROM t").await {
+                Ok(rows) => {
+                    let got = rows[0][0].clone().unwrap_or_default();
+                    if got == n.to_string() {
+                        return;
+                    }
+                    last = format!("{got} rows");
+                }
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = error_text(&e),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {db} never had {n} rows (last: {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Inserts rows `from..to` into `t` (1 KB each), 50 per transaction.
+async fn insert(client: &Client, from: i64, to: i64) {
+    let mut i = from;
+    while i < to {
+        let end = (i + 50).min(to);
+        exec(
+            client,
+            &format!(
+                "INSERT INTO t(id, pad) SELECT value, randomblob(1024) FROM generate_series({i}, {})",
+                end - 1
+            ),
+        )
+        .await;
+        i = end;
+    }
+}
+
+/// One row of `sys.geo_replication_links` on `server`:
+/// (role_desc, replication_state_desc, partner_server, partner_database,
+/// replication_lag_sec).
+async fn link_row(server: &TestServer) -> Option<Vec<Option<String>>> {
+    let client = server.client(DEFAULT_DB).await;
+    let rows = query_text(
+        &client,
+        "SELECT role_desc, replication_state_desc, partner_server, partner_database, \
+         replication_lag_sec FROM sys.dm_geo_replication_link_status",
+    )
+    .await
+    .expect("sys.dm_geo_replication_link_status");
+    rows.into_iter().next()
+}
+
+/// How many full images the nodes of a region took in (a reseed adds one).
+fn images_received(region: &Group) -> usize {
+    region
+        .nodes
+        .iter()
+        .map(|n| n.log().matches("taking in a full image").count())
+        .sum()
+}
+
+async fn start_regions() -> (Group, Group) {
+    // Small log segments, so that the source's log is truncated and the
+    // geo-secondary (and its region's replicas) must be seeded from full
+    // images. Every test here sets the same value.
+    std::env::set_var("AVAILDB_LOG_SEGMENT_BYTES", "262144");
+    let a = Group::start(2).await;
+    let b = Group::start(2).await;
+    link_regions(&a, &b).await;
+    let app = a.primary().client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB NOT NULL)",
+    )
+    .await;
+    // Well past one segment and one checkpoint (4000 WAL frames), so the
+    // log no longer starts at its first record.
+    insert(&app, 0, 500).await;
+    exec(&app, "CREATE TABLE filler(pad BLOB)").await;
+    for _ in 0..20 {
+        exec(
+            &app,
+            "INSERT INTO filler SELECT randomblob(1024) FROM generate_series(1, 1000)",
+        )
+        .await;
+        exec(&app, "DELETE FROM filler").await;
+    }
+    let deadline = Instant::now() + WITHIN;
+    while log_bounds(a.primary(), APP).await.0 == 0 {
+        assert!(Instant::now() < deadline, "A's log was never truncated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_geo_secondary_is_seeded_follows_its_source_and_is_read_only_in_its_region() {
+    let (a, b) = start_regions().await;
+    let admin = a.primary().client(DEFAULT_DB).await;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[0], GEO_DB, 500, "seeded on B's primary").await;
+    // B's own secondary gets the geo-secondary through B's primary.
+    wait_count(&b.nodes[1], GEO_DB, 500, "seeded on B's secondary").await;
+
+    let app = a.primary().client(APP).await;
+    insert(&app, 500, 800).await;
+    wait_count(&b.nodes[0], GEO_DB, 800, "followed on B's primary").await;
+    wait_count(&b.nodes[1], GEO_DB, 800, "followed on B's secondary").await;
+    // Rule 3 across regions: the copies are page-identical.
+    let source = pages(a.primary(), APP).await;
+    for node in &b.nodes {
+        let deadline = Instant::now() + WITHIN;
+        while let Err(diff) = compare_pages(&source, &pages(node, GEO_DB).await) {
+            assert!(
+                Instant::now() < deadline,
+                "{GEO_DB} differs from A's {APP}:\n{diff}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Read-only in region B, with a message that names the source.
+    let geo = b.nodes[0].client(GEO_DB).await;
+    let (code, message) = refusal(&geo, "INSERT INTO t VALUES (1000000, x'00')").await;
+    assert_eq!(code, "25006", "{message}");
+    assert!(message.contains("geo-secondary"), "{message}");
+
+    // Both ends show the link; a live idle link has a lag, not NULL.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let row = link_row(a.primary()).await.expect("A shows its geo link");
+        assert_eq!(row[0].as_deref(), Some("PRIMARY"));
+        assert_eq!(row[2].as_deref(), Some("B"));
+        assert_eq!(row[3].as_deref(), Some(GEO_DB));
+        if row[1].as_deref() == Some("CATCH_UP") && row[4].as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's link never caught up: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let row = link_row(&b.nodes[0]).await.expect("B shows its geo link");
+    assert_eq!(row[0].as_deref(), Some("SECONDARY"));
+    assert_eq!(row[2].as_deref(), Some("A"));
+    assert_eq!(row[3].as_deref(), Some(APP));
+
+    // Bad requests: each a clear error, nothing changed.
+    let (code, m) = refusal(&admin, "ALTER DATABASE app ADD SECONDARY ON SERVER 'C'").await;
+    assert_eq!(code, "42704", "an unknown server: {m}");
+    let (code, m) = refusal(&admin, "ALTER DATABASE app ADD SECONDARY ON SERVER 'B'").await;
+    assert_eq!(code, "42710", "a second link to the same server: {m}");
+    let (code, m) = refusal(&admin, "ALTER DATABASE app ADD SECONDARY ON SERVER 'A'").await;
+    assert_eq!(code, "42P17", "a link to this region itself: {m}");
+    let (code, m) = refusal(
+        &admin,
+        "ALTER DATABASE app REMOVE SECONDARY ON SERVER 'C' WITH (TERMINATION = FORCED)",
+    )
+    .await;
+    assert_eq!(code, "42704", "removing a link that does not exist: {m}");
+    insert(&app, 800, 810).await;
+    wait_count(&b.nodes[0], GEO_DB, 810, "still linked after the refusals").await;
+
+    // Forced termination ends the link: B keeps what it had.
+    exec(
+        &admin,
+        "ALTER DATABASE app REMOVE SECONDARY ON SERVER 'B' WITH (TERMINATION = FORCED)",
+    )
+    .await;
+    assert!(
+        link_row(a.primary()).await.is_none(),
+        "the link is gone on A"
+    );
+    insert(&app, 810, 820).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_count(&b.nodes[0], GEO_DB, 810, "B keeps what it had").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_failover_in_either_region_keeps_the_geo_link_without_a_reseed() {
+    let (a, b) = start_regions().await;
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[1], GEO_DB, 500, "seeded in B").await;
+    let seeds_in_b = images_received(&b);
+
+    // Region B fails over: its new primary becomes the forwarder.
+    wait_failover_ready(&b, 0, &[1]).await;
+    planned_failover(&b, 1)
+        .await
+        .unwrap_or_else(|(code, m)| panic!("B's failover: {code} {m}"));
+    let app = a.primary().client(APP).await;
+    insert(&app, 500, 700).await;
+    wait_count(&b.nodes[1], GEO_DB, 700, "B's new primary follows A").await;
+    wait_count(&b.nodes[0], GEO_DB, 700, "B's new secondary follows").await;
+
+    // Region A fails over: its new primary runs the geo sender.
+    wait_failover_ready(&a, 0, &[1]).await;
+    planned_failover(&a, 1)
+        .await
+        .unwrap_or_else(|(code, m)| panic!("A's failover: {code} {m}"));
+    let app = a.nodes[1].client(APP).await;
+    insert(&app, 700, 900).await;
+    wait_count(&b.nodes[1], GEO_DB, 900, "B follows A's new primary").await;
+    wait_count(&b.nodes[0], GEO_DB, 900, "and B's secondary too").await;
+    assert!(seeds_in_b >= 2, "B's primary and secondary were seeded");
+    assert_eq!(
+        images_received(&b),
+        seeds_in_b,
+        "no full image was sent to region B again:\n{}",
+        b.logs()
+    );
+}
