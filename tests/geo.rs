@@ -295,3 +295,69 @@ async fn a_local_failover_in_either_region_keeps_the_geo_link_without_a_reseed()
         b.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn geo_max_lag_throttles_then_refuses_writes_while_the_geo_secondary_is_paused() {
+    let (a, b) = start_regions().await;
+    let admin = a.primary().client(DEFAULT_DB).await;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[0], GEO_DB, 500, "seeded in B").await;
+    exec(
+        &admin,
+        &format!("ALTER DATABASE {APP} SET GEO_MAX_LAG = 2 SECONDS"),
+    )
+    .await;
+    let app = a.primary().client(APP).await;
+    insert(&app, 500, 510).await;
+
+    // Region B's forwarder stops answering: the lag grows past the bound.
+    b.nodes[0].pause();
+    let mut refused = None;
+    for i in 0..300 {
+        let sql = format!("INSERT INTO t VALUES ({}, randomblob(100))", 10_000 + i);
+        match app.batch_execute(&sql).await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                refused = Some((
+                    e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+                    error_text(&e),
+                ));
+                break;
+            }
+        }
+    }
+    let (code, message) = refused.expect("writes were refused while B was paused");
+    assert_eq!(code, "40001", "a retryable refusal: {message}");
+    assert!(message.contains("GEO_MAX_LAG"), "{message}");
+    assert!(
+        message.contains("'B'"),
+        "names the geo-secondary: {message}"
+    );
+
+    // B comes back and catches up: writes are taken again.
+    b.nodes[0].resume();
+    let deadline = Instant::now() + WITHIN;
+    while let Err(e) = app
+        .batch_execute("INSERT INTO t VALUES (20000, randomblob(100))")
+        .await
+    {
+        assert!(
+            Instant::now() < deadline,
+            "writes still refused after B resumed: {}",
+            error_text(&e)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // OFF lifts the bound.
+    exec(
+        &admin,
+        &format!("ALTER DATABASE {APP} SET GEO_MAX_LAG = OFF"),
+    )
+    .await;
+}

@@ -95,6 +95,15 @@ pub trait CommitHook: Send + Sync {
     async fn wait(&self, lsn: Lsn) -> Result<()>;
 }
 
+/// Admits a write transaction before it takes the write lock: may wait
+/// (throttle) and refuse. Replication installs one to bound how far a
+/// geo-secondary may fall behind (`GEO_MAX_LAG`).
+#[async_trait]
+pub trait WriteGate: Send + Sync {
+    /// Returns once a write transaction on `database` may begin.
+    async fn admit(&self, database: &str) -> Result<()>;
+}
+
 /// Where a database stands in an availability group, as sessions see it
 /// (derived from the [`Fence`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +137,8 @@ struct Shared {
     /// `SET READ_ONLY`: no writes, whatever the fence says.
     read_only: AtomicBool,
     fence: RwLock<Fence>,
+    /// Admits write transactions (None: every one).
+    write_gate: RwLock<Option<Arc<dyn WriteGate>>>,
 }
 
 /// Microseconds on this process's monotonic clock (leases are measured on
@@ -229,6 +240,7 @@ impl Database {
             applied: AtomicU64::new(applied),
             read_only: AtomicBool::new(false),
             fence: RwLock::new(Fence::Standalone),
+            write_gate: RwLock::new(None),
         });
         let wal_frames = Arc::new(AtomicU32::new(0));
         let conn = open_writer(path, name, &shared, &wal_frames)?;
@@ -606,6 +618,18 @@ impl Database {
     /// forever), and giving up early when `cancel` is notified.
     pub async fn writer(&self, timeout: Option<Duration>, cancel: &Notify) -> Result<WriterGuard> {
         self.check_writable()?;
+        let gate = self
+            .shared
+            .write_gate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(gate) = gate {
+            tokio::select! {
+                admitted = gate.admit(&self.name) => admitted?,
+                _ = cancel.notified() => return Err(Error::Canceled),
+            }
+        }
         let lock = self.writer.clone().lock_owned();
         let waited = async {
             match timeout {
@@ -622,6 +646,15 @@ impl Database {
             guard = waited => guard,
             _ = cancel.notified() => Err(Error::Canceled),
         }
+    }
+
+    /// Installs (or removes) what admits write transactions.
+    pub fn set_write_gate(&self, gate: Option<Arc<dyn WriteGate>>) {
+        *self
+            .shared
+            .write_gate
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = gate;
     }
 
     /// Refuses writes on a secondary, on a fenced primary (RESOLVING) and

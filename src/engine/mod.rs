@@ -64,7 +64,8 @@ use std::sync::{Arc, Mutex};
 
 pub use capture::checkpoint_passive;
 pub use database::{
-    monotonic_us, CommitHook, Conn, Database, Reader, Redone, Role, Writer, WriterGuard, PG_VERSION,
+    monotonic_us, CommitHook, Conn, Database, Reader, Redone, Role, WriteGate, Writer, WriterGuard,
+    PG_VERSION,
 };
 pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, Column, Described, Outcome};

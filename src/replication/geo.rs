@@ -163,6 +163,15 @@ impl GeoLinkStatus {
         })
     }
 
+    /// Age of the oldest commit sent to the geo-secondary that it has not
+    /// redone yet, now (0 when it has redone everything sent).
+    pub fn lag_now(&self) -> f64 {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lag_now()
+    }
+
     /// A copy of the status.
     pub fn view(&self) -> GeoLinkView {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()

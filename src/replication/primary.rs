@@ -96,6 +96,13 @@ impl ReplicaMetrics {
         }
     }
 
+    /// Age of the oldest commit sent and not yet redone (0: none).
+    pub(crate) fn lag_now(&self) -> f64 {
+        self.in_flight.front().map_or(0.0, |&(_, commit_us)| {
+            (now_us() - commit_us).max(0) as f64 / 1e6
+        })
+    }
+
     pub(crate) fn progressed(&mut self, redone: Lsn, primary_end: Lsn) {
         let now = Instant::now();
         if let Some(at) = self.progress_at {
@@ -304,6 +311,65 @@ pub struct PrimaryGroup {
     geo_holds: Mutex<HashMap<(String, String), Lsn>>,
 }
 
+/// `GEO_MAX_LAG`: a write transaction waits while a geo-secondary of its
+/// database is further behind than the bound, and is refused (retryable)
+/// once it has waited that long.
+struct GeoLagGate {
+    group: std::sync::Weak<PrimaryGroup>,
+}
+
+#[async_trait]
+impl crate::engine::WriteGate for GeoLagGate {
+    async fn admit(&self, database: &str) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let Some(group) = self.group.upgrade() else {
+                return Ok(());
+            };
+            let Some(bound_ms) = group.config().database_options(database).geo_max_lag_ms else {
+                return Ok(());
+            };
+            let bound = Duration::from_millis(bound_ms);
+            let worst = group
+                .geo_senders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|((d, _), _)| d == database)
+                .map(|(_, sender)| {
+                    let mut lag = sender.status.lag_now();
+                    // A link that is down with records the partner lacks
+                    // falls behind from the last time it was heard from.
+                    let view = sender.status.view();
+                    let end = group.database(database).map_or(0, |db| db.log().end_lsn());
+                    if !view.connected && view.redone_lsn < end {
+                        if let Some(heard) = view.last_contact_us {
+                            lag = lag.max((now_us() - heard).max(0) as f64 / 1e6);
+                        }
+                    }
+                    (lag, view.partner.server)
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let Some((lag, server)) = worst.filter(|(lag, _)| *lag > bound.as_secs_f64()) else {
+                return Ok(());
+            };
+            drop(group);
+            // Throttle for at most the bound itself, then refuse.
+            if started.elapsed() >= bound.min(Duration::from_secs(5)) {
+                return Err(Error::sql(
+                    "40001",
+                    format!(
+                        "database \"{database}\": the geo-secondary on server '{server}' is {lag:.1} s behind, more than GEO_MAX_LAG ({} s); the write was not started",
+                        bound.as_secs_f64()
+                    ),
+                )
+                .with_hint("retry the transaction later; see sys.dm_geo_replication_link_status, or ALTER DATABASE … SET GEO_MAX_LAG = OFF"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A running geo sender: its status and its stop switch.
 struct GeoSender {
     status: Arc<GeoLinkStatus>,
@@ -407,6 +473,13 @@ impl PrimaryGroup {
             geo_holds: Mutex::new(HashMap::new()),
         });
         group.start_geo_senders();
+        for (name, (db, _)) in &group.databases {
+            if !group.forwarders.contains_key(name) {
+                db.set_write_gate(Some(Arc::new(GeoLagGate {
+                    group: Arc::downgrade(&group),
+                })));
+            }
+        }
         let secondaries: Vec<String> = group
             .config()
             .secondaries()
@@ -688,6 +761,7 @@ impl PrimaryGroup {
         }
         for (db, _) in self.databases.values() {
             db.set_retain_from(u64::MAX);
+            db.set_write_gate(None);
         }
     }
 
