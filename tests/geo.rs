@@ -361,3 +361,56 @@ async fn geo_max_lag_throttles_then_refuses_writes_while_the_geo_secondary_is_pa
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chained_geo_secondaries_carry_the_log_from_a_through_b_to_c() {
+    let (a, b) = start_regions().await;
+    let c = Group::start(2).await;
+    exec(
+        &c.primary().client(DEFAULT_DB).await,
+        "ALTER CLUSTER SET (SERVER_NAME = 'C')",
+    )
+    .await;
+    let urls: Vec<String> = c
+        .endpoints
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    let b_admin = b.primary().client(DEFAULT_DB).await;
+    exec(
+        &b_admin,
+        &format!(
+            "ALTER CLUSTER ADD PARTNER SERVER 'C' WITH (ENDPOINT_URL = '{}')",
+            urls.join(", ")
+        ),
+    )
+    .await;
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[0], GEO_DB, 500, "seeded in B").await;
+    // B's geo-secondary feeds one of its own in C.
+    exec(
+        &b_admin,
+        &format!(
+            "ALTER DATABASE {GEO_DB} ADD SECONDARY ON SERVER 'C' WITH (DATABASE_NAME = 'app_c')"
+        ),
+    )
+    .await;
+    wait_count(&c.nodes[0], "app_c", 500, "seeded in C").await;
+    wait_count(&c.nodes[1], "app_c", 500, "on C's secondary").await;
+    let app = a.primary().client(APP).await;
+    insert(&app, 500, 650).await;
+    wait_count(&c.nodes[0], "app_c", 650, "C follows A through B").await;
+    wait_count(&c.nodes[1], "app_c", 650, "and C's secondary").await;
+    let (code, message) = refusal(
+        &c.nodes[0].client("app_c").await,
+        "INSERT INTO t VALUES (1000000, x'00')",
+    )
+    .await;
+    assert_eq!(code, "25006", "{message}");
+}
