@@ -414,3 +414,106 @@ async fn chained_geo_secondaries_carry_the_log_from_a_through_b_to_c() {
     .await;
     assert_eq!(code, "25006", "{message}");
 }
+
+/// Stops `availdb up` (SIGTERM: it stops its nodes) however the test ends.
+struct UpProcess(std::process::Child);
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we spawned.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+    }
+}
+
+/// A base port whose region layout (`PORT + 200·k + 0..=3`, `+ 100..=101`)
+/// is free now, below the ephemeral range.
+fn free_region_ports(regions: u16) -> u16 {
+    'search: for attempt in 0..200u32 {
+        let base = 20_000 + ((std::process::id() * 7 + attempt * 613) % 8_000) as u16;
+        for k in 0..regions {
+            for offset in [0, 1, 2, 3, 100, 101] {
+                let port = base + 200 * k + offset;
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                    continue 'search;
+                }
+            }
+        }
+        return base;
+    }
+    panic!("no free port range for {regions} regions");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn availdb_up_with_two_regions_starts_a_geo_replicated_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_region_ports(2);
+    let out = dir.path().join("up.out");
+    let err = dir.path().join("up.err");
+    let _up = UpProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_availdb"))
+            .args(["up", "--regions", "2", "--replicas", "2"])
+            .args(["--port", &base.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("AVAILDB_PASSWORD")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn availdb up"),
+    );
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !read(&out).contains("Ctrl-C stops every region") {
+        assert!(
+            Instant::now() < deadline,
+            "availdb up --regions 2 did not come up:\n{}\n{}",
+            read(&out),
+            read(&err)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let printed = read(&out);
+    assert!(printed.contains("region A (server 'A')"), "{printed}");
+    assert!(printed.contains("region B (server 'B')"), "{printed}");
+    let connect = |port: u16| async move {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=availdb dbname=app"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("port {port}: {e}"));
+        tokio::spawn(conn);
+        client
+    };
+    // Written through region A's listener, read through region B's.
+    let a = connect(base).await;
+    exec(&a, "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB)").await;
+    insert(&a, 0, 100).await;
+    let b = connect(base + 200).await;
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let n = query_text(&b, "SELECT count(*) FROM t")
+            .await
+            .ok()
+            .and_then(|rows| rows[0][0].clone());
+        if n.as_deref() == Some("100") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "region B never had A's rows: {n:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -9,6 +9,13 @@
 //! in `DIR/ri`. Every node runs the listener (the ports are shared with
 //! `SO_REUSEPORT`), so it survives the loss of any node. Running `up` again
 //! on the same directory resumes the same group.
+//!
+//! `--regions N` (2..=4) starts N such regions, each an independent cluster
+//! with its own group `ag1`, named A, B, … (`SERVER_NAME`), every region a
+//! registered partner of the others: region A's ports start at `PORT` as
+//! above, region k's at `PORT + 200·k`, its data in `DIR/<name>/ri`. Region
+//! A holds `app`; every other region holds a geo-secondary of it, also
+//! named `app`, linked from A (`ADD SECONDARY ON SERVER`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +42,21 @@ pub struct UpArgs {
     /// Secondaries use ASYNCHRONOUS_COMMIT (default: SYNCHRONOUS_COMMIT).
     #[arg(long = "async")]
     pub asynchronous: bool,
+    /// Number of regions (independent clusters, each with its own group),
+    /// region A's `app` geo-replicated to every other one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub regions: u16,
+}
+
+/// One region's part of the layout.
+struct Region {
+    /// Its server name (A, B, …); None when `up` runs one region.
+    name: Option<String>,
+    /// Its listener's read-write port.
+    port: u16,
+    /// Where its replicas' data lives.
+    dir: PathBuf,
+    nodes: Vec<Node>,
 }
 
 /// `availdb up --help`'s closing lines: where each replica lives, and the
@@ -57,23 +79,91 @@ struct Node {
     child: Child,
 }
 
-/// Runs the group until Ctrl-C or SIGTERM, then stops every node.
+/// Runs the group (or the regions) until Ctrl-C or SIGTERM, then stops
+/// every node.
 pub async fn run(args: UpArgs) -> Result<(), String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the availdb binary: {e}"))?;
-    let last_port = args.port as u32 + 100 + args.replicas as u32;
+    let last_port = args.port as u32 + 200 * (args.regions as u32 - 1) + 100 + args.replicas as u32;
     if last_port > u16::MAX as u32 {
         return Err(format!(
-            "--port {} leaves no room for {} replicas",
-            args.port, args.replicas
+            "--port {} leaves no room for {} regions of {} replicas",
+            args.port, args.regions, args.replicas
         ));
     }
-    let mut nodes = Vec::new();
+    let mut regions: Vec<Region> = Vec::new();
+    for k in 0..args.regions {
+        let name = (args.regions > 1).then(|| ((b'A' + k as u8) as char).to_string());
+        let dir = match &name {
+            Some(n) => args.data_dir.join(n),
+            None => args.data_dir.clone(),
+        };
+        let port = args.port + 200 * k;
+        let started = start_nodes(&args, port, &dir).await;
+        let nodes = match started {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                for r in &mut regions {
+                    stop_all(&mut r.nodes).await;
+                }
+                return Err(e);
+            }
+        };
+        regions.push(Region {
+            name,
+            port,
+            dir,
+            nodes,
+        });
+    }
+    let mut result = Ok(());
+    for (k, region) in regions.iter_mut().enumerate() {
+        result = set_up(&args, region, k == 0).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() && regions.len() > 1 {
+        result = link_regions(&regions).await;
+    }
+    if let Err(e) = result {
+        for r in &mut regions {
+            stop_all(&mut r.nodes).await;
+        }
+        return Err(e);
+    }
+    for region in &regions {
+        print_urls(region);
+    }
+    println!(
+        "  data and logs: {}   (Ctrl-C stops {})",
+        args.data_dir.display(),
+        if regions.len() > 1 {
+            "every region"
+        } else {
+            "the group"
+        }
+    );
+    super::shutdown_signal().await;
+    eprintln!("stopping…");
+    for r in &mut regions {
+        stop_all(&mut r.nodes).await;
+    }
+    Ok(())
+}
+
+/// Starts one region's node processes.
+async fn start_nodes(
+    args: &UpArgs,
+    base: u16,
+    region_dir: &std::path::Path,
+) -> Result<Vec<Node>, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the availdb binary: {e}"))?;
+    let mut nodes: Vec<Node> = Vec::new();
     for i in 0..args.replicas {
         let name = format!("r{}", i + 1);
-        let port = args.port + 2 + i;
-        let endpoint = SocketAddr::from(([127, 0, 0, 1], args.port + 100 + i));
-        let dir = args.data_dir.join(&name);
+        let port = base + 2 + i;
+        let endpoint = SocketAddr::from(([127, 0, 0, 1], base + 100 + i));
+        let dir = region_dir.join(&name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let log = std::fs::File::create(dir.join("node.log"))
@@ -89,8 +179,14 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                stop_all(&mut nodes).await;
+                return Err(format!("cannot start {name}: {e}"));
+            }
+        };
         nodes.push(Node {
             name,
             port,
@@ -98,22 +194,110 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
             child,
         });
     }
-    let result = set_up(&args, &mut nodes).await;
-    if let Err(e) = result {
-        stop_all(&mut nodes).await;
-        return Err(e);
+    Ok(nodes)
+}
+
+/// Names the regions, registers each as a partner of the others, and
+/// links region A's `app` to a geo-secondary in every other region.
+async fn link_regions(regions: &[Region]) -> Result<(), String> {
+    let mut primaries = Vec::new();
+    for region in regions {
+        let name = region.name.clone().unwrap_or_default();
+        let client = connect(region.nodes[0].port, "availdb")
+            .await
+            .map_err(|e| format!("region {name}: {e}"))?;
+        run_sql(
+            &client,
+            &name,
+            &format!("ALTER CLUSTER SET (SERVER_NAME = '{name}')"),
+        )
+        .await?;
+        primaries.push((name, client));
     }
-    print_urls(&args, &nodes);
-    super::shutdown_signal().await;
-    eprintln!("stopping the group…");
-    stop_all(&mut nodes).await;
+    for (name, client) in &primaries {
+        for other in regions {
+            let other_name = other.name.clone().unwrap_or_default();
+            if &other_name == name {
+                continue;
+            }
+            let urls: Vec<String> = other
+                .nodes
+                .iter()
+                .map(|n| format!("tcp://{}", n.endpoint))
+                .collect();
+            run_sql(
+                client,
+                name,
+                &format!(
+                    "ALTER CLUSTER ADD PARTNER SERVER '{other_name}' WITH (ENDPOINT_URL = '{}')",
+                    urls.join(", ")
+                ),
+            )
+            .await?;
+        }
+    }
+    let (a_name, a) = &primaries[0];
+    let linked = a
+        .query("SELECT partner_server FROM sys.geo_replication_links", &[])
+        .await
+        .map_err(|e| format!("region {a_name}: {}", error_text(&e)))?;
+    for (name, _) in &primaries[1..] {
+        let done = linked
+            .iter()
+            .any(|row| row.get::<_, String>(0).eq_ignore_ascii_case(name));
+        if !done {
+            run_sql(
+                a,
+                a_name,
+                &format!("ALTER DATABASE app ADD SECONDARY ON SERVER '{name}' WITH (DATABASE_NAME = 'app')"),
+            )
+            .await?;
+        }
+    }
+    // Ready when every region's primary has its copy of `app`.
+    for region in &regions[1..] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(client) = connect(region.nodes[0].port, "app").await {
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "region {}: the geo-secondary app did not appear within 60 s (see sys.dm_geo_replication_link_status on region {a_name})",
+                    region.name.clone().unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     Ok(())
 }
 
-async fn set_up(args: &UpArgs, nodes: &mut [Node]) -> Result<(), String> {
+async fn run_sql(client: &tokio_postgres::Client, region: &str, sql: &str) -> Result<(), String> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| format!("region {region}: {sql}: {}", error_text(&e)))
+}
+
+async fn connect(port: u16, db: &str) -> Result<tokio_postgres::Client, String> {
+    let conn_str = format!("host=127.0.0.1 port={port} user=availdb dbname={db} connect_timeout=2");
+    let (client, connection) = tokio_postgres::connect(&conn_str, NoTls)
+        .await
+        .map_err(|e| error_text(&e))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Creates (or resumes) one region's group; only the first region's group
+/// holds a database of its own (the others get geo-secondaries).
+async fn set_up(args: &UpArgs, region: &mut Region, holds_app: bool) -> Result<(), String> {
+    let nodes = &mut region.nodes;
     let mut clients = Vec::new();
     for node in nodes.iter_mut() {
-        clients.push(connect_when_ready(node, &args.data_dir).await?);
+        clients.push(connect_when_ready(node, &region.dir).await?);
     }
     let primary = &clients[0];
     let existing = primary
@@ -132,10 +316,12 @@ async fn set_up(args: &UpArgs, nodes: &mut [Node]) -> Result<(), String> {
             .await
             .map_err(|e| format!("{}: {}", node.name, error_text(&e)))?;
     }
-    match primary.batch_execute("CREATE DATABASE app").await {
-        Ok(()) => {}
-        Err(e) if e.code().is_some_and(|c| c.code() == "42P04") => {}
-        Err(e) => return Err(format!("r1: {}", error_text(&e))),
+    if holds_app {
+        match primary.batch_execute("CREATE DATABASE app").await {
+            Ok(()) => {}
+            Err(e) if e.code().is_some_and(|c| c.code() == "42P04") => {}
+            Err(e) => return Err(format!("r1: {}", error_text(&e))),
+        }
     }
     // Automatic failover needs synchronous commit (as in SQL Server).
     let (mode, failover) = if args.asynchronous {
@@ -166,17 +352,22 @@ async fn set_up(args: &UpArgs, nodes: &mut [Node]) -> Result<(), String> {
         })
         .collect();
     let create = format!(
-        "CREATE AVAILABILITY GROUP ag1 FOR DATABASE app REPLICA ON {} \
+        "CREATE AVAILABILITY GROUP ag1 FOR {} REPLICA ON {} \
          LISTENER 'ag1-listener' (PORT = {}, READ_ONLY_PORT = {})",
+        if holds_app { "DATABASE app" } else { "" },
         replicas.join(", "),
-        args.port,
-        args.port + 1
+        region.port,
+        region.port + 1
     );
     primary
         .batch_execute(&create)
         .await
         .map_err(|e| format!("r1: {}", error_text(&e)))?;
-    wait_for_listener(args.port).await
+    if holds_app {
+        wait_for_listener(region.port).await
+    } else {
+        Ok(())
+    }
 }
 
 /// Waits (bounded) until a session through the listener answers.
@@ -239,18 +430,29 @@ async fn connect_when_ready(
     }
 }
 
-fn print_urls(args: &UpArgs, nodes: &[Node]) {
-    println!(
-        "availability group ag1 is up ({} replicas, database app):",
-        nodes.len()
-    );
+fn print_urls(region: &Region) {
+    let nodes = &region.nodes;
+    match &region.name {
+        None => println!(
+            "availability group ag1 is up ({} replicas, database app):",
+            nodes.len()
+        ),
+        Some(name) if name == "A" => println!(
+            "region A (server 'A'): availability group ag1, {} replicas, database app (the geo-replication source):",
+            nodes.len()
+        ),
+        Some(name) => println!(
+            "region {name} (server '{name}'): availability group ag1, {} replicas, database app (a read-only geo-secondary of A's app):",
+            nodes.len()
+        ),
+    }
     println!(
         "  listener (read-write): postgresql://availdb@127.0.0.1:{}/app",
-        args.port
+        region.port
     );
     println!(
         "  listener (read-only):  postgresql://availdb@127.0.0.1:{}/app",
-        args.port + 1
+        region.port + 1
     );
     for (i, n) in nodes.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "secondary" };
@@ -266,10 +468,6 @@ fn print_urls(args: &UpArgs, nodes: &[Node]) {
     println!(
         "  without the listener: postgresql://availdb@{}/app?target_session_attrs=read-write",
         hosts.join(",")
-    );
-    println!(
-        "  data and logs: {}   (Ctrl-C stops the group)",
-        args.data_dir.display()
     );
 }
 
