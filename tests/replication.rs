@@ -647,7 +647,8 @@ async fn kill_9_of_the_primary_then_restart_loses_nothing_and_does_not_diverge()
         group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
     }
 
-    // More commits through the restarted primary.
+    // More commits through the restarted primary, once its lease is granted.
+    group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
     let after = InsertLoad::start(group.primary().client(APP).await, "load", 10_000_000, 200)
         .join(Duration::from_secs(120))
         .await;

@@ -469,6 +469,29 @@ impl Group {
         )
     }
 
+    /// Waits (bounded) until node `i` sees itself PRIMARY and taking
+    /// writes: a restarted primary is RESOLVING until the cluster grants
+    /// it a lease, and refuses writes until then (25006).
+    pub async fn wait_takes_writes(&self, i: usize, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let me = replica_states(&self.nodes[i])
+                .await
+                .into_iter()
+                .find(|r| r.is_local);
+            if me.as_ref().is_some_and(|m| m.role == "PRIMARY") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never took writes: {me:#?}\n{}",
+                name(i),
+                self.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// The primary (r1).
     pub fn primary(&self) -> &TestServer {
         &self.nodes[0]
