@@ -676,6 +676,7 @@ impl<'g> Nemesis<'g> {
         } else {
             self.rng.pick(&ready)
         };
+        let crashes_before = self.group.nodes[s].log().matches("crash point").count();
         self.group.nodes[s].set_env("AVAILDB_CRASH_AT", Some(&point));
         if !self.kill_restart(s).await {
             return (s, format!("{point}: restart failed"));
@@ -683,13 +684,30 @@ impl<'g> Nemesis<'g> {
         let ready = self
             .wait_failover_ready(p, s, Duration::from_secs(30))
             .await;
+        // The target's own view of its synchronization can trail the
+        // primary's by a moment: a refusal for that is retried.
         let sql = format!("ALTER AVAILABILITY GROUP {GROUP} FAILOVER");
-        let result = self.on(s, DEFAULT_DB, &sql, DDL_WITHIN).await.map(|_| ());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let result = loop {
+            let r = self.on(s, DEFAULT_DB, &sql, DDL_WITHIN).await.map(|_| ());
+            match &r {
+                Err(e) if e.contains("not SYNCHRONIZED") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                _ => break r,
+            }
+        };
         let mut crashed = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if !self.group.nodes[s].is_running() {
-                crashed = self.group.nodes[s].log().contains("crash point");
+                crashed = self.group.nodes[s].log().matches("crash point").count() > crashes_before;
+                break;
+            }
+            if result
+                .as_ref()
+                .is_err_and(|e| e.contains("not SYNCHRONIZED"))
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
