@@ -429,14 +429,13 @@ impl Database {
 
     /// Restarts the log at a full image that starts at `lsn` in `epoch`
     /// (seeding or rewinding this replica): under the redo lock, so no
-    /// batch interleaves; the file is redone from the image on.
+    /// batch interleaves; the file is redone from the image on. The log
+    /// then starts at the image, its history is the image's epoch alone and
+    /// recovery starts there — all or nothing across a crash
+    /// ([`crate::log::Log::restart_at`]).
     pub fn restart_log_at(&self, lsn: Lsn, epoch: u64) -> std::result::Result<(), String> {
         let _redo = self.redo.lock().unwrap_or_else(|e| e.into_inner());
-        self.log.reset_to(lsn).map_err(|e| e.to_string())?;
-        // The log now starts at the image: its history is the image's
-        // epoch alone, and recovery must start there.
-        crate::log::reset_history(&self.log_dir, epoch, lsn).map_err(|e| e.to_string())?;
-        crate::log::write_checkpoint(&self.log_dir, lsn).map_err(|e| e.to_string())?;
+        self.log.restart_at(lsn, epoch).map_err(|e| e.to_string())?;
         self.set_applied_lsn(lsn);
         Ok(())
     }
@@ -588,6 +587,7 @@ impl Database {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .or_else(|| self.log.failure())
     }
 
     /// The database's name (as in `CREATE DATABASE name`).
@@ -627,13 +627,7 @@ impl Database {
     /// Refuses writes on a secondary, on a fenced primary (RESOLVING) and
     /// on a database whose log failed.
     pub fn check_writable(&self) -> Result<()> {
-        if let Some(why) = self
-            .shared
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(why) = self.failure() {
             return Err(Error::sql(
                 "XX000",
                 format!(

@@ -946,6 +946,12 @@ async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
                 Err(e) => {
                     tracing::error!(database = %sdb.db.name(), "cannot harden the log: {e}");
                     *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    // A failed log refuses every later sync: nothing is
+                    // hardened until the node restarts. Do not spin.
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
             continue;
