@@ -32,7 +32,10 @@
 //! crash-atomic with an intent file, `restart` (`LSN EPOCH`), written and
 //! made durable first and removed last. [`Log::open`] finds an intent left
 //! by a crash and finishes the restart (every step is idempotent) before
-//! anything reads the log. Crash points `log.restart.intent`,
+//! anything reads the log. Its last step writes `image-pending` (`LSN
+//! EPOCH`): until the image's last part is redone
+//! ([`Log::image_done`]) the database file is old or part new, and a node
+//! that restarts then starts the image over ([`Log::image_pending`]). Crash points `log.restart.intent`,
 //! `log.restart.new_segment`, `log.restart.old_removed`,
 //! `log.restart.history` and `log.restart.checkpoint` stop a process after
 //! each step.
@@ -184,6 +187,9 @@ pub struct Log {
     /// Set at the first failed fsync or unrepairable write: the log takes
     /// no more records and makes nothing more durable.
     failed: Mutex<Option<String>>,
+    /// The log restarted at a full image not yet wholly redone: (LSN,
+    /// epoch) of the image (the `image-pending` file).
+    image_pending: Mutex<Option<(Lsn, u64)>>,
     /// Tests make the next fsync fail with this error.
     #[cfg(test)]
     fail_next_sync: Mutex<Option<io::Error>>,
@@ -215,6 +221,7 @@ impl Log {
             .append(true)
             .open(&last.path)
             .map_err(io_err(&last.path))?;
+        let image_pending = read_lsn_epoch(dir, IMAGE_PENDING)?;
         Ok(Log {
             dir: dir.to_path_buf(),
             tail: Mutex::new(Tail {
@@ -233,9 +240,34 @@ impl Log {
             syncing: AtomicBool::new(false),
             last_commit_us: std::sync::atomic::AtomicI64::new(0),
             failed: Mutex::new(None),
+            image_pending: Mutex::new(image_pending),
             #[cfg(test)]
             fail_next_sync: Mutex::new(None),
         })
+    }
+
+    /// The full image this log restarted at, while it is not wholly
+    /// redone: (LSN, epoch). The database file is old or part new until
+    /// then (module page).
+    pub fn image_pending(&self) -> Option<(Lsn, u64)> {
+        *self.image_pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records durably that the pending image is wholly redone.
+    pub fn image_done(&self) -> Result<(), LogError> {
+        let mut pending = self.image_pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_none() {
+            return Ok(());
+        }
+        let path = self.dir.join(IMAGE_PENDING);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LogError::Io { path, source }),
+        }
+        sync_dir(&self.dir)?;
+        *pending = None;
+        Ok(())
     }
 
     /// Why the log refuses writes (a failed fsync or an append it could
@@ -649,6 +681,7 @@ impl Log {
         tail.recent_bytes = 0;
         tail.generation += 1;
         tail.last = None;
+        *self.image_pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((lsn, epoch));
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
         Ok(())
@@ -742,25 +775,24 @@ impl Log {
 
 /// The intent file of a log restart (module page).
 const RESTART_INTENT: &str = "restart";
+/// Present from a log restart until its image is wholly redone (module
+/// page): `LSN EPOCH` of the image.
+const IMAGE_PENDING: &str = "image-pending";
 
-/// Makes `LSN EPOCH` durable in the intent file (write, fsync, rename,
-/// directory fsync): from here on the restart is as good as done.
+/// Makes `LSN EPOCH` durable in the intent file: from here on the restart
+/// is as good as done.
 fn write_restart_intent(dir: &Path, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
-    let tmp = dir.join("restart.tmp");
-    let path = dir.join(RESTART_INTENT);
-    File::create(&tmp)
-        .and_then(|mut f| {
-            writeln!(f, "{lsn} {epoch}")?;
-            f.sync_all()
-        })
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)
+    write_lsn_epoch(dir, RESTART_INTENT, lsn, epoch)
 }
 
 /// The restart a crash interrupted: (LSN, epoch), if any.
 fn read_restart_intent(dir: &Path) -> Result<Option<(Lsn, u64)>, LogError> {
-    let path = dir.join(RESTART_INTENT);
+    read_lsn_epoch(dir, RESTART_INTENT)
+}
+
+/// `LSN EPOCH` from the file `name` in `dir`, if it exists.
+fn read_lsn_epoch(dir: &Path, name: &str) -> Result<Option<(Lsn, u64)>, LogError> {
+    let path = dir.join(name);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -772,11 +804,26 @@ fn read_restart_intent(dir: &Path) -> Result<Option<(Lsn, u64)>, LogError> {
         _ => Err(LogError::Io {
             path,
             source: io::Error::other(format!(
-                "bad log restart intent {:?}: remove this log folder and the database file, the replica is seeded again",
+                "bad contents {:?}: remove this log folder and the database file, the replica is seeded again",
                 text.trim()
             )),
         }),
     }
+}
+
+/// Writes `LSN EPOCH` durably to the file `name` in `dir` (temp file,
+/// fsync, rename, directory fsync).
+fn write_lsn_epoch(dir: &Path, name: &str, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    File::create(&tmp)
+        .and_then(|mut f| {
+            writeln!(f, "{lsn} {epoch}")?;
+            f.sync_all()
+        })
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
 }
 
 /// The steps of a restart after its intent is durable; each is
@@ -796,6 +843,7 @@ fn finish_restart(dir: &Path, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
     crate::crashpoint::hit("log.restart.history");
     super::write_checkpoint(dir, lsn)?;
     crate::crashpoint::hit("log.restart.checkpoint");
+    write_lsn_epoch(dir, IMAGE_PENDING, lsn, epoch)?;
     let intent = dir.join(RESTART_INTENT);
     fs::remove_file(&intent).map_err(io_err(&intent))?;
     sync_dir(dir)
@@ -1347,6 +1395,7 @@ mod tests {
             let checkpoint = super::super::read_checkpoint(dir.path()).unwrap();
             assert_eq!(checkpoint, LSN, "{point}");
             assert!(!dir.path().join(RESTART_INTENT).exists(), "{point}");
+            assert_eq!(log.image_pending(), Some((LSN, EPOCH)), "{point}");
             // What recovery reads, and the image's first record.
             assert!(log.read_some(checkpoint, u64::MAX).unwrap().is_empty());
             log.append_at(&Record {
