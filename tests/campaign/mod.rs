@@ -34,16 +34,6 @@ const DISK_NODE: usize = 2;
 /// Bound on exactly one primary after the heal and after the restarts.
 const ONE_PRIMARY_WITHIN: Duration = Duration::from_secs(60);
 
-/// Kinds that break the group today because of an open bug: skipped
-/// (loudly, and said in the report) unless `AVAILDB_CAMPAIGN_KINDS` names
-/// them or `AVAILDB_CAMPAIGN_KNOWN_BUGS=1`. Remove an entry with the fix.
-pub const KNOWN_BUGS: &[(Kind, &str)] = &[(
-    Kind::DiskFull,
-    "known bug (issue 9 cause 6): a secondary's log append that hits ENOSPC leaves a partial \
-     record, later appends land after it, the node acknowledges records it cannot read back, \
-     stops redoing and cannot restart; run with AVAILDB_CAMPAIGN_KNOWN_BUGS=1 to see it",
-)];
-
 /// What to run, from the environment.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -52,8 +42,6 @@ pub struct Config {
     pub faults: usize,
     /// Only these kinds (`AVAILDB_CAMPAIGN_KINDS=kill_primary,disk_full`).
     pub kinds: Option<Vec<String>>,
-    /// Run the [`KNOWN_BUGS`] kinds too.
-    pub known_bugs: bool,
     pub dir: PathBuf,
 }
 
@@ -99,7 +87,6 @@ impl Config {
             mode,
             seed,
             faults,
-            known_bugs: var("AVAILDB_CAMPAIGN_KNOWN_BUGS").as_deref() == Some("1"),
             kinds: var("AVAILDB_CAMPAIGN_KINDS")
                 .map(|s| s.split(',').map(|k| k.trim().to_string()).collect()),
             dir,
@@ -120,17 +107,8 @@ pub fn plan(cfg: &Config, rng: &mut Rng, root: bool) -> (Vec<Kind>, Vec<(Kind, &
             "needs root (a tmpfs mounted on one node's data directory)",
         ));
     }
-    match &cfg.kinds {
-        Some(only) => kinds.retain(|k| only.iter().any(|o| o == k.name())),
-        None if !cfg.known_bugs => {
-            for &(kind, why) in KNOWN_BUGS {
-                if kinds.contains(&kind) {
-                    kinds.retain(|&k| k != kind);
-                    skipped.push((kind, why));
-                }
-            }
-        }
-        None => {}
+    if let Some(only) = &cfg.kinds {
+        kinds.retain(|k| only.iter().any(|o| o == k.name()));
     }
     assert!(
         !kinds.is_empty(),

@@ -53,10 +53,12 @@ pub enum Kind {
     /// `SET HADR SUSPEND` then `RESUME`, on the primary or one secondary.
     SuspendResume,
     /// A secondary loses its copy and log, restarts, is killed while it
-    /// is being seeded, and restarts again.
+    /// is being seeded (at a `log.restart.*` crash point, or at a random
+    /// moment), and restarts again.
     KillDuringSeeding,
     /// The primary is cut off until another is named, healed, and killed
-    /// while it rejoins with a divergent tail (rewind), then restarted.
+    /// while it rejoins with a divergent tail (rewind; at a `log.restart.*`
+    /// crash point, or at a random moment), then restarted.
     KillDuringRewind,
     /// A secondary restarted with `AVAILDB_CRASH_AT=ag.promote.*` is made
     /// primary by a planned failover and dies taking office.
@@ -161,6 +163,16 @@ const NEW_PRIMARY_WITHIN: Duration = Duration::from_secs(20);
 /// Bound on any primary before a fault (a liveness violation past it).
 const PRIMARY_WITHIN: Duration = Duration::from_secs(60);
 const DDL_WITHIN: Duration = Duration::from_secs(60);
+
+/// The crash points between the steps of a log restart at a full image
+/// (seeding, rewind): `src/log/store.rs`.
+const LOG_RESTART_POINTS: [&str; 5] = [
+    "log.restart.intent",
+    "log.restart.new_segment",
+    "log.restart.old_removed",
+    "log.restart.history",
+    "log.restart.checkpoint",
+];
 
 /// The file that fills the disk of [`Kind::DiskFull`]'s node.
 const FILLER: &str = "campaign-disk-filler";
@@ -553,9 +565,19 @@ impl<'g> Nemesis<'g> {
     }
 
     async fn forced_failover(&mut self, p: usize) -> (usize, String) {
-        let ready = self.failover_ready(p).await;
+        // A secondary rejoining after the previous fault is in the set
+        // again within seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ready = self.failover_ready(p).await;
+        while ready.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ready = self.failover_ready(p).await;
+        }
         if ready.is_empty() {
-            return (p, "skipped: no secondary in the synchronized set".into());
+            return (
+                p,
+                "skipped: no secondary in the synchronized set for 30 s".into(),
+            );
         }
         let target = self.rng.pick(&ready);
         let sql = format!("ALTER AVAILABILITY GROUP {GROUP} FORCE_FAILOVER_ALLOW_DATA_LOSS");
@@ -606,15 +628,26 @@ impl<'g> Nemesis<'g> {
         self.group.nodes[s].kill9();
         // Its copy goes only while another node is the writable primary,
         // which holds every acknowledged commit.
-        if let Err(e) = self.find_primary(&self.others(s), PRIMARY_WITHIN).await {
-            self.restart(s).await;
-            return format!("not wiped: {}", first_line(&e));
-        }
+        let primary = match self.find_primary(&self.others(s), PRIMARY_WITHIN).await {
+            Ok((primary, _)) => primary,
+            Err(e) => {
+                self.restart(s).await;
+                return format!("not wiped: {}", first_line(&e));
+            }
+        };
         let data = self.group.nodes[s].data_dir();
         for f in ["app.db", "app.db-wal", "app.db-shm"] {
             let _ = std::fs::remove_file(data.join("databases").join(f));
         }
         let _ = std::fs::remove_dir_all(data.join("log").join(APP));
+        // Two of three times at a step of the log restart (crash point),
+        // else at a random moment of the seeding.
+        if self.rng.below(3) < 2 {
+            let point = self.rng.pick(&LOG_RESTART_POINTS);
+            return self
+                .crash_at_point(s, primary, point, "wiped; seeding")
+                .await;
+        }
         if !self.restart(s).await {
             return "wiped; restart failed".into();
         }
@@ -626,6 +659,62 @@ impl<'g> Nemesis<'g> {
         tokio::time::sleep(down).await;
         self.restart(s).await;
         format!("wiped, killed {seeding:?} into seeding ({state}), down {down:?}")
+    }
+
+    /// Restarts node `i` with `AVAILDB_CRASH_AT=point`, waits (bounded)
+    /// until it dies there, and restarts it without: the window between
+    /// the steps of a transition, reached deterministically.
+    async fn crash_at_point(
+        &mut self,
+        i: usize,
+        primary: usize,
+        point: &str,
+        what: &str,
+    ) -> String {
+        self.group.nodes[i].kill9();
+        self.group.nodes[i].set_env("AVAILDB_CRASH_AT", Some(point));
+        let crashes_before = self.group.nodes[i].log().matches("crash point").count();
+        if !self.restart(i).await {
+            self.group.nodes[i].set_env("AVAILDB_CRASH_AT", None);
+            return format!("{what}: restart with {point} failed");
+        }
+        let how = self.until_crash_or_ready(i, primary, crashes_before).await;
+        let down = self.rng.millis(0, 1000);
+        tokio::time::sleep(down).await;
+        self.kill_restart(i).await;
+        format!("{what}: {point} {how}, down {down:?}")
+    }
+
+    /// Waits (bounded) until node `i`, started with a crash point, dies
+    /// there or joins `primary`'s synchronized set without reaching it (no
+    /// log restart was needed: the primary still held everything from the
+    /// node's end on). Clears the crash point; says which.
+    async fn until_crash_or_ready(
+        &mut self,
+        i: usize,
+        primary: usize,
+        crashes_before: usize,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut how = "neither crashed nor synchronized within 30 s".to_string();
+        while Instant::now() < deadline {
+            if !self.group.nodes[i].is_running() {
+                how = if self.group.nodes[i].log().matches("crash point").count() > crashes_before {
+                    "crashed there".into()
+                } else {
+                    "exited without reaching it".into()
+                };
+                break;
+            }
+            if self.failover_ready(primary).await.contains(&i) {
+                how = "not reached: synchronized without a log restart".into();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.group.nodes[i].set_env("AVAILDB_CRASH_AT", None);
+        let _ = self.group.nodes[i].exit_status();
+        how
     }
 
     /// Node `i`'s own row of `app`: sync state, hardened and redone LSNs.
@@ -651,11 +740,43 @@ impl<'g> Nemesis<'g> {
     async fn kill_during_rewind(&mut self, p: usize) -> String {
         let others = self.others(p);
         self.proxy().partition(&[p], &others);
+        // A commit on the cut-off primary is logged there but never
+        // acknowledged: the divergent tail its rejoin has to rewind.
+        let cut_off = self.nodes[p].clone();
+        let orphan = tokio::spawn(async move {
+            let sql = "INSERT INTO orphans(note) VALUES ('written while cut off')";
+            query_at(&cut_off, APP, sql, Duration::from_secs(10)).await
+        });
         let new = self.find_primary(&others, NEW_PRIMARY_WITHIN).await;
-        self.proxy().heal();
+        orphan.abort();
         let Ok((new, epoch)) = new else {
+            self.proxy().heal();
             return "no failover while cut off: nothing to rewind".into();
         };
+        let newly = format!("{} primary at epoch {epoch}", name(new));
+        // Two of three times at a step of the log restart (crash point),
+        // restarted while still cut off so the rejoin hits it; else killed
+        // at a random moment of the rejoin.
+        if self.rng.below(3) < 2 {
+            let point = self.rng.pick(&LOG_RESTART_POINTS);
+            let crashes_before = self.group.nodes[p].log().matches("crash point").count();
+            self.group.nodes[p].kill9();
+            self.group.nodes[p].set_env("AVAILDB_CRASH_AT", Some(point));
+            let restarted = self.restart(p).await;
+            self.proxy().heal();
+            if !restarted {
+                self.group.nodes[p].set_env("AVAILDB_CRASH_AT", None);
+                return format!("{newly}; restart with {point} failed");
+            }
+            // It dies at the point, or catches up without a rewind (its
+            // log was a prefix of the new primary's).
+            let how = self.until_crash_or_ready(p, new, crashes_before).await;
+            let down = self.rng.millis(0, 500);
+            tokio::time::sleep(down).await;
+            self.kill_restart(p).await;
+            return format!("{newly}; rejoin: {point} {how}, down {down:?}");
+        }
+        self.proxy().heal();
         let rejoining = self.rng.millis(0, 1500);
         tokio::time::sleep(rejoining).await;
         let state = self.local_state(p).await;
@@ -663,14 +784,18 @@ impl<'g> Nemesis<'g> {
         let down = self.rng.millis(0, 500);
         tokio::time::sleep(down).await;
         self.restart(p).await;
-        format!(
-            "{} primary at epoch {epoch}; killed {rejoining:?} into the rejoin ({state}), down {down:?}",
-            name(new)
-        )
+        format!("{newly}; killed {rejoining:?} into the rejoin ({state}), down {down:?}")
     }
 
     async fn crash_on_failover(&mut self, p: usize, point: String) -> (usize, String) {
-        let ready = self.failover_ready(p).await;
+        // A secondary rejoining after the previous fault is in the
+        // synchronized set again within seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ready = self.failover_ready(p).await;
+        while ready.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ready = self.failover_ready(p).await;
+        }
         let s = if ready.is_empty() {
             self.rng.pick(&self.others(p))
         } else {
@@ -739,8 +864,11 @@ impl<'g> Nemesis<'g> {
         .expect("the filler task");
         let hold = self.rng.millis(1000, 4000);
         tokio::time::sleep(hold).await;
-        let running = self.group.nodes[d].is_running();
         let _ = std::fs::remove_file(&filler);
+        // A node whose cluster store hit the full disk stops (fail-stop):
+        // give it a moment to say so.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let running = self.group.nodes[d].is_running();
         let after = if !running {
             self.restart(d).await;
             "it exited; restarted".to_string()

@@ -56,7 +56,8 @@ pub fn schema() -> String {
            src INTEGER NOT NULL, dst INTEGER NOT NULL, amount INTEGER NOT NULL); \
          CREATE TABLE big_tx(seq INTEGER PRIMARY KEY, id INTEGER NOT NULL); \
          CREATE TABLE big(tx INTEGER NOT NULL, k INTEGER NOT NULL, b BLOB); \
-         CREATE INDEX big_by_tx ON big(tx)",
+         CREATE INDEX big_by_tx ON big(tx); \
+         CREATE TABLE orphans(seq INTEGER PRIMARY KEY, note TEXT NOT NULL)",
         accounts.join(", ")
     )
 }

@@ -465,6 +465,11 @@ impl TestServer {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub async fn sigterm(&mut self) -> ExitStatus {
+        // It may have exited by itself (and been reaped) already.
+        if let Some(status) = self.try_wait() {
+            self.child = None;
+            return status;
+        }
         let pid = self.pid();
         let sent = Command::new("kill")
             .arg("-TERM")
