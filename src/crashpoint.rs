@@ -9,6 +9,16 @@
 //! | --- | --- |
 //! | `ag.promote.before` | a secondary taking office, before its databases are made writable |
 //! | `ag.promote.one_database` | after each database was made writable (fenced) |
+//! | `capture.part_appended` | after each record of a commit is appended, before it is durable |
+//! | `log.restart.intent` | a log restart (seeding, rewind) made its intent durable |
+//! | `log.restart.new_segment` | … created the image's empty segment |
+//! | `log.restart.old_removed` | … removed the old segments |
+//! | `log.restart.history` | … replaced the epoch history |
+//! | `log.restart.checkpoint` | … wrote the checkpoint, before removing the intent |
+//! | `log.append.failed` | a log write failed, before it is cut back |
+//!
+//! Unit tests reach a point in a child process ([`tests_support::crash_in_child`]):
+//! the test binary runs itself again, for one test, with the variable set.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -35,5 +45,40 @@ pub fn hit(name: &'static str) {
     if wanted == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
         eprintln!("availdb: crash point {name} reached (AVAILDB_CRASH_AT): aborting");
         std::process::abort();
+    }
+}
+
+/// Running part of a unit test in a child process that a crash point kills.
+#[cfg(test)]
+pub mod tests_support {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    /// Set in the child: the folder the parent gave it.
+    const CHILD_DIR: &str = "AVAILDB_TEST_CHILD_DIR";
+
+    /// In the child run by [`crash_in_child`]: the folder to work in.
+    pub fn child_dir() -> Option<PathBuf> {
+        std::env::var_os(CHILD_DIR).map(PathBuf::from)
+    }
+
+    /// Runs the test `test` (its full path, `log::store::tests::name`)
+    /// again in a child process with `AVAILDB_CRASH_AT=point` (None: no
+    /// crash point) and [`child_dir`] = `dir`; returns how it ended.
+    pub fn crash_in_child(test: &str, point: Option<&str>, dir: &Path) -> Output {
+        let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR, dir)
+            .env_remove("AVAILDB_CRASH_AT");
+        if let Some(point) = point {
+            cmd.env("AVAILDB_CRASH_AT", point);
+        }
+        cmd.output().expect("run the test binary again")
+    }
+
+    /// True when the child died at `point` (it said so, and did not exit).
+    pub fn crashed_at(out: &Output, point: &str) -> bool {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        out.status.code().is_none() && stderr.contains(&format!("crash point {point} reached"))
     }
 }

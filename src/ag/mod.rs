@@ -965,7 +965,9 @@ impl Manager {
         }
     }
 
-    /// The redone LSN of `database`, followed, when it is a secondary here.
+    /// The LSN read-your-writes may count on for `database`, followed, when
+    /// it is a secondary here: redone, and vouched for by the connected
+    /// primary (`SecondaryDb::watch_readable`).
     pub fn redone_watch(&self, database: &str) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.lock()
             .values()
@@ -975,7 +977,7 @@ impl Manager {
                     .databases()
                     .into_iter()
                     .find(|d| d.database().name() == database)
-                    .map(|d| d.watch_redone()),
+                    .map(|d| d.watch_readable()),
                 _ => None,
             })
     }

@@ -325,7 +325,37 @@ async fn start_cluster(
     )
     .await
     .map_err(|e| format!("cannot start the cluster manager: {e}"))?;
+    stop_if_the_cluster_member_fails(cluster.raft().metrics());
     Ok(Arc::new(cluster.with_forwarding(transport())))
+}
+
+/// Fail-stop: a cluster member whose store failed (a full disk, an I/O
+/// error) has quit for good — it no longer votes, and a primary here could
+/// not renew its lease. The node exits rather than linger half alive; a
+/// restart (once the disk is fixed) rejoins from its files.
+fn stop_if_the_cluster_member_fails(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, crate::cluster::NodeInfo>>,
+) {
+    let failed = |m: &openraft::RaftMetrics<u64, crate::cluster::NodeInfo>| match &m.running_state {
+        Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    };
+    tokio::spawn(async move {
+        loop {
+            let closed = metrics.changed().await.is_err();
+            if let Some(why) = failed(&metrics.borrow()) {
+                tracing::error!(
+                    "the cluster manager stopped on an error ({why}): this node exits; \
+                     free the disk or fix the error, then start it again (it rejoins from its files)"
+                );
+                eprintln!("availdb: the cluster manager failed ({why}); exiting");
+                std::process::exit(70);
+            }
+            if closed {
+                return;
+            }
+        }
+    });
 }
 
 /// Holds an exclusive lock on `DIR/availdb.lock` for the life of the node,

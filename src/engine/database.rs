@@ -212,6 +212,8 @@ pub struct Redone {
     pub bytes: u64,
     /// Commit time of the batch's last record (µs since the Unix epoch).
     pub commit_time_us: i64,
+    /// The batch ended inside a full image: the file is part new, part old.
+    pub inside_image: bool,
 }
 
 impl Database {
@@ -392,6 +394,7 @@ impl Database {
             end: last.end_lsn(),
             bytes: last.end_lsn() - from,
             commit_time_us: last.commit_time_us,
+            inside_image: last.image_continues(),
         };
         let a = match &mut *applier {
             Some(a) => a,
@@ -415,6 +418,15 @@ impl Database {
             return Err(e.to_string());
         }
         self.set_applied_lsn(done.end);
+        if !done.inside_image
+            && self
+                .log
+                .image_pending()
+                .is_some_and(|(start, _)| done.end > start)
+        {
+            // The image a restarted log began with is wholly in the file.
+            self.log.image_done().map_err(|e| e.to_string())?;
+        }
         Ok(Some(done))
     }
 
@@ -441,14 +453,13 @@ impl Database {
 
     /// Restarts the log at a full image that starts at `lsn` in `epoch`
     /// (seeding or rewinding this replica): under the redo lock, so no
-    /// batch interleaves; the file is redone from the image on.
+    /// batch interleaves; the file is redone from the image on. The log
+    /// then starts at the image, its history is the image's epoch alone and
+    /// recovery starts there — all or nothing across a crash
+    /// ([`crate::log::Log::restart_at`]).
     pub fn restart_log_at(&self, lsn: Lsn, epoch: u64) -> std::result::Result<(), String> {
         let _redo = self.redo.lock().unwrap_or_else(|e| e.into_inner());
-        self.log.reset_to(lsn).map_err(|e| e.to_string())?;
-        // The log now starts at the image: its history is the image's
-        // epoch alone, and recovery must start there.
-        crate::log::reset_history(&self.log_dir, epoch, lsn).map_err(|e| e.to_string())?;
-        crate::log::write_checkpoint(&self.log_dir, lsn).map_err(|e| e.to_string())?;
+        self.log.restart_at(lsn, epoch).map_err(|e| e.to_string())?;
         self.set_applied_lsn(lsn);
         Ok(())
     }
@@ -600,6 +611,7 @@ impl Database {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .or_else(|| self.log.failure())
     }
 
     /// The database's name (as in `CREATE DATABASE name`).
@@ -660,13 +672,7 @@ impl Database {
     /// Refuses writes on a secondary, on a fenced primary (RESOLVING) and
     /// on a database whose log failed.
     pub fn check_writable(&self) -> Result<()> {
-        if let Some(why) = self
-            .shared
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        if let Some(why) = self.failure() {
             return Err(Error::sql(
                 "XX000",
                 format!(
@@ -920,6 +926,70 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_stopped_in_the_middle_of_an_image_opens_and_takes_the_image_again() {
+        const LSN: Lsn = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        // The primary's database: several image parts.
+        let src = Connection::open(dir.path().join("src.db")).unwrap();
+        src.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO t SELECT i, randomblob(3000) FROM n;",
+        )
+        .unwrap();
+        let mut parts = Vec::new();
+        super::super::image::for_each_image_part_sized(&src, 3, 64 << 10, |r| {
+            parts.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut lsn = LSN;
+        for part in &mut parts {
+            part.lsn = lsn;
+            lsn += part.encoded_len() as u64;
+        }
+        let (path, log_dir) = (dir.path().join("r.db"), dir.path().join("rlog"));
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        db.restart_log_at(LSN, 3).unwrap();
+        for part in &parts[..2] {
+            db.log().append_at(part).unwrap();
+        }
+        db.log().sync_blocking().unwrap();
+        let done = db.redo_next(|_| Ok(parts[..2].to_vec())).unwrap().unwrap();
+        assert!(done.inside_image);
+        drop(db);
+
+        // Stopped there (the file is part new): it opens, its log empty
+        // at the image's LSN, and takes the whole image again.
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        assert_eq!((db.log().end_lsn(), db.applied_lsn()), (LSN, LSN));
+        assert_eq!(db.log().image_pending(), Some((LSN, 3)));
+        for part in &parts {
+            db.log().append_at(part).unwrap();
+        }
+        db.log().sync_blocking().unwrap();
+        let log = db.log().clone();
+        let done = db
+            .redo_next(|from| Ok(log.read_from(from).unwrap()))
+            .unwrap()
+            .unwrap();
+        assert!(!done.inside_image);
+        assert_eq!(db.log().image_pending(), None, "the image is whole");
+        drop(db);
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        assert_eq!(db.log().image_pending(), None);
+        let rows: i64 = db
+            .reader()
+            .unwrap()
+            .conn()
+            .sqlite()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 200);
+    }
 
     #[test]
     fn storage_pragmas_and_attach_are_denied_introspection_allowed() {

@@ -7,6 +7,11 @@
 //! would diverge from its replicas. So the WAL is discarded and every record
 //! from the checkpoint LSN on is redone from the log. Full page images make
 //! redo idempotent, so redoing records the file already holds is harmless.
+//!
+//! A replica that stopped while taking a full image (seeding, rewind: the
+//! log's `image-pending` is set) has a file that is old or part new, which
+//! SQLite may refuse; its log is emptied back to the image's LSN and the
+//! file removed, so the image starts over from the primary.
 
 use std::fs;
 use std::path::Path;
@@ -34,6 +39,32 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
         adopt(db_path)?;
     }
     let log = Log::open(log_dir).map_err(|e| log_error(name, e))?;
+    if let Some((lsn, epoch)) = log.image_pending() {
+        // A replica stopped while being seeded or rewound: its file is the
+        // old one or part of the new image, which SQLite may not even open.
+        // Start the image over: the log empty at its LSN, the file empty;
+        // the primary sends the image again (or a newer one).
+        tracing::warn!(
+            database = name,
+            lsn,
+            "stopped while taking a full image: the image starts over"
+        );
+        if log.end_lsn() > lsn {
+            log.restart_at(lsn, epoch).map_err(|e| log_error(name, e))?;
+        }
+        discard_wal(db_path)?;
+        match fs::remove_file(db_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("cannot remove {}", db_path.display()),
+                    source,
+                })
+            }
+        }
+        return Ok((Arc::new(log), lsn));
+    }
     if fresh_log {
         if db_path.exists() {
             // The log must be able to rebuild the file from nothing: start

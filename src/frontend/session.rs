@@ -399,7 +399,36 @@ impl Session {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let Some(mut redone) = self.ag.redone_watch(self.db.name()) else {
-                return Ok(());
+                // A primary, or outside any group, shows every commit. A
+                // replica that is neither (RESOLVING, or a secondary whose
+                // intake has not started) cannot tell whether its copy holds
+                // the primary's LSN or a diverged one: wait for its intake.
+                use crate::engine::fence::Fence;
+                let fence = self.db.fence();
+                let waits = match &fence {
+                    Fence::Secondary { .. } => true,
+                    Fence::GeoSecondary { .. } => false,
+                    _ => fence.check(crate::engine::monotonic_us()).is_err(),
+                };
+                if !waits {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::sql(
+                        "55000",
+                        format!(
+                            "database \"{}\" on replica \"{}\" is not linked to a primary: it cannot tell whether it holds LSN {target} (waited {} ms)",
+                            self.db.name(),
+                            self.ag.node(),
+                            limit.as_millis()
+                        ),
+                    )
+                    .with_hint("retry, read on the primary, or RESET availdb.read_after_lsn"));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                    _ = self.cancel.waiting.notified() => return Err(Error::Canceled),
+                }
             };
             let reached = tokio::select! {
                 r = tokio::time::timeout_at(deadline, redone.wait_for(|lsn| *lsn >= target)) => r.map(|r| r.map(|_| ())),

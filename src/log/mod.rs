@@ -13,6 +13,8 @@
 //! ```text
 //! DIR/log/<database>/<first-lsn, 16 hex digits>.avlog   segments (64 MiB)
 //! DIR/log/<database>/checkpoint                         LSN the file holds
+//! DIR/log/<database>/epochs                             epoch history
+//! DIR/log/<database>/restart                            a log restart's intent
 //! ```
 //! The record format is in `record.rs` ([`Record`]); LSNs are byte positions, so the
 //! first segment starts at 0 and each record's LSN is the previous record's
@@ -22,9 +24,19 @@
 //! * [`Log::append`] writes a record without syncing; [`Log::wait_durable`]
 //!   waits until an fsync (`fdatasync`) covered it. Concurrent waiters share
 //!   one fsync (group commit). A commit is acknowledged only after it.
-//! * A crash can leave a torn record at the very end: it was never
-//!   acknowledged, so [`Log::open`] cuts it off. A bad record anywhere else
-//!   is corruption, reported as a must-stop error ([`LogError::Corrupt`]).
+//! * A crash or power loss can leave a damaged tail — a torn record,
+//!   zeroes, the last writes persisted partly or out of order: nothing
+//!   there was acknowledged, so [`Log::open`] cuts the last segment back to
+//!   its last valid record. Damage followed by a valid record is corruption
+//!   of written data, a must-stop error ([`LogError::CorruptBeforeValid`],
+//!   [`LogError::Corrupt`]); `store.rs` has the exact rule.
+//! * A failed or short append is cut back before anything else is written;
+//!   a failed fsync is never retried — the log refuses writes
+//!   ([`LogError::Failed`]) until the node restarts and re-reads the disk.
+//! * Seeding or rewinding restarts the log at a full image
+//!   ([`Log::restart_at`]): segments, epoch history and checkpoint are
+//!   replaced all or nothing across a crash (an intent file that
+//!   [`Log::open`] finishes).
 //! * New segments and the checkpoint file are made durable with an fsync of
 //!   the file and of the directory; the checkpoint file is replaced by
 //!   rename, so it is always either the old or the new LSN.

@@ -1,4 +1,44 @@
 //! Segment files on disk: appending, group commit, reading back, recovery.
+//!
+//! # Tail repair ([`Log::open`])
+//! Only the last segment can end in bytes that never became durable (a
+//! segment is synced before the next one starts). Its records are walked
+//! from the start; at the first one that does not decode — torn, zeroes,
+//! bad magic, bad checksum, or a record whose LSN is not where it lies —
+//! the rest of the segment is searched for a *valid record*: one whose
+//! checksum holds and whose stored LSN is its own position.
+//! * None: the damage is the tail of the last writes (a crash, a power loss
+//!   that persisted them partly or out of order, a short write). Nothing
+//!   there was acknowledged — an fsync covering it would have covered the
+//!   damaged bytes too — so the segment is cut back to the last valid
+//!   record and synced.
+//! * One: records were written after the damaged bytes, so the damage is
+//!   not a tail: [`LogError::CorruptBeforeValid`], and the node does not
+//!   start that database.
+//!
+//! # Failed writes
+//! * A failed or short append (ENOSPC, EIO) truncates the segment back to
+//!   the last good offset before the error is returned, so the next record
+//!   starts where its LSN says. When even that fails, the log refuses all
+//!   writes ([`LogError::Failed`]) until it is opened again.
+//! * A failed fsync is never retried: the kernel may have dropped the dirty
+//!   pages and a second fsync would "succeed" without them (fsyncgate).
+//!   The log refuses every append and durability wait from then on; a
+//!   restart re-reads what is really on disk and repairs the tail.
+//!
+//! # Restart at a full image ([`Log::restart_at`])
+//! Seeding or rewinding a replica replaces the whole log: its segments, its
+//! epoch history and its checkpoint. That is several files, so it is made
+//! crash-atomic with an intent file, `restart` (`LSN EPOCH`), written and
+//! made durable first and removed last. [`Log::open`] finds an intent left
+//! by a crash and finishes the restart (every step is idempotent) before
+//! anything reads the log. Its last step writes `image-pending` (`LSN
+//! EPOCH`): until the image's last part is redone
+//! ([`Log::image_done`]) the database file is old or part new, and a node
+//! that restarts then starts the image over ([`Log::image_pending`]). Crash points `log.restart.intent`,
+//! `log.restart.new_segment`, `log.restart.old_removed`,
+//! `log.restart.history` and `log.restart.checkpoint` stop a process after
+//! each step.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -47,6 +87,31 @@ pub enum LogError {
         lsn: Lsn,
         /// What is wrong.
         cause: DecodeError,
+    },
+    /// A damaged record is followed by valid ones: data that was written
+    /// (and perhaps acknowledged) is damaged, not a torn tail.
+    #[error("log in {path} is damaged at LSN {lsn} ({cause}), but a valid record follows at LSN {next}: \
+             this is corruption of written records, not a torn tail, and the log cannot be trusted; \
+             restore this database from a replica (stop the node, move its file and this log folder \
+             aside, start it again: it is seeded from the primary)")]
+    CorruptBeforeValid {
+        /// Segment file.
+        path: PathBuf,
+        /// Position of the first damaged byte.
+        lsn: Lsn,
+        /// What is wrong there.
+        cause: DecodeError,
+        /// Position of the valid record after it.
+        next: Lsn,
+    },
+    /// A write or fsync failed and the log no longer knows what is on
+    /// disk: it takes nothing more until it is opened again.
+    #[error("the log in {dir} refuses writes since {cause}; restart this node (recovery re-reads the log from disk and cuts what never became durable)")]
+    Failed {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The first failure.
+        cause: String,
     },
     /// A read asked for records the log no longer (or never) held.
     #[error("LSN {wanted} is not in the log, which holds {first}..{end}")]
@@ -106,7 +171,7 @@ struct Tail {
     end: Lsn,
     /// Encoding buffer, reused.
     buf: Vec<u8>,
-    /// Bumped by [`Log::reset_to`]: a sync of the file that was current
+    /// Bumped by [`Log::restart_at`]: a sync of the file that was current
     /// before a reset says nothing about the log after it.
     generation: u64,
     /// The last record held: where it starts and its stored crc32c.
@@ -132,6 +197,15 @@ pub struct Log {
     syncing: AtomicBool,
     /// Commit time of the last record appended (µs since the Unix epoch).
     last_commit_us: std::sync::atomic::AtomicI64,
+    /// Set at the first failed fsync or unrepairable write: the log takes
+    /// no more records and makes nothing more durable.
+    failed: Mutex<Option<String>>,
+    /// The log restarted at a full image not yet wholly redone: (LSN,
+    /// epoch) of the image (the `image-pending` file).
+    image_pending: Mutex<Option<(Lsn, u64)>>,
+    /// Tests make the next fsync fail with this error.
+    #[cfg(test)]
+    fail_next_sync: Mutex<Option<io::Error>>,
 }
 
 impl Log {
@@ -139,6 +213,10 @@ impl Log {
     /// cut off — it was never acknowledged; damage anywhere else is an error.
     pub fn open(dir: &Path) -> Result<Log, LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if let Some((lsn, epoch)) = read_restart_intent(dir)? {
+            tracing::warn!(log = %dir.display(), lsn, epoch, "finishing a log restart that a crash interrupted");
+            finish_restart(dir, lsn, epoch)?;
+        }
         let mut segments = list_segments(dir)?;
         if segments.is_empty() {
             let path = segment_path(dir, 0);
@@ -156,6 +234,7 @@ impl Log {
             .append(true)
             .open(&last.path)
             .map_err(io_err(&last.path))?;
+        let image_pending = read_lsn_epoch(dir, IMAGE_PENDING)?;
         Ok(Log {
             dir: dir.to_path_buf(),
             tail: Mutex::new(Tail {
@@ -173,7 +252,86 @@ impl Log {
             written: watch::channel(end).0,
             syncing: AtomicBool::new(false),
             last_commit_us: std::sync::atomic::AtomicI64::new(0),
+            failed: Mutex::new(None),
+            image_pending: Mutex::new(image_pending),
+            #[cfg(test)]
+            fail_next_sync: Mutex::new(None),
         })
+    }
+
+    /// The full image this log restarted at, while it is not wholly
+    /// redone: (LSN, epoch). The database file is old or part new until
+    /// then (module page).
+    pub fn image_pending(&self) -> Option<(Lsn, u64)> {
+        *self.image_pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records durably that the pending image is wholly redone.
+    pub fn image_done(&self) -> Result<(), LogError> {
+        let mut pending = self.image_pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_none() {
+            return Ok(());
+        }
+        let path = self.dir.join(IMAGE_PENDING);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LogError::Io { path, source }),
+        }
+        sync_dir(&self.dir)?;
+        *pending = None;
+        Ok(())
+    }
+
+    /// Why the log refuses writes (a failed fsync or an append it could
+    /// not undo), if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn check_failed(&self) -> Result<(), LogError> {
+        match self.failure() {
+            Some(cause) => Err(LogError::Failed {
+                dir: self.dir.clone(),
+                cause,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first failure: from now on the log refuses writes.
+    fn fail(&self, cause: String) -> LogError {
+        tracing::error!(log = %self.dir.display(), "{cause}: the log takes no more writes until the node restarts");
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let cause = failed.get_or_insert(cause).clone();
+        LogError::Failed {
+            dir: self.dir.clone(),
+            cause,
+        }
+    }
+
+    /// fsync (`fdatasync`) of a segment; a failure fails the log for good.
+    fn sync_file(&self, file: &File, path: &Path) -> Result<(), LogError> {
+        match self.injected_sync_error() {
+            Some(e) => Err(e),
+            None => file.sync_data(),
+        }
+        .map_err(|e| self.fail(format!("fsync of {} failed: {e}", path.display())))
+    }
+
+    /// The fsync failure a test asked for, if any.
+    fn injected_sync_error(&self) -> Option<io::Error> {
+        #[cfg(test)]
+        return self
+            .fail_next_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        #[cfg(not(test))]
+        None
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
@@ -222,8 +380,13 @@ impl Log {
     /// Appends a record (its `lsn` is assigned here) without waiting for
     /// durability; returns the record's end LSN, to pass to
     /// [`Log::wait_durable`] before acknowledging the commit.
+    ///
+    /// A write that fails part-way is undone (the segment is cut back to
+    /// its last record) before the error is returned; when that fails too
+    /// the log takes nothing more ([`LogError::Failed`]).
     pub fn append(&self, mut record: Record) -> Result<Lsn, LogError> {
         let mut tail = self.lock();
+        self.check_failed()?;
         record.lsn = tail.end;
         self.last_commit_us
             .store(record.commit_time_us, Ordering::Relaxed);
@@ -235,7 +398,10 @@ impl Log {
         buf.clear();
         record.encode_into(&mut buf);
         let path = tail.segments.last().expect("a segment").path.clone();
-        (&*tail.file).write_all(&buf).map_err(io_err(&path))?;
+        if let Err(e) = (&*tail.file).write_all(&buf) {
+            tail.buf = buf;
+            return Err(self.undo_write(&tail, &path, e));
+        }
         let crc = u32::from_le_bytes(buf[buf.len() - 4..].try_into().expect("4 bytes"));
         tail.last = Some((record.lsn, crc));
         let raw = RawRecord {
@@ -256,11 +422,31 @@ impl Log {
         Ok(tail.end)
     }
 
+    /// Cuts the current segment back to its last whole record after a
+    /// write failed part-way; returns the write's error, or fails the log
+    /// when the cut fails too.
+    fn undo_write(&self, tail: &Tail, path: &Path, cause: io::Error) -> LogError {
+        crate::crashpoint::hit("log.append.failed");
+        match tail.file.set_len(tail.len) {
+            Ok(()) => {
+                tracing::warn!(segment = %path.display(), len = tail.len, "a log write failed ({cause}); cut the segment back to its last record");
+                LogError::Io {
+                    path: path.to_path_buf(),
+                    source: cause,
+                }
+            }
+            Err(e) => self.fail(format!(
+                "a write to {} failed ({cause}) and cutting it back failed too ({e})",
+                path.display()
+            )),
+        }
+    }
+
     /// Closes the current segment (synced, so durability never has to look
     /// back) and starts a new one at the current end.
     fn roll(&self, tail: &mut Tail) -> Result<(), LogError> {
         let old = tail.segments.last().expect("a segment").path.clone();
-        tail.file.sync_data().map_err(io_err(&old))?;
+        self.sync_file(&tail.file, &old)?;
         self.durable.send_if_modified(|d| {
             let moved = *d < tail.end;
             *d = (*d).max(tail.end);
@@ -294,6 +480,7 @@ impl Log {
             if *rx.borrow_and_update() >= lsn {
                 return Ok(());
             }
+            self.check_failed()?;
             if self.syncing.swap(true, Ordering::AcqRel) {
                 // Another waiter is syncing; its result may cover us.
                 let _ =
@@ -301,19 +488,27 @@ impl Log {
                 continue;
             }
             let _turn = SyncTurn(&self.syncing);
+            // A failure that raced with taking the turn.
+            self.check_failed()?;
             let (file, target, path, generation) = self.sync_target();
-            let synced = tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-            synced.map_err(io_err(&path))?;
+            let synced = match self.injected_sync_error() {
+                Some(e) => Err(e),
+                None => tokio::task::spawn_blocking(move || file.sync_data())
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string()))),
+            };
+            if let Err(e) = synced {
+                return Err(self.fail(format!("fsync of {} failed: {e}", path.display())));
+            }
             self.mark_durable(target, generation);
         }
     }
 
     /// Syncs now, from a blocking context (e.g. before a checkpoint).
     pub fn sync_blocking(&self) -> Result<Lsn, LogError> {
+        self.check_failed()?;
         let (file, target, path, generation) = self.sync_target();
-        file.sync_data().map_err(io_err(&path))?;
+        self.sync_file(&file, &path)?;
         self.mark_durable(target, generation);
         Ok(target)
     }
@@ -333,7 +528,7 @@ impl Log {
     /// was reset since the sync started (then it covered another file).
     fn mark_durable(&self, target: Lsn, generation: u64) {
         let tail = self.lock();
-        if tail.generation != generation {
+        if tail.generation != generation || self.failure().is_some() {
             return;
         }
         self.durable.send_if_modified(|d| {
@@ -471,25 +666,27 @@ impl Log {
         self.append(record.clone())
     }
 
-    /// Empties the log and starts it again at `lsn` (a replica being seeded
-    /// from a full image recorded at `lsn` on the primary).
-    pub fn reset_to(&self, lsn: Lsn) -> Result<(), LogError> {
+    /// Empties the log and starts it again at a full image that starts at
+    /// `lsn` in `epoch` (a replica being seeded or rewound from an image
+    /// recorded at `lsn` on the primary): one segment starting at `lsn`,
+    /// the history `epoch lsn`, the checkpoint `lsn`. Crash-atomic: an
+    /// intent file makes [`Log::open`] finish a restart a crash interrupted
+    /// (module page).
+    pub fn restart_at(&self, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
         let mut tail = self.lock();
+        self.check_failed()?;
+        write_restart_intent(&self.dir, lsn, epoch)?;
+        crate::crashpoint::hit("log.restart.intent");
+        finish_restart(&self.dir, lsn, epoch)?;
         let path = segment_path(&self.dir, lsn);
-        create_segment(&self.dir, &path)?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        for seg in std::mem::take(&mut tail.segments) {
-            if seg.path != path {
-                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-            }
-        }
-        tail.segments.push(Segment {
+        tail.segments = vec![Segment {
             first_lsn: lsn,
             path,
-        });
+        }];
         tail.file = Arc::new(file);
         tail.len = 0;
         tail.end = lsn;
@@ -497,6 +694,7 @@ impl Log {
         tail.recent_bytes = 0;
         tail.generation += 1;
         tail.last = None;
+        *self.image_pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((lsn, epoch));
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
         Ok(())
@@ -588,6 +786,88 @@ impl Log {
     }
 }
 
+/// The intent file of a log restart (module page).
+const RESTART_INTENT: &str = "restart";
+/// Present from a log restart until its image is wholly redone (module
+/// page): `LSN EPOCH` of the image.
+const IMAGE_PENDING: &str = "image-pending";
+
+/// Makes `LSN EPOCH` durable in the intent file: from here on the restart
+/// is as good as done.
+fn write_restart_intent(dir: &Path, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
+    write_lsn_epoch(dir, RESTART_INTENT, lsn, epoch)
+}
+
+/// The restart a crash interrupted: (LSN, epoch), if any.
+fn read_restart_intent(dir: &Path) -> Result<Option<(Lsn, u64)>, LogError> {
+    read_lsn_epoch(dir, RESTART_INTENT)
+}
+
+/// `LSN EPOCH` from the file `name` in `dir`, if it exists.
+fn read_lsn_epoch(dir: &Path, name: &str) -> Result<Option<(Lsn, u64)>, LogError> {
+    let path = dir.join(name);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LogError::Io { path, source }),
+    };
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(lsn)), Some(Ok(epoch))) => Ok(Some((lsn, epoch))),
+        _ => Err(LogError::Io {
+            path,
+            source: io::Error::other(format!(
+                "bad contents {:?}: remove this log folder and the database file, the replica is seeded again",
+                text.trim()
+            )),
+        }),
+    }
+}
+
+/// Writes `LSN EPOCH` durably to the file `name` in `dir` (temp file,
+/// fsync, rename, directory fsync).
+fn write_lsn_epoch(dir: &Path, name: &str, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    File::create(&tmp)
+        .and_then(|mut f| {
+            writeln!(f, "{lsn} {epoch}")?;
+            f.sync_all()
+        })
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
+}
+
+/// The steps of a restart after its intent is durable; each is
+/// idempotent, so a crash anywhere leaves the intent to finish them again.
+fn finish_restart(dir: &Path, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
+    let path = segment_path(dir, lsn);
+    create_segment(dir, &path)?;
+    crate::crashpoint::hit("log.restart.new_segment");
+    for seg in list_segments(dir)? {
+        if seg.path != path {
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        }
+    }
+    sync_dir(dir)?;
+    crate::crashpoint::hit("log.restart.old_removed");
+    super::reset_history(dir, epoch, lsn)?;
+    crate::crashpoint::hit("log.restart.history");
+    super::write_checkpoint(dir, lsn)?;
+    crate::crashpoint::hit("log.restart.checkpoint");
+    write_lsn_epoch(dir, IMAGE_PENDING, lsn, epoch)?;
+    let intent = dir.join(RESTART_INTENT);
+    fs::remove_file(&intent).map_err(io_err(&intent))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
 fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
     dir.join(format!("{first_lsn:016x}.avlog"))
 }
@@ -637,42 +917,78 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, LogError> {
 type Scanned = (Lsn, u64, Option<(Lsn, u32)>);
 
 /// Walks a segment's records; returns (end LSN, valid length, the last
-/// record's start and crc). With `cut_torn`, a torn last record is
-/// truncated away.
-fn scan_segment(seg: &Segment, cut_torn: bool) -> Result<Scanned, LogError> {
+/// record's start and crc). With `repair` (the last segment), damage with
+/// no valid record after it is the tail of the last writes and is cut off
+/// (module page); damage followed by a valid record is always an error.
+fn scan_segment(seg: &Segment, repair: bool) -> Result<Scanned, LogError> {
     let mut file = File::open(&seg.path).map_err(io_err(&seg.path))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io_err(&seg.path))?;
     let mut at = 0usize;
     let mut last = None;
     while at < bytes.len() {
-        match Record::decode(&bytes[at..]) {
-            Ok((_, len)) => {
+        let lsn = seg.first_lsn + at as u64;
+        let cause = match Record::decode(&bytes[at..]) {
+            Ok((record, len)) if record.lsn == lsn => {
                 let crc =
                     u32::from_le_bytes(bytes[at + len - 4..at + len].try_into().expect("4 bytes"));
-                last = Some((seg.first_lsn + at as u64, crc));
+                last = Some((lsn, crc));
                 at += len;
+                continue;
             }
-            Err(DecodeError::Torn { .. }) if cut_torn => {
-                tracing::warn!(segment = %seg.path.display(), at, "cutting a torn record at the end of the log");
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io_err(&seg.path))?;
-                f.set_len(at as u64).map_err(io_err(&seg.path))?;
-                f.sync_all().map_err(io_err(&seg.path))?;
-                break;
+            Ok((record, _)) => {
+                DecodeError::Inconsistent(format!("the record there says LSN {}", record.lsn))
             }
-            Err(cause) => {
-                return Err(LogError::Corrupt {
-                    path: seg.path.clone(),
-                    lsn: seg.first_lsn + at as u64,
-                    cause,
-                })
-            }
+            Err(cause) => cause,
+        };
+        if let Some(next) = valid_record_after(&bytes, at + 1, seg.first_lsn) {
+            return Err(LogError::CorruptBeforeValid {
+                path: seg.path.clone(),
+                lsn,
+                cause,
+                next,
+            });
         }
+        if !repair {
+            return Err(LogError::Corrupt {
+                path: seg.path.clone(),
+                lsn,
+                cause,
+            });
+        }
+        tracing::warn!(
+            segment = %seg.path.display(),
+            lsn,
+            cut = bytes.len() - at,
+            "the log ends in a damaged tail ({cause}) with no valid record after it: never acknowledged, cut off"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(io_err(&seg.path))?;
+        f.set_len(at as u64).map_err(io_err(&seg.path))?;
+        f.sync_all().map_err(io_err(&seg.path))?;
+        break;
     }
     Ok((seg.first_lsn + at as u64, at as u64, last))
+}
+
+/// The LSN of the first valid record at or after byte `from` of a segment
+/// that starts at `first_lsn`: its magic, its checksum, and its stored LSN
+/// equal to where it lies (so bytes inside another record cannot pass).
+fn valid_record_after(bytes: &[u8], from: usize, first_lsn: Lsn) -> Option<Lsn> {
+    let magic = *b"AVL2";
+    (from..(bytes.len() + 1).saturating_sub(16)).find_map(|o| {
+        if bytes[o..o + 4] != magic {
+            return None;
+        }
+        let at = first_lsn + o as u64;
+        let stored_lsn = u64::from_le_bytes(bytes[o + 8..o + 16].try_into().expect("8 bytes"));
+        if stored_lsn != at {
+            return None;
+        }
+        Record::decode(&bytes[o..]).ok().map(|_| at)
+    })
 }
 
 #[cfg(test)]
@@ -715,7 +1031,7 @@ mod tests {
         let log = Log::open(dir.path()).unwrap();
         log.append(record(1)).unwrap();
         let (_, _, _, before) = log.sync_target();
-        log.reset_to(1_000).unwrap();
+        log.restart_at(1_000, 1).unwrap();
         let end = log
             .append_at(&Record {
                 lsn: 1_000,
@@ -824,16 +1140,290 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
         log.append(record(1)).unwrap();
-        log.append(record(2)).unwrap();
+        let second = log.append(record(2)).unwrap() - record(2).encoded_len() as u64;
         drop(log);
         let seg = segment_path(dir.path(), 0);
         let mut bytes = fs::read(&seg).unwrap();
         bytes[50] ^= 1;
         fs::write(&seg, bytes).unwrap();
+        let err = Log::open(dir.path())
+            .err()
+            .expect("a corrupt log is refused");
+        assert!(
+            matches!(err, LogError::CorruptBeforeValid { lsn: 0, next, .. } if next == second),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains("restore this database from a replica"));
+        assert_eq!(fs::metadata(&seg).unwrap().len(), second * 2, "nothing cut");
+    }
+
+    /// A log of `n` records in `dir`; the segment and each record's end.
+    fn log_of(dir: &Path, n: u8) -> (PathBuf, Vec<Lsn>) {
+        let log = Log::open(dir).unwrap();
+        let ends = (1..=n).map(|i| log.append(record(i)).unwrap()).collect();
+        log.sync_blocking().unwrap();
+        (segment_path(dir, 0), ends)
+    }
+
+    /// Opens the log and checks that it holds the first `n` records of
+    /// [`log_of`] and takes the next one at the right LSN.
+    fn reopens_with(dir: &Path, ends: &[Lsn], n: usize) {
+        let log = Log::open(dir).unwrap();
+        let end = if n == 0 { 0 } else { ends[n - 1] };
+        assert_eq!(log.end_lsn(), end);
+        assert_eq!(log.read_from(0).unwrap().len(), n);
+        assert_eq!(
+            log.append(record(9)).unwrap(),
+            end + record(9).encoded_len() as u64
+        );
+        drop(log);
+        assert_eq!(Log::open(dir).unwrap().read_from(0).unwrap().len(), n + 1);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut_back_to_the_last_valid_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = log_of(dir.path(), 3);
+        // The file grew (its size persisted) but the data never did.
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0u8; 8192]).unwrap();
+        drop(f);
+        reopens_with(dir.path(), &ends, 3);
+    }
+
+    #[test]
+    fn a_last_record_persisted_out_of_order_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = log_of(dir.path(), 3);
+        // The last record's end reached the disk, a block in its middle
+        // did not: it is whole in length but its checksum fails.
+        let mut bytes = fs::read(&seg).unwrap();
+        let start = ends[1] as usize;
+        bytes[start + 20..start + 60].fill(0);
+        fs::write(&seg, bytes).unwrap();
+        reopens_with(dir.path(), &ends, 2);
+    }
+
+    #[test]
+    fn a_record_whose_header_never_reached_the_disk_is_cut_with_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = log_of(dir.path(), 3);
+        // The second record's first block is zeroes; the third record's
+        // bytes follow but its position no longer matches its LSN: it
+        // landed after garbage (an append after a short write).
+        let mut bytes = fs::read(&seg).unwrap();
+        let third = bytes[ends[1] as usize..].to_vec();
+        bytes.truncate(ends[0] as usize);
+        bytes.extend_from_slice(&[0u8; 30]);
+        bytes.extend_from_slice(&third);
+        fs::write(&seg, bytes).unwrap();
+        reopens_with(dir.path(), &ends, 1);
+    }
+
+    #[test]
+    fn zeroes_followed_by_a_valid_record_are_corruption_not_a_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = log_of(dir.path(), 3);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[ends[0] as usize..ends[1] as usize].fill(0);
+        fs::write(&seg, &bytes).unwrap();
+        let err = Log::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(err, LogError::CorruptBeforeValid { lsn, next, .. } if lsn == ends[0] && next == ends[1]),
+            "{err}"
+        );
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing cut");
+    }
+
+    #[test]
+    fn a_torn_record_in_a_segment_before_the_last_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = log_of(dir.path(), 2);
+        let log = Log::open(dir.path()).unwrap();
+        let mut tail = log.lock();
+        log.roll(&mut tail).unwrap();
+        drop(tail);
+        log.append(record(3)).unwrap();
+        drop(log);
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let log = Log::open(dir.path()).unwrap();
         assert!(matches!(
-            Log::open(dir.path()),
-            Err(LogError::Corrupt { lsn: 0, .. })
+            log.read_from(0),
+            Err(LogError::Corrupt { lsn, .. }) if lsn == ends[0]
         ));
+    }
+
+    #[test]
+    fn a_short_append_is_cut_back_before_the_next_record() {
+        use crate::crashpoint::tests_support::{child_dir, crash_in_child};
+        // A real short write: RLIMIT_FSIZE stops the write part-way (as a
+        // full disk does), in a child process since it binds the process.
+        if let Some(dir) = child_dir() {
+            let log = Log::open(&dir).unwrap();
+            let end1 = log.append(record(1)).unwrap();
+            let big = Record {
+                pages: (1..=8).map(|p| (p, vec![7u8; 64])).collect(),
+                ..record(2)
+            };
+            let limit = end1 + big.encoded_len() as u64 / 2;
+            // SAFETY: plain libc calls on this (single-test) process.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+            assert!(
+                log.append(big.clone()).is_err(),
+                "the write crosses the limit"
+            );
+            let seg = segment_path(&dir, 0);
+            assert_eq!(
+                fs::metadata(&seg).unwrap().len(),
+                end1,
+                "cut back to the last record"
+            );
+            assert_eq!(log.end_lsn(), end1);
+            unsafe {
+                let lim = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+            let end2 = log.append(big.clone()).unwrap();
+            assert_eq!(end2, end1 + big.encoded_len() as u64);
+            log.sync_blocking().unwrap();
+            drop(log);
+            let log = Log::open(&dir).unwrap();
+            let all = log.read_from(0).unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!(all[1].pages, big.pages);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = crash_in_child(
+            "log::store::tests::a_short_append_is_cut_back_before_the_next_record",
+            None,
+            dir.path(),
+        );
+        assert!(
+            out.status.success(),
+            "the child failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            Log::open(dir.path()).unwrap().read_from(0).unwrap().len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_is_never_retried_and_the_log_refuses_writes_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let end1 = log.append(record(1)).unwrap();
+        log.wait_durable(end1).await.unwrap();
+        let end2 = log.append(record(2)).unwrap();
+        *log.fail_next_sync.lock().unwrap() = Some(io::Error::from_raw_os_error(libc::EIO));
+        let err = log.wait_durable(end2).await.unwrap_err();
+        assert!(matches!(err, LogError::Failed { .. }), "{err}");
+        assert!(err.to_string().contains("restart this node"), "{err}");
+        // The next fsync would succeed: it must not be taken as covering
+        // the pages the failed one may have dropped.
+        assert!(log.wait_durable(end2).await.is_err());
+        assert!(log.sync_blocking().is_err());
+        assert_eq!(log.durable_lsn(), end1);
+        assert!(matches!(
+            log.append(record(3)),
+            Err(LogError::Failed { .. })
+        ));
+        assert!(log.failure().is_some());
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert!(log.failure().is_none());
+        log.append(record(3)).unwrap();
+    }
+
+    #[test]
+    fn a_restart_killed_after_any_step_is_finished_when_the_log_opens() {
+        use crate::crashpoint::tests_support::{child_dir, crash_in_child, crashed_at};
+        const LSN: Lsn = 1 << 20;
+        const EPOCH: u64 = 7;
+        if let Some(dir) = child_dir() {
+            Log::open(&dir).unwrap().restart_at(LSN, EPOCH).unwrap();
+            return;
+        }
+        for point in [
+            "log.restart.intent",
+            "log.restart.new_segment",
+            "log.restart.old_removed",
+            "log.restart.history",
+            "log.restart.checkpoint",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            // An old log: two segments, an epoch history, a checkpoint
+            // inside it.
+            let (_, ends) = log_of(dir.path(), 3);
+            let log = Log::open(dir.path()).unwrap();
+            let mut tail = log.lock();
+            log.roll(&mut tail).unwrap();
+            drop(tail);
+            log.append(record(4)).unwrap();
+            log.sync_blocking().unwrap();
+            drop(log);
+            super::super::append_history(dir.path(), 1, 0).unwrap();
+            super::super::append_history(dir.path(), 2, ends[1]).unwrap();
+            super::super::write_checkpoint(dir.path(), ends[1]).unwrap();
+
+            let out = crash_in_child(
+                "log::store::tests::a_restart_killed_after_any_step_is_finished_when_the_log_opens",
+                Some(point),
+                dir.path(),
+            );
+            assert!(
+                crashed_at(&out, point),
+                "{point}: the child did not die there:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let log = Log::open(dir.path()).unwrap_or_else(|e| panic!("{point}: {e}"));
+            assert_eq!((log.first_lsn(), log.end_lsn()), (LSN, LSN), "{point}");
+            assert_eq!(list_segments(dir.path()).unwrap().len(), 1, "{point}");
+            assert_eq!(
+                super::super::read_history(dir.path()).unwrap(),
+                [(EPOCH, LSN)],
+                "{point}"
+            );
+            let checkpoint = super::super::read_checkpoint(dir.path()).unwrap();
+            assert_eq!(checkpoint, LSN, "{point}");
+            assert!(!dir.path().join(RESTART_INTENT).exists(), "{point}");
+            assert_eq!(log.image_pending(), Some((LSN, EPOCH)), "{point}");
+            // What recovery reads, and the image's first record.
+            assert!(log.read_some(checkpoint, u64::MAX).unwrap().is_empty());
+            log.append_at(&Record {
+                lsn: LSN,
+                epoch: EPOCH,
+                ..record(5)
+            })
+            .unwrap();
+            drop(log);
+            assert_eq!(
+                Log::open(dir.path()).unwrap().read_from(LSN).unwrap().len(),
+                1,
+                "{point}"
+            );
+        }
     }
 
     #[test]
@@ -852,7 +1442,7 @@ mod tests {
             replica.append_at(&records[1]).is_err(),
             "a duplicate is refused"
         );
-        replica.reset_to(records[2].lsn).unwrap();
+        replica.restart_at(records[2].lsn, 1).unwrap();
         replica.append_at(&records[2]).unwrap();
         drop(replica);
         let replica = Log::open(&dir.path().join("r")).unwrap();

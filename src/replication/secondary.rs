@@ -138,6 +138,16 @@ pub struct SecondaryDb {
     db: Arc<Database>,
     hardened: watch::Sender<Lsn>,
     redone: watch::Sender<Lsn>,
+    /// What read-your-writes may count on: redone records known to be the
+    /// current primary's (see [`SecondaryDb::watch_readable`]).
+    readable: watch::Sender<Lsn>,
+    /// The local log up to here is the connected primary's: checked by its
+    /// divergence check at the handshake, or received from it since. 0
+    /// while no primary vouches for it (not connected, a rewind pending).
+    confirmed: std::sync::atomic::AtomicU64,
+    /// The log restarted at a full image whose last part is not redone
+    /// yet: the file is old or part old, whatever the redone LSN says.
+    image_pending: std::sync::atomic::AtomicBool,
     /// The batch check's state: the newest epoch in the local log (epochs
     /// never go down along a log) and a pending `Rewind`.
     intake: Mutex<Intake>,
@@ -175,6 +185,9 @@ impl SecondaryDb {
         let sdb = Arc::new(SecondaryDb {
             hardened: watch::channel(durable).0,
             redone: watch::channel(applied).0,
+            readable: watch::channel(0).0,
+            confirmed: std::sync::atomic::AtomicU64::new(0),
+            image_pending: std::sync::atomic::AtomicBool::new(db.log().image_pending().is_some()),
             intake: Mutex::new(Intake {
                 epoch: newest_epoch,
                 rewind_to: None,
@@ -353,9 +366,43 @@ impl SecondaryDb {
         *self.redone.borrow()
     }
 
-    /// Follows [`SecondaryDb::redone`] (read-your-writes waits on it).
+    /// Follows [`SecondaryDb::redone`].
     pub fn watch_redone(&self) -> watch::Receiver<Lsn> {
         self.redone.subscribe()
+    }
+
+    /// Follows the LSN read-your-writes waits for: the redone LSN, but only
+    /// as far as the connected primary vouches for the local log, and 0
+    /// while a restarted log's image is not wholly redone. A token is an
+    /// LSN of the primary's log; records at that LSN here that a former
+    /// primary wrote (a tail not yet rewound) or an old file under a new
+    /// image must not pass for it.
+    pub fn watch_readable(&self) -> watch::Receiver<Lsn> {
+        self.readable.subscribe()
+    }
+
+    /// Recomputes [`SecondaryDb::watch_readable`]'s LSN.
+    fn publish_readable(&self) {
+        let lsn = if self.image_pending.load(Ordering::SeqCst) {
+            0
+        } else {
+            self.redone().min(self.confirmed.load(Ordering::SeqCst))
+        };
+        self.readable.send_if_modified(|r| {
+            let changed = *r != lsn;
+            *r = lsn;
+            changed
+        });
+    }
+
+    /// The connected primary vouches for the local log up to `lsn` (None:
+    /// no primary does).
+    fn confirm(&self, lsn: Option<Lsn>) {
+        match lsn {
+            Some(lsn) => self.confirmed.fetch_max(lsn, Ordering::SeqCst),
+            None => self.confirmed.swap(0, Ordering::SeqCst),
+        };
+        self.publish_readable();
     }
 
     /// The database.
@@ -587,6 +634,8 @@ fn accept_batch(
     let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
     if let Some((lsn, epoch)) = plan.restart {
         tracing::info!(database, lsn, "restarting the log from a full image");
+        sdb.image_pending.store(true, Ordering::SeqCst);
+        sdb.publish_readable();
         sdb.db
             .restart_log_at(lsn, epoch)
             .map_err(ReplicationError::Local)?;
@@ -606,6 +655,8 @@ fn accept_batch(
     }
     *sdb.intake.lock().unwrap_or_else(|e| e.into_inner()) = plan.intake;
     sdb.written.send_replace(end);
+    // Sent by the connected primary, contiguous with a log it checked.
+    sdb.confirm(Some(end));
     Ok(end)
 }
 
@@ -790,8 +841,15 @@ async fn serve_primary(
     .await?;
     group.connected.send_replace(true);
     tracing::info!(primary = %from_replica, group = %group.config().name, "primary connected");
+    // Until this primary's handshake is over, nobody vouches for the logs.
+    for sdb in group.databases() {
+        sdb.confirm(None);
+    }
     let result = stream_from(&mut conn, &group, &admission, epoch, timeout).await;
     group.connected.send_replace(false);
+    for sdb in group.databases() {
+        sdb.confirm(None);
+    }
     if let Err(reason) = &result {
         let _ = send(
             &mut conn,
@@ -851,6 +909,10 @@ async fn stream_from(
     }
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
+    // The primary sends every Rewind of its handshake before anything
+    // else: at its first other message, each log it did not rewind is a
+    // prefix of its own (its divergence check said so).
+    let mut vouched = false;
     loop {
         tokio::select! {
             incoming = conn.next() => {
@@ -860,6 +922,14 @@ async fn stream_from(
                     Some(Ok(m)) => m,
                 };
                 last_heard = Instant::now();
+                if !vouched && !matches!(message, Message::Rewind { .. }) {
+                    vouched = true;
+                    for sdb in group.databases() {
+                        if sdb.intake().rewind_to.is_none() {
+                            sdb.confirm(Some(sdb.db.log().end_lsn()));
+                        }
+                    }
+                }
                 match message {
                     Message::Records { database, records } => {
                         group.receive(&database, records, epoch).await?;
@@ -948,6 +1018,7 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
         if applied != sdb.redone() {
             // Another group's redo (or a log restart) moved the file.
             sdb.redone.send_replace(applied);
+            sdb.publish_readable();
         }
         if applied >= sdb.hardened() {
             tokio::select! {
@@ -964,6 +1035,10 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
                 sdb.last_redone_commit_us
                     .store(done.commit_time_us, Ordering::Relaxed);
                 sdb.redone.send_replace(done.end);
+                if !done.inside_image {
+                    sdb.image_pending.store(false, Ordering::SeqCst);
+                }
+                sdb.publish_readable();
                 since_checkpoint += done.bytes;
                 if since_checkpoint >= CHECKPOINT_BYTES {
                     let db = sdb.db.clone();
@@ -1017,6 +1092,12 @@ async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
                 Err(e) => {
                     tracing::error!(database = %sdb.db.name(), "cannot harden the log: {e}");
                     *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    // A failed log refuses every later sync: nothing is
+                    // hardened until the node restarts. Do not spin.
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
             continue;

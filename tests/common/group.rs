@@ -47,6 +47,9 @@ pub struct GroupSpec {
     /// `WITH (CLUSTER_TYPE = …)` of the group (None: the default, which
     /// puts the group under the nodes' cluster manager).
     pub cluster_type: Option<&'static str>,
+    /// `(node index, MiB)`: that node's data directory is a tmpfs of that
+    /// size (needs root), so its disk can be filled.
+    pub tmpfs_data: Option<(usize, u32)>,
 }
 
 impl Default for GroupSpec {
@@ -58,6 +61,7 @@ impl Default for GroupSpec {
             automatic: false,
             asynchronous_replicas: Vec::new(),
             cluster_type: None,
+            tmpfs_data: None,
         }
     }
 }
@@ -66,6 +70,14 @@ impl GroupSpec {
     /// True when node `i` is a SYNCHRONOUS_COMMIT replica.
     pub fn is_synchronous(&self, i: usize) -> bool {
         self.synchronous && !self.asynchronous_replicas.contains(&i)
+    }
+
+    /// A server builder for node `i` ([`GroupSpec::tmpfs_data`] applied).
+    fn builder(&self, i: usize) -> super::Builder {
+        match self.tmpfs_data {
+            Some((node, mb)) if node == i => TestServer::builder().tmpfs_data(mb),
+            _ => TestServer::builder(),
+        }
     }
 }
 
@@ -313,12 +325,7 @@ impl Group {
         let mut endpoints = Vec::new();
         for i in 0..spec.replicas {
             let endpoint = free_port();
-            nodes.push(
-                TestServer::builder()
-                    .replica(&name(i), endpoint)
-                    .start()
-                    .await,
-            );
+            nodes.push(spec.builder(i).replica(&name(i), endpoint).start().await);
             endpoints.push(endpoint);
         }
         Group::define(nodes, endpoints, spec, None).await
@@ -333,7 +340,7 @@ impl Group {
         for i in 0..spec.replicas {
             let endpoint = free_port();
             nodes.push(
-                TestServer::builder()
+                spec.builder(i)
                     .netns(&hosts.ns(i))
                     .host(&hosts.ip(i).to_string())
                     .password("netns-test")
@@ -368,7 +375,7 @@ impl Group {
             let ip = super::proxy::node_ip(i);
             let endpoint = free_port();
             nodes.push(
-                TestServer::builder()
+                spec.builder(i)
                     .replica_at(&name(i), ip, endpoint)
                     .start()
                     .await,

@@ -93,6 +93,11 @@ pub struct Builder {
     extra_args: Vec<String>,
     /// Network namespace to run the process in (`ip netns exec`).
     netns: Option<String>,
+    /// Size in MiB of a tmpfs mounted on the data directory (needs root):
+    /// a disk that can be filled.
+    tmpfs_data_mb: Option<u32>,
+    /// Environment variables set for the process (e.g. `AVAILDB_CRASH_AT`).
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -138,6 +143,14 @@ impl Builder {
     /// Run the server inside network namespace `name` (needs root).
     pub fn netns(mut self, name: &str) -> Self {
         self.netns = Some(name.to_string());
+        self
+    }
+
+    /// Mount a tmpfs of `mb` MiB on the data directory before the first
+    /// start (needs root; unmounted when the server is dropped), so a test
+    /// can fill the node's disk without touching the machine's.
+    pub fn tmpfs_data(mut self, mb: u32) -> Self {
+        self.tmpfs_data_mb = Some(mb);
         self
     }
 
@@ -223,6 +236,21 @@ impl Builder {
             .tempdir()
             .expect("create temp dir");
         let port = self.port.unwrap_or_else(free_port);
+        if let Some(mb) = self.tmpfs_data_mb {
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(&data).expect("create the data directory");
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "availdb-test"])
+                .arg(&data)
+                .output()
+                .expect("run mount");
+            assert!(
+                out.status.success(),
+                "mount a {mb} MiB tmpfs on {}: {}",
+                data.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut server = TestServer {
             log_path: dir.path().join("server.log"),
             dir,
@@ -359,6 +387,59 @@ impl TestServer {
         self.child.is_some() && self.try_wait().is_none()
     }
 
+    /// Sets (Some) or removes (None) an environment variable of the
+    /// process from its next start on (e.g. `AVAILDB_CRASH_AT`).
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.config.env.retain(|(n, _)| n != name);
+        if let Some(value) = value {
+            self.config.env.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    /// Starts the server again on the same data directory and port (after
+    /// SIGTERM if it is still running) and waits until it answers `SELECT
+    /// 1`; unlike [`TestServer::restart`], a server that exits or does
+    /// not answer within `START_TIMEOUT` is an `Err` with its log tail,
+    /// not a panic.
+    pub async fn try_restart(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            self.sigterm().await;
+        }
+        self.spawn_child();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                self.child = None;
+                return Err(format!(
+                    "availdb exited ({status}) before accepting connections\n{}",
+                    self.log_tail()
+                ));
+            }
+            if let Some(Ok(client)) = connect_bounded(&self.conn_string(DEFAULT_DB)).await {
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "availdb did not answer SELECT 1 within {START_TIMEOUT:?}\n{}",
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The exit status if the process has exited (it is then no longer
+    /// running); None while it runs or when it was never started.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        let status = self.try_wait();
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// Sends `signal` (a name `kill -s` understands: `STOP`, `CONT`, …) to
     /// the running process with the `kill` command.
     pub fn signal(&self, signal: &str) {
@@ -384,6 +465,11 @@ impl TestServer {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub async fn sigterm(&mut self) -> ExitStatus {
+        // It may have exited by itself (and been reaped) already.
+        if let Some(status) = self.try_wait() {
+            self.child = None;
+            return status;
+        }
         let pid = self.pid();
         let sent = Command::new("kill")
             .arg("-TERM")
@@ -436,10 +522,10 @@ impl TestServer {
             // `ip netns exec` execs the binary: the child's pid is the server's.
             Some(ns) => {
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_availdb")]);
+                cmd.args(["netns", "exec", ns]).arg(availdb_bin());
                 cmd
             }
-            None => Command::new(env!("CARGO_BIN_EXE_availdb")),
+            None => Command::new(availdb_bin()),
         };
         cmd.arg("server")
             .arg("--data-dir")
@@ -469,6 +555,10 @@ impl TestServer {
             }
         }
         cmd.args(&self.config.extra_args);
+        cmd.env_remove("AVAILDB_CRASH_AT");
+        for (name, value) in &self.config.env {
+            cmd.env(name, value);
+        }
         self.child = Some(cmd.spawn().expect("spawn the availdb binary"));
     }
 
@@ -540,7 +630,22 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
+        if self.config.tmpfs_data_mb.is_some() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.data_dir())
+                .output();
+        }
     }
+}
+
+/// The server binary the tests start: `AVAILDB_TEST_BIN` when set (e.g. a
+/// release build for a long fault campaign, `scripts/campaign`), else the
+/// one Cargo built with the tests.
+pub fn availdb_bin() -> PathBuf {
+    std::env::var_os("AVAILDB_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_availdb")))
 }
 
 /// Connects with a libpq-style connection string and runs the connection on
