@@ -254,23 +254,17 @@ async fn link_regions(regions: &[Region]) -> Result<(), String> {
             .await?;
         }
     }
-    // Ready when every region's primary has its copy of `app`.
+    // Ready when every region's listener serves its copy of `app` (the
+    // URLs printed next must work at once).
     for region in &regions[1..] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(client) = connect(region.nodes[0].port, "app").await {
-                if client.simple_query("SELECT 1").await.is_ok() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "region {}: the geo-secondary app did not appear within 60 s (see sys.dm_geo_replication_link_status on region {a_name})",
+        wait_for_listener(region.port, Duration::from_secs(60))
+            .await
+            .map_err(|e| {
+                format!(
+                    "region {}: the geo-secondary app is not served: {e} (see sys.dm_geo_replication_link_status on region {a_name})",
                     region.name.clone().unwrap_or_default()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                )
+            })?;
     }
     Ok(())
 }
@@ -364,15 +358,15 @@ async fn set_up(args: &UpArgs, region: &mut Region, holds_app: bool) -> Result<(
         .await
         .map_err(|e| format!("r1: {}", error_text(&e)))?;
     if holds_app {
-        wait_for_listener(region.port).await
+        wait_for_listener(region.port, Duration::from_secs(30)).await
     } else {
         Ok(())
     }
 }
 
 /// Waits (bounded) until a session through the listener answers.
-async fn wait_for_listener(port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+async fn wait_for_listener(port: u16, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
     let conn_str = format!("host=127.0.0.1 port={port} user=availdb dbname=app connect_timeout=2");
     loop {
         let last = match tokio_postgres::connect(&conn_str, NoTls).await {
@@ -387,7 +381,8 @@ async fn wait_for_listener(port: u16) -> Result<(), String> {
         };
         if Instant::now() > deadline {
             return Err(format!(
-                "the listener on port {port} did not answer within 30 s: {last}"
+                "the listener on port {port} did not answer within {} s: {last}",
+                within.as_secs()
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
