@@ -17,7 +17,7 @@
 //! | `log.restart.checkpoint` | … wrote the checkpoint, before removing the intent |
 //! | `log.append.failed` | a log write failed, before it is cut back |
 //!
-//! Unit tests reach a point in a child process ([`tests_support::crash_in_child`]):
+//! Unit tests reach a point in a child process (`tests_support::crash_in_child`, in unit tests):
 //! the test binary runs itself again, for one test, with the variable set.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,5 @@
-//! The fault campaign against real processes (issue 9, DESIGN.md §3 rules
-//! 1–4 and 7): a group of three real `availdb server` nodes as `availdb up`
+//! The fault campaign against real processes (issue 9; safety rules
+//! 1–4 and 7 of docs/ARCHITECTURE.md): a group of three real `availdb server` nodes as `availdb up`
 //! makes them (synchronous commit, automatic failover, under the embedded
 //! cluster; every link between nodes through the test proxy, so it can be
 //! cut) runs a mixed, bounded workload — bank transfers with a constant

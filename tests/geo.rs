@@ -253,6 +253,152 @@ async fn a_geo_secondary_is_seeded_follows_its_source_and_is_read_only_in_its_re
     insert(&app, 810, 820).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     wait_count(&b.nodes[0], GEO_DB, 810, "B keeps what it had").await;
+    // … and, told at once, writes it from now on.
+    exec(
+        &b.nodes[0].client(GEO_DB).await,
+        "INSERT INTO t VALUES (1000000, x'00')",
+    )
+    .await;
+    wait_count(
+        &b.nodes[1],
+        GEO_DB,
+        811,
+        "B's secondary follows B's own writes",
+    )
+    .await;
+}
+
+/// The ids in `t` of `db` on `server`, in order.
+async fn ids(server: &TestServer, db: &str) -> Vec<i64> {
+    let client = server.client(db).await;
+    query_text(&client, "SELECT id FROM t ORDER BY id")
+        .await
+        .expect("SELECT id FROM t")
+        .into_iter()
+        .map(|row| row[0].as_deref().unwrap_or_default().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_termination_under_writes_yields_an_independent_read_write_copy_with_every_committed_row(
+) {
+    let (a, b) = start_regions().await;
+    let admin = a.primary().client(DEFAULT_DB).await;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[1], GEO_DB, 500, "seeded in B").await;
+
+    // A writer commits one row at a time on A, through the termination.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        let app = a.primary().client(APP).await;
+        tokio::spawn(async move {
+            for id in 10_000..40_000i64 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let sql = format!("INSERT INTO t VALUES ({id}, randomblob(200))");
+                if app.batch_execute(&sql).await.is_ok() {
+                    acked.lock().unwrap().push(id);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: Vec<i64> = acked.lock().unwrap().clone();
+    assert!(!before.is_empty(), "the writer commits on A");
+    // PLANNED is the default.
+    exec(
+        &admin,
+        &format!("ALTER DATABASE {APP} REMOVE SECONDARY ON SERVER 'B'"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before.len(),
+        "A kept taking writes after the termination"
+    );
+
+    // B holds exactly a prefix of A's commits, every one acknowledged
+    // before the termination began among them, and nothing A lacks.
+    let on_a = ids(a.primary(), APP).await;
+    let on_b = ids(&b.nodes[0], GEO_DB).await;
+    let last_b = *on_b.last().unwrap();
+    let prefix: Vec<i64> = on_a.iter().copied().filter(|id| *id <= last_b).collect();
+    assert_eq!(on_b, prefix, "B's rows are A's rows up to the termination");
+    for id in &before {
+        assert!(
+            on_b.binary_search(id).is_ok(),
+            "row {id}, acknowledged before the termination, is missing in B"
+        );
+    }
+    assert!(
+        link_row(a.primary()).await.is_none(),
+        "the link is gone on A"
+    );
+    assert!(
+        link_row(&b.nodes[0]).await.is_none(),
+        "the link is gone on B"
+    );
+
+    // B's copy is an independent read-write database of region B: its own
+    // writes reach its own secondary, page-identical…
+    let geo = b.nodes[0].client(GEO_DB).await;
+    exec(&geo, "INSERT INTO t VALUES (1000000, x'00')").await;
+    let n = on_b.len() as i64 + 1;
+    wait_count(
+        &b.nodes[1],
+        GEO_DB,
+        n,
+        "B's secondary follows B's own writes",
+    )
+    .await;
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (p, s) = (
+            pages(&b.nodes[0], GEO_DB).await,
+            pages(&b.nodes[1], GEO_DB).await,
+        );
+        match compare_pages(&p, &s) {
+            Ok(()) => break,
+            Err(diff) => assert!(Instant::now() < deadline, "B's replicas differ:\n{diff}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // … and across a local failover in B, whose new primary writes it too.
+    wait_failover_ready(&b, 0, &[1]).await;
+    planned_failover(&b, 1)
+        .await
+        .unwrap_or_else(|(code, m)| panic!("B's failover: {code} {m}"));
+    exec(
+        &b.nodes[1].client(GEO_DB).await,
+        "INSERT INTO t VALUES (1000001, x'00')",
+    )
+    .await;
+    wait_count(
+        &b.nodes[0],
+        GEO_DB,
+        n + 1,
+        "B's old primary follows its new one",
+    )
+    .await;
+    // A is untouched: still writable, its rows its own.
+    exec(
+        &a.primary().client(APP).await,
+        "INSERT INTO t VALUES (2000000, x'00')",
+    )
+    .await;
+    assert_eq!(ids(a.primary(), APP).await.len(), on_a.len() + 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -223,7 +223,10 @@ impl Driver {
                         continue;
                     }
                     let promoted = match manager.engine.database(name) {
-                        Ok(db) => db.promote(&config.name, config.epoch).await,
+                        Ok(db) => {
+                            db.promote(&config.name, config.epoch, config.log_epoch(name))
+                                .await
+                        }
                         Err(e) => Err(e),
                     };
                     if let Err(e) = promoted {
@@ -240,12 +243,36 @@ impl Driver {
             Action::StartPrimary {
                 config,
                 suspend_all,
-            } => match self.start_primary(&manager, config.clone(), suspend_all) {
-                Ok(primary) => manager.publish(&self.group, Part::Primary(primary), Some(config)),
-                Err(e) => {
-                    tracing::error!(group = %self.group, "cannot start the primary role: {e}")
+            } => {
+                // A geo-secondary that became independent (its source
+                // ended the link) is written here from now on: its file is
+                // made writable first, as in a promotion. Its forwarder
+                // drained it before the change was proposed.
+                for name in &config.databases {
+                    let Ok(db) = manager.engine.database(name) else {
+                        continue;
+                    };
+                    if config.is_geo_secondary(name)
+                        || !matches!(db.fence(), crate::engine::Fence::GeoSecondary { .. })
+                    {
+                        continue;
+                    }
+                    if let Err(e) = db
+                        .promote(&config.name, config.epoch, config.log_epoch(name))
+                        .await
+                    {
+                        tracing::error!(group = %self.group, database = %name, "the former geo-secondary cannot become writable: {e}");
+                    }
                 }
-            },
+                match self.start_primary(&manager, config.clone(), suspend_all) {
+                    Ok(primary) => {
+                        manager.publish(&self.group, Part::Primary(primary), Some(config))
+                    }
+                    Err(e) => {
+                        tracing::error!(group = %self.group, "cannot start the primary role: {e}")
+                    }
+                }
+            }
             Action::UpdatePrimary(config) => {
                 apply_read_only(&manager.open_databases(&config), &config);
                 if let Some(Part::Primary(p)) = manager.part(&self.group) {

@@ -20,6 +20,18 @@
 //! create is added to the one group this node is primary of (a region holds
 //! its geo-secondaries in its availability group), fenced as a
 //! geo-secondary from its first moment.
+//!
+//! # Termination
+//! `REMOVE SECONDARY` on the source: PLANNED waits (writes open) until the
+//! geo-secondary has redone the log's end, then holds the database's
+//! writes, takes the end `E` and sends `Terminate` at `E`; FORCED sends it
+//! at once and does not wait for an answer long. The geo-secondary's
+//! region ([`Manager::make_independent`]) drains the forwarder and changes
+//! its group: no `geo_source`, read-write, and an epoch offset that puts
+//! its new records' epochs above every epoch its log holds; the restarted
+//! primary promotes the database (the driver) and writes it. The source
+//! removes the link from its definition before it lets its writes go, so
+//! no commit lands between `E` and the link's end.
 
 use std::sync::Arc;
 
@@ -27,7 +39,21 @@ use super::{Manager, Part};
 use crate::cluster::Cluster;
 use crate::engine::{Error, Fence, Result};
 use crate::group::{GeoPartner, SecondaryConnections, MAX_GEO_SECONDARIES};
-use crate::replication::geo::{Forwarder, GeoDirectory, GeoLinkView, GeoRequest};
+use crate::log::Lsn;
+use crate::replication::geo::{Forwarder, GeoDirectory, GeoLinkStatus, GeoLinkView, GeoRequest};
+
+/// Planned termination: how long the geo-secondary may take to catch up
+/// while writes go on.
+const PLANNED_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+/// Planned termination: the most this database's writes are held.
+const HOLD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a planned termination waits for the geo-secondary to answer.
+const PLANNED_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a forced termination waits for the geo-secondary to answer
+/// before it removes the link anyway.
+const FORCED_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the geo-secondary may take to redo what it holds.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The cluster's name and partner registry, for the geo senders.
 pub(super) struct ClusterDirectory(pub Arc<Cluster>);
@@ -120,24 +146,57 @@ impl Manager {
         Ok(())
     }
 
-    /// `ALTER DATABASE d REMOVE SECONDARY ON SERVER 'B'`, on the source
-    /// region's primary: the link ends (FORCED: at once).
+    /// `ALTER DATABASE d REMOVE SECONDARY ON SERVER 'B' [WITH (TERMINATION =
+    /// PLANNED | FORCED)]`, on the source region's primary (see the module
+    /// page, "Termination"). Returns a notice for the session: how far the
+    /// geo-secondary got.
     pub(super) async fn remove_geo_secondary(
         self: &Arc<Self>,
         database: &str,
         server: &str,
         forced: bool,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let group = self.primary_group_of(database)?;
-        if !forced {
+        let Some(Part::Primary(primary)) = self.part(&group) else {
             return Err(Error::sql(
-                "0A000",
-                "planned termination (waiting until the geo-secondary has everything) is not available in this version",
+                "55000",
+                format!("this node stopped being the primary of \"{database}\""),
+            ));
+        };
+        let no_link = || {
+            Error::sql(
+                "42704",
+                format!("database \"{database}\" has no geo-secondary on server '{server}'"),
             )
-            .with_hint(format!(
-                "wait until sys.dm_geo_replication_link_status shows replication_lag_sec = 0, then run ALTER DATABASE {database} REMOVE SECONDARY ON SERVER '{server}' WITH (TERMINATION = FORCED)"
-            )));
-        }
+            .with_hint("see sys.geo_replication_links")
+        };
+        let linked = primary
+            .config()
+            .database_options(database)
+            .geo_secondaries
+            .iter()
+            .any(|p| p.server.eq_ignore_ascii_case(server));
+        let link = primary.geo_link(database, server);
+        let (true, Some(link)) = (linked, link) else {
+            return Err(no_link());
+        };
+        let db = self.engine.database(database)?;
+        let (notice, held) = if forced {
+            let end = db.log().end_lsn();
+            let notice = match link.terminate(false, end, FORCED_ANSWER_WITHIN).await {
+                Ok(reached) => format!(
+                    "the geo-secondary on server '{server}' is an independent read-write database now; it had this database's log up to LSN {reached} of {end} ({} bytes never reached it)",
+                    end.saturating_sub(reached)
+                ),
+                Err(why) => format!(
+                    "the link to server '{server}' is removed, but its copy could not be told ({why}): it stays a read-only geo-secondary there until made independent on server '{server}' with ALTER DATABASE … FORCE_FAILOVER_ALLOW_DATA_LOSS"
+                ),
+            };
+            (notice, None)
+        } else {
+            let (notice, held) = self.planned_termination(&db, server, &link).await?;
+            (notice, Some(held))
+        };
         self.change(&group, |c, _| {
             let options = c.database_options.entry(database.to_string()).or_default();
             let before = options.geo_secondaries.len();
@@ -145,16 +204,186 @@ impl Manager {
                 .geo_secondaries
                 .retain(|p| !p.server.eq_ignore_ascii_case(server));
             if options.geo_secondaries.len() == before {
-                return Err(Error::sql(
-                    "42704",
-                    format!("database \"{database}\" has no geo-secondary on server '{server}'"),
-                )
-                .with_hint("see sys.geo_replication_links"));
+                return Err(no_link());
             }
             Ok(())
         })
-        .await?;
-        Ok(())
+        .await
+        .map_err(|e| {
+            if held.is_some() {
+                e.with_hint(format!("server '{server}' has made its copy independent already: remove the link with TERMINATION = FORCED"))
+            } else {
+                e
+            }
+        })?;
+        // Commits here waited only for the geo-secondary's last step and
+        // the link's removal.
+        drop(held);
+        tracing::info!(
+            database,
+            partner = server,
+            forced,
+            "geo link removed: {notice}"
+        );
+        Ok(notice)
+    }
+
+    /// Planned termination: waits until the geo-secondary has redone
+    /// everything (writes still open), then holds this database's writes,
+    /// takes the log's end, and has the geo-secondary become independent
+    /// at exactly that LSN. Returns the notice and the held writes: the
+    /// caller removes the link before it lets them go.
+    async fn planned_termination(
+        &self,
+        db: &Arc<crate::engine::Database>,
+        server: &str,
+        link: &Arc<GeoLinkStatus>,
+    ) -> Result<(String, crate::engine::WriterGuard)> {
+        let name = db.name().to_string();
+        let behind = |link: &GeoLinkStatus| {
+            let view = link.view();
+            let end = db.log().end_lsn();
+            if view.connected {
+                Ok(end.saturating_sub(view.redone_lsn))
+            } else {
+                Err(view
+                    .last_error
+                    .unwrap_or_else(|| "not connected yet".into()))
+            }
+        };
+        // Catch up with writes still open.
+        let deadline = std::time::Instant::now() + PLANNED_CATCH_UP;
+        loop {
+            match behind(link) {
+                Ok(0) => break,
+                Ok(bytes) if std::time::Instant::now() > deadline => {
+                    return Err(Error::sql(
+                        "55000",
+                        format!(
+                            "the geo-secondary of \"{name}\" on server '{server}' is still {bytes} bytes behind after {} s: writes keep coming faster than it takes them",
+                            PLANNED_CATCH_UP.as_secs()
+                        ),
+                    )
+                    .with_hint(format!(
+                        "stop the writes first (ALTER DATABASE {name} SET READ_ONLY), or end the link at once with TERMINATION = FORCED"
+                    )))
+                }
+                Err(why) if std::time::Instant::now() > deadline => {
+                    return Err(Error::sql(
+                        "08006",
+                        format!("the geo link of \"{name}\" to server '{server}' is down: {why}"),
+                    )
+                    .with_hint("planned termination needs the link up; see sys.dm_geo_replication_link_status, or use TERMINATION = FORCED"))
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        // The last step with writes held: nothing commits here between the
+        // LSN taken and the link's removal.
+        let held = db.hold_writes(HOLD_WITHIN).await?;
+        let at = db.log().end_lsn();
+        let deadline = std::time::Instant::now() + HOLD_WITHIN;
+        while link.view().redone_lsn < at {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::sql(
+                    "55000",
+                    format!(
+                        "the geo-secondary on server '{server}' did not redo the last {} bytes of \"{name}\" within {} s (writes were held meanwhile)",
+                        at.saturating_sub(link.view().redone_lsn),
+                        HOLD_WITHIN.as_secs()
+                    ),
+                )
+                .with_hint("try again; see sys.dm_geo_replication_link_status"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let reached = link
+            .terminate(true, at, PLANNED_ANSWER_WITHIN)
+            .await
+            .map_err(|why| {
+                Error::sql(
+                    "55000",
+                    format!(
+                        "the geo-secondary on server '{server}' did not become independent: {why}"
+                    ),
+                )
+                .with_hint("nothing changed here; try again, or use TERMINATION = FORCED")
+            })?;
+        Ok((
+            format!(
+                "the geo-secondary on server '{server}' is an independent read-write database now, with every transaction of \"{name}\" up to LSN {reached}"
+            ),
+            held,
+        ))
+    }
+
+    /// The geo source ended the link (`Terminate`): `database`, a
+    /// geo-secondary of `source_server` in a group this node is primary
+    /// of, becomes written in this region (see the module page).
+    pub(super) async fn make_independent(
+        self: &Arc<Self>,
+        database: &str,
+        source_server: &str,
+        planned: bool,
+        at: Lsn,
+    ) -> std::result::Result<Lsn, String> {
+        let mut found = None;
+        for (key, slot) in self.lock().iter() {
+            if let (Some(Part::Primary(p)), Some(config)) = (&slot.part, &slot.config) {
+                let source = config.database_options(database).geo_source;
+                if source.is_some_and(|s| s.server.eq_ignore_ascii_case(source_server)) {
+                    found = Some((key.clone(), p.clone()));
+                }
+            }
+        }
+        let Some((group, primary)) = found else {
+            return Err(format!(
+                "no geo-secondary \"{database}\" of server '{source_server}' is primary on this node"
+            ));
+        };
+        let forwarder = primary
+            .forwarder(database)
+            .ok_or_else(|| format!("the geo-secondary \"{database}\" takes no log in here"))?;
+        let db = forwarder.intake().database().clone();
+        if planned {
+            // Every record up to `at` came before `Terminate` on this
+            // connection: it is in the log.
+            let end = db.log().end_lsn();
+            if end != at {
+                return Err(format!(
+                    "the geo-secondary's log ends at LSN {end}, not at the source's {at}: nothing changed, try again"
+                ));
+            }
+        }
+        forwarder.drain(DRAIN_WITHIN).await?;
+        let end = db.log().end_lsn();
+        let newest = db.epoch_history().last().map_or(0, |(e, _)| *e);
+        let source_server = source_server.to_string();
+        let name = database.to_string();
+        self.change(&group, move |c, _| {
+            let options = c.database_options.entry(name.clone()).or_default();
+            if !options
+                .geo_source
+                .as_ref()
+                .is_some_and(|s| s.server.eq_ignore_ascii_case(&source_server))
+            {
+                return Err(Error::sql(
+                    "55000",
+                    format!("\"{name}\" is no geo-secondary of server '{source_server}' any more"),
+                ));
+            }
+            options.geo_source = None;
+            // Written here from now on, and by nobody else.
+            options.read_only = false;
+            // This region's records must carry epochs above the source's.
+            options.epoch_offset = options
+                .epoch_offset
+                .max((newest + 1).saturating_sub(c.epoch));
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(end)
     }
 
     /// Every geo link of the groups this node is primary of.

@@ -43,6 +43,15 @@
 //!   received is reported in `sys.availability_groups` and discarded.
 
 pub mod clustered;
+
+/// What an availability-group statement returns to its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// The command tag.
+    pub tag: String,
+    /// NOTICEs to send before it.
+    pub notices: Vec<String>,
+}
 mod ddl;
 mod driver;
 pub mod failover;
@@ -240,8 +249,29 @@ impl Manager {
             .map_err(|e| role_error(group, e))
     }
 
-    /// Runs one availability-group statement; returns its command tag.
-    pub async fn execute(self: &Arc<Self>, statement: AgStatement) -> Result<String> {
+    /// Runs one availability-group statement; returns its command tag and
+    /// the notices for the session (e.g. how far a removed geo-secondary
+    /// got).
+    pub async fn execute(self: &Arc<Self>, statement: AgStatement) -> Result<Executed> {
+        if let AgStatement::RemoveGeoSecondary {
+            database,
+            server,
+            forced,
+        } = &statement
+        {
+            let notice = self.remove_geo_secondary(database, server, *forced).await?;
+            return Ok(Executed {
+                tag: "ALTER DATABASE".into(),
+                notices: vec![notice],
+            });
+        }
+        Ok(Executed {
+            tag: self.execute_statement(statement).await?,
+            notices: Vec::new(),
+        })
+    }
+
+    async fn execute_statement(self: &Arc<Self>, statement: AgStatement) -> Result<String> {
         if self.witness
             && matches!(
                 statement,
@@ -484,6 +514,7 @@ impl Manager {
                     .await?;
                 Ok("ALTER DATABASE".into())
             }
+            // `execute` runs it itself, to keep its notice.
             AgStatement::RemoveGeoSecondary {
                 database,
                 server,
@@ -498,7 +529,7 @@ impl Manager {
                 "0A000",
                 "geo-failover (ALTER DATABASE … FAILOVER | FORCE_FAILOVER_ALLOW_DATA_LOSS) is not available in this version",
             )
-            .with_hint("the geo-secondary is readable and follows its source; to make it an independent read-write database, end the link on the source with REMOVE SECONDARY … WITH (TERMINATION = FORCED) once it has caught up")),
+            .with_hint("the geo-secondary is readable and follows its source; to make it an independent read-write database, end the link on the source: ALTER DATABASE … REMOVE SECONDARY ON SERVER '…'")),
         }
     }
 
@@ -1021,6 +1052,17 @@ impl Admission for Manager {
         request: &crate::replication::geo::GeoRequest,
     ) -> std::result::Result<Arc<crate::replication::geo::Forwarder>, String> {
         self.admit_geo_source(request).await
+    }
+
+    async fn end_geo_secondary(
+        self: Arc<Self>,
+        database: &str,
+        source_server: &str,
+        planned: bool,
+        at: crate::log::Lsn,
+    ) -> std::result::Result<crate::log::Lsn, String> {
+        self.make_independent(database, source_server, planned, at)
+            .await
     }
 
     fn check_hello(

@@ -486,7 +486,7 @@ impl Database {
     /// new records will carry the new epoch (the epoch history records where
     /// it starts), and writes stay closed (`TakingOffice`) until the caller
     /// sets the open fence with its commit hook.
-    pub async fn promote(&self, group: &str, epoch: u64) -> Result<()> {
+    pub async fn promote(&self, group: &str, epoch: u64, log_epoch: u64) -> Result<()> {
         let mut writer = self.writer.clone().lock_owned().await;
         let path = self.path.clone();
         let (log, applied) = (self.log.clone(), self.applied_lsn());
@@ -518,6 +518,7 @@ impl Database {
         self.set_fence(Fence::Primary(super::fence::PrimaryFence {
             group: group.to_string(),
             epoch,
+            log_epoch,
             writes: Writes::Closed(Closed::TakingOffice),
             hook: None,
         }))
@@ -658,6 +659,19 @@ impl Database {
             guard = waited => guard,
             _ = cancel.notified() => Err(Error::Canceled),
         }
+    }
+
+    /// Holds the write lock without writing, whatever the fence (a READ_ONLY
+    /// database too): no transaction commits here until the guard drops.
+    /// A geo link's planned termination takes the log's end under it.
+    /// Waits in line for at most `within`.
+    pub async fn hold_writes(&self, within: Duration) -> Result<WriterGuard> {
+        tokio::time::timeout(within, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| Error::LockTimeout {
+                database: self.name.clone(),
+                waited_ms: within.as_millis() as u64,
+            })
     }
 
     /// Installs (or removes) what admits write transactions.

@@ -70,8 +70,14 @@ pub enum Fence {
 pub struct PrimaryFence {
     /// The availability group.
     pub group: String,
-    /// The epoch new records carry.
+    /// The group's epoch: the primary's term, whose lease opens writes.
     pub epoch: u64,
+    /// The epoch new records carry: the group's epoch, raised by the
+    /// database's epoch offset when the database was written in another
+    /// region before (a geo-secondary that became independent), so that its
+    /// records' epochs keep rising above the other region's (see
+    /// `GroupConfig::log_epoch`).
+    pub log_epoch: u64,
     /// Whether writes are open, and until when.
     pub writes: Writes,
     /// What a commit waits for after the local fsync (synchronous
@@ -171,7 +177,7 @@ impl Fence {
     /// database, whose writer keeps the epoch it had).
     pub fn epoch(&self) -> Option<u64> {
         match self {
-            Fence::Primary(p) => Some(p.epoch),
+            Fence::Primary(p) => Some(p.log_epoch),
             _ => None,
         }
     }
@@ -206,9 +212,10 @@ impl std::fmt::Debug for Fence {
             }
             Fence::Primary(p) => write!(
                 f,
-                "Primary {{ group: {}, epoch: {}, writes: {:?}, hook: {} }}",
+                "Primary {{ group: {}, epoch: {}, log epoch: {}, writes: {:?}, hook: {} }}",
                 p.group,
                 p.epoch,
+                p.log_epoch,
                 p.writes,
                 p.hook.is_some()
             ),
@@ -224,6 +231,7 @@ mod tests {
         Fence::Primary(PrimaryFence {
             group: "ag1".into(),
             epoch: 3,
+            log_epoch: 3,
             writes,
             hook: None,
         })

@@ -344,7 +344,15 @@ impl Session {
                         None => err,
                     }
                 })?;
-                Ok(Reply::Done(self.ag.execute(statement).await?))
+                let executed = self.ag.execute(statement).await?;
+                for message in executed.notices {
+                    self.asides.push(Aside::Notice {
+                        severity: "NOTICE",
+                        code: "00000",
+                        message,
+                    });
+                }
+                Ok(Reply::Done(executed.tag))
             }
             Command::Unsupported { message, hint } => {
                 Err(Error::sql("0A000", message).with_hint(hint))

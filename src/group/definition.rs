@@ -159,6 +159,12 @@ pub struct DatabaseOptions {
     /// The geo-secondaries this region's copy feeds (at most four).
     #[serde(default)]
     pub geo_secondaries: Vec<GeoPartner>,
+    /// Added to the group's epoch for the epoch this database's records
+    /// carry ([`GroupConfig::log_epoch`]): set when a geo-secondary becomes
+    /// written here, so its new records' epochs are above every epoch of
+    /// the region that wrote it before. Never lowered.
+    #[serde(default)]
+    pub epoch_offset: u64,
 }
 
 /// A database in another region (a partner server).
@@ -258,6 +264,17 @@ impl GroupConfig {
             .get(database)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The epoch `database`'s new records carry when this group's primary
+    /// writes it: the group's epoch plus the database's offset. Distinct
+    /// for every primary of the group (the group's epoch is), and rising.
+    pub fn log_epoch(&self, database: &str) -> u64 {
+        self.epoch
+            + self
+                .database_options
+                .get(database)
+                .map_or(0, |o| o.epoch_offset)
     }
 
     /// True when this region's copy of `database` is a geo-secondary.

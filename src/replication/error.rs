@@ -27,6 +27,10 @@ pub enum ReplicationError {
     /// The partner closed the connection.
     #[error("the partner closed the connection")]
     Closed,
+    /// A geo link ended by termination: the geo-secondary is an
+    /// independent database now.
+    #[error("the geo link was terminated")]
+    Terminated,
     /// A frame that does not decode (the stream lost its framing).
     #[error("bad message from the partner: {0}")]
     Wire(String),

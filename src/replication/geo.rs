@@ -56,7 +56,7 @@ use tokio_util::codec::Framed;
 use super::error::ReplicationError;
 use super::link::{plan_start, OwnLog, Start};
 use super::primary::ReplicaMetrics;
-use super::secondary::{IntakeGate, SecondaryDb};
+use super::secondary::{Admission, IntakeGate, SecondaryDb};
 use super::wire::{Message, WireCodec};
 use crate::engine::{monotonic_us, Database};
 use crate::group::GeoPartner;
@@ -135,11 +135,27 @@ pub struct GeoLinkView {
     pub seeding: Option<(u64, u64)>,
 }
 
-/// Shared status of one geo link.
+/// Shared status of one geo link, and the way to end it.
 pub struct GeoLinkStatus {
     view: Mutex<GeoLinkView>,
     metrics: Mutex<ReplicaMetrics>,
+    /// A termination asked for and not yet sent (see
+    /// [`GeoLinkStatus::terminate`]).
+    termination: Mutex<Option<Termination>>,
+    /// Wakes the link's connection to send it (a permit waits for the next
+    /// connection when none is up).
+    terminate_now: tokio::sync::Notify,
 }
+
+/// A termination of a geo link, asked for by the source's SQL.
+struct Termination {
+    planned: bool,
+    at: Lsn,
+    reply: TerminationReply,
+}
+
+/// Where the geo-secondary's log ends once it is independent, or why not.
+type TerminationReply = tokio::sync::oneshot::Sender<Result<Lsn, String>>;
 
 impl GeoLinkStatus {
     /// A link not connected yet.
@@ -160,7 +176,39 @@ impl GeoLinkStatus {
                 seeding: None,
             }),
             metrics: Mutex::new(ReplicaMetrics::default()),
+            termination: Mutex::new(None),
+            terminate_now: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Ends the link from the source's side: the geo-secondary becomes an
+    /// independent database of its region — `planned`: once it has redone
+    /// exactly up to `at` (the caller holds the source's writes, so its log
+    /// ends there); forced: wherever its log ends. Returns where the
+    /// geo-secondary's log ends, or why it did not answer within `within`.
+    pub async fn terminate(&self, planned: bool, at: Lsn, within: Duration) -> Result<Lsn, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        *self.termination.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Termination { planned, at, reply });
+        self.terminate_now.notify_one();
+        let outcome = match tokio::time::timeout(within, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the link went down before the geo-secondary answered".into()),
+            Err(_) => Err(format!(
+                "the geo-secondary did not answer within {} s{}",
+                within.as_secs(),
+                match self.view().last_error {
+                    Some(why) => format!(" (the link is down: {why})"),
+                    None => String::new(),
+                }
+            )),
+        };
+        // Not sent by now: never sent.
+        self.termination
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        outcome
     }
 
     /// Age of the oldest commit sent to the geo-secondary that it has not
@@ -418,9 +466,12 @@ async fn stream_geo(
     let (mut sink, mut stream) = conn.split();
     let (control, mut controls) = tokio::sync::mpsc::unbounded_channel::<Control>();
     let heard = Arc::new(AtomicU64::new(monotonic_us()));
+    // The answer a sent `Terminate` waits for.
+    let awaiting: Arc<Mutex<Option<TerminationReply>>> = Arc::default();
     let reader = {
         let (heard, status, source, db) =
             (heard.clone(), status.clone(), source.clone(), db.clone());
+        let awaiting = awaiting.clone();
         let partner = partner.server.clone();
         let mut restarted_at = seeded.then_some(start);
         tokio::spawn(async move {
@@ -476,10 +527,25 @@ async fn stream_geo(
                         }
                     }
                     Message::Pong { .. } => {}
-                    Message::Refuse { reason } => break ReplicationError::Refused(reason),
+                    Message::Terminated { end_lsn, .. } => {
+                        if let Some(reply) =
+                            awaiting.lock().unwrap_or_else(|e| e.into_inner()).take()
+                        {
+                            let _ = reply.send(Ok(end_lsn));
+                        }
+                        break ReplicationError::Terminated;
+                    }
+                    Message::Refuse { reason } => {
+                        if let Some(reply) =
+                            awaiting.lock().unwrap_or_else(|e| e.into_inner()).take()
+                        {
+                            let _ = reply.send(Err(reason.clone()));
+                        }
+                        break ReplicationError::Refused(reason);
+                    }
                     other => {
                         break ReplicationError::Unexpected {
-                            expected: "Progress, ImageRequest, Ping, Pong or Refuse",
+                            expected: "Progress, ImageRequest, Ping, Pong, Terminated or Refuse",
                             got: format!("{other:?}"),
                         }
                     }
@@ -531,9 +597,29 @@ async fn stream_geo(
             }
             control = controls.recv() => match control {
                 Some(Control::Pong(sent_us)) => send(&mut sink, Message::Pong { echo_us: sent_us }, timeout).await?,
+                Some(Control::End(ReplicationError::Terminated)) => return Ok(()),
                 Some(Control::End(reason)) => return Err(reason),
                 None => return Err(ReplicationError::Closed),
             },
+            _ = status.terminate_now.notified() => {
+                let asked = status.termination.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(t) = asked {
+                    if t.planned && next < t.at {
+                        // Not everything sent yet: after the next batch.
+                        *status.termination.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                        status.terminate_now.notify_one();
+                        continue;
+                    }
+                    tracing::info!(database = %name, partner = %partner.server, planned = t.planned, at = t.at, "ending the geo link");
+                    *awaiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.reply);
+                    send(
+                        &mut sink,
+                        Message::Terminate { database: name.clone(), planned: t.planned, at_lsn: t.at },
+                        timeout,
+                    )
+                    .await?;
+                }
+            }
         }
         if source.partner(&name, &partner.server).is_none() {
             // The link was removed from the definition.
@@ -585,6 +671,8 @@ pub struct Forwarder {
     requests_sent: AtomicU64,
     /// Each connection takes a number; an older one stops taking records.
     generation: AtomicU64,
+    /// The source's `Terminate` (planned, at LSN), for [`serve_source`].
+    termination: Mutex<Option<(bool, Lsn)>>,
     status: Arc<GeoLinkStatus>,
 }
 
@@ -613,6 +701,7 @@ impl Forwarder {
             image_requests: watch::channel(0).0,
             requests_sent: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            termination: Mutex::new(None),
             status,
         })
     }
@@ -685,6 +774,7 @@ impl Drop for Forwarder {
 pub async fn serve_source(
     conn: &mut Framed<TcpStream, WireCodec>,
     forwarder: Arc<Forwarder>,
+    admission: Arc<dyn Admission>,
     from_server: &str,
     epoch: u64,
 ) -> Result<(), ReplicationError> {
@@ -721,6 +811,12 @@ pub async fn serve_source(
     });
     tracing::info!(source = %from_server, database = %sdb.database().name(), "geo-replication source connected");
     let result = serve_loop(conn, &forwarder, generation, epoch, timeout).await;
+    let result = match result {
+        Err(ReplicationError::Terminated) => {
+            end_here(conn, &forwarder, admission, from_server, timeout).await
+        }
+        other => other,
+    };
     if let Err(e) = &result {
         status.down(e.to_string());
     } else {
@@ -789,9 +885,13 @@ async fn serve_loop(
                     Some(Ok(Message::Rewind { from_lsn, .. })) => sdb.expect_image_at(from_lsn),
                     Some(Ok(Message::Ping { sent_us })) => send(conn, Message::Pong { echo_us: sent_us }, timeout).await?,
                     Some(Ok(Message::Pong { .. })) => {}
+                    Some(Ok(Message::Terminate { planned, at_lsn, .. })) => {
+                        *forwarder.termination.lock().unwrap_or_else(|e| e.into_inner()) = Some((planned, at_lsn));
+                        return Err(ReplicationError::Terminated);
+                    }
                     Some(Ok(Message::Refuse { reason })) => return Err(ReplicationError::Refused(reason)),
                     Some(Ok(other)) => return Err(ReplicationError::Unexpected {
-                        expected: "Records, Rewind, Ping, Pong or Refuse",
+                        expected: "Records, Rewind, Ping, Pong, Terminate or Refuse",
                         got: format!("{other:?}"),
                     }),
                 }
@@ -806,6 +906,52 @@ async fn serve_loop(
                 send(conn, Message::Ping { sent_us: monotonic_us() }, timeout).await?;
             }
             _ = stop.changed() => return Err(ReplicationError::IntakeClosed),
+        }
+    }
+}
+
+/// The source ended the link (`Terminate`): this region makes its copy an
+/// independent database, then says where its log ends (`Terminated`).
+async fn end_here(
+    conn: &mut Framed<TcpStream, WireCodec>,
+    forwarder: &Arc<Forwarder>,
+    admission: Arc<dyn Admission>,
+    from_server: &str,
+    timeout: Duration,
+) -> Result<(), ReplicationError> {
+    let Some((planned, at)) = forwarder
+        .termination
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return Err(ReplicationError::Closed);
+    };
+    let database = forwarder.sdb.database().name().to_string();
+    tracing::info!(database, source = %from_server, planned, at, "the source ends the geo link");
+    match admission
+        .end_geo_secondary(&database, from_server, planned, at)
+        .await
+    {
+        Ok(end_lsn) => {
+            tracing::info!(
+                database,
+                end_lsn,
+                "the geo-secondary is an independent database now"
+            );
+            send(
+                conn,
+                Message::Terminated {
+                    database: forwarder.source.database.clone(),
+                    end_lsn,
+                },
+                timeout,
+            )
+            .await
+        }
+        Err(reason) => {
+            tracing::warn!(database, "cannot end the geo link here: {reason}");
+            Err(ReplicationError::Refused(reason))
         }
     }
 }

@@ -444,6 +444,7 @@ impl PrimaryGroup {
             db.set_fence(Fence::Primary(PrimaryFence {
                 group: config.name.clone(),
                 epoch: config.epoch,
+                log_epoch: config.log_epoch(name),
                 writes: if options.leased {
                     Writes::Closed(Closed::AwaitingLease)
                 } else {
@@ -571,6 +572,16 @@ impl PrimaryGroup {
         out
     }
 
+    /// The status (and termination handle) of the link feeding `database`'s
+    /// geo-secondary on `server`.
+    pub fn geo_link(&self, database: &str, server: &str) -> Option<Arc<GeoLinkStatus>> {
+        self.geo_senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(database.to_string(), server.to_ascii_lowercase()))
+            .map(|sender| sender.status.clone())
+    }
+
     /// The forwarder of a geo-secondary database of this region.
     pub fn forwarder(&self, database: &str) -> Option<Arc<Forwarder>> {
         self.forwarders.get(database).cloned()
@@ -619,7 +630,7 @@ impl GeoSource for PrimaryGroup {
         if self.forwarders.contains_key(db.name()) {
             newest
         } else {
-            newest.max(self.epoch)
+            newest.max(self.config().log_epoch(db.name()))
         }
     }
 

@@ -63,6 +63,17 @@ pub trait Admission: Send + Sync + 'static {
         self: Arc<Self>,
         request: &super::geo::GeoRequest,
     ) -> Result<Arc<super::geo::Forwarder>, String>;
+    /// A geo source ends the link (`Terminate`): the geo-secondary
+    /// `database` here, fed by `source_server`, becomes an independent
+    /// database of this region — planned: with its log ending exactly at
+    /// `at`; forced: wherever it ends. Returns where its log ends.
+    async fn end_geo_secondary(
+        self: Arc<Self>,
+        database: &str,
+        source_server: &str,
+        planned: bool,
+        at: Lsn,
+    ) -> Result<Lsn, String>;
 }
 
 /// Takes a client session an availability group listener handed over.
@@ -769,7 +780,8 @@ async fn serve_primary(
             Err(reason) => return refuse(&mut conn, reason).await,
         };
         let result =
-            super::geo::serve_source(&mut conn, forwarder, &request.from_server, epoch).await;
+            super::geo::serve_source(&mut conn, forwarder, admission, &request.from_server, epoch)
+                .await;
         if let Err(reason) = &result {
             let _ = send(
                 &mut conn,

@@ -64,6 +64,12 @@
 //!   12  ImageRequest   S → P      str database (a geo forwarder asks its
 //!                                 source for a full image in the log, to
 //!                                 seed a replica of its own region)
+//!   13  Terminate      P → S      str database, bool planned, u64 at_lsn
+//!                                 (a geo source ends the link: the
+//!                                 geo-secondary becomes an independent
+//!                                 database at `at_lsn`, or — not planned —
+//!                                 wherever its log ends)
+//!   14  Terminated     S → P      str database, u64 end_lsn (it has)
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -175,6 +181,26 @@ pub enum Message {
     ImageRequest {
         /// The database's name in the source region.
         database: String,
+    },
+    /// Geo source → geo-secondary: the link ends and the copy becomes an
+    /// independent database of its region — planned: once it has redone
+    /// exactly up to `at_lsn` (the source's log end, the source's writes
+    /// held); forced: wherever its log ends.
+    Terminate {
+        /// The database's name in the source region.
+        database: String,
+        /// Planned termination (else forced).
+        planned: bool,
+        /// Where the source's log ends (planned termination).
+        at_lsn: u64,
+    },
+    /// Geo-secondary → source: it is independent now, its log ending at
+    /// `end_lsn`.
+    Terminated {
+        /// The database's name in the source region.
+        database: String,
+        /// Where its log ends.
+        end_lsn: u64,
     },
     /// Primary → secondary: log records of one database, in LSN order.
     Records {
@@ -320,6 +346,8 @@ pub enum WireError {
 enum Kind {
     GeoHello = 11,
     ImageRequest = 12,
+    Terminate = 13,
+    Terminated = 14,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -349,6 +377,8 @@ impl TryFrom<u8> for Kind {
             10 => Kind::Config,
             11 => Kind::GeoHello,
             12 => Kind::ImageRequest,
+            13 => Kind::Terminate,
+            14 => Kind::Terminated,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -369,6 +399,8 @@ impl Message {
             Message::Config { .. } => Kind::Config,
             Message::GeoHello { .. } => Kind::GeoHello,
             Message::ImageRequest { .. } => Kind::ImageRequest,
+            Message::Terminate { .. } => Kind::Terminate,
+            Message::Terminated { .. } => Kind::Terminated,
         }
     }
 
@@ -423,6 +455,8 @@ impl Message {
             Message::Progress { database, .. } => str_len(database)? + 24,
             Message::Rewind { database, .. } => str_len(database)? + 8,
             Message::ImageRequest { database } => str_len(database)?,
+            Message::Terminate { database, .. } => str_len(database)? + 1 + 8,
+            Message::Terminated { database, .. } => str_len(database)? + 8,
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
             Message::Config { config, .. } => 8 + 4 + config.len(),
@@ -543,6 +577,19 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             w.u64(*from_lsn);
         }
         Message::ImageRequest { database } => w.str(database),
+        Message::Terminate {
+            database,
+            planned,
+            at_lsn,
+        } => {
+            w.str(database);
+            w.u8(u8::from(*planned));
+            w.u64(*at_lsn);
+        }
+        Message::Terminated { database, end_lsn } => {
+            w.str(database);
+            w.u64(*end_lsn);
+        }
         Message::Ping { sent_us } => w.u64(*sent_us),
         Message::Pong { echo_us } => w.u64(*echo_us),
         Message::DatabaseState {
@@ -718,6 +765,15 @@ impl<'a> Reader<'a> {
             },
             Kind::ImageRequest => Message::ImageRequest {
                 database: self.str("database")?,
+            },
+            Kind::Terminate => Message::Terminate {
+                database: self.str("database")?,
+                planned: self.bool("planned")?,
+                at_lsn: self.u64("at_lsn")?,
+            },
+            Kind::Terminated => Message::Terminated {
+                database: self.str("database")?,
+                end_lsn: self.u64("end_lsn")?,
             },
             Kind::Ping => Message::Ping {
                 sent_us: self.u64("sent_us")?,
@@ -1019,6 +1075,15 @@ mod tests {
             },
             Message::ImageRequest {
                 database: "shop".into(),
+            },
+            Message::Terminate {
+                database: "app".into(),
+                planned: true,
+                at_lsn: 4096,
+            },
+            Message::Terminated {
+                database: "app".into(),
+                end_lsn: 4096,
             },
         ]
     }

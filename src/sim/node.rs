@@ -339,6 +339,7 @@ impl Sim {
                     node.fence = Fence::Primary(PrimaryFence {
                         group: GROUP.into(),
                         epoch: config.epoch,
+                        log_epoch: config.epoch,
                         writes: Writes::Closed(Closed::TakingOffice),
                         hook: None,
                     });
@@ -361,6 +362,7 @@ impl Sim {
                 node.fence = Fence::Primary(PrimaryFence {
                     group: GROUP.into(),
                     epoch: config.epoch,
+                    log_epoch: config.epoch,
                     writes: if clustered {
                         Writes::Closed(Closed::AwaitingLease)
                     } else {

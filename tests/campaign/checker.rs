@@ -1,5 +1,5 @@
 //! The checks after the nemesis stopped, each a safety rule of
-//! DESIGN.md §3: exactly one primary within seconds (rule 2, and liveness);
+//! docs/ARCHITECTURE.md ("Safety rules"): exactly one primary within seconds (rule 2, and liveness);
 //! on every replica every acknowledged id exactly once and nothing never
 //! sent (rule 1), the bank's total and every balance agreeing with the
 //! transfers, every large transaction whole (rule 4), `PRAGMA
