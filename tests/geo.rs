@@ -663,3 +663,269 @@ async fn availdb_up_with_two_regions_starts_a_geo_replicated_app() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Registers `partner` (every node of it, or the given ports) on `region`.
+async fn register(region: &Group, name: &str, ports: &[u16]) {
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    exec(
+        &region.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER CLUSTER ADD PARTNER SERVER '{name}' WITH (ENDPOINT_URL = '{}')",
+            urls.join(", ")
+        ),
+    )
+    .await;
+}
+
+/// Waits until writes to `t` in `db` on `server` are refused with 25006
+/// naming a geo-secondary.
+async fn wait_geo_secondary(server: &TestServer, db: &str, what: &str) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        if let Ok(client) = server.try_client(db).await {
+            if let Err(e) = client
+                .batch_execute("INSERT INTO t VALUES (9000000, x'00')")
+                .await
+            {
+                let message = error_text(&e);
+                if e.code().is_some_and(|c| c.code() == "25006")
+                    && message.contains("geo-secondary")
+                {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {db} never became a geo-secondary"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `db` on `server` holds exactly `expected` ids.
+async fn wait_ids(server: &TestServer, db: &str, expected: &[i64], what: &str) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let got = match server.try_client(db).await {
+            Ok(client) => query_text(&client, "SELECT id FROM t ORDER BY id")
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|r| r[0].as_deref().unwrap_or_default().parse::<i64>().unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .ok(),
+            Err(_) => None,
+        };
+        if got.as_deref() == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {db} never held the expected {} rows (has {:?} rows)",
+            expected.len(),
+            got.map(|g| g.len())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_geo_failover_loses_nothing_swaps_roles_and_relinks_the_other_geo_secondaries() {
+    let (a, b) = start_regions().await;
+    let c = Group::start(1).await;
+    exec(
+        &c.primary().client(DEFAULT_DB).await,
+        "ALTER CLUSTER SET (SERVER_NAME = 'C')",
+    )
+    .await;
+    register(&a, "C", &c.endpoints).await;
+    // B takes A's links over: it must know both regions.
+    register(&b, "A", &a.endpoints).await;
+    register(&b, "C", &c.endpoints).await;
+    let admin = a.primary().client(DEFAULT_DB).await;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    exec(
+        &admin,
+        &format!("ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'C' WITH (DATABASE_NAME = 'app_c')"),
+    )
+    .await;
+    wait_count(&b.nodes[1], GEO_DB, 500, "seeded in B").await;
+    wait_count(&c.nodes[0], "app_c", 500, "seeded in C").await;
+    let images_in_a = images_received(&a);
+
+    // A writer commits on A through the failover, until A refuses.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let writer = {
+        let acked = acked.clone();
+        let app = a.primary().client(APP).await;
+        tokio::spawn(async move {
+            for id in 10_000..40_000i64 {
+                let sql = format!("INSERT INTO t VALUES ({id}, randomblob(200))");
+                match app.batch_execute(&sql).await {
+                    Ok(()) => acked.lock().unwrap().push(id),
+                    Err(e) => return error_text(&e),
+                }
+            }
+            "the writer was never refused".to_string()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    exec(
+        &b.nodes[0].client(DEFAULT_DB).await,
+        &format!("ALTER DATABASE {GEO_DB} FAILOVER"),
+    )
+    .await;
+    let refused = writer.await.unwrap();
+    assert!(
+        refused.contains("read-only")
+            || refused.contains("READ_ONLY")
+            || refused.contains("geo-secondary"),
+        "A refuses writes once it handed over: {refused}"
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "A took writes before the failover");
+
+    // B writes now, with every transaction A acknowledged.
+    let on_b = ids(&b.nodes[0], GEO_DB).await;
+    for id in &acked {
+        assert!(
+            on_b.binary_search(id).is_ok(),
+            "acknowledged row {id} is missing in B after a planned geo-failover"
+        );
+    }
+    exec(
+        &b.nodes[0].client(GEO_DB).await,
+        "INSERT INTO t VALUES (1000000, x'00')",
+    )
+    .await;
+    let mut expected = on_b.clone();
+    expected.push(1_000_000);
+    // A is B's geo-secondary (read-only, following B, no reseed); C
+    // follows B too.
+    wait_geo_secondary(a.primary(), APP, "A after handing over").await;
+    wait_ids(a.primary(), APP, &expected, "A follows B").await;
+    wait_ids(&a.nodes[1], APP, &expected, "A's secondary follows B").await;
+    wait_ids(&c.nodes[0], "app_c", &expected, "C follows B").await;
+    assert_eq!(
+        images_received(&a),
+        images_in_a,
+        "A was not reseeded: its log ended where B's begins\n{}",
+        a.logs()
+    );
+    let row = link_row(a.primary()).await.expect("A shows its link");
+    assert_eq!(row[0].as_deref(), Some("SECONDARY"), "{row:?}");
+    assert_eq!(row[2].as_deref(), Some("B"), "{row:?}");
+    let client = b.nodes[0].client(DEFAULT_DB).await;
+    let links = query_text(
+        &client,
+        "SELECT partner_server, role_desc FROM sys.geo_replication_links ORDER BY partner_server",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        links,
+        vec![
+            vec![Some("A".to_string()), Some("PRIMARY".to_string())],
+            vec![Some("C".to_string()), Some("PRIMARY".to_string())]
+        ],
+        "B feeds A and C"
+    );
+    // A failover on a database that is not a geo-secondary is refused.
+    let (code, m) = refusal(
+        &b.nodes[0].client(DEFAULT_DB).await,
+        &format!("ALTER DATABASE {GEO_DB} FAILOVER"),
+    )
+    .await;
+    assert_eq!(code, "55000", "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_geo_failover_during_a_partition_loses_exactly_the_reported_range_and_the_old_primary_rejoins(
+) {
+    let (a, b) = start_regions().await;
+    // A reaches B only through a proxy that can cut the regions apart; B
+    // reaches A directly.
+    let upstream: Vec<std::net::SocketAddr> = b
+        .endpoints
+        .iter()
+        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let proxy = common::proxy::Proxy::start(&upstream).await;
+    let via_proxy: Vec<u16> = (0..upstream.len()).map(|i| proxy.port(i)).collect();
+    register(&a, "B", &via_proxy).await;
+    register(&b, "A", &a.endpoints).await;
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    let app = a.primary().client(APP).await;
+    insert(&app, 500, 600).await;
+    wait_count(&b.nodes[0], GEO_DB, 600, "B follows A").await;
+
+    // The regions are cut apart; A goes on committing (asynchronous).
+    proxy.isolate();
+    insert(&app, 600, 700).await;
+    let b_admin = b.nodes[0].client(DEFAULT_DB).await;
+    let cut = query_text(
+        &b_admin,
+        &format!("SELECT log_end_lsn FROM sys.databases WHERE name = '{GEO_DB}'"),
+    )
+    .await
+    .unwrap()[0][0]
+        .clone()
+        .unwrap();
+    exec(
+        &b_admin,
+        &format!("ALTER DATABASE {GEO_DB} FORCE_FAILOVER_ALLOW_DATA_LOSS"),
+    )
+    .await;
+    let geo = b.nodes[0].client(GEO_DB).await;
+    exec(&geo, "INSERT INTO t VALUES (1000000, x'00')").await;
+    let on_b = ids(&b.nodes[0], GEO_DB).await;
+    assert_eq!(on_b.len(), 601, "B has A's first 600 rows and its own");
+
+    // A is reachable from B: it is deposed, rewinds its divergent tail and
+    // follows B; exactly the rows A committed while cut off are gone, and
+    // B reports the range A discarded, from where B took over.
+    wait_geo_secondary(a.primary(), APP, "the old primary").await;
+    wait_ids(a.primary(), APP, &on_b, "A follows B").await;
+    wait_ids(&a.nodes[1], APP, &on_b, "A's secondary follows B").await;
+    let deadline = Instant::now() + WITHIN;
+    let range = loop {
+        let rows = query_text(
+            &b_admin,
+            "SELECT discarded_lsn_range FROM sys.dm_geo_replication_link_status WHERE partner_server = 'A'",
+        )
+        .await
+        .unwrap();
+        if let Some(Some(range)) = rows.first().map(|r| r[0].clone()) {
+            break range;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never reported what A discarded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (from, to) = range.split_once("..").expect("a range FROM..TO");
+    assert_eq!(from, cut, "the discarded range starts where B took over");
+    assert!(
+        to.parse::<u64>().unwrap() > cut.parse::<u64>().unwrap(),
+        "{range}"
+    );
+    proxy.heal();
+}

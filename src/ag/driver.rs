@@ -409,8 +409,10 @@ impl Driver {
             leased: clustered.is_some(),
             arbiter: arbiter.clone().map(|a| a as Arc<dyn SyncArbiter>),
             geo: manager.cluster.clone().map(|c| {
-                Arc::new(super::geo::ClusterDirectory(c))
-                    as Arc<dyn crate::replication::geo::GeoDirectory>
+                Arc::new(super::geo::ClusterDirectory {
+                    cluster: c,
+                    manager: self.manager.clone(),
+                }) as Arc<dyn crate::replication::geo::GeoDirectory>
             }),
         };
         let databases: Vec<Arc<Database>> = manager.open_databases(&config);

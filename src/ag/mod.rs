@@ -265,6 +265,16 @@ impl Manager {
                 notices: vec![notice],
             });
         }
+        if let AgStatement::GeoFailover { database } | AgStatement::GeoForceFailover { database } =
+            &statement
+        {
+            let forced = matches!(statement, AgStatement::GeoForceFailover { .. });
+            let notice = self.geo_failover(database, forced).await?;
+            return Ok(Executed {
+                tag: "ALTER DATABASE".into(),
+                notices: vec![notice],
+            });
+        }
         Ok(Executed {
             tag: self.execute_statement(statement).await?,
             notices: Vec::new(),
@@ -524,12 +534,15 @@ impl Manager {
                     .await?;
                 Ok("ALTER DATABASE".into())
             }
-            AgStatement::GeoFailover { .. }
-            | AgStatement::GeoForceFailover { .. } => Err(Error::sql(
-                "0A000",
-                "geo-failover (ALTER DATABASE … FAILOVER | FORCE_FAILOVER_ALLOW_DATA_LOSS) is not available in this version",
-            )
-            .with_hint("the geo-secondary is readable and follows its source; to make it an independent read-write database, end the link on the source: ALTER DATABASE … REMOVE SECONDARY ON SERVER '…'")),
+            // `execute` runs them itself, to keep their notices.
+            AgStatement::GeoFailover { database } => {
+                self.geo_failover(&database, false).await?;
+                Ok("ALTER DATABASE".into())
+            }
+            AgStatement::GeoForceFailover { database } => {
+                self.geo_failover(&database, true).await?;
+                Ok("ALTER DATABASE".into())
+            }
         }
     }
 
@@ -1060,8 +1073,9 @@ impl Admission for Manager {
         source_server: &str,
         planned: bool,
         at: crate::log::Lsn,
+        handover: Option<crate::replication::wire::Handover>,
     ) -> std::result::Result<crate::log::Lsn, String> {
-        self.make_independent(database, source_server, planned, at)
+        self.make_independent(database, source_server, planned, at, handover)
             .await
     }
 

@@ -1036,11 +1036,14 @@ pub fn settings_only(current: &GroupConfig, next: &GroupConfig) -> bool {
             c.cluster_id.clone(),
             c.required_synchronized_secondaries,
             // A database that becomes or stops being a geo-secondary
-            // changes who writes it.
+            // changes who writes it; a new source, who feeds it.
             c.databases
                 .iter()
-                .filter(|d| c.is_geo_secondary(d))
-                .cloned()
+                .filter_map(|d| {
+                    c.database_options(d)
+                        .geo_source
+                        .map(|s| (d.clone(), s.server.to_ascii_lowercase(), s.database))
+                })
                 .collect::<Vec<_>>(),
         )
     };

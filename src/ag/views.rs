@@ -69,12 +69,13 @@ CREATE TABLE sys.geo_replication_links(
     secondary_allow_connections INTEGER, secondary_allow_connections_desc TEXT,
     is_connected BOOLEAN, last_replication TEXT, replication_lag_sec REAL,
     hardened_lsn INTEGER, redone_lsn INTEGER, percent_complete REAL,
-    last_contact TEXT, last_error TEXT);
+        last_contact TEXT, last_error TEXT, discarded_lsn_range TEXT);
 CREATE VIEW sys.dm_geo_replication_link_status AS
     SELECT database_name, partner_server, partner_database, last_replication,
            replication_lag_sec, replication_state, replication_state_desc, role, role_desc,
            secondary_allow_connections, secondary_allow_connections_desc, is_connected,
-           hardened_lsn, redone_lsn, percent_complete, last_contact, last_error
+                      hardened_lsn, redone_lsn, percent_complete, last_contact, last_error,
+           discarded_lsn_range
     FROM sys.geo_replication_links;
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
@@ -535,6 +536,8 @@ impl Snapshot {
             percent,
             time(link.last_contact_us),
             link.last_error.clone().map_or(Value::Null, Value::Text),
+            link.discarded
+                .map_or(Value::Null, |(from, to)| text(format!("{from}..{to}"))),
         ]);
     }
 

@@ -165,6 +165,11 @@ pub struct DatabaseOptions {
     /// the region that wrote it before. Never lowered.
     #[serde(default)]
     pub epoch_offset: u64,
+    /// The source this region took the database over from (a
+    /// geo-failover): its links name it so that the old source and its
+    /// other geo-secondaries take this region as their source.
+    #[serde(default)]
+    pub succeeded: Option<GeoPartner>,
 }
 
 /// A database in another region (a partner server).

@@ -36,6 +36,14 @@
 //!   source whose epoch is older than the newest it has seen (a deposed
 //!   source primary cannot feed it).
 //! * A source never takes a link to its own cluster (same cluster id).
+//! * The link ends by `Terminate` from the source (termination, or the
+//!   last step of a planned geo-failover with a [`Handover`]): the
+//!   geo-secondary answers `Terminated` only once its region has made the
+//!   copy independent. A geo-secondary asks for a planned geo-failover with
+//!   `FailoverRequest`; the source decides.
+//! * A new source after a geo-failover names the one it succeeds in
+//!   `GeoHello` (`succeeds`); the region decides whether to follow it
+//!   (`Admission::geo_forwarder`).
 //!
 //! # Status
 //! Both ends keep a [`GeoLinkStatus`] for `sys.geo_replication_links` and
@@ -57,7 +65,7 @@ use super::error::ReplicationError;
 use super::link::{plan_start, OwnLog, Start};
 use super::primary::ReplicaMetrics;
 use super::secondary::{Admission, IntakeGate, SecondaryDb};
-use super::wire::{Message, WireCodec};
+use super::wire::{Handover, Message, WireCodec};
 use crate::engine::{monotonic_us, Database};
 use crate::group::GeoPartner;
 use crate::log::Lsn;
@@ -133,6 +141,10 @@ pub struct GeoLinkView {
     pub lag_seconds: Option<f64>,
     /// Full-image pages received so far while seeding, and of how many.
     pub seeding: Option<(u64, u64)>,
+    /// The LSN range the geo-secondary discarded when it rejoined with a
+    /// log that had diverged (an old source after a forced geo-failover:
+    /// its transactions there are lost).
+    pub discarded: Option<(Lsn, Lsn)>,
 }
 
 /// Shared status of one geo link, and the way to end it.
@@ -151,11 +163,23 @@ pub struct GeoLinkStatus {
 struct Termination {
     planned: bool,
     at: Lsn,
+    handover: Option<Handover>,
     reply: TerminationReply,
 }
 
 /// Where the geo-secondary's log ends once it is independent, or why not.
-type TerminationReply = tokio::sync::oneshot::Sender<Result<Lsn, String>>;
+type TerminationReply = tokio::sync::oneshot::Sender<Result<Lsn, TerminateError>>;
+
+/// Why a termination did not (knowingly) happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TerminateError {
+    /// The geo-secondary refused: it is still a geo-secondary, unchanged.
+    #[error("the geo-secondary refused: {0}")]
+    Refused(String),
+    /// No answer: the geo-secondary may or may not have become independent.
+    #[error("{0}")]
+    NoAnswer(String),
+}
 
 impl GeoLinkStatus {
     /// A link not connected yet.
@@ -174,6 +198,7 @@ impl GeoLinkStatus {
                 last_replication_us: None,
                 lag_seconds: None,
                 seeding: None,
+                discarded: None,
             }),
             metrics: Mutex::new(ReplicaMetrics::default()),
             termination: Mutex::new(None),
@@ -186,22 +211,34 @@ impl GeoLinkStatus {
     /// exactly up to `at` (the caller holds the source's writes, so its log
     /// ends there); forced: wherever its log ends. Returns where the
     /// geo-secondary's log ends, or why it did not answer within `within`.
-    pub async fn terminate(&self, planned: bool, at: Lsn, within: Duration) -> Result<Lsn, String> {
+    pub async fn terminate(
+        &self,
+        planned: bool,
+        at: Lsn,
+        handover: Option<Handover>,
+        within: Duration,
+    ) -> Result<Lsn, TerminateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        *self.termination.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Termination { planned, at, reply });
+        *self.termination.lock().unwrap_or_else(|e| e.into_inner()) = Some(Termination {
+            planned,
+            at,
+            handover,
+            reply,
+        });
         self.terminate_now.notify_one();
         let outcome = match tokio::time::timeout(within, answer).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err("the link went down before the geo-secondary answered".into()),
-            Err(_) => Err(format!(
+            Ok(Err(_)) => Err(TerminateError::NoAnswer(
+                "the link went down before the geo-secondary answered".into(),
+            )),
+            Err(_) => Err(TerminateError::NoAnswer(format!(
                 "the geo-secondary did not answer within {} s{}",
                 within.as_secs(),
                 match self.view().last_error {
                     Some(why) => format!(" (the link is down: {why})"),
                     None => String::new(),
                 }
-            )),
+            ))),
         };
         // Not sent by now: never sent.
         self.termination
@@ -244,6 +281,9 @@ pub trait GeoDirectory: Send + Sync {
     fn server_name(&self) -> Option<String>;
     /// The registered endpoints (`tcp://host:port`) of a partner server.
     fn partner_endpoints(&self, server: &str) -> Option<Vec<String>>;
+    /// The geo-secondary on `server` asks for `database` (a planned
+    /// geo-failover): the region hands it over (in the background).
+    fn hand_over(&self, database: &str, server: &str);
 }
 
 /// What a geo sender needs of the primary group it runs in.
@@ -264,6 +304,10 @@ pub trait GeoSource: Send + Sync {
     fn partner(&self, database: &str, server: &str) -> Option<GeoPartner>;
     /// Whether the database is READ_ONLY here.
     fn read_only(&self, database: &str) -> bool;
+    /// The source this region took the database over from (a
+    /// geo-failover), named in `GeoHello` so that it — and its other
+    /// geo-secondaries — take this region as their source.
+    fn succeeds(&self, database: &str) -> Option<GeoPartner>;
 }
 
 /// Keeps one geo-secondary of `db` linked and fed, until `stop`.
@@ -345,7 +389,7 @@ async fn link_once(
                 }
             };
         let _ = socket.set_nodelay(true);
-        match stream_geo(source, db, &own, &partner, socket, status).await {
+        match stream_geo(source, directory, db, &own, &partner, socket, status).await {
             // Not that region's primary (or not yet): try the next node.
             Err(ReplicationError::Refused(why)) => refusals.push(format!("{url}: {why}")),
             other => return other,
@@ -360,6 +404,7 @@ async fn link_once(
 /// One connection of a geo sender, from `GeoHello` to close.
 async fn stream_geo(
     source: &Arc<dyn GeoSource>,
+    directory: &Arc<dyn GeoDirectory>,
     db: &Arc<Database>,
     own: &str,
     partner: &GeoPartner,
@@ -380,6 +425,7 @@ async fn stream_geo(
             create: true,
             readable: partner.allow_connections != crate::group::SecondaryConnections::No,
             read_only: source.read_only(&name),
+            succeeds: source.succeeds(&name).map(|s| (s.server, s.database)),
         },
         timeout,
     )
@@ -426,6 +472,7 @@ async fn stream_geo(
                 database = %name, partner = %partner.server, diverged, their_end,
                 "the geo-secondary's log diverged; it restarts from a full image (LSN {diverged}..{their_end} discarded there)"
             );
+            status.update(|v| v.discarded = Some((diverged, their_end)));
             source.hold_log(&name, &partner.server, log.end_lsn());
             let at = source
                 .seed_image(db)
@@ -472,6 +519,7 @@ async fn stream_geo(
         let (heard, status, source, db) =
             (heard.clone(), status.clone(), source.clone(), db.clone());
         let awaiting = awaiting.clone();
+        let directory = directory.clone();
         let partner = partner.server.clone();
         let mut restarted_at = seeded.then_some(start);
         tokio::spawn(async move {
@@ -526,7 +574,11 @@ async fn stream_geo(
                             return;
                         }
                     }
-                    Message::Pong { .. } => {}
+                                        Message::Pong { .. } => {}
+                    Message::FailoverRequest { .. } => {
+                        tracing::info!(database = %db.name(), partner = %partner, "the geo-secondary asks for a planned geo-failover");
+                        directory.hand_over(db.name(), &partner);
+                    }
                     Message::Terminated { end_lsn, .. } => {
                         if let Some(reply) =
                             awaiting.lock().unwrap_or_else(|e| e.into_inner()).take()
@@ -539,13 +591,13 @@ async fn stream_geo(
                         if let Some(reply) =
                             awaiting.lock().unwrap_or_else(|e| e.into_inner()).take()
                         {
-                            let _ = reply.send(Err(reason.clone()));
+                            let _ = reply.send(Err(TerminateError::Refused(reason.clone())));
                         }
                         break ReplicationError::Refused(reason);
                     }
                     other => {
                         break ReplicationError::Unexpected {
-                            expected: "Progress, ImageRequest, Ping, Pong, Terminated or Refuse",
+                            expected: "Progress, ImageRequest, FailoverRequest, Ping, Pong, Terminated or Refuse",
                             got: format!("{other:?}"),
                         }
                     }
@@ -614,7 +666,7 @@ async fn stream_geo(
                     *awaiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.reply);
                     send(
                         &mut sink,
-                        Message::Terminate { database: name.clone(), planned: t.planned, at_lsn: t.at },
+                        Message::Terminate { database: name.clone(), planned: t.planned, at_lsn: t.at, handover: t.handover },
                         timeout,
                     )
                     .await?;
@@ -652,6 +704,8 @@ pub struct GeoRequest {
     pub readable: bool,
     /// READ_ONLY in the source region.
     pub read_only: bool,
+    /// The source took the database over from this (server, database).
+    pub succeeds: Option<(String, String)>,
 }
 
 /// A geo-secondary's intake on its region's primary.
@@ -671,8 +725,11 @@ pub struct Forwarder {
     requests_sent: AtomicU64,
     /// Each connection takes a number; an older one stops taking records.
     generation: AtomicU64,
-    /// The source's `Terminate` (planned, at LSN), for [`serve_source`].
-    termination: Mutex<Option<(bool, Lsn)>>,
+    /// The source's `Terminate` (planned, at LSN, handover), for
+    /// [`serve_source`].
+    termination: Mutex<Option<(bool, Lsn, Option<Handover>)>>,
+    /// Bumped to ask the source for a planned geo-failover.
+    failover_requests: watch::Sender<u64>,
     status: Arc<GeoLinkStatus>,
 }
 
@@ -702,6 +759,7 @@ impl Forwarder {
             requests_sent: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             termination: Mutex::new(None),
+            failover_requests: watch::channel(0).0,
             status,
         })
     }
@@ -754,6 +812,24 @@ impl Forwarder {
         self.requests_sent
             .fetch_max(*self.image_requests.borrow(), Ordering::SeqCst);
         found
+    }
+
+    /// Asks the connected source to hand the database over (a planned
+    /// geo-failover); the source answers with `Terminate` and a handover.
+    pub fn request_failover(&self) -> Result<(), String> {
+        let view = self.status.view();
+        if !view.connected {
+            return Err(format!(
+                "the geo link from {} on server '{}' is down{}",
+                self.source.database,
+                self.source.server,
+                view.last_error
+                    .map(|why| format!(" ({why})"))
+                    .unwrap_or_default()
+            ));
+        }
+        self.failover_requests.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Waits until everything received is hardened and redone (the intake
@@ -837,6 +913,7 @@ async fn serve_loop(
     let mut hardened = sdb.watch_hardened();
     let mut redone = sdb.watch_redone();
     let mut requests = forwarder.image_requests.subscribe();
+    let mut failovers = forwarder.failover_requests.subscribe();
     let mut stop = forwarder.gate.stop.clone();
     let mut ping = tokio::time::interval(GEO_PING);
     let mut heard = monotonic_us();
@@ -885,8 +962,8 @@ async fn serve_loop(
                     Some(Ok(Message::Rewind { from_lsn, .. })) => sdb.expect_image_at(from_lsn),
                     Some(Ok(Message::Ping { sent_us })) => send(conn, Message::Pong { echo_us: sent_us }, timeout).await?,
                     Some(Ok(Message::Pong { .. })) => {}
-                    Some(Ok(Message::Terminate { planned, at_lsn, .. })) => {
-                        *forwarder.termination.lock().unwrap_or_else(|e| e.into_inner()) = Some((planned, at_lsn));
+                    Some(Ok(Message::Terminate { planned, at_lsn, handover, .. })) => {
+                        *forwarder.termination.lock().unwrap_or_else(|e| e.into_inner()) = Some((planned, at_lsn, handover));
                         return Err(ReplicationError::Terminated);
                     }
                     Some(Ok(Message::Refuse { reason })) => return Err(ReplicationError::Refused(reason)),
@@ -899,6 +976,7 @@ async fn serve_loop(
             _ = hardened.changed() => send(conn, report(&sdb), timeout).await?,
             _ = redone.changed() => send(conn, report(&sdb), timeout).await?,
             _ = requests.changed() => pending = true,
+            _ = failovers.changed() => send(conn, Message::FailoverRequest { database: source_db.clone() }, timeout).await?,
             _ = ping.tick() => {
                 if monotonic_us().saturating_sub(heard) > timeout.as_micros() as u64 {
                     return Err(ReplicationError::SessionTimeout(timeout));
@@ -919,7 +997,7 @@ async fn end_here(
     from_server: &str,
     timeout: Duration,
 ) -> Result<(), ReplicationError> {
-    let Some((planned, at)) = forwarder
+    let Some((planned, at, handover)) = forwarder
         .termination
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -930,7 +1008,7 @@ async fn end_here(
     let database = forwarder.sdb.database().name().to_string();
     tracing::info!(database, source = %from_server, planned, at, "the source ends the geo link");
     match admission
-        .end_geo_secondary(&database, from_server, planned, at)
+        .end_geo_secondary(&database, from_server, planned, at, handover)
         .await
     {
         Ok(end_lsn) => {

@@ -621,6 +621,10 @@ impl PrimaryGroup {
 
 #[async_trait]
 impl GeoSource for PrimaryGroup {
+    fn succeeds(&self, database: &str) -> Option<GeoPartner> {
+        self.config().database_options(database).succeeded
+    }
+
     fn cluster_id(&self) -> String {
         self.config().cluster_id
     }

@@ -73,6 +73,7 @@ pub trait Admission: Send + Sync + 'static {
         source_server: &str,
         planned: bool,
         at: Lsn,
+        handover: Option<super::wire::Handover>,
     ) -> Result<Lsn, String>;
 }
 
@@ -763,6 +764,7 @@ async fn serve_primary(
         create,
         readable,
         read_only,
+        succeeds,
     } = hello
     {
         let request = super::geo::GeoRequest {
@@ -774,6 +776,7 @@ async fn serve_primary(
             create,
             readable,
             read_only,
+            succeeds,
         };
         let forwarder = match admission.clone().geo_forwarder(&request).await {
             Ok(f) => f,

@@ -60,16 +60,22 @@
 //!   11  GeoHello       P → S      str from_server, str cluster_id,
 //!                                 str source_database, str database,
 //!                                 u64 epoch, bool create, bool readable,
-//!                                 bool read_only
+//!                                 bool read_only, str succeeds_server,
+//!                                 str succeeds_database (empty: none)
 //!   12  ImageRequest   S → P      str database (a geo forwarder asks its
 //!                                 source for a full image in the log, to
 //!                                 seed a replica of its own region)
-//!   13  Terminate      P → S      str database, bool planned, u64 at_lsn
-//!                                 (a geo source ends the link: the
-//!                                 geo-secondary becomes an independent
+//!   13  Terminate      P → S      str database, bool planned, u64 at_lsn,
+//!                                 bool handover [u64 source_epoch, u32 n,
+//!                                 n × (str server, str database, bool
+//!                                 readable)] (a geo source ends the link:
+//!                                 the geo-secondary becomes an independent
 //!                                 database at `at_lsn`, or — not planned —
-//!                                 wherever its log ends)
+//!                                 wherever its log ends; a handover makes
+//!                                 it the source of the listed links)
 //!   14  Terminated     S → P      str database, u64 end_lsn (it has)
+//!   15  FailoverRequest S → P     str database (a geo-secondary asks its
+//!                                 source to hand the database over)
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -172,6 +178,10 @@ pub enum Message {
         create: bool,
         /// Sessions may read the geo-secondary (ALLOW_CONNECTIONS = ALL).
         readable: bool,
+        /// The source took the database over from this server's database
+        /// (a geo-failover): the old source — or a geo-secondary of it —
+        /// takes the new source in its place.
+        succeeds: Option<(String, String)>,
         /// The database is READ_ONLY in the source region.
         read_only: bool,
     },
@@ -193,6 +203,14 @@ pub enum Message {
         planned: bool,
         /// Where the source's log ends (planned termination).
         at_lsn: u64,
+        /// A planned geo-failover: the geo-secondary becomes the source.
+        handover: Option<Handover>,
+    },
+    /// Geo-secondary → its source: hand the database over (`ALTER DATABASE
+    /// … FAILOVER` on the geo-secondary).
+    FailoverRequest {
+        /// The database's name in the source region.
+        database: String,
     },
     /// Geo-secondary → source: it is independent now, its log ending at
     /// `end_lsn`.
@@ -341,6 +359,28 @@ pub enum WireError {
     Io(#[from] std::io::Error),
 }
 
+/// What a planned geo-failover hands to the new source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The newest epoch of the old source's log: the new source's epochs
+    /// start above it.
+    pub source_epoch: u64,
+    /// The geo links the new source takes on: the old source itself first,
+    /// then its other geo-secondaries.
+    pub links: Vec<HandedLink>,
+}
+
+/// One geo link a handover moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedLink {
+    /// The geo-secondary's server.
+    pub server: String,
+    /// Its database name there.
+    pub database: String,
+    /// Sessions may read it there.
+    pub readable: bool,
+}
+
 /// Message kinds as numbered on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -348,6 +388,7 @@ enum Kind {
     ImageRequest = 12,
     Terminate = 13,
     Terminated = 14,
+    FailoverRequest = 15,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -379,6 +420,7 @@ impl TryFrom<u8> for Kind {
             12 => Kind::ImageRequest,
             13 => Kind::Terminate,
             14 => Kind::Terminated,
+            15 => Kind::FailoverRequest,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -401,6 +443,7 @@ impl Message {
             Message::ImageRequest { .. } => Kind::ImageRequest,
             Message::Terminate { .. } => Kind::Terminate,
             Message::Terminated { .. } => Kind::Terminated,
+            Message::FailoverRequest { .. } => Kind::FailoverRequest,
         }
     }
 
@@ -427,14 +470,18 @@ impl Message {
                 cluster_id,
                 source_database,
                 database,
+                succeeds,
                 ..
             } => {
+                let (server, db) = succeeds.as_ref().map_or(("", ""), |(s, d)| (s, d));
                 str_len(from_server)?
                     + str_len(cluster_id)?
                     + str_len(source_database)?
                     + str_len(database)?
                     + 8
                     + 3
+                    + str_len(server)?
+                    + str_len(db)?
             }
             Message::Welcome { replica, databases } => {
                 let mut len = str_len(replica)? + 4;
@@ -455,7 +502,19 @@ impl Message {
             Message::Progress { database, .. } => str_len(database)? + 24,
             Message::Rewind { database, .. } => str_len(database)? + 8,
             Message::ImageRequest { database } => str_len(database)?,
-            Message::Terminate { database, .. } => str_len(database)? + 1 + 8,
+            Message::Terminate {
+                database, handover, ..
+            } => {
+                let mut len = str_len(database)? + 1 + 8 + 1;
+                if let Some(h) = handover {
+                    len += 8 + 4;
+                    for link in &h.links {
+                        len += str_len(&link.server)? + str_len(&link.database)? + 1;
+                    }
+                }
+                len
+            }
+            Message::FailoverRequest { database } => str_len(database)?,
             Message::Terminated { database, .. } => str_len(database)? + 8,
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
@@ -523,6 +582,7 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             create,
             readable,
             read_only,
+            succeeds,
         } => {
             w.str(from_server);
             w.str(cluster_id);
@@ -532,6 +592,9 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             w.u8(u8::from(*create));
             w.u8(u8::from(*readable));
             w.u8(u8::from(*read_only));
+            let (server, db) = succeeds.as_ref().map_or(("", ""), |(s, d)| (s, d));
+            w.str(server);
+            w.str(db);
         }
         Message::Welcome { replica, databases } => {
             w.str(replica);
@@ -581,11 +644,23 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             database,
             planned,
             at_lsn,
+            handover,
         } => {
             w.str(database);
             w.u8(u8::from(*planned));
             w.u64(*at_lsn);
+            w.u8(u8::from(handover.is_some()));
+            if let Some(h) = handover {
+                w.u64(h.source_epoch);
+                w.u32(h.links.len() as u32);
+                for link in &h.links {
+                    w.str(&link.server);
+                    w.str(&link.database);
+                    w.u8(u8::from(link.readable));
+                }
+            }
         }
+        Message::FailoverRequest { database } => w.str(database),
         Message::Terminated { database, end_lsn } => {
             w.str(database);
             w.u64(*end_lsn);
@@ -730,6 +805,11 @@ impl<'a> Reader<'a> {
                 create: self.bool("create")?,
                 readable: self.bool("readable")?,
                 read_only: self.bool("read_only")?,
+                succeeds: {
+                    let server = self.str("succeeds_server")?;
+                    let database = self.str("succeeds_database")?;
+                    (!server.is_empty()).then_some((server, database))
+                },
             },
             Kind::Welcome => {
                 let replica = self.str("replica")?;
@@ -770,6 +850,27 @@ impl<'a> Reader<'a> {
                 database: self.str("database")?,
                 planned: self.bool("planned")?,
                 at_lsn: self.u64("at_lsn")?,
+                handover: if self.bool("handover")? {
+                    let source_epoch = self.u64("source_epoch")?;
+                    let n = self.u32("links")?;
+                    let mut links = Vec::new();
+                    for _ in 0..n {
+                        links.push(HandedLink {
+                            server: self.str("server")?,
+                            database: self.str("database")?,
+                            readable: self.bool("readable")?,
+                        });
+                    }
+                    Some(Handover {
+                        source_epoch,
+                        links,
+                    })
+                } else {
+                    None
+                },
+            },
+            Kind::FailoverRequest => Message::FailoverRequest {
+                database: self.str("database")?,
             },
             Kind::Terminated => Message::Terminated {
                 database: self.str("database")?,
@@ -1072,6 +1173,7 @@ mod tests {
                 create: true,
                 readable: false,
                 read_only: true,
+                succeeds: Some(("B".into(), "app_b".into())),
             },
             Message::ImageRequest {
                 database: "shop".into(),
@@ -1080,10 +1182,34 @@ mod tests {
                 database: "app".into(),
                 planned: true,
                 at_lsn: 4096,
+                handover: None,
+            },
+            Message::Terminate {
+                database: "app".into(),
+                planned: true,
+                at_lsn: 4096,
+                handover: Some(Handover {
+                    source_epoch: 9,
+                    links: vec![
+                        HandedLink {
+                            server: "A".into(),
+                            database: "app".into(),
+                            readable: true,
+                        },
+                        HandedLink {
+                            server: "C".into(),
+                            database: "app_c".into(),
+                            readable: false,
+                        },
+                    ],
+                }),
             },
             Message::Terminated {
                 database: "app".into(),
                 end_lsn: 4096,
+            },
+            Message::FailoverRequest {
+                database: "app".into(),
             },
         ]
     }
@@ -1129,8 +1255,8 @@ mod tests {
     fn the_samples_cover_every_kind() {
         let mut kinds: Vec<u8> = samples().iter().map(|m| m.kind() as u8).collect();
         kinds.dedup();
-        assert_eq!(kinds, (1..=12).collect::<Vec<u8>>());
-        for byte in 1..=12u8 {
+        assert_eq!(kinds, (1..=15).collect::<Vec<u8>>());
+        for byte in 1..=15u8 {
             assert_eq!(Kind::try_from(byte).unwrap() as u8, byte);
         }
     }
@@ -1263,7 +1389,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_rejected_with_advice() {
-        for kind in [0, 13, 255] {
+        for kind in [0, 16, 255] {
             let err = decode(&raw_frame(VERSION, kind, &[])).unwrap_err();
             assert!(matches!(err, WireError::Kind(k) if k == kind), "{err:?}");
             assert!(err.to_string().contains("upgrade"), "{err}");

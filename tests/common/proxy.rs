@@ -42,6 +42,9 @@ fn node_of(ip: IpAddr) -> Option<usize> {
 struct Rules {
     /// Cut links, as (from node, to node): both directions are listed.
     cut: HashSet<(usize, usize)>,
+    /// Every link cut, whoever opened it (e.g. another region's nodes,
+    /// which do not send from a node address).
+    isolated: bool,
 }
 
 /// The proxies of one group.
@@ -112,9 +115,18 @@ impl Proxy {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Cuts every link through this proxy, whoever opened it.
+    pub fn isolate(&self) {
+        self.rules.lock().unwrap().isolated = true;
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Lifts every cut.
     pub fn heal(&self) {
-        self.rules.lock().unwrap().cut.clear();
+        let mut rules = self.rules.lock().unwrap();
+        rules.cut.clear();
+        rules.isolated = false;
+        drop(rules);
         self.changed.send_modify(|n| *n += 1);
     }
 }
@@ -130,7 +142,8 @@ impl Drop for Proxy {
 }
 
 fn is_cut(rules: &Mutex<Rules>, from: Option<usize>, to: usize) -> bool {
-    from.is_some_and(|f| rules.lock().unwrap().cut.contains(&(f, to)))
+    let rules = rules.lock().unwrap();
+    rules.isolated || from.is_some_and(|f| rules.cut.contains(&(f, to)))
 }
 
 /// One connection from node `from` to node `to`: relayed while the link is
