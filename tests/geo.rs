@@ -841,6 +841,35 @@ async fn planned_geo_failover_loses_nothing_swaps_roles_and_relinks_the_other_ge
         ],
         "B feeds A and C"
     );
+    // Both regions show the operation.
+    let ops = query_text(
+        &client,
+        "SELECT operation, state_desc, percent_complete, major_resource_id FROM sys.dm_operation_status",
+    )
+    .await
+    .unwrap();
+    assert!(
+        ops.contains(&vec![
+            Some("FAILOVER".to_string()),
+            Some("COMPLETED".to_string()),
+            Some("100".to_string()),
+            Some(GEO_DB.to_string())
+        ]),
+        "B's operations: {ops:?}"
+    );
+    let ops = query_text(
+        &a.primary().client(DEFAULT_DB).await,
+        "SELECT operation, state_desc, error_desc FROM sys.dm_operation_status",
+    )
+    .await
+    .unwrap();
+    assert!(
+        ops.iter().any(
+            |r| r[0].as_deref().is_some_and(|o| o.starts_with("HAND OVER"))
+                && r[1].as_deref() == Some("COMPLETED")
+        ),
+        "A's operations: {ops:?}"
+    );
     // A failover on a database that is not a geo-secondary is refused.
     let (code, m) = refusal(
         &b.nodes[0].client(DEFAULT_DB).await,
@@ -928,4 +957,78 @@ async fn forced_geo_failover_during_a_partition_loses_exactly_the_reported_range
         "{range}"
     );
     proxy.heal();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_for_database_copy_sync_returns_once_the_geo_secondary_hardened_every_commit_and_allow_connections_no_closes_it(
+) {
+    let a = Group::start(1).await;
+    let b = Group::start(1).await;
+    link_regions(&a, &b).await;
+    let app = a.primary().client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB NOT NULL)",
+    )
+    .await;
+    insert(&app, 0, 100).await;
+    let admin = a.primary().client(DEFAULT_DB).await;
+    exec(
+        &admin,
+        &format!("ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (ALLOW_CONNECTIONS = NO, DATABASE_NAME = '{GEO_DB}')"),
+    )
+    .await;
+    insert(&app, 100, 300).await;
+    // Returns the LSN it waited for, once B holds everything up to it.
+    let rows = query_text(&app, "SELECT sys.wait_for_database_copy_sync('app', 'B')")
+        .await
+        .unwrap_or_else(|e| panic!("wait_for_database_copy_sync: {e}"));
+    let waited: u64 = rows[0][0].as_deref().unwrap().parse().unwrap();
+    let end = query_text(
+        &admin,
+        &format!("SELECT log_end_lsn FROM sys.databases WHERE name = '{APP}'"),
+    )
+    .await
+    .unwrap()[0][0]
+        .as_deref()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(waited, end, "it waited for everything committed");
+    let row = link_row(a.primary()).await.expect("A shows its link");
+    let hardened = query_text(
+        &admin,
+        "SELECT hardened_lsn FROM sys.dm_geo_replication_link_status",
+    )
+    .await
+    .unwrap()[0][0]
+        .as_deref()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        hardened >= waited,
+        "{row:?}: B hardened {hardened} < {waited}"
+    );
+    let (code, m) = refusal(&admin, "SELECT sys.wait_for_database_copy_sync('app', 'C')").await;
+    assert_eq!(code, "42704", "no link to C: {m}");
+
+    // ALLOW_CONNECTIONS = NO: sessions cannot use the copy in region B.
+    let refused = b.nodes[0]
+        .try_client(GEO_DB)
+        .await
+        .err()
+        .expect("B refuses sessions on the geo-secondary");
+    assert_eq!(
+        refused.code().map(|c| c.code()),
+        Some("08004"),
+        "{}",
+        error_text(&refused)
+    );
+    assert!(
+        error_text(&refused).contains("ALLOW_CONNECTIONS = NO"),
+        "{}",
+        error_text(&refused)
+    );
+    b.nodes[0].client(DEFAULT_DB).await;
 }

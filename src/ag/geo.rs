@@ -67,6 +67,11 @@ const PLANNED_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_sec
 /// How long a forced termination waits for the geo-secondary to answer
 /// before it removes the link anyway.
 const FORCED_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// After a handover whose answer was lost, how long the old source waits
+/// for the new one's link to depose it.
+const DEPOSED_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long `sys.wait_for_database_copy_sync` waits.
+const COPY_SYNC_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a planned geo-failover waits for the source to hand over.
 const GEO_FAILOVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(90);
 /// How far a forced geo-failover raises the database's epochs: beyond any
@@ -101,7 +106,15 @@ impl GeoDirectory for ClusterDirectory {
         };
         let (database, server) = (database.to_string(), server.to_string());
         tokio::spawn(async move {
-            match manager.hand_over(&database, &server).await {
+            let handed = manager
+                .tracked(
+                    "HAND OVER (planned geo-failover)",
+                    &database,
+                    &server,
+                    || manager.hand_over(&database, &server),
+                )
+                .await;
+            match handed {
                 Ok(()) => {
                     tracing::info!(database, to = %server, "handed the database over (planned geo-failover)")
                 }
@@ -434,10 +447,36 @@ impl Manager {
             source_epoch: db.epoch_history().last().map_or(0, |(e, _)| *e),
             links,
         };
-        match link
+        // The new source's link may depose this copy before its answer
+        // arrives here (and that restart ends the link): deposed is done.
+        let deposed = || {
+            self.published_config(&group)
+                .and_then(|c| c.database_options(database).geo_source)
+                .is_some_and(|s| s.server.eq_ignore_ascii_case(to_server))
+        };
+        let answer = link
             .terminate(true, at, Some(handover), PLANNED_ANSWER_WITHIN)
-            .await
-        {
+            .await;
+        let answer = match answer {
+            Err(TerminateError::NoAnswer(why)) => {
+                let deadline = std::time::Instant::now() + DEPOSED_WITHIN;
+                loop {
+                    if deposed() {
+                        break Ok(at);
+                    }
+                    if std::time::Instant::now() > deadline {
+                        break Err(TerminateError::NoAnswer(why));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+            other => other,
+        };
+        match answer {
+            Ok(_) if deposed() => {
+                drop(held);
+                Ok(())
+            }
             Ok(_) => {
                 // The new source links to this copy and to the others;
                 // this region feeds none of them any more.
@@ -657,6 +696,7 @@ impl Manager {
                 source.database, source.server
             ));
         }
+        let db = forwarder.intake().database().clone();
         forwarder.request_failover().map_err(|why| {
             Error::sql("08006", why).with_hint(format!(
                 "a planned geo-failover needs the link up; ALTER DATABASE {database} FORCE_FAILOVER_ALLOW_DATA_LOSS acts at once, losing what has not arrived"
@@ -664,10 +704,13 @@ impl Manager {
         })?;
         let deadline = std::time::Instant::now() + GEO_FAILOVER_WITHIN;
         loop {
+            // The definition says so first; the primary restarted with it
+            // once the database's fence is a primary's.
             let written = matches!(self.part(&group), Some(Part::Primary(_)))
                 && self
                     .published_config(&group)
-                    .is_some_and(|c| c.has_database(database) && !c.is_geo_secondary(database));
+                    .is_some_and(|c| c.has_database(database) && !c.is_geo_secondary(database))
+                && matches!(db.fence(), crate::engine::Fence::Primary(_));
             if written {
                 self.wait_writable(&group).await?;
                 return Ok(format!(
@@ -727,6 +770,45 @@ impl Manager {
                 )
             }),
             _ => Err("this node stopped being its region's primary".into()),
+        }
+    }
+
+    /// `SELECT sys.wait_for_database_copy_sync('db', 'server')`, on the
+    /// source's primary: waits until the geo-secondary on `server` has
+    /// hardened this database's log end as it is now (every transaction
+    /// committed so far); returns that LSN.
+    pub async fn wait_for_copy_sync(&self, database: &str, server: &str) -> Result<Lsn> {
+        let group = self.primary_group_of(database)?;
+        let Some(Part::Primary(primary)) = self.part(&group) else {
+            return Err(Error::sql("55000", "this node stopped being the primary"));
+        };
+        let Some(link) = primary.geo_link(database, server) else {
+            return Err(Error::sql(
+                "42704",
+                format!("database \"{database}\" has no geo-secondary on server '{server}'"),
+            )
+            .with_hint("see sys.geo_replication_links"));
+        };
+        let target = self.engine.database(database)?.log().end_lsn();
+        let deadline = std::time::Instant::now() + COPY_SYNC_WITHIN;
+        loop {
+            let view = link.view();
+            if view.hardened_lsn >= target {
+                return Ok(target);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::sql(
+                    "57014",
+                    format!(
+                        "the geo-secondary on server '{server}' did not harden LSN {target} of \"{database}\" within {} s (it is at {}){}",
+                        COPY_SYNC_WITHIN.as_secs(),
+                        view.hardened_lsn,
+                        view.last_error.map(|e| format!("; the link: {e}")).unwrap_or_default()
+                    ),
+                )
+                .with_hint("see sys.dm_geo_replication_link_status; call it again to keep waiting"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 

@@ -56,6 +56,7 @@ mod ddl;
 mod driver;
 pub mod failover;
 mod geo;
+pub mod operations;
 pub mod role;
 pub mod store;
 pub mod views;
@@ -112,6 +113,9 @@ pub struct Manager {
     groups: Mutex<HashMap<String, Slot>>,
     /// A witness node votes in the cluster and hosts no replica.
     witness: bool,
+    /// Geo terminations and failovers started here, for
+    /// `sys.dm_operation_status`.
+    operations: operations::Operations,
 }
 
 fn key(name: &str) -> String {
@@ -136,6 +140,7 @@ impl Manager {
             store: ConfigStore::new(data_dir),
             groups: Mutex::new(HashMap::new()),
             witness,
+            operations: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -259,7 +264,16 @@ impl Manager {
             forced,
         } = &statement
         {
-            let notice = self.remove_geo_secondary(database, server, *forced).await?;
+            let operation = if *forced {
+                "REMOVE SECONDARY (FORCED)"
+            } else {
+                "REMOVE SECONDARY (PLANNED)"
+            };
+            let notice = self
+                .tracked(operation, database, server, || {
+                    self.remove_geo_secondary(database, server, *forced)
+                })
+                .await?;
             return Ok(Executed {
                 tag: "ALTER DATABASE".into(),
                 notices: vec![notice],
@@ -269,7 +283,17 @@ impl Manager {
             &statement
         {
             let forced = matches!(statement, AgStatement::GeoForceFailover { .. });
-            let notice = self.geo_failover(database, forced).await?;
+            let operation = if forced {
+                "FORCE_FAILOVER_ALLOW_DATA_LOSS"
+            } else {
+                "FAILOVER"
+            };
+            let partner = self.geo_source_of(database).unwrap_or_default();
+            let notice = self
+                .tracked(operation, database, &partner, || {
+                    self.geo_failover(database, forced)
+                })
+                .await?;
             return Ok(Executed {
                 tag: "ALTER DATABASE".into(),
                 notices: vec![notice],
@@ -544,6 +568,40 @@ impl Manager {
                 Ok("ALTER DATABASE".into())
             }
         }
+    }
+
+    /// Runs a geo operation, recorded for `sys.dm_operation_status`.
+    async fn tracked<T, F>(
+        &self,
+        operation: &str,
+        database: &str,
+        partner: &str,
+        run: impl FnOnce() -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let id = self
+            .operations
+            .start(operation, database, partner, views::wall_us());
+        let outcome = run().await;
+        self.operations.finish(
+            id,
+            outcome.as_ref().err().map(|e| e.to_string()),
+            views::wall_us(),
+        );
+        outcome
+    }
+
+    /// The source server of a geo-secondary here, if `database` is one.
+    fn geo_source_of(&self, database: &str) -> Option<String> {
+        self.lock().values().find_map(|slot| {
+            slot.config
+                .as_ref()?
+                .database_options(database)
+                .geo_source
+                .map(|s| s.server)
+        })
     }
 
     /// Proposes a cluster-wide command (naming, partners) from this node.
@@ -972,6 +1030,21 @@ impl Manager {
             })
     }
 
+    /// For a geo-secondary created `WITH (ALLOW_CONNECTIONS = NO)`: why
+    /// sessions may not use `database` here (None: they may).
+    pub fn geo_closed(&self, database: &str) -> Option<String> {
+        let groups = self.lock();
+        groups.values().find_map(|slot| {
+            let source = slot.config.as_ref()?.database_options(database).geo_source?;
+            (source.allow_connections == SecondaryConnections::No).then(|| {
+                format!(
+                    "database \"{database}\" is a geo-secondary of {} on server '{}' added WITH (ALLOW_CONNECTIONS = NO): it takes no sessions in this region",
+                    source.database, source.server
+                )
+            })
+        })
+    }
+
     /// Why this node cannot serve `group`'s sessions in the role the
     /// listener chose (primary: it is the primary and holds its lease;
     /// secondary: it is a secondary connected to its primary); None when
@@ -1054,6 +1127,7 @@ impl Manager {
             out.add_cluster(&cluster.metrics());
             out.add_geo(&state);
         }
+        out.add_operations(&self.operations.list());
         out
     }
 }

@@ -32,6 +32,7 @@ pub struct Snapshot {
     members: Vec<Vec<Value>>,
     partners: Vec<Vec<Value>>,
     geo_links: Vec<Vec<Value>>,
+    operations: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -77,6 +78,10 @@ CREATE VIEW sys.dm_geo_replication_link_status AS
                       hardened_lsn, redone_lsn, percent_complete, last_contact, last_error,
            discarded_lsn_range
     FROM sys.geo_replication_links;
+CREATE TABLE sys.dm_operation_status(
+    operation_id INTEGER, resource_type_desc TEXT, major_resource_id TEXT,
+    minor_resource_id TEXT, operation TEXT, state_desc TEXT, percent_complete REAL,
+    error_desc TEXT, start_time TEXT, last_modify_time TEXT);
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
@@ -126,6 +131,13 @@ fn failover_columns(record: Option<&crate::group::FailoverRecord>) -> Vec<Value>
         },
         boolean(r.loss_known),
     ]
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC) for microseconds since the Unix epoch.
@@ -496,6 +508,24 @@ impl Snapshot {
         }
     }
 
+    /// Adds the geo operations started on this node.
+    pub fn add_operations(&mut self, operations: &[super::operations::Operation]) {
+        for op in operations {
+            self.operations.push(vec![
+                int(op.id),
+                text("Database"),
+                text(&op.database),
+                text(&op.partner),
+                text(&op.operation),
+                text(op.state.desc()),
+                Value::Real(op.percent_complete),
+                op.error.clone().map_or(Value::Null, Value::Text),
+                time(Some(op.start_us)),
+                time(Some(op.last_modify_us)),
+            ]);
+        }
+    }
+
     fn add_geo_link(&mut self, link: &crate::replication::geo::GeoLinkView) {
         use crate::replication::geo::{GeoRole, GeoState};
         let (role, role_desc) = match link.role {
@@ -518,6 +548,22 @@ impl Snapshot {
             }
             _ => Value::Real(0.0),
         };
+        if link.state == GeoState::Seeding {
+            // Seeding runs for as long as the image takes: an operation
+            // of its own while it does.
+            self.operations.push(vec![
+                Value::Null,
+                text("Database"),
+                text(&link.database),
+                text(&link.partner.server),
+                text("SEEDING"),
+                text("IN_PROGRESS"),
+                percent.clone(),
+                Value::Null,
+                Value::Null,
+                time(link.last_contact_us),
+            ]);
+        }
         self.geo_links.push(vec![
             text(&link.database),
             text(&link.partner.server),
@@ -567,6 +613,7 @@ impl Snapshot {
             ("dm_hadr_cluster_members", &self.members),
             ("partner_servers", &self.partners),
             ("geo_replication_links", &self.geo_links),
+            ("dm_operation_status", &self.operations),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -591,6 +638,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.partner_servers",
         "sys.geo_replication_links",
         "sys.dm_geo_replication_link_status",
+        "sys.dm_operation_status",
     ]
     .iter()
     .any(|v| lower.contains(v))

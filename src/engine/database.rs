@@ -655,10 +655,14 @@ impl Database {
                 None => Ok(lock.await),
             }
         };
-        tokio::select! {
-            guard = waited => guard,
-            _ = cancel.notified() => Err(Error::Canceled),
-        }
+        let guard = tokio::select! {
+            guard = waited => guard?,
+            _ = cancel.notified() => return Err(Error::Canceled),
+        };
+        // The wait may have been long (a planned termination holds the
+        // lock): the database may have stopped taking writes meanwhile.
+        self.check_writable()?;
+        Ok(guard)
     }
 
     /// Holds the write lock without writing, whatever the fence (a READ_ONLY

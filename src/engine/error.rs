@@ -57,7 +57,7 @@ pub enum Error {
     /// SQLite's commit hook found the write fence closed at the instant of
     /// COMMIT (the lease ran out, the role moved on): the transaction was
     /// rolled back, nothing of it is in the database.
-    #[error("the transaction was rolled back: this replica stopped taking writes before it could commit (its lease as primary ran out, or another replica is primary now)")]
+    #[error("the transaction was rolled back: this database stopped taking writes here before it could commit (its lease as primary ran out, another replica is primary now, or it became READ_ONLY or a geo-secondary)")]
     CommitFenced,
     /// A file-system problem with the data directory.
     #[error("{context}: {source}")]

@@ -204,6 +204,11 @@ impl Frontend {
             .get("database")
             .or_else(|| params.get("user"))
             .map_or(USER, String::as_str);
+        if let Some(why) = self.ag.geo_closed(database) {
+            return Err(Error::sql("08004", why).with_hint(
+                "connect to the source region; to read it here, add the geo-secondary WITH (ALLOW_CONNECTIONS = ALL)",
+            ));
+        }
         if let Some((group, role)) = self.ag.local_role(database) {
             crate::listener::admit(&role, intent, database, &group, self.ag.node())
                 .map_err(|r| Error::sql(r.sqlstate, r.message).with_hint(r.hint))?;

@@ -334,6 +334,10 @@ impl Session {
             Command::DropDatabase { name, if_exists } => self.drop_database(name, if_exists).await,
             Command::SessionUser => Ok(single_text("current_user", super::USER)),
             Command::CurrentSchema => Ok(single_text("current_schema", "public")),
+            Command::WaitForCopySync { database, server } => {
+                let lsn = self.ag.wait_for_copy_sync(&database, &server).await?;
+                Ok(single_text("wait_for_database_copy_sync", &lsn.to_string()))
+            }
             Command::NoOp { tag } => Ok(Reply::Done(tag)),
             Command::Ag(sql) => {
                 self.outside_transaction("availability group DDL")?;

@@ -68,6 +68,15 @@ pub enum Command {
     SessionUser,
     /// `SELECT current_schema()` / `current_schema`.
     CurrentSchema,
+    /// `SELECT sys.wait_for_database_copy_sync('db', 'server')`: returns
+    /// once the geo-secondary of `db` on `server` has hardened everything
+    /// `db` committed here (Azure's `sp_wait_for_database_copy_sync`).
+    WaitForCopySync {
+        /// The database here.
+        database: String,
+        /// The geo-secondary's server.
+        server: String,
+    },
     /// `DISCARD …`, `DEALLOCATE …`, `LISTEN`/`UNLISTEN`: accepted, nothing to do.
     NoOp {
         /// The command tag to answer with.
@@ -162,6 +171,14 @@ pub fn classify(stmt: &str) -> Command {
         | ["select", "current_user" | "session_user", "(", ")"] => Command::SessionUser,
         ["select", "current_schema"] | ["select", "current_schema", "(", ")"] => {
             Command::CurrentSchema
+        }
+        ["select", "sys.wait_for_database_copy_sync", "(", _, ",", _, ")"]
+            if matches!((&tokens[3], &tokens[5]), (Token::Str(_), Token::Str(_))) =>
+        {
+            Command::WaitForCopySync {
+                database: tokens[3].unquoted(),
+                server: tokens[5].unquoted(),
+            }
         }
         ["discard", ..] => Command::NoOp {
             tag: upper_words(&w, 2),
@@ -566,6 +583,13 @@ mod tests {
             }
         );
         assert_eq!(classify("SELECT current_user"), SessionUser);
+        assert_eq!(
+            classify("select SYS.wait_for_database_copy_sync('app', 'B')"),
+            WaitForCopySync {
+                database: "app".into(),
+                server: "B".into()
+            }
+        );
         assert_eq!(classify("select current_schema()"), CurrentSchema);
         assert_eq!(
             classify("DISCARD ALL"),
