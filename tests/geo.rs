@@ -82,10 +82,15 @@ async fn wait_count(server: &TestServer, db: &str, n: i64, what: &str) {
             },
             Err(e) => last = error_text(&e),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {db} never had {n} rows (last: {last})"
-        );
+        if Instant::now() > deadline {
+            let log = server.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{what}: {db} never had {n} rows (last: {last}); the node's log ends:\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
