@@ -226,6 +226,10 @@ async fn a_geo_secondary_is_seeded_follows_its_source_and_is_read_only_in_its_re
     }
     let row = link_row(&b.nodes[0]).await.expect("B shows its geo link");
     assert_eq!(row[0].as_deref(), Some("SECONDARY"));
+    assert!(
+        row[4].is_some(),
+        "B shows a lag too, never NULL on a live link: {row:?}"
+    );
     assert_eq!(row[2].as_deref(), Some("A"));
     assert_eq!(row[3].as_deref(), Some(APP));
 

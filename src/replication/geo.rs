@@ -814,6 +814,26 @@ impl Forwarder {
         found
     }
 
+    /// Updates this end's view of the link: positions, and the lag as this
+    /// region sees it — 0 when everything received is redone, else the age
+    /// of the last transaction redone (the source's commits not yet sent
+    /// are unknown here; the source's view counts them).
+    fn note_progress(&self) {
+        let (hardened, redone) = (self.sdb.hardened(), self.sdb.redone());
+        let last = self.sdb.last_redone_commit_us();
+        let lag = if redone >= hardened {
+            0.0
+        } else {
+            last.map_or(0.0, |t| (wall_us() - t).max(0) as f64 / 1e6)
+        };
+        self.status.update(|v| {
+            v.hardened_lsn = hardened;
+            v.redone_lsn = redone;
+            v.lag_seconds = Some(lag);
+            v.last_replication_us = last.or(v.last_replication_us);
+        });
+    }
+
     /// Asks the connected source to hand the database over (a planned
     /// geo-failover); the source answers with `Terminate` and a handover.
     pub fn request_failover(&self) -> Result<(), String> {
@@ -885,6 +905,7 @@ pub async fn serve_source(
         v.state = GeoState::CatchUp;
         v.last_contact_us = Some(wall_us());
     });
+    forwarder.note_progress();
     tracing::info!(source = %from_server, database = %sdb.database().name(), "geo-replication source connected");
     let result = serve_loop(conn, &forwarder, generation, epoch, timeout).await;
     let result = match result {
@@ -973,8 +994,14 @@ async fn serve_loop(
                     }),
                 }
             }
-            _ = hardened.changed() => send(conn, report(&sdb), timeout).await?,
-            _ = redone.changed() => send(conn, report(&sdb), timeout).await?,
+                        _ = hardened.changed() => {
+                forwarder.note_progress();
+                send(conn, report(&sdb), timeout).await?
+            }
+            _ = redone.changed() => {
+                forwarder.note_progress();
+                send(conn, report(&sdb), timeout).await?
+            }
             _ = requests.changed() => pending = true,
             _ = failovers.changed() => send(conn, Message::FailoverRequest { database: source_db.clone() }, timeout).await?,
             _ = ping.tick() => {
