@@ -428,6 +428,8 @@ pub struct Cluster {
     raft: Raft<TypeConfig>,
     /// Which cluster this node belongs to (`identity.rs`).
     identity: Arc<Identity>,
+    /// When each member last answered this node (`network.rs`).
+    contacts: Arc<network::Contacts>,
     state: watch::Receiver<ClusterState>,
     leases: Arc<Mutex<LeaseBook>>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -474,7 +476,9 @@ impl Cluster {
         }
         let identity = Arc::new(Identity::new(dir, cluster_id));
         let state = state_machine.subscribe();
-        let network = network::NetworkFactory::new(id, transport, identity.clone());
+        let contacts = Arc::new(network::Contacts::default());
+        let network =
+            network::NetworkFactory::new(id, transport, identity.clone(), contacts.clone());
         let raft = Raft::new(id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
@@ -483,6 +487,7 @@ impl Cluster {
             info,
             raft,
             identity,
+            contacts,
             state,
             leases,
             listener: Mutex::new(None),
@@ -514,6 +519,13 @@ impl Cluster {
     /// The Raft node (its metrics, or tests).
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
+    }
+
+    /// When each other member last answered this node's Raft requests.
+    /// On the leader, which sends every member a heartbeat every 50 ms,
+    /// that is how recently it heard from each; elsewhere it says little.
+    pub fn last_heard(&self) -> BTreeMap<NodeId, Instant> {
+        self.contacts.last_heard()
     }
 
     /// The cluster this node belongs to; none before it forms or joins one.

@@ -40,12 +40,23 @@
 //! cluster's node; the refusal is logged, throttled); no answer within the
 //! RPC's time limit is `Timeout`, anything else on the way is `Network`,
 //! and the target's own error is `RemoteError`.
+//!
+//! # Who answers ([`Contacts`])
+//! Every answer a node gets to its Raft requests (any answer but a
+//! refusal, a `RemoteError` included: the target is up and talking) is
+//! stamped with the time it arrived. On the leader, which sends every
+//! member a heartbeat every 50 ms, that is when each member was last heard
+//! from: the automatic failover's reachability (`ag/failover.rs`).
+//! openraft 0.9's metrics do not say it: per follower they hold only the
+//! matched log id, and only for the quorum the time of the last
+//! acknowledgement.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -383,19 +394,47 @@ async fn handle(raft: &Raft<TypeConfig>, identity: &Identity, request: RpcReques
     }
 }
 
+/// When each node last answered this node's Raft requests (see the module
+/// docs).
+#[derive(Debug, Default)]
+pub(crate) struct Contacts {
+    heard: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+impl Contacts {
+    /// Node `id` answered at `at`.
+    fn heard(&self, id: NodeId, at: Instant) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let last = heard.entry(id).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// Per node, when it last answered.
+    pub(crate) fn last_heard(&self) -> BTreeMap<NodeId, Instant> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Makes a [`Peer`] per target for openraft.
 pub(crate) struct NetworkFactory<T> {
     me: NodeId,
     transport: Arc<T>,
     identity: Arc<Identity>,
+    contacts: Arc<Contacts>,
 }
 
 impl<T> NetworkFactory<T> {
-    pub(crate) fn new(me: NodeId, transport: T, identity: Arc<Identity>) -> NetworkFactory<T> {
+    pub(crate) fn new(
+        me: NodeId,
+        transport: T,
+        identity: Arc<Identity>,
+        contacts: Arc<Contacts>,
+    ) -> NetworkFactory<T> {
         NetworkFactory {
             me,
             transport: Arc::new(transport),
             identity,
+            contacts,
         }
     }
 }
@@ -410,6 +449,7 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
             node: node.clone(),
             transport: self.transport.clone(),
             identity: self.identity.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -421,6 +461,7 @@ pub(crate) struct Peer<T> {
     node: NodeInfo,
     transport: Arc<T>,
     identity: Arc<Identity>,
+    contacts: Arc<Contacts>,
 }
 
 impl<T: Transport> Peer<T> {
@@ -462,6 +503,7 @@ impl<T: Transport> Peer<T> {
                 Err(RPCError::Network(NetworkError::new(&e)))
             }
             Ok(response) => {
+                self.contacts.heard(self.target, Instant::now());
                 self.identity.note_answered_by(self.target);
                 Ok(response)
             }
