@@ -21,7 +21,9 @@
 //! * twenty consecutive failovers (kill -9, SIGSTOP, planned, in turn) keep
 //!   a bank's total and every acknowledged commit;
 //! * a read-scale group (CLUSTER_TYPE = NONE) never fails over by itself;
-//! * a failover needs a majority of the cluster.
+//! * a failover needs a majority of the cluster;
+//! * a failover promotes only a replica whose node the cluster leader
+//!   hears from, never a synchronized one that went down with the primary.
 //!
 //! Clients find the primary as applications do: a multi-host connection
 //! string with `target_session_attrs=read-write` (`common::cluster`), and
@@ -46,7 +48,7 @@ use common::cluster::{
 use common::group::{
     error_text, group_row, name, Group, GroupSpec, APP, CATCH_UP_TIMEOUT, GROUP, STATEMENT_TIMEOUT,
 };
-use common::DEFAULT_DB;
+use common::{free_port, TestServer, DEFAULT_DB};
 use tokio_postgres::Client;
 
 const R1: usize = 0;
@@ -1023,4 +1025,110 @@ async fn failover_decision_needs_a_cluster_majority() {
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Automatic failover promotes only a replica whose node the cluster
+/// leader hears from. r1 (primary) and r2 (synchronized, first by name)
+/// are frozen together (SIGSTOP), so r2 is still in the cluster's
+/// synchronized set: nobody took it out. Two witnesses keep a majority
+/// with r3. The leader must promote r3 at epoch 2 — promoting r2 would
+/// leave the group with a primary that never takes office (and the
+/// synchronized set emptied, so no second try). Once r1 and r2 run again
+/// they follow r3, and r3 holds every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn automatic_failover_never_promotes_a_synchronized_replica_the_cluster_does_not_hear_from() {
+    let group = automatic_group(GroupSpec::default()).await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "automatic_failover_never_promotes_a_synchronized_replica_the_cluster_does_not_hear_from",
+    );
+    let mut witnesses: Vec<TestServer> = Vec::new();
+    for w in ["w1", "w2"] {
+        let endpoint = free_port();
+        witnesses.push(
+            TestServer::builder()
+                .arg("--witness")
+                .replica(w, endpoint)
+                .start()
+                .await,
+        );
+        run_on(
+            &group,
+            R1,
+            DEFAULT_DB,
+            &format!(
+                "ALTER CLUSTER ADD NODE '{w}' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{endpoint}')"
+            ),
+        )
+        .await;
+    }
+    run_on(
+        &group,
+        R1,
+        APP,
+        "CREATE TABLE h(id INTEGER PRIMARY KEY); INSERT INTO h VALUES (1), (2), (3)",
+    )
+    .await;
+    wait_failover_ready(&group, R1, &[R2, R3]).await;
+
+    group.nodes[R2].pause();
+    group.nodes[R1].pause();
+    let witness_logs = || {
+        witnesses
+            .iter()
+            .map(|w| w.log_tail())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // The leader is r3 or a witness; it says whom it promotes.
+    let promoted_r2 = || {
+        std::iter::once(&group.nodes[R3])
+            .chain(&witnesses)
+            .flat_map(|n| n.log().lines().map(str::to_string).collect::<Vec<_>>())
+            .find(|l| l.contains("promoting") && l.contains("to=r2"))
+    };
+    let deadline = Instant::now() + FAILOVER_TIMEOUT;
+    let (row, role) = loop {
+        if let Some(line) = promoted_r2() {
+            group.nodes[R1].resume();
+            group.nodes[R2].resume();
+            panic!(
+                "the cluster promoted r2, which was frozen: {line}\n{}\n{}",
+                logs_of(&group, &[R3]),
+                witness_logs()
+            );
+        }
+        let row = group_row(&group.nodes[R3]).await.expect("r3's group row");
+        let role = local_role(&group, R3).await;
+        if row.epoch > 1 && (row.primary_replica != "r3" || role.as_deref() == Some("PRIMARY")) {
+            break (row, role);
+        }
+        if Instant::now() > deadline {
+            group.nodes[R1].resume();
+            group.nodes[R2].resume();
+            panic!(
+                "no failover within {FAILOVER_TIMEOUT:?} of r1 and r2 stopping: r3's \
+                 definition names {} at epoch {}, its role is {role:?}\n{}\n{}",
+                row.primary_replica,
+                row.epoch,
+                logs_of(&group, &[R3]),
+                witness_logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    group.nodes[R1].resume();
+    group.nodes[R2].resume();
+    assert_eq!(
+        (row.primary_replica.as_str(), row.epoch, role.as_deref()),
+        ("r3", 2, Some("PRIMARY")),
+        "the cluster promoted a replica it could not reach (r2 was frozen)\n{}\n{}",
+        logs_of(&group, &[R3]),
+        witness_logs()
+    );
+    run_on(&group, R3, APP, "INSERT INTO h VALUES (4)").await;
+    let rows = rows_on(&group, R3, APP, "SELECT count(*) FROM h").await;
+    assert_eq!(rows, vec![vec![Some("4".to_string())]], "h on r3");
+    wait_secondary_of(&group, &ALL, R2, R3, 2).await;
+    wait_secondary_of(&group, &ALL, R1, R3, 2).await;
 }

@@ -2,15 +2,16 @@
 //! leave | status` against real nodes: a witness gives a two-replica group
 //! the third vote it needs to fail over automatically; a witness hosts no
 //! replica; a replica host cannot leave while it hosts a replica; a node
-//! that leaves is no longer a voter.
+//! that leaves is no longer a voter; a node of another cluster with the
+//! same replica names is refused and its cluster left untouched.
 
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{wait_new_primary, wait_secondary_of, FAILOVER_TIMEOUT};
-use common::group::{error_text, Group, GroupSpec, APP};
+use common::group::{error_text, group_row, query_text, Group, GroupSpec, APP};
 use common::{free_port, run_bounded, TestServer, DEFAULT_DB};
 
 const R1: usize = 0;
@@ -189,5 +190,215 @@ async fn membership_changes_are_refused_with_reasons_and_a_witness_can_leave() {
         voters,
         ["r1", "r2"],
         "status on r1 after the witness left:\n{status}"
+    );
+}
+
+/// Rows of `sql` on `server` (simple protocol), panicking with its log.
+async fn rows(server: &TestServer, sql: &str) -> Vec<Vec<Option<String>>> {
+    let client = server.client(DEFAULT_DB).await;
+    query_text(&client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}\n{}", error_text(&e), server.log_tail()))
+}
+
+/// The members `server` knows: (name, endpoint URL, voter or not).
+async fn members(server: &TestServer) -> Vec<Vec<Option<String>>> {
+    rows(
+        server,
+        "SELECT member_name, endpoint_url, member_type_desc FROM sys.dm_hadr_cluster_members \
+         ORDER BY member_name",
+    )
+    .await
+}
+
+/// The id of the cluster `server` belongs to.
+async fn id_of(server: &TestServer) -> String {
+    rows(server, "SELECT cluster_id FROM sys.dm_hadr_cluster").await[0][0]
+        .clone()
+        .expect("a cluster id")
+}
+
+/// The leader and term `server` knows.
+async fn leader_and_term(server: &TestServer) -> (Option<String>, u64) {
+    let r = rows(server, "SELECT leader, term FROM sys.dm_hadr_cluster").await;
+    let r = r.first().cloned().unwrap_or_default();
+    let term = r.get(1).cloned().flatten().and_then(|t| t.parse().ok());
+    (r.first().cloned().flatten(), term.unwrap_or(0))
+}
+
+/// Safety rule 6, issue 9's cause 9: node ids come from replica names, so
+/// two clusters whose replicas are both called r1, r2 share node ids and
+/// Raft leader ids. Cluster X (a node r1 and a witness) is told to add
+/// "r2" at the endpoint of cluster Y's r2, with a Raft term above Y's (a
+/// leader of a lower term would be ignored, one of the same term taken for
+/// Y's own leader). Y's r2 refuses every request of X
+/// (its log says so, naming both clusters); X's ALTER CLUSTER ADD NODE
+/// fails naming both and X keeps no such member; Y keeps its members, its
+/// primary, its lease and its data, and replicates a write made after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_of_another_cluster_with_the_same_replica_names_is_refused_and_left_untouched() {
+    let y = Group::start_with(GroupSpec {
+        replicas: 2,
+        ..GroupSpec::default()
+    })
+    .await;
+    let y1 = y.nodes[R1].client(APP).await;
+    y1.batch_execute("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap_or_else(|e| panic!("writes on y's r1: {}", error_text(&e)));
+    drop(y1);
+    let y_members = members(&y.nodes[R1]).await;
+    assert_eq!(y_members.len(), 2, "y's members: {y_members:?}");
+    assert_eq!(members(&y.nodes[R2]).await, y_members);
+
+    // Cluster x: a node also called r1 and a witness, with a Raft term
+    // above y's: the witness campaigns while r1 is paused.
+    let x = TestServer::builder()
+        .replica("r1", free_port())
+        .start()
+        .await;
+    let xw_endpoint = free_port();
+    let xw = TestServer::builder()
+        .arg("--witness")
+        .replica("xw", xw_endpoint)
+        .start()
+        .await;
+    let form = format!(
+        "CREATE CLUSTER; ALTER CLUSTER ADD NODE 'xw' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{xw_endpoint}')"
+    );
+    x.client(DEFAULT_DB)
+        .await
+        .batch_execute(&form)
+        .await
+        .unwrap_or_else(|e| panic!("{form} on x: {}\n{}", error_text(&e), x.log_tail()));
+    let x_logs = || {
+        format!(
+            "===== x's r1 =====\n{}\n===== x's xw =====\n{}",
+            x.log_tail(),
+            xw.log_tail()
+        )
+    };
+    let (_, y_term) = leader_and_term(&y.nodes[R1]).await;
+    x.pause();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    x.resume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (leader, term) = leader_and_term(&x).await;
+        if leader.is_some() && term > y_term {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "x's term never passed y's ({y_term}): x at {term} led by {leader:?}\n{}",
+            x_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let add = format!(
+        "ALTER CLUSTER ADD NODE 'r2' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{}')",
+        y.endpoints[R2]
+    );
+    let added = tokio::time::timeout(
+        Duration::from_secs(60),
+        x.client(DEFAULT_DB).await.batch_execute(&add),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{add} on x: no answer within 60 s\n{}", x_logs()));
+    // Time for a wrongly accepted leader to do harm.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Y is untouched: same members on both nodes, r1 primary at epoch 1,
+    // taking writes that reach r2.
+    for i in [R1, R2] {
+        assert_eq!(
+            members(&y.nodes[i]).await,
+            y_members,
+            "y's members as r{} sees them after x tried to add y's r2\n{}\n{}",
+            i + 1,
+            y.logs(),
+            x_logs()
+        );
+        let row = group_row(&y.nodes[i]).await.expect("y's group row");
+        assert_eq!(
+            (row.primary_replica.as_str(), row.epoch),
+            ("r1", 1),
+            "y's group as r{} sees it\n{}",
+            i + 1,
+            y.logs()
+        );
+    }
+    let y1 = y.nodes[R1].client(APP).await;
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        y1.batch_execute("INSERT INTO t VALUES (3)"),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!(
+            "y's primary refused a write after x tried to add y's r2: {}\n{}\n{}",
+            error_text(&e),
+            y.logs(),
+            x_logs()
+        ),
+        Err(_) => panic!(
+            "y's primary did not answer a write within 10 s\n{}",
+            y.logs()
+        ),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let y2 = y.nodes[R2].client(APP).await;
+        let ids = query_text(&y2, "SELECT id FROM t ORDER BY id").await;
+        if matches!(&ids, Ok(r) if r.len() == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "y's r2 did not get the new row: {ids:?}\n{}",
+            y.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The refusal, on both sides, names both clusters.
+    let (x_id, y_id) = (id_of(&x).await, id_of(&y.nodes[R1]).await);
+    assert_ne!(x_id, y_id);
+    assert_eq!(id_of(&y.nodes[R2]).await, y_id);
+    match added {
+        Ok(()) => panic!("x added y's r2 as its own node\n{}\n{}", y.logs(), x_logs()),
+        Err(e) => {
+            let text = error_text(&e);
+            assert!(
+                text.contains(&x_id) && text.contains(&y_id) && text.contains("55000"),
+                "{add} on x must fail naming both clusters: {text}"
+            );
+        }
+    }
+    let x_members = members(&x).await;
+    assert!(
+        x_members.len() == 2 && x_members.iter().all(|m| m[0].as_deref() != Some("r2")),
+        "x keeps no member r2: {x_members:?}"
+    );
+    assert_eq!(id_of(&xw).await, x_id);
+    let y2_log = y.nodes[R2].log();
+    assert!(
+        y2_log.lines().any(|l| l.contains("WARN")
+            && l.contains("refused a cluster")
+            && l.contains(&x_id)
+            && l.contains(&y_id)),
+        "y's r2 logs the refused requests with both clusters\n{}",
+        y.nodes[R2].log_tail()
+    );
+    // Whichever of x's nodes leads sent the requests.
+    let x_log = x.log() + &xw.log();
+    assert!(
+        x_log
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("refused this node's") && l.contains(&y_id)),
+        "x logs that y's r2 refused it\n{}",
+        x_logs()
     );
 }

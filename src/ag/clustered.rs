@@ -15,19 +15,25 @@
 //!   most LEASE + MARGIN + TICK after its last renewal — when it was also
 //!   the cluster leader, or the election took longer than that, once the
 //!   new leader has applied its first entry.
+//! * A replica is a failover target only while its node answers the
+//!   leader: it answered a Raft request within [`REACHABLE_WITHIN`] (the
+//!   leader heartbeats every member every 50 ms), or it is the leader's
+//!   own. The observation comes from the cluster ([`Cluster::last_heard`]),
+//!   the decision from `failover.rs` ([`reachable`], [`decide`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::failover::{
-    decide, self_conditions, triggering, Decision, Observation, Policy, ProbeError,
+    decide, reachable, self_conditions, triggering, Contact, Decision, Observation, Policy,
+    ProbeError,
 };
 use super::Manager;
-use crate::cluster::{Cluster, Command, CommandResult};
+use crate::cluster::{node_id, Cluster, Command, CommandResult};
 use crate::engine::{monotonic_us, Closed, Database};
 use crate::group::ClusterType;
 use crate::replication::primary::SyncArbiter;
@@ -43,6 +49,12 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// How long a new primary has to take its first lease before the leader
 /// looks for another.
 pub const TAKE_OFFICE: Duration = Duration::from_secs(5);
+/// A replica whose node has not answered the cluster leader for this long
+/// (a lease: 16 heartbeats) is not a failover target.
+pub const REACHABLE_WITHIN: Duration = LEASE;
+/// How often the leader repeats that a failed primary cannot be replaced,
+/// while the reason stays the same.
+const BLOCKED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Keeps the primary's lease alive through the cluster until `stop`, and
 /// sets how long its databases may take writes.
@@ -295,14 +307,17 @@ impl SyncArbiter for ClusterArbiter {
 }
 
 /// On the cluster leader: replaces primaries whose lease ran out (or that
-/// report failures the policy counts), by the rules of [`decide`].
+/// report failures the policy counts), by the rules of [`decide`], with a
+/// replica whose node answers the leader ([`reachable`]).
 pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         // Groups whose primary has not taken a lease yet (new, or just
         // promoted), and since when: it gets time to do so.
-        let mut unleased: std::collections::HashMap<String, std::time::Instant> =
-            Default::default();
+        let mut unleased: HashMap<String, Instant> = Default::default();
+        // Per group, the last "cannot fail over" said, and when.
+        let mut blocked: HashMap<String, (String, Instant)> = Default::default();
+        let me = cluster.metrics().local.name;
         loop {
             tick.tick().await;
             let state = cluster.state();
@@ -316,9 +331,7 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                     continue; // not the leader
                 };
                 if record.lease.is_none() {
-                    let since = *unleased
-                        .entry(name.clone())
-                        .or_insert_with(std::time::Instant::now);
+                    let since = *unleased.entry(name.clone()).or_insert_with(Instant::now);
                     if since.elapsed() < TAKE_OFFICE {
                         continue;
                     }
@@ -326,14 +339,22 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                     unleased.remove(name);
                 }
                 if !expired {
+                    blocked.remove(name);
                     continue;
                 }
-                let reachable: BTreeSet<String> = config
+                let heard = cluster.last_heard();
+                let last_heard: BTreeMap<String, Instant> = config
                     .replicas
                     .iter()
-                    .filter(|r| !r.name.eq_ignore_ascii_case(&config.primary))
-                    .map(|r| r.name.clone())
+                    .filter_map(|r| Some((r.name.clone(), *heard.get(&node_id(&r.name))?)))
                     .collect();
+                let contact = Contact {
+                    leader: &me,
+                    last_heard: &last_heard,
+                    now: Instant::now(),
+                    within: REACHABLE_WITHIN,
+                };
+                let reachable = reachable(config, &contact);
                 let observation = Observation {
                     config,
                     synchronized: &record.synchronized,
@@ -347,6 +368,7 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                 };
                 match decide(&observation, policy) {
                     Decision::Failover { target, reason } => {
+                        blocked.remove(name);
                         tracing::warn!(group = %name, from = %config.primary, to = %target, "{reason}: promoting");
                         let promote = Command::Promote {
                             group: name.clone(),
@@ -360,9 +382,17 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                         }
                     }
                     Decision::Blocked { reason } => {
-                        tracing::warn!(group = %name, "primary failed, no automatic failover: {reason}");
+                        let repeat = blocked.get(name).is_some_and(|(said, at)| {
+                            *said == reason && at.elapsed() < BLOCKED_LOG_EVERY
+                        });
+                        if !repeat {
+                            tracing::warn!(group = %name, "primary failed, no automatic failover: {reason}");
+                            blocked.insert(name.clone(), (reason, Instant::now()));
+                        }
                     }
-                    Decision::Healthy => {}
+                    Decision::Healthy => {
+                        blocked.remove(name);
+                    }
                 }
             }
         }

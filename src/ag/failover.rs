@@ -24,8 +24,21 @@
 //! acknowledged commit (RPO 0) — and whose node the cluster currently hears
 //! from. Ties go to the first by name, so every leader decides alike.
 //! Read-scale groups (`CLUSTER_TYPE = NONE`) never fail over automatically.
+//!
+//! # Reachable
+//! A replica is reachable when its node is the cluster leader's own, or
+//! answered the leader within a bound ([`reachable`]; the caller passes the
+//! lease duration, 16 heartbeats). The synchronized set alone does not
+//! say a replica is alive: the primary takes a secondary out only once it
+//! notices the loss, so a secondary that dies with the primary (or just
+//! before it) stays in the set, and promoting it would leave the group with
+//! a primary that never takes office. A synchronized replica that is not
+//! reachable is never a target; when no other may take over, the decision
+//! is [`Decision::Blocked`] with "is not reachable" for it, and the next
+//! tick looks again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use crate::group::{AvailabilityMode, ClusterType, FailoverMode, GroupConfig};
 
@@ -152,6 +165,36 @@ pub struct Observation<'a> {
     pub conditions: &'a [Condition],
     /// Replicas whose nodes the cluster hears from.
     pub reachable: &'a BTreeSet<String>,
+}
+
+/// What the cluster leader observed of the nodes, for [`reachable`].
+#[derive(Debug, Clone)]
+pub struct Contact<'a> {
+    /// Name of the leader's own node (a replica of the group, or not).
+    pub leader: &'a str,
+    /// Per replica of the group, when its node last answered the leader.
+    pub last_heard: &'a BTreeMap<String, Instant>,
+    /// The leader's time now.
+    pub now: Instant,
+    /// How long since its last answer a node still counts as reachable.
+    pub within: Duration,
+}
+
+/// The group's replicas whose node the leader has heard from within
+/// `contact.within`, the leader's own replica included.
+pub fn reachable(config: &GroupConfig, contact: &Contact<'_>) -> BTreeSet<String> {
+    config
+        .replicas
+        .iter()
+        .filter(|r| {
+            r.name.eq_ignore_ascii_case(contact.leader)
+                || contact
+                    .last_heard
+                    .get(&r.name)
+                    .is_some_and(|at| contact.now.saturating_duration_since(*at) <= contact.within)
+        })
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 /// The verdict.
@@ -426,6 +469,81 @@ mod tests {
             w.decide(true, &[], Policy::default()),
             Decision::Blocked { .. }
         ));
+    }
+
+    #[test]
+    fn a_replica_is_reachable_when_it_answered_the_leader_within_the_bound() {
+        let w = World::standard();
+        let t0 = Instant::now();
+        let within = Duration::from_millis(800);
+        let heard: BTreeMap<String, Instant> = [
+            ("r1".to_string(), t0),
+            ("r2".to_string(), t0 + Duration::from_millis(100)),
+            ("r3".to_string(), t0 + Duration::from_millis(900)),
+        ]
+        .into();
+        let at = |now_ms: u64, leader: &str| {
+            let contact = Contact {
+                leader,
+                last_heard: &heard,
+                now: t0 + Duration::from_millis(now_ms),
+                within,
+            };
+            reachable(&w.config, &contact)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(900, "w1"), ["r2", "r3"], "r1 last answered 900 ms ago");
+        assert_eq!(at(800, "w1"), ["r1", "r2", "r3"], "the bound is inclusive");
+        assert_eq!(at(1_000, "w1"), ["r3"]);
+        assert_eq!(
+            at(5_000, "w1"),
+            Vec::<String>::new(),
+            "nobody answered lately"
+        );
+        assert_eq!(
+            at(5_000, "R2"),
+            ["r2"],
+            "the leader's own replica is reachable (names in any case)"
+        );
+        assert_eq!(
+            at(0, "w1"),
+            ["r1", "r2", "r3"],
+            "an answer stamped after now counts"
+        );
+    }
+
+    #[test]
+    fn a_synchronized_replica_the_leader_does_not_hear_from_is_never_promoted() {
+        let mut w = World::standard();
+        let t0 = Instant::now();
+        // r2 is first by name and synchronized, but its node went silent
+        // with the primary's; r3 answers.
+        let heard: BTreeMap<String, Instant> = [
+            ("r2".to_string(), t0),
+            ("r3".to_string(), t0 + Duration::from_secs(2)),
+        ]
+        .into();
+        let contact = Contact {
+            leader: "w1",
+            last_heard: &heard,
+            now: t0 + Duration::from_millis(2_100),
+            within: Duration::from_millis(800),
+        };
+        w.reachable = reachable(&w.config, &contact);
+        assert_eq!(target(&w.decide(true, &[], Policy::default())), Some("r3"));
+
+        // r3 out of the synchronized set too: nobody may take over, and the
+        // verdict says r2 is not reachable rather than promoting it.
+        for set in w.synchronized.values_mut() {
+            set.remove("r3");
+        }
+        match w.decide(true, &[], Policy::default()) {
+            Decision::Blocked { reason } => {
+                assert!(reason.contains("r2 is not reachable"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -825,8 +825,12 @@ impl Manager {
             .change_members(change)
             .await
             .map_err(|e| {
+                let hint = match e {
+                    crate::cluster::Error::WrongCluster { .. } => format!("the node at {endpoint_url} belongs to another cluster: name the endpoint of a node that is in no cluster yet"),
+                    _ => format!("check that the node runs with --name {name} and that its endpoint {endpoint_url} is reachable from the cluster's leader"),
+                };
                 Error::sql("55000", format!("cannot add node \"{name}\" to the cluster: {e}"))
-                    .with_hint(format!("check that the node runs with --name {name} and that its endpoint {endpoint_url} is reachable from the cluster's leader"))
+                    .with_hint(hint)
             })
     }
 

@@ -58,7 +58,7 @@ CREATE TABLE sys.dm_hadr_availability_replica_states(
 CREATE TABLE sys.dm_hadr_cluster(
     cluster_name TEXT, quorum_type_desc TEXT, quorum_state_desc TEXT,
     leader TEXT, term INTEGER, local_state_desc TEXT,
-    local_member_name TEXT, local_endpoint_url TEXT);
+    local_member_name TEXT, local_endpoint_url TEXT, cluster_id TEXT);
 CREATE TABLE sys.dm_hadr_cluster_members(
     member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
     number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
@@ -471,6 +471,9 @@ impl Snapshot {
             text(format!("{:?}", m.state).to_ascii_uppercase()),
             text(&m.local.name),
             text(format!("tcp://{}", m.local.endpoint)),
+            m.cluster_id
+                .as_ref()
+                .map_or(Value::Null, |id| text(id.as_str())),
         ]);
         let members = m
             .voters

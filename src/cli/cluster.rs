@@ -191,13 +191,13 @@ async fn status(target: &Target) -> Result<(), String> {
                 .map_err(|e| format!("{sql}: {e}"))
         }
     };
-    let cluster = query("SELECT cluster_name, quorum_state_desc, coalesce(leader, '(none)'), term, local_state_desc FROM sys.dm_hadr_cluster").await?;
+    let cluster = query("SELECT cluster_name, quorum_state_desc, coalesce(leader, '(none)'), term, local_state_desc, coalesce(cluster_id, '(none yet)') FROM sys.dm_hadr_cluster").await?;
     let rows = text_rows(&cluster);
     match rows.first() {
         None => println!("this node is not in a cluster (it joins one when an availability group with it is created)"),
         Some(r) => println!(
-            "cluster {}: {}, leader {}, term {}; this node is {}",
-            r[0], r[1], r[2], r[3], r[4]
+            "cluster {} (id {}): {}, leader {}, term {}; this node is {}",
+            r[0], r[5], r[1], r[2], r[3], r[4]
         ),
     }
     let members = query("SELECT member_name, endpoint_url, is_leader, is_local, member_type_desc FROM sys.dm_hadr_cluster_members ORDER BY member_name").await?;

@@ -263,7 +263,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         tokio::spawn(serve_endpoint(
             listener,
             groups.clone(),
-            cluster.as_ref().map(|c| c.raft().clone()),
+            cluster.as_ref().map(|c| c.rpc_server()),
             sessions,
         ));
     }

@@ -26,6 +26,12 @@
 //!   *through the cluster* before acknowledging commits that replica has
 //!   not hardened. `Promote` empties the set: the new primary re-adds each
 //!   secondary once it has caught up in the new epoch.
+//! * **One cluster** (`identity.rs`). Every cluster has an id, minted by
+//!   the node that forms it and adopted by each node from the first
+//!   request that adds it; every request between nodes carries it, and one
+//!   from another cluster is refused before Raft sees it. Node ids come
+//!   from replica names, so without it two clusters with the same replica
+//!   names would take each other's nodes for their own.
 //! * **Durability** (`store.rs`). The log, the vote and the committed and
 //!   purged markers are fsynced before openraft is told they are; the
 //!   snapshot is written by temp file + fsync + rename + directory fsync.
@@ -59,8 +65,10 @@
 //! it purged (keeping 100 entries); a node too far behind gets the snapshot.
 //!
 //! # Files
-//! `DATA_DIR/cluster/log` (log, vote, markers) and `DATA_DIR/cluster/snapshot`;
-//! formats in `store.rs` and `frame.rs`.
+//! `DATA_DIR/cluster/log` (log, vote, markers), `DATA_DIR/cluster/snapshot`
+//! and `DATA_DIR/cluster/id` (the cluster id); formats in `store.rs`,
+//! `frame.rs` and `identity.rs`. A directory with Raft state but no id
+//! (from before cluster ids) is refused at start with what to do.
 //!
 //! # Known limits
 //! * Commands reach the leader only: elsewhere [`Cluster::propose`] fails
@@ -75,10 +83,12 @@
 //!   has in flight), so the log grows until the voter returns.
 //! * The state is in memory and every snapshot is all of it: sized for
 //!   group definitions, not bulk data.
-//! * A request names its target node id, so a stale endpoint is refused,
-//!   but nothing yet tells two distinct clusters apart, and there is no TLS.
+//! * A request names its target node id and its cluster, so a stale
+//!   endpoint and another cluster's node are refused; but the id is not a
+//!   secret (no authentication), and there is no TLS.
 
 mod frame;
+mod identity;
 mod lease;
 mod network;
 mod state;
@@ -101,11 +111,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use frame::FrameError;
+pub use identity::{ClusterId, Refusal};
 pub use lease::LeaseClock;
-pub use network::{serve_rpc, RpcRequest, RpcResponse, TcpTransport, Transport, TransportError};
+pub use network::{
+    serve_rpc, Envelope, RpcRequest, RpcResponse, RpcServer, TcpTransport, Transport,
+    TransportError,
+};
 pub use state::{ClusterState, Command, CommandResult, GroupRecord, Lease, Partner};
 pub use store::StoreError;
 
+use identity::Identity;
 use lease::LeaseBook;
 
 /// A node's id in the cluster: stable for the node's life, never reused.
@@ -208,6 +223,15 @@ pub enum Error {
     /// The Raft node stopped (shut down, or a storage failure).
     #[error("the cluster manager on this node stopped ({0}); restart the node")]
     Stopped(String),
+    /// A node refused this cluster's request: it belongs to another
+    /// cluster (or to none, for a request that does not add it).
+    #[error("cluster node {node} refused: {refusal}")]
+    WrongCluster {
+        /// The node, as the member list names it.
+        node: String,
+        /// Its refusal (names both clusters and what to fix).
+        refusal: Refusal,
+    },
 }
 
 fn leader_hint(leader: &Option<(NodeId, Option<NodeInfo>)>) -> String {
@@ -261,6 +285,8 @@ pub struct ClusterMetrics {
     /// Members that follow the state without voting (stand-alone
     /// listeners).
     pub learners: BTreeMap<NodeId, NodeInfo>,
+    /// The cluster this node belongs to; none before it joins one.
+    pub cluster_id: Option<ClusterId>,
 }
 
 /// A change of the cluster's voters, made by the leader (forwarded to it
@@ -279,23 +305,18 @@ pub enum MemberChange {
 /// Makes `change` on this node's Raft, which must be the leader.
 pub(crate) async fn change_members_here(
     raft: &Raft<TypeConfig>,
+    identity: &Identity,
     change: MemberChange,
 ) -> Result<()> {
     let work = async {
         match change {
             MemberChange::Add(id, info) => {
-                raft.add_learner(id, info, true)
-                    .await
-                    .map_err(write_error)?;
+                add_learner(raft, identity, id, info).await?;
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
                     .map_err(write_error)?;
             }
-            MemberChange::AddLearner(id, info) => {
-                raft.add_learner(id, info, true)
-                    .await
-                    .map_err(write_error)?;
-            }
+            MemberChange::AddLearner(id, info) => add_learner(raft, identity, id, info).await?,
             MemberChange::Remove(id) => {
                 let learner = raft
                     .metrics()
@@ -321,12 +342,94 @@ pub(crate) async fn change_members_here(
         .unwrap_or(Err(Error::Timeout(MEMBERSHIP_TIMEOUT)))
 }
 
+/// Adds node `id` as a learner and waits until it caught up — or until it
+/// refuses this cluster (it belongs to another): then the learner is taken
+/// out again (when this call put it in) and the refusal returned at once.
+async fn add_learner(
+    raft: &Raft<TypeConfig>,
+    identity: &Identity,
+    id: NodeId,
+    info: NodeInfo,
+) -> Result<()> {
+    let was_member = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some();
+    // Only a refusal to this attempt counts.
+    identity.note_answered_by(id);
+    let add = async {
+        raft.add_learner(id, info.clone(), true)
+            .await
+            .map_err(write_error)?;
+        // openraft's blocking add returns once the learner is within its
+        // replication lag threshold (thousands of entries), answered or
+        // not: wait for its first acknowledgement too, so that a node that
+        // is not there, or refuses, never becomes a voter (whose joint
+        // configuration could then never commit).
+        let mut metrics = raft.metrics();
+        let acknowledged = metrics.wait_for(|m| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .is_some_and(Option::is_some)
+        });
+        acknowledged
+            .await
+            .map(drop)
+            .map_err(|_| Error::Stopped("the Raft node shut down".into()))
+    };
+    let refused = async {
+        loop {
+            if let Some(refusal) = identity.refused_by(id) {
+                return refusal;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        added = add => added,
+        refusal = refused => {
+            if !was_member {
+                remove_refused_learner(raft, id).await;
+            }
+            Err(Error::WrongCluster { node: info.to_string(), refusal })
+        }
+    }
+}
+
+/// Takes a learner that refused to join back out of the membership (best
+/// effort: the change that added it may still be committing).
+async fn remove_refused_learner(raft: &Raft<TypeConfig>, id: NodeId) {
+    let mut last = None;
+    for _ in 0..20 {
+        let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+        match raft.change_membership(change, false).await {
+            Ok(_) => return,
+            Err(e) => last = Some(write_error(e)),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(e) = last {
+        tracing::warn!(
+            "node {id} refused to join, and taking it out of the membership again failed: {e}; \
+             remove it with ALTER CLUSTER REMOVE NODE"
+        );
+    }
+}
+
 /// This node's member of the cluster. Dropping it stops its listener; call
 /// [`Cluster::shutdown`] to stop the Raft node too.
 pub struct Cluster {
     id: NodeId,
     info: NodeInfo,
     raft: Raft<TypeConfig>,
+    /// Which cluster this node belongs to (`identity.rs`).
+    identity: Arc<Identity>,
+    /// When each member last answered this node (`network.rs`).
+    contacts: Arc<network::Contacts>,
     state: watch::Receiver<ClusterState>,
     leases: Arc<Mutex<LeaseBook>>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -364,8 +467,18 @@ impl Cluster {
             .map_err(|e| Error::Config(e.to_string()))?;
         let leases = Arc::new(Mutex::new(LeaseBook::default()));
         let (log, state_machine) = store::open(dir, leases.clone())?;
+        let cluster_id = identity::load(dir)?;
+        if cluster_id.is_none() && (log.holds_state() || state_machine.has_snapshot()) {
+            return Err(StoreError::NoClusterId {
+                dir: dir.to_path_buf(),
+            }
+            .into());
+        }
+        let identity = Arc::new(Identity::new(dir, cluster_id));
         let state = state_machine.subscribe();
-        let network = network::NetworkFactory::new(id, transport);
+        let contacts = Arc::new(network::Contacts::default());
+        let network =
+            network::NetworkFactory::new(id, transport, identity.clone(), contacts.clone());
         let raft = Raft::new(id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
@@ -373,6 +486,8 @@ impl Cluster {
             id,
             info,
             raft,
+            identity,
+            contacts,
             state,
             leases,
             listener: Mutex::new(None),
@@ -401,27 +516,82 @@ impl Cluster {
         self.id
     }
 
-    /// The Raft node, e.g. to pass to [`serve_rpc`].
+    /// The Raft node (its metrics, or tests).
     pub fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
     }
 
+    /// When each other member last answered this node's Raft requests.
+    /// On the leader, which sends every member a heartbeat every 50 ms,
+    /// that is how recently it heard from each; elsewhere it says little.
+    pub fn last_heard(&self) -> BTreeMap<NodeId, Instant> {
+        self.contacts.last_heard()
+    }
+
+    /// The cluster this node belongs to; none before it forms or joins one.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.identity.current()
+    }
+
+    /// The receiving side of this node's cluster RPCs, to pass to
+    /// [`serve_rpc`].
+    pub fn rpc_server(&self) -> RpcServer {
+        RpcServer::new(self.raft.clone(), self.identity.clone())
+    }
+
+    /// The request frame of `request` to node `target`, from this node.
+    fn envelope(&self, target: NodeId, request: RpcRequest) -> Envelope {
+        Envelope {
+            target,
+            from: Some(self.id),
+            cluster: self.identity.current(),
+            request,
+        }
+    }
+
+    /// Sends `request` to the leader `id` (at `info`) for this node.
+    async fn forward_to(
+        &self,
+        id: NodeId,
+        info: &NodeInfo,
+        request: RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
+        let kind = request.kind();
+        let sent = self
+            .forward
+            .call(info, self.envelope(id, request), timeout)
+            .await;
+        match sent {
+            Ok(RpcResponse::WrongCluster(refusal)) => {
+                self.identity.note_refused_by(id, info, kind, &refusal);
+                Err(Error::WrongCluster {
+                    node: info.to_string(),
+                    refusal,
+                })
+            }
+            Ok(RpcResponse::Refused(reason)) => Err(Error::Forwarded(reason)),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(Error::Forwarded(e.to_string())),
+        }
+    }
+
     /// Serves cluster RPCs on `listener` until [`Cluster::shutdown`].
     pub fn listen(&self, listener: TcpListener) {
-        let raft = self.raft.clone();
+        let server = self.rpc_server();
         let task = tokio::spawn(async move {
             loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!(error = %e, "cluster endpoint accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
-                let raft = raft.clone();
+                let server = server.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_rpc(raft, stream).await {
+                    if let Err(e) = serve_rpc(server, stream, Some(peer)).await {
                         tracing::debug!(error = %e, "cluster RPC connection ended");
                     }
                 });
@@ -439,7 +609,8 @@ impl Cluster {
 
     /// Forms a new cluster of `members` (this node among them, as it was
     /// started). Call it on one node of a new cluster, once; the others
-    /// learn the membership from the leader.
+    /// learn the membership from the leader. The cluster's id is minted
+    /// here (unless this node holds one already) and made durable first.
     pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<()> {
         // The members' endpoints are the addresses partners reach them at
         // (ENDPOINT_URL), which may differ from the address a node listens
@@ -451,41 +622,50 @@ impl Cluster {
                 self.id, self.info.name
             )));
         }
-        self.raft.initialize(members).await.map_err(|e| match e {
+        let identity = self.identity.clone();
+        let (cluster_id, minted) =
+            tokio::task::spawn_blocking(move || identity.adopt(ClusterId::mint()))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                .map_err(|source| StoreError::Io {
+                    path: self.identity.path(),
+                    source,
+                })?;
+        let formed = self.raft.initialize(members).await;
+        if let (Err(RaftError::APIError(_)), true) = (&formed, minted) {
+            // Refused before anything was written: no cluster was formed.
+            self.identity.forget(&cluster_id);
+        }
+        formed.map_err(|e| match e {
             RaftError::APIError(InitializeError::NotAllowed(e)) => Error::Initialize(format!(
                 "this node already belongs to a cluster ({e}); add new nodes with add_voter"
             )),
             RaftError::APIError(e) => Error::Initialize(e.to_string()),
             RaftError::Fatal(f) => Error::Stopped(f.to_string()),
-        })
+        })?;
+        if minted {
+            tracing::info!("formed cluster {cluster_id}");
+        }
+        Ok(())
     }
 
     /// On the leader: adds node `id` as a voter once it has caught up with
     /// the log (it must be started and reachable at `info.endpoint`).
     pub async fn add_voter(&self, id: NodeId, info: NodeInfo) -> Result<()> {
-        change_members_here(&self.raft, MemberChange::Add(id, info)).await
+        change_members_here(&self.raft, &self.identity, MemberChange::Add(id, info)).await
     }
 
     /// Changes the voters from any node: made here when this node leads,
     /// else forwarded to the leader.
     pub async fn change_members(&self, change: MemberChange) -> Result<()> {
-        match change_members_here(&self.raft, change.clone()).await {
+        match change_members_here(&self.raft, &self.identity, change.clone()).await {
             Err(Error::NotLeader(Some((id, Some(info))))) => {
-                let sent = self
-                    .forward
-                    .call(
-                        id,
-                        &info,
-                        RpcRequest::ChangeMembers(change),
-                        MEMBERSHIP_TIMEOUT + PROPOSE_TIMEOUT,
-                    )
-                    .await;
-                match sent {
-                    Ok(RpcResponse::MembersChanged(Ok(()))) => Ok(()),
-                    Ok(RpcResponse::MembersChanged(Err(reason)))
-                    | Ok(RpcResponse::Refused(reason)) => Err(Error::Forwarded(reason)),
-                    Ok(other) => Err(Error::Forwarded(format!("unexpected answer {other:?}"))),
-                    Err(e) => Err(Error::Forwarded(e.to_string())),
+                let request = RpcRequest::ChangeMembers(change);
+                let timeout = MEMBERSHIP_TIMEOUT + PROPOSE_TIMEOUT;
+                match self.forward_to(id, &info, request, timeout).await? {
+                    RpcResponse::MembersChanged(Ok(())) => Ok(()),
+                    RpcResponse::MembersChanged(Err(reason)) => Err(Error::Forwarded(reason)),
+                    other => Err(Error::Forwarded(format!("unexpected answer {other:?}"))),
                 }
             }
             other => other,
@@ -505,17 +685,11 @@ impl Cluster {
     pub async fn propose_anywhere(&self, command: Command) -> Result<CommandResult> {
         match self.propose(command.clone()).await {
             Err(Error::NotLeader(Some((id, Some(info))))) => {
-                let sent = self
-                    .forward
-                    .call(id, &info, RpcRequest::Propose(command), PROPOSE_TIMEOUT)
-                    .await;
-                match sent {
-                    Ok(RpcResponse::Proposed(Ok(result))) => Ok(result),
-                    Ok(RpcResponse::Proposed(Err(reason))) | Ok(RpcResponse::Refused(reason)) => {
-                        Err(Error::Forwarded(reason))
-                    }
-                    Ok(other) => Err(Error::Forwarded(format!("unexpected answer {other:?}"))),
-                    Err(e) => Err(Error::Forwarded(e.to_string())),
+                let request = RpcRequest::Propose(command);
+                match self.forward_to(id, &info, request, PROPOSE_TIMEOUT).await? {
+                    RpcResponse::Proposed(Ok(result)) => Ok(result),
+                    RpcResponse::Proposed(Err(reason)) => Err(Error::Forwarded(reason)),
+                    other => Err(Error::Forwarded(format!("unexpected answer {other:?}"))),
                 }
             }
             other => other,
@@ -562,6 +736,7 @@ impl Cluster {
             last_applied: m.last_applied.map(|l| l.index),
             local: self.info.clone(),
             learners,
+            cluster_id: self.identity.current(),
         }
     }
 

@@ -19,25 +19,44 @@
 //! fine for a state of group definitions, not for bulk data.
 //!
 //! ```text
-//! request  = {"target": node id, "request": {"AppendEntries" | "Vote" | "InstallSnapshot": openraft's request}}
+//! request  = {"target": node id, "from": node id, "cluster": cluster id,
+//!             "request": {"AppendEntries" | "Vote" | "InstallSnapshot" | "Propose" | "ChangeMembers": …}}
 //! response = {"AppendEntries" | "Vote" | "InstallSnapshot": {"Ok": openraft's response} | {"Err": openraft's RaftError}}
-//!          | {"Refused": reason}
+//!          | {"Proposed": …} | {"MembersChanged": …}
+//!          | {"Refused": reason} | {"WrongCluster": Refusal}
 //! ```
 //! A request for another node id (a stale endpoint in the membership) or a
 //! malformed frame is answered `Refused` with the reason; after a malformed
 //! frame the server also closes the connection, since the stream has lost
-//! its framing.
+//! its framing. Every request then passes the cluster identity check
+//! (`identity.rs`): one from another cluster, or without a cluster id, is
+//! answered `WrongCluster` and never reaches Raft; a node in no cluster yet
+//! adopts the id of the first AppendEntries, Vote or InstallSnapshot it
+//! gets.
 //!
 //! # Errors to openraft
 //! A refused connection is `Unreachable` (openraft backs off before
-//! retrying), no answer within the RPC's time limit is `Timeout`, anything
-//! else on the way is `Network`, and the target's own error is
-//! `RemoteError`.
+//! retrying), and so is a `WrongCluster` answer (the endpoint is another
+//! cluster's node; the refusal is logged, throttled); no answer within the
+//! RPC's time limit is `Timeout`, anything else on the way is `Network`,
+//! and the target's own error is `RemoteError`.
+//!
+//! # Who answers ([`Contacts`])
+//! Every answer a node gets to its Raft requests (any answer but a
+//! refusal, a `RemoteError` included: the target is up and talking) is
+//! stamped with the time it arrived. On the leader, which sends every
+//! member a heartbeat every 50 ms, that is when each member was last heard
+//! from: the automatic failover's reachability (`ag/failover.rs`).
+//! openraft 0.9's metrics do not say it: per follower they hold only the
+//! matched log id, and only for the quorum the time of the last
+//! acknowledgement.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -52,6 +71,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, FrameError};
+use super::identity::{admit, ClusterId, Identity, Refusal, Verdict};
 use super::{NodeId, NodeInfo, TypeConfig};
 
 /// A Raft RPC.
@@ -68,6 +88,28 @@ pub enum RpcRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A change of the voters forwarded to the leader.
     ChangeMembers(super::MemberChange),
+}
+
+impl RpcRequest {
+    /// The request's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcRequest::Propose(_) => "Propose",
+            RpcRequest::AppendEntries(_) => "AppendEntries",
+            RpcRequest::Vote(_) => "Vote",
+            RpcRequest::InstallSnapshot(_) => "InstallSnapshot",
+            RpcRequest::ChangeMembers(_) => "ChangeMembers",
+        }
+    }
+
+    /// True for the requests that add a node to a cluster (what a new
+    /// cluster's leader, or a leader adding a node, sends it first).
+    fn joins(&self) -> bool {
+        matches!(
+            self,
+            RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_)
+        )
+    }
 }
 
 /// The answer to an [`RpcRequest`].
@@ -87,14 +129,25 @@ pub enum RpcResponse {
     Proposed(Result<super::CommandResult, String>),
     /// The outcome of a forwarded change of the voters.
     MembersChanged(Result<(), String>),
+    /// The request was refused by the cluster identity check: it came from
+    /// another cluster, or carried no cluster id (`identity.rs`).
+    WrongCluster(Refusal),
 }
 
 /// What travels in a request frame.
 #[derive(Debug, Serialize, Deserialize)]
-struct Envelope {
+pub struct Envelope {
     /// The node the sender means to reach.
-    target: NodeId,
-    request: RpcRequest,
+    pub target: NodeId,
+    /// The sending node, for the receiver's log.
+    #[serde(default)]
+    pub from: Option<NodeId>,
+    /// The sender's cluster (none only from a node in no cluster, or from
+    /// an availdb older than cluster ids: refused either way).
+    #[serde(default)]
+    pub cluster: Option<ClusterId>,
+    /// The request.
+    pub request: RpcRequest,
 }
 
 /// Why an RPC got no answer.
@@ -134,18 +187,28 @@ pub enum TransportError {
         /// Its reason.
         reason: String,
     },
+    /// The target belongs to another cluster (or to none, or runs an
+    /// availdb from before cluster ids).
+    #[error("cluster node {target} at {endpoint} refused the request: {refusal}")]
+    WrongCluster {
+        /// Target node.
+        target: NodeId,
+        /// Its endpoint.
+        endpoint: SocketAddr,
+        /// Why.
+        refusal: Refusal,
+    },
 }
 
 /// Carries one RPC to a node and brings back its answer. [`TcpTransport`]
 /// is the real one; tests plug in an in-process one.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `request` to node `target` (described by `node`) and waits at
-    /// most `timeout` for the answer.
+    /// Sends `envelope` to node `envelope.target` (described by `node`) and
+    /// waits at most `timeout` for the answer.
     fn call(
         &self,
-        target: NodeId,
         node: &NodeInfo,
-        request: RpcRequest,
+        envelope: Envelope,
         timeout: Duration,
     ) -> impl Future<Output = Result<RpcResponse, TransportError>> + Send;
 }
@@ -171,12 +234,11 @@ impl TcpTransport {
 impl Transport for TcpTransport {
     async fn call(
         &self,
-        target: NodeId,
         node: &NodeInfo,
-        request: RpcRequest,
+        envelope: Envelope,
         timeout: Duration,
     ) -> Result<RpcResponse, TransportError> {
-        let endpoint = node.endpoint;
+        let (target, endpoint) = (envelope.target, node.endpoint);
         let frame_err = |source| TransportError::Frame { target, source };
         let exchange = async {
             let mut stream = crate::net::connect(endpoint).await.map_err(|source| {
@@ -187,7 +249,7 @@ impl Transport for TcpTransport {
                 }
             })?;
             let mut bytes = self.preamble.clone();
-            frame::encode_into(&mut bytes, &Envelope { target, request });
+            frame::encode_into(&mut bytes, &envelope);
             let sent = async {
                 stream.set_nodelay(true)?;
                 stream.write_all(&bytes).await?;
@@ -210,14 +272,84 @@ impl Transport for TcpTransport {
     }
 }
 
-/// Serves the Raft RPCs arriving on one accepted connection until the peer
-/// closes it. Works on any stream: a dedicated port's, or the replication
-/// endpoint's after the caller has read its own discriminator.
-pub async fn serve_rpc<S>(raft: Raft<TypeConfig>, mut stream: S) -> Result<(), FrameError>
+/// The receiving side of cluster RPCs on one node: checks each request's
+/// target and cluster identity, then hands it to the local Raft node.
+#[derive(Clone)]
+pub struct RpcServer {
+    me: NodeId,
+    raft: Raft<TypeConfig>,
+    identity: Arc<Identity>,
+}
+
+impl RpcServer {
+    pub(crate) fn new(raft: Raft<TypeConfig>, identity: Arc<Identity>) -> RpcServer {
+        let me = raft.metrics().borrow().id;
+        RpcServer { me, raft, identity }
+    }
+
+    /// The answer to one request that arrived from `peer` (for the log).
+    pub(crate) async fn answer(&self, envelope: Envelope, peer: Option<SocketAddr>) -> RpcResponse {
+        let me = self.me;
+        if envelope.target != me {
+            return RpcResponse::Refused(format!(
+                "this is cluster node {me}, not node {}; the membership names a stale endpoint",
+                envelope.target
+            ));
+        }
+        let (kind, joins) = (envelope.request.kind(), envelope.request.joins());
+        let theirs = envelope.cluster.as_ref();
+        let mut verdict = admit(self.identity.current().as_ref(), theirs, kind, joins);
+        if let Verdict::Adopt(id) = verdict {
+            let identity = self.identity.clone();
+            let adopted = tokio::task::spawn_blocking(move || identity.adopt(id))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+            let held = match adopted {
+                Ok((held, true)) => {
+                    let from = envelope.from.map_or("?".into(), |n| n.to_string());
+                    let at = peer.map_or(String::new(), |p| format!(" at {p}"));
+                    tracing::info!(
+                        "this node joined cluster {held}: its first {kind} request came from                          node {from}{at}; requests of other clusters are refused from now on"
+                    );
+                    held
+                }
+                Ok((held, false)) => held,
+                Err(e) => {
+                    return RpcResponse::Refused(format!(
+                        "this node cannot record its cluster id in {} ({e}): fix its disk",
+                        self.identity.path().display()
+                    ))
+                }
+            };
+            verdict = admit(Some(&held), theirs, kind, joins);
+        }
+        match verdict {
+            Verdict::Accept => handle(&self.raft, &self.identity, envelope.request).await,
+            Verdict::Refuse(refusal) => {
+                self.identity
+                    .log_refused_request(&refusal, kind, envelope.from, peer);
+                RpcResponse::WrongCluster(refusal)
+            }
+            // Not after an adoption: the node holds an id then.
+            Verdict::Adopt(id) => {
+                RpcResponse::Refused(format!("this node could not take cluster id {id}; retry"))
+            }
+        }
+    }
+}
+
+/// Serves the Raft RPCs arriving on one accepted connection (from `peer`,
+/// for the log) until the peer closes it. Works on any stream: a dedicated
+/// port's, or the replication endpoint's after the caller has read its own
+/// discriminator.
+pub async fn serve_rpc<S>(
+    server: RpcServer,
+    mut stream: S,
+    peer: Option<SocketAddr>,
+) -> Result<(), FrameError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let me = raft.metrics().borrow().id;
     loop {
         let envelope: Envelope = match frame::read(&mut stream).await {
             Ok(Some(envelope)) => envelope,
@@ -229,20 +361,13 @@ where
                 return Err(e);
             }
         };
-        let response = if envelope.target == me {
-            handle(&raft, envelope.request).await
-        } else {
-            RpcResponse::Refused(format!(
-                "this is cluster node {me}, not node {}; the membership names a stale endpoint",
-                envelope.target
-            ))
-        };
+        let response = server.answer(envelope, peer).await;
         frame::write(&mut stream, &response).await?;
     }
 }
 
 /// Hands one request to the local Raft node.
-pub(crate) async fn handle(raft: &Raft<TypeConfig>, request: RpcRequest) -> RpcResponse {
+async fn handle(raft: &Raft<TypeConfig>, identity: &Identity, request: RpcRequest) -> RpcResponse {
     match request {
         RpcRequest::Propose(command) => {
             let write = raft.client_write(command);
@@ -258,7 +383,7 @@ pub(crate) async fn handle(raft: &Raft<TypeConfig>, request: RpcRequest) -> RpcR
             RpcResponse::AppendEntries(raft.append_entries(rpc).await)
         }
         RpcRequest::ChangeMembers(change) => RpcResponse::MembersChanged(
-            super::change_members_here(raft, change)
+            super::change_members_here(raft, identity, change)
                 .await
                 .map_err(|e| e.to_string()),
         ),
@@ -269,17 +394,47 @@ pub(crate) async fn handle(raft: &Raft<TypeConfig>, request: RpcRequest) -> RpcR
     }
 }
 
+/// When each node last answered this node's Raft requests (see the module
+/// docs).
+#[derive(Debug, Default)]
+pub(crate) struct Contacts {
+    heard: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+impl Contacts {
+    /// Node `id` answered at `at`.
+    fn heard(&self, id: NodeId, at: Instant) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let last = heard.entry(id).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// Per node, when it last answered.
+    pub(crate) fn last_heard(&self) -> BTreeMap<NodeId, Instant> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Makes a [`Peer`] per target for openraft.
 pub(crate) struct NetworkFactory<T> {
     me: NodeId,
     transport: Arc<T>,
+    identity: Arc<Identity>,
+    contacts: Arc<Contacts>,
 }
 
 impl<T> NetworkFactory<T> {
-    pub(crate) fn new(me: NodeId, transport: T) -> NetworkFactory<T> {
+    pub(crate) fn new(
+        me: NodeId,
+        transport: T,
+        identity: Arc<Identity>,
+        contacts: Arc<Contacts>,
+    ) -> NetworkFactory<T> {
         NetworkFactory {
             me,
             transport: Arc::new(transport),
+            identity,
+            contacts,
         }
     }
 }
@@ -293,6 +448,8 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
             target,
             node: node.clone(),
             transport: self.transport.clone(),
+            identity: self.identity.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -303,6 +460,8 @@ pub(crate) struct Peer<T> {
     target: NodeId,
     node: NodeInfo,
     transport: Arc<T>,
+    identity: Arc<Identity>,
+    contacts: Arc<Contacts>,
 }
 
 impl<T: Transport> Peer<T> {
@@ -312,11 +471,30 @@ impl<T: Transport> Peer<T> {
         option: &RPCOption,
         action: RPCTypes,
     ) -> Result<RpcResponse, RPCError<NodeId, NodeInfo, E>> {
+        let kind = request.kind();
+        let envelope = Envelope {
+            target: self.target,
+            from: Some(self.me),
+            cluster: self.identity.current(),
+            request,
+        };
         let result = self
             .transport
-            .call(self.target, &self.node, request, option.hard_ttl())
+            .call(&self.node, envelope, option.hard_ttl())
             .await;
         match result {
+            Ok(RpcResponse::WrongCluster(refusal)) => {
+                // Not a passing network fault: said loudly (throttled), and
+                // openraft backs off as from a node that is not there.
+                self.identity
+                    .note_refused_by(self.target, &self.node, kind, &refusal);
+                let e = TransportError::WrongCluster {
+                    target: self.target,
+                    endpoint: self.node.endpoint,
+                    refusal,
+                };
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
             Ok(RpcResponse::Refused(reason)) => {
                 let e = TransportError::Refused {
                     target: self.target,
@@ -324,7 +502,11 @@ impl<T: Transport> Peer<T> {
                 };
                 Err(RPCError::Network(NetworkError::new(&e)))
             }
-            Ok(response) => Ok(response),
+            Ok(response) => {
+                self.contacts.heard(self.target, Instant::now());
+                self.identity.note_answered_by(self.target);
+                Ok(response)
+            }
             Err(e @ TransportError::Unreachable { .. }) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
@@ -406,35 +588,80 @@ impl<T: Transport> RaftNetwork<TypeConfig> for Peer<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use openraft::Vote;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::cluster::Cluster;
+    use crate::cluster::{Cluster, Command};
 
-    async fn lone_node(dir: &std::path::Path) -> Cluster {
-        let info = NodeInfo {
+    fn info7() -> NodeInfo {
+        NodeInfo {
             name: "r7".into(),
             endpoint: "127.0.0.1:1".parse().unwrap(),
-        };
-        Cluster::start(7, info, dir).await.unwrap()
+        }
+    }
+
+    /// A node in no cluster yet.
+    async fn new_node(dir: &std::path::Path) -> Cluster {
+        Cluster::start(7, info7(), dir).await.unwrap()
+    }
+
+    /// A node that formed a cluster of its own.
+    async fn lone_node(dir: &std::path::Path) -> (Cluster, ClusterId) {
+        let cluster = new_node(dir).await;
+        cluster
+            .initialize(BTreeMap::from([(7, info7())]))
+            .await
+            .unwrap();
+        let id = cluster.cluster_id().expect("an id once formed");
+        (cluster, id)
     }
 
     fn vote() -> RpcRequest {
         RpcRequest::Vote(VoteRequest::new(Vote::new(1, 1), None))
     }
 
+    /// A heartbeat from a leader of a term far above the node's own:
+    /// taken, it moves the node's term there.
+    fn heartbeat() -> RpcRequest {
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            vote: Vote::new_committed(50, 8),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        })
+    }
+
+    fn envelope(cluster: Option<&ClusterId>, request: RpcRequest) -> Envelope {
+        Envelope {
+            target: 7,
+            from: Some(8),
+            cluster: cluster.cloned(),
+            request,
+        }
+    }
+
+    async fn ask(server: &RpcServer, envelope: Envelope) -> RpcResponse {
+        server.answer(envelope, None).await
+    }
+
+    fn term(cluster: &Cluster) -> u64 {
+        cluster.raft().metrics().borrow().current_term
+    }
+
     #[tokio::test]
     async fn requests_for_another_node_and_malformed_frames_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let cluster = lone_node(dir.path()).await;
+        let (cluster, id) = lone_node(dir.path()).await;
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let serving = tokio::spawn(serve_rpc(cluster.raft().clone(), server));
+        let serving = tokio::spawn(serve_rpc(cluster.rpc_server(), server, None));
 
         let misaddressed = Envelope {
             target: 8,
-            request: vote(),
+            ..envelope(Some(&id), vote())
         };
         frame::write(&mut client, &misaddressed).await.unwrap();
         match frame::read(&mut client).await.unwrap() {
@@ -442,11 +669,9 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         // The connection goes on: the next request is served.
-        let envelope = Envelope {
-            target: 7,
-            request: vote(),
-        };
-        frame::write(&mut client, &envelope).await.unwrap();
+        frame::write(&mut client, &envelope(Some(&id), vote()))
+            .await
+            .unwrap();
         let answer: Option<RpcResponse> = frame::read(&mut client).await.unwrap();
         assert!(matches!(answer, Some(RpcResponse::Vote(_))), "{answer:?}");
 
@@ -463,31 +688,133 @@ mod tests {
         cluster.shutdown().await.unwrap();
     }
 
+    /// Safety rule 6: a peer from another cluster is refused — whatever
+    /// the request, before Raft sees it — and one without a cluster id
+    /// too; the same cluster's requests are served.
+    #[tokio::test]
+    async fn a_request_from_another_cluster_is_refused_and_one_from_the_same_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, mine) = lone_node(dir.path()).await;
+        let server = cluster.rpc_server();
+        let theirs = ClusterId::mint();
+        let before = term(&cluster);
+        let requests = || {
+            vec![
+                heartbeat(),
+                vote(),
+                RpcRequest::Propose(Command::RemoveGroup("ag1".into())),
+                RpcRequest::ChangeMembers(super::super::MemberChange::Remove(9)),
+            ]
+        };
+        for request in requests() {
+            let kind = request.kind();
+            match ask(&server, envelope(Some(&theirs), request)).await {
+                RpcResponse::WrongCluster(refusal) => {
+                    assert_eq!(
+                        refusal,
+                        Refusal::Foreign {
+                            mine: mine.clone(),
+                            theirs: theirs.clone()
+                        }
+                    );
+                    let text = refusal.to_string();
+                    assert!(
+                        text.contains(mine.as_str()) && text.contains(theirs.as_str()),
+                        "the refusal names both clusters: {text}"
+                    );
+                }
+                other => panic!("{kind} from another cluster: {other:?}"),
+            }
+        }
+        for request in requests() {
+            let answer = ask(&server, envelope(None, request)).await;
+            assert!(
+                matches!(answer, RpcResponse::WrongCluster(Refusal::Anonymous { .. })),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(
+            term(&cluster),
+            before,
+            "Raft never saw the refused heartbeat"
+        );
+        assert_eq!(cluster.cluster_id(), Some(mine.clone()));
+
+        let answer = ask(&server, envelope(Some(&mine), heartbeat())).await;
+        assert!(
+            matches!(answer, RpcResponse::AppendEntries(Ok(_))),
+            "{answer:?}"
+        );
+        cluster
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.current_term == 50,
+                "the same cluster's heartbeat taken",
+            )
+            .await
+            .unwrap();
+        cluster.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_node_in_no_cluster_adopts_the_id_of_the_first_request_that_adds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = new_node(dir.path()).await;
+        let server = cluster.rpc_server();
+        let (a, b) = (ClusterId::mint(), ClusterId::mint());
+
+        let propose = RpcRequest::Propose(Command::RemoveGroup("ag1".into()));
+        match ask(&server, envelope(Some(&a), propose)).await {
+            RpcResponse::WrongCluster(Refusal::NotJoined { kind, theirs }) => {
+                assert_eq!((kind.as_str(), &theirs), ("Propose", &a))
+            }
+            other => panic!("a proposal to a node in no cluster: {other:?}"),
+        }
+        assert_eq!(cluster.cluster_id(), None, "a proposal does not add a node");
+
+        let answer = ask(&server, envelope(Some(&a), vote())).await;
+        assert!(matches!(answer, RpcResponse::Vote(Ok(_))), "{answer:?}");
+        assert_eq!(cluster.cluster_id(), Some(a.clone()));
+        let answer = ask(&server, envelope(Some(&b), vote())).await;
+        assert!(
+            matches!(answer, RpcResponse::WrongCluster(Refusal::Foreign { .. })),
+            "once in cluster a, cluster b is refused: {answer:?}"
+        );
+        cluster.shutdown().await.unwrap();
+        drop(cluster);
+
+        // The id is durable: the node restarts in cluster a.
+        let cluster = new_node(dir.path()).await;
+        assert_eq!(cluster.cluster_id(), Some(a));
+        cluster.shutdown().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_preamble_lets_cluster_rpcs_share_a_port() {
         let dir = tempfile::tempdir().unwrap();
-        let cluster = lone_node(dir.path()).await;
+        let (cluster, id) = lone_node(dir.path()).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let node = NodeInfo {
             name: "r7".into(),
             endpoint: listener.local_addr().unwrap(),
         };
-        let raft = cluster.raft().clone();
+        let rpc = cluster.rpc_server();
         let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let (mut stream, peer) = listener.accept().await.unwrap();
             assert_eq!(stream.read_u8().await.unwrap(), 0xA5, "the discriminator");
-            serve_rpc(raft, stream).await
+            serve_rpc(rpc, stream, Some(peer)).await
         });
         let transport = TcpTransport::with_preamble([0xA5]);
         let answer = transport
-            .call(7, &node, vote(), Duration::from_secs(10))
+            .call(&node, envelope(Some(&id), vote()), Duration::from_secs(10))
             .await;
         assert!(matches!(answer, Ok(RpcResponse::Vote(_))), "{answer:?}");
         server.await.unwrap().unwrap();
 
         // Nobody listens there any more.
         let answer = transport
-            .call(7, &node, vote(), Duration::from_secs(10))
+            .call(&node, envelope(Some(&id), vote()), Duration::from_secs(10))
             .await;
         assert!(
             matches!(answer, Err(TransportError::Unreachable { .. })),

@@ -93,6 +93,21 @@ pub enum StoreError {
         /// What is wrong.
         cause: String,
     },
+    /// Raft state without a cluster id: a data directory from before
+    /// cluster ids (`identity.rs`).
+    #[error(
+        "the cluster directory {} holds the Raft state of a cluster formed before availdb gave \
+         clusters an id, and no id: give that cluster one id — e.g. the output of `uuidgen` \
+         (1 to 64 ASCII letters, digits, '-', '_' or '.') — and write it, the same on every \
+         node of the cluster, to {} (e.g. `echo ID > {}`), then start the node again",
+        dir.display(),
+        dir.join(super::identity::ID_FILE).display(),
+        dir.join(super::identity::ID_FILE).display()
+    )]
+    NoClusterId {
+        /// The cluster directory.
+        dir: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -432,6 +447,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
 }
 
 impl LogStore {
+    /// True when the log holds anything Raft wrote: a vote, entries, or a
+    /// purge (a node that never joined a cluster has none of these).
+    pub(crate) fn holds_state(&self) -> bool {
+        let mem = lock(&self.mem);
+        mem.vote.is_some() || !mem.entries.is_empty() || mem.purged.is_some()
+    }
+
     /// Appends `records` durably, then applies them to the in-memory log.
     async fn write(&mut self, records: Vec<LogRecord>) -> io::Result<()> {
         let mut bytes = Vec::new();
@@ -554,6 +576,11 @@ impl StateMachineStore {
     /// A receiver that sees every applied change.
     pub(crate) fn subscribe(&self) -> watch::Receiver<ClusterState> {
         self.state.subscribe()
+    }
+
+    /// True when a snapshot was saved here.
+    pub(crate) fn has_snapshot(&self) -> bool {
+        lock(&self.snapshot).is_some()
     }
 }
 

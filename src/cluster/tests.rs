@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::{Raft, ServerState, SnapshotPolicy};
+use openraft::{ServerState, SnapshotPolicy};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -323,7 +323,7 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
 /// nobody reaches it.
 #[derive(Default)]
 struct Router {
-    nodes: Mutex<BTreeMap<NodeId, Raft<TypeConfig>>>,
+    nodes: Mutex<BTreeMap<NodeId, RpcServer>>,
     cut_off: Mutex<BTreeSet<NodeId>>,
 }
 
@@ -340,24 +340,24 @@ fn through_json<T: Serialize + serde::de::DeserializeOwned>(value: T) -> T {
 impl Transport for LocalTransport {
     async fn call(
         &self,
-        target: NodeId,
         node: &NodeInfo,
-        request: RpcRequest,
+        envelope: Envelope,
         timeout: Duration,
     ) -> Result<RpcResponse, TransportError> {
-        let raft = {
+        let target = envelope.target;
+        let server = {
             let cut_off = self.router.cut_off.lock().unwrap();
-            let raft = self.router.nodes.lock().unwrap().get(&target).cloned();
-            raft.filter(|_| !cut_off.contains(&self.me) && !cut_off.contains(&target))
+            let server = self.router.nodes.lock().unwrap().get(&target).cloned();
+            server.filter(|_| !cut_off.contains(&self.me) && !cut_off.contains(&target))
         };
-        let Some(raft) = raft else {
+        let Some(server) = server else {
             return Err(TransportError::Unreachable {
                 target,
                 endpoint: node.endpoint,
                 source: io::ErrorKind::ConnectionRefused.into(),
             });
         };
-        let answer = network::handle(&raft, through_json(request));
+        let answer = server.answer(through_json(envelope), None);
         match tokio::time::timeout(timeout, answer).await {
             Ok(response) => Ok(through_json(response)),
             Err(_) => Err(TransportError::Timeout {
@@ -393,7 +393,7 @@ async fn a_cut_off_leader_commits_nothing_while_the_majority_fails_over() {
             .nodes
             .lock()
             .unwrap()
-            .insert(id, cluster.raft().clone());
+            .insert(id, cluster.rpc_server());
         nodes.push(Some(cluster));
     }
     let seed = node(&nodes, 1);
@@ -462,5 +462,126 @@ async fn a_cut_off_leader_commits_nothing_while_the_majority_fails_over() {
 
     for n in nodes.iter().flatten() {
         n.shutdown().await.unwrap();
+    }
+}
+
+/// Safety rule 6, the cause 9: two clusters whose nodes have the
+/// same names have the same node ids and the same Raft leader ids. A
+/// cluster told to add the other's node gets its refusal at once (naming
+/// both clusters) and keeps no such member; the other cluster's node takes
+/// nothing from it and stays in its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_with_the_same_ids_is_refused_and_left_untouched() {
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let endpoints: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut listeners = listeners.into_iter();
+    // Cluster x: node 1 alone. Cluster y: nodes 1 and 2.
+    let x1 = start_tcp(1, dirs[0].path(), listeners.next().unwrap()).await;
+    let y1 = start_tcp(1, dirs[1].path(), listeners.next().unwrap()).await;
+    let y2 = start_tcp(2, dirs[2].path(), listeners.next().unwrap()).await;
+    x1.initialize(BTreeMap::from([(1, info(1, endpoints[0]))]))
+        .await
+        .unwrap();
+    let y_members = BTreeMap::from([(1, info(1, endpoints[1])), (2, info(2, endpoints[2]))]);
+    y1.initialize(y_members.clone()).await.unwrap();
+    let y = [Some(y1), Some(y2)];
+    eventually("cluster y's leader", || agreed_leader(&y).is_some()).await;
+    let put = Command::PutGroup(Box::new(group()));
+    assert_eq!(propose_on_leader(&y, put).await, CommandResult::Ok);
+    eventually("both of y's nodes to hold the group", || {
+        y.iter().flatten().all(|n| n.state().group("ag1").is_some())
+    })
+    .await;
+    let (x_id, y_id) = (
+        x1.cluster_id().unwrap(),
+        y[0].as_ref().unwrap().cluster_id().unwrap(),
+    );
+    assert_ne!(x_id, y_id);
+    assert_eq!(y[1].as_ref().unwrap().cluster_id(), Some(y_id.clone()));
+    let y2_before = y[1].as_ref().unwrap().state();
+
+    let started = std::time::Instant::now();
+    match x1.add_voter(2, info(2, endpoints[2])).await {
+        Err(e @ Error::WrongCluster { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(x_id.as_str()) && text.contains(y_id.as_str()),
+                "the refusal names both clusters: {text}"
+            );
+            assert!(!e.is_retryable());
+        }
+        other => panic!("cluster x added cluster y's node: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < MEMBERSHIP_TIMEOUT,
+        "the refusal came at once, not after a catch-up timeout"
+    );
+    eventually("cluster x to drop the refused learner", || {
+        let m = x1.metrics();
+        m.voters.len() == 1 && m.learners.is_empty()
+    })
+    .await;
+
+    // Give a wrongly accepted leader time to do harm, then look.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("cluster y to still agree on a leader", || {
+        agreed_leader(&y).is_some()
+    })
+    .await;
+    for n in y.iter().flatten() {
+        assert_eq!(n.metrics().voters, y_members, "cluster y's members");
+        assert_eq!(n.cluster_id(), Some(y_id.clone()));
+    }
+    assert_eq!(y[1].as_ref().unwrap().state().groups, y2_before.groups);
+    assert!(x1.state().groups.is_empty(), "x took nothing from y either");
+
+    x1.shutdown().await.unwrap();
+    for n in y.iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A cluster directory from before cluster ids (Raft state, no `id`) is
+/// refused with what to do; once given an id, the node starts in it.
+#[tokio::test]
+async fn a_store_from_before_cluster_ids_refuses_to_start_until_given_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = info(1, "127.0.0.1:1".parse().unwrap());
+    let node = Cluster::start(1, me.clone(), dir.path()).await.unwrap();
+    node.initialize(BTreeMap::from([(1, me.clone())]))
+        .await
+        .unwrap();
+    node.shutdown().await.unwrap();
+    drop(node);
+    std::fs::remove_file(dir.path().join("id")).unwrap();
+
+    match Cluster::start(1, me.clone(), dir.path()).await {
+        Err(e @ Error::Store(StoreError::NoClusterId { .. })) => {
+            let text = e.to_string();
+            let path = dir.path().join("id").display().to_string();
+            assert!(
+                text.contains(&path) && text.contains("the same on every node"),
+                "says what to do: {text}"
+            );
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a store without an id started"),
+    }
+    std::fs::write(dir.path().join("id"), "old-cluster-7\n").unwrap();
+    let node = Cluster::start(1, me, dir.path()).await.unwrap();
+    assert_eq!(node.cluster_id().unwrap().as_str(), "old-cluster-7");
+    node.shutdown().await.unwrap();
+
+    // A node that never joined a cluster has no Raft state and needs no id.
+    let fresh = tempfile::tempdir().unwrap();
+    let me = info(2, "127.0.0.1:1".parse().unwrap());
+    for _ in 0..2 {
+        let node = Cluster::start(2, me.clone(), fresh.path()).await.unwrap();
+        assert_eq!(node.cluster_id(), None);
+        node.shutdown().await.unwrap();
     }
 }

@@ -91,7 +91,7 @@ pub type SessionHandoff = Arc<dyn Fn(TcpStream, std::net::SocketAddr) + Send + S
 pub async fn serve_endpoint(
     listener: TcpListener,
     admission: Arc<dyn Admission>,
-    cluster: Option<crate::cluster::RaftHandle>,
+    cluster: Option<crate::cluster::RpcServer>,
     sessions: Option<SessionHandoff>,
 ) {
     loop {
@@ -119,10 +119,12 @@ pub async fn serve_endpoint(
                     }
                     let is_cluster = peeked && first == *crate::cluster::PREAMBLE;
                     match (is_cluster, cluster) {
-                        (true, Some(raft)) => {
+                        (true, Some(server)) => {
                             use tokio::io::AsyncReadExt;
                             let _ = socket.read_exact(&mut first).await;
-                            if let Err(e) = crate::cluster::serve_rpc(raft, socket).await {
+                            if let Err(e) =
+                                crate::cluster::serve_rpc(server, socket, Some(peer)).await
+                            {
                                 tracing::debug!(%peer, "cluster connection ended: {e}");
                             }
                         }
