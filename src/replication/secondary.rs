@@ -322,7 +322,7 @@ impl SecondaryDb {
         tokio::task::spawn_blocking(move || drop(db.intake()))
             .await
             .map_err(|e| e.to_string())?;
-        if self.image_pages.load(Ordering::Relaxed) > 0 {
+        if self.image_pending.load(Ordering::SeqCst) {
             return Err(format!(
                 "database \"{}\" is being seeded: its copy here is incomplete until the full image has arrived",
                 self.db.name()
@@ -363,6 +363,44 @@ impl SecondaryDb {
             }
             let _ = tokio::time::timeout(left, redone.changed()).await;
         }
+        self.cut_passing_image().await
+    }
+
+    /// After a drain: a full image written for another replica may have
+    /// been passing through when the intake closed (this copy, caught up
+    /// before it began, was not restarted by it). Its pages redone so far
+    /// are the file as it already was at the image's start, so the log is
+    /// cut back to that start: a new primary must not keep half an image in
+    /// its log, which a replica seeded from it would take for a whole one.
+    async fn cut_passing_image(&self) -> Result<(), String> {
+        if self.image_pages.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let Some(start) = *self.images.borrow() else {
+            return Ok(());
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let dir = db.log_dir().to_path_buf();
+            // The file held at the checkpoint what it held at `start`.
+            if crate::log::read_checkpoint(&dir).map_err(|e| e.to_string())? > start {
+                crate::log::write_checkpoint(&dir, start).map_err(|e| e.to_string())?;
+            }
+            db.log().truncate_from(start).map_err(|e| {
+                format!(
+                    "database \"{}\": cannot cut the unfinished full image at LSN {start} from the log: {e}",
+                    db.name()
+                )
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.db.set_applied_lsn(start);
+        for watch in [&self.written, &self.hardened, &self.redone] {
+            watch.send_replace(start);
+        }
+        self.image_pages.store(0, Ordering::Relaxed);
+        tracing::info!(database = %self.db.name(), lsn = start, "cut an unfinished full image (written for another replica) from the log before taking over");
         Ok(())
     }
 
@@ -1283,5 +1321,78 @@ mod tests {
         }
         group.stop();
         assert_eq!(count_rows(&db), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caught_up_secondary_takes_over_with_an_image_for_another_replica_half_received() {
+        // Issue 9's scenario: a full image written for another replica (a
+        // reseed after a rewind) passes through every secondary's stream.
+        // A caught-up secondary named primary while half of it had arrived
+        // refused to take over ("being seeded"), though its copy was whole;
+        // it takes over now, its log cut back to the image's start so it
+        // never hands half an image on as a whole one.
+        let dir = tempfile::tempdir().unwrap();
+        let primary =
+            Database::open("app", &dir.path().join("p.db"), &dir.path().join("plog")).unwrap();
+        let cancel = tokio::sync::Notify::new();
+        for sql in [
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 4000)",
+        ] {
+            let mut w = primary.writer(None, &cancel).await.unwrap();
+            run(w.conn().sqlite(), sql, &[], false).unwrap();
+            w.after_commit().unwrap();
+        }
+        let image_start = primary.write_base_image().await.unwrap();
+        let records = primary.log().read_from(0).unwrap();
+        let parts = records.iter().filter(|r| r.lsn >= image_start).count();
+        assert!(parts >= 2, "the image takes more than one record ({parts})");
+        // Everything up to the image, and its first part only.
+        let received: Vec<&Record> = records
+            .iter()
+            .take_while(|r| r.lsn <= image_start)
+            .collect();
+        assert!(received.last().unwrap().starts_image());
+        let raw: Vec<Vec<u8>> = received
+            .iter()
+            .map(|r| {
+                let mut bytes = Vec::new();
+                r.encode_into(&mut bytes);
+                bytes
+            })
+            .collect();
+        let db = Arc::new(
+            Database::open("app", &dir.path().join("s.db"), &dir.path().join("slog")).unwrap(),
+        );
+        let group = SecondaryGroup::start(
+            crate::group::fixtures::group(&["r1", "r2"]),
+            vec![db.clone()],
+        );
+        group
+            .receive("app", raw, records[0].epoch)
+            .await
+            .expect("the records are taken in");
+        let end = received.last().unwrap().end_lsn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.applied_lsn() < end {
+            assert!(
+                Instant::now() < deadline,
+                "redo stopped at {}",
+                db.applied_lsn()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        group
+            .drain_and_stop(Duration::from_secs(20))
+            .await
+            .expect("a caught-up copy takes over while another replica's image passes");
+        assert_eq!(
+            db.log().end_lsn(),
+            image_start,
+            "the half image is cut from the log"
+        );
+        assert_eq!(db.applied_lsn(), image_start);
+        assert_eq!(count_rows(&db), 4000, "every row is there");
     }
 }
