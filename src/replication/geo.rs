@@ -720,9 +720,11 @@ pub struct Forwarder {
     floor: watch::Sender<u64>,
     /// Bumped to ask the source for a full image.
     image_requests: watch::Sender<u64>,
-    /// The last request sent to a source (a request made while no source
-    /// was connected goes out when one connects).
-    requests_sent: AtomicU64,
+        /// The last request an image answered: every connection sends the
+    /// requests above it (one made while no source was connected, or sent
+    /// on a connection that dropped before the source acted on it, goes out
+    /// again when the next connects).
+    requests_answered: AtomicU64,
     /// Each connection takes a number; an older one stops taking records.
     generation: AtomicU64,
     /// The source's `Terminate` (planned, at LSN, handover), for
@@ -756,7 +758,7 @@ impl Forwarder {
             stop,
             floor,
             image_requests: watch::channel(0).0,
-            requests_sent: AtomicU64::new(0),
+                        requests_answered: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             termination: Mutex::new(None),
             failover_requests: watch::channel(0).0,
@@ -808,8 +810,8 @@ impl Forwarder {
                 within.as_secs()
             )
         })?;
-        // An image arrived: a request not yet sent is answered already.
-        self.requests_sent
+                // An image arrived: every request made so far is answered.
+        self.requests_answered
             .fetch_max(*self.image_requests.borrow(), Ordering::SeqCst);
         found
     }
@@ -945,11 +947,12 @@ async fn serve_loop(
         first_lsn: sdb.database().log().first_lsn(),
     };
     send(conn, report(&sdb), timeout).await?;
-    let mut pending = true;
+        // Requests not answered yet go out on this connection, whatever an
+    // earlier one did with them.
+    let mut sent = forwarder.requests_answered.load(Ordering::SeqCst);
     loop {
-        // A request made while no source was connected goes out now.
         let asked = *requests.borrow_and_update();
-        if pending && forwarder.requests_sent.fetch_max(asked, Ordering::SeqCst) < asked {
+        if asked > sent.max(forwarder.requests_answered.load(Ordering::SeqCst)) {
             send(
                 conn,
                 Message::ImageRequest {
@@ -959,7 +962,7 @@ async fn serve_loop(
             )
             .await?;
         }
-        pending = false;
+        sent = sent.max(asked);
         if forwarder.generation.load(Ordering::SeqCst) != generation {
             return Err(ReplicationError::Local(
                 "another connection of the source took the link".into(),
@@ -1002,7 +1005,7 @@ async fn serve_loop(
                 forwarder.note_progress();
                 send(conn, report(&sdb), timeout).await?
             }
-            _ = requests.changed() => pending = true,
+                        _ = requests.changed() => {}
             _ = failovers.changed() => send(conn, Message::FailoverRequest { database: source_db.clone() }, timeout).await?,
             _ = ping.tick() => {
                 if monotonic_us().saturating_sub(heard) > timeout.as_micros() as u64 {
