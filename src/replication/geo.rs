@@ -720,7 +720,7 @@ pub struct Forwarder {
     floor: watch::Sender<u64>,
     /// Bumped to ask the source for a full image.
     image_requests: watch::Sender<u64>,
-        /// The last request an image answered: every connection sends the
+    /// The last request an image answered: every connection sends the
     /// requests above it (one made while no source was connected, or sent
     /// on a connection that dropped before the source acted on it, goes out
     /// again when the next connects).
@@ -758,7 +758,7 @@ impl Forwarder {
             stop,
             floor,
             image_requests: watch::channel(0).0,
-                        requests_answered: AtomicU64::new(0),
+            requests_answered: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             termination: Mutex::new(None),
             failover_requests: watch::channel(0).0,
@@ -810,7 +810,7 @@ impl Forwarder {
                 within.as_secs()
             )
         })?;
-                // An image arrived: every request made so far is answered.
+        // An image arrived: every request made so far is answered.
         self.requests_answered
             .fetch_max(*self.image_requests.borrow(), Ordering::SeqCst);
         found
@@ -947,7 +947,7 @@ async fn serve_loop(
         first_lsn: sdb.database().log().first_lsn(),
     };
     send(conn, report(&sdb), timeout).await?;
-        // Requests not answered yet go out on this connection, whatever an
+    // Requests not answered yet go out on this connection, whatever an
     // earlier one did with them.
     let mut sent = forwarder.requests_answered.load(Ordering::SeqCst);
     loop {
