@@ -1267,4 +1267,125 @@ mod tests {
         group.stop();
         assert_eq!(count_rows(&db), 20);
     }
+
+    fn raw(records: &[Record]) -> Vec<Vec<u8>> {
+        records
+            .iter()
+            .map(|r| {
+                let mut bytes = Vec::new();
+                r.encode_into(&mut bytes);
+                bytes
+            })
+            .collect()
+    }
+
+    /// A secondary group of a fresh copy that took `records` in and redid
+    /// them.
+    async fn secondary_with(dir: &std::path::Path, records: &[Record]) -> Arc<SecondaryGroup> {
+        let db = Arc::new(Database::open("app", &dir.join("s.db"), &dir.join("slog")).unwrap());
+        let group = SecondaryGroup::start(crate::group::fixtures::group(&["r1", "r2"]), vec![db]);
+        let epoch = records[0].epoch;
+        group.receive("app", raw(records), epoch).await.unwrap();
+        let sdb = group.databases()[0].clone();
+        let end = records.last().unwrap().end_lsn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sdb.db.applied_lsn() < end {
+            assert!(
+                Instant::now() < deadline,
+                "redo stopped at {}",
+                sdb.db.applied_lsn()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        group
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_in_flight_when_a_promotion_closes_the_intake_is_refused_not_appended() {
+        // Issue 9 cause 2: a batch that passed the intake's first check
+        // before a promotion closed it was appended after the drain had
+        // measured the log, so the promoted database wrote on top of records
+        // it never redid. A batch in flight is now checked again under the
+        // intake lock the drain takes after closing.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 6).await;
+        let group = secondary_with(dir.path(), &records[..3]).await;
+        let db = group.databases()[0].db.clone();
+        let before = db.log().end_lsn();
+
+        // The intake lock is busy (another batch is being appended): the
+        // next batch waits for it, past the check made before the lock.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let _intake = db.intake();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        held_rx.recv().unwrap();
+        let in_flight = {
+            let group = group.clone();
+            let rest = raw(&records[3..]);
+            let epoch = records[0].epoch;
+            tokio::spawn(async move { group.receive("app", rest, epoch).await })
+        };
+        // Time for the batch to reach the lock.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let drain = {
+            let group = group.clone();
+            tokio::spawn(async move { group.drain_and_stop(Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+
+        drain.await.unwrap().expect("the drain succeeds");
+        let received = in_flight.await.unwrap();
+        assert!(
+            matches!(received, Err(ReplicationError::IntakeClosed)),
+            "a batch in flight when the intake closed must be refused: {received:?}"
+        );
+        assert_eq!(
+            (db.log().end_lsn(), db.applied_lsn()),
+            (before, before),
+            "after the drain the log must end where the drain found it, all of it redone"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_secondary_that_knows_a_newer_epoch_refuses_the_old_primarys_records() {
+        // Issue 9 cause 10: a deposed primary (its lease not yet over by
+        // its own clock) must not get records hardened, and so
+        // acknowledged, by a replica that knows a newer primary was named.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 4).await;
+        let old_epoch = records[0].epoch;
+        let group = secondary_with(dir.path(), &records[..2]).await;
+        let db = group.databases()[0].db.clone();
+        let before = db.log().end_lsn();
+        group.raise_epoch_floor(old_epoch + 1);
+        let received = group.receive("app", raw(&records[2..]), old_epoch).await;
+        assert!(
+            matches!(
+                received,
+                Err(ReplicationError::Superseded { epoch, newest })
+                    if epoch == old_epoch && newest == old_epoch + 1
+            ),
+            "{received:?}"
+        );
+        assert_eq!(
+            db.log().end_lsn(),
+            before,
+            "nothing of the batch is in the log"
+        );
+        // The new primary's link (the floor's epoch) is served.
+        let received = group
+            .receive("app", raw(&records[2..]), old_epoch + 1)
+            .await;
+        assert_eq!(received.unwrap(), records.last().unwrap().end_lsn());
+        group.stop();
+    }
 }
