@@ -5,6 +5,7 @@ pub mod ag;
 pub mod cli;
 pub mod cluster;
 pub mod crashpoint;
+pub mod durable;
 pub mod engine;
 pub mod frontend;
 pub mod group;

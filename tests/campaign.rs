@@ -1,11 +1,11 @@
-//! The fault campaign against real processes (issue 9; safety rules
-//! 1–4 and 7 of docs/ARCHITECTURE.md): a group of three real `availdb server` nodes as `availdb up`
-//! makes them (synchronous commit, automatic failover, under the embedded
-//! cluster; every link between nodes through the test proxy, so it can be
-//! cut) runs a mixed, bounded workload — bank transfers with a constant
-//! total, an acknowledged-id ledger, 4 MB transactions that keep redo
-//! behind, read-your-writes reads on other nodes — while a seeded nemesis
-//! injects one fault at a time: kill -9, SIGSTOP past the lease,
+//! The fault campaign against real processes (issue 9; safety rules 1–4 and
+//! 7 of docs/ARCHITECTURE.md): a group of three real `availdb server` nodes
+//! as `availdb up` makes them (synchronous commit, automatic failover,
+//! under the embedded cluster; every link between nodes through the test
+//! proxy, so it can be cut) runs a mixed, bounded workload — bank transfers
+//! with a constant total, an acknowledged-id ledger, 4 MB transactions that
+//! keep redo behind, read-your-writes reads on other nodes — while a seeded
+//! nemesis injects one fault at a time: kill -9, SIGSTOP past the lease,
 //! partitions, planned and forced failovers, definition changes,
 //! suspend/resume, kill -9 during seeding, rewind and promotion (crash
 //! points), and, as root, a full disk (`campaign/nemesis.rs` lists them).

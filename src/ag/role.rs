@@ -31,8 +31,10 @@
 //!    drain or promotion is retried after [`RETRY`]; nothing depends on
 //!    catching one particular event.
 //! 3. **Drain before promotion.** A secondary takes office only after its
-//!    intake is closed and every record in its log is hardened and redone;
-//!    the databases are then made writable *fenced* (`TakingOffice`).
+//!    intake is closed and every record in its log is hardened and redone
+//!    (never while its log restarted at a full image it has not wholly
+//!    redone); the databases are then made writable *fenced*
+//!    (`TakingOffice`).
 //! 4. **No second writer.** After a planned or forced failover the old
 //!    primary's lease may still run: the new primary opens its writes only
 //!    once the cluster records that the old one stepped down, or a lease

@@ -119,7 +119,7 @@ impl ConfigStore {
 
     /// Temp file, fsync, rename, fsync of the directory.
     fn write_durably(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        crate::durable::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             use std::io::Write;
@@ -127,7 +127,7 @@ impl ConfigStore {
             f.write_all(bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
+            crate::durable::sync_dir(&self.dir)
         };
         write().map_err(|e| io(path, e))
     }

@@ -212,7 +212,7 @@ fn load_config(path: &Path) -> Result<ConfigFile, String> {
 
 /// Runs a node until SIGTERM or Ctrl-C.
 pub async fn run_server(config: ServerConfig) -> Result<(), String> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+    crate::durable::create_dir_all(&config.data_dir).map_err(|e| {
         format!(
             "data directory {} is unusable: {e}",
             config.data_dir.display()

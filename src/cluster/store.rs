@@ -387,7 +387,7 @@ pub(crate) fn open(
     dir: &Path,
     leases: Arc<Mutex<LeaseBook>>,
 ) -> Result<(LogStore, StateMachineStore), StoreError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::durable::create_dir_all(dir).map_err(io_err(dir))?;
     let (file, mem) = open_log(dir)?;
     let snapshot = load_snapshot(dir)?;
     let state = snapshot

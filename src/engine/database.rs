@@ -1059,4 +1059,102 @@ mod tests {
         );
         assert_eq!(err.sqlstate(), "25006");
     }
+
+    #[tokio::test]
+    async fn a_promoted_database_takes_no_write_until_its_primary_part_opens_the_fence() {
+        // Issue 9 cause 3: promotion made the database writable at once,
+        // before its links and commit hook (and, under a cluster, its
+        // lease) were in place, and a promotion that failed half way left
+        // it so. It now stays RESOLVING until the primary part opens it.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open("app", &dir.path().join("a.db"), &dir.path().join("log")).unwrap();
+        db.set_fence(Fence::Secondary {
+            group: "ag1".into(),
+            primary: "r1".into(),
+        })
+        .unwrap();
+        db.promote("ag1", 2, 2).await.unwrap();
+        let cancel = Notify::new();
+        let refused = db.writer(None, &cancel).await.err();
+        assert!(
+            matches!(
+                &refused,
+                Some(Error::NotWritable {
+                    refusal: super::super::fence::Refusal::Resolving(Closed::TakingOffice),
+                    ..
+                })
+            ),
+            "a session's write: {refused:?}"
+        );
+        // Nor does a COMMIT on the writer connection get through (the
+        // fence is checked again by SQLite's commit hook).
+        let committed = db
+            .writer
+            .try_lock()
+            .unwrap()
+            .conn()
+            .sqlite()
+            .execute_batch("CREATE TABLE t(a)");
+        assert!(
+            committed.is_err(),
+            "a commit while taking office: {committed:?}"
+        );
+        assert_eq!(db.log().end_lsn(), 0, "nothing was captured");
+        db.set_fence(Fence::Primary(super::super::fence::PrimaryFence {
+            group: "ag1".into(),
+            epoch: 2,
+            log_epoch: 2,
+            writes: Writes::Until(monotonic_us() + 60_000_000),
+            hook: None,
+        }))
+        .unwrap();
+        let mut w = db.writer(None, &cancel).await.expect("open once leased");
+        w.conn()
+            .sqlite()
+            .execute_batch("CREATE TABLE t(a)")
+            .unwrap();
+        w.after_commit().unwrap();
+    }
+
+    #[test]
+    fn closing_a_database_never_checkpoints_a_commit_the_log_does_not_hold() {
+        // A COMMIT whose capture failed is in SQLite's WAL but not in the
+        // log. SQLite's default checkpoint when the last connection closes
+        // would copy it into the file, where recovery (which discards the
+        // WAL and redoes the log) cannot take it out again: the file would
+        // hold a transaction no replica has. SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE
+        // leaves checkpoints to availdb.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, log_dir) = (dir.path().join("a.db"), dir.path().join("log"));
+        {
+            let db = Database::open("app", &path, &log_dir).unwrap();
+            let mut w = db.writer.try_lock().unwrap();
+            w.conn()
+                .sqlite()
+                .execute_batch("CREATE TABLE t(a)")
+                .unwrap();
+            w.after_commit().unwrap();
+        }
+        let logged = {
+            // Recovery puts the logged table into the file.
+            let db = Database::open("app", &path, &log_dir).unwrap();
+            let w = db.writer.try_lock().unwrap();
+            // Committed in SQLite, never captured (as when capture fails).
+            w.conn()
+                .sqlite()
+                .execute_batch("INSERT INTO t VALUES (1)")
+                .unwrap();
+            db.log().end_lsn()
+        };
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        assert_eq!(db.log().end_lsn(), logged);
+        let rows: i64 = db
+            .reader()
+            .unwrap()
+            .conn()
+            .sqlite()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "the uncaptured commit reached the database file");
+    }
 }

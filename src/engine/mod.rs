@@ -88,14 +88,10 @@ impl Engine {
     /// default database on first start.
     pub fn open(data_dir: &Path) -> Result<Engine> {
         let dir = data_dir.join("databases");
-        let fresh = !dir.exists();
-        fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        crate::durable::create_dir_all(&dir).map_err(|source| Error::Io {
             context: format!("cannot create data directory {}", dir.display()),
             source,
         })?;
-        if fresh {
-            Engine::sync_dir_and_parent(&dir)?;
-        }
         let engine = Engine {
             dir,
             log_root: data_dir.join("log"),
@@ -125,6 +121,7 @@ impl Engine {
                     &engine.log_of(DEFAULT_DATABASE),
                 )?),
             );
+            sync_dir(&engine.dir)?;
         }
         drop(databases);
         Ok(engine)
@@ -197,15 +194,6 @@ impl Engine {
         sync_dir(&self.dir)
     }
 
-    /// Makes a new entry of `dir` durable, and `dir` itself in its parent.
-    fn sync_dir_and_parent(dir: &Path) -> Result<()> {
-        sync_dir(dir)?;
-        match dir.parent() {
-            Some(parent) => sync_dir(parent),
-            None => Ok(()),
-        }
-    }
-
     /// `DROP DATABASE name`: refused while any session uses it.
     pub fn drop_database(&self, name: &str) -> Result<()> {
         let mut databases = self.lock();
@@ -250,12 +238,10 @@ impl Engine {
 /// fsync of a directory: its entries (a new file, a new subdirectory) survive
 /// a power loss.
 fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io {
-            context: format!("cannot sync directory {}", dir.display()),
-            source,
-        })
+    crate::durable::sync_dir(dir).map_err(|source| Error::Io {
+        context: format!("cannot sync directory {}", dir.display()),
+        source,
+    })
 }
 
 fn remove_dir_if_present(dir: &Path) -> Result<()> {
@@ -307,6 +293,40 @@ mod tests {
         drop(engine);
         let engine = Engine::open(dir.path()).unwrap();
         assert_eq!(engine.names(), ["app", "availdb"]);
+    }
+
+    #[test]
+    fn the_folders_and_files_of_a_new_node_and_database_are_synced_in_their_parents() {
+        // Without these syncs a power loss can take a whole database (its
+        // file's entry, or its log folder's) that this node had already
+        // acknowledged writes or hardened records for.
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let data = root.join("data");
+        let engine = Engine::open(&data).unwrap();
+        let synced = crate::durable::synced_under(root);
+        for (folder, holds) in [
+            (root.to_path_buf(), "data/"),
+            (data.clone(), "databases/ and log/"),
+            (data.join("log"), "log/availdb/"),
+            (data.join("databases"), "availdb.db"),
+        ] {
+            assert!(
+                synced.contains(&folder),
+                "{} (holding {holds}) was never synced: {synced:?}",
+                folder.display()
+            );
+        }
+        let before = synced.len();
+        engine.create_database("app").unwrap();
+        let synced = &crate::durable::synced_under(root)[before..];
+        for folder in [data.join("log"), data.join("databases")] {
+            assert!(
+                synced.contains(&folder),
+                "{} was not synced for database app: {synced:?}",
+                folder.display()
+            );
+        }
     }
 
     #[test]

@@ -39,7 +39,9 @@
 //!   [`Log::open`] finishes).
 //! * New segments and the checkpoint file are made durable with an fsync of
 //!   the file and of the directory; the checkpoint file is replaced by
-//!   rename, so it is always either the old or the new LSN.
+//!   rename, so it is always either the old or the new LSN. A new log
+//!   folder (and any folder created above it) is synced in its parent
+//!   ([`crate::durable::create_dir_all`]).
 //!
 //! # Invariants
 //! * LSNs strictly increase; a record's LSN is where it starts in the log.

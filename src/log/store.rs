@@ -212,7 +212,7 @@ impl Log {
     /// Opens (or creates) the log in `dir`. A torn record at the very end is
     /// cut off — it was never acknowledged; damage anywhere else is an error.
     pub fn open(dir: &Path) -> Result<Log, LogError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::durable::create_dir_all(dir).map_err(io_err(dir))?;
         if let Some((lsn, epoch)) = read_restart_intent(dir)? {
             tracing::warn!(log = %dir.display(), lsn, epoch, "finishing a log restart that a crash interrupted");
             finish_restart(dir, lsn, epoch)?;
@@ -730,9 +730,7 @@ impl Log {
         file.set_len(lsn - seg.first_lsn)
             .map_err(io_err(&seg.path))?;
         file.sync_all().map_err(io_err(&seg.path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
+        sync_dir(&self.dir)?;
         tail.file = Arc::new(
             OpenOptions::new()
                 .append(true)
@@ -863,9 +861,7 @@ fn finish_restart(dir: &Path, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
@@ -896,9 +892,7 @@ fn create_segment(dir: &Path, path: &Path) -> Result<(), LogError> {
     File::create(path)
         .and_then(|f| f.sync_all())
         .map_err(io_err(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    sync_dir(dir)
 }
 
 fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, LogError> {
@@ -1005,6 +999,26 @@ mod tests {
             pages: vec![(n as u32, vec![n; 64])],
             flags: 0,
         }
+    }
+
+    #[test]
+    fn a_new_log_folder_is_made_durable_in_every_parent_folder_created_for_it() {
+        // A log whose segment and folder were fsynced can still vanish
+        // whole in a power loss if the folders created above it were never
+        // synced in their parents: records hardened (and acknowledged) gone.
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let dir = root.join("data/log/app");
+        Log::open(&dir).unwrap();
+        let synced = crate::durable::synced_under(root);
+        for parent in [root.to_path_buf(), root.join("data"), root.join("data/log")] {
+            assert!(
+                synced.contains(&parent),
+                "{} was not synced after a folder was created in it: {synced:?}",
+                parent.display()
+            );
+        }
+        assert!(synced.contains(&dir), "the new segment's entry: {synced:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,6 +392,39 @@ mod tests {
     }
 
     #[test]
+    fn a_record_with_a_valid_checksum_but_impossible_contents_refuses_the_whole_batch() {
+        // The checksum only says the bytes arrived as sent: a record whose
+        // contents cannot be (page 0, pages out of order, a 0-page
+        // database) is refused before anything of its batch is hardened,
+        // even the valid records before it.
+        let a = rec(0, 1, 1);
+        let local = Mem(vec![a.clone()], 0);
+        let intake = Intake {
+            epoch: 1,
+            rewind_to: None,
+        };
+        let good = rec(a.end_lsn(), 1, 2);
+        type Breaks = fn(&mut Record);
+        let cases: [(&str, Breaks); 3] = [
+            ("page 0", |r| r.pages[0].0 = 0),
+            ("0 pages", |r| r.db_size = 0),
+            ("page size 1000", |r| {
+                r.page_size = 1000;
+                r.pages[0].1 = vec![3; 1000];
+            }),
+        ];
+        for (what, break_it) in cases {
+            let mut bad = rec(good.end_lsn(), 1, 3);
+            break_it(&mut bad);
+            let outcome = check_batch(intake, &local, "app", vec![good.clone(), bad]);
+            assert!(
+                matches!(outcome, Err(ReplicationError::Corrupt { .. })),
+                "{what}: {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
     fn after_a_rewind_only_the_announced_image_restarts_the_log() {
         let local = Mem(vec![rec(0, 1, 1)], 0);
         let mut image = rec(5000, 2, 4);

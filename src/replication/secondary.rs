@@ -316,17 +316,27 @@ impl SecondaryDb {
     /// Hardens and redoes everything the log holds (the intake must be
     /// closed already, so the log's end no longer moves), within
     /// `deadline`: the file and the log then agree, ready for this node to
-    /// write on top of them. Refused while a full image is still arriving.
+    /// write on top of them.
+    ///
+    /// Refused while the log restarted at a full image (seeding, rewind)
+    /// whose last part is not redone: the file is then part old, part new.
+    /// That is the log's `image-pending`, which survives a restart of the
+    /// intake or of the node. A full image that merely passes through a
+    /// caught-up log (the primary appended it to seed or rewind another
+    /// replica) is no reason: its pages are this file's own at its LSN.
     pub async fn drain(&self, deadline: Instant) -> Result<(), String> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || drop(db.intake()))
             .await
             .map_err(|e| e.to_string())?;
-        if self.image_pending.load(Ordering::SeqCst) {
-            return Err(format!(
+        let seeding = || {
+            format!(
                 "database \"{}\" is being seeded: its copy here is incomplete until the full image has arrived",
                 self.db.name()
-            ));
+            )
+        };
+        if self.image_pages.load(Ordering::Relaxed) > 0 && self.db.log().image_pending().is_some() {
+            return Err(seeding());
         }
         // Parts of a transaction whose last part never came are cut when
         // the database becomes writable.
@@ -362,6 +372,10 @@ impl SecondaryDb {
                 ));
             }
             let _ = tokio::time::timeout(left, redone.changed()).await;
+        }
+        // Redoing the image's last part ends `image-pending`.
+        if self.db.log().image_pending().is_some() {
+            return Err(seeding());
         }
         self.cut_passing_image().await
     }
@@ -1258,8 +1272,8 @@ mod tests {
     use super::*;
     use crate::engine::{run, Database};
 
-    /// A primary database with `rows` committed rows, and its log's records.
-    async fn primary_with_rows(dir: &std::path::Path, rows: usize) -> Vec<Record> {
+    /// A primary database with `rows` committed rows.
+    async fn primary(dir: &std::path::Path, rows: usize) -> Database {
         let db = Database::open("app", &dir.join("p.db"), &dir.join("plog")).unwrap();
         let cancel = tokio::sync::Notify::new();
         for sql in std::iter::once("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)".to_string())
@@ -1269,7 +1283,36 @@ mod tests {
             run(w.conn().sqlite(), &sql, &[], false).unwrap();
             w.after_commit().unwrap();
         }
-        db.log().read_from(0).unwrap()
+        db
+    }
+
+    /// A primary database with `rows` committed rows, and its log's records.
+    async fn primary_with_rows(dir: &std::path::Path, rows: usize) -> Vec<Record> {
+        primary(dir, rows).await.log().read_from(0).unwrap()
+    }
+
+    /// A primary database with `rows` committed rows, its log's records,
+    /// and then a full image of it in parts of at most 64 KiB that it
+    /// appends to its log (to seed or rewind some replica).
+    async fn primary_with_rows_and_image(
+        dir: &std::path::Path,
+        rows: usize,
+    ) -> (Vec<Record>, Vec<Record>) {
+        let db = primary(dir, rows).await;
+        let commits = db.log().read_from(0).unwrap();
+        let cancel = tokio::sync::Notify::new();
+        let w = db.writer(None, &cancel).await.unwrap();
+        crate::engine::image::for_each_image_part_sized(w.conn().sqlite(), 1, 64 << 10, |part| {
+            db.log().append(part).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let image = db
+            .log()
+            .read_from(commits.last().unwrap().end_lsn())
+            .unwrap();
+        assert!(image.len() >= 3, "{} image parts", image.len());
+        (commits, image)
     }
 
     fn count_rows(db: &Database) -> i64 {
@@ -1321,6 +1364,196 @@ mod tests {
         }
         group.stop();
         assert_eq!(count_rows(&db), 20);
+    }
+
+    fn raw(records: &[Record]) -> Vec<Vec<u8>> {
+        records
+            .iter()
+            .map(|r| {
+                let mut bytes = Vec::new();
+                r.encode_into(&mut bytes);
+                bytes
+            })
+            .collect()
+    }
+
+    /// A secondary group of a fresh copy that took `records` in and redid
+    /// them.
+    async fn secondary_with(dir: &std::path::Path, records: &[Record]) -> Arc<SecondaryGroup> {
+        let db = Arc::new(Database::open("app", &dir.join("s.db"), &dir.join("slog")).unwrap());
+        let group = SecondaryGroup::start(crate::group::fixtures::group(&["r1", "r2"]), vec![db]);
+        let epoch = records[0].epoch;
+        group.receive("app", raw(records), epoch).await.unwrap();
+        let sdb = group.databases()[0].clone();
+        let end = records.last().unwrap().end_lsn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sdb.db.applied_lsn() < end {
+            assert!(
+                Instant::now() < deadline,
+                "redo stopped at {}",
+                sdb.db.applied_lsn()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        group
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_in_flight_when_a_promotion_closes_the_intake_is_refused_not_appended() {
+        // Issue 9 cause 2: a batch that passed the intake's first check
+        // before a promotion closed it was appended after the drain had
+        // measured the log, so the promoted database wrote on top of records
+        // it never redid. A batch in flight is now checked again under the
+        // intake lock the drain takes after closing.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 6).await;
+        let group = secondary_with(dir.path(), &records[..3]).await;
+        let db = group.databases()[0].db.clone();
+        let before = db.log().end_lsn();
+
+        // The intake lock is busy (another batch is being appended): the
+        // next batch waits for it, past the check made before the lock.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let _intake = db.intake();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        held_rx.recv().unwrap();
+        let in_flight = {
+            let group = group.clone();
+            let rest = raw(&records[3..]);
+            let epoch = records[0].epoch;
+            tokio::spawn(async move { group.receive("app", rest, epoch).await })
+        };
+        // Time for the batch to reach the lock.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let drain = {
+            let group = group.clone();
+            tokio::spawn(async move { group.drain_and_stop(Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+
+        drain.await.unwrap().expect("the drain succeeds");
+        let received = in_flight.await.unwrap();
+        assert!(
+            matches!(received, Err(ReplicationError::IntakeClosed)),
+            "a batch in flight when the intake closed must be refused: {received:?}"
+        );
+        assert_eq!(
+            (db.log().end_lsn(), db.applied_lsn()),
+            (before, before),
+            "after the drain the log must end where the drain found it, all of it redone"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_secondary_that_knows_a_newer_epoch_refuses_the_old_primarys_records() {
+        // Issue 9 cause 10: a deposed primary (its lease not yet over by
+        // its own clock) must not get records hardened, and so
+        // acknowledged, by a replica that knows a newer primary was named.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 4).await;
+        let old_epoch = records[0].epoch;
+        let group = secondary_with(dir.path(), &records[..2]).await;
+        let db = group.databases()[0].db.clone();
+        let before = db.log().end_lsn();
+        group.raise_epoch_floor(old_epoch + 1);
+        let received = group.receive("app", raw(&records[2..]), old_epoch).await;
+        assert!(
+            matches!(
+                received,
+                Err(ReplicationError::Superseded { epoch, newest })
+                    if epoch == old_epoch && newest == old_epoch + 1
+            ),
+            "{received:?}"
+        );
+        assert_eq!(
+            db.log().end_lsn(),
+            before,
+            "nothing of the batch is in the log"
+        );
+        // The new primary's link (the floor's epoch) is served.
+        let received = group
+            .receive("app", raw(&records[2..]), old_epoch + 1)
+            .await;
+        assert_eq!(received.unwrap(), records.last().unwrap().end_lsn());
+        group.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caught_up_secondary_with_part_of_an_image_appended_for_another_replica_takes_office()
+    {
+        // Found by scripts/transitions-scenario: a primary that rewinds a
+        // former primary appends a full image to its log, which every other
+        // secondary takes in as ordinary records. A caught-up secondary
+        // holding part of it refused to drain ("being seeded"), so a planned
+        // failover the cluster had already committed failed, and the group
+        // had no writable primary until the whole image was redone. Its
+        // pages are the file's own at that LSN: such a secondary may drain.
+        let dir = tempfile::tempdir().unwrap();
+        let (commits, image) = primary_with_rows_and_image(dir.path(), 60).await;
+        let group = secondary_with(dir.path(), &commits).await;
+        let epoch = image[0].epoch;
+        group.receive("app", raw(&image[..1]), epoch).await.unwrap();
+        let db = group.databases()[0].db.clone();
+        group
+            .drain_and_stop(Duration::from_secs(20))
+            .await
+            .expect("the drain succeeds");
+        // The half image is cut from the log: a new primary never hands it
+        // on as a whole one.
+        assert_eq!(
+            (db.log().end_lsn(), db.applied_lsn()),
+            (image[0].lsn, image[0].lsn)
+        );
+        db.promote("ag1", 2, 2).await.unwrap();
+        assert_eq!(count_rows(&db), 60);
+        let check: String = db
+            .reader()
+            .unwrap()
+            .conn()
+            .sqlite()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_whose_log_restarted_at_an_image_it_holds_only_part_of_never_drains() {
+        // A replica being seeded (its log restarted at a full image) holds
+        // a file part old, part new until the image's last part is redone:
+        // it must never become writable, even when its intake restarted (a
+        // definition change) and no longer counts the image's pages.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, image) = primary_with_rows_and_image(dir.path(), 60).await;
+        let db = Arc::new(
+            Database::open("app", &dir.path().join("s.db"), &dir.path().join("slog")).unwrap(),
+        );
+        let config = crate::group::fixtures::group(&["r1", "r2"]);
+        let seeding = SecondaryGroup::start(config.clone(), vec![db.clone()]);
+        let epoch = image[0].epoch;
+        seeding
+            .receive("app", raw(&image[..2]), epoch)
+            .await
+            .unwrap();
+        assert_eq!(db.log().image_pending(), Some((image[0].lsn, epoch)));
+        let refused = seeding.drain_and_stop(Duration::from_secs(20)).await;
+        assert!(refused.is_err(), "while seeding: {refused:?}");
+        seeding.stop();
+        let restarted = SecondaryGroup::start(config, vec![db.clone()]);
+        let refused = restarted.drain_and_stop(Duration::from_secs(20)).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("seeded")),
+            "after the intake restarted: {refused:?}"
+        );
+        restarted.stop();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

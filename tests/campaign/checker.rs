@@ -1,12 +1,12 @@
 //! The checks after the nemesis stopped, each a safety rule of
-//! docs/ARCHITECTURE.md ("Safety rules"): exactly one primary within seconds (rule 2, and liveness);
-//! on every replica every acknowledged id exactly once and nothing never
-//! sent (rule 1), the bank's total and every balance agreeing with the
-//! transfers, every large transaction whole (rule 4), `PRAGMA
-//! integrity_check` ok; every replica page-identical to the primary at the
-//! same LSN, and its log holding the same records at the same LSNs (rule
-//! 3). A failed check is a [`Violation`], never a panic, so the report
-//! always gets written.
+//! docs/ARCHITECTURE.md: exactly one primary within seconds (rule 2, and
+//! liveness); on every replica every acknowledged id exactly once and
+//! nothing never sent (rule 1), the bank's total and every balance
+//! agreeing with the transfers, every large transaction whole (rule 4),
+//! `PRAGMA integrity_check` ok; every replica page-identical to the
+//! primary at the same LSN, and its log holding the same records at the
+//! same LSNs (rule 3). A failed check is a [`Violation`], never a panic,
+//! so the report always gets written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
