@@ -415,6 +415,7 @@ GEO_LAG_SYSTEMS = [
 GEO_FORCED_PHASES = [
     ("rto", "FORCE_FAILOVER_ALLOW_DATA_LOSS starts → first commit in the new source's region (RTO)"),
     ("statement", "the FORCE_FAILOVER_ALLOW_DATA_LOSS statement"),
+    ("old_source_last_ack", "statement starts → the old source's last acknowledged commit"),
     ("old_source_refuses", "statement starts → the old source refuses writes (deposed)"),
     ("rejoin", "statement starts → the old source rejoined: link CATCH_UP, lag 0"),
 ]
@@ -776,7 +777,9 @@ def geo_markdown(doc):
         ]
         for x in g["planned"]:
             out.append(f"| {x['what']} | {x['n']} | {secs(x['p50'])} | {secs(x['p99'])} | {secs(x['max'])} | {secs(x['min'])} |")
-        out += ["", f"Acknowledged ids missing on the new source or (once it followed) the old one: {lost} of {acked}.", ""]
+        out += ["", f"Acknowledged ids missing on the new source or (once it followed) the old one: {lost} of {acked}. "
+                    "The writer's errors per trial, with when they were sent and answered, are in the CSV's `note` "
+                    "(`kind=geo_planned`, `phase=lost`).", ""]
     if g["termination"]:
         out += [
             "### geo planned termination (`ALTER DATABASE x REMOVE SECONDARY ON SERVER 'B'`) by database size",

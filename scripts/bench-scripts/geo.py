@@ -471,6 +471,7 @@ def forced_trial(k, src, dst, timeout, result):
         "statement_s": t_stmt - t0,
         "probe_attempts": probe["attempts"],
         "old_source_refuses_s": refused[4] - t0,
+        "old_source_last_ack_s": max((t for _, t in after), default=t0) - t0,
         "old_source_refusal": refused[3],
         "rejoin_s": t_ready - t0,
         "acked_before": len(before),
@@ -529,7 +530,8 @@ def planned_trial(k, src, dst, timeout, result):
         missing_src = []
     except RuntimeError:
         missing_src = sorted(ids - ids_in(src_db, "geo_pl", base, base + 1_000_000))
-    failed = [(e[1], e[3]) for e in errors if e[2] >= t0 - 0.1]
+    # Relative to the statement's start: (region, sent, answered, error).
+    failed = [(e[1], round(e[2] - t0, 4), round(e[4] - t0, 4), e[3]) for e in errors if e[2] >= t0 - 0.1]
     t = {
         "trial": k,
         "from": src.name,
@@ -543,10 +545,11 @@ def planned_trial(k, src, dst, timeout, result):
         "missing_old_source": len(missing_src),
         "failed_writes": len(failed),
         "failed_sample": failed[:10],
+        "errors_after_statement": sum(1 for f in failed if f[1] > t1 - t0),
     }
     log(f"planned {k}: {src.name} -> {dst.name}: FAILOVER took {t['statement_s']:.3f} s, longest gap between commits "
         f"{window:.3f} s; {len(acked)} acknowledged, {len(missing)} missing on {dst.name}, {len(missing_src)} on {src.name}; "
-        f"writer errors meanwhile: {failed[:5]}")
+        f"writer errors meanwhile (region, sent and answered s after the statement began, error): {failed[:5]}")
     result["planned"].append(t)
 
 
@@ -643,6 +646,7 @@ def csv_rows(r):
     for t in r["forced"]:
         sysname = f"{t['from']}->{t['to']}"
         for phase, key in (("rto", "rto_s"), ("statement", "statement_s"),
+                           ("old_source_last_ack", "old_source_last_ack_s"),
                            ("old_source_refuses", "old_source_refuses_s"), ("rejoin", "rejoin_s")):
             out.append({"kind": "geo_forced", "scenario": "geo", "system": sysname, "trial": t["trial"],
                         "phase": phase, "elapsed_s": f"{t[key]:.4f}"})
@@ -660,7 +664,9 @@ def csv_rows(r):
         out.append({"kind": "geo_planned", "scenario": "geo", "system": sysname, "trial": t["trial"], "phase": "lost",
                     "rows": t["missing_new_source"] + t["missing_old_source"], "expected_rows": t["acked"],
                     "failed": t["failed_writes"],
-                    "note": f"acknowledged ids missing: {t['missing_new_source']} on the new source, {t['missing_old_source']} on the old one"})
+                    "note": f"acknowledged ids missing: {t['missing_new_source']} on the new source, {t['missing_old_source']} on the old one; "
+                            f"writer errors (region, sent, answered s after the statement began): "
+                            + "; ".join(f"{f[0]} {f[1]:.3f} {f[2]:.3f} {f[3]}" for f in t["failed_sample"])})
     for e in r["termination"]:
         base = {"kind": "geo_termination", "scenario": "geo", "system": e["database"], "size_mb": e["size_mb"],
                 "bytes": e.get("bytes", "")}
