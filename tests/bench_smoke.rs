@@ -1,5 +1,5 @@
 //! The benchmark harness must not rot: `scripts/bench --smoke` runs its
-//! quick scenarios (the commit and rw matrix, lag, seeding) against this
+//! quick scenarios (the commit and rw matrix, lag, seeding, geo) against this
 //! build's binary and must exit 0 with a CSV and a JSON document holding
 //! every expected row; and the unit tests of its statistics module
 //! (`scripts/bench-scripts/test_benchlib.py`) must pass.
@@ -171,7 +171,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         Command::new("timeout")
             .args(["--kill-after=60", &SCRIPT_TIMEOUT_SECS.to_string(), "bash"])
             .arg(repo().join("scripts/bench"))
-            .args(["--smoke", "commit", "rw", "lag", "seeding"])
+            .args(["--smoke", "commit", "rw", "lag", "seeding", "geo"])
             .env("AVAILDB_BIN", env!("CARGO_BIN_EXE_availdb"))
             .env("BENCH_OUT", out.path())
             .env("BENCH_NO_INSTALL", "1")
@@ -231,6 +231,34 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         assert!(bytes > 1_000_000, "{phase}: {bytes} bytes");
     }
 
+    // geo: the lag of both systems, one forced and one planned geo-failover,
+    // the termination of the 1 MB database.
+    for system in ["availdb", "pg"] {
+        let rows = csv.matching(&[("kind", "geo_lag"), ("system", system)]);
+        assert_eq!(rows.len(), 1, "one geo lag result of {system}");
+        let p99: f64 = rows[0][csv.col("p99_ms")]
+            .parse()
+            .unwrap_or_else(|_| panic!("geo lag of {system}: p99 {:?}", rows[0]));
+        assert!(p99.is_finite(), "geo lag of {system}: p99 {p99}");
+    }
+    for (kind, phase) in [
+        ("geo_forced", "rto"),
+        ("geo_forced", "lost"),
+        ("geo_planned", "window"),
+        ("geo_planned", "lost"),
+        ("geo_termination", "termination"),
+    ] {
+        let rows = csv.matching(&[("kind", kind), ("phase", phase)]);
+        assert_eq!(rows.len(), 1, "one {kind} {phase} row");
+    }
+    let planned = csv.matching(&[("kind", "geo_planned"), ("phase", "lost")]);
+    assert_eq!(
+        planned[0][csv.col("rows")],
+        "0",
+        "no acknowledged row lost in a planned geo-failover: {:?}",
+        planned[0]
+    );
+
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(result_file(out.path(), "json")).expect("the JSON document"),
     )
@@ -270,6 +298,15 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
     );
     let md = std::fs::read_to_string(result_file(out.path(), "md")).expect("the markdown report");
     assert!(md.contains("### rw: "), "{md}");
+    assert!(md.contains("### geo lag: "), "{md}");
+    assert!(md.contains("availdb / PostgreSQL lag ratio"), "{md}");
+    assert!(
+        json["summary"]["geo"]["termination"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1),
+        "{}",
+        json["summary"]["geo"]
+    );
     if matplotlib_python().is_some() {
         let plots = std::fs::read_dir(out.path())
             .expect("the results folder")

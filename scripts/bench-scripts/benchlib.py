@@ -80,7 +80,7 @@ CSV_COLUMNS = [
     "kind", "scenario", "system", "clients", "trial", "seconds", "tps", "latency_avg_ms",
     "p50_ms", "p95_ms", "p99_ms", "failed", "transactions", "t_s", "replica",
     "redo_queue_bytes", "log_send_queue_bytes", "secondary_lag_s", "rows", "expected_rows",
-    "phase", "bytes", "elapsed_s", "mb_per_s", "note",
+    "phase", "bytes", "elapsed_s", "mb_per_s", "note", "max_ms", "size_mb",
 ]
 
 
@@ -182,6 +182,26 @@ def percentile(values, p):
     if not xs:
         return None
     return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)]
+
+
+def visibility_lags(acked, polls):
+    """Per acknowledged id, how long after its acknowledgement a copy showed
+    it: acked = [(id, ack time)], ids increasing; polls = [(start, end,
+    max id seen)] in time order, the max never decreasing. An id shows in
+    the first poll whose max reaches it, at that poll's midpoint. Returns
+    (lags in acked's order, number of ids no poll reached)."""
+    lags = []
+    unseen = 0
+    j = 0
+    for i, ack in acked:
+        while j < len(polls) and polls[j][2] < i:
+            j += 1
+        if j == len(polls):
+            unseen += 1
+            continue
+        start, end, _ = polls[j]
+        lags.append((start + end) / 2 - ack)
+    return lags, unseen
 
 
 def median(values):
@@ -387,6 +407,99 @@ def summarize_listener(rows):
     return out
 
 
+GEO_LAG_SYSTEMS = [
+    ("availdb", "availdb: region A → geo-secondary in region B (async), read on B's primary"),
+    ("pg", "PostgreSQL: primary → sync standby → async cascading standby, read on the cascade"),
+]
+# Phases of the geo failover trials, in table order: (phase, what).
+GEO_FORCED_PHASES = [
+    ("rto", "FORCE_FAILOVER_ALLOW_DATA_LOSS starts → first commit in the new source's region (RTO)"),
+    ("statement", "the FORCE_FAILOVER_ALLOW_DATA_LOSS statement"),
+    ("old_source_last_ack", "statement starts → the old source's last acknowledged commit"),
+    ("old_source_refuses", "statement starts → the old source refuses writes (deposed)"),
+    ("rejoin", "statement starts → the old source rejoined: link CATCH_UP, lag 0"),
+]
+GEO_PLANNED_PHASES = [
+    ("statement", "the ALTER DATABASE app FAILOVER statement"),
+    ("window", "write-unavailable window (longest gap between acknowledged commits)"),
+    ("old_source_follows", "statement starts → the old source follows: link CATCH_UP, lag 0"),
+]
+
+
+def spread(values):
+    """n, p50, p99, max and min of a list (None entries left out)."""
+    xs = [v for v in values if v is not None]
+    return {"n": len(xs), "p50": percentile(xs, 50), "p99": percentile(xs, 99),
+            "max": max(xs, default=None), "min": min(xs, default=None)}
+
+
+def summarize_geo(rows):
+    """The geo scenario's rows: lag percentiles per system with availdb /
+    PostgreSQL ratios, the sampled lag views, the failover trials'
+    percentiles and losses, and the termination per size."""
+    mine = [dict({c: "" for c in CSV_COLUMNS}, **r) for r in rows if r["kind"].startswith("geo_")]
+    if not mine:
+        return None
+    lag = []
+    for system, label in GEO_LAG_SYSTEMS:
+        for r in mine:
+            if r["kind"] == "geo_lag" and r["system"] == system:
+                samples = [number(x["secondary_lag_s"]) for x in mine
+                           if x["kind"] == "geo_lag_sample" and x["system"] == system]
+                lag.append({
+                    "system": system, "label": label, "seconds": number(r["seconds"]),
+                    "rate": number(r["tps"]), "commits": number(r["transactions"]), "seen": number(r["rows"]),
+                    "write_errors": number(r["failed"]), "commit_ms_mean": number(r["latency_avg_ms"]),
+                    **{f"{p}_s": None if number(r[f"{p}_ms"]) is None else number(r[f"{p}_ms"]) / 1000
+                       for p in ("p50", "p95", "p99", "max")},
+                    "view_samples": spread(samples), "note": r.get("note", ""),
+                })
+    by = {x["system"]: x for x in lag}
+    ratios = {}
+    if "availdb" in by and "pg" in by:
+        for p in ("p50", "p95", "p99", "max"):
+            ratios[p] = ratio(by["availdb"][f"{p}_s"], by["pg"][f"{p}_s"])
+
+    def trials(kind, phases):
+        out = []
+        for phase, what in phases:
+            xs = [number(r["elapsed_s"]) for r in mine if r["kind"] == kind and r["phase"] == phase]
+            if xs:
+                out.append({"phase": phase, "what": what, **spread(xs)})
+        return out
+
+    def per_trial(kind, phase):
+        return [{"trial": number(r["trial"]), "direction": r["system"], "rows": number(r["rows"]),
+                 "of": number(r["expected_rows"]), "elapsed_s": number(r["elapsed_s"])}
+                for r in mine if r["kind"] == kind and r["phase"] == phase]
+
+    sizes = {}
+    for r in mine:
+        if r["kind"] != "geo_termination":
+            continue
+        e = sizes.setdefault(r["system"], {"database": r["system"], "size_mb": number(r["size_mb"]),
+                                           "bytes": number(r["bytes"])})
+        if r["phase"] == "error":
+            e["error"] = r["note"]
+            continue
+        e[f"{r['phase']}_s"] = number(r["elapsed_s"])
+        if r["phase"] in ("fill", "seeding"):
+            e[f"{r['phase']}_mb_per_s"] = number(r["mb_per_s"])
+        if r["phase"] == "termination":
+            e["rows_b"] = number(r["rows"])
+            e["rows_a"] = number(r["expected_rows"])
+            e["termination_note"] = r["note"]
+    return {
+        "lag": lag, "lag_ratios": ratios,
+        "forced": trials("geo_forced", GEO_FORCED_PHASES),
+        "forced_lost": per_trial("geo_forced", "lost"),
+        "forced_discarded": per_trial("geo_forced", "discarded"),
+        "planned": trials("geo_planned", GEO_PLANNED_PHASES),
+        "planned_lost": per_trial("geo_planned", "lost"),
+        "termination": sorted(sizes.values(), key=lambda e: (e["size_mb"] is None, e["size_mb"])),
+    }
+
+
 def mb_per_s(nbytes, seconds):
     """Throughput in MB/s (10^6 bytes); None when it cannot be computed."""
     if nbytes is None or seconds is None or seconds <= 0:
@@ -463,6 +576,7 @@ def build_document(rows, meta, failover=None, patroni=None):
         "lag": summarize_lag(rows),
         "seeding": summarize_seeding(rows),
         "listener": summarize_listener(rows),
+        "geo": summarize_geo(rows),
     }
     if failover is not None:
         doc["failover"] = {"availdb": failover, "availdb_summary": failover_summary(failover)}
@@ -591,8 +705,105 @@ def listener_markdown(doc):
     return out
 
 
+def secs(x, digits=3):
+    return fmt(x, digits)
+
+
+def geo_markdown(doc):
+    g = doc["summary"].get("geo")
+    if not g:
+        return []
+    cfg = doc.get("config", {}).get("geo", {})
+    out = []
+    if g["lag"]:
+        out += [
+            f"### geo lag: single-row inserts at a steady {cfg.get('rate', '?')}/s for {cfg.get('seconds', '?')} s",
+            "",
+            "A writer commits one row per transaction at a fixed schedule on the source; a reader polls "
+            f"`SELECT max(id)` on the copy every ~{fmt(cfg.get('poll_ms'))} ms. An id's lag = the midpoint of the first "
+            "poll that showed it − the time its commit was acknowledged to the writer (one monotonic clock): each "
+            "figure includes up to one poll interval plus half a poll's round trip, on both systems alike. "
+            "Same client, same method, one after the other in this run.",
+            "",
+            "| system | commits | commits/s | writer's mean commit (ms) | lag p50 (s) | p95 (s) | p99 (s) | max (s) | lag view sampled every 0.5 s: p50 / p99 / max (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for x in g["lag"]:
+            v = x["view_samples"]
+            out.append(f"| {x['label']} | {fmt(x['commits'])} | {fmt(x['rate'], 1)} | {fmt(x['commit_ms_mean'], 2)} | "
+                       f"{secs(x['p50_s'])} | {secs(x['p95_s'])} | {secs(x['p99_s'])} | {secs(x['max_s'])} | "
+                       f"{secs(v['p50'])} / {secs(v['p99'])} / {secs(v['max'])} ({v['n']} samples) |")
+        if g["lag_ratios"]:
+            r = g["lag_ratios"]
+            out += ["", f"availdb / PostgreSQL lag ratio: p50 {fmt(r.get('p50'), 2)}, p95 {fmt(r.get('p95'), 2)}, "
+                        f"p99 {fmt(r.get('p99'), 2)}, max {fmt(r.get('max'), 2)}."]
+        out += ["", "The lag views: availdb's `replication_lag_sec` of the link in `sys.dm_geo_replication_link_status` "
+                    "on region A's primary; PostgreSQL's `replay_lag` of the cascading standby in the standby's "
+                    "`pg_stat_replication` (NULL, left out, while idle).", ""]
+    if g["forced"]:
+        n = max(x["n"] for x in g["forced"])
+        out += [
+            f"### geo forced failover (`ALTER DATABASE app FORCE_FAILOVER_ALLOW_DATA_LOSS` on the geo-secondary region's primary), {n} trial(s), alternating A → B and B → A",
+            "",
+            "A writer commits every ~10 ms on the source's primary throughout; a probe tries an insert in the "
+            "geo-secondary's region every 20 ms from the statement's start. Both regions are reachable, so the old "
+            "source is deposed, rewound and follows the new one before the next trial.",
+            "",
+            "| measure | trials | p50 (s) | p99 (s) | max (s) | min (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for x in g["forced"]:
+            out.append(f"| {x['what']} | {x['n']} | {secs(x['p50'])} | {secs(x['p99'])} | {secs(x['max'])} | {secs(x['min'])} |")
+        disc = {t["trial"]: t for t in g["forced_discarded"]}
+        out += ["", "| trial | direction | acknowledged before the statement, lost | oldest lost commit's age at the statement (s) | acknowledged on the old source after it began, discarded |",
+                "|---:|---|---:|---:|---:|"]
+        for t in g["forced_lost"]:
+            d = disc.get(t["trial"], {})
+            out.append(f"| {t['trial']} | {t['direction']} | {fmt(t['rows'])} of {fmt(t['of'])} | {secs(t['elapsed_s'])} | "
+                       f"{fmt(d.get('rows'))} of {fmt(d.get('of'))} |")
+        out.append("")
+    if g["planned"]:
+        n = max(x["n"] for x in g["planned"])
+        lost = sum(t["rows"] or 0 for t in g["planned_lost"])
+        acked = sum(t["of"] or 0 for t in g["planned_lost"])
+        out += [
+            f"### geo planned failover (`ALTER DATABASE app FAILOVER` on the geo-secondary region's primary), {n} trial(s), alternating",
+            "",
+            "A writer that knows both regions commits every ~10 ms on whichever takes its writes (after an error it "
+            "tries the other region).",
+            "",
+            "| measure | trials | p50 (s) | p99 (s) | max (s) | min (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for x in g["planned"]:
+            out.append(f"| {x['what']} | {x['n']} | {secs(x['p50'])} | {secs(x['p99'])} | {secs(x['max'])} | {secs(x['min'])} |")
+        out += ["", f"Acknowledged ids missing on the new source or (once it followed) the old one: {lost} of {acked}. "
+                    "The writer's errors per trial, with when they were sent and answered, are in the CSV's `note` "
+                    "(`kind=geo_planned`, `phase=lost`).", ""]
+    if g["termination"]:
+        out += [
+            "### geo planned termination (`ALTER DATABASE x REMOVE SECONDARY ON SERVER 'B'`) by database size",
+            "",
+            "Per size, a new database in region A's group filled with 1 MB transactions of randomblob rows, then "
+            "`ADD SECONDARY ON SERVER 'B'` (seeded from a full image), `sys.wait_for_database_copy_sync` (repeated "
+            "until it returns), the link CATCH_UP with lag 0, and the planned termination timed; no writes meanwhile.",
+            "",
+            "| database | MB (file) | fill (s) | seeding: ADD → copy in sync (s) | seeding MB/s | ADD → CATCH_UP, lag 0 (s) | **termination (s)** | rows in B / A after |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for e in g["termination"]:
+            mb = None if e.get("bytes") is None else e["bytes"] / 1e6
+            tail = f"{fmt(e.get('rows_b'))} / {fmt(e.get('rows_a'))}"
+            if e.get("error"):
+                tail = f"**{e['error'][:200]}**"
+            out.append(f"| `{e['database']}` | {fmt(mb, 1)} | {secs(e.get('fill_s'), 1)} | {secs(e.get('seeding_s'), 1)} | "
+                       f"{fmt(e.get('seeding_mb_per_s'), 1)} | {secs(e.get('caught_up_s'), 1)} | **{secs(e.get('termination_s'))}** | {tail} |")
+        out.append("")
+    return out
+
+
 def report_markdown(doc):
-    """The tables this module owns (matrix, lag, seeding, listener), as markdown."""
+    """The tables this module owns (matrix, lag, seeding, listener, geo), as markdown."""
     out = []
     m = matrix_markdown(doc)
     if m:
@@ -606,6 +817,9 @@ def report_markdown(doc):
     lst = listener_markdown(doc)
     if lst:
         out += ["## listener: select-only TPS, direct and through the listener", ""] + lst
+    geo = geo_markdown(doc)
+    if geo:
+        out += ["## geo: geo-replication between two regions (`availdb up --regions 2`) vs PostgreSQL cascading replication", ""] + geo
     return "\n".join(out)
 
 

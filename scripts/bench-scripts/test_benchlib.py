@@ -159,6 +159,17 @@ class Statistics(unittest.TestCase):
         self.assertIsNone(benchlib.mb_per_s(1, 0))
         self.assertIsNone(benchlib.mb_per_s(None, 1))
 
+    def test_visibility_lags_take_the_first_poll_that_reached_each_id(self):
+        acked = [(1, 10.0), (2, 10.5), (3, 11.0), (4, 12.0)]
+        polls = [(10.0, 10.2, 0), (10.4, 10.6, 2), (11.0, 11.2, 2), (11.2, 11.4, 3)]
+        lags, unseen = benchlib.visibility_lags(acked, polls)
+        # id 1 and 2 first show at 10.5 (midpoint of 10.4..10.6), id 3 at 11.3; id 4 never.
+        for got, want in zip(lags, [0.5, 0.0, 0.3]):
+            self.assertAlmostEqual(got, want)
+        self.assertEqual((len(lags), unseen), (3, 1))
+        self.assertEqual(benchlib.visibility_lags([], polls), ([], 0))
+        self.assertEqual(benchlib.visibility_lags(acked, []), ([], 4))
+
     def test_number(self):
         for cell, want in [("3", 3), ("2.5", 2.5), ("", None), ("error", None), (None, None), ("end", None)]:
             self.assertEqual(benchlib.number(cell), want, cell)
@@ -264,6 +275,70 @@ class Summaries(unittest.TestCase):
         self.assertEqual(s["kill_failover_s"], {"n": 3, "p50": 1.5, "p99": 2.0, "max": 2.0, "min": 1.0})
         self.assertEqual(s["planned_window_s"]["n"], 1)
         self.assertIsNone(benchlib.failover_summary(None))
+
+
+def geo_rows():
+    rows = [
+        {"kind": "geo_lag", "scenario": "geo", "system": "availdb", "seconds": "30", "tps": "199.5",
+         "transactions": "6000", "rows": "6000", "failed": "0", "latency_avg_ms": "2.5",
+         "p50_ms": "40", "p95_ms": "80", "p99_ms": "120", "max_ms": "300"},
+        {"kind": "geo_lag", "scenario": "geo", "system": "pg", "seconds": "30", "tps": "200",
+         "transactions": "6000", "rows": "6000", "failed": "0", "latency_avg_ms": "1.5",
+         "p50_ms": "10", "p95_ms": "20", "p99_ms": "40", "max_ms": "50"},
+        {"kind": "geo_lag_sample", "scenario": "geo", "system": "availdb", "t_s": "0.5", "secondary_lag_s": "0"},
+        {"kind": "geo_lag_sample", "scenario": "geo", "system": "availdb", "t_s": "1.0", "secondary_lag_s": "0.2"},
+        {"kind": "geo_lag_sample", "scenario": "geo", "system": "pg", "t_s": "0.5", "secondary_lag_s": ""},
+    ]
+    for trial, (rto, lost) in enumerate([(1.5, 0), (2.5, 3), (0.5, 1)]):
+        d = "A->B" if trial % 2 == 0 else "B->A"
+        rows.append({"kind": "geo_forced", "scenario": "geo", "system": d, "trial": str(trial), "phase": "rto", "elapsed_s": str(rto)})
+        rows.append({"kind": "geo_forced", "scenario": "geo", "system": d, "trial": str(trial), "phase": "lost",
+                     "rows": str(lost), "expected_rows": "100", "elapsed_s": "0.05" if lost else "0"})
+        rows.append({"kind": "geo_forced", "scenario": "geo", "system": d, "trial": str(trial), "phase": "discarded",
+                     "rows": "7", "expected_rows": "7"})
+        rows.append({"kind": "geo_planned", "scenario": "geo", "system": d, "trial": str(trial), "phase": "window", "elapsed_s": str(rto / 10)})
+        rows.append({"kind": "geo_planned", "scenario": "geo", "system": d, "trial": str(trial), "phase": "lost",
+                     "rows": "0", "expected_rows": "150"})
+    for mb, term in [(1000, 0.02), (1, 0.01)]:
+        base = {"kind": "geo_termination", "scenario": "geo", "system": f"geo_term_{mb}mb", "size_mb": str(mb),
+                "bytes": str(mb * 1_050_000)}
+        rows.append({**base, "phase": "seeding", "elapsed_s": str(mb / 50), "mb_per_s": "52.5"})
+        rows.append({**base, "phase": "termination", "elapsed_s": str(term), "rows": str(mb * 1000),
+                     "expected_rows": str(mb * 1000)})
+    rows.append({"kind": "run", "scenario": "commit", "system": "pg", "clients": "1", "trial": "1", "tps": "5"})
+    return [{k: str(v) for k, v in r.items()} for r in rows]
+
+
+class Geo(unittest.TestCase):
+    def test_geo_summary_percentiles_ratios_and_sizes(self):
+        g = benchlib.summarize_geo(geo_rows())
+        self.assertEqual([x["system"] for x in g["lag"]], ["availdb", "pg"])
+        self.assertAlmostEqual(g["lag"][0]["p99_s"], 0.12)
+        self.assertAlmostEqual(g["lag_ratios"]["p50"], 4.0)
+        self.assertAlmostEqual(g["lag_ratios"]["p99"], 3.0)
+        self.assertEqual(g["lag"][0]["view_samples"]["n"], 2)
+        self.assertEqual(g["lag"][1]["view_samples"]["n"], 0)  # NULL replay_lag samples are left out
+        rto = next(x for x in g["forced"] if x["phase"] == "rto")
+        self.assertEqual((rto["n"], rto["p50"], rto["p99"], rto["min"]), (3, 1.5, 2.5, 0.5))
+        self.assertEqual([t["rows"] for t in g["forced_lost"]], [0, 3, 1])
+        self.assertEqual([t["direction"] for t in g["forced_lost"]], ["A->B", "B->A", "A->B"])
+        self.assertEqual(g["planned"][0]["phase"], "window")
+        self.assertEqual([e["size_mb"] for e in g["termination"]], [1, 1000])  # by size
+        self.assertAlmostEqual(g["termination"][1]["termination_s"], 0.02)
+        self.assertEqual(g["termination"][1]["rows_b"], 1_000_000)
+        self.assertIsNone(benchlib.summarize_geo([r for r in geo_rows() if not r["kind"].startswith("geo")]))
+
+    def test_geo_markdown(self):
+        doc = {"config": {"geo": {"rate": 200, "seconds": 30, "poll_ms": 10}},
+               "summary": {"geo": benchlib.summarize_geo(geo_rows())}}
+        md = "\n".join(benchlib.geo_markdown(doc))
+        self.assertIn("steady 200/s for 30 s", md)
+        self.assertIn("| 6000 | 199.5 | 2.50 | 0.040 | 0.080 | 0.120 | 0.300 | 0.000 / 0.200 / 0.200 (2 samples) |", md)
+        self.assertIn("availdb / PostgreSQL lag ratio: p50 4.00, p95 4.00, p99 3.00, max 6.00.", md)
+        self.assertIn("| 1 | B->A | 3 of 100 | 0.050 | 7 of 7 |", md)
+        self.assertIn("Acknowledged ids missing on the new source or (once it followed) the old one: 0 of 450.", md)
+        self.assertIn("| `geo_term_1000mb` | 1050.0 | n/a | 20.0 | 52.5 | n/a | **0.020** | 1000000 / 1000000 |", md)
+        self.assertEqual(benchlib.geo_markdown({"summary": {"geo": None}}), [])
 
 
 class Document(unittest.TestCase):
