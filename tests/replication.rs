@@ -473,6 +473,9 @@ async fn safety_rule_1_an_acknowledged_commit_is_on_the_sync_secondary() {
     }
     for round in 1..=3i64 {
         group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+        // A restarted primary takes writes once the cluster grants it a
+        // lease (RESOLVING until then).
+        group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
         let c = group.primary().client(APP).await;
         let sql = "INSERT INTO t(id, v) VALUES ($1, 'acked')";
         match tokio::time::timeout(STATEMENT_TIMEOUT, c.execute(sql, &[&round])).await {
