@@ -9,7 +9,7 @@
 //! hardened. So folders are created with [`create_dir_all`], which fsyncs
 //! the parent of every folder it creates, and synced with [`sync_dir`].
 //!
-//! Tests see which folders were synced ([`synced_under`]).
+//! Tests see which folders were synced (`synced_under`, in unit tests).
 
 use std::fs::{self, File};
 use std::io;
