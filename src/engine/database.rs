@@ -992,6 +992,90 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_killed_while_checkpointing_its_seed_image_rebuilds_the_file_from_the_image() {
+        // Found by the fault campaign (seed 0x18edf63def44b543): a replica
+        // seeded from a full image was killed while a checkpoint copied the
+        // image from the WAL into the file, page by page in ascending order.
+        // Recovery discards the WAL and redoes the log from the checkpoint
+        // LSN — the image — but opened the torn file first and could not
+        // load its schema ("database disk image is malformed"): the node
+        // never started again. A log that holds a whole full image at its
+        // checkpoint LSN does not need the file: it is rebuilt from the log.
+        const LSN: Lsn = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let src = Connection::open(dir.path().join("src.db")).unwrap();
+        // Data first, then a schema large enough to take pages at the end.
+        src.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO t SELECT i, randomblob(3000) FROM n;",
+        )
+        .unwrap();
+        for i in 0..40 {
+            src.execute_batch(&format!(
+                "CREATE TABLE pad_{i}(a INTEGER, {} TEXT)",
+                (0..20)
+                    .map(|c| format!("column_with_a_long_name_{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" TEXT, ")
+            ))
+            .unwrap();
+        }
+        let mut parts = Vec::new();
+        super::super::image::for_each_image_part_sized(&src, 3, 64 << 10, |r| {
+            parts.push(r);
+            Ok(())
+        })
+        .unwrap();
+        let mut lsn = LSN;
+        for part in &mut parts {
+            part.lsn = lsn;
+            lsn += part.encoded_len() as u64;
+        }
+        let (path, log_dir) = (dir.path().join("r.db"), dir.path().join("rlog"));
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        db.restart_log_at(LSN, 3).unwrap();
+        for part in &parts {
+            db.log().append_at(part).unwrap();
+        }
+        db.log().sync_blocking().unwrap();
+        let log = db.log().clone();
+        db.redo_next(|from| Ok(log.read_from(from).unwrap()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(db.log().image_pending(), None, "the image is whole");
+        drop(db);
+
+        // What the interrupted checkpoint left: page 1 of the image written,
+        // and after it nothing, or zeros up to the full size.
+        let page_size = parts[0].page_size as usize;
+        let db_size = parts[0].db_size as usize;
+        assert_eq!(parts[0].pages[0].0, 1);
+        for len in [page_size, page_size * db_size] {
+            let mut torn = vec![0u8; len];
+            torn[..page_size].copy_from_slice(&parts[0].pages[0].1);
+            std::fs::write(&path, &torn).unwrap();
+            crate::log::write_checkpoint(&log_dir, LSN).unwrap();
+            let db = Database::open("app", &path, &log_dir).unwrap_or_else(|e| {
+                panic!("a torn file of {len} bytes: the replica starts again: {e}")
+            });
+            let reader = db.reader().unwrap();
+            let rows: i64 = reader
+                .conn()
+                .sqlite()
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 200);
+            let check: String = reader
+                .conn()
+                .sqlite()
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(check, "ok");
+        }
+    }
+
+    #[test]
     fn storage_pragmas_and_attach_are_denied_introspection_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open("t", &dir.path().join("t.db"), &dir.path().join("log")).unwrap();

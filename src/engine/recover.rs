@@ -11,7 +11,11 @@
 //! A replica that stopped while taking a full image (seeding, rewind: the
 //! log's `image-pending` is set) has a file that is old or part new, which
 //! SQLite may refuse; its log is emptied back to the image's LSN and the
-//! file removed, so the image starts over from the primary.
+//! file removed, so the image starts over from the primary. A log that
+//! holds a whole full image at its checkpoint LSN (a replica seeded or
+//! rewound since its last checkpoint) rebuilds the file from it: the file
+//! may be torn by a checkpoint that was copying the image into it when the
+//! node died, and SQLite cannot open it once the WAL is gone.
 
 use std::fs;
 use std::path::Path;
@@ -53,16 +57,7 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
             log.restart_at(lsn, epoch).map_err(|e| log_error(name, e))?;
         }
         discard_wal(db_path)?;
-        match fs::remove_file(db_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("cannot remove {}", db_path.display()),
-                    source,
-                })
-            }
-        }
+        remove_file_if_present(db_path)?;
         return Ok((Arc::new(log), lsn));
     }
     if fresh_log {
@@ -79,6 +74,13 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
     }
     let checkpoint = log::read_checkpoint(log_dir).map_err(|e| log_error(name, e))?;
     discard_wal(db_path)?;
+    if whole_image_at(&log, checkpoint).map_err(|e| log_error(name, e))? {
+        // The log holds the whole database from the checkpoint LSN on, so
+        // the file is not needed — and it may be torn: a checkpoint that
+        // copied part of the image into it (grown to full size first) when
+        // the node was killed, which SQLite cannot open once the WAL is gone.
+        remove_file_if_present(db_path)?;
+    }
     let mut applied = checkpoint.max(log.first_lsn()).min(log.end_lsn());
     if log.end_lsn() > checkpoint {
         // A bounded slice of the log at a time: a long tail (a replica
@@ -178,18 +180,39 @@ fn adopt(db_path: &Path) -> Result<()> {
 
 fn discard_wal(db_path: &Path) -> Result<()> {
     for path in [wal_path(db_path), db_path.with_extension("db-shm")] {
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("cannot remove {}", path.display()),
-                    source,
-                })
-            }
-        }
+        remove_file_if_present(&path)?;
     }
     Ok(())
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            context: format!("cannot remove {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// True when the log holds a whole full image starting at `lsn`: its first
+/// part there and its last part further on (read one part at a time).
+fn whole_image_at(log: &Log, lsn: Lsn) -> std::result::Result<bool, LogError> {
+    let mut at = lsn;
+    while at >= log.first_lsn() && at < log.end_lsn() {
+        let Some(record) = log.read_some(at, 1)?.into_iter().next() else {
+            return Ok(false);
+        };
+        if at == lsn && !record.starts_image() {
+            return Ok(false);
+        }
+        if !record.image_continues() {
+            return Ok(true);
+        }
+        at = record.end_lsn();
+    }
+    Ok(false)
 }
 
 fn log_error(name: &str, e: LogError) -> Error {
