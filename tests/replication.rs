@@ -609,6 +609,9 @@ async fn kill_9_of_the_primary_then_restart_loses_nothing_and_does_not_diverge()
     let mut all = LoadReport::default();
     let mut in_doubt = Vec::new();
     for round in 0..CRASH_ROUNDS {
+        // A restarted primary takes writes once the cluster grants its
+        // lease (RESOLVING until then).
+        group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
         let mut loads = Vec::new();
         for w in 0..WRITERS {
             let first = 1 + round * 1_000_000 + w * 100_000;

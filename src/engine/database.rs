@@ -1076,6 +1076,84 @@ mod tests {
     }
 
     #[test]
+    fn a_database_killed_in_the_middle_of_a_checkpoint_starts_again() {
+        // Found by the fault campaign (seed 0x18edf80799e8973b, fault 15: a
+        // primary killed, never started again). A checkpoint copies the
+        // WAL's pages into the file in ascending page order; killed after
+        // page 1, the file holds a new page 1 over old pages. SQLite would
+        // finish the copy from its WAL, but recovery discards the WAL (it
+        // may hold commits the log never got) and redoes the log from the
+        // checkpoint LSN — and could not: redo through SQLite loads the
+        // schema from the torn file first ("database disk image is
+        // malformed"). Recovery writes the log's page images into the file
+        // itself, reading nothing from it.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, log_dir) = (dir.path().join("a.db"), dir.path().join("log"));
+        let commit = |db: &Database, sql: &str| {
+            let mut w = db.writer.try_lock().unwrap();
+            w.conn().sqlite().execute_batch(sql).unwrap();
+            w.after_commit().unwrap();
+        };
+        {
+            let db = Database::open("app", &path, &log_dir).unwrap();
+            commit(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)");
+            for _ in 0..50 {
+                commit(&db, "INSERT INTO t(b) VALUES (randomblob(3000))");
+            }
+        }
+        // Reopened: recovery checkpoints all of that into the file.
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        let checkpoint = crate::log::read_checkpoint(&log_dir).unwrap();
+        assert_eq!(checkpoint, db.log().end_lsn());
+        // More commits, in the WAL only: the schema outgrows page 1.
+        for i in 0..40 {
+            let columns = (0..20)
+                .map(|c| format!("column_with_a_long_name_{c} TEXT"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            commit(&db, &format!("CREATE TABLE pad_{i}(a INTEGER, {columns})"));
+        }
+        for _ in 0..20 {
+            commit(&db, "INSERT INTO t(b) VALUES (randomblob(3000))");
+        }
+        db.log().sync_blocking().unwrap();
+        let records = db.log().read_from(checkpoint).unwrap();
+        drop(db);
+        // The checkpoint killed after it wrote page 1.
+        let page_one = records
+            .iter()
+            .rev()
+            .find_map(|r| r.pages.iter().find(|(pgno, _)| *pgno == 1))
+            .expect("page 1 changed")
+            .1
+            .clone();
+        let mut file = std::fs::read(&path).unwrap();
+        file[..page_one.len()].copy_from_slice(&page_one);
+        std::fs::write(&path, &file).unwrap();
+
+        let db = Database::open("app", &path, &log_dir).expect("the database opens again");
+        let reader = db.reader().unwrap();
+        let count = |sql: &str| -> i64 {
+            reader
+                .conn()
+                .sqlite()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count("SELECT count(*) FROM t"), 70);
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'pad%'"),
+            40
+        );
+        let check: String = reader
+            .conn()
+            .sqlite()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
+    #[test]
     fn storage_pragmas_and_attach_are_denied_introspection_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open("t", &dir.path().join("t.db"), &dir.path().join("log")).unwrap();

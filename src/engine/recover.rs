@@ -7,15 +7,14 @@
 //! would diverge from its replicas. So the WAL is discarded and every record
 //! from the checkpoint LSN on is redone from the log. Full page images make
 //! redo idempotent, so redoing records the file already holds is harmless.
+//! Recovery writes the images into the file itself ([`FileRedo`]) rather
+//! than through SQLite, which would read the file's schema first: the file
+//! may be torn by a checkpoint that a crash interrupted.
 //!
 //! A replica that stopped while taking a full image (seeding, rewind: the
 //! log's `image-pending` is set) has a file that is old or part new, which
 //! SQLite may refuse; its log is emptied back to the image's LSN and the
-//! file removed, so the image starts over from the primary. A log that
-//! holds a whole full image at its checkpoint LSN (a replica seeded or
-//! rewound since its last checkpoint) rebuilds the file from it: the file
-//! may be torn by a checkpoint that was copying the image into it when the
-//! node died, and SQLite cannot open it once the WAL is gone.
+//! file removed, so the image starts over from the primary.
 
 use std::fs;
 use std::path::Path;
@@ -74,13 +73,6 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
     }
     let checkpoint = log::read_checkpoint(log_dir).map_err(|e| log_error(name, e))?;
     discard_wal(db_path)?;
-    if whole_image_at(&log, checkpoint).map_err(|e| log_error(name, e))? {
-        // The log holds the whole database from the checkpoint LSN on, so
-        // the file is not needed — and it may be torn: a checkpoint that
-        // copied part of the image into it (grown to full size first) when
-        // the node was killed, which SQLite cannot open once the WAL is gone.
-        remove_file_if_present(db_path)?;
-    }
     let mut applied = checkpoint.max(log.first_lsn()).min(log.end_lsn());
     if log.end_lsn() > checkpoint {
         // A bounded slice of the log at a time: a long tail (a replica
@@ -89,7 +81,7 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
         let mut from = checkpoint;
         let mut count = 0;
         let mut pending: Vec<Record> = Vec::new();
-        let mut applier = Applier::open(db_path).map_err(redo_error)?;
+        let mut file = FileRedo::open(name, db_path)?;
         while from < log.end_lsn() {
             let records = log
                 .read_some(from, RECOVERY_READ_BYTES)
@@ -100,14 +92,12 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
             pending.extend(records);
             let whole = whole_transactions(&pending);
             if whole > 0 {
-                apply_all(&mut applier, &pending[..whole])?;
+                file.apply(&pending[..whole])?;
                 applied = pending[whole - 1].end_lsn();
                 pending.drain(..whole);
             }
         }
-        applier
-            .connection()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        file.sync()?;
         if let Some(first) = pending.first() {
             tracing::warn!(
                 database = name,
@@ -146,6 +136,96 @@ pub fn redo(db_path: &Path, records: &[Record]) -> Result<()> {
         .connection()
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     Ok(())
+}
+
+/// Recovery's redo: the log's page images written straight into the file.
+///
+/// Recovery runs before any connection opens the file and after SQLite's WAL
+/// is discarded, so nothing needs to be read from the file — which may be
+/// torn: a checkpoint copies the WAL's pages into it in ascending page
+/// order, and a crash in the middle leaves new pages over old ones (or,
+/// after a full image, over zeros). Redo through SQLite (`sqlite_dbpage`)
+/// loads the schema from the file before it writes anything, and fails on
+/// such a file ("database disk image is malformed"); page images written
+/// at their offsets make the file whole whatever it held. Each page is the
+/// primary's image as its pager wrote it (page 1's header included); after
+/// each transaction's last record the file takes that transaction's size.
+struct FileRedo {
+    name: String,
+    path: std::path::PathBuf,
+    file: fs::File,
+    page_size: Option<u32>,
+}
+
+impl FileRedo {
+    fn open(name: &str, path: &Path) -> Result<FileRedo> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| Error::Io {
+                context: format!("cannot open {} for recovery", path.display()),
+                source,
+            })?;
+        Ok(FileRedo {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            file,
+            page_size: None,
+        })
+    }
+
+    /// Writes whole transactions (or full image parts), in log order.
+    fn apply(&mut self, records: &[Record]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let io = |path: &Path| {
+            let context = format!("cannot write {} during recovery", path.display());
+            move |source| Error::Io { context, source }
+        };
+        for record in records {
+            let page_size = *self.page_size.get_or_insert(record.page_size);
+            if record.page_size != page_size {
+                return Err(Error::sql(
+                    "XX001",
+                    format!(
+                        "database \"{}\" cannot be recovered: the record at LSN {} has pages of {} bytes, the ones before {page_size}",
+                        self.name, record.lsn, record.page_size
+                    ),
+                ));
+            }
+            record.check_contents().map_err(|e| {
+                Error::sql(
+                    "XX001",
+                    format!(
+                        "database \"{}\" cannot be recovered: the record at LSN {}: {e}",
+                        self.name, record.lsn
+                    ),
+                )
+            })?;
+            for (pgno, image) in &record.pages {
+                let offset = u64::from(*pgno - 1) * u64::from(page_size);
+                self.file
+                    .write_all_at(image, offset)
+                    .map_err(io(&self.path))?;
+            }
+            if !record.continues_transaction() {
+                self.file
+                    .set_len(u64::from(record.db_size) * u64::from(page_size))
+                    .map_err(io(&self.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes what was written durable (before the checkpoint LSN moves).
+    fn sync(self) -> Result<()> {
+        self.file.sync_all().map_err(|source| Error::Io {
+            context: format!("cannot sync {} after recovery", self.path.display()),
+            source,
+        })
+    }
 }
 
 /// Bytes of log read at a time during recovery.
@@ -194,25 +274,6 @@ fn remove_file_if_present(path: &Path) -> Result<()> {
             source,
         }),
     }
-}
-
-/// True when the log holds a whole full image starting at `lsn`: its first
-/// part there and its last part further on (read one part at a time).
-fn whole_image_at(log: &Log, lsn: Lsn) -> std::result::Result<bool, LogError> {
-    let mut at = lsn;
-    while at >= log.first_lsn() && at < log.end_lsn() {
-        let Some(record) = log.read_some(at, 1)?.into_iter().next() else {
-            return Ok(false);
-        };
-        if at == lsn && !record.starts_image() {
-            return Ok(false);
-        }
-        if !record.image_continues() {
-            return Ok(true);
-        }
-        at = record.end_lsn();
-    }
-    Ok(false)
 }
 
 fn log_error(name: &str, e: LogError) -> Error {
