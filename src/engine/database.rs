@@ -81,6 +81,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "capture failed; the database takes no more writes");
                 *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                crate::failstop::announce(format!(
+                    "a commit could not be captured into its log ({e})"
+                ));
             }
         }
         captured
