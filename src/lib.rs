@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod crashpoint;
 pub mod durable;
 pub mod engine;
+pub mod failstop;
 pub mod frontend;
 pub mod group;
 pub mod listener;

@@ -2030,3 +2030,92 @@ async fn declared_postgres_types_are_announced_and_sent_in_binary() {
     assert_eq!(row.get::<_, i16>(1), 2);
     assert_eq!(row.get::<_, String>(2), "x");
 }
+
+/// Fills the file system holding `path` with a file there; returns its size.
+fn fill_disk(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let Ok(mut f) = std::fs::File::create(path) else {
+        return 0;
+    };
+    let mut written = 0u64;
+    for chunk in [1usize << 20, 64 << 10, 4 << 10, 512] {
+        let zeros = vec![0u8; chunk];
+        while f.write_all(&zeros).is_ok() {
+            written += chunk as u64;
+        }
+    }
+    let _ = f.sync_all();
+    written
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_write_stops_the_node_and_a_restart_takes_writes_again() {
+    // Fail-stop. Found by the fault campaign (seed 0x18edf8d664342693): a
+    // primary whose transaction log hit a full disk refuses writes until it
+    // restarts, and with no replica allowed to replace it (none
+    // synchronized) it stayed RESOLVING for good. The node now exits saying
+    // why; started again once the disk has room, it holds every
+    // acknowledged row and takes writes.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: a tmpfs data directory needs root");
+        return;
+    }
+    let mut server = TestServer::builder().tmpfs_data(96).start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)")
+        .await
+        .expect("CREATE TABLE");
+    // Over 4000 WAL frames: the writer checkpoints, and SQLite writes the
+    // next commits over the WAL's first frames, in space it already has;
+    // the log grows and needs new space.
+    let mut acked = Vec::new();
+    for id in 0..20i64 {
+        c.execute("INSERT INTO t VALUES ($1, randomblob(1000000))", &[&id])
+            .await
+            .expect("INSERT before the disk fills");
+        acked.push(id);
+    }
+    let filler = server.data_dir().join("filler");
+    let filled = fill_disk(&filler);
+    assert!(filled > 0, "nothing written to fill the disk");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut id = 100i64;
+    while server.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the node still runs 30 s after its disk filled\n{}",
+            server.log_tail()
+        );
+        if c.execute("INSERT INTO t VALUES ($1, randomblob(100))", &[&id])
+            .await
+            .is_ok()
+        {
+            acked.push(id);
+        }
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server.log_tail().contains("exiting"),
+        "the node should say why it stopped\n{}",
+        server.log_tail()
+    );
+    std::fs::remove_file(&filler).expect("free the disk");
+    server.restart().await;
+    let c = server.client(DEFAULT_DB).await;
+    let rows = c
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .expect("SELECT after the restart");
+    let present: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let missing: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|a| !present.contains(a))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged and missing: {missing:?}");
+    c.execute("INSERT INTO t VALUES (1000000, randomblob(100))", &[])
+        .await
+        .expect("a write after the restart");
+}

@@ -219,6 +219,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         )
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    stop_if_this_node_fails();
     let engine = Arc::new(Engine::open(&config.data_dir).map_err(|e| {
         format!(
             "data directory {} is unusable: {e}",
@@ -355,6 +356,25 @@ fn stop_if_the_cluster_member_fails(
                 return;
             }
         }
+    });
+}
+
+/// Fail-stop ([`crate::failstop`]): a failure that only a restart repairs
+/// (a transaction log that could not write or fsync, a full disk) makes
+/// the node exit rather than linger unable to write.
+fn stop_if_this_node_fails() {
+    let mut failures = crate::failstop::watch();
+    tokio::spawn(async move {
+        let Ok(failures) = failures.wait_for(|f| !f.is_empty()).await else {
+            return;
+        };
+        let why = failures[0].clone();
+        tracing::error!(
+            "{why}: this node exits; free the disk or fix the error, then start it again \
+             (recovery rebuilds every database from its log)"
+        );
+        eprintln!("availdb: {why}; exiting");
+        std::process::exit(70);
     });
 }
 

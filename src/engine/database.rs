@@ -81,6 +81,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "capture failed; the database takes no more writes");
                 *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                crate::failstop::announce(format!(
+                    "a commit could not be captured into its log ({e})"
+                ));
             }
         }
         captured
@@ -1007,6 +1010,168 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 200);
+    }
+
+    #[test]
+    fn a_replica_killed_while_checkpointing_its_seed_image_rebuilds_the_file_from_the_image() {
+        // Found by the fault campaign (seed 0x18edf63def44b543): a replica
+        // seeded from a full image was killed while a checkpoint copied the
+        // image from the WAL into the file, page by page in ascending order.
+        // Recovery discards the WAL and redoes the log from the checkpoint
+        // LSN — the image — but opened the torn file first and could not
+        // load its schema ("database disk image is malformed"): the node
+        // never started again. A log that holds a whole full image at its
+        // checkpoint LSN does not need the file: it is rebuilt from the log.
+        const LSN: Lsn = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let src = Connection::open(dir.path().join("src.db")).unwrap();
+        // Data first, then a schema large enough to take pages at the end.
+        src.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO t SELECT i, randomblob(3000) FROM n;",
+        )
+        .unwrap();
+        for i in 0..40 {
+            src.execute_batch(&format!(
+                "CREATE TABLE pad_{i}(a INTEGER, {} TEXT)",
+                (0..20)
+                    .map(|c| format!("column_with_a_long_name_{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" TEXT, ")
+            ))
+            .unwrap();
+        }
+        let mut parts = Vec::new();
+        super::super::image::for_each_image_part_sized(&src, 3, 64 << 10, |r| {
+            parts.push(r);
+            Ok(())
+        })
+        .unwrap();
+        let mut lsn = LSN;
+        for part in &mut parts {
+            part.lsn = lsn;
+            lsn += part.encoded_len() as u64;
+        }
+        let (path, log_dir) = (dir.path().join("r.db"), dir.path().join("rlog"));
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        db.restart_log_at(LSN, 3).unwrap();
+        for part in &parts {
+            db.log().append_at(part).unwrap();
+        }
+        db.log().sync_blocking().unwrap();
+        let log = db.log().clone();
+        db.redo_next(|from| Ok(log.read_from(from).unwrap()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(db.log().image_pending(), None, "the image is whole");
+        drop(db);
+
+        // What the interrupted checkpoint left: page 1 of the image written,
+        // and after it nothing, or zeros up to the full size.
+        let page_size = parts[0].page_size as usize;
+        let db_size = parts[0].db_size as usize;
+        assert_eq!(parts[0].pages[0].0, 1);
+        for len in [page_size, page_size * db_size] {
+            let mut torn = vec![0u8; len];
+            torn[..page_size].copy_from_slice(&parts[0].pages[0].1);
+            std::fs::write(&path, &torn).unwrap();
+            crate::log::write_checkpoint(&log_dir, LSN).unwrap();
+            let db = Database::open("app", &path, &log_dir).unwrap_or_else(|e| {
+                panic!("a torn file of {len} bytes: the replica starts again: {e}")
+            });
+            let reader = db.reader().unwrap();
+            let rows: i64 = reader
+                .conn()
+                .sqlite()
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 200);
+            let check: String = reader
+                .conn()
+                .sqlite()
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(check, "ok");
+        }
+    }
+
+    #[test]
+    fn a_database_killed_in_the_middle_of_a_checkpoint_starts_again() {
+        // Found by the fault campaign (seed 0x18edf80799e8973b, fault 15: a
+        // primary killed, never started again). A checkpoint copies the
+        // WAL's pages into the file in ascending page order; killed after
+        // page 1, the file holds a new page 1 over old pages. SQLite would
+        // finish the copy from its WAL, but recovery discards the WAL (it
+        // may hold commits the log never got) and redoes the log from the
+        // checkpoint LSN — and could not: redo through SQLite loads the
+        // schema from the torn file first ("database disk image is
+        // malformed"). Recovery writes the log's page images into the file
+        // itself, reading nothing from it.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, log_dir) = (dir.path().join("a.db"), dir.path().join("log"));
+        let commit = |db: &Database, sql: &str| {
+            let mut w = db.writer.try_lock().unwrap();
+            w.conn().sqlite().execute_batch(sql).unwrap();
+            w.after_commit().unwrap();
+        };
+        {
+            let db = Database::open("app", &path, &log_dir).unwrap();
+            commit(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)");
+            for _ in 0..50 {
+                commit(&db, "INSERT INTO t(b) VALUES (randomblob(3000))");
+            }
+        }
+        // Reopened: recovery checkpoints all of that into the file.
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        let checkpoint = crate::log::read_checkpoint(&log_dir).unwrap();
+        assert_eq!(checkpoint, db.log().end_lsn());
+        // More commits, in the WAL only: the schema outgrows page 1.
+        for i in 0..40 {
+            let columns = (0..20)
+                .map(|c| format!("column_with_a_long_name_{c} TEXT"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            commit(&db, &format!("CREATE TABLE pad_{i}(a INTEGER, {columns})"));
+        }
+        for _ in 0..20 {
+            commit(&db, "INSERT INTO t(b) VALUES (randomblob(3000))");
+        }
+        db.log().sync_blocking().unwrap();
+        let records = db.log().read_from(checkpoint).unwrap();
+        drop(db);
+        // The checkpoint killed after it wrote page 1.
+        let page_one = records
+            .iter()
+            .rev()
+            .find_map(|r| r.pages.iter().find(|(pgno, _)| *pgno == 1))
+            .expect("page 1 changed")
+            .1
+            .clone();
+        let mut file = std::fs::read(&path).unwrap();
+        file[..page_one.len()].copy_from_slice(&page_one);
+        std::fs::write(&path, &file).unwrap();
+
+        let db = Database::open("app", &path, &log_dir).expect("the database opens again");
+        let reader = db.reader().unwrap();
+        let count = |sql: &str| -> i64 {
+            reader
+                .conn()
+                .sqlite()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count("SELECT count(*) FROM t"), 70);
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'pad%'"),
+            40
+        );
+        let check: String = reader
+            .conn()
+            .sqlite()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! would diverge from its replicas. So the WAL is discarded and every record
 //! from the checkpoint LSN on is redone from the log. Full page images make
 //! redo idempotent, so redoing records the file already holds is harmless.
+//! Recovery writes the images into the file itself ([`FileRedo`]) rather
+//! than through SQLite, which would read the file's schema first: the file
+//! may be torn by a checkpoint that a crash interrupted.
 //!
 //! A replica that stopped while taking a full image (seeding, rewind: the
 //! log's `image-pending` is set) has a file that is old or part new, which
@@ -53,16 +56,7 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
             log.restart_at(lsn, epoch).map_err(|e| log_error(name, e))?;
         }
         discard_wal(db_path)?;
-        match fs::remove_file(db_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("cannot remove {}", db_path.display()),
-                    source,
-                })
-            }
-        }
+        remove_file_if_present(db_path)?;
         return Ok((Arc::new(log), lsn));
     }
     if fresh_log {
@@ -87,7 +81,7 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
         let mut from = checkpoint;
         let mut count = 0;
         let mut pending: Vec<Record> = Vec::new();
-        let mut applier = Applier::open(db_path).map_err(redo_error)?;
+        let mut file = FileRedo::open(name, db_path)?;
         while from < log.end_lsn() {
             let records = log
                 .read_some(from, RECOVERY_READ_BYTES)
@@ -98,14 +92,12 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
             pending.extend(records);
             let whole = whole_transactions(&pending);
             if whole > 0 {
-                apply_all(&mut applier, &pending[..whole])?;
+                file.apply(&pending[..whole])?;
                 applied = pending[whole - 1].end_lsn();
                 pending.drain(..whole);
             }
         }
-        applier
-            .connection()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        file.sync()?;
         if let Some(first) = pending.first() {
             tracing::warn!(
                 database = name,
@@ -146,6 +138,96 @@ pub fn redo(db_path: &Path, records: &[Record]) -> Result<()> {
     Ok(())
 }
 
+/// Recovery's redo: the log's page images written straight into the file.
+///
+/// Recovery runs before any connection opens the file and after SQLite's WAL
+/// is discarded, so nothing needs to be read from the file — which may be
+/// torn: a checkpoint copies the WAL's pages into it in ascending page
+/// order, and a crash in the middle leaves new pages over old ones (or,
+/// after a full image, over zeros). Redo through SQLite (`sqlite_dbpage`)
+/// loads the schema from the file before it writes anything, and fails on
+/// such a file ("database disk image is malformed"); page images written
+/// at their offsets make the file whole whatever it held. Each page is the
+/// primary's image as its pager wrote it (page 1's header included); after
+/// each transaction's last record the file takes that transaction's size.
+struct FileRedo {
+    name: String,
+    path: std::path::PathBuf,
+    file: fs::File,
+    page_size: Option<u32>,
+}
+
+impl FileRedo {
+    fn open(name: &str, path: &Path) -> Result<FileRedo> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| Error::Io {
+                context: format!("cannot open {} for recovery", path.display()),
+                source,
+            })?;
+        Ok(FileRedo {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            file,
+            page_size: None,
+        })
+    }
+
+    /// Writes whole transactions (or full image parts), in log order.
+    fn apply(&mut self, records: &[Record]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let io = |path: &Path| {
+            let context = format!("cannot write {} during recovery", path.display());
+            move |source| Error::Io { context, source }
+        };
+        for record in records {
+            let page_size = *self.page_size.get_or_insert(record.page_size);
+            if record.page_size != page_size {
+                return Err(Error::sql(
+                    "XX001",
+                    format!(
+                        "database \"{}\" cannot be recovered: the record at LSN {} has pages of {} bytes, the ones before {page_size}",
+                        self.name, record.lsn, record.page_size
+                    ),
+                ));
+            }
+            record.check_contents().map_err(|e| {
+                Error::sql(
+                    "XX001",
+                    format!(
+                        "database \"{}\" cannot be recovered: the record at LSN {}: {e}",
+                        self.name, record.lsn
+                    ),
+                )
+            })?;
+            for (pgno, image) in &record.pages {
+                let offset = u64::from(*pgno - 1) * u64::from(page_size);
+                self.file
+                    .write_all_at(image, offset)
+                    .map_err(io(&self.path))?;
+            }
+            if !record.continues_transaction() {
+                self.file
+                    .set_len(u64::from(record.db_size) * u64::from(page_size))
+                    .map_err(io(&self.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes what was written durable (before the checkpoint LSN moves).
+    fn sync(self) -> Result<()> {
+        self.file.sync_all().map_err(|source| Error::Io {
+            context: format!("cannot sync {} after recovery", self.path.display()),
+            source,
+        })
+    }
+}
+
 /// Bytes of log read at a time during recovery.
 const RECOVERY_READ_BYTES: u64 = 16 << 20;
 
@@ -178,18 +260,20 @@ fn adopt(db_path: &Path) -> Result<()> {
 
 fn discard_wal(db_path: &Path) -> Result<()> {
     for path in [wal_path(db_path), db_path.with_extension("db-shm")] {
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("cannot remove {}", path.display()),
-                    source,
-                })
-            }
-        }
+        remove_file_if_present(&path)?;
     }
     Ok(())
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            context: format!("cannot remove {}", path.display()),
+            source,
+        }),
+    }
 }
 
 fn log_error(name: &str, e: LogError) -> Error {

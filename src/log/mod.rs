@@ -32,7 +32,8 @@
 //!   [`LogError::Corrupt`]); `store.rs` has the exact rule.
 //! * A failed or short append is cut back before anything else is written;
 //!   a failed fsync is never retried — the log refuses writes
-//!   ([`LogError::Failed`]) until the node restarts and re-reads the disk.
+//!   ([`LogError::Failed`]) until the node restarts and re-reads the disk;
+//!   the failure is announced to [`crate::failstop`], and the server exits.
 //! * Seeding or rewinding restarts the log at a full image
 //!   ([`Log::restart_at`]): segments, epoch history and checkpoint are
 //!   replaced all or nothing across a crash (an intent file that

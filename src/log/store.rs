@@ -306,6 +306,12 @@ impl Log {
     fn fail(&self, cause: String) -> LogError {
         tracing::error!(log = %self.dir.display(), "{cause}: the log takes no more writes until the node restarts");
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_none() {
+            crate::failstop::announce(format!(
+                "the transaction log in {} failed ({cause})",
+                self.dir.display()
+            ));
+        }
         let cause = failed.get_or_insert(cause).clone();
         LogError::Failed {
             dir: self.dir.clone(),
@@ -1364,6 +1370,13 @@ mod tests {
             Err(LogError::Failed { .. })
         ));
         assert!(log.failure().is_some());
+        // Announced, so the node stops rather than stay unable to write.
+        let announced = crate::failstop::watch().borrow().clone();
+        let dir_name = dir.path().display().to_string();
+        assert!(
+            announced.iter().any(|w| w.contains(&dir_name)),
+            "{announced:?}"
+        );
         drop(log);
         let log = Log::open(dir.path()).unwrap();
         assert!(log.failure().is_none());
