@@ -399,8 +399,17 @@ impl<'g> Nemesis<'g> {
         let start_ms = self.rec.now_ms();
         let others = self.others(p);
         let secondary = self.rng.pick(&others);
+        // Automatic failover needs a synchronized synchronous-commit
+        // secondary: without one before a primary fault, the group waits
+        // for its primary by design.
+        let ready = match kind {
+            Kind::KillPrimary | Kind::PausePrimary | Kind::PartitionPrimary => {
+                self.failover_ready(p).await
+            }
+            _ => Vec::new(),
+        };
         let (target, outcome) = match kind {
-            Kind::KillPrimary => (p, self.kill_primary(p).await),
+            Kind::KillPrimary => (p, self.kill_primary(p, &ready).await),
             Kind::KillSecondary => {
                 self.group.nodes[secondary].kill9();
                 let hold = self.rng.millis(0, 3000);
@@ -410,7 +419,7 @@ impl<'g> Nemesis<'g> {
             }
             Kind::PausePrimary => {
                 self.group.nodes[p].pause();
-                let outcome = self.hold_until_new_primary(p, 1200, 4000).await;
+                let outcome = self.hold_until_new_primary(p, &ready, 1200, 4000).await;
                 self.group.nodes[p].resume();
                 (p, outcome)
             }
@@ -423,7 +432,7 @@ impl<'g> Nemesis<'g> {
             }
             Kind::PartitionPrimary => {
                 self.proxy().partition(&[p], &others);
-                let outcome = self.hold_until_new_primary(p, 1000, 4000).await;
+                let outcome = self.hold_until_new_primary(p, &ready, 1000, 4000).await;
                 self.proxy().heal();
                 (p, outcome)
             }
@@ -538,9 +547,18 @@ impl<'g> Nemesis<'g> {
 
     /// Holds a fault of primary `p` until another node is primary (60% of
     /// the time, bounded) or for a random time between `lo_ms` and
-    /// `hi_ms`.
-    async fn hold_until_new_primary(&mut self, p: usize, lo_ms: u64, hi_ms: u64) -> String {
-        if self.rng.chance(0.6) {
+    /// `hi_ms`. `ready` are the secondaries that were failover-ready just
+    /// before the fault: with none, no replica may take over and the fault
+    /// is held for the random time; with some, a group that does not fail
+    /// over within the bound is a finding.
+    async fn hold_until_new_primary(
+        &mut self,
+        p: usize,
+        ready: &[usize],
+        lo_ms: u64,
+        hi_ms: u64,
+    ) -> String {
+        if !ready.is_empty() && self.rng.chance(0.6) {
             let t = Instant::now();
             match self.find_primary(&self.others(p), NEW_PRIMARY_WITHIN).await {
                 Ok((new, epoch)) => format!(
@@ -548,18 +566,29 @@ impl<'g> Nemesis<'g> {
                     name(new),
                     t.elapsed()
                 ),
-                Err(e) => format!("no new primary: {}", first_line(&e)),
+                Err(e) => {
+                    let ready: Vec<String> = ready.iter().map(|&i| name(i)).collect();
+                    self.finding(
+                        "no_failover",
+                        format!("{ready:?} were failover-ready, yet {e}"),
+                    );
+                    format!("no new primary: {}", first_line(&e))
+                }
             }
         } else {
             let hold = self.rng.millis(lo_ms, hi_ms);
             tokio::time::sleep(hold).await;
-            format!("held {hold:?}")
+            if ready.is_empty() {
+                format!("held {hold:?} (no secondary was failover-ready: none may take over)")
+            } else {
+                format!("held {hold:?}")
+            }
         }
     }
 
-    async fn kill_primary(&mut self, p: usize) -> String {
+    async fn kill_primary(&mut self, p: usize, ready: &[usize]) -> String {
         self.group.nodes[p].kill9();
-        let outcome = self.hold_until_new_primary(p, 200, 2500).await;
+        let outcome = self.hold_until_new_primary(p, ready, 200, 2500).await;
         self.restart(p).await;
         outcome
     }
