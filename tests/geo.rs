@@ -1039,3 +1039,66 @@ async fn wait_for_database_copy_sync_returns_once_the_geo_secondary_hardened_eve
     );
     b.nodes[0].client(DEFAULT_DB).await;
 }
+
+/// Rule: a geo-secondary never holds a commit before every SYNCHRONIZED
+/// secondary of its source's region hardened it — else a local failover in
+/// the source region (which loses no acknowledged commit) could leave the
+/// geo-secondary ahead of the new primary, showing a transaction that
+/// region then discards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_geo_secondary_never_shows_a_commit_the_sources_synchronized_secondaries_have_not_hardened(
+) {
+    // Three nodes in A, so that A's cluster keeps a majority while one
+    // secondary is paused.
+    let a = Group::start(3).await;
+    let b = Group::start(2).await;
+    link_regions(&a, &b).await;
+    let app = a.primary().client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB NOT NULL)",
+    )
+    .await;
+    insert(&app, 0, 100).await;
+    let admin = a.primary().client(DEFAULT_DB).await;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[0], GEO_DB, 100, "seeded in B").await;
+    a.wait_synchronized(&[1, 2], WITHIN).await;
+
+    // r2 stops answering: A's next commit waits for it until its session
+    // timeout takes it out of the synchronized set.
+    a.nodes[1].pause();
+    let commit = tokio::spawn(async move {
+        app.batch_execute("INSERT INTO t VALUES (900, randomblob(100))")
+            .await
+            .map_err(|e| error_text(&e))
+    });
+    let reader = b.nodes[0].client(GEO_DB).await;
+    let mut looked = 0;
+    while !commit.is_finished() {
+        let rows = query_text(&reader, "SELECT count(*) FROM t").await.unwrap();
+        assert_eq!(
+            rows[0][0].as_deref(),
+            Some("100"),
+            "B shows a commit that r2, a SYNCHRONIZED secondary of A, has not hardened"
+        );
+        looked += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    commit
+        .await
+        .unwrap()
+        .expect("acknowledged once r2 left the synchronized set");
+    assert!(
+        looked >= 5,
+        "the commit was acknowledged at once ({looked} looks at B): r2's pause did not hold it"
+    );
+    wait_count(&b.nodes[0], GEO_DB, 101, "shipped once acknowledged").await;
+    a.nodes[1].resume();
+}

@@ -771,6 +771,11 @@ impl Log {
         Some(self.last_commit_us.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
+    /// A receiver that sees [`Log::durable_lsn`] move at every sync.
+    pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
+        self.durable.subscribe()
+    }
+
     /// A receiver that sees the end LSN move at every append.
     pub fn subscribe_end(&self) -> watch::Receiver<Lsn> {
         self.written.subscribe()

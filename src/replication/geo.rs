@@ -10,9 +10,9 @@
 //!   primary among the partner server's registered endpoints, opens the link
 //!   with `GeoHello`, decides where the geo-secondary starts with the same
 //!   core as a local link ([`super::link::plan_start`]: continue, seed from a
-//!   full image, or rewind a diverged copy) and streams records as they are
-//!   appended. Nothing waits for it: commits are acknowledged without the
-//!   geo-secondary (asynchronous).
+//!   full image, or rewind a diverged copy) and streams records as they
+//!   become shippable (see the invariants). Nothing waits for it: commits
+//!   are acknowledged without the geo-secondary (asynchronous).
 //! * The **forwarder** ([`Forwarder`]) is the geo-secondary region's primary
 //!   for that database: the database is in its region's availability group
 //!   with a `geo_source`, fenced [`crate::engine::Fence::GeoSecondary`]
@@ -35,6 +35,12 @@
 //! * A forwarder takes records from one source at a time and never from a
 //!   source whose epoch is older than the newest it has seen (a deposed
 //!   source primary cannot feed it).
+//! * A source ships a record only once it is durable in its log and
+//!   hardened by every SYNCHRONIZED secondary of its region
+//!   ([`GeoSource::shippable`]): a local failover that loses no
+//!   acknowledged commit then never leaves a geo-secondary ahead of its
+//!   region's new primary (it would show a transaction that region
+//!   discards, and need a rewind).
 //! * A source never takes a link to its own cluster (same cluster id).
 //! * The link ends by `Terminate` from the source (termination, or the
 //!   last step of a planned geo-failover with a [`Handover`]): the
@@ -308,6 +314,14 @@ pub trait GeoSource: Send + Sync {
     /// geo-failover), named in `GeoHello` so that it — and its other
     /// geo-secondaries — take this region as their source.
     fn succeeds(&self, database: &str) -> Option<GeoPartner>;
+    /// How far the log of `db` may go to a geo-secondary: durable here and
+    /// hardened by every SYNCHRONIZED secondary of this region, so a local
+    /// failover that loses no acknowledged commit never leaves the
+    /// geo-secondary ahead of the new primary.
+    fn shippable(&self, db: &Database) -> Lsn;
+    /// Changes whenever a secondary's progress may move
+    /// [`GeoSource::shippable`] (None: no secondary is tracked).
+    fn progress_changes(&self, database: &str) -> Option<watch::Receiver<u64>>;
 }
 
 /// Keeps one geo-secondary of `db` linked and fed, until `stop`.
@@ -607,17 +621,22 @@ async fn stream_geo(
         })
     };
     let _reader = AbortOnDrop(reader);
-    let mut end = db.log().subscribe_end();
+    // Records go out once shippable (see `GeoSource::shippable`): the
+    // durable LSN and the synchronized secondaries' progress move it.
+    let mut durable = db.log().subscribe_durable();
+    let mut progress = source.progress_changes(&name);
     let mut ping = tokio::time::interval(GEO_PING);
     let mut next = start;
     loop {
-        while next < db.log().end_lsn() {
+        let limit = source.shippable(&db);
+        while next < limit {
             let log = db.log().clone();
             let from = next;
-            let records = tokio::task::spawn_blocking(move || log.read_raw(from, BATCH_BYTES))
+            let mut records = tokio::task::spawn_blocking(move || log.read_raw(from, BATCH_BYTES))
                 .await
                 .map_err(ReplicationError::local)?
                 .map_err(ReplicationError::local)?;
+            records.retain(|r| r.end_lsn() <= limit);
             let Some(last) = records.last() else { break };
             next = last.end_lsn();
             status
@@ -636,8 +655,26 @@ async fn stream_geo(
             )
             .await?;
         }
+        let due = status
+            .termination
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.planned || next >= t.at);
+        if due {
+            status.terminate_now.notify_one();
+        }
+        let progressed = async {
+            match progress.as_mut() {
+                Some(progress) => progress.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = end.changed() => if changed.is_err() {
+            changed = durable.changed() => if changed.is_err() {
+                return Err(ReplicationError::PrimaryStopped);
+            },
+            alive = progressed => if !alive {
                 return Err(ReplicationError::PrimaryStopped);
             },
             _ = ping.tick() => {
@@ -657,9 +694,8 @@ async fn stream_geo(
                 let asked = status.termination.lock().unwrap_or_else(|e| e.into_inner()).take();
                 if let Some(t) = asked {
                     if t.planned && next < t.at {
-                        // Not everything sent yet: after the next batch.
+                        // Not everything shipped yet: once it is (`due`).
                         *status.termination.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
-                        status.terminate_now.notify_one();
                         continue;
                     }
                     tracing::info!(database = %name, partner = %partner.server, planned = t.planned, at = t.at, "ending the geo link");

@@ -661,6 +661,20 @@ impl GeoSource for PrimaryGroup {
     fn read_only(&self, database: &str) -> bool {
         self.config().database_options(database).read_only
     }
+
+    fn shippable(&self, db: &Database) -> Lsn {
+        let durable = db.log().durable_lsn();
+        let synchronized = self
+            .databases
+            .get(db.name())
+            .and_then(|(_, cell)| cell.inspect(|s| s.synchronized_hardened()));
+        synchronized.map_or(durable, |h| h.min(durable))
+    }
+
+    fn progress_changes(&self, database: &str) -> Option<watch::Receiver<u64>> {
+        let (_, cell) = self.databases.get(database)?;
+        Some(cell.changed.subscribe())
+    }
 }
 
 impl PrimaryGroup {

@@ -240,6 +240,18 @@ impl DbSync {
             .unwrap_or(self.primary_end)
     }
 
+    /// The lowest LSN a SYNCHRONIZED replica has hardened (None: none is
+    /// synchronized). Every replica an automatic failover may pick holds
+    /// the log up to here, so a record before it survives any failover
+    /// that loses no acknowledged commit.
+    pub fn synchronized_hardened(&self) -> Option<Lsn> {
+        self.replicas
+            .values()
+            .filter(|r| r.state == SyncState::Synchronized)
+            .map(|r| r.hardened)
+            .min()
+    }
+
     /// May a commit whose record ends at `lsn` be acknowledged?
     pub fn check_commit(&self, lsn: Lsn) -> CommitCheck {
         let synchronized: Vec<(&String, &ReplicaProgress)> = self
@@ -280,6 +292,24 @@ mod tests {
             ],
             0,
         )
+    }
+
+    #[test]
+    fn the_synchronized_hardened_lsn_is_the_slowest_synchronized_replica() {
+        let mut s = two_sync_one_async();
+        assert_eq!(s.synchronized_hardened(), None, "none synchronized");
+        s.connected("r2", 100, 100);
+        s.connected("r3", 100, 100);
+        s.connected("r4", 10, 10);
+        s.appended(200);
+        s.progress("r2", 180, 150);
+        assert_eq!(
+            s.synchronized_hardened(),
+            Some(100),
+            "r3 is the slowest; the asynchronous r4 does not count"
+        );
+        s.leave("r3", LeaveReason::SessionTimeout);
+        assert_eq!(s.synchronized_hardened(), Some(180), "r3 left the set");
     }
 
     #[test]
