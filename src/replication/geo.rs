@@ -628,7 +628,7 @@ async fn stream_geo(
     let mut ping = tokio::time::interval(GEO_PING);
     let mut next = start;
     loop {
-        let limit = source.shippable(&db);
+        let limit = source.shippable(db);
         while next < limit {
             let log = db.log().clone();
             let from = next;
