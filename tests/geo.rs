@@ -8,10 +8,16 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{planned_failover, wait_failover_ready};
-use common::group::{compare_pages, error_text, log_bounds, pages, query_text, Group, APP};
+use common::cluster::{
+    acked_ids, attempted_ids, check_ids, planned_failover, summary, wait_failover_ready,
+    wait_new_primary, ReadWrite, Work, WriterOptions, Writers, FAILOVER_TIMEOUT,
+};
+use common::group::{
+    compare_pages, error_text, group_row, log_bounds, pages, query_text, Group, GroupSpec, APP,
+};
 use common::{TestServer, DEFAULT_DB};
 use tokio_postgres::Client;
 
@@ -1101,4 +1107,97 @@ async fn a_geo_secondary_never_shows_a_commit_the_sources_synchronized_secondari
     );
     wait_count(&b.nodes[0], GEO_DB, 101, "shipped once acknowledged").await;
     a.nodes[1].resume();
+}
+
+/// Rule: local failovers in either region under a concurrent write load —
+/// with 2 MB transactions, so that redo runs behind — lose no acknowledged
+/// commit on the geo-secondary, whose region is not seeded again: a
+/// planned failover in B (the forwarder moves) and a kill -9 of A's
+/// primary (automatic failover; the geo sender moves).
+#[tokio::test(flavor = "multi_thread")]
+async fn local_failovers_in_both_regions_under_load_lose_no_acknowledged_commit_on_the_geo_secondary(
+) {
+    let a = Group::start_with(GroupSpec {
+        replicas: 3,
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let b = Group::start(2).await;
+    link_regions(&a, &b).await;
+    let app = a.primary().client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB NOT NULL)",
+    )
+    .await;
+    insert(&app, 0, 10).await;
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    wait_count(&b.nodes[0], GEO_DB, 10, "seeded in B").await;
+    wait_count(&b.nodes[1], GEO_DB, 10, "seeded in B's secondary").await;
+    let seeds_in_b = images_received(&b);
+
+    let work: Work = Arc::new(|id| {
+        if id % 10 == 0 {
+            format!("BEGIN; INSERT INTO t VALUES ({id}, randomblob(2000000)); COMMIT")
+        } else {
+            format!("INSERT INTO t VALUES ({id}, randomblob(300))")
+        }
+    });
+    let options = WriterOptions {
+        tasks: 2,
+        first: 1000,
+        stride: 100_000,
+        per_task: 2000,
+        pace: Duration::from_millis(5),
+        reconnect_within: FAILOVER_TIMEOUT,
+    };
+    let writers = Writers::start(&ReadWrite::multi_host(&a, APP), &options, work);
+    writers.wait_acked(40, WITHIN, || a.logs()).await;
+
+    // Region B fails over (planned) while A writes.
+    wait_failover_ready(&b, 0, &[1]).await;
+    planned_failover(&b, 1)
+        .await
+        .unwrap_or_else(|(code, m)| panic!("B's failover: {code} {m}"));
+    let seen = writers.acked();
+    writers.wait_acked(seen + 40, WITHIN, || a.logs()).await;
+
+    // Region A's primary is killed while it writes: A fails over by itself.
+    let epoch = group_row(a.primary()).await.expect("A's group").epoch;
+    let mut a = a;
+    a.nodes[0].kill9();
+    let (new, _, _) = wait_new_primary(&a, &[1, 2], &[0], epoch, FAILOVER_TIMEOUT).await;
+    a.nodes[0].restart().await;
+    let seen = writers.acked();
+    writers.wait_acked(seen + 40, WITHIN, || a.logs()).await;
+    let reports = writers.finish().await;
+    let acked = acked_ids(&reports);
+    let attempted = attempted_ids(&reports);
+
+    // Everything A holds reaches both nodes of B, and nothing else.
+    let in_a: std::collections::BTreeSet<i64> = ids(&a.nodes[new], APP).await.into_iter().collect();
+    for (i, node) in b.nodes.iter().enumerate() {
+        wait_count(node, GEO_DB, in_a.len() as i64, "B catches up with A").await;
+        let in_b: std::collections::BTreeSet<i64> = ids(node, GEO_DB).await.into_iter().collect();
+        assert_eq!(in_b, in_a, "B's node {i} holds other rows than A's primary");
+        let counts = in_b.iter().map(|&id| (id, 1)).collect();
+        let attempted: std::collections::BTreeSet<i64> =
+            attempted.iter().copied().chain(0..10).collect();
+        check_ids(&counts, &acked, &attempted)
+            .unwrap_or_else(|e| panic!("B's node {i}: {e}\n{}", summary(&reports)));
+    }
+    assert_eq!(
+        images_received(&b),
+        seeds_in_b,
+        "region B was seeded again:\n{}\n===== region A =====\n{}",
+        b.logs(),
+        a.logs()
+    );
 }
