@@ -158,6 +158,8 @@ impl RawRecord {
 
 /// Recent records kept in memory for senders (bytes).
 const RECENT_BYTES: u64 = 32 << 20;
+/// Recent transaction boundaries remembered ([`Log::boundary_at_or_before`]).
+const BOUNDARIES: usize = 1 << 16;
 
 struct Tail {
     /// The newest records, so senders that keep up never read the disk.
@@ -176,6 +178,21 @@ struct Tail {
     generation: u64,
     /// The last record held: where it starts and its stored crc32c.
     last: Option<(Lsn, u32)>,
+    /// Ends of the newest records that end a transaction outside a full
+    /// image (at most [`BOUNDARIES`], ascending): where the database is
+    /// consistent.
+    boundaries: std::collections::VecDeque<Lsn>,
+}
+
+impl Tail {
+    fn boundary(&mut self, lsn: Lsn) {
+        if self.boundaries.back().is_none_or(|b| *b < lsn) {
+            if self.boundaries.len() == BOUNDARIES {
+                self.boundaries.pop_front();
+            }
+            self.boundaries.push_back(lsn);
+        }
+    }
 }
 
 /// The group-commit turn of one waiter; handed back even when the waiter
@@ -235,7 +252,7 @@ impl Log {
             .open(&last.path)
             .map_err(io_err(&last.path))?;
         let image_pending = read_lsn_epoch(dir, IMAGE_PENDING)?;
-        Ok(Log {
+        let log = Log {
             dir: dir.to_path_buf(),
             tail: Mutex::new(Tail {
                 recent: std::collections::VecDeque::new(),
@@ -247,6 +264,7 @@ impl Log {
                 buf: Vec::new(),
                 generation: 0,
                 last: last_record,
+                boundaries: std::collections::VecDeque::new(),
             }),
             durable: watch::channel(end).0,
             written: watch::channel(end).0,
@@ -256,7 +274,24 @@ impl Log {
             image_pending: Mutex::new(image_pending),
             #[cfg(test)]
             fail_next_sync: Mutex::new(None),
-        })
+        };
+        // Where the log ends is a boundary unless its last record goes on
+        // in the next (a crash between the parts; the database cuts such a
+        // tail when it opens).
+        let ends_whole = match log.last_record() {
+            None => true,
+            Some((lsn, _)) => log
+                .read_from(lsn)
+                .ok()
+                .and_then(|records| records.last().cloned())
+                .is_some_and(|r| !r.continues_transaction() && !r.image_continues()),
+        };
+        if ends_whole {
+            let mut tail = log.lock();
+            let end = tail.end;
+            tail.boundary(end);
+        }
+        Ok(log)
     }
 
     /// The full image this log restarted at, while it is not wholly
@@ -424,6 +459,10 @@ impl Log {
         }
         tail.len += len;
         tail.end += len;
+        if !record.continues_transaction() && !record.image_continues() {
+            let end = tail.end;
+            tail.boundary(end);
+        }
         self.written.send_replace(tail.end);
         Ok(tail.end)
     }
@@ -700,6 +739,8 @@ impl Log {
         tail.recent_bytes = 0;
         tail.generation += 1;
         tail.last = None;
+        tail.boundaries.clear();
+        tail.boundary(lsn);
         *self.image_pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((lsn, epoch));
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
@@ -754,6 +795,11 @@ impl Log {
             (r.lsn, crc)
         });
         tail.generation += 1;
+        while tail.boundaries.back().is_some_and(|b| *b > lsn) {
+            tail.boundaries.pop_back();
+        }
+        // The cut is at a transaction boundary (see above).
+        tail.boundary(lsn);
         drop(tail);
         if self.last_record().is_none() && lsn > first {
             // The record before the cut was no longer cached: read it back.
@@ -769,6 +815,23 @@ impl Log {
     /// (µs since the Unix epoch), None before the first.
     pub fn last_commit_us(&self) -> Option<i64> {
         Some(self.last_commit_us.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// The newest LSN at or before `lsn` where a transaction (or a full
+    /// image) ends: a reader that stops there never holds part of one.
+    /// None when no such LSN is remembered (the log holds at most the
+    /// newest 65,536 boundaries).
+    pub fn boundary_at_or_before(&self, lsn: Lsn) -> Option<Lsn> {
+        let tail = self.lock();
+        let after = tail.boundaries.partition_point(|b| *b <= lsn);
+        after.checked_sub(1).map(|i| tail.boundaries[i])
+    }
+
+    /// Changes whenever the log is replaced or cut ([`Log::restart_at`],
+    /// [`Log::truncate_from`]): a reader that planned from the log as it
+    /// was (a replication link's start) must plan again.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
     }
 
     /// A receiver that sees [`Log::durable_lsn`] move at every sync.
@@ -1010,6 +1073,42 @@ mod tests {
             pages: vec![(n as u32, vec![n; 64])],
             flags: 0,
         }
+    }
+
+    #[test]
+    fn a_transaction_boundary_is_never_inside_a_transaction_split_in_parts_and_survives_reopening()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.boundary_at_or_before(0), Some(0), "an empty log");
+        let one = log.append(record(1)).unwrap();
+        let mut part = record(2);
+        part.flags = Record::TX_MORE;
+        let inside = log.append(part.clone()).unwrap();
+        let inside2 = log.append(part).unwrap();
+        assert_eq!(log.boundary_at_or_before(inside), Some(one));
+        assert_eq!(log.boundary_at_or_before(inside2 + 10), Some(one));
+        let two = log.append(record(3)).unwrap();
+        assert_eq!(log.boundary_at_or_before(two), Some(two));
+        assert_eq!(log.boundary_at_or_before(two - 1), Some(one));
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.boundary_at_or_before(two), Some(two), "reopened");
+        let mut part = record(4);
+        part.flags = Record::TX_MORE;
+        let torn = log.append(part).unwrap();
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(
+            log.boundary_at_or_before(torn),
+            None,
+            "a log that ends inside a transaction: unknown until it is cut"
+        );
+        log.truncate_from(two).unwrap();
+        assert_eq!(log.boundary_at_or_before(torn), Some(two), "cut back");
+        log.restart_at(torn + 1000, 2).unwrap();
+        assert_eq!(log.boundary_at_or_before(torn + 999), None, "restarted");
+        assert_eq!(log.boundary_at_or_before(torn + 1000), Some(torn + 1000));
     }
 
     #[test]

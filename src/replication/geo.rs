@@ -35,9 +35,9 @@
 //! * A forwarder takes records from one source at a time and never from a
 //!   source whose epoch is older than the newest it has seen (a deposed
 //!   source primary cannot feed it).
-//! * A source ships a record only once it is durable in its log and
-//!   hardened by every SYNCHRONIZED secondary of its region
-//!   ([`GeoSource::shippable`]): a local failover that loses no
+//! * A source ships a record only once it is durable in its log, hardened
+//!   by every SYNCHRONIZED secondary of its region, and its transaction is
+//!   whole there ([`GeoSource::shippable`]): a local failover that loses no
 //!   acknowledged commit then never leaves a geo-secondary ahead of its
 //!   region's new primary (it would show a transaction that region
 //!   discards, and need a rewind).
@@ -314,10 +314,11 @@ pub trait GeoSource: Send + Sync {
     /// geo-failover), named in `GeoHello` so that it — and its other
     /// geo-secondaries — take this region as their source.
     fn succeeds(&self, database: &str) -> Option<GeoPartner>;
-    /// How far the log of `db` may go to a geo-secondary: durable here and
-    /// hardened by every SYNCHRONIZED secondary of this region, so a local
-    /// failover that loses no acknowledged commit never leaves the
-    /// geo-secondary ahead of the new primary.
+    /// How far the log of `db` may go to a geo-secondary: durable here,
+    /// hardened by every SYNCHRONIZED secondary of this region, and at a
+    /// transaction boundary (a new primary cuts a transaction whose last
+    /// part it lacks), so a local failover that loses no acknowledged
+    /// commit never leaves the geo-secondary ahead of the new primary.
     fn shippable(&self, db: &Database) -> Lsn;
     /// Changes whenever a secondary's progress may move
     /// [`GeoSource::shippable`] (None: no secondary is tracked).
@@ -458,6 +459,8 @@ async fn stream_geo(
         }
     };
     let log = db.log().clone();
+    // The log this start is planned from (see `Log::generation`).
+    let generation = log.generation();
     let history = db.epoch_history();
     let plan = plan_start(
         OwnLog {
@@ -628,6 +631,14 @@ async fn stream_geo(
     let mut ping = tokio::time::interval(GEO_PING);
     let mut next = start;
     loop {
+        if db.log().generation() != generation {
+            // A forwarder's own log restarted at a full image from its
+            // source (or was cut): the chained geo-secondary's start must be
+            // decided again.
+            return Err(ReplicationError::Local(format!(
+                "the log of {name} was replaced here (a full image from its geo source): the link starts over"
+            )));
+        }
         let limit = source.shippable(db);
         while next < limit {
             let log = db.log().clone();

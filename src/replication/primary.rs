@@ -668,7 +668,10 @@ impl GeoSource for PrimaryGroup {
             .databases
             .get(db.name())
             .and_then(|(_, cell)| cell.inspect(|s| s.synchronized_hardened()));
-        synchronized.map_or(durable, |h| h.min(durable))
+        let limit = synchronized.map_or(durable, |h| h.min(durable));
+        // Never part of a transaction: a new primary cuts one whose last
+        // part it lacks, and the geo-secondary would be ahead of it.
+        db.log().boundary_at_or_before(limit).unwrap_or(0)
     }
 
     fn progress_changes(&self, database: &str) -> Option<watch::Receiver<u64>> {
@@ -1007,7 +1010,10 @@ async fn stream_to(
     let mut next: HashMap<String, Lsn> = HashMap::new();
     // Databases that start from a full image here, and where its log starts.
     let mut restarts: HashMap<String, Lsn> = HashMap::new();
+    // The log each start was planned from (see `Log::generation`).
+    let mut generations: HashMap<String, u64> = HashMap::new();
     for (name, (db, cell)) in &group.databases {
+        generations.insert(name.clone(), db.log().generation());
         let position = positions.iter().find(|p| &p.database == name);
         let (start, rewind) = start_lsn(group, db, position)
             .await
@@ -1144,6 +1150,14 @@ async fn stream_to(
         for (name, (db, _)) in &group.databases {
             if group.is_suspended(name, &replica.name) {
                 continue;
+            }
+            if db.log().generation() != generations[name] {
+                // A forwarder's log restarted at a full image from its geo
+                // source (or was cut): where this replica starts must be
+                // decided again, else it would keep a log that diverged.
+                return Err(ReplicationError::Local(format!(
+                    "the log of {name} was replaced here (a full image from the geo source): the link starts over"
+                )));
             }
             let from = next[name];
             if from >= db.log().end_lsn() {

@@ -335,16 +335,26 @@ impl Group {
     /// `hosts.ns(i)` at `hosts.ip(i)` (clients and partners reach it
     /// there; a non-loopback node needs a password).
     pub async fn start_in_namespaces(spec: GroupSpec, hosts: &super::netns::Hosts) -> Group {
+        Group::start_on_hosts(spec, hosts, 0).await
+    }
+
+    /// Like [`Group::start_in_namespaces`], with node `i` on host
+    /// `first + i` (several groups, e.g. regions, on one set of hosts).
+    pub async fn start_on_hosts(
+        spec: GroupSpec,
+        hosts: &super::netns::Hosts,
+        first: usize,
+    ) -> Group {
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
         for i in 0..spec.replicas {
-            let endpoint = free_port();
+            let (host, endpoint) = (first + i, free_port());
             nodes.push(
                 spec.builder(i)
-                    .netns(&hosts.ns(i))
-                    .host(&hosts.ip(i).to_string())
+                    .netns(&hosts.ns(host))
+                    .host(&hosts.ip(host).to_string())
                     .password("netns-test")
-                    .replica_at(&name(i), hosts.ip(i), endpoint)
+                    .replica_at(&name(i), hosts.ip(host), endpoint)
                     .start()
                     .await,
             );
@@ -354,7 +364,7 @@ impl Group {
             nodes,
             endpoints,
             (0..spec.replicas)
-                .map(|i| hosts.ip(i).to_string())
+                .map(|i| hosts.ip(first + i).to_string())
                 .collect(),
             spec,
         )
