@@ -908,3 +908,60 @@ async fn a_rewound_former_primary_is_not_rewound_again_when_it_reconnects() {
         .assert_page_identical_to(R2, &[R1, R3], "after r1 reconnected")
         .await;
 }
+
+/// Rule: a read transaction left open on a secondary does not stop that
+/// secondary from becoming primary (SQL Server ends such sessions at a role
+/// change): a planned failover to it succeeds, and the new primary takes
+/// writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_read_transaction_on_the_target_does_not_block_a_planned_failover() {
+    let group = Group::start(2).await;
+    run_on(
+        &group,
+        0,
+        APP,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+    )
+    .await;
+    insert_ids(&group, 0, 1..=20).await;
+    group.wait_synchronized(&[1], CATCH_UP_TIMEOUT).await;
+    let reader = group.nodes[1].client(APP).await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM t")
+        .await
+        .unwrap_or_else(|e| panic!("a read on r2: {}", error_text(&e)));
+    // More commits on r1 that r2 redoes while the reader holds its snapshot.
+    insert_ids(&group, 0, 21..=40).await;
+    common::cluster::wait_failover_ready(&group, 0, &[1]).await;
+    common::cluster::planned_failover(&group, 1)
+        .await
+        .unwrap_or_else(|(code, m)| {
+            panic!(
+                "planned failover to r2 with a read open there: {code} {m}\n{}",
+                group.logs()
+            )
+        });
+    group.wait_takes_writes(1, CATCH_UP_TIMEOUT).await;
+    insert_ids(&group, 1, 41..=50).await;
+    assert_rows(&group, 1, &(1..=50).collect(), "the new primary").await;
+
+    // The reader's transaction was ended, and it is told why.
+    let ended = reader
+        .batch_execute("SELECT count(*) FROM t")
+        .await
+        .expect_err("the read transaction was ended by the promotion");
+    assert_eq!(
+        ended.code().map(|c| c.code()),
+        Some("25P02"),
+        "{}",
+        error_text(&ended)
+    );
+    assert!(
+        error_text(&ended).contains("becoming the primary"),
+        "{}",
+        error_text(&ended)
+    );
+    reader.batch_execute("ROLLBACK").await.unwrap();
+    let rows = query_text(&reader, "SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("50"), "the session goes on");
+}

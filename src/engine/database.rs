@@ -204,7 +204,19 @@ pub struct Database {
     intake: Mutex<()>,
     /// Interrupts the writer connection's running statement.
     writer_interrupt: std::sync::OnceLock<Arc<InterruptHandle>>,
+    /// Bumped when a promotion needs every read transaction on this
+    /// database ended (see [`Database::promote`]); the front end follows
+    /// it ([`Database::subscribe_read_ends`]).
+    read_ends: tokio::sync::watch::Sender<u64>,
+    /// Where the full image that redo is inside starts (`u64::MAX`: none).
+    /// The log is kept from there: a drain may have to cut a half image
+    /// back to its start (`SecondaryDb`).
+    image_from: AtomicU64,
 }
+
+/// How long a promotion keeps asking sessions to end their read
+/// transactions before it gives up (the role driver then retries it).
+const READERS_END_WITHIN: Duration = Duration::from_secs(15);
 
 /// One batch of redo: what it applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +286,8 @@ impl Database {
             redo: Mutex::new(None),
             intake: Mutex::new(()),
             writer_interrupt,
+            read_ends: tokio::sync::watch::channel(0).0,
+            image_from: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -421,6 +435,13 @@ impl Database {
             return Err(e.to_string());
         }
         self.set_applied_lsn(done.end);
+        if done.inside_image {
+            if let Some(start) = records.iter().rfind(|r| r.starts_image()) {
+                self.image_from.store(start.lsn, Ordering::SeqCst);
+            }
+        } else {
+            self.image_from.store(u64::MAX, Ordering::SeqCst);
+        }
         if !done.inside_image
             && self
                 .log
@@ -448,8 +469,12 @@ impl Database {
         }
         crate::log::write_checkpoint(&self.log_dir, end)
             .map_err(|e| Error::sql("58030", e.to_string()))?;
+        // Never past the start of an image redo is inside (see `image_from`).
+        let keep = end
+            .min(self.retain_from())
+            .min(self.image_from.load(Ordering::SeqCst));
         self.log
-            .truncate_before(end.min(self.retain_from()))
+            .truncate_before(keep)
             .map_err(|e| Error::sql("58030", e.to_string()))?;
         Ok(true)
     }
@@ -489,7 +514,47 @@ impl Database {
     /// new records will carry the new epoch (the epoch history records where
     /// it starts), and writes stay closed (`TakingOffice`) until the caller
     /// sets the open fence with its commit hook.
+    ///
+    /// Becoming writable empties SQLite's WAL, which a reader's open
+    /// snapshot prevents: a session that left a read transaction open here
+    /// would hold the promotion forever. So the promotion asks every session
+    /// to end its read transactions on this database
+    /// ([`Database::subscribe_read_ends`]; SQL Server likewise ends the
+    /// sessions of a database whose role changes) and tries again, for at
+    /// most [`READERS_END_WITHIN`].
     pub async fn promote(&self, group: &str, epoch: u64, log_epoch: u64) -> Result<()> {
+        let deadline = std::time::Instant::now() + READERS_END_WITHIN;
+        loop {
+            // Asked before every attempt: an attempt itself waits up to
+            // SQLite's busy timeout for readers.
+            self.read_ends.send_modify(|n| *n += 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match self.make_writable().await {
+                Err(e) if e.sqlstate() == "55P03" && std::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+                Ok(()) => break,
+            }
+        }
+        self.set_applied_lsn(self.log.end_lsn());
+        self.set_fence(Fence::Primary(super::fence::PrimaryFence {
+            group: group.to_string(),
+            epoch,
+            log_epoch,
+            writes: Writes::Closed(Closed::TakingOffice),
+            hook: None,
+        }))
+    }
+
+    /// Follows the promotions' requests to end every read transaction on
+    /// this database (see [`Database::promote`]).
+    pub fn subscribe_read_ends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.read_ends.subscribe()
+    }
+
+    /// The file and log part of [`Database::promote`]: cuts an unfinished
+    /// transaction off the log and empties the WAL (55P03 while a reader's
+    /// snapshot holds it).
+    async fn make_writable(&self) -> Result<()> {
         let mut writer = self.writer.clone().lock_owned().await;
         let path = self.path.clone();
         let (log, applied) = (self.log.clone(), self.applied_lsn());
@@ -516,15 +581,7 @@ impl Database {
             capture.skip_to_end(conn.sqlite(), &path)
         })
         .await
-        .map_err(|e| Error::sql("XX000", e.to_string()))??;
-        self.set_applied_lsn(self.log.end_lsn());
-        self.set_fence(Fence::Primary(super::fence::PrimaryFence {
-            group: group.to_string(),
-            epoch,
-            log_epoch,
-            writes: Writes::Closed(Closed::TakingOffice),
-            hook: None,
-        }))
+        .map_err(|e| Error::sql("XX000", e.to_string()))?
     }
 
     /// The epoch history of this database's log.

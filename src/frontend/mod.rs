@@ -25,7 +25,11 @@
 //!    57P01, "reconnect") at its next message once this replica has been
 //!    demoted to secondary. Every commit reports its end LSN as
 //!    ParameterStatus `availdb.commit_lsn`; `availdb.read_after_lsn` makes
-//!    statements on a secondary wait until that LSN is redone.
+//!    statements on a secondary wait until that LSN is redone. When this
+//!    replica is promoted, every read transaction on the database ends
+//!    (`Database::promote` asks, [`Frontend`] follows: an idle session's
+//!    transaction fails with 25P02 saying why, a running statement is
+//!    cancelled), since a held snapshot would stop the promotion.
 //!
 //! 6. `COPY … FROM STDIN` answers CopyInResponse and collects the CopyData
 //!    messages; at CopyDone their rows (text or CSV, [`crate::sql::pg::copy`])
@@ -117,6 +121,10 @@ pub struct Frontend {
     driver: AuthDriver<StartupParameters>,
     scram: Option<Arc<SaslMechanisms>>,
     cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
+    /// Every connection, for ending read transactions at a promotion.
+    connections: Mutex<Vec<Weak<ConnState>>>,
+    /// Databases whose promotions' read-end requests are followed.
+    followed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Frontend {
@@ -144,7 +152,86 @@ impl Frontend {
             ag,
             scram,
             cancels: Mutex::new(HashMap::new()),
+            connections: Mutex::new(Vec::new()),
+            followed: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Follows `db`'s requests to end its read transactions (a promotion
+    /// of this replica; see `Database::promote`), once per database.
+    fn follow_read_ends(self: &Arc<Self>, db: &Arc<crate::engine::Database>) {
+        let name = db.name().to_string();
+        if !self
+            .followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone())
+        {
+            return;
+        }
+        let mut requests = db.subscribe_read_ends();
+        let frontend = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while requests.changed().await.is_ok() {
+                let Some(frontend) = frontend.upgrade() else {
+                    return;
+                };
+                frontend.end_read_transactions(&name);
+            }
+        });
+    }
+
+    /// Ends every read transaction on `database`: idle sessions' at once;
+    /// a session running a statement on it has the statement cancelled,
+    /// and its transaction is ended at the promotion's next request.
+    fn end_read_transactions(&self, database: &str) {
+        let connections: Vec<Arc<ConnState>> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let why = format!(
+            "this replica is becoming the primary of database \"{database}\", which ends every read transaction on it"
+        );
+        let (mut ended, mut cancelled) = (0, 0);
+        for state in connections {
+            if state.database.get().map(String::as_str) != Some(database) {
+                continue;
+            }
+            match state.session.try_lock() {
+                Ok(mut session) => {
+                    if session
+                        .as_mut()
+                        .is_some_and(|s| s.end_read_transaction(&why))
+                    {
+                        ended += 1;
+                    }
+                }
+                Err(_) => {
+                    let key = state
+                        .cancel_key
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    if let Some(slot) =
+                        key.and_then(|k| self.lock_cancels().get(&k).and_then(Weak::upgrade))
+                    {
+                        slot.cancel();
+                        cancelled += 1;
+                    }
+                }
+            }
+        }
+        if ended + cancelled > 0 {
+            tracing::warn!(
+                database,
+                ended,
+                cancelled,
+                "ended the read transactions of sessions: this replica is becoming the primary"
+            );
+        }
     }
 
     /// Accepts connections until `shutdown` resolves.
@@ -284,6 +371,8 @@ pub struct ConnState {
     /// A `COPY … FROM STDIN` in progress: what it loads and the data so far.
     copy_in: tokio::sync::Mutex<Option<CopyIn>>,
     cancel_key: Mutex<Option<(i32, Bytes)>>,
+    /// The session's database, once it has one.
+    database: std::sync::OnceLock<String>,
 }
 
 impl Drop for ConnState {
@@ -313,7 +402,17 @@ impl Connection {
             session: tokio::sync::Mutex::new(None),
             copy_in: tokio::sync::Mutex::new(None),
             cancel_key: Mutex::new(None),
+            database: std::sync::OnceLock::new(),
         });
+        {
+            let mut all = state
+                .frontend
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            all.retain(|c| c.strong_count() > 0);
+            all.push(Arc::downgrade(&state));
+        }
         let extended = Arc::new(Extended {
             state: state.clone(),
             parser: Arc::new(Parser {
@@ -605,6 +704,8 @@ impl ConnState {
         }
         .map_err(|e| fatal(&e))?;
         let settings = Settings::from_startup(&params).map_err(|e| fatal(&e))?;
+        frontend.follow_read_ends(&db);
+        let _ = self.database.set(db.name().to_string());
         let session = Session::new(frontend.engine.clone(), frontend.ag.clone(), db, settings);
         let slot = session.cancel_slot();
         *self.session.lock().await = Some(session);

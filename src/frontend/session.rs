@@ -147,6 +147,9 @@ pub struct Session {
     /// session began: if it becomes a secondary (this replica was demoted),
     /// the session ends.
     began_read_write: bool,
+    /// Why the current transaction was ended from outside (a promotion of
+    /// this replica ended its read snapshot), until it is rolled back.
+    ended: Option<String>,
 }
 
 impl Session {
@@ -170,6 +173,7 @@ impl Session {
             cancel: Arc::new(CancelSlot::default()),
             asides: Vec::new(),
             began_read_write,
+            ended: None,
         }
     }
 
@@ -190,6 +194,30 @@ impl Session {
             )
             .with_hint("reconnect through the group's listener, or with target_session_attrs=read-write, to reach the new primary")
         })
+    }
+
+    /// Ends a transaction that holds a read snapshot of the database (the
+    /// replica is becoming its primary, which needs the snapshot gone):
+    /// the transaction fails, as PostgreSQL fails a standby's query that
+    /// conflicts with recovery, and its statements get 25P02 with `why`
+    /// until the client rolls back. True when there was one.
+    pub fn end_read_transaction(&mut self, why: &str) -> bool {
+        let holds_reader = matches!(
+            &self.tx,
+            Tx::Active {
+                holder: Holder::Reader { .. },
+                ..
+            } | Tx::Failed {
+                holder: Holder::Reader { .. }
+            }
+        );
+        if holds_reader {
+            self.tx = Tx::Failed {
+                holder: Holder::Nothing,
+            };
+            self.ended = Some(why.to_string());
+        }
+        holds_reader
     }
 
     /// The handle a cancel request uses.
@@ -294,10 +322,17 @@ impl Session {
                     }
             )
         {
-            return Err(Error::sql(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ));
+            return Err(match &self.ended {
+                Some(why) => Error::sql(
+                    "25P02",
+                    format!("current transaction was ended: {why}; commands ignored until end of transaction block"),
+                )
+                .with_hint("ROLLBACK, then run the transaction again"),
+                None => Error::sql(
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ),
+            });
         }
         match cmd {
             Command::Begin { read_only, strict } => Ok(self.begin(read_only, strict)),
@@ -544,6 +579,7 @@ impl Session {
     }
 
     async fn commit(&mut self) -> Result<Reply> {
+        self.ended = None;
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => {
                 self.warn("25P01", "there is no transaction in progress");
@@ -590,6 +626,7 @@ impl Session {
     }
 
     fn rollback(&mut self, tag: &str) -> Reply {
+        self.ended = None;
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => self.warn("25P01", "there is no transaction in progress"),
             Tx::Active { holder, .. } | Tx::Failed { holder } => drop_holder(holder),

@@ -394,7 +394,22 @@ impl SecondaryDb {
             return Ok(());
         };
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let cut = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            // Only a log that ends inside an image holds half of one: an
+            // image whose stream was abandoned (its primary failed over
+            // and the new one cut it) is gone from this log already.
+            let ends_inside_image = match db.log().last_record() {
+                None => false,
+                Some((lsn, _)) => db
+                    .log()
+                    .read_from(lsn)
+                    .map_err(|e| e.to_string())?
+                    .last()
+                    .is_some_and(|r| r.image_continues()),
+            };
+            if !ends_inside_image {
+                return Ok(false);
+            }
             let dir = db.log_dir().to_path_buf();
             // The file held at the checkpoint what it held at `start`.
             if crate::log::read_checkpoint(&dir).map_err(|e| e.to_string())? > start {
@@ -405,10 +420,15 @@ impl SecondaryDb {
                     "database \"{}\": cannot cut the unfinished full image at LSN {start} from the log: {e}",
                     db.name()
                 )
-            })
+            })?;
+            Ok(true)
         })
         .await
         .map_err(|e| e.to_string())??;
+        if !cut {
+            self.image_pages.store(0, Ordering::Relaxed);
+            return Ok(());
+        }
         self.db.set_applied_lsn(start);
         for watch in [&self.written, &self.hardened, &self.redone] {
             watch.send_replace(start);
