@@ -887,35 +887,40 @@ impl Session {
         let s = sql.clone();
         let memory = self.memory.clone();
         let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-            // In a transaction of its own: SQLite makes all of a RETURNING
-            // statement's changes at its first step and commits them when
-            // it is reset, so rows refused by the budget half way must
-            // roll back, never commit unacknowledged.
+            // A write that returns rows runs in a transaction of its own:
+            // SQLite makes all of a RETURNING statement's changes at its
+            // first step and commits them when it is reset, so rows refused
+            // by the budget half way must roll back, never commit
+            // unacknowledged. (Others run as they are: VACUUM cannot run
+            // inside a transaction.)
             let conn = w.conn().sqlite();
-            conn.execute_batch("SAVEPOINT availdb_statement")?;
+            let returns_rows = conn.prepare_cached(&s)?.column_count() > 0;
+            if returns_rows {
+                conn.execute_batch("SAVEPOINT availdb_statement")?;
+            }
             let outcome = engine::run_charged(conn, &s, &params, true, Some(&memory));
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(e) => {
+            let released = match (&outcome, returns_rows) {
+                (Err(_), true) => {
                     w.conn().reset();
-                    return Err(e);
+                    Ok(())
                 }
+                (Ok(_), true) => conn.execute_batch("RELEASE availdb_statement"),
+                (_, false) => Ok(()),
             };
-            let released = conn.execute_batch("RELEASE availdb_statement");
             if released.is_err() || !conn.is_autocommit() {
                 // A statement outside a block must not leave a
                 // transaction open on the shared writer (nor end ours).
+                let fenced = conn.is_autocommit();
                 w.conn().reset();
-                if let Err(e) = released {
-                    if conn.is_autocommit() {
-                        return Err(Error::from(e));
-                    }
+                if let (Err(e), true) = (released, fenced) {
+                    return Err(Error::from(e));
                 }
                 return Err(Error::sql(
                     "25P01",
                     "transaction control must use BEGIN, COMMIT and ROLLBACK",
                 ));
             }
+            let outcome = outcome?;
             Ok((outcome, w.after_commit()?))
         })
         .await;
