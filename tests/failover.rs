@@ -930,7 +930,16 @@ async fn an_open_read_transaction_on_the_target_does_not_block_a_planned_failove
         .batch_execute("BEGIN; SELECT count(*) FROM t")
         .await
         .unwrap_or_else(|e| panic!("a read on r2: {}", error_text(&e)));
-    // More commits on r1 that r2 redoes while the reader holds its snapshot.
+    // A second session on r2 holds a portal suspended after 5 of its rows.
+    let mut streamer = group.nodes[1].client(APP).await;
+    let portal_tx = streamer.transaction().await.unwrap();
+    let portal = portal_tx
+        .bind("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap();
+    let first = portal_tx.query_portal(&portal, 5).await.unwrap();
+    assert_eq!(first.len(), 5);
+    // More commits on r1 that r2 redoes while the readers hold snapshots.
     insert_ids(&group, 0, 21..=40).await;
     common::cluster::wait_failover_ready(&group, 0, &[1]).await;
     common::cluster::planned_failover(&group, 1)
@@ -964,4 +973,12 @@ async fn an_open_read_transaction_on_the_target_does_not_block_a_planned_failove
     reader.batch_execute("ROLLBACK").await.unwrap();
     let rows = query_text(&reader, "SELECT count(*) FROM t").await.unwrap();
     assert_eq!(rows[0][0].as_deref(), Some("50"), "the session goes on");
+    // The portal's transaction was ended too (rows it had already read
+    // may still be fetched: they are of its own snapshot).
+    let ended = portal_tx
+        .batch_execute("SELECT count(*) FROM t")
+        .await
+        .expect_err("the portal's transaction was ended by the promotion");
+    assert_eq!(ended.code().map(|c| c.code()), Some("25P02"));
+    drop(portal);
 }

@@ -1132,6 +1132,7 @@ impl Manager {
             out.add_geo(&state);
         }
         out.add_operations(&self.operations.list());
+        out.add_memory(self.engine.memory());
         out
     }
 }

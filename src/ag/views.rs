@@ -2,7 +2,8 @@
 //! `sys.availability_replicas`, `sys.availability_group_listeners`,
 //! `sys.availability_read_only_routing_lists`,
 //! `sys.dm_hadr_availability_replica_states`,
-//! `sys.dm_hadr_database_replica_states`), answered with plain SELECT.
+//! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`, …),
+//! answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
 //! database holding a snapshot of the node's state as tables, so any SELECT
@@ -33,6 +34,7 @@ pub struct Snapshot {
     partners: Vec<Vec<Value>>,
     geo_links: Vec<Vec<Value>>,
     operations: Vec<Vec<Value>>,
+    memory: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -82,6 +84,10 @@ CREATE TABLE sys.dm_operation_status(
     operation_id INTEGER, resource_type_desc TEXT, major_resource_id TEXT,
     minor_resource_id TEXT, operation TEXT, state_desc TEXT, percent_complete REAL,
     error_desc TEXT, start_time TEXT, last_modify_time TEXT);
+CREATE TABLE sys.dm_os_process_memory(
+    physical_memory_in_use_bytes INTEGER, peak_physical_memory_in_use_bytes INTEGER,
+    buffer_memory_in_use_bytes INTEGER, peak_buffer_memory_in_use_bytes INTEGER,
+    buffer_memory_limit_bytes INTEGER, session_buffer_memory_limit_bytes INTEGER);
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
@@ -590,6 +596,23 @@ impl Snapshot {
         ]);
     }
 
+    /// The node's memory (`sys.dm_os_process_memory`, one row): the
+    /// process's resident set now and at its peak (`VmRSS`, `VmHWM`; NULL
+    /// where `/proc` has none), and what availdb's own buffers hold against
+    /// their budget ([`crate::engine::memory`]).
+    pub fn add_memory(&mut self, memory: &engine::memory::NodeMemory) {
+        let (rss, peak) = engine::memory::process_memory()
+            .map_or((Value::Null, Value::Null), |(r, p)| (int(r), int(p)));
+        self.memory.push(vec![
+            rss,
+            peak,
+            int(memory.used()),
+            int(memory.peak()),
+            int(memory.limit()),
+            int(memory.session_limit()),
+        ]);
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -617,6 +640,7 @@ impl Snapshot {
             ("partner_servers", &self.partners),
             ("geo_replication_links", &self.geo_links),
             ("dm_operation_status", &self.operations),
+            ("dm_os_process_memory", &self.memory),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -642,6 +666,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.geo_replication_links",
         "sys.dm_geo_replication_link_status",
         "sys.dm_operation_status",
+        "sys.dm_os_process_memory",
     ]
     .iter()
     .any(|v| lower.contains(v))

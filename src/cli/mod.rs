@@ -89,8 +89,19 @@ pub struct ServerArgs {
     /// [default: 15000].
     #[arg(long, value_name = "MS")]
     pub listener_hold_ms: Option<u64>,
+    /// Memory one session's buffers may hold: rows that cannot stream (a
+    /// write's RETURNING rows, the rest of a suspended portal whose
+    /// transaction runs another statement) and COPY FROM STDIN data, in
+    /// MiB; past it the statement fails with SQLSTATE 53200 [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub session_memory_mb: Option<u64>,
+    /// Memory all sessions' buffers together may hold, in MiB; past it
+    /// the statement fails with SQLSTATE 53200 [default: 1024].
+    #[arg(long, value_name = "MIB")]
+    pub node_memory_mb: Option<u64>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
-    /// `endpoint`, `password`, `witness`, `listener_hold_ms`).
+    /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
+    /// `session_memory_mb`, `node_memory_mb`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -107,6 +118,8 @@ struct ConfigFile {
     password: Option<String>,
     witness: Option<bool>,
     listener_hold_ms: Option<u64>,
+    session_memory_mb: Option<u64>,
+    node_memory_mb: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -126,6 +139,10 @@ pub struct ServerConfig {
     pub witness: bool,
     /// How long a listener holds a session while no primary answers.
     pub listener_hold: std::time::Duration,
+    /// Memory budget of one session's buffers, bytes.
+    pub session_memory: u64,
+    /// Memory budget of all sessions' buffers, bytes.
+    pub node_memory: u64,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -193,6 +210,16 @@ impl ServerArgs {
                 crate::listener::DEFAULT_HOLD,
                 std::time::Duration::from_millis,
             ),
+            session_memory: self
+                .session_memory_mb
+                .or(file.session_memory_mb)
+                .unwrap_or(crate::engine::memory::DEFAULT_SESSION_MB)
+                << 20,
+            node_memory: self
+                .node_memory_mb
+                .or(file.node_memory_mb)
+                .unwrap_or(crate::engine::memory::DEFAULT_NODE_MB)
+                << 20,
         })
     }
 }
@@ -226,6 +253,9 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             config.data_dir.display()
         )
     })?);
+    engine
+        .memory()
+        .set_limits(config.session_memory, config.node_memory);
     if let Some(endpoint) = config.endpoint {
         crate::net::set_source(endpoint);
     }
@@ -434,6 +464,8 @@ mod tests {
             password: password.map(Into::into),
             witness: false,
             listener_hold_ms: None,
+            session_memory_mb: None,
+            node_memory_mb: None,
             config: None,
         }
     }
@@ -498,6 +530,8 @@ mod tests {
             c.listen.port().to_string(),
             c.name.replace(&c.listen.port().to_string(), "PORT"),
             c.listener_hold.as_millis().to_string(),
+            (c.session_memory >> 20).to_string(),
+            (c.node_memory >> 20).to_string(),
         ] {
             assert!(
                 server.contains(&format!("[default: {default}]")),

@@ -59,6 +59,23 @@ pub enum Error {
     /// rolled back, nothing of it is in the database.
     #[error("the transaction was rolled back: this database stopped taking writes here before it could commit (its lease as primary ran out, another replica is primary now, or it became READ_ONLY or a geo-secondary)")]
     CommitFenced,
+    /// A buffer of availdb's would pass its memory budget
+    /// ([`super::memory`]): the statement fails, nothing else.
+    #[error("out of memory: {what} needs {wanted} more bytes, and this {scope}'s buffers already hold {used} of the {limit}-byte {scope} limit")]
+    OutOfMemory {
+        /// What wanted the memory.
+        what: String,
+        /// Bytes asked for.
+        wanted: u64,
+        /// Bytes held when it was refused.
+        used: u64,
+        /// The limit that refused it.
+        limit: u64,
+        /// `session` or `node`.
+        scope: &'static str,
+        /// The setting that raises the limit.
+        setting: &'static str,
+    },
     /// A file-system problem with the data directory.
     #[error("{context}: {source}")]
     Io {
@@ -80,6 +97,7 @@ impl Error {
             Error::DatabaseInUse(_) => "55006",
             Error::LockTimeout { .. } => "55P03",
             Error::Canceled => "57014",
+            Error::OutOfMemory { .. } => "53200",
             Error::Io { .. } => "58030",
             Error::NotWritable { .. } | Error::CommitFenced => "25006",
         }
@@ -96,6 +114,9 @@ impl Error {
                 "disconnect the other sessions first, and connect to another database to drop it"
                     .into(),
             ),
+            Error::OutOfMemory { setting, .. } => Some(format!(
+                "read the result in smaller parts (a cursor or a fetch size, LIMIT, COPY in pieces), or raise {setting}"
+            )),
             Error::LockTimeout { .. } => Some(
                 "retry the transaction, or raise lock_timeout (SET lock_timeout = '60s')".into(),
             ),

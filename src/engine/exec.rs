@@ -5,9 +5,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, Statement};
+use rusqlite::{CachedStatement, Connection, Statement};
 
 use super::error::{Error, Result};
+use super::memory::{Charge, SessionMemory};
 use crate::sql::types::ValueType;
 use crate::sql::typing::{self, Schema};
 
@@ -63,6 +64,62 @@ pub fn is_readonly(conn: &Connection, sql: &str) -> Result<bool> {
 /// Column types are inferred only when `with_types` (the extended protocol
 /// already announced them at Describe).
 pub fn run(conn: &Connection, sql: &str, params: &[Value], with_types: bool) -> Result<Outcome> {
+    run_charged(conn, sql, params, with_types, None).map(|(outcome, _)| outcome)
+}
+
+/// [`run`], charging the rows it holds to `memory` as they are read: a
+/// result past the session's or the node's budget fails with 53200 instead
+/// of growing the process. The charge lives as long as the rows should.
+pub fn run_charged(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    with_types: bool,
+    memory: Option<&std::sync::Arc<SessionMemory>>,
+) -> Result<(Outcome, Option<Charge>)> {
+    let (mut stmt, columns) = prepare(conn, sql, params, with_types)?;
+    let ncols = columns.len();
+    let mut rows = Vec::new();
+    let mut charge: Option<Charge> = None;
+    let mut cursor = stmt.raw_query();
+    while let Some(row) = cursor.next()? {
+        let mut values = Vec::with_capacity(ncols);
+        for i in 0..ncols {
+            values.push(row.get::<_, Value>(i)?);
+        }
+        if let Some(memory) = memory {
+            let bytes = super::cursor::row_bytes(&values) as u64;
+            match charge.as_mut() {
+                Some(c) => c.grow(bytes, "rows of a statement that writes")?,
+                None => charge = Some(memory.charge(bytes, "rows of a statement that writes")?),
+            }
+        }
+        rows.push(values);
+    }
+    drop(cursor);
+    let changes = if ncols == 0 || !stmt.readonly() {
+        conn.changes()
+    } else {
+        0
+    };
+    Ok((
+        Outcome {
+            columns,
+            rows,
+            changes,
+        },
+        charge,
+    ))
+}
+
+/// Prepares `sql` (cached), binds `params` and reports its columns (typed
+/// when `with_types`).
+pub(super) fn prepare<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    params: &[Value],
+    with_types: bool,
+) -> Result<(CachedStatement<'c>, Vec<Column>)> {
     let mut stmt = conn.prepare_cached(sql)?;
     bind(&mut stmt, params)?;
     let columns = if with_types {
@@ -75,27 +132,7 @@ pub fn run(conn: &Connection, sql: &str, params: &[Value], with_types: bool) -> 
             })
             .collect()
     };
-    let ncols = columns.len();
-    let mut rows = Vec::new();
-    let mut cursor = stmt.raw_query();
-    while let Some(row) = cursor.next()? {
-        let mut values = Vec::with_capacity(ncols);
-        for i in 0..ncols {
-            values.push(row.get::<_, Value>(i)?);
-        }
-        rows.push(values);
-    }
-    drop(cursor);
-    let changes = if ncols == 0 || !stmt.readonly() {
-        conn.changes()
-    } else {
-        0
-    };
-    Ok(Outcome {
-        columns,
-        rows,
-        changes,
-    })
+    Ok((stmt, columns))
 }
 
 /// The number of parameters as PostgreSQL counts them: the highest `$N`.

@@ -42,17 +42,23 @@
 //! TEMP views over SQLite's schema, and the SQL functions PostgreSQL
 //! clients call ([`catalog`]); nothing of them is written to the file.
 //!
+//! # Memory
+//! A read statement's rows stream to the client as SQLite produces them
+//! ([`cursor`]); what availdb must hold whole is charged to the session's
+//! and the node's budget and refused with 53200 past it ([`memory`]).
+//!
 //! # Known limits
-//! * Results are materialised in memory before they are sent.
 //! * SQLite's automatic checkpoints are still on; log shipping takes them over.
 
 mod capture;
 pub mod catalog;
+pub mod cursor;
 mod database;
 mod error;
 mod exec;
 pub mod fence;
 pub mod image;
+pub mod memory;
 mod recover;
 pub mod redo;
 pub mod wal;
@@ -68,7 +74,7 @@ pub use database::{
     PG_VERSION,
 };
 pub use error::{Error, Result};
-pub use exec::{describe, is_readonly, run, Column, Described, Outcome};
+pub use exec::{describe, is_readonly, run, run_charged, Column, Described, Outcome};
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
 pub use recover::{redo as redo_records, whole_transactions};
@@ -81,6 +87,7 @@ pub struct Engine {
     dir: PathBuf,
     log_root: PathBuf,
     databases: Mutex<HashMap<String, Arc<Database>>>,
+    memory: Arc<memory::NodeMemory>,
 }
 
 impl Engine {
@@ -96,6 +103,7 @@ impl Engine {
             dir,
             log_root: data_dir.join("log"),
             databases: Mutex::new(HashMap::new()),
+            memory: Arc::new(memory::NodeMemory::default()),
         };
         let entries = fs::read_dir(&engine.dir).map_err(|source| Error::Io {
             context: format!("cannot read data directory {}", engine.dir.display()),
@@ -125,6 +133,11 @@ impl Engine {
         }
         drop(databases);
         Ok(engine)
+    }
+
+    /// The node's memory budget for availdb's own buffers.
+    pub fn memory(&self) -> &Arc<memory::NodeMemory> {
+        &self.memory
     }
 
     /// The database called `name`.

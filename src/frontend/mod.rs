@@ -14,11 +14,18 @@
 //!    …) and BackendKeyData, which a cancel request quotes later.
 //! 2. A simple Query is split into statements ([`crate::sql::split`]), each
 //!    classified ([`crate::sql::command`]) and run by the session in order,
-//!    stopping at the first error.
+//!    stopping at the first error. Each statement's response is sent before
+//!    the next one runs, its rows as SQLite produces them
+//!    ([`crate::engine::cursor`]): `feed` waits while the socket's buffer is
+//!    full, so a slow client holds back its own statement only.
 //! 3. Extended protocol: Parse classifies and *describes* the statement on
 //!    the connection its transaction would use (parameter and column types
 //!    are inferred then, because drivers ask before they bind); Bind decodes
-//!    parameters by those types; Execute runs it.
+//!    parameters by those types; Execute runs it and sends its rows as they
+//!    come, at most its row limit: then PortalSuspended, and the next
+//!    Execute of that portal goes on (fetch sizes, `query_portal`). Portals
+//!    end with their transaction (at Sync outside a block), as in
+//!    PostgreSQL, and with them the cursor and its snapshot.
 //! 4. The transaction status in every ReadyForQuery comes from the session's
 //!    own state machine, never from guesses about the statements.
 //! 5. A session whose database was read-write when it began ends (FATAL
@@ -32,9 +39,10 @@
 //!    cancelled), since a held snapshot would stop the promotion.
 //!
 //! 6. `COPY … FROM STDIN` answers CopyInResponse and collects the CopyData
-//!    messages; at CopyDone their rows (text or CSV, [`crate::sql::pg::copy`])
+//!    messages, charged to the session's memory budget (53200 at CopyDone
+//!    past it); at CopyDone their rows (text or CSV, [`crate::sql::pg::copy`])
 //!    are inserted in one transaction ([`Session::run_many`]). `COPY … TO
-//!    STDOUT` runs its query and sends one CopyData per row.
+//!    STDOUT` streams its query's rows, one CopyData per row.
 //! 7. A FATAL during start-up is sent and the connection closed at once:
 //!    PostgreSQL never sends ReadyForQuery after it, and clients (asyncpg)
 //!    break if it comes. `postgres` and `template1`, where libpq tools
@@ -58,7 +66,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{stream, Sink, SinkExt};
+use futures::{stream, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
 use pgwire::api::auth::sasl::SaslMechanisms;
@@ -70,8 +78,7 @@ use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
-    send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
-    SimpleQueryHandler,
+    send_execution_response, send_ready_for_query, ExtendedQueryHandler, SimpleQueryHandler,
 };
 use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
@@ -82,7 +89,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::extendedquery::{Execute, Sync as PgSync};
 use pgwire::messages::response::{
     EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
@@ -447,11 +454,14 @@ impl PgWireServerHandlers for Connection {
 
 /// A `COPY … FROM STDIN` between its start and CopyDone. The data is kept
 /// until CopyDone and then loaded in one transaction (see the module's
-/// known limits).
+/// known limits), charged to the session's memory budget: past it the
+/// rest is dropped and CopyDone answers 53200.
 struct CopyIn {
     spec: CopySpec,
     columns: Vec<Column>,
     data: Vec<u8>,
+    charge: crate::engine::memory::Charge,
+    failed: Option<Error>,
 }
 
 #[async_trait]
@@ -463,7 +473,18 @@ impl CopyHandler for ConnState {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(copy) = self.copy_in.lock().await.as_mut() {
-            copy.data.extend_from_slice(&copy_data.data);
+            if copy.failed.is_none() {
+                match copy
+                    .charge
+                    .grow(copy_data.data.len() as u64, "COPY FROM STDIN data")
+                {
+                    Ok(()) => copy.data.extend_from_slice(&copy_data.data),
+                    Err(e) => {
+                        copy.failed = Some(e);
+                        copy.data = Vec::new();
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -479,7 +500,10 @@ impl CopyHandler for ConnState {
         };
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
-        let result = load_copy(session, copy).await;
+        let result = match copy.failed {
+            Some(e) => Err(e),
+            None => load_copy(session, copy).await,
+        };
         client.set_transaction_status(status_of(session));
         match result {
             Ok(n) => {
@@ -582,10 +606,13 @@ async fn start_copy(
     if spec.from_stdin {
         let columns = session.copy_columns(&spec).await?;
         let n = columns.len();
+        let charge = session.memory().charge(0, "COPY FROM STDIN data")?;
         *state.copy_in.lock().await = Some(CopyIn {
             spec,
             columns,
             data: Vec::new(),
+            charge,
+            failed: None,
         });
         return Ok(Response::CopyIn(CopyResponse::new(0, n, stream::empty())));
     }
@@ -601,36 +628,67 @@ async fn start_copy(
             )
         }
     };
-    let (columns, rows) = match session.execute(Command::Sql(query), Vec::new()).await? {
-        Reply::Rows { columns, rows, .. } => (columns, rows),
-        _ => (Vec::new(), Vec::new()),
-    };
-    let mut chunks = Vec::with_capacity(rows.len() + 1);
-    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    for row in &rows {
-        let fields: Vec<Option<String>> = row
-            .iter()
-            .zip(&columns)
-            .map(|(v, c)| encode::value_text(c.ty, v))
-            .collect();
-        chunks.push(spec.format_row(&fields));
-    }
-    // pgwire counts CopyData messages for the tag: the header rides with
-    // the first row.
-    if let Some(header) = spec.header_line(&names) {
-        match chunks.first_mut() {
-            Some(first) => first.insert_str(0, &header),
-            None => chunks.push(header),
+    let (columns, source) = match session.execute(Command::Sql(query), Vec::new()).await? {
+        Reply::Stream { columns, rows, .. } => (columns, Some(rows)),
+        Reply::Rows { columns, rows, .. } => {
+            let charge = session.memory().charge(0, "COPY rows")?;
+            (
+                columns,
+                Some(crate::engine::cursor::RowSource::buffered(rows, charge)),
+            )
         }
-    }
-    let data = chunks
-        .into_iter()
-        .map(|line| Ok(CopyData::new(Bytes::from(line))));
-    Ok(Response::CopyOut(CopyResponse::new(
-        0,
-        columns.len(),
-        stream::iter(data.collect::<Vec<_>>()),
-    )))
+        _ => (Vec::new(), None),
+    };
+    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+    let ncols = columns.len();
+    // pgwire counts CopyData messages for the tag: the header rides with
+    // the first row (or goes alone when there is none).
+    let header = spec.header_line(&names);
+    let data = stream::unfold(
+        (source, header, spec, columns),
+        |(source, header, spec, columns)| async move {
+            let mut source = source?;
+            let (chunks, header) = match source.next_batch().await {
+                Some(Ok(batch)) => {
+                    let mut chunks: Vec<String> = batch
+                        .iter()
+                        .map(|row| {
+                            let fields: Vec<Option<String>> = row
+                                .iter()
+                                .zip(&columns)
+                                .map(|(v, c)| encode::value_text(c.ty, v))
+                                .collect();
+                            spec.format_row(&fields)
+                        })
+                        .collect();
+                    let header = match (header, chunks.first_mut()) {
+                        (Some(h), Some(first)) => {
+                            first.insert_str(0, &h);
+                            None
+                        }
+                        (h, _) => h,
+                    };
+                    (
+                        chunks
+                            .into_iter()
+                            .map(|c| Ok(CopyData::new(Bytes::from(c))))
+                            .collect(),
+                        header,
+                    )
+                }
+                Some(Err(e)) => {
+                    return Some((vec![Err(user_error(&e))], (None, None, spec, columns)))
+                }
+                None => {
+                    let last = header.map(|h| Ok(CopyData::new(Bytes::from(h))));
+                    return last.map(|l| (vec![l], (None, None, spec, columns)));
+                }
+            };
+            Some((chunks, (Some(source), header, spec, columns)))
+        },
+    )
+    .flat_map(|chunks: Vec<PgWireResult<CopyData>>| stream::iter(chunks));
+    Ok(Response::CopyOut(CopyResponse::new(0, ncols, data)))
 }
 
 #[async_trait]
@@ -851,10 +909,113 @@ fn to_response(
             response.set_command_tag(verb);
             Response::Query(response)
         }
+        Reply::Stream { columns, rows, tag } => {
+            let columns = match announced {
+                Some(a) if a.len() == columns.len() => a.to_vec(),
+                _ => columns,
+            };
+            let schema = Arc::new(encode::fields(&columns, format));
+            let mut response = QueryResponse::new(schema.clone(), row_stream(schema, rows));
+            let verb = tag.rsplit_once(' ').map_or(tag.as_str(), |(verb, _)| verb);
+            response.set_command_tag(verb);
+            Response::Query(response)
+        }
         Reply::Done(tag) => Response::Execution(Tag::new(&tag)),
         Reply::TxStart(tag) => Response::TransactionStart(Tag::new(&tag)),
         Reply::TxEnd(tag) => Response::TransactionEnd(Tag::new(&tag)),
     })
+}
+
+/// A cursor's rows as DataRows, encoded a batch at a time as the client
+/// takes them (nothing is read ahead beyond the cursor's window).
+fn row_stream(
+    schema: Arc<Vec<FieldInfo>>,
+    rows: crate::engine::cursor::RowSource,
+) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send {
+    use futures::StreamExt;
+    stream::unfold(Some(rows), move |source| {
+        let schema = schema.clone();
+        async move {
+            let mut source = source?;
+            match source.next_batch().await {
+                None => None,
+                Some(Ok(batch)) => match encode::encode_rows(&schema, batch) {
+                    Ok(encoded) => Some((encoded.into_iter().map(Ok).collect(), Some(source))),
+                    Err(e) => Some((vec![Err(e)], None)),
+                },
+                Some(Err(e)) => Some((vec![Err(user_error(&e))], None)),
+            }
+        }
+    })
+    .flat_map(|rows: Vec<PgWireResult<pgwire::messages::data::DataRow>>| stream::iter(rows))
+}
+
+/// How sending a result's rows ended.
+enum Sent {
+    /// Every row sent and CommandComplete with their count.
+    Complete,
+    /// `max_rows` rows sent and PortalSuspended: the rest stays in the portal.
+    Suspended,
+    /// The rows failed (the statement's error: cancel, timeout, budget, a
+    /// value that does not convert); nothing more of them is sent.
+    Failed(PgWireError),
+}
+
+/// Sends rows as the result produces them — `feed` waits whenever the
+/// socket's buffer is full, which is what holds a slow client's statement
+/// back — up to `max_rows` (0: all). Err only when the connection failed.
+async fn send_rows<C>(
+    client: &mut C,
+    response: &mut QueryResponse,
+    describe: bool,
+    max_rows: usize,
+) -> PgWireResult<Sent>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::StreamExt;
+    if describe {
+        client
+            .feed(PgWireBackendMessage::RowDescription(
+                pgwire::messages::data::RowDescription::new(
+                    response.row_schema().iter().map(Into::into).collect(),
+                ),
+            ))
+            .await?;
+    }
+    let tag = response.command_tag().to_string();
+    let rows = response.data_rows();
+    let mut sent = 0;
+    while max_rows == 0 || sent < max_rows {
+        match rows.next().await {
+            Some(Ok(row)) => {
+                client.feed(PgWireBackendMessage::DataRow(row)).await?;
+                sent += 1;
+            }
+            Some(Err(e)) => return Ok(Sent::Failed(e)),
+            None => {
+                client
+                    .feed(PgWireBackendMessage::CommandComplete(
+                        Tag::new(&tag).with_rows(sent).into(),
+                    ))
+                    .await?;
+                return Ok(Sent::Complete);
+            }
+        }
+    }
+    client
+        .feed(PgWireBackendMessage::PortalSuspended(
+            pgwire::messages::extendedquery::PortalSuspended::new(),
+        ))
+        .await?;
+    Ok(Sent::Suspended)
+}
+
+fn error_message(e: PgWireError) -> PgWireBackendMessage {
+    let info: ErrorInfo = e.into();
+    PgWireBackendMessage::ErrorResponse(info.into())
 }
 
 #[async_trait]
@@ -873,33 +1034,9 @@ impl SimpleQueryHandler for ConnState {
         }
         self.end_if_demoted().await?;
         client.set_state(PgWireConnectionState::QueryInProgress);
-        for response in self.do_query(client, &query.query).await? {
-            match response {
-                Response::Query(rows) => send_query_response(client, rows, true).await?,
-                Response::Execution(tag)
-                | Response::TransactionStart(tag)
-                | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
-                Response::Error(info) => {
-                    client
-                        .feed(PgWireBackendMessage::ErrorResponse((*info).into()))
-                        .await?
-                }
-                Response::EmptyQuery => {
-                    client
-                        .feed(PgWireBackendMessage::EmptyQueryResponse(
-                            EmptyQueryResponse::new(),
-                        ))
-                        .await?
-                }
-                Response::CopyIn(copy) => {
-                    // The data follows; ReadyForQuery comes after CopyDone.
-                    send_copy_in_response(client, copy).await?;
-                    client.set_state(PgWireConnectionState::CopyInProgress(false));
-                    return Ok(());
-                }
-                Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
-                Response::CopyBoth(_) => unreachable!("availdb never answers with COPY BOTH"),
-            }
+        if self.run_simple(client, &query.query).await? {
+            // The data follows; ReadyForQuery comes after CopyDone.
+            return Ok(());
         }
         let status = match self.session.lock().await.as_ref() {
             Some(session) => status_of(session),
@@ -910,6 +1047,7 @@ impl SimpleQueryHandler for ConnState {
         send_ready_for_query(client, status).await
     }
 
+    /// Every statement's response is sent as it runs (`ConnState::run_simple`).
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -917,35 +1055,104 @@ impl SimpleQueryHandler for ConnState {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.run_simple(client, query).await?;
+        Ok(Vec::new())
+    }
+}
+
+impl ConnState {
+    /// Sends one response of a simple Query; Ok(false) when it was an
+    /// error (the statements after it are skipped), Ok(true) when it
+    /// started COPY FROM STDIN.
+    async fn send_simple<C>(
+        &self,
+        client: &mut C,
+        session: &mut Session,
+        response: Response,
+    ) -> PgWireResult<Option<bool>>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match response {
+            Response::Query(mut rows) => match send_rows(client, &mut rows, true, 0).await? {
+                Sent::Failed(e) => {
+                    session.note_stream_error();
+                    client.feed(error_message(e)).await?;
+                    return Ok(Some(false));
+                }
+                Sent::Complete | Sent::Suspended => {}
+            },
+            Response::Execution(tag)
+            | Response::TransactionStart(tag)
+            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+            Response::Error(info) => {
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse((*info).into()))
+                    .await?;
+                return Ok(Some(false));
+            }
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?
+            }
+            Response::CopyIn(copy) => {
+                send_copy_in_response(client, copy).await?;
+                client.set_state(PgWireConnectionState::CopyInProgress(false));
+                return Ok(Some(true));
+            }
+            Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
+            Response::CopyBoth(_) => unreachable!("availdb never answers with COPY BOTH"),
+        }
+        Ok(None)
+    }
+
+    /// Runs a simple Query's statements, sending each one's response
+    /// before the next runs (rows as they are produced); returns true when
+    /// the query started COPY FROM STDIN.
+    async fn run_simple<C>(&self, client: &mut C, query: &str) -> PgWireResult<bool>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
         let statements = split_statements(query);
         if statements.is_empty() {
-            return Ok(vec![Response::EmptyQuery]);
+            self.send_simple(client, session, Response::EmptyQuery)
+                .await?;
+            return Ok(false);
         }
         let commands: Vec<Command> = statements.into_iter().map(classify).collect();
         if let Some(at) = commands.iter().position(|c| matches!(c, Command::Copy(_))) {
-            if commands.len() > 1 {
-                return Ok(vec![Response::Error(Box::new(encode::to_user_error(
+            let response = if commands.len() > 1 {
+                Response::Error(Box::new(encode::to_user_error(
                     &Error::sql(
                         "0A000",
                         "COPY must be the only statement of its Query message",
                     )
                     .with_hint("send COPY on its own"),
-                )))]);
-            }
-            let Command::Copy(spec) = commands[at].clone() else {
-                unreachable!("found above")
-            };
-            let result = start_copy(self, session, spec).await;
-            send_asides(client, session).await?;
-            return Ok(vec![match result {
-                Ok(response) => response,
-                Err(err) => {
-                    session.note_error(&err);
-                    Response::Error(Box::new(encode::to_user_error(&err)))
+                )))
+            } else {
+                let Command::Copy(spec) = commands[at].clone() else {
+                    unreachable!("found above")
+                };
+                let result = start_copy(self, session, spec).await;
+                send_asides(client, session).await?;
+                match result {
+                    Ok(response) => response,
+                    Err(err) => {
+                        session.note_error(&err);
+                        Response::Error(Box::new(encode::to_user_error(&err)))
+                    }
                 }
-            }]);
+            };
+            return Ok(self.send_simple(client, session, response).await? == Some(true));
         }
         // Like PostgreSQL, several statements in one Query run as one
         // implicit transaction unless they manage transactions themselves.
@@ -953,7 +1160,7 @@ impl SimpleQueryHandler for ConnState {
             && session.status() == TxStatus::Idle
             && commands.iter().all(|c| matches!(c, Command::Sql(_)));
         if implicit {
-            session
+            if let Err(e) = session
                 .execute(
                     Command::Begin {
                         read_only: None,
@@ -962,21 +1169,24 @@ impl SimpleQueryHandler for ConnState {
                     Vec::new(),
                 )
                 .await
-                .map_err(|e| user_error(&e))?;
+            {
+                return Err(user_error(&e));
+            }
         }
-        let mut responses = Vec::with_capacity(commands.len());
         let mut failed = false;
         for command in commands {
             let result = session.execute(command, Vec::new()).await;
             send_asides(client, session).await?;
-            match result {
-                Ok(reply) => responses.push(to_response(reply, &Format::UnifiedText, None)?),
+            let response = match result {
+                Ok(reply) => to_response(reply, &Format::UnifiedText, None)?,
                 Err(err) => {
                     tracing::debug!(sqlstate = err.sqlstate(), error = %err, "statement failed");
-                    responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
-                    failed = true;
-                    break;
+                    Response::Error(Box::new(encode::to_user_error(&err)))
                 }
+            };
+            if self.send_simple(client, session, response).await? == Some(false) {
+                failed = true;
+                break;
             }
         }
         if implicit {
@@ -988,10 +1198,14 @@ impl SimpleQueryHandler for ConnState {
             let result = session.execute(end, Vec::new()).await;
             send_asides(client, session).await?;
             if let Err(err) = result {
-                responses.push(Response::Error(Box::new(encode::to_user_error(&err))));
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse(
+                        encode::to_user_error(&err).into(),
+                    ))
+                    .await?;
             }
         }
-        Ok(responses)
+        Ok(false)
     }
 }
 
@@ -1105,6 +1319,47 @@ pub struct Extended {
     parser: Arc<Parser>,
 }
 
+impl Extended {
+    /// Sends what an Execute of a statement without rows answered.
+    async fn send_execute_response<C>(&self, client: &mut C, response: Response) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match response {
+            Response::Query(_) => unreachable!("rows are sent by on_execute"),
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?
+            }
+            Response::Execution(tag)
+            | Response::TransactionStart(tag)
+            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+            Response::Error(info) => {
+                client
+                    .send(PgWireBackendMessage::ErrorResponse((*info).into()))
+                    .await?
+            }
+            Response::CopyIn(copy) => {
+                client.set_state(PgWireConnectionState::CopyInProgress(true));
+                send_copy_in_response(client, copy).await?;
+                return Ok(());
+            }
+            Response::CopyOut(copy) => send_copy_out_response(client, copy).await?,
+            Response::CopyBoth(_) => unreachable!("availdb never answers with COPY BOTH"),
+        }
+        if let Some(session) = self.state.session.lock().await.as_ref() {
+            client.set_transaction_status(status_of(session));
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ExtendedQueryHandler for Extended {
     type Statement = Prepared;
@@ -1170,6 +1425,79 @@ impl ExtendedQueryHandler for Extended {
         }
     }
 
+    /// Runs a portal's statement at its first Execute and sends its rows
+    /// as they are produced, `max_rows` at a time: with a row limit the
+    /// portal is suspended (PortalSuspended) and the next Execute goes on
+    /// where it stopped. pgwire's own `on_execute` would collect each
+    /// Execute's rows in memory first (all of them without a limit).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use pgwire::api::portal::PortalExecutionState;
+        use pgwire::api::store::Entry;
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        let max_rows = message.max_rows.max(0) as usize;
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) => portal,
+            Some(Entry::Empty) => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(
+                        EmptyQueryResponse::new(),
+                    ))
+                    .await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Ok(());
+            }
+            None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+        };
+        let state = portal.state();
+        let mut state = state.lock().await;
+        let mut rows = match std::mem::take(&mut *state) {
+            PortalExecutionState::Initial => {
+                match self.do_query(client, portal.as_ref(), max_rows).await? {
+                    Response::Query(rows) => rows,
+                    other => {
+                        *state = PortalExecutionState::Finished;
+                        drop(state);
+                        return self.send_execute_response(client, other).await;
+                    }
+                }
+            }
+            PortalExecutionState::Suspended(rows) => rows,
+            PortalExecutionState::Finished => {
+                client
+                    .feed(PgWireBackendMessage::CommandComplete(
+                        Tag::new("SELECT").with_rows(0).into(),
+                    ))
+                    .await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Ok(());
+            }
+        };
+        match send_rows(client, &mut rows, false, max_rows).await? {
+            Sent::Suspended => *state = PortalExecutionState::Suspended(rows),
+            Sent::Complete => *state = PortalExecutionState::Finished,
+            Sent::Failed(e) => {
+                *state = PortalExecutionState::Finished;
+                if let Some(session) = self.state.session.lock().await.as_mut() {
+                    session.note_stream_error();
+                    client.set_transaction_status(status_of(session));
+                }
+                return Err(e);
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
+    }
+
     /// ReadyForQuery carries the session's own transaction status.
     async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
     where
@@ -1183,6 +1511,12 @@ impl ExtendedQueryHandler for Extended {
             Some(session) => status_of(session),
             None => TransactionStatus::Idle,
         };
+        if status == TransactionStatus::Idle {
+            // Portals live as long as their transaction: outside a block
+            // that ends here (an open portal would keep its reader's
+            // snapshot, and the WAL behind it, until the connection ends).
+            client.portal_store().clear_portals();
+        }
         client.set_transaction_status(status);
         client
             .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(

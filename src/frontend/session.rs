@@ -20,6 +20,20 @@
 //! write lock), otherwise it fails with 40001, as SQLite's own
 //! BUSY_SNAPSHOT and PostgreSQL's SERIALIZABLE do. Outside a transaction block each statement
 //! runs alone: reads on a pooled reader, writes on the writer in autocommit.
+//!
+//! # Rows and memory
+//! A read statement streams ([`Reply::Stream`], [`crate::engine::cursor`]):
+//! outside a block on a pooled reader of its own, which returns to the pool
+//! after the last row; inside one on the transaction's reader or writer,
+//! which the cursor holds (`Holder::Cursor`) until the statement ends or
+//! the session needs the connection again. Then the cursor is *settled*:
+//! for another statement of the transaction its remaining rows are read
+//! into memory for its portal (charged to the session's budget), and at
+//! COMMIT or ROLLBACK the portal ends with its transaction. A write's rows
+//! (`RETURNING`) go out after its commit and are held whole, charged; an
+//! autocommit write runs inside a savepoint so that a refusal half way
+//! rolls back (SQLite makes a RETURNING statement's changes at its first
+//! step and would commit them at reset).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +43,8 @@ use rusqlite::types::Value;
 use rusqlite::InterruptHandle;
 use tokio::sync::Notify;
 
+use crate::engine::cursor::{self, CursorHandle, CursorStop, Holds, RowSource};
+use crate::engine::memory::{Charge, SessionMemory};
 use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, WriterGuard};
 use crate::sql::command::Command;
 use crate::sql::tag::command_tag;
@@ -40,7 +56,6 @@ use super::settings::{Settings, COMMIT_LSN};
 pub const READ_AFTER_LSN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a statement produced, for the wire layer to send.
-#[derive(Debug)]
 pub enum Reply {
     /// Rows and the tag that ends them.
     Rows {
@@ -49,6 +64,16 @@ pub enum Reply {
         /// Result rows.
         rows: Vec<Vec<Value>>,
         /// Command tag.
+        tag: String,
+    },
+    /// Rows read as the client takes them ([`cursor`]), or held whole
+    /// under the session's memory budget (a write's `RETURNING` rows).
+    Stream {
+        /// Result columns.
+        columns: Vec<Column>,
+        /// The rows.
+        rows: RowSource,
+        /// Command tag; its last number is replaced by the rows sent.
         tag: String,
     },
     /// A statement without rows.
@@ -90,6 +115,8 @@ pub enum Aside {
 #[derive(Default)]
 pub struct CancelSlot {
     running: Mutex<Option<Arc<InterruptHandle>>>,
+    /// Statements still streaming rows (portals included).
+    cursors: Mutex<Vec<CursorStop>>,
     waiting: Notify,
     timed_out: AtomicBool,
 }
@@ -105,7 +132,22 @@ impl CancelSlot {
         {
             handle.interrupt();
         }
+        for cursor in self
+            .cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            cursor.stop(Error::Canceled);
+        }
         self.waiting.notify_waiters();
+    }
+
+    /// Lets cancel requests stop a streaming statement too.
+    fn track(&self, cursor: CursorStop) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.retain(|c| !c.is_over());
+        cursors.push(cursor);
     }
 
     fn set(&self, handle: Option<Arc<InterruptHandle>>) {
@@ -122,6 +164,26 @@ enum Holder {
         seq: Option<u64>,
     },
     Writer(WriterGuard),
+    /// A statement streams its rows on the transaction's reader or writer
+    /// (a portal, perhaps suspended); taken back before anything else runs
+    /// in the transaction ([`Session::settle`]).
+    Cursor(CursorHandle<Holder>),
+}
+
+impl Holds for Holder {
+    fn connection(&self) -> &rusqlite::Connection {
+        match self {
+            Holder::Reader { reader, .. } => reader.conn().sqlite(),
+            Holder::Writer(w) => w.conn().sqlite(),
+            Holder::Nothing | Holder::Cursor(_) => {
+                unreachable!("a cursor runs on a reader or the writer only")
+            }
+        }
+    }
+
+    fn release(self) {
+        drop_holder(self);
+    }
 }
 
 enum Tx {
@@ -150,6 +212,8 @@ pub struct Session {
     /// Why the current transaction was ended from outside (a promotion of
     /// this replica ended its read snapshot), until it is rolled back.
     ended: Option<String>,
+    /// This session's share of the node's memory budget.
+    memory: Arc<SessionMemory>,
 }
 
 impl Session {
@@ -164,7 +228,6 @@ impl Session {
         // already deposed) never served this session as the writer.
         let began_read_write = db.role() == engine::Role::ReadWrite && !db.is_resolving();
         Session {
-            engine,
             ag,
             db,
             tx: Tx::Idle,
@@ -174,6 +237,8 @@ impl Session {
             asides: Vec::new(),
             began_read_write,
             ended: None,
+            memory: engine.memory().session(),
+            engine,
         }
     }
 
@@ -202,19 +267,34 @@ impl Session {
     /// conflicts with recovery, and its statements get 25P02 with `why`
     /// until the client rolls back. True when there was one.
     pub fn end_read_transaction(&mut self, why: &str) -> bool {
+        // A cursor (a portal streaming rows) on a secondary reads too: it
+        // stops when its handle is dropped.
         let holds_reader = matches!(
             &self.tx,
             Tx::Active {
-                holder: Holder::Reader { .. },
+                holder: Holder::Reader { .. } | Holder::Cursor(_),
                 ..
             } | Tx::Failed {
-                holder: Holder::Reader { .. }
+                holder: Holder::Reader { .. } | Holder::Cursor(_)
             }
         );
         if holds_reader {
-            self.tx = Tx::Failed {
-                holder: Holder::Nothing,
-            };
+            let old = std::mem::replace(
+                &mut self.tx,
+                Tx::Failed {
+                    holder: Holder::Nothing,
+                },
+            );
+            if let Tx::Active {
+                holder: Holder::Cursor(cursor),
+                ..
+            }
+            | Tx::Failed {
+                holder: Holder::Cursor(cursor),
+            } = old
+            {
+                cursor.abandon();
+            }
             self.ended = Some(why.to_string());
         }
         holds_reader
@@ -245,9 +325,47 @@ impl Session {
     }
 
     /// Records an error found before the statement ran (e.g. a parameter
-    /// that does not decode): it fails an open transaction block too.
+    /// that does not decode), or while its rows were sent: it fails an
+    /// open transaction block too.
     pub fn note_error(&mut self, err: &Error) {
         self.fail_transaction(err);
+    }
+
+    /// A result's rows failed while they were sent (cancel, timeout,
+    /// budget, a value that does not convert): an open transaction block
+    /// fails, as after any failed statement.
+    pub fn note_stream_error(&mut self) {
+        self.fail_transaction(&Error::sql("XX000", "the statement's rows failed"));
+    }
+
+    /// The session's memory budget (COPY data is charged to it).
+    pub fn memory(&self) -> &Arc<SessionMemory> {
+        &self.memory
+    }
+
+    /// Takes the transaction's connection back from a statement still
+    /// streaming on it: `drain` keeps the rest of its rows for its portal
+    /// (charged to the budget), otherwise the portal ends with its
+    /// transaction.
+    async fn settle(holder: Holder, drain: bool) -> Holder {
+        match holder {
+            Holder::Cursor(handle) => handle.reclaim(drain).await,
+            other => other,
+        }
+    }
+
+    /// The transaction's holder, taken back from a streaming statement.
+    async fn settle_tx(&mut self, drain: bool) {
+        self.tx = match std::mem::replace(&mut self.tx, Tx::Idle) {
+            Tx::Active { holder, read_only } => Tx::Active {
+                holder: Session::settle(holder, drain).await,
+                read_only,
+            },
+            Tx::Failed { holder } => Tx::Failed {
+                holder: Session::settle(holder, drain).await,
+            },
+            Tx::Idle => Tx::Idle,
+        };
     }
 
     /// Notices and parameter changes produced since the last call.
@@ -283,6 +401,7 @@ impl Session {
             let snapshot = self.ag.snapshot();
             return blocking(move || snapshot.describe(&sql)).await;
         }
+        self.settle_tx(true).await;
         if let Tx::Active {
             holder: Holder::Writer(_),
             ..
@@ -510,7 +629,7 @@ impl Session {
                 format!("{tag} can only be used in transaction blocks"),
             )),
             Tx::Failed { holder } if rollback_to => {
-                let Holder::Writer(w) = holder else {
+                let Holder::Writer(w) = Session::settle(holder, false).await else {
                     return Err(Error::sql("3B001", "savepoint does not exist"));
                 };
                 let (w, res) =
@@ -580,6 +699,8 @@ impl Session {
 
     async fn commit(&mut self) -> Result<Reply> {
         self.ended = None;
+        // Portals end with their transaction.
+        self.settle_tx(false).await;
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => {
                 self.warn("25P01", "there is no transaction in progress");
@@ -767,6 +888,7 @@ impl Session {
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => self.autocommit(sql, params).await,
             Tx::Active { holder, read_only } => {
+                let holder = Session::settle(holder, true).await;
                 let (holder, res) = self
                     .in_transaction_block(holder, read_only, sql, params)
                     .await;
@@ -780,37 +902,71 @@ impl Session {
     async fn autocommit(&mut self, sql: String, params: Vec<Value>) -> Result<Reply> {
         let read_only = self.settings.default_read_only;
         let reader = self.db.reader()?;
-        let handle = reader.conn().interrupt_handle();
         let s = sql.clone();
-        let p = params.clone();
-        let read = interruptible(
-            &self.cancel,
-            self.settings.statement_timeout,
-            handle,
-            move || {
-                let conn = reader.conn().sqlite();
-                if engine::is_readonly(conn, &s)? || read_only {
-                    engine::run(conn, &s, &p, true).map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
-        )
+        let (reader, ro) = blocking(move || {
+            let ro = engine::is_readonly(reader.conn().sqlite(), &s);
+            (reader, ro)
+        })
         .await;
-        if let Some(outcome) = read.map_err(|e| self.read_only_error(e, &sql))? {
+        let ro = ro.map_err(|e| self.read_only_error(e, &sql))?;
+        if ro {
+            // Streams on its own pooled reader; the reader goes back to the
+            // pool when the last row is sent (or the portal is closed).
+            return match self.stream(reader, sql, params).await {
+                Ok((_streams_on, reply)) => Ok(reply),
+                Err((_, e)) => Err(e),
+            };
+        }
+        if read_only {
+            // Fails on the read-only connection with the right error.
+            let handle = reader.conn().interrupt_handle();
+            let s = sql.clone();
+            let read = interruptible(
+                &self.cancel,
+                self.settings.statement_timeout,
+                handle,
+                move || engine::run(reader.conn().sqlite(), &s, &params, true),
+            )
+            .await;
+            let outcome = read.map_err(|e| self.read_only_error(e, &sql))?;
             return Ok(reply(&sql, outcome));
         }
+        drop(reader);
         let w = self
             .db
             .writer(self.settings.lock_timeout, &self.cancel.waiting)
             .await?;
         let s = sql.clone();
+        let memory = self.memory.clone();
         let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-            let outcome = engine::run(w.conn().sqlite(), &s, &params, true);
-            if !w.conn().sqlite().is_autocommit() {
+            // A write that returns rows runs in a transaction of its own:
+            // SQLite makes all of a RETURNING statement's changes at its
+            // first step and commits them when it is reset, so rows refused
+            // by the budget half way must roll back, never commit
+            // unacknowledged. (Others run as they are: VACUUM cannot run
+            // inside a transaction.)
+            let conn = w.conn().sqlite();
+            let returns_rows = conn.prepare_cached(&s)?.column_count() > 0;
+            if returns_rows {
+                conn.execute_batch("SAVEPOINT availdb_statement")?;
+            }
+            let outcome = engine::run_charged(conn, &s, &params, true, Some(&memory));
+            let released = match (&outcome, returns_rows) {
+                (Err(_), true) => {
+                    w.conn().reset();
+                    Ok(())
+                }
+                (Ok(_), true) => conn.execute_batch("RELEASE availdb_statement"),
+                (_, false) => Ok(()),
+            };
+            if released.is_err() || !conn.is_autocommit() {
                 // A statement outside a block must not leave a
-                // transaction open on the shared writer.
+                // transaction open on the shared writer (nor end ours).
+                let fenced = conn.is_autocommit();
                 w.conn().reset();
+                if let (Err(e), true) = (released, fenced) {
+                    return Err(Error::from(e));
+                }
                 return Err(Error::sql(
                     "25P01",
                     "transaction control must use BEGIN, COMMIT and ROLLBACK",
@@ -821,10 +977,44 @@ impl Session {
         })
         .await;
         drop(w);
-        let (outcome, end) = res?;
+        let ((outcome, charge), end) = res?;
         self.db.commit_durable(end).await?;
         self.committed(end);
-        Ok(reply(&sql, outcome))
+        Ok(reply_charged(&sql, outcome, charge))
+    }
+
+    /// Opens a cursor for a read statement on `holder` and answers with its
+    /// rows as they come; on error the holder comes back.
+    async fn stream<H: Holds>(
+        &mut self,
+        holder: H,
+        sql: String,
+        params: Vec<Value>,
+    ) -> std::result::Result<(CursorHandle<H>, Reply), (H, Error)> {
+        let tag = command_tag(&sql, 0, 0);
+        match cursor::open(
+            holder,
+            sql.clone(),
+            params,
+            true,
+            self.memory.clone(),
+            self.settings.statement_timeout,
+        )
+        .await
+        {
+            Ok(opened) => {
+                self.cancel.track(opened.stop);
+                Ok((
+                    opened.handle,
+                    Reply::Stream {
+                        columns: opened.columns,
+                        rows: opened.rows,
+                        tag,
+                    },
+                ))
+            }
+            Err((holder, e)) => Err((holder, self.read_only_error(e, &sql))),
+        }
     }
 
     async fn in_transaction_block(
@@ -869,33 +1059,42 @@ impl Session {
         };
         match holder {
             Holder::Reader { reader, seq } => {
-                let handle = reader.conn().interrupt_handle();
                 let s = sql.clone();
-                let p = params.clone();
-                let (reader, res) = interruptible(
-                    &self.cancel,
-                    self.settings.statement_timeout,
-                    handle,
-                    move || {
-                        let conn = reader.conn().sqlite();
-                        let res = engine::is_readonly(conn, &s).and_then(|ro| {
-                            if ro || read_only {
-                                engine::run(conn, &s, &p, true).map(Some)
-                            } else {
-                                Ok(None)
-                            }
-                        });
-                        (reader, res)
-                    },
-                )
+                let (reader, ro) = blocking(move || {
+                    let ro = engine::is_readonly(reader.conn().sqlite(), &s);
+                    (reader, ro)
+                })
                 .await;
-                match res {
-                    Ok(Some(outcome)) => (Holder::Reader { reader, seq }, Ok(reply(&sql, outcome))),
+                match ro {
                     Err(e) => (
                         Holder::Reader { reader, seq },
                         Err(self.read_only_error(e, &sql)),
                     ),
-                    Ok(None) => match self
+                    Ok(true) => {
+                        self.stream_in_transaction(Holder::Reader { reader, seq }, sql, params)
+                            .await
+                    }
+                    Ok(false) if read_only => {
+                        // Fails on the read-only snapshot with the right error.
+                        let handle = reader.conn().interrupt_handle();
+                        let s = sql.clone();
+                        let (reader, res) = interruptible(
+                            &self.cancel,
+                            self.settings.statement_timeout,
+                            handle,
+                            move || {
+                                let res = engine::run(reader.conn().sqlite(), &s, &params, true);
+                                (reader, res)
+                            },
+                        )
+                        .await;
+                        (
+                            Holder::Reader { reader, seq },
+                            res.map(|o| reply(&sql, o))
+                                .map_err(|e| self.read_only_error(e, &sql)),
+                        )
+                    }
+                    Ok(false) => match self
                         .writer_for_transaction(Holder::Reader { reader, seq })
                         .await
                     {
@@ -905,7 +1104,23 @@ impl Session {
                 }
             }
             Holder::Writer(w) => self.run_on_writer(w, sql, params).await,
-            Holder::Nothing => unreachable!("a holder was chosen above"),
+            Holder::Nothing | Holder::Cursor(_) => {
+                unreachable!("a holder was chosen and settled above")
+            }
+        }
+    }
+
+    /// Streams a read statement on the transaction's holder, which the
+    /// cursor keeps until the session needs it again.
+    async fn stream_in_transaction(
+        &mut self,
+        holder: Holder,
+        sql: String,
+        params: Vec<Value>,
+    ) -> (Holder, Result<Reply>) {
+        match self.stream(holder, sql, params).await {
+            Ok((handle, reply)) => (Holder::Cursor(handle), Ok(reply)),
+            Err((holder, e)) => (holder, Err(e)),
         }
     }
 
@@ -916,11 +1131,32 @@ impl Session {
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
         let s = sql.clone();
-        let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-            engine::run(w.conn().sqlite(), &s, &params, true)
+        let (w, ro) = blocking(move || {
+            let ro = engine::is_readonly(w.conn().sqlite(), &s);
+            (w, ro)
         })
         .await;
-        (Holder::Writer(w), res.map(|outcome| reply(&sql, outcome)))
+        match ro {
+            Err(e) => return (Holder::Writer(w), Err(e)),
+            // A read inside a write transaction streams from the writer,
+            // which sees the transaction's own writes.
+            Ok(true) => {
+                return self
+                    .stream_in_transaction(Holder::Writer(w), sql, params)
+                    .await
+            }
+            Ok(false) => {}
+        }
+        let s = sql.clone();
+        let memory = self.memory.clone();
+        let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+            engine::run_charged(w.conn().sqlite(), &s, &params, true, Some(&memory))
+        })
+        .await;
+        (
+            Holder::Writer(w),
+            res.map(|(outcome, charge)| reply_charged(&sql, outcome, charge)),
+        )
     }
 
     /// Runs SQLite statements, each once per row of parameters, as one
@@ -1066,13 +1302,13 @@ impl Session {
     /// From a reader snapshot this is allowed only if nothing committed since
     /// the snapshot began; otherwise the transaction must retry (40001).
     async fn writer_for_transaction(&mut self, holder: Holder) -> Result<WriterGuard> {
-        let snapshot_seq = match holder {
+        let snapshot_seq = match Session::settle(holder, true).await {
             Holder::Writer(w) => return Ok(w),
             Holder::Reader { reader, seq } => {
                 drop(reader);
                 seq
             }
-            Holder::Nothing => None,
+            Holder::Nothing | Holder::Cursor(_) => None,
         };
         let w = self
             .db
@@ -1157,6 +1393,8 @@ fn holder_in_autocommit(holder: &Holder) -> bool {
         Holder::Nothing => true,
         Holder::Reader { reader, .. } => reader.conn().sqlite().is_autocommit(),
         Holder::Writer(w) => w.conn().sqlite().is_autocommit(),
+        // The statement's transaction is open on it.
+        Holder::Cursor(_) => false,
     }
 }
 
@@ -1168,6 +1406,9 @@ fn drop_holder(holder: Holder) {
         // The reader rolls back when it returns to the pool.
         Holder::Reader { reader, .. } => drop(reader),
         Holder::Writer(w) => w.conn().reset(),
+        // Stopped; the cursor's thread (or its handle) releases what it
+        // holds, a writer's transaction rolled back.
+        Holder::Cursor(handle) => handle.abandon(),
     }
 }
 
@@ -1185,6 +1426,18 @@ fn reply(sql: &str, outcome: engine::Outcome) -> Reply {
             rows: outcome.rows,
             tag,
         }
+    }
+}
+
+/// [`reply`] for rows held whole under `charge` (a write's `RETURNING`).
+fn reply_charged(sql: &str, outcome: engine::Outcome, charge: Option<Charge>) -> Reply {
+    match charge {
+        Some(charge) if !outcome.columns.is_empty() => Reply::Stream {
+            tag: command_tag(sql, outcome.rows.len(), outcome.changes),
+            columns: outcome.columns,
+            rows: RowSource::buffered(outcome.rows, charge),
+        },
+        _ => reply(sql, outcome),
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod group;
+pub mod memory;
 pub mod netns;
 pub mod proxy;
 

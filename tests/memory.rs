@@ -1,0 +1,432 @@
+//! Bounded memory (issue 16): real `availdb server` processes whose resident
+//! memory is read from `/proc/<pid>/status` while they serve results and
+//! transactions much larger than the bounds asserted here.
+//!
+//! The rule every test guards: **what a node holds in memory does not grow
+//! with the size of a result or of a transaction** — rows go to the client
+//! as SQLite produces them, and a transaction is captured, logged, shipped
+//! and redone a bounded part at a time.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use common::group::{error_text, query_text, Group, APP, CATCH_UP_TIMEOUT};
+use common::memory::{mb, peak, reset_peak, rss, Sampler};
+use common::{TestServer, DEFAULT_DB};
+
+/// What a node may add to its resident memory while it serves one large
+/// result or transaction, above what it held before (page cache of SQLite's
+/// connections, buffers of the log and of the links included).
+const GROWTH_BOUND: u64 = 120 << 20;
+
+/// Rows of about 1 KB: `rows` of them make a table of about `rows` KB.
+fn fill_sql(table: &str, from: u64, to: u64) -> String {
+    format!(
+        "INSERT INTO {table} SELECT value, hex(randomblob(500)) FROM generate_series({from}, {to})"
+    )
+}
+
+/// Bounded memory, transactions: one transaction larger than a wire frame
+/// (64 MiB) on a 3-replica synchronous group is captured, logged, shipped
+/// and redone without any node holding it whole: every secondary is
+/// SYNCHRONIZED afterwards with the same rows, and no node's peak resident
+/// memory grows by more than [`GROWTH_BOUND`].
+///
+/// Fails today (≈ 250 MB of growth on every node for ≈ 110 MB of pages):
+/// capture reads a transaction's pages whole out of the WAL and redo reads
+/// all its parts before it applies them. Ignored until they stream.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "issue 16: capture and redo still hold a transaction whole; run with --ignored"]
+async fn bounded_memory_a_transaction_larger_than_a_frame_replicates_to_three_replicas() {
+    const ROWS: u64 = 100_000; // ≈ 110 MB of pages
+    let group = Group::start(3).await;
+    let c = group.primary().client(APP).await;
+    c.batch_execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .await
+        .expect("create big");
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let pids: Vec<u32> = group.nodes.iter().map(|n| n.pid()).collect();
+    let before: Vec<u64> = pids.iter().map(|&p| common::memory::rss(p)).collect();
+    for &p in &pids {
+        reset_peak(p);
+    }
+    let sql = fill_sql("big", 1, ROWS);
+    match tokio::time::timeout(Duration::from_secs(300), c.batch_execute(&sql)).await {
+        Ok(Ok(())) => {}
+        other => panic!("{sql}: {other:?}\n{}", group.logs()),
+    }
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let expected = query_text(&c, "SELECT count(*), sum(length(v)), max(v) FROM big")
+        .await
+        .expect("count on r1");
+    assert_eq!(expected[0][0].as_deref(), Some(ROWS.to_string().as_str()));
+    for i in 1..3 {
+        let s = group.nodes[i].client(APP).await;
+        let rows = query_text(&s, "SELECT count(*), sum(length(v)), max(v) FROM big")
+            .await
+            .unwrap_or_else(|e| panic!("count on node {i}: {}", error_text(&e)));
+        assert_eq!(rows, expected, "node {i} holds the whole transaction");
+    }
+    let mut report = String::new();
+    let mut over = false;
+    for (i, &p) in pids.iter().enumerate() {
+        let grew = peak(p).saturating_sub(before[i]);
+        report.push_str(&format!(
+            "node {i}: before {}, peak {}, growth {}\n",
+            mb(before[i]),
+            mb(peak(p)),
+            mb(grew)
+        ));
+        over |= grew > GROWTH_BOUND;
+    }
+    eprintln!("{report}");
+    assert!(
+        !over,
+        "a node's resident memory grew by more than {} for one transaction of {ROWS} rows:\n{report}",
+        mb(GROWTH_BOUND)
+    );
+}
+
+/// Fills `big` with `rows` rows of about 1 KB in transactions of 20,000
+/// rows (so that loading stays far from any transaction-size question).
+async fn fill_big(c: &Client, rows: u64) {
+    c.batch_execute("CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .await
+        .expect("create big");
+    let mut from = 1;
+    while from <= rows {
+        let to = (from + 19_999).min(rows);
+        let sql = fill_sql("big", from, to);
+        tokio::time::timeout(Duration::from_secs(120), c.batch_execute(&sql))
+            .await
+            .unwrap_or_else(|_| panic!("{sql} took longer than 120 s"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        from = to + 1;
+    }
+}
+
+/// Reads `SELECT id, v FROM big` with the simple protocol, sleeping
+/// `pause` after every `every` rows; returns (rows, sum of id, bytes of v),
+/// or the error that ended it.
+async fn read_slowly(
+    c: &Client,
+    sql: &str,
+    every: u64,
+    pause: Duration,
+) -> Result<(u64, u64, u64), tokio_postgres::Error> {
+    let stream = c.simple_query_raw(sql).await?;
+    futures::pin_mut!(stream);
+    let (mut rows, mut ids, mut bytes) = (0u64, 0u64, 0u64);
+    while let Some(message) = stream.next().await {
+        if let SimpleQueryMessage::Row(row) = message? {
+            rows += 1;
+            ids += row.get(0).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            bytes += row.get(1).map_or(0, |v| v.len() as u64);
+            if rows % every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    Ok((rows, ids, bytes))
+}
+
+/// Bounded memory, results: `SELECT *` of a table of about 300 MB is read
+/// whole by tokio-postgres through a portal with a fetch size (extended
+/// protocol, `PortalSuspended` between fetches) and by a simple-protocol
+/// client that reads slowly, at the same time. Every row arrives; the node's
+/// resident memory grows by less than [`GROWTH_BOUND`] (materialized, the
+/// result alone was several times the table); and the slow reader does not
+/// stall another session's writes: they all commit while it is still
+/// reading.
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_memory_select_star_of_a_large_table_streams_to_a_portal_and_a_slow_reader() {
+    const ROWS: u64 = 300_000; // ≈ 300 MB of rows
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    fill_big(&c, ROWS).await;
+    c.batch_execute("CREATE TABLE w(id INTEGER PRIMARY KEY, at TEXT)")
+        .await
+        .expect("create w");
+    let pid = server.pid();
+    let before = rss(pid);
+    reset_peak(pid);
+    let sampler = Sampler::start(pid);
+    let expected_ids = ROWS * (ROWS + 1) / 2;
+
+    // The portal reader: a transaction, a bound portal, 1,000 rows a fetch.
+    let mut portal_client = server.client(DEFAULT_DB).await;
+    let portal_reader = tokio::spawn(async move {
+        let tx = portal_client.transaction().await.expect("begin");
+        let portal = tx.bind("SELECT id, v FROM big", &[]).await.expect("bind");
+        let (mut rows, mut ids, mut bytes, mut fetches) = (0u64, 0u64, 0u64, 0u64);
+        loop {
+            let batch = tx.query_portal(&portal, 1000).await.expect("fetch");
+            fetches += 1;
+            if batch.is_empty() {
+                break;
+            }
+            for row in &batch {
+                rows += 1;
+                ids += row.get::<_, i64>(0) as u64;
+                bytes += row.get::<_, &str>(1).len() as u64;
+            }
+        }
+        tx.commit().await.expect("commit");
+        (rows, ids, bytes, fetches)
+    });
+
+    // The slow reader: a pause every 2,000 rows, and a flag once it is done.
+    let slow_done = Arc::new(AtomicBool::new(false));
+    let slow_client = server.client(DEFAULT_DB).await;
+    let slow = {
+        let done = slow_done.clone();
+        tokio::spawn(async move {
+            let out = read_slowly(
+                &slow_client,
+                "SELECT id, v FROM big",
+                2000,
+                Duration::from_millis(100),
+            )
+            .await;
+            done.store(true, Ordering::SeqCst);
+            out
+        })
+    };
+
+    // Another session's writes, while the slow reader holds its snapshot.
+    let writer = server.client(DEFAULT_DB).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..50 {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            writer.execute("INSERT INTO w(id, at) VALUES ($1, 'x')", &[&(i as i64)]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("write {i} waited 30 s behind a slow reader"))
+        .unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    let writes_done_while_reading = !slow_done.load(Ordering::SeqCst);
+
+    let (rows, ids, bytes, fetches) = tokio::time::timeout(Duration::from_secs(300), portal_reader)
+        .await
+        .expect("the portal reader finished within 300 s")
+        .expect("portal reader");
+    assert_eq!(
+        (rows, ids),
+        (ROWS, expected_ids),
+        "every row through the portal"
+    );
+    assert_eq!(bytes, ROWS * 1000);
+    assert!(
+        fetches > ROWS / 1000,
+        "{fetches} fetches: the portal was suspended between them"
+    );
+    let (srows, sids, sbytes) = tokio::time::timeout(Duration::from_secs(300), slow)
+        .await
+        .expect("the slow reader finished within 300 s")
+        .expect("slow reader")
+        .expect("slow read");
+    assert_eq!(
+        (srows, sids, sbytes),
+        (ROWS, expected_ids, ROWS * 1000),
+        "every row, read slowly"
+    );
+    assert!(
+        writes_done_while_reading,
+        "50 writes of another session committed only after the slow reader finished"
+    );
+    let sampled = sampler.finish();
+    let grew = peak(pid).saturating_sub(before);
+    let report = format!(
+        "before {}, peak {} (sampled {}), growth {}",
+        mb(before),
+        mb(peak(pid)),
+        mb(sampled),
+        mb(grew)
+    );
+    eprintln!("{report}");
+    assert!(
+        grew < GROWTH_BOUND,
+        "reading a {ROWS}-row table grew the node by more than {}: {report}",
+        mb(GROWTH_BOUND)
+    );
+}
+
+/// Bounded memory, budgets: what availdb must hold whole is charged to the
+/// session's budget (`--session-memory-mb`), and past it the statement
+/// fails with SQLSTATE 53200 naming the limit and the setting — the node
+/// goes on serving. Three such buffers: a write's `RETURNING` rows, the
+/// rest of a suspended portal when its transaction runs another statement
+/// (read into memory so the portal keeps its own rows), and COPY FROM STDIN
+/// data. A portal whose rest fits is drained and still returns exactly its
+/// rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_memory_buffers_past_the_session_budget_fail_with_53200_naming_the_setting() {
+    let server = TestServer::builder()
+        .arg("--session-memory-mb")
+        .arg("4")
+        .start()
+        .await;
+    let mut c = server.client(DEFAULT_DB).await;
+    fill_big(&c, 20_000).await; // ≈ 20 MB
+    let names_the_setting = |e: &tokio_postgres::Error, what: &str| {
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{what}: not a server error: {e:?}"));
+        assert_eq!(db.code().code(), "53200", "{what}: {db:?}");
+        assert!(
+            db.message().contains("session")
+                && db.hint().unwrap_or("").contains("--session-memory-mb"),
+            "{what}: the error names the limit and the setting: {db:?}"
+        );
+    };
+
+    // RETURNING rows go out after the commit: held whole.
+    let err = c
+        .query("UPDATE big SET v = v RETURNING v", &[])
+        .await
+        .map(|rows| rows.len())
+        .expect_err("20 MB of RETURNING rows past a 4 MB budget");
+    names_the_setting(&err, "UPDATE … RETURNING");
+
+    // A suspended portal whose transaction runs another statement.
+    {
+        let tx = c.transaction().await.expect("begin");
+        let small = tx
+            .bind("SELECT id FROM big WHERE id <= 5000", &[])
+            .await
+            .expect("bind small");
+        let first = tx.query_portal(&small, 10).await.expect("first 10");
+        assert_eq!(first.len(), 10);
+        // Another statement of the same transaction: the portal's rest
+        // (4,990 small rows) is read now and still comes from the portal.
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .expect("count while a portal is suspended")
+            .get(0);
+        assert_eq!(n, 20_000);
+        let mut rest = 0;
+        loop {
+            let batch = tx.query_portal(&small, 1000).await.expect("rest of small");
+            if batch.is_empty() {
+                break;
+            }
+            rest += batch.len();
+        }
+        assert_eq!(
+            rest, 4990,
+            "the drained portal returns exactly its own rows"
+        );
+        let big = tx
+            .bind("SELECT id, v FROM big", &[])
+            .await
+            .expect("bind big");
+        tx.query_portal(&big, 10).await.expect("first 10 of big");
+        tx.query_one("SELECT 1", &[])
+            .await
+            .expect("another statement while the big portal is suspended");
+        // The rows read before the budget ran out come first, then 53200.
+        let mut fetched = 10;
+        let err = loop {
+            match tx.query_portal(&big, 1000).await {
+                Ok(batch) if batch.is_empty() => {
+                    panic!("the big portal's 20 MB rest fit a 4 MB budget ({fetched} rows)")
+                }
+                Ok(batch) => fetched += batch.len(),
+                Err(e) => break e,
+            }
+        };
+        assert!(fetched < 20_000, "{fetched} rows before the error");
+        names_the_setting(&err, "a suspended portal's rest");
+    }
+
+    // COPY FROM STDIN data waits for CopyDone.
+    c.batch_execute("CREATE TABLE copied(id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .expect("create copied");
+    let sink = c
+        .copy_in("COPY copied (id, v) FROM STDIN")
+        .await
+        .expect("copy in");
+    futures::pin_mut!(sink);
+    use futures::SinkExt;
+    let line = "x".repeat(1000);
+    let mut failed = None;
+    for i in 0..8000 {
+        let data = bytes::Bytes::from(format!("{i}\t{line}\n"));
+        if let Err(e) = sink.send(data).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = match failed {
+        Some(e) => e,
+        None => sink
+            .finish()
+            .await
+            .expect_err("8 MB of COPY data past a 4 MB budget"),
+    };
+    names_the_setting(&err, "COPY FROM STDIN");
+
+    // The node and the session go on.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .expect("the session goes on")
+        .get(0);
+    assert_eq!(n, 20_000);
+    let view = query_text(
+        &c,
+        "SELECT physical_memory_in_use_bytes > 0, session_buffer_memory_limit_bytes, \
+         buffer_memory_in_use_bytes FROM sys.dm_os_process_memory",
+    )
+    .await
+    .expect("sys.dm_os_process_memory");
+    assert_eq!(
+        view,
+        vec![vec![
+            Some("t".into()),
+            Some((4u64 << 20).to_string()),
+            Some("0".into())
+        ]],
+        "the view shows the resident memory, the budget, and nothing held once idle"
+    );
+}
+
+/// Bounded memory keeps `statement_timeout`: a result read so slowly that
+/// it outlives the timeout ends with 57014, and the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_memory_statement_timeout_stops_a_slowly_read_result() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    fill_big(&c, 20_000).await;
+    c.batch_execute("SET statement_timeout = '1s'")
+        .await
+        .expect("set");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        read_slowly(&c, "SELECT id, v FROM big", 100, Duration::from_millis(100)),
+    )
+    .await
+    .expect("the slow read ended within 60 s");
+    let err = out.expect_err("20,000 rows at 1,000 a second outlive a 1 s statement_timeout");
+    assert_eq!(
+        err.as_db_error().map(|d| d.code().code()),
+        Some("57014"),
+        "{err:?}"
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .expect("the session goes on")
+        .get(0);
+    assert_eq!(n, 20_000);
+}
