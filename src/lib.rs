@@ -17,3 +17,4 @@ pub mod replication;
 #[cfg(test)]
 mod sim;
 pub mod sql;
+pub mod traffic;

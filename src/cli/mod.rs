@@ -22,6 +22,7 @@ use crate::replication::secondary::serve_endpoint;
 
 pub mod cluster;
 pub mod listener;
+pub mod traffic;
 pub mod up;
 
 /// availdb: Always On availability groups for SQLite, over the PostgreSQL
@@ -47,6 +48,9 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// A stand-alone availability group listener on a host with no replica.
     Listener(listener::ListenerArgs),
+    /// A traffic manager: one address in front of application endpoints,
+    /// priority routing with health probes (or operate a running one).
+    TrafficManager(traffic::TrafficArgs),
 }
 
 /// `availdb server` options.

@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod group;
 pub mod netns;
 pub mod proxy;
+pub mod traffic;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
