@@ -18,3 +18,4 @@ pub mod replication;
 mod sim;
 pub mod sql;
 pub mod traffic;
+pub mod upgrade;

@@ -3,7 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use availdb::cli::{cluster, listener, run_server, traffic, up, Cli, Command};
+use availdb::cli::{cluster, listener, run_server, traffic, up, upgrade, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
             Command::Cluster(args) => cluster::run(args).await,
             Command::Listener(args) => listener::run(args).await,
             Command::TrafficManager(args) => traffic::run(args).await,
+            Command::Upgrade(args) => upgrade::run(args).await,
         }
     });
     match result {
