@@ -16,6 +16,10 @@
 //! | `log.restart.history` | … replaced the epoch history |
 //! | `log.restart.checkpoint` | … wrote the checkpoint, before removing the intent |
 //! | `log.append.failed` | a log write failed, before it is cut back |
+//! | `upgrade.read_only` | `availdb upgrade` step 3: production is READ_ONLY, the step not recorded as done |
+//! | `upgrade.terminated` | step 4: the planned termination returned, its guards not checked |
+//! | `upgrade.script_ran` | step 5: the upgrade script ran, the smoke check not yet |
+//! | `upgrade.switched` | step 6: the traffic manager switched, the step not recorded as done |
 //!
 //! Unit tests reach a point in a child process (`tests_support::crash_in_child`, in unit tests):
 //! the test binary runs itself again, for one test, with the variable set.

@@ -17,3 +17,5 @@ pub mod replication;
 #[cfg(test)]
 mod sim;
 pub mod sql;
+pub mod traffic;
+pub mod upgrade;

@@ -3,11 +3,13 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use availdb::cli::{cluster, listener, run_server, up, Cli, Command};
+use availdb::cli::{cluster, listener, run_server, traffic, up, upgrade, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Cluster(_)) {
+    if matches!(cli.command, Command::Cluster(_))
+        || matches!(&cli.command, Command::TrafficManager(a) if a.command.is_some())
+    {
         // A short-lived report: piped into `head`, it ends quietly when the
         // reader goes away, like other command-line tools. (Servers keep
         // Rust's default of ignoring SIGPIPE: a client that hangs up must
@@ -41,6 +43,8 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
             Command::Listener(args) => listener::run(args).await,
+            Command::TrafficManager(args) => traffic::run(args).await,
+            Command::Upgrade(args) => upgrade::run(args).await,
         }
     });
     match result {

@@ -22,7 +22,9 @@ use crate::replication::secondary::serve_endpoint;
 
 pub mod cluster;
 pub mod listener;
+pub mod traffic;
 pub mod up;
+pub mod upgrade;
 
 /// availdb: Always On availability groups for SQLite, over the PostgreSQL
 /// wire protocol.
@@ -47,6 +49,12 @@ pub enum Command {
     Cluster(cluster::ClusterArgs),
     /// A stand-alone availability group listener on a host with no replica.
     Listener(listener::ListenerArgs),
+    /// A traffic manager: one address in front of application endpoints,
+    /// priority routing with health probes (or operate a running one).
+    TrafficManager(traffic::TrafficArgs),
+    /// Upgrade an application from V1 to V2 with a read-only window as
+    /// long as its upgrade script (`availdb upgrade PLAN.toml`).
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 /// `availdb server` options.

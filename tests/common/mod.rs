@@ -19,6 +19,8 @@ pub mod group;
 pub mod memory;
 pub mod netns;
 pub mod proxy;
+pub mod traffic;
+pub mod upgrade;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

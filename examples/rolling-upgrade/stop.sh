@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Stops what start.sh and the upgrade started (their pids are in ./demo/).
+cd "$(dirname "$0")"
+for name in tm v1 v2 stage production; do
+  [ -f "demo/$name.pid" ] && kill "$(cat "demo/$name.pid")" 2>/dev/null
+done
+true

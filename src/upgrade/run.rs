@@ -1,0 +1,1269 @@
+//! The driver around the step machine: the state folder (lock, state
+//! file, the V2 application's log), the steps' I/O (admin SQL on each
+//! slot's primary, the traffic manager's admin API, the plan's commands),
+//! progress and the report.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::machine::{Machine, Next, Phase, Step};
+use super::plan::Plan;
+use super::{Error, Result};
+use crate::traffic::{self, Activate, EndpointDef, Health, Status};
+
+/// How long seeding may take.
+const SEED_WITHIN: Duration = Duration::from_secs(6 * 3600);
+/// How long the stage application may take to be healthy.
+const V2_HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+/// How long a stopped application may take to exit before SIGKILL.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// How long a plan's command (script, smoke check, stop) may run.
+const COMMAND_WITHIN: Duration = Duration::from_secs(3600);
+
+/// What the state file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    /// The plan's name when the upgrade began.
+    plan: String,
+    machine: Machine,
+    /// The V2 application's process (group) id.
+    stage_app_pid: Option<i32>,
+    /// When ADD SECONDARY was sent (ms since the epoch).
+    seeding_started_ms: Option<u64>,
+    /// Production's log end once it was READ_ONLY.
+    production_end_lsn: Option<i64>,
+}
+
+/// How `availdb upgrade` reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Draw progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// How an upgrade ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The final phase.
+    pub phase: Phase,
+    /// The printed summary.
+    pub summary: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The state folder, locked for this orchestrator.
+struct Folder {
+    state_path: PathBuf,
+    app_log: PathBuf,
+    report_path: PathBuf,
+    _lock: File,
+}
+
+impl Folder {
+    fn open(plan: &Plan, plan_path: &Path) -> Result<Folder> {
+        let dir = plan.state_dir(plan_path);
+        crate::durable::create_dir_all(&dir).map_err(|e| Error::State {
+            path: dir.clone(),
+            why: e.to_string(),
+        })?;
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::State {
+                path: lock_path.clone(),
+                why: e.to_string(),
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Busy { path: lock_path }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::State {
+                    path: lock_path,
+                    why: e.to_string(),
+                })
+            }
+        }
+        Ok(Folder {
+            state_path: dir.join("state.json"),
+            app_log: dir.join("stage-app.log"),
+            report_path: dir.join("report.json"),
+            _lock: lock,
+        })
+    }
+
+    fn load(&self) -> Result<Option<State>> {
+        match std::fs::read_to_string(&self.state_path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::State {
+                    path: self.state_path.clone(),
+                    why: format!(
+                        "{e} (the file is damaged; `availdb upgrade status` cannot read it)"
+                    ),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::State {
+                path: self.state_path.clone(),
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    fn save(&self, state: &State) -> Result<()> {
+        let text = serde_json::to_vec_pretty(state).expect("the state serializes");
+        crate::durable::write_atomically(&self.state_path, &text).map_err(|e| Error::State {
+            path: self.state_path.clone(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// `availdb upgrade PLAN` (`fresh`) or `availdb upgrade resume PLAN`.
+pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Outcome> {
+    let plan = Plan::load(plan_path)?;
+    let folder = Folder::open(&plan, plan_path)?;
+    let mut state = match (folder.load()?, fresh) {
+        (None, true) => State {
+            plan: plan.name.clone(),
+            machine: Machine::new(plan.upgrade.remove_v1),
+            stage_app_pid: None,
+            seeding_started_ms: None,
+            production_end_lsn: None,
+        },
+        (None, false) => {
+            return Err(Error::Wrong(format!(
+                "no upgrade of plan {} has begun: start it with `availdb upgrade {}`",
+                plan.name,
+                plan_path.display()
+            )))
+        }
+        (Some(state), true) => {
+            return Err(Error::Wrong(match state.machine.next() {
+                Next::Finished(phase) => format!(
+                    "plan {} already ran ({}): remove {} to run it again",
+                    plan.name,
+                    phase_text(&phase),
+                    folder.state_path.display()
+                ),
+                Next::Run(step) => format!(
+                    "an upgrade of plan {} is under way (next: step {} — {}): \
+                     `availdb upgrade resume` continues it, `availdb upgrade rollback` undoes it",
+                    plan.name,
+                    step.number(),
+                    step.title()
+                ),
+            }))
+        }
+        (Some(mut state), false) => {
+            state.machine.recover(now_ms());
+            state
+        }
+    };
+    if state.plan != plan.name {
+        return Err(Error::Wrong(format!(
+            "the state in {} belongs to plan {}, not {}",
+            folder.state_path.display(),
+            state.plan,
+            plan.name
+        )));
+    }
+    folder.save(&state)?;
+    drive(&plan, &folder, &mut state, options).await
+}
+
+/// `availdb upgrade rollback PLAN`.
+pub async fn rollback(plan_path: &Path, options: Options) -> Result<Outcome> {
+    let plan = Plan::load(plan_path)?;
+    let folder = Folder::open(&plan, plan_path)?;
+    let mut state = folder.load()?.ok_or_else(|| {
+        Error::Wrong(format!(
+            "no upgrade of plan {} has begun: there is nothing to roll back",
+            plan.name
+        ))
+    })?;
+    state
+        .machine
+        .request_rollback()
+        .map_err(|e| Error::Wrong(e.0))?;
+    folder.save(&state)?;
+    match drive(&plan, &folder, &mut state, options).await {
+        // What was asked for is not an error.
+        Err(Error::RolledBack { cause, slots }) => Ok(Outcome {
+            phase: Phase::RolledBack { cause },
+            summary: format!("the upgrade rolled back as requested. {slots}"),
+        }),
+        other => other,
+    }
+}
+
+/// `availdb upgrade status PLAN`.
+pub fn status(plan_path: &Path) -> Result<String> {
+    let plan = Plan::load(plan_path)?;
+    let state_path = plan.state_dir(plan_path).join("state.json");
+    let text = match std::fs::read_to_string(&state_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(format!(
+                "plan {}: not started (`availdb upgrade {}` starts it)\n",
+                plan.name,
+                plan_path.display()
+            ))
+        }
+        Err(e) => {
+            return Err(Error::State {
+                path: state_path,
+                why: e.to_string(),
+            })
+        }
+    };
+    let state: State = serde_json::from_str(&text).map_err(|e| Error::State {
+        path: state_path,
+        why: e.to_string(),
+    })?;
+    let mut out = format!("plan {}: {}\n", plan.name, phase_text(&state.machine.phase));
+    match (state.machine.current, state.machine.next()) {
+        (Some(step), _) => out.push_str(&format!(
+            "  step {} ({}) began and did not end: the orchestrator stopped during it; \
+             `availdb upgrade resume` runs it again{}, `availdb upgrade rollback` undoes the upgrade\n",
+            step.number(),
+            step.title(),
+            if step == Step::UpgradeStage {
+                " (for step 5: rolls back)"
+            } else {
+                ""
+            }
+        )),
+        (None, Next::Run(step)) => out.push_str(&format!(
+            "  next: step {} ({}); `availdb upgrade resume` continues\n",
+            step.number(),
+            step.title()
+        )),
+        (None, Next::Finished(_)) => {}
+    }
+    out.push_str(&summary(&plan, &state));
+    Ok(out)
+}
+
+/// `availdb upgrade PLAN --dry-run`: every step and what it would run.
+pub fn dry_run(plan_path: &Path) -> Result<String> {
+    let plan = Plan::load(plan_path)?;
+    let p = &plan.production;
+    let s = &plan.stage;
+    let db = &p.database;
+    let sdb = plan.stage_database();
+    let mut out = format!(
+        "plan {}: upgrade {db} on server '{}' through stage server '{}' (nothing is run: --dry-run)\n",
+        plan.name, p.server, s.server
+    );
+    let mut steps: Vec<(Step, Vec<String>)> = Vec::new();
+    let mut step = |step: Step, lines: Vec<String>| steps.push((step, lines));
+    step(
+        Step::CreateStage,
+        vec![
+            format!(
+                "on production's primary (of {}): ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
+                p.hosts.join(", "),
+                s.server,
+                s.endpoint_urls.join(", ")
+            ),
+            format!(
+                "on production's primary: ALTER DATABASE {db} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{sdb}')",
+                s.server
+            ),
+            format!("run (detached): {}", shell_words(&plan.expand(&s.start))),
+        ],
+    );
+    step(
+        Step::SeedStage,
+        vec![
+            "wait until sys.dm_geo_replication_link_status shows CATCH_UP (progress bar)".into(),
+            format!(
+                "SELECT sys.wait_for_database_copy_sync('{db}', '{}')",
+                s.server
+            ),
+            format!(
+                "traffic manager {}: add endpoint {} → {} priority {} OFFLINE; wait until healthy",
+                plan.traffic_manager.admin, s.endpoint, s.target, s.priority
+            ),
+        ],
+    );
+    step(
+        Step::ProductionReadOnly,
+        vec![format!("on production's primary: ALTER DATABASE {db} SET READ_ONLY   [the read-only window opens]")],
+    );
+    step(
+        Step::TerminateStage,
+        vec![
+            format!(
+                "on production's primary: ALTER DATABASE {db} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = PLANNED)",
+                s.server
+            ),
+            "check: the stage copy's log ends at or past production's, and it is independent".into(),
+        ],
+    );
+    let script = match (&plan.upgrade.script, &plan.upgrade.command) {
+        (Some(file), _) => format!(
+            "run {} on the stage copy {sdb} at {} as one transaction",
+            plan.folder.join(file).display(),
+            plan.stage_address()
+        ),
+        (_, Some(cmd)) => format!("run: {}", shell_words(&plan.expand(cmd))),
+        _ => unreachable!("checked by Plan::load"),
+    };
+    let smoke = match (&plan.upgrade.smoke, &plan.upgrade.smoke_http) {
+        (Some(cmd), _) => format!("smoke check: {}", shell_words(&plan.expand(cmd))),
+        (_, Some(path)) => format!("smoke check: GET http://{}{path} answers 2xx", s.target),
+        _ => "no smoke check in the plan".into(),
+    };
+    step(
+        Step::UpgradeStage,
+        vec![
+            format!(
+                "on the stage's primary (of {}): ALTER DATABASE {sdb} SET READ_WRITE",
+                s.hosts.join(", ")
+            ),
+            script,
+            smoke,
+        ],
+    );
+    step(
+        Step::Switch,
+        vec![format!(
+            "traffic manager: activate {} (probed first; {} goes offline)   [the read-only window closes]",
+            s.endpoint, p.endpoint
+        )],
+    );
+    if plan.upgrade.remove_v1 {
+        step(
+            Step::RemoveV1,
+            vec![
+                format!("traffic manager: remove endpoint {}", p.endpoint),
+                format!(
+                    "run: {}",
+                    shell_words(p.stop.as_deref().unwrap_or_default())
+                ),
+            ],
+        );
+    }
+    step(
+        Step::ProductionReadWrite,
+        vec![
+            format!("on production's primary: ALTER DATABASE {db} SET READ_WRITE"),
+            format!(
+                "traffic manager: activate {} if it is not the active endpoint",
+                p.endpoint
+            ),
+        ],
+    );
+    step(
+        Step::RemoveStage,
+        vec![
+            "stop the V2 application (its process group: SIGTERM, then SIGKILL)".into(),
+            format!("traffic manager: remove endpoint {}", s.endpoint),
+            format!(
+                "on production's primary: ALTER DATABASE {db} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)   [if linked]",
+                s.server
+            ),
+            format!("on the stage's primary: ALTER AVAILABILITY GROUP <its group> REMOVE DATABASE {sdb}; DROP DATABASE {sdb}"),
+        ],
+    );
+    for (step, lines) in steps {
+        if step == Step::ProductionReadWrite {
+            out.push_str("on a failure before the switch, or `availdb upgrade rollback`:\n");
+        }
+        out.push_str(&format!("step {}: {}\n", step.number(), step.title()));
+        for line in lines {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    Ok(out)
+}
+
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@{}".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn phase_text(phase: &Phase) -> String {
+    match phase {
+        Phase::Forward => "in progress".into(),
+        Phase::RollingBack { cause } => format!("rolling back ({cause})"),
+        Phase::Upgraded => "UPGRADED: V2 serves".into(),
+        Phase::CleanupFailed { error } => format!(
+            "UPGRADED (V2 serves), but removing V1 failed: {error}; `availdb upgrade resume` retries it"
+        ),
+        Phase::RolledBack { cause } => format!("ROLLED BACK: V1 serves read-write ({cause})"),
+    }
+}
+
+async fn drive(
+    plan: &Plan,
+    folder: &Folder,
+    state: &mut State,
+    options: Options,
+) -> Result<Outcome> {
+    loop {
+        match state.machine.next() {
+            Next::Finished(phase) => {
+                let text = summary(plan, state);
+                let report = serde_json::json!({
+                    "plan": plan.name,
+                    "phase": phase_text(&phase),
+                    "report": state.machine.report(),
+                });
+                let _ = crate::durable::write_atomically(
+                    &folder.report_path,
+                    serde_json::to_string_pretty(&report)
+                        .expect("the report serializes")
+                        .as_bytes(),
+                );
+                return match &phase {
+                    Phase::RolledBack { cause } => Err(Error::RolledBack {
+                        cause: cause.clone(),
+                        slots: format!(
+                            "Production '{}'/{} is READ_WRITE and serves V1 through endpoint {}; \
+                             the stage copy, its endpoint and V2 are removed.\n{text}",
+                            plan.production.server,
+                            plan.production.database,
+                            plan.production.endpoint
+                        ),
+                    }),
+                    _ => Ok(Outcome {
+                        phase,
+                        summary: text,
+                    }),
+                };
+            }
+            Next::Run(step) => {
+                state.machine.begin(step, now_ms());
+                folder.save(state)?;
+                println!("step {}: {} …", step.number(), step.title());
+                let started = Instant::now();
+                let result = run_step(plan, folder, state, step, options).await;
+                match result {
+                    Ok(()) => {
+                        state.machine.succeeded(step, now_ms());
+                        folder.save(state)?;
+                        println!(
+                            "step {}: done in {} ms",
+                            step.number(),
+                            started.elapsed().as_millis()
+                        );
+                    }
+                    Err(why) => {
+                        println!("step {}: FAILED: {why}", step.number());
+                        state.machine.failed(step, now_ms(), &why);
+                        folder.save(state)?;
+                        if matches!(step, Step::ProductionReadWrite | Step::RemoveStage) {
+                            return Err(Error::RollbackFailed {
+                                step: step.number(),
+                                why,
+                                slots: slots_after_failed_rollback(plan, state),
+                            });
+                        }
+                        if step == Step::RemoveV1 {
+                            return Err(Error::Step(format!(
+                                "step 7 (remove the V1 components) failed: {why}. V2 serves through \
+                                 endpoint {}; `availdb upgrade resume` retries step 7",
+                                plan.stage.endpoint
+                            )));
+                        }
+                        println!("rolling back …");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
+    let rw = state.machine.record(Step::ProductionReadWrite);
+    let production = if rw.is_some_and(|r| r.ended_ms.is_some() && r.error.is_none())
+        || state.machine.record(Step::ProductionReadOnly).is_none()
+    {
+        "READ_WRITE, serving V1"
+    } else {
+        "possibly still READ_ONLY (V1 serves reads only)"
+    };
+    format!(
+        "Production '{}'/{}: {production}. Stage: the copy {} on '{}' and V2 (pid {}) may still exist.",
+        plan.production.server,
+        plan.production.database,
+        plan.stage_database(),
+        plan.stage.server,
+        state
+            .stage_app_pid
+            .map_or("none".to_string(), |p| p.to_string())
+    )
+}
+
+fn summary(plan: &Plan, state: &State) -> String {
+    let report = state.machine.report();
+    let mut out = format!(
+        "upgrade {}: {}\n",
+        plan.name,
+        phase_text(&state.machine.phase)
+    );
+    for r in &state.machine.steps {
+        let how = match (&r.ended_ms, &r.error) {
+            (Some(end), None) => format!("{} ms", end.saturating_sub(r.started_ms)),
+            (Some(_), Some(e)) => format!("FAILED: {e}"),
+            (None, _) => "not ended".into(),
+        };
+        let again = if r.attempts > 1 {
+            format!(" ({} attempts)", r.attempts)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  step {}  {:<56} {how}{again}\n",
+            r.step.number(),
+            r.step.title()
+        ));
+    }
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    out.push_str(&format!(
+        "  read-only window {:>10}   (steps 3–6: production READ_ONLY until the switch)\n",
+        ms(report.read_only_window_ms)
+    ));
+    out.push_str(&format!(
+        "  upgrade script   {:>10}\n",
+        ms(report.script_ms)
+    ));
+    out.push_str(&format!("  smoke check      {:>10}\n", ms(report.smoke_ms)));
+    out.push_str(&format!(
+        "  seeding          {:>10}\n",
+        ms(report.seeding_ms)
+    ));
+    out.push_str(&format!(
+        "  termination      {:>10}\n",
+        ms(report.termination_ms)
+    ));
+    out.push_str(&format!(
+        "  switch           {:>10}\n",
+        ms(report.switch_ms)
+    ));
+    out.push_str(&format!("  total            {:>10}\n", ms(report.total_ms)));
+    out
+}
+
+// ---------------------------------------------------------------------
+// The steps.
+
+type StepResult = std::result::Result<(), String>;
+
+async fn run_step(
+    plan: &Plan,
+    folder: &Folder,
+    state: &mut State,
+    step: Step,
+    options: Options,
+) -> StepResult {
+    match step {
+        Step::CreateStage => create_stage(plan, folder, state).await,
+        Step::SeedStage => seed_stage(plan, state, options).await,
+        Step::ProductionReadOnly => production_read_only(plan, state).await,
+        Step::TerminateStage => terminate_stage(plan, state).await,
+        Step::UpgradeStage => upgrade_stage(plan, state).await,
+        Step::Switch => switch(plan).await,
+        Step::RemoveV1 => remove_v1(plan).await,
+        Step::ProductionReadWrite => production_read_write(plan).await,
+        Step::RemoveStage => remove_stage(plan, state).await,
+    }
+}
+
+fn tm(plan: &Plan) -> traffic::Client {
+    traffic::Client::new(&plan.traffic_manager.admin)
+}
+
+async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
+    let (p, s) = (&plan.production, &plan.stage);
+    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    let partners = column(&prod, "SELECT name FROM sys.partner_servers").await?;
+    if !partners.iter().any(|n| n.eq_ignore_ascii_case(&s.server)) {
+        if s.endpoint_urls.is_empty() {
+            return Err(format!(
+                "stage server '{}' is not a partner server of production: register it there \
+                 (ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = …)) or list its \
+                 endpoint_urls in the plan",
+                s.server, s.server
+            ));
+        }
+        exec(
+            &prod,
+            &format!(
+                "ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')",
+                s.server,
+                s.endpoint_urls.join(", ")
+            ),
+        )
+        .await?;
+    }
+    if !linked(&prod, plan).await? {
+        state.seeding_started_ms = Some(now_ms());
+        exec(
+            &prod,
+            &format!(
+                "ALTER DATABASE {} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{}')",
+                p.database,
+                s.server,
+                plan.stage_database()
+            ),
+        )
+        .await?;
+    }
+    if state.stage_app_pid.is_some_and(alive) {
+        return Ok(());
+    }
+    let pid = start_app(plan, &plan.expand(&s.start), &folder.app_log)?;
+    state.stage_app_pid = Some(pid);
+    folder.save(state).map_err(|e| e.to_string())?;
+    // A V2 that cannot start at all shows at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if !alive(pid) {
+        return Err(format!(
+            "the V2 application exited at once; its output is in {}",
+            folder.app_log.display()
+        ));
+    }
+    Ok(())
+}
+
+async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepResult {
+    let (p, s) = (&plan.production, &plan.stage);
+    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    let bar = options.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  seeding {msg} [{bar:40}] {pos:>3}% ({elapsed})",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("{} → '{}'", p.database, s.server));
+        bar
+    });
+    let deadline = Instant::now() + SEED_WITHIN;
+    loop {
+        let rows = rows(
+            &prod,
+            &format!(
+                "SELECT replication_state_desc, percent_complete, last_error \
+                 FROM sys.dm_geo_replication_link_status WHERE database_name = '{}' \
+                 AND lower(partner_server) = lower('{}')",
+                p.database, s.server
+            ),
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Err(format!(
+                "production has no geo-link to '{}' (step 1 did not create it, or it was removed)",
+                s.server
+            ));
+        };
+        let percent: f64 = row[1]
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if let Some(bar) = &bar {
+            bar.set_position(percent as u64);
+        }
+        if row[0].as_deref() == Some("CATCH_UP") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "seeding did not finish within {} s (state {}, last error {})",
+                SEED_WITHIN.as_secs(),
+                row[0].as_deref().unwrap_or("?"),
+                row[2].as_deref().unwrap_or("none")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    // Guard: the copy has hardened every commit so far.
+    exec(
+        &prod,
+        &format!(
+            "SELECT sys.wait_for_database_copy_sync('{}', '{}')",
+            p.database, s.server
+        ),
+    )
+    .await?;
+    if let Some(started) = state.seeding_started_ms {
+        state
+            .machine
+            .measured
+            .insert("seeding".into(), now_ms().saturating_sub(started));
+    }
+    if !state.stage_app_pid.is_some_and(alive) {
+        return Err(
+            "the V2 application is not running (see stage-app.log in the state folder)".into(),
+        );
+    }
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    match view.endpoints.iter().find(|e| e.name == s.endpoint) {
+        Some(e) if e.target == s.target => {}
+        Some(e) => {
+            return Err(format!(
+                "the profile has an endpoint {} with target {}, not {}: remove it or rename the stage endpoint",
+                e.name, e.target, s.target
+            ))
+        }
+        None => {
+            tm.add(&EndpointDef {
+                name: s.endpoint.clone(),
+                target: s.target.clone(),
+                priority: s.priority,
+                status: Status::Offline,
+                probe: s.probe.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    let deadline = Instant::now() + V2_HEALTHY_WITHIN;
+    loop {
+        let e = tm.probe(&s.endpoint).await.map_err(|e| e.to_string())?;
+        if e.health == Health::Healthy {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the V2 application at {} did not become healthy within {} s: {}",
+                s.target,
+                V2_HEALTHY_WITHIN.as_secs(),
+                e.last_error.unwrap_or_default()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
+    let p = &plan.production;
+    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    exec(
+        &prod,
+        &format!("ALTER DATABASE {} SET READ_ONLY", p.database),
+    )
+    .await?;
+    crate::crashpoint::hit("upgrade.read_only");
+    state.production_end_lsn = Some(log_end(&prod, &p.database).await?);
+    Ok(())
+}
+
+async fn terminate_stage(plan: &Plan, state: &mut State) -> StepResult {
+    let (p, s) = (&plan.production, &plan.stage);
+    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    let started = Instant::now();
+    if linked(&prod, plan).await? {
+        exec(
+            &prod,
+            &format!(
+                "ALTER DATABASE {} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = PLANNED)",
+                p.database, s.server
+            ),
+        )
+        .await?;
+        crate::crashpoint::hit("upgrade.terminated");
+    }
+    state
+        .machine
+        .measured
+        .insert("termination".into(), started.elapsed().as_millis() as u64);
+    // Guards: the copy is independent and holds production's last commit.
+    let stage = primary_of_database(&s.hosts, plan.stage_database(), "stage").await?;
+    let geo_secondary = rows(
+        &stage,
+        &format!(
+            "SELECT 1 FROM sys.geo_replication_links WHERE database_name = '{}' AND role_desc = 'SECONDARY'",
+            plan.stage_database()
+        ),
+    )
+    .await?;
+    if !geo_secondary.is_empty() {
+        return Err("the stage copy is still a geo-secondary after the termination".into());
+    }
+    let end = state
+        .production_end_lsn
+        .ok_or("production's log end was not recorded in step 3")?;
+    let stage_end = log_end(&stage, plan.stage_database()).await?;
+    if stage_end < end {
+        return Err(format!(
+            "the stage copy's log ends at {stage_end}, before production's last commit at {end}"
+        ));
+    }
+    Ok(())
+}
+
+async fn upgrade_stage(plan: &Plan, state: &mut State) -> StepResult {
+    let s = &plan.stage;
+    let db = plan.stage_database();
+    let stage = primary_of_database(&s.hosts, db, "stage").await?;
+    exec(&stage, &format!("ALTER DATABASE {db} SET READ_WRITE")).await?;
+    let started = Instant::now();
+    match (&plan.upgrade.script, &plan.upgrade.command) {
+        (Some(file), _) => {
+            let path = plan.folder.join(file);
+            let sql = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the upgrade script {}: {e}", path.display()))?;
+            let host = primary_host_of_database(&s.hosts, db).await?;
+            let client = connect(&host, db).await?;
+            client.batch_execute(&sql).await.map_err(|e| {
+                format!(
+                    "the upgrade script {} failed: {}",
+                    path.display(),
+                    pg_text(&e)
+                )
+            })?;
+        }
+        (_, Some(command)) => {
+            run_command("the upgrade command", plan, &plan.expand(command)).await?
+        }
+        _ => unreachable!("checked by Plan::load"),
+    }
+    crate::crashpoint::hit("upgrade.script_ran");
+    state
+        .machine
+        .measured
+        .insert("script".into(), started.elapsed().as_millis() as u64);
+    let started = Instant::now();
+    match (&plan.upgrade.smoke, &plan.upgrade.smoke_http) {
+        (Some(command), _) => {
+            run_command("the V2 smoke check", plan, &plan.expand(command)).await?
+        }
+        (_, Some(path)) => {
+            let answer =
+                traffic::http::request(&s.target, "GET", path, None, Duration::from_secs(30))
+                    .await
+                    .map_err(|e| format!("the V2 smoke check: {e}"))?;
+            if !(200..300).contains(&answer.status) {
+                return Err(format!(
+                    "the V2 smoke check: GET {path} on {} answered {}: {}",
+                    s.target,
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body).trim()
+                ));
+            }
+        }
+        _ => {}
+    }
+    state
+        .machine
+        .measured
+        .insert("smoke".into(), started.elapsed().as_millis() as u64);
+    Ok(())
+}
+
+async fn switch(plan: &Plan) -> StepResult {
+    let view = tm(plan)
+        .activate(&plan.stage.endpoint, &Activate::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::crashpoint::hit("upgrade.switched");
+    if view.active.as_deref() != Some(plan.stage.endpoint.as_str()) {
+        return Err(format!(
+            "after the switch the active endpoint is {}, not {}",
+            view.active.as_deref().unwrap_or("none"),
+            plan.stage.endpoint
+        ));
+    }
+    Ok(())
+}
+
+async fn remove_v1(plan: &Plan) -> StepResult {
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view
+        .endpoints
+        .iter()
+        .any(|e| e.name == plan.production.endpoint)
+    {
+        tm.remove(&plan.production.endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(stop) = &plan.production.stop {
+        run_command("stopping V1", plan, stop).await?;
+    }
+    Ok(())
+}
+
+async fn production_read_write(plan: &Plan) -> StepResult {
+    let p = &plan.production;
+    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    exec(
+        &prod,
+        &format!("ALTER DATABASE {} SET READ_WRITE", p.database),
+    )
+    .await?;
+    let read_only = column(
+        &prod,
+        &format!(
+            "SELECT is_read_only FROM sys.databases WHERE name = '{}'",
+            p.database
+        ),
+    )
+    .await?;
+    if read_only.first().map(String::as_str) != Some("f") {
+        return Err(format!("production {} is still read-only", p.database));
+    }
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view.active.as_deref() != Some(p.endpoint.as_str()) {
+        tm.activate(&p.endpoint, &Activate::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
+    let (p, s) = (&plan.production, &plan.stage);
+    if let Some(pid) = state.stage_app_pid {
+        stop_app(pid).await?;
+    }
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view.endpoints.iter().any(|e| e.name == s.endpoint) {
+        tm.remove(&s.endpoint).await.map_err(|e| e.to_string())?;
+    }
+    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    if linked(&prod, plan).await? {
+        exec(
+            &prod,
+            &format!(
+                "ALTER DATABASE {} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
+                p.database, s.server
+            ),
+        )
+        .await?;
+    }
+    let db = plan.stage_database();
+    let stage = primary_of_any(&s.hosts, "stage").await?;
+    let groups = column(
+        &stage,
+        &format!(
+            "SELECT group_id FROM sys.dm_hadr_database_replica_states WHERE database_name = '{db}' AND is_local"
+        ),
+    )
+    .await?;
+    if let Some(group) = groups.first() {
+        exec(
+            &stage,
+            &format!("ALTER AVAILABILITY GROUP {group} REMOVE DATABASE {db}"),
+        )
+        .await?;
+    }
+    let exists = column(
+        &stage,
+        &format!("SELECT name FROM sys.databases WHERE name = '{db}'"),
+    )
+    .await?;
+    if !exists.is_empty() {
+        exec(&stage, &format!("DROP DATABASE {db}")).await?;
+    }
+    state.stage_app_pid = None;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// SQL, processes and commands.
+
+async fn connect(host: &str, db: &str) -> std::result::Result<Client, String> {
+    let (h, port) =
+        traffic::profile::split_target(host).ok_or_else(|| format!("{host:?} is not host:port"))?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(h)
+        .port(port)
+        .user("availdb")
+        .dbname(db)
+        .application_name("availdb-upgrade")
+        .connect_timeout(Duration::from_secs(5));
+    if let Ok(password) = std::env::var("AVAILDB_PASSWORD") {
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to {host}/{db}: {}", pg_text(&e)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; {hint}"));
+            }
+            text
+        }
+        None => e.to_string(),
+    }
+}
+
+async fn exec(client: &Client, sql: &str) -> StepResult {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| format!("{sql}: {}", pg_text(&e)))
+}
+
+async fn rows(client: &Client, sql: &str) -> std::result::Result<Vec<Vec<Option<String>>>, String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| format!("{sql}: {}", pg_text(&e)))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn column(client: &Client, sql: &str) -> std::result::Result<Vec<String>, String> {
+    Ok(rows(client, sql)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
+}
+
+async fn log_end(client: &Client, db: &str) -> std::result::Result<i64, String> {
+    column(
+        client,
+        &format!("SELECT log_end_lsn FROM sys.databases WHERE name = '{db}'"),
+    )
+    .await?
+    .first()
+    .and_then(|v| v.parse().ok())
+    .ok_or_else(|| format!("database {db} has no log end in sys.databases"))
+}
+
+async fn linked(prod: &Client, plan: &Plan) -> std::result::Result<bool, String> {
+    let partners = column(
+        prod,
+        &format!(
+            "SELECT partner_server FROM sys.geo_replication_links WHERE database_name = '{}' AND role_desc = 'PRIMARY'",
+            plan.production.database
+        ),
+    )
+    .await?;
+    Ok(partners
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(&plan.stage.server)))
+}
+
+/// The node (of `hosts`) whose replica of `db` is primary.
+async fn primary_of_database(
+    hosts: &[String],
+    db: &str,
+    slot: &str,
+) -> std::result::Result<Client, String> {
+    let sql = format!(
+        "SELECT 1 FROM sys.dm_hadr_database_replica_states \
+         WHERE database_name = '{db}' AND is_local AND is_primary_replica"
+    );
+    Ok(find_primary(hosts, &sql, &format!("{slot} database {db}"))
+        .await?
+        .1)
+}
+
+/// The `host:port` of the node whose replica of `db` is primary.
+async fn primary_host_of_database(
+    hosts: &[String],
+    db: &str,
+) -> std::result::Result<String, String> {
+    let sql = format!(
+        "SELECT 1 FROM sys.dm_hadr_database_replica_states \
+         WHERE database_name = '{db}' AND is_local AND is_primary_replica"
+    );
+    Ok(find_primary(hosts, &sql, &format!("stage database {db}"))
+        .await?
+        .0)
+}
+
+/// The node (of `hosts`) that is primary of an availability group.
+async fn primary_of_any(hosts: &[String], slot: &str) -> std::result::Result<Client, String> {
+    let sql = "SELECT 1 FROM sys.dm_hadr_availability_replica_states WHERE is_local AND role_desc = 'PRIMARY'";
+    Ok(
+        find_primary(hosts, sql, &format!("the {slot} cluster's group"))
+            .await?
+            .1,
+    )
+}
+
+async fn find_primary(
+    hosts: &[String],
+    sql: &str,
+    what: &str,
+) -> std::result::Result<(String, Client), String> {
+    let mut errors = Vec::new();
+    // A local failover may be under way: look again for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for host in hosts {
+            match connect(host, "availdb").await {
+                Ok(client) => match rows(&client, sql).await {
+                    Ok(r) if !r.is_empty() => return Ok((host.clone(), client)),
+                    Ok(_) => errors.push(format!("{host}: not primary")),
+                    Err(e) => errors.push(format!("{host}: {e}")),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no primary of {what} among {}: {}",
+                hosts.join(", "),
+                errors.join("; ")
+            ));
+        }
+        errors.clear();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Starts the V2 application in a process group of its own, its output
+/// appended to `log`; returns its pid (= its process group id).
+fn start_app(plan: &Plan, command: &[String], log: &Path) -> std::result::Result<i32, String> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let mut child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(&plan.folder)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start V2 ({}): {e}", shell_words(command)))?;
+    let pid = child.id() as i32;
+    // Reap it when it exits, so `alive` sees it gone.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Stops a process group started by [`start_app`]: SIGTERM, then SIGKILL.
+async fn stop_app(pid: i32) -> StepResult {
+    if !alive(pid) {
+        return Ok(());
+    }
+    // SAFETY: signalling the process group we started.
+    unsafe {
+        libc::kill(-pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_WITHIN;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return if alive(pid) {
+                Err(format!("the V2 application (pid {pid}) does not stop"))
+            } else {
+                Ok(())
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Runs one of the plan's commands to completion; exit 0 or an error
+/// quoting its output.
+async fn run_command(what: &str, plan: &Plan, command: &[String]) -> StepResult {
+    let Some((program, args)) = command.split_first() else {
+        return Err(format!("{what}: the command is empty"));
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(&plan.folder)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(COMMAND_WITHIN, child)
+        .await
+        .map_err(|_| {
+            format!(
+                "{what} ({}) ran longer than {} s",
+                shell_words(command),
+                COMMAND_WITHIN.as_secs()
+            )
+        })?
+        .map_err(|e| format!("{what}: cannot run {}: {e}", shell_words(command)))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if said.is_empty() {
+        said = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    }
+    let tail: String = said
+        .chars()
+        .rev()
+        .take(500)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!(
+        "{what} ({}) failed ({}): {tail}",
+        shell_words(command),
+        output.status
+    ))
+}

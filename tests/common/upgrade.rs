@@ -1,0 +1,259 @@
+//! A whole rolling-upgrade rig of real processes on loopback: production
+//! (a two-replica group, server 'A', database `app`), a stage cluster (one
+//! node, server 'S', an empty group), the example application's V1
+//! (`examples/rolling-upgrade/app.py`) behind a traffic manager, and a
+//! plan for `availdb upgrade` in a temporary folder. V2 is started by the
+//! orchestrator (the plan's `stage.start`) and writes its pid to a file,
+//! so the rig stops it whatever happens.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::group::{error_text, Group, APP};
+use super::traffic::TestTrafficManager;
+use super::{availdb_bin, free_port, run_bounded, TestServer, DEFAULT_DB};
+
+/// How long an `availdb upgrade` run may take.
+pub const UPGRADE_WITHIN: Duration = Duration::from_secs(240);
+
+/// The example application's folder.
+pub fn example_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/rolling-upgrade")
+}
+
+/// A running example application (V1 here; V2 is the orchestrator's).
+pub struct App {
+    child: Child,
+}
+
+impl App {
+    /// Starts `app.py --version N` on `port` against `dsn` and waits
+    /// (bounded) until GET /health answers 200.
+    pub async fn start(version: u8, port: u16, dsn: &str, log: &Path) -> App {
+        let log = std::fs::File::create(log).expect("app log");
+        let child = Command::new("python3")
+            .arg(example_dir().join("app.py"))
+            .args(["--version", &version.to_string()])
+            .args(["--port", &port.to_string()])
+            .args(["--dsn", dsn])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("python3 runs (scripts/test installs psycopg into .venv)");
+        let app = App { child };
+        wait_http(&format!("127.0.0.1:{port}"), "/health", 200).await;
+        app
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until GET `path` on `target` answers `status`.
+pub async fn wait_http(target: &str, path: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got =
+            availdb::traffic::http::request(target, "GET", path, None, Duration::from_secs(5))
+                .await;
+        if got.as_ref().is_ok_and(|a| a.status == status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} on {target} never answered {status}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The rig.
+pub struct Rig {
+    /// Production: r1 primary, r2 secondary, `app`.
+    pub production: Group,
+    /// The stage cluster's one node.
+    pub stage: TestServer,
+    /// V1, on `v1_port`.
+    pub v1: App,
+    /// The traffic manager in front of V1 (and later V2).
+    pub tm: TestTrafficManager,
+    /// The plan's folder.
+    pub dir: TempDir,
+    /// Where V2 listens.
+    pub v2_port: u16,
+}
+
+impl Rig {
+    /// Starts everything; the plan runs `upgrade_sql` as its script and
+    /// `smoke(v2_port)` (TOML) as its smoke check.
+    pub async fn start(upgrade_sql: &str, smoke: impl Fn(u16) -> String) -> Rig {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let production = Group::start(2).await;
+        let stage_endpoint = free_port();
+        let stage = TestServer::builder()
+            .replica("s1", stage_endpoint)
+            .start()
+            .await;
+        let admin = production.primary().client(DEFAULT_DB).await;
+        exec(&admin, "ALTER CLUSTER SET (SERVER_NAME = 'A')").await;
+        let stage_admin = stage.client(DEFAULT_DB).await;
+        exec(
+            &stage_admin,
+            &format!(
+                "CREATE AVAILABILITY GROUP stage FOR REPLICA ON 's1' WITH (ENDPOINT_URL = \
+                 'tcp://127.0.0.1:{stage_endpoint}', AVAILABILITY_MODE = SYNCHRONOUS_COMMIT, \
+                 FAILOVER_MODE = MANUAL)"
+            ),
+        )
+        .await;
+        exec(&stage_admin, "ALTER CLUSTER SET (SERVER_NAME = 'S')").await;
+        let schema = std::fs::read_to_string(example_dir().join("schema_v1.sql")).unwrap();
+        exec(&production.primary().client(APP).await, &schema).await;
+        let (v1_port, v2_port) = (free_port(), free_port());
+        let v1 = App::start(
+            1,
+            v1_port,
+            &format!(
+                "postgresql://availdb@127.0.0.1:{}/app",
+                production.primary().port()
+            ),
+            &dir.path().join("v1.log"),
+        )
+        .await;
+        let tm = TestTrafficManager::start(&format!(
+            "name = \"inventory\"\nhold_ms = 10000\n\
+             [probe]\nprotocol = \"http\"\npath = \"/health\"\ninterval_seconds = 1\ntimeout_ms = 500\ntolerated_failures = 1\n\
+             [[endpoint]]\nname = \"v1\"\ntarget = \"127.0.0.1:{v1_port}\"\npriority = 1\nstatus = \"online\"\n"
+        ))
+        .await;
+        tm.wait_until("v1 healthy", Duration::from_secs(30), |v| {
+            v.active.as_deref() == Some("v1")
+        })
+        .await;
+        std::fs::write(dir.path().join("upgrade.sql"), upgrade_sql).unwrap();
+        let hosts: Vec<String> = production
+            .nodes
+            .iter()
+            .map(|n| format!("\"127.0.0.1:{}\"", n.port()))
+            .collect();
+        let plan = format!(
+            "name = \"inventory-v2\"\n\
+             [production]\nserver = \"A\"\nhosts = [{}]\ndatabase = \"app\"\nendpoint = \"v1\"\n\
+             [stage]\nserver = \"S\"\nendpoint_urls = [\"tcp://127.0.0.1:{stage_endpoint}\"]\n\
+             hosts = [\"127.0.0.1:{}\"]\nendpoint = \"v2\"\ntarget = \"127.0.0.1:{v2_port}\"\npriority = 2\n\
+             start = [\"python3\", \"{}\", \"--version\", \"2\", \"--port\", \"{v2_port}\", \"--dsn\", \"{{database_url}}\", \"--pid-file\", \"v2.pid\"]\n\
+             [upgrade]\nscript = \"upgrade.sql\"\n{}\n\
+             [traffic_manager]\nadmin = \"{}\"\n",
+            hosts.join(", "),
+            stage.port(),
+            example_dir().join("app.py").display(),
+            smoke(v2_port),
+            tm.admin()
+        );
+        std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+        Rig {
+            production,
+            stage,
+            v1,
+            tm,
+            dir,
+            v2_port,
+        }
+    }
+
+    /// The plan file.
+    pub fn plan(&self) -> PathBuf {
+        self.dir.path().join("plan.toml")
+    }
+
+    /// Runs `availdb upgrade ARGS… PLAN` to completion (bounded), with
+    /// `crash_at` as `AVAILDB_CRASH_AT`.
+    pub async fn upgrade(&self, args: &[&str], crash_at: Option<&str>) -> Output {
+        let mut cmd = Command::new(availdb_bin());
+        cmd.arg("upgrade").args(args).arg(self.plan());
+        cmd.env_remove("AVAILDB_CRASH_AT");
+        if let Some(point) = crash_at {
+            cmd.env("AVAILDB_CRASH_AT", point);
+        }
+        tokio::task::spawn_blocking(move || run_bounded(&mut cmd, UPGRADE_WITHIN))
+            .await
+            .unwrap()
+    }
+
+    /// The report the last run wrote.
+    pub fn report(&self) -> serde_json::Value {
+        let path = self.dir.path().join("plan.toml.state/report.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// V2's pid, if it wrote one.
+    pub fn v2_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join("v2.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether a V2 process runs.
+    pub fn v2_alive(&self) -> bool {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        self.v2_pid()
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    }
+
+    /// The logs of every process, for a failing assertion.
+    pub fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "--- traffic manager\n{}\n--- v1\n{}\n--- v2 (stage-app.log)\n{}\n--- stage node\n{}\n--- production\n{}",
+            self.tm.log(),
+            read("v1.log"),
+            read("plan.toml.state/stage-app.log"),
+            self.stage.log_tail(),
+            self.production.logs()
+        )
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(pid) = self.v2_pid() {
+            // SAFETY: signalling the V2 process (group) the orchestrator
+            // started for this rig.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs `sql`, again while the cluster has no leader yet (55000, a node
+/// that just started), for at most 30 s.
+async fn exec(client: &tokio_postgres::Client, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.batch_execute(sql).await {
+            Ok(()) => return,
+            Err(e)
+                if e.code().is_some_and(|c| c.code() == "55000")
+                    && error_text(&e).contains("leader")
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{sql}: {}", error_text(&e)),
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! `availdb upgrade` end to end, with real processes: production and stage
+//! clusters, the example application (V1, then V2 started by the
+//! orchestrator) behind a traffic manager, and clients reading and
+//! writing through it the whole time (`tests/common/upgrade.rs`).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::group::{query_text, APP};
+use common::upgrade::Rig;
+use common::DEFAULT_DB;
+
+const REQUEST: Duration = Duration::from_secs(15);
+
+/// The example's upgrade script.
+fn example_script() -> String {
+    std::fs::read_to_string(common::upgrade::example_dir().join("upgrade.sql")).unwrap()
+}
+
+/// A smoke check that takes a second (so the clients surely try writes
+/// inside the read-only window), then asks V2 whether it is ready.
+fn slow_smoke(v2_port: u16) -> String {
+    format!(
+        "smoke = [\"python3\", \"-c\", \"import time, urllib.request; time.sleep(1); \
+         urllib.request.urlopen('http://127.0.0.1:{v2_port}/ready', timeout=10)\"]"
+    )
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Reads that did not answer 200.
+    read_errors: Vec<String>,
+    /// Writes acknowledged: (id, version that acknowledged it).
+    acked: Vec<(i64, u64)>,
+    /// Writes refused because the database was read-only (503, 25006).
+    read_only_refusals: Vec<String>,
+    /// Any other write failure.
+    write_errors: Vec<String>,
+}
+
+/// A reader and a writer hammering the application through the traffic
+/// manager until stopped.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(address: String) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let reader = {
+            let (stop, seen, address) = (stop.clone(), seen.clone(), address.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let got =
+                        availdb::traffic::http::request(&address, "GET", "/items", None, REQUEST)
+                            .await;
+                    match got {
+                        Ok(a) if a.status == 200 => {}
+                        Ok(a) => seen.lock().unwrap().read_errors.push(format!(
+                            "{}: {}",
+                            a.status,
+                            String::from_utf8_lossy(&a.body)
+                        )),
+                        Err(e) => seen.lock().unwrap().read_errors.push(e),
+                    }
+                }
+            })
+        };
+        let writer = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let body = format!("{{\"name\": \"item {n}\"}}");
+                    let got = availdb::traffic::http::request(
+                        &address,
+                        "POST",
+                        "/items",
+                        Some(body.as_bytes()),
+                        REQUEST,
+                    )
+                    .await;
+                    let mut seen = seen.lock().unwrap();
+                    match got {
+                        Ok(a) if a.status == 201 => {
+                            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+                            seen.acked
+                                .push((v["id"].as_i64().unwrap(), v["version"].as_u64().unwrap()));
+                        }
+                        Ok(a) => {
+                            let text = String::from_utf8_lossy(&a.body).into_owned();
+                            if a.status == 503 && text.contains("\"25006\"") {
+                                seen.read_only_refusals.push(text);
+                            } else {
+                                seen.write_errors.push(format!("{}: {text}", a.status));
+                            }
+                        }
+                        Err(e) => seen.write_errors.push(e),
+                    }
+                }
+            })
+        };
+        Clients {
+            stop,
+            seen,
+            tasks: vec![reader, writer],
+        }
+    }
+
+    fn acked_by(&self, version: u64) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .acked
+            .iter()
+            .filter(|(_, v)| *v == version)
+            .count()
+    }
+
+    async fn wait_acked_by(&self, version: u64, n: usize, rig: &Rig) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.acked_by(version) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} writes acknowledged by V{version}: {:?}\n{}",
+                self.seen.lock().unwrap(),
+                rig.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
+    }
+}
+
+/// The ids `GET /items` answers through the traffic manager.
+async fn item_ids(rig: &Rig) -> (Vec<i64>, Vec<serde_json::Value>) {
+    let a = availdb::traffic::http::request(&rig.tm.address(), "GET", "/items", None, REQUEST)
+        .await
+        .expect("GET /items");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&a.body).unwrap();
+    (
+        items.iter().map(|i| i["id"].as_i64().unwrap()).collect(),
+        items,
+    )
+}
+
+fn missing(acked: &[(i64, u64)], present: &[i64]) -> Vec<i64> {
+    acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether production's `items` has a `category` column (V2's).
+async fn production_has_category(rig: &Rig) -> bool {
+    let client = rig.production.primary().client(APP).await;
+    let rows = query_text(&client, "SELECT name FROM pragma_table_info('items')")
+        .await
+        .unwrap();
+    rows.iter().any(|r| r[0].as_deref() == Some("category"))
+}
+
+async fn stage_databases(rig: &Rig) -> Vec<String> {
+    let client = rig.stage.client(DEFAULT_DB).await;
+    query_text(&client, "SELECT name FROM sys.databases")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect()
+}
+
+/// Writes some V1 rows through the traffic manager.
+async fn seed_rows(rig: &Rig, n: usize) {
+    for i in 0..n {
+        let body = format!("{{\"name\": \"seed {i}\"}}");
+        let a = availdb::traffic::http::request(
+            &rig.tm.address(),
+            "POST",
+            "/items",
+            Some(body.as_bytes()),
+            REQUEST,
+        )
+        .await
+        .expect("POST /items");
+        assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_1_upgrades_with_reads_all_along_read_only_refusals_in_the_window_and_every_v1_row_in_v2(
+) {
+    let rig = Rig::start(&example_script(), slow_smoke).await;
+    seed_rows(&rig, 30).await;
+    let clients = Clients::start(rig.tm.address());
+    clients.wait_acked_by(1, 10, &rig).await;
+    let out = rig.upgrade(&[], None).await;
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.logs());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("UPGRADED"), "{stdout}");
+    assert!(stdout.contains("read-only window"), "{stdout}");
+    clients.wait_acked_by(2, 10, &rig).await;
+    let seen = clients.finish().await;
+    // Clients kept reading during the window.
+    assert!(
+        seen.read_errors.is_empty(),
+        "reads failed: {:?}",
+        seen.read_errors
+    );
+    // Writes in the window got the documented read-only error, nothing else.
+    assert!(
+        seen.write_errors.is_empty(),
+        "writes failed: {:?}",
+        seen.write_errors
+    );
+    assert!(
+        !seen.read_only_refusals.is_empty(),
+        "no write was refused as read-only: was there a window? {seen:?}"
+    );
+    assert!(
+        seen.read_only_refusals[0].contains("READ_ONLY"),
+        "{:?}",
+        seen.read_only_refusals[0]
+    );
+    // V2 serves after the switch, and every V1 row is there.
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v2"), "{view:?}");
+    let (ids, items) = item_ids(&rig).await;
+    assert!(
+        items.iter().all(|i| i["category"] == "general"),
+        "V2 answers"
+    );
+    assert_eq!(
+        ids.len(),
+        30 + seen.acked.len(),
+        "the seed rows and every acked write"
+    );
+    let lost = missing(&seen.acked, &ids);
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes missing in V2: {lost:?}"
+    );
+    // Production never saw the schema change.
+    assert!(!production_has_category(&rig).await);
+    let report = &rig.report()["report"];
+    let window = report["read_only_window_ms"].as_u64().expect("a window");
+    let script = report["script_ms"].as_u64().expect("a script time");
+    assert!(window >= script, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_1_with_a_failing_upgrade_script_rolls_back_to_v1_read_write_and_loses_nothing() {
+    // The script's first statement works, its second fails: it runs as
+    // one transaction on the stage copy, which is thrown away anyway.
+    let failing = "ALTER TABLE items ADD COLUMN category TEXT;\nSELECT no_such_function();\n";
+    let rig = Rig::start(failing, |port| {
+        format!("smoke_http = \"/ready\"\n# V2 on {port}")
+    })
+    .await;
+    seed_rows(&rig, 20).await;
+    let clients = Clients::start(rig.tm.address());
+    clients.wait_acked_by(1, 10, &rig).await;
+    let out = rig.upgrade(&[], None).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("step 5") && all.contains("no_such_function"),
+        "{all}"
+    );
+    assert!(all.contains("rolled back"), "{all}");
+    // V1 takes writes again after the rollback.
+    let before = clients.acked_by(1);
+    clients.wait_acked_by(1, before + 10, &rig).await;
+    let seen = clients.finish().await;
+    assert!(
+        seen.read_errors.is_empty(),
+        "reads failed: {:?}",
+        seen.read_errors
+    );
+    assert!(
+        seen.write_errors.is_empty(),
+        "writes failed: {:?}",
+        seen.write_errors
+    );
+    assert!(seen.acked.iter().all(|(_, v)| *v == 1), "only V1 served");
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v1"));
+    assert!(
+        view.endpoints.iter().all(|e| e.name != "v2"),
+        "the stage endpoint is removed: {view:?}"
+    );
+    let (ids, _) = item_ids(&rig).await;
+    let lost = missing(&seen.acked, &ids);
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(ids.len(), 20 + seen.acked.len());
+    assert!(!production_has_category(&rig).await);
+    assert!(!rig.v2_alive(), "V2 is stopped");
+    assert!(
+        !stage_databases(&rig).await.contains(&APP.to_string()),
+        "the stage copy is dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orchestrator_killed_after_the_termination_resumes_and_finishes_the_upgrade() {
+    let rig = Rig::start(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 25).await;
+    let out = rig.upgrade(&[], Some("upgrade.terminated")).await;
+    assert!(
+        !out.status.success() && text(&out).contains("crash point upgrade.terminated"),
+        "{}",
+        text(&out)
+    );
+    let status = rig.upgrade(&["status"], None).await;
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status_text.contains("step 4") && status_text.contains("did not end"),
+        "{status_text}"
+    );
+    // A second `availdb upgrade PLAN` is refused: one is under way.
+    let again = rig.upgrade(&[], None).await;
+    assert!(
+        !again.status.success() && text(&again).contains("resume"),
+        "{}",
+        text(&again)
+    );
+    let out = rig.upgrade(&["resume"], None).await;
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.logs());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UPGRADED"));
+    assert_eq!(rig.tm.show().await.active.as_deref(), Some("v2"));
+    let (ids, items) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 25);
+    assert!(items.iter().all(|i| i["category"] == "general"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orchestrator_killed_mid_upgrade_is_rolled_back_to_v1_and_an_interrupted_script_rolls_back_on_resume(
+) {
+    let rig = Rig::start(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 15).await;
+    // Killed with production READ_ONLY: `rollback` restores V1.
+    let out = rig.upgrade(&[], Some("upgrade.read_only")).await;
+    assert!(
+        text(&out).contains("crash point upgrade.read_only"),
+        "{}",
+        text(&out)
+    );
+    let write = availdb::traffic::http::request(
+        &rig.tm.address(),
+        "POST",
+        "/items",
+        Some(b"{\"name\": \"in the window\"}"),
+        REQUEST,
+    )
+    .await
+    .unwrap();
+    assert_eq!(write.status, 503, "production is read-only after the crash");
+    let out = rig.upgrade(&["rollback"], None).await;
+    let all = text(&out);
+    assert!(
+        all.contains("rolled back") && all.contains("requested"),
+        "{all}"
+    );
+    seed_rows(&rig, 5).await;
+    let (ids, _) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 20, "V1 read-write, nothing lost");
+    assert!(!rig.v2_alive());
+    assert!(!stage_databases(&rig).await.contains(&APP.to_string()));
+    // A rolled-back plan does not run again by accident.
+    let again = rig.upgrade(&[], None).await;
+    assert!(text(&again).contains("already ran"), "{}", text(&again));
+    // Killed while the script ran: its effect is unknown, so resume rolls
+    // back (a fresh state folder: the same plan again).
+    std::fs::remove_dir_all(rig.dir.path().join("plan.toml.state")).unwrap();
+    let out = rig.upgrade(&[], Some("upgrade.script_ran")).await;
+    assert!(
+        text(&out).contains("crash point upgrade.script_ran"),
+        "{}",
+        text(&out)
+    );
+    let out = rig.upgrade(&["resume"], None).await;
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("interrupted"),
+        "{all}\n{}",
+        rig.logs()
+    );
+    seed_rows(&rig, 5).await;
+    let (ids, _) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 25);
+    assert_eq!(rig.tm.show().await.active.as_deref(), Some("v1"));
+    assert!(!production_has_category(&rig).await);
+}
