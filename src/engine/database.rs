@@ -521,7 +521,7 @@ impl Database {
     /// to end its read transactions on this database
     /// ([`Database::subscribe_read_ends`]; SQL Server likewise ends the
     /// sessions of a database whose role changes) and tries again, for at
-    /// most [`READERS_END_WITHIN`].
+    /// most 15 s (`READERS_END_WITHIN`).
     pub async fn promote(&self, group: &str, epoch: u64, log_epoch: u64) -> Result<()> {
         let deadline = std::time::Instant::now() + READERS_END_WITHIN;
         loop {
