@@ -683,6 +683,8 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
         bar
     });
     let deadline = Instant::now() + SEED_WITHIN;
+    let seeding_since = Instant::now();
+    let mut last_line = Instant::now();
     loop {
         let rows = rows(
             &prod,
@@ -704,8 +706,19 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
             .as_deref()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        if let Some(bar) = &bar {
-            bar.set_position(percent as u64);
+        match &bar {
+            Some(bar) => bar.set_position(percent as u64),
+            // Not a terminal (a log file, CI): a line every 10 s instead.
+            None if last_line.elapsed() >= Duration::from_secs(10) => {
+                println!(
+                    "  seeding {} → '{}': {percent:.0}% ({} s)",
+                    p.database,
+                    s.server,
+                    seeding_since.elapsed().as_secs()
+                );
+                last_line = Instant::now();
+            }
+            None => {}
         }
         if row[0].as_deref() == Some("CATCH_UP") {
             break;
