@@ -260,3 +260,48 @@ async fn admin_changes_survive_a_restart_and_refuse_what_breaks_a_rule() {
         .to_string();
     assert!(err.contains("not healthy"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_drain_grace_connections_to_an_endpoint_taken_offline_are_closed_after_it_and_not_without(
+) {
+    for grace in [Some(300), None] {
+        let (v1, v2) = (
+            HttpEndpoint::start("v1").await,
+            HttpEndpoint::start("v2").await,
+        );
+        let mut config = profile(&v1, &v2, "online", 1);
+        if let Some(ms) = grace {
+            config = config.replace(
+                "hold_ms = 10000\n",
+                &format!("hold_ms = 10000\ndrain_grace_ms = {ms}\n"),
+            );
+        }
+        let tm = TestTrafficManager::start(&config).await;
+        tm.wait_until("both endpoints healthy", WITHIN, |v| {
+            healthy(v, "v1") && healthy(v, "v2")
+        })
+        .await;
+        let mut open = tokio::net::TcpStream::connect(tm.address()).await.unwrap();
+        assert!(ask(&mut open).await.ends_with("v1"));
+        tm.client()
+            .set_status("v1", Status::Offline)
+            .await
+            .expect("v1 offline");
+        // Either the traffic manager closes the connection after the
+        // grace (a read ends), or it stays usable on v1.
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(3), open.read(&mut buf)).await;
+        match grace {
+            Some(_) => assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "the connection was not drained: {closed:?}"
+            ),
+            None => {
+                assert!(closed.is_err(), "closed without a drain grace: {closed:?}");
+                assert!(ask(&mut open).await.ends_with("v1"));
+            }
+        }
+        // New connections go to v2 meanwhile.
+        assert_eq!(get_once(&tm.address(), REQUEST).await.as_deref(), Ok("v2"));
+    }
+}

@@ -6,7 +6,9 @@ itself, on loopback ports from --port:
 
     PORT .. PORT+3, +100, +101   production: `availdb up --replicas 2` (server 'A')
     PORT+50, +150                 stage: one `availdb server` with an empty group (server 'S')
-    PORT+60..                     the example application (V1, V2) and traffic managers
+    PORT+60..PORT+99              the upgrades' applications (V1, V2) and traffic managers
+    PORT+200..                    the detection runs' endpoints and traffic managers
+    PORT+300, +301                the traffic manager of the pgbench runs
 
 1. Read-only window by size (--sizes, MB). Per size a database
    `inv_<n>mb` joins production's group, gets the example's V1 schema, 1,000
@@ -19,12 +21,14 @@ itself, on loopback ports from --port:
    GET /health the whole time: every failed request is counted (goal 0),
    and the time from the switch step's end to the first V2 answer is noted.
    After the upgrade V2 must list every item.
-2. Failover detection: two endpoints behind a traffic manager, V1 killed
-   (SIGKILL) while a client keeps asking; per probe setting (interval,
-   tolerated failures): the time until the traffic manager marks V1
-   unhealthy and until the client's first answer from V2, and the client's
-   failed requests meanwhile (a dead endpoint refuses at once, so the proxy
-   moves each connection to V2 on its own: expect 0).
+2. Failover detection: two endpoints behind a traffic manager, the first
+   killed (SIGKILL); per probe setting (interval, timeout, tolerated
+   failures), twice: with no client (the probes alone decide: compare with
+   the bound interval x (tolerated + 1) + timeout) and with a client
+   opening a connection per request (a refused connect moves the
+   connection to the backup and hurries the probe): the time until the
+   traffic manager marks it unhealthy, the client's first answer from the
+   backup, and its failed requests (those in flight on the killed endpoint).
 3. Proxying overhead: pgbench -S (select-only, -c 4) for --seconds against
    a database of the stage node directly and through a traffic manager
    (PostgreSQL probe), alternated, --trials times; TPS medians and ratio.
@@ -235,50 +239,54 @@ admin = "127.0.0.1:{admin}"
 def detection(args, procs, rows, results):
     p = args.port
     db_url = f"postgresql://availdb@127.0.0.1:{p + 50}/availdb"
-    sql(p + 50, "availdb", "CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, name TEXT)")
-    for n, (interval, timeout, tolerated) in enumerate(args.probes):
-        a_port, b_port, tm_port = p + 90 + 4 * n, p + 91 + 4 * n, p + 92 + 4 * n
-        a = app(procs, f"detect-a-{n}", 1, a_port, db_url)
-        app(procs, f"detect-b-{n}", 2, b_port, db_url)
-        admin = traffic_manager(procs, args.bin, args.work, f"tm-detect-{n}", tm_port,
-                                [("a", f"127.0.0.1:{a_port}", "online"), ("b", f"127.0.0.1:{b_port}", "online")],
-                                f"protocol = \"http\"\npath = \"/health\"\ninterval_seconds = {interval}\n"
-                                f"timeout_ms = {timeout}\ntolerated_failures = {tolerated}")
-        retry(lambda: all(e["health"] == "healthy" for e in profile(admin)["endpoints"]) or 1 / 0, 60)
-        # Kill a right after one of its probes succeeded is the worst case;
-        # a random moment is the typical one: kill at a random phase.
-        time.sleep(interval * ((n * 0.37) % 1.0) + 0.1)
-        hammer = Hammer(tm_port)
-        time.sleep(0.3)
-        killed = time.time()
-        a.kill()
-        marked = None
-        deadline = time.time() + interval * (tolerated + 1) * 3 + 30
-        while time.time() < deadline:
-            ep = next(e for e in profile(admin)["endpoints"] if e["name"] == "a")
-            if ep["health"] == "unhealthy":
-                marked = time.time()
-                break
-            time.sleep(0.02)
-        time.sleep(0.5)
-        hammer.finish()
-        first_b = next((t for t, v in hammer.answers if v == 2 and t > killed), None)
-        bound = interval * (tolerated + 1) + timeout / 1000
-        row = {
-            "measure": "failover_detection", "interval_s": interval, "timeout_ms": timeout,
-            "tolerated_failures": tolerated, "bound_s": bound,
-            "detected_s": None if marked is None else round(marked - killed, 3),
-            "first_answer_from_backup_ms": None if first_b is None else round((first_b - killed) * 1000),
-            "client_requests": len(hammer.answers) + len(hammer.errors),
-            "client_errors": len(hammer.errors),
-        }
-        if marked is None:
-            results["failures"].append(f"detection {interval}s/{tolerated}: never marked unhealthy")
-        rows.append(row)
-        print(f"detection interval {interval} s, tolerated {tolerated}, timeout {timeout} ms: "
-              f"unhealthy after {row['detected_s']} s (bound {bound} s); first answer from the backup "
-              f"{row['first_answer_from_backup_ms']} ms after the kill; client errors {row['client_errors']} "
-              f"of {row['client_requests']}", flush=True)
+    n = 0
+    for interval, timeout, tolerated in args.probes:
+        for traffic in (False, True):
+            a_port, b_port, tm_port = p + 200 + 4 * n, p + 201 + 4 * n, p + 202 + 4 * n
+            n += 1
+            a = app(procs, f"detect-a-{n}", 1, a_port, db_url)
+            app(procs, f"detect-b-{n}", 2, b_port, db_url)
+            admin = traffic_manager(procs, args.bin, args.work, f"tm-detect-{n}", tm_port,
+                                    [("a", f"127.0.0.1:{a_port}", "online"), ("b", f"127.0.0.1:{b_port}", "online")],
+                                    f"protocol = \"http\"\npath = \"/health\"\ninterval_seconds = {interval}\n"
+                                    f"timeout_ms = {timeout}\ntolerated_failures = {tolerated}")
+            retry(lambda: all(e["health"] == "healthy" for e in profile(admin)["endpoints"]) or 1 / 0, 60)
+            # The kill lands at some phase of the probe schedule.
+            time.sleep(interval * ((n * 0.37) % 1.0) + 0.1)
+            hammer = Hammer(tm_port) if traffic else None
+            time.sleep(0.3)
+            killed = time.time()
+            a.kill()
+            marked = None
+            deadline = time.time() + interval * (tolerated + 1) * 3 + 30
+            while time.time() < deadline:
+                ep = next(e for e in profile(admin)["endpoints"] if e["name"] == "a")
+                if ep["health"] == "unhealthy":
+                    marked = time.time()
+                    break
+                time.sleep(0.02)
+            first_b = None
+            if hammer:
+                time.sleep(0.5)
+                hammer.finish()
+                first_b = next((t for t, v in hammer.answers if v == 2 and t > killed), None)
+            bound = interval * (tolerated + 1) + timeout / 1000
+            row = {
+                "measure": "failover_detection", "client_traffic": traffic, "interval_s": interval,
+                "timeout_ms": timeout, "tolerated_failures": tolerated, "bound_s": bound,
+                "detected_s": None if marked is None else round(marked - killed, 3),
+                "first_answer_from_backup_ms": None if first_b is None else round((first_b - killed) * 1000),
+                "client_requests": len(hammer.answers) + len(hammer.errors) if hammer else 0,
+                "client_errors": len(hammer.errors) if hammer else 0,
+                "client_error_texts": [e for _, e in hammer.errors][:5] if hammer else [],
+            }
+            if marked is None:
+                results["failures"].append(f"detection {interval}s/{tolerated}: never marked unhealthy")
+            rows.append(row)
+            print(f"detection ({'under client traffic' if traffic else 'probes alone'}) interval {interval} s, "
+                  f"tolerated {tolerated}, timeout {timeout} ms: unhealthy after {row['detected_s']} s "
+                  f"(bound {bound} s); first answer from the backup {row['first_answer_from_backup_ms']} ms "
+                  f"after the kill; client errors {row['client_errors']} of {row['client_requests']}", flush=True)
 
 
 def proxy_overhead(args, procs, rows, results):
@@ -288,7 +296,7 @@ def proxy_overhead(args, procs, rows, results):
     env = dict(os.environ, PGUSER="availdb", PGHOST="127.0.0.1")
     subprocess.run(["pgbench", "-i", "-q", "-s", "1", "-p", str(node), "pgb"], env=env, check=True,
                    capture_output=True)
-    tm_port = p + 120
+    tm_port = p + 300
     traffic_manager(procs, args.bin, args.work, "tm-pgbench", tm_port,
                     [("node", f"127.0.0.1:{node}", "online")],
                     "protocol = \"postgres\"\ndatabase = \"pgb\"\ninterval_seconds = 1\ntimeout_ms = 900\ntolerated_failures = 1")
@@ -347,12 +355,12 @@ def main():
                           f"'tcp://127.0.0.1:{p + 150}', AVAILABILITY_MODE = SYNCHRONOUS_COMMIT, FAILOVER_MODE = MANUAL)"))
         retry(lambda: sql(p + 50, "availdb", "ALTER CLUSTER SET (SERVER_NAME = 'S')"))
         only = args.only.split(",")
-        if "window" in only:
-            window_by_size(args, procs, rows, results)
-        if "detection" in only:
-            detection(args, procs, rows, results)
-        if "proxy" in only:
-            proxy_overhead(args, procs, rows, results)
+        for name, phase in (("window", window_by_size), ("detection", detection), ("proxy", proxy_overhead)):
+            if name in only:
+                try:
+                    phase(args, procs, rows, results)
+                except Exception as e:  # noqa: BLE001 — reported, the next phase runs
+                    results["failures"].append(f"{name}: {type(e).__name__}: {e}")
     finally:
         procs.stop_all()
     results["rows"] = rows

@@ -17,7 +17,9 @@
 //!    against the stage copy (its own process group; the pid is kept).
 //! 2. Wait for seeding (a progress bar over the link's
 //!    `percent_complete`), then `sys.wait_for_database_copy_sync` (the
-//!    copy has hardened every commit so far); add the stage endpoint to
+//!    copy has hardened every commit so far) and until the link's
+//!    `redone_lsn` reaches that point (so the termination inside the
+//!    window has no redo backlog); add the stage endpoint to
 //!    the traffic manager's profile **offline**, and wait until its probe
 //!    finds V2 healthy.
 //! 3. `ALTER DATABASE db SET READ_ONLY` on production: V1 keeps serving

@@ -638,6 +638,21 @@ async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepRe
     if state.stage_app_pid.is_some_and(alive) {
         return Ok(());
     }
+    // Something else answering on V2's address (an old V2, another
+    // program) would pass every later check in V2's stead.
+    if tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(&s.target),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
+    {
+        return Err(format!(
+            "something already listens on V2's address {}: stop it (or choose another \
+             stage.target) and resume",
+            s.target
+        ));
+    }
     let pid = start_app(plan, &plan.expand(&s.start), &folder.app_log)?;
     state.stage_app_pid = Some(pid);
     folder.save(state).map_err(|e| e.to_string())?;
@@ -668,6 +683,8 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
         bar
     });
     let deadline = Instant::now() + SEED_WITHIN;
+    let seeding_since = Instant::now();
+    let mut last_line = Instant::now();
     loop {
         let rows = rows(
             &prod,
@@ -689,8 +706,19 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
             .as_deref()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        if let Some(bar) = &bar {
-            bar.set_position(percent as u64);
+        match &bar {
+            Some(bar) => bar.set_position(percent as u64),
+            // Not a terminal (a log file, CI): a line every 10 s instead.
+            None if last_line.elapsed() >= Duration::from_secs(10) => {
+                println!(
+                    "  seeding {} → '{}': {percent:.0}% ({} s)",
+                    p.database,
+                    s.server,
+                    seeding_since.elapsed().as_secs()
+                );
+                last_line = Instant::now();
+            }
+            None => {}
         }
         if row[0].as_deref() == Some("CATCH_UP") {
             break;
@@ -708,15 +736,45 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    // Guard: the copy has hardened every commit so far.
-    exec(
+    // Guard: the copy has hardened every commit so far…
+    let synced: i64 = column(
         &prod,
         &format!(
             "SELECT sys.wait_for_database_copy_sync('{}', '{}')",
             p.database, s.server
         ),
     )
-    .await?;
+    .await?
+    .first()
+    .and_then(|v| v.parse().ok())
+    .ok_or("sys.wait_for_database_copy_sync returned no LSN")?;
+    // …and redone it, so the termination in the read-only window has no
+    // redo backlog to wait for (a large seed's image is hardened long
+    // before it is redone).
+    let deadline = Instant::now() + SEED_WITHIN;
+    loop {
+        let redone: i64 = column(
+            &prod,
+            &format!(
+                "SELECT redone_lsn FROM sys.dm_geo_replication_link_status WHERE database_name = '{}' \
+                 AND lower(partner_server) = lower('{}')",
+                p.database, s.server
+            ),
+        )
+        .await?
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+        if redone >= synced {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the stage copy has not redone production's log up to {synced} (at {redone})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if let Some(started) = state.seeding_started_ms {
         state
             .machine
