@@ -317,10 +317,19 @@ impl Manager {
         link: &Arc<GeoLinkStatus>,
     ) -> Result<(crate::engine::WriterGuard, Lsn)> {
         let name = db.name().to_string();
-        let behind = |link: &GeoLinkStatus| {
+        // Caught up enough to hold the writes: it has redone the log's end,
+        // or the end it had one poll earlier (a record goes to it only once
+        // the region's synchronized secondaries hardened it, so under
+        // steady writes it is always a little behind the very end).
+        let mut earlier_end = Lsn::MAX;
+        let mut behind = |link: &GeoLinkStatus| {
             let view = link.view();
             let end = db.log().end_lsn();
+            let previous = std::mem::replace(&mut earlier_end, end);
             if view.connected {
+                if view.redone_lsn >= previous {
+                    return Ok(0);
+                }
                 Ok(end.saturating_sub(view.redone_lsn))
             } else {
                 Err(view
