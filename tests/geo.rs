@@ -695,6 +695,34 @@ async fn register(region: &Group, name: &str, ports: &[u16]) {
     .await;
 }
 
+/// Waits until B reports the LSN range A discarded, and checks that it
+/// starts at `cut`, where B took over.
+async fn assert_discarded_from(b_admin: &Client, cut: &str) {
+    let deadline = Instant::now() + WITHIN;
+    let range = loop {
+        let rows = query_text(
+            b_admin,
+            "SELECT discarded_lsn_range FROM sys.dm_geo_replication_link_status WHERE partner_server = 'A'",
+        )
+        .await
+        .unwrap();
+        if let Some(Some(range)) = rows.first().map(|r| r[0].clone()) {
+            break range;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never reported what A discarded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (from, to) = range.split_once("..").expect("a range FROM..TO");
+    assert_eq!(from, cut, "the discarded range starts where B took over");
+    assert!(
+        to.parse::<u64>().unwrap() > cut.parse::<u64>().unwrap(),
+        "{range}"
+    );
+}
+
 /// Waits until writes to `t` in `db` on `server` are refused with 25006
 /// naming a geo-secondary.
 async fn wait_geo_secondary(server: &TestServer, db: &str, what: &str) {
@@ -948,29 +976,7 @@ async fn forced_geo_failover_during_a_partition_loses_exactly_the_reported_range
     wait_geo_secondary(a.primary(), APP, "the old primary").await;
     wait_ids(a.primary(), APP, &on_b, "A follows B").await;
     wait_ids(&a.nodes[1], APP, &on_b, "A's secondary follows B").await;
-    let deadline = Instant::now() + WITHIN;
-    let range = loop {
-        let rows = query_text(
-            &b_admin,
-            "SELECT discarded_lsn_range FROM sys.dm_geo_replication_link_status WHERE partner_server = 'A'",
-        )
-        .await
-        .unwrap();
-        if let Some(Some(range)) = rows.first().map(|r| r[0].clone()) {
-            break range;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never reported what A discarded"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let (from, to) = range.split_once("..").expect("a range FROM..TO");
-    assert_eq!(from, cut, "the discarded range starts where B took over");
-    assert!(
-        to.parse::<u64>().unwrap() > cut.parse::<u64>().unwrap(),
-        "{range}"
-    );
+    assert_discarded_from(&b_admin, &cut).await;
     proxy.heal();
 }
 
@@ -1318,27 +1324,5 @@ async fn forced_geo_failover_during_an_ip_partition_between_regions_loses_exactl
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deadline = Instant::now() + WITHIN;
-    let range = loop {
-        let rows = query_text(
-            &b_admin,
-            "SELECT discarded_lsn_range FROM sys.dm_geo_replication_link_status WHERE partner_server = 'A'",
-        )
-        .await
-        .unwrap();
-        if let Some(Some(range)) = rows.first().map(|r| r[0].clone()) {
-            break range;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never reported what A discarded"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let (from, to) = range.split_once("..").expect("a range FROM..TO");
-    assert_eq!(from, cut, "the discarded range starts where B took over");
-    assert!(
-        to.parse::<u64>().unwrap() > cut.parse::<u64>().unwrap(),
-        "{range}"
-    );
+    assert_discarded_from(&b_admin, &cut).await;
 }
