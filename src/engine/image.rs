@@ -285,6 +285,54 @@ mod tests {
         }
     }
 
+    /// A replica checkpoints between the parts of an image it redoes, so its
+    /// WAL stays near one part's size instead of growing to the whole
+    /// database. SQLite refuses (SQLITE_CORRUPT) a checkpoint whose WAL
+    /// declares a database larger than the file plus the WAL can fill.
+    #[test]
+    fn a_replica_checkpoints_between_the_parts_of_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Connection::open(dir.path().join("p.db")).unwrap();
+        primary
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB NOT NULL);")
+            .unwrap();
+        for id in 1..=8 {
+            primary
+                .execute("INSERT INTO big VALUES (?1, randomblob(1048576))", [id])
+                .unwrap();
+        }
+        let mut parts = Vec::new();
+        for_each_image_part_sized(&primary, 1, 1 << 20, |r| {
+            parts.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert!(parts.len() > 4, "{} parts", parts.len());
+        let path = dir.path().join("r.db");
+        let mut applier = Applier::open(&path).unwrap();
+        let wal = super::super::capture::wal_path(&path);
+        for (i, part) in parts.iter().enumerate() {
+            redo_part(&mut applier, part).unwrap();
+            let complete = super::super::capture::checkpoint_passive(applier.connection())
+                .unwrap_or_else(|e| panic!("checkpoint after part {i} of {}: {e}", parts.len()));
+            assert!(complete, "checkpoint after part {i} copied every frame");
+            applier
+                .connection()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+            let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            assert!(
+                wal_bytes < 2 << 20,
+                "the WAL holds {wal_bytes} bytes after part {i}: more than one part"
+            );
+        }
+        let rows: i64 = applier
+            .connection()
+            .query_row("SELECT count(*) FROM big", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 8);
+    }
+
     /// Redoes one image part as a replica does: in its own transaction,
     /// loading the schema only after the last part.
     fn redo_part(

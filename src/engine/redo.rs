@@ -28,9 +28,9 @@
 //! with any SQLite commit, and the file equals the primary's at the end of the
 //! batch, page 1's volatile bytes aside (see [`first_difference`]).
 //!
-//! # The six rules, and why
+//! # The seven rules, and why
 //! Each of these broke correctness when left out (how that showed, and the
-//! torture run that passes with all six: `docs/sqlite-notes.md`, "Applying
+//! torture run that passes with the first six: `docs/sqlite-notes.md`, "Applying
 //! pages on a secondary"):
 //! 1. **Reset the cache around every batch; reload the schema after page 1.**
 //!    `sqlite_dbpage` overwrites page bytes under SQLite's B-tree layer, which
@@ -62,6 +62,14 @@
 //!    identical.
 //! 6. **Page size and reserved bytes are fixed once in WAL mode.** They must
 //!    match the primary's before the first page is written.
+//! 7. **The file is as long as the last batch says.** A part of a full image
+//!    declares the image's whole size but carries only some pages; SQLite
+//!    refuses to checkpoint (SQLITE_CORRUPT) a WAL whose database is larger
+//!    than the file plus the WAL could fill, so without this the WAL of a
+//!    replica being seeded grows to the whole database. After each batch the
+//!    file is grown (sparse, through SQLite's own file handle) to the batch's
+//!    size; the pages not redone yet read as zeros, as they would after the
+//!    checkpoint grew the file itself.
 //!
 //! # Seeding an empty replica
 //! A replica starts either from a byte copy of the primary (taken after a
@@ -252,7 +260,9 @@ impl Applier {
             self.seed(page_size, plan.pages[&1])?;
         }
         self.reset_cache()?;
-        let written = self.write(&plan);
+        let written = self
+            .write(&plan)
+            .and_then(|()| self.grow_file(plan.db_size, page_size));
         // A failed batch may have loaded a schema from pages it then rolled
         // back: reload from the committed state then too.
         let reload = consistent && (plan.pages.contains_key(&1) || written.is_err());
@@ -332,6 +342,60 @@ impl Applier {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Rule 7: makes the file at least `db_size` pages long, so a checkpoint
+    /// of a part of a full image passes SQLite's size check (see the module
+    /// doc). Grows through SQLite's own file handle: a second descriptor of
+    /// the file, once closed, would drop the POSIX locks SQLite holds on it.
+    fn grow_file(&self, db_size: u32, page_size: usize) -> Result<(), RedoError> {
+        let want = i64::from(db_size) * page_size as i64;
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: the handle belongs to `self.conn`, which outlives the call;
+        // SQLITE_FCNTL_FILE_POINTER stores the main database's open file in
+        // `file`, which lives as long as the connection.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                self.conn.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&raw mut file).cast(),
+            )
+        };
+        let failed = |rc: std::ffi::c_int, what: &str| {
+            RedoError::Sqlite(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(rc),
+                Some(format!(
+                    "cannot grow the replica's file to {want} bytes: {what}"
+                )),
+            ))
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(failed(rc, "no file handle"));
+        }
+        // SAFETY: `file` is the connection's open main database file (or
+        // null); its methods are those of the VFS that opened it, called on
+        // the thread that owns the connection, outside any transaction.
+        unsafe {
+            let Some(methods) = file.as_ref().and_then(|f| f.pMethods.as_ref()) else {
+                return Err(failed(ffi::SQLITE_MISUSE, "no file handle"));
+            };
+            let (Some(size_of), Some(truncate)) = (methods.xFileSize, methods.xTruncate) else {
+                return Err(failed(ffi::SQLITE_MISUSE, "the VFS cannot size files"));
+            };
+            let mut size: i64 = 0;
+            let rc = size_of(file, &mut size);
+            if rc != ffi::SQLITE_OK {
+                return Err(failed(rc, "cannot read its size"));
+            }
+            if size < want {
+                let rc = truncate(file, want);
+                if rc != ffi::SQLITE_OK {
+                    return Err(failed(rc, "the file system refused"));
+                }
+            }
+        }
         Ok(())
     }
 
