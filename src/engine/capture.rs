@@ -74,8 +74,12 @@ impl Capture {
 
     /// Appends a record for every transaction committed since the last
     /// call; returns the log's end LSN (what the commit must wait for).
+    ///
+    /// Holds one part of a transaction in memory at a time: the WAL is read
+    /// for where each page's image lies, then part by part (issue 16: a
+    /// transaction of any size is captured in bounded memory).
     pub fn after_commit(&mut self, conn: &Connection) -> Result<Lsn> {
-        let transactions = self.wal.read_committed().map_err(capture_error)?;
+        let transactions = self.wal.read_commits().map_err(capture_error)?;
         // Defence in depth: what we read must be exactly what SQLite wrote.
         let hooked = self.wal_frames.load(Ordering::SeqCst);
         if hooked != 0 && hooked != self.wal.frames_read() {
@@ -93,7 +97,8 @@ impl Capture {
         let mut end = self.log.end_lsn();
         for tx in transactions {
             let commit_time_us = now_us();
-            for (pages, more) in split_pages(tx.pages, page_size) {
+            for (positions, more) in split_pages(tx.pages, page_size) {
+                let pages = self.wal.read_pages(&positions).map_err(capture_error)?;
                 end = self
                     .log
                     .append(Record {
@@ -131,13 +136,11 @@ impl Capture {
     }
 }
 
-/// A page number and its image.
-type Page = (u32, Vec<u8>);
-
-/// A transaction's pages in parts of at most [`Record::PART_BYTES`] (at
-/// least one page each), each with whether another part follows: a
-/// transaction of any size becomes records far below a wire frame.
-fn split_pages(pages: Vec<Page>, page_size: u32) -> Vec<(Vec<Page>, bool)> {
+/// A transaction's pages (images, or where they lie) in parts of at most
+/// [`Record::PART_BYTES`] of images (at least one page each), each with
+/// whether another part follows: a transaction of any size becomes records
+/// far below a wire frame.
+fn split_pages<P>(pages: Vec<P>, page_size: u32) -> Vec<(Vec<P>, bool)> {
     let per_part = (Record::PART_BYTES / page_size.max(1) as usize).max(1);
     if pages.len() <= per_part {
         return vec![(pages, false)];

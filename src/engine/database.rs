@@ -391,14 +391,22 @@ impl Database {
     ///
     /// A batch that ends inside a full image leaves the file part new, part
     /// old (seeding); the image's last part makes it whole.
+    ///
+    /// A batch that holds no whole transaction starts one larger than what
+    /// `next` returns at a time: it is redone part by part, `next` called
+    /// again from the end of what it returned until the transaction's last
+    /// part, all in one SQLite transaction and with one read of `next` in
+    /// memory at a time (the caller returns records of such a transaction
+    /// only once its last part is hardened). Records after a batch's last
+    /// whole transaction are left for the next call.
     pub fn redo_next(
         &self,
-        next: impl FnOnce(Lsn) -> std::result::Result<Vec<crate::log::Record>, String>,
+        mut next: impl FnMut(Lsn) -> std::result::Result<Vec<crate::log::Record>, String>,
     ) -> std::result::Result<Option<Redone>, String> {
         let mut applier = self.redo.lock().unwrap_or_else(|e| e.into_inner());
         let from = self.applied_lsn();
-        let records = next(from)?;
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        let mut records = next(from)?;
+        let Some(first) = records.first() else {
             return Ok(None);
         };
         if first.lsn != from {
@@ -407,27 +415,35 @@ impl Database {
                 self.name, first.lsn
             ));
         }
-        let done = Redone {
-            end: last.end_lsn(),
-            bytes: last.end_lsn() - from,
-            commit_time_us: last.commit_time_us,
-            inside_image: last.image_continues(),
-        };
         let a = match &mut *applier {
             Some(a) => a,
             None => applier.insert(Applier::open(&self.path).map_err(|e| e.to_string())?),
         };
-        let sets: Vec<PageSet<'_>> = records
-            .iter()
-            .map(|r| PageSet {
-                pages: &r.pages,
-                db_size: r.db_size,
-            })
-            .collect();
-        let applied = if last.image_continues() {
-            a.apply_partial(&sets)
+        let whole = super::recover::whole_transactions(&records);
+        let (applied, done) = if whole == 0 {
+            self.redo_streamed(a, from, std::mem::take(&mut records), &mut next)
         } else {
-            a.apply(&sets)
+            records.truncate(whole);
+            let last = records.last().expect("whole > 0");
+            let done = Redone {
+                end: last.end_lsn(),
+                bytes: last.end_lsn() - from,
+                commit_time_us: last.commit_time_us,
+                inside_image: last.image_continues(),
+            };
+            let sets: Vec<PageSet<'_>> = records
+                .iter()
+                .map(|r| PageSet {
+                    pages: &r.pages,
+                    db_size: r.db_size,
+                })
+                .collect();
+            let applied = if last.image_continues() {
+                a.apply_partial(&sets)
+            } else {
+                a.apply(&sets)
+            };
+            (applied, done)
         };
         if let Err(e) = applied {
             // A failed batch may leave the connection in any state.
@@ -452,6 +468,57 @@ impl Database {
             self.log.image_done().map_err(|e| e.to_string())?;
         }
         Ok(Some(done))
+    }
+
+    /// Redoes the transaction at `from`, whose first records are `records`,
+    /// part by part (see [`Database::redo_next`]).
+    fn redo_streamed(
+        &self,
+        applier: &mut Applier,
+        from: Lsn,
+        records: Vec<crate::log::Record>,
+        next: &mut impl FnMut(Lsn) -> std::result::Result<Vec<crate::log::Record>, String>,
+    ) -> (std::result::Result<(), super::redo::RedoError>, Redone) {
+        let mut queue = std::collections::VecDeque::from(records);
+        let mut done = Redone {
+            end: from,
+            bytes: 0,
+            commit_time_us: 0,
+            inside_image: false,
+        };
+        let applied = applier.apply_streamed(|| {
+            if queue.is_empty() {
+                queue.extend(next(done.end)?);
+            }
+            let Some(record) = queue.pop_front() else {
+                return Err(format!(
+                    "the log has no record at LSN {} (the transaction started at LSN {from})",
+                    done.end
+                ));
+            };
+            if record.lsn != done.end {
+                return Err(format!(
+                    "the part at LSN {} was expected, LSN {} came",
+                    done.end, record.lsn
+                ));
+            }
+            if record.starts_image() || record.image_continues() {
+                return Err(format!(
+                    "the full image at LSN {} interrupts the transaction started at LSN {from}",
+                    record.lsn
+                ));
+            }
+            done.end = record.end_lsn();
+            done.bytes = done.end - from;
+            done.commit_time_us = record.commit_time_us;
+            let last = !record.continues_transaction();
+            Ok(super::redo::Part {
+                pages: record.pages,
+                db_size: record.db_size,
+                last,
+            })
+        });
+        (applied, done)
     }
 
     /// Copies redo's WAL into the file (PASSIVE: never waits for readers)
@@ -1067,6 +1134,64 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 200);
+    }
+
+    /// Issue 16: a transaction many parts long is captured a part at a time
+    /// and redone a read at a time, in one SQLite transaction: a reader on
+    /// the replica sees none of it until the last part, then all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_of_many_parts_is_redone_a_part_at_a_time_and_seen_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary =
+            Database::open("app", &dir.path().join("p.db"), &dir.path().join("plog")).unwrap();
+        let cancel = Notify::new();
+        for sql in [
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+            "INSERT INTO t VALUES (0, 'before')",
+            // About 26 MB of pages: many parts (`Record::PART_BYTES` each).
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 8000)",
+        ] {
+            let mut w = primary.writer(None, &cancel).await.unwrap();
+            super::super::run(w.conn().sqlite(), sql, &[], false).unwrap();
+            w.after_commit().unwrap();
+        }
+        let log = primary.log().clone();
+        let records = log.read_from(0).unwrap();
+        let parts = records.iter().filter(|r| r.continues_transaction()).count();
+        assert!(parts >= 3, "{parts} parts continue the large transaction");
+        assert!(records
+            .iter()
+            .all(|r| r.pages.len() * 4096 <= crate::log::Record::PART_BYTES));
+
+        let replica =
+            Database::open("app", &dir.path().join("r.db"), &dir.path().join("rlog")).unwrap();
+        let count = |db: &Database| -> i64 {
+            db.reader()
+                .unwrap()
+                .conn()
+                .sqlite()
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        // The small transactions first, as whole ones.
+        let small = records.iter().take_while(|r| !r.continues_transaction());
+        let small: Vec<crate::log::Record> = small.cloned().collect();
+        replica.redo_next(|_| Ok(small.clone())).unwrap().unwrap();
+        assert_eq!(count(&replica), 1);
+        // Then the large one, handed over one record per call.
+        let mut calls = 0;
+        let done = replica
+            .redo_next(|from| {
+                calls += 1;
+                assert_eq!(count(&replica), 1, "a reader sees part of the transaction");
+                Ok(records.iter().filter(|r| r.lsn == from).cloned().collect())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(calls, parts + 1, "one call per part");
+        assert_eq!(done.end, log.end_lsn());
+        assert!(!done.inside_image);
+        assert_eq!(count(&replica), 8001);
     }
 
     #[test]

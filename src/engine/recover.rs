@@ -75,33 +75,33 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
     discard_wal(db_path)?;
     let mut applied = checkpoint.max(log.first_lsn()).min(log.end_lsn());
     if log.end_lsn() > checkpoint {
-        // A bounded slice of the log at a time: a long tail (a replica
-        // seeded with a large image) never has to fit in memory at once;
-        // only the parts of one large transaction wait for its last part.
+        // A bounded slice of the log at a time, up to the end of its last
+        // whole transaction: neither a long tail (a replica seeded with a
+        // large image) nor a large transaction has to fit in memory.
+        let upto = whole_end(&log, checkpoint).map_err(|e| log_error(name, e))?;
         let mut from = checkpoint;
         let mut count = 0;
-        let mut pending: Vec<Record> = Vec::new();
         let mut file = FileRedo::open(name, db_path)?;
-        while from < log.end_lsn() {
-            let records = log
+        while from < upto {
+            let records: Vec<Record> = log
                 .read_some(from, RECOVERY_READ_BYTES)
-                .map_err(|e| log_error(name, e))?;
+                .map_err(|e| log_error(name, e))?
+                .into_iter()
+                .take_while(|r| r.end_lsn() <= upto)
+                .collect();
             let Some(last) = records.last() else { break };
             from = last.end_lsn();
             count += records.len();
-            pending.extend(records);
-            let whole = whole_transactions(&pending);
-            if whole > 0 {
-                file.apply(&pending[..whole])?;
-                applied = pending[whole - 1].end_lsn();
-                pending.drain(..whole);
-            }
+            file.apply(&records)?;
         }
         file.sync()?;
-        if let Some(first) = pending.first() {
+        if upto > checkpoint {
+            applied = upto;
+        }
+        if upto < log.end_lsn() {
             tracing::warn!(
                 database = name,
-                from = first.lsn,
+                from = upto,
                 to = log.end_lsn(),
                 "the log ends inside a transaction (a crash between its parts): it is not applied"
             );
@@ -116,6 +116,28 @@ pub fn recover(name: &str, db_path: &Path, log_dir: &Path) -> Result<(Arc<Log>, 
         log::write_checkpoint(log_dir, applied).map_err(|e| log_error(name, e))?;
     }
     Ok((Arc::new(log), applied))
+}
+
+/// The end of the log's last record at or after `from` that does not
+/// continue a transaction (`from` when there is none): how far recovery
+/// may redo. Known without reading when the log ends whole; otherwise the
+/// log is read from `from`, a bounded slice at a time.
+fn whole_end(log: &Log, from: Lsn) -> std::result::Result<Lsn, LogError> {
+    let end = log.end_lsn();
+    if log.boundary_at_or_before(end) == Some(end) {
+        return Ok(end);
+    }
+    let mut at = from;
+    let mut whole = from;
+    while at < end {
+        let records = log.read_some(at, RECOVERY_READ_BYTES)?;
+        let Some(last) = records.last() else { break };
+        if let Some(r) = records.iter().rfind(|r| !r.continues_transaction()) {
+            whole = r.end_lsn();
+        }
+        at = last.end_lsn();
+    }
+    Ok(whole)
 }
 
 /// How many of `records` (in log order) form whole transactions: everything

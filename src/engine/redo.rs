@@ -168,6 +168,10 @@ pub enum RedoError {
          feed it the primary's log from its first transaction, or seed it from a byte copy"
     )]
     Unseeded,
+    /// The next part of a transaction redone part by part could not be had
+    /// (see [`Applier::apply_streamed`]); nothing of it was applied.
+    #[error("the parts of a transaction stopped arriving: {0}")]
+    Incomplete(String),
     /// A transaction of the batch contradicts itself.
     #[error("transaction {index} of the batch is malformed: {reason}")]
     Malformed {
@@ -176,6 +180,19 @@ pub enum RedoError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// One part of a transaction redone part by part
+/// ([`Applier::apply_streamed`]).
+#[derive(Debug)]
+pub struct Part {
+    /// (page number, full page image), each page in at most one part of the
+    /// transaction.
+    pub pages: Vec<(u32, Vec<u8>)>,
+    /// Database size in pages after the transaction (the same in every part).
+    pub db_size: u32,
+    /// Whether this is the transaction's last part.
+    pub last: bool,
 }
 
 /// The single connection that writes a database by redo.
@@ -268,6 +285,108 @@ impl Applier {
         let reload = consistent && (plan.pages.contains_key(&1) || written.is_err());
         let settled = self.settle(reload);
         written.and(settled)
+    }
+
+    /// Redoes one transaction that arrives in parts, one part in memory at a
+    /// time, as **one** SQLite write transaction (readers see all of it or
+    /// nothing): `next_part` is called until it returns the last part. The
+    /// rules of [`Applier::apply`] hold: page 1 is held back and written
+    /// last, the truncation after it; SQLite spills the written pages to its
+    /// WAL as its cache fills, so memory does not grow with the
+    /// transaction. On error nothing of the transaction is applied.
+    pub fn apply_streamed(
+        &mut self,
+        mut next_part: impl FnMut() -> Result<Part, String>,
+    ) -> Result<(), RedoError> {
+        let first = next_part().map_err(RedoError::Incomplete)?;
+        let page_size = match self.page_size {
+            Some(size) => size,
+            None => {
+                let first_set = PageSet {
+                    pages: &first.pages,
+                    db_size: first.db_size,
+                };
+                let size = seed_page_size(first_set)?;
+                let page_one = first.pages.iter().find(|(pgno, _)| *pgno == 1);
+                let page_one = page_one
+                    .map(|(_, data)| data.clone())
+                    .expect("seed_page_size found page 1");
+                self.seed(size, &page_one)?;
+                size
+            }
+        };
+        self.reset_cache()?;
+        let written = self.write_streamed(first, &mut next_part, page_size);
+        let reload = written.as_ref().map_or(true, |(_, page_one)| *page_one);
+        let written = written.and_then(|(db_size, _)| self.grow_file(db_size, page_size));
+        let settled = self.settle(reload);
+        written.and(settled)
+    }
+
+    /// The write transaction of [`Applier::apply_streamed`]; returns the
+    /// database size and whether page 1 was written.
+    fn write_streamed(
+        &mut self,
+        mut part: Part,
+        next_part: &mut impl FnMut() -> Result<Part, String>,
+        page_size: usize,
+    ) -> Result<(u32, bool), RedoError> {
+        let db_size = part.db_size;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pages_at_begin: u32 = tx.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        let mut page_one = None;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
+            for index in 0.. {
+                if part.db_size == 0 {
+                    return Err(RedoError::Malformed {
+                        index,
+                        reason: "database size 0 (every database has page 1)",
+                    });
+                }
+                if part.db_size != db_size {
+                    return Err(RedoError::Malformed {
+                        index,
+                        reason: "the parts of one transaction declare different database sizes",
+                    });
+                }
+                for (pgno, data) in part.pages {
+                    if pgno == 0 {
+                        return Err(RedoError::Malformed {
+                            index,
+                            reason: "page number 0 (pages count from 1)",
+                        });
+                    }
+                    if data.len() != page_size {
+                        return Err(RedoError::PageSize {
+                            pgno,
+                            got: data.len(),
+                            want: page_size,
+                        });
+                    }
+                    if pgno == 1 {
+                        page_one = Some(data);
+                    } else if pgno <= db_size {
+                        insert.execute((pgno, data))?;
+                    }
+                }
+                if part.last {
+                    break;
+                }
+                part = next_part().map_err(RedoError::Incomplete)?;
+            }
+            if let Some(page_one) = &page_one {
+                insert.execute((1, page_one))?;
+            }
+            if db_size < pages_at_begin {
+                insert.execute((db_size + 1, Null))?;
+            }
+        }
+        tx.commit()?;
+        Ok((db_size, page_one.is_some()))
     }
 
     /// The connection, for checkpoints and reads by the owner. Writing

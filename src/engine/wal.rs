@@ -97,8 +97,13 @@
 //!   [retryable](WalError::is_retryable), drop the reader, resynchronize, and
 //!   start a new one. A new reader returns every committed transaction of the
 //!   generation the file holds, from frame 1.
-//! * Each returned transaction is held in memory whole, and so, while a call
-//!   reads, are the pages of a trailing transaction that has not committed.
+//! * [`WalReader::read_committed`] holds each returned transaction in memory
+//!   whole. [`WalReader::read_commits`] holds only where each page's newest
+//!   image lies in the file (12 bytes a page), and [`WalReader::read_pages`]
+//!   reads the images of as many pages as the caller wants at a time: a
+//!   transaction of any size is captured a bounded part at a time. The
+//!   positions stay true until the next write on the writer connection (the
+//!   only thing that overwrites frames: a WAL restart).
 //! * The file is opened anew by every call, so a WAL that SQLite deleted and
 //!   created again (after the last connection closed) is seen as such.
 
@@ -106,6 +111,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::mem;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 /// Length of the header at the start of the WAL file.
@@ -132,6 +138,17 @@ pub struct WalTransaction {
     /// Page images, each page once (a later frame of the same page wins),
     /// sorted by page number, pages above `db_size` dropped.
     pub pages: Vec<(u32, Vec<u8>)>,
+    /// Database size in pages after the commit (the commit frame's field).
+    pub db_size: u32,
+}
+
+/// One committed transaction found in the WAL, by position: for each page,
+/// the file offset of its newest image in the transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalCommit {
+    /// (page number, offset of the page image in the WAL file), each page
+    /// once, sorted by page number, pages above `db_size` dropped.
+    pub pages: Vec<(u32, u64)>,
     /// Database size in pages after the commit (the commit frame's field).
     pub db_size: u32,
 }
@@ -227,6 +244,21 @@ impl WalReader {
     /// has nothing new. Frames of an incomplete or rolled-back transaction are
     /// never returned.
     pub fn read_committed(&mut self) -> Result<Vec<WalTransaction>, WalError> {
+        let commits = self.read_commits()?;
+        commits
+            .into_iter()
+            .map(|commit| {
+                Ok(WalTransaction {
+                    pages: self.read_pages(&commit.pages)?,
+                    db_size: commit.db_size,
+                })
+            })
+            .collect()
+    }
+
+    /// Like [`WalReader::read_committed`], but each transaction comes as
+    /// where its pages lie in the file; [`WalReader::read_pages`] reads them.
+    pub fn read_commits(&mut self) -> Result<Vec<WalCommit>, WalError> {
         let io_error = |source| WalError::Io {
             path: self.path.clone(),
             source,
@@ -264,6 +296,48 @@ impl WalReader {
             committed: scanner.committed,
         });
         Ok(scanner.transactions)
+    }
+
+    /// The images of `pages`, as [`WalReader::read_commits`] located them
+    /// (in that order), read from the file with one read per run of
+    /// adjacent frames. Valid until the next write on the writer connection.
+    pub fn read_pages(&self, pages: &[(u32, u64)]) -> Result<Vec<(u32, Vec<u8>)>, WalError> {
+        let Some(position) = self.position else {
+            return Ok(Vec::new());
+        };
+        if pages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let io_error = |source| WalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = File::open(&self.path).map_err(io_error)?;
+        let page_size = position.header.page_size as usize;
+        let frame_len = position.header.frame_len() as u64;
+        let mut out = Vec::with_capacity(pages.len());
+        let mut run_start = 0;
+        while run_start < pages.len() {
+            // Pages whose frames follow each other: one read, at most
+            // MAX_READ_BYTES.
+            let first = pages[run_start].1;
+            let mut run_end = run_start + 1;
+            while run_end < pages.len()
+                && pages[run_end].1 == first + (run_end - run_start) as u64 * frame_len
+                && (run_end - run_start + 1) * frame_len as usize <= MAX_READ_BYTES
+            {
+                run_end += 1;
+            }
+            let len = (run_end - run_start - 1) * frame_len as usize + page_size;
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, first).map_err(io_error)?;
+            for (i, &(pgno, _)) in pages[run_start..run_end].iter().enumerate() {
+                let at = i * frame_len as usize;
+                out.push((pgno, buf[at..at + page_size].to_vec()));
+            }
+            run_start = run_end;
+        }
+        Ok(out)
     }
 
     /// Frames consumed so far in the current generation, up to and including
@@ -457,12 +531,13 @@ struct FrameScanner<'h> {
     next: Cursor,
     /// Just after the last commit frame fed: where the next call resumes.
     committed: Cursor,
-    /// Pages of the transaction in progress; a later frame replaces an earlier.
-    pending: BTreeMap<u32, Vec<u8>>,
-    transactions: Vec<WalTransaction>,
-    /// Page number of the last frame fed if it was a commit frame (or a copy
-    /// of one).
-    last_commit_page: Option<u32>,
+    /// Where the pages of the transaction in progress lie (offset of the
+    /// image); a later frame replaces an earlier.
+    pending: BTreeMap<u32, u64>,
+    transactions: Vec<WalCommit>,
+    /// The last frame fed if it was a commit frame (or a copy of one): its
+    /// header and image.
+    last_commit: Option<(FrameHeader, Vec<u8>)>,
 }
 
 impl<'h> FrameScanner<'h> {
@@ -473,7 +548,7 @@ impl<'h> FrameScanner<'h> {
             committed: from,
             pending: BTreeMap::new(),
             transactions: Vec::new(),
-            last_commit_page: None,
+            last_commit: None,
         }
     }
 
@@ -483,6 +558,7 @@ impl<'h> FrameScanner<'h> {
         let Some((head, checksum)) = decode_frame(self.header, self.next.checksum, frame) else {
             return false;
         };
+        let image_at = self.next.offset + FRAME_HEADER_LEN as u64;
         self.next = Cursor {
             offset: self.next.offset + frame.len() as u64,
             checksum,
@@ -490,38 +566,34 @@ impl<'h> FrameScanner<'h> {
         };
         let page = &frame[FRAME_HEADER_LEN..];
         if head.db_size == 0 {
-            self.pending.insert(head.page_number, page.to_vec());
-            self.last_commit_page = None;
+            self.pending.insert(head.page_number, image_at);
+            self.last_commit = None;
             return true;
         }
         if !self.repeats_last_commit(head, page) {
-            self.pending.insert(head.page_number, page.to_vec());
+            self.pending.insert(head.page_number, image_at);
             let pages = mem::take(&mut self.pending)
                 .into_iter()
                 .filter(|&(page_number, _)| page_number <= head.db_size)
                 .collect();
-            self.transactions.push(WalTransaction {
+            self.transactions.push(WalCommit {
                 pages,
                 db_size: head.db_size,
             });
         }
         self.committed = self.next;
-        self.last_commit_page = Some(head.page_number);
+        self.last_commit = Some((head, page.to_vec()));
         true
     }
 
     /// Whether a commit frame is a sector-padding copy of the commit frame
-    /// fed just before it.
+    /// fed just before it (in this call).
     fn repeats_last_commit(&self, head: FrameHeader, page: &[u8]) -> bool {
-        let Some(last) = self.transactions.last() else {
-            return false;
-        };
-        self.last_commit_page == Some(head.page_number)
-            && last.db_size == head.db_size
-            && last
-                .pages
-                .binary_search_by_key(&head.page_number, |&(page_number, _)| page_number)
-                .is_ok_and(|i| last.pages[i].1 == page)
+        !self.transactions.is_empty()
+            && self
+                .last_commit
+                .as_ref()
+                .is_some_and(|(last, image)| *last == head && image == page)
     }
 }
 

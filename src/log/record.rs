@@ -98,7 +98,7 @@ impl Record {
     /// The transaction goes on in the next record.
     pub const TX_MORE: u32 = 4;
     /// Most page bytes one record of a large transaction carries.
-    pub const PART_BYTES: usize = 8 << 20;
+    pub const PART_BYTES: usize = 1 << 20;
 
     /// True when the transaction goes on in the next record: the database
     /// is not consistent until its last record is redone too.

@@ -1201,36 +1201,58 @@ async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
 /// Redoes one batch of hardened records (blocking), from wherever the
 /// file stands: the database's redo lock makes the read of the applied
 /// LSN, the log read and the apply one step.
+///
+/// One read of the log at a time is in memory: a transaction larger than
+/// one read is handed to redo only once its last part is hardened, and then
+/// a read at a time (`Database::redo_next` redoes it part by part, in one
+/// SQLite transaction, so readers never see part of it).
 fn redo_batch(sdb: &SecondaryDb) -> Result<Option<crate::engine::Redone>, String> {
     let log = sdb.db.log();
     // Only hardened records: the file must never hold what the log may lose.
     let hardened = sdb.hardened();
+    let mut whole_hardened = false;
     sdb.db.redo_next(|applied| {
         // After seeding or a rewind, the log restarts at a full image.
-        let mut from = applied.max(log.first_lsn());
-        let mut records: Vec<Record> = Vec::new();
-        // Whole transactions only: a large one is read to its last part
-        // (when that is hardened), so readers never see part of it.
-        loop {
-            if from >= hardened.min(log.end_lsn()) {
-                break;
-            }
-            let more: Vec<Record> = log
-                .read_some(from, REDO_BATCH_BYTES)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .take_while(|r| r.end_lsn() <= hardened)
-                .collect();
-            let Some(last) = more.last() else { break };
-            from = last.end_lsn();
-            records.extend(more);
-            if crate::engine::whole_transactions(&records) > 0 {
-                break;
-            }
+        let from = applied.max(log.first_lsn());
+        if from >= hardened.min(log.end_lsn()) {
+            return Ok(Vec::new());
         }
-        records.truncate(crate::engine::whole_transactions(&records));
-        Ok(records)
+        let records: Vec<Record> = log
+            .read_some(from, REDO_BATCH_BYTES)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .take_while(|r| r.end_lsn() <= hardened)
+            .collect();
+        if whole_hardened || crate::engine::whole_transactions(&records) > 0 {
+            return Ok(records);
+        }
+        // The records start a transaction larger than one read.
+        whole_hardened = transaction_ends_by(log, from, hardened)?;
+        Ok(if whole_hardened { records } else { Vec::new() })
     })
+}
+
+/// Whether the transaction that starts at `from` ends at or before `until`:
+/// from the log's remembered boundaries (every boundary appended after the
+/// newest one remembered is remembered too), else — the log opened inside
+/// a transaction and none was appended since — by reading its records, a
+/// read at a time.
+fn transaction_ends_by(log: &crate::log::Log, from: Lsn, until: Lsn) -> Result<bool, String> {
+    if let Some(boundary) = log.boundary_at_or_before(until) {
+        return Ok(boundary > from);
+    }
+    let mut at = from;
+    while at < until.min(log.end_lsn()) {
+        let records = log
+            .read_some(at, REDO_BATCH_BYTES)
+            .map_err(|e| e.to_string())?;
+        let Some(last) = records.last() else { break };
+        if let Some(end) = records.iter().find(|r| !r.continues_transaction()) {
+            return Ok(end.end_lsn() <= until);
+        }
+        at = last.end_lsn();
+    }
+    Ok(false)
 }
 
 /// The end of the log's last whole transaction at or after `from` (the log
