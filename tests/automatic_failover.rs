@@ -11,7 +11,9 @@
 //!
 //! * safety rule 1 (RPO 0): a kill -9 of the primary under concurrent
 //!   writers loses no acknowledged insert, and the old primary rejoins as a
-//!   page-identical secondary;
+//!   page-identical secondary; killed mid-way through shipping a large
+//!   transaction, it leaves that transaction whole or absent on every
+//!   survivor;
 //! * safety rule 2 (one writer): a primary paused past its lease accepts no
 //!   write once another replica was named, and nothing it was given after
 //!   that point ever appears;
@@ -199,6 +201,110 @@ async fn kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_insert() {
         .assert_page_identical_to(new, &[R1, other], "after the old primary rejoined")
         .await;
     assert_t_on(&group, R1, &reports, "on the old primary after it rejoined").await;
+}
+
+/// Safety rules 1 and 4 across a kill in the middle of a large
+/// transaction (issue 16): while the primary ships one transaction of
+/// ≈ 110 MB (about a hundred parts) to its synchronous secondaries, it is
+/// killed with SIGKILL. The cluster promotes a secondary that holds some of
+/// the parts; every acknowledged commit is there, and of the large
+/// transaction either all rows or none (all if its commit was
+/// acknowledged), on both survivors alike; the old primary, restarted,
+/// rejoins page-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keeps_it_whole_or_absent(
+) {
+    const ROWS: u64 = 100_000;
+    let mut group = automatic_group(GroupSpec::default()).await;
+    let _logs = KeepLogsOnPanic::new(
+        &group,
+        "kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keeps_it_whole_or_absent",
+    );
+    run_on(&group, R1, APP, CREATE_T).await;
+    run_on(
+        &group,
+        R1,
+        APP,
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    )
+    .await;
+    for id in 1..=20 {
+        let sql = format!("INSERT INTO t(id, w, pad) VALUES ({id}, 0, NULL)");
+        run_on(&group, R1, APP, &sql).await;
+    }
+    let (_, start) = common::group::log_bounds(&group.nodes[R2], APP).await;
+    let loader = group.nodes[R1].client(APP).await;
+    let load = tokio::spawn(async move {
+        let sql = format!(
+            "INSERT INTO big SELECT value, hex(randomblob(500)) FROM generate_series(1, {ROWS})"
+        );
+        tokio::time::timeout(Duration::from_secs(300), loader.batch_execute(&sql)).await
+    });
+    // Kill once a secondary has hardened some of the transaction's parts.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, end) = common::group::log_bounds(&group.nodes[R2], APP).await;
+        if end > start + (20 << 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 received less than 20 MB of the large transaction in 120 s\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    group.nodes[R1].kill9();
+    let acknowledged = matches!(load.await, Ok(Ok(Ok(()))));
+    let survivors = [R2, R3];
+    let (new, epoch, _) = wait_new_primary(&group, &survivors, &[R1], 1, FAILOVER_TIMEOUT).await;
+    let other = if new == R2 { R3 } else { R2 };
+    group
+        .wait_caught_up_to(new, &[other], CATCH_UP_TIMEOUT)
+        .await;
+    let mut seen = Vec::new();
+    for i in survivors {
+        let small = rows_on(&group, i, APP, "SELECT count(*) FROM t").await;
+        assert_eq!(
+            small[0][0].as_deref(),
+            Some("20"),
+            "{} lost acknowledged commits\n{}",
+            name(i),
+            group.logs()
+        );
+        let big = rows_on(&group, i, APP, "SELECT count(*) FROM big").await;
+        let n: u64 = big[0][0].as_deref().unwrap_or("0").parse().unwrap();
+        assert!(
+            n == 0 || n == ROWS,
+            "{} holds {n} of the large transaction's {ROWS} rows: part of a transaction\n{}",
+            name(i),
+            group.logs()
+        );
+        assert!(
+            !acknowledged || n == ROWS,
+            "the large transaction was acknowledged, {} lacks it\n{}",
+            name(i),
+            group.logs()
+        );
+        let check = rows_on(&group, i, APP, "PRAGMA integrity_check").await;
+        assert_eq!(check[0][0].as_deref(), Some("ok"), "{}", name(i));
+        seen.push(n);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the survivors disagree on the large transaction"
+    );
+    eprintln!(
+        "{} named primary at epoch {epoch}; the large transaction (acknowledged: {acknowledged}) is {} there",
+        name(new),
+        if seen[0] == ROWS { "whole" } else { "absent" }
+    );
+
+    group.nodes[R1].restart().await;
+    wait_secondary_of(&group, &ALL, R1, new, epoch).await;
+    group
+        .assert_page_identical_to(new, &[R1, other], "after the old primary rejoined")
+        .await;
 }
 
 /// Safety rules 1 and 2 across a network partition: the primary is cut off
