@@ -10,6 +10,7 @@ pub mod engine;
 pub mod failstop;
 pub mod frontend;
 pub mod group;
+pub mod http;
 pub mod listener;
 pub mod log;
 pub mod net;

@@ -107,9 +107,14 @@ pub struct ServerArgs {
     /// the statement fails with SQLSTATE 53200 [default: 1024].
     #[arg(long, value_name = "MIB")]
     pub node_memory_mb: Option<u64>,
+    /// Port of the HTTP server (health checks, Prometheus metrics, state
+    /// as JSON), on the same host; 0 turns it off [default: the client
+    /// port + 1000].
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
-    /// `session_memory_mb`, `node_memory_mb`).
+    /// `session_memory_mb`, `node_memory_mb`, `http_port`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -128,6 +133,7 @@ struct ConfigFile {
     listener_hold_ms: Option<u64>,
     session_memory_mb: Option<u64>,
     node_memory_mb: Option<u64>,
+    http_port: Option<u16>,
 }
 
 /// A node's resolved settings.
@@ -151,10 +157,16 @@ pub struct ServerConfig {
     pub session_memory: u64,
     /// Memory budget of all sessions' buffers, bytes.
     pub node_memory: u64,
+    /// The HTTP server's address, and whether it was asked for explicitly
+    /// (then it must be free); `None`: no HTTP server.
+    pub http: Option<(SocketAddr, bool)>,
 }
 
 /// Default PostgreSQL-protocol port.
 pub const DEFAULT_PORT: u16 = 5432;
+
+/// The default HTTP port is the client port plus this.
+pub const HTTP_PORT_OFFSET: u16 = 1000;
 
 /// `availdb server --help`'s closing lines: the timings that are not options.
 fn server_timings() -> String {
@@ -197,6 +209,13 @@ impl ServerArgs {
             Some(text) => Some(parse_endpoint(&text)?),
             None => None,
         };
+        let http = match self.http_port.or(file.http_port) {
+            Some(0) => None,
+            Some(p) => Some((SocketAddr::new(host, p), true)),
+            None => port
+                .checked_add(HTTP_PORT_OFFSET)
+                .map(|p| (SocketAddr::new(host, p), false)),
+        };
         let witness = self.witness || file.witness.unwrap_or(false);
         if witness && endpoint.is_none() {
             return Err(
@@ -228,6 +247,7 @@ impl ServerArgs {
                 .or(file.node_memory_mb)
                 .unwrap_or(crate::engine::memory::DEFAULT_NODE_MB)
                 << 20,
+            http,
         })
     }
 }
@@ -321,6 +341,16 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             format!("cannot listen on {}: {e}", config.listen)
         }
     })?;
+    if let Some((addr, explicit)) = config.http {
+        if let Some(listener) = crate::http::bind(addr, explicit).await? {
+            tracing::info!(node = %config.name, "HTTP health checks and metrics on http://{addr}/");
+            tokio::spawn(crate::http::serve(
+                listener,
+                config.name.clone(),
+                groups.clone(),
+            ));
+        }
+    }
     let _listeners = Listeners::spawn(
         groups,
         ListenerOptions {
@@ -474,6 +504,7 @@ mod tests {
             listener_hold_ms: None,
             session_memory_mb: None,
             node_memory_mb: None,
+            http_port: None,
             config: None,
         }
     }
@@ -540,6 +571,7 @@ mod tests {
             c.listener_hold.as_millis().to_string(),
             (c.session_memory >> 20).to_string(),
             (c.node_memory >> 20).to_string(),
+            format!("the client port + {HTTP_PORT_OFFSET}"),
         ] {
             assert!(
                 server.contains(&format!("[default: {default}]")),

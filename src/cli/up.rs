@@ -5,7 +5,8 @@
 //! Ports: the group's listener takes `PORT` (read-write) and `PORT + 1`
 //! (read-only: read-intent sessions, routed round-robin over the readable
 //! secondaries, the primary last); replica `ri` serves clients on
-//! `PORT + 1 + i` and replication on `PORT + 100 + i - 1`; its data lives
+//! `PORT + 1 + i`, replication on `PORT + 100 + i - 1` and HTTP (health
+//! checks, metrics: `crate::http`) on `PORT + 150 + i - 1`; its data lives
 //! in `DIR/ri`. Every node runs the listener (the ports are shared with
 //! `SO_REUSEPORT`), so it survives the loss of any node. Running `up` again
 //! on the same directory resumes the same group.
@@ -76,6 +77,8 @@ struct Node {
     name: String,
     port: u16,
     endpoint: SocketAddr,
+    /// Its HTTP server (health checks, metrics).
+    http_port: u16,
     child: Child,
 }
 
@@ -175,6 +178,7 @@ async fn start_nodes(
             .args(["--host", "127.0.0.1"])
             .args(["--name", &name])
             .args(["--endpoint", &endpoint.to_string()])
+            .args(["--http-port", &(base + 150 + i).to_string()])
             .env_remove("AVAILDB_PASSWORD")
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -191,6 +195,7 @@ async fn start_nodes(
             name,
             port,
             endpoint,
+            http_port: base + 150 + i,
             child,
         });
     }
@@ -452,8 +457,8 @@ fn print_urls(region: &Region) {
     for (i, n) in nodes.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "secondary" };
         println!(
-            "  {} ({role}): postgresql://availdb@127.0.0.1:{}/app   endpoint tcp://{}",
-            n.name, n.port, n.endpoint
+            "  {} ({role}): postgresql://availdb@127.0.0.1:{}/app   endpoint tcp://{}   health and metrics http://127.0.0.1:{}/",
+            n.name, n.port, n.endpoint, n.http_port
         );
     }
     let hosts: Vec<String> = nodes

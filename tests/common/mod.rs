@@ -191,9 +191,13 @@ impl Builder {
             let Some(status) = server.wait_ready_or_exit().await else {
                 return server;
             };
-            let taken = server
-                .log()
-                .contains("already in use: choose another --port");
+            let log = server.log();
+            if log.contains("choose another --http-port") {
+                server.http_port = free_port();
+                server.spawn_child();
+                continue;
+            }
+            let taken = log.contains("already in use: choose another --port");
             if !(picked_port && taken) {
                 panic!(
                     "availdb exited ({status}) before accepting connections\n{}",
@@ -258,6 +262,7 @@ impl Builder {
             log_path: dir.path().join("server.log"),
             dir,
             port,
+            http_port: free_port(),
             config: self,
             child: None,
             starts: 0,
@@ -280,6 +285,8 @@ pub struct FailedStart {
 pub struct TestServer {
     dir: TempDir,
     port: u16,
+    /// The HTTP server's port (health checks, metrics), picked free.
+    http_port: u16,
     config: Builder,
     child: Option<Child>,
     log_path: PathBuf,
@@ -296,6 +303,11 @@ impl TestServer {
     /// A builder for servers with a password, another host or extra args.
     pub fn builder() -> Builder {
         Builder::default()
+    }
+
+    /// The port of the server's HTTP server (health checks, metrics).
+    pub fn http_port(&self) -> u16 {
+        self.http_port
     }
 
     /// The port the server listens on (the same across restarts).
@@ -537,6 +549,8 @@ impl TestServer {
             .arg(self.port.to_string())
             .arg("--host")
             .arg(self.config.host.as_deref().unwrap_or("127.0.0.1"))
+            .arg("--http-port")
+            .arg(self.http_port.to_string())
             .env_remove("AVAILDB_PASSWORD")
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -1,0 +1,257 @@
+//! The nodes' HTTP server (issue 18): real `availdb server` processes of a
+//! 3-replica group (r1 primary, r2 and r3 synchronous secondaries), asked
+//! over HTTP as HAProxy, Kubernetes and Prometheus do.
+//!
+//! Rules guarded, each by the test of the same name:
+//! * every health endpoint answers 200 exactly in the roles Patroni's
+//!   meanings give it, on every node, and follows a planned failover;
+//! * a secondary whose data movement is suspended fails `/replica?lag=`
+//!   and passes again once resumed;
+//! * `/metrics` is valid Prometheus text whose values match the `sys`
+//!   views, and `/groups/NAME` and `/cluster` answer the views' rows.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::cluster::planned_failover;
+use common::group::{name, Group, APP, CATCH_UP_TIMEOUT};
+use common::TestServer;
+
+/// How long a role change may take to show on every endpoint.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// `GET path` on `server`'s HTTP port: (status, body).
+async fn get(server: &TestServer, path: &str) -> (u16, String) {
+    let request = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.http_port())).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "GET {path} on port {}: no answer in 10 s",
+                server.http_port()
+            )
+        })
+        .unwrap_or_else(|e| panic!("GET {path} on port {}: {e}", server.http_port()));
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: not an HTTP answer: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// Polls until `GET path` on node `i` answers `want` (bounded).
+async fn wait_status(group: &Group, i: usize, path: &str, want: u16) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (status, body) = get(&group.nodes[i], path).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} on {} answered {status}, not {want}, for {SETTLE:?}: {body}\n{}",
+            name(i),
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The status every endpoint answers on a node in `role`.
+fn expected(role: &str) -> Vec<(&'static str, u16)> {
+    let primary = role == "primary";
+    let pick = |yes: bool| if yes { 200 } else { 503 };
+    vec![
+        ("/health", 200),
+        ("/liveness", 200),
+        ("/readiness", 200),
+        ("/primary", pick(primary)),
+        ("/read-write", pick(primary)),
+        ("/replica", pick(!primary)),
+        ("/replica?lag=64MB", pick(!primary)),
+        ("/read-only", 200),
+        ("/sync", pick(!primary)),
+        ("/async", 503),
+        ("/primary?group=ag1", pick(primary)),
+        ("/primary?group=nope", 503),
+    ]
+}
+
+/// Every endpoint on every node answers as node `primary` being primary
+/// says.
+async fn assert_roles(group: &Group, primary: usize) {
+    for i in 0..group.nodes.len() {
+        let role = if i == primary { "primary" } else { "secondary" };
+        for (path, want) in expected(role) {
+            wait_status(group, i, path, want).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_health_endpoint_answers_by_role_and_follows_a_planned_failover() {
+    let group = Group::start(3).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    assert_roles(&group, 0).await;
+    // Synchronized secondaries: a failover loses nothing.
+    wait_status(&group, 0, "/failover-readiness?max_loss=0s", 200).await;
+    let (status, body) = get(&group.nodes[0], "/failover-readiness").await;
+    assert_eq!(status, 400, "max_loss is required: {body}");
+    assert!(body.contains("max_loss=5s"), "{body}");
+    let (status, body) = get(&group.nodes[1], "/replica?lag=fast").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("16kB"),
+        "the error says how to write a lag: {body}"
+    );
+
+    planned_failover(&group, 1)
+        .await
+        .unwrap_or_else(|e| panic!("planned failover to r2: {e:?}\n{}", group.logs()));
+    assert_roles(&group, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_secondary_fails_the_lag_check_until_resumed() {
+    let group = Group::start(3).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    wait_status(&group, 1, "/replica?lag=1MB", 200).await;
+    let r2 = group.nodes[1].client(APP).await;
+    r2.batch_execute(&format!("ALTER DATABASE {APP} SET HADR SUSPEND"))
+        .await
+        .expect("suspend on r2");
+    let (status, body) = get(&group.nodes[1], "/replica?lag=1MB").await;
+    assert_eq!(
+        status, 503,
+        "a suspended replica passed the lag check: {body}"
+    );
+    assert!(body.contains("suspended"), "{body}");
+    wait_status(&group, 2, "/replica?lag=1MB", 200).await;
+    r2.batch_execute(&format!("ALTER DATABASE {APP} SET HADR RESUME"))
+        .await
+        .expect("resume on r2");
+    wait_status(&group, 1, "/replica?lag=1MB", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_prometheus_text_matching_the_views_and_state_is_json() {
+    let group = Group::start(3).await;
+    let c = group.primary().client(APP).await;
+    c.batch_execute("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    let end = group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+
+    // The cluster lists the secondaries as failover-ready a moment after
+    // the primary sees them synchronized.
+    let deadline = Instant::now() + SETTLE;
+    let text = loop {
+        let (status, text) = get(group.primary(), "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        let ready = |r: &str| {
+            text.lines().any(|l| {
+                l.starts_with("availdb_database_failover_ready{")
+                    && l.contains(&format!("replica=\"{r}\""))
+                    && (l.ends_with(" 1") || l.ends_with(" 1.0"))
+            })
+        };
+        if ready("r2") && ready("r3") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 and r3 not failover-ready after {SETTLE:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter())
+        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text: {e}\n{text}"));
+    let value = |metric: &str, labels: &[(&str, &str)]| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == metric
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v))
+            })
+            .unwrap_or_else(|| panic!("no sample {metric} {labels:?} in\n{text}"));
+        match sample.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{metric} is not a gauge: {other:?}"),
+        }
+    };
+    assert_eq!(value("availdb_up", &[("node", "r1")]), 1.0);
+    assert_eq!(
+        value(
+            "availdb_group_role",
+            &[("group", "ag1"), ("role", "PRIMARY")]
+        ),
+        1.0
+    );
+    assert!(value("availdb_log_end_lsn", &[("database", APP)]) >= end as f64);
+    for replica in ["r2", "r3"] {
+        let labels = [("group", "ag1"), ("database", APP), ("replica", replica)];
+        assert_eq!(value("availdb_redo_queue_bytes", &labels), 0.0, "{replica}");
+        assert_eq!(
+            value("availdb_database_failover_ready", &labels),
+            1.0,
+            "{replica}"
+        );
+        let mut with_state = labels.to_vec();
+        with_state.push(("state", "SYNCHRONIZED"));
+        assert_eq!(
+            value("availdb_database_synchronization_state", &with_state),
+            1.0
+        );
+    }
+    assert_eq!(
+        value(
+            "availdb_estimated_data_loss_seconds",
+            &[("group", "ag1"), ("database", APP)]
+        ),
+        0.0
+    );
+    let (status, text) = get(&group.nodes[1], "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("availdb_group_role{group=\"ag1\",role=\"SECONDARY\"} 1"),
+        "{text}"
+    );
+
+    let (status, body) = get(group.primary(), "/groups/ag1").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["group"][0]["primary_replica"], "r1", "{body}");
+    assert_eq!(json["replicas"].as_array().map(Vec::len), Some(3), "{body}");
+    assert_eq!(
+        json["database_replica_states"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let (status, body) = get(group.primary(), "/groups/nope").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&group.nodes[2], "/cluster").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["members"].as_array().map(Vec::len), Some(3), "{body}");
+}
