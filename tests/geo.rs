@@ -602,7 +602,7 @@ fn free_region_ports(regions: u16) -> u16 {
     'search: for attempt in 0..200u32 {
         let base = 20_000 + ((std::process::id() * 7 + attempt * 613) % 8_000) as u16;
         for k in 0..regions {
-            for offset in [0, 1, 2, 3, 100, 101] {
+            for offset in [0, 1, 2, 3, 100, 101, 150, 151] {
                 let port = base + 200 * k + offset;
                 if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                     continue 'search;

@@ -1376,8 +1376,8 @@ fn free_port_block() -> u16 {
         if base > u16::MAX - 200 {
             continue;
         }
-        // The listener's two ports, three replicas' client ports, and
-        // their endpoints.
+        // The listener's two ports, three replicas' client ports, their
+        // endpoints and their HTTP ports.
         let ports = [
             base,
             base + 1,
@@ -1387,6 +1387,9 @@ fn free_port_block() -> u16 {
             base + 100,
             base + 101,
             base + 102,
+            base + 150,
+            base + 151,
+            base + 152,
         ];
         let held: Vec<_> = ports
             .iter()
@@ -1397,6 +1400,33 @@ fn free_port_block() -> u16 {
         }
     }
     panic!("no block of free ports found")
+}
+
+/// `GET path` on loopback `port` (HTTP/1.0): (status, body).
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).to_string())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} on port {port}: no answer in 10 s"))
+        .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"));
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
 }
 
 /// Direct children of `pid`, from /proc.
@@ -1480,7 +1510,8 @@ fn read_file(path: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() {
+async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_and_sigterm_stops_it(
+) {
     let dir = tempfile::Builder::new()
         .prefix("availdb-up-")
         .tempdir()
@@ -1603,6 +1634,58 @@ async fn availdb_up_starts_a_working_three_replica_group_and_sigterm_stops_it() 
             "{name} is read-only"
         );
     }
+
+    // Every node serves HTTP health checks on PORT + 149 + i.
+    let (status, body) = http_get(base + 150, "/primary").await;
+    assert_eq!(status, 200, "r1 /primary: {body}\n{}", output());
+    let (status, body) = http_get(base + 151, "/replica").await;
+    assert_eq!(status, 200, "r2 /replica: {body}\n{}", output());
+
+    // up restarts a node that dies, and says so.
+    let r2 = nodes
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("\0r2\0"))
+        })
+        .unwrap_or_else(|| panic!("no r2 among {nodes:?}"));
+    send_signal(r2, "KILL");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read_file(&out_path).contains("r2 restarted") {
+        assert!(
+            Instant::now() < deadline,
+            "availdb up did not restart r2 within 60 s\n{}",
+            output()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        read_file(&out_path).contains("r2 exited unexpectedly"),
+        "{}",
+        output()
+    );
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let read = match connect(&conn(base + 3)).await {
+            Ok(client) => query_text(&client, "SELECT v FROM greeting WHERE id = 1")
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        if read == Some(vec![vec![Some("written on r1".to_string())]]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted r2 does not serve r1's row\n{}",
+            output()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let nodes = children_of(up_pid);
+    guard.nodes = nodes.clone();
+    assert_eq!(nodes.len(), 3, "after the restart: {nodes:?}\n{}", output());
 
     send_signal(up_pid, "TERM");
     let deadline = Instant::now() + Duration::from_secs(30);

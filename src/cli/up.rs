@@ -65,10 +65,13 @@ struct Region {
 pub(super) fn layout() -> String {
     format!(
         "Replica ri (i = 1..N) serves clients on 127.0.0.1:PORT+1+i and has its replication \
-         endpoint on 127.0.0.1:PORT+99+i; its data and node.log are in DIR/ri. Every node is an \
+         endpoint on 127.0.0.1:PORT+99+i and its HTTP health checks and metrics on \
+         127.0.0.1:PORT+149+i; its data and node.log are in DIR/ri. Every node is an \
          `availdb server` on 127.0.0.1 with no password and the other defaults (listener \
-         hold {} ms); synchronous secondaries fail over automatically. Running `up` again \
-         on the same DIR resumes the group.",
+         hold {} ms); synchronous secondaries fail over automatically. `up` restarts a node \
+         that exits (after 1 s, doubling up to 30 s while it keeps failing) and prints a line \
+         for each restart, failover and synchronization change. Running `up` again on the \
+         same DIR resumes the group.",
         crate::listener::DEFAULT_HOLD.as_millis()
     )
 }
@@ -79,13 +82,29 @@ struct Node {
     endpoint: SocketAddr,
     /// Its HTTP server (health checks, metrics).
     http_port: u16,
+    /// Its data directory (node.log inside).
+    dir: PathBuf,
     child: Child,
+    /// When the running process started.
+    started: Instant,
+    /// Restarts in a row that ran less than [`STEADY`].
+    failures: u32,
+    /// When a node that exited is due to start again.
+    restart_at: Option<Instant>,
 }
+
+/// A restarted node that runs this long counts as recovered: the next exit
+/// waits [`FIRST_BACKOFF`] again.
+const STEADY: Duration = Duration::from_secs(60);
+/// The wait before the first restart; each failure in a row doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the group (or the regions) until Ctrl-C or SIGTERM, then stops
 /// every node.
 pub async fn run(args: UpArgs) -> Result<(), String> {
-    let last_port = args.port as u32 + 200 * (args.regions as u32 - 1) + 100 + args.replicas as u32;
+    let last_port = args.port as u32 + 200 * (args.regions as u32 - 1) + 150 + args.replicas as u32;
     if last_port > u16::MAX as u32 {
         return Err(format!(
             "--port {} leaves no room for {} regions of {} replicas",
@@ -145,7 +164,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
             "the group"
         }
     );
-    super::shutdown_signal().await;
+    supervise(&mut regions).await;
     eprintln!("stopping…");
     for r in &mut regions {
         stop_all(&mut r.nodes).await;
@@ -169,37 +188,247 @@ async fn start_nodes(
         let dir = region_dir.join(&name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let log = std::fs::File::create(dir.join("node.log"))
-            .map_err(|e| format!("cannot create the log file in {}: {e}", dir.display()))?;
-        let child = Command::new(&exe)
-            .arg("server")
-            .args(["--data-dir", &dir.display().to_string()])
-            .args(["--port", &port.to_string()])
-            .args(["--host", "127.0.0.1"])
-            .args(["--name", &name])
-            .args(["--endpoint", &endpoint.to_string()])
-            .args(["--http-port", &(base + 150 + i).to_string()])
-            .env_remove("AVAILDB_PASSWORD")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn();
-        let child = match child {
+        let http_port = base + 150 + i;
+        let child = match spawn_node(&exe, &name, &dir, port, endpoint, http_port, true) {
             Ok(child) => child,
             Err(e) => {
                 stop_all(&mut nodes).await;
-                return Err(format!("cannot start {name}: {e}"));
+                return Err(e);
             }
         };
         nodes.push(Node {
             name,
             port,
             endpoint,
-            http_port: base + 150 + i,
+            http_port,
+            dir,
             child,
+            started: Instant::now(),
+            failures: 0,
+            restart_at: None,
         });
     }
     Ok(nodes)
+}
+
+/// Starts one node process, its stderr appended to (or, `fresh`, starting)
+/// `DIR/node.log`.
+fn spawn_node(
+    exe: &std::path::Path,
+    name: &str,
+    dir: &std::path::Path,
+    port: u16,
+    endpoint: SocketAddr,
+    http_port: u16,
+    fresh: bool,
+) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!fresh)
+        .truncate(fresh)
+        .open(dir.join("node.log"))
+        .map_err(|e| format!("cannot open the log file in {}: {e}", dir.display()))?;
+    Command::new(exe)
+        .arg("server")
+        .args(["--data-dir", &dir.display().to_string()])
+        .args(["--port", &port.to_string()])
+        .args(["--host", "127.0.0.1"])
+        .args(["--name", name])
+        .args(["--endpoint", &endpoint.to_string()])
+        .args(["--http-port", &http_port.to_string()])
+        .env_remove("AVAILDB_PASSWORD")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))
+}
+
+/// Prints one event line, with the time.
+fn event(line: String) {
+    println!("{} {line}", chrono::Local::now().format("%H:%M:%S"));
+}
+
+/// Keeps the nodes running until Ctrl-C or SIGTERM: restarts a node that
+/// exits (with back-off) and reports restarts, failovers and changes of
+/// the secondaries' synchronization states, one line each.
+async fn supervise(regions: &mut [Region]) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            event(format!(
+                "cannot find the availdb binary to restart nodes with: {e}"
+            ));
+            super::shutdown_signal().await;
+            return;
+        }
+    };
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut watched: Vec<Watched> = regions.iter().map(|_| Watched::default()).collect();
+    let mut last_look = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        for region in regions.iter_mut() {
+            for node in &mut region.nodes {
+                keep_running(&exe, node);
+            }
+        }
+        if last_look.elapsed() >= Duration::from_secs(1) {
+            last_look = Instant::now();
+            for (region, seen) in regions.iter().zip(&mut watched) {
+                look(region, seen).await;
+            }
+        }
+    }
+}
+
+/// Restarts `node` if its process exited (once its back-off passed).
+fn keep_running(exe: &std::path::Path, node: &mut Node) {
+    if let Some(at) = node.restart_at {
+        if Instant::now() < at {
+            return;
+        }
+        node.restart_at = None;
+        match spawn_node(
+            exe,
+            &node.name,
+            &node.dir,
+            node.port,
+            node.endpoint,
+            node.http_port,
+            false,
+        ) {
+            Ok(child) => {
+                node.child = child;
+                node.started = Instant::now();
+                event(format!(
+                    "{} restarted (pid {})",
+                    node.name,
+                    node.child.id().unwrap_or(0)
+                ));
+            }
+            Err(e) => {
+                node.failures += 1;
+                let wait = backoff(node.failures);
+                event(format!("{e}; trying again in {} s", wait.as_secs()));
+                node.restart_at = Some(Instant::now() + wait);
+            }
+        }
+        return;
+    }
+    let Ok(Some(status)) = node.child.try_wait() else {
+        return;
+    };
+    if node.started.elapsed() >= STEADY {
+        node.failures = 0;
+    }
+    node.failures += 1;
+    let wait = backoff(node.failures);
+    event(format!(
+        "{} exited unexpectedly ({status}); restarting it in {} s (its log: {})",
+        node.name,
+        wait.as_secs(),
+        node.dir.join("node.log").display()
+    ));
+    node.restart_at = Some(Instant::now() + wait);
+}
+
+/// The wait before restart number `failures` in a row.
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(MAX_BACKOFF)
+}
+
+/// What `up` last reported of a region.
+#[derive(Default)]
+struct Watched {
+    primary: Option<String>,
+    states: std::collections::BTreeMap<String, String>,
+}
+
+/// Asks a region's nodes who is primary and how its secondaries stand,
+/// and reports what changed.
+async fn look(region: &Region, seen: &mut Watched) {
+    let label = region
+        .name
+        .as_ref()
+        .map_or(String::new(), |n| format!("region {n}: "));
+    for node in &region.nodes {
+        let Ok(Ok(client)) =
+            tokio::time::timeout(Duration::from_secs(2), connect(node.port, "availdb")).await
+        else {
+            continue;
+        };
+        let asked = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.simple_query(
+                "SELECT primary_replica FROM sys.availability_groups WHERE name = 'ag1'",
+            ),
+        )
+        .await;
+        let Some(primary) = first_text(asked) else {
+            continue;
+        };
+        if seen.primary.as_ref() != Some(&primary) {
+            if let Some(old) = &seen.primary {
+                event(format!(
+                    "{label}failover: {primary} is now the primary of ag1 (was {old})"
+                ));
+            }
+            seen.primary = Some(primary.clone());
+        }
+        let Some(p) = region.nodes.iter().find(|n| n.name == primary) else {
+            return;
+        };
+        let Ok(Ok(client)) =
+            tokio::time::timeout(Duration::from_secs(2), connect(p.port, "availdb")).await
+        else {
+            return;
+        };
+        let Ok(Ok(rows)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.simple_query(
+                "SELECT replica, synchronization_state_desc FROM sys.dm_hadr_database_replica_states \
+                 WHERE NOT is_local AND database_name = 'app'",
+            ),
+        )
+        .await
+        else {
+            return;
+        };
+        for row in rows {
+            let tokio_postgres::SimpleQueryMessage::Row(row) = row else {
+                continue;
+            };
+            let (Some(replica), Some(state)) = (row.get(0), row.get(1)) else {
+                continue;
+            };
+            let before = seen.states.insert(replica.to_string(), state.to_string());
+            if let Some(before) = before.filter(|b| b != state) {
+                event(format!("{label}{replica}: {before} → {state}"));
+            }
+        }
+        return;
+    }
+}
+
+fn first_text(
+    answer: Result<
+        Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Option<String> {
+    answer.ok()?.ok()?.into_iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    })
 }
 
 /// Names the regions, registers each as a partner of the others, and
