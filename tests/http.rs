@@ -8,7 +8,9 @@
 //! * a secondary whose data movement is suspended fails `/replica?lag=`
 //!   and passes again once resumed;
 //! * `/metrics` is valid Prometheus text whose values match the `sys`
-//!   views, and `/groups/NAME` and `/cluster` answer the views' rows.
+//!   views, and `/groups/NAME` and `/cluster` answer the views' rows;
+//! * HAProxy with the README's backend (`option httpchk GET /primary`)
+//!   sends clients to the primary and follows a planned failover.
 
 mod common;
 
@@ -18,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::cluster::planned_failover;
-use common::group::{name, Group, APP, CATCH_UP_TIMEOUT};
-use common::TestServer;
+use common::group::{error_text, name, query_text, Group, APP, CATCH_UP_TIMEOUT};
+use common::{free_port, TestServer};
 
 /// How long a role change may take to show on every endpoint.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -254,4 +256,108 @@ async fn metrics_are_prometheus_text_matching_the_views_and_state_is_json() {
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(json["members"].as_array().map(Vec::len), Some(3), "{body}");
+}
+
+/// `haproxy -f FILE -db`, stopped when dropped.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The replica a session through `port` reached (its local replica name).
+async fn reached(port: u16) -> Result<String, String> {
+    let conn = format!("host=127.0.0.1 port={port} user=availdb dbname={APP} connect_timeout=3");
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let rows = query_text(
+        &client,
+        "SELECT replica FROM sys.dm_hadr_availability_replica_states WHERE is_local",
+    )
+    .await
+    .map_err(|e| error_text(&e))?;
+    rows.first()
+        .and_then(|r| r[0].clone())
+        .ok_or_else(|| "no local replica".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_with_the_documented_health_check_routes_to_the_primary_and_follows_a_failover() {
+    let test =
+        "haproxy_with_the_documented_health_check_routes_to_the_primary_and_follows_a_failover";
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED {test}: haproxy cannot be run; install it (Debian: apt-get install haproxy; scripts/test does)"
+        );
+        return;
+    }
+    let group = Group::start(3).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let front = free_port();
+    let servers: String = group
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "    server {} 127.0.0.1:{} check port {}\n",
+                name(i),
+                n.port(),
+                n.http_port()
+            )
+        })
+        .collect();
+    // The README's backend, with a faster check interval.
+    let config = format!(
+        "global\n    maxconn 100\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\
+         frontend availdb\n    bind 127.0.0.1:{front}\n    default_backend availdb_primary\n\
+         backend availdb_primary\n    option httpchk GET /primary\n    http-check expect status 200\n\
+         \x20   default-server inter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n{servers}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, &config).unwrap();
+    let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
+    let _haproxy = Haproxy(
+        std::process::Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start haproxy"),
+    );
+    let haproxy_log =
+        || std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+    for want in ["r1", "r2"] {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match reached(front).await {
+                Ok(r) if r == want => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "through HAProxy: {other:?}, not {want}, after {SETTLE:?}\n{config}\n{}\n{}",
+                    haproxy_log(),
+                    group.logs()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if want == "r1" {
+            planned_failover(&group, 1)
+                .await
+                .unwrap_or_else(|e| panic!("planned failover to r2: {e:?}\n{}", group.logs()));
+        }
+    }
 }
