@@ -104,8 +104,11 @@
 //!   transaction of any size is captured a bounded part at a time. The
 //!   positions stay true until the next write on the writer connection (the
 //!   only thing that overwrites frames: a WAL restart).
-//! * The file is opened anew by every call, so a WAL that SQLite deleted and
-//!   created again (after the last connection closed) is seen as such.
+//! * The file stays open between calls, but every call checks (one `stat`)
+//!   that the path still names it, and opens it anew when not: a WAL that
+//!   SQLite deleted and created again (after the last connection closed) is
+//!   seen as such. (Opening it at every commit cost an `openat` and a
+//!   `close` per commit.)
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -212,6 +215,8 @@ impl WalError {
 #[derive(Debug)]
 pub struct WalReader {
     path: PathBuf,
+    /// The file the path named at the last call, with its (device, inode).
+    file: Option<(File, (u64, u64))>,
     /// The generation being read and how far; `None` until a header is seen.
     position: Option<Position>,
 }
@@ -231,6 +236,7 @@ impl WalReader {
     pub fn new(path: impl Into<PathBuf>) -> WalReader {
         WalReader {
             path: path.into(),
+            file: None,
             position: None,
         }
     }
@@ -259,16 +265,22 @@ impl WalReader {
     /// Like [`WalReader::read_committed`], but each transaction comes as
     /// where its pages lie in the file; [`WalReader::read_pages`] reads them.
     pub fn read_commits(&mut self) -> Result<Vec<WalCommit>, WalError> {
+        match self.open_current() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(WalError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
         let io_error = |source| WalError::Io {
             path: self.path.clone(),
             source,
         };
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_error(e)),
-        };
-        let raw = read_at(&mut file, 0, WAL_HEADER_LEN).map_err(io_error)?;
+        let file = &self.file.as_ref().expect("opened").0;
+        let raw = read_at(file, 0, WAL_HEADER_LEN).map_err(io_error)?;
         let Ok(raw) = <&[u8; WAL_HEADER_LEN]>::try_from(raw.as_slice()) else {
             // No header yet: the WAL is new, or a TRUNCATE checkpoint emptied
             // it and nothing was written since.
@@ -280,7 +292,7 @@ impl WalReader {
             Some(last) if last.header == header => last.committed,
             Some(last) => {
                 check_restart(&last.header, &header)?;
-                let stale = scan(&mut file, &last.header, last.committed).map_err(io_error)?;
+                let stale = scan(file, &last.header, last.committed).map_err(io_error)?;
                 if !stale.transactions.is_empty() {
                     return Err(WalError::CommitsMissed {
                         frame: last.committed.frames,
@@ -290,7 +302,7 @@ impl WalReader {
                 Cursor::start(&header)
             }
         };
-        let scanner = scan(&mut file, &header, from).map_err(io_error)?;
+        let scanner = scan(file, &header, from).map_err(io_error)?;
         self.position = Some(Position {
             header,
             committed: scanner.committed,
@@ -312,7 +324,12 @@ impl WalReader {
             path: self.path.clone(),
             source,
         };
-        let file = File::open(&self.path).map_err(io_error)?;
+        let Some((file, _)) = &self.file else {
+            return Err(io_error(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the WAL file was not read before its pages",
+            )));
+        };
         let page_size = position.header.page_size as usize;
         let frame_len = position.header.frame_len() as u64;
         let mut out = Vec::with_capacity(pages.len());
@@ -340,6 +357,24 @@ impl WalReader {
         Ok(out)
     }
 
+    /// Holds the file the path names now: the one held if it still is,
+    /// else the path opened anew. NotFound when there is none.
+    fn open_current(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.file = None;
+                return Err(e);
+            }
+        };
+        let id = (meta.dev(), meta.ino());
+        if self.file.as_ref().is_none_or(|(_, held)| *held != id) {
+            self.file = Some((File::open(&self.path)?, id));
+        }
+        Ok(())
+    }
+
     /// Frames consumed so far in the current generation, up to and including
     /// the last commit frame (for cross-checking with `sqlite3_wal_hook`'s
     /// frame count, which counts the same frames).
@@ -350,7 +385,7 @@ impl WalReader {
 
 /// Reads frames of the generation `header` describes from `from` on, in
 /// growing chunks, until the first invalid frame or the end of the file.
-fn scan<'h>(file: &mut File, header: &'h WalHeader, from: Cursor) -> io::Result<FrameScanner<'h>> {
+fn scan<'h>(file: &File, header: &'h WalHeader, from: Cursor) -> io::Result<FrameScanner<'h>> {
     let frame_len = header.frame_len();
     let max_frames = (MAX_READ_BYTES / frame_len).max(1);
     let mut scanner = FrameScanner::new(header, from);
@@ -372,10 +407,10 @@ fn scan<'h>(file: &mut File, header: &'h WalHeader, from: Cursor) -> io::Result<
 }
 
 /// Up to `len` bytes of `file` from `offset`; fewer only at the end of the file.
-fn read_at(file: &mut File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+fn read_at(mut file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::with_capacity(len);
-    file.by_ref().take(len as u64).read_to_end(&mut buf)?;
+    file.take(len as u64).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
