@@ -5,7 +5,8 @@ and failover detection, and its proxying overhead. It starts everything
 itself, on loopback ports from --port:
 
     PORT .. PORT+3, +100, +101   production: `availdb up --replicas 2` (server 'A')
-    PORT+50, +150                 stage: one `availdb server` with an empty group (server 'S')
+    PORT+150, +151                production nodes' HTTP (health, metrics)
+    PORT+50, +170                 stage: one `availdb server` with an empty group (server 'S')
     PORT+60..PORT+99              the upgrades' applications (V1, V2) and traffic managers
     PORT+200..                    the detection runs' endpoints and traffic managers
     PORT+300, +301                the traffic manager of the pgbench runs
@@ -183,7 +184,7 @@ database = "{db}"
 endpoint = "v1"
 [stage]
 server = "S"
-endpoint_urls = ["tcp://127.0.0.1:{p + 150}"]
+endpoint_urls = ["tcp://127.0.0.1:{p + 170}"]
 hosts = ["127.0.0.1:{p + 50}"]
 endpoint = "v2"
 target = "127.0.0.1:{v2_port}"
@@ -347,12 +348,12 @@ def main():
         procs.start("production", [args.bin, "up", "--replicas", "2", "--port", str(p),
                                    "--data-dir", os.path.join(args.work, "production")])
         procs.start("stage", [args.bin, "server", "--data-dir", os.path.join(args.work, "stage"),
-                              "--port", str(p + 50), "--name", "s1", "--endpoint", f"127.0.0.1:{p + 150}"])
+                              "--port", str(p + 50), "--name", "s1", "--endpoint", f"127.0.0.1:{p + 170}"])
         retry(lambda: sql(p, "app", "SELECT 1"), 120)
         retry(lambda: sql(p + 2, "availdb", "ALTER CLUSTER SET (SERVER_NAME = 'A')"))
         retry(lambda: sql(p + 50, "availdb",
                           "CREATE AVAILABILITY GROUP stage FOR REPLICA ON 's1' WITH (ENDPOINT_URL = "
-                          f"'tcp://127.0.0.1:{p + 150}', AVAILABILITY_MODE = SYNCHRONOUS_COMMIT, FAILOVER_MODE = MANUAL)"))
+                          f"'tcp://127.0.0.1:{p + 170}', AVAILABILITY_MODE = SYNCHRONOUS_COMMIT, FAILOVER_MODE = MANUAL)"))
         retry(lambda: sql(p + 50, "availdb", "ALTER CLUSTER SET (SERVER_NAME = 'S')"))
         only = args.only.split(",")
         for name, phase in (("window", window_by_size), ("detection", detection), ("proxy", proxy_overhead)):
