@@ -9,6 +9,9 @@
 //!   and passes again once resumed;
 //! * `/metrics` is valid Prometheus text whose values match the `sys`
 //!   views, and `/groups/NAME` and `/cluster` answer the views' rows;
+//! * the POST actions run the SQL statements' code: a planned failover
+//!   moves the primary, a forced failover needs its confirmation, and a
+//!   node with a password wants it as a bearer token;
 //! * HAProxy with the README's backend (`option httpchk GET /primary`)
 //!   sends clients to the primary and follows a planned failover.
 
@@ -28,11 +31,38 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// `GET path` on `server`'s HTTP port: (status, body).
 async fn get(server: &TestServer, path: &str) -> (u16, String) {
+    request(server, "GET", path, "", None).await
+}
+
+/// `POST path` with a JSON `body` and, if given, a bearer token.
+async fn post(server: &TestServer, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    request(server, "POST", path, body, Some(auth)).await
+}
+
+/// One HTTP/1.0 request: (status, body).
+async fn request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra_headers: Option<String>,
+) -> (u16, String) {
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{content}{}\r\n{body}",
+        extra_headers.unwrap_or_default()
+    );
     let request = async {
         let mut stream = TcpStream::connect(("127.0.0.1", server.http_port())).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
+        stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         Ok::<_, std::io::Error>(raw)
@@ -360,4 +390,47 @@ async fn haproxy_with_the_documented_health_check_routes_to_the_primary_and_foll
                 .unwrap_or_else(|e| panic!("planned failover to r2: {e:?}\n{}", group.logs()));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_actions_fail_over_suspend_and_resume_like_their_sql_and_need_the_password() {
+    let group = Group::start(3).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let (status, body) = post(&group.nodes[1], "/groups/ag1/force-failover", "{}", None).await;
+    assert_eq!(
+        status, 400,
+        "a forced failover without its confirmation: {body}"
+    );
+    assert!(body.contains("FORCE_FAILOVER_ALLOW_DATA_LOSS"), "{body}");
+    let (status, body) = post(&group.nodes[1], "/groups/nope/failover", "", None).await;
+    assert!(
+        status == 404 || status == 400,
+        "an unknown group: {status} {body}"
+    );
+    let (status, body) = post(&group.nodes[2], "/databases/app/suspend", "", None).await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(&group, 2, "/replica", 503).await;
+    let (status, body) = post(&group.nodes[2], "/databases/app/resume", "", None).await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(&group, 2, "/replica", 200).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let (status, body) = post(&group.nodes[1], "/groups/ag1/failover", "", None).await;
+    assert_eq!(
+        status,
+        200,
+        "planned failover to r2: {body}\n{}",
+        group.logs()
+    );
+    wait_status(&group, 1, "/primary", 200).await;
+    wait_status(&group, 0, "/replica", 200).await;
+
+    let secured = TestServer::builder().password("s3cret").start().await;
+    let (status, body) = post(&secured, "/databases/availdb/suspend", "", None).await;
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, body) = post(&secured, "/databases/availdb/suspend", "", Some("wrong")).await;
+    assert_eq!(status, 401, "a wrong token: {body}");
+    let (status, body) = post(&secured, "/databases/availdb/suspend", "", Some("s3cret")).await;
+    assert_ne!(status, 401, "the right token passes authentication: {body}");
+    let (status, _) = get(&secured, "/health").await;
+    assert_eq!(status, 200, "reading needs no token");
 }

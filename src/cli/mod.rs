@@ -348,6 +348,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
                 listener,
                 config.name.clone(),
                 groups.clone(),
+                config.password.clone(),
             ));
         }
     }

@@ -9,15 +9,26 @@
 //! | `GET /metrics` | Prometheus text format ([`metrics`]) |
 //! | `GET /cluster` | `sys.dm_hadr_cluster`, its members and the groups, as JSON |
 //! | `GET /groups/NAME` | the group's rows of every `sys` availability view, as JSON (404 for a group this node does not host) |
+//! | `POST /groups/NAME/failover` | `ALTER AVAILABILITY GROUP NAME FAILOVER` on this node: a planned failover to it |
+//! | `POST /groups/NAME/force-failover` with `{"confirm": "FORCE_FAILOVER_ALLOW_DATA_LOSS"}` | `… FORCE_FAILOVER_ALLOW_DATA_LOSS` on this node |
+//! | `POST /databases/NAME/suspend`, `…/resume` | `ALTER DATABASE NAME SET HADR SUSPEND` / `RESUME` on this node |
+//!
+//! The POST actions run the same code as the SQL statements and answer
+//! `{"tag", "notices"}`, or `{"sqlstate", "error", "hint"}` with 400 (bad
+//! request), 404 (no such group or database), 409 (refused in this state)
+//! or 500. They change state, so they follow the client port's rule: a
+//! node without a password (loopback only) takes them from anyone who can
+//! reach it; a node with one wants `Authorization: Bearer PASSWORD` (401
+//! otherwise).
 //!
 //! `OPTIONS` and `HEAD` answer like `GET` (HAProxy's `option httpchk`
 //! sends `OPTIONS /` unless told otherwise). A bad parameter answers 400
 //! saying how to write it.
 //!
-//! Every answer reads a snapshot of the `sys` views — the values a SQL
-//! client sees at the same moment — so nothing here keeps state of its
-//! own. Nothing served changes state: every request is read-only, so the
-//! server needs no authentication; it listens on the client address's host
+//! Every GET reads a snapshot of the `sys` views — the values a SQL client
+//! sees at the same moment — so nothing here keeps state of its own, and
+//! needs no authentication (like Patroni's). It listens on the client
+//! address's host
 //! (`--http-port`; by default the client port + 1000, given up with a
 //! warning when that port is taken).
 
@@ -29,9 +40,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use rusqlite::types::Value;
 use serde_json::json;
@@ -39,12 +51,15 @@ use tokio::net::TcpListener;
 
 use crate::ag::views::Snapshot;
 use crate::ag::Manager;
+use crate::sql::ag::AgStatement;
 use health::Check;
 
 /// What the handlers read.
 struct Node {
     name: String,
     groups: Arc<Manager>,
+    /// The node's password: the bearer token of the POST actions.
+    password: Option<String>,
     failed: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
@@ -59,10 +74,16 @@ impl Node {
 }
 
 /// Serves the HTTP API of node `name` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, name: String, groups: Arc<Manager>) {
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    groups: Arc<Manager>,
+    password: Option<String>,
+) {
     let node = Arc::new(Node {
         name,
         groups,
+        password,
         failed: crate::failstop::watch(),
     });
     let app = router(node);
@@ -109,6 +130,10 @@ fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics_answer))
         .route("/cluster", get(cluster_answer))
         .route("/groups/{name}", get(group_answer))
+        .route("/groups/{name}/failover", post(failover_action))
+        .route("/groups/{name}/force-failover", post(force_failover_action))
+        .route("/databases/{name}/suspend", post(suspend_action))
+        .route("/databases/{name}/resume", post(resume_action))
         .with_state(node)
 }
 
@@ -287,6 +312,95 @@ async fn json_of(
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e.to_string()),
     }
+}
+
+/// The confirmation a forced failover needs in its body.
+const FORCE_CONFIRMATION: &str = "FORCE_FAILOVER_ALLOW_DATA_LOSS";
+
+async fn failover_action(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+) -> Response {
+    act(&node, &headers, AgStatement::Failover { group }).await
+}
+
+async fn force_failover_action(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+    body: Option<Json<serde_json::Value>>,
+) -> Response {
+    let confirmed = body
+        .as_ref()
+        .and_then(|b| b.get("confirm"))
+        .and_then(|c| c.as_str())
+        == Some(FORCE_CONFIRMATION);
+    if !confirmed {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "22023",
+            format!("a forced failover may lose committed data: send {{\"confirm\": \"{FORCE_CONFIRMATION}\"}} to confirm"),
+            None,
+        );
+    }
+    act(&node, &headers, AgStatement::ForceFailover { group }).await
+}
+
+async fn suspend_action(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(database): Path<String>,
+) -> Response {
+    act(&node, &headers, AgStatement::SuspendDatabase { database }).await
+}
+
+async fn resume_action(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(database): Path<String>,
+) -> Response {
+    act(&node, &headers, AgStatement::ResumeDatabase { database }).await
+}
+
+/// Runs `statement` as its SQL form would, once the caller may.
+async fn act(node: &Node, headers: &HeaderMap, statement: AgStatement) -> Response {
+    if let Some(password) = &node.password {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(password.as_str()) {
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "28P01",
+                "this node has a password: send it as `Authorization: Bearer PASSWORD`".to_string(),
+                None,
+            );
+        }
+    }
+    match node.groups.execute(statement).await {
+        Ok(done) => Json(json!({ "tag": done.tag, "notices": done.notices })).into_response(),
+        Err(e) => {
+            let sqlstate = e.sqlstate();
+            let status = match &sqlstate[..2] {
+                "42" if sqlstate == "42704" => StatusCode::NOT_FOUND,
+                "3D" => StatusCode::NOT_FOUND,
+                "22" | "42" => StatusCode::BAD_REQUEST,
+                "25" | "40" | "55" | "57" => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            refusal(status, sqlstate, e.to_string(), e.hint())
+        }
+    }
+}
+
+fn refusal(status: StatusCode, sqlstate: &str, error: String, hint: Option<String>) -> Response {
+    (
+        status,
+        Json(json!({ "sqlstate": sqlstate, "error": error, "hint": hint })),
+    )
+        .into_response()
 }
 
 fn json_value(v: &Value) -> serde_json::Value {
