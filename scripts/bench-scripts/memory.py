@@ -10,7 +10,8 @@ everything itself, on loopback ports from --port:
    characters, loaded in 20,000-row transactions) on the standalone node and
    on PostgreSQL; per size, `psql -c 'SELECT * FROM t' >/dev/null` on the
    node with its peak resident memory reset just before (`VmHWM` via
-   /proc/PID/clear_refs) — the growth of the peak is reported — and the time
+   /proc/PID/clear_refs) — the growth of the peak is reported — and on
+   PostgreSQL (both psql runs timed: psql holds the whole result), the time
    to the first row of the same SELECT through psycopg's `stream()`
    (single-row mode) on both servers, median of --trials.
 2. Transaction size (--tx-sizes, MB): one `INSERT … SELECT` of n MB (the
@@ -193,17 +194,23 @@ def main():
                            check=True, stdout=subprocess.DEVNULL)
             psql_s = time.perf_counter() - start
             growth = status(node.pid, "VmHWM") - before
+            start = time.perf_counter()
+            subprocess.run(["psql", f"host=127.0.0.1 port={p + 10} user=postgres dbname=postgres",
+                            "-X", "-q", "-c", f"SELECT * FROM {table}"],
+                           check=True, stdout=subprocess.DEVNULL)
+            pg_psql_s = time.perf_counter() - start
             firsts = {"availdb": [], "postgresql": []}
             for _ in range(args.trials):
                 firsts["availdb"].append(first_row_ms(p, "availdb", table, "availdb"))
                 firsts["postgresql"].append(first_row_ms(p + 10, "postgres", table, "postgres"))
             row = {"measure": "result", "size_mb": mb, "rss_before": before, "peak_growth": growth,
-                   "psql_seconds": round(psql_s, 2),
+                   "psql_seconds": round(psql_s, 2), "psql_seconds_postgresql": round(pg_psql_s, 2),
                    "first_row_ms_availdb": round(statistics.median(firsts["availdb"]), 2),
                    "first_row_ms_postgresql": round(statistics.median(firsts["postgresql"]), 2)}
             rows.append(row)
             print(f"result {mb} MB: node peak +{growth / 1e6:.1f} MB over {before / 1e6:.1f} MB "
-                  f"(psql SELECT * {psql_s:.1f} s); first row availdb {row['first_row_ms_availdb']} ms, "
+                  f"(psql SELECT * {psql_s:.1f} s, PostgreSQL {pg_psql_s:.1f} s); "
+                  f"first row availdb {row['first_row_ms_availdb']} ms, "
                   f"PostgreSQL {row['first_row_ms_postgresql']} ms", flush=True)
             with connect(p, "availdb") as c:
                 c.execute(f"DROP TABLE {table}")
