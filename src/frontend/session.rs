@@ -835,8 +835,11 @@ impl Session {
         Ok(single_text(name, &value))
     }
 
+    /// What `SHOW transaction_read_only` says: on a secondary, on a
+    /// READ_ONLY database, in a read-only transaction, or by default.
     fn transaction_read_only(&self) -> bool {
         self.hot_standby()
+            || self.db.is_read_only()
             || match self.tx {
                 Tx::Active { read_only, .. } => read_only,
                 _ => self.settings.default_read_only,
