@@ -58,8 +58,14 @@ async fn a_read_only_database_refuses_writes_keeps_reads_and_stays_read_only_aft
     assert_eq!(rows[0][0].as_deref(), Some("1"), "reads go on");
     assert_eq!(is_read_only(&admin, APP).await, "t");
     // Clients and probes (the traffic manager's read-write check) ask this.
-    let shown = query_text(&app, "SHOW transaction_read_only").await.unwrap();
-    assert_eq!(shown[0][0].as_deref(), Some("on"), "SHOW on a READ_ONLY database");
+    let shown = query_text(&app, "SHOW transaction_read_only")
+        .await
+        .unwrap();
+    assert_eq!(
+        shown[0][0].as_deref(),
+        Some("on"),
+        "SHOW on a READ_ONLY database"
+    );
     drop((admin, app));
 
     server.restart().await;
@@ -73,7 +79,9 @@ async fn a_read_only_database_refuses_writes_keeps_reads_and_stays_read_only_aft
         .unwrap();
     assert_eq!(refusal(&app, "INSERT INTO t VALUES (2)").await, None);
     assert_eq!(is_read_only(&admin, APP).await, "f");
-    let shown = query_text(&app, "SHOW transaction_read_only").await.unwrap();
+    let shown = query_text(&app, "SHOW transaction_read_only")
+        .await
+        .unwrap();
     assert_eq!(shown[0][0].as_deref(), Some("off"), "SHOW after READ_WRITE");
 }
 

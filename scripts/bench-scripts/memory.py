@@ -19,6 +19,12 @@ everything itself, on loopback ports from --port:
    sync standby; the growth of each availdb node's peak resident memory,
    and the load's throughput (MB/s of row data, rows/s) on both.
 
+3. Seeding (--seed-sizes, MB): a database of n MB made on the group's
+   primary outside the group, then `ALTER AVAILABILITY GROUP ag1 ADD
+   DATABASE`: both secondaries are seeded with a full image of it (automatic
+   seeding); the growth of each node's peak resident memory until both
+   are SYNCHRONIZED, and the seeding's duration.
+
 Results: JSON (--out) and a CSV of one row per measurement (--csv).
 """
 
@@ -154,12 +160,14 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--result-sizes", default="10 100 1000")
     ap.add_argument("--tx-sizes", default="10 100 1000")
+    ap.add_argument("--seed-sizes", default="1000")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--out", required=True)
     ap.add_argument("--csv", required=True)
     args = ap.parse_args()
     result_sizes = [int(x) for x in args.result_sizes.split()]
     tx_sizes = [int(x) for x in args.tx_sizes.split()]
+    seed_sizes = [int(x) for x in args.seed_sizes.split()]
     p = args.port
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
@@ -259,6 +267,37 @@ def main():
                 c.execute(f"DROP TABLE {table}")
             with connect(p + 10, "postgres", "postgres") as c:
                 c.execute(f"DROP TABLE {table}")
+        # --- 3. seeding
+        for mb in seed_sizes:
+            db = f"seed{mb}"
+            with connect(p + 20, "availdb") as c:
+                c.execute(f"CREATE DATABASE {db}")
+            make_table(p + 20, db, "t", mb, False, "availdb")
+            before = [status(n, "VmRSS") for n in nodes]
+            for n in nodes:
+                reset_peak(n)
+            start = time.perf_counter()
+            with connect(p + 20, "availdb") as c:
+                c.execute(f"ALTER AVAILABILITY GROUP ag1 ADD DATABASE {db}")
+            deadline = time.time() + 1800
+            while True:
+                with connect(p + 20, "availdb") as c:
+                    states = c.execute(
+                        "SELECT synchronization_state_desc FROM sys.dm_hadr_database_replica_states "
+                        f"WHERE database_name = '{db}' AND NOT is_local").fetchall()
+                if len(states) == 2 and all(st == "SYNCHRONIZED" for (st,) in states):
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError(f"{db} not SYNCHRONIZED on both secondaries within 30 min: {states}")
+                time.sleep(0.5)
+            seeding_s = time.perf_counter() - start
+            growth = [status(n, "VmHWM") - b for n, b in zip(nodes, before)]
+            row = {"measure": "seeding", "size_mb": mb, "rss_before": before, "peak_growth": growth,
+                   "seconds": round(seeding_s, 1), "mb_s": round(mb / seeding_s, 1)}
+            rows.append(row)
+            print(f"seeding {mb} MB: node peaks +" + ", +".join(f"{g / 1e6:.1f}" for g in growth)
+                  + f" MB; both secondaries SYNCHRONIZED after {seeding_s:.1f} s ({row['mb_s']} MB/s)",
+                  flush=True)
     except Exception as e:  # noqa: BLE001 - reported in the results
         failures.append(str(e))
         print(f"memory: FAILED {e}", file=sys.stderr, flush=True)
