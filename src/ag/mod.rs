@@ -1034,6 +1034,40 @@ impl Manager {
             })
     }
 
+    /// For a database of a group here, what a backup needs to know: the
+    /// group, whether this node is its primary, and, on a secondary that is
+    /// NOT SYNCHRONIZING (disconnected from its primary, or suspended), why.
+    /// None outside any group.
+    pub fn backup_role(&self, database: &str) -> Option<(String, bool, Option<String>)> {
+        let groups = self.lock();
+        groups
+            .values()
+            .filter_map(|slot| slot.part.as_ref())
+            .find_map(|part| match part {
+                Part::Primary(p) if p.config().has_database(database) => {
+                    Some((p.config().name.clone(), true, None))
+                }
+                Part::Secondary(s) if s.config().has_database(database) => {
+                    let suspended = s
+                        .databases()
+                        .into_iter()
+                        .any(|d| d.database().name() == database && d.is_suspended_here());
+                    let why = if !s.is_connected() {
+                        Some("it is not connected to its primary".to_string())
+                    } else if suspended {
+                        Some(
+                            "data movement is suspended (ALTER DATABASE … SET HADR RESUME)"
+                                .to_string(),
+                        )
+                    } else {
+                        None
+                    };
+                    Some((s.config().name.clone(), false, why))
+                }
+                _ => None,
+            })
+    }
+
     /// For a geo-secondary created `WITH (ALLOW_CONNECTIONS = NO)`: why
     /// sessions may not use `database` here (None: they may).
     pub fn geo_closed(&self, database: &str) -> Option<String> {
@@ -1107,6 +1141,9 @@ impl Manager {
     pub fn snapshot(&self) -> views::Snapshot {
         let groups = self.lock();
         let mut out = views::Snapshot::default();
+        out.add_backup_history(
+            &crate::backup::read_history(self.engine.data_dir()).unwrap_or_default(),
+        );
         for name in self.engine.names() {
             if let Ok(db) = self.engine.database(&name) {
                 out.add_database(&db);

@@ -2,7 +2,8 @@
 //! `sys.availability_replicas`, `sys.availability_group_listeners`,
 //! `sys.availability_read_only_routing_lists`,
 //! `sys.dm_hadr_availability_replica_states`,
-//! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`, …),
+//! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`,
+//! `sys.backup_history` (the backups taken on this node), …),
 //! answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
@@ -35,6 +36,7 @@ pub struct Snapshot {
     geo_links: Vec<Vec<Value>>,
     operations: Vec<Vec<Value>>,
     memory: Vec<Vec<Value>>,
+    backups: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -91,6 +93,11 @@ CREATE TABLE sys.dm_os_process_memory(
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
+CREATE TABLE sys.backup_history(
+    backup_id TEXT, database_name TEXT, type TEXT, is_copy_only BOOLEAN,
+    is_compressed BOOLEAN, physical_device_name TEXT, first_lsn INTEGER,
+    last_lsn INTEGER, backup_size INTEGER, backup_start_date TEXT,
+    duration_ms INTEGER, group_name TEXT, replica_name TEXT);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -613,6 +620,29 @@ impl Snapshot {
         ]);
     }
 
+    /// The backups taken on this node (`sys.backup_history`, oldest
+    /// first): what, where, the LSN range it restores, its size, how long
+    /// it took and which replica took it.
+    pub fn add_backup_history(&mut self, entries: &[crate::backup::HistoryEntry]) {
+        for e in entries {
+            self.backups.push(vec![
+                text(&e.id),
+                text(&e.database),
+                text(&e.kind),
+                boolean(e.copy_only),
+                boolean(e.compressed),
+                text(&e.path),
+                int(e.first_lsn),
+                int(e.end_lsn),
+                int(e.size),
+                time(Some(e.started_us)),
+                int(e.duration_ms),
+                text(&e.group),
+                text(&e.replica),
+            ]);
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -641,6 +671,7 @@ impl Snapshot {
             ("geo_replication_links", &self.geo_links),
             ("dm_operation_status", &self.operations),
             ("dm_os_process_memory", &self.memory),
+            ("backup_history", &self.backups),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -667,6 +698,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.dm_geo_replication_link_status",
         "sys.dm_operation_status",
         "sys.dm_os_process_memory",
+        "sys.backup_history",
     ]
     .iter()
     .any(|v| lower.contains(v))

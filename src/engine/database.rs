@@ -632,6 +632,15 @@ impl Database {
         Ok(start)
     }
 
+    /// Waits until no commit sits between SQLite and the log, by taking the
+    /// write lock for an instant (it is not held afterwards). A read
+    /// snapshot begun before this call then holds only transactions whose
+    /// records are in the log: a backup bounds its snapshot's LSN this way
+    /// without holding the lock while it copies (`crate::backup`).
+    pub async fn commits_settled(&self) {
+        drop(self.writer.lock().await);
+    }
+
     /// Waits until the commit ending at `lsn` may be acknowledged: hardened
     /// in the local log, then whatever the commit hook demands.
     pub async fn commit_durable(&self, lsn: Lsn) -> Result<()> {

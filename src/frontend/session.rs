@@ -512,6 +512,20 @@ impl Session {
                 }
                 Ok(Reply::Done(executed.tag))
             }
+            Command::Backup(sql) => {
+                self.outside_transaction("BACKUP and RESTORE")?;
+                let statement = crate::sql::backup::parse(&sql)
+                    .map_err(|message| Error::sql("42601", message))?;
+                let done = super::backup::execute(&self.engine, &self.ag, statement).await?;
+                for message in done.notices {
+                    self.asides.push(Aside::Notice {
+                        severity: "NOTICE",
+                        code: "00000",
+                        message,
+                    });
+                }
+                Ok(done.reply)
+            }
             Command::Unsupported { message, hint } => {
                 Err(Error::sql("0A000", message).with_hint(hint))
             }

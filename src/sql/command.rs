@@ -85,6 +85,8 @@ pub enum Command {
     /// Availability group DDL (`CREATE AVAILABILITY GROUP …`, `ALTER
     /// DATABASE … SET HADR …`), parsed by [`crate::sql::ag`].
     Ag(String),
+    /// `BACKUP …` / `RESTORE …`, parsed by [`crate::sql::backup`].
+    Backup(String),
     /// Anything else: a SQLite statement, translated from PostgreSQL's
     /// dialect where needed ([`crate::sql::pg`]).
     Sql(String),
@@ -111,6 +113,9 @@ pub enum Command {
 pub fn classify(stmt: &str) -> Command {
     if super::ag::is_ag_statement(stmt) {
         return Command::Ag(stmt.to_string());
+    }
+    if super::backup::is_backup_statement(stmt) {
+        return Command::Backup(stmt.to_string());
     }
     let tokens = tokenize(stmt);
     let words: Vec<String> = tokens.iter().map(|t| t.lower()).collect();

@@ -1,0 +1,632 @@
+//! Black-box tests of BACKUP and RESTORE: real `availdb server` processes
+//! on loopback, driven with a PostgreSQL client. They check that
+//!
+//! * a copy-only full backup taken on a secondary while the primary takes
+//!   writes restores on another node to exactly the rows committed before
+//!   its LSN, and, with the log backups after it, to a copy page-identical
+//!   to the primary;
+//! * log backups taken on both sides of a failover form one chain that
+//!   restores to a point in time between two known commits;
+//! * every bad input (a missing, truncated, bit-flipped or foreign file, a
+//!   log backup with a gap, STOPAT outside the backups, RESTORE over an
+//!   existing database, BACKUP on a secondary that is not synchronizing)
+//!   gets a clear error with its SQLSTATE, leaves nothing half-restored
+//!   online and the source untouched, and a retry then works.
+//!
+//! Every wait and load is bounded; helpers live in `common`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::cluster::{planned_failover, wait_failover_ready};
+use common::group::{
+    compare_pages, error_text, exec, ids, pages, query_text, Group, InsertLoad, APP,
+    CATCH_UP_TIMEOUT,
+};
+use common::{assert_sqlstate, TestServer, DEFAULT_DB};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+/// Runs one statement through the simple protocol, bounded.
+async fn run(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    query_text(client, sql).await
+}
+
+/// Runs one statement that must succeed.
+async fn ok(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    run(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
+}
+
+fn state(code: &str) -> SqlState {
+    SqlState::from_code(code)
+}
+
+fn disk(path: &Path) -> String {
+    path.display().to_string().replace('\'', "''")
+}
+
+/// `(first_lsn, last_lsn)` of a backup file, from RESTORE HEADERONLY.
+async fn lsn_range(client: &Client, path: &Path) -> (u64, u64) {
+    let rows = ok(
+        client,
+        &format!("RESTORE HEADERONLY FROM DISK = '{}'", disk(path)),
+    )
+    .await;
+    let n = |i: usize| rows[0][i].as_deref().unwrap().parse::<u64>().unwrap();
+    (n(4), n(5))
+}
+
+/// A standalone server with database `app` holding `t(id, v)` rows
+/// 1..=rows, and a full backup of it; returns the server, an `app` client,
+/// the backup's path and its directory.
+async fn standalone_with_backup(rows: i64) -> (TestServer, Client, PathBuf, tempfile::TempDir) {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&app, 1..=rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.bak");
+    ok(
+        &admin,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COMPRESSION",
+            disk(&full)
+        ),
+    )
+    .await;
+    (server, app, full, dir)
+}
+
+async fn insert(client: &Client, ids: std::ops::RangeInclusive<i64>) {
+    for id in ids {
+        exec(
+            client,
+            &format!("INSERT INTO t(id, v) VALUES ({id}, 'row {id}')"),
+            "insert",
+        )
+        .await;
+    }
+}
+
+fn range(ids: std::ops::RangeInclusive<i64>) -> BTreeSet<i64> {
+    ids.collect()
+}
+
+/// Databases of `server`, from pg_database-free `sys.databases`.
+async fn database_names(server: &TestServer) -> Vec<String> {
+    let client = server.client(DEFAULT_DB).await;
+    ok(&client, "SELECT name FROM sys.databases ORDER BY name")
+        .await
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_only_backup_on_a_secondary_under_writes_restores_to_the_rows_and_pages_of_its_lsn()
+{
+    let group = Group::start(2).await;
+    let primary = group.nodes[0].client(APP).await;
+    exec(
+        &primary,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "create load",
+    )
+    .await;
+    let load = InsertLoad::start(group.nodes[0].client(APP).await, "load", 1, 100_000);
+    load.wait_acked(300, Duration::from_secs(60)).await;
+    let secondary = group.nodes[1].client(DEFAULT_DB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("app-full.bak");
+
+    // A secondary takes only copy-only full backups.
+    assert_sqlstate(
+        run(
+            &secondary,
+            &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+        )
+        .await,
+        &state("55000"),
+        "a full backup on a secondary without COPY_ONLY",
+    );
+    let acked_before = load.acked_count() as i64;
+    ok(
+        &secondary,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY, COMPRESSION, CHECKSUM, STATS = 10",
+            disk(&full)
+        ),
+    )
+    .await;
+    let acked_after = load.acked_count() as i64;
+    load.wait_acked(acked_after as usize + 100, Duration::from_secs(60))
+        .await;
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    group.wait_caught_up(&[1], CATCH_UP_TIMEOUT).await;
+    let log = dir.path().join("app-log.bak");
+    ok(
+        &secondary,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log)),
+    )
+    .await;
+
+    // Restore elsewhere: a node outside the group.
+    let other = TestServer::start().await;
+    let admin = other.client(DEFAULT_DB).await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy_at_backup FROM DISK = '{}' WITH RECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    // Inserts are sequential: the rows at the backup's LSN are a prefix
+    // holding every insert acknowledged before BACKUP began and none
+    // begun after it returned (one may be committed, not yet acknowledged).
+    let restored = ids(&other, "copy_at_backup", "load").await;
+    let k = restored.len() as i64;
+    assert_eq!(restored, range(1..=k), "the restored rows are not a prefix");
+    assert!(
+        k >= acked_before && k <= acked_after + 1,
+        "the backup holds {k} rows; {acked_before} were acknowledged before BACKUP and {acked_after} when it returned"
+    );
+
+    // The full backup and the log backup after it: the primary's pages.
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy_now FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG copy_now FROM DISK = '{}' WITH RECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    let expected = pages(group.primary(), APP).await;
+    let actual = pages(&other, "copy_now").await;
+    if let Err(diff) = compare_pages(&expected, &actual) {
+        panic!("full + log backup restored differs from the primary:\n{diff}");
+    }
+    // The same chain stopped at the full backup's LSN is the full backup.
+    let (_, full_end) = lsn_range(&admin, &full).await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy_stopped FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG copy_stopped FROM DISK = '{}' WITH STOPATLSN = '{full_end}', RECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    let at_backup = pages(&other, "copy_at_backup").await;
+    let stopped = pages(&other, "copy_stopped").await;
+    if let Err(diff) = compare_pages(&at_backup, &stopped) {
+        panic!("the chain stopped at the full backup's LSN differs from the full backup:\n{diff}");
+    }
+
+    // sys.backup_history on the secondary lists both, taken by r2.
+    let history = ok(
+        &secondary,
+        "SELECT type, CASE WHEN is_copy_only THEN 'copy-only' ELSE 'normal' END, replica_name, \
+         CASE WHEN first_lsn <= last_lsn AND backup_size > 0 THEN 'ok' ELSE 'bad' END \
+         FROM sys.backup_history ORDER BY backup_start_date",
+    )
+    .await;
+    let rows: Vec<Vec<String>> = history
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["DATABASE", "copy-only", "r2", "ok"]
+                .map(String::from)
+                .to_vec(),
+            ["LOG", "normal", "r2", "ok"].map(String::from).to_vec(),
+        ],
+        "sys.backup_history on r2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_on_a_secondary_that_is_not_synchronizing_is_refused_with_55000() {
+    let group = Group::start(2).await;
+    let secondary = group.nodes[1].client(DEFAULT_DB).await;
+    exec(&secondary, "ALTER DATABASE app SET HADR SUSPEND", "suspend").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.bak");
+    for sql in [
+        format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&path)
+        ),
+        format!("BACKUP LOG app TO DISK = '{}'", disk(&path)),
+    ] {
+        let result = run(&secondary, &sql).await;
+        let message = result.as_ref().err().map(error_text).unwrap_or_default();
+        assert!(message.contains("NOT SYNCHRONIZING"), "{sql}: {message}");
+        assert_sqlstate(result, &state("55000"), &sql);
+    }
+    assert!(!path.exists(), "a refused backup left a file");
+    exec(&secondary, "ALTER DATABASE app SET HADR RESUME", "resume").await;
+    group.wait_synchronized(&[1], CATCH_UP_TIMEOUT).await;
+    ok(
+        &secondary,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&path)
+        ),
+    )
+    .await;
+    ok(
+        &secondary,
+        &format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&path)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_chain_across_a_failover_restores_to_a_point_between_two_commits() {
+    let group = Group::start(2).await;
+    let r1 = group.nodes[0].client(APP).await;
+    exec(
+        &r1,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&r1, 1..=10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log1, log2) = (
+        dir.path().join("full.bak"),
+        dir.path().join("log1.bak"),
+        dir.path().join("log2.bak"),
+    );
+    let admin1 = group.nodes[0].client(DEFAULT_DB).await;
+    ok(
+        &admin1,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    insert(&r1, 11..=20).await;
+    ok(
+        &admin1,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    drop((r1, admin1));
+
+    wait_failover_ready(&group, 0, &[1]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!(
+            "planned failover to r2: {message} ({code})\n{}",
+            group.logs()
+        );
+    }
+    group.wait_takes_writes(1, Duration::from_secs(60)).await;
+    let r2 = group.nodes[1].client(APP).await;
+    insert(&r2, 21..=30).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    insert(&r2, 31..=40).await;
+    let admin2 = group.nodes[1].client(DEFAULT_DB).await;
+    ok(
+        &admin2,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+
+    let other = TestServer::start().await;
+    let admin = other.client(DEFAULT_DB).await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE pit FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG pit FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log1)
+        ),
+    )
+    .await;
+    let stop = between.format("%Y-%m-%d %H:%M:%S%.6f+00");
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG pit FROM DISK = '{}' WITH STOPAT = '{stop}', RECOVERY",
+            disk(&log2)
+        ),
+    )
+    .await;
+    assert_eq!(
+        ids(&other, "pit", "t").await,
+        range(1..=30),
+        "restored to {stop}: rows committed before it present, after it absent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_of_a_missing_file_is_refused_with_58p01_and_leaves_nothing() {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here.bak");
+    assert_sqlstate(
+        run(
+            &admin,
+            &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&missing)),
+        )
+        .await,
+        &state("58P01"),
+        "RESTORE from a missing file",
+    );
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+    assert!(!server.data_dir().join("restoring").join("x").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_backup_is_refused_with_xx001_and_nothing_is_left_restoring() {
+    let (server, _app, full, dir) = standalone_with_backup(50).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.path().join("cut.bak");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let result = run(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&cut)
+        ),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("truncated"), "{message}");
+    assert_sqlstate(result, &state("XX001"), "RESTORE from a truncated file");
+    assert!(!server.data_dir().join("restoring").join("x").exists());
+    // The database takes sessions: nothing left it RESTORING.
+    assert!(server.try_client("x").await.is_err());
+    ok(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=50));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bit_flipped_backup_is_refused_with_xx001_by_restore_and_by_verifyonly() {
+    let (server, _app, full, dir) = standalone_with_backup(200).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let mut bytes = std::fs::read(&full).unwrap();
+    let flipped = dir.path().join("flipped.bak");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&flipped, &bytes).unwrap();
+    for sql in [
+        format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&flipped)),
+        format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&flipped)),
+    ] {
+        let result = run(&admin, &sql).await;
+        let message = result.as_ref().err().map(error_text).unwrap_or_default();
+        assert!(message.contains("corrupt"), "{sql}: {message}");
+        assert_sqlstate(result, &state("XX001"), &sql);
+    }
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+    ok(
+        &admin,
+        &format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_file_is_refused_with_22023_as_not_a_backup() {
+    let (server, _app, _full, _dir) = standalone_with_backup(5).await;
+    let admin = server.client(DEFAULT_DB).await;
+    // A SQLite database file is a file of the right size and the wrong kind.
+    let foreign = server.data_dir().join("databases").join("app.db");
+    let result = run(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&foreign)),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("not an availdb backup"), "{message}");
+    assert_sqlstate(result, &state("22023"), "RESTORE from a SQLite file");
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_backup_with_a_gap_is_refused_with_55000_and_the_chain_in_order_restores() {
+    let (server, app, full, dir) = standalone_with_backup(10).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let (log1, log2) = (dir.path().join("log1.bak"), dir.path().join("log2.bak"));
+    insert(&app, 11..=20).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    insert(&app, 21..=30).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    let source_before = pages(&server, APP).await;
+
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    let result = run(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("missing between them"), "{message}");
+    assert_sqlstate(result, &state("55000"), "RESTORE LOG past a gap");
+    // Still RESTORING, untouched by the refused log: the chain in order works.
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log1)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}' WITH RECOVERY", disk(&log2)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=30));
+    if let Err(diff) = compare_pages(&source_before, &pages(&server, APP).await) {
+        panic!("the source changed:\n{diff}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopat_outside_the_backups_is_refused_with_22023_and_the_restore_goes_on() {
+    let (server, app, full, dir) = standalone_with_backup(10).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let log = dir.path().join("log.bak");
+    insert(&app, 11..=20).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    for stop in ["2001-01-01 00:00:00", "2999-01-01 00:00:00"] {
+        let sql = format!(
+            "RESTORE LOG x FROM DISK = '{}' WITH STOPAT = '{stop}', RECOVERY",
+            disk(&log)
+        );
+        let result = run(&admin, &sql).await;
+        let message = result.as_ref().err().map(error_text).unwrap_or_default();
+        assert!(
+            message.contains("outside what this backup can restore to"),
+            "{sql}: {message}"
+        );
+        assert_sqlstate(result, &state("22023"), &sql);
+    }
+    let (_, full_end) = lsn_range(&admin, &full).await;
+    let sql = format!(
+        "RESTORE LOG x FROM DISK = '{}' WITH STOPATLSN = '{}', RECOVERY",
+        disk(&log),
+        full_end - 1
+    );
+    assert_sqlstate(run(&admin, &sql).await, &state("22023"), &sql);
+    // Still RESTORING: sessions are refused with 55000 and say why.
+    match server.try_client("x").await {
+        Ok(_) => panic!("a RESTORING database took a session"),
+        Err(e) => {
+            assert!(error_text(&e).contains("RESTORING"), "{}", error_text(&e));
+            assert_eq!(e.code(), Some(&state("55000")));
+        }
+    }
+    ok(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}' WITH RECOVERY", disk(&log)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_over_an_existing_database_needs_replace_and_leaves_the_source_untouched() {
+    let (server, app, full, _dir) = standalone_with_backup(10).await;
+    let admin = server.client(DEFAULT_DB).await;
+    insert(&app, 11..=15).await;
+    drop(app);
+    let result = run(
+        &admin,
+        &format!("RESTORE DATABASE app FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("already exists"), "{message}");
+    assert_sqlstate(result, &state("42P04"), "RESTORE over app without REPLACE");
+    assert_eq!(
+        ids(&server, APP, "t").await,
+        range(1..=15),
+        "the source changed"
+    );
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH REPLACE",
+            disk(&full)
+        ),
+    )
+    .await;
+    assert_eq!(ids(&server, APP, "t").await, range(1..=10));
+    // The restored database takes writes and survives a restart.
+    let app = server.client(APP).await;
+    insert(&app, 100..=101).await;
+    drop(app);
+    let mut server = server;
+    server.restart().await;
+    let mut expected = range(1..=10);
+    expected.extend([100, 101]);
+    assert_eq!(ids(&server, APP, "t").await, expected);
+}
