@@ -630,3 +630,98 @@ async fn restore_over_an_existing_database_needs_replace_and_leaves_the_source_u
     expected.extend([100, 101]);
     assert_eq!(ids(&server, APP, "t").await, expected);
 }
+
+/// Restarts `server` with `AVAILDB_CRASH_AT = point`, runs `sql` (the
+/// process aborts at the point), waits for the exit, then restarts it
+/// without the crash point.
+async fn crash_during(server: &mut TestServer, point: &str, sql: &str) {
+    server.set_env("AVAILDB_CRASH_AT", Some(point));
+    server.restart().await;
+    let admin = server.client(DEFAULT_DB).await;
+    let result = run(&admin, sql).await;
+    assert!(
+        result.is_err(),
+        "{sql} succeeded although {point} should abort the process"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not abort at {point}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.set_env("AVAILDB_CRASH_AT", None);
+    server.restart().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_killed_midway_leaves_no_file_under_its_name_and_a_retry_works() {
+    let (mut server, _app, _full, dir) = standalone_with_backup(300).await;
+    let path = dir.path().join("again.bak");
+    let sql = format!("BACKUP DATABASE app TO DISK = '{}'", disk(&path));
+    crash_during(&mut server, "backup.pages_written", &sql).await;
+    assert!(
+        !path.exists(),
+        "a backup killed midway left a file under its name"
+    );
+    let admin = server.client(DEFAULT_DB).await;
+    ok(&admin, &sql).await;
+    ok(
+        &admin,
+        &format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&path)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&path)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=300));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_killed_midway_leaves_nothing_online_and_a_retry_works() {
+    let (mut server, app, full, dir) = standalone_with_backup(100).await;
+    let log = dir.path().join("log.bak");
+    let admin = server.client(DEFAULT_DB).await;
+    insert(&app, 101..=150).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log)),
+    )
+    .await;
+    drop((app, admin));
+
+    // Killed while building the copy: no database, nothing RESTORING.
+    let restore_full = format!(
+        "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+        disk(&full)
+    );
+    crash_during(&mut server, "restore.built", &restore_full).await;
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+    match server.try_client("x").await {
+        Ok(_) => panic!("a half-restored database took a session"),
+        Err(e) => assert_eq!(e.code(), Some(&state("3D000")), "{}", error_text(&e)),
+    }
+    let admin = server.client(DEFAULT_DB).await;
+    ok(&admin, &restore_full).await;
+    drop(admin);
+
+    // Killed while writing a log backup's records: still RESTORING, and
+    // RECOVERY waits for that log backup to be restored again.
+    let restore_log = format!("RESTORE LOG x FROM DISK = '{}' WITH NORECOVERY", disk(&log));
+    crash_during(&mut server, "restore.log_written", &restore_log).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let result = run(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("interrupted"), "{message}");
+    assert_sqlstate(
+        result,
+        &state("55000"),
+        "RECOVERY after an interrupted RESTORE LOG",
+    );
+    ok(&admin, &restore_log).await;
+    ok(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=150));
+}

@@ -625,6 +625,7 @@ fn restore_full(
                 pending: None,
             },
         )?;
+        crate::crashpoint::hit("restore.built");
         if dir.exists() {
             fs::remove_dir_all(dir).map_err(io(dir, "replace"))?;
         }
@@ -774,6 +775,7 @@ fn restore_log(
         path: file_path,
     };
     let (_, records) = apply(path, &mut reader, &out, from, scanned.apply_end)?;
+    crate::crashpoint::hit("restore.log_written");
     if scanned.apply_end > from {
         state.end_lsn = scanned.apply_end;
         state.last_record = scanned.last_record;

@@ -357,6 +357,7 @@ async fn full(
             return Err(e);
         }
         copied?;
+        crate::crashpoint::hit("backup.pages_written");
         let mut manifest = Manifest::default();
         let records = copy_log(
             &db,
