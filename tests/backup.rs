@@ -725,3 +725,89 @@ async fn a_restore_killed_midway_leaves_nothing_online_and_a_retry_works() {
     ok(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
     assert_eq!(ids(&server, "x", "t").await, range(1..=150));
 }
+
+/// Polls `sys.fn_hadr_backup_is_preferred_replica('app')` on every node
+/// until it answers `expected` (node order), at most 30 s.
+async fn wait_preferred(group: &Group, expected: &[&str], what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut got = Vec::new();
+        for node in &group.nodes {
+            let client = node.client(DEFAULT_DB).await;
+            let rows = ok(
+                &client,
+                "SELECT sys.fn_hadr_backup_is_preferred_replica('app')",
+            )
+            .await;
+            got.push(rows[0][0].clone().unwrap_or_default());
+        }
+        if got == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: fn_hadr_backup_is_preferred_replica answered {got:?}, expected {expected:?}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_preference_and_priority_pick_one_replica_and_follow_a_failover() {
+    let group = Group::start(3).await;
+    let r1 = group.nodes[0].client(DEFAULT_DB).await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r3' WITH (BACKUP_PRIORITY = 80)",
+        "priority",
+    )
+    .await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 SET (AUTOMATED_BACKUP_PREFERENCE = SECONDARY_ONLY)",
+        "preference",
+    )
+    .await;
+    wait_preferred(
+        &group,
+        &["0", "0", "1"],
+        "SECONDARY_ONLY, r3 has the highest priority",
+    )
+    .await;
+    let shown = ok(
+        &r1,
+        "SELECT automated_backup_preference_desc FROM sys.availability_groups",
+    )
+    .await;
+    assert_eq!(shown[0][0].as_deref(), Some("SECONDARY_ONLY"));
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r3' WITH (BACKUP_PRIORITY = 0)",
+        "priority 0",
+    )
+    .await;
+    wait_preferred(&group, &["0", "1", "0"], "priority 0 is never chosen").await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 SET (AUTOMATED_BACKUP_PREFERENCE = PRIMARY)",
+        "preference",
+    )
+    .await;
+    wait_preferred(&group, &["1", "0", "0"], "PRIMARY").await;
+    drop(r1);
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!(
+            "planned failover to r2: {message} ({code})\n{}",
+            group.logs()
+        );
+    }
+    group.wait_takes_writes(1, Duration::from_secs(60)).await;
+    wait_preferred(
+        &group,
+        &["0", "1", "0"],
+        "PRIMARY follows the failover to r2",
+    )
+    .await;
+}

@@ -420,6 +420,9 @@ impl Manager {
                     if let Some(ms) = options.health_check_timeout_ms {
                         c.health_check_timeout_ms = ms.into();
                     }
+                    if let Some(p) = options.automated_backup_preference {
+                        c.automated_backup_preference = ddl::backup_preference(p);
+                    }
                     Ok(())
                 })
                 .await
@@ -1066,6 +1069,52 @@ impl Manager {
                 }
                 _ => None,
             })
+    }
+
+    /// `sys.fn_hadr_backup_is_preferred_replica(database)`: whether this
+    /// replica is the one backups of `database` should run on
+    /// ([`crate::backup::preferred`]); None outside any group. A primary
+    /// knows which secondaries are connected; a secondary counts the other
+    /// secondaries as available, and the primary when it is connected to it.
+    pub fn is_preferred_backup_replica(&self, database: &str) -> Option<bool> {
+        let groups = self.lock();
+        let candidates = |config: &GroupConfig, available: &dyn Fn(&str) -> bool| {
+            config
+                .replicas
+                .iter()
+                .map(|r| crate::backup::Candidate {
+                    name: r.name.clone(),
+                    priority: r.backup_priority,
+                    primary: r.name.eq_ignore_ascii_case(&config.primary),
+                    available: available(&r.name),
+                })
+                .collect::<Vec<_>>()
+        };
+        let (config, candidates) = groups
+            .values()
+            .filter_map(|slot| slot.part.as_ref())
+            .find_map(|part| match part {
+                Part::Primary(p) if p.config().has_database(database) => {
+                    let (config, links) = (p.config(), p.links());
+                    let listed = candidates(&config, &|name| {
+                        name.eq_ignore_ascii_case(&self.node)
+                            || links.get(name).is_some_and(|l| l.connected)
+                    });
+                    Some((config, listed))
+                }
+                Part::Secondary(s) if s.config().has_database(database) => {
+                    let (config, connected) = (s.config(), s.is_connected());
+                    let listed = candidates(&config, &|name| {
+                        !name.eq_ignore_ascii_case(&config.primary) || connected
+                    });
+                    Some((config, listed))
+                }
+                _ => None,
+            })?;
+        Some(
+            crate::backup::preferred(config.automated_backup_preference, &candidates)
+                .is_some_and(|name| name.eq_ignore_ascii_case(&self.node)),
+        )
     }
 
     /// For a geo-secondary created `WITH (ALLOW_CONNECTIONS = NO)`: why

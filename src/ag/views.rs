@@ -43,7 +43,8 @@ const SCHEMA: &str = "
 CREATE TABLE sys.availability_groups(
     group_id TEXT, name TEXT, required_synchronized_secondaries_to_commit INTEGER,
     version INTEGER, epoch INTEGER, primary_replica TEXT, cluster_id TEXT,
-    cluster_type_desc TEXT, last_failover_time TEXT, last_failover_reason TEXT,
+    cluster_type_desc TEXT, automated_backup_preference_desc TEXT,
+    last_failover_time TEXT, last_failover_reason TEXT,
     last_failover_from TEXT, last_failover_to TEXT, last_failover_data_lost TEXT,
     last_failover_loss_known BOOLEAN);
 CREATE TABLE sys.availability_replicas(
@@ -192,6 +193,12 @@ impl Snapshot {
             text(match config.cluster_type {
                 crate::group::ClusterType::External => "EXTERNAL",
                 crate::group::ClusterType::None => "NONE",
+            }),
+            text(match config.automated_backup_preference {
+                crate::group::BackupPreference::Primary => "PRIMARY",
+                crate::group::BackupPreference::SecondaryOnly => "SECONDARY_ONLY",
+                crate::group::BackupPreference::Secondary => "SECONDARY",
+                crate::group::BackupPreference::None => "NONE",
             }),
         ];
         row.extend(failover_columns(config.last_failover.as_ref()));
@@ -435,7 +442,7 @@ impl Snapshot {
     pub fn set_failover(&mut self, group: &str, record: Option<&crate::group::FailoverRecord>) {
         for row in &mut self.groups {
             if row[0] == text(group) {
-                row.truncate(8);
+                row.truncate(9);
                 row.extend(failover_columns(record));
             }
         }
@@ -720,6 +727,7 @@ mod tests {
             text("r1"),
             text("c"),
             text("NONE"),
+            text("SECONDARY"),
         ];
         row.extend(failover_columns(None));
         snap.groups.push(row);

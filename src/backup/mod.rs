@@ -72,6 +72,14 @@
 //! backup on a secondary without COPY_ONLY 55000, another restore of it
 //! running 55006. Sessions to a RESTORING database: 55000 at connect.
 //!
+//! # Where backups run
+//! `sys.fn_hadr_backup_is_preferred_replica('db')` answers whether this
+//! replica is the one a backup job should use, from the group's
+//! AUTOMATED_BACKUP_PREFERENCE and each replica's BACKUP_PRIORITY
+//! ([`preferred`]). The primary knows which secondaries are connected; a
+//! secondary knows only itself and its primary, and takes the other
+//! secondaries as available. BACKUP itself runs wherever it is asked.
+//!
 //! # History
 //! Every backup taken on a node is appended to
 //! `DATA_DIR/backup/history.jsonl` and shown by `sys.backup_history`.
@@ -82,18 +90,20 @@
 //! hold its log for the next log backup (`log_reuse_wait_desc =
 //! LOG_BACKUP`): a log truncated by a checkpoint before it was backed up
 //! shows as a gap at restore. Manual seeding (restore, then join a group),
-//! backup preference, a schedule, background verification, object stores
+//! a schedule, background verification, object stores
 //! and the CLI are not here yet.
 
 mod error;
 pub mod format;
 mod history;
+mod preferred;
 mod restore;
 mod take;
 
 pub use error::{BackupError, Result};
 pub use format::{Header, Kind, Manifest};
 pub use history::{read as read_history, Entry as HistoryEntry};
+pub use preferred::{preferred, Candidate};
 pub use restore::{
     header_only, is_restoring, restore, time_text, verify, RestoreRequest, Restored, Stop,
 };

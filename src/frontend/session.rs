@@ -492,6 +492,20 @@ impl Session {
                 let lsn = self.ag.wait_for_copy_sync(&database, &server).await?;
                 Ok(single_text("wait_for_database_copy_sync", &lsn.to_string()))
             }
+            Command::BackupPreferred { database } => {
+                let preferred = self
+                    .ag
+                    .is_preferred_backup_replica(&database)
+                    .unwrap_or(true);
+                Ok(Reply::Rows {
+                    columns: vec![Column {
+                        name: "fn_hadr_backup_is_preferred_replica".into(),
+                        ty: crate::sql::types::ValueType::Int4,
+                    }],
+                    rows: vec![vec![Value::Integer(preferred as i64)]],
+                    tag: "SELECT 1".into(),
+                })
+            }
             Command::NoOp { tag } => Ok(Reply::Done(tag)),
             Command::Ag(sql) => {
                 self.outside_transaction("availability group DDL")?;

@@ -77,6 +77,12 @@ pub enum Command {
         /// The geo-secondary's server.
         server: String,
     },
+    /// `SELECT sys.fn_hadr_backup_is_preferred_replica('db')`: 1 when this
+    /// replica is where backups of `db` should run, else 0.
+    BackupPreferred {
+        /// The database.
+        database: String,
+    },
     /// `DISCARD …`, `DEALLOCATE …`, `LISTEN`/`UNLISTEN`: accepted, nothing to do.
     NoOp {
         /// The command tag to answer with.
@@ -183,6 +189,13 @@ pub fn classify(stmt: &str) -> Command {
             Command::WaitForCopySync {
                 database: tokens[3].unquoted(),
                 server: tokens[5].unquoted(),
+            }
+        }
+        ["select", "sys.fn_hadr_backup_is_preferred_replica", "(", _, ")"]
+            if matches!(&tokens[3], Token::Str(_)) =>
+        {
+            Command::BackupPreferred {
+                database: tokens[3].unquoted(),
             }
         }
         ["discard", ..] => Command::NoOp {
