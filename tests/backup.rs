@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use common::cluster::{planned_failover, wait_failover_ready};
 use common::group::{
-    compare_pages, error_text, exec, ids, pages, query_text, Group, InsertLoad, APP,
-    CATCH_UP_TIMEOUT,
+    compare_pages, error_text, exec, ids, name, pages, query_text, Group, GroupSpec, InsertLoad,
+    APP, CATCH_UP_TIMEOUT,
 };
-use common::{assert_sqlstate, TestServer, DEFAULT_DB};
+use common::{assert_sqlstate, free_port, TestServer, DEFAULT_DB};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -810,4 +810,98 @@ async fn backup_preference_and_priority_pick_one_replica_and_follow_a_failover()
         "PRIMARY follows the failover to r2",
     )
     .await;
+}
+
+/// `log_first_lsn` of `app` on `server` (`sys.databases`).
+async fn log_first_lsn(server: &TestServer) -> u64 {
+    let client = server.client(DEFAULT_DB).await;
+    let rows = ok(
+        &client,
+        "SELECT log_first_lsn FROM sys.databases WHERE name = 'app'",
+    )
+    .await;
+    rows[0][0].as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_image() {
+    let mut nodes = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..3 {
+        let endpoint = free_port();
+        nodes.push(
+            TestServer::builder()
+                .replica(&name(i), endpoint)
+                .start()
+                .await,
+        );
+        endpoints.push(endpoint);
+    }
+    let group = Group {
+        nodes,
+        endpoints,
+        spec: GroupSpec::default(),
+        proxy: None,
+        endpoint_hosts: vec!["127.0.0.1".to_string(); 3],
+    };
+    let r1 = group.nodes[0].client(DEFAULT_DB).await;
+    exec(&r1, "CREATE DATABASE app", "r1").await;
+    let app = group.nodes[0].client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&app, 1..=50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log) = (dir.path().join("full.bak"), dir.path().join("log.bak"));
+    ok(
+        &r1,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    insert(&app, 51..=60).await;
+    ok(&r1, &format!("BACKUP LOG app TO DISK = '{}'", disk(&log))).await;
+    let (_, restored_at) = lsn_range(&r1, &log).await;
+
+    // r3 is seeded by hand: the full backup and the log, WITH NORECOVERY.
+    let r3 = group.nodes[2].client(DEFAULT_DB).await;
+    ok(
+        &r3,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &r3,
+        &format!(
+            "RESTORE LOG app FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    for i in 1..3 {
+        let client = group.nodes[i].client(DEFAULT_DB).await;
+        exec(&client, "ALTER AVAILABILITY GROUP ag1 JOIN", &name(i)).await;
+    }
+    exec(&r1, &group.create_statement(), "r1").await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    exec(
+        &r3,
+        "ALTER DATABASE app SET HADR AVAILABILITY GROUP = ag1",
+        "r3",
+    )
+    .await;
+    insert(&app, 61..=70).await;
+    group.assert_page_identical("after manual seeding").await;
+    assert_eq!(ids(&group.nodes[2], APP, "t").await, range(1..=70));
+    // r3's log starts where its restore ended: the primary continued
+    // there, sending neither a full image nor the log before it (r2, empty
+    // when it joined, took the primary's whole log from LSN 0).
+    assert!(restored_at > 0);
+    assert_eq!(log_first_lsn(&group.nodes[2]).await, restored_at);
+    assert_eq!(log_first_lsn(&group.nodes[1]).await, 0);
 }

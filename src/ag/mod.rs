@@ -231,7 +231,12 @@ impl Manager {
                     group: String::new(),
                     primary: String::new(),
                 };
-                self.engine.create_database_fenced(name, fence)?;
+                // Seeded manually: a restored copy is RESTORING here.
+                let adopted = crate::backup::adopt_restoring(&self.engine, name, fence.clone())
+                    .map_err(|e| Error::sql("55000", e.to_string()))?;
+                if !adopted {
+                    self.engine.create_database_fenced(name, fence)?;
+                }
                 self.engine.database(name)
             }
             Err(e) => Err(e),
@@ -464,8 +469,9 @@ impl Manager {
                     )
                     .with_hint(format!("on the primary: ALTER AVAILABILITY GROUP {group} ADD DATABASE {database}")));
                 }
-                // Seeding is automatic: the database joined when the
-                // primary's definition arrived.
+                // The database joined when the primary's definition arrived:
+                // seeded automatically, or, when it was RESTORING here
+                // (restored WITH NORECOVERY before JOIN), from that copy.
                 Ok("ALTER DATABASE".into())
             }
             AgStatement::ForceFailover { group } => {

@@ -72,6 +72,17 @@
 //! backup on a secondary without COPY_ONLY 55000, another restore of it
 //! running 55006. Sessions to a RESTORING database: 55000 at connect.
 //!
+//! # Manual seeding
+//! A replica can start from a backup instead of the primary's log or a
+//! full image: restore the database there `WITH NORECOVERY` (full, then
+//! logs), then `ALTER AVAILABILITY GROUP … JOIN`. When the primary's
+//! definition arrives, the RESTORING copy becomes the secondary's
+//! database, fenced from its first moment, with its log starting at the
+//! restored LSN ([`adopt_restoring`]); the primary continues from there
+//! (`replication::link::plan_start`), so nothing before it crosses the
+//! network. `ALTER DATABASE … SET HADR AVAILABILITY GROUP` then has nothing
+//! left to do.
+//!
 //! # Where backups run
 //! `sys.fn_hadr_backup_is_preferred_replica('db')` answers whether this
 //! replica is the one a backup job should use, from the group's
@@ -89,9 +100,13 @@
 //! progress is reported when the statement ends. The primary does not yet
 //! hold its log for the next log backup (`log_reuse_wait_desc =
 //! LOG_BACKUP`): a log truncated by a checkpoint before it was backed up
-//! shows as a gap at restore. Manual seeding (restore, then join a group),
-//! a schedule, background verification, object stores
-//! and the CLI are not here yet.
+//! shows as a gap at restore. Manual seeding needs the restore before
+//! JOIN (a database restored after its replica joined was already seeded
+//! automatically, and RESTORE refuses a database of a group); a replica's
+//! SEEDING_MODE is parsed but not kept, so a restored copy older than the
+//! primary's log is seeded with a full image rather than refused. A
+//! schedule, background verification, object stores and the CLI are not
+//! here yet.
 
 mod error;
 pub mod format;
@@ -105,6 +120,7 @@ pub use format::{Header, Kind, Manifest};
 pub use history::{read as read_history, Entry as HistoryEntry};
 pub use preferred::{preferred, Candidate};
 pub use restore::{
-    header_only, is_restoring, restore, time_text, verify, RestoreRequest, Restored, Stop,
+    adopt_restoring, header_only, is_restoring, restore, time_text, verify, RestoreRequest,
+    Restored, Stop,
 };
 pub use take::{take, BackupRequest, Taken};

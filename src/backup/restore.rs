@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{BackupError, Result};
 use super::format::{self, BlockKind, Header, Kind, Reader};
 use super::take::overlay;
-use crate::engine::Engine;
+use crate::engine::{Engine, Fence};
 use crate::log::{Lsn, Record};
 
 /// Where a point-in-time restore stops.
@@ -800,6 +800,37 @@ fn restore_log(
 /// RECOVERY: the RESTORING copy becomes a database of this node, its log
 /// starting at the restored LSN.
 fn recover(engine: &Engine, dir: &Path, database: &str, state: &State) -> Result<()> {
+    recover_fenced(engine, dir, database, state, Fence::Standalone)
+}
+
+/// Manual seeding: a replica joining a group whose database is RESTORING
+/// here takes the restored copy as its secondary database (fenced from its
+/// first moment) instead of an empty one the primary would seed with a
+/// full image; its log starts at the restored LSN, where the primary
+/// continues. Returns false when `database` is not RESTORING here.
+pub fn adopt_restoring(engine: &Engine, database: &str, fence: Fence) -> Result<bool> {
+    let dir = staging(engine.data_dir(), database);
+    if !dir.join("state.json").exists() {
+        return Ok(false);
+    }
+    let _running = Running::start(database)?;
+    let state = read_state(&dir, database)?;
+    recover_fenced(engine, &dir, database, &state, fence)?;
+    tracing::info!(
+        database,
+        lsn = state.end_lsn,
+        "a restored copy joins its group: seeded manually"
+    );
+    Ok(true)
+}
+
+fn recover_fenced(
+    engine: &Engine,
+    dir: &Path,
+    database: &str,
+    state: &State,
+    fence: Fence,
+) -> Result<()> {
     if let Some(pending) = state.pending {
         return Err(BackupError::Chain {
             database: database.to_string(),
@@ -814,6 +845,7 @@ fn recover(engine: &Engine, dir: &Path, database: &str, state: &State) -> Result
         &dir.join("database.db"),
         state.end_lsn,
         state.epoch.max(1),
+        fence,
     )?;
     fs::remove_dir_all(dir).map_err(io(dir, "remove"))?;
     Ok(())

@@ -209,15 +209,18 @@ impl Engine {
 
     /// Makes the file at `file` (a restored copy, page images only) the
     /// database `name`, its log starting at `lsn` in `epoch` (the restore's
-    /// end): the log is set up first, then the file moved in, then it is
-    /// opened. An existing database of that name is replaced (refused
-    /// while a session uses it); the caller decides whether it may be.
+    /// end), with write fence `fence` from its first moment (a secondary's
+    /// copy when a replica is seeded manually): the log is set up first,
+    /// then the file moved in, then it is opened. An existing database of
+    /// that name is replaced (refused while a session uses it); the caller
+    /// decides whether it may be.
     pub fn install_database(
         &self,
         name: &str,
         file: &Path,
         lsn: crate::log::Lsn,
         epoch: u64,
+        fence: Fence,
     ) -> Result<()> {
         validate_name(name)?;
         let mut databases = self.lock();
@@ -246,6 +249,7 @@ impl Engine {
         })?;
         sync_dir(&self.dir)?;
         let db = Database::open(name, &path, &log_dir)?;
+        db.set_fence(fence)?;
         databases.insert(name.to_string(), Arc::new(db));
         Ok(())
     }
