@@ -905,3 +905,56 @@ async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_
     assert_eq!(log_first_lsn(&group.nodes[2]).await, restored_at);
     assert_eq!(log_first_lsn(&group.nodes[1]).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
+    let (server, _app, _full, dir) = standalone_with_backup(40).await;
+    let file = dir.path().join("cli.bak");
+    let port = server.port().to_string();
+    let run = |args: Vec<String>| {
+        let mut cmd = std::process::Command::new(common::availdb_bin());
+        cmd.args(args);
+        common::run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+    let path = file.display().to_string();
+    let out = run([
+        "backup",
+        "app",
+        "--to",
+        &path,
+        "--compression",
+        "--checksum",
+        "--port",
+        &port,
+    ]
+    .map(String::from)
+    .to_vec());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "availdb backup: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("BACKUP DATABASE successfully processed"),
+        "{stdout}"
+    );
+    let out = run(["restore", "y", "--from", &path, "--port", &port]
+        .map(String::from)
+        .to_vec());
+    assert!(
+        out.status.success(),
+        "availdb restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids(&server, "y", "t").await, range(1..=40));
+    // A refusal is the command's error, with the node's hint.
+    let out = run(["restore", "y", "--from", &path, "--port", &port]
+        .map(String::from)
+        .to_vec());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("42P04") && stderr.contains("REPLACE"),
+        "{stderr}"
+    );
+}

@@ -105,8 +105,9 @@
 //! automatically, and RESTORE refuses a database of a group); a replica's
 //! SEEDING_MODE is parsed but not kept, so a restored copy older than the
 //! primary's log is seeded with a full image rather than refused. A
-//! schedule, background verification, object stores and the CLI are not
-//! here yet.
+//! schedule, background verification and object stores are not here yet;
+//! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
+//! statements on a live node.
 
 mod error;
 pub mod format;

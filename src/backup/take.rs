@@ -79,6 +79,22 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
             return Err(e);
         }
     };
+    if request.checksum {
+        // WITH CHECKSUM: read the whole file back before it takes its name.
+        let path = partial.clone();
+        let verified = tokio::task::spawn_blocking(move || super::restore::verify(&path))
+            .await
+            .map_err(|e| BackupError::Io {
+                what: "verify",
+                path: partial.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
+            .and_then(|r| r);
+        if let Err(e) = verified {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+    }
     let publish = || -> std::io::Result<()> {
         fs::File::open(&partial)?.sync_all()?;
         fs::rename(&partial, &request.path)?;
@@ -94,16 +110,6 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
             path: request.path.clone(),
             source,
         });
-    }
-    if request.checksum {
-        let path = request.path.clone();
-        tokio::task::spawn_blocking(move || super::restore::verify(&path))
-            .await
-            .map_err(|e| BackupError::Io {
-                what: "verify",
-                path: request.path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
     }
     taken.duration = started.elapsed();
     history::append(data_dir, &Entry::of(&taken, &request.path, taken.duration)).map_err(
@@ -150,9 +156,13 @@ fn log_error(db: &Database, e: LogError) -> BackupError {
 /// The newest LSN at or before the log's end where a transaction ends:
 /// every record before it is whole, and (read after the snapshot began and
 /// commits settled) every transaction the snapshot holds is before it.
+/// The log remembers no boundary only when no transaction ended since it
+/// was opened with a partial one at its end; redo, which applies whole
+/// transactions, is then still at `floor` (the applied LSN read before).
 fn settled_end(log: &Log, floor: Lsn) -> Lsn {
-    let end = log.end_lsn();
-    log.boundary_at_or_before(end).unwrap_or(end).max(floor)
+    log.boundary_at_or_before(log.end_lsn())
+        .unwrap_or(floor)
+        .max(floor)
 }
 
 /// Where the log portion starts: the start of the transaction that ends at
@@ -400,7 +410,7 @@ async fn log_backup(
 ) -> Result<Taken> {
     db.commits_settled().await;
     let log = db.log().clone();
-    let end = settled_end(&log, log.first_lsn());
+    let end = settled_end(&log, db.applied_lsn().max(log.first_lsn()));
     log.wait_durable(end).await.map_err(|e| log_error(db, e))?;
     // Start one transaction before where this node's last backup of the
     // database ended; a node that knows of none (a new primary after a

@@ -20,6 +20,7 @@ use crate::frontend::{Frontend, FrontendConfig};
 use crate::listener::{ListenerOptions, Listeners};
 use crate::replication::secondary::serve_endpoint;
 
+pub mod backup;
 pub mod cluster;
 pub mod listener;
 pub mod traffic;
@@ -55,6 +56,10 @@ pub enum Command {
     /// Upgrade an application from V1 to V2 with a read-only window as
     /// long as its upgrade script (`availdb upgrade PLAN.toml`).
     Upgrade(upgrade::UpgradeArgs),
+    /// Back up a database of a running node (BACKUP DATABASE | LOG).
+    Backup(backup::BackupArgs),
+    /// Restore a database on a running node (RESTORE DATABASE | LOG).
+    Restore(backup::RestoreArgs),
 }
 
 /// `availdb server` options.
