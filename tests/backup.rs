@@ -958,3 +958,112 @@ async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
         "{stderr}"
     );
 }
+
+/// A tmpfs the test mounts itself (needs root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mb: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "availdb-test"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// Fills the file system holding `dir` up to `leave` free bytes with one
+/// file, which it returns.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let c = std::ffi::CString::new(dir.display().to_string()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let filler = dir.join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0xa5u8; 1 << 16];
+    let mut written = 0u64;
+    while written + leave + block.len() as u64 <= free {
+        std::io::Write::write_all(&mut &f, &block).unwrap();
+        written += block.len() as u64;
+    }
+    f.sync_all().unwrap();
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_during_backup_or_restore_fails_with_58030_leaves_nothing_and_a_retry_works() {
+    let server = TestServer::builder().tmpfs_data(64).start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "create t",
+    )
+    .await;
+    exec(
+        &app,
+        "INSERT INTO t(id, v) SELECT value, randomblob(1000) FROM generate_series(1, 6000)",
+        "6 MB of rows",
+    )
+    .await;
+
+    // BACKUP to a disk with 2 MiB: refused, nothing under the name.
+    let small = SmallDisk::mount(2);
+    let full_on_small = small.dir.path().join("full.bak");
+    let sql = format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full_on_small));
+    let result = run(&admin, &sql).await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.to_lowercase().contains("no space"), "{message}");
+    assert_sqlstate(result, &state("58030"), &sql);
+    let left: Vec<_> = std::fs::read_dir(small.dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "a failed backup left {left:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.bak");
+    ok(
+        &admin,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+
+    // RESTORE onto a full data directory: refused, nothing RESTORING.
+    let filler = fill(&server.data_dir(), 1 << 20);
+    let sql = format!(
+        "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+        disk(&full)
+    );
+    let result = run(&admin, &sql).await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.to_lowercase().contains("no space"), "{message}");
+    assert_sqlstate(result, &state("58030"), &sql);
+    let restoring = server.data_dir().join("restoring");
+    let left: Vec<_> = std::fs::read_dir(&restoring)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed restore left {left:?}");
+    std::fs::remove_file(filler).unwrap();
+    ok(&admin, &sql).await;
+    ok(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
+    assert_eq!(ids(&server, "x", "t").await.len(), 6000);
+    drop(small);
+}
