@@ -1067,3 +1067,94 @@ async fn a_full_disk_during_backup_or_restore_fails_with_58030_leaves_nothing_an
     assert_eq!(ids(&server, "x", "t").await.len(), 6000);
     drop(small);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_backup_on_a_writable_database_under_writes_restores_to_a_consistent_prefix() {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "create load",
+    )
+    .await;
+    let load = InsertLoad::start(server.client(APP).await, "load", 1, 100_000);
+    load.wait_acked(300, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bounds = Vec::new();
+    // Several backups while the load runs, each restored to a prefix.
+    for i in 0..3 {
+        let path = dir.path().join(format!("full{i}.bak"));
+        let before = load.acked_count() as i64;
+        ok(
+            &admin,
+            &format!(
+                "BACKUP DATABASE app TO DISK = '{}' WITH COMPRESSION",
+                disk(&path)
+            ),
+        )
+        .await;
+        let after = load.acked_count() as i64;
+        bounds.push((path, before, after));
+        load.wait_acked(after as usize + 50, Duration::from_secs(60))
+            .await;
+    }
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    for (i, (path, before, after)) in bounds.iter().enumerate() {
+        let db = format!("copy{i}");
+        ok(
+            &admin,
+            &format!("RESTORE DATABASE {db} FROM DISK = '{}'", disk(path)),
+        )
+        .await;
+        let restored = ids(&server, &db, "load").await;
+        let k = restored.len() as i64;
+        assert_eq!(
+            restored,
+            range(1..=k),
+            "backup {i}: the restored rows are not a prefix"
+        );
+        assert!(
+            k >= *before && k <= after + 1,
+            "backup {i} holds {k} rows; {before} were acknowledged before BACKUP and {after} when it returned"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_statements_work_over_the_extended_protocol() {
+    let (server, _app, full, dir) = standalone_with_backup(5).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let rows = admin
+        .query(
+            &format!("RESTORE HEADERONLY FROM DISK = '{}'", disk(&full)),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("HEADERONLY: {}", error_text(&e)));
+    assert_eq!(rows[0].get::<_, String>("backup_type"), "DATABASE");
+    assert_eq!(rows[0].get::<_, String>("database_name"), "app");
+    assert!(rows[0].get::<_, bool>("is_compressed"));
+    assert!(rows[0].get::<_, i64>("last_lsn") >= rows[0].get::<_, i64>("first_lsn"));
+    let log = dir.path().join("log.bak");
+    admin
+        .execute(&format!("BACKUP LOG app TO DISK = '{}'", disk(&log)), &[])
+        .await
+        .unwrap_or_else(|e| panic!("BACKUP LOG: {}", error_text(&e)));
+    let preferred = admin
+        .query_one("SELECT sys.fn_hadr_backup_is_preferred_replica('app')", &[])
+        .await
+        .unwrap_or_else(|e| panic!("fn_hadr_backup_is_preferred_replica: {}", error_text(&e)));
+    assert_eq!(
+        preferred.get::<_, i32>(0),
+        1,
+        "a database outside any group backs up here"
+    );
+}

@@ -82,6 +82,52 @@ fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs.max(1e-6)
 }
 
+/// The columns of `RESTORE HEADERONLY`.
+fn header_columns() -> Vec<Column> {
+    [
+        ("backup_type", ValueType::Text),
+        ("database_name", ValueType::Text),
+        ("group_name", ValueType::Text),
+        ("replica_name", ValueType::Text),
+        ("first_lsn", ValueType::Int8),
+        ("last_lsn", ValueType::Int8),
+        ("is_copy_only", ValueType::Bool),
+        ("is_compressed", ValueType::Bool),
+        ("backup_start_date", ValueType::Text),
+        ("backup_finish_date", ValueType::Text),
+        ("first_commit_time", ValueType::Text),
+        ("last_commit_time", ValueType::Text),
+        ("page_size", ValueType::Int8),
+        ("database_pages", ValueType::Int8),
+        ("backup_size", ValueType::Int8),
+        ("backup_id", ValueType::Text),
+        ("format_version", ValueType::Int8),
+    ]
+    .into_iter()
+    .map(|(name, ty)| Column {
+        name: name.into(),
+        ty,
+    })
+    .collect()
+}
+
+/// The columns a BACKUP or RESTORE statement answers with (the extended
+/// protocol describes them before it runs): only HEADERONLY has rows.
+pub(super) fn columns(sql: &str) -> Vec<Column> {
+    match crate::sql::backup::parse(sql) {
+        Ok(BackupStatement::HeaderOnly { .. }) => header_columns(),
+        _ => Vec::new(),
+    }
+}
+
+/// The column of `SELECT sys.fn_hadr_backup_is_preferred_replica('db')`.
+pub(super) fn preferred_column() -> Column {
+    Column {
+        name: "fn_hadr_backup_is_preferred_replica".into(),
+        ty: ValueType::Int4,
+    }
+}
+
 /// Runs one BACKUP or RESTORE statement.
 pub(super) async fn execute(
     engine: &Arc<Engine>,
@@ -222,25 +268,6 @@ pub(super) async fn execute(
                     Value::Text(backup::time_text(us))
                 }
             };
-            let columns = [
-                ("backup_type", ValueType::Text),
-                ("database_name", ValueType::Text),
-                ("group_name", ValueType::Text),
-                ("replica_name", ValueType::Text),
-                ("first_lsn", ValueType::Int8),
-                ("last_lsn", ValueType::Int8),
-                ("is_copy_only", ValueType::Bool),
-                ("is_compressed", ValueType::Bool),
-                ("backup_start_date", ValueType::Text),
-                ("backup_finish_date", ValueType::Text),
-                ("first_commit_time", ValueType::Text),
-                ("last_commit_time", ValueType::Text),
-                ("page_size", ValueType::Int8),
-                ("database_pages", ValueType::Int8),
-                ("backup_size", ValueType::Int8),
-                ("backup_id", ValueType::Text),
-                ("format_version", ValueType::Int8),
-            ];
             let row = vec![
                 Value::Text(
                     match h.kind {
@@ -268,13 +295,7 @@ pub(super) async fn execute(
             ];
             Ok(Done {
                 reply: Reply::Rows {
-                    columns: columns
-                        .into_iter()
-                        .map(|(name, ty)| Column {
-                            name: name.into(),
-                            ty,
-                        })
-                        .collect(),
+                    columns: header_columns(),
                     rows: vec![row],
                     tag: "SELECT 1".into(),
                 },

@@ -1233,6 +1233,8 @@ impl Prepared {
             Command::Show { name } => text(name),
             Command::SessionUser => text("current_user"),
             Command::CurrentSchema => text("current_schema"),
+            Command::Backup(sql) => backup::columns(sql),
+            Command::BackupPreferred { .. } => vec![backup::preferred_column()],
             _ => self
                 .described
                 .as_ref()

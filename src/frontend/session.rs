@@ -498,10 +498,7 @@ impl Session {
                     .is_preferred_backup_replica(&database)
                     .unwrap_or(true);
                 Ok(Reply::Rows {
-                    columns: vec![Column {
-                        name: "fn_hadr_backup_is_preferred_replica".into(),
-                        ty: crate::sql::types::ValueType::Int4,
-                    }],
+                    columns: vec![super::backup::preferred_column()],
                     rows: vec![vec![Value::Integer(preferred as i64)]],
                     tag: "SELECT 1".into(),
                 })
