@@ -497,6 +497,15 @@ impl<W: Write> Writer<W> {
     /// Appends one block; returns its stored size.
     pub fn block(&mut self, block: &Block) -> std::io::Result<u64> {
         let bytes = encode_block(block, self.compress)?;
+        self.encoded(bytes)
+    }
+
+    /// Appends a block [`encode_block`] encoded (on another thread, say)
+    /// with [`Writer::compresses`]; returns its size.
+    pub fn encoded(&mut self, bytes: Vec<u8>) -> std::io::Result<u64> {
+        if bytes.len() < BLOCK_HEADER {
+            return Err(std::io::Error::other("not an encoded block"));
+        }
         self.blocks.push(BlockRef {
             offset: self.at,
             stored: (bytes.len() - BLOCK_HEADER) as u32,
@@ -505,6 +514,11 @@ impl<W: Write> Writer<W> {
         self.out.write_all(&bytes)?;
         self.at += bytes.len() as u64;
         Ok(bytes.len() as u64)
+    }
+
+    /// Whether blocks are compressed (the header's flag).
+    pub fn compresses(&self) -> bool {
+        self.compress
     }
 
     /// Writes the manifest (its block list filled in here) and the trailer;

@@ -96,8 +96,9 @@
 //! `DATA_DIR/backup/history.jsonl` and shown by `sys.backup_history`.
 //!
 //! # Known limits
-//! Pages are read and compressed on one thread; STATS is accepted, and
-//! progress is reported when the statement ends. The primary does not yet
+//! Pages are read from the snapshot on one thread (SQLite's), compressed
+//! on up to four and written in order by one; restores decompress on one.
+//! STATS is accepted, and progress is reported when the statement ends. The primary does not yet
 //! hold its log for the next log backup (`log_reuse_wait_desc =
 //! LOG_BACKUP`): a log truncated by a checkpoint before it was backed up
 //! shows as a gap at restore. Manual seeding needs the restore before

@@ -13,6 +13,15 @@ use super::history::{self, Entry};
 use crate::engine::Database;
 use crate::log::{Log, LogError, Lsn, Record};
 
+/// Most threads that compress a full backup's blocks at once.
+const COMPRESSORS: usize = 4;
+
+fn compressors() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, COMPRESSORS)
+}
+
 /// Raw bytes of log records per log block.
 const LOG_BLOCK_BYTES: u64 = 8 << 20;
 
@@ -338,29 +347,76 @@ async fn full(
         let mut hashes: Vec<u32> = Vec::new();
         let mut pages = 0u64;
         let mut failed: Option<BackupError> = None;
-        let copied = crate::engine::image::for_each_image_part(conn, epoch, |part| {
-            if read_ends.has_changed().unwrap_or(false) {
-                failed = Some(BackupError::Interrupted {
-                    database: db.name().to_string(),
+        // This thread reads the snapshot's pages; up to COMPRESSORS threads
+        // encode (compress, checksum) the blocks; one writes them in order.
+        let compress = out.compresses();
+        let workers = if compress { compressors() } else { 1 };
+        let (copied, written) = std::thread::scope(|scope| {
+            let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Block)>(workers);
+            let work_rx = Arc::new(std::sync::Mutex::new(work_rx));
+            let (done_tx, done_rx) =
+                std::sync::mpsc::sync_channel::<(u64, std::io::Result<Vec<u8>>)>(workers);
+            for _ in 0..workers {
+                let (rx, tx) = (work_rx.clone(), done_tx.clone());
+                scope.spawn(move || loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((seq, block)) = next else { break };
+                    if tx
+                        .send((seq, format::encode_block(&block, compress)))
+                        .is_err()
+                    {
+                        break;
+                    }
                 });
-                return Err(crate::engine::Error::Canceled);
             }
-            pages += part.pages.len() as u64;
-            overlay(&mut hashes, &part);
-            let block = Block {
-                kind: BlockKind::Pages,
-                image_start: part.starts_image(),
-                image_more: part.image_continues(),
-                count: part.pages.len() as u32,
-                db_size: part.db_size,
-                payload: format::pages_payload(&part.pages),
-            };
-            if let Err(e) = out.block(&block) {
-                failed = Some(io(&partial, "write the backup to")(e));
-                return Err(crate::engine::Error::Canceled);
-            }
-            Ok(())
+            drop((work_rx, done_tx));
+            let out = &mut out;
+            let writer = scope.spawn(move || -> std::io::Result<()> {
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut next = 0u64;
+                for (seq, encoded) in done_rx {
+                    waiting.insert(seq, encoded?);
+                    while let Some(bytes) = waiting.remove(&next) {
+                        out.encoded(bytes)?;
+                        next += 1;
+                    }
+                }
+                Ok(())
+            });
+            let mut seq = 0u64;
+            let copied = crate::engine::image::for_each_image_part(conn, epoch, |part| {
+                if read_ends.has_changed().unwrap_or(false) {
+                    failed = Some(BackupError::Interrupted {
+                        database: db.name().to_string(),
+                    });
+                    return Err(crate::engine::Error::Canceled);
+                }
+                pages += part.pages.len() as u64;
+                overlay(&mut hashes, &part);
+                let block = Block {
+                    kind: BlockKind::Pages,
+                    image_start: part.starts_image(),
+                    image_more: part.image_continues(),
+                    count: part.pages.len() as u32,
+                    db_size: part.db_size,
+                    payload: format::pages_payload(&part.pages),
+                };
+                if work_tx.send((seq, block)).is_err() {
+                    // The writer stopped: its error is reported below.
+                    return Err(crate::engine::Error::Canceled);
+                }
+                seq += 1;
+                Ok(())
+            });
+            drop(work_tx);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(std::io::Error::other("the backup's writer thread panicked"))
+            });
+            (copied, written)
         });
+        if let Err(e) = written {
+            failed.get_or_insert(io(&partial, "write the backup to")(e));
+        }
         let _ = conn.execute_batch("COMMIT");
         drop(reader);
         if let Some(e) = failed {
