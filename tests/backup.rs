@@ -1158,3 +1158,125 @@ async fn backup_statements_work_over_the_extended_protocol() {
         "a database outside any group backs up here"
     );
 }
+
+/// `(log_first_lsn, log_reuse_wait_desc)` of `app` on `server`.
+async fn log_state(server: &TestServer) -> (u64, String) {
+    let client = server.client(DEFAULT_DB).await;
+    let rows = ok(
+        &client,
+        "SELECT log_first_lsn, log_reuse_wait_desc FROM sys.databases WHERE name = 'app'",
+    )
+    .await;
+    (
+        rows[0][0].as_deref().unwrap().parse().unwrap(),
+        rows[0][1].clone().unwrap_or_default(),
+    )
+}
+
+/// Writes about `mb` MiB to `t` in transactions of about 1 MiB, ids from
+/// `first`; returns the next free id.
+async fn write_mb(client: &Client, first: i64, mb: i64) -> i64 {
+    let mut id = first;
+    for _ in 0..mb {
+        exec(
+            client,
+            &format!(
+                "INSERT INTO t(id, v) SELECT value, randomblob(3000) FROM generate_series({id}, {})",
+                id + 339
+            ),
+            "1 MiB of rows",
+        )
+        .await;
+        id += 340;
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_chain_keeps_the_log_until_the_next_log_backup() {
+    let mut server = TestServer::start().await;
+    server.set_env("AVAILDB_LOG_SEGMENT_BYTES", Some("65536"));
+    server.restart().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "create t",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log1, log2) = (
+        dir.path().join("full.bak"),
+        dir.path().join("log1.bak"),
+        dir.path().join("log2.bak"),
+    );
+    ok(
+        &admin,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    let (_, full_end) = lsn_range(&admin, &full).await;
+    // Checkpoints come after 4000 WAL frames (16 MiB): write past two.
+    let next = write_mb(&app, 1, 40).await;
+    let (first, wait) = log_state(&server).await;
+    assert!(
+        first < full_end,
+        "the log was truncated to {first}, past the chain's end {full_end}"
+    );
+    assert_eq!(wait, "LOG_BACKUP");
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    let (_, log1_end) = lsn_range(&admin, &log1).await;
+    let next = write_mb(&app, next, 40).await;
+    let (first, _) = log_state(&server).await;
+    assert!(
+        first > full_end,
+        "after the log backup the log was not truncated: it starts at {first}"
+    );
+    assert!(
+        first < log1_end,
+        "the log was truncated to {first}, past the chain's end {log1_end}"
+    );
+    // The hold survives a restart (the node's backup history).
+    server.restart().await;
+    let app = server.client(APP).await;
+    let next = write_mb(&app, next, 40).await;
+    let (first, _) = log_state(&server).await;
+    assert!(
+        first < log1_end,
+        "after a restart the log was truncated to {first}, past {log1_end}"
+    );
+    let admin = server.client(DEFAULT_DB).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log1)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}' WITH RECOVERY", disk(&log2)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=next - 1));
+}

@@ -252,14 +252,18 @@ impl Snapshot {
     }
 
     /// Adds a database of the node, with why its log cannot be truncated
-    /// (SQL Server's `log_reuse_wait_desc`): a replica still needs records
+    /// (SQL Server's `log_reuse_wait_desc`): the next log backup needs
+    /// records (`LOG_BACKUP`), a replica still needs records
     /// (`AVAILABILITY_REPLICA`), records wait for a checkpoint
     /// (`CHECKPOINT`), or `NOTHING`.
     pub fn add_database(&mut self, db: &crate::engine::Database) {
         let log = db.log();
         let checkpoint = crate::log::read_checkpoint(db.log_dir()).unwrap_or(0);
         let first = log.first_lsn();
-        let wait = if db.retain_from() < checkpoint {
+        let hold = db.log_backup_hold();
+        let wait = if hold < checkpoint && hold <= db.retain_from() {
+            "LOG_BACKUP"
+        } else if db.retain_from() < checkpoint {
             "AVAILABILITY_REPLICA"
         } else if log.end_lsn() > checkpoint {
             "CHECKPOINT"

@@ -41,6 +41,10 @@ pub struct Entry {
     pub group: String,
     /// The replica that took it.
     pub replica: String,
+    /// Where the next log backup starts (one transaction before this
+    /// one's end); None in entries written before it was recorded.
+    #[serde(default)]
+    pub next_from: Option<u64>,
 }
 
 impl Entry {
@@ -63,6 +67,7 @@ impl Entry {
             duration_ms: duration.as_millis() as u64,
             group: taken.header.group.clone(),
             replica: taken.header.replica.clone(),
+            next_from: Some(taken.next_from),
         }
     }
 }

@@ -98,10 +98,12 @@
 //! # Known limits
 //! Pages are read from the snapshot on one thread (SQLite's), compressed
 //! on up to four and written in order by one; restores decompress on one.
-//! STATS is accepted, and progress is reported when the statement ends. The primary does not yet
-//! hold its log for the next log backup (`log_reuse_wait_desc =
-//! LOG_BACKUP`): a log truncated by a checkpoint before it was backed up
-//! shows as a gap at restore. Manual seeding needs the restore before
+//! STATS is accepted, and progress is reported when the statement ends.
+//! A node holds its own log for the next log backup once it took a backup
+//! that is not copy-only (`log_reuse_wait_desc = LOG_BACKUP`), but a
+//! secondary's log backups do not hold the primary's log: after a failover
+//! the new primary's log may have been truncated past the chain's end,
+//! which shows as a gap at restore. Manual seeding needs the restore before
 //! JOIN (a database restored after its replica joined was already seeded
 //! automatically, and RESTORE refuses a database of a group); a replica's
 //! SEEDING_MODE is parsed but not kept, so a restored copy older than the
@@ -125,4 +127,4 @@ pub use restore::{
     adopt_restoring, header_only, is_restoring, restore, time_text, verify, RestoreRequest,
     Restored, Stop,
 };
-pub use take::{take, BackupRequest, Taken};
+pub use take::{hold_logs, take, BackupRequest, Taken};

@@ -59,6 +59,24 @@ pub struct Taken {
     pub pages: u64,
     /// Log records carried.
     pub records: u64,
+    /// Where the next log backup starts: one transaction before the end.
+    pub next_from: Lsn,
+}
+
+/// At start-up: holds each database's log for the next log backup of the
+/// chain this node's history shows (its newest backup that is not
+/// copy-only), as [`take`] did when that backup was taken.
+pub fn hold_logs(engine: &crate::engine::Engine) {
+    let entries = history::read(engine.data_dir()).unwrap_or_default();
+    for name in engine.names() {
+        let newest = entries
+            .iter()
+            .filter(|e| e.database == name && !e.copy_only)
+            .max_by_key(|e| e.end_lsn);
+        if let (Some(from), Ok(db)) = (newest.and_then(|e| e.next_from), engine.database(&name)) {
+            db.hold_log_for_backups(from);
+        }
+    }
 }
 
 /// Takes a backup of `db` as `request` says, records it in the node's
@@ -121,6 +139,11 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
         });
     }
     taken.duration = started.elapsed();
+    taken.next_from = one_transaction_before(db.log(), taken.header.end_lsn);
+    if !request.copy_only {
+        // A backup chain is in use: the log stays until the next log backup.
+        db.hold_log_for_backups(taken.next_from);
+    }
     history::append(data_dir, &Entry::of(&taken, &request.path, taken.duration)).map_err(
         |source| BackupError::Io {
             what: "record the backup in",
@@ -447,6 +470,7 @@ async fn full(
             duration: Duration::ZERO,
             pages,
             records,
+            next_from: end,
         })
     })
     .await
@@ -472,15 +496,16 @@ async fn log_backup(
     // database ended; a node that knows of none (a new primary after a
     // failover) starts where its log starts. Overlap is harmless: a restore
     // skips what it holds, after checking the overlapping record is the same.
-    let known_end = history::read(data_dir)
+    let known = history::read(data_dir)
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.database == db.name())
-        .map(|e| e.end_lsn)
-        .filter(|lsn| *lsn <= end)
-        .max();
-    let from = match known_end {
-        Some(lsn) if lsn >= log.first_lsn() => one_transaction_before(&log, lsn),
+        .filter(|e| e.database == db.name() && e.end_lsn <= end)
+        .max_by_key(|e| e.end_lsn);
+    let from = match known {
+        Some(e) if e.next_from.is_some_and(|n| n >= log.first_lsn()) => {
+            e.next_from.unwrap_or(e.end_lsn)
+        }
+        Some(e) if e.end_lsn >= log.first_lsn() => one_transaction_before(&log, e.end_lsn),
         _ => log.first_lsn(),
     };
     let epoch = db.epoch_history().last().map_or(1, |(e, _)| *e);
@@ -520,6 +545,7 @@ async fn log_backup(
             duration: Duration::ZERO,
             pages: 0,
             records,
+            next_from: end,
         })
     })
     .await

@@ -269,6 +269,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     engine
         .memory()
         .set_limits(config.session_memory, config.node_memory);
+    // A backup chain in use keeps each database's log for its next log backup.
+    crate::backup::hold_logs(&engine);
     if let Some(endpoint) = config.endpoint {
         crate::net::set_source(endpoint);
     }
