@@ -94,6 +94,7 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
             ),
         });
     }
+    let _writing = Writing::start(&request.path)?;
     let partial = partial_path(&request.path);
     let outcome = match request.kind {
         Kind::Full => full(&db, &request, &partial, started_us).await,
@@ -153,6 +154,39 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
     )?;
     tracing::info!(database = %db.name(), path = %request.path.display(), first = taken.header.first_lsn, end = taken.header.end_lsn, bytes = taken.size, "backup taken");
     Ok(taken)
+}
+
+static WRITING: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+    std::sync::Mutex::new(None);
+
+/// One BACKUP at a time per destination file on this node (they would
+/// share the `.partial` file).
+struct Writing(PathBuf);
+
+impl Writing {
+    fn start(path: &Path) -> Result<Writing> {
+        let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        if !writing
+            .get_or_insert_with(Default::default)
+            .insert(path.to_path_buf())
+        {
+            return Err(BackupError::Io {
+                what: "write the backup to",
+                path: path.to_path_buf(),
+                source: std::io::Error::other("another BACKUP is writing this file"),
+            });
+        }
+        Ok(Writing(path.to_path_buf()))
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = writing.as_mut() {
+            set.remove(&self.0);
+        }
+    }
 }
 
 fn partial_path(path: &Path) -> PathBuf {
