@@ -466,6 +466,25 @@ async fn a_bit_flipped_backup_is_refused_with_xx001_by_restore_and_by_verifyonly
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn restore_into_a_name_that_is_not_a_database_name_is_refused_with_42602() {
+    let (server, _app, full, _dir) = standalone_with_backup(5).await;
+    let admin = server.client(DEFAULT_DB).await;
+    for name in ["\"../escape\"", "\"a b\"", "[x/y]"] {
+        let sql = format!(
+            "RESTORE DATABASE {name} FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        );
+        assert_sqlstate(run(&admin, &sql).await, &state("42602"), &sql);
+    }
+    assert!(!server.data_dir().join("escape").exists());
+    let restoring = server.data_dir().join("restoring");
+    let left: Vec<_> = std::fs::read_dir(&restoring)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a refused restore left {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_foreign_file_is_refused_with_22023_as_not_a_backup() {
     let (server, _app, _full, _dir) = standalone_with_backup(5).await;
     let admin = server.client(DEFAULT_DB).await;

@@ -70,7 +70,8 @@
 //! 55000, STOPAT outside the backups 22023, database exists 42P04, not
 //! RESTORING / already RESTORING / secondary NOT SYNCHRONIZING / full
 //! backup on a secondary without COPY_ONLY 55000, another restore of it
-//! running 55006. Sessions to a RESTORING database: 55000 at connect.
+//! running 55006, a database name that is not one (it becomes a path) 42602.
+//! Sessions to a RESTORING database: 55000 at connect.
 //!
 //! # Manual seeding
 //! A replica can start from a backup instead of the primary's log or a

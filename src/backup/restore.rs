@@ -524,6 +524,8 @@ pub fn time_text(us: i64) -> String {
 
 /// Runs one RESTORE (blocking: call from a blocking task).
 pub fn restore(engine: &Engine, data_dir: &Path, request: &RestoreRequest) -> Result<Restored> {
+    // The name becomes a path under the data directory: check it first.
+    crate::engine::validate_database_name(&request.database)?;
     let _running = Running::start(&request.database)?;
     let dir = staging(data_dir, &request.database);
     match (&request.path, request.kind) {

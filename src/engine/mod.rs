@@ -333,6 +333,12 @@ fn database_name_of(path: &Path) -> Option<String> {
 }
 
 /// Database names become file names: keep them to identifiers.
+/// Refuses a database name that cannot be a file name (42602): 1-63
+/// letters, digits or underscores, starting with a letter or underscore.
+pub fn validate_database_name(name: &str) -> Result<()> {
+    validate_name(name)
+}
+
 fn validate_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let first_ok = chars
