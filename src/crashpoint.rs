@@ -16,6 +16,9 @@
 //! | `log.restart.history` | … replaced the epoch history |
 //! | `log.restart.checkpoint` | … wrote the checkpoint, before removing the intent |
 //! | `log.append.failed` | a log write failed, before it is cut back |
+//! | `backup.pages_written` | a full backup wrote its pages, not yet its log or manifest (the file is still `.partial`) |
+//! | `restore.built` | a RESTORE DATABASE built and checked its copy, before it becomes RESTORING |
+//! | `restore.log_written` | a RESTORE LOG wrote its records, before the restore's state records it |
 //! | `upgrade.read_only` | `availdb upgrade` step 3: production is READ_ONLY, the step not recorded as done |
 //! | `upgrade.terminated` | step 4: the planned termination returned, its guards not checked |
 //! | `upgrade.script_ran` | step 5: the upgrade script ran, the smoke check not yet |

@@ -817,6 +817,7 @@ async fn safety_rule_6_a_peer_from_another_cluster_is_refused() {
         health_check_timeout_ms: 5000,
         listener: None,
         database_options: Default::default(),
+        automated_backup_preference: Default::default(),
     };
     let mut conn = wire_connect(group.endpoints[1]).await;
     wire_send(
@@ -962,6 +963,7 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         health_check_timeout_ms: 5000,
         listener: None,
         database_options: Default::default(),
+        automated_backup_preference: Default::default(),
     };
     let hello = || Message::Hello {
         cluster_id: cluster.into(),

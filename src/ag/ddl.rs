@@ -227,5 +227,21 @@ pub(super) fn new_group(spec: ddl::GroupSpec, node: &str) -> Result<GroupConfig>
             .map_or(5_000, u64::from),
         listener: spec.listener.as_ref().map(listener_config).transpose()?,
         database_options: Default::default(),
+        automated_backup_preference: spec
+            .options
+            .automated_backup_preference
+            .map(backup_preference)
+            .unwrap_or_default(),
     })
+}
+
+/// The group vocabulary's AUTOMATED_BACKUP_PREFERENCE for the parser's.
+pub(crate) fn backup_preference(p: ddl::BackupPreference) -> crate::group::BackupPreference {
+    use crate::group::BackupPreference as B;
+    match p {
+        ddl::BackupPreference::Primary => B::Primary,
+        ddl::BackupPreference::SecondaryOnly => B::SecondaryOnly,
+        ddl::BackupPreference::Secondary => B::Secondary,
+        ddl::BackupPreference::None => B::None,
+    }
 }

@@ -231,7 +231,12 @@ impl Manager {
                     group: String::new(),
                     primary: String::new(),
                 };
-                self.engine.create_database_fenced(name, fence)?;
+                // Seeded manually: a restored copy is RESTORING here.
+                let adopted = crate::backup::adopt_restoring(&self.engine, name, fence.clone())
+                    .map_err(|e| Error::sql("55000", e.to_string()))?;
+                if !adopted {
+                    self.engine.create_database_fenced(name, fence)?;
+                }
                 self.engine.database(name)
             }
             Err(e) => Err(e),
@@ -420,6 +425,9 @@ impl Manager {
                     if let Some(ms) = options.health_check_timeout_ms {
                         c.health_check_timeout_ms = ms.into();
                     }
+                    if let Some(p) = options.automated_backup_preference {
+                        c.automated_backup_preference = ddl::backup_preference(p);
+                    }
                     Ok(())
                 })
                 .await
@@ -461,8 +469,9 @@ impl Manager {
                     )
                     .with_hint(format!("on the primary: ALTER AVAILABILITY GROUP {group} ADD DATABASE {database}")));
                 }
-                // Seeding is automatic: the database joined when the
-                // primary's definition arrived.
+                // The database joined when the primary's definition arrived:
+                // seeded automatically, or, when it was RESTORING here
+                // (restored WITH NORECOVERY before JOIN), from that copy.
                 Ok("ALTER DATABASE".into())
             }
             AgStatement::ForceFailover { group } => {
@@ -1034,6 +1043,86 @@ impl Manager {
             })
     }
 
+    /// For a database of a group here, what a backup needs to know: the
+    /// group, whether this node is its primary, and, on a secondary that is
+    /// NOT SYNCHRONIZING (disconnected from its primary, or suspended), why.
+    /// None outside any group.
+    pub fn backup_role(&self, database: &str) -> Option<(String, bool, Option<String>)> {
+        let groups = self.lock();
+        groups
+            .values()
+            .filter_map(|slot| slot.part.as_ref())
+            .find_map(|part| match part {
+                Part::Primary(p) if p.config().has_database(database) => {
+                    Some((p.config().name.clone(), true, None))
+                }
+                Part::Secondary(s) if s.config().has_database(database) => {
+                    let suspended = s
+                        .databases()
+                        .into_iter()
+                        .any(|d| d.database().name() == database && d.is_suspended_here());
+                    let why = if !s.is_connected() {
+                        Some("it is not connected to its primary".to_string())
+                    } else if suspended {
+                        Some(
+                            "data movement is suspended (ALTER DATABASE … SET HADR RESUME)"
+                                .to_string(),
+                        )
+                    } else {
+                        None
+                    };
+                    Some((s.config().name.clone(), false, why))
+                }
+                _ => None,
+            })
+    }
+
+    /// `sys.fn_hadr_backup_is_preferred_replica(database)`: whether this
+    /// replica is the one backups of `database` should run on
+    /// ([`crate::backup::preferred`]); None outside any group. A primary
+    /// knows which secondaries are connected; a secondary counts the other
+    /// secondaries as available, and the primary when it is connected to it.
+    pub fn is_preferred_backup_replica(&self, database: &str) -> Option<bool> {
+        let groups = self.lock();
+        let candidates = |config: &GroupConfig, available: &dyn Fn(&str) -> bool| {
+            config
+                .replicas
+                .iter()
+                .map(|r| crate::backup::Candidate {
+                    name: r.name.clone(),
+                    priority: r.backup_priority,
+                    primary: r.name.eq_ignore_ascii_case(&config.primary),
+                    available: available(&r.name),
+                })
+                .collect::<Vec<_>>()
+        };
+        let (config, candidates) = groups
+            .values()
+            .filter_map(|slot| slot.part.as_ref())
+            .find_map(|part| match part {
+                Part::Primary(p) if p.config().has_database(database) => {
+                    let (config, links) = (p.config(), p.links());
+                    let listed = candidates(&config, &|name| {
+                        name.eq_ignore_ascii_case(&self.node)
+                            || links.get(name).is_some_and(|l| l.connected)
+                    });
+                    Some((config, listed))
+                }
+                Part::Secondary(s) if s.config().has_database(database) => {
+                    let (config, connected) = (s.config(), s.is_connected());
+                    let listed = candidates(&config, &|name| {
+                        !name.eq_ignore_ascii_case(&config.primary) || connected
+                    });
+                    Some((config, listed))
+                }
+                _ => None,
+            })?;
+        Some(
+            crate::backup::preferred(config.automated_backup_preference, &candidates)
+                .is_some_and(|name| name.eq_ignore_ascii_case(&self.node)),
+        )
+    }
+
     /// For a geo-secondary created `WITH (ALLOW_CONNECTIONS = NO)`: why
     /// sessions may not use `database` here (None: they may).
     pub fn geo_closed(&self, database: &str) -> Option<String> {
@@ -1107,6 +1196,9 @@ impl Manager {
     pub fn snapshot(&self) -> views::Snapshot {
         let groups = self.lock();
         let mut out = views::Snapshot::default();
+        out.add_backup_history(
+            &crate::backup::read_history(self.engine.data_dir()).unwrap_or_default(),
+        );
         for name in self.engine.names() {
             if let Ok(db) = self.engine.database(&name) {
                 out.add_database(&db);

@@ -2,7 +2,8 @@
 //! `sys.availability_replicas`, `sys.availability_group_listeners`,
 //! `sys.availability_read_only_routing_lists`,
 //! `sys.dm_hadr_availability_replica_states`,
-//! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`, …),
+//! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`,
+//! `sys.backup_history` (the backups taken on this node), …),
 //! answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
@@ -35,13 +36,15 @@ pub struct Snapshot {
     geo_links: Vec<Vec<Value>>,
     operations: Vec<Vec<Value>>,
     memory: Vec<Vec<Value>>,
+    backups: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
 CREATE TABLE sys.availability_groups(
     group_id TEXT, name TEXT, required_synchronized_secondaries_to_commit INTEGER,
     version INTEGER, epoch INTEGER, primary_replica TEXT, cluster_id TEXT,
-    cluster_type_desc TEXT, last_failover_time TEXT, last_failover_reason TEXT,
+    cluster_type_desc TEXT, automated_backup_preference_desc TEXT,
+    last_failover_time TEXT, last_failover_reason TEXT,
     last_failover_from TEXT, last_failover_to TEXT, last_failover_data_lost TEXT,
     last_failover_loss_known BOOLEAN);
 CREATE TABLE sys.availability_replicas(
@@ -91,6 +94,11 @@ CREATE TABLE sys.dm_os_process_memory(
 CREATE TABLE sys.databases(
     name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
     log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
+CREATE TABLE sys.backup_history(
+    backup_id TEXT, database_name TEXT, type TEXT, is_copy_only BOOLEAN,
+    is_compressed BOOLEAN, physical_device_name TEXT, first_lsn INTEGER,
+    last_lsn INTEGER, backup_size INTEGER, backup_start_date TEXT,
+    duration_ms INTEGER, group_name TEXT, replica_name TEXT);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -186,6 +194,12 @@ impl Snapshot {
                 crate::group::ClusterType::External => "EXTERNAL",
                 crate::group::ClusterType::None => "NONE",
             }),
+            text(match config.automated_backup_preference {
+                crate::group::BackupPreference::Primary => "PRIMARY",
+                crate::group::BackupPreference::SecondaryOnly => "SECONDARY_ONLY",
+                crate::group::BackupPreference::Secondary => "SECONDARY",
+                crate::group::BackupPreference::None => "NONE",
+            }),
         ];
         row.extend(failover_columns(config.last_failover.as_ref()));
         self.groups.push(row);
@@ -238,14 +252,18 @@ impl Snapshot {
     }
 
     /// Adds a database of the node, with why its log cannot be truncated
-    /// (SQL Server's `log_reuse_wait_desc`): a replica still needs records
+    /// (SQL Server's `log_reuse_wait_desc`): the next log backup needs
+    /// records (`LOG_BACKUP`), a replica still needs records
     /// (`AVAILABILITY_REPLICA`), records wait for a checkpoint
     /// (`CHECKPOINT`), or `NOTHING`.
     pub fn add_database(&mut self, db: &crate::engine::Database) {
         let log = db.log();
         let checkpoint = crate::log::read_checkpoint(db.log_dir()).unwrap_or(0);
         let first = log.first_lsn();
-        let wait = if db.retain_from() < checkpoint {
+        let hold = db.log_backup_hold();
+        let wait = if hold < checkpoint && hold <= db.retain_from() {
+            "LOG_BACKUP"
+        } else if db.retain_from() < checkpoint {
             "AVAILABILITY_REPLICA"
         } else if log.end_lsn() > checkpoint {
             "CHECKPOINT"
@@ -428,7 +446,7 @@ impl Snapshot {
     pub fn set_failover(&mut self, group: &str, record: Option<&crate::group::FailoverRecord>) {
         for row in &mut self.groups {
             if row[0] == text(group) {
-                row.truncate(8);
+                row.truncate(9);
                 row.extend(failover_columns(record));
             }
         }
@@ -613,6 +631,29 @@ impl Snapshot {
         ]);
     }
 
+    /// The backups taken on this node (`sys.backup_history`, oldest
+    /// first): what, where, the LSN range it restores, its size, how long
+    /// it took and which replica took it.
+    pub fn add_backup_history(&mut self, entries: &[crate::backup::HistoryEntry]) {
+        for e in entries {
+            self.backups.push(vec![
+                text(&e.id),
+                text(&e.database),
+                text(&e.kind),
+                boolean(e.copy_only),
+                boolean(e.compressed),
+                text(&e.path),
+                int(e.first_lsn),
+                int(e.end_lsn),
+                int(e.size),
+                time(Some(e.started_us)),
+                int(e.duration_ms),
+                text(&e.group),
+                text(&e.replica),
+            ]);
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -641,6 +682,7 @@ impl Snapshot {
             ("geo_replication_links", &self.geo_links),
             ("dm_operation_status", &self.operations),
             ("dm_os_process_memory", &self.memory),
+            ("backup_history", &self.backups),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -667,6 +709,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.dm_geo_replication_link_status",
         "sys.dm_operation_status",
         "sys.dm_os_process_memory",
+        "sys.backup_history",
     ]
     .iter()
     .any(|v| lower.contains(v))
@@ -688,6 +731,7 @@ mod tests {
             text("r1"),
             text("c"),
             text("NONE"),
+            text("SECONDARY"),
         ];
         row.extend(failover_columns(None));
         snap.groups.push(row);

@@ -20,6 +20,7 @@ use crate::frontend::{Frontend, FrontendConfig};
 use crate::listener::{ListenerOptions, Listeners};
 use crate::replication::secondary::serve_endpoint;
 
+pub mod backup;
 pub mod cluster;
 pub mod listener;
 pub mod traffic;
@@ -55,6 +56,10 @@ pub enum Command {
     /// Upgrade an application from V1 to V2 with a read-only window as
     /// long as its upgrade script (`availdb upgrade PLAN.toml`).
     Upgrade(upgrade::UpgradeArgs),
+    /// Back up a database of a running node (BACKUP DATABASE | LOG).
+    Backup(backup::BackupArgs),
+    /// Restore a database on a running node (RESTORE DATABASE | LOG).
+    Restore(backup::RestoreArgs),
 }
 
 /// `availdb server` options.
@@ -284,6 +289,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     engine
         .memory()
         .set_limits(config.session_memory, config.node_memory);
+    // A backup chain in use keeps each database's log for its next log backup.
+    crate::backup::hold_logs(&engine);
     if let Some(endpoint) = config.endpoint {
         crate::net::set_source(endpoint);
     }

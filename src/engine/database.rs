@@ -129,8 +129,15 @@ struct Shared {
     /// The epoch new records carry: the fence's, copied here for capture
     /// whenever the fence changes (under the fence's lock).
     epoch: Arc<AtomicU64>,
-    /// Lowest LSN a replica still needs (`u64::MAX`: none).
+    /// Lowest LSN a replica, or the next log backup, still needs
+    /// (`u64::MAX`: none): the smaller of the two below, which
+    /// `retain_lock` keeps in step.
     retain_from: Arc<AtomicU64>,
+    /// Lowest LSN a replica still needs, as replication last said.
+    replica_retain: AtomicU64,
+    /// Where the next log backup starts, once a backup chain is in use.
+    backup_retain: AtomicU64,
+    retain_lock: Mutex<()>,
     in_recovery: Arc<AtomicBool>,
     failed: Mutex<Option<String>>,
     /// Everything before this LSN is in the database file: recovery sets it
@@ -252,6 +259,9 @@ impl Database {
             commit_seq: AtomicU64::new(0),
             epoch: Arc::new(AtomicU64::new(newest_epoch)),
             retain_from: Arc::new(AtomicU64::new(u64::MAX)),
+            replica_retain: AtomicU64::new(u64::MAX),
+            backup_retain: AtomicU64::new(u64::MAX),
+            retain_lock: Mutex::new(()),
             in_recovery: Arc::new(AtomicBool::new(false)),
             failed: Mutex::new(None),
             applied: AtomicU64::new(applied),
@@ -656,14 +666,35 @@ impl Database {
         crate::log::read_history(&self.log_dir).unwrap_or_default()
     }
 
-    /// The lowest LSN replicas still need (`u64::MAX`: none).
+    /// The lowest LSN replicas or the next log backup still need
+    /// (`u64::MAX`: none): log truncation stops there.
     pub fn retain_from(&self) -> Lsn {
         self.shared.retain_from.load(Ordering::SeqCst)
     }
 
+    /// Keeps the log from `lsn` on until the next log backup moves it
+    /// (`crate::backup`: a backup chain is in use here, SQL Server's
+    /// `log_reuse_wait_desc = LOG_BACKUP`).
+    pub fn hold_log_for_backups(&self, lsn: Lsn) {
+        let s = &self.shared;
+        let _lock = s.retain_lock.lock().unwrap_or_else(|e| e.into_inner());
+        s.backup_retain.store(lsn, Ordering::SeqCst);
+        let merged = s.replica_retain.load(Ordering::SeqCst).min(lsn);
+        s.retain_from.store(merged, Ordering::SeqCst);
+    }
+
+    /// Where the log is held for the next log backup (`u64::MAX`: it is not).
+    pub fn log_backup_hold(&self) -> Lsn {
+        self.shared.backup_retain.load(Ordering::SeqCst)
+    }
+
     /// Sets the lowest LSN replicas still need (log truncation stops there).
     pub fn set_retain_from(&self, lsn: Lsn) {
-        self.shared.retain_from.store(lsn, Ordering::SeqCst);
+        let s = &self.shared;
+        let _lock = s.retain_lock.lock().unwrap_or_else(|e| e.into_inner());
+        s.replica_retain.store(lsn, Ordering::SeqCst);
+        let merged = s.backup_retain.load(Ordering::SeqCst).min(lsn);
+        s.retain_from.store(merged, Ordering::SeqCst);
     }
 
     /// Appends a full image of the database (every page) to the log, under
@@ -697,6 +728,15 @@ impl Database {
             .map_err(|e| Error::sql("58030", e.to_string()))?;
         tracing::info!(database = %self.name, lsn = start, bytes = end - start, "wrote a full image to the log for seeding");
         Ok(start)
+    }
+
+    /// Waits until no commit sits between SQLite and the log, by taking the
+    /// write lock for an instant (it is not held afterwards). A read
+    /// snapshot begun before this call then holds only transactions whose
+    /// records are in the log: a backup bounds its snapshot's LSN this way
+    /// without holding the lock while it copies (`crate::backup`).
+    pub async fn commits_settled(&self) {
+        drop(self.writer.lock().await);
     }
 
     /// Waits until the commit ending at `lsn` may be acknowledged: hardened

@@ -207,6 +207,58 @@ impl Engine {
         sync_dir(&self.dir)
     }
 
+    /// Makes the file at `file` (a restored copy, page images only) the
+    /// database `name`, its log starting at `lsn` in `epoch` (the restore's
+    /// end), with write fence `fence` from its first moment (a secondary's
+    /// copy when a replica is seeded manually): the log is set up first,
+    /// then the file moved in, then it is opened. An existing database of
+    /// that name is replaced (refused while a session uses it); the caller
+    /// decides whether it may be.
+    pub fn install_database(
+        &self,
+        name: &str,
+        file: &Path,
+        lsn: crate::log::Lsn,
+        epoch: u64,
+        fence: Fence,
+    ) -> Result<()> {
+        validate_name(name)?;
+        let mut databases = self.lock();
+        if let Some(db) = databases.get(name) {
+            if Arc::strong_count(db) > 1 {
+                return Err(Error::DatabaseInUse(name.to_string()));
+            }
+            databases.remove(name);
+            remove_files(&self.path_of(name))?;
+        }
+        let log_dir = self.log_of(name);
+        remove_dir_if_present(&log_dir)?;
+        let log_error = |e: crate::log::LogError| Error::Io {
+            context: format!("cannot start the log of restored database \"{name}\""),
+            source: std::io::Error::other(e.to_string()),
+        };
+        {
+            let log = crate::log::Log::open(&log_dir).map_err(log_error)?;
+            log.restart_at(lsn, epoch).map_err(log_error)?;
+            log.image_done().map_err(log_error)?;
+        }
+        let path = self.path_of(name);
+        fs::rename(file, &path).map_err(|source| Error::Io {
+            context: format!("cannot move the restored database into {}", path.display()),
+            source,
+        })?;
+        sync_dir(&self.dir)?;
+        let db = Database::open(name, &path, &log_dir)?;
+        db.set_fence(fence)?;
+        databases.insert(name.to_string(), Arc::new(db));
+        Ok(())
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// `DROP DATABASE name`: refused while any session uses it.
     pub fn drop_database(&self, name: &str) -> Result<()> {
         let mut databases = self.lock();
@@ -218,20 +270,7 @@ impl Engine {
             return Err(Error::DatabaseInUse(name.to_string()));
         }
         databases.remove(name);
-        let path = self.path_of(name);
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", path.display()));
-            match fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(Error::Io {
-                        context: format!("cannot remove {}", file.display()),
-                        source,
-                    })
-                }
-            }
-        }
+        remove_files(&self.path_of(name))?;
         remove_dir_if_present(&self.log_of(name))
     }
 
@@ -246,6 +285,24 @@ impl Engine {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Database>>> {
         self.databases.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Removes a database file and SQLite's companions (`-wal`, `-shm`).
+fn remove_files(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("cannot remove {}", file.display()),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// fsync of a directory: its entries (a new file, a new subdirectory) survive
@@ -276,6 +333,12 @@ fn database_name_of(path: &Path) -> Option<String> {
 }
 
 /// Database names become file names: keep them to identifiers.
+/// Refuses a database name that cannot be a file name (42602): 1-63
+/// letters, digits or underscores, starting with a letter or underscore.
+pub fn validate_database_name(name: &str) -> Result<()> {
+    validate_name(name)
+}
+
 fn validate_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let first_ok = chars

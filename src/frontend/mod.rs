@@ -55,6 +55,7 @@
 //! its wait for the write lock); the statement fails with 57014 and the
 //! session goes on.
 
+mod backup;
 mod encode;
 mod session;
 mod settings;
@@ -298,6 +299,9 @@ impl Frontend {
             .get("database")
             .or_else(|| params.get("user"))
             .map_or(USER, String::as_str);
+        if let Some(refusal) = backup::restoring(&self.engine, database) {
+            return Err(refusal);
+        }
         if let Some(why) = self.ag.geo_closed(database) {
             return Err(Error::sql("08004", why).with_hint(
                 "connect to the source region; to read it here, add the geo-secondary WITH (ALLOW_CONNECTIONS = ALL)",
@@ -1229,6 +1233,8 @@ impl Prepared {
             Command::Show { name } => text(name),
             Command::SessionUser => text("current_user"),
             Command::CurrentSchema => text("current_schema"),
+            Command::Backup(sql) => backup::columns(sql),
+            Command::BackupPreferred { .. } => vec![backup::preferred_column()],
             _ => self
                 .described
                 .as_ref()

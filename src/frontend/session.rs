@@ -492,6 +492,17 @@ impl Session {
                 let lsn = self.ag.wait_for_copy_sync(&database, &server).await?;
                 Ok(single_text("wait_for_database_copy_sync", &lsn.to_string()))
             }
+            Command::BackupPreferred { database } => {
+                let preferred = self
+                    .ag
+                    .is_preferred_backup_replica(&database)
+                    .unwrap_or(true);
+                Ok(Reply::Rows {
+                    columns: vec![super::backup::preferred_column()],
+                    rows: vec![vec![Value::Integer(preferred as i64)]],
+                    tag: "SELECT 1".into(),
+                })
+            }
             Command::NoOp { tag } => Ok(Reply::Done(tag)),
             Command::Ag(sql) => {
                 self.outside_transaction("availability group DDL")?;
@@ -511,6 +522,20 @@ impl Session {
                     });
                 }
                 Ok(Reply::Done(executed.tag))
+            }
+            Command::Backup(sql) => {
+                self.outside_transaction("BACKUP and RESTORE")?;
+                let statement = crate::sql::backup::parse(&sql)
+                    .map_err(|message| Error::sql("42601", message))?;
+                let done = super::backup::execute(&self.engine, &self.ag, statement).await?;
+                for message in done.notices {
+                    self.asides.push(Aside::Notice {
+                        severity: "NOTICE",
+                        code: "00000",
+                        message,
+                    });
+                }
+                Ok(done.reply)
             }
             Command::Unsupported { message, hint } => {
                 Err(Error::sql("0A000", message).with_hint(hint))

@@ -139,6 +139,9 @@ pub struct GroupConfig {
     /// only, geo-replication). A database without an entry has the defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub database_options: BTreeMap<String, DatabaseOptions>,
+    /// `AUTOMATED_BACKUP_PREFERENCE`.
+    #[serde(default)]
+    pub automated_backup_preference: BackupPreference,
 }
 
 /// Properties of one database of a group, kept with the definition so that
@@ -206,6 +209,22 @@ pub enum ClusterType {
     #[default]
     External,
     /// Read-scale: no quorum, no automatic failover; forced failover only.
+    None,
+}
+
+/// AUTOMATED_BACKUP_PREFERENCE: where backups of the group's databases
+/// should run (`sys.fn_hadr_backup_is_preferred_replica`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupPreference {
+    /// On the primary only.
+    Primary,
+    /// On a secondary only, never the primary.
+    SecondaryOnly,
+    /// On a secondary; on the primary when no secondary is available (SQL
+    /// Server's default).
+    #[default]
+    Secondary,
+    /// Anywhere, by BACKUP_PRIORITY alone.
     None,
 }
 
@@ -340,6 +359,7 @@ pub(crate) mod fixtures {
             health_check_timeout_ms: 5000,
             listener: None,
             database_options: BTreeMap::new(),
+            automated_backup_preference: BackupPreference::default(),
         }
     }
 }

@@ -24,9 +24,9 @@ mod definition;
 #[cfg(test)]
 pub(crate) use definition::fixtures;
 pub use definition::{
-    AvailabilityMode, ClusterType, DatabaseOptions, DefinitionError, FailoverMode, FailoverRecord,
-    GeoPartner, GroupConfig, ListenerConfig, PrimaryConnections, ReplicaConfig,
-    SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S, MAX_GEO_SECONDARIES,
+    AvailabilityMode, BackupPreference, ClusterType, DatabaseOptions, DefinitionError,
+    FailoverMode, FailoverRecord, GeoPartner, GroupConfig, ListenerConfig, PrimaryConnections,
+    ReplicaConfig, SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S, MAX_GEO_SECONDARIES,
 };
 
 /// This node's role in the group of a session's database, with the

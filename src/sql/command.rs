@@ -77,6 +77,12 @@ pub enum Command {
         /// The geo-secondary's server.
         server: String,
     },
+    /// `SELECT sys.fn_hadr_backup_is_preferred_replica('db')`: 1 when this
+    /// replica is where backups of `db` should run, else 0.
+    BackupPreferred {
+        /// The database.
+        database: String,
+    },
     /// `DISCARD …`, `DEALLOCATE …`, `LISTEN`/`UNLISTEN`: accepted, nothing to do.
     NoOp {
         /// The command tag to answer with.
@@ -85,6 +91,8 @@ pub enum Command {
     /// Availability group DDL (`CREATE AVAILABILITY GROUP …`, `ALTER
     /// DATABASE … SET HADR …`), parsed by [`crate::sql::ag`].
     Ag(String),
+    /// `BACKUP …` / `RESTORE …`, parsed by [`crate::sql::backup`].
+    Backup(String),
     /// Anything else: a SQLite statement, translated from PostgreSQL's
     /// dialect where needed ([`crate::sql::pg`]).
     Sql(String),
@@ -111,6 +119,9 @@ pub enum Command {
 pub fn classify(stmt: &str) -> Command {
     if super::ag::is_ag_statement(stmt) {
         return Command::Ag(stmt.to_string());
+    }
+    if super::backup::is_backup_statement(stmt) {
+        return Command::Backup(stmt.to_string());
     }
     let tokens = tokenize(stmt);
     let words: Vec<String> = tokens.iter().map(|t| t.lower()).collect();
@@ -178,6 +189,13 @@ pub fn classify(stmt: &str) -> Command {
             Command::WaitForCopySync {
                 database: tokens[3].unquoted(),
                 server: tokens[5].unquoted(),
+            }
+        }
+        ["select", "sys.fn_hadr_backup_is_preferred_replica", "(", _, ")"]
+            if matches!(&tokens[3], Token::Str(_)) =>
+        {
+            Command::BackupPreferred {
+                database: tokens[3].unquoted(),
             }
         }
         ["discard", ..] => Command::NoOp {

@@ -14,11 +14,13 @@
 //!   stored text and PostgreSQL's binary format.
 //! * [`tag`] builds the command tags (`INSERT 0 1`) drivers read counts from.
 //!
-//! * [`ag`] parses SQL Server's availability group DDL.
+//! * [`ag`] parses SQL Server's availability group DDL, [`backup`] its
+//!   BACKUP and RESTORE statements.
 //!
 //! Everything here is pure: no connections, no I/O.
 
 pub mod ag;
+pub mod backup;
 pub mod command;
 pub mod pg;
 pub mod split;

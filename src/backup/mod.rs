@@ -1,0 +1,131 @@
+//! Backups and restores: `BACKUP DATABASE | LOG`, `RESTORE DATABASE | LOG
+//! | VERIFYONLY | HEADERONLY`, on the primary or a synchronizing secondary.
+//!
+//! # What a backup is
+//! A **full backup** is every page of the database as one read snapshot
+//! sees it, plus the log records `[first LSN, end LSN)` around that
+//! snapshot; restored, it is the database at exactly its end LSN. A **log
+//! backup** is the records of an LSN range. Both are one file in the
+//! format of `format.rs` (`docs/backup-format.md`): a header (what, which
+//! database, which LSNs), zstd-compressible blocks each with its own
+//! crc32c, and a manifest at the end that lists the blocks and the crc32c
+//! of every page at the end LSN. A file without its trailer is truncated,
+//! so a backup that stopped half-way can never be taken for a whole one.
+//!
+//! # Consistent at one LSN without holding the write lock
+//! The log's records are full page images, and redoing page images is
+//! idempotent: applying records `[a, e)` to any state between `a` and `e`
+//! gives the state at `e` (recovery relies on the same property). So a full
+//! backup needs no snapshot *at* a known LSN, only one *between* two:
+//! 1. `floor` = the applied LSN, read first: every transaction before it
+//!    committed in SQLite already, so the snapshot begun next holds it.
+//! 2. A read transaction begins on a pooled read-only connection (SQLite's
+//!    WAL snapshot: writers and redo go on).
+//! 3. [`crate::engine::Database::commits_settled`] takes the write lock for
+//!    an instant, so no commit sits between SQLite and the log; then `end`
+//!    = the newest transaction boundary of the log. On a secondary records
+//!    are in the log before redo applies them, on the primary after the
+//!    settle: either way the snapshot holds nothing past `end`.
+//! 4. The pages are copied from the snapshot (schema first, as a full
+//!    image: `engine::image`), then the log `[from, end)`, where `from`
+//!    is one transaction before `floor` (see *Chains*).
+//!
+//! The copy holds no lock: the only cost to the source is a read snapshot,
+//! which keeps SQLite's WAL from being checkpointed past it while it runs.
+//! On a secondary that is being promoted, the promotion ends readers; the
+//! backup then fails with "run it again" rather than holding the failover.
+//! The backup computes the page hashes at `end` (the image's, overlaid
+//! with the records'), and every restore checks the file it builds
+//! against them.
+//!
+//! # Chains
+//! Each backup's log portion starts one transaction *before* where the
+//! previous one (known to this node's history) ended, so consecutive
+//! backups overlap by at least one record, and a restore checks that the
+//! overlapping record has the restored one's checksum: the chain is proven
+//! to be the same log, not merely adjacent LSNs. A node that knows of no
+//! earlier backup (a new primary after a failover) starts at the first
+//! record its log holds; the overlap is skipped on restore. A log backup
+//! that starts after the restored LSN is a gap, refused with both LSNs.
+//!
+//! # Restoring
+//! `RESTORE DATABASE x FROM …` reads the whole file once to check it
+//! (block and record checksums, LSN continuity, page hashes), then builds
+//! the copy in `DATA_DIR/restoring/.x.tmp/` by writing page images at their
+//! offsets (no SQLite connection), checks every page against the backup's
+//! hashes and only then renames it to `DATA_DIR/restoring/x/`: RESTORING.
+//! A RESTORING database refuses sessions. `RESTORE LOG` checks the chain
+//! and the whole file, then writes records up to the stop point
+//! (`STOPAT` = last commit at or before a time, `STOPATLSN` = last
+//! transaction ending at or before an LSN). `WITH RECOVERY` starts the
+//! database's log at the restored LSN (epoch of its last record) and moves
+//! the file into the node's databases. A failed restore leaves the
+//! previous state: nothing half-restored is ever online, and running the
+//! statement again works.
+//!
+//! # Errors
+//! [`BackupError`]; the front end (`frontend/backup.rs`) picks SQLSTATEs:
+//! missing file 58P01, I/O 58030, not a backup or a newer format 22023,
+//! truncated or corrupt XX001, a chain gap or another database's log
+//! 55000, STOPAT outside the backups 22023, database exists 42P04, not
+//! RESTORING / already RESTORING / secondary NOT SYNCHRONIZING / full
+//! backup on a secondary without COPY_ONLY 55000, another restore of it
+//! running 55006, a database name that is not one (it becomes a path) 42602.
+//! Sessions to a RESTORING database: 55000 at connect.
+//!
+//! # Manual seeding
+//! A replica can start from a backup instead of the primary's log or a
+//! full image: restore the database there `WITH NORECOVERY` (full, then
+//! logs), then `ALTER AVAILABILITY GROUP … JOIN`. When the primary's
+//! definition arrives, the RESTORING copy becomes the secondary's
+//! database, fenced from its first moment, with its log starting at the
+//! restored LSN ([`adopt_restoring`]); the primary continues from there
+//! (`replication::link::plan_start`), so nothing before it crosses the
+//! network. `ALTER DATABASE … SET HADR AVAILABILITY GROUP` then has nothing
+//! left to do.
+//!
+//! # Where backups run
+//! `sys.fn_hadr_backup_is_preferred_replica('db')` answers whether this
+//! replica is the one a backup job should use, from the group's
+//! AUTOMATED_BACKUP_PREFERENCE and each replica's BACKUP_PRIORITY
+//! ([`preferred`]). The primary knows which secondaries are connected; a
+//! secondary knows only itself and its primary, and takes the other
+//! secondaries as available. BACKUP itself runs wherever it is asked.
+//!
+//! # History
+//! Every backup taken on a node is appended to
+//! `DATA_DIR/backup/history.jsonl` and shown by `sys.backup_history`.
+//!
+//! # Known limits
+//! Pages are read from the snapshot on one thread (SQLite's), compressed
+//! on up to four and written in order by one; restores decompress on one.
+//! STATS is accepted, and progress is reported when the statement ends.
+//! A node holds its own log for the next log backup once it took a backup
+//! that is not copy-only (`log_reuse_wait_desc = LOG_BACKUP`), but a
+//! secondary's log backups do not hold the primary's log: after a failover
+//! the new primary's log may have been truncated past the chain's end,
+//! which shows as a gap at restore. Manual seeding needs the restore before
+//! JOIN (a database restored after its replica joined was already seeded
+//! automatically, and RESTORE refuses a database of a group); a replica's
+//! SEEDING_MODE is parsed but not kept, so a restored copy older than the
+//! primary's log is seeded with a full image rather than refused. A
+//! schedule, background verification and object stores are not here yet;
+//! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
+//! statements on a live node.
+
+mod error;
+pub mod format;
+mod history;
+mod preferred;
+mod restore;
+mod take;
+
+pub use error::{BackupError, Result};
+pub use format::{Header, Kind, Manifest};
+pub use history::{read as read_history, Entry as HistoryEntry};
+pub use preferred::{preferred, Candidate};
+pub use restore::{
+    adopt_restoring, header_only, is_restoring, restore, time_text, verify, RestoreRequest,
+    Restored, Stop,
+};
+pub use take::{hold_logs, take, BackupRequest, Taken};

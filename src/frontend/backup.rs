@@ -1,0 +1,306 @@
+//! BACKUP and RESTORE statements at the edge: who may run them here (the
+//! database's role in its group), the replies, and the one place where
+//! [`BackupError`]s become SQLSTATEs (the table is on `crate::backup`'s page).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rusqlite::types::Value;
+
+use super::session::Reply;
+use crate::backup::{self, BackupError, BackupRequest, Kind, RestoreRequest, Stop};
+use crate::engine::{Column, Engine, Error, Result};
+use crate::sql::backup::BackupStatement;
+use crate::sql::types::ValueType;
+
+/// The SQLSTATE and hint of a backup or restore failure.
+pub(super) fn error(e: BackupError) -> Error {
+    use crate::backup::format::FormatError;
+    let hint = e.hint();
+    let sqlstate = match &e {
+        BackupError::Engine(_) => {
+            let BackupError::Engine(inner) = e else {
+                unreachable!()
+            };
+            return inner;
+        }
+        BackupError::Missing { .. } => "58P01",
+        BackupError::Io { .. } | BackupError::Log { .. } => "58030",
+        BackupError::Format {
+            error: FormatError::NotABackup | FormatError::Version(_),
+            ..
+        } => "22023",
+        BackupError::Format { .. } | BackupError::Verify { .. } => "XX001",
+        BackupError::StopOutsideRange { .. } | BackupError::BadStop(_) => "22023",
+        BackupError::Exists { .. } => "42P04",
+        BackupError::Busy { .. } => "55006",
+        BackupError::WrongKind { .. } => "22023",
+        BackupError::Chain { .. }
+        | BackupError::NotSynchronizing { .. }
+        | BackupError::NeedsCopyOnly { .. }
+        | BackupError::InGroup { .. }
+        | BackupError::NotRestoring { .. }
+        | BackupError::AlreadyRestoring { .. }
+        | BackupError::Stopped { .. }
+        | BackupError::LogMovedOn { .. }
+        | BackupError::Interrupted { .. } => "55000",
+    };
+    let err = Error::sql(sqlstate, e.to_string());
+    match hint {
+        Some(h) => err.with_hint(h),
+        None => err,
+    }
+}
+
+/// Why sessions may not use `database` here: it is RESTORING.
+pub(super) fn restoring(engine: &Engine, database: &str) -> Option<Error> {
+    backup::is_restoring(engine.data_dir(), database).then(|| {
+        Error::sql(
+            "55000",
+            format!("database \"{database}\" is RESTORING (RESTORE … WITH NORECOVERY): it takes no sessions until it is recovered"),
+        )
+        .with_hint(format!(
+            "connect to another database and run RESTORE LOG {database} … or RESTORE DATABASE {database} WITH RECOVERY"
+        ))
+    })
+}
+
+/// What a statement returns: its reply and notices for the session.
+pub(super) struct Done {
+    pub reply: Reply,
+    pub notices: Vec<String>,
+}
+
+fn done(tag: &str, notice: String) -> Done {
+    Done {
+        reply: Reply::Done(tag.into()),
+        notices: vec![notice],
+    }
+}
+
+fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs.max(1e-6)
+}
+
+/// The columns of `RESTORE HEADERONLY`.
+fn header_columns() -> Vec<Column> {
+    [
+        ("backup_type", ValueType::Text),
+        ("database_name", ValueType::Text),
+        ("group_name", ValueType::Text),
+        ("replica_name", ValueType::Text),
+        ("first_lsn", ValueType::Int8),
+        ("last_lsn", ValueType::Int8),
+        ("is_copy_only", ValueType::Bool),
+        ("is_compressed", ValueType::Bool),
+        ("backup_start_date", ValueType::Text),
+        ("backup_finish_date", ValueType::Text),
+        ("first_commit_time", ValueType::Text),
+        ("last_commit_time", ValueType::Text),
+        ("page_size", ValueType::Int8),
+        ("database_pages", ValueType::Int8),
+        ("backup_size", ValueType::Int8),
+        ("backup_id", ValueType::Text),
+        ("format_version", ValueType::Int8),
+    ]
+    .into_iter()
+    .map(|(name, ty)| Column {
+        name: name.into(),
+        ty,
+    })
+    .collect()
+}
+
+/// The columns a BACKUP or RESTORE statement answers with (the extended
+/// protocol describes them before it runs): only HEADERONLY has rows.
+pub(super) fn columns(sql: &str) -> Vec<Column> {
+    match crate::sql::backup::parse(sql) {
+        Ok(BackupStatement::HeaderOnly { .. }) => header_columns(),
+        _ => Vec::new(),
+    }
+}
+
+/// The column of `SELECT sys.fn_hadr_backup_is_preferred_replica('db')`.
+pub(super) fn preferred_column() -> Column {
+    Column {
+        name: "fn_hadr_backup_is_preferred_replica".into(),
+        ty: ValueType::Int4,
+    }
+}
+
+/// Runs one BACKUP or RESTORE statement.
+pub(super) async fn execute(
+    engine: &Arc<Engine>,
+    ag: &Arc<crate::ag::Manager>,
+    statement: BackupStatement,
+) -> Result<Done> {
+    match statement {
+        BackupStatement::Backup {
+            log,
+            database,
+            path,
+            copy_only,
+            compression,
+            checksum,
+        } => {
+            let db = engine.database(&database)?;
+            if backup::is_restoring(engine.data_dir(), &database) {
+                return Err(restoring(engine, &database).expect("restoring"));
+            }
+            let (group, primary, not_synchronizing) = ag
+                .backup_role(&database)
+                .map_or((String::new(), true, None), |(g, p, why)| (g, p, why));
+            if let Some(why) = not_synchronizing {
+                return Err(error(BackupError::NotSynchronizing { database, why }));
+            }
+            if !primary && !log && !copy_only {
+                return Err(error(BackupError::NeedsCopyOnly { database }));
+            }
+            let request = BackupRequest {
+                kind: if log { Kind::Log } else { Kind::Full },
+                path: PathBuf::from(&path),
+                copy_only,
+                compression,
+                checksum,
+                group,
+                replica: ag.node().to_string(),
+            };
+            let taken = backup::take(db, engine.data_dir(), request)
+                .await
+                .map_err(error)?;
+            let secs = taken.duration.as_secs_f64();
+            let what = if log { "BACKUP LOG" } else { "BACKUP DATABASE" };
+            Ok(done(
+                if log { "BACKUP LOG" } else { "BACKUP DATABASE" },
+                format!(
+                    "{what} successfully processed {} pages and {} log records (LSN {}..{}) into {} bytes in {secs:.3} s ({:.1} MB/s)",
+                    taken.pages,
+                    taken.records,
+                    taken.header.first_lsn,
+                    taken.header.end_lsn,
+                    taken.size,
+                    mb_per_s(taken.size, secs)
+                ),
+            ))
+        }
+        BackupStatement::Restore {
+            log,
+            database,
+            path,
+            recovery,
+            replace,
+            stop_at,
+            stop_at_lsn,
+        } => {
+            if let Some((group, _)) = ag.local_role(&database) {
+                return Err(error(BackupError::InGroup { database, group }));
+            }
+            let stop = match (stop_at, stop_at_lsn) {
+                (Some(t), _) => Some(Stop::Time(
+                    crate::sql::backup::parse_stop_time(&t)
+                        .map_err(|m| error(BackupError::BadStop(m)))?,
+                )),
+                (None, Some(l)) => Some(Stop::Lsn(l)),
+                (None, None) => None,
+            };
+            let request = RestoreRequest {
+                database: database.clone(),
+                path: path.map(PathBuf::from),
+                kind: if log { Kind::Log } else { Kind::Full },
+                recovery,
+                replace,
+                stop,
+            };
+            let engine = engine.clone();
+            let started = std::time::Instant::now();
+            let restored = tokio::task::spawn_blocking(move || {
+                backup::restore(&engine, engine.data_dir(), &request)
+            })
+            .await
+            .map_err(|e| Error::sql("XX000", e.to_string()))?
+            .map_err(error)?;
+            let state = if restored.recovered {
+                "online"
+            } else {
+                "RESTORING"
+            };
+            let stopped = if restored.stopped {
+                " (stopped at the STOPAT point)"
+            } else {
+                ""
+            };
+            Ok(done(
+                if log { "RESTORE LOG" } else { "RESTORE DATABASE" },
+                format!(
+                    "RESTORE {} successfully processed {} pages and {} log records in {:.3} s: database \"{database}\" is {state} at LSN {}{stopped}",
+                    if log { "LOG" } else { "DATABASE" },
+                    restored.pages,
+                    restored.records,
+                    started.elapsed().as_secs_f64(),
+                    restored.end_lsn
+                ),
+            ))
+        }
+        BackupStatement::VerifyOnly { path } => {
+            let p = PathBuf::from(&path);
+            let header = tokio::task::spawn_blocking(move || backup::verify(&p))
+                .await
+                .map_err(|e| Error::sql("XX000", e.to_string()))?
+                .map_err(error)?;
+            Ok(done(
+                "RESTORE VERIFYONLY",
+                format!(
+                    "the backup set on file '{path}' is valid: database \"{}\", LSN {}..{}",
+                    header.database, header.first_lsn, header.end_lsn
+                ),
+            ))
+        }
+        BackupStatement::HeaderOnly { path } => {
+            let p = PathBuf::from(&path);
+            let (h, m, size) = tokio::task::spawn_blocking(move || backup::header_only(&p))
+                .await
+                .map_err(|e| Error::sql("XX000", e.to_string()))?
+                .map_err(error)?;
+            let time = |us: i64| {
+                if us == 0 {
+                    Value::Null
+                } else {
+                    Value::Text(backup::time_text(us))
+                }
+            };
+            let row = vec![
+                Value::Text(
+                    match h.kind {
+                        Kind::Full => "DATABASE",
+                        Kind::Log => "LOG",
+                    }
+                    .into(),
+                ),
+                Value::Text(h.database.clone()),
+                Value::Text(h.group.clone()),
+                Value::Text(h.replica.clone()),
+                Value::Integer(h.first_lsn as i64),
+                Value::Integer(h.end_lsn as i64),
+                Value::Integer(h.copy_only as i64),
+                Value::Integer(h.compressed as i64),
+                time(h.started_us),
+                time(m.finished_us),
+                time(m.first_commit_us),
+                time(m.last_commit_us),
+                Value::Integer(i64::from(h.page_size)),
+                Value::Integer(i64::from(m.db_size)),
+                Value::Integer(size as i64),
+                Value::Text(h.id_hex()),
+                Value::Integer(i64::from(backup::format::VERSION)),
+            ];
+            Ok(Done {
+                reply: Reply::Rows {
+                    columns: header_columns(),
+                    rows: vec![row],
+                    tag: "SELECT 1".into(),
+                },
+                notices: Vec::new(),
+            })
+        }
+    }
+}

@@ -1,0 +1,1301 @@
+//! Black-box tests of BACKUP and RESTORE: real `availdb server` processes
+//! on loopback, driven with a PostgreSQL client. They check that
+//!
+//! * a copy-only full backup taken on a secondary while the primary takes
+//!   writes restores on another node to exactly the rows committed before
+//!   its LSN, and, with the log backups after it, to a copy page-identical
+//!   to the primary;
+//! * log backups taken on both sides of a failover form one chain that
+//!   restores to a point in time between two known commits;
+//! * every bad input (a missing, truncated, bit-flipped or foreign file, a
+//!   log backup with a gap, STOPAT outside the backups, RESTORE over an
+//!   existing database, BACKUP on a secondary that is not synchronizing)
+//!   gets a clear error with its SQLSTATE, leaves nothing half-restored
+//!   online and the source untouched, and a retry then works.
+//!
+//! Every wait and load is bounded; helpers live in `common`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::cluster::{planned_failover, wait_failover_ready};
+use common::group::{
+    compare_pages, error_text, exec, ids, name, pages, query_text, Group, GroupSpec, InsertLoad,
+    APP, CATCH_UP_TIMEOUT,
+};
+use common::{assert_sqlstate, free_port, TestServer, DEFAULT_DB};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+/// Runs one statement through the simple protocol, bounded.
+async fn run(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    query_text(client, sql).await
+}
+
+/// Runs one statement that must succeed.
+async fn ok(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    run(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
+}
+
+fn state(code: &str) -> SqlState {
+    SqlState::from_code(code)
+}
+
+fn disk(path: &Path) -> String {
+    path.display().to_string().replace('\'', "''")
+}
+
+/// `(first_lsn, last_lsn)` of a backup file, from RESTORE HEADERONLY.
+async fn lsn_range(client: &Client, path: &Path) -> (u64, u64) {
+    let rows = ok(
+        client,
+        &format!("RESTORE HEADERONLY FROM DISK = '{}'", disk(path)),
+    )
+    .await;
+    let n = |i: usize| rows[0][i].as_deref().unwrap().parse::<u64>().unwrap();
+    (n(4), n(5))
+}
+
+/// A standalone server with database `app` holding `t(id, v)` rows
+/// 1..=rows, and a full backup of it; returns the server, an `app` client,
+/// the backup's path and its directory.
+async fn standalone_with_backup(rows: i64) -> (TestServer, Client, PathBuf, tempfile::TempDir) {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&app, 1..=rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.bak");
+    ok(
+        &admin,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COMPRESSION",
+            disk(&full)
+        ),
+    )
+    .await;
+    (server, app, full, dir)
+}
+
+async fn insert(client: &Client, ids: std::ops::RangeInclusive<i64>) {
+    for id in ids {
+        exec(
+            client,
+            &format!("INSERT INTO t(id, v) VALUES ({id}, 'row {id}')"),
+            "insert",
+        )
+        .await;
+    }
+}
+
+fn range(ids: std::ops::RangeInclusive<i64>) -> BTreeSet<i64> {
+    ids.collect()
+}
+
+/// Databases of `server`, from pg_database-free `sys.databases`.
+async fn database_names(server: &TestServer) -> Vec<String> {
+    let client = server.client(DEFAULT_DB).await;
+    ok(&client, "SELECT name FROM sys.databases ORDER BY name")
+        .await
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_only_backup_on_a_secondary_under_writes_restores_to_the_rows_and_pages_of_its_lsn()
+{
+    let group = Group::start(2).await;
+    let primary = group.nodes[0].client(APP).await;
+    exec(
+        &primary,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "create load",
+    )
+    .await;
+    let load = InsertLoad::start(group.nodes[0].client(APP).await, "load", 1, 100_000);
+    load.wait_acked(300, Duration::from_secs(60)).await;
+    let secondary = group.nodes[1].client(DEFAULT_DB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("app-full.bak");
+
+    // A secondary takes only copy-only full backups.
+    assert_sqlstate(
+        run(
+            &secondary,
+            &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+        )
+        .await,
+        &state("55000"),
+        "a full backup on a secondary without COPY_ONLY",
+    );
+    let acked_before = load.acked_count() as i64;
+    ok(
+        &secondary,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY, COMPRESSION, CHECKSUM, STATS = 10",
+            disk(&full)
+        ),
+    )
+    .await;
+    let acked_after = load.acked_count() as i64;
+    load.wait_acked(acked_after as usize + 100, Duration::from_secs(60))
+        .await;
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    group.wait_caught_up(&[1], CATCH_UP_TIMEOUT).await;
+    let log = dir.path().join("app-log.bak");
+    ok(
+        &secondary,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log)),
+    )
+    .await;
+
+    // Restore elsewhere: a node outside the group.
+    let other = TestServer::start().await;
+    let admin = other.client(DEFAULT_DB).await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy_at_backup FROM DISK = '{}' WITH RECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    // Inserts are sequential: the rows at the backup's LSN are a prefix
+    // holding every insert acknowledged before BACKUP began and none
+    // begun after it returned (one may be committed, not yet acknowledged).
+    let restored = ids(&other, "copy_at_backup", "load").await;
+    let k = restored.len() as i64;
+    assert_eq!(restored, range(1..=k), "the restored rows are not a prefix");
+    assert!(
+        k >= acked_before && k <= acked_after + 1,
+        "the backup holds {k} rows; {acked_before} were acknowledged before BACKUP and {acked_after} when it returned"
+    );
+
+    // The full backup and the log backup after it: the primary's pages.
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy_now FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG copy_now FROM DISK = '{}' WITH RECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    let expected = pages(group.primary(), APP).await;
+    let actual = pages(&other, "copy_now").await;
+    if let Err(diff) = compare_pages(&expected, &actual) {
+        panic!("full + log backup restored differs from the primary:\n{diff}");
+    }
+    // The same chain stopped at the full backup's LSN is the full backup.
+    let (_, full_end) = lsn_range(&admin, &full).await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy_stopped FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG copy_stopped FROM DISK = '{}' WITH STOPATLSN = '{full_end}', RECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    let at_backup = pages(&other, "copy_at_backup").await;
+    let stopped = pages(&other, "copy_stopped").await;
+    if let Err(diff) = compare_pages(&at_backup, &stopped) {
+        panic!("the chain stopped at the full backup's LSN differs from the full backup:\n{diff}");
+    }
+
+    // sys.backup_history on the secondary lists both, taken by r2.
+    let history = ok(
+        &secondary,
+        "SELECT type, CASE WHEN is_copy_only THEN 'copy-only' ELSE 'normal' END, replica_name, \
+         CASE WHEN first_lsn <= last_lsn AND backup_size > 0 THEN 'ok' ELSE 'bad' END \
+         FROM sys.backup_history ORDER BY backup_start_date",
+    )
+    .await;
+    let rows: Vec<Vec<String>> = history
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["DATABASE", "copy-only", "r2", "ok"]
+                .map(String::from)
+                .to_vec(),
+            ["LOG", "normal", "r2", "ok"].map(String::from).to_vec(),
+        ],
+        "sys.backup_history on r2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_on_a_secondary_that_is_not_synchronizing_is_refused_with_55000() {
+    let group = Group::start(2).await;
+    let secondary = group.nodes[1].client(DEFAULT_DB).await;
+    exec(&secondary, "ALTER DATABASE app SET HADR SUSPEND", "suspend").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.bak");
+    for sql in [
+        format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&path)
+        ),
+        format!("BACKUP LOG app TO DISK = '{}'", disk(&path)),
+    ] {
+        let result = run(&secondary, &sql).await;
+        let message = result.as_ref().err().map(error_text).unwrap_or_default();
+        assert!(message.contains("NOT SYNCHRONIZING"), "{sql}: {message}");
+        assert_sqlstate(result, &state("55000"), &sql);
+    }
+    assert!(!path.exists(), "a refused backup left a file");
+    exec(&secondary, "ALTER DATABASE app SET HADR RESUME", "resume").await;
+    group.wait_synchronized(&[1], CATCH_UP_TIMEOUT).await;
+    ok(
+        &secondary,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&path)
+        ),
+    )
+    .await;
+    ok(
+        &secondary,
+        &format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&path)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_chain_across_a_failover_restores_to_a_point_between_two_commits() {
+    let group = Group::start(2).await;
+    let r1 = group.nodes[0].client(APP).await;
+    exec(
+        &r1,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&r1, 1..=10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log1, log2) = (
+        dir.path().join("full.bak"),
+        dir.path().join("log1.bak"),
+        dir.path().join("log2.bak"),
+    );
+    let admin1 = group.nodes[0].client(DEFAULT_DB).await;
+    ok(
+        &admin1,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    insert(&r1, 11..=20).await;
+    ok(
+        &admin1,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    drop((r1, admin1));
+
+    wait_failover_ready(&group, 0, &[1]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!(
+            "planned failover to r2: {message} ({code})\n{}",
+            group.logs()
+        );
+    }
+    group.wait_takes_writes(1, Duration::from_secs(60)).await;
+    let r2 = group.nodes[1].client(APP).await;
+    insert(&r2, 21..=30).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    insert(&r2, 31..=40).await;
+    let admin2 = group.nodes[1].client(DEFAULT_DB).await;
+    ok(
+        &admin2,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+
+    let other = TestServer::start().await;
+    let admin = other.client(DEFAULT_DB).await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE pit FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG pit FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log1)
+        ),
+    )
+    .await;
+    let stop = between.format("%Y-%m-%d %H:%M:%S%.6f+00");
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG pit FROM DISK = '{}' WITH STOPAT = '{stop}', RECOVERY",
+            disk(&log2)
+        ),
+    )
+    .await;
+    assert_eq!(
+        ids(&other, "pit", "t").await,
+        range(1..=30),
+        "restored to {stop}: rows committed before it present, after it absent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_of_a_missing_file_is_refused_with_58p01_and_leaves_nothing() {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here.bak");
+    assert_sqlstate(
+        run(
+            &admin,
+            &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&missing)),
+        )
+        .await,
+        &state("58P01"),
+        "RESTORE from a missing file",
+    );
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+    assert!(!server.data_dir().join("restoring").join("x").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_backup_is_refused_with_xx001_and_nothing_is_left_restoring() {
+    let (server, _app, full, dir) = standalone_with_backup(50).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.path().join("cut.bak");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let result = run(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&cut)
+        ),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("truncated"), "{message}");
+    assert_sqlstate(result, &state("XX001"), "RESTORE from a truncated file");
+    assert!(!server.data_dir().join("restoring").join("x").exists());
+    // The database takes sessions: nothing left it RESTORING.
+    assert!(server.try_client("x").await.is_err());
+    ok(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=50));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bit_flipped_backup_is_refused_with_xx001_by_restore_and_by_verifyonly() {
+    let (server, _app, full, dir) = standalone_with_backup(200).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let mut bytes = std::fs::read(&full).unwrap();
+    let flipped = dir.path().join("flipped.bak");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&flipped, &bytes).unwrap();
+    for sql in [
+        format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&flipped)),
+        format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&flipped)),
+    ] {
+        let result = run(&admin, &sql).await;
+        let message = result.as_ref().err().map(error_text).unwrap_or_default();
+        assert!(message.contains("corrupt"), "{sql}: {message}");
+        assert_sqlstate(result, &state("XX001"), &sql);
+    }
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+    ok(
+        &admin,
+        &format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_into_a_name_that_is_not_a_database_name_is_refused_with_42602() {
+    let (server, _app, full, _dir) = standalone_with_backup(5).await;
+    let admin = server.client(DEFAULT_DB).await;
+    for name in ["\"../escape\"", "\"a b\"", "[x/y]"] {
+        let sql = format!(
+            "RESTORE DATABASE {name} FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        );
+        assert_sqlstate(run(&admin, &sql).await, &state("42602"), &sql);
+    }
+    assert!(!server.data_dir().join("escape").exists());
+    let restoring = server.data_dir().join("restoring");
+    let left: Vec<_> = std::fs::read_dir(&restoring)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a refused restore left {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_file_is_refused_with_22023_as_not_a_backup() {
+    let (server, _app, _full, _dir) = standalone_with_backup(5).await;
+    let admin = server.client(DEFAULT_DB).await;
+    // A SQLite database file is a file of the right size and the wrong kind.
+    let foreign = server.data_dir().join("databases").join("app.db");
+    let result = run(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&foreign)),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("not an availdb backup"), "{message}");
+    assert_sqlstate(result, &state("22023"), "RESTORE from a SQLite file");
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_backup_with_a_gap_is_refused_with_55000_and_the_chain_in_order_restores() {
+    let (server, app, full, dir) = standalone_with_backup(10).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let (log1, log2) = (dir.path().join("log1.bak"), dir.path().join("log2.bak"));
+    insert(&app, 11..=20).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    insert(&app, 21..=30).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    let source_before = pages(&server, APP).await;
+
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    let result = run(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("missing between them"), "{message}");
+    assert_sqlstate(result, &state("55000"), "RESTORE LOG past a gap");
+    // Still RESTORING, untouched by the refused log: the chain in order works.
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log1)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}' WITH RECOVERY", disk(&log2)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=30));
+    if let Err(diff) = compare_pages(&source_before, &pages(&server, APP).await) {
+        panic!("the source changed:\n{diff}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopat_outside_the_backups_is_refused_with_22023_and_the_restore_goes_on() {
+    let (server, app, full, dir) = standalone_with_backup(10).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let log = dir.path().join("log.bak");
+    insert(&app, 11..=20).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    for stop in ["2001-01-01 00:00:00", "2999-01-01 00:00:00"] {
+        let sql = format!(
+            "RESTORE LOG x FROM DISK = '{}' WITH STOPAT = '{stop}', RECOVERY",
+            disk(&log)
+        );
+        let result = run(&admin, &sql).await;
+        let message = result.as_ref().err().map(error_text).unwrap_or_default();
+        assert!(
+            message.contains("outside what this backup can restore to"),
+            "{sql}: {message}"
+        );
+        assert_sqlstate(result, &state("22023"), &sql);
+    }
+    let (_, full_end) = lsn_range(&admin, &full).await;
+    let sql = format!(
+        "RESTORE LOG x FROM DISK = '{}' WITH STOPATLSN = '{}', RECOVERY",
+        disk(&log),
+        full_end - 1
+    );
+    assert_sqlstate(run(&admin, &sql).await, &state("22023"), &sql);
+    // Still RESTORING: sessions are refused with 55000 and say why.
+    match server.try_client("x").await {
+        Ok(_) => panic!("a RESTORING database took a session"),
+        Err(e) => {
+            assert!(error_text(&e).contains("RESTORING"), "{}", error_text(&e));
+            assert_eq!(e.code(), Some(&state("55000")));
+        }
+    }
+    ok(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}' WITH RECOVERY", disk(&log)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_over_an_existing_database_needs_replace_and_leaves_the_source_untouched() {
+    let (server, app, full, _dir) = standalone_with_backup(10).await;
+    let admin = server.client(DEFAULT_DB).await;
+    insert(&app, 11..=15).await;
+    drop(app);
+    let result = run(
+        &admin,
+        &format!("RESTORE DATABASE app FROM DISK = '{}'", disk(&full)),
+    )
+    .await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("already exists"), "{message}");
+    assert_sqlstate(result, &state("42P04"), "RESTORE over app without REPLACE");
+    assert_eq!(
+        ids(&server, APP, "t").await,
+        range(1..=15),
+        "the source changed"
+    );
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH REPLACE",
+            disk(&full)
+        ),
+    )
+    .await;
+    assert_eq!(ids(&server, APP, "t").await, range(1..=10));
+    // The restored database takes writes and survives a restart.
+    let app = server.client(APP).await;
+    insert(&app, 100..=101).await;
+    drop(app);
+    let mut server = server;
+    server.restart().await;
+    let mut expected = range(1..=10);
+    expected.extend([100, 101]);
+    assert_eq!(ids(&server, APP, "t").await, expected);
+}
+
+/// Restarts `server` with `AVAILDB_CRASH_AT = point`, runs `sql` (the
+/// process aborts at the point), waits for the exit, then restarts it
+/// without the crash point.
+async fn crash_during(server: &mut TestServer, point: &str, sql: &str) {
+    server.set_env("AVAILDB_CRASH_AT", Some(point));
+    server.restart().await;
+    let admin = server.client(DEFAULT_DB).await;
+    let result = run(&admin, sql).await;
+    assert!(
+        result.is_err(),
+        "{sql} succeeded although {point} should abort the process"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not abort at {point}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.set_env("AVAILDB_CRASH_AT", None);
+    server.restart().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_killed_midway_leaves_no_file_under_its_name_and_a_retry_works() {
+    let (mut server, _app, _full, dir) = standalone_with_backup(300).await;
+    let path = dir.path().join("again.bak");
+    let sql = format!("BACKUP DATABASE app TO DISK = '{}'", disk(&path));
+    crash_during(&mut server, "backup.pages_written", &sql).await;
+    assert!(
+        !path.exists(),
+        "a backup killed midway left a file under its name"
+    );
+    let admin = server.client(DEFAULT_DB).await;
+    ok(&admin, &sql).await;
+    ok(
+        &admin,
+        &format!("RESTORE VERIFYONLY FROM DISK = '{}'", disk(&path)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE DATABASE x FROM DISK = '{}'", disk(&path)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=300));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_killed_midway_leaves_nothing_online_and_a_retry_works() {
+    let (mut server, app, full, dir) = standalone_with_backup(100).await;
+    let log = dir.path().join("log.bak");
+    let admin = server.client(DEFAULT_DB).await;
+    insert(&app, 101..=150).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log)),
+    )
+    .await;
+    drop((app, admin));
+
+    // Killed while building the copy: no database, nothing RESTORING.
+    let restore_full = format!(
+        "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+        disk(&full)
+    );
+    crash_during(&mut server, "restore.built", &restore_full).await;
+    assert!(!database_names(&server).await.contains(&"x".to_string()));
+    match server.try_client("x").await {
+        Ok(_) => panic!("a half-restored database took a session"),
+        Err(e) => assert_eq!(e.code(), Some(&state("3D000")), "{}", error_text(&e)),
+    }
+    let admin = server.client(DEFAULT_DB).await;
+    ok(&admin, &restore_full).await;
+    drop(admin);
+
+    // Killed while writing a log backup's records: still RESTORING, and
+    // RECOVERY waits for that log backup to be restored again.
+    let restore_log = format!("RESTORE LOG x FROM DISK = '{}' WITH NORECOVERY", disk(&log));
+    crash_during(&mut server, "restore.log_written", &restore_log).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let result = run(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.contains("interrupted"), "{message}");
+    assert_sqlstate(
+        result,
+        &state("55000"),
+        "RECOVERY after an interrupted RESTORE LOG",
+    );
+    ok(&admin, &restore_log).await;
+    ok(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=150));
+}
+
+/// Polls `sys.fn_hadr_backup_is_preferred_replica('app')` on every node
+/// until it answers `expected` (node order), at most 30 s.
+async fn wait_preferred(group: &Group, expected: &[&str], what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut got = Vec::new();
+        for node in &group.nodes {
+            let client = node.client(DEFAULT_DB).await;
+            let rows = ok(
+                &client,
+                "SELECT sys.fn_hadr_backup_is_preferred_replica('app')",
+            )
+            .await;
+            got.push(rows[0][0].clone().unwrap_or_default());
+        }
+        if got == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: fn_hadr_backup_is_preferred_replica answered {got:?}, expected {expected:?}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_preference_and_priority_pick_one_replica_and_follow_a_failover() {
+    let group = Group::start(3).await;
+    let r1 = group.nodes[0].client(DEFAULT_DB).await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r3' WITH (BACKUP_PRIORITY = 80)",
+        "priority",
+    )
+    .await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 SET (AUTOMATED_BACKUP_PREFERENCE = SECONDARY_ONLY)",
+        "preference",
+    )
+    .await;
+    wait_preferred(
+        &group,
+        &["0", "0", "1"],
+        "SECONDARY_ONLY, r3 has the highest priority",
+    )
+    .await;
+    let shown = ok(
+        &r1,
+        "SELECT automated_backup_preference_desc FROM sys.availability_groups",
+    )
+    .await;
+    assert_eq!(shown[0][0].as_deref(), Some("SECONDARY_ONLY"));
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r3' WITH (BACKUP_PRIORITY = 0)",
+        "priority 0",
+    )
+    .await;
+    wait_preferred(&group, &["0", "1", "0"], "priority 0 is never chosen").await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 SET (AUTOMATED_BACKUP_PREFERENCE = PRIMARY)",
+        "preference",
+    )
+    .await;
+    wait_preferred(&group, &["1", "0", "0"], "PRIMARY").await;
+    drop(r1);
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!(
+            "planned failover to r2: {message} ({code})\n{}",
+            group.logs()
+        );
+    }
+    group.wait_takes_writes(1, Duration::from_secs(60)).await;
+    wait_preferred(
+        &group,
+        &["0", "1", "0"],
+        "PRIMARY follows the failover to r2",
+    )
+    .await;
+}
+
+/// `log_first_lsn` of `app` on `server` (`sys.databases`).
+async fn log_first_lsn(server: &TestServer) -> u64 {
+    let client = server.client(DEFAULT_DB).await;
+    let rows = ok(
+        &client,
+        "SELECT log_first_lsn FROM sys.databases WHERE name = 'app'",
+    )
+    .await;
+    rows[0][0].as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_image() {
+    let mut nodes = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..3 {
+        let endpoint = free_port();
+        nodes.push(
+            TestServer::builder()
+                .replica(&name(i), endpoint)
+                .start()
+                .await,
+        );
+        endpoints.push(endpoint);
+    }
+    let group = Group {
+        nodes,
+        endpoints,
+        spec: GroupSpec::default(),
+        proxy: None,
+        endpoint_hosts: vec!["127.0.0.1".to_string(); 3],
+    };
+    let r1 = group.nodes[0].client(DEFAULT_DB).await;
+    exec(&r1, "CREATE DATABASE app", "r1").await;
+    let app = group.nodes[0].client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&app, 1..=50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log) = (dir.path().join("full.bak"), dir.path().join("log.bak"));
+    ok(
+        &r1,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    insert(&app, 51..=60).await;
+    ok(&r1, &format!("BACKUP LOG app TO DISK = '{}'", disk(&log))).await;
+    let (_, restored_at) = lsn_range(&r1, &log).await;
+
+    // r3 is seeded by hand: the full backup and the log, WITH NORECOVERY.
+    let r3 = group.nodes[2].client(DEFAULT_DB).await;
+    ok(
+        &r3,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &r3,
+        &format!(
+            "RESTORE LOG app FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    for i in 1..3 {
+        let client = group.nodes[i].client(DEFAULT_DB).await;
+        exec(&client, "ALTER AVAILABILITY GROUP ag1 JOIN", &name(i)).await;
+    }
+    exec(&r1, &group.create_statement(), "r1").await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    exec(
+        &r3,
+        "ALTER DATABASE app SET HADR AVAILABILITY GROUP = ag1",
+        "r3",
+    )
+    .await;
+    insert(&app, 61..=70).await;
+    group.assert_page_identical("after manual seeding").await;
+    assert_eq!(ids(&group.nodes[2], APP, "t").await, range(1..=70));
+    // r3's log starts where its restore ended: the primary continued
+    // there, sending neither a full image nor the log before it (r2, empty
+    // when it joined, took the primary's whole log from LSN 0).
+    assert!(restored_at > 0);
+    assert_eq!(log_first_lsn(&group.nodes[2]).await, restored_at);
+    assert_eq!(log_first_lsn(&group.nodes[1]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
+    let (server, _app, _full, dir) = standalone_with_backup(40).await;
+    let file = dir.path().join("cli.bak");
+    let port = server.port().to_string();
+    let run = |args: Vec<String>| {
+        let mut cmd = std::process::Command::new(common::availdb_bin());
+        cmd.args(args);
+        common::run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+    let path = file.display().to_string();
+    let out = run([
+        "backup",
+        "app",
+        "--to",
+        &path,
+        "--compression",
+        "--checksum",
+        "--port",
+        &port,
+    ]
+    .map(String::from)
+    .to_vec());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "availdb backup: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("BACKUP DATABASE successfully processed"),
+        "{stdout}"
+    );
+    let out = run(["restore", "y", "--from", &path, "--port", &port]
+        .map(String::from)
+        .to_vec());
+    assert!(
+        out.status.success(),
+        "availdb restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids(&server, "y", "t").await, range(1..=40));
+    // A refusal is the command's error, with the node's hint.
+    let out = run(["restore", "y", "--from", &path, "--port", &port]
+        .map(String::from)
+        .to_vec());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("42P04") && stderr.contains("REPLACE"),
+        "{stderr}"
+    );
+}
+
+/// A tmpfs the test mounts itself (needs root), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mb: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "availdb-test"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// Fills the file system holding `dir` up to `leave` free bytes with one
+/// file, which it returns.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let c = std::ffi::CString::new(dir.display().to_string()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let filler = dir.join("filler");
+    let f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0xa5u8; 1 << 16];
+    let mut written = 0u64;
+    while written + leave + block.len() as u64 <= free {
+        std::io::Write::write_all(&mut &f, &block).unwrap();
+        written += block.len() as u64;
+    }
+    f.sync_all().unwrap();
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_during_backup_or_restore_fails_with_58030_leaves_nothing_and_a_retry_works() {
+    let server = TestServer::builder().tmpfs_data(64).start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "create t",
+    )
+    .await;
+    exec(
+        &app,
+        "INSERT INTO t(id, v) SELECT value, randomblob(1000) FROM generate_series(1, 6000)",
+        "6 MB of rows",
+    )
+    .await;
+
+    // BACKUP to a disk with 2 MiB: refused, nothing under the name.
+    let small = SmallDisk::mount(2);
+    let full_on_small = small.dir.path().join("full.bak");
+    let sql = format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full_on_small));
+    let result = run(&admin, &sql).await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.to_lowercase().contains("no space"), "{message}");
+    assert_sqlstate(result, &state("58030"), &sql);
+    let left: Vec<_> = std::fs::read_dir(small.dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "a failed backup left {left:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.bak");
+    ok(
+        &admin,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+
+    // RESTORE onto a full data directory: refused, nothing RESTORING.
+    let filler = fill(&server.data_dir(), 1 << 20);
+    let sql = format!(
+        "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+        disk(&full)
+    );
+    let result = run(&admin, &sql).await;
+    let message = result.as_ref().err().map(error_text).unwrap_or_default();
+    assert!(message.to_lowercase().contains("no space"), "{message}");
+    assert_sqlstate(result, &state("58030"), &sql);
+    let restoring = server.data_dir().join("restoring");
+    let left: Vec<_> = std::fs::read_dir(&restoring)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed restore left {left:?}");
+    std::fs::remove_file(filler).unwrap();
+    ok(&admin, &sql).await;
+    ok(&admin, "RESTORE DATABASE x WITH RECOVERY").await;
+    assert_eq!(ids(&server, "x", "t").await.len(), 6000);
+    drop(small);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_backup_on_a_writable_database_under_writes_restores_to_a_consistent_prefix() {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "create load",
+    )
+    .await;
+    let load = InsertLoad::start(server.client(APP).await, "load", 1, 100_000);
+    load.wait_acked(300, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bounds = Vec::new();
+    // Several backups while the load runs, each restored to a prefix.
+    for i in 0..3 {
+        let path = dir.path().join(format!("full{i}.bak"));
+        let before = load.acked_count() as i64;
+        ok(
+            &admin,
+            &format!(
+                "BACKUP DATABASE app TO DISK = '{}' WITH COMPRESSION",
+                disk(&path)
+            ),
+        )
+        .await;
+        let after = load.acked_count() as i64;
+        bounds.push((path, before, after));
+        load.wait_acked(after as usize + 50, Duration::from_secs(60))
+            .await;
+    }
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    for (i, (path, before, after)) in bounds.iter().enumerate() {
+        let db = format!("copy{i}");
+        ok(
+            &admin,
+            &format!("RESTORE DATABASE {db} FROM DISK = '{}'", disk(path)),
+        )
+        .await;
+        let restored = ids(&server, &db, "load").await;
+        let k = restored.len() as i64;
+        assert_eq!(
+            restored,
+            range(1..=k),
+            "backup {i}: the restored rows are not a prefix"
+        );
+        assert!(
+            k >= *before && k <= after + 1,
+            "backup {i} holds {k} rows; {before} were acknowledged before BACKUP and {after} when it returned"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_statements_work_over_the_extended_protocol() {
+    let (server, _app, full, dir) = standalone_with_backup(5).await;
+    let admin = server.client(DEFAULT_DB).await;
+    let rows = admin
+        .query(
+            &format!("RESTORE HEADERONLY FROM DISK = '{}'", disk(&full)),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("HEADERONLY: {}", error_text(&e)));
+    assert_eq!(rows[0].get::<_, String>("backup_type"), "DATABASE");
+    assert_eq!(rows[0].get::<_, String>("database_name"), "app");
+    assert!(rows[0].get::<_, bool>("is_compressed"));
+    assert!(rows[0].get::<_, i64>("last_lsn") >= rows[0].get::<_, i64>("first_lsn"));
+    let log = dir.path().join("log.bak");
+    admin
+        .execute(&format!("BACKUP LOG app TO DISK = '{}'", disk(&log)), &[])
+        .await
+        .unwrap_or_else(|e| panic!("BACKUP LOG: {}", error_text(&e)));
+    let preferred = admin
+        .query_one("SELECT sys.fn_hadr_backup_is_preferred_replica('app')", &[])
+        .await
+        .unwrap_or_else(|e| panic!("fn_hadr_backup_is_preferred_replica: {}", error_text(&e)));
+    assert_eq!(
+        preferred.get::<_, i32>(0),
+        1,
+        "a database outside any group backs up here"
+    );
+}
+
+/// `(log_first_lsn, log_reuse_wait_desc)` of `app` on `server`.
+async fn log_state(server: &TestServer) -> (u64, String) {
+    let client = server.client(DEFAULT_DB).await;
+    let rows = ok(
+        &client,
+        "SELECT log_first_lsn, log_reuse_wait_desc FROM sys.databases WHERE name = 'app'",
+    )
+    .await;
+    (
+        rows[0][0].as_deref().unwrap().parse().unwrap(),
+        rows[0][1].clone().unwrap_or_default(),
+    )
+}
+
+/// Writes about `mb` MiB to `t` in transactions of about 1 MiB, ids from
+/// `first`; returns the next free id.
+async fn write_mb(client: &Client, first: i64, mb: i64) -> i64 {
+    let mut id = first;
+    for _ in 0..mb {
+        exec(
+            client,
+            &format!(
+                "INSERT INTO t(id, v) SELECT value, randomblob(3000) FROM generate_series({id}, {})",
+                id + 339
+            ),
+            "1 MiB of rows",
+        )
+        .await;
+        id += 340;
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_chain_keeps_the_log_until_the_next_log_backup() {
+    let mut server = TestServer::start().await;
+    server.set_env("AVAILDB_LOG_SEGMENT_BYTES", Some("65536"));
+    server.restart().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "create t",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log1, log2) = (
+        dir.path().join("full.bak"),
+        dir.path().join("log1.bak"),
+        dir.path().join("log2.bak"),
+    );
+    ok(
+        &admin,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    let (_, full_end) = lsn_range(&admin, &full).await;
+    // Checkpoints come after 4000 WAL frames (16 MiB): write past two.
+    let next = write_mb(&app, 1, 40).await;
+    let (first, wait) = log_state(&server).await;
+    assert!(
+        first < full_end,
+        "the log was truncated to {first}, past the chain's end {full_end}"
+    );
+    assert_eq!(wait, "LOG_BACKUP");
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    let (_, log1_end) = lsn_range(&admin, &log1).await;
+    let next = write_mb(&app, next, 40).await;
+    let (first, _) = log_state(&server).await;
+    assert!(
+        first > full_end,
+        "after the log backup the log was not truncated: it starts at {first}"
+    );
+    assert!(
+        first < log1_end,
+        "the log was truncated to {first}, past the chain's end {log1_end}"
+    );
+    // The hold survives a restart (the node's backup history).
+    server.restart().await;
+    let app = server.client(APP).await;
+    let next = write_mb(&app, next, 40).await;
+    let (first, _) = log_state(&server).await;
+    assert!(
+        first < log1_end,
+        "after a restart the log was truncated to {first}, past {log1_end}"
+    );
+    let admin = server.client(DEFAULT_DB).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG x FROM DISK = '{}' WITH NORECOVERY",
+            disk(&log1)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!("RESTORE LOG x FROM DISK = '{}' WITH RECOVERY", disk(&log2)),
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=next - 1));
+}
