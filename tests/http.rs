@@ -414,13 +414,21 @@ async fn admin_actions_fail_over_suspend_and_resume_like_their_sql_and_need_the_
     assert_eq!(status, 200, "{body}");
     wait_status(&group, 2, "/replica", 200).await;
     group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
-    let (status, body) = post(&group.nodes[1], "/groups/ag1/failover", "", None).await;
-    assert_eq!(
-        status,
-        200,
-        "planned failover to r2: {body}\n{}",
-        group.logs()
-    );
+    // The cluster lists r2 as synchronized again a moment after the
+    // primary sees it: until then the failover is refused with 409.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (status, body) = post(&group.nodes[1], "/groups/ag1/failover", "", None).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            status == 409 && body.contains("55000") && Instant::now() < deadline,
+            "planned failover to r2: {status} {body}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_status(&group, 1, "/primary", 200).await;
     wait_status(&group, 0, "/replica", 200).await;
 
