@@ -371,3 +371,147 @@ async fn sqlalchemy_creates_reflects_and_uses_a_schema_through_the_orm() {
     let server = TestServer::start().await;
     python(&server, "sqlalchemy_compat.py", None).await;
 }
+
+/// SQLSTATE and message of a statement that must fail.
+async fn refused(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("{sql}: succeeded, but must fail"),
+        Err(e) => (
+            e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// Session-scoped objects (issue 14): a session's TEMP table, view and
+/// trigger are seen by all its statements — reads and writes, autocommit and
+/// in a transaction block, simple and extended protocol, whichever pooled
+/// connection runs them — and by no other session; they are not in the
+/// database file (so nothing of them is replicated), and end with the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn temp_tables_views_and_triggers_belong_to_their_session_only() {
+    let server = TestServer::start().await;
+    let a = server.client(DEFAULT_DB).await;
+    let b = server.client(DEFAULT_DB).await;
+    a.batch_execute("CREATE TABLE kept (x int)").await.unwrap();
+    a.batch_execute("CREATE TEMP TABLE tt (x int)")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO tt VALUES (1), (2)")
+        .await
+        .unwrap();
+    a.execute("INSERT INTO tt VALUES ($1)", &[&3i32])
+        .await
+        .unwrap();
+    a.batch_execute(
+        "CREATE TEMPORARY VIEW tv AS SELECT sum(x) AS s FROM tt;
+         CREATE TEMP TABLE audit (x int);
+         CREATE TEMP TRIGGER tr AFTER INSERT ON tt BEGIN INSERT INTO audit VALUES (new.x); END",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        simple_value(&a, "SELECT s FROM tv").await.as_deref(),
+        Some("6")
+    );
+    let rows = a
+        .query("SELECT x FROM tt WHERE x > $1 ORDER BY x", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+        [2, 3]
+    );
+
+    // In a transaction block, together with the database's own tables.
+    a.batch_execute("BEGIN; INSERT INTO tt VALUES (4); INSERT INTO kept SELECT x FROM tt; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(&a, "SELECT count(*) FROM kept")
+            .await
+            .as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        simple_value(&a, "SELECT group_concat(x) FROM audit")
+            .await
+            .as_deref(),
+        Some("4")
+    );
+
+    // Another session sees none of it, and has its own TEMP table of the
+    // same name, the two used in turns over the same pooled connections.
+    assert_eq!(refused(&b, "SELECT * FROM tt").await.0, "42P01");
+    assert_eq!(refused(&b, "SELECT * FROM pg_temp.tt").await.0, "42P01");
+    assert_eq!(refused(&b, "SELECT * FROM tv").await.0, "42P01");
+    b.batch_execute("CREATE TEMP TABLE tt (x int); INSERT INTO tt VALUES (100)")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        a.batch_execute(&format!("INSERT INTO tt VALUES ({i})"))
+            .await
+            .unwrap();
+        b.batch_execute(&format!("INSERT INTO tt VALUES ({})", 1000 + i))
+            .await
+            .unwrap();
+        assert_eq!(
+            simple_value(&a, "SELECT count(*) FROM tt").await,
+            Some((5 + i).to_string())
+        );
+        assert_eq!(
+            simple_value(&b, "SELECT max(x) FROM tt").await,
+            Some((1000 + i).to_string())
+        );
+    }
+    assert_eq!(
+        simple_value(&a, "SELECT count(*) FROM audit")
+            .await
+            .as_deref(),
+        Some("21")
+    );
+
+    // The first TEMP object inside a transaction that has only read.
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "BEGIN; SELECT count(*) FROM kept; CREATE TEMP TABLE t3 (x int); INSERT INTO t3 VALUES (7)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        simple_value(&c, "SELECT x FROM t3").await.as_deref(),
+        Some("7")
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+
+    // Nothing of them is in the database file (whose pages are what
+    // replicates), and the catalog's own views cannot be dropped.
+    assert_eq!(
+        simple_value(
+            &b,
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('tt', 'tv', 'tr', 'audit', 't3')"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        simple_value(&a, "SELECT count(*) FROM pg_class WHERE relname = 'kept'")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    refused(&b, "DROP VIEW pg_class").await;
+
+    // They end with the session.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = server.client(DEFAULT_DB).await;
+    assert_eq!(refused(&d, "SELECT * FROM tt").await.0, "42P01");
+    assert_eq!(
+        simple_value(&b, "SELECT count(*) FROM tt").await.as_deref(),
+        Some("21")
+    );
+}

@@ -29,6 +29,9 @@ pub const PG_VERSION: &str = "16.0";
 pub struct Conn {
     conn: Connection,
     interrupt: Arc<InterruptHandle>,
+    /// The URI of the session space attached as `pg_temp`, if any
+    /// ([`super::temp`]).
+    bound: std::cell::RefCell<Option<String>>,
 }
 
 impl Conn {
@@ -47,6 +50,32 @@ impl Conn {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+    }
+
+    /// Shows `space` as schema `pg_temp` on this connection, and no other
+    /// session's (None: nothing). Called whenever a session borrows the
+    /// connection, before its transaction begins ([`super::temp`], rules 1
+    /// and 2).
+    pub fn bind(&self, space: Option<&super::TempSpace>) -> Result<()> {
+        let want = space.map(|s| s.uri());
+        if self.bound.borrow().as_deref() == want {
+            return Ok(());
+        }
+        if self.bound.borrow().is_some() {
+            self.conn
+                .execute_batch(&format!("DETACH DATABASE {}", super::temp::SCHEMA))?;
+            *self.bound.borrow_mut() = None;
+        }
+        if let Some(uri) = want {
+            // A literal, so that the authorizer sees the name (it is a
+            // UUID: no quote to escape).
+            self.conn.execute_batch(&format!(
+                "ATTACH DATABASE '{uri}' AS {}",
+                super::temp::SCHEMA
+            ))?;
+            *self.bound.borrow_mut() = Some(uri.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -174,6 +203,10 @@ impl Drop for Reader {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             conn.reset();
+            if conn.bind(None).is_err() {
+                // Still shows a session's TEMP objects: never reuse it.
+                return;
+            }
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < MAX_IDLE_READERS {
                 pool.push(conn);
@@ -944,7 +977,11 @@ fn finish_setup(
     conn.authorizer(Some(authorize))?;
     conn.set_prepared_statement_cache_capacity(64);
     let interrupt = Arc::new(conn.get_interrupt_handle());
-    Ok(Conn { conn, interrupt })
+    Ok(Conn {
+        conn,
+        interrupt,
+        bound: std::cell::RefCell::new(None),
+    })
 }
 
 /// Pragmas a client may run: introspection and application data. Everything
@@ -981,7 +1018,29 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
         // VACUUM attaches a nameless temporary database; that one is fine.
         AuthAction::Attach { filename: "" } => Authorization::Allow,
+        // A session's TEMP space (`Conn::bind`); its name is random.
+        AuthAction::Attach { filename } if filename.starts_with(super::temp::URI_PREFIX) => {
+            Authorization::Allow
+        }
+        AuthAction::Detach {
+            database_name: super::temp::SCHEMA,
+        } => Authorization::Allow,
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        // `ATTACH $1`: the name is a parameter, unknown here.
+        AuthAction::Unknown {
+            code: rusqlite::ffi::SQLITE_ATTACH | rusqlite::ffi::SQLITE_DETACH,
+            ..
+        } => Authorization::Deny,
+        // SQLite's own TEMP schema holds the catalog, on a connection other
+        // sessions use too: TEMP objects go to `pg_temp` (see `temp`).
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::DropTempTable { .. }
+        | AuthAction::DropTempView { .. }
+        | AuthAction::DropTempTrigger { .. }
+        | AuthAction::DropTempIndex { .. } => Authorization::Deny,
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
@@ -1244,10 +1303,19 @@ mod tests {
             "PRAGMA writable_schema = 1",
             "PRAGMA page_size = 1024",
             "ATTACH 'x.db' AS x",
+            // SQLite's TEMP schema is the catalog's (sessions' TEMP
+            // objects go to their own `pg_temp`).
+            "CREATE TEMP TABLE x(a)",
+            "DROP VIEW temp.pg_class",
         ] {
             let err = Error::from(c.execute_batch(sql).expect_err(sql));
             assert_eq!(err.sqlstate(), "42501", "{sql}");
         }
+        // A name bound as a parameter is not seen by the authorizer.
+        let err = c
+            .execute("ATTACH ?1 AS x", ["x.db"])
+            .expect_err("ATTACH $1");
+        assert_eq!(Error::from(err).sqlstate(), "42501");
         c.execute_batch("CREATE TABLE t(a INTEGER)").unwrap();
         c.execute_batch("VACUUM")
             .expect("VACUUM attaches a temporary database");
@@ -1259,6 +1327,42 @@ mod tests {
         ] {
             c.execute_batch(sql).unwrap();
         }
+    }
+
+    #[test]
+    fn a_session_space_shows_on_the_connections_it_is_bound_to_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open("t", &dir.path().join("t.db"), &dir.path().join("log")).unwrap();
+        let (one, two) = (
+            super::super::TempSpace::new().unwrap(),
+            super::super::TempSpace::new().unwrap(),
+        );
+        let w = db.writer.try_lock().unwrap();
+        w.conn().bind(Some(&one)).unwrap();
+        w.conn()
+            .sqlite()
+            .execute_batch("CREATE TABLE pg_temp.tt(x); INSERT INTO tt VALUES (1)")
+            .unwrap();
+        let r = db.reader().unwrap();
+        r.conn().bind(Some(&one)).unwrap();
+        let n: i64 = r
+            .conn()
+            .sqlite()
+            .query_row("SELECT count(*) FROM tt", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        r.conn().bind(Some(&two)).unwrap();
+        assert!(r.conn().sqlite().prepare("SELECT * FROM tt").is_err());
+        drop(r);
+        // Back in the pool, unbound.
+        let r = db.reader().unwrap();
+        assert!(r
+            .conn()
+            .sqlite()
+            .prepare("SELECT * FROM pg_temp.tt")
+            .is_err());
+        w.conn().bind(None).unwrap();
+        assert!(w.conn().sqlite().prepare("SELECT * FROM tt").is_err());
     }
 
     #[test]

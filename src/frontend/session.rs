@@ -34,6 +34,12 @@
 //! autocommit write runs inside a savepoint so that a refusal half way
 //! rolls back (SQLite makes a RETURNING statement's changes at its first
 //! step and would commit them at reset).
+//!
+//! # TEMP objects
+//! The first `CREATE TEMP TABLE/VIEW/TRIGGER` gives the session a private
+//! `pg_temp` schema ([`engine::temp`]); every reader or writer it borrows
+//! from then on shows that schema and no other session's
+//! (`Session::reader`, `Session::writer`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,6 +220,9 @@ pub struct Session {
     ended: Option<String>,
     /// This session's share of the node's memory budget.
     memory: Arc<SessionMemory>,
+    /// Where the session's TEMP objects live, once it created one
+    /// ([`engine::temp`]); every connection it borrows shows it.
+    temp: Option<Arc<engine::TempSpace>>,
 }
 
 impl Session {
@@ -238,6 +247,7 @@ impl Session {
             began_read_write,
             ended: None,
             memory: engine.memory().session(),
+            temp: None,
             engine,
         }
     }
@@ -401,6 +411,7 @@ impl Session {
             let snapshot = self.ag.snapshot();
             return blocking(move || snapshot.describe(&sql)).await;
         }
+        let sql = self.place_temp(sql).await?;
         self.settle_tx(true).await;
         if let Tx::Active {
             holder: Holder::Writer(_),
@@ -425,7 +436,7 @@ impl Session {
             };
             return res;
         }
-        let reader = self.db.reader()?;
+        let reader = self.reader()?;
         blocking(move || engine::describe(reader.conn().sqlite(), &sql)).await
     }
 
@@ -537,6 +548,7 @@ impl Session {
             }
             Command::Sql(sql) => {
                 self.wait_for_redo().await?;
+                let sql = self.place_temp(sql).await?;
                 self.sql(sql, params).await
             }
         }
@@ -901,7 +913,7 @@ impl Session {
 
     async fn autocommit(&mut self, sql: String, params: Vec<Value>) -> Result<Reply> {
         let read_only = self.settings.default_read_only;
-        let reader = self.db.reader()?;
+        let reader = self.reader()?;
         let s = sql.clone();
         let (reader, ro) = blocking(move || {
             let ro = engine::is_readonly(reader.conn().sqlite(), &s);
@@ -932,10 +944,7 @@ impl Session {
             return Ok(reply(&sql, outcome));
         }
         drop(reader);
-        let w = self
-            .db
-            .writer(self.settings.lock_timeout, &self.cancel.waiting)
-            .await?;
+        let w = self.writer().await?;
         let s = sql.clone();
         let memory = self.memory.clone();
         let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
@@ -1025,7 +1034,7 @@ impl Session {
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
         let holder = match holder {
-            Holder::Nothing => match self.db.reader() {
+            Holder::Nothing => match self.reader() {
                 Ok(reader) => {
                     // Read the commit counter before the snapshot starts, so
                     // a commit racing with BEGIN makes the upgrade check fail
@@ -1175,10 +1184,7 @@ impl Session {
         };
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => {
-                let w = self
-                    .db
-                    .writer(self.settings.lock_timeout, &self.cancel.waiting)
-                    .await?;
+                let w = self.writer().await?;
                 let (w, res) =
                     on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
                         w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
@@ -1257,7 +1263,7 @@ impl Session {
     /// The columns a COPY names, or all of the table's, with their types.
     pub async fn copy_columns(&mut self, spec: &crate::sql::pg::CopySpec) -> Result<Vec<Column>> {
         let table = spec.table.clone().unwrap_or_default();
-        let reader = self.db.reader()?;
+        let reader = self.reader()?;
         let cols = blocking(move || -> Result<Vec<(String, String)>> {
             let conn = reader.conn().sqlite();
             let mut stmt = conn.prepare("SELECT name, type FROM pragma_table_info(?1)")?;
@@ -1298,6 +1304,55 @@ impl Session {
             .collect()
     }
 
+    /// Borrows a pooled reader, showing the session's TEMP objects.
+    fn reader(&self) -> Result<Reader> {
+        let reader = self.db.reader()?;
+        reader.conn().bind(self.temp.as_deref())?;
+        Ok(reader)
+    }
+
+    /// Takes the write lock, the writer showing the session's TEMP objects.
+    async fn writer(&mut self) -> Result<WriterGuard> {
+        let w = self
+            .db
+            .writer(self.settings.lock_timeout, &self.cancel.waiting)
+            .await?;
+        w.conn().bind(self.temp.as_deref())?;
+        Ok(w)
+    }
+
+    /// Places a statement creating a TEMP object in the session's own
+    /// `pg_temp` schema, which the first such statement creates
+    /// ([`engine::temp`]). The connections the session holds did not show
+    /// it when they were borrowed, and SQLite attaches only outside a
+    /// transaction: a read snapshot at READ COMMITTED is let go (the next
+    /// statement may see newer data anyway), but a transaction that
+    /// already wrote, or must keep its snapshot, cannot take it.
+    async fn place_temp(&mut self, sql: String) -> Result<String> {
+        let Some(placed) = crate::sql::pg::temp_object(&sql) else {
+            return Ok(sql);
+        };
+        if self.temp.is_some() {
+            return Ok(placed);
+        }
+        self.settle_tx(true).await;
+        if let Tx::Active { holder, .. } = &mut self.tx {
+            match holder {
+                Holder::Nothing => {}
+                Holder::Reader { seq: None, .. } => *holder = Holder::Nothing,
+                Holder::Reader { .. } | Holder::Writer(_) | Holder::Cursor(_) => {
+                    return Err(Error::sql(
+                        "0A000",
+                        "not supported in availdb: the session's first TEMP object created inside a transaction that has already written (or runs at REPEATABLE READ or SERIALIZABLE)",
+                    )
+                    .with_hint("create it at the start of the transaction, or before it"))
+                }
+            }
+        }
+        self.temp = Some(Arc::new(engine::TempSpace::new()?));
+        Ok(placed)
+    }
+
     /// Moves an open transaction onto the writer (BEGIN IMMEDIATE there).
     /// From a reader snapshot this is allowed only if nothing committed since
     /// the snapshot began; otherwise the transaction must retry (40001).
@@ -1310,10 +1365,7 @@ impl Session {
             }
             Holder::Nothing | Holder::Cursor(_) => None,
         };
-        let w = self
-            .db
-            .writer(self.settings.lock_timeout, &self.cancel.waiting)
-            .await?;
+        let w = self.writer().await?;
         if let Some(seq) = snapshot_seq {
             if self.db.commit_seq() != seq {
                 return Err(Error::sql(

@@ -188,6 +188,43 @@ pub fn translate(sql: &str) -> Translated {
     }
 }
 
+/// A statement that creates a TEMP object, with the object placed in the
+/// session's private schema (`CREATE TEMP TABLE t` → `CREATE TABLE
+/// pg_temp.t`; see `engine::temp`); None for any other statement. The
+/// session makes sure its `pg_temp` exists before running it.
+pub fn temp_object(sql: &str) -> Option<String> {
+    static TEMP: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(?:GLOBAL\s+|LOCAL\s+)?(?:TEMP|TEMPORARY)\s+(TABLE|VIEW|TRIGGER)\s+(IF\s+NOT\s+EXISTS\s+)?(?:"?pg_temp"?\.)?"#,
+        )
+        .expect("valid regex")
+    });
+    static QUALIFIED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(?:UNIQUE\s+)?(?:TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?pg_temp"?\."#,
+        )
+        .expect("valid regex")
+    });
+    let head = sql.trim_start().get(..6)?;
+    if !head.eq_ignore_ascii_case("create") {
+        return None;
+    }
+    if let Some(c) = TEMP.captures(sql) {
+        let end = c.get(0).expect("whole match").end();
+        let exists = if c.get(2).is_some() {
+            "IF NOT EXISTS "
+        } else {
+            ""
+        };
+        return Some(format!(
+            "CREATE {} {exists}pg_temp.{}",
+            c[1].to_ascii_uppercase(),
+            &sql[end..]
+        ));
+    }
+    QUALIFIED.is_match(sql).then(|| sql.to_string())
+}
+
 fn unsupported(message: impl Into<String>, hint: impl Into<String>) -> Translated {
     Translated::Unsupported {
         message: message.into(),
@@ -432,6 +469,14 @@ fn sqlite_type(ty: &DataType) -> DataType {
 
 /// The CREATE TABLE rules (see the module page).
 fn create_table(ct: &mut sqlparser::ast::CreateTable) {
+    // `pg_temp.t` is a TEMP table (the session places it).
+    let schema = ct.name.0.first().and_then(|p| p.as_ident());
+    if ct.name.0.len() > 1 && schema.is_some_and(|s| s.value.eq_ignore_ascii_case("pg_temp")) {
+        ct.temporary = true;
+    }
+    if matches!(ct.on_commit, Some(sqlparser::ast::OnCommit::PreserveRows)) {
+        ct.on_commit = None;
+    }
     ct.name = unqualified(&ct.name);
     ct.unlogged = false;
     ct.table_options = CreateTableOptions::None;
@@ -623,6 +668,51 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(sql(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn temp_objects_go_to_the_sessions_pg_temp_schema() {
+        let cases = [
+            (
+                "CREATE TEMP TABLE tt(x int)",
+                Some("CREATE TABLE pg_temp.tt(x int)"),
+            ),
+            (
+                "create temporary table if not exists \"T\" (x int)",
+                Some("CREATE TABLE IF NOT EXISTS pg_temp.\"T\" (x int)"),
+            ),
+            (
+                "CREATE TEMPORARY VIEW v AS SELECT 1",
+                Some("CREATE VIEW pg_temp.v AS SELECT 1"),
+            ),
+            (
+                "CREATE TEMP TABLE pg_temp.t (x int)",
+                Some("CREATE TABLE pg_temp.t (x int)"),
+            ),
+            (
+                "CREATE TABLE pg_temp.t (x int)",
+                Some("CREATE TABLE pg_temp.t (x int)"),
+            ),
+            (
+                "CREATE INDEX pg_temp.i ON t (x)",
+                Some("CREATE INDEX pg_temp.i ON t (x)"),
+            ),
+            ("CREATE TABLE t (x int)", None),
+            ("SELECT 'CREATE TEMP TABLE'", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(temp_object(input).as_deref(), want, "{input}");
+        }
+        // Translated first: the TEMP keyword survives (and so does a
+        // pg_temp qualifier).
+        assert_eq!(
+            temp_object(&sql("CREATE TEMP TABLE tt (id serial PRIMARY KEY, at timestamp) ON COMMIT PRESERVE ROWS")).as_deref(),
+            Some("CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY, at timestamp)")
+        );
+        assert_eq!(
+            temp_object(&sql("CREATE TABLE pg_temp.t (x int)")).as_deref(),
+            Some("CREATE TABLE pg_temp.t (x int)")
+        );
     }
 
     #[test]
