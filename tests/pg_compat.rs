@@ -515,3 +515,142 @@ async fn temp_tables_views_and_triggers_belong_to_their_session_only() {
         Some("21")
     );
 }
+
+/// The values a list of `SELECT nextval(…)` answers.
+async fn values(client: &tokio_postgres::Client, sql: &str, n: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let v = simple_value(client, sql).await.expect("a value");
+        out.push(v.parse().unwrap_or_else(|_| panic!("{sql}: {v}")));
+    }
+    out
+}
+
+/// Sequences (issue 14): `CREATE SEQUENCE` with its options, `nextval`
+/// from a SELECT and from a column default, `currval`/`lastval` per
+/// session, `setval`, `DROP SEQUENCE`; SERIAL and IDENTITY keys never
+/// reuse a number after a DELETE; the sequences' table is not in the
+/// catalog.
+#[tokio::test(flavor = "multi_thread")]
+async fn sequences_number_like_postgresql() {
+    let server = TestServer::start().await;
+    let a = server.client(DEFAULT_DB).await;
+    let b = server.client(DEFAULT_DB).await;
+    a.batch_execute(
+        "CREATE SEQUENCE s INCREMENT BY 10 START WITH 100;
+         CREATE TABLE item (id bigint PRIMARY KEY DEFAULT nextval('s'::regclass), name text)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(values(&a, "SELECT nextval('s')", 2).await, [100, 110]);
+    assert_eq!(
+        refused(&b, "SELECT currval('s')").await.0,
+        "55000",
+        "currval is the session's own"
+    );
+    assert_eq!(values(&b, "SELECT nextval('public.s')", 1).await, [120]);
+    assert_eq!(values(&a, "SELECT currval('s')", 1).await, [110]);
+    // Through the extended protocol, inside a transaction block.
+    a.batch_execute("BEGIN").await.unwrap();
+    a.execute("INSERT INTO item (name) VALUES ($1)", &[&"x"])
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        simple_value(&a, "SELECT id FROM item").await.as_deref(),
+        Some("130")
+    );
+    assert_eq!(values(&a, "SELECT lastval()", 1).await, [130]);
+    assert_eq!(values(&a, "SELECT setval('s', 500)", 1).await, [500]);
+    assert_eq!(values(&b, "SELECT nextval('s')", 1).await, [510]);
+    a.batch_execute("CREATE SEQUENCE small AS smallint MAXVALUE 2")
+        .await
+        .unwrap();
+    assert_eq!(values(&a, "SELECT nextval('small')", 2).await, [1, 2]);
+    assert_eq!(refused(&a, "SELECT nextval('small')").await.0, "2200H");
+    a.batch_execute("DROP SEQUENCE small; DROP SEQUENCE IF EXISTS small")
+        .await
+        .unwrap();
+    assert_eq!(refused(&a, "DROP SEQUENCE small").await.0, "42P01");
+    assert_eq!(refused(&a, "SELECT nextval('small')").await.0, "42P01");
+
+    // Keys that number themselves never take a number back.
+    a.batch_execute(
+        "CREATE TABLE s1 (id SERIAL PRIMARY KEY, v int);
+         CREATE TABLE i1 (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int);
+         INSERT INTO s1 (v) VALUES (1), (2); DELETE FROM s1 WHERE id = 2; INSERT INTO s1 (v) VALUES (3);
+         INSERT INTO i1 (v) VALUES (1), (2); DELETE FROM i1 WHERE id = 2; INSERT INTO i1 (v) VALUES (3);",
+    )
+    .await
+    .unwrap();
+    for t in ["s1", "i1"] {
+        assert_eq!(
+            simple_value(&a, &format!("SELECT group_concat(id) FROM {t}"))
+                .await
+                .as_deref(),
+            Some("1,3"),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        simple_value(
+            &a,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'availdb_sequences'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+}
+
+/// Sequences are rows of the database, so they replicate: after a planned
+/// failover the new primary goes on after every value the old one handed
+/// out, and no value is ever handed out twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sequence_never_hands_out_a_value_twice_across_a_planned_failover() {
+    use common::group::{error_text, Group, APP, CATCH_UP_TIMEOUT};
+    let group = Group::start(2).await;
+    let old = group.nodes[0].client(APP).await;
+    old.batch_execute(
+        "CREATE SEQUENCE s;
+         CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s'), v int)",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", error_text(&e)));
+    let mut seen = values(&old, "SELECT nextval('s')", 20).await;
+    for v in 0..10 {
+        old.batch_execute(&format!("INSERT INTO t (v) VALUES ({v})"))
+            .await
+            .unwrap();
+    }
+    seen.extend(values(&old, "SELECT nextval('s')", 5).await);
+    let before = *seen.iter().max().unwrap();
+    common::cluster::wait_failover_ready(&group, 0, &[1]).await;
+    common::cluster::planned_failover(&group, 1)
+        .await
+        .unwrap_or_else(|(code, m)| panic!("planned failover: {code} {m}\n{}", group.logs()));
+    group.wait_takes_writes(1, CATCH_UP_TIMEOUT).await;
+    let new = group.nodes[1].client(APP).await;
+    let after = values(&new, "SELECT nextval('s')", 20).await;
+    for v in 0..10 {
+        new.batch_execute(&format!("INSERT INTO t (v) VALUES ({v})"))
+            .await
+            .unwrap_or_else(|e| panic!("{}", error_text(&e)));
+    }
+    assert!(
+        after.iter().all(|v| *v > before),
+        "the new primary handed out {after:?}, the old one up to {before}"
+    );
+    seen.extend(after);
+    let ids = simple_value(&new, "SELECT group_concat(id) FROM t")
+        .await
+        .unwrap();
+    seen.extend(ids.split(',').map(|v| v.parse::<i64>().unwrap()));
+    let distinct: std::collections::BTreeSet<i64> = seen.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "a value handed out twice: {seen:?}"
+    );
+    assert_eq!(seen.len(), 65);
+}

@@ -518,7 +518,11 @@ fn types_values() -> String {
 
 /// The catalog, as TEMP views (`CREATE TEMP VIEW IF NOT EXISTS`).
 fn views_sql() -> String {
-    let user_table = r"name NOT LIKE 'sqlite\_%' ESCAPE '\'";
+    // Not SQLite's own tables, nor availdb's sequences (`engine::sequence`).
+    let user = |name: &str| {
+        format!(r"{name} NOT LIKE 'sqlite\_%' ESCAPE '\' AND {name} <> 'availdb_sequences'")
+    };
+    let (user_table, t_user_table) = (user("name"), user("t.name"));
     format!(
         r#"
 CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
@@ -527,7 +531,7 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
 CREATE TEMP VIEW IF NOT EXISTS availdb_rowid_pk AS
   SELECT t.name AS tbl, p.name AS col, p.cid AS cid
   FROM main.sqlite_schema t, pragma_table_info(t.name) p
-  WHERE t.type = 'table' AND t.{user_table} AND p.pk = 1 AND upper(p.type) = 'INTEGER'
+  WHERE t.type = 'table' AND {t_user_table} AND p.pk = 1 AND upper(p.type) = 'INTEGER'
     AND (SELECT count(*) FROM pragma_table_info(t.name) q WHERE q.pk > 0) = 1;
 CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
   SELECT t.name AS tbl,
@@ -543,7 +547,7 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
     (SELECT group_concat(quote_ident(ii.name), ', ') FROM pragma_index_info(il.name) ii) AS cols,
     (SELECT s.sql FROM main.sqlite_schema s WHERE s.type = 'index' AND s.name = il.name) AS sql
   FROM main.sqlite_schema t, pragma_index_list(t.name) il
-  WHERE t.type = 'table' AND t.{user_table}
+  WHERE t.type = 'table' AND {t_user_table}
   UNION ALL
   SELECT tbl, tbl || '_pkey', 1, 1, 'pk', 0, json_array(cid + 1), json_array(col), quote_ident(col), NULL
   FROM availdb_rowid_pk;

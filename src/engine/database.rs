@@ -32,6 +32,8 @@ pub struct Conn {
     /// The URI of the session space attached as `pg_temp`, if any
     /// ([`super::temp`]).
     bound: std::cell::RefCell<Option<String>>,
+    /// The borrowing session's `currval` state ([`super::sequence`]).
+    sequences: super::sequence::Slot,
 }
 
 impl Conn {
@@ -52,11 +54,27 @@ impl Conn {
         }
     }
 
-    /// Shows `space` as schema `pg_temp` on this connection, and no other
-    /// session's (None: nothing). Called whenever a session borrows the
+    /// Lends the connection to a session: its `currval` state
+    /// ([`super::sequence`]) and its TEMP objects, as schema `pg_temp`, and
+    /// no other session's. Called whenever a session borrows the
     /// connection, before its transaction begins ([`super::temp`], rules 1
     /// and 2).
-    pub fn bind(&self, space: Option<&super::TempSpace>) -> Result<()> {
+    pub fn bind(
+        &self,
+        space: Option<&super::TempSpace>,
+        sequences: &Arc<Mutex<super::SessionSequences>>,
+    ) -> Result<()> {
+        *self.sequences.lock().unwrap_or_else(|e| e.into_inner()) = Some(sequences.clone());
+        self.bind_space(space)
+    }
+
+    /// Ends a session's loan (a reader going back to the pool).
+    fn unbind(&self) -> Result<()> {
+        *self.sequences.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.bind_space(None)
+    }
+
+    fn bind_space(&self, space: Option<&super::TempSpace>) -> Result<()> {
         let want = space.map(|s| s.uri());
         if self.bound.borrow().as_deref() == want {
             return Ok(());
@@ -203,7 +221,7 @@ impl Drop for Reader {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             conn.reset();
-            if conn.bind(None).is_err() {
+            if conn.unbind().is_err() {
                 // Still shows a session's TEMP objects: never reuse it.
                 return;
             }
@@ -974,6 +992,8 @@ fn finish_setup(
     let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
     let dir = path.parent().unwrap_or(Path::new("."));
     super::catalog::install(&conn, dir, i64::from(pid))?;
+    let sequences = super::sequence::Slot::default();
+    super::sequence::install(&conn, &sequences)?;
     conn.authorizer(Some(authorize))?;
     conn.set_prepared_statement_cache_capacity(64);
     let interrupt = Arc::new(conn.get_interrupt_handle());
@@ -981,6 +1001,7 @@ fn finish_setup(
         conn,
         interrupt,
         bound: std::cell::RefCell::new(None),
+        sequences,
     })
 }
 
@@ -1337,21 +1358,22 @@ mod tests {
             super::super::TempSpace::new().unwrap(),
             super::super::TempSpace::new().unwrap(),
         );
+        let seqs = Arc::default();
         let w = db.writer.try_lock().unwrap();
-        w.conn().bind(Some(&one)).unwrap();
+        w.conn().bind(Some(&one), &seqs).unwrap();
         w.conn()
             .sqlite()
             .execute_batch("CREATE TABLE pg_temp.tt(x); INSERT INTO tt VALUES (1)")
             .unwrap();
         let r = db.reader().unwrap();
-        r.conn().bind(Some(&one)).unwrap();
+        r.conn().bind(Some(&one), &seqs).unwrap();
         let n: i64 = r
             .conn()
             .sqlite()
             .query_row("SELECT count(*) FROM tt", [], |row| row.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        r.conn().bind(Some(&two)).unwrap();
+        r.conn().bind(Some(&two), &seqs).unwrap();
         assert!(r.conn().sqlite().prepare("SELECT * FROM tt").is_err());
         drop(r);
         // Back in the pool, unbound.
@@ -1361,7 +1383,7 @@ mod tests {
             .sqlite()
             .prepare("SELECT * FROM pg_temp.tt")
             .is_err());
-        w.conn().bind(None).unwrap();
+        w.conn().bind(None, &seqs).unwrap();
         assert!(w.conn().sqlite().prepare("SELECT * FROM tt").is_err());
     }
 

@@ -66,6 +66,7 @@ pub mod image;
 pub mod memory;
 mod recover;
 pub mod redo;
+pub mod sequence;
 pub mod temp;
 pub mod wal;
 
@@ -84,6 +85,7 @@ pub use exec::{describe, is_readonly, run, run_charged, Column, Described, Outco
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
 pub use recover::{redo as redo_records, whole_transactions};
+pub use sequence::SessionSequences;
 pub use temp::TempSpace;
 
 /// The database a fresh node creates, named after the default user.

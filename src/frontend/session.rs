@@ -223,6 +223,8 @@ pub struct Session {
     /// Where the session's TEMP objects live, once it created one
     /// ([`engine::temp`]); every connection it borrows shows it.
     temp: Option<Arc<engine::TempSpace>>,
+    /// What its `nextval` calls returned (`currval`, `lastval`).
+    sequences: Arc<Mutex<engine::SessionSequences>>,
 }
 
 impl Session {
@@ -248,6 +250,7 @@ impl Session {
             ended: None,
             memory: engine.memory().session(),
             temp: None,
+            sequences: Arc::default(),
             engine,
         }
     }
@@ -1307,7 +1310,7 @@ impl Session {
     /// Borrows a pooled reader, showing the session's TEMP objects.
     fn reader(&self) -> Result<Reader> {
         let reader = self.db.reader()?;
-        reader.conn().bind(self.temp.as_deref())?;
+        reader.conn().bind(self.temp.as_deref(), &self.sequences)?;
         Ok(reader)
     }
 
@@ -1317,7 +1320,7 @@ impl Session {
             .db
             .writer(self.settings.lock_timeout, &self.cancel.waiting)
             .await?;
-        w.conn().bind(self.temp.as_deref())?;
+        w.conn().bind(self.temp.as_deref(), &self.sequences)?;
         Ok(w)
     }
 

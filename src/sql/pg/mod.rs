@@ -36,8 +36,9 @@
 //!   column defaults), `pg_get_indexdef`, `pg_get_constraintdef`,
 //!   `to_regclass`, `to_regtype`.
 //! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
-//!   AS IDENTITY` primary keys → `INTEGER PRIMARY KEY` (SQLite's rowid
-//!   alias, which numbers itself); PostgreSQL type names kept as the
+//!   AS IDENTITY` primary keys → `INTEGER PRIMARY KEY AUTOINCREMENT`
+//!   (SQLite's rowid alias, which numbers itself and, like a sequence,
+//!   never takes a number back); PostgreSQL type names kept as the
 //!   declared type; `WITH (…)`, `TABLESPACE`, `UNLOGGED` dropped;
 //!   non-constant defaults (`now()`) → `CURRENT_TIMESTAMP`.
 //! * `CREATE INDEX`: `USING btree`, `CONCURRENTLY`, operator classes,
@@ -48,6 +49,13 @@
 //!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
+//! * `CREATE SEQUENCE` (INCREMENT, MINVALUE, MAXVALUE, START, CACHE
+//!   ignored, CYCLE, `AS smallint|integer|bigint`) → a row of
+//!   `availdb_sequences`; `DROP SEQUENCE a, b` → their rows deleted;
+//!   `nextval('s'::regclass)` → `nextval('s')` (`engine::sequence`).
+//!   `CREATE TEMP SEQUENCE` is refused.
+//! * `CREATE TEMP TABLE|VIEW|TRIGGER t` → `CREATE … pg_temp.t`, the
+//!   session's own schema ([`temp_object`], `engine::temp`).
 //! * `COPY … FROM STDIN` / `TO STDOUT` in text and CSV ([`copy`]).
 //! * `(VALUES …) AS t(a, b)` and `(SELECT …) AS t(a, b)`: SQLite takes no
 //!   column list, so the subquery's columns are named instead
@@ -297,6 +305,25 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             Some(Translated::Sql(stmt.to_string()))
         }
         Statement::Drop {
+            object_type: ObjectType::Sequence,
+            if_exists,
+            names,
+            ..
+        } => {
+            let mut statements = vec![crate::engine::sequence::CREATE_TABLE.to_string()];
+            for n in names.iter() {
+                let name = literal(&sequence_ident(n));
+                if !*if_exists {
+                    statements.push(format!("SELECT availdb_sequence_exists({name})"));
+                }
+                statements.push(format!("DELETE FROM availdb_sequences WHERE name = {name}"));
+            }
+            Some(Translated::Batch {
+                statements,
+                tag: "DROP SEQUENCE".into(),
+            })
+        }
+        Statement::Drop {
             object_type,
             if_exists,
             names,
@@ -345,7 +372,10 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             Some(
                 match CopySpec::from_parts(source, *to, target, options, legacy_options, query) {
                     Ok(spec) => Translated::Copy(spec),
-                    Err(why) => unsupported(why, "run COPY through psql's \\copy, or a driver's copy API"),
+                    Err(why) => unsupported(
+                        why,
+                        "run COPY through psql's \\copy, or a driver's copy API",
+                    ),
                 },
             )
         }
@@ -353,7 +383,12 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             let mut inner = (**statement).clone();
             let inner_sql = match translate_statement(&mut inner) {
                 Some(Translated::Sql(s)) => s,
-                Some(_) => return Some(unsupported("EXPLAIN of this statement is not supported in availdb", "EXPLAIN the SELECT, INSERT, UPDATE or DELETE itself")),
+                Some(_) => {
+                    return Some(unsupported(
+                        "EXPLAIN of this statement is not supported in availdb",
+                        "EXPLAIN the SELECT, INSERT, UPDATE or DELETE itself",
+                    ))
+                }
                 None => {
                     rewrite::rewrite_statement(&mut inner);
                     inner.to_string()
@@ -412,11 +447,110 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                 tag: "ALTER TABLE".into(),
             })
         }
-        Statement::CreateSequence { .. } => Some(unsupported(
-            "CREATE SEQUENCE is not supported in availdb yet",
-            "use an INTEGER PRIMARY KEY (or SERIAL / GENERATED AS IDENTITY) column, which numbers itself",
-        )),
+        Statement::CreateSequence {
+            temporary,
+            if_not_exists,
+            name,
+            data_type,
+            sequence_options,
+            ..
+        } => Some(if *temporary {
+            unsupported(
+                "not supported in availdb: TEMP sequences",
+                "create a regular sequence (and DROP SEQUENCE it when done)",
+            )
+        } else {
+            create_sequence(*if_not_exists, name, data_type.as_ref(), sequence_options)
+        }),
         _ => None,
+    }
+}
+
+/// A sequence's name as stored: unquoted names fold to lower case.
+fn sequence_ident(name: &ObjectName) -> String {
+    match name.0.last().and_then(|p| p.as_ident()) {
+        Some(i) if i.quote_style.is_some() => i.value.clone(),
+        Some(i) => i.value.to_ascii_lowercase(),
+        None => String::new(),
+    }
+}
+
+/// A SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `CREATE SEQUENCE` → a row of `availdb_sequences` (`engine::sequence`),
+/// with PostgreSQL's defaults: ascending from 1 to the type's maximum, or
+/// descending from -1 to its minimum.
+fn create_sequence(
+    if_not_exists: bool,
+    name: &ObjectName,
+    data_type: Option<&DataType>,
+    options: &[sqlparser::ast::SequenceOptions],
+) -> Translated {
+    use sqlparser::ast::SequenceOptions as O;
+    let (type_min, type_max) = match data_type {
+        Some(DataType::SmallInt(_) | DataType::Int2(_)) => {
+            (i64::from(i16::MIN), i64::from(i16::MAX))
+        }
+        Some(DataType::Int(_) | DataType::Integer(_) | DataType::Int4(_)) => {
+            (i64::from(i32::MIN), i64::from(i32::MAX))
+        }
+        _ => (i64::MIN, i64::MAX),
+    };
+    let number = |e: &Expr| e.to_string().replace(' ', "").parse::<i64>().ok();
+    let (mut increment, mut min, mut max, mut start, mut cycle) =
+        (Some(1), None, None, None, false);
+    for o in options {
+        match o {
+            O::IncrementBy(e, _) => increment = number(e),
+            O::MinValue(e) => min = e.as_ref().map(number),
+            O::MaxValue(e) => max = e.as_ref().map(number),
+            O::StartWith(e, _) => start = Some(number(e)),
+            O::Cache(_) => {}
+            O::Cycle(no) => cycle = !*no,
+        }
+    }
+    let bad = || {
+        unsupported(
+            "not supported in availdb: a sequence option that is not an integer constant",
+            "write INCREMENT, MINVALUE, MAXVALUE and START as integer literals",
+        )
+    };
+    let Some(increment) = increment.filter(|i| *i != 0) else {
+        return bad();
+    };
+    let (Some(min), Some(max)) = (
+        min.unwrap_or(Some(if increment > 0 { 1 } else { type_min })),
+        max.unwrap_or(Some(if increment > 0 { type_max } else { -1 })),
+    ) else {
+        return bad();
+    };
+    let Some(start) = start.unwrap_or(Some(if increment > 0 { min } else { max })) else {
+        return bad();
+    };
+    if !(min..=max).contains(&start) {
+        return unsupported(
+            format!("START value ({start}) is outside MINVALUE ({min}) .. MAXVALUE ({max})"),
+            "choose a START between MINVALUE and MAXVALUE",
+        );
+    }
+    let verb = if if_not_exists {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT"
+    };
+    Translated::Batch {
+        statements: vec![
+            crate::engine::sequence::CREATE_TABLE.to_string(),
+            format!(
+                "{verb} INTO availdb_sequences VALUES ({}, {start}, {start}, {increment}, {min}, {max}, {}, 0)",
+                literal(&sequence_ident(name)),
+                i64::from(cycle)
+            ),
+        ],
+        tag: "CREATE SEQUENCE".into(),
     }
 }
 
@@ -527,6 +661,17 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
                         index_options: vec![],
                         characteristics: None,
                     }),
+                },
+            );
+            // Never reuses a number, as a sequence never does (a plain
+            // rowid alias takes max + 1, which a DELETE lowers).
+            col.options.insert(
+                1,
+                ColumnOptionDef {
+                    name: None,
+                    option: ColumnOption::DialectSpecific(vec![
+                        sqlparser::tokenizer::Token::make_keyword("AUTOINCREMENT"),
+                    ]),
                 },
             );
             if !column_pk {
@@ -654,11 +799,11 @@ mod tests {
         let cases = [
             (
                 "CREATE TABLE t (id SERIAL NOT NULL, name VARCHAR(40), at TIMESTAMP WITHOUT TIME ZONE DEFAULT now(), PRIMARY KEY (id))",
-                "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP)",
+                "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP)",
             ),
             (
                 "CREATE TABLE \"a\" (\"id\" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, \"t\" timestamp with time zone NOT NULL)",
-                "CREATE TABLE \"a\" (\"id\" INTEGER PRIMARY KEY NOT NULL, \"t\" timestamp with time zone NOT NULL)",
+                "CREATE TABLE \"a\" (\"id\" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, \"t\" timestamp with time zone NOT NULL)",
             ),
             (
                 "create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)",
@@ -707,12 +852,64 @@ mod tests {
         // pg_temp qualifier).
         assert_eq!(
             temp_object(&sql("CREATE TEMP TABLE tt (id serial PRIMARY KEY, at timestamp) ON COMMIT PRESERVE ROWS")).as_deref(),
-            Some("CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY, at timestamp)")
+            Some("CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY AUTOINCREMENT, at timestamp)")
         );
         assert_eq!(
             temp_object(&sql("CREATE TABLE pg_temp.t (x int)")).as_deref(),
             Some("CREATE TABLE pg_temp.t (x int)")
         );
+    }
+
+    #[test]
+    fn sequences_are_rows_of_availdb_sequences() {
+        let create = crate::engine::sequence::CREATE_TABLE.to_string();
+        let cases = [
+            (
+                "CREATE SEQUENCE s",
+                vec![
+                    create.clone(),
+                    format!("INSERT INTO availdb_sequences VALUES ('s', 1, 1, 1, 1, {}, 0, 0)", i64::MAX),
+                ],
+            ),
+            (
+                "create sequence if not exists public.\"S\" as integer increment by -2 start with -10 cycle",
+                vec![
+                    create.clone(),
+                    format!("INSERT OR IGNORE INTO availdb_sequences VALUES ('S', -10, -10, -2, {}, -1, 1, 0)", i32::MIN),
+                ],
+            ),
+        ];
+        for (input, statements) in cases {
+            assert_eq!(
+                translate(input),
+                Translated::Batch {
+                    statements,
+                    tag: "CREATE SEQUENCE".into()
+                },
+                "{input}"
+            );
+        }
+        assert_eq!(
+            translate("DROP SEQUENCE a, b"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    "SELECT availdb_sequence_exists('a')".into(),
+                    "DELETE FROM availdb_sequences WHERE name = 'a'".into(),
+                    "SELECT availdb_sequence_exists('b')".into(),
+                    "DELETE FROM availdb_sequences WHERE name = 'b'".into(),
+                ],
+                tag: "DROP SEQUENCE".into()
+            }
+        );
+        assert_eq!(
+            sql("SELECT nextval('t_id_seq'::regclass)"),
+            "SELECT nextval('t_id_seq')"
+        );
+        assert!(matches!(
+            translate("CREATE TEMP SEQUENCE s"),
+            Translated::Unsupported { .. }
+        ));
     }
 
     #[test]

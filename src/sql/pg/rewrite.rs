@@ -422,6 +422,23 @@ impl Rewriter {
                     "pg_array((SELECT json_group_array(availdb_elem) FROM ({q})))"
                 ))
             }
+            // `nextval('s'::regclass)`: the sequence functions take the name.
+            "nextval" | "currval" | "setval" => {
+                let mut args = args;
+                let inner = match args.first()? {
+                    Expr::Cast {
+                        expr,
+                        data_type: sqlparser::ast::DataType::Regclass,
+                        ..
+                    } => (**expr).clone(),
+                    Expr::Function(g) if last_name(&g.name) == "pg_to_regclass" => {
+                        function_args(g).into_iter().next()?
+                    }
+                    _ => return None,
+                };
+                args[0] = inner;
+                Some(call(&name, args))
+            }
             "array_upper" => parse_expr(&format!("json_array_length({})", args.first()?)),
             "array_lower" => Some(number(1)),
             "json_build_object" | "jsonb_build_object" => {
