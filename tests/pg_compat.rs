@@ -654,3 +654,84 @@ async fn a_sequence_never_hands_out_a_value_twice_across_a_planned_failover() {
     );
     assert_eq!(seen.len(), 65);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psycopg_named_cursors_and_temp_tables_work_across_its_transactions() {
+    if !have_python_modules("psycopg_cursors", &["psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "psycopg_cursors.py", None).await;
+}
+
+/// Server-side cursors (issue 14): DECLARE in a transaction block, FETCH
+/// n / ALL, MOVE, CLOSE and CLOSE ALL; a cursor WITHOUT HOLD ends with its
+/// transaction, one WITH HOLD outlives it; the errors PostgreSQL gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_cursors_fetch_move_and_close_like_postgresql() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE n (i integer);
+         INSERT INTO n SELECT value FROM generate_series(1, 600)",
+    )
+    .await
+    .unwrap();
+    let fetched = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> (Vec<String>, Option<u64>) {
+        let mut values = Vec::new();
+        let mut count = None;
+        for m in rows {
+            match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    values.push(r.get(0).unwrap().to_string())
+                }
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => count = Some(n),
+                _ => {}
+            }
+        }
+        (values, count)
+    };
+    assert_eq!(
+        refused(&c, "DECLARE c CURSOR FOR SELECT i FROM n").await.0,
+        "25P01"
+    );
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT i FROM n ORDER BY i")
+        .await
+        .unwrap();
+    let (rows, n) = fetched(c.simple_query("FETCH 2 FROM c").await.unwrap());
+    assert_eq!((rows, n), (vec!["1".to_string(), "2".into()], Some(2)));
+    c.batch_execute("MOVE 297 IN c").await.unwrap();
+    // Another statement of the transaction meanwhile.
+    assert_eq!(
+        simple_value(&c, "SELECT count(*) FROM n").await.as_deref(),
+        Some("600")
+    );
+    let (rows, _) = fetched(c.simple_query("FETCH NEXT FROM c").await.unwrap());
+    assert_eq!(rows, ["300"]);
+    let (rows, n) = fetched(c.simple_query("FETCH ALL FROM c").await.unwrap());
+    assert_eq!(
+        (rows.len(), rows.last().map(String::as_str), n),
+        (300, Some("600"), Some(300))
+    );
+    let (rows, n) = fetched(c.simple_query("FETCH 5 FROM c").await.unwrap());
+    assert_eq!((rows.len(), n), (0, Some(0)));
+    assert_eq!(
+        refused(&c, "DECLARE c CURSOR FOR SELECT 1").await.0,
+        "42P03"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT i FROM n; DECLARE h CURSOR WITH HOLD FOR SELECT i FROM n ORDER BY i DESC; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(refused(&c, "FETCH 1 FROM c").await.0, "34000");
+    let (rows, _) = fetched(c.simple_query("FETCH 1 FROM h").await.unwrap());
+    assert_eq!(rows, ["600"]);
+    c.batch_execute("CLOSE h").await.unwrap();
+    assert_eq!(refused(&c, "CLOSE h").await.0, "34000");
+    let (code, message) = refused(&c, "FETCH BACKWARD 1 FROM h").await;
+    assert_eq!(code, "0A000", "{message}");
+    c.batch_execute("DECLARE a CURSOR WITH HOLD FOR SELECT 1; DECLARE b CURSOR WITH HOLD FOR SELECT 2; CLOSE ALL")
+        .await
+        .unwrap();
+    assert_eq!(refused(&c, "FETCH 1 FROM a").await.0, "34000");
+}

@@ -25,7 +25,9 @@
 //!    come, at most its row limit: then PortalSuspended, and the next
 //!    Execute of that portal goes on (fetch sizes, `query_portal`). Portals
 //!    end with their transaction (at Sync outside a block), as in
-//!    PostgreSQL, and with them the cursor and its snapshot.
+//!    PostgreSQL, and with them the cursor and its snapshot. A cursor
+//!    opened with `DECLARE` answers a Describe of a portal of its name, as
+//!    in PostgreSQL (psycopg's named cursors ask so).
 //! 4. The transaction status in every ReadyForQuery comes from the session's
 //!    own state machine, never from guesses about the statements.
 //! 5. A session whose database was read-write when it began ends (FATAL
@@ -78,9 +80,12 @@ use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
-    send_execution_response, send_ready_for_query, ExtendedQueryHandler, SimpleQueryHandler,
+    send_describe_response, send_execution_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
 };
-use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -89,7 +94,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::{Execute, Sync as PgSync};
+use pgwire::messages::extendedquery::{Describe, Execute, Sync as PgSync};
 use pgwire::messages::response::{
     EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
@@ -1229,6 +1234,10 @@ impl Prepared {
             Command::Show { name } => text(name),
             Command::SessionUser => text("current_user"),
             Command::CurrentSchema => text("current_schema"),
+            Command::Declare { .. }
+            | Command::Fetch {
+                move_only: true, ..
+            } => Vec::new(),
             _ => self
                 .described
                 .as_ref()
@@ -1282,7 +1291,8 @@ impl QueryParser for Parser {
         self.state.end_if_demoted().await?;
         let command = classify(statement);
         let described = match &command {
-            Command::Sql(sql) => {
+            // A cursor's query: its parameters (DECLARE itself has no rows).
+            Command::Sql(sql) | Command::Declare { query: sql, .. } => {
                 let mut guard = self.state.session.lock().await;
                 let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
                 Some(
@@ -1291,6 +1301,19 @@ impl QueryParser for Parser {
                         .await
                         .map_err(|e| user_error(&e))?,
                 )
+            }
+            Command::Fetch {
+                name,
+                move_only: false,
+                ..
+            } => {
+                let guard = self.state.session.lock().await;
+                let session = guard.as_ref().ok_or(PgWireError::NotReadyForQuery)?;
+                Some(Described {
+                    columns: session.cursor_columns(name).map_err(|e| user_error(&e))?,
+                    params: Vec::new(),
+                    readonly: true,
+                })
             }
             _ => None,
         };
@@ -1496,6 +1519,30 @@ impl ExtendedQueryHandler for Extended {
         }
         client.set_state(PgWireConnectionState::ReadyForQuery);
         Ok(())
+    }
+
+    /// Describe of a portal also answers for a cursor opened with DECLARE
+    /// (psycopg asks so for its named cursors' columns), as in PostgreSQL,
+    /// where such a cursor is a portal.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        if message.target_type == b'P' && client.portal_store().get_portal(name).is_none() {
+            let columns = match self.state.session.lock().await.as_ref() {
+                Some(session) => session.cursor_columns(name).ok(),
+                None => None,
+            };
+            if let Some(columns) = columns {
+                let fields = encode::fields(&columns, &Format::UnifiedText);
+                return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+            }
+        }
+        self._on_describe(client, message).await
     }
 
     /// ReadyForQuery carries the session's own transaction status.

@@ -35,6 +35,18 @@
 //! rolls back (SQLite makes a RETURNING statement's changes at its first
 //! step and would commit them at reset).
 //!
+//! # Cursors (DECLARE)
+//! `DECLARE c CURSOR FOR q` runs `q` as a statement of the transaction and
+//! keeps its rows' stream under the name `c`: it holds the transaction's
+//! connection like a suspended portal (settled the same way when another
+//! statement of the transaction runs) and ends with the transaction.
+//! `WITH HOLD` streams on a pooled reader of its own instead, so it
+//! outlives the transaction, and keeps that reader's snapshot until
+//! `CLOSE`. `FETCH n` / `FETCH ALL` / `MOVE n` take rows from the stream;
+//! cursors move forward only (backward forms are refused with 0A000), and
+//! a WITH HOLD cursor declared in a transaction that wrote does not see
+//! that transaction's own writes. `FETCH ALL` holds its rows whole.
+//!
 //! # TEMP objects
 //! The first `CREATE TEMP TABLE/VIEW/TRIGGER` gives the session a private
 //! `pg_temp` schema ([`engine::temp`]); every reader or writer it borrows
@@ -225,6 +237,19 @@ pub struct Session {
     temp: Option<Arc<engine::TempSpace>>,
     /// What its `nextval` calls returned (`currval`, `lastval`).
     sequences: Arc<Mutex<engine::SessionSequences>>,
+    /// Cursors opened with DECLARE, by name.
+    cursors: std::collections::HashMap<String, NamedCursor>,
+}
+
+/// A cursor opened with `DECLARE` (see the module page).
+struct NamedCursor {
+    columns: Vec<Column>,
+    /// Rows read from `rows` and not yet fetched.
+    pending: std::collections::VecDeque<Vec<Value>>,
+    /// The statement still streaming, until its last row.
+    rows: Option<RowSource>,
+    /// WITH HOLD: outlives its transaction.
+    hold: bool,
 }
 
 impl Session {
@@ -251,6 +276,7 @@ impl Session {
             memory: engine.memory().session(),
             temp: None,
             sequences: Arc::default(),
+            cursors: Default::default(),
             engine,
         }
     }
@@ -537,6 +563,20 @@ impl Session {
                 self.run_many(steps).await?;
                 Ok(Reply::Done(tag))
             }
+            Command::Declare { name, query, hold } => self.declare(name, query, hold, params).await,
+            Command::Fetch {
+                name,
+                count,
+                move_only,
+            } => self.fetch(&name, count, move_only).await,
+            Command::CloseCursor { name: None } => {
+                self.cursors.clear();
+                Ok(Reply::Done("CLOSE CURSOR".into()))
+            }
+            Command::CloseCursor { name: Some(name) } => match self.cursors.remove(&name) {
+                Some(_) => Ok(Reply::Done("CLOSE CURSOR".into())),
+                None => Err(no_cursor(&name)),
+            },
             Command::Copy(_) => Err(Error::sql(
                 "0A000",
                 "COPY must be sent as the only statement of a Query message",
@@ -555,6 +595,111 @@ impl Session {
                 self.sql(sql, params).await
             }
         }
+    }
+
+    /// `DECLARE`: a cursor WITHOUT HOLD streams on its transaction's
+    /// connection, like a portal of the transaction (drained into memory
+    /// when another statement of the transaction needs the connection);
+    /// one WITH HOLD streams on a pooled reader of its own, its snapshot
+    /// kept until CLOSE or the session's end.
+    async fn declare(
+        &mut self,
+        name: String,
+        query: String,
+        hold: bool,
+        params: Vec<Value>,
+    ) -> Result<Reply> {
+        if self.cursors.contains_key(&name) {
+            return Err(
+                Error::sql("42P03", format!("cursor \"{name}\" already exists"))
+                    .with_hint("CLOSE it first, or choose another name"),
+            );
+        }
+        if !hold && !self.in_transaction() {
+            return Err(Error::sql(
+                "25P01",
+                "DECLARE CURSOR can only be used in transaction blocks",
+            )
+            .with_hint("BEGIN first, or DECLARE … CURSOR WITH HOLD"));
+        }
+        self.wait_for_redo().await?;
+        let reply = if hold {
+            let reader = self.reader()?;
+            match self.stream(reader, query, params).await {
+                // The reader goes back to the pool after the last row.
+                Ok((_streams_on, reply)) => reply,
+                Err((_, e)) => return Err(e),
+            }
+        } else {
+            self.sql(query, params).await?
+        };
+        let cursor = match reply {
+            Reply::Stream { columns, rows, .. } => NamedCursor {
+                columns,
+                pending: Default::default(),
+                rows: Some(rows),
+                hold,
+            },
+            Reply::Rows { columns, rows, .. } => NamedCursor {
+                columns,
+                pending: rows.into(),
+                rows: None,
+                hold,
+            },
+            _ => return Err(Error::sql("42P11", "a cursor's statement must return rows")),
+        };
+        self.cursors.insert(name, cursor);
+        Ok(Reply::Done("DECLARE CURSOR".into()))
+    }
+
+    /// `FETCH` / `MOVE`: the next `count` rows (None: all the rest).
+    async fn fetch(&mut self, name: &str, count: Option<u64>, move_only: bool) -> Result<Reply> {
+        let cursor = self.cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
+        let want = count.map_or(usize::MAX, |n| n as usize);
+        let mut rows = Vec::new();
+        while rows.len() < want {
+            if let Some(row) = cursor.pending.pop_front() {
+                rows.push(row);
+                continue;
+            }
+            let Some(source) = cursor.rows.as_mut() else {
+                break;
+            };
+            match source.next_batch().await {
+                Some(Ok(batch)) => cursor.pending.extend(batch),
+                Some(Err(e)) => {
+                    cursor.rows = None;
+                    return Err(e);
+                }
+                None => cursor.rows = None,
+            }
+        }
+        let tag = format!(
+            "{} {}",
+            if move_only { "MOVE" } else { "FETCH" },
+            rows.len()
+        );
+        if move_only {
+            return Ok(Reply::Done(tag));
+        }
+        Ok(Reply::Rows {
+            columns: cursor.columns.clone(),
+            rows,
+            tag,
+        })
+    }
+
+    /// The columns `FETCH` from cursor `name` returns (Describe).
+    pub fn cursor_columns(&self, name: &str) -> Result<Vec<Column>> {
+        self.cursors
+            .get(name)
+            .map(|c| c.columns.clone())
+            .ok_or_else(|| no_cursor(name))
+    }
+
+    /// Cursors WITHOUT HOLD end with their transaction.
+    fn end_transaction_cursors(&mut self) {
+        self.cursors.retain(|_, c| c.hold);
     }
 
     /// Reports a commit's end LSN (ParameterStatus `availdb.commit_lsn`):
@@ -714,6 +859,7 @@ impl Session {
 
     async fn commit(&mut self) -> Result<Reply> {
         self.ended = None;
+        self.end_transaction_cursors();
         // Portals end with their transaction.
         self.settle_tx(false).await;
         match std::mem::replace(&mut self.tx, Tx::Idle) {
@@ -763,6 +909,7 @@ impl Session {
 
     fn rollback(&mut self, tag: &str) -> Reply {
         self.ended = None;
+        self.end_transaction_cursors();
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => self.warn("25P01", "there is no transaction in progress"),
             Tx::Active { holder, .. } | Tx::Failed { holder } => drop_holder(holder),
@@ -1494,6 +1641,10 @@ fn reply_charged(sql: &str, outcome: engine::Outcome, charge: Option<Charge>) ->
         },
         _ => reply(sql, outcome),
     }
+}
+
+fn no_cursor(name: &str) -> Error {
+    Error::sql("34000", format!("cursor \"{name}\" does not exist"))
 }
 
 fn single_text(name: &str, value: &str) -> Reply {
