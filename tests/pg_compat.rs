@@ -735,3 +735,12 @@ async fn declared_cursors_fetch_move_and_close_like_postgresql() {
         .unwrap();
     assert_eq!(refused(&c, "FETCH 1 FROM a").await.0, "34000");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asyncpg_connects_by_default_round_trips_types_and_copies() {
+    if !have_python_modules("asyncpg_compat", &["asyncpg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "asyncpg_compat.py", None).await;
+}

@@ -307,6 +307,22 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
     conn.create_scalar_function("quote_ident", 1, det, |ctx| {
         Ok(text_arg(ctx, 0).map(|n| quote_ident(&n)))
     })?;
+    // PostgreSQL's string literal of a value (asyncpg builds COPY queries
+    // with it); quote_nullable answers 'NULL' for NULL.
+    let literal = |ctx: &Context<'_>| {
+        text_arg(ctx, 0).map(|v| {
+            let body = v.replace('\'', "''");
+            if body.contains('\\') {
+                format!("E'{}'", body.replace('\\', "\\\\"))
+            } else {
+                format!("'{body}'")
+            }
+        })
+    };
+    conn.create_scalar_function("quote_literal", 1, det, move |ctx| Ok(literal(ctx)))?;
+    conn.create_scalar_function("quote_nullable", 1, det, move |ctx| {
+        Ok(literal(ctx).unwrap_or_else(|| "NULL".into()))
+    })?;
     conn.create_scalar_function("now", 0, volatile, |_| Ok(now_text()))?;
     conn.create_scalar_function("pg_to_bool", 1, det, |ctx| {
         Ok(match ctx.get_raw(0) {

@@ -549,14 +549,18 @@ fn quote(name: &str) -> String {
 
 /// Parses the rows of a finished COPY FROM STDIN and inserts them in one
 /// transaction (a savepoint inside a transaction block).
-async fn load_copy(session: &mut Session, copy: CopyIn) -> Result<u64, Error> {
-    let text = String::from_utf8(copy.data)
+async fn load_copy(session: &mut Session, mut copy: CopyIn) -> Result<u64, Error> {
+    let types: Vec<Type> = copy.columns.iter().map(|c| encode::pg_type(c.ty)).collect();
+    if copy.spec.format == crate::sql::pg::CopyFormat::Binary {
+        let values = binary_copy_rows(&copy, &types)?;
+        return insert_copied(session, &copy, values).await;
+    }
+    let text = String::from_utf8(std::mem::take(&mut copy.data))
         .map_err(|_| Error::sql("22021", "COPY data is not valid UTF-8"))?;
     let rows = copy
         .spec
         .parse_rows(&text)
         .map_err(|why| Error::sql("22P04", why))?;
-    let types: Vec<Type> = copy.columns.iter().map(|c| encode::pg_type(c.ty)).collect();
     let mut values = Vec::with_capacity(rows.len());
     for (line, row) in rows.into_iter().enumerate() {
         if row.len() != copy.columns.len() {
@@ -589,6 +593,58 @@ async fn load_copy(session: &mut Session, copy: CopyIn) -> Result<u64, Error> {
         }
         values.push(out);
     }
+    insert_copied(session, &copy, values).await
+}
+
+/// The rows of a binary COPY, each field decoded by its column's type.
+fn binary_copy_rows(
+    copy: &CopyIn,
+    types: &[Type],
+) -> Result<Vec<Vec<rusqlite::types::Value>>, Error> {
+    let rows =
+        crate::sql::pg::copy::parse_binary(&copy.data).map_err(|why| Error::sql("22P04", why))?;
+    rows.into_iter()
+        .enumerate()
+        .map(|(line, row)| {
+            if row.len() != copy.columns.len() {
+                return Err(Error::sql(
+                    "22P04",
+                    format!(
+                        "COPY row {}: {} fields, expected {}",
+                        line + 1,
+                        row.len(),
+                        copy.columns.len()
+                    ),
+                ));
+            }
+            row.into_iter()
+                .zip(types)
+                .zip(&copy.columns)
+                .map(|((field, ty), col)| match field {
+                    None => Ok(rusqlite::types::Value::Null),
+                    Some(raw) => encode::decode_binary_field(ty, &raw).map_err(|why| {
+                        Error::sql(
+                            "22P03",
+                            format!(
+                                "COPY row {}, column {}: invalid binary {}: {why}",
+                                line + 1,
+                                col.name,
+                                col.ty.pg_name()
+                            ),
+                        )
+                    }),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Inserts COPY's rows in one transaction (a savepoint in a block).
+async fn insert_copied(
+    session: &mut Session,
+    copy: &CopyIn,
+    values: Vec<Vec<rusqlite::types::Value>>,
+) -> Result<u64, Error> {
     let table = copy.spec.table.clone().unwrap_or_default();
     let names: Vec<String> = copy.columns.iter().map(|c| quote(&c.name)).collect();
     let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
@@ -611,6 +667,7 @@ async fn start_copy(
     if spec.from_stdin {
         let columns = session.copy_columns(&spec).await?;
         let n = columns.len();
+        let format = i8::from(spec.format == crate::sql::pg::CopyFormat::Binary);
         let charge = session.memory().charge(0, "COPY FROM STDIN data")?;
         *state.copy_in.lock().await = Some(CopyIn {
             spec,
@@ -619,7 +676,11 @@ async fn start_copy(
             charge,
             failed: None,
         });
-        return Ok(Response::CopyIn(CopyResponse::new(0, n, stream::empty())));
+        return Ok(Response::CopyIn(CopyResponse::new(
+            format,
+            n,
+            stream::empty(),
+        )));
     }
     let query = match &spec.query {
         Some(q) => q.clone(),

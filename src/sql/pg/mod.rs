@@ -56,7 +56,9 @@
 //!   `CREATE TEMP SEQUENCE` is refused.
 //! * `CREATE TEMP TABLE|VIEW|TRIGGER t` → `CREATE … pg_temp.t`, the
 //!   session's own schema ([`temp_object`], `engine::temp`).
-//! * `COPY … FROM STDIN` / `TO STDOUT` in text and CSV ([`copy`]).
+//! * `COPY … FROM STDIN` in text, CSV and binary (asyncpg's
+//!   `copy_records_to_table`), `COPY … TO STDOUT` in text and CSV
+//!   ([`copy`]).
 //! * `(VALUES …) AS t(a, b)` and `(SELECT …) AS t(a, b)`: SQLite takes no
 //!   column list, so the subquery's columns are named instead
 //!   (SQLAlchemy's multi-row INSERT sends this).
