@@ -744,3 +744,30 @@ async fn asyncpg_connects_by_default_round_trips_types_and_copies() {
     let server = TestServer::start().await;
     python(&server, "asyncpg_compat.py", None).await;
 }
+
+/// node-postgres (issue 14): `integer` columns are announced as int4, so
+/// ids come back as numbers; `bigint` as int8 (strings, as from
+/// PostgreSQL). The package is installed by `scripts/test` (`npm ci` in
+/// `tests/interop/node`).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_postgres_reads_integer_columns_as_numbers() {
+    let dir = script("node");
+    let probe = format!("require('{}/node_modules/pg')", dir.display());
+    if !have(
+        "node_pg_ints",
+        "node",
+        &["-e", &probe],
+        "npm ci --prefix tests/interop/node (scripts/test does)",
+    ) {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("pg_ints.js"))
+        .arg(server.port().to_string())
+        .current_dir(&dir);
+    let out = run(cmd).await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "pg_ints.js: {report}");
+    assert!(text(&out.stdout).contains("pg_ints.js: ok"), "{report}");
+}

@@ -622,6 +622,10 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
 CREATE TEMP VIEW IF NOT EXISTS pg_attrdef AS
   SELECT CAST(pg_oid('d', t.name || '.' || p.name) AS INTEGER) AS oid, CAST(pg_oid('r', t.name) AS INTEGER) AS adrelid, p.cid + 1 AS adnum,
     CASE WHEN r.col IS NOT NULL THEN 'nextval(''' || t.name || '_' || p.name || '_seq''::regclass)'
+         WHEN p.dflt_value GLOB 'nextval(''*'')'
+           THEN replace(p.dflt_value, ''')', '''::regclass)')
+         WHEN p.dflt_value GLOB '(nextval(''*''))'
+           THEN 'nextval(' || substr(p.dflt_value, 10, length(p.dflt_value) - 11) || '::regclass)'
          ELSE p.dflt_value END AS adbin
   FROM availdb_tables t JOIN pragma_table_info(t.name) p
     LEFT JOIN availdb_rowid_pk r ON r.tbl = t.name AND r.col = p.name

@@ -36,9 +36,12 @@
 //!   column defaults), `pg_get_indexdef`, `pg_get_constraintdef`,
 //!   `to_regclass`, `to_regtype`.
 //! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
-//!   AS IDENTITY` primary keys → `INTEGER PRIMARY KEY AUTOINCREMENT`
-//!   (SQLite's rowid alias, which numbers itself and, like a sequence,
-//!   never takes a number back); PostgreSQL type names kept as the
+//!   AS IDENTITY` primary keys → as PostgreSQL makes them: a sequence
+//!   `<table>_<column>_seq` and `DEFAULT (nextval('…'))` on an `int4`,
+//!   `int8` or `int2` column (so node-postgres reads SERIAL ids as
+//!   numbers); in a TEMP table → `INTEGER PRIMARY KEY AUTOINCREMENT`
+//!   (SQLite's rowid alias, which never takes a number back either);
+//!   PostgreSQL type names kept as the
 //!   declared type; `WITH (…)`, `TABLESPACE`, `UNLOGGED` dropped;
 //!   non-constant defaults (`now()`) → `CURRENT_TIMESTAMP`.
 //! * `CREATE INDEX`: `USING btree`, `CONCURRENTLY`, operator classes,
@@ -290,8 +293,17 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             let Statement::CreateTable(ct) = stmt else {
                 unreachable!()
             };
-            create_table(ct);
-            Some(Translated::Sql(stmt.to_string()))
+            let sequences = create_table(ct);
+            if sequences.is_empty() {
+                return Some(Translated::Sql(stmt.to_string()));
+            }
+            let mut statements = vec![crate::engine::sequence::CREATE_TABLE.to_string()];
+            statements.extend(sequences);
+            statements.push(stmt.to_string());
+            Some(Translated::Batch {
+                statements,
+                tag: "CREATE TABLE".into(),
+            })
         }
         Statement::CreateIndex(ci) => {
             ci.using = None;
@@ -603,8 +615,9 @@ fn sqlite_type(ty: &DataType) -> DataType {
     )
 }
 
-/// The CREATE TABLE rules (see the module page).
-fn create_table(ct: &mut sqlparser::ast::CreateTable) {
+/// The CREATE TABLE rules (see the module page); returns the statements
+/// that create the sequences of its SERIAL and IDENTITY keys.
+fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Vec<String> {
     // `pg_temp.t` is a TEMP table (the session places it).
     let schema = ct.name.0.first().and_then(|p| p.as_ident());
     if ct.name.0.len() > 1 && schema.is_some_and(|s| s.value.eq_ignore_ascii_case("pg_temp")) {
@@ -632,6 +645,8 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
         _ => None,
     });
     let mut moved_pk = false;
+    let mut sequences = Vec::new();
+    let table = name_of(&ct.name).trim_matches('"').to_string();
     for col in &mut ct.columns {
         let serial = rewrite::is_serial(&col.data_type);
         let identity = col.options.iter().any(|o| rewrite::is_identity(&o.option));
@@ -641,6 +656,47 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
             .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
         let is_pk = column_pk || table_pk.as_deref() == Some(col.name.value.as_str());
         col.options.retain(|o| !rewrite::is_identity(&o.option));
+        if (serial || identity) && is_pk && !ct.temporary {
+            // As PostgreSQL does it: the key's own sequence, `t_id_seq`,
+            // and a default that takes its next value; the column keeps
+            // its integer width (int4 for SERIAL and `integer`).
+            let (ty, max) = match &col.data_type {
+                DataType::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
+                    "bigserial" | "serial8" => ("int8", i64::MAX),
+                    "smallserial" | "serial2" => ("int2", i64::from(i16::MAX)),
+                    _ => ("int4", i64::from(i32::MAX)),
+                },
+                DataType::BigInt(_) | DataType::Int8(_) => ("int8", i64::MAX),
+                DataType::SmallInt(_) | DataType::Int2(_) => ("int2", i64::from(i16::MAX)),
+                _ => ("int4", i64::from(i32::MAX)),
+            };
+            let sequence = format!("{table}_{}_seq", col.name.value);
+            col.data_type = DataType::Custom(
+                ObjectName(vec![ObjectNamePart::Identifier(Ident::new(ty))]),
+                vec![],
+            );
+            col.options
+                .retain(|o| !matches!(o.option, ColumnOption::Default(_)));
+            col.options.push(ColumnOptionDef {
+                name: None,
+                option: ColumnOption::Default(Expr::Nested(Box::new(rewrite::call(
+                    "nextval",
+                    vec![Expr::Value(
+                        sqlparser::ast::Value::SingleQuotedString(sequence.clone()).into(),
+                    )],
+                )))),
+            });
+            let verb = if ct.if_not_exists {
+                "INSERT OR IGNORE"
+            } else {
+                "INSERT OR REPLACE"
+            };
+            sequences.push(format!(
+                "{verb} INTO availdb_sequences VALUES ({}, 1, 1, 1, 1, {max}, 0, 0)",
+                literal(&sequence)
+            ));
+            continue;
+        }
         if (serial || identity) && is_pk {
             // SQLite's rowid alias: exactly `INTEGER PRIMARY KEY`.
             col.data_type = DataType::Integer(None);
@@ -694,6 +750,7 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
         ct.constraints
             .retain(|c| !matches!(c, TableConstraint::PrimaryKey(_)));
     }
+    sequences
 }
 
 /// SQLite wants constant defaults in parentheses; `now()` and friends
@@ -798,22 +855,34 @@ mod tests {
 
     #[test]
     fn create_table_keeps_postgres_types_and_numbers_serial_keys() {
+        assert_eq!(
+            sql("create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)"),
+            "CREATE TABLE pgbench_tellers (tid int NOT NULL, bid int, tbalance int, filler char(84))"
+        );
+        // SERIAL and IDENTITY keys: a sequence each, and its nextval as
+        // the default, as PostgreSQL does it.
+        let create = crate::engine::sequence::CREATE_TABLE.to_string();
         let cases = [
             (
                 "CREATE TABLE t (id SERIAL NOT NULL, name VARCHAR(40), at TIMESTAMP WITHOUT TIME ZONE DEFAULT now(), PRIMARY KEY (id))",
-                "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP)",
+                format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('t_id_seq', 1, 1, 1, 1, {}, 0, 0)", i32::MAX),
+                "CREATE TABLE t (id int4 NOT NULL DEFAULT (nextval('t_id_seq')), name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (id))",
             ),
             (
-                "CREATE TABLE \"a\" (\"id\" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, \"t\" timestamp with time zone NOT NULL)",
-                "CREATE TABLE \"a\" (\"id\" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, \"t\" timestamp with time zone NOT NULL)",
-            ),
-            (
-                "create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)",
-                "CREATE TABLE pgbench_tellers (tid int NOT NULL, bid int, tbalance int, filler char(84))",
+                "CREATE TABLE IF NOT EXISTS \"a\" (\"id\" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, \"t\" timestamp with time zone NOT NULL)",
+                format!("INSERT OR IGNORE INTO availdb_sequences VALUES ('a_id_seq', 1, 1, 1, 1, {}, 0, 0)", i64::MAX),
+                "CREATE TABLE IF NOT EXISTS \"a\" (\"id\" int8 NOT NULL PRIMARY KEY DEFAULT (nextval('a_id_seq')), \"t\" timestamp with time zone NOT NULL)",
             ),
         ];
-        for (input, want) in cases {
-            assert_eq!(sql(input), want, "{input}");
+        for (input, sequence, table) in cases {
+            assert_eq!(
+                translate(input),
+                Translated::Batch {
+                    statements: vec![create.clone(), sequence, table.to_string()],
+                    tag: "CREATE TABLE".into()
+                },
+                "{input}"
+            );
         }
     }
 
