@@ -54,7 +54,7 @@ impl CopySpec {
         match (to, target) {
             (false, CopyTarget::Stdin) | (true, CopyTarget::Stdout) => {}
             _ => {
-                return Err("COPY to or from a file or program is not supported in availdb: use COPY … FROM STDIN or TO STDOUT (psql's \\copy)".into())
+                return Err("not supported in availdb: COPY to or from a file or program; use COPY … FROM STDIN or TO STDOUT (psql's \\copy)".into())
             }
         }
         let (table, columns) = match source {
@@ -102,7 +102,7 @@ impl CopySpec {
                     }
                     other => {
                         return Err(format!(
-                            "COPY format \"{other}\" is not supported in availdb: use text or csv"
+                            "not supported in availdb: COPY format \"{other}\"; use text or csv"
                         ))
                     }
                 },

@@ -399,7 +399,7 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                 Some(Translated::Sql(s)) => s,
                 Some(_) => {
                     return Some(unsupported(
-                        "EXPLAIN of this statement is not supported in availdb",
+                        "not supported in availdb: EXPLAIN of this statement",
                         "EXPLAIN the SELECT, INSERT, UPDATE or DELETE itself",
                     ))
                 }
@@ -421,7 +421,7 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                             None => {
                                 return Some(unsupported(
                                     format!(
-                                        "ALTER TABLE … ADD {} is not supported in availdb yet",
+                                        "not supported in availdb: ALTER TABLE … ADD {}",
                                         constraint_kind(constraint)
                                     ),
                                     "declare the constraint in CREATE TABLE",
@@ -450,7 +450,7 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                     }
                     other => {
                         return Some(unsupported(
-                            format!("ALTER TABLE … {other} is not supported in availdb yet"),
+                            format!("not supported in availdb: ALTER TABLE … {other}"),
                             "create the table anew with the definition you want and copy the rows (INSERT INTO new SELECT … FROM old)",
                         ))
                     }
