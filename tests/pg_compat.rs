@@ -771,3 +771,12 @@ async fn node_postgres_reads_integer_columns_as_numbers() {
     assert!(out.status.success(), "pg_ints.js: {report}");
     assert!(text(&out.stdout).contains("pg_ints.js: ok"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pandas_writes_and_reads_a_frame_through_sqlalchemy() {
+    if !have_python_modules("pandas_compat", &["pandas", "sqlalchemy", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "pandas_compat.py", None).await;
+}
