@@ -780,3 +780,81 @@ async fn pandas_writes_and_reads_a_frame_through_sqlalchemy() {
     let server = TestServer::start().await;
     python(&server, "pandas_compat.py", None).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn django_migrates_creates_a_superuser_and_runs_its_tests() {
+    if !have_python_modules("django_compat", &["django", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "django_compat.py", None).await;
+}
+
+/// ALTER TABLE forms migrations emit that SQLite's ALTER TABLE cannot run
+/// (issue 14): ADD CONSTRAINT … FOREIGN KEY and ALTER COLUMN … DROP/SET
+/// NOT NULL, SET/DROP DEFAULT, TYPE, made by editing the table's
+/// definition; the rows already there must satisfy it, and a change that
+/// would need the rows rewritten is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_add_foreign_keys_and_alter_columns() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY);
+         CREATE TABLE b (id int PRIMARY KEY, a_id int NOT NULL, note varchar(10), n int);
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1, 1, 'x', NULL), (2, 7, NULL, 1)",
+    )
+    .await
+    .unwrap();
+    let fk = "ALTER TABLE b ADD CONSTRAINT b_a_fk FOREIGN KEY (a_id) REFERENCES a (id) DEFERRABLE INITIALLY DEFERRED";
+    let (code, message) = refused(&c, fk).await;
+    assert_eq!(code, "23503", "{message}");
+    c.batch_execute("DELETE FROM b WHERE id = 2").await.unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; {fk}; ALTER TABLE b ALTER COLUMN a_id DROP NOT NULL; COMMIT"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        refused(&c, "INSERT INTO b VALUES (3, 9, 'y', 1)").await.0,
+        "23503",
+        "the foreign key holds"
+    );
+    c.batch_execute(
+        "INSERT INTO b (id, a_id) VALUES (4, NULL);
+         ALTER TABLE b ALTER COLUMN note TYPE varchar(254), ALTER COLUMN n SET DEFAULT 5",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO b (id, a_id) VALUES (5, 1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(&c, "SELECT n FROM b WHERE id = 5")
+            .await
+            .as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        refused(&c, "ALTER TABLE b ALTER COLUMN note SET NOT NULL")
+            .await
+            .0,
+        "23502"
+    );
+    assert_eq!(
+        refused(&c, "ALTER TABLE b ALTER COLUMN note TYPE bytea")
+            .await
+            .0,
+        "0A000",
+        "a change of storage affinity"
+    );
+    assert_eq!(
+        simple_value(
+            &c,
+            "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+}

@@ -205,6 +205,47 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
+/// A one-dimensional array literal (`{a,"b c",NULL}`) as a JSON array of
+/// strings; None when `text` is not one (a JSON array stays as it is).
+fn array_literal_to_json(text: &str) -> Option<String> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    let mut chars = inner.chars().peekable();
+    while chars.peek().is_some() {
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => item.extend(chars.next()),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != ',') {
+                chars.next();
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                item.push(c);
+            }
+        }
+        chars.next();
+        let item = if quoted {
+            item
+        } else {
+            item.trim().to_string()
+        };
+        items.push(if !quoted && item.eq_ignore_ascii_case("null") {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(item)
+        });
+    }
+    Some(serde_json::Value::Array(items).to_string())
+}
+
 fn text_arg(ctx: &Context<'_>, i: usize) -> Option<String> {
     if i >= ctx.len() {
         return None;
@@ -322,6 +363,9 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
     conn.create_scalar_function("quote_literal", 1, det, move |ctx| Ok(literal(ctx)))?;
     conn.create_scalar_function("quote_nullable", 1, det, move |ctx| {
         Ok(literal(ctx).unwrap_or_else(|| "NULL".into()))
+    })?;
+    conn.create_scalar_function("pg_to_array", 1, det, |ctx| {
+        Ok(text_arg(ctx, 0).map(|t| array_literal_to_json(&t).unwrap_or(t)))
     })?;
     conn.create_scalar_function("now", 0, volatile, |_| Ok(now_text()))?;
     conn.create_scalar_function("pg_to_bool", 1, det, |ctx| {

@@ -34,6 +34,9 @@ pub struct Conn {
     bound: std::cell::RefCell<Option<String>>,
     /// The borrowing session's `currval` state ([`super::sequence`]).
     sequences: super::sequence::Slot,
+    /// Set while availdb itself edits the schema
+    /// ([`Conn::add_table_constraint`]): the authorizer lets it through.
+    editing: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -66,6 +69,62 @@ impl Conn {
     ) -> Result<()> {
         *self.sequences.lock().unwrap_or_else(|e| e.into_inner()) = Some(sequences.clone());
         self.bind_space(space)
+    }
+
+    /// Changes table `table`'s definition (its `CREATE TABLE` text in
+    /// `sqlite_schema`) to what `edit` makes of it, for the changes
+    /// SQLite's ALTER TABLE cannot make (`sql::pg::definition`): SQLite's
+    /// documented procedure for schema changes that leave the stored rows
+    /// as they are ("Making Other Kinds Of Table Schema Changes"), with the
+    /// schema version raised so every connection, on every replica, reads
+    /// the table anew. Runs inside the caller's transaction, which undoes
+    /// it on error. Before anything is written, both definitions are
+    /// created on a scratch database and must store rows the same way:
+    /// the same columns in the same order, the same keys, the same
+    /// storage affinity, the same rowid; a change that would need the
+    /// rows rewritten is refused (0A000).
+    pub fn edit_table_definition(
+        &self,
+        table: &str,
+        edit: impl FnOnce(&str) -> std::result::Result<String, String>,
+    ) -> Result<()> {
+        use rusqlite::OptionalExtension;
+        let conn = &self.conn;
+        let sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sql) = sql else {
+            return Err(Error::sql(
+                "42P01",
+                format!("relation \"{table}\" does not exist"),
+            ));
+        };
+        let new_sql = edit(&sql).map_err(|why| Error::sql("42601", why))?;
+        let (old_shape, new_shape) = (storage_shape(&sql, table)?, storage_shape(&new_sql, table)?);
+        if old_shape != new_shape {
+            return Err(Error::sql(
+                "0A000",
+                format!("not supported in availdb: an ALTER TABLE of \"{table}\" that changes how its rows are stored"),
+            )
+            .with_hint("add a new column, copy the values with UPDATE, then drop the old one"));
+        }
+        self.editing.store(true, Ordering::SeqCst);
+        let edited = (|| -> rusqlite::Result<()> {
+            let version: i64 = conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA writable_schema = ON")?;
+            conn.execute(
+                "UPDATE main.sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = ?2",
+                [new_sql.as_str(), table],
+            )?;
+            conn.execute_batch(&format!("PRAGMA main.schema_version = {}", version + 1))?;
+            conn.execute_batch("PRAGMA writable_schema = OFF")
+        })();
+        self.editing.store(false, Ordering::SeqCst);
+        Ok(edited?)
     }
 
     /// Ends a session's loan (a reader going back to the pool).
@@ -964,6 +1023,58 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
+/// How a table definition stores its rows: per column its name, key
+/// position and storage affinity, and whether it is a rowid table; found
+/// by creating the table on a scratch database.
+fn storage_shape(create_sql: &str, table: &str) -> Result<Vec<(String, i64, char)>> {
+    let scratch = Connection::open_in_memory()?;
+    scratch.execute_batch(create_sql).map_err(|e| {
+        Error::sql(
+            "42601",
+            format!("the new definition of table \"{table}\" does not read: {e}"),
+        )
+    })?;
+    let mut shape = scratch
+        .prepare("SELECT name, pk, type FROM pragma_table_info(?1)")?
+        .query_map([table], |r| {
+            let ty: String = r.get(2)?;
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, affinity(&ty)))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let without_rowid: bool =
+        scratch.query_row("SELECT wr FROM pragma_table_list(?1)", [table], |r| {
+            r.get(0)
+        })?;
+    // A rowid alias (INTEGER PRIMARY KEY) is stored as the rowid itself.
+    let rowid_alias = scratch
+        .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk = 1 AND upper(type) = 'INTEGER' AND (SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1")?
+        .query_row([table], |r| r.get::<_, String>(0))
+        .ok();
+    shape.push((
+        rowid_alias.unwrap_or_default(),
+        i64::from(without_rowid),
+        'w',
+    ));
+    Ok(shape)
+}
+
+/// SQLite's column affinity of a declared type (section 3.1 of
+/// <https://sqlite.org/datatype3.html>).
+fn affinity(decltype: &str) -> char {
+    let t = decltype.to_ascii_uppercase();
+    if t.contains("INT") {
+        'i'
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        't'
+    } else if t.contains("BLOB") || t.is_empty() {
+        'b'
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        'r'
+    } else {
+        'n'
+    }
+}
+
 /// Registers availdb's SQL functions and the authorizer on a new connection.
 fn finish_setup(
     mut conn: Connection,
@@ -994,7 +1105,15 @@ fn finish_setup(
     super::catalog::install(&conn, dir, i64::from(pid))?;
     let sequences = super::sequence::Slot::default();
     super::sequence::install(&conn, &sequences)?;
-    conn.authorizer(Some(authorize))?;
+    let editing = Arc::new(AtomicBool::new(false));
+    let availdb_edits = editing.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        if availdb_edits.load(Ordering::SeqCst) {
+            Authorization::Allow
+        } else {
+            authorize(ctx)
+        }
+    }))?;
     conn.set_prepared_statement_cache_capacity(64);
     let interrupt = Arc::new(conn.get_interrupt_handle());
     Ok(Conn {
@@ -1002,6 +1121,7 @@ fn finish_setup(
         interrupt,
         bound: std::cell::RefCell::new(None),
         sequences,
+        editing,
     })
 }
 

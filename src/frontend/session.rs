@@ -555,6 +555,31 @@ impl Session {
             Command::Unsupported { message, hint } => {
                 Err(Error::sql("0A000", message).with_hint(hint))
             }
+            Command::AlterDefinition { table, edits } => {
+                self.run_unit(move |w| {
+                    // The rows already there must satisfy the new definition.
+                    let check = |before: bool| -> Result<()> {
+                        for edit in edits.iter().filter(|e| e.checked_before() == before) {
+                            if let Some((sql, state, message)) = edit.check(&table) {
+                                let bad: i64 =
+                                    w.conn().sqlite().query_row(&sql, [], |r| r.get(0))?;
+                                if bad > 0 {
+                                    return Err(Error::sql(state, message));
+                                }
+                            }
+                        }
+                        Ok(())
+                    };
+                    check(true)?;
+                    w.conn().edit_table_definition(&table, |sql| {
+                        crate::sql::pg::definition::apply(sql, &edits)
+                    })?;
+                    check(false)?;
+                    Ok(0)
+                })
+                .await?;
+                Ok(Reply::Done("ALTER TABLE".into()))
+            }
             Command::Batch { statements, tag } => {
                 let steps = statements
                     .into_iter()
@@ -1322,7 +1347,7 @@ impl Session {
     /// unit: its own transaction outside a block, a savepoint inside one.
     /// Returns the rows changed.
     pub async fn run_many(&mut self, steps: Vec<(String, Vec<Vec<Value>>)>) -> Result<u64> {
-        let run = move |w: &mut WriterGuard| -> Result<u64> {
+        self.run_unit(move |w: &mut WriterGuard| -> Result<u64> {
             let conn = w.conn().sqlite();
             let mut changes = 0;
             for (sql, rows) in &steps {
@@ -1331,7 +1356,16 @@ impl Session {
                 }
             }
             Ok(changes)
-        };
+        })
+        .await
+    }
+
+    /// Runs `run` on the writer as one unit: its own transaction outside a
+    /// block, a savepoint inside one.
+    async fn run_unit(
+        &mut self,
+        run: impl FnOnce(&mut WriterGuard) -> Result<u64> + Send + 'static,
+    ) -> Result<u64> {
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => {
                 let w = self.writer().await?;

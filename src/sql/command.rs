@@ -98,6 +98,14 @@ pub enum Command {
     },
     /// `COPY … FROM STDIN` / `TO STDOUT`.
     Copy(crate::sql::pg::CopySpec),
+    /// ALTER TABLE forms SQLite cannot run, made as edits of the table's
+    /// definition ([`crate::sql::pg::definition`]).
+    AlterDefinition {
+        /// The table.
+        table: String,
+        /// The changes, in order.
+        edits: Vec<crate::sql::pg::definition::Edit>,
+    },
     /// `DECLARE name [NO SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
     Declare {
         /// The cursor's name (case folded as PostgreSQL does).
@@ -234,6 +242,7 @@ fn translated(stmt: &str) -> Command {
         Translated::Sql(sql) => Command::Sql(strip_pg_catalog(&sql)),
         Translated::Batch { statements, tag } => Command::Batch { statements, tag },
         Translated::Copy(spec) => Command::Copy(spec),
+        Translated::AlterDefinition { table, edits } => Command::AlterDefinition { table, edits },
         Translated::Unsupported { message, hint } => Command::Unsupported { message, hint },
     }
 }

@@ -25,7 +25,9 @@
 //!   dropped.
 //! * Arrays are JSON arrays: `ARRAY[…]` → `json_array(…)`, `ARRAY(subquery)`
 //!   → `json_group_array`, `array_agg` → `json_group_array`; `x = ANY(ARRAY[…])`
-//!   → `x IN (…)`, `x = ANY($1)` (an array parameter, decoded to JSON) →
+//!   → `x IN (…)`, `x::type[]` → `pg_to_array(x)` (an array literal such as
+//!   `{a,b}` becomes JSON), `FROM unnest(a, b, …)` → the arrays joined on
+//!   their positions, `x = ANY($1)` (an array parameter, decoded to JSON) →
 //!   `x IN (SELECT value FROM json_each($1))`, other operators through
 //!   `EXISTS`; `unnest(a)` and `generate_subscripts(a, 1)` in a projection
 //!   → a join with `json_each(a)`.
@@ -49,6 +51,9 @@
 //! * `DROP TABLE a, b [CASCADE]` → one DROP per table; `TRUNCATE a, b` →
 //!   `DELETE FROM` each; `ALTER TABLE … ADD PRIMARY KEY / ADD CONSTRAINT …
 //!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
+//!   `ADD CONSTRAINT … FOREIGN KEY` and `ALTER COLUMN … DROP/SET NOT NULL,
+//!   SET/DROP DEFAULT, TYPE` → edits of the table's definition, made at
+//!   run time ([`definition`], [`Translated::AlterDefinition`]);
 //!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
@@ -74,6 +79,7 @@
 //! message saying what to use instead ([`Translated::Unsupported`]).
 
 pub mod copy;
+pub mod definition;
 mod rewrite;
 
 use sqlparser::ast::{
@@ -100,6 +106,15 @@ pub enum Translated {
     },
     /// `COPY … FROM STDIN` / `TO STDOUT`.
     Copy(CopySpec),
+    /// `ALTER TABLE t ADD CONSTRAINT … FOREIGN KEY …` and `ALTER COLUMN`
+    /// forms: edits of the table's definition, made at run time
+    /// ([`definition`]; SQLite's ALTER TABLE cannot).
+    AlterDefinition {
+        /// The table (unquoted).
+        table: String,
+        /// The changes, in order.
+        edits: Vec<definition::Edit>,
+    },
     /// Refused: SQLSTATE 0A000 with this message and hint.
     Unsupported {
         /// What is not supported.
@@ -412,6 +427,12 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
         }
         Statement::AlterTable(alter) => {
             let table = unqualified(&alter.name);
+            if let Some(edits) = definition_edits(&alter.operations) {
+                return Some(Translated::AlterDefinition {
+                    table: name_of(&table).trim_matches('"').to_string(),
+                    edits,
+                });
+            }
             let mut statements = Vec::new();
             for op in &alter.operations {
                 match op {
@@ -478,6 +499,58 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
         }),
         _ => None,
     }
+}
+
+/// ALTER TABLE operations that are all edits of the table's definition
+/// ([`definition`]), as those edits; None when any is not.
+fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition::Edit>> {
+    use definition::Edit;
+    use sqlparser::ast::AlterColumnOperation as C;
+    operations
+        .iter()
+        .map(|op| match op {
+            AlterTableOperation::AddConstraint {
+                constraint: TableConstraint::ForeignKey(fk),
+                ..
+            } => {
+                let mut fk = fk.clone();
+                fk.foreign_table = unqualified(&fk.foreign_table);
+                Some(Edit::AddConstraint(
+                    TableConstraint::ForeignKey(fk).to_string(),
+                ))
+            }
+            AlterTableOperation::AlterColumn { column_name, op } => {
+                let c = column_name.value.clone();
+                Some(match op {
+                    C::DropNotNull => Edit::DropNotNull(c),
+                    C::SetNotNull => Edit::SetNotNull(c),
+                    C::DropDefault => Edit::DropDefault(c),
+                    C::SetDefault { value } => {
+                        let mut e = Statement::Query(Box::new(
+                            Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {value}"))
+                                .ok()?
+                                .into_iter()
+                                .next()
+                                .and_then(|s| match s {
+                                    Statement::Query(q) => Some(*q),
+                                    _ => None,
+                                })?,
+                        ));
+                        rewrite::rewrite_statement(&mut e);
+                        let printed = e.to_string();
+                        Edit::SetDefault(c, printed.strip_prefix("SELECT ")?.to_string())
+                    }
+                    C::SetDataType {
+                        data_type,
+                        using: None,
+                        ..
+                    } => Edit::SetType(c, rewrite::column_type(data_type)),
+                    _ => return None,
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// A sequence's name as stored: unquoted names fold to lower case.
@@ -981,6 +1054,43 @@ mod tests {
             translate("CREATE TEMP SEQUENCE s"),
             Translated::Unsupported { .. }
         ));
+    }
+
+    #[test]
+    fn migration_alter_table_forms_become_definition_edits() {
+        use definition::Edit;
+        assert_eq!(
+            translate("ALTER TABLE \"b\" ADD CONSTRAINT \"b_a_fk\" FOREIGN KEY (\"a_id\") REFERENCES \"public\".\"a\" (\"id\") DEFERRABLE INITIALLY DEFERRED"),
+            Translated::AlterDefinition {
+                table: "b".into(),
+                edits: vec![Edit::AddConstraint(
+                    "CONSTRAINT \"b_a_fk\" FOREIGN KEY (\"a_id\") REFERENCES \"a\"(\"id\") DEFERRABLE INITIALLY DEFERRED".into()
+                )],
+            }
+        );
+        assert_eq!(
+            translate("ALTER TABLE t ALTER COLUMN \"name\" DROP NOT NULL, ALTER COLUMN e TYPE varchar(254), ALTER COLUMN n SET DEFAULT 3"),
+            Translated::AlterDefinition {
+                table: "t".into(),
+                edits: vec![
+                    Edit::DropNotNull("name".into()),
+                    Edit::SetType("e".into(), "varchar(254)".into()),
+                    Edit::SetDefault("n".into(), "3".into()),
+                ],
+            }
+        );
+        assert!(matches!(
+            translate("ALTER TABLE t ALTER COLUMN e TYPE int USING e::int"),
+            Translated::Unsupported { .. }
+        ));
+    }
+
+    #[test]
+    fn unnest_of_several_arrays_joins_them_on_their_positions() {
+        assert_eq!(
+            sql("INSERT INTO t (a, b) SELECT * FROM UNNEST(($1)::varchar[], ($2)::integer[])"),
+            "INSERT INTO t (a, b) SELECT * FROM (SELECT u0.value AS unnest1, u1.value AS unnest2 FROM json_each(pg_to_array(($1))) AS u0 LEFT JOIN json_each(pg_to_array(($2))) AS u1 ON u1.key = u0.key) AS unnest"
+        );
     }
 
     #[test]
