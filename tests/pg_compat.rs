@@ -605,7 +605,9 @@ async fn sequences_number_like_postgresql() {
 
 /// Sequences are rows of the database, so they replicate: after a planned
 /// failover the new primary goes on after every value the old one handed
-/// out, and no value is ever handed out twice.
+/// out, and no value is ever handed out twice. A foreign key added by
+/// editing a table's definition (ALTER TABLE … ADD CONSTRAINT) holds on
+/// the new primary too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sequence_never_hands_out_a_value_twice_across_a_planned_failover() {
     use common::group::{error_text, Group, APP, CATCH_UP_TIMEOUT};
@@ -613,7 +615,10 @@ async fn a_sequence_never_hands_out_a_value_twice_across_a_planned_failover() {
     let old = group.nodes[0].client(APP).await;
     old.batch_execute(
         "CREATE SEQUENCE s;
-         CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s'), v int)",
+         CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s'), v int);
+         CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int);
+         ALTER TABLE child ADD CONSTRAINT child_parent_fk FOREIGN KEY (parent_id) REFERENCES parent (id)",
     )
     .await
     .unwrap_or_else(|e| panic!("{}", error_text(&e)));
@@ -653,6 +658,16 @@ async fn a_sequence_never_hands_out_a_value_twice_across_a_planned_failover() {
         "a value handed out twice: {seen:?}"
     );
     assert_eq!(seen.len(), 65);
+    let orphan = new
+        .batch_execute("INSERT INTO child VALUES (1, 42)")
+        .await
+        .expect_err("the foreign key holds on the new primary");
+    assert_eq!(
+        orphan.code().map(|c| c.code()),
+        Some("23503"),
+        "{}",
+        error_text(&orphan)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
