@@ -873,3 +873,12 @@ async fn migrations_add_foreign_keys_and_alter_columns() {
         Some("0")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alembic_autogenerates_upgrades_and_downgrades() {
+    if !have_python_modules("alembic_compat", &["alembic", "sqlalchemy", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "alembic_compat.py", None).await;
+}

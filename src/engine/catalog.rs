@@ -20,7 +20,7 @@
 //! pg_user, pg_authid, pg_auth_members, pg_am, pg_description,
 //! pg_shdescription, pg_tables, pg_views, pg_collation, pg_inherits,
 //! pg_enum, pg_range, pg_extension, pg_trigger, pg_policy, pg_proc,
-//! pg_tablespace, pg_sequence, pg_sequences, pg_settings (a few),
+//! pg_tablespace, pg_sequence, pg_sequences, pg_depend (empty), pg_settings (a few),
 //! pg_statistic_ext, pg_publication, pg_partitioned_table, pg_rewrite,
 //! pg_foreign_table, pg_cursors, pg_stat_activity; information_schema
 //! schemata, tables, columns, views, table_constraints,
@@ -800,6 +800,9 @@ CREATE TEMP VIEW IF NOT EXISTS pg_partitioned_table AS
   SELECT 0 AS partrelid, '' AS partstrat WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_rewrite AS SELECT 0 AS oid, '' AS rulename, 0 AS ev_class WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_foreign_table AS SELECT 0 AS ftrelid, 0 AS ftserver WHERE 0;
+CREATE TEMP VIEW IF NOT EXISTS pg_depend AS
+  SELECT 0 AS classid, 0 AS objid, 0 AS objsubid, 0 AS refclassid, 0 AS refobjid,
+    0 AS refobjsubid, '' AS deptype WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_opclass AS
   SELECT 0 AS oid, '' AS opcname, 403 AS opcmethod, 11 AS opcnamespace, 1 AS opcdefault WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_cursors AS SELECT '' AS name, '' AS statement WHERE 0;
