@@ -371,3 +371,514 @@ async fn sqlalchemy_creates_reflects_and_uses_a_schema_through_the_orm() {
     let server = TestServer::start().await;
     python(&server, "sqlalchemy_compat.py", None).await;
 }
+
+/// SQLSTATE and message of a statement that must fail.
+async fn refused(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("{sql}: succeeded, but must fail"),
+        Err(e) => (
+            e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// Session-scoped objects (issue 14): a session's TEMP table, view and
+/// trigger are seen by all its statements — reads and writes, autocommit and
+/// in a transaction block, simple and extended protocol, whichever pooled
+/// connection runs them — and by no other session; they are not in the
+/// database file (so nothing of them is replicated), and end with the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn temp_tables_views_and_triggers_belong_to_their_session_only() {
+    let server = TestServer::start().await;
+    let a = server.client(DEFAULT_DB).await;
+    let b = server.client(DEFAULT_DB).await;
+    a.batch_execute("CREATE TABLE kept (x int)").await.unwrap();
+    a.batch_execute("CREATE TEMP TABLE tt (x int)")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO tt VALUES (1), (2)")
+        .await
+        .unwrap();
+    a.execute("INSERT INTO tt VALUES ($1)", &[&3i32])
+        .await
+        .unwrap();
+    a.batch_execute(
+        "CREATE TEMPORARY VIEW tv AS SELECT sum(x) AS s FROM tt;
+         CREATE TEMP TABLE audit (x int);
+         CREATE TEMP TRIGGER tr AFTER INSERT ON tt BEGIN INSERT INTO audit VALUES (new.x); END",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        simple_value(&a, "SELECT s FROM tv").await.as_deref(),
+        Some("6")
+    );
+    let rows = a
+        .query("SELECT x FROM tt WHERE x > $1 ORDER BY x", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+        [2, 3]
+    );
+
+    // In a transaction block, together with the database's own tables.
+    a.batch_execute("BEGIN; INSERT INTO tt VALUES (4); INSERT INTO kept SELECT x FROM tt; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(&a, "SELECT count(*) FROM kept")
+            .await
+            .as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        simple_value(&a, "SELECT group_concat(x) FROM audit")
+            .await
+            .as_deref(),
+        Some("4")
+    );
+
+    // Another session sees none of it, and has its own TEMP table of the
+    // same name, the two used in turns over the same pooled connections.
+    assert_eq!(refused(&b, "SELECT * FROM tt").await.0, "42P01");
+    assert_eq!(refused(&b, "SELECT * FROM pg_temp.tt").await.0, "42P01");
+    assert_eq!(refused(&b, "SELECT * FROM tv").await.0, "42P01");
+    b.batch_execute("CREATE TEMP TABLE tt (x int); INSERT INTO tt VALUES (100)")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        a.batch_execute(&format!("INSERT INTO tt VALUES ({i})"))
+            .await
+            .unwrap();
+        b.batch_execute(&format!("INSERT INTO tt VALUES ({})", 1000 + i))
+            .await
+            .unwrap();
+        assert_eq!(
+            simple_value(&a, "SELECT count(*) FROM tt").await,
+            Some((5 + i).to_string())
+        );
+        assert_eq!(
+            simple_value(&b, "SELECT max(x) FROM tt").await,
+            Some((1000 + i).to_string())
+        );
+    }
+    assert_eq!(
+        simple_value(&a, "SELECT count(*) FROM audit")
+            .await
+            .as_deref(),
+        Some("21")
+    );
+
+    // The first TEMP object inside a transaction that has only read.
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "BEGIN; SELECT count(*) FROM kept; CREATE TEMP TABLE t3 (x int); INSERT INTO t3 VALUES (7)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        simple_value(&c, "SELECT x FROM t3").await.as_deref(),
+        Some("7")
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+
+    // Nothing of them is in the database file (whose pages are what
+    // replicates), and the catalog's own views cannot be dropped.
+    assert_eq!(
+        simple_value(
+            &b,
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('tt', 'tv', 'tr', 'audit', 't3')"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        simple_value(&a, "SELECT count(*) FROM pg_class WHERE relname = 'kept'")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    refused(&b, "DROP VIEW pg_class").await;
+
+    // They end with the session.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = server.client(DEFAULT_DB).await;
+    assert_eq!(refused(&d, "SELECT * FROM tt").await.0, "42P01");
+    assert_eq!(
+        simple_value(&b, "SELECT count(*) FROM tt").await.as_deref(),
+        Some("21")
+    );
+}
+
+/// The values a list of `SELECT nextval(…)` answers.
+async fn values(client: &tokio_postgres::Client, sql: &str, n: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let v = simple_value(client, sql).await.expect("a value");
+        out.push(v.parse().unwrap_or_else(|_| panic!("{sql}: {v}")));
+    }
+    out
+}
+
+/// Sequences (issue 14): `CREATE SEQUENCE` with its options, `nextval`
+/// from a SELECT and from a column default, `currval`/`lastval` per
+/// session, `setval`, `DROP SEQUENCE`; SERIAL and IDENTITY keys never
+/// reuse a number after a DELETE; the sequences' table is not in the
+/// catalog.
+#[tokio::test(flavor = "multi_thread")]
+async fn sequences_number_like_postgresql() {
+    let server = TestServer::start().await;
+    let a = server.client(DEFAULT_DB).await;
+    let b = server.client(DEFAULT_DB).await;
+    a.batch_execute(
+        "CREATE SEQUENCE s INCREMENT BY 10 START WITH 100;
+         CREATE TABLE item (id bigint PRIMARY KEY DEFAULT nextval('s'::regclass), name text)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(values(&a, "SELECT nextval('s')", 2).await, [100, 110]);
+    assert_eq!(
+        refused(&b, "SELECT currval('s')").await.0,
+        "55000",
+        "currval is the session's own"
+    );
+    assert_eq!(values(&b, "SELECT nextval('public.s')", 1).await, [120]);
+    assert_eq!(values(&a, "SELECT currval('s')", 1).await, [110]);
+    // Through the extended protocol, inside a transaction block.
+    a.batch_execute("BEGIN").await.unwrap();
+    a.execute("INSERT INTO item (name) VALUES ($1)", &[&"x"])
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        simple_value(&a, "SELECT id FROM item").await.as_deref(),
+        Some("130")
+    );
+    assert_eq!(values(&a, "SELECT lastval()", 1).await, [130]);
+    assert_eq!(values(&a, "SELECT setval('s', 500)", 1).await, [500]);
+    assert_eq!(values(&b, "SELECT nextval('s')", 1).await, [510]);
+    a.batch_execute("CREATE SEQUENCE small AS smallint MAXVALUE 2")
+        .await
+        .unwrap();
+    assert_eq!(values(&a, "SELECT nextval('small')", 2).await, [1, 2]);
+    assert_eq!(refused(&a, "SELECT nextval('small')").await.0, "2200H");
+    a.batch_execute("DROP SEQUENCE small; DROP SEQUENCE IF EXISTS small")
+        .await
+        .unwrap();
+    assert_eq!(refused(&a, "DROP SEQUENCE small").await.0, "42P01");
+    assert_eq!(refused(&a, "SELECT nextval('small')").await.0, "42P01");
+
+    // Keys that number themselves never take a number back.
+    a.batch_execute(
+        "CREATE TABLE s1 (id SERIAL PRIMARY KEY, v int);
+         CREATE TABLE i1 (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int);
+         INSERT INTO s1 (v) VALUES (1), (2); DELETE FROM s1 WHERE id = 2; INSERT INTO s1 (v) VALUES (3);
+         INSERT INTO i1 (v) VALUES (1), (2); DELETE FROM i1 WHERE id = 2; INSERT INTO i1 (v) VALUES (3);",
+    )
+    .await
+    .unwrap();
+    for t in ["s1", "i1"] {
+        assert_eq!(
+            simple_value(&a, &format!("SELECT group_concat(id) FROM {t}"))
+                .await
+                .as_deref(),
+            Some("1,3"),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        simple_value(
+            &a,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'availdb_sequences'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+}
+
+/// Sequences are rows of the database, so they replicate: after a planned
+/// failover the new primary goes on after every value the old one handed
+/// out, and no value is ever handed out twice. A foreign key added by
+/// editing a table's definition (ALTER TABLE … ADD CONSTRAINT) holds on
+/// the new primary too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sequence_never_hands_out_a_value_twice_across_a_planned_failover() {
+    use common::group::{error_text, Group, APP, CATCH_UP_TIMEOUT};
+    let group = Group::start(2).await;
+    let old = group.nodes[0].client(APP).await;
+    old.batch_execute(
+        "CREATE SEQUENCE s;
+         CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('s'), v int);
+         CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int);
+         ALTER TABLE child ADD CONSTRAINT child_parent_fk FOREIGN KEY (parent_id) REFERENCES parent (id)",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", error_text(&e)));
+    let mut seen = values(&old, "SELECT nextval('s')", 20).await;
+    for v in 0..10 {
+        old.batch_execute(&format!("INSERT INTO t (v) VALUES ({v})"))
+            .await
+            .unwrap();
+    }
+    seen.extend(values(&old, "SELECT nextval('s')", 5).await);
+    let before = *seen.iter().max().unwrap();
+    common::cluster::wait_failover_ready(&group, 0, &[1]).await;
+    common::cluster::planned_failover(&group, 1)
+        .await
+        .unwrap_or_else(|(code, m)| panic!("planned failover: {code} {m}\n{}", group.logs()));
+    group.wait_takes_writes(1, CATCH_UP_TIMEOUT).await;
+    let new = group.nodes[1].client(APP).await;
+    let after = values(&new, "SELECT nextval('s')", 20).await;
+    for v in 0..10 {
+        new.batch_execute(&format!("INSERT INTO t (v) VALUES ({v})"))
+            .await
+            .unwrap_or_else(|e| panic!("{}", error_text(&e)));
+    }
+    assert!(
+        after.iter().all(|v| *v > before),
+        "the new primary handed out {after:?}, the old one up to {before}"
+    );
+    seen.extend(after);
+    let ids = simple_value(&new, "SELECT group_concat(id) FROM t")
+        .await
+        .unwrap();
+    seen.extend(ids.split(',').map(|v| v.parse::<i64>().unwrap()));
+    let distinct: std::collections::BTreeSet<i64> = seen.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "a value handed out twice: {seen:?}"
+    );
+    assert_eq!(seen.len(), 65);
+    let orphan = new
+        .batch_execute("INSERT INTO child VALUES (1, 42)")
+        .await
+        .expect_err("the foreign key holds on the new primary");
+    assert_eq!(
+        orphan.code().map(|c| c.code()),
+        Some("23503"),
+        "{}",
+        error_text(&orphan)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psycopg_named_cursors_and_temp_tables_work_across_its_transactions() {
+    if !have_python_modules("psycopg_cursors", &["psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "psycopg_cursors.py", None).await;
+}
+
+/// Server-side cursors (issue 14): DECLARE in a transaction block, FETCH
+/// n / ALL, MOVE, CLOSE and CLOSE ALL; a cursor WITHOUT HOLD ends with its
+/// transaction, one WITH HOLD outlives it; the errors PostgreSQL gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_cursors_fetch_move_and_close_like_postgresql() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE n (i integer);
+         INSERT INTO n SELECT value FROM generate_series(1, 600)",
+    )
+    .await
+    .unwrap();
+    let fetched = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> (Vec<String>, Option<u64>) {
+        let mut values = Vec::new();
+        let mut count = None;
+        for m in rows {
+            match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    values.push(r.get(0).unwrap().to_string())
+                }
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => count = Some(n),
+                _ => {}
+            }
+        }
+        (values, count)
+    };
+    assert_eq!(
+        refused(&c, "DECLARE c CURSOR FOR SELECT i FROM n").await.0,
+        "25P01"
+    );
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT i FROM n ORDER BY i")
+        .await
+        .unwrap();
+    let (rows, n) = fetched(c.simple_query("FETCH 2 FROM c").await.unwrap());
+    assert_eq!((rows, n), (vec!["1".to_string(), "2".into()], Some(2)));
+    c.batch_execute("MOVE 297 IN c").await.unwrap();
+    // Another statement of the transaction meanwhile.
+    assert_eq!(
+        simple_value(&c, "SELECT count(*) FROM n").await.as_deref(),
+        Some("600")
+    );
+    let (rows, _) = fetched(c.simple_query("FETCH NEXT FROM c").await.unwrap());
+    assert_eq!(rows, ["300"]);
+    let (rows, n) = fetched(c.simple_query("FETCH ALL FROM c").await.unwrap());
+    assert_eq!(
+        (rows.len(), rows.last().map(String::as_str), n),
+        (300, Some("600"), Some(300))
+    );
+    let (rows, n) = fetched(c.simple_query("FETCH 5 FROM c").await.unwrap());
+    assert_eq!((rows.len(), n), (0, Some(0)));
+    assert_eq!(
+        refused(&c, "DECLARE c CURSOR FOR SELECT 1").await.0,
+        "42P03"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT i FROM n; DECLARE h CURSOR WITH HOLD FOR SELECT i FROM n ORDER BY i DESC; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(refused(&c, "FETCH 1 FROM c").await.0, "34000");
+    let (rows, _) = fetched(c.simple_query("FETCH 1 FROM h").await.unwrap());
+    assert_eq!(rows, ["600"]);
+    c.batch_execute("CLOSE h").await.unwrap();
+    assert_eq!(refused(&c, "CLOSE h").await.0, "34000");
+    let (code, message) = refused(&c, "FETCH BACKWARD 1 FROM h").await;
+    assert_eq!(code, "0A000", "{message}");
+    c.batch_execute("DECLARE a CURSOR WITH HOLD FOR SELECT 1; DECLARE b CURSOR WITH HOLD FOR SELECT 2; CLOSE ALL")
+        .await
+        .unwrap();
+    assert_eq!(refused(&c, "FETCH 1 FROM a").await.0, "34000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asyncpg_connects_by_default_round_trips_types_and_copies() {
+    if !have_python_modules("asyncpg_compat", &["asyncpg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "asyncpg_compat.py", None).await;
+}
+
+/// node-postgres (issue 14): `integer` columns are announced as int4, so
+/// ids come back as numbers; `bigint` as int8 (strings, as from
+/// PostgreSQL). The package is installed by `scripts/test` (`npm ci` in
+/// `tests/interop/node`).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_postgres_reads_integer_columns_as_numbers() {
+    let dir = script("node");
+    let probe = format!("require('{}/node_modules/pg')", dir.display());
+    if !have(
+        "node_pg_ints",
+        "node",
+        &["-e", &probe],
+        "npm ci --prefix tests/interop/node (scripts/test does)",
+    ) {
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("pg_ints.js"))
+        .arg(server.port().to_string())
+        .current_dir(&dir);
+    let out = run(cmd).await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "pg_ints.js: {report}");
+    assert!(text(&out.stdout).contains("pg_ints.js: ok"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pandas_writes_and_reads_a_frame_through_sqlalchemy() {
+    if !have_python_modules("pandas_compat", &["pandas", "sqlalchemy", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "pandas_compat.py", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn django_migrates_creates_a_superuser_and_runs_its_tests() {
+    if !have_python_modules("django_compat", &["django", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "django_compat.py", None).await;
+}
+
+/// ALTER TABLE forms migrations emit that SQLite's ALTER TABLE cannot run
+/// (issue 14): ADD CONSTRAINT … FOREIGN KEY and ALTER COLUMN … DROP/SET
+/// NOT NULL, SET/DROP DEFAULT, TYPE, made by editing the table's
+/// definition; the rows already there must satisfy it, and a change that
+/// would need the rows rewritten is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_add_foreign_keys_and_alter_columns() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY);
+         CREATE TABLE b (id int PRIMARY KEY, a_id int NOT NULL, note varchar(10), n int);
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1, 1, 'x', NULL), (2, 7, NULL, 1)",
+    )
+    .await
+    .unwrap();
+    let fk = "ALTER TABLE b ADD CONSTRAINT b_a_fk FOREIGN KEY (a_id) REFERENCES a (id) DEFERRABLE INITIALLY DEFERRED";
+    let (code, message) = refused(&c, fk).await;
+    assert_eq!(code, "23503", "{message}");
+    c.batch_execute("DELETE FROM b WHERE id = 2").await.unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; {fk}; ALTER TABLE b ALTER COLUMN a_id DROP NOT NULL; COMMIT"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        refused(&c, "INSERT INTO b VALUES (3, 9, 'y', 1)").await.0,
+        "23503",
+        "the foreign key holds"
+    );
+    c.batch_execute(
+        "INSERT INTO b (id, a_id) VALUES (4, NULL);
+         ALTER TABLE b ALTER COLUMN note TYPE varchar(254), ALTER COLUMN n SET DEFAULT 5",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO b (id, a_id) VALUES (5, 1)")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(&c, "SELECT n FROM b WHERE id = 5")
+            .await
+            .as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        refused(&c, "ALTER TABLE b ALTER COLUMN note SET NOT NULL")
+            .await
+            .0,
+        "23502"
+    );
+    assert_eq!(
+        refused(&c, "ALTER TABLE b ALTER COLUMN note TYPE bytea")
+            .await
+            .0,
+        "0A000",
+        "a change of storage affinity"
+    );
+    assert_eq!(
+        simple_value(
+            &c,
+            "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alembic_autogenerates_upgrades_and_downgrades() {
+    if !have_python_modules("alembic_compat", &["alembic", "sqlalchemy", "psycopg"]) {
+        return;
+    }
+    let server = TestServer::start().await;
+    python(&server, "alembic_compat.py", None).await;
+}

@@ -20,7 +20,7 @@
 //! pg_user, pg_authid, pg_auth_members, pg_am, pg_description,
 //! pg_shdescription, pg_tables, pg_views, pg_collation, pg_inherits,
 //! pg_enum, pg_range, pg_extension, pg_trigger, pg_policy, pg_proc,
-//! pg_tablespace, pg_sequence, pg_sequences, pg_settings (a few),
+//! pg_tablespace, pg_sequence, pg_sequences, pg_depend (empty), pg_settings (a few),
 //! pg_statistic_ext, pg_publication, pg_partitioned_table, pg_rewrite,
 //! pg_foreign_table, pg_cursors, pg_stat_activity; information_schema
 //! schemata, tables, columns, views, table_constraints,
@@ -205,6 +205,47 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
+/// A one-dimensional array literal (`{a,"b c",NULL}`) as a JSON array of
+/// strings; None when `text` is not one (a JSON array stays as it is).
+fn array_literal_to_json(text: &str) -> Option<String> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    let mut chars = inner.chars().peekable();
+    while chars.peek().is_some() {
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => item.extend(chars.next()),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != ',') {
+                chars.next();
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                item.push(c);
+            }
+        }
+        chars.next();
+        let item = if quoted {
+            item
+        } else {
+            item.trim().to_string()
+        };
+        items.push(if !quoted && item.eq_ignore_ascii_case("null") {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(item)
+        });
+    }
+    Some(serde_json::Value::Array(items).to_string())
+}
+
 fn text_arg(ctx: &Context<'_>, i: usize) -> Option<String> {
     if i >= ctx.len() {
         return None;
@@ -306,6 +347,25 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
     })?;
     conn.create_scalar_function("quote_ident", 1, det, |ctx| {
         Ok(text_arg(ctx, 0).map(|n| quote_ident(&n)))
+    })?;
+    // PostgreSQL's string literal of a value (asyncpg builds COPY queries
+    // with it); quote_nullable answers 'NULL' for NULL.
+    let literal = |ctx: &Context<'_>| {
+        text_arg(ctx, 0).map(|v| {
+            let body = v.replace('\'', "''");
+            if body.contains('\\') {
+                format!("E'{}'", body.replace('\\', "\\\\"))
+            } else {
+                format!("'{body}'")
+            }
+        })
+    };
+    conn.create_scalar_function("quote_literal", 1, det, move |ctx| Ok(literal(ctx)))?;
+    conn.create_scalar_function("quote_nullable", 1, det, move |ctx| {
+        Ok(literal(ctx).unwrap_or_else(|| "NULL".into()))
+    })?;
+    conn.create_scalar_function("pg_to_array", 1, det, |ctx| {
+        Ok(text_arg(ctx, 0).map(|t| array_literal_to_json(&t).unwrap_or(t)))
     })?;
     conn.create_scalar_function("now", 0, volatile, |_| Ok(now_text()))?;
     conn.create_scalar_function("pg_to_bool", 1, det, |ctx| {
@@ -518,7 +578,11 @@ fn types_values() -> String {
 
 /// The catalog, as TEMP views (`CREATE TEMP VIEW IF NOT EXISTS`).
 fn views_sql() -> String {
-    let user_table = r"name NOT LIKE 'sqlite\_%' ESCAPE '\'";
+    // Not SQLite's own tables, nor availdb's sequences (`engine::sequence`).
+    let user = |name: &str| {
+        format!(r"{name} NOT LIKE 'sqlite\_%' ESCAPE '\' AND {name} <> 'availdb_sequences'")
+    };
+    let (user_table, t_user_table) = (user("name"), user("t.name"));
     format!(
         r#"
 CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
@@ -527,7 +591,7 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
 CREATE TEMP VIEW IF NOT EXISTS availdb_rowid_pk AS
   SELECT t.name AS tbl, p.name AS col, p.cid AS cid
   FROM main.sqlite_schema t, pragma_table_info(t.name) p
-  WHERE t.type = 'table' AND t.{user_table} AND p.pk = 1 AND upper(p.type) = 'INTEGER'
+  WHERE t.type = 'table' AND {t_user_table} AND p.pk = 1 AND upper(p.type) = 'INTEGER'
     AND (SELECT count(*) FROM pragma_table_info(t.name) q WHERE q.pk > 0) = 1;
 CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
   SELECT t.name AS tbl,
@@ -543,7 +607,7 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
     (SELECT group_concat(quote_ident(ii.name), ', ') FROM pragma_index_info(il.name) ii) AS cols,
     (SELECT s.sql FROM main.sqlite_schema s WHERE s.type = 'index' AND s.name = il.name) AS sql
   FROM main.sqlite_schema t, pragma_index_list(t.name) il
-  WHERE t.type = 'table' AND t.{user_table}
+  WHERE t.type = 'table' AND {t_user_table}
   UNION ALL
   SELECT tbl, tbl || '_pkey', 1, 1, 'pk', 0, json_array(cid + 1), json_array(col), quote_ident(col), NULL
   FROM availdb_rowid_pk;
@@ -602,6 +666,10 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
 CREATE TEMP VIEW IF NOT EXISTS pg_attrdef AS
   SELECT CAST(pg_oid('d', t.name || '.' || p.name) AS INTEGER) AS oid, CAST(pg_oid('r', t.name) AS INTEGER) AS adrelid, p.cid + 1 AS adnum,
     CASE WHEN r.col IS NOT NULL THEN 'nextval(''' || t.name || '_' || p.name || '_seq''::regclass)'
+         WHEN p.dflt_value GLOB 'nextval(''*'')'
+           THEN replace(p.dflt_value, ''')', '''::regclass)')
+         WHEN p.dflt_value GLOB '(nextval(''*''))'
+           THEN 'nextval(' || substr(p.dflt_value, 10, length(p.dflt_value) - 11) || '::regclass)'
          ELSE p.dflt_value END AS adbin
   FROM availdb_tables t JOIN pragma_table_info(t.name) p
     LEFT JOIN availdb_rowid_pk r ON r.tbl = t.name AND r.col = p.name
@@ -732,6 +800,9 @@ CREATE TEMP VIEW IF NOT EXISTS pg_partitioned_table AS
   SELECT 0 AS partrelid, '' AS partstrat WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_rewrite AS SELECT 0 AS oid, '' AS rulename, 0 AS ev_class WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_foreign_table AS SELECT 0 AS ftrelid, 0 AS ftserver WHERE 0;
+CREATE TEMP VIEW IF NOT EXISTS pg_depend AS
+  SELECT 0 AS classid, 0 AS objid, 0 AS objsubid, 0 AS refclassid, 0 AS refobjid,
+    0 AS refobjsubid, '' AS deptype WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_opclass AS
   SELECT 0 AS oid, '' AS opcname, 403 AS opcmethod, 11 AS opcnamespace, 1 AS opcdefault WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_cursors AS SELECT '' AS name, '' AS statement WHERE 0;

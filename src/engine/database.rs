@@ -29,6 +29,14 @@ pub const PG_VERSION: &str = "16.0";
 pub struct Conn {
     conn: Connection,
     interrupt: Arc<InterruptHandle>,
+    /// The URI of the session space attached as `pg_temp`, if any
+    /// ([`super::temp`]).
+    bound: std::cell::RefCell<Option<String>>,
+    /// The borrowing session's `currval` state ([`super::sequence`]).
+    sequences: super::sequence::Slot,
+    /// Set while availdb itself edits the schema
+    /// ([`Conn::add_table_constraint`]): the authorizer lets it through.
+    editing: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -47,6 +55,104 @@ impl Conn {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
+    }
+
+    /// Lends the connection to a session: its `currval` state
+    /// ([`super::sequence`]) and its TEMP objects, as schema `pg_temp`, and
+    /// no other session's. Called whenever a session borrows the
+    /// connection, before its transaction begins ([`super::temp`], rules 1
+    /// and 2).
+    pub fn bind(
+        &self,
+        space: Option<&super::TempSpace>,
+        sequences: &Arc<Mutex<super::SessionSequences>>,
+    ) -> Result<()> {
+        *self.sequences.lock().unwrap_or_else(|e| e.into_inner()) = Some(sequences.clone());
+        self.bind_space(space)
+    }
+
+    /// Changes table `table`'s definition (its `CREATE TABLE` text in
+    /// `sqlite_schema`) to what `edit` makes of it, for the changes
+    /// SQLite's ALTER TABLE cannot make (`sql::pg::definition`): SQLite's
+    /// documented procedure for schema changes that leave the stored rows
+    /// as they are ("Making Other Kinds Of Table Schema Changes"), with the
+    /// schema version raised so every connection, on every replica, reads
+    /// the table anew. Runs inside the caller's transaction, which undoes
+    /// it on error. Before anything is written, both definitions are
+    /// created on a scratch database and must store rows the same way:
+    /// the same columns in the same order, the same keys, the same
+    /// storage affinity, the same rowid; a change that would need the
+    /// rows rewritten is refused (0A000).
+    pub fn edit_table_definition(
+        &self,
+        table: &str,
+        edit: impl FnOnce(&str) -> std::result::Result<String, String>,
+    ) -> Result<()> {
+        use rusqlite::OptionalExtension;
+        let conn = &self.conn;
+        let sql: Option<String> = conn
+            .query_row(
+                "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sql) = sql else {
+            return Err(Error::sql(
+                "42P01",
+                format!("relation \"{table}\" does not exist"),
+            ));
+        };
+        let new_sql = edit(&sql).map_err(|why| Error::sql("42601", why))?;
+        let (old_shape, new_shape) = (storage_shape(&sql, table)?, storage_shape(&new_sql, table)?);
+        if old_shape != new_shape {
+            return Err(Error::sql(
+                "0A000",
+                format!("not supported in availdb: an ALTER TABLE of \"{table}\" that changes how its rows are stored"),
+            )
+            .with_hint("add a new column, copy the values with UPDATE, then drop the old one"));
+        }
+        self.editing.store(true, Ordering::SeqCst);
+        let edited = (|| -> rusqlite::Result<()> {
+            let version: i64 = conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))?;
+            conn.execute_batch("PRAGMA writable_schema = ON")?;
+            conn.execute(
+                "UPDATE main.sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = ?2",
+                [new_sql.as_str(), table],
+            )?;
+            conn.execute_batch(&format!("PRAGMA main.schema_version = {}", version + 1))?;
+            conn.execute_batch("PRAGMA writable_schema = OFF")
+        })();
+        self.editing.store(false, Ordering::SeqCst);
+        Ok(edited?)
+    }
+
+    /// Ends a session's loan (a reader going back to the pool).
+    fn unbind(&self) -> Result<()> {
+        *self.sequences.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.bind_space(None)
+    }
+
+    fn bind_space(&self, space: Option<&super::TempSpace>) -> Result<()> {
+        let want = space.map(|s| s.uri());
+        if self.bound.borrow().as_deref() == want {
+            return Ok(());
+        }
+        if self.bound.borrow().is_some() {
+            self.conn
+                .execute_batch(&format!("DETACH DATABASE {}", super::temp::SCHEMA))?;
+            *self.bound.borrow_mut() = None;
+        }
+        if let Some(uri) = want {
+            // A literal, so that the authorizer sees the name (it is a
+            // UUID: no quote to escape).
+            self.conn.execute_batch(&format!(
+                "ATTACH DATABASE '{uri}' AS {}",
+                super::temp::SCHEMA
+            ))?;
+            *self.bound.borrow_mut() = Some(uri.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -181,6 +287,10 @@ impl Drop for Reader {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             conn.reset();
+            if conn.unbind().is_err() {
+                // Still shows a session's TEMP objects: never reuse it.
+                return;
+            }
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < MAX_IDLE_READERS {
                 pool.push(conn);
@@ -1020,6 +1130,58 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
+/// How a table definition stores its rows: per column its name, key
+/// position and storage affinity, and whether it is a rowid table; found
+/// by creating the table on a scratch database.
+fn storage_shape(create_sql: &str, table: &str) -> Result<Vec<(String, i64, char)>> {
+    let scratch = Connection::open_in_memory()?;
+    scratch.execute_batch(create_sql).map_err(|e| {
+        Error::sql(
+            "42601",
+            format!("the new definition of table \"{table}\" does not read: {e}"),
+        )
+    })?;
+    let mut shape = scratch
+        .prepare("SELECT name, pk, type FROM pragma_table_info(?1)")?
+        .query_map([table], |r| {
+            let ty: String = r.get(2)?;
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, affinity(&ty)))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let without_rowid: bool =
+        scratch.query_row("SELECT wr FROM pragma_table_list(?1)", [table], |r| {
+            r.get(0)
+        })?;
+    // A rowid alias (INTEGER PRIMARY KEY) is stored as the rowid itself.
+    let rowid_alias = scratch
+        .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk = 1 AND upper(type) = 'INTEGER' AND (SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1")?
+        .query_row([table], |r| r.get::<_, String>(0))
+        .ok();
+    shape.push((
+        rowid_alias.unwrap_or_default(),
+        i64::from(without_rowid),
+        'w',
+    ));
+    Ok(shape)
+}
+
+/// SQLite's column affinity of a declared type (section 3.1 of
+/// <https://sqlite.org/datatype3.html>).
+fn affinity(decltype: &str) -> char {
+    let t = decltype.to_ascii_uppercase();
+    if t.contains("INT") {
+        'i'
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        't'
+    } else if t.contains("BLOB") || t.is_empty() {
+        'b'
+    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+        'r'
+    } else {
+        'n'
+    }
+}
+
 /// Registers availdb's SQL functions and the authorizer on a new connection.
 fn finish_setup(
     mut conn: Connection,
@@ -1048,10 +1210,26 @@ fn finish_setup(
     let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
     let dir = path.parent().unwrap_or(Path::new("."));
     super::catalog::install(&conn, dir, i64::from(pid))?;
-    conn.authorizer(Some(authorize))?;
+    let sequences = super::sequence::Slot::default();
+    super::sequence::install(&conn, &sequences)?;
+    let editing = Arc::new(AtomicBool::new(false));
+    let availdb_edits = editing.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        if availdb_edits.load(Ordering::SeqCst) {
+            Authorization::Allow
+        } else {
+            authorize(ctx)
+        }
+    }))?;
     conn.set_prepared_statement_cache_capacity(64);
     let interrupt = Arc::new(conn.get_interrupt_handle());
-    Ok(Conn { conn, interrupt })
+    Ok(Conn {
+        conn,
+        interrupt,
+        bound: std::cell::RefCell::new(None),
+        sequences,
+        editing,
+    })
 }
 
 /// Pragmas a client may run: introspection and application data. Everything
@@ -1088,7 +1266,29 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
         // VACUUM attaches a nameless temporary database; that one is fine.
         AuthAction::Attach { filename: "" } => Authorization::Allow,
+        // A session's TEMP space (`Conn::bind`); its name is random.
+        AuthAction::Attach { filename } if filename.starts_with(super::temp::URI_PREFIX) => {
+            Authorization::Allow
+        }
+        AuthAction::Detach {
+            database_name: super::temp::SCHEMA,
+        } => Authorization::Allow,
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        // `ATTACH $1`: the name is a parameter, unknown here.
+        AuthAction::Unknown {
+            code: rusqlite::ffi::SQLITE_ATTACH | rusqlite::ffi::SQLITE_DETACH,
+            ..
+        } => Authorization::Deny,
+        // SQLite's own TEMP schema holds the catalog, on a connection other
+        // sessions use too: TEMP objects go to `pg_temp` (see `temp`).
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::DropTempTable { .. }
+        | AuthAction::DropTempView { .. }
+        | AuthAction::DropTempTrigger { .. }
+        | AuthAction::DropTempIndex { .. } => Authorization::Deny,
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
@@ -1409,10 +1609,19 @@ mod tests {
             "PRAGMA writable_schema = 1",
             "PRAGMA page_size = 1024",
             "ATTACH 'x.db' AS x",
+            // SQLite's TEMP schema is the catalog's (sessions' TEMP
+            // objects go to their own `pg_temp`).
+            "CREATE TEMP TABLE x(a)",
+            "DROP VIEW temp.pg_class",
         ] {
             let err = Error::from(c.execute_batch(sql).expect_err(sql));
             assert_eq!(err.sqlstate(), "42501", "{sql}");
         }
+        // A name bound as a parameter is not seen by the authorizer.
+        let err = c
+            .execute("ATTACH ?1 AS x", ["x.db"])
+            .expect_err("ATTACH $1");
+        assert_eq!(Error::from(err).sqlstate(), "42501");
         c.execute_batch("CREATE TABLE t(a INTEGER)").unwrap();
         c.execute_batch("VACUUM")
             .expect("VACUUM attaches a temporary database");
@@ -1424,6 +1633,43 @@ mod tests {
         ] {
             c.execute_batch(sql).unwrap();
         }
+    }
+
+    #[test]
+    fn a_session_space_shows_on_the_connections_it_is_bound_to_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open("t", &dir.path().join("t.db"), &dir.path().join("log")).unwrap();
+        let (one, two) = (
+            super::super::TempSpace::new().unwrap(),
+            super::super::TempSpace::new().unwrap(),
+        );
+        let seqs = Arc::default();
+        let w = db.writer.try_lock().unwrap();
+        w.conn().bind(Some(&one), &seqs).unwrap();
+        w.conn()
+            .sqlite()
+            .execute_batch("CREATE TABLE pg_temp.tt(x); INSERT INTO tt VALUES (1)")
+            .unwrap();
+        let r = db.reader().unwrap();
+        r.conn().bind(Some(&one), &seqs).unwrap();
+        let n: i64 = r
+            .conn()
+            .sqlite()
+            .query_row("SELECT count(*) FROM tt", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        r.conn().bind(Some(&two), &seqs).unwrap();
+        assert!(r.conn().sqlite().prepare("SELECT * FROM tt").is_err());
+        drop(r);
+        // Back in the pool, unbound.
+        let r = db.reader().unwrap();
+        assert!(r
+            .conn()
+            .sqlite()
+            .prepare("SELECT * FROM pg_temp.tt")
+            .is_err());
+        w.conn().bind(None, &seqs).unwrap();
+        assert!(w.conn().sqlite().prepare("SELECT * FROM tt").is_err());
     }
 
     #[test]

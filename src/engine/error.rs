@@ -290,6 +290,12 @@ fn sqlstate_from_message(message: &str) -> &'static str {
         ("misuse of aggregate", "42803"),
         ("too many SQL variables", "54023"),
         ("integer overflow", "22003"),
+        // The sequence functions (`sequence.rs`), in PostgreSQL's words.
+        ("nextval: reached", "2200H"),
+        ("currval of sequence", "55000"),
+        ("lastval is not yet defined", "55000"),
+        ("setval: value", "22003"),
+        ("relation \"", "42P01"),
     ];
     for (prefix, state) in BY_PREFIX {
         if message.starts_with(prefix) {

@@ -51,13 +51,14 @@ pub fn describe(conn: &Connection, sql: &str) -> Result<Described> {
     Ok(Described {
         columns: columns(&stmt, sql, &schema),
         params,
-        readonly: stmt.readonly(),
+        readonly: stmt.readonly() && !super::sequence::writes_sequences(sql),
     })
 }
 
-/// True when `sql` does not write (SQLite's `sqlite3_stmt_readonly`).
+/// True when `sql` does not write (SQLite's `sqlite3_stmt_readonly`, and
+/// no call of a function that writes a sequence, which SQLite cannot see).
 pub fn is_readonly(conn: &Connection, sql: &str) -> Result<bool> {
-    Ok(conn.prepare_cached(sql)?.readonly())
+    Ok(conn.prepare_cached(sql)?.readonly() && !super::sequence::writes_sequences(sql))
 }
 
 /// Runs `sql` with `params` (`params[i]` is `$i+1`), collecting all rows.

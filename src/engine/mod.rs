@@ -42,6 +42,11 @@
 //! TEMP views over SQLite's schema, and the SQL functions PostgreSQL
 //! clients call ([`catalog`]); nothing of them is written to the file.
 //!
+//! # Session-scoped objects
+//! A session's TEMP tables, views and triggers live in a private in-memory
+//! database attached as `pg_temp` to whichever connection the session
+//! borrows, never in the file, so never replicated ([`temp`]).
+//!
 //! # Memory
 //! A read statement's rows stream to the client as SQLite produces them
 //! ([`cursor`]); what availdb must hold whole is charged to the session's
@@ -61,6 +66,8 @@ pub mod image;
 pub mod memory;
 mod recover;
 pub mod redo;
+pub mod sequence;
+pub mod temp;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -78,6 +85,8 @@ pub use exec::{describe, is_readonly, run, run_charged, Column, Described, Outco
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
 pub use recover::{redo as redo_records, whole_transactions};
+pub use sequence::SessionSequences;
+pub use temp::TempSpace;
 
 /// The database a fresh node creates, named after the default user.
 pub const DEFAULT_DATABASE: &str = "availdb";

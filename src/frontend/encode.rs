@@ -604,6 +604,17 @@ fn decode_binary<S: Clone>(
     ty: &Type,
     raw: &[u8],
 ) -> Result<Value, String> {
+    match ty.kind() {
+        Kind::Array(element) => Ok(Value::Text(
+            binary_array_to_json(portal, i, element, raw)?.to_string(),
+        )),
+        _ => decode_binary_field(ty, raw),
+    }
+}
+
+/// A value in its type's binary form (a binary COPY's field); arrays are
+/// not read here.
+pub fn decode_binary_field(ty: &Type, raw: &[u8]) -> Result<Value, String> {
     let fixed = |n: usize| -> Result<&[u8], String> {
         if raw.len() == n {
             Ok(raw)
@@ -612,6 +623,10 @@ fn decode_binary<S: Clone>(
         }
     };
     Ok(match *ty {
+        Type::NUMERIC => decimal_value(
+            <Decimal as tokio_postgres::types::FromSql>::from_sql(ty, raw)
+                .map_err(|e| e.to_string())?,
+        ),
         Type::BOOL => Value::Integer((fixed(1)?[0] != 0) as i64),
         Type::INT2 => {
             Value::Integer(i16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes")) as i64)
@@ -624,13 +639,6 @@ fn decode_binary<S: Clone>(
             Value::Real(f32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")) as f64)
         }
         Type::FLOAT8 => Value::Real(f64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
-        Type::NUMERIC => {
-            let d = portal
-                .parameter::<Decimal>(i, ty)
-                .map_err(|e| e.to_string())?
-                .ok_or("missing value")?;
-            decimal_value(d)
-        }
         Type::BYTEA => Value::Blob(raw.to_vec()),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
             Value::Text(String::from_utf8(raw.to_vec()).map_err(|_| "not valid UTF-8".to_string())?)
@@ -655,12 +663,6 @@ fn decode_binary<S: Clone>(
                 .format(),
         ),
         Type::UUID => Value::Text(temporal::uuid_from_binary(raw).ok_or("expected 16 bytes")?),
-        _ if matches!(ty.kind(), Kind::Array(_)) => {
-            let Kind::Array(element) = ty.kind() else {
-                unreachable!("matched above")
-            };
-            Value::Text(binary_array_to_json(portal, i, element, raw)?.to_string())
-        }
         _ => {
             return Err(format!(
                 "binary format of type {} is not supported; send it as text",

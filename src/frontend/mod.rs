@@ -25,7 +25,9 @@
 //!    come, at most its row limit: then PortalSuspended, and the next
 //!    Execute of that portal goes on (fetch sizes, `query_portal`). Portals
 //!    end with their transaction (at Sync outside a block), as in
-//!    PostgreSQL, and with them the cursor and its snapshot.
+//!    PostgreSQL, and with them the cursor and its snapshot. A cursor
+//!    opened with `DECLARE` answers a Describe of a portal of its name, as
+//!    in PostgreSQL (psycopg's named cursors ask so).
 //! 4. The transaction status in every ReadyForQuery comes from the session's
 //!    own state machine, never from guesses about the statements.
 //! 5. A session whose database was read-write when it began ends (FATAL
@@ -79,9 +81,12 @@ use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
-    send_execution_response, send_ready_for_query, ExtendedQueryHandler, SimpleQueryHandler,
+    send_describe_response, send_execution_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
 };
-use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -90,7 +95,7 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::{Execute, Sync as PgSync};
+use pgwire::messages::extendedquery::{Describe, Execute, Sync as PgSync};
 use pgwire::messages::response::{
     EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
@@ -548,14 +553,18 @@ fn quote(name: &str) -> String {
 
 /// Parses the rows of a finished COPY FROM STDIN and inserts them in one
 /// transaction (a savepoint inside a transaction block).
-async fn load_copy(session: &mut Session, copy: CopyIn) -> Result<u64, Error> {
-    let text = String::from_utf8(copy.data)
+async fn load_copy(session: &mut Session, mut copy: CopyIn) -> Result<u64, Error> {
+    let types: Vec<Type> = copy.columns.iter().map(|c| encode::pg_type(c.ty)).collect();
+    if copy.spec.format == crate::sql::pg::CopyFormat::Binary {
+        let values = binary_copy_rows(&copy, &types)?;
+        return insert_copied(session, &copy, values).await;
+    }
+    let text = String::from_utf8(std::mem::take(&mut copy.data))
         .map_err(|_| Error::sql("22021", "COPY data is not valid UTF-8"))?;
     let rows = copy
         .spec
         .parse_rows(&text)
         .map_err(|why| Error::sql("22P04", why))?;
-    let types: Vec<Type> = copy.columns.iter().map(|c| encode::pg_type(c.ty)).collect();
     let mut values = Vec::with_capacity(rows.len());
     for (line, row) in rows.into_iter().enumerate() {
         if row.len() != copy.columns.len() {
@@ -588,6 +597,58 @@ async fn load_copy(session: &mut Session, copy: CopyIn) -> Result<u64, Error> {
         }
         values.push(out);
     }
+    insert_copied(session, &copy, values).await
+}
+
+/// The rows of a binary COPY, each field decoded by its column's type.
+fn binary_copy_rows(
+    copy: &CopyIn,
+    types: &[Type],
+) -> Result<Vec<Vec<rusqlite::types::Value>>, Error> {
+    let rows =
+        crate::sql::pg::copy::parse_binary(&copy.data).map_err(|why| Error::sql("22P04", why))?;
+    rows.into_iter()
+        .enumerate()
+        .map(|(line, row)| {
+            if row.len() != copy.columns.len() {
+                return Err(Error::sql(
+                    "22P04",
+                    format!(
+                        "COPY row {}: {} fields, expected {}",
+                        line + 1,
+                        row.len(),
+                        copy.columns.len()
+                    ),
+                ));
+            }
+            row.into_iter()
+                .zip(types)
+                .zip(&copy.columns)
+                .map(|((field, ty), col)| match field {
+                    None => Ok(rusqlite::types::Value::Null),
+                    Some(raw) => encode::decode_binary_field(ty, &raw).map_err(|why| {
+                        Error::sql(
+                            "22P03",
+                            format!(
+                                "COPY row {}, column {}: invalid binary {}: {why}",
+                                line + 1,
+                                col.name,
+                                col.ty.pg_name()
+                            ),
+                        )
+                    }),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Inserts COPY's rows in one transaction (a savepoint in a block).
+async fn insert_copied(
+    session: &mut Session,
+    copy: &CopyIn,
+    values: Vec<Vec<rusqlite::types::Value>>,
+) -> Result<u64, Error> {
     let table = copy.spec.table.clone().unwrap_or_default();
     let names: Vec<String> = copy.columns.iter().map(|c| quote(&c.name)).collect();
     let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
@@ -610,6 +671,7 @@ async fn start_copy(
     if spec.from_stdin {
         let columns = session.copy_columns(&spec).await?;
         let n = columns.len();
+        let format = i8::from(spec.format == crate::sql::pg::CopyFormat::Binary);
         let charge = session.memory().charge(0, "COPY FROM STDIN data")?;
         *state.copy_in.lock().await = Some(CopyIn {
             spec,
@@ -618,7 +680,11 @@ async fn start_copy(
             charge,
             failed: None,
         });
-        return Ok(Response::CopyIn(CopyResponse::new(0, n, stream::empty())));
+        return Ok(Response::CopyIn(CopyResponse::new(
+            format,
+            n,
+            stream::empty(),
+        )));
     }
     let query = match &spec.query {
         Some(q) => q.clone(),
@@ -1235,6 +1301,10 @@ impl Prepared {
             Command::CurrentSchema => text("current_schema"),
             Command::Backup(sql) => backup::columns(sql),
             Command::BackupPreferred { .. } => vec![backup::preferred_column()],
+            Command::Declare { .. }
+            | Command::Fetch {
+                move_only: true, ..
+            } => Vec::new(),
             _ => self
                 .described
                 .as_ref()
@@ -1288,7 +1358,8 @@ impl QueryParser for Parser {
         self.state.end_if_demoted().await?;
         let command = classify(statement);
         let described = match &command {
-            Command::Sql(sql) => {
+            // A cursor's query: its parameters (DECLARE itself has no rows).
+            Command::Sql(sql) | Command::Declare { query: sql, .. } => {
                 let mut guard = self.state.session.lock().await;
                 let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
                 Some(
@@ -1297,6 +1368,19 @@ impl QueryParser for Parser {
                         .await
                         .map_err(|e| user_error(&e))?,
                 )
+            }
+            Command::Fetch {
+                name,
+                move_only: false,
+                ..
+            } => {
+                let guard = self.state.session.lock().await;
+                let session = guard.as_ref().ok_or(PgWireError::NotReadyForQuery)?;
+                Some(Described {
+                    columns: session.cursor_columns(name).map_err(|e| user_error(&e))?,
+                    params: Vec::new(),
+                    readonly: true,
+                })
             }
             _ => None,
         };
@@ -1502,6 +1586,30 @@ impl ExtendedQueryHandler for Extended {
         }
         client.set_state(PgWireConnectionState::ReadyForQuery);
         Ok(())
+    }
+
+    /// Describe of a portal also answers for a cursor opened with DECLARE
+    /// (psycopg asks so for its named cursors' columns), as in PostgreSQL,
+    /// where such a cursor is a portal.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        if message.target_type == b'P' && client.portal_store().get_portal(name).is_none() {
+            let columns = match self.state.session.lock().await.as_ref() {
+                Some(session) => session.cursor_columns(name).ok(),
+                None => None,
+            };
+            if let Some(columns) = columns {
+                let fields = encode::fields(&columns, &Format::UnifiedText);
+                return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+            }
+        }
+        self._on_describe(client, message).await
     }
 
     /// ReadyForQuery carries the session's own transaction status.

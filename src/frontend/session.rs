@@ -34,6 +34,24 @@
 //! autocommit write runs inside a savepoint so that a refusal half way
 //! rolls back (SQLite makes a RETURNING statement's changes at its first
 //! step and would commit them at reset).
+//!
+//! # Cursors (DECLARE)
+//! `DECLARE c CURSOR FOR q` runs `q` as a statement of the transaction and
+//! keeps its rows' stream under the name `c`: it holds the transaction's
+//! connection like a suspended portal (settled the same way when another
+//! statement of the transaction runs) and ends with the transaction.
+//! `WITH HOLD` streams on a pooled reader of its own instead, so it
+//! outlives the transaction, and keeps that reader's snapshot until
+//! `CLOSE`. `FETCH n` / `FETCH ALL` / `MOVE n` take rows from the stream;
+//! cursors move forward only (backward forms are refused with 0A000), and
+//! a WITH HOLD cursor declared in a transaction that wrote does not see
+//! that transaction's own writes. `FETCH ALL` holds its rows whole.
+//!
+//! # TEMP objects
+//! The first `CREATE TEMP TABLE/VIEW/TRIGGER` gives the session a private
+//! `pg_temp` schema ([`engine::temp`]); every reader or writer it borrows
+//! from then on shows that schema and no other session's
+//! (`Session::reader`, `Session::writer`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,6 +232,24 @@ pub struct Session {
     ended: Option<String>,
     /// This session's share of the node's memory budget.
     memory: Arc<SessionMemory>,
+    /// Where the session's TEMP objects live, once it created one
+    /// ([`engine::temp`]); every connection it borrows shows it.
+    temp: Option<Arc<engine::TempSpace>>,
+    /// What its `nextval` calls returned (`currval`, `lastval`).
+    sequences: Arc<Mutex<engine::SessionSequences>>,
+    /// Cursors opened with DECLARE, by name.
+    cursors: std::collections::HashMap<String, NamedCursor>,
+}
+
+/// A cursor opened with `DECLARE` (see the module page).
+struct NamedCursor {
+    columns: Vec<Column>,
+    /// Rows read from `rows` and not yet fetched.
+    pending: std::collections::VecDeque<Vec<Value>>,
+    /// The statement still streaming, until its last row.
+    rows: Option<RowSource>,
+    /// WITH HOLD: outlives its transaction.
+    hold: bool,
 }
 
 impl Session {
@@ -238,6 +274,9 @@ impl Session {
             began_read_write,
             ended: None,
             memory: engine.memory().session(),
+            temp: None,
+            sequences: Arc::default(),
+            cursors: Default::default(),
             engine,
         }
     }
@@ -401,6 +440,7 @@ impl Session {
             let snapshot = self.ag.snapshot();
             return blocking(move || snapshot.describe(&sql)).await;
         }
+        let sql = self.place_temp(sql).await?;
         self.settle_tx(true).await;
         if let Tx::Active {
             holder: Holder::Writer(_),
@@ -425,7 +465,7 @@ impl Session {
             };
             return res;
         }
-        let reader = self.db.reader()?;
+        let reader = self.reader()?;
         blocking(move || engine::describe(reader.conn().sqlite(), &sql)).await
     }
 
@@ -540,6 +580,31 @@ impl Session {
             Command::Unsupported { message, hint } => {
                 Err(Error::sql("0A000", message).with_hint(hint))
             }
+            Command::AlterDefinition { table, edits } => {
+                self.run_unit(move |w| {
+                    // The rows already there must satisfy the new definition.
+                    let check = |before: bool| -> Result<()> {
+                        for edit in edits.iter().filter(|e| e.checked_before() == before) {
+                            if let Some((sql, state, message)) = edit.check(&table) {
+                                let bad: i64 =
+                                    w.conn().sqlite().query_row(&sql, [], |r| r.get(0))?;
+                                if bad > 0 {
+                                    return Err(Error::sql(state, message));
+                                }
+                            }
+                        }
+                        Ok(())
+                    };
+                    check(true)?;
+                    w.conn().edit_table_definition(&table, |sql| {
+                        crate::sql::pg::definition::apply(sql, &edits)
+                    })?;
+                    check(false)?;
+                    Ok(0)
+                })
+                .await?;
+                Ok(Reply::Done("ALTER TABLE".into()))
+            }
             Command::Batch { statements, tag } => {
                 let steps = statements
                     .into_iter()
@@ -548,6 +613,20 @@ impl Session {
                 self.run_many(steps).await?;
                 Ok(Reply::Done(tag))
             }
+            Command::Declare { name, query, hold } => self.declare(name, query, hold, params).await,
+            Command::Fetch {
+                name,
+                count,
+                move_only,
+            } => self.fetch(&name, count, move_only).await,
+            Command::CloseCursor { name: None } => {
+                self.cursors.clear();
+                Ok(Reply::Done("CLOSE CURSOR".into()))
+            }
+            Command::CloseCursor { name: Some(name) } => match self.cursors.remove(&name) {
+                Some(_) => Ok(Reply::Done("CLOSE CURSOR".into())),
+                None => Err(no_cursor(&name)),
+            },
             Command::Copy(_) => Err(Error::sql(
                 "0A000",
                 "COPY must be sent as the only statement of a Query message",
@@ -562,9 +641,115 @@ impl Session {
             }
             Command::Sql(sql) => {
                 self.wait_for_redo().await?;
+                let sql = self.place_temp(sql).await?;
                 self.sql(sql, params).await
             }
         }
+    }
+
+    /// `DECLARE`: a cursor WITHOUT HOLD streams on its transaction's
+    /// connection, like a portal of the transaction (drained into memory
+    /// when another statement of the transaction needs the connection);
+    /// one WITH HOLD streams on a pooled reader of its own, its snapshot
+    /// kept until CLOSE or the session's end.
+    async fn declare(
+        &mut self,
+        name: String,
+        query: String,
+        hold: bool,
+        params: Vec<Value>,
+    ) -> Result<Reply> {
+        if self.cursors.contains_key(&name) {
+            return Err(
+                Error::sql("42P03", format!("cursor \"{name}\" already exists"))
+                    .with_hint("CLOSE it first, or choose another name"),
+            );
+        }
+        if !hold && !self.in_transaction() {
+            return Err(Error::sql(
+                "25P01",
+                "DECLARE CURSOR can only be used in transaction blocks",
+            )
+            .with_hint("BEGIN first, or DECLARE … CURSOR WITH HOLD"));
+        }
+        self.wait_for_redo().await?;
+        let reply = if hold {
+            let reader = self.reader()?;
+            match self.stream(reader, query, params).await {
+                // The reader goes back to the pool after the last row.
+                Ok((_streams_on, reply)) => reply,
+                Err((_, e)) => return Err(e),
+            }
+        } else {
+            self.sql(query, params).await?
+        };
+        let cursor = match reply {
+            Reply::Stream { columns, rows, .. } => NamedCursor {
+                columns,
+                pending: Default::default(),
+                rows: Some(rows),
+                hold,
+            },
+            Reply::Rows { columns, rows, .. } => NamedCursor {
+                columns,
+                pending: rows.into(),
+                rows: None,
+                hold,
+            },
+            _ => return Err(Error::sql("42P11", "a cursor's statement must return rows")),
+        };
+        self.cursors.insert(name, cursor);
+        Ok(Reply::Done("DECLARE CURSOR".into()))
+    }
+
+    /// `FETCH` / `MOVE`: the next `count` rows (None: all the rest).
+    async fn fetch(&mut self, name: &str, count: Option<u64>, move_only: bool) -> Result<Reply> {
+        let cursor = self.cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
+        let want = count.map_or(usize::MAX, |n| n as usize);
+        let mut rows = Vec::new();
+        while rows.len() < want {
+            if let Some(row) = cursor.pending.pop_front() {
+                rows.push(row);
+                continue;
+            }
+            let Some(source) = cursor.rows.as_mut() else {
+                break;
+            };
+            match source.next_batch().await {
+                Some(Ok(batch)) => cursor.pending.extend(batch),
+                Some(Err(e)) => {
+                    cursor.rows = None;
+                    return Err(e);
+                }
+                None => cursor.rows = None,
+            }
+        }
+        let tag = format!(
+            "{} {}",
+            if move_only { "MOVE" } else { "FETCH" },
+            rows.len()
+        );
+        if move_only {
+            return Ok(Reply::Done(tag));
+        }
+        Ok(Reply::Rows {
+            columns: cursor.columns.clone(),
+            rows,
+            tag,
+        })
+    }
+
+    /// The columns `FETCH` from cursor `name` returns (Describe).
+    pub fn cursor_columns(&self, name: &str) -> Result<Vec<Column>> {
+        self.cursors
+            .get(name)
+            .map(|c| c.columns.clone())
+            .ok_or_else(|| no_cursor(name))
+    }
+
+    /// Cursors WITHOUT HOLD end with their transaction.
+    fn end_transaction_cursors(&mut self) {
+        self.cursors.retain(|_, c| c.hold);
     }
 
     /// Reports a commit's end LSN (ParameterStatus `availdb.commit_lsn`):
@@ -724,6 +909,7 @@ impl Session {
 
     async fn commit(&mut self) -> Result<Reply> {
         self.ended = None;
+        self.end_transaction_cursors();
         // Portals end with their transaction.
         self.settle_tx(false).await;
         match std::mem::replace(&mut self.tx, Tx::Idle) {
@@ -773,6 +959,7 @@ impl Session {
 
     fn rollback(&mut self, tag: &str) -> Reply {
         self.ended = None;
+        self.end_transaction_cursors();
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => self.warn("25P01", "there is no transaction in progress"),
             Tx::Active { holder, .. } | Tx::Failed { holder } => drop_holder(holder),
@@ -929,7 +1116,7 @@ impl Session {
 
     async fn autocommit(&mut self, sql: String, params: Vec<Value>) -> Result<Reply> {
         let read_only = self.settings.default_read_only;
-        let reader = self.db.reader()?;
+        let reader = self.reader()?;
         let s = sql.clone();
         let (reader, ro) = blocking(move || {
             let ro = engine::is_readonly(reader.conn().sqlite(), &s);
@@ -960,10 +1147,7 @@ impl Session {
             return Ok(reply(&sql, outcome));
         }
         drop(reader);
-        let w = self
-            .db
-            .writer(self.settings.lock_timeout, &self.cancel.waiting)
-            .await?;
+        let w = self.writer().await?;
         let s = sql.clone();
         let memory = self.memory.clone();
         let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
@@ -1053,7 +1237,7 @@ impl Session {
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
         let holder = match holder {
-            Holder::Nothing => match self.db.reader() {
+            Holder::Nothing => match self.reader() {
                 Ok(reader) => {
                     // Read the commit counter before the snapshot starts, so
                     // a commit racing with BEGIN makes the upgrade check fail
@@ -1191,7 +1375,7 @@ impl Session {
     /// unit: its own transaction outside a block, a savepoint inside one.
     /// Returns the rows changed.
     pub async fn run_many(&mut self, steps: Vec<(String, Vec<Vec<Value>>)>) -> Result<u64> {
-        let run = move |w: &mut WriterGuard| -> Result<u64> {
+        self.run_unit(move |w: &mut WriterGuard| -> Result<u64> {
             let conn = w.conn().sqlite();
             let mut changes = 0;
             for (sql, rows) in &steps {
@@ -1200,13 +1384,19 @@ impl Session {
                 }
             }
             Ok(changes)
-        };
+        })
+        .await
+    }
+
+    /// Runs `run` on the writer as one unit: its own transaction outside a
+    /// block, a savepoint inside one.
+    async fn run_unit(
+        &mut self,
+        run: impl FnOnce(&mut WriterGuard) -> Result<u64> + Send + 'static,
+    ) -> Result<u64> {
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => {
-                let w = self
-                    .db
-                    .writer(self.settings.lock_timeout, &self.cancel.waiting)
-                    .await?;
+                let w = self.writer().await?;
                 let (w, res) =
                     on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
                         w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
@@ -1285,7 +1475,7 @@ impl Session {
     /// The columns a COPY names, or all of the table's, with their types.
     pub async fn copy_columns(&mut self, spec: &crate::sql::pg::CopySpec) -> Result<Vec<Column>> {
         let table = spec.table.clone().unwrap_or_default();
-        let reader = self.db.reader()?;
+        let reader = self.reader()?;
         let cols = blocking(move || -> Result<Vec<(String, String)>> {
             let conn = reader.conn().sqlite();
             let mut stmt = conn.prepare("SELECT name, type FROM pragma_table_info(?1)")?;
@@ -1326,6 +1516,55 @@ impl Session {
             .collect()
     }
 
+    /// Borrows a pooled reader, showing the session's TEMP objects.
+    fn reader(&self) -> Result<Reader> {
+        let reader = self.db.reader()?;
+        reader.conn().bind(self.temp.as_deref(), &self.sequences)?;
+        Ok(reader)
+    }
+
+    /// Takes the write lock, the writer showing the session's TEMP objects.
+    async fn writer(&mut self) -> Result<WriterGuard> {
+        let w = self
+            .db
+            .writer(self.settings.lock_timeout, &self.cancel.waiting)
+            .await?;
+        w.conn().bind(self.temp.as_deref(), &self.sequences)?;
+        Ok(w)
+    }
+
+    /// Places a statement creating a TEMP object in the session's own
+    /// `pg_temp` schema, which the first such statement creates
+    /// ([`engine::temp`]). The connections the session holds did not show
+    /// it when they were borrowed, and SQLite attaches only outside a
+    /// transaction: a read snapshot at READ COMMITTED is let go (the next
+    /// statement may see newer data anyway), but a transaction that
+    /// already wrote, or must keep its snapshot, cannot take it.
+    async fn place_temp(&mut self, sql: String) -> Result<String> {
+        let Some(placed) = crate::sql::pg::temp_object(&sql) else {
+            return Ok(sql);
+        };
+        if self.temp.is_some() {
+            return Ok(placed);
+        }
+        self.settle_tx(true).await;
+        if let Tx::Active { holder, .. } = &mut self.tx {
+            match holder {
+                Holder::Nothing => {}
+                Holder::Reader { seq: None, .. } => *holder = Holder::Nothing,
+                Holder::Reader { .. } | Holder::Writer(_) | Holder::Cursor(_) => {
+                    return Err(Error::sql(
+                        "0A000",
+                        "not supported in availdb: the session's first TEMP object created inside a transaction that has already written (or runs at REPEATABLE READ or SERIALIZABLE)",
+                    )
+                    .with_hint("create it at the start of the transaction, or before it"))
+                }
+            }
+        }
+        self.temp = Some(Arc::new(engine::TempSpace::new()?));
+        Ok(placed)
+    }
+
     /// Moves an open transaction onto the writer (BEGIN IMMEDIATE there).
     /// From a reader snapshot this is allowed only if nothing committed since
     /// the snapshot began; otherwise the transaction must retry (40001).
@@ -1338,10 +1577,7 @@ impl Session {
             }
             Holder::Nothing | Holder::Cursor(_) => None,
         };
-        let w = self
-            .db
-            .writer(self.settings.lock_timeout, &self.cancel.waiting)
-            .await?;
+        let w = self.writer().await?;
         if let Some(seq) = snapshot_seq {
             if self.db.commit_seq() != seq {
                 return Err(Error::sql(
@@ -1467,6 +1703,10 @@ fn reply_charged(sql: &str, outcome: engine::Outcome, charge: Option<Charge>) ->
         },
         _ => reply(sql, outcome),
     }
+}
+
+fn no_cursor(name: &str) -> Error {
+    Error::sql("34000", format!("cursor \"{name}\" does not exist"))
 }
 
 fn single_text(name: &str, value: &str) -> Reply {

@@ -106,6 +106,38 @@ pub enum Command {
     },
     /// `COPY … FROM STDIN` / `TO STDOUT`.
     Copy(crate::sql::pg::CopySpec),
+    /// ALTER TABLE forms SQLite cannot run, made as edits of the table's
+    /// definition ([`crate::sql::pg::definition`]).
+    AlterDefinition {
+        /// The table.
+        table: String,
+        /// The changes, in order.
+        edits: Vec<crate::sql::pg::definition::Edit>,
+    },
+    /// `DECLARE name [NO SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`.
+    Declare {
+        /// The cursor's name (case folded as PostgreSQL does).
+        name: String,
+        /// The query, translated for SQLite.
+        query: String,
+        /// WITH HOLD: the cursor outlives its transaction.
+        hold: bool,
+    },
+    /// `FETCH [NEXT | FORWARD [n | ALL] | n | ALL] [FROM | IN] name`, and
+    /// `MOVE` with the same forms.
+    Fetch {
+        /// The cursor.
+        name: String,
+        /// Rows to fetch; None for ALL.
+        count: Option<u64>,
+        /// MOVE: skip the rows instead of returning them.
+        move_only: bool,
+    },
+    /// `CLOSE name`, `CLOSE ALL` (None).
+    CloseCursor {
+        /// The cursor, None for all.
+        name: Option<String>,
+    },
     /// PostgreSQL syntax availdb refuses (0A000).
     Unsupported {
         /// What is not supported.
@@ -207,6 +239,16 @@ pub fn classify(stmt: &str) -> Command {
         ["listen" | "unlisten", ..] => Command::NoOp {
             tag: w[0].to_ascii_uppercase(),
         },
+        ["declare", _, ..] => declare(stmt, &tokens[1]),
+        ["fetch" | "move", .., _] => fetch(
+            w[0] == "move",
+            &w[1..w.len() - 1],
+            &tokens[tokens.len() - 1],
+        ),
+        ["close", "all"] => Command::CloseCursor { name: None },
+        ["close", _] => Command::CloseCursor {
+            name: Some(tokens[1].ident()),
+        },
         _ => translated(stmt),
     }
 }
@@ -218,7 +260,88 @@ fn translated(stmt: &str) -> Command {
         Translated::Sql(sql) => Command::Sql(strip_pg_catalog(&sql)),
         Translated::Batch { statements, tag } => Command::Batch { statements, tag },
         Translated::Copy(spec) => Command::Copy(spec),
+        Translated::AlterDefinition { table, edits } => Command::AlterDefinition { table, edits },
         Translated::Unsupported { message, hint } => Command::Unsupported { message, hint },
+    }
+}
+
+/// `DECLARE name … CURSOR … FOR query`; its query is translated like any.
+fn declare(stmt: &str, name: &Token) -> Command {
+    static DECLARE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*declare\s+(?:"(?:[^"]|"")*"|\S+)\s+(.*?)\bcursor\s+(?:(with|without)\s+hold\s+)?for\s+(.*)$"#,
+        )
+        .expect("valid regex")
+    });
+    let Some(c) = DECLARE.captures(stmt) else {
+        return Command::Unsupported {
+            message: "not supported in availdb: this form of DECLARE".into(),
+            hint: "write DECLARE name [NO SCROLL] CURSOR [WITH HOLD | WITHOUT HOLD] FOR query"
+                .into(),
+        };
+    };
+    if c[1].to_ascii_lowercase().contains("binary") {
+        return Command::Unsupported {
+            message: "not supported in availdb: BINARY cursors".into(),
+            hint: "declare the cursor without BINARY; drivers ask for binary results per fetch"
+                .into(),
+        };
+    }
+    let hold = c
+        .get(2)
+        .is_some_and(|h| h.as_str().eq_ignore_ascii_case("with"));
+    let first = c[3]
+        .trim_start_matches(|ch: char| ch.is_whitespace() || ch == '(')
+        .split(|ch: char| !ch.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let query = if matches!(first.as_str(), "select" | "values" | "with" | "table") {
+        translated(&c[3])
+    } else {
+        Command::NoOp { tag: String::new() }
+    };
+    match query {
+        Command::Sql(query) => Command::Declare {
+            name: name.ident(),
+            query,
+            hold,
+        },
+        Command::Unsupported { message, hint } => Command::Unsupported { message, hint },
+        _ => Command::Unsupported {
+            message: "not supported in availdb: a cursor over a statement that is not a query"
+                .into(),
+            hint: "DECLARE a cursor FOR a SELECT (or VALUES)".into(),
+        },
+    }
+}
+
+/// `FETCH`/`MOVE`: `how` is what stands between the verb and the name.
+fn fetch(move_only: bool, how: &[&str], name: &Token) -> Command {
+    let how = match how {
+        [rest @ .., "from" | "in"] => rest,
+        rest => rest,
+    };
+    let count = match how {
+        [] | ["next"] | ["forward"] => Some(Some(1)),
+        ["all"] | ["forward", "all"] => Some(None),
+        [n] | ["forward", n] => n.parse::<u64>().ok().map(Some),
+        _ => None,
+    };
+    match count {
+        Some(count) => Command::Fetch {
+            name: name.ident(),
+            count,
+            move_only,
+        },
+        None => Command::Unsupported {
+            message: format!(
+                "not supported in availdb: {} {} (availdb cursors move forward only)",
+                if move_only { "MOVE" } else { "FETCH" },
+                how.join(" ").to_ascii_uppercase()
+            ),
+            hint: "fetch forward (FETCH n, FETCH ALL), or DECLARE the cursor again".into(),
+        },
     }
 }
 
@@ -456,6 +579,60 @@ mod tests {
 
     fn begin(read_only: Option<bool>, strict: Option<bool>) -> Command {
         Begin { read_only, strict }
+    }
+
+    #[test]
+    fn cursor_statements_are_recognised_as_psycopg_and_psql_write_them() {
+        let fetch = |name: &str, count, move_only| Fetch {
+            name: name.into(),
+            count,
+            move_only,
+        };
+        let cases = [
+            (
+                "DECLARE \"My Cur\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1::int",
+                Declare {
+                    name: "My Cur".into(),
+                    query: "SELECT CAST(1 AS INTEGER)".into(),
+                    hold: true,
+                },
+            ),
+            (
+                "declare c cursor without hold for select * from t where a = $1",
+                Declare {
+                    name: "c".into(),
+                    query: "select * from t where a = $1".into(),
+                    hold: false,
+                },
+            ),
+            (
+                "FETCH FORWARD 100 FROM \"My Cur\"",
+                fetch("My Cur", Some(100), false),
+            ),
+            ("fetch all in c", fetch("c", None, false)),
+            ("FETCH FORWARD ALL FROM c", fetch("c", None, false)),
+            ("FETCH c", fetch("c", Some(1), false)),
+            ("FETCH NEXT FROM C", fetch("c", Some(1), false)),
+            ("MOVE 5 IN c", fetch("c", Some(5), true)),
+            (
+                "CLOSE c",
+                CloseCursor {
+                    name: Some("c".into()),
+                },
+            ),
+            ("CLOSE ALL", CloseCursor { name: None }),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(classify(sql), want, "{sql}");
+        }
+        for sql in [
+            "FETCH PRIOR FROM c",
+            "FETCH BACKWARD 2 FROM c",
+            "DECLARE c BINARY CURSOR FOR SELECT 1",
+            "DECLARE c CURSOR FOR INSERT INTO t VALUES (1)",
+        ] {
+            assert!(matches!(classify(sql), Unsupported { .. }), "{sql}");
+        }
     }
 
     #[test]

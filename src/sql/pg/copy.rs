@@ -1,6 +1,7 @@
 //! `COPY … FROM STDIN` and `COPY … TO STDOUT`: the statement's options and
-//! the text and CSV formats (PostgreSQL's documentation, "COPY", "File
-//! Formats"). Pure: rows in, bytes out, and back.
+//! the text, CSV and (FROM STDIN only) binary formats (PostgreSQL's
+//! documentation, "COPY", "File Formats"). Pure: rows in, bytes out, and
+//! back.
 
 use sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget};
 
@@ -11,6 +12,8 @@ pub enum CopyFormat {
     Text,
     /// Comma-separated values with quoting.
     Csv,
+    /// PostgreSQL's binary COPY format, FROM STDIN only (`parse_binary`).
+    Binary,
 }
 
 /// A COPY statement availdb runs.
@@ -51,7 +54,7 @@ impl CopySpec {
         match (to, target) {
             (false, CopyTarget::Stdin) | (true, CopyTarget::Stdout) => {}
             _ => {
-                return Err("COPY to or from a file or program is not supported in availdb: use COPY … FROM STDIN or TO STDOUT (psql's \\copy)".into())
+                return Err("not supported in availdb: COPY to or from a file or program; use COPY … FROM STDIN or TO STDOUT (psql's \\copy)".into())
             }
         }
         let (table, columns) = match source {
@@ -91,9 +94,15 @@ impl CopySpec {
                 CopyOption::Format(name) => match name.value.to_ascii_lowercase().as_str() {
                     "text" => spec.format = CopyFormat::Text,
                     "csv" => spec.format = CopyFormat::Csv,
+                    "binary" if !to => spec.format = CopyFormat::Binary,
+                    "binary" => {
+                        return Err(
+                            "not supported in availdb: COPY … TO STDOUT in binary format; use text or csv".into()
+                        )
+                    }
                     other => {
                         return Err(format!(
-                            "COPY format \"{other}\" is not supported in availdb: use text or csv"
+                            "not supported in availdb: COPY format \"{other}\"; use text or csv"
                         ))
                     }
                 },
@@ -110,11 +119,11 @@ impl CopySpec {
         }
         for option in legacy {
             match option {
-                CopyLegacyOption::Binary => {
-                    return Err(
-                        "COPY in binary format is not supported in availdb: use text or csv".into(),
-                    )
-                }
+                CopyLegacyOption::Binary if !to => spec.format = CopyFormat::Binary,
+                CopyLegacyOption::Binary => return Err(
+                    "not supported in availdb: COPY … TO STDOUT in binary format; use text or csv"
+                        .into(),
+                ),
                 CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
                 CopyLegacyOption::Null(s) => null = Some(s.clone()),
                 CopyLegacyOption::Csv(csv) => {
@@ -154,6 +163,7 @@ impl CopySpec {
         match self.format {
             CopyFormat::Text => Ok(self.parse_text(data)),
             CopyFormat::Csv => self.parse_csv(data),
+            CopyFormat::Binary => Err("binary COPY data is read with parse_binary".into()),
         }
     }
 
@@ -247,7 +257,8 @@ impl CopySpec {
         (quoted || field != self.null).then_some(field)
     }
 
-    /// One row as a line of COPY output.
+    /// One row as a line of COPY output (text or CSV: binary output is
+    /// refused when the statement is read, and written as text here).
     pub fn format_row(&self, fields: &[Option<String>]) -> String {
         let mut out = String::new();
         for (i, f) in fields.iter().enumerate() {
@@ -256,7 +267,9 @@ impl CopySpec {
             }
             match (f, self.format) {
                 (None, _) => out.push_str(&self.null),
-                (Some(v), CopyFormat::Text) => escape_text(v, self.delimiter, &mut out),
+                (Some(v), CopyFormat::Text | CopyFormat::Binary) => {
+                    escape_text(v, self.delimiter, &mut out)
+                }
                 (Some(v), CopyFormat::Csv) => {
                     let needs = v.is_empty() && !self.null.is_empty()
                         || v == &self.null
@@ -287,6 +300,49 @@ impl CopySpec {
     pub fn header_line(&self, names: &[String]) -> Option<String> {
         (self.format == CopyFormat::Csv && self.header)
             .then(|| self.format_row(&names.iter().cloned().map(Some).collect::<Vec<_>>()))
+    }
+}
+
+/// Splits binary COPY data into rows of raw fields (None for NULL), each
+/// in its type's binary form: the signature `PGCOPY\n\xff\r\n\0`, a
+/// flags word and a header extension, then per row a 16-bit field count
+/// and per field a 32-bit length (-1: NULL) and its bytes; a count of -1
+/// ends the data.
+pub fn parse_binary(data: &[u8]) -> Result<Vec<Vec<Option<Vec<u8>>>>, String> {
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    let rest = data
+        .strip_prefix(SIGNATURE)
+        .ok_or("binary COPY data does not start with the PGCOPY signature")?;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let bytes = rest
+            .get(at..at + n)
+            .ok_or("binary COPY data ends in the middle of a row")?;
+        at += n;
+        Ok(bytes)
+    };
+    let word = |b: &[u8]| i32::from_be_bytes(b.try_into().expect("4 bytes"));
+    let flags = word(take(4)?);
+    if flags & (1 << 16) != 0 {
+        return Err("binary COPY data with OIDs is not supported".into());
+    }
+    let extension = word(take(4)?);
+    take(usize::try_from(extension).map_err(|_| "negative header extension length")?)?;
+    let mut rows = Vec::new();
+    loop {
+        let count = i16::from_be_bytes(take(2)?.try_into().expect("2 bytes"));
+        if count == -1 {
+            return Ok(rows);
+        }
+        let mut row = Vec::with_capacity(count.max(0) as usize);
+        for _ in 0..count {
+            let len = word(take(4)?);
+            row.push(match usize::try_from(len) {
+                Ok(n) => Some(take(n)?.to_vec()),
+                Err(_) => None,
+            });
+        }
+        rows.push(row);
     }
 }
 
@@ -352,6 +408,24 @@ mod tests {
             quote: '"',
             escape: '"',
         }
+    }
+
+    #[test]
+    fn binary_rows_are_split_into_fields_until_the_trailer() {
+        let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
+        data.extend_from_slice(&0i32.to_be_bytes());
+        data.extend_from_slice(&0i32.to_be_bytes());
+        data.extend_from_slice(&2i16.to_be_bytes());
+        data.extend_from_slice(&4i32.to_be_bytes());
+        data.extend_from_slice(&7i32.to_be_bytes());
+        data.extend_from_slice(&(-1i32).to_be_bytes());
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        assert_eq!(
+            parse_binary(&data).unwrap(),
+            vec![vec![Some(7i32.to_be_bytes().to_vec()), None]]
+        );
+        assert!(parse_binary(&data[..data.len() - 3]).is_err());
+        assert!(parse_binary(b"PGCOPX").is_err());
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //!   dropped.
 //! * Arrays are JSON arrays: `ARRAY[…]` → `json_array(…)`, `ARRAY(subquery)`
 //!   → `json_group_array`, `array_agg` → `json_group_array`; `x = ANY(ARRAY[…])`
-//!   → `x IN (…)`, `x = ANY($1)` (an array parameter, decoded to JSON) →
+//!   → `x IN (…)`, `x::type[]` → `pg_to_array(x)` (an array literal such as
+//!   `{a,b}` becomes JSON), `FROM unnest(a, b, …)` → the arrays joined on
+//!   their positions, `x = ANY($1)` (an array parameter, decoded to JSON) →
 //!   `x IN (SELECT value FROM json_each($1))`, other operators through
 //!   `EXISTS`; `unnest(a)` and `generate_subscripts(a, 1)` in a projection
 //!   → a join with `json_each(a)`.
@@ -36,8 +38,12 @@
 //!   column defaults), `pg_get_indexdef`, `pg_get_constraintdef`,
 //!   `to_regclass`, `to_regtype`.
 //! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
-//!   AS IDENTITY` primary keys → `INTEGER PRIMARY KEY` (SQLite's rowid
-//!   alias, which numbers itself); PostgreSQL type names kept as the
+//!   AS IDENTITY` primary keys → as PostgreSQL makes them: a sequence
+//!   `<table>_<column>_seq` and `DEFAULT (nextval('…'))` on an `int4`,
+//!   `int8` or `int2` column (so node-postgres reads SERIAL ids as
+//!   numbers); in a TEMP table → `INTEGER PRIMARY KEY AUTOINCREMENT`
+//!   (SQLite's rowid alias, which never takes a number back either);
+//!   PostgreSQL type names kept as the
 //!   declared type; `WITH (…)`, `TABLESPACE`, `UNLOGGED` dropped;
 //!   non-constant defaults (`now()`) → `CURRENT_TIMESTAMP`.
 //! * `CREATE INDEX`: `USING btree`, `CONCURRENTLY`, operator classes,
@@ -45,10 +51,22 @@
 //! * `DROP TABLE a, b [CASCADE]` → one DROP per table; `TRUNCATE a, b` →
 //!   `DELETE FROM` each; `ALTER TABLE … ADD PRIMARY KEY / ADD CONSTRAINT …
 //!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
+//!   `ADD CONSTRAINT … FOREIGN KEY` and `ALTER COLUMN … DROP/SET NOT NULL,
+//!   SET/DROP DEFAULT, TYPE` → edits of the table's definition, made at
+//!   run time ([`definition`], [`Translated::AlterDefinition`]);
 //!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
-//! * `COPY … FROM STDIN` / `TO STDOUT` in text and CSV ([`copy`]).
+//! * `CREATE SEQUENCE` (INCREMENT, MINVALUE, MAXVALUE, START, CACHE
+//!   ignored, CYCLE, `AS smallint|integer|bigint`) → a row of
+//!   `availdb_sequences`; `DROP SEQUENCE a, b` → their rows deleted;
+//!   `nextval('s'::regclass)` → `nextval('s')` (`engine::sequence`).
+//!   `CREATE TEMP SEQUENCE` is refused.
+//! * `CREATE TEMP TABLE|VIEW|TRIGGER t` → `CREATE … pg_temp.t`, the
+//!   session's own schema ([`temp_object`], `engine::temp`).
+//! * `COPY … FROM STDIN` in text, CSV and binary (asyncpg's
+//!   `copy_records_to_table`), `COPY … TO STDOUT` in text and CSV
+//!   ([`copy`]).
 //! * `(VALUES …) AS t(a, b)` and `(SELECT …) AS t(a, b)`: SQLite takes no
 //!   column list, so the subquery's columns are named instead
 //!   (SQLAlchemy's multi-row INSERT sends this).
@@ -61,6 +79,7 @@
 //! message saying what to use instead ([`Translated::Unsupported`]).
 
 pub mod copy;
+pub mod definition;
 mod rewrite;
 
 use sqlparser::ast::{
@@ -87,6 +106,15 @@ pub enum Translated {
     },
     /// `COPY … FROM STDIN` / `TO STDOUT`.
     Copy(CopySpec),
+    /// `ALTER TABLE t ADD CONSTRAINT … FOREIGN KEY …` and `ALTER COLUMN`
+    /// forms: edits of the table's definition, made at run time
+    /// ([`definition`]; SQLite's ALTER TABLE cannot).
+    AlterDefinition {
+        /// The table (unquoted).
+        table: String,
+        /// The changes, in order.
+        edits: Vec<definition::Edit>,
+    },
     /// Refused: SQLSTATE 0A000 with this message and hint.
     Unsupported {
         /// What is not supported.
@@ -188,6 +216,43 @@ pub fn translate(sql: &str) -> Translated {
     }
 }
 
+/// A statement that creates a TEMP object, with the object placed in the
+/// session's private schema (`CREATE TEMP TABLE t` → `CREATE TABLE
+/// pg_temp.t`; see `engine::temp`); None for any other statement. The
+/// session makes sure its `pg_temp` exists before running it.
+pub fn temp_object(sql: &str) -> Option<String> {
+    static TEMP: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(?:GLOBAL\s+|LOCAL\s+)?(?:TEMP|TEMPORARY)\s+(TABLE|VIEW|TRIGGER)\s+(IF\s+NOT\s+EXISTS\s+)?(?:"?pg_temp"?\.)?"#,
+        )
+        .expect("valid regex")
+    });
+    static QUALIFIED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(?:UNIQUE\s+)?(?:TABLE|VIEW|TRIGGER|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?"?pg_temp"?\."#,
+        )
+        .expect("valid regex")
+    });
+    let head = sql.trim_start().get(..6)?;
+    if !head.eq_ignore_ascii_case("create") {
+        return None;
+    }
+    if let Some(c) = TEMP.captures(sql) {
+        let end = c.get(0).expect("whole match").end();
+        let exists = if c.get(2).is_some() {
+            "IF NOT EXISTS "
+        } else {
+            ""
+        };
+        return Some(format!(
+            "CREATE {} {exists}pg_temp.{}",
+            c[1].to_ascii_uppercase(),
+            &sql[end..]
+        ));
+    }
+    QUALIFIED.is_match(sql).then(|| sql.to_string())
+}
+
 fn unsupported(message: impl Into<String>, hint: impl Into<String>) -> Translated {
     Translated::Unsupported {
         message: message.into(),
@@ -243,8 +308,17 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             let Statement::CreateTable(ct) = stmt else {
                 unreachable!()
             };
-            create_table(ct);
-            Some(Translated::Sql(stmt.to_string()))
+            let sequences = create_table(ct);
+            if sequences.is_empty() {
+                return Some(Translated::Sql(stmt.to_string()));
+            }
+            let mut statements = vec![crate::engine::sequence::CREATE_TABLE.to_string()];
+            statements.extend(sequences);
+            statements.push(stmt.to_string());
+            Some(Translated::Batch {
+                statements,
+                tag: "CREATE TABLE".into(),
+            })
         }
         Statement::CreateIndex(ci) => {
             ci.using = None;
@@ -258,6 +332,25 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             }
             rewrite::rewrite_statement(stmt);
             Some(Translated::Sql(stmt.to_string()))
+        }
+        Statement::Drop {
+            object_type: ObjectType::Sequence,
+            if_exists,
+            names,
+            ..
+        } => {
+            let mut statements = vec![crate::engine::sequence::CREATE_TABLE.to_string()];
+            for n in names.iter() {
+                let name = literal(&sequence_ident(n));
+                if !*if_exists {
+                    statements.push(format!("SELECT availdb_sequence_exists({name})"));
+                }
+                statements.push(format!("DELETE FROM availdb_sequences WHERE name = {name}"));
+            }
+            Some(Translated::Batch {
+                statements,
+                tag: "DROP SEQUENCE".into(),
+            })
         }
         Statement::Drop {
             object_type,
@@ -308,7 +401,10 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             Some(
                 match CopySpec::from_parts(source, *to, target, options, legacy_options, query) {
                     Ok(spec) => Translated::Copy(spec),
-                    Err(why) => unsupported(why, "run COPY through psql's \\copy, or a driver's copy API"),
+                    Err(why) => unsupported(
+                        why,
+                        "run COPY through psql's \\copy, or a driver's copy API",
+                    ),
                 },
             )
         }
@@ -316,7 +412,12 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             let mut inner = (**statement).clone();
             let inner_sql = match translate_statement(&mut inner) {
                 Some(Translated::Sql(s)) => s,
-                Some(_) => return Some(unsupported("EXPLAIN of this statement is not supported in availdb", "EXPLAIN the SELECT, INSERT, UPDATE or DELETE itself")),
+                Some(_) => {
+                    return Some(unsupported(
+                        "not supported in availdb: EXPLAIN of this statement",
+                        "EXPLAIN the SELECT, INSERT, UPDATE or DELETE itself",
+                    ))
+                }
                 None => {
                     rewrite::rewrite_statement(&mut inner);
                     inner.to_string()
@@ -326,6 +427,12 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
         }
         Statement::AlterTable(alter) => {
             let table = unqualified(&alter.name);
+            if let Some(edits) = definition_edits(&alter.operations) {
+                return Some(Translated::AlterDefinition {
+                    table: name_of(&table).trim_matches('"').to_string(),
+                    edits,
+                });
+            }
             let mut statements = Vec::new();
             for op in &alter.operations {
                 match op {
@@ -335,7 +442,7 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                             None => {
                                 return Some(unsupported(
                                     format!(
-                                        "ALTER TABLE … ADD {} is not supported in availdb yet",
+                                        "not supported in availdb: ALTER TABLE … ADD {}",
                                         constraint_kind(constraint)
                                     ),
                                     "declare the constraint in CREATE TABLE",
@@ -364,7 +471,7 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                     }
                     other => {
                         return Some(unsupported(
-                            format!("ALTER TABLE … {other} is not supported in availdb yet"),
+                            format!("not supported in availdb: ALTER TABLE … {other}"),
                             "create the table anew with the definition you want and copy the rows (INSERT INTO new SELECT … FROM old)",
                         ))
                     }
@@ -375,11 +482,162 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
                 tag: "ALTER TABLE".into(),
             })
         }
-        Statement::CreateSequence { .. } => Some(unsupported(
-            "CREATE SEQUENCE is not supported in availdb yet",
-            "use an INTEGER PRIMARY KEY (or SERIAL / GENERATED AS IDENTITY) column, which numbers itself",
-        )),
+        Statement::CreateSequence {
+            temporary,
+            if_not_exists,
+            name,
+            data_type,
+            sequence_options,
+            ..
+        } => Some(if *temporary {
+            unsupported(
+                "not supported in availdb: TEMP sequences",
+                "create a regular sequence (and DROP SEQUENCE it when done)",
+            )
+        } else {
+            create_sequence(*if_not_exists, name, data_type.as_ref(), sequence_options)
+        }),
         _ => None,
+    }
+}
+
+/// ALTER TABLE operations that are all edits of the table's definition
+/// ([`definition`]), as those edits; None when any is not.
+fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition::Edit>> {
+    use definition::Edit;
+    use sqlparser::ast::AlterColumnOperation as C;
+    operations
+        .iter()
+        .map(|op| match op {
+            AlterTableOperation::AddConstraint {
+                constraint: TableConstraint::ForeignKey(fk),
+                ..
+            } => {
+                let mut fk = fk.clone();
+                fk.foreign_table = unqualified(&fk.foreign_table);
+                Some(Edit::AddConstraint(
+                    TableConstraint::ForeignKey(fk).to_string(),
+                ))
+            }
+            AlterTableOperation::AlterColumn { column_name, op } => {
+                let c = column_name.value.clone();
+                Some(match op {
+                    C::DropNotNull => Edit::DropNotNull(c),
+                    C::SetNotNull => Edit::SetNotNull(c),
+                    C::DropDefault => Edit::DropDefault(c),
+                    C::SetDefault { value } => {
+                        let mut e = Statement::Query(Box::new(
+                            Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {value}"))
+                                .ok()?
+                                .into_iter()
+                                .next()
+                                .and_then(|s| match s {
+                                    Statement::Query(q) => Some(*q),
+                                    _ => None,
+                                })?,
+                        ));
+                        rewrite::rewrite_statement(&mut e);
+                        let printed = e.to_string();
+                        Edit::SetDefault(c, printed.strip_prefix("SELECT ")?.to_string())
+                    }
+                    C::SetDataType {
+                        data_type,
+                        using: None,
+                        ..
+                    } => Edit::SetType(c, rewrite::column_type(data_type)),
+                    _ => return None,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A sequence's name as stored: unquoted names fold to lower case.
+fn sequence_ident(name: &ObjectName) -> String {
+    match name.0.last().and_then(|p| p.as_ident()) {
+        Some(i) if i.quote_style.is_some() => i.value.clone(),
+        Some(i) => i.value.to_ascii_lowercase(),
+        None => String::new(),
+    }
+}
+
+/// A SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `CREATE SEQUENCE` → a row of `availdb_sequences` (`engine::sequence`),
+/// with PostgreSQL's defaults: ascending from 1 to the type's maximum, or
+/// descending from -1 to its minimum.
+fn create_sequence(
+    if_not_exists: bool,
+    name: &ObjectName,
+    data_type: Option<&DataType>,
+    options: &[sqlparser::ast::SequenceOptions],
+) -> Translated {
+    use sqlparser::ast::SequenceOptions as O;
+    let (type_min, type_max) = match data_type {
+        Some(DataType::SmallInt(_) | DataType::Int2(_)) => {
+            (i64::from(i16::MIN), i64::from(i16::MAX))
+        }
+        Some(DataType::Int(_) | DataType::Integer(_) | DataType::Int4(_)) => {
+            (i64::from(i32::MIN), i64::from(i32::MAX))
+        }
+        _ => (i64::MIN, i64::MAX),
+    };
+    let number = |e: &Expr| e.to_string().replace(' ', "").parse::<i64>().ok();
+    let (mut increment, mut min, mut max, mut start, mut cycle) =
+        (Some(1), None, None, None, false);
+    for o in options {
+        match o {
+            O::IncrementBy(e, _) => increment = number(e),
+            O::MinValue(e) => min = e.as_ref().map(number),
+            O::MaxValue(e) => max = e.as_ref().map(number),
+            O::StartWith(e, _) => start = Some(number(e)),
+            O::Cache(_) => {}
+            O::Cycle(no) => cycle = !*no,
+        }
+    }
+    let bad = || {
+        unsupported(
+            "not supported in availdb: a sequence option that is not an integer constant",
+            "write INCREMENT, MINVALUE, MAXVALUE and START as integer literals",
+        )
+    };
+    let Some(increment) = increment.filter(|i| *i != 0) else {
+        return bad();
+    };
+    let (Some(min), Some(max)) = (
+        min.unwrap_or(Some(if increment > 0 { 1 } else { type_min })),
+        max.unwrap_or(Some(if increment > 0 { type_max } else { -1 })),
+    ) else {
+        return bad();
+    };
+    let Some(start) = start.unwrap_or(Some(if increment > 0 { min } else { max })) else {
+        return bad();
+    };
+    if !(min..=max).contains(&start) {
+        return unsupported(
+            format!("START value ({start}) is outside MINVALUE ({min}) .. MAXVALUE ({max})"),
+            "choose a START between MINVALUE and MAXVALUE",
+        );
+    }
+    let verb = if if_not_exists {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT"
+    };
+    Translated::Batch {
+        statements: vec![
+            crate::engine::sequence::CREATE_TABLE.to_string(),
+            format!(
+                "{verb} INTO availdb_sequences VALUES ({}, {start}, {start}, {increment}, {min}, {max}, {}, 0)",
+                literal(&sequence_ident(name)),
+                i64::from(cycle)
+            ),
+        ],
+        tag: "CREATE SEQUENCE".into(),
     }
 }
 
@@ -430,8 +688,17 @@ fn sqlite_type(ty: &DataType) -> DataType {
     )
 }
 
-/// The CREATE TABLE rules (see the module page).
-fn create_table(ct: &mut sqlparser::ast::CreateTable) {
+/// The CREATE TABLE rules (see the module page); returns the statements
+/// that create the sequences of its SERIAL and IDENTITY keys.
+fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Vec<String> {
+    // `pg_temp.t` is a TEMP table (the session places it).
+    let schema = ct.name.0.first().and_then(|p| p.as_ident());
+    if ct.name.0.len() > 1 && schema.is_some_and(|s| s.value.eq_ignore_ascii_case("pg_temp")) {
+        ct.temporary = true;
+    }
+    if matches!(ct.on_commit, Some(sqlparser::ast::OnCommit::PreserveRows)) {
+        ct.on_commit = None;
+    }
     ct.name = unqualified(&ct.name);
     ct.unlogged = false;
     ct.table_options = CreateTableOptions::None;
@@ -451,6 +718,8 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
         _ => None,
     });
     let mut moved_pk = false;
+    let mut sequences = Vec::new();
+    let table = name_of(&ct.name).trim_matches('"').to_string();
     for col in &mut ct.columns {
         let serial = rewrite::is_serial(&col.data_type);
         let identity = col.options.iter().any(|o| rewrite::is_identity(&o.option));
@@ -460,6 +729,47 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
             .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
         let is_pk = column_pk || table_pk.as_deref() == Some(col.name.value.as_str());
         col.options.retain(|o| !rewrite::is_identity(&o.option));
+        if (serial || identity) && is_pk && !ct.temporary {
+            // As PostgreSQL does it: the key's own sequence, `t_id_seq`,
+            // and a default that takes its next value; the column keeps
+            // its integer width (int4 for SERIAL and `integer`).
+            let (ty, max) = match &col.data_type {
+                DataType::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
+                    "bigserial" | "serial8" => ("int8", i64::MAX),
+                    "smallserial" | "serial2" => ("int2", i64::from(i16::MAX)),
+                    _ => ("int4", i64::from(i32::MAX)),
+                },
+                DataType::BigInt(_) | DataType::Int8(_) => ("int8", i64::MAX),
+                DataType::SmallInt(_) | DataType::Int2(_) => ("int2", i64::from(i16::MAX)),
+                _ => ("int4", i64::from(i32::MAX)),
+            };
+            let sequence = format!("{table}_{}_seq", col.name.value);
+            col.data_type = DataType::Custom(
+                ObjectName(vec![ObjectNamePart::Identifier(Ident::new(ty))]),
+                vec![],
+            );
+            col.options
+                .retain(|o| !matches!(o.option, ColumnOption::Default(_)));
+            col.options.push(ColumnOptionDef {
+                name: None,
+                option: ColumnOption::Default(Expr::Nested(Box::new(rewrite::call(
+                    "nextval",
+                    vec![Expr::Value(
+                        sqlparser::ast::Value::SingleQuotedString(sequence.clone()).into(),
+                    )],
+                )))),
+            });
+            let verb = if ct.if_not_exists {
+                "INSERT OR IGNORE"
+            } else {
+                "INSERT OR REPLACE"
+            };
+            sequences.push(format!(
+                "{verb} INTO availdb_sequences VALUES ({}, 1, 1, 1, 1, {max}, 0, 0)",
+                literal(&sequence)
+            ));
+            continue;
+        }
         if (serial || identity) && is_pk {
             // SQLite's rowid alias: exactly `INTEGER PRIMARY KEY`.
             col.data_type = DataType::Integer(None);
@@ -484,6 +794,17 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
                     }),
                 },
             );
+            // Never reuses a number, as a sequence never does (a plain
+            // rowid alias takes max + 1, which a DELETE lowers).
+            col.options.insert(
+                1,
+                ColumnOptionDef {
+                    name: None,
+                    option: ColumnOption::DialectSpecific(vec![
+                        sqlparser::tokenizer::Token::make_keyword("AUTOINCREMENT"),
+                    ]),
+                },
+            );
             if !column_pk {
                 moved_pk = true;
             }
@@ -502,6 +823,7 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) {
         ct.constraints
             .retain(|c| !matches!(c, TableConstraint::PrimaryKey(_)));
     }
+    sequences
 }
 
 /// SQLite wants constant defaults in parentheses; `now()` and friends
@@ -606,23 +928,169 @@ mod tests {
 
     #[test]
     fn create_table_keeps_postgres_types_and_numbers_serial_keys() {
+        assert_eq!(
+            sql("create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)"),
+            "CREATE TABLE pgbench_tellers (tid int NOT NULL, bid int, tbalance int, filler char(84))"
+        );
+        // SERIAL and IDENTITY keys: a sequence each, and its nextval as
+        // the default, as PostgreSQL does it.
+        let create = crate::engine::sequence::CREATE_TABLE.to_string();
         let cases = [
             (
                 "CREATE TABLE t (id SERIAL NOT NULL, name VARCHAR(40), at TIMESTAMP WITHOUT TIME ZONE DEFAULT now(), PRIMARY KEY (id))",
-                "CREATE TABLE t (id INTEGER PRIMARY KEY NOT NULL, name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP)",
+                format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('t_id_seq', 1, 1, 1, 1, {}, 0, 0)", i32::MAX),
+                "CREATE TABLE t (id int4 NOT NULL DEFAULT (nextval('t_id_seq')), name varchar(40), at timestamp DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (id))",
             ),
             (
-                "CREATE TABLE \"a\" (\"id\" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, \"t\" timestamp with time zone NOT NULL)",
-                "CREATE TABLE \"a\" (\"id\" INTEGER PRIMARY KEY NOT NULL, \"t\" timestamp with time zone NOT NULL)",
-            ),
-            (
-                "create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)",
-                "CREATE TABLE pgbench_tellers (tid int NOT NULL, bid int, tbalance int, filler char(84))",
+                "CREATE TABLE IF NOT EXISTS \"a\" (\"id\" bigint NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, \"t\" timestamp with time zone NOT NULL)",
+                format!("INSERT OR IGNORE INTO availdb_sequences VALUES ('a_id_seq', 1, 1, 1, 1, {}, 0, 0)", i64::MAX),
+                "CREATE TABLE IF NOT EXISTS \"a\" (\"id\" int8 NOT NULL PRIMARY KEY DEFAULT (nextval('a_id_seq')), \"t\" timestamp with time zone NOT NULL)",
             ),
         ];
-        for (input, want) in cases {
-            assert_eq!(sql(input), want, "{input}");
+        for (input, sequence, table) in cases {
+            assert_eq!(
+                translate(input),
+                Translated::Batch {
+                    statements: vec![create.clone(), sequence, table.to_string()],
+                    tag: "CREATE TABLE".into()
+                },
+                "{input}"
+            );
         }
+    }
+
+    #[test]
+    fn temp_objects_go_to_the_sessions_pg_temp_schema() {
+        let cases = [
+            (
+                "CREATE TEMP TABLE tt(x int)",
+                Some("CREATE TABLE pg_temp.tt(x int)"),
+            ),
+            (
+                "create temporary table if not exists \"T\" (x int)",
+                Some("CREATE TABLE IF NOT EXISTS pg_temp.\"T\" (x int)"),
+            ),
+            (
+                "CREATE TEMPORARY VIEW v AS SELECT 1",
+                Some("CREATE VIEW pg_temp.v AS SELECT 1"),
+            ),
+            (
+                "CREATE TEMP TABLE pg_temp.t (x int)",
+                Some("CREATE TABLE pg_temp.t (x int)"),
+            ),
+            (
+                "CREATE TABLE pg_temp.t (x int)",
+                Some("CREATE TABLE pg_temp.t (x int)"),
+            ),
+            (
+                "CREATE INDEX pg_temp.i ON t (x)",
+                Some("CREATE INDEX pg_temp.i ON t (x)"),
+            ),
+            ("CREATE TABLE t (x int)", None),
+            ("SELECT 'CREATE TEMP TABLE'", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(temp_object(input).as_deref(), want, "{input}");
+        }
+        // Translated first: the TEMP keyword survives (and so does a
+        // pg_temp qualifier).
+        assert_eq!(
+            temp_object(&sql("CREATE TEMP TABLE tt (id serial PRIMARY KEY, at timestamp) ON COMMIT PRESERVE ROWS")).as_deref(),
+            Some("CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY AUTOINCREMENT, at timestamp)")
+        );
+        assert_eq!(
+            temp_object(&sql("CREATE TABLE pg_temp.t (x int)")).as_deref(),
+            Some("CREATE TABLE pg_temp.t (x int)")
+        );
+    }
+
+    #[test]
+    fn sequences_are_rows_of_availdb_sequences() {
+        let create = crate::engine::sequence::CREATE_TABLE.to_string();
+        let cases = [
+            (
+                "CREATE SEQUENCE s",
+                vec![
+                    create.clone(),
+                    format!("INSERT INTO availdb_sequences VALUES ('s', 1, 1, 1, 1, {}, 0, 0)", i64::MAX),
+                ],
+            ),
+            (
+                "create sequence if not exists public.\"S\" as integer increment by -2 start with -10 cycle",
+                vec![
+                    create.clone(),
+                    format!("INSERT OR IGNORE INTO availdb_sequences VALUES ('S', -10, -10, -2, {}, -1, 1, 0)", i32::MIN),
+                ],
+            ),
+        ];
+        for (input, statements) in cases {
+            assert_eq!(
+                translate(input),
+                Translated::Batch {
+                    statements,
+                    tag: "CREATE SEQUENCE".into()
+                },
+                "{input}"
+            );
+        }
+        assert_eq!(
+            translate("DROP SEQUENCE a, b"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    "SELECT availdb_sequence_exists('a')".into(),
+                    "DELETE FROM availdb_sequences WHERE name = 'a'".into(),
+                    "SELECT availdb_sequence_exists('b')".into(),
+                    "DELETE FROM availdb_sequences WHERE name = 'b'".into(),
+                ],
+                tag: "DROP SEQUENCE".into()
+            }
+        );
+        assert_eq!(
+            sql("SELECT nextval('t_id_seq'::regclass)"),
+            "SELECT nextval('t_id_seq')"
+        );
+        assert!(matches!(
+            translate("CREATE TEMP SEQUENCE s"),
+            Translated::Unsupported { .. }
+        ));
+    }
+
+    #[test]
+    fn migration_alter_table_forms_become_definition_edits() {
+        use definition::Edit;
+        assert_eq!(
+            translate("ALTER TABLE \"b\" ADD CONSTRAINT \"b_a_fk\" FOREIGN KEY (\"a_id\") REFERENCES \"public\".\"a\" (\"id\") DEFERRABLE INITIALLY DEFERRED"),
+            Translated::AlterDefinition {
+                table: "b".into(),
+                edits: vec![Edit::AddConstraint(
+                    "CONSTRAINT \"b_a_fk\" FOREIGN KEY (\"a_id\") REFERENCES \"a\"(\"id\") DEFERRABLE INITIALLY DEFERRED".into()
+                )],
+            }
+        );
+        assert_eq!(
+            translate("ALTER TABLE t ALTER COLUMN \"name\" DROP NOT NULL, ALTER COLUMN e TYPE varchar(254), ALTER COLUMN n SET DEFAULT 3"),
+            Translated::AlterDefinition {
+                table: "t".into(),
+                edits: vec![
+                    Edit::DropNotNull("name".into()),
+                    Edit::SetType("e".into(), "varchar(254)".into()),
+                    Edit::SetDefault("n".into(), "3".into()),
+                ],
+            }
+        );
+        assert!(matches!(
+            translate("ALTER TABLE t ALTER COLUMN e TYPE int USING e::int"),
+            Translated::Unsupported { .. }
+        ));
+    }
+
+    #[test]
+    fn unnest_of_several_arrays_joins_them_on_their_positions() {
+        assert_eq!(
+            sql("INSERT INTO t (a, b) SELECT * FROM UNNEST(($1)::varchar[], ($2)::integer[])"),
+            "INSERT INTO t (a, b) SELECT * FROM (SELECT u0.value AS unnest1, u1.value AS unnest2 FROM json_each(pg_to_array(($1))) AS u0 LEFT JOIN json_each(pg_to_array(($2))) AS u1 ON u1.key = u0.key) AS unnest"
+        );
     }
 
     #[test]

@@ -66,6 +66,19 @@ fn number(n: i64) -> Expr {
     Expr::Value(ValueWithSpan::from(Value::Number(n.to_string(), false)))
 }
 
+/// The first table of the FROM clause of `SELECT … FROM x` built from text.
+fn first_table_factor(sql: &str) -> Option<TableFactor> {
+    let q = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .ok()?
+        .parse_query()
+        .ok()?;
+    let SetExpr::Select(select) = *q.body else {
+        return None;
+    };
+    select.from.into_iter().next().map(|from| from.relation)
+}
+
 /// Parses a SQLite expression built from text (the pieces are printed
 /// children, which always print as they parse).
 fn parse_expr(sql: &str) -> Option<Expr> {
@@ -155,6 +168,9 @@ fn cast_to(ty: &DataType) -> CastTo {
         D::Timestamp(_, _) | D::Datetime(_) => CastTo::Function("pg_to_timestamp"),
         D::Uuid => CastTo::Function("pg_to_uuid"),
         D::Regclass => CastTo::Function("pg_to_regclass"),
+        // Arrays are JSON: a text parameter in PostgreSQL's array syntax
+        // (`{a,b}`, as psycopg sends a list of strings) becomes one.
+        D::Array(_) => CastTo::Function("pg_to_array"),
         D::Custom(name, _) => match last_name(name).as_str() {
             "regclass" => CastTo::Function("pg_to_regclass"),
             "regtype" => CastTo::Function("pg_to_regtype"),
@@ -422,6 +438,23 @@ impl Rewriter {
                     "pg_array((SELECT json_group_array(availdb_elem) FROM ({q})))"
                 ))
             }
+            // `nextval('s'::regclass)`: the sequence functions take the name.
+            "nextval" | "currval" | "setval" => {
+                let mut args = args;
+                let inner = match args.first()? {
+                    Expr::Cast {
+                        expr,
+                        data_type: sqlparser::ast::DataType::Regclass,
+                        ..
+                    } => (**expr).clone(),
+                    Expr::Function(g) if last_name(&g.name) == "pg_to_regclass" => {
+                        function_args(g).into_iter().next()?
+                    }
+                    _ => return None,
+                };
+                args[0] = inner;
+                Some(call(&name, args))
+            }
             "array_upper" => parse_expr(&format!("json_array_length({})", args.first()?)),
             "array_lower" => Some(number(1)),
             "json_build_object" | "jsonb_build_object" => {
@@ -615,6 +648,48 @@ impl VisitorMut for Rewriter {
                 }
             }
         }
+        // `FROM unnest(a, b, …)` (Django's bulk INSERT … SELECT * FROM
+        // UNNEST) → the arrays side by side, joined on their positions.
+        if let TableFactor::UNNEST {
+            alias,
+            array_exprs,
+            with_ordinality: false,
+            ..
+        } = factor
+        {
+            if array_exprs.len() > 1 || alias.is_none() {
+                let alias_name = alias
+                    .as_ref()
+                    .map_or_else(|| "unnest".to_string(), |a| a.name.to_string());
+                let columns: Vec<String> = (0..array_exprs.len())
+                    .map(|i| {
+                        let name = alias
+                            .as_ref()
+                            .and_then(|a| a.columns.get(i))
+                            .map_or_else(|| format!("unnest{}", i + 1), |c| c.name.to_string());
+                        format!("u{i}.value AS {name}")
+                    })
+                    .collect();
+                let joins: Vec<String> = array_exprs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| match i {
+                        0 => format!("json_each({e}) AS u0"),
+                        _ => format!("LEFT JOIN json_each({e}) AS u{i} ON u{i}.key = u0.key"),
+                    })
+                    .collect();
+                let sql = format!(
+                    "SELECT * FROM (SELECT {} FROM {}) AS {alias_name}",
+                    columns.join(", "),
+                    joins.join(" ")
+                );
+                if let Some(parsed) = first_table_factor(&sql) {
+                    *factor = parsed;
+                    self.changed = true;
+                }
+                return ControlFlow::Continue(());
+            }
+        }
         // `FROM unnest(a) AS x` → the elements of the JSON array `a`;
         // `FROM generate_series(…) AS s` → SQLite's, its `value` named `s`.
         let (source, alias, ordinality) = match factor {
@@ -662,16 +737,9 @@ impl VisitorMut for Rewriter {
         let sql = format!(
             "SELECT * FROM (SELECT value AS {column}{ord_col} FROM {source}) AS {alias_name}"
         );
-        let parsed = Parser::new(&PostgreSqlDialect {})
-            .try_with_sql(&sql)
-            .and_then(|mut p| p.parse_query());
-        if let Ok(q) = parsed {
-            if let SetExpr::Select(select) = *q.body {
-                if let Some(from) = select.from.into_iter().next() {
-                    *factor = from.relation;
-                    self.changed = true;
-                }
-            }
+        if let Some(parsed) = first_table_factor(&sql) {
+            *factor = parsed;
+            self.changed = true;
         }
         ControlFlow::Continue(())
     }

@@ -1,0 +1,166 @@
+//! Table changes SQLite's ALTER TABLE cannot make, done by editing the
+//! table's definition (its `CREATE TABLE` text in `sqlite_schema`): adding
+//! a FOREIGN KEY, and `ALTER COLUMN … SET/DROP NOT NULL`, `SET/DROP
+//! DEFAULT`, `TYPE`, as migration tools emit them. SQLite documents this
+//! way for changes that leave the stored rows as they are ("Making Other
+//! Kinds Of Table Schema Changes"); `engine::Conn::edit_table_definition`
+//! makes sure of that (same columns in the same order, same keys, same
+//! storage affinity) and the session checks the rows already there
+//! ([`Edit::check`]). Pure: text in, text out.
+
+use sqlparser::ast::{ColumnOption, ColumnOptionDef, DataType, Ident, ObjectName, ObjectNamePart};
+use sqlparser::ast::{Expr, Statement};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+
+/// One change of a table's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// A table constraint (a FOREIGN KEY), as SQLite reads it.
+    AddConstraint(String),
+    /// `ALTER COLUMN c DROP NOT NULL`.
+    DropNotNull(String),
+    /// `ALTER COLUMN c SET NOT NULL`.
+    SetNotNull(String),
+    /// `ALTER COLUMN c SET DEFAULT expr` (the expression as SQLite reads it).
+    SetDefault(String, String),
+    /// `ALTER COLUMN c DROP DEFAULT`.
+    DropDefault(String),
+    /// `ALTER COLUMN c TYPE t` (the declared type as availdb keeps it).
+    SetType(String, String),
+}
+
+impl Edit {
+    /// True when [`Edit::check`] runs before the definition changes: SQLite
+    /// answers `c IS NULL` with false, unread, for a NOT NULL column.
+    pub fn checked_before(&self) -> bool {
+        matches!(self, Edit::SetNotNull(_))
+    }
+
+    /// A query counting the rows of `table` the change would leave
+    /// invalid (must be 0), with the SQLSTATE and message to refuse with.
+    pub fn check(&self, table: &str) -> Option<(String, &'static str, String)> {
+        let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        match self {
+            Edit::AddConstraint(_) => Some((
+                format!("SELECT count(*) FROM pragma_foreign_key_check({})", literal(table)),
+                "23503",
+                format!("cannot add the foreign key to table \"{table}\": rows of it reference no row (PRAGMA foreign_key_check lists them)"),
+            )),
+            Edit::SetNotNull(c) => Some((
+                format!("SELECT count(*) FROM {} WHERE {} IS NULL", quoted(table), quoted(c)),
+                "23502",
+                format!("column \"{c}\" of relation \"{table}\" contains null values"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The table's `CREATE TABLE` text with `edits` applied.
+pub fn apply(create_sql: &str, edits: &[Edit]) -> Result<String, String> {
+    let mut statements = Parser::parse_sql(&SQLiteDialect {}, create_sql)
+        .map_err(|e| format!("cannot read the table's definition: {e}"))?;
+    let Some(Statement::CreateTable(ct)) = statements.first_mut() else {
+        return Err("the table's definition is not a CREATE TABLE".into());
+    };
+    let mut constraints = Vec::new();
+    for edit in edits {
+        let name = match edit {
+            Edit::AddConstraint(c) => {
+                constraints.push(c.clone());
+                continue;
+            }
+            Edit::DropNotNull(c)
+            | Edit::SetNotNull(c)
+            | Edit::SetDefault(c, _)
+            | Edit::DropDefault(c)
+            | Edit::SetType(c, _) => c,
+        };
+        let col = ct
+            .columns
+            .iter_mut()
+            .find(|col| col.name.value.eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("column \"{name}\" does not exist"))?;
+        let option = |option| ColumnOptionDef { name: None, option };
+        match edit {
+            Edit::DropNotNull(_) => col
+                .options
+                .retain(|o| !matches!(o.option, ColumnOption::NotNull)),
+            Edit::SetNotNull(_) => {
+                if !col
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.option, ColumnOption::NotNull))
+                {
+                    col.options.push(option(ColumnOption::NotNull));
+                }
+            }
+            Edit::SetDefault(_, expr) => {
+                let expr = Parser::new(&SQLiteDialect {})
+                    .try_with_sql(expr)
+                    .and_then(|mut p| p.parse_expr())
+                    .map_err(|e| format!("cannot read the default {expr}: {e}"))?;
+                col.options
+                    .retain(|o| !matches!(o.option, ColumnOption::Default(_)));
+                col.options
+                    .push(option(ColumnOption::Default(Expr::Nested(Box::new(expr)))));
+            }
+            Edit::DropDefault(_) => col
+                .options
+                .retain(|o| !matches!(o.option, ColumnOption::Default(_))),
+            Edit::SetType(_, ty) => {
+                col.data_type = DataType::Custom(
+                    ObjectName(vec![ObjectNamePart::Identifier(Ident::new(ty))]),
+                    vec![],
+                )
+            }
+            Edit::AddConstraint(_) => unreachable!("handled above"),
+        }
+    }
+    let mut sql = statements[0].to_string();
+    if !constraints.is_empty() {
+        let close = sql.rfind(')').unwrap_or(sql.len());
+        let (head, tail) = sql.split_at(close);
+        sql = format!("{head}, {}{tail}", constraints.join(", "));
+    }
+    Ok(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_edits_and_constraints_rewrite_the_definition() {
+        // (sqlparser prints type names it knows in upper case: SQLite and
+        // availdb read declared types without regard to case.)
+        let sql = "CREATE TABLE \"t\" (\"id\" int8 NOT NULL PRIMARY KEY DEFAULT (nextval('t_id_seq')), \"name\" varchar(100) NOT NULL, \"n\" int4 DEFAULT 3)";
+        let edited = apply(
+            sql,
+            &[
+                Edit::DropNotNull("name".into()),
+                Edit::SetType("name".into(), "varchar(254)".into()),
+                Edit::DropDefault("n".into()),
+                Edit::SetNotNull("n".into()),
+                Edit::AddConstraint(
+                    "CONSTRAINT \"fk\" FOREIGN KEY (\"n\") REFERENCES \"o\" (\"id\") DEFERRABLE INITIALLY DEFERRED".into(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            edited,
+            "CREATE TABLE \"t\" (\"id\" INT8 NOT NULL PRIMARY KEY DEFAULT (nextval('t_id_seq')), \"name\" varchar(254), \"n\" INT4 NOT NULL, CONSTRAINT \"fk\" FOREIGN KEY (\"n\") REFERENCES \"o\" (\"id\") DEFERRABLE INITIALLY DEFERRED)"
+        );
+        assert!(apply(sql, &[Edit::DropNotNull("nope".into())]).is_err());
+        assert_eq!(
+            apply(sql, &[Edit::SetDefault("n".into(), "'x'".into())]).unwrap(),
+            "CREATE TABLE \"t\" (\"id\" INT8 NOT NULL PRIMARY KEY DEFAULT (nextval('t_id_seq')), \"name\" VARCHAR(100) NOT NULL, \"n\" INT4 DEFAULT ('x'))"
+        );
+    }
+}

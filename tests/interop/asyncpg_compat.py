@@ -1,0 +1,57 @@
+"""asyncpg against availdb: its default connect (client_encoding 'utf-8'),
+parameters and results of the common types, copy_records_to_table and
+copy_from_query, a transaction, a server-side cursor.
+Usage: asyncpg_compat.py CONNINFO PORT"""
+import asyncio
+import datetime
+import decimal
+import io
+import sys
+import uuid
+
+import asyncpg
+
+
+async def main(port):
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="availdb", database="availdb")
+    await conn.execute(
+        "CREATE TABLE typed (id integer PRIMARY KEY, big bigint, small smallint, "
+        "r real, d double precision, n numeric(10,2), t text, v varchar(20), "
+        "b boolean, raw bytea, day date, tm time, at timestamp, atz timestamptz, "
+        "u uuid, j jsonb)"
+    )
+    row = (
+        1, 2**40, 7, 1.5, 2.25, decimal.Decimal("12.34"), "text", "varchar", True,
+        b"\x00\x01", datetime.date(2024, 5, 6), datetime.time(7, 8, 9),
+        datetime.datetime(2024, 5, 6, 7, 8, 9),
+        datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+        uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), '{"a": 1}',
+    )
+    await conn.execute(
+        "INSERT INTO typed VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        *row,
+    )
+    got = await conn.fetchrow("SELECT * FROM typed WHERE id = $1", 1)
+    assert tuple(got) == row, (tuple(got), row)
+    assert isinstance(got["id"], int) and isinstance(got["n"], decimal.Decimal), got
+
+    # COPY in from records, and out from a query.
+    await conn.execute("CREATE TABLE people (id integer, name text, born date)")
+    records = [(i, f"p{i}", datetime.date(2000, 1, 1) + datetime.timedelta(days=i)) for i in range(500)]
+    result = await conn.copy_records_to_table("people", records=records, columns=["id", "name", "born"])
+    assert result == "COPY 500", result
+    assert await conn.fetchval("SELECT count(*) FROM people") == 500
+    out = io.BytesIO()
+    result = await conn.copy_from_query("SELECT id, name FROM people WHERE id < $1 ORDER BY id", 3, output=out)
+    assert out.getvalue().decode() == "0\tp0\n1\tp1\n2\tp2\n", out.getvalue()
+
+    # A transaction and a cursor.
+    async with conn.transaction():
+        await conn.execute("INSERT INTO people VALUES (1000, 'late', NULL)")
+        ids = [r["id"] async for r in conn.cursor("SELECT id FROM people ORDER BY id DESC", prefetch=50)]
+        assert ids[0] == 1000 and len(ids) == 501, (ids[:3], len(ids))
+    await conn.close()
+
+
+asyncio.run(main(int(sys.argv[2])))
+print("asyncpg_compat.py: ok")
