@@ -309,7 +309,21 @@ pub struct PrimaryGroup {
     geo_senders: Mutex<HashMap<(String, String), GeoSender>>,
     /// The LSN each geo-secondary still needs, by (database, partner).
     geo_holds: Mutex<HashMap<(String, String), Lsn>>,
+    /// The newest full image written here to seed replicas, by database:
+    /// (its start, the log's end just after it). Replicas seeded while it
+    /// is fresh start from it too, rather than each from an image of its own.
+    images: Mutex<HashMap<String, (Lsn, Lsn)>>,
+    /// One seeding image written at a time: links that need one together
+    /// wait for the first and share it.
+    image_turn: tokio::sync::Mutex<()>,
 }
+
+/// A seeding image is shared while the log written after it is at most
+/// this many times its size (or [`IMAGE_REUSE_MIN_BYTES`]): past that, a
+/// replica would redo more log than a new image costs.
+const IMAGE_REUSE_FACTOR: u64 = 1;
+/// See [`IMAGE_REUSE_FACTOR`].
+const IMAGE_REUSE_MIN_BYTES: u64 = 16 << 20;
 
 /// `GEO_MAX_LAG`: a write transaction waits while a geo-secondary of its
 /// database is further behind than the bound, and is refused (retryable)
@@ -472,6 +486,8 @@ impl PrimaryGroup {
             geo: options.geo,
             geo_senders: Mutex::new(HashMap::new()),
             geo_holds: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            image_turn: tokio::sync::Mutex::new(()),
         });
         group.start_geo_senders();
         for (name, (db, _)) in &group.databases {
@@ -608,14 +624,43 @@ impl PrimaryGroup {
 
     /// A full image of `db` in the log to seed a replica from: written here
     /// when this region writes the database, else asked of its source.
+    ///
+    /// Replicas seeded together share one image: an image this primary
+    /// wrote is reused while the log still holds it and what was written
+    /// after it is small next to it ([`IMAGE_REUSE_FACTOR`]). An image at
+    /// `start` followed by the log from there is the database as it is, for
+    /// any replica that redoes it (the same holds for the first one).
     async fn seed_image(&self, db: &Arc<Database>) -> Result<Lsn> {
-        match self.forwarders.get(db.name()) {
-            Some(forwarder) => forwarder
+        if let Some(forwarder) = self.forwarders.get(db.name()) {
+            return forwarder
                 .fresh_image(IMAGE_WITHIN)
                 .await
-                .map_err(|why| Error::sql("55000", why)),
-            None => db.write_base_image().await,
+                .map_err(|why| Error::sql("55000", why));
         }
+        let _turn = self.image_turn.lock().await;
+        let known = self
+            .images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(db.name())
+            .copied();
+        let log = db.log();
+        if let Some((start, end)) = known {
+            let since = log.end_lsn().saturating_sub(end);
+            let size = end.saturating_sub(start);
+            if start >= log.first_lsn()
+                && since <= (size * IMAGE_REUSE_FACTOR).max(IMAGE_REUSE_MIN_BYTES)
+            {
+                tracing::info!(database = %db.name(), lsn = start, "seeding from the full image already in the log");
+                return Ok(start);
+            }
+        }
+        let start = db.write_base_image().await?;
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(db.name().to_string(), (start, log.end_lsn()));
+        Ok(start)
     }
 }
 
