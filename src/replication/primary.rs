@@ -625,12 +625,14 @@ impl PrimaryGroup {
     /// A full image of `db` in the log to seed a replica from: written here
     /// when this region writes the database, else asked of its source.
     ///
-    /// Replicas seeded together share one image: an image this primary
-    /// wrote is reused while the log still holds it and what was written
-    /// after it is small next to it ([`IMAGE_REUSE_FACTOR`]). An image at
-    /// `start` followed by the log from there is the database as it is, for
-    /// any replica that redoes it (the same holds for the first one).
-    async fn seed_image(&self, db: &Arc<Database>) -> Result<Lsn> {
+    /// With `shared`, replicas seeded together share one image: an image
+    /// this primary wrote is reused while the log still holds it and what
+    /// was written after it is small next to it ([`IMAGE_REUSE_FACTOR`]).
+    /// An image at `start` followed by the log from there is the database
+    /// as it is, for any replica that redoes it (the same holds for the
+    /// first one). The geo paths ask for a new image (`shared` false): a
+    /// forwarder that requested one waits for it to come down its link.
+    async fn seed_image(&self, db: &Arc<Database>, shared: bool) -> Result<Lsn> {
         if let Some(forwarder) = self.forwarders.get(db.name()) {
             return forwarder
                 .fresh_image(IMAGE_WITHIN)
@@ -645,7 +647,7 @@ impl PrimaryGroup {
             .get(db.name())
             .copied();
         let log = db.log();
-        if let Some((start, end)) = known {
+        if let Some((start, end)) = known.filter(|_| shared) {
             let since = log.end_lsn().saturating_sub(end);
             let size = end.saturating_sub(start);
             if start >= log.first_lsn()
@@ -684,7 +686,7 @@ impl GeoSource for PrimaryGroup {
     }
 
     async fn seed_image(&self, db: &Arc<Database>) -> Result<Lsn> {
-        PrimaryGroup::seed_image(self, db).await
+        PrimaryGroup::seed_image(self, db, false).await
     }
 
     fn hold_log(&self, database: &str, partner: &str, lsn: Lsn) {
@@ -1298,11 +1300,14 @@ async fn start_lsn(
     let checksum_at = |lsn| log.record_checksum_at(lsn).ok().flatten();
     match plan_start(ours, checksum_at, position) {
         Start::Continue(from) => Ok((from, None)),
-        Start::Seed => Ok((group.seed_image(db).await?, None)),
+        Start::Seed => Ok((group.seed_image(db, true).await?, None)),
         Start::Rewind {
             diverged,
             their_end,
-        } => Ok((group.seed_image(db).await?, Some((diverged, their_end)))),
+        } => Ok((
+            group.seed_image(db, true).await?,
+            Some((diverged, their_end)),
+        )),
     }
 }
 
