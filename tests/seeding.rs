@@ -11,22 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::group::{error_text, query_text, Group, CATCH_UP_TIMEOUT, STATEMENT_TIMEOUT};
+use common::group::{exec, query_text, Group, CATCH_UP_TIMEOUT};
 use common::DEFAULT_DB;
-use tokio_postgres::Client;
 
 const POLL: Duration = Duration::from_millis(100);
-
-async fn run(group: &Group, client: &Client, sql: &str) {
-    match tokio::time::timeout(STATEMENT_TIMEOUT, client.batch_execute(sql)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{sql}: {}\n{}", error_text(&e), group.logs()),
-        Err(_) => panic!(
-            "{sql}: no answer within {STATEMENT_TIMEOUT:?}\n{}",
-            group.logs()
-        ),
-    }
-}
 
 /// Seeding writes one full image for the replicas that need one together:
 /// a database added to a 3-replica group seeds both secondaries from the
@@ -39,12 +27,12 @@ async fn secondaries_seeded_together_share_one_full_image() {
     std::env::set_var("AVAILDB_LOG_SEGMENT_BYTES", "262144");
     let group = Group::start(3).await;
     let admin = group.primary().client(DEFAULT_DB).await;
-    run(&group, &admin, "CREATE DATABASE extra").await;
+    exec(&admin, "CREATE DATABASE extra", "on r1").await;
     let extra = group.primary().client("extra").await;
-    run(
-        &group,
+    exec(
         &extra,
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+        "on r1",
     )
     .await;
     // 30 MB in three transactions: the writer checkpoints past 16 MB of
@@ -55,12 +43,12 @@ async fn secondaries_seeded_together_share_one_full_image() {
             k * 5000 + 1,
             (k + 1) * 5000
         );
-        run(&group, &extra, &sql).await;
+        exec(&extra, &sql, "on r1").await;
     }
-    run(
-        &group,
+    exec(
         &admin,
         "ALTER AVAILABILITY GROUP ag1 ADD DATABASE extra",
+        "on r1",
     )
     .await;
     for i in 1..3 {

@@ -113,6 +113,7 @@
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
 //! statements on a live node.
 
+mod claim;
 mod error;
 pub mod format;
 mod history;

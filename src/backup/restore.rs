@@ -9,14 +9,13 @@
 //! unless the disk itself failed mid-write (the state then says so, and
 //! only a backup that covers the interrupted one is taken next).
 
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::claim::{Claim, Claims};
 use super::error::{BackupError, Result};
 use super::format::{self, BlockKind, Header, Kind, Reader};
 use super::take::overlay;
@@ -98,33 +97,13 @@ pub fn is_restoring(data_dir: &Path, database: &str) -> bool {
     staging(data_dir, database).join("state.json").exists()
 }
 
-static RUNNING: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+static RUNNING: Claims<String> = std::sync::Mutex::new(None);
 
 /// One RESTORE per database at a time.
-struct Running(String);
-
-impl Running {
-    fn start(database: &str) -> Result<Running> {
-        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        if !running
-            .get_or_insert_with(HashSet::new)
-            .insert(database.to_string())
-        {
-            return Err(BackupError::Busy {
-                database: database.to_string(),
-            });
-        }
-        Ok(Running(database.to_string()))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = running.as_mut() {
-            set.remove(&self.0);
-        }
-    }
+fn start_restore(database: &str) -> Result<Claim<String>> {
+    Claim::take(&RUNNING, database.to_string()).ok_or_else(|| BackupError::Busy {
+        database: database.to_string(),
+    })
 }
 
 fn io(path: &Path, what: &'static str) -> impl Fn(std::io::Error) -> BackupError {
@@ -526,7 +505,7 @@ pub fn time_text(us: i64) -> String {
 pub fn restore(engine: &Engine, data_dir: &Path, request: &RestoreRequest) -> Result<Restored> {
     // The name becomes a path under the data directory: check it first.
     crate::engine::validate_database_name(&request.database)?;
-    let _running = Running::start(&request.database)?;
+    let _running = start_restore(&request.database)?;
     let dir = staging(data_dir, &request.database);
     match (&request.path, request.kind) {
         (None, _) => {
@@ -815,7 +794,7 @@ pub fn adopt_restoring(engine: &Engine, database: &str, fence: Fence) -> Result<
     if !dir.join("state.json").exists() {
         return Ok(false);
     }
-    let _running = Running::start(database)?;
+    let _running = start_restore(database)?;
     let state = read_state(&dir, database)?;
     recover_fenced(engine, &dir, database, &state, fence)?;
     tracing::info!(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::claim::{Claim, Claims};
 use super::error::{BackupError, Result};
 use super::format::{self, Block, BlockKind, Header, Kind, Manifest};
 use super::history::{self, Entry};
@@ -94,7 +95,7 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
             ),
         });
     }
-    let _writing = Writing::start(&request.path)?;
+    let _writing = start_writing(&request.path)?;
     let partial = partial_path(&request.path);
     let outcome = match request.kind {
         Kind::Full => full(&db, &request, &partial, started_us).await,
@@ -156,37 +157,16 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
     Ok(taken)
 }
 
-static WRITING: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
-    std::sync::Mutex::new(None);
+static WRITING: Claims<PathBuf> = std::sync::Mutex::new(None);
 
 /// One BACKUP at a time per destination file on this node (they would
 /// share the `.partial` file).
-struct Writing(PathBuf);
-
-impl Writing {
-    fn start(path: &Path) -> Result<Writing> {
-        let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-        if !writing
-            .get_or_insert_with(Default::default)
-            .insert(path.to_path_buf())
-        {
-            return Err(BackupError::Io {
-                what: "write the backup to",
-                path: path.to_path_buf(),
-                source: std::io::Error::other("another BACKUP is writing this file"),
-            });
-        }
-        Ok(Writing(path.to_path_buf()))
-    }
-}
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = writing.as_mut() {
-            set.remove(&self.0);
-        }
-    }
+fn start_writing(path: &Path) -> Result<Claim<PathBuf>> {
+    Claim::take(&WRITING, path.to_path_buf()).ok_or_else(|| BackupError::Io {
+        what: "write the backup to",
+        path: path.to_path_buf(),
+        source: std::io::Error::other("another BACKUP is writing this file"),
+    })
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -242,18 +242,35 @@ mod tests {
         conn
     }
 
-    #[test]
-    fn large_blobs_and_a_late_schema_with_default_pages_redo_part_by_part() {
-        let dir = tempfile::tempdir().unwrap();
-        let primary = Connection::open(dir.path().join("p.db")).unwrap();
+    /// A WAL-mode database at `path` holding `mib` rows of 1 MiB blobs.
+    fn blob_primary(path: &std::path::Path, mib: i64) -> Connection {
+        let primary = Connection::open(path).unwrap();
         primary
             .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB NOT NULL);")
             .unwrap();
-        for id in 1..=12 {
+        for id in 1..=mib {
             primary
                 .execute("INSERT INTO big VALUES (?1, randomblob(1048576))", [id])
                 .unwrap();
         }
+        primary
+    }
+
+    /// A full image of `conn` in parts of at most `part_bytes`.
+    fn image_parts(conn: &Connection, part_bytes: usize) -> Vec<Record> {
+        let mut parts = Vec::new();
+        for_each_image_part_sized(conn, 1, part_bytes, |r| {
+            parts.push(r);
+            Ok(())
+        })
+        .unwrap();
+        parts
+    }
+
+    #[test]
+    fn large_blobs_and_a_late_schema_with_default_pages_redo_part_by_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = blob_primary(&dir.path().join("p.db"), 12);
         let long: Vec<String> = (0..12)
             .map(|c| format!("a_long_column_name_to_grow_the_schema_{c} TEXT"))
             .collect();
@@ -265,12 +282,7 @@ mod tests {
                 ))
                 .unwrap();
         }
-        let mut parts = Vec::new();
-        for_each_image_part_sized(&primary, 1, 1 << 20, |r| {
-            parts.push(r);
-            Ok(())
-        })
-        .unwrap();
+        let parts = image_parts(&primary, 1 << 20);
         let path = dir.path().join("r.db");
         Connection::open(&path)
             .unwrap()
@@ -292,21 +304,8 @@ mod tests {
     #[test]
     fn a_replica_checkpoints_between_the_parts_of_an_image() {
         let dir = tempfile::tempdir().unwrap();
-        let primary = Connection::open(dir.path().join("p.db")).unwrap();
-        primary
-            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB NOT NULL);")
-            .unwrap();
-        for id in 1..=8 {
-            primary
-                .execute("INSERT INTO big VALUES (?1, randomblob(1048576))", [id])
-                .unwrap();
-        }
-        let mut parts = Vec::new();
-        for_each_image_part_sized(&primary, 1, 1 << 20, |r| {
-            parts.push(r);
-            Ok(())
-        })
-        .unwrap();
+        let primary = blob_primary(&dir.path().join("p.db"), 8);
+        let parts = image_parts(&primary, 1 << 20);
         assert!(parts.len() > 4, "{} parts", parts.len());
         let path = dir.path().join("r.db");
         let mut applier = Applier::open(&path).unwrap();
@@ -371,12 +370,7 @@ mod tests {
     fn an_image_redone_part_by_part_loads_its_schema_at_every_step() {
         let dir = tempfile::tempdir().unwrap();
         let primary = spread_schema(&dir.path().join("p.db"));
-        let mut parts = Vec::new();
-        for_each_image_part_sized(&primary, 1, 8 * 1024, |r| {
-            parts.push(r);
-            Ok(())
-        })
-        .unwrap();
+        let parts = image_parts(&primary, 8 * 1024);
         assert!(parts.len() > 10, "{} parts", parts.len());
         assert!(parts[0].starts_image() && !parts[1].starts_image());
         assert!(parts[..parts.len() - 1].iter().all(Record::image_continues));
