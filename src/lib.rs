@@ -19,5 +19,6 @@ pub mod replication;
 #[cfg(test)]
 mod sim;
 pub mod sql;
+pub mod tls;
 pub mod traffic;
 pub mod upgrade;

@@ -117,9 +117,24 @@ pub struct ServerArgs {
     /// port + 1000].
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// PEM file of the node's TLS certificate (then any intermediates):
+    /// clients may connect with TLS (sslmode=require, verify-full), on the
+    /// client port and the node's listeners. Needs --tls-key [default:
+    /// none: SSLRequest is refused].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Which clients must use TLS: none, remote (clients not on loopback,
+    /// like PostgreSQL's hostssl) or all; others are refused with SQLSTATE
+    /// 28000. Needs --tls-cert [default: none].
+    #[arg(long, value_name = "POLICY")]
+    pub require_tls: Option<crate::tls::TlsPolicy>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
-    /// `session_memory_mb`, `node_memory_mb`, `http_port`).
+    /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
+    /// `tls_key`, `require_tls`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -139,6 +154,9 @@ struct ConfigFile {
     session_memory_mb: Option<u64>,
     node_memory_mb: Option<u64>,
     http_port: Option<u16>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    require_tls: Option<String>,
 }
 
 /// A node's resolved settings.
@@ -165,6 +183,10 @@ pub struct ServerConfig {
     /// The HTTP server's address, and whether it was asked for explicitly
     /// (then it must be free); `None`: no HTTP server.
     pub http: Option<(SocketAddr, bool)>,
+    /// The node's TLS certificate and key files, for client connections.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Which clients must use TLS.
+    pub require_tls: crate::tls::TlsPolicy,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -221,6 +243,21 @@ impl ServerArgs {
                 .checked_add(HTTP_PORT_OFFSET)
                 .map(|p| (SocketAddr::new(host, p), false)),
         };
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("TLS needs both a certificate and its key: set --tls-cert and --tls-key (tls_cert and tls_key in --config)".into()),
+        };
+        let require_tls = match (self.require_tls, file.require_tls) {
+            (Some(policy), _) => policy,
+            (None, Some(text)) => text.parse()?,
+            (None, None) => crate::tls::TlsPolicy::None,
+        };
+        if require_tls != crate::tls::TlsPolicy::None && tls.is_none() {
+            return Err(format!(
+                "--require-tls {require_tls} needs a certificate: set --tls-cert and --tls-key"
+            ));
+        }
         let witness = self.witness || file.witness.unwrap_or(false);
         if witness && endpoint.is_none() {
             return Err(
@@ -253,6 +290,8 @@ impl ServerArgs {
                 .unwrap_or(crate::engine::memory::DEFAULT_NODE_MB)
                 << 20,
             http,
+            tls,
+            require_tls,
         })
     }
 }
@@ -307,11 +346,17 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot resume availability groups: {e}"))?;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+        None => None,
+    };
     let frontend = Frontend::new(
         engine,
         groups.clone(),
         &FrontendConfig {
             password: config.password.clone(),
+            tls: tls.clone(),
+            require_tls: config.require_tls,
         },
     );
     if let Some(endpoint) = config.endpoint {
@@ -323,7 +368,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         // none, which only a loopback endpoint may offer.
         let sessions = (config.password.is_some() || endpoint.ip().is_loopback()).then(|| {
             let frontend = frontend.clone();
-            Arc::new(move |socket, peer| frontend.clone().serve_socket(socket, peer))
+            Arc::new(move |socket, peer| frontend.clone().serve_forwarded(socket, peer))
                 as crate::replication::secondary::SessionHandoff
         });
         tokio::spawn(serve_endpoint(
@@ -364,6 +409,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         ListenerOptions {
             host: config.listen.ip(),
             hold: config.listener_hold,
+            tls,
         },
     );
     tracing::info!(
@@ -372,6 +418,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         endpoint = ?config.endpoint,
         data_dir = %config.data_dir.display(),
         auth = if config.password.is_some() { "scram-sha-256" } else { "trust (loopback)" },
+        tls = if config.tls.is_some() { "offered" } else { "off" },
+        require_tls = %config.require_tls,
         "availdb node ready; connect with: psql \"host={} port={} user=availdb dbname=availdb\"",
         config.listen.ip(),
         config.listen.port()
@@ -513,8 +561,36 @@ mod tests {
             session_memory_mb: None,
             node_memory_mb: None,
             http_port: None,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: None,
             config: None,
         }
+    }
+
+    #[test]
+    fn requiring_tls_needs_a_certificate_and_a_key() {
+        let mut a = args(None, None);
+        a.require_tls = Some(crate::tls::TlsPolicy::Remote);
+        let err = a.resolve().unwrap_err();
+        assert!(err.contains("--tls-cert"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\ntls_cert = \"c.pem\"\n").unwrap();
+        let mut a = args(None, None);
+        a.config = Some(path.clone());
+        let err = a.resolve().unwrap_err();
+        assert!(err.contains("--tls-key"), "{err}");
+        std::fs::write(
+            &path,
+            "data_dir = \"/x\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nrequire_tls = \"all\"\n",
+        )
+        .unwrap();
+        let mut a = args(None, None);
+        a.config = Some(path);
+        let c = a.resolve().unwrap();
+        assert_eq!(c.require_tls, crate::tls::TlsPolicy::All);
+        assert_eq!(c.tls, Some(("c.pem".into(), "k.pem".into())));
     }
 
     #[test]

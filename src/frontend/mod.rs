@@ -2,8 +2,12 @@
 //! authentication, sessions and cancel requests.
 //!
 //! # One connection, from start-up to Terminate
-//! 1. `pgwire` negotiates SSL (refused: no TLS yet) and reads the start-up
-//!    packet; [`Connection`]'s start-up handler first checks the connection
+//! 1. `pgwire` negotiates SSL (TLS with the node's certificate when it has
+//!    one, [`crate::tls`]; refused otherwise) and reads the start-up
+//!    packet; [`Connection`]'s start-up handler first applies the TLS
+//!    policy (`--require-tls`: FATAL 28000 for a plaintext client that must
+//!    use TLS; for a session a listener forwarded, by the client address and
+//!    TLS the listener reports), then checks the connection
 //!    settings (`ALLOW_CONNECTIONS` against the session's read intent, and
 //!    for a session a listener forwarded, that this node still has the role
 //!    it was chosen for: [`crate::listener`]), then authenticates — SCRAM-SHA-256
@@ -120,11 +124,15 @@ pub const USER: &str = "availdb";
 const SCRAM_ITERATIONS: usize = 4096;
 
 /// What the front end needs to know about its node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FrontendConfig {
     /// Password of user `availdb`; None accepts any user without one (only
     /// allowed on loopback, checked by the caller).
     pub password: Option<String>,
+    /// TLS for clients that ask for it (SSLRequest); None refuses it.
+    pub tls: Option<crate::tls::TlsAcceptor>,
+    /// Which clients must use TLS ([`crate::tls`]).
+    pub require_tls: crate::tls::TlsPolicy,
 }
 
 /// State shared by all connections of a node.
@@ -133,6 +141,8 @@ pub struct Frontend {
     ag: Arc<crate::ag::Manager>,
     driver: AuthDriver<StartupParameters>,
     scram: Option<Arc<SaslMechanisms>>,
+    tls: Option<crate::tls::TlsAcceptor>,
+    require_tls: crate::tls::TlsPolicy,
     cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
     /// Every connection, for ending read transactions at a promotion.
     connections: Mutex<Vec<Weak<ConnState>>>,
@@ -164,6 +174,8 @@ impl Frontend {
             engine,
             ag,
             scram,
+            tls: config.tls.clone(),
+            require_tls: config.require_tls,
             cancels: Mutex::new(HashMap::new()),
             connections: Mutex::new(Vec::new()),
             followed: Mutex::new(std::collections::HashSet::new()),
@@ -268,17 +280,62 @@ impl Frontend {
         }
     }
 
-    /// Serves one client connection on its own task (also connections an
-    /// availability group listener hands over through the replication
-    /// endpoint).
+    /// Serves one client connection on its own task.
     pub fn serve_socket(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
+        self.spawn_connection(socket, peer, false);
+    }
+
+    /// Serves a session an availability group listener hands over through
+    /// the replication endpoint: the listener ended the client's TLS and
+    /// says in the start-up packet where the client is and whether it used
+    /// TLS ([`crate::listener::CLIENT_ADDR_PARAM`],
+    /// [`crate::listener::CLIENT_TLS_PARAM`]), which the TLS policy judges.
+    pub fn serve_forwarded(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
+        self.spawn_connection(socket, peer, true);
+    }
+
+    fn spawn_connection(
+        self: Arc<Self>,
+        socket: tokio::net::TcpStream,
+        peer: SocketAddr,
+        forwarded: bool,
+    ) {
         let _ = socket.set_nodelay(true);
-        let handlers = Connection::new(self, peer);
+        let tls = self.tls.clone();
+        let handlers = Connection::new(self, peer, forwarded);
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+
+    /// The TLS policy ([`crate::tls::TlsPolicy`]) for a session: the
+    /// client's address and TLS as the connection shows them, or, for a
+    /// session a listener forwarded, as the listener reports them.
+    fn admit_transport(
+        &self,
+        peer: SocketAddr,
+        forwarded: bool,
+        secure: bool,
+        params: &HashMap<String, String>,
+    ) -> Result<(), Error> {
+        use crate::listener::{CLIENT_ADDR_PARAM, CLIENT_TLS_PARAM};
+        let (client, secure) = if forwarded {
+            let client = params
+                .get(CLIENT_ADDR_PARAM)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(peer.ip());
+            (
+                client,
+                params.get(CLIENT_TLS_PARAM).map(String::as_str) == Some("on"),
+            )
+        } else {
+            (peer.ip(), secure)
+        };
+        self.require_tls
+            .admit(client, secure)
+            .map_err(|why| Error::sql("28000", why).with_hint(crate::tls::REFUSAL_HINT))
     }
 
     /// The connection settings, checked from the start-up packet before
@@ -383,6 +440,8 @@ impl ServerParameterProvider for StartupParameters {
 pub struct ConnState {
     frontend: Arc<Frontend>,
     peer: SocketAddr,
+    /// Handed over by a listener through the replication endpoint.
+    forwarded: bool,
     session: tokio::sync::Mutex<Option<Session>>,
     /// A `COPY … FROM STDIN` in progress: what it loads and the data so far.
     copy_in: tokio::sync::Mutex<Option<CopyIn>>,
@@ -411,10 +470,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(frontend: Arc<Frontend>, peer: SocketAddr) -> Connection {
+    fn new(frontend: Arc<Frontend>, peer: SocketAddr, forwarded: bool) -> Connection {
         let state = Arc::new(ConnState {
             frontend,
             peer,
+            forwarded,
             session: tokio::sync::Mutex::new(None),
             copy_in: tokio::sync::Mutex::new(None),
             cancel_key: Mutex::new(None),
@@ -898,6 +958,14 @@ impl ConnState {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                self.frontend
+                    .admit_transport(
+                        self.peer,
+                        self.forwarded,
+                        client.is_secure(),
+                        client.metadata(),
+                    )
+                    .map_err(|e| fatal(&e))?;
                 self.frontend
                     .admit(client.metadata())
                     .map_err(|e| fatal(&e))?;

@@ -14,8 +14,11 @@
 //!
 //! # One session
 //! 1. The listener reads the client's first packet (bounded by
-//!    [`STARTUP_TIMEOUT`], at most 10 000 bytes):
-//!    SSLRequest and GSSENCRequest are answered `N` (no TLS yet), a
+//!    [`STARTUP_TIMEOUT`], at most 10 000 bytes): an SSLRequest is
+//!    answered `S` and TLS ended here with the node's certificate when the
+//!    node has one ([`crate::tls`]; the listener must read the start-up
+//!    packet, so it cannot pass TLS through), `N` otherwise; a
+//!    GSSENCRequest is answered `N`, a
 //!    CancelRequest is passed to every replica of the group, anything
 //!    malformed gets a FATAL ErrorResponse (08P01 / 0A000) and the
 //!    connection closes. Each connection is its own task, so a slow or
@@ -25,8 +28,10 @@
 //!    chooses a replica with [`route`] from the freshest definition this
 //!    node knows ([`crate::ag::Manager::current_config`]: the cluster's,
 //!    which names a new primary as soon as the cluster decides).
-//! 3. It adds `availdb.listener = <group>` and `availdb.route =
-//!    primary|secondary` to the start-up packet and sends it to the chosen
+//! 3. It adds `availdb.listener = <group>`, `availdb.route =
+//!    primary|secondary`, and the client's address and TLS
+//!    ([`CLIENT_ADDR_PARAM`], [`CLIENT_TLS_PARAM`], which the replica's
+//!    TLS policy judges) to the start-up packet and sends it to the chosen
 //!    replica: to its `READ_ONLY_ROUTING_URL` when routed there as a
 //!    secondary, otherwise through its replication endpoint, which hands
 //!    connections that open with [`PREAMBLE`] to its front end. The
@@ -51,7 +56,11 @@
 //!   write on a former primary.
 //!
 //! # Known limits
-//! * No TLS (SSLRequest is refused, as on the nodes themselves).
+//! * The hop from the listener to the replica is partner traffic, in
+//!   plaintext (no node-to-node TLS yet). A replica trusts the client
+//!   address and TLS a listener reports only on its replication endpoint;
+//!   a session sent to a `READ_ONLY_ROUTING_URL` is a plaintext client of
+//!   that port, which `--require-tls remote` refuses across hosts.
 //! * A cancel request through the listener goes to every replica of the
 //!   group; the random secret key picks the session.
 //! * Connections the kernel queued on a node that is then killed are reset;
@@ -120,15 +129,29 @@ pub fn intent_of(param: Option<&str>, options: Option<&str>) -> Result<Intent, S
     Ok(intent)
 }
 
+/// Start-up parameter a listener adds to a session it forwards: the
+/// client's IP address, which the replica's TLS policy judges
+/// ([`crate::tls::TlsPolicy`]).
+pub const CLIENT_ADDR_PARAM: &str = "availdb.client_addr";
+/// Start-up parameter a listener adds to a session it forwards: `on` when
+/// the client's connection to the listener used TLS, else `off`.
+pub const CLIENT_TLS_PARAM: &str = "availdb.client_tls";
+
 /// What a node's listeners need.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ListenerOptions {
     /// Address to bind (the node's `--host`).
     pub host: IpAddr,
     /// How long a session waits for a primary (or a readable secondary)
     /// before it is refused.
     pub hold: Duration,
+    /// The node's TLS for clients that ask for it; None answers `N`.
+    pub tls: Option<crate::tls::TlsAcceptor>,
 }
+
+/// A client's connection to a listener: plain TCP, or TLS over it.
+trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo for T {}
 
 /// One bound listener port.
 struct Running {
@@ -242,7 +265,7 @@ impl Listeners {
                     let this = self.clone();
                     let group = group.clone();
                     tokio::spawn(async move {
-                        this.session(socket, &group, read_only).await;
+                        this.session(socket, peer, &group, read_only).await;
                         tracing::debug!(%peer, %group, "listener session ended");
                     });
                 }
@@ -269,10 +292,17 @@ impl Listeners {
     }
 
     /// Serves one client connection from its first byte to its last.
-    async fn session(&self, mut client: TcpStream, group: &str, read_only_port: bool) {
-        let mut startup = match tokio::time::timeout(STARTUP_TIMEOUT, read_opening(&mut client))
-            .await
-        {
+    async fn session(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        group: &str,
+        read_only_port: bool,
+    ) {
+        let mut client: Box<dyn ClientIo> = Box::new(socket);
+        let mut secure = false;
+        let opening = read_opening(&mut client, self.options.tls.as_ref(), &mut secure);
+        let mut startup = match tokio::time::timeout(STARTUP_TIMEOUT, opening).await {
             Err(_) => {
                 let _ = refuse(&mut client, "08P01", "no start-up packet within 10 s", None).await;
                 return;
@@ -307,6 +337,8 @@ impl Listeners {
             .unwrap_or(crate::frontend::USER)
             .to_string();
         startup.set(GROUP_PARAM, group);
+        startup.set(CLIENT_ADDR_PARAM, &peer.ip().to_string());
+        startup.set(CLIENT_TLS_PARAM, if secure { "on" } else { "off" });
         let deadline = Instant::now() + self.options.hold;
         let mut last;
         loop {
@@ -439,10 +471,16 @@ impl From<std::io::Error> for OpeningError {
     }
 }
 
-/// Reads the client's first packets: answers SSL and GSSAPI encryption
-/// requests with `N` (each at most once, as libpq sends them) and returns
-/// the start-up packet or cancel request that follows.
-async fn read_opening(client: &mut TcpStream) -> Result<Opening, OpeningError> {
+/// Reads the client's first packets and returns the start-up packet or
+/// cancel request that follows them. An SSLRequest is answered `S` and the
+/// TLS handshake run when the node has a certificate (`client` becomes the
+/// TLS stream and `secure` true), `N` otherwise; a GSSENCRequest `N`. A
+/// client sends each at most once.
+async fn read_opening(
+    client: &mut Box<dyn ClientIo>,
+    tls: Option<&crate::tls::TlsAcceptor>,
+    secure: &mut bool,
+) -> Result<Opening, OpeningError> {
     let mut negotiated = 0;
     loop {
         let len = client.read_u32().await?;
@@ -450,6 +488,15 @@ async fn read_opening(client: &mut TcpStream) -> Result<Opening, OpeningError> {
         let mut body = vec![0; body_len];
         client.read_exact(&mut body).await?;
         match packet::decode_first(&body).map_err(OpeningError::Packet)? {
+            packet::FirstPacket::SslRequest if negotiated < 2 && !*secure && tls.is_some() => {
+                negotiated += 1;
+                client.write_all(b"S").await?;
+                let plain = std::mem::replace(client, Box::new(tokio::io::empty()));
+                if let Some(tls) = tls {
+                    *client = Box::new(tls.accept(plain).await?);
+                    *secure = true;
+                }
+            }
             packet::FirstPacket::SslRequest | packet::FirstPacket::GssEncRequest
                 if negotiated < 2 =>
             {
@@ -469,7 +516,7 @@ async fn read_opening(client: &mut TcpStream) -> Result<Opening, OpeningError> {
 
 /// Sends a FATAL ErrorResponse and closes.
 async fn refuse(
-    client: &mut TcpStream,
+    client: &mut Box<dyn ClientIo>,
     sqlstate: &str,
     message: &str,
     hint: Option<&str>,

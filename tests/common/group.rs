@@ -50,6 +50,13 @@ pub struct GroupSpec {
     /// `(node index, MiB)`: that node's data directory is a tmpfs of that
     /// size (needs root), so its disk can be filled.
     pub tmpfs_data: Option<(usize, u32)>,
+    /// Every node's `--host` (None: 127.0.0.1; clients of the harness
+    /// still connect on loopback).
+    pub host: Option<String>,
+    /// Every node's password (a non-loopback host needs one).
+    pub password: Option<String>,
+    /// More command-line arguments for every node.
+    pub args: Vec<String>,
 }
 
 impl Default for GroupSpec {
@@ -62,6 +69,9 @@ impl Default for GroupSpec {
             asynchronous_replicas: Vec::new(),
             cluster_type: None,
             tmpfs_data: None,
+            host: None,
+            password: None,
+            args: Vec::new(),
         }
     }
 }
@@ -74,10 +84,20 @@ impl GroupSpec {
 
     /// A server builder for node `i` ([`GroupSpec::tmpfs_data`] applied).
     fn builder(&self, i: usize) -> super::Builder {
-        match self.tmpfs_data {
+        let mut builder = match self.tmpfs_data {
             Some((node, mb)) if node == i => TestServer::builder().tmpfs_data(mb),
             _ => TestServer::builder(),
+        };
+        if let Some(host) = &self.host {
+            builder = builder.host(host);
         }
+        if let Some(password) = &self.password {
+            builder = builder.password(password);
+        }
+        for arg in &self.args {
+            builder = builder.arg(arg);
+        }
+        builder
     }
 }
 
