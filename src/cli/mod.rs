@@ -131,10 +131,21 @@ pub struct ServerArgs {
     /// 28000. Needs --tls-cert [default: none].
     #[arg(long, value_name = "POLICY")]
     pub require_tls: Option<crate::tls::TlsPolicy>,
+    /// Sessions this node serves at once; one more is refused with
+    /// SQLSTATE 53300 [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Default idle_in_transaction_session_timeout, in milliseconds: a
+    /// session that waits this long inside a transaction is ended (25P03),
+    /// its transaction rolled back and the write lock it holds freed;
+    /// sessions may set their own; 0 turns it off [default: 0].
+    #[arg(long, value_name = "MS")]
+    pub idle_in_transaction_session_timeout_ms: Option<u64>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
     /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
-    /// `tls_key`, `require_tls`).
+    /// `tls_key`, `require_tls`, `max_connections`,
+    /// `idle_in_transaction_session_timeout_ms`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -157,6 +168,8 @@ struct ConfigFile {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     require_tls: Option<String>,
+    max_connections: Option<usize>,
+    idle_in_transaction_session_timeout_ms: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -187,6 +200,10 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Which clients must use TLS.
     pub require_tls: crate::tls::TlsPolicy,
+    /// Sessions served at once at most.
+    pub max_connections: usize,
+    /// Default `idle_in_transaction_session_timeout` (None: off).
+    pub idle_in_transaction_timeout: Option<std::time::Duration>,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -292,6 +309,16 @@ impl ServerArgs {
             http,
             tls,
             require_tls,
+            max_connections: match self.max_connections.or(file.max_connections) {
+                Some(0) => return Err("--max-connections must be at least 1".into()),
+                Some(n) => n,
+                None => crate::frontend::limits::DEFAULT_MAX_CONNECTIONS,
+            },
+            idle_in_transaction_timeout: self
+                .idle_in_transaction_session_timeout_ms
+                .or(file.idle_in_transaction_session_timeout_ms)
+                .filter(|ms| *ms > 0)
+                .map(std::time::Duration::from_millis),
         })
     }
 }
@@ -357,6 +384,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             password: config.password.clone(),
             tls: tls.clone(),
             require_tls: config.require_tls,
+            max_connections: config.max_connections,
+            idle_in_transaction_timeout: config.idle_in_transaction_timeout,
         },
     );
     if let Some(endpoint) = config.endpoint {
@@ -564,6 +593,8 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             require_tls: None,
+            max_connections: None,
+            idle_in_transaction_session_timeout_ms: None,
             config: None,
         }
     }
@@ -655,6 +686,7 @@ mod tests {
             c.listener_hold.as_millis().to_string(),
             (c.session_memory >> 20).to_string(),
             (c.node_memory >> 20).to_string(),
+            c.max_connections.to_string(),
             format!("the client port + {HTTP_PORT_OFFSET}"),
         ] {
             assert!(

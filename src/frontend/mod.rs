@@ -54,6 +54,14 @@
 //!    break if it comes. `postgres` and `template1`, where libpq tools
 //!    connect first, reach the default database.
 //!
+//! # Limits
+//! The message loop is pgwire's, driven by `drive.rs` so that a session idle
+//! in a transaction past `idle_in_transaction_session_timeout` can be ended
+//! (FATAL 25P03; dropping the session rolls its transaction back and frees
+//! the write lock). At start-up, before authentication: `--max-connections`
+//! (FATAL 53300) and the per-address throttle of failed authentications
+//! (FATAL 28000), both in [`limits`].
+//!
 //! # Cancel requests
 //! A CancelRequest arrives on a new connection with the pid and secret key of
 //! the target. The registry maps them to the target session's
@@ -62,7 +70,9 @@
 //! session goes on.
 
 mod backup;
+mod drive;
 mod encode;
+pub mod limits;
 mod session;
 mod settings;
 
@@ -93,9 +103,7 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{
-    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type,
-};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
@@ -133,6 +141,11 @@ pub struct FrontendConfig {
     pub tls: Option<crate::tls::TlsAcceptor>,
     /// Which clients must use TLS ([`crate::tls`]).
     pub require_tls: crate::tls::TlsPolicy,
+    /// Sessions open at most at once; past it FATAL 53300.
+    pub max_connections: usize,
+    /// The node's default `idle_in_transaction_session_timeout` (None: no
+    /// limit).
+    pub idle_in_transaction_timeout: Option<std::time::Duration>,
 }
 
 /// State shared by all connections of a node.
@@ -143,6 +156,9 @@ pub struct Frontend {
     scram: Option<Arc<SaslMechanisms>>,
     tls: Option<crate::tls::TlsAcceptor>,
     require_tls: crate::tls::TlsPolicy,
+    sessions: limits::SessionCount,
+    auth_failures: Mutex<limits::AuthThrottle>,
+    idle_in_transaction_timeout: Option<std::time::Duration>,
     cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
     /// Every connection, for ending read transactions at a promotion.
     connections: Mutex<Vec<Weak<ConnState>>>,
@@ -176,6 +192,9 @@ impl Frontend {
             scram,
             tls: config.tls.clone(),
             require_tls: config.require_tls,
+            sessions: limits::SessionCount::new(config.max_connections),
+            auth_failures: Mutex::new(limits::AuthThrottle::default()),
+            idle_in_transaction_timeout: config.idle_in_transaction_timeout,
             cancels: Mutex::new(HashMap::new()),
             connections: Mutex::new(Vec::new()),
             followed: Mutex::new(std::collections::HashSet::new()),
@@ -304,7 +323,7 @@ impl Frontend {
         let tls = self.tls.clone();
         let handlers = Connection::new(self, peer, forwarded);
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+            if let Err(e) = drive::run(socket, tls, handlers).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -376,6 +395,31 @@ impl Frontend {
         Ok(())
     }
 
+    fn lock_auth_failures(&self) -> std::sync::MutexGuard<'_, limits::AuthThrottle> {
+        self.auth_failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses (28000) an address that failed to authenticate too often
+    /// lately ([`limits::AuthThrottle`]).
+    fn may_authenticate(&self, client: std::net::IpAddr) -> Result<(), Error> {
+        self.lock_auth_failures()
+            .check(client, std::time::Instant::now())
+            .map_err(|wait| {
+                tracing::warn!(%client, "refused a session: too many failed authentications from its address");
+                Error::sql(
+                    "28000",
+                    format!(
+                        "too many failed authentications from {client}: {} within {} s; \
+                         try again in {} s",
+                        limits::AUTH_FAILURES_ALLOWED,
+                        limits::AUTH_WINDOW.as_secs(),
+                        wait.as_secs().max(1)
+                    ),
+                )
+                .with_hint("check the password (user availdb) before trying again")
+            })
+    }
+
     fn lock_cancels(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, Bytes), Weak<CancelSlot>>> {
         self.cancels.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -442,6 +486,8 @@ pub struct ConnState {
     peer: SocketAddr,
     /// Handed over by a listener through the replication endpoint.
     forwarded: bool,
+    /// The session's place in `--max-connections`, from its start-up packet.
+    slot: std::sync::OnceLock<limits::SessionSlot>,
     session: tokio::sync::Mutex<Option<Session>>,
     /// A `COPY … FROM STDIN` in progress: what it loads and the data so far.
     copy_in: tokio::sync::Mutex<Option<CopyIn>>,
@@ -463,7 +509,8 @@ impl Drop for ConnState {
     }
 }
 
-/// The handlers `pgwire` drives for one connection.
+/// The handlers `pgwire` dispatches one connection's messages to
+/// (`drive.rs`).
 pub struct Connection {
     state: Arc<ConnState>,
     extended: Arc<Extended>,
@@ -475,6 +522,7 @@ impl Connection {
             frontend,
             peer,
             forwarded,
+            slot: std::sync::OnceLock::new(),
             session: tokio::sync::Mutex::new(None),
             copy_in: tokio::sync::Mutex::new(None),
             cancel_key: Mutex::new(None),
@@ -496,28 +544,6 @@ impl Connection {
             }),
         });
         Connection { state, extended }
-    }
-}
-
-impl PgWireServerHandlers for Connection {
-    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.state.clone()
-    }
-
-    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.extended.clone()
-    }
-
-    fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.state.clone()
-    }
-
-    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
-        self.state.frontend.clone()
-    }
-
-    fn copy_handler(&self) -> Arc<impl CopyHandler> {
-        self.state.clone()
     }
 }
 
@@ -844,6 +870,61 @@ fn user_error(err: &Error) -> PgWireError {
 }
 
 impl ConnState {
+    /// The client's address: the connection's peer, or for a session a
+    /// listener forwarded, the client's address as the listener reports it.
+    fn client_ip(&self, params: &HashMap<String, String>) -> std::net::IpAddr {
+        let reported = self
+            .forwarded
+            .then(|| params.get(crate::listener::CLIENT_ADDR_PARAM))
+            .flatten()
+            .and_then(|a| a.parse().ok());
+        reported.unwrap_or(self.peer.ip())
+    }
+
+    /// Counts the session against `--max-connections` (53300 past it).
+    fn take_slot(&self) -> Result<(), Error> {
+        if self.slot.get().is_some() {
+            return Ok(());
+        }
+        let sessions = &self.frontend.sessions;
+        let slot = sessions.take().ok_or_else(|| {
+            tracing::warn!(peer = %self.peer, max = sessions.max(), "refused a session: too many clients");
+            Error::sql("53300", "sorry, too many clients already").with_hint(format!(
+                "this node serves at most {} sessions (--max-connections); close idle sessions or raise it",
+                sessions.max()
+            ))
+        })?;
+        let _ = self.slot.set(slot);
+        Ok(())
+    }
+
+    /// How long the session may still wait for its client before
+    /// `idle_in_transaction_session_timeout` ends it: None outside a
+    /// transaction block or without a limit.
+    async fn idle_in_transaction_limit(&self) -> Option<std::time::Duration> {
+        let session = self.session.lock().await;
+        let session = session.as_ref()?;
+        match session.status() {
+            TxStatus::Idle => None,
+            TxStatus::InBlock | TxStatus::Failed => session.settings.idle_in_transaction_timeout,
+        }
+    }
+
+    /// Ends a session idle in a transaction past `limit`: drops it (its
+    /// transaction rolls back and the write lock it holds is freed) and
+    /// returns the FATAL for the client.
+    async fn end_idle_transaction(&self, limit: std::time::Duration) -> ErrorInfo {
+        let session = self.session.lock().await.take();
+        drop(session);
+        tracing::info!(
+            peer = %self.peer,
+            database = self.database.get().map(String::as_str).unwrap_or_default(),
+            limit_ms = limit.as_millis() as u64,
+            "ended a session idle in a transaction (idle_in_transaction_session_timeout)"
+        );
+        drive::idle_fatal(limit)
+    }
+
     /// Ends the session (FATAL) when its replica was demoted since it began.
     async fn end_if_demoted(&self) -> PgWireResult<()> {
         match self
@@ -891,7 +972,9 @@ impl ConnState {
             other => other,
         }
         .map_err(|e| fatal(&e))?;
-        let settings = Settings::from_startup(&params).map_err(|e| fatal(&e))?;
+        let settings = Settings::from_startup(&params)
+            .map_err(|e| fatal(&e))?
+            .with_idle_in_transaction_default(frontend.idle_in_transaction_timeout);
         frontend.follow_read_ends(&db);
         let _ = self.database.set(db.name().to_string());
         let session = Session::new(frontend.engine.clone(), frontend.ag.clone(), db, settings);
@@ -969,8 +1052,14 @@ impl ConnState {
                 self.frontend
                     .admit(client.metadata())
                     .map_err(|e| fatal(&e))?;
+                self.take_slot().map_err(|e| fatal(&e))?;
                 match &self.frontend.scram {
-                    Some(scram) => driver.begin_authentication(client, scram.create()).await?,
+                    Some(scram) => {
+                        self.frontend
+                            .may_authenticate(self.client_ip(client.metadata()))
+                            .map_err(|e| fatal(&e))?;
+                        driver.begin_authentication(client, scram.create()).await?
+                    }
                     None => AuthOutcome::Authenticated {
                         identity: None,
                         final_message: None,
@@ -978,7 +1067,21 @@ impl ConnState {
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
-                driver.advance_authentication(client, message).await?
+                let ip = self.client_ip(client.metadata());
+                match driver.advance_authentication(client, message).await {
+                    Ok(outcome) => {
+                        if matches!(outcome, AuthOutcome::Authenticated { .. }) {
+                            self.frontend.lock_auth_failures().succeeded(ip);
+                        }
+                        outcome
+                    }
+                    Err(e) => {
+                        self.frontend
+                            .lock_auth_failures()
+                            .failed(ip, std::time::Instant::now());
+                        return Err(e);
+                    }
+                }
             }
             _ => return Ok(()),
         };

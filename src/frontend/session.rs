@@ -1524,11 +1524,25 @@ impl Session {
     }
 
     /// Takes the write lock, the writer showing the session's TEMP objects.
+    /// The wait counts against `statement_timeout` too (as a lock wait
+    /// does in PostgreSQL): otherwise a session behind a transaction that
+    /// holds the lock waited for it past its own limit.
     async fn writer(&mut self) -> Result<WriterGuard> {
-        let w = self
+        let wait = self
             .db
-            .writer(self.settings.lock_timeout, &self.cancel.waiting)
-            .await?;
+            .writer(self.settings.lock_timeout, &self.cancel.waiting);
+        let w = match self.settings.statement_timeout {
+            Some(limit) => tokio::time::timeout(limit, wait).await.map_err(|_| {
+                Error::sql("57014", "canceling statement due to statement timeout")
+                    .with_hint(format!(
+                    "the statement waited {} ms for database \"{}\"'s write lock, which another \
+                         session's transaction holds",
+                    limit.as_millis(),
+                    self.db.name()
+                ))
+            })??,
+            None => wait.await?,
+        };
         w.conn().bind(self.temp.as_deref(), &self.sequences)?;
         Ok(w)
     }

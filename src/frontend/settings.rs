@@ -185,6 +185,14 @@ pub struct Settings {
     pub statement_timeout: Option<Duration>,
     /// `lock_timeout`: how long to wait for a database's write lock.
     pub lock_timeout: Option<Duration>,
+    /// `idle_in_transaction_session_timeout`: how long the session may
+    /// wait for the client inside a transaction block before it is ended
+    /// (FATAL 25P03), its transaction rolled back and the write lock it
+    /// holds freed. None: no limit.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// The node's `--idle-in-transaction-session-timeout-ms`, which RESET
+    /// goes back to.
+    idle_in_transaction_default: Option<Duration>,
     /// `availdb.read_after_lsn` (None: 0, no wait).
     pub read_after_lsn: Option<u64>,
     /// The session's user name.
@@ -192,6 +200,19 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Applies the node's default `idle_in_transaction_session_timeout`
+    /// unless the start-up packet set one.
+    pub fn with_idle_in_transaction_default(mut self, default: Option<Duration>) -> Settings {
+        self.idle_in_transaction_default = default;
+        if !self
+            .values
+            .contains_key("idle_in_transaction_session_timeout")
+        {
+            self.idle_in_transaction_timeout = default;
+        }
+        self
+    }
+
     /// Settings from the start-up packet: its parameters (`application_name`,
     /// `client_encoding`, …) and `options` (`-c name=value` pairs).
     pub fn from_startup(params: &HashMap<String, String>) -> Result<Settings> {
@@ -262,6 +283,10 @@ impl Settings {
                 self.lock_timeout = parse_duration(&key, value)?;
                 value.to_string()
             }
+            "idle_in_transaction_session_timeout" => {
+                self.idle_in_transaction_timeout = parse_duration(&key, value)?;
+                value.to_string()
+            }
             READ_AFTER_LSN => {
                 let lsn: u64 = value.trim().parse().map_err(|_| {
                     Error::sql(
@@ -302,6 +327,9 @@ impl Settings {
                 "default_transaction_read_only" => self.default_read_only = false,
                 "statement_timeout" => self.statement_timeout = None,
                 "lock_timeout" => self.lock_timeout = None,
+                "idle_in_transaction_session_timeout" => {
+                    self.idle_in_transaction_timeout = self.idle_in_transaction_default
+                }
                 READ_AFTER_LSN => self.read_after_lsn = None,
                 _ => {}
             }
