@@ -392,6 +392,16 @@ async fn a_node_of_another_cluster_with_the_same_replica_names_is_refused_and_le
         "y's r2 logs the refused requests with both clusters\n{}",
         y.nodes[R2].log_tail()
     );
+    let refused = rows(
+        &y.nodes[R2],
+        "SELECT refused_count, last_refused_reason FROM sys.dm_hadr_partner_refusals WHERE partner_type_desc = 'RAFT'",
+    )
+    .await;
+    let count: u64 = refused[0][0].as_deref().unwrap_or("0").parse().unwrap();
+    assert!(
+        count > 0 && refused[0][1].as_deref().is_some_and(|r| r.contains(&x_id)),
+        "y's r2 counts the refused requests in sys.dm_hadr_partner_refusals: {refused:?}"
+    );
     // Whichever of x's nodes leads sent the requests.
     let x_log = x.log() + &xw.log();
     assert!(

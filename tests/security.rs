@@ -657,3 +657,109 @@ async fn authentication_failures_are_rate_limited_per_source_address() {
         ),
     }
 }
+
+/// Safety rule 6, a peer from another cluster, on the replication link:
+/// two real clusters whose replicas have the same names (r1, r2) and whose
+/// groups the same name. Cluster X's primary r1 lists cluster Y's r2 by its
+/// endpoint (a copied definition); Y's r2 refuses X's `Hello` because it
+/// carries X's cluster id, logs it, and counts it in
+/// `sys.dm_hadr_partner_refusals`; Y keeps replicating its own writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_of_another_cluster_with_the_same_replica_names_is_refused_on_the_replication_link(
+) {
+    let y = Group::start(2).await;
+    let y1 = y.nodes[0].client(APP).await;
+    y1.batch_execute("CREATE TABLE t (id integer PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap_or_else(|e| panic!("y's r1: {}", error_text(&e)));
+
+    let x_endpoint = free_port();
+    let x = TestServer::builder()
+        .replica("r1", x_endpoint)
+        .start()
+        .await;
+    let create = format!(
+        "CREATE DATABASE {APP}; CREATE AVAILABILITY GROUP {GROUP} WITH (CLUSTER_TYPE = NONE) \
+         FOR DATABASE {APP} REPLICA ON \
+         'r1' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{x_endpoint}', AVAILABILITY_MODE = ASYNCHRONOUS_COMMIT, FAILOVER_MODE = MANUAL), \
+         'r2' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{}', AVAILABILITY_MODE = ASYNCHRONOUS_COMMIT, FAILOVER_MODE = MANUAL)",
+        y.endpoints[1]
+    );
+    x.client(DEFAULT_DB)
+        .await
+        .batch_execute(&create)
+        .await
+        .unwrap_or_else(|e| panic!("{create}: {}\n{}", error_text(&e), x.log_tail()));
+
+    let y2 = y.nodes[1].client(DEFAULT_DB).await;
+    let sql = "SELECT refused_count, last_refused_reason FROM sys.dm_hadr_partner_refusals \
+               WHERE partner_type_desc = 'REPLICATION'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reason = loop {
+        let rows = common::group::query_text(&y2, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+        let count: u64 = rows[0][0].as_deref().unwrap_or("0").parse().unwrap();
+        if count > 0 {
+            break rows[0][1].clone().unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "y's r2 counted no refusal of x's primary within 60 s\n{}\n===== x =====\n{}",
+            y.logs(),
+            x.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let y_id = common::group::query_text(&y2, "SELECT cluster_id FROM sys.availability_groups")
+        .await
+        .unwrap()[0][0]
+        .clone()
+        .expect("y's group has a cluster id");
+    let x_id = common::group::query_text(
+        &x.client(DEFAULT_DB).await,
+        "SELECT cluster_id FROM sys.availability_groups",
+    )
+    .await
+    .unwrap()[0][0]
+        .clone()
+        .expect("x's group has a cluster id");
+    assert_ne!(x_id, y_id);
+    assert!(
+        reason.contains("peer belongs to cluster")
+            && reason.contains(&y_id)
+            && reason.contains(&x_id),
+        "the refusal names both clusters: {reason}"
+    );
+    assert!(
+        y.nodes[1].log().lines().any(
+            |l| l.contains("WARN") && l.contains("refusing a primary: peer belongs to cluster")
+        ),
+        "y's r2 logs the refusal\n{}",
+        y.nodes[1].log_tail()
+    );
+    let raft = common::group::query_text(
+        &y2,
+        "SELECT count(*) FROM sys.dm_hadr_partner_refusals WHERE partner_type_desc = 'RAFT'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(raft[0][0].as_deref(), Some("1"), "one row per partner kind");
+
+    // Y is untouched: its primary's writes still reach its r2.
+    y1.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    let y2_app = y.nodes[1].client(APP).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = common::group::query_text(&y2_app, "SELECT id FROM t ORDER BY id").await;
+        if matches!(&rows, Ok(r) if r.len() == 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "y's r2 did not get y's new row: {rows:?}\n{}",
+            y.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

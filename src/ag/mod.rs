@@ -1225,6 +1225,7 @@ impl Manager {
         }
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());
+        out.add_partner_refusals();
         out
     }
 }
@@ -1270,17 +1271,21 @@ impl Admission for Manager {
                 Some(slot) => (slot.part.clone(), slot.config.clone()),
             }
         };
+        let foreign = |known: &str| {
+            let reason = format!(
+                "peer belongs to cluster {cluster_id}, but this replica belongs to cluster {known}"
+            );
+            crate::net::count_refusal(crate::net::Partner::Replication, &reason);
+            Err(reason)
+        };
         match (part, config) {
             (None, None) => Err(format!(
                 "this node has not joined availability group \"{group}\" (run ALTER AVAILABILITY GROUP {group} JOIN here)"
             )),
-            (Some(Part::Joined { cluster_id: Some(known) }), _) if known != cluster_id => Err(format!(
-                "peer belongs to cluster {cluster_id}, but this replica belongs to cluster {known}"
-            )),
-            (_, Some(config)) if config.cluster_id != cluster_id => Err(format!(
-                "peer belongs to cluster {cluster_id}, but this replica belongs to cluster {}",
-                config.cluster_id
-            )),
+            (Some(Part::Joined { cluster_id: Some(known) }), _) if known != cluster_id => {
+                foreign(&known)
+            }
+            (_, Some(config)) if config.cluster_id != cluster_id => foreign(&config.cluster_id),
             (Some(Part::Secondary(_)), Some(config)) if epoch < config.epoch => Err(format!(
                 "epoch {epoch} is older than epoch {} known here",
                 config.epoch

@@ -37,6 +37,7 @@ pub struct Snapshot {
     operations: Vec<Vec<Value>>,
     memory: Vec<Vec<Value>>,
     backups: Vec<Vec<Value>>,
+    refusals: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -64,6 +65,9 @@ CREATE TABLE sys.dm_hadr_cluster(
     cluster_name TEXT, quorum_type_desc TEXT, quorum_state_desc TEXT,
     leader TEXT, term INTEGER, local_state_desc TEXT,
     local_member_name TEXT, local_endpoint_url TEXT, cluster_id TEXT);
+CREATE TABLE sys.dm_hadr_partner_refusals(
+    partner_type_desc TEXT, refused_count INTEGER, last_refused_time TEXT,
+    last_refused_reason TEXT);
 CREATE TABLE sys.dm_hadr_cluster_members(
     member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
     number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
@@ -521,6 +525,22 @@ impl Snapshot {
         let _ = majority;
     }
 
+    /// Partner requests refused for their identity (a node of another
+    /// cluster), per kind: one row each, zero included.
+    pub fn add_partner_refusals(&mut self) {
+        for (kind, refusals) in crate::net::refusals() {
+            let (when, why) = match refusals.last {
+                Some((at, why)) => (
+                    text(chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339()),
+                    text(why),
+                ),
+                None => (Value::Null, Value::Null),
+            };
+            self.refusals
+                .push(vec![text(kind.name()), int(refusals.count), when, why]);
+        }
+    }
+
     /// The cluster's server name (its `SERVER_NAME`, which other regions
     /// use) and the partner servers it knows.
     pub fn add_geo(&mut self, state: &crate::cluster::ClusterState) {
@@ -683,6 +703,7 @@ impl Snapshot {
             ("dm_operation_status", &self.operations),
             ("dm_os_process_memory", &self.memory),
             ("backup_history", &self.backups),
+            ("dm_hadr_partner_refusals", &self.refusals),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");

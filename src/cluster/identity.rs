@@ -376,6 +376,7 @@ impl Identity {
         from: Option<NodeId>,
         peer: Option<SocketAddr>,
     ) {
+        crate::net::count_refusal(crate::net::Partner::Raft, &refusal.to_string());
         let key = format!("in:{}", refusal.theirs().map_or("-", ClusterId::as_str));
         let Some(held) = lock(&self.throttle).allow(&key, Instant::now()) else {
             return;

@@ -1533,13 +1533,14 @@ impl Session {
             .writer(self.settings.lock_timeout, &self.cancel.waiting);
         let w = match self.settings.statement_timeout {
             Some(limit) => tokio::time::timeout(limit, wait).await.map_err(|_| {
-                Error::sql("57014", "canceling statement due to statement timeout")
-                    .with_hint(format!(
+                Error::sql("57014", "canceling statement due to statement timeout").with_hint(
+                    format!(
                     "the statement waited {} ms for database \"{}\"'s write lock, which another \
                          session's transaction holds",
                     limit.as_millis(),
                     self.db.name()
-                ))
+                ),
+                )
             })??,
             None => wait.await?,
         };
