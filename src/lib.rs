@@ -10,6 +10,8 @@ pub mod durable;
 pub mod engine;
 pub mod failstop;
 pub mod frontend;
+#[cfg(test)]
+mod fuzz;
 pub mod group;
 pub mod http;
 pub mod listener;

@@ -592,10 +592,34 @@ fn decode_bytea_text(text: &str) -> Option<Vec<u8>> {
     if hex.len() % 2 != 0 {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+    // Bytes, not `str` slices: a non-ASCII character would split.
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            // from_str_radix alone would take a sign ("+f").
+            if !pair.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()
+        })
         .collect()
+}
+
+/// Refuses a binary NUMERIC whose trailing zero groups (weight beyond its
+/// digits) reach past `Decimal`'s 28 digits: rust_decimal's conversion
+/// panics on those instead of failing (found by `src/fuzz.rs`).
+fn numeric_in_range(raw: &[u8]) -> Result<(), String> {
+    let field = |at: usize| {
+        raw.get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+    };
+    let (Some(ndigits), Some(weight)) = (field(0), field(2)) else {
+        return Err("a binary numeric needs an 8-byte header".into());
+    };
+    if i32::from(weight) + 1 - i32::from(ndigits) > 7 {
+        return Err("numeric value out of range: availdb keeps at most 28 digits".into());
+    }
+    Ok(())
 }
 
 fn decode_binary<S: Clone>(
@@ -623,10 +647,13 @@ pub fn decode_binary_field(ty: &Type, raw: &[u8]) -> Result<Value, String> {
         }
     };
     Ok(match *ty {
-        Type::NUMERIC => decimal_value(
-            <Decimal as tokio_postgres::types::FromSql>::from_sql(ty, raw)
-                .map_err(|e| e.to_string())?,
-        ),
+        Type::NUMERIC => {
+            numeric_in_range(raw)?;
+            decimal_value(
+                <Decimal as tokio_postgres::types::FromSql>::from_sql(ty, raw)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
         Type::BOOL => Value::Integer((fixed(1)?[0] != 0) as i64),
         Type::INT2 => {
             Value::Integer(i16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes")) as i64)
@@ -722,6 +749,33 @@ pub fn to_user_error(err: &Error) -> pgwire::error::ErrorInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `src/fuzz.rs`: a binary NUMERIC of no digits and weight
+    /// 8 (1e32) panicked inside rust_decimal; it is refused as out of range.
+    #[test]
+    fn binary_numeric_beyond_28_digits_is_refused_not_a_panic() {
+        let raw = [0, 0, 0, 8, 0, 0, 0, 0];
+        let err = decode_binary_field(&Type::NUMERIC, &raw).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+        let twelve = [0, 1, 0, 0, 0, 0, 0, 0, 0, 12];
+        assert_eq!(
+            decode_binary_field(&Type::NUMERIC, &twelve),
+            Ok(Value::Integer(12))
+        );
+    }
+
+    /// Found by `src/fuzz.rs`: `\x°0ff` sliced the hex digits inside
+    /// the `°` and panicked; it is not bytea hex, so the value is refused.
+    #[test]
+    fn bytea_hex_with_a_multibyte_character_is_refused_not_a_panic() {
+        assert_eq!(decode_bytea_text("\\x\u{b0}0ff"), None);
+        assert_eq!(decode_bytea_text("\\x00ff"), Some(vec![0, 0xff]));
+        assert_eq!(
+            decode_bytea_text("\\x+f"),
+            None,
+            "a sign is not a hex digit"
+        );
+    }
 
     #[test]
     fn text_parameters_decode_by_announced_type() {

@@ -71,7 +71,7 @@
 
 mod backup;
 mod drive;
-mod encode;
+pub(crate) mod encode;
 pub mod limits;
 mod session;
 mod settings;

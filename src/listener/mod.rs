@@ -66,7 +66,7 @@
 //! * Connections the kernel queued on a node that is then killed are reset;
 //!   clients reconnect.
 
-mod packet;
+pub(crate) mod packet;
 mod routing;
 
 use std::collections::{HashMap, HashSet};

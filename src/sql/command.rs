@@ -458,8 +458,9 @@ fn strip_pg_catalog(stmt: &str) -> String {
             Some(q) if c == q => quote = None,
             Some(_) => {}
             None if c == '\'' || c == '"' => quote = Some(c),
+            // Bytes, not `str` slices: i + 11 may fall inside a character.
             None if bytes.len() >= i + 11
-                && stmt[i..i + 11].eq_ignore_ascii_case("pg_catalog.") =>
+                && bytes[i..i + 11].eq_ignore_ascii_case(b"pg_catalog.") =>
             {
                 i += 11;
                 continue;
@@ -576,6 +577,21 @@ fn sql_comment_follows(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> 
 mod tests {
     use super::Command::*;
     use super::*;
+
+    /// Found by `src/fuzz.rs`: the `pg_catalog.` prefix test sliced the
+    /// statement 11 bytes ahead, which panicked when that fell inside a
+    /// multi-byte character.
+    #[test]
+    fn pg_catalog_prefixes_are_stripped_beside_multibyte_characters() {
+        assert_eq!(
+            strip_pg_catalog("SELECT pg_catalog.now() AS zeit, 'Grüße'"),
+            "SELECT now() AS zeit, 'Grüße'"
+        );
+        assert_eq!(
+            strip_pg_catalog("SELECT 'pg_catalog.x' ||ü"),
+            "SELECT 'pg_catalog.x' ||ü"
+        );
+    }
 
     fn begin(read_only: Option<bool>, strict: Option<bool>) -> Command {
         Begin { read_only, strict }

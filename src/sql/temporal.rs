@@ -144,19 +144,22 @@ fn be_i32(raw: &[u8]) -> Option<i32> {
 /// Binary `date` → `YYYY-MM-DD`.
 pub fn date_from_binary(raw: &[u8]) -> Option<String> {
     let days = be_i32(raw)?;
-    let d = epoch().date() + Duration::days(days.into());
+    // Out-of-range values from a client are not dates (chrono's `+` panics).
+    let d = epoch()
+        .date()
+        .checked_add_signed(Duration::days(days.into()))?;
     Some(d.format("%Y-%m-%d").to_string())
 }
 
 /// Binary `timestamp` → text.
 pub fn timestamp_from_binary(raw: &[u8]) -> Option<String> {
-    let ts = epoch() + Duration::microseconds(be_i64(raw)?);
+    let ts = epoch().checked_add_signed(Duration::microseconds(be_i64(raw)?))?;
     Some(format_timestamp(ts))
 }
 
 /// Binary `timestamptz` → text in UTC.
 pub fn timestamptz_from_binary(raw: &[u8]) -> Option<String> {
-    let ts = epoch() + Duration::microseconds(be_i64(raw)?);
+    let ts = epoch().checked_add_signed(Duration::microseconds(be_i64(raw)?))?;
     Some(format_timestamptz(ts.and_utc()))
 }
 
@@ -183,7 +186,8 @@ impl Interval {
         let mut parts = Vec::new();
         let (years, months) = (self.months / 12, self.months % 12);
         let plural = |n: i32, one: &str, many: &str| {
-            format!("{n} {}", if n.abs() == 1 { one } else { many })
+            // unsigned_abs: i32::MIN days has no `abs` (found by src/fuzz.rs).
+            format!("{n} {}", if n.unsigned_abs() == 1 { one } else { many })
         };
         if years != 0 {
             parts.push(plural(years, "year", "years"));
@@ -296,6 +300,42 @@ pub fn uuid_to_binary(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `src/fuzz.rs` (a binary `date` of 0xca15fef1 days panicked
+    /// in chrono's `+`): values outside chrono's range are not dates.
+    /// Found by `src/fuzz.rs`: an interval of i32::MIN days or months
+    /// overflowed `abs` while being formatted.
+    #[test]
+    fn intervals_at_the_integer_limits_format_without_overflow() {
+        let days = Interval {
+            micros: 0,
+            days: i32::MIN,
+            months: 0,
+        };
+        assert_eq!(days.format(), "-2147483648 days");
+        let months = Interval {
+            micros: i64::MIN,
+            days: 0,
+            months: i32::MIN,
+        };
+        assert!(
+            months.format().starts_with("-178956970 years -8 mons -"),
+            "{}",
+            months.format()
+        );
+    }
+
+    #[test]
+    fn binary_dates_and_timestamps_out_of_range_are_refused_not_a_panic() {
+        assert_eq!(date_from_binary(&[0xca, 0x15, 0xfe, 0xf1]), None);
+        assert_eq!(date_from_binary(&i32::MAX.to_be_bytes()), None);
+        assert_eq!(timestamp_from_binary(&i64::MIN.to_be_bytes()), None);
+        assert_eq!(timestamptz_from_binary(&i64::MAX.to_be_bytes()), None);
+        assert_eq!(
+            date_from_binary(&0i32.to_be_bytes()).as_deref(),
+            Some("2000-01-01")
+        );
+    }
 
     #[test]
     fn timestamps_round_trip_through_the_binary_format() {
