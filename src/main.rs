@@ -3,7 +3,9 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use availdb::cli::{backup, cluster, listener, run_server, traffic, up, upgrade, Cli, Command};
+use availdb::cli::{
+    backup, cert, cluster, listener, run_server, traffic, up, upgrade, Cli, Command,
+};
 
 /// Buffers of at least this size are their own memory mappings, given back
 /// to the system when freed (see [`return_large_buffers`]).
@@ -73,6 +75,7 @@ fn main() -> std::process::ExitCode {
             Command::Upgrade(args) => upgrade::run(args).await,
             Command::Backup(args) => backup::run_backup(args).await,
             Command::Restore(args) => backup::run_restore(args).await,
+            Command::Cert(args) => cert::run(args),
         }
     });
     match result {

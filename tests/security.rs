@@ -763,3 +763,51 @@ async fn a_primary_of_another_cluster_with_the_same_replica_names_is_refused_on_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `availdb cert init` and `availdb cert issue` make an authority and a
+/// node certificate that a node serves and psql verifies (verify-full).
+#[tokio::test(flavor = "multi_thread")]
+async fn availdb_cert_makes_an_authority_and_a_node_certificate_psql_verifies() {
+    require_clients();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    let exe = env!("CARGO_BIN_EXE_availdb");
+    let out = run_bounded(
+        Command::new(exe)
+            .args(["cert", "init", "--dir"])
+            .arg(&certs),
+        TOOL_TIMEOUT,
+    );
+    assert!(out.status.success(), "cert init: {}", describe(&out));
+    let out = run_bounded(
+        Command::new(exe)
+            .args([
+                "cert",
+                "issue",
+                "--name",
+                "r1",
+                "--host",
+                "localhost",
+                "--host",
+                "127.0.0.1",
+                "--dir",
+            ])
+            .arg(&certs),
+        TOOL_TIMEOUT,
+    );
+    assert!(out.status.success(), "cert issue: {}", describe(&out));
+    let node = TestServer::builder()
+        .arg("--tls-cert")
+        .arg(&certs.join("r1.pem").display().to_string())
+        .arg("--tls-key")
+        .arg(&certs.join("r1.key").display().to_string())
+        .start()
+        .await;
+    let conn = format!(
+        "host=localhost port={} user={USER} dbname={DEFAULT_DB} sslmode=verify-full sslrootcert={}",
+        node.port(),
+        certs.join("ca.pem").display()
+    );
+    let info = psql_ok(&conn, "\\conninfo");
+    assert!(info.contains("SSL connection"), "{info}");
+}

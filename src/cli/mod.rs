@@ -21,6 +21,7 @@ use crate::listener::{ListenerOptions, Listeners};
 use crate::replication::secondary::serve_endpoint;
 
 pub mod backup;
+pub mod cert;
 pub mod cluster;
 pub mod listener;
 pub mod traffic;
@@ -60,6 +61,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Restore a database on a running node (RESTORE DATABASE | LOG).
     Restore(backup::RestoreArgs),
+    /// Make a certificate authority and node TLS certificates.
+    Cert(cert::CertArgs),
 }
 
 /// `availdb server` options.
