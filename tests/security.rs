@@ -811,3 +811,85 @@ async fn availdb_cert_makes_an_authority_and_a_node_certificate_psql_verifies() 
     let info = psql_ok(&conn, "\\conninfo");
     assert!(info.contains("SSL connection"), "{info}");
 }
+
+/// Reads backend messages until ReadyForQuery; None when the server
+/// closed the connection first.
+async fn until_ready(stream: &mut tokio::net::TcpStream) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let kind = stream.read_u8().await.ok()?;
+        let len = stream.read_u32().await.ok()?;
+        let mut body = vec![0; len.saturating_sub(4) as usize];
+        stream.read_exact(&mut body).await.ok()?;
+        if kind == b'Z' {
+            return Some(());
+        }
+    }
+}
+
+/// Safety rule 6 for client bytes pgwire cannot decode: pgwire 0.42
+/// panics on some malformed messages (a CopyData whose length field is 0;
+/// found by fuzzing its decoder), which ends only that connection's task.
+/// The session's open write transaction is rolled back and the write lock
+/// freed; the node goes on serving everyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_client_message_ends_only_its_own_session_and_frees_the_writer() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestServer::start().await;
+    let setup = node.client(DEFAULT_DB).await;
+    setup
+        .batch_execute("CREATE TABLE t (id integer PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", node.port()))
+        .await
+        .expect("connect");
+    let mut startup = Vec::new();
+    for (k, v) in [("user", USER), ("database", DEFAULT_DB)] {
+        startup.extend_from_slice(k.as_bytes());
+        startup.push(0);
+        startup.extend_from_slice(v.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut packet = ((startup.len() + 8) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&196608u32.to_be_bytes());
+    packet.extend_from_slice(&startup);
+    raw.write_all(&packet).await.unwrap();
+    until_ready(&mut raw).await.expect("the session starts");
+    let sql = b"BEGIN; INSERT INTO t VALUES (1)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    query.extend_from_slice(sql);
+    raw.write_all(&query).await.unwrap();
+    until_ready(&mut raw).await.expect("the write runs");
+    // CopyData with a length field of 0 (less than the field itself).
+    raw.write_all(&[b'd', 0, 0, 0, 0]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(30), until_ready(&mut raw)).await;
+    assert_eq!(
+        closed,
+        Ok(None),
+        "the malformed session's connection is closed"
+    );
+
+    let writer = node.client(DEFAULT_DB).await;
+    writer
+        .batch_execute("SET statement_timeout = '30s'; INSERT INTO t VALUES (2)")
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the write lock was not freed: {}\n{}",
+                error_text(&e),
+                node.log_tail()
+            )
+        });
+    let rows = setup.simple_query("SELECT id FROM t").await.unwrap();
+    let ids: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, ["2"], "the ended session's write was rolled back");
+}
