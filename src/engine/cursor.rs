@@ -335,20 +335,18 @@ pub async fn open<H: Holds>(
     let (header_tx, header_rx) = oneshot::channel::<Result<Vec<Column>>>();
     let (back_tx, back_rx) = oneshot::channel::<H>();
     let thread_shared = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("availdb-cursor".into())
-        .spawn(move || {
-            run(
-                holder,
-                &sql,
-                &params,
-                with_types,
-                &memory,
-                &thread_shared,
-                header_tx,
-                back_tx,
-            )
-        });
+    let spawned = super::threads::CURSORS.run(move || {
+        run(
+            holder,
+            &sql,
+            &params,
+            with_types,
+            &memory,
+            &thread_shared,
+            header_tx,
+            back_tx,
+        )
+    });
     if let Err(e) = spawned {
         // The closure (and the holder in it) is gone with the failed spawn.
         panic!("cannot start a cursor thread: {e}");
