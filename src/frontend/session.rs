@@ -1236,6 +1236,7 @@ impl Session {
         params: Vec<Value>,
     ) -> std::result::Result<(CursorHandle<H>, Reply), (H, Error)> {
         let tag = command_tag(&sql, 0, 0);
+        let slot = self.cancel.clone();
         match cursor::open(
             holder,
             sql.clone(),
@@ -1243,20 +1244,18 @@ impl Session {
             true,
             self.memory.clone(),
             self.settings.statement_timeout,
+            move |stop| slot.track(stop),
         )
         .await
         {
-            Ok(opened) => {
-                self.cancel.track(opened.stop);
-                Ok((
-                    opened.handle,
-                    Reply::Stream {
-                        columns: opened.columns,
-                        rows: opened.rows,
-                        tag,
-                    },
-                ))
-            }
+            Ok(opened) => Ok((
+                opened.handle,
+                Reply::Stream {
+                    columns: opened.columns,
+                    rows: opened.rows,
+                    tag,
+                },
+            )),
             Err((holder, e)) => Err((holder, self.read_only_error(e, &sql))),
         }
     }
