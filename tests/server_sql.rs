@@ -1784,6 +1784,77 @@ async fn cancel_request_interrupts_running_query_with_57014() {
 /// Sends a start-up packet with `params` and returns every message the
 /// server sends until it closes the connection (tag, payload).
 async fn startup_messages(port: u16, params: &[(&str, &str)]) -> Vec<(u8, Vec<u8>)> {
+    startup(port, params).await.1
+}
+
+/// A raw protocol message: tag, then length and body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Reads messages until ReadyForQuery; their tags.
+async fn tags_until_ready(stream: &mut tokio::net::TcpStream) -> Vec<char> {
+    let mut tags = Vec::new();
+    loop {
+        let tag = stream.read_u8().await.expect("read tag");
+        let len = stream.read_i32().await.expect("read length") as usize;
+        let mut payload = vec![0; len - 4];
+        stream.read_exact(&mut payload).await.expect("read payload");
+        tags.push(tag as char);
+        if tag == b'Z' {
+            return tags;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_protocol_replies_wait_for_sync_or_flush_and_leave_together() {
+    // As in PostgreSQL, the replies to Parse, Bind, Describe and Execute
+    // are buffered until Sync (or Flush): one write per exchange instead
+    // of one per message, which is a system call and a client wake-up
+    // each (the commit path's cost, issue 17).
+    let server = TestServer::start().await;
+    let (mut stream, _) = startup(server.port(), &[("user", USER), ("database", DEFAULT_DB)]).await;
+    let mut batch = message(b'P', b"\0SELECT 1\0\0\0");
+    batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(message(b'D', b"P\0"));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    stream.write_all(&batch).await.expect("send batch");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.peek(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the server answered before Sync or Flush: {early:?}"
+    );
+    stream
+        .write_all(&message(b'H', b""))
+        .await
+        .expect("send Flush");
+    let mut tags = Vec::new();
+    for _ in 0..5 {
+        let tag = stream.read_u8().await.expect("read tag");
+        let len = stream.read_i32().await.expect("read length") as usize;
+        let mut payload = vec![0; len - 4];
+        stream.read_exact(&mut payload).await.expect("read payload");
+        tags.push(tag as char);
+    }
+    assert_eq!(tags, ['1', '2', 'T', 'D', 'C'], "after Flush");
+    stream
+        .write_all(&message(b'S', b""))
+        .await
+        .expect("send Sync");
+    assert_eq!(tags_until_ready(&mut stream).await, ['Z']);
+}
+
+/// Sends a start-up packet with `params`; the stream and every message the
+/// server sent until ReadyForQuery or until it closed the connection.
+async fn startup(
+    port: u16,
+    params: &[(&str, &str)],
+) -> (tokio::net::TcpStream, Vec<(u8, Vec<u8>)>) {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -1811,7 +1882,7 @@ async fn startup_messages(port: u16, params: &[(&str, &str)]) -> Vec<(u8, Vec<u8
                 break;
             }
         }
-        messages
+        (stream, messages)
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await

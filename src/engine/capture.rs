@@ -29,6 +29,9 @@ pub struct Capture {
     retain_from: Arc<AtomicU64>,
     /// Frames in the WAL after the last commit, as SQLite's wal_hook says.
     wal_frames: Arc<AtomicU32>,
+    /// The database's page size, asked once (it cannot change in WAL
+    /// mode; asked again after [`Capture::skip_to_end`]).
+    page_size: Option<u32>,
 }
 
 impl Capture {
@@ -48,6 +51,7 @@ impl Capture {
             epoch,
             retain_from,
             wal_frames,
+            page_size: None,
         }
     }
 
@@ -69,6 +73,7 @@ impl Capture {
         }
         self.wal = WalReader::new(wal_path(db_path));
         self.wal_frames.store(0, Ordering::SeqCst);
+        self.page_size = None;
         Ok(())
     }
 
@@ -79,9 +84,12 @@ impl Capture {
     /// for where each page's image lies, then part by part (issue 16: a
     /// transaction of any size is captured in bounded memory).
     pub fn after_commit(&mut self, conn: &Connection) -> Result<Lsn> {
-        let transactions = self.wal.read_commits().map_err(capture_error)?;
         // Defence in depth: what we read must be exactly what SQLite wrote.
         let hooked = self.wal_frames.load(Ordering::SeqCst);
+        let transactions = self
+            .wal
+            .read_commits_to((hooked != 0).then_some(hooked))
+            .map_err(capture_error)?;
         if hooked != 0 && hooked != self.wal.frames_read() {
             return Err(Error::sql(
                 "XX000",
@@ -92,7 +100,10 @@ impl Capture {
             )
             .with_hint("the database stopped accepting writes to keep its log whole; restart the node"));
         }
-        let page_size = page_size(conn)?;
+        let page_size = match self.page_size {
+            Some(size) => size,
+            None => *self.page_size.insert(page_size(conn)?),
+        };
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut end = self.log.end_lsn();
         for tx in transactions {

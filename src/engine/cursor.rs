@@ -5,13 +5,19 @@
 //! # Protocol
 //! ```text
 //!  cursor thread (owns the connection)          session / wire (async)
-//!  prepare, bind ───── header: columns or error ──► open() returns
+//!  prepare, bind (an error: header with it) ──────► open() returns
 //!  step rows into a batch (≤ BATCH_ROWS,
-//!    ≤ BATCH_BYTES), charge it, queue it ─────────► RowSource::next_batch
+//!    ≤ BATCH_BYTES), charge it, queue it; the
+//!    first time: header with the columns ─────────► open() returns,
+//!                                                   RowSource::next_batch
 //!  queue full (≥ WINDOW_BYTES): wait  ◄──────────── a batch taken: room
 //!  last row: End(changes) ─────────────────────────► None
 //!  give the holder back ───────────────────────────► CursorHandle::reclaim
 //! ```
+//! A statement that ends before its first batch is full sends its header
+//! after its end: the session wakes once for the whole statement. A cancel
+//! needs no header: the session tracks the statement from its start.
+//!
 //! The thread owns whatever holds the connection (a pooled reader, or the
 //! session's transaction holder) for the statement's whole life and hands
 //! it back at the end, so the connection is never used by two threads.
@@ -300,23 +306,25 @@ fn closed_portal() -> Error {
     Error::sql("34000", "the portal was closed: its transaction ended")
 }
 
-/// An open cursor: its columns, its rows, the way to stop it and (for a
-/// session's holder) the way to get the holder back.
+/// An open cursor: its columns, its rows and (for a session's holder) the
+/// way to get the holder back.
 pub struct Opened<H: Holds> {
     /// Result columns.
     pub columns: Vec<Column>,
     /// The rows, as the client reads them.
     pub rows: RowSource,
-    /// Stops the statement.
-    pub stop: CursorStop,
     /// Gives the holder back.
     pub handle: CursorHandle<H>,
 }
 
 /// Runs `sql` on `holder`'s connection on a thread of its own and returns
-/// once its columns are known (or it failed to prepare: then with the
-/// holder). `timeout` is `statement_timeout`, counted from now over the
-/// statement's whole life (57014 at the end of it).
+/// once its first batch of rows is queued or it ended (or it failed to
+/// prepare: then with the holder): a statement of a few rows wakes the
+/// session once, not once for its columns and again for its rows.
+/// `track` gets the way to stop the statement as soon as it starts (a
+/// cancel request may come before it returns). `timeout` is
+/// `statement_timeout`, counted from now over the statement's whole life
+/// (57014 at the end of it).
 pub async fn open<H: Holds>(
     holder: H,
     sql: String,
@@ -324,6 +332,7 @@ pub async fn open<H: Holds>(
     with_types: bool,
     memory: Arc<SessionMemory>,
     timeout: Option<Duration>,
+    track: impl FnOnce(CursorStop),
 ) -> std::result::Result<Opened<H>, (H, Error)> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
@@ -335,20 +344,18 @@ pub async fn open<H: Holds>(
     let (header_tx, header_rx) = oneshot::channel::<Result<Vec<Column>>>();
     let (back_tx, back_rx) = oneshot::channel::<H>();
     let thread_shared = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("availdb-cursor".into())
-        .spawn(move || {
-            run(
-                holder,
-                &sql,
-                &params,
-                with_types,
-                &memory,
-                &thread_shared,
-                header_tx,
-                back_tx,
-            )
-        });
+    let spawned = super::threads::CURSORS.run(move || {
+        run(
+            holder,
+            &sql,
+            &params,
+            with_types,
+            &memory,
+            &thread_shared,
+            header_tx,
+            back_tx,
+        )
+    });
     if let Err(e) = spawned {
         // The closure (and the holder in it) is gone with the failed spawn.
         panic!("cannot start a cursor thread: {e}");
@@ -364,6 +371,9 @@ pub async fn open<H: Holds>(
         });
         *shared.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer.abort_handle());
     }
+    track(CursorStop {
+        shared: shared.clone(),
+    });
     let header = header_rx.await;
     let handle = CursorHandle {
         shared: shared.clone(),
@@ -372,10 +382,7 @@ pub async fn open<H: Holds>(
     match header {
         Ok(Ok(columns)) => Ok(Opened {
             columns,
-            rows: RowSource {
-                shared: shared.clone(),
-            },
-            stop: CursorStop { shared },
+            rows: RowSource { shared },
             handle,
         }),
         Ok(Err(e)) => {
@@ -411,15 +418,41 @@ fn run<H: Holds>(
     header: oneshot::Sender<Result<Vec<Column>>>,
     back: oneshot::Sender<H>,
 ) {
-    let result = produce(&holder, sql, params, with_types, memory, shared, header);
+    let mut columns = None;
+    let result = produce(
+        &holder,
+        sql,
+        params,
+        with_types,
+        memory,
+        shared,
+        header,
+        &mut columns,
+    );
     // No interrupt may reach the connection once it goes back (rule 3).
     *shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
     shared.finish(result);
+    // A statement that ended within its first batch: its columns, rows and
+    // end are all there when the session wakes.
+    announce(&mut columns);
     if let Err(holder) = back.send(holder) {
         holder.release();
     }
 }
 
+/// The columns of a statement that runs, not yet sent to the session.
+type Unannounced = Option<(oneshot::Sender<Result<Vec<Column>>>, Vec<Column>)>;
+
+/// Sends the columns if they were not sent yet; false when the session is
+/// gone.
+fn announce(columns: &mut Unannounced) -> bool {
+    match columns.take() {
+        Some((header, columns)) => header.send(Ok(columns)).is_ok(),
+        None => true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn produce<H: Holds>(
     holder: &H,
     sql: &str,
@@ -428,6 +461,7 @@ fn produce<H: Holds>(
     memory: &Arc<SessionMemory>,
     shared: &Shared,
     header: oneshot::Sender<Result<Vec<Column>>>,
+    unannounced: &mut Unannounced,
 ) -> Result<u64> {
     let conn = holder.connection();
     *shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -441,9 +475,8 @@ fn produce<H: Holds>(
         }
     };
     let ncols = columns.len();
-    if header.send(Ok(columns)).is_err() {
-        return Ok(0);
-    }
+    // Sent with the first batch, or by `run` at the end (see `open`).
+    *unannounced = Some((header, columns));
     let stopped = |e: rusqlite::Error| -> Error {
         // An interrupt we asked for reports our reason, not SQLite's.
         match shared.lock().stop.take() {
@@ -471,6 +504,7 @@ fn produce<H: Holds>(
             if shared
                 .push((std::mem::take(&mut batch), charge), bytes)
                 .is_err()
+                || !announce(unannounced)
             {
                 return Ok(0);
             }

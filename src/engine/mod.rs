@@ -68,6 +68,7 @@ mod recover;
 pub mod redo;
 pub mod sequence;
 pub mod temp;
+mod threads;
 pub mod wal;
 
 use std::collections::HashMap;

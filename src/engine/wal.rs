@@ -112,7 +112,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::mem;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -265,6 +265,16 @@ impl WalReader {
     /// Like [`WalReader::read_committed`], but each transaction comes as
     /// where its pages lie in the file; [`WalReader::read_pages`] reads them.
     pub fn read_commits(&mut self) -> Result<Vec<WalCommit>, WalError> {
+        self.read_commits_to(None)
+    }
+
+    /// [`WalReader::read_commits`] when the caller knows how many frames
+    /// the WAL holds after the last commit (`sqlite3_wal_hook` says so):
+    /// reads no further than frame `frames`, so a commit costs one read of
+    /// its own frames instead of a read ahead into the stale frames of
+    /// earlier generations. Frames past it are not looked at; the caller
+    /// still compares [`WalReader::frames_read`] with the hook's count.
+    pub fn read_commits_to(&mut self, frames: Option<u32>) -> Result<Vec<WalCommit>, WalError> {
         match self.open_current() {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -292,7 +302,7 @@ impl WalReader {
             Some(last) if last.header == header => last.committed,
             Some(last) => {
                 check_restart(&last.header, &header)?;
-                let stale = scan(file, &last.header, last.committed).map_err(io_error)?;
+                let stale = scan(file, &last.header, last.committed, None).map_err(io_error)?;
                 if !stale.transactions.is_empty() {
                     return Err(WalError::CommitsMissed {
                         frame: last.committed.frames,
@@ -302,7 +312,7 @@ impl WalReader {
                 Cursor::start(&header)
             }
         };
-        let scanner = scan(file, &header, from).map_err(io_error)?;
+        let scanner = scan(file, &header, from, frames).map_err(io_error)?;
         self.position = Some(Position {
             header,
             committed: scanner.committed,
@@ -384,13 +394,26 @@ impl WalReader {
 }
 
 /// Reads frames of the generation `header` describes from `from` on, in
-/// growing chunks, until the first invalid frame or the end of the file.
-fn scan<'h>(file: &File, header: &'h WalHeader, from: Cursor) -> io::Result<FrameScanner<'h>> {
+/// growing chunks, until the first invalid frame, the end of the file, or
+/// frame `until` when given.
+fn scan<'h>(
+    file: &File,
+    header: &'h WalHeader,
+    from: Cursor,
+    until: Option<u32>,
+) -> io::Result<FrameScanner<'h>> {
     let frame_len = header.frame_len();
     let max_frames = (MAX_READ_BYTES / frame_len).max(1);
     let mut scanner = FrameScanner::new(header, from);
     let mut frames = FIRST_READ_FRAMES.min(max_frames);
     loop {
+        if let Some(until) = until {
+            let left = until.saturating_sub(scanner.next.frames) as usize;
+            if left == 0 {
+                return Ok(scanner);
+            }
+            frames = frames.min(left);
+        }
         let wanted = frames * frame_len;
         let chunk = read_at(file, scanner.next.offset, wanted)?;
         for frame in chunk.chunks_exact(frame_len) {
@@ -406,11 +429,22 @@ fn scan<'h>(file: &File, header: &'h WalHeader, from: Cursor) -> io::Result<Fram
     }
 }
 
-/// Up to `len` bytes of `file` from `offset`; fewer only at the end of the file.
-fn read_at(mut file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut buf)?;
+/// Up to `len` bytes of `file` from `offset`; fewer only at the end of the
+/// file. Positioned reads (`pread`): one system call when the bytes are
+/// there.
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
     Ok(buf)
 }
 
@@ -642,7 +676,7 @@ mod tests {
     use super::*;
     use rusqlite::Connection;
     use std::fs::{self, OpenOptions};
-    use std::io::Write;
+    use std::io::{Seek, SeekFrom, Write};
     use std::path::Path;
     use std::sync::atomic::{AtomicI32, Ordering};
     use std::sync::Arc;
@@ -908,6 +942,22 @@ mod tests {
         let (_dir, _path, mut reader) = reader_on(&wal);
         let read = reader.read_committed().unwrap();
         assert_eq!(summary(&read), [(6, vec![(3, 2), (4, 4), (5, 3)])]);
+    }
+
+    #[test]
+    fn a_read_told_the_frame_count_stops_there_and_the_next_goes_on() {
+        // Capture passes the count sqlite3_wal_hook reported: the commits
+        // up to it, nothing after (what follows is read by the next call).
+        let wal = synthetic_wal(false, &[(1, 0, 1), (2, 2, 2), (3, 0, 3), (4, 4, 4)]);
+        let (_dir, _path, mut reader) = reader_on(&wal);
+        let first = reader.read_commits_to(Some(2)).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(reader.frames_read(), 2);
+        assert!(reader.read_commits_to(Some(2)).unwrap().is_empty());
+        let second = reader.read_commits_to(Some(4)).unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].db_size, 4);
+        assert_eq!(reader.frames_read(), 4);
     }
 
     #[test]

@@ -95,19 +95,22 @@ use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::{send_copy_in_response, send_copy_out_response, CopyHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
-    send_describe_response, send_execution_response, send_ready_for_query, ExtendedQueryHandler,
-    SimpleQueryHandler,
+    send_execution_response, send_ready_for_query, ExtendedQueryHandler, SimpleQueryHandler,
 };
 use pgwire::api::results::{
-    CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag,
+    CopyResponse, DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo,
+    QueryResponse, Response, Tag,
 };
-use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
-use pgwire::messages::extendedquery::{Describe, Execute, Sync as PgSync};
+use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Describe, Execute, Parse, ParseComplete, Sync as PgSync,
+};
 use pgwire::messages::response::{
     EmptyQueryResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
@@ -1777,10 +1780,100 @@ impl ExtendedQueryHandler for Extended {
             };
             if let Some(columns) = columns {
                 let fields = encode::fields(&columns, &Format::UnifiedText);
-                return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+                return feed_describe_response(client, &DescribePortalResponse::new(fields)).await;
             }
         }
-        self._on_describe(client, message).await
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        match message.target_type {
+            b'S' => match client.portal_store().get_statement(name) {
+                Some(Entry::Value(stmt)) => {
+                    let described = self.do_describe_statement(client, &stmt).await?;
+                    feed_describe_response(client, &described).await
+                }
+                Some(Entry::Empty) => {
+                    feed_describe_response(client, &DescribeStatementResponse::no_data()).await
+                }
+                None => Err(PgWireError::StatementNotFound(name.to_owned())),
+            },
+            b'P' => match client.portal_store().get_portal(name) {
+                Some(Entry::Value(portal)) => {
+                    let described = self.do_describe_portal(client, &portal).await?;
+                    feed_describe_response(client, &described).await
+                }
+                Some(Entry::Empty) => {
+                    feed_describe_response(client, &DescribePortalResponse::no_data()).await
+                }
+                None => Err(PgWireError::PortalNotFound(name.to_owned())),
+            },
+            other => Err(PgWireError::InvalidTargetType(other)),
+        }
+    }
+
+    /// As pgwire's, but ParseComplete is queued, not flushed: the replies
+    /// to Parse, Bind, Describe and Execute leave in one write at Sync (or
+    /// Flush), as PostgreSQL sends them. A flush per message is a system
+    /// call each and wakes the client once per message.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message
+            .name
+            .clone()
+            .unwrap_or_else(|| pgwire::api::DEFAULT_NAME.to_owned());
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        client
+            .feed(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    /// As pgwire's, with BindComplete queued (see `on_parse`).
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement = message
+            .statement_name
+            .as_deref()
+            .unwrap_or(pgwire::api::DEFAULT_NAME);
+        let portal = message
+            .portal_name
+            .as_deref()
+            .unwrap_or(pgwire::api::DEFAULT_NAME);
+        match client.portal_store().get_statement(statement) {
+            Some(Entry::Value(stmt)) => {
+                let bound = Portal::try_new(&message, stmt)?;
+                client.portal_store().put_portal(Arc::new(bound));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".to_owned(),
+                        "08P01".to_owned(),
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement \"{statement}\" requires 0",
+                            message.parameters.len()
+                        ),
+                    ))));
+                }
+                client.portal_store().put_empty_portal(portal);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement.to_owned())),
+        }
+        client
+            .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
     }
 
     /// ReadyForQuery carries the session's own transaction status.
@@ -1810,4 +1903,32 @@ impl ExtendedQueryHandler for Extended {
             .await?;
         Ok(())
     }
+}
+
+/// Queues the answer to a Describe (ParameterDescription, then
+/// RowDescription or NoData) without flushing it: pgwire's
+/// `send_describe_response` flushes each message (see `on_parse`).
+async fn feed_describe_response<C, D>(client: &mut C, described: &D) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    D: DescribeResponse,
+{
+    if let Some(types) = described.parameters() {
+        client
+            .feed(PgWireBackendMessage::ParameterDescription(
+                ParameterDescription::new(types.iter().map(|t| t.oid()).collect()),
+            ))
+            .await?;
+    }
+    let message = if described.is_no_data() {
+        PgWireBackendMessage::NoData(NoData::new())
+    } else {
+        PgWireBackendMessage::RowDescription(RowDescription::new(
+            described.fields().iter().map(Into::into).collect(),
+        ))
+    };
+    client.feed(message).await?;
+    Ok(())
 }

@@ -239,7 +239,16 @@ pub struct Session {
     sequences: Arc<Mutex<engine::SessionSequences>>,
     /// Cursors opened with DECLARE, by name.
     cursors: std::collections::HashMap<String, NamedCursor>,
+    /// Whether a statement text only reads, as SQLite said when it was
+    /// prepared: a property of the text, so a session that runs the same
+    /// statements again (prepared statements, every ORM) asks once instead
+    /// of taking a hop to a blocking thread before each one. Cleared when
+    /// full.
+    readonly: std::collections::HashMap<String, bool>,
 }
+
+/// Statement texts a session remembers as reading or writing.
+const READONLY_MEMO: usize = 256;
 
 /// A cursor opened with `DECLARE` (see the module page).
 struct NamedCursor {
@@ -277,6 +286,7 @@ impl Session {
             temp: None,
             sequences: Arc::default(),
             cursors: Default::default(),
+            readonly: Default::default(),
             engine,
         }
     }
@@ -930,22 +940,24 @@ impl Session {
                     w.conn().reset();
                     return Err(e);
                 }
-                let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, |w| {
-                    match w.conn().sqlite().execute_batch("COMMIT") {
-                        Ok(()) => w.after_commit(),
+                // The write lock is released before the waits, so later
+                // commits share this one's fsync and replication round trip.
+                let ((), end) = commit_on_writer(
+                    &self.cancel,
+                    self.settings.statement_timeout,
+                    &self.db,
+                    w,
+                    |w| match w.conn().sqlite().execute_batch("COMMIT") {
+                        Ok(()) => Ok(((), w.after_commit()?)),
                         Err(e) => {
                             // Never capture after a failed COMMIT: its frames
                             // may be in the WAL without being committed.
                             w.conn().reset();
                             Err(Error::from(e))
                         }
-                    }
-                })
-                .await;
-                // Release the write lock before waiting, so later commits
-                // share this one's fsync and replication round trip.
-                drop(w);
-                let end = res?;
+                    },
+                )
+                .await?;
                 self.db.commit_durable(end).await?;
                 self.committed(end);
                 Ok(Reply::TxEnd("COMMIT".into()))
@@ -1088,6 +1100,31 @@ impl Session {
         }
     }
 
+    /// Whether `sql` only reads, remembered (see `Session::readonly`) or
+    /// asked of SQLite on `holder`'s connection.
+    async fn is_readonly<H: HasConn + Send + 'static>(
+        &mut self,
+        holder: H,
+        sql: &str,
+    ) -> (H, Result<bool>) {
+        if let Some(ro) = self.readonly.get(sql) {
+            return (holder, Ok(*ro));
+        }
+        let s = sql.to_string();
+        let (holder, ro) = blocking(move || {
+            let ro = engine::is_readonly(holder.sqlite(), &s);
+            (holder, ro)
+        })
+        .await;
+        if let Ok(ro) = ro {
+            if self.readonly.len() >= READONLY_MEMO {
+                self.readonly.clear();
+            }
+            self.readonly.insert(sql.to_string(), ro);
+        }
+        (holder, ro)
+    }
+
     fn outside_transaction(&self, what: &str) -> Result<()> {
         if self.in_transaction() {
             Err(Error::sql(
@@ -1117,12 +1154,7 @@ impl Session {
     async fn autocommit(&mut self, sql: String, params: Vec<Value>) -> Result<Reply> {
         let read_only = self.settings.default_read_only;
         let reader = self.reader()?;
-        let s = sql.clone();
-        let (reader, ro) = blocking(move || {
-            let ro = engine::is_readonly(reader.conn().sqlite(), &s);
-            (reader, ro)
-        })
-        .await;
+        let (reader, ro) = self.is_readonly(reader, &sql).await;
         let ro = ro.map_err(|e| self.read_only_error(e, &sql))?;
         if ro {
             // Streams on its own pooled reader; the reader goes back to the
@@ -1150,7 +1182,8 @@ impl Session {
         let w = self.writer().await?;
         let s = sql.clone();
         let memory = self.memory.clone();
-        let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+        let timeout = self.settings.statement_timeout;
+        let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
             // A write that returns rows runs in a transaction of its own:
             // SQLite makes all of a RETURNING statement's changes at its
             // first step and commits them when it is reset, so rows refused
@@ -1188,7 +1221,6 @@ impl Session {
             Ok((outcome, w.after_commit()?))
         })
         .await;
-        drop(w);
         let ((outcome, charge), end) = res?;
         self.db.commit_durable(end).await?;
         self.committed(end);
@@ -1204,6 +1236,7 @@ impl Session {
         params: Vec<Value>,
     ) -> std::result::Result<(CursorHandle<H>, Reply), (H, Error)> {
         let tag = command_tag(&sql, 0, 0);
+        let slot = self.cancel.clone();
         match cursor::open(
             holder,
             sql.clone(),
@@ -1211,20 +1244,18 @@ impl Session {
             true,
             self.memory.clone(),
             self.settings.statement_timeout,
+            move |stop| slot.track(stop),
         )
         .await
         {
-            Ok(opened) => {
-                self.cancel.track(opened.stop);
-                Ok((
-                    opened.handle,
-                    Reply::Stream {
-                        columns: opened.columns,
-                        rows: opened.rows,
-                        tag,
-                    },
-                ))
-            }
+            Ok(opened) => Ok((
+                opened.handle,
+                Reply::Stream {
+                    columns: opened.columns,
+                    rows: opened.rows,
+                    tag,
+                },
+            )),
             Err((holder, e)) => Err((holder, self.read_only_error(e, &sql))),
         }
     }
@@ -1271,12 +1302,7 @@ impl Session {
         };
         match holder {
             Holder::Reader { reader, seq } => {
-                let s = sql.clone();
-                let (reader, ro) = blocking(move || {
-                    let ro = engine::is_readonly(reader.conn().sqlite(), &s);
-                    (reader, ro)
-                })
-                .await;
+                let (reader, ro) = self.is_readonly(reader, &sql).await;
                 match ro {
                     Err(e) => (
                         Holder::Reader { reader, seq },
@@ -1342,12 +1368,7 @@ impl Session {
         sql: String,
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
-        let s = sql.clone();
-        let (w, ro) = blocking(move || {
-            let ro = engine::is_readonly(w.conn().sqlite(), &s);
-            (w, ro)
-        })
-        .await;
+        let (w, ro) = self.is_readonly(w, &sql).await;
         match ro {
             Err(e) => return (Holder::Writer(w), Err(e)),
             // A read inside a write transaction streams from the writer,
@@ -1397,24 +1418,23 @@ impl Session {
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => {
                 let w = self.writer().await?;
-                let (w, res) =
-                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-                        w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
-                        let changes = match run(w) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                w.conn().reset();
-                                return Err(e);
-                            }
-                        };
-                        if let Err(e) = w.conn().sqlite().execute_batch("COMMIT") {
+                let timeout = self.settings.statement_timeout;
+                let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
+                    w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
+                    let changes = match run(w) {
+                        Ok(n) => n,
+                        Err(e) => {
                             w.conn().reset();
-                            return Err(Error::from(e));
+                            return Err(e);
                         }
-                        Ok((changes, w.after_commit()?))
-                    })
-                    .await;
-                drop(w);
+                    };
+                    if let Err(e) = w.conn().sqlite().execute_batch("COMMIT") {
+                        w.conn().reset();
+                        return Err(Error::from(e));
+                    }
+                    Ok((changes, w.after_commit()?))
+                })
+                .await;
                 let (changes, end) = res?;
                 self.db.commit_durable(end).await?;
                 self.committed(end);
@@ -1777,6 +1797,58 @@ async fn on_writer<T: Send + 'static>(
         (w, res)
     })
     .await
+}
+
+/// Runs `commit` on the writer, interruptibly, where it commits and
+/// captures a write transaction (returning its end LSN with its result);
+/// then, on the same blocking thread, gives the write lock up and waits
+/// for the local log to harden the commit. Group commit is untouched (the
+/// next writer commits while this one syncs, and the sync covers both);
+/// what is saved is a hop to another thread for the fsync, which on a
+/// small machine costs more than the fsync. The caller still awaits
+/// [`Database::commit_durable`] (the secondaries' acknowledgements, the
+/// fence, and the local durability again: a failed fsync is reported
+/// there).
+async fn commit_on_writer<T: Send + 'static>(
+    slot: &Arc<CancelSlot>,
+    timeout: Option<Duration>,
+    db: &Arc<Database>,
+    mut w: WriterGuard,
+    commit: impl FnOnce(&mut WriterGuard) -> Result<(T, crate::log::Lsn)> + Send + 'static,
+) -> Result<(T, crate::log::Lsn)> {
+    let handle = w.conn().interrupt_handle();
+    let log = db.log().clone();
+    let own = slot.clone();
+    interruptible(slot, timeout, handle, move || {
+        let committed = commit(&mut w);
+        // From here the connection is the next writer's: a cancel of this
+        // session must not interrupt it.
+        own.set(None);
+        drop(w);
+        if let Ok((_, end)) = &committed {
+            // A failure is the log's for good: commit_durable reports it.
+            let _ = log.wait_durable_blocking(*end);
+        }
+        committed
+    })
+    .await
+}
+
+/// What holds a SQLite connection a statement can be prepared on.
+trait HasConn {
+    fn sqlite(&self) -> &rusqlite::Connection;
+}
+
+impl HasConn for Reader {
+    fn sqlite(&self) -> &rusqlite::Connection {
+        self.conn().sqlite()
+    }
+}
+
+impl HasConn for WriterGuard {
+    fn sqlite(&self) -> &rusqlite::Connection {
+        self.conn().sqlite()
+    }
 }
 
 /// Runs blocking SQLite work off the async threads.

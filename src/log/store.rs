@@ -196,12 +196,14 @@ impl Tail {
 }
 
 /// The group-commit turn of one waiter; handed back even when the waiter
-/// is dropped mid-sync.
-struct SyncTurn<'a>(&'a AtomicBool);
+/// is dropped mid-sync, and then the waiters blocked on a thread
+/// ([`Log::wait_durable_blocking`]) look again.
+struct SyncTurn<'a>(&'a Log);
 
 impl Drop for SyncTurn<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.syncing.store(false, Ordering::Release);
+        self.0.wake_blocked();
     }
 }
 
@@ -212,6 +214,10 @@ pub struct Log {
     durable: watch::Sender<Lsn>,
     written: watch::Sender<Lsn>,
     syncing: AtomicBool,
+    /// Where waiters on a blocking thread sleep until the durable LSN
+    /// moves or the group-commit turn is free
+    /// ([`Log::wait_durable_blocking`]); the async ones watch `durable`.
+    blocked: (Mutex<()>, std::sync::Condvar),
     /// Commit time of the last record appended (µs since the Unix epoch).
     last_commit_us: std::sync::atomic::AtomicI64,
     /// Set at the first failed fsync or unrepairable write: the log takes
@@ -223,6 +229,9 @@ pub struct Log {
     /// Tests make the next fsync fail with this error.
     #[cfg(test)]
     fail_next_sync: Mutex<Option<io::Error>>,
+    /// Segment fsyncs so far, for tests of group commit.
+    #[cfg(test)]
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl Log {
@@ -269,11 +278,14 @@ impl Log {
             durable: watch::channel(end).0,
             written: watch::channel(end).0,
             syncing: AtomicBool::new(false),
+            blocked: (Mutex::new(()), std::sync::Condvar::new()),
             last_commit_us: std::sync::atomic::AtomicI64::new(0),
             failed: Mutex::new(None),
             image_pending: Mutex::new(image_pending),
             #[cfg(test)]
             fail_next_sync: Mutex::new(None),
+            #[cfg(test)]
+            syncs: Default::default(),
         };
         // Where the log ends is a boundary unless its last record goes on
         // in the next (a crash between the parts; the database cuts such a
@@ -365,6 +377,8 @@ impl Log {
 
     /// The fsync failure a test asked for, if any.
     fn injected_sync_error(&self) -> Option<io::Error> {
+        #[cfg(test)]
+        self.syncs.fetch_add(1, Ordering::SeqCst);
         #[cfg(test)]
         return self
             .fail_next_sync
@@ -532,9 +546,13 @@ impl Log {
                     tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed()).await;
                 continue;
             }
-            let _turn = SyncTurn(&self.syncing);
+            let _turn = SyncTurn(self);
             // A failure that raced with taking the turn.
             self.check_failed()?;
+            if *self.durable.borrow() >= lsn {
+                // The sync that just ended covered us.
+                return Ok(());
+            }
             let (file, target, path, generation) = self.sync_target();
             let synced = match self.injected_sync_error() {
                 Some(e) => Err(e),
@@ -547,6 +565,49 @@ impl Log {
             }
             self.mark_durable(target, generation);
         }
+    }
+
+    /// [`Log::wait_durable`] for a blocking thread: the commit path calls it
+    /// on the thread that ran the transaction, right after giving up the
+    /// write lock, so the fsync costs no hop to another thread. The same
+    /// group commit: one waiter (async or blocking) syncs at a time,
+    /// covering everything appended so far; the others sleep until the
+    /// durable LSN moves or the turn is free.
+    pub fn wait_durable_blocking(&self, lsn: Lsn) -> Result<(), LogError> {
+        loop {
+            if *self.durable.borrow() >= lsn {
+                return Ok(());
+            }
+            self.check_failed()?;
+            if self.syncing.swap(true, Ordering::AcqRel) {
+                let (lock, cv) = &self.blocked;
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                // Checked again under the lock the publisher takes before
+                // it wakes us: no wake-up is lost between check and sleep.
+                if *self.durable.borrow() >= lsn || !self.syncing.load(Ordering::Acquire) {
+                    continue;
+                }
+                let _ = cv
+                    .wait_timeout(guard, std::time::Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let _turn = SyncTurn(self);
+            self.check_failed()?;
+            if *self.durable.borrow() >= lsn {
+                return Ok(());
+            }
+            let (file, target, path, generation) = self.sync_target();
+            self.sync_file(&file, &path)?;
+            self.mark_durable(target, generation);
+        }
+    }
+
+    /// Wakes the waiters sleeping in [`Log::wait_durable_blocking`].
+    fn wake_blocked(&self) {
+        let (lock, cv) = &self.blocked;
+        drop(lock.lock().unwrap_or_else(|e| e.into_inner()));
+        cv.notify_all();
     }
 
     /// Syncs now, from a blocking context (e.g. before a checkpoint).
@@ -581,6 +642,8 @@ impl Log {
             *d = (*d).max(target);
             moved
         });
+        drop(tail);
+        self.wake_blocked();
     }
 
     /// All records from `from` (a record boundary) to the end, in order.
@@ -1147,6 +1210,60 @@ mod tests {
                 .unwrap_or_else(|_| panic!("round {round}: the log never became durable"))
                 .unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_waiting_on_blocking_threads_while_a_sync_runs_share_the_next_one() {
+        // Group commit on the commit path's blocking threads: records
+        // appended while one waiter syncs are covered by one more sync, not
+        // one each, and an async waiter is covered by it too.
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        // A sync in progress holds the turn.
+        log.syncing.store(true, Ordering::SeqCst);
+        let ends: Vec<Lsn> = (1..=4).map(|n| log.append(record(n)).unwrap()).collect();
+        let blocked: Vec<_> = ends
+            .iter()
+            .map(|&end| {
+                let log = log.clone();
+                std::thread::spawn(move || log.wait_durable_blocking(end))
+            })
+            .collect();
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            let end = ends[3];
+            async move { log.wait_durable(end).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(log.durable_lsn(), 0, "nothing syncs while the turn is held");
+        assert_eq!(log.syncs.load(Ordering::SeqCst), 0);
+        // The sync in progress ends (it covered none of them).
+        drop(SyncTurn(&log));
+        for waiter in blocked {
+            waiter.join().unwrap().unwrap();
+        }
+        waiting.await.unwrap().unwrap();
+        assert_eq!(log.durable_lsn(), ends[3]);
+        assert_eq!(
+            log.syncs.load(Ordering::SeqCst),
+            1,
+            "five waiters, one sync"
+        );
+    }
+
+    #[test]
+    fn a_failed_fsync_on_the_blocking_path_fails_the_log_for_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let end1 = log.append(record(1)).unwrap();
+        log.wait_durable_blocking(end1).unwrap();
+        let end2 = log.append(record(2)).unwrap();
+        *log.fail_next_sync.lock().unwrap() = Some(io::Error::from_raw_os_error(libc::EIO));
+        let err = log.wait_durable_blocking(end2).unwrap_err();
+        assert!(matches!(err, LogError::Failed { .. }), "{err}");
+        // Never retried: the next waiter fails too instead of syncing.
+        assert!(log.wait_durable_blocking(end2).is_err());
+        assert_eq!(log.durable_lsn(), end1);
     }
 
     #[tokio::test]

@@ -216,7 +216,11 @@ impl SecondaryDb {
             db,
         });
         tokio::spawn(redo_task(sdb.clone(), stop.clone()));
-        tokio::spawn(harden_task(sdb.clone(), stop));
+        let hardening = sdb.clone();
+        std::thread::Builder::new()
+            .name("availdb-harden".into())
+            .spawn(move || harden(hardening, stop))
+            .expect("cannot start a thread to harden a secondary's log");
         sdb
     }
 
@@ -1164,13 +1168,16 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Makes written records durable and publishes the hardened LSN: one fsync
-/// covers everything written meanwhile (group commit on the secondary).
-async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
+/// covers everything written meanwhile (group commit on the secondary). A
+/// thread of its own that syncs itself, so a batch is hardened without a
+/// hop to another thread between the wake-up and the fsync.
+fn harden(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
+    use futures::executor::block_on;
     let mut written = sdb.written.subscribe();
     loop {
         let target = *written.borrow_and_update();
         if target > sdb.hardened() {
-            match sdb.db.log().wait_durable(target).await {
+            match sdb.db.log().wait_durable_blocking(target) {
                 Ok(()) => {
                     sdb.hardened.send_if_modified(|h| {
                         let moved = *h < target;
@@ -1183,17 +1190,22 @@ async fn harden_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
                     *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                     // A failed log refuses every later sync: nothing is
                     // hardened until the node restarts. Do not spin.
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                        _ = stop.changed() => return,
+                    std::thread::sleep(Duration::from_millis(200));
+                    if stop.has_changed().unwrap_or(true) {
+                        return;
                     }
                 }
             }
             continue;
         }
-        tokio::select! {
-            changed = written.changed() => if changed.is_err() { return },
-            _ = stop.changed() => return,
+        let woke = block_on(async {
+            tokio::select! {
+                changed = written.changed() => changed.is_ok(),
+                _ = stop.changed() => false,
+            }
+        });
+        if !woke {
+            return;
         }
     }
 }
