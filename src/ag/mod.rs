@@ -116,6 +116,8 @@ pub struct Manager {
     /// Geo terminations and failovers started here, for
     /// `sys.dm_operation_status`.
     operations: operations::Operations,
+    /// Automatic page repairs on this node (`sys.dm_hadr_auto_page_repair`).
+    page_repairs: Arc<crate::repair::History>,
 }
 
 fn key(name: &str) -> String {
@@ -141,6 +143,7 @@ impl Manager {
             groups: Mutex::new(HashMap::new()),
             witness,
             operations: Default::default(),
+            page_repairs: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -1225,12 +1228,105 @@ impl Manager {
         }
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());
+        out.add_page_repairs(&self.page_repairs.rows());
         out
+    }
+
+    /// Starts automatic page repair on this node ([`crate::repair`]).
+    pub fn start_page_repair(self: &Arc<Self>) {
+        crate::repair::spawn(self.engine.clone(), self.clone(), self.page_repairs.clone());
+    }
+}
+
+impl crate::repair::Topology for Manager {
+    fn partners(&self, database: &str) -> Option<crate::repair::Partners> {
+        let groups = self.lock();
+        for slot in groups.values() {
+            let Some(config) = &slot.config else { continue };
+            if !config.databases.iter().any(|d| d == database) {
+                continue;
+            }
+            let endpoint = |name: &str| {
+                config
+                    .replicas
+                    .iter()
+                    .find(|r| r.name.eq_ignore_ascii_case(name))
+                    .map(|r| (r.name.clone(), r.endpoint))
+            };
+            let (primary_here, replicas) = match &slot.part {
+                Some(Part::Primary(p)) => {
+                    let synchronized = p
+                        .sync_states()
+                        .into_iter()
+                        .filter(|(name, _, _)| name == database)
+                        .flat_map(|(_, sync, _)| {
+                            sync.replicas()
+                                .filter(|(_, r)| {
+                                    r.state == crate::replication::sync::SyncState::Synchronized
+                                })
+                                .map(|(name, _)| name.clone())
+                                .collect::<Vec<_>>()
+                        })
+                        .filter_map(|name| endpoint(&name))
+                        .collect();
+                    (true, synchronized)
+                }
+                Some(Part::Secondary(_)) => {
+                    (false, endpoint(&config.primary).into_iter().collect())
+                }
+                _ => continue,
+            };
+            return Some(crate::repair::Partners {
+                group: config.name.clone(),
+                cluster_id: config.cluster_id.clone(),
+                primary_here,
+                replicas,
+            });
+        }
+        None
     }
 }
 
 #[async_trait]
 impl Admission for Manager {
+    async fn page_for_partner(
+        &self,
+        request: &crate::repair::PageRequest,
+    ) -> std::result::Result<(crate::log::Lsn, Vec<u8>), String> {
+        let known = {
+            let groups = self.lock();
+            groups.get(&key(&request.group)).and_then(|slot| {
+                let config = slot.config.as_ref()?;
+                let serves = matches!(slot.part, Some(Part::Primary(_) | Part::Secondary(_)));
+                Some((
+                    config.cluster_id == request.cluster_id,
+                    serves && config.databases.contains(&request.database),
+                ))
+            })
+        };
+        match known {
+            None => {
+                return Err(format!(
+                    "this node holds no replica of availability group \"{}\"",
+                    request.group
+                ))
+            }
+            Some((false, _)) => return Err("the request comes from another cluster".to_string()),
+            Some((true, false)) => {
+                return Err(format!(
+                "database \"{}\" is not an availability database of group \"{}\" on this replica",
+                request.database, request.group
+            ))
+            }
+            Some((true, true)) => {}
+        }
+        let db = self
+            .engine
+            .database(&request.database)
+            .map_err(|e| e.to_string())?;
+        crate::repair::answer(&db, request).await
+    }
+
     async fn geo_forwarder(
         self: Arc<Self>,
         request: &crate::replication::geo::GeoRequest,

@@ -3,7 +3,8 @@
 //! `sys.availability_read_only_routing_lists`,
 //! `sys.dm_hadr_availability_replica_states`,
 //! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`,
-//! `sys.backup_history` (the backups taken on this node), …),
+//! `sys.backup_history` (the backups taken on this node),
+//! `sys.dm_hadr_auto_page_repair` (the page repairs of this node), …),
 //! answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
@@ -37,6 +38,7 @@ pub struct Snapshot {
     operations: Vec<Vec<Value>>,
     memory: Vec<Vec<Value>>,
     backups: Vec<Vec<Value>>,
+    page_repairs: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -99,6 +101,10 @@ CREATE TABLE sys.backup_history(
     is_compressed BOOLEAN, physical_device_name TEXT, first_lsn INTEGER,
     last_lsn INTEGER, backup_size INTEGER, backup_start_date TEXT,
     duration_ms INTEGER, group_name TEXT, replica_name TEXT);
+CREATE TABLE sys.dm_hadr_auto_page_repair(
+    database_name TEXT, file_id INTEGER, page_id INTEGER, error_type INTEGER,
+    error_type_desc TEXT, page_status INTEGER, page_status_desc TEXT,
+    modification_time TEXT, partner_replica TEXT, detail TEXT);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -654,6 +660,27 @@ impl Snapshot {
         }
     }
 
+    /// The page repairs of this node (`sys.dm_hadr_auto_page_repair`,
+    /// oldest first, at most 100 per database). `error_type` is SQL
+    /// Server's: 2, a bad checksum (the only kind availdb detects);
+    /// `file_id` is 1, the database's one file.
+    pub fn add_page_repairs(&mut self, rows: &[crate::repair::RepairRow]) {
+        for r in rows {
+            self.page_repairs.push(vec![
+                text(&r.database),
+                int(1),
+                int(u64::from(r.pgno)),
+                int(2),
+                text("BAD_CHECKSUM"),
+                Value::Integer(r.status.code()),
+                text(r.status.name()),
+                time(Some(r.modified_us)),
+                r.partner.as_deref().map_or(Value::Null, text),
+                text(&r.detail),
+            ]);
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -683,6 +710,7 @@ impl Snapshot {
             ("dm_operation_status", &self.operations),
             ("dm_os_process_memory", &self.memory),
             ("backup_history", &self.backups),
+            ("dm_hadr_auto_page_repair", &self.page_repairs),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");

@@ -307,6 +307,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot resume availability groups: {e}"))?;
+    groups.start_page_repair();
     let frontend = Frontend::new(
         engine,
         groups.clone(),

@@ -93,12 +93,20 @@ impl Capture {
             .with_hint("the database stopped accepting writes to keep its log whole; restart the node"));
         }
         let page_size = page_size(conn)?;
+        let sealed = reserved_bytes(conn)? == super::checksum::RESERVED as i32;
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut end = self.log.end_lsn();
         for tx in transactions {
             let commit_time_us = now_us();
             for (positions, more) in split_pages(tx.pages, page_size) {
-                let pages = self.wal.read_pages(&positions).map_err(capture_error)?;
+                let mut pages = self.wal.read_pages(&positions).map_err(capture_error)?;
+                if sealed {
+                    // WAL frames hold pages as SQLite modified them, their
+                    // checksum stale (see `vfs`): the log carries them sealed.
+                    for (_, page) in &mut pages {
+                        super::checksum::seal(page);
+                    }
+                }
                 end = self
                     .log
                     .append(Record {
@@ -196,6 +204,17 @@ fn checkpoint(conn: &Connection, mode: std::ffi::c_int) -> Result<(i32, i32)> {
 
 fn page_size(conn: &Connection) -> Result<u32> {
     Ok(conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0))?)
+}
+
+/// The bytes SQLite reserves at the end of each page of `conn`'s database
+/// ([`super::checksum::RESERVED`] when its pages carry checksums).
+pub(super) fn reserved_bytes(conn: &Connection) -> Result<i32> {
+    let mut reserve: i32 = -1;
+    conn.file_control(
+        Some("main"),
+        rusqlite::FileControl::ReserveBytes(&mut reserve),
+    )?;
+    Ok(reserve)
 }
 
 pub(super) fn now_us() -> i64 {

@@ -75,6 +75,14 @@ pub trait Admission: Send + Sync + 'static {
         at: Lsn,
         handover: Option<super::wire::Handover>,
     ) -> Result<Lsn, String>;
+    /// A partner replica asks for page `request.pgno` of a database it
+    /// found damaged (automatic page repair): the page as this replica's
+    /// file holds it at `request.at_lsn` or later, and that LSN; or why not
+    /// (sent back in `PageAnswer`).
+    async fn page_for_partner(
+        &self,
+        request: &crate::repair::PageRequest,
+    ) -> Result<(Lsn, Vec<u8>), String>;
 }
 
 /// Takes a client session an availability group listener handed over.
@@ -869,6 +877,39 @@ async fn serve_primary(
             .await;
         }
         return result;
+    }
+    if let Message::PageRequest {
+        cluster_id,
+        group,
+        database,
+        pgno,
+        at_lsn,
+    } = hello
+    {
+        let request = crate::repair::PageRequest {
+            cluster_id,
+            group,
+            database,
+            pgno,
+            at_lsn,
+        };
+        let answer = match admission.page_for_partner(&request).await {
+            Ok((lsn, image)) => Message::PageAnswer {
+                database: request.database,
+                pgno,
+                lsn,
+                image: Some(image),
+                reason: String::new(),
+            },
+            Err(reason) => Message::PageAnswer {
+                database: request.database,
+                pgno,
+                lsn: 0,
+                image: None,
+                reason,
+            },
+        };
+        return send(&mut conn, answer).await;
     }
     let Message::Hello {
         cluster_id,
