@@ -330,3 +330,33 @@ async fn a_page_damaged_on_every_replica_is_irreparable_reported_and_the_rest_is
     );
     touch(&group, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scrub_finds_and_repairs_a_damaged_page_that_no_query_reads() {
+    let mut group = Group::start(3).await;
+    fill(&group).await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.nodes[2].restart().await;
+    group.wait_synchronized(&[2], CATCH_UP_TIMEOUT).await;
+    let index = root_page(&group.nodes[2], "t_k").await;
+    flip(&group.nodes[2], index);
+    // No statement reads the index: the background scrub finds the page.
+    wait_repair_status(&group, 2, index, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    let c = group.nodes[2].client(APP).await;
+    let scrub = query_text(
+        &c,
+        "SELECT damaged_pages_found, page_count > 0 FROM sys.dm_hadr_page_scrub_status \
+         WHERE database_name = 'app'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scrub,
+        vec![vec![Some("1".to_string()), Some("t".to_string())]],
+        "the scrub's progress names what it found"
+    );
+    group
+        .assert_page_identical("after a repair found by the scrub")
+        .await;
+    integrity_ok(&group.nodes[2], "r3 after the scrub's repair").await;
+}

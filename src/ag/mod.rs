@@ -118,6 +118,8 @@ pub struct Manager {
     operations: operations::Operations,
     /// Automatic page repairs on this node (`sys.dm_hadr_auto_page_repair`).
     page_repairs: Arc<crate::repair::History>,
+    /// Background scrubbing on this node (`sys.dm_hadr_page_scrub_status`).
+    scrubs: Arc<crate::repair::ScrubStatus>,
 }
 
 fn key(name: &str) -> String {
@@ -144,6 +146,7 @@ impl Manager {
             witness,
             operations: Default::default(),
             page_repairs: Default::default(),
+            scrubs: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -1229,12 +1232,20 @@ impl Manager {
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());
         out.add_page_repairs(&self.page_repairs.rows());
+        out.add_page_scrubs(&self.scrubs.rows(), crate::repair::DEFAULT_RATE_BYTES);
         out
     }
 
-    /// Starts automatic page repair on this node ([`crate::repair`]).
+    /// Starts automatic page repair and scrubbing on this node
+    /// ([`crate::repair`]).
     pub fn start_page_repair(self: &Arc<Self>) {
         crate::repair::spawn(self.engine.clone(), self.clone(), self.page_repairs.clone());
+        crate::repair::spawn_scrubber(
+            self.engine.clone(),
+            self.clone(),
+            self.scrubs.clone(),
+            crate::repair::DEFAULT_RATE_BYTES,
+        );
     }
 }
 

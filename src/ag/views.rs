@@ -39,6 +39,7 @@ pub struct Snapshot {
     memory: Vec<Vec<Value>>,
     backups: Vec<Vec<Value>>,
     page_repairs: Vec<Vec<Value>>,
+    page_scrubs: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -105,6 +106,10 @@ CREATE TABLE sys.dm_hadr_auto_page_repair(
     database_name TEXT, file_id INTEGER, page_id INTEGER, error_type INTEGER,
     error_type_desc TEXT, page_status INTEGER, page_status_desc TEXT,
     modification_time TEXT, partner_replica TEXT, detail TEXT);
+CREATE TABLE sys.dm_hadr_page_scrub_status(
+    database_name TEXT, page_count INTEGER, pages_verified INTEGER,
+    percent_complete REAL, passes_completed INTEGER, last_full_pass_time TEXT,
+    damaged_pages_found INTEGER, rate_bytes_per_second INTEGER);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -681,6 +686,29 @@ impl Snapshot {
         }
     }
 
+    /// Background scrubbing on this node (`sys.dm_hadr_page_scrub_status`):
+    /// per database, the pages verified in the current pass, passes done,
+    /// when the last ended, damaged pages found, and the rate.
+    pub fn add_page_scrubs(&mut self, rows: &[crate::repair::ScrubRow], rate: u64) {
+        for r in rows {
+            let percent = if r.pages == 0 {
+                0.0
+            } else {
+                100.0 * f64::from(r.verified.min(r.pages)) / f64::from(r.pages)
+            };
+            self.page_scrubs.push(vec![
+                text(&r.database),
+                int(u64::from(r.pages)),
+                int(u64::from(r.verified)),
+                Value::Real(percent),
+                int(r.passes),
+                time(r.last_pass_end_us),
+                int(r.damaged_found),
+                int(rate),
+            ]);
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -711,6 +739,7 @@ impl Snapshot {
             ("dm_os_process_memory", &self.memory),
             ("backup_history", &self.backups),
             ("dm_hadr_auto_page_repair", &self.page_repairs),
+            ("dm_hadr_page_scrub_status", &self.page_scrubs),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");

@@ -707,6 +707,12 @@ impl Database {
         self.intake.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True while the file is part new, part old: a full image is being
+    /// redone (seeding, rewinding) and its last part is not in yet.
+    pub fn inside_image(&self) -> bool {
+        self.image_from.load(Ordering::SeqCst) != u64::MAX || self.log.image_pending().is_some()
+    }
+
     /// Everything before this LSN is in the database file.
     pub fn applied_lsn(&self) -> Lsn {
         self.shared.applied.load(Ordering::SeqCst)
@@ -1221,6 +1227,40 @@ impl Database {
             Some(end) => {
                 self.commit_durable(end).await?;
                 Ok(PageRepair::Written { at: end })
+            }
+        }
+    }
+
+    /// Scrubs pages `from..from + count` of the file: reads each one from
+    /// disk (the reader's cache dropped first) with its checksum verified,
+    /// so a damaged page is reported like any read of it would report it.
+    /// Returns the number of pages the file has and the page size; a
+    /// damaged page ends the chunk with [`Error::CorruptPage`] naming it.
+    pub fn scrub_pages(&self, from: u32, count: u32) -> Result<(u32, u32)> {
+        let reader = self.reader()?;
+        let conn = reader.conn().sqlite();
+        reset_cache(conn);
+        let pages: u32 = conn.query_row("SELECT count(*) FROM sqlite_dbpage", [], |r| r.get(0))?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let mut read = conn.prepare_cached(
+            "SELECT length(data) FROM sqlite_dbpage WHERE pgno >= ?1 AND pgno < ?2",
+        )?;
+        let mut rows = read.query((from, from.saturating_add(count)))?;
+        let mut at = from;
+        loop {
+            match rows.next() {
+                Ok(Some(_)) => at += 1,
+                Ok(None) => return Ok((pages, page_size)),
+                Err(e) => {
+                    return Err(self.name_damage(match Error::from(e) {
+                        Error::CorruptPage { .. } => Error::CorruptPage {
+                            database: self.name.clone(),
+                            pgno: Some(at),
+                            irreparable: false,
+                        },
+                        other => other,
+                    }))
+                }
             }
         }
     }

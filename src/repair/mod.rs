@@ -39,18 +39,26 @@
 //! Every step is recorded in `sys.dm_hadr_auto_page_repair` ([`History`]:
 //! at most 100 rows per database, as SQL Server keeps).
 //!
+//! **Scrubbing** ([`spawn_scrubber`]): every replica also reads all pages of
+//! its availability databases in the background, at a bounded rate
+//! ([`DEFAULT_RATE_BYTES`]), so a damaged page nobody reads is found (and
+//! repaired) too; progress in `sys.dm_hadr_page_scrub_status`.
+//!
 //! # Known limits
 //! * Only pages in the database file are verified; WAL frames are covered
 //!   by SQLite's chained frame checksums until a checkpoint copies them.
-//! * A damaged page is found when something reads it; no background scrub
-//!   yet.
+//! * The scrub verifies each replica's pages against their checksums; it
+//!   does not compare pages across replicas (a page that is wrong but
+//!   sealed — a lost write — is not found).
 //! * A flip in page 1's first 100 bytes that SQLite needs to open the file
 //!   (magic, page size) stops the repair's own write transaction too.
 
 mod history;
+mod scrub;
 mod service;
 
 pub use history::{History, PageStatus, RepairRow, MAX_ROWS_PER_DATABASE};
+pub use scrub::{delay_us, spawn_scrubber, ScrubRow, ScrubStatus, CHUNK_PAGES, DEFAULT_RATE_BYTES};
 pub use service::{answer, spawn, Partners, Topology};
 
 /// A partner's question for one page (the payload of `PageRequest`).
