@@ -360,3 +360,75 @@ async fn the_scrub_finds_and_repairs_a_damaged_page_that_no_query_reads() {
         .await;
     integrity_ok(&group.nodes[2], "r3 after the scrub's repair").await;
 }
+
+/// Copies page `from` of `app` over page `to` in `node`'s file: a sealed
+/// page in the wrong place (a misdirected or lost write), which passes its
+/// checksum.
+fn misplace(node: &TestServer, from: u32, to: u32) {
+    let path = node.data_dir().join("databases").join(format!("{APP}.db"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let size = page_size(&file);
+    let mut page = vec![0u8; size as usize];
+    file.read_exact_at(&mut page, u64::from(from - 1) * size)
+        .unwrap();
+    file.write_all_at(&page, u64::from(to - 1) * size).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn page_size(file: &std::fs::File) -> u64 {
+    let mut header = [0u8; 100];
+    file.read_exact_at(&mut header, 0).unwrap();
+    match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    }
+}
+
+/// Two children of the interior root page `root` of a table in `node`'s
+/// file: the first cell's left child and the right-most child.
+fn two_children(node: &TestServer, root: u32) -> (u32, u32) {
+    let path = node.data_dir().join("databases").join(format!("{APP}.db"));
+    let file = std::fs::File::open(&path).unwrap();
+    let size = page_size(&file);
+    let mut page = vec![0u8; size as usize];
+    file.read_exact_at(&mut page, u64::from(root - 1) * size)
+        .unwrap();
+    assert_eq!(page[0], 0x05, "the root of t is an interior table page");
+    let be32 = |at: usize| u32::from_be_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
+    let right = be32(8);
+    let first_cell = usize::from(u16::from_be_bytes([page[12], page[13]]));
+    (be32(first_cell), right)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scrub_finds_a_sealed_page_that_differs_from_the_primarys_and_repairs_it() {
+    let mut group = Group::start(3).await;
+    fill(&group).await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.nodes[2].restart().await;
+    group.wait_synchronized(&[2], CATCH_UP_TIMEOUT).await;
+    let root = root_page(&group.nodes[2], "t").await;
+    let (first, last) = two_children(&group.nodes[2], root);
+    misplace(&group.nodes[2], first, last);
+    // The page passes its checksum: only the comparison with the primary
+    // finds it.
+    wait_repair_status(&group, 2, last, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    let c = group.nodes[2].client(APP).await;
+    let scrub = query_text(
+        &c,
+        "SELECT mismatched_pages_found FROM sys.dm_hadr_page_scrub_status \
+         WHERE database_name = 'app'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(scrub, vec![vec![Some("1".to_string())]]);
+    group
+        .assert_page_identical("after the scrub replaced a misplaced page")
+        .await;
+    integrity_ok(&group.nodes[2], "r3 after the scrub's repair").await;
+    read_all(&group, &c, "r3's table after the repair").await;
+}

@@ -1236,6 +1236,37 @@ impl Manager {
         out
     }
 
+    /// The availability database a partner replica's page repair or scrub
+    /// asks about, after checking that it comes from this group's cluster.
+    fn partner_database(
+        &self,
+        cluster_id: &str,
+        group: &str,
+        database: &str,
+    ) -> std::result::Result<Arc<crate::engine::Database>, String> {
+        let known = {
+            let groups = self.lock();
+            groups.get(&key(group)).and_then(|slot| {
+                let config = slot.config.as_ref()?;
+                let serves = matches!(slot.part, Some(Part::Primary(_) | Part::Secondary(_)));
+                Some((
+                    config.cluster_id == cluster_id,
+                    serves && config.databases.iter().any(|d| d == database),
+                ))
+            })
+        };
+        match known {
+            None => Err(format!(
+                "this node holds no replica of availability group \"{group}\""
+            )),
+            Some((false, _)) => Err("the request comes from another cluster".to_string()),
+            Some((true, false)) => Err(format!(
+                "database \"{database}\" is not an availability database of group \"{group}\" on this replica"
+            )),
+            Some((true, true)) => self.engine.database(database).map_err(|e| e.to_string()),
+        }
+    }
+
     /// Starts automatic page repair and scrubbing on this node
     /// ([`crate::repair`]).
     pub fn start_page_repair(self: &Arc<Self>) {
@@ -1304,38 +1335,16 @@ impl Admission for Manager {
         &self,
         request: &crate::repair::PageRequest,
     ) -> std::result::Result<(crate::log::Lsn, Vec<u8>), String> {
-        let known = {
-            let groups = self.lock();
-            groups.get(&key(&request.group)).and_then(|slot| {
-                let config = slot.config.as_ref()?;
-                let serves = matches!(slot.part, Some(Part::Primary(_) | Part::Secondary(_)));
-                Some((
-                    config.cluster_id == request.cluster_id,
-                    serves && config.databases.contains(&request.database),
-                ))
-            })
-        };
-        match known {
-            None => {
-                return Err(format!(
-                    "this node holds no replica of availability group \"{}\"",
-                    request.group
-                ))
-            }
-            Some((false, _)) => return Err("the request comes from another cluster".to_string()),
-            Some((true, false)) => {
-                return Err(format!(
-                "database \"{}\" is not an availability database of group \"{}\" on this replica",
-                request.database, request.group
-            ))
-            }
-            Some((true, true)) => {}
-        }
-        let db = self
-            .engine
-            .database(&request.database)
-            .map_err(|e| e.to_string())?;
+        let db = self.partner_database(&request.cluster_id, &request.group, &request.database)?;
         crate::repair::answer(&db, request).await
+    }
+
+    async fn page_sums_for_partner(
+        &self,
+        request: &crate::repair::SumsRequest,
+    ) -> std::result::Result<(crate::log::Lsn, Vec<u32>), String> {
+        let db = self.partner_database(&request.cluster_id, &request.group, &request.database)?;
+        crate::repair::answer_sums(&db, request).await
     }
 
     async fn geo_forwarder(

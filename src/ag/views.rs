@@ -109,7 +109,8 @@ CREATE TABLE sys.dm_hadr_auto_page_repair(
 CREATE TABLE sys.dm_hadr_page_scrub_status(
     database_name TEXT, page_count INTEGER, pages_verified INTEGER,
     percent_complete REAL, passes_completed INTEGER, last_full_pass_time TEXT,
-    damaged_pages_found INTEGER, rate_bytes_per_second INTEGER);
+    damaged_pages_found INTEGER, mismatched_pages_found INTEGER,
+    rate_bytes_per_second INTEGER);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -704,6 +705,7 @@ impl Snapshot {
                 int(r.passes),
                 time(r.last_pass_end_us),
                 int(r.damaged_found),
+                int(r.mismatches_found),
                 int(rate),
             ]);
         }

@@ -1265,6 +1265,88 @@ impl Database {
         }
     }
 
+    /// The stored checksums of pages `from..from + count` (those that
+    /// exist) as this replica's file holds them at rest, and that LSN —
+    /// what a partner's scrub compares its own pages with.
+    pub async fn page_sums_at_rest(
+        self: &Arc<Self>,
+        from: u32,
+        count: u32,
+    ) -> Result<(Lsn, Vec<u32>)> {
+        let db = self.clone();
+        if self.fence().is_secondary() {
+            return tokio::task::spawn_blocking(move || {
+                let _redo = db.redo.lock().unwrap_or_else(|e| e.into_inner());
+                Ok((db.applied_lsn(), db.page_sums(from, count)?))
+            })
+            .await
+            .map_err(|e| Error::sql("XX000", e.to_string()))?;
+        }
+        let writer = self.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let sums = db.page_sums(from, count);
+            let at = db.applied_lsn();
+            drop(writer);
+            Ok((at, sums?))
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))?
+    }
+
+    /// The stored checksums of pages `from..from + count` that exist, read
+    /// with their checksums verified.
+    fn page_sums(&self, from: u32, count: u32) -> Result<Vec<u32>> {
+        let reader = self.reader()?;
+        let conn = reader.conn().sqlite();
+        let mut read = conn.prepare_cached(
+            "SELECT data FROM sqlite_dbpage WHERE pgno >= ?1 AND pgno < ?2 ORDER BY pgno",
+        )?;
+        let pages = read.query_map((from, from.saturating_add(count)), |r| {
+            let page = r.get_ref(0)?.as_blob()?;
+            if page.len() < super::checksum::RESERVED {
+                return Ok(0);
+            }
+            let at = page.len() - super::checksum::RESERVED;
+            Ok(u32::from_le_bytes([
+                page[at],
+                page[at + 1],
+                page[at + 2],
+                page[at + 3],
+            ]))
+        })?;
+        Ok(pages.collect::<rusqlite::Result<Vec<u32>>>()?)
+    }
+
+    /// The pages from `from` on whose stored checksum differs from
+    /// `theirs`, a partner's at `their_lsn` — leaving out the pages a record
+    /// of this replica's log after `their_lsn` rewrote. None while this
+    /// replica's file is behind `their_lsn`. Blocking; a secondary compares
+    /// under its redo lock, so its file stays at one LSN meanwhile.
+    pub fn differing_pages(
+        &self,
+        from: u32,
+        theirs: &[u32],
+        their_lsn: Lsn,
+    ) -> Result<Option<Vec<u32>>> {
+        let _redo = self
+            .fence()
+            .is_secondary()
+            .then(|| self.redo.lock().unwrap_or_else(|e| e.into_inner()));
+        let at = self.applied_lsn();
+        if at < their_lsn {
+            return Ok(None);
+        }
+        let ours = self.page_sums(from, theirs.len() as u32)?;
+        let mut differ = Vec::new();
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            let pgno = from + i as u32;
+            if a != b && !self.page_written_between(pgno, their_lsn, at)? {
+                differ.push(pgno);
+            }
+        }
+        Ok(Some(differ))
+    }
+
     /// Whether a record of this replica's log in `from..to` wrote page
     /// `pgno` or cut the file below it.
     fn page_written_between(&self, pgno: u32, from: Lsn, to: Lsn) -> Result<bool> {

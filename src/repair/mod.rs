@@ -42,14 +42,17 @@
 //! **Scrubbing** ([`spawn_scrubber`]): every replica also reads all pages of
 //! its availability databases in the background, at a bounded rate
 //! ([`DEFAULT_RATE_BYTES`]), so a damaged page nobody reads is found (and
-//! repaired) too; progress in `sys.dm_hadr_page_scrub_status`.
+//! repaired) too; a secondary also compares each run of pages with the
+//! primary's at a common LSN (`PageSumsRequest`: the primary's stored
+//! checksums; pages a later record rewrote left out), so a page that is
+//! sealed but wrong — a lost or misdirected write — is found as well and
+//! repaired from the primary. Progress in `sys.dm_hadr_page_scrub_status`.
 //!
 //! # Known limits
 //! * Only pages in the database file are verified; WAL frames are covered
 //!   by SQLite's chained frame checksums until a checkpoint copies them.
-//! * The scrub verifies each replica's pages against their checksums; it
-//!   does not compare pages across replicas (a page that is wrong but
-//!   sealed — a lost write — is not found).
+//! * Only secondaries compare their pages with another replica's (the
+//!   primary's); a primary whose page is sealed but wrong is not found.
 //! * A flip in page 1's first 100 bytes that SQLite needs to open the file
 //!   (magic, page size) stops the repair's own write transaction too.
 
@@ -59,7 +62,7 @@ mod service;
 
 pub use history::{History, PageStatus, RepairRow, MAX_ROWS_PER_DATABASE};
 pub use scrub::{delay_us, spawn_scrubber, ScrubRow, ScrubStatus, CHUNK_PAGES, DEFAULT_RATE_BYTES};
-pub use service::{answer, spawn, Partners, Topology};
+pub use service::{answer, answer_sums, spawn, Partners, Topology};
 
 /// A partner's question for one page (the payload of `PageRequest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,5 +76,23 @@ pub struct PageRequest {
     /// The damaged page.
     pub pgno: u32,
     /// The answer must be the page at this LSN or later.
+    pub at_lsn: u64,
+}
+
+/// A secondary's scrub asks the primary for the stored checksums of a run
+/// of pages (the payload of `PageSumsRequest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SumsRequest {
+    /// The asking replica's cluster.
+    pub cluster_id: String,
+    /// The availability group.
+    pub group: String,
+    /// The database.
+    pub database: String,
+    /// First page of the run.
+    pub from_pgno: u32,
+    /// Pages in the run.
+    pub count: u32,
+    /// The answer must be the file at this LSN or later.
     pub at_lsn: u64,
 }

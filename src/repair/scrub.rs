@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::service::Topology;
-use crate::engine::{Database, Engine, Error};
+use super::service::{ask_sums, redone_to, Partners, Topology};
+use super::SumsRequest;
+use crate::engine::{damage, Database, Engine, Error};
 
 /// Bytes read per second when nothing else is configured (4 MiB/s).
 pub const DEFAULT_RATE_BYTES: u64 = 4 << 20;
@@ -56,8 +57,12 @@ pub struct ScrubRow {
     pub passes: u64,
     /// When the last pass ended (µs since the Unix epoch).
     pub last_pass_end_us: Option<i64>,
-    /// Damaged pages the scrub found since the node started.
+    /// Damaged pages the scrub found since the node started (failing
+    /// their checksum, or differing from the primary's).
     pub damaged_found: u64,
+    /// Of those, pages that passed their checksum but differed from the
+    /// primary's at the same LSN.
+    pub mismatches_found: u64,
 }
 
 /// Every database's scrub progress on this node.
@@ -97,9 +102,9 @@ pub fn spawn_scrubber(
         loop {
             let mut scrubbed = false;
             for name in engine.names() {
-                if topology.partners(&name).is_none() {
+                let Some(partners) = topology.partners(&name) else {
                     continue;
-                }
+                };
                 let due = last_pass
                     .get(&name)
                     .is_none_or(|at| at.elapsed() >= PASS_EVERY);
@@ -110,7 +115,7 @@ pub fn spawn_scrubber(
                     continue;
                 }
                 last_pass.insert(name.clone(), tokio::time::Instant::now());
-                scrub(&db, &status, rate).await;
+                scrub(&db, &partners, &status, rate).await;
                 scrubbed = true;
             }
             if !scrubbed {
@@ -121,7 +126,7 @@ pub fn spawn_scrubber(
 }
 
 /// One pass over `db`.
-async fn scrub(db: &Arc<Database>, status: &ScrubStatus, rate: u64) {
+async fn scrub(db: &Arc<Database>, partners: &Partners, status: &ScrubStatus, rate: u64) {
     let started = tokio::time::Instant::now();
     let mut pgno = 1u32;
     let mut bytes = 0u64;
@@ -139,6 +144,9 @@ async fn scrub(db: &Arc<Database>, status: &ScrubStatus, rate: u64) {
             Ok(Ok((pages, size))) => {
                 page_size = u64::from(size);
                 let read = CHUNK_PAGES.min(pages.saturating_sub(pgno - 1));
+                if !partners.primary_here {
+                    compare_with_primary(db, partners, pgno, read, status).await;
+                }
                 status.update(db.name(), |r| {
                     r.pages = pages;
                     r.verified += read;
@@ -179,6 +187,61 @@ async fn scrub(db: &Arc<Database>, status: &ScrubStatus, rate: u64) {
         pgno = next;
         let elapsed = started.elapsed().as_micros() as u64;
         tokio::time::sleep(Duration::from_micros(delay_us(bytes, elapsed, rate))).await;
+    }
+}
+
+/// Compares pages `from..from + count` with the primary's at a common
+/// LSN: a page whose stored checksum differs (and that no record since the
+/// primary's LSN rewrote here) is reported damaged, so the repair task
+/// replaces it with the primary's copy. Nothing is compared when the
+/// primary cannot be asked or this replica's redo stays behind.
+async fn compare_with_primary(
+    db: &Arc<Database>,
+    partners: &Partners,
+    from: u32,
+    count: u32,
+    status: &ScrubStatus,
+) {
+    let Some((replica, endpoint)) = partners.replicas.first() else {
+        return;
+    };
+    let request = SumsRequest {
+        cluster_id: partners.cluster_id.clone(),
+        group: partners.group.clone(),
+        database: db.name().to_string(),
+        from_pgno: from,
+        count,
+        at_lsn: db.applied_lsn(),
+    };
+    let (lsn, sums) = match ask_sums(replica, *endpoint, &request).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::debug!(database = db.name(), from, "scrub comparison skipped: {e}");
+            return;
+        }
+    };
+    if !redone_to(db, lsn).await {
+        return;
+    }
+    let compared = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.differing_pages(from, &sums, lsn)).await
+    };
+    let Ok(Ok(Some(differ))) = compared else {
+        return;
+    };
+    for pgno in differ {
+        tracing::warn!(
+            database = db.name(),
+            pgno,
+            lsn,
+            "the scrub found a page that differs from the primary's"
+        );
+        damage::report(db.path(), pgno);
+        status.update(db.name(), |r| {
+            r.damaged_found += 1;
+            r.mismatches_found += 1;
+        });
     }
 }
 

@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 
 use super::history::{History, PageStatus};
-use super::PageRequest;
+use super::{PageRequest, SumsRequest};
 use crate::engine::damage::{self, Status};
 use crate::engine::{checksum, Database, Engine, PageRepair};
 use crate::log::Lsn;
@@ -209,75 +209,139 @@ fn give_up(db: &Database, pgno: u32, history: &History, why: &str) {
     tracing::error!(database = db.name(), pgno, "page is irreparable: {why}");
 }
 
-/// One question to one partner, on a connection of its own.
-async fn ask(
+/// One question to one partner, on a connection of its own, and its one
+/// answer.
+async fn exchange(
     replica: &str,
     endpoint: SocketAddr,
-    request: &PageRequest,
-) -> Result<(Lsn, Vec<u8>), AskError> {
+    question: Message,
+) -> Result<Message, AskError> {
     let unreachable = |detail: String| AskError::Unreachable {
         replica: replica.to_string(),
         endpoint,
         detail,
     };
-    let exchange = async {
+    let talk = async {
         let socket = crate::net::connect(endpoint)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let mut conn = Framed::new(socket, WireCodec);
-        conn.send(Message::PageRequest {
-            cluster_id: request.cluster_id.clone(),
-            group: request.group.clone(),
-            database: request.database.clone(),
-            pgno: request.pgno,
-            at_lsn: request.at_lsn,
-        })
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        conn.send(question)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         match conn.next().await {
-            Some(Ok(Message::PageAnswer {
-                image: Some(image),
-                lsn,
-                pgno,
-                ..
-            })) if pgno == request.pgno && checksum::verify(&image) => Ok((lsn, image)),
-            Some(Ok(Message::PageAnswer { image: Some(_), .. })) => Err(AskError::NoCopy {
+            Some(Ok(Message::Refuse { reason })) => Err(AskError::NoCopy {
                 replica: replica.to_string(),
-                reason: "its answer did not verify".into(),
+                reason,
             }),
-            Some(Ok(Message::PageAnswer { reason, .. })) | Some(Ok(Message::Refuse { reason })) => {
-                Err(AskError::NoCopy {
-                    replica: replica.to_string(),
-                    reason,
-                })
-            }
-            Some(Ok(other)) => Err(unreachable(format!("unexpected answer {other:?}"))),
+            Some(Ok(answer)) => Ok(answer),
             Some(Err(e)) => Err(unreachable(e.to_string())),
             None => Err(unreachable("the connection closed".into())),
         }
     };
-    tokio::time::timeout(ASK_TIMEOUT, exchange)
+    tokio::time::timeout(ASK_TIMEOUT, talk)
         .await
         .unwrap_or_else(|_| Err(unreachable(format!("no answer within {ASK_TIMEOUT:?}"))))
+}
+
+/// Asks one partner for one page.
+async fn ask(
+    replica: &str,
+    endpoint: SocketAddr,
+    request: &PageRequest,
+) -> Result<(Lsn, Vec<u8>), AskError> {
+    let question = Message::PageRequest {
+        cluster_id: request.cluster_id.clone(),
+        group: request.group.clone(),
+        database: request.database.clone(),
+        pgno: request.pgno,
+        at_lsn: request.at_lsn,
+    };
+    let no_copy = |reason: String| AskError::NoCopy {
+        replica: replica.to_string(),
+        reason,
+    };
+    match exchange(replica, endpoint, question).await? {
+        Message::PageAnswer {
+            image: Some(image),
+            lsn,
+            pgno,
+            ..
+        } if pgno == request.pgno && checksum::verify(&image) => Ok((lsn, image)),
+        Message::PageAnswer { image: Some(_), .. } => {
+            Err(no_copy("its answer did not verify".into()))
+        }
+        Message::PageAnswer { reason, .. } => Err(no_copy(reason)),
+        other => Err(no_copy(format!("it answered {other:?}"))),
+    }
+}
+
+/// Asks the primary for the stored checksums of a run of pages.
+pub(super) async fn ask_sums(
+    replica: &str,
+    endpoint: SocketAddr,
+    request: &SumsRequest,
+) -> Result<(Lsn, Vec<u32>), String> {
+    let question = Message::PageSumsRequest {
+        cluster_id: request.cluster_id.clone(),
+        group: request.group.clone(),
+        database: request.database.clone(),
+        from_pgno: request.from_pgno,
+        count: request.count,
+        at_lsn: request.at_lsn,
+    };
+    match exchange(replica, endpoint, question).await {
+        Ok(Message::PageSums {
+            lsn, sums, reason, ..
+        }) if reason.is_empty() => Ok((lsn, sums)),
+        Ok(Message::PageSums { reason, .. }) => Err(reason),
+        Ok(other) => Err(format!("replica \"{replica}\" answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Waits, at most [`REDO_WAIT`], until `db`'s file is at `lsn` or past it.
+pub(super) async fn redone_to(db: &Database, lsn: Lsn) -> bool {
+    let deadline = tokio::time::Instant::now() + REDO_WAIT;
+    while db.applied_lsn() < lsn {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Answers a partner's `PageSumsRequest` for `db` (the caller checked the
+/// cluster and the group).
+pub async fn answer_sums(
+    db: &Arc<Database>,
+    request: &SumsRequest,
+) -> Result<(Lsn, Vec<u32>), String> {
+    if db.fence().is_secondary() && !redone_to(db, request.at_lsn).await {
+        return Err(format!(
+            "this replica has redone database \"{}\" up to LSN {} only, not {}",
+            db.name(),
+            db.applied_lsn(),
+            request.at_lsn
+        ));
+    }
+    db.page_sums_at_rest(request.from_pgno, request.count.min(1024))
+        .await
+        .map_err(|e| format!("cannot read the pages' checksums: {e}"))
 }
 
 /// Answers a partner's `PageRequest` for `db` (the caller checked the
 /// cluster and the group): on a secondary after redoing up to the asked
 /// LSN, the page as the file holds it at rest, and that LSN.
 pub async fn answer(db: &Arc<Database>, request: &PageRequest) -> Result<(Lsn, Vec<u8>), String> {
-    if db.fence().is_secondary() {
-        let deadline = tokio::time::Instant::now() + REDO_WAIT;
-        while db.applied_lsn() < request.at_lsn {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "this replica has redone database \"{}\" up to LSN {} only, not {}",
-                    db.name(),
-                    db.applied_lsn(),
-                    request.at_lsn
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    if db.fence().is_secondary() && !redone_to(db, request.at_lsn).await {
+        return Err(format!(
+            "this replica has redone database \"{}\" up to LSN {} only, not {}",
+            db.name(),
+            db.applied_lsn(),
+            request.at_lsn
+        ));
     }
     match db.page_at_rest(request.pgno).await {
         Ok((lsn, Ok(image))) => Ok((lsn, image)),

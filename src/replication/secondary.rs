@@ -83,6 +83,12 @@ pub trait Admission: Send + Sync + 'static {
         &self,
         request: &crate::repair::PageRequest,
     ) -> Result<(Lsn, Vec<u8>), String>;
+    /// A secondary's scrub asks for the stored checksums of a run of pages
+    /// (`PageSumsRequest`): at `request.at_lsn` or later, and that LSN.
+    async fn page_sums_for_partner(
+        &self,
+        request: &crate::repair::SumsRequest,
+    ) -> Result<(Lsn, Vec<u32>), String>;
 }
 
 /// Takes a client session an availability group listener handed over.
@@ -908,6 +914,35 @@ async fn serve_primary(
                 image: None,
                 reason,
             },
+        };
+        return send(&mut conn, answer).await;
+    }
+    if let Message::PageSumsRequest {
+        cluster_id,
+        group,
+        database,
+        from_pgno,
+        count,
+        at_lsn,
+    } = hello
+    {
+        let request = crate::repair::SumsRequest {
+            cluster_id,
+            group,
+            database,
+            from_pgno,
+            count,
+            at_lsn,
+        };
+        let (lsn, sums, reason) = match admission.page_sums_for_partner(&request).await {
+            Ok((lsn, sums)) => (lsn, sums, String::new()),
+            Err(reason) => (0, Vec::new(), reason),
+        };
+        let answer = Message::PageSums {
+            database: request.database,
+            lsn,
+            sums,
+            reason,
         };
         return send(&mut conn, answer).await;
     }
