@@ -215,7 +215,8 @@ async fn page_repair_after_bit_flips_on_a_secondary_data_page_index_page_and_pag
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn page_repair_after_a_bit_flip_on_the_primary_is_logged_to_every_secondary() {
+async fn page_repair_after_bit_flips_on_the_primary_data_page_and_page_1_is_logged_to_every_secondary(
+) {
     let mut group = Group::start(3).await;
     fill(&group).await;
     group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
@@ -228,11 +229,18 @@ async fn page_repair_after_a_bit_flip_on_the_primary_is_logged_to_every_secondar
     let reader = group.primary().client(APP).await;
     read_all(&group, &reader, "the primary's data page").await;
     wait_repair_status(&group, 0, data, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
-    // The repair was a logged commit: the secondaries redid it.
+    // Page 1 (the header and the schema's root) on the primary too.
+    flip(&group.nodes[0], 1);
+    touch(&group, 2).await;
+    let reader = group.primary().client(APP).await;
+    read_all(&group, &reader, "the primary's page 1").await;
+    wait_repair_status(&group, 0, 1, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    // The repairs were logged commits: the secondaries redid them.
     group
-        .assert_page_identical("after a repair on the primary")
+        .assert_page_identical("after repairs on the primary")
         .await;
-    integrity_ok(group.primary(), "r1 after its repair").await;
+    integrity_ok(group.primary(), "r1 after its repairs").await;
+    touch(&group, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
