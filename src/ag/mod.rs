@@ -120,6 +120,8 @@ pub struct Manager {
     page_repairs: Arc<crate::repair::History>,
     /// Background scrubbing on this node (`sys.dm_hadr_page_scrub_status`).
     scrubs: Arc<crate::repair::ScrubStatus>,
+    /// The scrub's rate, bytes a second (0: off).
+    scrub_rate: std::sync::atomic::AtomicU64,
 }
 
 fn key(name: &str) -> String {
@@ -147,6 +149,7 @@ impl Manager {
             operations: Default::default(),
             page_repairs: Default::default(),
             scrubs: Default::default(),
+            scrub_rate: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -1232,7 +1235,10 @@ impl Manager {
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());
         out.add_page_repairs(&self.page_repairs.rows());
-        out.add_page_scrubs(&self.scrubs.rows(), crate::repair::DEFAULT_RATE_BYTES);
+        out.add_page_scrubs(
+            &self.scrubs.rows(),
+            self.scrub_rate.load(std::sync::atomic::Ordering::Relaxed),
+        );
         out
     }
 
@@ -1267,16 +1273,20 @@ impl Manager {
         }
     }
 
-    /// Starts automatic page repair and scrubbing on this node
-    /// ([`crate::repair`]).
-    pub fn start_page_repair(self: &Arc<Self>) {
+    /// Starts automatic page repair and, unless `scrub_rate` (bytes a
+    /// second) is 0, scrubbing on this node ([`crate::repair`]).
+    pub fn start_page_repair(self: &Arc<Self>, scrub_rate: u64) {
         crate::repair::spawn(self.engine.clone(), self.clone(), self.page_repairs.clone());
-        crate::repair::spawn_scrubber(
-            self.engine.clone(),
-            self.clone(),
-            self.scrubs.clone(),
-            crate::repair::DEFAULT_RATE_BYTES,
-        );
+        self.scrub_rate
+            .store(scrub_rate, std::sync::atomic::Ordering::Relaxed);
+        if scrub_rate > 0 {
+            crate::repair::spawn_scrubber(
+                self.engine.clone(),
+                self.clone(),
+                self.scrubs.clone(),
+                scrub_rate,
+            );
+        }
     }
 }
 

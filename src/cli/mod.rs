@@ -117,9 +117,15 @@ pub struct ServerArgs {
     /// port + 1000].
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// How fast the background scrub reads each availability database's
+    /// pages to verify them (and, on a secondary, compare them with the
+    /// primary's), in KiB a second; 0 turns the scrub off [default: 4096].
+    #[arg(long, value_name = "KIB")]
+    pub scrub_kib_per_s: Option<u64>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
-    /// `session_memory_mb`, `node_memory_mb`, `http_port`).
+    /// `session_memory_mb`, `node_memory_mb`, `http_port`,
+    /// `scrub_kib_per_s`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -139,6 +145,7 @@ struct ConfigFile {
     session_memory_mb: Option<u64>,
     node_memory_mb: Option<u64>,
     http_port: Option<u16>,
+    scrub_kib_per_s: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -165,6 +172,8 @@ pub struct ServerConfig {
     /// The HTTP server's address, and whether it was asked for explicitly
     /// (then it must be free); `None`: no HTTP server.
     pub http: Option<(SocketAddr, bool)>,
+    /// The background scrub's rate, bytes a second (0: off).
+    pub scrub_rate: u64,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -253,6 +262,10 @@ impl ServerArgs {
                 .unwrap_or(crate::engine::memory::DEFAULT_NODE_MB)
                 << 20,
             http,
+            scrub_rate: self
+                .scrub_kib_per_s
+                .or(file.scrub_kib_per_s)
+                .map_or(crate::repair::DEFAULT_RATE_BYTES, |kib| kib << 10),
         })
     }
 }
@@ -307,7 +320,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot resume availability groups: {e}"))?;
-    groups.start_page_repair();
+    groups.start_page_repair(config.scrub_rate);
     let frontend = Frontend::new(
         engine,
         groups.clone(),
@@ -514,6 +527,7 @@ mod tests {
             session_memory_mb: None,
             node_memory_mb: None,
             http_port: None,
+            scrub_kib_per_s: None,
             config: None,
         }
     }
@@ -581,6 +595,7 @@ mod tests {
             (c.session_memory >> 20).to_string(),
             (c.node_memory >> 20).to_string(),
             format!("the client port + {HTTP_PORT_OFFSET}"),
+            (c.scrub_rate >> 10).to_string(),
         ] {
             assert!(
                 server.contains(&format!("[default: {default}]")),

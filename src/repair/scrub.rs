@@ -23,7 +23,8 @@ use super::service::{ask_sums, redone_to, Partners, Topology};
 use super::SumsRequest;
 use crate::engine::{damage, Database, Engine, Error};
 
-/// Bytes read per second when nothing else is configured (4 MiB/s).
+/// Bytes read per second when nothing else is configured (4 MiB/s;
+/// `availdb server --scrub-kib-per-s`).
 pub const DEFAULT_RATE_BYTES: u64 = 4 << 20;
 /// Pages read in one go.
 pub const CHUNK_PAGES: u32 = 64;
