@@ -17,6 +17,7 @@ pub mod http;
 pub mod listener;
 pub mod log;
 pub mod net;
+pub mod repair;
 pub mod replication;
 #[cfg(test)]
 mod sim;

@@ -116,6 +116,12 @@ pub struct Manager {
     /// Geo terminations and failovers started here, for
     /// `sys.dm_operation_status`.
     operations: operations::Operations,
+    /// Automatic page repairs on this node (`sys.dm_hadr_auto_page_repair`).
+    page_repairs: Arc<crate::repair::History>,
+    /// Background scrubbing on this node (`sys.dm_hadr_page_scrub_status`).
+    scrubs: Arc<crate::repair::ScrubStatus>,
+    /// The scrub's rate, bytes a second (0: off).
+    scrub_rate: std::sync::atomic::AtomicU64,
 }
 
 fn key(name: &str) -> String {
@@ -141,6 +147,9 @@ impl Manager {
             groups: Mutex::new(HashMap::new()),
             witness,
             operations: Default::default(),
+            page_repairs: Default::default(),
+            scrubs: Default::default(),
+            scrub_rate: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -1226,12 +1235,129 @@ impl Manager {
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());
         out.add_partner_refusals();
+        out.add_page_repairs(&self.page_repairs.rows());
+        out.add_page_scrubs(
+            &self.scrubs.rows(),
+            self.scrub_rate.load(std::sync::atomic::Ordering::Relaxed),
+        );
         out
+    }
+
+    /// The availability database a partner replica's page repair or scrub
+    /// asks about, after checking that it comes from this group's cluster.
+    fn partner_database(
+        &self,
+        cluster_id: &str,
+        group: &str,
+        database: &str,
+    ) -> std::result::Result<Arc<crate::engine::Database>, String> {
+        let known = {
+            let groups = self.lock();
+            groups.get(&key(group)).and_then(|slot| {
+                let config = slot.config.as_ref()?;
+                let serves = matches!(slot.part, Some(Part::Primary(_) | Part::Secondary(_)));
+                Some((
+                    config.cluster_id == cluster_id,
+                    serves && config.databases.iter().any(|d| d == database),
+                ))
+            })
+        };
+        match known {
+            None => Err(format!(
+                "this node holds no replica of availability group \"{group}\""
+            )),
+            Some((false, _)) => Err("the request comes from another cluster".to_string()),
+            Some((true, false)) => Err(format!(
+                "database \"{database}\" is not an availability database of group \"{group}\" on this replica"
+            )),
+            Some((true, true)) => self.engine.database(database).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Starts automatic page repair and, unless `scrub_rate` (bytes a
+    /// second) is 0, scrubbing on this node ([`crate::repair`]).
+    pub fn start_page_repair(self: &Arc<Self>, scrub_rate: u64) {
+        crate::repair::spawn(self.engine.clone(), self.clone(), self.page_repairs.clone());
+        self.scrub_rate
+            .store(scrub_rate, std::sync::atomic::Ordering::Relaxed);
+        if scrub_rate > 0 {
+            crate::repair::spawn_scrubber(
+                self.engine.clone(),
+                self.clone(),
+                self.scrubs.clone(),
+                scrub_rate,
+            );
+        }
+    }
+}
+
+impl crate::repair::Topology for Manager {
+    fn partners(&self, database: &str) -> Option<crate::repair::Partners> {
+        let groups = self.lock();
+        for slot in groups.values() {
+            let Some(config) = &slot.config else { continue };
+            if !config.databases.iter().any(|d| d == database) {
+                continue;
+            }
+            let endpoint = |name: &str| {
+                config
+                    .replicas
+                    .iter()
+                    .find(|r| r.name.eq_ignore_ascii_case(name))
+                    .map(|r| (r.name.clone(), r.endpoint))
+            };
+            let (primary_here, replicas) = match &slot.part {
+                Some(Part::Primary(p)) => {
+                    let synchronized = p
+                        .sync_states()
+                        .into_iter()
+                        .filter(|(name, _, _)| name == database)
+                        .flat_map(|(_, sync, _)| {
+                            sync.replicas()
+                                .filter(|(_, r)| {
+                                    r.state == crate::replication::sync::SyncState::Synchronized
+                                })
+                                .map(|(name, _)| name.clone())
+                                .collect::<Vec<_>>()
+                        })
+                        .filter_map(|name| endpoint(&name))
+                        .collect();
+                    (true, synchronized)
+                }
+                Some(Part::Secondary(_)) => {
+                    (false, endpoint(&config.primary).into_iter().collect())
+                }
+                _ => continue,
+            };
+            return Some(crate::repair::Partners {
+                group: config.name.clone(),
+                cluster_id: config.cluster_id.clone(),
+                primary_here,
+                replicas,
+            });
+        }
+        None
     }
 }
 
 #[async_trait]
 impl Admission for Manager {
+    async fn page_for_partner(
+        &self,
+        request: &crate::repair::PageRequest,
+    ) -> std::result::Result<(crate::log::Lsn, Vec<u8>), String> {
+        let db = self.partner_database(&request.cluster_id, &request.group, &request.database)?;
+        crate::repair::answer(&db, request).await
+    }
+
+    async fn page_sums_for_partner(
+        &self,
+        request: &crate::repair::SumsRequest,
+    ) -> std::result::Result<(crate::log::Lsn, Vec<u32>), String> {
+        let db = self.partner_database(&request.cluster_id, &request.group, &request.database)?;
+        crate::repair::answer_sums(&db, request).await
+    }
+
     async fn geo_forwarder(
         self: Arc<Self>,
         request: &crate::replication::geo::GeoRequest,

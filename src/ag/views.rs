@@ -3,7 +3,8 @@
 //! `sys.availability_read_only_routing_lists`,
 //! `sys.dm_hadr_availability_replica_states`,
 //! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`,
-//! `sys.backup_history` (the backups taken on this node), …),
+//! `sys.backup_history` (the backups taken on this node),
+//! `sys.dm_hadr_auto_page_repair` (the page repairs of this node), …),
 //! answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
@@ -38,6 +39,8 @@ pub struct Snapshot {
     memory: Vec<Vec<Value>>,
     backups: Vec<Vec<Value>>,
     refusals: Vec<Vec<Value>>,
+    page_repairs: Vec<Vec<Value>>,
+    page_scrubs: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -103,6 +106,15 @@ CREATE TABLE sys.backup_history(
     is_compressed BOOLEAN, physical_device_name TEXT, first_lsn INTEGER,
     last_lsn INTEGER, backup_size INTEGER, backup_start_date TEXT,
     duration_ms INTEGER, group_name TEXT, replica_name TEXT);
+CREATE TABLE sys.dm_hadr_auto_page_repair(
+    database_name TEXT, file_id INTEGER, page_id INTEGER, error_type INTEGER,
+    error_type_desc TEXT, page_status INTEGER, page_status_desc TEXT,
+    modification_time TEXT, partner_replica TEXT, detail TEXT);
+CREATE TABLE sys.dm_hadr_page_scrub_status(
+    database_name TEXT, page_count INTEGER, pages_verified INTEGER,
+    percent_complete REAL, passes_completed INTEGER, last_full_pass_time TEXT,
+    damaged_pages_found INTEGER, mismatched_pages_found INTEGER,
+    rate_bytes_per_second INTEGER);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -674,6 +686,51 @@ impl Snapshot {
         }
     }
 
+    /// The page repairs of this node (`sys.dm_hadr_auto_page_repair`,
+    /// oldest first, at most 100 per database). `error_type` is SQL
+    /// Server's: 2, a bad checksum (the only kind availdb detects);
+    /// `file_id` is 1, the database's one file.
+    pub fn add_page_repairs(&mut self, rows: &[crate::repair::RepairRow]) {
+        for r in rows {
+            self.page_repairs.push(vec![
+                text(&r.database),
+                int(1),
+                int(u64::from(r.pgno)),
+                int(2),
+                text("BAD_CHECKSUM"),
+                Value::Integer(r.status.code()),
+                text(r.status.name()),
+                time(Some(r.modified_us)),
+                r.partner.as_deref().map_or(Value::Null, text),
+                text(&r.detail),
+            ]);
+        }
+    }
+
+    /// Background scrubbing on this node (`sys.dm_hadr_page_scrub_status`):
+    /// per database, the pages verified in the current pass, passes done,
+    /// when the last ended, damaged pages found, and the rate.
+    pub fn add_page_scrubs(&mut self, rows: &[crate::repair::ScrubRow], rate: u64) {
+        for r in rows {
+            let percent = if r.pages == 0 {
+                0.0
+            } else {
+                100.0 * f64::from(r.verified.min(r.pages)) / f64::from(r.pages)
+            };
+            self.page_scrubs.push(vec![
+                text(&r.database),
+                int(u64::from(r.pages)),
+                int(u64::from(r.verified)),
+                Value::Real(percent),
+                int(r.passes),
+                time(r.last_pass_end_us),
+                int(r.damaged_found),
+                int(r.mismatches_found),
+                int(rate),
+            ]);
+        }
+    }
+
     /// Runs `sql` over the snapshot.
     pub fn query(&self, sql: &str, params: &[Value]) -> Result<Outcome> {
         engine::run(&self.connection()?, sql, params, true)
@@ -704,6 +761,8 @@ impl Snapshot {
             ("dm_os_process_memory", &self.memory),
             ("backup_history", &self.backups),
             ("dm_hadr_partner_refusals", &self.refusals),
+            ("dm_hadr_auto_page_repair", &self.page_repairs),
+            ("dm_hadr_page_scrub_status", &self.page_scrubs),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");

@@ -149,6 +149,15 @@ pub struct ServerArgs {
     /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
     /// `tls_key`, `require_tls`, `max_connections`,
     /// `idle_in_transaction_session_timeout_ms`).
+    /// How fast the background scrub reads each availability database's
+    /// pages to verify them (and, on a secondary, compare them with the
+    /// primary's), in KiB a second; 0 turns the scrub off [default: 4096].
+    #[arg(long, value_name = "KIB")]
+    pub scrub_kib_per_s: Option<u64>,
+    /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
+    /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
+    /// `session_memory_mb`, `node_memory_mb`, `http_port`,
+    /// `scrub_kib_per_s`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -173,6 +182,7 @@ struct ConfigFile {
     require_tls: Option<String>,
     max_connections: Option<usize>,
     idle_in_transaction_session_timeout_ms: Option<u64>,
+    scrub_kib_per_s: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -207,6 +217,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Default `idle_in_transaction_session_timeout` (None: off).
     pub idle_in_transaction_timeout: Option<std::time::Duration>,
+    /// The background scrub's rate, bytes a second (0: off).
+    pub scrub_rate: u64,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -322,6 +334,10 @@ impl ServerArgs {
                 .or(file.idle_in_transaction_session_timeout_ms)
                 .filter(|ms| *ms > 0)
                 .map(std::time::Duration::from_millis),
+            scrub_rate: self
+                .scrub_kib_per_s
+                .or(file.scrub_kib_per_s)
+                .map_or(crate::repair::DEFAULT_RATE_BYTES, |kib| kib << 10),
         })
     }
 }
@@ -380,6 +396,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
         None => None,
     };
+    groups.start_page_repair(config.scrub_rate);
     let frontend = Frontend::new(
         engine,
         groups.clone(),
@@ -598,6 +615,7 @@ mod tests {
             require_tls: None,
             max_connections: None,
             idle_in_transaction_session_timeout_ms: None,
+            scrub_kib_per_s: None,
             config: None,
         }
     }
@@ -691,6 +709,7 @@ mod tests {
             (c.node_memory >> 20).to_string(),
             c.max_connections.to_string(),
             format!("the client port + {HTTP_PORT_OFFSET}"),
+            (c.scrub_rate >> 10).to_string(),
         ] {
             assert!(
                 server.contains(&format!("[default: {default}]")),

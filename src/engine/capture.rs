@@ -29,9 +29,10 @@ pub struct Capture {
     retain_from: Arc<AtomicU64>,
     /// Frames in the WAL after the last commit, as SQLite's wal_hook says.
     wal_frames: Arc<AtomicU32>,
-    /// The database's page size, asked once (it cannot change in WAL
-    /// mode; asked again after [`Capture::skip_to_end`]).
-    page_size: Option<u32>,
+    /// The database's page size and whether its pages carry checksums,
+    /// asked once (neither changes in WAL mode; asked again after
+    /// [`Capture::skip_to_end`]).
+    layout: Option<(u32, bool)>,
 }
 
 impl Capture {
@@ -51,7 +52,7 @@ impl Capture {
             epoch,
             retain_from,
             wal_frames,
-            page_size: None,
+            layout: None,
         }
     }
 
@@ -73,7 +74,7 @@ impl Capture {
         }
         self.wal = WalReader::new(wal_path(db_path));
         self.wal_frames.store(0, Ordering::SeqCst);
-        self.page_size = None;
+        self.layout = None;
         Ok(())
     }
 
@@ -100,16 +101,26 @@ impl Capture {
             )
             .with_hint("the database stopped accepting writes to keep its log whole; restart the node"));
         }
-        let page_size = match self.page_size {
-            Some(size) => size,
-            None => *self.page_size.insert(page_size(conn)?),
+        let (page_size, sealed) = match self.layout {
+            Some(layout) => layout,
+            None => *self.layout.insert((
+                page_size(conn)?,
+                reserved_bytes(conn)? == super::checksum::RESERVED as i32,
+            )),
         };
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut end = self.log.end_lsn();
         for tx in transactions {
             let commit_time_us = now_us();
             for (positions, more) in split_pages(tx.pages, page_size) {
-                let pages = self.wal.read_pages(&positions).map_err(capture_error)?;
+                let mut pages = self.wal.read_pages(&positions).map_err(capture_error)?;
+                if sealed {
+                    // WAL frames hold pages as SQLite modified them, their
+                    // checksum stale (see `vfs`): the log carries them sealed.
+                    for (_, page) in &mut pages {
+                        super::checksum::seal(page);
+                    }
+                }
                 end = self
                     .log
                     .append(Record {
@@ -207,6 +218,17 @@ fn checkpoint(conn: &Connection, mode: std::ffi::c_int) -> Result<(i32, i32)> {
 
 fn page_size(conn: &Connection) -> Result<u32> {
     Ok(conn.query_row("PRAGMA page_size", [], |r| r.get::<_, u32>(0))?)
+}
+
+/// The bytes SQLite reserves at the end of each page of `conn`'s database
+/// ([`super::checksum::RESERVED`] when its pages carry checksums).
+pub(super) fn reserved_bytes(conn: &Connection) -> Result<i32> {
+    let mut reserve: i32 = -1;
+    conn.file_control(
+        Some("main"),
+        rusqlite::FileControl::ReserveBytes(&mut reserve),
+    )?;
+    Ok(reserve)
 }
 
 pub(super) fn now_us() -> i64 {

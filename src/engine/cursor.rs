@@ -195,6 +195,29 @@ impl RowSource {
         }
     }
 
+    /// Waits for the statement's first rows or its end; when it failed
+    /// before it produced a row, takes that error (the rows end with it):
+    /// the statement changed nothing the client saw, so it can run again.
+    pub async fn failed_at_start(&mut self) -> Option<Error> {
+        loop {
+            {
+                let mut state = self.shared.lock();
+                if state.finished || state.stop.is_some() || !state.queue.is_empty() {
+                    return None;
+                }
+                match &state.end {
+                    Some(Err(_)) => {
+                        state.finished = true;
+                        return state.end.take().and_then(|end| end.err());
+                    }
+                    Some(Ok(_)) => return None,
+                    None => {}
+                }
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+
     /// Rows already produced and nothing more to come (a result held whole).
     pub fn buffered(rows: Vec<Vec<Value>>, charge: Charge) -> RowSource {
         let bytes = charge.bytes() as usize;

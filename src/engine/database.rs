@@ -335,6 +335,25 @@ pub struct Database {
 /// transactions before it gives up (the role driver then retries it).
 const READERS_END_WITHIN: Duration = Duration::from_secs(15);
 
+/// What writing a repaired page did ([`Database::write_repaired_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageRepair {
+    /// Written; the file holds it at this LSN (a primary: the LSN of the
+    /// commit that logged it).
+    Written {
+        /// Where.
+        at: Lsn,
+    },
+    /// A record after the partner's copy wrote the page again: the damaged
+    /// copy is gone already.
+    Replaced,
+    /// The file is behind the partner's copy: redo up to it first.
+    Behind {
+        /// The file's applied LSN.
+        at: Lsn,
+    },
+}
+
 /// One batch of redo: what it applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Redone {
@@ -352,6 +371,7 @@ impl Database {
     /// Opens (creating if needed) the database file at `path` with its log
     /// in `log_dir`, recovering the file from the log first.
     pub fn open(name: &str, path: &Path, log_dir: &Path) -> Result<Database> {
+        super::vfs::install();
         let (log, applied) = recover(name, path, log_dir)?;
         if applied < log.end_lsn() {
             // The log ends inside a transaction whose last part never
@@ -676,6 +696,8 @@ impl Database {
         let _redo = self.redo.lock().unwrap_or_else(|e| e.into_inner());
         self.log.restart_at(lsn, epoch).map_err(|e| e.to_string())?;
         self.set_applied_lsn(lsn);
+        // The image rewrites every page: what was damaged is gone.
+        super::damage::forget_file(&self.path);
         Ok(())
     }
 
@@ -683,6 +705,12 @@ impl Database {
     /// appended (see the field's documentation). Blocking.
     pub fn intake(&self) -> std::sync::MutexGuard<'_, ()> {
         self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while the file is part new, part old: a full image is being
+    /// redone (seeding, rewinding) and its last part is not in yet.
+    pub fn inside_image(&self) -> bool {
+        self.image_from.load(Ordering::SeqCst) != u64::MAX || self.log.image_pending().is_some()
     }
 
     /// Everything before this LSN is in the database file.
@@ -1044,6 +1072,311 @@ impl Database {
         )
     }
 
+    /// Names this database and its damaged page in an
+    /// [`Error::CorruptPage`] (SQLite's error knows neither); other errors
+    /// pass unchanged.
+    pub fn name_damage(&self, err: Error) -> Error {
+        let Error::CorruptPage { pgno, .. } = err else {
+            return err;
+        };
+        let damaged = super::damage::pages(&self.path);
+        let page = pgno.or_else(|| damaged.last().map(|(p, _)| *p));
+        let irreparable = damaged
+            .iter()
+            .any(|(p, status)| Some(*p) == page && *status == super::damage::Status::Irreparable);
+        Error::CorruptPage {
+            database: self.name.clone(),
+            pgno: page,
+            irreparable,
+        }
+    }
+
+    /// Waits, at most `within`, for the repair of the pages of this
+    /// database found damaged so far; true when none is left damaged.
+    pub async fn wait_for_page_repair(&self, within: Duration) -> bool {
+        super::damage::wait_repaired(&self.path, within).await
+    }
+
+    /// Page `pgno` as this replica's file holds it at rest — no commit (a
+    /// primary: under the write lock) or redo batch (a secondary: under
+    /// the redo lock) between reading the LSN and the page — and that LSN.
+    /// The page is read with its checksum verified: `Err` inside when it is
+    /// damaged here too.
+    pub async fn page_at_rest(self: &Arc<Self>, pgno: u32) -> Result<(Lsn, Result<Vec<u8>>)> {
+        let db = self.clone();
+        if self.fence().is_secondary() {
+            return tokio::task::spawn_blocking(move || {
+                let _redo = db.redo.lock().unwrap_or_else(|e| e.into_inner());
+                (db.applied_lsn(), db.read_page(pgno))
+            })
+            .await
+            .map_err(|e| Error::sql("XX000", e.to_string()));
+        }
+        let writer = self.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let at = (db.applied_lsn(), db.read_page(pgno));
+            drop(writer);
+            at
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))
+    }
+
+    fn read_page(&self, pgno: u32) -> Result<Vec<u8>> {
+        let reader = self.reader()?;
+        let page: Vec<u8> = reader.conn().sqlite().query_row(
+            "SELECT data FROM sqlite_dbpage WHERE pgno = ?1",
+            [pgno],
+            |r| r.get(0),
+        )?;
+        if super::checksum::verify(&page) {
+            Ok(page)
+        } else {
+            Err(Error::CorruptPage {
+                database: self.name.clone(),
+                pgno: Some(pgno),
+                irreparable: false,
+            })
+        }
+    }
+
+    /// Writes `image`, page `pgno` as a partner's file held it at
+    /// `valid_at`, over this replica's damaged copy — through the path
+    /// every page change of this replica takes: on a secondary the redo
+    /// applier (the file's only writer), on a primary the writer, whose
+    /// commit is captured into the log (so every secondary redoes the page
+    /// too) and made durable like any commit.
+    ///
+    /// The image is this replica's page only if nothing changed the page
+    /// between `valid_at` and the file's applied LSN: a record there that
+    /// wrote the page (or cut the file below it) replaced the damaged copy
+    /// already ([`PageRepair::Replaced`]); a file behind `valid_at` must
+    /// redo first ([`PageRepair::Behind`]).
+    pub async fn write_repaired_page(
+        self: &Arc<Self>,
+        pgno: u32,
+        image: Vec<u8>,
+        valid_at: Lsn,
+    ) -> Result<PageRepair> {
+        let db = self.clone();
+        if self.fence().is_secondary() {
+            return tokio::task::spawn_blocking(move || {
+                let mut applier = db.redo.lock().unwrap_or_else(|e| e.into_inner());
+                let at = db.applied_lsn();
+                if at < valid_at {
+                    return Ok(PageRepair::Behind { at });
+                }
+                if db.page_written_between(pgno, valid_at, at)? {
+                    return Ok(PageRepair::Replaced);
+                }
+                let a = match &mut *applier {
+                    Some(a) => a,
+                    None => applier.insert(
+                        Applier::open(&db.path).map_err(|e| Error::sql("XX000", e.to_string()))?,
+                    ),
+                };
+                let written = a.write_page(pgno, &image);
+                if let Err(e) = written {
+                    *applier = None;
+                    return Err(Error::sql(
+                        "XX000",
+                        format!("cannot write the repaired page: {e}"),
+                    ));
+                }
+                Ok(PageRepair::Written { at })
+            })
+            .await
+            .map_err(|e| Error::sql("XX000", e.to_string()))?;
+        }
+        self.check_writable()?;
+        let mut writer = self.writer.clone().lock_owned().await;
+        let (at, written) = tokio::task::spawn_blocking(move || -> Result<(Lsn, Option<Lsn>)> {
+            let at = db.applied_lsn();
+            if at < valid_at {
+                return Ok((at, None));
+            }
+            if db.page_written_between(pgno, valid_at, at)? {
+                return Ok((at, Some(at)));
+            }
+            let conn = writer.conn.sqlite();
+            // SQLite reads the page it overwrites: the damaged copy.
+            let verified = super::vfs::set_verification(conn, false);
+            let wrote = conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .and_then(|()| {
+                    conn.execute(
+                        "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)",
+                        (pgno, &image),
+                    )
+                })
+                .and_then(|_| conn.execute_batch("COMMIT"));
+            super::vfs::set_verification(conn, verified);
+            if let Err(e) = wrote {
+                writer.conn.reset();
+                return Err(e.into());
+            }
+            reset_cache(conn);
+            let end = writer.after_commit()?;
+            Ok((at, Some(end)))
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))??;
+        match written {
+            None => Ok(PageRepair::Behind { at }),
+            Some(end) if end == at => Ok(PageRepair::Replaced),
+            Some(end) => {
+                self.commit_durable(end).await?;
+                Ok(PageRepair::Written { at: end })
+            }
+        }
+    }
+
+    /// Scrubs pages `from..from + count` of the file: reads each one from
+    /// disk (the reader's cache dropped first) with its checksum verified,
+    /// so a damaged page is reported like any read of it would report it.
+    /// Returns the number of pages the file has and the page size; a
+    /// damaged page ends the chunk with [`Error::CorruptPage`] naming it.
+    pub fn scrub_pages(&self, from: u32, count: u32) -> Result<(u32, u32)> {
+        let reader = self.reader()?;
+        let conn = reader.conn().sqlite();
+        reset_cache(conn);
+        let pages: u32 = conn.query_row("SELECT count(*) FROM sqlite_dbpage", [], |r| r.get(0))?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let mut read = conn.prepare_cached(
+            "SELECT length(data) FROM sqlite_dbpage WHERE pgno >= ?1 AND pgno < ?2",
+        )?;
+        let mut rows = read.query((from, from.saturating_add(count)))?;
+        let mut at = from;
+        loop {
+            match rows.next() {
+                Ok(Some(_)) => at += 1,
+                Ok(None) => return Ok((pages, page_size)),
+                Err(e) => {
+                    return Err(self.name_damage(match Error::from(e) {
+                        Error::CorruptPage { .. } => Error::CorruptPage {
+                            database: self.name.clone(),
+                            pgno: Some(at),
+                            irreparable: false,
+                        },
+                        other => other,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// The stored checksums of pages `from..from + count` (those that
+    /// exist) as this replica's file holds them at rest, and that LSN —
+    /// what a partner's scrub compares its own pages with.
+    pub async fn page_sums_at_rest(
+        self: &Arc<Self>,
+        from: u32,
+        count: u32,
+    ) -> Result<(Lsn, Vec<u32>)> {
+        let db = self.clone();
+        if self.fence().is_secondary() {
+            return tokio::task::spawn_blocking(move || {
+                let _redo = db.redo.lock().unwrap_or_else(|e| e.into_inner());
+                Ok((db.applied_lsn(), db.page_sums(from, count)?))
+            })
+            .await
+            .map_err(|e| Error::sql("XX000", e.to_string()))?;
+        }
+        let writer = self.writer.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let sums = db.page_sums(from, count);
+            let at = db.applied_lsn();
+            drop(writer);
+            Ok((at, sums?))
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))?
+    }
+
+    /// The stored checksums of pages `from..from + count` that exist, read
+    /// with their checksums verified.
+    fn page_sums(&self, from: u32, count: u32) -> Result<Vec<u32>> {
+        let reader = self.reader()?;
+        let conn = reader.conn().sqlite();
+        let mut read = conn.prepare_cached(
+            "SELECT data FROM sqlite_dbpage WHERE pgno >= ?1 AND pgno < ?2 ORDER BY pgno",
+        )?;
+        let pages = read.query_map((from, from.saturating_add(count)), |r| {
+            let page = r.get_ref(0)?.as_blob()?;
+            if page.len() < super::checksum::RESERVED {
+                return Ok(0);
+            }
+            let at = page.len() - super::checksum::RESERVED;
+            Ok(u32::from_le_bytes([
+                page[at],
+                page[at + 1],
+                page[at + 2],
+                page[at + 3],
+            ]))
+        })?;
+        Ok(pages.collect::<rusqlite::Result<Vec<u32>>>()?)
+    }
+
+    /// The pages from `from` on whose stored checksum differs from
+    /// `theirs`, a partner's at `their_lsn` — leaving out the pages a record
+    /// of this replica's log after `their_lsn` rewrote. None while this
+    /// replica's file is behind `their_lsn`. Blocking; a secondary compares
+    /// under its redo lock, so its file stays at one LSN meanwhile.
+    pub fn differing_pages(
+        &self,
+        from: u32,
+        theirs: &[u32],
+        their_lsn: Lsn,
+    ) -> Result<Option<Vec<u32>>> {
+        let _redo = self
+            .fence()
+            .is_secondary()
+            .then(|| self.redo.lock().unwrap_or_else(|e| e.into_inner()));
+        let at = self.applied_lsn();
+        if at < their_lsn {
+            return Ok(None);
+        }
+        let ours = self.page_sums(from, theirs.len() as u32)?;
+        let mut differ = Vec::new();
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            let pgno = from + i as u32;
+            if a != b && !self.page_written_between(pgno, their_lsn, at)? {
+                differ.push(pgno);
+            }
+        }
+        Ok(Some(differ))
+    }
+
+    /// Whether a record of this replica's log in `from..to` wrote page
+    /// `pgno` or cut the file below it.
+    fn page_written_between(&self, pgno: u32, from: Lsn, to: Lsn) -> Result<bool> {
+        let mut at = from;
+        while at < to {
+            let records = self
+                .log
+                .read_some(at, 8 << 20)
+                .map_err(|e| Error::sql("XX000", e.to_string()))?;
+            let Some(last) = records.last() else {
+                return Err(Error::sql(
+                    "XX000",
+                    format!(
+                        "the log of database \"{}\" has no record at LSN {at}",
+                        self.name
+                    ),
+                ));
+            };
+            at = last.end_lsn();
+            if records
+                .iter()
+                .filter(|r| r.lsn < to)
+                .any(|r| r.db_size < pgno || r.pages.iter().any(|(p, _)| *p == pgno))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Borrows a read-only connection (opening one if none is idle).
     pub fn reader(&self) -> Result<Reader> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -1071,6 +1404,16 @@ fn open_writer(
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| open_error(path, e))?;
+    // A new file gets page checksums (`checksum`): the reserved bytes can
+    // be set only before its first page is written.
+    let pages: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages == 0 {
+        let mut reserve = super::checksum::RESERVED as i32;
+        conn.file_control(
+            Some("main"),
+            rusqlite::FileControl::ReserveBytes(&mut reserve),
+        )?;
+    }
     // The log, not SQLite's WAL, makes commits durable (it is fsynced before
     // a commit is acknowledged), so SQLite need not sync at commit. NORMAL
     // still syncs the WAL before, and the file after, each checkpoint.
@@ -1109,6 +1452,21 @@ fn open_writer(
         true,
     )?;
     finish_setup(conn, path, name, &shared.in_recovery)
+}
+
+/// Drops every page `conn` caches (after a page was written under its
+/// B-tree layer through `sqlite_dbpage`: redo's rule 1).
+fn reset_cache(conn: &Connection) {
+    // SAFETY: the handle belongs to `conn`, which outlives the call;
+    // SQLITE_FCNTL_RESET_CACHE takes no argument.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_RESET_CACHE,
+            std::ptr::null_mut(),
+        );
+    }
 }
 
 fn open_reader(path: &Path, name: &str, in_recovery: &Arc<AtomicBool>) -> Result<Conn> {

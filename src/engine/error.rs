@@ -76,6 +76,18 @@ pub enum Error {
         /// The setting that raises the limit.
         setting: &'static str,
     },
+    /// A page of the database failed its checksum ([`super::checksum`]):
+    /// the page is damaged on this node. Retryable while it is repaired
+    /// from a replica; `irreparable` when no replica had a good copy.
+    #[error("{}", corrupt_page_text(database, *pgno, *irreparable))]
+    CorruptPage {
+        /// The database (empty until the session names it).
+        database: String,
+        /// The damaged page, when the VFS reported it.
+        pgno: Option<u32>,
+        /// Every replica was asked and none had a good copy.
+        irreparable: bool,
+    },
     /// A file-system problem with the data directory.
     #[error("{context}: {source}")]
     Io {
@@ -99,6 +111,7 @@ impl Error {
             Error::Canceled => "57014",
             Error::OutOfMemory { .. } => "53200",
             Error::Io { .. } => "58030",
+            Error::CorruptPage { .. } => "XX001",
             Error::NotWritable { .. } | Error::CommitFenced => "25006",
         }
     }
@@ -141,6 +154,12 @@ impl Error {
             Error::NotWritable { .. } | Error::CommitFenced => {
                 Some("reconnect, with target_session_attrs=read-write to find the primary".into())
             }
+            Error::CorruptPage { irreparable: false, .. } => Some(
+                "retry the statement: the page is being repaired from a replica (sys.dm_hadr_auto_page_repair shows it)".into(),
+            ),
+            Error::CorruptPage { irreparable: true, .. } => Some(
+                "restore the database from a backup; the statements that do not need this page still run".into(),
+            ),
             _ => None,
         }
     }
@@ -172,8 +191,23 @@ impl Error {
     /// session must forget it (see <https://sqlite.org/lang_transaction.html>,
     /// "Response To Errors Within A Transaction").
     pub fn ends_transaction(&self) -> bool {
-        matches!(self, Error::CommitFenced)
+        matches!(self, Error::CommitFenced | Error::CorruptPage { .. })
             || matches!(self, Error::Sql { sqlstate, .. } if matches!(*sqlstate, "53100" | "53200" | "58030" | "XX001" | "57014"))
+    }
+}
+
+/// What [`Error::CorruptPage`] says.
+fn corrupt_page_text(database: &str, pgno: Option<u32>, irreparable: bool) -> String {
+    let page = pgno.map_or_else(|| "a page".to_string(), |p| format!("page {p}"));
+    let of = if database.is_empty() {
+        String::new()
+    } else {
+        format!(" of database \"{database}\"")
+    };
+    if irreparable {
+        format!("{page}{of} failed its checksum and no replica has a good copy: it is irreparable")
+    } else {
+        format!("{page}{of} failed its checksum on this replica and is being repaired from a partner replica")
     }
 }
 
@@ -198,6 +232,15 @@ impl From<rusqlite::Error> for Error {
                 if code.extended_code == ffi::SQLITE_CONSTRAINT_COMMITHOOK =>
             {
                 Error::CommitFenced
+            }
+            rusqlite::Error::SqliteFailure(code, _)
+                if code.extended_code == ffi::SQLITE_IOERR_DATA =>
+            {
+                Error::CorruptPage {
+                    database: String::new(),
+                    pgno: None,
+                    irreparable: false,
+                }
             }
             rusqlite::Error::SqliteFailure(code, message) => {
                 let message = message.unwrap_or_else(|| code.to_string());

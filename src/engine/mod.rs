@@ -57,7 +57,9 @@
 
 mod capture;
 pub mod catalog;
+pub mod checksum;
 pub mod cursor;
+pub mod damage;
 mod database;
 mod error;
 mod exec;
@@ -69,6 +71,7 @@ pub mod redo;
 pub mod sequence;
 pub mod temp;
 mod threads;
+pub mod vfs;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -78,8 +81,8 @@ use std::sync::{Arc, Mutex};
 
 pub use capture::checkpoint_passive;
 pub use database::{
-    monotonic_us, CommitHook, Conn, Database, Reader, Redone, Role, WriteGate, Writer, WriterGuard,
-    PG_VERSION,
+    monotonic_us, CommitHook, Conn, Database, PageRepair, Reader, Redone, Role, WriteGate, Writer,
+    WriterGuard, PG_VERSION,
 };
 pub use error::{Error, Result};
 pub use exec::{describe, is_readonly, run, run_charged, Column, Described, Outcome};

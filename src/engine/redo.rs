@@ -219,6 +219,7 @@ impl Applier {
     /// Fails with [`RedoError::NoDbpage`] when SQLite lacks `sqlite_dbpage`
     /// and [`RedoError::Defensive`] when the connection is in defensive mode.
     pub fn open(path: &Path) -> Result<Applier, RedoError> {
+        super::vfs::install();
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -236,6 +237,9 @@ impl Applier {
             return Err(RedoError::Defensive);
         }
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Redo overwrites pages whole and never serves a reader: a page
+        // that fails its checksum here is replaced, not refused (`vfs`).
+        super::vfs::set_verification(&conn, false);
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let pages: u32 = conn.pragma_query_value(None, "page_count", |row| row.get(0))?;
@@ -387,6 +391,32 @@ impl Applier {
         }
         tx.commit()?;
         Ok((db_size, page_one.is_some()))
+    }
+
+    /// Writes one page whole — a page repaired from a partner replica — in
+    /// a write transaction of its own, then drops the cache as after a batch
+    /// (rule 1; page 1 reloads the schema). The applied LSN does not move:
+    /// the page is the one the file should hold at it.
+    pub fn write_page(&mut self, pgno: u32, image: &[u8]) -> Result<(), RedoError> {
+        if let Some(size) = self.page_size {
+            if image.len() != size {
+                return Err(RedoError::PageSize {
+                    pgno,
+                    got: image.len(),
+                    want: size,
+                });
+            }
+        }
+        self.reset_cache()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)",
+            (pgno, image),
+        )?;
+        tx.commit()?;
+        self.settle(pgno == 1)
     }
 
     /// The connection, for checkpoints and reads by the owner. Writing
@@ -723,6 +753,8 @@ mod tests {
 
     impl Primary {
         fn create(path: &Path, page_size: u32, reserve: i32) -> Primary {
+            // As in the server: every connection goes through the VFS.
+            crate::engine::vfs::install();
             let conn = Connection::open(path).unwrap();
             conn.pragma_update(None, "page_size", page_size).unwrap();
             let mut reserve = reserve;

@@ -47,6 +47,14 @@
 //! a WITH HOLD cursor declared in a transaction that wrote does not see
 //! that transaction's own writes. `FETCH ALL` holds its rows whole.
 //!
+//! # Damaged pages
+//! A statement that reads a page failing its checksum gets
+//! [`Error::CorruptPage`] (XX001). Outside a transaction block it waits for
+//! the page's repair from a replica ([`PAGE_REPAIR_WAIT`] at most) and runs
+//! again — it changed nothing, since it failed — so the client sees no
+//! error when the repair is quick; inside a block, or when the repair takes
+//! longer, the client gets XX001 naming the page, which it may retry.
+//!
 //! # TEMP objects
 //! The first `CREATE TEMP TABLE/VIEW/TRIGGER` gives the session a private
 //! `pg_temp` schema ([`engine::temp`]); every reader or writer it borrows
@@ -72,6 +80,10 @@ use super::settings::{Settings, COMMIT_LSN};
 /// The longest a statement waits for `availdb.read_after_lsn` to be redone
 /// (less when `statement_timeout` is shorter).
 pub const READ_AFTER_LSN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a statement that hit a damaged page waits for its repair before
+/// it fails with XX001 (retryable).
+pub const PAGE_REPAIR_WAIT: Duration = Duration::from_secs(2);
 
 /// What a statement produced, for the wire layer to send.
 pub enum Reply {
@@ -426,7 +438,16 @@ impl Session {
     /// state PostgreSQL would be in (a failed transaction block stays failed
     /// until ROLLBACK).
     pub async fn execute(&mut self, cmd: Command, params: Vec<Value>) -> Result<Reply> {
-        let result = self.dispatch(cmd, params).await;
+        // A statement outside a transaction block that hit a damaged page
+        // runs again once the page is repaired (it changed nothing).
+        let again = matches!(self.tx, Tx::Idle).then(|| (cmd.clone(), params.clone()));
+        let mut result = self.dispatch(cmd, params).await;
+        if let (Err(Error::CorruptPage { .. }), Some((cmd, params))) = (&result, again) {
+            if self.db.wait_for_page_repair(PAGE_REPAIR_WAIT).await {
+                result = self.dispatch(cmd, params).await;
+            }
+        }
+        let result = result.map_err(|e| self.db.name_damage(e));
         let timed_out = self.cancel.timed_out.swap(false, Ordering::SeqCst);
         match result {
             Err(err) => {
@@ -1160,6 +1181,19 @@ impl Session {
             // Streams on its own pooled reader; the reader goes back to the
             // pool when the last row is sent (or the portal is closed).
             return match self.stream(reader, sql, params).await {
+                Ok((
+                    _streams_on,
+                    Reply::Stream {
+                        columns,
+                        mut rows,
+                        tag,
+                    },
+                )) => match rows.failed_at_start().await {
+                    // Before any row: the statement may run again
+                    // (`execute`, a damaged page being repaired).
+                    Some(e) => Err(e),
+                    None => Ok(Reply::Stream { columns, rows, tag }),
+                },
                 Ok((_streams_on, reply)) => Ok(reply),
                 Err((_, e)) => Err(e),
             };

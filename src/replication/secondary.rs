@@ -75,6 +75,20 @@ pub trait Admission: Send + Sync + 'static {
         at: Lsn,
         handover: Option<super::wire::Handover>,
     ) -> Result<Lsn, String>;
+    /// A partner replica asks for page `request.pgno` of a database it
+    /// found damaged (automatic page repair): the page as this replica's
+    /// file holds it at `request.at_lsn` or later, and that LSN; or why not
+    /// (sent back in `PageAnswer`).
+    async fn page_for_partner(
+        &self,
+        request: &crate::repair::PageRequest,
+    ) -> Result<(Lsn, Vec<u8>), String>;
+    /// A secondary's scrub asks for the stored checksums of a run of pages
+    /// (`PageSumsRequest`): at `request.at_lsn` or later, and that LSN.
+    async fn page_sums_for_partner(
+        &self,
+        request: &crate::repair::SumsRequest,
+    ) -> Result<(Lsn, Vec<u32>), String>;
 }
 
 /// Takes a client session an availability group listener handed over.
@@ -873,6 +887,68 @@ async fn serve_primary(
             .await;
         }
         return result;
+    }
+    if let Message::PageRequest {
+        cluster_id,
+        group,
+        database,
+        pgno,
+        at_lsn,
+    } = hello
+    {
+        let request = crate::repair::PageRequest {
+            cluster_id,
+            group,
+            database,
+            pgno,
+            at_lsn,
+        };
+        let answer = match admission.page_for_partner(&request).await {
+            Ok((lsn, image)) => Message::PageAnswer {
+                database: request.database,
+                pgno,
+                lsn,
+                image: Some(image),
+                reason: String::new(),
+            },
+            Err(reason) => Message::PageAnswer {
+                database: request.database,
+                pgno,
+                lsn: 0,
+                image: None,
+                reason,
+            },
+        };
+        return send(&mut conn, answer).await;
+    }
+    if let Message::PageSumsRequest {
+        cluster_id,
+        group,
+        database,
+        from_pgno,
+        count,
+        at_lsn,
+    } = hello
+    {
+        let request = crate::repair::SumsRequest {
+            cluster_id,
+            group,
+            database,
+            from_pgno,
+            count,
+            at_lsn,
+        };
+        let (lsn, sums, reason) = match admission.page_sums_for_partner(&request).await {
+            Ok((lsn, sums)) => (lsn, sums, String::new()),
+            Err(reason) => (0, Vec::new(), reason),
+        };
+        let answer = Message::PageSums {
+            database: request.database,
+            lsn,
+            sums,
+            reason,
+        };
+        return send(&mut conn, answer).await;
     }
     let Message::Hello {
         cluster_id,

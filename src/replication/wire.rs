@@ -76,6 +76,26 @@
 //!   14  Terminated     S → P      str database, u64 end_lsn (it has)
 //!   15  FailoverRequest S → P     str database (a geo-secondary asks its
 //!                                 source to hand the database over)
+//!   16  PageRequest    either     str cluster_id, str group, str database,
+//!                                 u32 pgno, u64 at_lsn (automatic page
+//!                                 repair: the first and only request of a
+//!                                 connection of its own; the partner
+//!                                 answers with the page as its file holds it
+//!                                 at an LSN at or past `at_lsn`)
+//!   17  PageAnswer     either     str database, u32 pgno, u64 lsn,
+//!                                 bool has_image, [blob image], str reason
+//!                                 (the page at `lsn`, sealed; without an
+//!                                 image, `reason` says why: damaged there
+//!                                 too, not a replica, redo behind)
+//!   18  PageSumsRequest either    str cluster_id, str group, str database,
+//!                                 u32 from_pgno, u32 count, u64 at_lsn
+//!                                 (the scrub of a secondary: the stored
+//!                                 checksums of `count` pages from
+//!                                 `from_pgno`, at `at_lsn` or later)
+//!   19  PageSums       either     str database, u64 lsn, list<u32> sums,
+//!                                 str reason (the checksums at `lsn`, one
+//!                                 per page that exists; none and a reason
+//!                                 when refused)
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -219,6 +239,62 @@ pub enum Message {
         database: String,
         /// Where its log ends.
         end_lsn: u64,
+    },
+    /// A replica that found a damaged page asks a partner for it (see
+    /// [`crate::repair`]): a secondary asks the primary, the primary its
+    /// synchronized secondaries.
+    PageRequest {
+        /// The asking replica's cluster; another cluster's request is refused.
+        cluster_id: String,
+        /// The availability group of the database.
+        group: String,
+        /// The database.
+        database: String,
+        /// The damaged page.
+        pgno: u32,
+        /// The partner answers with its file at this LSN or later (a
+        /// secondary redoes up to it first).
+        at_lsn: u64,
+    },
+    /// The answer to `PageRequest`.
+    PageAnswer {
+        /// The database.
+        database: String,
+        /// The page asked for.
+        pgno: u32,
+        /// The page is the one the partner's file holds at this LSN.
+        lsn: u64,
+        /// The page's bytes (sealed), or None.
+        image: Option<Vec<u8>>,
+        /// Why there is no image (empty with one).
+        reason: String,
+    },
+    /// A secondary's scrub asks the primary for the stored checksums of a
+    /// run of pages, to compare them with its own (see [`crate::repair`]).
+    PageSumsRequest {
+        /// The asking replica's cluster.
+        cluster_id: String,
+        /// The availability group of the database.
+        group: String,
+        /// The database.
+        database: String,
+        /// First page of the run.
+        from_pgno: u32,
+        /// Pages in the run.
+        count: u32,
+        /// The partner answers with its file at this LSN or later.
+        at_lsn: u64,
+    },
+    /// The answer to `PageSumsRequest`.
+    PageSums {
+        /// The database.
+        database: String,
+        /// The checksums are those of the file at this LSN.
+        lsn: u64,
+        /// One per page of the run that exists, in page order.
+        sums: Vec<u32>,
+        /// Why there are none (empty with them).
+        reason: String,
     },
     /// Primary → secondary: log records of one database, in LSN order.
     Records {
@@ -389,6 +465,10 @@ enum Kind {
     Terminate = 13,
     Terminated = 14,
     FailoverRequest = 15,
+    PageRequest = 16,
+    PageAnswer = 17,
+    PageSumsRequest = 18,
+    PageSums = 19,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -421,6 +501,10 @@ impl TryFrom<u8> for Kind {
             13 => Kind::Terminate,
             14 => Kind::Terminated,
             15 => Kind::FailoverRequest,
+            16 => Kind::PageRequest,
+            17 => Kind::PageAnswer,
+            18 => Kind::PageSumsRequest,
+            19 => Kind::PageSums,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -444,6 +528,10 @@ impl Message {
             Message::Terminate { .. } => Kind::Terminate,
             Message::Terminated { .. } => Kind::Terminated,
             Message::FailoverRequest { .. } => Kind::FailoverRequest,
+            Message::PageRequest { .. } => Kind::PageRequest,
+            Message::PageAnswer { .. } => Kind::PageAnswer,
+            Message::PageSumsRequest { .. } => Kind::PageSumsRequest,
+            Message::PageSums { .. } => Kind::PageSums,
         }
     }
 
@@ -515,6 +603,37 @@ impl Message {
                 len
             }
             Message::FailoverRequest { database } => str_len(database)?,
+            Message::PageRequest {
+                cluster_id,
+                group,
+                database,
+                ..
+            } => str_len(cluster_id)? + str_len(group)? + str_len(database)? + 4 + 8,
+            Message::PageAnswer {
+                database,
+                image,
+                reason,
+                ..
+            } => {
+                str_len(database)?
+                    + 4
+                    + 8
+                    + 1
+                    + image.as_ref().map_or(0, |i| 4 + i.len())
+                    + str_len(reason)?
+            }
+            Message::PageSumsRequest {
+                cluster_id,
+                group,
+                database,
+                ..
+            } => str_len(cluster_id)? + str_len(group)? + str_len(database)? + 4 + 4 + 8,
+            Message::PageSums {
+                database,
+                sums,
+                reason,
+                ..
+            } => str_len(database)? + 8 + 4 + 4 * sums.len() + str_len(reason)?,
             Message::Terminated { database, .. } => str_len(database)? + 8,
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
@@ -661,6 +780,64 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
             }
         }
         Message::FailoverRequest { database } => w.str(database),
+        Message::PageRequest {
+            cluster_id,
+            group,
+            database,
+            pgno,
+            at_lsn,
+        } => {
+            w.str(cluster_id);
+            w.str(group);
+            w.str(database);
+            w.u32(*pgno);
+            w.u64(*at_lsn);
+        }
+        Message::PageAnswer {
+            database,
+            pgno,
+            lsn,
+            image,
+            reason,
+        } => {
+            w.str(database);
+            w.u32(*pgno);
+            w.u64(*lsn);
+            w.u8(u8::from(image.is_some()));
+            if let Some(image) = image {
+                w.blob(image);
+            }
+            w.str(reason);
+        }
+        Message::PageSumsRequest {
+            cluster_id,
+            group,
+            database,
+            from_pgno,
+            count,
+            at_lsn,
+        } => {
+            w.str(cluster_id);
+            w.str(group);
+            w.str(database);
+            w.u32(*from_pgno);
+            w.u32(*count);
+            w.u64(*at_lsn);
+        }
+        Message::PageSums {
+            database,
+            lsn,
+            sums,
+            reason,
+        } => {
+            w.str(database);
+            w.u64(*lsn);
+            w.u32(sums.len() as u32);
+            for sum in sums {
+                w.u32(*sum);
+            }
+            w.str(reason);
+        }
         Message::Terminated { database, end_lsn } => {
             w.str(database);
             w.u64(*end_lsn);
@@ -872,6 +1049,53 @@ impl<'a> Reader<'a> {
             Kind::FailoverRequest => Message::FailoverRequest {
                 database: self.str("database")?,
             },
+            Kind::PageRequest => Message::PageRequest {
+                cluster_id: self.str("cluster_id")?,
+                group: self.str("group")?,
+                database: self.str("database")?,
+                pgno: self.u32("pgno")?,
+                at_lsn: self.u64("at_lsn")?,
+            },
+            Kind::PageAnswer => {
+                let database = self.str("database")?;
+                let pgno = self.u32("pgno")?;
+                let lsn = self.u64("lsn")?;
+                let image = if self.bool("has_image")? {
+                    Some(self.blob("image")?)
+                } else {
+                    None
+                };
+                Message::PageAnswer {
+                    database,
+                    pgno,
+                    lsn,
+                    image,
+                    reason: self.str("reason")?,
+                }
+            }
+            Kind::PageSumsRequest => Message::PageSumsRequest {
+                cluster_id: self.str("cluster_id")?,
+                group: self.str("group")?,
+                database: self.str("database")?,
+                from_pgno: self.u32("from_pgno")?,
+                count: self.u32("count")?,
+                at_lsn: self.u64("at_lsn")?,
+            },
+            Kind::PageSums => {
+                let database = self.str("database")?;
+                let lsn = self.u64("lsn")?;
+                let n = self.count("sums", 4)?;
+                let mut sums = Vec::with_capacity(n);
+                for _ in 0..n {
+                    sums.push(self.u32("sums[]")?);
+                }
+                Message::PageSums {
+                    database,
+                    lsn,
+                    sums,
+                    reason: self.str("reason")?,
+                }
+            }
             Kind::Terminated => Message::Terminated {
                 database: self.str("database")?,
                 end_lsn: self.u64("end_lsn")?,
@@ -1211,6 +1435,41 @@ mod tests {
             Message::FailoverRequest {
                 database: "app".into(),
             },
+            Message::PageRequest {
+                cluster_id: "c1".into(),
+                group: "ag1".into(),
+                database: "app".into(),
+                pgno: 7,
+                at_lsn: 8192,
+            },
+            Message::PageAnswer {
+                database: "app".into(),
+                pgno: 7,
+                lsn: 8192,
+                image: Some(vec![0xAB; 512]),
+                reason: String::new(),
+            },
+            Message::PageAnswer {
+                database: "app".into(),
+                pgno: 1,
+                lsn: 0,
+                image: None,
+                reason: "damaged here too".into(),
+            },
+            Message::PageSumsRequest {
+                cluster_id: "c1".into(),
+                group: "ag1".into(),
+                database: "app".into(),
+                from_pgno: 65,
+                count: 64,
+                at_lsn: 4096,
+            },
+            Message::PageSums {
+                database: "app".into(),
+                lsn: 4096,
+                sums: vec![1, 0xFFFF_FFFF, 7],
+                reason: String::new(),
+            },
         ]
     }
 
@@ -1255,8 +1514,8 @@ mod tests {
     fn the_samples_cover_every_kind() {
         let mut kinds: Vec<u8> = samples().iter().map(|m| m.kind() as u8).collect();
         kinds.dedup();
-        assert_eq!(kinds, (1..=15).collect::<Vec<u8>>());
-        for byte in 1..=15u8 {
+        assert_eq!(kinds, (1..=19).collect::<Vec<u8>>());
+        for byte in 1..=19u8 {
             assert_eq!(Kind::try_from(byte).unwrap() as u8, byte);
         }
     }
@@ -1389,7 +1648,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_rejected_with_advice() {
-        for kind in [0, 16, 255] {
+        for kind in [0, 20, 255] {
             let err = decode(&raw_frame(VERSION, kind, &[])).unwrap_err();
             assert!(matches!(err, WireError::Kind(k) if k == kind), "{err:?}");
             assert!(err.to_string().contains("upgrade"), "{err}");

@@ -1,0 +1,522 @@
+//! The availdb VFS: a shim over SQLite's default VFS that seals and
+//! verifies page checksums ([`super::checksum`]) in the files of databases
+//! that reserve 8 bytes a page, and reports every page that fails.
+//!
+//! Registered once, as the default VFS ([`install`]), so every connection —
+//! writer, readers, redo applier, backups — goes through it; a database
+//! without the reserved bytes passes through untouched.
+//!
+//! # What it does, and why there
+//! * **Reads of the database file** of a whole page at a page boundary are
+//!   verified. A page that fails is reported ([`super::damage`]) with its
+//!   number and the read fails with `SQLITE_IOERR_DATA`, which the
+//!   engine turns into [`super::Error::CorruptPage`]. A connection can turn
+//!   verification off for itself ([`set_verification`]): the redo applier
+//!   and the page repair overwrite pages they never interpret.
+//! * **Writes to the database file** (checkpoints) are sealed on the way:
+//!   whatever the WAL held, the file gets a page with a valid checksum.
+//! * **WAL frames are written as SQLite gives them.** SQLite computes each
+//!   frame's checksum (which chains through the WAL) *before* it writes the
+//!   page, so the page may not change on the way; its reserved bytes still
+//!   hold the checksum of the page it was modified from. The page is sealed
+//!   in SQLite's buffer right after the write (so the writing connection's
+//!   cache holds it sealed), reads of WAL frames are sealed rather than
+//!   verified, and capture seals the pages it reads from the WAL itself, so
+//!   every connection sees, and the log and every replica hold, sealed
+//!   pages only. WAL frames are protected by SQLite's own
+//!   chained frame checksums (checked by capture at every commit and by
+//!   SQLite when it rebuilds its WAL index) until a checkpoint copies them.
+//! * Memory-mapped reads are refused for checksummed files (SQLite then
+//!   reads), since a mapped page bypasses the check.
+//!
+//! The flags that say whether a file is checksummed come from the header
+//! bytes SQLite itself reads and writes (page 1's byte 20), and are shared
+//! between a connection's database file and its WAL.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use rusqlite::ffi;
+
+use super::checksum;
+
+/// The VFS's name.
+const NAME: &CStr = c"availdb";
+
+/// File-control opcode of [`set_verification`] (custom opcodes start above
+/// 100, per SQLite's documentation of `xFileControl`).
+const FCNTL_VERIFY: c_int = 0x4156_0001;
+
+/// What a connection's database file and its WAL share.
+struct FileState {
+    /// The file's pages carry checksums (header byte 20 is 8).
+    checksummed: AtomicBool,
+    /// Reads of the database file are verified.
+    verify: AtomicBool,
+    /// The database file's path, as SQLite named it.
+    path: PathBuf,
+}
+
+/// One open file of ours: SQLite's header, our state, then the lower
+/// VFS's file (`szOsFile` of the lower VFS) right after.
+#[repr(C)]
+struct ShimFile {
+    base: ffi::sqlite3_file,
+    /// `Arc<FileState>` leaked into the file, dropped at close.
+    state: *const FileState,
+    wal: bool,
+}
+
+/// The default VFS this one wraps.
+struct Lower(*mut ffi::sqlite3_vfs);
+// SAFETY: SQLite's VFS objects are process-wide and thread-safe by contract.
+unsafe impl Send for Lower {}
+// SAFETY: as above.
+unsafe impl Sync for Lower {}
+
+static LOWER: OnceLock<Lower> = OnceLock::new();
+
+/// Registers the VFS as SQLite's default, once per process. Connections
+/// opened before the first call do not use it.
+pub fn install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_vfs_find(NULL) returns the default VFS, which
+        // lives as long as the process; the copy we register is leaked, so
+        // it does too. Every method but xOpen stays the lower VFS's, with
+        // the lower's pAppData, so they behave as for the lower VFS.
+        unsafe {
+            let lower = ffi::sqlite3_vfs_find(std::ptr::null());
+            assert!(!lower.is_null(), "SQLite has no default VFS");
+            let _ = LOWER.set(Lower(lower));
+            let mut ours = *lower;
+            ours.zName = NAME.as_ptr();
+            ours.pNext = std::ptr::null_mut();
+            ours.szOsFile = (*lower).szOsFile + std::mem::size_of::<ShimFile>() as c_int;
+            ours.xOpen = Some(open);
+            let ours = Box::leak(Box::new(ours));
+            let rc = ffi::sqlite3_vfs_register(ours, 1);
+            assert_eq!(rc, ffi::SQLITE_OK, "cannot register the availdb VFS");
+        }
+    });
+}
+
+/// Turns checksum verification of `conn`'s database file on or off; returns
+/// whether it was on. Checksums are still written while it is off.
+pub fn set_verification(conn: &rusqlite::Connection, on: bool) -> bool {
+    let mut arg: c_int = c_int::from(on);
+    // SAFETY: the handle belongs to `conn`; our xFileControl reads and
+    // writes the int behind the pointer, other VFSes return NOTFOUND.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            FCNTL_VERIFY,
+            (&raw mut arg).cast(),
+        )
+    };
+    rc == ffi::SQLITE_OK && arg != 0
+}
+
+static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(close),
+    xRead: Some(read),
+    xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
+    xShmMap: Some(shm_map),
+    xShmLock: Some(shm_lock),
+    xShmBarrier: Some(shm_barrier),
+    xShmUnmap: Some(shm_unmap),
+    xFetch: Some(fetch),
+    xUnfetch: Some(unfetch),
+};
+
+fn lower_vfs() -> *mut ffi::sqlite3_vfs {
+    LOWER.get().expect("installed before use").0
+}
+
+/// The lower VFS's file behind ours.
+///
+/// # Safety
+/// `file` is a `ShimFile` opened by [`open`].
+unsafe fn lower(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    file.cast::<u8>()
+        .add(std::mem::size_of::<ShimFile>())
+        .cast()
+}
+
+/// # Safety
+/// `file` is a `ShimFile` opened by [`open`] and not closed.
+unsafe fn state<'a>(file: *mut ffi::sqlite3_file) -> &'a FileState {
+    &*(*file.cast::<ShimFile>()).state
+}
+
+/// # Safety
+/// `file` is an open file of the lower VFS.
+unsafe fn methods<'a>(file: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_methods {
+    &*(*file).pMethods
+}
+
+unsafe extern "C" fn open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let lower_vfs = lower_vfs();
+    let Some(lower_open) = (*lower_vfs).xOpen else {
+        return ffi::SQLITE_CANTOPEN;
+    };
+    let main = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+    let wal = flags & ffi::SQLITE_OPEN_WAL != 0;
+    if !(main || wal) || name.is_null() {
+        return lower_open(lower_vfs, name, file, flags, out_flags);
+    }
+    let shim = file.cast::<ShimFile>();
+    (*shim).base.pMethods = std::ptr::null();
+    let inner = lower(file);
+    let rc = lower_open(lower_vfs, name, inner, flags, out_flags);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    let state = if wal {
+        // The connection's database file, opened by us before its WAL.
+        let db = ffi::sqlite3_database_file_object(name);
+        if !db.is_null() && std::ptr::eq((*db).pMethods, &METHODS) {
+            let shared = (*db.cast::<ShimFile>()).state;
+            Arc::increment_strong_count(shared);
+            shared
+        } else {
+            Arc::into_raw(Arc::new(FileState {
+                checksummed: AtomicBool::new(false),
+                verify: AtomicBool::new(false),
+                path: PathBuf::new(),
+            }))
+        }
+    } else {
+        let path = PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned());
+        let mut header = [0u8; 100];
+        let checksummed = match methods(inner).xRead {
+            Some(read) => {
+                read(inner, header.as_mut_ptr().cast(), 100, 0) == ffi::SQLITE_OK
+                    && checksum::header_says_checksummed(&header)
+            }
+            None => false,
+        };
+        Arc::into_raw(Arc::new(FileState {
+            checksummed: AtomicBool::new(checksummed),
+            verify: AtomicBool::new(true),
+            path,
+        }))
+    };
+    (*shim).state = state;
+    (*shim).wal = wal;
+    (*shim).base.pMethods = &METHODS;
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    let inner = lower(file);
+    let rc = match methods(inner).xClose {
+        Some(close) => close(inner),
+        None => ffi::SQLITE_OK,
+    };
+    let shim = file.cast::<ShimFile>();
+    drop(Arc::from_raw((*shim).state));
+    (*shim).state = std::ptr::null();
+    rc
+}
+
+/// Follows page 1's byte 20 in what SQLite reads or writes.
+fn note_header(state: &FileState, page: &[u8]) {
+    if page.len() >= 100 && page.starts_with(b"SQLite format 3\0") {
+        state
+            .checksummed
+            .store(checksum::header_says_checksummed(page), Ordering::SeqCst);
+    }
+}
+
+unsafe extern "C" fn read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let inner = lower(file);
+    let Some(lower_read) = methods(inner).xRead else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    let rc = lower_read(inner, buf, amount, offset);
+    if rc != ffi::SQLITE_OK || amount <= 0 {
+        return rc;
+    }
+    let state = state(file);
+    let bytes = std::slice::from_raw_parts_mut(buf.cast::<u8>(), amount as usize);
+    let wal = (*file.cast::<ShimFile>()).wal;
+    if (!wal && offset == 0) || (wal && checksum::is_page_size(bytes.len())) {
+        note_header(state, bytes);
+    }
+    if !state.checksummed.load(Ordering::SeqCst) || !checksum::is_page_size(bytes.len()) {
+        return rc;
+    }
+    if wal {
+        checksum::seal(bytes);
+        return rc;
+    }
+    let size = bytes.len() as i64;
+    if offset % size == 0 && state.verify.load(Ordering::SeqCst) && !checksum::verify(bytes) {
+        super::damage::report(&state.path, (offset / size + 1) as u32);
+        return ffi::SQLITE_IOERR_DATA;
+    }
+    rc
+}
+
+unsafe extern "C" fn write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    let inner = lower(file);
+    let Some(lower_write) = methods(inner).xWrite else {
+        return ffi::SQLITE_IOERR_WRITE;
+    };
+    if amount <= 0 {
+        return lower_write(inner, buf, amount, offset);
+    }
+    let state = state(file);
+    // SQLite hands over its own page buffer (the pager's copy of the page);
+    // sealing it in place, as SQLite's cksumvfs does, keeps that copy
+    // sealed for the connection's later reads of it.
+    let bytes = std::slice::from_raw_parts_mut(buf.cast::<u8>().cast_mut(), amount as usize);
+    let wal = (*file.cast::<ShimFile>()).wal;
+    if (!wal && offset == 0) || (wal && checksum::is_page_size(bytes.len())) {
+        note_header(state, bytes);
+    }
+    let seal = state.checksummed.load(Ordering::SeqCst) && checksum::is_page_size(bytes.len());
+    if !seal {
+        return lower_write(inner, buf, amount, offset);
+    }
+    if !wal {
+        checksum::seal(bytes);
+        return lower_write(inner, buf, amount, offset);
+    }
+    // The frame's checksum, in the header SQLite wrote just before, covers
+    // the page as it is now: it goes to the WAL unchanged, and is sealed
+    // only afterwards, in SQLite's buffer.
+    let rc = lower_write(inner, buf, amount, offset);
+    checksum::seal(bytes);
+    rc
+}
+
+unsafe extern "C" fn file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    if op == FCNTL_VERIFY {
+        let state = state(file);
+        let arg = arg.cast::<c_int>();
+        let was = state.verify.swap(*arg != 0, Ordering::SeqCst);
+        *arg = c_int::from(was);
+        return ffi::SQLITE_OK;
+    }
+    let inner = lower(file);
+    match methods(inner).xFileControl {
+        Some(f) => f(inner, op, arg),
+        None => ffi::SQLITE_NOTFOUND,
+    }
+}
+
+unsafe extern "C" fn fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: ffi::sqlite3_int64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    if state(file).checksummed.load(Ordering::SeqCst) {
+        *out = std::ptr::null_mut();
+        return ffi::SQLITE_OK;
+    }
+    let inner = lower(file);
+    match methods(inner).xFetch {
+        Some(f) => f(inner, offset, amount, out),
+        None => {
+            *out = std::ptr::null_mut();
+            ffi::SQLITE_OK
+        }
+    }
+}
+
+/// Pass-through methods: the lower file's, or what SQLite assumes when a
+/// VFS lacks one.
+macro_rules! forward {
+    ($name:ident, $method:ident, ($($arg:ident: $ty:ty),*), $missing:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
+            let inner = lower(file);
+            match methods(inner).$method {
+                Some(f) => f(inner $(, $arg)*),
+                None => $missing,
+            }
+        }
+    };
+}
+
+forward!(truncate, xTruncate, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
+forward!(sync, xSync, (flags: c_int), ffi::SQLITE_IOERR_FSYNC);
+forward!(file_size, xFileSize, (size: *mut ffi::sqlite3_int64), ffi::SQLITE_IOERR_FSTAT);
+forward!(lock, xLock, (level: c_int), ffi::SQLITE_IOERR_LOCK);
+forward!(unlock, xUnlock, (level: c_int), ffi::SQLITE_IOERR_UNLOCK);
+forward!(check_reserved_lock, xCheckReservedLock, (out: *mut c_int), ffi::SQLITE_IOERR_CHECKRESERVEDLOCK);
+forward!(sector_size, xSectorSize, (), 4096);
+forward!(device_characteristics, xDeviceCharacteristics, (), 0);
+forward!(shm_map, xShmMap, (page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void), ffi::SQLITE_IOERR_SHMMAP);
+forward!(shm_lock, xShmLock, (offset: c_int, n: c_int, flags: c_int), ffi::SQLITE_IOERR_SHMLOCK);
+forward!(shm_unmap, xShmUnmap, (delete: c_int), ffi::SQLITE_OK);
+forward!(unfetch, xUnfetch, (offset: ffi::sqlite3_int64, page: *mut c_void), ffi::SQLITE_OK);
+
+unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
+    let inner = lower(file);
+    if let Some(f) = methods(inner).xShmBarrier {
+        f(inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::damage;
+    use rusqlite::{Connection, FileControl};
+    use std::os::unix::fs::FileExt;
+
+    /// A checksummed database in WAL mode with `rows` rows, checkpointed
+    /// into its file.
+    fn checksummed(path: &std::path::Path, rows: u32) -> Connection {
+        install();
+        let conn = Connection::open(path).unwrap();
+        let mut reserve = checksum::RESERVED as i32;
+        conn.file_control(Some("main"), FileControl::ReserveBytes(&mut reserve))
+            .unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(x INTEGER PRIMARY KEY, pad);
+             CREATE INDEX t_pad ON t(pad);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {rows})
+             INSERT INTO t SELECT i, randomblob(300) FROM s;
+             PRAGMA wal_checkpoint(TRUNCATE);"
+        ))
+        .unwrap();
+        conn
+    }
+
+    fn flip(path: &std::path::Path, pgno: u32, byte: u64) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let at = u64::from(pgno - 1) * 4096 + byte;
+        let mut b = [0u8];
+        file.read_exact_at(&mut b, at).unwrap();
+        file.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+
+    #[test]
+    fn every_page_a_connection_sees_is_sealed_and_the_file_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let conn = checksummed(&path, 500);
+        conn.execute_batch("UPDATE t SET pad = randomblob(200) WHERE x % 3 = 0")
+            .unwrap();
+        // The writer's own cache, the WAL and the file: all sealed.
+        let mut pages = conn.prepare("SELECT data FROM sqlite_dbpage").unwrap();
+        let all: Vec<Vec<u8>> = pages
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(all.len() > 20);
+        assert!(
+            all.iter().all(|p| checksum::verify(p)),
+            "a page is not sealed"
+        );
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.chunks(4096).all(checksum::verify),
+            "the file is sealed"
+        );
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn a_bit_flip_in_the_file_fails_the_read_and_names_its_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        drop(checksummed(&path, 500));
+        let root: u32 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't_pad'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        flip(&path, root, 2000);
+        let reader = Connection::open(&path).unwrap();
+        let err = reader
+            .query_row(
+                "SELECT count(*) FROM t INDEXED BY t_pad WHERE pad > x''",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_err();
+        let engine = crate::engine::Error::from(err);
+        assert!(
+            matches!(engine, crate::engine::Error::CorruptPage { .. }),
+            "{engine}"
+        );
+        assert_eq!(damage::pages(&path), vec![(root, damage::Status::Pending)]);
+        // Without verification the damaged bytes are read as they are.
+        assert!(set_verification(&reader, false), "verification was on");
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 500, "the table itself is intact");
+        damage::forget_file(&path);
+    }
+
+    #[test]
+    fn page_one_damaged_is_named_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(checksummed(&path, 10));
+        flip(&path, 1, 3000);
+        let reader = Connection::open(&path).unwrap();
+        let err = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert!(matches!(
+            crate::engine::Error::from(err),
+            crate::engine::Error::CorruptPage { .. }
+        ));
+        assert_eq!(damage::pages(&path), vec![(1, damage::Status::Pending)]);
+        damage::forget_file(&path);
+    }
+}

@@ -1,0 +1,279 @@
+//! Continuous scrubbing: every replica reads every page of its availability
+//! databases from disk in the background, at a bounded rate, with each
+//! page's checksum verified — so a damaged page that no query reads (a cold
+//! page) is found and repaired like one a query hit.
+//!
+//! A pass goes through a database's pages in order, [`CHUNK_PAGES`] at a
+//! time on a pooled reader whose cache is dropped first, and sleeps between
+//! chunks so that the bytes read stay under the rate ([`delay_us`], pure).
+//! A damaged page is reported by the read (the VFS), taken up by the repair
+//! task, and the pass goes on after it. A database whose file is part new,
+//! part old (a secondary inside a full image) is skipped until the image is
+//! whole: its pages not redone yet read as zeros.
+//!
+//! Progress per database (`sys.dm_hadr_page_scrub_status`): pages, pages
+//! verified in the current pass, passes completed, when the last one
+//! ended, damaged pages found.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::service::{ask_sums, redone_to, Partners, Topology};
+use super::SumsRequest;
+use crate::engine::{damage, Database, Engine, Error};
+
+/// Bytes read per second when nothing else is configured (4 MiB/s;
+/// `availdb server --scrub-kib-per-s`).
+pub const DEFAULT_RATE_BYTES: u64 = 4 << 20;
+/// Pages read in one go.
+pub const CHUNK_PAGES: u32 = 64;
+/// A database's passes start at most this often (a small database is not
+/// read over and over).
+const PASS_EVERY: Duration = Duration::from_secs(5);
+/// Wait between rounds when there is nothing to scrub.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// How long to wait before reading on, having read `bytes` in
+/// `elapsed_us` since the pass began, at `rate` bytes a second (0 for no
+/// wait).
+pub fn delay_us(bytes: u64, elapsed_us: u64, rate: u64) -> u64 {
+    if rate == 0 {
+        return 0;
+    }
+    let due_us = (u128::from(bytes) * 1_000_000 / u128::from(rate)).min(u128::from(u64::MAX));
+    (due_us as u64).saturating_sub(elapsed_us)
+}
+
+/// One database's scrub progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubRow {
+    /// The database.
+    pub database: String,
+    /// Pages in its file at the last chunk.
+    pub pages: u32,
+    /// Pages verified in the current pass.
+    pub verified: u32,
+    /// Passes completed since the node started.
+    pub passes: u64,
+    /// When the last pass ended (µs since the Unix epoch).
+    pub last_pass_end_us: Option<i64>,
+    /// Damaged pages the scrub found since the node started (failing
+    /// their checksum, or differing from the primary's).
+    pub damaged_found: u64,
+    /// Of those, pages that passed their checksum but differed from the
+    /// primary's at the same LSN.
+    pub mismatches_found: u64,
+}
+
+/// Every database's scrub progress on this node.
+#[derive(Debug, Default)]
+pub struct ScrubStatus {
+    rows: Mutex<BTreeMap<String, ScrubRow>>,
+}
+
+impl ScrubStatus {
+    fn update(&self, database: &str, f: impl FnOnce(&mut ScrubRow)) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let row = rows
+            .entry(database.to_string())
+            .or_insert_with(|| ScrubRow {
+                database: database.to_string(),
+                ..ScrubRow::default()
+            });
+        f(row);
+    }
+
+    /// Every database's row.
+    pub fn rows(&self) -> Vec<ScrubRow> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.values().cloned().collect()
+    }
+}
+
+/// Starts the node's scrubber at `rate` bytes a second.
+pub fn spawn_scrubber(
+    engine: Arc<Engine>,
+    topology: Arc<dyn Topology>,
+    status: Arc<ScrubStatus>,
+    rate: u64,
+) {
+    tokio::spawn(async move {
+        let mut last_pass: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+        loop {
+            let mut scrubbed = false;
+            for name in engine.names() {
+                let Some(partners) = topology.partners(&name) else {
+                    continue;
+                };
+                let due = last_pass
+                    .get(&name)
+                    .is_none_or(|at| at.elapsed() >= PASS_EVERY);
+                let Ok(db) = engine.database(&name) else {
+                    continue;
+                };
+                if !due || db.inside_image() {
+                    continue;
+                }
+                last_pass.insert(name.clone(), tokio::time::Instant::now());
+                scrub(&db, &partners, &status, rate).await;
+                scrubbed = true;
+            }
+            if !scrubbed {
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+    });
+}
+
+/// One pass over `db`.
+async fn scrub(db: &Arc<Database>, partners: &Partners, status: &ScrubStatus, rate: u64) {
+    let started = tokio::time::Instant::now();
+    let mut pgno = 1u32;
+    let mut bytes = 0u64;
+    let mut page_size = 4096u64;
+    status.update(db.name(), |r| r.verified = 0);
+    loop {
+        if db.inside_image() {
+            return;
+        }
+        let chunk = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || db.scrub_pages(pgno, CHUNK_PAGES)).await
+        };
+        let next = match chunk {
+            Ok(Ok((pages, size))) => {
+                page_size = u64::from(size);
+                let read = CHUNK_PAGES.min(pages.saturating_sub(pgno - 1));
+                if !partners.primary_here {
+                    compare_with_primary(db, partners, pgno, read, status).await;
+                }
+                status.update(db.name(), |r| {
+                    r.pages = pages;
+                    r.verified += read;
+                });
+                if pgno.saturating_add(CHUNK_PAGES) > pages {
+                    status.update(db.name(), |r| {
+                        r.passes += 1;
+                        r.last_pass_end_us = Some(now_us());
+                    });
+                    return;
+                }
+                pgno + CHUNK_PAGES
+            }
+            Ok(Err(Error::CorruptPage {
+                pgno: Some(bad), ..
+            })) => {
+                tracing::warn!(
+                    database = db.name(),
+                    pgno = bad,
+                    "the scrub found a damaged page"
+                );
+                status.update(db.name(), |r| {
+                    r.damaged_found += 1;
+                    r.verified += bad.saturating_sub(pgno);
+                });
+                bad + 1
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(database = db.name(), "scrub pass stopped: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(database = db.name(), "scrub chunk failed: {e}");
+                return;
+            }
+        };
+        bytes += u64::from(next - pgno) * page_size;
+        pgno = next;
+        let elapsed = started.elapsed().as_micros() as u64;
+        tokio::time::sleep(Duration::from_micros(delay_us(bytes, elapsed, rate))).await;
+    }
+}
+
+/// Compares pages `from..from + count` with the primary's at a common
+/// LSN: a page whose stored checksum differs (and that no record since the
+/// primary's LSN rewrote here) is reported damaged, so the repair task
+/// replaces it with the primary's copy. Nothing is compared when the
+/// primary cannot be asked or this replica's redo stays behind.
+async fn compare_with_primary(
+    db: &Arc<Database>,
+    partners: &Partners,
+    from: u32,
+    count: u32,
+    status: &ScrubStatus,
+) {
+    let Some((replica, endpoint)) = partners.replicas.first() else {
+        return;
+    };
+    let request = SumsRequest {
+        cluster_id: partners.cluster_id.clone(),
+        group: partners.group.clone(),
+        database: db.name().to_string(),
+        from_pgno: from,
+        count,
+        at_lsn: db.applied_lsn(),
+    };
+    let (lsn, sums) = match ask_sums(replica, *endpoint, &request).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::debug!(database = db.name(), from, "scrub comparison skipped: {e}");
+            return;
+        }
+    };
+    if !redone_to(db, lsn).await {
+        return;
+    }
+    let compared = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.differing_pages(from, &sums, lsn)).await
+    };
+    let Ok(Ok(Some(differ))) = compared else {
+        return;
+    };
+    for pgno in differ {
+        tracing::warn!(
+            database = db.name(),
+            pgno,
+            lsn,
+            "the scrub found a page that differs from the primary's"
+        );
+        damage::report(db.path(), pgno);
+        status.update(db.name(), |r| {
+            r.damaged_found += 1;
+            r.mismatches_found += 1;
+        });
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_keeps_the_bytes_read_under_the_rate() {
+        let table = [
+            // (bytes, elapsed µs, rate, expected delay µs)
+            (0, 0, 1 << 20, 0),
+            (1 << 20, 0, 1 << 20, 1_000_000),
+            (1 << 20, 400_000, 1 << 20, 600_000),
+            (1 << 20, 2_000_000, 1 << 20, 0),
+            (4 << 20, 0, 4 << 20, 1_000_000),
+            (4096, 0, 0, 0),
+            (u64::MAX, 0, 1, u64::MAX),
+        ];
+        for (bytes, elapsed, rate, want) in table {
+            assert_eq!(
+                delay_us(bytes, elapsed, rate),
+                want,
+                "{bytes} B after {elapsed} µs at {rate} B/s"
+            );
+        }
+    }
+}
