@@ -1123,17 +1123,13 @@ impl Session {
 
     /// Whether `sql` only reads, remembered (see `Session::readonly`) or
     /// asked of SQLite on `holder`'s connection.
-    async fn is_readonly<H: HasConn + Send + 'static>(
-        &mut self,
-        holder: H,
-        sql: &str,
-    ) -> (H, Result<bool>) {
+    async fn is_readonly<H: Holds>(&mut self, holder: H, sql: &str) -> (H, Result<bool>) {
         if let Some(ro) = self.readonly.get(sql) {
             return (holder, Ok(*ro));
         }
         let s = sql.to_string();
         let (holder, ro) = blocking(move || {
-            let ro = engine::is_readonly(holder.sqlite(), &s);
+            let ro = engine::is_readonly(holder.connection(), &s);
             (holder, ro)
         })
         .await;
@@ -1402,18 +1398,17 @@ impl Session {
         sql: String,
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
-        let (w, ro) = self.is_readonly(w, &sql).await;
+        let (holder, ro) = self.is_readonly(Holder::Writer(w), &sql).await;
         match ro {
-            Err(e) => return (Holder::Writer(w), Err(e)),
+            Err(e) => return (holder, Err(e)),
             // A read inside a write transaction streams from the writer,
             // which sees the transaction's own writes.
-            Ok(true) => {
-                return self
-                    .stream_in_transaction(Holder::Writer(w), sql, params)
-                    .await
-            }
+            Ok(true) => return self.stream_in_transaction(holder, sql, params).await,
             Ok(false) => {}
         }
+        let Holder::Writer(w) = holder else {
+            unreachable!("is_readonly gives back the holder it was given")
+        };
         let s = sql.clone();
         let memory = self.memory.clone();
         let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
@@ -1866,23 +1861,6 @@ async fn commit_on_writer<T: Send + 'static>(
         committed
     })
     .await
-}
-
-/// What holds a SQLite connection a statement can be prepared on.
-trait HasConn {
-    fn sqlite(&self) -> &rusqlite::Connection;
-}
-
-impl HasConn for Reader {
-    fn sqlite(&self) -> &rusqlite::Connection {
-        self.conn().sqlite()
-    }
-}
-
-impl HasConn for WriterGuard {
-    fn sqlite(&self) -> &rusqlite::Connection {
-        self.conn().sqlite()
-    }
 }
 
 /// Runs blocking SQLite work off the async threads.

@@ -195,6 +195,10 @@ impl Tail {
     }
 }
 
+/// What one sync covers: the segment file, the LSN it makes durable, the
+/// file's path, and the log's generation when it started.
+type SyncTarget = (Arc<File>, Lsn, PathBuf, u64);
+
 /// The group-commit turn of one waiter; handed back even when the waiter
 /// is dropped mid-sync, and then the waiters blocked on a thread
 /// ([`Log::wait_durable_blocking`]) look again.
@@ -547,13 +551,9 @@ impl Log {
                 continue;
             }
             let _turn = SyncTurn(self);
-            // A failure that raced with taking the turn.
-            self.check_failed()?;
-            if *self.durable.borrow() >= lsn {
-                // The sync that just ended covered us.
+            let Some((file, target, path, generation)) = self.turn_target(lsn)? else {
                 return Ok(());
-            }
-            let (file, target, path, generation) = self.sync_target();
+            };
             let synced = match self.injected_sync_error() {
                 Some(e) => Err(e),
                 None => tokio::task::spawn_blocking(move || file.sync_data())
@@ -593,14 +593,23 @@ impl Log {
                 continue;
             }
             let _turn = SyncTurn(self);
-            self.check_failed()?;
-            if *self.durable.borrow() >= lsn {
+            let Some((file, target, path, generation)) = self.turn_target(lsn)? else {
                 return Ok(());
-            }
-            let (file, target, path, generation) = self.sync_target();
+            };
             self.sync_file(&file, &path)?;
             self.mark_durable(target, generation);
         }
+    }
+
+    /// For a waiter that just took the sync turn: what to sync for `lsn`,
+    /// or None when the sync that just ended covered it. A failure that
+    /// raced with taking the turn is an error.
+    fn turn_target(&self, lsn: Lsn) -> Result<Option<SyncTarget>, LogError> {
+        self.check_failed()?;
+        if *self.durable.borrow() >= lsn {
+            return Ok(None);
+        }
+        Ok(Some(self.sync_target()))
     }
 
     /// Wakes the waiters sleeping in [`Log::wait_durable_blocking`].
@@ -620,7 +629,7 @@ impl Log {
     }
 
     /// What a sync started now covers: the current file, up to the end.
-    fn sync_target(&self) -> (Arc<File>, Lsn, PathBuf, u64) {
+    fn sync_target(&self) -> SyncTarget {
         let tail = self.lock();
         (
             tail.file.clone(),
