@@ -1208,6 +1208,78 @@ async fn local_failovers_in_both_regions_under_load_lose_no_acknowledged_commit_
     );
 }
 
+/// Rule: a former forwarder whose copy of the geo-secondary database went
+/// past its region's new primary's (it hardened records of the source that
+/// the others had not received when it died) rejoins without a reseed: the
+/// new primary waits for the source to send it the same records instead of
+/// rewinding it from a full image. B's secondaries are stopped so they fall
+/// behind, A's primary is paused so B's new primary cannot catch up at
+/// once, B's primary is killed, B fails over by force, and the old primary
+/// comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_former_forwarder_ahead_of_its_regions_new_primary_rejoins_without_a_reseed() {
+    let a = Group::start(2).await;
+    let b = Group::start(3).await;
+    link_regions(&a, &b).await;
+    let app = a.primary().client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB NOT NULL)",
+    )
+    .await;
+    insert(&app, 0, 10).await;
+    exec(
+        &a.primary().client(DEFAULT_DB).await,
+        &format!(
+            "ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B' WITH (DATABASE_NAME = '{GEO_DB}')"
+        ),
+    )
+    .await;
+    for node in &b.nodes {
+        wait_count(node, GEO_DB, 10, "seeded in B").await;
+    }
+    let seeds_in_b = images_received(&b);
+
+    // Killed, not paused: a paused node's socket buffers would still take
+    // in what the forwarder sends.
+    let mut b = b;
+    b.nodes[1].kill9();
+    b.nodes[2].kill9();
+    insert(&app, 10, 200).await;
+    wait_count(&b.nodes[0], GEO_DB, 200, "B's forwarder follows A").await;
+    a.nodes[0].pause();
+    b.nodes[0].kill9();
+    b.nodes[1].restart().await;
+    b.nodes[2].restart().await;
+    b.force_failover(1).await;
+    // A forced failover suspends data movement, as in SQL Server.
+    let r2 = b.nodes[1].client(DEFAULT_DB).await;
+    for db in [APP, GEO_DB] {
+        exec(&r2, &format!("ALTER DATABASE {db} SET HADR RESUME")).await;
+    }
+    b.nodes[0].restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.nodes[0].resume();
+    a.wait_takes_writes(0, WITHIN).await;
+    insert(&app, 200, 300).await;
+    for node in &b.nodes {
+        wait_count(node, GEO_DB, 300, "B converges with A").await;
+    }
+    assert!(
+        b.nodes[1]
+            .log()
+            .contains("is ahead of ours: waiting for the source's records"),
+        "r1's copy was not ahead of r2's: the test did not set up what it checks\n{}",
+        b.logs()
+    );
+    assert_eq!(
+        images_received(&b),
+        seeds_in_b,
+        "region B was seeded again:\n{}",
+        b.logs()
+    );
+}
+
 /// Names a region's server `name` and registers `partner` (every node, at
 /// the address its ENDPOINT_URL names) as its partner server.
 async fn register_at(region: &Group, name: &str, partner_name: &str, partner: &Group) {

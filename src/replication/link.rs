@@ -19,6 +19,13 @@
 //! 3. Otherwise continue at its end when we still hold the records from
 //!    there, else seed it from a full image.
 //!
+//! A geo-secondary database's log is a copy of its source region's log,
+//! never written here. A local secondary whose copy merely goes past ours
+//! ([`ahead_only`]: the former forwarder hardened records from the source
+//! that we have not received yet) holds nothing we will not receive: the
+//! primary waits, bounded, for its own copy to reach that end and plans
+//! again rather than rewinding (a rewind restarts from a full image).
+//!
 //! # A batch of records (secondary side)
 //! Checked whole before anything is appended: a full image first in a batch
 //! restarts the log (seeding past our end, or the image a `Rewind`
@@ -96,6 +103,15 @@ pub fn plan_start(
     } else {
         Start::Seed
     }
+}
+
+/// True when the secondary's log goes past ours and agrees with it, by
+/// epochs, to our end: the only reason [`plan_start`] would rewind it is
+/// that it is ahead. What lies past our end (its epochs, its last record's
+/// checksum) can be checked only once ours gets there: plan again then.
+pub fn ahead_only(ours: OwnLog<'_>, theirs: &DatabasePosition) -> bool {
+    theirs.end_lsn > ours.end
+        && divergence(ours.history, ours.end, &theirs.epoch_history, ours.end).is_none()
 }
 
 /// What a secondary's log of one database looks like to the batch check.
@@ -326,6 +342,30 @@ mod tests {
             Start::Seed
         );
         assert_eq!(plan_start(log, &sums, None), Start::Continue(0));
+    }
+
+    #[test]
+    fn a_copy_only_ahead_of_ours_is_told_apart_from_one_in_another_epoch() {
+        let (log, _) = ours();
+        assert!(ahead_only(
+            log,
+            &position(300, vec![(1, 0)], Some((200, 5)))
+        ));
+        // Not ahead.
+        assert!(!ahead_only(
+            log,
+            &position(200, vec![(1, 0)], Some((100, 2)))
+        ));
+        // Another epoch below our end.
+        assert!(!ahead_only(
+            log,
+            &position(300, vec![(1, 0), (2, 100)], Some((200, 5)))
+        ));
+        // A newer epoch past our end is checked once we get there.
+        assert!(ahead_only(
+            log,
+            &position(300, vec![(1, 0), (2, 250)], Some((250, 5)))
+        ));
     }
 
     struct Mem(Vec<Record>, Lsn);

@@ -28,7 +28,7 @@ use super::geo::{
     run_geo_sender, Forwarder, GeoDirectory, GeoLinkStatus, GeoLinkView, GeoRole, GeoSource,
     IMAGE_WITHIN,
 };
-use super::link::{plan_start, OwnLog, Start};
+use super::link::{ahead_only, plan_start, OwnLog, Start};
 use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::{
@@ -1062,7 +1062,7 @@ async fn stream_to(
     for (name, (db, cell)) in &group.databases {
         generations.insert(name.clone(), db.log().generation());
         let position = positions.iter().find(|p| &p.database == name);
-        let (start, rewind) = start_lsn(group, db, position)
+        let (start, rewind) = start_lsn(group, db, position, timeout / 2)
             .await
             .map_err(ReplicationError::local)?;
         if let Some(report) = &group.on_divergence {
@@ -1285,20 +1285,46 @@ impl Drop for AbortOnDrop {
 /// otherwise at a fresh full image. Also returns, for a log that diverged
 /// (its tail holds records we never had: a former primary's unshipped
 /// commits), the discarded range `[first divergent LSN, its end)`.
+///
+/// A geo-secondary database's copy that is only ahead of ours (see
+/// `link::ahead_only`) is waited for, up to `patience`, before it is
+/// planned: it holds records of the source that our copy is still taking.
 async fn start_lsn(
     group: &PrimaryGroup,
     db: &Arc<Database>,
     position: Option<&DatabasePosition>,
+    patience: Duration,
 ) -> Result<(Lsn, Option<(Lsn, Lsn)>)> {
+    let copied = group
+        .config()
+        .database_options(db.name())
+        .geo_source
+        .is_some();
+    let deadline = tokio::time::Instant::now() + patience;
     let log = db.log();
-    let history = db.epoch_history();
-    let ours = OwnLog {
-        first: log.first_lsn(),
-        end: log.end_lsn(),
-        history: &history,
+    let mut told = false;
+    let start = loop {
+        let history = db.epoch_history();
+        let ours = OwnLog {
+            first: log.first_lsn(),
+            end: log.end_lsn(),
+            history: &history,
+        };
+        let waits = copied && position.is_some_and(|p| ahead_only(ours, p));
+        if !waits || tokio::time::Instant::now() >= deadline {
+            let checksum_at = |lsn| log.record_checksum_at(lsn).ok().flatten();
+            break plan_start(ours, checksum_at, position);
+        }
+        if !told {
+            told = true;
+            tracing::info!(
+                database = %db.name(), ours = ours.end, theirs = position.map_or(0, |p| p.end_lsn),
+                "a secondary's copy of this geo-secondary database is ahead of ours: waiting for the source's records before planning its start"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let checksum_at = |lsn| log.record_checksum_at(lsn).ok().flatten();
-    match plan_start(ours, checksum_at, position) {
+    match start {
         Start::Continue(from) => Ok((from, None)),
         Start::Seed => Ok((group.seed_image(db, true).await?, None)),
         Start::Rewind {
