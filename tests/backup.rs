@@ -925,6 +925,235 @@ async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_
     assert_eq!(log_first_lsn(&group.nodes[1]).await, 0);
 }
 
+/// The primary's row for database app on `replica`: (state, last error).
+async fn primary_row(group: &Group, replica: &str) -> (String, Option<String>) {
+    let client = group.nodes[0].client(DEFAULT_DB).await;
+    let rows = ok(
+        &client,
+        &format!(
+            "SELECT synchronization_state_desc, last_error FROM sys.dm_hadr_database_replica_states \
+             WHERE database_name = 'app' AND replica = '{replica}' AND NOT is_local"
+        ),
+    )
+    .await;
+    let row = rows
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no row for {replica}"));
+    (row[0].clone().unwrap_or_default(), row[1].clone())
+}
+
+/// Waits until the primary says why `replica` gets nothing of app.
+async fn wait_awaiting(group: &Group, replica: &str, says: &str) -> String {
+    let deadline = std::time::Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let (state, error) = primary_row(group, replica).await;
+        if let Some(error) = error.clone().filter(|e| e.contains(says)) {
+            assert_eq!(state, "NOT SYNCHRONIZING", "{replica}: {error}");
+            return error;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{replica} never showed \"{says}\" (state {state}, error {error:?})\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rule: a replica with SEEDING_MODE = MANUAL is never sent a full image.
+/// Without a copy, the primary says what to restore (and holds no log for
+/// it); a copy restored there WITH NORECOVERY after it joined the group
+/// joins with `SET HADR AVAILABILITY GROUP` and synchronizes from its LSN;
+/// a restored copy older than the primary's log is refused with both LSNs;
+/// switching the replica to AUTOMATIC seeds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_too_old_is_refused_with_its_lsns(
+) {
+    let mut nodes = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..3 {
+        let endpoint = free_port();
+        nodes.push(
+            TestServer::builder()
+                .replica(&name(i), endpoint)
+                // Small segments: the log moves past an old backup soon.
+                .env("AVAILDB_LOG_SEGMENT_BYTES", "262144")
+                .start()
+                .await,
+        );
+        endpoints.push(endpoint);
+    }
+    let group = Group {
+        nodes,
+        endpoints,
+        spec: GroupSpec::default(),
+        proxy: None,
+        endpoint_hosts: vec!["127.0.0.1".to_string(); 3],
+    };
+    let r1 = group.nodes[0].client(DEFAULT_DB).await;
+    exec(&r1, "CREATE DATABASE app", "r1").await;
+    let app = group.nodes[0].client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&app, 1..=50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.bak");
+    ok(
+        &r1,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&old)
+        ),
+    )
+    .await;
+    let (_, old_end) = lsn_range(&r1, &old).await;
+
+    let create = group.create_statement();
+    let create = create
+        .replace("'r2' WITH (", "'r2' WITH (SEEDING_MODE = MANUAL, ")
+        .replace("'r3' WITH (", "'r3' WITH (SEEDING_MODE = MANUAL, ");
+    for i in 1..3 {
+        let client = group.nodes[i].client(DEFAULT_DB).await;
+        exec(&client, "ALTER AVAILABILITY GROUP ag1 JOIN", &name(i)).await;
+    }
+    exec(&r1, &create, "r1").await;
+    let modes = ok(
+        &r1,
+        "SELECT replica_server_name, seeding_mode_desc FROM sys.availability_replicas ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        modes,
+        [["r1", "AUTOMATIC"], ["r2", "MANUAL"], ["r3", "MANUAL"]]
+            .map(|r| r.map(|v| Some(v.to_string())).to_vec())
+    );
+    for replica in ["r2", "r3"] {
+        let why = wait_awaiting(&group, replica, "SEEDING_MODE is MANUAL").await;
+        assert!(why.contains("restore it there WITH NORECOVERY"), "{why}");
+    }
+    for i in 1..3 {
+        assert!(!database_names(&group.nodes[i])
+            .await
+            .contains(&APP.to_string()));
+    }
+
+    // r3: joining with nothing restored says what to do.
+    let r3 = group.nodes[2].client(DEFAULT_DB).await;
+    let join = "ALTER DATABASE app SET HADR AVAILABILITY GROUP = ag1";
+    assert_sqlstate(
+        run(&r3, join).await,
+        &state("55000"),
+        "join before a restore",
+    );
+
+    // r3: restored after joining the group, then joined.
+    insert(&app, 51..=60).await;
+    let fresh = dir.path().join("fresh.bak");
+    ok(
+        &r1,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&fresh)
+        ),
+    )
+    .await;
+    let (_, fresh_end) = lsn_range(&r1, &fresh).await;
+    assert_sqlstate(
+        run(
+            &r3,
+            &format!("RESTORE DATABASE app FROM DISK = '{}'", disk(&fresh)),
+        )
+        .await,
+        &state("55000"),
+        "RESTORE WITH RECOVERY of a group's database on a manual-seeding replica",
+    );
+    ok(
+        &r3,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH NORECOVERY",
+            disk(&fresh)
+        ),
+    )
+    .await;
+    ok(&r3, join).await;
+    group.wait_synchronized(&[2], CATCH_UP_TIMEOUT).await;
+    insert(&app, 61..=70).await;
+    group
+        .assert_page_identical_on(&[2], "after manual seeding")
+        .await;
+    assert_eq!(ids(&group.nodes[2], APP, "t").await, range(1..=70));
+    assert_eq!(log_first_lsn(&group.nodes[2]).await, fresh_end);
+    assert!(!group.nodes[2].log().contains("taking in a full image"));
+
+    // The primary's log moves past the old backup (r2 holds none of it).
+    exec(&app, "CREATE TABLE filler(pad BLOB)", "filler").await;
+    let mut rounds = 0;
+    while log_first_lsn(&group.nodes[0]).await <= old_end {
+        rounds += 1;
+        assert!(
+            rounds <= 60,
+            "the primary's log never moved past LSN {old_end}"
+        );
+        exec(
+            &app,
+            "INSERT INTO filler SELECT randomblob(1024) FROM generate_series(1, 1000)",
+            "fill",
+        )
+        .await;
+        exec(&app, "DELETE FROM filler", "empty").await;
+    }
+    let first = log_first_lsn(&group.nodes[0]).await;
+
+    // r2: the old copy is refused with both LSNs, and nothing is sent.
+    let r2 = group.nodes[1].client(DEFAULT_DB).await;
+    ok(
+        &r2,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH NORECOVERY",
+            disk(&old)
+        ),
+    )
+    .await;
+    let refused = run(&r2, join).await;
+    let message = match &refused {
+        Err(e) => error_text(e),
+        Ok(_) => String::new(),
+    };
+    assert_sqlstate(
+        refused,
+        &state("55000"),
+        "join of a copy older than the log",
+    );
+    assert!(
+        message.contains(&format!("ends at LSN {old_end}"))
+            && message.contains("older than the primary's log"),
+        "{message}"
+    );
+    let why = wait_awaiting(&group, "r2", "older than the primary's log").await;
+    assert!(
+        why.contains(&format!("ends at LSN {old_end}")) && why.contains("starts at LSN"),
+        "{why} (first {first})"
+    );
+    assert!(!group.nodes[1].log().contains("taking in a full image"));
+
+    // Switched to AUTOMATIC, the primary seeds it.
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r2' WITH (SEEDING_MODE = AUTOMATIC)",
+        "r1",
+    )
+    .await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    assert_eq!(ids(&group.nodes[1], APP, "t").await, range(1..=70));
+    assert!(group.nodes[1].log().contains("taking in a full image"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
     let (server, _app, _full, dir) = standalone_with_backup(40).await;

@@ -765,6 +765,7 @@ fn replica_config(name: &str, endpoint_port: u16) -> ReplicaConfig {
         read_only_routing_url: None,
         read_only_routing_list: vec![],
         backup_priority: 50,
+        seeding_mode: Default::default(),
     }
 }
 

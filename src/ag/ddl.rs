@@ -8,7 +8,7 @@ use crate::cluster::NodeInfo;
 use crate::engine::{Error, Result};
 use crate::group::{
     AvailabilityMode, ClusterType, FailoverMode, GroupConfig, ListenerConfig, ReplicaConfig,
-    SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S,
+    SecondaryConnections, SeedingMode, DEFAULT_SESSION_TIMEOUT_S,
 };
 use crate::sql::ag as ddl;
 
@@ -130,6 +130,11 @@ pub(super) fn replica_config(
             .backup_priority
             .or(base.map(|b| b.backup_priority))
             .unwrap_or(50),
+        seeding_mode: match o.seeding_mode {
+            Some(ddl::SeedingMode::Automatic) => SeedingMode::Automatic,
+            Some(ddl::SeedingMode::Manual) => SeedingMode::Manual,
+            None => base.map_or(SeedingMode::Automatic, |b| b.seeding_mode),
+        },
     })
 }
 

@@ -21,7 +21,7 @@ use super::store::Membership;
 use super::{clustered, failover, Manager, Part};
 use crate::cluster::{Cluster, Command, CommandResult};
 use crate::engine::{monotonic_us, Database, Fence};
-use crate::group::{ClusterType, GroupConfig};
+use crate::group::{ClusterType, GroupConfig, SeedingMode};
 use crate::replication::primary::{PrimaryGroup, StartOptions, SyncArbiter};
 use crate::replication::secondary::SecondaryGroup;
 
@@ -168,9 +168,19 @@ impl Driver {
                     tracing::warn!(group = %self.group, "cannot forget recorded suspensions: {e}");
                 }
                 let mut databases = Vec::new();
+                let manual = config
+                    .replica(manager.node())
+                    .is_some_and(|r| r.seeding_mode == SeedingMode::Manual);
                 for name in &config.databases {
-                    match manager.ensure_database(name) {
-                        Ok(db) => databases.push(db),
+                    match manager.ensure_database(name, manual) {
+                        Ok(Some(db)) => databases.push(db),
+                        Ok(None) => {
+                            tracing::info!(
+                                group = %self.group, database = %name,
+                                "database {name} is not here and this replica's SEEDING_MODE is MANUAL: restore it here WITH NORECOVERY (RESTORE DATABASE, then RESTORE LOG), then ALTER DATABASE {name} SET HADR AVAILABILITY GROUP = {}",
+                                self.group
+                            )
+                        }
                         Err(e) => {
                             tracing::error!(group = %self.group, database = %name, "cannot create the secondary database: {e}")
                         }

@@ -64,6 +64,7 @@ pub mod views;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -80,6 +81,10 @@ use ddl::{
 };
 use driver::{Inbox, Input};
 use role::{Request, RoleError};
+
+/// How long `ALTER DATABASE … SET HADR AVAILABILITY GROUP` waits for the
+/// primary's verdict on a copy restored here.
+const JOIN_WITHIN: Duration = Duration::from_secs(20);
 use store::ConfigStore;
 
 /// This node's running part in one group, as its driver published it.
@@ -230,9 +235,17 @@ impl Manager {
             .collect()
     }
 
-    fn ensure_database(&self, name: &str) -> Result<Arc<crate::engine::Database>> {
+    /// The secondary's copy of `name`: the one here, else a copy restored
+    /// here `WITH NORECOVERY`, else a new empty one for automatic seeding —
+    /// or none when this replica's SEEDING_MODE is MANUAL (`manual`): the
+    /// database joins once restored (`JoinDatabase`).
+    fn ensure_database(
+        &self,
+        name: &str,
+        manual: bool,
+    ) -> Result<Option<Arc<crate::engine::Database>>> {
         match self.engine.database(name) {
-            Ok(db) => Ok(db),
+            Ok(db) => Ok(Some(db)),
             Err(Error::NoSuchDatabase(_)) => {
                 // A secondary's copy is fenced from its first moment:
                 // nothing but redo writes it.
@@ -244,12 +257,69 @@ impl Manager {
                 let adopted = crate::backup::adopt_restoring(&self.engine, name, fence.clone())
                     .map_err(|e| Error::sql("55000", e.to_string()))?;
                 if !adopted {
+                    if manual {
+                        return Ok(None);
+                    }
                     self.engine.create_database_fenced(name, fence)?;
                 }
-                self.engine.database(name)
+                self.engine.database(name).map(Some)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// After a JoinDatabase: waits (bounded) until the restarted secondary
+    /// holds `database` and a primary's handshake said whether it takes
+    /// that copy. A refusal (too old for the primary's log) is the error;
+    /// no primary within the bound is not one (it plans the link when it
+    /// connects, and the views tell).
+    async fn joined(
+        &self,
+        group: &str,
+        database: &str,
+        before: &Arc<SecondaryGroup>,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + JOIN_WITHIN;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(Part::Secondary(s)) = self.part(group) {
+                if !Arc::ptr_eq(&s, before) {
+                    if !s.has_database(database) {
+                        return Err(Error::sql(
+                            "55000",
+                            format!("the copy of \"{database}\" restored here could not join; see this node's log"),
+                        ));
+                    }
+                    if let Some(why) = s.awaiting_restore(database) {
+                        return Err(Error::sql("55000", why));
+                    }
+                    if *s.handshaken().borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Whether `database`, of a group this node is a secondary of with
+    /// SEEDING_MODE = MANUAL, waits for a restore here: it is not here yet.
+    /// RESTORE … WITH NORECOVERY may then write it.
+    pub fn awaits_restore(&self, database: &str) -> bool {
+        self.lock()
+            .values()
+            .filter_map(|slot| slot.part.as_ref())
+            .any(|part| match part {
+                Part::Secondary(s) => {
+                    let config = s.config();
+                    config.has_database(database)
+                        && config
+                            .replica(&self.node)
+                            .is_some_and(|r| r.seeding_mode == crate::group::SeedingMode::Manual)
+                        && !s.has_database(database)
+                }
+                _ => false,
+            })
     }
 
     /// Sends a statement to the group's driver and waits for its answer.
@@ -481,6 +551,29 @@ impl Manager {
                 // The database joined when the primary's definition arrived:
                 // seeded automatically, or, when it was RESTORING here
                 // (restored WITH NORECOVERY before JOIN), from that copy.
+                // A MANUAL-seeding secondary without a copy the primary
+                // takes joins it now, from a copy restored since.
+                let Some(Part::Secondary(secondary)) = self.part(&group) else {
+                    return Ok("ALTER DATABASE".into());
+                };
+                if secondary.has_database(&database) {
+                    // Joined already; a copy the primary refused says why.
+                    return match secondary.awaiting_restore(&database) {
+                        Some(why) => Err(Error::sql("55000", why)),
+                        None => Ok("ALTER DATABASE".into()),
+                    };
+                }
+                if !crate::backup::is_restoring(self.engine.data_dir(), &database) {
+                    return Err(Error::sql(
+                        "55000",
+                        format!("nothing to join: database \"{database}\" is not on this replica, whose SEEDING_MODE is MANUAL, and no copy of it was restored here"),
+                    )
+                    .with_hint(format!(
+                        "RESTORE DATABASE {database} FROM DISK = '…' WITH NORECOVERY here (then RESTORE LOG … WITH NORECOVERY), and run this again"
+                    )));
+                }
+                self.ask(&group, Request::JoinDatabase, false).await?;
+                self.joined(&group, &database, &secondary).await?;
                 Ok("ALTER DATABASE".into())
             }
             AgStatement::ForceFailover { group } => {

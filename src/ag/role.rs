@@ -108,6 +108,11 @@ pub enum Request {
     ForceFailover,
     /// `DROP AVAILABILITY GROUP`.
     Drop,
+    /// `ALTER DATABASE d SET HADR AVAILABILITY GROUP = g` on a secondary:
+    /// a database restored here `WITH NORECOVERY` (manual seeding) joins,
+    /// so the secondary starts again with it and the primary plans its
+    /// link anew.
+    JoinDatabase,
 }
 
 /// Work that finishes later, reported back in [`Event::Finished`].
@@ -652,9 +657,13 @@ impl RoleMachine {
                         format!("epoch {} is older than epoch {} known here", config.epoch, current.epoch),
                     );
                 }
+                let seeding = |c: &GroupConfig| c.replica(&self.node).map(|r| r.seeding_mode);
+                // A new SEEDING_MODE here changes which databases this
+                // secondary holds (MANUAL creates none to be seeded).
                 let same_shape = config.databases == current.databases
                     && config.primary.eq_ignore_ascii_case(&current.primary)
-                    && config.epoch == current.epoch;
+                    && config.epoch == current.epoch
+                    && seeding(&config) == seeding(&current);
                 if (config.epoch, config.version) <= (current.epoch, current.version) && same_shape {
                     out.push(Action::Accept(reply));
                 } else if same_shape {
@@ -741,6 +750,15 @@ impl RoleMachine {
                 out.push(Action::Release);
                 out.push(Action::Remove);
                 self.state = State::Absent;
+                out.push(Action::Reply(reply, Ok(())));
+            }
+            (State::Secondary { config }, Request::JoinDatabase) => {
+                out.push(Action::StopSecondary);
+                out.push(Action::StartSecondary(config.clone()));
+                out.push(Action::Reply(reply, Ok(())));
+            }
+            (State::Primary { .. }, Request::JoinDatabase) => {
+                // The primary's copy is the group's: nothing to join.
                 out.push(Action::Reply(reply, Ok(())));
             }
             (State::Secondary { .. }, Request::Change(_)) => {
@@ -1027,7 +1045,15 @@ pub fn settings_only(current: &GroupConfig, next: &GroupConfig) -> bool {
         let mut replicas: Vec<_> = c
             .replicas
             .iter()
-            .map(|r| (r.name.to_ascii_lowercase(), r.endpoint, r.availability_mode))
+            .map(|r| {
+                (
+                    r.name.to_ascii_lowercase(),
+                    r.endpoint,
+                    r.availability_mode,
+                    // MANUAL → AUTOMATIC: the link plans seeding anew.
+                    r.seeding_mode,
+                )
+            })
             .collect();
         replicas.sort_by(|a, b| a.0.cmp(&b.0));
         (

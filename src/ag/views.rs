@@ -19,7 +19,7 @@ use rusqlite::Connection;
 use crate::engine::{self, Outcome, Result};
 use crate::replication::primary::PrimaryGroup;
 use crate::replication::secondary::SecondaryGroup;
-use crate::replication::sync::SyncState;
+use crate::replication::sync::{LeaveReason, SyncState};
 
 /// Everything the views show, taken at one moment.
 #[derive(Debug, Default)]
@@ -55,7 +55,8 @@ CREATE TABLE sys.availability_replicas(
     group_id TEXT, replica_server_name TEXT, endpoint_url TEXT,
     availability_mode_desc TEXT, failover_mode_desc TEXT, session_timeout INTEGER,
     secondary_role_allow_connections_desc TEXT, read_only_routing_url TEXT,
-    backup_priority INTEGER, primary_role_allow_connections_desc TEXT);
+    backup_priority INTEGER, primary_role_allow_connections_desc TEXT,
+    seeding_mode_desc TEXT);
 CREATE TABLE sys.availability_group_listeners(
     group_id TEXT, dns_name TEXT, port INTEGER, read_only_port INTEGER);
 CREATE TABLE sys.availability_read_only_routing_lists(
@@ -243,6 +244,7 @@ impl Snapshot {
                     crate::group::PrimaryConnections::ReadWrite => "READ_WRITE",
                     crate::group::PrimaryConnections::All => "ALL",
                 }),
+                text(r.seeding_mode.name()),
             ]);
             // Members of one load-balanced set share a priority, as in
             // SQL Server.
@@ -401,7 +403,12 @@ impl Snapshot {
                     int(p.hardened.saturating_sub(p.redone)),
                     Value::Real(m.redo_rate),
                     m.lag_seconds.map_or(Value::Null, Value::Real),
-                    p.left.map_or(Value::Null, |l| text(format!("{l:?}"))),
+                    match p.left {
+                        Some(LeaveReason::AwaitingRestore) => group
+                            .awaiting_restore(database, replica)
+                            .map_or(Value::Null, Value::Text),
+                        other => other.map_or(Value::Null, |l| text(format!("{l:?}"))),
+                    },
                     boolean(false),
                 ]);
             }

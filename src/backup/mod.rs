@@ -84,6 +84,18 @@
 //! network. `ALTER DATABASE … SET HADR AVAILABILITY GROUP` then has nothing
 //! left to do.
 //!
+//! A replica with `SEEDING_MODE = MANUAL` is never sent a full image. A
+//! database it has no copy of is not created there; the primary sends it
+//! nothing of that database (`AwaitsRestore`, with what to restore and the
+//! LSN its log starts at: the views' `last_error`), and holds no log for
+//! it. RESTORE … WITH NORECOVERY may then write the group's database there
+//! (RECOVERY is refused: the copy is joined, never recovered on its own),
+//! and `SET HADR AVAILABILITY GROUP` starts the secondary again with the
+//! copy and waits for the primary's verdict: streaming from the restored
+//! LSN, or a refusal with both LSNs when the copy ends before the
+//! primary's log starts (`MODIFY REPLICA … SEEDING_MODE = AUTOMATIC` then
+//! lets the primary seed it).
+//!
 //! # Where backups run
 //! `sys.fn_hadr_backup_is_preferred_replica('db')` answers whether this
 //! replica is the one a backup job should use, from the group's
@@ -104,12 +116,10 @@
 //! that is not copy-only (`log_reuse_wait_desc = LOG_BACKUP`), but a
 //! secondary's log backups do not hold the primary's log: after a failover
 //! the new primary's log may have been truncated past the chain's end,
-//! which shows as a gap at restore. Manual seeding needs the restore before
-//! JOIN (a database restored after its replica joined was already seeded
-//! automatically, and RESTORE refuses a database of a group); a replica's
-//! SEEDING_MODE is parsed but not kept, so a restored copy older than the
-//! primary's log is seeded with a full image rather than refused. A
-//! schedule, background verification and object stores are not here yet;
+//! which shows as a gap at restore. A MANUAL replica's copy that the
+//! primary refused as too old stays there: RESTORE cannot replace it in
+//! place (seed that replica again on an empty data directory, or switch it
+//! to AUTOMATIC). A schedule, background verification and object stores are not here yet;
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
 //! statements on a live node.
 

@@ -193,7 +193,20 @@ pub(super) async fn execute(
             stop_at_lsn,
         } => {
             if let Some((group, _)) = ag.local_role(&database) {
-                return Err(error(BackupError::InGroup { database, group }));
+                // A MANUAL-seeding secondary restores the group's database
+                // WITH NORECOVERY, then joins it (SET HADR AVAILABILITY GROUP).
+                if !ag.awaits_restore(&database) {
+                    return Err(error(BackupError::InGroup { database, group }));
+                }
+                if recovery {
+                    return Err(Error::sql(
+                        "55000",
+                        format!("database \"{database}\" of availability group \"{group}\" is seeded manually on this replica: it is restored WITH NORECOVERY and then joined, never recovered on its own"),
+                    )
+                    .with_hint(format!(
+                        "run the RESTORE again WITH NORECOVERY, then ALTER DATABASE {database} SET HADR AVAILABILITY GROUP = {group}"
+                    )));
+                }
             }
             let stop = match (stop_at, stop_at_lsn) {
                 (Some(t), _) => Some(Stop::Time(

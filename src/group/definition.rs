@@ -61,6 +61,30 @@ pub enum PrimaryConnections {
     All,
 }
 
+/// SEEDING_MODE of a replica: how a database of the group first gets to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeedingMode {
+    /// The primary streams a full image when the replica has no copy, or
+    /// one older than the primary's log (the default, as in SQL Server
+    /// since 2016).
+    #[default]
+    Automatic,
+    /// The admin restores a backup there `WITH NORECOVERY` and joins it
+    /// (`ALTER DATABASE … SET HADR AVAILABILITY GROUP`); the primary never
+    /// sends it a full image to start from.
+    Manual,
+}
+
+impl SeedingMode {
+    /// The name SQL shows (`seeding_mode_desc`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SeedingMode::Automatic => "AUTOMATIC",
+            SeedingMode::Manual => "MANUAL",
+        }
+    }
+}
+
 /// The group's listener: the address clients keep across failovers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerConfig {
@@ -98,6 +122,9 @@ pub struct ReplicaConfig {
     pub read_only_routing_list: Vec<Vec<String>>,
     /// `BACKUP_PRIORITY`.
     pub backup_priority: u8,
+    /// `SEEDING_MODE`.
+    #[serde(default)]
+    pub seeding_mode: SeedingMode,
 }
 
 /// A group's whole definition.
@@ -338,6 +365,7 @@ pub(crate) mod fixtures {
             read_only_routing_url: None,
             read_only_routing_list: vec![],
             backup_priority: 50,
+            seeding_mode: SeedingMode::Automatic,
         }
     }
 

@@ -26,7 +26,8 @@ pub(crate) use definition::fixtures;
 pub use definition::{
     AvailabilityMode, BackupPreference, ClusterType, DatabaseOptions, DefinitionError,
     FailoverMode, FailoverRecord, GeoPartner, GroupConfig, ListenerConfig, PrimaryConnections,
-    ReplicaConfig, SecondaryConnections, DEFAULT_SESSION_TIMEOUT_S, MAX_GEO_SECONDARIES,
+    ReplicaConfig, SecondaryConnections, SeedingMode, DEFAULT_SESSION_TIMEOUT_S,
+    MAX_GEO_SECONDARIES,
 };
 
 /// This node's role in the group of a session's database, with the

@@ -34,7 +34,7 @@ use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::{
     monotonic_us, Closed, CommitHook, Database, Engine, Error, Fence, PrimaryFence, Result, Writes,
 };
-use crate::group::{AvailabilityMode, GeoPartner, GroupConfig, ReplicaConfig};
+use crate::group::{AvailabilityMode, GeoPartner, GroupConfig, ReplicaConfig, SeedingMode};
 use crate::log::Lsn;
 
 /// Most record bytes sent in one `Records` message.
@@ -309,6 +309,9 @@ pub struct PrimaryGroup {
     geo_senders: Mutex<HashMap<(String, String), GeoSender>>,
     /// The LSN each geo-secondary still needs, by (database, partner).
     geo_holds: Mutex<HashMap<(String, String), Lsn>>,
+    /// Why a MANUAL-seeding replica gets nothing of a database, by
+    /// (database, replica).
+    awaiting_restore: Mutex<HashMap<(String, String), String>>,
     /// The newest full image written here to seed replicas, by database:
     /// (its start, the log's end just after it). Replicas seeded while it
     /// is fresh start from it too, rather than each from an image of its own.
@@ -486,6 +489,7 @@ impl PrimaryGroup {
             geo: options.geo,
             geo_senders: Mutex::new(HashMap::new()),
             geo_holds: Mutex::new(HashMap::new()),
+            awaiting_restore: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             image_turn: tokio::sync::Mutex::new(()),
         });
@@ -948,6 +952,28 @@ impl PrimaryGroup {
         self.stop.subscribe()
     }
 
+    fn set_awaiting_restore(&self, database: &str, replica: &str, reason: Option<String>) {
+        let mut map = self
+            .awaiting_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (database.to_string(), replica.to_string());
+        match reason {
+            Some(reason) => map.insert(key, reason),
+            None => map.remove(&key),
+        };
+    }
+
+    /// Why replica `replica` (SEEDING_MODE = MANUAL) gets nothing of
+    /// `database`: what must be restored there, with the LSNs involved.
+    pub fn awaiting_restore(&self, database: &str, replica: &str) -> Option<String> {
+        self.awaiting_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(database.to_string(), replica.to_string()))
+            .cloned()
+    }
+
     fn is_suspended(&self, database: &str, replica: &str) -> bool {
         self.databases.get(database).is_some_and(|(_, cell)| {
             cell.snapshot()
@@ -1055,6 +1081,13 @@ async fn stream_to(
         }
     };
     let mut next: HashMap<String, Lsn> = HashMap::new();
+    let manual = config
+        .replica(&replica.name)
+        .is_some_and(|r| r.seeding_mode == SeedingMode::Manual)
+        .then_some(replica.name.as_str());
+    // Databases this replica must restore itself (MANUAL seeding), told
+    // after every Rewind of the handshake.
+    let mut awaiting: Vec<(String, String)> = Vec::new();
     // Databases that start from a full image here, and where its log starts.
     let mut restarts: HashMap<String, Lsn> = HashMap::new();
     // The log each start was planned from (see `Log::generation`).
@@ -1062,9 +1095,22 @@ async fn stream_to(
     for (name, (db, cell)) in &group.databases {
         generations.insert(name.clone(), db.log().generation());
         let position = positions.iter().find(|p| &p.database == name);
-        let (start, rewind) = start_lsn(group, db, position, timeout / 2)
+        let planned = start_lsn(group, db, position, timeout / 2, manual)
             .await
             .map_err(ReplicationError::local)?;
+        let (start, rewind) = match planned {
+            Ok(planned) => planned,
+            Err(reason) => {
+                tracing::warn!(group = %config.name, replica = %replica.name, database = %name, "{reason}");
+                cell.update(|s| s.leave(&replica.name, LeaveReason::AwaitingRestore));
+                group.set_awaiting_restore(name, &replica.name, Some(reason.clone()));
+                // It no longer holds the log (see `SyncState::lowest_hardened`).
+                group.retain(name);
+                awaiting.push((name.clone(), reason));
+                continue;
+            }
+        };
+        group.set_awaiting_restore(name, &replica.name, None);
         if let Some(report) = &group.on_divergence {
             report(&replica.name, name, rewind);
         }
@@ -1108,6 +1154,26 @@ async fn stream_to(
         }
         next.insert(name.clone(), start);
     }
+    for (database, reason) in &awaiting {
+        send(
+            &mut conn,
+            Message::AwaitsRestore {
+                database: database.clone(),
+                reason: reason.clone(),
+            },
+            timeout,
+        )
+        .await?;
+    }
+    // The handshake is over: the secondary now knows every refusal.
+    send(
+        &mut conn,
+        Message::Ping {
+            sent_us: monotonic_us(),
+        },
+        timeout,
+    )
+    .await?;
     group.set_link(&replica.name, true, None);
     tracing::info!(group = %config.name, replica = %replica.name, "replication link up");
 
@@ -1127,6 +1193,8 @@ async fn stream_to(
         let replica = replica.name.clone();
         let heard = heard.clone();
         let mut restarts = restarts;
+        let awaiting: std::collections::HashSet<String> =
+            awaiting.iter().map(|(d, _)| d.clone()).collect();
         tokio::spawn(async move {
             let outcome = loop {
                 let message = match stream.next().await {
@@ -1147,7 +1215,9 @@ async fn stream_to(
                         // such reports count for nothing (they could claim
                         // positions the new log does not hold).
                         let restarted = restarts.get(&database).is_none_or(|at| *at == first_lsn);
-                        if restarted {
+                        // A copy that awaits a restore is not streamed:
+                        // its reports do not make it SYNCHRONIZING.
+                        if restarted && !awaiting.contains(&database) {
                             restarts.remove(&database);
                             group.take_progress(&replica, &database, hardened_lsn, redone_lsn)
                         }
@@ -1195,7 +1265,7 @@ async fn stream_to(
     loop {
         // Send whatever is new, database by database.
         for (name, (db, _)) in &group.databases {
-            if group.is_suspended(name, &replica.name) {
+            if group.is_suspended(name, &replica.name) || !next.contains_key(name) {
                 continue;
             }
             if db.log().generation() != generations[name] {
@@ -1289,12 +1359,16 @@ impl Drop for AbortOnDrop {
 /// A geo-secondary database's copy that is only ahead of ours (see
 /// `link::ahead_only`) is waited for, up to `patience`, before it is
 /// planned: it holds records of the source that our copy is still taking.
+///
+/// A replica whose SEEDING_MODE is MANUAL (`manual`) is never seeded: where
+/// it would be, the answer is `Err(reason)`, what its admin must restore.
 async fn start_lsn(
     group: &PrimaryGroup,
     db: &Arc<Database>,
     position: Option<&DatabasePosition>,
     patience: Duration,
-) -> Result<(Lsn, Option<(Lsn, Lsn)>)> {
+    manual: Option<&str>,
+) -> Result<std::result::Result<(Lsn, Option<(Lsn, Lsn)>), String>> {
     let copied = group
         .config()
         .database_options(db.name())
@@ -1324,16 +1398,50 @@ async fn start_lsn(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let theirs = position.map_or(0, |p| p.end_lsn);
+    if let (Some(replica), Start::Continue(_) | Start::Seed) = (manual, start) {
+        // A copy restored there ends past 0; no copy is a seed too, even
+        // where the log still starts at 0 and could be sent whole.
+        if theirs == 0 || start == Start::Seed {
+            let group_name = group.config().name;
+            return Ok(Err(awaits_restore(
+                &group_name,
+                db.name(),
+                replica,
+                log.first_lsn(),
+                theirs,
+            )));
+        }
+    }
     match start {
-        Start::Continue(from) => Ok((from, None)),
-        Start::Seed => Ok((group.seed_image(db, true).await?, None)),
+        Start::Continue(from) => Ok(Ok((from, None))),
+        Start::Seed => Ok(Ok((group.seed_image(db, true).await?, None))),
         Start::Rewind {
             diverged,
             their_end,
-        } => Ok((
+        } => Ok(Ok((
             group.seed_image(db, true).await?,
             Some((diverged, their_end)),
-        )),
+        ))),
+    }
+}
+
+/// What the admin of a MANUAL-seeding replica must restore there.
+fn awaits_restore(group: &str, database: &str, replica: &str, first: Lsn, theirs: Lsn) -> String {
+    let join = format!("ALTER DATABASE {database} SET HADR AVAILABILITY GROUP = {group}");
+    if theirs == 0 {
+        format!(
+            "database \"{database}\" has no copy on replica \"{replica}\", whose SEEDING_MODE is MANUAL: \
+             restore it there WITH NORECOVERY from a full backup and log backups that reach at least LSN {first} \
+             (where the primary's log starts), then run {join} there"
+        )
+    } else {
+        format!(
+            "the copy of database \"{database}\" on replica \"{replica}\" (SEEDING_MODE = MANUAL) ends at LSN {theirs}, \
+             older than the primary's log, which starts at LSN {first}: it cannot catch up. Seed that replica again \
+             from a full backup and log backups that reach at least LSN {first} (on an empty data directory), or let \
+             the primary seed it: ALTER AVAILABILITY GROUP {group} MODIFY REPLICA ON '{replica}' WITH (SEEDING_MODE = AUTOMATIC)"
+        )
     }
 }
 

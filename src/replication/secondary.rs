@@ -569,6 +569,12 @@ pub struct SecondaryGroup {
     /// to pass on.
     announce: tokio::sync::mpsc::UnboundedSender<(String, bool)>,
     announcements: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, bool)>>,
+    /// Databases the primary does not send here until a restore joins
+    /// them (SEEDING_MODE = MANUAL), with its reason.
+    awaiting_restore: Mutex<HashMap<String, String>>,
+    /// Set once a primary's handshake is over (its Rewinds and
+    /// AwaitsRestores sent): every database it did not refuse is streamed.
+    handshaken: watch::Sender<bool>,
 }
 
 impl SecondaryGroup {
@@ -595,7 +601,29 @@ impl SecondaryGroup {
             epoch_floor: watch::channel(0).0,
             announce,
             announcements: tokio::sync::Mutex::new(announcements),
+            awaiting_restore: Mutex::new(HashMap::new()),
+            handshaken: watch::channel(false).0,
         })
+    }
+
+    /// Why the primary sends nothing of `database` here, when it said so
+    /// (SEEDING_MODE = MANUAL: restore it here, then join it).
+    pub fn awaiting_restore(&self, database: &str) -> Option<String> {
+        self.awaiting_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(database)
+            .cloned()
+    }
+
+    /// Turns true once a primary finished its handshake with this group.
+    pub fn handshaken(&self) -> watch::Receiver<bool> {
+        self.handshaken.subscribe()
+    }
+
+    /// Whether `database` is one of the group's databases here.
+    pub fn has_database(&self, database: &str) -> bool {
+        self.databases.contains_key(database)
     }
 
     /// The group's definition as last received.
@@ -1039,6 +1067,10 @@ async fn stream_from(
     timeout: Duration,
 ) -> Result<(), ReplicationError> {
     let mut floor = group.epoch_floor.subscribe();
+    // A group stopped here (dropped, or started again: a database restored
+    // here joined) ends its connection; the primary reconnects to the one
+    // serving now.
+    let mut stopped = group.stop.subscribe();
     // Redo progress of every database, forwarded as Progress messages.
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
     let mut watchers = Vec::new();
@@ -1099,12 +1131,28 @@ async fn stream_from(
                         }
                     }
                 }
+                if !matches!(message, Message::Rewind { .. } | Message::AwaitsRestore { .. }) {
+                    // The primary sends a Ping after its handshake's
+                    // Rewinds and AwaitsRestores: every refusal is known.
+                    group.handshaken.send_replace(true);
+                }
                 match message {
                     Message::Records { database, records } => {
                         group.receive(&database, records, epoch).await?;
                     }
                     Message::Ping { sent_us } => send(conn, Message::Pong { echo_us: sent_us }).await?,
                     Message::Pong { .. } | Message::DatabaseState { .. } => {}
+                    Message::AwaitsRestore { database, reason } => {
+                        tracing::warn!(database = %database, "the primary sends nothing of this database here: {reason}");
+                        if let Some(sdb) = group.databases.get(&database) {
+                            *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                        }
+                        group
+                            .awaiting_restore
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(database, reason);
+                    }
                     Message::Rewind { database, from_lsn } => {
                         let sdb = group.databases.get(&database).ok_or_else(|| {
                             ReplicationError::UnknownDatabase(database.clone())
@@ -1131,7 +1179,7 @@ async fn stream_from(
                     }
                     Message::Refuse { reason } => return Err(ReplicationError::Refused(reason)),
                     other => return Err(ReplicationError::Unexpected {
-                        expected: "Records, Ping, Pong, Rewind, Config or Refuse",
+                        expected: "Records, Ping, Pong, Rewind, AwaitsRestore, Config or Refuse",
                         got: format!("{other:?}"),
                     }),
                 }
@@ -1147,6 +1195,11 @@ async fn stream_from(
                         redone_lsn: sdb.redone(),
                         first_lsn: sdb.db.log().first_lsn(),
                     }).await?;
+                }
+            }
+            _ = stopped.changed() => {
+                if *stopped.borrow() {
+                    return Err(ReplicationError::IntakeClosed);
                 }
             }
             _ = floor.changed() => {

@@ -56,6 +56,9 @@ pub enum LeaveReason {
     SessionTimeout,
     /// Data movement suspended (ALTER DATABASE … SET HADR SUSPEND).
     Suspended,
+    /// The replica seeds manually and its copy is missing or older than
+    /// the primary's log: nothing is sent until a restore there joins it.
+    AwaitingRestore,
 }
 
 /// What the primary knows of one secondary for one database.
@@ -180,6 +183,10 @@ impl DbSync {
             }
             r.hardened = hardened;
             r.redone = redone;
+            if r.left == Some(LeaveReason::AwaitingRestore) {
+                // Streamed again: its position holds the log once more.
+                r.left = None;
+            }
             if !r.suspended {
                 r.state = SyncState::Synchronizing;
             }
@@ -201,7 +208,16 @@ impl DbSync {
     pub fn leave(&mut self, name: &str, reason: LeaveReason) {
         if let Some(r) = self.replicas.get_mut(name) {
             r.state = SyncState::NotSynchronizing;
-            r.left = Some(reason);
+            // A replica that awaits a restore still does when its link
+            // drops: it keeps not holding the log.
+            let awaiting = r.left == Some(LeaveReason::AwaitingRestore)
+                && matches!(
+                    reason,
+                    LeaveReason::Disconnected | LeaveReason::SessionTimeout
+                );
+            if !awaiting {
+                r.left = Some(reason);
+            }
             if reason == LeaveReason::Suspended {
                 r.suspended = true;
             }
@@ -233,8 +249,12 @@ impl DbSync {
     /// The lowest LSN any secondary has hardened: the log must be kept
     /// from there for it (its end when there are no secondaries).
     pub fn lowest_hardened(&self) -> Lsn {
+        // A replica that awaits a restore (MANUAL seeding) takes nothing
+        // from this log: it does not hold it, as in SQL Server, where a
+        // database not joined on a replica holds no log.
         self.replicas
             .values()
+            .filter(|r| r.left != Some(LeaveReason::AwaitingRestore))
             .map(|r| r.hardened)
             .min()
             .unwrap_or(self.primary_end)
@@ -415,6 +435,34 @@ mod tests {
             "a disconnected replica still needs its tail"
         );
         assert_eq!(DbSync::new(500, &[], 0).lowest_hardened(), 500);
+    }
+
+    #[test]
+    fn a_replica_awaiting_a_restore_holds_no_log_until_it_is_streamed_again() {
+        let mut s = two_sync_one_async();
+        s.connected("r2", 100, 100);
+        s.connected("r3", 100, 100);
+        s.connected("r4", 40, 40);
+        assert_eq!(s.lowest_hardened(), 40);
+        // r4 seeds manually and its copy is too old: it holds nothing…
+        s.leave("r4", LeaveReason::AwaitingRestore);
+        assert_eq!(s.lowest_hardened(), 100);
+        // …even once its link drops…
+        s.leave("r4", LeaveReason::Disconnected);
+        assert_eq!(s.lowest_hardened(), 100);
+        assert_eq!(
+            s.replica("r4").unwrap().left,
+            Some(LeaveReason::AwaitingRestore)
+        );
+        // …and holds the log again from where a restored copy starts.
+        s.connected("r4", 90, 90);
+        assert_eq!(s.lowest_hardened(), 90);
+        s.leave("r4", LeaveReason::Disconnected);
+        assert_eq!(
+            s.lowest_hardened(),
+            90,
+            "an ordinary disconnection holds the log"
+        );
     }
 
     #[test]

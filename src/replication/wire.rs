@@ -96,6 +96,12 @@
 //!                                 str reason (the checksums at `lsn`, one
 //!                                 per page that exists; none and a reason
 //!                                 when refused)
+//!   20  AwaitsRestore  P → S      str database, str reason (after the
+//!                                 handshake's Rewinds: this replica's
+//!                                 SEEDING_MODE is MANUAL and its copy is
+//!                                 missing or older than the primary's log,
+//!                                 so nothing of the database is sent until
+//!                                 a restore there joins it)
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -343,6 +349,14 @@ pub enum Message {
         /// True when suspended, false when resumed.
         suspended: bool,
     },
+    /// Primary → secondary: the database is not sent to this replica
+    /// (SEEDING_MODE = MANUAL, and its copy is missing or too old), and why.
+    AwaitsRestore {
+        /// Database concerned.
+        database: String,
+        /// What the admin must restore there, with the LSNs involved.
+        reason: String,
+    },
     /// Primary → secondary: the group's definition changed.
     Config {
         /// Version of the definition, increasing.
@@ -469,6 +483,7 @@ enum Kind {
     PageAnswer = 17,
     PageSumsRequest = 18,
     PageSums = 19,
+    AwaitsRestore = 20,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -505,6 +520,7 @@ impl TryFrom<u8> for Kind {
             17 => Kind::PageAnswer,
             18 => Kind::PageSumsRequest,
             19 => Kind::PageSums,
+            20 => Kind::AwaitsRestore,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -532,6 +548,7 @@ impl Message {
             Message::PageAnswer { .. } => Kind::PageAnswer,
             Message::PageSumsRequest { .. } => Kind::PageSumsRequest,
             Message::PageSums { .. } => Kind::PageSums,
+            Message::AwaitsRestore { .. } => Kind::AwaitsRestore,
         }
     }
 
@@ -637,6 +654,7 @@ impl Message {
             Message::Terminated { database, .. } => str_len(database)? + 8,
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
+            Message::AwaitsRestore { database, reason } => str_len(database)? + str_len(reason)?,
             Message::Config { config, .. } => 8 + 4 + config.len(),
         };
         let len = HEADER + payload + CRC_LEN;
@@ -850,6 +868,10 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
         } => {
             w.str(database);
             w.u8(u8::from(*suspended));
+        }
+        Message::AwaitsRestore { database, reason } => {
+            w.str(database);
+            w.str(reason);
         }
         Message::Config { version, config } => {
             w.u64(*version);
@@ -1109,6 +1131,10 @@ impl<'a> Reader<'a> {
             Kind::DatabaseState => Message::DatabaseState {
                 database: self.str("database")?,
                 suspended: self.bool("suspended")?,
+            },
+            Kind::AwaitsRestore => Message::AwaitsRestore {
+                database: self.str("database")?,
+                reason: self.str("reason")?,
             },
             Kind::Config => Message::Config {
                 version: self.u64("version")?,
@@ -1470,6 +1496,10 @@ mod tests {
                 sums: vec![1, 0xFFFF_FFFF, 7],
                 reason: String::new(),
             },
+            Message::AwaitsRestore {
+                database: "shop".into(),
+                reason: "restore it WITH NORECOVERY".into(),
+            },
         ]
     }
 
@@ -1514,8 +1544,8 @@ mod tests {
     fn the_samples_cover_every_kind() {
         let mut kinds: Vec<u8> = samples().iter().map(|m| m.kind() as u8).collect();
         kinds.dedup();
-        assert_eq!(kinds, (1..=19).collect::<Vec<u8>>());
-        for byte in 1..=19u8 {
+        assert_eq!(kinds, (1..=20).collect::<Vec<u8>>());
+        for byte in 1..=20u8 {
             assert_eq!(Kind::try_from(byte).unwrap() as u8, byte);
         }
     }
@@ -1648,7 +1678,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_rejected_with_advice() {
-        for kind in [0, 20, 255] {
+        for kind in [0, 21, 255] {
             let err = decode(&raw_frame(VERSION, kind, &[])).unwrap_err();
             assert!(matches!(err, WireError::Kind(k) if k == kind), "{err:?}");
             assert!(err.to_string().contains("upgrade"), "{err}");

@@ -157,6 +157,13 @@ impl Builder {
         self
     }
 
+    /// Set an environment variable of the process (e.g.
+    /// `AVAILDB_LOG_SEGMENT_BYTES`).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Append one more command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_string());
