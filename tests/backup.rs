@@ -1154,6 +1154,83 @@ async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_
     assert!(group.nodes[1].log().contains("taking in a full image"));
 }
 
+/// Rule: `BACKUP … WITH STATS = n` tells "p percent processed." at every
+/// n percent, in order, each once, ending at 100, as the backup goes (the
+/// notices are sent while it runs, not with its reply); the backup is a
+/// long operation of `sys.dm_operation_status` (100 percent when done) and
+/// of `sys.dm_exec_requests` while it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_with_stats_reports_each_step_and_shows_as_an_operation() {
+    let (server, _app, _full, dir) = standalone_with_backup(2000).await;
+    let (client, mut connection) =
+        tokio_postgres::connect(&server.conn_string(DEFAULT_DB), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut stream).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                    let _ = notices_tx.send(n.message().to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let path = dir.path().join("stats.bak");
+    let sql = format!(
+        "BACKUP DATABASE app TO DISK = '{}' WITH STATS = 30",
+        disk(&path)
+    );
+    tokio::time::timeout(Duration::from_secs(60), client.batch_execute(&sql))
+        .await
+        .expect("BACKUP within 60 s")
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    let mut got = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await {
+        got.push(n);
+    }
+    let steps: Vec<&str> = got
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.ends_with("percent processed."))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "30 percent processed.",
+            "60 percent processed.",
+            "90 percent processed.",
+            "100 percent processed."
+        ],
+        "all notices: {got:?}"
+    );
+    assert!(
+        got.last()
+            .is_some_and(|n| n.starts_with("BACKUP DATABASE successfully processed")),
+        "{got:?}"
+    );
+    let rows = ok(
+        &client,
+        "SELECT operation, state_desc, percent_complete FROM sys.dm_operation_status \
+         WHERE operation = 'BACKUP DATABASE' ORDER BY operation_id DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        [[
+            Some("BACKUP DATABASE".into()),
+            Some("COMPLETED".into()),
+            Some("100".into())
+        ]]
+    );
+    assert!(ok(&client, "SELECT * FROM sys.dm_exec_requests")
+        .await
+        .is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
     let (server, _app, _full, dir) = standalone_with_backup(40).await;

@@ -221,6 +221,11 @@ impl Manager {
         self.lock().remove(&key(group));
     }
 
+    /// This node's long operations (`sys.dm_operation_status`).
+    pub fn operations(&self) -> &operations::Operations {
+        &self.operations
+    }
+
     /// This node's replica name.
     pub fn node(&self) -> &str {
         &self.node

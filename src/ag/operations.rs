@@ -1,7 +1,8 @@
-//! Long geo-replication operations as `sys.dm_operation_status` shows them
-//! (Azure's view of the same name): each termination, geo-failover and
-//! handover started on this node, with its state, progress and error, plus
-//! every geo-secondary being seeded right now.
+//! Long operations as `sys.dm_operation_status` shows them (Azure's view
+//! of the same name): each termination, geo-failover and handover started
+//! on this node, and each BACKUP, with its state, progress and error, plus
+//! every geo-secondary being seeded right now. The running ones are also
+//! `sys.dm_exec_requests` (SQL Server's `percent_complete` of a BACKUP).
 //!
 //! # Invariants
 //! * An operation is recorded when it starts (IN_PROGRESS) and finished
@@ -87,6 +88,17 @@ impl Operations {
             list.pop_front();
         }
         *next
+    }
+
+    /// Operation `id` is `percent` done.
+    pub fn progress(&self, id: u64, percent: f64, now_us: i64) {
+        let mut guard = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(op) = guard.1.iter_mut().find(|op| op.id == id) {
+            if op.state == OperationState::InProgress {
+                op.percent_complete = percent.clamp(0.0, 100.0);
+                op.last_modify_us = now_us;
+            }
+        }
     }
 
     /// Finishes operation `id` with its outcome.

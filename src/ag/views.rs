@@ -95,6 +95,11 @@ CREATE TABLE sys.dm_operation_status(
     operation_id INTEGER, resource_type_desc TEXT, major_resource_id TEXT,
     minor_resource_id TEXT, operation TEXT, state_desc TEXT, percent_complete REAL,
     error_desc TEXT, start_time TEXT, last_modify_time TEXT);
+CREATE VIEW sys.dm_exec_requests AS
+    SELECT operation_id AS request_id, operation AS command,
+           major_resource_id AS database_name, 'running' AS status,
+           percent_complete, start_time
+    FROM sys.dm_operation_status WHERE state_desc = 'IN_PROGRESS';
 CREATE TABLE sys.dm_os_process_memory(
     physical_memory_in_use_bytes INTEGER, peak_physical_memory_in_use_bytes INTEGER,
     buffer_memory_in_use_bytes INTEGER, peak_buffer_memory_in_use_bytes INTEGER,
@@ -574,7 +579,8 @@ impl Snapshot {
         }
     }
 
-    /// Adds the geo operations started on this node.
+    /// Adds the long operations started on this node (geo operations,
+    /// backups).
     pub fn add_operations(&mut self, operations: &[super::operations::Operation]) {
         for op in operations {
             self.operations.push(vec![
@@ -795,6 +801,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.geo_replication_links",
         "sys.dm_geo_replication_link_status",
         "sys.dm_operation_status",
+        "sys.dm_exec_requests",
         "sys.dm_os_process_memory",
         "sys.backup_history",
     ]

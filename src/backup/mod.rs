@@ -111,7 +111,11 @@
 //! # Known limits
 //! Pages are read from the snapshot on one thread (SQLite's), compressed
 //! on up to four and written in order by one; restores decompress on one.
-//! STATS is accepted, and progress is reported when the statement ends.
+//! `BACKUP … WITH STATS = n` sends "p percent processed." notices while
+//! it copies pages (the connection forwards them at once), and every
+//! BACKUP is a row of `sys.dm_operation_status` / `sys.dm_exec_requests`
+//! with its `percent_complete`; RESTORE accepts STATS but reports when it
+//! ends.
 //! A node holds its own log for the next log backup once it took a backup
 //! that is not copy-only (`log_reuse_wait_desc = LOG_BACKUP`), but a
 //! secondary's log backups do not hold the primary's log: after a failover
@@ -139,4 +143,4 @@ pub use restore::{
     adopt_restoring, header_only, is_restoring, restore, time_text, verify, RestoreRequest,
     Restored, Stop,
 };
-pub use take::{hold_logs, take, BackupRequest, Taken};
+pub use take::{hold_logs, take, BackupRequest, Progress, Taken};

@@ -43,6 +43,19 @@ pub struct BackupRequest {
     pub group: String,
     /// This node's replica name.
     pub replica: String,
+    /// Told the pages copied so far and the database's pages, as a full
+    /// backup goes (for `STATS` and `percent_complete`).
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: told (done, total).
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 /// A finished backup.
@@ -429,6 +442,9 @@ async fn full(
                     return Err(crate::engine::Error::Canceled);
                 }
                 pages += part.pages.len() as u64;
+                if let Some(progress) = &request.progress {
+                    (progress.0)(pages, u64::from(part.db_size).max(pages));
+                }
                 overlay(&mut hashes, &part);
                 let block = Block {
                     kind: BlockKind::Pages,

@@ -120,6 +120,52 @@ pub(super) fn columns(sql: &str) -> Vec<Column> {
     }
 }
 
+/// `STATS = n`: a "p percent processed." notice at every n percent
+/// reached, each once, as SQL Server prints them.
+#[derive(Clone)]
+struct Stats {
+    step: Option<u64>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    live: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Stats {
+    fn new(step: Option<u8>, live: tokio::sync::mpsc::UnboundedSender<String>) -> Stats {
+        let step = step.map(u64::from).filter(|s| *s > 0);
+        Stats {
+            next: Arc::new(std::sync::atomic::AtomicU64::new(step.unwrap_or(0))),
+            step,
+            live,
+        }
+    }
+
+    /// Done: every step left, and 100 percent (as SQL Server ends).
+    fn finished(&self) {
+        self.reached(100);
+        if self.step.is_some_and(|s| 100 % s != 0) {
+            let _ = self.live.send("100 percent processed.".to_string());
+        }
+    }
+
+    /// `percent` is done: tells every step reached since the last call.
+    fn reached(&self, percent: u64) {
+        let Some(step) = self.step else { return };
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut at = self.next.load(SeqCst);
+        while at <= percent.min(100) {
+            if self
+                .next
+                .compare_exchange(at, at + step, SeqCst, SeqCst)
+                .is_ok()
+            {
+                // The session may be gone: nothing to tell then.
+                let _ = self.live.send(format!("{at} percent processed."));
+            }
+            at = self.next.load(SeqCst);
+        }
+    }
+}
+
 /// The column of `SELECT sys.fn_hadr_backup_is_preferred_replica('db')`.
 pub(super) fn preferred_column() -> Column {
     Column {
@@ -128,11 +174,13 @@ pub(super) fn preferred_column() -> Column {
     }
 }
 
-/// Runs one BACKUP or RESTORE statement.
+/// Runs one BACKUP or RESTORE statement; `live` takes the notices sent
+/// while it runs (`STATS = n`: "n percent processed.").
 pub(super) async fn execute(
     engine: &Arc<Engine>,
     ag: &Arc<crate::ag::Manager>,
     statement: BackupStatement,
+    live: &tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Done> {
     match statement {
         BackupStatement::Backup {
@@ -142,6 +190,7 @@ pub(super) async fn execute(
             copy_only,
             compression,
             checksum,
+            stats,
         } => {
             let db = engine.database(&database)?;
             if backup::is_restoring(engine.data_dir(), &database) {
@@ -156,6 +205,19 @@ pub(super) async fn execute(
             if !primary && !log && !copy_only {
                 return Err(error(BackupError::NeedsCopyOnly { database }));
             }
+            let what = if log { "BACKUP LOG" } else { "BACKUP DATABASE" };
+            let operations = ag.operations();
+            let id = operations.start(what, &database, "", crate::ag::views::wall_us());
+            let stats = Stats::new(stats, live.clone());
+            let progress: backup::Progress = {
+                let (ag, stats) = (ag.clone(), stats.clone());
+                backup::Progress(Arc::new(move |done, total| {
+                    let percent = done.saturating_mul(100) / total.max(1);
+                    ag.operations()
+                        .progress(id, percent as f64, crate::ag::views::wall_us());
+                    stats.reached(percent);
+                }))
+            };
             let request = BackupRequest {
                 kind: if log { Kind::Log } else { Kind::Full },
                 path: PathBuf::from(&path),
@@ -164,12 +226,17 @@ pub(super) async fn execute(
                 checksum,
                 group,
                 replica: ag.node().to_string(),
+                progress: Some(progress),
             };
-            let taken = backup::take(db, engine.data_dir(), request)
-                .await
-                .map_err(error)?;
+            let taken = backup::take(db, engine.data_dir(), request).await;
+            operations.finish(
+                id,
+                taken.as_ref().err().map(|e| e.to_string()),
+                crate::ag::views::wall_us(),
+            );
+            let taken = taken.map_err(error)?;
+            stats.finished();
             let secs = taken.duration.as_secs_f64();
-            let what = if log { "BACKUP LOG" } else { "BACKUP DATABASE" };
             Ok(done(
                 if log { "BACKUP LOG" } else { "BACKUP DATABASE" },
                 format!(

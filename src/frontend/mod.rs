@@ -1131,6 +1131,50 @@ where
     Ok(())
 }
 
+/// Runs `command`; a BACKUP's notices sent while it runs (`STATS = n`)
+/// reach the client at once, not with the reply. Any other statement runs
+/// as is.
+async fn execute_live<C>(
+    client: &mut C,
+    session: &mut Session,
+    command: Command,
+    params: Vec<rusqlite::types::Value>,
+) -> PgWireResult<Result<Reply, Error>>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let live = matches!(command, Command::Backup(_))
+        .then(|| session.take_live())
+        .flatten();
+    let Some(mut live) = live else {
+        return Ok(session.execute(command, params).await);
+    };
+    let notice = |message: String| {
+        PgWireBackendMessage::NoticeResponse(NoticeResponse::from(ErrorInfo::new(
+            "NOTICE".into(),
+            "00000".into(),
+            message,
+        )))
+    };
+    let result = {
+        let run = session.execute(command, params);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => break result,
+                Some(message) = live.recv() => client.send(notice(message)).await?,
+            }
+        }
+    };
+    while let Ok(message) = live.try_recv() {
+        client.feed(notice(message)).await?;
+    }
+    session.give_back_live(live);
+    Ok(result)
+}
+
 /// Turns a session reply into a `pgwire` response in the given formats.
 /// `announced` are the columns described earlier (extended protocol); rows
 /// are encoded by those types so they match the RowDescription sent then.
@@ -1419,7 +1463,7 @@ impl ConnState {
         }
         let mut failed = false;
         for command in commands {
-            let result = session.execute(command, Vec::new()).await;
+            let result = execute_live(client, session, command, Vec::new()).await?;
             send_asides(client, session).await?;
             let response = match result {
                 Ok(reply) => to_response(reply, &Format::UnifiedText, None)?,
@@ -1678,7 +1722,7 @@ impl ExtendedQueryHandler for Extended {
                 user_error(&err)
             });
         }
-        let result = session.execute(prepared.command.clone(), params).await;
+        let result = execute_live(client, session, prepared.command.clone(), params).await?;
         send_asides(client, session).await?;
         match result {
             Ok(reply) => {

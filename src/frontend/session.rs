@@ -257,6 +257,10 @@ pub struct Session {
     /// of taking a hop to a blocking thread before each one. Cleared when
     /// full.
     readonly: std::collections::HashMap<String, bool>,
+    /// Notices sent while a statement still runs (BACKUP's `STATS`): the
+    /// connection drains the receiver as it waits for the reply.
+    live: tokio::sync::mpsc::UnboundedSender<String>,
+    live_rx: Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
 }
 
 /// Statement texts a session remembers as reading or writing.
@@ -284,6 +288,7 @@ impl Session {
         // A primary without its lease (RESOLVING, e.g. just restarted or
         // already deposed) never served this session as the writer.
         let began_read_write = db.role() == engine::Role::ReadWrite && !db.is_resolving();
+        let (live, live_rx) = tokio::sync::mpsc::unbounded_channel();
         Session {
             ag,
             db,
@@ -299,8 +304,22 @@ impl Session {
             sequences: Arc::default(),
             cursors: Default::default(),
             readonly: Default::default(),
+            live,
+            live_rx: Some(live_rx),
             engine,
         }
+    }
+
+    /// The receiver of notices sent while a statement runs, for the
+    /// connection to drain during `execute`; given back with
+    /// [`Session::give_back_live`].
+    pub fn take_live(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.live_rx.take()
+    }
+
+    /// Gives back what [`Session::take_live`] took.
+    pub fn give_back_live(&mut self, rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+        self.live_rx = Some(rx);
     }
 
     /// Why the session must end: its database was read-write here when it
@@ -598,7 +617,8 @@ impl Session {
                 self.outside_transaction("BACKUP and RESTORE")?;
                 let statement = crate::sql::backup::parse(&sql)
                     .map_err(|message| Error::sql("42601", message))?;
-                let done = super::backup::execute(&self.engine, &self.ag, statement).await?;
+                let done =
+                    super::backup::execute(&self.engine, &self.ag, statement, &self.live).await?;
                 for message in done.notices {
                     self.asides.push(Aside::Notice {
                         severity: "NOTICE",

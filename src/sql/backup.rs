@@ -33,6 +33,8 @@ pub enum BackupStatement {
         compression: bool,
         /// WITH CHECKSUM.
         checksum: bool,
+        /// `STATS [= n]`: a notice every n percent (10 without a value).
+        stats: Option<u8>,
     },
     /// `RESTORE DATABASE | LOG`.
     Restore {
@@ -282,14 +284,16 @@ impl Parser {
         }
     }
 
-    fn stats(&mut self) -> Result<(), String> {
+    /// `STATS [= n]`: n, or 10 (SQL Server's default) without a value.
+    fn stats(&mut self) -> Result<u8, String> {
         if self.punct('=') {
             match self.next() {
-                Some(Tok::Number(n)) if (1..=100).contains(&n) => {}
-                _ => return Err("STATS takes a percentage from 1 to 100".into()),
+                Some(Tok::Number(n)) if (1..=100).contains(&n) => Ok(n as u8),
+                _ => Err("STATS takes a percentage from 1 to 100".into()),
             }
+        } else {
+            Ok(10)
         }
-        Ok(())
     }
 
     fn end(&self) -> Result<(), String> {
@@ -317,6 +321,7 @@ pub fn parse(sql: &str) -> Result<BackupStatement, String> {
         p.expect("TO")?;
         let path = p.disk()?;
         let (mut copy_only, mut compression, mut checksum) = (false, false, false);
+        let mut stats = None;
         p.options(|p, word| {
             match word {
                 "COPY_ONLY" => copy_only = true,
@@ -325,7 +330,7 @@ pub fn parse(sql: &str) -> Result<BackupStatement, String> {
                 "CHECKSUM" => checksum = true,
                 "NO_CHECKSUM" => checksum = false,
                 "INIT" | "FORMAT" => {}
-                "STATS" => p.stats()?,
+                "STATS" => stats = Some(p.stats()?),
                 other => return Err(format!("BACKUP has no option {other} (options: COPY_ONLY, COMPRESSION, CHECKSUM, STATS = n)")),
             }
             Ok(())
@@ -337,6 +342,7 @@ pub fn parse(sql: &str) -> Result<BackupStatement, String> {
             copy_only,
             compression,
             checksum,
+            stats,
         }
     } else if p.keyword("RESTORE") {
         if p.keyword("VERIFYONLY") {
@@ -366,7 +372,10 @@ pub fn parse(sql: &str) -> Result<BackupStatement, String> {
                     "NORECOVERY" => recovery = Some(false),
                     "REPLACE" => replace = true,
                     "CHECKSUM" => {}
-                    "STATS" => p.stats()?,
+                    // Restores report when done (see `backup` module docs).
+                    "STATS" => {
+                        p.stats()?;
+                    }
                     "STOPAT" | "STOPATLSN" => {
                         if !p.punct('=') {
                             return Err(format!("expected = after {word}"));
@@ -460,6 +469,7 @@ mod tests {
                 copy_only: true,
                 compression: true,
                 checksum: true,
+                stats: Some(10),
             }
         );
         assert!(matches!(
