@@ -1605,3 +1605,107 @@ async fn a_backup_chain_keeps_the_log_until_the_next_log_backup() {
     .await;
     assert_eq!(ids(&server, "x", "t").await, range(1..=next - 1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_chain_holds_the_log_on_every_replica_so_log_backups_continue_across_a_failover() {
+    let group = Group::start_with(GroupSpec {
+        replicas: 2,
+        // Small segments: a log not held is truncated soon.
+        env: vec![("AVAILDB_LOG_SEGMENT_BYTES", "65536")],
+        ..GroupSpec::default()
+    })
+    .await;
+    let app = group.nodes[0].client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "create t",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log1, log2) = (
+        dir.path().join("full.bak"),
+        dir.path().join("log1.bak"),
+        dir.path().join("log2.bak"),
+    );
+    let admin1 = group.nodes[0].client(DEFAULT_DB).await;
+    ok(
+        &admin1,
+        &format!("BACKUP DATABASE app TO DISK = '{}'", disk(&full)),
+    )
+    .await;
+    let (_, full_end) = lsn_range(&admin1, &full).await;
+    // Checkpoints come after 4000 WAL frames (16 MiB): write past two.
+    let next = write_mb(&app, 1, 40).await;
+    group.wait_caught_up(&[1], CATCH_UP_TIMEOUT).await;
+    let (first, wait) = log_state(&group.nodes[1]).await;
+    assert!(
+        first < full_end,
+        "the secondary truncated its log to {first}, past the chain's end {full_end}: a failover now would break the chain"
+    );
+    assert_eq!(wait, "LOG_BACKUP", "the secondary's log_reuse_wait_desc");
+
+    // A log backup on the secondary moves the hold on the primary too.
+    let admin2 = group.nodes[1].client(DEFAULT_DB).await;
+    ok(
+        &admin2,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    let (log1_first, log1_end) = lsn_range(&admin2, &log1).await;
+    assert!(
+        log1_first <= full_end,
+        "the secondary's log backup starts at {log1_first}, after the chain's end {full_end}"
+    );
+    let next = write_mb(&app, next, 40).await;
+    let (first, _) = log_state(&group.nodes[0]).await;
+    assert!(
+        first > full_end,
+        "after the secondary's log backup the primary still keeps its log from {first}, before {full_end}"
+    );
+    assert!(
+        first < log1_end,
+        "the primary truncated its log to {first}, past the chain's end {log1_end}"
+    );
+    drop((app, admin1, admin2));
+
+    // After a failover the former primary, now a secondary, continues the
+    // chain from the last log backup, which it did not take.
+    wait_failover_ready(&group, 0, &[1]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!(
+            "planned failover to r2: {message} ({code})\n{}",
+            group.logs()
+        );
+    }
+    group.wait_takes_writes(1, Duration::from_secs(60)).await;
+    let app = group.nodes[1].client(APP).await;
+    let next = write_mb(&app, next, 40).await;
+    group.wait_caught_up(&[0], CATCH_UP_TIMEOUT).await;
+    let admin1 = group.nodes[0].client(DEFAULT_DB).await;
+    ok(
+        &admin1,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    let (log2_first, _) = lsn_range(&admin1, &log2).await;
+    assert!(
+        log2_first <= log1_end,
+        "the log backup after the failover starts at {log2_first}, after the chain's end {log1_end}"
+    );
+
+    let other = TestServer::start().await;
+    let admin = other.client(DEFAULT_DB).await;
+    for (path, how) in [
+        (&full, "DATABASE x FROM DISK = '{}' WITH NORECOVERY"),
+        (&log1, "LOG x FROM DISK = '{}' WITH NORECOVERY"),
+        (&log2, "LOG x FROM DISK = '{}' WITH RECOVERY"),
+    ] {
+        ok(
+            &admin,
+            &format!("RESTORE {}", how.replace("{}", &disk(path))),
+        )
+        .await;
+    }
+    assert_eq!(ids(&other, "x", "t").await, range(1..=next - 1));
+}

@@ -1041,6 +1041,38 @@ impl Manager {
         if let Some(inbox) = self.inbox(&record.config.name) {
             let _ = inbox.send(Input::Event(role::Event::Cluster(Box::new(record.clone()))));
         }
+        // The group's backup chain: every replica keeps its log from where
+        // the next log backup starts, whichever replica takes it.
+        for (database, &lsn) in &record.backup_holds {
+            if !record.config.has_database(database) {
+                continue;
+            }
+            if let Ok(db) = self.engine.database(database) {
+                if db.log_backup_hold() != lsn {
+                    db.hold_log_for_backups(lsn);
+                }
+            }
+        }
+    }
+
+    /// After a backup of a chain (not COPY_ONLY) of `database` of `group`:
+    /// records in the cluster where the next log backup starts, so every
+    /// replica keeps its log from there ([`Manager::follow`]) and the chain
+    /// continues without a gap after a failover. Nothing to do outside a
+    /// cluster-managed group (the node's own hold is all there is).
+    pub async fn share_backup_hold(&self, group: &str, database: &str, lsn: u64) -> Result<()> {
+        let Some(config) = self.current_config(group) else {
+            return Ok(());
+        };
+        if self.clustered(&config).is_none() {
+            return Ok(());
+        }
+        self.propose_cluster(crate::cluster::Command::HoldLogForBackups {
+            group: config.name.clone(),
+            database: database.to_string(),
+            lsn,
+        })
+        .await
     }
 
     async fn set_suspended(&self, database: &str, suspended: bool) -> Result<()> {

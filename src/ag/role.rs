@@ -1108,6 +1108,7 @@ mod tests {
             synchronized: sets,
             previous: None,
             stopped_epoch: 0,
+            backup_holds: Default::default(),
         })
     }
 

@@ -40,7 +40,10 @@
 //!
 //! # Chains
 //! Each backup's log portion starts one transaction *before* where the
-//! previous one (known to this node's history) ended, so consecutive
+//! previous one of the chain ended — the group's log hold (a backup that
+//! is not COPY_ONLY records in the cluster's state where the next log
+//! backup starts, and every replica of the group keeps its log from
+//! there), else this node's history — so consecutive
 //! backups overlap by at least one record, and a restore checks that the
 //! overlapping record has the restored one's checksum: the chain is proven
 //! to be the same log, not merely adjacent LSNs. A node that knows of no
@@ -116,11 +119,12 @@
 //! BACKUP is a row of `sys.dm_operation_status` / `sys.dm_exec_requests`
 //! with its `percent_complete`; RESTORE accepts STATS but reports when it
 //! ends.
-//! A node holds its own log for the next log backup once it took a backup
-//! that is not copy-only (`log_reuse_wait_desc = LOG_BACKUP`), but a
-//! secondary's log backups do not hold the primary's log: after a failover
-//! the new primary's log may have been truncated past the chain's end,
-//! which shows as a gap at restore. A MANUAL replica's copy that the
+//! The log hold of a chain (`log_reuse_wait_desc = LOG_BACKUP`) is shared
+//! by the replicas of a cluster-managed group through the cluster's state;
+//! in a group with CLUSTER_TYPE = NONE, or when the cluster did not answer
+//! (the BACKUP then says so in a notice), each node holds only its own log
+//! for its own backups, and a failover can leave a gap that RESTORE
+//! refuses with both LSNs (take a full backup to start a new chain). A MANUAL replica's copy that the
 //! primary refused as too old stays there: RESTORE cannot replace it in
 //! place (seed that replica again on an empty data directory, or switch it
 //! to AUTOMATIC). A schedule, background verification and object stores are not here yet;

@@ -522,16 +522,20 @@ async fn log_backup(
     let log = db.log().clone();
     let end = settled_end(&log, db.applied_lsn().max(log.first_lsn()));
     log.wait_durable(end).await.map_err(|e| log_error(db, e))?;
-    // Start one transaction before where this node's last backup of the
-    // database ended; a node that knows of none (a new primary after a
-    // failover) starts where its log starts. Overlap is harmless: a restore
-    // skips what it holds, after checking the overlapping record is the same.
+    // Start where the chain's log is held (one transaction before where the
+    // last backup of the chain ended, on whichever replica of the group it
+    // was taken); without a hold, one transaction before where this node's
+    // last backup ended; a node that knows of none starts where its log
+    // starts. Overlap is harmless: a restore skips what it holds, after
+    // checking the overlapping record is the same.
+    let hold = db.log_backup_hold();
     let known = history::read(data_dir)
         .unwrap_or_default()
         .into_iter()
         .filter(|e| e.database == db.name() && e.end_lsn <= end)
         .max_by_key(|e| e.end_lsn);
     let from = match known {
+        _ if hold != u64::MAX && hold >= log.first_lsn() && hold <= end => hold,
         Some(e) if e.next_from.is_some_and(|n| n >= log.first_lsn()) => {
             e.next_from.unwrap_or(e.end_lsn)
         }

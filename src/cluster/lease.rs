@@ -106,6 +106,7 @@ impl LeaseBook {
             Command::PutGroup(_)
             | Command::SetSynchronized { .. }
             | Command::StepDown { .. }
+            | Command::HoldLogForBackups { .. }
             | Command::SetServerName(_)
             | Command::PutPartner(_)
             | Command::RemovePartner(_) => {}
@@ -255,6 +256,7 @@ mod tests {
                     synchronized: Default::default(),
                     previous: None,
                     stopped_epoch: 0,
+                    backup_holds: Default::default(),
                 },
             );
             s

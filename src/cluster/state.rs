@@ -91,6 +91,11 @@ pub struct GroupRecord {
     /// promoted away from after its lease ran out, or stepped down.
     #[serde(default)]
     pub stopped_epoch: u64,
+    /// Per database: where every replica keeps its log from for the next
+    /// log backup (a backup chain is in use), so that the chain continues
+    /// without a gap whichever replica is primary after a failover.
+    #[serde(default)]
+    pub backup_holds: BTreeMap<String, u64>,
 }
 
 impl GroupRecord {
@@ -181,6 +186,16 @@ pub enum Command {
     PutPartner(Partner),
     /// Forgets a partner server.
     RemovePartner(String),
+    /// A replica took a backup of a chain (not COPY_ONLY): every replica
+    /// keeps its log of `database` from `lsn` until the next log backup.
+    HoldLogForBackups {
+        /// Group name.
+        group: String,
+        /// Database of the group.
+        database: String,
+        /// Where the next log backup starts.
+        lsn: u64,
+    },
     /// A deposed primary records that it closed its writes.
     StepDown {
         /// Group name.
@@ -399,6 +414,20 @@ impl ClusterState {
                 self.partners.remove(&key);
                 Ok(())
             }
+            Command::HoldLogForBackups {
+                group,
+                database,
+                lsn,
+            } => {
+                let record = self.group_mut(group)?;
+                if !record.config.has_database(database) {
+                    return Err(format!(
+                        "database \"{database}\" is not in availability group \"{group}\""
+                    ));
+                }
+                record.backup_holds.insert(database.clone(), *lsn);
+                Ok(())
+            }
             Command::StepDown {
                 group,
                 holder,
@@ -437,6 +466,7 @@ impl ClusterState {
                     synchronized: BTreeMap::new(),
                     previous: None,
                     stopped_epoch: 0,
+                    backup_holds: BTreeMap::new(),
                 },
             );
             return Ok(());
@@ -473,6 +503,9 @@ impl ClusterState {
             replicas.retain(|r| config.replica(r).is_some());
             config.has_database(database) && !replicas.is_empty()
         });
+        record
+            .backup_holds
+            .retain(|database, _| config.has_database(database));
         Ok(())
     }
 }
@@ -814,6 +847,38 @@ mod tests {
             CommandResult::Ok
         );
         assert!(s.groups.is_empty());
+    }
+
+    #[test]
+    fn a_backup_hold_is_kept_only_for_a_database_of_the_group() {
+        let hold = |database: &str, lsn| Command::HoldLogForBackups {
+            group: "ag1".into(),
+            database: database.into(),
+            lsn,
+        };
+        let mut s = state();
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&hold("other", 10)),
+            CommandResult::Rejected(why) if why.contains("not in availability group")
+        ));
+        assert_eq!(s, before, "a refused hold changes nothing");
+        for c in [hold("app", 10), hold("shop", 20), hold("shop", 30)] {
+            assert_eq!(s.apply(&c), CommandResult::Ok, "{c:?}");
+        }
+        let holds = &s.group("ag1").unwrap().backup_holds;
+        assert_eq!(holds.get("shop"), Some(&30), "the last backup's hold wins");
+        let edit = put(|g| {
+            g.version = 6;
+            g.databases.retain(|d| d != "shop");
+        });
+        assert_eq!(s.apply(&edit), CommandResult::Ok);
+        let holds = &s.group("ag1").unwrap().backup_holds;
+        assert_eq!(
+            holds.keys().collect::<Vec<_>>(),
+            ["app"],
+            "a database that left the group keeps no hold"
+        );
     }
 
     #[test]

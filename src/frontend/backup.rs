@@ -224,7 +224,7 @@ pub(super) async fn execute(
                 copy_only,
                 compression,
                 checksum,
-                group,
+                group: group.clone(),
                 replica: ag.node().to_string(),
                 progress: Some(progress),
             };
@@ -236,6 +236,19 @@ pub(super) async fn execute(
             );
             let taken = taken.map_err(error)?;
             stats.finished();
+            if !copy_only && !group.is_empty() {
+                // The chain continues from here on whichever replica backs
+                // up next: every replica keeps its log from this point.
+                if let Err(e) = ag
+                    .share_backup_hold(&group, &database, taken.next_from)
+                    .await
+                {
+                    let _ = live.send(format!(
+                        "the backup is complete, but the other replicas were not told to keep their log from LSN {} for the next log backup ({e}): after a failover, take a full backup to start a new chain",
+                        taken.next_from
+                    ));
+                }
+            }
             let secs = taken.duration.as_secs_f64();
             Ok(done(
                 if log { "BACKUP LOG" } else { "BACKUP DATABASE" },

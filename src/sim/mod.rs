@@ -199,7 +199,8 @@ impl Sim {
                 | Command::RemoveGroup(_)
                 | Command::SetServerName(_)
                 | Command::PutPartner(_)
-                | Command::RemovePartner(_) => {}
+                | Command::RemovePartner(_)
+                | Command::HoldLogForBackups { .. } => {}
                 Command::SetSynchronized {
                     replica,
                     synchronized,

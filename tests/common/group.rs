@@ -57,6 +57,8 @@ pub struct GroupSpec {
     pub password: Option<String>,
     /// More command-line arguments for every node.
     pub args: Vec<String>,
+    /// Environment variables `(name, value)` of every node.
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for GroupSpec {
@@ -72,6 +74,7 @@ impl Default for GroupSpec {
             host: None,
             password: None,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -96,6 +99,9 @@ impl GroupSpec {
         }
         for arg in &self.args {
             builder = builder.arg(arg);
+        }
+        for (name, value) in &self.env {
+            builder = builder.env(name, value);
         }
         builder
     }
