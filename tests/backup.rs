@@ -1709,3 +1709,120 @@ async fn a_backup_chain_holds_the_log_on_every_replica_so_log_backups_continue_a
     }
     assert_eq!(ids(&other, "x", "t").await, range(1..=next - 1));
 }
+
+/// `(device, state, desc, restorable_lsn, last_lsn)` of every backup on
+/// `server`, once no proof is PENDING (bounded).
+async fn proofs(server: &TestServer) -> Vec<(String, String, String, Option<u64>, u64)> {
+    let client = server.client(DEFAULT_DB).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = ok(
+            &client,
+            "SELECT physical_device_name, verification_state, verification_desc, restorable_lsn, last_lsn
+             FROM sys.backup_history ORDER BY backup_start_date",
+        )
+        .await;
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].clone().unwrap(),
+                    r[1].clone().unwrap(),
+                    r[2].clone().unwrap_or_default(),
+                    r[3].as_deref().map(|v| v.parse().unwrap()),
+                    r[4].as_deref().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        if rows.iter().all(|r| r.1 != "PENDING") {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backups still not proven after 120 s: {rows:?}\n{}",
+            server.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_backup_is_restored_in_the_background_and_one_that_does_not_restore_is_reported() {
+    let server = TestServer::start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "create t",
+    )
+    .await;
+    exec(&app, "CREATE INDEX t_v ON t(v)", "index").await;
+    let next = write_mb(&app, 1, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log1, log2) = (
+        dir.path().join("full.bak"),
+        dir.path().join("log1.bak"),
+        dir.path().join("log2.bak"),
+    );
+    ok(
+        &admin,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COMPRESSION",
+            disk(&full)
+        ),
+    )
+    .await;
+    let next = write_mb(&app, next, 1).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log1)),
+    )
+    .await;
+    let rows = proofs(&server).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (device, state, desc, restorable, last) in &rows {
+        assert_eq!(state, "VERIFIED", "{device}: {desc}");
+        assert_eq!(
+            *restorable,
+            Some(*last),
+            "{device} restores to the LSN it was taken at"
+        );
+    }
+    assert!(
+        rows[1].2.contains("2 backup file(s)"),
+        "the log backup is proven with the full backup before it: {}",
+        rows[1].2
+    );
+
+    // The full backup is damaged after it was proven: the next log
+    // backup's chain does not restore, and says why.
+    let mut bytes = std::fs::read(&full).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&full, &bytes).unwrap();
+    write_mb(&app, next, 1).await;
+    ok(
+        &admin,
+        &format!("BACKUP LOG app TO DISK = '{}'", disk(&log2)),
+    )
+    .await;
+    let rows = proofs(&server).await;
+    let (device, state, desc, restorable, _) = &rows[2];
+    assert_eq!(device, &disk(&log2));
+    assert_eq!(
+        state, "FAILED",
+        "a chain with a damaged full backup: {desc}"
+    );
+    assert!(
+        desc.contains(&disk(&full)),
+        "the failure names the damaged file: {desc}"
+    );
+    assert_eq!(*restorable, None);
+    assert_eq!(rows[0].1, "VERIFIED", "an earlier outcome stays as it was");
+    assert!(
+        !server.data_dir().join("backup").join("proof").exists(),
+        "the scratch copy is removed"
+    );
+}

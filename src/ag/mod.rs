@@ -127,6 +127,8 @@ pub struct Manager {
     scrubs: Arc<crate::repair::ScrubStatus>,
     /// The scrub's rate, bytes a second (0: off).
     scrub_rate: std::sync::atomic::AtomicU64,
+    /// The background proof of this node's backups ([`crate::backup::proof`]).
+    prover: std::sync::OnceLock<crate::backup::Prover>,
 }
 
 fn key(name: &str) -> String {
@@ -155,6 +157,7 @@ impl Manager {
             page_repairs: Default::default(),
             scrubs: Default::default(),
             scrub_rate: Default::default(),
+            prover: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -1337,6 +1340,8 @@ impl Manager {
         let mut out = views::Snapshot::default();
         out.add_backup_history(
             &crate::backup::read_history(self.engine.data_dir()).unwrap_or_default(),
+            &crate::backup::proof::read(self.engine.data_dir()),
+            self.prover.get().is_some_and(|p| p.enabled()),
         );
         for name in self.engine.names() {
             if let Ok(db) = self.engine.database(&name) {
@@ -1401,6 +1406,21 @@ impl Manager {
                 "database \"{database}\" is not an availability database of group \"{group}\" on this replica"
             )),
             Some((true, true)) => self.engine.database(database).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Starts the background proof of this node's backups, reading at most
+    /// `rate` bytes a second (0: off).
+    pub fn start_backup_proofs(&self, rate: u64) {
+        let _ = self
+            .prover
+            .set(crate::backup::Prover::start(self.engine.data_dir(), rate));
+    }
+
+    /// Queues the background proof of backup `id` (when proofs run).
+    pub fn prove_backup(&self, id: &str) {
+        if let Some(p) = self.prover.get() {
+            p.submit(id);
         }
     }
 

@@ -111,7 +111,9 @@ CREATE TABLE sys.backup_history(
     backup_id TEXT, database_name TEXT, type TEXT, is_copy_only BOOLEAN,
     is_compressed BOOLEAN, physical_device_name TEXT, first_lsn INTEGER,
     last_lsn INTEGER, backup_size INTEGER, backup_start_date TEXT,
-    duration_ms INTEGER, group_name TEXT, replica_name TEXT);
+    duration_ms INTEGER, group_name TEXT, replica_name TEXT,
+    verification_state TEXT, verification_desc TEXT, verified_at TEXT,
+    restorable_lsn INTEGER, restorable_time TEXT);
 CREATE TABLE sys.dm_hadr_auto_page_repair(
     database_name TEXT, file_id INTEGER, page_id INTEGER, error_type INTEGER,
     error_type_desc TEXT, page_status INTEGER, page_status_desc TEXT,
@@ -679,8 +681,22 @@ impl Snapshot {
     /// The backups taken on this node (`sys.backup_history`, oldest
     /// first): what, where, the LSN range it restores, its size, how long
     /// it took and which replica took it.
-    pub fn add_backup_history(&mut self, entries: &[crate::backup::HistoryEntry]) {
+    /// With each backup, its proof ([`crate::backup::proof`]): the newest
+    /// outcome recorded for it, else PENDING (NOT_VERIFIED when proofs
+    /// are off).
+    pub fn add_backup_history(
+        &mut self,
+        entries: &[crate::backup::HistoryEntry],
+        proofs: &[crate::backup::proof::Outcome],
+        proving: bool,
+    ) {
         for e in entries {
+            let proof = proofs.iter().rev().find(|p| p.id == e.id);
+            let state = match proof {
+                Some(p) => p.state.as_str(),
+                None if proving => "PENDING",
+                None => "NOT_VERIFIED",
+            };
             self.backups.push(vec![
                 text(&e.id),
                 text(&e.database),
@@ -695,6 +711,13 @@ impl Snapshot {
                 int(e.duration_ms),
                 text(&e.group),
                 text(&e.replica),
+                text(state),
+                proof.map_or(Value::Null, |p| text(&p.detail)),
+                time(proof.map(|p| p.verified_us)),
+                proof
+                    .and_then(|p| p.restorable_lsn)
+                    .map_or(Value::Null, int),
+                time(proof.and_then(|p| p.restorable_us)),
             ]);
         }
     }

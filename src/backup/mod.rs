@@ -107,9 +107,10 @@
 //! secondary knows only itself and its primary, and takes the other
 //! secondaries as available. BACKUP itself runs wherever it is asked.
 //!
-//! # History
+//! # History and proof
 //! Every backup taken on a node is appended to
-//! `DATA_DIR/backup/history.jsonl` and shown by `sys.backup_history`.
+//! `DATA_DIR/backup/history.jsonl` and shown by `sys.backup_history`,
+//! with the outcome of its background restore ([`proof`]).
 //!
 //! # Known limits
 //! Pages are read from the snapshot on one thread (SQLite's), compressed
@@ -127,7 +128,8 @@
 //! refuses with both LSNs (take a full backup to start a new chain). A MANUAL replica's copy that the
 //! primary refused as too old stays there: RESTORE cannot replace it in
 //! place (seed that replica again on an empty data directory, or switch it
-//! to AUTOMATIC). A schedule, background verification and object stores are not here yet;
+//! to AUTOMATIC). A schedule and object stores are not here yet; a proof
+//! restores only chains whose backups were all taken on its node;
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
 //! statements on a live node.
 
@@ -136,6 +138,7 @@ mod error;
 pub mod format;
 mod history;
 mod preferred;
+pub mod proof;
 mod restore;
 mod take;
 
@@ -143,6 +146,7 @@ pub use error::{BackupError, Result};
 pub use format::{Header, Kind, Manifest};
 pub use history::{read as read_history, Entry as HistoryEntry};
 pub use preferred::{preferred, Candidate};
+pub use proof::Prover;
 pub use restore::{
     adopt_restoring, header_only, is_restoring, restore, time_text, verify, RestoreRequest,
     Restored, Stop,

@@ -144,20 +144,23 @@ pub struct ServerArgs {
     /// sessions may set their own; 0 turns it off [default: 0].
     #[arg(long, value_name = "MS")]
     pub idle_in_transaction_session_timeout_ms: Option<u64>,
-    /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
-    /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
-    /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
-    /// `tls_key`, `require_tls`, `max_connections`,
-    /// `idle_in_transaction_session_timeout_ms`).
     /// How fast the background scrub reads each availability database's
     /// pages to verify them (and, on a secondary, compare them with the
     /// primary's), in KiB a second; 0 turns the scrub off [default: 4096].
     #[arg(long, value_name = "KIB")]
     pub scrub_kib_per_s: Option<u64>,
+    /// How fast the background proof of backups reads them: every backup
+    /// taken on this node is restored to a scratch copy and checked
+    /// (`sys.backup_history.verification_state`), in KiB a second; 0 turns
+    /// the proofs off [default: 16384].
+    #[arg(long, value_name = "KIB")]
+    pub backup_verify_kib_per_s: Option<u64>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
-    /// `session_memory_mb`, `node_memory_mb`, `http_port`,
-    /// `scrub_kib_per_s`).
+    /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
+    /// `tls_key`, `require_tls`, `max_connections`,
+    /// `idle_in_transaction_session_timeout_ms`, `scrub_kib_per_s`,
+    /// `backup_verify_kib_per_s`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -183,6 +186,7 @@ struct ConfigFile {
     max_connections: Option<usize>,
     idle_in_transaction_session_timeout_ms: Option<u64>,
     scrub_kib_per_s: Option<u64>,
+    backup_verify_kib_per_s: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -219,6 +223,8 @@ pub struct ServerConfig {
     pub idle_in_transaction_timeout: Option<std::time::Duration>,
     /// The background scrub's rate, bytes a second (0: off).
     pub scrub_rate: u64,
+    /// The background proof of backups' rate, bytes a second (0: off).
+    pub backup_verify_rate: u64,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -338,6 +344,10 @@ impl ServerArgs {
                 .scrub_kib_per_s
                 .or(file.scrub_kib_per_s)
                 .map_or(crate::repair::DEFAULT_RATE_BYTES, |kib| kib << 10),
+            backup_verify_rate: self
+                .backup_verify_kib_per_s
+                .or(file.backup_verify_kib_per_s)
+                .map_or(crate::backup::proof::DEFAULT_RATE_BYTES, |kib| kib << 10),
         })
     }
 }
@@ -397,6 +407,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         None => None,
     };
     groups.start_page_repair(config.scrub_rate);
+    groups.start_backup_proofs(config.backup_verify_rate);
     let frontend = Frontend::new(
         engine,
         groups.clone(),
@@ -616,6 +627,7 @@ mod tests {
             max_connections: None,
             idle_in_transaction_session_timeout_ms: None,
             scrub_kib_per_s: None,
+            backup_verify_kib_per_s: None,
             config: None,
         }
     }
@@ -710,6 +722,7 @@ mod tests {
             c.max_connections.to_string(),
             format!("the client port + {HTTP_PORT_OFFSET}"),
             (c.scrub_rate >> 10).to_string(),
+            (c.backup_verify_rate >> 10).to_string(),
         ] {
             assert!(
                 server.contains(&format!("[default: {default}]")),

@@ -236,6 +236,7 @@ pub(super) async fn execute(
             );
             let taken = taken.map_err(error)?;
             stats.finished();
+            ag.prove_backup(&taken.header.id_hex());
             if !copy_only && !group.is_empty() {
                 // The chain continues from here on whichever replica backs
                 // up next: every replica keeps its log from this point.
