@@ -1826,3 +1826,84 @@ async fn every_backup_is_restored_in_the_background_and_one_that_does_not_restor
         "the scratch copy is removed"
     );
 }
+
+/// How many backups of `app` `server`'s history holds.
+async fn backups_taken(server: &TestServer) -> usize {
+    let client = server.client(DEFAULT_DB).await;
+    ok(
+        &client,
+        "SELECT backup_id FROM sys.backup_history WHERE database_name = 'app'",
+    )
+    .await
+    .len()
+}
+
+/// Waits (at most 60 s) until `server` has taken at least `n` backups.
+async fn wait_backups(group: &Group, i: usize, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while backups_taken(&group.nodes[i]).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} took fewer than {n} scheduled backups in 60 s\n{}",
+            name(i),
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_schedule_runs_only_on_the_preferred_replica_and_follows_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every replica has the same schedule and writes to the same directory.
+    let schedule = format!("database=app,kind=log,every=1s,to={}", dir.path().display());
+    let group = Group::start_with(GroupSpec {
+        replicas: 2,
+        args: vec!["--backup-schedule".into(), schedule],
+        ..GroupSpec::default()
+    })
+    .await;
+    let r1 = group.nodes[0].client(DEFAULT_DB).await;
+    exec(
+        &r1,
+        "ALTER AVAILABILITY GROUP ag1 SET (AUTOMATED_BACKUP_PREFERENCE = SECONDARY_ONLY)",
+        "preference",
+    )
+    .await;
+    wait_preferred(&group, &["0", "1"], "SECONDARY_ONLY: r2").await;
+    wait_backups(&group, 1, 3).await;
+    assert_eq!(
+        backups_taken(&group.nodes[0]).await,
+        0,
+        "the primary is not the preferred replica and took none"
+    );
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with("app-log-") && f.ends_with("-r2.bak")),
+        "{files:?}"
+    );
+    drop(r1);
+
+    wait_failover_ready(&group, 0, &[1]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!(
+            "planned failover to r2: {message} ({code})\n{}",
+            group.logs()
+        );
+    }
+    group.wait_takes_writes(1, Duration::from_secs(60)).await;
+    wait_preferred(&group, &["1", "0"], "SECONDARY_ONLY after the failover: r1").await;
+    wait_backups(&group, 0, 1).await;
+    let r2_before = backups_taken(&group.nodes[1]).await;
+    wait_backups(&group, 0, 3).await;
+    assert_eq!(
+        backups_taken(&group.nodes[1]).await,
+        r2_before,
+        "r2, now the primary, stopped taking the scheduled backups"
+    );
+}

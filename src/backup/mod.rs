@@ -107,6 +107,10 @@
 //! secondary knows only itself and its primary, and takes the other
 //! secondaries as available. BACKUP itself runs wherever it is asked.
 //!
+//! # Schedules
+//! `--backup-schedule` runs BACKUP on a timer on the group's preferred
+//! backup replica only ([`schedule`]).
+//!
 //! # History and proof
 //! Every backup taken on a node is appended to
 //! `DATA_DIR/backup/history.jsonl` and shown by `sys.backup_history`,
@@ -128,7 +132,7 @@
 //! refuses with both LSNs (take a full backup to start a new chain). A MANUAL replica's copy that the
 //! primary refused as too old stays there: RESTORE cannot replace it in
 //! place (seed that replica again on an empty data directory, or switch it
-//! to AUTOMATIC). A schedule and object stores are not here yet; a proof
+//! to AUTOMATIC). Object stores are not here yet; a proof
 //! restores only chains whose backups were all taken on its node;
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
 //! statements on a live node.
@@ -140,6 +144,7 @@ mod history;
 mod preferred;
 pub mod proof;
 mod restore;
+pub mod schedule;
 mod take;
 
 pub use error::{BackupError, Result};

@@ -155,12 +155,20 @@ pub struct ServerArgs {
     /// the proofs off [default: 16384].
     #[arg(long, value_name = "KIB")]
     pub backup_verify_kib_per_s: Option<u64>,
+    /// A backup schedule, `database=app,kind=full|log,every=15m,to=DIR`
+    /// (repeat for several): at every tick the backup is taken here if
+    /// this replica is the group's preferred backup replica
+    /// (`sys.fn_hadr_backup_is_preferred_replica`), so give every replica
+    /// the same schedules.
+    #[arg(long, value_name = "SCHEDULE")]
+    pub backup_schedule: Vec<crate::backup::schedule::Schedule>,
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
     /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
     /// `tls_key`, `require_tls`, `max_connections`,
     /// `idle_in_transaction_session_timeout_ms`, `scrub_kib_per_s`,
-    /// `backup_verify_kib_per_s`).
+    /// `backup_verify_kib_per_s`, and `[[backup_schedule]]` tables with
+    /// `database`, `kind`, `every`, `to`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -187,6 +195,7 @@ struct ConfigFile {
     idle_in_transaction_session_timeout_ms: Option<u64>,
     scrub_kib_per_s: Option<u64>,
     backup_verify_kib_per_s: Option<u64>,
+    backup_schedule: Option<Vec<crate::backup::schedule::Schedule>>,
 }
 
 /// A node's resolved settings.
@@ -225,6 +234,8 @@ pub struct ServerConfig {
     pub scrub_rate: u64,
     /// The background proof of backups' rate, bytes a second (0: off).
     pub backup_verify_rate: u64,
+    /// Scheduled backups.
+    pub backup_schedules: Vec<crate::backup::schedule::Schedule>,
 }
 
 /// Default PostgreSQL-protocol port.
@@ -348,6 +359,11 @@ impl ServerArgs {
                 .backup_verify_kib_per_s
                 .or(file.backup_verify_kib_per_s)
                 .map_or(crate::backup::proof::DEFAULT_RATE_BYTES, |kib| kib << 10),
+            backup_schedules: if self.backup_schedule.is_empty() {
+                file.backup_schedule.unwrap_or_default()
+            } else {
+                self.backup_schedule.clone()
+            },
         })
     }
 }
@@ -408,6 +424,11 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     };
     groups.start_page_repair(config.scrub_rate);
     groups.start_backup_proofs(config.backup_verify_rate);
+    crate::frontend::spawn_schedules(
+        engine.clone(),
+        groups.clone(),
+        config.backup_schedules.clone(),
+    );
     let frontend = Frontend::new(
         engine,
         groups.clone(),
@@ -628,8 +649,39 @@ mod tests {
             idle_in_transaction_session_timeout_ms: None,
             scrub_kib_per_s: None,
             backup_verify_kib_per_s: None,
+            backup_schedule: Vec::new(),
             config: None,
         }
+    }
+
+    #[test]
+    fn backup_schedules_come_from_the_command_line_or_else_the_config_file() {
+        let file: ConfigFile = toml::from_str(
+            "[[backup_schedule]]\ndatabase = \"app\"\nkind = \"log\"\nevery = \"15m\"\nto = \"/b\"\n",
+        )
+        .unwrap();
+        let from_file = file.backup_schedule.clone().unwrap();
+        assert_eq!(from_file[0].every, std::time::Duration::from_secs(900));
+        let bad: Result<ConfigFile, _> = toml::from_str(
+            "[[backup_schedule]]\ndatabase = \"app\"\nkind = \"log\"\nevery = \"soon\"\nto = \"/b\"\n",
+        );
+        assert!(bad.unwrap_err().to_string().contains("30s, 15m"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[backup_schedule]]\ndatabase = \"app\"\nkind = \"full\"\nevery = \"1h\"\nto = \"/b\"\n",
+        )
+        .unwrap();
+        let mut a = args(None, None);
+        a.config = Some(path.clone());
+        let c = a.resolve().unwrap();
+        assert_eq!(c.backup_schedules.len(), 1, "from the file");
+        let mut a = args(None, None);
+        a.config = Some(path);
+        a.backup_schedule = vec!["database=x,kind=log,every=1m,to=/c".parse().unwrap()];
+        let c = a.resolve().unwrap();
+        assert_eq!(c.backup_schedules[0].database, "x", "the command line wins");
     }
 
     #[test]

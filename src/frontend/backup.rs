@@ -398,3 +398,74 @@ pub(super) async fn execute(
         }
     }
 }
+
+/// Runs `schedules` on this node for as long as it lives
+/// ([`crate::backup::schedule`]): at every tick, the backup is taken here
+/// if this replica is the preferred one, through `execute`, as the
+/// BACKUP statement would be.
+pub fn spawn_schedules(
+    engine: Arc<Engine>,
+    ag: Arc<crate::ag::Manager>,
+    schedules: Vec<crate::backup::schedule::Schedule>,
+) {
+    for schedule in schedules {
+        let (engine, ag) = (engine.clone(), ag.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(schedule.every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // The first tick is at once: the first backup one interval on.
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                run_scheduled(&engine, &ag, &schedule).await;
+            }
+        });
+    }
+}
+
+async fn run_scheduled(
+    engine: &Arc<Engine>,
+    ag: &Arc<crate::ag::Manager>,
+    schedule: &crate::backup::schedule::Schedule,
+) {
+    use crate::backup::schedule::{decide, Decision, ScheduleKind};
+    let database = &schedule.database;
+    if engine.database(database).is_err() {
+        tracing::debug!(%database, "scheduled backup skipped: no such database here");
+        return;
+    }
+    let primary = ag.backup_role(database).is_none_or(|(_, p, _)| p);
+    let decision = decide(
+        schedule,
+        ag.node(),
+        ag.is_preferred_backup_replica(database),
+        primary,
+        crate::ag::views::wall_us(),
+    );
+    let Decision::Take { path, copy_only } = decision else {
+        return;
+    };
+    if let Err(e) = crate::durable::create_dir_all(&schedule.to) {
+        tracing::warn!(%database, dir = %schedule.to.display(), error = %e, "scheduled backup skipped: cannot create its directory");
+        return;
+    }
+    let (live, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let statement = BackupStatement::Backup {
+        log: schedule.kind == ScheduleKind::Log,
+        database: database.clone(),
+        path: path.to_string_lossy().into_owned(),
+        copy_only,
+        compression: true,
+        checksum: false,
+        stats: None,
+    };
+    match execute(engine, ag, statement, &live).await {
+        Ok(_) => tracing::info!(%database, path = %path.display(), "scheduled backup taken"),
+        Err(e) => {
+            tracing::warn!(%database, path = %path.display(), error = %e, "scheduled backup failed; the next tick tries again")
+        }
+    }
+    while let Ok(notice) = notices.try_recv() {
+        tracing::warn!(%database, "{notice}");
+    }
+}

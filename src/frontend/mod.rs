@@ -125,6 +125,7 @@ use crate::sql::pg::CopySpec;
 use crate::sql::split::split_statements;
 use crate::sql::types::ValueType;
 
+pub use backup::spawn_schedules;
 pub use session::{Aside, CancelSlot, Reply, Session, TxStatus};
 pub use settings::{parse_options, Settings};
 
