@@ -1160,7 +1160,7 @@ async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_
 /// long operation of `sys.dm_operation_status` (100 percent when done) and
 /// of `sys.dm_exec_requests` while it runs.
 #[tokio::test(flavor = "multi_thread")]
-async fn backup_with_stats_reports_each_step_and_shows_as_an_operation() {
+async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations() {
     let (server, _app, _full, dir) = standalone_with_backup(2000).await;
     let (client, mut connection) =
         tokio_postgres::connect(&server.conn_string(DEFAULT_DB), tokio_postgres::NoTls)
@@ -1229,6 +1229,44 @@ async fn backup_with_stats_reports_each_step_and_shows_as_an_operation() {
     assert!(ok(&client, "SELECT * FROM sys.dm_exec_requests")
         .await
         .is_empty());
+
+    // RESTORE … WITH STATS reports as it checks and writes the file.
+    let sql = format!(
+        "RESTORE DATABASE copy FROM DISK = '{}' WITH STATS = 50",
+        disk(&path)
+    );
+    tokio::time::timeout(Duration::from_secs(60), client.batch_execute(&sql))
+        .await
+        .expect("RESTORE within 60 s")
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    let mut got = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await {
+        got.push(n);
+    }
+    let steps: Vec<&str> = got
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.ends_with("percent processed."))
+        .collect();
+    assert_eq!(
+        steps,
+        ["50 percent processed.", "100 percent processed."],
+        "all notices: {got:?}"
+    );
+    let rows = ok(
+        &client,
+        "SELECT operation, state_desc, percent_complete FROM sys.dm_operation_status \
+         WHERE operation = 'RESTORE DATABASE' ORDER BY operation_id DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        [[
+            Some("RESTORE DATABASE".into()),
+            Some("COMPLETED".into()),
+            Some("100".into())
+        ]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

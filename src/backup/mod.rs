@@ -120,10 +120,10 @@
 //! Pages are read from the snapshot on one thread (SQLite's), compressed
 //! on up to four and written in order by one; restores decompress on one.
 //! `BACKUP … WITH STATS = n` sends "p percent processed." notices while
-//! it copies pages (the connection forwards them at once), and every
-//! BACKUP is a row of `sys.dm_operation_status` / `sys.dm_exec_requests`
-//! with its `percent_complete`; RESTORE accepts STATS but reports when it
-//! ends.
+//! it copies pages, and `RESTORE … WITH STATS = n` while it checks and
+//! writes blocks (the connection forwards them at once); every BACKUP and
+//! RESTORE is a row of `sys.dm_operation_status` / `sys.dm_exec_requests`
+//! with its `percent_complete`.
 //! The log hold of a chain (`log_reuse_wait_desc = LOG_BACKUP`) is shared
 //! by the replicas of a cluster-managed group through the cluster's state;
 //! in a group with CLUSTER_TYPE = NONE, or when the cluster did not answer

@@ -47,6 +47,38 @@ pub struct RestoreRequest {
     pub replace: bool,
     /// STOPAT / STOPATLSN.
     pub stop: Option<Stop>,
+    /// Told (blocks done, blocks in all) as the file is checked and then
+    /// written (two passes: each block counts twice).
+    pub progress: Option<super::Progress>,
+}
+
+/// Counts the blocks both passes went through, for a [`RestoreRequest`]'s
+/// progress.
+struct Ticks<'a> {
+    progress: Option<&'a super::Progress>,
+    done: std::cell::Cell<u64>,
+    total: u64,
+}
+
+impl<'a> Ticks<'a> {
+    fn new(progress: Option<&'a super::Progress>, blocks: usize) -> Ticks<'a> {
+        Ticks {
+            progress,
+            done: Default::default(),
+            total: 2 * blocks as u64,
+        }
+    }
+
+    fn none() -> Ticks<'static> {
+        Ticks::new(None, 0)
+    }
+
+    fn block(&self) {
+        self.done.set(self.done.get() + 1);
+        if let Some(p) = self.progress {
+            (p.0)(self.done.get().min(self.total), self.total.max(1));
+        }
+    }
 }
 
 /// What a restore did.
@@ -216,6 +248,7 @@ fn scan<R: std::io::Read + std::io::Seek>(
     reader: &mut Reader<R>,
     continues: Option<(Lsn, Option<(Lsn, u32)>)>,
     stop: Option<Stop>,
+    ticks: &Ticks,
 ) -> Result<Scan> {
     let header = reader.header.clone();
     let mut out = Scan {
@@ -231,6 +264,7 @@ fn scan<R: std::io::Read + std::io::Seek>(
     let mut overlap_checked = continues.is_none_or(|(end, _)| end == header.first_lsn);
     for i in 0..reader.blocks() {
         let block = reader.block(i).map_err(|e| read_error(path, e))?;
+        ticks.block();
         match block.kind {
             BlockKind::Pages => {
                 if header.kind != Kind::Full || header.page_size == 0 {
@@ -374,7 +408,7 @@ fn scan<R: std::io::Read + std::io::Seek>(
 /// header.
 pub fn verify(path: &Path) -> Result<Header> {
     let mut reader = open(path)?;
-    scan(path, &mut reader, None, None)?;
+    scan(path, &mut reader, None, None, &Ticks::none())?;
     Ok(reader.header)
 }
 
@@ -382,7 +416,7 @@ pub fn verify(path: &Path) -> Result<Header> {
 /// [`verify`] does.
 pub fn check_file<R: std::io::Read + std::io::Seek>(path: &Path, input: R) -> Result<()> {
     let mut reader = Reader::open(input).map_err(|e| read_error(path, e))?;
-    scan(path, &mut reader, None, None)?;
+    scan(path, &mut reader, None, None, &Ticks::none())?;
     Ok(())
 }
 
@@ -424,11 +458,13 @@ fn apply<R: std::io::Read + std::io::Seek>(
     out: &PageFile,
     from: Lsn,
     to: Lsn,
+    ticks: &Ticks,
 ) -> Result<(u64, u64)> {
     let (mut pages, mut records) = (0, 0);
     let header = reader.header.clone();
     for i in 0..reader.blocks() {
         let block = reader.block(i).map_err(|e| read_error(path, e))?;
+        ticks.block();
         match block.kind {
             BlockKind::Pages => {
                 let part = Record {
@@ -583,7 +619,8 @@ fn restore_full(
             });
         }
     }
-    let scanned = scan(path, &mut reader, None, None)?;
+    let ticks = Ticks::new(request.progress.as_ref(), reader.blocks());
+    let scanned = scan(path, &mut reader, None, None, &ticks)?;
     let tmp = restoring_root(data_dir).join(format!(".{database}.tmp"));
     let _ = fs::remove_dir_all(&tmp);
     let built = (|| -> Result<(u64, u64)> {
@@ -595,7 +632,7 @@ fn restore_full(
             path: file_path.clone(),
         };
         let first = reader.header.first_lsn;
-        let counts = apply(path, &mut reader, &out, first, end)?;
+        let counts = apply(path, &mut reader, &out, first, end, &ticks)?;
         check_pages(
             &file_path,
             database,
@@ -745,11 +782,13 @@ fn restore_log(
             });
         }
     }
+    let ticks = Ticks::new(request.progress.as_ref(), reader.blocks());
     let scanned = scan(
         path,
         &mut reader,
         Some((state.end_lsn, state.last_record)),
         request.stop,
+        &ticks,
     )?;
     let from = state.end_lsn;
     state.pending = Some(header.end_lsn);
@@ -763,7 +802,7 @@ fn restore_log(
         file,
         path: file_path,
     };
-    let (_, records) = apply(path, &mut reader, &out, from, scanned.apply_end)?;
+    let (_, records) = apply(path, &mut reader, &out, from, scanned.apply_end, &ticks)?;
     crate::crashpoint::hit("restore.log_written");
     if scanned.apply_end > from {
         state.end_lsn = scanned.apply_end;
@@ -848,13 +887,13 @@ fn prove_in<R: std::io::Read + std::io::Seek>(
         });
     }
     let database = r.header.database.clone();
-    let scanned = scan(full, &mut r, None, None)?;
+    let scanned = scan(full, &mut r, None, None, &Ticks::none())?;
     let out = PageFile {
         file: fs::File::create(&file_path).map_err(io(&file_path, "create"))?,
         path: file_path.clone(),
     };
     let (first, mut end) = (r.header.first_lsn, r.header.end_lsn);
-    let (pages, mut records) = apply(full, &mut r, &out, first, end)?;
+    let (pages, mut records) = apply(full, &mut r, &out, first, end, &Ticks::none())?;
     check_pages(&file_path, &database, r.header.page_size, &scanned.hashes)?;
     let (mut last_record, mut last_commit_us) = (scanned.last_record, r.manifest.last_commit_us);
     for log in logs {
@@ -869,8 +908,8 @@ fn prove_in<R: std::io::Read + std::io::Seek>(
                 why: "it does not continue the chain before it".into(),
             });
         }
-        let scanned = scan(log, &mut r, Some((end, last_record)), None)?;
-        let (_, n) = apply(log, &mut r, &out, end, scanned.apply_end)?;
+        let scanned = scan(log, &mut r, Some((end, last_record)), None, &Ticks::none())?;
+        let (_, n) = apply(log, &mut r, &out, end, scanned.apply_end, &Ticks::none())?;
         records += n;
         if scanned.apply_end > end {
             end = scanned.apply_end;

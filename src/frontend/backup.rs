@@ -272,6 +272,7 @@ pub(super) async fn execute(
             replace,
             stop_at,
             stop_at_lsn,
+            stats,
         } => {
             if let Some((group, _)) = ag.local_role(&database) {
                 // A MANUAL-seeding secondary restores the group's database
@@ -297,6 +298,23 @@ pub(super) async fn execute(
                 (None, Some(l)) => Some(Stop::Lsn(l)),
                 (None, None) => None,
             };
+            let what = if log {
+                "RESTORE LOG"
+            } else {
+                "RESTORE DATABASE"
+            };
+            let operations = ag.operations();
+            let id = operations.start(what, &database, "", crate::ag::views::wall_us());
+            let stats = Stats::new(stats, live.clone());
+            let progress: backup::Progress = {
+                let (ag, stats) = (ag.clone(), stats.clone());
+                backup::Progress(Arc::new(move |done, total| {
+                    let percent = done.saturating_mul(100) / total.max(1);
+                    ag.operations()
+                        .progress(id, percent as f64, crate::ag::views::wall_us());
+                    stats.reached(percent);
+                }))
+            };
             let request = RestoreRequest {
                 database: database.clone(),
                 path: path.map(PathBuf::from),
@@ -304,6 +322,7 @@ pub(super) async fn execute(
                 recovery,
                 replace,
                 stop,
+                progress: Some(progress),
             };
             let engine = engine.clone();
             let started = std::time::Instant::now();
@@ -311,8 +330,15 @@ pub(super) async fn execute(
                 backup::restore(&engine, engine.data_dir(), &request)
             })
             .await
-            .map_err(|e| Error::sql("XX000", e.to_string()))?
-            .map_err(error)?;
+            .map_err(|e| Error::sql("XX000", e.to_string()))
+            .and_then(|r| r.map_err(error));
+            operations.finish(
+                id,
+                restored.as_ref().err().map(|e| e.to_string()),
+                crate::ag::views::wall_us(),
+            );
+            let restored = restored?;
+            stats.finished();
             let state = if restored.recovered {
                 "online"
             } else {

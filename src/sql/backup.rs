@@ -52,6 +52,8 @@ pub enum BackupStatement {
         stop_at: Option<String>,
         /// `STOPATLSN = 'lsn'`.
         stop_at_lsn: Option<u64>,
+        /// `STATS [= n]`: a notice every n percent (10 without a value).
+        stats: Option<u8>,
     },
     /// `RESTORE VERIFYONLY FROM DISK = 'path'`.
     VerifyOnly {
@@ -366,16 +368,14 @@ pub fn parse(sql: &str) -> Result<BackupStatement, String> {
             };
             let (mut recovery, mut replace) = (None, false);
             let (mut stop_at, mut stop_at_lsn) = (None, None);
+            let mut stats = None;
             p.options(|p, word| {
                 match word {
                     "RECOVERY" => recovery = Some(true),
                     "NORECOVERY" => recovery = Some(false),
                     "REPLACE" => replace = true,
                     "CHECKSUM" => {}
-                    // Restores report when done (see `backup` module docs).
-                    "STATS" => {
-                        p.stats()?;
-                    }
+                    "STATS" => stats = Some(p.stats()?),
                     "STOPAT" | "STOPATLSN" => {
                         if !p.punct('=') {
                             return Err(format!("expected = after {word}"));
@@ -420,6 +420,7 @@ pub fn parse(sql: &str) -> Result<BackupStatement, String> {
                 replace,
                 stop_at,
                 stop_at_lsn,
+                stats,
             }
         }
     } else {
@@ -489,6 +490,7 @@ mod tests {
                 replace: true,
                 stop_at: None,
                 stop_at_lsn: Some(42),
+                stats: None,
             }
         );
         assert!(matches!(
