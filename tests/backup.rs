@@ -1945,3 +1945,165 @@ async fn a_backup_schedule_runs_only_on_the_preferred_replica_and_follows_a_fail
         "r2, now the primary, stopped taking the scheduled backups"
     );
 }
+
+/// An S3-compatible object store on loopback (moto's server, from PyPI),
+/// stopped on drop.
+struct ObjectStore {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ObjectStore {
+    async fn start() -> ObjectStore {
+        let port = free_port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "`moto_server` cannot be run: {e}\nThis test needs an S3-compatible store. Run the tests with scripts/test, which installs it in .venv/, or: python3 -m pip install \"moto[server]\""
+                )
+            });
+        let store = ObjectStore { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not listen on port {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store
+    }
+
+    /// Creates a bucket (moto takes unsigned requests).
+    async fn create_bucket(&self, name: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let request = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "PUT /{name}: {answer}");
+    }
+
+    /// A node whose environment points at this store.
+    fn node(&self) -> common::Builder {
+        TestServer::builder()
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", &format!("http://127.0.0.1:{}", self.port))
+            .env("AWS_ALLOW_HTTP", "true")
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_to_an_s3_url_restore_verify_and_are_proven_and_a_missing_object_or_bucket_is_a_clear_error(
+) {
+    let store = ObjectStore::start().await;
+    store.create_bucket("backups").await;
+    let server = store.node().start().await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    insert(&app, 1..=50).await;
+    ok(
+        &admin,
+        "BACKUP DATABASE app TO URL = 's3://backups/app/full.bak' WITH COMPRESSION, CHECKSUM",
+    )
+    .await;
+    insert(&app, 51..=80).await;
+    ok(
+        &admin,
+        "BACKUP LOG app TO URL = 's3://backups/app/log1.bak'",
+    )
+    .await;
+    let staging = server.data_dir().join("backup").join("staging");
+    let left = || std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left(), 0, "the staging files are removed");
+
+    ok(
+        &admin,
+        "RESTORE VERIFYONLY FROM URL = 's3://backups/app/full.bak'",
+    )
+    .await;
+    let header = ok(
+        &admin,
+        "RESTORE HEADERONLY FROM URL = 's3://backups/app/log1.bak'",
+    )
+    .await;
+    assert_eq!(header.len(), 1, "{header:?}");
+    ok(
+        &admin,
+        "RESTORE DATABASE x FROM URL = 's3://backups/app/full.bak' WITH NORECOVERY",
+    )
+    .await;
+    ok(
+        &admin,
+        "RESTORE LOG x FROM URL = 's3://backups/app/log1.bak' WITH RECOVERY",
+    )
+    .await;
+    assert_eq!(ids(&server, "x", "t").await, range(1..=80));
+
+    assert_sqlstate(
+        run(
+            &admin,
+            "RESTORE DATABASE y FROM URL = 's3://backups/app/none.bak'",
+        )
+        .await,
+        &state("58P01"),
+        "RESTORE of a missing object",
+    );
+    assert!(!database_names(&server).await.contains(&"y".to_string()));
+    assert_sqlstate(
+        run(
+            &admin,
+            "BACKUP DATABASE app TO URL = 's3://no-such-bucket/a.bak'",
+        )
+        .await,
+        &state("58030"),
+        "BACKUP to a bucket that does not exist",
+    );
+    assert_sqlstate(
+        run(&admin, "BACKUP DATABASE app TO URL = 'gs://b/a.bak'").await,
+        &state("22023"),
+        "BACKUP to a store that is not S3",
+    );
+    assert_eq!(left(), 0, "a failed upload leaves no staging file");
+
+    let rows = proofs(&server).await;
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.0.as_str(), r.1.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("s3://backups/app/full.bak", "VERIFIED"),
+            ("s3://backups/app/log1.bak", "VERIFIED")
+        ],
+        "the history has the URLs, the failed backup is not there, and both objects were downloaded and proven: {rows:?}"
+    );
+}

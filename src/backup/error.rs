@@ -158,6 +158,30 @@ pub enum BackupError {
         /// Where the log starts now.
         first: Lsn,
     },
+    /// A backup URL that names no object of a supported store.
+    #[error("backup URL '{url}' is not usable: {why}")]
+    BadUrl {
+        /// The URL as written.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The object a URL names does not exist.
+    #[error("backup object {url} does not exist")]
+    MissingObject {
+        /// The URL.
+        url: String,
+    },
+    /// The object store refused or failed a request.
+    #[error("cannot {what} {url}: {why}")]
+    Remote {
+        /// What we were doing ("upload to", "download from", "reach").
+        what: &'static str,
+        /// The URL.
+        url: String,
+        /// The store's error.
+        why: String,
+    },
     /// A promotion of this replica needed the backup's read snapshot ended.
     #[error("the backup of database \"{database}\" was interrupted: this replica is becoming primary and its readers had to end")]
     Interrupted {
@@ -190,6 +214,9 @@ impl BackupError {
             BackupError::Stopped { database, .. } => format!("finish with RESTORE DATABASE {database} WITH RECOVERY"),
             BackupError::Verify { .. } => "the backup does not restore what it recorded: take a new backup; nothing was restored".into(),
             BackupError::LogMovedOn { .. } | BackupError::Interrupted { .. } => "run the backup again".into(),
+            BackupError::BadUrl { .. } => "write TO URL = 's3://bucket/key' (or TO DISK = '/path/file.bak')".into(),
+            BackupError::MissingObject { .. } => "check the bucket and key (the node's AWS_ENDPOINT and credentials choose the store)".into(),
+            BackupError::Remote { .. } => "check the node's AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and AWS_ENDPOINT, that the bucket exists and the store is reachable, then run the statement again".into(),
             BackupError::Engine(e) => return e.hint(),
             BackupError::Log { .. } => return None,
         })

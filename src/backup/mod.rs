@@ -132,7 +132,7 @@
 //! refuses with both LSNs (take a full backup to start a new chain). A MANUAL replica's copy that the
 //! primary refused as too old stays there: RESTORE cannot replace it in
 //! place (seed that replica again on an empty data directory, or switch it
-//! to AUTOMATIC). Object stores are not here yet; a proof
+//! to AUTOMATIC). Of object stores, only S3-compatible ones (`s3://`); a proof
 //! restores only chains whose backups were all taken on its node;
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
 //! statements on a live node.
@@ -143,6 +143,7 @@ pub mod format;
 mod history;
 mod preferred;
 pub mod proof;
+pub mod remote;
 mod restore;
 pub mod schedule;
 mod take;

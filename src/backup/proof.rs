@@ -226,10 +226,12 @@ fn prove_one(data_dir: &Path, id: &str, rate: u64) -> Option<Outcome> {
         };
     let Some(chain) = chain_of(&entries, target) else {
         // The file alone: its blocks, records and LSN continuity.
-        let checked = open(Path::new(&target.path))
+        let checked = local_copy(data_dir, &target.path)
             .map_err(|e| e.to_string())
-            .and_then(|f| {
-                restore::check_file(Path::new(&target.path), f).map_err(|e| e.to_string())
+            .and_then(|(path, _staging)| {
+                open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| restore::check_file(&path, f).map_err(|e| e.to_string()))
             });
         return Some(match checked {
             Ok(()) => outcome(
@@ -241,8 +243,18 @@ fn prove_one(data_dir: &Path, id: &str, rate: u64) -> Option<Outcome> {
             Err(e) => outcome("FAILED", e, Vec::new(), None),
         });
     };
-    let paths: Vec<PathBuf> = chain.iter().map(|e| PathBuf::from(&e.path)).collect();
-    let ids = chain.iter().map(|e| e.id.clone()).collect();
+    let ids: Vec<String> = chain.iter().map(|e| e.id.clone()).collect();
+    let mut paths = Vec::new();
+    let mut _staged = Vec::new();
+    for e in &chain {
+        match local_copy(data_dir, &e.path) {
+            Ok((path, staging)) => {
+                paths.push(path);
+                _staged.push(staging);
+            }
+            Err(err) => return Some(outcome("FAILED", err.to_string(), ids, None)),
+        }
+    }
     let scratch = data_dir.join("backup").join("proof");
     Some(match restore::prove(&paths, &scratch, &open) {
         Ok(p) => outcome(
@@ -264,6 +276,22 @@ fn prove_one(data_dir: &Path, id: &str, rate: u64) -> Option<Outcome> {
             outcome("FAILED", detail, ids, None)
         }
     })
+}
+
+/// A backup's file on this node: its path, or for a URL (`TO URL`) a
+/// staging copy downloaded first, removed when the guard drops.
+fn local_copy(
+    data_dir: &Path,
+    path: &str,
+) -> Result<(PathBuf, Option<super::remote::Staging>), super::BackupError> {
+    if !super::remote::is_url(path) {
+        return Ok((PathBuf::from(path), None));
+    }
+    let remote = super::remote::Remote::parse(path)?;
+    let staging = super::remote::Staging::new(data_dir)?;
+    // On a blocking thread of the runtime: wait for the download here.
+    tokio::runtime::Handle::current().block_on(remote.download(staging.path()))?;
+    Ok((staging.path().to_path_buf(), Some(staging)))
 }
 
 /// A budget of bytes a second, shared by the files of one proof.

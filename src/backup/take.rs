@@ -46,6 +46,9 @@ pub struct BackupRequest {
     /// Told the pages copied so far and the database's pages, as a full
     /// backup goes (for `STATS` and `percent_complete`).
     pub progress: Option<Progress>,
+    /// `TO URL`: once complete at `path` (a staging file), the backup is
+    /// uploaded there, and the history records the URL.
+    pub upload: Option<super::remote::Remote>,
 }
 
 /// A progress callback: told (done, total).
@@ -153,19 +156,28 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
             source,
         });
     }
+    if let Some(remote) = &request.upload {
+        // The chain moves on (the log hold below) only once the object is
+        // there.
+        remote.upload(&request.path).await?;
+    }
     taken.duration = started.elapsed();
     taken.next_from = one_transaction_before(db.log(), taken.header.end_lsn);
     if !request.copy_only {
         // A backup chain is in use: the log stays until the next log backup.
         db.hold_log_for_backups(taken.next_from);
     }
-    history::append(data_dir, &Entry::of(&taken, &request.path, taken.duration)).map_err(
-        |source| BackupError::Io {
+    let recorded = match &request.upload {
+        Some(remote) => PathBuf::from(&remote.url),
+        None => request.path.clone(),
+    };
+    history::append(data_dir, &Entry::of(&taken, &recorded, taken.duration)).map_err(|source| {
+        BackupError::Io {
             what: "record the backup in",
             path: history::path(data_dir),
             source,
-        },
-    )?;
+        }
+    })?;
     tracing::info!(database = %db.name(), path = %request.path.display(), first = taken.header.first_lsn, end = taken.header.end_lsn, bytes = taken.size, "backup taken");
     Ok(taken)
 }

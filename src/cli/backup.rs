@@ -18,8 +18,8 @@ use super::cluster::{quote, Target};
 pub struct BackupArgs {
     /// The database to back up.
     pub database: String,
-    /// The backup file, as the node sees it.
-    #[arg(long, value_name = "FILE")]
+    /// The backup file, as the node sees it, or an `s3://bucket/key` URL.
+    #[arg(long, value_name = "FILE|URL")]
     pub to: PathBuf,
     /// A log backup (BACKUP LOG) rather than a full one.
     #[arg(long)]
@@ -43,9 +43,9 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// The database to restore into.
     pub database: String,
-    /// The backup file, as the node sees it (none: finish a restore
-    /// left RESTORING, WITH RECOVERY).
-    #[arg(long, value_name = "FILE")]
+    /// The backup file, as the node sees it, or an `s3://bucket/key` URL
+    /// (none: finish a restore left RESTORING, WITH RECOVERY).
+    #[arg(long, value_name = "FILE|URL")]
     pub from: Option<PathBuf>,
     /// RESTORE LOG rather than RESTORE DATABASE.
     #[arg(long)]
@@ -79,13 +79,24 @@ pub fn backup_statement(args: &BackupArgs) -> String {
             options.push(name.to_string());
         }
     }
+    let to = args.to.display().to_string();
     format!(
-        "BACKUP {} \"{}\" TO DISK = {}{}",
+        "BACKUP {} \"{}\" TO {} = {}{}",
         if args.log { "LOG" } else { "DATABASE" },
         args.database,
-        quote(&args.to.display().to_string()),
+        device(&to),
+        quote(&to),
         with(&options)
     )
+}
+
+/// `URL` for an `s3://…` destination, `DISK` for a file.
+fn device(target: &str) -> &'static str {
+    if crate::backup::remote::is_url(target) {
+        "URL"
+    } else {
+        "DISK"
+    }
 }
 
 /// The RESTORE statement `args` ask for.
@@ -107,7 +118,10 @@ pub fn restore_statement(args: &RestoreArgs) -> String {
     let from = args
         .from
         .as_ref()
-        .map(|f| format!(" FROM DISK = {}", quote(&f.display().to_string())))
+        .map(|f| {
+            let from = f.display().to_string();
+            format!(" FROM {} = {}", device(&from), quote(&from))
+        })
         .unwrap_or_default();
     format!(
         "RESTORE {} \"{}\"{from}{}",
@@ -258,5 +272,14 @@ mod tests {
         );
         assert!(crate::sql::backup::parse(&restore_statement(&r)).is_ok());
         assert!(crate::sql::backup::parse(&backup_statement(&b)).is_ok());
+        let Sub::Backup(b) =
+            Cli::parse_from(["availdb", "backup", "app", "--to", "s3://b/app/f.bak"]).command
+        else {
+            panic!("not a backup")
+        };
+        assert_eq!(
+            backup_statement(&b),
+            "BACKUP DATABASE \"app\" TO URL = 's3://b/app/f.bak'"
+        );
     }
 }

@@ -24,7 +24,9 @@ pub(super) fn error(e: BackupError) -> Error {
             };
             return inner;
         }
-        BackupError::Missing { .. } => "58P01",
+        BackupError::Missing { .. } | BackupError::MissingObject { .. } => "58P01",
+        BackupError::BadUrl { .. } => "22023",
+        BackupError::Remote { .. } => "58030",
         BackupError::Io { .. } | BackupError::Log { .. } => "58030",
         BackupError::Format {
             error: FormatError::NotABackup | FormatError::Version(_),
@@ -174,6 +176,21 @@ pub(super) fn preferred_column() -> Column {
     }
 }
 
+/// The local file a RESTORE reads `path` from: the path itself, or for a
+/// URL a staging copy downloaded first (removed when the guard drops).
+async fn fetched(
+    engine: &Engine,
+    path: &str,
+) -> Result<(PathBuf, Option<backup::remote::Staging>)> {
+    if !backup::remote::is_url(path) {
+        return Ok((PathBuf::from(path), None));
+    }
+    let remote = backup::remote::Remote::parse(path).map_err(error)?;
+    let staging = backup::remote::Staging::new(engine.data_dir()).map_err(error)?;
+    remote.download(staging.path()).await.map_err(error)?;
+    Ok((staging.path().to_path_buf(), Some(staging)))
+}
+
 /// Runs one BACKUP or RESTORE statement; `live` takes the notices sent
 /// while it runs (`STATS = n`: "n percent processed.").
 pub(super) async fn execute(
@@ -218,9 +235,21 @@ pub(super) async fn execute(
                     stats.reached(percent);
                 }))
             };
+            // TO URL: written to a staging file, uploaded, then removed.
+            let (staging, upload) = if backup::remote::is_url(&path) {
+                let remote = backup::remote::Remote::parse(&path).map_err(error)?;
+                let staging = backup::remote::Staging::new(engine.data_dir()).map_err(error)?;
+                (Some(staging), Some(remote))
+            } else {
+                (None, None)
+            };
+            let local = staging
+                .as_ref()
+                .map_or_else(|| PathBuf::from(&path), |s| s.path().to_path_buf());
             let request = BackupRequest {
+                upload,
                 kind: if log { Kind::Log } else { Kind::Full },
-                path: PathBuf::from(&path),
+                path: local,
                 copy_only,
                 compression,
                 checksum,
@@ -229,6 +258,7 @@ pub(super) async fn execute(
                 progress: Some(progress),
             };
             let taken = backup::take(db, engine.data_dir(), request).await;
+            drop(staging);
             operations.finish(
                 id,
                 taken.as_ref().err().map(|e| e.to_string()),
@@ -315,9 +345,16 @@ pub(super) async fn execute(
                     stats.reached(percent);
                 }))
             };
+            let (local, _staging) = match &path {
+                Some(p) => {
+                    let (local, staging) = fetched(engine, p).await?;
+                    (Some(local), staging)
+                }
+                None => (None, None),
+            };
             let request = RestoreRequest {
                 database: database.clone(),
-                path: path.map(PathBuf::from),
+                path: local,
                 kind: if log { Kind::Log } else { Kind::Full },
                 recovery,
                 replace,
@@ -362,7 +399,7 @@ pub(super) async fn execute(
             ))
         }
         BackupStatement::VerifyOnly { path } => {
-            let p = PathBuf::from(&path);
+            let (p, _staging) = fetched(engine, &path).await?;
             let header = tokio::task::spawn_blocking(move || backup::verify(&p))
                 .await
                 .map_err(|e| Error::sql("XX000", e.to_string()))?
@@ -376,7 +413,7 @@ pub(super) async fn execute(
             ))
         }
         BackupStatement::HeaderOnly { path } => {
-            let p = PathBuf::from(&path);
+            let (p, _staging) = fetched(engine, &path).await?;
             let (h, m, size) = tokio::task::spawn_blocking(move || backup::header_only(&p))
                 .await
                 .map_err(|e| Error::sql("XX000", e.to_string()))?

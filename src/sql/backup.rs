@@ -2,14 +2,15 @@
 //! [`BackupStatement`]s (run by `crate::backup`).
 //!
 //! ```text
-//! backup   = BACKUP ( DATABASE | LOG ) db TO DISK "=" 'path'
+//! backup   = BACKUP ( DATABASE | LOG ) db TO device
 //!              [ WITH backup_opt { "," backup_opt } ]
 //! backup_opt = COPY_ONLY | COMPRESSION | NO_COMPRESSION | CHECKSUM
 //!            | NO_CHECKSUM | STATS [ "=" n ] | INIT | FORMAT
-//! restore  = RESTORE ( DATABASE | LOG ) db FROM DISK "=" 'path'
+//! restore  = RESTORE ( DATABASE | LOG ) db FROM device
 //!              [ WITH restore_opt { "," restore_opt } ]
 //!          | RESTORE DATABASE db WITH RECOVERY
-//!          | RESTORE ( VERIFYONLY | HEADERONLY ) FROM DISK "=" 'path'
+//!          | RESTORE ( VERIFYONLY | HEADERONLY ) FROM device
+//! device   = DISK "=" 'path' | URL "=" 's3://bucket/key'
 //! restore_opt = RECOVERY | NORECOVERY | REPLACE | STATS [ "=" n ] | CHECKSUM
 //!            | STOPAT "=" 'time' | STOPATLSN "=" 'lsn'
 //! ```
@@ -252,16 +253,32 @@ impl Parser {
         }
     }
 
+    /// `DISK = 'path'` or `URL = 's3://bucket/key'`: the path or the URL
+    /// (a URL always has `://`, a path never).
     fn disk(&mut self) -> Result<String, String> {
-        self.expect("DISK")?;
+        let url = if self.keyword("URL") {
+            true
+        } else if self.keyword("DISK") {
+            false
+        } else {
+            return Err(format!("expected DISK or URL {}", self.here()));
+        };
+        let device = if url { "URL" } else { "DISK" };
         if !self.punct('=') {
-            return Err(format!("expected = after DISK {}", self.here()));
+            return Err(format!("expected = after {device} {}", self.here()));
         }
-        let path = self.string("the file's path")?;
+        let path = self.string(if url { "the URL" } else { "the file's path" })?;
         if path.is_empty() {
-            return Err("DISK = '' names no file".into());
+            return Err(format!(
+                "{device} = '' names no {}",
+                if url { "object" } else { "file" }
+            ));
         }
-        Ok(path)
+        match (url, path.contains("://")) {
+            (true, false) => Err(format!("URL = '{path}' is not a URL: write URL = 's3://bucket/key', or DISK = '{path}' for a file")),
+            (false, true) => Err(format!("DISK = '{path}' is a URL: write URL = '{path}'")),
+            _ => Ok(path),
+        }
     }
 
     fn options(
@@ -494,6 +511,10 @@ mod tests {
             }
         );
         assert!(matches!(
+            parse("BACKUP LOG app TO URL = 's3://b/app/l.bak'").unwrap(),
+            BackupStatement::Backup { path, .. } if path == "s3://b/app/l.bak"
+        ));
+        assert!(matches!(
             parse("RESTORE DATABASE b WITH RECOVERY").unwrap(),
             BackupStatement::Restore {
                 path: None,
@@ -515,6 +536,12 @@ mod tests {
     fn bad_backup_statements_say_what_is_wrong() {
         for (sql, expected) in [
             ("BACKUP DATABASE app TO DISK 'x'", "expected = after DISK"),
+            ("BACKUP DATABASE app TO TAPE = 'x'", "expected DISK or URL"),
+            ("BACKUP DATABASE app TO URL = '/b/x'", "is not a URL"),
+            (
+                "RESTORE DATABASE app FROM DISK = 's3://b/x'",
+                "write URL = 's3://b/x'",
+            ),
             (
                 "BACKUP DATABASE app TO DISK = 'x' WITH FAST",
                 "BACKUP has no option FAST",
