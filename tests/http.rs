@@ -13,7 +13,11 @@
 //!   moves the primary, a forced failover needs its confirmation, and a
 //!   node with a password wants it as a bearer token;
 //! * HAProxy with the README's backend (`option httpchk GET /primary`)
-//!   sends clients to the primary and follows a planned failover.
+//!   sends clients to the primary and follows a planned failover;
+//! * `/history` lists a planned and a forced failover, newest first, with
+//!   their kind, ends, epoch and data lost, the same on every node (the
+//!   cluster's replicated state), the forced one's loss exactly what the
+//!   old primary committed alone.
 
 mod common;
 
@@ -24,7 +28,7 @@ use tokio::net::TcpStream;
 
 use common::cluster::planned_failover;
 use common::group::{error_text, name, query_text, Group, APP, CATCH_UP_TIMEOUT};
-use common::{free_port, TestServer};
+use common::{free_port, TestServer, DEFAULT_DB};
 
 /// How long a role change may take to show on every endpoint.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -441,4 +445,133 @@ async fn admin_actions_fail_over_suspend_and_resume_like_their_sql_and_need_the_
     assert_ne!(status, 401, "the right token passes authentication: {body}");
     let (status, _) = get(&secured, "/health").await;
     assert_eq!(status, 200, "reading needs no token");
+}
+
+/// Runs `sql` on node `i`'s database `db`, panicking with the logs.
+async fn run_on(group: &Group, i: usize, db: &str, sql: &str) {
+    let client = group.nodes[i].client(db).await;
+    if let Err(e) = client.batch_execute(sql).await {
+        panic!("{sql} on {}: {}\n{}", name(i), error_text(&e), group.logs());
+    }
+}
+
+/// Node `i`'s `/history`: (epoch, kind, from, to, data lost, has a time),
+/// newest first.
+async fn history(group: &Group, i: usize) -> Vec<(i64, String, String, String, Option<String>, bool)> {
+    let (status, body) = get(&group.nodes[i], "/history").await;
+    assert_eq!(status, 200, "/history on {}: {body}", name(i));
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    json["failovers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no failovers array: {body}"))
+        .iter()
+        .map(|f| {
+            let text = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+            (
+                f["epoch"].as_i64().unwrap_or(-1),
+                text("kind_desc"),
+                text("from_replica"),
+                text("to_replica"),
+                f["data_lost"].as_str().map(str::to_string),
+                f["failover_time"].is_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_lists_a_planned_and_a_forced_failover_with_their_data_lost_on_every_node() {
+    let mut group = Group::start(3).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    assert_eq!(history(&group, 0).await, Vec::new(), "no failover yet");
+
+    // Planned: r1 -> r2 (refused with 55000 until the cluster lists r2 as
+    // synchronized).
+    let deadline = Instant::now() + SETTLE;
+    while let Err((state, message)) = planned_failover(&group, 1).await {
+        assert!(
+            state == "55000" && Instant::now() < deadline,
+            "planned failover to r2: {state} {message}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    group.wait_takes_writes(1, SETTLE).await;
+
+    // A tail only r2 has: committed after SUSPEND stopped shipping.
+    run_on(
+        &group,
+        1,
+        APP,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'kept')",
+    )
+    .await;
+    let before = group.wait_caught_up_to(1, &[0, 2], CATCH_UP_TIMEOUT).await;
+    run_on(
+        &group,
+        1,
+        DEFAULT_DB,
+        &format!("ALTER DATABASE {APP} SET HADR SUSPEND"),
+    )
+    .await;
+    for id in 2..=6 {
+        run_on(&group, 1, APP, &format!("INSERT INTO t VALUES ({id}, 'lost')")).await;
+    }
+    let after = group.commit_lsn_on(1).await;
+    assert!(after > before, "the tail did not move r2's last commit");
+
+    // Forced: r2 dies, r1 takes over; r2 comes back and its tail is compared.
+    group.nodes[1].kill9();
+    group.force_failover(0).await;
+    run_on(
+        &group,
+        0,
+        DEFAULT_DB,
+        &format!("ALTER DATABASE {APP} SET HADR RESUME"),
+    )
+    .await;
+    group.nodes[1].restart().await;
+
+    let lost = format!("{APP}: LSN {before}..{after}");
+    let want = vec![
+        (3, "FORCED".to_string(), "r2".to_string(), "r1".to_string(), Some(lost), true),
+        (2, "PLANNED".to_string(), "r1".to_string(), "r2".to_string(), Some("none".to_string()), true),
+    ];
+    for i in 0..3 {
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        loop {
+            let got = history(&group, i).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/history on {} after {CATCH_UP_TIMEOUT:?}: {got:#?}, not {want:#?}\n{}",
+                name(i),
+                group.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (_, body) = get(&group.nodes[2], "/history").await;
+    eprintln!("/history on r3: {body}");
+    let (status, body) = get(&group.nodes[2], "/history?group=nope").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"failovers\":[]"), "another group's history is empty: {body}");
+    // The same rows through SQL.
+    let r3 = group.nodes[2].client(DEFAULT_DB).await;
+    let rows = query_text(
+        &r3,
+        "SELECT kind_desc, from_replica, to_replica FROM sys.dm_hadr_failover_history ORDER BY epoch",
+    )
+    .await
+    .expect("sys.dm_hadr_failover_history");
+    let rows: Vec<Vec<Option<String>>> = rows;
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("PLANNED".into()), Some("r1".into()), Some("r2".into())],
+            vec![Some("FORCED".into()), Some("r2".into()), Some("r1".into())],
+        ]
+    );
 }

@@ -376,6 +376,8 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                             new_epoch: config.epoch + 1,
                             require_synchronized: true,
                             after_lease: true,
+                            at_us: super::views::wall_us(),
+                            reason,
                         };
                         if let Err(e) = cluster.propose(promote).await {
                             tracing::warn!(group = %name, "promotion not committed: {e}");

@@ -1224,13 +1224,23 @@ impl Manager {
                 Some(Part::Joined { .. }) | None => {}
             }
         }
+        let mut clustered = std::collections::BTreeSet::new();
         if let Some(cluster) = &self.cluster {
             let state = cluster.state();
             for record in state.groups.values() {
                 out.set_failover_ready(&record.config.name, &record.synchronized);
+                let history: Vec<_> = record.history.iter().cloned().collect();
+                out.add_failover_history(&record.config.name, &history);
+                clustered.insert(key(&record.config.name));
             }
             out.add_cluster(&cluster.metrics());
             out.add_geo(&state);
+        }
+        // A group outside the cluster remembers only its last failover.
+        for (name, config) in groups.iter().filter_map(|(k, s)| Some((k, s.config.as_ref()?))) {
+            if let (false, Some(record)) = (clustered.contains(name), &config.last_failover) {
+                out.add_local_failover(&config.name, record);
+            }
         }
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());

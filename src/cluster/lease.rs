@@ -106,6 +106,7 @@ impl LeaseBook {
             Command::PutGroup(_)
             | Command::SetSynchronized { .. }
             | Command::StepDown { .. }
+            | Command::RecordFailoverLoss { .. }
             | Command::SetServerName(_)
             | Command::PutPartner(_)
             | Command::RemovePartner(_) => {}
@@ -255,6 +256,7 @@ mod tests {
                     synchronized: Default::default(),
                     previous: None,
                     stopped_epoch: 0,
+                    history: Default::default(),
                 },
             );
             s
@@ -344,6 +346,8 @@ mod tests {
             new_epoch: 2,
             require_synchronized: false,
             after_lease: false,
+            at_us: 0,
+            reason: String::new(),
         };
         book.applied(&promote, t2);
         assert!(book.clocks.is_empty());

@@ -117,7 +117,10 @@ pub use network::{
     serve_rpc, Envelope, RpcRequest, RpcResponse, RpcServer, TcpTransport, Transport,
     TransportError,
 };
-pub use state::{ClusterState, Command, CommandResult, GroupRecord, Lease, Partner};
+pub use state::{
+    ClusterState, Command, CommandResult, FailoverEntry, FailoverKind, GroupRecord, Lease, Partner,
+    HISTORY_LEN,
+};
 pub use store::StoreError;
 
 use identity::Identity;

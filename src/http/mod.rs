@@ -9,6 +9,7 @@
 //! | `GET /metrics` | Prometheus text format ([`metrics`]) |
 //! | `GET /cluster` | `sys.dm_hadr_cluster`, its members and the groups, as JSON |
 //! | `GET /groups/NAME` | the group's rows of every `sys` availability view, as JSON (404 for a group this node does not host) |
+//! | `GET /history[?group=]` | `{"failovers": [...]}`: the rows of `sys.dm_hadr_failover_history`, newest first (time, group, kind, reason, from, to, epoch, data lost) |
 //! | `POST /groups/NAME/failover` | `ALTER AVAILABILITY GROUP NAME FAILOVER` on this node: a planned failover to it |
 //! | `POST /groups/NAME/force-failover` with `{"confirm": "FORCE_FAILOVER_ALLOW_DATA_LOSS"}` | `… FORCE_FAILOVER_ALLOW_DATA_LOSS` on this node |
 //! | `POST /databases/NAME/suspend`, `…/resume` | `ALTER DATABASE NAME SET HADR SUSPEND` / `RESUME` on this node |
@@ -130,6 +131,7 @@ fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics_answer))
         .route("/cluster", get(cluster_answer))
         .route("/groups/{name}", get(group_answer))
+        .route("/history", get(history_answer))
         .route("/groups/{name}/failover", post(failover_action))
         .route("/groups/{name}/force-failover", post(force_failover_action))
         .route("/databases/{name}/suspend", post(suspend_action))
@@ -255,6 +257,19 @@ async fn group_answer(State(node): State<Arc<Node>>, Path(name): Path<String>) -
     })
     .to_vec();
     json_of(node, tables, Some(name)).await
+}
+
+async fn history_answer(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = query.get("group").map_or(String::new(), |g| {
+        format!("WHERE group_id = '{}' COLLATE NOCASE", g.replace('\'', "''"))
+    });
+    let sql = format!(
+        "SELECT * FROM sys.dm_hadr_failover_history {filter} ORDER BY failover_time DESC, epoch DESC"
+    );
+    json_of(node, vec![("failovers", sql)], None).await
 }
 
 /// Answers the rows of `queries` as `{key: [{column: value}]}`; with

@@ -85,6 +85,7 @@ fn group_of(command: &Command) -> String {
         | Command::RenewLease { group: g, .. }
         | Command::SetSynchronized { group: g, .. }
         | Command::Promote { group: g, .. }
-        | Command::StepDown { group: g, .. } => g.to_ascii_lowercase(),
+        | Command::StepDown { group: g, .. }
+        | Command::RecordFailoverLoss { group: g, .. } => g.to_ascii_lowercase(),
     }
 }
