@@ -14,6 +14,12 @@
 //!   node with a password wants it as a bearer token;
 //! * HAProxy with the README's backend (`option httpchk GET /primary`)
 //!   sends clients to the primary and follows a planned failover;
+//! * the counters and histograms move: commits, commit latency and
+//!   sync-commit waits after commits, lease renewals as the primary
+//!   renews, failovers by kind on the new primary; process metrics and
+//!   the estimated recovery time are there;
+//! * on an idle primary with synchronized secondaries the lag metric
+//!   stays at most 1 s for 30 s (postgres_exporter's grows without bound);
 //! * `/history` lists a planned and a forced failover, newest first, with
 //!   their kind, ends, epoch and data lost, the same on every node (the
 //!   cluster's replicated state), the forced one's loss exactly what the
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::cluster::planned_failover;
+use common::cluster::{planned_failover, wait_failover_ready};
 use common::group::{error_text, name, query_text, Group, APP, CATCH_UP_TIMEOUT};
 use common::{free_port, TestServer, DEFAULT_DB};
 
@@ -457,7 +463,10 @@ async fn run_on(group: &Group, i: usize, db: &str, sql: &str) {
 
 /// Node `i`'s `/history`: (epoch, kind, from, to, data lost, has a time),
 /// newest first.
-async fn history(group: &Group, i: usize) -> Vec<(i64, String, String, String, Option<String>, bool)> {
+async fn history(
+    group: &Group,
+    i: usize,
+) -> Vec<(i64, String, String, String, Option<String>, bool)> {
     let (status, body) = get(&group.nodes[i], "/history").await;
     assert_eq!(status, 200, "/history on {}: {body}", name(i));
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -515,7 +524,13 @@ async fn history_lists_a_planned_and_a_forced_failover_with_their_data_lost_on_e
     )
     .await;
     for id in 2..=6 {
-        run_on(&group, 1, APP, &format!("INSERT INTO t VALUES ({id}, 'lost')")).await;
+        run_on(
+            &group,
+            1,
+            APP,
+            &format!("INSERT INTO t VALUES ({id}, 'lost')"),
+        )
+        .await;
     }
     let after = group.commit_lsn_on(1).await;
     assert!(after > before, "the tail did not move r2's last commit");
@@ -534,8 +549,22 @@ async fn history_lists_a_planned_and_a_forced_failover_with_their_data_lost_on_e
 
     let lost = format!("{APP}: LSN {before}..{after}");
     let want = vec![
-        (3, "FORCED".to_string(), "r2".to_string(), "r1".to_string(), Some(lost), true),
-        (2, "PLANNED".to_string(), "r1".to_string(), "r2".to_string(), Some("none".to_string()), true),
+        (
+            3,
+            "FORCED".to_string(),
+            "r2".to_string(),
+            "r1".to_string(),
+            Some(lost),
+            true,
+        ),
+        (
+            2,
+            "PLANNED".to_string(),
+            "r1".to_string(),
+            "r2".to_string(),
+            Some("none".to_string()),
+            true,
+        ),
     ];
     for i in 0..3 {
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
@@ -557,7 +586,10 @@ async fn history_lists_a_planned_and_a_forced_failover_with_their_data_lost_on_e
     eprintln!("/history on r3: {body}");
     let (status, body) = get(&group.nodes[2], "/history?group=nope").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"failovers\":[]"), "another group's history is empty: {body}");
+    assert!(
+        body.contains("\"failovers\":[]"),
+        "another group's history is empty: {body}"
+    );
     // The same rows through SQL.
     let r3 = group.nodes[2].client(DEFAULT_DB).await;
     let rows = query_text(
@@ -574,4 +606,173 @@ async fn history_lists_a_planned_and_a_forced_failover_with_their_data_lost_on_e
             vec![Some("FORCED".into()), Some("r2".into()), Some("r1".into())],
         ]
     );
+}
+
+/// Node `i`'s `/metrics`, parsed (panics with the text when it is not
+/// Prometheus text).
+async fn scrape(group: &Group, i: usize) -> prometheus_parse::Scrape {
+    let (status, text) = get(&group.nodes[i], "/metrics").await;
+    assert_eq!(status, 200, "/metrics on {}: {text}", name(i));
+    let lines: Vec<std::io::Result<String>> = text.lines().map(|l| Ok(l.to_string())).collect();
+    prometheus_parse::Scrape::parse(lines.into_iter()).unwrap_or_else(|e| {
+        panic!(
+            "/metrics of {} is not Prometheus text: {e}\n{text}",
+            name(i)
+        )
+    })
+}
+
+/// The value of `metric` with (at least) `labels`, when there is one.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v))
+        })
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{metric} is not a number: {other:?}"),
+        })
+}
+
+/// The observations of histogram `metric`: its `+Inf` bucket, checked
+/// against its `_count` and for cumulative buckets.
+fn observations(scrape: &prometheus_parse::Scrape, metric: &str) -> f64 {
+    let buckets = scrape
+        .samples
+        .iter()
+        .find_map(|s| match (&s.value, s.metric == metric) {
+            (prometheus_parse::Value::Histogram(b), true) => Some(b.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no histogram {metric}"));
+    assert!(
+        buckets.windows(2).all(|w| w[0].count <= w[1].count),
+        "{metric}'s buckets are not cumulative: {buckets:?}"
+    );
+    let all = buckets.last().map_or(0.0, |b| b.count);
+    let count = sample(scrape, &format!("{metric}_count"), &[]);
+    assert_eq!(
+        count,
+        Some(all),
+        "{metric}: _count and the +Inf bucket differ"
+    );
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_and_histograms_move_with_commits_lease_renewals_and_a_failover() {
+    let group = Group::start(3).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let before = scrape(&group, 0).await;
+    let commits =
+        |s: &prometheus_parse::Scrape| sample(s, "availdb_commits_total", &[]).unwrap_or(0.0);
+    let renewals = |s: &prometheus_parse::Scrape| {
+        sample(s, "availdb_lease_renewals_total", &[]).expect("availdb_lease_renewals_total")
+    };
+    let c = group.primary().client(APP).await;
+    c.batch_execute("CREATE TABLE t(x INTEGER)")
+        .await
+        .expect("create");
+    for x in 0..10i64 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&x])
+            .await
+            .expect("insert");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = scrape(&group, 0).await;
+    assert!(
+        commits(&after) >= commits(&before) + 11.0,
+        "11 commits: {} -> {}",
+        commits(&before),
+        commits(&after)
+    );
+    for h in [
+        "availdb_commit_duration_seconds",
+        "availdb_sync_commit_wait_seconds",
+    ] {
+        assert!(
+            observations(&after, h) >= observations(&before, h) + 11.0,
+            "{h} did not count the 11 synchronous commits"
+        );
+    }
+    assert!(
+        renewals(&after) > renewals(&before),
+        "the primary renews its lease several times a second"
+    );
+    assert!(sample(&after, "availdb_cluster_elections_total", &[]).is_some_and(|e| e >= 1.0));
+    assert!(sample(&after, "process_cpu_seconds_total", &[]).is_some_and(|v| v > 0.0));
+    assert!(sample(&after, "process_open_fds", &[]).is_some_and(|v| v > 3.0));
+    assert!(sample(&after, "process_threads", &[]).is_some_and(|v| v >= 2.0));
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let caught_up = scrape(&group, 0).await;
+    assert_eq!(
+        sample(
+            &caught_up,
+            "availdb_estimated_recovery_time_seconds",
+            &[("replica", "r2")]
+        ),
+        Some(0.0),
+        "a caught-up replica has nothing to redo"
+    );
+    // Only the new primary counts a failover, by its kind.
+    assert_eq!(sample(&after, "availdb_failovers_total", &[]), None);
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    planned_failover(&group, 1)
+        .await
+        .unwrap_or_else(|e| panic!("planned failover to r2: {e:?}\n{}", group.logs()));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let r2 = scrape(&group, 1).await;
+        if sample(&r2, "availdb_failovers_total", &[("kind", "PLANNED")]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 did not count its planned failover in {SETTLE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r1 = scrape(&group, 0).await;
+    assert_eq!(
+        sample(&r1, "availdb_failovers_total", &[]),
+        None,
+        "r1 was not promoted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lag_metric_stays_under_a_second_on_an_idle_primary_for_30_seconds() {
+    let group = Group::start(3).await;
+    let c = group.primary().client(APP).await;
+    c.batch_execute("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let started = Instant::now();
+    let mut worst: f64 = 0.0;
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        let s = scrape(&group, 0).await;
+        for replica in ["r2", "r3"] {
+            let labels = [("database", APP), ("replica", replica)];
+            let lag = sample(&s, "availdb_secondary_lag_seconds", &labels)
+                .unwrap_or_else(|| panic!("no lag of {replica} after {:?}", started.elapsed()));
+            worst = worst.max(lag);
+            assert!(
+                lag <= 1.0,
+                "the lag of idle {replica} is {lag} s after {:?} of idleness",
+                started.elapsed()
+            );
+        }
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("idle primary: {scrapes} scrapes over 30 s, largest lag {worst} s");
 }

@@ -1237,7 +1237,10 @@ impl Manager {
             out.add_geo(&state);
         }
         // A group outside the cluster remembers only its last failover.
-        for (name, config) in groups.iter().filter_map(|(k, s)| Some((k, s.config.as_ref()?))) {
+        for (name, config) in groups
+            .iter()
+            .filter_map(|(k, s)| Some((k, s.config.as_ref()?)))
+        {
             if let (false, Some(record)) = (clustered.contains(name), &config.last_failover) {
                 out.add_local_failover(&config.name, record);
             }

@@ -410,7 +410,12 @@ impl Snapshot {
                     Value::Real(m.send_rate),
                     int(p.hardened.saturating_sub(p.redone)),
                     Value::Real(m.redo_rate),
-                    m.lag_seconds.map_or(Value::Null, Value::Real),
+                    // A replica that redid the whole log is not behind, even
+                    // before its first progress of this primary was measured
+                    // (a new primary with no write yet).
+                    m.lag_seconds
+                        .or((p.redone >= end).then_some(0.0))
+                        .map_or(Value::Null, Value::Real),
                     p.left.map_or(Value::Null, |l| text(format!("{l:?}"))),
                     boolean(false),
                 ]);

@@ -1017,8 +1017,8 @@ mod tests {
     }
 
     #[test]
-    fn each_promotion_enters_the_bounded_history_with_its_kind_and_a_forced_ones_loss_comes_later(
-    ) {
+    fn each_promotion_enters_the_bounded_history_with_its_kind_and_a_forced_ones_loss_comes_later()
+    {
         let mut s = state();
         let promote = |to: &str, epoch, require_synchronized, after_lease| Command::Promote {
             group: "ag1".into(),
@@ -1039,7 +1039,15 @@ mod tests {
         let history = &s.group("ag1").unwrap().history;
         let got: Vec<_> = history
             .iter()
-            .map(|e| (e.epoch, e.kind, e.from.as_str(), e.to.as_str(), e.loss_known))
+            .map(|e| {
+                (
+                    e.epoch,
+                    e.kind,
+                    e.from.as_str(),
+                    e.to.as_str(),
+                    e.loss_known,
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -1049,7 +1057,10 @@ mod tests {
                 (6, FailoverKind::Forced, "r1", "r2", false),
             ]
         );
-        assert_eq!((history[2].at_us, history[2].reason.as_str()), (6_000, "test 6"));
+        assert_eq!(
+            (history[2].at_us, history[2].reason.as_str()),
+            (6_000, "test 6")
+        );
         let loss = |epoch| Command::RecordFailoverLoss {
             group: "ag1".into(),
             epoch,
@@ -1065,14 +1076,20 @@ mod tests {
         // Only the last HISTORY_LEN stay.
         for epoch in 7..(7 + HISTORY_LEN as u64) {
             let to = if epoch % 2 == 0 { "r2" } else { "r1" };
-            assert_eq!(s.apply(&promote(to, epoch, false, false)), CommandResult::Ok);
+            assert_eq!(
+                s.apply(&promote(to, epoch, false, false)),
+                CommandResult::Ok
+            );
         }
         let history = &s.group("ag1").unwrap().history;
         assert_eq!(history.len(), HISTORY_LEN);
         assert_eq!(history.front().unwrap().epoch, 7);
         // An old state (no history field) still loads.
         let mut json = serde_json::to_value(state()).unwrap();
-        json["groups"]["ag1"].as_object_mut().unwrap().remove("history");
+        json["groups"]["ag1"]
+            .as_object_mut()
+            .unwrap()
+            .remove("history");
         let old: ClusterState = serde_json::from_value(json).unwrap();
         assert!(old.group("ag1").unwrap().history.is_empty());
     }

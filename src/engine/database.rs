@@ -890,7 +890,17 @@ impl Database {
         // The local fsync and the secondaries' hardening run in parallel
         // (records are shipped before the local fsync); both must finish.
         match hook {
-            Some(hook) => tokio::try_join!(local, hook.wait(lsn)).map(|_| ())?,
+            Some(hook) => {
+                let secondaries = async {
+                    let started = std::time::Instant::now();
+                    let hardened = hook.wait(lsn).await;
+                    crate::telemetry::get()
+                        .sync_commit_wait
+                        .observe(started.elapsed());
+                    hardened
+                };
+                tokio::try_join!(local, secondaries).map(|_| ())?
+            }
             None => local.await?,
         }
         if let Err(refusal) = self.read_fence().check(monotonic_us()) {

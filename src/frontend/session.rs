@@ -63,7 +63,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 use rusqlite::InterruptHandle;
@@ -785,7 +785,10 @@ impl Session {
 
     /// Reports a commit's end LSN (ParameterStatus `availdb.commit_lsn`):
     /// a secondary that has redone up to it shows the commit.
-    fn committed(&mut self, end: crate::log::Lsn) {
+    fn committed(&mut self, end: crate::log::Lsn, started: Instant) {
+        let telemetry = crate::telemetry::get();
+        telemetry.commits.inc();
+        telemetry.commit_duration.observe(started.elapsed());
         self.settings.record(COMMIT_LSN, end.to_string());
         self.asides
             .push(Aside::ParameterStatus(COMMIT_LSN.into(), end.to_string()));
@@ -963,6 +966,7 @@ impl Session {
                 }
                 // The write lock is released before the waits, so later
                 // commits share this one's fsync and replication round trip.
+                let started = Instant::now();
                 let ((), end) = commit_on_writer(
                     &self.cancel,
                     self.settings.statement_timeout,
@@ -980,7 +984,7 @@ impl Session {
                 )
                 .await?;
                 self.db.commit_durable(end).await?;
-                self.committed(end);
+                self.committed(end, started);
                 Ok(Reply::TxEnd("COMMIT".into()))
             }
             Tx::Active { holder, .. } => {
@@ -1213,6 +1217,7 @@ impl Session {
         let s = sql.clone();
         let memory = self.memory.clone();
         let timeout = self.settings.statement_timeout;
+        let started = Instant::now();
         let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
             // A write that returns rows runs in a transaction of its own:
             // SQLite makes all of a RETURNING statement's changes at its
@@ -1253,7 +1258,7 @@ impl Session {
         .await;
         let ((outcome, charge), end) = res?;
         self.db.commit_durable(end).await?;
-        self.committed(end);
+        self.committed(end, started);
         Ok(reply_charged(&sql, outcome, charge))
     }
 
@@ -1448,6 +1453,7 @@ impl Session {
             Tx::Idle => {
                 let w = self.writer().await?;
                 let timeout = self.settings.statement_timeout;
+                let started = Instant::now();
                 let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
                     w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
                     let changes = match run(w) {
@@ -1466,7 +1472,7 @@ impl Session {
                 .await;
                 let (changes, end) = res?;
                 self.db.commit_durable(end).await?;
-                self.committed(end);
+                self.committed(end, started);
                 Ok(changes)
             }
             Tx::Active {

@@ -264,7 +264,10 @@ async fn history_answer(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let filter = query.get("group").map_or(String::new(), |g| {
-        format!("WHERE group_id = '{}' COLLATE NOCASE", g.replace('\'', "''"))
+        format!(
+            "WHERE group_id = '{}' COLLATE NOCASE",
+            g.replace('\'', "''")
+        )
     });
     let sql = format!(
         "SELECT * FROM sys.dm_hadr_failover_history {filter} ORDER BY failover_time DESC, epoch DESC"

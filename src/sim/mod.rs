@@ -374,8 +374,7 @@ impl Sim {
                 conditions: &[],
                 reachable: &reachable,
             };
-            if let Decision::Failover { target, reason } = decide(&observation, Policy::default())
-            {
+            if let Decision::Failover { target, reason } = decide(&observation, Policy::default()) {
                 let promote = Command::Promote {
                     group: group.clone(),
                     new_primary: target,
