@@ -20,6 +20,9 @@
 //!   the estimated recovery time are there;
 //! * on an idle primary with synchronized secondaries the lag metric
 //!   stays at most 1 s for 30 s (postgres_exporter's grows without bound);
+//! * the dashboard, loaded in a real headless Chromium, shows the same
+//!   roles and states as the `sys` views, and a killed primary's
+//!   replacement within seconds of the views;
 //! * `/history` lists a planned and a forced failover, newest first, with
 //!   their kind, ends, epoch and data lost, the same on every node (the
 //!   cluster's replicated state), the forced one's loss exactly what the
@@ -33,8 +36,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::cluster::{planned_failover, wait_failover_ready};
-use common::group::{error_text, name, query_text, Group, APP, CATCH_UP_TIMEOUT};
-use common::{free_port, TestServer, DEFAULT_DB};
+use common::group::{error_text, name, query_text, Group, GroupSpec, APP, CATCH_UP_TIMEOUT};
+use common::{free_port, run_bounded, TestServer, DEFAULT_DB};
 
 /// How long a role change may take to show on every endpoint.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -121,6 +124,7 @@ fn expected(role: &str) -> Vec<(&'static str, u16)> {
     let primary = role == "primary";
     let pick = |yes: bool| if yes { 200 } else { 503 };
     vec![
+        ("/", 200),
         ("/health", 200),
         ("/liveness", 200),
         ("/readiness", 200),
@@ -298,6 +302,17 @@ async fn metrics_are_prometheus_text_matching_the_views_and_state_is_json() {
     assert_eq!(json["members"].as_array().map(Vec::len), Some(3), "{body}");
 }
 
+/// A test whose program is missing: SKIPPED, loudly, on a developer's
+/// machine; a failure under `scripts/test` (and so in CI), which installs
+/// the programs and says so with `AVAILDB_TEST_PROGRAMS=installed`, so
+/// that a broken install cannot pass as a skipped test.
+fn tool_missing(test: &str, why: &str) {
+    if std::env::var("AVAILDB_TEST_PROGRAMS").as_deref() == Ok("installed") {
+        panic!("{test}: {why}; scripts/test should have installed it: see its step 1");
+    }
+    eprintln!("SKIPPED {test}: {why} (scripts/test does)");
+}
+
 /// `haproxy -f FILE -db`, stopped when dropped.
 struct Haproxy(std::process::Child);
 
@@ -335,10 +350,10 @@ async fn haproxy_with_the_documented_health_check_routes_to_the_primary_and_foll
         .output()
         .is_err()
     {
-        eprintln!(
-            "SKIPPED {test}: haproxy cannot be run; install it (Debian: apt-get install haproxy; scripts/test does)"
+        return tool_missing(
+            test,
+            "haproxy cannot be run; install it (Debian: apt-get install haproxy)",
         );
-        return;
     }
     let group = Group::start(3).await;
     group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
@@ -775,4 +790,226 @@ async fn the_lag_metric_stays_under_a_second_on_an_idle_primary_for_30_seconds()
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     eprintln!("idle primary: {scrapes} scrapes over 30 s, largest lag {worst} s");
+}
+
+/// Chromium's name, when it can be run here.
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The page at `url` after Chromium ran its script for a few seconds
+/// (virtual time: the page polls once a second), as HTML; with
+/// `screenshot`, saved there as PNG after a longer while (the sparklines
+/// fill).
+async fn render(
+    browser: &'static str,
+    url: String,
+    screenshot: Option<std::path::PathBuf>,
+) -> String {
+    tokio::task::spawn_blocking(move || {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut cmd = std::process::Command::new(browser);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--window-size=1600,520",
+        ])
+        .arg(match screenshot {
+            Some(_) => "--virtual-time-budget=30000",
+            None => "--virtual-time-budget=3000",
+        })
+        .arg(format!("--user-data-dir={}", profile.path().display()));
+        match &screenshot {
+            Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+            None => cmd.arg("--dump-dom"),
+        };
+        let out = run_bounded(cmd.arg(&url), Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{browser} on {url}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    })
+    .await
+    .expect("chromium")
+}
+
+/// A replica's row: (replica, role, connection, synchronization state,
+/// failover ready).
+type Row = (String, String, String, String, String);
+
+/// The dashboard's replica rows, from the `data-*` attributes of its
+/// `<tr>`s.
+fn dashboard_rows(html: &str) -> Vec<Row> {
+    let mut rows: Vec<_> = html
+        .split("<tr ")
+        .skip(1)
+        .filter_map(|tag| {
+            let tag = &tag[..tag.find('>')?];
+            let attr = |k: &str| {
+                let at = tag.find(&format!("{k}=\""))? + k.len() + 2;
+                Some(tag[at..at + tag[at..].find('"')?].to_string())
+            };
+            Some((
+                attr("data-replica")?,
+                attr("data-role")?,
+                attr("data-connection")?,
+                attr("data-state")?,
+                attr("data-failover-ready")?,
+            ))
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The same as [`dashboard_rows`], from node `i`'s `sys` views.
+async fn view_rows(group: &Group, i: usize) -> Vec<Row> {
+    let client = group.nodes[i].client(DEFAULT_DB).await;
+    let rows = query_text(
+        &client,
+        "SELECT d.replica, r.role_desc, r.connected_state_desc, d.synchronization_state_desc,
+                CASE WHEN d.is_primary_replica THEN '—'
+                     WHEN d.is_failover_ready THEN 'yes' ELSE 'no' END
+         FROM sys.dm_hadr_database_replica_states d
+         JOIN sys.dm_hadr_availability_replica_states r
+           ON r.group_id = d.group_id AND r.replica = d.replica
+         ORDER BY d.replica",
+    )
+    .await
+    .expect("the views");
+    rows.into_iter()
+        .map(|r| {
+            let t = |k: usize| r[k].clone().unwrap_or_default();
+            (t(0), t(1), t(2), t(3), t(4))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_in_chromium_matches_the_views_and_shows_a_killed_primary_within_seconds() {
+    let test =
+        "the_dashboard_in_chromium_matches_the_views_and_shows_a_killed_primary_within_seconds";
+    let Some(browser) = chromium() else {
+        return tool_missing(
+            test,
+            "chromium cannot be run; install it (Debian: apt-get install chromium)",
+        );
+    };
+    let mut group = Group::start_with(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let c = group.primary().client(APP).await;
+    c.batch_execute("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    // One page, nothing fetched from elsewhere; `/` is the page for a
+    // browser (Chromium asks for text/html below) and `/health` otherwise.
+    let (status, page) = get(&group.nodes[0], "/dashboard").await;
+    assert_eq!(status, 200, "{page}");
+    for external in ["src=", "href=", "url(", "@import"] {
+        assert!(
+            !page.contains(external),
+            "the dashboard loads an external asset ({external}):\n{page}"
+        );
+    }
+    let (status, body) = get(&group.nodes[0], "/").await;
+    assert!(status == 200 && body.contains("\"status\""), "{body}");
+    let ports: Vec<u16> = group.nodes.iter().map(|n| n.http_port()).collect();
+    let url = |i: usize| format!("http://127.0.0.1:{}/", ports[i]);
+
+    // The page shows what the views say (polled: a state may move between
+    // the two reads).
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let page = render(browser, url(0), None).await;
+        assert!(
+            page.contains("data-loaded=\"yes\""),
+            "the script did not run:\n{page}"
+        );
+        assert!(page.contains("id=\"history\""), "{page}");
+        let (shown, viewed) = (dashboard_rows(&page), view_rows(&group, 0).await);
+        assert_eq!(shown.len(), 3, "one row per replica of {APP}:\n{page}");
+        if shown == viewed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard shows {shown:#?}, the views {viewed:#?}"
+        );
+    }
+
+    // r1 dies: the cluster names r2 or r3; the page served by the survivors
+    // shows it soon after their views do.
+    group.nodes[0].kill9();
+    let killed = Instant::now();
+    let promoted = |rows: &[Row]| {
+        rows.iter()
+            .any(|(r, role, ..)| r != "r1" && role == "PRIMARY")
+            && rows
+                .iter()
+                .any(|(r, _, connection, ..)| r == "r1" && connection == "DISCONNECTED")
+    };
+    let mut in_views = None;
+    let mut seen = Vec::new();
+    let (new, in_page) = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no new primary on the dashboard 60 s after r1 was killed; last seen (views, page): {seen:#?}\n{}",
+            group.logs()
+        );
+        let mut found = None;
+        seen.clear();
+        for i in [1, 2] {
+            let viewed = view_rows(&group, i).await;
+            if in_views.is_none() && promoted(&viewed) {
+                in_views = Some(killed.elapsed());
+            }
+            let shown = dashboard_rows(&render(browser, url(i), None).await);
+            if promoted(&shown) {
+                found = Some(i);
+            }
+            seen.push((name(i), viewed, shown));
+        }
+        if let Some(i) = found {
+            break (i, killed.elapsed());
+        }
+    };
+    let in_views = in_views.unwrap_or(in_page);
+    eprintln!(
+        "r1 killed: the views of the new primary {} showed it after {in_views:?}, the dashboard after {in_page:?}",
+        name(new)
+    );
+    assert!(
+        in_page <= in_views + Duration::from_secs(10),
+        "the dashboard showed the new primary {:?} after the views did",
+        in_page - in_views
+    );
+
+    // AVAILDB_DASHBOARD_SCREENSHOT=docs/dashboard.png: r1 back, the history
+    // showing the automatic failover.
+    if let Ok(path) = std::env::var("AVAILDB_DASHBOARD_SCREENSHOT") {
+        group.nodes[0].restart().await;
+        let others: Vec<usize> = [0, 1, 2].into_iter().filter(|&i| i != new).collect();
+        group
+            .wait_synchronized_on(new, &others, CATCH_UP_TIMEOUT)
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        render(browser, url(new), Some(path.clone())).await;
+        eprintln!("screenshot saved to {}", path.display());
+    }
 }
