@@ -240,7 +240,7 @@ pub fn render(name: &str, snapshot: &Snapshot, health: &NodeHealth) -> Result<St
 /// SQL Server's estimated recovery time: the redo queue over the redo
 /// rate; 0 with nothing to redo, unknown while log waits and no rate is
 /// measured.
-fn recovery_time(redo_queue: Option<f64>, redo_rate: Option<f64>) -> Option<f64> {
+pub fn recovery_time(redo_queue: Option<f64>, redo_rate: Option<f64>) -> Option<f64> {
     match (redo_queue?, redo_rate) {
         (q, _) if q <= 0.0 => Some(0.0),
         (q, Some(r)) if r > 0.0 => Some(q / r),
