@@ -465,6 +465,12 @@ impl Database {
         self.shared.fence.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True while this node is a secondary of the database's group (its
+    /// copy written by redo alone), without cloning the fence.
+    pub fn is_secondary(&self) -> bool {
+        matches!(*self.read_fence(), Fence::Secondary { .. })
+    }
+
     /// The write fence as it stands now.
     pub fn fence(&self) -> Fence {
         self.read_fence().clone()

@@ -75,7 +75,7 @@ use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, Write
 use crate::sql::command::Command;
 use crate::sql::tag::command_tag;
 
-use super::settings::{Settings, COMMIT_LSN};
+use super::settings::{Settings, COMMIT_LSN, LAG_NOTICE_AFTER, READ_AFTER_LSN};
 
 /// The longest a statement waits for `availdb.read_after_lsn` to be redone
 /// (less when `statement_timeout` is shorter).
@@ -672,6 +672,7 @@ impl Session {
             }
             Command::Sql(sql) => {
                 self.wait_for_redo().await?;
+                self.lag_notice();
                 let sql = self.place_temp(sql).await?;
                 self.sql(sql, params).await
             }
@@ -704,6 +705,7 @@ impl Session {
             .with_hint("BEGIN first, or DECLARE … CURSOR WITH HOLD"));
         }
         self.wait_for_redo().await?;
+        self.lag_notice();
         let reply = if hold {
             let reader = self.reader()?;
             match self.stream(reader, query, params).await {
@@ -862,6 +864,34 @@ impl Session {
                     .with_hint("retry, read on the primary, or RESET availdb.read_after_lsn; sys.dm_hadr_database_replica_states shows the redo queue"));
                 }
             }
+        }
+    }
+
+    /// A read on a secondary that trails its primary by more than
+    /// `availdb.lag_notice_after`, or that no primary ships log to, is told
+    /// so with a NOTICE — unless read-your-writes was asked
+    /// (`availdb.read_after_lsn`: the read waited for what it needs). The
+    /// lag is what the secondary knows ([`crate::ag::Staleness`]), the one
+    /// `/replica?lag=` checks.
+    fn lag_notice(&mut self) {
+        if self.settings.read_after_lsn.is_some() || !self.db.is_secondary() {
+            return;
+        }
+        let Some(after) = self.settings.lag_notice_after() else {
+            return;
+        };
+        let Some(s) = self.ag.staleness(self.db.name()) else {
+            return;
+        };
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        if let Some(message) = lag_notice_text(&s, after, now_us, self.db.name(), self.ag.node()) {
+            self.asides.push(Aside::Notice {
+                severity: "NOTICE",
+                code: "00000",
+                message,
+            });
         }
     }
 
@@ -1874,5 +1904,127 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The NOTICE a read of `db` on secondary `node` gets when it may be
+/// behind its primary: cut off from it, suspended, or more than `after`
+/// behind (see [`crate::ag::Staleness`]); None when it is close enough.
+/// It says what to do to read the newest commits.
+fn lag_notice_text(
+    s: &crate::ag::Staleness,
+    after: Duration,
+    now_us: i64,
+    db: &str,
+    node: &str,
+) -> Option<String> {
+    let group = &s.group;
+    let newest = match s.newest_redone_commit_us {
+        Some(t) => format!(
+            "its newest commit here is {:.1} s old",
+            (now_us.saturating_sub(t)).max(0) as f64 / 1e6
+        ),
+        None => "no commit is redone here yet".into(),
+    };
+    let what = if !s.connected {
+        format!(
+            "replica \"{node}\" is not connected to the primary of availability group \"{group}\", so database \"{db}\" may be behind it ({newest})"
+        )
+    } else if s.suspended {
+        format!(
+            "data movement of database \"{db}\" is suspended on replica \"{node}\", so it may be behind its primary ({newest})"
+        )
+    } else {
+        match s.lag_seconds(now_us) {
+            Some(lag) if lag <= after.as_secs_f64() => return None,
+            Some(lag) => format!(
+                "database \"{db}\" on replica \"{node}\" is {lag:.1} s behind its primary ({} bytes of log not yet redone)",
+                s.redo_queue
+            ),
+            None => format!(
+                "database \"{db}\" on replica \"{node}\" is behind its primary by an unknown time ({} bytes of log not yet redone, {newest})",
+                s.redo_queue
+            ),
+        }
+    };
+    Some(format!(
+        "{what}: this read may miss recent commits. To read them, read on the primary or SET {READ_AFTER_LSN} to a commit's {COMMIT_LSN}; SET {LAG_NOTICE_AFTER} = 0 silences this notice"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ag::Staleness;
+
+    const NOW: i64 = 1_000_000_000_000_000;
+
+    fn caught_up() -> Staleness {
+        Staleness {
+            group: "ag1".into(),
+            connected: true,
+            suspended: false,
+            redo_queue: 0,
+            newest_redone_commit_us: Some(NOW - 60_000_000),
+        }
+    }
+
+    fn notice(s: &Staleness) -> Option<String> {
+        lag_notice_text(s, Duration::from_secs(1), NOW, "app", "r2")
+    }
+
+    #[test]
+    fn a_connected_secondary_within_the_threshold_gets_no_lag_notice() {
+        // Nothing to redo: not behind, however old the newest commit.
+        assert_eq!(notice(&caught_up()), None);
+        // Log to redo, its newest redone commit 0.5 s old: within 1 s.
+        let s = Staleness {
+            redo_queue: 4096,
+            newest_redone_commit_us: Some(NOW - 500_000),
+            ..caught_up()
+        };
+        assert_eq!(notice(&s), None);
+    }
+
+    #[test]
+    fn a_secondary_behind_by_more_than_the_threshold_says_by_how_much_and_what_to_do() {
+        let s = Staleness {
+            redo_queue: 4096,
+            newest_redone_commit_us: Some(NOW - 2_500_000),
+            ..caught_up()
+        };
+        let text = notice(&s).expect("2.5 s behind, threshold 1 s");
+        assert!(
+            text.contains("is 2.5 s behind its primary (4096 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("SET availdb.read_after_lsn"), "{text}");
+        let unknown = Staleness {
+            newest_redone_commit_us: None,
+            ..s
+        };
+        let text = notice(&unknown).expect("log to redo, no commit redone");
+        assert!(text.contains("unknown time"), "{text}");
+    }
+
+    #[test]
+    fn a_cut_off_or_suspended_secondary_gets_a_lag_notice_even_with_nothing_to_redo() {
+        let cut_off = Staleness {
+            connected: false,
+            ..caught_up()
+        };
+        let text = notice(&cut_off).expect("disconnected");
+        assert!(
+            text.contains("not connected to the primary of availability group \"ag1\"")
+                && text.contains("60.0 s old"),
+            "{text}"
+        );
+        let suspended = Staleness {
+            suspended: true,
+            ..caught_up()
+        };
+        assert!(notice(&suspended)
+            .expect("suspended")
+            .contains("suspended on replica \"r2\""));
     }
 }
