@@ -7,6 +7,9 @@
 //!   meanings give it, on every node, and follows a planned failover;
 //! * a secondary whose data movement is suspended fails `/replica?lag=`
 //!   and passes again once resumed;
+//! * `/failover-readiness?max_loss=0s` fails on the primary while its only
+//!   synchronous secondary is stopped and a commit was made without it
+//!   (passing with a larger allowance), and passes again once it is back;
 //! * `/metrics` is valid Prometheus text whose values match the `sys`
 //!   views, and `/groups/NAME` and `/cluster` answer the views' rows;
 //! * the POST actions run the SQL statements' code: a planned failover
@@ -194,6 +197,45 @@ async fn a_suspended_secondary_fails_the_lag_check_until_resumed() {
         .await
         .expect("resume on r2");
     wait_status(&group, 1, "/replica?lag=1MB", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_readiness_fails_while_the_synchronized_secondary_is_stopped_and_passes_once_it_is_back(
+) {
+    // Two replicas outside the cluster (CLUSTER_TYPE = NONE): stopping r2
+    // leaves r1 primary (a two-voter cluster would lose its quorum).
+    let mut group = Group::start_with(GroupSpec {
+        replicas: 2,
+        cluster_type: Some("NONE"),
+        ..GroupSpec::default()
+    })
+    .await;
+    let c = group.primary().client(APP).await;
+    c.batch_execute("CREATE TABLE t(x INTEGER); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    group.wait_synchronized(&[1], CATCH_UP_TIMEOUT).await;
+    let ready = "/failover-readiness?max_loss=0s";
+    wait_status(&group, 0, ready, 200).await;
+
+    // r2 stopped: r2 leaves the synchronized set (at once when its
+    // connection closes, at the latest after the session timeout, the next
+    // commit waiting until then), and a failover now would lose the commit.
+    group.nodes[1].kill9();
+    tokio::time::timeout(SETTLE, c.batch_execute("INSERT INTO t VALUES (2)"))
+        .await
+        .unwrap_or_else(|_| panic!("a commit with r2 stopped never ended\n{}", group.logs()))
+        .unwrap_or_else(|e| panic!("a commit with r2 stopped: {}", error_text(&e)));
+    wait_status(&group, 0, ready, 503).await;
+    let (_, body) = get(&group.nodes[0], ready).await;
+    assert!(body.contains("no secondary is synchronized"), "{body}");
+    // The loss is the time since r2's last commit: an hour allows it.
+    wait_status(&group, 0, "/failover-readiness?max_loss=1h", 200).await;
+
+    // r2 back and caught up: ready again.
+    group.nodes[1].restart().await;
+    group.wait_synchronized(&[1], CATCH_UP_TIMEOUT).await;
+    wait_status(&group, 0, ready, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
