@@ -140,6 +140,9 @@ fn expected(role: &str) -> Vec<(&'static str, u16)> {
         ("/async", 503),
         ("/primary?group=ag1", pick(primary)),
         ("/primary?group=nope", 503),
+        // Every secondary synchronized: a failover loses nothing, and a
+        // synchronized secondary knows it is failover-ready.
+        ("/failover-readiness?max_loss=0s", 200),
     ]
 }
 
