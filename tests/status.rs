@@ -7,7 +7,8 @@
 //!   READ_ONLY_ROUTING_URL) and says so; with the primary gone, the
 //!   secondary's own row and why;
 //! * without `--once` it redraws the table every `--interval`;
-//! * an unreachable node fails `--once` with what to do.
+//! * an unreachable node, or one that does not answer (stopped), fails
+//!   `--once` promptly with what to do.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::group::{query_text, Group, APP, CATCH_UP_TIMEOUT, GROUP};
-use common::{availdb_bin, free_port, run_bounded, DEFAULT_DB};
+use common::{availdb_bin, free_port, run_bounded, TestServer, DEFAULT_DB};
 
 /// How long a state change may take to show in the views.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -219,4 +220,28 @@ fn status_once_on_a_port_without_a_node_fails_saying_what_to_give() {
         err.contains(&format!("cannot connect to 127.0.0.1:{port}")) && err.contains("--port"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_once_on_a_stopped_node_gives_up_within_seconds_saying_what_to_try() {
+    let server = TestServer::start().await;
+    server.pause();
+    let port = server.port();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || status(port, &["--once"]))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    server.resume();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(20),
+        "availdb status hung on a stopped node ({took:?}): {err}"
+    );
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("--port"),
+        "{err}"
+    );
+    eprintln!("after {took:?}: {err}");
 }

@@ -17,8 +17,9 @@
 //!
 //! Refreshed on a terminal, the screen is cleared before each table;
 //! otherwise (a pipe, a file) each table follows the last after a blank
-//! line. A refresh that cannot reach the node prints why and tries again
-//! at the next one; `--once` fails instead.
+//! line. A refresh that cannot reach the node, or gets no answer within
+//! 10 s, prints why and tries again at the next one; `--once` fails
+//! instead.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -54,7 +55,7 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
     }
     let target = &args.target;
     if args.once {
-        print!("{}", table(target).await?);
+        print!("{}", bounded_table(target).await?);
         return Ok(());
     }
     let clear = std::io::stdout().is_terminal();
@@ -62,7 +63,7 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let text = match table(target).await {
+        let text = match bounded_table(target).await {
             Ok(t) => t,
             Err(e) => format!("{}: {e}; trying again in {} s\n", now(), args.interval),
         };
@@ -85,6 +86,26 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
 
 fn now() -> String {
     chrono::Utc::now().format("%H:%M:%S UTC").to_string()
+}
+
+/// How long one table may take: a node that accepts but does not answer
+/// (stopped, or a listener holding sessions during a failover) must not
+/// freeze the display.
+const TABLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`table`], bounded by [`TABLE_TIMEOUT`].
+async fn bounded_table(target: &Target) -> Result<String, String> {
+    tokio::time::timeout(TABLE_TIMEOUT, table(target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "{}:{} did not answer within {} s: is the node stopped, or failing over? \
+                 (try another node's client port with --port)",
+                target.host,
+                target.port,
+                TABLE_TIMEOUT.as_secs()
+            ))
+        })
 }
 
 /// One table: every group the node hosts, from its primary where it can.
