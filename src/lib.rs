@@ -22,6 +22,7 @@ pub mod replication;
 #[cfg(test)]
 mod sim;
 pub mod sql;
+pub mod telemetry;
 pub mod tls;
 pub mod traffic;
 pub mod upgrade;

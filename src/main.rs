@@ -4,7 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use availdb::cli::{
-    backup, cert, cluster, listener, run_server, traffic, up, upgrade, Cli, Command,
+    backup, cert, cluster, listener, run_server, status, traffic, up, upgrade, Cli, Command,
 };
 
 /// Buffers of at least this size are their own memory mappings, given back
@@ -35,7 +35,7 @@ fn return_large_buffers() {}
 fn main() -> std::process::ExitCode {
     return_large_buffers();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Cluster(_))
+    if matches!(cli.command, Command::Cluster(_) | Command::Status(_))
         || matches!(&cli.command, Command::TrafficManager(a) if a.command.is_some())
     {
         // A short-lived report: piped into `head`, it ends quietly when the
@@ -70,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => run_server(args.resolve()?).await,
             Command::Up(args) => up::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Listener(args) => listener::run(args).await,
             Command::TrafficManager(args) => traffic::run(args).await,
             Command::Upgrade(args) => upgrade::run(args).await,

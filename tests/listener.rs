@@ -646,6 +646,103 @@ async fn read_after_lsn_waits_until_a_lagging_secondary_has_redone_the_write() {
         .unwrap_or_else(|e| panic!("RESUME: {}", error_text(&e)));
 }
 
+/// `psql -c SQL…` on node `i`'s `app`, one session: (stdout, stderr, where
+/// psql prints NOTICEs).
+async fn psql(group: &Group, i: usize, sqls: &[&str]) -> (String, String) {
+    let mut cmd = group.nodes[i].libpq_command("psql", APP);
+    cmd.args(["-X", "-A", "-t"]);
+    for sql in sqls {
+        cmd.args(["-c", sql]);
+    }
+    let out = tokio::task::spawn_blocking(move || run_bounded(&mut cmd, TOOL_TIMEOUT))
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "psql {sqls:?} on {}: {stderr}",
+        name(i)
+    );
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_on_a_suspended_or_cut_off_secondary_gets_a_lag_notice_unless_read_your_writes_is_asked(
+) {
+    let mut group = Group::start(2).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_lag_notice");
+    let primary = group.primary().client(APP).await;
+    exec(&primary, "CREATE TABLE t(id INTEGER PRIMARY KEY)", "r1").await;
+    exec(&primary, "INSERT INTO t VALUES (1)", "r1").await;
+    let token = value(&primary, "SHOW availdb.commit_lsn").await;
+    group.wait_caught_up(&[1], REACH_TIMEOUT).await;
+    let read = "SELECT count(*) FROM t";
+
+    // Caught up: no notice.
+    let (out, err) = psql(&group, 1, &[read]).await;
+    assert_eq!(out.trim(), "1");
+    assert!(
+        !err.contains("NOTICE"),
+        "a caught-up secondary warned: {err}"
+    );
+
+    // Data movement suspended on r2: it says it may be behind, and what to
+    // do; read-your-writes asked, or the notice turned off: no notice.
+    let secondary = group.nodes[1].client(APP).await;
+    exec(
+        &secondary,
+        &format!("ALTER DATABASE {APP} SET HADR SUSPEND"),
+        "r2",
+    )
+    .await;
+    exec(&primary, "INSERT INTO t VALUES (2)", "r1").await;
+    let (_, err) = psql(&group, 1, &[read]).await;
+    assert!(
+        err.contains("NOTICE:")
+            && err.contains("suspended on replica \"r2\"")
+            && err.contains("this read may miss recent commits")
+            && err.contains("SET availdb.read_after_lsn"),
+        "{err}"
+    );
+    let ryw = format!("SET availdb.read_after_lsn = '{token}'");
+    let (out, err) = psql(&group, 1, &[&ryw, read]).await;
+    assert!(out.ends_with("1\n") || out.ends_with("2\n"), "{out}");
+    assert!(!err.contains("NOTICE"), "read-your-writes asked: {err}");
+    let (_, err) = psql(&group, 1, &["SET availdb.lag_notice_after = 0", read]).await;
+    assert!(!err.contains("NOTICE"), "notice turned off: {err}");
+
+    // Resumed and caught up: quiet again.
+    exec(
+        &secondary,
+        &format!("ALTER DATABASE {APP} SET HADR RESUME"),
+        "r2",
+    )
+    .await;
+    group.wait_caught_up(&[1], REACH_TIMEOUT).await;
+    let (out, err) = psql(&group, 1, &[read]).await;
+    assert_eq!(out.trim(), "2");
+    assert!(!err.contains("NOTICE"), "caught up again: {err}");
+
+    // The primary gone (manual failover: none takes over): r2 is cut off.
+    group.nodes[0].kill9();
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    loop {
+        let (out, err) = psql(&group, 1, &[read]).await;
+        assert_eq!(out.trim(), "2", "{err}");
+        if err.contains("is not connected to the primary of availability group \"ag1\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2, cut off from its primary, still reads without a notice: {err}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Sends `bytes` to the listener and returns what it answered before
 /// closing: `N` for an encryption request, an ErrorResponse's SQLSTATE, or
 /// nothing.

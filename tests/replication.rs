@@ -1644,6 +1644,41 @@ async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_
     let (status, body) = http_get(base + 151, "/replica").await;
     assert_eq!(status, 200, "r2 /replica: {body}\n{}", output());
 
+    // up names `availdb status`, which shows every replica from the
+    // listener's port and from a secondary's (following the primary's
+    // routing URL that up sets).
+    assert!(
+        read_file(&out_path).contains(&format!("availdb status --port {base}")),
+        "{}",
+        output()
+    );
+    for (port, from) in [(base, None), (base + 3, Some("rows from the primary r1"))] {
+        let out = Command::new(env!("CARGO_BIN_EXE_availdb"))
+            .args(["status", "--once", "--port", &port.to_string()])
+            .env_remove("AVAILDB_PASSWORD")
+            .output()
+            .expect("run availdb status");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "availdb status on {port}: {text}\n{}",
+            output()
+        );
+        assert!(text.contains("group ag1: primary r1"), "{text}");
+        for r in ["r1", "r2", "r3"] {
+            assert!(
+                text.lines().any(|l| {
+                    let mut cells = l.split_whitespace();
+                    cells.next() == Some("app") && cells.next() == Some(r)
+                }),
+                "no row for {r} from port {port}:\n{text}"
+            );
+        }
+        if let Some(note) = from {
+            assert!(text.contains(note), "{text}");
+        }
+    }
+
     // up restarts a node that dies, and says so.
     let r2 = nodes
         .iter()

@@ -129,7 +129,13 @@ pub fn spawn_lease(
                 epoch,
                 duration_ms: LEASE.as_millis() as u64,
             };
-            match cluster.propose_anywhere(renewal).await {
+            let renewed = cluster.propose_anywhere(renewal).await;
+            let telemetry = crate::telemetry::get();
+            match &renewed {
+                Ok(CommandResult::Ok) => telemetry.lease_renewals.inc(),
+                _ => telemetry.lease_renewal_misses.inc(),
+            };
+            match renewed {
                 Ok(CommandResult::Ok) => {
                     let until = sent + LEASE.as_micros() as u64;
                     for db in &databases {
@@ -376,6 +382,8 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
                             new_epoch: config.epoch + 1,
                             require_synchronized: true,
                             after_lease: true,
+                            at_us: super::views::wall_us(),
+                            reason,
                         };
                         if let Err(e) = cluster.propose(promote).await {
                             tracing::warn!(group = %name, "promotion not committed: {e}");
@@ -404,13 +412,25 @@ pub fn spawn_failover_decider(cluster: Arc<Cluster>) {
 pub fn spawn_follower(cluster: Arc<Cluster>, manager: std::sync::Weak<Manager>) {
     tokio::spawn(async move {
         let mut states = cluster.subscribe();
+        // Per group, the newest failover already counted (or already there
+        // when this node started: counted by the process that saw it).
+        let mut counted: HashMap<String, u64> = HashMap::new();
+        let me = cluster.metrics().local.name;
         loop {
             let state = states.borrow_and_update().clone();
             let Some(manager) = manager.upgrade() else {
                 return;
             };
-            for record in state.groups.values() {
+            for (name, record) in &state.groups {
                 manager.follow(record);
+                let newest = record.history.back().map_or(0, |e| e.epoch);
+                let seen = *counted.entry(name.clone()).or_insert(newest);
+                for entry in record.history.iter().filter(|e| e.epoch > seen) {
+                    if entry.to.eq_ignore_ascii_case(&me) {
+                        crate::telemetry::get().failover(entry.kind.name());
+                    }
+                }
+                counted.insert(name.clone(), newest.max(seen));
             }
             drop(manager);
             if states.changed().await.is_err() {

@@ -1334,6 +1334,31 @@ impl Manager {
             })
     }
 
+    /// How far behind `database` may be, when it is a secondary here: what
+    /// a read on it should be told (see [`Staleness`]). None on a primary
+    /// or outside any group.
+    pub fn staleness(&self, database: &str) -> Option<Staleness> {
+        self.lock()
+            .values()
+            .filter_map(|slot| match slot.part.as_ref() {
+                Some(Part::Secondary(s)) => Some(s),
+                _ => None,
+            })
+            .find_map(|group| {
+                let sdb = group
+                    .databases()
+                    .into_iter()
+                    .find(|d| d.database().name() == database)?;
+                Some(Staleness {
+                    group: group.config().name,
+                    connected: group.is_connected(),
+                    suspended: sdb.is_suspended_here(),
+                    redo_queue: sdb.hardened().saturating_sub(sdb.redone()),
+                    newest_redone_commit_us: sdb.last_redone_commit_us(),
+                })
+            })
+    }
+
     /// A snapshot of everything the `sys` views show.
     pub fn snapshot(&self) -> views::Snapshot {
         let groups = self.lock();
@@ -1359,13 +1384,26 @@ impl Manager {
                 Some(Part::Joined { .. }) | None => {}
             }
         }
+        let mut clustered = std::collections::BTreeSet::new();
         if let Some(cluster) = &self.cluster {
             let state = cluster.state();
             for record in state.groups.values() {
                 out.set_failover_ready(&record.config.name, &record.synchronized);
+                let history: Vec<_> = record.history.iter().cloned().collect();
+                out.add_failover_history(&record.config.name, &history);
+                clustered.insert(key(&record.config.name));
             }
             out.add_cluster(&cluster.metrics());
             out.add_geo(&state);
+        }
+        // A group outside the cluster remembers only its last failover.
+        for (name, config) in groups
+            .iter()
+            .filter_map(|(k, s)| Some((k, s.config.as_ref()?)))
+        {
+            if let (false, Some(record)) = (clustered.contains(name), &config.last_failover) {
+                out.add_local_failover(&config.name, record);
+            }
         }
         out.add_operations(&self.operations.list());
         out.add_memory(self.engine.memory());
@@ -1621,5 +1659,38 @@ fn role_error(group: &str, e: RoleError) -> Error {
         ),
         RoleError::TakeOver(_) => Error::sql("55000", message)
             .with_hint("this replica stays a secondary; see its log, and retry the failover"),
+    }
+}
+
+/// What a secondary database knows of how far behind its primary it is
+/// ([`Manager::staleness`]): the log it received but has not redone, and
+/// whether log still arrives. It cannot see log the primary has not sent
+/// (a primary-side suspension, a slow link): those show on the primary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staleness {
+    /// The availability group.
+    pub group: String,
+    /// A primary is connected and shipping.
+    pub connected: bool,
+    /// Data movement is suspended from this side.
+    pub suspended: bool,
+    /// Bytes of log hardened here and not yet redone.
+    pub redo_queue: u64,
+    /// Commit time of the newest record redone here (µs since the Unix
+    /// epoch).
+    pub newest_redone_commit_us: Option<i64>,
+}
+
+impl Staleness {
+    /// Seconds the reads here trail the primary by, as `/replica?lag=` and
+    /// `sys.dm_hadr_database_replica_states` count it for a secondary: 0
+    /// with nothing left to redo, else the age of the newest redone commit
+    /// (None: no commit redone yet, so unknown).
+    pub fn lag_seconds(&self, now_us: i64) -> Option<f64> {
+        if self.redo_queue == 0 {
+            return Some(0.0);
+        }
+        self.newest_redone_commit_us
+            .map(|t| (now_us.saturating_sub(t)).max(0) as f64 / 1e6)
     }
 }

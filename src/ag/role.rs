@@ -817,6 +817,11 @@ impl RoleMachine {
                         new_epoch: record.config.epoch + 1,
                         require_synchronized: true,
                         after_lease: false,
+                        at_us: self.wall_us,
+                        reason: format!(
+                            "ALTER AVAILABILITY GROUP {} FAILOVER on {}",
+                            record.config.name, self.node
+                        ),
                     },
                     Work::ProposePromotion,
                 ));
@@ -838,6 +843,11 @@ impl RoleMachine {
                             new_epoch: epoch + 1,
                             require_synchronized: false,
                             after_lease: false,
+                            at_us: self.wall_us,
+                            reason: format!(
+                                "ALTER AVAILABILITY GROUP {} FORCE_FAILOVER_ALLOW_DATA_LOSS on {}",
+                                config.name, self.node
+                            ),
                         },
                         Work::ProposePromotion,
                     ));
@@ -1019,7 +1029,17 @@ impl RoleMachine {
         }
         record.checked.push(database.to_string());
         record.loss_known = config.databases.iter().all(|d| record.checked.contains(d));
+        let noted = Command::RecordFailoverLoss {
+            group: config.name.clone(),
+            epoch: record.epoch,
+            lost: record.lost.clone(),
+            loss_known: record.loss_known,
+        };
         out.push(Action::Save(Membership::Defined(Box::new(config.clone()))));
+        // The cluster's history keeps the loss past the next failover.
+        if Self::clustered(config) {
+            out.push(Action::Propose(noted, Work::ProposeNotice));
+        }
     }
 
     fn answer_waiting(&mut self, result: Result<(), RoleError>, out: &mut Vec<Action>) {
@@ -1109,6 +1129,7 @@ mod tests {
             previous: None,
             stopped_epoch: 0,
             backup_holds: Default::default(),
+            history: Default::default(),
         })
     }
 

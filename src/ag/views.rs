@@ -4,8 +4,9 @@
 //! `sys.dm_hadr_availability_replica_states`,
 //! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`,
 //! `sys.backup_history` (the backups taken on this node),
-//! `sys.dm_hadr_auto_page_repair` (the page repairs of this node), …),
-//! answered with plain SELECT.
+//! `sys.dm_hadr_auto_page_repair` (the page repairs of this node),
+//! `sys.dm_hadr_failover_history` (each group's last failovers, from the
+//! cluster's replicated state), …), answered with plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
 //! database holding a snapshot of the node's state as tables, so any SELECT
@@ -41,6 +42,7 @@ pub struct Snapshot {
     refusals: Vec<Vec<Value>>,
     page_repairs: Vec<Vec<Value>>,
     page_scrubs: Vec<Vec<Value>>,
+    failovers: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -123,6 +125,9 @@ CREATE TABLE sys.dm_hadr_page_scrub_status(
     percent_complete REAL, passes_completed INTEGER, last_full_pass_time TEXT,
     damaged_pages_found INTEGER, mismatched_pages_found INTEGER,
     rate_bytes_per_second INTEGER);
+CREATE TABLE sys.dm_hadr_failover_history(
+    group_id TEXT, epoch INTEGER, failover_time TEXT, kind_desc TEXT, reason TEXT,
+    from_replica TEXT, to_replica TEXT, data_lost TEXT, loss_known BOOLEAN);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
@@ -149,26 +154,31 @@ fn failover_columns(record: Option<&crate::group::FailoverRecord>) -> Vec<Value>
     let Some(r) = record else {
         return vec![Value::Null; 6];
     };
-    let lost = r
-        .lost
-        .iter()
-        .map(|(db, start, end)| format!("{db}: LSN {start}..{end}"))
-        .collect::<Vec<_>>()
-        .join("; ");
     vec![
         time(Some(r.at_us)),
         text(&r.reason),
         text(&r.from),
         text(&r.to),
-        if r.loss_known && lost.is_empty() {
-            text("none")
-        } else if lost.is_empty() {
-            Value::Null
-        } else {
-            text(lost)
-        },
+        data_lost(&r.lost, r.loss_known),
         boolean(r.loss_known),
     ]
+}
+
+/// `none`, the lost ranges (`app: LSN 10..20; shop: LSN 5..9`), or NULL
+/// while unknown.
+fn data_lost(lost: &[(String, u64, u64)], known: bool) -> Value {
+    let ranges = lost
+        .iter()
+        .map(|(db, start, end)| format!("{db}: LSN {start}..{end}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if known && ranges.is_empty() {
+        text("none")
+    } else if ranges.is_empty() {
+        Value::Null
+    } else {
+        text(ranges)
+    }
 }
 
 /// Now, in microseconds since the Unix epoch.
@@ -409,7 +419,12 @@ impl Snapshot {
                     Value::Real(m.send_rate),
                     int(p.hardened.saturating_sub(p.redone)),
                     Value::Real(m.redo_rate),
-                    m.lag_seconds.map_or(Value::Null, Value::Real),
+                    // A replica that redid the whole log is not behind, even
+                    // before its first progress of this primary was measured
+                    // (a new primary with no write yet).
+                    m.lag_seconds
+                        .or((p.redone >= end).then_some(0.0))
+                        .map_or(Value::Null, Value::Real),
                     match p.left {
                         Some(LeaveReason::AwaitingRestore) => group
                             .awaiting_restore(database, replica)
@@ -469,6 +484,43 @@ impl Snapshot {
                 boolean(false),
             ]);
         }
+    }
+
+    /// Adds the failover history of `group`, as the cluster keeps it.
+    pub fn add_failover_history(&mut self, group: &str, history: &[crate::cluster::FailoverEntry]) {
+        for e in history {
+            self.failovers.push(vec![
+                text(group),
+                int(e.epoch),
+                if e.at_us == 0 {
+                    Value::Null
+                } else {
+                    time(Some(e.at_us))
+                },
+                text(e.kind.name()),
+                text(&e.reason),
+                text(&e.from),
+                text(&e.to),
+                data_lost(&e.lost, e.loss_known),
+                boolean(e.loss_known),
+            ]);
+        }
+    }
+
+    /// Adds the one failover a group outside the cluster (CLUSTER_TYPE =
+    /// NONE: forced failovers only) remembers: its definition's last.
+    pub fn add_local_failover(&mut self, group: &str, record: &crate::group::FailoverRecord) {
+        self.failovers.push(vec![
+            text(group),
+            int(record.epoch),
+            time(Some(record.at_us)),
+            text("FORCED"),
+            text(&record.reason),
+            text(&record.from),
+            text(&record.to),
+            data_lost(&record.lost, record.loss_known),
+            boolean(record.loss_known),
+        ]);
     }
 
     /// Shows `record` as the last failover of `group` (fresher than the
@@ -799,6 +851,7 @@ impl Snapshot {
             ("dm_hadr_partner_refusals", &self.refusals),
             ("dm_hadr_auto_page_repair", &self.page_repairs),
             ("dm_hadr_page_scrub_status", &self.page_scrubs),
+            ("dm_hadr_failover_history", &self.failovers),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");

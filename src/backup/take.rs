@@ -178,6 +178,9 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
             source,
         }
     })?;
+    let telemetry = crate::telemetry::get();
+    telemetry.backups.inc();
+    telemetry.backup_bytes.inc_by(taken.size);
     tracing::info!(database = %db.name(), path = %request.path.display(), first = taken.header.first_lsn, end = taken.header.end_lsn, bytes = taken.size, "backup taken");
     Ok(taken)
 }

@@ -24,6 +24,7 @@ pub mod backup;
 pub mod cert;
 pub mod cluster;
 pub mod listener;
+pub mod status;
 pub mod traffic;
 pub mod up;
 pub mod upgrade;
@@ -49,6 +50,9 @@ pub enum Command {
     Up(up::UpArgs),
     /// The quorum cluster manager (`availdb cluster status`).
     Cluster(cluster::ClusterArgs),
+    /// Every availability group replica and its lag as a table, refreshed
+    /// (`--once`: one table).
+    Status(status::StatusArgs),
     /// A stand-alone availability group listener on a host with no replica.
     Listener(listener::ListenerArgs),
     /// A traffic manager: one address in front of application endpoints,

@@ -686,7 +686,7 @@ fn print_urls(region: &Region) {
     for (i, n) in nodes.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "secondary" };
         println!(
-            "  {} ({role}): postgresql://availdb@127.0.0.1:{}/app   endpoint tcp://{}   health and metrics http://127.0.0.1:{}/",
+            "  {} ({role}): postgresql://availdb@127.0.0.1:{}/app   endpoint tcp://{}   dashboard, health and metrics http://127.0.0.1:{}/",
             n.name, n.port, n.endpoint, n.http_port
         );
     }
@@ -697,6 +697,10 @@ fn print_urls(region: &Region) {
     println!(
         "  without the listener: postgresql://availdb@{}/app?target_session_attrs=read-write",
         hosts.join(",")
+    );
+    println!(
+        "  replicas and lag, live: availdb status --port {}",
+        region.port
     );
 }
 

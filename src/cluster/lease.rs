@@ -107,6 +107,7 @@ impl LeaseBook {
             | Command::SetSynchronized { .. }
             | Command::StepDown { .. }
             | Command::HoldLogForBackups { .. }
+            | Command::RecordFailoverLoss { .. }
             | Command::SetServerName(_)
             | Command::PutPartner(_)
             | Command::RemovePartner(_) => {}
@@ -257,6 +258,7 @@ mod tests {
                     previous: None,
                     stopped_epoch: 0,
                     backup_holds: Default::default(),
+                    history: Default::default(),
                 },
             );
             s
@@ -346,6 +348,8 @@ mod tests {
             new_epoch: 2,
             require_synchronized: false,
             after_lease: false,
+            at_us: 0,
+            reason: String::new(),
         };
         book.applied(&promote, t2);
         assert!(book.clocks.is_empty());

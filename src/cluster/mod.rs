@@ -117,7 +117,10 @@ pub use network::{
     serve_rpc, Envelope, RpcRequest, RpcResponse, RpcServer, TcpTransport, Transport,
     TransportError,
 };
-pub use state::{ClusterState, Command, CommandResult, GroupRecord, Lease, Partner};
+pub use state::{
+    ClusterState, Command, CommandResult, FailoverEntry, FailoverKind, GroupRecord, Lease, Partner,
+    HISTORY_LEN,
+};
 pub use store::StoreError;
 
 use identity::Identity;
@@ -437,6 +440,21 @@ pub struct Cluster {
     forward: TcpTransport,
 }
 
+/// Counts the term changes this node sees (`availdb_cluster_elections_total`)
+/// until its Raft node stops.
+fn count_elections(mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>) {
+    tokio::spawn(async move {
+        let mut term = metrics.borrow_and_update().current_term;
+        while metrics.changed().await.is_ok() {
+            let now = metrics.borrow_and_update().current_term;
+            if now > term {
+                crate::telemetry::get().elections.inc_by(now - term);
+                term = now;
+            }
+        }
+    });
+}
+
 impl Cluster {
     /// Starts this node's Raft member from the files in `dir` (created if
     /// missing), talking to the others over TCP. A new node does nothing
@@ -482,6 +500,7 @@ impl Cluster {
         let raft = Raft::new(id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
+        count_elections(raft.metrics());
         Ok(Cluster {
             id,
             info,

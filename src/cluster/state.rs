@@ -18,6 +18,7 @@
 //! | `SetServerName` | no name yet, or the same one | names this cluster for other regions |
 //! | `PutPartner` | the cluster is named, the partner's name is not its own, at least one endpoint | registers or updates a partner server (another region) |
 //! | `RemovePartner` | the partner exists and no database is geo-replicated with it | forgets it |
+//! | `RecordFailoverLoss` | the group's history holds a failover at that epoch | sets that failover's lost LSN ranges and whether the loss is known |
 //!
 //! An epoch older than the group's means the sender was deposed: it may
 //! neither renew its lease nor change the synchronized set (safety rules 1
@@ -39,8 +40,21 @@
 //! (`StepDown`, which a deposed primary sends as soon as it has closed its
 //! writes). [`GroupRecord::stopped_epoch`] is the newest epoch known to have
 //! stopped.
+//!
+//! # Failover history
+//! Every accepted `Promote` appends a [`FailoverEntry`] to its group's
+//! [`GroupRecord::history`] (the last [`HISTORY_LEN`] are kept): its kind
+//! follows from the command's flags (forced: no synchronized target
+//! required; automatic: the leader promoted after the lease ran out;
+//! planned: otherwise), its time and reason come with the command (the
+//! proposer's clock: apply reads none). A planned or automatic failover
+//! loses nothing (its target was synchronized); a forced one's loss is
+//! known once the old primary rejoined and its log was compared, which the
+//! new primary records with `RecordFailoverLoss`. Being part of the
+//! replicated state, the history survives leader changes, failovers and
+//! restarts, and reads the same on every member.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use openraft::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
@@ -96,6 +110,60 @@ pub struct GroupRecord {
     /// without a gap whichever replica is primary after a failover.
     #[serde(default)]
     pub backup_holds: BTreeMap<String, u64>,
+    /// The group's failovers, oldest first (at most [`HISTORY_LEN`]).
+    #[serde(default)]
+    pub history: VecDeque<FailoverEntry>,
+}
+
+/// How many failovers a group's history keeps.
+pub const HISTORY_LEN: usize = 100;
+
+/// Why the primary changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailoverKind {
+    /// An operator asked a synchronized secondary to take over
+    /// (`ALTER AVAILABILITY GROUP … FAILOVER`).
+    Planned,
+    /// The leader replaced a primary whose lease ran out.
+    Automatic,
+    /// An operator forced a secondary to take over, whatever it missed
+    /// (`FORCE_FAILOVER_ALLOW_DATA_LOSS`).
+    Forced,
+}
+
+impl FailoverKind {
+    /// `PLANNED`, `AUTOMATIC` or `FORCED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailoverKind::Planned => "PLANNED",
+            FailoverKind::Automatic => "AUTOMATIC",
+            FailoverKind::Forced => "FORCED",
+        }
+    }
+}
+
+/// One failover of a group's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverEntry {
+    /// The epoch the new primary started.
+    pub epoch: u64,
+    /// When it was proposed, µs since the Unix epoch (the proposer's clock;
+    /// 0 when the proposer did not say).
+    pub at_us: i64,
+    /// Planned, automatic or forced.
+    pub kind: FailoverKind,
+    /// Why, in the proposer's words.
+    pub reason: String,
+    /// The former primary.
+    pub from: String,
+    /// The new primary.
+    pub to: String,
+    /// Per database, the LSN ranges `[start, end)` the former primary had
+    /// and the new one did not (forced failovers, once known).
+    pub lost: Vec<(String, u64, u64)>,
+    /// True once the loss is known: at once for a planned or automatic
+    /// failover (none), after the former primary rejoined for a forced one.
+    pub loss_known: bool,
 }
 
 impl GroupRecord {
@@ -179,6 +247,25 @@ pub enum Command {
         /// the old primary's lease ran out: it has stopped writing.
         #[serde(default)]
         after_lease: bool,
+        /// When the proposer decided, µs since the Unix epoch (for the
+        /// history).
+        #[serde(default)]
+        at_us: i64,
+        /// Why, for the history.
+        #[serde(default)]
+        reason: String,
+    },
+    /// The new primary of a forced failover records what it lost, once the
+    /// former primary's log has been compared.
+    RecordFailoverLoss {
+        /// Group name.
+        group: String,
+        /// The epoch the failover started.
+        epoch: u64,
+        /// Per database, the lost LSN ranges `[start, end)`.
+        lost: Vec<(String, u64, u64)>,
+        /// Every database has been compared.
+        loss_known: bool,
     },
     /// Names this cluster (`ALTER CLUSTER SET (SERVER_NAME = …)`).
     SetServerName(String),
@@ -321,6 +408,8 @@ impl ClusterState {
                 new_epoch,
                 require_synchronized,
                 after_lease,
+                at_us,
+                reason,
             } => {
                 let record = self.group_mut(group)?;
                 if *require_synchronized {
@@ -355,12 +444,48 @@ impl ClusterState {
                 config.primary = r.name.clone();
                 config.epoch = *new_epoch;
                 config.version += 1;
+                let kind = match (*require_synchronized, *after_lease) {
+                    (false, _) => FailoverKind::Forced,
+                    (true, true) => FailoverKind::Automatic,
+                    (true, false) => FailoverKind::Planned,
+                };
+                let entry = FailoverEntry {
+                    epoch: *new_epoch,
+                    at_us: *at_us,
+                    kind,
+                    reason: reason.clone(),
+                    from: old.0.clone(),
+                    to: config.primary.clone(),
+                    lost: Vec::new(),
+                    loss_known: kind != FailoverKind::Forced,
+                };
                 if *after_lease {
                     record.stopped_epoch = record.stopped_epoch.max(old.1);
                 }
                 record.previous = Some(old);
                 record.lease = None;
                 record.synchronized.clear();
+                record.history.push_back(entry);
+                while record.history.len() > HISTORY_LEN {
+                    record.history.pop_front();
+                }
+                Ok(())
+            }
+            Command::RecordFailoverLoss {
+                group,
+                epoch,
+                lost,
+                loss_known,
+            } => {
+                let record = self.group_mut(group)?;
+                let Some(entry) = record.history.iter_mut().find(|e| e.epoch == *epoch) else {
+                    return Err(format!(
+                        "group \"{group}\" has no failover at epoch {epoch} in its history \
+                         (it keeps the last {HISTORY_LEN})"
+                    ));
+                };
+                entry.lost = lost.clone();
+                entry.loss_known = *loss_known;
                 Ok(())
             }
             Command::SetServerName(name) => match &self.server_name {
@@ -467,6 +592,7 @@ impl ClusterState {
                     previous: None,
                     stopped_epoch: 0,
                     backup_holds: BTreeMap::new(),
+                    history: VecDeque::new(),
                 },
             );
             return Ok(());
@@ -610,6 +736,8 @@ mod tests {
             new_epoch,
             require_synchronized: false,
             after_lease: false,
+            at_us: 0,
+            reason: String::new(),
         }
     }
 
@@ -946,9 +1074,89 @@ mod tests {
             new_epoch: 5,
             require_synchronized: false,
             after_lease: true,
+            at_us: 0,
+            reason: String::new(),
         };
         assert_eq!(s.apply(&after_lease), CommandResult::Ok);
         assert!(s.group("ag1").unwrap().predecessor_stopped());
+    }
+
+    #[test]
+    fn each_promotion_enters_the_bounded_history_with_its_kind_and_a_forced_ones_loss_comes_later()
+    {
+        let mut s = state();
+        let promote = |to: &str, epoch, require_synchronized, after_lease| Command::Promote {
+            group: "ag1".into(),
+            new_primary: to.into(),
+            new_epoch: epoch,
+            require_synchronized,
+            after_lease,
+            at_us: 1_000 * epoch as i64,
+            reason: format!("test {epoch}"),
+        };
+        assert_eq!(s.apply(&sync("shop", "r2", true, 3)), CommandResult::Ok);
+        assert_eq!(s.apply(&promote("r2", 4, true, false)), CommandResult::Ok);
+        for db in ["app", "shop"] {
+            assert_eq!(s.apply(&sync(db, "r1", true, 4)), CommandResult::Ok);
+        }
+        assert_eq!(s.apply(&promote("r1", 5, true, true)), CommandResult::Ok);
+        assert_eq!(s.apply(&promote("r2", 6, false, false)), CommandResult::Ok);
+        let history = &s.group("ag1").unwrap().history;
+        let got: Vec<_> = history
+            .iter()
+            .map(|e| {
+                (
+                    e.epoch,
+                    e.kind,
+                    e.from.as_str(),
+                    e.to.as_str(),
+                    e.loss_known,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (4, FailoverKind::Planned, "r1", "r2", true),
+                (5, FailoverKind::Automatic, "r2", "r1", true),
+                (6, FailoverKind::Forced, "r1", "r2", false),
+            ]
+        );
+        assert_eq!(
+            (history[2].at_us, history[2].reason.as_str()),
+            (6_000, "test 6")
+        );
+        let loss = |epoch| Command::RecordFailoverLoss {
+            group: "ag1".into(),
+            epoch,
+            lost: vec![("app".into(), 10, 20)],
+            loss_known: true,
+        };
+        assert!(
+            matches!(s.apply(&loss(9)), CommandResult::Rejected(why) if why.contains("no failover at epoch 9"))
+        );
+        assert_eq!(s.apply(&loss(6)), CommandResult::Ok);
+        let forced = &s.group("ag1").unwrap().history[2];
+        assert!(forced.loss_known && forced.lost == vec![("app".to_string(), 10, 20)]);
+        // Only the last HISTORY_LEN stay.
+        for epoch in 7..(7 + HISTORY_LEN as u64) {
+            let to = if epoch % 2 == 0 { "r2" } else { "r1" };
+            assert_eq!(
+                s.apply(&promote(to, epoch, false, false)),
+                CommandResult::Ok
+            );
+        }
+        let history = &s.group("ag1").unwrap().history;
+        assert_eq!(history.len(), HISTORY_LEN);
+        assert_eq!(history.front().unwrap().epoch, 7);
+        // An old state (no history field) still loads.
+        let mut json = serde_json::to_value(state()).unwrap();
+        json["groups"]["ag1"]
+            .as_object_mut()
+            .unwrap()
+            .remove("history");
+        let old: ClusterState = serde_json::from_value(json).unwrap();
+        assert!(old.group("ag1").unwrap().history.is_empty());
     }
 
     #[test]

@@ -240,6 +240,8 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
         new_epoch: 2,
         require_synchronized: false,
         after_lease: false,
+        at_us: 0,
+        reason: String::new(),
     };
     assert_eq!(
         propose_on_leader(&nodes, promote.clone()).await,
@@ -432,6 +434,8 @@ async fn a_cut_off_leader_commits_nothing_while_the_majority_fails_over() {
         new_epoch: 2,
         require_synchronized: false,
         after_lease: false,
+        at_us: 0,
+        reason: String::new(),
     };
     assert_eq!(propose_on_leader(&nodes, promote).await, CommandResult::Ok);
 

@@ -465,6 +465,12 @@ impl Database {
         self.shared.fence.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True while this node is a secondary of the database's group (its
+    /// copy written by redo alone), without cloning the fence.
+    pub fn is_secondary(&self) -> bool {
+        matches!(*self.read_fence(), Fence::Secondary { .. })
+    }
+
     /// The write fence as it stands now.
     pub fn fence(&self) -> Fence {
         self.read_fence().clone()
@@ -890,7 +896,17 @@ impl Database {
         // The local fsync and the secondaries' hardening run in parallel
         // (records are shipped before the local fsync); both must finish.
         match hook {
-            Some(hook) => tokio::try_join!(local, hook.wait(lsn)).map(|_| ())?,
+            Some(hook) => {
+                let secondaries = async {
+                    let started = std::time::Instant::now();
+                    let hardened = hook.wait(lsn).await;
+                    crate::telemetry::get()
+                        .sync_commit_wait
+                        .observe(started.elapsed());
+                    hardened
+                };
+                tokio::try_join!(local, secondaries).map(|_| ())?
+            }
             None => local.await?,
         }
         if let Err(refusal) = self.read_fence().check(monotonic_us()) {

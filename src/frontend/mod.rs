@@ -38,7 +38,10 @@
 //!    57P01, "reconnect") at its next message once this replica has been
 //!    demoted to secondary. Every commit reports its end LSN as
 //!    ParameterStatus `availdb.commit_lsn`; `availdb.read_after_lsn` makes
-//!    statements on a secondary wait until that LSN is redone. When this
+//!    statements on a secondary wait until that LSN is redone. Without it,
+//!    a read on a secondary that is cut off from its primary, suspended,
+//!    or more than `availdb.lag_notice_after` (1 s) behind gets a NOTICE
+//!    saying so and what to do (`ag::Staleness`). When this
 //!    replica is promoted, every read transaction on the database ends
 //!    (`Database::promote` asks, [`Frontend`] follows: an idle session's
 //!    transaction fails with 25P02 saying why, a running statement is

@@ -63,7 +63,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 use rusqlite::InterruptHandle;
@@ -75,7 +75,7 @@ use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, Write
 use crate::sql::command::Command;
 use crate::sql::tag::command_tag;
 
-use super::settings::{Settings, COMMIT_LSN};
+use super::settings::{Settings, COMMIT_LSN, LAG_NOTICE_AFTER, READ_AFTER_LSN};
 
 /// The longest a statement waits for `availdb.read_after_lsn` to be redone
 /// (less when `statement_timeout` is shorter).
@@ -692,6 +692,7 @@ impl Session {
             }
             Command::Sql(sql) => {
                 self.wait_for_redo().await?;
+                self.lag_notice();
                 let sql = self.place_temp(sql).await?;
                 self.sql(sql, params).await
             }
@@ -724,6 +725,7 @@ impl Session {
             .with_hint("BEGIN first, or DECLARE … CURSOR WITH HOLD"));
         }
         self.wait_for_redo().await?;
+        self.lag_notice();
         let reply = if hold {
             let reader = self.reader()?;
             match self.stream(reader, query, params).await {
@@ -805,7 +807,10 @@ impl Session {
 
     /// Reports a commit's end LSN (ParameterStatus `availdb.commit_lsn`):
     /// a secondary that has redone up to it shows the commit.
-    fn committed(&mut self, end: crate::log::Lsn) {
+    fn committed(&mut self, end: crate::log::Lsn, started: Instant) {
+        let telemetry = crate::telemetry::get();
+        telemetry.commits.inc();
+        telemetry.commit_duration.observe(started.elapsed());
         self.settings.record(COMMIT_LSN, end.to_string());
         self.asides
             .push(Aside::ParameterStatus(COMMIT_LSN.into(), end.to_string()));
@@ -879,6 +884,34 @@ impl Session {
                     .with_hint("retry, read on the primary, or RESET availdb.read_after_lsn; sys.dm_hadr_database_replica_states shows the redo queue"));
                 }
             }
+        }
+    }
+
+    /// A read on a secondary that trails its primary by more than
+    /// `availdb.lag_notice_after`, or that no primary ships log to, is told
+    /// so with a NOTICE — unless read-your-writes was asked
+    /// (`availdb.read_after_lsn`: the read waited for what it needs). The
+    /// lag is what the secondary knows ([`crate::ag::Staleness`]), the one
+    /// `/replica?lag=` checks.
+    fn lag_notice(&mut self) {
+        if self.settings.read_after_lsn.is_some() || !self.db.is_secondary() {
+            return;
+        }
+        let Some(after) = self.settings.lag_notice_after() else {
+            return;
+        };
+        let Some(s) = self.ag.staleness(self.db.name()) else {
+            return;
+        };
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        if let Some(message) = lag_notice_text(&s, after, now_us, self.db.name(), self.ag.node()) {
+            self.asides.push(Aside::Notice {
+                severity: "NOTICE",
+                code: "00000",
+                message,
+            });
         }
     }
 
@@ -983,6 +1016,7 @@ impl Session {
                 }
                 // The write lock is released before the waits, so later
                 // commits share this one's fsync and replication round trip.
+                let started = Instant::now();
                 let ((), end) = commit_on_writer(
                     &self.cancel,
                     self.settings.statement_timeout,
@@ -1000,7 +1034,7 @@ impl Session {
                 )
                 .await?;
                 self.db.commit_durable(end).await?;
-                self.committed(end);
+                self.committed(end, started);
                 Ok(Reply::TxEnd("COMMIT".into()))
             }
             Tx::Active { holder, .. } => {
@@ -1233,6 +1267,7 @@ impl Session {
         let s = sql.clone();
         let memory = self.memory.clone();
         let timeout = self.settings.statement_timeout;
+        let started = Instant::now();
         let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
             // A write that returns rows runs in a transaction of its own:
             // SQLite makes all of a RETURNING statement's changes at its
@@ -1273,7 +1308,7 @@ impl Session {
         .await;
         let ((outcome, charge), end) = res?;
         self.db.commit_durable(end).await?;
-        self.committed(end);
+        self.committed(end, started);
         Ok(reply_charged(&sql, outcome, charge))
     }
 
@@ -1468,6 +1503,7 @@ impl Session {
             Tx::Idle => {
                 let w = self.writer().await?;
                 let timeout = self.settings.statement_timeout;
+                let started = Instant::now();
                 let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
                     w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
                     let changes = match run(w) {
@@ -1486,7 +1522,7 @@ impl Session {
                 .await;
                 let (changes, end) = res?;
                 self.db.commit_durable(end).await?;
-                self.committed(end);
+                self.committed(end, started);
                 Ok(changes)
             }
             Tx::Active {
@@ -1888,5 +1924,127 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The NOTICE a read of `db` on secondary `node` gets when it may be
+/// behind its primary: cut off from it, suspended, or more than `after`
+/// behind (see [`crate::ag::Staleness`]); None when it is close enough.
+/// It says what to do to read the newest commits.
+fn lag_notice_text(
+    s: &crate::ag::Staleness,
+    after: Duration,
+    now_us: i64,
+    db: &str,
+    node: &str,
+) -> Option<String> {
+    let group = &s.group;
+    let newest = match s.newest_redone_commit_us {
+        Some(t) => format!(
+            "its newest commit here is {:.1} s old",
+            (now_us.saturating_sub(t)).max(0) as f64 / 1e6
+        ),
+        None => "no commit is redone here yet".into(),
+    };
+    let what = if !s.connected {
+        format!(
+            "replica \"{node}\" is not connected to the primary of availability group \"{group}\", so database \"{db}\" may be behind it ({newest})"
+        )
+    } else if s.suspended {
+        format!(
+            "data movement of database \"{db}\" is suspended on replica \"{node}\", so it may be behind its primary ({newest})"
+        )
+    } else {
+        match s.lag_seconds(now_us) {
+            Some(lag) if lag <= after.as_secs_f64() => return None,
+            Some(lag) => format!(
+                "database \"{db}\" on replica \"{node}\" is {lag:.1} s behind its primary ({} bytes of log not yet redone)",
+                s.redo_queue
+            ),
+            None => format!(
+                "database \"{db}\" on replica \"{node}\" is behind its primary by an unknown time ({} bytes of log not yet redone, {newest})",
+                s.redo_queue
+            ),
+        }
+    };
+    Some(format!(
+        "{what}: this read may miss recent commits. To read them, read on the primary or SET {READ_AFTER_LSN} to a commit's {COMMIT_LSN}; SET {LAG_NOTICE_AFTER} = 0 silences this notice"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ag::Staleness;
+
+    const NOW: i64 = 1_000_000_000_000_000;
+
+    fn caught_up() -> Staleness {
+        Staleness {
+            group: "ag1".into(),
+            connected: true,
+            suspended: false,
+            redo_queue: 0,
+            newest_redone_commit_us: Some(NOW - 60_000_000),
+        }
+    }
+
+    fn notice(s: &Staleness) -> Option<String> {
+        lag_notice_text(s, Duration::from_secs(1), NOW, "app", "r2")
+    }
+
+    #[test]
+    fn a_connected_secondary_within_the_threshold_gets_no_lag_notice() {
+        // Nothing to redo: not behind, however old the newest commit.
+        assert_eq!(notice(&caught_up()), None);
+        // Log to redo, its newest redone commit 0.5 s old: within 1 s.
+        let s = Staleness {
+            redo_queue: 4096,
+            newest_redone_commit_us: Some(NOW - 500_000),
+            ..caught_up()
+        };
+        assert_eq!(notice(&s), None);
+    }
+
+    #[test]
+    fn a_secondary_behind_by_more_than_the_threshold_says_by_how_much_and_what_to_do() {
+        let s = Staleness {
+            redo_queue: 4096,
+            newest_redone_commit_us: Some(NOW - 2_500_000),
+            ..caught_up()
+        };
+        let text = notice(&s).expect("2.5 s behind, threshold 1 s");
+        assert!(
+            text.contains("is 2.5 s behind its primary (4096 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("SET availdb.read_after_lsn"), "{text}");
+        let unknown = Staleness {
+            newest_redone_commit_us: None,
+            ..s
+        };
+        let text = notice(&unknown).expect("log to redo, no commit redone");
+        assert!(text.contains("unknown time"), "{text}");
+    }
+
+    #[test]
+    fn a_cut_off_or_suspended_secondary_gets_a_lag_notice_even_with_nothing_to_redo() {
+        let cut_off = Staleness {
+            connected: false,
+            ..caught_up()
+        };
+        let text = notice(&cut_off).expect("disconnected");
+        assert!(
+            text.contains("not connected to the primary of availability group \"ag1\"")
+                && text.contains("60.0 s old"),
+            "{text}"
+        );
+        let suspended = Staleness {
+            suspended: true,
+            ..caught_up()
+        };
+        assert!(notice(&suspended)
+            .expect("suspended")
+            .contains("suspended on replica \"r2\""));
     }
 }

@@ -157,6 +157,12 @@ const KNOWN: &[Known] = &[
         read_only: false,
     },
     Known {
+        name: LAG_NOTICE_AFTER,
+        default: "1s",
+        reported: false,
+        read_only: false,
+    },
+    Known {
         name: "synchronous_commit",
         default: "on",
         reported: false,
@@ -169,6 +175,12 @@ const KNOWN: &[Known] = &[
 pub const COMMIT_LSN: &str = "availdb.commit_lsn";
 /// Statements on a secondary wait (bounded) until it has redone this LSN.
 pub const READ_AFTER_LSN: &str = "availdb.read_after_lsn";
+/// A read on a secondary further behind its primary than this (or cut off
+/// from it) gets a NOTICE saying so, unless read-your-writes
+/// ([`READ_AFTER_LSN`]) is asked; 0 turns the notice off.
+pub const LAG_NOTICE_AFTER: &str = "availdb.lag_notice_after";
+/// [`LAG_NOTICE_AFTER`]'s default.
+pub const DEFAULT_LAG_NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 fn known(name: &str) -> Option<&'static Known> {
     KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(name))
@@ -195,6 +207,9 @@ pub struct Settings {
     idle_in_transaction_default: Option<Duration>,
     /// `availdb.read_after_lsn` (None: 0, no wait).
     pub read_after_lsn: Option<u64>,
+    /// `availdb.lag_notice_after` as set (None: not set, the default;
+    /// Some(None): 0, off).
+    lag_notice_after: Option<Option<Duration>>,
     /// The session's user name.
     pub user: String,
 }
@@ -287,6 +302,10 @@ impl Settings {
                 self.idle_in_transaction_timeout = parse_duration(&key, value)?;
                 value.to_string()
             }
+            LAG_NOTICE_AFTER => {
+                self.lag_notice_after = Some(parse_duration(&key, value)?);
+                value.to_string()
+            }
             READ_AFTER_LSN => {
                 let lsn: u64 = value.trim().parse().map_err(|_| {
                     Error::sql(
@@ -304,6 +323,13 @@ impl Settings {
         Ok(known(&key)
             .filter(|k| k.reported)
             .map(|k| (k.name.to_string(), value)))
+    }
+
+    /// How far behind its primary a secondary may be before a read there
+    /// gets a NOTICE (None: never).
+    pub fn lag_notice_after(&self) -> Option<Duration> {
+        self.lag_notice_after
+            .unwrap_or(Some(DEFAULT_LAG_NOTICE_AFTER))
     }
 
     /// Records a value the server sets (a read-only setting such as
@@ -331,6 +357,7 @@ impl Settings {
                     self.idle_in_transaction_timeout = self.idle_in_transaction_default
                 }
                 READ_AFTER_LSN => self.read_after_lsn = None,
+                LAG_NOTICE_AFTER => self.lag_notice_after = None,
                 _ => {}
             }
             if let Some(k) = known(&key).filter(|k| k.reported) {
@@ -522,6 +549,20 @@ mod tests {
         assert_eq!(s.lock_timeout, Some(Duration::from_millis(250)));
         s.set("lock_timeout", Some("0")).unwrap();
         assert_eq!(s.lock_timeout, None);
+    }
+
+    #[test]
+    fn lag_notice_after_defaults_to_a_second_zero_turns_it_off_and_reset_restores_it() {
+        let mut s = Settings::default();
+        assert_eq!(s.lag_notice_after(), Some(Duration::from_secs(1)));
+        assert_eq!(s.show(LAG_NOTICE_AFTER).as_deref(), Some("1s"));
+        s.set(LAG_NOTICE_AFTER, Some("250ms")).unwrap();
+        assert_eq!(s.lag_notice_after(), Some(Duration::from_millis(250)));
+        s.set(LAG_NOTICE_AFTER, Some("0")).unwrap();
+        assert_eq!(s.lag_notice_after(), None);
+        s.reset(Some(LAG_NOTICE_AFTER));
+        assert_eq!(s.lag_notice_after(), Some(Duration::from_secs(1)));
+        assert!(s.set(LAG_NOTICE_AFTER, Some("soon")).is_err());
     }
 
     #[test]

@@ -1,8 +1,19 @@
-//! `/metrics`: the node's state in Prometheus' text format, built at each
-//! scrape from a snapshot of the `sys` views (the values SQL clients see)
-//! with the `prometheus-client` crate.
+//! `/metrics`: the node's state in Prometheus' text format with the
+//! `prometheus-client` crate, in three parts:
 //!
-//! Every metric is a gauge of the moment of the scrape:
+//! * gauges of the moment, built at each scrape from a snapshot of the
+//!   `sys` views (the values SQL clients see): the table below;
+//! * counters and histograms of what happened since the process started,
+//!   registered once per process and counted by the layers themselves
+//!   ([`crate::telemetry`]: commits, commit latency, sync-commit waits,
+//!   lease renewals, elections, failovers, listener sessions and routing,
+//!   page repairs, backups);
+//! * the process's own, read from `/proc/self` at the scrape
+//!   (Prometheus' standard names: `process_cpu_seconds_total`,
+//!   `process_open_fds`, `process_max_fds`, `process_threads`,
+//!   `process_start_time_seconds`).
+//!
+//! The gauges:
 //!
 //! | metric | labels | value |
 //! | --- | --- | --- |
@@ -15,6 +26,7 @@
 //! | `availdb_log_send_rate_bytes`, `availdb_redo_rate_bytes` | `group`, `database`, `replica` | bytes per second |
 //! | `availdb_secondary_lag_seconds` | `group`, `database`, `replica` | as `sys.dm_hadr_database_replica_states` |
 //! | `availdb_estimated_data_loss_seconds` | `group`, `database` | on the primary: the smallest over its secondaries (0 with a synchronized one) |
+//! | `availdb_estimated_recovery_time_seconds` | `group`, `database`, `replica` | SQL Server's dashboard's estimate: redo queue / redo rate (0 with an empty queue; absent while the queue waits and nothing is redone) |
 //! | `availdb_log_end_lsn`, `availdb_log_durable_lsn`, `availdb_checkpoint_lsn` | `database` | byte positions |
 //! | `availdb_cluster_term`, `availdb_cluster_is_leader` | — | this node's view of the cluster |
 //! | `availdb_process_resident_memory_bytes`, `availdb_buffer_memory_bytes` | — | `sys.dm_os_process_memory` |
@@ -22,7 +34,8 @@
 //! A replica row appears where this node knows it: a primary reports every
 //! replica of its groups, a secondary itself.
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -84,6 +97,10 @@ pub fn render(name: &str, snapshot: &Snapshot, health: &NodeHealth) -> Result<St
     let loss = family(
         "availdb_estimated_data_loss_seconds",
         "Commits a failover now would lose, in seconds (primary only)",
+    );
+    let recovery = family(
+        "availdb_estimated_recovery_time_seconds",
+        "Redo queue over redo rate: how long the replica would take to catch up its redo",
     );
     let end = family("availdb_log_end_lsn", "End of the database's log");
     let durable = family(
@@ -157,6 +174,9 @@ pub fn render(name: &str, snapshot: &Snapshot, health: &NodeHealth) -> Result<St
                 family.get_or_create(&labels).set(v);
             }
         }
+        if let Some(rto) = recovery_time(number(&row[6]), number(&row[8])) {
+            recovery.get_or_create(&labels).set(rto);
+        }
     }
     for row in q("SELECT name, log_end_lsn, log_durable_lsn, checkpoint_lsn FROM sys.databases")? {
         let labels = vec![("database".to_string(), text(&row[0]))];
@@ -185,9 +205,109 @@ pub fn render(name: &str, snapshot: &Snapshot, health: &NodeHealth) -> Result<St
             buffers.get_or_create(&Vec::new()).set(v);
         }
     }
+    if let Some(p) = process() {
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time of the process",
+            ConstCounter::new(p.cpu_seconds),
+        );
+        let mut one = |name: &str, help: &str, v: f64| {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(v);
+            registry.register(name, help, g);
+        };
+        one("process_open_fds", "Open file descriptors", p.open_fds);
+        one(
+            "process_max_fds",
+            "Limit of open file descriptors",
+            p.max_fds,
+        );
+        one("process_threads", "Threads of the process", p.threads);
+        one(
+            "process_start_time_seconds",
+            "When the process started, seconds since the Unix epoch",
+            p.start_time_seconds,
+        );
+    }
     let mut out = String::new();
-    encode(&mut out, &registry).map_err(|e| format!("cannot encode the metrics: {e}"))?;
+    encode_registry(&mut out, &registry)
+        .and_then(|()| encode_registry(&mut out, crate::telemetry::registry()))
+        .and_then(|()| encode_eof(&mut out))
+        .map_err(|e| format!("cannot encode the metrics: {e}"))?;
     Ok(out)
+}
+
+/// SQL Server's estimated recovery time: the redo queue over the redo
+/// rate; 0 with nothing to redo, unknown while log waits and no rate is
+/// measured.
+pub fn recovery_time(redo_queue: Option<f64>, redo_rate: Option<f64>) -> Option<f64> {
+    match (redo_queue?, redo_rate) {
+        (q, _) if q <= 0.0 => Some(0.0),
+        (q, Some(r)) if r > 0.0 => Some(q / r),
+        _ => None,
+    }
+}
+
+/// The process as `/proc/self` tells it.
+struct Process {
+    cpu_seconds: f64,
+    open_fds: f64,
+    max_fds: f64,
+    threads: f64,
+    start_time_seconds: f64,
+}
+
+fn process() -> Option<Process> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields = stat_fields(&stat)?;
+    // SAFETY: sysconf and getrlimit only read process-wide values.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill.
+    let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur as f64
+    } else {
+        f64::NAN
+    };
+    let boot_time = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+    Some(Process {
+        cpu_seconds: (fields.utime + fields.stime) as f64 / ticks,
+        open_fds,
+        max_fds,
+        threads: fields.threads as f64,
+        start_time_seconds: boot_time + fields.start_ticks as f64 / ticks,
+    })
+}
+
+/// The fields of `/proc/self/stat` the metrics use.
+#[derive(Debug, PartialEq)]
+struct StatFields {
+    utime: u64,
+    stime: u64,
+    threads: u64,
+    start_ticks: u64,
+}
+
+/// Parses `/proc/PID/stat` (proc(5)): fields after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn stat_fields(stat: &str) -> Option<StatFields> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // `after` starts at field 3 (state): field n is index n - 3.
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let at = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    Some(StatFields {
+        utime: at(14)?,
+        stime: at(15)?,
+        threads: at(20)?,
+        start_ticks: at(22)?,
+    })
 }
 
 fn role_name(role: super::health::Role) -> &'static str {
@@ -211,5 +331,36 @@ fn number(v: &Value) -> Option<f64> {
         Value::Integer(n) => Some(*n as f64),
         Value::Real(r) => Some(*r),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (availdb (r1) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    250 75 0 0 20 0 17 0 123456 1000000 2000 18446744073709551615";
+        assert_eq!(
+            stat_fields(stat),
+            Some(StatFields {
+                utime: 250,
+                stime: 75,
+                threads: 17,
+                start_ticks: 123456,
+            })
+        );
+        assert_eq!(stat_fields("garbage"), None);
+        assert!(process().is_some_and(|p| p.open_fds > 0.0 && p.threads >= 1.0));
+    }
+
+    #[test]
+    fn recovery_time_is_the_redo_queue_over_the_redo_rate() {
+        assert_eq!(recovery_time(Some(0.0), None), Some(0.0));
+        assert_eq!(recovery_time(Some(1000.0), Some(500.0)), Some(2.0));
+        assert_eq!(recovery_time(Some(1000.0), Some(0.0)), None);
+        assert_eq!(recovery_time(Some(1000.0), None), None);
+        assert_eq!(recovery_time(None, Some(1.0)), None);
     }
 }

@@ -7,8 +7,10 @@
 //! | --- | --- |
 //! | `GET /health`, `/liveness`, `/readiness`, `/primary` (`/read-write`), `/replica[?lag=]`, `/read-only[?lag=]`, `/sync`, `/async`, `/failover-readiness?max_loss=` | 200 or 503, with `{"status", "reason", "node", "groups"}` (meanings: [`health`]); `?group=` narrows to one group |
 //! | `GET /metrics` | Prometheus text format ([`metrics`]) |
+//! | `GET /` from a browser (`Accept: text/html`), `GET /dashboard` | the availability group dashboard: one HTML page with its CSS and script inline (`dashboard.html`), which polls the JSON endpoints below every second |
 //! | `GET /cluster` | `sys.dm_hadr_cluster`, its members and the groups, as JSON |
 //! | `GET /groups/NAME` | the group's rows of every `sys` availability view, as JSON (404 for a group this node does not host) |
+//! | `GET /history[?group=]` | `{"failovers": [...]}`: the rows of `sys.dm_hadr_failover_history`, newest first (time, group, kind, reason, from, to, epoch, data lost) |
 //! | `POST /groups/NAME/failover` | `ALTER AVAILABILITY GROUP NAME FAILOVER` on this node: a planned failover to it |
 //! | `POST /groups/NAME/force-failover` with `{"confirm": "FORCE_FAILOVER_ALLOW_DATA_LOSS"}` | `… FORCE_FAILOVER_ALLOW_DATA_LOSS` on this node |
 //! | `POST /databases/NAME/suspend`, `…/resume` | `ALTER DATABASE NAME SET HADR SUSPEND` / `RESUME` on this node |
@@ -23,7 +25,10 @@
 //!
 //! `OPTIONS` and `HEAD` answer like `GET` (HAProxy's `option httpchk`
 //! sends `OPTIONS /` unless told otherwise). A bad parameter answers 400
-//! saying how to write it.
+//! saying how to write it. `/` is the dashboard only for a request that
+//! accepts HTML (a browser); anything else there — `OPTIONS /`, a probe,
+//! `curl` — gets `/health`, so load balancers and probes configured with
+//! the bare address keep working.
 //!
 //! Every GET reads a snapshot of the `sys` views — the values a SQL client
 //! sees at the same moment — so nothing here keeps state of its own, and
@@ -116,7 +121,10 @@ fn router(node: Arc<Node>) -> Router {
             .options(move |state, query| health_answer(state, query, name))
     };
     Router::new()
-        .route("/", check("health"))
+        .route(
+            "/",
+            get(root_answer).options(|state, query| health_answer(state, query, "health")),
+        )
         .route("/health", check("health"))
         .route("/liveness", check("liveness"))
         .route("/readiness", check("readiness"))
@@ -128,8 +136,10 @@ fn router(node: Arc<Node>) -> Router {
         .route("/async", check("async"))
         .route("/failover-readiness", check("failover-readiness"))
         .route("/metrics", get(metrics_answer))
+        .route("/dashboard", get(dashboard_answer))
         .route("/cluster", get(cluster_answer))
         .route("/groups/{name}", get(group_answer))
+        .route("/history", get(history_answer))
         .route("/groups/{name}/failover", post(failover_action))
         .route("/groups/{name}/force-failover", post(force_failover_action))
         .route("/databases/{name}/suspend", post(suspend_action))
@@ -197,6 +207,36 @@ async fn health_answer(
     (status, Json(body)).into_response()
 }
 
+/// The dashboard page, compiled in: the node serves it with no file or
+/// network access.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `GET /`: the dashboard for a browser, `/health` for anything else.
+async fn root_answer(
+    state: State<Arc<Node>>,
+    query: Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let wants_html = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
+    if wants_html {
+        dashboard_answer().await
+    } else {
+        health_answer(state, query, "health").await
+    }
+}
+
+async fn dashboard_answer() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(DASHBOARD),
+    )
+        .into_response()
+}
+
 async fn metrics_answer(State(node): State<Arc<Node>>) -> Response {
     let rendered = tokio::task::spawn_blocking(move || {
         let snapshot = node.snapshot();
@@ -255,6 +295,22 @@ async fn group_answer(State(node): State<Arc<Node>>, Path(name): Path<String>) -
     })
     .to_vec();
     json_of(node, tables, Some(name)).await
+}
+
+async fn history_answer(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = query.get("group").map_or(String::new(), |g| {
+        format!(
+            "WHERE group_id = '{}' COLLATE NOCASE",
+            g.replace('\'', "''")
+        )
+    });
+    let sql = format!(
+        "SELECT * FROM sys.dm_hadr_failover_history {filter} ORDER BY failover_time DESC, epoch DESC"
+    );
+    json_of(node, vec![("failovers", sql)], None).await
 }
 
 /// Answers the rows of `queries` as `{key: [{column: value}]}`; with

@@ -336,6 +336,7 @@ impl Listeners {
             .database()
             .unwrap_or(crate::frontend::USER)
             .to_string();
+        crate::telemetry::get().listener_session(group);
         startup.set(GROUP_PARAM, group);
         startup.set(CLIENT_ADDR_PARAM, &peer.ip().to_string());
         startup.set(CLIENT_TLS_PARAM, if secure { "on" } else { "off" });
@@ -356,6 +357,13 @@ impl Listeners {
                 &|name| self.available(name),
                 turn,
             );
+            let decision = match &chosen {
+                Route::Primary(_) => "primary",
+                Route::Secondary(_) => "secondary",
+                Route::Wait(_) => "wait",
+                Route::Refuse(_) => "refuse",
+            };
+            crate::telemetry::get().routed(group, decision);
             let (replica, as_primary) = match chosen {
                 Route::Primary(name) => (name, true),
                 Route::Secondary(name) => (name, false),

@@ -95,6 +95,9 @@ impl History {
             partner: partner.map(str::to_string),
             detail: detail.to_string(),
         };
+        if status.finished() {
+            crate::telemetry::get().page_repair(status == PageStatus::Repaired);
+        }
         match open {
             Some(existing) => *existing = row,
             None => rows.push(row),

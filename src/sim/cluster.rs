@@ -86,6 +86,7 @@ fn group_of(command: &Command) -> String {
         | Command::SetSynchronized { group: g, .. }
         | Command::Promote { group: g, .. }
         | Command::StepDown { group: g, .. }
-        | Command::HoldLogForBackups { group: g, .. } => g.to_ascii_lowercase(),
+        | Command::HoldLogForBackups { group: g, .. }
+        | Command::RecordFailoverLoss { group: g, .. } => g.to_ascii_lowercase(),
     }
 }

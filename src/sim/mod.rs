@@ -196,6 +196,7 @@ impl Sim {
         if result == CommandResult::Ok {
             match command {
                 Command::RenewLease { .. }
+                | Command::RecordFailoverLoss { .. }
                 | Command::RemoveGroup(_)
                 | Command::SetServerName(_)
                 | Command::PutPartner(_)
@@ -374,13 +375,15 @@ impl Sim {
                 conditions: &[],
                 reachable: &reachable,
             };
-            if let Decision::Failover { target, .. } = decide(&observation, Policy::default()) {
+            if let Decision::Failover { target, reason } = decide(&observation, Policy::default()) {
                 let promote = Command::Promote {
                     group: group.clone(),
                     new_primary: target,
                     new_epoch: record.config.epoch + 1,
                     require_synchronized: true,
                     after_lease: true,
+                    at_us: 0,
+                    reason,
                 };
                 let leader = *majority.iter().next().expect("not empty");
                 let _ = self.propose(leader, &promote);
