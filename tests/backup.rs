@@ -1784,6 +1784,22 @@ async fn proofs(server: &TestServer) -> Vec<(String, String, String, Option<u64>
     }
 }
 
+/// The value of the `/metrics` sample `name{labels}` on `server`.
+async fn metric(server: &TestServer, sample: &str) -> Option<f64> {
+    let answer = availdb::traffic::http::request(
+        &format!("127.0.0.1:{}", server.http_port()),
+        "GET",
+        "/metrics",
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("GET /metrics");
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_backup_is_restored_in_the_background_and_one_that_does_not_restore_is_reported() {
     let server = TestServer::start().await;
@@ -1833,6 +1849,11 @@ async fn every_backup_is_restored_in_the_background_and_one_that_does_not_restor
         "the log backup is proven with the full backup before it: {}",
         rows[1].2
     );
+    assert_eq!(
+        metric(&server, "availdb_backup_restorable_lsn{database=\"app\"}").await,
+        Some(rows[1].4 as f64),
+        "the newest verified restorable point is a metric"
+    );
 
     // The full backup is damaged after it was proven: the next log
     // backup's chain does not restore, and says why.
@@ -1859,6 +1880,10 @@ async fn every_backup_is_restored_in_the_background_and_one_that_does_not_restor
     );
     assert_eq!(*restorable, None);
     assert_eq!(rows[0].1, "VERIFIED", "an earlier outcome stays as it was");
+    assert_eq!(
+        metric(&server, "availdb_backup_proofs_failed{database=\"app\"}").await,
+        Some(1.0)
+    );
     assert!(
         !server.data_dir().join("backup").join("proof").exists(),
         "the scratch copy is removed"

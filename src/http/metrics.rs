@@ -30,6 +30,7 @@
 //! | `availdb_log_end_lsn`, `availdb_log_durable_lsn`, `availdb_checkpoint_lsn` | `database` | byte positions |
 //! | `availdb_cluster_term`, `availdb_cluster_is_leader` | — | this node's view of the cluster |
 //! | `availdb_process_resident_memory_bytes`, `availdb_buffer_memory_bytes` | — | `sys.dm_os_process_memory` |
+//! | `availdb_backup_restorable_timestamp_seconds`, `availdb_backup_restorable_lsn`, `availdb_backup_proofs_failed` | `database` | `sys.backup_history` (the background proofs, `backup::proof`) |
 //!
 //! A replica row appears where this node knows it: a primary reports every
 //! replica of its groups, a secondary itself.
@@ -124,6 +125,18 @@ pub fn render(name: &str, snapshot: &Snapshot, health: &NodeHealth) -> Result<St
         "availdb_buffer_memory_bytes",
         "Memory held by sessions' buffers",
     );
+    let restorable_time = family(
+        "availdb_backup_restorable_timestamp_seconds",
+        "Newest point a backup chain taken here was restored to and verified (its last commit, Unix time)",
+    );
+    let restorable_lsn = family(
+        "availdb_backup_restorable_lsn",
+        "LSN of that newest verified restorable point",
+    );
+    let proofs_failed = family(
+        "availdb_backup_proofs_failed",
+        "Backups taken here whose background restore failed",
+    );
 
     let node = vec![("node".to_string(), name.to_string())];
     up.get_or_create(&node).set(1.0);
@@ -176,6 +189,24 @@ pub fn render(name: &str, snapshot: &Snapshot, health: &NodeHealth) -> Result<St
         }
         if let Some(rto) = recovery_time(number(&row[6]), number(&row[8])) {
             recovery.get_or_create(&labels).set(rto);
+        }
+    }
+    for row in q("SELECT database_name,
+                max(CASE WHEN verification_state = 'VERIFIED'
+                         THEN unixepoch(restorable_time, 'subsec') END),
+                max(CASE WHEN verification_state = 'VERIFIED' THEN restorable_lsn END),
+                sum(verification_state = 'FAILED')
+         FROM sys.backup_history GROUP BY database_name")?
+    {
+        let labels = vec![("database".to_string(), text(&row[0]))];
+        for (family, value) in [
+            (&restorable_time, &row[1]),
+            (&restorable_lsn, &row[2]),
+            (&proofs_failed, &row[3]),
+        ] {
+            if let Some(v) = number(value) {
+                family.get_or_create(&labels).set(v);
+            }
         }
     }
     for row in q("SELECT name, log_end_lsn, log_durable_lsn, checkpoint_lsn FROM sys.databases")? {
