@@ -1270,8 +1270,8 @@ async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
-    let (server, _app, _full, dir) = standalone_with_backup(40).await;
+async fn the_backup_and_restore_commands_run_on_a_node_or_offline_on_its_data_directory() {
+    let (mut server, _app, _full, dir) = standalone_with_backup(40).await;
     let file = dir.path().join("cli.bak");
     let port = server.port().to_string();
     let run = |args: Vec<String>| {
@@ -1320,6 +1320,45 @@ async fn the_backup_and_restore_commands_run_backup_and_restore_on_a_node() {
         !out.status.success() && stderr.contains("42P04") && stderr.contains("REPLACE"),
         "{stderr}"
     );
+
+    // Offline, on the data directory: refused while the node runs there.
+    let data = server.data_dir().display().to_string();
+    let offline = dir.path().join("offline.bak").display().to_string();
+    let backup_offline = ["backup", "app", "--to", &offline, "--data-dir", &data]
+        .map(String::from)
+        .to_vec();
+    let out = run(backup_offline.clone());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("in use by another availdb process"),
+        "{stderr}"
+    );
+    server.sigterm().await;
+    let out = run(backup_offline);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("(offline) processed"),
+        "offline backup: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(["restore", "z", "--from", &offline, "--data-dir", &data]
+        .map(String::from)
+        .to_vec());
+    assert!(
+        out.status.success(),
+        "offline restore: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.restart().await;
+    assert_eq!(ids(&server, "z", "t").await, range(1..=40));
+    let client = server.client(DEFAULT_DB).await;
+    let history = ok(
+        &client,
+        "SELECT replica_name FROM sys.backup_history ORDER BY backup_start_date DESC LIMIT 1",
+    )
+    .await;
+    assert_eq!(history[0][0].as_deref(), Some("offline"));
 }
 
 /// A tmpfs the test mounts itself (needs root), unmounted when dropped.

@@ -135,7 +135,8 @@
 //! to AUTOMATIC). Of object stores, only S3-compatible ones (`s3://`); a proof
 //! restores only chains whose backups were all taken on its node;
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
-//! statements on a live node.
+//! statements on a live node, or this code offline on a stopped node's
+//! data directory (`--data-dir`).
 
 mod claim;
 mod error;

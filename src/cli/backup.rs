@@ -1,8 +1,15 @@
 //! `availdb backup DATABASE --to FILE` and `availdb restore DATABASE --from
 //! FILE`: BACKUP and RESTORE run on a node (the file is on that node),
-//! with a progress line while they run — bytes written so far and the
-//! rate, read from the growing `FILE.partial` when the node is on this
-//! host — and the node's summary when they end.
+//! asked `WITH STATS = 1`, with a progress bar drawn from the node's
+//! "p percent processed." notices (percent, elapsed, ETA) and the bytes
+//! written so far, read from the growing `FILE.partial` when the node is
+//! on this host; the node's summary when they end.
+//!
+//! With `--data-dir DIR` they run offline instead, on the data directory
+//! of a node that is not running (its lock is taken, so a running node
+//! refuses to start meanwhile): the same backup and restore code, the bar
+//! fed by it directly. Offline, a restore into a database of an
+//! availability group is refused (the group's replicas would not know).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +40,10 @@ pub struct BackupArgs {
     /// WITH CHECKSUM: the node reads the file back before it answers.
     #[arg(long)]
     pub checksum: bool,
+    /// Run offline on this data directory (its node stopped) instead of
+    /// on a running node.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// The node.
     #[command(flatten)]
     pub node: Target,
@@ -62,6 +73,10 @@ pub struct RestoreArgs {
     /// STOPATLSN = 'lsn'.
     #[arg(long, value_name = "LSN")]
     pub stop_at_lsn: Option<u64>,
+    /// Run offline on this data directory (its node stopped) instead of
+    /// on a running node.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// The node.
     #[command(flatten)]
     pub node: Target,
@@ -141,11 +156,14 @@ fn with(options: &[String]) -> String {
 
 /// Runs `availdb backup`.
 pub async fn run_backup(args: BackupArgs) -> Result<(), String> {
+    if let Some(dir) = &args.data_dir {
+        return offline::backup(&args, dir).await;
+    }
     let mut partial = args.to.clone().into_os_string();
     partial.push(".partial");
     run(
         &args.node,
-        &backup_statement(&args),
+        &with_stats(backup_statement(&args)),
         Some(PathBuf::from(partial)),
     )
     .await
@@ -153,7 +171,41 @@ pub async fn run_backup(args: BackupArgs) -> Result<(), String> {
 
 /// Runs `availdb restore`.
 pub async fn run_restore(args: RestoreArgs) -> Result<(), String> {
-    run(&args.node, &restore_statement(&args), None).await
+    if let Some(dir) = &args.data_dir {
+        return offline::restore(&args, dir).await;
+    }
+    run(&args.node, &with_stats(restore_statement(&args)), None).await
+}
+
+/// `sql` asking for a notice at every percent (the progress bar's).
+fn with_stats(sql: String) -> String {
+    if sql.contains(" WITH ") {
+        format!("{sql}, STATS = 1")
+    } else {
+        format!("{sql} WITH STATS = 1")
+    }
+}
+
+/// A progress bar of percent done (hidden when stderr is not a terminal).
+fn percent_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos:>3}% {elapsed} (ETA {eta}){prefix}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// The percent of a "p percent processed." notice.
+fn percent_of(notice: &str) -> Option<u64> {
+    notice.strip_suffix(" percent processed.")?.parse().ok()
 }
 
 /// Runs `sql` on the node, showing progress until it answers; prints the
@@ -178,33 +230,33 @@ async fn run(node: &Target, sql: &str, growing: Option<PathBuf>) -> Result<(), S
             }
         }
     });
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} {bytes} written ({binary_bytes_per_sec}), {elapsed}",
-        )
-        .expect("a valid template"),
-    );
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_message(sql.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    let bar = percent_bar(&sql.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
     let statement = client.simple_query(sql);
     tokio::pin!(statement);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut said = Vec::new();
+    let mut take = |notice: String, bar: &indicatif::ProgressBar| match percent_of(&notice) {
+        Some(p) => bar.set_position(p),
+        None => said.push(notice),
+    };
     let outcome = loop {
         tokio::select! {
             outcome = &mut statement => break outcome,
+            Some(notice) = notices.recv() => take(notice, &bar),
             _ = tick.tick() => {
                 if let Some(len) = growing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
-                    bar.set_position(len);
+                    bar.set_prefix(format!(", {} written", indicatif::HumanBytes(len)));
                 }
                 bar.tick();
             }
         }
     };
-    bar.finish_and_clear();
+    // The notices sent before the answer are all queued by now.
     while let Ok(notice) = notices.try_recv() {
+        take(notice, &bar);
+    }
+    bar.finish_and_clear();
+    for notice in said {
         println!("{notice}");
     }
     outcome.map(|_| ()).map_err(|e| match e.as_db_error() {
@@ -214,6 +266,159 @@ async fn run(node: &Target, sql: &str, growing: Option<PathBuf>) -> Result<(), S
         },
         None => e.to_string(),
     })
+}
+
+mod offline {
+    //! `--data-dir`: BACKUP and RESTORE on a stopped node's data directory.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{percent_bar, BackupArgs, RestoreArgs};
+    use crate::backup::{self, remote, BackupRequest, Kind, Progress};
+
+    fn engine(dir: &Path) -> Result<(std::fs::File, crate::engine::Engine), String> {
+        let lock = crate::cli::lock_data_dir(dir)?;
+        let engine = crate::engine::Engine::open(dir)
+            .map_err(|e| format!("data directory {} is unusable: {e}", dir.display()))?;
+        Ok((lock, engine))
+    }
+
+    /// The group `database` belongs to on this data directory, if any.
+    fn group_of(dir: &Path, database: &str) -> Result<Option<String>, String> {
+        let all = crate::ag::store::ConfigStore::new(dir)
+            .load_all()
+            .map_err(|e| e.to_string())?;
+        Ok(all.into_iter().find_map(|m| match m {
+            crate::ag::store::Membership::Defined(g) if g.has_database(database) => {
+                Some(g.name.clone())
+            }
+            _ => None,
+        }))
+    }
+
+    fn progress(bar: &indicatif::ProgressBar) -> Progress {
+        let bar = bar.clone();
+        Progress(Arc::new(move |done, total| {
+            bar.set_position(done.saturating_mul(100) / total.max(1))
+        }))
+    }
+
+    fn failed(e: backup::BackupError) -> String {
+        match e.hint() {
+            Some(hint) => format!("{e}\nhint: {hint}"),
+            None => e.to_string(),
+        }
+    }
+
+    pub(super) async fn backup(args: &BackupArgs, dir: &Path) -> Result<(), String> {
+        let (_lock, engine) = engine(dir)?;
+        let db = engine.database(&args.database).map_err(|e| e.to_string())?;
+        let target = args.to.display().to_string();
+        let (staging, upload) = if remote::is_url(&target) {
+            let r = remote::Remote::parse(&target).map_err(failed)?;
+            (Some(remote::Staging::new(dir).map_err(failed)?), Some(r))
+        } else {
+            (None, None)
+        };
+        let bar = percent_bar(if args.log {
+            "BACKUP LOG"
+        } else {
+            "BACKUP DATABASE"
+        });
+        let request = BackupRequest {
+            kind: if args.log { Kind::Log } else { Kind::Full },
+            path: staging
+                .as_ref()
+                .map_or_else(|| args.to.clone(), |s| s.path().to_path_buf()),
+            copy_only: args.copy_only,
+            compression: args.compression,
+            checksum: args.checksum,
+            group: group_of(dir, &args.database)?.unwrap_or_default(),
+            replica: "offline".into(),
+            progress: Some(progress(&bar)),
+            upload,
+        };
+        let taken = backup::take(db, dir, request).await;
+        bar.finish_and_clear();
+        let taken = taken.map_err(failed)?;
+        println!(
+            "{} of \"{}\" (offline) processed {} pages and {} log records (LSN {}..{}) into {} bytes in {:.3} s",
+            if args.log { "BACKUP LOG" } else { "BACKUP DATABASE" },
+            args.database,
+            taken.pages,
+            taken.records,
+            taken.header.first_lsn,
+            taken.header.end_lsn,
+            taken.size,
+            taken.duration.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    pub(super) async fn restore(args: &RestoreArgs, dir: &Path) -> Result<(), String> {
+        if let Some(group) = group_of(dir, &args.database)? {
+            return Err(format!(
+                "database \"{}\" is in availability group \"{group}\" on this data directory: offline, a restore would change it behind the group's back\nhint: restore under another name, or start the node and remove the database from the group first",
+                args.database
+            ));
+        }
+        let (_lock, engine) = engine(dir)?;
+        let mut staging = None;
+        let path = match &args.from {
+            Some(from) if remote::is_url(&from.display().to_string()) => {
+                let r = remote::Remote::parse(&from.display().to_string()).map_err(failed)?;
+                let s = remote::Staging::new(dir).map_err(failed)?;
+                r.download(s.path()).await.map_err(failed)?;
+                let path = s.path().to_path_buf();
+                staging = Some(s);
+                Some(path)
+            }
+            other => other.clone(),
+        };
+        let stop = match (&args.stop_at, args.stop_at_lsn) {
+            (Some(t), _) => Some(backup::Stop::Time(
+                crate::sql::backup::parse_stop_time(t).map_err(|m| format!("STOPAT: {m}"))?,
+            )),
+            (None, Some(l)) => Some(backup::Stop::Lsn(l)),
+            (None, None) => None,
+        };
+        let bar = percent_bar(if args.log {
+            "RESTORE LOG"
+        } else {
+            "RESTORE DATABASE"
+        });
+        let request = backup::RestoreRequest {
+            database: args.database.clone(),
+            path,
+            kind: if args.log { Kind::Log } else { Kind::Full },
+            recovery: !args.norecovery,
+            replace: args.replace,
+            stop,
+            progress: Some(progress(&bar)),
+        };
+        let dir = dir.to_path_buf();
+        let restored =
+            tokio::task::spawn_blocking(move || backup::restore(&engine, &dir, &request))
+                .await
+                .map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        drop(staging);
+        let restored = restored.map_err(failed)?;
+        println!(
+            "RESTORE of \"{}\" (offline) processed {} pages and {} log records: it is {} at LSN {}",
+            args.database,
+            restored.pages,
+            restored.records,
+            if restored.recovered {
+                "online"
+            } else {
+                "RESTORING"
+            },
+            restored.end_lsn
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +436,25 @@ mod tests {
     enum Sub {
         Backup(BackupArgs),
         Restore(RestoreArgs),
+    }
+
+    #[test]
+    fn the_progress_bar_asks_for_every_percent_and_reads_the_notices() {
+        assert_eq!(
+            with_stats("BACKUP LOG \"a\" TO DISK = 'f'".into()),
+            "BACKUP LOG \"a\" TO DISK = 'f' WITH STATS = 1"
+        );
+        let with = with_stats("RESTORE DATABASE \"a\" FROM DISK = 'f' WITH RECOVERY".into());
+        assert_eq!(
+            with,
+            "RESTORE DATABASE \"a\" FROM DISK = 'f' WITH RECOVERY, STATS = 1"
+        );
+        assert!(crate::sql::backup::parse(&with).is_ok());
+        assert_eq!(percent_of("42 percent processed."), Some(42));
+        assert_eq!(
+            percent_of("BACKUP DATABASE successfully processed 3 pages"),
+            None
+        );
     }
 
     #[test]

@@ -589,7 +589,7 @@ fn stop_if_this_node_fails() {
 
 /// Holds an exclusive lock on `DIR/availdb.lock` for the life of the node,
 /// so two nodes never write the same databases.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
     let path = dir.join("availdb.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
