@@ -1413,7 +1413,14 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_during_backup_or_restore_fails_with_58030_leaves_nothing_and_a_retry_works() {
-    let server = TestServer::builder().tmpfs_data(64).start().await;
+    // No background proofs: their scratch copies would race with the
+    // filled data directory.
+    let server = TestServer::builder()
+        .tmpfs_data(64)
+        .arg("--backup-verify-kib-per-s")
+        .arg("0")
+        .start()
+        .await;
     let admin = server.client(DEFAULT_DB).await;
     exec(&admin, "CREATE DATABASE app", "create app").await;
     let app = server.client(APP).await;

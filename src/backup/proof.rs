@@ -24,10 +24,13 @@
 //! * `FAILED` — with what is wrong in `verification_desc` (a missing or
 //!   damaged file, a page that does not match, a gap).
 //! * `PENDING` — not proven yet; `NOT_VERIFIED` — proofs are off
-//!   (`--backup-verify-kib-per-s 0`).
+//!   (`--backup-verify-kib-per-s 0`), or the scratch copy could not be
+//!   written (a full disk: the backup is not judged; proven again at the
+//!   next start).
 //!
 //! Outcomes are appended to `DATA_DIR/backup/proofs.jsonl`. After a
-//! restart, backups without an outcome are proven again.
+//! restart, backups without a judgement (no outcome, or NOT_VERIFIED) are
+//! proven again.
 //!
 //! # Cost
 //! The worker reads backup files at most at the configured rate (default
@@ -54,7 +57,7 @@ pub const DEFAULT_RATE_BYTES: u64 = 16 << 20;
 pub struct Outcome {
     /// The backup's id.
     pub id: String,
-    /// `VERIFIED`, `FILE_VERIFIED` or `FAILED`.
+    /// `VERIFIED`, `FILE_VERIFIED`, `FAILED` or `NOT_VERIFIED`.
     pub state: String,
     /// What was checked, or what is wrong.
     pub detail: String,
@@ -114,7 +117,16 @@ impl Prover {
             return Prover { queue: None };
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let proven: BTreeSet<String> = read(data_dir).into_iter().map(|o| o.id).collect();
+        // Judged backups (the newest outcome of each is the one that counts).
+        let mut newest = std::collections::BTreeMap::new();
+        for o in read(data_dir) {
+            newest.insert(o.id, o.state);
+        }
+        let proven: BTreeSet<String> = newest
+            .into_iter()
+            .filter(|(_, state)| state != "NOT_VERIFIED")
+            .map(|(id, _)| id)
+            .collect();
         for e in history::read(data_dir).unwrap_or_default() {
             if !proven.contains(&e.id) {
                 let _ = tx.send(e.id);
@@ -268,6 +280,17 @@ fn prove_one(data_dir: &Path, id: &str, rate: u64) -> Option<Outcome> {
             ids,
             Some((p.end_lsn, p.last_commit_us)),
         ),
+        // The scratch copy could not be written (a full disk, say): that
+        // says nothing of the backup.
+        Err(super::BackupError::Io { path, source, .. }) if path.starts_with(&scratch) => outcome(
+            "NOT_VERIFIED",
+            format!(
+                "the scratch copy could not be written ({}: {source}); the backup was not judged: free space under the data directory, then restart the node to prove it again",
+                path.display()
+            ),
+            ids,
+            None,
+        ),
         Err(e) => {
             let detail = match e.hint() {
                 Some(hint) => format!("{e} ({hint})"),
@@ -405,6 +428,22 @@ mod tests {
         assert_eq!(ids(chain_of(&entries, &entries[2])), None);
         let no_full = vec![entry("l1", "LOG", 90, 200, 2)];
         assert_eq!(ids(chain_of(&no_full, &no_full[0])), None);
+    }
+
+    #[test]
+    fn a_scratch_copy_that_cannot_be_written_judges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = entry("f1", "DATABASE", 0, 100, 1);
+        history::append(dir.path(), &full).unwrap();
+        // The scratch directory cannot be made: a file is in its place.
+        std::fs::write(dir.path().join("backup").join("proof"), b"x").unwrap();
+        let outcome = prove_one(dir.path(), "f1", 1 << 30).unwrap();
+        assert_eq!(outcome.state, "NOT_VERIFIED", "{}", outcome.detail);
+        assert!(
+            outcome.detail.contains("scratch copy"),
+            "{}",
+            outcome.detail
+        );
     }
 
     #[test]
