@@ -842,18 +842,18 @@ async fn log_first_lsn(server: &TestServer) -> u64 {
     rows[0][0].as_deref().unwrap().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_image() {
+/// Three endpoint nodes (no group yet) with `env`, and on r1 the database
+/// `app` with table `t` holding ids 1..=50; r1's admin and app clients.
+async fn three_nodes_with_app(env: &[(&str, &str)]) -> (Group, Client, Client) {
     let mut nodes = Vec::new();
     let mut endpoints = Vec::new();
     for i in 0..3 {
         let endpoint = free_port();
-        nodes.push(
-            TestServer::builder()
-                .replica(&name(i), endpoint)
-                .start()
-                .await,
-        );
+        let mut builder = TestServer::builder().replica(&name(i), endpoint);
+        for (key, value) in env {
+            builder = builder.env(key, value);
+        }
+        nodes.push(builder.start().await);
         endpoints.push(endpoint);
     }
     let group = Group {
@@ -873,6 +873,12 @@ async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_
     )
     .await;
     insert(&app, 1..=50).await;
+    (group, r1, app)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_seeding_a_replica_restored_with_norecovery_joins_without_a_full_image() {
+    let (group, r1, app) = three_nodes_with_app(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let (full, log) = (dir.path().join("full.bak"), dir.path().join("log.bak"));
     ok(
@@ -970,37 +976,8 @@ async fn wait_awaiting(group: &Group, replica: &str, says: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_too_old_is_refused_with_its_lsns(
 ) {
-    let mut nodes = Vec::new();
-    let mut endpoints = Vec::new();
-    for i in 0..3 {
-        let endpoint = free_port();
-        nodes.push(
-            TestServer::builder()
-                .replica(&name(i), endpoint)
-                // Small segments: the log moves past an old backup soon.
-                .env("AVAILDB_LOG_SEGMENT_BYTES", "262144")
-                .start()
-                .await,
-        );
-        endpoints.push(endpoint);
-    }
-    let group = Group {
-        nodes,
-        endpoints,
-        spec: GroupSpec::default(),
-        proxy: None,
-        endpoint_hosts: vec!["127.0.0.1".to_string(); 3],
-    };
-    let r1 = group.nodes[0].client(DEFAULT_DB).await;
-    exec(&r1, "CREATE DATABASE app", "r1").await;
-    let app = group.nodes[0].client(APP).await;
-    exec(
-        &app,
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
-        "create t",
-    )
-    .await;
-    insert(&app, 1..=50).await;
+    // Small segments: the log moves past an old backup soon.
+    let (group, r1, app) = three_nodes_with_app(&[("AVAILDB_LOG_SEGMENT_BYTES", "262144")]).await;
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("old.bak");
     ok(

@@ -176,6 +176,31 @@ pub(super) fn preferred_column() -> Column {
     }
 }
 
+/// A BACKUP or RESTORE as a long operation (`sys.dm_operation_status`):
+/// its id, its `STATS` notices, and the progress callback that moves both.
+fn tracked(
+    ag: &Arc<crate::ag::Manager>,
+    what: &str,
+    database: &str,
+    stats: Option<u8>,
+    live: &tokio::sync::mpsc::UnboundedSender<String>,
+) -> (u64, Stats, backup::Progress) {
+    let id = ag
+        .operations()
+        .start(what, database, "", crate::ag::views::wall_us());
+    let stats = Stats::new(stats, live.clone());
+    let progress = {
+        let (ag, stats) = (ag.clone(), stats.clone());
+        backup::Progress(Arc::new(move |done, total| {
+            let percent = done.saturating_mul(100) / total.max(1);
+            ag.operations()
+                .progress(id, percent as f64, crate::ag::views::wall_us());
+            stats.reached(percent);
+        }))
+    };
+    (id, stats, progress)
+}
+
 /// The local file a RESTORE reads `path` from: the path itself, or for a
 /// URL a staging copy downloaded first (removed when the guard drops).
 async fn fetched(
@@ -224,17 +249,7 @@ pub(super) async fn execute(
             }
             let what = if log { "BACKUP LOG" } else { "BACKUP DATABASE" };
             let operations = ag.operations();
-            let id = operations.start(what, &database, "", crate::ag::views::wall_us());
-            let stats = Stats::new(stats, live.clone());
-            let progress: backup::Progress = {
-                let (ag, stats) = (ag.clone(), stats.clone());
-                backup::Progress(Arc::new(move |done, total| {
-                    let percent = done.saturating_mul(100) / total.max(1);
-                    ag.operations()
-                        .progress(id, percent as f64, crate::ag::views::wall_us());
-                    stats.reached(percent);
-                }))
-            };
+            let (id, stats, progress) = tracked(ag, what, &database, stats, live);
             // TO URL: written to a staging file, uploaded, then removed.
             let (staging, upload) = if backup::remote::is_url(&path) {
                 let remote = backup::remote::Remote::parse(&path).map_err(error)?;
@@ -334,17 +349,7 @@ pub(super) async fn execute(
                 "RESTORE DATABASE"
             };
             let operations = ag.operations();
-            let id = operations.start(what, &database, "", crate::ag::views::wall_us());
-            let stats = Stats::new(stats, live.clone());
-            let progress: backup::Progress = {
-                let (ag, stats) = (ag.clone(), stats.clone());
-                backup::Progress(Arc::new(move |done, total| {
-                    let percent = done.saturating_mul(100) / total.max(1);
-                    ag.operations()
-                        .progress(id, percent as f64, crate::ag::views::wall_us());
-                    stats.reached(percent);
-                }))
-            };
+            let (id, stats, progress) = tracked(ag, what, &database, stats, live);
             let (local, _staging) = match &path {
                 Some(p) => {
                     let (local, staging) = fetched(engine, p).await?;
