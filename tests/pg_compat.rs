@@ -385,6 +385,93 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> (String, String)
     }
 }
 
+/// Integer widths (issue 14): a column declared `integer`, `int` or `int4`
+/// (the rowid key `INTEGER PRIMARY KEY` too) is announced as int4,
+/// `smallint` as int2, `bigint` as int8, with binary encodings of that
+/// width both ways; `::int` is int4, sums, arithmetic and SQLite's
+/// `CAST(x AS INTEGER)` int8. A stored value wider than its int4 column (SQLite keeps any
+/// 64-bit integer) is refused in binary with 22003, never wrapped, and is
+/// sent as stored in text.
+#[tokio::test(flavor = "multi_thread")]
+async fn integer_columns_are_int4_and_a_value_wider_than_int4_is_refused_not_wrapped() {
+    use tokio_postgres::types::Type;
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE w (id INTEGER PRIMARY KEY, n integer, i int4, s smallint, b bigint);
+         INSERT INTO w (n, i, s, b) VALUES (7, -7, 3, 9000000000)",
+    )
+    .await
+    .unwrap();
+    let stmt = c
+        .prepare("SELECT id, n, i, s, b, sum(n), n + 1, n::int, n::bigint FROM w WHERE n = $1")
+        .await
+        .unwrap();
+    assert_eq!(stmt.params(), &[Type::INT4], "n = $1 takes n's int4");
+    let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        [
+            &Type::INT4,
+            &Type::INT4,
+            &Type::INT4,
+            &Type::INT2,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT4,
+            &Type::INT8
+        ]
+    );
+    let row = c.query_one(&stmt, &[&7i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, i32>(1), 7);
+    assert_eq!(row.get::<_, i32>(2), -7);
+    assert_eq!(row.get::<_, i16>(3), 3);
+    assert_eq!(row.get::<_, i64>(4), 9_000_000_000);
+    assert_eq!(row.get::<_, i64>(5), 7);
+    assert_eq!(row.get::<_, i64>(6), 8);
+    assert_eq!(row.get::<_, i32>(7), 7);
+    assert_eq!(row.get::<_, i64>(8), 7);
+    // SQLite's own cast to its 64-bit integer stays int8.
+    let cast = c.prepare("SELECT CAST(n AS INTEGER) FROM w").await.unwrap();
+    assert_eq!(cast.columns()[0].type_(), &Type::INT8);
+
+    // 3,000,000,000 does not fit in int4: refused in binary, as stored in text.
+    c.batch_execute("INSERT INTO w (n) VALUES (3000000000)")
+        .await
+        .unwrap();
+    let err = c
+        .query("SELECT n FROM w ORDER BY id", &[])
+        .await
+        .expect_err("a value wider than int4 must not be sent as int4");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22003", "{db:?}");
+    assert!(
+        db.message().contains("out of range for type integer"),
+        "{db:?}"
+    );
+    assert!(db.hint().is_some_and(|h| h.contains("bigint")), "{db:?}");
+    assert_eq!(
+        simple_value(&c, "SELECT n FROM w WHERE id = 2")
+            .await
+            .as_deref(),
+        Some("3000000000")
+    );
+    let wide: i64 = c
+        .query_one("SELECT CAST(n AS BIGINT) FROM w WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wide, 3_000_000_000);
+    let sum: i64 = c
+        .query_one("SELECT sum(n) FROM w", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 3_000_000_007);
+}
+
 /// Session-scoped objects (issue 14): a session's TEMP table, view and
 /// trigger are seen by all its statements — reads and writes, autocommit and
 /// in a transaction block, simple and extended protocol, whichever pooled

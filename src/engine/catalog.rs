@@ -1150,7 +1150,7 @@ mod tests {
         );
         assert_eq!(
             rows("SELECT attname || ':' || format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = pg_oid('r', 'k') ORDER BY attnum"),
-            ["id:bigint", "p_id:bigint", "at:timestamp with time zone"]
+            ["id:integer", "p_id:integer", "at:timestamp with time zone"]
         );
         assert_eq!(
             rows("SELECT conname || ' ' || contype || ' ' || condef FROM pg_constraint ORDER BY conname"),

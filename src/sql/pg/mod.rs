@@ -870,7 +870,7 @@ mod tests {
     fn casts_become_sqlite_casts_or_availdb_functions() {
         let cases = [
             ("SELECT $1::VARCHAR", "SELECT CAST($1 AS TEXT)"),
-            ("SELECT '1'::int + 1", "SELECT CAST('1' AS INTEGER) + 1"),
+            ("SELECT '1'::int + 1", "SELECT CAST('1' AS INT4) + 1"),
             (
                 "SELECT $1::TIMESTAMP WITHOUT TIME ZONE",
                 "SELECT pg_to_timestamp($1)",

@@ -143,15 +143,11 @@ fn cast_to(ty: &DataType) -> CastTo {
         | D::Nvarchar(_)
         | D::String(_)
         | D::Clob(_) => CastTo::Sqlite(D::Text),
-        D::SmallInt(_)
-        | D::Int(_)
-        | D::Int2(_)
-        | D::Int4(_)
-        | D::Int8(_)
-        | D::Integer(_)
-        | D::BigInt(_)
-        | D::TinyInt(_)
-        | D::MediumInt(_) => CastTo::Sqlite(D::Integer(None)),
+        // SQLite's INTEGER affinity for all, spelled with the width so that
+        // typing announces what PostgreSQL would (`::int` is int4).
+        D::SmallInt(_) | D::Int2(_) | D::TinyInt(_) => CastTo::Sqlite(D::SmallInt(None)),
+        D::Int(_) | D::Int4(_) | D::Integer(_) | D::MediumInt(_) => CastTo::Sqlite(D::Int4(None)),
+        D::Int8(_) | D::BigInt(_) => CastTo::Sqlite(D::BigInt(None)),
         D::Real | D::Float4 | D::Float8 | D::Double(_) | D::DoublePrecision | D::Float(_) => {
             CastTo::Sqlite(D::Real)
         }
@@ -178,7 +174,9 @@ fn cast_to(ty: &DataType) -> CastTo {
             | "int2vector" | "oidvector" => CastTo::Keep,
             "name" | "bpchar" | "citext" => CastTo::Sqlite(D::Text),
             "timestamptz" => CastTo::Function("pg_to_timestamptz"),
-            "int4" | "int2" | "int8" | "serial" => CastTo::Sqlite(D::Integer(None)),
+            "int4" | "serial" => CastTo::Sqlite(D::Int4(None)),
+            "int2" => CastTo::Sqlite(D::SmallInt(None)),
+            "int8" => CastTo::Sqlite(D::BigInt(None)),
             "float4" | "float8" => CastTo::Sqlite(D::Real),
             _ => CastTo::Keep,
         },
