@@ -780,7 +780,10 @@ CREATE TEMP VIEW IF NOT EXISTS pg_policy AS
   SELECT 0 AS oid, '' AS polname, 0 AS polrelid, 'r' AS polcmd, 1 AS polpermissive,
     '[]' AS polroles, NULL AS polqual, NULL AS polwithcheck WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_proc AS
-  SELECT 0 AS oid, '' AS proname, 11 AS pronamespace, 0 AS prorettype, '' AS proargtypes, 'f' AS prokind WHERE 0;
+  SELECT 0 AS oid, '' AS proname, 11 AS pronamespace, 0 AS prorettype, '' AS proargtypes, 'f' AS prokind,
+    NULL AS proargnames, NULL AS proallargtypes, NULL AS proargmodes, 0 AS proretset,
+    NULL AS proargdefaults, 12 AS prolang, '' AS prosrc, 0 AS proisagg, 0 AS proiswindow,
+    10 AS proowner, 0 AS pronargs, 'v' AS provolatile, NULL AS proacl WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_sequence AS
   SELECT 0 AS seqrelid, 20 AS seqtypid, 1 AS seqstart, 1 AS seqincrement, 0 AS seqmax, 1 AS seqmin,
     1 AS seqcache, 0 AS seqcycle WHERE 0;
@@ -899,6 +902,9 @@ pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
         });
     }
     const BOOLS: &[&str] = &[
+        "proretset",
+        "proisagg",
+        "proiswindow",
         "relhasindex",
         "relisshared",
         "relhasrules",
@@ -959,6 +965,13 @@ pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
         "set_option",
     ];
     const TEXTS: &[&str] = &[
+        "prosrc",
+        "proargnames",
+        "proallargtypes",
+        "proargmodes",
+        "proargdefaults",
+        "provolatile",
+        "proacl",
         "relname",
         "relkind",
         "relpersistence",

@@ -27,10 +27,16 @@
 //!   → `json_group_array`, `array_agg` → `json_group_array`; `x = ANY(ARRAY[…])`
 //!   → `x IN (…)`, `x::type[]` → `pg_to_array(x)` (an array literal such as
 //!   `{a,b}` becomes JSON), `FROM unnest(a, b, …)` → the arrays joined on
-//!   their positions, `x = ANY($1)` (an array parameter, decoded to JSON) →
-//!   `x IN (SELECT value FROM json_each($1))`, other operators through
-//!   `EXISTS`; `unnest(a)` and `generate_subscripts(a, 1)` in a projection
-//!   → a join with `json_each(a)`.
+//!   their positions, `x = ANY($1)` (an array parameter, decoded to JSON,
+//!   or sent untyped in PostgreSQL's array syntax) and `x = ANY('{a,b}')`
+//!   → `x IN (SELECT value FROM json_each(pg_to_array(…)))`, other
+//!   operators through `EXISTS`; `unnest(a)` and `generate_subscripts(a,
+//!   1)` in a projection → a join with `json_each(a)`.
+//! * `substring(x FROM i FOR n)` → `substring(x, i, n)`; a column alias
+//!   that SQLite reserves (`AS default`) is quoted.
+//! * Integer casts keep their width for typing: `::int`, `::integer` →
+//!   `CAST(x AS INT4)` (int4), `::smallint` → `SMALLINT`, `::bigint` →
+//!   `BIGINT`.
 //! * `pg_catalog.` and `public.` qualifiers dropped (the catalog is a set of
 //!   TEMP views, found first); `information_schema.x` →
 //!   `"information_schema.x"` (see `engine::catalog`).
@@ -907,8 +913,16 @@ mod tests {
                 "SELECT * FROM t WHERE a IN ('x', 'y')",
             ),
             (
+                "SELECT substring(pg_get_expr(d.adbin, d.adrelid, true) for 128) AS default FROM pg_attrdef d",
+                "SELECT SUBSTRING(pg_get_expr(d.adbin, d.adrelid, true), 1, 128) AS \"default\" FROM pg_attrdef d",
+            ),
+            (
                 "SELECT * FROM t WHERE a = ANY($1)",
-                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each($1))",
+                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each(pg_to_array($1)))",
+            ),
+            (
+                "SELECT * FROM t WHERE a = ANY('{r,p,\"\"}')",
+                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each(pg_to_array('{r,p,\"\"}')))",
             ),
             (
                 "SELECT table_name FROM information_schema.tables",
