@@ -617,7 +617,7 @@ async fn values(client: &tokio_postgres::Client, sql: &str, n: usize) -> Vec<i64
 /// from a SELECT and from a column default, `currval`/`lastval` per
 /// session, `setval`, `DROP SEQUENCE`; SERIAL and IDENTITY keys never
 /// reuse a number after a DELETE; the sequences' table is not in the
-/// catalog.
+/// catalog (the sequences are: see the next test).
 #[tokio::test(flavor = "multi_thread")]
 async fn sequences_number_like_postgresql() {
     let server = TestServer::start().await;
@@ -687,6 +687,127 @@ async fn sequences_number_like_postgresql() {
         .await
         .as_deref(),
         Some("0")
+    );
+}
+
+/// Sequences in the catalog (issue 14): a sequence, and the one a SERIAL
+/// key makes, are relations of kind `S` in pg_class, rows of pg_sequence,
+/// pg_sequences (int8 bounds, the last value once one was taken) and
+/// information_schema.sequences, so psql's `\ds` and `\d seq` list and
+/// describe them; a dropped one is gone from all of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sequences_are_listed_in_the_catalog_and_by_psql() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    let names = |sql: &'static str| {
+        let c = &c;
+        async move {
+            c.query(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        names("SELECT relname FROM pg_class WHERE relkind = 'S'")
+            .await
+            .is_empty(),
+        "no sequence yet (and no table of sequences)"
+    );
+    c.batch_execute(
+        "CREATE SEQUENCE s INCREMENT BY 5 MAXVALUE 1000 START WITH 10 CYCLE;
+         CREATE TABLE item (id serial PRIMARY KEY, name text)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        names("SELECT relname FROM pg_class WHERE relkind = 'S' ORDER BY relname").await,
+        ["item_id_seq", "s"]
+    );
+    let row = c
+        .query_one(
+            "SELECT start_value, min_value, max_value, increment_by, cycle, last_value \
+             FROM pg_sequences WHERE sequencename = 's'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10);
+    assert_eq!(row.get::<_, i64>(1), 1);
+    assert_eq!(row.get::<_, i64>(2), 1000);
+    assert_eq!(row.get::<_, i64>(3), 5);
+    assert!(row.get::<_, bool>(4));
+    assert_eq!(row.get::<_, Option<i64>>(5), None, "no value taken yet");
+    assert_eq!(
+        simple_value(&c, "SELECT nextval('s') + nextval('s')")
+            .await
+            .as_deref(),
+        Some("25")
+    );
+    let last: Option<i64> = c
+        .query_one(
+            "SELECT last_value FROM pg_sequences WHERE sequencename = 's'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, Some(15));
+    let seqmax: i64 = c
+        .query_one(
+            "SELECT seqmax FROM pg_sequence q JOIN pg_class c ON c.oid = q.seqrelid \
+             WHERE c.relname = 'item_id_seq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        seqmax,
+        i64::from(i32::MAX),
+        "a SERIAL's sequence stops at int4's maximum"
+    );
+    assert_eq!(
+        names(
+            "SELECT sequence_name || ' ' || start_value || ' ' || increment || ' ' || cycle_option \
+             FROM information_schema.sequences ORDER BY sequence_name"
+        )
+        .await,
+        ["item_id_seq 1 1 NO", "s 10 5 YES"]
+    );
+
+    if !have(
+        "sequences_in_psql",
+        "psql",
+        &["--version"],
+        "apt-get install -y postgresql-client",
+    ) {
+        return;
+    }
+    let out = psql(&server, &["-c", "\\ds", "-c", "\\d s"]).await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "psql \\ds: {report}");
+    let lines: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        "public | item_id_seq | sequence | availdb",
+        "public | s | sequence | availdb",
+        "Sequence \"public.s\"",
+        "bigint | 10 | 1 | 1000 | 5 | yes | 1",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "psql output lacks {want:?}: {report}"
+        );
+    }
+    c.batch_execute("DROP SEQUENCE s").await.unwrap();
+    assert_eq!(
+        names("SELECT sequencename FROM pg_sequences").await,
+        ["item_id_seq"]
     );
 }
 

@@ -20,7 +20,8 @@
 //! pg_user, pg_authid, pg_auth_members, pg_am, pg_description,
 //! pg_shdescription, pg_tables, pg_views, pg_collation, pg_inherits,
 //! pg_enum, pg_range, pg_extension, pg_trigger, pg_policy, pg_proc,
-//! pg_tablespace, pg_sequence, pg_sequences, pg_depend (empty), pg_settings (a few),
+//! pg_tablespace, pg_sequence, pg_sequences (and sequences in pg_class, relkind
+//! `S`, from `engine::sequence`), pg_depend (empty), pg_settings (a few),
 //! pg_statistic_ext, pg_publication, pg_partitioned_table, pg_rewrite,
 //! pg_foreign_table, pg_cursors, pg_stat_activity; information_schema
 //! schemata, tables, columns, views, table_constraints,
@@ -588,6 +589,12 @@ fn views_sql() -> String {
 CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
   SELECT name, type, sql FROM main.sqlite_schema
   WHERE type IN ('table', 'view') AND {user_table};
+CREATE TEMP VIEW IF NOT EXISTS availdb_seqs AS
+  SELECT s.value ->> 'name' AS name, s.value ->> 'last_value' AS last_value,
+    s.value ->> 'start_value' AS start_value, s.value ->> 'increment' AS increment,
+    s.value ->> 'min_value' AS min_value, s.value ->> 'max_value' AS max_value,
+    s.value ->> 'cycle' AS cycle, s.value ->> 'is_called' AS is_called
+  FROM json_each(availdb_sequence_list()) s;
 CREATE TEMP VIEW IF NOT EXISTS availdb_rowid_pk AS
   SELECT t.name AS tbl, p.name AS col, p.cid AS cid
   FROM main.sqlite_schema t, pragma_table_info(t.name) p
@@ -645,7 +652,11 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   UNION ALL
   SELECT CAST(pg_oid('i', name) AS INTEGER), name, 2200, 0, 0, 10, 403, CAST(pg_oid('i', name) AS INTEGER), 0, 0, -1, 0, 0,
     0, 0, 'p', 'i', json_array_length(indkey), 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
-  FROM availdb_indexes;
+  FROM availdb_indexes
+  UNION ALL
+  SELECT CAST(pg_oid('S', name) AS INTEGER), name, 2200, 0, 0, 10, 0, CAST(pg_oid('S', name) AS INTEGER), 0, 1, 1, 0, 0,
+    0, 0, 'p', 'S', 3, 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
+  FROM availdb_seqs;
 CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   SELECT CAST(pg_oid('r', t.name) AS INTEGER) AS attrelid, p.name AS attname, pg_decltype_oid(p.type) AS atttypid,
     -1 AS attstattarget, pg_type_len(pg_decltype_oid(p.type)) AS attlen, p.cid + 1 AS attnum,
@@ -785,10 +796,14 @@ CREATE TEMP VIEW IF NOT EXISTS pg_proc AS
     NULL AS proargdefaults, 12 AS prolang, '' AS prosrc, 0 AS proisagg, 0 AS proiswindow,
     10 AS proowner, 0 AS pronargs, 'v' AS provolatile, NULL AS proacl WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_sequence AS
-  SELECT 0 AS seqrelid, 20 AS seqtypid, 1 AS seqstart, 1 AS seqincrement, 0 AS seqmax, 1 AS seqmin,
-    1 AS seqcache, 0 AS seqcycle WHERE 0;
+  SELECT CAST(pg_oid('S', name) AS INTEGER) AS seqrelid, 20 AS seqtypid, start_value AS seqstart,
+    increment AS seqincrement, max_value AS seqmax, min_value AS seqmin, 1 AS seqcache, cycle AS seqcycle
+  FROM availdb_seqs;
 CREATE TEMP VIEW IF NOT EXISTS pg_sequences AS
-  SELECT '' AS schemaname, '' AS sequencename, '' AS sequenceowner WHERE 0;
+  SELECT 'public' AS schemaname, name AS sequencename, 'availdb' AS sequenceowner,
+    'bigint' AS data_type, start_value, min_value, max_value, increment AS increment_by, cycle,
+    1 AS cache_size, CASE WHEN is_called THEN last_value END AS last_value
+  FROM availdb_seqs;
 CREATE TEMP VIEW IF NOT EXISTS pg_statistic_ext AS
   SELECT 0 AS oid, 0 AS stxrelid, '' AS stxname, 2200 AS stxnamespace, '[]' AS stxkind,
     -1 AS stxstattarget, 10 AS stxowner, '' AS stxkeys, NULL AS stxexprs WHERE 0;
@@ -878,7 +893,12 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_indexdefs(availdb_ioid, availdb_idef) AS
 CREATE TEMP VIEW IF NOT EXISTS availdb_indexcols(availdb_icoid, availdb_icord, availdb_icname) AS
   SELECT indexrelid, ord, attname FROM pg_index_column;
 CREATE TEMP VIEW IF NOT EXISTS "information_schema.sequences" AS
-  SELECT '' AS sequence_catalog, '' AS sequence_schema, '' AS sequence_name WHERE 0;
+  SELECT current_database() AS sequence_catalog, 'public' AS sequence_schema, name AS sequence_name,
+    'bigint' AS data_type, 64 AS numeric_precision, 2 AS numeric_precision_radix, 0 AS numeric_scale,
+    CAST(start_value AS TEXT) AS start_value, CAST(min_value AS TEXT) AS minimum_value,
+    CAST(max_value AS TEXT) AS maximum_value, CAST(increment AS TEXT) AS increment,
+    CASE WHEN cycle THEN 'YES' ELSE 'NO' END AS cycle_option
+  FROM availdb_seqs;
 "#,
         types = types_values(),
         pg_version = super::PG_VERSION,
@@ -900,6 +920,19 @@ pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
             "availdb_icord" => ValueType::Int2,
             _ => ValueType::Text,
         });
+    }
+    if t == "pg_sequence" || t == "pg_sequences" {
+        match c.as_str() {
+            "seqstart" | "seqincrement" | "seqmax" | "seqmin" | "seqcache" | "start_value"
+            | "min_value" | "max_value" | "increment_by" | "cache_size" | "last_value" => {
+                return Some(ValueType::Int8)
+            }
+            "seqcycle" | "cycle" => return Some(ValueType::Bool),
+            "schemaname" | "sequencename" | "sequenceowner" | "data_type" => {
+                return Some(ValueType::Text)
+            }
+            _ => {}
+        }
     }
     const BOOLS: &[&str] = &[
         "proretset",
@@ -1137,6 +1170,8 @@ mod tests {
         })
         .unwrap();
         install(&c, Path::new("/nonexistent"), 7).unwrap();
+        // The catalog lists sequences through the sequence functions.
+        crate::engine::sequence::install(&c, &Default::default()).unwrap();
         c.execute_batch(
             "CREATE TABLE p (id INTEGER PRIMARY KEY, code varchar(10) UNIQUE NOT NULL);
              CREATE TABLE k (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), at timestamp with time zone);
