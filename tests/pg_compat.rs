@@ -305,6 +305,11 @@ async fn psql_copy_loads_and_unloads_text_and_csv() {
     );
 }
 
+/// pgbench (issue 14): `pgbench -i -s 2` (its DDL, `TRUNCATE`, COPY of
+/// 200,000 accounts, primary keys added by ALTER TABLE), then its built-in
+/// TPC-B script from two clients and the select-only script (`-S`), each
+/// for a fixed number of transactions (`-t`), with `--verbose-errors`:
+/// every transaction runs, none fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
     let test = "pgbench_init";
@@ -318,7 +323,7 @@ async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
     }
     let server = TestServer::start().await;
     let mut cmd = server.libpq_command("pgbench", DEFAULT_DB);
-    cmd.args(["-i", "-s", "1"]);
+    cmd.args(["-i", "-s", "2"]);
     let out = run(cmd).await;
     let report = format!("{}\n{}", describe(&out), server.log_tail());
     assert!(out.status.success(), "pgbench -i: {report}");
@@ -327,11 +332,11 @@ async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
         simple_value(&c, "SELECT count(*) FROM pgbench_accounts")
             .await
             .as_deref(),
-        Some("100000")
+        Some("200000")
     );
-    for (flags, name) in [
-        (&["-T", "3", "-c", "2"][..], "TPC-B"),
-        (&["-T", "2", "-S"][..], "select-only"),
+    for (flags, name, total) in [
+        (&["-c", "2", "-t", "100"][..], "TPC-B", 200),
+        (&["-S", "-t", "300"][..], "select-only", 300),
     ] {
         let mut cmd = server.libpq_command("pgbench", DEFAULT_DB);
         cmd.args(flags).arg("--verbose-errors");
@@ -340,8 +345,23 @@ async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
         assert!(out.status.success(), "pgbench {name}: {report}");
         let stdout = text(&out.stdout);
         assert!(
+            stdout.contains(&format!(
+                "number of transactions actually processed: {total}/{total}"
+            )),
+            "pgbench {name} did not run every transaction: {report}"
+        );
+        assert!(
             stdout.contains("number of failed transactions: 0 "),
             "pgbench {name} had failures: {report}"
+        );
+        // One history row per TPC-B transaction (the next run's vacuum
+        // step empties the table).
+        let history = simple_value(&c, "SELECT count(*) FROM pgbench_history").await;
+        let want = if name == "TPC-B" { total } else { 0 };
+        assert_eq!(
+            history,
+            Some(want.to_string()),
+            "pgbench_history after {name}"
         );
     }
     // TPC-B keeps the balances consistent.
