@@ -492,6 +492,103 @@ async fn integer_columns_are_int4_and_a_value_wider_than_int4_is_refused_not_wra
     assert_eq!(sum, 3_000_000_007);
 }
 
+/// TEMP objects in the catalog (issue 14): a session's TEMP tables and
+/// views are relations of the schema `pg_temp` in its own catalog (pg_class
+/// with relpersistence `t`, pg_attribute, pg_tables, pg_namespace), so
+/// psql's `\dt`, `\dv` and `\d tt` show them; another session's catalog
+/// has neither them nor `pg_temp`.
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_lists_and_describes_a_sessions_temp_tables_and_no_other_session_sees_them() {
+    if !have(
+        "temp_objects_in_psql",
+        "psql",
+        &["--version"],
+        "apt-get install -y postgresql-client",
+    ) {
+        return;
+    }
+    let server = TestServer::start().await;
+    let out = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE TABLE kept (x int)",
+            "-c",
+            "CREATE TEMP TABLE tt (id serial PRIMARY KEY, note text NOT NULL, at timestamptz)",
+            "-c",
+            "CREATE TEMP VIEW tv AS SELECT note FROM tt",
+            "-c",
+            "\\dt",
+            "-c",
+            "\\dv",
+            "-c",
+            "\\d tt",
+            "-c",
+            "SELECT relname || ' ' || relpersistence || ' ' || relnatts FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pg_temp' ORDER BY 1",
+        ],
+    )
+    .await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "psql: {report}");
+    let lines: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        "pg_temp | tt | table | availdb",
+        "public | kept | table | availdb",
+        "pg_temp | tv | view | availdb",
+        "Table \"pg_temp.tt\"",
+        "id | integer | | not null |",
+        "note | text | | not null |",
+        "at | timestamp with time zone | | |",
+        "tt t 3",
+        "tv t 1",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "psql output lacks {want:?}: {report}"
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("sqlite_")),
+        "SQLite's own tables are not listed: {report}"
+    );
+
+    // While a session has a TEMP table, another session's catalog has only
+    // the database's table.
+    let owner = server.client(DEFAULT_DB).await;
+    owner
+        .batch_execute("CREATE TEMP TABLE mine (x int)")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(
+            &owner,
+            "SELECT group_concat(schemaname || '.' || tablename) FROM (SELECT * FROM pg_tables ORDER BY 1, 2)"
+        )
+        .await
+        .as_deref(),
+        Some("pg_temp.mine,public.kept")
+    );
+    let other = server.client(DEFAULT_DB).await;
+    assert_eq!(
+        simple_value(&other, "SELECT group_concat(tablename) FROM pg_tables")
+            .await
+            .as_deref(),
+        Some("kept")
+    );
+    assert_eq!(
+        simple_value(
+            &other,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pg_temp'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+}
+
 /// Session-scoped objects (issue 14): a session's TEMP table, view and
 /// trigger are seen by all its statements — reads and writes, autocommit and
 /// in a transaction block, simple and extended protocol, whichever pooled

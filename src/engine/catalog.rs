@@ -26,7 +26,10 @@
 //! pg_foreign_table, pg_cursors, pg_stat_activity; information_schema
 //! schemata, tables, columns, views, table_constraints,
 //! key_column_usage, referential_constraints, sequences.
-//! Limits: CHECK constraints and expression indexes are not listed;
+//! The session's TEMP tables and views (`engine::temp`) are relations of
+//! the namespace `pg_temp` in pg_class, pg_attribute and pg_tables, while
+//! it has some. Limits: CHECK constraints and expression indexes are not
+//! listed, nor a TEMP table's indexes, constraints and defaults;
 //! comments (`obj_description`) are always NULL; one role (`availdb`).
 
 use std::collections::HashMap;
@@ -305,12 +308,36 @@ fn now_text() -> String {
     crate::sql::temporal::format_timestamptz(chrono::Utc::now())
 }
 
+/// The session's TEMP tables and views (`engine::temp`: schema
+/// `pg_temp`, attached only to the connections of a session that has
+/// some) as a JSON array of `{name, type}`; `[]` where it is not attached.
+fn temp_relations(conn: &Connection) -> rusqlite::Result<String> {
+    let attached = conn
+        .prepare_cached("SELECT count(*) FROM pragma_database_list WHERE name = ?1")?
+        .query_row([super::temp::SCHEMA], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !attached {
+        return Ok("[]".into());
+    }
+    conn.prepare_cached(
+        "SELECT json_group_array(json_object('name', name, 'type', type)) \
+         FROM pg_temp.sqlite_schema WHERE type IN ('table', 'view') \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
 /// Registers availdb's PostgreSQL functions and creates the catalog views
 /// on a new connection. `dir` is the directory of the database files
 /// (`pg_database` lists it); `pid` is what `pg_backend_pid()` answers.
 pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> {
     let det = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     let volatile = FunctionFlags::SQLITE_UTF8;
+    conn.create_scalar_function("availdb_temp_relations", 0, volatile, |ctx| {
+        // SAFETY: the reference is used on this thread, inside this call.
+        let conn = unsafe { ctx.get_connection()? };
+        temp_relations(&conn)
+    })?;
     conn.create_scalar_function("pg_oid", 2, det, |ctx| {
         let kind = text_arg(ctx, 0).unwrap_or_default();
         let name = text_arg(ctx, 1).unwrap_or_default();
@@ -577,6 +604,10 @@ fn types_values() -> String {
         .join(",\n")
 }
 
+/// The OID of the namespace `pg_temp` (the session's TEMP objects), listed
+/// while the session has some.
+const TEMP_NAMESPACE_OID: i64 = 12_000;
+
 /// The catalog, as TEMP views (`CREATE TEMP VIEW IF NOT EXISTS`).
 fn views_sql() -> String {
     // Not SQLite's own tables, nor availdb's sequences (`engine::sequence`).
@@ -589,6 +620,10 @@ fn views_sql() -> String {
 CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
   SELECT name, type, sql FROM main.sqlite_schema
   WHERE type IN ('table', 'view') AND {user_table};
+CREATE TEMP VIEW IF NOT EXISTS availdb_temp_tables AS
+  SELECT r.value ->> 'name' AS name, r.value ->> 'type' AS type,
+    CAST(pg_oid('r', 'pg_temp.' || (r.value ->> 'name')) AS INTEGER) AS oid
+  FROM json_each(availdb_temp_relations()) r;
 CREATE TEMP VIEW IF NOT EXISTS availdb_seqs AS
   SELECT s.value ->> 'name' AS name, s.value ->> 'last_value' AS last_value,
     s.value ->> 'start_value' AS start_value, s.value ->> 'increment' AS increment,
@@ -632,7 +667,8 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_fks AS
 CREATE TEMP VIEW IF NOT EXISTS pg_namespace AS
   SELECT 11 AS oid, 'pg_catalog' AS nspname, 10 AS nspowner, NULL AS nspacl
   UNION ALL SELECT 2200, 'public', 10, NULL
-  UNION ALL SELECT 13000, 'information_schema', 10, NULL;
+  UNION ALL SELECT 13000, 'information_schema', 10, NULL
+  UNION ALL SELECT {temp_oid}, 'pg_temp', 10, NULL WHERE EXISTS (SELECT 1 FROM availdb_temp_tables);
 CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   SELECT CAST(pg_oid('r', name) AS INTEGER) AS oid, name AS relname, 2200 AS relnamespace,
     CAST(pg_oid('t', name) AS INTEGER) AS reltype, 0 AS reloftype, 10 AS relowner,
@@ -656,7 +692,12 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   UNION ALL
   SELECT CAST(pg_oid('S', name) AS INTEGER), name, 2200, 0, 0, 10, 0, CAST(pg_oid('S', name) AS INTEGER), 0, 1, 1, 0, 0,
     0, 0, 'p', 'S', 3, 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
-  FROM availdb_seqs;
+  FROM availdb_seqs
+  UNION ALL
+  SELECT oid, name, {temp_oid}, 0, 0, 10, CASE type WHEN 'table' THEN 2 ELSE 0 END, oid, 0, 0, -1, 0, 0,
+    0, 0, 't', CASE type WHEN 'table' THEN 'r' ELSE 'v' END,
+    (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp')), 0, 0, 0, 0, 0, 0, 1, 'd', 0, 0, 0, 0, NULL, NULL, NULL
+  FROM availdb_temp_tables t;
 CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   SELECT CAST(pg_oid('r', t.name) AS INTEGER) AS attrelid, p.name AS attname, pg_decltype_oid(p.type) AS atttypid,
     -1 AS attstattarget, pg_type_len(pg_decltype_oid(p.type)) AS attlen, p.cid + 1 AS attnum,
@@ -670,6 +711,13 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
     0 AS attisdropped, 1 AS attislocal, 0 AS attinhcount, 0 AS attcollation,
     NULL AS attacl, NULL AS attoptions, NULL AS attfdwoptions, NULL AS attmissingval, '' AS attcompression
   FROM availdb_tables t, pragma_table_xinfo(t.name) p
+  UNION ALL
+  SELECT t.oid, p.name, pg_decltype_oid(p.type), -1, pg_type_len(pg_decltype_oid(p.type)), p.cid + 1,
+    CASE WHEN pg_decltype_oid(p.type) = 1009 THEN 1 ELSE 0 END, -1, pg_decltype_typmod(p.type), 0,
+    CASE WHEN pg_type_len(pg_decltype_oid(p.type)) < 0 THEN 'x' ELSE 'p' END, 'i', (p."notnull" OR p.pk > 0),
+    p.dflt_value IS NOT NULL, 0, '', CASE WHEN p.hidden IN (2, 3) THEN 's' ELSE '' END, 0, 1, 0, 0,
+    NULL, NULL, NULL, NULL, ''
+  FROM availdb_temp_tables t, pragma_table_xinfo(t.name, 'pg_temp') p
   UNION ALL
   SELECT CAST(pg_oid('i', i.name) AS INTEGER), j.value, 0, -1, -1, j.key + 1, 0, -1, -1, 0, 'p', 'i', 0, 0, 0, '', '',
     0, 1, 0, 0, NULL, NULL, NULL, NULL, ''
@@ -766,7 +814,9 @@ CREATE TEMP VIEW IF NOT EXISTS pg_tables AS
     EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.tbl = t.name) AS hasindexes, 0 AS hasrules,
     EXISTS (SELECT 1 FROM main.sqlite_schema tr WHERE tr.type = 'trigger' AND tr.tbl_name = t.name) AS hastriggers,
     0 AS rowsecurity
-  FROM availdb_tables t WHERE type = 'table';
+  FROM availdb_tables t WHERE type = 'table'
+  UNION ALL
+  SELECT 'pg_temp', name, 'availdb', NULL, 0, 0, 0, 0 FROM availdb_temp_tables WHERE type = 'table';
 CREATE TEMP VIEW IF NOT EXISTS pg_views AS
   SELECT 'public' AS schemaname, name AS viewname, 'availdb' AS viewowner, sql AS definition
   FROM availdb_tables WHERE type = 'view';
@@ -901,6 +951,7 @@ CREATE TEMP VIEW IF NOT EXISTS "information_schema.sequences" AS
   FROM availdb_seqs;
 "#,
         types = types_values(),
+        temp_oid = TEMP_NAMESPACE_OID,
         pg_version = super::PG_VERSION,
     )
 }
