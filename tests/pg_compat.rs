@@ -1056,6 +1056,94 @@ async fn psycopg_named_cursors_and_temp_tables_work_across_its_transactions() {
     python(&server, "psycopg_cursors.py", None).await;
 }
 
+/// Cursors within the memory budget (issue 14): `FETCH ALL` of a cursor
+/// larger than the session's budget (`--session-memory-mb 4`, a 20 MB
+/// table) streams its rows as a query's, whether the cursor is WITHOUT
+/// HOLD in a transaction or WITH HOLD outside one, and after a `FETCH n`
+/// left rows read ahead; `FETCH n` of more rows than the budget holds
+/// fails with 53200 naming the setting (before: held whole, unbounded),
+/// and `MOVE ALL` holds nothing. The session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_all_streams_and_large_fetches_are_charged_to_the_session_budget() {
+    let server = TestServer::builder()
+        .arg("--session-memory-mb")
+        .arg("4")
+        .start()
+        .await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO big SELECT i, hex(zeroblob(500)) FROM s",
+    )
+    .await
+    .unwrap();
+    let count = |messages: &[tokio_postgres::SimpleQueryMessage]| -> (u64, Option<u64>) {
+        let mut rows = 0;
+        let mut tag = None;
+        for m in messages {
+            match m {
+                tokio_postgres::SimpleQueryMessage::Row(_) => rows += 1,
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => tag = Some(*n),
+                _ => {}
+            }
+        }
+        (rows, tag)
+    };
+
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id, v FROM big ORDER BY id")
+        .await
+        .unwrap();
+    let first = c.simple_query("FETCH 10 FROM c").await.unwrap();
+    assert_eq!(count(&first), (10, Some(10)));
+    let rest = c.simple_query("FETCH ALL FROM c").await.unwrap();
+    assert_eq!(
+        count(&rest),
+        (19_990, Some(19_990)),
+        "FETCH ALL sends the rest"
+    );
+    let after = c.simple_query("FETCH ALL FROM c").await.unwrap();
+    assert_eq!(count(&after), (0, Some(0)));
+    c.batch_execute("COMMIT").await.unwrap();
+
+    c.batch_execute("DECLARE h CURSOR WITH HOLD FOR SELECT id, v FROM big")
+        .await
+        .unwrap();
+    let moved = c.simple_query("MOVE 5 IN h").await.unwrap();
+    assert_eq!(count(&moved), (0, Some(5)));
+    let all = c.simple_query("FETCH ALL FROM h").await.unwrap();
+    assert_eq!(count(&all), (19_995, Some(19_995)));
+    c.batch_execute("CLOSE h").await.unwrap();
+
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id, v FROM big")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("FETCH 19000 FROM c")
+        .await
+        .map(|messages| messages.len())
+        .expect_err("19 MB of rows held for one FETCH must not fit in 4 MB");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53200", "{db:?}");
+    assert!(
+        db.hint().unwrap_or("").contains("--session-memory-mb"),
+        "{db:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id, v FROM big")
+        .await
+        .unwrap();
+    let moved = c.simple_query("MOVE ALL IN c").await.unwrap();
+    assert_eq!(count(&moved), (0, Some(20_000)), "MOVE ALL holds no row");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        simple_value(&c, "SELECT count(*) FROM big")
+            .await
+            .as_deref(),
+        Some("20000")
+    );
+}
+
 /// Server-side cursors (issue 14): DECLARE in a transaction block, FETCH
 /// n / ALL, MOVE, CLOSE and CLOSE ALL; a cursor WITHOUT HOLD ends with its
 /// transaction, one WITH HOLD outlives it; the errors PostgreSQL gives.
