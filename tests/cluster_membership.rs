@@ -117,7 +117,7 @@ async fn a_witness_gives_a_two_replica_group_the_majority_to_fail_over() {
         .query("SELECT id FROM t ORDER BY id", &[])
         .await
         .expect("read on r2");
-    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, [1, 2, 3, 4]);
 
     group.nodes[R1].restart().await;

@@ -80,7 +80,10 @@ async fn insert_padded(group: &Group, i: usize, ids: RangeInclusive<i64>, pad: i
         } else {
             "INSERT INTO t(id, v) VALUES ($1, 'row')".to_string()
         };
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(sql.as_str(), &[&id])).await {
+        // `id INTEGER` is int4, as in PostgreSQL.
+        let id32 = i32::try_from(id).expect("ids fit in int4");
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(sql.as_str(), &[&id32])).await
+        {
             Ok(Ok(1)) => {}
             Ok(Ok(n)) => panic!("{sql} [{id}] on {}: {n} rows", name(i)),
             Ok(Err(e)) => panic!(
@@ -200,7 +203,9 @@ async fn assert_read_only(group: &Group, i: usize, id: i64) -> (String, String) 
 /// returns the message and hint.
 async fn write_refused(group: &Group, client: &Client, i: usize, id: i64) -> (String, String) {
     let sql = "INSERT INTO t(id, v) VALUES ($1, 'refused')";
-    let result = match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(sql, &[&id])).await {
+    let id32 = i32::try_from(id).expect("ids fit in int4");
+    let result = match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(sql, &[&id32])).await
+    {
         Ok(result) => result,
         Err(_) => panic!(
             "{sql} [{id}] on {}: no answer within {STATEMENT_TIMEOUT:?}\n{}",

@@ -1,5 +1,5 @@
 //! Real PostgreSQL clients against a real `availdb server`: `psql`,
-//! `pgbench` in each query mode, and psycopg 3. The scripts they run live in
+//! `pgbench` in each query mode, psycopg 3 and pgcli. The scripts they run live in
 //! `tests/interop/`. A missing client program is a test failure that says
 //! how to install it (`scripts/test` installs all of them), never a silent skip.
 
@@ -303,5 +303,123 @@ async fn psycopg_round_trips_parameters_transactions_and_sqlstates() {
             row("4", "dan", None),
         ],
         "rows psycopg left behind"
+    );
+}
+
+fn require_pgcli() {
+    require_tool(
+        "pgcli",
+        &["--version"],
+        "python3 -m pip install pgcli (scripts/test puts it in .venv/ and that first on PATH)",
+    );
+}
+
+/// `pgcli ARGS` against `server`, non-interactive (`-w`: never a password
+/// prompt), with a home of its own for the config and log it writes.
+async fn pgcli(server: &TestServer, home: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd = server.libpq_command("pgcli", DEFAULT_DB);
+    // TZ: pgcli sets the session's time zone to the local one.
+    cmd.env("HOME", home)
+        .env("TZ", "UTC")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("PGDATABASE")
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-U", common::USER, "-w"])
+        .args(args);
+    run(cmd).await
+}
+
+/// Output lines with runs of spaces made one, so that table rows compare
+/// whatever the column widths.
+fn squeezed_lines(out: &Output) -> Vec<String> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// pgcli (issue 14), non-interactively: `-c` commands (a query, `\dt`,
+/// `\d t`, `SHOW time zone`, `\dv`, `\di`, `\dn`, `\l`, `\df`, `\du`) print
+/// what psql would, its start-up queries and the completion refresher it
+/// runs alongside (tables, columns, functions, types, foreign keys) fail on
+/// nothing, `-l` lists the databases and `--ping postgres` answers. Before:
+/// `\dt` failed on pgspecial's `relkind = ANY('{r,p,""}')` (malformed JSON),
+/// `\d t` on `substring(… for 128)`, the refresher on `ANY(%s)` with a list
+/// and on a column alias `default`.
+#[tokio::test(flavor = "multi_thread")]
+async fn pgcli_runs_commands_lists_databases_and_describes_tables() {
+    require_pgcli();
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().expect("a home for pgcli");
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE item (id serial PRIMARY KEY, name text NOT NULL, qty integer DEFAULT 0);
+         CREATE INDEX item_name ON item (name);
+         CREATE VIEW cheap AS SELECT name FROM item WHERE qty < 5;
+         INSERT INTO item (name, qty) VALUES ('apple', 3), ('plum', 7)",
+    )
+    .await
+    .expect("set up");
+
+    let mut args = vec!["--less-chatty", DEFAULT_DB];
+    for command in [
+        "SELECT name, qty FROM item ORDER BY id",
+        "\\dt",
+        "\\d item",
+        "SHOW time zone",
+        "\\dv",
+        "\\di",
+        "\\dn",
+        "\\l",
+        "\\df",
+        "\\du",
+    ] {
+        args.extend(["-c", command]);
+    }
+    let out = pgcli(&server, home.path(), &args).await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "pgcli -c: {report}");
+    let stderr = text(&out.stderr);
+    for bad in ["Traceback", "Exception", "error", "ERROR"] {
+        assert!(!stderr.contains(bad), "pgcli said {bad:?}: {report}");
+    }
+    let lines = squeezed_lines(&out);
+    for want in [
+        "| apple | 3 |",
+        "| plum | 7 |",
+        "| public | item | table | availdb |",
+        "| id | integer | not null default nextval('item_id_seq'::regclass) |",
+        "| name | text | not null |",
+        "| qty | integer | default 0 |",
+        "\"item_pkey\" PRIMARY KEY, btree (id)",
+        "\"item_name\" btree (name)",
+        "| UTC |",
+        "| public | cheap | view | availdb |",
+        "| public | item_name | index | availdb |",
+        "| public | availdb |",
+        "| availdb | availdb | UTF8 | C.UTF-8 | C.UTF-8 | <null> |",
+        "SELECT 0",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "pgcli output lacks the line {want:?}: {report}"
+        );
+    }
+
+    let out = pgcli(&server, home.path(), &["-l"]).await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "pgcli -l: {report}");
+    assert!(
+        squeezed_lines(&out)
+            .iter()
+            .any(|l| l.starts_with("| availdb | availdb | UTF8 |")),
+        "pgcli -l does not list availdb: {report}"
+    );
+
+    let out = pgcli(&server, home.path(), &["--ping", "postgres"]).await;
+    assert!(
+        out.status.success() && text(&out.stdout).contains("PONG"),
+        "pgcli --ping postgres: {}",
+        describe(&out)
     );
 }

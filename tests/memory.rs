@@ -179,7 +179,7 @@ async fn bounded_memory_select_star_of_a_large_table_streams_to_a_portal_and_a_s
             }
             for row in &batch {
                 rows += 1;
-                ids += row.get::<_, i64>(0) as u64;
+                ids += row.get::<_, i32>(0) as u64;
                 bytes += row.get::<_, &str>(1).len() as u64;
             }
         }
@@ -211,7 +211,7 @@ async fn bounded_memory_select_star_of_a_large_table_streams_to_a_portal_and_a_s
     for i in 0..50 {
         tokio::time::timeout(
             Duration::from_secs(30),
-            writer.execute("INSERT INTO w(id, at) VALUES ($1, 'x')", &[&(i as i64)]),
+            writer.execute("INSERT INTO w(id, at) VALUES ($1, 'x')", &[&i]),
         )
         .await
         .unwrap_or_else(|_| panic!("write {i} waited 30 s behind a slow reader"))

@@ -305,6 +305,11 @@ async fn psql_copy_loads_and_unloads_text_and_csv() {
     );
 }
 
+/// pgbench (issue 14): `pgbench -i -s 2` (its DDL, `TRUNCATE`, COPY of
+/// 200,000 accounts, primary keys added by ALTER TABLE), then its built-in
+/// TPC-B script from two clients and the select-only script (`-S`), each
+/// for a fixed number of transactions (`-t`), with `--verbose-errors`:
+/// every transaction runs, none fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
     let test = "pgbench_init";
@@ -318,7 +323,7 @@ async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
     }
     let server = TestServer::start().await;
     let mut cmd = server.libpq_command("pgbench", DEFAULT_DB);
-    cmd.args(["-i", "-s", "1"]);
+    cmd.args(["-i", "-s", "2"]);
     let out = run(cmd).await;
     let report = format!("{}\n{}", describe(&out), server.log_tail());
     assert!(out.status.success(), "pgbench -i: {report}");
@@ -327,11 +332,11 @@ async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
         simple_value(&c, "SELECT count(*) FROM pgbench_accounts")
             .await
             .as_deref(),
-        Some("100000")
+        Some("200000")
     );
-    for (flags, name) in [
-        (&["-T", "3", "-c", "2"][..], "TPC-B"),
-        (&["-T", "2", "-S"][..], "select-only"),
+    for (flags, name, total) in [
+        (&["-c", "2", "-t", "100"][..], "TPC-B", 200),
+        (&["-S", "-t", "300"][..], "select-only", 300),
     ] {
         let mut cmd = server.libpq_command("pgbench", DEFAULT_DB);
         cmd.args(flags).arg("--verbose-errors");
@@ -340,8 +345,23 @@ async fn pgbench_initializes_its_tables_and_runs_tpcb_without_errors() {
         assert!(out.status.success(), "pgbench {name}: {report}");
         let stdout = text(&out.stdout);
         assert!(
+            stdout.contains(&format!(
+                "number of transactions actually processed: {total}/{total}"
+            )),
+            "pgbench {name} did not run every transaction: {report}"
+        );
+        assert!(
             stdout.contains("number of failed transactions: 0 "),
             "pgbench {name} had failures: {report}"
+        );
+        // One history row per TPC-B transaction (the next run's vacuum
+        // step empties the table).
+        let history = simple_value(&c, "SELECT count(*) FROM pgbench_history").await;
+        let want = if name == "TPC-B" { total } else { 0 };
+        assert_eq!(
+            history,
+            Some(want.to_string()),
+            "pgbench_history after {name}"
         );
     }
     // TPC-B keeps the balances consistent.
@@ -383,6 +403,190 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> (String, String)
                 .unwrap_or_default(),
         ),
     }
+}
+
+/// Integer widths (issue 14): a column declared `integer`, `int` or `int4`
+/// (the rowid key `INTEGER PRIMARY KEY` too) is announced as int4,
+/// `smallint` as int2, `bigint` as int8, with binary encodings of that
+/// width both ways; `::int` is int4, sums, arithmetic and SQLite's
+/// `CAST(x AS INTEGER)` int8. A stored value wider than its int4 column (SQLite keeps any
+/// 64-bit integer) is refused in binary with 22003, never wrapped, and is
+/// sent as stored in text.
+#[tokio::test(flavor = "multi_thread")]
+async fn integer_columns_are_int4_and_a_value_wider_than_int4_is_refused_not_wrapped() {
+    use tokio_postgres::types::Type;
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE w (id INTEGER PRIMARY KEY, n integer, i int4, s smallint, b bigint);
+         INSERT INTO w (n, i, s, b) VALUES (7, -7, 3, 9000000000)",
+    )
+    .await
+    .unwrap();
+    let stmt = c
+        .prepare("SELECT id, n, i, s, b, sum(n), n + 1, n::int, n::bigint FROM w WHERE n = $1")
+        .await
+        .unwrap();
+    assert_eq!(stmt.params(), &[Type::INT4], "n = $1 takes n's int4");
+    let types: Vec<&Type> = stmt.columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        [
+            &Type::INT4,
+            &Type::INT4,
+            &Type::INT4,
+            &Type::INT2,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT8,
+            &Type::INT4,
+            &Type::INT8
+        ]
+    );
+    let row = c.query_one(&stmt, &[&7i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, i32>(1), 7);
+    assert_eq!(row.get::<_, i32>(2), -7);
+    assert_eq!(row.get::<_, i16>(3), 3);
+    assert_eq!(row.get::<_, i64>(4), 9_000_000_000);
+    assert_eq!(row.get::<_, i64>(5), 7);
+    assert_eq!(row.get::<_, i64>(6), 8);
+    assert_eq!(row.get::<_, i32>(7), 7);
+    assert_eq!(row.get::<_, i64>(8), 7);
+    // SQLite's own cast to its 64-bit integer stays int8.
+    let cast = c.prepare("SELECT CAST(n AS INTEGER) FROM w").await.unwrap();
+    assert_eq!(cast.columns()[0].type_(), &Type::INT8);
+
+    // 3,000,000,000 does not fit in int4: refused in binary, as stored in text.
+    c.batch_execute("INSERT INTO w (n) VALUES (3000000000)")
+        .await
+        .unwrap();
+    let err = c
+        .query("SELECT n FROM w ORDER BY id", &[])
+        .await
+        .expect_err("a value wider than int4 must not be sent as int4");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22003", "{db:?}");
+    assert!(
+        db.message().contains("out of range for type integer"),
+        "{db:?}"
+    );
+    assert!(db.hint().is_some_and(|h| h.contains("bigint")), "{db:?}");
+    assert_eq!(
+        simple_value(&c, "SELECT n FROM w WHERE id = 2")
+            .await
+            .as_deref(),
+        Some("3000000000")
+    );
+    let wide: i64 = c
+        .query_one("SELECT CAST(n AS BIGINT) FROM w WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wide, 3_000_000_000);
+    let sum: i64 = c
+        .query_one("SELECT sum(n) FROM w", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 3_000_000_007);
+}
+
+/// TEMP objects in the catalog (issue 14): a session's TEMP tables and
+/// views are relations of the schema `pg_temp` in its own catalog (pg_class
+/// with relpersistence `t`, pg_attribute, pg_tables, pg_namespace), so
+/// psql's `\dt`, `\dv` and `\d tt` show them; another session's catalog
+/// has neither them nor `pg_temp`.
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_lists_and_describes_a_sessions_temp_tables_and_no_other_session_sees_them() {
+    if !have(
+        "temp_objects_in_psql",
+        "psql",
+        &["--version"],
+        "apt-get install -y postgresql-client",
+    ) {
+        return;
+    }
+    let server = TestServer::start().await;
+    let out = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE TABLE kept (x int)",
+            "-c",
+            "CREATE TEMP TABLE tt (id serial PRIMARY KEY, note text NOT NULL, at timestamptz)",
+            "-c",
+            "CREATE TEMP VIEW tv AS SELECT note FROM tt",
+            "-c",
+            "\\dt",
+            "-c",
+            "\\dv",
+            "-c",
+            "\\d tt",
+            "-c",
+            "SELECT relname || ' ' || relpersistence || ' ' || relnatts FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pg_temp' ORDER BY 1",
+        ],
+    )
+    .await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "psql: {report}");
+    let lines: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        "pg_temp | tt | table | availdb",
+        "public | kept | table | availdb",
+        "pg_temp | tv | view | availdb",
+        "Table \"pg_temp.tt\"",
+        "id | integer | | not null |",
+        "note | text | | not null |",
+        "at | timestamp with time zone | | |",
+        "tt t 3",
+        "tv t 1",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "psql output lacks {want:?}: {report}"
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("sqlite_")),
+        "SQLite's own tables are not listed: {report}"
+    );
+
+    // While a session has a TEMP table, another session's catalog has only
+    // the database's table.
+    let owner = server.client(DEFAULT_DB).await;
+    owner
+        .batch_execute("CREATE TEMP TABLE mine (x int)")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(
+            &owner,
+            "SELECT group_concat(schemaname || '.' || tablename) FROM (SELECT * FROM pg_tables ORDER BY 1, 2)"
+        )
+        .await
+        .as_deref(),
+        Some("pg_temp.mine,public.kept")
+    );
+    let other = server.client(DEFAULT_DB).await;
+    assert_eq!(
+        simple_value(&other, "SELECT group_concat(tablename) FROM pg_tables")
+            .await
+            .as_deref(),
+        Some("kept")
+    );
+    assert_eq!(
+        simple_value(
+            &other,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'pg_temp'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
 }
 
 /// Session-scoped objects (issue 14): a session's TEMP table, view and
@@ -530,7 +734,7 @@ async fn values(client: &tokio_postgres::Client, sql: &str, n: usize) -> Vec<i64
 /// from a SELECT and from a column default, `currval`/`lastval` per
 /// session, `setval`, `DROP SEQUENCE`; SERIAL and IDENTITY keys never
 /// reuse a number after a DELETE; the sequences' table is not in the
-/// catalog.
+/// catalog (the sequences are: see the next test).
 #[tokio::test(flavor = "multi_thread")]
 async fn sequences_number_like_postgresql() {
     let server = TestServer::start().await;
@@ -601,6 +805,179 @@ async fn sequences_number_like_postgresql() {
         .as_deref(),
         Some("0")
     );
+}
+
+/// Sequences in the catalog (issue 14): a sequence, and the one a SERIAL
+/// key makes, are relations of kind `S` in pg_class, rows of pg_sequence,
+/// pg_sequences (int8 bounds, the last value once one was taken) and
+/// information_schema.sequences, so psql's `\ds` and `\d seq` list and
+/// describe them; a dropped one is gone from all of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sequences_are_listed_in_the_catalog_and_by_psql() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    let names = |sql: &'static str| {
+        let c = &c;
+        async move {
+            c.query(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        names("SELECT relname FROM pg_class WHERE relkind = 'S'")
+            .await
+            .is_empty(),
+        "no sequence yet (and no table of sequences)"
+    );
+    c.batch_execute(
+        "CREATE SEQUENCE s INCREMENT BY 5 MAXVALUE 1000 START WITH 10 CYCLE;
+         CREATE TABLE item (id serial PRIMARY KEY, name text)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        names("SELECT relname FROM pg_class WHERE relkind = 'S' ORDER BY relname").await,
+        ["item_id_seq", "s"]
+    );
+    let row = c
+        .query_one(
+            "SELECT start_value, min_value, max_value, increment_by, cycle, last_value \
+             FROM pg_sequences WHERE sequencename = 's'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 10);
+    assert_eq!(row.get::<_, i64>(1), 1);
+    assert_eq!(row.get::<_, i64>(2), 1000);
+    assert_eq!(row.get::<_, i64>(3), 5);
+    assert!(row.get::<_, bool>(4));
+    assert_eq!(row.get::<_, Option<i64>>(5), None, "no value taken yet");
+    assert_eq!(
+        simple_value(&c, "SELECT nextval('s') + nextval('s')")
+            .await
+            .as_deref(),
+        Some("25")
+    );
+    let last: Option<i64> = c
+        .query_one(
+            "SELECT last_value FROM pg_sequences WHERE sequencename = 's'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, Some(15));
+    let seqmax: i64 = c
+        .query_one(
+            "SELECT seqmax FROM pg_sequence q JOIN pg_class c ON c.oid = q.seqrelid \
+             WHERE c.relname = 'item_id_seq'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        seqmax,
+        i64::from(i32::MAX),
+        "a SERIAL's sequence stops at int4's maximum"
+    );
+    assert_eq!(
+        names(
+            "SELECT sequence_name || ' ' || start_value || ' ' || increment || ' ' || cycle_option \
+             FROM information_schema.sequences ORDER BY sequence_name"
+        )
+        .await,
+        ["item_id_seq 1 1 NO", "s 10 5 YES"]
+    );
+
+    if !have(
+        "sequences_in_psql",
+        "psql",
+        &["--version"],
+        "apt-get install -y postgresql-client",
+    ) {
+        return;
+    }
+    let out = psql(&server, &["-c", "\\ds", "-c", "\\d s"]).await;
+    let report = format!("{}\n{}", describe(&out), server.log_tail());
+    assert!(out.status.success(), "psql \\ds: {report}");
+    let lines: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in [
+        "public | item_id_seq | sequence | availdb",
+        "public | s | sequence | availdb",
+        "Sequence \"public.s\"",
+        "bigint | 10 | 1 | 1000 | 5 | yes | 1",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "psql output lacks {want:?}: {report}"
+        );
+    }
+    c.batch_execute("DROP SEQUENCE s").await.unwrap();
+    assert_eq!(
+        names("SELECT sequencename FROM pg_sequences").await,
+        ["item_id_seq"]
+    );
+}
+
+/// SERIAL and IDENTITY on a column that is not the primary key (issue 14):
+/// numbered by the column's own sequence, as PostgreSQL does, and NOT
+/// NULL; in a TEMP table (numbered by its rowid) only the key can be, and
+/// anything else is refused with 0A000 saying what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn serial_and_identity_columns_that_are_not_the_key_number_themselves() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE ticket (code text PRIMARY KEY, n serial, k bigint GENERATED BY DEFAULT AS IDENTITY);
+         INSERT INTO ticket (code) VALUES ('a'), ('b');
+         INSERT INTO ticket (code, k) VALUES ('c', 100);
+         INSERT INTO ticket (code) VALUES ('d');",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(String, i32, i64)> = c
+        .query("SELECT code, n, k FROM ticket ORDER BY code", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let row = |code: &str, n, k| (code.to_string(), n, k);
+    assert_eq!(
+        rows,
+        [
+            row("a", 1, 1),
+            row("b", 2, 2),
+            row("c", 3, 100),
+            row("d", 4, 3)
+        ]
+    );
+    assert_eq!(
+        refused(&c, "INSERT INTO ticket (code, n) VALUES ('e', NULL)")
+            .await
+            .0,
+        "23502",
+        "a SERIAL column is NOT NULL"
+    );
+    assert_eq!(
+        simple_value(&c, "SELECT group_concat(sequencename) FROM (SELECT sequencename FROM pg_sequences ORDER BY 1)")
+            .await
+            .as_deref(),
+        Some("ticket_k_seq,ticket_n_seq")
+    );
+    let (code, message) =
+        refused(&c, "CREATE TEMP TABLE tt (code text PRIMARY KEY, n serial)").await;
+    assert_eq!(code, "0A000", "{message}");
+    assert!(message.starts_with("not supported in availdb"), "{message}");
 }
 
 /// Sequences are rows of the database, so they replicate: after a planned
@@ -677,6 +1054,94 @@ async fn psycopg_named_cursors_and_temp_tables_work_across_its_transactions() {
     }
     let server = TestServer::start().await;
     python(&server, "psycopg_cursors.py", None).await;
+}
+
+/// Cursors within the memory budget (issue 14): `FETCH ALL` of a cursor
+/// larger than the session's budget (`--session-memory-mb 4`, a 20 MB
+/// table) streams its rows as a query's, whether the cursor is WITHOUT
+/// HOLD in a transaction or WITH HOLD outside one, and after a `FETCH n`
+/// left rows read ahead; `FETCH n` of more rows than the budget holds
+/// fails with 53200 naming the setting (before: held whole, unbounded),
+/// and `MOVE ALL` holds nothing. The session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_all_streams_and_large_fetches_are_charged_to_the_session_budget() {
+    let server = TestServer::builder()
+        .arg("--session-memory-mb")
+        .arg("4")
+        .start()
+        .await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO big SELECT i, hex(zeroblob(500)) FROM s",
+    )
+    .await
+    .unwrap();
+    let count = |messages: &[tokio_postgres::SimpleQueryMessage]| -> (u64, Option<u64>) {
+        let mut rows = 0;
+        let mut tag = None;
+        for m in messages {
+            match m {
+                tokio_postgres::SimpleQueryMessage::Row(_) => rows += 1,
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => tag = Some(*n),
+                _ => {}
+            }
+        }
+        (rows, tag)
+    };
+
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id, v FROM big ORDER BY id")
+        .await
+        .unwrap();
+    let first = c.simple_query("FETCH 10 FROM c").await.unwrap();
+    assert_eq!(count(&first), (10, Some(10)));
+    let rest = c.simple_query("FETCH ALL FROM c").await.unwrap();
+    assert_eq!(
+        count(&rest),
+        (19_990, Some(19_990)),
+        "FETCH ALL sends the rest"
+    );
+    let after = c.simple_query("FETCH ALL FROM c").await.unwrap();
+    assert_eq!(count(&after), (0, Some(0)));
+    c.batch_execute("COMMIT").await.unwrap();
+
+    c.batch_execute("DECLARE h CURSOR WITH HOLD FOR SELECT id, v FROM big")
+        .await
+        .unwrap();
+    let moved = c.simple_query("MOVE 5 IN h").await.unwrap();
+    assert_eq!(count(&moved), (0, Some(5)));
+    let all = c.simple_query("FETCH ALL FROM h").await.unwrap();
+    assert_eq!(count(&all), (19_995, Some(19_995)));
+    c.batch_execute("CLOSE h").await.unwrap();
+
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id, v FROM big")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("FETCH 19000 FROM c")
+        .await
+        .map(|messages| messages.len())
+        .expect_err("19 MB of rows held for one FETCH must not fit in 4 MB");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "53200", "{db:?}");
+    assert!(
+        db.hint().unwrap_or("").contains("--session-memory-mb"),
+        "{db:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id, v FROM big")
+        .await
+        .unwrap();
+    let moved = c.simple_query("MOVE ALL IN c").await.unwrap();
+    assert_eq!(count(&moved), (0, Some(20_000)), "MOVE ALL holds no row");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        simple_value(&c, "SELECT count(*) FROM big")
+            .await
+            .as_deref(),
+        Some("20000")
+    );
 }
 
 /// Server-side cursors (issue 14): DECLARE in a transaction block, FETCH

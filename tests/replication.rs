@@ -388,7 +388,9 @@ async fn safety_rule_4_readers_on_secondaries_never_see_a_torn_transfer() {
 /// Inserts one row (bounded), panicking with the logs on failure.
 async fn insert_row(group: &Group, client: &Client, table: &str, id: i64) {
     let sql = format!("INSERT INTO {table}(id, v) VALUES ($1, 'row')");
-    match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(sql.as_str(), &[&id])).await {
+    // `id INTEGER` is int4, as in PostgreSQL.
+    let id32 = i32::try_from(id).expect("ids fit in int4");
+    match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(sql.as_str(), &[&id32])).await {
         Ok(Ok(1)) => {}
         Ok(Ok(n)) => panic!("{sql} [{id}]: {n} rows"),
         Ok(Err(e)) => panic!("{sql} [{id}]: {}\n{}", error_text(&e), group.logs()),
@@ -471,7 +473,7 @@ async fn safety_rule_1_an_acknowledged_commit_is_on_the_sync_secondary() {
         let c = group.primary().client(APP).await;
         run(&group, &c, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").await;
     }
-    for round in 1..=3i64 {
+    for round in 1..=3i32 {
         group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
         // A restarted primary takes writes once the cluster grants it a
         // lease (RESOLVING until then).
@@ -500,7 +502,7 @@ async fn safety_rule_1_an_acknowledged_commit_is_on_the_sync_secondary() {
                             group.logs()
                         )
                     });
-                let got: Vec<i64> = rows
+                let got: Vec<i32> = rows
                     .iter()
                     .filter_map(|r| r[0].as_deref().and_then(|v| v.parse().ok()))
                     .collect();
@@ -529,7 +531,7 @@ async fn safety_rule_1_an_acknowledged_commit_is_on_the_sync_secondary() {
         group.nodes[0].restart().await;
         assert_eq!(
             ids(group.primary(), APP, "t").await,
-            (1..=round).collect::<BTreeSet<_>>(),
+            (1..=i64::from(round)).collect::<BTreeSet<_>>(),
             "round {round}: the restarted primary's rows"
         );
     }

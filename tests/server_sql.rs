@@ -174,9 +174,11 @@ fn numeric_codec_round_trips_the_binary_format() {
     }
 }
 
+/// `id` is SQLite's rowid key, announced as int4 (declared `integer`, as
+/// in PostgreSQL); `i` holds 64-bit values, so it is `bigint` (int8).
 const TYPED_TABLE: &str = "CREATE TABLE typed(
     id INTEGER PRIMARY KEY,
-    i INTEGER,
+    i BIGINT,
     r REAL,
     t TEXT,
     v VARCHAR(40),
@@ -186,7 +188,7 @@ const TYPED_TABLE: &str = "CREATE TABLE typed(
 
 /// One row of `typed`, with a Rust value for every mapped type.
 struct TypedRow {
-    id: i64,
+    id: i32,
     i: i64,
     r: f64,
     t: String,
@@ -238,7 +240,7 @@ async fn ddl_and_dml_report_row_counts_in_command_tags() {
     assert_eq!(updated, 0, "UPDATE matching no row");
 
     let deleted = c
-        .execute("DELETE FROM t WHERE id = $1", &[&3i64])
+        .execute("DELETE FROM t WHERE id = $1", &[&3i32])
         .await
         .expect("DELETE");
     assert_eq!(deleted, 1, "DELETE of one row");
@@ -250,7 +252,7 @@ async fn ddl_and_dml_report_row_counts_in_command_tags() {
         .query("SELECT id, name FROM t ORDER BY id", &[])
         .await
         .expect("SELECT rows");
-    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let got: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
         got,
         vec![
@@ -333,7 +335,7 @@ async fn parameters_and_results_carry_the_mapped_types() {
         )
         .await
         .expect("prepare INSERT");
-    let mut want_params = vec![Type::INT8];
+    let mut want_params = vec![Type::INT4];
     want_params.extend(MAPPED_TYPES);
     assert_eq!(
         insert.params(),
@@ -382,7 +384,7 @@ async fn parameters_and_results_carry_the_mapped_types() {
         .expect("prepare SELECT");
     assert_eq!(
         select.params(),
-        [Type::INT8],
+        [Type::INT4],
         "WHERE id = $1 parameter type"
     );
     let column_types: Vec<Type> = select.columns().iter().map(|c| c.type_().clone()).collect();
@@ -391,7 +393,7 @@ async fn parameters_and_results_carry_the_mapped_types() {
     for want in &rows {
         let id = want.id;
         let row = c.query_one(&select, &[&id]).await.expect("SELECT row");
-        assert_eq!(row.get::<_, i64>(0), want.i, "INTEGER column of row {id}");
+        assert_eq!(row.get::<_, i64>(0), want.i, "BIGINT column of row {id}");
         assert_eq!(row.get::<_, f64>(1), want.r, "REAL column of row {id}");
         assert_eq!(row.get::<_, String>(2), want.t, "TEXT column of row {id}");
         assert_eq!(
@@ -414,7 +416,7 @@ async fn parameters_and_results_carry_the_mapped_types() {
         .await
         .expect("prepare SELECT by text and bool");
     assert_eq!(by_text.params(), [Type::TEXT, Type::BOOL]);
-    let id: i64 = c
+    let id: i32 = c
         .query_one(&by_text, &[&rows[0].t, &true])
         .await
         .expect("SELECT by text and bool")
@@ -425,7 +427,7 @@ async fn parameters_and_results_carry_the_mapped_types() {
         .await
         .expect("prepare SELECT by blob and real");
     assert_eq!(by_blob.params(), [Type::BYTEA, Type::FLOAT8]);
-    let id: i64 = c
+    let id: i32 = c
         .query_one(&by_blob, &[&rows[1].b, &rows[1].r])
         .await
         .expect("SELECT by blob and real")
@@ -442,7 +444,7 @@ async fn nulls_round_trip_in_every_mapped_type() {
         .execute(
             "INSERT INTO typed(id, i, r, t, v, b, f, n) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
-                &1i64,
+                &1i32,
                 &None::<i64>,
                 &None::<f64>,
                 &None::<String>,
@@ -460,7 +462,7 @@ async fn nulls_round_trip_in_every_mapped_type() {
         .query_one("SELECT i, r, t, v, b, f, n FROM typed WHERE id = 1", &[])
         .await
         .expect("SELECT NULL row");
-    assert_eq!(row.get::<_, Option<i64>>(0), None, "INTEGER");
+    assert_eq!(row.get::<_, Option<i64>>(0), None, "BIGINT");
     assert_eq!(row.get::<_, Option<f64>>(1), None, "REAL");
     assert_eq!(row.get::<_, Option<String>>(2), None, "TEXT");
     assert_eq!(row.get::<_, Option<String>>(3), None, "VARCHAR");
@@ -488,7 +490,7 @@ async fn parameters_take_column_types_without_a_column_list_and_in_updates() {
     c.batch_execute(TYPED_TABLE).await.expect("CREATE TABLE");
     let mut problems = Vec::new();
 
-    let mut all_columns = vec![Type::INT8];
+    let mut all_columns = vec![Type::INT4];
     all_columns.extend(MAPPED_TYPES);
     let cases: [(&str, Vec<Type>); 4] = [
         (
@@ -497,7 +499,7 @@ async fn parameters_take_column_types_without_a_column_list_and_in_updates() {
         ),
         (
             "UPDATE typed SET r = $1, b = $2 WHERE id = $3",
-            vec![Type::FLOAT8, Type::BYTEA, Type::INT8],
+            vec![Type::FLOAT8, Type::BYTEA, Type::INT4],
         ),
         (
             "DELETE FROM typed WHERE f = $1 OR n = $2",
@@ -528,7 +530,7 @@ async fn parameters_take_column_types_without_a_column_list_and_in_updates() {
         .execute(
             "INSERT INTO typed VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
-                &7i64,
+                &7i32,
                 &70i64,
                 &7.5f64,
                 &"seven",
@@ -544,7 +546,7 @@ async fn parameters_take_column_types_without_a_column_list_and_in_updates() {
     let updated = c
         .execute(
             "UPDATE typed SET r = $1, b = $2 WHERE id = $3",
-            &[&8.5f64, &vec![8u8, 8], &7i64],
+            &[&8.5f64, &vec![8u8, 8], &7i32],
         )
         .await
         .expect("UPDATE with parameters");
@@ -852,7 +854,7 @@ async fn unique_violation_reports_23505() {
     assert_sqlstate(
         c.execute(
             "INSERT INTO users(id, email) VALUES ($1, $2)",
-            &[&2i64, &"a@example.com"],
+            &[&2i32, &"a@example.com"],
         )
         .await,
         &SqlState::UNIQUE_VIOLATION,
@@ -897,7 +899,7 @@ async fn check_violation_reports_23514() {
     .await
     .expect("CREATE TABLE");
     assert_sqlstate(
-        c.execute("INSERT INTO accounts(balance) VALUES ($1)", &[&-5i64])
+        c.execute("INSERT INTO accounts(balance) VALUES ($1)", &[&-5i32])
             .await,
         &SqlState::CHECK_VIOLATION,
         "negative balance",
@@ -931,7 +933,7 @@ async fn foreign_key_violation_reports_23503() {
     assert_sqlstate(
         c.execute(
             "INSERT INTO child(id, parent_id) VALUES ($1, $2)",
-            &[&2i64, &99i64],
+            &[&2i32, &99i32],
         )
         .await,
         &SqlState::FOREIGN_KEY_VIOLATION,
@@ -1254,7 +1256,7 @@ async fn large_values_and_result_sets_arrive_whole() {
         .expect("SELECT many rows");
     assert_eq!(rows.len() as i64, ROWS, "rows received");
     for (n, row) in rows.iter().enumerate() {
-        let id: i64 = row.get(0);
+        let id = i64::from(row.get::<_, i32>(0));
         assert_eq!(id, n as i64 + 1);
         assert_eq!(row.get::<_, String>(1), format!("row-{id}"));
     }
@@ -1413,12 +1415,12 @@ async fn concurrent_increments_from_eight_clients_are_all_counted() {
         .collect();
     assert!(failures.is_empty(), "failed updates: {failures:#?}");
 
-    let n: i64 = setup
+    let n: i32 = setup
         .query_one("SELECT n FROM c WHERE id = 1", &[])
         .await
         .expect("SELECT n")
         .get(0);
-    assert_eq!(n, (CLIENTS * INCREMENTS) as i64, "lost increments");
+    assert_eq!(n, (CLIENTS * INCREMENTS) as i32, "lost increments");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1430,7 +1432,7 @@ async fn committed_data_survives_sigterm_and_restart() {
             .await
             .expect("CREATE TABLE");
         let tx = c.transaction().await.expect("BEGIN");
-        for i in 0..100i64 {
+        for i in 0..100i32 {
             tx.execute(
                 "INSERT INTO t(id, v) VALUES ($1, $2)",
                 &[&i, &format!("row {i}")],
@@ -1512,13 +1514,13 @@ async fn committed_data_survives_kill_9_and_uncommitted_data_does_not() {
         c.batch_execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
             .await
             .expect("CREATE TABLE");
-        for i in 0..200i64 {
+        for i in 0..200i32 {
             c.execute("INSERT INTO t(id, v) VALUES ($1, $1)", &[&i])
                 .await
                 .expect("autocommit INSERT");
         }
         let tx = c.transaction().await.expect("BEGIN");
-        for i in 200..250i64 {
+        for i in 200..250i32 {
             tx.execute("INSERT INTO t(id, v) VALUES ($1, $1)", &[&i])
                 .await
                 .expect("INSERT");
@@ -2077,8 +2079,8 @@ async fn declared_postgres_types_are_announced_and_sent_in_binary() {
     assert_eq!(
         insert.params(),
         &[
-            // `integer` is SQLite's 64-bit INTEGER (see sql::types).
-            Type::INT8,
+            // `integer` is int4, as in PostgreSQL (see sql::types).
+            Type::INT4,
             Type::INT2,
             Type::TIMESTAMP,
             Type::TIMESTAMPTZ,
@@ -2093,7 +2095,7 @@ async fn declared_postgres_types_are_announced_and_sent_in_binary() {
         .await
         .expect("prepare select");
     let types: Vec<Type> = select.columns().iter().map(|c| c.type_().clone()).collect();
-    assert_eq!(types, vec![Type::INT8, Type::INT2, Type::VARCHAR]);
+    assert_eq!(types, vec![Type::INT4, Type::INT2, Type::VARCHAR]);
     c.batch_execute(
         "INSERT INTO ev VALUES (1, 2, '2024-01-02 03:04:05.5', '2024-01-02 03:04:05+00', '2024-01-02',
                                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}', 'x')",
@@ -2104,7 +2106,7 @@ async fn declared_postgres_types_are_announced_and_sent_in_binary() {
         .query_one("SELECT id, small, v FROM ev", &[])
         .await
         .expect("select");
-    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, i32>(0), 1);
     assert_eq!(row.get::<_, i16>(1), 2);
     assert_eq!(row.get::<_, String>(2), "x");
 }
@@ -2148,7 +2150,7 @@ async fn a_log_that_cannot_write_stops_the_node_and_a_restart_takes_writes_again
     // next commits over the WAL's first frames, in space it already has;
     // the log grows and needs new space.
     let mut acked = Vec::new();
-    for id in 0..20i64 {
+    for id in 0..20i32 {
         c.execute("INSERT INTO t VALUES ($1, randomblob(1000000))", &[&id])
             .await
             .expect("INSERT before the disk fills");
@@ -2158,7 +2160,7 @@ async fn a_log_that_cannot_write_stops_the_node_and_a_restart_takes_writes_again
     let filled = fill_disk(&filler);
     assert!(filled > 0, "nothing written to fill the disk");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut id = 100i64;
+    let mut id = 100i32;
     while server.is_running() {
         assert!(
             Instant::now() < deadline,
@@ -2186,8 +2188,8 @@ async fn a_log_that_cannot_write_stops_the_node_and_a_restart_takes_writes_again
         .query("SELECT id FROM t ORDER BY id", &[])
         .await
         .expect("SELECT after the restart");
-    let present: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let missing: Vec<i64> = acked
+    let present: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let missing: Vec<i32> = acked
         .iter()
         .copied()
         .filter(|a| !present.contains(a))

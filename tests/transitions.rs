@@ -214,7 +214,10 @@ async fn check_group(group: &Group, reports: &[WriterReport]) {
         .await
         .expect("count in time")
         .unwrap_or_else(|e| panic!("count on {}: {}", name(i), error_text(&e)));
-        let counts: BTreeMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let counts: BTreeMap<i64, i64> = rows
+            .iter()
+            .map(|r| (i64::from(r.get::<_, i32>(0)), r.get(1)))
+            .collect();
         let partial: Vec<(i64, i64)> = counts
             .iter()
             .filter(|(_, &n)| n != ROWS as i64)

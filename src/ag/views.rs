@@ -47,44 +47,44 @@ pub struct Snapshot {
 
 const SCHEMA: &str = "
 CREATE TABLE sys.availability_groups(
-    group_id TEXT, name TEXT, required_synchronized_secondaries_to_commit INTEGER,
-    version INTEGER, epoch INTEGER, primary_replica TEXT, cluster_id TEXT,
+    group_id TEXT, name TEXT, required_synchronized_secondaries_to_commit BIGINT,
+    version BIGINT, epoch BIGINT, primary_replica TEXT, cluster_id TEXT,
     cluster_type_desc TEXT, automated_backup_preference_desc TEXT,
     last_failover_time TEXT, last_failover_reason TEXT,
     last_failover_from TEXT, last_failover_to TEXT, last_failover_data_lost TEXT,
     last_failover_loss_known BOOLEAN);
 CREATE TABLE sys.availability_replicas(
     group_id TEXT, replica_server_name TEXT, endpoint_url TEXT,
-    availability_mode_desc TEXT, failover_mode_desc TEXT, session_timeout INTEGER,
+    availability_mode_desc TEXT, failover_mode_desc TEXT, session_timeout BIGINT,
     secondary_role_allow_connections_desc TEXT, read_only_routing_url TEXT,
-    backup_priority INTEGER, primary_role_allow_connections_desc TEXT,
+    backup_priority BIGINT, primary_role_allow_connections_desc TEXT,
     seeding_mode_desc TEXT);
 CREATE TABLE sys.availability_group_listeners(
-    group_id TEXT, dns_name TEXT, port INTEGER, read_only_port INTEGER);
+    group_id TEXT, dns_name TEXT, port BIGINT, read_only_port BIGINT);
 CREATE TABLE sys.availability_read_only_routing_lists(
-    group_id TEXT, replica_server_name TEXT, routing_priority INTEGER,
+    group_id TEXT, replica_server_name TEXT, routing_priority BIGINT,
     read_only_replica_server_name TEXT);
 CREATE TABLE sys.dm_hadr_availability_replica_states(
     group_id TEXT, replica TEXT, role_desc TEXT, connected_state_desc TEXT,
     synchronization_health_desc TEXT, is_local BOOLEAN, last_connect_error_description TEXT);
 CREATE TABLE sys.dm_hadr_cluster(
     cluster_name TEXT, quorum_type_desc TEXT, quorum_state_desc TEXT,
-    leader TEXT, term INTEGER, local_state_desc TEXT,
+    leader TEXT, term BIGINT, local_state_desc TEXT,
     local_member_name TEXT, local_endpoint_url TEXT, cluster_id TEXT);
 CREATE TABLE sys.dm_hadr_partner_refusals(
-    partner_type_desc TEXT, refused_count INTEGER, last_refused_time TEXT,
+    partner_type_desc TEXT, refused_count BIGINT, last_refused_time TEXT,
     last_refused_reason TEXT);
 CREATE TABLE sys.dm_hadr_cluster_members(
     member_name TEXT, member_type_desc TEXT, endpoint_url TEXT,
-    number_of_quorum_votes INTEGER, is_leader BOOLEAN, is_local BOOLEAN);
+    number_of_quorum_votes BIGINT, is_leader BOOLEAN, is_local BOOLEAN);
 CREATE TABLE sys.partner_servers(
     name TEXT, endpoint_urls TEXT);
 CREATE TABLE sys.geo_replication_links(
     database_name TEXT, partner_server TEXT, partner_database TEXT,
-    role INTEGER, role_desc TEXT, replication_state INTEGER, replication_state_desc TEXT,
-    secondary_allow_connections INTEGER, secondary_allow_connections_desc TEXT,
+    role BIGINT, role_desc TEXT, replication_state BIGINT, replication_state_desc TEXT,
+    secondary_allow_connections BIGINT, secondary_allow_connections_desc TEXT,
     is_connected BOOLEAN, last_replication TEXT, replication_lag_sec REAL,
-    hardened_lsn INTEGER, redone_lsn INTEGER, percent_complete REAL,
+    hardened_lsn BIGINT, redone_lsn BIGINT, percent_complete REAL,
         last_contact TEXT, last_error TEXT, discarded_lsn_range TEXT);
 CREATE VIEW sys.dm_geo_replication_link_status AS
     SELECT database_name, partner_server, partner_database, last_replication,
@@ -94,7 +94,7 @@ CREATE VIEW sys.dm_geo_replication_link_status AS
            discarded_lsn_range
     FROM sys.geo_replication_links;
 CREATE TABLE sys.dm_operation_status(
-    operation_id INTEGER, resource_type_desc TEXT, major_resource_id TEXT,
+    operation_id BIGINT, resource_type_desc TEXT, major_resource_id TEXT,
     minor_resource_id TEXT, operation TEXT, state_desc TEXT, percent_complete REAL,
     error_desc TEXT, start_time TEXT, last_modify_time TEXT);
 CREATE VIEW sys.dm_exec_requests AS
@@ -103,38 +103,38 @@ CREATE VIEW sys.dm_exec_requests AS
            percent_complete, start_time
     FROM sys.dm_operation_status WHERE state_desc = 'IN_PROGRESS';
 CREATE TABLE sys.dm_os_process_memory(
-    physical_memory_in_use_bytes INTEGER, peak_physical_memory_in_use_bytes INTEGER,
-    buffer_memory_in_use_bytes INTEGER, peak_buffer_memory_in_use_bytes INTEGER,
-    buffer_memory_limit_bytes INTEGER, session_buffer_memory_limit_bytes INTEGER);
+    physical_memory_in_use_bytes BIGINT, peak_physical_memory_in_use_bytes BIGINT,
+    buffer_memory_in_use_bytes BIGINT, peak_buffer_memory_in_use_bytes BIGINT,
+    buffer_memory_limit_bytes BIGINT, session_buffer_memory_limit_bytes BIGINT);
 CREATE TABLE sys.databases(
-    name TEXT, is_read_only BOOLEAN, log_first_lsn INTEGER, log_end_lsn INTEGER,
-    log_durable_lsn INTEGER, checkpoint_lsn INTEGER, log_reuse_wait_desc TEXT);
+    name TEXT, is_read_only BOOLEAN, log_first_lsn BIGINT, log_end_lsn BIGINT,
+    log_durable_lsn BIGINT, checkpoint_lsn BIGINT, log_reuse_wait_desc TEXT);
 CREATE TABLE sys.backup_history(
     backup_id TEXT, database_name TEXT, type TEXT, is_copy_only BOOLEAN,
-    is_compressed BOOLEAN, physical_device_name TEXT, first_lsn INTEGER,
-    last_lsn INTEGER, backup_size INTEGER, backup_start_date TEXT,
-    duration_ms INTEGER, group_name TEXT, replica_name TEXT,
+    is_compressed BOOLEAN, physical_device_name TEXT, first_lsn BIGINT,
+    last_lsn BIGINT, backup_size BIGINT, backup_start_date TEXT,
+    duration_ms BIGINT, group_name TEXT, replica_name TEXT,
     verification_state TEXT, verification_desc TEXT, verified_at TEXT,
-    restorable_lsn INTEGER, restorable_time TEXT);
+    restorable_lsn BIGINT, restorable_time TEXT);
 CREATE TABLE sys.dm_hadr_auto_page_repair(
-    database_name TEXT, file_id INTEGER, page_id INTEGER, error_type INTEGER,
-    error_type_desc TEXT, page_status INTEGER, page_status_desc TEXT,
+    database_name TEXT, file_id BIGINT, page_id BIGINT, error_type BIGINT,
+    error_type_desc TEXT, page_status BIGINT, page_status_desc TEXT,
     modification_time TEXT, partner_replica TEXT, detail TEXT);
 CREATE TABLE sys.dm_hadr_page_scrub_status(
-    database_name TEXT, page_count INTEGER, pages_verified INTEGER,
-    percent_complete REAL, passes_completed INTEGER, last_full_pass_time TEXT,
-    damaged_pages_found INTEGER, mismatched_pages_found INTEGER,
-    rate_bytes_per_second INTEGER);
+    database_name TEXT, page_count BIGINT, pages_verified BIGINT,
+    percent_complete REAL, passes_completed BIGINT, last_full_pass_time TEXT,
+    damaged_pages_found BIGINT, mismatched_pages_found BIGINT,
+    rate_bytes_per_second BIGINT);
 CREATE TABLE sys.dm_hadr_failover_history(
-    group_id TEXT, epoch INTEGER, failover_time TEXT, kind_desc TEXT, reason TEXT,
+    group_id TEXT, epoch BIGINT, failover_time TEXT, kind_desc TEXT, reason TEXT,
     from_replica TEXT, to_replica TEXT, data_lost TEXT, loss_known BOOLEAN);
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
     synchronization_health_desc TEXT, is_suspended BOOLEAN,
-    last_hardened_lsn INTEGER, last_redone_lsn INTEGER, last_commit_lsn INTEGER,
-    last_commit_time TEXT, log_send_queue_size INTEGER, log_send_rate REAL,
-    redo_queue_size INTEGER, redo_rate REAL, secondary_lag_seconds REAL, last_error TEXT,
+    last_hardened_lsn BIGINT, last_redone_lsn BIGINT, last_commit_lsn BIGINT,
+    last_commit_time TEXT, log_send_queue_size BIGINT, log_send_rate REAL,
+    redo_queue_size BIGINT, redo_rate REAL, secondary_lag_seconds REAL, last_error TEXT,
     is_failover_ready BOOLEAN);
 ";
 

@@ -20,12 +20,16 @@
 //! pg_user, pg_authid, pg_auth_members, pg_am, pg_description,
 //! pg_shdescription, pg_tables, pg_views, pg_collation, pg_inherits,
 //! pg_enum, pg_range, pg_extension, pg_trigger, pg_policy, pg_proc,
-//! pg_tablespace, pg_sequence, pg_sequences, pg_depend (empty), pg_settings (a few),
+//! pg_tablespace, pg_sequence, pg_sequences (and sequences in pg_class, relkind
+//! `S`, from `engine::sequence`), pg_depend (empty), pg_settings (a few),
 //! pg_statistic_ext, pg_publication, pg_partitioned_table, pg_rewrite,
 //! pg_foreign_table, pg_cursors, pg_stat_activity; information_schema
 //! schemata, tables, columns, views, table_constraints,
 //! key_column_usage, referential_constraints, sequences.
-//! Limits: CHECK constraints and expression indexes are not listed;
+//! The session's TEMP tables and views (`engine::temp`) are relations of
+//! the namespace `pg_temp` in pg_class, pg_attribute and pg_tables, while
+//! it has some. Limits: CHECK constraints and expression indexes are not
+//! listed, nor a TEMP table's indexes, constraints and defaults;
 //! comments (`obj_description`) are always NULL; one role (`availdb`).
 
 use std::collections::HashMap;
@@ -304,12 +308,36 @@ fn now_text() -> String {
     crate::sql::temporal::format_timestamptz(chrono::Utc::now())
 }
 
+/// The session's TEMP tables and views (`engine::temp`: schema
+/// `pg_temp`, attached only to the connections of a session that has
+/// some) as a JSON array of `{name, type}`; `[]` where it is not attached.
+fn temp_relations(conn: &Connection) -> rusqlite::Result<String> {
+    let attached = conn
+        .prepare_cached("SELECT count(*) FROM pragma_database_list WHERE name = ?1")?
+        .query_row([super::temp::SCHEMA], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !attached {
+        return Ok("[]".into());
+    }
+    conn.prepare_cached(
+        "SELECT json_group_array(json_object('name', name, 'type', type)) \
+         FROM pg_temp.sqlite_schema WHERE type IN ('table', 'view') \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
 /// Registers availdb's PostgreSQL functions and creates the catalog views
 /// on a new connection. `dir` is the directory of the database files
 /// (`pg_database` lists it); `pid` is what `pg_backend_pid()` answers.
 pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> {
     let det = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     let volatile = FunctionFlags::SQLITE_UTF8;
+    conn.create_scalar_function("availdb_temp_relations", 0, volatile, |ctx| {
+        // SAFETY: the reference is used on this thread, inside this call.
+        let conn = unsafe { ctx.get_connection()? };
+        temp_relations(&conn)
+    })?;
     conn.create_scalar_function("pg_oid", 2, det, |ctx| {
         let kind = text_arg(ctx, 0).unwrap_or_default();
         let name = text_arg(ctx, 1).unwrap_or_default();
@@ -576,6 +604,10 @@ fn types_values() -> String {
         .join(",\n")
 }
 
+/// The OID of the namespace `pg_temp` (the session's TEMP objects), listed
+/// while the session has some.
+const TEMP_NAMESPACE_OID: i64 = 12_000;
+
 /// The catalog, as TEMP views (`CREATE TEMP VIEW IF NOT EXISTS`).
 fn views_sql() -> String {
     // Not SQLite's own tables, nor availdb's sequences (`engine::sequence`).
@@ -588,6 +620,16 @@ fn views_sql() -> String {
 CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
   SELECT name, type, sql FROM main.sqlite_schema
   WHERE type IN ('table', 'view') AND {user_table};
+CREATE TEMP VIEW IF NOT EXISTS availdb_temp_tables AS
+  SELECT r.value ->> 'name' AS name, r.value ->> 'type' AS type,
+    CAST(pg_oid('r', 'pg_temp.' || (r.value ->> 'name')) AS INTEGER) AS oid
+  FROM json_each(availdb_temp_relations()) r;
+CREATE TEMP VIEW IF NOT EXISTS availdb_seqs AS
+  SELECT s.value ->> 'name' AS name, s.value ->> 'last_value' AS last_value,
+    s.value ->> 'start_value' AS start_value, s.value ->> 'increment' AS increment,
+    s.value ->> 'min_value' AS min_value, s.value ->> 'max_value' AS max_value,
+    s.value ->> 'cycle' AS cycle, s.value ->> 'is_called' AS is_called
+  FROM json_each(availdb_sequence_list()) s;
 CREATE TEMP VIEW IF NOT EXISTS availdb_rowid_pk AS
   SELECT t.name AS tbl, p.name AS col, p.cid AS cid
   FROM main.sqlite_schema t, pragma_table_info(t.name) p
@@ -625,7 +667,8 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_fks AS
 CREATE TEMP VIEW IF NOT EXISTS pg_namespace AS
   SELECT 11 AS oid, 'pg_catalog' AS nspname, 10 AS nspowner, NULL AS nspacl
   UNION ALL SELECT 2200, 'public', 10, NULL
-  UNION ALL SELECT 13000, 'information_schema', 10, NULL;
+  UNION ALL SELECT 13000, 'information_schema', 10, NULL
+  UNION ALL SELECT {temp_oid}, 'pg_temp', 10, NULL WHERE EXISTS (SELECT 1 FROM availdb_temp_tables);
 CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   SELECT CAST(pg_oid('r', name) AS INTEGER) AS oid, name AS relname, 2200 AS relnamespace,
     CAST(pg_oid('t', name) AS INTEGER) AS reltype, 0 AS reloftype, 10 AS relowner,
@@ -645,7 +688,16 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   UNION ALL
   SELECT CAST(pg_oid('i', name) AS INTEGER), name, 2200, 0, 0, 10, 403, CAST(pg_oid('i', name) AS INTEGER), 0, 0, -1, 0, 0,
     0, 0, 'p', 'i', json_array_length(indkey), 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
-  FROM availdb_indexes;
+  FROM availdb_indexes
+  UNION ALL
+  SELECT CAST(pg_oid('S', name) AS INTEGER), name, 2200, 0, 0, 10, 0, CAST(pg_oid('S', name) AS INTEGER), 0, 1, 1, 0, 0,
+    0, 0, 'p', 'S', 3, 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
+  FROM availdb_seqs
+  UNION ALL
+  SELECT oid, name, {temp_oid}, 0, 0, 10, CASE type WHEN 'table' THEN 2 ELSE 0 END, oid, 0, 0, -1, 0, 0,
+    0, 0, 't', CASE type WHEN 'table' THEN 'r' ELSE 'v' END,
+    (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp')), 0, 0, 0, 0, 0, 0, 1, 'd', 0, 0, 0, 0, NULL, NULL, NULL
+  FROM availdb_temp_tables t;
 CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   SELECT CAST(pg_oid('r', t.name) AS INTEGER) AS attrelid, p.name AS attname, pg_decltype_oid(p.type) AS atttypid,
     -1 AS attstattarget, pg_type_len(pg_decltype_oid(p.type)) AS attlen, p.cid + 1 AS attnum,
@@ -659,6 +711,13 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
     0 AS attisdropped, 1 AS attislocal, 0 AS attinhcount, 0 AS attcollation,
     NULL AS attacl, NULL AS attoptions, NULL AS attfdwoptions, NULL AS attmissingval, '' AS attcompression
   FROM availdb_tables t, pragma_table_xinfo(t.name) p
+  UNION ALL
+  SELECT t.oid, p.name, pg_decltype_oid(p.type), -1, pg_type_len(pg_decltype_oid(p.type)), p.cid + 1,
+    CASE WHEN pg_decltype_oid(p.type) = 1009 THEN 1 ELSE 0 END, -1, pg_decltype_typmod(p.type), 0,
+    CASE WHEN pg_type_len(pg_decltype_oid(p.type)) < 0 THEN 'x' ELSE 'p' END, 'i', (p."notnull" OR p.pk > 0),
+    p.dflt_value IS NOT NULL, 0, '', CASE WHEN p.hidden IN (2, 3) THEN 's' ELSE '' END, 0, 1, 0, 0,
+    NULL, NULL, NULL, NULL, ''
+  FROM availdb_temp_tables t, pragma_table_xinfo(t.name, 'pg_temp') p
   UNION ALL
   SELECT CAST(pg_oid('i', i.name) AS INTEGER), j.value, 0, -1, -1, j.key + 1, 0, -1, -1, 0, 'p', 'i', 0, 0, 0, '', '',
     0, 1, 0, 0, NULL, NULL, NULL, NULL, ''
@@ -755,7 +814,9 @@ CREATE TEMP VIEW IF NOT EXISTS pg_tables AS
     EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.tbl = t.name) AS hasindexes, 0 AS hasrules,
     EXISTS (SELECT 1 FROM main.sqlite_schema tr WHERE tr.type = 'trigger' AND tr.tbl_name = t.name) AS hastriggers,
     0 AS rowsecurity
-  FROM availdb_tables t WHERE type = 'table';
+  FROM availdb_tables t WHERE type = 'table'
+  UNION ALL
+  SELECT 'pg_temp', name, 'availdb', NULL, 0, 0, 0, 0 FROM availdb_temp_tables WHERE type = 'table';
 CREATE TEMP VIEW IF NOT EXISTS pg_views AS
   SELECT 'public' AS schemaname, name AS viewname, 'availdb' AS viewowner, sql AS definition
   FROM availdb_tables WHERE type = 'view';
@@ -780,12 +841,19 @@ CREATE TEMP VIEW IF NOT EXISTS pg_policy AS
   SELECT 0 AS oid, '' AS polname, 0 AS polrelid, 'r' AS polcmd, 1 AS polpermissive,
     '[]' AS polroles, NULL AS polqual, NULL AS polwithcheck WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_proc AS
-  SELECT 0 AS oid, '' AS proname, 11 AS pronamespace, 0 AS prorettype, '' AS proargtypes, 'f' AS prokind WHERE 0;
+  SELECT 0 AS oid, '' AS proname, 11 AS pronamespace, 0 AS prorettype, '' AS proargtypes, 'f' AS prokind,
+    NULL AS proargnames, NULL AS proallargtypes, NULL AS proargmodes, 0 AS proretset,
+    NULL AS proargdefaults, 12 AS prolang, '' AS prosrc, 0 AS proisagg, 0 AS proiswindow,
+    10 AS proowner, 0 AS pronargs, 'v' AS provolatile, NULL AS proacl WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_sequence AS
-  SELECT 0 AS seqrelid, 20 AS seqtypid, 1 AS seqstart, 1 AS seqincrement, 0 AS seqmax, 1 AS seqmin,
-    1 AS seqcache, 0 AS seqcycle WHERE 0;
+  SELECT CAST(pg_oid('S', name) AS INTEGER) AS seqrelid, 20 AS seqtypid, start_value AS seqstart,
+    increment AS seqincrement, max_value AS seqmax, min_value AS seqmin, 1 AS seqcache, cycle AS seqcycle
+  FROM availdb_seqs;
 CREATE TEMP VIEW IF NOT EXISTS pg_sequences AS
-  SELECT '' AS schemaname, '' AS sequencename, '' AS sequenceowner WHERE 0;
+  SELECT 'public' AS schemaname, name AS sequencename, 'availdb' AS sequenceowner,
+    'bigint' AS data_type, start_value, min_value, max_value, increment AS increment_by, cycle,
+    1 AS cache_size, CASE WHEN is_called THEN last_value END AS last_value
+  FROM availdb_seqs;
 CREATE TEMP VIEW IF NOT EXISTS pg_statistic_ext AS
   SELECT 0 AS oid, 0 AS stxrelid, '' AS stxname, 2200 AS stxnamespace, '[]' AS stxkind,
     -1 AS stxstattarget, 10 AS stxowner, '' AS stxkeys, NULL AS stxexprs WHERE 0;
@@ -875,9 +943,15 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_indexdefs(availdb_ioid, availdb_idef) AS
 CREATE TEMP VIEW IF NOT EXISTS availdb_indexcols(availdb_icoid, availdb_icord, availdb_icname) AS
   SELECT indexrelid, ord, attname FROM pg_index_column;
 CREATE TEMP VIEW IF NOT EXISTS "information_schema.sequences" AS
-  SELECT '' AS sequence_catalog, '' AS sequence_schema, '' AS sequence_name WHERE 0;
+  SELECT current_database() AS sequence_catalog, 'public' AS sequence_schema, name AS sequence_name,
+    'bigint' AS data_type, 64 AS numeric_precision, 2 AS numeric_precision_radix, 0 AS numeric_scale,
+    CAST(start_value AS TEXT) AS start_value, CAST(min_value AS TEXT) AS minimum_value,
+    CAST(max_value AS TEXT) AS maximum_value, CAST(increment AS TEXT) AS increment,
+    CASE WHEN cycle THEN 'YES' ELSE 'NO' END AS cycle_option
+  FROM availdb_seqs;
 "#,
         types = types_values(),
+        temp_oid = TEMP_NAMESPACE_OID,
         pg_version = super::PG_VERSION,
     )
 }
@@ -898,7 +972,23 @@ pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
             _ => ValueType::Text,
         });
     }
+    if t == "pg_sequence" || t == "pg_sequences" {
+        match c.as_str() {
+            "seqstart" | "seqincrement" | "seqmax" | "seqmin" | "seqcache" | "start_value"
+            | "min_value" | "max_value" | "increment_by" | "cache_size" | "last_value" => {
+                return Some(ValueType::Int8)
+            }
+            "seqcycle" | "cycle" => return Some(ValueType::Bool),
+            "schemaname" | "sequencename" | "sequenceowner" | "data_type" => {
+                return Some(ValueType::Text)
+            }
+            _ => {}
+        }
+    }
     const BOOLS: &[&str] = &[
+        "proretset",
+        "proisagg",
+        "proiswindow",
         "relhasindex",
         "relisshared",
         "relhasrules",
@@ -959,6 +1049,13 @@ pub fn column_type(table: &str, column: &str) -> Option<ValueType> {
         "set_option",
     ];
     const TEXTS: &[&str] = &[
+        "prosrc",
+        "proargnames",
+        "proallargtypes",
+        "proargmodes",
+        "proargdefaults",
+        "provolatile",
+        "proacl",
         "relname",
         "relkind",
         "relpersistence",
@@ -1124,6 +1221,8 @@ mod tests {
         })
         .unwrap();
         install(&c, Path::new("/nonexistent"), 7).unwrap();
+        // The catalog lists sequences through the sequence functions.
+        crate::engine::sequence::install(&c, &Default::default()).unwrap();
         c.execute_batch(
             "CREATE TABLE p (id INTEGER PRIMARY KEY, code varchar(10) UNIQUE NOT NULL);
              CREATE TABLE k (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), at timestamp with time zone);
@@ -1150,7 +1249,7 @@ mod tests {
         );
         assert_eq!(
             rows("SELECT attname || ':' || format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = pg_oid('r', 'k') ORDER BY attnum"),
-            ["id:bigint", "p_id:bigint", "at:timestamp with time zone"]
+            ["id:integer", "p_id:integer", "at:timestamp with time zone"]
         );
         assert_eq!(
             rows("SELECT conname || ' ' || contype || ' ' || condef FROM pg_constraint ORDER BY conname"),

@@ -218,6 +218,19 @@ impl RowSource {
         }
     }
 
+    /// Puts `rows`, taken from this source, back before the rest (a
+    /// declared cursor's rows read ahead of a FETCH, when FETCH ALL hands
+    /// the rest over to stream).
+    pub fn push_front(&mut self, rows: Vec<Vec<Value>>, charge: Charge) {
+        let mut state = self.shared.lock();
+        // Only a source that has not yet answered its end takes rows back.
+        debug_assert!(!state.finished, "rows pushed back after the end");
+        state.queued_bytes += charge.bytes() as usize;
+        state.queue.push_front((rows, charge));
+        drop(state);
+        self.shared.ready.notify_one();
+    }
+
     /// Rows already produced and nothing more to come (a result held whole).
     pub fn buffered(rows: Vec<Vec<Value>>, charge: Charge) -> RowSource {
         let bytes = charge.bytes() as usize;
@@ -416,8 +429,9 @@ pub async fn open<H: Holds>(
     }
 }
 
-/// Approximate bytes a row holds (values plus their slots).
-pub(super) fn row_bytes(row: &[Value]) -> usize {
+/// Approximate bytes a row holds (values plus their slots), as memory
+/// budgets count them.
+pub fn row_bytes(row: &[Value]) -> usize {
     row.iter()
         .map(|v| {
             32 + match v {

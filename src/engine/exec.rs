@@ -303,7 +303,8 @@ mod tests {
         assert_eq!(
             types,
             [
-                ValueType::Int8,
+                // `INTEGER PRIMARY KEY`: int4, as `integer` in PostgreSQL.
+                ValueType::Int4,
                 ValueType::Text,
                 ValueType::Float8,
                 ValueType::Bytea

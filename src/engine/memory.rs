@@ -6,7 +6,8 @@
 //! statement's window, [`super::cursor`]), rows that cannot stream and must
 //! be held whole (a write's `RETURNING` rows, which go out only after the
 //! commit; a suspended portal's rest when its transaction needs the
-//! connection for another statement), and the data of a `COPY … FROM
+//! connection for another statement; the rows of a declared cursor's
+//! `FETCH n` — `FETCH ALL` streams), and the data of a `COPY … FROM
 //! STDIN` until CopyDone. SQLite's own memory (page cache, sorter) is not:
 //! it is bounded by SQLite's settings and spills to temporary files.
 //!

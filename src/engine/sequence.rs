@@ -18,8 +18,10 @@
 //!   back is undone, and the value is handed out again (PostgreSQL never
 //!   reuses it). Nothing committed is ever handed out twice.
 //! * `CACHE` is accepted and ignored (every `nextval` writes the row).
-//! * Sequences are not listed in the emulated catalog (`pg_class`,
-//!   `pg_sequences`).
+//! * The catalog (`engine::catalog`: `pg_class` with relkind `S`,
+//!   `pg_sequence`, `pg_sequences`, `information_schema.sequences`) reads
+//!   them through `availdb_sequence_list()`; every sequence shows as
+//!   `bigint`, whatever its `AS` type (only its bounds are kept).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -81,15 +83,7 @@ struct Row {
 }
 
 fn read(conn: &Connection, name: &str) -> rusqlite::Result<Row> {
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
-            [TABLE],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    let row = if exists {
+    let row = if table_exists(conn)? {
         conn.prepare_cached(
             "SELECT last_value, increment, min_value, max_value, cycle, is_called \
              FROM main.availdb_sequences WHERE name = ?1",
@@ -109,6 +103,31 @@ fn read(conn: &Connection, name: &str) -> rusqlite::Result<Row> {
         None
     };
     row.ok_or_else(|| user_error(format!("relation \"{name}\" does not exist")))
+}
+
+fn table_exists(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+            [TABLE],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The rows of [`TABLE`] as a JSON array of objects named by its columns.
+fn list(conn: &Connection) -> rusqlite::Result<String> {
+    if !table_exists(conn)? {
+        return Ok("[]".into());
+    }
+    conn.prepare_cached(
+        "SELECT json_group_array(json_object('name', name, 'last_value', last_value, \
+         'start_value', start_value, 'increment', increment, 'min_value', min_value, \
+         'max_value', max_value, 'cycle', cycle, 'is_called', is_called)) \
+         FROM main.availdb_sequences",
+    )?
+    .query_row([], |r| r.get(0))
 }
 
 fn write(conn: &Connection, name: &str, value: i64, is_called: bool) -> rusqlite::Result<()> {
@@ -193,6 +212,13 @@ pub(crate) fn install(conn: &Connection, slot: &Slot) -> rusqlite::Result<()> {
         // SAFETY: as in nextval.
         let conn = unsafe { ctx.get_connection()? };
         read(&conn, &name).map(|_| true)
+    })?;
+    // Every sequence as a JSON array of objects, for the catalog's views
+    // (`engine::catalog`): `[]` in a database that has none yet (no table).
+    conn.create_scalar_function("availdb_sequence_list", 0, volatile, |ctx| {
+        // SAFETY: as in nextval.
+        let conn = unsafe { ctx.get_connection()? };
+        list(&conn)
     })?;
     for args in [2, 3] {
         conn.create_scalar_function("setval", args, volatile, move |ctx| {

@@ -40,7 +40,10 @@
 //!   session's TEMP tables (SQLite binds a view's names to its own schema).
 //! * A statement writing a TEMP table while a portal of the same session
 //!   still reads it fails with SQLITE_LOCKED (shared-cache table locks).
-//! * The emulated catalog (`pg_class`, …) does not list TEMP objects.
+//! * The emulated catalog lists the session's TEMP tables and views in
+//!   schema `pg_temp` (`pg_class`, `pg_attribute`, `pg_tables`; read
+//!   through `availdb_temp_relations()`), not their indexes, constraints
+//!   or defaults, and `information_schema` does not list them.
 
 use rusqlite::{Connection, OpenFlags};
 

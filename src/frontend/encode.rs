@@ -3,7 +3,9 @@
 //! Text format is lenient: whatever SQLite stored is rendered as text, as a
 //! dynamically typed database must. Binary format must match the announced
 //! type exactly, so values are converted, and a value that cannot be (text
-//! `'abc'` in an INTEGER column) fails with 22P02 naming the column.
+//! `'abc'` in an INTEGER column) fails with 22P02 naming the column; an
+//! integer wider than its column's int2 or int4 (SQLite stores 64 bits in
+//! any integer column) fails with 22003, never wrapped.
 
 use std::sync::Arc;
 
@@ -127,11 +129,11 @@ fn encode_value(
             };
             match *ty {
                 Type::INT2 => {
-                    let v = i16::try_from(v).map_err(|_| mismatch())?;
+                    let v = i16::try_from(v).map_err(|_| out_of_range(field, v))?;
                     enc.encode_field_with_type_and_format(&v, ty, format, opts)
                 }
                 Type::INT4 => {
-                    let v = i32::try_from(v).map_err(|_| mismatch())?;
+                    let v = i32::try_from(v).map_err(|_| out_of_range(field, v))?;
                     enc.encode_field_with_type_and_format(&v, ty, format, opts)
                 }
                 _ => {
@@ -738,6 +740,29 @@ fn binary_array_to_json<S: Clone>(
     Ok(serde_json::Value::Array(items))
 }
 
+/// 22003 for a stored integer wider than its column's announced int2 or
+/// int4 (SQLite keeps any 64-bit integer in any integer column): never
+/// wrapped, never truncated.
+fn out_of_range(field: &FieldInfo, value: i64) -> PgWireError {
+    let type_name = if *field.datatype() == Type::INT2 {
+        "smallint"
+    } else {
+        "integer"
+    };
+    let err = Error::sql(
+        "22003",
+        format!(
+            "value {value} of column \"{}\" is out of range for type {type_name}",
+            field.name()
+        ),
+    )
+    .with_hint(
+        "declare the column bigint to hold 64-bit values, CAST it AS BIGINT in the query, \
+         or request text format",
+    );
+    PgWireError::UserError(Box::new(to_user_error(&err)))
+}
+
 /// An engine error as the client sees it.
 pub fn to_user_error(err: &Error) -> pgwire::error::ErrorInfo {
     let mut info =
@@ -822,6 +847,31 @@ mod tests {
         );
         assert!(one(Type::NUMERIC, FieldFormat::Binary, Value::Real(1.25)).is_ok());
         assert!(one(Type::BOOL, FieldFormat::Binary, Value::Integer(1)).is_ok());
+    }
+
+    /// An int4 column holds what SQLite stores, any 64-bit integer: one
+    /// beyond int4 (int2) is refused with 22003 in binary, never wrapped,
+    /// and sent as stored in text.
+    #[test]
+    fn integers_wider_than_their_int4_or_int2_column_fail_with_22003_in_binary() {
+        let wide = i64::from(i32::MAX) + 1;
+        for ty in [Type::INT4, Type::INT2] {
+            let err = one(ty.clone(), FieldFormat::Binary, Value::Integer(wide)).unwrap_err();
+            let PgWireError::UserError(info) = &err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(info.code, "22003", "{ty}: {info:?}");
+            assert!(info.message.contains("out of range"), "{info:?}");
+            assert!(one(ty, FieldFormat::Text, Value::Integer(wide)).is_ok());
+        }
+        assert!(one(
+            Type::INT4,
+            FieldFormat::Binary,
+            Value::Integer(i64::from(i32::MIN))
+        )
+        .is_ok());
+        assert!(one(Type::INT2, FieldFormat::Binary, Value::Integer(-32768)).is_ok());
+        assert!(one(Type::INT2, FieldFormat::Binary, Value::Integer(32768)).is_err());
     }
 
     #[test]

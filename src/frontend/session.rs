@@ -69,7 +69,7 @@ use rusqlite::types::Value;
 use rusqlite::InterruptHandle;
 use tokio::sync::Notify;
 
-use crate::engine::cursor::{self, CursorHandle, CursorStop, Holds, RowSource};
+use crate::engine::cursor::{self, row_bytes, CursorHandle, CursorStop, Holds, RowSource};
 use crate::engine::memory::{Charge, SessionMemory};
 use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, WriterGuard};
 use crate::sql::command::Command;
@@ -756,13 +756,40 @@ impl Session {
     }
 
     /// `FETCH` / `MOVE`: the next `count` rows (None: all the rest).
+    ///
+    /// Memory stays bounded as for any query: `FETCH ALL` hands the rest of
+    /// the cursor's statement over to stream, read as the client takes it;
+    /// the rows of `FETCH n` are charged to the session's budget while they
+    /// wait to be sent (past it, 53200); `MOVE` keeps no row.
     async fn fetch(&mut self, name: &str, count: Option<u64>, move_only: bool) -> Result<Reply> {
+        const WHAT: &str = "rows of FETCH";
+        let memory = self.memory.clone();
         let cursor = self.cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
-        let want = count.map_or(usize::MAX, |n| n as usize);
+        if count.is_none() && !move_only {
+            if let Some(mut rest) = cursor.rows.take() {
+                if !cursor.pending.is_empty() {
+                    let ahead: Vec<Vec<Value>> = cursor.pending.drain(..).collect();
+                    let bytes = ahead.iter().map(|r| row_bytes(r) as u64).sum();
+                    rest.push_front(ahead, memory.charge(bytes, WHAT)?);
+                }
+                return Ok(Reply::Stream {
+                    columns: cursor.columns.clone(),
+                    rows: rest,
+                    tag: "FETCH 0".into(),
+                });
+            }
+        }
+        let want = count.unwrap_or(u64::MAX);
         let mut rows = Vec::new();
-        while rows.len() < want {
+        let mut charge = memory.charge(0, WHAT)?;
+        let mut moved = 0u64;
+        while moved < want {
             if let Some(row) = cursor.pending.pop_front() {
-                rows.push(row);
+                moved += 1;
+                if !move_only {
+                    charge.grow(row_bytes(&row) as u64, WHAT)?;
+                    rows.push(row);
+                }
                 continue;
             }
             let Some(source) = cursor.rows.as_mut() else {
@@ -777,18 +804,13 @@ impl Session {
                 None => cursor.rows = None,
             }
         }
-        let tag = format!(
-            "{} {}",
-            if move_only { "MOVE" } else { "FETCH" },
-            rows.len()
-        );
         if move_only {
-            return Ok(Reply::Done(tag));
+            return Ok(Reply::Done(format!("MOVE {moved}")));
         }
-        Ok(Reply::Rows {
+        Ok(Reply::Stream {
             columns: cursor.columns.clone(),
-            rows,
-            tag,
+            tag: format!("FETCH {}", rows.len()),
+            rows: RowSource::buffered(rows, charge),
         })
     }
 

@@ -609,7 +609,7 @@ mod tests {
                 "DECLARE \"My Cur\" NO SCROLL CURSOR WITH HOLD FOR SELECT 1::int",
                 Declare {
                     name: "My Cur".into(),
-                    query: "SELECT CAST(1 AS INTEGER)".into(),
+                    query: "SELECT CAST(1 AS INT4)".into(),
                     hold: true,
                 },
             ),

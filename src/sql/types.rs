@@ -13,19 +13,24 @@
 //! with a clear error when a stored value does not fit the declared type in
 //! binary format.
 //!
-//! One deliberate exception: a column declared exactly `INTEGER` is `int8`,
-//! because that is SQLite's 64-bit integer and the type of every rowid alias
-//! (`INTEGER PRIMARY KEY`, which SERIAL and identity columns become); `int`,
-//! `int4` and `mediumint` are `int4`, `smallint`/`int2` are `int2`.
+//! Integers follow PostgreSQL's widths: `integer`, `int`, `int4` (and a
+//! rowid alias, `INTEGER PRIMARY KEY`) are `int4`, `smallint`/`int2` are
+//! `int2`, `bigint`/`int8` are `int8`, as clients such as node-postgres
+//! expect (they read int4 as numbers, int8 as strings). SQLite stores any
+//! 64-bit integer in any of them; a value that does not fit its column's
+//! announced width is sent as it is in text format and refused with 22003
+//! in binary format (`frontend::encode`): declare such columns `bigint`.
+//! Expressions compute in SQLite's 64-bit integers and are `int8`
+//! (`typing`), as is a SQLite-style `CAST(x AS INTEGER)`.
 
 /// A value type as announced to PostgreSQL clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ValueType {
     /// `int2` (declared SMALLINT, INT2, TINYINT).
     Int2,
-    /// `int4` (declared INT, INT4, MEDIUMINT, SERIAL).
+    /// `int4` (declared INTEGER, INT, INT4, MEDIUMINT, SERIAL).
     Int4,
-    /// `int8` (declared INTEGER, BIGINT, INT8; other names with "INT").
+    /// `int8` (declared BIGINT, INT8; other names with "INT").
     Int8,
     /// `float4` (declared FLOAT4).
     Float4,
@@ -98,8 +103,9 @@ impl ValueType {
         let words: Vec<&str> = base.split_whitespace().collect();
         let name = words.join(" ");
         let exact = match name.as_str() {
-            "integer" => Some(ValueType::Int8),
-            "int" | "int4" | "mediumint" | "serial" | "serial4" => Some(ValueType::Int4),
+            "integer" | "int" | "int4" | "mediumint" | "serial" | "serial4" => {
+                Some(ValueType::Int4)
+            }
             "smallint" | "int2" | "tinyint" | "smallserial" | "serial2" => Some(ValueType::Int2),
             "bigint" | "int8" | "bigserial" | "serial8" => Some(ValueType::Int8),
             "float4" => Some(ValueType::Float4),
@@ -238,7 +244,8 @@ mod tests {
     #[test]
     fn declared_types_map_to_postgres_types_then_sqlite_affinity() {
         let cases = [
-            ("INTEGER", Int8),
+            ("INTEGER", Int4),
+            ("integer", Int4),
             ("int", Int4),
             ("int4", Int4),
             ("smallint", Int2),

@@ -805,8 +805,10 @@ impl Scope<'_> {
             return Some(ty);
         }
         match name.as_str() {
-            "sum" | "abs" | "first_value" | "last_value" | "nth_value" | "lag" | "lead"
-            | "likely" | "unlikely" | "likelihood" => first_arg(),
+            // As PostgreSQL: the sum of int2 or int4 values is int8.
+            "sum" => first_arg().map(|ty| if ty.is_integer() { ValueType::Int8 } else { ty }),
+            "abs" | "first_value" | "last_value" | "nth_value" | "lag" | "lead" | "likely"
+            | "unlikely" | "likelihood" => first_arg(),
             "ceil" | "ceiling" | "floor" | "trunc" => Some(integral_type(first_arg())),
             _ => shared_type_args(&name, &args)
                 .iter()
@@ -843,8 +845,15 @@ fn literal_type(value: &Value) -> Option<ValueType> {
     }
 }
 
+/// The type a `CAST` (or typed literal) gives. `CAST(x AS INTEGER)` is
+/// SQLite's cast to its 64-bit integer, so int8, unlike a column declared
+/// `integer` (int4); the compatibility layer spells PostgreSQL's `::int4`
+/// and `::integer` as `CAST(x AS INT4)`, which is int4.
 fn decltype(data_type: &DataType) -> ValueType {
-    ValueType::from_decltype(&data_type.to_string())
+    match data_type {
+        DataType::Integer(_) => ValueType::Int8,
+        _ => ValueType::from_decltype(&data_type.to_string()),
+    }
 }
 
 fn is_predicate(expr: &Expr) -> bool {
@@ -946,6 +955,8 @@ fn fixed_result_type(name: &str) -> Option<ValueType> {
         | "quote_ident"
         | "pg_get_expr" => Text,
         "pg_backend_pid" => Int4,
+        // Sequences are int8 whatever their `AS` type, as in PostgreSQL.
+        "nextval" | "currval" | "lastval" | "setval" => Int8,
         // JSONB functions build SQLite's binary JSON, a blob.
         _ if name.starts_with("jsonb") => Bytea,
         _ if name.starts_with("json") => Text,

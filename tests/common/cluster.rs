@@ -397,7 +397,7 @@ pub async fn counts(
     match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(sql.as_str(), &[])).await {
         Ok(Ok(rows)) => rows
             .iter()
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+            .map(|r| (super::int(r, 0), r.get::<_, i64>(1)))
             .collect(),
         Ok(Err(e)) => panic!(
             "{sql} on port {}: {}\n{}",

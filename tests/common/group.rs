@@ -709,7 +709,9 @@ impl InsertLoad {
                         break;
                     }
                     report.attempted.push(id);
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                    // `id INTEGER` is int4, as in PostgreSQL.
+                    let id32 = i32::try_from(id).expect("ids fit in int4");
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id32];
                     let insert = client.execute(sql.as_str(), &params);
                     match tokio::time::timeout(STATEMENT_TIMEOUT, insert).await {
                         Ok(Ok(1)) => {
@@ -788,7 +790,7 @@ pub async fn ids(server: &TestServer, db: &str, table: &str) -> BTreeSet<i64> {
     let client = server.client(db).await;
     let sql = format!("SELECT id FROM {table}");
     match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(sql.as_str(), &[])).await {
-        Ok(Ok(rows)) => rows.iter().map(|r| r.get::<_, i64>(0)).collect(),
+        Ok(Ok(rows)) => rows.iter().map(|r| super::int(r, 0)).collect(),
         Ok(Err(e)) => panic!(
             "{sql} on port {}: {}\n{}",
             server.port(),

@@ -719,6 +719,16 @@ pub async fn simple_value(client: &Client, sql: &str) -> Option<String> {
         .unwrap_or_else(|| panic!("{sql}: returned no row"))
 }
 
+/// Column `idx` of `row`, an integer of any width: availdb announces a
+/// column declared `integer` as int4 and `bigint` as int8 (as PostgreSQL
+/// does), and the harness's helpers read tables of either kind.
+pub fn int(row: &tokio_postgres::Row, idx: usize) -> i64 {
+    row.try_get::<_, i64>(idx)
+        .or_else(|_| row.try_get::<_, i32>(idx).map(i64::from))
+        .or_else(|_| row.try_get::<_, i16>(idx).map(i64::from))
+        .unwrap_or_else(|e| panic!("column {idx} is not an integer: {e}"))
+}
+
 /// Rows and the command-complete count of a simple-protocol query.
 pub async fn simple_rows(client: &Client, sql: &str) -> (Vec<Vec<Option<String>>>, Option<u64>) {
     let messages = client

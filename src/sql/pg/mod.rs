@@ -27,10 +27,16 @@
 //!   → `json_group_array`, `array_agg` → `json_group_array`; `x = ANY(ARRAY[…])`
 //!   → `x IN (…)`, `x::type[]` → `pg_to_array(x)` (an array literal such as
 //!   `{a,b}` becomes JSON), `FROM unnest(a, b, …)` → the arrays joined on
-//!   their positions, `x = ANY($1)` (an array parameter, decoded to JSON) →
-//!   `x IN (SELECT value FROM json_each($1))`, other operators through
-//!   `EXISTS`; `unnest(a)` and `generate_subscripts(a, 1)` in a projection
-//!   → a join with `json_each(a)`.
+//!   their positions, `x = ANY($1)` (an array parameter, decoded to JSON,
+//!   or sent untyped in PostgreSQL's array syntax) and `x = ANY('{a,b}')`
+//!   → `x IN (SELECT value FROM json_each(pg_to_array(…)))`, other
+//!   operators through `EXISTS`; `unnest(a)` and `generate_subscripts(a,
+//!   1)` in a projection → a join with `json_each(a)`.
+//! * `substring(x FROM i FOR n)` → `substring(x, i, n)`; a column alias
+//!   that SQLite reserves (`AS default`) is quoted.
+//! * Integer casts keep their width for typing: `::int`, `::integer` →
+//!   `CAST(x AS INT4)` (int4), `::smallint` → `SMALLINT`, `::bigint` →
+//!   `BIGINT`.
 //! * `pg_catalog.` and `public.` qualifiers dropped (the catalog is a set of
 //!   TEMP views, found first); `information_schema.x` →
 //!   `"information_schema.x"` (see `engine::catalog`).
@@ -38,11 +44,12 @@
 //!   column defaults), `pg_get_indexdef`, `pg_get_constraintdef`,
 //!   `to_regclass`, `to_regtype`.
 //! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
-//!   AS IDENTITY` primary keys → as PostgreSQL makes them: a sequence
-//!   `<table>_<column>_seq` and `DEFAULT (nextval('…'))` on an `int4`,
-//!   `int8` or `int2` column (so node-postgres reads SERIAL ids as
-//!   numbers); in a TEMP table → `INTEGER PRIMARY KEY AUTOINCREMENT`
-//!   (SQLite's rowid alias, which never takes a number back either);
+//!   AS IDENTITY` columns, the key or not → as PostgreSQL makes them: a
+//!   sequence `<table>_<column>_seq` and `DEFAULT (nextval('…'))` on an
+//!   `int4`, `int8` or `int2` column, NOT NULL (so node-postgres reads
+//!   SERIAL ids as numbers); in a TEMP table only the key, → `INTEGER
+//!   PRIMARY KEY AUTOINCREMENT` (SQLite's rowid alias, which never takes a
+//!   number back either; another column is refused, 0A000);
 //!   PostgreSQL type names kept as the
 //!   declared type; `WITH (…)`, `TABLESPACE`, `UNLOGGED` dropped;
 //!   non-constant defaults (`now()`) → `CURRENT_TIMESTAMP`.
@@ -308,7 +315,10 @@ fn translate_statement(stmt: &mut Statement) -> Option<Translated> {
             let Statement::CreateTable(ct) = stmt else {
                 unreachable!()
             };
-            let sequences = create_table(ct);
+            let sequences = match create_table(ct) {
+                Ok(sequences) => sequences,
+                Err(refused) => return Some(refused),
+            };
             if sequences.is_empty() {
                 return Some(Translated::Sql(stmt.to_string()));
             }
@@ -689,8 +699,9 @@ fn sqlite_type(ty: &DataType) -> DataType {
 }
 
 /// The CREATE TABLE rules (see the module page); returns the statements
-/// that create the sequences of its SERIAL and IDENTITY keys.
-fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Vec<String> {
+/// that create the sequences of its SERIAL and IDENTITY columns, or the
+/// refusal of a form availdb cannot build.
+fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Translated> {
     // `pg_temp.t` is a TEMP table (the session places it).
     let schema = ct.name.0.first().and_then(|p| p.as_ident());
     if ct.name.0.len() > 1 && schema.is_some_and(|s| s.value.eq_ignore_ascii_case("pg_temp")) {
@@ -729,10 +740,22 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Vec<String> {
             .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
         let is_pk = column_pk || table_pk.as_deref() == Some(col.name.value.as_str());
         col.options.retain(|o| !rewrite::is_identity(&o.option));
-        if (serial || identity) && is_pk && !ct.temporary {
-            // As PostgreSQL does it: the key's own sequence, `t_id_seq`,
-            // and a default that takes its next value; the column keeps
-            // its integer width (int4 for SERIAL and `integer`).
+        if (serial || identity) && !ct.temporary {
+            // As PostgreSQL does it, key or not: the column's own sequence,
+            // `t_id_seq`, and a default that takes its next value; the
+            // column keeps its integer width (int4 for SERIAL and
+            // `integer`) and, as PostgreSQL's, is NOT NULL.
+            if !is_pk
+                && !col
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.option, ColumnOption::NotNull))
+            {
+                col.options.push(ColumnOptionDef {
+                    name: None,
+                    option: ColumnOption::NotNull,
+                });
+            }
             let (ty, max) = match &col.data_type {
                 DataType::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
                     "bigserial" | "serial8" => ("int8", i64::MAX),
@@ -770,7 +793,18 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Vec<String> {
             ));
             continue;
         }
-        if (serial || identity) && is_pk {
+        if (serial || identity) && !is_pk {
+            // A TEMP table's numbering is its rowid (sequences are in the
+            // database, so never a TEMP table's): only its key can have it.
+            return Err(unsupported(
+                format!(
+                    "not supported in availdb: SERIAL or IDENTITY on column \"{}\" of a TEMP table, which is not its primary key",
+                    col.name.value
+                ),
+                "make that column the TEMP table's primary key, or create the table without TEMP",
+            ));
+        }
+        if serial || identity {
             // SQLite's rowid alias: exactly `INTEGER PRIMARY KEY`.
             col.data_type = DataType::Integer(None);
             col.options.retain(|o| {
@@ -823,7 +857,7 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Vec<String> {
         ct.constraints
             .retain(|c| !matches!(c, TableConstraint::PrimaryKey(_)));
     }
-    sequences
+    Ok(sequences)
 }
 
 /// SQLite wants constant defaults in parentheses; `now()` and friends
@@ -870,7 +904,7 @@ mod tests {
     fn casts_become_sqlite_casts_or_availdb_functions() {
         let cases = [
             ("SELECT $1::VARCHAR", "SELECT CAST($1 AS TEXT)"),
-            ("SELECT '1'::int + 1", "SELECT CAST('1' AS INTEGER) + 1"),
+            ("SELECT '1'::int + 1", "SELECT CAST('1' AS INT4) + 1"),
             (
                 "SELECT $1::TIMESTAMP WITHOUT TIME ZONE",
                 "SELECT pg_to_timestamp($1)",
@@ -907,8 +941,16 @@ mod tests {
                 "SELECT * FROM t WHERE a IN ('x', 'y')",
             ),
             (
+                "SELECT substring(pg_get_expr(d.adbin, d.adrelid, true) for 128) AS default FROM pg_attrdef d",
+                "SELECT SUBSTRING(pg_get_expr(d.adbin, d.adrelid, true), 1, 128) AS \"default\" FROM pg_attrdef d",
+            ),
+            (
                 "SELECT * FROM t WHERE a = ANY($1)",
-                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each($1))",
+                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each(pg_to_array($1)))",
+            ),
+            (
+                "SELECT * FROM t WHERE a = ANY('{r,p,\"\"}')",
+                "SELECT * FROM t WHERE (a) IN (SELECT value FROM json_each(pg_to_array('{r,p,\"\"}')))",
             ),
             (
                 "SELECT table_name FROM information_schema.tables",
@@ -957,6 +999,24 @@ mod tests {
                 "{input}"
             );
         }
+        // Not the key: the same, and NOT NULL as in PostgreSQL.
+        assert_eq!(
+            translate("CREATE TABLE o (code text PRIMARY KEY, n bigserial, k int GENERATED ALWAYS AS IDENTITY)"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('o_n_seq', 1, 1, 1, 1, {}, 0, 0)", i64::MAX),
+                    format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('o_k_seq', 1, 1, 1, 1, {}, 0, 0)", i32::MAX),
+                    "CREATE TABLE o (code text PRIMARY KEY, n int8 NOT NULL DEFAULT (nextval('o_n_seq')), k int4 NOT NULL DEFAULT (nextval('o_k_seq')))".into(),
+                ],
+                tag: "CREATE TABLE".into()
+            }
+        );
+        // A TEMP table numbers only its key (its rowid).
+        assert!(matches!(
+            translate("CREATE TEMP TABLE tt (code text PRIMARY KEY, n serial)"),
+            Translated::Unsupported { message, .. } if message.contains("\"n\"")
+        ));
     }
 
     #[test]

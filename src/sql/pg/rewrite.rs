@@ -143,15 +143,11 @@ fn cast_to(ty: &DataType) -> CastTo {
         | D::Nvarchar(_)
         | D::String(_)
         | D::Clob(_) => CastTo::Sqlite(D::Text),
-        D::SmallInt(_)
-        | D::Int(_)
-        | D::Int2(_)
-        | D::Int4(_)
-        | D::Int8(_)
-        | D::Integer(_)
-        | D::BigInt(_)
-        | D::TinyInt(_)
-        | D::MediumInt(_) => CastTo::Sqlite(D::Integer(None)),
+        // SQLite's INTEGER affinity for all, spelled with the width so that
+        // typing announces what PostgreSQL would (`::int` is int4).
+        D::SmallInt(_) | D::Int2(_) | D::TinyInt(_) => CastTo::Sqlite(D::SmallInt(None)),
+        D::Int(_) | D::Int4(_) | D::Integer(_) | D::MediumInt(_) => CastTo::Sqlite(D::Int4(None)),
+        D::Int8(_) | D::BigInt(_) => CastTo::Sqlite(D::BigInt(None)),
         D::Real | D::Float4 | D::Float8 | D::Double(_) | D::DoublePrecision | D::Float(_) => {
             CastTo::Sqlite(D::Real)
         }
@@ -178,7 +174,9 @@ fn cast_to(ty: &DataType) -> CastTo {
             | "int2vector" | "oidvector" => CastTo::Keep,
             "name" | "bpchar" | "citext" => CastTo::Sqlite(D::Text),
             "timestamptz" => CastTo::Function("pg_to_timestamptz"),
-            "int4" | "int2" | "int8" | "serial" => CastTo::Sqlite(D::Integer(None)),
+            "int4" | "serial" => CastTo::Sqlite(D::Int4(None)),
+            "int2" => CastTo::Sqlite(D::SmallInt(None)),
+            "int8" => CastTo::Sqlite(D::BigInt(None)),
             "float4" | "float8" => CastTo::Sqlite(D::Real),
             _ => CastTo::Keep,
         },
@@ -340,6 +338,25 @@ impl Rewriter {
                     _ => None,
                 }
             }
+            // `substring(x for n)`, `substring(x from i for n)`: SQLite
+            // knows only the comma form.
+            Expr::Substring {
+                expr,
+                substring_from,
+                substring_for,
+                special: false,
+                shorthand,
+            } => Some(Expr::Substring {
+                expr: expr.clone(),
+                substring_from: Some(
+                    substring_from
+                        .clone()
+                        .unwrap_or_else(|| Box::new(number(1))),
+                ),
+                substring_for: substring_for.clone(),
+                special: true,
+                shorthand: *shorthand,
+            }),
             // SQLite's LIKE already ignores ASCII case.
             Expr::ILike {
                 negated,
@@ -525,6 +542,23 @@ const RANDOM_UUID: &str = "lower(hex(randomblob(4)) || '-' || hex(randomblob(2))
 /// array, a column, `ARRAY(subquery)`) holds a JSON array, read with
 /// `json_each`.
 fn quantified(left: &Expr, op: &BinaryOperator, right: &Expr, any: bool) -> Expr {
+    // A parameter the client sent untyped, as text (psycopg does for a list
+    // of strings, which pgcli's `relkind = ANY(%s)` binds), or a string
+    // literal (pgspecial's `\dt` composes `ANY('{r,p,""}')`), holds
+    // PostgreSQL's array syntax, not JSON.
+    let wrapped;
+    let right = match right {
+        Expr::Value(v)
+            if matches!(
+                v.value,
+                Value::Placeholder(_) | Value::SingleQuotedString(_)
+            ) =>
+        {
+            wrapped = call("pg_to_array", vec![right.clone()]);
+            &wrapped
+        }
+        _ => right,
+    };
     if let Expr::Subquery(q) = right {
         if matches!(op, BinaryOperator::Eq) && any {
             return Expr::InSubquery {
@@ -755,6 +789,16 @@ impl VisitorMut for Rewriter {
             if unnest_projection(select) {
                 self.changed = true;
             }
+            // `AS default`: PostgreSQL takes any word after AS as a column
+            // name, SQLite only non-reserved ones unless quoted.
+            for item in select.projection.iter_mut() {
+                if let SelectItem::ExprWithAlias { alias, .. } = item {
+                    if alias.quote_style.is_none() && is_sqlite_reserved(&alias.value) {
+                        alias.quote_style = Some('"');
+                        self.changed = true;
+                    }
+                }
+            }
             // A regclass in a result prints as the relation's name.
             for item in select.projection.iter_mut() {
                 if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
@@ -772,6 +816,73 @@ impl VisitorMut for Rewriter {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// SQLite's keywords that cannot name a column unquoted (those without its
+/// parser's fallback to an identifier), which PostgreSQL accepts after AS.
+fn is_sqlite_reserved(word: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "add",
+        "all",
+        "alter",
+        "and",
+        "as",
+        "autoincrement",
+        "between",
+        "case",
+        "check",
+        "collate",
+        "commit",
+        "constraint",
+        "create",
+        "default",
+        "deferrable",
+        "delete",
+        "distinct",
+        "drop",
+        "else",
+        "escape",
+        "except",
+        "exists",
+        "foreign",
+        "from",
+        "group",
+        "having",
+        "in",
+        "index",
+        "insert",
+        "intersect",
+        "into",
+        "is",
+        "isnull",
+        "join",
+        "limit",
+        "not",
+        "nothing",
+        "notnull",
+        "null",
+        "on",
+        "or",
+        "order",
+        "primary",
+        "references",
+        "returning",
+        "select",
+        "set",
+        "table",
+        "then",
+        "to",
+        "transaction",
+        "union",
+        "unique",
+        "update",
+        "using",
+        "values",
+        "when",
+        "where",
+        "window",
+    ];
+    RESERVED.contains(&word.to_ascii_lowercase().as_str())
 }
 
 /// The SQLite table-valued function for a PostgreSQL set-returning one in
