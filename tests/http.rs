@@ -737,7 +737,7 @@ async fn counters_and_histograms_move_with_commits_lease_renewals_and_a_failover
         sample(s, "availdb_lease_renewals_total", &[]).expect("availdb_lease_renewals_total")
     };
     let c = group.primary().client(APP).await;
-    c.batch_execute("CREATE TABLE t(x INTEGER)")
+    c.batch_execute("CREATE TABLE t(x BIGINT)")
         .await
         .expect("create");
     for x in 0..10i64 {

@@ -397,7 +397,7 @@ async fn pages(ep: &Endpoint) -> Result<Vec<(i64, Vec<u8>)>, String> {
     match tokio::time::timeout(BIG_QUERY, client.query(sql, &[])).await {
         Ok(Ok(rows)) => Ok(rows
             .iter()
-            .map(|row| (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)))
+            .map(|row| (crate::common::int(row, 0), row.get::<_, Vec<u8>>(1)))
             .collect()),
         Ok(Err(e)) => Err(format!("{sql}: {}", error_text(&e))),
         Err(_) => Err(format!("{sql}: no answer within {BIG_QUERY:?}")),

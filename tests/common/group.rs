@@ -270,7 +270,7 @@ pub async fn pages(server: &TestServer, db: &str) -> Vec<(i64, Vec<u8>)> {
         Err(_) => panic!("{sql} on port {}: no answer in time", server.port()),
     };
     rows.iter()
-        .map(|row| (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)))
+        .map(|row| (super::int(row, 0), row.get::<_, Vec<u8>>(1)))
         .collect()
 }
 
