@@ -1136,6 +1136,49 @@ async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_
 /// notices are sent while it runs, not with its reply); the backup is a
 /// long operation of `sys.dm_operation_status` (100 percent when done) and
 /// of `sys.dm_exec_requests` while it runs.
+/// Runs `sql` (at most 60 s) and returns every notice that came with it
+/// and, of those, the "p percent processed." steps.
+async fn run_with_notices(
+    client: &Client,
+    notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    sql: &str,
+) -> (Vec<String>, Vec<String>) {
+    tokio::time::timeout(Duration::from_secs(60), client.batch_execute(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: no answer within 60 s"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    let mut got = Vec::new();
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await {
+        got.push(n);
+    }
+    let steps = got
+        .iter()
+        .filter(|n| n.ends_with("percent processed."))
+        .cloned()
+        .collect();
+    (got, steps)
+}
+
+/// The newest `operation` of `sys.dm_operation_status` is COMPLETED at 100 %.
+async fn assert_completed_at_100(client: &Client, operation: &str) {
+    let rows = ok(
+        client,
+        &format!(
+            "SELECT operation, state_desc, percent_complete FROM sys.dm_operation_status \
+             WHERE operation = '{operation}' ORDER BY operation_id DESC LIMIT 1"
+        ),
+    )
+    .await;
+    assert_eq!(
+        rows,
+        [[
+            Some(operation.to_string()),
+            Some("COMPLETED".into()),
+            Some("100".into())
+        ]]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations() {
     let (server, _app, _full, dir) = standalone_with_backup(2000).await;
@@ -1161,19 +1204,7 @@ async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations()
         "BACKUP DATABASE app TO DISK = '{}' WITH STATS = 30",
         disk(&path)
     );
-    tokio::time::timeout(Duration::from_secs(60), client.batch_execute(&sql))
-        .await
-        .expect("BACKUP within 60 s")
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
-    let mut got = Vec::new();
-    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await {
-        got.push(n);
-    }
-    let steps: Vec<&str> = got
-        .iter()
-        .map(String::as_str)
-        .filter(|n| n.ends_with("percent processed."))
-        .collect();
+    let (got, steps) = run_with_notices(&client, &mut notices, &sql).await;
     assert_eq!(
         steps,
         [
@@ -1189,20 +1220,7 @@ async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations()
             .is_some_and(|n| n.starts_with("BACKUP DATABASE successfully processed")),
         "{got:?}"
     );
-    let rows = ok(
-        &client,
-        "SELECT operation, state_desc, percent_complete FROM sys.dm_operation_status \
-         WHERE operation = 'BACKUP DATABASE' ORDER BY operation_id DESC LIMIT 1",
-    )
-    .await;
-    assert_eq!(
-        rows,
-        [[
-            Some("BACKUP DATABASE".into()),
-            Some("COMPLETED".into()),
-            Some("100".into())
-        ]]
-    );
+    assert_completed_at_100(&client, "BACKUP DATABASE").await;
     assert!(ok(&client, "SELECT * FROM sys.dm_exec_requests")
         .await
         .is_empty());
@@ -1212,38 +1230,13 @@ async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations()
         "RESTORE DATABASE copy FROM DISK = '{}' WITH STATS = 50",
         disk(&path)
     );
-    tokio::time::timeout(Duration::from_secs(60), client.batch_execute(&sql))
-        .await
-        .expect("RESTORE within 60 s")
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
-    let mut got = Vec::new();
-    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), notices.recv()).await {
-        got.push(n);
-    }
-    let steps: Vec<&str> = got
-        .iter()
-        .map(String::as_str)
-        .filter(|n| n.ends_with("percent processed."))
-        .collect();
+    let (got, steps) = run_with_notices(&client, &mut notices, &sql).await;
     assert_eq!(
         steps,
         ["50 percent processed.", "100 percent processed."],
         "all notices: {got:?}"
     );
-    let rows = ok(
-        &client,
-        "SELECT operation, state_desc, percent_complete FROM sys.dm_operation_status \
-         WHERE operation = 'RESTORE DATABASE' ORDER BY operation_id DESC LIMIT 1",
-    )
-    .await;
-    assert_eq!(
-        rows,
-        [[
-            Some("RESTORE DATABASE".into()),
-            Some("COMPLETED".into()),
-            Some("100".into())
-        ]]
-    );
+    assert_completed_at_100(&client, "RESTORE DATABASE").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

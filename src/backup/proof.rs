@@ -310,11 +310,8 @@ fn local_copy(
     if !super::remote::is_url(path) {
         return Ok((PathBuf::from(path), None));
     }
-    let remote = super::remote::Remote::parse(path)?;
-    let staging = super::remote::Staging::new(data_dir)?;
     // On a blocking thread of the runtime: wait for the download here.
-    tokio::runtime::Handle::current().block_on(remote.download(staging.path()))?;
-    Ok((staging.path().to_path_buf(), Some(staging)))
+    tokio::runtime::Handle::current().block_on(super::remote::fetch(data_dir, path))
 }
 
 /// A budget of bytes a second, shared by the files of one proof.

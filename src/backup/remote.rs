@@ -192,6 +192,34 @@ impl Drop for Staging {
     }
 }
 
+/// Where a backup to `target` (a file's path, or a URL) is written: the
+/// path itself, or for a URL a staging file under `data_dir` and the
+/// object to upload it to ([`super::BackupRequest::upload`]).
+pub fn destination(
+    data_dir: &Path,
+    target: &str,
+) -> Result<(PathBuf, Option<Staging>, Option<Remote>)> {
+    if !is_url(target) {
+        return Ok((PathBuf::from(target), None, None));
+    }
+    let remote = Remote::parse(target)?;
+    let staging = Staging::new(data_dir)?;
+    Ok((staging.path().to_path_buf(), Some(staging), Some(remote)))
+}
+
+/// The local file a backup named by `path` (a file's path, or a URL) is
+/// read from: the path itself, or for a URL a staging copy under
+/// `data_dir`, downloaded first and removed when the guard drops.
+pub async fn fetch(data_dir: &Path, path: &str) -> Result<(PathBuf, Option<Staging>)> {
+    if !is_url(path) {
+        return Ok((PathBuf::from(path), None));
+    }
+    let remote = Remote::parse(path)?;
+    let staging = Staging::new(data_dir)?;
+    remote.download(staging.path()).await?;
+    Ok((staging.path().to_path_buf(), Some(staging)))
+}
+
 /// Whether `path` (as a backup's history records it) is a URL.
 pub fn is_url(path: &str) -> bool {
     path.contains("://")

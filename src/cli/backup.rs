@@ -314,13 +314,8 @@ mod offline {
     pub(super) async fn backup(args: &BackupArgs, dir: &Path) -> Result<(), String> {
         let (_lock, engine) = engine(dir)?;
         let db = engine.database(&args.database).map_err(|e| e.to_string())?;
-        let target = args.to.display().to_string();
-        let (staging, upload) = if remote::is_url(&target) {
-            let r = remote::Remote::parse(&target).map_err(failed)?;
-            (Some(remote::Staging::new(dir).map_err(failed)?), Some(r))
-        } else {
-            (None, None)
-        };
+        let (path, _staging, upload) =
+            remote::destination(dir, &args.to.display().to_string()).map_err(failed)?;
         let bar = percent_bar(if args.log {
             "BACKUP LOG"
         } else {
@@ -328,9 +323,7 @@ mod offline {
         });
         let request = BackupRequest {
             kind: if args.log { Kind::Log } else { Kind::Full },
-            path: staging
-                .as_ref()
-                .map_or_else(|| args.to.clone(), |s| s.path().to_path_buf()),
+            path,
             copy_only: args.copy_only,
             compression: args.compression,
             checksum: args.checksum,
@@ -364,17 +357,14 @@ mod offline {
             ));
         }
         let (_lock, engine) = engine(dir)?;
-        let mut staging = None;
-        let path = match &args.from {
-            Some(from) if remote::is_url(&from.display().to_string()) => {
-                let r = remote::Remote::parse(&from.display().to_string()).map_err(failed)?;
-                let s = remote::Staging::new(dir).map_err(failed)?;
-                r.download(s.path()).await.map_err(failed)?;
-                let path = s.path().to_path_buf();
-                staging = Some(s);
-                Some(path)
+        let (path, staging) = match &args.from {
+            Some(from) => {
+                let (path, staging) = remote::fetch(dir, &from.display().to_string())
+                    .await
+                    .map_err(failed)?;
+                (Some(path), staging)
             }
-            other => other.clone(),
+            None => (None, None),
         };
         let stop = match (&args.stop_at, args.stop_at_lsn) {
             (Some(t), _) => Some(backup::Stop::Time(

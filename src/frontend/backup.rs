@@ -207,13 +207,9 @@ async fn fetched(
     engine: &Engine,
     path: &str,
 ) -> Result<(PathBuf, Option<backup::remote::Staging>)> {
-    if !backup::remote::is_url(path) {
-        return Ok((PathBuf::from(path), None));
-    }
-    let remote = backup::remote::Remote::parse(path).map_err(error)?;
-    let staging = backup::remote::Staging::new(engine.data_dir()).map_err(error)?;
-    remote.download(staging.path()).await.map_err(error)?;
-    Ok((staging.path().to_path_buf(), Some(staging)))
+    backup::remote::fetch(engine.data_dir(), path)
+        .await
+        .map_err(error)
 }
 
 /// Runs one BACKUP or RESTORE statement; `live` takes the notices sent
@@ -251,16 +247,8 @@ pub(super) async fn execute(
             let operations = ag.operations();
             let (id, stats, progress) = tracked(ag, what, &database, stats, live);
             // TO URL: written to a staging file, uploaded, then removed.
-            let (staging, upload) = if backup::remote::is_url(&path) {
-                let remote = backup::remote::Remote::parse(&path).map_err(error)?;
-                let staging = backup::remote::Staging::new(engine.data_dir()).map_err(error)?;
-                (Some(staging), Some(remote))
-            } else {
-                (None, None)
-            };
-            let local = staging
-                .as_ref()
-                .map_or_else(|| PathBuf::from(&path), |s| s.path().to_path_buf());
+            let (local, staging, upload) =
+                backup::remote::destination(engine.data_dir(), &path).map_err(error)?;
             let request = BackupRequest {
                 upload,
                 kind: if log { Kind::Log } else { Kind::Full },
