@@ -171,7 +171,16 @@ impl Driver {
                 let manual = config
                     .replica(manager.node())
                     .is_some_and(|r| r.seeding_mode == SeedingMode::Manual);
+                // A copy seeded from a streamed backup replaces the old one:
+                // the stopped secondary's part (which holds it) goes first.
+                if config.databases.iter().any(|name| {
+                    crate::backup::is_restoring(manager.engine.data_dir(), name)
+                        && manager.engine.database(name).is_ok()
+                }) {
+                    manager.unpublish(&self.group);
+                }
                 for name in &config.databases {
+                    seed_replaces(&manager.engine, name).await;
                     match manager.ensure_database(name, manual) {
                         Ok(Some(db)) => databases.push(db),
                         Ok(None) => {
@@ -418,6 +427,7 @@ impl Driver {
             })),
             leased: clustered.is_some(),
             arbiter: arbiter.clone().map(|a| a as Arc<dyn SyncArbiter>),
+            seeding: Some(manager.seeding.clone()),
             geo: manager.cluster.clone().map(|c| {
                 Arc::new(super::geo::ClusterDirectory {
                     cluster: c,
@@ -480,5 +490,22 @@ pub(crate) async fn propose_retrying(
             }
             other => return other,
         }
+    }
+}
+
+/// How long a secondary starting with a seeded copy waits for the old
+/// copy's users (the stopped secondary's tasks, sessions) to let go.
+const SEED_REPLACES_WITHIN: Duration = Duration::from_secs(10);
+
+/// Before a secondary starts with a copy seeded from a streamed backup
+/// (`crate::replication::seed`): waits, bounded, until nothing holds the
+/// copy it replaces.
+async fn seed_replaces(engine: &crate::engine::Engine, name: &str) {
+    if !crate::backup::is_restoring(engine.data_dir(), name) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + SEED_REPLACES_WITHIN;
+    while engine.in_use(name) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -129,6 +129,9 @@ pub struct Manager {
     scrub_rate: std::sync::atomic::AtomicU64,
     /// The background proof of this node's backups ([`crate::backup::proof`]).
     prover: std::sync::OnceLock<crate::backup::Prover>,
+    /// Seeds by streamed backup this node sent or took
+    /// (`sys.dm_hadr_physical_seeding_stats`).
+    pub(crate) seeding: Arc<crate::replication::seed::SeedingBoard>,
 }
 
 fn key(name: &str) -> String {
@@ -158,6 +161,7 @@ impl Manager {
             scrubs: Default::default(),
             scrub_rate: Default::default(),
             prover: Default::default(),
+            seeding: Default::default(),
         });
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
@@ -202,6 +206,14 @@ impl Manager {
             if config.is_some() {
                 slot.config = config;
             }
+        }
+    }
+
+    /// Takes the group's part down (its definition stays): a secondary
+    /// about to start with a seeded copy lets go of the old one first.
+    fn unpublish(&self, group: &str) {
+        if let Some(slot) = self.lock().get_mut(&key(group)) {
+            slot.part = None;
         }
     }
 
@@ -252,7 +264,27 @@ impl Manager {
         name: &str,
         manual: bool,
     ) -> Result<Option<Arc<crate::engine::Database>>> {
+        let fence = || crate::engine::Fence::Secondary {
+            group: String::new(),
+            primary: String::new(),
+        };
         match self.engine.database(name) {
+            Ok(db) if crate::backup::is_restoring(self.engine.data_dir(), name) => {
+                // A copy seeded from a streamed backup replaces this one
+                // (empty, or too old for the primary's log). The secondary
+                // that used the old one has stopped; see `seed_replaces`.
+                drop(db);
+                match crate::backup::adopt_restoring(&self.engine, name, fence()) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        // The primary seeds it again; a stale copy must not
+                        // replace a newer one at a later start.
+                        tracing::warn!(database = name, "the seeded copy could not replace the old one ({e}); it is dropped and the primary will seed this replica again");
+                        crate::backup::discard_restoring(self.engine.data_dir(), name);
+                    }
+                }
+                self.engine.database(name).map(Some)
+            }
             Ok(db) => Ok(Some(db)),
             Err(Error::NoSuchDatabase(_)) => {
                 // A secondary's copy is fenced from its first moment:
@@ -1409,6 +1441,7 @@ impl Manager {
         out.add_memory(self.engine.memory());
         out.add_partner_refusals();
         out.add_page_repairs(&self.page_repairs.rows());
+        out.add_seeding(&self.seeding.rows());
         out.add_page_scrubs(
             &self.scrubs.rows(),
             self.scrub_rate.load(std::sync::atomic::Ordering::Relaxed),
@@ -1530,6 +1563,49 @@ impl crate::repair::Topology for Manager {
 
 #[async_trait]
 impl Admission for Manager {
+    fn seed_staging(&self) -> std::path::PathBuf {
+        self.engine.data_dir().join("backup").join("staging")
+    }
+
+    fn seeding_board(&self) -> Arc<crate::replication::seed::SeedingBoard> {
+        self.seeding.clone()
+    }
+
+    async fn seeded(
+        self: Arc<Self>,
+        group: &str,
+        database: &str,
+        file: std::path::PathBuf,
+    ) -> std::result::Result<(), String> {
+        let request = crate::backup::RestoreRequest {
+            database: database.to_string(),
+            path: Some(file.clone()),
+            kind: crate::backup::Kind::Full,
+            recovery: false,
+            // The group's copy here (empty, or too old) is replaced when
+            // the secondary starts again with the restored one.
+            replace: true,
+            stop: None,
+            progress: None,
+        };
+        let engine = self.engine.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            crate::backup::restore(&engine, engine.data_dir(), &request)
+        })
+        .await;
+        let _ = std::fs::remove_file(&file);
+        match restored {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("cannot restore the seed of {database}: {e}")),
+            Err(e) => return Err(format!("cannot restore the seed of {database}: {e}")),
+        }
+        // The secondary starts again with the restored copy
+        // (`ensure_database`), as after a manual restore's JOIN.
+        self.ask(group, Request::JoinDatabase, false)
+            .await
+            .map_err(|e| format!("the seed of {database} is restored, but the secondary did not start again with it: {e}"))
+    }
+
     async fn page_for_partner(
         &self,
         request: &crate::repair::PageRequest,

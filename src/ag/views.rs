@@ -5,6 +5,8 @@
 //! `sys.dm_hadr_database_replica_states`, `sys.dm_os_process_memory`,
 //! `sys.backup_history` (the backups taken on this node),
 //! `sys.dm_hadr_auto_page_repair` (the page repairs of this node),
+//! `sys.dm_hadr_physical_seeding_stats` (seeds by streamed backup sent or
+//! taken here),
 //! `sys.dm_hadr_failover_history` (each group's last failovers, from the
 //! cluster's replicated state), …), answered with plain SELECT.
 //!
@@ -43,6 +45,7 @@ pub struct Snapshot {
     page_repairs: Vec<Vec<Value>>,
     page_scrubs: Vec<Vec<Value>>,
     failovers: Vec<Vec<Value>>,
+    seeding: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -125,6 +128,12 @@ CREATE TABLE sys.dm_hadr_page_scrub_status(
     percent_complete REAL, passes_completed BIGINT, last_full_pass_time TEXT,
     damaged_pages_found BIGINT, mismatched_pages_found BIGINT,
     rate_bytes_per_second BIGINT);
+CREATE TABLE sys.dm_hadr_physical_seeding_stats(
+    local_database_name TEXT, remote_machine_name TEXT, role_desc TEXT,
+    internal_state_desc TEXT, database_size_bytes BIGINT, pages BIGINT,
+    pages_read BIGINT, transfer_size_bytes BIGINT, transferred_size_bytes BIGINT,
+    percent_complete REAL, start_time_utc TEXT, end_time_utc TEXT,
+    start_lsn BIGINT, failure_message TEXT);
 CREATE TABLE sys.dm_hadr_failover_history(
     group_id TEXT, epoch BIGINT, failover_time TEXT, kind_desc TEXT, reason TEXT,
     from_replica TEXT, to_replica TEXT, data_lost TEXT, loss_known BOOLEAN);
@@ -774,6 +783,38 @@ impl Snapshot {
         }
     }
 
+    /// The seeds by streamed backup this node sent or took
+    /// (`sys.dm_hadr_physical_seeding_stats`, SQL Server's name; newest 64).
+    /// `percent_complete` counts the pages read into the backup, then the
+    /// bytes sent or received, half each on the primary.
+    pub fn add_seeding(&mut self, rows: &[crate::replication::seed::SeedingStats]) {
+        for r in rows {
+            let read = r.pages_read as f64 / r.pages.max(1) as f64;
+            let moved = r.transferred_bytes as f64 / r.backup_bytes.max(1) as f64;
+            let percent = match (r.state, r.role) {
+                ("COMPLETED", _) => 100.0,
+                (_, "PRIMARY") => 50.0 * read + 50.0 * moved,
+                _ => 100.0 * moved,
+            };
+            self.seeding.push(vec![
+                text(&r.database),
+                text(&r.remote),
+                text(r.role),
+                text(r.state),
+                int(r.database_bytes),
+                int(r.pages),
+                int(r.pages_read),
+                int(r.backup_bytes),
+                int(r.transferred_bytes),
+                Value::Real(percent),
+                time(Some(r.started_us)),
+                time((r.finished_us > 0).then_some(r.finished_us)),
+                int(r.lsn),
+                r.failure.as_deref().map_or(Value::Null, text),
+            ]);
+        }
+    }
+
     /// The page repairs of this node (`sys.dm_hadr_auto_page_repair`,
     /// oldest first, at most 100 per database). `error_type` is SQL
     /// Server's: 2, a bad checksum (the only kind availdb detects);
@@ -852,6 +893,7 @@ impl Snapshot {
             ("dm_hadr_auto_page_repair", &self.page_repairs),
             ("dm_hadr_page_scrub_status", &self.page_scrubs),
             ("dm_hadr_failover_history", &self.failovers),
+            ("dm_hadr_physical_seeding_stats", &self.seeding),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");

@@ -87,6 +87,11 @@
 //! network. `ALTER DATABASE … SET HADR AVAILABILITY GROUP` then has nothing
 //! left to do.
 //!
+//! Automatic seeding of a large database is the same, run by the primary:
+//! it streams a copy-only backup to the replica, which restores it
+//! `WITH NORECOVERY` and starts again with it (`crate::replication::seed`;
+//! such backups are not recorded in the history: [`BackupRequest::record`]).
+//!
 //! A replica with `SEEDING_MODE = MANUAL` is never sent a full image. A
 //! database it has no copy of is not created there; the primary sends it
 //! nothing of that database (`AwaitsRestore`, with what to restore and the
@@ -155,7 +160,7 @@ pub use history::{read as read_history, Entry as HistoryEntry};
 pub use preferred::{preferred, Candidate};
 pub use proof::Prover;
 pub use restore::{
-    adopt_restoring, header_only, is_restoring, restore, time_text, verify, RestoreRequest,
-    Restored, Stop,
+    adopt_restoring, discard_restoring, header_only, is_restoring, restore, time_text, verify,
+    RestoreRequest, Restored, Stop,
 };
 pub use take::{hold_logs, take, BackupRequest, Progress, Taken};

@@ -163,6 +163,21 @@ impl Remote {
     }
 }
 
+/// Removes what transfers left under `DATA_DIR/backup/staging/` when the
+/// node stopped mid-way (an upload, a download, a seed being sent or
+/// taken): at start-up nothing there is in use.
+pub fn clear_staging(data_dir: &Path) {
+    let dir = data_dir.join("backup").join("staging");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(path = %entry.path().display(), "cannot remove a staging file left by an earlier run: {e}");
+        }
+    }
+}
+
 /// A staging file under `data_dir` for one transfer; removed on drop.
 pub struct Staging(PathBuf);
 

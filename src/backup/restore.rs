@@ -129,6 +129,12 @@ pub fn is_restoring(data_dir: &Path, database: &str) -> bool {
     staging(data_dir, database).join("state.json").exists()
 }
 
+/// Drops the RESTORING copy of `database` (a seed that could not replace
+/// the copy in use: the primary seeds the replica again).
+pub fn discard_restoring(data_dir: &Path, database: &str) {
+    let _ = fs::remove_dir_all(staging(data_dir, database));
+}
+
 static RUNNING: Claims<String> = std::sync::Mutex::new(None);
 
 /// One RESTORE per database at a time.

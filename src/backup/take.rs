@@ -49,6 +49,10 @@ pub struct BackupRequest {
     /// `TO URL`: once complete at `path` (a staging file), the backup is
     /// uploaded there, and the history records the URL.
     pub upload: Option<super::remote::Remote>,
+    /// Recorded in the node's backup history (and so proven in the
+    /// background); false for the backup automatic seeding streams to a
+    /// replica, which is removed once sent.
+    pub record: bool,
 }
 
 /// A progress callback: told (done, total).
@@ -166,6 +170,9 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
     if !request.copy_only {
         // A backup chain is in use: the log stays until the next log backup.
         db.hold_log_for_backups(taken.next_from);
+    }
+    if !request.record {
+        return Ok(taken);
     }
     let recorded = match &request.upload {
         Some(remote) => PathBuf::from(&remote.url),

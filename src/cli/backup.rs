@@ -322,6 +322,7 @@ mod offline {
             "BACKUP DATABASE"
         });
         let request = BackupRequest {
+            record: true,
             kind: if args.log { Kind::Log } else { Kind::Full },
             path,
             copy_only: args.copy_only,

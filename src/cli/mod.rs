@@ -159,6 +159,12 @@ pub struct ServerArgs {
     /// the proofs off [default: 16384].
     #[arg(long, value_name = "KIB")]
     pub backup_verify_kib_per_s: Option<u64>,
+    /// Automatic seeding sends a database of at least this many MiB as a
+    /// backup streamed to the replica, read without the write lock; a
+    /// smaller one as a full image in the log, written under it; 0: every
+    /// automatic seed is a streamed backup [default: 16].
+    #[arg(long, value_name = "MIB")]
+    pub seed_by_backup_from_mb: Option<u64>,
     /// A backup schedule, `database=app,kind=full|log,every=15m,to=DIR`
     /// (repeat for several): at every tick the backup is taken here if
     /// this replica is the group's preferred backup replica
@@ -171,7 +177,8 @@ pub struct ServerArgs {
     /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
     /// `tls_key`, `require_tls`, `max_connections`,
     /// `idle_in_transaction_session_timeout_ms`, `scrub_kib_per_s`,
-    /// `backup_verify_kib_per_s`, and `[[backup_schedule]]` tables with
+    /// `backup_verify_kib_per_s`, `seed_by_backup_from_mb`, and
+    /// `[[backup_schedule]]` tables with
     /// `database`, `kind`, `every`, `to`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -199,6 +206,7 @@ struct ConfigFile {
     idle_in_transaction_session_timeout_ms: Option<u64>,
     scrub_kib_per_s: Option<u64>,
     backup_verify_kib_per_s: Option<u64>,
+    seed_by_backup_from_mb: Option<u64>,
     backup_schedule: Option<Vec<crate::backup::schedule::Schedule>>,
 }
 
@@ -238,6 +246,9 @@ pub struct ServerConfig {
     pub scrub_rate: u64,
     /// The background proof of backups' rate, bytes a second (0: off).
     pub backup_verify_rate: u64,
+    /// Automatic seeding of databases of at least this many bytes is by a
+    /// streamed backup (`crate::replication::seed`).
+    pub seed_by_backup_from: u64,
     /// Scheduled backups.
     pub backup_schedules: Vec<crate::backup::schedule::Schedule>,
 }
@@ -363,6 +374,13 @@ impl ServerArgs {
                 .backup_verify_kib_per_s
                 .or(file.backup_verify_kib_per_s)
                 .map_or(crate::backup::proof::DEFAULT_RATE_BYTES, |kib| kib << 10),
+            seed_by_backup_from: self
+                .seed_by_backup_from_mb
+                .or(file.seed_by_backup_from_mb)
+                .map_or(
+                    crate::replication::seed::DEFAULT_SEED_BY_BACKUP_FROM,
+                    |mib| mib << 20,
+                ),
             backup_schedules: if self.backup_schedule.is_empty() {
                 file.backup_schedule.unwrap_or_default()
             } else {
@@ -406,6 +424,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         .set_limits(config.session_memory, config.node_memory);
     // A backup chain in use keeps each database's log for its next log backup.
     crate::backup::hold_logs(&engine);
+    crate::replication::seed::set_seed_by_backup_from(config.seed_by_backup_from);
+    crate::backup::remote::clear_staging(&config.data_dir);
     if let Some(endpoint) = config.endpoint {
         crate::net::set_source(endpoint);
     }
@@ -653,6 +673,7 @@ mod tests {
             idle_in_transaction_session_timeout_ms: None,
             scrub_kib_per_s: None,
             backup_verify_kib_per_s: None,
+            seed_by_backup_from_mb: None,
             backup_schedule: Vec::new(),
             config: None,
         }
@@ -779,6 +800,7 @@ mod tests {
             format!("the client port + {HTTP_PORT_OFFSET}"),
             (c.scrub_rate >> 10).to_string(),
             (c.backup_verify_rate >> 10).to_string(),
+            (c.seed_by_backup_from >> 20).to_string(),
         ] {
             assert!(
                 server.contains(&format!("[default: {default}]")),

@@ -441,6 +441,12 @@ impl Database {
         &self.log_dir
     }
 
+    /// The size of the database's file on disk (its WAL aside): what
+    /// seeding a replica would copy, near enough to choose how.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
     /// The database's transaction log.
     pub fn log(&self) -> &Arc<Log> {
         &self.log

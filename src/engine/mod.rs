@@ -161,6 +161,14 @@ impl Engine {
             .ok_or_else(|| Error::NoSuchDatabase(name.to_string()))
     }
 
+    /// Whether anything but the engine itself holds database `name` (a
+    /// session, a replica's redo): it cannot be replaced or dropped then.
+    pub fn in_use(&self, name: &str) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|db| Arc::strong_count(db) > 1)
+    }
+
     /// Names of all databases, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();

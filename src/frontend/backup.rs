@@ -250,6 +250,7 @@ pub(super) async fn execute(
             let (local, staging, upload) =
                 backup::remote::destination(engine.data_dir(), &path).map_err(error)?;
             let request = BackupRequest {
+                record: true,
                 upload,
                 kind: if log { Kind::Log } else { Kind::Full },
                 path: local,

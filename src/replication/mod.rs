@@ -8,6 +8,8 @@
 //! * [`wire`]: the framed, checksummed messages between partners.
 //! * [`primary`]: one sender per secondary; the commit hook.
 //! * [`secondary`]: the endpoint; hardening and redo.
+//! * [`seed`]: automatic seeding of a large database by a backup the
+//!   primary streams to the replica (no write lock while it is read).
 //! * [`geo`]: geo-replication between regions — the source's geo senders
 //!   and the forwarder that takes a geo-secondary's log in.
 //! * [`error`]: why a link ended or a batch was refused.
@@ -16,6 +18,7 @@ pub mod geo;
 pub mod link;
 pub mod primary;
 pub mod secondary;
+pub mod seed;
 pub mod sync;
 pub mod wire;
 

@@ -29,6 +29,7 @@ use super::geo::{
     IMAGE_WITHIN,
 };
 use super::link::{ahead_only, plan_start, OwnLog, Start};
+use super::seed::{seed_by_backup_from, Prepared, SeedHolds, SeedSource, SeedingBoard};
 use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::{
@@ -255,6 +256,9 @@ pub struct StartOptions {
     /// This region's name and its partner servers, for geo-replication
     /// links (None: the node takes part in no cluster, so in no region).
     pub geo: Option<Arc<dyn GeoDirectory>>,
+    /// Where seeds by streamed backup are shown (the node's board, kept
+    /// across roles; None: a board of this group's own).
+    pub seeding: Option<Arc<SeedingBoard>>,
 }
 
 /// Records synchronized-set changes where failover decisions read them.
@@ -319,6 +323,12 @@ pub struct PrimaryGroup {
     /// One seeding image written at a time: links that need one together
     /// wait for the first and share it.
     image_turn: tokio::sync::Mutex<()>,
+    /// The node's data directory (seed backups are staged under it).
+    data_dir: std::path::PathBuf,
+    /// The log kept for replicas being seeded by a streamed backup.
+    seed_holds: SeedHolds,
+    /// Seeds by streamed backup sent from here.
+    seeding: Arc<SeedingBoard>,
 }
 
 /// A seeding image is shared while the log written after it is at most
@@ -327,6 +337,9 @@ pub struct PrimaryGroup {
 const IMAGE_REUSE_FACTOR: u64 = 1;
 /// See [`IMAGE_REUSE_FACTOR`].
 const IMAGE_REUSE_MIN_BYTES: u64 = 16 << 20;
+/// Parts of a seed backup sent per turn of a link's loop, between the
+/// batches of its other databases (4 MiB).
+const SEED_PARTS_PER_TURN: usize = 4;
 
 /// `GEO_MAX_LAG`: a write transaction waits while a geo-secondary of its
 /// database is further behind than the bound, and is refused (retryable)
@@ -492,6 +505,9 @@ impl PrimaryGroup {
             awaiting_restore: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             image_turn: tokio::sync::Mutex::new(()),
+            data_dir: engine.data_dir().to_path_buf(),
+            seed_holds: SeedHolds::default(),
+            seeding: options.seeding.unwrap_or_default(),
         });
         group.start_geo_senders();
         for (name, (db, _)) in &group.databases {
@@ -623,7 +639,8 @@ impl PrimaryGroup {
             .map(|(_, lsn)| *lsn)
             .min()
             .unwrap_or(u64::MAX);
-        db.set_retain_from(local.min(geo));
+        let seeds = self.seed_holds.lowest(database);
+        db.set_retain_from(local.min(geo).min(seeds));
     }
 
     /// A full image of `db` in the log to seed a replica from: written here
@@ -1088,6 +1105,8 @@ async fn stream_to(
     // Databases this replica must restore itself (MANUAL seeding), told
     // after every Rewind of the handshake.
     let mut awaiting: Vec<(String, String)> = Vec::new();
+    // Databases seeded here by a streamed backup (`super::seed`).
+    let mut seeds: Vec<Arc<Database>> = Vec::new();
     // Databases that start from a full image here, and where its log starts.
     let mut restarts: HashMap<String, Lsn> = HashMap::new();
     // The log each start was planned from (see `Log::generation`).
@@ -1099,14 +1118,24 @@ async fn stream_to(
             .await
             .map_err(ReplicationError::local)?;
         let (start, rewind) = match planned {
-            Ok(planned) => planned,
-            Err(reason) => {
+            Planned::Stream(start, rewind) => (start, rewind),
+            Planned::AwaitsRestore(reason) => {
                 tracing::warn!(group = %config.name, replica = %replica.name, database = %name, "{reason}");
                 cell.update(|s| s.leave(&replica.name, LeaveReason::AwaitingRestore));
                 group.set_awaiting_restore(name, &replica.name, Some(reason.clone()));
                 // It no longer holds the log (see `SyncState::lowest_hardened`).
                 group.retain(name);
                 awaiting.push((name.clone(), reason));
+                continue;
+            }
+            Planned::Backup => {
+                // Its old position holds nothing now; the seed holds the
+                // log from where the backup starts.
+                cell.update(|s| s.leave(&replica.name, LeaveReason::Seeding));
+                group.set_awaiting_restore(name, &replica.name, None);
+                group.seed_holds.hold(name, &replica.name, db.applied_lsn());
+                group.retain(name);
+                seeds.push(db.clone());
                 continue;
             }
         };
@@ -1149,6 +1178,10 @@ async fn stream_to(
             s.connected(&replica.name, hardened, redone);
             s.replica(&replica.name).map(|r| r.state) == Some(SyncState::Synchronized)
         });
+        // A copy seeded from a backup came back: its position holds the
+        // log from here on.
+        group.seed_holds.release(name, &replica.name);
+        group.retain(name);
         if joined {
             group.announce_synchronized(name, &replica.name);
         }
@@ -1177,6 +1210,38 @@ async fn stream_to(
     group.set_link(&replica.name, true, None);
     tracing::info!(group = %config.name, replica = %replica.name, "replication link up");
 
+    // Seeds by streamed backup: each backup is taken on a task of its own
+    // while the link streams the other databases, then sent part by part
+    // between their batches (`super::seed`).
+    let (seed_tx, mut seed_rx) =
+        tokio::sync::mpsc::unbounded_channel::<std::result::Result<Prepared, ReplicationError>>();
+    let mut seeds_preparing = seeds.len();
+    let mut seed_tasks = Vec::new();
+    for db in &seeds {
+        let hold: Arc<dyn Fn(Lsn) + Send + Sync> = {
+            let (group, name, replica) =
+                (group.clone(), db.name().to_string(), replica.name.clone());
+            Arc::new(move |lsn| {
+                group.seed_holds.hold(&name, &replica, lsn);
+                group.retain(&name);
+            })
+        };
+        let source = SeedSource {
+            db: db.clone(),
+            data_dir: group.data_dir.clone(),
+            group: config.name.clone(),
+            node: group.node.clone(),
+            replica: replica.name.clone(),
+            hold,
+            board: group.seeding.clone(),
+        };
+        let tx = seed_tx.clone();
+        seed_tasks.push(AbortOnDrop(tokio::spawn(async move {
+            let _ = tx.send(super::seed::prepare(source).await);
+        })));
+    }
+    let mut seeds_sending: std::collections::VecDeque<Prepared> = Default::default();
+
     let mut ends: Vec<(String, watch::Receiver<Lsn>)> = group
         .databases
         .iter()
@@ -1193,8 +1258,12 @@ async fn stream_to(
         let replica = replica.name.clone();
         let heard = heard.clone();
         let mut restarts = restarts;
-        let awaiting: std::collections::HashSet<String> =
-            awaiting.iter().map(|(d, _)| d.clone()).collect();
+        // Nor do those of a copy being replaced by a seed.
+        let awaiting: std::collections::HashSet<String> = awaiting
+            .iter()
+            .map(|(d, _)| d.clone())
+            .chain(seeds.iter().map(|db| db.name().to_string()))
+            .collect();
         tokio::spawn(async move {
             let outcome = loop {
                 let message = match stream.next().await {
@@ -1308,12 +1377,43 @@ async fn stream_to(
             )
             .await?;
         }
+        // Then a few parts of the seed being sent, so batches of the
+        // other databases keep flowing between them.
+        for _ in 0..SEED_PARTS_PER_TURN {
+            let Some(seed) = seeds_sending.front_mut() else {
+                break;
+            };
+            match seed.next_message().await {
+                Ok(Some(message)) => {
+                    if let Err(e) = send(&mut sink, message, timeout).await {
+                        seed.abandon(&e.to_string());
+                        return Err(e);
+                    }
+                }
+                Ok(None) => {
+                    seeds_sending.pop_front();
+                }
+                Err(e) => {
+                    seed.abandon(&e.to_string());
+                    return Err(e);
+                }
+            }
+        }
         let any_end_changed = async {
             let waits = ends.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
             let _ = futures::future::select_all(waits).await;
         };
         tokio::select! {
             _ = any_end_changed => {}
+            _ = std::future::ready(()), if !seeds_sending.is_empty() => {}
+            prepared = seed_rx.recv(), if seeds_preparing > 0 => {
+                seeds_preparing -= 1;
+                match prepared {
+                    Some(Ok(prepared)) => seeds_sending.push_back(prepared),
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                }
+            }
             _ = ping.tick() => {
                 let silent = monotonic_us().saturating_sub(heard.load(std::sync::atomic::Ordering::Relaxed));
                 if silent > timeout.as_micros() as u64 {
@@ -1350,9 +1450,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How one database of a link starts (see [`start_lsn`]).
+enum Planned {
+    /// Stream the log from this LSN; for a log that diverged, the
+    /// discarded range `[first divergent LSN, its end)`.
+    Stream(Lsn, Option<(Lsn, Lsn)>),
+    /// MANUAL seeding: nothing is sent until a restore there joins it; what
+    /// its admin must restore.
+    AwaitsRestore(String),
+    /// AUTOMATIC seeding of a large database this region writes: a backup
+    /// is streamed to the replica (`super::seed`).
+    Backup,
+}
+
 /// Where streaming to a secondary starts for one database: where its log
 /// ends, if that log agrees with ours and we still hold what follows;
-/// otherwise at a fresh full image. Also returns, for a log that diverged
+/// otherwise at a fresh full image, or — for a database of at least
+/// [`seed_by_backup_from`] bytes that this region writes — by a streamed
+/// backup ([`Planned::Backup`]). Also returns, for a log that diverged
 /// (its tail holds records we never had: a former primary's unshipped
 /// commits), the discarded range `[first divergent LSN, its end)`.
 ///
@@ -1361,14 +1476,14 @@ impl Drop for AbortOnDrop {
 /// planned: it holds records of the source that our copy is still taking.
 ///
 /// A replica whose SEEDING_MODE is MANUAL (`manual`) is never seeded: where
-/// it would be, the answer is `Err(reason)`, what its admin must restore.
+/// it would be, the answer is [`Planned::AwaitsRestore`].
 async fn start_lsn(
     group: &PrimaryGroup,
     db: &Arc<Database>,
     position: Option<&DatabasePosition>,
     patience: Duration,
     manual: Option<&str>,
-) -> Result<std::result::Result<(Lsn, Option<(Lsn, Lsn)>), String>> {
+) -> Result<Planned> {
     let copied = group
         .config()
         .database_options(db.name())
@@ -1404,7 +1519,7 @@ async fn start_lsn(
         // where the log still starts at 0 and could be sent whole.
         if theirs == 0 || start == Start::Seed {
             let group_name = group.config().name;
-            return Ok(Err(awaits_restore(
+            return Ok(Planned::AwaitsRestore(awaits_restore(
                 &group_name,
                 db.name(),
                 replica,
@@ -1413,16 +1528,20 @@ async fn start_lsn(
             )));
         }
     }
+    let by_backup = !copied
+        && !group.forwarders.contains_key(db.name())
+        && db.file_bytes() >= seed_by_backup_from();
     match start {
-        Start::Continue(from) => Ok(Ok((from, None))),
-        Start::Seed => Ok(Ok((group.seed_image(db, true).await?, None))),
+        Start::Continue(from) => Ok(Planned::Stream(from, None)),
+        Start::Seed if by_backup => Ok(Planned::Backup),
+        Start::Seed => Ok(Planned::Stream(group.seed_image(db, true).await?, None)),
         Start::Rewind {
             diverged,
             their_end,
-        } => Ok(Ok((
+        } => Ok(Planned::Stream(
             group.seed_image(db, true).await?,
             Some((diverged, their_end)),
-        ))),
+        )),
     }
 }
 
@@ -1448,7 +1567,7 @@ fn awaits_restore(group: &str, database: &str, replica: &str, first: Lsn, theirs
 /// Sends within the session timeout: a partner that stops reading (paused,
 /// wedged) must not stall the sender past it, or its timeout would never
 /// be noticed and commits would wait for it forever.
-async fn send<S>(
+pub(super) async fn send<S>(
     sink: &mut S,
     message: Message,
     within: Duration,

@@ -75,6 +75,21 @@ pub trait Admission: Send + Sync + 'static {
         at: Lsn,
         handover: Option<super::wire::Handover>,
     ) -> Result<Lsn, String>;
+    /// Where a seed streamed by the primary is written while it arrives
+    /// (`super::seed`).
+    fn seed_staging(&self) -> std::path::PathBuf;
+    /// Where seeds are shown.
+    fn seeding_board(&self) -> Arc<super::seed::SeedingBoard>;
+    /// Automatic seeding: the backup of `database` at `file`, streamed by
+    /// the primary, is whole. Restores it `WITH NORECOVERY` and starts the
+    /// secondary of `group` again with it (the link ends; the primary
+    /// reconnects and continues from the copy's end). `file` is removed.
+    async fn seeded(
+        self: Arc<Self>,
+        group: &str,
+        database: &str,
+        file: std::path::PathBuf,
+    ) -> Result<(), String>;
     /// A partner replica asks for page `request.pgno` of a database it
     /// found damaged (automatic page repair): the page as this replica's
     /// file holds it at `request.at_lsn` or later, and that LSN; or why not
@@ -1108,6 +1123,9 @@ async fn stream_from(
             .await?;
         }
     }
+    let board = admission.seeding_board();
+    // A seed the primary is streaming here, and its row on the board.
+    let mut seed: Option<(super::seed::SeedIntake, super::seed::SeedRow)> = None;
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = Instant::now();
     // The primary sends every Rewind of its handshake before anything
@@ -1153,6 +1171,52 @@ async fn stream_from(
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(database, reason);
                     }
+                    Message::Seed { database, lsn, bytes } => {
+                        tracing::info!(database = %database, lsn, bytes, "the primary seeds this replica's copy from a streamed backup");
+                        let row = board.start(&database, &group.config().primary, "SECONDARY");
+                        row.update(|r| {
+                            r.backup_bytes = bytes;
+                            r.lsn = lsn;
+                        });
+                        let intake = super::seed::SeedIntake::begin(&admission.seed_staging(), &database, lsn, bytes);
+                        if let Err(e) = &intake {
+                            row.finish(Err(e.to_string()));
+                        }
+                        seed = Some((intake?, row));
+                    }
+                    Message::SeedData { database, data } => {
+                        let Some((intake, row)) = seed.as_mut().filter(|(i, _)| i.database == database) else {
+                            return Err(ReplicationError::Unexpected {
+                                expected: "Seed before its SeedData",
+                                got: format!("SeedData of {database}"),
+                            });
+                        };
+                        let whole = match intake.take(&data) {
+                            Ok(whole) => whole,
+                            Err(e) => {
+                                row.finish(Err(e.to_string()));
+                                return Err(e);
+                            }
+                        };
+                        row.update(|r| r.transferred_bytes = intake.received);
+                        if whole {
+                            if let Some((intake, row)) = seed.take() {
+                                row.update(|r| r.state = "RESTORING");
+                                let file = intake.into_path();
+                                let admission = admission.clone();
+                                let group_name = group.config().name;
+                                // Restored outside this loop: starting the
+                                // secondary again with the copy ends it.
+                                tokio::spawn(async move {
+                                    let outcome = admission.seeded(&group_name, &database, file).await;
+                                    if let Err(why) = &outcome {
+                                        tracing::error!(database = %database, "{why}");
+                                    }
+                                    row.finish(outcome);
+                                });
+                            }
+                        }
+                    }
                     Message::Rewind { database, from_lsn } => {
                         let sdb = group.databases.get(&database).ok_or_else(|| {
                             ReplicationError::UnknownDatabase(database.clone())
@@ -1179,7 +1243,7 @@ async fn stream_from(
                     }
                     Message::Refuse { reason } => return Err(ReplicationError::Refused(reason)),
                     other => return Err(ReplicationError::Unexpected {
-                        expected: "Records, Ping, Pong, Rewind, AwaitsRestore, Config or Refuse",
+                        expected: "Records, Ping, Pong, Rewind, AwaitsRestore, Seed, SeedData, Config or Refuse",
                         got: format!("{other:?}"),
                     }),
                 }

@@ -59,6 +59,18 @@ pub enum LeaveReason {
     /// The replica seeds manually and its copy is missing or older than
     /// the primary's log: nothing is sent until a restore there joins it.
     AwaitingRestore,
+    /// Being seeded automatically from a full backup the primary streams
+    /// to it: its old copy's position holds nothing (the seed's own log
+    /// hold does), until it starts again with the restored copy.
+    Seeding,
+}
+
+impl LeaveReason {
+    /// The replica's old position holds no log: it awaits a restore or a
+    /// seed, and starts over from a copy of its own.
+    pub fn restarts_from_a_copy(self) -> bool {
+        matches!(self, LeaveReason::AwaitingRestore | LeaveReason::Seeding)
+    }
 }
 
 /// What the primary knows of one secondary for one database.
@@ -183,7 +195,7 @@ impl DbSync {
             }
             r.hardened = hardened;
             r.redone = redone;
-            if r.left == Some(LeaveReason::AwaitingRestore) {
+            if r.left.is_some_and(LeaveReason::restarts_from_a_copy) {
                 // Streamed again: its position holds the log once more.
                 r.left = None;
             }
@@ -208,9 +220,9 @@ impl DbSync {
     pub fn leave(&mut self, name: &str, reason: LeaveReason) {
         if let Some(r) = self.replicas.get_mut(name) {
             r.state = SyncState::NotSynchronizing;
-            // A replica that awaits a restore still does when its link
-            // drops: it keeps not holding the log.
-            let awaiting = r.left == Some(LeaveReason::AwaitingRestore)
+            // A replica that awaits a restore or a seed still does when its
+            // link drops: it keeps not holding the log.
+            let awaiting = r.left.is_some_and(LeaveReason::restarts_from_a_copy)
                 && matches!(
                     reason,
                     LeaveReason::Disconnected | LeaveReason::SessionTimeout
@@ -251,10 +263,11 @@ impl DbSync {
     pub fn lowest_hardened(&self) -> Lsn {
         // A replica that awaits a restore (MANUAL seeding) takes nothing
         // from this log: it does not hold it, as in SQL Server, where a
-        // database not joined on a replica holds no log.
+        // database not joined on a replica holds no log. One being seeded
+        // is held for by its seed (`PrimaryGroup::retain`).
         self.replicas
             .values()
-            .filter(|r| r.left != Some(LeaveReason::AwaitingRestore))
+            .filter(|r| !r.left.is_some_and(LeaveReason::restarts_from_a_copy))
             .map(|r| r.hardened)
             .min()
             .unwrap_or(self.primary_end)

@@ -102,6 +102,14 @@
 //!                                 missing or older than the primary's log,
 //!                                 so nothing of the database is sent until
 //!                                 a restore there joins it)
+//!   21  Seed           P → S      str database, u64 lsn, u64 bytes
+//!                                 (automatic seeding: a full backup of the
+//!                                 database, consistent at `lsn`, follows in
+//!                                 `SeedData` messages of `bytes` in all;
+//!                                 restored there, the copy joins and the
+//!                                 primary continues from `lsn`)
+//!   22  SeedData       P → S      str database, blob data (the next part of
+//!                                 the announced backup, at most 1 MiB)
 //! ```
 //! Each record in `Records` costs its length plus 4 bytes, so a sender
 //! batching records keeps [`Message::encoded_len`] under the limit; a single
@@ -357,6 +365,25 @@ pub enum Message {
         /// What the admin must restore there, with the LSNs involved.
         reason: String,
     },
+    /// Primary → secondary (automatic seeding): a full backup of the
+    /// database, consistent at `lsn`, follows in [`Message::SeedData`]
+    /// parts of `bytes` in all. The secondary restores it and starts again
+    /// with that copy; the primary continues from `lsn`.
+    Seed {
+        /// Database concerned.
+        database: String,
+        /// The backup's end LSN: where the copy's log starts.
+        lsn: u64,
+        /// Size of the backup file.
+        bytes: u64,
+    },
+    /// Primary → secondary: the next part of an announced [`Message::Seed`].
+    SeedData {
+        /// Database concerned.
+        database: String,
+        /// The bytes, in order.
+        data: Vec<u8>,
+    },
     /// Primary → secondary: the group's definition changed.
     Config {
         /// Version of the definition, increasing.
@@ -484,6 +511,8 @@ enum Kind {
     PageSumsRequest = 18,
     PageSums = 19,
     AwaitsRestore = 20,
+    Seed = 21,
+    SeedData = 22,
     Hello = 1,
     Welcome = 2,
     Refuse = 3,
@@ -521,6 +550,8 @@ impl TryFrom<u8> for Kind {
             18 => Kind::PageSumsRequest,
             19 => Kind::PageSums,
             20 => Kind::AwaitsRestore,
+            21 => Kind::Seed,
+            22 => Kind::SeedData,
             _ => return Err(WireError::Kind(byte)),
         })
     }
@@ -549,6 +580,8 @@ impl Message {
             Message::PageSumsRequest { .. } => Kind::PageSumsRequest,
             Message::PageSums { .. } => Kind::PageSums,
             Message::AwaitsRestore { .. } => Kind::AwaitsRestore,
+            Message::Seed { .. } => Kind::Seed,
+            Message::SeedData { .. } => Kind::SeedData,
         }
     }
 
@@ -655,6 +688,8 @@ impl Message {
             Message::Ping { .. } | Message::Pong { .. } => 8,
             Message::DatabaseState { database, .. } => str_len(database)? + 1,
             Message::AwaitsRestore { database, reason } => str_len(database)? + str_len(reason)?,
+            Message::Seed { database, .. } => str_len(database)? + 8 + 8,
+            Message::SeedData { database, data } => str_len(database)? + 4 + data.len(),
             Message::Config { config, .. } => 8 + 4 + config.len(),
         };
         let len = HEADER + payload + CRC_LEN;
@@ -872,6 +907,19 @@ fn write_frame<B: BufMut>(msg: &Message, frame_len: usize, out: &mut B) {
         Message::AwaitsRestore { database, reason } => {
             w.str(database);
             w.str(reason);
+        }
+        Message::Seed {
+            database,
+            lsn,
+            bytes,
+        } => {
+            w.str(database);
+            w.u64(*lsn);
+            w.u64(*bytes);
+        }
+        Message::SeedData { database, data } => {
+            w.str(database);
+            w.blob(data);
         }
         Message::Config { version, config } => {
             w.u64(*version);
@@ -1135,6 +1183,15 @@ impl<'a> Reader<'a> {
             Kind::AwaitsRestore => Message::AwaitsRestore {
                 database: self.str("database")?,
                 reason: self.str("reason")?,
+            },
+            Kind::Seed => Message::Seed {
+                database: self.str("database")?,
+                lsn: self.u64("lsn")?,
+                bytes: self.u64("bytes")?,
+            },
+            Kind::SeedData => Message::SeedData {
+                database: self.str("database")?,
+                data: self.blob("data")?,
             },
             Kind::Config => Message::Config {
                 version: self.u64("version")?,
@@ -1500,6 +1557,15 @@ mod tests {
                 database: "shop".into(),
                 reason: "restore it WITH NORECOVERY".into(),
             },
+            Message::Seed {
+                database: "app".into(),
+                lsn: 8192,
+                bytes: 3 << 20,
+            },
+            Message::SeedData {
+                database: "app".into(),
+                data: vec![0x5A; 4096],
+            },
         ]
     }
 
@@ -1544,8 +1610,8 @@ mod tests {
     fn the_samples_cover_every_kind() {
         let mut kinds: Vec<u8> = samples().iter().map(|m| m.kind() as u8).collect();
         kinds.dedup();
-        assert_eq!(kinds, (1..=20).collect::<Vec<u8>>());
-        for byte in 1..=20u8 {
+        assert_eq!(kinds, (1..=22).collect::<Vec<u8>>());
+        for byte in 1..=22u8 {
             assert_eq!(Kind::try_from(byte).unwrap() as u8, byte);
         }
     }
@@ -1678,7 +1744,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_is_rejected_with_advice() {
-        for kind in [0, 21, 255] {
+        for kind in [0, 23, 255] {
             let err = decode(&raw_frame(VERSION, kind, &[])).unwrap_err();
             assert!(matches!(err, WireError::Kind(k) if k == kind), "{err:?}");
             assert!(err.to_string().contains("upgrade"), "{err}");
