@@ -971,10 +971,11 @@ async fn wait_awaiting(group: &Group, replica: &str, says: &str) -> String {
 /// Without a copy, the primary says what to restore (and holds no log for
 /// it); a copy restored there WITH NORECOVERY after it joined the group
 /// joins with `SET HADR AVAILABILITY GROUP` and synchronizes from its LSN;
-/// a restored copy older than the primary's log is refused with both LSNs;
-/// switching the replica to AUTOMATIC seeds it.
+/// a restored copy older than the primary's log is refused with both LSNs,
+/// and a newer backup restored over it (`WITH NORECOVERY, REPLACE`)
+/// replaces it in place when it joins.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_too_old_is_refused_with_its_lsns(
+async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_too_old_is_refused_with_its_lsns_and_replaced_by_a_newer_restore(
 ) {
     // Small segments: the log moves past an old backup soon.
     let (group, r1, app) = three_nodes_with_app(&[("AVAILDB_LOG_SEGMENT_BYTES", "262144")]).await;
@@ -1117,18 +1118,70 @@ async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_
         "{why} (first {first})"
     );
     assert!(!group.nodes[1].log().contains("taking in a full image"));
+    assert!(
+        why.contains("WITH NORECOVERY, REPLACE"),
+        "the refusal says how to replace the copy: {why}"
+    );
 
-    // Switched to AUTOMATIC, the primary seeds it.
+    // A newer backup restored over the refused copy replaces it in place.
+    let newer = dir.path().join("newer.bak");
+    ok(
+        &r1,
+        &format!(
+            "BACKUP DATABASE app TO DISK = '{}' WITH COPY_ONLY",
+            disk(&newer)
+        ),
+    )
+    .await;
+    let (_, newer_end) = lsn_range(&r1, &newer).await;
+    assert_sqlstate(
+        run(
+            &r2,
+            &format!(
+                "RESTORE DATABASE app FROM DISK = '{}' WITH NORECOVERY",
+                disk(&newer)
+            ),
+        )
+        .await,
+        &state("42P04"),
+        "a restore over the refused copy without REPLACE",
+    );
+    ok(
+        &r2,
+        &format!(
+            "RESTORE DATABASE app FROM DISK = '{}' WITH NORECOVERY, REPLACE",
+            disk(&newer)
+        ),
+    )
+    .await;
+    if let Err(e) = run(&r2, join).await {
+        panic!(
+            "the join of the copy restored over the refused one: {}\n{}",
+            error_text(&e),
+            group.logs()
+        );
+    }
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group
+        .assert_page_identical_on(&[1], "after replacing the refused copy")
+        .await;
+    assert_eq!(ids(&group.nodes[1], APP, "t").await, range(1..=70));
+    assert_eq!(log_first_lsn(&group.nodes[1]).await, newer_end);
+    assert!(!group.nodes[1].log().contains("taking in a full image"));
+
+    // Switched to AUTOMATIC (the refusal's other way out), the replica's
+    // links restart and it stays synchronized from its copy: nothing to seed.
     exec(
         &r1,
         "ALTER AVAILABILITY GROUP ag1 MODIFY REPLICA ON 'r2' WITH (SEEDING_MODE = AUTOMATIC)",
         "r1",
     )
     .await;
+    insert(&app, 71..=75).await;
     group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
     group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
-    assert_eq!(ids(&group.nodes[1], APP, "t").await, range(1..=70));
-    assert!(group.nodes[1].log().contains("taking in a full image"));
+    assert_eq!(ids(&group.nodes[1], APP, "t").await, range(1..=75));
+    assert!(!group.nodes[1].log().contains("taking in a full image"));
 }
 
 /// Rule: `BACKUP … WITH STATS = n` tells "p percent processed." at every

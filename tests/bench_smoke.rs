@@ -1,5 +1,5 @@
 //! The benchmark harness must not rot: `scripts/bench --smoke` runs its
-//! quick scenarios (the commit and rw matrix, lag, seeding, geo) against this
+//! quick scenarios (the commit and rw matrix, lag, seeding, geo, backup) against this
 //! build's binary and must exit 0 with a CSV and a JSON document holding
 //! every expected row; and the unit tests of its statistics module
 //! (`scripts/bench-scripts/test_benchlib.py`) must pass.
@@ -171,7 +171,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         Command::new("timeout")
             .args(["--kill-after=60", &SCRIPT_TIMEOUT_SECS.to_string(), "bash"])
             .arg(repo().join("scripts/bench"))
-            .args(["--smoke", "commit", "rw", "lag", "seeding", "geo"])
+            .args(["--smoke", "commit", "rw", "lag", "seeding", "geo", "backup"])
             .env("AVAILDB_BIN", env!("CARGO_BIN_EXE_availdb"))
             .env("BENCH_OUT", out.path())
             .env("BENCH_NO_INSTALL", "1")
@@ -296,6 +296,44 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         Some(csv.rows.len()),
         "every CSV row is a measurement in the JSON"
     );
+    // The backup scenario: every measurement, and a point-in-time restore
+    // that holds exactly the rows written before its STOPAT.
+    let backup: Vec<PathBuf> = std::fs::read_dir(out.path())
+        .expect("the results folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("backup-") && name.ends_with(".json")
+        })
+        .collect();
+    assert_eq!(backup.len(), 1, "one backup-*.json: {backup:?}");
+    let backup: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&backup[0]).expect("backup JSON"))
+            .expect("valid backup JSON");
+    assert_eq!(
+        backup["failures"].as_array().map(Vec::len),
+        Some(0),
+        "{backup}"
+    );
+    let measures: Vec<&str> = backup["rows"]
+        .as_array()
+        .expect("backup rows")
+        .iter()
+        .filter_map(|r| r["measure"].as_str())
+        .collect();
+    for (measure, n) in [
+        ("backup", 6),
+        ("restore", 2),
+        ("commit_during_backup", 2),
+        ("pitr", 1),
+    ] {
+        assert_eq!(
+            measures.iter().filter(|m| **m == measure).count(),
+            n,
+            "{measure}: {backup}"
+        );
+    }
     let md = std::fs::read_to_string(result_file(out.path(), "md")).expect("the markdown report");
     assert!(md.contains("### rw: "), "{md}");
     assert!(md.contains("### geo lag: "), "{md}");

@@ -495,7 +495,7 @@ pub(crate) async fn propose_retrying(
 
 /// How long a secondary starting with a seeded copy waits for the old
 /// copy's users (the stopped secondary's tasks, sessions) to let go.
-const SEED_REPLACES_WITHIN: Duration = Duration::from_secs(10);
+const SEED_REPLACES_WITHIN: Duration = Duration::from_secs(20);
 
 /// Before a secondary starts with a copy seeded from a streamed backup
 /// (`crate::replication::seed`): waits, bounded, until nothing holds the

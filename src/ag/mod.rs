@@ -317,12 +317,12 @@ impl Manager {
         &self,
         group: &str,
         database: &str,
-        before: &Arc<SecondaryGroup>,
+        before: &std::sync::Weak<SecondaryGroup>,
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + JOIN_WITHIN;
         while tokio::time::Instant::now() < deadline {
             if let Some(Part::Secondary(s)) = self.part(group) {
-                if !Arc::ptr_eq(&s, before) {
+                if !std::ptr::eq(Arc::as_ptr(&s), before.as_ptr()) {
                     if !s.has_database(database) {
                         return Err(Error::sql(
                             "55000",
@@ -343,8 +343,10 @@ impl Manager {
     }
 
     /// Whether `database`, of a group this node is a secondary of with
-    /// SEEDING_MODE = MANUAL, waits for a restore here: it is not here yet.
-    /// RESTORE … WITH NORECOVERY may then write it.
+    /// SEEDING_MODE = MANUAL, waits for a restore here: it is not here yet,
+    /// or the primary refused the copy here (too old for its log).
+    /// RESTORE … WITH NORECOVERY (and REPLACE, for a refused copy) may then
+    /// write it.
     pub fn awaits_restore(&self, database: &str) -> bool {
         self.lock()
             .values()
@@ -356,7 +358,7 @@ impl Manager {
                         && config
                             .replica(&self.node)
                             .is_some_and(|r| r.seeding_mode == crate::group::SeedingMode::Manual)
-                        && !s.has_database(database)
+                        && (!s.has_database(database) || s.awaiting_restore(database).is_some())
                 }
                 _ => false,
             })
@@ -596,14 +598,15 @@ impl Manager {
                 let Some(Part::Secondary(secondary)) = self.part(&group) else {
                     return Ok("ALTER DATABASE".into());
                 };
-                if secondary.has_database(&database) {
+                let restored = crate::backup::is_restoring(self.engine.data_dir(), &database);
+                if secondary.has_database(&database) && !restored {
                     // Joined already; a copy the primary refused says why.
                     return match secondary.awaiting_restore(&database) {
                         Some(why) => Err(Error::sql("55000", why)),
                         None => Ok("ALTER DATABASE".into()),
                     };
                 }
-                if !crate::backup::is_restoring(self.engine.data_dir(), &database) {
+                if !restored {
                     return Err(Error::sql(
                         "55000",
                         format!("nothing to join: database \"{database}\" is not on this replica, whose SEEDING_MODE is MANUAL, and no copy of it was restored here"),
@@ -612,8 +615,12 @@ impl Manager {
                         "RESTORE DATABASE {database} FROM DISK = '…' WITH NORECOVERY here (then RESTORE LOG … WITH NORECOVERY), and run this again"
                     )));
                 }
+                // Held weakly: the old secondary's copy is replaced as the
+                // new one starts, which nothing may hold then.
+                let before = Arc::downgrade(&secondary);
+                drop(secondary);
                 self.ask(&group, Request::JoinDatabase, false).await?;
-                self.joined(&group, &database, &secondary).await?;
+                self.joined(&group, &database, &before).await?;
                 Ok("ALTER DATABASE".into())
             }
             AgStatement::ForceFailover { group } => {

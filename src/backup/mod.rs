@@ -96,7 +96,10 @@
 //! database it has no copy of is not created there; the primary sends it
 //! nothing of that database (`AwaitsRestore`, with what to restore and the
 //! LSN its log starts at: the views' `last_error`), and holds no log for
-//! it. RESTORE … WITH NORECOVERY may then write the group's database there
+//! it. A copy the primary refused as too old is replaced the same way:
+//! `RESTORE … WITH NORECOVERY, REPLACE` of a newer backup, then `SET HADR
+//! AVAILABILITY GROUP`, which starts the secondary again with it in place
+//! of the old one. RESTORE … WITH NORECOVERY may then write the group's database there
 //! (RECOVERY is refused: the copy is joined, never recovered on its own),
 //! and `SET HADR AVAILABILITY GROUP` starts the secondary again with the
 //! copy and waits for the primary's verdict: streaming from the restored
@@ -134,10 +137,7 @@
 //! in a group with CLUSTER_TYPE = NONE, or when the cluster did not answer
 //! (the BACKUP then says so in a notice), each node holds only its own log
 //! for its own backups, and a failover can leave a gap that RESTORE
-//! refuses with both LSNs (take a full backup to start a new chain). A MANUAL replica's copy that the
-//! primary refused as too old stays there: RESTORE cannot replace it in
-//! place (seed that replica again on an empty data directory, or switch it
-//! to AUTOMATIC). Of object stores, only S3-compatible ones (`s3://`); a proof
+//! refuses with both LSNs (take a full backup to start a new chain). Of object stores, only S3-compatible ones (`s3://`); a proof
 //! restores only chains whose backups were all taken on its node;
 //! `availdb backup` / `availdb restore` (`src/cli/backup.rs`) run the
 //! statements on a live node, or this code offline on a stopped node's

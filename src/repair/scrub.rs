@@ -112,11 +112,11 @@ pub fn spawn_scrubber(
                 let Ok(db) = engine.database(&name) else {
                     continue;
                 };
-                if !due || db.inside_image() {
+                if !due || db.inside_image() || replaced(&engine, &name) {
                     continue;
                 }
                 last_pass.insert(name.clone(), tokio::time::Instant::now());
-                scrub(&db, &partners, &status, rate).await;
+                scrub(&engine, &db, &partners, &status, rate).await;
                 scrubbed = true;
             }
             if !scrubbed {
@@ -126,15 +126,28 @@ pub fn spawn_scrubber(
     });
 }
 
+/// A copy restored here waits to replace `name` (a seed, or a manual
+/// restore over a refused copy): the scrub lets go of the old one, which
+/// cannot be replaced while anything holds it.
+fn replaced(engine: &Engine, name: &str) -> bool {
+    crate::backup::is_restoring(engine.data_dir(), name)
+}
+
 /// One pass over `db`.
-async fn scrub(db: &Arc<Database>, partners: &Partners, status: &ScrubStatus, rate: u64) {
+async fn scrub(
+    engine: &Engine,
+    db: &Arc<Database>,
+    partners: &Partners,
+    status: &ScrubStatus,
+    rate: u64,
+) {
     let started = tokio::time::Instant::now();
     let mut pgno = 1u32;
     let mut bytes = 0u64;
     let mut page_size = 4096u64;
     status.update(db.name(), |r| r.verified = 0);
     loop {
-        if db.inside_image() {
+        if db.inside_image() || replaced(engine, db.name()) {
             return;
         }
         let chunk = {

@@ -1557,9 +1557,9 @@ fn awaits_restore(group: &str, database: &str, replica: &str, first: Lsn, theirs
     } else {
         format!(
             "the copy of database \"{database}\" on replica \"{replica}\" (SEEDING_MODE = MANUAL) ends at LSN {theirs}, \
-             older than the primary's log, which starts at LSN {first}: it cannot catch up. Seed that replica again \
-             from a full backup and log backups that reach at least LSN {first} (on an empty data directory), or let \
-             the primary seed it: ALTER AVAILABILITY GROUP {group} MODIFY REPLICA ON '{replica}' WITH (SEEDING_MODE = AUTOMATIC)"
+             older than the primary's log, which starts at LSN {first}: it cannot catch up. Restore it there again \
+             WITH NORECOVERY, REPLACE from a full backup and log backups that reach at least LSN {first}, then run {join} \
+             there; or let the primary seed it: ALTER AVAILABILITY GROUP {group} MODIFY REPLICA ON '{replica}' WITH (SEEDING_MODE = AUTOMATIC)"
         )
     }
 }

@@ -224,6 +224,17 @@ impl SeedRow {
         }
     }
 
+    /// Ends the row as FAILED with why, unless it ended already.
+    pub fn finish_if_open(&self, why: &str) {
+        self.update(|r| {
+            if r.finished_us == 0 {
+                r.finished_us = now_us();
+                r.state = "FAILED";
+                r.failure = Some(why.to_string());
+            }
+        });
+    }
+
     /// Ends the row: COMPLETED, or FAILED with why.
     pub fn finish(&self, outcome: std::result::Result<(), String>) {
         self.update(|r| {
@@ -280,6 +291,8 @@ pub struct Prepared {
 pub async fn prepare(source: SeedSource) -> std::result::Result<Prepared, ReplicationError> {
     let database = source.db.name().to_string();
     let row = source.board.start(&database, &source.replica, "PRIMARY");
+    // A link that ends while the backup is taken drops this future.
+    let _open = OpenRow(row.clone());
     match take_backup(&source, &row).await {
         Ok((staging, lsn, size)) => Ok(Prepared {
             database,
@@ -349,6 +362,29 @@ async fn take_backup(
     Ok((staging, lsn, taken.size))
 }
 
+/// Marks its row FAILED when dropped while the backup is still taken.
+struct OpenRow(SeedRow);
+
+impl Drop for OpenRow {
+    fn drop(&mut self) {
+        self.0.update(|r| {
+            if r.state == "BACKING_UP" {
+                r.finished_us = now_us();
+                r.state = "FAILED";
+                r.failure =
+                    Some("the replication link ended while the seed's backup was taken".into());
+            }
+        });
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.row
+            .finish_if_open("the replication link ended before the seed was sent");
+    }
+}
+
 impl Prepared {
     /// The database seeded.
     pub fn database(&self) -> &str {
@@ -395,9 +431,7 @@ impl Prepared {
 
     /// The link ended before every byte was sent.
     pub fn abandon(&self, why: &str) {
-        if self.sent < self.size {
-            self.row.finish(Err(why.to_string()));
-        }
+        self.row.finish_if_open(why);
     }
 }
 

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Backup and restore measurements (scripts/bench backup, issue 12). It
+starts everything itself, on loopback ports from --port:
+
+    PORT+10, +11        PostgreSQL with a synchronous standby (scripts/pg-sync-standby)
+    PORT+20..23, +120.., +170..  availdb `up --replicas 2` (r1 primary on
+                        PORT+22, r2 its synchronous secondary on PORT+23)
+    PORT+30             PostgreSQL started on a restored base backup
+
+The same data everywhere: --size-mb MB of rows of 1,000 random hex
+characters (memory.py's tables), in availdb's `app` (on r1, replicated to
+r2), in PostgreSQL's `postgres`, and in a plain SQLite file.
+
+1. Backup: availdb `BACKUP DATABASE app … WITH COPY_ONLY` on the secondary
+   r2, with and without COMPRESSION; `pg_basebackup` of the PostgreSQL
+   primary, plain (-Fp) and compressed (-Ft -Z zstd), both with
+   --checkpoint=fast and -X fetch; SQLite's online backup API
+   (`.backup`) and `VACUUM INTO` of the SQLite file. Throughput is the
+   database's bytes over the wall time (MB/s, 1 MB = 10^6 bytes).
+2. Restore: availdb `RESTORE DATABASE … WITH RECOVERY` of the compressed
+   backup on r1 (a new database); PostgreSQL: extracting the compressed base
+   backup and starting a server on it until it accepts connections (its
+   recovery of the WAL included).
+3. Commit latency during a backup on the secondary: pgbench (insert.sql,
+   -c 4, --seconds) on r1 with no backup, then with COPY_ONLY backups of
+   r2 running one after another for the whole run; TPS and p50/p99 of
+   both, --trials times alternating.
+4. Point-in-time restore: a full backup on r1, --log-mb MB of writes with
+   a time noted half-way, a log backup; then RESTORE DATABASE … WITH
+   NORECOVERY + RESTORE LOG … WITH STOPAT = that time, RECOVERY, timed, and
+   the restored rows checked (every row written before the time, none
+   after).
+
+Results: JSON (--out) and a CSV of one row per measurement (--csv).
+"""
+
+import argparse
+import csv
+import datetime
+import glob
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import benchlib
+from memory import ROWS_PER_MB, Procs, connect, make_table, wait_sql
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+
+
+def pg_bin():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not found:
+        raise RuntimeError("no PostgreSQL under /usr/lib/postgresql (Debian's postgresql package)")
+    return os.path.dirname(found[-1])
+
+
+def as_postgres(argv):
+    # PostgreSQL's server refuses root; scripts/pg-sync-standby does the same.
+    return ["runuser", "-u", "postgres", "--"] + argv if os.geteuid() == 0 else argv
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def wait_synchronized(port, db, within=1800):
+    deadline = time.time() + within
+    while True:
+        with connect(port, "availdb") as c:
+            rows = c.execute(
+                "SELECT synchronization_state_desc, redo_queue_size FROM "
+                f"sys.dm_hadr_database_replica_states WHERE database_name = '{db}' AND NOT is_local"
+            ).fetchall()
+        if rows and all(st == "SYNCHRONIZED" and (q or 0) == 0 for st, q in rows):
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"{db}: secondaries not caught up within {within} s: {rows}")
+        time.sleep(0.5)
+
+
+def sqlite_file(path, mb):
+    # The same rows as memory.py's tables, in a plain SQLite file (WAL, as
+    # availdb's are).
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    rows = mb * ROWS_PER_MB
+    first = 1
+    while first <= rows:
+        last = min(first + 19_999, rows)
+        db.execute(
+            "WITH RECURSIVE s(x) AS (SELECT ? UNION ALL SELECT x + 1 FROM s WHERE x < ?) "
+            "INSERT INTO t SELECT x, hex(randomblob(500)) FROM s",
+            (first, last),
+        )
+        db.commit()
+        first = last + 1
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def pgbench(port, seconds, clients, log_dir):
+    os.makedirs(log_dir, exist_ok=True)
+    cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "availdb", "-n", "-M", "prepared",
+           "-c", str(clients), "-j", str(clients), "-T", str(seconds), "-f",
+           os.path.join(HERE, "insert.sql"), "--log", "--log-prefix", os.path.join(log_dir, "tx"), "app"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 120).stdout
+    summary = benchlib.parse_pgbench_summary(out)
+    lat = benchlib.latencies_in(log_dir)
+    return {
+        "tps": summary.get("tps"),
+        "p50_ms": round(benchlib.percentile(lat, 50) / 1000, 3),
+        "p99_ms": round(benchlib.percentile(lat, 99) / 1000, 3),
+        "transactions": len(lat),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--log-mb", type=int, default=100)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--csv", required=True)
+    args = ap.parse_args()
+    p, mb = args.port, args.size_mb
+    r1, r2 = p + 22, p + 23
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    if os.geteuid() == 0:
+        shutil.chown(args.work, "postgres", "postgres")
+    backups = os.path.join(args.work, "backups")
+    os.makedirs(backups)
+    procs = Procs()
+    rows = []
+    failures = []
+    pg_dir = os.path.join(args.work, "pg")
+    restored_pg = os.path.join(args.work, "pg-restored")
+    pg_started = False
+    restored_started = False
+    bindir = pg_bin()
+
+    def record(row):
+        rows.append(row)
+        print("backup: " + json.dumps(row), flush=True)
+
+    try:
+        # --- servers and data
+        procs.start("group", [args.bin, "up", "--replicas", "2", "--port", str(p + 20),
+                              "--data-dir", os.path.join(args.work, "group")],
+                    os.path.join(args.work, "group.out"))
+        subprocess.run([os.path.join(TOP, "scripts", "pg-sync-standby"), "start", pg_dir, str(p + 10)],
+                       check=True, stdout=subprocess.DEVNULL)
+        pg_started = True
+        wait_sql(r1, "app", within=180)
+        wait_sql(p + 10, "postgres", "postgres")
+        load_s, _ = timed(lambda: make_table(r1, "app", "t", mb, False, "availdb"))
+        make_table(p + 10, "postgres", "t", mb, True, "postgres")
+        with connect(p + 10, "postgres", "postgres") as c:
+            c.execute("CHECKPOINT")
+        wait_synchronized(r1, "app")
+        lite = os.path.join(args.work, "plain.db")
+        sqlite_file(lite, mb)
+        app_files = glob.glob(os.path.join(args.work, "group", "r2", "**", "app.db"), recursive=True)
+        db_bytes = os.path.getsize(app_files[0]) if app_files else mb * 10**6
+        with connect(p + 10, "postgres", "postgres") as c:
+            pg_bytes = int(c.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()[0])
+        lite_bytes = os.path.getsize(lite)
+        print(f"backup: data loaded ({mb} MB of rows in {load_s:.1f} s); availdb file {db_bytes / 1e6:.0f} MB, "
+              f"PostgreSQL cluster {pg_bytes / 1e6:.0f} MB, SQLite file {lite_bytes / 1e6:.0f} MB", flush=True)
+
+        # --- 1. backup
+        for compression in (True, False):
+            target = os.path.join(backups, f"r2-{'zstd' if compression else 'plain'}.bak")
+            with_ = "COPY_ONLY, COMPRESSION" if compression else "COPY_ONLY"
+            with connect(r2, "availdb") as c:
+                s, _ = timed(lambda: c.execute(f"BACKUP DATABASE app TO DISK = '{target}' WITH {with_}"))
+            record({"measure": "backup", "system": "availdb (secondary)", "variant": with_.lower(),
+                    "seconds": round(s, 2), "database_bytes": db_bytes, "backup_bytes": os.path.getsize(target),
+                    "mb_s": round(db_bytes / 1e6 / s, 1)})
+        for variant, extra in (("plain -Fp", ["-Fp"]), ("tar -Ft -Z zstd", ["-Ft", "-Z", "zstd"])):
+            target = os.path.join(backups, "pg-" + extra[0].strip("-"))
+            s, _ = timed(lambda: subprocess.run(
+                [os.path.join(bindir, "pg_basebackup"), "-h", "127.0.0.1", "-p", str(p + 10), "-U", "postgres",
+                 "-D", target, "-X", "fetch", "--checkpoint=fast", "--no-sync"] + extra,
+                check=True, capture_output=True))
+            record({"measure": "backup", "system": "pg_basebackup", "variant": variant, "seconds": round(s, 2),
+                    "database_bytes": pg_bytes, "backup_bytes": du(target), "mb_s": round(pg_bytes / 1e6 / s, 1)})
+        out = os.path.join(backups, "lite-backup.db")
+        src = sqlite3.connect(lite)
+        dst = sqlite3.connect(out)
+        s, _ = timed(lambda: src.backup(dst))
+        dst.close()
+        record({"measure": "backup", "system": "sqlite3", "variant": ".backup (online backup API)",
+                "seconds": round(s, 2), "database_bytes": lite_bytes, "backup_bytes": os.path.getsize(out),
+                "mb_s": round(lite_bytes / 1e6 / s, 1)})
+        out = os.path.join(backups, "lite-vacuum.db")
+        s, _ = timed(lambda: src.execute(f"VACUUM INTO '{out}'"))
+        src.close()
+        record({"measure": "backup", "system": "sqlite3", "variant": "VACUUM INTO", "seconds": round(s, 2),
+                "database_bytes": lite_bytes, "backup_bytes": os.path.getsize(out),
+                "mb_s": round(lite_bytes / 1e6 / s, 1)})
+
+        # --- 2. restore
+        source = os.path.join(backups, "r2-zstd.bak")
+        with connect(r1, "availdb") as c:
+            s, _ = timed(lambda: c.execute(f"RESTORE DATABASE restored FROM DISK = '{source}' WITH RECOVERY"))
+            n = None
+        with connect(r1, "restored") as c:
+            n = c.execute("SELECT count(*) FROM t").fetchone()[0]
+        with connect(r1, "availdb") as c:
+            c.execute("DROP DATABASE restored")
+        record({"measure": "restore", "system": "availdb", "variant": "RESTORE … WITH RECOVERY (zstd backup)",
+                "seconds": round(s, 2), "database_bytes": db_bytes, "mb_s": round(db_bytes / 1e6 / s, 1),
+                "rows": n})
+        tarball = os.path.join(backups, "pg-Ft", "base.tar.zst")
+
+        def pg_restore():
+            os.makedirs(restored_pg, mode=0o700)
+            subprocess.run(["tar", "-I", "zstd", "-xf", tarball, "-C", restored_pg], check=True)
+            if os.geteuid() == 0:
+                subprocess.run(["chown", "-R", "postgres:postgres", restored_pg], check=True)
+            subprocess.run(as_postgres([os.path.join(bindir, "pg_ctl"), "-D", restored_pg, "-l",
+                                        os.path.join(args.work, "pg-restored.log"), "-w", "-o",
+                                        f"-p {p + 30} -c cluster_name=restored -c synchronous_standby_names=''",
+                                        "start"]), check=True, stdout=subprocess.DEVNULL)
+
+        s, _ = timed(pg_restore)
+        restored_started = True
+        with connect(p + 30, "postgres", "postgres") as c:
+            n = c.execute("SELECT count(*) FROM t").fetchone()[0]
+        record({"measure": "restore", "system": "PostgreSQL", "variant": "extract base.tar.zst + start (WAL recovery)",
+                "seconds": round(s, 2), "database_bytes": pg_bytes, "mb_s": round(pg_bytes / 1e6 / s, 1),
+                "rows": n})
+
+        # --- 3. commit latency during a backup on the secondary
+        with connect(r1, "app") as c:
+            c.execute("CREATE TABLE IF NOT EXISTS kv_insert (client INTEGER NOT NULL, v TEXT NOT NULL)")
+        for trial in range(args.trials):
+            for during in (False, True):
+                stop = threading.Event()
+                taken = []
+
+                def backups_on_r2():
+                    target = os.path.join(backups, "during.bak")
+                    with connect(r2, "availdb") as c:
+                        while not stop.is_set():
+                            start = time.perf_counter()
+                            c.execute(f"BACKUP DATABASE app TO DISK = '{target}' WITH COPY_ONLY, COMPRESSION")
+                            taken.append(time.perf_counter() - start)
+                            os.remove(target)
+
+                runner = threading.Thread(target=backups_on_r2) if during else None
+                if runner:
+                    runner.start()
+                result = pgbench(r1, args.seconds, 4, os.path.join(args.work, f"pgbench-{trial}-{during}"))
+                stop.set()
+                if runner:
+                    runner.join(timeout=600)
+                record({"measure": "commit_during_backup", "trial": trial,
+                        "backup_on_secondary": during, "backups_taken": len(taken), **result})
+
+        # --- 4. point-in-time restore
+        full = os.path.join(backups, "pitr-full.bak")
+        log = os.path.join(backups, "pitr-log.bak")
+        with connect(r1, "availdb") as c:
+            c.execute(f"BACKUP DATABASE app TO DISK = '{full}' WITH COMPRESSION")
+        half = args.log_mb * ROWS_PER_MB // 2
+        with connect(r1, "app") as c:
+            c.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            first = 1
+            stop_at = None
+            while first <= 2 * half:
+                last = min(first + 9_999, 2 * half)
+                c.execute("INSERT INTO p SELECT value, hex(randomblob(500)) "
+                          f"FROM generate_series({first}, {last})")
+                if stop_at is None and last >= half:
+                    time.sleep(0.05)
+                    stop_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+                    before = last
+                    time.sleep(0.05)
+                first = last + 1
+        with connect(r1, "availdb") as c:
+            c.execute(f"BACKUP LOG app TO DISK = '{log}' WITH COMPRESSION")
+
+        def pitr():
+            with connect(r1, "availdb") as c:
+                c.execute(f"RESTORE DATABASE pitr FROM DISK = '{full}' WITH NORECOVERY")
+                c.execute(f"RESTORE LOG pitr FROM DISK = '{log}' WITH STOPAT = '{stop_at}', RECOVERY")
+
+        s, _ = timed(pitr)
+        with connect(r1, "pitr") as c:
+            n = c.execute("SELECT count(*) FROM p").fetchone()[0]
+        with connect(r1, "availdb") as c:
+            c.execute("DROP DATABASE pitr")
+        if n != before:
+            failures.append(f"point-in-time restore to {stop_at} holds {n} rows of p, not the {before} written before it")
+        record({"measure": "pitr", "system": "availdb", "variant": f"full + {args.log_mb} MB of log, STOPAT half-way",
+                "seconds": round(s, 2), "database_bytes": db_bytes, "log_backup_bytes": os.path.getsize(log),
+                "rows_restored": n, "rows_expected": before})
+    except Exception as e:  # noqa: BLE001 - reported in the results
+        failures.append(str(e))
+        print(f"backup: FAILED {e}", file=sys.stderr, flush=True)
+    finally:
+        procs.stop()
+        if restored_started:
+            subprocess.run(as_postgres([os.path.join(bindir, "pg_ctl"), "-D", restored_pg, "-m", "fast", "-w",
+                                        "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if pg_started:
+            subprocess.run([os.path.join(TOP, "scripts", "pg-sync-standby"), "stop", pg_dir],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(args.out, "w") as f:
+        json.dump({"rows": rows, "failures": failures}, f, indent=1)
+    with open(args.csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["measure", "system", "json"])
+        for r in rows:
+            w.writerow([r["measure"], r.get("system", ""), json.dumps(r)])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
