@@ -65,7 +65,8 @@
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
 //! * `CREATE SEQUENCE` (INCREMENT, MINVALUE, MAXVALUE, START, CACHE
-//!   ignored, CYCLE, `AS smallint|integer|bigint`) → a row of
+//!   ignored, CYCLE, `AS smallint|integer|bigint`, in any order, as
+//!   PostgreSQL takes them) → a row of
 //!   `availdb_sequences`; `DROP SEQUENCE a, b` → their rows deleted;
 //!   `nextval('s'::regclass)` → `nextval('s')` (`engine::sequence`).
 //!   `CREATE TEMP SEQUENCE` is refused.
@@ -201,6 +202,9 @@ pub fn translate(sql: &str) -> Translated {
             format!("{} {value}", &c[1])
         });
         normalized.as_ref()
+    } else if let Some(ordered) = sequence_options_in_parser_order(sql) {
+        normalized = ordered.into();
+        normalized.as_ref()
     } else {
         sql
     };
@@ -221,6 +225,48 @@ pub fn translate(sql: &str) -> Translated {
             }
         }
     }
+}
+
+/// `CREATE SEQUENCE` with its options in the order `sqlparser` reads them
+/// (AS, INCREMENT, MINVALUE, MAXVALUE, START, CACHE, CYCLE, OWNED BY):
+/// PostgreSQL takes them in any order (`START 100 INCREMENT 3`), the
+/// parser only in that one. None for any other statement, and when
+/// something other than those options follows the name (left for the
+/// parser to refuse).
+fn sequence_options_in_parser_order(sql: &str) -> Option<String> {
+    static HEAD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(?:(?:TEMP|TEMPORARY|UNLOGGED)\s+)?SEQUENCE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"[^"]*"|[\w$]+)(?:\.(?:"[^"]*"|[\w$]+))?"#,
+        )
+        .expect("valid regex")
+    });
+    static OPTION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        let number = r"[+-]?\s*\d+";
+        regex::Regex::new(&format!(
+            r#"(?is)^\s*(?:(AS\s+(?:smallint|integer|int|bigint|int2|int4|int8))|(INCREMENT(?:\s+BY)?\s+{number})|(NO\s+MINVALUE|MINVALUE\s+{number})|(NO\s+MAXVALUE|MAXVALUE\s+{number})|(START(?:\s+WITH)?\s+{number})|(CACHE\s+{number})|(NO\s+CYCLE|CYCLE)|(OWNED\s+BY\s+(?:"[^"]*"|[\w$]+)(?:\.(?:"[^"]*"|[\w$]+)){{0,2}}))\b"#
+        ))
+        .expect("valid regex")
+    });
+    let head = HEAD.find(sql)?;
+    let mut rest = sql[head.end()..].trim_end().trim_end_matches(';');
+    let mut clauses: Vec<(usize, &str)> = Vec::new();
+    while !rest.trim().is_empty() {
+        let c = OPTION.captures(rest)?;
+        let (rank, m) = c
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find_map(|(i, m)| m.map(|m| (i, m)))?;
+        clauses.push((rank, m.as_str()));
+        rest = &rest[c.get(0).expect("whole match").end()..];
+    }
+    clauses.sort_by_key(|(rank, _)| *rank);
+    let mut ordered = head.as_str().to_string();
+    for (_, clause) in clauses {
+        ordered.push(' ');
+        ordered.push_str(clause);
+    }
+    Some(ordered)
 }
 
 /// A statement that creates a TEMP object, with the object placed in the
@@ -1109,6 +1155,28 @@ mod tests {
         assert_eq!(
             sql("SELECT nextval('t_id_seq'::regclass)"),
             "SELECT nextval('t_id_seq')"
+        );
+        assert_eq!(
+            translate("CREATE SEQUENCE s START 100 INCREMENT 3 NO CYCLE MAXVALUE 1000"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    "INSERT INTO availdb_sequences VALUES ('s', 100, 100, 3, 1, 1000, 0, 0)".into(),
+                ],
+                tag: "CREATE SEQUENCE".into()
+            },
+            "options in any order, as PostgreSQL takes them"
+        );
+        assert_eq!(
+            sequence_options_in_parser_order(
+                "CREATE SEQUENCE s CYCLE START WITH -5 AS int MINVALUE -9 INCREMENT BY - 1"
+            )
+            .as_deref(),
+            Some("CREATE SEQUENCE s AS int INCREMENT BY - 1 MINVALUE -9 START WITH -5 CYCLE")
+        );
+        assert_eq!(
+            sequence_options_in_parser_order("CREATE SEQUENCE s START 1 BOGUS 2"),
+            None
         );
         assert!(matches!(
             translate("CREATE TEMP SEQUENCE s"),
