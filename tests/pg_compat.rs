@@ -384,8 +384,11 @@ async fn psycopg_copies_and_sends_dates_times_and_uuids_in_binary() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sqlalchemy_creates_reflects_and_uses_a_schema_through_the_orm() {
-    if !have_python_modules("sqlalchemy_compat", &["sqlalchemy", "psycopg"]) {
+async fn sqlalchemy_creates_reflects_and_uses_a_schema_through_the_orm_with_psycopg_and_asyncpg() {
+    if !have_python_modules(
+        "sqlalchemy_compat",
+        &["sqlalchemy", "psycopg", "asyncpg", "greenlet"],
+    ) {
         return;
     }
     let server = TestServer::start().await;
@@ -1217,7 +1220,7 @@ async fn declared_cursors_fetch_move_and_close_like_postgresql() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn asyncpg_connects_by_default_round_trips_types_and_copies() {
+async fn asyncpg_connects_by_default_round_trips_types_prepares_copies_and_fetches_in_batches() {
     if !have_python_modules("asyncpg_compat", &["asyncpg"]) {
         return;
     }

@@ -45,8 +45,9 @@
 //!   `to_regclass`, `to_regtype`.
 //! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
 //!   AS IDENTITY` columns, the key or not → as PostgreSQL makes them: a
-//!   sequence `<table>_<column>_seq` and `DEFAULT (nextval('…'))` on an
-//!   `int4`, `int8` or `int2` column, NOT NULL (so node-postgres reads
+//!   sequence `<table>_<column>_seq` (with the IDENTITY's own `(START
+//!   WITH … INCREMENT BY …)`, in any order) and `DEFAULT (nextval('…'))`
+//!   on an `int4`, `int8` or `int2` column, NOT NULL (so node-postgres reads
 //!   SERIAL ids as numbers); in a TEMP table only the key, → `INTEGER
 //!   PRIMARY KEY AUTOINCREMENT` (SQLite's rowid alias, which never takes a
 //!   number back either; another column is refused, 0A000);
@@ -227,12 +228,12 @@ pub fn translate(sql: &str) -> Translated {
     }
 }
 
-/// `CREATE SEQUENCE` with its options in the order `sqlparser` reads them
-/// (AS, INCREMENT, MINVALUE, MAXVALUE, START, CACHE, CYCLE, OWNED BY):
-/// PostgreSQL takes them in any order (`START 100 INCREMENT 3`), the
-/// parser only in that one. None for any other statement, and when
-/// something other than those options follows the name (left for the
-/// parser to refuse).
+/// Sequence options in the order `sqlparser` reads them (AS, INCREMENT,
+/// MINVALUE, MAXVALUE, START, CACHE, CYCLE, OWNED BY), in `CREATE
+/// SEQUENCE` and in an IDENTITY column's `(…)`: PostgreSQL takes them in
+/// any order (`START 100 INCREMENT 3`), the parser only in that one. None
+/// when the statement has neither, or when something other than those
+/// options is among them (left for the parser to refuse).
 fn sequence_options_in_parser_order(sql: &str) -> Option<String> {
     static HEAD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(
@@ -240,6 +241,37 @@ fn sequence_options_in_parser_order(sql: &str) -> Option<String> {
         )
         .expect("valid regex")
     });
+    static IDENTITY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?is)\bAS\s+IDENTITY\s*\(([^()]*)\)"#).expect("valid regex")
+    });
+    if let Some(head) = HEAD.find(sql) {
+        let rest = sql[head.end()..].trim_end().trim_end_matches(';');
+        return Some(format!(
+            "{}{}",
+            head.as_str(),
+            options_in_parser_order(rest)?
+        ));
+    }
+    if !IDENTITY.is_match(sql) {
+        return None;
+    }
+    let mut failed = false;
+    let ordered = IDENTITY.replace_all(
+        sql,
+        |c: &regex::Captures<'_>| match options_in_parser_order(&c[1]) {
+            Some(options) => format!("AS IDENTITY ({})", options.trim_start()),
+            None => {
+                failed = true;
+                c[0].to_string()
+            }
+        },
+    );
+    (!failed).then(|| ordered.into_owned())
+}
+
+/// `options` (sequence options, each after a space) in `sqlparser`'s
+/// order; None when something else is among them.
+fn options_in_parser_order(mut options: &str) -> Option<String> {
     static OPTION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         let number = r"[+-]?\s*\d+";
         regex::Regex::new(&format!(
@@ -247,26 +279,19 @@ fn sequence_options_in_parser_order(sql: &str) -> Option<String> {
         ))
         .expect("valid regex")
     });
-    let head = HEAD.find(sql)?;
-    let mut rest = sql[head.end()..].trim_end().trim_end_matches(';');
     let mut clauses: Vec<(usize, &str)> = Vec::new();
-    while !rest.trim().is_empty() {
-        let c = OPTION.captures(rest)?;
+    while !options.trim().is_empty() {
+        let c = OPTION.captures(options)?;
         let (rank, m) = c
             .iter()
             .enumerate()
             .skip(1)
             .find_map(|(i, m)| m.map(|m| (i, m)))?;
         clauses.push((rank, m.as_str()));
-        rest = &rest[c.get(0).expect("whole match").end()..];
+        options = &options[c.get(0).expect("whole match").end()..];
     }
     clauses.sort_by_key(|(rank, _)| *rank);
-    let mut ordered = head.as_str().to_string();
-    for (_, clause) in clauses {
-        ordered.push(' ');
-        ordered.push_str(clause);
-    }
-    Some(ordered)
+    Some(clauses.iter().map(|(_, c)| format!(" {c}")).collect())
 }
 
 /// A statement that creates a TEMP object, with the object placed in the
@@ -632,7 +657,6 @@ fn create_sequence(
     data_type: Option<&DataType>,
     options: &[sqlparser::ast::SequenceOptions],
 ) -> Translated {
-    use sqlparser::ast::SequenceOptions as O;
     let (type_min, type_max) = match data_type {
         Some(DataType::SmallInt(_) | DataType::Int2(_)) => {
             (i64::from(i16::MIN), i64::from(i16::MAX))
@@ -642,6 +666,34 @@ fn create_sequence(
         }
         _ => (i64::MIN, i64::MAX),
     };
+    let verb = if if_not_exists {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT"
+    };
+    match sequence_row(&sequence_ident(name), (type_min, type_max), options) {
+        Ok(row) => Translated::Batch {
+            statements: vec![
+                crate::engine::sequence::CREATE_TABLE.to_string(),
+                format!("{verb} INTO availdb_sequences VALUES {row}"),
+            ],
+            tag: "CREATE SEQUENCE".into(),
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+/// The row of `availdb_sequences` for sequence `name` of an integer type
+/// with bounds `(type_min, type_max)` and `options` (`CREATE SEQUENCE`'s,
+/// or an IDENTITY column's `(START WITH …)`), with PostgreSQL's defaults:
+/// ascending from 1 to the type's maximum, or descending from -1 to its
+/// minimum.
+fn sequence_row(
+    name: &str,
+    (type_min, type_max): (i64, i64),
+    options: &[sqlparser::ast::SequenceOptions],
+) -> Result<String, Translated> {
+    use sqlparser::ast::SequenceOptions as O;
     let number = |e: &Expr| e.to_string().replace(' ', "").parse::<i64>().ok();
     let (mut increment, mut min, mut max, mut start, mut cycle) =
         (Some(1), None, None, None, false);
@@ -662,39 +714,28 @@ fn create_sequence(
         )
     };
     let Some(increment) = increment.filter(|i| *i != 0) else {
-        return bad();
+        return Err(bad());
     };
     let (Some(min), Some(max)) = (
         min.unwrap_or(Some(if increment > 0 { 1 } else { type_min })),
         max.unwrap_or(Some(if increment > 0 { type_max } else { -1 })),
     ) else {
-        return bad();
+        return Err(bad());
     };
     let Some(start) = start.unwrap_or(Some(if increment > 0 { min } else { max })) else {
-        return bad();
+        return Err(bad());
     };
     if !(min..=max).contains(&start) {
-        return unsupported(
+        return Err(unsupported(
             format!("START value ({start}) is outside MINVALUE ({min}) .. MAXVALUE ({max})"),
             "choose a START between MINVALUE and MAXVALUE",
-        );
+        ));
     }
-    let verb = if if_not_exists {
-        "INSERT OR IGNORE"
-    } else {
-        "INSERT"
-    };
-    Translated::Batch {
-        statements: vec![
-            crate::engine::sequence::CREATE_TABLE.to_string(),
-            format!(
-                "{verb} INTO availdb_sequences VALUES ({}, {start}, {start}, {increment}, {min}, {max}, {}, 0)",
-                literal(&sequence_ident(name)),
-                i64::from(cycle)
-            ),
-        ],
-        tag: "CREATE SEQUENCE".into(),
-    }
+    Ok(format!(
+        "({}, {start}, {start}, {increment}, {min}, {max}, {}, 0)",
+        literal(name),
+        i64::from(cycle)
+    ))
 }
 
 fn constraint_kind(c: &TableConstraint) -> &'static str {
@@ -785,6 +826,19 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Tra
             .iter()
             .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
         let is_pk = column_pk || table_pk.as_deref() == Some(col.name.value.as_str());
+        // `GENERATED … AS IDENTITY (START WITH 10 …)`: its sequence's options.
+        let identity_options = col
+            .options
+            .iter()
+            .find_map(|o| match &o.option {
+                ColumnOption::Generated {
+                    generation_expr: None,
+                    sequence_options: Some(options),
+                    ..
+                } => Some(options.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
         col.options.retain(|o| !rewrite::is_identity(&o.option));
         if (serial || identity) && !ct.temporary {
             // As PostgreSQL does it, key or not: the column's own sequence,
@@ -802,15 +856,18 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Tra
                     option: ColumnOption::NotNull,
                 });
             }
-            let (ty, max) = match &col.data_type {
+            let int8 = (i64::MIN, i64::MAX);
+            let int2 = (i64::from(i16::MIN), i64::from(i16::MAX));
+            let int4 = (i64::from(i32::MIN), i64::from(i32::MAX));
+            let (ty, bounds) = match &col.data_type {
                 DataType::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
-                    "bigserial" | "serial8" => ("int8", i64::MAX),
-                    "smallserial" | "serial2" => ("int2", i64::from(i16::MAX)),
-                    _ => ("int4", i64::from(i32::MAX)),
+                    "bigserial" | "serial8" => ("int8", int8),
+                    "smallserial" | "serial2" => ("int2", int2),
+                    _ => ("int4", int4),
                 },
-                DataType::BigInt(_) | DataType::Int8(_) => ("int8", i64::MAX),
-                DataType::SmallInt(_) | DataType::Int2(_) => ("int2", i64::from(i16::MAX)),
-                _ => ("int4", i64::from(i32::MAX)),
+                DataType::BigInt(_) | DataType::Int8(_) => ("int8", int8),
+                DataType::SmallInt(_) | DataType::Int2(_) => ("int2", int2),
+                _ => ("int4", int4),
             };
             let sequence = format!("{table}_{}_seq", col.name.value);
             col.data_type = DataType::Custom(
@@ -834,8 +891,8 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Tra
                 "INSERT OR REPLACE"
             };
             sequences.push(format!(
-                "{verb} INTO availdb_sequences VALUES ({}, 1, 1, 1, 1, {max}, 0, 0)",
-                literal(&sequence)
+                "{verb} INTO availdb_sequences VALUES {}",
+                sequence_row(&sequence, bounds, &identity_options)?
             ));
             continue;
         }
@@ -1054,6 +1111,19 @@ mod tests {
                     format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('o_n_seq', 1, 1, 1, 1, {}, 0, 0)", i64::MAX),
                     format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('o_k_seq', 1, 1, 1, 1, {}, 0, 0)", i32::MAX),
                     "CREATE TABLE o (code text PRIMARY KEY, n int8 NOT NULL DEFAULT (nextval('o_n_seq')), k int4 NOT NULL DEFAULT (nextval('o_k_seq')))".into(),
+                ],
+                tag: "CREATE TABLE".into()
+            }
+        );
+        // An IDENTITY column's own sequence options (SQLAlchemy's
+        // `Identity(start=10)`), as PostgreSQL keeps them.
+        assert_eq!(
+            translate("CREATE TABLE p (id INTEGER GENERATED BY DEFAULT AS IDENTITY (START WITH 10 INCREMENT BY 5), PRIMARY KEY (id))"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('p_id_seq', 10, 10, 5, 1, {}, 0, 0)", i32::MAX),
+                    "CREATE TABLE p (id int4 DEFAULT (nextval('p_id_seq')), PRIMARY KEY (id))".into(),
                 ],
                 tag: "CREATE TABLE".into()
             }
