@@ -1342,6 +1342,62 @@ async fn migrations_add_foreign_keys_and_alter_columns() {
     );
 }
 
+/// ALTER TABLE … ADD CONSTRAINT … CHECK (issue 14): refused with 23514 when
+/// rows already there violate it, then holds for every later write;
+/// NOT VALID over violating rows is refused (0A000:
+/// SQLite's integrity check would report them); the file stays consistent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_added_check_constraint_is_refused_when_rows_violate_it_and_holds_afterwards() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE p (id serial PRIMARY KEY, name varchar(20), price numeric(8,2));
+         INSERT INTO p (name, price) VALUES ('a', 1.50), ('b', -2), ('c', NULL)",
+    )
+    .await
+    .unwrap();
+    let add = "ALTER TABLE p ADD CONSTRAINT price_positive CHECK (price > 0)";
+    let (code, message) = refused(&c, add).await;
+    assert_eq!(code, "23514", "{message}");
+    assert!(message.contains("price_positive"), "{message}");
+    c.batch_execute("INSERT INTO p (name, price) VALUES ('d', -1)")
+        .await
+        .expect("nothing of the refused constraint is left");
+    c.batch_execute(&format!("DELETE FROM p WHERE price < 0; {add}"))
+        .await
+        .unwrap();
+    let (code, message) = refused(&c, "INSERT INTO p (name, price) VALUES ('e', -3)").await;
+    assert_eq!(code, "23514", "{message}");
+    let (code, _) = refused(&c, "UPDATE p SET price = 0 WHERE name = 'a'").await;
+    assert_eq!(code, "23514");
+    // NULL is not false: the row 'c' satisfies it, as in PostgreSQL.
+    c.batch_execute(
+        "INSERT INTO p (name, price) VALUES ('f', NULL); INSERT INTO p (name) VALUES ('zz')",
+    )
+    .await
+    .unwrap();
+    let not_valid = "ALTER TABLE p ADD CONSTRAINT short_name CHECK (length(name) < 2) NOT VALID";
+    let (code, message) = refused(&c, not_valid).await;
+    assert_eq!(code, "0A000", "{message}");
+    c.batch_execute(&format!("DELETE FROM p WHERE name = 'zz'; {not_valid}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&c, "INSERT INTO p (name) VALUES ('yy')").await.0,
+        "23514",
+        "a NOT VALID check holds for new rows"
+    );
+    assert_eq!(
+        simple_value(
+            &c,
+            "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"
+        )
+        .await
+        .as_deref(),
+        Some("0")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn alembic_autogenerates_upgrades_and_downgrades() {
     if !have_python_modules("alembic_compat", &["alembic", "sqlalchemy", "psycopg"]) {

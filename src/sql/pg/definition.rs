@@ -1,6 +1,6 @@
 //! Table changes SQLite's ALTER TABLE cannot make, done by editing the
 //! table's definition (its `CREATE TABLE` text in `sqlite_schema`): adding
-//! a FOREIGN KEY, and `ALTER COLUMN … SET/DROP NOT NULL`, `SET/DROP
+//! a FOREIGN KEY or a CHECK, and `ALTER COLUMN … SET/DROP NOT NULL`, `SET/DROP
 //! DEFAULT`, `TYPE`, as migration tools emit them. SQLite documents this
 //! way for changes that leave the stored rows as they are ("Making Other
 //! Kinds Of Table Schema Changes"); `engine::Conn::edit_table_definition`
@@ -18,6 +18,20 @@ use sqlparser::parser::Parser;
 pub enum Edit {
     /// A table constraint (a FOREIGN KEY), as SQLite reads it.
     AddConstraint(String),
+    /// `ADD [CONSTRAINT n] CHECK (expr) [NOT VALID]`: SQLite checks it on
+    /// every later write, and the rows already there must satisfy it when
+    /// it is added (23514). NOT VALID, which in PostgreSQL leaves them
+    /// unchecked, is refused (0A000) when some row violates it: SQLite's
+    /// integrity check, which availdb runs on backups and page repairs,
+    /// would report that row as corruption.
+    AddCheck {
+        /// The table constraint, as SQLite reads it.
+        constraint: String,
+        /// Its expression, as SQLite reads it.
+        expr: String,
+        /// Written NOT VALID.
+        not_valid: bool,
+    },
     /// `ALTER COLUMN c DROP NOT NULL`.
     DropNotNull(String),
     /// `ALTER COLUMN c SET NOT NULL`.
@@ -47,6 +61,20 @@ impl Edit {
                 "23503",
                 format!("cannot add the foreign key to table \"{table}\": rows of it reference no row (PRAGMA foreign_key_check lists them)"),
             )),
+            Edit::AddCheck {
+                constraint,
+                expr,
+                not_valid,
+            } => Some((
+                // A CHECK fails only when its expression is false, not NULL.
+                format!("SELECT count(*) FROM {} WHERE NOT ({expr})", quoted(table)),
+                if *not_valid { "0A000" } else { "23514" },
+                if *not_valid {
+                    format!("not supported in availdb: a NOT VALID check constraint ({constraint}) that rows of relation \"{table}\" already violate; update or delete those rows first (SELECT … WHERE NOT ({expr}) lists them)")
+                } else {
+                    format!("check constraint {constraint} of relation \"{table}\" is violated by some row; update or delete those rows first (SELECT … WHERE NOT ({expr}) lists them)")
+                },
+            )),
             Edit::SetNotNull(c) => Some((
                 format!("SELECT count(*) FROM {} WHERE {} IS NULL", quoted(table), quoted(c)),
                 "23502",
@@ -71,7 +99,7 @@ pub fn apply(create_sql: &str, edits: &[Edit]) -> Result<String, String> {
     let mut constraints = Vec::new();
     for edit in edits {
         let name = match edit {
-            Edit::AddConstraint(c) => {
+            Edit::AddConstraint(c) | Edit::AddCheck { constraint: c, .. } => {
                 constraints.push(c.clone());
                 continue;
             }
@@ -119,7 +147,7 @@ pub fn apply(create_sql: &str, edits: &[Edit]) -> Result<String, String> {
                     vec![],
                 )
             }
-            Edit::AddConstraint(_) => unreachable!("handled above"),
+            Edit::AddConstraint(_) | Edit::AddCheck { .. } => unreachable!("handled above"),
         }
     }
     let mut sql = statements[0].to_string();

@@ -59,7 +59,8 @@
 //! * `DROP TABLE a, b [CASCADE]` → one DROP per table; `TRUNCATE a, b` →
 //!   `DELETE FROM` each; `ALTER TABLE … ADD PRIMARY KEY / ADD CONSTRAINT …
 //!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
-//!   `ADD CONSTRAINT … FOREIGN KEY` and `ALTER COLUMN … DROP/SET NOT NULL,
+//!   `ADD CONSTRAINT … FOREIGN KEY`, `ADD [CONSTRAINT n] CHECK (…)` and
+//!   `ALTER COLUMN … DROP/SET NOT NULL,
 //!   SET/DROP DEFAULT, TYPE` → edits of the table's definition, made at
 //!   run time ([`definition`], [`Translated::AlterDefinition`]);
 //!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
@@ -600,27 +601,29 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
                     TableConstraint::ForeignKey(fk).to_string(),
                 ))
             }
+            AlterTableOperation::AddConstraint {
+                constraint: TableConstraint::Check(check),
+                not_valid,
+            } => {
+                let expr = sqlite_expr(&check.expr)?;
+                let name = check
+                    .name
+                    .as_ref()
+                    .map(|n| format!("CONSTRAINT {n} "))
+                    .unwrap_or_default();
+                Some(Edit::AddCheck {
+                    constraint: format!("{name}CHECK ({expr})"),
+                    expr,
+                    not_valid: *not_valid,
+                })
+            }
             AlterTableOperation::AlterColumn { column_name, op } => {
                 let c = column_name.value.clone();
                 Some(match op {
                     C::DropNotNull => Edit::DropNotNull(c),
                     C::SetNotNull => Edit::SetNotNull(c),
                     C::DropDefault => Edit::DropDefault(c),
-                    C::SetDefault { value } => {
-                        let mut e = Statement::Query(Box::new(
-                            Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {value}"))
-                                .ok()?
-                                .into_iter()
-                                .next()
-                                .and_then(|s| match s {
-                                    Statement::Query(q) => Some(*q),
-                                    _ => None,
-                                })?,
-                        ));
-                        rewrite::rewrite_statement(&mut e);
-                        let printed = e.to_string();
-                        Edit::SetDefault(c, printed.strip_prefix("SELECT ")?.to_string())
-                    }
+                    C::SetDefault { value } => Edit::SetDefault(c, sqlite_expr(value)?),
                     C::SetDataType {
                         data_type,
                         using: None,
@@ -632,6 +635,23 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
             _ => None,
         })
         .collect()
+}
+
+/// A PostgreSQL expression as SQLite reads it (the rewrites of a
+/// statement applied to it alone).
+fn sqlite_expr(expr: &Expr) -> Option<String> {
+    let mut e = Statement::Query(Box::new(
+        Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {expr}"))
+            .ok()?
+            .into_iter()
+            .next()
+            .and_then(|s| match s {
+                Statement::Query(q) => Some(*q),
+                _ => None,
+            })?,
+    ));
+    rewrite::rewrite_statement(&mut e);
+    Some(e.to_string().strip_prefix("SELECT ")?.to_string())
 }
 
 /// A sequence's name as stored: unquoted names fold to lower case.
@@ -1274,6 +1294,24 @@ mod tests {
                     Edit::DropNotNull("name".into()),
                     Edit::SetType("e".into(), "varchar(254)".into()),
                     Edit::SetDefault("n".into(), "3".into()),
+                ],
+            }
+        );
+        assert_eq!(
+            translate("ALTER TABLE t ADD CONSTRAINT price_positive CHECK (price > 0 AND name !~ '^x'), ADD CHECK (n::int < 10) NOT VALID"),
+            Translated::AlterDefinition {
+                table: "t".into(),
+                edits: vec![
+                    Edit::AddCheck {
+                        constraint: "CONSTRAINT price_positive CHECK (price > 0 AND NOT (pg_regex(name, '^x', 0)))".into(),
+                        expr: "price > 0 AND NOT (pg_regex(name, '^x', 0))".into(),
+                        not_valid: false,
+                    },
+                    Edit::AddCheck {
+                        constraint: "CHECK (CAST(n AS INT4) < 10)".into(),
+                        expr: "CAST(n AS INT4) < 10".into(),
+                        not_valid: true,
+                    },
                 ],
             }
         );
