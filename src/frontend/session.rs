@@ -647,9 +647,13 @@ impl Session {
                         Ok(())
                     };
                     check(true)?;
-                    w.conn().edit_table_definition(&table, |sql| {
+                    let changed = w.conn().edit_table_definition(&table, |sql| {
                         crate::sql::pg::definition::apply(sql, &edits)
                     })?;
+                    // ALTER COLUMN … TYPE [USING]: the values take the new type.
+                    let rewrites = crate::sql::pg::definition::rewrites(&edits, &changed)
+                        .map_err(|(message, hint)| Error::sql("42804", message).with_hint(hint))?;
+                    w.conn().rewrite_columns(&table, &rewrites)?;
                     check(false)?;
                     Ok(0)
                 })

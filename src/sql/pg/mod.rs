@@ -61,8 +61,9 @@
 //!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
 //!   `ADD CONSTRAINT … FOREIGN KEY`, `ADD [CONSTRAINT n] CHECK (…)` and
 //!   `ALTER COLUMN … DROP/SET NOT NULL,
-//!   SET/DROP DEFAULT, TYPE` → edits of the table's definition, made at
-//!   run time ([`definition`], [`Translated::AlterDefinition`]);
+//!   SET/DROP DEFAULT, TYPE [USING expr]` → edits of the table's
+//!   definition, made at run time, with every row's value converted
+//!   after a TYPE change ([`definition`], [`Translated::AlterDefinition`]);
 //!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
@@ -597,9 +598,9 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
             } => {
                 let mut fk = fk.clone();
                 fk.foreign_table = unqualified(&fk.foreign_table);
-                Some(Edit::AddConstraint(
+                Some(vec![Edit::AddConstraint(
                     TableConstraint::ForeignKey(fk).to_string(),
-                ))
+                )])
             }
             AlterTableOperation::AddConstraint {
                 constraint: TableConstraint::Check(check),
@@ -611,11 +612,11 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
                     .as_ref()
                     .map(|n| format!("CONSTRAINT {n} "))
                     .unwrap_or_default();
-                Some(Edit::AddCheck {
+                Some(vec![Edit::AddCheck {
                     constraint: format!("{name}CHECK ({expr})"),
                     expr,
                     not_valid: *not_valid,
-                })
+                }])
             }
             AlterTableOperation::AlterColumn { column_name, op } => {
                 let c = column_name.value.clone();
@@ -629,12 +630,24 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
                         using: None,
                         ..
                     } => Edit::SetType(c, rewrite::column_type(data_type)),
+                    C::SetDataType {
+                        data_type,
+                        using: Some(using),
+                        ..
+                    } => {
+                        return Some(vec![
+                            Edit::SetType(c.clone(), rewrite::column_type(data_type)),
+                            Edit::Rewrite(c, sqlite_expr(using)?),
+                        ])
+                    }
                     _ => return None,
                 })
+                .map(|edit| vec![edit])
             }
             _ => None,
         })
-        .collect()
+        .collect::<Option<Vec<Vec<definition::Edit>>>>()
+        .map(|edits| edits.into_iter().flatten().collect())
 }
 
 /// A PostgreSQL expression as SQLite reads it (the rewrites of a
@@ -1315,10 +1328,16 @@ mod tests {
                 ],
             }
         );
-        assert!(matches!(
-            translate("ALTER TABLE t ALTER COLUMN e TYPE int USING e::int"),
-            Translated::Unsupported { .. }
-        ));
+        assert_eq!(
+            translate("ALTER TABLE t ALTER COLUMN e TYPE int USING e::int * 100"),
+            Translated::AlterDefinition {
+                table: "t".into(),
+                edits: vec![
+                    Edit::SetType("e".into(), "int".into()),
+                    Edit::Rewrite("e".into(), "CAST(e AS INT4) * 100".into()),
+                ],
+            }
+        );
     }
 
     #[test]
