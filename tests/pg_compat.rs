@@ -497,9 +497,12 @@ async fn integer_columns_are_int4_and_a_value_wider_than_int4_is_refused_not_wra
 
 /// TEMP objects in the catalog (issue 14): a session's TEMP tables and
 /// views are relations of the schema `pg_temp` in its own catalog (pg_class
-/// with relpersistence `t`, pg_attribute, pg_tables, pg_namespace), so
-/// psql's `\dt`, `\dv` and `\d tt` show them; another session's catalog
-/// has neither them nor `pg_temp`.
+/// with relpersistence `t`, pg_attribute, pg_tables, pg_namespace), and so
+/// are a TEMP table's indexes (an unqualified `CREATE INDEX … ON tt` goes
+/// to `pg_temp` too), keys, foreign keys and defaults (pg_index,
+/// pg_constraint, pg_attrdef), so psql's `\dt`, `\dv` and `\d tt` show
+/// them as a permanent table's; another session's catalog has neither
+/// them nor `pg_temp`.
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_lists_and_describes_a_sessions_temp_tables_and_no_other_session_sees_them() {
     if !have(
@@ -517,7 +520,10 @@ async fn psql_lists_and_describes_a_sessions_temp_tables_and_no_other_session_se
             "-c",
             "CREATE TABLE kept (x int)",
             "-c",
-            "CREATE TEMP TABLE tt (id serial PRIMARY KEY, note text NOT NULL, at timestamptz)",
+            "CREATE TEMP TABLE tt (id serial PRIMARY KEY, note text NOT NULL, at timestamptz, \
+             code varchar(10) UNIQUE, n int DEFAULT 5, up int REFERENCES tt (id))",
+            "-c",
+            "CREATE INDEX tt_at ON tt (at)",
             "-c",
             "CREATE TEMP VIEW tv AS SELECT note FROM tt",
             "-c",
@@ -542,10 +548,18 @@ async fn psql_lists_and_describes_a_sessions_temp_tables_and_no_other_session_se
         "public | kept | table | availdb",
         "pg_temp | tv | view | availdb",
         "Table \"pg_temp.tt\"",
-        "id | integer | | not null |",
         "note | text | | not null |",
         "at | timestamp with time zone | | |",
-        "tt t 3",
+        // Its defaults, indexes and constraints, as a permanent table's.
+        "id | integer | | not null | nextval('tt_id_seq'::regclass)",
+        "n | integer | | | 5",
+        "\"tt_pkey\" PRIMARY KEY, btree (id)",
+        "\"tt_code_key\" UNIQUE CONSTRAINT, btree (code)",
+        "\"tt_at\" btree (at)",
+        "\"tt_up_fkey\" FOREIGN KEY (up) REFERENCES tt(id)",
+        "tt t 6",
+        "tt_at t 1",
+        "tt_pkey t 1",
         "tv t 1",
     ] {
         assert!(

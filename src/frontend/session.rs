@@ -1688,6 +1688,14 @@ impl Session {
     /// already wrote, or must keep its snapshot, cannot take it.
     async fn place_temp(&mut self, sql: String) -> Result<String> {
         let Some(placed) = crate::sql::pg::temp_object(&sql) else {
+            // `CREATE INDEX i ON tt` of a TEMP table goes where tt is.
+            if let Some(temp) = &self.temp {
+                if let Some((table, placed)) = crate::sql::pg::index_on_temp_table(&sql) {
+                    if temp.has_table(&table) {
+                        return Ok(placed);
+                    }
+                }
+            }
             return Ok(sql);
         };
         if self.temp.is_some() {

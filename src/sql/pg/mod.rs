@@ -333,6 +333,25 @@ pub fn temp_object(sql: &str) -> Option<String> {
     QUALIFIED.is_match(sql).then(|| sql.to_string())
 }
 
+/// `CREATE [UNIQUE] INDEX [IF NOT EXISTS] i ON t …` with neither name
+/// qualified: the table `t` (unquoted) and the statement with the index
+/// placed in `pg_temp`, for the session to run when `t` is one of its
+/// TEMP tables (SQLite puts an index in its table's schema only when the
+/// index's name says so). None for any other statement.
+pub fn index_on_temp_table(sql: &str) -> Option<(String, String)> {
+    static INDEX: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(UNIQUE\s+)?INDEX\s+(IF\s+NOT\s+EXISTS\s+)?("[^"]+"|[\w$]+)\s+ON\s+("[^"]+"|[\w$]+)\s*\("#,
+        )
+        .expect("valid regex")
+    });
+    let c = INDEX.captures(sql)?;
+    let table = c[4].trim_matches('"').to_string();
+    let name = c.get(3).expect("index name");
+    let placed = format!("{}pg_temp.{}", &sql[..name.start()], &sql[name.start()..]);
+    Some((table, placed))
+}
+
 fn unsupported(message: impl Into<String>, hint: impl Into<String>) -> Translated {
     Translated::Unsupported {
         message: message.into(),
@@ -1211,6 +1230,28 @@ mod tests {
             temp_object(&sql("CREATE TABLE pg_temp.t (x int)")).as_deref(),
             Some("CREATE TABLE pg_temp.t (x int)")
         );
+    }
+
+    #[test]
+    fn an_index_on_a_table_names_the_table_and_can_be_placed_in_pg_temp() {
+        assert_eq!(
+            index_on_temp_table("CREATE UNIQUE INDEX IF NOT EXISTS \"tt_n\" ON \"tt\"(n)"),
+            Some((
+                "tt".into(),
+                "CREATE UNIQUE INDEX IF NOT EXISTS pg_temp.\"tt_n\" ON \"tt\"(n)".into()
+            ))
+        );
+        assert_eq!(
+            index_on_temp_table("create index tt_n on tt (n)").map(|(_, sql)| sql),
+            Some("create index pg_temp.tt_n on tt (n)".into())
+        );
+        for other in [
+            "CREATE INDEX pg_temp.i ON tt (n)",
+            "CREATE INDEX i ON main.t (n)",
+            "CREATE TABLE i (n int)",
+        ] {
+            assert_eq!(index_on_temp_table(other), None, "{other}");
+        }
     }
 
     #[test]
