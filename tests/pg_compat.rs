@@ -1357,8 +1357,8 @@ async fn migrations_add_foreign_keys_and_alter_columns() {
 }
 
 /// ALTER TABLE … ADD CONSTRAINT … CHECK (issue 14): refused with 23514 when
-/// rows already there violate it, then holds for every later write;
-/// NOT VALID over violating rows is refused (0A000:
+/// rows already there violate it, then holds for every later write and is
+/// listed in pg_constraint; NOT VALID over violating rows is refused (0A000:
 /// SQLite's integrity check would report them); the file stays consistent.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_added_check_constraint_is_refused_when_rows_violate_it_and_holds_afterwards() {
@@ -1400,6 +1400,17 @@ async fn an_added_check_constraint_is_refused_when_rows_violate_it_and_holds_aft
         refused(&c, "INSERT INTO p (name) VALUES ('yy')").await.0,
         "23514",
         "a NOT VALID check holds for new rows"
+    );
+    // Listed in the catalog, as psql's \d and reflection read it.
+    assert_eq!(
+        simple_value(
+            &c,
+            "SELECT group_concat(d) FROM (SELECT conname || ': ' || pg_get_constraintdef(oid) AS d \
+             FROM pg_constraint WHERE conrelid = 'p'::regclass AND contype = 'c' ORDER BY conname)"
+        )
+        .await
+        .as_deref(),
+        Some("price_positive: CHECK (price > 0),short_name: CHECK (length(name) < 2)")
     );
     assert_eq!(
         simple_value(

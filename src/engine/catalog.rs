@@ -30,7 +30,9 @@
 //! the namespace `pg_temp` in pg_class, pg_attribute and pg_tables, while
 //! it has some, and so are their indexes (pg_class, pg_index, pg_indexes),
 //! keys and foreign keys (pg_constraint) and defaults (pg_attrdef), with
-//! OIDs of their own (`pg_oid` of `pg_temp.<name>`). Limits: CHECK
+//! OIDs of their own (`pg_oid` of `pg_temp.<name>`). CHECK constraints
+//! are read from each table's `CREATE TABLE` text
+//! (`availdb_check_constraints`). Limits: a TEMP table's CHECK
 //! constraints and expression indexes are not listed;
 //! comments (`obj_description`) are always NULL; one role (`availdb`).
 
@@ -330,6 +332,58 @@ fn temp_relations(conn: &Connection) -> rusqlite::Result<String> {
     .query_row([], |r| r.get(0))
 }
 
+/// The CHECK constraints of the table whose definition is `create_sql`,
+/// as a JSON array of `{name, def, col}` (`col`: the column of a column
+/// constraint, its number from 1; 0 for a table constraint), named as
+/// PostgreSQL names unnamed ones: `<table>_<column>_check` for a column's,
+/// `<table>_check` for the table's (then `…_check1`, `…_check2`).
+fn check_constraints(table: &str, create_sql: &str) -> String {
+    use sqlparser::ast::{ColumnOption, Statement, TableConstraint};
+    let Ok(mut statements) =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::SQLiteDialect {}, create_sql)
+    else {
+        return "[]".into();
+    };
+    let Some(Statement::CreateTable(ct)) = statements.pop() else {
+        return "[]".into();
+    };
+    let mut checks = Vec::new();
+    let mut taken = std::collections::HashSet::new();
+    let mut unique = |base: String| {
+        let mut name = base.clone();
+        let mut n = 0;
+        while !taken.insert(name.clone()) {
+            n += 1;
+            name = format!("{base}{n}");
+        }
+        name
+    };
+    for (i, col) in ct.columns.iter().enumerate() {
+        for option in &col.options {
+            if let ColumnOption::Check(check) = &option.option {
+                let name = option
+                    .name
+                    .as_ref()
+                    .or(check.name.as_ref())
+                    .map(|n| n.value.clone())
+                    .unwrap_or_else(|| unique(format!("{table}_{}_check", col.name.value)));
+                checks.push(serde_json::json!({"name": name, "def": format!("CHECK ({})", check.expr), "col": i + 1}));
+            }
+        }
+    }
+    for constraint in &ct.constraints {
+        if let TableConstraint::Check(check) = constraint {
+            let name = check
+                .name
+                .as_ref()
+                .map(|n| n.value.clone())
+                .unwrap_or_else(|| unique(format!("{table}_check")));
+            checks.push(serde_json::json!({"name": name, "def": format!("CHECK ({})", check.expr), "col": 0}));
+        }
+    }
+    serde_json::Value::Array(checks).to_string()
+}
+
 /// Registers availdb's PostgreSQL functions and creates the catalog views
 /// on a new connection. `dir` is the directory of the database files
 /// (`pg_database` lists it); `pid` is what `pg_backend_pid()` answers.
@@ -340,6 +394,11 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
         // SAFETY: the reference is used on this thread, inside this call.
         let conn = unsafe { ctx.get_connection()? };
         temp_relations(&conn)
+    })?;
+    conn.create_scalar_function("availdb_check_constraints", 2, det, |ctx| {
+        let table = text_arg(ctx, 0).unwrap_or_default();
+        let sql = text_arg(ctx, 1).unwrap_or_default();
+        Ok(check_constraints(&table, &sql))
     })?;
     conn.create_scalar_function("pg_oid", 2, det, |ctx| {
         let kind = text_arg(ctx, 0).unwrap_or_default();
@@ -722,7 +781,7 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
     0 AS relisshared, 'p' AS relpersistence,
     CASE type WHEN 'table' THEN 'r' ELSE 'v' END AS relkind,
     (SELECT count(*) FROM pragma_table_info(t.name)) AS relnatts,
-    0 AS relchecks, 0 AS relhasrules,
+    CASE type WHEN 'table' THEN json_array_length(availdb_check_constraints(t.name, t.sql)) ELSE 0 END AS relchecks, 0 AS relhasrules,
     (EXISTS (SELECT 1 FROM main.sqlite_schema tr WHERE tr.type = 'trigger' AND tr.tbl_name = t.name)
       OR EXISTS (SELECT 1 FROM availdb_fks f WHERE f.nsp = 2200 AND (f.tbl = t.name OR f.ref = t.name))) AS relhastriggers,
     0 AS relhassubclass, 0 AS relrowsecurity, 0 AS relforcerowsecurity, 1 AS relispopulated,
@@ -837,7 +896,14 @@ CREATE TEMP VIEW IF NOT EXISTS pg_constraint AS
     's', 1, 0, 1, conkey, confkey, NULL, NULL, NULL, NULL, NULL, NULL,
     'FOREIGN KEY (' || cols || ') REFERENCES ' || quote_ident(ref) || '(' || refcols || ')'
       || CASE on_delete WHEN 'CASCADE' THEN ' ON DELETE CASCADE' WHEN 'SET NULL' THEN ' ON DELETE SET NULL' ELSE '' END
-  FROM availdb_fks;
+  FROM availdb_fks
+  UNION ALL
+  SELECT CAST(pg_oid('k', t.name || '.' || (k.value ->> 'name')) AS INTEGER), k.value ->> 'name', 2200, 'c', 0, 0, 1,
+    CAST(pg_oid('r', t.name) AS INTEGER), 0, 0, 0, 0, ' ', ' ', ' ', 1, 0, 0,
+    CASE WHEN (k.value ->> 'col') > 0 THEN json_array(k.value ->> 'col') ELSE '[]' END, NULL,
+    NULL, NULL, NULL, NULL, NULL, k.value ->> 'def', k.value ->> 'def'
+  FROM availdb_tables t, json_each(availdb_check_constraints(t.name, t.sql)) k
+  WHERE t.type = 'table';
 CREATE TEMP VIEW IF NOT EXISTS pg_database AS
   SELECT CAST(pg_oid('b', j.value) AS INTEGER) AS oid, j.value AS datname, 10 AS datdba, 6 AS encoding,
     'c' AS datlocprovider, 0 AS datistemplate, 1 AS datallowconn, -1 AS datconnlimit,
@@ -1323,6 +1389,26 @@ mod tests {
             rows("SELECT table_name FROM \"information_schema.tables\" ORDER BY 1"),
             ["k", "p"]
         );
+
+        // CHECK constraints, named as PostgreSQL names them.
+        c.execute_batch(
+            "CREATE TABLE ck (a int CHECK (a > 0), b int CONSTRAINT b_small CHECK (b < 10), CHECK (a < b), CHECK (a <> 5))",
+        )
+        .unwrap();
+        assert_eq!(
+            rows("SELECT conname || ' ' || condef || ' ' || conkey FROM pg_constraint WHERE conrelid = pg_oid('r', 'ck') AND contype = 'c' ORDER BY conname"),
+            [
+                "b_small CHECK (b < 10) [2]",
+                "ck_a_check CHECK (a > 0) [1]",
+                "ck_check CHECK (a < b) []",
+                "ck_check1 CHECK (a <> 5) []"
+            ]
+        );
+        assert_eq!(
+            rows("SELECT CAST(relchecks AS TEXT) FROM pg_class WHERE relname = 'ck'"),
+            ["4"]
+        );
+        c.execute_batch("DROP TABLE ck").unwrap();
 
         // A session's TEMP table: its indexes, keys, foreign key and
         // defaults are listed like a permanent table's, in `pg_temp`.

@@ -3,7 +3,7 @@ SERIAL keys, a foreign key, an index and a unique constraint; ORM insert,
 query through a relationship, update, delete; inspect() reflection of
 tables, columns, keys, indexes and unique constraints. Then 2.0-style
 typed models (an IDENTITY key starting at 10, timestamp, date and uuid
-columns) queried with string, timestamp, date and uuid parameters and a
+columns, a named CHECK constraint, reflected) queried with string, timestamp, date and uuid parameters and a
 text() statement, through postgresql+psycopg and postgresql+asyncpg.
 Usage: sqlalchemy_compat.py CONNINFO PORT"""
 import asyncio
@@ -12,7 +12,7 @@ import decimal
 import sys
 import uuid
 
-from sqlalchemy import (Boolean, Column, Date, DateTime, ForeignKey, Identity, Integer, Numeric,
+from sqlalchemy import (Boolean, CheckConstraint, Column, Date, DateTime, ForeignKey, Identity, Integer, Numeric,
                         String, Text, Uuid, create_engine, inspect, select, text)
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import (DeclarativeBase, Mapped, Session, declarative_base, mapped_column,
@@ -86,6 +86,7 @@ class Typed(DeclarativeBase):
 
 class Event(Typed):
     __tablename__ = "event"
+    __table_args__ = (CheckConstraint("length(name) > 0", name="event_name_not_empty"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50), index=True)
     at: Mapped[datetime.datetime] = mapped_column(DateTime)
@@ -117,6 +118,8 @@ with Session(engine) as s:
                      {"t": t0 + datetime.timedelta(hours=2), "n": "e%"}).scalar() == 2
 columns = {c["name"]: c for c in inspect(engine).get_columns("event")}
 assert [str(c["type"]) for c in columns.values()] == ["INTEGER", "VARCHAR(50)", "TIMESTAMP", "DATE", "UUID"], columns
+checks = inspect(engine).get_check_constraints("event")
+assert [(c["name"], c["sqltext"]) for c in checks] == [("event_name_not_empty", "length(name) > 0")], checks
 
 
 async def through_asyncpg():
