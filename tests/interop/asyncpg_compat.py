@@ -2,6 +2,7 @@
 parameters and results of the common types, copy_records_to_table and
 copy_from_query, prepared statements with int, text, timestamp, date and
 uuid parameters, a prepared statement's cursor fetched in batches, a
+cursor moved forward (MOVE on the protocol's portal), a
 transaction, a server-side cursor.
 Usage: asyncpg_compat.py CONNINFO PORT"""
 import asyncio
@@ -86,6 +87,14 @@ async def main(port):
             batches.append([r["id"] for r in batch])
         assert [len(b) for b in batches] == [64, 64, 64, 64, 44], [len(b) for b in batches]
         assert sum(batches, []) == ids, "every row once, in order"
+        # Cursor.forward sends MOVE on the protocol's portal.
+        cursor = await conn.cursor("SELECT id FROM events ORDER BY id")
+        assert await cursor.forward(10) == 10
+        assert (await cursor.fetchrow())["id"] == 11
+        assert [r["id"] for r in await cursor.fetch(3)] == [12, 13, 14]
+        assert await cursor.forward(280) == 280
+        assert [r["id"] for r in await cursor.fetch(20)] == [295, 296, 297, 298, 299, 300]
+        assert await cursor.forward(5) == 0
 
     # A transaction and a cursor.
     async with conn.transaction():
