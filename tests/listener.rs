@@ -4,8 +4,9 @@
 //! sessions follow the routing list, ALLOW_CONNECTIONS holds on every node,
 //! a client keeps the listener's address across failovers, libpq's
 //! `target_session_attrs` finds the right node, read-your-writes with
-//! `availdb.read_after_lsn`, and broken start-up packets never wedge the
-//! listener. Every wait is bounded; nothing asserts how long anything took.
+//! `availdb.read_after_lsn`, the PostgreSQL catalog and sequences follow
+//! the primary across failovers, and broken start-up packets never wedge
+//! the listener. Every wait is bounded; nothing asserts how long anything took.
 
 mod common;
 
@@ -1023,4 +1024,237 @@ async fn a_stand_alone_listener_follows_the_primary_without_hosting_a_replica() 
         );
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The catalog an application's introspection reads, as text rows: the
+/// relations of `public` with their OIDs and kinds, the columns of
+/// `items` with their types, defaults and NOT NULL, its indexes and
+/// constraints, and the sequences (not their last values, which move).
+async fn catalog_snapshot(client: &Client) -> Vec<Vec<Option<String>>> {
+    let mut rows = Vec::new();
+    for sql in [
+        "SELECT c.oid, c.relname, c.relkind FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' ORDER BY c.relname",
+        "SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+         WHERE c.relname = 'items' AND a.attnum > 0 ORDER BY a.attnum",
+        "SELECT column_name, data_type, column_default, is_nullable \
+         FROM information_schema.columns WHERE table_name = 'items' \
+         ORDER BY ordinal_position",
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'items' \
+         ORDER BY indexname",
+        "SELECT constraint_name, constraint_type FROM information_schema.table_constraints \
+         WHERE table_name = 'items' ORDER BY constraint_name",
+        "SELECT sequencename, data_type, start_value, increment_by FROM pg_sequences \
+         ORDER BY sequencename",
+    ] {
+        let answer = query_text(client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+        assert!(!answer.is_empty(), "{sql}: no rows");
+        rows.push(vec![Some(sql.to_string())]);
+        rows.extend(answer);
+    }
+    rows
+}
+
+/// Values handed out by sequence `s` and by the SERIAL key of `items`.
+#[derive(Debug, Default)]
+struct Taken {
+    sequence: Vec<i64>,
+    ids: Vec<i64>,
+}
+
+impl Taken {
+    fn extend(&mut self, other: Taken) {
+        self.sequence.extend(other.sequence);
+        self.ids.extend(other.ids);
+    }
+
+    /// Fails if any value was handed out twice.
+    fn assert_distinct(&self) {
+        for (what, values) in [("nextval('s')", &self.sequence), ("items.id", &self.ids)] {
+            let distinct: BTreeSet<i64> = values.iter().copied().collect();
+            assert_eq!(
+                distinct.len(),
+                values.len(),
+                "{what} handed out a value twice: {values:?}"
+            );
+        }
+    }
+
+    /// Fails unless every value in `later` is above every value here.
+    fn assert_all_above(&self, later: &Taken, what: &str) {
+        for (name, before, after) in [
+            ("nextval('s')", &self.sequence, &later.sequence),
+            ("items.id", &self.ids, &later.ids),
+        ] {
+            let max = before.iter().max().copied().unwrap_or(i64::MIN);
+            assert!(
+                after.iter().all(|v| *v > max),
+                "{what}: {name} handed out {after:?}, before it up to {max}"
+            );
+        }
+    }
+}
+
+/// Takes `n` values of sequence `s` and `n` SERIAL ids of `items` (one
+/// autocommit statement each), so every value returned was committed.
+async fn take_values(client: &Client, n: usize, tag: &str) -> Result<Taken, String> {
+    let mut taken = Taken::default();
+    for k in 0..n {
+        for (sql, into) in [
+            ("SELECT nextval('s')".to_string(), 0),
+            (
+                format!(
+                    "INSERT INTO items (name, price) VALUES ('{tag}-{k}', {k}.25) RETURNING id"
+                ),
+                1,
+            ),
+        ] {
+            let rows = query_text(client, &sql)
+                .await
+                .map_err(|e| format!("{sql}: {}", error_text(&e)))?;
+            let v = rows
+                .first()
+                .and_then(|r| r[0].clone())
+                .ok_or_else(|| format!("{sql}: no value"))?;
+            let v = v.parse::<i64>().map_err(|e| format!("{sql}: {v}: {e}"))?;
+            if into == 0 {
+                taken.sequence.push(v);
+            } else {
+                taken.ids.push(v);
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// Issue 14: an application that reaches the group through the listener
+/// sees the same catalog (same OIDs, types, defaults, indexes, sequences)
+/// on whichever replica is primary, and its sequences and SERIAL keys go
+/// on after every value the old primary committed, after a planned
+/// failover and after the primary is killed (-9) and the cluster promotes
+/// another: no value is ever handed out twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_and_sequences_follow_the_primary_through_the_listener_across_failovers() {
+    let mut group = Group::start_with(GroupSpec {
+        automatic: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_catalog_sequences");
+    let listener = define_listener(&group, 0, &[]).await;
+    let client = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    client
+        .batch_execute(
+            "CREATE SEQUENCE s START 100 INCREMENT 3;
+             CREATE TABLE items (
+                 id serial PRIMARY KEY,
+                 name varchar(40) NOT NULL UNIQUE,
+                 price numeric(10,2),
+                 added timestamptz DEFAULT now());
+             CREATE INDEX items_price ON items (price)",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("schema through the listener: {}", error_text(&e)));
+    assert_eq!(served_by(&client).await, "r1");
+    let catalog = catalog_snapshot(&client).await;
+    let flat = format!("{catalog:?}");
+    for expected in [
+        "items_id_seq",
+        "items_price",
+        "\"S\"",
+        "character varying(40)",
+        "numeric(10,2)",
+        "nextval(",
+    ] {
+        assert!(flat.contains(expected), "{expected} not in {catalog:#?}");
+    }
+    let mut seen = take_values(&client, 10, "r1")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", group.logs()));
+
+    // Planned failover to r2, reached through the same address.
+    wait_failover_ready(&group, 0, &[1, 2]).await;
+    if let Err((code, message)) = planned_failover(&group, 1).await {
+        panic!("planned failover to r2: {code} {message}\n{}", group.logs());
+    }
+    let client = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+    assert_eq!(served_by(&client).await, "r2");
+    assert_eq!(
+        catalog_snapshot(&client).await,
+        catalog,
+        "the catalog on r2 after a planned failover"
+    );
+    let after = take_values(&client, 10, "r2")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", group.logs()));
+    seen.assert_all_above(&after, "r2 after a planned failover");
+    seen.extend(after);
+
+    // kill -9 of r2: the cluster promotes r1 or r3; the first write
+    // through the listener that succeeds is on it. An attempt that fails
+    // half-way may have used a value: later values must still be above it,
+    // which the checks below allow (they ask for distinct and increasing
+    // values, not for no gaps).
+    wait_failover_ready(&group, 1, &[0, 2]).await;
+    group.nodes[1].kill9();
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    let (client, mut after) = loop {
+        let attempt = async {
+            let client = connect(&listener.rw(APP, ""))
+                .await
+                .map_err(|e| error_text(&e))?;
+            let taken = take_values(&client, 1, "promoted").await?;
+            Ok::<_, String>((client, taken))
+        };
+        match attempt.await {
+            Ok(done) => break done,
+            Err(e) if Instant::now() > deadline => panic!(
+                "no write through the listener after kill -9 of r2: {e}\n{}",
+                group.logs()
+            ),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    };
+    let promoted = served_by(&client).await;
+    assert!(["r1", "r3"].contains(&promoted.as_str()), "{promoted}");
+    assert_eq!(
+        catalog_snapshot(&client).await,
+        catalog,
+        "the catalog on {promoted} after r2 was killed"
+    );
+    after.extend(
+        take_values(&client, 10, "after-kill")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", group.logs())),
+    );
+    seen.assert_all_above(&after, &format!("{promoted} after kill -9 of r2"));
+    seen.extend(after);
+    seen.assert_distinct();
+
+    // Every id an INSERT returned is in the table, each row with its own id.
+    let ids: BTreeSet<i64> = query_text(&client, "SELECT id FROM items")
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_text(&e)))
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    let missing: Vec<_> = seen.ids.iter().filter(|id| !ids.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "ids returned but not in items on {promoted}: {missing:?}"
+    );
+    let last = value(
+        &client,
+        "SELECT last_value FROM pg_sequences WHERE sequencename = 's'",
+    )
+    .await;
+    assert_eq!(
+        last.parse::<i64>().ok(),
+        seen.sequence.last().copied(),
+        "pg_sequences.last_value on {promoted}: the last value taken"
+    );
 }

@@ -28,8 +28,12 @@
 //! key_column_usage, referential_constraints, sequences.
 //! The session's TEMP tables and views (`engine::temp`) are relations of
 //! the namespace `pg_temp` in pg_class, pg_attribute and pg_tables, while
-//! it has some. Limits: CHECK constraints and expression indexes are not
-//! listed, nor a TEMP table's indexes, constraints and defaults;
+//! it has some, and so are their indexes (pg_class, pg_index, pg_indexes),
+//! keys and foreign keys (pg_constraint) and defaults (pg_attrdef), with
+//! OIDs of their own (`pg_oid` of `pg_temp.<name>`). CHECK constraints
+//! are read from each table's `CREATE TABLE` text
+//! (`availdb_check_constraints`). Limits: a TEMP table's CHECK
+//! constraints and expression indexes are not listed;
 //! comments (`obj_description`) are always NULL; one role (`availdb`).
 
 use std::collections::HashMap;
@@ -308,9 +312,10 @@ fn now_text() -> String {
     crate::sql::temporal::format_timestamptz(chrono::Utc::now())
 }
 
-/// The session's TEMP tables and views (`engine::temp`: schema
+/// The session's TEMP tables, views and indexes (`engine::temp`: schema
 /// `pg_temp`, attached only to the connections of a session that has
-/// some) as a JSON array of `{name, type}`; `[]` where it is not attached.
+/// some) as a JSON array of `{name, type, tbl, sql}`; `[]` where it is
+/// not attached.
 fn temp_relations(conn: &Connection) -> rusqlite::Result<String> {
     let attached = conn
         .prepare_cached("SELECT count(*) FROM pragma_database_list WHERE name = ?1")?
@@ -320,11 +325,63 @@ fn temp_relations(conn: &Connection) -> rusqlite::Result<String> {
         return Ok("[]".into());
     }
     conn.prepare_cached(
-        "SELECT json_group_array(json_object('name', name, 'type', type)) \
-         FROM pg_temp.sqlite_schema WHERE type IN ('table', 'view') \
-         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        "SELECT json_group_array(json_object('name', name, 'type', type, 'tbl', tbl_name, 'sql', sql)) \
+         FROM pg_temp.sqlite_schema WHERE (type IN ('table', 'view') \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\') OR type = 'index'",
     )?
     .query_row([], |r| r.get(0))
+}
+
+/// The CHECK constraints of the table whose definition is `create_sql`,
+/// as a JSON array of `{name, def, col}` (`col`: the column of a column
+/// constraint, its number from 1; 0 for a table constraint), named as
+/// PostgreSQL names unnamed ones: `<table>_<column>_check` for a column's,
+/// `<table>_check` for the table's (then `…_check1`, `…_check2`).
+fn check_constraints(table: &str, create_sql: &str) -> String {
+    use sqlparser::ast::{ColumnOption, Statement, TableConstraint};
+    let Ok(mut statements) =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::SQLiteDialect {}, create_sql)
+    else {
+        return "[]".into();
+    };
+    let Some(Statement::CreateTable(ct)) = statements.pop() else {
+        return "[]".into();
+    };
+    let mut checks = Vec::new();
+    let mut taken = std::collections::HashSet::new();
+    let mut unique = |base: String| {
+        let mut name = base.clone();
+        let mut n = 0;
+        while !taken.insert(name.clone()) {
+            n += 1;
+            name = format!("{base}{n}");
+        }
+        name
+    };
+    for (i, col) in ct.columns.iter().enumerate() {
+        for option in &col.options {
+            if let ColumnOption::Check(check) = &option.option {
+                let name = option
+                    .name
+                    .as_ref()
+                    .or(check.name.as_ref())
+                    .map(|n| n.value.clone())
+                    .unwrap_or_else(|| unique(format!("{table}_{}_check", col.name.value)));
+                checks.push(serde_json::json!({"name": name, "def": format!("CHECK ({})", check.expr), "col": i + 1}));
+            }
+        }
+    }
+    for constraint in &ct.constraints {
+        if let TableConstraint::Check(check) = constraint {
+            let name = check
+                .name
+                .as_ref()
+                .map(|n| n.value.clone())
+                .unwrap_or_else(|| unique(format!("{table}_check")));
+            checks.push(serde_json::json!({"name": name, "def": format!("CHECK ({})", check.expr), "col": 0}));
+        }
+    }
+    serde_json::Value::Array(checks).to_string()
 }
 
 /// Registers availdb's PostgreSQL functions and creates the catalog views
@@ -337,6 +394,11 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
         // SAFETY: the reference is used on this thread, inside this call.
         let conn = unsafe { ctx.get_connection()? };
         temp_relations(&conn)
+    })?;
+    conn.create_scalar_function("availdb_check_constraints", 2, det, |ctx| {
+        let table = text_arg(ctx, 0).unwrap_or_default();
+        let sql = text_arg(ctx, 1).unwrap_or_default();
+        Ok(check_constraints(&table, &sql))
     })?;
     conn.create_scalar_function("pg_oid", 2, det, |ctx| {
         let kind = text_arg(ctx, 0).unwrap_or_default();
@@ -620,10 +682,13 @@ fn views_sql() -> String {
 CREATE TEMP VIEW IF NOT EXISTS availdb_tables AS
   SELECT name, type, sql FROM main.sqlite_schema
   WHERE type IN ('table', 'view') AND {user_table};
-CREATE TEMP VIEW IF NOT EXISTS availdb_temp_tables AS
-  SELECT r.value ->> 'name' AS name, r.value ->> 'type' AS type,
-    CAST(pg_oid('r', 'pg_temp.' || (r.value ->> 'name')) AS INTEGER) AS oid
+CREATE TEMP VIEW IF NOT EXISTS availdb_temp_objects AS
+  SELECT r.value ->> 'name' AS name, r.value ->> 'type' AS type, r.value ->> 'tbl' AS tbl,
+    r.value ->> 'sql' AS sql
   FROM json_each(availdb_temp_relations()) r;
+CREATE TEMP VIEW IF NOT EXISTS availdb_temp_tables AS
+  SELECT name, type, CAST(pg_oid('r', 'pg_temp.' || name) AS INTEGER) AS oid
+  FROM availdb_temp_objects WHERE type IN ('table', 'view');
 CREATE TEMP VIEW IF NOT EXISTS availdb_seqs AS
   SELECT s.value ->> 'name' AS name, s.value ->> 'last_value' AS last_value,
     s.value ->> 'start_value' AS start_value, s.value ->> 'increment' AS increment,
@@ -631,11 +696,16 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_seqs AS
     s.value ->> 'cycle' AS cycle, s.value ->> 'is_called' AS is_called
   FROM json_each(availdb_sequence_list()) s;
 CREATE TEMP VIEW IF NOT EXISTS availdb_rowid_pk AS
-  SELECT t.name AS tbl, p.name AS col, p.cid AS cid
+  SELECT t.name AS tbl, p.name AS col, p.cid AS cid, CAST(pg_oid('r', t.name) AS INTEGER) AS reloid, 2200 AS nsp
   FROM main.sqlite_schema t, pragma_table_info(t.name) p
   WHERE t.type = 'table' AND {t_user_table} AND p.pk = 1 AND upper(p.type) = 'INTEGER'
-    AND (SELECT count(*) FROM pragma_table_info(t.name) q WHERE q.pk > 0) = 1;
-CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
+    AND (SELECT count(*) FROM pragma_table_info(t.name) q WHERE q.pk > 0) = 1
+  UNION ALL
+  SELECT t.name, p.name, p.cid, t.oid, {temp_oid}
+  FROM availdb_temp_tables t, pragma_table_info(t.name, 'pg_temp') p
+  WHERE t.type = 'table' AND p.pk = 1 AND upper(p.type) = 'INTEGER'
+    AND (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp') q WHERE q.pk > 0) = 1;
+CREATE TEMP VIEW IF NOT EXISTS availdb_index_list AS
   SELECT t.name AS tbl,
     CASE WHEN il.origin = 'pk' THEN t.name || '_pkey'
          WHEN il.name LIKE 'sqlite\_autoindex\_%' ESCAPE '\'
@@ -647,12 +717,31 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
     (SELECT json_group_array(ii.cid + 1) FROM pragma_index_info(il.name) ii) AS indkey,
     (SELECT json_group_array(ii.name) FROM pragma_index_info(il.name) ii) AS colnames,
     (SELECT group_concat(quote_ident(ii.name), ', ') FROM pragma_index_info(il.name) ii) AS cols,
-    (SELECT s.sql FROM main.sqlite_schema s WHERE s.type = 'index' AND s.name = il.name) AS sql
+    (SELECT s.sql FROM main.sqlite_schema s WHERE s.type = 'index' AND s.name = il.name) AS sql,
+    CAST(pg_oid('r', t.name) AS INTEGER) AS reloid, 2200 AS nsp
   FROM main.sqlite_schema t, pragma_index_list(t.name) il
   WHERE t.type = 'table' AND {t_user_table}
   UNION ALL
-  SELECT tbl, tbl || '_pkey', 1, 1, 'pk', 0, json_array(cid + 1), json_array(col), quote_ident(col), NULL
+  SELECT t.name,
+    CASE WHEN il.origin = 'pk' THEN t.name || '_pkey'
+         WHEN il.name LIKE 'sqlite\_autoindex\_%' ESCAPE '\'
+           THEN t.name || '_' || (SELECT group_concat(ii.name, '_') FROM pragma_index_info(il.name, 'pg_temp') ii) || '_key'
+         ELSE il.name END,
+    il."unique", (il.origin = 'pk' OR il.name = t.name || '_pkey'), il.origin, il.partial,
+    (SELECT json_group_array(ii.cid + 1) FROM pragma_index_info(il.name, 'pg_temp') ii),
+    (SELECT json_group_array(ii.name) FROM pragma_index_info(il.name, 'pg_temp') ii),
+    (SELECT group_concat(quote_ident(ii.name), ', ') FROM pragma_index_info(il.name, 'pg_temp') ii),
+    (SELECT x.sql FROM availdb_temp_objects x WHERE x.type = 'index' AND x.name = il.name),
+    t.oid, {temp_oid}
+  FROM availdb_temp_tables t, pragma_index_list(t.name, 'pg_temp') il
+  WHERE t.type = 'table'
+  UNION ALL
+  SELECT tbl, tbl || '_pkey', 1, 1, 'pk', 0, json_array(cid + 1), json_array(col), quote_ident(col), NULL, reloid, nsp
   FROM availdb_rowid_pk;
+CREATE TEMP VIEW IF NOT EXISTS availdb_indexes AS
+  SELECT *, CAST(pg_oid('i', CASE WHEN nsp = 2200 THEN name ELSE 'pg_temp.' || name END) AS INTEGER) AS oid,
+    CASE WHEN nsp = 2200 THEN 'public' ELSE 'pg_temp' END AS schema
+  FROM availdb_index_list;
 CREATE TEMP VIEW IF NOT EXISTS availdb_fks AS
   SELECT t.name AS tbl, f.id AS id, f."table" AS ref,
     json_group_array((SELECT p.cid + 1 FROM pragma_table_info(t.name) p WHERE p.name = f."from")) AS conkey,
@@ -661,8 +750,22 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_fks AS
     group_concat(quote_ident(f."from"), ', ') AS cols,
     group_concat(quote_ident(coalesce(f."to", (SELECT p.name FROM pragma_table_info(f."table") p WHERE p.pk = 1))), ', ') AS refcols,
     group_concat(f."from", '_') AS colnames,
-    min(f.on_update) AS on_update, min(f.on_delete) AS on_delete
+    min(f.on_update) AS on_update, min(f.on_delete) AS on_delete,
+    CAST(pg_oid('r', t.name) AS INTEGER) AS reloid, CAST(pg_oid('r', f."table") AS INTEGER) AS refoid, 2200 AS nsp
   FROM availdb_tables t, pragma_foreign_key_list(t.name) f
+  GROUP BY t.name, f.id
+  UNION ALL
+  SELECT t.name, f.id, f."table",
+    json_group_array((SELECT p.cid + 1 FROM pragma_table_info(t.name, 'pg_temp') p WHERE p.name = f."from")),
+    json_group_array(coalesce((SELECT p.cid + 1 FROM pragma_table_info(f."table", 'pg_temp') p WHERE p.name = f."to"),
+                              (SELECT p.cid + 1 FROM pragma_table_info(f."table", 'pg_temp') p WHERE p.pk = 1))),
+    group_concat(quote_ident(f."from"), ', '),
+    group_concat(quote_ident(coalesce(f."to", (SELECT p.name FROM pragma_table_info(f."table", 'pg_temp') p WHERE p.pk = 1))), ', '),
+    group_concat(f."from", '_'),
+    min(f.on_update), min(f.on_delete),
+    t.oid, CAST(pg_oid('r', 'pg_temp.' || f."table") AS INTEGER), {temp_oid}
+  FROM availdb_temp_tables t, pragma_foreign_key_list(t.name, 'pg_temp') f
+  WHERE t.type = 'table'
   GROUP BY t.name, f.id;
 CREATE TEMP VIEW IF NOT EXISTS pg_namespace AS
   SELECT 11 AS oid, 'pg_catalog' AS nspname, 10 AS nspowner, NULL AS nspacl
@@ -674,20 +777,20 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
     CAST(pg_oid('t', name) AS INTEGER) AS reltype, 0 AS reloftype, 10 AS relowner,
     CASE type WHEN 'table' THEN 2 ELSE 0 END AS relam, CAST(pg_oid('r', name) AS INTEGER) AS relfilenode,
     0 AS reltablespace, 0 AS relpages, -1 AS reltuples, 0 AS relallvisible, 0 AS reltoastrelid,
-    EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.tbl = t.name) AS relhasindex,
+    EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.tbl = t.name AND i.nsp = 2200) AS relhasindex,
     0 AS relisshared, 'p' AS relpersistence,
     CASE type WHEN 'table' THEN 'r' ELSE 'v' END AS relkind,
     (SELECT count(*) FROM pragma_table_info(t.name)) AS relnatts,
-    0 AS relchecks, 0 AS relhasrules,
+    CASE type WHEN 'table' THEN json_array_length(availdb_check_constraints(t.name, t.sql)) ELSE 0 END AS relchecks, 0 AS relhasrules,
     (EXISTS (SELECT 1 FROM main.sqlite_schema tr WHERE tr.type = 'trigger' AND tr.tbl_name = t.name)
-      OR EXISTS (SELECT 1 FROM availdb_fks f WHERE f.tbl = t.name OR f.ref = t.name)) AS relhastriggers,
+      OR EXISTS (SELECT 1 FROM availdb_fks f WHERE f.nsp = 2200 AND (f.tbl = t.name OR f.ref = t.name))) AS relhastriggers,
     0 AS relhassubclass, 0 AS relrowsecurity, 0 AS relforcerowsecurity, 1 AS relispopulated,
     'd' AS relreplident, 0 AS relispartition, 0 AS relrewrite, 0 AS relfrozenxid, 0 AS relminmxid,
     NULL AS relacl, NULL AS reloptions, NULL AS relpartbound
   FROM availdb_tables t
   UNION ALL
-  SELECT CAST(pg_oid('i', name) AS INTEGER), name, 2200, 0, 0, 10, 403, CAST(pg_oid('i', name) AS INTEGER), 0, 0, -1, 0, 0,
-    0, 0, 'p', 'i', json_array_length(indkey), 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
+  SELECT oid, name, nsp, 0, 0, 10, 403, oid, 0, 0, -1, 0, 0,
+    0, 0, CASE WHEN nsp = 2200 THEN 'p' ELSE 't' END, 'i', json_array_length(indkey), 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
   FROM availdb_indexes
   UNION ALL
   SELECT CAST(pg_oid('S', name) AS INTEGER), name, 2200, 0, 0, 10, 0, CAST(pg_oid('S', name) AS INTEGER), 0, 1, 1, 0, 0,
@@ -695,8 +798,10 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   FROM availdb_seqs
   UNION ALL
   SELECT oid, name, {temp_oid}, 0, 0, 10, CASE type WHEN 'table' THEN 2 ELSE 0 END, oid, 0, 0, -1, 0, 0,
-    0, 0, 't', CASE type WHEN 'table' THEN 'r' ELSE 'v' END,
-    (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp')), 0, 0, 0, 0, 0, 0, 1, 'd', 0, 0, 0, 0, NULL, NULL, NULL
+    EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.reloid = t.oid), 0, 't', CASE type WHEN 'table' THEN 'r' ELSE 'v' END,
+    (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp')), 0, 0,
+    EXISTS (SELECT 1 FROM availdb_fks f WHERE f.nsp <> 2200 AND (f.reloid = t.oid OR f.refoid = t.oid)),
+    0, 0, 0, 1, 'd', 0, 0, 0, 0, NULL, NULL, NULL
   FROM availdb_temp_tables t;
 CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   SELECT CAST(pg_oid('r', t.name) AS INTEGER) AS attrelid, p.name AS attname, pg_decltype_oid(p.type) AS atttypid,
@@ -705,7 +810,7 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
     pg_decltype_typmod(p.type) AS atttypmod, 0 AS attbyval,
     CASE WHEN pg_type_len(pg_decltype_oid(p.type)) < 0 THEN 'x' ELSE 'p' END AS attstorage, 'i' AS attalign,
     (p."notnull" OR p.pk > 0) AS attnotnull,
-    (p.dflt_value IS NOT NULL OR EXISTS (SELECT 1 FROM availdb_rowid_pk r WHERE r.tbl = t.name AND r.col = p.name)) AS atthasdef,
+    (p.dflt_value IS NOT NULL OR EXISTS (SELECT 1 FROM availdb_rowid_pk r WHERE r.tbl = t.name AND r.nsp = 2200 AND r.col = p.name)) AS atthasdef,
     0 AS atthasmissing, '' AS attidentity,
     CASE WHEN p.hidden IN (2, 3) THEN 's' ELSE '' END AS attgenerated,
     0 AS attisdropped, 1 AS attislocal, 0 AS attinhcount, 0 AS attcollation,
@@ -715,11 +820,11 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   SELECT t.oid, p.name, pg_decltype_oid(p.type), -1, pg_type_len(pg_decltype_oid(p.type)), p.cid + 1,
     CASE WHEN pg_decltype_oid(p.type) = 1009 THEN 1 ELSE 0 END, -1, pg_decltype_typmod(p.type), 0,
     CASE WHEN pg_type_len(pg_decltype_oid(p.type)) < 0 THEN 'x' ELSE 'p' END, 'i', (p."notnull" OR p.pk > 0),
-    p.dflt_value IS NOT NULL, 0, '', CASE WHEN p.hidden IN (2, 3) THEN 's' ELSE '' END, 0, 1, 0, 0,
+    (p.dflt_value IS NOT NULL OR EXISTS (SELECT 1 FROM availdb_rowid_pk r WHERE r.reloid = t.oid AND r.col = p.name)), 0, '', CASE WHEN p.hidden IN (2, 3) THEN 's' ELSE '' END, 0, 1, 0, 0,
     NULL, NULL, NULL, NULL, ''
   FROM availdb_temp_tables t, pragma_table_xinfo(t.name, 'pg_temp') p
   UNION ALL
-  SELECT CAST(pg_oid('i', i.name) AS INTEGER), j.value, 0, -1, -1, j.key + 1, 0, -1, -1, 0, 'p', 'i', 0, 0, 0, '', '',
+  SELECT i.oid, j.value, 0, -1, -1, j.key + 1, 0, -1, -1, 0, 'p', 'i', 0, 0, 0, '', '',
     0, 1, 0, 0, NULL, NULL, NULL, NULL, ''
   FROM availdb_indexes i, json_each(i.colnames) j;
 CREATE TEMP VIEW IF NOT EXISTS pg_attrdef AS
@@ -731,8 +836,15 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attrdef AS
            THEN 'nextval(' || substr(p.dflt_value, 10, length(p.dflt_value) - 11) || '::regclass)'
          ELSE p.dflt_value END AS adbin
   FROM availdb_tables t JOIN pragma_table_info(t.name) p
-    LEFT JOIN availdb_rowid_pk r ON r.tbl = t.name AND r.col = p.name
-  WHERE p.dflt_value IS NOT NULL OR r.col IS NOT NULL;
+    LEFT JOIN availdb_rowid_pk r ON r.tbl = t.name AND r.nsp = 2200 AND r.col = p.name
+  WHERE p.dflt_value IS NOT NULL OR r.col IS NOT NULL
+  UNION ALL
+  SELECT CAST(pg_oid('d', 'pg_temp.' || t.name || '.' || p.name) AS INTEGER), t.oid, p.cid + 1,
+    CASE WHEN r.col IS NOT NULL THEN 'nextval(''' || t.name || '_' || p.name || '_seq''::regclass)'
+         ELSE p.dflt_value END
+  FROM availdb_temp_tables t JOIN pragma_table_info(t.name, 'pg_temp') p
+    LEFT JOIN availdb_rowid_pk r ON r.reloid = t.oid AND r.col = p.name
+  WHERE t.type = 'table' AND (p.dflt_value IS NOT NULL OR r.col IS NOT NULL);
 CREATE TEMP VIEW IF NOT EXISTS availdb_types(oid, typname, typlen, typtype, typcategory, typarray, typelem) AS
   VALUES {types};
 CREATE TEMP VIEW IF NOT EXISTS pg_type AS
@@ -745,7 +857,7 @@ CREATE TEMP VIEW IF NOT EXISTS pg_type AS
     NULL AS typdefaultbin, NULL AS typdefault, NULL AS typacl
   FROM availdb_types;
 CREATE TEMP VIEW IF NOT EXISTS pg_index AS
-  SELECT CAST(pg_oid('i', name) AS INTEGER) AS indexrelid, CAST(pg_oid('r', tbl) AS INTEGER) AS indrelid,
+  SELECT oid AS indexrelid, reloid AS indrelid,
     json_array_length(indkey) AS indnatts, json_array_length(indkey) AS indnkeyatts,
     isunique AS indisunique, 0 AS indnullsnotdistinct, isprimary AS indisprimary,
     0 AS indisexclusion, 1 AS indimmediate, 0 AS indisclustered, 1 AS indisvalid,
@@ -756,19 +868,20 @@ CREATE TEMP VIEW IF NOT EXISTS pg_index AS
     CASE WHEN partial THEN substr(sql, instr(upper(sql), ' WHERE ') + 7) END AS indpred
   FROM availdb_indexes;
 CREATE TEMP VIEW IF NOT EXISTS pg_index_column AS
-  SELECT CAST(pg_oid('i', i.name) AS INTEGER) AS indexrelid, j.key + 1 AS ord, j.value AS attname
+  SELECT i.oid AS indexrelid, j.key + 1 AS ord, j.value AS attname
   FROM availdb_indexes i, json_each(i.colnames) j;
 CREATE TEMP VIEW IF NOT EXISTS pg_indexes AS
-  SELECT 'public' AS schemaname, tbl AS tablename, name AS indexname, NULL AS tablespace,
+  SELECT schema AS schemaname, tbl AS tablename, name AS indexname, NULL AS tablespace,
     'CREATE ' || CASE WHEN isunique THEN 'UNIQUE ' ELSE '' END || 'INDEX ' || quote_ident(name)
-      || ' ON public.' || quote_ident(tbl) || ' USING btree (' || coalesce(cols, '') || ')'
+      || ' ON ' || schema || '.' || quote_ident(tbl) || ' USING btree (' || coalesce(cols, '') || ')'
       || CASE WHEN partial THEN ' WHERE ' || substr(sql, instr(upper(sql), ' WHERE ') + 7) ELSE '' END AS indexdef,
-    CAST(pg_oid('i', name) AS INTEGER) AS availdb_oid
+    oid AS availdb_oid
   FROM availdb_indexes;
 CREATE TEMP VIEW IF NOT EXISTS pg_constraint AS
-  SELECT CAST(pg_oid('c', name) AS INTEGER) AS oid, name AS conname, 2200 AS connamespace,
+  SELECT CAST(pg_oid('c', CASE WHEN nsp = 2200 THEN name ELSE 'pg_temp.' || name END) AS INTEGER) AS oid,
+    name AS conname, nsp AS connamespace,
     CASE WHEN isprimary THEN 'p' ELSE 'u' END AS contype, 0 AS condeferrable, 0 AS condeferred,
-    1 AS convalidated, CAST(pg_oid('r', tbl) AS INTEGER) AS conrelid, 0 AS contypid, CAST(pg_oid('i', name) AS INTEGER) AS conindid,
+    1 AS convalidated, reloid AS conrelid, 0 AS contypid, oid AS conindid,
     0 AS conparentid, 0 AS confrelid, ' ' AS confupdtype, ' ' AS confdeltype, ' ' AS confmatchtype,
     1 AS conislocal, 0 AS coninhcount, 1 AS connoinherit, indkey AS conkey, NULL AS confkey,
     NULL AS conpfeqop, NULL AS conppeqop, NULL AS conffeqop, NULL AS confdelsetcols, NULL AS conexclop,
@@ -776,14 +889,21 @@ CREATE TEMP VIEW IF NOT EXISTS pg_constraint AS
     CASE WHEN isprimary THEN 'PRIMARY KEY (' ELSE 'UNIQUE (' END || cols || ')' AS condef
   FROM availdb_indexes WHERE isprimary OR origin = 'u'
   UNION ALL
-  SELECT CAST(pg_oid('f', tbl || '.' || id) AS INTEGER), tbl || '_' || colnames || '_fkey', 2200, 'f', 0, 0, 1,
-    CAST(pg_oid('r', tbl) AS INTEGER), 0, 0, 0, CAST(pg_oid('r', ref) AS INTEGER),
+  SELECT CAST(pg_oid('f', CASE WHEN nsp = 2200 THEN '' ELSE 'pg_temp.' END || tbl || '.' || id) AS INTEGER),
+    tbl || '_' || colnames || '_fkey', nsp, 'f', 0, 0, 1, reloid, 0, 0, 0, refoid,
     CASE on_update WHEN 'CASCADE' THEN 'c' WHEN 'SET NULL' THEN 'n' WHEN 'SET DEFAULT' THEN 'd' WHEN 'RESTRICT' THEN 'r' ELSE 'a' END,
     CASE on_delete WHEN 'CASCADE' THEN 'c' WHEN 'SET NULL' THEN 'n' WHEN 'SET DEFAULT' THEN 'd' WHEN 'RESTRICT' THEN 'r' ELSE 'a' END,
     's', 1, 0, 1, conkey, confkey, NULL, NULL, NULL, NULL, NULL, NULL,
     'FOREIGN KEY (' || cols || ') REFERENCES ' || quote_ident(ref) || '(' || refcols || ')'
       || CASE on_delete WHEN 'CASCADE' THEN ' ON DELETE CASCADE' WHEN 'SET NULL' THEN ' ON DELETE SET NULL' ELSE '' END
-  FROM availdb_fks;
+  FROM availdb_fks
+  UNION ALL
+  SELECT CAST(pg_oid('k', t.name || '.' || (k.value ->> 'name')) AS INTEGER), k.value ->> 'name', 2200, 'c', 0, 0, 1,
+    CAST(pg_oid('r', t.name) AS INTEGER), 0, 0, 0, 0, ' ', ' ', ' ', 1, 0, 0,
+    CASE WHEN (k.value ->> 'col') > 0 THEN json_array(k.value ->> 'col') ELSE '[]' END, NULL,
+    NULL, NULL, NULL, NULL, NULL, k.value ->> 'def', k.value ->> 'def'
+  FROM availdb_tables t, json_each(availdb_check_constraints(t.name, t.sql)) k
+  WHERE t.type = 'table';
 CREATE TEMP VIEW IF NOT EXISTS pg_database AS
   SELECT CAST(pg_oid('b', j.value) AS INTEGER) AS oid, j.value AS datname, 10 AS datdba, 6 AS encoding,
     'c' AS datlocprovider, 0 AS datistemplate, 1 AS datallowconn, -1 AS datconnlimit,
@@ -811,12 +931,13 @@ CREATE TEMP VIEW IF NOT EXISTS pg_shdescription AS
   SELECT 0 AS objoid, 0 AS classoid, '' AS description WHERE 0;
 CREATE TEMP VIEW IF NOT EXISTS pg_tables AS
   SELECT 'public' AS schemaname, name AS tablename, 'availdb' AS tableowner, NULL AS tablespace,
-    EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.tbl = t.name) AS hasindexes, 0 AS hasrules,
+    EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.tbl = t.name AND i.nsp = 2200) AS hasindexes, 0 AS hasrules,
     EXISTS (SELECT 1 FROM main.sqlite_schema tr WHERE tr.type = 'trigger' AND tr.tbl_name = t.name) AS hastriggers,
     0 AS rowsecurity
   FROM availdb_tables t WHERE type = 'table'
   UNION ALL
-  SELECT 'pg_temp', name, 'availdb', NULL, 0, 0, 0, 0 FROM availdb_temp_tables WHERE type = 'table';
+  SELECT 'pg_temp', name, 'availdb', NULL, EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.reloid = t.oid), 0, 0, 0
+  FROM availdb_temp_tables t WHERE type = 'table';
 CREATE TEMP VIEW IF NOT EXISTS pg_views AS
   SELECT 'public' AS schemaname, name AS viewname, 'availdb' AS viewowner, sql AS definition
   FROM availdb_tables WHERE type = 'view';
@@ -1267,6 +1388,67 @@ mod tests {
         assert_eq!(
             rows("SELECT table_name FROM \"information_schema.tables\" ORDER BY 1"),
             ["k", "p"]
+        );
+
+        // CHECK constraints, named as PostgreSQL names them.
+        c.execute_batch(
+            "CREATE TABLE ck (a int CHECK (a > 0), b int CONSTRAINT b_small CHECK (b < 10), CHECK (a < b), CHECK (a <> 5))",
+        )
+        .unwrap();
+        assert_eq!(
+            rows("SELECT conname || ' ' || condef || ' ' || conkey FROM pg_constraint WHERE conrelid = pg_oid('r', 'ck') AND contype = 'c' ORDER BY conname"),
+            [
+                "b_small CHECK (b < 10) [2]",
+                "ck_a_check CHECK (a > 0) [1]",
+                "ck_check CHECK (a < b) []",
+                "ck_check1 CHECK (a <> 5) []"
+            ]
+        );
+        assert_eq!(
+            rows("SELECT CAST(relchecks AS TEXT) FROM pg_class WHERE relname = 'ck'"),
+            ["4"]
+        );
+        c.execute_batch("DROP TABLE ck").unwrap();
+
+        // A session's TEMP table: its indexes, keys, foreign key and
+        // defaults are listed like a permanent table's, in `pg_temp`.
+        c.execute_batch(
+            "ATTACH DATABASE ':memory:' AS pg_temp;
+             CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY AUTOINCREMENT, code text UNIQUE, n int DEFAULT 5, up int REFERENCES tt (id));
+             CREATE INDEX pg_temp.tt_n ON tt (n);",
+        )
+        .unwrap();
+        let temp = format!(
+            "SELECT oid FROM pg_class WHERE relname = 'tt' AND relnamespace = {TEMP_NAMESPACE_OID}"
+        );
+        assert_eq!(
+            rows(&format!("SELECT c.relname || ':' || c.relkind || ':' || c.relpersistence FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = ({temp}) ORDER BY 1")),
+            ["tt_code_key:i:t", "tt_n:i:t", "tt_pkey:i:t"]
+        );
+        assert_eq!(
+            rows(&format!("SELECT conname || ' ' || contype || ' ' || condef FROM pg_constraint WHERE conrelid = ({temp}) ORDER BY conname")),
+            [
+                "tt_code_key u UNIQUE (code)",
+                "tt_pkey p PRIMARY KEY (id)",
+                "tt_up_fkey f FOREIGN KEY (up) REFERENCES tt(id)"
+            ]
+        );
+        assert_eq!(
+            rows(&format!("SELECT adnum || ' ' || adbin FROM pg_attrdef WHERE adrelid = ({temp}) ORDER BY adnum")),
+            ["1 nextval('tt_id_seq'::regclass)", "3 5"]
+        );
+        assert_eq!(
+            rows("SELECT indexdef FROM pg_indexes WHERE indexname = 'tt_n'"),
+            ["CREATE INDEX tt_n ON pg_temp.tt USING btree (n)"]
+        );
+        assert_eq!(
+            rows(&format!("SELECT CAST((confrelid = ({temp}) AND relhasindex) AS TEXT) FROM pg_constraint JOIN pg_class ON pg_class.oid = conrelid WHERE contype = 'f' AND conrelid = ({temp})")),
+            ["1"]
+        );
+        // The permanent tables' entries are as they were.
+        assert_eq!(
+            rows("SELECT indexdef FROM pg_indexes WHERE indexname = 'k_at'"),
+            ["CREATE INDEX k_at ON public.k USING btree (at)"]
         );
     }
 }

@@ -80,14 +80,18 @@ impl Conn {
     /// the table anew. Runs inside the caller's transaction, which undoes
     /// it on error. Before anything is written, both definitions are
     /// created on a scratch database and must store rows the same way:
-    /// the same columns in the same order, the same keys, the same
-    /// storage affinity, the same rowid; a change that would need the
-    /// rows rewritten is refused (0A000).
+    /// the same columns in the same order, the same keys, the same rowid;
+    /// a change that would move the rows (a new rowid alias, WITHOUT
+    /// ROWID) is refused (0A000). A column whose storage affinity changes
+    /// (`ALTER COLUMN … TYPE`) is returned with its new affinity (SQLite's
+    /// letter: `i`nteger, `r`eal, `n`umeric, `t`ext, `b`lob): the stored
+    /// values stay valid records, and the caller converts them
+    /// ([`Conn::rewrite_columns`]) in the same transaction.
     pub fn edit_table_definition(
         &self,
         table: &str,
         edit: impl FnOnce(&str) -> std::result::Result<String, String>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(String, char)>> {
         use rusqlite::OptionalExtension;
         let conn = &self.conn;
         let sql: Option<String> = conn
@@ -105,7 +109,10 @@ impl Conn {
         };
         let new_sql = edit(&sql).map_err(|why| Error::sql("42601", why))?;
         let (old_shape, new_shape) = (storage_shape(&sql, table)?, storage_shape(&new_sql, table)?);
-        if old_shape != new_shape {
+        let same_place = |(a, b): (&(String, i64, char), &(String, i64, char))| {
+            a.0 == b.0 && a.1 == b.1 && (a.2 == 'w') == (b.2 == 'w') && (a.2 != 'w' || a == b)
+        };
+        if old_shape.len() != new_shape.len() || !old_shape.iter().zip(&new_shape).all(same_place) {
             return Err(Error::sql(
                 "0A000",
                 format!("not supported in availdb: an ALTER TABLE of \"{table}\" that changes how its rows are stored"),
@@ -124,7 +131,50 @@ impl Conn {
             conn.execute_batch("PRAGMA writable_schema = OFF")
         })();
         self.editing.store(false, Ordering::SeqCst);
-        Ok(edited?)
+        edited?;
+        Ok(old_shape
+            .iter()
+            .zip(new_shape)
+            .filter(|(old, new)| new.2 != 'w' && old.2 != new.2)
+            .map(|(_, (name, _, affinity))| (name, affinity))
+            .collect())
+    }
+
+    /// Sets every row's `column` to `expr` (SQL over the row), for each
+    /// `(column, expr)`, in one UPDATE, so that the values take the
+    /// column's new type (`ALTER COLUMN … TYPE … [USING expr]`, after
+    /// [`Conn::edit_table_definition`]): SQLite applies a column's
+    /// affinity when a value is stored, and its indexes follow. The
+    /// table's triggers are dropped around it and made again from their
+    /// own text, so no trigger fires for a conversion, as in PostgreSQL's
+    /// table rewrite. Runs inside the caller's transaction.
+    pub fn rewrite_columns(&self, table: &str, rewrites: &[(String, String)]) -> Result<()> {
+        if rewrites.is_empty() {
+            return Ok(());
+        }
+        let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let conn = &self.conn;
+        let triggers = conn
+            .prepare(
+                "SELECT name, sql FROM main.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1",
+            )?
+            .query_map([table], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (name, _) in &triggers {
+            conn.execute_batch(&format!("DROP TRIGGER main.{}", quoted(name)))?;
+        }
+        let set = rewrites
+            .iter()
+            .map(|(column, expr)| format!("{} = ({expr})", quoted(column)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        conn.execute_batch(&format!("UPDATE main.{} SET {set}", quoted(table)))?;
+        for (_, sql) in &triggers {
+            conn.execute_batch(sql)?;
+        }
+        Ok(())
     }
 
     /// Ends a session's loan (a reader going back to the pool).
@@ -1525,7 +1575,11 @@ fn storage_shape(create_sql: &str, table: &str) -> Result<Vec<(String, i64, char
         .prepare("SELECT name, pk, type FROM pragma_table_info(?1)")?
         .query_map([table], |r| {
             let ty: String = r.get(2)?;
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, affinity(&ty)))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                crate::sql::pg::definition::affinity(&ty),
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let without_rowid: bool =
@@ -1543,23 +1597,6 @@ fn storage_shape(create_sql: &str, table: &str) -> Result<Vec<(String, i64, char
         'w',
     ));
     Ok(shape)
-}
-
-/// SQLite's column affinity of a declared type (section 3.1 of
-/// <https://sqlite.org/datatype3.html>).
-fn affinity(decltype: &str) -> char {
-    let t = decltype.to_ascii_uppercase();
-    if t.contains("INT") {
-        'i'
-    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
-        't'
-    } else if t.contains("BLOB") || t.is_empty() {
-        'b'
-    } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
-        'r'
-    } else {
-        'n'
-    }
 }
 
 /// Registers availdb's SQL functions and the authorizer on a new connection.

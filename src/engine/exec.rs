@@ -45,7 +45,16 @@ pub struct Outcome {
 
 /// Prepares `sql` and reports its columns, parameters and whether it writes.
 pub fn describe(conn: &Connection, sql: &str) -> Result<Described> {
-    let stmt = conn.prepare_cached(sql)?;
+    // SQLite notices another connection's schema change only when a
+    // statement runs (it then reloads the schema), and re-prepares a
+    // cached statement only when it runs: until then a Describe would
+    // report the declared types of before (an ALTER COLUMN … TYPE, made
+    // by editing the table's definition, would go unseen). So a small
+    // statement runs first, and the cache key carries the schema version.
+    conn.prepare_cached("SELECT 1 FROM main.sqlite_schema LIMIT 1")?
+        .exists([])?;
+    let version: i64 = conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))?;
+    let stmt = conn.prepare_cached(&format!("/* schema {version} */ {sql}"))?;
     let schema = ConnSchema::new(conn);
     let params = typing::infer_parameter_types(sql, param_count(&stmt), &schema);
     Ok(Described {
@@ -316,6 +325,25 @@ mod tests {
                 .unwrap()
                 .readonly
         );
+    }
+
+    #[test]
+    fn a_describe_after_a_column_type_changed_reports_the_new_type() {
+        let c = db();
+        let sql = "SELECT name FROM t";
+        assert_eq!(describe(&c, sql).unwrap().columns[0].ty, ValueType::Text);
+        let version: i64 = c
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = replace(sql, 'name TEXT', 'name INT4') WHERE name = 't';
+             PRAGMA schema_version = {};
+             PRAGMA writable_schema = OFF",
+            version + 1
+        ))
+        .unwrap();
+        assert_eq!(describe(&c, sql).unwrap().columns[0].ty, ValueType::Int4);
     }
 
     #[test]

@@ -42,8 +42,11 @@
 //!   still reads it fails with SQLITE_LOCKED (shared-cache table locks).
 //! * The emulated catalog lists the session's TEMP tables and views in
 //!   schema `pg_temp` (`pg_class`, `pg_attribute`, `pg_tables`; read
-//!   through `availdb_temp_relations()`), not their indexes, constraints
-//!   or defaults, and `information_schema` does not list them.
+//!   through `availdb_temp_relations()`) with their indexes, keys,
+//!   foreign keys and defaults; `information_schema` does not list them.
+//! * `CREATE INDEX i ON tt` goes to `pg_temp` when `tt` is one of the
+//!   session's TEMP tables ([`TempSpace::has_table`]; the session places
+//!   it), also when the database has a table `tt`, as in PostgreSQL.
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -59,8 +62,9 @@ pub(crate) const URI_PREFIX: &str = "file:availdb-temp-";
 /// One session's private schema for TEMP objects (see the module page).
 pub struct TempSpace {
     uri: String,
-    /// Keeps the in-memory database alive while the session lives.
-    _keep: std::sync::Mutex<Connection>,
+    /// Keeps the in-memory database alive while the session lives, and
+    /// answers [`TempSpace::has_table`].
+    keep: std::sync::Mutex<Connection>,
 }
 
 impl TempSpace {
@@ -79,8 +83,21 @@ impl TempSpace {
         )?;
         Ok(TempSpace {
             uri,
-            _keep: std::sync::Mutex::new(keep),
+            keep: std::sync::Mutex::new(keep),
         })
+    }
+
+    /// Whether the space holds a table named `name` (SQLite's rule:
+    /// without regard to ASCII case). False when the space cannot be read
+    /// just now (a session's own write transaction holds it).
+    pub fn has_table(&self, name: &str) -> bool {
+        let keep = self.keep.lock().unwrap_or_else(|e| e.into_inner());
+        keep.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n > 0)
     }
 
     /// The URI a connection attaches.

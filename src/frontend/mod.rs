@@ -30,8 +30,10 @@
 //!    Execute of that portal goes on (fetch sizes, `query_portal`). Portals
 //!    end with their transaction (at Sync outside a block), as in
 //!    PostgreSQL, and with them the cursor and its snapshot. A cursor
-//!    opened with `DECLARE` answers a Describe of a portal of its name, as
-//!    in PostgreSQL (psycopg's named cursors ask so).
+//!    opened with `DECLARE` answers a Describe of a portal of its name, and
+//!    a `MOVE` in a simple Query moves a portal of the extended protocol
+//!    (asyncpg's `Cursor.forward`), as in PostgreSQL, where both are
+//!    portals (psycopg's named cursors and asyncpg ask so).
 //! 4. The transaction status in every ReadyForQuery comes from the session's
 //!    own state machine, never from guesses about the statements.
 //! 5. A session whose database was read-write when it began ends (FATAL
@@ -1326,17 +1328,22 @@ impl SimpleQueryHandler for ConnState {
         }
         self.end_if_demoted().await?;
         client.set_state(PgWireConnectionState::QueryInProgress);
+        match self.move_portal(client, &query.query).await {
+            Ok(None) => {}
+            Ok(Some(moved)) => {
+                send_execution_response(client, Tag::new("MOVE").with_rows(moved as usize)).await?;
+                return self.ready_after_simple(client).await;
+            }
+            Err(e) => {
+                client.feed(error_message(e)).await?;
+                return self.ready_after_simple(client).await;
+            }
+        }
         if self.run_simple(client, &query.query).await? {
             // The data follows; ReadyForQuery comes after CopyDone.
             return Ok(());
         }
-        let status = match self.session.lock().await.as_ref() {
-            Some(session) => status_of(session),
-            None => TransactionStatus::Idle,
-        };
-        client.set_state(PgWireConnectionState::ReadyForQuery);
-        client.set_transaction_status(status);
-        send_ready_for_query(client, status).await
+        self.ready_after_simple(client).await
     }
 
     /// Every statement's response is sent as it runs (`ConnState::run_simple`).
@@ -1353,6 +1360,23 @@ impl SimpleQueryHandler for ConnState {
 }
 
 impl ConnState {
+    /// ReadyForQuery at the end of a simple Query, with the session's own
+    /// transaction status.
+    async fn ready_after_simple<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let status = match self.session.lock().await.as_ref() {
+            Some(session) => status_of(session),
+            None => TransactionStatus::Idle,
+        };
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
     /// Sends one response of a simple Query; Ok(false) when it was an
     /// error (the statements after it are skipped), Ok(true) when it
     /// started COPY FROM STDIN.
@@ -1672,6 +1696,149 @@ impl Extended {
     }
 }
 
+impl ConnState {
+    /// Runs a bound portal's statement (the extended protocol's first
+    /// Execute, or a MOVE on the portal: [`ConnState::move_portal`]).
+    async fn run_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<Response>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.end_if_demoted().await?;
+        let prepared = &portal.statement.statement;
+        let inferred = prepared.parameter_types();
+        let types: Vec<Type> = (0..portal.parameter_len())
+            .map(|i| {
+                portal
+                    .statement
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+                    .or_else(|| inferred.get(i).cloned())
+                    .unwrap_or(Type::UNKNOWN)
+            })
+            .collect();
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
+        let params = match encode::decode_params(portal, &types) {
+            Ok(params) => params,
+            Err(err) => {
+                session.note_error(&err);
+                return Err(user_error(&err));
+            }
+        };
+        if let Command::Copy(spec) = &prepared.command {
+            let result = start_copy(self, session, spec.clone()).await;
+            send_asides(client, session).await?;
+            return result.map_err(|err| {
+                session.note_error(&err);
+                user_error(&err)
+            });
+        }
+        let result = execute_live(client, session, prepared.command.clone(), params).await?;
+        send_asides(client, session).await?;
+        match result {
+            Ok(reply) => {
+                let announced = prepared.columns();
+                to_response(reply, &portal.result_column_format, Some(&announced))
+            }
+            Err(err) => Err(user_error(&err)),
+        }
+    }
+
+    /// `MOVE [FORWARD] [n | ALL] [FROM | IN] name` where `name` is a portal
+    /// bound with the extended protocol, not a cursor of DECLARE: as in
+    /// PostgreSQL, where both are portals, the portal skips `n` rows (its
+    /// statement runs first if no Execute has yet), and the next Execute
+    /// goes on after them (asyncpg's `Cursor.forward`). None when the
+    /// query is anything else, for the session to run.
+    async fn move_portal<C>(&self, client: &mut C, query: &str) -> PgWireResult<Option<u64>>
+    where
+        C: ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::StreamExt;
+        use pgwire::api::portal::PortalExecutionState;
+        use pgwire::api::store::{Entry, MemPortalStore};
+        static MOVE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(
+                r#"(?is)^\s*MOVE\s+(?:FORWARD\s+)?(\d+|ALL)?\s*(?:(?:FROM|IN)\s+)?("[^"]+"|[\w$]+)\s*;?\s*$"#,
+            )
+            .expect("valid regex")
+        });
+        let Some(c) = MOVE.captures(query) else {
+            return Ok(None);
+        };
+        let name = c[2].trim_matches('"').to_string();
+        let count = match c.get(1).map(|m| m.as_str()) {
+            None => 1,
+            Some(n) if n.eq_ignore_ascii_case("all") => u64::MAX,
+            Some(n) => n.parse().unwrap_or(u64::MAX),
+        };
+        if let Some(session) = self.session.lock().await.as_ref() {
+            if session.cursor_columns(&name).is_ok() {
+                return Ok(None);
+            }
+        }
+        let Some(store) = client
+            .portal_store()
+            .as_any()
+            .downcast_ref::<MemPortalStore<Prepared>>()
+        else {
+            return Ok(None);
+        };
+        let Some(Entry::Value(portal)) = store.get_portal(&name) else {
+            return Ok(None);
+        };
+        let state = portal.state();
+        let mut state = state.lock().await;
+        let mut rows = match std::mem::take(&mut *state) {
+            PortalExecutionState::Initial => {
+                match self.run_portal(client, portal.as_ref()).await? {
+                    Response::Query(rows) => rows,
+                    _ => {
+                        *state = PortalExecutionState::Finished;
+                        return Ok(Some(0));
+                    }
+                }
+            }
+            PortalExecutionState::Suspended(rows) => rows,
+            PortalExecutionState::Finished => {
+                *state = PortalExecutionState::Finished;
+                return Ok(Some(0));
+            }
+        };
+        let mut moved = 0;
+        while moved < count {
+            match rows.data_rows().next().await {
+                Some(Ok(_)) => moved += 1,
+                Some(Err(e)) => {
+                    *state = PortalExecutionState::Finished;
+                    if let Some(session) = self.session.lock().await.as_mut() {
+                        session.note_stream_error();
+                    }
+                    return Err(e);
+                }
+                None => {
+                    *state = PortalExecutionState::Finished;
+                    return Ok(Some(moved));
+                }
+            }
+        }
+        *state = PortalExecutionState::Suspended(rows);
+        Ok(Some(moved))
+    }
+}
+
 #[async_trait]
 impl ExtendedQueryHandler for Extended {
     type Statement = Prepared;
@@ -1693,48 +1860,7 @@ impl ExtendedQueryHandler for Extended {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.state.end_if_demoted().await?;
-        let prepared = &portal.statement.statement;
-        let inferred = prepared.parameter_types();
-        let types: Vec<Type> = (0..portal.parameter_len())
-            .map(|i| {
-                portal
-                    .statement
-                    .parameter_types
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .filter(|t| *t != Type::UNKNOWN)
-                    .or_else(|| inferred.get(i).cloned())
-                    .unwrap_or(Type::UNKNOWN)
-            })
-            .collect();
-        let mut guard = self.state.session.lock().await;
-        let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
-        let params = match encode::decode_params(portal, &types) {
-            Ok(params) => params,
-            Err(err) => {
-                session.note_error(&err);
-                return Err(user_error(&err));
-            }
-        };
-        if let Command::Copy(spec) = &prepared.command {
-            let result = start_copy(&self.state, session, spec.clone()).await;
-            send_asides(client, session).await?;
-            return result.map_err(|err| {
-                session.note_error(&err);
-                user_error(&err)
-            });
-        }
-        let result = execute_live(client, session, prepared.command.clone(), params).await?;
-        send_asides(client, session).await?;
-        match result {
-            Ok(reply) => {
-                let announced = prepared.columns();
-                to_response(reply, &portal.result_column_format, Some(&announced))
-            }
-            Err(err) => Err(user_error(&err)),
-        }
+        self.state.run_portal(client, portal).await
     }
 
     /// Runs a portal's statement at its first Execute and sends its rows

@@ -647,9 +647,13 @@ impl Session {
                         Ok(())
                     };
                     check(true)?;
-                    w.conn().edit_table_definition(&table, |sql| {
+                    let changed = w.conn().edit_table_definition(&table, |sql| {
                         crate::sql::pg::definition::apply(sql, &edits)
                     })?;
+                    // ALTER COLUMN … TYPE [USING]: the values take the new type.
+                    let rewrites = crate::sql::pg::definition::rewrites(&edits, &changed)
+                        .map_err(|(message, hint)| Error::sql("42804", message).with_hint(hint))?;
+                    w.conn().rewrite_columns(&table, &rewrites)?;
                     check(false)?;
                     Ok(0)
                 })
@@ -1684,6 +1688,14 @@ impl Session {
     /// already wrote, or must keep its snapshot, cannot take it.
     async fn place_temp(&mut self, sql: String) -> Result<String> {
         let Some(placed) = crate::sql::pg::temp_object(&sql) else {
+            // `CREATE INDEX i ON tt` of a TEMP table goes where tt is.
+            if let Some(temp) = &self.temp {
+                if let Some((table, placed)) = crate::sql::pg::index_on_temp_table(&sql) {
+                    if temp.has_table(&table) {
+                        return Ok(placed);
+                    }
+                }
+            }
             return Ok(sql);
         };
         if self.temp.is_some() {

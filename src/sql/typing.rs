@@ -984,6 +984,14 @@ fn argument_type(name: &str, position: usize) -> Option<ValueType> {
             Some(ValueType::Text)
         }
         ("printf" | "format", 0) => Some(ValueType::Text),
+        // What a PostgreSQL cast of a parameter became (`$1::uuid` →
+        // `pg_to_uuid($1)`): the parameter has the cast's type, as there.
+        ("pg_to_uuid", 0) => Some(ValueType::Uuid),
+        ("pg_to_date", 0) => Some(ValueType::Date),
+        ("pg_to_time", 0) => Some(ValueType::Time),
+        ("pg_to_timestamp", 0) => Some(ValueType::Timestamp),
+        ("pg_to_timestamptz", 0) => Some(ValueType::Timestamptz),
+        ("pg_to_bool", 0) => Some(ValueType::Bool),
         _ => None,
     }
 }
@@ -1703,6 +1711,14 @@ mod tests {
             // An expression around the placeholder types it by its own rules.
             ("INSERT INTO users (name) VALUES ($1 + 1)", &[Some(Int8)]),
         ]);
+    }
+
+    #[test]
+    fn a_parameter_cast_to_a_postgresql_type_takes_that_type() {
+        check_params(&[(
+            "SELECT pg_to_uuid($1), pg_to_date($2), pg_to_time($3), pg_to_timestamp($4), pg_to_timestamptz($5), pg_to_bool($6)",
+            &[Some(Uuid), Some(Date), Some(Time), Some(Timestamp), Some(Timestamptz), Some(Bool)],
+        )]);
     }
 
     #[test]

@@ -45,8 +45,9 @@
 //!   `to_regclass`, `to_regtype`.
 //! * `CREATE TABLE`: `SERIAL`/`BIGSERIAL`/`SMALLSERIAL` and `GENERATED …
 //!   AS IDENTITY` columns, the key or not → as PostgreSQL makes them: a
-//!   sequence `<table>_<column>_seq` and `DEFAULT (nextval('…'))` on an
-//!   `int4`, `int8` or `int2` column, NOT NULL (so node-postgres reads
+//!   sequence `<table>_<column>_seq` (with the IDENTITY's own `(START
+//!   WITH … INCREMENT BY …)`, in any order) and `DEFAULT (nextval('…'))`
+//!   on an `int4`, `int8` or `int2` column, NOT NULL (so node-postgres reads
 //!   SERIAL ids as numbers); in a TEMP table only the key, → `INTEGER
 //!   PRIMARY KEY AUTOINCREMENT` (SQLite's rowid alias, which never takes a
 //!   number back either; another column is refused, 0A000);
@@ -58,14 +59,17 @@
 //! * `DROP TABLE a, b [CASCADE]` → one DROP per table; `TRUNCATE a, b` →
 //!   `DELETE FROM` each; `ALTER TABLE … ADD PRIMARY KEY / ADD CONSTRAINT …
 //!   UNIQUE` → a unique index (named `<table>_pkey` for a primary key);
-//!   `ADD CONSTRAINT … FOREIGN KEY` and `ALTER COLUMN … DROP/SET NOT NULL,
-//!   SET/DROP DEFAULT, TYPE` → edits of the table's definition, made at
-//!   run time ([`definition`], [`Translated::AlterDefinition`]);
+//!   `ADD CONSTRAINT … FOREIGN KEY`, `ADD [CONSTRAINT n] CHECK (…)` and
+//!   `ALTER COLUMN … DROP/SET NOT NULL,
+//!   SET/DROP DEFAULT, TYPE [USING expr]` → edits of the table's
+//!   definition, made at run time, with every row's value converted
+//!   after a TYPE change ([`definition`], [`Translated::AlterDefinition`]);
 //!   `VACUUM [ANALYZE] t` → `ANALYZE t` (a bare `VACUUM` is SQLite's); `EXPLAIN [ANALYZE]` → `EXPLAIN
 //!   QUERY PLAN`; `FOR UPDATE`/`FOR SHARE` dropped (one writer serializes
 //!   writes anyway).
 //! * `CREATE SEQUENCE` (INCREMENT, MINVALUE, MAXVALUE, START, CACHE
-//!   ignored, CYCLE, `AS smallint|integer|bigint`) → a row of
+//!   ignored, CYCLE, `AS smallint|integer|bigint`, in any order, as
+//!   PostgreSQL takes them) → a row of
 //!   `availdb_sequences`; `DROP SEQUENCE a, b` → their rows deleted;
 //!   `nextval('s'::regclass)` → `nextval('s')` (`engine::sequence`).
 //!   `CREATE TEMP SEQUENCE` is refused.
@@ -201,6 +205,9 @@ pub fn translate(sql: &str) -> Translated {
             format!("{} {value}", &c[1])
         });
         normalized.as_ref()
+    } else if let Some(ordered) = sequence_options_in_parser_order(sql) {
+        normalized = ordered.into();
+        normalized.as_ref()
     } else {
         sql
     };
@@ -221,6 +228,72 @@ pub fn translate(sql: &str) -> Translated {
             }
         }
     }
+}
+
+/// Sequence options in the order `sqlparser` reads them (AS, INCREMENT,
+/// MINVALUE, MAXVALUE, START, CACHE, CYCLE, OWNED BY), in `CREATE
+/// SEQUENCE` and in an IDENTITY column's `(…)`: PostgreSQL takes them in
+/// any order (`START 100 INCREMENT 3`), the parser only in that one. None
+/// when the statement has neither, or when something other than those
+/// options is among them (left for the parser to refuse).
+fn sequence_options_in_parser_order(sql: &str) -> Option<String> {
+    static HEAD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(?:(?:TEMP|TEMPORARY|UNLOGGED)\s+)?SEQUENCE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:"[^"]*"|[\w$]+)(?:\.(?:"[^"]*"|[\w$]+))?"#,
+        )
+        .expect("valid regex")
+    });
+    static IDENTITY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?is)\bAS\s+IDENTITY\s*\(([^()]*)\)"#).expect("valid regex")
+    });
+    if let Some(head) = HEAD.find(sql) {
+        let rest = sql[head.end()..].trim_end().trim_end_matches(';');
+        return Some(format!(
+            "{}{}",
+            head.as_str(),
+            options_in_parser_order(rest)?
+        ));
+    }
+    if !IDENTITY.is_match(sql) {
+        return None;
+    }
+    let mut failed = false;
+    let ordered = IDENTITY.replace_all(
+        sql,
+        |c: &regex::Captures<'_>| match options_in_parser_order(&c[1]) {
+            Some(options) => format!("AS IDENTITY ({})", options.trim_start()),
+            None => {
+                failed = true;
+                c[0].to_string()
+            }
+        },
+    );
+    (!failed).then(|| ordered.into_owned())
+}
+
+/// `options` (sequence options, each after a space) in `sqlparser`'s
+/// order; None when something else is among them.
+fn options_in_parser_order(mut options: &str) -> Option<String> {
+    static OPTION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        let number = r"[+-]?\s*\d+";
+        regex::Regex::new(&format!(
+            r#"(?is)^\s*(?:(AS\s+(?:smallint|integer|int|bigint|int2|int4|int8))|(INCREMENT(?:\s+BY)?\s+{number})|(NO\s+MINVALUE|MINVALUE\s+{number})|(NO\s+MAXVALUE|MAXVALUE\s+{number})|(START(?:\s+WITH)?\s+{number})|(CACHE\s+{number})|(NO\s+CYCLE|CYCLE)|(OWNED\s+BY\s+(?:"[^"]*"|[\w$]+)(?:\.(?:"[^"]*"|[\w$]+)){{0,2}}))\b"#
+        ))
+        .expect("valid regex")
+    });
+    let mut clauses: Vec<(usize, &str)> = Vec::new();
+    while !options.trim().is_empty() {
+        let c = OPTION.captures(options)?;
+        let (rank, m) = c
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find_map(|(i, m)| m.map(|m| (i, m)))?;
+        clauses.push((rank, m.as_str()));
+        options = &options[c.get(0).expect("whole match").end()..];
+    }
+    clauses.sort_by_key(|(rank, _)| *rank);
+    Some(clauses.iter().map(|(_, c)| format!(" {c}")).collect())
 }
 
 /// A statement that creates a TEMP object, with the object placed in the
@@ -258,6 +331,25 @@ pub fn temp_object(sql: &str) -> Option<String> {
         ));
     }
     QUALIFIED.is_match(sql).then(|| sql.to_string())
+}
+
+/// `CREATE [UNIQUE] INDEX [IF NOT EXISTS] i ON t …` with neither name
+/// qualified: the table `t` (unquoted) and the statement with the index
+/// placed in `pg_temp`, for the session to run when `t` is one of its
+/// TEMP tables (SQLite puts an index in its table's schema only when the
+/// index's name says so). None for any other statement.
+pub fn index_on_temp_table(sql: &str) -> Option<(String, String)> {
+    static INDEX: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?is)^\s*CREATE\s+(UNIQUE\s+)?INDEX\s+(IF\s+NOT\s+EXISTS\s+)?("[^"]+"|[\w$]+)\s+ON\s+("[^"]+"|[\w$]+)\s*\("#,
+        )
+        .expect("valid regex")
+    });
+    let c = INDEX.captures(sql)?;
+    let table = c[4].trim_matches('"').to_string();
+    let name = c.get(3).expect("index name");
+    let placed = format!("{}pg_temp.{}", &sql[..name.start()], &sql[name.start()..]);
+    Some((table, placed))
 }
 
 fn unsupported(message: impl Into<String>, hint: impl Into<String>) -> Translated {
@@ -525,9 +617,25 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
             } => {
                 let mut fk = fk.clone();
                 fk.foreign_table = unqualified(&fk.foreign_table);
-                Some(Edit::AddConstraint(
+                Some(vec![Edit::AddConstraint(
                     TableConstraint::ForeignKey(fk).to_string(),
-                ))
+                )])
+            }
+            AlterTableOperation::AddConstraint {
+                constraint: TableConstraint::Check(check),
+                not_valid,
+            } => {
+                let expr = sqlite_expr(&check.expr)?;
+                let name = check
+                    .name
+                    .as_ref()
+                    .map(|n| format!("CONSTRAINT {n} "))
+                    .unwrap_or_default();
+                Some(vec![Edit::AddCheck {
+                    constraint: format!("{name}CHECK ({expr})"),
+                    expr,
+                    not_valid: *not_valid,
+                }])
             }
             AlterTableOperation::AlterColumn { column_name, op } => {
                 let c = column_name.value.clone();
@@ -535,32 +643,47 @@ fn definition_edits(operations: &[AlterTableOperation]) -> Option<Vec<definition
                     C::DropNotNull => Edit::DropNotNull(c),
                     C::SetNotNull => Edit::SetNotNull(c),
                     C::DropDefault => Edit::DropDefault(c),
-                    C::SetDefault { value } => {
-                        let mut e = Statement::Query(Box::new(
-                            Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {value}"))
-                                .ok()?
-                                .into_iter()
-                                .next()
-                                .and_then(|s| match s {
-                                    Statement::Query(q) => Some(*q),
-                                    _ => None,
-                                })?,
-                        ));
-                        rewrite::rewrite_statement(&mut e);
-                        let printed = e.to_string();
-                        Edit::SetDefault(c, printed.strip_prefix("SELECT ")?.to_string())
-                    }
+                    C::SetDefault { value } => Edit::SetDefault(c, sqlite_expr(value)?),
                     C::SetDataType {
                         data_type,
                         using: None,
                         ..
                     } => Edit::SetType(c, rewrite::column_type(data_type)),
+                    C::SetDataType {
+                        data_type,
+                        using: Some(using),
+                        ..
+                    } => {
+                        return Some(vec![
+                            Edit::SetType(c.clone(), rewrite::column_type(data_type)),
+                            Edit::Rewrite(c, sqlite_expr(using)?),
+                        ])
+                    }
                     _ => return None,
                 })
+                .map(|edit| vec![edit])
             }
             _ => None,
         })
-        .collect()
+        .collect::<Option<Vec<Vec<definition::Edit>>>>()
+        .map(|edits| edits.into_iter().flatten().collect())
+}
+
+/// A PostgreSQL expression as SQLite reads it (the rewrites of a
+/// statement applied to it alone).
+fn sqlite_expr(expr: &Expr) -> Option<String> {
+    let mut e = Statement::Query(Box::new(
+        Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {expr}"))
+            .ok()?
+            .into_iter()
+            .next()
+            .and_then(|s| match s {
+                Statement::Query(q) => Some(*q),
+                _ => None,
+            })?,
+    ));
+    rewrite::rewrite_statement(&mut e);
+    Some(e.to_string().strip_prefix("SELECT ")?.to_string())
 }
 
 /// A sequence's name as stored: unquoted names fold to lower case.
@@ -586,7 +709,6 @@ fn create_sequence(
     data_type: Option<&DataType>,
     options: &[sqlparser::ast::SequenceOptions],
 ) -> Translated {
-    use sqlparser::ast::SequenceOptions as O;
     let (type_min, type_max) = match data_type {
         Some(DataType::SmallInt(_) | DataType::Int2(_)) => {
             (i64::from(i16::MIN), i64::from(i16::MAX))
@@ -596,6 +718,34 @@ fn create_sequence(
         }
         _ => (i64::MIN, i64::MAX),
     };
+    let verb = if if_not_exists {
+        "INSERT OR IGNORE"
+    } else {
+        "INSERT"
+    };
+    match sequence_row(&sequence_ident(name), (type_min, type_max), options) {
+        Ok(row) => Translated::Batch {
+            statements: vec![
+                crate::engine::sequence::CREATE_TABLE.to_string(),
+                format!("{verb} INTO availdb_sequences VALUES {row}"),
+            ],
+            tag: "CREATE SEQUENCE".into(),
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+/// The row of `availdb_sequences` for sequence `name` of an integer type
+/// with bounds `(type_min, type_max)` and `options` (`CREATE SEQUENCE`'s,
+/// or an IDENTITY column's `(START WITH …)`), with PostgreSQL's defaults:
+/// ascending from 1 to the type's maximum, or descending from -1 to its
+/// minimum.
+fn sequence_row(
+    name: &str,
+    (type_min, type_max): (i64, i64),
+    options: &[sqlparser::ast::SequenceOptions],
+) -> Result<String, Translated> {
+    use sqlparser::ast::SequenceOptions as O;
     let number = |e: &Expr| e.to_string().replace(' ', "").parse::<i64>().ok();
     let (mut increment, mut min, mut max, mut start, mut cycle) =
         (Some(1), None, None, None, false);
@@ -616,39 +766,28 @@ fn create_sequence(
         )
     };
     let Some(increment) = increment.filter(|i| *i != 0) else {
-        return bad();
+        return Err(bad());
     };
     let (Some(min), Some(max)) = (
         min.unwrap_or(Some(if increment > 0 { 1 } else { type_min })),
         max.unwrap_or(Some(if increment > 0 { type_max } else { -1 })),
     ) else {
-        return bad();
+        return Err(bad());
     };
     let Some(start) = start.unwrap_or(Some(if increment > 0 { min } else { max })) else {
-        return bad();
+        return Err(bad());
     };
     if !(min..=max).contains(&start) {
-        return unsupported(
+        return Err(unsupported(
             format!("START value ({start}) is outside MINVALUE ({min}) .. MAXVALUE ({max})"),
             "choose a START between MINVALUE and MAXVALUE",
-        );
+        ));
     }
-    let verb = if if_not_exists {
-        "INSERT OR IGNORE"
-    } else {
-        "INSERT"
-    };
-    Translated::Batch {
-        statements: vec![
-            crate::engine::sequence::CREATE_TABLE.to_string(),
-            format!(
-                "{verb} INTO availdb_sequences VALUES ({}, {start}, {start}, {increment}, {min}, {max}, {}, 0)",
-                literal(&sequence_ident(name)),
-                i64::from(cycle)
-            ),
-        ],
-        tag: "CREATE SEQUENCE".into(),
-    }
+    Ok(format!(
+        "({}, {start}, {start}, {increment}, {min}, {max}, {}, 0)",
+        literal(name),
+        i64::from(cycle)
+    ))
 }
 
 fn constraint_kind(c: &TableConstraint) -> &'static str {
@@ -739,6 +878,19 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Tra
             .iter()
             .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
         let is_pk = column_pk || table_pk.as_deref() == Some(col.name.value.as_str());
+        // `GENERATED … AS IDENTITY (START WITH 10 …)`: its sequence's options.
+        let identity_options = col
+            .options
+            .iter()
+            .find_map(|o| match &o.option {
+                ColumnOption::Generated {
+                    generation_expr: None,
+                    sequence_options: Some(options),
+                    ..
+                } => Some(options.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
         col.options.retain(|o| !rewrite::is_identity(&o.option));
         if (serial || identity) && !ct.temporary {
             // As PostgreSQL does it, key or not: the column's own sequence,
@@ -756,15 +908,18 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Tra
                     option: ColumnOption::NotNull,
                 });
             }
-            let (ty, max) = match &col.data_type {
+            let int8 = (i64::MIN, i64::MAX);
+            let int2 = (i64::from(i16::MIN), i64::from(i16::MAX));
+            let int4 = (i64::from(i32::MIN), i64::from(i32::MAX));
+            let (ty, bounds) = match &col.data_type {
                 DataType::Custom(name, _) => match name.to_string().to_ascii_lowercase().as_str() {
-                    "bigserial" | "serial8" => ("int8", i64::MAX),
-                    "smallserial" | "serial2" => ("int2", i64::from(i16::MAX)),
-                    _ => ("int4", i64::from(i32::MAX)),
+                    "bigserial" | "serial8" => ("int8", int8),
+                    "smallserial" | "serial2" => ("int2", int2),
+                    _ => ("int4", int4),
                 },
-                DataType::BigInt(_) | DataType::Int8(_) => ("int8", i64::MAX),
-                DataType::SmallInt(_) | DataType::Int2(_) => ("int2", i64::from(i16::MAX)),
-                _ => ("int4", i64::from(i32::MAX)),
+                DataType::BigInt(_) | DataType::Int8(_) => ("int8", int8),
+                DataType::SmallInt(_) | DataType::Int2(_) => ("int2", int2),
+                _ => ("int4", int4),
             };
             let sequence = format!("{table}_{}_seq", col.name.value);
             col.data_type = DataType::Custom(
@@ -788,8 +943,8 @@ fn create_table(ct: &mut sqlparser::ast::CreateTable) -> Result<Vec<String>, Tra
                 "INSERT OR REPLACE"
             };
             sequences.push(format!(
-                "{verb} INTO availdb_sequences VALUES ({}, 1, 1, 1, 1, {max}, 0, 0)",
-                literal(&sequence)
+                "{verb} INTO availdb_sequences VALUES {}",
+                sequence_row(&sequence, bounds, &identity_options)?
             ));
             continue;
         }
@@ -1012,6 +1167,19 @@ mod tests {
                 tag: "CREATE TABLE".into()
             }
         );
+        // An IDENTITY column's own sequence options (SQLAlchemy's
+        // `Identity(start=10)`), as PostgreSQL keeps them.
+        assert_eq!(
+            translate("CREATE TABLE p (id INTEGER GENERATED BY DEFAULT AS IDENTITY (START WITH 10 INCREMENT BY 5), PRIMARY KEY (id))"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    format!("INSERT OR REPLACE INTO availdb_sequences VALUES ('p_id_seq', 10, 10, 5, 1, {}, 0, 0)", i32::MAX),
+                    "CREATE TABLE p (id int4 DEFAULT (nextval('p_id_seq')), PRIMARY KEY (id))".into(),
+                ],
+                tag: "CREATE TABLE".into()
+            }
+        );
         // A TEMP table numbers only its key (its rowid).
         assert!(matches!(
             translate("CREATE TEMP TABLE tt (code text PRIMARY KEY, n serial)"),
@@ -1065,6 +1233,28 @@ mod tests {
     }
 
     #[test]
+    fn an_index_on_a_table_names_the_table_and_can_be_placed_in_pg_temp() {
+        assert_eq!(
+            index_on_temp_table("CREATE UNIQUE INDEX IF NOT EXISTS \"tt_n\" ON \"tt\"(n)"),
+            Some((
+                "tt".into(),
+                "CREATE UNIQUE INDEX IF NOT EXISTS pg_temp.\"tt_n\" ON \"tt\"(n)".into()
+            ))
+        );
+        assert_eq!(
+            index_on_temp_table("create index tt_n on tt (n)").map(|(_, sql)| sql),
+            Some("create index pg_temp.tt_n on tt (n)".into())
+        );
+        for other in [
+            "CREATE INDEX pg_temp.i ON tt (n)",
+            "CREATE INDEX i ON main.t (n)",
+            "CREATE TABLE i (n int)",
+        ] {
+            assert_eq!(index_on_temp_table(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn sequences_are_rows_of_availdb_sequences() {
         let create = crate::engine::sequence::CREATE_TABLE.to_string();
         let cases = [
@@ -1110,6 +1300,28 @@ mod tests {
             sql("SELECT nextval('t_id_seq'::regclass)"),
             "SELECT nextval('t_id_seq')"
         );
+        assert_eq!(
+            translate("CREATE SEQUENCE s START 100 INCREMENT 3 NO CYCLE MAXVALUE 1000"),
+            Translated::Batch {
+                statements: vec![
+                    create.clone(),
+                    "INSERT INTO availdb_sequences VALUES ('s', 100, 100, 3, 1, 1000, 0, 0)".into(),
+                ],
+                tag: "CREATE SEQUENCE".into()
+            },
+            "options in any order, as PostgreSQL takes them"
+        );
+        assert_eq!(
+            sequence_options_in_parser_order(
+                "CREATE SEQUENCE s CYCLE START WITH -5 AS int MINVALUE -9 INCREMENT BY - 1"
+            )
+            .as_deref(),
+            Some("CREATE SEQUENCE s AS int INCREMENT BY - 1 MINVALUE -9 START WITH -5 CYCLE")
+        );
+        assert_eq!(
+            sequence_options_in_parser_order("CREATE SEQUENCE s START 1 BOGUS 2"),
+            None
+        );
         assert!(matches!(
             translate("CREATE TEMP SEQUENCE s"),
             Translated::Unsupported { .. }
@@ -1139,10 +1351,34 @@ mod tests {
                 ],
             }
         );
-        assert!(matches!(
-            translate("ALTER TABLE t ALTER COLUMN e TYPE int USING e::int"),
-            Translated::Unsupported { .. }
-        ));
+        assert_eq!(
+            translate("ALTER TABLE t ADD CONSTRAINT price_positive CHECK (price > 0 AND name !~ '^x'), ADD CHECK (n::int < 10) NOT VALID"),
+            Translated::AlterDefinition {
+                table: "t".into(),
+                edits: vec![
+                    Edit::AddCheck {
+                        constraint: "CONSTRAINT price_positive CHECK (price > 0 AND NOT (pg_regex(name, '^x', 0)))".into(),
+                        expr: "price > 0 AND NOT (pg_regex(name, '^x', 0))".into(),
+                        not_valid: false,
+                    },
+                    Edit::AddCheck {
+                        constraint: "CHECK (CAST(n AS INT4) < 10)".into(),
+                        expr: "CAST(n AS INT4) < 10".into(),
+                        not_valid: true,
+                    },
+                ],
+            }
+        );
+        assert_eq!(
+            translate("ALTER TABLE t ALTER COLUMN e TYPE int USING e::int * 100"),
+            Translated::AlterDefinition {
+                table: "t".into(),
+                edits: vec![
+                    Edit::SetType("e".into(), "int".into()),
+                    Edit::Rewrite("e".into(), "CAST(e AS INT4) * 100".into()),
+                ],
+            }
+        );
     }
 
     #[test]
