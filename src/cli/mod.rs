@@ -453,6 +453,13 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
         None => None,
     };
+    let tls_cert_pem = match &config.tls {
+        Some((cert, _)) => Some(
+            std::fs::read(cert)
+                .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?,
+        ),
+        None => None,
+    };
     groups.start_page_repair(config.scrub_rate);
     groups.start_backup_proofs(config.backup_verify_rate);
     crate::frontend::spawn_schedules(
@@ -466,6 +473,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         &FrontendConfig {
             password: config.password.clone(),
             tls: tls.clone(),
+            tls_cert_pem,
             require_tls: config.require_tls,
             max_connections: config.max_connections,
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,

@@ -13,7 +13,10 @@
 //!    it was chosen for: [`crate::listener`]), then authenticates — SCRAM-SHA-256
 //!    against a stored verifier, the administrator `availdb`'s or a role's
 //!    from the cluster state ([`crate::auth`]), when the node has a
-//!    password; none on a loopback node without one — then opens the
+//!    password, with SCRAM-SHA-256-PLUS (channel binding to the node's
+//!    certificate) offered as well on TLS this node ends — not on a
+//!    session a listener forwarded, whose TLS ended at the listener; none
+//!    on a loopback node without one — then opens the
 //!    requested database (FATAL 3D000 if there is none; FATAL 42501 for a
 //!    role without CONNECT on it), builds the [`Session`] with its
 //!    principal (each statement is checked against the role's privileges,
@@ -148,6 +151,9 @@ pub struct FrontendConfig {
     pub password: Option<String>,
     /// TLS for clients that ask for it (SSLRequest); None refuses it.
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// The node's certificate chain (PEM) `tls` serves, for SCRAM channel
+    /// binding (SCRAM-SHA-256-PLUS, `tls-server-end-point`).
+    pub tls_cert_pem: Option<Vec<u8>>,
     /// Which clients must use TLS ([`crate::tls`]).
     pub require_tls: crate::tls::TlsPolicy,
     /// Sessions open at most at once; past it FATAL 53300.
@@ -162,7 +168,14 @@ pub struct Frontend {
     engine: Arc<Engine>,
     ag: Arc<crate::ag::Manager>,
     driver: AuthDriver<StartupParameters>,
+    /// SCRAM-SHA-256 without channel binding: plaintext sessions, those a
+    /// listener forwarded (its TLS is not ours to bind to), and nodes
+    /// without a certificate.
     scram: Option<Arc<SaslMechanisms>>,
+    /// SCRAM-SHA-256 and SCRAM-SHA-256-PLUS (`tls-server-end-point`
+    /// channel binding to the node's certificate), for sessions whose TLS
+    /// this node ends.
+    scram_plus: Option<Arc<SaslMechanisms>>,
     tls: Option<crate::tls::TlsAcceptor>,
     require_tls: crate::tls::TlsPolicy,
     sessions: limits::SessionCount,
@@ -182,16 +195,32 @@ impl Frontend {
         ag: Arc<crate::ag::Manager>,
         config: &FrontendConfig,
     ) -> Arc<Frontend> {
-        let scram = config.password.as_ref().map(|password| {
-            let secrets = Arc::new(Secrets {
+        let secrets = config.password.as_ref().map(|password| {
+            Arc::new(Secrets {
                 admin: crate::auth::Verifier::of_configured(password),
                 ag: ag.clone(),
                 mock_key: rand_key(),
-            });
-            let mut auth = ScramAuth::new(secrets);
-            auth.set_iterations(crate::auth::scram::ITERATIONS as usize);
-            Arc::new(SaslMechanisms::new(vec![Arc::new(auth)]))
+            })
         });
+        let mechanisms = |cert: Option<&[u8]>| {
+            let mut auth = ScramAuth::new(secrets.clone()?);
+            auth.set_iterations(crate::auth::scram::ITERATIONS as usize);
+            if let Some(pem) = cert {
+                if let Err(e) = auth.configure_certificate(pem) {
+                    tracing::warn!(
+                        "SCRAM channel binding is off: the TLS certificate cannot be bound to ({e}); \
+                         clients with channel_binding=require cannot connect"
+                    );
+                    return None;
+                }
+            }
+            Some(Arc::new(SaslMechanisms::new(vec![Arc::new(auth)])))
+        };
+        let scram = mechanisms(None);
+        let scram_plus = config
+            .tls_cert_pem
+            .as_deref()
+            .and_then(|pem| mechanisms(Some(pem)));
         Arc::new(Frontend {
             driver: AuthDriver::new(StartupParameters {
                 engine: engine.clone(),
@@ -199,6 +228,7 @@ impl Frontend {
             engine,
             ag,
             scram,
+            scram_plus,
             tls: config.tls.clone(),
             require_tls: config.require_tls,
             sessions: limits::SessionCount::new(config.max_connections),
@@ -1108,7 +1138,14 @@ impl ConnState {
                     .admit(client.metadata())
                     .map_err(|e| fatal(&e))?;
                 self.take_slot().map_err(|e| fatal(&e))?;
-                match &self.frontend.scram {
+                // Channel binding binds to the TLS this node ends: never to
+                // a listener's, which forwards the session in plaintext.
+                let bound = client.is_secure() && !self.forwarded;
+                let offered = match (&self.frontend.scram_plus, bound) {
+                    (Some(plus), true) => Some(plus),
+                    _ => self.frontend.scram.as_ref(),
+                };
+                match offered {
                     Some(scram) => {
                         self.frontend
                             .may_authenticate(self.client_ip(client.metadata()))
