@@ -181,6 +181,19 @@ async fn check_statement_classes(server: &TestServer, primary: bool, table: &str
     let who = query_text(&reader, "SELECT current_user").await.unwrap();
     assert_eq!(who[0][0].as_deref(), Some("reader"));
 
+    // COPY FROM loads outside the statement path: checked on its own (on
+    // a session of its own, which the refused COPY leaves as it was).
+    let copier = login(server, "reader", READER_PW, APP).await;
+    match copier.copy_in::<_, bytes::Bytes>("COPY t FROM STDIN").await {
+        Ok(_) => panic!("reader: COPY t FROM STDIN was accepted"),
+        Err(e) => assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("42501"),
+            "reader: COPY FROM: {}",
+            error_text(&e)
+        ),
+    }
+
     let writer = login(server, "writer", WRITER_PW, APP).await;
     assert_allowed(&writer, "writer", "SELECT count(*) FROM t").await;
     assert_denied(&writer, "writer", "CREATE USER nope", "ADMIN").await;

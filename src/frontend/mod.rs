@@ -828,6 +828,9 @@ async fn start_copy(
     session: &mut Session,
     spec: CopySpec,
 ) -> Result<Response, Error> {
+    // COPY does not pass through `Session::execute` (FROM loads with
+    // `run_many`): its privilege is checked here.
+    session.authorize(&Command::Copy(spec.clone())).await?;
     if spec.from_stdin {
         let columns = session.copy_columns(&spec).await?;
         let n = columns.len();
