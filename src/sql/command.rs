@@ -630,6 +630,36 @@ mod tests {
     use super::Command::*;
     use super::*;
 
+    #[test]
+    fn each_statement_class_needs_its_privilege() {
+        use crate::auth::Need;
+        let fixed = |n| Access::Fixed(n);
+        for (sql, want) in [
+            ("BEGIN", fixed(Need::Nothing)),
+            ("SET statement_timeout = 5", fixed(Need::Nothing)),
+            ("SHOW transaction_isolation", fixed(Need::Nothing)),
+            ("SELECT current_user", fixed(Need::Nothing)),
+            ("COMMIT", fixed(Need::Nothing)),
+            ("SELECT * FROM t", Access::ReadOrWrite),
+            ("INSERT INTO t VALUES (1)", Access::ReadOrWrite),
+            ("COPY t FROM STDIN", fixed(Need::Write)),
+            ("COPY t TO STDOUT", fixed(Need::Read)),
+            ("TRUNCATE t", fixed(Need::Write)),
+            ("DECLARE c CURSOR FOR SELECT 1", fixed(Need::Read)),
+            ("CREATE DATABASE d", fixed(Need::Admin)),
+            ("DROP DATABASE d", fixed(Need::Admin)),
+            ("ALTER AVAILABILITY GROUP ag1 FAILOVER", fixed(Need::Admin)),
+            ("CREATE CLUSTER", fixed(Need::Admin)),
+            ("BACKUP DATABASE d TO DISK = 'f'", fixed(Need::Admin)),
+            ("RESTORE DATABASE d FROM DISK = 'f'", fixed(Need::Admin)),
+            ("CREATE USER u PASSWORD 'p'", fixed(Need::Admin)),
+            ("GRANT READ ON DATABASE d TO u", fixed(Need::Admin)),
+            ("REVOKE ADMIN FROM u", fixed(Need::Admin)),
+        ] {
+            assert_eq!(classify(sql).access(), want, "{sql}");
+        }
+    }
+
     /// Found by `src/fuzz.rs`: the `pg_catalog.` prefix test sliced the
     /// statement 11 bytes ahead, which panicked when that fell inside a
     /// multi-byte character.
