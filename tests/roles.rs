@@ -382,11 +382,15 @@ async fn a_wrong_password_is_28p01_and_only_verifiers_reach_the_disk_of_every_no
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Passwords changed and roles dropped through the cluster.
+    // A role changes its own password (and only its own, and nothing
+    // else of itself); roles are dropped through the cluster.
+    let reader = login(&group.nodes[0], "reader", READER_PW, APP).await;
+    assert_denied(&reader, "reader", "ALTER ROLE writer PASSWORD 'x'", "ADMIN").await;
+    assert_denied(&reader, "reader", "ALTER ROLE reader NOLOGIN", "ADMIN").await;
     exec(
-        &admin,
+        &reader,
         "ALTER ROLE reader PASSWORD 'reader-second-5e8a'",
-        "r1",
+        "reader on r1",
     )
     .await;
     exec(&admin, "DROP ROLE stranger", "r1").await;

@@ -23,7 +23,8 @@
 //! `GRANT ALL ON DATABASE d` is CONNECT, READ and WRITE. `REVOKE … FROM r`
 //! takes any of them back; it holds from the next statement of a session
 //! already open. Session statements (`BEGIN`, `SET`, `SHOW`, …) need no
-//! privilege. Which statement needs which privilege is decided in one
+//! privilege, nor does a role's change of its own password (`ALTER ROLE
+//! me PASSWORD '…'`). Which statement needs which privilege is decided in one
 //! place, [`crate::sql::command::Command::access`]; the checks are
 //! [`check`] and [`check_connect`].
 //!

@@ -728,6 +728,8 @@ impl Session {
         let role = self.ag.role(&name);
         let database = self.db.name().to_string();
         let need = match (cmd.access(), cmd) {
+            // A role may change its own password, as in PostgreSQL.
+            (_, Command::Role(sql)) if changes_own_password(sql, &name) => Need::Nothing,
             (Access::Fixed(need), _) => need,
             (Access::ReadOrWrite, Command::Sql(sql)) if crate::ag::views::mentions_sys(sql) => {
                 Need::Read
@@ -1902,6 +1904,18 @@ fn reply_charged(sql: &str, outcome: engine::Outcome, charge: Option<Charge>) ->
         },
         _ => reply(sql, outcome),
     }
+}
+
+/// `ALTER ROLE me [WITH] PASSWORD '…'` and nothing else.
+fn changes_own_password(sql: &str, me: &str) -> bool {
+    matches!(
+        crate::sql::role::parse(sql),
+        Ok(crate::sql::role::RoleStatement::Alter {
+            name,
+            login: None,
+            password: Some(Some(_)),
+        }) if name == me
+    )
 }
 
 /// How a refusal names a statement.
