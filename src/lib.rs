@@ -2,6 +2,7 @@
 //! spoken over the PostgreSQL wire protocol. See `docs/ARCHITECTURE.md`.
 
 pub mod ag;
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod cluster;

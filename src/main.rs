@@ -77,6 +77,9 @@ fn main() -> std::process::ExitCode {
             Command::Backup(args) => backup::run_backup(args).await,
             Command::Restore(args) => backup::run_restore(args).await,
             Command::Cert(args) => cert::run(args),
+            Command::Verifier => {
+                availdb::cli::verifier(std::io::stdin().lock()).map(|v| println!("{v}"))
+            }
         }
     });
     match result {

@@ -237,6 +237,90 @@ with psycopg.connect(sys.argv[1]) as conn:
     assert!(!info.contains("SSL connection"), "{info}");
 }
 
+/// SCRAM channel binding (SCRAM-SHA-256-PLUS, `tls-server-end-point`):
+/// over TLS with the node's certificate a client that requires channel
+/// binding (psql and psycopg, `channel_binding=require`) logs in — the
+/// administrator and a role alike — and a wrong password is still 28P01;
+/// in plaintext such a client is refused by itself, and a client that only
+/// prefers channel binding logs in, so plaintext sessions keep working.
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_binding_is_offered_over_tls_and_required_clients_log_in() {
+    require_clients();
+    let pki = Pki::new(&[]);
+    let node = with_args(
+        TestServer::builder()
+            .password(PASSWORD)
+            .replica("r1", free_port()),
+        &pki.args(),
+    )
+    .start()
+    .await;
+    let port = node.port();
+    let tls = |user: &str, password: &str| {
+        format!(
+            "host=localhost port={port} user={user} password={password} dbname={DEFAULT_DB} \
+             sslmode=verify-full sslrootcert={} channel_binding=require",
+            pki.ca.display()
+        )
+    };
+    assert_eq!(
+        psql_ok(&tls(USER, PASSWORD), "SELECT current_user").trim(),
+        USER
+    );
+
+    // A role, made once the node has formed a cluster of its own.
+    let admin = node.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE CLUSTER", "r1").await;
+    exec(&admin, "CREATE USER bound PASSWORD 'bound-pw'", "r1").await;
+    exec(
+        &admin,
+        &format!("GRANT CONNECT, READ ON DATABASE {DEFAULT_DB} TO bound"),
+        "r1",
+    )
+    .await;
+    assert_eq!(
+        psql_ok(&tls("bound", "bound-pw"), "SELECT current_user").trim(),
+        "bound"
+    );
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as conn:
+    assert conn.pgconn.ssl_in_use, "psycopg's session is not encrypted"
+    print(conn.execute("SELECT current_user").fetchone()[0])
+"#;
+    let out = run_bounded(
+        Command::new("python3").args(["-c", script, &tls("bound", "bound-pw")]),
+        TOOL_TIMEOUT,
+    );
+    assert!(out.status.success(), "psycopg: {}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bound");
+
+    let wrong = psql(&tls("bound", "not-it"), "SELECT 1");
+    assert!(
+        !wrong.status.success()
+            && String::from_utf8_lossy(&wrong.stderr)
+                .to_lowercase()
+                .contains("authentication failed"),
+        "a wrong password with channel binding: {}",
+        describe(&wrong)
+    );
+
+    let plain = |binding: &str| {
+        format!(
+            "host=localhost port={port} user={USER} password={PASSWORD} dbname={DEFAULT_DB} \
+             sslmode=disable channel_binding={binding}"
+        )
+    };
+    let refused = psql(&plain("require"), "SELECT 1");
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("channel binding"),
+        "channel_binding=require in plaintext: {}",
+        describe(&refused)
+    );
+    assert_eq!(psql_ok(&plain("prefer"), "SELECT 7").trim(), "7");
+}
+
 /// A node without a certificate answers SSLRequest with `N`: a client
 /// that requires TLS is told the server does not support it, one that
 /// prefers it goes on in plaintext.

@@ -421,6 +421,7 @@ pub fn spawn_follower(cluster: Arc<Cluster>, manager: std::sync::Weak<Manager>) 
             let Some(manager) = manager.upgrade() else {
                 return;
             };
+            crate::engine::catalog::publish_roles(state.roles.values());
             for (name, record) in &state.groups {
                 manager.follow(record);
                 let newest = record.history.back().map_or(0, |e| e.epoch);

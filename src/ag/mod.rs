@@ -762,6 +762,35 @@ impl Manager {
         })
     }
 
+    /// The role called `name`, as this node's copy of the cluster state
+    /// has it (None: no such role, or no cluster).
+    pub fn role(&self, name: &str) -> Option<crate::auth::RoleRecord> {
+        self.cluster.as_ref()?.role(name)
+    }
+
+    /// Every role, as this node's copy of the cluster state has them.
+    pub fn roles(&self) -> Vec<crate::auth::RoleRecord> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.state().roles.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    /// Proposes a change of roles or privileges ([`crate::auth`]): roles
+    /// live in the cluster's state, so a node needs a cluster to keep
+    /// them.
+    pub async fn change_roles(&self, command: crate::cluster::Command) -> Result<()> {
+        let cluster = self.cluster_member()?;
+        if cluster.metrics().voters.is_empty() {
+            return Err(Error::sql(
+                "55000",
+                "roles are kept by the cluster, and this node belongs to no cluster yet",
+            )
+            .with_hint("run CREATE CLUSTER (or create an availability group) first"));
+        }
+        self.propose_cluster(command).await
+    }
+
     /// Proposes a cluster-wide command (naming, partners) from this node.
     async fn propose_cluster(&self, command: crate::cluster::Command) -> Result<()> {
         let cluster = self.cluster_member()?;
@@ -1435,6 +1464,7 @@ impl Manager {
             out.add_cluster(&cluster.metrics());
             out.add_geo(&state);
         }
+        out.add_principals(&self.roles());
         // A group outside the cluster remembers only its last failover.
         for (name, config) in groups
             .iter()

@@ -8,7 +8,9 @@
 //! `sys.dm_hadr_physical_seeding_stats` (seeds by streamed backup sent or
 //! taken here),
 //! `sys.dm_hadr_failover_history` (each group's last failovers, from the
-//! cluster's replicated state), …), answered with plain SELECT.
+//! cluster's replicated state), `sys.server_principals` (the administrator
+//! and the cluster's roles with what they were granted), …), answered with
+//! plain SELECT.
 //!
 //! A statement that names `sys.` runs on a private in-memory SQLite
 //! database holding a snapshot of the node's state as tables, so any SELECT
@@ -46,6 +48,7 @@ pub struct Snapshot {
     page_scrubs: Vec<Vec<Value>>,
     failovers: Vec<Vec<Value>>,
     seeding: Vec<Vec<Value>>,
+    principals: Vec<Vec<Value>>,
 }
 
 const SCHEMA: &str = "
@@ -134,6 +137,9 @@ CREATE TABLE sys.dm_hadr_physical_seeding_stats(
     pages_read BIGINT, transfer_size_bytes BIGINT, transferred_size_bytes BIGINT,
     percent_complete REAL, start_time_utc TEXT, end_time_utc TEXT,
     start_lsn BIGINT, failure_message TEXT);
+CREATE TABLE sys.server_principals(
+    name TEXT, principal_id BIGINT, type TEXT, type_desc TEXT, is_disabled BOOLEAN,
+    has_password BOOLEAN, is_admin BOOLEAN, permissions TEXT);
 CREATE TABLE sys.dm_hadr_failover_history(
     group_id TEXT, epoch BIGINT, failover_time TEXT, kind_desc TEXT, reason TEXT,
     from_replica TEXT, to_replica TEXT, data_lost TEXT, loss_known BOOLEAN);
@@ -612,6 +618,38 @@ impl Snapshot {
         let _ = majority;
     }
 
+    /// Logins: the built-in administrator and the cluster's roles, with
+    /// what each was granted (never a password or verifier).
+    pub fn add_principals(&mut self, roles: &[crate::auth::RoleRecord]) {
+        self.principals.push(vec![
+            text(crate::auth::ADMIN_USER),
+            int(10),
+            text("S"),
+            text("SQL_LOGIN"),
+            boolean(false),
+            boolean(true),
+            boolean(true),
+            text("ADMIN (built-in)"),
+        ]);
+        for role in roles {
+            let granted: Vec<String> = role.privileges.iter().map(|p| p.describe()).collect();
+            self.principals.push(vec![
+                text(&role.name),
+                int(crate::engine::catalog::object_oid("o", &role.name) as u64),
+                text(if role.login { "S" } else { "R" }),
+                text(if role.login {
+                    "SQL_LOGIN"
+                } else {
+                    "SERVER_ROLE"
+                }),
+                boolean(!role.login),
+                boolean(role.verifier.is_some()),
+                boolean(role.privileges.contains(&crate::auth::Privilege::Admin)),
+                text(granted.join(", ")),
+            ]);
+        }
+    }
+
     /// Partner requests refused for their identity (a node of another
     /// cluster), per kind: one row each, zero included.
     pub fn add_partner_refusals(&mut self) {
@@ -894,6 +932,7 @@ impl Snapshot {
             ("dm_hadr_page_scrub_status", &self.page_scrubs),
             ("dm_hadr_failover_history", &self.failovers),
             ("dm_hadr_physical_seeding_stats", &self.seeding),
+            ("server_principals", &self.principals),
         ] {
             let Some(first) = rows.first() else { continue };
             let marks = vec!["?"; first.len()].join(", ");
@@ -922,6 +961,7 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.dm_exec_requests",
         "sys.dm_os_process_memory",
         "sys.backup_history",
+        "sys.server_principals",
     ]
     .iter()
     .any(|v| lower.contains(v))

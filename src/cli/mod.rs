@@ -67,6 +67,25 @@ pub enum Command {
     Restore(backup::RestoreArgs),
     /// Make a certificate authority and node TLS certificates.
     Cert(cert::CertArgs),
+    /// Print the SCRAM-SHA-256 verifier of a password read from standard
+    /// input (its first line), for `--password` or `password` in a config
+    /// file in place of the password itself.
+    Verifier,
+}
+
+/// `availdb verifier`: reads a password's first line from `input`, returns
+/// its verifier with a new random salt.
+pub fn verifier(input: impl std::io::BufRead) -> Result<String, String> {
+    let line = input
+        .lines()
+        .next()
+        .transpose()
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?
+        .unwrap_or_default();
+    if line.is_empty() {
+        return Err("no password on standard input: echo it, or type it and press Enter".into());
+    }
+    Ok(crate::auth::Verifier::new(&line).to_string())
 }
 
 /// `availdb server` options.
@@ -95,8 +114,10 @@ pub struct ServerArgs {
     /// [default: none: the node joins no cluster and receives no log].
     #[arg(long, value_name = "ADDR")]
     pub endpoint: Option<String>,
-    /// Password of user `availdb` (SCRAM-SHA-256) [default: none: a
-    /// loopback node lets any user in].
+    /// Password of user `availdb` (SCRAM-SHA-256), or its SCRAM-SHA-256
+    /// verifier (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`, made by
+    /// `availdb verifier` or PostgreSQL) [default: none: a loopback node
+    /// lets any user in].
     #[arg(long, env = "AVAILDB_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Run as a witness: a cluster voter that hosts no replica, so that
@@ -290,6 +311,12 @@ impl ServerArgs {
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let port = self.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let password = self.password.or(file.password).filter(|p| !p.is_empty());
+        if let Some(text) = password
+            .as_deref()
+            .filter(|p| crate::auth::Verifier::is_verifier_text(p))
+        {
+            crate::auth::Verifier::parse(text).map_err(|e| format!("the password: {e}"))?;
+        }
         if !host.is_loopback() && password.is_none() {
             return Err(format!(
                 "refusing to listen on {host} without a password: anyone on the network could connect. \
@@ -446,6 +473,13 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
         None => None,
     };
+    let tls_cert_pem = match &config.tls {
+        Some((cert, _)) => Some(
+            std::fs::read(cert)
+                .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?,
+        ),
+        None => None,
+    };
     groups.start_page_repair(config.scrub_rate);
     groups.start_backup_proofs(config.backup_verify_rate);
     crate::frontend::spawn_schedules(
@@ -459,6 +493,7 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
         &FrontendConfig {
             password: config.password.clone(),
             tls: tls.clone(),
+            tls_cert_pem,
             require_tls: config.require_tls,
             max_connections: config.max_connections,
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,

@@ -110,7 +110,11 @@ impl LeaseBook {
             | Command::RecordFailoverLoss { .. }
             | Command::SetServerName(_)
             | Command::PutPartner(_)
-            | Command::RemovePartner(_) => {}
+            | Command::RemovePartner(_)
+            | Command::CreateRole(_)
+            | Command::AlterRole { .. }
+            | Command::DropRole(_)
+            | Command::SetPrivileges { .. } => {}
         }
     }
 

@@ -729,6 +729,11 @@ impl Cluster {
         self.state.borrow().clone()
     }
 
+    /// The role called `name` in the applied state on this node.
+    pub fn role(&self, name: &str) -> Option<crate::auth::RoleRecord> {
+        self.state.borrow().role(name).cloned()
+    }
+
     /// A receiver that sees the state change at every applied entry.
     pub fn subscribe(&self) -> watch::Receiver<ClusterState> {
         self.state.clone()

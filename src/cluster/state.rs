@@ -19,6 +19,10 @@
 //! | `PutPartner` | the cluster is named, the partner's name is not its own, at least one endpoint | registers or updates a partner server (another region) |
 //! | `RemovePartner` | the partner exists and no database is geo-replicated with it | forgets it |
 //! | `RecordFailoverLoss` | the group's history holds a failover at that epoch | sets that failover's lost LSN ranges and whether the loss is known |
+//! | `CreateRole` | the name is free and not `availdb` (the built-in administrator) | stores the role (its verifier, never a password) |
+//! | `AlterRole` | the role exists | sets LOGIN, the verifier, or clears it |
+//! | `DropRole` | the role exists | forgets it and its privileges |
+//! | `SetPrivileges` | the role exists | adds (GRANT) or removes (REVOKE) the privileges; granting one held or revoking one not held changes nothing |
 //!
 //! An epoch older than the group's means the sender was deposed: it may
 //! neither renew its lease nor change the synchronized set (safety rules 1
@@ -60,6 +64,7 @@ use openraft::{LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, NodeInfo};
+use crate::auth::{Privilege, RoleRecord, ADMIN_USER};
 use crate::group::{AvailabilityMode, GroupConfig};
 
 /// Everything the cluster agrees on.
@@ -78,6 +83,10 @@ pub struct ClusterState {
     /// Other regions this one geo-replicates with, by lower-case name.
     #[serde(default)]
     pub partners: BTreeMap<String, Partner>,
+    /// Roles, by name (exact: names were folded when the roles were made).
+    /// They hold verifiers, never passwords ([`crate::auth`]).
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleRecord>,
 }
 
 /// Another region: a cluster reachable at any of its nodes' endpoints.
@@ -283,6 +292,30 @@ pub enum Command {
         /// Where the next log backup starts.
         lsn: u64,
     },
+    /// Makes a role (`CREATE ROLE`).
+    CreateRole(RoleRecord),
+    /// Changes a role's LOGIN or password (`ALTER ROLE`).
+    AlterRole {
+        /// The role.
+        name: String,
+        /// New LOGIN, if changed.
+        login: Option<bool>,
+        /// New verifier (PostgreSQL's text form), if changed.
+        verifier: Option<String>,
+        /// Forget the password (`PASSWORD NULL`).
+        clear_password: bool,
+    },
+    /// Forgets a role (`DROP ROLE`).
+    DropRole(String),
+    /// Grants or revokes privileges (`GRANT`, `REVOKE`).
+    SetPrivileges {
+        /// The role.
+        role: String,
+        /// The privileges.
+        privileges: Vec<Privilege>,
+        /// Grant (true) or revoke (false).
+        granted: bool,
+    },
     /// A deposed primary records that it closed its writes.
     StepDown {
         /// Group name.
@@ -307,6 +340,17 @@ impl ClusterState {
     /// The group called `name` (any case).
     pub fn group(&self, name: &str) -> Option<&GroupRecord> {
         self.groups.get(&name.to_ascii_lowercase())
+    }
+
+    /// The role called `name` (exactly).
+    pub fn role(&self, name: &str) -> Option<&RoleRecord> {
+        self.roles.get(name)
+    }
+
+    fn role_mut(&mut self, name: &str) -> Result<&mut RoleRecord, String> {
+        self.roles
+            .get_mut(name)
+            .ok_or_else(|| format!("role \"{name}\" does not exist"))
     }
 
     /// Applies one command (see the module docs for the rules).
@@ -551,6 +595,57 @@ impl ClusterState {
                     ));
                 }
                 record.backup_holds.insert(database.clone(), *lsn);
+                Ok(())
+            }
+            Command::CreateRole(role) => {
+                if role.name.eq_ignore_ascii_case(ADMIN_USER) {
+                    return Err(format!(
+                        "role name \"{}\" is reserved for the built-in administrator",
+                        role.name
+                    ));
+                }
+                if self.roles.contains_key(&role.name) {
+                    return Err(format!("role \"{}\" already exists", role.name));
+                }
+                self.roles.insert(role.name.clone(), role.clone());
+                Ok(())
+            }
+            Command::AlterRole {
+                name,
+                login,
+                verifier,
+                clear_password,
+            } => {
+                let role = self.role_mut(name)?;
+                if let Some(login) = login {
+                    role.login = *login;
+                }
+                if *clear_password {
+                    role.verifier = None;
+                }
+                if let Some(verifier) = verifier {
+                    role.verifier = Some(verifier.clone());
+                }
+                Ok(())
+            }
+            Command::DropRole(name) => {
+                self.role_mut(name)?;
+                self.roles.remove(name);
+                Ok(())
+            }
+            Command::SetPrivileges {
+                role,
+                privileges,
+                granted,
+            } => {
+                let role = self.role_mut(role)?;
+                for privilege in privileges {
+                    if *granted {
+                        role.privileges.insert(privilege.clone());
+                    } else {
+                        role.privileges.remove(privilege);
+                    }
+                }
                 Ok(())
             }
             Command::StepDown {
@@ -1007,6 +1102,58 @@ mod tests {
             ["app"],
             "a database that left the group keeps no hold"
         );
+    }
+
+    #[test]
+    fn roles_are_made_changed_granted_and_dropped_by_the_rules() {
+        let mut s = ClusterState::default();
+        let role = |name: &str| RoleRecord {
+            name: name.into(),
+            login: true,
+            verifier: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
+            privileges: Default::default(),
+        };
+        let rejected = |r: CommandResult, what: &str| {
+            assert!(
+                matches!(&r, CommandResult::Rejected(why) if why.contains(what)),
+                "{r:?}"
+            );
+        };
+        assert_eq!(s.apply(&Command::CreateRole(role("u"))), CommandResult::Ok);
+        rejected(s.apply(&Command::CreateRole(role("u"))), "already exists");
+        rejected(s.apply(&Command::CreateRole(role("AvailDB"))), "reserved");
+        let grant = |granted| Command::SetPrivileges {
+            role: "u".into(),
+            privileges: vec![Privilege::Read("app".into()), Privilege::Admin],
+            granted,
+        };
+        assert_eq!(s.apply(&grant(true)), CommandResult::Ok);
+        assert_eq!(s.role("u").unwrap().privileges.len(), 2);
+        assert_eq!(s.apply(&grant(false)), CommandResult::Ok);
+        assert!(s.role("u").unwrap().privileges.is_empty());
+        let alter = Command::AlterRole {
+            name: "u".into(),
+            login: Some(false),
+            verifier: None,
+            clear_password: true,
+        };
+        assert_eq!(s.apply(&alter), CommandResult::Ok);
+        assert!(!s.role("u").unwrap().login);
+        assert_eq!(s.role("u").unwrap().verifier, None);
+        assert_eq!(s.apply(&Command::DropRole("u".into())), CommandResult::Ok);
+        let before = s.clone();
+        rejected(s.apply(&Command::DropRole("u".into())), "does not exist");
+        rejected(s.apply(&grant(true)), "does not exist");
+        rejected(s.apply(&alter), "does not exist");
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_state_from_before_roles_reads_with_no_roles() {
+        let mut json = serde_json::to_value(state()).unwrap();
+        json.as_object_mut().unwrap().remove("roles");
+        let read: ClusterState = serde_json::from_value(json).unwrap();
+        assert!(read.roles.is_empty());
     }
 
     #[test]

@@ -34,7 +34,9 @@
 //! are read from each table's `CREATE TABLE` text
 //! (`availdb_check_constraints`). Limits: a TEMP table's CHECK
 //! constraints and expression indexes are not listed;
-//! comments (`obj_description`) are always NULL; one role (`availdb`).
+//! comments (`obj_description`) are always NULL. Roles: the built-in
+//! `availdb` and the cluster's roles ([`publish_roles`]); pg_auth_members
+//! is empty (roles are not members of roles).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,32 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::sql::types::ValueType;
+
+/// The roles of the cluster ([`crate::auth`]) as pg_roles lists them after
+/// the built-in `availdb`: a JSON array of `{name, login, admin}`, set by
+/// [`publish_roles`] whenever the cluster's state changes. One per process,
+/// as the roles are the node's, whatever the database.
+static ROLES: std::sync::RwLock<String> = std::sync::RwLock::new(String::new());
+
+/// Sets the roles pg_roles, pg_authid and pg_user list (never a password
+/// or verifier: `rolpassword` shows `********`).
+pub fn publish_roles<'a>(roles: impl IntoIterator<Item = &'a crate::auth::RoleRecord>) {
+    let rows: Vec<serde_json::Value> = roles
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "login": r.login,
+                "admin": r.privileges.contains(&crate::auth::Privilege::Admin),
+            })
+        })
+        .collect();
+    let text = serde_json::Value::from(rows).to_string();
+    let mut published = ROLES.write().unwrap_or_else(|e| e.into_inner());
+    if *published != text {
+        *published = text;
+    }
+}
 
 /// The PostgreSQL types the catalog lists: (oid, name, length, category,
 /// array oid, element oid).
@@ -633,6 +661,14 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
             format!("{} GB", n / (1024 * 1024 * 1024))
         })
     })?;
+    conn.create_scalar_function("pg_availdb_roles", 0, volatile, |_| {
+        let roles = ROLES.read().unwrap_or_else(|e| e.into_inner());
+        Ok(if roles.is_empty() {
+            "[]".to_string()
+        } else {
+            roles.clone()
+        })
+    })?;
     let dir: PathBuf = dir.to_path_buf();
     conn.create_scalar_function("pg_availdb_databases", 0, volatile, move |_| {
         let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -914,11 +950,20 @@ CREATE TEMP VIEW IF NOT EXISTS pg_database AS
 CREATE TEMP VIEW IF NOT EXISTS pg_roles AS
   SELECT 'availdb' AS rolname, 1 AS rolsuper, 1 AS rolinherit, 1 AS rolcreaterole, 1 AS rolcreatedb,
     1 AS rolcanlogin, 0 AS rolreplication, -1 AS rolconnlimit, '********' AS rolpassword,
-    NULL AS rolvaliduntil, 1 AS rolbypassrls, NULL AS rolconfig, 10 AS oid;
+    NULL AS rolvaliduntil, 1 AS rolbypassrls, NULL AS rolconfig, 10 AS oid
+  UNION ALL
+  SELECT json_extract(j.value, '$.name'), json_extract(j.value, '$.admin'), 1,
+    json_extract(j.value, '$.admin'), json_extract(j.value, '$.admin'),
+    json_extract(j.value, '$.login'), 0, -1, '********', NULL, 0, NULL,
+    CAST(pg_oid('o', json_extract(j.value, '$.name')) AS INTEGER)
+  FROM json_each(pg_availdb_roles()) j;
 CREATE TEMP VIEW IF NOT EXISTS pg_authid AS SELECT * FROM pg_roles;
 CREATE TEMP VIEW IF NOT EXISTS pg_user AS
   SELECT 'availdb' AS usename, 10 AS usesysid, 1 AS usecreatedb, 1 AS usesuper, 0 AS userepl,
-    1 AS usebypassrls, '********' AS passwd, NULL AS valuntil, NULL AS useconfig;
+    1 AS usebypassrls, '********' AS passwd, NULL AS valuntil, NULL AS useconfig
+  UNION ALL
+  SELECT rolname, oid, rolcreatedb, rolsuper, 0, 0, '********', NULL, NULL
+  FROM pg_roles WHERE rolcanlogin AND oid <> 10;
 CREATE TEMP VIEW IF NOT EXISTS pg_auth_members AS
   SELECT 0 AS oid, 0 AS roleid, 0 AS member, 0 AS grantor, 0 AS admin_option,
     0 AS inherit_option, 0 AS set_option WHERE 0;

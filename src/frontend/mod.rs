@@ -11,9 +11,16 @@
 //!    settings (`ALLOW_CONNECTIONS` against the session's read intent, and
 //!    for a session a listener forwarded, that this node still has the role
 //!    it was chosen for: [`crate::listener`]), then authenticates — SCRAM-SHA-256
-//!    for user `availdb` when the node has a password, none on a loopback
-//!    node without one — then opens the requested database (FATAL 3D000 if
-//!    there is none), builds the [`Session`], and reports ParameterStatus
+//!    against a stored verifier, the administrator `availdb`'s or a role's
+//!    from the cluster state ([`crate::auth`]), when the node has a
+//!    password, with SCRAM-SHA-256-PLUS (channel binding to the node's
+//!    certificate) offered as well on TLS this node ends — not on a
+//!    session a listener forwarded, whose TLS ended at the listener; none
+//!    on a loopback node without one — then opens the
+//!    requested database (FATAL 3D000 if there is none; FATAL 42501 for a
+//!    role without CONNECT on it), builds the [`Session`] with its
+//!    principal (each statement is checked against the role's privileges,
+//!    [`Session::authorize`]), and reports ParameterStatus
 //!    (`server_version` ≥ 14, `in_hot_standby`, `default_transaction_read_only`,
 //!    …) and BackendKeyData, which a cancel request quotes later.
 //! 2. A simple Query is split into statements ([`crate::sql::split`]), each
@@ -78,6 +85,7 @@ mod backup;
 mod drive;
 pub(crate) mod encode;
 pub mod limits;
+mod roles;
 mod session;
 mod settings;
 
@@ -90,7 +98,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{stream, Sink, SinkExt, StreamExt};
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
-use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::scram::{ScramAuth, ScramSecret};
 use pgwire::api::auth::sasl::SaslMechanisms;
 use pgwire::api::auth::{
     protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthOutcome, AuthSource,
@@ -137,9 +145,6 @@ pub use settings::{parse_options, Settings};
 /// The one user name of a password-protected node.
 pub const USER: &str = "availdb";
 
-/// PBKDF2 iterations for SCRAM (PostgreSQL's default).
-const SCRAM_ITERATIONS: usize = 4096;
-
 /// What the front end needs to know about its node.
 #[derive(Clone)]
 pub struct FrontendConfig {
@@ -148,6 +153,9 @@ pub struct FrontendConfig {
     pub password: Option<String>,
     /// TLS for clients that ask for it (SSLRequest); None refuses it.
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// The node's certificate chain (PEM) `tls` serves, for SCRAM channel
+    /// binding (SCRAM-SHA-256-PLUS, `tls-server-end-point`).
+    pub tls_cert_pem: Option<Vec<u8>>,
     /// Which clients must use TLS ([`crate::tls`]).
     pub require_tls: crate::tls::TlsPolicy,
     /// Sessions open at most at once; past it FATAL 53300.
@@ -162,7 +170,14 @@ pub struct Frontend {
     engine: Arc<Engine>,
     ag: Arc<crate::ag::Manager>,
     driver: AuthDriver<StartupParameters>,
+    /// SCRAM-SHA-256 without channel binding: plaintext sessions, those a
+    /// listener forwarded (its TLS is not ours to bind to), and nodes
+    /// without a certificate.
     scram: Option<Arc<SaslMechanisms>>,
+    /// SCRAM-SHA-256 and SCRAM-SHA-256-PLUS (`tls-server-end-point`
+    /// channel binding to the node's certificate), for sessions whose TLS
+    /// this node ends.
+    scram_plus: Option<Arc<SaslMechanisms>>,
     tls: Option<crate::tls::TlsAcceptor>,
     require_tls: crate::tls::TlsPolicy,
     sessions: limits::SessionCount,
@@ -182,16 +197,32 @@ impl Frontend {
         ag: Arc<crate::ag::Manager>,
         config: &FrontendConfig,
     ) -> Arc<Frontend> {
-        let scram = config.password.as_ref().map(|password| {
-            let salt: [u8; 16] = rand_salt();
-            let secret = Arc::new(Secret {
-                salt: salt.to_vec(),
-                salted: gen_salted_password(password, &salt, SCRAM_ITERATIONS),
-            });
-            let mut auth = ScramAuth::new(secret);
-            auth.set_iterations(SCRAM_ITERATIONS);
-            Arc::new(SaslMechanisms::new(vec![Arc::new(auth)]))
+        let secrets = config.password.as_ref().map(|password| {
+            Arc::new(Secrets {
+                admin: crate::auth::Verifier::of_configured(password),
+                ag: ag.clone(),
+                mock_key: rand_key(),
+            })
         });
+        let mechanisms = |cert: Option<&[u8]>| {
+            let mut auth = ScramAuth::new(secrets.clone()?);
+            auth.set_iterations(crate::auth::scram::ITERATIONS as usize);
+            if let Some(pem) = cert {
+                if let Err(e) = auth.configure_certificate(pem) {
+                    tracing::warn!(
+                        "SCRAM channel binding is off: the TLS certificate cannot be bound to ({e}); \
+                         clients with channel_binding=require cannot connect"
+                    );
+                    return None;
+                }
+            }
+            Some(Arc::new(SaslMechanisms::new(vec![Arc::new(auth)])))
+        };
+        let scram = mechanisms(None);
+        let scram_plus = config
+            .tls_cert_pem
+            .as_deref()
+            .and_then(|pem| mechanisms(Some(pem)));
         Arc::new(Frontend {
             driver: AuthDriver::new(StartupParameters {
                 engine: engine.clone(),
@@ -199,6 +230,7 @@ impl Frontend {
             engine,
             ag,
             scram,
+            scram_plus,
             tls: config.tls.clone(),
             require_tls: config.require_tls,
             sessions: limits::SessionCount::new(config.max_connections),
@@ -404,6 +436,23 @@ impl Frontend {
         Ok(())
     }
 
+    /// Who an authenticated user is ([`crate::auth`]): on a node with a
+    /// password, `availdb` is the administrator and any other user a role
+    /// (SCRAM found its verifier); on a node without one, a user name that
+    /// is a role is that role and any other the administrator.
+    fn principal_of(&self, user: &str) -> crate::auth::Principal {
+        let role = if self.scram.is_some() {
+            user != USER
+        } else {
+            self.ag.role(user).is_some()
+        };
+        if role {
+            crate::auth::Principal::Role(user.to_string())
+        } else {
+            crate::auth::Principal::Administrator
+        }
+    }
+
     fn lock_auth_failures(&self) -> std::sync::MutexGuard<'_, limits::AuthThrottle> {
         self.auth_failures.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -425,7 +474,7 @@ impl Frontend {
                         wait.as_secs().max(1)
                     ),
                 )
-                .with_hint("check the password (user availdb) before trying again")
+                .with_hint("check the user name and password before trying again")
             })
     }
 
@@ -434,34 +483,52 @@ impl Frontend {
     }
 }
 
-fn rand_salt() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    // Per-process random salt: two RandomState hashers are seeded by the OS.
-    let mut out = [0u8; 16];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id() as u64);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out
+fn rand_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .expect("the operating system's random source failed");
+    key
 }
 
-/// The SCRAM secret of user `availdb`.
-#[derive(Debug)]
-struct Secret {
-    salt: Vec<u8>,
-    salted: Vec<u8>,
+/// What SCRAM checks a login against: the administrator's verifier, or a
+/// role's from the cluster state. A user name that is no role (or a role
+/// without a password) gets a mock verifier, so that the exchange runs to
+/// its end and fails as a wrong password does (28P01), as PostgreSQL's
+/// does: a client cannot tell which roles exist.
+struct Secrets {
+    admin: crate::auth::Verifier,
+    ag: Arc<crate::ag::Manager>,
+    /// Random per process: mock verifiers' salts are stable within it.
+    mock_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets").finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
-impl AuthSource for Secret {
+impl AuthSource for Secrets {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        if login.user() != Some(USER) {
-            return Err(PgWireError::InvalidPassword(
-                login.user().unwrap_or_default().to_string(),
-            ));
+        // Only SCRAM is offered, which asks `get_scram_secret`.
+        Err(PgWireError::InvalidPassword(
+            login.user().unwrap_or_default().to_string(),
+        ))
+    }
+
+    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
+        let user = login.user().unwrap_or_default();
+        if user == USER {
+            return Ok((self.admin.secret(), None));
         }
-        Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+        let stored = self
+            .ag
+            .role(user)
+            .and_then(|role| role.verifier)
+            .and_then(|text| crate::auth::Verifier::parse(&text).ok());
+        let verifier = stored.unwrap_or_else(|| crate::auth::Verifier::mock(&self.mock_key, user));
+        Ok((verifier.secret(), None))
     }
 }
 
@@ -763,6 +830,9 @@ async fn start_copy(
     session: &mut Session,
     spec: CopySpec,
 ) -> Result<Response, Error> {
+    // COPY does not pass through `Session::execute` (FROM loads with
+    // `run_many`): its privilege is checked here.
+    session.authorize(&Command::Copy(spec.clone())).await?;
     if spec.from_stdin {
         let columns = session.copy_columns(&spec).await?;
         let n = columns.len();
@@ -981,12 +1051,23 @@ impl ConnState {
             other => other,
         }
         .map_err(|e| fatal(&e))?;
+        let principal = frontend.principal_of(&user);
+        if let crate::auth::Principal::Role(name) = &principal {
+            crate::auth::check_connect(name, frontend.ag.role(name).as_ref(), db.name())
+                .map_err(|e| fatal(&roles::denied(e)))?;
+        }
         let settings = Settings::from_startup(&params)
             .map_err(|e| fatal(&e))?
             .with_idle_in_transaction_default(frontend.idle_in_transaction_timeout);
         frontend.follow_read_ends(&db);
         let _ = self.database.set(db.name().to_string());
-        let session = Session::new(frontend.engine.clone(), frontend.ag.clone(), db, settings);
+        let session = Session::new(
+            frontend.engine.clone(),
+            frontend.ag.clone(),
+            db,
+            settings,
+            principal,
+        );
         let slot = session.cancel_slot();
         *self.session.lock().await = Some(session);
         frontend
@@ -1062,7 +1143,14 @@ impl ConnState {
                     .admit(client.metadata())
                     .map_err(|e| fatal(&e))?;
                 self.take_slot().map_err(|e| fatal(&e))?;
-                match &self.frontend.scram {
+                // Channel binding binds to the TLS this node ends: never to
+                // a listener's, which forwards the session in plaintext.
+                let bound = client.is_secure() && !self.forwarded;
+                let offered = match (&self.frontend.scram_plus, bound) {
+                    (Some(plus), true) => Some(plus),
+                    _ => self.frontend.scram.as_ref(),
+                };
+                match offered {
                     Some(scram) => {
                         self.frontend
                             .may_authenticate(self.client_ip(client.metadata()))

@@ -227,6 +227,9 @@ pub struct Session {
     engine: Arc<Engine>,
     ag: Arc<crate::ag::Manager>,
     db: Arc<Database>,
+    /// Who runs the statements: each is checked against its privileges
+    /// ([`crate::auth`]) before it runs.
+    principal: crate::auth::Principal,
     tx: Tx,
     /// The open transaction is REPEATABLE READ or SERIALIZABLE (see the
     /// module doc).
@@ -284,6 +287,7 @@ impl Session {
         ag: Arc<crate::ag::Manager>,
         db: Arc<Database>,
         settings: Settings,
+        principal: crate::auth::Principal,
     ) -> Session {
         // A primary without its lease (RESOLVING, e.g. just restarted or
         // already deposed) never served this session as the writer.
@@ -292,6 +296,7 @@ impl Session {
         Session {
             ag,
             db,
+            principal,
             tx: Tx::Idle,
             strict: false,
             settings,
@@ -543,6 +548,7 @@ impl Session {
                 ),
             });
         }
+        self.authorize(&cmd).await?;
         match cmd {
             Command::Begin { read_only, strict } => Ok(self.begin(read_only, strict)),
             Command::Commit => self.commit().await,
@@ -576,7 +582,7 @@ impl Session {
                 Ok(Reply::Done("CREATE DATABASE".into()))
             }
             Command::DropDatabase { name, if_exists } => self.drop_database(name, if_exists).await,
-            Command::SessionUser => Ok(single_text("current_user", super::USER)),
+            Command::SessionUser => Ok(single_text("current_user", self.principal.name())),
             Command::CurrentSchema => Ok(single_text("current_schema", "public")),
             Command::WaitForCopySync { database, server } => {
                 let lsn = self.ag.wait_for_copy_sync(&database, &server).await?;
@@ -612,6 +618,16 @@ impl Session {
                     });
                 }
                 Ok(Reply::Done(executed.tag))
+            }
+            Command::Role(sql) => {
+                self.outside_transaction("role and privilege statements")?;
+                let done = super::roles::execute(&self.ag, &sql).await?;
+                self.asides.extend(done.notice.map(|message| Aside::Notice {
+                    severity: "NOTICE",
+                    code: "00000",
+                    message,
+                }));
+                Ok(Reply::Done(done.tag))
             }
             Command::Backup(sql) => {
                 self.outside_transaction("BACKUP and RESTORE")?;
@@ -701,6 +717,49 @@ impl Session {
                 self.sql(sql, params).await
             }
         }
+    }
+
+    /// Refuses (42501) a statement the session's role has no privilege for
+    /// ([`crate::auth`]; [`Command::access`] says which it needs). The
+    /// administrator may do everything.
+    pub async fn authorize(&mut self, cmd: &Command) -> Result<()> {
+        use crate::auth::{Need, Privilege};
+        use crate::sql::command::Access;
+        let crate::auth::Principal::Role(name) = &self.principal else {
+            return Ok(());
+        };
+        let name = name.clone();
+        let role = self.ag.role(&name);
+        let database = self.db.name().to_string();
+        let need = match (cmd.access(), cmd) {
+            // A role may change its own password, as in PostgreSQL.
+            (_, Command::Role(sql)) if changes_own_password(sql, &name) => Need::Nothing,
+            (Access::Fixed(need), _) => need,
+            (Access::ReadOrWrite, Command::Sql(sql)) if crate::ag::views::mentions_sys(sql) => {
+                Need::Read
+            }
+            (Access::ReadOrWrite, Command::Sql(sql)) => {
+                let writer = role
+                    .as_ref()
+                    .is_some_and(|r| crate::auth::has(r, &Privilege::Write(database.clone())));
+                if writer {
+                    Need::Write
+                } else {
+                    // The same test that sends a statement to a reader or
+                    // to the writer: SQLite's, on the prepared statement.
+                    let reader = self.reader()?;
+                    let (_, read_only) = self.is_readonly(reader, sql).await;
+                    if read_only? {
+                        Need::Read
+                    } else {
+                        Need::Write
+                    }
+                }
+            }
+            (Access::ReadOrWrite, _) => Need::Write,
+        };
+        crate::auth::check(&name, role.as_ref(), need, &database, &what_is(cmd))
+            .map_err(super::roles::denied)
     }
 
     /// `DECLARE`: a cursor WITHOUT HOLD streams on its transaction's
@@ -1856,6 +1915,41 @@ fn reply_charged(sql: &str, outcome: engine::Outcome, charge: Option<Charge>) ->
             rows: RowSource::buffered(outcome.rows, charge),
         },
         _ => reply(sql, outcome),
+    }
+}
+
+/// `ALTER ROLE me [WITH] PASSWORD '…'` and nothing else.
+fn changes_own_password(sql: &str, me: &str) -> bool {
+    matches!(
+        crate::sql::role::parse(sql),
+        Ok(crate::sql::role::RoleStatement::Alter {
+            name,
+            login: None,
+            password: Some(Some(_)),
+        }) if name == me
+    )
+}
+
+/// How a refusal names a statement.
+fn what_is(cmd: &Command) -> String {
+    match cmd {
+        Command::Sql(sql) => {
+            let tag = command_tag(sql, 0, 0);
+            tag.split_whitespace()
+                .next()
+                .unwrap_or("the statement")
+                .to_string()
+        }
+        Command::Batch { tag, .. } => tag.clone(),
+        Command::AlterDefinition { .. } => "ALTER TABLE".into(),
+        Command::Copy(_) => "COPY".into(),
+        Command::Declare { .. } => "DECLARE".into(),
+        Command::CreateDatabase { .. } => "CREATE DATABASE".into(),
+        Command::DropDatabase { .. } => "DROP DATABASE".into(),
+        Command::Ag(_) => "availability group and cluster DDL".into(),
+        Command::Backup(_) => "BACKUP and RESTORE".into(),
+        Command::Role(_) => "a role or privilege statement".into(),
+        _ => "the statement".into(),
     }
 }
 

@@ -63,8 +63,9 @@ use health::Check;
 struct Node {
     name: String,
     groups: Arc<Manager>,
-    /// The node's password: the bearer token of the POST actions.
-    password: Option<String>,
+    /// The verifier of the node's password: the bearer token of the POST
+    /// actions is the password, checked against it.
+    password: Option<crate::auth::Verifier>,
     failed: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
@@ -88,7 +89,9 @@ pub async fn serve(
     let node = Arc::new(Node {
         name,
         groups,
-        password,
+        password: password
+            .as_deref()
+            .map(crate::auth::Verifier::of_configured),
         failed: crate::failstop::watch(),
     });
     let app = router(node);
@@ -426,7 +429,7 @@ async fn act(node: &Node, headers: &HeaderMap, statement: AgStatement) -> Respon
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(password.as_str()) {
+        if !given.is_some_and(|given| password.matches(given)) {
             return refusal(
                 StatusCode::UNAUTHORIZED,
                 "28P01",

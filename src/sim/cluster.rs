@@ -77,9 +77,13 @@ impl Cluster {
 
 fn group_of(command: &Command) -> String {
     match command {
-        Command::SetServerName(_) | Command::PutPartner(_) | Command::RemovePartner(_) => {
-            String::new()
-        }
+        Command::SetServerName(_)
+        | Command::PutPartner(_)
+        | Command::RemovePartner(_)
+        | Command::CreateRole(_)
+        | Command::AlterRole { .. }
+        | Command::DropRole(_)
+        | Command::SetPrivileges { .. } => String::new(),
         Command::PutGroup(c) => c.name.to_ascii_lowercase(),
         Command::RemoveGroup(g)
         | Command::RenewLease { group: g, .. }

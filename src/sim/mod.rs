@@ -201,6 +201,10 @@ impl Sim {
                 | Command::SetServerName(_)
                 | Command::PutPartner(_)
                 | Command::RemovePartner(_)
+                | Command::CreateRole(_)
+                | Command::AlterRole { .. }
+                | Command::DropRole(_)
+                | Command::SetPrivileges { .. }
                 | Command::HoldLogForBackups { .. } => {}
                 Command::SetSynchronized {
                     replica,

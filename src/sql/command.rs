@@ -93,6 +93,9 @@ pub enum Command {
     Ag(String),
     /// `BACKUP …` / `RESTORE …`, parsed by [`crate::sql::backup`].
     Backup(String),
+    /// Role and privilege statements (`CREATE ROLE`, `GRANT`, …), parsed
+    /// by [`crate::sql::role`].
+    Role(String),
     /// Anything else: a SQLite statement, translated from PostgreSQL's
     /// dialect where needed ([`crate::sql::pg`]).
     Sql(String),
@@ -147,6 +150,52 @@ pub enum Command {
     },
 }
 
+/// What a statement needs of its session's role: the one place that sorts
+/// statements into privilege classes ([`crate::auth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A fixed need.
+    Fixed(crate::auth::Need),
+    /// READ if SQLite finds the prepared statement read-only (the same
+    /// test that sends a statement to a reader or to the writer), else
+    /// WRITE.
+    ReadOrWrite,
+}
+
+impl Command {
+    /// The privilege this statement needs.
+    pub fn access(&self) -> Access {
+        use crate::auth::Need;
+        Access::Fixed(match self {
+            Command::Begin { .. }
+            | Command::Commit
+            | Command::Rollback
+            | Command::Savepoint { .. }
+            | Command::SetTransaction { .. }
+            | Command::Set { .. }
+            | Command::Reset { .. }
+            | Command::Show { .. }
+            | Command::SessionUser
+            | Command::CurrentSchema
+            | Command::NoOp { .. }
+            | Command::Fetch { .. }
+            | Command::CloseCursor { .. }
+            | Command::Unsupported { .. } => Need::Nothing,
+            Command::WaitForCopySync { .. } | Command::BackupPreferred { .. } => Need::Read,
+            Command::Declare { .. } => Need::Read,
+            Command::Copy(spec) if spec.from_stdin => Need::Write,
+            Command::Copy(_) => Need::Read,
+            Command::AlterDefinition { .. } | Command::Batch { .. } => Need::Write,
+            Command::CreateDatabase { .. }
+            | Command::DropDatabase { .. }
+            | Command::Ag(_)
+            | Command::Backup(_)
+            | Command::Role(_) => Need::Admin,
+            Command::Sql(_) => return Access::ReadOrWrite,
+        })
+    }
+}
+
 /// Classifies one statement (already split, without its trailing `;`).
 pub fn classify(stmt: &str) -> Command {
     if super::ag::is_ag_statement(stmt) {
@@ -154,6 +203,9 @@ pub fn classify(stmt: &str) -> Command {
     }
     if super::backup::is_backup_statement(stmt) {
         return Command::Backup(stmt.to_string());
+    }
+    if super::role::is_role_statement(stmt) {
+        return Command::Role(stmt.to_string());
     }
     let tokens = tokenize(stmt);
     let words: Vec<String> = tokens.iter().map(|t| t.lower()).collect();
@@ -474,7 +526,7 @@ fn strip_pg_catalog(stmt: &str) -> String {
 }
 
 #[derive(Debug, Clone)]
-enum Token {
+pub(super) enum Token {
     Word(String),
     Quoted(String),
     Str(String),
@@ -482,7 +534,7 @@ enum Token {
 }
 
 impl Token {
-    fn lower(&self) -> String {
+    pub(super) fn lower(&self) -> String {
         match self {
             Token::Word(w) => w.to_ascii_lowercase(),
             Token::Quoted(q) => q.clone(),
@@ -491,7 +543,7 @@ impl Token {
         }
     }
 
-    fn unquoted(&self) -> String {
+    pub(super) fn unquoted(&self) -> String {
         match self {
             Token::Word(w) => w.clone(),
             Token::Quoted(q) | Token::Str(q) => q.clone(),
@@ -500,7 +552,7 @@ impl Token {
     }
 
     /// An identifier as PostgreSQL folds it: unquoted → lower case.
-    fn ident(&self) -> String {
+    pub(super) fn ident(&self) -> String {
         match self {
             Token::Word(w) => w.to_ascii_lowercase(),
             other => other.unquoted(),
@@ -508,7 +560,7 @@ impl Token {
     }
 }
 
-fn tokenize(sql: &str) -> Vec<Token> {
+pub(super) fn tokenize(sql: &str) -> Vec<Token> {
     let mut tokens = Vec::new();
     let mut chars = sql.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -577,6 +629,36 @@ fn sql_comment_follows(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> 
 mod tests {
     use super::Command::*;
     use super::*;
+
+    #[test]
+    fn each_statement_class_needs_its_privilege() {
+        use crate::auth::Need;
+        let fixed = |n| Access::Fixed(n);
+        for (sql, want) in [
+            ("BEGIN", fixed(Need::Nothing)),
+            ("SET statement_timeout = 5", fixed(Need::Nothing)),
+            ("SHOW transaction_isolation", fixed(Need::Nothing)),
+            ("SELECT current_user", fixed(Need::Nothing)),
+            ("COMMIT", fixed(Need::Nothing)),
+            ("SELECT * FROM t", Access::ReadOrWrite),
+            ("INSERT INTO t VALUES (1)", Access::ReadOrWrite),
+            ("COPY t FROM STDIN", fixed(Need::Write)),
+            ("COPY t TO STDOUT", fixed(Need::Read)),
+            ("TRUNCATE t", fixed(Need::Write)),
+            ("DECLARE c CURSOR FOR SELECT 1", fixed(Need::Read)),
+            ("CREATE DATABASE d", fixed(Need::Admin)),
+            ("DROP DATABASE d", fixed(Need::Admin)),
+            ("ALTER AVAILABILITY GROUP ag1 FAILOVER", fixed(Need::Admin)),
+            ("CREATE CLUSTER", fixed(Need::Admin)),
+            ("BACKUP DATABASE d TO DISK = 'f'", fixed(Need::Admin)),
+            ("RESTORE DATABASE d FROM DISK = 'f'", fixed(Need::Admin)),
+            ("CREATE USER u PASSWORD 'p'", fixed(Need::Admin)),
+            ("GRANT READ ON DATABASE d TO u", fixed(Need::Admin)),
+            ("REVOKE ADMIN FROM u", fixed(Need::Admin)),
+        ] {
+            assert_eq!(classify(sql).access(), want, "{sql}");
+        }
+    }
 
     /// Found by `src/fuzz.rs`: the `pg_catalog.` prefix test sliced the
     /// statement 11 bytes ahead, which panicked when that fell inside a

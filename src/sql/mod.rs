@@ -23,6 +23,7 @@ pub mod ag;
 pub mod backup;
 pub mod command;
 pub mod pg;
+pub mod role;
 pub mod split;
 pub mod tag;
 pub mod temporal;

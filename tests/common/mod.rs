@@ -91,6 +91,9 @@ enum PasswordSource {
 pub struct Builder {
     password: Option<String>,
     password_source: PasswordSource,
+    /// What clients send when the server was given a verifier instead of
+    /// the password ([`Builder::verifier_in_config_file`]).
+    client_password: Option<String>,
     host: Option<String>,
     port: Option<u16>,
     extra_args: Vec<String>,
@@ -129,6 +132,20 @@ impl Builder {
         self.password = Some(password.to_string());
         self.password_source = PasswordSource::ConfigFile;
         self
+    }
+
+    /// Give the server `verifier` (a SCRAM-SHA-256 verifier of `password`)
+    /// as `password` in a `--config` file; clients log in with `password`.
+    pub fn verifier_in_config_file(mut self, verifier: &str, password: &str) -> Self {
+        self.password = Some(verifier.to_string());
+        self.password_source = PasswordSource::ConfigFile;
+        self.client_password = Some(password.to_string());
+        self
+    }
+
+    /// The password clients send, if the server has one.
+    fn client_password(&self) -> Option<&String> {
+        self.client_password.as_ref().or(self.password.as_ref())
     }
 
     /// Bind this host instead of `127.0.0.1`.
@@ -344,7 +361,7 @@ impl TestServer {
             self.port,
             CONNECT_TIMEOUT.as_secs()
         );
-        if let Some(password) = &self.config.password {
+        if let Some(password) = self.config.client_password() {
             s.push_str(&format!(" password={password}"));
         }
         s
@@ -651,7 +668,7 @@ impl TestServer {
             .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string())
             .env("PGAPPNAME", "availdb-tests")
             .stdin(Stdio::null());
-        if let Some(password) = &self.config.password {
+        if let Some(password) = self.config.client_password() {
             cmd.env("PGPASSWORD", password);
         }
         cmd
