@@ -89,6 +89,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_flushed_behind_write_holds_every_byte_in_order_across_its_stretches() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut out = FlushBehind::new(File::create(&path).unwrap());
+        let mut expected = Vec::new();
+        // Odd-sized writes across three stretches of FLUSH_EVERY.
+        for i in 0..(3 * FLUSH_EVERY as usize / 100_003 + 1) {
+            let chunk = vec![(i % 251) as u8; 100_003];
+            out.write_all(&chunk).unwrap();
+            expected.extend_from_slice(&chunk);
+        }
+        assert!(out.previous.is_some(), "a stretch was written back");
+        drop(out);
+        assert_eq!(fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
     fn every_new_folder_is_synced_in_its_parent_and_existing_ones_are_left_alone() {
         let root = tempfile::tempdir().unwrap();
         let root = root.path();
@@ -108,6 +126,103 @@ mod tests {
                 root.join("a/b"),
                 root.join("a")
             ]
+        );
+    }
+}
+
+/// Bytes a long write may leave dirty in the page cache before its
+/// writeback is started ([`FlushBehind`], [`Pacer`]).
+pub const FLUSH_EVERY: u64 = 8 << 20;
+
+/// A sequential file writer that keeps its dirty page cache bounded: after
+/// every [`FLUSH_EVERY`] bytes it starts the writeback of that stretch
+/// (`sync_file_range`, `SYNC_FILE_RANGE_WRITE`) and waits for the stretch
+/// before it. Without it a backup or a seed of a gigabyte leaves the whole
+/// file dirty, and the fsync that ends it, or any other fsync of the node
+/// meanwhile — the cluster's log, which renews the primary's lease — waits
+/// behind all of it: a backup on a secondary cost the primary its lease.
+pub struct FlushBehind {
+    file: File,
+    written: u64,
+    started: u64,
+    previous: Option<(u64, u64)>,
+}
+
+impl FlushBehind {
+    /// Wraps `file`, written from its start.
+    pub fn new(file: File) -> FlushBehind {
+        FlushBehind {
+            file,
+            written: 0,
+            started: 0,
+            previous: None,
+        }
+    }
+
+    fn pace(&mut self) {
+        if self.written - self.started < FLUSH_EVERY {
+            return;
+        }
+        let stretch = (self.started, self.written - self.started);
+        if let Some((from, len)) = self.previous {
+            sync_range(&self.file, from, len, true);
+        }
+        sync_range(&self.file, stretch.0, stretch.1, false);
+        self.previous = Some(stretch);
+        self.started = self.written;
+    }
+}
+
+impl io::Write for FlushBehind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        self.pace();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The same bound for a file written at offsets (a restore's pages): after
+/// every [`FLUSH_EVERY`] bytes the file's data is made durable.
+#[derive(Default)]
+pub struct Pacer(std::sync::atomic::AtomicU64);
+
+impl Pacer {
+    /// Counts `n` bytes written to `file`; syncs its data past the bound.
+    pub fn wrote(&self, file: &File, n: u64) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.0.fetch_add(n, Ordering::Relaxed) + n >= FLUSH_EVERY {
+            self.0.store(0, Ordering::Relaxed);
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// `sync_file_range` of `[from, from + len)`: start its writeback, and with
+/// `wait`, wait for it too. Advisory: an error leaves the final fsync to
+/// make the data durable.
+fn sync_range(file: &File, from: u64, len: u64, wait: bool) {
+    use std::os::fd::AsRawFd;
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    // SAFETY: the descriptor is open for the file's lifetime; the call only
+    // reads its arguments.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            flags,
         );
     }
 }

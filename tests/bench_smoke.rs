@@ -327,6 +327,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         ("restore", 2),
         ("commit_during_backup", 2),
         ("pitr", 1),
+        ("failovers", 1),
     ] {
         assert_eq!(
             measures.iter().filter(|m| **m == measure).count(),

@@ -3,13 +3,16 @@
 starts everything itself, on loopback ports from --port:
 
     PORT+10, +11        PostgreSQL with a synchronous standby (scripts/pg-sync-standby)
-    PORT+20..23, +120.., +170..  availdb `up --replicas 2` (r1 primary on
-                        PORT+22, r2 its synchronous secondary on PORT+23)
+    PORT+20..23, +120.., +170..  availdb `up --replicas 2` (r1 on PORT+22, r2
+                        on PORT+23; "r1" below is whichever is primary at
+                        each step, "r2" the secondary, and the failovers of
+                        the run are counted)
     PORT+30             PostgreSQL started on a restored base backup
 
 The same data everywhere: --size-mb MB of rows of 1,000 random hex
-characters (memory.py's tables), in availdb's `app` (on r1, replicated to
-r2), in PostgreSQL's `postgres`, and in a plain SQLite file.
+characters (500 random bytes: they compress about 2-fold), in availdb's
+`app` (memory.py's table, on r1, replicated to r2), in PostgreSQL's
+`postgres` (pgcrypto's gen_random_bytes), and in a plain SQLite file.
 
 1. Backup: availdb `BACKUP DATABASE app … WITH COPY_ONLY` on the secondary
    r2, with and without COMPRESSION; `pg_basebackup` of the PostgreSQL
@@ -98,6 +101,66 @@ def wait_synchronized(port, db, within=1800):
         time.sleep(0.5)
 
 
+def roles(port_a, port_b, within=120):
+    # (primary's port, secondary's port): a failover during the run (a
+    # lease lost under the disk load of a restore, say) is followed, and
+    # counted at the end.
+    deadline = time.time() + within
+    while True:
+        found = {}
+        for port in (port_a, port_b):
+            try:
+                with connect(port, "availdb") as c:
+                    role = c.execute("SELECT role_desc FROM sys.dm_hadr_availability_replica_states "
+                                     "WHERE is_local").fetchone()
+                found[port] = role[0] if role else None
+            except Exception:  # noqa: BLE001 - a node restarting: ask again
+                found[port] = None
+        primary = [p for p, r in found.items() if r == "PRIMARY"]
+        secondary = [p for p, r in found.items() if r == "SECONDARY"]
+        if primary and secondary:
+            try:
+                with connect(primary[0], "app") as c:
+                    c.execute("CREATE TABLE IF NOT EXISTS kv_insert (client INTEGER NOT NULL, v TEXT NOT NULL)")
+                return primary[0], secondary[0]
+            except Exception:  # noqa: BLE001 - not writable yet
+                pass
+        if time.time() > deadline:
+            raise RuntimeError(f"no writable primary and secondary within {within} s: {found}")
+        time.sleep(0.5)
+
+
+def pg_table(port, mb):
+    # memory.py's PostgreSQL rows repeat one md5 (they compress 30-fold);
+    # a backup comparison needs rows as random as availdb's hex(randomblob()).
+    with connect(port, "postgres", "postgres") as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+        c.execute("DROP TABLE IF EXISTS t")
+        c.execute("CREATE TABLE t(id bigint PRIMARY KEY, v TEXT NOT NULL)")
+        rows = mb * ROWS_PER_MB
+        first = 1
+        while first <= rows:
+            last = min(first + 19_999, rows)
+            c.execute("INSERT INTO t SELECT value, encode(gen_random_bytes(500), 'hex') "
+                      f"FROM generate_series({first}, {last}) AS value")
+            first = last + 1
+
+
+def drop_database(port, name, within=30):
+    # The server ends a closed session's hold on its database a moment
+    # after the client closes it.
+    deadline = time.time() + within
+    while True:
+        try:
+            with connect(port, "availdb") as c:
+                c.execute(f"DROP DATABASE {name}")
+            return
+        except Exception:  # noqa: BLE001 - retried until the deadline
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def sqlite_file(path, mb):
     # The same rows as memory.py's tables, in a plain SQLite file (WAL, as
     # availdb's are).
@@ -124,8 +187,10 @@ def pgbench(port, seconds, clients, log_dir):
     cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "availdb", "-n", "-M", "prepared",
            "-c", str(clients), "-j", str(clients), "-T", str(seconds), "-f",
            os.path.join(HERE, "insert.sql"), "--log", "--log-prefix", os.path.join(log_dir, "tx"), "app"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=seconds + 120).stdout
-    summary = benchlib.parse_pgbench_summary(out)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if run.returncode != 0:
+        raise RuntimeError(f"pgbench exited {run.returncode}: {run.stderr.strip()[-600:]}")
+    summary = benchlib.parse_pgbench_summary(run.stdout)
     lat = benchlib.latencies_in(log_dir)
     return {
         "tps": summary.get("tps"),
@@ -179,7 +244,7 @@ def main():
         wait_sql(r1, "app", within=180)
         wait_sql(p + 10, "postgres", "postgres")
         load_s, _ = timed(lambda: make_table(r1, "app", "t", mb, False, "availdb"))
-        make_table(p + 10, "postgres", "t", mb, True, "postgres")
+        pg_table(p + 10, mb)
         with connect(p + 10, "postgres", "postgres") as c:
             c.execute("CHECKPOINT")
         wait_synchronized(r1, "app")
@@ -194,6 +259,7 @@ def main():
               f"PostgreSQL cluster {pg_bytes / 1e6:.0f} MB, SQLite file {lite_bytes / 1e6:.0f} MB", flush=True)
 
         # --- 1. backup
+        r1, r2 = roles(p + 22, p + 23)
         for compression in (True, False):
             target = os.path.join(backups, f"r2-{'zstd' if compression else 'plain'}.bak")
             with_ = "COPY_ONLY, COMPRESSION" if compression else "COPY_ONLY"
@@ -226,14 +292,14 @@ def main():
                 "mb_s": round(lite_bytes / 1e6 / s, 1)})
 
         # --- 2. restore
+        r1, r2 = roles(p + 22, p + 23)
         source = os.path.join(backups, "r2-zstd.bak")
         with connect(r1, "availdb") as c:
             s, _ = timed(lambda: c.execute(f"RESTORE DATABASE restored FROM DISK = '{source}' WITH RECOVERY"))
             n = None
         with connect(r1, "restored") as c:
             n = c.execute("SELECT count(*) FROM t").fetchone()[0]
-        with connect(r1, "availdb") as c:
-            c.execute("DROP DATABASE restored")
+        drop_database(r1, "restored")
         record({"measure": "restore", "system": "availdb", "variant": "RESTORE … WITH RECOVERY (zstd backup)",
                 "seconds": round(s, 2), "database_bytes": db_bytes, "mb_s": round(db_bytes / 1e6 / s, 1),
                 "rows": n})
@@ -258,10 +324,9 @@ def main():
                 "rows": n})
 
         # --- 3. commit latency during a backup on the secondary
-        with connect(r1, "app") as c:
-            c.execute("CREATE TABLE IF NOT EXISTS kv_insert (client INTEGER NOT NULL, v TEXT NOT NULL)")
         for trial in range(args.trials):
             for during in (False, True):
+                r1, r2 = roles(p + 22, p + 23)
                 stop = threading.Event()
                 taken = []
 
@@ -285,6 +350,7 @@ def main():
                         "backup_on_secondary": during, "backups_taken": len(taken), **result})
 
         # --- 4. point-in-time restore
+        r1, r2 = roles(p + 22, p + 23)
         full = os.path.join(backups, "pitr-full.bak")
         log = os.path.join(backups, "pitr-log.bak")
         with connect(r1, "availdb") as c:
@@ -315,13 +381,15 @@ def main():
         s, _ = timed(pitr)
         with connect(r1, "pitr") as c:
             n = c.execute("SELECT count(*) FROM p").fetchone()[0]
-        with connect(r1, "availdb") as c:
-            c.execute("DROP DATABASE pitr")
+        drop_database(r1, "pitr")
         if n != before:
             failures.append(f"point-in-time restore to {stop_at} holds {n} rows of p, not the {before} written before it")
         record({"measure": "pitr", "system": "availdb", "variant": f"full + {args.log_mb} MB of log, STOPAT half-way",
                 "seconds": round(s, 2), "database_bytes": db_bytes, "log_backup_bytes": os.path.getsize(log),
                 "rows_restored": n, "rows_expected": before})
+        with connect(r1, "availdb") as c:
+            failovers = c.execute("SELECT count(*) FROM sys.dm_hadr_failover_history").fetchone()[0]
+        record({"measure": "failovers", "system": "availdb", "count": failovers})
     except Exception as e:  # noqa: BLE001 - reported in the results
         failures.append(str(e))
         print(f"backup: FAILED {e}", file=sys.stderr, flush=True)

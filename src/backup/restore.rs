@@ -438,6 +438,8 @@ pub fn header_only(path: &Path) -> Result<(Header, format::Manifest, u64)> {
 struct PageFile {
     file: fs::File,
     path: PathBuf,
+    /// Keeps the pages written but not yet synced bounded.
+    pacer: crate::durable::Pacer,
 }
 
 impl PageFile {
@@ -446,6 +448,9 @@ impl PageFile {
         for (pgno, image) in &record.pages {
             self.file
                 .write_all_at(image, (u64::from(*pgno) - 1) * ps)
+                .map_err(io(&self.path, "write"))?;
+            self.pacer
+                .wrote(&self.file, image.len() as u64)
                 .map_err(io(&self.path, "write"))?;
         }
         if ends_unit(record) {
@@ -636,6 +641,7 @@ fn restore_full(
         let out = PageFile {
             file,
             path: file_path.clone(),
+            pacer: Default::default(),
         };
         let first = reader.header.first_lsn;
         let counts = apply(path, &mut reader, &out, first, end, &ticks)?;
@@ -807,6 +813,7 @@ fn restore_log(
     let out = PageFile {
         file,
         path: file_path,
+        pacer: Default::default(),
     };
     let (_, records) = apply(path, &mut reader, &out, from, scanned.apply_end, &ticks)?;
     crate::crashpoint::hit("restore.log_written");
@@ -897,6 +904,7 @@ fn prove_in<R: std::io::Read + std::io::Seek>(
     let out = PageFile {
         file: fs::File::create(&file_path).map_err(io(&file_path, "create"))?,
         path: file_path.clone(),
+        pacer: Default::default(),
     };
     let (first, mut end) = (r.header.first_lsn, r.header.end_lsn);
     let (pages, mut records) = apply(full, &mut r, &out, first, end, &Ticks::none())?;

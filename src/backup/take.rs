@@ -275,7 +275,7 @@ fn copy_log(
     db: &Database,
     from: Lsn,
     end: Lsn,
-    out: &mut format::Writer<BufWriter<fs::File>>,
+    out: &mut format::Writer<BufWriter<crate::durable::FlushBehind>>,
     path: &Path,
     hashes: Option<&mut Vec<u32>>,
     manifest: &mut Manifest,
@@ -414,8 +414,11 @@ async fn full(
             group: request.group.clone(),
             replica: request.replica.clone(),
         };
-        let mut out = format::Writer::new(BufWriter::with_capacity(1 << 20, file), &header)
-            .map_err(io(&partial, "write the backup to"))?;
+        let mut out = format::Writer::new(
+            BufWriter::with_capacity(1 << 20, crate::durable::FlushBehind::new(file)),
+            &header,
+        )
+        .map_err(io(&partial, "write the backup to"))?;
         let mut hashes: Vec<u32> = Vec::new();
         let mut pages = 0u64;
         let mut failed: Option<BackupError> = None;
@@ -586,8 +589,11 @@ async fn log_backup(
             group: request.group.clone(),
             replica: request.replica.clone(),
         };
-        let mut out = format::Writer::new(BufWriter::with_capacity(1 << 20, file), &header)
-            .map_err(io(&partial, "write the backup to"))?;
+        let mut out = format::Writer::new(
+            BufWriter::with_capacity(1 << 20, crate::durable::FlushBehind::new(file)),
+            &header,
+        )
+        .map_err(io(&partial, "write the backup to"))?;
         let mut manifest = Manifest::default();
         let records = copy_log(&db, from, end, &mut out, &partial, None, &mut manifest)?;
         manifest.finished_us = now_us();

@@ -446,7 +446,7 @@ pub struct SeedIntake {
     /// Bytes written.
     pub received: u64,
     path: PathBuf,
-    file: std::fs::File,
+    file: crate::durable::FlushBehind,
     kept: bool,
 }
 
@@ -461,7 +461,9 @@ impl SeedIntake {
     ) -> std::result::Result<SeedIntake, ReplicationError> {
         crate::durable::create_dir_all(staging_dir).map_err(ReplicationError::local)?;
         let path = staging_dir.join(format!("seed-{database}.bak"));
-        let file = std::fs::File::create(&path).map_err(ReplicationError::local)?;
+        let file = crate::durable::FlushBehind::new(
+            std::fs::File::create(&path).map_err(ReplicationError::local)?,
+        );
         Ok(SeedIntake {
             database: database.to_string(),
             lsn,
@@ -485,7 +487,9 @@ impl SeedIntake {
         self.file.write_all(data).map_err(ReplicationError::local)?;
         self.received += data.len() as u64;
         if self.received == self.bytes {
-            self.file.sync_all().map_err(ReplicationError::local)?;
+            std::fs::File::open(&self.path)
+                .and_then(|f| f.sync_all())
+                .map_err(ReplicationError::local)?;
             return Ok(true);
         }
         Ok(false)
