@@ -1,5 +1,6 @@
 //! Durable directory steps, shared by every part that keeps files (log,
-//! engine, group definitions, cluster store).
+//! engine, group definitions, cluster store), and bounded writeback for
+//! long writes.
 //!
 //! A file's directory entry survives a power loss only once the directory
 //! is fsynced; a new directory's own entry only once its *parent* is. A log
@@ -10,6 +11,11 @@
 //! the parent of every folder it creates, and synced with [`sync_dir`].
 //!
 //! Tests see which folders were synced (`synced_under`, in unit tests).
+//!
+//! Long writes (a backup, a seed, a restore) keep what they leave dirty in
+//! the page cache bounded ([`FlushBehind`], [`Pacer`]): a gigabyte of dirty
+//! pages makes every fsync of the node wait behind it, the cluster log's
+//! that renews the primary's lease included.
 
 use std::fs::{self, File};
 use std::io;
