@@ -1048,10 +1048,28 @@ async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
     )
     .await?;
     if !exists.is_empty() {
-        exec(&stage, &format!("DROP DATABASE {db}")).await?;
+        drop_when_released(&stage, db).await?;
     }
     state.stage_app_pid = None;
     Ok(())
+}
+
+/// How long the rollback waits for the stage's database to be let go.
+const RELEASE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `DROP DATABASE db` on the stage, retried while it is in use (55006):
+/// right after `REMOVE DATABASE` the stage's group, restarting without it,
+/// and the stage application's closing sessions still hold it a moment.
+async fn drop_when_released(stage: &Client, db: &str) -> StepResult {
+    let deadline = tokio::time::Instant::now() + RELEASE_WITHIN;
+    loop {
+        match exec(stage, &format!("DROP DATABASE {db}")).await {
+            Err(e) if e.contains("(55006)") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------
