@@ -38,7 +38,6 @@ Results: JSON (--out) and a CSV of one row per measurement (--csv).
 """
 
 import argparse
-import csv
 import datetime
 import glob
 import json
@@ -51,7 +50,7 @@ import threading
 import time
 
 import benchlib
-from memory import ROWS_PER_MB, Procs, connect, make_table, wait_sql
+from memory import ROWS_PER_MB, Procs, connect, make_table, row_ranges, wait_sql, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(os.path.dirname(HERE))
@@ -137,13 +136,9 @@ def pg_table(port, mb):
         c.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
         c.execute("DROP TABLE IF EXISTS t")
         c.execute("CREATE TABLE t(id bigint PRIMARY KEY, v TEXT NOT NULL)")
-        rows = mb * ROWS_PER_MB
-        first = 1
-        while first <= rows:
-            last = min(first + 19_999, rows)
+        for first, last in row_ranges(mb * ROWS_PER_MB):
             c.execute("INSERT INTO t SELECT value, encode(gen_random_bytes(500), 'hex') "
                       f"FROM generate_series({first}, {last}) AS value")
-            first = last + 1
 
 
 def drop_database(port, name, within=30):
@@ -167,17 +162,13 @@ def sqlite_file(path, mb):
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-    rows = mb * ROWS_PER_MB
-    first = 1
-    while first <= rows:
-        last = min(first + 19_999, rows)
+    for first, last in row_ranges(mb * ROWS_PER_MB):
         db.execute(
             "WITH RECURSIVE s(x) AS (SELECT ? UNION ALL SELECT x + 1 FROM s WHERE x < ?) "
             "INSERT INTO t SELECT x, hex(randomblob(500)) FROM s",
             (first, last),
         )
         db.commit()
-        first = last + 1
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
 
@@ -401,13 +392,7 @@ def main():
         if pg_started:
             subprocess.run([os.path.join(TOP, "scripts", "pg-sync-standby"), "stop", pg_dir],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(args.out, "w") as f:
-        json.dump({"rows": rows, "failures": failures}, f, indent=1)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["measure", "system", "json"])
-        for r in rows:
-            w.writerow([r["measure"], r.get("system", ""), json.dumps(r)])
+    write_results(args.out, args.csv, rows, failures, "system")
     return 1 if failures else 0
 
 
