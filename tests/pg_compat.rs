@@ -1526,3 +1526,41 @@ async fn alembic_autogenerates_upgrades_and_downgrades() {
     let server = TestServer::start().await;
     python(&server, "alembic_compat.py", None).await;
 }
+
+/// COPY … TO STDOUT through the extended protocol (tokio-postgres's
+/// `copy_out`: Parse, Describe, then Bind and Execute): the statement is
+/// described as returning no rows (NoData, as PostgreSQL), and Execute
+/// answers CopyOutResponse, the rows, CopyDone and CommandComplete.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_to_stdout_works_through_the_extended_protocol() {
+    use futures::TryStreamExt;
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute(
+        "CREATE TABLE out_t (id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO out_t (v) VALUES ('a'), ('b\tc'), (NULL)",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "COPY out_t TO STDOUT",
+        "COPY (SELECT id, v FROM out_t ORDER BY id) TO STDOUT",
+    ] {
+        let stream = c.copy_out(sql).await.unwrap_or_else(|e| {
+            panic!("{sql}: {}", common::group::error_text(&e));
+        });
+        let chunks: Vec<bytes::Bytes> = Box::pin(stream).try_collect().await.unwrap();
+        let text: String = chunks
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert_eq!(text, "1\ta\n2\tb\\tc\n3\t\\N\n", "{sql}");
+    }
+    // The session goes on as usual afterwards.
+    assert_eq!(
+        simple_value(&c, "SELECT count(*) FROM out_t")
+            .await
+            .as_deref(),
+        Some("3")
+    );
+}

@@ -193,6 +193,19 @@ async fn check_statement_classes(server: &TestServer, primary: bool, table: &str
             error_text(&e)
         ),
     }
+    // COPY TO reads: READ is enough, through the extended protocol too.
+    // On a session of its own: after a refused `copy_in`, tokio-postgres
+    // sends CopyFail and Sync, and the ReadyForQuery that answers that Sync
+    // (PostgreSQL 15 sends it as well) is taken for the next request's reply.
+    let fresh = login(server, "reader", READER_PW, APP).await;
+    let rows = fresh
+        .copy_out("COPY t TO STDOUT")
+        .await
+        .unwrap_or_else(|e| panic!("reader: COPY t TO STDOUT: {}", error_text(&e)));
+    let rows: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(Box::pin(rows))
+        .await
+        .unwrap_or_else(|e| panic!("reader: COPY t TO STDOUT rows: {}", error_text(&e)));
+    assert!(!rows.is_empty(), "reader: COPY t TO STDOUT sent no rows");
 
     let writer = login(server, "writer", WRITER_PW, APP).await;
     assert_allowed(&writer, "writer", "SELECT count(*) FROM t").await;

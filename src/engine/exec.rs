@@ -58,7 +58,7 @@ pub fn describe(conn: &Connection, sql: &str) -> Result<Described> {
     let schema = ConnSchema::new(conn);
     let params = typing::infer_parameter_types(sql, param_count(&stmt), &schema);
     Ok(Described {
-        columns: columns(&stmt, sql, &schema),
+        columns: columns(&stmt, sql, conn),
         params,
         readonly: stmt.readonly() && !super::sequence::writes_sequences(sql),
     })
@@ -133,7 +133,7 @@ pub(super) fn prepare<'c>(
     let mut stmt = conn.prepare_cached(sql)?;
     bind(&mut stmt, params)?;
     let columns = if with_types {
-        columns(&stmt, sql, &ConnSchema::new(conn))
+        columns(&stmt, sql, conn)
     } else {
         stmt.column_names()
             .map(|name| Column {
@@ -190,13 +190,16 @@ fn bind(stmt: &mut Statement<'_>, params: &[Value]) -> Result<()> {
     Ok(())
 }
 
-fn columns(stmt: &Statement<'_>, sql: &str, schema: &dyn Schema) -> Vec<Column> {
+fn columns(stmt: &Statement<'_>, sql: &str, conn: &Connection) -> Vec<Column> {
     let cols: Vec<_> = stmt.columns().collect();
+    if cols.is_empty() {
+        return Vec::new();
+    }
     let declared: Vec<Option<ValueType>> = cols
         .iter()
         .map(|c| c.decl_type().map(ValueType::from_decltype))
         .collect();
-    let types = typing::infer_column_types(sql, &declared, schema);
+    let types = inferred_types(conn, sql, &declared);
     cols.iter()
         .zip(types)
         .map(|(c, ty)| Column {
@@ -204,6 +207,100 @@ fn columns(stmt: &Statement<'_>, sql: &str, schema: &dyn Schema) -> Vec<Column> 
             ty,
         })
         .collect()
+}
+
+/// The announced types of `sql`'s columns: [`typing::infer_column_types`]
+/// (which parses the statement), remembered per database file and
+/// statement text for as long as the schema it was worked out under.
+///
+/// # Why it is safe to remember
+/// The inference reads only the statement text, the declared types SQLite
+/// reports (part of the key's check) and the schema: the tables of `main`
+/// (their version, `PRAGMA main.schema_version`, is part of the check; every
+/// DDL statement, and availdb's own table rewrites, change it) and the
+/// fixed catalog. A connection with TEMP objects could resolve a name to a
+/// table of its own, which no other connection sees: such a connection
+/// (`PRAGMA temp.schema_version` above 0) is never served from, nor adds
+/// to, what is remembered.
+fn inferred_types(conn: &Connection, sql: &str, declared: &[Option<ValueType>]) -> Vec<ValueType> {
+    let infer = || typing::infer_column_types(sql, declared, &ConnSchema::new(conn));
+    let version = |schema: &str| -> Option<i64> {
+        conn.prepare_cached(&format!("PRAGMA {schema}.schema_version"))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .ok()
+    };
+    let path = conn.path().filter(|p| !p.is_empty());
+    let (Some(path), true) = (path, sql.len() <= InferredTypes::MAX_SQL_BYTES) else {
+        return infer();
+    };
+    let (Some(0), Some(version)) = (version("temp"), version("main")) else {
+        return infer();
+    };
+    if let Some(types) = INFERRED.lookup(path, sql, version, declared) {
+        return types;
+    }
+    let types = infer();
+    INFERRED.remember(path, sql, version, declared, &types);
+    types
+}
+
+/// Inferred column types by database file and statement text: see
+/// [`inferred_types`]. Bounded: statements of at most
+/// [`InferredTypes::MAX_SQL_BYTES`], and past [`InferredTypes::MAX`]
+/// statements of one file it starts over.
+struct InferredTypes {
+    files: std::sync::Mutex<HashMap<String, HashMap<String, Inferred>>>,
+}
+
+struct Inferred {
+    schema_version: i64,
+    declared: Vec<Option<ValueType>>,
+    types: Vec<ValueType>,
+}
+
+static INFERRED: std::sync::LazyLock<InferredTypes> = std::sync::LazyLock::new(|| InferredTypes {
+    files: std::sync::Mutex::new(HashMap::new()),
+});
+
+impl InferredTypes {
+    const MAX: usize = 4096;
+    const MAX_SQL_BYTES: usize = 8192;
+
+    fn lookup(
+        &self,
+        path: &str,
+        sql: &str,
+        schema_version: i64,
+        declared: &[Option<ValueType>],
+    ) -> Option<Vec<ValueType>> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let known = files.get(path)?.get(sql)?;
+        (known.schema_version == schema_version && known.declared == declared)
+            .then(|| known.types.clone())
+    }
+
+    fn remember(
+        &self,
+        path: &str,
+        sql: &str,
+        schema_version: i64,
+        declared: &[Option<ValueType>],
+        types: &[ValueType],
+    ) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let statements = files.entry(path.to_string()).or_default();
+        if statements.len() >= Self::MAX {
+            statements.clear();
+        }
+        statements.insert(
+            sql.to_string(),
+            Inferred {
+                schema_version,
+                declared: declared.to_vec(),
+                types: types.to_vec(),
+            },
+        );
+    }
 }
 
 /// Column types looked up with `PRAGMA table_info`, cached per statement.
@@ -280,6 +377,45 @@ mod tests {
         c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB)")
             .unwrap();
         c
+    }
+
+    fn max_a_type(conn: &Connection) -> ValueType {
+        run(conn, "SELECT max(a) FROM t", &[], true)
+            .unwrap()
+            .columns[0]
+            .ty
+    }
+
+    #[test]
+    fn remembered_column_types_are_forgotten_when_the_schema_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("types.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE t(a INTEGER)").unwrap();
+        assert_eq!(max_a_type(&c), ValueType::Int4);
+        assert_eq!(max_a_type(&c), ValueType::Int4, "remembered");
+        // Another connection changes the table: this one sees it at once.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("DROP TABLE t; CREATE TABLE t(a TEXT)")
+            .unwrap();
+        assert_eq!(max_a_type(&c), ValueType::Text);
+        assert_eq!(max_a_type(&other), ValueType::Text);
+    }
+
+    #[test]
+    fn a_connection_with_temp_tables_never_shares_remembered_column_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("types.db");
+        let plain = Connection::open(&path).unwrap();
+        plain.execute_batch("CREATE TABLE t(a INTEGER)").unwrap();
+        let shadowing = Connection::open(&path).unwrap();
+        shadowing
+            .execute_batch("CREATE TEMP TABLE t(a TEXT)")
+            .unwrap();
+        assert_eq!(max_a_type(&plain), ValueType::Int4);
+        assert_eq!(max_a_type(&shadowing), ValueType::Text, "its own TEMP t");
+        assert_eq!(max_a_type(&plain), ValueType::Int4);
     }
 
     #[test]

@@ -16,6 +16,16 @@
 //!   not a tail: [`LogError::CorruptBeforeValid`], and the node does not
 //!   start that database.
 //!
+//! # Zeros written ahead
+//! Records are written at their offset into zeros the segment file already
+//! holds: [`PREALLOCATE_BYTES`] of zeros are written ahead of them, a chunk
+//! at a time (never past the segment's size). The `fdatasync` that makes a
+//! commit durable then writes its data blocks only; into a growing file it
+//! would also write the file's size and block map every time. A scan takes
+//! the zeros after the last record for the end of the records, in the last
+//! segment anywhere, in any other only where the next segment starts (zeros
+//! short of it are lost records: [`LogError::Corrupt`]).
+//!
 //! # Failed writes
 //! * A failed or short append (ENOSPC, EIO) truncates the segment back to
 //!   the last good offset before the error is returned, so the next record
@@ -169,6 +179,9 @@ struct Tail {
     file: Arc<File>,
     /// Bytes written to the current segment.
     len: u64,
+    /// Bytes the current segment file holds: `len`, then zeros written
+    /// ahead of the records ([`PREALLOCATE_BYTES`]).
+    zeroed: u64,
     /// LSN the next record gets.
     end: Lsn,
     /// Encoding buffer, reused.
@@ -254,14 +267,15 @@ impl Log {
             segments.push(Segment { first_lsn: 0, path });
         }
         let last = segments.last().expect("at least one segment").clone();
-        let (end, len, mut last_record) = scan_segment(&last, true)?;
+        let (end, len, zeroed, mut last_record) = scan_segment(&last, true, None)?;
         if last_record.is_none() && segments.len() > 1 {
             // The last segment is empty (it had just rolled): the last
             // record closes the one before.
-            last_record = scan_segment(&segments[segments.len() - 2], false)?.2;
+            let before = &segments[segments.len() - 2];
+            last_record = scan_segment(before, false, Some(last.first_lsn))?.3;
         }
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&last.path)
             .map_err(io_err(&last.path))?;
         let image_pending = read_lsn_epoch(dir, IMAGE_PENDING)?;
@@ -273,6 +287,7 @@ impl Log {
                 segments,
                 file: Arc::new(file),
                 len,
+                zeroed,
                 end,
                 buf: Vec::new(),
                 generation: 0,
@@ -457,9 +472,11 @@ impl Log {
         buf.clear();
         record.encode_into(&mut buf);
         let path = tail.segments.last().expect("a segment").path.clone();
-        if let Err(e) = (&*tail.file).write_all(&buf) {
+        let written = zero_ahead(&mut tail, len)
+            .and_then(|()| std::os::unix::fs::FileExt::write_all_at(&*tail.file, &buf, tail.len));
+        if let Err(e) = written {
             tail.buf = buf;
-            return Err(self.undo_write(&tail, &path, e));
+            return Err(self.undo_write(&mut tail, &path, e));
         }
         let crc = u32::from_le_bytes(buf[buf.len() - 4..].try_into().expect("4 bytes"));
         tail.last = Some((record.lsn, crc));
@@ -488,10 +505,11 @@ impl Log {
     /// Cuts the current segment back to its last whole record after a
     /// write failed part-way; returns the write's error, or fails the log
     /// when the cut fails too.
-    fn undo_write(&self, tail: &Tail, path: &Path, cause: io::Error) -> LogError {
+    fn undo_write(&self, tail: &mut Tail, path: &Path, cause: io::Error) -> LogError {
         crate::crashpoint::hit("log.append.failed");
         match tail.file.set_len(tail.len) {
             Ok(()) => {
+                tail.zeroed = tail.len;
                 tracing::warn!(segment = %path.display(), len = tail.len, "a log write failed ({cause}); cut the segment back to its last record");
                 LogError::Io {
                     path: path.to_path_buf(),
@@ -518,7 +536,7 @@ impl Log {
         let path = segment_path(&self.dir, tail.end);
         create_segment(&self.dir, &path)?;
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
         tail.segments.push(Segment {
@@ -527,6 +545,7 @@ impl Log {
         });
         tail.file = Arc::new(file);
         tail.len = 0;
+        tail.zeroed = 0;
         Ok(())
     }
 
@@ -797,7 +816,7 @@ impl Log {
         finish_restart(&self.dir, lsn, epoch)?;
         let path = segment_path(&self.dir, lsn);
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
         tail.segments = vec![Segment {
@@ -806,6 +825,7 @@ impl Log {
         }];
         tail.file = Arc::new(file);
         tail.len = 0;
+        tail.zeroed = 0;
         tail.end = lsn;
         tail.recent.clear();
         tail.recent_bytes = 0;
@@ -852,11 +872,12 @@ impl Log {
         sync_dir(&self.dir)?;
         tail.file = Arc::new(
             OpenOptions::new()
-                .append(true)
+                .write(true)
                 .open(&seg.path)
                 .map_err(io_err(&seg.path))?,
         );
         tail.len = lsn - seg.first_lsn;
+        tail.zeroed = tail.len;
         tail.end = lsn;
         while tail.recent.back().is_some_and(|r| r.end_lsn() > lsn) {
             let dropped = tail.recent.pop_back().expect("not empty");
@@ -875,7 +896,7 @@ impl Log {
         drop(tail);
         if self.last_record().is_none() && lsn > first {
             // The record before the cut was no longer cached: read it back.
-            let (_, _, last) = scan_segment(&seg, false)?;
+            let (_, _, _, last) = scan_segment(&seg, false, None)?;
             self.lock().last = last;
         }
         self.written.send_replace(lsn);
@@ -1052,15 +1073,19 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, LogError> {
     Ok(bytes)
 }
 
-/// What a scan of a segment found: its end LSN, its valid length, and its
+/// What a scan of a segment found: its end LSN, its valid length, the
+/// file's length (records and the zeros written ahead of them), and its
 /// last record's start and crc.
-type Scanned = (Lsn, u64, Option<(Lsn, u32)>);
+type Scanned = (Lsn, u64, u64, Option<(Lsn, u32)>);
 
-/// Walks a segment's records; returns (end LSN, valid length, the last
-/// record's start and crc). With `repair` (the last segment), damage with
-/// no valid record after it is the tail of the last writes and is cut off
-/// (module page); damage followed by a valid record is always an error.
-fn scan_segment(seg: &Segment, repair: bool) -> Result<Scanned, LogError> {
+/// Walks a segment's records; returns (end LSN, valid length, file length,
+/// the last record's start and crc). The records end where only zeros
+/// follow (written ahead, [`PREALLOCATE_BYTES`]) — in a segment that is not
+/// the last, only at `ends_at`, where the next one starts. With `repair`
+/// (the last segment), damage with no valid record after it is the tail of
+/// the last writes and is cut off (module page); damage followed by a
+/// valid record is always an error.
+fn scan_segment(seg: &Segment, repair: bool, ends_at: Option<Lsn>) -> Result<Scanned, LogError> {
     let mut file = File::open(&seg.path).map_err(io_err(&seg.path))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io_err(&seg.path))?;
@@ -1068,6 +1093,9 @@ fn scan_segment(seg: &Segment, repair: bool) -> Result<Scanned, LogError> {
     let mut last = None;
     while at < bytes.len() {
         let lsn = seg.first_lsn + at as u64;
+        if bytes[at..].iter().all(|b| *b == 0) && ends_at.is_none_or(|end| end == lsn) {
+            return Ok((lsn, at as u64, bytes.len() as u64, last));
+        }
         let cause = match Record::decode(&bytes[at..]) {
             Ok((record, len)) if record.lsn == lsn => {
                 let crc =
@@ -1108,9 +1136,40 @@ fn scan_segment(seg: &Segment, repair: bool) -> Result<Scanned, LogError> {
             .map_err(io_err(&seg.path))?;
         f.set_len(at as u64).map_err(io_err(&seg.path))?;
         f.sync_all().map_err(io_err(&seg.path))?;
-        break;
+        return Ok((lsn, at as u64, at as u64, last));
     }
-    Ok((seg.first_lsn + at as u64, at as u64, last))
+    Ok((seg.first_lsn + at as u64, at as u64, at as u64, last))
+}
+
+/// Zeros are written this far ahead of the records of the current segment
+/// (never past its end), a chunk at a time: a record then overwrites
+/// blocks the file already has, so the `fdatasync` that makes it durable
+/// writes its data only, not the file's size and block map as well
+/// (PostgreSQL zero-fills its WAL segments for the same reason). A scan
+/// takes the zeros after the last record for the end of the log.
+pub const PREALLOCATE_BYTES: u64 = 4 << 20;
+
+/// Writes zeros after the current segment's records, [`PREALLOCATE_BYTES`]
+/// at a time, so that the next `len` bytes of records land on zeros
+/// already written. Called under the tail lock, so no record is written
+/// meanwhile.
+fn zero_ahead(tail: &mut Tail, len: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let needed = tail.len + len;
+    if needed <= tail.zeroed {
+        return Ok(());
+    }
+    let target = (needed + PREALLOCATE_BYTES)
+        .min(segment_bytes())
+        .max(needed);
+    let mut at = tail.zeroed.max(tail.len);
+    while at < target {
+        let n = (target - at).min(ZEROS.len() as u64) as usize;
+        std::os::unix::fs::FileExt::write_all_at(&*tail.file, &ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    tail.zeroed = target;
+    Ok(())
 }
 
 /// The LSN of the first valid record at or after byte `from` of a segment
@@ -1366,15 +1425,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
         let end1 = log.append(record(1)).unwrap();
-        log.append(record(2)).unwrap();
+        let end2 = log.append(record(2)).unwrap();
         drop(log);
         let seg = segment_path(dir.path(), 0);
-        let len = fs::metadata(&seg).unwrap().len();
         OpenOptions::new()
             .write(true)
             .open(&seg)
             .unwrap()
-            .set_len(len - 10)
+            .set_len(end2 - 10)
             .unwrap();
         let log = Log::open(dir.path()).unwrap();
         assert_eq!(log.end_lsn(), end1);
@@ -1382,6 +1440,67 @@ mod tests {
         assert_eq!(
             log.append(record(3)).unwrap(),
             end1 + record(3).encoded_len() as u64
+        );
+    }
+
+    #[test]
+    fn zeros_written_ahead_of_the_records_end_the_log_and_are_overwritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let end1 = log.append(record(1)).unwrap();
+        log.sync_blocking().unwrap();
+        drop(log);
+        let seg = segment_path(dir.path(), 0);
+        let len = fs::metadata(&seg).unwrap().len();
+        assert!(len > end1, "zeros written ahead: {len} bytes for {end1}");
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.end_lsn(), end1, "the zeros are no record");
+        let end2 = log.append(record(2)).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len, "written in place");
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.end_lsn(), end2);
+        assert_eq!(log.read_from(0).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_torn_last_record_followed_by_zeros_is_cut_and_never_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let end1 = log.append(record(1)).unwrap();
+        let end2 = log.append(record(2)).unwrap();
+        drop(log);
+        // The last block of record 2 never reached the disk: zeros, as
+        // written ahead, where its end should be.
+        let seg = segment_path(dir.path(), 0);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0; 10], end2 - 10).unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.end_lsn(), end1);
+        assert_eq!(log.read_from(0).unwrap().len(), 1);
+        assert_eq!(
+            log.append(record(3)).unwrap(),
+            end1 + record(3).encoded_len() as u64
+        );
+    }
+
+    #[test]
+    fn zeros_in_a_segment_before_the_last_short_of_its_end_are_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = log_of(dir.path(), 2);
+        let log = Log::open(dir.path()).unwrap();
+        let mut tail = log.lock();
+        log.roll(&mut tail).unwrap();
+        drop(tail);
+        drop(log);
+        // Record 2, the last of the first segment, lost: zeros.
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        let lost = (ends[1] - ends[0]) as usize;
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; lost], ends[0]).unwrap();
+        let err = Log::open(dir.path()).err().expect("refused");
+        assert!(
+            matches!(err, LogError::Corrupt { lsn, .. } if lsn == ends[0]),
+            "{err}"
         );
     }
 
@@ -1394,6 +1513,7 @@ mod tests {
         drop(log);
         let seg = segment_path(dir.path(), 0);
         let mut bytes = fs::read(&seg).unwrap();
+        let len = bytes.len() as u64;
         bytes[50] ^= 1;
         fs::write(&seg, bytes).unwrap();
         let err = Log::open(dir.path())
@@ -1406,7 +1526,7 @@ mod tests {
         assert!(err
             .to_string()
             .contains("restore this database from a replica"));
-        assert_eq!(fs::metadata(&seg).unwrap().len(), second * 2, "nothing cut");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len, "nothing cut");
     }
 
     /// A log of `n` records in `dir`; the segment and each record's end.
@@ -1497,12 +1617,11 @@ mod tests {
         drop(tail);
         log.append(record(3)).unwrap();
         drop(log);
-        let len = fs::metadata(&seg).unwrap().len();
         OpenOptions::new()
             .write(true)
             .open(&seg)
             .unwrap()
-            .set_len(len - 5)
+            .set_len(ends[1] - 5)
             .unwrap();
         let log = Log::open(dir.path()).unwrap();
         assert!(matches!(
