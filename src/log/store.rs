@@ -682,6 +682,22 @@ impl Log {
     /// Records from `from` (a record boundary) in order, stopping after
     /// about `max_bytes` (at least one record when there is one).
     pub fn read_some(&self, from: Lsn, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+        if let Some(recent) = self.recent_from(from, max_bytes) {
+            return recent
+                .iter()
+                .map(|raw| {
+                    let (record, _) = Record::decode(&raw.bytes).map_err(|cause| {
+                        let path = self.lock().segments.last().expect("a segment").path.clone();
+                        LogError::Corrupt {
+                            path,
+                            lsn: raw.lsn,
+                            cause,
+                        }
+                    })?;
+                    Ok(record)
+                })
+                .collect();
+        }
         let (segments, end) = {
             let tail = self.lock();
             (tail.segments.clone(), tail.end)
@@ -744,6 +760,35 @@ impl Log {
             }
         }
         Ok(out)
+    }
+
+    /// The records from `from` (a record boundary) on, about `max_bytes` of
+    /// them (at least one, unless `max_bytes` is 0), as kept in memory;
+    /// None when they are not all there (`from` is older than the oldest
+    /// kept, or the end).
+    fn recent_from(&self, from: Lsn, max_bytes: u64) -> Option<Vec<RawRecord>> {
+        let tail = self.lock();
+        if max_bytes == 0 && from >= tail.recent.front()?.lsn && from <= tail.end {
+            return Some(Vec::new());
+        }
+        if from >= tail.end || tail.recent.front().is_none_or(|r| r.lsn > from) {
+            return None;
+        }
+        let first = tail.recent.partition_point(|r| r.lsn < from);
+        if tail.recent.get(first).is_none_or(|r| r.lsn != from) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for r in tail.recent.range(first..) {
+            let len = r.bytes.len() as u64;
+            if !out.is_empty() && size + len > max_bytes {
+                break;
+            }
+            size += len;
+            out.push(r.clone());
+        }
+        Some(out)
     }
 
     /// Records from `from` (a record boundary) as stored, for shipping:
@@ -1441,6 +1486,35 @@ mod tests {
             log.append(record(3)).unwrap(),
             end1 + record(3).encoded_len() as u64
         );
+    }
+
+    #[test]
+    fn records_read_from_memory_are_the_records_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let ends: Vec<Lsn> = (1..=6).map(|i| log.append(record(i)).unwrap()).collect();
+        let one = record(1).encoded_len() as u64;
+        let reads = |log: &Log| {
+            [
+                (0, u64::MAX),
+                (ends[1], u64::MAX),
+                (ends[1], 1),
+                (ends[1], 2 * one),
+                (0, 0),
+            ]
+            .map(|(from, max)| log.read_some(from, max).unwrap())
+        };
+        let from_memory = reads(&log);
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        let from_disk = reads(&log);
+        for (i, (m, d)) in from_memory.iter().zip(&from_disk).enumerate() {
+            assert_eq!(m.len(), d.len(), "read {i}: record counts");
+            assert_eq!(m, d, "read {i}");
+        }
+        assert_eq!(from_disk[0].len(), 6);
+        assert_eq!(from_disk[2].len(), 1, "at least one record");
+        assert_eq!(from_disk[3].len(), 2, "about max_bytes");
     }
 
     #[test]

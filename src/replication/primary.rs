@@ -356,7 +356,13 @@ impl crate::engine::WriteGate for GeoLagGate {
             let Some(group) = self.group.upgrade() else {
                 return Ok(());
             };
-            let Some(bound_ms) = group.config().database_options(database).geo_max_lag_ms else {
+            let bound_ms = group
+                .config
+                .borrow()
+                .database_options
+                .get(database)
+                .and_then(|options| options.geo_max_lag_ms);
+            let Some(bound_ms) = bound_ms else {
                 return Ok(());
             };
             let bound = Duration::from_millis(bound_ms);

@@ -772,13 +772,17 @@ fn accept_batch(
     records: Vec<Record>,
 ) -> Result<Lsn, ReplicationError> {
     let log = sdb.db.log();
-    let plan = check_batch(sdb.intake(), &LogView(log), database, records)?;
+    let intake = sdb.intake();
+    let plan = check_batch(intake, &LogView(log), database, records)?;
     let Some(last) = plan.append.last() else {
         return Ok(log.end_lsn());
     };
     let end = last.end_lsn();
     report_image_progress(sdb, database, &plan.append);
-    let mut history_epoch = sdb.db.epoch_history().last().map_or(0, |(e, _)| *e);
+    // The history's newest epoch, read from its file only when a record
+    // of an epoch newer than the log's newest arrives: the history always
+    // holds the epoch of every record in the log (it is written first).
+    let mut history_epoch: Option<u64> = None;
     if let Some((lsn, epoch)) = plan.restart {
         tracing::info!(database, lsn, "restarting the log from a full image");
         sdb.image_pending.store(true, Ordering::SeqCst);
@@ -786,17 +790,23 @@ fn accept_batch(
         sdb.db
             .restart_log_at(lsn, epoch)
             .map_err(ReplicationError::Local)?;
-        history_epoch = epoch;
+        history_epoch = Some(epoch);
         sdb.redone.send_replace(lsn);
         sdb.hardened.send_replace(lsn);
         sdb.written.send_replace(lsn);
     }
     for record in &plan.append {
         // Where a new epoch starts goes into the history first.
-        if record.epoch > history_epoch {
-            log::append_history(sdb.db.log_dir(), record.epoch, record.lsn)
-                .map_err(ReplicationError::local)?;
-            history_epoch = record.epoch;
+        if record.epoch > history_epoch.unwrap_or(intake.epoch) {
+            let newest = match history_epoch {
+                Some(epoch) => epoch,
+                None => sdb.db.epoch_history().last().map_or(0, |(e, _)| *e),
+            };
+            if record.epoch > newest {
+                log::append_history(sdb.db.log_dir(), record.epoch, record.lsn)
+                    .map_err(ReplicationError::local)?;
+            }
+            history_epoch = Some(newest.max(record.epoch));
         }
         log.append_at(record).map_err(ReplicationError::local)?;
     }
