@@ -682,7 +682,7 @@ impl Log {
     /// Records from `from` (a record boundary) in order, stopping after
     /// about `max_bytes` (at least one record when there is one).
     pub fn read_some(&self, from: Lsn, max_bytes: u64) -> Result<Vec<Record>, LogError> {
-        if let Some(recent) = self.recent_from(from, max_bytes) {
+        if let Some(recent) = self.read_recent(from, max_bytes) {
             return recent
                 .iter()
                 .map(|raw| {
@@ -763,10 +763,11 @@ impl Log {
     }
 
     /// The records from `from` (a record boundary) on, about `max_bytes` of
-    /// them (at least one, unless `max_bytes` is 0), as kept in memory;
+    /// them (at least one, unless `max_bytes` is 0), as stored, from the
+    /// newest records kept in memory: no I/O, so an async task may call it.
     /// None when they are not all there (`from` is older than the oldest
     /// kept, or the end).
-    fn recent_from(&self, from: Lsn, max_bytes: u64) -> Option<Vec<RawRecord>> {
+    pub fn read_recent(&self, from: Lsn, max_bytes: u64) -> Option<Vec<RawRecord>> {
         let tail = self.lock();
         if max_bytes == 0 && from >= tail.recent.front()?.lsn && from <= tail.end {
             return Some(Vec::new());
@@ -795,28 +796,11 @@ impl Log {
     /// from memory when they are recent, else read and checked from disk.
     /// Stops after about `max_bytes` (at least one record when there is one).
     pub fn read_raw(&self, from: Lsn, max_bytes: u64) -> Result<Vec<RawRecord>, LogError> {
-        {
-            let tail = self.lock();
-            if from == tail.end {
-                return Ok(Vec::new());
-            }
-            if tail.recent.front().is_some_and(|r| r.lsn <= from) {
-                let mut out = Vec::new();
-                let mut size = 0u64;
-                for r in tail.recent.iter().skip_while(|r| r.lsn < from) {
-                    if out.is_empty() && r.lsn != from {
-                        break;
-                    }
-                    if !out.is_empty() && size + r.bytes.len() as u64 > max_bytes {
-                        break;
-                    }
-                    size += r.bytes.len() as u64;
-                    out.push(r.clone());
-                }
-                if !out.is_empty() {
-                    return Ok(out);
-                }
-            }
+        if from == self.end_lsn() {
+            return Ok(Vec::new());
+        }
+        if let Some(records) = self.read_recent(from, max_bytes) {
+            return Ok(records);
         }
         Ok(self
             .read_some(from, max_bytes)?

@@ -1355,11 +1355,18 @@ async fn stream_to(
             if from >= db.log().end_lsn() {
                 continue;
             }
-            let log = db.log().clone();
-            let records = tokio::task::spawn_blocking(move || log.read_raw(from, BATCH_BYTES))
-                .await
-                .map_err(ReplicationError::local)?
-                .map_err(ReplicationError::local)?;
+            // Recent records come from memory; older ones from disk, on a
+            // blocking thread.
+            let records = match db.log().read_recent(from, BATCH_BYTES) {
+                Some(records) => records,
+                None => {
+                    let log = db.log().clone();
+                    tokio::task::spawn_blocking(move || log.read_raw(from, BATCH_BYTES))
+                        .await
+                        .map_err(ReplicationError::local)?
+                        .map_err(ReplicationError::local)?
+                }
+            };
             let Some(last) = records.last() else { continue };
             next.insert(name.clone(), last.end_lsn());
             if let Some((_, cell)) = group.databases.get(name) {
