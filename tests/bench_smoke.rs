@@ -1,5 +1,5 @@
 //! The benchmark harness must not rot: `scripts/bench --smoke` runs its
-//! quick scenarios (the commit and rw matrix, lag, seeding, geo, backup) against this
+//! quick scenarios (the commit, rw and TPC-B matrix, lag, seeding, geo, backup) against this
 //! build's binary and must exit 0 with a CSV and a JSON document holding
 //! every expected row; and the unit tests of its statistics module
 //! (`scripts/bench-scripts/test_benchlib.py`) must pass.
@@ -171,7 +171,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         Command::new("timeout")
             .args(["--kill-after=60", &SCRIPT_TIMEOUT_SECS.to_string(), "bash"])
             .arg(repo().join("scripts/bench"))
-            .args(["--smoke", "commit", "rw", "lag", "seeding", "geo", "backup"])
+            .args(["--smoke", "commit", "rw", "tpcb", "lag", "seeding", "geo", "backup"])
             .env("AVAILDB_BIN", env!("CARGO_BIN_EXE_availdb"))
             .env("BENCH_OUT", out.path())
             .env("BENCH_NO_INSTALL", "1")
@@ -189,7 +189,11 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
 
     let csv = Csv::read(&result_file(out.path(), "csv"));
     let systems = ["standalone", "async3", "sync2", "sync3", "pg_alone", "pg"];
-    for scenario in ["commit", "rw"] {
+    for system in systems {
+        let init = csv.matching(&[("kind", "init"), ("scenario", "tpcb"), ("system", system)]);
+        assert_eq!(init.len(), 1, "one pgbench -i of {system}");
+    }
+    for scenario in ["commit", "rw", "tpcb"] {
         for system in systems {
             let runs = csv.matching(&[
                 ("kind", "run"),
@@ -337,6 +341,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
     }
     let md = std::fs::read_to_string(result_file(out.path(), "md")).expect("the markdown report");
     assert!(md.contains("### rw: "), "{md}");
+    assert!(md.contains("### tpcb: "), "{md}");
     assert!(md.contains("### geo lag: "), "{md}");
     assert!(md.contains("availdb / PostgreSQL lag ratio"), "{md}");
     assert!(

@@ -73,6 +73,7 @@ LISTENER_SYSTEMS = [
 MATRIX_SCENARIOS = {
     "commit": "single-row insert per transaction (commit.sql)",
     "rw": "small read-write transaction: an update, 2 point selects, an insert (rw.sql)",
+    "tpcb": "pgbench's built-in TPC-B (-b tpcb-like) after pgbench -i",
 }
 
 # Column order of the run CSV. scripts/bench writes rows by column name.
@@ -622,6 +623,16 @@ def matrix_markdown(doc):
                 f"{fmt(c['p99_ms_median'], 3)} | {c['failed_tx']}"
                 + (f" ({c['failed_runs']} run(s) failed)" if c["failed_runs"] else "") + " |")
         out.append("")
+        inits = [r for r in doc["measurements"] if r.get("kind") == "init" and r.get("scenario") == scenario]
+        if inits:
+            out += [
+                f"Set-up of {scenario} on each system ({inits[0].get('note') or 'init'}):",
+                "",
+                "| system | seconds |",
+                "|---|---:|",
+            ]
+            out += [f"| {LABELS.get(r['system'], r['system'])} | {fmt(r.get('elapsed_s'), 1)} |" for r in inits]
+            out.append("")
     redo = doc["summary"]["redo"]
     if redo:
         out += [
