@@ -171,7 +171,9 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         Command::new("timeout")
             .args(["--kill-after=60", &SCRIPT_TIMEOUT_SECS.to_string(), "bash"])
             .arg(repo().join("scripts/bench"))
-            .args(["--smoke", "commit", "rw", "tpcb", "lag", "seeding", "geo", "backup"])
+            .args([
+                "--smoke", "commit", "rw", "tpcb", "lag", "seeding", "geo", "backup",
+            ])
             .env("AVAILDB_BIN", env!("CARGO_BIN_EXE_availdb"))
             .env("BENCH_OUT", out.path())
             .env("BENCH_NO_INSTALL", "1")

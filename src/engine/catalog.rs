@@ -32,8 +32,8 @@
 //! keys and foreign keys (pg_constraint) and defaults (pg_attrdef), with
 //! OIDs of their own (`pg_oid` of `pg_temp.<name>`). CHECK constraints
 //! are read from each table's `CREATE TABLE` text
-//! (`availdb_check_constraints`). Limits: a TEMP table's CHECK
-//! constraints and expression indexes are not listed;
+//! (`availdb_check_constraints`), a TEMP table's too. Limits: expression
+//! indexes are not listed;
 //! comments (`obj_description`) are always NULL. Roles: the built-in
 //! `availdb` and the cluster's roles ([`publish_roles`]); pg_auth_members
 //! is empty (roles are not members of roles).
@@ -723,7 +723,7 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_temp_objects AS
     r.value ->> 'sql' AS sql
   FROM json_each(availdb_temp_relations()) r;
 CREATE TEMP VIEW IF NOT EXISTS availdb_temp_tables AS
-  SELECT name, type, CAST(pg_oid('r', 'pg_temp.' || name) AS INTEGER) AS oid
+  SELECT name, type, CAST(pg_oid('r', 'pg_temp.' || name) AS INTEGER) AS oid, sql
   FROM availdb_temp_objects WHERE type IN ('table', 'view');
 CREATE TEMP VIEW IF NOT EXISTS availdb_seqs AS
   SELECT s.value ->> 'name' AS name, s.value ->> 'last_value' AS last_value,
@@ -835,7 +835,8 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   UNION ALL
   SELECT oid, name, {temp_oid}, 0, 0, 10, CASE type WHEN 'table' THEN 2 ELSE 0 END, oid, 0, 0, -1, 0, 0,
     EXISTS (SELECT 1 FROM availdb_indexes i WHERE i.reloid = t.oid), 0, 't', CASE type WHEN 'table' THEN 'r' ELSE 'v' END,
-    (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp')), 0, 0,
+    (SELECT count(*) FROM pragma_table_info(t.name, 'pg_temp')),
+    CASE type WHEN 'table' THEN json_array_length(availdb_check_constraints(t.name, t.sql)) ELSE 0 END, 0,
     EXISTS (SELECT 1 FROM availdb_fks f WHERE f.nsp <> 2200 AND (f.reloid = t.oid OR f.refoid = t.oid)),
     0, 0, 0, 1, 'd', 0, 0, 0, 0, NULL, NULL, NULL
   FROM availdb_temp_tables t;
@@ -939,6 +940,13 @@ CREATE TEMP VIEW IF NOT EXISTS pg_constraint AS
     CASE WHEN (k.value ->> 'col') > 0 THEN json_array(k.value ->> 'col') ELSE '[]' END, NULL,
     NULL, NULL, NULL, NULL, NULL, k.value ->> 'def', k.value ->> 'def'
   FROM availdb_tables t, json_each(availdb_check_constraints(t.name, t.sql)) k
+  WHERE t.type = 'table'
+  UNION ALL
+  SELECT CAST(pg_oid('k', 'pg_temp.' || t.name || '.' || (k.value ->> 'name')) AS INTEGER), k.value ->> 'name',
+    {temp_oid}, 'c', 0, 0, 1, t.oid, 0, 0, 0, 0, ' ', ' ', ' ', 1, 0, 0,
+    CASE WHEN (k.value ->> 'col') > 0 THEN json_array(k.value ->> 'col') ELSE '[]' END, NULL,
+    NULL, NULL, NULL, NULL, NULL, k.value ->> 'def', k.value ->> 'def'
+  FROM availdb_temp_tables t, json_each(availdb_check_constraints(t.name, t.sql)) k
   WHERE t.type = 'table';
 CREATE TEMP VIEW IF NOT EXISTS pg_database AS
   SELECT CAST(pg_oid('b', j.value) AS INTEGER) AS oid, j.value AS datname, 10 AS datdba, 6 AS encoding,
@@ -1459,7 +1467,7 @@ mod tests {
         // defaults are listed like a permanent table's, in `pg_temp`.
         c.execute_batch(
             "ATTACH DATABASE ':memory:' AS pg_temp;
-             CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY AUTOINCREMENT, code text UNIQUE, n int DEFAULT 5, up int REFERENCES tt (id));
+             CREATE TABLE pg_temp.tt (id INTEGER PRIMARY KEY AUTOINCREMENT, code text UNIQUE, n int DEFAULT 5 CHECK (n > 0), up int REFERENCES tt (id), CHECK (n < up));
              CREATE INDEX pg_temp.tt_n ON tt (n);",
         )
         .unwrap();
@@ -1473,10 +1481,16 @@ mod tests {
         assert_eq!(
             rows(&format!("SELECT conname || ' ' || contype || ' ' || condef FROM pg_constraint WHERE conrelid = ({temp}) ORDER BY conname")),
             [
+                "tt_check c CHECK (n < up)",
                 "tt_code_key u UNIQUE (code)",
+                "tt_n_check c CHECK (n > 0)",
                 "tt_pkey p PRIMARY KEY (id)",
                 "tt_up_fkey f FOREIGN KEY (up) REFERENCES tt(id)"
             ]
+        );
+        assert_eq!(
+            rows(&format!("SELECT CAST(relchecks AS TEXT) || ' ' || CAST(connamespace AS TEXT) FROM pg_class JOIN pg_constraint ON conrelid = pg_class.oid WHERE pg_class.oid = ({temp}) AND conname = 'tt_n_check'")),
+            [format!("2 {TEMP_NAMESPACE_OID}")]
         );
         assert_eq!(
             rows(&format!("SELECT adnum || ' ' || adbin FROM pg_attrdef WHERE adrelid = ({temp}) ORDER BY adnum")),
