@@ -55,8 +55,7 @@ pub fn describe(conn: &Connection, sql: &str) -> Result<Described> {
         .exists([])?;
     let version: i64 = conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))?;
     let stmt = conn.prepare_cached(&format!("/* schema {version} */ {sql}"))?;
-    let schema = ConnSchema::new(conn);
-    let params = typing::infer_parameter_types(sql, param_count(&stmt), &schema);
+    let params = inferred_parameters(conn, sql, param_count(&stmt));
     Ok(Described {
         columns: columns(&stmt, sql, conn),
         params,
@@ -210,73 +209,115 @@ fn columns(stmt: &Statement<'_>, sql: &str, conn: &Connection) -> Vec<Column> {
 }
 
 /// The announced types of `sql`'s columns: [`typing::infer_column_types`]
-/// (which parses the statement), remembered per database file and
-/// statement text for as long as the schema it was worked out under.
+/// (which parses the statement), remembered ([`remembered`]).
+fn inferred_types(conn: &Connection, sql: &str, declared: &[Option<ValueType>]) -> Vec<ValueType> {
+    remembered(&COLUMN_TYPES, conn, sql, declared, || {
+        typing::infer_column_types(sql, declared, &ConnSchema::new(conn))
+    })
+}
+
+/// The types of `sql`'s `count` parameters, None where nothing tells:
+/// [`typing::infer_parameter_types`], remembered ([`remembered`]).
+fn inferred_parameters(conn: &Connection, sql: &str, count: usize) -> Vec<Option<ValueType>> {
+    remembered(&PARAMETER_TYPES, conn, sql, &vec![None; count], || {
+        typing::infer_parameter_types(sql, count, &ConnSchema::new(conn))
+    })
+}
+
+/// What `infer` works out for `sql` on `conn`, remembered per database
+/// file and statement text for as long as the schema it was worked out
+/// under, and as long as `check` (what SQLite reports of the statement:
+/// its columns' declared types, its parameter count) is the same.
 ///
 /// # Why it is safe to remember
-/// The inference reads only the statement text, the declared types SQLite
-/// reports (part of the key's check) and the schema: the tables of `main`
-/// (their version, `PRAGMA main.schema_version`, is part of the check; every
-/// DDL statement, and availdb's own table rewrites, change it) and the
-/// fixed catalog. A connection with TEMP objects could resolve a name to a
-/// table of its own, which no other connection sees: such a connection
-/// (`PRAGMA temp.schema_version` above 0) is never served from, nor adds
-/// to, what is remembered.
-fn inferred_types(conn: &Connection, sql: &str, declared: &[Option<ValueType>]) -> Vec<ValueType> {
-    let infer = || typing::infer_column_types(sql, declared, &ConnSchema::new(conn));
-    let version = |schema: &str| -> Option<i64> {
-        conn.prepare_cached(&format!("PRAGMA {schema}.schema_version"))
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .ok()
-    };
-    let path = conn.path().filter(|p| !p.is_empty());
-    let (Some(path), true) = (path, sql.len() <= InferredTypes::MAX_SQL_BYTES) else {
+/// Type inference reads only the statement text, what `check` holds and
+/// the schema: the tables of `main` (their version, `PRAGMA
+/// main.schema_version`, is part of the check; every DDL statement, and
+/// availdb's own table rewrites, change it) and the catalog, the same on
+/// every connection. A session's TEMP objects live in a schema of its own,
+/// `pg_temp` (`engine::temp`), which another session's connections do not
+/// have: a connection with `pg_temp` attached is never served from, nor
+/// adds to, what is remembered. Statements longer than
+/// [`Remembered::MAX_SQL_BYTES`] (bulk inserts with their values) are not
+/// kept.
+fn remembered<V: Clone>(
+    cache: &Remembered<V>,
+    conn: &Connection,
+    sql: &str,
+    check: &[Option<ValueType>],
+    infer: impl FnOnce() -> V,
+) -> V {
+    let Some((path, version)) = cache_key(conn, sql) else {
         return infer();
     };
-    let (Some(0), Some(version)) = (version("temp"), version("main")) else {
-        return infer();
-    };
-    if let Some(types) = INFERRED.lookup(path, sql, version, declared) {
-        return types;
+    if let Some(value) = cache.lookup(path, sql, version, check) {
+        return value;
     }
-    let types = infer();
-    INFERRED.remember(path, sql, version, declared, &types);
-    types
+    let value = infer();
+    cache.remember(path, sql, version, check, &value);
+    value
 }
 
-/// Inferred column types by database file and statement text: see
-/// [`inferred_types`]. Bounded: statements of at most
-/// [`InferredTypes::MAX_SQL_BYTES`], and past [`InferredTypes::MAX`]
-/// statements of one file it starts over.
-struct InferredTypes {
-    files: std::sync::Mutex<HashMap<String, HashMap<String, Inferred>>>,
+/// The database file and the schema version a remembered inference of
+/// `sql` on `conn` is filed under; None when it must not be remembered
+/// (see [`remembered`]).
+fn cache_key<'c>(conn: &'c Connection, sql: &str) -> Option<(&'c str, i64)> {
+    let path = conn.path().filter(|p| !p.is_empty())?;
+    if sql.len() > Remembered::<()>::MAX_SQL_BYTES {
+        return None;
+    }
+    let with_temp_space: i64 = conn
+        .prepare_cached("SELECT count(*) FROM pragma_database_list WHERE name = ?1")
+        .and_then(|mut s| s.query_row([super::temp::SCHEMA], |r| r.get(0)))
+        .ok()?;
+    if with_temp_space != 0 {
+        return None;
+    }
+    let version = conn
+        .prepare_cached("PRAGMA main.schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .ok()?;
+    Some((path, version))
 }
 
-struct Inferred {
+/// Inferred types by database file and statement text ([`remembered`]).
+/// Bounded: past [`Remembered::MAX`] statements of one file it starts over.
+struct Remembered<V> {
+    files: std::sync::Mutex<HashMap<String, HashMap<String, Known<V>>>>,
+}
+
+struct Known<V> {
     schema_version: i64,
-    declared: Vec<Option<ValueType>>,
-    types: Vec<ValueType>,
+    check: Vec<Option<ValueType>>,
+    value: V,
 }
 
-static INFERRED: std::sync::LazyLock<InferredTypes> = std::sync::LazyLock::new(|| InferredTypes {
-    files: std::sync::Mutex::new(HashMap::new()),
-});
+static COLUMN_TYPES: std::sync::LazyLock<Remembered<Vec<ValueType>>> =
+    std::sync::LazyLock::new(Remembered::new);
+static PARAMETER_TYPES: std::sync::LazyLock<Remembered<Vec<Option<ValueType>>>> =
+    std::sync::LazyLock::new(Remembered::new);
 
-impl InferredTypes {
-    const MAX: usize = 4096;
-    const MAX_SQL_BYTES: usize = 8192;
+impl<V: Clone> Remembered<V> {
+    const MAX: usize = 1024;
+    const MAX_SQL_BYTES: usize = 2048;
+
+    fn new() -> Self {
+        Remembered {
+            files: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
 
     fn lookup(
         &self,
         path: &str,
         sql: &str,
         schema_version: i64,
-        declared: &[Option<ValueType>],
-    ) -> Option<Vec<ValueType>> {
+        check: &[Option<ValueType>],
+    ) -> Option<V> {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let known = files.get(path)?.get(sql)?;
-        (known.schema_version == schema_version && known.declared == declared)
-            .then(|| known.types.clone())
+        (known.schema_version == schema_version && known.check == check)
+            .then(|| known.value.clone())
     }
 
     fn remember(
@@ -284,8 +325,8 @@ impl InferredTypes {
         path: &str,
         sql: &str,
         schema_version: i64,
-        declared: &[Option<ValueType>],
-        types: &[ValueType],
+        check: &[Option<ValueType>],
+        value: &V,
     ) {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let statements = files.entry(path.to_string()).or_default();
@@ -294,10 +335,10 @@ impl InferredTypes {
         }
         statements.insert(
             sql.to_string(),
-            Inferred {
+            Known {
                 schema_version,
-                declared: declared.to_vec(),
-                types: types.to_vec(),
+                check: check.to_vec(),
+                value: value.clone(),
             },
         );
     }
@@ -409,13 +450,42 @@ mod tests {
         let path = dir.path().join("types.db");
         let plain = Connection::open(&path).unwrap();
         plain.execute_batch("CREATE TABLE t(a INTEGER)").unwrap();
-        let shadowing = Connection::open(&path).unwrap();
-        shadowing
-            .execute_batch("CREATE TEMP TABLE t(a TEXT)")
+        // Two sessions' TEMP spaces (engine::temp), each with its own u.
+        let (text, int) = (
+            Connection::open(&path).unwrap(),
+            Connection::open(&path).unwrap(),
+        );
+        let space = super::super::temp::SCHEMA;
+        text.execute_batch(&format!(
+            "ATTACH DATABASE ':memory:' AS {space}; CREATE TABLE {space}.u(a TEXT)"
+        ))
+        .unwrap();
+        int.execute_batch(&format!(
+            "ATTACH DATABASE ':memory:' AS {space}; CREATE TABLE {space}.u(a INTEGER)"
+        ))
+        .unwrap();
+        let max_of = |conn: &Connection, table: &str| {
+            let sql = format!("SELECT max(a) FROM {table}");
+            run(conn, &sql, &[], true).unwrap().columns[0].ty
+        };
+        assert_eq!(max_of(&text, "u"), ValueType::Text);
+        assert_eq!(max_of(&int, "u"), ValueType::Int4, "its own TEMP u");
+        assert_eq!(max_of(&text, "u"), ValueType::Text);
+        assert_eq!(max_of(&plain, "t"), ValueType::Int4);
+    }
+
+    #[test]
+    fn remembered_parameter_types_are_forgotten_when_the_schema_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("types.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE p(a INTEGER)").unwrap();
+        let sql = "SELECT 1 FROM p WHERE a = $1";
+        assert_eq!(describe(&c, sql).unwrap().params, [Some(ValueType::Int4)]);
+        assert_eq!(describe(&c, sql).unwrap().params, [Some(ValueType::Int4)]);
+        c.execute_batch("DROP TABLE p; CREATE TABLE p(a TEXT)")
             .unwrap();
-        assert_eq!(max_a_type(&plain), ValueType::Int4);
-        assert_eq!(max_a_type(&shadowing), ValueType::Text, "its own TEMP t");
-        assert_eq!(max_a_type(&plain), ValueType::Int4);
+        assert_eq!(describe(&c, sql).unwrap().params, [Some(ValueType::Text)]);
     }
 
     #[test]
