@@ -42,19 +42,49 @@ pub enum CertCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Issue a node certificate signed by DIR's authority: DIR/NAME.pem
-    /// and DIR/NAME.key.
+    /// Issue a node certificate signed by DIR's authority: OUT/NAME.pem
+    /// and OUT/NAME.key.
     Issue {
         /// Directory holding ca.pem and ca.key.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, visible_alias = "ca-dir", value_name = "DIR")]
         dir: PathBuf,
-        /// The node's name (the files' names).
+        /// The node's name (the files' names, and the certificate's CN).
         #[arg(long)]
         name: String,
-        /// A host name or IP address clients connect to (repeat for more).
+        /// A host name or IP address clients or partners connect to
+        /// (repeat for more).
         #[arg(long = "host", value_name = "HOST", required = true)]
         hosts: Vec<String>,
+        /// Directory for the node's files (created if missing) [default:
+        /// DIR].
+        #[arg(long, value_name = "OUT")]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid [default: 825].
+        #[arg(long, value_name = "N", default_value_t = VALID_DAYS)]
+        days: i64,
+        /// Start the validity this many days before now [default: 0].
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        backdate_days: i64,
     },
+}
+
+/// When a certificate is valid: from `backdate_days` before now, for
+/// `days` days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Days from the start to the end.
+    pub days: i64,
+    /// Days before now the validity starts.
+    pub backdate_days: i64,
+}
+
+impl Default for Validity {
+    fn default() -> Validity {
+        Validity {
+            days: VALID_DAYS,
+            backdate_days: 0,
+        }
+    }
 }
 
 /// Runs `availdb cert …`.
@@ -68,14 +98,30 @@ pub fn run(args: CertArgs) -> Result<(), String> {
                 key.display()
             );
         }
-        CertCommand::Issue { dir, name, hosts } => {
-            let (cert, key) = issue(&dir, &name, &hosts)?;
-            println!(
-                "node certificate: {} and key: {} (availdb server --tls-cert {} --tls-key {})",
+        CertCommand::Issue {
+            dir,
+            name,
+            hosts,
+            out,
+            days,
+            backdate_days,
+        } => {
+            let validity = Validity {
+                days,
+                backdate_days,
+            };
+            let out = out.as_deref().unwrap_or(&dir);
+            let (cert, key) = issue_to(&dir, out, &name, &hosts, validity)?;
+            let (cert, key, ca) = (
                 cert.display(),
                 key.display(),
-                cert.display(),
-                key.display()
+                dir.join("ca.pem").display().to_string(),
+            );
+            println!(
+                "node certificate: {cert} and key: {key}\n\
+                 for clients: availdb server --tls-cert {cert} --tls-key {key}\n\
+                 for partners: availdb server --partner-tls-cert {cert} --partner-tls-key {key} \
+                 --partner-ca {ca}"
             );
         }
     }
@@ -87,14 +133,20 @@ fn ca_params() -> Result<CertificateParams, String> {
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, CA_NAME);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    valid_from_now(&mut params);
+    set_validity(&mut params, Validity::default());
     Ok(params)
 }
 
-fn valid_from_now(params: &mut CertificateParams) {
+fn set_validity(params: &mut CertificateParams, validity: Validity) {
+    let days = |n: i64| std::time::Duration::from_secs(n.unsigned_abs() * 86_400);
     let now = std::time::SystemTime::now();
-    params.not_before = now.into();
-    params.not_after = (now + std::time::Duration::from_secs(VALID_DAYS as u64 * 86_400)).into();
+    let start = if validity.backdate_days >= 0 {
+        now - days(validity.backdate_days)
+    } else {
+        now + days(validity.backdate_days)
+    };
+    params.not_before = start.into();
+    params.not_after = (start + days(validity.days)).into();
 }
 
 /// Makes the authority in `dir`; returns its certificate and key paths.
@@ -117,8 +169,27 @@ pub fn init(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((cert_path, key_path))
 }
 
-/// Issues `name`'s certificate for `hosts` from the authority in `dir`.
+/// Issues `name`'s certificate for `hosts` from the authority in `dir`,
+/// into `dir`, valid from now for [`VALID_DAYS`].
 pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    issue_to(dir, dir, name, hosts, Validity::default())
+}
+
+/// Issues `name`'s certificate for `hosts` from the authority in `dir`,
+/// into `out`; returns its certificate and key paths.
+pub fn issue_to(
+    dir: &Path,
+    out: &Path,
+    name: &str,
+    hosts: &[String],
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), String> {
+    if validity.days < 1 {
+        return Err(format!(
+            "--days {} is no validity: give at least 1",
+            validity.days
+        ));
+    }
     if name.is_empty()
         || !name
             .chars()
@@ -147,14 +218,15 @@ pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, PathB
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    valid_from_now(&mut params);
+    set_validity(&mut params, validity);
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|e| format!("cannot sign {name}'s certificate: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
+        out.join(format!("{name}.pem")),
+        out.join(format!("{name}.key")),
     );
     write_private(&key_path, &key.serialize_pem())?;
     write(&cert_path, &cert.pem())?;
@@ -205,5 +277,43 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let err = issue(other.path(), "r1", &["h".into()]).unwrap_err();
         assert!(err.contains("availdb cert init"), "{err}");
+    }
+
+    #[test]
+    fn issue_writes_to_out_for_the_days_asked_and_refuses_no_validity() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        let out = dir.path().join("nodes/r2");
+        let validity = Validity {
+            days: 2,
+            backdate_days: 0,
+        };
+        let (cert, key) =
+            issue_to(dir.path(), &out, "r2", &["127.0.0.1".into()], validity).unwrap();
+        assert_eq!((cert.parent(), key.parent()), (Some(&*out), Some(&*out)));
+        let files = crate::net::PartnerTlsFiles {
+            cert,
+            key,
+            cas: vec![dir.path().join("ca.pem")],
+        };
+        assert!(crate::net::PartnerTls::load(&files).is_ok());
+        let none = Validity {
+            days: 0,
+            backdate_days: 0,
+        };
+        let err = issue_to(dir.path(), &out, "r3", &["h".into()], none).unwrap_err();
+        assert!(err.contains("--days"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_authority_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        std::fs::write(dir.path().join("ca.key"), "not a key").unwrap();
+        let err = issue(dir.path(), "r1", &["h".into()]).unwrap_err();
+        assert!(
+            err.contains("ca.key") && err.contains("not a private key"),
+            "{err}"
+        );
     }
 }
