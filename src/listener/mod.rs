@@ -56,8 +56,9 @@
 //!   write on a former primary.
 //!
 //! # Known limits
-//! * The hop from the listener to the replica is partner traffic, in
-//!   plaintext (no node-to-node TLS yet). A replica trusts the client
+//! * The hop from the listener to the replica is partner traffic
+//!   ([`crate::net::connect_from_any`]): mutual TLS with partner TLS,
+//!   plaintext without. A replica trusts the client
 //!   address and TLS a listener reports only on its replication endpoint;
 //!   a session sent to a `READ_ONLY_ROUTING_URL` is a plaintext client of
 //!   that port, which `--require-tls remote` refuses across hosts.
