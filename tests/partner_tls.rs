@@ -83,7 +83,15 @@ fn tls_args(dir: &Path, name: &str) -> Vec<String> {
         format!("{d}/{name}.key"),
         "--partner-ca".into(),
         format!("{d}/trusted.pem"),
+        "--partner-crl".into(),
+        format!("{d}/crl.pem"),
     ]
+}
+
+/// Gives the nodes whose files are in `dir` the revocation list of the CA
+/// in `ca_dir` (what an operator copies to the nodes).
+fn distribute_crl(ca_dir: &Path, dir: &Path) {
+    std::fs::copy(ca_dir.join("crl.pem"), dir.join("crl.pem")).unwrap();
 }
 
 /// A cluster CA and a certificate per replica, all in one directory.
@@ -101,6 +109,7 @@ impl Certs {
             issue(&ca_dir, &name(i), dir.path(), &[]);
         }
         trust(&dir.path().join("trusted.pem"), &[&ca_pem]);
+        distribute_crl(&ca_dir, dir.path());
         Certs { dir, ca_dir }
     }
 
@@ -337,6 +346,7 @@ async fn a_node_with_a_certificate_of_another_ca_is_refused_and_the_group_is_unh
         &other.path().join("trusted.pem"),
         &[&other_ca, &certs.ca_dir.join("ca.pem")],
     );
+    distribute_crl(&other.path().join("ca"), other.path());
     let x = foreign_primary(&tls_args(other.path(), "x"), group.endpoints[1]).await;
     let reason = wait_refusal(&group.nodes[1], "TLS_ACCEPT", "unknown CA", || {
         format!("{}\n===== x =====\n{}", group.logs(), x.log_tail())
@@ -351,6 +361,11 @@ async fn a_node_with_a_certificate_of_another_ca_is_refused_and_the_group_is_unh
         "r2 logs the refusal\n{}",
         group.nodes[1].log_tail()
     );
+    // The foreign node learns why, in its own view.
+    wait_refusal(&x, "TLS_CONNECT", "refused this node's certificate", || {
+        x.log_tail()
+    })
+    .await;
     assert_unharmed(&group, 1).await;
 }
 
@@ -431,6 +446,48 @@ async fn an_expired_certificate_is_refused() {
     )
     .await;
     wait_refusal(&group.nodes[1], "TLS_ACCEPT", "expired certificate", || {
+        group.logs()
+    })
+    .await;
+    assert_unharmed(&group, 1).await;
+}
+
+/// A revoked certificate is refused once the nodes have the CA's new
+/// revocation list (`availdb cert revoke`, copied, SIGHUP), and the group
+/// goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_is_refused_once_the_nodes_reload_the_revocation_list() {
+    let certs = Certs::new(2);
+    issue(&certs.ca_dir, "spare", certs.path(), &[]);
+    let group = certs.group(2).await;
+    let out = availdb(&[
+        "cert",
+        "revoke",
+        "--dir",
+        &certs.ca_dir.display().to_string(),
+        "--name",
+        "spare",
+    ]);
+    assert!(out.contains("now lists 1"), "{out}");
+    distribute_crl(&certs.ca_dir, certs.path());
+    for node in &group.nodes {
+        node.signal("HUP");
+    }
+    let deadline = Instant::now() + WAIT;
+    for node in &group.nodes {
+        while !node.log().contains("partner TLS files read again") {
+            assert!(Instant::now() < deadline, "no reload\n{}", node.log_tail());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    raw_partner(
+        group.endpoints[1],
+        &certs.ca_dir.join("ca.pem"),
+        certs.path(),
+        "spare",
+    )
+    .await;
+    wait_refusal(&group.nodes[1], "TLS_ACCEPT", "revoked certificate", || {
         group.logs()
     })
     .await;

@@ -163,7 +163,7 @@ pub struct ServerArgs {
     /// issue`, with --host for every address partners reach the endpoint
     /// at): every connection to or from a partner (Raft, replication, geo,
     /// listener forwards, page repair) is then mutual TLS. Needs
-    /// --partner-tls-key and --partner-ca; SIGHUP reads the three again
+    /// --partner-tls-key and --partner-ca; SIGHUP reads the files again
     /// [default: none: partner traffic is plaintext and unauthenticated].
     #[arg(long, value_name = "FILE")]
     pub partner_tls_cert: Option<PathBuf>,
@@ -175,6 +175,11 @@ pub struct ServerArgs {
     /// file) to trust an old and a new CA while certificates are rotated.
     #[arg(long, value_name = "FILE")]
     pub partner_ca: Vec<PathBuf>,
+    /// PEM revocation list of a partner CA (`crl.pem` of `availdb cert
+    /// init | revoke`; repeat for several): partners presenting a
+    /// certificate it lists are refused. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub partner_crl: Vec<PathBuf>,
     /// Sessions this node serves at once; one more is refused with
     /// SQLSTATE 53300 [default: 100].
     #[arg(long, value_name = "N")]
@@ -213,7 +218,7 @@ pub struct ServerArgs {
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
     /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
     /// `tls_key`, `require_tls`, `partner_tls_cert`, `partner_tls_key`,
-    /// `partner_ca` (a list), `max_connections`,
+    /// `partner_ca` and `partner_crl` (lists), `max_connections`,
     /// `idle_in_transaction_session_timeout_ms`, `scrub_kib_per_s`,
     /// `backup_verify_kib_per_s`, `seed_by_backup_from_mb`, and
     /// `[[backup_schedule]]` tables with
@@ -243,6 +248,7 @@ struct ConfigFile {
     partner_tls_cert: Option<PathBuf>,
     partner_tls_key: Option<PathBuf>,
     partner_ca: Option<Vec<PathBuf>>,
+    partner_crl: Option<Vec<PathBuf>>,
     max_connections: Option<usize>,
     idle_in_transaction_session_timeout_ms: Option<u64>,
     scrub_kib_per_s: Option<u64>,
@@ -376,15 +382,23 @@ impl ServerArgs {
         } else {
             self.partner_ca.clone()
         };
+        let crls = if self.partner_crl.is_empty() {
+            file.partner_crl.unwrap_or_default()
+        } else {
+            self.partner_crl.clone()
+        };
         let partner_tls = match (
             self.partner_tls_cert.or(file.partner_tls_cert),
             self.partner_tls_key.or(file.partner_tls_key),
             partner_ca,
         ) {
-            (None, None, cas) if cas.is_empty() => None,
-            (Some(cert), Some(key), cas) if !cas.is_empty() => {
-                Some(crate::net::PartnerTlsFiles { cert, key, cas })
-            }
+            (None, None, cas) if cas.is_empty() && crls.is_empty() => None,
+            (Some(cert), Some(key), cas) if !cas.is_empty() => Some(crate::net::PartnerTlsFiles {
+                cert,
+                key,
+                cas,
+                crls,
+            }),
             _ => {
                 return Err(
                     "partner TLS needs all three of --partner-tls-cert, --partner-tls-key and \
@@ -800,6 +814,7 @@ mod tests {
             partner_tls_cert: None,
             partner_tls_key: None,
             partner_ca: Vec::new(),
+            partner_crl: Vec::new(),
             max_connections: None,
             idle_in_transaction_session_timeout_ms: None,
             scrub_kib_per_s: None,

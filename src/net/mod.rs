@@ -43,6 +43,9 @@
 //! A reload that fails (a missing or mismatched file) is logged and the
 //! node keeps what it had.
 //!
+//! `--partner-crl` lists revoked certificates (`availdb cert revoke`):
+//! a partner presenting one is refused, whichever side it is on.
+//!
 //! A node without the options speaks plaintext, as before partner TLS
 //! existed: anyone who reaches the endpoint can read the log records and
 //! send requests that need only a cluster id. The node warns about that
@@ -61,8 +64,9 @@
 //! reason, and shown in `sys.dm_hadr_partner_refusals`, besides the `warn`
 //! lines both sides log. A handshake's reason is one of `no certificate`,
 //! `no TLS`, `TLS from a partner of a node without partner TLS`,
-//! `unknown CA`, `expired certificate`, `certificate not valid yet`,
-//! `certificate not valid for the address`, or rustls's own words.
+//! `unknown CA`, `expired certificate`, `revoked certificate`,
+//! `certificate not valid yet`, `certificate not valid for the address`,
+//! or rustls's own words.
 
 mod stream;
 pub mod tls;
@@ -362,6 +366,7 @@ mod tests {
             cert: node.join("n.pem"),
             key: node.join("n.key"),
             cas: ca_dirs.iter().map(|d| d.join("ca.pem")).collect(),
+            crls: ca_dirs.iter().map(|d| d.join("crl.pem")).collect(),
         }
     }
 
@@ -452,6 +457,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_connection_resumes_the_session_and_skips_the_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, node) = authority(dir.path(), "a", Validity::default());
+        let tls = load(&[&ca], &node);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tls.clone();
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let mut stream = admit(socket, Some(server)).await.unwrap().unwrap();
+                    let mut hello = [0u8; 5];
+                    stream.read_exact(&mut hello).await.unwrap();
+                    stream.write_all(b"olleh").await.unwrap();
+                });
+            }
+        });
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut stream = secure(tcp, addr, Some(tls.clone())).await.unwrap();
+            stream.write_all(b"hello").await.unwrap();
+            let mut answer = [0u8; 5];
+            stream.read_exact(&mut answer).await.unwrap();
+            let PartnerStream::Tls(tls_stream) = &stream else {
+                panic!("plaintext")
+            };
+            kinds.push(tls_stream.get_ref().1.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn without_partner_tls_both_sides_stay_plaintext() {
         let (endpoint, read) = handshake(None, None).await;
         assert_eq!(endpoint, Ok(false));
@@ -502,6 +548,37 @@ mod tests {
             err.contains("expired") && err.contains("availdb cert issue"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_certificate_is_refused_at_the_endpoint_and_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, node) = authority(dir.path(), "a", Validity::default());
+        let endpoint_dir = dir.path().join("endpoint");
+        issue_to(
+            &a,
+            &endpoint_dir,
+            "e",
+            &["127.0.0.1".into()],
+            Validity::default(),
+        )
+        .unwrap();
+        let endpoint_files = PartnerTlsFiles {
+            cert: endpoint_dir.join("e.pem"),
+            key: endpoint_dir.join("e.key"),
+            cas: vec![a.join("ca.pem")],
+            crls: vec![a.join("crl.pem")],
+        };
+        let before = Arc::new(PartnerTls::load(&endpoint_files).unwrap());
+        let (admitted, _) = handshake(Some(raw_client(&a, Some(&node))), Some(before)).await;
+        assert_eq!(admitted, Ok(true), "not revoked yet");
+        crate::cli::cert::revoke(&a, "n").unwrap();
+        let after = Arc::new(PartnerTls::load(&endpoint_files).unwrap());
+        let (admitted, _) = handshake(Some(raw_client(&a, Some(&node))), Some(after)).await;
+        let why = admitted.unwrap_err();
+        assert!(why.starts_with("revoked certificate"), "{why}");
+        let err = PartnerTls::load(&files(&[&a], &node)).unwrap_err();
+        assert!(err.contains("revoked certificate"), "{err}");
     }
 
     #[tokio::test]

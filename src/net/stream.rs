@@ -45,19 +45,31 @@ impl PartnerStream {
 }
 
 /// A read that failed because the partner refused this node's certificate
-/// (in TLS 1.3 the server's verdict on the client's certificate arrives
-/// after the client's handshake has finished, with the first read) says
-/// so in the refusal's words.
-fn explain(e: io::Error) -> io::Error {
+/// (in TLS 1.3 the endpoint's verdict on the connecting node's certificate
+/// arrives after that node's handshake has finished, with its first read)
+/// says so in the refusal's words, and on the connecting side is counted
+/// as a refused handshake ([`super::Partner::TlsConnect`]).
+fn explain(e: io::Error, stream: &tokio_rustls::TlsStream<TcpStream>) -> io::Error {
     let alert = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
         .is_some_and(|tls| matches!(tls, tokio_rustls::rustls::Error::AlertReceived(_)));
-    if alert {
-        io::Error::new(e.kind(), super::tls::handshake_refusal(&e))
-    } else {
-        e
+    if !alert {
+        return e;
     }
+    let reason = super::tls::handshake_refusal(&e);
+    if let tokio_rustls::TlsStream::Client(_) = stream {
+        let to = stream
+            .get_ref()
+            .0
+            .peer_addr()
+            .map_or_else(|_| "the partner".to_string(), |a| a.to_string());
+        super::count_refusal(
+            super::Partner::TlsConnect,
+            &format!("TLS handshake with {to} failed: {reason}"),
+        );
+    }
+    io::Error::new(e.kind(), reason)
 }
 
 impl AsyncRead for PartnerStream {
@@ -68,7 +80,10 @@ impl AsyncRead for PartnerStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PartnerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PartnerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf).map_err(explain),
+            PartnerStream::Tls(s) => match Pin::new(s.as_mut()).poll_read(cx, buf) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(explain(e, s))),
+                other => other,
+            },
         }
     }
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{CertificateError, RootCertStore};
 
@@ -25,6 +26,10 @@ pub struct PartnerTlsFiles {
     /// certificate in every file is trusted: old and new CA during a
     /// rotation).
     pub cas: Vec<PathBuf>,
+    /// PEM revocation lists (`crl.pem` of `availdb cert init | revoke`):
+    /// a partner certificate they list is refused. A certificate of a CA
+    /// with no list here is not checked for revocation.
+    pub crls: Vec<PathBuf>,
 }
 
 /// The loaded partner TLS of a node.
@@ -46,9 +51,10 @@ impl std::fmt::Debug for PartnerTls {
 
 impl PartnerTls {
     /// Reads the files and builds both configurations. Refuses a
-    /// certificate that its own CAs would refuse (not signed by any of
-    /// them, expired, not valid yet): partners would refuse it too, so the
-    /// node says so at start rather than on every connection.
+    /// certificate that its own CAs and lists would refuse (not signed by
+    /// any of them, expired, not valid yet, revoked): partners would refuse
+    /// it too, so the node says so at start rather than on every
+    /// connection.
     pub fn load(files: &PartnerTlsFiles) -> Result<PartnerTls, String> {
         let chain = read_certs(&files.cert, "--partner-tls-cert")?;
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
@@ -78,17 +84,46 @@ impl PartnerTls {
         }
         let trusted_cas = roots.len();
         let roots = Arc::new(roots);
+        let mut crls = Vec::new();
+        for path in &files.crls {
+            let list = CertificateRevocationListDer::pem_file_iter(path)
+                .and_then(|lists| lists.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!(
+                        "cannot read {} (--partner-crl): {e}: give it the crl.pem of availdb \
+                         cert init or revoke",
+                        path.display()
+                    )
+                })?;
+            if list.is_empty() {
+                return Err(format!(
+                    "{} (--partner-crl) holds no revocation list",
+                    path.display()
+                ));
+            }
+            crls.extend(list);
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(crls.clone())
+            .allow_unknown_revocation_status()
+            .only_check_end_entity_revocation()
             .build()
             .map_err(|e| format!("partner TLS: {e}"))?;
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .with_crls(crls)
+                .allow_unknown_revocation_status()
+                .only_check_end_entity_revocation()
+                .build()
+                .map_err(|e| format!("partner TLS: {e}"))?;
         verifier
             .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
             .map_err(|e| {
                 format!(
                     "the partner TLS certificate {} would be refused by partners trusting \
-                     the given --partner-ca ({}): issue the node a certificate from the \
-                     cluster CA with availdb cert issue",
+                     the given --partner-ca and --partner-crl ({}): issue the node a \
+                     certificate from the cluster CA with availdb cert issue",
                     files.cert.display(),
                     certificate_refusal(&e)
                 )
@@ -102,7 +137,7 @@ impl PartnerTls {
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("partner TLS: {e}"))?
-            .with_root_certificates(roots)
+            .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(chain, key)
             .map_err(|e| pair_error(&files.cert, e))?;
         Ok(PartnerTls {
@@ -145,9 +180,10 @@ pub fn certificate_refusal(e: &rustls::Error) -> String {
     match e {
         rustls::Error::NoCertificatesPresented => "no certificate".into(),
         rustls::Error::InvalidCertificate(c) => match c {
-            // All of availdb's CAs share a subject, so a certificate of
-            // another availdb CA finds a trust anchor by name and fails
-            // its signature check; both mean "not our CA".
+            // Authorities made before each had a name of its own share
+            // one (`CN=availdb CA`): a certificate of another such CA finds
+            // a trust anchor by name and fails its signature check. Both
+            // mean "not our CA".
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
                 "unknown CA: not signed by a CA this node trusts (--partner-ca)".into()
             }
@@ -157,7 +193,9 @@ pub fn certificate_refusal(e: &rustls::Error) -> String {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "certificate not valid yet: check the clocks of both nodes".into()
             }
-            CertificateError::Revoked => "revoked certificate".into(),
+            CertificateError::Revoked => {
+                "revoked certificate: listed by --partner-crl (availdb cert revoke)".into()
+            }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 "certificate not valid for the address connected to: issue it with --host \
                  for every address partners use"
