@@ -10,7 +10,9 @@
 //! TLS themselves: a listener must read the start-up packet to choose a
 //! replica, so it cannot pass TLS through. The hop from a listener to the
 //! replica it chose is partner traffic (the replication endpoint), not
-//! client traffic.
+//! client traffic: mutual TLS between the two nodes when they have
+//! partner TLS (`--partner-tls-cert`, [`crate::net`]), plaintext
+//! otherwise.
 //!
 //! PostgreSQL 17's direct TLS negotiation (`sslnegotiation=direct`) works
 //! too: the acceptor announces the `postgresql` ALPN protocol it requires.

@@ -1,25 +1,59 @@
-//! `availdb cert init | issue`: a certificate authority and the nodes'
-//! TLS certificates (rcgen), for `--tls-cert`/`--tls-key` and clients'
-//! `sslrootcert` (`sslmode=verify-full`).
+//! `availdb cert init | issue | revoke`: a certificate authority and the
+//! nodes' TLS certificates (rcgen), for `--tls-cert`/`--tls-key` and
+//! clients' `sslrootcert` (`sslmode=verify-full`), and for partner TLS
+//! (`--partner-tls-cert`, `--partner-tls-key`, `--partner-ca`,
+//! `--partner-crl`: `crate::net`).
 //!
 //! * `availdb cert init --dir DIR` makes `DIR/ca.pem` (the authority's
-//!   certificate, which clients trust) and `DIR/ca.key` (its private key,
-//!   mode 0600: keep it off the nodes). It refuses to replace an existing
-//!   authority.
-//! * `availdb cert issue --dir DIR --name NODE --host H [--host H2 …]`
-//!   makes `DIR/NODE.pem` and `DIR/NODE.key` (0600), signed by the
-//!   authority, valid for every host name or IP address given — the ones
-//!   clients connect to, the node's listener addresses included.
+//!   certificate, which clients and partners trust), `DIR/ca.key` (its
+//!   private key, mode 0600: keep it off the nodes) and `DIR/crl.pem` (its
+//!   revocation list, empty). It refuses to replace an existing authority.
+//! * `availdb cert issue --dir DIR --name NODE --host H [--host H2 …]
+//!   [--out OUT] [--days N] [--backdate-days N]` makes `OUT/NODE.pem` and
+//!   `OUT/NODE.key` (0600; OUT defaults to DIR), signed by the authority,
+//!   valid for every host name or IP address given — the ones clients
+//!   connect to, the node's listener addresses and the address of its
+//!   endpoint included. Each certificate serves both sides of a TLS
+//!   connection (server and client authentication), so one certificate per
+//!   node covers client TLS and partner TLS. Its random serial number is
+//!   recorded with the node's name in `DIR/issued.txt`.
+//! * `availdb cert revoke --dir DIR --name NODE` revokes every certificate
+//!   the authority issued to NODE (recorded in `DIR/revoked.txt`) and
+//!   rewrites `DIR/crl.pem`. Nodes given a copy as `--partner-crl` refuse
+//!   a revoked certificate at the handshake (`revoked certificate`); a
+//!   SIGHUP makes them read it again. Issue the node a new certificate
+//!   afterwards if it is to stay.
 //!
-//! Keys are ECDSA P-256. Every authority availdb makes has the subject
-//! `CN=availdb CA`; authorities are told apart by their keys, which is what
-//! a client's signature check uses. Certificates are valid from now for
-//! [`VALID_DAYS`] days; renew them by issuing again.
+//! Keys are ECDSA P-256. Every authority availdb makes has a subject of
+//! its own, `CN=availdb CA <64 random bits in hex>`, which the certificates
+//! and revocation lists it signs name as their issuer (read back from
+//! `ca.pem`). Certificates are valid from now for [`VALID_DAYS`] days
+//! unless `--days` says otherwise; renew them by issuing again.
+//! `--backdate-days` starts the validity in the past (a clock behind; or,
+//! with a shorter `--days`, a certificate already expired, to check that
+//! partners refuse it).
+//!
+//! # Rotating the partner CA without downtime
+//! 1. `availdb cert init --dir NEW`, and `availdb cert issue --dir NEW`
+//!    for every node.
+//! 2. On every node, trust both: `--partner-ca OLD/ca.pem --partner-ca
+//!    NEW/ca.pem` (or one file holding both certificates), and send it
+//!    SIGHUP (or restart the nodes one at a time).
+//! 3. On every node, replace the certificate and key with NEW's, SIGHUP.
+//! 4. On every node, drop OLD's CA, SIGHUP.
+//!
+//! At every step each node presents a certificate that all its partners
+//! trust, so every pair of nodes can still connect.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// The authority directory's ledger of issued certificates.
+const ISSUED: &str = "issued.txt";
+/// The authority directory's ledger of revoked certificates.
+const REVOKED: &str = "revoked.txt";
 
 /// How long an issued certificate (and the authority) is valid.
 pub const VALID_DAYS: i64 = 825;
@@ -42,19 +76,59 @@ pub enum CertCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Issue a node certificate signed by DIR's authority: DIR/NAME.pem
-    /// and DIR/NAME.key.
+    /// Issue a node certificate signed by DIR's authority: OUT/NAME.pem
+    /// and OUT/NAME.key.
     Issue {
         /// Directory holding ca.pem and ca.key.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, visible_alias = "ca-dir", value_name = "DIR")]
         dir: PathBuf,
-        /// The node's name (the files' names).
+        /// The node's name (the files' names, and the certificate's CN).
         #[arg(long)]
         name: String,
-        /// A host name or IP address clients connect to (repeat for more).
+        /// A host name or IP address clients or partners connect to
+        /// (repeat for more).
         #[arg(long = "host", value_name = "HOST", required = true)]
         hosts: Vec<String>,
+        /// Directory for the node's files (created if missing) [default:
+        /// DIR].
+        #[arg(long, value_name = "OUT")]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid [default: 825].
+        #[arg(long, value_name = "N", default_value_t = VALID_DAYS)]
+        days: i64,
+        /// Start the validity this many days before now [default: 0].
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        backdate_days: i64,
     },
+    /// Revoke every certificate DIR's authority issued to NAME: DIR/crl.pem
+    /// lists it (give that file to the nodes as --partner-crl, SIGHUP).
+    Revoke {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, visible_alias = "ca-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// The node whose certificates are revoked.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// When a certificate is valid: from `backdate_days` before now, for
+/// `days` days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Days from the start to the end.
+    pub days: i64,
+    /// Days before now the validity starts.
+    pub backdate_days: i64,
+}
+
+impl Default for Validity {
+    fn default() -> Validity {
+        Validity {
+            days: VALID_DAYS,
+            backdate_days: 0,
+        }
+    }
 }
 
 /// Runs `availdb cert …`.
@@ -68,14 +142,38 @@ pub fn run(args: CertArgs) -> Result<(), String> {
                 key.display()
             );
         }
-        CertCommand::Issue { dir, name, hosts } => {
-            let (cert, key) = issue(&dir, &name, &hosts)?;
+        CertCommand::Revoke { dir, name } => {
+            let (crl, count) = revoke(&dir, &name)?;
             println!(
-                "node certificate: {} and key: {} (availdb server --tls-cert {} --tls-key {})",
+                "revoked every certificate issued to {name}: {} now lists {count}; copy it to \
+                 every node's --partner-crl and send them SIGHUP",
+                crl.display()
+            );
+        }
+        CertCommand::Issue {
+            dir,
+            name,
+            hosts,
+            out,
+            days,
+            backdate_days,
+        } => {
+            let validity = Validity {
+                days,
+                backdate_days,
+            };
+            let out = out.as_deref().unwrap_or(&dir);
+            let (cert, key) = issue_to(&dir, out, &name, &hosts, validity)?;
+            let (cert, key, ca) = (
                 cert.display(),
                 key.display(),
-                cert.display(),
-                key.display()
+                dir.join("ca.pem").display().to_string(),
+            );
+            println!(
+                "node certificate: {cert} and key: {key}\n\
+                 for clients: availdb server --tls-cert {cert} --tls-key {key}\n\
+                 for partners: availdb server --partner-tls-cert {cert} --partner-tls-key {key} \
+                 --partner-ca {ca}"
             );
         }
     }
@@ -85,16 +183,28 @@ pub fn run(args: CertArgs) -> Result<(), String> {
 fn ca_params() -> Result<CertificateParams, String> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    // A name of its own: certificates (and revocation lists) name their
+    // issuer, and two authorities trusted at once during a rotation must
+    // not be taken for one another.
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{CA_NAME} {:016x}", new_serial()?),
+    );
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    valid_from_now(&mut params);
+    set_validity(&mut params, Validity::default());
     Ok(params)
 }
 
-fn valid_from_now(params: &mut CertificateParams) {
+fn set_validity(params: &mut CertificateParams, validity: Validity) {
+    let days = |n: i64| std::time::Duration::from_secs(n.unsigned_abs() * 86_400);
     let now = std::time::SystemTime::now();
-    params.not_before = now.into();
-    params.not_after = (now + std::time::Duration::from_secs(VALID_DAYS as u64 * 86_400)).into();
+    let start = if validity.backdate_days >= 0 {
+        now - days(validity.backdate_days)
+    } else {
+        now + days(validity.backdate_days)
+    };
+    params.not_before = start.into();
+    params.not_after = (start + days(validity.days)).into();
 }
 
 /// Makes the authority in `dir`; returns its certificate and key paths.
@@ -114,11 +224,31 @@ pub fn init(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
         .map_err(|e| format!("cannot sign the authority: {e}"))?;
     write_private(&key_path, &key.serialize_pem())?;
     write(&cert_path, &cert.pem())?;
+    write_crl(dir, &[])?;
     Ok((cert_path, key_path))
 }
 
-/// Issues `name`'s certificate for `hosts` from the authority in `dir`.
+/// Issues `name`'s certificate for `hosts` from the authority in `dir`,
+/// into `dir`, valid from now for [`VALID_DAYS`].
 pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    issue_to(dir, dir, name, hosts, Validity::default())
+}
+
+/// Issues `name`'s certificate for `hosts` from the authority in `dir`,
+/// into `out`; returns its certificate and key paths.
+pub fn issue_to(
+    dir: &Path,
+    out: &Path,
+    name: &str,
+    hosts: &[String],
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), String> {
+    if validity.days < 1 {
+        return Err(format!(
+            "--days {} is no validity: give at least 1",
+            validity.days
+        ));
+    }
     if name.is_empty()
         || !name
             .chars()
@@ -128,6 +258,35 @@ pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, PathB
             "{name:?} is not a usable node name for file names: use letters, digits, '-', '_', '.'"
         ));
     }
+    let issuer = authority(dir)?;
+    let mut params = CertificateParams::new(hosts.to_vec())
+        .map_err(|e| format!("a --host is not a host name or IP address: {e}"))?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    set_validity(&mut params, validity);
+    let serial = new_serial()?;
+    params.serial_number = Some(serial.into());
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| format!("cannot sign {name}'s certificate: {e}"))?;
+    record(&dir.join(ISSUED), serial, name)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let (cert_path, key_path) = (
+        out.join(format!("{name}.pem")),
+        out.join(format!("{name}.key")),
+    );
+    write_private(&key_path, &key.serialize_pem())?;
+    write(&cert_path, &cert.pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// The authority in `dir`, to sign with.
+fn authority(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
     let ca_key_path = dir.join("ca.key");
     let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(|e| {
         format!(
@@ -138,27 +297,126 @@ pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<(PathBuf, PathB
     })?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)
         .map_err(|e| format!("{} is not a private key: {e}", ca_key_path.display()))?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
-    let mut params = CertificateParams::new(hosts.to_vec())
-        .map_err(|e| format!("a --host is not a host name or IP address: {e}"))?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    valid_from_now(&mut params);
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|e| format!("cannot sign {name}'s certificate: {e}"))?;
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    write_private(&key_path, &key.serialize_pem())?;
-    write(&cert_path, &cert.pem())?;
-    Ok((cert_path, key_path))
+    let ca_cert_path = dir.join("ca.pem");
+    let ca_cert_pem = std::fs::read_to_string(&ca_cert_path).map_err(|e| {
+        format!(
+            "cannot read the authority's certificate {}: {e}; make one with availdb cert init \
+             --dir {}",
+            ca_cert_path.display(),
+            dir.display()
+        )
+    })?;
+    // The certificate's own subject, so that what is signed names exactly
+    // the authority partners trust (and authorities made when every one was
+    // `CN=availdb CA` keep working).
+    Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|e| {
+        format!(
+            "{} is not the authority's certificate: {e}",
+            ca_cert_path.display()
+        )
+    })
+}
+
+/// A random positive 63-bit serial number.
+fn new_serial() -> Result<u64, String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "no randomness for a serial number".to_string())?;
+    Ok((u64::from_be_bytes(bytes) >> 1).max(1))
+}
+
+/// Appends `SERIAL NAME` (hexadecimal serial) to a ledger of the
+/// authority's directory.
+fn record(ledger: &Path, serial: u64, name: &str) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger)
+        .and_then(|mut f| writeln!(f, "{serial:016x} {name}"))
+        .map_err(|e| format!("cannot write {}: {e}", ledger.display()))
+}
+
+/// The `(serial, name)` lines of a ledger (none when it does not exist).
+fn ledger(path: &Path) -> Result<Vec<(u64, String)>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            line.split_once(' ')
+                .and_then(|(serial, name)| {
+                    Some((u64::from_str_radix(serial, 16).ok()?, name.to_string()))
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "{} has a line that is not SERIAL NAME: {line:?}",
+                        path.display()
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Revokes every certificate `dir`'s authority issued to `name` and
+/// rewrites `DIR/crl.pem`; returns it and how many certificates it lists.
+pub fn revoke(dir: &Path, name: &str) -> Result<(PathBuf, usize), String> {
+    let issued = ledger(&dir.join(ISSUED))?;
+    let serials: Vec<u64> = issued
+        .iter()
+        .filter(|(_, n)| n == name)
+        .map(|(s, _)| *s)
+        .collect();
+    if serials.is_empty() {
+        return Err(format!(
+            "the authority in {} issued no certificate to {name:?} (its ledger {ISSUED} lists \
+             the certificates availdb cert issue made)",
+            dir.display()
+        ));
+    }
+    let mut revoked = ledger(&dir.join(REVOKED))?;
+    for serial in serials {
+        if !revoked.iter().any(|(s, _)| *s == serial) {
+            record(&dir.join(REVOKED), serial, name)?;
+            revoked.push((serial, name.to_string()));
+        }
+    }
+    let crl = write_crl(dir, &revoked)?;
+    Ok((crl, revoked.len()))
+}
+
+/// Signs a revocation list of `revoked` into `DIR/crl.pem`.
+fn write_crl(dir: &Path, revoked: &[(u64, String)]) -> Result<PathBuf, String> {
+    let issuer = authority(dir)?;
+    let now = std::time::SystemTime::now();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now.into(),
+        next_update: (now + std::time::Duration::from_secs(VALID_DAYS as u64 * 86_400)).into(),
+        crl_number: new_serial()?.into(),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|(serial, _)| rcgen::RevokedCertParams {
+                serial_number: (*serial).into(),
+                revocation_time: now.into(),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .and_then(|crl| crl.pem())
+        .map_err(|e| format!("cannot sign the revocation list: {e}"))?;
+    let path = dir.join("crl.pem");
+    write(&path, &crl)?;
+    Ok(path)
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -205,5 +463,69 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let err = issue(other.path(), "r1", &["h".into()]).unwrap_err();
         assert!(err.contains("availdb cert init"), "{err}");
+    }
+
+    #[test]
+    fn issue_writes_to_out_for_the_days_asked_and_refuses_no_validity() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        let out = dir.path().join("nodes/r2");
+        let validity = Validity {
+            days: 2,
+            backdate_days: 0,
+        };
+        let (cert, key) =
+            issue_to(dir.path(), &out, "r2", &["127.0.0.1".into()], validity).unwrap();
+        assert_eq!((cert.parent(), key.parent()), (Some(&*out), Some(&*out)));
+        let files = crate::net::PartnerTlsFiles {
+            cert,
+            key,
+            cas: vec![dir.path().join("ca.pem")],
+            crls: vec![dir.path().join("crl.pem")],
+        };
+        assert!(crate::net::PartnerTls::load(&files).is_ok());
+        let none = Validity {
+            days: 0,
+            backdate_days: 0,
+        };
+        let err = issue_to(dir.path(), &out, "r3", &["h".into()], none).unwrap_err();
+        assert!(err.contains("--days"), "{err}");
+    }
+
+    #[test]
+    fn revoke_lists_every_certificate_of_the_name_once_and_only_issued_names() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        assert!(
+            dir.path().join("crl.pem").exists(),
+            "init writes an empty list"
+        );
+        issue(dir.path(), "r1", &["h".into()]).unwrap();
+        issue(dir.path(), "r1", &["h".into()]).unwrap();
+        issue(dir.path(), "r2", &["h".into()]).unwrap();
+        assert_eq!(revoke(dir.path(), "r1").unwrap().1, 2);
+        assert_eq!(revoke(dir.path(), "r1").unwrap().1, 2, "never twice");
+        assert_eq!(revoke(dir.path(), "r2").unwrap().1, 3);
+        let err = revoke(dir.path(), "r9").unwrap_err();
+        assert!(err.contains("no certificate to \"r9\""), "{err}");
+        let serials: Vec<u64> = ledger(&dir.path().join(ISSUED))
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(serials.len(), 3);
+        assert!(serials[0] != serials[1] && serials[1] != serials[2]);
+    }
+
+    #[test]
+    fn a_corrupt_authority_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        std::fs::write(dir.path().join("ca.key"), "not a key").unwrap();
+        let err = issue(dir.path(), "r1", &["h".into()]).unwrap_err();
+        assert!(
+            err.contains("ca.key") && err.contains("not a private key"),
+            "{err}"
+        );
     }
 }

@@ -159,6 +159,27 @@ pub struct ServerArgs {
     /// 28000. Needs --tls-cert [default: none].
     #[arg(long, value_name = "POLICY")]
     pub require_tls: Option<crate::tls::TlsPolicy>,
+    /// PEM file of the node's partner certificate (from `availdb cert
+    /// issue`, with --host for every address partners reach the endpoint
+    /// at): every connection to or from a partner (Raft, replication, geo,
+    /// listener forwards, page repair) is then mutual TLS. Needs
+    /// --partner-tls-key and --partner-ca; SIGHUP reads the files again
+    /// [default: none: partner traffic is plaintext and unauthenticated].
+    #[arg(long, value_name = "FILE")]
+    pub partner_tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of --partner-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub partner_tls_key: Option<PathBuf>,
+    /// PEM file of a cluster CA whose certificates partners may present
+    /// (`ca.pem` of `availdb cert init`); repeat it (or put several in the
+    /// file) to trust an old and a new CA while certificates are rotated.
+    #[arg(long, value_name = "FILE")]
+    pub partner_ca: Vec<PathBuf>,
+    /// PEM revocation list of a partner CA (`crl.pem` of `availdb cert
+    /// init | revoke`; repeat for several): partners presenting a
+    /// certificate it lists are refused. SIGHUP reads it again.
+    #[arg(long, value_name = "FILE")]
+    pub partner_crl: Vec<PathBuf>,
     /// Sessions this node serves at once; one more is refused with
     /// SQLSTATE 53300 [default: 100].
     #[arg(long, value_name = "N")]
@@ -196,7 +217,8 @@ pub struct ServerArgs {
     /// TOML file with the same settings (`data_dir`, `host`, `port`, `name`,
     /// `endpoint`, `password`, `witness`, `listener_hold_ms`,
     /// `session_memory_mb`, `node_memory_mb`, `http_port`, `tls_cert`,
-    /// `tls_key`, `require_tls`, `max_connections`,
+    /// `tls_key`, `require_tls`, `partner_tls_cert`, `partner_tls_key`,
+    /// `partner_ca` and `partner_crl` (lists), `max_connections`,
     /// `idle_in_transaction_session_timeout_ms`, `scrub_kib_per_s`,
     /// `backup_verify_kib_per_s`, `seed_by_backup_from_mb`, and
     /// `[[backup_schedule]]` tables with
@@ -223,6 +245,10 @@ struct ConfigFile {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     require_tls: Option<String>,
+    partner_tls_cert: Option<PathBuf>,
+    partner_tls_key: Option<PathBuf>,
+    partner_ca: Option<Vec<PathBuf>>,
+    partner_crl: Option<Vec<PathBuf>>,
     max_connections: Option<usize>,
     idle_in_transaction_session_timeout_ms: Option<u64>,
     scrub_kib_per_s: Option<u64>,
@@ -259,6 +285,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Which clients must use TLS.
     pub require_tls: crate::tls::TlsPolicy,
+    /// The partner TLS files (None: partner traffic in plaintext).
+    pub partner_tls: Option<crate::net::PartnerTlsFiles>,
     /// Sessions served at once at most.
     pub max_connections: usize,
     /// Default `idle_in_transaction_session_timeout` (None: off).
@@ -349,6 +377,44 @@ impl ServerArgs {
                 "--require-tls {require_tls} needs a certificate: set --tls-cert and --tls-key"
             ));
         }
+        let partner_ca = if self.partner_ca.is_empty() {
+            file.partner_ca.unwrap_or_default()
+        } else {
+            self.partner_ca.clone()
+        };
+        let crls = if self.partner_crl.is_empty() {
+            file.partner_crl.unwrap_or_default()
+        } else {
+            self.partner_crl.clone()
+        };
+        let partner_tls = match (
+            self.partner_tls_cert.or(file.partner_tls_cert),
+            self.partner_tls_key.or(file.partner_tls_key),
+            partner_ca,
+        ) {
+            (None, None, cas) if cas.is_empty() && crls.is_empty() => None,
+            (Some(cert), Some(key), cas) if !cas.is_empty() => Some(crate::net::PartnerTlsFiles {
+                cert,
+                key,
+                cas,
+                crls,
+            }),
+            _ => {
+                return Err(
+                    "partner TLS needs all three of --partner-tls-cert, --partner-tls-key and \
+                 --partner-ca (partner_tls_cert, partner_tls_key and partner_ca in --config); \
+                 make them with availdb cert init and availdb cert issue"
+                        .into(),
+                )
+            }
+        };
+        if partner_tls.is_some() && endpoint.is_none() {
+            return Err(
+                "--partner-tls-cert secures the replication endpoint: give the node --endpoint \
+                 HOST:PORT too"
+                    .into(),
+            );
+        }
         let witness = self.witness || file.witness.unwrap_or(false);
         if witness && endpoint.is_none() {
             return Err(
@@ -383,6 +449,7 @@ impl ServerArgs {
             http,
             tls,
             require_tls,
+            partner_tls,
             max_connections: match self.max_connections.or(file.max_connections) {
                 Some(0) => return Err("--max-connections must be at least 1".into()),
                 Some(n) => n,
@@ -455,6 +522,11 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     crate::backup::remote::clear_staging(&config.data_dir);
     if let Some(endpoint) = config.endpoint {
         crate::net::set_source(endpoint);
+        if let Some(files) = &config.partner_tls {
+            crate::net::set_tls(Some(crate::net::PartnerTls::load(files)?));
+            reload_partner_tls_on_sighup(files.clone());
+        }
+        crate::net::log_security(endpoint);
     }
     let cluster = match config.endpoint {
         Some(endpoint) => Some(start_cluster(&config, endpoint).await?),
@@ -623,6 +695,41 @@ fn stop_if_the_cluster_member_fails(
     });
 }
 
+/// Reads the partner TLS files again on every SIGHUP (a certificate
+/// rotation): new partner connections use them; a reload that fails is
+/// logged and the node keeps what it had.
+fn reload_partner_tls_on_sighup(files: crate::net::PartnerTlsFiles) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP: partner TLS files are read at start only");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match crate::net::PartnerTls::load(&files) {
+                    Ok(tls) => {
+                        tracing::info!(
+                            trusted_cas = tls.trusted_cas,
+                            "SIGHUP: partner TLS files read again; new partner connections use them"
+                        );
+                        crate::net::set_tls(Some(tls));
+                    }
+                    Err(e) => tracing::error!(
+                        "SIGHUP: partner TLS files not reloaded, the node keeps the ones it had: {e}"
+                    ),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = files;
+}
+
 /// Fail-stop ([`crate::failstop`]): a failure that only a restart repairs
 /// (a transaction log that could not write or fsync, a full disk) makes
 /// the node exit rather than linger unable to write.
@@ -704,6 +811,10 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             require_tls: None,
+            partner_tls_cert: None,
+            partner_tls_key: None,
+            partner_ca: Vec::new(),
+            partner_crl: Vec::new(),
             max_connections: None,
             idle_in_transaction_session_timeout_ms: None,
             scrub_kib_per_s: None,
@@ -767,6 +878,38 @@ mod tests {
         let c = a.resolve().unwrap();
         assert_eq!(c.require_tls, crate::tls::TlsPolicy::All);
         assert_eq!(c.tls, Some(("c.pem".into(), "k.pem".into())));
+    }
+
+    #[test]
+    fn partner_tls_needs_its_three_files_and_an_endpoint() {
+        let mut a = args(None, None);
+        a.endpoint = Some("127.0.0.1:7010".into());
+        a.partner_tls_cert = Some("n.pem".into());
+        let err = a.resolve().unwrap_err();
+        assert!(
+            err.contains("all three") && err.contains("availdb cert"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "partner_tls_cert = \"n.pem\"\npartner_tls_key = \"n.key\"\npartner_ca = [\"old.pem\", \"new.pem\"]\n",
+        )
+        .unwrap();
+        let mut a = args(None, None);
+        a.config = Some(path.clone());
+        let err = a.resolve().unwrap_err();
+        assert!(err.contains("--endpoint"), "{err}");
+        let mut a = args(None, None);
+        a.config = Some(path);
+        a.endpoint = Some("127.0.0.1:7010".into());
+        let files = a.resolve().unwrap().partner_tls.unwrap();
+        assert_eq!(
+            files.cas,
+            [PathBuf::from("old.pem"), PathBuf::from("new.pem")]
+        );
+        assert!(args(None, None).resolve().unwrap().partner_tls.is_none());
     }
 
     #[test]

@@ -17,9 +17,15 @@
 //! above, region k's at `PORT + 200·k`, its data in `DIR/<name>/ri`. Region
 //! A holds `app`; every other region holds a geo-secondary of it, also
 //! named `app`, linked from A (`ADD SECONDARY ON SERVER`).
+//!
+//! Partner traffic is mutual TLS (`crate::net`): `up` makes a CA in
+//! `DIR/partner-ca` (`availdb cert init`) and a certificate for 127.0.0.1
+//! per replica in `DIR/…/ri/partner-tls` (`availdb cert issue`), once, and
+//! starts every node with them; every region trusts the one CA, so geo
+//! links are TLS too. `--no-partner-tls` starts the nodes without.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -47,6 +53,10 @@ pub struct UpArgs {
     /// region A's `app` geo-replicated to every other one.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
     pub regions: u16,
+    /// Partner traffic in plaintext: no CA, no node certificates (by
+    /// default `up` makes both and every node uses mutual TLS).
+    #[arg(long)]
+    pub no_partner_tls: bool,
 }
 
 /// One region's part of the layout.
@@ -67,7 +77,8 @@ pub(super) fn layout() -> String {
         "Replica ri (i = 1..N) serves clients on 127.0.0.1:PORT+1+i and has its replication \
          endpoint on 127.0.0.1:PORT+99+i and its HTTP health checks and metrics on \
          127.0.0.1:PORT+149+i; its data and node.log are in DIR/ri. Every node is an \
-         `availdb server` on 127.0.0.1 with no password and the other defaults (listener \
+         `availdb server` on 127.0.0.1 with no password, partner TLS from a CA in \
+         DIR/partner-ca (unless --no-partner-tls) and the other defaults (listener \
          hold {} ms); synchronous secondaries fail over automatically. `up` restarts a node \
          that exits (after 1 s, doubling up to 30 s while it keeps failing) and prints a line \
          for each restart, failover and synchronization change. Running `up` again on the \
@@ -84,6 +95,9 @@ struct Node {
     http_port: u16,
     /// Its data directory (node.log inside).
     dir: PathBuf,
+    /// The CA its partner TLS trusts (its certificate is in
+    /// `dir/partner-tls`); None: plaintext.
+    partner_ca: Option<PathBuf>,
     child: Child,
     /// When the running process started.
     started: Instant,
@@ -180,6 +194,10 @@ async fn start_nodes(
 ) -> Result<Vec<Node>, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the availdb binary: {e}"))?;
+    let partner_ca = match args.no_partner_tls {
+        true => None,
+        false => Some(partner_ca(&args.data_dir)?),
+    };
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..args.replicas {
         let name = format!("r{}", i + 1);
@@ -189,7 +207,20 @@ async fn start_nodes(
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let http_port = base + 150 + i;
-        let child = match spawn_node(&exe, &name, &dir, port, endpoint, http_port, true) {
+        if let Some(ca) = &partner_ca {
+            partner_certificate(ca, &dir, &name)?;
+        }
+        let spawned = spawn_node(
+            &exe,
+            &name,
+            &dir,
+            port,
+            endpoint,
+            http_port,
+            partner_ca.as_deref(),
+            true,
+        );
+        let child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 stop_all(&mut nodes).await;
@@ -202,6 +233,7 @@ async fn start_nodes(
             endpoint,
             http_port,
             dir,
+            partner_ca: partner_ca.clone(),
             child,
             started: Instant::now(),
             failures: 0,
@@ -211,15 +243,45 @@ async fn start_nodes(
     Ok(nodes)
 }
 
+/// The CA of the group's partner TLS, `DIR/partner-ca/ca.pem`, made on the
+/// first `up`.
+fn partner_ca(data_dir: &Path) -> Result<PathBuf, String> {
+    let dir = data_dir.join("partner-ca");
+    let ca = dir.join("ca.pem");
+    if !ca.exists() {
+        super::cert::init(&dir)?;
+    }
+    Ok(ca)
+}
+
+/// Replica `name`'s partner certificate, `DIR/partner-tls/NAME.pem` (and
+/// `.key`), issued by `ca` for 127.0.0.1 on the first `up`.
+fn partner_certificate(ca: &Path, dir: &Path, name: &str) -> Result<(), String> {
+    let out = dir.join("partner-tls");
+    if !out.join(format!("{name}.pem")).exists() {
+        let ca_dir = ca.parent().unwrap_or(Path::new("."));
+        super::cert::issue_to(
+            ca_dir,
+            &out,
+            name,
+            &["127.0.0.1".into(), "localhost".into()],
+            super::cert::Validity::default(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Starts one node process, its stderr appended to (or, `fresh`, starting)
-/// `DIR/node.log`.
+/// `DIR/node.log`; with `partner_ca`, its partner TLS files.
+#[allow(clippy::too_many_arguments)]
 fn spawn_node(
-    exe: &std::path::Path,
+    exe: &Path,
     name: &str,
-    dir: &std::path::Path,
+    dir: &Path,
     port: u16,
     endpoint: SocketAddr,
     http_port: u16,
+    partner_ca: Option<&Path>,
     fresh: bool,
 ) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
@@ -229,8 +291,19 @@ fn spawn_node(
         .truncate(fresh)
         .open(dir.join("node.log"))
         .map_err(|e| format!("cannot open the log file in {}: {e}", dir.display()))?;
-    Command::new(exe)
-        .arg("server")
+    let mut command = Command::new(exe);
+    command.arg("server");
+    if let Some(ca) = partner_ca {
+        let files = dir.join("partner-tls");
+        command
+            .arg("--partner-tls-cert")
+            .arg(files.join(format!("{name}.pem")))
+            .arg("--partner-tls-key")
+            .arg(files.join(format!("{name}.key")))
+            .arg("--partner-ca")
+            .arg(ca);
+    }
+    command
         .args(["--data-dir", &dir.display().to_string()])
         .args(["--port", &port.to_string()])
         .args(["--host", "127.0.0.1"])
@@ -302,6 +375,7 @@ fn keep_running(exe: &std::path::Path, node: &mut Node) {
             node.port,
             node.endpoint,
             node.http_port,
+            node.partner_ca.as_deref(),
             false,
         ) {
             Ok(child) => {

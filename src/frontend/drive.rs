@@ -22,11 +22,15 @@ use std::io;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use pgwire::api::DefaultClient;
 use pgwire::api::{ClientInfo, PgWireConnectionState};
 use pgwire::error::ErrorInfo;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
+use pgwire::tokio::server::{
+    negotiate_tls, process_error, process_message, PgWireMessageServerCodec,
+};
 use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 
 use super::{Connection, Prepared};
 
@@ -47,9 +51,39 @@ pub(super) async fn run(
         return Ok(());
     };
     // None: a direct TLS negotiation on a node without a certificate.
-    let Some(mut socket) = negotiated? else {
+    let Some(socket) = negotiated? else {
         return Ok(());
     };
+    serve(socket, handlers, startup_deadline).await
+}
+
+/// Serves a session a listener forwarded through the replication endpoint
+/// (plaintext or partner TLS, [`crate::net::PartnerStream`]): it opens
+/// with its start-up packet, never with an encryption request — the
+/// listener ended the client's TLS.
+pub(super) async fn run_forwarded(
+    socket: crate::net::PartnerStream,
+    peer: std::net::SocketAddr,
+    handlers: Connection,
+) -> io::Result<()> {
+    let startup_deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let mut socket = Framed::new(
+        socket,
+        PgWireMessageServerCodec::new(DefaultClient::<Prepared>::new(peer, false)),
+    );
+    socket.set_state(PgWireConnectionState::AwaitingStartup);
+    serve(socket, handlers, startup_deadline).await
+}
+
+/// The message loop, after any TLS negotiation.
+async fn serve<T>(
+    mut socket: Framed<T, PgWireMessageServerCodec<Prepared>>,
+    handlers: Connection,
+    startup_deadline: tokio::time::Instant,
+) -> io::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+{
     // The handlers `Connection` hands pgwire (`PgWireServerHandlers`), by
     // their own types.
     let state = handlers.state.clone();

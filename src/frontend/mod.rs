@@ -342,7 +342,14 @@ impl Frontend {
 
     /// Serves one client connection on its own task.
     pub fn serve_socket(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
-        self.spawn_connection(socket, peer, false);
+        let _ = socket.set_nodelay(true);
+        let tls = self.tls.clone();
+        let handlers = Connection::new(self, peer, false);
+        tokio::spawn(async move {
+            if let Err(e) = drive::run(socket, tls, handlers).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
 
     /// Serves a session an availability group listener hands over through
@@ -350,22 +357,11 @@ impl Frontend {
     /// says in the start-up packet where the client is and whether it used
     /// TLS ([`crate::listener::CLIENT_ADDR_PARAM`],
     /// [`crate::listener::CLIENT_TLS_PARAM`]), which the TLS policy judges.
-    pub fn serve_forwarded(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
-        self.spawn_connection(socket, peer, true);
-    }
-
-    fn spawn_connection(
-        self: Arc<Self>,
-        socket: tokio::net::TcpStream,
-        peer: SocketAddr,
-        forwarded: bool,
-    ) {
-        let _ = socket.set_nodelay(true);
-        let tls = self.tls.clone();
-        let handlers = Connection::new(self, peer, forwarded);
+    pub fn serve_forwarded(self: Arc<Self>, socket: crate::net::PartnerStream, peer: SocketAddr) {
+        let handlers = Connection::new(self, peer, true);
         tokio::spawn(async move {
-            if let Err(e) = drive::run(socket, tls, handlers).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            if let Err(e) = drive::run_forwarded(socket, peer, handlers).await {
+                tracing::debug!(%peer, error = %e, "forwarded session ended with an error");
             }
         });
     }

@@ -56,8 +56,9 @@
 //!   write on a former primary.
 //!
 //! # Known limits
-//! * The hop from the listener to the replica is partner traffic, in
-//!   plaintext (no node-to-node TLS yet). A replica trusts the client
+//! * The hop from the listener to the replica is partner traffic
+//!   ([`crate::net::connect_from_any`]): mutual TLS with partner TLS,
+//!   plaintext without. A replica trusts the client
 //!   address and TLS a listener reports only on its replication endpoint;
 //!   a session sent to a `READ_ONLY_ROUTING_URL` is a plaintext client of
 //!   that port, which `--require-tls remote` refuses across hosts.
@@ -81,6 +82,7 @@ use tokio::task::JoinHandle;
 
 use crate::ag::Manager;
 use crate::group::GroupConfig;
+use crate::net::PartnerStream;
 use crate::sql::ag::parse_tcp_url;
 
 pub use crate::group::LocalRole;
@@ -434,7 +436,7 @@ impl Listeners {
             let endpoint = r.endpoint;
             async move {
                 let send = async {
-                    let mut s = TcpStream::connect(endpoint).await?;
+                    let mut s = crate::net::connect_from_any(endpoint).await?;
                     s.write_all(&bytes).await?;
                     s.shutdown().await
                 };
@@ -543,7 +545,7 @@ async fn open(
     replica: &str,
     as_primary: bool,
     startup: &[u8],
-) -> std::io::Result<(TcpStream, Vec<u8>)> {
+) -> std::io::Result<(PartnerStream, Vec<u8>)> {
     let r = config.replica(replica).ok_or_else(|| {
         std::io::Error::other(format!("no replica \"{replica}\" in the definition"))
     })?;
@@ -552,11 +554,15 @@ async fn open(
         let (mut server, mut bytes) = match url {
             Some(url) => {
                 let (host, port) = parse_tcp_url(url).map_err(std::io::Error::other)?;
-                (TcpStream::connect((host, port)).await?, Vec::new())
+                let server = TcpStream::connect((host, port)).await?;
+                server.set_nodelay(true)?;
+                (PartnerStream::Plain(server), Vec::new())
             }
-            None => (TcpStream::connect(r.endpoint).await?, PREAMBLE.to_vec()),
+            None => (
+                crate::net::connect_from_any(r.endpoint).await?,
+                PREAMBLE.to_vec(),
+            ),
         };
-        server.set_nodelay(true)?;
         bytes.extend_from_slice(startup);
         server.write_all(&bytes).await?;
         let first = read_message(&mut server).await?;
@@ -568,7 +574,7 @@ async fn open(
 }
 
 /// Reads one typed backend message (type byte and length included).
-async fn read_message(server: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_message(server: &mut PartnerStream) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; 5];
     server.read_exact(&mut header).await?;
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);

@@ -63,7 +63,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
@@ -75,6 +74,7 @@ use super::wire::{Handover, Message, WireCodec};
 use crate::engine::{monotonic_us, Database};
 use crate::group::GeoPartner;
 use crate::log::Lsn;
+use crate::net::PartnerStream;
 
 /// How long either end of a geo link waits for a message before it counts
 /// the partner as gone (regions are far apart: longer than a local link).
@@ -423,7 +423,7 @@ async fn stream_geo(
     db: &Arc<Database>,
     own: &str,
     partner: &GeoPartner,
-    socket: TcpStream,
+    socket: PartnerStream,
     status: &Arc<GeoLinkStatus>,
 ) -> Result<(), ReplicationError> {
     let timeout = GEO_SESSION_TIMEOUT;
@@ -917,7 +917,7 @@ impl Drop for Forwarder {
 
 /// The forwarder's end of one geo link, after `GeoHello` named `forwarder`.
 pub async fn serve_source(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     forwarder: Arc<Forwarder>,
     admission: Arc<dyn Admission>,
     from_server: &str,
@@ -972,7 +972,7 @@ pub async fn serve_source(
 }
 
 async fn serve_loop(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     forwarder: &Arc<Forwarder>,
     generation: u64,
     epoch: u64,
@@ -1068,7 +1068,7 @@ async fn serve_loop(
 /// The source ended the link (`Terminate`): this region makes its copy an
 /// independent database, then says where its log ends (`Terminated`).
 async fn end_here(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     forwarder: &Arc<Forwarder>,
     admission: Arc<dyn Admission>,
     from_server: &str,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 
@@ -35,6 +35,7 @@ use crate::engine::monotonic_us;
 use crate::engine::{Database, Fence};
 use crate::group::GroupConfig;
 use crate::log::{self, Lsn, Record};
+use crate::net::PartnerStream;
 
 /// Redo batches at most this many bytes of records.
 const REDO_BATCH_BYTES: u64 = 8 << 20;
@@ -107,16 +108,18 @@ pub trait Admission: Send + Sync + 'static {
 }
 
 /// Takes a client session an availability group listener handed over.
-pub type SessionHandoff = Arc<dyn Fn(TcpStream, std::net::SocketAddr) + Send + Sync>;
+pub type SessionHandoff =
+    Arc<dyn Fn(crate::net::PartnerStream, std::net::SocketAddr) + Send + Sync>;
 
 /// Serves the replication endpoint until the process ends.
 ///
-/// The port is shared with the cluster manager and the listener: a
-/// connection that starts with [`crate::cluster::PREAMBLE`] carries cluster
-/// RPCs and goes to `cluster`; one that starts with
-/// [`crate::listener::PREAMBLE`] is a client session a listener forwards,
-/// and goes to `sessions` (the node's front end); any other is a primary's
-/// replication stream.
+/// Every connection is first admitted by [`crate::net::accept`] (the
+/// partner TLS handshake on a node with partner TLS). The port is shared
+/// with the cluster manager and the listener: a connection that starts
+/// with [`crate::cluster::PREAMBLE`] carries cluster RPCs and goes to
+/// `cluster`; one that starts with [`crate::listener::PREAMBLE`] is a
+/// client session a listener forwards, and goes to `sessions` (the node's
+/// front end); any other is a primary's replication stream.
 pub async fn serve_endpoint(
     listener: TcpListener,
     admission: Arc<dyn Admission>,
@@ -125,32 +128,35 @@ pub async fn serve_endpoint(
 ) {
     loop {
         match listener.accept().await {
-            Ok((mut socket, peer)) => {
+            Ok((socket, peer)) => {
                 let admission = admission.clone();
                 let cluster = cluster.clone();
                 let sessions = sessions.clone();
                 tokio::spawn(async move {
-                    let _ = socket.set_nodelay(true);
+                    let Some(mut socket) = crate::net::accept(socket, peer).await else {
+                        return;
+                    };
                     let mut first = [0u8; 4];
-                    let peeked = matches!(socket.peek(&mut first).await, Ok(4));
-                    if peeked && first == *crate::listener::PREAMBLE {
-                        use tokio::io::AsyncReadExt;
+                    let read = tokio::time::timeout(
+                        crate::net::HANDSHAKE_TIMEOUT,
+                        tokio::io::AsyncReadExt::read_exact(&mut socket, &mut first),
+                    )
+                    .await;
+                    if !matches!(read, Ok(Ok(_))) {
+                        return;
+                    }
+                    if first == *crate::listener::PREAMBLE {
                         match sessions {
-                            Some(handoff) if socket.read_exact(&mut first).await.is_ok() => {
-                                handoff(socket, peer)
-                            }
-                            Some(_) => {}
+                            Some(handoff) => handoff(socket, peer),
                             None => {
                                 tracing::warn!(%peer, "a listener session reached an endpoint that takes none (a node without a password takes them on loopback endpoints only)")
                             }
                         }
                         return;
                     }
-                    let is_cluster = peeked && first == *crate::cluster::PREAMBLE;
+                    let is_cluster = first == *crate::cluster::PREAMBLE;
                     match (is_cluster, cluster) {
                         (true, Some(server)) => {
-                            use tokio::io::AsyncReadExt;
-                            let _ = socket.read_exact(&mut first).await;
                             if let Err(e) =
                                 crate::cluster::serve_rpc(server, socket, Some(peer)).await
                             {
@@ -161,7 +167,7 @@ pub async fn serve_endpoint(
                             tracing::warn!(%peer, "a cluster RPC reached a node outside any cluster");
                         }
                         (false, _) => {
-                            if let Err(reason) = serve_primary(socket, admission).await {
+                            if let Err(reason) = serve_primary(socket, &first, admission).await {
                                 tracing::info!(%peer, "replication connection closed: {reason}");
                             }
                         }
@@ -895,10 +901,15 @@ fn decode_all(database: &str, raw: &[Vec<u8>]) -> Result<Vec<Record>, Replicatio
 
 /// One primary's connection, from Hello to close.
 async fn serve_primary(
-    socket: TcpStream,
+    socket: PartnerStream,
+    first: &[u8],
     admission: Arc<dyn Admission>,
 ) -> Result<(), ReplicationError> {
-    let mut conn = Framed::new(socket, WireCodec);
+    // The endpoint read the frame's first bytes to tell the protocols
+    // apart: they are the start of the first frame.
+    let mut parts = tokio_util::codec::FramedParts::new::<Message>(socket, WireCodec);
+    parts.read_buf.extend_from_slice(first);
+    let mut conn = Framed::from_parts(parts);
     let hello = next_message(&mut conn, Duration::from_secs(10)).await?;
     if let Message::GeoHello {
         from_server,
@@ -1085,7 +1096,7 @@ async fn serve_primary(
 }
 
 async fn stream_from(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     group: &Arc<SecondaryGroup>,
     admission: &Arc<dyn Admission>,
     epoch: u64,
@@ -1489,7 +1500,7 @@ fn whole_end(log: &crate::log::Log, from: Lsn) -> Result<Lsn, String> {
 }
 
 async fn next_message(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     within: Duration,
 ) -> Result<Message, ReplicationError> {
     match tokio::time::timeout(within, conn.next()).await {
@@ -1501,7 +1512,7 @@ async fn next_message(
 }
 
 async fn refuse(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     reason: String,
 ) -> Result<(), ReplicationError> {
     tracing::warn!("refusing a primary: {reason}");
@@ -1516,7 +1527,7 @@ async fn refuse(
 }
 
 async fn send(
-    conn: &mut Framed<TcpStream, WireCodec>,
+    conn: &mut Framed<PartnerStream, WireCodec>,
     message: Message,
 ) -> Result<(), ReplicationError> {
     conn.send(message)

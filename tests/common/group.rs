@@ -55,7 +55,8 @@ pub struct GroupSpec {
     pub host: Option<String>,
     /// Every node's password (a non-loopback host needs one).
     pub password: Option<String>,
-    /// More command-line arguments for every node.
+    /// More command-line arguments for every node; `{replica}` in one
+    /// stands for the node's replica name (per-node file names).
     pub args: Vec<String>,
     /// Environment variables `(name, value)` of every node.
     pub env: Vec<(&'static str, &'static str)>,
@@ -98,7 +99,7 @@ impl GroupSpec {
             builder = builder.password(password);
         }
         for arg in &self.args {
-            builder = builder.arg(arg);
+            builder = builder.arg(&arg.replace("{replica}", &name(i)));
         }
         for (name, value) in &self.env {
             builder = builder.env(name, value);

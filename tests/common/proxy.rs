@@ -2,7 +2,7 @@
 //!
 //! Every node gets its own loopback address (`127.0.0.11` for node 0,
 //! `127.0.0.12` for node 1, …) for its replication endpoint; availdb opens
-//! its partner connections from that address (src/net.rs). The group's
+//! its partner connections from that address (src/net/mod.rs). The group's
 //! `ENDPOINT_URL`s name this proxy instead of the nodes, one proxy port per
 //! node, so every connection between two nodes — Raft and replication alike
 //! — passes here, and its source address says which node opened it.
