@@ -1532,20 +1532,19 @@ impl Manager {
         }
     }
 
-    /// Starts automatic page repair and, unless `scrub_rate` (bytes a
-    /// second) is 0, scrubbing on this node ([`crate::repair`]).
+    /// Starts automatic page repair and scrubbing on this node
+    /// ([`crate::repair`]): scheduled passes at `scrub_rate` bytes a second
+    /// (none when 0), passes at once on a file SQLite found malformed.
     pub fn start_page_repair(self: &Arc<Self>, scrub_rate: u64) {
         crate::repair::spawn(self.engine.clone(), self.clone(), self.page_repairs.clone());
         self.scrub_rate
             .store(scrub_rate, std::sync::atomic::Ordering::Relaxed);
-        if scrub_rate > 0 {
-            crate::repair::spawn_scrubber(
-                self.engine.clone(),
-                self.clone(),
-                self.scrubs.clone(),
-                scrub_rate,
-            );
-        }
+        crate::repair::spawn_scrubber(
+            self.engine.clone(),
+            self.clone(),
+            self.scrubs.clone(),
+            scrub_rate,
+        );
     }
 }
 
@@ -1595,6 +1594,28 @@ impl crate::repair::Topology for Manager {
             });
         }
         None
+    }
+
+    fn suspend_for_page(&self, database: &str, why: Option<String>) {
+        let groups = self.lock();
+        let secondary = groups.values().find_map(|slot| match &slot.part {
+            Some(Part::Secondary(s)) if s.config().has_database(database) => Some(s.clone()),
+            _ => None,
+        });
+        drop(groups);
+        let Some(secondary) = secondary else { return };
+        let what = if why.is_some() {
+            "suspended"
+        } else {
+            "resumed"
+        };
+        match secondary.suspend_for_page(database, why) {
+            Ok(()) => tracing::debug!(database, "data movement {what} for automatic page repair"),
+            Err(e) => tracing::warn!(
+                database,
+                "cannot change data movement for automatic page repair: {e}"
+            ),
+        }
     }
 }
 

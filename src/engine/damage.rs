@@ -10,6 +10,12 @@
 //! A page already known stays as it is when it is reported again: one
 //! repair runs per page, and a page given up is not retried by the reads
 //! that keep finding it (no loop).
+//!
+//! A file can also be *suspected* ([`suspect`]): a statement failed with
+//! SQLITE_CORRUPT that no page checksum explains (a page that is sealed
+//! but wrong, found inconsistent by SQLite's B-tree). Nobody knows which
+//! page; the scrubber takes suspects ([`take_suspects`]) and reads the
+//! whole file at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -34,6 +40,10 @@ struct Damage {
 }
 
 static DAMAGE: Mutex<Vec<Damage>> = Mutex::new(Vec::new());
+
+/// Files suspected of damage no checksum found, and the error that made
+/// them suspect; at most one entry per file.
+static SUSPECTS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
 
 /// Counts changes of the registry, so waiters learn of them.
 fn counter() -> &'static tokio::sync::watch::Sender<u64> {
@@ -124,6 +134,26 @@ pub fn forget_file(path: &Path) {
     changed();
 }
 
+/// Records that a statement on the file at `path` failed with SQLITE_CORRUPT
+/// and no page failed its checksum (`error`: SQLite's message). A file
+/// suspected already keeps its first error until it is taken.
+pub fn suspect(path: &Path, error: &str) {
+    let path = canonical(path);
+    {
+        let mut suspects = SUSPECTS.lock().unwrap_or_else(|e| e.into_inner());
+        if suspects.iter().any(|(p, _)| *p == path) {
+            return;
+        }
+        suspects.push((path, error.to_string()));
+    }
+    changed();
+}
+
+/// Takes every suspected file and its error, oldest first.
+pub fn take_suspects() -> Vec<(PathBuf, String)> {
+    std::mem::take(&mut *SUSPECTS.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// Waits until none of the pages of the file at `path` that are damaged
 /// now is still pending or being repaired, at most `within`. True when
 /// none is left damaged (all repaired); false when one is irreparable or
@@ -175,6 +205,30 @@ mod tests {
         clear(&file, 7);
         assert!(waiter.await.unwrap(), "the repair ends the wait");
         assert!(pages(&file).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_is_suspected_once_until_taken_and_followers_learn_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.db");
+        std::fs::write(&file, b"").unwrap();
+        let mut follow = changes();
+        follow.borrow_and_update();
+        suspect(&file, "database disk image is malformed");
+        suspect(&file, "a later error");
+        assert!(follow.has_changed().unwrap(), "the scrubber is woken");
+        let mine: Vec<_> = take_suspects()
+            .into_iter()
+            .filter(|(p, _)| *p == canonical(&file))
+            .collect();
+        assert_eq!(
+            mine,
+            vec![(
+                canonical(&file),
+                "database disk image is malformed".to_string()
+            )]
+        );
+        assert!(!take_suspects().iter().any(|(p, _)| *p == canonical(&file)));
     }
 
     #[tokio::test]

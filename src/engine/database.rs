@@ -1163,6 +1163,25 @@ impl Database {
         }
     }
 
+    /// Makes this database's file a suspect of damage when `err` is a
+    /// SQLITE_CORRUPT (XX001) that no page checksum explains: the scrubber
+    /// then reads the whole file at once ([`super::damage::suspect`]).
+    /// True when it did.
+    pub fn suspect_damage(&self, err: &Error) -> bool {
+        match err {
+            Error::Sql {
+                sqlstate: "XX001",
+                message,
+                ..
+            } => {
+                tracing::warn!(database = %self.name, "SQLite found the file malformed where no page failed its checksum: {message}; scrubbing it at once");
+                super::damage::suspect(&self.path, message);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Waits, at most `within`, for the repair of the pages of this
     /// database found damaged so far; true when none is left damaged.
     pub async fn wait_for_page_repair(&self, within: Duration) -> bool {

@@ -11,15 +11,23 @@
 //! part old (a secondary inside a full image) is skipped until the image is
 //! whole: its pages not redone yet read as zeros.
 //!
+//! **Passes at once.** A statement that fails with SQLITE_CORRUPT where no
+//! page failed its checksum (SQLite's B-tree found a page inconsistent that
+//! is sealed but wrong) makes its file a suspect
+//! ([`crate::engine::damage::suspect`]): a pass of that database starts at
+//! once, unpaced, beside the scheduled ones (on a secondary it compares
+//! with the primary, which finds a sealed but wrong page), even when the
+//! scheduled scrub is off.
+//!
 //! Progress per database (`sys.dm_hadr_page_scrub_status`): pages, pages
 //! verified in the current pass, passes completed, when the last one
-//! ended, damaged pages found.
+//! ended, damaged pages found, passes started at once and why.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::service::{ask_sums, redone_to, Partners, Topology};
+use super::service::{ask_sums, database_at, redone_to, Partners, Topology};
 use super::SumsRequest;
 use crate::engine::{damage, Database, Engine, Error};
 
@@ -64,6 +72,22 @@ pub struct ScrubRow {
     /// Of those, pages that passed their checksum but differed from the
     /// primary's at the same LSN.
     pub mismatches_found: u64,
+    /// Passes started at once, each on a SQLITE_CORRUPT that no page
+    /// checksum explained.
+    pub immediate_passes: u64,
+    /// The error that started the last of them.
+    pub last_immediate_reason: Option<String>,
+    /// When the last of them ended (µs since the Unix epoch).
+    pub last_immediate_end_us: Option<i64>,
+}
+
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The rate-limited background schedule.
+    Scheduled,
+    /// At once, unpaced: a statement found the file malformed.
+    Immediate,
 }
 
 /// Every database's scrub progress on this node.
@@ -91,13 +115,23 @@ impl ScrubStatus {
     }
 }
 
-/// Starts the node's scrubber at `rate` bytes a second.
+/// Starts the node's scrubber: scheduled passes at `rate` bytes a second
+/// (none when `rate` is 0), and a pass at once of every database a
+/// statement found malformed where no checksum failed.
 pub fn spawn_scrubber(
     engine: Arc<Engine>,
     topology: Arc<dyn Topology>,
     status: Arc<ScrubStatus>,
     rate: u64,
 ) {
+    tokio::spawn(immediate_passes(
+        engine.clone(),
+        topology.clone(),
+        status.clone(),
+    ));
+    if rate == 0 {
+        return;
+    }
     tokio::spawn(async move {
         let mut last_pass: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
         loop {
@@ -116,7 +150,15 @@ pub fn spawn_scrubber(
                     continue;
                 }
                 last_pass.insert(name.clone(), tokio::time::Instant::now());
-                scrub(&engine, &db, &partners, &status, rate).await;
+                scrub(
+                    &engine,
+                    &db,
+                    Some(&partners),
+                    &status,
+                    rate,
+                    Pass::Scheduled,
+                )
+                .await;
                 scrubbed = true;
             }
             if !scrubbed {
@@ -126,6 +168,56 @@ pub fn spawn_scrubber(
     });
 }
 
+/// Runs a pass at once, unpaced, of every suspected database (one at a
+/// time per database: a suspect reported while its pass runs is taken by
+/// the next).
+async fn immediate_passes(
+    engine: Arc<Engine>,
+    topology: Arc<dyn Topology>,
+    status: Arc<ScrubStatus>,
+) {
+    let running: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    let mut changes = damage::changes();
+    loop {
+        for (path, error) in damage::take_suspects() {
+            let Some(db) = database_at(&engine, &path) else {
+                continue;
+            };
+            let name = db.name().to_string();
+            if !running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone())
+            {
+                continue;
+            }
+            status.update(&name, |r| {
+                r.immediate_passes += 1;
+                r.last_immediate_reason = Some(error.clone());
+            });
+            tracing::warn!(database = %name, "scrubbing at once: {error}");
+            let (engine, topology, status, running) = (
+                engine.clone(),
+                topology.clone(),
+                status.clone(),
+                running.clone(),
+            );
+            tokio::spawn(async move {
+                let partners = topology.partners(&name);
+                scrub(&engine, &db, partners.as_ref(), &status, 0, Pass::Immediate).await;
+                status.update(&name, |r| r.last_immediate_end_us = Some(now_us()));
+                running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            });
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A copy restored here waits to replace `name` (a seed, or a manual
 /// restore over a refused copy): the scrub lets go of the old one, which
 /// cannot be replaced while anything holds it.
@@ -133,19 +225,25 @@ fn replaced(engine: &Engine, name: &str) -> bool {
     crate::backup::is_restoring(engine.data_dir(), name)
 }
 
-/// One pass over `db`.
+/// One pass over `db`, comparing with the primary on a secondary (when
+/// `partners` are known), at `rate` bytes a second (0: unpaced). Only a
+/// scheduled pass shows its progress; both count what they find.
 async fn scrub(
     engine: &Engine,
     db: &Arc<Database>,
-    partners: &Partners,
+    partners: Option<&Partners>,
     status: &ScrubStatus,
     rate: u64,
+    pass: Pass,
 ) {
+    let scheduled = pass == Pass::Scheduled;
     let started = tokio::time::Instant::now();
     let mut pgno = 1u32;
     let mut bytes = 0u64;
     let mut page_size = 4096u64;
-    status.update(db.name(), |r| r.verified = 0);
+    if scheduled {
+        status.update(db.name(), |r| r.verified = 0);
+    }
     loop {
         if db.inside_image() || replaced(engine, db.name()) {
             return;
@@ -158,18 +256,22 @@ async fn scrub(
             Ok(Ok((pages, size))) => {
                 page_size = u64::from(size);
                 let read = CHUNK_PAGES.min(pages.saturating_sub(pgno - 1));
-                if !partners.primary_here {
+                if let Some(partners) = partners.filter(|p| !p.primary_here) {
                     compare_with_primary(db, partners, pgno, read, status).await;
                 }
                 status.update(db.name(), |r| {
                     r.pages = pages;
-                    r.verified += read;
+                    if scheduled {
+                        r.verified += read;
+                    }
                 });
                 if pgno.saturating_add(CHUNK_PAGES) > pages {
-                    status.update(db.name(), |r| {
-                        r.passes += 1;
-                        r.last_pass_end_us = Some(now_us());
-                    });
+                    if scheduled {
+                        status.update(db.name(), |r| {
+                            r.passes += 1;
+                            r.last_pass_end_us = Some(now_us());
+                        });
+                    }
                     return;
                 }
                 pgno + CHUNK_PAGES
@@ -184,7 +286,9 @@ async fn scrub(
                 );
                 status.update(db.name(), |r| {
                     r.damaged_found += 1;
-                    r.verified += bad.saturating_sub(pgno);
+                    if scheduled {
+                        r.verified += bad.saturating_sub(pgno);
+                    }
                 });
                 bad + 1
             }
