@@ -662,3 +662,77 @@ async fn a_file_sqlite_finds_malformed_where_no_checksum_failed_is_scrubbed_at_o
         .await;
     integrity_ok(&group.nodes[2], "r3 after the repair").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_but_wrong_page_on_the_primary_is_outvoted_by_the_secondaries_and_repaired_from_them(
+) {
+    // A fast scrub, so passes come often during the test.
+    let mut group = Group::start_with(common::group::GroupSpec {
+        args: vec!["--scrub-kib-per-s".into(), "65536".into()],
+        ..Default::default()
+    })
+    .await;
+    fill(&group).await;
+    exec(
+        &group.primary().client(APP).await,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "load table",
+    )
+    .await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.nodes[0].restart().await;
+    group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let root = root_page(&group.nodes[0], "t").await;
+    let (first, last) = two_children(&group.nodes[0], root);
+    let load = InsertLoad::start(group.primary().client(APP).await, "load", 1, 100_000);
+    load.wait_acked(20, CATCH_UP_TIMEOUT).await;
+    // A lost write on the primary: the page passes its checksum, and only
+    // the secondaries' copies, agreeing against it, show it is wrong.
+    misplace(&group.nodes[0], first, last);
+    wait_repair_status(&group, 0, last, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    let acked = load.acked_count();
+    load.wait_acked(acked + 20, CATCH_UP_TIMEOUT).await;
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    let c = group.primary().client(APP).await;
+    let scrub = query_text(
+        &c,
+        "SELECT mismatched_pages_found FROM sys.dm_hadr_page_scrub_status \
+         WHERE database_name = 'app'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scrub,
+        vec![vec![Some("1".to_string())]],
+        "one mismatch, and no false one under the load"
+    );
+    // The secondaries kept their copies: the primary's was not taken for
+    // the truth.
+    for i in [1, 2] {
+        let rows = repairs(&group.nodes[i]).await;
+        assert!(
+            !rows.iter().any(|(p, _)| *p == last),
+            "r{} repaired its good copy of page {last} from the primary's wrong one: {rows:?}",
+            i + 1
+        );
+    }
+    read_all(&group, &c, "the primary's table after the repair").await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group
+        .assert_page_identical("after the primary's page was repaired from the majority")
+        .await;
+    for (i, node) in group.nodes.iter().enumerate() {
+        assert_has_acked(
+            &report,
+            &ids(node, APP, "load").await,
+            &format!("r{}", i + 1),
+        );
+        integrity_ok(node, &format!("r{} after the primary's repair", i + 1)).await;
+    }
+}

@@ -1563,7 +1563,7 @@ impl crate::repair::Topology for Manager {
                     .find(|r| r.name.eq_ignore_ascii_case(name))
                     .map(|r| (r.name.clone(), r.endpoint))
             };
-            let (primary_here, replicas) = match &slot.part {
+            let (primary_here, replicas, others) = match &slot.part {
                 Some(Part::Primary(p)) => {
                     let synchronized = p
                         .sync_states()
@@ -1579,10 +1579,23 @@ impl crate::repair::Topology for Manager {
                         })
                         .filter_map(|name| endpoint(&name))
                         .collect();
-                    (true, synchronized)
+                    (true, synchronized, Vec::new())
                 }
                 Some(Part::Secondary(_)) => {
-                    (false, endpoint(&config.primary).into_iter().collect())
+                    let others = config
+                        .replicas
+                        .iter()
+                        .filter(|r| {
+                            !r.name.eq_ignore_ascii_case(&config.primary)
+                                && !r.name.eq_ignore_ascii_case(&self.node)
+                        })
+                        .map(|r| (r.name.clone(), r.endpoint))
+                        .collect();
+                    (
+                        false,
+                        endpoint(&config.primary).into_iter().collect(),
+                        others,
+                    )
                 }
                 _ => continue,
             };
@@ -1591,6 +1604,7 @@ impl crate::repair::Topology for Manager {
                 cluster_id: config.cluster_id.clone(),
                 primary_here,
                 replicas,
+                others,
             });
         }
         None
@@ -1677,7 +1691,7 @@ impl Admission for Manager {
         request: &crate::repair::SumsRequest,
     ) -> std::result::Result<(crate::log::Lsn, Vec<u32>), String> {
         let db = self.partner_database(&request.cluster_id, &request.group, &request.database)?;
-        crate::repair::answer_sums(&db, request).await
+        crate::repair::answer_sums(&db, request, &self.scrubs).await
     }
 
     async fn geo_forwarder(

@@ -130,7 +130,7 @@ CREATE TABLE sys.dm_hadr_page_scrub_status(
     database_name TEXT, page_count BIGINT, pages_verified BIGINT,
     percent_complete REAL, passes_completed BIGINT, last_full_pass_time TEXT,
     damaged_pages_found BIGINT, mismatched_pages_found BIGINT,
-    rate_bytes_per_second BIGINT, immediate_passes BIGINT,
+    rate_bytes_per_second BIGINT, last_full_pass_seconds REAL, immediate_passes BIGINT,
     last_immediate_pass_reason TEXT, last_immediate_pass_time TEXT);
 CREATE TABLE sys.dm_hadr_physical_seeding_stats(
     local_database_name TEXT, remote_machine_name TEXT, role_desc TEXT,
@@ -903,6 +903,8 @@ impl Snapshot {
                 int(r.damaged_found),
                 int(r.mismatches_found),
                 int(rate),
+                r.last_pass_us
+                    .map_or(Value::Null, |us| Value::Real(us as f64 / 1e6)),
                 int(r.immediate_passes),
                 r.last_immediate_reason.as_deref().map_or(Value::Null, text),
                 time(r.last_immediate_end_us),

@@ -33,10 +33,22 @@ pub enum Status {
     Irreparable,
 }
 
+/// How a damaged page was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// It failed its checksum (a read, or the scrub).
+    BadChecksum,
+    /// It passes its checksum but the scrub found it differs from the
+    /// copies of the replicas that agree against it (a lost or misdirected
+    /// write).
+    Mismatch,
+}
+
 struct Damage {
     path: PathBuf,
     pgno: u32,
     status: Status,
+    cause: Cause,
 }
 
 static DAMAGE: Mutex<Vec<Damage>> = Mutex::new(Vec::new());
@@ -71,6 +83,12 @@ pub fn changes() -> tokio::sync::watch::Receiver<u64> {
 /// Records that page `pgno` of the file at `path` failed its checksum (a
 /// page known already keeps its status).
 pub fn report(path: &Path, pgno: u32) {
+    report_as(path, pgno, Cause::BadChecksum);
+}
+
+/// Records that page `pgno` of the file at `path` is damaged, found as
+/// `cause` says (a page known already keeps its status).
+pub fn report_as(path: &Path, pgno: u32, cause: Cause) {
     let path = canonical(path);
     {
         let mut damage = registry();
@@ -81,6 +99,7 @@ pub fn report(path: &Path, pgno: u32) {
             path,
             pgno,
             status: Status::Pending,
+            cause,
         });
     }
     changed();
@@ -97,12 +116,13 @@ pub fn pages(path: &Path) -> Vec<(u32, Status)> {
         .collect()
 }
 
-/// Every page found and not taken up yet: `(file, page)`, oldest first.
-pub fn pending() -> Vec<(PathBuf, u32)> {
+/// Every page found and not taken up yet: `(file, page, how it was
+/// found)`, oldest first.
+pub fn pending() -> Vec<(PathBuf, u32, Cause)> {
     registry()
         .iter()
         .filter(|d| d.status == Status::Pending)
-        .map(|d| (d.path.clone(), d.pgno))
+        .map(|d| (d.path.clone(), d.pgno, d.cause))
         .collect()
 }
 
@@ -194,9 +214,9 @@ mod tests {
         report(&file, 7);
         report(&file, 7);
         assert_eq!(pages(&file), vec![(7, Status::Pending)]);
-        assert!(pending().contains(&(canonical(&file), 7)));
+        assert!(pending().contains(&(canonical(&file), 7, Cause::BadChecksum)));
         set_status(&file, 7, Status::Repairing);
-        assert!(!pending().contains(&(canonical(&file), 7)));
+        assert!(!pending().contains(&(canonical(&file), 7, Cause::BadChecksum)));
         let waiter = tokio::spawn({
             let file = file.clone();
             async move { wait_repaired(&file, Duration::from_secs(30)).await }
@@ -240,7 +260,7 @@ mod tests {
         set_status(&file, 3, Status::Irreparable);
         report(&file, 3);
         assert_eq!(pages(&file), vec![(3, Status::Irreparable)]);
-        assert!(!pending().iter().any(|(p, _)| *p == canonical(&file)));
+        assert!(!pending().iter().any(|(p, _, _)| *p == canonical(&file)));
         assert!(!wait_repaired(&file, Duration::from_secs(30)).await);
         forget_file(&file);
         assert!(pages(&file).is_empty());

@@ -66,11 +66,16 @@ pub struct ScrubRow {
     pub passes: u64,
     /// When the last pass ended (µs since the Unix epoch).
     pub last_pass_end_us: Option<i64>,
+    /// How long the last pass took (µs), its pauses for the rate included.
+    pub last_pass_us: Option<u64>,
     /// Damaged pages the scrub found since the node started (failing
-    /// their checksum, or differing from the primary's).
+    /// their checksum, or outvoted by the other replicas' copies), by this
+    /// node's passes or by a partner's comparison reading this node's
+    /// pages.
     pub damaged_found: u64,
-    /// Of those, pages that passed their checksum but differed from the
-    /// primary's at the same LSN.
+    /// Of those, pages that passed their checksum but differed, at a common
+    /// LSN, from the primary's (on a secondary) or from the copies of a
+    /// majority of the replicas (on the primary).
     pub mismatches_found: u64,
     /// Passes started at once, each on a SQLITE_CORRUPT that no page
     /// checksum explained.
@@ -94,6 +99,10 @@ enum Pass {
 #[derive(Debug, Default)]
 pub struct ScrubStatus {
     rows: Mutex<BTreeMap<String, ScrubRow>>,
+    /// `(database, page)` counted as found and not repaired since: a page
+    /// found twice (by this node's pass and a partner's comparison) counts
+    /// once.
+    counted: Mutex<std::collections::BTreeSet<(String, u32)>>,
 }
 
 impl ScrubStatus {
@@ -106,6 +115,27 @@ impl ScrubStatus {
                 ..ScrubRow::default()
             });
         f(row);
+    }
+
+    /// Counts page `pgno` of `db` found damaged by a scrub — this node's,
+    /// or a partner's comparison reading this node's pages — once until it
+    /// is repaired; `mismatch`: it passed its checksum but was outvoted.
+    pub fn found_damaged(&self, db: &Database, pgno: u32, mismatch: bool) {
+        let still_damaged: Vec<u32> = damage::pages(db.path())
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let first = {
+            let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+            counted.retain(|(name, p)| name != db.name() || still_damaged.contains(p));
+            counted.insert((db.name().to_string(), pgno))
+        };
+        if first {
+            self.update(db.name(), |r| {
+                r.damaged_found += 1;
+                r.mismatches_found += u64::from(mismatch);
+            });
+        }
     }
 
     /// Every database's row.
@@ -256,8 +286,12 @@ async fn scrub(
             Ok(Ok((pages, size))) => {
                 page_size = u64::from(size);
                 let read = CHUNK_PAGES.min(pages.saturating_sub(pgno - 1));
-                if let Some(partners) = partners.filter(|p| !p.primary_here) {
-                    compare_with_primary(db, partners, pgno, read, status).await;
+                match partners {
+                    Some(p) if p.primary_here => {
+                        compare_with_secondaries(db, p, pgno, read, status).await
+                    }
+                    Some(p) => compare_with_primary(db, p, pgno, read, status).await,
+                    None => {}
                 }
                 status.update(db.name(), |r| {
                     r.pages = pages;
@@ -270,6 +304,7 @@ async fn scrub(
                         status.update(db.name(), |r| {
                             r.passes += 1;
                             r.last_pass_end_us = Some(now_us());
+                            r.last_pass_us = Some(started.elapsed().as_micros() as u64);
                         });
                     }
                     return;
@@ -284,12 +319,10 @@ async fn scrub(
                     pgno = bad,
                     "the scrub found a damaged page"
                 );
-                status.update(db.name(), |r| {
-                    r.damaged_found += 1;
-                    if scheduled {
-                        r.verified += bad.saturating_sub(pgno);
-                    }
-                });
+                status.found_damaged(db, bad, false);
+                if scheduled {
+                    status.update(db.name(), |r| r.verified += bad.saturating_sub(pgno));
+                }
                 bad + 1
             }
             Ok(Err(e)) => {
@@ -308,11 +341,26 @@ async fn scrub(
     }
 }
 
-/// Compares pages `from..from + count` with the primary's at a common
-/// LSN: a page whose stored checksum differs (and that no record since the
-/// primary's LSN rewrote here) is reported damaged, so the repair task
-/// replaces it with the primary's copy. Nothing is compared when the
-/// primary cannot be asked or this replica's redo stays behind.
+/// Whether the primary's copy of a page is the odd one out: a strict
+/// majority of all the copies compared (the primary's, with stored checksum
+/// `primary`, and the secondaries' `secondaries`) agree on another checksum.
+/// Pure.
+pub fn primary_outvoted(primary: u32, secondaries: &[u32]) -> bool {
+    let copies = secondaries.len() + 1;
+    secondaries
+        .iter()
+        .filter(|s| **s != primary)
+        .any(|s| 2 * secondaries.iter().filter(|t| *t == s).count() > copies)
+}
+
+/// A secondary compares pages `from..from + count` with the primary's at
+/// a common LSN: a page whose stored checksum differs (and that no record
+/// since the primary's LSN rewrote here) is reported damaged, so the repair
+/// task replaces it with the primary's copy — unless the group's other
+/// secondaries side with this one, which makes the primary's copy the odd
+/// one out: that page is left to the primary's scrub (it repairs its own
+/// copy from the majority). Nothing is compared when the primary cannot be
+/// asked or this replica's redo stays behind.
 async fn compare_with_primary(
     db: &Arc<Database>,
     partners: &Partners,
@@ -341,25 +389,133 @@ async fn compare_with_primary(
     if !redone_to(db, lsn).await {
         return;
     }
-    let compared = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.differing_pages(from, &sums, lsn)).await
-    };
-    let Ok(Ok(Some(differ))) = compared else {
+    let Ok(Some(differ)) = db.differing_pages_at_rest(from, sums.clone(), lsn).await else {
         return;
     };
     for pgno in differ {
+        let primary = sums[(pgno - from) as usize];
+        if let Some(ours) = outvoting_copies(db, partners, pgno, lsn).await {
+            if primary_outvoted(primary, &ours) {
+                tracing::warn!(
+                    database = db.name(),
+                    pgno,
+                    lsn,
+                    "the primary's copy of a page differs from the secondaries': left to the primary's scrub"
+                );
+                continue;
+            }
+        }
         tracing::warn!(
             database = db.name(),
             pgno,
             lsn,
             "the scrub found a page that differs from the primary's"
         );
-        damage::report(db.path(), pgno);
-        status.update(db.name(), |r| {
-            r.damaged_found += 1;
-            r.mismatches_found += 1;
-        });
+        damage::report_as(db.path(), pgno, damage::Cause::Mismatch);
+        status.found_damaged(db, pgno, true);
+    }
+}
+
+/// This secondary's stored checksum of `pgno`, then the group's other
+/// secondaries' (those that answer) at `lsn` or later; None when this
+/// replica's own cannot be read.
+async fn outvoting_copies(
+    db: &Arc<Database>,
+    partners: &Partners,
+    pgno: u32,
+    lsn: crate::log::Lsn,
+) -> Option<Vec<u32>> {
+    let (_, ours) = db.page_sums_at_rest(pgno, 1).await.ok()?;
+    let mut copies = vec![*ours.first()?];
+    for (replica, endpoint) in &partners.others {
+        let request = SumsRequest {
+            cluster_id: partners.cluster_id.clone(),
+            group: partners.group.clone(),
+            database: db.name().to_string(),
+            from_pgno: pgno,
+            count: 1,
+            at_lsn: lsn,
+        };
+        if let Ok((_, sums)) = ask_sums(replica, *endpoint, &request).await {
+            copies.extend(sums.first());
+        }
+    }
+    Some(copies)
+}
+
+/// The primary compares pages `from..from + count` with its SYNCHRONIZED
+/// secondaries' at a common LSN (each secondary first redoes up to the
+/// primary's LSN): a page whose copies on a strict majority of the
+/// replicas agree against the primary's ([`primary_outvoted`]) is sealed
+/// but wrong here — a lost or misdirected write on the primary — and is
+/// reported damaged, so the repair task replaces it from a secondary. A
+/// secondary whose copy differs alone is left to its own scrub; pages a
+/// record rewrote since a secondary's LSN count as agreeing with the
+/// primary. Nothing is decided with fewer than two secondaries answering.
+async fn compare_with_secondaries(
+    db: &Arc<Database>,
+    partners: &Partners,
+    from: u32,
+    count: u32,
+    status: &ScrubStatus,
+) {
+    let at_lsn = db.applied_lsn();
+    let mut answers = Vec::new();
+    for (replica, endpoint) in &partners.replicas {
+        let request = SumsRequest {
+            cluster_id: partners.cluster_id.clone(),
+            group: partners.group.clone(),
+            database: db.name().to_string(),
+            from_pgno: from,
+            count,
+            at_lsn,
+        };
+        match ask_sums(replica, *endpoint, &request).await {
+            Ok((lsn, sums)) => answers.push((lsn, sums)),
+            Err(e) => {
+                tracing::debug!(database = db.name(), from, replica = %replica, "scrub comparison skipped: {e}")
+            }
+        }
+    }
+    if answers.len() < 2 {
+        return;
+    }
+    let Ok((_, ours)) = db.page_sums_at_rest(from, count).await else {
+        return;
+    };
+    // For each secondary, the checksum it holds of each page, or ours where
+    // it agrees (or a record since its LSN rewrote the page).
+    let mut theirs: Vec<Vec<u32>> = Vec::new();
+    for (lsn, sums) in answers {
+        let Ok(Some(differ)) = db.differing_pages_at_rest(from, sums.clone(), lsn).await else {
+            return;
+        };
+        theirs.push(
+            ours.iter()
+                .enumerate()
+                .map(|(i, mine)| {
+                    let pgno = from + i as u32;
+                    match sums.get(i) {
+                        Some(s) if differ.contains(&pgno) => *s,
+                        _ => *mine,
+                    }
+                })
+                .collect(),
+        );
+    }
+    for (i, mine) in ours.iter().enumerate() {
+        let copies: Vec<u32> = theirs.iter().map(|t| t[i]).collect();
+        if !primary_outvoted(*mine, &copies) {
+            continue;
+        }
+        let pgno = from + i as u32;
+        tracing::warn!(
+            database = db.name(),
+            pgno,
+            "the scrub found a page of the primary that differs from the copies of a majority of the replicas"
+        );
+        damage::report_as(db.path(), pgno, damage::Cause::Mismatch);
+        status.found_damaged(db, pgno, true);
     }
 }
 
@@ -372,6 +528,31 @@ fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_primary_is_repaired_only_when_a_strict_majority_of_all_copies_agree_against_it() {
+        let table: [(u32, &[u32], bool); 9] = [
+            // (primary, secondaries, outvoted)
+            (1, &[2, 2], true),
+            (1, &[1, 1], false),
+            (1, &[2, 1], false),
+            (1, &[2, 3], false),
+            // One secondary against the primary: no majority either way.
+            (1, &[2], false),
+            // Two of four copies is no majority.
+            (1, &[2, 2, 1], false),
+            (1, &[2, 2, 2], true),
+            (1, &[2, 2, 3, 3], false),
+            (1, &[2, 2, 2, 1], true),
+        ];
+        for (primary, secondaries, want) in table {
+            assert_eq!(
+                primary_outvoted(primary, secondaries),
+                want,
+                "primary {primary}, secondaries {secondaries:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_pace_keeps_the_bytes_read_under_the_rate() {

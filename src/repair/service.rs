@@ -47,6 +47,10 @@ pub struct Partners {
     pub primary_here: bool,
     /// `(replica, endpoint)` to ask, in order.
     pub replicas: Vec<(String, SocketAddr)>,
+    /// On a secondary, the group's other secondaries: its scrub asks them
+    /// whether the primary's copy of a page is the odd one out before it
+    /// takes the primary's copy. Empty on a primary.
+    pub others: Vec<(String, SocketAddr)>,
 }
 
 /// What the repair task needs to know of the availability groups.
@@ -80,17 +84,21 @@ pub fn spawn(engine: Arc<Engine>, topology: Arc<dyn Topology>, history: Arc<Hist
     tokio::spawn(async move {
         let mut changes = damage::changes();
         loop {
-            for (path, pgno) in damage::pending() {
+            for (path, pgno, cause) in damage::pending() {
                 let Some(db) = database_at(&engine, &path) else {
                     continue;
                 };
                 damage::set_status(&path, pgno, Status::Repairing);
+                let found = match cause {
+                    damage::Cause::BadChecksum => "the page failed its checksum (BAD_CHECKSUM)",
+                    damage::Cause::Mismatch => "the scrub found the page differs from the copies of the replicas that agree against it (a lost or misdirected write)",
+                };
                 history.record(
                     db.name(),
                     pgno,
                     PageStatus::QueuedForRequest,
                     None,
-                    "the page failed its checksum (BAD_CHECKSUM); asking a partner replica",
+                    &format!("{found}; asking a partner replica"),
                     now_us(),
                 );
                 tokio::spawn(repair(db, pgno, topology.clone(), history.clone()));
@@ -419,10 +427,13 @@ pub(super) async fn redone_to(db: &Database, lsn: Lsn) -> bool {
 }
 
 /// Answers a partner's `PageSumsRequest` for `db` (the caller checked the
-/// cluster and the group).
+/// cluster and the group). A damaged page the read finds is reported like
+/// any (the repair task takes it up) and counted in `status`: a partner's
+/// scrub found it here.
 pub async fn answer_sums(
     db: &Arc<Database>,
     request: &SumsRequest,
+    status: &super::ScrubStatus,
 ) -> Result<(Lsn, Vec<u32>), String> {
     if db.fence().is_secondary() && !redone_to(db, request.at_lsn).await {
         return Err(format!(
@@ -432,9 +443,22 @@ pub async fn answer_sums(
             request.at_lsn
         ));
     }
-    db.page_sums_at_rest(request.from_pgno, request.count.min(1024))
+    match db
+        .page_sums_at_rest(request.from_pgno, request.count.min(1024))
         .await
-        .map_err(|e| format!("cannot read the pages' checksums: {e}"))
+    {
+        Ok(answer) => Ok(answer),
+        Err(e) => {
+            let e = db.name_damage(e);
+            if let crate::engine::Error::CorruptPage {
+                pgno: Some(pgno), ..
+            } = e
+            {
+                status.found_damaged(db, pgno, false);
+            }
+            Err(format!("cannot read the pages' checksums: {e}"))
+        }
+    }
 }
 
 /// Answers a partner's `PageRequest` for `db` (the caller checked the
