@@ -315,7 +315,7 @@ fn settle_suspension(db: &Database, topology: &dyn Topology) {
 }
 
 /// What a secondary suspended for want of page `pgno` shows as its error.
-pub fn suspension_reason(database: &str, pgno: u32) -> String {
+fn suspension_reason(database: &str, pgno: u32) -> String {
     format!(
         "page {pgno} of database \"{database}\" is damaged here and no partner replica gave a good copy of it \
          (sys.dm_hadr_auto_page_repair says why); data movement resumes on its own once the page is repaired — \
