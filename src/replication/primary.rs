@@ -811,6 +811,14 @@ impl PrimaryGroup {
             .map(|(n, _)| n.clone())
             .filter(|n| replica.is_none_or(|r| r.eq_ignore_ascii_case(n)))
             .collect();
+        if replica.is_none() {
+            // Suspended or resumed here, for every secondary: no longer
+            // the secondaries' own doing.
+            self.suspended_by_partner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(d, _)| d != database);
+        }
         if suspended {
             for name in &names {
                 let synchronized = cell
