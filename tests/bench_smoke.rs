@@ -1,5 +1,6 @@
 //! The benchmark harness must not rot: `scripts/bench --smoke` runs its
-//! quick scenarios (the commit, rw and TPC-B matrix, lag, seeding, geo, backup) against this
+//! quick scenarios (the commit, rw and TPC-B matrix, lag, seeding, geo,
+//! backup, repair) against this
 //! build's binary and must exit 0 with a CSV and a JSON document holding
 //! every expected row; and the unit tests of its statistics module
 //! (`scripts/bench-scripts/test_benchlib.py`) must pass.
@@ -25,6 +26,22 @@ const SCRIPT_TIMEOUT_SECS: u64 = 600;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The one `<prefix>*.json` of a scenario in the results folder, parsed.
+fn scenario_json(dir: &Path, prefix: &str) -> serde_json::Value {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the results folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(prefix) && name.ends_with(".json")
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one {prefix}*.json: {found:?}");
+    serde_json::from_str(&std::fs::read_to_string(&found[0]).expect("scenario JSON"))
+        .expect("valid scenario JSON")
 }
 
 fn describe(output: &Output) -> String {
@@ -172,7 +189,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
             .args(["--kill-after=60", &SCRIPT_TIMEOUT_SECS.to_string(), "bash"])
             .arg(repo().join("scripts/bench"))
             .args([
-                "--smoke", "commit", "rw", "tpcb", "lag", "seeding", "geo", "backup",
+                "--smoke", "commit", "rw", "tpcb", "lag", "seeding", "geo", "backup", "repair",
             ])
             .env("AVAILDB_BIN", env!("CARGO_BIN_EXE_availdb"))
             .env("BENCH_OUT", out.path())
@@ -339,6 +356,32 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
             measures.iter().filter(|m| **m == measure).count(),
             n,
             "{measure}: {backup}"
+        );
+    }
+    // The repair scenario: every measurement, at a tiny size.
+    let repair = scenario_json(out.path(), "repair-");
+    assert_eq!(
+        repair["failures"].as_array().map(Vec::len),
+        Some(0),
+        "{repair}"
+    );
+    let measures: Vec<&str> = repair["rows"]
+        .as_array()
+        .expect("repair rows")
+        .iter()
+        .filter_map(|r| r["measure"].as_str())
+        .collect();
+    for (measure, n) in [
+        ("commit", 2),
+        ("scrub_throughput", 2),
+        ("flip_to_repair", 1),
+        ("checksum_cost", 1),
+        ("failovers", 1),
+    ] {
+        assert_eq!(
+            measures.iter().filter(|m| **m == measure).count(),
+            n,
+            "{measure}: {repair}"
         );
     }
     let md = std::fs::read_to_string(result_file(out.path(), "md")).expect("the markdown report");

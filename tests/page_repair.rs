@@ -336,7 +336,18 @@ async fn a_page_damaged_on_every_replica_is_irreparable_reported_and_the_rest_is
         1,
         "one row, not one per read"
     );
-    touch(&group, 2).await;
+    // The secondary that cannot get the page is suspended (it does not
+    // hold the primary's commits back); the primary still takes writes.
+    wait_suspension(&group, 1, "r2", "r2 suspended for the page", |row| {
+        suspended_row(row) && row[2].as_deref() == Some("SUSPEND_FROM_REDO")
+    })
+    .await;
+    exec(
+        &group.primary().client(APP).await,
+        "INSERT INTO s(id, note) VALUES (2, 'after')",
+        "a commit with the page irreparable",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -439,4 +450,289 @@ async fn the_scrub_finds_a_sealed_page_that_differs_from_the_primarys_and_repair
         .await;
     integrity_ok(&group.nodes[2], "r3 after the scrub's repair").await;
     read_all(&group, &c, "r3's table after the repair").await;
+}
+
+/// Page `pgno` of `app` as `node`'s file holds it.
+fn read_page(node: &TestServer, pgno: u32) -> Vec<u8> {
+    let path = node.data_dir().join("databases").join(format!("{APP}.db"));
+    let file = std::fs::File::open(&path).unwrap();
+    let size = page_size(&file);
+    let mut page = vec![0u8; size as usize];
+    file.read_exact_at(&mut page, u64::from(pgno - 1) * size)
+        .unwrap();
+    page
+}
+
+/// Writes `page` over page `pgno` of `app` in `node`'s file.
+fn write_page(node: &TestServer, pgno: u32, page: &[u8]) {
+    let path = node.data_dir().join("databases").join(format!("{APP}.db"));
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(page, u64::from(pgno - 1) * page.len() as u64)
+        .unwrap();
+    file.sync_all().unwrap();
+}
+
+/// `(synchronization_state_desc, is_suspended, suspend_reason_desc,
+/// last_error)` of `app`'s row for `replica` on `node`.
+async fn suspension(node: &TestServer, replica: &str) -> Vec<Option<String>> {
+    let c = node.client(APP).await;
+    let rows = query_text(
+        &c,
+        &format!(
+            "SELECT synchronization_state_desc, is_suspended, suspend_reason_desc, last_error \
+             FROM sys.dm_hadr_database_replica_states \
+             WHERE database_name = 'app' AND replica = '{replica}'"
+        ),
+    )
+    .await
+    .unwrap();
+    rows.into_iter().next().unwrap_or_default()
+}
+
+/// Waits (bounded) until `check` holds for `replica`'s row on node `node`.
+async fn wait_suspension(
+    group: &Group,
+    node: usize,
+    replica: &str,
+    what: &str,
+    check: impl Fn(&[Option<String>]) -> bool,
+) {
+    let deadline = Instant::now() + REPAIR_TIMEOUT;
+    loop {
+        let row = suspension(&group.nodes[node], replica).await;
+        if check(&row) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: r{}'s row of {replica} stayed {row:?}\n{}",
+            node + 1,
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn suspended_row(row: &[Option<String>]) -> bool {
+    row.get(1).and_then(|v| v.as_deref()) == Some("t")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_that_cannot_get_a_page_is_suspended_from_redo_and_resumes_on_its_own_once_the_page_is_repaired(
+) {
+    let mut group = Group::start(3).await;
+    fill(&group).await;
+    exec(
+        &group.primary().client(APP).await,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "load table",
+    )
+    .await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    for i in [1, 2, 0] {
+        group.nodes[i].restart().await;
+    }
+    group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let index = root_page(&group.nodes[1], "t_k").await;
+    let good = read_page(&group.nodes[0], index);
+    // No replica has a good copy of the page: r2 cannot get it.
+    for node in &group.nodes {
+        flip(node, index);
+    }
+    let load = InsertLoad::start(group.primary().client(APP).await, "load", 1, 100_000);
+    load.wait_acked(20, CATCH_UP_TIMEOUT).await;
+    let reader = group.nodes[1].client(APP).await;
+    let err = query_text(
+        &reader,
+        "SELECT count(*) FROM t INDEXED BY t_k WHERE k >= 'k'",
+    )
+    .await
+    .expect_err("every copy of the page is damaged");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("XX001"),
+        "{}",
+        error_text(&err)
+    );
+    wait_repair_status(&group, 1, index, "IRREPARABLE").await;
+    // r2 stays in a clear state: suspended from redo, saying which page.
+    wait_suspension(&group, 1, "r2", "r2 suspended for the page", |row| {
+        suspended_row(row)
+            && row[0].as_deref() == Some("NOT SYNCHRONIZING")
+            && row[2].as_deref() == Some("SUSPEND_FROM_REDO")
+            && row[3]
+                .as_deref()
+                .is_some_and(|e| e.contains(&format!("page {index} ")))
+    })
+    .await;
+    // The primary sees its partner suspended itself, and commits go on.
+    wait_suspension(&group, 0, "r2", "the primary sees r2 suspended", |row| {
+        suspended_row(row) && row[2].as_deref() == Some("SUSPEND_FROM_PARTNER")
+    })
+    .await;
+    let acked = load.acked_count();
+    load.wait_acked(acked + 20, CATCH_UP_TIMEOUT).await;
+    // The source is put right: the primary's copy verifies again.
+    write_page(&group.nodes[0], index, &good);
+    // r2 (and r3, whose scrub finds its copy damaged too) get the page
+    // from the primary and resume on their own.
+    wait_repair_status(&group, 1, index, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    wait_repair_status(&group, 2, index, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    for (i, replica) in [(1, "r2"), (2, "r3")] {
+        wait_suspension(&group, i, replica, "resumed", |row| {
+            !suspended_row(row) && row[2].is_none()
+        })
+        .await;
+    }
+    let acked = load.acked_count();
+    load.wait_acked(acked + 20, CATCH_UP_TIMEOUT).await;
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    read_by_index(&group, &reader, "r2's index after it resumed").await;
+    group
+        .assert_page_identical("after the secondaries resumed with the page repaired")
+        .await;
+    for (i, node) in group.nodes.iter().enumerate() {
+        assert_has_acked(
+            &report,
+            &ids(node, APP, "load").await,
+            &format!("r{}", i + 1),
+        );
+        integrity_ok(node, &format!("r{} after the suspension", i + 1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_sqlite_finds_malformed_where_no_checksum_failed_is_scrubbed_at_once_and_repaired() {
+    // Scheduled scrubbing off: only the pass started at once can find it.
+    let mut group = Group::start_with(common::group::GroupSpec {
+        args: vec!["--scrub-kib-per-s".into(), "0".into()],
+        ..Default::default()
+    })
+    .await;
+    fill(&group).await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.nodes[2].restart().await;
+    group.wait_synchronized(&[2], CATCH_UP_TIMEOUT).await;
+    let root = root_page(&group.nodes[2], "t").await;
+    let index = root_page(&group.nodes[2], "t_k").await;
+    let (_, last) = two_children(&group.nodes[2], root);
+    // An index page, sealed, where the table expects one of its leaves:
+    // SQLite's B-tree finds the file malformed, no checksum fails.
+    misplace(&group.nodes[2], index, last);
+    let reader = group.nodes[2].client(APP).await;
+    let err = query_text(&reader, "SELECT count(*), sum(length(pad)) FROM t")
+        .await
+        .expect_err("the table reaches a page of the index");
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "XX001", "{}", error_text(&err));
+    // The pass at once compares with the primary and finds the page.
+    wait_repair_status(&group, 2, last, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    let scrub = query_text(
+        &reader,
+        "SELECT immediate_passes >= 1, last_immediate_pass_reason, mismatched_pages_found, \
+         passes_completed, rate_bytes_per_second \
+         FROM sys.dm_hadr_page_scrub_status WHERE database_name = 'app'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(scrub.len(), 1, "{scrub:?}");
+    assert_eq!(scrub[0][0].as_deref(), Some("t"), "{scrub:?}");
+    assert!(
+        scrub[0][1]
+            .as_deref()
+            .is_some_and(|r| r.contains("malformed")),
+        "the view says what started the pass: {scrub:?}"
+    );
+    assert_eq!(
+        scrub[0][2..],
+        [Some("1".into()), Some("0".into()), Some("0".into())],
+        "one mismatch found, and by no scheduled pass: {scrub:?}"
+    );
+    read_all(&group, &reader, "r3's table after the repair").await;
+    group
+        .assert_page_identical("after the pass at once replaced the page")
+        .await;
+    integrity_ok(&group.nodes[2], "r3 after the repair").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_but_wrong_page_on_the_primary_is_outvoted_by_the_secondaries_and_repaired_from_them(
+) {
+    // A fast scrub, so passes come often during the test.
+    let mut group = Group::start_with(common::group::GroupSpec {
+        args: vec!["--scrub-kib-per-s".into(), "65536".into()],
+        ..Default::default()
+    })
+    .await;
+    fill(&group).await;
+    exec(
+        &group.primary().client(APP).await,
+        "CREATE TABLE load(id INTEGER PRIMARY KEY, pad BLOB)",
+        "load table",
+    )
+    .await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group.nodes[0].restart().await;
+    group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
+    group.wait_synchronized(&[1, 2], CATCH_UP_TIMEOUT).await;
+    let root = root_page(&group.nodes[0], "t").await;
+    let (first, last) = two_children(&group.nodes[0], root);
+    let load = InsertLoad::start(group.primary().client(APP).await, "load", 1, 100_000);
+    load.wait_acked(20, CATCH_UP_TIMEOUT).await;
+    // A lost write on the primary: the page passes its checksum, and only
+    // the secondaries' copies, agreeing against it, show it is wrong.
+    misplace(&group.nodes[0], first, last);
+    wait_repair_status(&group, 0, last, "AUTOMATIC_PAGE_REPAIR_SUCCEEDED").await;
+    let acked = load.acked_count();
+    load.wait_acked(acked + 20, CATCH_UP_TIMEOUT).await;
+    let report = load.finish().await;
+    assert!(
+        report.failed.is_none(),
+        "the load failed: {:?}",
+        report.failed
+    );
+    let c = group.primary().client(APP).await;
+    let scrub = query_text(
+        &c,
+        "SELECT mismatched_pages_found FROM sys.dm_hadr_page_scrub_status \
+         WHERE database_name = 'app'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scrub,
+        vec![vec![Some("1".to_string())]],
+        "one mismatch, and no false one under the load"
+    );
+    // The secondaries kept their copies: the primary's was not taken for
+    // the truth.
+    for i in [1, 2] {
+        let rows = repairs(&group.nodes[i]).await;
+        assert!(
+            !rows.iter().any(|(p, _)| *p == last),
+            "r{} repaired its good copy of page {last} from the primary's wrong one: {rows:?}",
+            i + 1
+        );
+    }
+    read_all(&group, &c, "the primary's table after the repair").await;
+    group.wait_caught_up(&[1, 2], CATCH_UP_TIMEOUT).await;
+    group
+        .assert_page_identical("after the primary's page was repaired from the majority")
+        .await;
+    for (i, node) in group.nodes.iter().enumerate() {
+        assert_has_acked(
+            &report,
+            &ids(node, APP, "load").await,
+            &format!("r{}", i + 1),
+        );
+        integrity_ok(node, &format!("r{} after the primary's repair", i + 1)).await;
+    }
 }

@@ -1532,20 +1532,19 @@ impl Manager {
         }
     }
 
-    /// Starts automatic page repair and, unless `scrub_rate` (bytes a
-    /// second) is 0, scrubbing on this node ([`crate::repair`]).
+    /// Starts automatic page repair and scrubbing on this node
+    /// ([`crate::repair`]): scheduled passes at `scrub_rate` bytes a second
+    /// (none when 0), passes at once on a file SQLite found malformed.
     pub fn start_page_repair(self: &Arc<Self>, scrub_rate: u64) {
         crate::repair::spawn(self.engine.clone(), self.clone(), self.page_repairs.clone());
         self.scrub_rate
             .store(scrub_rate, std::sync::atomic::Ordering::Relaxed);
-        if scrub_rate > 0 {
-            crate::repair::spawn_scrubber(
-                self.engine.clone(),
-                self.clone(),
-                self.scrubs.clone(),
-                scrub_rate,
-            );
-        }
+        crate::repair::spawn_scrubber(
+            self.engine.clone(),
+            self.clone(),
+            self.scrubs.clone(),
+            scrub_rate,
+        );
     }
 }
 
@@ -1564,7 +1563,7 @@ impl crate::repair::Topology for Manager {
                     .find(|r| r.name.eq_ignore_ascii_case(name))
                     .map(|r| (r.name.clone(), r.endpoint))
             };
-            let (primary_here, replicas) = match &slot.part {
+            let (primary_here, replicas, others) = match &slot.part {
                 Some(Part::Primary(p)) => {
                     let synchronized = p
                         .sync_states()
@@ -1580,10 +1579,23 @@ impl crate::repair::Topology for Manager {
                         })
                         .filter_map(|name| endpoint(&name))
                         .collect();
-                    (true, synchronized)
+                    (true, synchronized, Vec::new())
                 }
                 Some(Part::Secondary(_)) => {
-                    (false, endpoint(&config.primary).into_iter().collect())
+                    let others = config
+                        .replicas
+                        .iter()
+                        .filter(|r| {
+                            !r.name.eq_ignore_ascii_case(&config.primary)
+                                && !r.name.eq_ignore_ascii_case(&self.node)
+                        })
+                        .map(|r| (r.name.clone(), r.endpoint))
+                        .collect();
+                    (
+                        false,
+                        endpoint(&config.primary).into_iter().collect(),
+                        others,
+                    )
                 }
                 _ => continue,
             };
@@ -1592,9 +1604,32 @@ impl crate::repair::Topology for Manager {
                 cluster_id: config.cluster_id.clone(),
                 primary_here,
                 replicas,
+                others,
             });
         }
         None
+    }
+
+    fn suspend_for_page(&self, database: &str, why: Option<String>) {
+        let groups = self.lock();
+        let secondary = groups.values().find_map(|slot| match &slot.part {
+            Some(Part::Secondary(s)) if s.config().has_database(database) => Some(s.clone()),
+            _ => None,
+        });
+        drop(groups);
+        let Some(secondary) = secondary else { return };
+        let what = if why.is_some() {
+            "suspended"
+        } else {
+            "resumed"
+        };
+        match secondary.suspend_for_page(database, why) {
+            Ok(()) => tracing::debug!(database, "data movement {what} for automatic page repair"),
+            Err(e) => tracing::warn!(
+                database,
+                "cannot change data movement for automatic page repair: {e}"
+            ),
+        }
     }
 }
 
@@ -1656,7 +1691,7 @@ impl Admission for Manager {
         request: &crate::repair::SumsRequest,
     ) -> std::result::Result<(crate::log::Lsn, Vec<u32>), String> {
         let db = self.partner_database(&request.cluster_id, &request.group, &request.database)?;
-        crate::repair::answer_sums(&db, request).await
+        crate::repair::answer_sums(&db, request, &self.scrubs).await
     }
 
     async fn geo_forwarder(

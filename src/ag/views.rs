@@ -130,7 +130,8 @@ CREATE TABLE sys.dm_hadr_page_scrub_status(
     database_name TEXT, page_count BIGINT, pages_verified BIGINT,
     percent_complete REAL, passes_completed BIGINT, last_full_pass_time TEXT,
     damaged_pages_found BIGINT, mismatched_pages_found BIGINT,
-    rate_bytes_per_second BIGINT);
+    rate_bytes_per_second BIGINT, last_full_pass_seconds REAL, immediate_passes BIGINT,
+    last_immediate_pass_reason TEXT, last_immediate_pass_time TEXT);
 CREATE TABLE sys.dm_hadr_physical_seeding_stats(
     local_database_name TEXT, remote_machine_name TEXT, role_desc TEXT,
     internal_state_desc TEXT, database_size_bytes BIGINT, pages BIGINT,
@@ -146,7 +147,7 @@ CREATE TABLE sys.dm_hadr_failover_history(
 CREATE TABLE sys.dm_hadr_database_replica_states(
     database_name TEXT, group_id TEXT, replica TEXT, is_local BOOLEAN,
     is_primary_replica BOOLEAN, synchronization_state_desc TEXT,
-    synchronization_health_desc TEXT, is_suspended BOOLEAN,
+    synchronization_health_desc TEXT, is_suspended BOOLEAN, suspend_reason_desc TEXT,
     last_hardened_lsn BIGINT, last_redone_lsn BIGINT, last_commit_lsn BIGINT,
     last_commit_time TEXT, log_send_queue_size BIGINT, log_send_rate REAL,
     redo_queue_size BIGINT, redo_rate REAL, secondary_lag_seconds REAL, last_error TEXT,
@@ -398,6 +399,7 @@ impl Snapshot {
                 text("SYNCHRONIZED"),
                 text("HEALTHY"),
                 boolean(false),
+                Value::Null,
                 int(end),
                 int(end),
                 int(end),
@@ -426,6 +428,9 @@ impl Snapshot {
                         SyncState::NotSynchronizing => "NOT_HEALTHY",
                     }),
                     boolean(p.suspended),
+                    group
+                        .suspend_reason(database, replica)
+                        .map_or(Value::Null, |r| text(r.desc())),
                     int(p.hardened),
                     int(p.redone),
                     int(end),
@@ -486,6 +491,7 @@ impl Snapshot {
                 }),
                 text(if moving { "HEALTHY" } else { "NOT_HEALTHY" }),
                 boolean(sdb.is_suspended_here()),
+                sdb.suspend_reason().map_or(Value::Null, |r| text(r.desc())),
                 int(hardened),
                 int(redone),
                 int(hardened),
@@ -495,7 +501,9 @@ impl Snapshot {
                 int(hardened.saturating_sub(redone)),
                 Value::Null,
                 Value::Null,
-                sdb.last_error().map_or(Value::Null, Value::Text),
+                sdb.page_suspension()
+                    .or_else(|| sdb.last_error())
+                    .map_or(Value::Null, Value::Text),
                 boolean(false),
             ]);
         }
@@ -876,7 +884,8 @@ impl Snapshot {
 
     /// Background scrubbing on this node (`sys.dm_hadr_page_scrub_status`):
     /// per database, the pages verified in the current pass, passes done,
-    /// when the last ended, damaged pages found, and the rate.
+    /// when the last ended, damaged pages found, the rate, and the passes
+    /// started at once on a file SQLite found malformed.
     pub fn add_page_scrubs(&mut self, rows: &[crate::repair::ScrubRow], rate: u64) {
         for r in rows {
             let percent = if r.pages == 0 {
@@ -894,6 +903,11 @@ impl Snapshot {
                 int(r.damaged_found),
                 int(r.mismatches_found),
                 int(rate),
+                r.last_pass_us
+                    .map_or(Value::Null, |us| Value::Real(us as f64 / 1e6)),
+                int(r.immediate_passes),
+                r.last_immediate_reason.as_deref().map_or(Value::Null, text),
+                time(r.last_immediate_end_us),
             ]);
         }
     }

@@ -10,6 +10,12 @@
 //! A page already known stays as it is when it is reported again: one
 //! repair runs per page, and a page given up is not retried by the reads
 //! that keep finding it (no loop).
+//!
+//! A file can also be *suspected* ([`suspect`]): a statement failed with
+//! SQLITE_CORRUPT that no page checksum explains (a page that is sealed
+//! but wrong, found inconsistent by SQLite's B-tree). Nobody knows which
+//! page; the scrubber takes suspects ([`take_suspects`]) and reads the
+//! whole file at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -27,13 +33,29 @@ pub enum Status {
     Irreparable,
 }
 
+/// How a damaged page was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// It failed its checksum (a read, or the scrub).
+    BadChecksum,
+    /// It passes its checksum but the scrub found it differs from the
+    /// copies of the replicas that agree against it (a lost or misdirected
+    /// write).
+    Mismatch,
+}
+
 struct Damage {
     path: PathBuf,
     pgno: u32,
     status: Status,
+    cause: Cause,
 }
 
 static DAMAGE: Mutex<Vec<Damage>> = Mutex::new(Vec::new());
+
+/// Files suspected of damage no checksum found, and the error that made
+/// them suspect; at most one entry per file.
+static SUSPECTS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
 
 /// Counts changes of the registry, so waiters learn of them.
 fn counter() -> &'static tokio::sync::watch::Sender<u64> {
@@ -61,6 +83,12 @@ pub fn changes() -> tokio::sync::watch::Receiver<u64> {
 /// Records that page `pgno` of the file at `path` failed its checksum (a
 /// page known already keeps its status).
 pub fn report(path: &Path, pgno: u32) {
+    report_as(path, pgno, Cause::BadChecksum);
+}
+
+/// Records that page `pgno` of the file at `path` is damaged, found as
+/// `cause` says (a page known already keeps its status).
+pub fn report_as(path: &Path, pgno: u32, cause: Cause) {
     let path = canonical(path);
     {
         let mut damage = registry();
@@ -71,6 +99,7 @@ pub fn report(path: &Path, pgno: u32) {
             path,
             pgno,
             status: Status::Pending,
+            cause,
         });
     }
     changed();
@@ -87,12 +116,13 @@ pub fn pages(path: &Path) -> Vec<(u32, Status)> {
         .collect()
 }
 
-/// Every page found and not taken up yet: `(file, page)`, oldest first.
-pub fn pending() -> Vec<(PathBuf, u32)> {
+/// Every page found and not taken up yet: `(file, page, how it was
+/// found)`, oldest first.
+pub fn pending() -> Vec<(PathBuf, u32, Cause)> {
     registry()
         .iter()
         .filter(|d| d.status == Status::Pending)
-        .map(|d| (d.path.clone(), d.pgno))
+        .map(|d| (d.path.clone(), d.pgno, d.cause))
         .collect()
 }
 
@@ -122,6 +152,26 @@ pub fn forget_file(path: &Path) {
     let path = canonical(path);
     registry().retain(|d| d.path != path);
     changed();
+}
+
+/// Records that a statement on the file at `path` failed with SQLITE_CORRUPT
+/// and no page failed its checksum (`error`: SQLite's message). A file
+/// suspected already keeps its first error until it is taken.
+pub fn suspect(path: &Path, error: &str) {
+    let path = canonical(path);
+    {
+        let mut suspects = SUSPECTS.lock().unwrap_or_else(|e| e.into_inner());
+        if suspects.iter().any(|(p, _)| *p == path) {
+            return;
+        }
+        suspects.push((path, error.to_string()));
+    }
+    changed();
+}
+
+/// Takes every suspected file and its error, oldest first.
+pub fn take_suspects() -> Vec<(PathBuf, String)> {
+    std::mem::take(&mut *SUSPECTS.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Waits until none of the pages of the file at `path` that are damaged
@@ -164,9 +214,9 @@ mod tests {
         report(&file, 7);
         report(&file, 7);
         assert_eq!(pages(&file), vec![(7, Status::Pending)]);
-        assert!(pending().contains(&(canonical(&file), 7)));
+        assert!(pending().contains(&(canonical(&file), 7, Cause::BadChecksum)));
         set_status(&file, 7, Status::Repairing);
-        assert!(!pending().contains(&(canonical(&file), 7)));
+        assert!(!pending().contains(&(canonical(&file), 7, Cause::BadChecksum)));
         let waiter = tokio::spawn({
             let file = file.clone();
             async move { wait_repaired(&file, Duration::from_secs(30)).await }
@@ -178,6 +228,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_is_suspected_once_until_taken_and_followers_learn_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.db");
+        std::fs::write(&file, b"").unwrap();
+        let mut follow = changes();
+        follow.borrow_and_update();
+        suspect(&file, "database disk image is malformed");
+        suspect(&file, "a later error");
+        assert!(follow.has_changed().unwrap(), "the scrubber is woken");
+        let mine: Vec<_> = take_suspects()
+            .into_iter()
+            .filter(|(p, _)| *p == canonical(&file))
+            .collect();
+        assert_eq!(
+            mine,
+            vec![(
+                canonical(&file),
+                "database disk image is malformed".to_string()
+            )]
+        );
+        assert!(!take_suspects().iter().any(|(p, _)| *p == canonical(&file)));
+    }
+
+    #[tokio::test]
     async fn an_irreparable_page_ends_the_wait_and_is_not_taken_up_again() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("b.db");
@@ -186,7 +260,7 @@ mod tests {
         set_status(&file, 3, Status::Irreparable);
         report(&file, 3);
         assert_eq!(pages(&file), vec![(3, Status::Irreparable)]);
-        assert!(!pending().iter().any(|(p, _)| *p == canonical(&file)));
+        assert!(!pending().iter().any(|(p, _, _)| *p == canonical(&file)));
         assert!(!wait_repaired(&file, Duration::from_secs(30)).await);
         forget_file(&file);
         assert!(pages(&file).is_empty());

@@ -1163,6 +1163,25 @@ impl Database {
         }
     }
 
+    /// Makes this database's file a suspect of damage when `err` is a
+    /// SQLITE_CORRUPT (XX001) that no page checksum explains: the scrubber
+    /// then reads the whole file at once ([`super::damage::suspect`]).
+    /// True when it did.
+    pub fn suspect_damage(&self, err: &Error) -> bool {
+        match err {
+            Error::Sql {
+                sqlstate: "XX001",
+                message,
+                ..
+            } => {
+                tracing::warn!(database = %self.name, "SQLite found the file malformed where no page failed its checksum: {message}; scrubbing it at once");
+                super::damage::suspect(&self.path, message);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Waits, at most `within`, for the repair of the pages of this
     /// database found damaged so far; true when none is left damaged.
     pub async fn wait_for_page_repair(&self, within: Duration) -> bool {
@@ -1366,10 +1385,13 @@ impl Database {
     }
 
     /// The stored checksums of pages `from..from + count` that exist, read
-    /// with their checksums verified.
+    /// from disk (the reader's cache dropped first: a page changed under
+    /// SQLite would be masked by its cached copy) with their checksums
+    /// verified.
     fn page_sums(&self, from: u32, count: u32) -> Result<Vec<u32>> {
         let reader = self.reader()?;
         let conn = reader.conn().sqlite();
+        reset_cache(conn);
         let mut read = conn.prepare_cached(
             "SELECT data FROM sqlite_dbpage WHERE pgno >= ?1 AND pgno < ?2 ORDER BY pgno",
         )?;
@@ -1387,6 +1409,30 @@ impl Database {
             ]))
         })?;
         Ok(pages.collect::<rusqlite::Result<Vec<u32>>>()?)
+    }
+
+    /// [`Database::differing_pages`] with this replica's file at rest: on a
+    /// primary under the write lock (no commit between reading the LSN and
+    /// the pages), on a secondary under its redo lock.
+    pub async fn differing_pages_at_rest(
+        self: &Arc<Self>,
+        from: u32,
+        theirs: Vec<u32>,
+        their_lsn: Lsn,
+    ) -> Result<Option<Vec<u32>>> {
+        let db = self.clone();
+        let writer = if self.fence().is_secondary() {
+            None
+        } else {
+            Some(self.writer.clone().lock_owned().await)
+        };
+        tokio::task::spawn_blocking(move || {
+            let differ = db.differing_pages(from, &theirs, their_lsn);
+            drop(writer);
+            differ
+        })
+        .await
+        .map_err(|e| Error::sql("XX000", e.to_string()))?
     }
 
     /// The pages from `from` on whose stored checksum differs from

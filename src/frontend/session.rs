@@ -472,6 +472,9 @@ impl Session {
             }
         }
         let result = result.map_err(|e| self.db.name_damage(e));
+        if let Err(e) = &result {
+            self.db.suspect_damage(e);
+        }
         let timed_out = self.cancel.timed_out.swap(false, Ordering::SeqCst);
         match result {
             Err(err) => {

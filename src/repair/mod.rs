@@ -30,11 +30,26 @@
 //!    file's wrote the page; if one did, that record replaced the damaged
 //!    copy already (redo overwrites pages without reading them). A file
 //!    behind the partner's LSN redoes first.
-//! 5. **Giving up.** A page that every partner reports damaged too is
-//!    *irreparable*: it stays in the registry as such, the statements that
-//!    need it fail with XX001 saying so, the others run — no crash, no
-//!    retry loop. A database outside any availability group has no partner:
-//!    its damaged pages are irreparable at once.
+//! 5. **Giving up.** A page that every partner reports damaged too, or
+//!    that no partner gave in five rounds, is *irreparable*: it stays in
+//!    the registry as such, the statements that need it fail with XX001
+//!    saying so, the others run — no crash, no tight loop. It is tried
+//!    again at a slow pace (1 s doubling to 10 s), without a new row while
+//!    nothing changes: a copy here that verifies again (redo rewrote it, or
+//!    it was put right underneath) or a partner's good copy ends it. A
+//!    database outside any availability group has no partner: its damaged
+//!    pages are irreparable at once.
+//! 6. **Suspending.** A secondary with a page given up suspends data
+//!    movement of that database itself, as SQL Server does
+//!    (`is_suspended`, `suspend_reason_desc` = `SUSPEND_FROM_REDO`, the page
+//!    and what to do in `last_error`; the primary shows
+//!    `SUSPEND_FROM_PARTNER`): the primary takes it out of the
+//!    synchronized set first, so it is no failover target and commits do
+//!    not wait for it. When a retry gets a good copy, the secondary resumes
+//!    data movement, redoes up to the copy's LSN (60 s at most) and writes
+//!    it; with no page given up left, it stays resumed. `SET HADR RESUME`
+//!    lifts the suspension too; a page still damaged suspends it again at
+//!    the next retry.
 //!
 //! Every step is recorded in `sys.dm_hadr_auto_page_repair` ([`History`]:
 //! at most 100 rows per database, as SQL Server keeps).
@@ -42,17 +57,41 @@
 //! **Scrubbing** ([`spawn_scrubber`]): every replica also reads all pages of
 //! its availability databases in the background, at a bounded rate
 //! ([`DEFAULT_RATE_BYTES`]), so a damaged page nobody reads is found (and
-//! repaired) too; a secondary also compares each run of pages with the
-//! primary's at a common LSN (`PageSumsRequest`: the primary's stored
-//! checksums; pages a later record rewrote left out), so a page that is
-//! sealed but wrong — a lost or misdirected write — is found as well and
-//! repaired from the primary. Progress in `sys.dm_hadr_page_scrub_status`.
+//! repaired) too. The scrub also compares the replicas' copies at a common
+//! LSN (`PageSumsRequest`: a partner's stored checksums of a run of pages,
+//! after it redid up to the asker's LSN; pages a later record rewrote left
+//! out), which finds a page that is sealed but wrong — a lost or
+//! misdirected write:
+//! * a secondary compares with the primary; a page that differs is
+//!   repaired from the primary, unless the group's other secondaries side
+//!   with this one's copy (then the primary's is the odd one out, and left
+//!   to the primary's scrub);
+//! * the primary compares with its SYNCHRONIZED secondaries; a page whose
+//!   copies on a strict majority of all replicas agree against the
+//!   primary's ([`primary_outvoted`]) is repaired from a secondary.
+//!
+//! A statement that fails with SQLITE_CORRUPT where no page failed its
+//! checksum (SQLite's B-tree found a sealed but wrong page) starts a pass of
+//! its database at once, unpaced, even with the scheduled scrub off.
+//! Progress in `sys.dm_hadr_page_scrub_status`.
 //!
 //! # Known limits
 //! * Only pages in the database file are verified; WAL frames are covered
 //!   by SQLite's chained frame checksums until a checkpoint copies them.
-//! * Only secondaries compare their pages with another replica's (the
-//!   primary's); a primary whose page is sealed but wrong is not found.
+//! * A sealed but wrong page is decided by a majority: with one secondary
+//!   (two replicas) nothing outvotes the primary, so the secondary takes the
+//!   primary's copy, right or wrong; with an even split nothing is decided
+//!   on the primary. Pages a record rewrote during a comparison count as
+//!   agreeing with the primary.
+//! * A pass at once on a primary, or on a database outside any group, finds
+//!   only pages that fail their checksum or that the replicas outvote; a
+//!   page SQLite finds inconsistent but that every replica holds alike
+//!   (a bug that wrote it so) is not located: the statement's XX001 stays.
+//!   The pass at once is unpaced: on a large database it competes with the
+//!   workload for reads.
+//! * Data movement of a suspended secondary stops: a damaged page that a
+//!   later record would have rewritten (and so repaired) stays damaged
+//!   until a retry gets a copy or someone resumes it.
 //! * A flip in page 1's first 100 bytes that SQLite needs to open the file
 //!   (magic, page size) stops the repair's own write transaction too.
 
@@ -61,7 +100,10 @@ mod scrub;
 mod service;
 
 pub use history::{History, PageStatus, RepairRow, MAX_ROWS_PER_DATABASE};
-pub use scrub::{delay_us, spawn_scrubber, ScrubRow, ScrubStatus, CHUNK_PAGES, DEFAULT_RATE_BYTES};
+pub use scrub::{
+    delay_us, primary_outvoted, spawn_scrubber, ScrubRow, ScrubStatus, CHUNK_PAGES,
+    DEFAULT_RATE_BYTES,
+};
 pub use service::{answer, answer_sums, spawn, Partners, Topology};
 
 /// A partner's question for one page (the payload of `PageRequest`).

@@ -11,15 +11,23 @@
 //! part old (a secondary inside a full image) is skipped until the image is
 //! whole: its pages not redone yet read as zeros.
 //!
+//! **Passes at once.** A statement that fails with SQLITE_CORRUPT where no
+//! page failed its checksum (SQLite's B-tree found a page inconsistent that
+//! is sealed but wrong) makes its file a suspect
+//! ([`crate::engine::damage::suspect`]): a pass of that database starts at
+//! once, unpaced, beside the scheduled ones (on a secondary it compares
+//! with the primary, which finds a sealed but wrong page), even when the
+//! scheduled scrub is off.
+//!
 //! Progress per database (`sys.dm_hadr_page_scrub_status`): pages, pages
 //! verified in the current pass, passes completed, when the last one
-//! ended, damaged pages found.
+//! ended, damaged pages found, passes started at once and why.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::service::{ask_sums, redone_to, Partners, Topology};
+use super::service::{ask_sums, database_at, redone_to, Partners, Topology};
 use super::SumsRequest;
 use crate::engine::{damage, Database, Engine, Error};
 
@@ -58,18 +66,43 @@ pub struct ScrubRow {
     pub passes: u64,
     /// When the last pass ended (µs since the Unix epoch).
     pub last_pass_end_us: Option<i64>,
+    /// How long the last pass took (µs), its pauses for the rate included.
+    pub last_pass_us: Option<u64>,
     /// Damaged pages the scrub found since the node started (failing
-    /// their checksum, or differing from the primary's).
+    /// their checksum, or outvoted by the other replicas' copies), by this
+    /// node's passes or by a partner's comparison reading this node's
+    /// pages.
     pub damaged_found: u64,
-    /// Of those, pages that passed their checksum but differed from the
-    /// primary's at the same LSN.
+    /// Of those, pages that passed their checksum but differed, at a common
+    /// LSN, from the primary's (on a secondary) or from the copies of a
+    /// majority of the replicas (on the primary).
     pub mismatches_found: u64,
+    /// Passes started at once, each on a SQLITE_CORRUPT that no page
+    /// checksum explained.
+    pub immediate_passes: u64,
+    /// The error that started the last of them.
+    pub last_immediate_reason: Option<String>,
+    /// When the last of them ended (µs since the Unix epoch).
+    pub last_immediate_end_us: Option<i64>,
+}
+
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// The rate-limited background schedule.
+    Scheduled,
+    /// At once, unpaced: a statement found the file malformed.
+    Immediate,
 }
 
 /// Every database's scrub progress on this node.
 #[derive(Debug, Default)]
 pub struct ScrubStatus {
     rows: Mutex<BTreeMap<String, ScrubRow>>,
+    /// `(database, page)` counted as found and not repaired since: a page
+    /// found twice (by this node's pass and a partner's comparison) counts
+    /// once.
+    counted: Mutex<std::collections::BTreeSet<(String, u32)>>,
 }
 
 impl ScrubStatus {
@@ -84,6 +117,27 @@ impl ScrubStatus {
         f(row);
     }
 
+    /// Counts page `pgno` of `db` found damaged by a scrub — this node's,
+    /// or a partner's comparison reading this node's pages — once until it
+    /// is repaired; `mismatch`: it passed its checksum but was outvoted.
+    pub fn found_damaged(&self, db: &Database, pgno: u32, mismatch: bool) {
+        let still_damaged: Vec<u32> = damage::pages(db.path())
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let first = {
+            let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+            counted.retain(|(name, p)| name != db.name() || still_damaged.contains(p));
+            counted.insert((db.name().to_string(), pgno))
+        };
+        if first {
+            self.update(db.name(), |r| {
+                r.damaged_found += 1;
+                r.mismatches_found += u64::from(mismatch);
+            });
+        }
+    }
+
     /// Every database's row.
     pub fn rows(&self) -> Vec<ScrubRow> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,13 +145,23 @@ impl ScrubStatus {
     }
 }
 
-/// Starts the node's scrubber at `rate` bytes a second.
+/// Starts the node's scrubber: scheduled passes at `rate` bytes a second
+/// (none when `rate` is 0), and a pass at once of every database a
+/// statement found malformed where no checksum failed.
 pub fn spawn_scrubber(
     engine: Arc<Engine>,
     topology: Arc<dyn Topology>,
     status: Arc<ScrubStatus>,
     rate: u64,
 ) {
+    tokio::spawn(immediate_passes(
+        engine.clone(),
+        topology.clone(),
+        status.clone(),
+    ));
+    if rate == 0 {
+        return;
+    }
     tokio::spawn(async move {
         let mut last_pass: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
         loop {
@@ -116,7 +180,15 @@ pub fn spawn_scrubber(
                     continue;
                 }
                 last_pass.insert(name.clone(), tokio::time::Instant::now());
-                scrub(&engine, &db, &partners, &status, rate).await;
+                scrub(
+                    &engine,
+                    &db,
+                    Some(&partners),
+                    &status,
+                    rate,
+                    Pass::Scheduled,
+                )
+                .await;
                 scrubbed = true;
             }
             if !scrubbed {
@@ -126,6 +198,56 @@ pub fn spawn_scrubber(
     });
 }
 
+/// Runs a pass at once, unpaced, of every suspected database (one at a
+/// time per database: a suspect reported while its pass runs is taken by
+/// the next).
+async fn immediate_passes(
+    engine: Arc<Engine>,
+    topology: Arc<dyn Topology>,
+    status: Arc<ScrubStatus>,
+) {
+    let running: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    let mut changes = damage::changes();
+    loop {
+        for (path, error) in damage::take_suspects() {
+            let Some(db) = database_at(&engine, &path) else {
+                continue;
+            };
+            let name = db.name().to_string();
+            if !running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone())
+            {
+                continue;
+            }
+            status.update(&name, |r| {
+                r.immediate_passes += 1;
+                r.last_immediate_reason = Some(error.clone());
+            });
+            tracing::warn!(database = %name, "scrubbing at once: {error}");
+            let (engine, topology, status, running) = (
+                engine.clone(),
+                topology.clone(),
+                status.clone(),
+                running.clone(),
+            );
+            tokio::spawn(async move {
+                let partners = topology.partners(&name);
+                scrub(&engine, &db, partners.as_ref(), &status, 0, Pass::Immediate).await;
+                status.update(&name, |r| r.last_immediate_end_us = Some(now_us()));
+                running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            });
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A copy restored here waits to replace `name` (a seed, or a manual
 /// restore over a refused copy): the scrub lets go of the old one, which
 /// cannot be replaced while anything holds it.
@@ -133,19 +255,25 @@ fn replaced(engine: &Engine, name: &str) -> bool {
     crate::backup::is_restoring(engine.data_dir(), name)
 }
 
-/// One pass over `db`.
+/// One pass over `db`, comparing with the primary on a secondary (when
+/// `partners` are known), at `rate` bytes a second (0: unpaced). Only a
+/// scheduled pass shows its progress; both count what they find.
 async fn scrub(
     engine: &Engine,
     db: &Arc<Database>,
-    partners: &Partners,
+    partners: Option<&Partners>,
     status: &ScrubStatus,
     rate: u64,
+    pass: Pass,
 ) {
+    let scheduled = pass == Pass::Scheduled;
     let started = tokio::time::Instant::now();
     let mut pgno = 1u32;
     let mut bytes = 0u64;
     let mut page_size = 4096u64;
-    status.update(db.name(), |r| r.verified = 0);
+    if scheduled {
+        status.update(db.name(), |r| r.verified = 0);
+    }
     loop {
         if db.inside_image() || replaced(engine, db.name()) {
             return;
@@ -158,18 +286,27 @@ async fn scrub(
             Ok(Ok((pages, size))) => {
                 page_size = u64::from(size);
                 let read = CHUNK_PAGES.min(pages.saturating_sub(pgno - 1));
-                if !partners.primary_here {
-                    compare_with_primary(db, partners, pgno, read, status).await;
+                match partners {
+                    Some(p) if p.primary_here => {
+                        compare_with_secondaries(db, p, pgno, read, status).await
+                    }
+                    Some(p) => compare_with_primary(db, p, pgno, read, status).await,
+                    None => {}
                 }
                 status.update(db.name(), |r| {
                     r.pages = pages;
-                    r.verified += read;
+                    if scheduled {
+                        r.verified += read;
+                    }
                 });
                 if pgno.saturating_add(CHUNK_PAGES) > pages {
-                    status.update(db.name(), |r| {
-                        r.passes += 1;
-                        r.last_pass_end_us = Some(now_us());
-                    });
+                    if scheduled {
+                        status.update(db.name(), |r| {
+                            r.passes += 1;
+                            r.last_pass_end_us = Some(now_us());
+                            r.last_pass_us = Some(started.elapsed().as_micros() as u64);
+                        });
+                    }
                     return;
                 }
                 pgno + CHUNK_PAGES
@@ -182,10 +319,10 @@ async fn scrub(
                     pgno = bad,
                     "the scrub found a damaged page"
                 );
-                status.update(db.name(), |r| {
-                    r.damaged_found += 1;
-                    r.verified += bad.saturating_sub(pgno);
-                });
+                status.found_damaged(db, bad, false);
+                if scheduled {
+                    status.update(db.name(), |r| r.verified += bad.saturating_sub(pgno));
+                }
                 bad + 1
             }
             Ok(Err(e)) => {
@@ -204,11 +341,26 @@ async fn scrub(
     }
 }
 
-/// Compares pages `from..from + count` with the primary's at a common
-/// LSN: a page whose stored checksum differs (and that no record since the
-/// primary's LSN rewrote here) is reported damaged, so the repair task
-/// replaces it with the primary's copy. Nothing is compared when the
-/// primary cannot be asked or this replica's redo stays behind.
+/// Whether the primary's copy of a page is the odd one out: a strict
+/// majority of all the copies compared (the primary's, with stored checksum
+/// `primary`, and the secondaries' `secondaries`) agree on another checksum.
+/// Pure.
+pub fn primary_outvoted(primary: u32, secondaries: &[u32]) -> bool {
+    let copies = secondaries.len() + 1;
+    secondaries
+        .iter()
+        .filter(|s| **s != primary)
+        .any(|s| 2 * secondaries.iter().filter(|t| *t == s).count() > copies)
+}
+
+/// A secondary compares pages `from..from + count` with the primary's at
+/// a common LSN: a page whose stored checksum differs (and that no record
+/// since the primary's LSN rewrote here) is reported damaged, so the repair
+/// task replaces it with the primary's copy — unless the group's other
+/// secondaries side with this one, which makes the primary's copy the odd
+/// one out: that page is left to the primary's scrub (it repairs its own
+/// copy from the majority). Nothing is compared when the primary cannot be
+/// asked or this replica's redo stays behind.
 async fn compare_with_primary(
     db: &Arc<Database>,
     partners: &Partners,
@@ -237,25 +389,133 @@ async fn compare_with_primary(
     if !redone_to(db, lsn).await {
         return;
     }
-    let compared = {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.differing_pages(from, &sums, lsn)).await
-    };
-    let Ok(Ok(Some(differ))) = compared else {
+    let Ok(Some(differ)) = db.differing_pages_at_rest(from, sums.clone(), lsn).await else {
         return;
     };
     for pgno in differ {
+        let primary = sums[(pgno - from) as usize];
+        if let Some(ours) = outvoting_copies(db, partners, pgno, lsn).await {
+            if primary_outvoted(primary, &ours) {
+                tracing::warn!(
+                    database = db.name(),
+                    pgno,
+                    lsn,
+                    "the primary's copy of a page differs from the secondaries': left to the primary's scrub"
+                );
+                continue;
+            }
+        }
         tracing::warn!(
             database = db.name(),
             pgno,
             lsn,
             "the scrub found a page that differs from the primary's"
         );
-        damage::report(db.path(), pgno);
-        status.update(db.name(), |r| {
-            r.damaged_found += 1;
-            r.mismatches_found += 1;
-        });
+        damage::report_as(db.path(), pgno, damage::Cause::Mismatch);
+        status.found_damaged(db, pgno, true);
+    }
+}
+
+/// This secondary's stored checksum of `pgno`, then the group's other
+/// secondaries' (those that answer) at `lsn` or later; None when this
+/// replica's own cannot be read.
+async fn outvoting_copies(
+    db: &Arc<Database>,
+    partners: &Partners,
+    pgno: u32,
+    lsn: crate::log::Lsn,
+) -> Option<Vec<u32>> {
+    let (_, ours) = db.page_sums_at_rest(pgno, 1).await.ok()?;
+    let mut copies = vec![*ours.first()?];
+    for (replica, endpoint) in &partners.others {
+        let request = SumsRequest {
+            cluster_id: partners.cluster_id.clone(),
+            group: partners.group.clone(),
+            database: db.name().to_string(),
+            from_pgno: pgno,
+            count: 1,
+            at_lsn: lsn,
+        };
+        if let Ok((_, sums)) = ask_sums(replica, *endpoint, &request).await {
+            copies.extend(sums.first());
+        }
+    }
+    Some(copies)
+}
+
+/// The primary compares pages `from..from + count` with its SYNCHRONIZED
+/// secondaries' at a common LSN (each secondary first redoes up to the
+/// primary's LSN): a page whose copies on a strict majority of the
+/// replicas agree against the primary's ([`primary_outvoted`]) is sealed
+/// but wrong here — a lost or misdirected write on the primary — and is
+/// reported damaged, so the repair task replaces it from a secondary. A
+/// secondary whose copy differs alone is left to its own scrub; pages a
+/// record rewrote since a secondary's LSN count as agreeing with the
+/// primary. Nothing is decided with fewer than two secondaries answering.
+async fn compare_with_secondaries(
+    db: &Arc<Database>,
+    partners: &Partners,
+    from: u32,
+    count: u32,
+    status: &ScrubStatus,
+) {
+    let at_lsn = db.applied_lsn();
+    let mut answers = Vec::new();
+    for (replica, endpoint) in &partners.replicas {
+        let request = SumsRequest {
+            cluster_id: partners.cluster_id.clone(),
+            group: partners.group.clone(),
+            database: db.name().to_string(),
+            from_pgno: from,
+            count,
+            at_lsn,
+        };
+        match ask_sums(replica, *endpoint, &request).await {
+            Ok((lsn, sums)) => answers.push((lsn, sums)),
+            Err(e) => {
+                tracing::debug!(database = db.name(), from, replica = %replica, "scrub comparison skipped: {e}")
+            }
+        }
+    }
+    if answers.len() < 2 {
+        return;
+    }
+    let Ok((_, ours)) = db.page_sums_at_rest(from, count).await else {
+        return;
+    };
+    // For each secondary, the checksum it holds of each page, or ours where
+    // it agrees (or a record since its LSN rewrote the page).
+    let mut theirs: Vec<Vec<u32>> = Vec::new();
+    for (lsn, sums) in answers {
+        let Ok(Some(differ)) = db.differing_pages_at_rest(from, sums.clone(), lsn).await else {
+            return;
+        };
+        theirs.push(
+            ours.iter()
+                .enumerate()
+                .map(|(i, mine)| {
+                    let pgno = from + i as u32;
+                    match sums.get(i) {
+                        Some(s) if differ.contains(&pgno) => *s,
+                        _ => *mine,
+                    }
+                })
+                .collect(),
+        );
+    }
+    for (i, mine) in ours.iter().enumerate() {
+        let copies: Vec<u32> = theirs.iter().map(|t| t[i]).collect();
+        if !primary_outvoted(*mine, &copies) {
+            continue;
+        }
+        let pgno = from + i as u32;
+        tracing::warn!(
+            database = db.name(),
+            pgno,
+            "the scrub found a page of the primary that differs from the copies of a majority of the replicas"
+        );
+        damage::report_as(db.path(), pgno, damage::Cause::Mismatch);
+        status.found_damaged(db, pgno, true);
     }
 }
 
@@ -268,6 +528,31 @@ fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_primary_is_repaired_only_when_a_strict_majority_of_all_copies_agree_against_it() {
+        let table: [(u32, &[u32], bool); 9] = [
+            // (primary, secondaries, outvoted)
+            (1, &[2, 2], true),
+            (1, &[1, 1], false),
+            (1, &[2, 1], false),
+            (1, &[2, 3], false),
+            // One secondary against the primary: no majority either way.
+            (1, &[2], false),
+            // Two of four copies is no majority.
+            (1, &[2, 2, 1], false),
+            (1, &[2, 2, 2], true),
+            (1, &[2, 2, 3, 3], false),
+            (1, &[2, 2, 2, 1], true),
+        ];
+        for (primary, secondaries, want) in table {
+            assert_eq!(
+                primary_outvoted(primary, secondaries),
+                want,
+                "primary {primary}, secondaries {secondaries:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_pace_keeps_the_bytes_read_under_the_rate() {

@@ -24,6 +24,15 @@ const REDO_WAIT: Duration = Duration::from_secs(2);
 /// Rounds of asking before a page whose partners did not all say
 /// "damaged" (unreachable, behind) is given up.
 const ROUNDS: u32 = 5;
+/// How long a page given up waits before it is tried again, the first time;
+/// the wait doubles after each try up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a page given up.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long a secondary that resumed data movement to write a page it was
+/// suspended for redoes toward the copy's LSN (it may have fallen behind
+/// by the whole suspension).
+const RESUME_WAIT: Duration = Duration::from_secs(60);
 /// The answer of a partner whose copy is damaged too starts with this.
 const DAMAGED_THERE: &str = "damaged there too";
 
@@ -38,6 +47,10 @@ pub struct Partners {
     pub primary_here: bool,
     /// `(replica, endpoint)` to ask, in order.
     pub replicas: Vec<(String, SocketAddr)>,
+    /// On a secondary, the group's other secondaries: its scrub asks them
+    /// whether the primary's copy of a page is the odd one out before it
+    /// takes the primary's copy. Empty on a primary.
+    pub others: Vec<(String, SocketAddr)>,
 }
 
 /// What the repair task needs to know of the availability groups.
@@ -45,6 +58,11 @@ pub trait Topology: Send + Sync + 'static {
     /// The partners of `database`, or None when it is in no availability
     /// group here.
     fn partners(&self, database: &str) -> Option<Partners>;
+    /// Suspends data movement of `database` on this secondary because a
+    /// page of it could not be repaired (`Some(why)`), or lifts that
+    /// suspension (`None`). Nothing happens on a primary or outside any
+    /// availability group.
+    fn suspend_for_page(&self, database: &str, why: Option<String>);
 }
 
 /// Why a question to a partner brought no page.
@@ -66,17 +84,21 @@ pub fn spawn(engine: Arc<Engine>, topology: Arc<dyn Topology>, history: Arc<Hist
     tokio::spawn(async move {
         let mut changes = damage::changes();
         loop {
-            for (path, pgno) in damage::pending() {
+            for (path, pgno, cause) in damage::pending() {
                 let Some(db) = database_at(&engine, &path) else {
                     continue;
                 };
                 damage::set_status(&path, pgno, Status::Repairing);
+                let found = match cause {
+                    damage::Cause::BadChecksum => "the page failed its checksum (BAD_CHECKSUM)",
+                    damage::Cause::Mismatch => "the scrub found the page differs from the copies of the replicas that agree against it (a lost or misdirected write)",
+                };
                 history.record(
                     db.name(),
                     pgno,
                     PageStatus::QueuedForRequest,
                     None,
-                    "the page failed its checksum (BAD_CHECKSUM); asking a partner replica",
+                    &format!("{found}; asking a partner replica"),
                     now_us(),
                 );
                 tokio::spawn(repair(db, pgno, topology.clone(), history.clone()));
@@ -89,7 +111,7 @@ pub fn spawn(engine: Arc<Engine>, topology: Arc<dyn Topology>, history: Arc<Hist
 }
 
 /// The open database whose file is `path`.
-fn database_at(engine: &Engine, path: &Path) -> Option<Arc<Database>> {
+pub(super) fn database_at(engine: &Engine, path: &Path) -> Option<Arc<Database>> {
     engine.names().into_iter().find_map(|name| {
         let db = engine.database(&name).ok()?;
         let same = std::fs::canonicalize(db.path()).ok()? == path;
@@ -97,16 +119,69 @@ fn database_at(engine: &Engine, path: &Path) -> Option<Arc<Database>> {
     })
 }
 
-/// Repairs page `pgno` of `db`, or gives it up.
+/// Repairs page `pgno` of `db`; a page it cannot repair now is given up
+/// (irreparable, and on a secondary data movement is suspended) and tried
+/// again at a slow pace until it is repaired, its copy here verifies again,
+/// or the page is forgotten (its database dropped or replaced).
 async fn repair(db: Arc<Database>, pgno: u32, topology: Arc<dyn Topology>, history: Arc<History>) {
+    let why = match attempt(&db, pgno, &*topology, &history, false).await {
+        Ok(()) => return,
+        Err(why) => why,
+    };
+    give_up(&db, pgno, &history, &why);
+    settle_suspension(&db, &*topology);
+    let mut wait = RETRY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+        let still_given_up = damage::pages(db.path())
+            .iter()
+            .any(|(p, status)| *p == pgno && *status == Status::Irreparable);
+        if !still_given_up {
+            settle_suspension(&db, &*topology);
+            return;
+        }
+        if let Ok((lsn, Ok(_))) = db.page_at_rest(pgno).await {
+            // Rewritten by redo, or put right underneath this node.
+            damage::clear(db.path(), pgno);
+            history.record(
+                db.name(),
+                pgno,
+                PageStatus::Repaired,
+                None,
+                &format!("the page verifies again here at LSN {lsn}"),
+                now_us(),
+            );
+            settle_suspension(&db, &*topology);
+            return;
+        }
+        let outcome = attempt(&db, pgno, &*topology, &history, true).await;
+        settle_suspension(&db, &*topology);
+        if outcome.is_ok() {
+            return;
+        }
+    }
+}
+
+/// Asks the partners for page `pgno` (a few rounds) and writes the first
+/// good copy; the reasons it could not when it could not. `retrying`: the
+/// page was given up before, so nothing is recorded until a copy arrives,
+/// and a secondary suspended for want of a page resumes data movement
+/// before it writes the copy (redo must reach the copy's LSN first).
+async fn attempt(
+    db: &Arc<Database>,
+    pgno: u32,
+    topology: &dyn Topology,
+    history: &History,
+    retrying: bool,
+) -> Result<(), String> {
     let mut reasons = Vec::new();
     for round in 0..ROUNDS {
         if round > 0 {
             tokio::time::sleep(Duration::from_millis(200 * u64::from(round))).await;
         }
         let Some(partners) = topology.partners(db.name()) else {
-            give_up(&db, pgno, &history, "the database is in no availability group here: no replica holds a copy; restore it from a backup");
-            return;
+            return Err("the database is in no availability group here: no replica holds a copy; restore it from a backup".into());
         };
         if partners.replicas.is_empty() {
             reasons.push(if partners.primary_here {
@@ -135,6 +210,10 @@ async fn repair(db: Arc<Database>, pgno: u32, topology: Arc<dyn Topology>, histo
                 }
             };
             damaged_everywhere = false;
+            if retrying {
+                damage::set_status(db.path(), pgno, Status::Repairing);
+                topology.suspend_for_page(db.name(), None);
+            }
             history.record(
                 db.name(),
                 pgno,
@@ -143,7 +222,8 @@ async fn repair(db: Arc<Database>, pgno: u32, topology: Arc<dyn Topology>, histo
                 &format!("replica \"{replica}\" sent its copy at LSN {lsn}"),
                 now_us(),
             );
-            match write(&db, pgno, image, lsn).await {
+            let redo_wait = if retrying { RESUME_WAIT } else { REDO_WAIT };
+            match write(db, pgno, image, lsn, redo_wait).await {
                 Ok(how) => {
                     damage::clear(db.path(), pgno);
                     history.record(
@@ -155,21 +235,34 @@ async fn repair(db: Arc<Database>, pgno: u32, topology: Arc<dyn Topology>, histo
                         now_us(),
                     );
                     tracing::info!(database = db.name(), pgno, partner = %replica, "page repaired: {how}");
-                    return;
+                    return Ok(());
                 }
-                Err(e) => reasons.push(format!("replica \"{replica}\"'s copy: {e}")),
+                Err(e) => {
+                    reasons.push(format!("replica \"{replica}\"'s copy: {e}"));
+                    if retrying {
+                        give_up(db, pgno, history, &reasons.join("; "));
+                        return Err(reasons.join("; "));
+                    }
+                }
             }
         }
         if damaged_everywhere {
             break;
         }
     }
-    give_up(&db, pgno, &history, &reasons.join("; "));
+    Err(reasons.join("; "))
 }
 
-/// Writes a partner's copy, redoing up to it first on a secondary behind it.
-async fn write(db: &Arc<Database>, pgno: u32, image: Vec<u8>, lsn: Lsn) -> Result<String, String> {
-    let deadline = tokio::time::Instant::now() + REDO_WAIT;
+/// Writes a partner's copy, redoing up to it first (at most `redo_wait`)
+/// on a secondary behind it.
+async fn write(
+    db: &Arc<Database>,
+    pgno: u32,
+    image: Vec<u8>,
+    lsn: Lsn,
+    redo_wait: Duration,
+) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + redo_wait;
     loop {
         match db.write_repaired_page(pgno, image.clone(), lsn).await {
             Ok(PageRepair::Written { at }) => return Ok(format!("written at LSN {at}")),
@@ -207,6 +300,27 @@ fn give_up(db: &Database, pgno: u32, history: &History, why: &str) {
         now_us(),
     );
     tracing::error!(database = db.name(), pgno, "page is irreparable: {why}");
+}
+
+/// Suspends data movement of `db` (on a secondary) while any of its pages
+/// is given up, naming the first; lifts it when none is left.
+fn settle_suspension(db: &Database, topology: &dyn Topology) {
+    let given_up = damage::pages(db.path())
+        .into_iter()
+        .find(|(_, status)| *status == Status::Irreparable);
+    topology.suspend_for_page(
+        db.name(),
+        given_up.map(|(pgno, _)| suspension_reason(db.name(), pgno)),
+    );
+}
+
+/// What a secondary suspended for want of page `pgno` shows as its error.
+fn suspension_reason(database: &str, pgno: u32) -> String {
+    format!(
+        "page {pgno} of database \"{database}\" is damaged here and no partner replica gave a good copy of it \
+         (sys.dm_hadr_auto_page_repair says why); data movement resumes on its own once the page is repaired — \
+         repair the primary's copy or restore the database from a backup if it is damaged everywhere"
+    )
 }
 
 /// One question to one partner, on a connection of its own, and its one
@@ -313,10 +427,13 @@ pub(super) async fn redone_to(db: &Database, lsn: Lsn) -> bool {
 }
 
 /// Answers a partner's `PageSumsRequest` for `db` (the caller checked the
-/// cluster and the group).
+/// cluster and the group). A damaged page the read finds is reported like
+/// any (the repair task takes it up) and counted in `status`: a partner's
+/// scrub found it here.
 pub async fn answer_sums(
     db: &Arc<Database>,
     request: &SumsRequest,
+    status: &super::ScrubStatus,
 ) -> Result<(Lsn, Vec<u32>), String> {
     if db.fence().is_secondary() && !redone_to(db, request.at_lsn).await {
         return Err(format!(
@@ -326,9 +443,22 @@ pub async fn answer_sums(
             request.at_lsn
         ));
     }
-    db.page_sums_at_rest(request.from_pgno, request.count.min(1024))
+    match db
+        .page_sums_at_rest(request.from_pgno, request.count.min(1024))
         .await
-        .map_err(|e| format!("cannot read the pages' checksums: {e}"))
+    {
+        Ok(answer) => Ok(answer),
+        Err(e) => {
+            let e = db.name_damage(e);
+            if let crate::engine::Error::CorruptPage {
+                pgno: Some(pgno), ..
+            } = e
+            {
+                status.found_damaged(db, pgno, false);
+            }
+            Err(format!("cannot read the pages' checksums: {e}"))
+        }
+    }
 }
 
 /// Answers a partner's `PageRequest` for `db` (the caller checked the

@@ -316,6 +316,9 @@ pub struct PrimaryGroup {
     /// Why a MANUAL-seeding replica gets nothing of a database, by
     /// (database, replica).
     awaiting_restore: Mutex<HashMap<(String, String), String>>,
+    /// `(database, replica)` whose data movement the secondary suspended
+    /// itself (`DatabaseState`), as opposed to a suspension made here.
+    suspended_by_partner: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// The newest full image written here to seed replicas, by database:
     /// (its start, the log's end just after it). Replicas seeded while it
     /// is fresh start from it too, rather than each from an image of its own.
@@ -509,6 +512,7 @@ impl PrimaryGroup {
             geo_senders: Mutex::new(HashMap::new()),
             geo_holds: Mutex::new(HashMap::new()),
             awaiting_restore: Mutex::new(HashMap::new()),
+            suspended_by_partner: Mutex::new(std::collections::BTreeSet::new()),
             images: Mutex::new(HashMap::new()),
             image_turn: tokio::sync::Mutex::new(()),
             data_dir: engine.data_dir().to_path_buf(),
@@ -813,6 +817,14 @@ impl PrimaryGroup {
             .map(|(n, _)| n.clone())
             .filter(|n| replica.is_none_or(|r| r.eq_ignore_ascii_case(n)))
             .collect();
+        if replica.is_none() {
+            // Suspended or resumed here, for every secondary: no longer
+            // the secondaries' own doing.
+            self.suspended_by_partner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(d, _)| d != database);
+        }
         if suspended {
             for name in &names {
                 let synchronized = cell
@@ -995,6 +1007,29 @@ impl PrimaryGroup {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(database.to_string(), replica.to_string()))
             .cloned()
+    }
+
+    /// Why data movement of `database` to `replica` is suspended, if it
+    /// is: the secondary asked, or a user suspended it here.
+    pub fn suspend_reason(
+        &self,
+        database: &str,
+        replica: &str,
+    ) -> Option<super::secondary::SuspendReason> {
+        use super::secondary::SuspendReason;
+        if !self.is_suspended(database, replica) {
+            return None;
+        }
+        let partner = self
+            .suspended_by_partner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(database.to_string(), replica.to_string()));
+        Some(if partner {
+            SuspendReason::Partner
+        } else {
+            SuspendReason::User
+        })
     }
 
     fn is_suspended(&self, database: &str, replica: &str) -> bool {
@@ -1309,6 +1344,18 @@ async fn stream_to(
                     } => {
                         // The secondary suspended or resumed its copy.
                         let what = if suspended { "suspended" } else { "resumed" };
+                        {
+                            let mut by_partner = group
+                                .suspended_by_partner
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner());
+                            let key = (database.clone(), replica.clone());
+                            if suspended {
+                                by_partner.insert(key);
+                            } else {
+                                by_partner.remove(&key);
+                            }
+                        }
                         match group
                             .set_suspended_for(&database, Some(&replica), suspended)
                             .await

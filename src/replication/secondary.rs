@@ -216,6 +216,10 @@ pub struct SecondaryDb {
     /// Data movement suspended from this side (`SET HADR SUSPEND` run on
     /// this secondary); the primary is told at every connection.
     suspended_here: std::sync::atomic::AtomicBool,
+    /// Data movement suspended by automatic page repair, and why: a page of
+    /// this copy is damaged and no partner gave a good copy of it. Lifted
+    /// when the page is repaired (or by `SET HADR RESUME`).
+    suspended_for_page: Mutex<Option<String>>,
 }
 
 impl SecondaryDb {
@@ -248,6 +252,7 @@ impl SecondaryDb {
             image_total: std::sync::atomic::AtomicU64::new(0),
             images: watch::channel(None).0,
             suspended_here: std::sync::atomic::AtomicBool::new(false),
+            suspended_for_page: Mutex::new(None),
             db,
         });
         tokio::spawn(redo_task(sdb.clone(), stop.clone()));
@@ -540,9 +545,31 @@ impl SecondaryDb {
         Some(self.last_redone_commit_us.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
-    /// True while data movement is suspended from this side.
+    /// True while data movement is suspended from this side (by a user or
+    /// by automatic page repair).
     pub fn is_suspended_here(&self) -> bool {
-        self.suspended_here.load(Ordering::SeqCst)
+        self.suspend_reason().is_some()
+    }
+
+    /// Why data movement is suspended from this side, if it is: a user's
+    /// `SET HADR SUSPEND` first.
+    pub fn suspend_reason(&self) -> Option<SuspendReason> {
+        if self.suspended_here.load(Ordering::SeqCst) {
+            Some(SuspendReason::User)
+        } else if self.page_suspension().is_some() {
+            Some(SuspendReason::Redo)
+        } else {
+            None
+        }
+    }
+
+    /// The page that automatic page repair could not get, and why, while it
+    /// keeps data movement suspended.
+    pub fn page_suspension(&self) -> Option<String> {
+        self.suspended_for_page
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Last redo failure, if any.
@@ -551,6 +578,30 @@ impl SecondaryDb {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// Why data movement of a secondary database is suspended, as SQL Server's
+/// `suspend_reason_desc` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspendReason {
+    /// `ALTER DATABASE … SET HADR SUSPEND` (here, or on the primary).
+    User,
+    /// The secondary suspended it itself: a page of its copy is damaged and
+    /// automatic page repair could not get a good copy.
+    Redo,
+    /// The secondary asked (seen from the primary).
+    Partner,
+}
+
+impl SuspendReason {
+    /// The name `sys.dm_hadr_database_replica_states` shows.
+    pub fn desc(self) -> &'static str {
+        match self {
+            SuspendReason::User => "SUSPEND_FROM_USER",
+            SuspendReason::Redo => "SUSPEND_FROM_REDO",
+            SuspendReason::Partner => "SUSPEND_FROM_PARTNER",
+        }
     }
 }
 
@@ -686,13 +737,43 @@ impl SecondaryGroup {
     /// primary is told (now if connected, else when it next connects) and
     /// stops sending it, after taking this replica out of the synchronized
     /// set. Not kept across a restart of this node.
+    ///
+    /// Resuming also lifts a suspension by automatic page repair, as SQL
+    /// Server's `RESUME` does: data moves again, and a page still damaged
+    /// suspends it again at the repair's next attempt.
     pub fn set_suspended_here(&self, database: &str, suspended: bool) -> Result<(), String> {
         let sdb = self
             .databases
             .get(database)
             .ok_or_else(|| format!("database \"{database}\" is not in this group here"))?;
         sdb.suspended_here.store(suspended, Ordering::SeqCst);
+        if !suspended {
+            *sdb.suspended_for_page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
         let _ = self.announce.send((database.to_string(), suspended));
+        Ok(())
+    }
+
+    /// Suspends data movement of `database` because automatic page repair
+    /// could not get a page of it (`Some(why)`), or lifts that suspension
+    /// (`None`: the page was repaired). The primary is told as for
+    /// [`SecondaryGroup::set_suspended_here`] when the database's state
+    /// changes; a user's suspension stays as it is.
+    pub fn suspend_for_page(&self, database: &str, why: Option<String>) -> Result<(), String> {
+        let sdb = self
+            .databases
+            .get(database)
+            .ok_or_else(|| format!("database \"{database}\" is not in this group here"))?;
+        let before = sdb.is_suspended_here();
+        *sdb.suspended_for_page
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = why;
+        let after = sdb.is_suspended_here();
+        if before != after {
+            let _ = self.announce.send((database.to_string(), after));
+        }
         Ok(())
     }
 
