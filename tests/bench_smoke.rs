@@ -300,7 +300,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
     }
     assert_eq!(json["config"]["smoke"], 1);
     let cells = json["summary"]["matrix"].as_array().expect("matrix cells");
-    assert_eq!(cells.len(), 2 * systems.len(), "{cells:?}");
+    assert_eq!(cells.len(), 3 * systems.len(), "{cells:?}");
     for cell in cells {
         assert!(cell["tps_median"].as_f64().is_some(), "{cell}");
         assert!(cell["ratio_pg_sync"].as_f64().is_some(), "{cell}");
