@@ -20,6 +20,7 @@
 //! | metric | type | labels | counts |
 //! | --- | --- | --- | --- |
 //! | `availdb_commits_total` | counter | — | write transactions acknowledged by this node |
+//! | `availdb_statements_total` | counter | — | statements this node ran for client sessions (the scrub slows down while it moves) |
 //! | `availdb_commit_duration_seconds` | histogram | — | from the start of the commit on the writer (an autocommit statement: of the statement) to its acknowledgement, the local fsync and the secondaries' hardening included |
 //! | `availdb_sync_commit_wait_seconds` | histogram | — | how long commits waited for synchronous secondaries to harden them |
 //! | `availdb_lease_renewals_total` | counter | — | lease renewals the cluster took (this node as primary) |
@@ -110,6 +111,8 @@ impl EncodeMetric for Latency {
 pub struct Telemetry {
     /// `availdb_commits_total`.
     pub commits: Counter,
+    /// `availdb_statements_total`.
+    pub statements: Counter,
     /// `availdb_commit_duration_seconds`.
     pub commit_duration: Latency,
     /// `availdb_sync_commit_wait_seconds`.
@@ -187,6 +190,11 @@ static REGISTERED: LazyLock<Registered> = LazyLock::new(|| {
         "availdb_commits",
         "Write transactions acknowledged by this node",
         t.commits.clone(),
+    );
+    r.register(
+        "availdb_statements",
+        "Statements this node ran for client sessions",
+        t.statements.clone(),
     );
     r.register(
         "availdb_commit_duration_seconds",

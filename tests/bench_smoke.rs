@@ -373,6 +373,7 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
         .collect();
     for (measure, n) in [
         ("commit", 2),
+        ("read", 2),
         ("scrub_throughput", 2),
         ("flip_to_repair", 1),
         ("checksum_cost", 1),

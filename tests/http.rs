@@ -753,6 +753,14 @@ async fn counters_and_histograms_move_with_commits_lease_renewals_and_a_failover
         commits(&before),
         commits(&after)
     );
+    let statements =
+        |s: &prometheus_parse::Scrape| sample(s, "availdb_statements_total", &[]).unwrap_or(0.0);
+    assert!(
+        statements(&after) >= statements(&before) + 11.0,
+        "11 statements: {} -> {}",
+        statements(&before),
+        statements(&after)
+    );
     for h in [
         "availdb_commit_duration_seconds",
         "availdb_sync_commit_wait_seconds",

@@ -12,6 +12,12 @@ primary at each step.
    on the primary with the scrub at its default rate (4096 KiB/s) and off
    (0), --trials times alternating; TPS, p50 and p99 of each run, and the
    scrub's progress on the primary during the run (pages verified, passes).
+   Read cost, right after each of those runs on the same nodes: pgbench
+   point selects on app.t (random ids, -c --clients, --seconds) on the
+   primary; with no writes going on, the scrub reads at its full rate.
+   Each run also reports the CPU time the three nodes used per
+   transaction (/proc), a cost the machine's load does not move as much
+   as TPS.
    A run that a failover interrupts is run again on the new primary (twice
    at most; `reruns_after_failover`, and the `failovers` row counts them).
 2. Scrubber throughput at full speed: the nodes restarted with an
@@ -44,7 +50,7 @@ import sys
 import time
 
 import benchlib
-from memory import Procs, connect, make_table, wait_sql, write_results
+from memory import ROWS_PER_MB, Procs, connect, make_table, wait_sql, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODES = 3
@@ -83,6 +89,16 @@ class Group:
         self.restarts += 1
         for i in range(NODES):
             wait_sql(self.client(i), "availdb", within=180)
+
+    def cpu_seconds(self):
+        """CPU time (user + system) the three nodes have used so far:
+        a cost that, unlike TPS, does not move with the machine's load."""
+        total = 0
+        for _, proc in self.procs.procs:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         if self.procs:
@@ -138,11 +154,11 @@ class Group:
         return dict(zip(keys, row)) if row else None
 
 
-def pgbench(port, seconds, clients, log_dir):
+def pgbench(port, seconds, clients, log_dir, script=os.path.join(HERE, "insert.sql")):
     os.makedirs(log_dir, exist_ok=True)
     cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "availdb", "-n", "-M", "prepared",
            "-c", str(clients), "-j", str(clients), "-T", str(seconds), "-f",
-           os.path.join(HERE, "insert.sql"), "--log", "--log-prefix", os.path.join(log_dir, "tx"), "app"]
+           script, "--log", "--log-prefix", os.path.join(log_dir, "tx"), "app"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if run.returncode != 0:
         raise RuntimeError(f"pgbench exited {run.returncode}: {run.stderr.strip()[-600:]}")
@@ -211,6 +227,9 @@ def main():
         p = group.primary()
         make_table(group.client(p), "app", "t", args.size_mb, False, "availdb")
         group.primary()
+        select_sql = os.path.join(args.work, "select.sql")
+        with open(select_sql, "w") as f:
+            f.write(f"\\set id random(1, {args.size_mb * ROWS_PER_MB})\nSELECT v FROM t WHERE id = :id;\n")
 
         # --- 1. commits with the scrub at its default rate and off
         for trial in range(args.trials):
@@ -220,6 +239,7 @@ def main():
                 while True:
                     p = group.primary()
                     before = group.scrub_row(p)
+                    cpu_before = group.cpu_seconds()
                     try:
                         result = pgbench(group.client(p), args.seconds, args.clients,
                                          os.path.join(args.work, f"pgbench-{trial}-{kib}-{reruns}"))
@@ -233,11 +253,21 @@ def main():
                         reruns += 1
                         print(f"repair: pgbench ran into a failover, running it again: {e}", flush=True)
                 after = group.scrub_row(p)
+                cpu_ms = (group.cpu_seconds() - cpu_before) * 1000
                 record({"measure": "commit", "scrub_kib_per_s": kib, "trial": trial, "clients": args.clients,
                         "seconds": args.seconds, "reruns_after_failover": reruns, **result,
+                        "nodes_cpu_ms_per_tx": round(cpu_ms / max(result["transactions"], 1), 3),
                         "scrub_pages_verified": after and after["pages_verified"],
                         "scrub_passes": after and after["passes"],
                         "scrub_passes_before": before and before["passes"]})
+                p = group.primary()
+                cpu_before = group.cpu_seconds()
+                result = pgbench(group.client(p), args.seconds, args.clients,
+                                 os.path.join(args.work, f"select-{trial}-{kib}"), select_sql)
+                cpu_ms = (group.cpu_seconds() - cpu_before) * 1000
+                record({"measure": "read", "scrub_kib_per_s": kib, "trial": trial, "clients": args.clients,
+                        "seconds": args.seconds, **result,
+                        "nodes_cpu_ms_per_tx": round(cpu_ms / max(result["transactions"], 1), 3)})
 
         # --- 2. the scrubber at full speed
         group.start(UNBOUNDED_KIB)
@@ -308,12 +338,15 @@ def main():
 
 
 def summarize(rows):
-    commits = [r for r in rows if r["measure"] == "commit"]
-    for kib in (DEFAULT_KIB, 0):
-        runs = [r for r in commits if r["scrub_kib_per_s"] == kib]
-        if runs:
-            print(f"repair: scrub {kib} KiB/s: median TPS {benchlib.median([r['tps'] for r in runs])}, "
-                  f"median p99 {benchlib.median([r['p99_ms'] for r in runs])} ms over {len(runs)} run(s)")
+    for measure in ("commit", "read"):
+        measured = [r for r in rows if r["measure"] == measure]
+        for kib in (DEFAULT_KIB, 0):
+            runs = [r for r in measured if r["scrub_kib_per_s"] == kib]
+            if runs:
+                print(f"repair: {measure}, scrub {kib} KiB/s: median TPS {benchlib.median([r['tps'] for r in runs])}, "
+                      f"median p99 {benchlib.median([r['p99_ms'] for r in runs])} ms, "
+                      f"median CPU of the three nodes per transaction "
+                      f"{benchlib.median([r['nodes_cpu_ms_per_tx'] for r in runs])} ms over {len(runs)} run(s)")
     for r in rows:
         if r["measure"] == "scrub_throughput":
             print(f"repair: full-speed scrub on the {r['role']}: {r['mb_s']} MB/s ({r['pages']} pages in {r['seconds']} s)")

@@ -462,6 +462,7 @@ impl Session {
     /// state PostgreSQL would be in (a failed transaction block stays failed
     /// until ROLLBACK).
     pub async fn execute(&mut self, cmd: Command, params: Vec<Value>) -> Result<Reply> {
+        crate::telemetry::get().statements.inc();
         // A statement outside a transaction block that hit a damaged page
         // runs again once the page is repaired (it changed nothing).
         let again = matches!(self.tx, Tx::Idle).then(|| (cmd.clone(), params.clone()));
