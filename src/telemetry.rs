@@ -20,7 +20,7 @@
 //! | metric | type | labels | counts |
 //! | --- | --- | --- | --- |
 //! | `availdb_commits_total` | counter | — | write transactions acknowledged by this node |
-//! | `availdb_statements_total` | counter | — | statements this node ran for client sessions (the scrub slows down while it moves) |
+//! | `availdb_statements_total` | counter | — | statements this node ran for client sessions (the scrub slows down while it moves fast) |
 //! | `availdb_commit_duration_seconds` | histogram | — | from the start of the commit on the writer (an autocommit statement: of the statement) to its acknowledgement, the local fsync and the secondaries' hardening included |
 //! | `availdb_sync_commit_wait_seconds` | histogram | — | how long commits waited for synchronous secondaries to harden them |
 //! | `availdb_lease_renewals_total` | counter | — | lease renewals the cluster took (this node as primary) |

@@ -193,8 +193,8 @@ pub struct ServerArgs {
     /// How fast the background scrub reads each availability database's
     /// pages to verify them (and, on a secondary, compare them with the
     /// primary's), in KiB a second, an eighth of it while the node is
-    /// busy (writes or client statements); 0 turns the scrub off
-    /// [default: 4096].
+    /// busy (writes, or 100 client statements a second); 0 turns the scrub
+    /// off [default: 4096].
     #[arg(long, value_name = "KIB")]
     pub scrub_kib_per_s: Option<u64>,
     /// How fast the background proof of backups reads them: every backup

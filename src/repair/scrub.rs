@@ -8,9 +8,14 @@
 //! each chunk so that the bytes read stay under the rate ([`delay_us`],
 //! pure). **The rate adapts to load** ([`pace`], pure): while the node is
 //! busy — the database took writes during the chunk (its applied LSN
-//! moved: commits on a primary, redo on a secondary) or the node ran
-//! client statements (`availdb_statements_total` moved) — the scrub reads
-//! at 1/[`BUSY_SHARE`] of its rate, and at the full rate once it is idle:
+//! moved: commits on a primary, redo on a secondary) or the node ran at
+//! least [`BUSY_STATEMENTS_PER_S`] client statements and commits a second
+//! since the previous chunk ([`busy_rate`]: a monitoring poll does not
+//! count) — the scrub reads
+//! at 1/[`BUSY_SHARE`] of its rate, and at the full rate once it is idle.
+//! A busy node also answers its partners' comparisons
+//! ([`ScrubStatus::pace_answer`]) no faster than that, which slows their
+//! scrubs as its own (a secondary does not see the primary's reads):
 //! the scrub's reads and comparisons take CPU that queries need
 //! (`scripts/bench repair` measured 0.68x the commit TPS and 5x the read
 //! p99 with the scrub at its full default rate under load on a 2-core
@@ -48,6 +53,21 @@ pub const CHUNK_PAGES: u32 = 64;
 /// While the node is busy, a scrub reads at this fraction of the rate
 /// (1/8: 512 KiB/s at the default rate).
 pub const BUSY_SHARE: u64 = 8;
+/// Client statements and commits a second from which a node is busy.
+pub const BUSY_STATEMENTS_PER_S: u64 = 100;
+
+/// Whether `activity` client statements and commits in `elapsed_us` make
+/// the node busy. Pure.
+pub fn busy_rate(activity: u64, elapsed_us: u64) -> bool {
+    u128::from(activity) * 1_000_000
+        >= u128::from(BUSY_STATEMENTS_PER_S) * u128::from(elapsed_us.max(1))
+}
+
+/// Client statements and commits this node has counted.
+fn activity() -> u64 {
+    let telemetry = crate::telemetry::get();
+    telemetry.statements.get() + telemetry.commits.get()
+}
 /// A database's passes start at most this often (a small database is not
 /// read over and over).
 const PASS_EVERY: Duration = Duration::from_secs(5);
@@ -127,9 +147,49 @@ pub struct ScrubStatus {
     /// found twice (by this node's pass and a partner's comparison) counts
     /// once.
     counted: Mutex<std::collections::BTreeSet<(String, u32)>>,
+    /// This node's scrub rate (bytes a second; 0: the default).
+    rate: std::sync::atomic::AtomicU64,
+    /// When the next paced answer to a partner may be read.
+    next_answer: Mutex<Option<tokio::time::Instant>>,
+    /// Client statements and commits counted at the last answer, and when.
+    activity_seen: Mutex<Option<(u64, tokio::time::Instant)>>,
 }
 
 impl ScrubStatus {
+    /// Waits before reading `bytes` of pages for a partner's comparison:
+    /// while this node is busy ([`busy_rate`] since the previous answer),
+    /// answers together read no more than [`pace`] allows this node's own
+    /// scrub when busy; an idle node answers at once. The askers wait for
+    /// their answers, so their scrubs slow down with it.
+    pub async fn pace_answer(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let now = (activity(), tokio::time::Instant::now());
+        let seen = self
+            .activity_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(now);
+        let busy = seen.is_some_and(|(count, at)| {
+            busy_rate(now.0 - count, now.1.duration_since(at).as_micros() as u64)
+        });
+        if !busy {
+            return;
+        }
+        let rate = match self.rate.load(Ordering::Relaxed) {
+            0 => DEFAULT_RATE_BYTES,
+            rate => rate,
+        };
+        let cost = Duration::from_micros(delay_us(bytes, 0, pace(rate, true)));
+        let at = {
+            let mut next = self.next_answer.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = next.map_or(now, |n| n.max(now));
+            *next = Some(start + cost);
+            start
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
     fn update(&self, database: &str, f: impl FnOnce(&mut ScrubRow)) {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let row = rows
@@ -178,6 +238,9 @@ pub fn spawn_scrubber(
     status: Arc<ScrubStatus>,
     rate: u64,
 ) {
+    status
+        .rate
+        .store(rate, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(immediate_passes(
         engine.clone(),
         topology.clone(),
@@ -297,13 +360,13 @@ async fn scrub(
     if scheduled {
         status.update(db.name(), |r| r.verified = 0);
     }
+    // What the node did since the previous chunk began (its sleep included).
+    let mut window = (db.applied_lsn(), activity(), tokio::time::Instant::now());
     loop {
         if db.inside_image() || replaced(engine, db.name()) {
             return;
         }
         let chunk_started = tokio::time::Instant::now();
-        let lsn_before = db.applied_lsn();
-        let statements_before = crate::telemetry::get().statements.get();
         let chunk = {
             let db = db.clone();
             tokio::task::spawn_blocking(move || db.scrub_pages(pgno, CHUNK_PAGES)).await
@@ -362,9 +425,14 @@ async fn scrub(
         };
         let bytes = u64::from(next - pgno) * page_size;
         pgno = next;
-        let busy = db.applied_lsn() != lsn_before
-            || crate::telemetry::get().statements.get() != statements_before;
         let elapsed = chunk_started.elapsed().as_micros() as u64;
+        let (lsn_before, activity_before, since) = window;
+        window = (db.applied_lsn(), activity(), tokio::time::Instant::now());
+        let busy = window.0 != lsn_before
+            || busy_rate(
+                window.1 - activity_before,
+                window.2.duration_since(since).as_micros() as u64,
+            );
         tokio::time::sleep(Duration::from_micros(delay_us(
             bytes,
             elapsed,
@@ -600,6 +668,58 @@ mod tests {
         for (rate, busy, want) in table {
             assert_eq!(pace(rate, busy), want, "{rate} B/s, busy {busy}");
         }
+    }
+
+    #[test]
+    fn a_node_is_busy_from_a_hundred_client_statements_a_second() {
+        let table = [
+            // (statements and commits, elapsed µs, busy)
+            (0, 1_000_000, false),
+            (2, 1_000_000, false),
+            (99, 1_000_000, false),
+            (100, 1_000_000, true),
+            (1, 5_000, true),
+            (1, 20_000, false),
+            (0, 0, false),
+            (1, 0, true),
+        ];
+        for (activity, elapsed, want) in table {
+            assert_eq!(
+                busy_rate(activity, elapsed),
+                want,
+                "{activity} in {elapsed} µs"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_node_answers_its_partners_comparisons_at_its_busy_pace() {
+        let status = ScrubStatus::default();
+        status
+            .rate
+            .store(8 << 20, std::sync::atomic::Ordering::Relaxed);
+        let busy = || {
+            for _ in 0..1000 {
+                crate::telemetry::get().statements.inc();
+            }
+        };
+        // The first answer only starts the count; the next is busy and
+        // read at once.
+        status.pace_answer(64 << 10).await;
+        busy();
+        status.pace_answer(64 << 10).await;
+        let first = tokio::time::Instant::now();
+        busy();
+        status.pace_answer(64 << 10).await;
+        busy();
+        status.pace_answer(64 << 10).await;
+        // Two more answers of 64 KiB at an eighth of 8 MiB/s: 62.5 ms each
+        // (a lower bound: the clock only goes forward).
+        assert!(
+            first.elapsed() >= Duration::from_millis(120),
+            "{:?}",
+            first.elapsed()
+        );
     }
 
     #[test]

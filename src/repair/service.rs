@@ -443,10 +443,11 @@ pub async fn answer_sums(
             request.at_lsn
         ));
     }
-    match db
-        .page_sums_at_rest(request.from_pgno, request.count.min(1024))
-        .await
-    {
+    let count = request.count.min(1024);
+    // Paced in pages of SQLite's default size, which availdb's databases
+    // keep (a pace, not an account).
+    status.pace_answer(u64::from(count) * 4096).await;
+    match db.page_sums_at_rest(request.from_pgno, count).await {
         Ok(answer) => Ok(answer),
         Err(e) => {
             let e = db.name_damage(e);
