@@ -629,8 +629,21 @@ async fn a_node_without_a_cluster_keeps_its_roles_in_its_data_directory_across_r
     check_standalone_privileges(&server).await;
     check_prepare_needs_the_privilege_of_running(&server, db).await;
 
-    // Changes after the restart are kept too.
+    // pg_roles (psql's \\du) reads the node's own roles.
     let admin = server.client(db).await;
+    let listed = query_text(&admin, "SELECT rolname FROM pg_roles ORDER BY rolname")
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["availdb", "reader", "visitor", "writer"],
+        "pg_roles after a restart"
+    );
+
+    // Changes after the restart are kept too.
     for sql in [
         format!("ALTER ROLE reader PASSWORD '{BOSS_PW}'"),
         "DROP ROLE visitor".to_string(),

@@ -170,6 +170,7 @@ impl Manager {
             seeding: Default::default(),
         });
         manager.settle_local_roles();
+        manager.publish_roles();
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -792,6 +793,12 @@ impl Manager {
         }
     }
 
+    /// Shows the roles [`Manager::roles`] answers in pg_roles, pg_authid
+    /// and pg_user ([`crate::engine::catalog::publish_roles`]).
+    pub fn publish_roles(&self) {
+        crate::engine::catalog::publish_roles(self.roles().iter());
+    }
+
     /// Makes a change of roles or privileges ([`crate::auth`]): proposed
     /// to the cluster when this node is in one, else made in the node's
     /// own roles file — with no join of a cluster in between
@@ -806,8 +813,12 @@ impl Manager {
             Some(cluster) => cluster.while_in_no_cluster(|| local(&command)),
         };
         match done_here {
-            Some(result) => result
-                .map_err(|why| Error::sql("55000", format!("the role change was refused: {why}"))),
+            Some(result) => {
+                self.publish_roles();
+                result.map_err(|why| {
+                    Error::sql("55000", format!("the role change was refused: {why}"))
+                })
+            }
             None => self.propose_cluster(command).await,
         }
     }
@@ -887,6 +898,7 @@ impl Manager {
         self.local_roles
             .clear()
             .map_err(|why| failed(format!("the roles are in the cluster, but {why}")))?;
+        self.publish_roles();
         tracing::info!("this node's own roles are in the cluster's state now");
         Ok(())
     }
