@@ -2,7 +2,8 @@
 //! quick scenarios (the commit, rw and TPC-B matrix, lag, seeding, geo,
 //! backup, repair) against this
 //! build's binary and must exit 0 with a CSV and a JSON document holding
-//! every expected row; and the unit tests of its statistics module
+//! every expected row; `scripts/bench-tls` must run both of its modes; and
+//! the unit tests of its statistics module
 //! (`scripts/bench-scripts/test_benchlib.py`) must pass.
 //!
 //! Performance is not asserted here (the numbers of a 1-second smoke run
@@ -417,6 +418,56 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
                 plots.display()
             );
         }
+    }
+}
+
+/// `scripts/bench-tls` (client TLS on vs off, BENCHMARKS.md) runs against
+/// this build: every run of both modes is reported, the TLS ones really
+/// over TLS (the script stops when a required TLS session fails), and the
+/// medians line of each workload is printed. No number is judged.
+#[test]
+fn bench_tls_runs_both_modes_alternated_and_prints_the_medians() {
+    require_tool(
+        "pgbench",
+        &["--version"],
+        "apt-get install -y postgresql (Debian 12 ships pgbench in postgresql-15)",
+    );
+    require_tool("python3", &["--version"], "apt-get install -y python3");
+    let output = run_bounded(
+        Command::new("timeout")
+            .args(["--kill-after=30", "240", "bash"])
+            .arg(repo().join("scripts/bench-tls"))
+            .args(["--rounds", "2", "--seconds", "1"])
+            .arg(env!("CARGO_BIN_EXE_availdb"))
+            .env_remove("PGSSLMODE"),
+        Duration::from_secs(300),
+    );
+    let text = describe(&output);
+    assert!(output.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for workload in ["point_select", "insert"] {
+        // Two rounds, alternated: disable then require, then the reverse.
+        let modes: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with(workload) && l.contains(" sslmode="))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                "sslmode=disable",
+                "sslmode=require",
+                "sslmode=require",
+                "sslmode=disable"
+            ],
+            "{workload}: {text}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(workload) && l.contains("TLS off") && l.contains("TLS on")),
+            "{workload}: no medians line: {text}"
+        );
     }
 }
 

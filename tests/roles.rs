@@ -10,7 +10,10 @@
 //! * a wrong password is 28P01 and changes nothing; an unknown user is
 //!   refused the same way;
 //! * what the nodes keep on disk is the verifier, never the password;
-//! * the administrator's password may be configured as a verifier.
+//! * the administrator's password may be configured as a verifier;
+//! * the extended protocol's Parse needs what running the statement needs;
+//! * a node in no cluster keeps its roles in its data directory, and
+//!   `CREATE CLUSTER` carries them into the cluster it forms.
 
 mod common;
 
@@ -21,7 +24,7 @@ use tokio_postgres::Client;
 
 use common::cluster::{planned_failover, wait_failover_ready};
 use common::group::{error_text, exec, query_text, Group, GroupSpec, APP, STATEMENT_TIMEOUT};
-use common::{availdb_bin, connect, run_bounded, TestServer, DEFAULT_DB};
+use common::{availdb_bin, connect, free_port, run_bounded, TestServer, DEFAULT_DB};
 
 /// The administrator's password of every node.
 const ADMIN_PW: &str = "admin-pw-19";
@@ -31,6 +34,7 @@ const READER_PW: &str = "reader-secret-2b9f1c";
 const WRITER_PW: &str = "writer-secret-77d0ae";
 const BOSS_PW: &str = "boss-secret-c41e9f";
 const STRANGER_PW: &str = "stranger-secret-0a5d3b";
+const VISITOR_PW: &str = "visitor-secret-5e0c7a";
 /// Bound on a role made on one node being known on another (one Raft
 /// round trip and an apply; generous for a loaded machine).
 const SPREAD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -143,6 +147,8 @@ async fn make_roles(admin: &Client) {
         "GRANT ADMIN TO boss".to_string(),
         format!("CREATE USER stranger PASSWORD '{STRANGER_PW}'"),
         format!("GRANT READ ON DATABASE {APP} TO stranger"),
+        format!("CREATE USER visitor PASSWORD '{VISITOR_PW}'"),
+        format!("GRANT CONNECT ON DATABASE {APP} TO visitor"),
     ] {
         exec(admin, &sql, "availdb on the primary").await;
     }
@@ -207,6 +213,8 @@ async fn check_statement_classes(server: &TestServer, primary: bool, table: &str
         .unwrap_or_else(|e| panic!("reader: COPY t TO STDOUT rows: {}", error_text(&e)));
     assert!(!rows.is_empty(), "reader: COPY t TO STDOUT sent no rows");
 
+    check_prepare_needs_the_privilege_of_running(server, APP).await;
+
     let writer = login(server, "writer", WRITER_PW, APP).await;
     assert_allowed(&writer, "writer", "SELECT count(*) FROM t").await;
     assert_denied(&writer, "writer", "CREATE USER nope", "ADMIN").await;
@@ -241,6 +249,71 @@ async fn check_statement_classes(server: &TestServer, primary: bool, table: &str
     )
     .await;
     assert!(states.is_ok(), "boss reads the sys views: {states:?}");
+}
+
+/// The extended protocol's Parse needs what running the statement needs:
+/// a role with CONNECT but no READ that prepares a SELECT is refused with
+/// 42501 and learns nothing of the table's columns (tokio-postgres's
+/// `prepare` is Parse, Describe, Sync, and would hand back the columns);
+/// a role with READ prepares and sees them, but cannot prepare a write.
+async fn check_prepare_needs_the_privilege_of_running(server: &TestServer, db: &str) {
+    let visitor = login(server, "visitor", VISITOR_PW, db).await;
+    for sql in ["SELECT * FROM t", "SELECT id FROM t WHERE id = $1"] {
+        match visitor.prepare(sql).await {
+            Ok(statement) => panic!(
+                "visitor (no READ) prepared {sql} and was told its columns: {:?}",
+                statement
+                    .columns()
+                    .iter()
+                    .map(|c| (c.name().to_string(), c.type_().to_string()))
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => {
+                let refused = e
+                    .as_db_error()
+                    .unwrap_or_else(|| panic!("visitor: prepare {sql}: {e:?}"));
+                assert_eq!(
+                    refused.code().code(),
+                    "42501",
+                    "visitor: prepare {sql}: {refused:?}"
+                );
+                assert!(
+                    refused.message().contains("no READ privilege")
+                        && refused.message().contains("visitor"),
+                    "visitor: prepare {sql}: {}",
+                    refused.message()
+                );
+                let hint = refused.hint().unwrap_or_default();
+                assert!(
+                    hint.contains(&format!("GRANT READ ON DATABASE {db} TO visitor")),
+                    "visitor: prepare {sql}: hint {hint}"
+                );
+            }
+        }
+    }
+    // The session is still usable, and statements that need nothing are
+    // prepared as before.
+    let one = visitor
+        .prepare("SHOW statement_timeout")
+        .await
+        .unwrap_or_else(|e| panic!("visitor: prepare SHOW: {}", error_text(&e)));
+    assert_eq!(one.columns().len(), 1);
+
+    let reader = login(server, "reader", READER_PW, db).await;
+    let select = reader
+        .prepare("SELECT id FROM t WHERE id = $1")
+        .await
+        .unwrap_or_else(|e| panic!("reader: prepare SELECT: {}", error_text(&e)));
+    assert_eq!(select.columns()[0].name(), "id");
+    match reader.prepare("INSERT INTO t VALUES ($1)").await {
+        Ok(_) => panic!("reader (no WRITE) prepared an INSERT"),
+        Err(e) => assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("42501"),
+            "reader: prepare INSERT: {}",
+            error_text(&e)
+        ),
+    }
 }
 
 /// Issue 19: a read-only user is refused writes with 42501 on every
@@ -328,7 +401,7 @@ async fn a_wrong_password_is_28p01_and_only_verifiers_reach_the_disk_of_every_no
             .iter()
             .map(|r| r[0].clone().unwrap_or_default())
             .collect::<Vec<_>>(),
-        ["availdb", "boss", "reader", "stranger", "writer"],
+        ["availdb", "boss", "reader", "stranger", "visitor", "writer"],
         "pg_roles lists the built-in administrator and every role"
     );
 
@@ -495,22 +568,194 @@ async fn the_administrator_password_may_be_configured_as_a_verifier() {
     );
 }
 
-/// Roles live in the cluster: a node that belongs to none says so rather
-/// than keeping a role only it would know.
+/// What the roles of the standalone test may and may not do on `server`.
+async fn check_standalone_privileges(server: &TestServer) {
+    let reader = login(server, "reader", READER_PW, DEFAULT_DB).await;
+    assert_allowed(&reader, "reader", "SELECT count(*) FROM t").await;
+    assert_denied(&reader, "reader", "INSERT INTO t VALUES (100)", "WRITE").await;
+    assert_denied(&reader, "reader", "CREATE USER nope", "ADMIN").await;
+    let writer = login(server, "writer", WRITER_PW, DEFAULT_DB).await;
+    assert_allowed(&writer, "writer", "INSERT INTO t SELECT max(id) + 1 FROM t").await;
+    assert_denied(&writer, "writer", "GRANT ADMIN TO writer", "ADMIN").await;
+}
+
+/// Issue 19: a node in no cluster has users too. Its roles live in its
+/// data directory (`roles.json`), with the same statements and the same
+/// checks (42501 with the GRANT to run, Parse included), survive a restart,
+/// and what reaches the disk is the verifier, never the password.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_outside_any_cluster_refuses_to_make_roles_and_says_why() {
-    let server = TestServer::builder().password(ADMIN_PW).start().await;
-    let admin = server.client(DEFAULT_DB).await;
-    let (code, message, hint) = refusal(&admin, "CREATE USER u PASSWORD 'x'")
-        .await
-        .expect("CREATE USER on a node without a cluster");
-    assert_eq!(code, "55000", "{message}");
-    assert!(
-        message.contains("cluster") && !hint.is_empty(),
-        "{message} / {hint}"
-    );
+async fn a_node_without_a_cluster_keeps_its_roles_in_its_data_directory_across_restarts() {
+    let mut server = TestServer::builder().password(ADMIN_PW).start().await;
+    let db = DEFAULT_DB;
+    let admin = server.client(db).await;
+    exec(
+        &admin,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+        "availdb",
+    )
+    .await;
+    for sql in [
+        format!("CREATE USER reader WITH PASSWORD '{READER_PW}'"),
+        format!("GRANT CONNECT, READ ON DATABASE {db} TO reader"),
+        format!("CREATE USER visitor PASSWORD '{VISITOR_PW}'"),
+        format!("GRANT CONNECT ON DATABASE {db} TO visitor"),
+        format!("CREATE USER writer PASSWORD '{WRITER_PW}'"),
+        format!("GRANT ALL ON DATABASE {db} TO writer"),
+    ] {
+        exec(&admin, &sql, "availdb").await;
+    }
     let (code, _, _) = refusal(&admin, "CREATE USER availdb PASSWORD 'x'")
         .await
         .expect("CREATE USER availdb");
     assert_eq!(code, "42939", "availdb is reserved");
+    let (code, _, _) = refusal(
+        &admin,
+        &format!("CREATE USER reader PASSWORD '{READER_PW}'"),
+    )
+    .await
+    .expect("CREATE USER reader twice");
+    assert_eq!(code, "42710", "a second role of the same name");
+
+    check_standalone_privileges(&server).await;
+    check_prepare_needs_the_privilege_of_running(&server, db).await;
+    assert_eq!(
+        login_refusal(&server, "reader", "not-the-password", db).await,
+        "28P01"
+    );
+
+    // A restart: the same roles, the same privileges.
+    drop(admin);
+    server.restart().await;
+    check_standalone_privileges(&server).await;
+    check_prepare_needs_the_privilege_of_running(&server, db).await;
+
+    // pg_roles (psql's \\du) reads the node's own roles.
+    let admin = server.client(db).await;
+    let listed = query_text(&admin, "SELECT rolname FROM pg_roles ORDER BY rolname")
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r[0].clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["availdb", "reader", "visitor", "writer"],
+        "pg_roles after a restart"
+    );
+
+    // Changes after the restart are kept too.
+    for sql in [
+        format!("ALTER ROLE reader PASSWORD '{BOSS_PW}'"),
+        "DROP ROLE visitor".to_string(),
+        format!("REVOKE WRITE ON DATABASE {db} FROM writer"),
+    ] {
+        exec(&admin, &sql, "availdb").await;
+    }
+    drop(admin);
+    server.restart().await;
+    assert_eq!(
+        login_refusal(&server, "reader", READER_PW, db).await,
+        "28P01"
+    );
+    let reader = login(&server, "reader", BOSS_PW, db).await;
+    assert_allowed(&reader, "reader", "SELECT count(*) FROM t").await;
+    assert_eq!(
+        login_refusal(&server, "visitor", VISITOR_PW, db).await,
+        "28P01"
+    );
+    let writer = login(&server, "writer", WRITER_PW, db).await;
+    assert_denied(&writer, "writer", "DELETE FROM t", "WRITE").await;
+
+    // Verifiers only on disk: no password anywhere in the data directory,
+    // and the roles file holds the verifiers.
+    server.sigterm().await;
+    let data = server.data_dir();
+    for password in [READER_PW, VISITOR_PW, WRITER_PW, BOSS_PW] {
+        assert_eq!(
+            files_containing(&data, password.as_bytes()),
+            Vec::<String>::new(),
+            "a password reached the disk"
+        );
+    }
+    let holders = files_containing(&data, b"SCRAM-SHA-256$4096:");
+    assert!(
+        holders.iter().any(|f| f.ends_with("roles.json")),
+        "the roles file should hold the verifiers: {holders:?}"
+    );
+}
+
+/// What happens to a standalone node's roles when it enters a cluster:
+/// `CREATE CLUSTER` carries them into the new cluster's state (its users
+/// log in as before, after a restart too, and the node's roles file is
+/// gone); a node that keeps roles of its own refuses to be added to an
+/// existing cluster, and the `ALTER CLUSTER ADD NODE` says why and what to
+/// do — once its roles are dropped, it joins and knows the cluster's.
+#[tokio::test(flavor = "multi_thread")]
+async fn create_cluster_carries_a_nodes_roles_and_a_node_with_its_own_is_not_added_to_another() {
+    let mut a = TestServer::builder()
+        .password(ADMIN_PW)
+        .replica("a1", free_port())
+        .start()
+        .await;
+    let b_endpoint = free_port();
+    let b = TestServer::builder()
+        .password(ADMIN_PW)
+        .replica("b1", b_endpoint)
+        .start()
+        .await;
+    let db = DEFAULT_DB;
+    let a_admin = a.client(db).await;
+    for sql in [
+        format!("CREATE USER reader PASSWORD '{READER_PW}'"),
+        format!("GRANT CONNECT, READ ON DATABASE {db} TO reader"),
+    ] {
+        exec(&a_admin, &sql, "availdb on a1").await;
+    }
+    let b_admin = b.client(db).await;
+    for sql in [
+        format!("CREATE USER stranger PASSWORD '{STRANGER_PW}'"),
+        format!("GRANT CONNECT ON DATABASE {db} TO stranger"),
+    ] {
+        exec(&b_admin, &sql, "availdb on b1").await;
+    }
+    assert!(a.data_dir().join("roles.json").exists());
+
+    exec(&a_admin, "CREATE CLUSTER", "availdb on a1").await;
+    assert!(
+        !a.data_dir().join("roles.json").exists(),
+        "CREATE CLUSTER should have carried a1's roles into the cluster\n{}",
+        a.log_tail()
+    );
+    let reader = login(&a, "reader", READER_PW, db).await;
+    assert_allowed(&reader, "reader", "SELECT 1").await;
+    drop((reader, a_admin));
+    a.restart().await;
+    let reader = login(&a, "reader", READER_PW, db).await;
+    assert_allowed(&reader, "reader", "SELECT 1").await;
+
+    // b1 keeps a role of its own: the cluster cannot add it.
+    let a_admin = a.client(db).await;
+    let add =
+        format!("ALTER CLUSTER ADD NODE 'b1' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{b_endpoint}')");
+    let (code, message, hint) =
+        tokio::time::timeout(Duration::from_secs(60), refusal(&a_admin, &add))
+            .await
+            .unwrap_or_else(|_| panic!("{add}: no answer within 60 s\n{}", a.log_tail()))
+            .unwrap_or_else(|| panic!("{add} added a node that keeps roles of its own"));
+    assert_eq!(code, "55000", "{message}");
+    assert!(
+        message.contains("role(s) of its own") && message.contains("DROP ROLE"),
+        "the refusal should say why and what to do: {message}"
+    );
+    assert!(hint.contains("DROP ROLE"), "{hint}");
+    let stranger = login(&b, "stranger", STRANGER_PW, db).await;
+    assert_allowed(&stranger, "stranger", "SET statement_timeout = 5000").await;
+    drop(stranger);
+
+    // Once b1's roles are dropped, it joins and knows the cluster's.
+    exec(&b_admin, "DROP ROLE stranger", "availdb on b1").await;
+    exec(&a_admin, &add, "availdb on a1").await;
+    let reader_on_b = login(&b, "reader", READER_PW, db).await;
+    assert_allowed(&reader_on_b, "reader", "SELECT 1").await;
+    assert_denied(&reader_on_b, "reader", "CREATE TABLE x (i INT)", "WRITE").await;
 }

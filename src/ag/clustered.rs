@@ -421,7 +421,8 @@ pub fn spawn_follower(cluster: Arc<Cluster>, manager: std::sync::Weak<Manager>) 
             let Some(manager) = manager.upgrade() else {
                 return;
             };
-            crate::engine::catalog::publish_roles(state.roles.values());
+            // The cluster's roles, or a node's own while it is in none.
+            manager.publish_roles();
             for (name, record) in &state.groups {
                 manager.follow(record);
                 let newest = record.history.back().map_or(0, |e| e.epoch);

@@ -113,6 +113,9 @@ pub struct Manager {
     node: String,
     /// The quorum cluster manager, when this node takes part in one.
     cluster: Option<Arc<Cluster>>,
+    /// The roles this node keeps while it is in no cluster
+    /// ([`crate::auth::local`]).
+    local_roles: crate::auth::local::LocalRoles,
     engine: Arc<Engine>,
     store: ConfigStore,
     groups: Mutex<HashMap<String, Slot>>,
@@ -149,10 +152,13 @@ impl Manager {
         cluster: Option<Arc<Cluster>>,
         witness: bool,
     ) -> Result<Arc<Manager>> {
+        let local_roles = crate::auth::local::LocalRoles::load(data_dir)
+            .map_err(|why| Error::sql("58030", why))?;
         let manager = Arc::new(Manager {
             node: node.to_string(),
             engine,
             cluster,
+            local_roles,
             store: ConfigStore::new(data_dir),
             groups: Mutex::new(HashMap::new()),
             witness,
@@ -163,6 +169,8 @@ impl Manager {
             prover: Default::default(),
             seeding: Default::default(),
         });
+        manager.settle_local_roles();
+        manager.publish_roles();
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -762,33 +770,137 @@ impl Manager {
         })
     }
 
-    /// The role called `name`, as this node's copy of the cluster state
-    /// has it (None: no such role, or no cluster).
+    /// The cluster this node is in, if it is in one (it has a cluster id:
+    /// it formed a cluster or was added to one).
+    fn in_cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref().filter(|c| c.cluster_id().is_some())
+    }
+
+    /// The role called `name`: in this node's copy of the cluster state,
+    /// or for a node in no cluster, among its own ([`crate::auth::local`]).
     pub fn role(&self, name: &str) -> Option<crate::auth::RoleRecord> {
-        self.cluster.as_ref()?.role(name)
-    }
-
-    /// Every role, as this node's copy of the cluster state has them.
-    pub fn roles(&self) -> Vec<crate::auth::RoleRecord> {
-        self.cluster
-            .as_ref()
-            .map(|c| c.state().roles.into_values().collect())
-            .unwrap_or_default()
-    }
-
-    /// Proposes a change of roles or privileges ([`crate::auth`]): roles
-    /// live in the cluster's state, so a node needs a cluster to keep
-    /// them.
-    pub async fn change_roles(&self, command: crate::cluster::Command) -> Result<()> {
-        let cluster = self.cluster_member()?;
-        if cluster.metrics().voters.is_empty() {
-            return Err(Error::sql(
-                "55000",
-                "roles are kept by the cluster, and this node belongs to no cluster yet",
-            )
-            .with_hint("run CREATE CLUSTER (or create an availability group) first"));
+        match self.in_cluster() {
+            Some(cluster) => cluster.role(name),
+            None => self.local_roles.role(name),
         }
-        self.propose_cluster(command).await
+    }
+
+    /// Every role, from the same place as [`Manager::role`].
+    pub fn roles(&self) -> Vec<crate::auth::RoleRecord> {
+        match self.in_cluster() {
+            Some(cluster) => cluster.state().roles.into_values().collect(),
+            None => self.local_roles.roles(),
+        }
+    }
+
+    /// Shows the roles [`Manager::roles`] answers in pg_roles, pg_authid
+    /// and pg_user ([`crate::engine::catalog::publish_roles`]).
+    pub fn publish_roles(&self) {
+        crate::engine::catalog::publish_roles(self.roles().iter());
+    }
+
+    /// Makes a change of roles or privileges ([`crate::auth`]): proposed
+    /// to the cluster when this node is in one, else made in the node's
+    /// own roles file — with no join of a cluster in between
+    /// ([`Cluster::while_in_no_cluster`]).
+    pub async fn change_roles(&self, command: crate::cluster::Command) -> Result<()> {
+        let local = |command: &crate::cluster::Command| {
+            let result = self.local_roles.apply(command);
+            (result, self.local_roles.len())
+        };
+        let done_here = match &self.cluster {
+            None => Some(local(&command).0),
+            Some(cluster) => cluster.while_in_no_cluster(|| local(&command)),
+        };
+        match done_here {
+            Some(result) => {
+                self.publish_roles();
+                result.map_err(|why| {
+                    Error::sql("55000", format!("the role change was refused: {why}"))
+                })
+            }
+            None => self.propose_cluster(command).await,
+        }
+    }
+
+    /// Tells the cluster side how many roles this node keeps of its own
+    /// (a cluster that adds it is refused while there are any), and
+    /// carries roles left behind by a `CREATE CLUSTER` that stopped before
+    /// it had carried them into the new cluster.
+    fn settle_local_roles(self: &Arc<Self>) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let roles = self.local_roles.len();
+        if cluster.while_in_no_cluster(|| ((), roles)).is_some() || roles == 0 {
+            return;
+        }
+        tracing::warn!(
+            "this node is in cluster {} and still keeps {roles} role(s) of its own from before: \
+             carrying them into the cluster",
+            cluster
+                .cluster_id()
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        );
+        let manager = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = manager.carry_roles_into_cluster().await {
+                tracing::error!("{e}");
+            }
+        });
+    }
+
+    /// Puts the roles this node kept of its own into the cluster it just
+    /// formed, then forgets them here. A role the cluster has already
+    /// (a second attempt) is left as the cluster has it.
+    async fn carry_roles_into_cluster(&self) -> Result<()> {
+        let Some(cluster) = self.in_cluster() else {
+            return Ok(());
+        };
+        let roles = self.local_roles.roles();
+        if roles.is_empty() {
+            return Ok(());
+        }
+        let failed = |why: String| {
+            Error::sql(
+                "55000",
+                format!(
+                    "the cluster was formed, but this node's own roles could not be carried into it: {why}"
+                ),
+            )
+            .with_hint(format!(
+                "they are kept in {} until they are; restart the node to try again",
+                crate::auth::local::FILE
+            ))
+        };
+        for role in roles {
+            if cluster.role(&role.name).is_some() {
+                continue;
+            }
+            let name = role.name.clone();
+            let create = crate::cluster::Command::CreateRole(role);
+            match driver::propose_retrying(cluster, create, std::time::Duration::from_secs(15))
+                .await
+            {
+                Ok(crate::cluster::CommandResult::Ok) => {}
+                Ok(crate::cluster::CommandResult::Rejected(why))
+                    if cluster.role(&name).is_some() =>
+                {
+                    tracing::info!("role {name} is in the cluster already ({why})");
+                }
+                Ok(crate::cluster::CommandResult::Rejected(why)) => {
+                    return Err(failed(format!("role {name}: {why}")))
+                }
+                Err(e) => return Err(failed(format!("role {name}: {e}"))),
+            }
+        }
+        self.local_roles
+            .clear()
+            .map_err(|why| failed(format!("the roles are in the cluster, but {why}")))?;
+        self.publish_roles();
+        tracing::info!("this node's own roles are in the cluster's state now");
+        Ok(())
     }
 
     /// Proposes a cluster-wide command (naming, partners) from this node.
@@ -971,12 +1083,13 @@ impl Manager {
             .await
             .map_err(|e| Error::sql("55000", e.to_string()))?;
         // Return once this node leads its cluster, so the next statement
-        // (ADD NODE) finds it formed.
+        // (ADD NODE) finds it formed, and the roles it kept of its own are
+        // the cluster's.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let m = cluster.metrics();
             if m.leader == Some(m.id) && m.voters.contains_key(&m.id) {
-                return Ok(());
+                return self.carry_roles_into_cluster().await;
             }
             if std::time::Instant::now() > deadline {
                 return Err(Error::sql(
@@ -1013,6 +1126,10 @@ impl Manager {
             .await
             .map_err(|e| {
                 let hint = match e {
+                    crate::cluster::Error::WrongCluster {
+                        refusal: crate::cluster::Refusal::KeepsOwnRoles { .. },
+                        ..
+                    } => format!("on node \"{name}\": DROP ROLE its roles (and make them again here), or run CREATE CLUSTER there instead and add this cluster's other nodes to that one"),
                     crate::cluster::Error::WrongCluster { .. } => format!("the node at {endpoint_url} belongs to another cluster: name the endpoint of a node that is in no cluster yet"),
                     _ => format!("check that the node runs with --name {name} and that its endpoint {endpoint_url} is reachable from the cluster's leader"),
                 };
@@ -1067,6 +1184,7 @@ impl Manager {
                 .initialize(members)
                 .await
                 .map_err(|e| Error::sql("55000", e.to_string()))?;
+            self.carry_roles_into_cluster().await?;
         } else {
             for (id, info) in members {
                 if !known.contains_key(&id) {

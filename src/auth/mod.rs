@@ -9,8 +9,11 @@
 //! * Roles ([`RoleRecord`]): made with `CREATE ROLE` / `CREATE USER` and
 //!   kept in the cluster's replicated state, so every node of the cluster
 //!   knows the same roles — a login works on every replica and after any
-//!   failover. What a role's password leaves behind is its verifier; the
-//!   password itself is neither stored nor replicated.
+//!   failover. A node in no cluster keeps them in its data directory
+//!   instead ([`local`]), with the same statements and checks, until
+//!   `CREATE CLUSTER` carries them into the cluster it forms. What a
+//!   role's password leaves behind is its verifier; the password itself
+//!   is neither stored nor replicated.
 //!
 //! # Privileges
 //! | privilege | grants | syntax |
@@ -40,6 +43,7 @@
 //! session whose user name is a role gets that role's privileges, any
 //! other user name is the administrator, as before roles existed.
 
+pub mod local;
 pub mod scram;
 
 use std::collections::BTreeSet;

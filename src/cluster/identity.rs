@@ -28,7 +28,7 @@
 //! | id A | A | any | accepted |
 //! | id A | B | any | refused: another cluster ([`Refusal::Foreign`]) |
 //! | id A | none | any | refused: no cluster id ([`Refusal::Anonymous`]) |
-//! | no id | B | AppendEntries, Vote, InstallSnapshot | B adopted, accepted |
+//! | no id | B | AppendEntries, Vote, InstallSnapshot | B adopted, accepted (refused while the node keeps roles of its own: [`Refusal::KeepsOwnRoles`]) |
 //! | no id | B | forwarded proposal, membership change | refused: not in a cluster ([`Refusal::NotJoined`]) |
 //! | no id | none | any | refused: no cluster id |
 //!
@@ -65,6 +65,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,21 @@ pub enum Refusal {
         /// The receiving node's cluster, if it has one.
         mine: Option<ClusterId>,
     },
+    /// The node is in no cluster yet but keeps roles of its own (made
+    /// while it ran without a cluster, [`crate::auth::local`]): joining
+    /// would put them out of use, so it refuses to be added.
+    #[error(
+        "the node is in no cluster yet and keeps {roles} role(s) of its own, made while it ran \
+         without a cluster; joining cluster {theirs} would put them out of use: on that node, \
+         DROP ROLE them (and make them again in cluster {theirs}), or run CREATE CLUSTER there \
+         instead (which carries them into the new cluster) and add the other nodes to it"
+    )]
+    KeepsOwnRoles {
+        /// How many roles it keeps.
+        roles: usize,
+        /// The sender's cluster.
+        theirs: ClusterId,
+    },
     /// The node is in no cluster and the request is not one that adds it.
     #[error(
         "the node is in no cluster yet, and a {kind} request does not add it to one (cluster \
@@ -181,7 +197,9 @@ impl Refusal {
     /// The sender's cluster, when the request carried one.
     fn theirs(&self) -> Option<&ClusterId> {
         match self {
-            Refusal::Foreign { theirs, .. } | Refusal::NotJoined { theirs, .. } => Some(theirs),
+            Refusal::Foreign { theirs, .. }
+            | Refusal::NotJoined { theirs, .. }
+            | Refusal::KeepsOwnRoles { theirs, .. } => Some(theirs),
             Refusal::Anonymous { .. } => None,
         }
     }
@@ -316,6 +334,11 @@ pub(crate) struct Identity {
     /// Per target node: the refusal its last answer carried (cleared by
     /// any other answer).
     refused_by: Mutex<BTreeMap<NodeId, Refusal>>,
+    /// How many roles the node keeps of its own while it is in no cluster
+    /// ([`crate::auth::local`]); changed only under `id`'s lock
+    /// ([`Identity::while_unjoined`]), so that a join and a new role cannot
+    /// cross.
+    own_roles: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -331,6 +354,7 @@ impl Identity {
             id: Mutex::new(id),
             throttle: Mutex::new(Throttle::new(LOG_EVERY)),
             refused_by: Mutex::new(BTreeMap::new()),
+            own_roles: AtomicUsize::new(0),
         }
     }
 
@@ -350,6 +374,39 @@ impl Identity {
         save(&self.dir, &id)?;
         *current = Some(id.clone());
         Ok((id, true))
+    }
+
+    /// As [`Identity::adopt`], for the id of a cluster that adds this
+    /// node: refused (`Err` with their number) while the node keeps roles
+    /// of its own.
+    pub(crate) fn adopt_joining(
+        &self,
+        id: ClusterId,
+    ) -> io::Result<Result<(ClusterId, bool), usize>> {
+        let mut current = lock(&self.id);
+        if let Some(held) = &*current {
+            return Ok(Ok((held.clone(), false)));
+        }
+        let roles = self.own_roles.load(Ordering::SeqCst);
+        if roles > 0 {
+            return Ok(Err(roles));
+        }
+        save(&self.dir, &id)?;
+        *current = Some(id.clone());
+        Ok(Ok((id, true)))
+    }
+
+    /// Runs `change` if the node is in no cluster yet, with no join
+    /// possible meanwhile; `change` returns how many roles the node keeps
+    /// of its own afterwards. None: the node is in a cluster.
+    pub(crate) fn while_unjoined<R>(&self, change: impl FnOnce() -> (R, usize)) -> Option<R> {
+        let current = lock(&self.id);
+        if current.is_some() {
+            return None;
+        }
+        let (result, roles) = change();
+        self.own_roles.store(roles, Ordering::SeqCst);
+        Some(result)
     }
 
     /// Undoes an [`Identity::adopt`] that `Cluster::initialize` made for a
@@ -514,6 +571,28 @@ mod tests {
         );
         assert_eq!(t.allow("x", t0 + Duration::from_secs(10)), Some(2));
         assert_eq!(t.allow("x", t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn a_node_that_keeps_roles_of_its_own_refuses_to_join_and_joined_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::new(dir.path(), None);
+        let b = id("bbbb");
+        // Two roles made while in no cluster: a join is refused, the id
+        // file untouched.
+        assert_eq!(identity.while_unjoined(|| ("made", 2)), Some("made"));
+        assert_eq!(identity.adopt_joining(b.clone()).unwrap(), Err(2));
+        assert_eq!(identity.current(), None);
+        assert_eq!(load(dir.path()).unwrap(), None);
+        // Dropped: the join goes through, and from then on no role is
+        // made here.
+        assert_eq!(identity.while_unjoined(|| ((), 0)), Some(()));
+        assert_eq!(
+            identity.adopt_joining(b.clone()).unwrap(),
+            Ok((b.clone(), true))
+        );
+        assert_eq!(identity.while_unjoined(|| ("made", 1)), None);
+        assert_eq!(identity.adopt_joining(id("cccc")).unwrap(), Ok((b, false)));
     }
 
     #[test]

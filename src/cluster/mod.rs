@@ -552,6 +552,15 @@ impl Cluster {
         self.identity.current()
     }
 
+    /// Runs `change` (a change of the roles this node keeps of its own,
+    /// [`crate::auth::local`], returning how many it keeps afterwards) if
+    /// the node is in no cluster yet, with no join possible meanwhile:
+    /// while it keeps roles, a cluster that adds it is refused
+    /// ([`Refusal::KeepsOwnRoles`]). None: it is in a cluster.
+    pub fn while_in_no_cluster<R>(&self, change: impl FnOnce() -> (R, usize)) -> Option<R> {
+        self.identity.while_unjoined(change)
+    }
+
     /// The receiving side of this node's cluster RPCs, to pass to
     /// [`serve_rpc`].
     pub fn rpc_server(&self) -> RpcServer {

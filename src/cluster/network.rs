@@ -301,11 +301,21 @@ impl RpcServer {
         let mut verdict = admit(self.identity.current().as_ref(), theirs, kind, joins);
         if let Verdict::Adopt(id) = verdict {
             let identity = self.identity.clone();
-            let adopted = tokio::task::spawn_blocking(move || identity.adopt(id))
+            let offered = id.clone();
+            let adopted = tokio::task::spawn_blocking(move || identity.adopt_joining(id))
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
             let held = match adopted {
-                Ok((held, true)) => {
+                Ok(Err(roles)) => {
+                    let refusal = Refusal::KeepsOwnRoles {
+                        roles,
+                        theirs: offered,
+                    };
+                    self.identity
+                        .log_refused_request(&refusal, kind, envelope.from, peer);
+                    return RpcResponse::WrongCluster(refusal);
+                }
+                Ok(Ok((held, true))) => {
                     let from = envelope.from.map_or("?".into(), |n| n.to_string());
                     let at = peer.map_or(String::new(), |p| format!(" at {p}"));
                     tracing::info!(
@@ -313,7 +323,7 @@ impl RpcServer {
                     );
                     held
                 }
-                Ok((held, false)) => held,
+                Ok(Ok((held, false))) => held,
                 Err(e) => {
                     return RpcResponse::Refused(format!(
                         "this node cannot record its cluster id in {} ({e}): fix its disk",

@@ -49,7 +49,8 @@ use crate::sql::types::ValueType;
 
 /// The roles of the cluster ([`crate::auth`]) as pg_roles lists them after
 /// the built-in `availdb`: a JSON array of `{name, login, admin}`, set by
-/// [`publish_roles`] whenever the cluster's state changes. One per process,
+/// [`publish_roles`] whenever the cluster's state changes (on a node in no
+/// cluster: whenever its own roles do, [`crate::auth::local`]). One per process,
 /// as the roles are the node's, whatever the database.
 static ROLES: std::sync::RwLock<String> = std::sync::RwLock::new(String::new());
 

@@ -29,7 +29,10 @@
 //!    the next one runs, its rows as SQLite produces them
 //!    ([`crate::engine::cursor`]): `feed` waits while the socket's buffer is
 //!    full, so a slow client holds back its own statement only.
-//! 3. Extended protocol: Parse classifies and *describes* the statement on
+//! 3. Extended protocol: Parse classifies the statement, checks that the
+//!    session's role has the privilege it needs (the same check as at
+//!    Execute, [`Session::authorize`]: 42501 before anything about the
+//!    statement's tables is said), and *describes* it on
 //!    the connection its transaction would use (parameter and column types
 //!    are inferred then, because drivers ask before they bind); Bind decodes
 //!    parameters by those types; Execute runs it and sends its rows as they
@@ -1687,6 +1690,19 @@ impl QueryParser for Parser {
         };
         self.state.end_if_demoted().await?;
         let command = classify(statement);
+        // The privilege the statement needs is checked here, before it is
+        // described: a Describe answers its columns and parameter types
+        // from what Parse found, and a role without READ must not learn a
+        // table's columns from them. Execute checks again (a REVOKE in
+        // between holds).
+        {
+            let mut guard = self.state.session.lock().await;
+            let session = guard.as_mut().ok_or(PgWireError::NotReadyForQuery)?;
+            session
+                .authorize(&command)
+                .await
+                .map_err(|e| user_error(&e))?;
+        }
         let described = match &command {
             // A cursor's query: its parameters (DECLARE itself has no rows).
             Command::Sql(sql) | Command::Declare { query: sql, .. } => {

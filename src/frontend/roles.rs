@@ -4,7 +4,8 @@
 //! A statement becomes one cluster command ([`crate::cluster::Command`]):
 //! the node that runs it turns a password into a SCRAM verifier *here*,
 //! so only the verifier reaches the cluster's log, its snapshots and the
-//! other nodes. Existence is checked first against this node's copy of
+//! other nodes — or, on a node in no cluster, its roles file
+//! ([`crate::auth::local`]), which applies the same command. Existence is checked first against this node's copy of
 //! the cluster state, for PostgreSQL's SQLSTATEs (42710 a role that
 //! exists, 42704 one that does not); the cluster's own check, on apply,
 //! is the one that holds when two nodes race (55000 then).
