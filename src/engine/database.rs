@@ -1375,8 +1375,12 @@ impl Database {
         .map_err(|e| Error::sql("XX000", e.to_string()))?
     }
 
-    /// [`Database::differing_pages`] with this replica's file read at one
-    /// LSN ([`Database::at_one_lsn`]).
+    /// The pages from `from` on whose stored checksum differs from
+    /// `theirs`, a partner's at `their_lsn`, leaving out the pages a record
+    /// after `their_lsn` rewrote; None while this replica's file is behind
+    /// `their_lsn`. This replica's pages are read in one snapshot at one
+    /// LSN, begun under the write lock (primary) or the redo lock
+    /// (secondary), which is let go before the pages are read.
     pub async fn differing_pages_at_rest(
         self: &Arc<Self>,
         from: u32,

@@ -157,8 +157,8 @@ pub struct ScrubStatus {
 
 impl ScrubStatus {
     /// Waits before reading `bytes` of pages for a partner's comparison:
-    /// while this node is busy ([`busy_rate`] since the previous answer),
-    /// answers together read no more than [`pace`] allows this node's own
+    /// while this node is busy (`busy_rate` since the previous answer),
+    /// answers together read no more than `pace` allows this node's own
     /// scrub when busy; an idle node answers at once. The askers wait for
     /// their answers, so their scrubs slow down with it.
     pub async fn pace_answer(&self, bytes: u64) {
