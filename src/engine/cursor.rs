@@ -351,6 +351,9 @@ pub struct Opened<H: Holds> {
     pub rows: RowSource,
     /// Gives the holder back.
     pub handle: CursorHandle<H>,
+    /// The statement had run to its end when it was opened: all its rows
+    /// are queued (how long `open` took is how long it ran).
+    pub complete: bool,
 }
 
 /// Runs `sql` on `holder`'s connection on a thread of its own and returns
@@ -416,11 +419,15 @@ pub async fn open<H: Holds>(
         back: Some(back_rx),
     };
     match header {
-        Ok(Ok(columns)) => Ok(Opened {
-            columns,
-            rows: RowSource { shared },
-            handle,
-        }),
+        Ok(Ok(columns)) => {
+            let complete = shared.lock().end.is_some();
+            Ok(Opened {
+                columns,
+                complete,
+                rows: RowSource { shared },
+                handle,
+            })
+        }
         Ok(Err(e)) => {
             let holder = handle.reclaim(false).await;
             Err((holder, e))

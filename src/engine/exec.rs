@@ -1,5 +1,6 @@
 //! Preparing, describing and running one SQLite statement on one connection.
-//! Blocking: callers run these on a blocking thread.
+//! Blocking: callers run these on a blocking thread, or on an async
+//! worker only within a budget ([`run_briefly`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -119,6 +120,156 @@ pub fn run_charged(
         },
         charge,
     ))
+}
+
+/// A read statement run whole within a budget ([`run_briefly`]).
+#[derive(Debug)]
+pub enum Brief {
+    /// It ended within the budget: all its rows, charged to the session.
+    Done(Outcome, Option<Charge>),
+    /// It went past the budget (time, or bytes of rows) and was stopped;
+    /// nothing of it is kept. A read can run again elsewhere.
+    TooLong,
+}
+
+/// SQLite virtual-machine steps between two looks at the clock.
+const STEPS_PER_CHECK: std::ffi::c_int = 1000;
+
+/// Runs a read statement whole, as [`run_charged`] does, if it ends
+/// within `time` and its rows within `bytes`; otherwise stops it (SQLite's
+/// progress handler interrupts a step that runs past `time`) and answers
+/// [`Brief::TooLong`]. For a statement the caller expects to be short and
+/// runs where a long run would hold other work up (an async worker): a
+/// statement that turns out long costs at most the budget, then runs
+/// where it may take its time. Only for statements that do not write: a
+/// stopped write inside a transaction would roll the transaction back.
+pub fn run_briefly(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    with_types: bool,
+    memory: &std::sync::Arc<SessionMemory>,
+    time: std::time::Duration,
+    bytes: usize,
+) -> Result<Brief> {
+    let deadline = Deadline {
+        at: std::time::Instant::now() + time,
+        passed: std::cell::Cell::new(false),
+    };
+    let ran = {
+        let _handler = DeadlineHandler::install(conn, &deadline);
+        run_within_bytes(conn, sql, params, with_types, memory, bytes)
+    };
+    match ran {
+        Ok(None) => Ok(Brief::TooLong),
+        Err(_) if deadline.passed.get() => Ok(Brief::TooLong),
+        Ok(Some((outcome, charge))) => Ok(Brief::Done(outcome, charge)),
+        Err(e) => Err(e),
+    }
+}
+
+/// When [`run_briefly`]'s statement must stop, and whether it was stopped.
+struct Deadline {
+    at: std::time::Instant,
+    passed: std::cell::Cell<bool>,
+}
+
+/// SQLite's progress handler on a connection, stopping its statement at a
+/// [`Deadline`], for as long as this lives. (rusqlite installs one only
+/// through `&mut Connection`, which the callers do not have.)
+struct DeadlineHandler<'a> {
+    conn: &'a Connection,
+}
+
+impl<'a> DeadlineHandler<'a> {
+    fn install(conn: &'a Connection, deadline: &'a Deadline) -> DeadlineHandler<'a> {
+        // SAFETY: the handle is this open connection's; the pointer is to
+        // `deadline`, which outlives the handler: `drop` removes it before
+        // the borrow ends, and SQLite calls it only on this thread, from
+        // inside a step of this connection.
+        unsafe {
+            rusqlite::ffi::sqlite3_progress_handler(
+                conn.handle(),
+                STEPS_PER_CHECK,
+                Some(past_deadline),
+                deadline as *const Deadline as *mut std::ffi::c_void,
+            );
+        }
+        DeadlineHandler { conn }
+    }
+}
+
+impl Drop for DeadlineHandler<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `install`; no handler afterwards.
+        unsafe {
+            rusqlite::ffi::sqlite3_progress_handler(
+                self.conn.handle(),
+                0,
+                None,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+}
+
+/// The progress handler: non-zero (interrupt the statement) once the
+/// deadline passed.
+extern "C" fn past_deadline(deadline: *mut std::ffi::c_void) -> std::ffi::c_int {
+    // SAFETY: the pointer `DeadlineHandler::install` gave, alive while the
+    // handler is installed.
+    let deadline = unsafe { &*(deadline as *const Deadline) };
+    if std::time::Instant::now() >= deadline.at {
+        deadline.passed.set(true);
+        1
+    } else {
+        0
+    }
+}
+
+/// [`run_charged`] for a read, stopping (None) once its rows pass `bytes`.
+fn run_within_bytes(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    with_types: bool,
+    memory: &std::sync::Arc<SessionMemory>,
+    bytes: usize,
+) -> Result<Option<(Outcome, Option<Charge>)>> {
+    let (mut stmt, columns) = prepare(conn, sql, params, with_types)?;
+    let ncols = columns.len();
+    let mut rows = Vec::new();
+    let mut held = 0usize;
+    let mut cursor = stmt.raw_query();
+    while let Some(row) = cursor.next()? {
+        let mut values = Vec::with_capacity(ncols);
+        for i in 0..ncols {
+            values.push(row.get::<_, Value>(i)?);
+        }
+        held += super::cursor::row_bytes(&values);
+        if held > bytes {
+            return Ok(None);
+        }
+        rows.push(values);
+    }
+    drop(cursor);
+    let changes = if ncols == 0 || !stmt.readonly() {
+        conn.changes()
+    } else {
+        0
+    };
+    let charge = match held {
+        0 => None,
+        n => Some(memory.charge(n as u64, "rows waiting for the client")?),
+    };
+    Ok(Some((
+        Outcome {
+            columns,
+            rows,
+            changes,
+        },
+        charge,
+    )))
 }
 
 /// Prepares `sql` (cached), binds `params` and reports its columns (typed
@@ -425,6 +576,90 @@ mod tests {
             .unwrap()
             .columns[0]
             .ty
+    }
+
+    fn session_memory() -> std::sync::Arc<SessionMemory> {
+        std::sync::Arc::new(super::super::memory::NodeMemory::new(1 << 30, 1 << 30)).session()
+    }
+
+    const COUNT_TO_A_BILLION: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000000) SELECT count(*) FROM n";
+
+    #[test]
+    fn a_brief_run_of_a_long_read_is_stopped_at_its_deadline_and_the_connection_is_left_as_it_was()
+    {
+        let c = db();
+        let memory = session_memory();
+        let started = std::time::Instant::now();
+        let ran = run_briefly(
+            &c,
+            COUNT_TO_A_BILLION,
+            &[],
+            true,
+            &memory,
+            std::time::Duration::from_millis(20),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(matches!(ran, Brief::TooLong), "{ran:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(memory.used(), 0, "nothing of a stopped run is charged");
+        // The handler is gone: a statement runs to its end again.
+        let n: i64 = c
+            .query_row(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT count(*) FROM n",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 200_000);
+    }
+
+    #[test]
+    fn a_brief_run_ends_whole_within_its_budget_or_stops_at_its_bytes() {
+        let c = db();
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+             INSERT INTO t(id, name) SELECT i, hex(randomblob(50)) FROM n",
+        )
+        .unwrap();
+        let memory = session_memory();
+        let long = std::time::Duration::from_secs(60);
+        match run_briefly(
+            &c,
+            "SELECT id, name FROM t",
+            &[],
+            true,
+            &memory,
+            long,
+            1 << 20,
+        )
+        .unwrap()
+        {
+            Brief::Done(outcome, charge) => {
+                assert_eq!(outcome.rows.len(), 100);
+                assert!(
+                    charge.is_some() && memory.used() > 0,
+                    "its rows are charged"
+                );
+            }
+            Brief::TooLong => panic!("100 rows fit"),
+        }
+        let ran = run_briefly(
+            &c,
+            "SELECT id, name FROM t",
+            &[],
+            true,
+            &memory,
+            long,
+            2_000,
+        )
+        .unwrap();
+        assert!(
+            matches!(ran, Brief::TooLong),
+            "100 rows of 100 characters pass 2,000 bytes"
+        );
+        let err = run_briefly(&c, "SELECT nope FROM t", &[], true, &memory, long, 1 << 20);
+        assert!(err.is_err(), "an error is the statement's, not a stop");
     }
 
     #[test]

@@ -85,7 +85,9 @@ pub use database::{
     WriterGuard, PG_VERSION,
 };
 pub use error::{Error, Result};
-pub use exec::{describe, is_readonly, run, run_charged, Column, Described, Outcome};
+pub use exec::{
+    describe, is_readonly, run, run_briefly, run_charged, Brief, Column, Described, Outcome,
+};
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
 pub use recover::{redo as redo_records, whole_transactions};

@@ -88,6 +88,7 @@ mod backup;
 mod drive;
 pub(crate) mod encode;
 pub mod limits;
+mod placement;
 mod roles;
 mod session;
 mod settings;

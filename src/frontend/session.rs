@@ -75,6 +75,7 @@ use crate::engine::{self, Column, Database, Engine, Error, Reader, Result, Write
 use crate::sql::command::Command;
 use crate::sql::tag::command_tag;
 
+use super::placement::{self, Placement};
 use super::settings::{Settings, COMMIT_LSN, LAG_NOTICE_AFTER, READ_AFTER_LSN};
 
 /// The longest a statement waits for `availdb.read_after_lsn` to be redone
@@ -216,6 +217,16 @@ impl Holds for Holder {
     }
 }
 
+/// What a read statement's rows come from once it answered.
+enum StreamsOn<H: Holds> {
+    /// A cursor's thread, which holds the connection until the last row
+    /// (or until the session takes it back).
+    Cursor(CursorHandle<H>),
+    /// Nothing: the statement ran whole and its rows are held; the
+    /// connection is free.
+    Free(H),
+}
+
 enum Tx {
     Idle,
     Active { holder: Holder, read_only: bool },
@@ -260,6 +271,9 @@ pub struct Session {
     /// of taking a hop to a blocking thread before each one. Cleared when
     /// full.
     readonly: std::collections::HashMap<String, bool>,
+    /// How long statements ran, which decides where they run next
+    /// ([`placement`]).
+    placement: Placement,
     /// Notices sent while a statement still runs (BACKUP's `STATS`): the
     /// connection drains the receiver as it waits for the reply.
     live: tokio::sync::mpsc::UnboundedSender<String>,
@@ -268,6 +282,9 @@ pub struct Session {
 
 /// Statement texts a session remembers as reading or writing.
 const READONLY_MEMO: usize = 256;
+
+/// The placement memo's key for a transaction's move onto the writer.
+const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 
 /// A cursor opened with `DECLARE` (see the module page).
 struct NamedCursor {
@@ -309,6 +326,7 @@ impl Session {
             sequences: Arc::default(),
             cursors: Default::default(),
             readonly: Default::default(),
+            placement: Placement::default(),
             live,
             live_rx: Some(live_rx),
             engine,
@@ -1015,11 +1033,14 @@ impl Session {
                 let Holder::Writer(w) = Session::settle(holder, false).await else {
                     return Err(Error::sql("3B001", "savepoint does not exist"));
                 };
-                let (w, res) =
-                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-                        engine::run(w.conn().sqlite(), &sql, &[], false)
-                    })
-                    .await;
+                let (w, res) = on_writer(
+                    &self.cancel,
+                    self.settings.statement_timeout,
+                    false,
+                    w,
+                    move |w| engine::run(w.conn().sqlite(), &sql, &[], false),
+                )
+                .await;
                 match res {
                     Ok(_) => {
                         self.tx = Tx::Active {
@@ -1046,11 +1067,14 @@ impl Session {
             Tx::Active { holder, read_only } => {
                 // Savepoints live on the connection that will do the writes.
                 let w = self.writer_for_transaction(holder).await?;
-                let (w, res) =
-                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-                        engine::run(w.conn().sqlite(), &sql, &[], false)
-                    })
-                    .await;
+                let (w, res) = on_writer(
+                    &self.cancel,
+                    self.settings.statement_timeout,
+                    false,
+                    w,
+                    move |w| engine::run(w.conn().sqlite(), &sql, &[], false),
+                )
+                .await;
                 self.tx = Tx::Active {
                     holder: Holder::Writer(w),
                     read_only,
@@ -1106,10 +1130,12 @@ impl Session {
                 // The write lock is released before the waits, so later
                 // commits share this one's fsync and replication round trip.
                 let started = Instant::now();
-                let ((), end) = commit_on_writer(
+                let inline = self.placement.commit_inline();
+                let committed = commit_on_writer(
                     &self.cancel,
                     self.settings.statement_timeout,
                     &self.db,
+                    inline,
                     w,
                     |w| match w.conn().sqlite().execute_batch("COMMIT") {
                         Ok(()) => Ok(((), w.after_commit()?)),
@@ -1121,7 +1147,10 @@ impl Session {
                         }
                     },
                 )
-                .await?;
+                .await;
+                self.placement.ran(placement::COMMIT, committed.1);
+                self.placement.transaction_ended();
+                let ((), end) = committed.0?;
                 self.db.commit_durable(end).await?;
                 self.committed(end, started);
                 Ok(Reply::TxEnd("COMMIT".into()))
@@ -1135,6 +1164,7 @@ impl Session {
 
     fn rollback(&mut self, tag: &str) -> Reply {
         self.ended = None;
+        self.placement.transaction_ended();
         self.end_transaction_cursors();
         match std::mem::replace(&mut self.tx, Tx::Idle) {
             Tx::Idle => self.warn("25P01", "there is no transaction in progress"),
@@ -1345,6 +1375,7 @@ impl Session {
                 &self.cancel,
                 self.settings.statement_timeout,
                 handle,
+                false,
                 move || engine::run(reader.conn().sqlite(), &s, &params, true),
             )
             .await;
@@ -1357,7 +1388,8 @@ impl Session {
         let memory = self.memory.clone();
         let timeout = self.settings.statement_timeout;
         let started = Instant::now();
-        let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
+        let inline = self.placement.inline(&sql);
+        let res = commit_on_writer(&self.cancel, timeout, &self.db, inline, w, move |w| {
             // A write that returns rows runs in a transaction of its own:
             // SQLite makes all of a RETURNING statement's changes at its
             // first step and commits them when it is reset, so rows refused
@@ -1395,22 +1427,71 @@ impl Session {
             Ok((outcome, w.after_commit()?))
         })
         .await;
-        let ((outcome, charge), end) = res?;
+        self.placement.ran(&sql, res.1);
+        self.placement.transaction_ended();
+        let ((outcome, charge), end) = res.0?;
         self.db.commit_durable(end).await?;
         self.committed(end, started);
         Ok(reply_charged(&sql, outcome, charge))
     }
 
-    /// Opens a cursor for a read statement on `holder` and answers with its
-    /// rows as they come; on error the holder comes back.
+    /// Answers a read statement on `holder`: run whole inline when the
+    /// session knows it to be short ([`placement`], stopped at its budget
+    /// and run again on a cursor otherwise), or on a cursor that sends its
+    /// rows as they come. On error the holder comes back.
     async fn stream<H: Holds>(
         &mut self,
         holder: H,
         sql: String,
         params: Vec<Value>,
-    ) -> std::result::Result<(CursorHandle<H>, Reply), (H, Error)> {
+    ) -> std::result::Result<(StreamsOn<H>, Reply), (H, Error)> {
+        let holder = if self.placement.inline(&sql) {
+            let started = Instant::now();
+            let handle = Arc::new(holder.connection().get_interrupt_handle());
+            let memory = self.memory.clone();
+            let (s, p) = (sql.clone(), params.clone());
+            let (holder, ran) = interruptible(
+                &self.cancel,
+                self.settings.statement_timeout,
+                handle,
+                true,
+                move || {
+                    let ran = engine::run_briefly(
+                        holder.connection(),
+                        &s,
+                        &p,
+                        true,
+                        &memory,
+                        placement::READ_BUDGET,
+                        placement::READ_BYTES,
+                    );
+                    (holder, ran)
+                },
+            )
+            .await;
+            match ran {
+                Ok(engine::Brief::Done(outcome, charge)) => {
+                    self.placement.ran(&sql, started.elapsed());
+                    return Ok((
+                        StreamsOn::Free(holder),
+                        reply_charged(&sql, outcome, charge),
+                    ));
+                }
+                Ok(engine::Brief::TooLong) => {
+                    self.placement.streamed(&sql);
+                    holder
+                }
+                Err(e) => {
+                    self.placement.ran(&sql, started.elapsed());
+                    return Err((holder, self.read_only_error(e, &sql)));
+                }
+            }
+        } else {
+            holder
+        };
         let tag = command_tag(&sql, 0, 0);
         let slot = self.cancel.clone();
+        let started = Instant::now();
         match cursor::open(
             holder,
             sql.clone(),
@@ -1422,14 +1503,21 @@ impl Session {
         )
         .await
         {
-            Ok(opened) => Ok((
-                opened.handle,
-                Reply::Stream {
-                    columns: opened.columns,
-                    rows: opened.rows,
-                    tag,
-                },
-            )),
+            Ok(opened) => {
+                if opened.complete {
+                    self.placement.ran(&sql, started.elapsed());
+                } else {
+                    self.placement.streamed(&sql);
+                }
+                Ok((
+                    StreamsOn::Cursor(opened.handle),
+                    Reply::Stream {
+                        columns: opened.columns,
+                        rows: opened.rows,
+                        tag,
+                    },
+                ))
+            }
             Err((holder, e)) => Err((holder, self.read_only_error(e, &sql))),
         }
     }
@@ -1494,6 +1582,7 @@ impl Session {
                             &self.cancel,
                             self.settings.statement_timeout,
                             handle,
+                            false,
                             move || {
                                 let res = engine::run(reader.conn().sqlite(), &s, &params, true);
                                 (reader, res)
@@ -1531,7 +1620,8 @@ impl Session {
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
         match self.stream(holder, sql, params).await {
-            Ok((handle, reply)) => (Holder::Cursor(handle), Ok(reply)),
+            Ok((StreamsOn::Cursor(handle), reply)) => (Holder::Cursor(handle), Ok(reply)),
+            Ok((StreamsOn::Free(holder), reply)) => (holder, Ok(reply)),
             Err((holder, e)) => (holder, Err(e)),
         }
     }
@@ -1555,10 +1645,17 @@ impl Session {
         };
         let s = sql.clone();
         let memory = self.memory.clone();
-        let (w, res) = on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
-            engine::run_charged(w.conn().sqlite(), &s, &params, true, Some(&memory))
-        })
+        let inline = self.placement.inline(&sql);
+        let started = Instant::now();
+        let (w, res) = on_writer(
+            &self.cancel,
+            self.settings.statement_timeout,
+            inline,
+            w,
+            move |w| engine::run_charged(w.conn().sqlite(), &s, &params, true, Some(&memory)),
+        )
         .await;
+        self.placement.ran(&sql, started.elapsed());
         (
             Holder::Writer(w),
             res.map(|(outcome, charge)| reply_charged(&sql, outcome, charge)),
@@ -1593,7 +1690,7 @@ impl Session {
                 let w = self.writer().await?;
                 let timeout = self.settings.statement_timeout;
                 let started = Instant::now();
-                let res = commit_on_writer(&self.cancel, timeout, &self.db, w, move |w| {
+                let res = commit_on_writer(&self.cancel, timeout, &self.db, false, w, move |w| {
                     w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
                     let changes = match run(w) {
                         Ok(n) => n,
@@ -1609,7 +1706,7 @@ impl Session {
                     Ok((changes, w.after_commit()?))
                 })
                 .await;
-                let (changes, end) = res?;
+                let (changes, end) = res.0?;
                 self.db.commit_durable(end).await?;
                 self.committed(end, started);
                 Ok(changes)
@@ -1638,8 +1735,13 @@ impl Session {
                         return Err(e);
                     }
                 };
-                let (w, res) =
-                    on_writer(&self.cancel, self.settings.statement_timeout, w, move |w| {
+                let started = Instant::now();
+                let (w, res) = on_writer(
+                    &self.cancel,
+                    self.settings.statement_timeout,
+                    false,
+                    w,
+                    move |w| {
                         let conn = w.conn().sqlite();
                         conn.execute_batch("SAVEPOINT availdb_many")?;
                         match run(w) {
@@ -1654,8 +1756,10 @@ impl Session {
                                 Err(e)
                             }
                         }
-                    })
-                    .await;
+                    },
+                )
+                .await;
+                self.placement.worked(started.elapsed());
                 self.tx = Tx::Active {
                     holder: Holder::Writer(w),
                     read_only,
@@ -1806,15 +1910,21 @@ impl Session {
                 ));
             }
         }
-        let (w, res) = blocking(move || {
+        let begin = move || {
             let res = w
                 .conn()
                 .sqlite()
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(Error::from);
             (w, res)
-        })
-        .await;
+        };
+        let started = Instant::now();
+        let (w, res) = if self.placement.inline(BEGIN_IMMEDIATE) {
+            begin()
+        } else {
+            blocking(begin).await
+        };
+        self.placement.ran(BEGIN_IMMEDIATE, started.elapsed());
         res.map(|_| w)
     }
 
@@ -1982,6 +2092,7 @@ async fn interruptible<T: Send + 'static>(
     slot: &Arc<CancelSlot>,
     timeout: Option<Duration>,
     handle: Arc<InterruptHandle>,
+    inline: bool,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> T {
     slot.set(Some(handle));
@@ -1993,7 +2104,7 @@ async fn interruptible<T: Send + 'static>(
             slot.cancel();
         })
     });
-    let out = blocking(f).await;
+    let out = if inline { f() } else { blocking(f).await };
     if let Some(timer) = timer {
         timer.abort();
     }
@@ -2001,15 +2112,17 @@ async fn interruptible<T: Send + 'static>(
     out
 }
 
-/// Runs `f` on the writer, interruptibly; gives the writer back.
+/// Runs `f` on the writer, interruptibly (inline when `inline`, see
+/// [`super::placement`]); gives the writer back.
 async fn on_writer<T: Send + 'static>(
     slot: &Arc<CancelSlot>,
     timeout: Option<Duration>,
+    inline: bool,
     mut w: WriterGuard,
     f: impl FnOnce(&mut WriterGuard) -> Result<T> + Send + 'static,
 ) -> (WriterGuard, Result<T>) {
     let handle = w.conn().interrupt_handle();
-    interruptible(slot, timeout, handle, move || {
+    interruptible(slot, timeout, handle, inline, move || {
         let res = f(&mut w);
         (w, res)
     })
@@ -2017,36 +2130,43 @@ async fn on_writer<T: Send + 'static>(
 }
 
 /// Runs `commit` on the writer, interruptibly, where it commits and
-/// captures a write transaction (returning its end LSN with its result);
-/// then, on the same blocking thread, gives the write lock up and waits
-/// for the local log to harden the commit. Group commit is untouched (the
-/// next writer commits while this one syncs, and the sync covers both);
-/// what is saved is a hop to another thread for the fsync, which on a
-/// small machine costs more than the fsync. The caller still awaits
-/// [`Database::commit_durable`] (the secondaries' acknowledgements, the
-/// fence, and the local durability again: a failed fsync is reported
-/// there).
+/// captures a write transaction (returning its end LSN with its result),
+/// and gives the write lock up. Off the async worker (not `inline`), it
+/// then waits on the same blocking thread for the local log to harden the
+/// commit: group commit is untouched (the next writer commits while this
+/// one syncs, and the sync covers both), and a hop to another thread for
+/// the fsync, which on a small machine costs more than the fsync, is
+/// saved. Inline, it never waits (rule 3 of [`super::placement`]). The
+/// caller awaits [`Database::commit_durable`] either way (the local
+/// durability, the secondaries' acknowledgements, the fence: a failed
+/// fsync is reported there). Also returns how long the commit itself
+/// took (its fsync wait left out), for the session's placement memo.
 async fn commit_on_writer<T: Send + 'static>(
     slot: &Arc<CancelSlot>,
     timeout: Option<Duration>,
     db: &Arc<Database>,
+    inline: bool,
     mut w: WriterGuard,
     commit: impl FnOnce(&mut WriterGuard) -> Result<(T, crate::log::Lsn)> + Send + 'static,
-) -> Result<(T, crate::log::Lsn)> {
+) -> (Result<(T, crate::log::Lsn)>, Duration) {
     let handle = w.conn().interrupt_handle();
     let log = db.log().clone();
     let own = slot.clone();
-    interruptible(slot, timeout, handle, move || {
+    interruptible(slot, timeout, handle, inline, move || {
+        let started = Instant::now();
         let committed = commit(&mut w);
+        let took = started.elapsed();
         // From here the connection is the next writer's: a cancel of this
         // session must not interrupt it.
         own.set(None);
         drop(w);
-        if let Ok((_, end)) = &committed {
-            // A failure is the log's for good: commit_durable reports it.
-            let _ = log.wait_durable_blocking(*end);
+        if !inline {
+            if let Ok((_, end)) = &committed {
+                // A failure is the log's for good: commit_durable reports it.
+                let _ = log.wait_durable_blocking(*end);
+            }
         }
-        committed
+        (committed, took)
     })
     .await
 }
