@@ -2199,3 +2199,147 @@ async fn a_log_that_cannot_write_stops_the_node_and_a_restart_takes_writes_again
         .await
         .expect("a write after the restart");
 }
+
+/// A count of `$1` rows that takes as long as `$1` says: short with a
+/// small bound, endless with a huge one.
+const COUNT_TO: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) SELECT count(*) FROM c";
+
+/// Runs `SELECT 1` on `other` until `running` ends; returns how many
+/// answers came meanwhile (bounded: 60 s at most).
+async fn answers_while(other: &Client, running: &tokio::task::JoinHandle<()>) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = 0;
+    while !running.is_finished() && Instant::now() < deadline {
+        assert_eq!(simple_value(other, "SELECT 1").await.as_deref(), Some("1"));
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    answered
+}
+
+/// Rule 1 of the session's placement: a statement that ran short runs on
+/// the session's own worker next time. When that next run turns out long,
+/// `statement_timeout` still ends it with 57014, other sessions are
+/// answered meanwhile, and nothing of the stopped write is committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_that_ran_short_and_turns_endless_still_ends_at_statement_timeout() {
+    let server = TestServer::start().await;
+    let client = Arc::new(server.client(DEFAULT_DB).await);
+    client
+        .batch_execute("CREATE TABLE counted (n bigint)")
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO counted {COUNT_TO}");
+    let insert = client.prepare(&insert).await.unwrap();
+    for _ in 0..5 {
+        client.execute(&insert, &[&10i64]).await.unwrap();
+    }
+    client
+        .batch_execute("SET statement_timeout = '700ms'")
+        .await
+        .unwrap();
+    let other = server.client(DEFAULT_DB).await;
+    let running = {
+        let client = client.clone();
+        let insert = insert.clone();
+        tokio::spawn(async move {
+            let err = client
+                .execute(&insert, &[&i64::MAX])
+                .await
+                .expect_err("an endless insert outlives its statement_timeout");
+            assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+        })
+    };
+    let answered = answers_while(&other, &running).await;
+    tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the endless insert is stopped by its statement_timeout within 60 s")
+        .expect("the endless insert was stopped");
+    assert!(answered > 0, "another session was answered while it ran");
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM counted", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "nothing of the stopped insert is committed");
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .unwrap();
+    client
+        .execute(&insert, &[&10i64])
+        .await
+        .expect("the session goes on");
+}
+
+/// Rules 1 and 3 of the session's placement: a read that ran short runs
+/// whole on the session's worker next time, within a budget; when that run
+/// turns out long it is stopped and runs again on a cursor, where a cancel
+/// request still ends it with 57014.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_that_ran_short_and_turns_endless_can_still_be_cancelled() {
+    let server = TestServer::start().await;
+    let client = Arc::new(server.client(DEFAULT_DB).await);
+    let count = client.prepare(COUNT_TO).await.unwrap();
+    for _ in 0..5 {
+        let n: i64 = client.query_one(&count, &[&10i64]).await.unwrap().get(0);
+        assert_eq!(n, 10);
+    }
+    let token = client.cancel_token();
+    let running = {
+        let client = client.clone();
+        let count = count.clone();
+        tokio::spawn(async move {
+            let err = client
+                .query_one(&count, &[&i64::MAX])
+                .await
+                .expect_err("an endless count ends only when cancelled");
+            assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+        })
+    };
+    let other = server.client(DEFAULT_DB).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !running.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "still running 60 s after cancels began"
+        );
+        assert_eq!(
+            simple_value(&other, "SELECT 1").await.as_deref(),
+            Some("1"),
+            "another session is answered meanwhile"
+        );
+        token
+            .cancel_query(NoTls)
+            .await
+            .expect("send cancel request");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the cancelled count ends")
+        .expect("the endless count was cancelled");
+    let n: i64 = client.query_one(&count, &[&10i64]).await.unwrap().get(0);
+    assert_eq!(n, 10, "the session goes on");
+}
+
+/// Rule 3 of the session's placement: a read that ran short but returns
+/// more rows than a run on the session's worker may hold streams from a
+/// cursor instead — every row arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_that_ran_short_and_returns_many_rows_streams_them_all() {
+    let server = TestServer::start().await;
+    let client = server.client(DEFAULT_DB).await;
+    let rows = client
+        .prepare("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) SELECT x, 'row ' || x FROM c")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(client.query(&rows, &[&3i64]).await.unwrap().len(), 3);
+    }
+    let many = client.query(&rows, &[&200_000i64]).await.unwrap();
+    assert_eq!(many.len(), 200_000);
+    assert_eq!(many.last().unwrap().get::<_, i64>(0), 200_000);
+    assert_eq!(client.query(&rows, &[&3i64]).await.unwrap().len(), 3);
+}

@@ -168,7 +168,25 @@ pub fn run_briefly(
     }
 }
 
-/// When [`run_briefly`]'s statement must stop, and whether it was stopped.
+/// Runs `f`, whose statements on `conn` SQLite stops (SQLITE_INTERRUPT,
+/// as a cancel does) once `at` has passed; with no `at`, just `f`. For a
+/// statement that runs where no other thread or task can be relied on to
+/// interrupt it in time (a `statement_timeout` of a statement run on the
+/// session's own async worker): the statement watches its own clock.
+pub fn until<R>(conn: &Connection, at: Option<std::time::Instant>, f: impl FnOnce() -> R) -> R {
+    let Some(at) = at else {
+        return f();
+    };
+    let deadline = Deadline {
+        at,
+        passed: std::cell::Cell::new(false),
+    };
+    let _handler = DeadlineHandler::install(conn, &deadline);
+    f()
+}
+
+/// When a statement must stop ([`run_briefly`], [`until`]), and whether it
+/// was stopped.
 struct Deadline {
     at: std::time::Instant,
     passed: std::cell::Cell<bool>,
@@ -612,6 +630,32 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 200_000);
+    }
+
+    #[test]
+    fn a_statement_run_until_an_instant_is_interrupted_there_and_only_there() {
+        let c = db();
+        let at = std::time::Instant::now() + std::time::Duration::from_millis(20);
+        let err = until(&c, Some(at), || {
+            c.query_row(COUNT_TO_A_BILLION, [], |r| r.get::<_, i64>(0))
+        })
+        .expect_err("an endless count is stopped at the instant");
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::OperationInterrupted)
+        );
+        let n: i64 = until(&c, None, || {
+            c.query_row(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT count(*) FROM n",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            n, 200_000,
+            "no instant, no stop; and the earlier handler is gone"
+        );
     }
 
     #[test]

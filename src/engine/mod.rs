@@ -86,13 +86,14 @@ pub use database::{
 };
 pub use error::{Error, Result};
 pub use exec::{
-    describe, is_readonly, run, run_briefly, run_charged, Brief, Column, Described, Outcome,
+    describe, is_readonly, run, run_briefly, run_charged, until, Brief, Column, Described, Outcome,
 };
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;
 pub use recover::{redo as redo_records, whole_transactions};
 pub use sequence::SessionSequences;
 pub use temp::TempSpace;
+pub use threads::multi_thread_runtime;
 
 /// The database a fresh node creates, named after the default user.
 pub const DEFAULT_DATABASE: &str = "availdb";

@@ -32,10 +32,16 @@
 //!    awaited (the group commit's leader syncs on a blocking thread, the
 //!    others wait for it), never slept through on a worker, which would
 //!    stop other sessions from joining the same fsync.
-//! 5. **Only on a multi-thread runtime**, where another worker goes on
+//! 5. **Cancels and timeouts reach an inline statement.** A cancel request
+//!    interrupts it from the task that reads the request, on another
+//!    worker. `statement_timeout` is watched by the statement itself
+//!    (`engine::until`: SQLite's progress handler): a timer task spawned
+//!    just before the worker blocks would sit in that worker's own slot
+//!    until the statement ended by itself.
+//! 6. **Only on a multi-thread runtime**, where another worker goes on
 //!    while one is busy; on a current-thread runtime (in-process tests)
 //!    every run goes to a blocking thread.
-//! 6. **Bounded**: at most [`MEMO`] statement texts are remembered per
+//! 7. **Bounded**: at most [`MEMO`] statement texts are remembered per
 //!    session; the memo is cleared when full.
 //!
 //! This module decides only; the session runs ([`super::session`]). The
@@ -72,7 +78,7 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Whether `sql` runs inline now (rules 1 and 5).
+    /// Whether `sql` runs inline now (rules 1 and 6).
     pub fn inline(&self, sql: &str) -> bool {
         multi_thread() && self.known_short(sql)
     }
@@ -126,10 +132,9 @@ impl Placement {
     }
 }
 
-/// True on a multi-thread tokio runtime (rule 5).
-pub fn multi_thread() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+/// True on a multi-thread tokio runtime (rule 6).
+fn multi_thread() -> bool {
+    crate::engine::multi_thread_runtime()
 }
 
 #[cfg(test)]

@@ -1038,7 +1038,7 @@ impl Session {
                     self.settings.statement_timeout,
                     false,
                     w,
-                    move |w| engine::run(w.conn().sqlite(), &sql, &[], false),
+                    move |w, _| engine::run(w.conn().sqlite(), &sql, &[], false),
                 )
                 .await;
                 match res {
@@ -1072,7 +1072,7 @@ impl Session {
                     self.settings.statement_timeout,
                     false,
                     w,
-                    move |w| engine::run(w.conn().sqlite(), &sql, &[], false),
+                    move |w, _| engine::run(w.conn().sqlite(), &sql, &[], false),
                 )
                 .await;
                 self.tx = Tx::Active {
@@ -1137,7 +1137,9 @@ impl Session {
                     &self.db,
                     inline,
                     w,
-                    |w| match w.conn().sqlite().execute_batch("COMMIT") {
+                    |w, at| match engine::until(w.conn().sqlite(), at, || {
+                        w.conn().sqlite().execute_batch("COMMIT")
+                    }) {
                         Ok(()) => Ok(((), w.after_commit()?)),
                         Err(e) => {
                             // Never capture after a failed COMMIT: its frames
@@ -1376,7 +1378,7 @@ impl Session {
                 self.settings.statement_timeout,
                 handle,
                 false,
-                move || engine::run(reader.conn().sqlite(), &s, &params, true),
+                move |_| engine::run(reader.conn().sqlite(), &s, &params, true),
             )
             .await;
             let outcome = read.map_err(|e| self.read_only_error(e, &sql))?;
@@ -1389,7 +1391,7 @@ impl Session {
         let timeout = self.settings.statement_timeout;
         let started = Instant::now();
         let inline = self.placement.inline(&sql);
-        let res = commit_on_writer(&self.cancel, timeout, &self.db, inline, w, move |w| {
+        let res = commit_on_writer(&self.cancel, timeout, &self.db, inline, w, move |w, at| {
             // A write that returns rows runs in a transaction of its own:
             // SQLite makes all of a RETURNING statement's changes at its
             // first step and commits them when it is reset, so rows refused
@@ -1401,7 +1403,9 @@ impl Session {
             if returns_rows {
                 conn.execute_batch("SAVEPOINT availdb_statement")?;
             }
-            let outcome = engine::run_charged(conn, &s, &params, true, Some(&memory));
+            let outcome = engine::until(conn, at, || {
+                engine::run_charged(conn, &s, &params, true, Some(&memory))
+            });
             let released = match (&outcome, returns_rows) {
                 (Err(_), true) => {
                     w.conn().reset();
@@ -1455,14 +1459,19 @@ impl Session {
                 self.settings.statement_timeout,
                 handle,
                 true,
-                move || {
+                move |at| {
+                    // Its statement_timeout, if shorter, is its budget.
+                    let budget = at.map_or(placement::READ_BUDGET, |at| {
+                        at.saturating_duration_since(Instant::now())
+                            .min(placement::READ_BUDGET)
+                    });
                     let ran = engine::run_briefly(
                         holder.connection(),
                         &s,
                         &p,
                         true,
                         &memory,
-                        placement::READ_BUDGET,
+                        budget,
                         placement::READ_BYTES,
                     );
                     (holder, ran)
@@ -1583,7 +1592,7 @@ impl Session {
                             self.settings.statement_timeout,
                             handle,
                             false,
-                            move || {
+                            move |_| {
                                 let res = engine::run(reader.conn().sqlite(), &s, &params, true);
                                 (reader, res)
                             },
@@ -1652,7 +1661,12 @@ impl Session {
             self.settings.statement_timeout,
             inline,
             w,
-            move |w| engine::run_charged(w.conn().sqlite(), &s, &params, true, Some(&memory)),
+            move |w, at| {
+                let conn = w.conn().sqlite();
+                engine::until(conn, at, || {
+                    engine::run_charged(conn, &s, &params, true, Some(&memory))
+                })
+            },
         )
         .await;
         self.placement.ran(&sql, started.elapsed());
@@ -1690,22 +1704,23 @@ impl Session {
                 let w = self.writer().await?;
                 let timeout = self.settings.statement_timeout;
                 let started = Instant::now();
-                let res = commit_on_writer(&self.cancel, timeout, &self.db, false, w, move |w| {
-                    w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
-                    let changes = match run(w) {
-                        Ok(n) => n,
-                        Err(e) => {
+                let res =
+                    commit_on_writer(&self.cancel, timeout, &self.db, false, w, move |w, _| {
+                        w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
+                        let changes = match run(w) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                w.conn().reset();
+                                return Err(e);
+                            }
+                        };
+                        if let Err(e) = w.conn().sqlite().execute_batch("COMMIT") {
                             w.conn().reset();
-                            return Err(e);
+                            return Err(Error::from(e));
                         }
-                    };
-                    if let Err(e) = w.conn().sqlite().execute_batch("COMMIT") {
-                        w.conn().reset();
-                        return Err(Error::from(e));
-                    }
-                    Ok((changes, w.after_commit()?))
-                })
-                .await;
+                        Ok((changes, w.after_commit()?))
+                    })
+                    .await;
                 let (changes, end) = res.0?;
                 self.db.commit_durable(end).await?;
                 self.committed(end, started);
@@ -1741,7 +1756,7 @@ impl Session {
                     self.settings.statement_timeout,
                     false,
                     w,
-                    move |w| {
+                    move |w, _| {
                         let conn = w.conn().sqlite();
                         conn.execute_batch("SAVEPOINT availdb_many")?;
                         match run(w) {
@@ -2086,44 +2101,62 @@ pub(super) fn on_off(b: bool) -> String {
     if b { "on" } else { "off" }.to_string()
 }
 
-/// Runs `f` on a blocking thread while `handle` is what a cancel request or
-/// `statement_timeout` interrupts.
+/// Runs `f` on a blocking thread, or here when `inline`
+/// ([`placement`]), while `handle` is what a cancel request interrupts.
+///
+/// `statement_timeout` interrupts it too. Off the worker a timer task
+/// does; inline, `f` is given the instant its statements must stop at and
+/// runs them under [`engine::until`]: a task spawned just before the
+/// worker blocks would wait on that worker's own queue (tokio keeps the
+/// task a worker spawned last for that worker) until the statement ended
+/// by itself.
 async fn interruptible<T: Send + 'static>(
     slot: &Arc<CancelSlot>,
     timeout: Option<Duration>,
     handle: Arc<InterruptHandle>,
     inline: bool,
-    f: impl FnOnce() -> T + Send + 'static,
+    f: impl FnOnce(Option<Instant>) -> T + Send + 'static,
 ) -> T {
     slot.set(Some(handle));
-    let timer = timeout.map(|limit| {
-        let slot = slot.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
+    let out = if inline {
+        let deadline = timeout.map(|limit| Instant::now() + limit);
+        let out = f(deadline);
+        if deadline.is_some_and(|at| Instant::now() >= at) {
             slot.timed_out.store(true, Ordering::SeqCst);
-            slot.cancel();
-        })
-    });
-    let out = if inline { f() } else { blocking(f).await };
-    if let Some(timer) = timer {
-        timer.abort();
-    }
+        }
+        out
+    } else {
+        let timer = timeout.map(|limit| {
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                slot.timed_out.store(true, Ordering::SeqCst);
+                slot.cancel();
+            })
+        });
+        let out = blocking(move || f(None)).await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        out
+    };
     slot.set(None);
     out
 }
 
 /// Runs `f` on the writer, interruptibly (inline when `inline`, see
-/// [`super::placement`]); gives the writer back.
+/// [`super::placement`]; `f` is given the instant its statements must stop
+/// at, see [`interruptible`]); gives the writer back.
 async fn on_writer<T: Send + 'static>(
     slot: &Arc<CancelSlot>,
     timeout: Option<Duration>,
     inline: bool,
     mut w: WriterGuard,
-    f: impl FnOnce(&mut WriterGuard) -> Result<T> + Send + 'static,
+    f: impl FnOnce(&mut WriterGuard, Option<Instant>) -> Result<T> + Send + 'static,
 ) -> (WriterGuard, Result<T>) {
     let handle = w.conn().interrupt_handle();
-    interruptible(slot, timeout, handle, inline, move || {
-        let res = f(&mut w);
+    interruptible(slot, timeout, handle, inline, move |at| {
+        let res = f(&mut w, at);
         (w, res)
     })
     .await
@@ -2136,7 +2169,7 @@ async fn on_writer<T: Send + 'static>(
 /// commit: group commit is untouched (the next writer commits while this
 /// one syncs, and the sync covers both), and a hop to another thread for
 /// the fsync, which on a small machine costs more than the fsync, is
-/// saved. Inline, it never waits (rule 3 of [`super::placement`]). The
+/// saved. Inline, it never waits (rule 4 of [`super::placement`]). The
 /// caller awaits [`Database::commit_durable`] either way (the local
 /// durability, the secondaries' acknowledgements, the fence: a failed
 /// fsync is reported there). Also returns how long the commit itself
@@ -2147,14 +2180,16 @@ async fn commit_on_writer<T: Send + 'static>(
     db: &Arc<Database>,
     inline: bool,
     mut w: WriterGuard,
-    commit: impl FnOnce(&mut WriterGuard) -> Result<(T, crate::log::Lsn)> + Send + 'static,
+    commit: impl FnOnce(&mut WriterGuard, Option<Instant>) -> Result<(T, crate::log::Lsn)>
+        + Send
+        + 'static,
 ) -> (Result<(T, crate::log::Lsn)>, Duration) {
     let handle = w.conn().interrupt_handle();
     let log = db.log().clone();
     let own = slot.clone();
-    interruptible(slot, timeout, handle, inline, move || {
+    interruptible(slot, timeout, handle, inline, move |at| {
         let started = Instant::now();
-        let committed = commit(&mut w);
+        let committed = commit(&mut w, at);
         let took = started.elapsed();
         // From here the connection is the next writer's: a cancel of this
         // session must not interrupt it.

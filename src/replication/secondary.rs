@@ -42,6 +42,10 @@ const REDO_BATCH_BYTES: u64 = 8 << 20;
 /// Checkpoint the secondary's file after this many redone bytes.
 const CHECKPOINT_BYTES: u64 = 16 << 20;
 
+/// Bytes of records a secondary appends without a hop to a blocking
+/// thread ([`SecondaryDb::receive`]).
+pub const INLINE_BATCH_BYTES: usize = 64 << 10;
+
 /// What decides whether a primary may connect, and sets databases up.
 #[async_trait::async_trait]
 pub trait Admission: Send + Sync + 'static {
@@ -323,7 +327,9 @@ impl SecondaryDb {
     }
 
     /// Checks and appends a batch of records (see [`IntakeGate`]); returns
-    /// the log's new end.
+    /// the log's new end. A batch of at most [`INLINE_BATCH_BYTES`] is
+    /// appended on the calling task's own worker, a larger one on a
+    /// blocking thread.
     pub async fn receive(
         self: &Arc<Self>,
         raw: Vec<Vec<u8>>,
@@ -334,10 +340,11 @@ impl SecondaryDb {
         if gate.is_closed() {
             return Err(ReplicationError::IntakeClosed);
         }
+        let bytes: usize = raw.iter().map(Vec::len).sum();
         let records = decode_all(&database, &raw)?;
         let sdb = self.clone();
         let gate = gate.clone();
-        tokio::task::spawn_blocking(move || {
+        let append = move || {
             let _intake = sdb.db.intake();
             if gate.is_closed() {
                 return Err(ReplicationError::IntakeClosed);
@@ -352,9 +359,15 @@ impl SecondaryDb {
                 });
             }
             accept_batch(&sdb, &database, records)
-        })
-        .await
-        .map_err(ReplicationError::local)?
+        };
+        // A small batch (a few commits) is appended here: writes into the
+        // page cache, shorter than the hop to a blocking thread and back.
+        if bytes <= INLINE_BATCH_BYTES && crate::engine::multi_thread_runtime() {
+            return append();
+        }
+        tokio::task::spawn_blocking(append)
+            .await
+            .map_err(ReplicationError::local)?
     }
 
     /// Hardens and redoes everything the log holds (the intake must be
