@@ -20,6 +20,7 @@ pub mod log;
 pub mod net;
 pub mod repair;
 pub mod replication;
+pub mod runtime;
 #[cfg(test)]
 mod sim;
 pub mod sql;

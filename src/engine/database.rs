@@ -944,7 +944,7 @@ impl Database {
     pub async fn commit_durable(&self, lsn: Lsn) -> Result<()> {
         let local = async {
             self.log
-                .wait_durable(lsn)
+                .wait_durable_here(lsn)
                 .await
                 .map_err(|e| Error::sql("58030", format!("cannot make the commit durable: {e}")))
         };

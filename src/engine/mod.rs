@@ -93,7 +93,6 @@ pub use image::is_base_image;
 pub use recover::{redo as redo_records, whole_transactions};
 pub use sequence::SessionSequences;
 pub use temp::TempSpace;
-pub use threads::multi_thread_runtime;
 
 /// The database a fresh node creates, named after the default user.
 pub const DEFAULT_DATABASE: &str = "availdb";

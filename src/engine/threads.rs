@@ -22,15 +22,6 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// True on a multi-thread tokio runtime, where a short piece of blocking
-/// work may run on the async worker itself (another worker goes on
-/// meanwhile); false on a current-thread runtime (in-process tests) or
-/// outside any runtime, where it must go to a blocking thread.
-pub fn multi_thread_runtime() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
-
 /// Work for a thread.
 type Job = Box<dyn FnOnce() + Send>;
 

@@ -28,10 +28,13 @@
 //!    changes nothing, so running it again is safe; a write cannot be
 //!    stopped half way (inside a block that would roll the block back),
 //!    which is why rule 1 is all that bounds a write.
-//! 4. **Waits are never inline.** The local log's fsync after a commit is
-//!    awaited (the group commit's leader syncs on a blocking thread, the
-//!    others wait for it), never slept through on a worker, which would
-//!    stop other sessions from joining the same fsync.
+//! 4. **No session sleeps through a wait on its worker.** After an
+//!    inline commit the local log's fsync is awaited: the group commit's
+//!    leader syncs on its own worker (`Log::wait_durable_here`; one
+//!    leader at a time, so one worker at most), every other committer
+//!    awaits the durable LSN with its worker free, and so joins the next
+//!    fsync. (Off the worker, a commit's blocking thread waits for its
+//!    fsync itself, as before.)
 //! 5. **Cancels and timeouts reach an inline statement.** A cancel request
 //!    interrupts it from the task that reads the request, on another
 //!    worker. `statement_timeout` is watched by the statement itself
@@ -134,7 +137,7 @@ impl Placement {
 
 /// True on a multi-thread tokio runtime (rule 6).
 fn multi_thread() -> bool {
-    crate::engine::multi_thread_runtime()
+    crate::runtime::multi_thread()
 }
 
 #[cfg(test)]

@@ -2169,10 +2169,10 @@ async fn on_writer<T: Send + 'static>(
 /// commit: group commit is untouched (the next writer commits while this
 /// one syncs, and the sync covers both), and a hop to another thread for
 /// the fsync, which on a small machine costs more than the fsync, is
-/// saved. Inline, it never waits (rule 4 of [`super::placement`]). The
-/// caller awaits [`Database::commit_durable`] either way (the local
-/// durability, the secondaries' acknowledgements, the fence: a failed
-/// fsync is reported there). Also returns how long the commit itself
+/// saved. Inline, it does not wait here (rule 4 of [`super::placement`]): the
+/// caller's [`Database::commit_durable`] waits. The caller awaits it
+/// either way (the local durability, the secondaries' acknowledgements,
+/// the fence: a failed fsync is reported there). Also returns how long the commit itself
 /// took (its fsync wait left out), for the session's placement memo.
 async fn commit_on_writer<T: Send + 'static>(
     slot: &Arc<CancelSlot>,

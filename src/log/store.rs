@@ -557,6 +557,21 @@ impl Log {
     /// commit whose other half failed first, a timeout) hands the turn on,
     /// so the log never stops becoming durable.
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
+        self.wait_durable_syncing_on(lsn, false).await
+    }
+
+    /// [`Log::wait_durable`] for a commit's acknowledgement: when this
+    /// waiter takes the sync turn, it syncs on the task's own worker
+    /// thread (on a multi-thread runtime), saving the hop to a blocking
+    /// thread and back that costs more than a small fsync. One worker at
+    /// most is held so, since one waiter syncs at a time; the others await
+    /// the durable LSN without holding theirs.
+    pub async fn wait_durable_here(&self, lsn: Lsn) -> Result<(), LogError> {
+        let here = crate::runtime::multi_thread();
+        self.wait_durable_syncing_on(lsn, here).await
+    }
+
+    async fn wait_durable_syncing_on(&self, lsn: Lsn, here: bool) -> Result<(), LogError> {
         let mut rx = self.durable.subscribe();
         loop {
             if *rx.borrow_and_update() >= lsn {
@@ -575,6 +590,7 @@ impl Log {
             };
             let synced = match self.injected_sync_error() {
                 Some(e) => Err(e),
+                None if here => file.sync_data(),
                 None => tokio::task::spawn_blocking(move || file.sync_data())
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e.to_string()))),

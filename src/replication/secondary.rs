@@ -362,7 +362,7 @@ impl SecondaryDb {
         };
         // A small batch (a few commits) is appended here: writes into the
         // page cache, shorter than the hop to a blocking thread and back.
-        if bytes <= INLINE_BATCH_BYTES && crate::engine::multi_thread_runtime() {
+        if bytes <= INLINE_BATCH_BYTES && crate::runtime::multi_thread() {
             return append();
         }
         tokio::task::spawn_blocking(append)
