@@ -87,22 +87,43 @@ pub fn run_charged(
     with_types: bool,
     memory: Option<&std::sync::Arc<SessionMemory>>,
 ) -> Result<(Outcome, Option<Charge>)> {
+    let mut charge: Option<Charge> = None;
+    let outcome = collect(conn, sql, params, with_types, |bytes| {
+        if let Some(memory) = memory {
+            match charge.as_mut() {
+                Some(c) => c.grow(bytes as u64, "rows of a statement that writes")?,
+                None => {
+                    charge = Some(memory.charge(bytes as u64, "rows of a statement that writes")?)
+                }
+            }
+        }
+        Ok(true)
+    })?
+    .expect("rows are never refused here");
+    Ok((outcome, charge))
+}
+
+/// Runs `sql` with `params`, collecting its rows; `keep` is told each
+/// row's bytes ([`super::cursor::row_bytes`]) and stops the statement
+/// (None) by answering false.
+fn collect(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    with_types: bool,
+    mut keep: impl FnMut(usize) -> Result<bool>,
+) -> Result<Option<Outcome>> {
     let (mut stmt, columns) = prepare(conn, sql, params, with_types)?;
     let ncols = columns.len();
     let mut rows = Vec::new();
-    let mut charge: Option<Charge> = None;
     let mut cursor = stmt.raw_query();
     while let Some(row) = cursor.next()? {
         let mut values = Vec::with_capacity(ncols);
         for i in 0..ncols {
             values.push(row.get::<_, Value>(i)?);
         }
-        if let Some(memory) = memory {
-            let bytes = super::cursor::row_bytes(&values) as u64;
-            match charge.as_mut() {
-                Some(c) => c.grow(bytes, "rows of a statement that writes")?,
-                None => charge = Some(memory.charge(bytes, "rows of a statement that writes")?),
-            }
+        if !keep(super::cursor::row_bytes(&values))? {
+            return Ok(None);
         }
         rows.push(values);
     }
@@ -112,14 +133,11 @@ pub fn run_charged(
     } else {
         0
     };
-    Ok((
-        Outcome {
-            columns,
-            rows,
-            changes,
-        },
-        charge,
-    ))
+    Ok(Some(Outcome {
+        columns,
+        rows,
+        changes,
+    }))
 }
 
 /// A read statement run whole within a budget ([`run_briefly`]).
@@ -254,40 +272,19 @@ fn run_within_bytes(
     memory: &std::sync::Arc<SessionMemory>,
     bytes: usize,
 ) -> Result<Option<(Outcome, Option<Charge>)>> {
-    let (mut stmt, columns) = prepare(conn, sql, params, with_types)?;
-    let ncols = columns.len();
-    let mut rows = Vec::new();
     let mut held = 0usize;
-    let mut cursor = stmt.raw_query();
-    while let Some(row) = cursor.next()? {
-        let mut values = Vec::with_capacity(ncols);
-        for i in 0..ncols {
-            values.push(row.get::<_, Value>(i)?);
-        }
-        held += super::cursor::row_bytes(&values);
-        if held > bytes {
-            return Ok(None);
-        }
-        rows.push(values);
-    }
-    drop(cursor);
-    let changes = if ncols == 0 || !stmt.readonly() {
-        conn.changes()
-    } else {
-        0
+    let Some(outcome) = collect(conn, sql, params, with_types, |row| {
+        held += row;
+        Ok(held <= bytes)
+    })?
+    else {
+        return Ok(None);
     };
     let charge = match held {
         0 => None,
         n => Some(memory.charge(n as u64, "rows waiting for the client")?),
     };
-    Ok(Some((
-        Outcome {
-            columns,
-            rows,
-            changes,
-        },
-        charge,
-    )))
+    Ok(Some((outcome, charge)))
 }
 
 /// Prepares `sql` (cached), binds `params` and reports its columns (typed
@@ -600,6 +597,9 @@ mod tests {
         std::sync::Arc::new(super::super::memory::NodeMemory::new(1 << 30, 1 << 30)).session()
     }
 
+    const COUNT_TO_200_000: &str =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT count(*) FROM n";
+
     const COUNT_TO_A_BILLION: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000000) SELECT count(*) FROM n";
 
     #[test]
@@ -622,13 +622,7 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         assert_eq!(memory.used(), 0, "nothing of a stopped run is charged");
         // The handler is gone: a statement runs to its end again.
-        let n: i64 = c
-            .query_row(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT count(*) FROM n",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n: i64 = c.query_row(COUNT_TO_200_000, [], |r| r.get(0)).unwrap();
         assert_eq!(n, 200_000);
     }
 
@@ -644,14 +638,7 @@ mod tests {
             err.sqlite_error_code(),
             Some(rusqlite::ErrorCode::OperationInterrupted)
         );
-        let n: i64 = until(&c, None, || {
-            c.query_row(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT count(*) FROM n",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .unwrap();
+        let n: i64 = until(&c, None, || c.query_row(COUNT_TO_200_000, [], |r| r.get(0))).unwrap();
         assert_eq!(
             n, 200_000,
             "no instant, no stop; and the earlier handler is gone"
