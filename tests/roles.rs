@@ -13,7 +13,9 @@
 //! * the administrator's password may be configured as a verifier;
 //! * the extended protocol's Parse needs what running the statement needs;
 //! * a node in no cluster keeps its roles in its data directory, and
-//!   `CREATE CLUSTER` carries them into the cluster it forms.
+//!   `CREATE CLUSTER` carries them into the cluster it forms;
+//! * a role's `CONNECTION LIMIT` refuses its sessions past it with 53300
+//!   on each node, a failover's new primary included.
 
 mod common;
 
@@ -335,6 +337,7 @@ async fn a_read_only_user_is_refused_writes_with_42501_on_every_replica_after_a_
     )
     .await;
     make_roles(&admin).await;
+    exec(&admin, "ALTER ROLE visitor CONNECTION LIMIT 1", "r1").await;
 
     check_statement_classes(&group.nodes[0], true, "w_r1").await;
     for i in [1, 2] {
@@ -348,6 +351,15 @@ async fn a_read_only_user_is_refused_writes_with_42501_on_every_replica_after_a_
         .unwrap_or_else(|e| panic!("FAILOVER to r2: {e:?}\n{}", group.logs()));
     group.wait_takes_writes(1, Duration::from_secs(60)).await;
     check_statement_classes(&group.nodes[1], true, "w_r2").await;
+
+    // The connection limit is the cluster's too: the new primary holds it.
+    let visitor = login(&group.nodes[1], "visitor", VISITOR_PW, APP).await;
+    assert_eq!(
+        login_refusal(&group.nodes[1], "visitor", VISITOR_PW, APP).await,
+        "53300",
+        "a second session of visitor (CONNECTION LIMIT 1) on r2"
+    );
+    drop(visitor);
 
     // A REVOKE on the new primary holds everywhere, from the next statement
     // of a session already open on another replica.
@@ -566,6 +578,86 @@ async fn the_administrator_password_may_be_configured_as_a_verifier() {
         "a malformed verifier should stop the node saying so:\n{}",
         broken.log
     );
+}
+
+/// Issue 19: `CREATE/ALTER ROLE … CONNECTION LIMIT n` bounds the sessions
+/// a role holds at once on a node: past it, FATAL 53300 "too many
+/// connections for role" with what to change; a session's end frees its
+/// place; `-1` lifts the limit; the built-in administrator has none; and
+/// `pg_roles.rolconnlimit` shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_past_its_connection_limit_is_refused_with_53300_and_a_closed_session_frees_a_place()
+{
+    let server = TestServer::builder().password(ADMIN_PW).start().await;
+    let db = DEFAULT_DB;
+    let admin = server.client(db).await;
+    for sql in [
+        format!("CREATE USER capped WITH CONNECTION LIMIT 2 PASSWORD '{READER_PW}'"),
+        format!("GRANT CONNECT, READ ON DATABASE {db} TO capped"),
+    ] {
+        exec(&admin, &sql, "availdb").await;
+    }
+    let limit_shown = || async {
+        let rows = query_text(
+            &admin,
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'capped'",
+        )
+        .await
+        .expect("pg_roles");
+        rows[0][0].clone().expect("rolconnlimit")
+    };
+    assert_eq!(limit_shown().await, "2");
+    let first = login(&server, "capped", READER_PW, db).await;
+    let second = login(&server, "capped", READER_PW, db).await;
+    let refused = connect(&conn_string(&server, "capped", READER_PW, db))
+        .await
+        .expect_err("a third session of a role limited to 2");
+    let db_error = refused.as_db_error().expect("a server error");
+    assert_eq!(db_error.code().code(), "53300", "{db_error:?}");
+    assert_eq!(
+        db_error.message(),
+        "too many connections for role \"capped\""
+    );
+    assert!(
+        db_error
+            .hint()
+            .is_some_and(|h| h.contains("CONNECTION LIMIT")),
+        "{db_error:?}"
+    );
+    for (client, who) in [(&first, "first"), (&second, "second")] {
+        assert_allowed(client, who, "SELECT 1").await;
+    }
+    // The administrator has no role limit.
+    let mut admins = Vec::new();
+    for _ in 0..3 {
+        admins.push(server.client(db).await);
+    }
+
+    drop(first);
+    // The server sees the session's end when its socket closes.
+    let third = login(&server, "capped", READER_PW, db).await;
+    assert_eq!(
+        login_refusal(&server, "capped", READER_PW, db).await,
+        "53300"
+    );
+    exec(&admin, "ALTER ROLE capped CONNECTION LIMIT -1", "availdb").await;
+    // No limit after CONNECTION LIMIT -1: five sessions at once.
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(
+            connect(&conn_string(&server, "capped", READER_PW, db))
+                .await
+                .expect("a session of a role without a limit"),
+        );
+    }
+    assert_eq!(limit_shown().await, "-1");
+    exec(&admin, "ALTER ROLE capped CONNECTION LIMIT 0", "availdb").await;
+    assert_eq!(
+        login_refusal(&server, "capped", READER_PW, db).await,
+        "53300",
+        "LIMIT 0 admits no new session"
+    );
+    drop((second, third, more, admins));
 }
 
 /// What the roles of the standalone test may and may not do on `server`.

@@ -166,6 +166,7 @@ mod tests {
             login: true,
             verifier: Some(verifier.into()),
             privileges: Default::default(),
+            connection_limit: None,
         }
     }
 

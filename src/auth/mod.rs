@@ -68,6 +68,11 @@ pub struct RoleRecord {
     pub verifier: Option<String>,
     /// What it was granted.
     pub privileges: BTreeSet<Privilege>,
+    /// Sessions it may have open at once on one node (`CONNECTION LIMIT
+    /// n`); None: no limit (PostgreSQL's -1). Roles made before the limit
+    /// existed read as None.
+    #[serde(default)]
+    pub connection_limit: Option<u32>,
 }
 
 /// One grantable privilege.
@@ -256,6 +261,7 @@ mod tests {
             login: true,
             verifier: None,
             privileges: privileges.iter().cloned().collect(),
+            connection_limit: None,
         }
     }
 

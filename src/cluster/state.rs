@@ -20,7 +20,7 @@
 //! | `RemovePartner` | the partner exists and no database is geo-replicated with it | forgets it |
 //! | `RecordFailoverLoss` | the group's history holds a failover at that epoch | sets that failover's lost LSN ranges and whether the loss is known |
 //! | `CreateRole` | the name is free and not `availdb` (the built-in administrator) | stores the role (its verifier, never a password) |
-//! | `AlterRole` | the role exists | sets LOGIN, the verifier, or clears it |
+//! | `AlterRole` | the role exists | sets LOGIN, the verifier (or clears it), the connection limit |
 //! | `DropRole` | the role exists | forgets it and its privileges |
 //! | `SetPrivileges` | the role exists | adds (GRANT) or removes (REVOKE) the privileges; granting one held or revoking one not held changes nothing |
 //!
@@ -304,6 +304,9 @@ pub enum Command {
         verifier: Option<String>,
         /// Forget the password (`PASSWORD NULL`).
         clear_password: bool,
+        /// New `CONNECTION LIMIT`, if changed: `Some(None)` lifts it.
+        #[serde(default)]
+        connection_limit: Option<Option<u32>>,
     },
     /// Forgets a role (`DROP ROLE`).
     DropRole(String),
@@ -615,10 +618,14 @@ impl ClusterState {
                 login,
                 verifier,
                 clear_password,
+                connection_limit,
             } => {
                 let role = self.role_mut(name)?;
                 if let Some(login) = login {
                     role.login = *login;
+                }
+                if let Some(limit) = connection_limit {
+                    role.connection_limit = *limit;
                 }
                 if *clear_password {
                     role.verifier = None;
@@ -1112,6 +1119,7 @@ mod tests {
             login: true,
             verifier: Some("SCRAM-SHA-256$4096:c2FsdA==$a:b".into()),
             privileges: Default::default(),
+            connection_limit: None,
         };
         let rejected = |r: CommandResult, what: &str| {
             assert!(
@@ -1136,9 +1144,11 @@ mod tests {
             login: Some(false),
             verifier: None,
             clear_password: true,
+            connection_limit: Some(Some(3)),
         };
         assert_eq!(s.apply(&alter), CommandResult::Ok);
         assert!(!s.role("u").unwrap().login);
+        assert_eq!(s.role("u").unwrap().connection_limit, Some(3));
         assert_eq!(s.role("u").unwrap().verifier, None);
         assert_eq!(s.apply(&Command::DropRole("u".into())), CommandResult::Ok);
         let before = s.clone();

@@ -64,6 +64,7 @@ pub fn publish_roles<'a>(roles: impl IntoIterator<Item = &'a crate::auth::RoleRe
                 "name": r.name,
                 "login": r.login,
                 "admin": r.privileges.contains(&crate::auth::Privilege::Admin),
+                "connlimit": r.connection_limit.map_or(-1, i64::from),
             })
         })
         .collect();
@@ -963,7 +964,7 @@ CREATE TEMP VIEW IF NOT EXISTS pg_roles AS
   UNION ALL
   SELECT json_extract(j.value, '$.name'), json_extract(j.value, '$.admin'), 1,
     json_extract(j.value, '$.admin'), json_extract(j.value, '$.admin'),
-    json_extract(j.value, '$.login'), 0, -1, '********', NULL, 0, NULL,
+    json_extract(j.value, '$.login'), 0, json_extract(j.value, '$.connlimit'), '********', NULL, 0, NULL,
     CAST(pg_oid('o', json_extract(j.value, '$.name')) AS INTEGER)
   FROM json_each(pg_availdb_roles()) j;
 CREATE TEMP VIEW IF NOT EXISTS pg_authid AS SELECT * FROM pg_roles;

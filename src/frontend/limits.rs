@@ -1,10 +1,17 @@
 //! Limits on what clients may take from a node: how many sessions at once
-//! (`--max-connections`, 53300) and how often one address may fail to
+//! (`--max-connections`, 53300), how many of them one role may hold (its
+//! `CONNECTION LIMIT`, 53300 too) and how often one address may fail to
 //! authenticate (a password guesser is turned away, 28000, for a while).
 //!
-//! Both are pure: the session count is an atomic with a guard, and the
-//! authentication throttle is a table of recent failures per address with
-//! the time passed in, so its rule is tested without clocks.
+//! All are pure: the session count is an atomic with a guard, the role
+//! counts a table with guards, and the authentication throttle is a table
+//! of recent failures per address with the time passed in, so its rule is
+//! tested without clocks.
+//!
+//! A role's limit counts its sessions on *this node*, as PostgreSQL counts
+//! them per server: a role limited to 10 may hold 10 on the primary and 10
+//! on each readable secondary. The built-in administrator has no limit, so
+//! a node full of one role's sessions can still be reached to fix it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -71,6 +78,60 @@ impl SessionCount {
                 Err(seen) => now = seen,
             }
         }
+    }
+}
+
+/// The sessions each role holds on this node, counted against the roles'
+/// `CONNECTION LIMIT`s.
+#[derive(Debug, Default)]
+pub struct RoleSessions {
+    open: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One session's place in its role's count, given back when dropped.
+#[derive(Debug)]
+pub struct RoleSlot {
+    open: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    role: String,
+}
+
+impl Drop for RoleSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.role) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.role);
+            }
+        }
+    }
+}
+
+impl RoleSessions {
+    /// A place for one more session of `role`, whose limit is `limit`
+    /// (None: no limit, and the session is still counted so that a limit
+    /// set later sees it); `Err` holds how many it has open.
+    pub fn take(&self, role: &str, limit: Option<u32>) -> Result<RoleSlot, usize> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(role.to_string()).or_default();
+        if limit.is_some_and(|limit| *n >= limit as usize) {
+            let held = *n;
+            if held == 0 {
+                open.remove(role);
+            }
+            return Err(held);
+        }
+        *n += 1;
+        Ok(RoleSlot {
+            open: self.open.clone(),
+            role: role.to_string(),
+        })
+    }
+
+    /// Sessions `role` holds open now.
+    pub fn held(&self, role: &str) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(role).copied().unwrap_or(0)
     }
 }
 
@@ -142,6 +203,48 @@ mod tests {
         assert!(count.take().is_none(), "a third session past max 2");
         drop(a);
         assert!(count.take().is_some(), "a slot freed by a session's end");
+    }
+
+    #[test]
+    fn a_role_at_its_connection_limit_gets_no_slot_until_one_of_its_sessions_ends() {
+        let roles = RoleSessions::default();
+        let a = roles.take("app", Some(2)).expect("first");
+        let _b = roles.take("app", Some(2)).expect("second");
+        assert_eq!(roles.take("app", Some(2)).unwrap_err(), 2);
+        assert!(
+            roles.take("other", Some(2)).is_ok(),
+            "each role its own count"
+        );
+        assert!(
+            roles.take("app", None).is_ok(),
+            "no limit (ALTER ROLE … -1)"
+        );
+        drop(a);
+        assert_eq!(roles.held("app"), 1, "the unlimited slot was dropped too");
+        assert!(
+            roles.take("app", Some(2)).is_ok(),
+            "a slot freed by a session's end"
+        );
+        assert_eq!(
+            roles.take("none", Some(0)).unwrap_err(),
+            0,
+            "LIMIT 0 admits none"
+        );
+        assert_eq!(roles.held("none"), 0);
+    }
+
+    #[test]
+    fn unlimited_sessions_still_count_against_a_limit_set_later() {
+        let roles = RoleSessions::default();
+        let held: Vec<_> = (0..3).map(|_| roles.take("app", None).unwrap()).collect();
+        assert_eq!(roles.take("app", Some(3)).unwrap_err(), 3);
+        drop(held);
+        assert_eq!(
+            roles.held("app"),
+            0,
+            "every slot given back, the entry gone"
+        );
+        assert!(roles.take("app", Some(3)).is_ok());
     }
 
     #[test]

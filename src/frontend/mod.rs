@@ -185,6 +185,8 @@ pub struct Frontend {
     tls: Option<crate::tls::TlsAcceptor>,
     require_tls: crate::tls::TlsPolicy,
     sessions: limits::SessionCount,
+    /// Each role's sessions here, against its `CONNECTION LIMIT`.
+    role_sessions: limits::RoleSessions,
     auth_failures: Mutex<limits::AuthThrottle>,
     idle_in_transaction_timeout: Option<std::time::Duration>,
     cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
@@ -238,6 +240,7 @@ impl Frontend {
             tls: config.tls.clone(),
             require_tls: config.require_tls,
             sessions: limits::SessionCount::new(config.max_connections),
+            role_sessions: limits::RoleSessions::default(),
             auth_failures: Mutex::new(limits::AuthThrottle::default()),
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,
             cancels: Mutex::new(HashMap::new()),
@@ -564,6 +567,8 @@ pub struct ConnState {
     forwarded: bool,
     /// The session's place in `--max-connections`, from its start-up packet.
     slot: std::sync::OnceLock<limits::SessionSlot>,
+    /// Its place in its role's `CONNECTION LIMIT`, once authenticated.
+    role_slot: std::sync::OnceLock<limits::RoleSlot>,
     session: tokio::sync::Mutex<Option<Session>>,
     /// A `COPY … FROM STDIN` in progress: what it loads and the data so far.
     copy_in: tokio::sync::Mutex<Option<CopyIn>>,
@@ -599,6 +604,7 @@ impl Connection {
             peer,
             forwarded,
             slot: std::sync::OnceLock::new(),
+            role_slot: std::sync::OnceLock::new(),
             session: tokio::sync::Mutex::new(None),
             copy_in: tokio::sync::Mutex::new(None),
             cancel_key: Mutex::new(None),
@@ -977,6 +983,22 @@ impl ConnState {
         Ok(())
     }
 
+    /// Counts the session against its role's `CONNECTION LIMIT` (53300
+    /// past it, as PostgreSQL).
+    fn take_role_slot(&self, role: &str, limit: Option<u32>) -> Result<(), Error> {
+        let slot = self.frontend.role_sessions.take(role, limit).map_err(|held| {
+            tracing::warn!(peer = %self.peer, role, held, "refused a session: the role's connection limit");
+            Error::sql("53300", format!("too many connections for role \"{role}\"")).with_hint(
+                format!(
+                    "the role may hold {} sessions at once on this node and holds {held}; close some, or raise it with ALTER ROLE {role} CONNECTION LIMIT n (-1: none)",
+                    limit.unwrap_or_default()
+                ),
+            )
+        })?;
+        let _ = self.role_slot.set(slot);
+        Ok(())
+    }
+
     /// How long the session may still wait for its client before
     /// `idle_in_transaction_session_timeout` ends it: None outside a
     /// transaction block or without a limit.
@@ -1053,8 +1075,11 @@ impl ConnState {
         .map_err(|e| fatal(&e))?;
         let principal = frontend.principal_of(&user);
         if let crate::auth::Principal::Role(name) = &principal {
-            crate::auth::check_connect(name, frontend.ag.role(name).as_ref(), db.name())
+            let role = frontend.ag.role(name);
+            crate::auth::check_connect(name, role.as_ref(), db.name())
                 .map_err(|e| fatal(&roles::denied(e)))?;
+            self.take_role_slot(name, role.and_then(|r| r.connection_limit))
+                .map_err(|e| fatal(&e))?;
         }
         let settings = Settings::from_startup(&params)
             .map_err(|e| fatal(&e))?

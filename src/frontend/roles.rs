@@ -74,6 +74,7 @@ pub(super) async fn execute(ag: &crate::ag::Manager, sql: &str) -> Result<Done> 
             name,
             login,
             password,
+            connection_limit,
         } => {
             reserved(&name)?;
             if exists(&name) {
@@ -88,6 +89,7 @@ pub(super) async fn execute(ag: &crate::ag::Manager, sql: &str) -> Result<Done> 
                 login,
                 verifier,
                 privileges: Default::default(),
+                connection_limit,
             };
             (ClusterCommand::CreateRole(role), "CREATE ROLE")
         }
@@ -95,6 +97,7 @@ pub(super) async fn execute(ag: &crate::ag::Manager, sql: &str) -> Result<Done> 
             name,
             login,
             password,
+            connection_limit,
         } => {
             reserved(&name)?;
             if !exists(&name) {
@@ -109,6 +112,7 @@ pub(super) async fn execute(ag: &crate::ag::Manager, sql: &str) -> Result<Done> 
                 login,
                 verifier,
                 clear_password: password == Some(None),
+                connection_limit,
             };
             (command, "ALTER ROLE")
         }

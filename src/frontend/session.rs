@@ -2055,6 +2055,7 @@ fn changes_own_password(sql: &str, me: &str) -> bool {
             name,
             login: None,
             password: Some(Some(_)),
+            connection_limit: None,
         }) if name == me
     )
 }

@@ -6,6 +6,7 @@
 //! CREATE {ROLE | USER} name [[WITH] option …]
 //! ALTER  {ROLE | USER} name [[WITH] option …]
 //!     option: LOGIN | NOLOGIN | [ENCRYPTED] PASSWORD {'text' | NULL}
+//!           | CONNECTION LIMIT n       (n ≥ 0 sessions per node; -1: none)
 //! DROP   {ROLE | USER} [IF EXISTS] name
 //! GRANT  privilege [, …] ON DATABASE db TO role      privilege: CONNECT | READ | WRITE | ALL [PRIVILEGES]
 //! GRANT  ADMIN TO role
@@ -33,6 +34,8 @@ pub enum RoleStatement {
         login: bool,
         /// `PASSWORD 'text'`: a password or a verifier.
         password: Option<String>,
+        /// `CONNECTION LIMIT n` (None: -1 or not given).
+        connection_limit: Option<u32>,
     },
     /// `ALTER ROLE` / `ALTER USER`.
     Alter {
@@ -42,6 +45,9 @@ pub enum RoleStatement {
         login: Option<bool>,
         /// `PASSWORD 'text'` (Some(Some)), `PASSWORD NULL` (Some(None)).
         password: Option<Option<String>>,
+        /// `CONNECTION LIMIT n` (Some(Some(n))), `CONNECTION LIMIT -1`
+        /// (Some(None)).
+        connection_limit: Option<Option<u32>>,
     },
     /// `DROP ROLE` / `DROP USER`.
     Drop {
@@ -114,20 +120,25 @@ pub fn parse(stmt: &str) -> Result<RoleStatement, String> {
                 name,
                 login: options.login.unwrap_or(word(1) == "user"),
                 password: options.password.flatten(),
+                connection_limit: options.connection_limit.flatten(),
             })
         }
         ("alter", "role" | "user") => {
             let name = name_at(2)?;
             let options = options(&tokens[3..])?;
-            if options.login.is_none() && options.password.is_none() {
+            if options.login.is_none()
+                && options.password.is_none()
+                && options.connection_limit.is_none()
+            {
                 return Err(
-                    "ALTER ROLE needs an option: LOGIN, NOLOGIN or PASSWORD 'text' | NULL".into(),
+                    "ALTER ROLE needs an option: LOGIN, NOLOGIN, PASSWORD 'text' | NULL or CONNECTION LIMIT n".into(),
                 );
             }
             Ok(RoleStatement::Alter {
                 name,
                 login: options.login,
                 password: options.password,
+                connection_limit: options.connection_limit,
             })
         }
         ("drop", "role" | "user") => {
@@ -148,6 +159,7 @@ pub fn parse(stmt: &str) -> Result<RoleStatement, String> {
 struct Options {
     login: Option<bool>,
     password: Option<Option<String>>,
+    connection_limit: Option<Option<u32>>,
 }
 
 fn options(tokens: &[Token]) -> Result<Options, String> {
@@ -166,15 +178,32 @@ fn options(tokens: &[Token]) -> Result<Options, String> {
                     _ => return Err("PASSWORD takes a string literal or NULL".into()),
                 });
             }
+            "connection" if tokens.get(i + 1).is_some_and(|t| t.lower() == "limit") => {
+                let (limit, used) = connection_limit(&tokens[i + 2..])?;
+                out.connection_limit = Some(limit);
+                i += 1 + used;
+            }
             other => {
                 return Err(format!(
-                "role option {other} is not supported: availdb knows LOGIN, NOLOGIN and PASSWORD"
+                "role option {other} is not supported: availdb knows LOGIN, NOLOGIN, PASSWORD and CONNECTION LIMIT"
             ))
             }
         }
         i += 1;
     }
     Ok(out)
+}
+
+/// The number after `CONNECTION LIMIT`: -1 is no limit (None); returns
+/// it and how many tokens it took.
+fn connection_limit(tokens: &[Token]) -> Result<(Option<u32>, usize), String> {
+    let wrong =
+        || "CONNECTION LIMIT takes a whole number of sessions, or -1 for no limit".to_string();
+    match tokens {
+        [Token::Symbol('-'), Token::Word(n), ..] if n == "1" => Ok((None, 2)),
+        [Token::Word(n), ..] => n.parse::<u32>().map(|n| (Some(n), 1)).map_err(|_| wrong()),
+        _ => Err(wrong()),
+    }
 }
 
 fn grant(tokens: &[Token], granted: bool) -> Result<RoleStatement, String> {
@@ -249,6 +278,7 @@ mod tests {
                     name: "alice".into(),
                     login: true,
                     password: Some("pw".into()),
+                    connection_limit: None,
                 },
             ),
             (
@@ -257,6 +287,7 @@ mod tests {
                     name: "Bob".into(),
                     login: true,
                     password: Some("it's".into()),
+                    connection_limit: None,
                 },
             ),
             (
@@ -265,6 +296,34 @@ mod tests {
                     name: "readers".into(),
                     login: false,
                     password: None,
+                    connection_limit: None,
+                },
+            ),
+            (
+                "CREATE USER app CONNECTION LIMIT 20 PASSWORD 'pw'",
+                RoleStatement::Create {
+                    name: "app".into(),
+                    login: true,
+                    password: Some("pw".into()),
+                    connection_limit: Some(20),
+                },
+            ),
+            (
+                "ALTER ROLE app WITH CONNECTION LIMIT -1",
+                RoleStatement::Alter {
+                    name: "app".into(),
+                    login: None,
+                    password: None,
+                    connection_limit: Some(None),
+                },
+            ),
+            (
+                "ALTER ROLE app CONNECTION LIMIT 0 LOGIN",
+                RoleStatement::Alter {
+                    name: "app".into(),
+                    login: Some(true),
+                    password: None,
+                    connection_limit: Some(Some(0)),
                 },
             ),
             (
@@ -273,6 +332,7 @@ mod tests {
                     name: "alice".into(),
                     login: Some(false),
                     password: Some(None),
+                    connection_limit: None,
                 },
             ),
             (
@@ -281,6 +341,7 @@ mod tests {
                     name: "alice".into(),
                     login: None,
                     password: Some(Some("new".into())),
+                    connection_limit: None,
                 },
             ),
             (
@@ -372,6 +433,17 @@ mod tests {
             .contains("SUPERUSER".to_lowercase().as_str()));
         assert!(parse("ALTER ROLE x").is_err());
         assert!(parse("CREATE ROLE x PASSWORD 42").is_err());
+        for sql in [
+            "CREATE ROLE x CONNECTION LIMIT",
+            "CREATE ROLE x CONNECTION LIMIT -2",
+            "CREATE ROLE x CONNECTION LIMIT many",
+            "ALTER ROLE x CONNECTION LIMIT 1.5",
+        ] {
+            assert!(
+                parse(sql).unwrap_err().contains("CONNECTION LIMIT takes"),
+                "{sql}"
+            );
+        }
     }
 
     #[test]
