@@ -619,7 +619,8 @@ impl Cluster {
                 };
                 let server = server.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_rpc(server, stream, Some(peer)).await {
+                    // A plain TCP port of its own (no partner TLS here).
+                    if let Err(e) = serve_rpc(server, stream, Some(peer), || true).await {
                         tracing::debug!(error = %e, "cluster RPC connection ended");
                     }
                 });

@@ -3,14 +3,29 @@
 //! server side ([`serve_rpc`]).
 //!
 //! # Conversation
-//! The caller opens a TCP connection to the target's endpoint, sends one
-//! request frame ([`super::frame`]: length, JSON, crc32c) and reads one
-//! response frame, then closes the connection: **one request per
-//! connection**. That costs a connect per heartbeat (10 per second per
-//! follower at a 100 ms heartbeat), which is nothing on a LAN, and needs no
-//! reconnect logic or request ids. [`serve_rpc`] answers any number of
-//! requests on a connection, in order, so a pooled client can come later
-//! without changing servers.
+//! The caller sends one request frame ([`super::frame`]: length, JSON,
+//! crc32c) on a connection to the target's endpoint and reads one response
+//! frame: **one request at a time per connection**, no request ids.
+//! [`serve_rpc`] answers any number of requests on a connection, in order.
+//!
+//! [`TcpTransport`] keeps the connections it is done with (a few per
+//! target, [`POOL_PER_TARGET`]) and uses them again: a leader sends each
+//! follower a heartbeat every 50 ms, and under partner TLS a connection per
+//! heartbeat was a full mutual handshake each time, enough on a loaded
+//! machine to make heartbeats miss their 50 ms limit. A kept connection
+//! is not used again once it has been idle for [`POOL_IDLE`] (the other
+//! side may have gone), nor once the node's partner TLS files were read
+//! again (it was made with the old ones). When a kept connection fails
+//! before its answer, a Raft RPC (AppendEntries, Vote, InstallSnapshot:
+//! Raft tolerates them twice) is sent again on a new connection within the
+//! same time limit; a forwarded proposal or membership change is not (it
+//! may have been applied), and its caller sees the error.
+//!
+//! The serving side ends a connection after answering a request when the
+//! node's partner TLS files were read again since the connection was
+//! admitted (`still_admitted` of [`serve_rpc`]): a revoked certificate, or
+//! a CA no longer trusted, has at most one more answer on a kept
+//! connection, and its next connection is refused at the handshake.
 //!
 //! A [`TcpTransport::with_preamble`] first sends its preamble (e.g. a
 //! discriminator byte for a shared port), which the accepting side consumes
@@ -100,6 +115,15 @@ impl RpcRequest {
             RpcRequest::InstallSnapshot(_) => "InstallSnapshot",
             RpcRequest::ChangeMembers(_) => "ChangeMembers",
         }
+    }
+
+    /// True for Raft's own RPCs, which Raft tolerates receiving twice: a
+    /// kept connection that failed may send them again on a new one.
+    fn may_repeat(&self) -> bool {
+        matches!(
+            self,
+            RpcRequest::AppendEntries(_) | RpcRequest::Vote(_) | RpcRequest::InstallSnapshot(_)
+        )
     }
 
     /// True for the requests that add a node to a cluster (what a new
@@ -213,11 +237,39 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RpcResponse, TransportError>> + Send;
 }
 
-/// One TCP connection per request (see the module docs).
+/// Connections kept per target for later requests.
+pub const POOL_PER_TARGET: usize = 4;
+/// A kept connection idle longer than this is closed, not used again.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
+
+/// RPCs over TCP (or partner TLS), on kept connections where it can (see
+/// the module docs). Clones share the kept connections.
 #[derive(Debug, Clone, Default)]
 pub struct TcpTransport {
-    /// Bytes sent on each new connection before the request frame.
+    /// Bytes sent on each new connection before its first request frame.
     preamble: Vec<u8>,
+    /// Per endpoint: connections done with, and connections being opened.
+    pools: Arc<Mutex<BTreeMap<SocketAddr, Pool>>>,
+}
+
+/// The connections to one endpoint that no request holds.
+#[derive(Debug, Default)]
+struct Pool {
+    /// Done with, newest last.
+    idle: Vec<Kept>,
+    /// Being opened (connect and handshake) at the moment.
+    opening: usize,
+}
+
+/// A connection kept for another request.
+#[derive(Debug)]
+struct Kept {
+    stream: crate::net::PartnerStream,
+    /// The partner TLS generation it was made with
+    /// ([`crate::net::tls_generation`]).
+    generation: u64,
+    /// When its last answer arrived.
+    since: Instant,
 }
 
 impl TcpTransport {
@@ -227,7 +279,104 @@ impl TcpTransport {
     pub fn with_preamble(preamble: impl Into<Vec<u8>>) -> TcpTransport {
         TcpTransport {
             preamble: preamble.into(),
+            ..TcpTransport::default()
         }
+    }
+
+    fn lock_pools(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, Pool>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A kept connection to `endpoint` that may be used again, if any.
+    fn take(&self, endpoint: SocketAddr) -> Option<Kept> {
+        let generation = crate::net::tls_generation();
+        let mut pools = self.lock_pools();
+        let idle = &mut pools.get_mut(&endpoint)?.idle;
+        let now = Instant::now();
+        idle.retain(|k| k.generation == generation && now.duration_since(k.since) < POOL_IDLE);
+        idle.pop()
+    }
+
+    /// Keeps `kept` for a later request to `endpoint`, unless enough are.
+    fn keep(&self, endpoint: SocketAddr, kept: Kept) {
+        let mut pools = self.lock_pools();
+        let idle = &mut pools.entry(endpoint).or_default().idle;
+        if idle.len() < POOL_PER_TARGET {
+            idle.push(kept);
+        }
+    }
+
+    /// A new connection to `target` at `endpoint`, its preamble sent.
+    ///
+    /// The connect and handshake run in a task of their own, bounded by
+    /// [`crate::net::HANDSHAKE_TIMEOUT`]: when the RPC's own limit (50 ms
+    /// for a heartbeat) runs out first, the connection is still made and
+    /// kept for the next RPC, so a handshake slower than a heartbeat's
+    /// limit (a loaded machine) delays one RPC, not all of them. At most
+    /// [`POOL_PER_TARGET`] are opened at once per endpoint; past that the
+    /// target counts as unreachable for now.
+    async fn open(&self, target: NodeId, endpoint: SocketAddr) -> Result<Kept, TransportError> {
+        let unreachable = |source| TransportError::Unreachable {
+            target,
+            endpoint,
+            source,
+        };
+        {
+            let mut pools = self.lock_pools();
+            let pool = pools.entry(endpoint).or_default();
+            if pool.opening >= POOL_PER_TARGET {
+                return Err(unreachable(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{POOL_PER_TARGET} connections to it are being opened already"),
+                )));
+            }
+            pool.opening += 1;
+        }
+        let (made, wanted) = tokio::sync::oneshot::channel();
+        let transport = self.clone();
+        tokio::spawn(async move {
+            let opened =
+                tokio::time::timeout(crate::net::HANDSHAKE_TIMEOUT, transport.connect(endpoint))
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+            if let Some(pool) = transport.lock_pools().get_mut(&endpoint) {
+                pool.opening -= 1;
+            }
+            if let Err(Ok(kept)) = made.send(opened) {
+                transport.keep(endpoint, kept);
+            }
+        });
+        match wanted.await {
+            Ok(opened) => opened.map_err(unreachable),
+            Err(_) => Err(unreachable(io::Error::other("the connecting task ended"))),
+        }
+    }
+
+    /// Connects to `endpoint` and sends the preamble.
+    async fn connect(&self, endpoint: SocketAddr) -> io::Result<Kept> {
+        let generation = crate::net::tls_generation();
+        let mut stream = crate::net::connect(endpoint).await?;
+        if !self.preamble.is_empty() {
+            stream.write_all(&self.preamble).await?;
+        }
+        Ok(Kept {
+            stream,
+            generation,
+            since: Instant::now(),
+        })
+    }
+}
+
+/// Sends `request` (an encoded frame) on `stream` and reads the answer.
+async fn exchange(
+    stream: &mut crate::net::PartnerStream,
+    request: &[u8],
+) -> Result<RpcResponse, FrameError> {
+    stream.write_all(request).await?;
+    stream.flush().await?;
+    match frame::read(stream).await? {
+        Some(response) => Ok(response),
+        None => Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
     }
 }
 
@@ -240,30 +389,32 @@ impl Transport for TcpTransport {
     ) -> Result<RpcResponse, TransportError> {
         let (target, endpoint) = (envelope.target, node.endpoint);
         let frame_err = |source| TransportError::Frame { target, source };
-        let exchange = async {
-            let mut stream = crate::net::connect(endpoint).await.map_err(|source| {
-                TransportError::Unreachable {
-                    target,
-                    endpoint,
-                    source,
+        let again = envelope.request.may_repeat();
+        let mut request = Vec::new();
+        frame::encode_into(&mut request, &envelope);
+        let call = async {
+            if let Some(mut kept) = self.take(endpoint) {
+                match exchange(&mut kept.stream, &request).await {
+                    Ok(response) => {
+                        kept.since = Instant::now();
+                        self.keep(endpoint, kept);
+                        return Ok(response);
+                    }
+                    // The kept connection had gone stale: a Raft RPC is
+                    // sent again on a new one, anything else fails.
+                    Err(_) if again => {}
+                    Err(e) => return Err(frame_err(e)),
                 }
-            })?;
-            let mut bytes = self.preamble.clone();
-            frame::encode_into(&mut bytes, &envelope);
-            let sent = async {
-                stream.set_nodelay(true)?;
-                stream.write_all(&bytes).await?;
-                stream.flush().await
-            };
-            sent.await.map_err(|e| frame_err(FrameError::Io(e)))?;
-            match frame::read(&mut stream).await.map_err(frame_err)? {
-                Some(response) => Ok(response),
-                None => Err(frame_err(FrameError::Io(
-                    io::ErrorKind::UnexpectedEof.into(),
-                ))),
             }
+            let mut kept = self.open(target, endpoint).await?;
+            let response = exchange(&mut kept.stream, &request)
+                .await
+                .map_err(frame_err)?;
+            kept.since = Instant::now();
+            self.keep(endpoint, kept);
+            Ok(response)
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, call)
             .await
             .unwrap_or(Err(TransportError::Timeout {
                 target,
@@ -349,18 +500,21 @@ impl RpcServer {
 }
 
 /// Serves the Raft RPCs arriving on one accepted connection (from `peer`,
-/// for the log) until the peer closes it. Works on any stream: a dedicated
-/// port's, or the replication endpoint's after the caller has read its own
+/// for the log) until the peer closes it, or until `still_admitted`
+/// (asked before each request) says the connection's admission no longer
+/// holds (see the module docs). Works on any stream: a dedicated port's,
+/// or the replication endpoint's after the caller has read its own
 /// discriminator.
 pub async fn serve_rpc<S>(
     server: RpcServer,
     mut stream: S,
     peer: Option<SocketAddr>,
+    still_admitted: impl Fn() -> bool,
 ) -> Result<(), FrameError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    loop {
+    while still_admitted() {
         let envelope: Envelope = match frame::read(&mut stream).await {
             Ok(Some(envelope)) => envelope,
             Ok(None) => return Ok(()),
@@ -374,6 +528,7 @@ where
         let response = server.answer(envelope, peer).await;
         frame::write(&mut stream, &response).await?;
     }
+    Ok(())
 }
 
 /// Hands one request to the local Raft node.
@@ -667,7 +822,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cluster, id) = lone_node(dir.path()).await;
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let serving = tokio::spawn(serve_rpc(cluster.rpc_server(), server, None));
+        let serving = tokio::spawn(serve_rpc(cluster.rpc_server(), server, None, || true));
 
         let misaddressed = Envelope {
             target: 8,
@@ -801,7 +956,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_preamble_lets_cluster_rpcs_share_a_port() {
+    async fn a_preamble_lets_cluster_rpcs_share_a_port_and_a_kept_connection_serves_the_next_rpc() {
         let dir = tempfile::tempdir().unwrap();
         let (cluster, id) = lone_node(dir.path()).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -810,26 +965,96 @@ mod tests {
             endpoint: listener.local_addr().unwrap(),
         };
         let rpc = cluster.rpc_server();
+        // One connection only: the second RPC has to come on the first's.
         let server = tokio::spawn(async move {
             let (mut stream, peer) = listener.accept().await.unwrap();
             assert_eq!(stream.read_u8().await.unwrap(), 0xA5, "the discriminator");
-            serve_rpc(rpc, stream, Some(peer)).await
+            serve_rpc(rpc, stream, Some(peer), || true).await
         });
         let transport = TcpTransport::with_preamble([0xA5]);
-        let answer = transport
-            .call(&node, envelope(Some(&id), vote()), Duration::from_secs(10))
-            .await;
-        assert!(matches!(answer, Ok(RpcResponse::Vote(_))), "{answer:?}");
+        for n in 0..2 {
+            let answer = transport
+                .call(&node, envelope(Some(&id), vote()), Duration::from_secs(10))
+                .await;
+            assert!(
+                matches!(answer, Ok(RpcResponse::Vote(_))),
+                "{n}: {answer:?}"
+            );
+        }
+        drop(transport);
         server.await.unwrap().unwrap();
 
         // Nobody listens there any more.
-        let answer = transport
+        let answer = TcpTransport::with_preamble([0xA5])
             .call(&node, envelope(Some(&id), vote()), Duration::from_secs(10))
             .await;
         assert!(
             matches!(answer, Err(TransportError::Unreachable { .. })),
             "{answer:?}"
         );
+        cluster.shutdown().await.unwrap();
+    }
+
+    /// A server that serves each connection it accepts for one answer and
+    /// then finds its admission gone (as after a reload of the partner TLS
+    /// files), counting the connections.
+    fn one_answer_per_connection(
+        listener: TcpListener,
+        rpc: RpcServer,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let admitted = AtomicBool::new(true);
+                let _ = serve_rpc(rpc.clone(), stream, Some(peer), || {
+                    admitted.swap(false, Ordering::SeqCst)
+                })
+                .await;
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_raft_rpc_on_a_connection_the_server_ended_goes_again_on_a_new_one_a_proposal_does_not(
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, id) = lone_node(dir.path()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = NodeInfo {
+            name: "r7".into(),
+            endpoint: listener.local_addr().unwrap(),
+        };
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let server = one_answer_per_connection(listener, cluster.rpc_server(), accepted.clone());
+        let transport = TcpTransport::default();
+        let limit = Duration::from_secs(10);
+        for n in 1..=3 {
+            let answer = transport
+                .call(&node, envelope(Some(&id), vote()), limit)
+                .await;
+            assert!(
+                matches!(answer, Ok(RpcResponse::Vote(_))),
+                "{n}: {answer:?}"
+            );
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                n,
+                "a new connection each time"
+            );
+        }
+        let proposal = RpcRequest::Propose(super::super::Command::SetServerName("x".into()));
+        let answer = transport
+            .call(&node, envelope(Some(&id), proposal), limit)
+            .await;
+        assert!(
+            matches!(answer, Err(TransportError::Frame { .. })),
+            "a proposal is not sent twice: {answer:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        server.abort();
         cluster.shutdown().await.unwrap();
     }
 }

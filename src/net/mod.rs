@@ -39,8 +39,9 @@
 //! downtime — trust old and new, move each node to a certificate of the
 //! new CA, then stop trusting the old. SIGHUP makes a node read its
 //! partner TLS files again; connections open at that moment keep the
-//! certificates they were made with, new ones use the files' new content.
-//! A reload that fails (a missing or mismatched file) is logged and the
+//! certificates they were made with, new ones use the files' new content
+//! ([`tls_generation`] tells them apart: kept Raft RPC connections are not
+//! used again across a reload). A reload that fails (a missing or mismatched file) is logged and the
 //! node keeps what it had.
 //!
 //! `--partner-crl` lists revoked certificates (`availdb cert revoke`):
@@ -73,6 +74,7 @@ pub mod tls;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -99,10 +101,22 @@ pub fn set_source(endpoint: SocketAddr) {
     }
 }
 
+/// How many times the partner TLS configuration was set: a connection made
+/// (or admitted) at one generation was made with the files of that
+/// generation.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// Makes every partner connection from now on mutual TLS with `tls`
 /// (None: plaintext). Set at start-up, and again on a reload.
 pub fn set_tls(tls: Option<PartnerTls>) {
     *TLS.write().unwrap_or_else(|e| e.into_inner()) = tls.map(Arc::new);
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// The partner TLS generation now. Read it *before* connecting or
+/// admitting: a connection is then never taken for newer than it is.
+pub fn tls_generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
 }
 
 fn current_tls() -> Option<Arc<PartnerTls>> {
@@ -195,7 +209,8 @@ pub async fn accept(socket: TcpStream, peer: SocketAddr) -> Option<PartnerStream
 }
 
 /// The endpoint's side of [`accept`] with `tls`: the stream, None when the
-/// connection closed or stayed silent, or why it is refused.
+/// connection closed (before or during the handshake) or stayed silent,
+/// or why it is refused.
 async fn admit(
     socket: TcpStream,
     tls: Option<Arc<PartnerTls>>,
@@ -220,6 +235,10 @@ async fn admit(
             let handshake = TlsAcceptor::from(tls.server.clone()).accept(socket);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(stream)) => Ok(Some(PartnerStream::Tls(Box::new(stream.into())))),
+                // The partner closed the connection mid-handshake without
+                // an alert: it went away (an RPC of its own gave up
+                // waiting), it refused nothing and was refused nothing.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
                 Ok(Err(e)) => Err(tls::handshake_refusal(&e)),
                 Err(_) => Err(format!(
                     "the TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}"

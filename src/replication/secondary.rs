@@ -137,6 +137,7 @@ pub async fn serve_endpoint(
                 let cluster = cluster.clone();
                 let sessions = sessions.clone();
                 tokio::spawn(async move {
+                    let admitted = crate::net::tls_generation();
                     let Some(mut socket) = crate::net::accept(socket, peer).await else {
                         return;
                     };
@@ -162,7 +163,10 @@ pub async fn serve_endpoint(
                     match (is_cluster, cluster) {
                         (true, Some(server)) => {
                             if let Err(e) =
-                                crate::cluster::serve_rpc(server, socket, Some(peer)).await
+                                crate::cluster::serve_rpc(server, socket, Some(peer), || {
+                                    crate::net::tls_generation() == admitted
+                                })
+                                .await
                             {
                                 tracing::debug!(%peer, "cluster connection ended: {e}");
                             }
