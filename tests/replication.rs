@@ -1514,73 +1514,184 @@ fn read_file(path: &Path) -> String {
     text
 }
 
+/// A running `availdb up --replicas 3` on free ports in a temporary folder,
+/// up (it printed "is up"); dropping `guard` stops it and its nodes.
+struct Up {
+    dir: tempfile::TempDir,
+    base: u16,
+    out_path: std::path::PathBuf,
+    err_path: std::path::PathBuf,
+    pid: u32,
+    guard: UpGuard,
+}
+
+impl Up {
+    /// Starts it with `extra` arguments and waits (bounded) for "is up".
+    async fn start(extra: &[&str]) -> Up {
+        let dir = tempfile::Builder::new()
+            .prefix("availdb-up-")
+            .tempdir()
+            .unwrap();
+        let base = free_port_block();
+        let out_path = dir.path().join("up.out");
+        let err_path = dir.path().join("up.err");
+        let child = Command::new(env!("CARGO_BIN_EXE_availdb"))
+            .arg("up")
+            .args(["--replicas", "3"])
+            .args(["--port", &base.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .env_remove("AVAILDB_PASSWORD")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .expect("spawn availdb up");
+        let pid = child.id();
+        let mut up = Up {
+            dir,
+            base,
+            out_path,
+            err_path,
+            pid,
+            guard: UpGuard {
+                child: Some(child),
+                nodes: vec![],
+            },
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !read_file(&up.out_path).contains("is up") {
+            if let Some(status) = up.guard.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "availdb up exited ({status}) before the group was up\n{}",
+                    up.output()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "availdb up did not report the group up within 90 s\n{}",
+                    up.output()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        up
+    }
+
+    fn output(&self) -> String {
+        up_output(self.dir.path(), &self.out_path, &self.err_path)
+    }
+
+    /// Waits (bounded) until up's output holds `line`.
+    async fn wait_for(&self, line: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !read_file(&self.out_path).contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "availdb up did not print {line:?} within {within:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// What `up` printed and the tail of each node's log, for a failure.
+fn up_output(dir: &Path, out_path: &Path, err_path: &Path) -> String {
+    let mut s = format!(
+        "--- up stdout ---\n{}\n--- up stderr ---\n{}",
+        read_file(out_path),
+        read_file(err_path)
+    );
+    for r in ["r1", "r2", "r3"] {
+        let log = read_file(&dir.join("data").join(r).join("node.log"));
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        s.push_str(&format!(
+            "\n--- {r} node.log ---\n{}",
+            lines[from..].join("\n")
+        ));
+    }
+    s
+}
+
+/// The node process of replica `name` among `nodes`.
+fn node_named(nodes: &[u32], name: &str) -> u32 {
+    nodes
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("\0{name}\0")))
+        })
+        .unwrap_or_else(|| panic!("no {name} among {nodes:?}"))
+}
+
+/// `availdb up --no-restart` is for failover drills: a killed primary is
+/// left down (up says so once and never starts it), and the group fails
+/// over to a secondary, which then takes writes through the listener.
+#[tokio::test(flavor = "multi_thread")]
+async fn availdb_up_with_no_restart_leaves_a_killed_primary_down_and_the_group_fails_over() {
+    let mut up = Up::start(&["--no-restart"]).await;
+    let nodes = children_of(up.pid);
+    up.guard.nodes = nodes.clone();
+    assert_eq!(nodes.len(), 3, "{nodes:?}\n{}", up.output());
+    let r1 = node_named(&nodes, "r1");
+    send_signal(r1, "KILL");
+    up.wait_for("r1 exited", Duration::from_secs(30)).await;
+    assert!(
+        read_file(&up.out_path).contains("left down (--no-restart"),
+        "{}",
+        up.output()
+    );
+    up.wait_for(
+        "is now the primary of ag1 (was r1)",
+        Duration::from_secs(60),
+    )
+    .await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} dbname={APP} connect_timeout=10",
+        up.base
+    );
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let wrote = match connect(&conn).await {
+            Ok(client) => client
+                .batch_execute("CREATE TABLE IF NOT EXISTS drill(id INTEGER PRIMARY KEY)")
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if wrote {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write through the listener after the failover\n{}",
+            up.output()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let out = read_file(&up.out_path);
+    assert!(!out.contains("r1 restarted"), "{}", up.output());
+    assert_eq!(out.matches("r1 exited").count(), 1, "reported once\n{out}");
+    assert!(!alive(r1), "r1 was started again");
+    assert_eq!(children_of(up.pid).len(), 2, "{}", up.output());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_and_sigterm_stops_it(
 ) {
-    let dir = tempfile::Builder::new()
-        .prefix("availdb-up-")
-        .tempdir()
-        .unwrap();
-    let base = free_port_block();
-    let out_path = dir.path().join("up.out");
-    let err_path = dir.path().join("up.err");
-    let child = Command::new(env!("CARGO_BIN_EXE_availdb"))
-        .arg("up")
-        .args(["--replicas", "3"])
-        .args(["--port", &base.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env_remove("AVAILDB_PASSWORD")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("spawn availdb up");
-    let mut guard = UpGuard {
-        child: Some(child),
-        nodes: vec![],
-    };
-    let up_pid = guard.child.as_ref().unwrap().id();
-    let output = || {
-        let mut s = format!(
-            "--- up stdout ---\n{}\n--- up stderr ---\n{}",
-            read_file(&out_path),
-            read_file(&err_path)
-        );
-        for r in ["r1", "r2", "r3"] {
-            let log = read_file(&dir.path().join("data").join(r).join("node.log"));
-            let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(30);
-            s.push_str(&format!(
-                "\n--- {r} node.log ---\n{}",
-                lines[from..].join("\n")
-            ));
-        }
-        s
-    };
-
-    // Wait (bounded) for "is up".
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !read_file(&out_path).contains("is up") {
-        if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!(
-                "availdb up exited ({status}) before the group was up\n{}",
-                output()
-            );
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "availdb up did not report the group up within 90 s\n{}",
-                output()
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let up = Up::start(&[]).await;
+    let (dir, base, out_path, up_pid) = (&up.dir, up.base, up.out_path.as_path(), up.pid);
+    let mut guard = up.guard;
+    let output = || up_output(dir.path(), out_path, &up.err_path);
     let nodes = children_of(up_pid);
     guard.nodes = nodes.clone();
     eprintln!(
         "availdb up (pid {up_pid}, nodes {nodes:?}):\n{}",
-        read_file(&out_path)
+        read_file(out_path)
     );
     assert_eq!(
         nodes.len(),
@@ -1650,7 +1761,7 @@ async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_
     // listener's port and from a secondary's (following the primary's
     // routing URL that up sets).
     assert!(
-        read_file(&out_path).contains(&format!("availdb status --port {base}")),
+        read_file(out_path).contains(&format!("availdb status --port {base}")),
         "{}",
         output()
     );
@@ -1682,17 +1793,10 @@ async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_
     }
 
     // up restarts a node that dies, and says so.
-    let r2 = nodes
-        .iter()
-        .copied()
-        .find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("\0r2\0"))
-        })
-        .unwrap_or_else(|| panic!("no r2 among {nodes:?}"));
+    let r2 = node_named(&nodes, "r2");
     send_signal(r2, "KILL");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !read_file(&out_path).contains("r2 restarted") {
+    while !read_file(out_path).contains("r2 restarted") {
         assert!(
             Instant::now() < deadline,
             "availdb up did not restart r2 within 60 s\n{}",
@@ -1701,7 +1805,7 @@ async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_
         tokio::time::sleep(POLL).await;
     }
     assert!(
-        read_file(&out_path).contains("r2 exited unexpectedly"),
+        read_file(out_path).contains("r2 exited unexpectedly"),
         "{}",
         output()
     );

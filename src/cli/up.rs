@@ -57,6 +57,12 @@ pub struct UpArgs {
     /// default `up` makes both and every node uses mutual TLS).
     #[arg(long)]
     pub no_partner_tls: bool,
+    /// Leave a node that exits down instead of restarting it: for failover
+    /// drills and benchmarks that kill a node and restart it themselves
+    /// (by default `up` restarts it after 1 s, which can be before the
+    /// group has failed over).
+    #[arg(long)]
+    pub no_restart: bool,
 }
 
 /// One region's part of the layout.
@@ -80,9 +86,9 @@ pub(super) fn layout() -> String {
          `availdb server` on 127.0.0.1 with no password, partner TLS from a CA in \
          DIR/partner-ca (unless --no-partner-tls) and the other defaults (listener \
          hold {} ms); synchronous secondaries fail over automatically. `up` restarts a node \
-         that exits (after 1 s, doubling up to 30 s while it keeps failing) and prints a line \
-         for each restart, failover and synchronization change. Running `up` again on the \
-         same DIR resumes the group.",
+         that exits (after 1 s, doubling up to 30 s while it keeps failing; --no-restart \
+         leaves it down) and prints a line for each restart, failover and synchronization \
+         change. Running `up` again on the same DIR resumes the group.",
         crate::listener::DEFAULT_HOLD.as_millis()
     )
 }
@@ -105,6 +111,8 @@ struct Node {
     failures: u32,
     /// When a node that exited is due to start again.
     restart_at: Option<Instant>,
+    /// It exited and `--no-restart` leaves it down (reported once).
+    left_down: bool,
 }
 
 /// A restarted node that runs this long counts as recovered: the next exit
@@ -178,7 +186,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
             "the group"
         }
     );
-    supervise(&mut regions).await;
+    supervise(&mut regions, !args.no_restart).await;
     eprintln!("stopping…");
     for r in &mut regions {
         stop_all(&mut r.nodes).await;
@@ -238,6 +246,7 @@ async fn start_nodes(
             started: Instant::now(),
             failures: 0,
             restart_at: None,
+            left_down: false,
         });
     }
     Ok(nodes)
@@ -324,9 +333,10 @@ fn event(line: String) {
 }
 
 /// Keeps the nodes running until Ctrl-C or SIGTERM: restarts a node that
-/// exits (with back-off) and reports restarts, failovers and changes of
-/// the secondaries' synchronization states, one line each.
-async fn supervise(regions: &mut [Region]) {
+/// exits (with back-off; unless `restart` is false) and reports exits,
+/// restarts, failovers and changes of the secondaries' synchronization
+/// states, one line each.
+async fn supervise(regions: &mut [Region], restart: bool) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -349,7 +359,7 @@ async fn supervise(regions: &mut [Region]) {
         }
         for region in regions.iter_mut() {
             for node in &mut region.nodes {
-                keep_running(&exe, node);
+                keep_running(&exe, node, restart);
             }
         }
         if last_look.elapsed() >= Duration::from_secs(1) {
@@ -361,8 +371,12 @@ async fn supervise(regions: &mut [Region]) {
     }
 }
 
-/// Restarts `node` if its process exited (once its back-off passed).
-fn keep_running(exe: &std::path::Path, node: &mut Node) {
+/// Restarts `node` if its process exited (once its back-off passed), or
+/// reports once that it is left down when `restart` is false.
+fn keep_running(exe: &std::path::Path, node: &mut Node, restart: bool) {
+    if node.left_down {
+        return;
+    }
     if let Some(at) = node.restart_at {
         if Instant::now() < at {
             return;
@@ -399,6 +413,15 @@ fn keep_running(exe: &std::path::Path, node: &mut Node) {
     let Ok(Some(status)) = node.child.try_wait() else {
         return;
     };
+    if !restart {
+        node.left_down = true;
+        event(format!(
+            "{} exited ({status}); left down (--no-restart; its log: {})",
+            node.name,
+            node.dir.join("node.log").display()
+        ));
+        return;
+    }
     if node.started.elapsed() >= STEADY {
         node.failures = 0;
     }
