@@ -1,4 +1,4 @@
-//! `availdb cert init | issue | revoke`: a certificate authority and the
+//! `availdb cert init | issue | revoke | rotate`: a certificate authority and the
 //! nodes' TLS certificates (rcgen), for `--tls-cert`/`--tls-key` and
 //! clients' `sslrootcert` (`sslmode=verify-full`), and for partner TLS
 //! (`--partner-tls-cert`, `--partner-tls-key`, `--partner-ca`,
@@ -34,6 +34,10 @@
 //! partners refuse it).
 //!
 //! # Rotating the partner CA without downtime
+//! `availdb cert rotate --dir OLD --new-dir NEW` does step 1's first half
+//! and step 2's file: it makes the new authority in NEW, writes
+//! `NEW/trust-old-and-new.pem` (both CA certificates, for step 2) and
+//! prints the rest, with an `issue` line for each node OLD issued to.
 //! 1. `availdb cert init --dir NEW`, and `availdb cert issue --dir NEW`
 //!    for every node.
 //! 2. On every node, trust both: `--partner-ca OLD/ca.pem --partner-ca
@@ -100,6 +104,17 @@ pub enum CertCommand {
         #[arg(long, value_name = "N", default_value_t = 0)]
         backdate_days: i64,
     },
+    /// Start rotating to a new authority: NEW/ca.pem and ca.key, and
+    /// NEW/trust-old-and-new.pem for the nodes' --partner-ca while both are
+    /// trusted; prints the remaining steps.
+    Rotate {
+        /// Directory holding the authority in use now.
+        #[arg(long, visible_alias = "ca-dir", value_name = "OLD")]
+        dir: PathBuf,
+        /// Directory for the new authority (created; must not hold one).
+        #[arg(long, value_name = "NEW")]
+        new_dir: PathBuf,
+    },
     /// Revoke every certificate DIR's authority issued to NAME: DIR/crl.pem
     /// lists it (give that file to the nodes as --partner-crl, SIGHUP).
     Revoke {
@@ -140,6 +155,24 @@ pub fn run(args: CertArgs) -> Result<(), String> {
                 "certificate authority: {} (give it to clients as sslrootcert)\nits key: {} (keep it off the nodes)",
                 cert.display(),
                 key.display()
+            );
+        }
+        CertCommand::Rotate { dir, new_dir } => {
+            let (both, names) = rotate(&dir, &new_dir)?;
+            let (new, both) = (new_dir.display(), both.display());
+            println!("new certificate authority: {new}/ca.pem (its key: {new}/ca.key)");
+            println!("1. issue every node a certificate of it:");
+            if names.is_empty() {
+                println!("   availdb cert issue --dir {new} --name NODE --host HOST …");
+            }
+            for name in names {
+                println!("   availdb cert issue --dir {new} --name {name} --host HOST …");
+            }
+            println!(
+                "2. on every node: --partner-ca {both} (both authorities), then SIGHUP\n\
+                 3. on every node: --partner-tls-cert/--partner-tls-key from {new}, then SIGHUP\n\
+                 4. on every node: --partner-ca {new}/ca.pem only, then SIGHUP\n\
+                 at every step each node presents a certificate all its partners trust"
             );
         }
         CertCommand::Revoke { dir, name } => {
@@ -226,6 +259,34 @@ pub fn init(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     write(&cert_path, &cert.pem())?;
     write_crl(dir, &[])?;
     Ok((cert_path, key_path))
+}
+
+/// Starts a rotation from the authority in `old` to a new one made in
+/// `new`: returns the file trusting both (`new/trust-old-and-new.pem`)
+/// and the names `old` issued certificates to, in the order issued.
+pub fn rotate(old: &Path, new: &Path) -> Result<(PathBuf, Vec<String>), String> {
+    let old_ca = old.join("ca.pem");
+    let old_text = std::fs::read_to_string(&old_ca).map_err(|e| {
+        format!(
+            "cannot read the authority in use, {}: {e}; --dir names the directory `cert init` made",
+            old_ca.display()
+        )
+    })?;
+    if !old_text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} holds no PEM certificate", old_ca.display()));
+    }
+    let (new_ca, _) = init(new)?;
+    let new_text = std::fs::read_to_string(&new_ca)
+        .map_err(|e| format!("cannot read {}: {e}", new_ca.display()))?;
+    let both = new.join("trust-old-and-new.pem");
+    write(&both, &format!("{}\n{}", old_text.trim_end(), new_text))?;
+    let mut names = Vec::new();
+    for (_, name) in ledger(&old.join(ISSUED))? {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok((both, names))
 }
 
 /// Issues `name`'s certificate for `hosts` from the authority in `dir`,
@@ -463,6 +524,41 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let err = issue(other.path(), "r1", &["h".into()]).unwrap_err();
         assert!(err.contains("availdb cert init"), "{err}");
+    }
+
+    #[test]
+    fn rotate_makes_a_new_authority_and_a_file_trusting_both_for_every_issued_node() {
+        let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let new_dir = new.path().join("ca2");
+        let err = rotate(old.path(), &new_dir).unwrap_err();
+        assert!(err.contains("cannot read the authority in use"), "{err}");
+        assert!(
+            !new_dir.join("ca.pem").exists(),
+            "nothing made for a bad OLD"
+        );
+        init(old.path()).unwrap();
+        for name in ["r1", "r2", "r1"] {
+            issue(old.path(), name, &["127.0.0.1".into()]).unwrap();
+        }
+        let (both, names) = rotate(old.path(), &new_dir).unwrap();
+        assert_eq!(names, ["r1", "r2"], "each node once, in the order issued");
+        let text = std::fs::read_to_string(&both).unwrap();
+        let old_ca = std::fs::read_to_string(old.path().join("ca.pem")).unwrap();
+        let new_ca = std::fs::read_to_string(new_dir.join("ca.pem")).unwrap();
+        assert_ne!(old_ca, new_ca);
+        assert!(text.contains(old_ca.trim()) && text.contains(new_ca.trim()));
+        assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+        // Step 2: a node with either authority's certificate trusts both.
+        let (cert, key) = issue(&new_dir, "r1", &["127.0.0.1".into()]).unwrap();
+        let files = crate::net::tls::PartnerTlsFiles {
+            cert,
+            key,
+            cas: vec![both],
+            crls: vec![],
+        };
+        assert!(crate::net::PartnerTls::load(&files).is_ok());
+        let err = rotate(old.path(), &new_dir).unwrap_err();
+        assert!(err.contains("already holds"), "never replaces NEW: {err}");
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //!
 //! # Partner TLS (mutual)
 //! A node started with `--partner-tls-cert`, `--partner-tls-key` and
-//! `--partner-ca` (made by `availdb cert init | issue`) speaks TLS 1.2/1.3
+//! `--partner-ca` (made by `availdb cert init | issue`; `rotate` starts a
+//! change of CA) speaks TLS 1.2/1.3
 //! (rustls, ring) on every partner connection, both ways:
 //! * the node that connects presents its certificate and checks the
 //!   other's: it must chain to a trusted CA and name the IP address
