@@ -449,8 +449,8 @@ fn bench_tls_runs_both_modes_alternated_and_prints_the_medians() {
         // Two rounds, alternated: disable then require, then the reverse.
         let modes: Vec<&str> = stdout
             .lines()
-            .filter(|l| l.starts_with(workload) && l.contains(" sslmode="))
-            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|l| l.split_whitespace().nth(1) == Some(workload) && l.contains(" sslmode="))
+            .filter_map(|l| l.split_whitespace().nth(2))
             .collect();
         assert_eq!(
             modes,
@@ -463,10 +463,64 @@ fn bench_tls_runs_both_modes_alternated_and_prints_the_medians() {
             "{workload}: {text}"
         );
         assert!(
+            stdout.lines().any(|l| l.starts_with("availdb")
+                && l.contains(workload)
+                && l.contains("TLS off")
+                && l.contains("TLS on")),
+            "{workload}: no medians line: {text}"
+        );
+    }
+}
+
+/// `scripts/bench-partner-tls` (BENCHMARKS.md, partner TLS on vs off) runs
+/// on this build: both groups start (the TLS one really with partner TLS:
+/// the script stops otherwise), idle CPU is reported for each, every
+/// workload runs in both modes alternated, and the medians are printed.
+/// No number is judged.
+#[test]
+fn bench_partner_tls_runs_both_groups_alternated_and_prints_the_medians() {
+    require_tool(
+        "pgbench",
+        &["--version"],
+        "apt-get install -y postgresql (Debian 12 ships pgbench in postgresql-15)",
+    );
+    require_tool("python3", &["--version"], "apt-get install -y python3");
+    let output = run_bounded(
+        Command::new("timeout")
+            .args(["--kill-after=30", "300", "bash"])
+            .arg(repo().join("scripts/bench-partner-tls"))
+            .args(["--rounds", "2", "--seconds", "1"])
+            .arg(env!("CARGO_BIN_EXE_availdb")),
+        Duration::from_secs(360),
+    );
+    let text = describe(&output);
+    assert!(output.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for group in ["tls", "plain"] {
+        assert!(
+            stdout.contains(&format!("idle CPU of the {group:<5} group")),
+            "{group}: {text}"
+        );
+    }
+    for (workload, clients) in [("insert", "1"), ("insert", "4"), ("rw", "4")] {
+        let modes: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [w, "-c", c, mode, ..] if w == workload && c == clients => Some(mode),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            ["plain", "tls", "tls", "plain"],
+            "{workload} -c {clients}: {text}"
+        );
+        let medians = format!("{workload}-c{clients} ");
+        assert!(
             stdout
                 .lines()
-                .any(|l| l.starts_with(workload) && l.contains("TLS off") && l.contains("TLS on")),
-            "{workload}: no medians line: {text}"
+                .any(|l| l.starts_with(&medians) && l.contains("TLS costs")),
+            "{workload} -c {clients}: no medians line: {text}"
         );
     }
 }
