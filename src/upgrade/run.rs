@@ -36,6 +36,12 @@ struct State {
     seeding_started_ms: Option<u64>,
     /// Production's log end once it was READ_ONLY.
     production_end_lsn: Option<i64>,
+    /// Option 2: the V2-DR application's process (group) id.
+    #[serde(default)]
+    stage_dr_app_pid: Option<i32>,
+    /// Option 2: when the chained ADD SECONDARY was sent.
+    #[serde(default)]
+    stage_dr_seeding_started_ms: Option<u64>,
 }
 
 /// How `availdb upgrade` reports.
@@ -64,6 +70,7 @@ fn now_ms() -> u64 {
 struct Folder {
     state_path: PathBuf,
     app_log: PathBuf,
+    dr_app_log: PathBuf,
     report_path: PathBuf,
     _lock: File,
 }
@@ -98,6 +105,7 @@ impl Folder {
         Ok(Folder {
             state_path: dir.join("state.json"),
             app_log: dir.join("stage-app.log"),
+            dr_app_log: dir.join("stage-dr-app.log"),
             report_path: dir.join("report.json"),
             _lock: lock,
         })
@@ -137,10 +145,16 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
     let mut state = match (folder.load()?, fresh) {
         (None, true) => State {
             plan: plan.name.clone(),
-            machine: Machine::new(plan.upgrade.remove_v1),
+            machine: if plan.stage_dr.is_some() {
+                Machine::geo_redundant(plan.upgrade.remove_v1)
+            } else {
+                Machine::new(plan.upgrade.remove_v1)
+            },
             stage_app_pid: None,
             seeding_started_ms: None,
             production_end_lsn: None,
+            stage_dr_app_pid: None,
+            stage_dr_seeding_started_ms: None,
         },
         (None, false) => {
             return Err(Error::Wrong(format!(
@@ -171,6 +185,15 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
             state
         }
     };
+    check_state_fits(&plan, &folder, &state)?;
+    folder.save(&state)?;
+    drive(&plan, &folder, &mut state, options).await
+}
+
+/// The state was written for this plan (its name, and its option: a plan
+/// that gained or lost `[stage_dr]` mid-upgrade would skip steps or undo
+/// what it never made).
+fn check_state_fits(plan: &Plan, folder: &Folder, state: &State) -> Result<()> {
     if state.plan != plan.name {
         return Err(Error::Wrong(format!(
             "the state in {} belongs to plan {}, not {}",
@@ -179,8 +202,16 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
             plan.name
         )));
     }
-    folder.save(&state)?;
-    drive(&plan, &folder, &mut state, options).await
+    if state.machine.stage_dr != plan.stage_dr.is_some() {
+        return Err(Error::Wrong(format!(
+            "the upgrade under way in {} was begun {} [stage_dr]; the plan now has {}: \
+             put the plan back as it was to resume or roll back",
+            folder.state_path.display(),
+            if state.machine.stage_dr { "with" } else { "without" },
+            if plan.stage_dr.is_some() { "one" } else { "none" }
+        )));
+    }
+    Ok(())
 }
 
 /// `availdb upgrade rollback PLAN`.
@@ -193,6 +224,7 @@ pub async fn rollback(plan_path: &Path, options: Options) -> Result<Outcome> {
             plan.name
         ))
     })?;
+    check_state_fits(&plan, &folder, &state)?;
     state
         .machine
         .request_rollback()
@@ -267,11 +299,27 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
         "plan {}: upgrade {db} on server '{}' through stage server '{}' (nothing is run: --dry-run)\n",
         plan.name, p.server, s.server
     );
+    if let Some(dr) = &plan.stage_dr {
+        out.push_str(&format!(
+            "option 2 (geo-redundant): a chained stage-DR copy on server '{}' with V2-DR behind endpoint {}{}\n",
+            dr.server,
+            dr.endpoint,
+            plan.production_dr.as_ref().map_or(String::new(), |pdr| format!(
+                "; production's DR slot: server '{}', endpoint {} (an online backup)",
+                pdr.server, pdr.endpoint
+            ))
+        ));
+    }
     let mut steps: Vec<(Step, Vec<String>)> = Vec::new();
     let mut step = |step: Step, lines: Vec<String>| steps.push((step, lines));
-    step(
-        Step::CreateStage,
-        vec![
+    let mut create = Vec::new();
+    if let Some(pdr) = &plan.production_dr {
+        create.push(format!(
+            "check: production {db} has a geo-secondary on '{}', and endpoint {} is online in the profile",
+            pdr.server, pdr.endpoint
+        ));
+    }
+    create.extend([
             format!(
                 "on production's primary (of {}): ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
                 p.hosts.join(", "),
@@ -283,8 +331,8 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
                 s.server
             ),
             format!("run (detached): {}", shell_words(&plan.expand(&s.start))),
-        ],
-    );
+    ]);
+    step(Step::CreateStage, create);
     step(
         Step::SeedStage,
         vec![
@@ -299,10 +347,45 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
             ),
         ],
     );
-    step(
-        Step::ProductionReadOnly,
-        vec![format!("on production's primary: ALTER DATABASE {db} SET READ_ONLY   [the read-only window opens]")],
-    );
+    if let Some(dr) = &plan.stage_dr {
+        let ddb = plan.stage_dr_database();
+        step(
+            Step::CreateStageDr,
+            vec![
+                format!(
+                    "on the stage's primary: ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
+                    dr.server,
+                    dr.endpoint_urls.join(", ")
+                ),
+                format!(
+                    "on the stage's primary: ALTER DATABASE {sdb} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{ddb}')   [chained: production → stage → stage-DR]",
+                    dr.server
+                ),
+                format!("run (detached): {}", shell_words(&plan.expand_dr(&dr.start))),
+            ],
+        );
+        step(
+            Step::SeedStageDr,
+            vec![
+                "wait until the stage copy's link to stage-DR shows CATCH_UP (progress bar)".into(),
+                format!("SELECT sys.wait_for_database_copy_sync('{sdb}', '{}')", dr.server),
+                format!(
+                    "traffic manager: add endpoint {} → {} priority {} OFFLINE; wait until healthy",
+                    dr.endpoint, dr.target, dr.priority
+                ),
+            ],
+        );
+    }
+    let mut read_only = vec![format!(
+        "on production's primary: ALTER DATABASE {db} SET READ_ONLY   [the read-only window opens]"
+    )];
+    if let Some(pdr) = &plan.production_dr {
+        read_only.push(format!(
+            "check: SELECT sys.wait_for_database_copy_sync('{db}', '{}') reaches production's log end",
+            pdr.server
+        ));
+    }
+    step(Step::ProductionReadOnly, read_only);
     step(
         Step::TerminateStage,
         vec![
@@ -311,7 +394,12 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
                 s.server
             ),
             "check: the stage copy's log ends at or past production's, and it is independent".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(plan.stage_dr.as_ref().map(|dr| {
+            format!("check: the stage copy still feeds its chained geo-secondary on '{}'", dr.server)
+        }))
+        .collect(),
     );
     let script = match (&plan.upgrade.script, &plan.upgrade.command) {
         (Some(file), _) => format!(
@@ -327,35 +415,46 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
         (_, Some(path)) => format!("smoke check: GET http://{}{path} answers 2xx", s.target),
         _ => "no smoke check in the plan".into(),
     };
-    step(
-        Step::UpgradeStage,
-        vec![
-            format!(
-                "on the stage's primary (of {}): ALTER DATABASE {sdb} SET READ_WRITE",
-                s.hosts.join(", ")
-            ),
-            script,
-            smoke,
-        ],
-    );
+    let mut upgrade = vec![
+        format!(
+            "on the stage's primary (of {}): ALTER DATABASE {sdb} SET READ_WRITE",
+            s.hosts.join(", ")
+        ),
+        script,
+        smoke,
+    ];
+    if let Some(dr) = &plan.stage_dr {
+        upgrade.push(format!(
+            "SELECT sys.wait_for_database_copy_sync('{sdb}', '{}')   [stage-DR holds the upgrade]",
+            dr.server
+        ));
+    }
+    step(Step::UpgradeStage, upgrade);
+    let mut offline = vec![p.endpoint.clone()];
+    offline.extend(plan.production_dr.iter().map(|d| d.endpoint.clone()));
     step(
         Step::Switch,
         vec![format!(
-            "traffic manager: activate {} (probed first; {} goes offline)   [the read-only window closes]",
-            s.endpoint, p.endpoint
+            "traffic manager: activate {} (probed first; {} go(es) offline{})   [the read-only window closes]",
+            s.endpoint,
+            offline.join(", "),
+            plan.stage_dr
+                .as_ref()
+                .map_or(String::new(), |d| format!("; {} online as its backup", d.endpoint))
         )],
     );
     if plan.upgrade.remove_v1 {
-        step(
-            Step::RemoveV1,
-            vec![
-                format!("traffic manager: remove endpoint {}", p.endpoint),
-                format!(
-                    "run: {}",
-                    shell_words(p.stop.as_deref().unwrap_or_default())
-                ),
-            ],
-        );
+        let mut lines = vec![
+            format!("traffic manager: remove endpoint {}", offline.join(", ")),
+            format!(
+                "run: {}",
+                shell_words(p.stop.as_deref().unwrap_or_default())
+            ),
+        ];
+        if let Some(stop) = plan.production_dr.as_ref().and_then(|d| d.stop.as_ref()) {
+            lines.push(format!("run: {}", shell_words(stop)));
+        }
+        step(Step::RemoveV1, lines);
     }
     step(
         Step::ProductionReadWrite,
@@ -367,6 +466,23 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
             ),
         ],
     );
+    if let Some(dr) = &plan.stage_dr {
+        step(
+            Step::RemoveStageDr,
+            vec![
+                "stop the V2-DR application (its process group: SIGTERM, then SIGKILL)".into(),
+                format!("traffic manager: remove endpoint {}", dr.endpoint),
+                format!(
+                    "on the stage's primary: ALTER DATABASE {sdb} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)   [if linked]",
+                    dr.server
+                ),
+                format!(
+                    "on the stage-DR's primary: ALTER AVAILABILITY GROUP <its group> REMOVE DATABASE {0}; DROP DATABASE {0}",
+                    plan.stage_dr_database()
+                ),
+            ],
+        );
+    }
     step(
         Step::RemoveStage,
         vec![
@@ -445,10 +561,15 @@ async fn drive(
                         cause: cause.clone(),
                         slots: format!(
                             "Production '{}'/{} is READ_WRITE and serves V1 through endpoint {}; \
-                             the stage copy, its endpoint and V2 are removed.\n{text}",
+                             the stage copy, its endpoint and V2 are removed{}.\n{text}",
                             plan.production.server,
                             plan.production.database,
-                            plan.production.endpoint
+                            plan.production.endpoint,
+                            if plan.stage_dr.is_some() {
+                                ", and so are the stage-DR copy, its endpoint and V2-DR"
+                            } else {
+                                ""
+                            }
                         ),
                     }),
                     _ => Ok(Outcome {
@@ -477,7 +598,7 @@ async fn drive(
                         println!("step {}: FAILED: {why}", step.number());
                         state.machine.failed(step, now_ms(), &why);
                         folder.save(state)?;
-                        if matches!(step, Step::ProductionReadWrite | Step::RemoveStage) {
+                        if step.is_rollback() {
                             return Err(Error::RollbackFailed {
                                 step: step.number(),
                                 why,
@@ -508,7 +629,7 @@ fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
     } else {
         "possibly still READ_ONLY (V1 serves reads only)"
     };
-    format!(
+    let mut out = format!(
         "Production '{}'/{}: {production}. Stage: the copy {} on '{}' and V2 (pid {}) may still exist.",
         plan.production.server,
         plan.production.database,
@@ -517,7 +638,24 @@ fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
         state
             .stage_app_pid
             .map_or("none".to_string(), |p| p.to_string())
-    )
+    );
+    if let Some(dr) = &plan.stage_dr {
+        let removed = state
+            .machine
+            .record(Step::RemoveStageDr)
+            .is_some_and(|r| r.ended_ms.is_some() && r.error.is_none());
+        if !removed && state.machine.record(Step::CreateStageDr).is_some() {
+            out.push_str(&format!(
+                " Stage-DR: the copy {} on '{}' and V2-DR (pid {}) may still exist.",
+                plan.stage_dr_database(),
+                dr.server,
+                state
+                    .stage_dr_app_pid
+                    .map_or("none".to_string(), |p| p.to_string())
+            ));
+        }
+    }
+    out
 }
 
 fn summary(plan: &Plan, state: &State) -> String {
@@ -558,6 +696,12 @@ fn summary(plan: &Plan, state: &State) -> String {
         "  seeding          {:>10}\n",
         ms(report.seeding_ms)
     ));
+    if plan.stage_dr.is_some() {
+        out.push_str(&format!(
+            "  stage-DR seeding {:>10}\n",
+            ms(report.seeding_dr_ms)
+        ));
+    }
     out.push_str(&format!(
         "  termination      {:>10}\n",
         ms(report.termination_ms)
@@ -592,6 +736,9 @@ async fn run_step(
         Step::RemoveV1 => remove_v1(plan).await,
         Step::ProductionReadWrite => production_read_write(plan).await,
         Step::RemoveStage => remove_stage(plan, state).await,
+        Step::CreateStageDr => create_stage_dr(plan, folder, state).await,
+        Step::SeedStageDr => seed_stage_dr(plan, state, options).await,
+        Step::RemoveStageDr => remove_stage_dr(plan, state).await,
     }
 }
 
@@ -602,27 +749,11 @@ fn tm(plan: &Plan) -> traffic::Client {
 async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
-    let partners = column(&prod, "SELECT name FROM sys.partner_servers").await?;
-    if !partners.iter().any(|n| n.eq_ignore_ascii_case(&s.server)) {
-        if s.endpoint_urls.is_empty() {
-            return Err(format!(
-                "stage server '{}' is not a partner server of production: register it there \
-                 (ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = …)) or list its \
-                 endpoint_urls in the plan",
-                s.server, s.server
-            ));
-        }
-        exec(
-            &prod,
-            &format!(
-                "ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')",
-                s.server,
-                s.endpoint_urls.join(", ")
-            ),
-        )
-        .await?;
+    if let Some(pdr) = &plan.production_dr {
+        check_production_dr(plan, &prod, pdr).await?;
     }
-    if !linked(&prod, plan).await? {
+    ensure_partner(&prod, &s.server, &s.endpoint_urls, "stage", "production").await?;
+    if !has_link(&prod, &p.database, &s.server).await? {
         state.seeding_started_ms = Some(now_ms());
         exec(
             &prod,
@@ -638,38 +769,130 @@ async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepRe
     if state.stage_app_pid.is_some_and(alive) {
         return Ok(());
     }
-    // Something else answering on V2's address (an old V2, another
-    // program) would pass every later check in V2's stead.
+    let pid = start_app_at(plan, &plan.expand(&s.start), &s.target, &folder.app_log, "V2").await?;
+    state.stage_app_pid = Some(pid);
+    folder.save(state).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Option 2's precondition: production's DR slot exists — production
+/// has its geo-secondary on the DR server, and the profile has the DR
+/// endpoint online, the backup that takes over if production's region is
+/// lost during the upgrade.
+async fn check_production_dr(
+    plan: &Plan,
+    prod: &Client,
+    pdr: &super::plan::ProductionDr,
+) -> StepResult {
+    if !has_link(prod, &plan.production.database, &pdr.server).await? {
+        return Err(format!(
+            "production {} has no geo-secondary on its DR server '{}' ([production_dr]): \
+             create it (ALTER DATABASE {} ADD SECONDARY ON SERVER '{}') and start V1 there first",
+            plan.production.database, pdr.server, plan.production.database, pdr.server
+        ));
+    }
+    let view = tm(plan).show().await.map_err(|e| e.to_string())?;
+    match view.endpoints.iter().find(|e| e.name == pdr.endpoint) {
+        Some(e) if e.status == Status::Online => Ok(()),
+        Some(_) => Err(format!(
+            "production's DR endpoint {} is offline in the profile: set it online (a backup of {}) \
+             so a loss of production's region fails over to it",
+            pdr.endpoint, plan.production.endpoint
+        )),
+        None => Err(format!(
+            "the profile has no endpoint {} (production_dr.endpoint)",
+            pdr.endpoint
+        )),
+    }
+}
+
+/// Registers `server` as a partner of the cluster of `source` unless it
+/// is one already.
+async fn ensure_partner(
+    source: &Client,
+    server: &str,
+    urls: &[String],
+    slot: &str,
+    of: &str,
+) -> StepResult {
+    let partners = column(source, "SELECT name FROM sys.partner_servers").await?;
+    if partners.iter().any(|n| n.eq_ignore_ascii_case(server)) {
+        return Ok(());
+    }
+    if urls.is_empty() {
+        return Err(format!(
+            "{slot} server '{server}' is not a partner server of {of}: register it there \
+             (ALTER CLUSTER ADD PARTNER SERVER '{server}' WITH (ENDPOINT_URL = …)) or list its \
+             endpoint_urls in the plan"
+        ));
+    }
+    exec(
+        source,
+        &format!(
+            "ALTER CLUSTER ADD PARTNER SERVER '{server}' WITH (ENDPOINT_URL = '{}')",
+            urls.join(", ")
+        ),
+    )
+    .await
+}
+
+/// Starts an application (V2 or V2-DR) that must listen on `target`,
+/// after checking nothing else does; returns its pid.
+async fn start_app_at(
+    plan: &Plan,
+    command: &[String],
+    target: &str,
+    log: &Path,
+    what: &str,
+) -> std::result::Result<i32, String> {
+    // Something else answering on the address (an old V2, another
+    // program) would pass every later check in the application's stead.
     if tokio::time::timeout(
         Duration::from_secs(2),
-        tokio::net::TcpStream::connect(&s.target),
+        tokio::net::TcpStream::connect(target),
     )
     .await
     .is_ok_and(|c| c.is_ok())
     {
         return Err(format!(
-            "something already listens on V2's address {}: stop it (or choose another \
-             stage.target) and resume",
-            s.target
+            "something already listens on {what}'s address {target}: stop it (or choose another \
+             target in the plan) and resume"
         ));
     }
-    let pid = start_app(plan, &plan.expand(&s.start), &folder.app_log)?;
-    state.stage_app_pid = Some(pid);
-    folder.save(state).map_err(|e| e.to_string())?;
-    // A V2 that cannot start at all shows at once.
+    let pid = start_app(plan, command, log)?;
+    // An application that cannot start at all shows at once.
     tokio::time::sleep(Duration::from_millis(200)).await;
     if !alive(pid) {
         return Err(format!(
-            "the V2 application exited at once; its output is in {}",
-            folder.app_log.display()
+            "the {what} application exited at once; its output is in {}",
+            log.display()
         ));
     }
-    Ok(())
+    Ok(pid)
 }
 
 async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    wait_seeded(&prod, &p.database, &s.server, options).await?;
+    if let Some(started) = state.seeding_started_ms {
+        state
+            .machine
+            .measured
+            .insert("seeding".into(), now_ms().saturating_sub(started));
+    }
+    if !state.stage_app_pid.is_some_and(alive) {
+        return Err(
+            "the V2 application is not running (see stage-app.log in the state folder)".into(),
+        );
+    }
+    register_offline(plan, &s.endpoint, &s.target, s.priority, &s.probe, "V2").await
+}
+
+/// Waits until the geo-link of `db` (on `source`, its source's primary)
+/// to `partner` has seeded, the copy has hardened every commit so far and
+/// redone it.
+async fn wait_seeded(source: &Client, db: &str, partner: &str, options: Options) -> StepResult {
     let bar = options.progress.then(|| {
         let bar = indicatif::ProgressBar::new(100);
         bar.set_style(
@@ -679,7 +902,7 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
             .expect("a valid template")
             .progress_chars("=> "),
         );
-        bar.set_message(format!("{} → '{}'", p.database, s.server));
+        bar.set_message(format!("{db} → '{partner}'"));
         bar
     });
     let deadline = Instant::now() + SEED_WITHIN;
@@ -687,19 +910,17 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
     let mut last_line = Instant::now();
     loop {
         let rows = rows(
-            &prod,
+            source,
             &format!(
                 "SELECT replication_state_desc, percent_complete, last_error \
-                 FROM sys.dm_geo_replication_link_status WHERE database_name = '{}' \
-                 AND lower(partner_server) = lower('{}')",
-                p.database, s.server
+                 FROM sys.dm_geo_replication_link_status WHERE database_name = '{db}' \
+                 AND lower(partner_server) = lower('{partner}')"
             ),
         )
         .await?;
         let Some(row) = rows.first() else {
             return Err(format!(
-                "production has no geo-link to '{}' (step 1 did not create it, or it was removed)",
-                s.server
+                "{db} has no geo-link to '{partner}' (the step before did not create it, or it was removed)"
             ));
         };
         let percent: f64 = row[1]
@@ -711,9 +932,7 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
             // Not a terminal (a log file, CI): a line every 10 s instead.
             None if last_line.elapsed() >= Duration::from_secs(10) => {
                 println!(
-                    "  seeding {} → '{}': {percent:.0}% ({} s)",
-                    p.database,
-                    s.server,
+                    "  seeding {db} → '{partner}': {percent:.0}% ({} s)",
                     seeding_since.elapsed().as_secs()
                 );
                 last_line = Instant::now();
@@ -737,28 +956,17 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
         bar.finish_and_clear();
     }
     // Guard: the copy has hardened every commit so far…
-    let synced: i64 = column(
-        &prod,
-        &format!(
-            "SELECT sys.wait_for_database_copy_sync('{}', '{}')",
-            p.database, s.server
-        ),
-    )
-    .await?
-    .first()
-    .and_then(|v| v.parse().ok())
-    .ok_or("sys.wait_for_database_copy_sync returned no LSN")?;
+    let synced = copy_sync(source, db, partner).await?;
     // …and redone it, so the termination in the read-only window has no
     // redo backlog to wait for (a large seed's image is hardened long
     // before it is redone).
     let deadline = Instant::now() + SEED_WITHIN;
     loop {
         let redone: i64 = column(
-            &prod,
+            source,
             &format!(
-                "SELECT redone_lsn FROM sys.dm_geo_replication_link_status WHERE database_name = '{}' \
-                 AND lower(partner_server) = lower('{}')",
-                p.database, s.server
+                "SELECT redone_lsn FROM sys.dm_geo_replication_link_status WHERE database_name = '{db}' \
+                 AND lower(partner_server) = lower('{partner}')"
             ),
         )
         .await?
@@ -766,43 +974,58 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
         if redone >= synced {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the stage copy has not redone production's log up to {synced} (at {redone})"
+                "the copy on '{partner}' has not redone {db}'s log up to {synced} (at {redone})"
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if let Some(started) = state.seeding_started_ms {
-        state
-            .machine
-            .measured
-            .insert("seeding".into(), now_ms().saturating_sub(started));
-    }
-    if !state.stage_app_pid.is_some_and(alive) {
-        return Err(
-            "the V2 application is not running (see stage-app.log in the state folder)".into(),
-        );
-    }
+}
+
+/// `sys.wait_for_database_copy_sync`: the LSN up to which the copy on
+/// `partner` has hardened `db`'s log (every commit so far).
+async fn copy_sync(source: &Client, db: &str, partner: &str) -> std::result::Result<i64, String> {
+    column(
+        source,
+        &format!("SELECT sys.wait_for_database_copy_sync('{db}', '{partner}')"),
+    )
+    .await?
+    .first()
+    .and_then(|v| v.parse().ok())
+    .ok_or_else(|| "sys.wait_for_database_copy_sync returned no LSN".into())
+}
+
+/// Adds an application's endpoint to the profile, offline (unless it is
+/// there with the same target), and waits until a probe finds it healthy.
+async fn register_offline(
+    plan: &Plan,
+    name: &str,
+    target: &str,
+    priority: u32,
+    probe: &Option<traffic::ProbeDef>,
+    what: &str,
+) -> StepResult {
     let tm = tm(plan);
     let view = tm.show().await.map_err(|e| e.to_string())?;
-    match view.endpoints.iter().find(|e| e.name == s.endpoint) {
-        Some(e) if e.target == s.target => {}
+    match view.endpoints.iter().find(|e| e.name == name) {
+        Some(e) if e.target == target => {}
         Some(e) => {
             return Err(format!(
-                "the profile has an endpoint {} with target {}, not {}: remove it or rename the stage endpoint",
-                e.name, e.target, s.target
+                "the profile has an endpoint {} with target {}, not {target}: remove it or rename \
+                 the endpoint in the plan",
+                e.name, e.target
             ))
         }
         None => {
             tm.add(&EndpointDef {
-                name: s.endpoint.clone(),
-                target: s.target.clone(),
-                priority: s.priority,
+                name: name.to_string(),
+                target: target.to_string(),
+                priority,
                 status: Status::Offline,
-                probe: s.probe.clone(),
+                probe: probe.clone(),
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -810,20 +1033,81 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
     }
     let deadline = Instant::now() + V2_HEALTHY_WITHIN;
     loop {
-        let e = tm.probe(&s.endpoint).await.map_err(|e| e.to_string())?;
+        let e = tm.probe(name).await.map_err(|e| e.to_string())?;
         if e.health == Health::Healthy {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the V2 application at {} did not become healthy within {} s: {}",
-                s.target,
+                "the {what} application at {target} did not become healthy within {} s: {}",
                 V2_HEALTHY_WITHIN.as_secs(),
                 e.last_error.unwrap_or_default()
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The stage-DR slot of an option 2 plan (steps 10–12 run only then).
+fn stage_dr(plan: &Plan) -> std::result::Result<&super::plan::StageDr, String> {
+    plan.stage_dr
+        .as_ref()
+        .ok_or_else(|| "the plan has no [stage_dr]".to_string())
+}
+
+async fn create_stage_dr(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
+    let dr = stage_dr(plan)?;
+    let sdb = plan.stage_database();
+    // The chained link starts at the stage copy: its region's primary is
+    // the source (the forwarder of production's log).
+    let stage = primary_of_database(&plan.stage.hosts, sdb, "stage").await?;
+    ensure_partner(&stage, &dr.server, &dr.endpoint_urls, "stage-DR", "the stage cluster").await?;
+    if !has_link(&stage, sdb, &dr.server).await? {
+        state.stage_dr_seeding_started_ms = Some(now_ms());
+        exec(
+            &stage,
+            &format!(
+                "ALTER DATABASE {sdb} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{}')",
+                dr.server,
+                plan.stage_dr_database()
+            ),
+        )
+        .await?;
+    }
+    if state.stage_dr_app_pid.is_some_and(alive) {
+        return Ok(());
+    }
+    let pid = start_app_at(
+        plan,
+        &plan.expand_dr(&dr.start),
+        &dr.target,
+        &folder.dr_app_log,
+        "V2-DR",
+    )
+    .await?;
+    state.stage_dr_app_pid = Some(pid);
+    folder.save(state).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn seed_stage_dr(plan: &Plan, state: &mut State, options: Options) -> StepResult {
+    let dr = stage_dr(plan)?;
+    let sdb = plan.stage_database();
+    let stage = primary_of_database(&plan.stage.hosts, sdb, "stage").await?;
+    wait_seeded(&stage, sdb, &dr.server, options).await?;
+    if let Some(started) = state.stage_dr_seeding_started_ms {
+        state
+            .machine
+            .measured
+            .insert("seeding_dr".into(), now_ms().saturating_sub(started));
+    }
+    if !state.stage_dr_app_pid.is_some_and(alive) {
+        return Err(
+            "the V2-DR application is not running (see stage-dr-app.log in the state folder)"
+                .into(),
+        );
+    }
+    register_offline(plan, &dr.endpoint, &dr.target, dr.priority, &dr.probe, "V2-DR").await
 }
 
 async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
@@ -835,7 +1119,20 @@ async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
     )
     .await?;
     crate::crashpoint::hit("upgrade.read_only");
-    state.production_end_lsn = Some(log_end(&prod, &p.database).await?);
+    let end = log_end(&prod, &p.database).await?;
+    state.production_end_lsn = Some(end);
+    if let Some(pdr) = &plan.production_dr {
+        // Option 2: the DR slot holds every commit production made before
+        // the window, so a loss of production's region from here on loses
+        // nothing acknowledged (the profile fails over to V1 there).
+        let synced = copy_sync(&prod, &p.database, &pdr.server).await?;
+        if synced < end {
+            return Err(format!(
+                "production's DR copy on '{}' has hardened its log up to {synced}, before its end {end}",
+                pdr.server
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -843,7 +1140,7 @@ async fn terminate_stage(plan: &Plan, state: &mut State) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
     let started = Instant::now();
-    if linked(&prod, plan).await? {
+    if has_link(&prod, &p.database, &s.server).await? {
         exec(
             &prod,
             &format!(
@@ -879,6 +1176,16 @@ async fn terminate_stage(plan: &Plan, state: &mut State) -> StepResult {
         return Err(format!(
             "the stage copy's log ends at {stage_end}, before production's last commit at {end}"
         ));
+    }
+    // Option 2: the termination ended production → stage only; the
+    // stage → stage-DR link goes on (the upgrade reaches the DR region).
+    if let Some(dr) = &plan.stage_dr {
+        if !has_link(&stage, plan.stage_database(), &dr.server).await? {
+            return Err(format!(
+                "the stage copy lost its chained geo-secondary on '{}' in the termination",
+                dr.server
+            ));
+        }
     }
     Ok(())
 }
@@ -939,12 +1246,27 @@ async fn upgrade_stage(plan: &Plan, state: &mut State) -> StepResult {
         .machine
         .measured
         .insert("smoke".into(), started.elapsed().as_millis() as u64);
+    // Option 2: the stage-DR copy has hardened the upgrade too, so V2-DR,
+    // the backup the switch brings online, serves the V2 schema.
+    if let Some(dr) = &plan.stage_dr {
+        copy_sync(&stage, db, &dr.server).await?;
+    }
     Ok(())
 }
 
 async fn switch(plan: &Plan) -> StepResult {
+    // Option 2: stage-DR comes online as the stage's backup in the same
+    // change (production and production-DR, of better priority, go
+    // offline).
+    let also_online: Vec<String> = plan.stage_dr.iter().map(|d| d.endpoint.clone()).collect();
     let view = tm(plan)
-        .activate(&plan.stage.endpoint, &Activate::default())
+        .activate(
+            &plan.stage.endpoint,
+            &Activate {
+                also_online: also_online.clone(),
+                ..Activate::default()
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     crate::crashpoint::hit("upgrade.switched");
@@ -955,23 +1277,34 @@ async fn switch(plan: &Plan) -> StepResult {
             plan.stage.endpoint
         ));
     }
+    for name in &also_online {
+        if !view
+            .endpoints
+            .iter()
+            .any(|e| &e.name == name && e.status == Status::Online)
+        {
+            return Err(format!("after the switch the backup {name} is not online"));
+        }
+    }
     Ok(())
 }
 
 async fn remove_v1(plan: &Plan) -> StepResult {
     let tm = tm(plan);
     let view = tm.show().await.map_err(|e| e.to_string())?;
-    if view
-        .endpoints
-        .iter()
-        .any(|e| e.name == plan.production.endpoint)
-    {
-        tm.remove(&plan.production.endpoint)
-            .await
-            .map_err(|e| e.to_string())?;
+    // Option 2: V1 in the DR region goes too (it serves an old copy).
+    let mut endpoints = vec![&plan.production.endpoint];
+    endpoints.extend(plan.production_dr.iter().map(|d| &d.endpoint));
+    for name in endpoints {
+        if view.endpoints.iter().any(|e| &e.name == name) {
+            tm.remove(name).await.map_err(|e| e.to_string())?;
+        }
     }
     if let Some(stop) = &plan.production.stop {
         run_command("stopping V1", plan, stop).await?;
+    }
+    if let Some(stop) = plan.production_dr.as_ref().and_then(|d| d.stop.as_ref()) {
+        run_command("stopping V1 in the DR region", plan, stop).await?;
     }
     Ok(())
 }
@@ -1010,13 +1343,9 @@ async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
     if let Some(pid) = state.stage_app_pid {
         stop_app(pid).await?;
     }
-    let tm = tm(plan);
-    let view = tm.show().await.map_err(|e| e.to_string())?;
-    if view.endpoints.iter().any(|e| e.name == s.endpoint) {
-        tm.remove(&s.endpoint).await.map_err(|e| e.to_string())?;
-    }
+    remove_endpoint(plan, &s.endpoint).await?;
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
-    if linked(&prod, plan).await? {
+    if has_link(&prod, &p.database, &s.server).await? {
         exec(
             &prod,
             &format!(
@@ -1026,10 +1355,51 @@ async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
         )
         .await?;
     }
-    let db = plan.stage_database();
-    let stage = primary_of_any(&s.hosts, "stage").await?;
+    drop_copy(&s.hosts, plan.stage_database(), "stage").await?;
+    state.stage_app_pid = None;
+    Ok(())
+}
+
+async fn remove_stage_dr(plan: &Plan, state: &mut State) -> StepResult {
+    let dr = stage_dr(plan)?;
+    if let Some(pid) = state.stage_dr_app_pid {
+        stop_app(pid).await?;
+    }
+    remove_endpoint(plan, &dr.endpoint).await?;
+    // The chained link is the stage copy's: end it there while that copy
+    // exists (step 9, which drops it, comes after this one).
+    let sdb = plan.stage_database();
+    let stage = primary_of_any(&plan.stage.hosts, "stage").await?;
+    if has_link(&stage, sdb, &dr.server).await? {
+        exec(
+            &stage,
+            &format!(
+                "ALTER DATABASE {sdb} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
+                dr.server
+            ),
+        )
+        .await?;
+    }
+    drop_copy(&dr.hosts, plan.stage_dr_database(), "stage-DR").await?;
+    state.stage_dr_app_pid = None;
+    Ok(())
+}
+
+async fn remove_endpoint(plan: &Plan, name: &str) -> StepResult {
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view.endpoints.iter().any(|e| e.name == name) {
+        tm.remove(name).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes `db` from its group on the cluster of `hosts` and drops it, if
+/// it is there.
+async fn drop_copy(hosts: &[String], db: &str, slot: &str) -> StepResult {
+    let primary = primary_of_any(hosts, slot).await?;
     let groups = column(
-        &stage,
+        &primary,
         &format!(
             "SELECT group_id FROM sys.dm_hadr_database_replica_states WHERE database_name = '{db}' AND is_local"
         ),
@@ -1037,33 +1407,32 @@ async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
     .await?;
     if let Some(group) = groups.first() {
         exec(
-            &stage,
+            &primary,
             &format!("ALTER AVAILABILITY GROUP {group} REMOVE DATABASE {db}"),
         )
         .await?;
     }
     let exists = column(
-        &stage,
+        &primary,
         &format!("SELECT name FROM sys.databases WHERE name = '{db}'"),
     )
     .await?;
     if !exists.is_empty() {
-        drop_when_released(&stage, db).await?;
+        drop_when_released(&primary, db).await?;
     }
-    state.stage_app_pid = None;
     Ok(())
 }
 
-/// How long the rollback waits for the stage's database to be let go.
+/// How long the rollback waits for a dropped copy to be let go.
 const RELEASE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `DROP DATABASE db` on the stage, retried while it is in use (55006):
-/// right after `REMOVE DATABASE` the stage's group, restarting without it,
-/// and the stage application's closing sessions still hold it a moment.
-async fn drop_when_released(stage: &Client, db: &str) -> StepResult {
+/// `DROP DATABASE db`, retried while it is in use (55006): right after
+/// `REMOVE DATABASE` the group, restarting without it, and the
+/// application's closing sessions still hold it a moment.
+async fn drop_when_released(primary: &Client, db: &str) -> StepResult {
     let deadline = tokio::time::Instant::now() + RELEASE_WITHIN;
     loop {
-        match exec(stage, &format!("DROP DATABASE {db}")).await {
+        match exec(primary, &format!("DROP DATABASE {db}")).await {
             Err(e) if e.contains("(55006)") && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
@@ -1154,18 +1523,17 @@ async fn log_end(client: &Client, db: &str) -> std::result::Result<i64, String> 
     .ok_or_else(|| format!("database {db} has no log end in sys.databases"))
 }
 
-async fn linked(prod: &Client, plan: &Plan) -> std::result::Result<bool, String> {
+/// Whether `db` (on `source`, its primary) has a geo-secondary on
+/// `partner`.
+async fn has_link(source: &Client, db: &str, partner: &str) -> std::result::Result<bool, String> {
     let partners = column(
-        prod,
+        source,
         &format!(
-            "SELECT partner_server FROM sys.geo_replication_links WHERE database_name = '{}' AND role_desc = 'PRIMARY'",
-            plan.production.database
+            "SELECT partner_server FROM sys.geo_replication_links WHERE database_name = '{db}' AND role_desc = 'PRIMARY'"
         ),
     )
     .await?;
-    Ok(partners
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(&plan.stage.server)))
+    Ok(partners.iter().any(|n| n.eq_ignore_ascii_case(partner)))
 }
 
 /// The node (of `hosts`) whose replica of `db` is primary.
