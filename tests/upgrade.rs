@@ -417,3 +417,225 @@ async fn an_orchestrator_killed_mid_upgrade_is_rolled_back_to_v1_and_an_interrup
     assert_eq!(rig.tm.show().await.active.as_deref(), Some("v1"));
     assert!(!production_has_category(&rig).await);
 }
+
+/// The ids in `items` of the stage-DR copy (option 2), read on its node.
+async fn stage_dr_ids(rig: &Rig) -> Vec<i64> {
+    let dr = rig.dr.as_ref().expect("an option 2 rig");
+    let client = dr.stage_dr.client(APP).await;
+    query_text(&client, "SELECT id FROM items ORDER BY id")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Each endpoint's status in the profile, by name.
+async fn statuses(rig: &Rig) -> Vec<(String, String)> {
+    rig.tm
+        .show()
+        .await
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.name.clone(),
+                serde_json::to_value(e.status)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_upgrades_both_regions_and_ends_with_stage_active_and_stage_dr_its_backup() {
+    let rig = Rig::start_geo(&example_script(), slow_smoke).await;
+    seed_rows(&rig, 30).await;
+    let clients = Clients::start(rig.tm.address());
+    clients.wait_acked_by(1, 10, &rig).await;
+    let out = rig.upgrade(&[], None).await;
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.logs());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("UPGRADED"), "{stdout}");
+    assert!(
+        stdout.contains("step 10") && stdout.contains("step 11"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stage-DR seeding"), "{stdout}");
+    clients.wait_acked_by(2, 10, &rig).await;
+    let seen = clients.finish().await;
+    assert!(
+        seen.read_errors.is_empty(),
+        "reads failed: {:?}",
+        seen.read_errors
+    );
+    assert!(
+        seen.write_errors.is_empty(),
+        "writes failed: {:?}",
+        seen.write_errors
+    );
+    assert!(
+        !seen.read_only_refusals.is_empty(),
+        "no write was refused as read-only: was there a window? {seen:?}"
+    );
+    // The profile: stage active, stage-DR its online backup; production
+    // and production-DR offline.
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v2"), "{view:?}");
+    let mut status = statuses(&rig).await;
+    status.sort();
+    assert_eq!(
+        status,
+        [
+            ("v1".to_string(), "offline".to_string()),
+            ("v1-dr".into(), "offline".into()),
+            ("v2".into(), "online".into()),
+            ("v2-dr".into(), "online".into()),
+        ],
+        "{view:?}"
+    );
+    // Every V1 row (and every V2 write) is in V2…
+    let (ids, items) = item_ids(&rig).await;
+    assert!(items.iter().all(|i| i["category"] == "general"));
+    assert_eq!(ids.len(), 30 + seen.acked.len());
+    let lost = missing(&seen.acked, &ids);
+    assert!(lost.is_empty(), "acknowledged writes missing in V2: {lost:?}");
+    // …and in the stage-DR copy, which follows the stage copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let dr_ids = stage_dr_ids(&rig).await;
+        if dr_ids == ids {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage-DR copy has {} rows, V2 {}: {:?}",
+            dr_ids.len(),
+            ids.len(),
+            missing(&seen.acked, &dr_ids)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!production_has_category(&rig).await);
+    let report = &rig.report()["report"];
+    assert!(report["seeding_dr_ms"].as_u64().is_some(), "{report}");
+    // The stage region is lost now: the profile fails over to V2-DR, which
+    // serves every row (read-only: its copy is a geo-secondary).
+    rig.stage.signal("KILL");
+    let v2 = rig.v2_pid().expect("V2 wrote its pid");
+    // SAFETY: killing the V2 process (group) the orchestrator started.
+    unsafe {
+        libc::kill(-v2, libc::SIGKILL);
+    }
+    rig.tm
+        .wait_until("v2-dr takes over", Duration::from_secs(15), |v| {
+            v.active.as_deref() == Some("v2-dr")
+        })
+        .await;
+    let (dr_ids, dr_items) = item_ids(&rig).await;
+    assert_eq!(dr_ids, ids, "V2-DR serves every row");
+    assert!(dr_items.iter().all(|i| i["category"] == "general"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_with_the_production_region_lost_mid_upgrade_fails_over_to_production_dr_and_loses_nothing(
+) {
+    // The smoke check (step 5, inside the window) waits for the test's
+    // go-ahead, so the production region is lost while the upgrade is
+    // surely under way, after the termination (step 4).
+    let rig = Rig::start_geo(&example_script(), |port| {
+        format!(
+            "smoke = [\"python3\", \"-c\", \"import os, time, urllib.request\\n\
+             for _ in range(1200):\\n    if os.path.exists('go'): break\\n    time.sleep(0.1)\\n\
+             urllib.request.urlopen('http://127.0.0.1:{port}/ready', timeout=10)\"]"
+        )
+    })
+    .await;
+    seed_rows(&rig, 20).await;
+    let clients = Clients::start(rig.tm.address());
+    clients.wait_acked_by(1, 10, &rig).await;
+    let state_path = rig.dir.path().join("plan.toml.state/state.json");
+    let disaster = async {
+        // Wait until step 4 (planned termination) has ended.
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let state: serde_json::Value = std::fs::read_to_string(&state_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let terminated = state["machine"]["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["step"] == "TerminateStage" && r["ended_ms"].is_u64());
+            if terminated {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "step 4 never ended: {state}\n{}",
+                rig.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Production's region is lost: its nodes and V1.
+        for node in &rig.production.nodes {
+            node.signal("KILL");
+        }
+        rig.v1.kill();
+        // The profile fails over to production's DR slot (an online
+        // backup) by itself: probes every second, one failure tolerated.
+        let lost_at = std::time::Instant::now();
+        rig.tm
+            .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
+                v.active.as_deref() == Some("v1-dr")
+            })
+            .await;
+        let failover = lost_at.elapsed();
+        // The clients stop here: V1 acknowledged every write they saw
+        // acknowledged (a request cut by the loss is an error, not an ack).
+        let seen = clients.finish().await;
+        // V1-DR serves reads; writes get the read-only error (its copy is
+        // a geo-secondary, and production was READ_ONLY anyway).
+        let write = availdb::traffic::http::request(
+            &rig.tm.address(),
+            "POST",
+            "/items",
+            Some(b"{\"name\": \"after the disaster\"}"),
+            REQUEST,
+        )
+        .await
+        .unwrap();
+        assert_eq!(write.status, 503, "{}", String::from_utf8_lossy(&write.body));
+        let (dr_ids, dr_items) = item_ids(&rig).await;
+        assert!(dr_items.iter().all(|i| i["category"].is_null()), "V1 answers");
+        std::fs::write(rig.dir.path().join("go"), b"").unwrap();
+        (failover, dr_ids, seen)
+    };
+    let (out, (failover, dr_ids, seen)) = tokio::join!(rig.upgrade(&[], None), disaster);
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    // Nothing acknowledged was lost in the DR slot: step 3 waited until
+    // production's DR copy held production's last commit.
+    assert!(seen.acked.iter().all(|(_, v)| *v == 1), "{seen:?}");
+    let lost = missing(&seen.acked, &dr_ids);
+    assert!(lost.is_empty(), "acknowledged writes missing in production-DR: {lost:?}");
+    assert_eq!(dr_ids.len(), 20 + seen.acked.len());
+    // The upgrade needs production no more after step 4: it finished, and
+    // V2 (with stage-DR as its backup) serves every row.
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.logs());
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v2"), "{view:?}");
+    assert!(
+        statuses(&rig).await.contains(&("v2-dr".into(), "online".into())),
+        "{view:?}"
+    );
+    let (ids, items) = item_ids(&rig).await;
+    assert_eq!(ids, dr_ids, "V2 has exactly what production had");
+    assert!(items.iter().all(|i| i["category"] == "general"));
+}
