@@ -639,3 +639,68 @@ async fn option_2_with_the_production_region_lost_mid_upgrade_fails_over_to_prod
     assert_eq!(ids, dr_ids, "V2 has exactly what production had");
     assert!(items.iter().all(|i| i["category"] == "general"));
 }
+
+async fn databases_on(server: &common::TestServer) -> Vec<String> {
+    let client = server.client(DEFAULT_DB).await;
+    query_text(&client, "SELECT name FROM sys.databases")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_with_a_failing_upgrade_script_rolls_back_and_removes_the_stage_dr_components_too(
+) {
+    let failing = "ALTER TABLE items ADD COLUMN category TEXT;\nSELECT no_such_function();\n";
+    let rig = Rig::start_geo(failing, |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 20).await;
+    let clients = Clients::start(rig.tm.address());
+    clients.wait_acked_by(1, 10, &rig).await;
+    let out = rig.upgrade(&[], None).await;
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("step 5") && all.contains("no_such_function"),
+        "{all}"
+    );
+    // The rollback: 8, then 12 (stage-DR) before 9 (the stage copy it
+    // hangs from).
+    let (s8, s12, s9) = (
+        all.find("step 8:").expect("step 8 ran"),
+        all.find("step 12:").expect("step 12 ran"),
+        all.find("step 9:").expect("step 9 ran"),
+    );
+    assert!(s8 < s12 && s12 < s9, "{all}");
+    assert!(all.contains("stage-DR copy"), "{all}");
+    let before = clients.acked_by(1);
+    clients.wait_acked_by(1, before + 10, &rig).await;
+    let seen = clients.finish().await;
+    assert!(seen.write_errors.is_empty(), "{:?}", seen.write_errors);
+    assert!(seen.read_errors.is_empty(), "{:?}", seen.read_errors);
+    // V1 active, production-DR still its backup; both stage endpoints gone.
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v1"), "{view:?}");
+    let mut status = statuses(&rig).await;
+    status.sort();
+    assert_eq!(
+        status,
+        [
+            ("v1".to_string(), "online".to_string()),
+            ("v1-dr".into(), "online".into())
+        ]
+    );
+    assert!(!rig.v2_alive() && !rig.v2_dr_alive(), "V2 and V2-DR stopped");
+    assert!(!stage_databases(&rig).await.contains(&APP.to_string()));
+    let dr = rig.dr.as_ref().unwrap();
+    assert!(
+        !databases_on(&dr.stage_dr).await.contains(&APP.to_string()),
+        "the stage-DR copy is dropped"
+    );
+    let (ids, _) = item_ids(&rig).await;
+    let lost = missing(&seen.acked, &ids);
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(ids.len(), 20 + seen.acked.len());
+    assert!(!production_has_category(&rig).await);
+}
