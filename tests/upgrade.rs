@@ -704,3 +704,43 @@ async fn option_2_with_a_failing_upgrade_script_rolls_back_and_removes_the_stage
     assert_eq!(ids.len(), 20 + seen.acked.len());
     assert!(!production_has_category(&rig).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_option_2_orchestrator_killed_in_step_10_is_rolled_back_with_its_chained_copy() {
+    let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 15).await;
+    let out = rig.upgrade(&[], Some("upgrade.stage_dr_linked")).await;
+    assert!(
+        text(&out).contains("crash point upgrade.stage_dr_linked"),
+        "{}",
+        text(&out)
+    );
+    let status = rig.upgrade(&["status"], None).await;
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status_text.contains("step 10") && status_text.contains("did not end"),
+        "{status_text}"
+    );
+    let out = rig.upgrade(&["rollback"], None).await;
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.contains("rolled back") && all.contains("step 12"),
+        "{all}\n{}",
+        rig.logs()
+    );
+    // Production was never read-only: no step 8.
+    assert!(!all.contains("step 8:"), "{all}");
+    let dr = rig.dr.as_ref().unwrap();
+    assert!(
+        !databases_on(&dr.stage_dr).await.contains(&APP.to_string()),
+        "the stage-DR copy is dropped"
+    );
+    assert!(!stage_databases(&rig).await.contains(&APP.to_string()));
+    assert!(!rig.v2_alive() && !rig.v2_dr_alive());
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v1"));
+    assert!(view.endpoints.iter().all(|e| e.name != "v2" && e.name != "v2-dr"));
+    seed_rows(&rig, 5).await;
+    let (ids, _) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 20, "V1 read-write, nothing lost");
+}

@@ -1073,6 +1073,7 @@ async fn create_stage_dr(plan: &Plan, folder: &Folder, state: &mut State) -> Ste
             ),
         )
         .await?;
+        crate::crashpoint::hit("upgrade.stage_dr_linked");
     }
     if state.stage_dr_app_pid.is_some_and(alive) {
         return Ok(());
