@@ -502,7 +502,10 @@ async fn option_2_upgrades_both_regions_and_ends_with_stage_active_and_stage_dr_
     assert!(items.iter().all(|i| i["category"] == "general"));
     assert_eq!(ids.len(), 30 + seen.acked.len());
     let lost = missing(&seen.acked, &ids);
-    assert!(lost.is_empty(), "acknowledged writes missing in V2: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes missing in V2: {lost:?}"
+    );
     // …and in the stage-DR copy, which follows the stage copy.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -609,9 +612,17 @@ async fn option_2_with_the_production_region_lost_mid_upgrade_fails_over_to_prod
         )
         .await
         .unwrap();
-        assert_eq!(write.status, 503, "{}", String::from_utf8_lossy(&write.body));
+        assert_eq!(
+            write.status,
+            503,
+            "{}",
+            String::from_utf8_lossy(&write.body)
+        );
         let (dr_ids, dr_items) = item_ids(&rig).await;
-        assert!(dr_items.iter().all(|i| i["category"].is_null()), "V1 answers");
+        assert!(
+            dr_items.iter().all(|i| i["category"].is_null()),
+            "V1 answers"
+        );
         std::fs::write(rig.dir.path().join("go"), b"").unwrap();
         (failover, dr_ids, seen)
     };
@@ -624,7 +635,10 @@ async fn option_2_with_the_production_region_lost_mid_upgrade_fails_over_to_prod
     // production's DR copy held production's last commit.
     assert!(seen.acked.iter().all(|(_, v)| *v == 1), "{seen:?}");
     let lost = missing(&seen.acked, &dr_ids);
-    assert!(lost.is_empty(), "acknowledged writes missing in production-DR: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes missing in production-DR: {lost:?}"
+    );
     assert_eq!(dr_ids.len(), 20 + seen.acked.len());
     // The upgrade needs production no more after step 4: it finished, and
     // V2 (with stage-DR as its backup) serves every row.
@@ -632,7 +646,9 @@ async fn option_2_with_the_production_region_lost_mid_upgrade_fails_over_to_prod
     let view = rig.tm.show().await;
     assert_eq!(view.active.as_deref(), Some("v2"), "{view:?}");
     assert!(
-        statuses(&rig).await.contains(&("v2-dr".into(), "online".into())),
+        statuses(&rig)
+            .await
+            .contains(&("v2-dr".into(), "online".into())),
         "{view:?}"
     );
     let (ids, items) = item_ids(&rig).await;
@@ -651,8 +667,8 @@ async fn databases_on(server: &common::TestServer) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn option_2_with_a_failing_upgrade_script_rolls_back_and_removes_the_stage_dr_components_too(
-) {
+async fn option_2_with_a_failing_upgrade_script_rolls_back_and_removes_the_stage_dr_components_too()
+{
     let failing = "ALTER TABLE items ADD COLUMN category TEXT;\nSELECT no_such_function();\n";
     let rig = Rig::start_geo(failing, |_| "smoke_http = \"/ready\"".into()).await;
     seed_rows(&rig, 20).await;
@@ -691,7 +707,10 @@ async fn option_2_with_a_failing_upgrade_script_rolls_back_and_removes_the_stage
             ("v1-dr".into(), "online".into())
         ]
     );
-    assert!(!rig.v2_alive() && !rig.v2_dr_alive(), "V2 and V2-DR stopped");
+    assert!(
+        !rig.v2_alive() && !rig.v2_dr_alive(),
+        "V2 and V2-DR stopped"
+    );
     assert!(!stage_databases(&rig).await.contains(&APP.to_string()));
     let dr = rig.dr.as_ref().unwrap();
     assert!(
@@ -739,7 +758,10 @@ async fn an_option_2_orchestrator_killed_in_step_10_is_rolled_back_with_its_chai
     assert!(!rig.v2_alive() && !rig.v2_dr_alive());
     let view = rig.tm.show().await;
     assert_eq!(view.active.as_deref(), Some("v1"));
-    assert!(view.endpoints.iter().all(|e| e.name != "v2" && e.name != "v2-dr"));
+    assert!(view
+        .endpoints
+        .iter()
+        .all(|e| e.name != "v2" && e.name != "v2-dr"));
     seed_rows(&rig, 5).await;
     let (ids, _) = item_ids(&rig).await;
     assert_eq!(ids.len(), 20, "V1 read-write, nothing lost");

@@ -248,9 +248,7 @@ impl Machine {
                 if self.began(Step::ProductionReadOnly) && !self.ended_ok(Step::ProductionReadWrite)
                 {
                     Next::Run(Step::ProductionReadWrite)
-                } else if self.began(Step::CreateStageDr)
-                    && !self.ended_ok(Step::RemoveStageDr)
-                {
+                } else if self.began(Step::CreateStageDr) && !self.ended_ok(Step::RemoveStageDr) {
                     Next::Run(Step::RemoveStageDr)
                 } else if self.began(Step::CreateStage) && !self.ended_ok(Step::RemoveStage) {
                     Next::Run(Step::RemoveStage)
@@ -538,14 +536,21 @@ mod tests {
                 UpgradeStage,
                 vec![ProductionReadWrite, RemoveStageDr, RemoveStage],
             ),
-            (Switch, vec![ProductionReadWrite, RemoveStageDr, RemoveStage]),
+            (
+                Switch,
+                vec![ProductionReadWrite, RemoveStageDr, RemoveStage],
+            ),
         ];
         for (failing, rollback) in table {
             let mut m = Machine::geo_redundant(false);
             let ran = drive(&mut m, &[failing], None);
             let at = ran.iter().position(|s| *s == failing).unwrap();
             assert_eq!(ran[at + 1..], rollback[..], "{failing:?} failed: {ran:?}");
-            assert!(matches!(&m.phase, Phase::RolledBack { .. }), "{:?}", m.phase);
+            assert!(
+                matches!(&m.phase, Phase::RolledBack { .. }),
+                "{:?}",
+                m.phase
+            );
         }
         // A failed stage-DR removal stays to do, and is retried.
         let mut m = Machine::geo_redundant(false);

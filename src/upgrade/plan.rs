@@ -306,7 +306,11 @@ impl Plan {
                      a geo-secondary of the stage copy, in a cluster of its own (the DR region)"
                 ));
             }
-            if !self.stage_dr_database().chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if !self
+                .stage_dr_database()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
                 return Err(format!(
                     "database name {:?}: use letters, digits and '_'",
                     self.stage_dr_database()
@@ -317,10 +321,9 @@ impl Plan {
                 names.push(&pdr.endpoint);
             }
             if names.contains(&&dr.endpoint)
-                || self
-                    .production_dr
-                    .as_ref()
-                    .is_some_and(|p| p.endpoint == self.production.endpoint || p.endpoint == self.stage.endpoint)
+                || self.production_dr.as_ref().is_some_and(|p| {
+                    p.endpoint == self.production.endpoint || p.endpoint == self.stage.endpoint
+                })
             {
                 return Err("the endpoints of production, production_dr, stage and stage_dr must all differ".into());
             }
@@ -493,10 +496,22 @@ start = ["app", "--dsn", "{database_url}"]
     fn option_2_plans_that_cannot_work_are_refused_saying_why() {
         let two = format!("{PLAN}{OPTION_2}");
         let table = [
-            (two.replace("server = \"SB\"", "server = \"s\""), "cluster of its own"),
-            (two.replace("server = \"SB\"", "server = \"b\""), "cluster of its own"),
-            (two.replace("endpoint = \"v2-dr\"", "endpoint = \"v1-dr\""), "must all differ"),
-            (two.replace("priority = 4", "priority = 1"), "below the stage endpoint"),
+            (
+                two.replace("server = \"SB\"", "server = \"s\""),
+                "cluster of its own",
+            ),
+            (
+                two.replace("server = \"SB\"", "server = \"b\""),
+                "cluster of its own",
+            ),
+            (
+                two.replace("endpoint = \"v2-dr\"", "endpoint = \"v1-dr\""),
+                "must all differ",
+            ),
+            (
+                two.replace("priority = 4", "priority = 1"),
+                "below the stage endpoint",
+            ),
             (
                 format!("{PLAN}[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\n"),
                 "add [stage_dr]",

@@ -207,8 +207,16 @@ fn check_state_fits(plan: &Plan, folder: &Folder, state: &State) -> Result<()> {
             "the upgrade under way in {} was begun {} [stage_dr]; the plan now has {}: \
              put the plan back as it was to resume or roll back",
             folder.state_path.display(),
-            if state.machine.stage_dr { "with" } else { "without" },
-            if plan.stage_dr.is_some() { "one" } else { "none" }
+            if state.machine.stage_dr {
+                "with"
+            } else {
+                "without"
+            },
+            if plan.stage_dr.is_some() {
+                "one"
+            } else {
+                "none"
+            }
         )));
     }
     Ok(())
@@ -368,7 +376,10 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
             Step::SeedStageDr,
             vec![
                 "wait until the stage copy's link to stage-DR shows CATCH_UP (progress bar)".into(),
-                format!("SELECT sys.wait_for_database_copy_sync('{sdb}', '{}')", dr.server),
+                format!(
+                    "SELECT sys.wait_for_database_copy_sync('{sdb}', '{}')",
+                    dr.server
+                ),
                 format!(
                     "traffic manager: add endpoint {} → {} priority {} OFFLINE; wait until healthy",
                     dr.endpoint, dr.target, dr.priority
@@ -435,9 +446,10 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
     step(
         Step::Switch,
         vec![format!(
-            "traffic manager: activate {} (probed first; {} go(es) offline{})   [the read-only window closes]",
+            "traffic manager: activate {} (probed first; {} {} offline{})   [the read-only window closes]",
             s.endpoint,
-            offline.join(", "),
+            offline.join(" and "),
+            if offline.len() > 1 { "go" } else { "goes" },
             plan.stage_dr
                 .as_ref()
                 .map_or(String::new(), |d| format!("; {} online as its backup", d.endpoint))
@@ -445,7 +457,7 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
     );
     if plan.upgrade.remove_v1 {
         let mut lines = vec![
-            format!("traffic manager: remove endpoint {}", offline.join(", ")),
+            format!("traffic manager: remove endpoint {}", offline.join(" and ")),
             format!(
                 "run: {}",
                 shell_words(p.stop.as_deref().unwrap_or_default())
@@ -639,6 +651,13 @@ fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
             .stage_app_pid
             .map_or("none".to_string(), |p| p.to_string())
     );
+    if let Some(pdr) = &plan.production_dr {
+        out.push_str(&format!(
+            " While production is unreachable, the profile sends new connections to its DR slot \
+             (endpoint {}, server '{}'), read-only until that copy is failed over.",
+            pdr.endpoint, pdr.server
+        ));
+    }
     if let Some(dr) = &plan.stage_dr {
         let removed = state
             .machine
@@ -677,7 +696,7 @@ fn summary(plan: &Plan, state: &State) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "  step {}  {:<56} {how}{again}\n",
+            "  step {:>2}  {:<56} {how}{again}\n",
             r.step.number(),
             r.step.title()
         ));
@@ -769,7 +788,14 @@ async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepRe
     if state.stage_app_pid.is_some_and(alive) {
         return Ok(());
     }
-    let pid = start_app_at(plan, &plan.expand(&s.start), &s.target, &folder.app_log, "V2").await?;
+    let pid = start_app_at(
+        plan,
+        &plan.expand(&s.start),
+        &s.target,
+        &folder.app_log,
+        "V2",
+    )
+    .await?;
     state.stage_app_pid = Some(pid);
     folder.save(state).map_err(|e| e.to_string())?;
     Ok(())
@@ -1061,7 +1087,14 @@ async fn create_stage_dr(plan: &Plan, folder: &Folder, state: &mut State) -> Ste
     // The chained link starts at the stage copy: its region's primary is
     // the source (the forwarder of production's log).
     let stage = primary_of_database(&plan.stage.hosts, sdb, "stage").await?;
-    ensure_partner(&stage, &dr.server, &dr.endpoint_urls, "stage-DR", "the stage cluster").await?;
+    ensure_partner(
+        &stage,
+        &dr.server,
+        &dr.endpoint_urls,
+        "stage-DR",
+        "the stage cluster",
+    )
+    .await?;
     if !has_link(&stage, sdb, &dr.server).await? {
         state.stage_dr_seeding_started_ms = Some(now_ms());
         exec(
@@ -1108,7 +1141,15 @@ async fn seed_stage_dr(plan: &Plan, state: &mut State, options: Options) -> Step
                 .into(),
         );
     }
-    register_offline(plan, &dr.endpoint, &dr.target, dr.priority, &dr.probe, "V2-DR").await
+    register_offline(
+        plan,
+        &dr.endpoint,
+        &dr.target,
+        dr.priority,
+        &dr.probe,
+        "V2-DR",
+    )
+    .await
 }
 
 async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {

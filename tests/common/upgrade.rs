@@ -362,7 +362,11 @@ async fn one_node_cluster(replica: &str, endpoint: u16, group: &str, server: &st
         ),
     )
     .await;
-    exec(&admin, &format!("ALTER CLUSTER SET (SERVER_NAME = '{server}')")).await;
+    exec(
+        &admin,
+        &format!("ALTER CLUSTER SET (SERVER_NAME = '{server}')"),
+    )
+    .await;
     node
 }
 
