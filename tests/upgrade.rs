@@ -453,6 +453,30 @@ async fn statuses(rig: &Rig) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn option_2_upgrades_both_regions_and_ends_with_stage_active_and_stage_dr_its_backup() {
     let rig = Rig::start_geo(&example_script(), slow_smoke).await;
+    // The dry run shows option 2's steps, in the order they run.
+    let dry = rig.upgrade(&["--dry-run"], None).await;
+    let dry_text = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(dry.status.success(), "{}", text(&dry));
+    let at = |needle: &str| {
+        dry_text
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} in {dry_text}"))
+    };
+    assert!(at("step 2:") < at("step 10:") && at("step 11:") < at("step 3:"));
+    assert!(at("step 8:") < at("step 12:") && at("step 12:") < at("step 9:"));
+    assert!(
+        dry_text.contains("ADD SECONDARY ON SERVER 'SB'")
+            && dry_text.contains("wait_for_database_copy_sync('app', 'B')"),
+        "{dry_text}"
+    );
+    assert!(
+        std::fs::read_dir(rig.dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".state")),
+        "a dry run changes nothing"
+    );
     seed_rows(&rig, 30).await;
     let clients = Clients::start(rig.tm.address());
     clients.wait_acked_by(1, 10, &rig).await;
@@ -765,4 +789,47 @@ async fn an_option_2_orchestrator_killed_in_step_10_is_rolled_back_with_its_chai
     seed_rows(&rig, 5).await;
     let (ids, _) = item_ids(&rig).await;
     assert_eq!(ids.len(), 20, "V1 read-write, nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_with_the_production_region_lost_before_the_termination_stops_and_says_v1_dr_serves(
+) {
+    // The documented limit: production lost in the window (here: in step
+    // 3, the orchestrator killed there too) before the stage copy is
+    // independent. The profile still fails over to V1-DR
+    // with every acknowledged row; the orchestrator cannot finish (step 4
+    // needs production) nor roll back (step 8 does), and says so.
+    let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 20).await;
+    let out = rig.upgrade(&[], Some("upgrade.read_only")).await;
+    assert!(
+        text(&out).contains("crash point upgrade.read_only"),
+        "{}",
+        text(&out)
+    );
+    for node in &rig.production.nodes {
+        node.signal("KILL");
+    }
+    rig.v1.kill();
+    rig.tm
+        .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
+            v.active.as_deref() == Some("v1-dr")
+        })
+        .await;
+    let (ids, _) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 20, "V1-DR serves every acknowledged row");
+    let out = rig.upgrade(&["resume"], None).await;
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        // Resume runs the interrupted step 3 again: it cannot reach
+        // production.
+        all.contains("step 3: FAILED") && all.contains("rollback step 8 failed"),
+        "{all}"
+    );
+    assert!(
+        all.contains("endpoint v1-dr") && all.contains("READ_ONLY"),
+        "names the DR slot and production's state: {all}"
+    );
+    assert_eq!(rig.tm.show().await.active.as_deref(), Some("v1-dr"));
 }
