@@ -143,7 +143,7 @@ impl Rig {
         exec(&admin, "ALTER CLUSTER SET (SERVER_NAME = 'A')").await;
         let schema = std::fs::read_to_string(example_dir().join("schema_v1.sql")).unwrap();
         exec(&production.primary().client(APP).await, &schema).await;
-        let (v1_port, v2_port) = (free_port(), free_port());
+        let (v1_port, v2_port) = (app_port(), app_port());
         let mut dr = None;
         let mut dr_endpoint = String::new();
         let mut dr_plan = String::new();
@@ -164,7 +164,7 @@ impl Rig {
                 &format!("ALTER DATABASE {APP} ADD SECONDARY ON SERVER 'B'"),
             )
             .await;
-            let v1_dr_port = free_port();
+            let v1_dr_port = app_port();
             let v1_dr = App::start(
                 1,
                 v1_dr_port,
@@ -177,7 +177,7 @@ impl Rig {
             .await;
             let sdr_endpoint = free_port();
             let stage_dr = one_node_cluster("e1", sdr_endpoint, "stagedr", "SB").await;
-            let v2_dr_port = free_port();
+            let v2_dr_port = app_port();
             dr_endpoint = format!(
                 "[[endpoint]]\nname = \"v1-dr\"\ntarget = \"127.0.0.1:{v1_dr_port}\"\npriority = 2\nstatus = \"online\"\n"
             );
@@ -341,6 +341,30 @@ impl Drop for Rig {
                 libc::kill(-pid, libc::SIGKILL);
                 libc::kill(pid, libc::SIGKILL);
             }
+        }
+    }
+}
+
+/// A port for one of the example application's processes, free a moment
+/// ago: above the kernel's ephemeral range (…–60999), where no server of
+/// any test (their ports come from [`free_port`], their HTTP ports are
+/// those + 1000) and no client socket lands — V2 binds its port only when
+/// the orchestrator starts it, long after the plan named it.
+fn app_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 61_000;
+    const SPAN: u64 = 4_500;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 20);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port =
+            (LOW + (seed.wrapping_add(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
         }
     }
 }
