@@ -833,3 +833,32 @@ async fn option_2_with_the_production_region_lost_before_the_termination_stops_a
     );
     assert_eq!(rig.tm.show().await.active.as_deref(), Some("v1-dr"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_with_production_dr_unreachable_refuses_to_open_the_window_unprotected_and_rolls_back(
+) {
+    let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 10).await;
+    // The DR region stops answering, and production commits more: its DR
+    // copy cannot harden production's end, so step 3's guard fails and
+    // the upgrade rolls back (a loss of production's region in the window
+    // would lose those commits).
+    let dr = rig.dr.as_ref().unwrap();
+    dr.production_dr.pause();
+    seed_rows(&rig, 5).await;
+    let out = rig.upgrade(&[], None).await;
+    dr.production_dr.resume();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("step 3: FAILED") && all.contains("did not harden"),
+        "{all}"
+    );
+    assert!(all.contains("rolled back"), "{all}");
+    seed_rows(&rig, 5).await;
+    let (ids, _) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 20, "V1 read-write again, nothing lost");
+    assert_eq!(rig.tm.show().await.active.as_deref(), Some("v1"));
+    assert!(!rig.v2_alive() && !rig.v2_dr_alive());
+    assert!(!databases_on(&dr.stage_dr).await.contains(&APP.to_string()));
+}

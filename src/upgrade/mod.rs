@@ -65,9 +65,10 @@
 //! * 3 also waits (`sys.wait_for_database_copy_sync` on the DR server)
 //!   until production's DR copy holds production's log end: from the
 //!   window on, a loss of production's region loses nothing acknowledged.
-//!   A DR region that does not answer fails the step (within the copy
-//!   sync's 60 s), and the upgrade rolls back rather than go on
-//!   unprotected; so does step 5 if stage-DR does not harden the script.
+//!   A DR copy that cannot get there (its region down while production
+//!   committed more) fails the step within the copy sync's 60 s, and the
+//!   upgrade rolls back rather than open the window unprotected; so does
+//!   step 5 if stage-DR does not harden the script.
 //! * 4 ends production → stage only: the stage copy keeps feeding
 //!   stage-DR (guard: the chained link still exists), so both regions are
 //!   upgraded in parallel — the script in step 5 reaches stage-DR through
