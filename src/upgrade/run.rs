@@ -328,17 +328,17 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
         ));
     }
     create.extend([
-            format!(
-                "on production's primary (of {}): ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
-                p.hosts.join(", "),
-                s.server,
-                s.endpoint_urls.join(", ")
-            ),
-            format!(
-                "on production's primary: ALTER DATABASE {db} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{sdb}')",
-                s.server
-            ),
-            format!("run (detached): {}", shell_words(&plan.expand(&s.start))),
+        format!(
+            "on production's primary (of {}): ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
+            p.hosts.join(", "),
+            s.server,
+            s.endpoint_urls.join(", ")
+        ),
+        format!(
+            "on production's primary: ALTER DATABASE {db} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{sdb}')",
+            s.server
+        ),
+        format!("run (detached): {}", shell_words(&plan.expand(&s.start))),
     ]);
     step(Step::CreateStage, create);
     step(
@@ -653,8 +653,8 @@ fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
     );
     if let Some(pdr) = &plan.production_dr {
         out.push_str(&format!(
-            " While production is unreachable, the profile sends new connections to its DR slot \
-             (endpoint {}, server '{}'), read-only until that copy is failed over.",
+            " If production's region is unreachable, the profile sends new connections to its DR \
+             slot (endpoint {}, server '{}'), read-only until that copy is failed over.",
             pdr.endpoint, pdr.server
         ));
     }
@@ -798,7 +798,7 @@ async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepRe
     .await?;
     state.stage_app_pid = Some(pid);
     folder.save(state).map_err(|e| e.to_string())?;
-    Ok(())
+    check_started(pid, &folder.app_log, "V2").await
 }
 
 /// Option 2's precondition: production's DR slot exists — production
@@ -885,8 +885,13 @@ async fn start_app_at(
              target in the plan) and resume"
         ));
     }
-    let pid = start_app(plan, command, log)?;
-    // An application that cannot start at all shows at once.
+    start_app(plan, command, log)
+}
+
+/// An application that cannot start at all shows at once (checked once
+/// its pid is saved, so a crash of the orchestrator meanwhile leaves no
+/// process it does not know of).
+async fn check_started(pid: i32, log: &Path, what: &str) -> StepResult {
     tokio::time::sleep(Duration::from_millis(200)).await;
     if !alive(pid) {
         return Err(format!(
@@ -894,7 +899,7 @@ async fn start_app_at(
             log.display()
         ));
     }
-    Ok(pid)
+    Ok(())
 }
 
 async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepResult {
@@ -1121,7 +1126,7 @@ async fn create_stage_dr(plan: &Plan, folder: &Folder, state: &mut State) -> Ste
     .await?;
     state.stage_dr_app_pid = Some(pid);
     folder.save(state).map_err(|e| e.to_string())?;
-    Ok(())
+    check_started(pid, &folder.dr_app_log, "V2-DR").await
 }
 
 async fn seed_stage_dr(plan: &Plan, state: &mut State, options: Options) -> StepResult {
