@@ -862,3 +862,49 @@ async fn option_2_with_production_dr_unreachable_refuses_to_open_the_window_unpr
     assert!(!rig.v2_alive() && !rig.v2_dr_alive());
     assert!(!databases_on(&dr.stage_dr).await.contains(&APP.to_string()));
 }
+
+/// Whether process `pid` (a child of this test) has exited: gone, or a
+/// zombie not reaped yet.
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_step_7_removes_v1_and_v1_dr_and_leaves_v2_with_its_dr_backup() {
+    let rig = Rig::start_geo(&example_script(), |_| {
+        "smoke_http = \"/ready\"\nremove_v1 = true".into()
+    })
+    .await;
+    seed_rows(&rig, 10).await;
+    let out = rig.upgrade(&[], None).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}\n{}", rig.logs());
+    assert!(all.contains("step 7: done"), "{all}");
+    let mut names: Vec<String> = rig
+        .tm
+        .show()
+        .await
+        .endpoints
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["v2", "v2-dr"]);
+    let v1_dr = rig.dr.as_ref().unwrap().v1_dr.pid();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(exited(rig.v1.pid()) && exited(v1_dr)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "V1 and V1-DR still run after step 7"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ids, items) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 10);
+    assert!(items.iter().all(|i| i["category"] == "general"));
+}

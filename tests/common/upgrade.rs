@@ -57,6 +57,11 @@ impl App {
 }
 
 impl App {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the application at once (SIGKILL), as a lost region would.
     pub fn kill(&self) {
         // SAFETY: kill(2) on the pid of a child we spawned.
@@ -182,10 +187,11 @@ impl Rig {
                 "[[endpoint]]\nname = \"v1-dr\"\ntarget = \"127.0.0.1:{v1_dr_port}\"\npriority = 2\nstatus = \"online\"\n"
             );
             dr_plan = format!(
-                "[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\n\
+                "[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\nstop = [\"kill\", \"{}\"]\n\
                  [stage_dr]\nserver = \"SB\"\nendpoint_urls = [\"tcp://127.0.0.1:{sdr_endpoint}\"]\n\
                  hosts = [\"127.0.0.1:{}\"]\nendpoint = \"v2-dr\"\ntarget = \"127.0.0.1:{v2_dr_port}\"\npriority = 4\n\
                  start = [\"python3\", \"{}\", \"--version\", \"2\", \"--port\", \"{v2_dr_port}\", \"--dsn\", \"{{database_url}}\", \"--pid-file\", \"v2-dr.pid\"]\n",
+                v1_dr.pid(),
                 stage_dr.port(),
                 example_dir().join("app.py").display(),
             );
@@ -224,7 +230,7 @@ impl Rig {
             .collect();
         let plan = format!(
             "name = \"inventory-v2\"\n\
-             [production]\nserver = \"A\"\nhosts = [{}]\ndatabase = \"app\"\nendpoint = \"v1\"\n\
+             [production]\nserver = \"A\"\nhosts = [{}]\ndatabase = \"app\"\nendpoint = \"v1\"\nstop = [\"kill\", \"{}\"]\n\
              [stage]\nserver = \"S\"\nendpoint_urls = [\"tcp://127.0.0.1:{stage_endpoint}\"]\n\
              hosts = [\"127.0.0.1:{}\"]\nendpoint = \"v2\"\ntarget = \"127.0.0.1:{v2_port}\"\npriority = {}\n\
              start = [\"python3\", \"{}\", \"--version\", \"2\", \"--port\", \"{v2_port}\", \"--dsn\", \"{{database_url}}\", \"--pid-file\", \"v2.pid\"]\n\
@@ -232,6 +238,7 @@ impl Rig {
              [upgrade]\nscript = \"upgrade.sql\"\n{}\n\
              [traffic_manager]\nadmin = \"{}\"\n",
             hosts.join(", "),
+            v1.pid(),
             stage.port(),
             if geo { 3 } else { 2 },
             example_dir().join("app.py").display(),
