@@ -792,11 +792,11 @@ async fn an_option_2_orchestrator_killed_in_step_10_is_rolled_back_with_its_chai
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn option_2_with_the_production_region_lost_before_the_termination_stops_and_says_v1_dr_serves(
+async fn option_2_with_the_production_region_lost_before_step_3s_dr_guard_stops_and_says_v1_dr_serves(
 ) {
-    // The documented limit: production lost in the window (here: in step
-    // 3, the orchestrator killed there too) before the stage copy is
-    // independent. The profile still fails over to V1-DR
+    // The documented limit: production lost in step 3 before its guard saw
+    // the DR copy hold production's end (the orchestrator killed there
+    // too), so a failover to that copy could lose writes. The profile still fails over to V1-DR
     // with every acknowledged row; the orchestrator cannot finish (step 4
     // needs production) nor roll back (step 8 does), and says so.
     let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
@@ -907,4 +907,57 @@ async fn option_2_step_7_removes_v1_and_v1_dr_and_leaves_v2_with_its_dr_backup()
     let (ids, items) = item_ids(&rig).await;
     assert_eq!(ids.len(), 10);
     assert!(items.iter().all(|i| i["category"] == "general"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn option_2_with_the_production_region_lost_in_the_window_rolls_back_to_production_dr_read_write(
+) {
+    // Production is lost after step 3's guard (production READ_ONLY, its
+    // DR copy holding its last commit) and before the stage copy is
+    // independent: the upgrade cannot go on, and the rollback cannot set
+    // production READ_WRITE — it rolls back to the DR slot instead, which
+    // loses nothing (production took no write since).
+    let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 20).await;
+    let out = rig.upgrade(&[], Some("upgrade.dr_synced")).await;
+    assert!(
+        text(&out).contains("crash point upgrade.dr_synced"),
+        "{}",
+        text(&out)
+    );
+    for node in &rig.production.nodes {
+        node.signal("KILL");
+    }
+    rig.v1.kill();
+    rig.tm
+        .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
+            v.active.as_deref() == Some("v1-dr")
+        })
+        .await;
+    let out = rig.upgrade(&["resume"], None).await;
+    let all = text(&out);
+    assert!(
+        all.contains("rolled back") && all.contains("DR copy on 'B' took over"),
+        "{all}\n{}",
+        rig.logs()
+    );
+    assert!(
+        all.contains("step 12: done") && all.contains("step 9: done"),
+        "{all}"
+    );
+    // V1 in the DR region takes writes now, with every row.
+    seed_rows(&rig, 5).await;
+    let (ids, items) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 25, "nothing lost, writes taken: {ids:?}");
+    assert!(items.iter().all(|i| i["category"].is_null()), "V1 answers");
+    let view = rig.tm.show().await;
+    assert_eq!(view.active.as_deref(), Some("v1-dr"), "{view:?}");
+    assert!(view
+        .endpoints
+        .iter()
+        .all(|e| e.name != "v2" && e.name != "v2-dr"));
+    assert!(!rig.v2_alive() && !rig.v2_dr_alive());
+    assert!(!stage_databases(&rig).await.contains(&APP.to_string()));
+    let dr = rig.dr.as_ref().unwrap();
+    assert!(!databases_on(&dr.stage_dr).await.contains(&APP.to_string()));
 }

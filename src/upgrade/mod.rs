@@ -93,9 +93,21 @@
 //!   a geo-secondary) until the orchestrator, which needs production no
 //!   more, finishes steps 5 and 6; then V2 serves, with V2-DR as backup.
 //!   Nothing acknowledged is lost (`tests/upgrade.rs` does this).
-//! * in steps 3–4: V1-DR serves every acknowledged row read-only (step 3's
-//!   guard); the orchestrator's next step cannot reach production, and
-//!   its rollback stops at step 8 saying so (see Known limits).
+//! * in steps 3–4, once step 3's guard passed: V1-DR serves every
+//!   acknowledged row read-only at once; the orchestrator's next step
+//!   cannot reach production, and its rollback **rolls back to the DR
+//!   slot** (when the plan gives `production_dr.hosts`): step 8, finding
+//!   no primary of production within 30 s, forces a geo-failover of
+//!   production's DR copy (`FORCE_FAILOVER_ALLOW_DATA_LOSS`, which loses
+//!   nothing here: production has been READ_ONLY since its end `E` and
+//!   the DR copy had hardened `E`, so nothing can have diverged), sets it
+//!   READ_WRITE and activates its endpoint; steps 12 and 9 remove the
+//!   stage slots (not ending production's link to the stage: production
+//!   is gone, or a deposed geo-secondary of its DR copy once back). V1
+//!   then takes writes again in the DR region.
+//! * in step 3 before its guard passed, or without `production_dr.hosts`:
+//!   V1-DR serves reads, and the rollback stops at step 8 saying so (see
+//!   Known limits).
 //! * before step 3: as without an upgrade — V1-DR serves reads of what the
 //!   asynchronous link had shipped (bounded by `GEO_MAX_LAG` if set).
 //! * a loss of the stage region after the switch: the profile fails over
@@ -122,11 +134,21 @@
 //!   it, does not create it), and no geo-failover is automated — after a
 //!   regional loss the backup endpoint serves read-only until the
 //!   operator runs `FORCE_FAILOVER_ALLOW_DATA_LOSS` on the DR copy.
-//! * Option 2: if production's region is lost in steps 3–4 (before the
-//!   stage copy is independent), the upgrade stops half rolled back (step
-//!   8 cannot reach production): the profile serves V1-DR, the stage and
-//!   stage-DR slots stay until production is back (`availdb upgrade
-//!   rollback` then finishes) or are removed by hand.
+//! * Option 2: if production's region is lost in step 3 before its guard
+//!   passed (or the plan lacks `production_dr.hosts`), the upgrade stops
+//!   half rolled back (step 8 cannot reach production and a failover to
+//!   the DR copy could lose writes): the profile serves V1-DR read-only,
+//!   the stage and stage-DR slots stay until production is back
+//!   (`availdb upgrade rollback` then finishes) or are removed by hand.
+//! * Option 2: the rollback to the DR slot takes production's
+//!   unreachability for 30 s as its loss. Production is READ_ONLY then,
+//!   so nothing diverges even if it was only cut off from the
+//!   orchestrator; once back it is a deposed geo-secondary of the DR
+//!   copy, and V1 serves from the DR region until the operator moves it
+//!   back (a planned geo-failover).
+//! * The stage slots must be reachable for the rollback to remove them: a
+//!   lost stage region leaves steps 12/9 to retry (`availdb upgrade
+//!   rollback`) or to do by hand.
 //! * Step 7 leaves production's database in place, READ_ONLY (the last
 //!   V1-format copy): dropping it is the operator's call.
 

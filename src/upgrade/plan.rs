@@ -40,6 +40,7 @@
 //! [production_dr]
 //! server = "B"                     # the DR cluster holding production's geo-secondary
 //! endpoint = "v1-dr"               # V1 in the DR region, an online backup
+//! hosts = ["127.0.0.1:7234"]       # its nodes: a rollback without production fails over here
 //! stop = ["sh", "-c", "kill $(cat v1-dr.pid)"]   # step 7 (optional)
 //!
 //! [stage_dr]
@@ -130,6 +131,11 @@ pub struct ProductionDr {
     pub server: String,
     /// Its endpoint in the profile (V1 in the DR region).
     pub endpoint: String,
+    /// Client addresses of the DR cluster's nodes. With them, a rollback
+    /// that cannot reach production after step 3 rolls back to the DR
+    /// slot (see the `upgrade` module page); without them it stops.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Step 7: the command that stops V1 in the DR region.
     #[serde(default)]
     pub stop: Option<Vec<String>>,

@@ -42,6 +42,14 @@ struct State {
     /// Option 2: when the chained ADD SECONDARY was sent.
     #[serde(default)]
     stage_dr_seeding_started_ms: Option<u64>,
+    /// Option 2: how far production's DR copy had hardened production's
+    /// log once production was READ_ONLY (step 3's guard).
+    #[serde(default)]
+    production_dr_synced_lsn: Option<i64>,
+    /// Option 2: step 8 rolled back to the DR slot (production was
+    /// unreachable).
+    #[serde(default)]
+    rolled_back_to_dr: bool,
 }
 
 /// How `availdb upgrade` reports.
@@ -155,6 +163,8 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
             production_end_lsn: None,
             stage_dr_app_pid: None,
             stage_dr_seeding_started_ms: None,
+            production_dr_synced_lsn: None,
+            rolled_back_to_dr: false,
         },
         (None, false) => {
             return Err(Error::Wrong(format!(
@@ -569,6 +579,26 @@ async fn drive(
                         .as_bytes(),
                 );
                 return match &phase {
+                    Phase::RolledBack { cause } if state.rolled_back_to_dr => {
+                        let pdr = plan
+                            .production_dr
+                            .as_ref()
+                            .expect("only option 2 rolls back to DR");
+                        Err(Error::RolledBack {
+                            cause: cause.clone(),
+                            slots: format!(
+                                "Production '{}' was unreachable: its DR copy on '{}' took over \
+                                 (production was READ_ONLY and that copy held its last commit, so \
+                                 nothing is lost), is READ_WRITE and serves V1 through endpoint {}; \
+                                 the stage and stage-DR slots are removed. When production's region \
+                                 is back, its copy is a geo-secondary of '{}'.\n{text}",
+                                plan.production.server,
+                                pdr.server,
+                                pdr.endpoint,
+                                pdr.server
+                            ),
+                        })
+                    }
                     Phase::RolledBack { cause } => Err(Error::RolledBack {
                         cause: cause.clone(),
                         slots: format!(
@@ -634,7 +664,19 @@ async fn drive(
 
 fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
     let rw = state.machine.record(Step::ProductionReadWrite);
-    let production = if rw.is_some_and(|r| r.ended_ms.is_some() && r.error.is_none())
+    let rolled_back_to_dr;
+    let production = if state.rolled_back_to_dr {
+        let pdr = plan
+            .production_dr
+            .as_ref()
+            .expect("only option 2 rolls back to DR");
+        rolled_back_to_dr = format!(
+            "unreachable; its DR copy on '{}' serves V1 through endpoint {} (read-write once \
+             step 8 is done)",
+            pdr.server, pdr.endpoint
+        );
+        rolled_back_to_dr.as_str()
+    } else if rw.is_some_and(|r| r.ended_ms.is_some() && r.error.is_none())
         || state.machine.record(Step::ProductionReadOnly).is_none()
     {
         "READ_WRITE, serving V1"
@@ -748,12 +790,12 @@ async fn run_step(
     match step {
         Step::CreateStage => create_stage(plan, folder, state).await,
         Step::SeedStage => seed_stage(plan, state, options).await,
-        Step::ProductionReadOnly => production_read_only(plan, state).await,
+        Step::ProductionReadOnly => production_read_only(plan, folder, state).await,
         Step::TerminateStage => terminate_stage(plan, state).await,
         Step::UpgradeStage => upgrade_stage(plan, state).await,
         Step::Switch => switch(plan).await,
         Step::RemoveV1 => remove_v1(plan).await,
-        Step::ProductionReadWrite => production_read_write(plan).await,
+        Step::ProductionReadWrite => production_read_write(plan, state).await,
         Step::RemoveStage => remove_stage(plan, state).await,
         Step::CreateStageDr => create_stage_dr(plan, folder, state).await,
         Step::SeedStageDr => seed_stage_dr(plan, state, options).await,
@@ -1157,7 +1199,7 @@ async fn seed_stage_dr(plan: &Plan, state: &mut State, options: Options) -> Step
     .await
 }
 
-async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
+async fn production_read_only(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
     let p = &plan.production;
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
     exec(
@@ -1179,6 +1221,10 @@ async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
                 pdr.server
             ));
         }
+        // Saved at once: a rollback to the DR slot relies on it.
+        state.production_dr_synced_lsn = Some(synced);
+        folder.save(state).map_err(|e| e.to_string())?;
+        crate::crashpoint::hit("upgrade.dr_synced");
     }
     Ok(())
 }
@@ -1356,9 +1402,26 @@ async fn remove_v1(plan: &Plan) -> StepResult {
     Ok(())
 }
 
-async fn production_read_write(plan: &Plan) -> StepResult {
+async fn production_read_write(plan: &Plan, state: &mut State) -> StepResult {
     let p = &plan.production;
-    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    if state.rolled_back_to_dr {
+        // Production was given up for its DR copy already (a resume).
+        return rollback_to_production_dr(plan, state).await;
+    }
+    let prod = match primary_of_database(&p.hosts, &p.database, "production").await {
+        Ok(prod) => prod,
+        Err(unreachable) => {
+            return match dr_rollback_possible(plan, state) {
+                Ok(()) => {
+                    println!(
+                        "  production is unreachable ({unreachable}): rolling back to its DR slot"
+                    );
+                    rollback_to_production_dr(plan, state).await
+                }
+                Err(why) => Err(format!("{unreachable} ({why})")),
+            };
+        }
+    };
     exec(
         &prod,
         &format!("ALTER DATABASE {} SET READ_WRITE", p.database),
@@ -1385,22 +1448,99 @@ async fn production_read_write(plan: &Plan) -> StepResult {
     Ok(())
 }
 
+/// Whether step 8 may roll back to production's DR slot instead: option
+/// 2 with the DR cluster's hosts in the plan, and step 3's guard passed —
+/// production has been READ_ONLY since its log end `E` (it takes no
+/// write, so nothing can diverge) and its DR copy had hardened `E`, so a
+/// forced geo-failover of that copy loses nothing.
+fn dr_rollback_possible(plan: &Plan, state: &State) -> std::result::Result<(), String> {
+    let Some(pdr) = &plan.production_dr else {
+        return Err("the plan has no [production_dr] to roll back to".into());
+    };
+    if pdr.hosts.is_empty() {
+        return Err(format!(
+            "production_dr.hosts is not in the plan, so the rollback cannot fail over to '{}'",
+            pdr.server
+        ));
+    }
+    match (state.production_end_lsn, state.production_dr_synced_lsn) {
+        (Some(end), Some(synced)) if synced >= end => Ok(()),
+        _ => Err(format!(
+            "production's DR copy on '{}' was not seen holding production's last commit, so a \
+             failover there could lose writes",
+            pdr.server
+        )),
+    }
+}
+
+/// Step 8 without production: its DR copy becomes the primary (a forced
+/// geo-failover, lossless here — see [`dr_rollback_possible`]), read-write,
+/// and its endpoint the active one.
+async fn rollback_to_production_dr(plan: &Plan, state: &mut State) -> StepResult {
+    let pdr = plan
+        .production_dr
+        .as_ref()
+        .ok_or("the plan has no [production_dr]")?;
+    let db = &plan.production.database;
+    let dr = primary_of_database(&pdr.hosts, db, "production-DR").await?;
+    state.rolled_back_to_dr = true;
+    let geo_secondary = rows(
+        &dr,
+        &format!(
+            "SELECT 1 FROM sys.geo_replication_links WHERE database_name = '{db}' AND role_desc = 'SECONDARY'"
+        ),
+    )
+    .await?;
+    if !geo_secondary.is_empty() {
+        exec(
+            &dr,
+            &format!("ALTER DATABASE {db} FORCE_FAILOVER_ALLOW_DATA_LOSS"),
+        )
+        .await?;
+    }
+    let end = state
+        .production_end_lsn
+        .ok_or("production's log end was not recorded in step 3")?;
+    let dr = primary_of_database(&pdr.hosts, db, "production-DR").await?;
+    let dr_end = log_end(&dr, db).await?;
+    if dr_end < end {
+        return Err(format!(
+            "production's DR copy's log ends at {dr_end}, before production's last commit at {end}"
+        ));
+    }
+    // It inherited production's READ_ONLY.
+    exec(&dr, &format!("ALTER DATABASE {db} SET READ_WRITE")).await?;
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view.active.as_deref() != Some(pdr.endpoint.as_str()) {
+        tm.activate(&pdr.endpoint, &Activate::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     if let Some(pid) = state.stage_app_pid {
         stop_app(pid).await?;
     }
     remove_endpoint(plan, &s.endpoint).await?;
-    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
-    if has_link(&prod, &p.database, &s.server).await? {
-        exec(
-            &prod,
-            &format!(
-                "ALTER DATABASE {} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
-                p.database, s.server
-            ),
-        )
-        .await?;
+    // After a rollback to the DR slot production is unreachable, or a
+    // deposed geo-secondary of its DR copy: its link to the stage is not
+    // ended there.
+    if !state.rolled_back_to_dr {
+        let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+        if has_link(&prod, &p.database, &s.server).await? {
+            exec(
+                &prod,
+                &format!(
+                    "ALTER DATABASE {} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
+                    p.database, s.server
+                ),
+            )
+            .await?;
+        }
     }
     drop_copy(&s.hosts, plan.stage_database(), "stage").await?;
     state.stage_app_pid = None;

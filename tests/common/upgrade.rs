@@ -188,10 +188,12 @@ impl Rig {
             );
             dr_plan = format!(
                 "[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\nstop = [\"kill\", \"{}\"]\n\
+                 hosts = [\"127.0.0.1:{}\"]\n\
                  [stage_dr]\nserver = \"SB\"\nendpoint_urls = [\"tcp://127.0.0.1:{sdr_endpoint}\"]\n\
                  hosts = [\"127.0.0.1:{}\"]\nendpoint = \"v2-dr\"\ntarget = \"127.0.0.1:{v2_dr_port}\"\npriority = 4\n\
                  start = [\"python3\", \"{}\", \"--version\", \"2\", \"--port\", \"{v2_dr_port}\", \"--dsn\", \"{{database_url}}\", \"--pid-file\", \"v2-dr.pid\"]\n",
                 v1_dr.pid(),
+                production_dr.port(),
                 stage_dr.port(),
                 example_dir().join("app.py").display(),
             );
