@@ -466,7 +466,8 @@ async fn option_2_upgrades_both_regions_and_ends_with_stage_active_and_stage_dr_
     assert!(at("step 8:") < at("step 12:") && at("step 12:") < at("step 9:"));
     assert!(
         dry_text.contains("ADD SECONDARY ON SERVER 'SB'")
-            && dry_text.contains("wait_for_database_copy_sync('app', 'B')"),
+            && dry_text.contains("wait_for_database_copy_sync('app', 'B')")
+            && dry_text.contains("[rollback to the DR slot]"),
         "{dry_text}"
     );
     assert!(

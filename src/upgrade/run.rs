@@ -480,13 +480,29 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
     }
     step(
         Step::ProductionReadWrite,
-        vec![
+        [
             format!("on production's primary: ALTER DATABASE {db} SET READ_WRITE"),
             format!(
                 "traffic manager: activate {} if it is not the active endpoint",
                 p.endpoint
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            plan.production_dr
+                .as_ref()
+                .filter(|d| !d.hosts.is_empty())
+                .map(|d| {
+                    format!(
+                        "if production is unreachable and step 3 saw its DR copy hold its end: on the DR's primary \
+                         (of {}) ALTER DATABASE {db} FORCE_FAILOVER_ALLOW_DATA_LOSS; SET READ_WRITE; \
+                         traffic manager: activate {}   [rollback to the DR slot]",
+                        d.hosts.join(", "),
+                        d.endpoint
+                    )
+                }),
+        )
+        .collect(),
     );
     if let Some(dr) = &plan.stage_dr {
         step(
