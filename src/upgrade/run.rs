@@ -1914,3 +1914,73 @@ async fn run_command(what: &str, plan: &Plan, command: &[String]) -> StepResult 
         output.status
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dr: &str) -> Plan {
+        let text = format!(
+            "name = \"p\"\n[production]\nserver = \"A\"\nhosts = [\"127.0.0.1:5434\"]\n\
+             database = \"app\"\nendpoint = \"v1\"\n{dr}\
+             [stage]\nserver = \"S\"\nhosts = [\"127.0.0.1:6434\"]\nendpoint = \"v2\"\n\
+             target = \"127.0.0.1:8002\"\npriority = 3\nstart = [\"app\"]\n\
+             [stage_dr]\nserver = \"SB\"\nhosts = [\"127.0.0.1:7634\"]\nendpoint = \"v2-dr\"\n\
+             target = \"127.0.0.1:8004\"\npriority = 4\nstart = [\"app\"]\n\
+             [upgrade]\nscript = \"u.sql\"\n[traffic_manager]\nadmin = \"127.0.0.1:9001\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.toml");
+        std::fs::write(&path, text).unwrap();
+        Plan::load(&path).unwrap()
+    }
+
+    fn state(end: Option<i64>, synced: Option<i64>) -> State {
+        State {
+            plan: "p".into(),
+            machine: Machine::geo_redundant(false),
+            stage_app_pid: None,
+            seeding_started_ms: None,
+            production_end_lsn: end,
+            stage_dr_app_pid: None,
+            stage_dr_seeding_started_ms: None,
+            production_dr_synced_lsn: synced,
+            rolled_back_to_dr: false,
+        }
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_dr_slot_only_when_its_copy_held_productions_end_and_the_plan_names_its_hosts(
+    ) {
+        let with_hosts = plan(
+            "[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\nhosts = [\"127.0.0.1:7234\"]\n",
+        );
+        let without_hosts = plan("[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\n");
+        let no_dr = plan("");
+        // (plan, production's end, the DR copy's hardened LSN, allowed)
+        let table = [
+            (&with_hosts, Some(100), Some(100), Ok(())),
+            (&with_hosts, Some(100), Some(120), Ok(())),
+            (&with_hosts, Some(100), Some(99), Err("could lose writes")),
+            (&with_hosts, Some(100), None, Err("could lose writes")),
+            (&with_hosts, None, None, Err("could lose writes")),
+            (
+                &without_hosts,
+                Some(100),
+                Some(100),
+                Err("production_dr.hosts"),
+            ),
+            (&no_dr, Some(100), Some(100), Err("no [production_dr]")),
+        ];
+        for (plan, end, synced, expected) in table {
+            let got = dr_rollback_possible(plan, &state(end, synced));
+            match expected {
+                Ok(()) => assert_eq!(got, Ok(()), "{end:?} {synced:?}"),
+                Err(why) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(why)),
+                    "{end:?} {synced:?}: {got:?}"
+                ),
+            }
+        }
+    }
+}
