@@ -12,10 +12,17 @@
 //! (only when the plan asks). Rollback: 8 [`Step::ProductionReadWrite`],
 //! 9 [`Step::RemoveStage`].
 //!
+//! Option 2 (geo-redundant, [`Machine::stage_dr`]) adds three steps,
+//! numbered after the seed's: 10 [`Step::CreateStageDr`] and 11
+//! [`Step::SeedStageDr`] run between steps 2 and 3 (the chained copy can
+//! only be made once the stage copy is seeded), and 12
+//! [`Step::RemoveStageDr`] in the rollback, between 8 and 9 (the chained
+//! link is ended on the stage copy before that copy is dropped).
+//!
 //! # Rules
 //! * A failed forward step before the switch succeeded starts the
 //!   rollback: 8 if step 3 ever began (production may be read-only), then
-//!   9 if step 1 ever began. Nothing production holds is touched by steps
+//!   12 if step 10 ever began, then 9 if step 1 ever began. Nothing production holds is touched by steps
 //!   1–5 but its READ_ONLY flag, so the rollback loses nothing.
 //! * Once the switch succeeded, V2 is live and takes writes production
 //!   never sees: a rollback is refused, and a failure of step 7 leaves the
@@ -59,6 +66,15 @@ pub enum Step {
     /// 9 (rollback): the stage application stopped, its endpoint removed,
     /// the stage copy dropped.
     RemoveStage,
+    /// 10 (option 2): a chained geo-secondary of the stage copy on the
+    /// stage-DR server, and V2-DR started against it.
+    CreateStageDr,
+    /// 11 (option 2): the stage-DR copy seeded and synchronized; its
+    /// endpoint registered in the profile, offline.
+    SeedStageDr,
+    /// 12 (option 2, rollback): V2-DR stopped, its endpoint removed, the
+    /// chained link ended, the stage-DR copy dropped.
+    RemoveStageDr,
 }
 
 impl Step {
@@ -79,11 +95,18 @@ impl Step {
             Step::RemoveV1 => "remove the V1 components",
             Step::ProductionReadWrite => "set production READ_WRITE (rollback)",
             Step::RemoveStage => "remove the stage components (rollback)",
+            Step::CreateStageDr => "create the chained stage-DR copy and start V2-DR",
+            Step::SeedStageDr => "wait for stage-DR seeding; register its endpoint offline",
+            Step::RemoveStageDr => "remove the stage-DR components (rollback)",
         }
     }
 
-    fn is_rollback(self) -> bool {
-        matches!(self, Step::ProductionReadWrite | Step::RemoveStage)
+    /// Whether the step belongs to the rollback.
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            Step::ProductionReadWrite | Step::RemoveStage | Step::RemoveStageDr
+        )
     }
 }
 
@@ -148,12 +171,15 @@ pub struct Machine {
     pub phase: Phase,
     /// Whether step 7 is part of the plan.
     pub remove_v1: bool,
+    /// Option 2: steps 10, 11 and 12 are part of the plan.
+    #[serde(default)]
+    pub stage_dr: bool,
     /// Every step that began, in the order they first began.
     pub steps: Vec<StepRecord>,
     /// The step begun and not ended (at most one).
     pub current: Option<Step>,
     /// Durations measured inside steps, in milliseconds: `seeding`,
-    /// `script`, `smoke`, `termination`.
+    /// `seeding_dr`, `script`, `smoke`, `termination`.
     pub measured: std::collections::BTreeMap<String, u64>,
 }
 
@@ -163,9 +189,18 @@ impl Machine {
         Machine {
             phase: Phase::Forward,
             remove_v1,
+            stage_dr: false,
             steps: Vec::new(),
             current: None,
             measured: Default::default(),
+        }
+    }
+
+    /// A new option 2 upgrade (with the stage-DR slot).
+    pub fn geo_redundant(remove_v1: bool) -> Machine {
+        Machine {
+            stage_dr: true,
+            ..Machine::new(remove_v1)
         }
     }
 
@@ -190,14 +225,16 @@ impl Machine {
         }
         match &self.phase {
             Phase::Forward => {
-                let mut order = vec![
-                    Step::CreateStage,
-                    Step::SeedStage,
+                let mut order = vec![Step::CreateStage, Step::SeedStage];
+                if self.stage_dr {
+                    order.extend([Step::CreateStageDr, Step::SeedStageDr]);
+                }
+                order.extend([
                     Step::ProductionReadOnly,
                     Step::TerminateStage,
                     Step::UpgradeStage,
                     Step::Switch,
-                ];
+                ]);
                 if self.remove_v1 {
                     order.push(Step::RemoveV1);
                 }
@@ -211,6 +248,8 @@ impl Machine {
                 if self.began(Step::ProductionReadOnly) && !self.ended_ok(Step::ProductionReadWrite)
                 {
                     Next::Run(Step::ProductionReadWrite)
+                } else if self.began(Step::CreateStageDr) && !self.ended_ok(Step::RemoveStageDr) {
+                    Next::Run(Step::RemoveStageDr)
                 } else if self.began(Step::CreateStage) && !self.ended_ok(Step::RemoveStage) {
                     Next::Run(Step::RemoveStage)
                 } else {
@@ -348,6 +387,7 @@ impl Machine {
             script_ms: self.measured.get("script").copied(),
             smoke_ms: self.measured.get("smoke").copied(),
             seeding_ms: self.measured.get("seeding").copied(),
+            seeding_dr_ms: self.measured.get("seeding_dr").copied(),
             termination_ms: duration(Step::TerminateStage),
             switch_ms: duration(Step::Switch),
             total_ms: first.zip(last).map(|(a, b)| b.saturating_sub(a)),
@@ -371,6 +411,8 @@ pub struct Report {
     pub smoke_ms: Option<u64>,
     /// From ADD SECONDARY to the copy synchronized.
     pub seeding_ms: Option<u64>,
+    /// Option 2: the same for the chained stage-DR copy.
+    pub seeding_dr_ms: Option<u64>,
     /// Step 4.
     pub termination_ms: Option<u64>,
     /// Step 6.
@@ -451,6 +493,98 @@ mod tests {
                 m.phase
             );
         }
+    }
+
+    #[test]
+    fn option_2_creates_and_seeds_stage_dr_between_steps_2_and_3() {
+        let mut m = Machine::geo_redundant(true);
+        assert_eq!(
+            drive(&mut m, &[], None),
+            [
+                CreateStage,
+                SeedStage,
+                CreateStageDr,
+                SeedStageDr,
+                ProductionReadOnly,
+                TerminateStage,
+                UpgradeStage,
+                Switch,
+                RemoveV1
+            ]
+        );
+        assert_eq!(m.phase, Phase::Upgraded);
+        assert_eq!(CreateStageDr.number(), 10);
+        assert_eq!(RemoveStageDr.number(), 12);
+    }
+
+    #[test]
+    fn an_option_2_rollback_removes_stage_dr_before_the_stage_copy_it_hangs_from() {
+        let table = [
+            (CreateStage, vec![RemoveStage]),
+            (SeedStage, vec![RemoveStage]),
+            (CreateStageDr, vec![RemoveStageDr, RemoveStage]),
+            (SeedStageDr, vec![RemoveStageDr, RemoveStage]),
+            (
+                ProductionReadOnly,
+                vec![ProductionReadWrite, RemoveStageDr, RemoveStage],
+            ),
+            (
+                TerminateStage,
+                vec![ProductionReadWrite, RemoveStageDr, RemoveStage],
+            ),
+            (
+                UpgradeStage,
+                vec![ProductionReadWrite, RemoveStageDr, RemoveStage],
+            ),
+            (
+                Switch,
+                vec![ProductionReadWrite, RemoveStageDr, RemoveStage],
+            ),
+        ];
+        for (failing, rollback) in table {
+            let mut m = Machine::geo_redundant(false);
+            let ran = drive(&mut m, &[failing], None);
+            let at = ran.iter().position(|s| *s == failing).unwrap();
+            assert_eq!(ran[at + 1..], rollback[..], "{failing:?} failed: {ran:?}");
+            assert!(
+                matches!(&m.phase, Phase::RolledBack { .. }),
+                "{:?}",
+                m.phase
+            );
+        }
+        // A failed stage-DR removal stays to do, and is retried.
+        let mut m = Machine::geo_redundant(false);
+        let ran = drive(&mut m, &[UpgradeStage, RemoveStageDr], None);
+        assert_eq!(
+            ran.iter().filter(|s| **s == RemoveStageDr).count(),
+            2,
+            "{ran:?}"
+        );
+        assert!(matches!(m.phase, Phase::RolledBack { .. }));
+    }
+
+    #[test]
+    fn option_2_resumes_an_interrupted_stage_dr_step_and_an_older_state_reads_as_option_1() {
+        for crash in [CreateStageDr, SeedStageDr] {
+            let mut m = Machine::geo_redundant(false);
+            drive(&mut m, &[], Some(crash));
+            let mut m: Machine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+            m.recover(5_000);
+            assert_eq!(m.next(), Next::Run(crash));
+            drive(&mut m, &[], None);
+            assert_eq!(m.phase, Phase::Upgraded);
+            assert!(m.record(SeedStageDr).is_some());
+        }
+        // A state file written before option 2 existed has no `stage_dr`.
+        let mut json = serde_json::to_value(Machine::new(false)).unwrap();
+        json.as_object_mut().unwrap().remove("stage_dr");
+        let m: Machine = serde_json::from_value(json).unwrap();
+        assert!(!m.stage_dr);
+        // An option 2 upgrade rolled back by request from step 11.
+        let mut m = Machine::geo_redundant(false);
+        drive(&mut m, &[], Some(SeedStageDr));
+        m.request_rollback().unwrap();
+        assert_eq!(drive(&mut m, &[], None), [RemoveStageDr, RemoveStage]);
     }
 
     #[test]

@@ -44,6 +44,76 @@
 //! its group and dropped. Production never lost a row: steps 1–5 change
 //! nothing in it but its READ_ONLY flag.
 //!
+//! # Option 2: geo-redundant
+//! A plan with `[stage_dr]` keeps the application protected from the loss
+//! of a region throughout. Before the upgrade, production already has its
+//! DR slot (`[production_dr]`: a geo-secondary of production on the DR
+//! server, V1 running against it, its endpoint an **online** backup of
+//! production's in the profile); the upgrade adds a stage-DR slot, so the
+//! profile holds one active and three backup endpoints by priority:
+//! production, production-DR, stage, stage-DR. Steps, with option 1's:
+//!
+//! * 1 also checks the DR slot (production's link to the DR server, its
+//!   endpoint online) before anything is made.
+//! * 10 (after 2): `ALTER DATABASE db ADD SECONDARY ON SERVER 'SDR'` on the
+//!   stage copy's primary — a *chained* geo-secondary (production → stage
+//!   → stage-DR; the stage cluster registers SDR as a partner first) — and
+//!   `stage_dr.start` starts V2-DR against it.
+//! * 11: seeding of the chained copy (a progress bar), its copy-sync and
+//!   redo guards, and the stage-DR endpoint added **offline**; wait until
+//!   its probe finds V2-DR healthy.
+//! * 3 also waits (`sys.wait_for_database_copy_sync` on the DR server)
+//!   until production's DR copy holds production's log end: from the
+//!   window on, a loss of production's region loses nothing acknowledged.
+//!   A DR copy that cannot get there (its region down while production
+//!   committed more) fails the step within the copy sync's 60 s, and the
+//!   upgrade rolls back rather than open the window unprotected; so does
+//!   step 5 if stage-DR does not harden the script.
+//! * 4 ends production → stage only: the stage copy keeps feeding
+//!   stage-DR (guard: the chained link still exists), so both regions are
+//!   upgraded in parallel — the script in step 5 reaches stage-DR through
+//!   the link, and step 5 ends once stage-DR has hardened it.
+//! * 6 activates the stage endpoint with stage-DR set online in the same
+//!   change: stage active, stage-DR its backup; production and
+//!   production-DR (better priorities) offline.
+//! * 7 (if planned) also removes production-DR's endpoint and runs
+//!   `production_dr.stop`.
+//! * 12 (rollback, between 8 and 9): V2-DR stopped, the stage-DR endpoint
+//!   removed, the chained link ended (`TERMINATION = FORCED`, on the stage
+//!   copy's primary, while that copy exists), the stage-DR copy removed
+//!   from its group and dropped; then 9 removes the stage as in option 1.
+//!
+//! **A region lost during the upgrade.** The traffic manager, not the
+//! orchestrator, fails over: its probes take a dead endpoint out within
+//! interval × tolerated failures, and new connections go to the best
+//! online backup. What users then see, by when production's region is
+//! lost:
+//! * after step 4 ended (the stage copy is independent and holds every
+//!   commit): V1-DR serves reads (writes get SQLSTATE 25006: its copy is
+//!   a geo-secondary) until the orchestrator, which needs production no
+//!   more, finishes steps 5 and 6; then V2 serves, with V2-DR as backup.
+//!   Nothing acknowledged is lost (`tests/upgrade.rs` does this).
+//! * in steps 3–4, once step 3's guard passed: V1-DR serves every
+//!   acknowledged row read-only at once; the orchestrator's next step
+//!   cannot reach production, and its rollback **rolls back to the DR
+//!   slot** (when the plan gives `production_dr.hosts`): step 8, finding
+//!   no primary of production within 30 s, forces a geo-failover of
+//!   production's DR copy (`FORCE_FAILOVER_ALLOW_DATA_LOSS`, which loses
+//!   nothing here: production has been READ_ONLY since its end `E` and
+//!   the DR copy had hardened `E`, so nothing can have diverged), sets it
+//!   READ_WRITE and activates its endpoint; steps 12 and 9 remove the
+//!   stage slots (not ending production's link to the stage: production
+//!   is gone, or a deposed geo-secondary of its DR copy once back). V1
+//!   then takes writes again in the DR region.
+//! * in step 3 before its guard passed, or without `production_dr.hosts`:
+//!   V1-DR serves reads, and the rollback stops at step 8 saying so (see
+//!   Known limits).
+//! * before step 3: as without an upgrade — V1-DR serves reads of what the
+//!   asynchronous link had shipped (bounded by `GEO_MAX_LAG` if set).
+//! * a loss of the stage region after the switch: the profile fails over
+//!   to V2-DR, which serves every row V2 had shipped, read-only until the
+//!   operator's forced geo-failover of the stage-DR copy.
+//!
 //! # Invariants
 //! * The step sequencing is a state machine without I/O ([`machine`]),
 //!   persisted (fsynced, renamed) *before* each step begins and after it
@@ -54,11 +124,31 @@
 //! * One orchestrator per plan at a time (a lock file in the state
 //!   folder).
 //! * No rollback once the switch succeeded (V2's writes exist only in the
-//!   stage copy).
+//!   stage copy, and in option 2 the stage-DR copy that follows it).
+//! * Option 2: a chained copy is removed before the copy it hangs from
+//!   (step 12 before step 9); the production → stage termination never
+//!   ends the stage → stage-DR link.
 //!
 //! # Known limits
-//! * Option 2 (geo-redundant, with a chained stage copy in the DR region)
-//!   is not automated yet.
+//! * Option 2: production's DR slot is the operator's (the upgrade checks
+//!   it, does not create it), and no geo-failover is automated — after a
+//!   regional loss the backup endpoint serves read-only until the
+//!   operator runs `FORCE_FAILOVER_ALLOW_DATA_LOSS` on the DR copy.
+//! * Option 2: if production's region is lost in step 3 before its guard
+//!   passed (or the plan lacks `production_dr.hosts`), the upgrade stops
+//!   half rolled back (step 8 cannot reach production and a failover to
+//!   the DR copy could lose writes): the profile serves V1-DR read-only,
+//!   the stage and stage-DR slots stay until production is back
+//!   (`availdb upgrade rollback` then finishes) or are removed by hand.
+//! * Option 2: the rollback to the DR slot takes production's
+//!   unreachability for 30 s as its loss. Production is READ_ONLY then,
+//!   so nothing diverges even if it was only cut off from the
+//!   orchestrator; once back it is a deposed geo-secondary of the DR
+//!   copy, and V1 serves from the DR region until the operator moves it
+//!   back (a planned geo-failover).
+//! * The stage slots must be reachable for the rollback to remove them: a
+//!   lost stage region leaves steps 12/9 to retry (`availdb upgrade
+//!   rollback`) or to do by hand.
 //! * Step 7 leaves production's database in place, READ_ONLY (the last
 //!   V1-format copy): dropping it is the operator's call.
 

@@ -34,11 +34,33 @@
 //!
 //! [traffic_manager]
 //! admin = "127.0.0.1:9001"
+//!
+//! # Option 2 (geo-redundant): production's DR slot, already serving as
+//! # the profile's backup, and a stage-DR slot the upgrade creates.
+//! [production_dr]
+//! server = "B"                     # the DR cluster holding production's geo-secondary
+//! endpoint = "v1-dr"               # V1 in the DR region, an online backup
+//! hosts = ["127.0.0.1:7234"]       # its nodes: a rollback without production fails over here
+//! stop = ["sh", "-c", "kill $(cat v1-dr.pid)"]   # step 7 (optional)
+//!
+//! [stage_dr]
+//! server = "SB"                    # the stage-DR cluster (DR region)
+//! endpoint_urls = ["tcp://127.0.0.1:7201"]        # registered as the stage's partner
+//! hosts = ["127.0.0.1:6534"]
+//! database = "app"                 # default: the stage copy's name
+//! endpoint = "v2-dr"
+//! target = "127.0.0.1:8004"
+//! priority = 4                     # below the stage endpoint's
+//! start = ["python3", "app.py", "--port", "8004", "--dsn", "{database_url}"]
 //! ```
 //!
 //! Commands are argument lists (no shell unless you name one), run in the
 //! plan's folder; `{database_url}`, `{db_host}`, `{db_port}` and
-//! `{database}` are replaced by the stage copy's address.
+//! `{database}` are replaced by the stage copy's address (in
+//! `stage_dr.start`: the stage-DR copy's).
+//!
+//! With `[stage_dr]` the plan is option 2; `[production_dr]` is optional
+//! there (and refused without `[stage_dr]`).
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +121,58 @@ pub struct Stage {
     pub probe: Option<ProbeDef>,
 }
 
+/// Production's DR slot (option 2): a geo-secondary of production in the
+/// DR region with V1 running against it, in the profile as an online
+/// backup of production's endpoint. The upgrade does not create it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductionDr {
+    /// The DR cluster's server name (production's geo-link partner).
+    pub server: String,
+    /// Its endpoint in the profile (V1 in the DR region).
+    pub endpoint: String,
+    /// Client addresses of the DR cluster's nodes. With them, a rollback
+    /// that cannot reach production after step 3 rolls back to the DR
+    /// slot (see the `upgrade` module page); without them it stops.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Step 7: the command that stops V1 in the DR region.
+    #[serde(default)]
+    pub stop: Option<Vec<String>>,
+}
+
+/// The stage-DR slot (option 2): a geo-secondary of the stage copy in the
+/// DR region (chained: production → stage → stage-DR), with a standby V2.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageDr {
+    /// Its cluster's server name.
+    pub server: String,
+    /// Its nodes' replication endpoints, registered as a partner server of
+    /// the stage cluster when it is not one yet.
+    #[serde(default)]
+    pub endpoint_urls: Vec<String>,
+    /// Client addresses of its nodes.
+    pub hosts: Vec<String>,
+    /// The copy's name there (default: the stage copy's).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Where V2-DR reaches its database (default: the first of `hosts`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The stage-DR endpoint's name in the profile.
+    pub endpoint: String,
+    /// Where V2-DR listens.
+    pub target: String,
+    /// Its priority (below the stage endpoint's).
+    pub priority: u32,
+    /// The command that starts V2-DR.
+    pub start: Vec<String>,
+    /// Its probe (default: the profile's).
+    #[serde(default)]
+    pub probe: Option<ProbeDef>,
+}
+
 /// The upgrade itself.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +215,12 @@ pub struct Plan {
     pub production: Production,
     /// Stage.
     pub stage: Stage,
+    /// Production's DR slot (option 2).
+    #[serde(default)]
+    pub production_dr: Option<ProductionDr>,
+    /// The stage-DR slot: with it the plan is option 2.
+    #[serde(default)]
+    pub stage_dr: Option<StageDr>,
     /// The upgrade script and checks.
     pub upgrade: Upgrade,
     /// The traffic manager.
@@ -213,6 +293,57 @@ impl Plan {
         if self.upgrade.smoke.is_some() && self.upgrade.smoke_http.is_some() {
             return Err("[upgrade] takes smoke or smoke_http, not both".into());
         }
+        if self.production_dr.is_some() && self.stage_dr.is_none() {
+            return Err(
+                "[production_dr] belongs to option 2: add [stage_dr] (or leave it out)".into(),
+            );
+        }
+        if let Some(dr) = &self.stage_dr {
+            if dr.hosts.is_empty() {
+                return Err("stage_dr.hosts needs at least one host:port".into());
+            }
+            let mut servers = vec![&self.production.server, &self.stage.server];
+            if let Some(pdr) = &self.production_dr {
+                servers.push(&pdr.server);
+            }
+            if let Some(same) = servers.iter().find(|s| s.eq_ignore_ascii_case(&dr.server)) {
+                return Err(format!(
+                    "stage_dr.server is '{same}', a slot's server already: the stage-DR copy is \
+                     a geo-secondary of the stage copy, in a cluster of its own (the DR region)"
+                ));
+            }
+            if !self
+                .stage_dr_database()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(format!(
+                    "database name {:?}: use letters, digits and '_'",
+                    self.stage_dr_database()
+                ));
+            }
+            let mut names = vec![&self.production.endpoint, &self.stage.endpoint];
+            if let Some(pdr) = &self.production_dr {
+                names.push(&pdr.endpoint);
+            }
+            if names.contains(&&dr.endpoint)
+                || self.production_dr.as_ref().is_some_and(|p| {
+                    p.endpoint == self.production.endpoint || p.endpoint == self.stage.endpoint
+                })
+            {
+                return Err("the endpoints of production, production_dr, stage and stage_dr must all differ".into());
+            }
+            if dr.priority <= self.stage.priority {
+                return Err(format!(
+                    "stage_dr.priority {} must be below the stage endpoint's (a larger number than {}): \
+                     stage-DR is the stage's backup",
+                    dr.priority, self.stage.priority
+                ));
+            }
+            if dr.start.is_empty() {
+                return Err("stage_dr.start needs the command that starts V2-DR".into());
+            }
+        }
         if self.stage.start.is_empty() {
             return Err("stage.start needs the command that starts V2".into());
         }
@@ -230,6 +361,20 @@ impl Plan {
             .database
             .as_deref()
             .unwrap_or(&self.production.database)
+    }
+
+    /// The stage-DR copy's database name (option 2).
+    pub fn stage_dr_database(&self) -> &str {
+        self.stage_dr
+            .as_ref()
+            .and_then(|d| d.database.as_deref())
+            .unwrap_or(self.stage_database())
+    }
+
+    /// Where V2-DR reaches its database (option 2).
+    pub fn stage_dr_address(&self) -> Option<&str> {
+        let dr = self.stage_dr.as_ref()?;
+        Some(dr.address.as_deref().unwrap_or(&dr.hosts[0]))
     }
 
     /// Where V2 reaches its database.
@@ -254,19 +399,28 @@ impl Plan {
 
     /// `command` with the stage copy's address filled in.
     pub fn expand(&self, command: &[String]) -> Vec<String> {
-        let address = self.stage_address();
-        let (host, port) = address.rsplit_once(':').unwrap_or((address, "5432"));
-        let url = format!("postgresql://availdb@{address}/{}", self.stage_database());
-        command
-            .iter()
-            .map(|arg| {
-                arg.replace("{database_url}", &url)
-                    .replace("{db_host}", host)
-                    .replace("{db_port}", port)
-                    .replace("{database}", self.stage_database())
-            })
-            .collect()
+        expand_with(command, self.stage_address(), self.stage_database())
     }
+
+    /// `command` with the stage-DR copy's address filled in (option 2).
+    pub fn expand_dr(&self, command: &[String]) -> Vec<String> {
+        let address = self.stage_dr_address().unwrap_or(self.stage_address());
+        expand_with(command, address, self.stage_dr_database())
+    }
+}
+
+fn expand_with(command: &[String], address: &str, database: &str) -> Vec<String> {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "5432"));
+    let url = format!("postgresql://availdb@{address}/{database}");
+    command
+        .iter()
+        .map(|arg| {
+            arg.replace("{database_url}", &url)
+                .replace("{db_host}", host)
+                .replace("{db_port}", port)
+                .replace("{database}", database)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -316,6 +470,63 @@ admin = "127.0.0.1:9001"
         assert!(plan
             .state_dir(Path::new("x/plan.toml"))
             .ends_with("plan.toml.state"));
+    }
+
+    const OPTION_2: &str = r#"
+[production_dr]
+server = "B"
+endpoint = "v1-dr"
+[stage_dr]
+server = "SB"
+hosts = ["127.0.0.1:6534"]
+endpoint = "v2-dr"
+target = "127.0.0.1:8004"
+priority = 4
+start = ["app", "--dsn", "{database_url}"]
+"#;
+
+    #[test]
+    fn a_plan_with_stage_dr_is_option_2_and_fills_in_the_stage_dr_address() {
+        let plan = load(&format!("{PLAN}{OPTION_2}")).unwrap();
+        let dr = plan.stage_dr.as_ref().unwrap();
+        assert_eq!(plan.stage_dr_database(), "app");
+        assert_eq!(
+            plan.expand_dr(&dr.start),
+            ["app", "--dsn", "postgresql://availdb@127.0.0.1:6534/app"]
+        );
+        assert_eq!(plan.production_dr.as_ref().unwrap().endpoint, "v1-dr");
+        assert!(load(PLAN).unwrap().stage_dr.is_none());
+    }
+
+    #[test]
+    fn option_2_plans_that_cannot_work_are_refused_saying_why() {
+        let two = format!("{PLAN}{OPTION_2}");
+        let table = [
+            (
+                two.replace("server = \"SB\"", "server = \"s\""),
+                "cluster of its own",
+            ),
+            (
+                two.replace("server = \"SB\"", "server = \"b\""),
+                "cluster of its own",
+            ),
+            (
+                two.replace("endpoint = \"v2-dr\"", "endpoint = \"v1-dr\""),
+                "must all differ",
+            ),
+            (
+                two.replace("priority = 4", "priority = 1"),
+                "below the stage endpoint",
+            ),
+            (
+                format!("{PLAN}[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\n"),
+                "add [stage_dr]",
+            ),
+        ];
+        for (text, expected) in table {
+            let err = load(&text).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

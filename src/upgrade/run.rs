@@ -36,6 +36,20 @@ struct State {
     seeding_started_ms: Option<u64>,
     /// Production's log end once it was READ_ONLY.
     production_end_lsn: Option<i64>,
+    /// Option 2: the V2-DR application's process (group) id.
+    #[serde(default)]
+    stage_dr_app_pid: Option<i32>,
+    /// Option 2: when the chained ADD SECONDARY was sent.
+    #[serde(default)]
+    stage_dr_seeding_started_ms: Option<u64>,
+    /// Option 2: how far production's DR copy had hardened production's
+    /// log once production was READ_ONLY (step 3's guard).
+    #[serde(default)]
+    production_dr_synced_lsn: Option<i64>,
+    /// Option 2: step 8 rolled back to the DR slot (production was
+    /// unreachable).
+    #[serde(default)]
+    rolled_back_to_dr: bool,
 }
 
 /// How `availdb upgrade` reports.
@@ -64,6 +78,7 @@ fn now_ms() -> u64 {
 struct Folder {
     state_path: PathBuf,
     app_log: PathBuf,
+    dr_app_log: PathBuf,
     report_path: PathBuf,
     _lock: File,
 }
@@ -98,6 +113,7 @@ impl Folder {
         Ok(Folder {
             state_path: dir.join("state.json"),
             app_log: dir.join("stage-app.log"),
+            dr_app_log: dir.join("stage-dr-app.log"),
             report_path: dir.join("report.json"),
             _lock: lock,
         })
@@ -137,10 +153,18 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
     let mut state = match (folder.load()?, fresh) {
         (None, true) => State {
             plan: plan.name.clone(),
-            machine: Machine::new(plan.upgrade.remove_v1),
+            machine: if plan.stage_dr.is_some() {
+                Machine::geo_redundant(plan.upgrade.remove_v1)
+            } else {
+                Machine::new(plan.upgrade.remove_v1)
+            },
             stage_app_pid: None,
             seeding_started_ms: None,
             production_end_lsn: None,
+            stage_dr_app_pid: None,
+            stage_dr_seeding_started_ms: None,
+            production_dr_synced_lsn: None,
+            rolled_back_to_dr: false,
         },
         (None, false) => {
             return Err(Error::Wrong(format!(
@@ -171,6 +195,15 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
             state
         }
     };
+    check_state_fits(&plan, &folder, &state)?;
+    folder.save(&state)?;
+    drive(&plan, &folder, &mut state, options).await
+}
+
+/// The state was written for this plan (its name, and its option: a plan
+/// that gained or lost `[stage_dr]` mid-upgrade would skip steps or undo
+/// what it never made).
+fn check_state_fits(plan: &Plan, folder: &Folder, state: &State) -> Result<()> {
     if state.plan != plan.name {
         return Err(Error::Wrong(format!(
             "the state in {} belongs to plan {}, not {}",
@@ -179,8 +212,24 @@ pub async fn start(plan_path: &Path, fresh: bool, options: Options) -> Result<Ou
             plan.name
         )));
     }
-    folder.save(&state)?;
-    drive(&plan, &folder, &mut state, options).await
+    if state.machine.stage_dr != plan.stage_dr.is_some() {
+        return Err(Error::Wrong(format!(
+            "the upgrade under way in {} was begun {} [stage_dr]; the plan now has {}: \
+             put the plan back as it was to resume or roll back",
+            folder.state_path.display(),
+            if state.machine.stage_dr {
+                "with"
+            } else {
+                "without"
+            },
+            if plan.stage_dr.is_some() {
+                "one"
+            } else {
+                "none"
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// `availdb upgrade rollback PLAN`.
@@ -193,6 +242,7 @@ pub async fn rollback(plan_path: &Path, options: Options) -> Result<Outcome> {
             plan.name
         ))
     })?;
+    check_state_fits(&plan, &folder, &state)?;
     state
         .machine
         .request_rollback()
@@ -267,24 +317,40 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
         "plan {}: upgrade {db} on server '{}' through stage server '{}' (nothing is run: --dry-run)\n",
         plan.name, p.server, s.server
     );
+    if let Some(dr) = &plan.stage_dr {
+        out.push_str(&format!(
+            "option 2 (geo-redundant): a chained stage-DR copy on server '{}' with V2-DR behind endpoint {}{}\n",
+            dr.server,
+            dr.endpoint,
+            plan.production_dr.as_ref().map_or(String::new(), |pdr| format!(
+                "; production's DR slot: server '{}', endpoint {} (an online backup)",
+                pdr.server, pdr.endpoint
+            ))
+        ));
+    }
     let mut steps: Vec<(Step, Vec<String>)> = Vec::new();
     let mut step = |step: Step, lines: Vec<String>| steps.push((step, lines));
-    step(
-        Step::CreateStage,
-        vec![
-            format!(
-                "on production's primary (of {}): ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
-                p.hosts.join(", "),
-                s.server,
-                s.endpoint_urls.join(", ")
-            ),
-            format!(
-                "on production's primary: ALTER DATABASE {db} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{sdb}')",
-                s.server
-            ),
-            format!("run (detached): {}", shell_words(&plan.expand(&s.start))),
-        ],
-    );
+    let mut create = Vec::new();
+    if let Some(pdr) = &plan.production_dr {
+        create.push(format!(
+            "check: production {db} has a geo-secondary on '{}', and endpoint {} is online in the profile",
+            pdr.server, pdr.endpoint
+        ));
+    }
+    create.extend([
+        format!(
+            "on production's primary (of {}): ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
+            p.hosts.join(", "),
+            s.server,
+            s.endpoint_urls.join(", ")
+        ),
+        format!(
+            "on production's primary: ALTER DATABASE {db} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{sdb}')",
+            s.server
+        ),
+        format!("run (detached): {}", shell_words(&plan.expand(&s.start))),
+    ]);
+    step(Step::CreateStage, create);
     step(
         Step::SeedStage,
         vec![
@@ -299,10 +365,48 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
             ),
         ],
     );
-    step(
-        Step::ProductionReadOnly,
-        vec![format!("on production's primary: ALTER DATABASE {db} SET READ_ONLY   [the read-only window opens]")],
-    );
+    if let Some(dr) = &plan.stage_dr {
+        let ddb = plan.stage_dr_database();
+        step(
+            Step::CreateStageDr,
+            vec![
+                format!(
+                    "on the stage's primary: ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')   [if not registered]",
+                    dr.server,
+                    dr.endpoint_urls.join(", ")
+                ),
+                format!(
+                    "on the stage's primary: ALTER DATABASE {sdb} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{ddb}')   [chained: production → stage → stage-DR]",
+                    dr.server
+                ),
+                format!("run (detached): {}", shell_words(&plan.expand_dr(&dr.start))),
+            ],
+        );
+        step(
+            Step::SeedStageDr,
+            vec![
+                "wait until the stage copy's link to stage-DR shows CATCH_UP (progress bar)".into(),
+                format!(
+                    "SELECT sys.wait_for_database_copy_sync('{sdb}', '{}')",
+                    dr.server
+                ),
+                format!(
+                    "traffic manager: add endpoint {} → {} priority {} OFFLINE; wait until healthy",
+                    dr.endpoint, dr.target, dr.priority
+                ),
+            ],
+        );
+    }
+    let mut read_only = vec![format!(
+        "on production's primary: ALTER DATABASE {db} SET READ_ONLY   [the read-only window opens]"
+    )];
+    if let Some(pdr) = &plan.production_dr {
+        read_only.push(format!(
+            "check: SELECT sys.wait_for_database_copy_sync('{db}', '{}') reaches production's log end",
+            pdr.server
+        ));
+    }
+    step(Step::ProductionReadOnly, read_only);
     step(
         Step::TerminateStage,
         vec![
@@ -311,7 +415,12 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
                 s.server
             ),
             "check: the stage copy's log ends at or past production's, and it is independent".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(plan.stage_dr.as_ref().map(|dr| {
+            format!("check: the stage copy still feeds its chained geo-secondary on '{}'", dr.server)
+        }))
+        .collect(),
     );
     let script = match (&plan.upgrade.script, &plan.upgrade.command) {
         (Some(file), _) => format!(
@@ -327,46 +436,91 @@ pub fn dry_run(plan_path: &Path) -> Result<String> {
         (_, Some(path)) => format!("smoke check: GET http://{}{path} answers 2xx", s.target),
         _ => "no smoke check in the plan".into(),
     };
-    step(
-        Step::UpgradeStage,
-        vec![
-            format!(
-                "on the stage's primary (of {}): ALTER DATABASE {sdb} SET READ_WRITE",
-                s.hosts.join(", ")
-            ),
-            script,
-            smoke,
-        ],
-    );
+    let mut upgrade = vec![
+        format!(
+            "on the stage's primary (of {}): ALTER DATABASE {sdb} SET READ_WRITE",
+            s.hosts.join(", ")
+        ),
+        script,
+        smoke,
+    ];
+    if let Some(dr) = &plan.stage_dr {
+        upgrade.push(format!(
+            "SELECT sys.wait_for_database_copy_sync('{sdb}', '{}')   [stage-DR holds the upgrade]",
+            dr.server
+        ));
+    }
+    step(Step::UpgradeStage, upgrade);
+    let mut offline = vec![p.endpoint.clone()];
+    offline.extend(plan.production_dr.iter().map(|d| d.endpoint.clone()));
     step(
         Step::Switch,
         vec![format!(
-            "traffic manager: activate {} (probed first; {} goes offline)   [the read-only window closes]",
-            s.endpoint, p.endpoint
+            "traffic manager: activate {} (probed first; {} {} offline{})   [the read-only window closes]",
+            s.endpoint,
+            offline.join(" and "),
+            if offline.len() > 1 { "go" } else { "goes" },
+            plan.stage_dr
+                .as_ref()
+                .map_or(String::new(), |d| format!("; {} online as its backup", d.endpoint))
         )],
     );
     if plan.upgrade.remove_v1 {
-        step(
-            Step::RemoveV1,
-            vec![
-                format!("traffic manager: remove endpoint {}", p.endpoint),
-                format!(
-                    "run: {}",
-                    shell_words(p.stop.as_deref().unwrap_or_default())
-                ),
-            ],
-        );
+        let mut lines = vec![
+            format!("traffic manager: remove endpoint {}", offline.join(" and ")),
+            format!(
+                "run: {}",
+                shell_words(p.stop.as_deref().unwrap_or_default())
+            ),
+        ];
+        if let Some(stop) = plan.production_dr.as_ref().and_then(|d| d.stop.as_ref()) {
+            lines.push(format!("run: {}", shell_words(stop)));
+        }
+        step(Step::RemoveV1, lines);
     }
     step(
         Step::ProductionReadWrite,
-        vec![
+        [
             format!("on production's primary: ALTER DATABASE {db} SET READ_WRITE"),
             format!(
                 "traffic manager: activate {} if it is not the active endpoint",
                 p.endpoint
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            plan.production_dr
+                .as_ref()
+                .filter(|d| !d.hosts.is_empty())
+                .map(|d| {
+                    format!(
+                        "if production is unreachable and step 3 saw its DR copy hold its end: on the DR's primary \
+                         (of {}) ALTER DATABASE {db} FORCE_FAILOVER_ALLOW_DATA_LOSS; SET READ_WRITE; \
+                         traffic manager: activate {}   [rollback to the DR slot]",
+                        d.hosts.join(", "),
+                        d.endpoint
+                    )
+                }),
+        )
+        .collect(),
     );
+    if let Some(dr) = &plan.stage_dr {
+        step(
+            Step::RemoveStageDr,
+            vec![
+                "stop the V2-DR application (its process group: SIGTERM, then SIGKILL)".into(),
+                format!("traffic manager: remove endpoint {}", dr.endpoint),
+                format!(
+                    "on the stage's primary: ALTER DATABASE {sdb} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)   [if linked]",
+                    dr.server
+                ),
+                format!(
+                    "on the stage-DR's primary: ALTER AVAILABILITY GROUP <its group> REMOVE DATABASE {0}; DROP DATABASE {0}",
+                    plan.stage_dr_database()
+                ),
+            ],
+        );
+    }
     step(
         Step::RemoveStage,
         vec![
@@ -441,14 +595,39 @@ async fn drive(
                         .as_bytes(),
                 );
                 return match &phase {
+                    Phase::RolledBack { cause } if state.rolled_back_to_dr => {
+                        let pdr = plan
+                            .production_dr
+                            .as_ref()
+                            .expect("only option 2 rolls back to DR");
+                        Err(Error::RolledBack {
+                            cause: cause.clone(),
+                            slots: format!(
+                                "Production '{}' was unreachable: its DR copy on '{}' took over \
+                                 (production was READ_ONLY and that copy held its last commit, so \
+                                 nothing is lost), is READ_WRITE and serves V1 through endpoint {}; \
+                                 the stage and stage-DR slots are removed. When production's region \
+                                 is back, its copy is a geo-secondary of '{}'.\n{text}",
+                                plan.production.server,
+                                pdr.server,
+                                pdr.endpoint,
+                                pdr.server
+                            ),
+                        })
+                    }
                     Phase::RolledBack { cause } => Err(Error::RolledBack {
                         cause: cause.clone(),
                         slots: format!(
                             "Production '{}'/{} is READ_WRITE and serves V1 through endpoint {}; \
-                             the stage copy, its endpoint and V2 are removed.\n{text}",
+                             the stage copy, its endpoint and V2 are removed{}.\n{text}",
                             plan.production.server,
                             plan.production.database,
-                            plan.production.endpoint
+                            plan.production.endpoint,
+                            if plan.stage_dr.is_some() {
+                                ", and so are the stage-DR copy, its endpoint and V2-DR"
+                            } else {
+                                ""
+                            }
                         ),
                     }),
                     _ => Ok(Outcome {
@@ -477,7 +656,7 @@ async fn drive(
                         println!("step {}: FAILED: {why}", step.number());
                         state.machine.failed(step, now_ms(), &why);
                         folder.save(state)?;
-                        if matches!(step, Step::ProductionReadWrite | Step::RemoveStage) {
+                        if step.is_rollback() {
                             return Err(Error::RollbackFailed {
                                 step: step.number(),
                                 why,
@@ -501,14 +680,26 @@ async fn drive(
 
 fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
     let rw = state.machine.record(Step::ProductionReadWrite);
-    let production = if rw.is_some_and(|r| r.ended_ms.is_some() && r.error.is_none())
+    let rolled_back_to_dr;
+    let production = if state.rolled_back_to_dr {
+        let pdr = plan
+            .production_dr
+            .as_ref()
+            .expect("only option 2 rolls back to DR");
+        rolled_back_to_dr = format!(
+            "unreachable; its DR copy on '{}' serves V1 through endpoint {} (read-write once \
+             step 8 is done)",
+            pdr.server, pdr.endpoint
+        );
+        rolled_back_to_dr.as_str()
+    } else if rw.is_some_and(|r| r.ended_ms.is_some() && r.error.is_none())
         || state.machine.record(Step::ProductionReadOnly).is_none()
     {
         "READ_WRITE, serving V1"
     } else {
         "possibly still READ_ONLY (V1 serves reads only)"
     };
-    format!(
+    let mut out = format!(
         "Production '{}'/{}: {production}. Stage: the copy {} on '{}' and V2 (pid {}) may still exist.",
         plan.production.server,
         plan.production.database,
@@ -517,7 +708,31 @@ fn slots_after_failed_rollback(plan: &Plan, state: &State) -> String {
         state
             .stage_app_pid
             .map_or("none".to_string(), |p| p.to_string())
-    )
+    );
+    if let Some(pdr) = &plan.production_dr {
+        out.push_str(&format!(
+            " If production's region is unreachable, the profile sends new connections to its DR \
+             slot (endpoint {}, server '{}'), read-only until that copy is failed over.",
+            pdr.endpoint, pdr.server
+        ));
+    }
+    if let Some(dr) = &plan.stage_dr {
+        let removed = state
+            .machine
+            .record(Step::RemoveStageDr)
+            .is_some_and(|r| r.ended_ms.is_some() && r.error.is_none());
+        if !removed && state.machine.record(Step::CreateStageDr).is_some() {
+            out.push_str(&format!(
+                " Stage-DR: the copy {} on '{}' and V2-DR (pid {}) may still exist.",
+                plan.stage_dr_database(),
+                dr.server,
+                state
+                    .stage_dr_app_pid
+                    .map_or("none".to_string(), |p| p.to_string())
+            ));
+        }
+    }
+    out
 }
 
 fn summary(plan: &Plan, state: &State) -> String {
@@ -539,7 +754,7 @@ fn summary(plan: &Plan, state: &State) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "  step {}  {:<56} {how}{again}\n",
+            "  step {:>2}  {:<56} {how}{again}\n",
             r.step.number(),
             r.step.title()
         ));
@@ -558,6 +773,12 @@ fn summary(plan: &Plan, state: &State) -> String {
         "  seeding          {:>10}\n",
         ms(report.seeding_ms)
     ));
+    if plan.stage_dr.is_some() {
+        out.push_str(&format!(
+            "  stage-DR seeding {:>10}\n",
+            ms(report.seeding_dr_ms)
+        ));
+    }
     out.push_str(&format!(
         "  termination      {:>10}\n",
         ms(report.termination_ms)
@@ -585,13 +806,16 @@ async fn run_step(
     match step {
         Step::CreateStage => create_stage(plan, folder, state).await,
         Step::SeedStage => seed_stage(plan, state, options).await,
-        Step::ProductionReadOnly => production_read_only(plan, state).await,
+        Step::ProductionReadOnly => production_read_only(plan, folder, state).await,
         Step::TerminateStage => terminate_stage(plan, state).await,
         Step::UpgradeStage => upgrade_stage(plan, state).await,
         Step::Switch => switch(plan).await,
         Step::RemoveV1 => remove_v1(plan).await,
-        Step::ProductionReadWrite => production_read_write(plan).await,
+        Step::ProductionReadWrite => production_read_write(plan, state).await,
         Step::RemoveStage => remove_stage(plan, state).await,
+        Step::CreateStageDr => create_stage_dr(plan, folder, state).await,
+        Step::SeedStageDr => seed_stage_dr(plan, state, options).await,
+        Step::RemoveStageDr => remove_stage_dr(plan, state).await,
     }
 }
 
@@ -602,27 +826,11 @@ fn tm(plan: &Plan) -> traffic::Client {
 async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
-    let partners = column(&prod, "SELECT name FROM sys.partner_servers").await?;
-    if !partners.iter().any(|n| n.eq_ignore_ascii_case(&s.server)) {
-        if s.endpoint_urls.is_empty() {
-            return Err(format!(
-                "stage server '{}' is not a partner server of production: register it there \
-                 (ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = …)) or list its \
-                 endpoint_urls in the plan",
-                s.server, s.server
-            ));
-        }
-        exec(
-            &prod,
-            &format!(
-                "ALTER CLUSTER ADD PARTNER SERVER '{}' WITH (ENDPOINT_URL = '{}')",
-                s.server,
-                s.endpoint_urls.join(", ")
-            ),
-        )
-        .await?;
+    if let Some(pdr) = &plan.production_dr {
+        check_production_dr(plan, &prod, pdr).await?;
     }
-    if !linked(&prod, plan).await? {
+    ensure_partner(&prod, &s.server, &s.endpoint_urls, "stage", "production").await?;
+    if !has_link(&prod, &p.database, &s.server).await? {
         state.seeding_started_ms = Some(now_ms());
         exec(
             &prod,
@@ -638,30 +846,115 @@ async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepRe
     if state.stage_app_pid.is_some_and(alive) {
         return Ok(());
     }
-    // Something else answering on V2's address (an old V2, another
-    // program) would pass every later check in V2's stead.
+    let pid = start_app_at(
+        plan,
+        &plan.expand(&s.start),
+        &s.target,
+        &folder.app_log,
+        "V2",
+    )
+    .await?;
+    state.stage_app_pid = Some(pid);
+    folder.save(state).map_err(|e| e.to_string())?;
+    check_started(pid, &folder.app_log, "V2").await
+}
+
+/// Option 2's precondition: production's DR slot exists — production
+/// has its geo-secondary on the DR server, and the profile has the DR
+/// endpoint online, the backup that takes over if production's region is
+/// lost during the upgrade.
+async fn check_production_dr(
+    plan: &Plan,
+    prod: &Client,
+    pdr: &super::plan::ProductionDr,
+) -> StepResult {
+    if !has_link(prod, &plan.production.database, &pdr.server).await? {
+        return Err(format!(
+            "production {} has no geo-secondary on its DR server '{}' ([production_dr]): \
+             create it (ALTER DATABASE {} ADD SECONDARY ON SERVER '{}') and start V1 there first",
+            plan.production.database, pdr.server, plan.production.database, pdr.server
+        ));
+    }
+    let view = tm(plan).show().await.map_err(|e| e.to_string())?;
+    match view.endpoints.iter().find(|e| e.name == pdr.endpoint) {
+        Some(e) if e.status == Status::Online => Ok(()),
+        Some(_) => Err(format!(
+            "production's DR endpoint {} is offline in the profile: set it online (a backup of {}) \
+             so a loss of production's region fails over to it",
+            pdr.endpoint, plan.production.endpoint
+        )),
+        None => Err(format!(
+            "the profile has no endpoint {} (production_dr.endpoint)",
+            pdr.endpoint
+        )),
+    }
+}
+
+/// Registers `server` as a partner of the cluster of `source` unless it
+/// is one already.
+async fn ensure_partner(
+    source: &Client,
+    server: &str,
+    urls: &[String],
+    slot: &str,
+    of: &str,
+) -> StepResult {
+    let partners = column(source, "SELECT name FROM sys.partner_servers").await?;
+    if partners.iter().any(|n| n.eq_ignore_ascii_case(server)) {
+        return Ok(());
+    }
+    if urls.is_empty() {
+        return Err(format!(
+            "{slot} server '{server}' is not a partner server of {of}: register it there \
+             (ALTER CLUSTER ADD PARTNER SERVER '{server}' WITH (ENDPOINT_URL = …)) or list its \
+             endpoint_urls in the plan"
+        ));
+    }
+    exec(
+        source,
+        &format!(
+            "ALTER CLUSTER ADD PARTNER SERVER '{server}' WITH (ENDPOINT_URL = '{}')",
+            urls.join(", ")
+        ),
+    )
+    .await
+}
+
+/// Starts an application (V2 or V2-DR) that must listen on `target`,
+/// after checking nothing else does; returns its pid.
+async fn start_app_at(
+    plan: &Plan,
+    command: &[String],
+    target: &str,
+    log: &Path,
+    what: &str,
+) -> std::result::Result<i32, String> {
+    // Something else answering on the address (an old V2, another
+    // program) would pass every later check in the application's stead.
     if tokio::time::timeout(
         Duration::from_secs(2),
-        tokio::net::TcpStream::connect(&s.target),
+        tokio::net::TcpStream::connect(target),
     )
     .await
     .is_ok_and(|c| c.is_ok())
     {
         return Err(format!(
-            "something already listens on V2's address {}: stop it (or choose another \
-             stage.target) and resume",
-            s.target
+            "something already listens on {what}'s address {target}: stop it (or choose another \
+             target in the plan) and resume"
         ));
     }
-    let pid = start_app(plan, &plan.expand(&s.start), &folder.app_log)?;
-    state.stage_app_pid = Some(pid);
-    folder.save(state).map_err(|e| e.to_string())?;
-    // A V2 that cannot start at all shows at once.
+    start_app(plan, command, log)
+}
+
+/// An application that cannot start at all shows at once (checked once
+/// its pid is saved, so a crash of the orchestrator meanwhile leaves no
+/// process it does not know of).
+async fn check_started(pid: i32, log: &Path, what: &str) -> StepResult {
     tokio::time::sleep(Duration::from_millis(200)).await;
     if !alive(pid) {
         return Err(format!(
-            "the V2 application exited at once; its output is in {}",
-            folder.app_log.display()
+            "the {what} application exited at once; its output is in {}",
+            log.display()
         ));
     }
     Ok(())
@@ -670,6 +963,25 @@ async fn create_stage(plan: &Plan, folder: &Folder, state: &mut State) -> StepRe
 async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    wait_seeded(&prod, &p.database, &s.server, options).await?;
+    if let Some(started) = state.seeding_started_ms {
+        state
+            .machine
+            .measured
+            .insert("seeding".into(), now_ms().saturating_sub(started));
+    }
+    if !state.stage_app_pid.is_some_and(alive) {
+        return Err(
+            "the V2 application is not running (see stage-app.log in the state folder)".into(),
+        );
+    }
+    register_offline(plan, &s.endpoint, &s.target, s.priority, &s.probe, "V2").await
+}
+
+/// Waits until the geo-link of `db` (on `source`, its source's primary)
+/// to `partner` has seeded, the copy has hardened every commit so far and
+/// redone it.
+async fn wait_seeded(source: &Client, db: &str, partner: &str, options: Options) -> StepResult {
     let bar = options.progress.then(|| {
         let bar = indicatif::ProgressBar::new(100);
         bar.set_style(
@@ -679,7 +991,7 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
             .expect("a valid template")
             .progress_chars("=> "),
         );
-        bar.set_message(format!("{} → '{}'", p.database, s.server));
+        bar.set_message(format!("{db} → '{partner}'"));
         bar
     });
     let deadline = Instant::now() + SEED_WITHIN;
@@ -687,19 +999,17 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
     let mut last_line = Instant::now();
     loop {
         let rows = rows(
-            &prod,
+            source,
             &format!(
                 "SELECT replication_state_desc, percent_complete, last_error \
-                 FROM sys.dm_geo_replication_link_status WHERE database_name = '{}' \
-                 AND lower(partner_server) = lower('{}')",
-                p.database, s.server
+                 FROM sys.dm_geo_replication_link_status WHERE database_name = '{db}' \
+                 AND lower(partner_server) = lower('{partner}')"
             ),
         )
         .await?;
         let Some(row) = rows.first() else {
             return Err(format!(
-                "production has no geo-link to '{}' (step 1 did not create it, or it was removed)",
-                s.server
+                "{db} has no geo-link to '{partner}' (the step before did not create it, or it was removed)"
             ));
         };
         let percent: f64 = row[1]
@@ -711,9 +1021,7 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
             // Not a terminal (a log file, CI): a line every 10 s instead.
             None if last_line.elapsed() >= Duration::from_secs(10) => {
                 println!(
-                    "  seeding {} → '{}': {percent:.0}% ({} s)",
-                    p.database,
-                    s.server,
+                    "  seeding {db} → '{partner}': {percent:.0}% ({} s)",
                     seeding_since.elapsed().as_secs()
                 );
                 last_line = Instant::now();
@@ -737,28 +1045,17 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
         bar.finish_and_clear();
     }
     // Guard: the copy has hardened every commit so far…
-    let synced: i64 = column(
-        &prod,
-        &format!(
-            "SELECT sys.wait_for_database_copy_sync('{}', '{}')",
-            p.database, s.server
-        ),
-    )
-    .await?
-    .first()
-    .and_then(|v| v.parse().ok())
-    .ok_or("sys.wait_for_database_copy_sync returned no LSN")?;
+    let synced = copy_sync(source, db, partner).await?;
     // …and redone it, so the termination in the read-only window has no
     // redo backlog to wait for (a large seed's image is hardened long
     // before it is redone).
     let deadline = Instant::now() + SEED_WITHIN;
     loop {
         let redone: i64 = column(
-            &prod,
+            source,
             &format!(
-                "SELECT redone_lsn FROM sys.dm_geo_replication_link_status WHERE database_name = '{}' \
-                 AND lower(partner_server) = lower('{}')",
-                p.database, s.server
+                "SELECT redone_lsn FROM sys.dm_geo_replication_link_status WHERE database_name = '{db}' \
+                 AND lower(partner_server) = lower('{partner}')"
             ),
         )
         .await?
@@ -766,43 +1063,58 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
         if redone >= synced {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the stage copy has not redone production's log up to {synced} (at {redone})"
+                "the copy on '{partner}' has not redone {db}'s log up to {synced} (at {redone})"
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if let Some(started) = state.seeding_started_ms {
-        state
-            .machine
-            .measured
-            .insert("seeding".into(), now_ms().saturating_sub(started));
-    }
-    if !state.stage_app_pid.is_some_and(alive) {
-        return Err(
-            "the V2 application is not running (see stage-app.log in the state folder)".into(),
-        );
-    }
+}
+
+/// `sys.wait_for_database_copy_sync`: the LSN up to which the copy on
+/// `partner` has hardened `db`'s log (every commit so far).
+async fn copy_sync(source: &Client, db: &str, partner: &str) -> std::result::Result<i64, String> {
+    column(
+        source,
+        &format!("SELECT sys.wait_for_database_copy_sync('{db}', '{partner}')"),
+    )
+    .await?
+    .first()
+    .and_then(|v| v.parse().ok())
+    .ok_or_else(|| "sys.wait_for_database_copy_sync returned no LSN".into())
+}
+
+/// Adds an application's endpoint to the profile, offline (unless it is
+/// there with the same target), and waits until a probe finds it healthy.
+async fn register_offline(
+    plan: &Plan,
+    name: &str,
+    target: &str,
+    priority: u32,
+    probe: &Option<traffic::ProbeDef>,
+    what: &str,
+) -> StepResult {
     let tm = tm(plan);
     let view = tm.show().await.map_err(|e| e.to_string())?;
-    match view.endpoints.iter().find(|e| e.name == s.endpoint) {
-        Some(e) if e.target == s.target => {}
+    match view.endpoints.iter().find(|e| e.name == name) {
+        Some(e) if e.target == target => {}
         Some(e) => {
             return Err(format!(
-                "the profile has an endpoint {} with target {}, not {}: remove it or rename the stage endpoint",
-                e.name, e.target, s.target
+                "the profile has an endpoint {} with target {}, not {target}: remove it or rename \
+                 the endpoint in the plan",
+                e.name, e.target
             ))
         }
         None => {
             tm.add(&EndpointDef {
-                name: s.endpoint.clone(),
-                target: s.target.clone(),
-                priority: s.priority,
+                name: name.to_string(),
+                target: target.to_string(),
+                priority,
                 status: Status::Offline,
-                probe: s.probe.clone(),
+                probe: probe.clone(),
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -810,14 +1122,13 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
     }
     let deadline = Instant::now() + V2_HEALTHY_WITHIN;
     loop {
-        let e = tm.probe(&s.endpoint).await.map_err(|e| e.to_string())?;
+        let e = tm.probe(name).await.map_err(|e| e.to_string())?;
         if e.health == Health::Healthy {
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the V2 application at {} did not become healthy within {} s: {}",
-                s.target,
+                "the {what} application at {target} did not become healthy within {} s: {}",
                 V2_HEALTHY_WITHIN.as_secs(),
                 e.last_error.unwrap_or_default()
             ));
@@ -826,7 +1137,85 @@ async fn seed_stage(plan: &Plan, state: &mut State, options: Options) -> StepRes
     }
 }
 
-async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
+/// The stage-DR slot of an option 2 plan (steps 10–12 run only then).
+fn stage_dr(plan: &Plan) -> std::result::Result<&super::plan::StageDr, String> {
+    plan.stage_dr
+        .as_ref()
+        .ok_or_else(|| "the plan has no [stage_dr]".to_string())
+}
+
+async fn create_stage_dr(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
+    let dr = stage_dr(plan)?;
+    let sdb = plan.stage_database();
+    // The chained link starts at the stage copy: its region's primary is
+    // the source (the forwarder of production's log).
+    let stage = primary_of_database(&plan.stage.hosts, sdb, "stage").await?;
+    ensure_partner(
+        &stage,
+        &dr.server,
+        &dr.endpoint_urls,
+        "stage-DR",
+        "the stage cluster",
+    )
+    .await?;
+    if !has_link(&stage, sdb, &dr.server).await? {
+        state.stage_dr_seeding_started_ms = Some(now_ms());
+        exec(
+            &stage,
+            &format!(
+                "ALTER DATABASE {sdb} ADD SECONDARY ON SERVER '{}' WITH (DATABASE_NAME = '{}')",
+                dr.server,
+                plan.stage_dr_database()
+            ),
+        )
+        .await?;
+        crate::crashpoint::hit("upgrade.stage_dr_linked");
+    }
+    if state.stage_dr_app_pid.is_some_and(alive) {
+        return Ok(());
+    }
+    let pid = start_app_at(
+        plan,
+        &plan.expand_dr(&dr.start),
+        &dr.target,
+        &folder.dr_app_log,
+        "V2-DR",
+    )
+    .await?;
+    state.stage_dr_app_pid = Some(pid);
+    folder.save(state).map_err(|e| e.to_string())?;
+    check_started(pid, &folder.dr_app_log, "V2-DR").await
+}
+
+async fn seed_stage_dr(plan: &Plan, state: &mut State, options: Options) -> StepResult {
+    let dr = stage_dr(plan)?;
+    let sdb = plan.stage_database();
+    let stage = primary_of_database(&plan.stage.hosts, sdb, "stage").await?;
+    wait_seeded(&stage, sdb, &dr.server, options).await?;
+    if let Some(started) = state.stage_dr_seeding_started_ms {
+        state
+            .machine
+            .measured
+            .insert("seeding_dr".into(), now_ms().saturating_sub(started));
+    }
+    if !state.stage_dr_app_pid.is_some_and(alive) {
+        return Err(
+            "the V2-DR application is not running (see stage-dr-app.log in the state folder)"
+                .into(),
+        );
+    }
+    register_offline(
+        plan,
+        &dr.endpoint,
+        &dr.target,
+        dr.priority,
+        &dr.probe,
+        "V2-DR",
+    )
+    .await
+}
+
+async fn production_read_only(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
     let p = &plan.production;
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
     exec(
@@ -835,7 +1224,24 @@ async fn production_read_only(plan: &Plan, state: &mut State) -> StepResult {
     )
     .await?;
     crate::crashpoint::hit("upgrade.read_only");
-    state.production_end_lsn = Some(log_end(&prod, &p.database).await?);
+    let end = log_end(&prod, &p.database).await?;
+    state.production_end_lsn = Some(end);
+    if let Some(pdr) = &plan.production_dr {
+        // Option 2: the DR slot holds every commit production made before
+        // the window, so a loss of production's region from here on loses
+        // nothing acknowledged (the profile fails over to V1 there).
+        let synced = copy_sync(&prod, &p.database, &pdr.server).await?;
+        if synced < end {
+            return Err(format!(
+                "production's DR copy on '{}' has hardened its log up to {synced}, before its end {end}",
+                pdr.server
+            ));
+        }
+        // Saved at once: a rollback to the DR slot relies on it.
+        state.production_dr_synced_lsn = Some(synced);
+        folder.save(state).map_err(|e| e.to_string())?;
+        crate::crashpoint::hit("upgrade.dr_synced");
+    }
     Ok(())
 }
 
@@ -843,7 +1249,7 @@ async fn terminate_stage(plan: &Plan, state: &mut State) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
     let started = Instant::now();
-    if linked(&prod, plan).await? {
+    if has_link(&prod, &p.database, &s.server).await? {
         exec(
             &prod,
             &format!(
@@ -879,6 +1285,16 @@ async fn terminate_stage(plan: &Plan, state: &mut State) -> StepResult {
         return Err(format!(
             "the stage copy's log ends at {stage_end}, before production's last commit at {end}"
         ));
+    }
+    // Option 2: the termination ended production → stage only; the
+    // stage → stage-DR link goes on (the upgrade reaches the DR region).
+    if let Some(dr) = &plan.stage_dr {
+        if !has_link(&stage, plan.stage_database(), &dr.server).await? {
+            return Err(format!(
+                "the stage copy lost its chained geo-secondary on '{}' in the termination",
+                dr.server
+            ));
+        }
     }
     Ok(())
 }
@@ -939,12 +1355,27 @@ async fn upgrade_stage(plan: &Plan, state: &mut State) -> StepResult {
         .machine
         .measured
         .insert("smoke".into(), started.elapsed().as_millis() as u64);
+    // Option 2: the stage-DR copy has hardened the upgrade too, so V2-DR,
+    // the backup the switch brings online, serves the V2 schema.
+    if let Some(dr) = &plan.stage_dr {
+        copy_sync(&stage, db, &dr.server).await?;
+    }
     Ok(())
 }
 
 async fn switch(plan: &Plan) -> StepResult {
+    // Option 2: stage-DR comes online as the stage's backup in the same
+    // change (production and production-DR, of better priority, go
+    // offline).
+    let also_online: Vec<String> = plan.stage_dr.iter().map(|d| d.endpoint.clone()).collect();
     let view = tm(plan)
-        .activate(&plan.stage.endpoint, &Activate::default())
+        .activate(
+            &plan.stage.endpoint,
+            &Activate {
+                also_online: also_online.clone(),
+                ..Activate::default()
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     crate::crashpoint::hit("upgrade.switched");
@@ -955,30 +1386,58 @@ async fn switch(plan: &Plan) -> StepResult {
             plan.stage.endpoint
         ));
     }
+    for name in &also_online {
+        if !view
+            .endpoints
+            .iter()
+            .any(|e| &e.name == name && e.status == Status::Online)
+        {
+            return Err(format!("after the switch the backup {name} is not online"));
+        }
+    }
     Ok(())
 }
 
 async fn remove_v1(plan: &Plan) -> StepResult {
     let tm = tm(plan);
     let view = tm.show().await.map_err(|e| e.to_string())?;
-    if view
-        .endpoints
-        .iter()
-        .any(|e| e.name == plan.production.endpoint)
-    {
-        tm.remove(&plan.production.endpoint)
-            .await
-            .map_err(|e| e.to_string())?;
+    // Option 2: V1 in the DR region goes too (it serves an old copy).
+    let mut endpoints = vec![&plan.production.endpoint];
+    endpoints.extend(plan.production_dr.iter().map(|d| &d.endpoint));
+    for name in endpoints {
+        if view.endpoints.iter().any(|e| &e.name == name) {
+            tm.remove(name).await.map_err(|e| e.to_string())?;
+        }
     }
     if let Some(stop) = &plan.production.stop {
         run_command("stopping V1", plan, stop).await?;
     }
+    if let Some(stop) = plan.production_dr.as_ref().and_then(|d| d.stop.as_ref()) {
+        run_command("stopping V1 in the DR region", plan, stop).await?;
+    }
     Ok(())
 }
 
-async fn production_read_write(plan: &Plan) -> StepResult {
+async fn production_read_write(plan: &Plan, state: &mut State) -> StepResult {
     let p = &plan.production;
-    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+    if state.rolled_back_to_dr {
+        // Production was given up for its DR copy already (a resume).
+        return rollback_to_production_dr(plan, state).await;
+    }
+    let prod = match primary_of_database(&p.hosts, &p.database, "production").await {
+        Ok(prod) => prod,
+        Err(unreachable) => {
+            return match dr_rollback_possible(plan, state) {
+                Ok(()) => {
+                    println!(
+                        "  production is unreachable ({unreachable}): rolling back to its DR slot"
+                    );
+                    rollback_to_production_dr(plan, state).await
+                }
+                Err(why) => Err(format!("{unreachable} ({why})")),
+            };
+        }
+    };
     exec(
         &prod,
         &format!("ALTER DATABASE {} SET READ_WRITE", p.database),
@@ -1005,31 +1464,145 @@ async fn production_read_write(plan: &Plan) -> StepResult {
     Ok(())
 }
 
+/// Whether step 8 may roll back to production's DR slot instead: option
+/// 2 with the DR cluster's hosts in the plan, and step 3's guard passed —
+/// production has been READ_ONLY since its log end `E` (it takes no
+/// write, so nothing can diverge) and its DR copy had hardened `E`, so a
+/// forced geo-failover of that copy loses nothing.
+fn dr_rollback_possible(plan: &Plan, state: &State) -> std::result::Result<(), String> {
+    let Some(pdr) = &plan.production_dr else {
+        return Err("the plan has no [production_dr] to roll back to".into());
+    };
+    if pdr.hosts.is_empty() {
+        return Err(format!(
+            "production_dr.hosts is not in the plan, so the rollback cannot fail over to '{}'",
+            pdr.server
+        ));
+    }
+    match (state.production_end_lsn, state.production_dr_synced_lsn) {
+        (Some(end), Some(synced)) if synced >= end => Ok(()),
+        _ => Err(format!(
+            "production's DR copy on '{}' was not seen holding production's last commit, so a \
+             failover there could lose writes",
+            pdr.server
+        )),
+    }
+}
+
+/// Step 8 without production: its DR copy becomes the primary (a forced
+/// geo-failover, lossless here — see [`dr_rollback_possible`]), read-write,
+/// and its endpoint the active one.
+async fn rollback_to_production_dr(plan: &Plan, state: &mut State) -> StepResult {
+    let pdr = plan
+        .production_dr
+        .as_ref()
+        .ok_or("the plan has no [production_dr]")?;
+    let db = &plan.production.database;
+    let dr = primary_of_database(&pdr.hosts, db, "production-DR").await?;
+    state.rolled_back_to_dr = true;
+    let geo_secondary = rows(
+        &dr,
+        &format!(
+            "SELECT 1 FROM sys.geo_replication_links WHERE database_name = '{db}' AND role_desc = 'SECONDARY'"
+        ),
+    )
+    .await?;
+    if !geo_secondary.is_empty() {
+        exec(
+            &dr,
+            &format!("ALTER DATABASE {db} FORCE_FAILOVER_ALLOW_DATA_LOSS"),
+        )
+        .await?;
+    }
+    let end = state
+        .production_end_lsn
+        .ok_or("production's log end was not recorded in step 3")?;
+    let dr = primary_of_database(&pdr.hosts, db, "production-DR").await?;
+    let dr_end = log_end(&dr, db).await?;
+    if dr_end < end {
+        return Err(format!(
+            "production's DR copy's log ends at {dr_end}, before production's last commit at {end}"
+        ));
+    }
+    // It inherited production's READ_ONLY.
+    exec(&dr, &format!("ALTER DATABASE {db} SET READ_WRITE")).await?;
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view.active.as_deref() != Some(pdr.endpoint.as_str()) {
+        tm.activate(&pdr.endpoint, &Activate::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
     let (p, s) = (&plan.production, &plan.stage);
     if let Some(pid) = state.stage_app_pid {
         stop_app(pid).await?;
     }
-    let tm = tm(plan);
-    let view = tm.show().await.map_err(|e| e.to_string())?;
-    if view.endpoints.iter().any(|e| e.name == s.endpoint) {
-        tm.remove(&s.endpoint).await.map_err(|e| e.to_string())?;
+    remove_endpoint(plan, &s.endpoint).await?;
+    // After a rollback to the DR slot production is unreachable, or a
+    // deposed geo-secondary of its DR copy: its link to the stage is not
+    // ended there.
+    if !state.rolled_back_to_dr {
+        let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
+        if has_link(&prod, &p.database, &s.server).await? {
+            exec(
+                &prod,
+                &format!(
+                    "ALTER DATABASE {} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
+                    p.database, s.server
+                ),
+            )
+            .await?;
+        }
     }
-    let prod = primary_of_database(&p.hosts, &p.database, "production").await?;
-    if linked(&prod, plan).await? {
+    drop_copy(&s.hosts, plan.stage_database(), "stage").await?;
+    state.stage_app_pid = None;
+    Ok(())
+}
+
+async fn remove_stage_dr(plan: &Plan, state: &mut State) -> StepResult {
+    let dr = stage_dr(plan)?;
+    if let Some(pid) = state.stage_dr_app_pid {
+        stop_app(pid).await?;
+    }
+    remove_endpoint(plan, &dr.endpoint).await?;
+    // The chained link is the stage copy's: end it there while that copy
+    // exists (step 9, which drops it, comes after this one).
+    let sdb = plan.stage_database();
+    let stage = primary_of_any(&plan.stage.hosts, "stage").await?;
+    if has_link(&stage, sdb, &dr.server).await? {
         exec(
-            &prod,
+            &stage,
             &format!(
-                "ALTER DATABASE {} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
-                p.database, s.server
+                "ALTER DATABASE {sdb} REMOVE SECONDARY ON SERVER '{}' WITH (TERMINATION = FORCED)",
+                dr.server
             ),
         )
         .await?;
     }
-    let db = plan.stage_database();
-    let stage = primary_of_any(&s.hosts, "stage").await?;
+    drop_copy(&dr.hosts, plan.stage_dr_database(), "stage-DR").await?;
+    state.stage_dr_app_pid = None;
+    Ok(())
+}
+
+async fn remove_endpoint(plan: &Plan, name: &str) -> StepResult {
+    let tm = tm(plan);
+    let view = tm.show().await.map_err(|e| e.to_string())?;
+    if view.endpoints.iter().any(|e| e.name == name) {
+        tm.remove(name).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes `db` from its group on the cluster of `hosts` and drops it, if
+/// it is there.
+async fn drop_copy(hosts: &[String], db: &str, slot: &str) -> StepResult {
+    let primary = primary_of_any(hosts, slot).await?;
     let groups = column(
-        &stage,
+        &primary,
         &format!(
             "SELECT group_id FROM sys.dm_hadr_database_replica_states WHERE database_name = '{db}' AND is_local"
         ),
@@ -1037,33 +1610,32 @@ async fn remove_stage(plan: &Plan, state: &mut State) -> StepResult {
     .await?;
     if let Some(group) = groups.first() {
         exec(
-            &stage,
+            &primary,
             &format!("ALTER AVAILABILITY GROUP {group} REMOVE DATABASE {db}"),
         )
         .await?;
     }
     let exists = column(
-        &stage,
+        &primary,
         &format!("SELECT name FROM sys.databases WHERE name = '{db}'"),
     )
     .await?;
     if !exists.is_empty() {
-        drop_when_released(&stage, db).await?;
+        drop_when_released(&primary, db).await?;
     }
-    state.stage_app_pid = None;
     Ok(())
 }
 
-/// How long the rollback waits for the stage's database to be let go.
+/// How long the rollback waits for a dropped copy to be let go.
 const RELEASE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `DROP DATABASE db` on the stage, retried while it is in use (55006):
-/// right after `REMOVE DATABASE` the stage's group, restarting without it,
-/// and the stage application's closing sessions still hold it a moment.
-async fn drop_when_released(stage: &Client, db: &str) -> StepResult {
+/// `DROP DATABASE db`, retried while it is in use (55006): right after
+/// `REMOVE DATABASE` the group, restarting without it, and the
+/// application's closing sessions still hold it a moment.
+async fn drop_when_released(primary: &Client, db: &str) -> StepResult {
     let deadline = tokio::time::Instant::now() + RELEASE_WITHIN;
     loop {
-        match exec(stage, &format!("DROP DATABASE {db}")).await {
+        match exec(primary, &format!("DROP DATABASE {db}")).await {
             Err(e) if e.contains("(55006)") && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
@@ -1154,18 +1726,17 @@ async fn log_end(client: &Client, db: &str) -> std::result::Result<i64, String> 
     .ok_or_else(|| format!("database {db} has no log end in sys.databases"))
 }
 
-async fn linked(prod: &Client, plan: &Plan) -> std::result::Result<bool, String> {
+/// Whether `db` (on `source`, its primary) has a geo-secondary on
+/// `partner`.
+async fn has_link(source: &Client, db: &str, partner: &str) -> std::result::Result<bool, String> {
     let partners = column(
-        prod,
+        source,
         &format!(
-            "SELECT partner_server FROM sys.geo_replication_links WHERE database_name = '{}' AND role_desc = 'PRIMARY'",
-            plan.production.database
+            "SELECT partner_server FROM sys.geo_replication_links WHERE database_name = '{db}' AND role_desc = 'PRIMARY'"
         ),
     )
     .await?;
-    Ok(partners
-        .iter()
-        .any(|n| n.eq_ignore_ascii_case(&plan.stage.server)))
+    Ok(partners.iter().any(|n| n.eq_ignore_ascii_case(partner)))
 }
 
 /// The node (of `hosts`) whose replica of `db` is primary.
@@ -1342,4 +1913,74 @@ async fn run_command(what: &str, plan: &Plan, command: &[String]) -> StepResult 
         shell_words(command),
         output.status
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dr: &str) -> Plan {
+        let text = format!(
+            "name = \"p\"\n[production]\nserver = \"A\"\nhosts = [\"127.0.0.1:5434\"]\n\
+             database = \"app\"\nendpoint = \"v1\"\n{dr}\
+             [stage]\nserver = \"S\"\nhosts = [\"127.0.0.1:6434\"]\nendpoint = \"v2\"\n\
+             target = \"127.0.0.1:8002\"\npriority = 3\nstart = [\"app\"]\n\
+             [stage_dr]\nserver = \"SB\"\nhosts = [\"127.0.0.1:7634\"]\nendpoint = \"v2-dr\"\n\
+             target = \"127.0.0.1:8004\"\npriority = 4\nstart = [\"app\"]\n\
+             [upgrade]\nscript = \"u.sql\"\n[traffic_manager]\nadmin = \"127.0.0.1:9001\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.toml");
+        std::fs::write(&path, text).unwrap();
+        Plan::load(&path).unwrap()
+    }
+
+    fn state(end: Option<i64>, synced: Option<i64>) -> State {
+        State {
+            plan: "p".into(),
+            machine: Machine::geo_redundant(false),
+            stage_app_pid: None,
+            seeding_started_ms: None,
+            production_end_lsn: end,
+            stage_dr_app_pid: None,
+            stage_dr_seeding_started_ms: None,
+            production_dr_synced_lsn: synced,
+            rolled_back_to_dr: false,
+        }
+    }
+
+    #[test]
+    fn a_rollback_goes_to_the_dr_slot_only_when_its_copy_held_productions_end_and_the_plan_names_its_hosts(
+    ) {
+        let with_hosts = plan(
+            "[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\nhosts = [\"127.0.0.1:7234\"]\n",
+        );
+        let without_hosts = plan("[production_dr]\nserver = \"B\"\nendpoint = \"v1-dr\"\n");
+        let no_dr = plan("");
+        // (plan, production's end, the DR copy's hardened LSN, allowed)
+        let table = [
+            (&with_hosts, Some(100), Some(100), Ok(())),
+            (&with_hosts, Some(100), Some(120), Ok(())),
+            (&with_hosts, Some(100), Some(99), Err("could lose writes")),
+            (&with_hosts, Some(100), None, Err("could lose writes")),
+            (&with_hosts, None, None, Err("could lose writes")),
+            (
+                &without_hosts,
+                Some(100),
+                Some(100),
+                Err("production_dr.hosts"),
+            ),
+            (&no_dr, Some(100), Some(100), Err("no [production_dr]")),
+        ];
+        for (plan, end, synced, expected) in table {
+            let got = dr_rollback_possible(plan, &state(end, synced));
+            match expected {
+                Ok(()) => assert_eq!(got, Ok(()), "{end:?} {synced:?}"),
+                Err(why) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(why)),
+                    "{end:?} {synced:?}: {got:?}"
+                ),
+            }
+        }
+    }
 }
