@@ -203,23 +203,80 @@ async fn kill_9_of_the_primary_fails_over_and_loses_no_acknowledged_insert() {
     assert_t_on(&group, R1, &reports, "on the old primary after it rejoined").await;
 }
 
-/// Safety rules 1 and 4 across a kill in the middle of a large
-/// transaction (issue 16): while the primary ships one transaction of
-/// ≈ 110 MB (about a hundred parts) to its synchronous secondaries, it is
-/// killed with SIGKILL. The cluster promotes a secondary that holds some of
-/// the parts; every acknowledged commit is there, and of the large
-/// transaction either all rows or none (all if its commit was
-/// acknowledged), on both survivors alike; the old primary, restarted,
-/// rejoins page-identical.
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keeps_it_whole_or_absent(
-) {
+/// When [`kill_9_during_a_large_transaction`] kills the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KillAt {
+    /// Once r2 has hardened 20 MB of the transaction's parts, before its
+    /// commit could be acknowledged.
+    MidShipping,
+    /// As soon as the transaction's commit is acknowledged: hardened on the
+    /// synchronous secondaries, their redo possibly still behind.
+    JustAcknowledged,
+}
+
+/// Counts of `big` that readers on the secondaries saw while a large
+/// transaction was shipped and the group failed over: polls every 50 ms
+/// (reconnecting after errors) until `stop`.
+fn watch_big(
+    group: &Group,
+    nodes: &[usize],
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeSet<(usize, u64)>> {
+    let conns: Vec<(usize, String)> = nodes
+        .iter()
+        .map(|&i| (i, group.nodes[i].conn_string(APP)))
+        .collect();
+    tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        let mut clients: Vec<Option<Client>> = conns.iter().map(|_| None).collect();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            for (k, (i, conn)) in conns.iter().enumerate() {
+                if clients[k].is_none() {
+                    let attempt = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio_postgres::connect(conn, tokio_postgres::NoTls),
+                    );
+                    if let Ok(Ok((client, connection))) = attempt.await {
+                        tokio::spawn(connection);
+                        clients[k] = Some(client);
+                    }
+                }
+                let Some(client) = &clients[k] else { continue };
+                let count = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.simple_query("SELECT count(*) FROM big"),
+                )
+                .await;
+                match count {
+                    Ok(Ok(messages)) => {
+                        if let Some(n) = common::group::rows_of(messages)
+                            .first()
+                            .and_then(|r| r[0].as_deref())
+                            .and_then(|v| v.parse().ok())
+                        {
+                            seen.insert((*i, n));
+                        }
+                    }
+                    _ => clients[k] = None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    })
+}
+
+/// The body of the kill-during-a-large-transaction tests: 20 small commits,
+/// then one transaction of ≈ 110 MB (about a hundred parts) on r1, killed
+/// with SIGKILL at `at`. Readers on r2 and r3 poll the table throughout and
+/// never see part of the transaction; the cluster promotes a secondary;
+/// every acknowledged commit is there, and of the large transaction either
+/// all rows or none (all if its commit was acknowledged), on both
+/// survivors alike; the old primary, restarted, rejoins page-identical.
+async fn kill_9_during_a_large_transaction(test: &str, at: KillAt) {
     const ROWS: u64 = 100_000;
     let mut group = automatic_group(GroupSpec::default()).await;
-    let _logs = KeepLogsOnPanic::new(
-        &group,
-        "kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keeps_it_whole_or_absent",
-    );
+    let _logs = KeepLogsOnPanic::new(&group, test);
     run_on(&group, R1, APP, CREATE_T).await;
     run_on(
         &group,
@@ -232,6 +289,9 @@ async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keep
         let sql = format!("INSERT INTO t(id, w, pad) VALUES ({id}, 0, NULL)");
         run_on(&group, R1, APP, &sql).await;
     }
+    group.wait_caught_up(&[R2, R3], CATCH_UP_TIMEOUT).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_big(&group, &[R2, R3], stop.clone());
     let (_, start) = common::group::log_bounds(&group.nodes[R2], APP).await;
     let loader = group.nodes[R1].client(APP).await;
     let load = tokio::spawn(async move {
@@ -240,28 +300,62 @@ async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keep
         );
         tokio::time::timeout(Duration::from_secs(300), loader.batch_execute(&sql)).await
     });
-    // Kill once a secondary has hardened some of the transaction's parts.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, end) = common::group::log_bounds(&group.nodes[R2], APP).await;
-        if end > start + (20 << 20) {
-            break;
+    let acknowledged = match at {
+        KillAt::MidShipping => {
+            // Kill once a secondary has hardened some of the parts.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let (_, end) = common::group::log_bounds(&group.nodes[R2], APP).await;
+                if end > start + (20 << 20) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "r2 received less than 20 MB of the large transaction in 120 s\n{}",
+                    group.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            group.nodes[R1].kill9();
+            matches!(load.await, Ok(Ok(Ok(()))))
         }
-        assert!(
-            Instant::now() < deadline,
-            "r2 received less than 20 MB of the large transaction in 120 s\n{}",
-            group.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    group.nodes[R1].kill9();
-    let acknowledged = matches!(load.await, Ok(Ok(Ok(()))));
+        KillAt::JustAcknowledged => {
+            match load.await {
+                Ok(Ok(Ok(()))) => {}
+                other => panic!("the large transaction: {other:?}\n{}", group.logs()),
+            }
+            group.nodes[R1].kill9();
+            true
+        }
+    };
+    let redone_at_kill: Vec<Option<(u64, u64)>> = vec![
+        common::cluster::local_lsns(&group, R2).await,
+        common::cluster::local_lsns(&group, R3).await,
+    ];
     let survivors = [R2, R3];
     let (new, epoch, _) = wait_new_primary(&group, &survivors, &[R1], 1, FAILOVER_TIMEOUT).await;
     let other = if new == R2 { R3 } else { R2 };
     group
         .wait_caught_up_to(new, &[other], CATCH_UP_TIMEOUT)
         .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let watched = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("the readers stopped within 30 s")
+        .expect("readers");
+    let partial: Vec<&(usize, u64)> = watched
+        .iter()
+        .filter(|(_, n)| *n != 0 && *n != ROWS)
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "readers on the secondaries saw part of the large transaction (node, rows): {partial:?}\n{}",
+        group.logs()
+    );
+    assert!(
+        watched.iter().any(|(i, _)| *i == R2) && watched.iter().any(|(i, _)| *i == R3),
+        "the readers never read both secondaries: {watched:?}"
+    );
     let mut seen = Vec::new();
     for i in survivors {
         let small = rows_on(&group, i, APP, "SELECT count(*) FROM t").await;
@@ -295,7 +389,8 @@ async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keep
         "the survivors disagree on the large transaction"
     );
     eprintln!(
-        "{} named primary at epoch {epoch}; the large transaction (acknowledged: {acknowledged}) is {} there",
+        "{at:?}: (hardened, redone) of r2 and r3 at the kill {redone_at_kill:?}; readers saw {watched:?}; \
+         {} named primary at epoch {epoch}; the large transaction (acknowledged: {acknowledged}) is {} there",
         name(new),
         if seen[0] == ROWS { "whole" } else { "absent" }
     );
@@ -305,6 +400,38 @@ async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keep
     group
         .assert_page_identical_to(new, &[R1, other], "after the old primary rejoined")
         .await;
+}
+
+/// Safety rules 1 and 4 across a kill in the middle of a large
+/// transaction (issue 16): while the primary ships one transaction of
+/// ≈ 110 MB to its synchronous secondaries, it is killed with SIGKILL; the
+/// transaction is whole or absent everywhere, never part of it, even to
+/// readers on the secondaries meanwhile
+/// ([`kill_9_during_a_large_transaction`]). The 1 GB figure of issue 16 is
+/// measured by `scripts/bench memory`.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keeps_it_whole_or_absent(
+) {
+    kill_9_during_a_large_transaction(
+        "kill_9_of_the_primary_mid_way_through_shipping_a_large_transaction_keeps_it_whole_or_absent",
+        KillAt::MidShipping,
+    )
+    .await;
+}
+
+/// Safety rules 1 and 4 right after a large transaction's acknowledgement
+/// (issue 16): the primary is killed with SIGKILL the moment its ≈ 110 MB
+/// commit is acknowledged, while the secondaries may still be redoing its
+/// parts; the new primary holds it whole, readers on the secondaries never
+/// saw part of it, and the replicas end page-identical
+/// ([`kill_9_during_a_large_transaction`]).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_primary_right_after_a_large_transaction_is_acknowledged_keeps_it_whole() {
+    kill_9_during_a_large_transaction(
+        "kill_9_of_the_primary_right_after_a_large_transaction_is_acknowledged_keeps_it_whole",
+        KillAt::JustAcknowledged,
+    )
+    .await;
 }
 
 /// Safety rules 1 and 2 across a network partition: the primary is cut off
