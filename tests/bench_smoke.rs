@@ -421,18 +421,23 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
     }
 }
 
-/// `scripts/bench-tls` (client TLS on vs off, BENCHMARKS.md) runs against
-/// this build: every run of both modes is reported, the TLS ones really
-/// over TLS (the script stops when a required TLS session fails), and the
-/// medians line of each workload is printed. No number is judged.
-#[test]
-fn bench_tls_runs_both_modes_alternated_and_prints_the_medians() {
+/// The bench scripts' tools; CI installs them (.ci/run).
+fn require_pgbench_and_python() {
     require_tool(
         "pgbench",
         &["--version"],
         "apt-get install -y postgresql (Debian 12 ships pgbench in postgresql-15)",
     );
     require_tool("python3", &["--version"], "apt-get install -y python3");
+}
+
+/// `scripts/bench-tls` (client TLS on vs off, BENCHMARKS.md) runs against
+/// this build: every run of both modes is reported, the TLS ones really
+/// over TLS (the script stops when a required TLS session fails), and the
+/// medians line of each workload is printed. No number is judged.
+#[test]
+fn bench_tls_runs_both_modes_alternated_and_prints_the_medians() {
+    require_pgbench_and_python();
     let output = run_bounded(
         Command::new("timeout")
             .args(["--kill-after=30", "240", "bash"])
@@ -479,12 +484,7 @@ fn bench_tls_runs_both_modes_alternated_and_prints_the_medians() {
 /// No number is judged.
 #[test]
 fn bench_partner_tls_runs_both_groups_alternated_and_prints_the_medians() {
-    require_tool(
-        "pgbench",
-        &["--version"],
-        "apt-get install -y postgresql (Debian 12 ships pgbench in postgresql-15)",
-    );
-    require_tool("python3", &["--version"], "apt-get install -y python3");
+    require_pgbench_and_python();
     let output = run_bounded(
         Command::new("timeout")
             .args(["--kill-after=30", "300", "bash"])

@@ -609,20 +609,10 @@ async fn option_2_with_the_production_region_lost_mid_upgrade_fails_over_to_prod
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Production's region is lost: its nodes and V1.
-        for node in &rig.production.nodes {
-            node.signal("KILL");
-        }
-        rig.v1.kill();
-        // The profile fails over to production's DR slot (an online
-        // backup) by itself: probes every second, one failure tolerated.
-        let lost_at = std::time::Instant::now();
-        rig.tm
-            .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
-                v.active.as_deref() == Some("v1-dr")
-            })
-            .await;
-        let failover = lost_at.elapsed();
+        // Production's region is lost: its nodes and V1. The profile fails
+        // over to production's DR slot (an online backup) by itself:
+        // probes every second, one failure tolerated.
+        let failover = rig.lose_production_region().await;
         // The clients stop here: V1 acknowledged every write they saw
         // acknowledged (a request cut by the loss is an error, not an ack).
         let seen = clients.finish().await;
@@ -808,15 +798,7 @@ async fn option_2_with_the_production_region_lost_before_step_3s_dr_guard_stops_
         "{}",
         text(&out)
     );
-    for node in &rig.production.nodes {
-        node.signal("KILL");
-    }
-    rig.v1.kill();
-    rig.tm
-        .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
-            v.active.as_deref() == Some("v1-dr")
-        })
-        .await;
+    rig.lose_production_region().await;
     let (ids, _) = item_ids(&rig).await;
     assert_eq!(ids.len(), 20, "V1-DR serves every acknowledged row");
     let out = rig.upgrade(&["resume"], None).await;
@@ -926,15 +908,7 @@ async fn option_2_with_the_production_region_lost_in_the_window_rolls_back_to_pr
         "{}",
         text(&out)
     );
-    for node in &rig.production.nodes {
-        node.signal("KILL");
-    }
-    rig.v1.kill();
-    rig.tm
-        .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
-            v.active.as_deref() == Some("v1-dr")
-        })
-        .await;
+    rig.lose_production_region().await;
     let out = rig.upgrade(&["resume"], None).await;
     let all = text(&out);
     assert!(

@@ -959,11 +959,7 @@ mod tests {
     async fn a_preamble_lets_cluster_rpcs_share_a_port_and_a_kept_connection_serves_the_next_rpc() {
         let dir = tempfile::tempdir().unwrap();
         let (cluster, id) = lone_node(dir.path()).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = NodeInfo {
-            name: "r7".into(),
-            endpoint: listener.local_addr().unwrap(),
-        };
+        let (listener, node) = node7_listening().await;
         let rpc = cluster.rpc_server();
         // One connection only: the second RPC has to come on the first's.
         let server = tokio::spawn(async move {
@@ -995,6 +991,16 @@ mod tests {
         cluster.shutdown().await.unwrap();
     }
 
+    /// A listener on a free loopback port, and node 7 described there.
+    async fn node7_listening() -> (TcpListener, NodeInfo) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = NodeInfo {
+            name: "r7".into(),
+            endpoint: listener.local_addr().unwrap(),
+        };
+        (listener, node)
+    }
+
     /// A server that serves each connection it accepts for one answer and
     /// then finds its admission gone (as after a reload of the partner TLS
     /// files), counting the connections.
@@ -1022,11 +1028,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let (cluster, id) = lone_node(dir.path()).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = NodeInfo {
-            name: "r7".into(),
-            endpoint: listener.local_addr().unwrap(),
-        };
+        let (listener, node) = node7_listening().await;
         let accepted = Arc::new(AtomicUsize::new(0));
         let server = one_answer_per_connection(listener, cluster.rpc_server(), accepted.clone());
         let transport = TcpTransport::default();

@@ -129,7 +129,8 @@ impl RoleSessions {
     }
 
     /// Sessions `role` holds open now.
-    pub fn held(&self, role: &str) -> usize {
+    #[cfg(test)]
+    fn held(&self, role: &str) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(role).copied().unwrap_or(0)
     }

@@ -87,7 +87,10 @@ pub struct Production {
     pub stop: Option<Vec<String>>,
 }
 
-/// The stage slot.
+/// A stage slot: the stage itself, or (option 2) stage-DR, a geo-secondary
+/// of the stage copy in the DR region (chained: production → stage →
+/// stage-DR) with a standby V2. Its *source* is production for the stage,
+/// the stage copy for stage-DR.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
@@ -95,28 +98,28 @@ pub struct Stage {
     /// lives in another cluster than its source).
     pub server: String,
     /// Its nodes' replication endpoints, registered as a partner server of
-    /// production when it is not one yet.
+    /// its source's cluster when it is not one yet.
     #[serde(default)]
     pub endpoint_urls: Vec<String>,
     /// Client addresses of its nodes.
     pub hosts: Vec<String>,
-    /// The copy's name there (default: production's).
+    /// The copy's name there (default: its source's).
     #[serde(default)]
     pub database: Option<String>,
-    /// Where V2 reaches its database (`host:port`; default: the first of
-    /// `hosts`).
+    /// Where its V2 reaches its database (`host:port`; default: the first
+    /// of `hosts`).
     #[serde(default)]
     pub address: Option<String>,
-    /// The stage endpoint's name in the profile.
+    /// Its endpoint's name in the profile.
     pub endpoint: String,
-    /// Where the V2 application listens (`host:port`).
+    /// Where its V2 application listens (`host:port`).
     pub target: String,
-    /// The stage endpoint's priority (below production's).
+    /// Its endpoint's priority (below its source slot's).
     pub priority: u32,
-    /// The command that starts V2 (it keeps running; availdb starts it in
-    /// a process group of its own and stops that group on a rollback).
+    /// The command that starts its V2 (it keeps running; availdb starts it
+    /// in a process group of its own and stops that group on a rollback).
     pub start: Vec<String>,
-    /// The stage endpoint's probe (default: the profile's).
+    /// Its endpoint's probe (default: the profile's).
     #[serde(default)]
     pub probe: Option<ProbeDef>,
 }
@@ -141,37 +144,9 @@ pub struct ProductionDr {
     pub stop: Option<Vec<String>>,
 }
 
-/// The stage-DR slot (option 2): a geo-secondary of the stage copy in the
-/// DR region (chained: production → stage → stage-DR), with a standby V2.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageDr {
-    /// Its cluster's server name.
-    pub server: String,
-    /// Its nodes' replication endpoints, registered as a partner server of
-    /// the stage cluster when it is not one yet.
-    #[serde(default)]
-    pub endpoint_urls: Vec<String>,
-    /// Client addresses of its nodes.
-    pub hosts: Vec<String>,
-    /// The copy's name there (default: the stage copy's).
-    #[serde(default)]
-    pub database: Option<String>,
-    /// Where V2-DR reaches its database (default: the first of `hosts`).
-    #[serde(default)]
-    pub address: Option<String>,
-    /// The stage-DR endpoint's name in the profile.
-    pub endpoint: String,
-    /// Where V2-DR listens.
-    pub target: String,
-    /// Its priority (below the stage endpoint's).
-    pub priority: u32,
-    /// The command that starts V2-DR.
-    pub start: Vec<String>,
-    /// Its probe (default: the profile's).
-    #[serde(default)]
-    pub probe: Option<ProbeDef>,
-}
+/// The stage-DR slot (option 2): a stage slot whose source is the stage
+/// copy.
+pub type StageDr = Stage;
 
 /// The upgrade itself.
 #[derive(Debug, Clone, Deserialize)]

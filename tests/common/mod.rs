@@ -54,10 +54,14 @@ const LOG_TAIL_LINES: usize = 60;
 /// concurrent tests rarely try the same one; servers still retry on a
 /// collision ([`Builder::start`]).
 pub fn free_port() -> u16 {
+    free_port_in(20_000, 12_000)
+}
+
+/// A loopback port in `low .. low + span` that was free a moment ago, at a
+/// pseudo-random spot (see [`free_port`]).
+pub fn free_port_in(low: u16, span: u16) -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    const LOW: u64 = 20_000;
-    const SPAN: u64 = 12_000;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -65,8 +69,8 @@ pub fn free_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // A multiplicative hash spreads consecutive draws over the span.
-        let port =
-            (LOW + (seed.wrapping_add(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % SPAN) as u16;
+        let draw = seed.wrapping_add(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        let port = (u64::from(low) + draw % u64::from(span)) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

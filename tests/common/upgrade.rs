@@ -318,6 +318,23 @@ impl Rig {
     }
 
     /// The logs of every process, for a failing assertion.
+    /// Production's region is lost (its nodes and V1 killed), and the
+    /// profile fails over to production's DR slot by itself (bounded wait);
+    /// returns how long that took.
+    pub async fn lose_production_region(&self) -> Duration {
+        for node in &self.production.nodes {
+            node.signal("KILL");
+        }
+        self.v1.kill();
+        let lost_at = Instant::now();
+        self.tm
+            .wait_until("v1-dr takes over", Duration::from_secs(15), |v| {
+                v.active.as_deref() == Some("v1-dr")
+            })
+            .await;
+        lost_at.elapsed()
+    }
+
     pub fn logs(&self) -> String {
         let read =
             |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
@@ -360,22 +377,7 @@ impl Drop for Rig {
 /// those + 1000) and no client socket lands — V2 binds its port only when
 /// the orchestrator starts it, long after the plan named it.
 fn app_port() -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const LOW: u64 = 61_000;
-    const SPAN: u64 = 4_500;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ (u64::from(std::process::id()) << 20);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port =
-            (LOW + (seed.wrapping_add(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    super::free_port_in(61_000, 4_500)
 }
 
 /// A one-node cluster (a region of its own) named `server`, with an empty
