@@ -25,6 +25,7 @@
 //! | `upgrade.switched` | step 6: the traffic manager switched, the step not recorded as done |
 //! | `upgrade.dr_synced` | option 2, step 3: production's DR copy seen holding production's end, the step not recorded as done |
 //! | `upgrade.stage_dr_linked` | option 2, step 10: the chained ADD SECONDARY returned, V2-DR not started |
+//! | `upgrade.stage_dr_seeded` | option 2, step 11: the chained copy seeded and V2-DR's endpoint added offline, the step not recorded as done |
 //!
 //! Unit tests reach a point in a child process (`tests_support::crash_in_child`, in unit tests):
 //! the test binary runs itself again, for one test, with the variable set.

@@ -234,7 +234,7 @@ mod targets {
             } else {
                 input.to_vec()
             };
-            // A version 1 Refuse still decodes and re-encodes as version 2.
+            // An older version's Refuse still decodes, and re-encodes as this one.
             let current = input.get(4) == Some(&wire::VERSION);
             if let (Ok((message, used)), true) = (wire::decode(&input), current) {
                 let mut again = Vec::new();

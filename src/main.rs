@@ -55,10 +55,15 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The traffic manager relays small messages both ways: on one thread a
+    // socket's wake-up never goes to another worker (`scripts/bench
+    // upgrade`, pgbench -S through it).
+    let mut builder = if matches!(&cli.command, Command::TrafficManager(a) if a.command.is_none()) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("availdb: cannot start the runtime: {e}");

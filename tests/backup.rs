@@ -11,7 +11,9 @@
 //!   log backup with a gap, STOPAT outside the backups, RESTORE over an
 //!   existing database, BACKUP on a secondary that is not synchronizing)
 //!   gets a clear error with its SQLSTATE, leaves nothing half-restored
-//!   online and the source untouched, and a retry then works.
+//!   online and the source untouched, and a retry then works;
+//! * a backup whose reads are rate-limited (`--backup-kib-per-s`) still
+//!   completes and restores page-identical.
 //!
 //! Every wait and load is bounded; helpers live in `common`.
 
@@ -1184,11 +1186,31 @@ async fn a_manual_seeding_replica_waits_for_a_restore_joins_after_it_and_a_copy_
     assert!(!group.nodes[1].log().contains("taking in a full image"));
 }
 
-/// Rule: `BACKUP … WITH STATS = n` tells "p percent processed." at every
-/// n percent, in order, each once, ending at 100, as the backup goes (the
-/// notices are sent while it runs, not with its reply); the backup is a
-/// long operation of `sys.dm_operation_status` (100 percent when done) and
-/// of `sys.dm_exec_requests` while it runs.
+/// A session on the default database whose notices (`STATS` steps, the
+/// paced line) arrive on the returned channel.
+async fn client_with_notices(
+    server: &TestServer,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) =
+        tokio_postgres::connect(&server.conn_string(DEFAULT_DB), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    let (notices_tx, notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut stream).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                    let _ = notices_tx.send(n.message().to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, notices)
+}
+
 /// Runs `sql` (at most 60 s) and returns every notice that came with it
 /// and, of those, the "p percent processed." steps.
 async fn run_with_notices(
@@ -1232,26 +1254,15 @@ async fn assert_completed_at_100(client: &Client, operation: &str) {
     );
 }
 
+/// Rule: `BACKUP … WITH STATS = n` tells "p percent processed." at every
+/// n percent, in order, each once, ending at 100, as the backup goes (the
+/// notices are sent while it runs, not with its reply); the backup is a
+/// long operation of `sys.dm_operation_status` (100 percent when done) and
+/// of `sys.dm_exec_requests` while it runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_and_restore_with_stats_report_each_step_and_show_as_operations() {
     let (server, _app, _full, dir) = standalone_with_backup(2000).await;
-    let (client, mut connection) =
-        tokio_postgres::connect(&server.conn_string(DEFAULT_DB), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = futures::StreamExt::next(&mut stream).await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
-                    let _ = notices_tx.send(n.message().to_string());
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
+    let (client, mut notices) = client_with_notices(&server).await;
     let path = dir.path().join("stats.bak");
     let sql = format!(
         "BACKUP DATABASE app TO DISK = '{}' WITH STATS = 30",
@@ -2188,6 +2199,20 @@ async fn backups_to_an_s3_url_restore_verify_and_are_proven_and_a_missing_object
         "BACKUP to a store that is not S3",
     );
     assert_eq!(left(), 0, "a failed upload leaves no staging file");
+    // Each failed one ended: the failed download and upload are FAILED, the
+    // unusable destination was never started, none is left IN_PROGRESS.
+    let operations = ok(
+        &admin,
+        "SELECT operation, state_desc FROM sys.dm_operation_status \
+         WHERE state_desc <> 'COMPLETED' ORDER BY operation_id",
+    )
+    .await;
+    let failed = |op: &str| vec![Some(op.to_string()), Some("FAILED".to_string())];
+    assert_eq!(
+        operations,
+        [failed("RESTORE DATABASE"), failed("BACKUP DATABASE")],
+        "{operations:?}"
+    );
 
     let rows = proofs(&server).await;
     assert_eq!(
@@ -2200,4 +2225,118 @@ async fn backups_to_an_s3_url_restore_verify_and_are_proven_and_a_missing_object
         ],
         "the history has the URLs, the failed backup is not there, and both objects were downloaded and proven: {rows:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_backup_still_completes_and_its_chain_restores_page_identical() {
+    // 256 KiB/s against about 0.8 MB of pages and 0.4 MB of log (its last
+    // transaction) in the full backup, 0.3 MB of log in the log backup:
+    // the bucket (one second of reading) runs dry in both, so both wait
+    // for it, and the full backup reads for a few seconds.
+    let server = TestServer::builder()
+        .arg("--backup-kib-per-s")
+        .arg("256")
+        .start()
+        .await;
+    let admin = server.client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE app", "create app").await;
+    let app = server.client(APP).await;
+    let fill = |from: i64, to: i64| {
+        format!(
+            "INSERT INTO t SELECT value, hex(randomblob(500)) FROM generate_series({from}, {to})"
+        )
+    };
+    exec(
+        &app,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+        "create t",
+    )
+    .await;
+    exec(&app, &fill(1, 400), "fill t").await;
+    exec(&app, &fill(401, 800), "fill t more").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (full, log) = (dir.path().join("full.bak"), dir.path().join("log.bak"));
+
+    // While it runs, the backup is a request showing the pace in force
+    // and the bytes read so far; with STATS it says once that it is paced.
+    let (client, mut notices) = client_with_notices(&server).await;
+    let sql = format!(
+        "BACKUP DATABASE app TO DISK = '{}' WITH COMPRESSION, STATS = 50",
+        disk(&full)
+    );
+    let backup = tokio::spawn(async move { run_with_notices(&client, &mut notices, &sql).await });
+    let mut seen = Vec::new();
+    while !backup.is_finished() {
+        seen.extend(
+            ok(
+                &admin,
+                "SELECT rate_limit_bytes_per_second, bytes_processed FROM sys.dm_exec_requests \
+                 WHERE command = 'BACKUP DATABASE'",
+            )
+            .await,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (got, _) = backup.await.expect("the backup's task");
+    assert!(!seen.is_empty(), "the running backup was never a request");
+    assert!(
+        seen.iter().all(|r| r[0].as_deref() == Some("262144")),
+        "the limit in force is the node's 256 KiB/s: {seen:?}"
+    );
+    let bytes: Vec<u64> = seen
+        .iter()
+        .map(|r| r[1].as_deref().expect("bytes_processed").parse().unwrap())
+        .collect();
+    assert!(
+        bytes.windows(2).all(|w| w[0] <= w[1]) && bytes.first() < bytes.last(),
+        "bytes_processed grows as the backup reads: {bytes:?}"
+    );
+    let paced: Vec<_> = got
+        .iter()
+        .filter(|n| n.starts_with("reading at most"))
+        .collect();
+    assert_eq!(
+        paced,
+        ["reading at most 256 KiB/s (this node's backup read rate; set --backup-kib-per-s or backup_kib_per_s, 0 = unlimited)"],
+        "all notices: {got:?}"
+    );
+
+    exec(&app, &fill(801, 1100), "more rows").await;
+    // `availdb backup` says it once too, above its progress bar.
+    let out = common::run_bounded(
+        std::process::Command::new(common::availdb_bin())
+            .args(["backup", "app", "--log", "--to"])
+            .arg(&log)
+            .args(["--port", &server.port().to_string()]),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "availdb backup --log: {stderr}");
+    assert_eq!(
+        stderr
+            .matches("reading at most 256 KiB/s (this node's")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    ok(
+        &admin,
+        &format!(
+            "RESTORE DATABASE copy FROM DISK = '{}' WITH NORECOVERY",
+            disk(&full)
+        ),
+    )
+    .await;
+    ok(
+        &admin,
+        &format!(
+            "RESTORE LOG copy FROM DISK = '{}' WITH RECOVERY",
+            disk(&log)
+        ),
+    )
+    .await;
+    assert_eq!(ids(&server, "copy", "t").await, range(1..=1100));
+    if let Err(diff) = compare_pages(&pages(&server, APP).await, &pages(&server, "copy").await) {
+        panic!("the restored chain is not page-identical to its source:\n{diff}");
+    }
 }

@@ -54,6 +54,21 @@ fn describe(output: &Output) -> String {
     )
 }
 
+/// The checks the bench reported failed (its `bench: FAILED …` lines), put
+/// first in a failure message: a long output is cut in the middle by CI.
+fn failed_checks(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("bench: FAILED"))
+        .collect();
+    if failed.is_empty() {
+        "(no `bench: FAILED` line on stderr)".to_string()
+    } else {
+        failed.join("\n")
+    }
+}
+
 /// Fails the test, with install instructions, when `program args` cannot run.
 fn require_tool(program: &str, args: &[&str], install: &str) {
     let problem = match Command::new(program).args(args).output() {
@@ -203,7 +218,8 @@ fn bench_smoke_runs_every_quick_scenario_and_writes_its_results() {
     );
     assert!(
         output.status.success(),
-        "scripts/bench --smoke failed: {}",
+        "scripts/bench --smoke failed:\n{}\n{}",
+        failed_checks(&output),
         describe(&output)
     );
 

@@ -862,15 +862,15 @@ fn growth_report(names: &[&str], pids: &[u32], before: &[u64], bounds: &[u64]) -
 
 /// What a primary may add to its resident memory while it seeds two
 /// replicas at once. Each seed is a backup taken through a pipeline of
-/// 8 MiB image parts: the part being read and its block, a queue of one
-/// block per compressor thread, the compressors' input and output, and the
-/// encoded blocks waiting to be written in order — about (2 + 3 × the
-/// compressor threads) parts, the threads being the cores up to 4. Measured
-/// here (2 cores): ≈ 115 MB for two seeds, the same for databases of
-/// 150 MB and 300 MB. Slack of 40 MiB on top.
+/// 8 MiB blocks (`src/backup/take.rs`): the block being read, a queue of
+/// one to the workers that check, hash and compress, each worker's input
+/// and output, a queue of one to the writer, and the blocks it holds to
+/// write them in order — about (3 + 3 × the workers) blocks, as take.rs
+/// counts them, the workers being the cores up to 4. Measured here (2 cores): ≈ 115 MB for two seeds, the same for
+/// databases of 150 MB and 300 MB. Slack of 40 MiB on top.
 fn seeding_primary_growth_bound() -> u64 {
-    let compressors = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
-    2 * (2 + 3 * compressors) * (8 << 20) + (40 << 20)
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
+    2 * (3 + 3 * workers) * (8 << 20) + (40 << 20)
 }
 
 /// Bounded memory, catch-up and seeding: a synchronous secondary that was

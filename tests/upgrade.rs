@@ -327,22 +327,29 @@ async fn option_1_with_a_failing_upgrade_script_rolls_back_to_v1_read_write_and_
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_orchestrator_killed_after_the_termination_resumes_and_finishes_the_upgrade() {
-    let rig = Rig::start(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
-    seed_rows(&rig, 25).await;
-    let out = rig.upgrade(&[], Some("upgrade.terminated")).await;
+/// Runs the upgrade until it dies at crash point `point` (the
+/// orchestrator exits there, as if killed), then checks that `status`
+/// names `step` as begun and not ended.
+async fn killed_at(rig: &Rig, point: &str, step: u32) {
+    let out = rig.upgrade(&[], Some(point)).await;
     assert!(
-        !out.status.success() && text(&out).contains("crash point upgrade.terminated"),
+        !out.status.success() && text(&out).contains(&format!("crash point {point}")),
         "{}",
         text(&out)
     );
     let status = rig.upgrade(&["status"], None).await;
     let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(
-        status_text.contains("step 4") && status_text.contains("did not end"),
+        status_text.contains(&format!("step {step}")) && status_text.contains("did not end"),
         "{status_text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orchestrator_killed_after_the_termination_resumes_and_finishes_the_upgrade() {
+    let rig = Rig::start(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 25).await;
+    killed_at(&rig, "upgrade.terminated", 4).await;
     // A second `availdb upgrade PLAN` is refused: one is under way.
     let again = rig.upgrade(&[], None).await;
     assert!(
@@ -743,18 +750,7 @@ async fn option_2_with_a_failing_upgrade_script_rolls_back_and_removes_the_stage
 async fn an_option_2_orchestrator_killed_in_step_10_is_rolled_back_with_its_chained_copy() {
     let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
     seed_rows(&rig, 15).await;
-    let out = rig.upgrade(&[], Some("upgrade.stage_dr_linked")).await;
-    assert!(
-        text(&out).contains("crash point upgrade.stage_dr_linked"),
-        "{}",
-        text(&out)
-    );
-    let status = rig.upgrade(&["status"], None).await;
-    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(
-        status_text.contains("step 10") && status_text.contains("did not end"),
-        "{status_text}"
-    );
+    killed_at(&rig, "upgrade.stage_dr_linked", 10).await;
     let out = rig.upgrade(&["rollback"], None).await;
     let all = text(&out);
     assert!(
@@ -780,6 +776,46 @@ async fn an_option_2_orchestrator_killed_in_step_10_is_rolled_back_with_its_chai
     seed_rows(&rig, 5).await;
     let (ids, _) = item_ids(&rig).await;
     assert_eq!(ids.len(), 20, "V1 read-write, nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_option_2_orchestrator_killed_in_step_11_resumes_and_upgrades_both_regions() {
+    let rig = Rig::start_geo(&example_script(), |_| "smoke_http = \"/ready\"".into()).await;
+    seed_rows(&rig, 15).await;
+    // Killed once the chained copy is seeded and V2-DR's endpoint added:
+    // production still READ_WRITE, nothing in the window yet.
+    killed_at(&rig, "upgrade.stage_dr_seeded", 11).await;
+    assert!(!production_has_category(&rig).await);
+    // Step 11 runs again (its copy seeded, its endpoint there already),
+    // then the rest of the upgrade.
+    let out = rig.upgrade(&["resume"], None).await;
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.logs());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UPGRADED"));
+    let mut status = statuses(&rig).await;
+    status.sort();
+    assert_eq!(
+        status,
+        [
+            ("v1".to_string(), "offline".to_string()),
+            ("v1-dr".into(), "offline".into()),
+            ("v2".into(), "online".into()),
+            ("v2-dr".into(), "online".into()),
+        ]
+    );
+    assert_eq!(rig.tm.show().await.active.as_deref(), Some("v2"));
+    let (ids, items) = item_ids(&rig).await;
+    assert_eq!(ids.len(), 15, "every V1 row is in V2");
+    assert!(items.iter().all(|i| i["category"] == "general"));
+    // The stage-DR copy follows the stage copy: every row, bounded wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stage_dr_ids(&rig).await != ids {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage-DR copy lacks rows of V2"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rig.v2_alive() && rig.v2_dr_alive());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,12 +27,18 @@ characters (500 random bytes: they compress about 2-fold), in availdb's
 3. Commit latency during a backup on the secondary: pgbench (insert.sql,
    -c 4, --seconds) on r1 with no backup, then with COPY_ONLY backups of
    r2 running one after another for the whole run; TPS and p50/p99 of
-   both, --trials times alternating.
+   both, --trials times alternating; for each read rate of
+   --commit-kib-per-s in turn (the group restarted with it, in the
+   nodes' environment: AVAILDB_BACKUP_KIB_PER_S, "default" for none).
 4. Point-in-time restore: a full backup on r1, --log-mb MB of writes with
    a time noted half-way, a log backup; then RESTORE DATABASE … WITH
    NORECOVERY + RESTORE LOG … WITH STOPAT = that time, RECOVERY, timed, and
    the restored rows checked (every row written before the time, none
    after).
+
+The group starts with --backup-kib-per-s (default 0: backups unlimited,
+so that 1. measures how fast a backup can go; "default" for the nodes'
+own default).
 
 Results: JSON (--out) and a CSV of one row per measurement (--csv).
 """
@@ -200,6 +206,8 @@ def main():
     ap.add_argument("--log-mb", type=int, default=100)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--backup-kib-per-s", default="0")
+    ap.add_argument("--commit-kib-per-s", default="0,default")
     ap.add_argument("--out", required=True)
     ap.add_argument("--csv", required=True)
     args = ap.parse_args()
@@ -226,9 +234,26 @@ def main():
 
     try:
         # --- servers and data
-        procs.start("group", [args.bin, "up", "--replicas", "2", "--port", str(p + 20),
-                              "--data-dir", os.path.join(args.work, "group")],
-                    os.path.join(args.work, "group.out"))
+        group = None
+        starts = 0
+
+        def start_group(kib_per_s):
+            # (Re)starts `up` on the same data (it resumes the group) with
+            # BACKUP's read rate in the nodes' environment.
+            nonlocal group, starts
+            if group is not None:
+                group.terminate()
+                group.wait(timeout=60)
+            if kib_per_s == "default":
+                os.environ.pop("AVAILDB_BACKUP_KIB_PER_S", None)
+            else:
+                os.environ["AVAILDB_BACKUP_KIB_PER_S"] = str(int(kib_per_s))
+            starts += 1
+            group = procs.start("group", [args.bin, "up", "--replicas", "2", "--port", str(p + 20),
+                                          "--data-dir", os.path.join(args.work, "group")],
+                                os.path.join(args.work, f"group-{starts}.out"))
+
+        start_group(args.backup_kib_per_s)
         subprocess.run([os.path.join(TOP, "scripts", "pg-sync-standby"), "start", pg_dir, str(p + 10)],
                        check=True, stdout=subprocess.DEVNULL)
         pg_started = True
@@ -257,6 +282,7 @@ def main():
             with connect(r2, "availdb") as c:
                 s, _ = timed(lambda: c.execute(f"BACKUP DATABASE app TO DISK = '{target}' WITH {with_}"))
             record({"measure": "backup", "system": "availdb (secondary)", "variant": with_.lower(),
+                    "backup_kib_per_s": args.backup_kib_per_s,
                     "seconds": round(s, 2), "database_bytes": db_bytes, "backup_bytes": os.path.getsize(target),
                     "mb_s": round(db_bytes / 1e6 / s, 1)})
         for variant, extra in (("plain -Fp", ["-Fp"]), ("tar -Ft -Z zstd", ["-Ft", "-Z", "zstd"])):
@@ -315,7 +341,13 @@ def main():
                 "rows": n})
 
         # --- 3. commit latency during a backup on the secondary
-        for trial in range(args.trials):
+        limits = [x.strip() for x in args.commit_kib_per_s.split(",") if x.strip()]
+        current = args.backup_kib_per_s
+        for limit, trial in [(limit, trial) for limit in limits for trial in range(args.trials)]:
+            if limit != current:
+                start_group(limit)
+                current = limit
+                wait_synchronized(roles(p + 22, p + 23, within=180)[0], "app")
             for during in (False, True):
                 r1, r2 = roles(p + 22, p + 23)
                 stop = threading.Event()
@@ -333,12 +365,14 @@ def main():
                 runner = threading.Thread(target=backups_on_r2) if during else None
                 if runner:
                     runner.start()
-                result = pgbench(r1, args.seconds, 4, os.path.join(args.work, f"pgbench-{trial}-{during}"))
+                result = pgbench(r1, args.seconds, 4,
+                                 os.path.join(args.work, f"pgbench-{limit}-{trial}-{during}"))
                 stop.set()
                 if runner:
                     runner.join(timeout=600)
-                record({"measure": "commit_during_backup", "trial": trial,
-                        "backup_on_secondary": during, "backups_taken": len(taken), **result})
+                record({"measure": "commit_during_backup", "trial": trial, "backup_kib_per_s": limit,
+                        "backup_on_secondary": during, "backups_taken": len(taken),
+                        "backup_seconds": [round(s, 2) for s in taken], **result})
 
         # --- 4. point-in-time restore
         r1, r2 = roles(p + 22, p + 23)

@@ -1030,6 +1030,33 @@ def sample(query, interval, seconds, out_path, clock=time.monotonic, sleep=time.
 
 # --- command line ----------------------------------------------------------------------------
 
+def free_port(offsets, low=20000, high=None):
+    """A random port P (from `low`, at most `high`) such that P + o is free
+    on 127.0.0.1 for every o of `offsets`, all below the kernel's ephemeral
+    range, so a client socket never takes a port a node is (re)started on.
+    None after 200 tries."""
+    import random
+    import socket
+    offsets = list(offsets) or [0]
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    top = max(ephemeral_low, low + 1000) - max(offsets) - 1
+    high = top if high is None else min(high, top)
+    for _ in range(200):
+        port = random.randint(low, high)
+        try:
+            for o in offsets:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + o))
+        except OSError:
+            continue
+        return port
+    return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -1044,6 +1071,8 @@ def main(argv=None):
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--interval", type=float, default=0.0)
     s.add_argument("ports", nargs="+", type=int)
+    s = sub.add_parser("free-port")
+    s.add_argument("offsets", nargs="*", type=int)
     s = sub.add_parser("sample")
     s.add_argument("--conninfo", required=True)
     s.add_argument("--sql", required=True)
@@ -1091,6 +1120,12 @@ def main(argv=None):
             samples.append(count_established(lines, a.ports))
         # The median drops a connection that lives for one sample only.
         print(" ".join(f"{p}={round(median([c[p] for c in samples]))}" for p in a.ports))
+    elif a.cmd == "free-port":
+        port = free_port(a.offsets)
+        if port is None:
+            print("benchlib: no free ports found", file=sys.stderr)
+            return 1
+        print(port)
     elif a.cmd == "sample":
         sample(lambda: psql_query(a.conninfo, a.sql), a.interval, a.seconds, a.out)
     elif a.cmd == "report":

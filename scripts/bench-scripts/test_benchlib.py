@@ -60,6 +60,41 @@ def run_row(scenario, system, clients, trial, tps, p50=1.0, failed=0):
             "p99_ms": p50 * 3, "failed": failed, "transactions": 100}
 
 
+class FreePort(unittest.TestCase):
+    def test_every_offset_of_a_free_port_is_free_and_below_the_ephemeral_range(self):
+        import socket
+        offsets = [0, 1, 100, 150]
+        port = benchlib.free_port(offsets)
+        self.assertIsNotNone(port)
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+        self.assertLess(port + max(offsets), ephemeral_low)
+        for o in offsets:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + o))
+
+    def test_a_port_held_by_another_socket_is_not_chosen(self):
+        import socket
+        held = []
+        try:
+            # Hold every port of a narrow range but one: that one is chosen
+            # (of 10 candidates, 200 tries miss it with odds of 1e-9).
+            for p in range(20000, 20010):
+                s = socket.socket()
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    s.close()
+                    continue
+                held.append((p, s))
+            free, sock = held.pop(len(held) // 2)
+            sock.close()
+            self.assertEqual(benchlib.free_port([0], low=20000, high=20009), free)
+        finally:
+            for _, s in held:
+                s.close()
+
+
 class ParsePgbench(unittest.TestCase):
     def test_summary_of_a_successful_run(self):
         r = benchlib.parse_pgbench_summary(PGBENCH_OK)

@@ -7,9 +7,12 @@ itself, on loopback ports from --port:
     PORT .. PORT+3, +100, +101   production: `availdb up --replicas 2` (server 'A')
     PORT+150, +151                production nodes' HTTP (health, metrics)
     PORT+50, +170                 stage: one `availdb server` with an empty group (server 'S')
+    PORT+52, +172                 --geo: production-DR, one `availdb server` (server 'B')
+    PORT+54, +174                 --geo: stage-DR, one `availdb server` with an empty group (server 'SB')
     PORT+60..PORT+99              the upgrades' applications (V1, V2) and traffic managers
     PORT+200..                    the detection runs' endpoints and traffic managers
     PORT+300, +301                the traffic manager of the pgbench runs
+    PORT+310                      HAProxy of the pgbench runs (when installed)
 
 1. Read-only window by size (--sizes, MB). Per size a database
    `inv_<n>mb` joins production's group, gets the example's V1 schema, 1,000
@@ -22,6 +25,12 @@ itself, on loopback ports from --port:
    GET /health the whole time: every failed request is counted (goal 0),
    and the time from the switch step's end to the first V2 answer is noted.
    After the upgrade V2 must list every item.
+   With --geo (BENCH_UPGRADE_GEO=1), option 2 instead: before each upgrade
+   the database gets its DR slot (a geo-secondary on server 'B', seeded,
+   and V1-DR against it, an online backup endpoint), and the plan has
+   [production_dr] and [stage_dr] (a chained copy of the stage on server
+   'SB' with V2-DR): the same measures plus the stage-DR seeding, and
+   V2-DR must list every item with the V2 schema too.
 2. Failover detection: two endpoints behind a traffic manager, the first
    killed (SIGKILL); per probe setting (interval, timeout, tolerated
    failures), twice: with no client (the probes alone decide: compare with
@@ -33,6 +42,8 @@ itself, on loopback ports from --port:
 3. Proxying overhead: pgbench -S (select-only, -c 4) for --seconds against
    a database of the stage node directly and through a traffic manager
    (PostgreSQL probe), alternated, --trials times; TPS medians and ratio.
+   When `haproxy` is installed, through HAProxy (TCP mode, one thread) too,
+   in the same alternation: what a standard relay costs on this machine.
 
 Results: JSON (--out) and a CSV of one row per measurement (--csv).
 """
@@ -41,7 +52,9 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -168,11 +181,36 @@ def window_by_size(args, procs, rows, results):
             for _ in range(mb):
                 c.execute("INSERT INTO filler(pad) SELECT randomblob(1000) FROM generate_series(1, 1000)")
         v1_port, v2_port, tm_port = p + 60 + 4 * k, p + 61 + 4 * k, p + 70 + 4 * k
+        v1_dr_port, v2_dr_port = p + 80 + 2 * k, p + 81 + 2 * k
         app(procs, f"v1-{mb}mb", 1, v1_port, f"postgresql://availdb@127.0.0.1:{p}/{db}")
-        admin = traffic_manager(procs, args.bin, args.work, f"tm-{mb}mb", tm_port,
-                                [("v1", f"127.0.0.1:{v1_port}", "online")],
+        endpoints = [("v1", f"127.0.0.1:{v1_port}", "online")]
+        dr_seeding_s = None
+        if args.geo:
+            # Production's DR slot (the operator's, before the upgrade).
+            t = time.monotonic()
+            sql(p + 2, "availdb", f"ALTER DATABASE {db} ADD SECONDARY ON SERVER 'B'")
+            sql(p + 2, "availdb", f"SELECT sys.wait_for_database_copy_sync('{db}', 'B')")
+            dr_seeding_s = round(time.monotonic() - t, 2)
+            app(procs, f"v1-dr-{mb}mb", 1, v1_dr_port, f"postgresql://availdb@127.0.0.1:{p + 52}/{db}")
+            endpoints.append(("v1-dr", f"127.0.0.1:{v1_dr_port}", "online"))
+        admin = traffic_manager(procs, args.bin, args.work, f"tm-{mb}mb", tm_port, endpoints,
                                 "protocol = \"http\"\npath = \"/health\"\ninterval_seconds = 1\ntimeout_ms = 500\ntolerated_failures = 1")
         retry(lambda: profile(admin)["active"] == "v1" or (_ for _ in ()).throw(RuntimeError("v1 not active")))
+        geo_plan = ""
+        if args.geo:
+            geo_plan = f'''[production_dr]
+server = "B"
+endpoint = "v1-dr"
+hosts = ["127.0.0.1:{p + 52}"]
+[stage_dr]
+server = "SB"
+endpoint_urls = ["tcp://127.0.0.1:{p + 174}"]
+hosts = ["127.0.0.1:{p + 54}"]
+endpoint = "v2-dr"
+target = "127.0.0.1:{v2_dr_port}"
+priority = 4
+start = ["{sys.executable}", "{os.path.join(EXAMPLE, 'app.py')}", "--version", "2", "--port", "{v2_dr_port}", "--dsn", "{{database_url}}", "--pid-file", "v2-dr.pid"]
+'''
         plan_dir = os.path.join(args.work, f"plan-{mb}mb")
         os.makedirs(plan_dir)
         with open(os.path.join(plan_dir, "plan.toml"), "w") as f:
@@ -188,14 +226,14 @@ endpoint_urls = ["tcp://127.0.0.1:{p + 170}"]
 hosts = ["127.0.0.1:{p + 50}"]
 endpoint = "v2"
 target = "127.0.0.1:{v2_port}"
-priority = 2
+priority = {3 if args.geo else 2}
 start = ["{sys.executable}", "{os.path.join(EXAMPLE, 'app.py')}", "--version", "2", "--port", "{v2_port}", "--dsn", "{{database_url}}", "--pid-file", "v2.pid"]
 [upgrade]
 script = "{os.path.join(EXAMPLE, 'upgrade.sql')}"
 smoke_http = "/ready"
 [traffic_manager]
 admin = "127.0.0.1:{admin}"
-''')
+{geo_plan}''')
         hammer = Hammer(tm_port)
         time.sleep(0.5)
         started = time.time()
@@ -203,11 +241,15 @@ admin = "127.0.0.1:{admin}"
                              timeout=args.size_timeout)
         time.sleep(1.0)
         hammer.finish()
-        with open(os.path.join(plan_dir, "v2.pid")) as f:
-            v2_pid = int(f.read())
+        pids = []
+        for name in ("v2.pid", "v2-dr.pid"):
+            if os.path.exists(os.path.join(plan_dir, name)):
+                with open(os.path.join(plan_dir, name)) as f:
+                    pids.append(int(f.read()))
         if run.returncode != 0:
             results["failures"].append(f"{mb} MB: availdb upgrade failed: {run.stdout}\n{run.stderr}")
-            os.killpg(v2_pid, signal.SIGKILL)
+            for pid in pids:
+                os.killpg(pid, signal.SIGKILL)
             continue
         with open(os.path.join(plan_dir, "plan.toml.state", "report.json")) as f:
             report = json.load(f)["report"]
@@ -217,8 +259,13 @@ admin = "127.0.0.1:{admin}"
         items = json.loads(http(f"http://127.0.0.1:{tm_port}/items")[1])
         if len(items) != 1000 or any("category" not in i for i in items):
             results["failures"].append(f"{mb} MB: V2 lists {len(items)} items")
+        if args.geo:
+            dr_items = json.loads(http(f"http://127.0.0.1:{v2_dr_port}/items")[1])
+            if len(dr_items) != 1000 or any("category" not in i for i in dr_items):
+                results["failures"].append(f"{mb} MB: V2-DR lists {len(dr_items)} items")
         row = {
-            "measure": "read_only_window", "size_mb": mb,
+            "measure": "read_only_window_geo" if args.geo else "read_only_window", "size_mb": mb,
+            "seeding_dr_ms": report.get("seeding_dr_ms"), "production_dr_seeding_s": dr_seeding_s,
             "window_ms": report["read_only_window_ms"], "script_ms": report["script_ms"],
             "smoke_ms": report["smoke_ms"], "termination_ms": report["termination_ms"],
             "switch_ms": report["switch_ms"], "seeding_ms": report["seeding_ms"],
@@ -231,10 +278,13 @@ admin = "127.0.0.1:{admin}"
             "upgrade_wall_s": round(time.time() - started, 2),
         }
         rows.append(row)
-        print(f"upgrade {mb} MB: window {row['window_ms']} ms (script {row['script_ms']} ms, "
-              f"termination {row['termination_ms']} ms, switch {row['switch_ms']} ms), seeding {row['seeding_ms']} ms, "
-              f"client errors {row['client_errors']} of {row['client_requests']}", flush=True)
-        os.killpg(v2_pid, signal.SIGTERM)
+        print(f"upgrade{' (option 2)' if args.geo else ''} {mb} MB: window {row['window_ms']} ms "
+              f"(script {row['script_ms']} ms, termination {row['termination_ms']} ms, switch {row['switch_ms']} ms), "
+              f"seeding {row['seeding_ms']} ms"
+              + (f", stage-DR seeding {row['seeding_dr_ms']} ms" if args.geo else "")
+              + f", client errors {row['client_errors']} of {row['client_requests']}", flush=True)
+        for pid in pids:
+            os.killpg(pid, signal.SIGTERM)
 
 
 def detection(args, procs, rows, results):
@@ -302,9 +352,26 @@ def proxy_overhead(args, procs, rows, results):
                     [("node", f"127.0.0.1:{node}", "online")],
                     "protocol = \"postgres\"\ndatabase = \"pgb\"\ninterval_seconds = 1\ntimeout_ms = 900\ntolerated_failures = 1")
     retry(lambda: profile(tm_port + 1)["active"] == "node" or 1 / 0)
-    tps = {"direct": [], "traffic_manager": []}
+    ways = [("direct", node), ("traffic_manager", tm_port)]
+    # HAProxy (TCP mode, one thread), when installed: what a standard
+    # user-space relay costs on the same machine, same run.
+    if shutil.which("haproxy"):
+        hap_port = p + 310
+        cfg = os.path.join(args.work, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("global\n    maxconn 1000\n    nbthread 1\n"
+                    "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n"
+                    "    timeout server 1h\n"
+                    f"frontend f\n    bind 127.0.0.1:{hap_port}\n    default_backend b\n"
+                    f"backend b\n    server node 127.0.0.1:{node}\n")
+        procs.start("haproxy", ["haproxy", "-db", "-f", cfg])
+        retry(lambda: socket.create_connection(("127.0.0.1", hap_port), 1).close())
+        ways.append(("haproxy", hap_port))
+    else:
+        print("haproxy is not installed: the proxy comparison has no HAProxy column", flush=True)
+    tps = {how: [] for how, _ in ways}
     for trial in range(args.trials):
-        for how, port in (("direct", node), ("traffic_manager", tm_port)):
+        for how, port in ways:
             out = subprocess.run(["pgbench", "-n", "-S", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds),
                                   "-p", str(port), "pgb"], env=env, capture_output=True, text=True)
             line = next((l for l in out.stdout.splitlines() if l.startswith("tps")), None)
@@ -320,6 +387,11 @@ def proxy_overhead(args, procs, rows, results):
                      "direct_tps": round(d), "traffic_manager_tps": round(t), "ratio": round(t / d, 3),
                      "trials": tps})
         print(f"pgbench -S: direct {d:.0f} tps, through the traffic manager {t:.0f} tps ({t / d:.2f}x)", flush=True)
+    if tps["direct"] and tps.get("haproxy"):
+        d, h = statistics.median(tps["direct"]), statistics.median(tps["haproxy"])
+        rows.append({"measure": "proxy_overhead_haproxy", "clients": args.clients, "seconds": args.seconds,
+                     "direct_tps": round(d), "haproxy_tps": round(h), "ratio": round(h / d, 3)})
+        print(f"pgbench -S: direct {d:.0f} tps, through HAProxy {h:.0f} tps ({h / d:.2f}x)", flush=True)
 
 
 def main():
@@ -335,6 +407,8 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--size-timeout", type=int, default=1800)
     ap.add_argument("--only", default="window,detection,proxy")
+    ap.add_argument("--geo", action="store_true",
+                    help="the window by size with option 2 (production-DR and stage-DR slots)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--csv", required=True)
     args = ap.parse_args()
@@ -345,7 +419,9 @@ def main():
     rows, results = [], {"failures": []}
     p = args.port
     try:
-        procs.start("production", [args.bin, "up", "--replicas", "2", "--port", str(p),
+        # The stage is a plain `availdb server`: production's partner links
+        # (to the stage) are plaintext too (`up` makes them TLS by default).
+        procs.start("production", [args.bin, "up", "--replicas", "2", "--no-partner-tls", "--port", str(p),
                                    "--data-dir", os.path.join(args.work, "production")])
         procs.start("stage", [args.bin, "server", "--data-dir", os.path.join(args.work, "stage"),
                               "--port", str(p + 50), "--name", "s1", "--endpoint", f"127.0.0.1:{p + 170}"])
@@ -355,6 +431,21 @@ def main():
                           "CREATE AVAILABILITY GROUP stage FOR REPLICA ON 's1' WITH (ENDPOINT_URL = "
                           f"'tcp://127.0.0.1:{p + 170}', AVAILABILITY_MODE = SYNCHRONOUS_COMMIT, FAILOVER_MODE = MANUAL)"))
         retry(lambda: sql(p + 50, "availdb", "ALTER CLUSTER SET (SERVER_NAME = 'S')"))
+        if args.geo:
+            # The DR region: production's DR server 'B' (its geo-secondaries
+            # join its group) and the empty stage-DR server 'SB'.
+            for name, node, port, endpoint, group in (("B", "d1", p + 52, p + 172, "dr"),
+                                                      ("SB", "e1", p + 54, p + 174, "stagedr")):
+                procs.start(f"server-{name}", [args.bin, "server", "--data-dir", os.path.join(args.work, name),
+                                               "--port", str(port), "--name", node,
+                                               "--endpoint", f"127.0.0.1:{endpoint}"])
+                retry(lambda: sql(port, "availdb",
+                                  f"CREATE AVAILABILITY GROUP {group} FOR REPLICA ON '{node}' WITH (ENDPOINT_URL = "
+                                  f"'tcp://127.0.0.1:{endpoint}', AVAILABILITY_MODE = SYNCHRONOUS_COMMIT, "
+                                  "FAILOVER_MODE = MANUAL)"))
+                retry(lambda: sql(port, "availdb", f"ALTER CLUSTER SET (SERVER_NAME = '{name}')"))
+            retry(lambda: sql(p + 2, "availdb",
+                              f"ALTER CLUSTER ADD PARTNER SERVER 'B' WITH (ENDPOINT_URL = 'tcp://127.0.0.1:{p + 172}')"))
         only = args.only.split(",")
         for name, phase in (("window", window_by_size), ("detection", detection), ("proxy", proxy_overhead)):
             if name in only:

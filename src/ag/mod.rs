@@ -132,6 +132,8 @@ pub struct Manager {
     scrub_rate: std::sync::atomic::AtomicU64,
     /// The background proof of this node's backups ([`crate::backup::proof`]).
     prover: std::sync::OnceLock<crate::backup::Prover>,
+    /// `--backup-kib-per-s`, bytes a second (unset: each role's default).
+    backup_rate: std::sync::OnceLock<u64>,
     /// Seeds by streamed backup this node sent or took
     /// (`sys.dm_hadr_physical_seeding_stats`).
     pub(crate) seeding: Arc<crate::replication::seed::SeedingBoard>,
@@ -167,6 +169,7 @@ impl Manager {
             scrubs: Default::default(),
             scrub_rate: Default::default(),
             prover: Default::default(),
+            backup_rate: Default::default(),
             seeding: Default::default(),
         });
         manager.settle_local_roles();
@@ -1046,7 +1049,10 @@ impl Manager {
                 )
                 .with_hint("check that a majority of the replicas' nodes are up (sys.availability_replicas)"));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // Short: the lease is usually granted a few ms after the
+            // primary starts, and a planned termination's answer (inside an
+            // upgrade's read-only window) waits for this.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 
@@ -1592,7 +1598,7 @@ impl Manager {
                 out.add_local_failover(&config.name, record);
             }
         }
-        out.add_operations(&self.operations.list());
+        out.add_operations(&self.operations.list(), views::wall_us());
         out.add_memory(self.engine.memory());
         out.add_partner_refusals();
         out.add_page_repairs(&self.page_repairs.rows());
@@ -1641,6 +1647,29 @@ impl Manager {
         let _ = self
             .prover
             .set(crate::backup::Prover::start(self.engine.data_dir(), rate));
+    }
+
+    /// Sets the read rate of every BACKUP on this node
+    /// (`--backup-kib-per-s`), bytes a second, 0 for unlimited; without
+    /// it, [`Manager::backup_rate`] is the default of the replica's role.
+    pub fn set_backup_rate(&self, rate: u64) {
+        let _ = self.backup_rate.set(rate);
+    }
+
+    /// The most bytes a second a BACKUP here reads
+    /// ([`crate::backup::rate`]), on the primary of its database (or
+    /// outside a group) or on a secondary; 0: unlimited.
+    pub fn backup_rate(&self, primary: bool) -> u64 {
+        self.backup_rate
+            .get()
+            .copied()
+            .unwrap_or_else(|| crate::backup::rate::default_rate(primary))
+    }
+
+    /// True when this node sets its backups' read rate
+    /// (`--backup-kib-per-s`), false when each role's default applies.
+    pub fn backup_rate_is_set(&self) -> bool {
+        self.backup_rate.get().is_some()
     }
 
     /// Queues the background proof of backup `id` (when proofs run).

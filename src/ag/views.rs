@@ -99,15 +99,23 @@ CREATE VIEW sys.dm_geo_replication_link_status AS
                       hardened_lsn, redone_lsn, percent_complete, last_contact, last_error,
            discarded_lsn_range
     FROM sys.geo_replication_links;
-CREATE TABLE sys.dm_operation_status(
+CREATE TABLE sys.availdb_operations(
     operation_id BIGINT, resource_type_desc TEXT, major_resource_id TEXT,
     minor_resource_id TEXT, operation TEXT, state_desc TEXT, percent_complete REAL,
-    error_desc TEXT, start_time TEXT, last_modify_time TEXT);
+    error_desc TEXT, start_time TEXT, last_modify_time TEXT,
+    estimated_completion_time BIGINT, bytes_processed BIGINT, bytes_per_second BIGINT,
+    rate_limit_bytes_per_second BIGINT);
+CREATE VIEW sys.dm_operation_status AS
+    SELECT operation_id, resource_type_desc, major_resource_id, minor_resource_id,
+           operation, state_desc, percent_complete, error_desc, start_time,
+           last_modify_time
+    FROM sys.availdb_operations;
 CREATE VIEW sys.dm_exec_requests AS
     SELECT operation_id AS request_id, operation AS command,
            major_resource_id AS database_name, 'running' AS status,
-           percent_complete, start_time
-    FROM sys.dm_operation_status WHERE state_desc = 'IN_PROGRESS';
+           percent_complete, start_time, estimated_completion_time, bytes_processed,
+           bytes_per_second, rate_limit_bytes_per_second
+    FROM sys.availdb_operations WHERE state_desc = 'IN_PROGRESS';
 CREATE TABLE sys.dm_os_process_memory(
     physical_memory_in_use_bytes BIGINT, peak_physical_memory_in_use_bytes BIGINT,
     buffer_memory_in_use_bytes BIGINT, peak_buffer_memory_in_use_bytes BIGINT,
@@ -689,8 +697,8 @@ impl Snapshot {
     }
 
     /// Adds the long operations started on this node (geo operations,
-    /// backups).
-    pub fn add_operations(&mut self, operations: &[super::operations::Operation]) {
+    /// backups) as of `now_us` (their estimates and rates).
+    pub fn add_operations(&mut self, operations: &[super::operations::Operation], now_us: i64) {
         for op in operations {
             self.operations.push(vec![
                 int(op.id),
@@ -703,6 +711,10 @@ impl Snapshot {
                 op.error.clone().map_or(Value::Null, Value::Text),
                 time(Some(op.start_us)),
                 time(Some(op.last_modify_us)),
+                op.estimated_completion_ms(now_us).map_or(Value::Null, int),
+                op.bytes_processed.map_or(Value::Null, int),
+                op.bytes_per_second(now_us).map_or(Value::Null, int),
+                op.rate_limit.map_or(Value::Null, int),
             ]);
         }
     }
@@ -743,6 +755,10 @@ impl Snapshot {
                 Value::Null,
                 Value::Null,
                 time(link.last_contact_us),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
             ]);
         }
         self.geo_links.push(vec![
@@ -938,7 +954,7 @@ impl Snapshot {
             ("dm_hadr_cluster_members", &self.members),
             ("partner_servers", &self.partners),
             ("geo_replication_links", &self.geo_links),
-            ("dm_operation_status", &self.operations),
+            ("availdb_operations", &self.operations),
             ("dm_os_process_memory", &self.memory),
             ("backup_history", &self.backups),
             ("dm_hadr_partner_refusals", &self.refusals),
@@ -984,6 +1000,58 @@ pub fn mentions_sys(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_backup_shows_its_pace_in_dm_exec_requests_and_dm_operation_status_keeps_its_columns(
+    ) {
+        let ops = super::super::operations::Operations::default();
+        let backup = ops.start("BACKUP DATABASE", "app", "", 0);
+        ops.reads(backup, 256 << 10);
+        ops.read(backup, 1 << 20, 1_000_000);
+        ops.progress(backup, 25.0, 1_000_000);
+        let done = ops.start("FAILOVER", "app", "B", 0);
+        ops.finish(done, None, 1);
+        let mut snap = Snapshot::default();
+        snap.add_operations(&ops.list(), 2_000_000);
+        let out = snap
+            .query(
+                "SELECT command, estimated_completion_time, bytes_processed, bytes_per_second, \
+                 rate_limit_bytes_per_second FROM sys.dm_exec_requests",
+                &[],
+            )
+            .unwrap();
+        // A quarter in 2 s: 6 s left; 1 MiB in 2 s.
+        assert_eq!(
+            out.rows,
+            vec![vec![
+                text("BACKUP DATABASE"),
+                int(6_000),
+                int(1 << 20),
+                int(1 << 19),
+                int(256 << 10)
+            ]]
+        );
+        let out = snap
+            .query("SELECT * FROM sys.dm_operation_status", &[])
+            .unwrap();
+        let names: Vec<_> = out.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "operation_id",
+                "resource_type_desc",
+                "major_resource_id",
+                "minor_resource_id",
+                "operation",
+                "state_desc",
+                "percent_complete",
+                "error_desc",
+                "start_time",
+                "last_modify_time"
+            ]
+        );
+        assert_eq!(out.rows.len(), 2);
+    }
 
     #[test]
     fn views_answer_plain_selects_with_filters_and_joins() {

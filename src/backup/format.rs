@@ -178,6 +178,20 @@ pub struct Block {
     pub payload: Vec<u8>,
 }
 
+impl Block {
+    /// A log block of `count` records.
+    pub fn log(count: u32, payload: Vec<u8>) -> Block {
+        Block {
+            kind: BlockKind::Log,
+            image_start: false,
+            image_more: false,
+            count,
+            db_size: 0,
+            payload,
+        }
+    }
+}
+
 /// Why a file is not a good backup.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -397,6 +411,9 @@ impl Manifest {
     }
 }
 
+/// Bytes of a block's header, before its stored payload.
+pub const BLOCK_HEADER_LEN: usize = BLOCK_HEADER;
+
 /// Encodes one block (payload compressed when asked).
 pub fn encode_block(block: &Block, compress: bool) -> std::io::Result<Vec<u8>> {
     let stored: std::borrow::Cow<'_, [u8]> = if compress {
@@ -404,30 +421,54 @@ pub fn encode_block(block: &Block, compress: bool) -> std::io::Result<Vec<u8>> {
     } else {
         (&block.payload[..]).into()
     };
-    let mut out = Vec::with_capacity(BLOCK_HEADER + stored.len());
-    out.extend_from_slice(&BLOCK_MAGIC);
-    out.push(match block.kind {
+    let mut out = vec![0u8; BLOCK_HEADER];
+    out.extend_from_slice(&stored);
+    seal_block(&mut out, block, compress, block.payload.len());
+    Ok(out)
+}
+
+/// Fills the header of an encoded block in place: `out` is
+/// [`BLOCK_HEADER_LEN`] bytes (overwritten) then the stored payload,
+/// `raw_len` bytes before compression (`compressed`). `block`'s payload is
+/// not looked at. Lets a writer build a block in a buffer it reuses.
+pub fn seal_block(out: &mut [u8], block: &Block, compressed: bool, raw_len: usize) {
+    let stored_len = out.len() - BLOCK_HEADER;
+    let stored_crc = crc(&out[BLOCK_HEADER..]);
+    let head = &mut out[..BLOCK_HEADER];
+    head[..4].copy_from_slice(&BLOCK_MAGIC);
+    head[4] = match block.kind {
         BlockKind::Pages => 1,
         BlockKind::Log => 2,
-    });
-    out.push(
-        u8::from(compress) | (u8::from(block.image_start) << 1) | (u8::from(block.image_more) << 2),
-    );
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(block.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-    out.extend_from_slice(&block.count.to_le_bytes());
-    out.extend_from_slice(&block.db_size.to_le_bytes());
-    out.extend_from_slice(&crc(&stored).to_le_bytes());
-    let c = crc(&out);
-    out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(&stored);
-    Ok(out)
+    };
+    head[5] = u8::from(compressed)
+        | (u8::from(block.image_start) << 1)
+        | (u8::from(block.image_more) << 2);
+    head[6..8].copy_from_slice(&[0, 0]);
+    head[8..12].copy_from_slice(&(raw_len as u32).to_le_bytes());
+    head[12..16].copy_from_slice(&(stored_len as u32).to_le_bytes());
+    head[16..20].copy_from_slice(&block.count.to_le_bytes());
+    head[20..24].copy_from_slice(&block.db_size.to_le_bytes());
+    head[24..28].copy_from_slice(&stored_crc.to_le_bytes());
+    let c = crc(&head[..28]);
+    head[28..32].copy_from_slice(&c.to_le_bytes());
 }
 
 /// Decodes one block from its 32-byte header and stored payload, checking
 /// both CRCs and decompressing.
 pub fn decode_block(header: &[u8], stored: &[u8]) -> Result<Block> {
+    let mut decompressor = zstd::bulk::Decompressor::new()
+        .map_err(|e| FormatError::Corrupt(format!("a block does not decompress: {e}")))?;
+    decode_block_into(header, stored, Vec::new(), &mut decompressor)
+}
+
+/// [`decode_block`] into `payload` (a buffer to reuse: its contents are
+/// replaced) with `decompressor` (one per thread, reused).
+pub fn decode_block_into(
+    header: &[u8],
+    stored: &[u8],
+    mut payload: Vec<u8>,
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<Block> {
     if header.len() < BLOCK_HEADER || header[..4] != BLOCK_MAGIC {
         return Err(FormatError::Corrupt("a block header is damaged".into()));
     }
@@ -451,12 +492,16 @@ pub fn decode_block(header: &[u8], stored: &[u8]) -> Result<Block> {
         return Err(FormatError::Corrupt(format!("a block claims {raw} bytes")));
     }
     let flags = header[5];
-    let payload = if flags & 1 != 0 {
-        zstd::bulk::decompress(stored, raw as usize)
-            .map_err(|e| FormatError::Corrupt(format!("a block does not decompress: {e}")))?
+    if flags & 1 != 0 {
+        payload.resize(raw as usize, 0);
+        let n = decompressor
+            .decompress_to_buffer(stored, &mut payload[..])
+            .map_err(|e| FormatError::Corrupt(format!("a block does not decompress: {e}")))?;
+        payload.truncate(n);
     } else {
-        stored.to_vec()
-    };
+        payload.clear();
+        payload.extend_from_slice(stored);
+    }
     if payload.len() != raw as usize {
         return Err(FormatError::Corrupt(
             "a block's length does not match its header".into(),
@@ -470,6 +515,15 @@ pub fn decode_block(header: &[u8], stored: &[u8]) -> Result<Block> {
         db_size: u32_at(header, 20),
         payload,
     })
+}
+
+/// Decodes a block [`Reader::raw_block`] read: both checksums checked,
+/// the payload decompressed.
+pub fn decode_raw(bytes: &[u8]) -> Result<Block> {
+    if bytes.len() < BLOCK_HEADER {
+        return Err(FormatError::Corrupt("a block header is damaged".into()));
+    }
+    decode_block(&bytes[..BLOCK_HEADER], &bytes[BLOCK_HEADER..])
 }
 
 /// Writes a backup file: the header, then blocks, then the manifest and
@@ -497,21 +551,21 @@ impl<W: Write> Writer<W> {
     /// Appends one block; returns its stored size.
     pub fn block(&mut self, block: &Block) -> std::io::Result<u64> {
         let bytes = encode_block(block, self.compress)?;
-        self.encoded(bytes)
+        self.encoded(&bytes)
     }
 
     /// Appends a block [`encode_block`] encoded (on another thread, say)
     /// with [`Writer::compresses`]; returns its size.
-    pub fn encoded(&mut self, bytes: Vec<u8>) -> std::io::Result<u64> {
+    pub fn encoded(&mut self, bytes: &[u8]) -> std::io::Result<u64> {
         if bytes.len() < BLOCK_HEADER {
             return Err(std::io::Error::other("not an encoded block"));
         }
         self.blocks.push(BlockRef {
             offset: self.at,
             stored: (bytes.len() - BLOCK_HEADER) as u32,
-            crc: u32_at(&bytes, 24),
+            crc: u32_at(bytes, 24),
         });
-        self.out.write_all(&bytes)?;
+        self.out.write_all(bytes)?;
         self.at += bytes.len() as u64;
         Ok(bytes.len() as u64)
     }
@@ -615,19 +669,35 @@ impl<R: Read + Seek> Reader<R> {
 
     /// Reads and checks block `i` (manifest order).
     pub fn block(&mut self, i: usize) -> std::result::Result<Block, ReadError> {
+        let bytes = self.raw_block(i)?;
+        Ok(decode_raw(&bytes)?)
+    }
+
+    /// Reads block `i`'s bytes (header and stored payload) and checks them
+    /// against the manifest's entry; [`decode_raw`] checks and decodes the
+    /// rest (on any thread: blocks are independent).
+    pub fn raw_block(&mut self, i: usize) -> std::result::Result<Vec<u8>, ReadError> {
+        let mut bytes = Vec::new();
+        self.raw_block_into(i, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// [`Reader::raw_block`] into `bytes` (a buffer to reuse).
+    pub fn raw_block_into(
+        &mut self,
+        i: usize,
+        bytes: &mut Vec<u8>,
+    ) -> std::result::Result<(), ReadError> {
         let r = self.manifest.blocks[i];
-        let mut bytes = vec![0u8; BLOCK_HEADER + r.stored as usize];
+        bytes.resize(BLOCK_HEADER + r.stored as usize, 0);
         self.input.seek(SeekFrom::Start(r.offset))?;
-        self.input.read_exact(&mut bytes)?;
-        if u32_at(&bytes, 24) != r.crc || u32_at(&bytes, 12) != r.stored {
+        self.input.read_exact(bytes)?;
+        if u32_at(bytes, 24) != r.crc || u32_at(bytes, 12) != r.stored {
             return Err(
                 FormatError::Corrupt(format!("block {i} does not match the manifest")).into(),
             );
         }
-        Ok(decode_block(
-            &bytes[..BLOCK_HEADER],
-            &bytes[BLOCK_HEADER..],
-        )?)
+        Ok(())
     }
 
     /// Number of blocks.
@@ -711,15 +781,7 @@ mod tests {
             payload: pages_payload(&pages),
         })
         .unwrap();
-        w.block(&Block {
-            kind: BlockKind::Log,
-            image_start: false,
-            image_more: false,
-            count: 0,
-            db_size: 0,
-            payload: Vec::new(),
-        })
-        .unwrap();
+        w.block(&Block::log(0, Vec::new())).unwrap();
         let manifest = Manifest {
             db_size: 3,
             page_hashes: vec![1, 2, 3],

@@ -26,12 +26,29 @@
 //!    = the newest transaction boundary of the log. On a secondary records
 //!    are in the log before redo applies them, on the primary after the
 //!    settle: either way the snapshot holds nothing past `end`.
-//! 4. The pages are copied from the snapshot (schema first, as a full
-//!    image: `engine::image`), then the log `[from, end)`, where `from`
-//!    is one transaction before `floor` (see *Chains*).
+//! 4. The snapshot's pages are copied (schema first, as a full image:
+//!    `engine::image`), then the log `[from, end)`, where `from` is one
+//!    transaction before `floor` (see *Chains*). The pages are read from
+//!    the database file itself, in 8 MiB positioned reads, and the pages
+//!    the WAL holds through the snapshot (`pages.rs`: while the snapshot
+//!    is held, SQLite neither restarts the WAL nor checkpoints a frame past
+//!    it into the file, so every other page is the snapshot's in the file).
+//!    Several threads check each page's checksum, hash it and compress the
+//!    blocks; one writes them in order, starting the writeback as it goes
+//!    (`durable::FlushBehind`).
 //!
 //! The copy holds no lock: the only cost to the source is a read snapshot,
 //! which keeps SQLite's WAL from being checkpointed past it while it runs.
+//! On a secondary, whose CPU and disk also harden the primary's
+//! synchronous commits, the backup's threads run at nice +10 and in the
+//! idle I/O class ([`BackupRequest::gentle`]), and its reads are paced
+//! ([`rate`], `--backup-kib-per-s`, by default
+//! [`rate::DEFAULT_SECONDARY_RATE_BYTES`] there and unlimited on the
+//! primary): the reader charges each block, and each batch of log
+//! records, to a token bucket and sleeps as it says, checking for a
+//! promotion meanwhile; a paced backup's blocks are a sixteenth of a
+//! second of reading (at least 256 KiB) rather than 8 MiB, so it reads,
+//! compresses and writes in small steps instead of bursts.
 //! On a secondary that is being promoted, the promotion ends readers; the
 //! backup then fails with "run it again" rather than holding the failover.
 //! The backup computes the page hashes at `end` (the image's, overlaid
@@ -52,11 +69,14 @@
 //! that starts after the restored LSN is a gap, refused with both LSNs.
 //!
 //! # Restoring
-//! `RESTORE DATABASE x FROM …` reads the whole file once to check it
-//! (block and record checksums, LSN continuity, page hashes), then builds
-//! the copy in `DATA_DIR/restoring/.x.tmp/` by writing page images at their
-//! offsets (no SQLite connection), checks every page against the backup's
-//! hashes and only then renames it to `DATA_DIR/restoring/x/`: RESTORING.
+//! `RESTORE DATABASE x FROM …` builds the copy in
+//! `DATA_DIR/restoring/.x.tmp/` in one pass over the file: each block is
+//! checked (block and record checksums, LSN continuity) and its page
+//! images written at their offsets (no SQLite connection); at the end the
+//! pages and log must give the backup's page hashes, and every page of the
+//! built file is read back and compared with them. Only then is the copy
+//! renamed to `DATA_DIR/restoring/x/`: RESTORING; any failure removes the
+//! temporary folder.
 //! A RESTORING database refuses sessions. `RESTORE LOG` checks the chain
 //! and the whole file, then writes records up to the stop point
 //! (`STOPAT` = last commit at or before a time, `STOPATLSN` = last
@@ -125,13 +145,17 @@
 //! with the outcome of its background restore ([`proof`]).
 //!
 //! # Known limits
-//! Pages are read from the snapshot on one thread (SQLite's), compressed
-//! on up to four and written in order by one; restores decompress on one.
+//! Pages are read on one thread (the snapshot's), checked, hashed and
+//! compressed on up to four and written in order by one; restores read on
+//! one thread, check and decompress on up to four and write on one.
 //! `BACKUP … WITH STATS = n` sends "p percent processed." notices while
 //! it copies pages, and `RESTORE … WITH STATS = n` while it checks and
 //! writes blocks (the connection forwards them at once); every BACKUP and
 //! RESTORE is a row of `sys.dm_operation_status` / `sys.dm_exec_requests`
-//! with its `percent_complete`.
+//! with its `percent_complete`; while it runs, `sys.dm_exec_requests` also
+//! shows its `estimated_completion_time` and, for a BACKUP, the bytes read
+//! so far, their rate and the read rate in force (`rate.rs`,
+//! `crate::ag::operations`). A paced BACKUP `WITH STATS` says so once.
 //! The log hold of a chain (`log_reuse_wait_desc = LOG_BACKUP`) is shared
 //! by the replicas of a cluster-managed group through the cluster's state;
 //! in a group with CLUSTER_TYPE = NONE, or when the cluster did not answer
@@ -147,8 +171,10 @@ mod claim;
 mod error;
 pub mod format;
 mod history;
+mod pages;
 mod preferred;
 pub mod proof;
+pub mod rate;
 pub mod remote;
 mod restore;
 pub mod schedule;

@@ -9,22 +9,43 @@ use std::time::{Duration, Instant};
 
 use super::claim::{Claim, Claims};
 use super::error::{BackupError, Result};
-use super::format::{self, Block, BlockKind, Header, Kind, Manifest};
+use super::format::{self, Block, Header, Kind, Manifest};
 use super::history::{self, Entry};
+use super::rate::{BytesRead, Limit};
 use crate::engine::Database;
 use crate::log::{Log, LogError, Lsn, Record};
 
-/// Most threads that compress a full backup's blocks at once.
-const COMPRESSORS: usize = 4;
+/// Most threads that check, hash and compress a full backup's blocks at once.
+const WORKERS: usize = 4;
 
-fn compressors() -> usize {
+fn workers() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, COMPRESSORS)
+        .clamp(1, WORKERS)
+}
+
+/// Runs `work` on a blocking thread; a thread that panicked is an I/O
+/// error of `what` on `path`.
+async fn on_blocking_thread<T: Send + 'static>(
+    what: &'static str,
+    path: PathBuf,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackupError::Io {
+            what,
+            path,
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 /// Raw bytes of log records per log block.
 const LOG_BLOCK_BYTES: u64 = 8 << 20;
+
+/// Longest sleep of a rate-limited backup's reader between two checks that
+/// no promotion is ending the node's readers.
+const PACING_STEP: Duration = Duration::from_millis(50);
 
 /// What to back up, and how.
 #[derive(Debug, Clone)]
@@ -44,7 +65,8 @@ pub struct BackupRequest {
     /// This node's replica name.
     pub replica: String,
     /// Told the pages copied so far and the database's pages, as a full
-    /// backup goes (for `STATS` and `percent_complete`).
+    /// backup goes, or the LSNs copied of a log backup's range (for
+    /// `STATS` and `percent_complete`).
     pub progress: Option<Progress>,
     /// `TO URL`: once complete at `path` (a staging file), the backup is
     /// uploaded there, and the history records the URL.
@@ -53,6 +75,19 @@ pub struct BackupRequest {
     /// background); false for the backup automatic seeding streams to a
     /// replica, which is removed once sent.
     pub record: bool,
+    /// Yield to commits: the backup's threads run at a lower CPU priority
+    /// (nice +10) and in the idle I/O class, so they take only the CPU and
+    /// disk that redo, hardening and the node's other work leave; on an
+    /// idle machine the backup runs as fast.
+    /// Set for a backup on a secondary, whose CPU also hardens the
+    /// primary's synchronous commits.
+    pub gentle: bool,
+    /// Most bytes a second the backup reads of the database (its pages and
+    /// the log records it copies; [`super::rate`]); 0: unlimited.
+    pub rate: u64,
+    /// Told the bytes of the database read so far (its pages and log
+    /// records), as the backup goes (for `bytes_processed`).
+    pub read: Option<BytesRead>,
 }
 
 /// A progress callback: told (done, total).
@@ -131,14 +166,10 @@ pub async fn take(db: Arc<Database>, data_dir: &Path, request: BackupRequest) ->
     if request.checksum {
         // WITH CHECKSUM: read the whole file back before it takes its name.
         let path = partial.clone();
-        let verified = tokio::task::spawn_blocking(move || super::restore::verify(&path))
-            .await
-            .map_err(|e| BackupError::Io {
-                what: "verify",
-                path: partial.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
-            .and_then(|r| r);
+        let verified = on_blocking_thread("verify", partial.clone(), move || {
+            super::restore::verify(&path)
+        })
+        .await;
         if let Err(e) = verified {
             let _ = fs::remove_file(&partial);
             return Err(e);
@@ -270,7 +301,11 @@ fn io(path: &Path, what: &'static str) -> impl Fn(std::io::Error) -> BackupError
 }
 
 /// Copies `[from, end)` of the log into blocks, keeping the page hashes and
-/// the manifest's record fields up to date.
+/// the manifest's record fields up to date; the records read are charged
+/// to `limit`, and the reading waits as it says. `progress`, when given, is
+/// told the LSNs copied of the range after each batch (a log backup's
+/// `STATS` and `percent_complete`).
+#[allow(clippy::too_many_arguments)]
 fn copy_log(
     db: &Database,
     from: Lsn,
@@ -279,6 +314,8 @@ fn copy_log(
     path: &Path,
     hashes: Option<&mut Vec<u32>>,
     manifest: &mut Manifest,
+    limit: &mut Limit,
+    progress: Option<&Progress>,
 ) -> Result<u64> {
     let log = db.log();
     let mut at = from;
@@ -290,15 +327,8 @@ fn copy_log(
         if *count == 0 {
             return Ok(());
         }
-        out.block(&Block {
-            kind: BlockKind::Log,
-            image_start: false,
-            image_more: false,
-            count: *count,
-            db_size: 0,
-            payload: std::mem::take(payload),
-        })
-        .map_err(io(path, "write the backup to"))?;
+        out.block(&Block::log(*count, std::mem::take(payload)))
+            .map_err(io(path, "write the backup to"))?;
         *count = 0;
         Ok(())
     };
@@ -316,6 +346,8 @@ fn copy_log(
                 },
             ));
         }
+        let read: usize = batch.iter().map(Record::encoded_len).sum();
+        std::thread::sleep(limit.took(read as u64));
         for record in batch {
             if record.lsn >= end {
                 break;
@@ -337,6 +369,9 @@ fn copy_log(
             if payload.len() - start > 0 && payload.len() as u64 >= LOG_BLOCK_BYTES {
                 flush(&mut payload, &mut count)?;
             }
+        }
+        if let Some(progress) = progress {
+            (progress.0)(at.min(end) - from, end - from);
         }
     }
     flush(&mut payload, &mut count)?;
@@ -393,147 +428,300 @@ async fn full(
     let request = request.clone();
     let path = partial.to_path_buf();
     let partial = partial.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<Taken> {
-        let file = fs::File::create(&partial).map_err(io(&partial, "write the backup to"))?;
-        let conn = reader.conn().sqlite();
-        let page_size: u32 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(crate::engine::Error::from)?;
-        let header = Header {
-            kind: Kind::Full,
-            copy_only: request.copy_only,
-            compressed: request.compression,
-            id: random_id(),
-            first_lsn: from,
-            end_lsn: end,
-            previous: None,
-            page_size,
-            epoch,
-            started_us,
-            database: db.name().to_string(),
-            group: request.group.clone(),
-            replica: request.replica.clone(),
-        };
-        let mut out = format::Writer::new(
-            BufWriter::with_capacity(1 << 20, crate::durable::FlushBehind::new(file)),
-            &header,
-        )
-        .map_err(io(&partial, "write the backup to"))?;
-        let mut hashes: Vec<u32> = Vec::new();
-        let mut pages = 0u64;
-        let mut failed: Option<BackupError> = None;
-        // This thread reads the snapshot's pages; up to COMPRESSORS threads
-        // encode (compress, checksum) the blocks; one writes them in order.
-        let compress = out.compresses();
-        let workers = if compress { compressors() } else { 1 };
-        let (copied, written) = std::thread::scope(|scope| {
-            let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(u64, Block)>(workers);
-            let work_rx = Arc::new(std::sync::Mutex::new(work_rx));
-            let (done_tx, done_rx) =
-                std::sync::mpsc::sync_channel::<(u64, std::io::Result<Vec<u8>>)>(workers);
-            for _ in 0..workers {
-                let (rx, tx) = (work_rx.clone(), done_tx.clone());
-                scope.spawn(move || loop {
-                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((seq, block)) = next else { break };
-                    if tx
-                        .send((seq, format::encode_block(&block, compress)))
-                        .is_err()
-                    {
-                        break;
-                    }
-                });
-            }
-            drop((work_rx, done_tx));
-            let out = &mut out;
-            let writer = scope.spawn(move || -> std::io::Result<()> {
-                let mut waiting = std::collections::BTreeMap::new();
-                let mut next = 0u64;
-                for (seq, encoded) in done_rx {
-                    waiting.insert(seq, encoded?);
-                    while let Some(bytes) = waiting.remove(&next) {
-                        out.encoded(bytes)?;
-                        next += 1;
-                    }
-                }
-                Ok(())
-            });
-            let mut seq = 0u64;
-            let copied = crate::engine::image::for_each_image_part(conn, epoch, |part| {
-                if read_ends.has_changed().unwrap_or(false) {
-                    failed = Some(BackupError::Interrupted {
-                        database: db.name().to_string(),
-                    });
-                    return Err(crate::engine::Error::Canceled);
-                }
-                pages += part.pages.len() as u64;
-                if let Some(progress) = &request.progress {
-                    (progress.0)(pages, u64::from(part.db_size).max(pages));
-                }
-                overlay(&mut hashes, &part);
-                let block = Block {
-                    kind: BlockKind::Pages,
-                    image_start: part.starts_image(),
-                    image_more: part.image_continues(),
-                    count: part.pages.len() as u32,
-                    db_size: part.db_size,
-                    payload: format::pages_payload(&part.pages),
-                };
-                if work_tx.send((seq, block)).is_err() {
-                    // The writer stopped: its error is reported below.
-                    return Err(crate::engine::Error::Canceled);
-                }
-                seq += 1;
-                Ok(())
-            });
-            drop(work_tx);
-            let written = writer.join().unwrap_or_else(|_| {
-                Err(std::io::Error::other("the backup's writer thread panicked"))
-            });
-            (copied, written)
-        });
-        if let Err(e) = written {
-            failed.get_or_insert(io(&partial, "write the backup to")(e));
-        }
-        let _ = conn.execute_batch("COMMIT");
-        drop(reader);
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        copied?;
-        crate::crashpoint::hit("backup.pages_written");
-        let mut manifest = Manifest::default();
-        let records = copy_log(
-            &db,
-            from,
-            end,
-            &mut out,
-            &partial,
-            Some(&mut hashes),
-            &mut manifest,
-        )?;
-        manifest.db_size = hashes.len() as u32;
-        manifest.page_hashes = hashes;
-        manifest.finished_us = now_us();
-        let (_, size) = out
-            .finish(manifest.clone())
-            .map_err(io(&partial, "write the backup to"))?;
-        Ok(Taken {
-            header,
-            manifest,
-            size,
-            duration: Duration::ZERO,
-            pages,
-            records,
-            next_from: end,
+    let gentle = request.gentle;
+    on_blocking_thread("write the backup to", path, move || {
+        own_thread(gentle, move || -> Result<Taken> {
+            let conn = reader.conn().sqlite();
+            let layout = super::pages::layout(conn)?;
+            let header = Header {
+                kind: Kind::Full,
+                copy_only: request.copy_only,
+                compressed: request.compression,
+                id: random_id(),
+                first_lsn: from,
+                end_lsn: end,
+                previous: None,
+                page_size: layout.page_size,
+                epoch,
+                started_us,
+                database: db.name().to_string(),
+                group: request.group.clone(),
+                replica: request.replica.clone(),
+            };
+            let mut out = create_backup_file(&partial, &header)?;
+            let mut limit = Limit::new(request.rate).telling(request.read.clone());
+            let copied = copy_pages(
+                &db,
+                conn,
+                &layout,
+                &request,
+                &mut out,
+                &partial,
+                &mut read_ends,
+                &mut limit,
+            );
+            let _ = conn.execute_batch("COMMIT");
+            drop(reader);
+            let (mut hashes, pages) = copied?;
+            crate::crashpoint::hit("backup.pages_written");
+            let mut manifest = Manifest::default();
+            let records = copy_log(
+                &db,
+                from,
+                end,
+                &mut out,
+                &partial,
+                Some(&mut hashes),
+                &mut manifest,
+                &mut limit,
+                None,
+            )?;
+            manifest.db_size = hashes.len() as u32;
+            manifest.page_hashes = hashes;
+            manifest.finished_us = now_us();
+            let (_, size) = out
+                .finish(manifest.clone())
+                .map_err(io(&partial, "write the backup to"))?;
+            Ok(Taken {
+                header,
+                manifest,
+                size,
+                duration: Duration::ZERO,
+                pages,
+                records,
+                next_from: end,
+            })
         })
     })
     .await
-    .map_err(|e| BackupError::Io {
+}
+
+/// Runs `f` on a thread of its own (named `backup`), at a lower CPU
+/// priority when `gentle`, and waits for it: niceness is per thread on
+/// Linux and cannot be raised back without privileges, so it is never set
+/// on a pooled thread.
+fn own_thread<T: Send + 'static>(
+    gentle: bool,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let spawned = std::thread::Builder::new()
+        .name("backup".into())
+        .spawn(move || {
+            if gentle {
+                yield_to_commits();
+            }
+            f()
+        });
+    let failed = |what: &str| BackupError::Io {
         what: "write the backup to",
-        path,
-        source: std::io::Error::other(e.to_string()),
-    })?
+        path: PathBuf::new(),
+        source: std::io::Error::other(what.to_string()),
+    };
+    match spawned {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(failed("the backup's thread panicked"))),
+        Err(e) => Err(failed(&format!("cannot start the backup's thread: {e}"))),
+    }
+}
+
+/// Lowers the calling thread's priority (a thread the backup started,
+/// which ends with it): CPU nice +10, so commits and redo win the cores,
+/// and the idle I/O class, so the writeback it starts (`FlushBehind`)
+/// waits while the commits' fsyncs are queued (I/O schedulers that keep
+/// priorities: mq-deadline, BFQ).
+fn yield_to_commits() {
+    /// `ioprio_set`'s "a thread or process" and the idle class
+    /// (`linux/ioprio.h`).
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_IDLE: libc::c_long = 3 << 13;
+    // SAFETY: setpriority and ioprio_set with this thread's id change only
+    // its own priorities; a failure (not permitted, not supported) leaves
+    // them as they were.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            libc::c_long::from(tid),
+            IOPRIO_IDLE,
+        );
+    }
+}
+
+/// Bytes of pages per block: [`super::pages::BLOCK_BYTES`], or with a
+/// read rate, a sixteenth of a second of reading (at least 256 KiB), so a
+/// paced backup reads, compresses and writes in small steps rather than a
+/// large block at a time.
+fn block_bytes(rate: u64) -> usize {
+    if rate == 0 {
+        return super::pages::BLOCK_BYTES;
+    }
+    usize::try_from(rate / 16)
+        .unwrap_or(usize::MAX)
+        .clamp(256 << 10, super::pages::BLOCK_BYTES)
+}
+
+/// What stopped the writer of a full backup's pages.
+enum PagesFailed {
+    Write(std::io::Error),
+    Damaged(u32),
+}
+
+/// Copies the snapshot's pages (`pages.rs`): this thread reads the file,
+/// up to [`workers`] threads check, hash and encode (compress) the blocks,
+/// one writes them in order; each chunk read is charged to `limit`, and
+/// the reading waits as it says (checking for a promotion meanwhile).
+/// Returns every page's crc32c (index = page number - 1) and the pages
+/// copied.
+#[allow(clippy::too_many_arguments)]
+fn copy_pages(
+    db: &Database,
+    conn: &rusqlite::Connection,
+    layout: &super::pages::Layout,
+    request: &BackupRequest,
+    out: &mut format::Writer<BufWriter<crate::durable::FlushBehind>>,
+    partial: &Path,
+    read_ends: &mut tokio::sync::watch::Receiver<u64>,
+    limit: &mut Limit,
+) -> Result<(Vec<u32>, u64)> {
+    use super::pages::{self, Chunk, EncodeError, Encoded};
+    let compress = out.compresses();
+    let checksummed = layout.checksummed;
+    let page_size = layout.page_size as usize;
+    let db_size = layout.db_size;
+    let gentle = request.gentle;
+    let workers = workers();
+    let wal = crate::engine::wal_path(db.path());
+    let pool = pages::Pool::default();
+    let pool = &pool;
+    let mut interrupted = false;
+    let (read, written) = std::thread::scope(|scope| {
+        // Queues of one: about (3 + 3 × workers) blocks of 8 MiB in use at
+        // most (read, queued, each worker's input and output, written).
+        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
+        let work_rx = Arc::new(std::sync::Mutex::new(work_rx));
+        let (done_tx, done_rx) =
+            std::sync::mpsc::sync_channel::<std::result::Result<Encoded, EncodeError>>(1);
+        for _ in 0..workers {
+            let (rx, tx) = (work_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                if gentle {
+                    yield_to_commits();
+                }
+                let mut compressor = match compress.then(|| zstd::bulk::Compressor::new(1)) {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(EncodeError::Io(e)));
+                        return;
+                    }
+                    None => None,
+                };
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(chunk) = next else { break };
+                    let encoded =
+                        pages::encode(chunk, page_size, checksummed, compressor.as_mut(), pool);
+                    if tx.send(encoded).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop((work_rx, done_tx));
+        let progress = request.progress.clone();
+        let writer = scope.spawn(
+            move || -> std::result::Result<(Vec<u32>, u64), PagesFailed> {
+                if gentle {
+                    yield_to_commits();
+                }
+                let mut hashes = vec![0u32; db_size as usize];
+                let mut copied = 0u64;
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut next = 0u64;
+                for encoded in done_rx {
+                    let encoded = match encoded {
+                        Ok(e) => e,
+                        Err(EncodeError::Damaged(pgno)) => return Err(PagesFailed::Damaged(pgno)),
+                        Err(EncodeError::Io(e)) => return Err(PagesFailed::Write(e)),
+                    };
+                    waiting.insert(encoded.seq, encoded);
+                    while let Some(block) = waiting.remove(&next) {
+                        out.encoded(&block.bytes).map_err(PagesFailed::Write)?;
+                        pool.give(block.bytes);
+                        copied += block.hashes.len() as u64;
+                        for (pgno, hash) in block.hashes {
+                            hashes[pgno as usize - 1] = hash;
+                        }
+                        next += 1;
+                        if let Some(progress) = &progress {
+                            (progress.0)(copied, u64::from(db_size).max(copied));
+                        }
+                    }
+                }
+                Ok((hashes, copied))
+            },
+        );
+        let read = pages::for_each_chunk(
+            conn,
+            layout,
+            &wal,
+            db.path(),
+            block_bytes(request.rate),
+            pool,
+            |chunk| {
+                let mut wait = limit.took(chunk.bytes.len() as u64);
+                loop {
+                    if read_ends.has_changed().unwrap_or(false) {
+                        interrupted = true;
+                        return Ok(false);
+                    }
+                    if wait.is_zero() {
+                        break;
+                    }
+                    // In steps, so a promotion ending readers is seen soon.
+                    let step = wait.min(PACING_STEP);
+                    std::thread::sleep(step);
+                    wait -= step;
+                }
+                // A failed send: the writer stopped, its error is reported below.
+                Ok(work_tx.send(chunk).is_ok())
+            },
+        );
+        drop(work_tx);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(PagesFailed::Write(std::io::Error::other(
+                "the backup's writer thread panicked",
+            )))
+        });
+        (read, written)
+    });
+    if interrupted {
+        return Err(BackupError::Interrupted {
+            database: db.name().to_string(),
+        });
+    }
+    let (hashes, copied) = match written {
+        Ok(done) => done,
+        Err(PagesFailed::Write(e)) => return Err(io(partial, "write the backup to")(e)),
+        Err(PagesFailed::Damaged(pgno)) => {
+            crate::engine::damage::report(db.path(), pgno);
+            return Err(BackupError::Engine(crate::engine::Error::CorruptPage {
+                database: db.name().to_string(),
+                pgno: Some(pgno),
+                irreparable: false,
+            }));
+        }
+    };
+    read?;
+    if copied != u64::from(db_size) {
+        return Err(BackupError::Engine(crate::engine::Error::sql(
+            "XX001",
+            format!("a full backup read {copied} pages of a database of {db_size}"),
+        )));
+    }
+    Ok((hashes, copied))
 }
 
 async fn log_backup(
@@ -572,8 +760,7 @@ async fn log_backup(
     let request = request.clone();
     let path = partial.to_path_buf();
     let partial = partial.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<Taken> {
-        let file = fs::File::create(&partial).map_err(io(&partial, "write the backup to"))?;
+    on_blocking_thread("write the backup to", path, move || -> Result<Taken> {
         let header = Header {
             kind: Kind::Log,
             copy_only: request.copy_only,
@@ -589,13 +776,20 @@ async fn log_backup(
             group: request.group.clone(),
             replica: request.replica.clone(),
         };
-        let mut out = format::Writer::new(
-            BufWriter::with_capacity(1 << 20, crate::durable::FlushBehind::new(file)),
-            &header,
-        )
-        .map_err(io(&partial, "write the backup to"))?;
+        let mut out = create_backup_file(&partial, &header)?;
         let mut manifest = Manifest::default();
-        let records = copy_log(&db, from, end, &mut out, &partial, None, &mut manifest)?;
+        let mut limit = Limit::new(request.rate).telling(request.read.clone());
+        let records = copy_log(
+            &db,
+            from,
+            end,
+            &mut out,
+            &partial,
+            None,
+            &mut manifest,
+            &mut limit,
+            request.progress.as_ref(),
+        )?;
         manifest.finished_us = now_us();
         let (_, size) = out
             .finish(manifest.clone())
@@ -611,9 +805,31 @@ async fn log_backup(
         })
     })
     .await
-    .map_err(|e| BackupError::Io {
-        what: "write the backup to",
-        path,
-        source: std::io::Error::other(e.to_string()),
-    })?
+}
+
+/// Creates the backup file at `partial` and writes its header: buffered,
+/// with writeback started as it goes (`durable::FlushBehind`).
+fn create_backup_file(
+    partial: &Path,
+    header: &Header,
+) -> Result<format::Writer<BufWriter<crate::durable::FlushBehind>>> {
+    let file = fs::File::create(partial).map_err(io(partial, "write the backup to"))?;
+    format::Writer::new(
+        BufWriter::with_capacity(1 << 20, crate::durable::FlushBehind::new(file)),
+        header,
+    )
+    .map_err(io(partial, "write the backup to"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_backup_reads_blocks_of_a_sixteenth_of_a_second_between_256_kib_and_the_full_block() {
+        assert_eq!(block_bytes(0), super::super::pages::BLOCK_BYTES);
+        assert_eq!(block_bytes(16 << 20), 1 << 20);
+        assert_eq!(block_bytes(1 << 20), 256 << 10);
+        assert_eq!(block_bytes(1 << 40), super::super::pages::BLOCK_BYTES);
+    }
 }

@@ -3,7 +3,8 @@
 //! asked `WITH STATS = 1`, with a progress bar drawn from the node's
 //! "p percent processed." notices (percent, elapsed, ETA) and the bytes
 //! written so far, read from the growing `FILE.partial` when the node is
-//! on this host; the node's summary when they end.
+//! on this host; the node's summary when they end. A backup the node
+//! paces (`--backup-kib-per-s`) says so in a line above the bar.
 //!
 //! With `--data-dir DIR` they run offline instead, on the data directory
 //! of a node that is not running (its lock is taken, so a running node
@@ -237,6 +238,11 @@ async fn run(node: &Target, sql: &str, growing: Option<PathBuf>) -> Result<(), S
     let mut said = Vec::new();
     let mut take = |notice: String, bar: &indicatif::ProgressBar| match percent_of(&notice) {
         Some(p) => bar.set_position(p),
+        // A paced backup says so once, as it starts: shown at once, above
+        // the bar.
+        None if notice.starts_with(crate::backup::rate::PACING_PREFIX) => {
+            bar.suspend(|| eprintln!("{notice}"))
+        }
         None => said.push(notice),
     };
     let outcome = loop {
@@ -332,6 +338,10 @@ mod offline {
             replica: "offline".into(),
             progress: Some(progress(&bar)),
             upload,
+            gentle: false,
+            // Offline, on a stopped node: nothing to yield to.
+            rate: 0,
+            read: None,
         };
         let taken = backup::take(db, dir, request).await;
         bar.finish_and_clear();

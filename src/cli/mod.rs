@@ -203,6 +203,15 @@ pub struct ServerArgs {
     /// the proofs off [default: 16384].
     #[arg(long, value_name = "KIB")]
     pub backup_verify_kib_per_s: Option<u64>,
+    /// Most KiB a second a BACKUP on this node reads of the database (its
+    /// pages and log records; writes follow, compressed or not), on
+    /// either role; 0: unlimited. On a secondary the disk and cores are
+    /// also those that harden the primary's synchronous commits; a limit
+    /// keeps those commits' latency while the backup runs, at the cost of
+    /// a longer backup [default: 0 (unlimited) on the primary, 16384 on a
+    /// secondary].
+    #[arg(long, value_name = "KIB", env = "AVAILDB_BACKUP_KIB_PER_S")]
+    pub backup_kib_per_s: Option<u64>,
     /// Automatic seeding sends a database of at least this many MiB as a
     /// backup streamed to the replica, read without the write lock; a
     /// smaller one as a full image in the log, written under it; 0: every
@@ -222,7 +231,8 @@ pub struct ServerArgs {
     /// `tls_key`, `require_tls`, `partner_tls_cert`, `partner_tls_key`,
     /// `partner_ca` and `partner_crl` (lists), `max_connections`,
     /// `idle_in_transaction_session_timeout_ms`, `scrub_kib_per_s`,
-    /// `backup_verify_kib_per_s`, `seed_by_backup_from_mb`, and
+    /// `backup_verify_kib_per_s`, `backup_kib_per_s`,
+    /// `seed_by_backup_from_mb`, and
     /// `[[backup_schedule]]` tables with
     /// `database`, `kind`, `every`, `to`).
     #[arg(long, value_name = "FILE")]
@@ -255,6 +265,7 @@ struct ConfigFile {
     idle_in_transaction_session_timeout_ms: Option<u64>,
     scrub_kib_per_s: Option<u64>,
     backup_verify_kib_per_s: Option<u64>,
+    backup_kib_per_s: Option<u64>,
     seed_by_backup_from_mb: Option<u64>,
     backup_schedule: Option<Vec<crate::backup::schedule::Schedule>>,
 }
@@ -297,6 +308,9 @@ pub struct ServerConfig {
     pub scrub_rate: u64,
     /// The background proof of backups' rate, bytes a second (0: off).
     pub backup_verify_rate: u64,
+    /// BACKUP's read rate, bytes a second (0: unlimited; None: the
+    /// default of each role, `backup::rate::default_rate`).
+    pub backup_rate: Option<u64>,
     /// Automatic seeding of databases of at least this many bytes is by a
     /// streamed backup (`crate::replication::seed`).
     pub seed_by_backup_from: u64,
@@ -470,6 +484,10 @@ impl ServerArgs {
                 .backup_verify_kib_per_s
                 .or(file.backup_verify_kib_per_s)
                 .map_or(crate::backup::proof::DEFAULT_RATE_BYTES, |kib| kib << 10),
+            backup_rate: self
+                .backup_kib_per_s
+                .or(file.backup_kib_per_s)
+                .map(|kib| kib << 10),
             seed_by_backup_from: self
                 .seed_by_backup_from_mb
                 .or(file.seed_by_backup_from_mb)
@@ -556,6 +574,9 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
     };
     groups.start_page_repair(config.scrub_rate);
     groups.start_backup_proofs(config.backup_verify_rate);
+    if let Some(rate) = config.backup_rate {
+        groups.set_backup_rate(rate);
+    }
     crate::frontend::spawn_schedules(
         engine.clone(),
         groups.clone(),
@@ -821,6 +842,7 @@ mod tests {
             idle_in_transaction_session_timeout_ms: None,
             scrub_kib_per_s: None,
             backup_verify_kib_per_s: None,
+            backup_kib_per_s: None,
             seed_by_backup_from_mb: None,
             backup_schedule: Vec::new(),
             config: None,
@@ -855,6 +877,30 @@ mod tests {
         a.backup_schedule = vec!["database=x,kind=log,every=1m,to=/c".parse().unwrap()];
         let c = a.resolve().unwrap();
         assert_eq!(c.backup_schedules[0].database, "x", "the command line wins");
+    }
+
+    #[test]
+    fn the_backup_rate_comes_from_the_command_line_or_else_the_config_file_else_each_roles_default()
+    {
+        assert_eq!(args(None, None).resolve().unwrap().backup_rate, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "backup_kib_per_s = 1024\n").unwrap();
+        let mut a = args(None, None);
+        a.config = Some(path.clone());
+        assert_eq!(
+            a.resolve().unwrap().backup_rate,
+            Some(1 << 20),
+            "from the file"
+        );
+        let mut a = args(None, None);
+        a.config = Some(path);
+        a.backup_kib_per_s = Some(0);
+        assert_eq!(
+            a.resolve().unwrap().backup_rate,
+            Some(0),
+            "the command line wins: 0 is unlimited, not the default"
+        );
     }
 
     #[test]
@@ -987,6 +1033,11 @@ mod tests {
                 "{default} in {server}"
             );
         }
+        let backup_rate = format!(
+            "[default: 0 (unlimited) on the primary, {} on a secondary]",
+            crate::backup::rate::DEFAULT_SECONDARY_RATE_BYTES >> 10
+        );
+        assert!(server.contains(&backup_rate), "{backup_rate} in {server}");
         assert!(server.contains("Required"), "{server}");
         assert!(
             server.contains(&format!(

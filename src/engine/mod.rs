@@ -79,7 +79,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use capture::checkpoint_passive;
+pub use capture::{checkpoint_passive, wal_path};
 pub use database::{
     monotonic_us, CommitHook, Conn, Database, PageRepair, Reader, Redone, Role, WriteGate, Writer,
     WriterGuard, PG_VERSION,

@@ -120,6 +120,75 @@ pub fn set_verification(conn: &rusqlite::Connection, on: bool) -> bool {
     rc == ffi::SQLITE_OK && arg != 0
 }
 
+/// The main database file `conn` has open, below this VFS's checks when it
+/// is ours: the lower VFS's file.
+///
+/// # Safety
+/// The result lives as long as `conn` and is used on the thread that owns
+/// `conn`.
+unsafe fn main_file(conn: &rusqlite::Connection) -> std::io::Result<*mut ffi::sqlite3_file> {
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    let rc = ffi::sqlite3_file_control(
+        conn.handle(),
+        c"main".as_ptr(),
+        ffi::SQLITE_FCNTL_FILE_POINTER,
+        (&raw mut file).cast(),
+    );
+    if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+        return Err(std::io::Error::other(format!(
+            "the connection has no database file open (SQLite code {rc})"
+        )));
+    }
+    if std::ptr::eq((*file).pMethods, &METHODS) {
+        Ok(lower(file))
+    } else {
+        Ok(file)
+    }
+}
+
+/// Reads `buf.len()` bytes of `conn`'s database file at `offset` through
+/// SQLite's own file handle (a second descriptor of the file, once closed,
+/// would drop the POSIX locks SQLite holds on it), without this VFS's
+/// page checks: the caller checks what it reads ([`checksum::verify`]).
+/// Bytes past the end of the file read as zeros. Returns the file's size
+/// after the read, so the caller knows which bytes were there.
+///
+/// Call it on the thread that owns `conn`: a backup reads the database
+/// file in large chunks this way while its read transaction keeps
+/// checkpoints from writing the pages it needs (`backup/image.rs`).
+pub fn read_database_file(
+    conn: &rusqlite::Connection,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<u64> {
+    let amount = c_int::try_from(buf.len())
+        .map_err(|_| std::io::Error::other("a read of more than 2 GiB"))?;
+    // SAFETY: `main_file` gives the connection's open main database file,
+    // alive while `conn` is; its methods are called with a buffer of
+    // `amount` writable bytes, on the caller's (the owning) thread.
+    unsafe {
+        let file = main_file(conn)?;
+        let m = methods(file);
+        let (Some(read), Some(size_of)) = (m.xRead, m.xFileSize) else {
+            return Err(std::io::Error::other("the VFS cannot read files"));
+        };
+        let rc = read(file, buf.as_mut_ptr().cast(), amount, offset as i64);
+        if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
+            return Err(std::io::Error::other(format!(
+                "SQLite's read of the database file failed with code {rc}"
+            )));
+        }
+        let mut size: i64 = 0;
+        let rc = size_of(file, &mut size);
+        if rc != ffi::SQLITE_OK {
+            return Err(std::io::Error::other(format!(
+                "SQLite could not size the database file (code {rc})"
+            )));
+        }
+        Ok(size.max(0) as u64)
+    }
+}
+
 static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),

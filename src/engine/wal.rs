@@ -393,6 +393,51 @@ impl WalReader {
     }
 }
 
+/// Every page number in a valid frame of the WAL at `path`'s current
+/// generation, committed or not (a superset of what any reader's snapshot
+/// takes from the WAL), sorted and each once; empty when there is no WAL
+/// or no header yet.
+///
+/// A full backup reads the database file directly and takes these pages
+/// through its read snapshot instead (`backup/pages.rs`): while a reader
+/// holds a snapshot, the WAL is not restarted (its frames stay) and a
+/// checkpoint writes into the file only frames the snapshot holds, so a
+/// page in none of these frames is the snapshot's in the file.
+pub fn pages_in(path: &std::path::Path) -> Result<Vec<u32>, WalError> {
+    let io_error = |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(e)),
+    };
+    let raw = read_at(&file, 0, WAL_HEADER_LEN).map_err(io_error)?;
+    let Ok(raw) = <&[u8; WAL_HEADER_LEN]>::try_from(raw.as_slice()) else {
+        return Ok(Vec::new());
+    };
+    let header = WalHeader::parse(raw)?;
+    let frame_len = header.frame_len();
+    let per_read = (MAX_READ_BYTES / frame_len).max(1) * frame_len;
+    let mut at = Cursor::start(&header);
+    let mut pages = std::collections::BTreeSet::new();
+    loop {
+        let chunk = read_at(&file, at.offset, per_read).map_err(io_error)?;
+        for frame in chunk.chunks_exact(frame_len) {
+            let Some((head, checksum)) = decode_frame(&header, at.checksum, frame) else {
+                return Ok(pages.into_iter().collect());
+            };
+            pages.insert(head.page_number);
+            at.offset += frame_len as u64;
+            at.checksum = checksum;
+        }
+        if chunk.len() < per_read {
+            return Ok(pages.into_iter().collect());
+        }
+    }
+}
+
 /// Reads frames of the generation `header` describes from `from` on, in
 /// growing chunks, until the first invalid frame, the end of the file, or
 /// frame `until` when given.

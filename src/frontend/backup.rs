@@ -243,12 +243,31 @@ pub(super) async fn execute(
             if !primary && !log && !copy_only {
                 return Err(error(BackupError::NeedsCopyOnly { database }));
             }
-            let what = if log { "BACKUP LOG" } else { "BACKUP DATABASE" };
-            let operations = ag.operations();
-            let (id, stats, progress) = tracked(ag, what, &database, stats, live);
-            // TO URL: written to a staging file, uploaded, then removed.
+            // TO URL: written to a staging file, uploaded, then removed. A
+            // destination that cannot be used fails before the operation is
+            // recorded, so none is left IN_PROGRESS.
             let (local, staging, upload) =
                 backup::remote::destination(engine.data_dir(), &path).map_err(error)?;
+            let what = if log { "BACKUP LOG" } else { "BACKUP DATABASE" };
+            let operations = ag.operations();
+            let rate = ag.backup_rate(primary);
+            if stats.is_some() {
+                // Said once, before the first step, so a slow backup is
+                // seen to be paced on purpose.
+                if let Some(notice) =
+                    backup::rate::pacing_notice(rate, primary, ag.backup_rate_is_set())
+                {
+                    let _ = live.send(notice);
+                }
+            }
+            let (id, stats, progress) = tracked(ag, what, &database, stats, live);
+            operations.reads(id, rate);
+            let read = {
+                let ag = ag.clone();
+                backup::rate::BytesRead(Arc::new(move |bytes| {
+                    ag.operations().read(id, bytes, crate::ag::views::wall_us())
+                }))
+            };
             let request = BackupRequest {
                 record: true,
                 upload,
@@ -260,6 +279,9 @@ pub(super) async fn execute(
                 group: group.clone(),
                 replica: ag.node().to_string(),
                 progress: Some(progress),
+                gentle: !primary,
+                rate,
+                read: Some(read),
             };
             let taken = backup::take(db, engine.data_dir(), request).await;
             drop(staging);
@@ -339,36 +361,42 @@ pub(super) async fn execute(
             };
             let operations = ag.operations();
             let (id, stats, progress) = tracked(ag, what, &database, stats, live);
-            let (local, _staging) = match &path {
-                Some(p) => {
-                    let (local, staging) = fetched(engine, p).await?;
-                    (Some(local), staging)
-                }
-                None => (None, None),
-            };
-            let request = RestoreRequest {
-                database: database.clone(),
-                path: local,
-                kind: if log { Kind::Log } else { Kind::Full },
-                recovery,
-                replace,
-                stop,
-                progress: Some(progress),
-            };
-            let engine = engine.clone();
-            let started = std::time::Instant::now();
-            let restored = tokio::task::spawn_blocking(move || {
-                backup::restore(&engine, engine.data_dir(), &request)
-            })
-            .await
-            .map_err(|e| Error::sql("XX000", e.to_string()))
-            .and_then(|r| r.map_err(error));
+            // The download is part of the operation: whichever fails, the
+            // download or the restore, ends it FAILED.
+            let restored = async {
+                let (local, _staging) = match &path {
+                    Some(p) => {
+                        let (local, staging) = fetched(engine, p).await?;
+                        (Some(local), staging)
+                    }
+                    None => (None, None),
+                };
+                let request = RestoreRequest {
+                    database: database.clone(),
+                    path: local,
+                    kind: if log { Kind::Log } else { Kind::Full },
+                    recovery,
+                    replace,
+                    stop,
+                    progress: Some(progress),
+                };
+                let engine = engine.clone();
+                let started = std::time::Instant::now();
+                tokio::task::spawn_blocking(move || {
+                    backup::restore(&engine, engine.data_dir(), &request)
+                })
+                .await
+                .map_err(|e| Error::sql("XX000", e.to_string()))
+                .and_then(|r| r.map_err(error))
+                .map(|restored| (restored, started.elapsed()))
+            }
+            .await;
             operations.finish(
                 id,
                 restored.as_ref().err().map(|e| e.to_string()),
                 crate::ag::views::wall_us(),
             );
-            let restored = restored?;
+            let (restored, took) = restored?;
             stats.finished();
             let state = if restored.recovered {
                 "online"
@@ -387,7 +415,7 @@ pub(super) async fn execute(
                     if log { "LOG" } else { "DATABASE" },
                     restored.pages,
                     restored.records,
-                    started.elapsed().as_secs_f64(),
+                    took.as_secs_f64(),
                     restored.end_lsn
                 ),
             ))

@@ -10,7 +10,8 @@
 //!   primary among the partner server's registered endpoints, opens the link
 //!   with `GeoHello`, decides where the geo-secondary starts with the same
 //!   core as a local link ([`super::link::plan_start`]: continue, seed from a
-//!   full image, or rewind a diverged copy) and streams records as they
+//!   full image, or rewind a diverged copy; while it writes the image it
+//!   answers the forwarder's pings) and streams records as they
 //!   become shippable (see the invariants). Nothing waits for it: commits
 //!   are acknowledged without the geo-secondary (asynchronous).
 //! * The **forwarder** ([`Forwarder`]) is the geo-secondary region's primary
@@ -62,13 +63,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
 use super::error::ReplicationError;
 use super::link::{plan_start, OwnLog, Start};
-use super::primary::ReplicaMetrics;
+use super::primary::{answering_pings, next_message, send, ReplicaMetrics};
 use super::secondary::{Admission, IntakeGate, SecondaryDb};
 use super::wire::{Handover, Message, WireCodec};
 use crate::engine::{monotonic_us, Database};
@@ -344,6 +345,13 @@ pub async fn run_geo_sender(
             _ = stop.changed() => return,
         };
         if let Err(e) = result {
+            // A link that was up retries from the shortest pause: the
+            // partner region's new primary (after a local failover there)
+            // is found within a fraction of a second, not after the pause
+            // that earlier failures had grown to.
+            if status.view().connected {
+                backoff = Duration::from_millis(100);
+            }
             tracing::info!(database = %db.name(), partner = %server, "geo-replication link down: {e}");
             status.down(e.to_string());
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -471,13 +479,16 @@ async fn stream_geo(
         |lsn| log.record_checksum_at(lsn).ok().flatten(),
         position.as_ref(),
     );
+    // What the geo-secondary sends while an image is written for it, other
+    // than its Pings (answered meanwhile, so a large image does not run
+    // into its session timeout): the reader takes it in first.
+    let mut early = Vec::new();
     let (start, seeded) = match plan {
         Start::Continue(from) => (from, false),
         Start::Seed => {
             source.hold_log(&name, &partner.server, log.end_lsn());
-            let at = source
-                .seed_image(db)
-                .await
+            let at = answering_pings(&mut conn, &mut early, timeout, source.seed_image(db))
+                .await?
                 .map_err(ReplicationError::local)?;
             (at, true)
         }
@@ -491,9 +502,8 @@ async fn stream_geo(
             );
             status.update(|v| v.discarded = Some((diverged, their_end)));
             source.hold_log(&name, &partner.server, log.end_lsn());
-            let at = source
-                .seed_image(db)
-                .await
+            let at = answering_pings(&mut conn, &mut early, timeout, source.seed_image(db))
+                .await?
                 .map_err(ReplicationError::local)?;
             send(
                 &mut conn,
@@ -539,9 +549,10 @@ async fn stream_geo(
         let directory = directory.clone();
         let partner = partner.server.clone();
         let mut restarted_at = seeded.then_some(start);
+        let mut early = early.into_iter();
         tokio::spawn(async move {
             let outcome = loop {
-                let message = match stream.next().await {
+                let message = match next_message(&mut early, &mut stream).await {
                     None => break ReplicationError::Closed,
                     Some(Err(e)) => break ReplicationError::Wire(e.to_string()),
                     Some(Ok(m)) => m,
@@ -579,11 +590,9 @@ async fn stream_geo(
                     Message::ImageRequest { .. } => {
                         // The forwarder seeds a replica of its region: the
                         // image goes into our log and down the link.
-                        let (source, db) = (source.clone(), db.clone());
+                        let (source, db, link) = (source.clone(), db.clone(), control.clone());
                         tokio::spawn(async move {
-                            if let Err(e) = source.seed_image(&db).await {
-                                tracing::warn!(database = %db.name(), "cannot write the full image a geo-secondary asked for: {e}");
-                            }
+                            write_asked_image(db.name(), || source.seed_image(&db), &link).await
                         });
                     }
                     Message::Ping { sent_us } => {
@@ -591,7 +600,7 @@ async fn stream_geo(
                             return;
                         }
                     }
-                                        Message::Pong { .. } => {}
+                    Message::Pong { .. } => {}
                     Message::FailoverRequest { .. } => {
                         tracing::info!(database = %db.name(), partner = %partner, "the geo-secondary asks for a planned geo-failover");
                         directory.hand_over(db.name(), &partner);
@@ -730,6 +739,44 @@ async fn stream_geo(
 enum Control {
     Pong(u64),
     End(ReplicationError),
+}
+
+/// Writes the full image a forwarder asked for (`ImageRequest`) into the
+/// log with `write`, from where the link sends it. The forwarder asks once
+/// and waits (see [`Forwarder::fresh_image`]), so a write that fails for a
+/// while — a primary whose lease ran out is RESOLVING until it renews it —
+/// is tried again, for as long as the forwarder waits and the link (`link`)
+/// lasts.
+async fn write_asked_image<F, W>(
+    database: &str,
+    mut write: F,
+    link: &tokio::sync::mpsc::UnboundedSender<Control>,
+) where
+    F: FnMut() -> W,
+    W: std::future::Future<Output = crate::engine::Result<Lsn>>,
+{
+    let deadline = tokio::time::Instant::now() + IMAGE_WITHIN;
+    let mut pause = Duration::from_millis(100);
+    let mut told = false;
+    loop {
+        let Err(e) = write().await else {
+            return;
+        };
+        let last = link.is_closed() || tokio::time::Instant::now() + pause >= deadline;
+        if last || !told {
+            told = true;
+            let what = if last { "giving up" } else { "trying again" };
+            tracing::warn!(
+                database,
+                "cannot write the full image a geo-secondary asked for ({what}): {e}"
+            );
+        }
+        if last {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// A source's `GeoHello`, as the forwarder's region decides on it.
@@ -1023,7 +1070,8 @@ async fn serve_loop(
                     None => return Err(ReplicationError::Closed),
                     Some(Err(e)) => return Err(ReplicationError::Wire(e.to_string())),
                     Some(Ok(Message::Records { records, .. })) => {
-                        sdb.receive(records, epoch, &forwarder.gate).await?;
+                        sdb.receive(records, epoch, &forwarder.gate, super::secondary::Hardening::ByThread)
+                            .await?;
                         let pages = sdb.image_progress();
                         forwarder.status.update(|v| {
                             v.seeding = pages;
@@ -1044,7 +1092,7 @@ async fn serve_loop(
                     }),
                 }
             }
-                        _ = hardened.changed() => {
+            _ = hardened.changed() => {
                 forwarder.note_progress();
                 send(conn, report(&sdb), timeout).await?
             }
@@ -1052,7 +1100,7 @@ async fn serve_loop(
                 forwarder.note_progress();
                 send(conn, report(&sdb), timeout).await?
             }
-                        _ = requests.changed() => {}
+            _ = requests.changed() => {}
             _ = failovers.changed() => send(conn, Message::FailoverRequest { database: source_db.clone() }, timeout).await?,
             _ = ping.tick() => {
                 if monotonic_us().saturating_sub(heard) > timeout.as_micros() as u64 {
@@ -1111,17 +1159,6 @@ async fn end_here(
     }
 }
 
-async fn send<S>(sink: &mut S, message: Message, within: Duration) -> Result<(), ReplicationError>
-where
-    S: futures::Sink<Message> + Unpin,
-    S::Error: std::fmt::Display,
-{
-    match tokio::time::timeout(within, sink.send(message)).await {
-        Ok(sent) => sent.map_err(|e| ReplicationError::Wire(format!("send failed: {e}"))),
-        Err(_) => Err(ReplicationError::SessionTimeout(within)),
-    }
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -1134,4 +1171,49 @@ fn wall_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A writer that fails `failures` times (RESOLVING), then writes.
+    fn writer(
+        failures: usize,
+        calls: &AtomicUsize,
+    ) -> impl FnMut() -> std::future::Ready<crate::engine::Result<Lsn>> + '_ {
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(if n < failures {
+                Err(crate::engine::Error::sql(
+                    "25006",
+                    "database \"app\" is RESOLVING on this replica",
+                ))
+            } else {
+                Ok(4096)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_asked_image_that_cannot_be_written_yet_is_tried_again_until_it_is() {
+        let (link, _open) = tokio::sync::mpsc::unbounded_channel();
+        let calls = AtomicUsize::new(0);
+        write_asked_image("app", writer(2, &calls), &link).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "two failures, then the image"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_asked_image_is_not_tried_again_once_its_link_has_ended() {
+        let (link, ended) = tokio::sync::mpsc::unbounded_channel();
+        drop(ended);
+        let calls = AtomicUsize::new(0);
+        write_asked_image("app", writer(usize::MAX, &calls), &link).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

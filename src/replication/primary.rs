@@ -7,7 +7,12 @@
 //! 2. Read `Welcome`: where each database's log ends on the secondary.
 //!    Streaming starts there; a secondary with an empty log, or one behind
 //!    what the primary still holds, is seeded from a full image record that
-//!    the primary appends to its log for that purpose.
+//!    the primary appends to its log for that purpose. Planning a start can
+//!    wait (for a geo source's records or a fresh image from it: seconds,
+//!    or more): meanwhile the primary answers the secondary's `Ping`s, so
+//!    a long plan is not taken for a dead primary, and keeps whatever else
+//!    the secondary sends for after the handshake. The handshake ends with
+//!    the primary's first `Ping` (a `Pong` does not end it).
 //! 3. Stream records as they are appended (before the local fsync: the
 //!    secondary hardens in parallel), ping every second, and feed every
 //!    `Progress` into the database's [`DbSync`].
@@ -42,6 +47,11 @@ use crate::log::Lsn;
 const BATCH_BYTES: u64 = 4 << 20;
 /// How often partners ping.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a new primary waits for its geo source's records to cover a
+/// secondary's copy that is only ahead of its own (a former forwarder's),
+/// before it rewinds that copy from a fresh image instead. The source's
+/// sender finds this region's new primary within a few of its retries.
+const AHEAD_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Synchronization of one database of the group, shared by the senders
 /// (which feed it) and the commit hook (which reads it).
@@ -319,6 +329,9 @@ pub struct PrimaryGroup {
     /// `(database, replica)` whose data movement the secondary suspended
     /// itself (`DatabaseState`), as opposed to a suspension made here.
     suspended_by_partner: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Counts resumptions of data movement: a sender that skipped a
+    /// suspended database sends again at once, not at its next ping.
+    resumed: watch::Sender<u64>,
     /// The newest full image written here to seed replicas, by database:
     /// (its start, the log's end just after it). Replicas seeded while it
     /// is fresh start from it too, rather than each from an image of its own.
@@ -513,6 +526,7 @@ impl PrimaryGroup {
             geo_holds: Mutex::new(HashMap::new()),
             awaiting_restore: Mutex::new(HashMap::new()),
             suspended_by_partner: Mutex::new(std::collections::BTreeSet::new()),
+            resumed: watch::channel(0).0,
             images: Mutex::new(HashMap::new()),
             image_turn: tokio::sync::Mutex::new(()),
             data_dir: engine.data_dir().to_path_buf(),
@@ -850,6 +864,7 @@ impl PrimaryGroup {
                     self.announce_synchronized(database, name);
                 }
             }
+            self.resumed.send_modify(|n| *n += 1);
         }
         Ok(())
     }
@@ -1139,6 +1154,9 @@ async fn stream_to(
         }
     };
     let mut next: HashMap<String, Lsn> = HashMap::new();
+    // What the secondary sent while a start was being planned, other than
+    // its Pings: the reader takes it in first.
+    let mut early: Vec<Message> = Vec::new();
     let manual = config
         .replica(&replica.name)
         .is_some_and(|r| r.seeding_mode == SeedingMode::Manual)
@@ -1155,8 +1173,9 @@ async fn stream_to(
     for (name, (db, cell)) in &group.databases {
         generations.insert(name.clone(), db.log().generation());
         let position = positions.iter().find(|p| &p.database == name);
-        let planned = start_lsn(group, db, position, timeout / 2, manual)
-            .await
+        let planning = start_lsn(group, db, position, AHEAD_PATIENCE, manual);
+        let planned = answering_pings(&mut conn, &mut early, timeout, planning)
+            .await?
             .map_err(ReplicationError::local)?;
         let (start, rewind) = match planned {
             Planned::Stream(start, rewind) => (start, rewind),
@@ -1305,9 +1324,10 @@ async fn stream_to(
             .map(|(d, _)| d.clone())
             .chain(seeds.iter().map(|db| db.name().to_string()))
             .collect();
+        let mut early = early.into_iter();
         tokio::spawn(async move {
             let outcome = loop {
-                let message = match stream.next().await {
+                let message = match next_message(&mut early, &mut stream).await {
                     None => break ReplicationError::Closed,
                     Some(Err(e)) => break ReplicationError::Wire(e.to_string()),
                     Some(Ok(m)) => m,
@@ -1384,7 +1404,9 @@ async fn stream_to(
     };
     let _reader = AbortOnDrop(reader);
     let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut resumed = group.resumed.subscribe();
     loop {
+        resumed.borrow_and_update();
         // Send whatever is new, database by database.
         let mut sent_any = false;
         for (name, (db, _)) in &group.databases {
@@ -1481,6 +1503,7 @@ async fn stream_to(
         tokio::select! {
             _ = any_end_changed => {}
             _ = std::future::ready(()), if behind || !seeds_sending.is_empty() => {}
+            _ = resumed.changed() => {}
             prepared = seed_rx.recv(), if seeds_preparing > 0 => {
                 seeds_preparing -= 1;
                 match prepared {
@@ -1639,6 +1662,64 @@ fn awaits_restore(group: &str, database: &str, replica: &str, first: Lsn, theirs
     }
 }
 
+/// Runs `work` — planning where a secondary starts, which can wait for a
+/// geo source or for a full image to be written — while answering the
+/// secondary's `Ping`s on `conn`, so the wait does not run into the
+/// secondary's session timeout. Anything else the secondary sends meanwhile
+/// is kept, in order, in `early`. Fails if the secondary closes the
+/// connection or is silent for `timeout`. Used by local and geo links.
+pub(super) async fn answering_pings<S, E, T>(
+    conn: &mut S,
+    early: &mut Vec<Message>,
+    timeout: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> std::result::Result<T, ReplicationError>
+where
+    S: futures::Sink<Message> + futures::Stream<Item = std::result::Result<Message, E>> + Unpin,
+    <S as futures::Sink<Message>>::Error: std::fmt::Display,
+    E: std::fmt::Display,
+{
+    tokio::pin!(work);
+    let mut heard = tokio::time::Instant::now();
+    let mut check = tokio::time::interval(PING_INTERVAL.min(timeout / 4));
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            incoming = conn.next() => {
+                heard = tokio::time::Instant::now();
+                match incoming {
+                    None => return Err(ReplicationError::Closed),
+                    Some(Err(e)) => return Err(ReplicationError::Wire(e.to_string())),
+                    Some(Ok(Message::Ping { sent_us })) => {
+                        send(conn, Message::Pong { echo_us: sent_us }, timeout).await?
+                    }
+                    Some(Ok(other)) => early.push(other),
+                }
+            }
+            _ = check.tick() => {
+                if heard.elapsed() > timeout {
+                    return Err(ReplicationError::SessionTimeout(timeout));
+                }
+            }
+        }
+    }
+}
+
+/// The next message a link's reader takes in: those kept while the start
+/// was planned ([`answering_pings`]) first, then the connection's.
+pub(super) async fn next_message<S, E>(
+    early: &mut std::vec::IntoIter<Message>,
+    stream: &mut S,
+) -> Option<std::result::Result<Message, E>>
+where
+    S: futures::Stream<Item = std::result::Result<Message, E>> + Unpin,
+{
+    match early.next() {
+        Some(m) => Some(Ok(m)),
+        None => stream.next().await,
+    }
+}
+
 /// Sends within the session timeout: a partner that stops reading (paused,
 /// wedged) must not stall the sender past it, or its timeout would never
 /// be noticed and commits would wait for it forever.
@@ -1656,5 +1737,82 @@ where
         // A partner that stopped reading is as silent as one that stopped
         // writing.
         Err(_) => Err(ReplicationError::SessionTimeout(within)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two ends of a replication connection, in memory.
+    fn connection() -> (
+        Framed<tokio::io::DuplexStream, WireCodec>,
+        Framed<tokio::io::DuplexStream, WireCodec>,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        (Framed::new(a, WireCodec), Framed::new(b, WireCodec))
+    }
+
+    #[tokio::test]
+    async fn a_start_planned_for_longer_than_the_session_timeout_keeps_the_secondary_answered() {
+        let timeout = Duration::from_millis(300);
+        let (mut primary, mut secondary) = connection();
+        let mut early = Vec::new();
+        let secondary = tokio::spawn(async move {
+            secondary
+                .send(Message::DatabaseState {
+                    database: "app".into(),
+                    suspended: true,
+                })
+                .await
+                .unwrap();
+            // The secondary pings for three session timeouts and hears a
+            // Pong for each Ping.
+            for n in 0..9u64 {
+                secondary.send(Message::Ping { sent_us: n }).await.unwrap();
+                match secondary.next().await {
+                    Some(Ok(Message::Pong { echo_us })) => assert_eq!(echo_us, n),
+                    other => panic!("expected a Pong for Ping {n}, got {other:?}"),
+                }
+                tokio::time::sleep(timeout / 3).await;
+            }
+            secondary
+        });
+        let planning = tokio::time::sleep(3 * timeout);
+        answering_pings(&mut primary, &mut early, timeout, planning)
+            .await
+            .expect("the plan finishes while the secondary is answered");
+        // What else it sent waits for the reader, in order.
+        assert_eq!(
+            early,
+            vec![Message::DatabaseState {
+                database: "app".into(),
+                suspended: true
+            }]
+        );
+        secondary.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_secondary_gone_while_its_start_is_planned_ends_the_wait() {
+        let timeout = Duration::from_millis(300);
+        // Closed: the wait ends at once, not when the plan does.
+        let (mut primary, secondary) = connection();
+        drop(secondary);
+        let mut early = Vec::new();
+        let planning = tokio::time::sleep(Duration::from_secs(10));
+        let err = answering_pings(&mut primary, &mut early, timeout, planning)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReplicationError::Closed), "{err}");
+        // Silent (stopped, wedged): the wait ends after the session timeout.
+        let (mut primary, _silent) = connection();
+        let started = tokio::time::Instant::now();
+        let planning = tokio::time::sleep(Duration::from_secs(10));
+        let err = answering_pings(&mut primary, &mut early, timeout, planning)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReplicationError::SessionTimeout(_)), "{err}");
+        assert!(started.elapsed() >= timeout);
     }
 }

@@ -13,9 +13,19 @@
 //!    appended and fsynced — *hardened* — and `Progress` reports the new end.
 //!    A record that starts past the log's end is accepted only if it is a
 //!    full image (seeding); the log then restarts at it.
-//! 4. A redo task per database applies hardened records to the file, one
+//! 4. Who hardens: a small batch (≤ [`INLINE_BATCH_BYTES`]) is appended on
+//!    the link's own task, and the link hardens it itself as soon as no
+//!    further message waits to be read — one fsync covers every batch taken
+//!    in meanwhile — and sends `Progress` right after, with no hop to
+//!    another thread between receiving a commit and acknowledging it. A
+//!    larger batch, or small ones piling up past [`INLINE_BATCH_BYTES`]
+//!    while the stream never pauses, or any left when the link ends, go to
+//!    the database's harden thread. A `Progress` that would repeat the
+//!    last one is not sent.
+//! 5. A redo task per database applies hardened records to the file, one
 //!    SQLite transaction per batch of whole records, and reports the redone
-//!    LSN.
+//!    LSN. A small backlog waits until `REDO_PAUSE` (1 ms) after the previous
+//!    redo, so at thousands of commits a second one redo covers several.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -39,6 +49,13 @@ use crate::net::PartnerStream;
 
 /// Redo batches at most this many bytes of records.
 const REDO_BATCH_BYTES: u64 = 8 << 20;
+/// A backlog smaller than this waits for [`REDO_PAUSE`] after the previous
+/// redo, so one redo transaction covers the commits hardened meanwhile.
+const REDO_EAGER_BYTES: u64 = 256 << 10;
+/// How long redo of a small backlog waits after the previous redo: the
+/// redo lag it adds, against one SQLite transaction (and a hop to a
+/// blocking thread) per commit at thousands of commits a second.
+const REDO_PAUSE: Duration = Duration::from_millis(1);
 /// Checkpoint the secondary's file after this many redone bytes.
 const CHECKPOINT_BYTES: u64 = 16 << 20;
 
@@ -190,6 +207,28 @@ pub async fn serve_endpoint(
     }
 }
 
+/// Who makes a received batch durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hardening {
+    /// The database's harden thread (woken at once).
+    ByThread,
+    /// The caller, with [`SecondaryDb::harden_written`], when a batch was
+    /// appended on its worker.
+    ByCaller,
+}
+
+/// A batch taken in by [`SecondaryDb::receive`].
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// The log's new end.
+    pub end: Lsn,
+    /// The batch's size in bytes.
+    pub bytes: usize,
+    /// The caller must harden it ([`SecondaryDb::harden_written`]) or hand
+    /// it to the harden thread ([`SecondaryDb::wake_harden`]).
+    pub caller_hardens: bool,
+}
+
 /// A secondary database: its log, its redo task's progress.
 pub struct SecondaryDb {
     db: Arc<Database>,
@@ -334,12 +373,19 @@ impl SecondaryDb {
     /// the log's new end. A batch of at most [`INLINE_BATCH_BYTES`] is
     /// appended on the calling task's own worker, a larger one on a
     /// blocking thread.
+    ///
+    /// With [`Hardening::ByCaller`] the harden thread is not woken for a
+    /// batch appended on the caller's worker: the caller hardens it with
+    /// [`SecondaryDb::harden_written`] (or hands it to the thread with
+    /// [`SecondaryDb::wake_harden`]). A batch appended on a blocking thread
+    /// always goes to the harden thread.
     pub async fn receive(
         self: &Arc<Self>,
         raw: Vec<Vec<u8>>,
         link_epoch: u64,
         gate: &IntakeGate,
-    ) -> Result<Lsn, ReplicationError> {
+        hardening: Hardening,
+    ) -> Result<Received, ReplicationError> {
         let database = self.db.name().to_string();
         if gate.is_closed() {
             return Err(ReplicationError::IntakeClosed);
@@ -348,6 +394,8 @@ impl SecondaryDb {
         let records = decode_all(&database, &raw)?;
         let sdb = self.clone();
         let gate = gate.clone();
+        let inline = bytes <= INLINE_BATCH_BYTES && crate::runtime::multi_thread();
+        let by_caller = inline && hardening == Hardening::ByCaller;
         let append = move || {
             let _intake = sdb.db.intake();
             if gate.is_closed() {
@@ -362,16 +410,50 @@ impl SecondaryDb {
                     newest,
                 });
             }
-            accept_batch(&sdb, &database, records)
+            accept_batch(&sdb, &database, records, !by_caller)
         };
         // A small batch (a few commits) is appended here: writes into the
         // page cache, shorter than the hop to a blocking thread and back.
-        if bytes <= INLINE_BATCH_BYTES && crate::runtime::multi_thread() {
-            return append();
+        let end = if inline {
+            append()?
+        } else {
+            tokio::task::spawn_blocking(append)
+                .await
+                .map_err(ReplicationError::local)??
+        };
+        Ok(Received {
+            end,
+            bytes,
+            caller_hardens: by_caller,
+        })
+    }
+
+    /// Makes everything written to the local log durable on the calling
+    /// task's worker (one fsync, shared with any other waiter by the log's
+    /// group commit) and publishes the hardened LSN; returns it. The link
+    /// hardens so what it appended when no more records are waiting to be
+    /// read: the acknowledgement then goes out with no hop to the harden
+    /// thread and back.
+    pub async fn harden_written(&self) -> Result<Lsn, ReplicationError> {
+        let target = *self.written.borrow();
+        if target > self.hardened() {
+            self.db
+                .log()
+                .wait_durable_here(target)
+                .await
+                .map_err(ReplicationError::local)?;
+            self.hardened.send_if_modified(|h| {
+                let moved = *h < target;
+                *h = (*h).max(target);
+                moved
+            });
         }
-        tokio::task::spawn_blocking(append)
-            .await
-            .map_err(ReplicationError::local)?
+        Ok(self.hardened())
+    }
+
+    /// Hands whatever is written and not hardened to the harden thread.
+    pub fn wake_harden(&self) {
+        self.written.send_modify(|_| {});
     }
 
     /// Hardens and redoes everything the log holds (the intake must be
@@ -856,13 +938,17 @@ impl SecondaryGroup {
         database: &str,
         raw: Vec<Vec<u8>>,
         link_epoch: u64,
-    ) -> Result<Lsn, ReplicationError> {
-        let sdb = self
-            .databases
-            .get(database)
-            .ok_or_else(|| ReplicationError::UnknownDatabase(database.to_string()))?
-            .clone();
-        sdb.receive(raw, link_epoch, &self.gate()).await
+        hardening: Hardening,
+    ) -> Result<Received, ReplicationError> {
+        self.database(database)?
+            .receive(raw, link_epoch, &self.gate(), hardening)
+            .await
+    }
+
+    fn database(&self, name: &str) -> Result<&Arc<SecondaryDb>, ReplicationError> {
+        self.databases
+            .get(name)
+            .ok_or_else(|| ReplicationError::UnknownDatabase(name.to_string()))
     }
 }
 
@@ -874,6 +960,7 @@ fn accept_batch(
     sdb: &SecondaryDb,
     database: &str,
     records: Vec<Record>,
+    wake_harden: bool,
 ) -> Result<Lsn, ReplicationError> {
     let log = sdb.db.log();
     let intake = sdb.intake();
@@ -915,7 +1002,12 @@ fn accept_batch(
         log.append_at(record).map_err(ReplicationError::local)?;
     }
     *sdb.intake.lock().unwrap_or_else(|e| e.into_inner()) = plan.intake;
-    sdb.written.send_replace(end);
+    // Unannounced, the harden thread sees the new end the next time it
+    // looks; the caller hardens it meanwhile.
+    sdb.written.send_if_modified(|w| {
+        *w = end;
+        wake_harden
+    });
     // Sent by the connected primary, contiguous with a log it checked.
     sdb.confirm(Some(end));
     Ok(end)
@@ -1251,8 +1343,43 @@ async fn stream_from(
     // else: at its first other message, each log it did not rewind is a
     // prefix of its own (its divergence check said so).
     let mut vouched = false;
+    // Small batches this link appended and hardens itself once nothing
+    // more waits to be read; whatever is left goes to the harden threads
+    // when the link ends.
+    let mut unhardened = Unhardened::default();
+    let mut reported = Reported::default();
     loop {
+        // Biased: a stop or a raised floor first; the branches that are
+        // ready only now and then (progress, announcements, the ping)
+        // before the next message, so a busy stream starves none of them;
+        // hardening last, when no message is waiting.
         tokio::select! {
+            biased;
+            _ = stopped.changed() => {
+                if *stopped.borrow() {
+                    return Err(ReplicationError::IntakeClosed);
+                }
+            }
+            _ = floor.changed() => {
+                let newest = *floor.borrow();
+                if newest > epoch {
+                    return Err(ReplicationError::Superseded { epoch, newest });
+                }
+            }
+            Some(database) = progress_rx.recv() => {
+                if let Some(sdb) = group.databases.get(&database) {
+                    reported.send(conn, sdb).await?;
+                }
+            }
+            Some((database, suspended)) = announcements.recv() => {
+                send(conn, Message::DatabaseState { database, suspended }).await?;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > timeout {
+                    return Err(ReplicationError::SessionTimeout(timeout));
+                }
+                send(conn, Message::Ping { sent_us: monotonic_us() }).await?;
+            }
             incoming = conn.next() => {
                 let message = match incoming {
                     None => return Err(ReplicationError::Closed),
@@ -1260,7 +1387,10 @@ async fn stream_from(
                     Some(Ok(m)) => m,
                 };
                 last_heard = Instant::now();
-                if !vouched && !matches!(message, Message::Rewind { .. }) {
+                // A Pong only says the primary is alive: it answers our
+                // Pings while it plans where we start, within the handshake.
+                let in_handshake = matches!(message, Message::Rewind { .. } | Message::Pong { .. });
+                if !vouched && !in_handshake {
                     vouched = true;
                     for sdb in group.databases() {
                         if sdb.intake().rewind_to.is_none() {
@@ -1268,14 +1398,17 @@ async fn stream_from(
                         }
                     }
                 }
-                if !matches!(message, Message::Rewind { .. } | Message::AwaitsRestore { .. }) {
+                if !in_handshake && !matches!(message, Message::AwaitsRestore { .. }) {
                     // The primary sends a Ping after its handshake's
                     // Rewinds and AwaitsRestores: every refusal is known.
                     group.handshaken.send_replace(true);
                 }
                 match message {
                     Message::Records { database, records } => {
-                        group.receive(&database, records, epoch).await?;
+                        let received = group
+                            .receive(&database, records, epoch, Hardening::ByCaller)
+                            .await?;
+                        unhardened.took(group.database(&database)?, received);
                     }
                     Message::Ping { sent_us } => send(conn, Message::Pong { echo_us: sent_us }).await?,
                     Message::Pong { .. } | Message::DatabaseState { .. } => {}
@@ -1367,37 +1500,104 @@ async fn stream_from(
                     }),
                 }
             }
-            Some((database, suspended)) = announcements.recv() => {
-                send(conn, Message::DatabaseState { database, suspended }).await?;
-            }
-            Some(database) = progress_rx.recv() => {
-                if let Some(sdb) = group.databases.get(&database) {
-                    send(conn, Message::Progress {
-                        database,
-                        hardened_lsn: sdb.hardened(),
-                        redone_lsn: sdb.redone(),
-                        first_lsn: sdb.db.log().first_lsn(),
-                    }).await?;
+            // Nothing waits to be read: one fsync per database covers every
+            // batch taken in meanwhile, and the primary hears of it at once.
+            _ = std::future::ready(()), if !unhardened.is_empty() => {
+                while let Some(sdb) = unhardened.first() {
+                    sdb.harden_written().await?;
+                    unhardened.hardened(&sdb);
+                    reported.send(conn, &sdb).await?;
                 }
-            }
-            _ = stopped.changed() => {
-                if *stopped.borrow() {
-                    return Err(ReplicationError::IntakeClosed);
-                }
-            }
-            _ = floor.changed() => {
-                let newest = *floor.borrow();
-                if newest > epoch {
-                    return Err(ReplicationError::Superseded { epoch, newest });
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > timeout {
-                    return Err(ReplicationError::SessionTimeout(timeout));
-                }
-                send(conn, Message::Ping { sent_us: monotonic_us() }).await?;
             }
         }
+    }
+}
+
+/// The databases whose small batches a link appended on its own worker and
+/// has not hardened yet ([`Hardening::ByCaller`]).
+///
+/// Bounded: once [`INLINE_BATCH_BYTES`] arrived since the oldest of them
+/// (a stream that never pauses), or a batch of the same database went to
+/// its harden thread, they are handed to the harden threads; so are those
+/// left when the link ends. A record is never left unhardened.
+#[derive(Default)]
+struct Unhardened {
+    databases: Vec<Arc<SecondaryDb>>,
+    bytes_since: usize,
+}
+
+impl Unhardened {
+    fn took(&mut self, sdb: &Arc<SecondaryDb>, received: Received) {
+        if !received.caller_hardens {
+            // Its harden thread hardens the whole written log.
+            self.databases.retain(|d| !Arc::ptr_eq(d, sdb));
+        } else if !self.databases.iter().any(|d| Arc::ptr_eq(d, sdb)) {
+            self.databases.push(sdb.clone());
+        }
+        if !self.databases.is_empty() {
+            self.bytes_since += received.bytes;
+        }
+        if self.bytes_since > INLINE_BATCH_BYTES {
+            self.hand_over();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.databases.is_empty()
+    }
+
+    fn first(&self) -> Option<Arc<SecondaryDb>> {
+        self.databases.first().cloned()
+    }
+
+    fn hardened(&mut self, sdb: &Arc<SecondaryDb>) {
+        self.databases.retain(|d| !Arc::ptr_eq(d, sdb));
+        if self.databases.is_empty() {
+            self.bytes_since = 0;
+        }
+    }
+
+    fn hand_over(&mut self) {
+        for sdb in self.databases.drain(..) {
+            sdb.wake_harden();
+        }
+        self.bytes_since = 0;
+    }
+}
+
+impl Drop for Unhardened {
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
+/// What the last `Progress` of each database said: a wake-up that changed
+/// nothing sends nothing.
+#[derive(Default)]
+struct Reported(HashMap<String, (Lsn, Lsn, Lsn)>);
+
+impl Reported {
+    async fn send(
+        &mut self,
+        conn: &mut Framed<PartnerStream, WireCodec>,
+        sdb: &SecondaryDb,
+    ) -> Result<(), ReplicationError> {
+        let now = (sdb.hardened(), sdb.redone(), sdb.db.log().first_lsn());
+        let database = sdb.db.name();
+        if self.0.get(database) == Some(&now) {
+            return Ok(());
+        }
+        self.0.insert(database.to_string(), now);
+        send(
+            conn,
+            Message::Progress {
+                database: database.to_string(),
+                hardened_lsn: now.0,
+                redone_lsn: now.1,
+                first_lsn: now.2,
+            },
+        )
+        .await
     }
 }
 
@@ -1415,6 +1615,7 @@ impl Drop for AbortOnDrop {
 async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
     let mut hardened = sdb.hardened.subscribe();
     let mut since_checkpoint = 0u64;
+    let mut last_redo = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -1431,6 +1632,16 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
                 _ = stop.changed() => return,
             }
         }
+        let resume = last_redo + REDO_PAUSE;
+        if sdb.hardened().saturating_sub(applied) < REDO_EAGER_BYTES
+            && tokio::time::Instant::now() < resume
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(resume) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        last_redo = tokio::time::Instant::now();
         let worker = sdb.clone();
         let result = tokio::task::spawn_blocking(move || redo_batch(&worker))
             .await
@@ -1749,7 +1960,10 @@ mod tests {
         let db = Arc::new(Database::open("app", &dir.join("s.db"), &dir.join("slog")).unwrap());
         let group = SecondaryGroup::start(crate::group::fixtures::group(&["r1", "r2"]), vec![db]);
         let epoch = records[0].epoch;
-        group.receive("app", raw(records), epoch).await.unwrap();
+        group
+            .receive("app", raw(records), epoch, Hardening::ByThread)
+            .await
+            .unwrap();
         let sdb = group.databases()[0].clone();
         let end = records.last().unwrap().end_lsn();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1762,6 +1976,49 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         group
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_the_link_hardens_counts_only_once_durable_and_a_dropped_link_hands_it_to_the_harden_thread(
+    ) {
+        // The link appends small batches and hardens them itself once no
+        // message waits: nothing may count as hardened before its fsync,
+        // and a link that ends before hardening leaves nothing unhardened.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 6).await;
+        let group = secondary_with(dir.path(), &records[..2]).await;
+        let sdb = group.databases()[0].clone();
+        let before = sdb.hardened();
+        let epoch = records[0].epoch;
+
+        let received = group
+            .receive("app", raw(&records[2..4]), epoch, Hardening::ByCaller)
+            .await
+            .unwrap();
+        assert!(received.caller_hardens);
+        assert_eq!(sdb.hardened(), before, "appended is not hardened");
+        let mut unhardened = Unhardened::default();
+        unhardened.took(&sdb, received);
+        assert_eq!(sdb.harden_written().await.unwrap(), received.end);
+        assert!(sdb.db.log().durable_lsn() >= received.end);
+        unhardened.hardened(&sdb);
+        assert!(unhardened.is_empty());
+
+        let received = group
+            .receive("app", raw(&records[4..]), epoch, Hardening::ByCaller)
+            .await
+            .unwrap();
+        unhardened.took(&sdb, received);
+        drop(unhardened);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sdb.hardened() < received.end {
+            assert!(
+                Instant::now() < deadline,
+                "the harden thread was not handed the batch"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(sdb.db.log().durable_lsn() >= received.end);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1794,7 +2051,9 @@ mod tests {
             let group = group.clone();
             let rest = raw(&records[3..]);
             let epoch = records[0].epoch;
-            tokio::spawn(async move { group.receive("app", rest, epoch).await })
+            tokio::spawn(
+                async move { group.receive("app", rest, epoch, Hardening::ByThread).await },
+            )
         };
         // Time for the batch to reach the lock.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1831,7 +2090,9 @@ mod tests {
         let db = group.databases()[0].db.clone();
         let before = db.log().end_lsn();
         group.raise_epoch_floor(old_epoch + 1);
-        let received = group.receive("app", raw(&records[2..]), old_epoch).await;
+        let received = group
+            .receive("app", raw(&records[2..]), old_epoch, Hardening::ByThread)
+            .await;
         assert!(
             matches!(
                 received,
@@ -1847,9 +2108,14 @@ mod tests {
         );
         // The new primary's link (the floor's epoch) is served.
         let received = group
-            .receive("app", raw(&records[2..]), old_epoch + 1)
+            .receive(
+                "app",
+                raw(&records[2..]),
+                old_epoch + 1,
+                Hardening::ByThread,
+            )
             .await;
-        assert_eq!(received.unwrap(), records.last().unwrap().end_lsn());
+        assert_eq!(received.unwrap().end, records.last().unwrap().end_lsn());
         group.stop();
     }
 
@@ -1867,7 +2133,10 @@ mod tests {
         let (commits, image) = primary_with_rows_and_image(dir.path(), 60).await;
         let group = secondary_with(dir.path(), &commits).await;
         let epoch = image[0].epoch;
-        group.receive("app", raw(&image[..1]), epoch).await.unwrap();
+        group
+            .receive("app", raw(&image[..1]), epoch, Hardening::ByThread)
+            .await
+            .unwrap();
         let db = group.databases()[0].db.clone();
         group
             .drain_and_stop(Duration::from_secs(20))
@@ -1906,7 +2175,7 @@ mod tests {
         let seeding = SecondaryGroup::start(config.clone(), vec![db.clone()]);
         let epoch = image[0].epoch;
         seeding
-            .receive("app", raw(&image[..2]), epoch)
+            .receive("app", raw(&image[..2]), epoch, Hardening::ByThread)
             .await
             .unwrap();
         assert_eq!(db.log().image_pending(), Some((image[0].lsn, epoch)));
@@ -1968,7 +2237,7 @@ mod tests {
             vec![db.clone()],
         );
         group
-            .receive("app", raw, records[0].epoch)
+            .receive("app", raw, records[0].epoch, Hardening::ByThread)
             .await
             .expect("the records are taken in");
         let end = received.last().unwrap().end_lsn();

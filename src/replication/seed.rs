@@ -340,6 +340,10 @@ async fn take_backup(
         progress: Some(progress),
         upload: None,
         record: false,
+        gentle: false,
+        // The primary streams it to a replica waiting for it.
+        rate: 0,
+        read: None,
     };
     tracing::info!(database = %database, replica = %source.replica, "seeding the replica from a streamed backup (no write lock is held while it is read)");
     let taken = crate::backup::take(db.clone(), &source.data_dir, request)

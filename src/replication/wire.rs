@@ -18,7 +18,7 @@
 //! ```text
 //! offset  size   field
 //!      0     4   length N: bytes after this field, 6 <= N <= 64 MiB
-//!      4     1   protocol version (1)
+//!      4     1   protocol version ([`VERSION`])
 //!      5     1   message kind (table below)
 //!      6   N-6   payload
 //!      N     4   crc32c over bytes 4 .. N (version, kind, payload)
@@ -140,17 +140,20 @@
 //!   does not know gets [`WireError::Kind`] and refuses with that text, so a
 //!   sender uses a new kind only toward peers known to run a release that
 //!   has it.
-//! * Changing the framing or an existing payload means a new version. A
-//!   release that speaks version 2 still decodes version 1's `Refuse`, so it
-//!   can show why an older peer turned it away.
+//! * Changing the framing or an existing payload, or what a message means
+//!   within the conversation, means a new version. Each release still
+//!   decodes every older version's `Refuse`, so it can show why an older
+//!   peer turned it away.
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// The protocol version this node speaks. Version 2 added the last
 /// record's checksum to each position of `Welcome` (so a primary can tell
-/// two logs apart that forked within one epoch).
-pub const VERSION: u8 = 2;
+/// two logs apart that forked within one epoch). Version 3: a primary
+/// answers `Ping`s while it plans a secondary's start, and a `Pong` does
+/// not end its handshake (a version 2 secondary would take it as the end).
+pub const VERSION: u8 = 3;
 
 /// Largest allowed value of a frame's length field (64 MiB).
 pub const MAX_FRAME_LEN: usize = 64 << 20;
@@ -996,9 +999,10 @@ pub fn decode(buf: &[u8]) -> Result<(Message, usize), WireError> {
     // The version is checked before the rest arrives and before the CRC: a
     // peer of another version may frame its checksum differently.
     if let Some(&version) = buf.get(LEN_FIELD) {
-        // Version 1 framed `Refuse` as this version does: an older peer can
-        // still say why it turned this one away.
-        let older_refusal = version == 1 && buf.get(LEN_FIELD + 1) == Some(&(Kind::Refuse as u8));
+        // Every older version framed `Refuse` as this one does: an older
+        // peer can still say why it turned this one away.
+        let older_refusal = (1..VERSION).contains(&version)
+            && buf.get(LEN_FIELD + 1) == Some(&(Kind::Refuse as u8));
         if version != VERSION && !older_refusal {
             return Err(WireError::Version {
                 got: version,
@@ -1624,9 +1628,9 @@ mod tests {
         #[rustfmt::skip]
         let ping_frame = [
             0x0e, 0x00, 0x00, 0x00,                          // length 14
-            0x02, 0x07,                                      // version 2, kind Ping
+            0x03, 0x07,                                      // version 3, kind Ping
             0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,  // sent_us
-            0x5c, 0x0f, 0x2c, 0x1d,                          // crc32c
+            0xf9, 0x74, 0x7a, 0xd6,                          // crc32c
         ];
         let progress = Message::Progress {
             database: "db".into(),
@@ -1637,12 +1641,12 @@ mod tests {
         #[rustfmt::skip]
         let progress_frame = [
             0x22, 0x00, 0x00, 0x00,                          // length 34
-            0x02, 0x05,                                      // version 2, kind Progress
+            0x03, 0x05,                                      // version 3, kind Progress
             0x02, 0x00, b'd', b'b',                          // database
             0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // hardened_lsn
             0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // redone_lsn
             0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // first_lsn
-            0x92, 0x8b, 0x58, 0xd9,                          // crc32c
+            0x9b, 0xca, 0xe3, 0xcc,                          // crc32c
         ];
         assert_eq!(frame_of(&ping), ping_frame);
         assert_eq!(frame_of(&progress), progress_frame);
@@ -1712,34 +1716,39 @@ mod tests {
 
     #[test]
     fn an_unknown_version_is_rejected_naming_the_supported_one() {
-        let frame = raw_frame(3, Kind::Ping as u8, &[0; 8]);
+        let newer = VERSION + 1;
+        let frame = raw_frame(newer, Kind::Ping as u8, &[0; 8]);
         // Refused as soon as the version byte arrives, whatever follows.
         for cut in [LEN_FIELD + 1, frame.len()] {
             let err = decode(&frame[..cut]).unwrap_err();
             assert!(
                 matches!(
                     err,
-                    WireError::Version {
-                        got: 3,
-                        supported: 2
-                    }
+                    WireError::Version { got, supported } if got == newer && supported == VERSION
                 ),
                 "{err:?}"
             );
-            assert!(err.to_string().contains("supports version 2"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("supports version {VERSION}")),
+                "{err}"
+            );
         }
-        // A version 1 peer can still say why it refused this one.
+        // Every older peer can still say why it refused this one; it can
+        // say nothing else.
         let mut payload = Vec::new();
         payload.extend_from_slice(&(4u16).to_le_bytes());
         payload.extend_from_slice(b"nope");
-        let refusal = raw_frame(1, Kind::Refuse as u8, &payload);
-        assert_eq!(
-            decode(&refusal).unwrap().0,
-            Message::Refuse {
-                reason: "nope".into()
-            }
-        );
-        assert!(decode(&raw_frame(1, Kind::Ping as u8, &[0; 8])).is_err());
+        for older in 1..VERSION {
+            let refusal = raw_frame(older, Kind::Refuse as u8, &payload);
+            assert_eq!(
+                decode(&refusal).unwrap().0,
+                Message::Refuse {
+                    reason: "nope".into()
+                }
+            );
+            assert!(decode(&raw_frame(older, Kind::Ping as u8, &[0; 8])).is_err());
+        }
     }
 
     #[test]

@@ -1212,7 +1212,9 @@ async fn seed_stage_dr(plan: &Plan, state: &mut State, options: Options) -> Step
         &dr.probe,
         "V2-DR",
     )
-    .await
+    .await?;
+    crate::crashpoint::hit("upgrade.stage_dr_seeded");
+    Ok(())
 }
 
 async fn production_read_only(plan: &Plan, folder: &Folder, state: &mut State) -> StepResult {
@@ -1302,7 +1304,10 @@ async fn terminate_stage(plan: &Plan, state: &mut State) -> StepResult {
 async fn upgrade_stage(plan: &Plan, state: &mut State) -> StepResult {
     let s = &plan.stage;
     let db = plan.stage_database();
-    let stage = primary_of_database(&s.hosts, db, "stage").await?;
+    // Inside the read-only window: one look for the stage's primary serves
+    // both the statement and the script's connection.
+    let (host, stage) =
+        find_primary(&s.hosts, &primary_sql(db), &format!("stage database {db}")).await?;
     exec(&stage, &format!("ALTER DATABASE {db} SET READ_WRITE")).await?;
     let started = Instant::now();
     match (&plan.upgrade.script, &plan.upgrade.command) {
@@ -1310,7 +1315,6 @@ async fn upgrade_stage(plan: &Plan, state: &mut State) -> StepResult {
             let path = plan.folder.join(file);
             let sql = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read the upgrade script {}: {e}", path.display()))?;
-            let host = primary_host_of_database(&s.hosts, db).await?;
             let client = connect(&host, db).await?;
             client.batch_execute(&sql).await.map_err(|e| {
                 format!(
@@ -1739,33 +1743,25 @@ async fn has_link(source: &Client, db: &str, partner: &str) -> std::result::Resu
     Ok(partners.iter().any(|n| n.eq_ignore_ascii_case(partner)))
 }
 
+/// The query that finds the node whose replica of `db` is primary.
+fn primary_sql(db: &str) -> String {
+    format!(
+        "SELECT 1 FROM sys.dm_hadr_database_replica_states \
+         WHERE database_name = '{db}' AND is_local AND is_primary_replica"
+    )
+}
+
 /// The node (of `hosts`) whose replica of `db` is primary.
 async fn primary_of_database(
     hosts: &[String],
     db: &str,
     slot: &str,
 ) -> std::result::Result<Client, String> {
-    let sql = format!(
-        "SELECT 1 FROM sys.dm_hadr_database_replica_states \
-         WHERE database_name = '{db}' AND is_local AND is_primary_replica"
-    );
-    Ok(find_primary(hosts, &sql, &format!("{slot} database {db}"))
-        .await?
-        .1)
-}
-
-/// The `host:port` of the node whose replica of `db` is primary.
-async fn primary_host_of_database(
-    hosts: &[String],
-    db: &str,
-) -> std::result::Result<String, String> {
-    let sql = format!(
-        "SELECT 1 FROM sys.dm_hadr_database_replica_states \
-         WHERE database_name = '{db}' AND is_local AND is_primary_replica"
-    );
-    Ok(find_primary(hosts, &sql, &format!("stage database {db}"))
-        .await?
-        .0)
+    Ok(
+        find_primary(hosts, &primary_sql(db), &format!("{slot} database {db}"))
+            .await?
+            .1,
+    )
 }
 
 /// The node (of `hosts`) that is primary of an availability group.

@@ -496,9 +496,27 @@ impl TestServer {
         assert!(sent.success(), "kill -s {signal} {pid} failed: {sent}");
     }
 
-    /// Freezes the process (SIGSTOP): its sockets stay open, it answers nothing.
+    /// Freezes the process (SIGSTOP): its sockets stay open, it answers
+    /// nothing. Returns once every thread of it is stopped: `kill` returns
+    /// when the signal is queued, and the group stop reaches the other
+    /// threads only after one of them runs to take it, so on a busy machine
+    /// a worker could still serve a statement sent "after" the pause.
     pub fn pause(&self) {
         self.signal("STOP");
+        let pid = self.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let running = threads_not_stopped(pid)
+                .unwrap_or_else(|e| panic!("read the threads of process {pid}: {e}"));
+            if running.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid}: threads {running:?} still not stopped 10 s after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Lets a paused process run again (SIGCONT).
@@ -839,4 +857,28 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
     }
+}
+
+/// The threads of process `pid` that are not stopped (by their state in
+/// `/proc/PID/task/TID/stat`: `T` stopped, `t` traced); a thread that
+/// exited meanwhile is not listed.
+fn threads_not_stopped(pid: u32) -> std::io::Result<Vec<String>> {
+    let mut running = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "TID (comm) S …": the state follows the last ')' (comm may hold one).
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            running.push(format!(
+                "{} ({state:?})",
+                task.file_name().to_string_lossy()
+            ));
+        }
+    }
+    Ok(running)
 }
