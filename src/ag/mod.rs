@@ -1806,6 +1806,7 @@ impl Admission for Manager {
             replace: true,
             stop: None,
             progress: None,
+            read: None,
         };
         let engine = self.engine.clone();
         let restored = tokio::task::spawn_blocking(move || {

@@ -6,8 +6,11 @@
 //!
 //! # A backup's pace
 //! A BACKUP also counts the bytes of the database it has read and the
-//! read rate in force ([`Operations::reads`], [`Operations::read`]), and
-//! `sys.dm_exec_requests` shows, for a running operation:
+//! read rate in force ([`Operations::reads`], [`Operations::read`]); a
+//! RESTORE counts the bytes of the backup file it has gone through (a
+//! RESTORE LOG goes through its file twice, to check it and then to apply
+//! it, and counts both) and is never paced. `sys.dm_exec_requests` shows,
+//! for a running operation:
 //! * `estimated_completion_time`: the time elapsed so far times the share
 //!   left over the share done, in ms; NULL until some progress is made.
 //! * `bytes_per_second`: the bytes read so far over the time elapsed so
@@ -71,8 +74,9 @@ pub struct Operation {
     pub start_us: i64,
     /// When it last changed (µs since the Unix epoch).
     pub last_modify_us: i64,
-    /// The bytes of the database read so far (a BACKUP); None for an
-    /// operation that does not count them.
+    /// The bytes of the database read so far (a BACKUP), or of the backup
+    /// file gone through (a RESTORE); None for an operation that does not
+    /// count them.
     pub bytes_processed: Option<u64>,
     /// The most bytes a second it reads; None: unlimited.
     pub rate_limit: Option<u64>,

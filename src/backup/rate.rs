@@ -135,7 +135,8 @@ impl Bucket {
     }
 }
 
-/// Told the bytes a backup has read so far, each time it reads more.
+/// Told the bytes a backup (or a restore) has read so far, each time it
+/// reads more.
 #[derive(Clone)]
 pub struct BytesRead(pub Arc<dyn Fn(u64) + Send + Sync>);
 

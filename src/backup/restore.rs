@@ -58,33 +58,53 @@ pub struct RestoreRequest {
     /// Told (blocks done, blocks in all) as the file is checked and then
     /// written (two passes: each block counts twice).
     pub progress: Option<super::Progress>,
+    /// Told the bytes of the backup file gone through so far, each time a
+    /// block is: a RESTORE LOG goes through its file twice (checked, then
+    /// applied) and counts both; a full restore does both in one pass.
+    pub read: Option<super::rate::BytesRead>,
 }
 
-/// Counts the blocks both passes went through, for a [`RestoreRequest`]'s
-/// progress.
+/// Counts the blocks and bytes both passes went through, for a
+/// [`RestoreRequest`]'s progress and bytes read.
 struct Ticks<'a> {
     progress: Option<&'a super::Progress>,
+    read: Option<&'a super::rate::BytesRead>,
     done: std::cell::Cell<u64>,
+    bytes: std::cell::Cell<u64>,
     total: u64,
 }
 
 impl<'a> Ticks<'a> {
-    fn new(progress: Option<&'a super::Progress>, blocks: usize) -> Ticks<'a> {
+    fn new(request: &'a RestoreRequest, blocks: usize) -> Ticks<'a> {
         Ticks {
-            progress,
+            progress: request.progress.as_ref(),
+            read: request.read.as_ref(),
             done: Default::default(),
+            bytes: Default::default(),
             total: 2 * blocks as u64,
         }
     }
 
     fn none() -> Ticks<'static> {
-        Ticks::new(None, 0)
+        Ticks {
+            progress: None,
+            read: None,
+            done: Default::default(),
+            bytes: Default::default(),
+            total: 0,
+        }
     }
 
-    fn block(&self) {
-        self.done.set(self.done.get() + 1);
+    /// A block of `stored` bytes in the file went through `passes` of the
+    /// two passes.
+    fn block(&self, stored: u64, passes: u64) {
+        self.done.set(self.done.get() + passes);
+        self.bytes.set(self.bytes.get() + stored);
         if let Some(p) = self.progress {
             (p.0)(self.done.get().min(self.total), self.total.max(1));
+        }
+        if let Some(read) = self.read {
+            (read.0)(self.bytes.get());
         }
     }
 }
@@ -384,7 +404,7 @@ fn decode_block(
 fn for_each_block<R: std::io::Read + std::io::Seek + Send>(
     path: &Path,
     reader: &mut Reader<R>,
-    mut each: impl FnMut(&Decoded) -> Result<()>,
+    mut each: impl FnMut(&Decoded, u64) -> Result<()>,
 ) -> Result<()> {
     use std::sync::mpsc::sync_channel;
     let header = reader.header.clone();
@@ -395,14 +415,15 @@ fn for_each_block<R: std::io::Read + std::io::Seek + Send>(
     std::thread::scope(|scope| {
         let (raw_tx, raw_rx) = sync_channel::<(usize, Vec<u8>)>(workers);
         let raw_rx = std::sync::Arc::new(std::sync::Mutex::new(raw_rx));
-        let (done_tx, done_rx) = sync_channel::<(usize, Result<Decoded>)>(workers);
+        // (block, its stored bytes, the block checked and decoded)
+        let (done_tx, done_rx) = sync_channel::<(usize, u64, Result<Decoded>)>(workers);
         for _ in 0..workers {
             let (rx, tx, header) = (raw_rx.clone(), done_tx.clone(), &header);
             scope.spawn(move || {
                 let mut decompressor = match zstd::bulk::Decompressor::new() {
                     Ok(d) => d,
                     Err(e) => {
-                        let _ = tx.send((usize::MAX, Err(io(path, "read")(e))));
+                        let _ = tx.send((usize::MAX, 0, Err(io(path, "read")(e))));
                         return;
                     }
                 };
@@ -410,8 +431,9 @@ fn for_each_block<R: std::io::Read + std::io::Seek + Send>(
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((i, bytes)) = next else { break };
                     let decoded = decode(path, header, &bytes, pool, &mut decompressor);
+                    let stored = bytes.len() as u64;
                     pool.give(bytes);
-                    if tx.send((i, decoded)).is_err() {
+                    if tx.send((i, stored, decoded)).is_err() {
                         break;
                     }
                 }
@@ -433,16 +455,16 @@ fn for_each_block<R: std::io::Read + std::io::Seek + Send>(
         let mut waiting = std::collections::BTreeMap::new();
         let mut next = 0usize;
         let mut outcome = Ok(());
-        'blocks: for (i, decoded) in done_rx.iter() {
+        'blocks: for (i, stored, decoded) in done_rx.iter() {
             if i == usize::MAX {
                 outcome = decoded.map(|_| ());
                 break;
             }
-            waiting.insert(i, decoded);
-            while let Some(decoded) = waiting.remove(&next) {
+            waiting.insert(i, (stored, decoded));
+            while let Some((stored, decoded)) = waiting.remove(&next) {
                 next += 1;
                 let done = decoded.and_then(|block| {
-                    let done = each(&block);
+                    let done = each(&block, stored);
                     if let Decoded::Pages { runs, .. } = block {
                         runs.into_iter().for_each(|(_, bytes)| pool.give(bytes));
                     }
@@ -664,8 +686,8 @@ fn scan<R: std::io::Read + std::io::Seek + Send>(
     ticks: &Ticks,
 ) -> Result<Scan> {
     let mut scanning = Scanning::new(path, &reader.header, continues, stop);
-    for_each_block(path, reader, |block| {
-        ticks.block();
+    for_each_block(path, reader, |block, stored| {
+        ticks.block(stored, 1);
         scanning.feed(block)
     })?;
     scanning.finish(&reader.manifest)
@@ -840,8 +862,8 @@ fn apply<R: std::io::Read + std::io::Seek + Send>(
 ) -> Result<(u64, u64)> {
     let (mut pages, mut records) = (0, 0);
     let page_size = reader.header.page_size;
-    for_each_block(path, reader, |block| {
-        ticks.block();
+    for_each_block(path, reader, |block, stored| {
+        ticks.block(stored, 1);
         let (p, r) = out.write_block(block, page_size, from, to)?;
         pages += p;
         records += r;
@@ -865,10 +887,9 @@ fn build_full<R: std::io::Read + std::io::Seek + Send>(
     let (mut pages, mut records) = (0, 0);
     let header = reader.header.clone();
     let mut scanning = Scanning::new(path, &header, None, None);
-    for_each_block(path, reader, |block| {
+    for_each_block(path, reader, |block, stored| {
         // One pass stands for the two of a log restore.
-        ticks.block();
-        ticks.block();
+        ticks.block(stored, 2);
         scanning.feed(block)?;
         let (p, r) = out.write_block(block, header.page_size, header.first_lsn, header.end_lsn)?;
         pages += p;
@@ -997,7 +1018,7 @@ fn restore_full(
             });
         }
     }
-    let ticks = Ticks::new(request.progress.as_ref(), reader.blocks());
+    let ticks = Ticks::new(request, reader.blocks());
     let tmp = restoring_root(data_dir).join(format!(".{database}.tmp"));
     let _ = fs::remove_dir_all(&tmp);
     let built = (|| -> Result<(u64, u64)> {
@@ -1196,7 +1217,7 @@ fn restore_log(
             });
         }
     }
-    let ticks = Ticks::new(request.progress.as_ref(), reader.blocks());
+    let ticks = Ticks::new(request, reader.blocks());
     let scanned = scan(
         path,
         &mut reader,
@@ -1502,6 +1523,54 @@ mod tests {
             check_pages(&file_path, "app", 512, &scanned.hashes).unwrap();
             assert_eq!(fs::read(&file_path).unwrap(), images.concat());
         }
+    }
+
+    #[test]
+    fn a_restore_counts_every_byte_of_the_file_it_goes_through_once_per_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = backup(12, true);
+        let path = dir.path().join("full.bak");
+        fs::write(&path, &bytes).unwrap();
+        let mut reader = open(&path).unwrap();
+        let mut stored = 0u64;
+        let mut raw = Vec::new();
+        for i in 0..reader.blocks() {
+            reader.raw_block_into(i, &mut raw).unwrap();
+            stored += raw.len() as u64;
+        }
+        assert!(stored > 0);
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let request = RestoreRequest {
+            database: "app".into(),
+            path: Some(path.clone()),
+            kind: Kind::Full,
+            recovery: false,
+            replace: false,
+            stop: None,
+            progress: None,
+            read: Some(crate::backup::rate::BytesRead(std::sync::Arc::new({
+                let told = told.clone();
+                move |b| told.lock().unwrap().push(b)
+            }))),
+        };
+        let out = PageFile {
+            file: fs::File::create(dir.path().join("copy.db")).unwrap(),
+            path: dir.path().join("copy.db"),
+            pacer: Default::default(),
+        };
+        // A full restore: one pass, each block once, told after each.
+        let ticks = Ticks::new(&request, reader.blocks());
+        build_full(&path, &mut reader, &out, &ticks).unwrap();
+        let seen = told.lock().unwrap().clone();
+        assert_eq!(seen.len(), reader.blocks());
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&stored));
+        // A log restore's two passes (check, then apply) count the file twice.
+        told.lock().unwrap().clear();
+        let ticks = Ticks::new(&request, reader.blocks());
+        scan(&path, &mut reader, None, None, &ticks).unwrap();
+        apply(&path, &mut reader, &out, 0, 0, &ticks).unwrap();
+        assert_eq!(told.lock().unwrap().last(), Some(&(2 * stored)));
     }
 
     #[test]

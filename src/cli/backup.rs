@@ -397,6 +397,7 @@ mod offline {
             replace: args.replace,
             stop,
             progress: Some(progress(&bar)),
+            read: None,
         };
         let dir = dir.to_path_buf();
         let restored =

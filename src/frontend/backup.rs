@@ -201,6 +201,14 @@ fn tracked(
     (id, stats, progress)
 }
 
+/// Tells operation `id` (a BACKUP or RESTORE) the bytes it has read so far.
+fn bytes_read(ag: &Arc<crate::ag::Manager>, id: u64) -> backup::rate::BytesRead {
+    let ag = ag.clone();
+    backup::rate::BytesRead(Arc::new(move |bytes| {
+        ag.operations().read(id, bytes, crate::ag::views::wall_us())
+    }))
+}
+
 /// The local file a RESTORE reads `path` from: the path itself, or for a
 /// URL a staging copy downloaded first (removed when the guard drops).
 async fn fetched(
@@ -262,12 +270,7 @@ pub(super) async fn execute(
             }
             let (id, stats, progress) = tracked(ag, what, &database, stats, live);
             operations.reads(id, rate);
-            let read = {
-                let ag = ag.clone();
-                backup::rate::BytesRead(Arc::new(move |bytes| {
-                    ag.operations().read(id, bytes, crate::ag::views::wall_us())
-                }))
-            };
+            let read = bytes_read(ag, id);
             let request = BackupRequest {
                 record: true,
                 upload,
@@ -361,6 +364,9 @@ pub(super) async fn execute(
             };
             let operations = ag.operations();
             let (id, stats, progress) = tracked(ag, what, &database, stats, live);
+            // A restore is not paced: it counts the backup file's bytes.
+            operations.reads(id, 0);
+            let read = bytes_read(ag, id);
             // The download is part of the operation: whichever fails, the
             // download or the restore, ends it FAILED.
             let restored = async {
@@ -379,6 +385,7 @@ pub(super) async fn execute(
                     replace,
                     stop,
                     progress: Some(progress),
+                    read: Some(read),
                 };
                 let engine = engine.clone();
                 let started = std::time::Instant::now();
