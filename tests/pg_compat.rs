@@ -194,7 +194,38 @@ async fn psql_describe_commands_list_tables_columns_indexes_databases_schemas_an
         &["availdb | availdb | UTF8 | C.UTF-8 | C.UTF-8 | | libc |"],
     );
     let out = psql(&server, &["-c", "\\dn"]).await;
-    expect("\\dn", &out, &["public | availdb"]);
+    expect("\\dn", &out, &["public | availdb", "sys | availdb"]);
+    // The sys views are described like any view, and kept out of the
+    // user's tables (`sys` is not on the search path).
+    let out = psql(&server, &["-c", "\\d sys.dm_exec_requests"]).await;
+    expect(
+        "\\d sys.dm_exec_requests",
+        &out,
+        &[
+            "View \"sys.dm_exec_requests\"",
+            "request_id | bigint | | |",
+            "command | text | | |",
+            "rate_limit_bytes_per_second | bigint | | |",
+        ],
+    );
+    let out = psql(&server, &["-c", "\\dv sys.*"]).await;
+    expect(
+        "\\dv sys.*",
+        &out,
+        &["sys | dm_exec_requests | view | availdb"],
+    );
+    let out = psql(&server, &["-c", "\\dt sys.dm_hadr_*"]).await;
+    expect(
+        "\\dt sys.dm_hadr_*",
+        &out,
+        &["sys | dm_hadr_database_replica_states | table | availdb"],
+    );
+    let out = psql(&server, &["-c", "\\dt"]).await;
+    assert!(
+        !text(&out.stdout).contains("sys |"),
+        "\\dt lists sys relations: {}",
+        describe(&out)
+    );
     let out = psql(&server, &["-c", "\\du"]).await;
     assert!(out.status.success(), "\\du: {}", describe(&out));
     assert!(

@@ -174,6 +174,7 @@ impl Manager {
         });
         manager.settle_local_roles();
         manager.publish_roles();
+        views::publish_catalog();
         for membership in manager.store.load_all()? {
             let inbox = manager.slot(membership.name());
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -16,7 +16,9 @@
 //! database holding a snapshot of the node's state as tables, so any SELECT
 //! (filters, joins between views, aggregates) works; a view cannot be joined
 //! with a user table. Columns follow SQL Server's names; LSNs are byte
-//! positions in the database's log.
+//! positions in the database's log. The catalog (`pg_class`,
+//! `pg_attribute`) lists the views and tables with their columns
+//! ([`publish_catalog`]), so tools can describe them.
 
 use rusqlite::types::Value;
 use rusqlite::Connection;
@@ -976,6 +978,44 @@ impl Snapshot {
     }
 }
 
+/// Tells the catalog (`pg_class`, `pg_attribute`, `pg_namespace`) what the
+/// `sys` views and tables are, once, so that psql's `\d sys.…` and other
+/// tools describe them ([`crate::engine::catalog::publish_sys_relations`]).
+pub fn publish_catalog() {
+    match sys_relations() {
+        Ok(relations) => crate::engine::catalog::publish_sys_relations(&relations),
+        Err(e) => tracing::warn!(error = %e, "the sys views are not listed in pg_class"),
+    }
+}
+
+/// The `sys` views and tables with their columns, read from [`SCHEMA`].
+fn sys_relations() -> rusqlite::Result<Vec<crate::engine::catalog::SysRelation>> {
+    let conn = Connection::open_in_memory()?;
+    conn.execute_batch("ATTACH ':memory:' AS sys;")?;
+    conn.execute_batch(SCHEMA)?;
+    let mut names = conn.prepare(
+        "SELECT name, type = 'view' FROM sys.sqlite_schema WHERE type IN ('table', 'view') ORDER BY name",
+    )?;
+    let mut columns =
+        conn.prepare("SELECT name, type FROM pragma_table_info(?1, 'sys') ORDER BY cid")?;
+    let relations = names
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    relations
+        .into_iter()
+        .map(|(name, view)| {
+            let columns = columns
+                .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(crate::engine::catalog::SysRelation {
+                name,
+                view,
+                columns,
+            })
+        })
+        .collect()
+}
+
 /// True when `sql` reads the `sys` views.
 pub fn mentions_sys(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
@@ -1107,5 +1147,44 @@ mod tests {
             text("2000-02-29 00:00:00.000001")
         );
         assert_eq!(time(None), Value::Null);
+    }
+    #[test]
+    fn the_sys_views_are_listed_in_pg_class_with_their_columns_but_not_visible() {
+        publish_catalog();
+        let c = Connection::open_in_memory().unwrap();
+        c.create_scalar_function(
+            "current_database",
+            0,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+            |_| Ok("t".to_string()),
+        )
+        .unwrap();
+        crate::engine::catalog::install(&c, std::path::Path::new("/nonexistent"), 7).unwrap();
+        crate::engine::sequence::install(&c, &Default::default()).unwrap();
+        let one = |sql: &str| -> String { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            one("SELECT c.relkind || ' ' || n.nspname || ' ' || CAST(pg_table_is_visible(c.oid) AS TEXT) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = 'dm_exec_requests'"),
+            "v sys 0"
+        );
+        assert_eq!(
+            one(
+                "SELECT group_concat(attname, ',') FROM (SELECT a.attname FROM pg_attribute a \
+                 JOIN pg_class c ON c.oid = a.attrelid WHERE c.relname = 'dm_operation_status' \
+                 AND a.attnum BETWEEN 1 AND 3 ORDER BY a.attnum)"
+            ),
+            "operation_id,resource_type_desc,major_resource_id"
+        );
+        // Every view and table of the schema is there, with all its columns.
+        let listed: i64 = c
+            .query_row(
+                "SELECT count(*) FROM pg_class WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'sys')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(listed as usize, sys_relations().unwrap().len());
+        assert!(listed >= 20, "{listed}");
     }
 }

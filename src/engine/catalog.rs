@@ -31,6 +31,11 @@
 //! it has some, and so are their indexes (pg_class, pg_index, pg_indexes),
 //! keys and foreign keys (pg_constraint) and defaults (pg_attrdef), with
 //! OIDs of their own (`pg_oid` of `pg_temp.<name>`). CHECK constraints
+//! The node's `sys` views and tables ([`publish_sys_relations`]) are
+//! relations of the namespace `sys` in pg_namespace, pg_class and
+//! pg_attribute, not visible (`pg_table_is_visible`), so psql's
+//! `\d sys.dm_exec_requests` describes them and nothing that lists the
+//! user's tables shows them. CHECK constraints
 //! are read from each table's `CREATE TABLE` text
 //! (`availdb_check_constraints`), a TEMP table's too. Limits: expression
 //! indexes are not listed;
@@ -73,6 +78,54 @@ pub fn publish_roles<'a>(roles: impl IntoIterator<Item = &'a crate::auth::RoleRe
     if *published != text {
         *published = text;
     }
+}
+
+/// The node's `sys` views and tables as pg_namespace, pg_class and
+/// pg_attribute list them (namespace `sys`, [`SYS_NAMESPACE_OID`]): a JSON
+/// array of `{name, kind: "r" | "v", columns: [[name, declared type], …]}`,
+/// set once by [`publish_sys_relations`] (the replication layer owns the
+/// views). Their rows are never in the database: a statement naming
+/// `sys.` runs elsewhere (`ag::views`); these rows only let tools such as
+/// psql's `\d sys.*` describe them.
+static SYS_RELATIONS: std::sync::OnceLock<(String, std::collections::HashSet<i64>)> =
+    std::sync::OnceLock::new();
+
+/// The OID of the namespace `sys`.
+pub const SYS_NAMESPACE_OID: i64 = 12_100;
+
+/// A relation of the `sys` namespace, for [`publish_sys_relations`].
+#[derive(Debug, Clone)]
+pub struct SysRelation {
+    /// Its name, without `sys.`.
+    pub name: String,
+    /// A view (else a table).
+    pub view: bool,
+    /// Its columns: (name, declared type).
+    pub columns: Vec<(String, String)>,
+}
+
+/// Publishes the `sys` relations the catalog lists (the first call wins:
+/// they are fixed for the life of the process). They are not visible
+/// (`pg_table_is_visible` is false for them: `sys` is not on the search
+/// path), so tools listing the user's tables do not see them.
+pub fn publish_sys_relations(relations: &[SysRelation]) {
+    SYS_RELATIONS.get_or_init(|| {
+        let rows: Vec<serde_json::Value> = relations
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "kind": if r.view { "v" } else { "r" },
+                    "columns": r.columns.iter().map(|(n, t)| serde_json::json!([n, t])).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let oids = relations
+            .iter()
+            .map(|r| object_oid("r", &format!("sys.{}", r.name)))
+            .collect();
+        (serde_json::Value::from(rows).to_string(), oids)
+    });
 }
 
 /// The PostgreSQL types the catalog lists: (oid, name, length, category,
@@ -595,7 +648,13 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
     };
     constant("pg_get_userbyid", 1, Value::Text("availdb".into()))?;
     constant("pg_encoding_to_char", 1, Value::Text("UTF8".into()))?;
-    constant("pg_table_is_visible", 1, Value::Integer(1))?;
+    conn.create_scalar_function("pg_table_is_visible", 1, det, |ctx| {
+        let oid = ctx.get::<Option<i64>>(0).ok().flatten();
+        let sys = SYS_RELATIONS
+            .get()
+            .is_some_and(|(_, oids)| oid.is_some_and(|o| oids.contains(&o)));
+        Ok(!sys)
+    })?;
     constant("pg_type_is_visible", 1, Value::Integer(1))?;
     constant("pg_function_is_visible", 1, Value::Integer(1))?;
     constant("pg_collation_is_visible", 1, Value::Integer(1))?;
@@ -662,6 +721,11 @@ pub fn install(conn: &Connection, dir: &Path, pid: i64) -> rusqlite::Result<()> 
         } else {
             format!("{} GB", n / (1024 * 1024 * 1024))
         })
+    })?;
+    conn.create_scalar_function("pg_availdb_sys", 0, det, |_| {
+        Ok(SYS_RELATIONS
+            .get()
+            .map_or_else(|| "[]".to_string(), |(json, _)| json.clone()))
     })?;
     conn.create_scalar_function("pg_availdb_roles", 0, volatile, |_| {
         let roles = ROLES.read().unwrap_or_else(|e| e.into_inner());
@@ -805,10 +869,15 @@ CREATE TEMP VIEW IF NOT EXISTS availdb_fks AS
   FROM availdb_temp_tables t, pragma_foreign_key_list(t.name, 'pg_temp') f
   WHERE t.type = 'table'
   GROUP BY t.name, f.id;
+CREATE TEMP VIEW IF NOT EXISTS availdb_sys_relations(oid, name, kind, columns) AS
+  SELECT CAST(pg_oid('r', 'sys.' || json_extract(j.value, '$.name')) AS INTEGER),
+    json_extract(j.value, '$.name'), json_extract(j.value, '$.kind'), json_extract(j.value, '$.columns')
+  FROM json_each(pg_availdb_sys()) j;
 CREATE TEMP VIEW IF NOT EXISTS pg_namespace AS
   SELECT 11 AS oid, 'pg_catalog' AS nspname, 10 AS nspowner, NULL AS nspacl
   UNION ALL SELECT 2200, 'public', 10, NULL
   UNION ALL SELECT 13000, 'information_schema', 10, NULL
+  UNION ALL SELECT {sys_oid}, 'sys', 10, NULL WHERE EXISTS (SELECT 1 FROM availdb_sys_relations)
   UNION ALL SELECT {temp_oid}, 'pg_temp', 10, NULL WHERE EXISTS (SELECT 1 FROM availdb_temp_tables);
 CREATE TEMP VIEW IF NOT EXISTS pg_class AS
   SELECT CAST(pg_oid('r', name) AS INTEGER) AS oid, name AS relname, 2200 AS relnamespace,
@@ -841,7 +910,11 @@ CREATE TEMP VIEW IF NOT EXISTS pg_class AS
     CASE type WHEN 'table' THEN json_array_length(availdb_check_constraints(t.name, t.sql)) ELSE 0 END, 0,
     EXISTS (SELECT 1 FROM availdb_fks f WHERE f.nsp <> 2200 AND (f.reloid = t.oid OR f.refoid = t.oid)),
     0, 0, 0, 1, 'd', 0, 0, 0, 0, NULL, NULL, NULL
-  FROM availdb_temp_tables t;
+  FROM availdb_temp_tables t
+  UNION ALL
+  SELECT oid, name, {sys_oid}, 0, 0, 10, CASE kind WHEN 'r' THEN 2 ELSE 0 END, oid, 0, 0, -1, 0, 0,
+    0, 0, 'p', kind, json_array_length(columns), 0, 0, 0, 0, 0, 0, 1, 'n', 0, 0, 0, 0, NULL, NULL, NULL
+  FROM availdb_sys_relations;
 CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   SELECT CAST(pg_oid('r', t.name) AS INTEGER) AS attrelid, p.name AS attname, pg_decltype_oid(p.type) AS atttypid,
     -1 AS attstattarget, pg_type_len(pg_decltype_oid(p.type)) AS attlen, p.cid + 1 AS attnum,
@@ -865,7 +938,14 @@ CREATE TEMP VIEW IF NOT EXISTS pg_attribute AS
   UNION ALL
   SELECT i.oid, j.value, 0, -1, -1, j.key + 1, 0, -1, -1, 0, 'p', 'i', 0, 0, 0, '', '',
     0, 1, 0, 0, NULL, NULL, NULL, NULL, ''
-  FROM availdb_indexes i, json_each(i.colnames) j;
+  FROM availdb_indexes i, json_each(i.colnames) j
+  UNION ALL
+  SELECT s.oid, json_extract(c.value, '$[0]'), pg_decltype_oid(json_extract(c.value, '$[1]')), -1,
+    pg_type_len(pg_decltype_oid(json_extract(c.value, '$[1]'))), c.key + 1, 0, -1,
+    pg_decltype_typmod(json_extract(c.value, '$[1]')), 0,
+    CASE WHEN pg_type_len(pg_decltype_oid(json_extract(c.value, '$[1]'))) < 0 THEN 'x' ELSE 'p' END, 'i',
+    0, 0, 0, '', '', 0, 1, 0, 0, NULL, NULL, NULL, NULL, ''
+  FROM availdb_sys_relations s, json_each(s.columns) c;
 CREATE TEMP VIEW IF NOT EXISTS pg_attrdef AS
   SELECT CAST(pg_oid('d', t.name || '.' || p.name) AS INTEGER) AS oid, CAST(pg_oid('r', t.name) AS INTEGER) AS adrelid, p.cid + 1 AS adnum,
     CASE WHEN r.col IS NOT NULL THEN 'nextval(''' || t.name || '_' || p.name || '_seq''::regclass)'
@@ -1128,6 +1208,7 @@ CREATE TEMP VIEW IF NOT EXISTS "information_schema.sequences" AS
 "#,
         types = types_values(),
         temp_oid = TEMP_NAMESPACE_OID,
+        sys_oid = SYS_NAMESPACE_OID,
         pg_version = super::PG_VERSION,
     )
 }
@@ -1413,7 +1494,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            rows("SELECT relname || ':' || relkind FROM pg_class ORDER BY relname"),
+            rows(&format!("SELECT relname || ':' || relkind FROM pg_class WHERE relnamespace <> {SYS_NAMESPACE_OID} ORDER BY relname")),
             [
                 "k:r",
                 "k_at:i",
