@@ -33,8 +33,12 @@
 //!    leader syncs on its own worker (`Log::wait_durable_here`; one
 //!    leader at a time, so one worker at most), every other committer
 //!    awaits the durable LSN with its worker free, and so joins the next
-//!    fsync. (Off the worker, a commit's blocking thread waits for its
-//!    fsync itself, as before.)
+//!    fsync. Before it waits, a committer yields once when the next writer
+//!    already holds the write lock (`Database::commit_durable`): that
+//!    writer was woken on this worker, in the slot no other worker steals
+//!    from, and would otherwise wait out this worker's fsync lock in hand.
+//!    (Off the worker, a commit's blocking thread waits for its fsync
+//!    itself, as before.)
 //! 5. **Cancels and timeouts reach an inline statement.** A cancel request
 //!    interrupts it from the task that reads the request, on another
 //!    worker. `statement_timeout` is watched by the statement itself
