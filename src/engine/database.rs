@@ -993,8 +993,8 @@ impl Database {
             //   lock, which it now holds): it commits meanwhile, and the
             //   fsync covers its commit too. Without this yield it waited
             //   out the fsync, lock in hand, and commits reached the log
-            //   one fsync at a time (standalone `-c 16`: 12.5k commits/s
-            //   with it waiting, 16.6k with the yield; BENCHMARKS.md).
+            //   one fsync at a time (standalone `-c 16`: 11.6k commits/s
+            //   with it waiting, 15.5k with the yield; BENCHMARKS.md).
             // With no other writer (one client) nothing is yielded to, and
             // the yield would only add a trip through the scheduler.
             if shipping || self.writer.try_lock().is_err() {
