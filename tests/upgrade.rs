@@ -438,6 +438,17 @@ async fn stage_dr_ids(rig: &Rig) -> Vec<i64> {
 }
 
 /// Each endpoint's status in the profile, by name.
+/// Option 2's profile after the switch, as [`statuses`] sorted shows it:
+/// V2 and V2-DR online, V1 and V1-DR offline.
+fn switched_to_v2() -> [(String, String); 4] {
+    [
+        ("v1".to_string(), "offline".to_string()),
+        ("v1-dr".into(), "offline".into()),
+        ("v2".into(), "online".into()),
+        ("v2-dr".into(), "online".into()),
+    ]
+}
+
 async fn statuses(rig: &Rig) -> Vec<(String, String)> {
     rig.tm
         .show()
@@ -519,16 +530,7 @@ async fn option_2_upgrades_both_regions_and_ends_with_stage_active_and_stage_dr_
     assert_eq!(view.active.as_deref(), Some("v2"), "{view:?}");
     let mut status = statuses(&rig).await;
     status.sort();
-    assert_eq!(
-        status,
-        [
-            ("v1".to_string(), "offline".to_string()),
-            ("v1-dr".into(), "offline".into()),
-            ("v2".into(), "online".into()),
-            ("v2-dr".into(), "online".into()),
-        ],
-        "{view:?}"
-    );
+    assert_eq!(status, switched_to_v2(), "{view:?}");
     // Every V1 row (and every V2 write) is in V2…
     let (ids, items) = item_ids(&rig).await;
     assert!(items.iter().all(|i| i["category"] == "general"));
@@ -793,15 +795,7 @@ async fn an_option_2_orchestrator_killed_in_step_11_resumes_and_upgrades_both_re
     assert!(String::from_utf8_lossy(&out.stdout).contains("UPGRADED"));
     let mut status = statuses(&rig).await;
     status.sort();
-    assert_eq!(
-        status,
-        [
-            ("v1".to_string(), "offline".to_string()),
-            ("v1-dr".into(), "offline".into()),
-            ("v2".into(), "online".into()),
-            ("v2-dr".into(), "online".into()),
-        ]
-    );
+    assert_eq!(status, switched_to_v2());
     assert_eq!(rig.tm.show().await.active.as_deref(), Some("v2"));
     let (ids, items) = item_ids(&rig).await;
     assert_eq!(ids.len(), 15, "every V1 row is in V2");

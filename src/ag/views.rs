@@ -982,10 +982,12 @@ impl Snapshot {
 /// `sys` views and tables are, once, so that psql's `\d sys.…` and other
 /// tools describe them ([`crate::engine::catalog::publish_sys_relations`]).
 pub fn publish_catalog() {
-    match sys_relations() {
-        Ok(relations) => crate::engine::catalog::publish_sys_relations(&relations),
-        Err(e) => tracing::warn!(error = %e, "the sys views are not listed in pg_class"),
-    }
+    crate::engine::catalog::publish_sys_relations(|| {
+        sys_relations().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the sys views are not listed in pg_class");
+            Vec::new()
+        })
+    });
 }
 
 /// The `sys` views and tables with their columns, read from [`SCHEMA`].

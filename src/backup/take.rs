@@ -478,19 +478,7 @@ async fn full(
             )?;
             manifest.db_size = hashes.len() as u32;
             manifest.page_hashes = hashes;
-            manifest.finished_us = now_us();
-            let (_, size) = out
-                .finish(manifest.clone())
-                .map_err(io(&partial, "write the backup to"))?;
-            Ok(Taken {
-                header,
-                manifest,
-                size,
-                duration: Duration::ZERO,
-                pages,
-                records,
-                next_from: end,
-            })
+            finish_backup_file(out, &partial, header, manifest, pages, records)
         })
     })
     .await
@@ -790,19 +778,7 @@ async fn log_backup(
             &mut limit,
             request.progress.as_ref(),
         )?;
-        manifest.finished_us = now_us();
-        let (_, size) = out
-            .finish(manifest.clone())
-            .map_err(io(&partial, "write the backup to"))?;
-        Ok(Taken {
-            header,
-            manifest,
-            size,
-            duration: Duration::ZERO,
-            pages: 0,
-            records,
-            next_from: end,
-        })
+        finish_backup_file(out, &partial, header, manifest, 0, records)
     })
     .await
 }
@@ -819,6 +795,33 @@ fn create_backup_file(
         header,
     )
     .map_err(io(partial, "write the backup to"))
+}
+
+/// Ends a backup file written through [`create_backup_file`] with its
+/// manifest (stamped now) and describes it; the caller times it and may
+/// move on where the next log backup starts.
+fn finish_backup_file(
+    out: format::Writer<BufWriter<crate::durable::FlushBehind>>,
+    partial: &Path,
+    header: Header,
+    mut manifest: Manifest,
+    pages: u64,
+    records: u64,
+) -> Result<Taken> {
+    manifest.finished_us = now_us();
+    let (_, size) = out
+        .finish(manifest.clone())
+        .map_err(io(partial, "write the backup to"))?;
+    let next_from = header.end_lsn;
+    Ok(Taken {
+        header,
+        manifest,
+        size,
+        duration: Duration::ZERO,
+        pages,
+        records,
+        next_from,
+    })
 }
 
 #[cfg(test)]

@@ -104,12 +104,14 @@ pub struct SysRelation {
     pub columns: Vec<(String, String)>,
 }
 
-/// Publishes the `sys` relations the catalog lists (the first call wins:
-/// they are fixed for the life of the process). They are not visible
-/// (`pg_table_is_visible` is false for them: `sys` is not on the search
-/// path), so tools listing the user's tables do not see them.
-pub fn publish_sys_relations(relations: &[SysRelation]) {
+/// Publishes the `sys` relations the catalog lists, which `relations`
+/// reads; only the first call reads them (they are fixed for the life of
+/// the process). They are not visible (`pg_table_is_visible` is false for
+/// them: `sys` is not on the search path), so tools listing the user's
+/// tables do not see them.
+pub fn publish_sys_relations(relations: impl FnOnce() -> Vec<SysRelation>) {
     SYS_RELATIONS.get_or_init(|| {
+        let relations = relations();
         let rows: Vec<serde_json::Value> = relations
             .iter()
             .map(|r| {
