@@ -233,8 +233,9 @@ pub struct Log {
     syncing: AtomicBool,
     /// Where waiters on a blocking thread sleep until the durable LSN
     /// moves or the group-commit turn is free
-    /// ([`Log::wait_durable_blocking`]); the async ones watch `durable`.
-    blocked: (Mutex<()>, std::sync::Condvar),
+    /// ([`Log::wait_durable_blocking`]), and how many sleep there; the
+    /// async ones watch `durable`.
+    blocked: (Mutex<usize>, std::sync::Condvar),
     /// Commit time of the last record appended (µs since the Unix epoch).
     last_commit_us: std::sync::atomic::AtomicI64,
     /// Set at the first failed fsync or unrepairable write: the log takes
@@ -297,7 +298,7 @@ impl Log {
             durable: watch::channel(end).0,
             written: watch::channel(end).0,
             syncing: AtomicBool::new(false),
-            blocked: (Mutex::new(()), std::sync::Condvar::new()),
+            blocked: (Mutex::new(0), std::sync::Condvar::new()),
             last_commit_us: std::sync::atomic::AtomicI64::new(0),
             failed: Mutex::new(None),
             image_pending: Mutex::new(image_pending),
@@ -616,15 +617,17 @@ impl Log {
             self.check_failed()?;
             if self.syncing.swap(true, Ordering::AcqRel) {
                 let (lock, cv) = &self.blocked;
-                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut asleep = lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Checked again under the lock the publisher takes before
                 // it wakes us: no wake-up is lost between check and sleep.
                 if *self.durable.borrow() >= lsn || !self.syncing.load(Ordering::Acquire) {
                     continue;
                 }
-                let _ = cv
-                    .wait_timeout(guard, std::time::Duration::from_millis(50))
+                *asleep += 1;
+                let (mut asleep, _) = cv
+                    .wait_timeout(asleep, std::time::Duration::from_millis(50))
                     .unwrap_or_else(|e| e.into_inner());
+                *asleep -= 1;
                 continue;
             }
             let _turn = SyncTurn(self);
@@ -647,11 +650,17 @@ impl Log {
         Ok(Some(self.sync_target()))
     }
 
-    /// Wakes the waiters sleeping in [`Log::wait_durable_blocking`].
+    /// Wakes the waiters sleeping in [`Log::wait_durable_blocking`], if
+    /// any: the count is read under the lock a waiter holds from its last
+    /// check until it sleeps, so none is missed, and a commit with nobody
+    /// asleep (the usual case: commits wait on async tasks) makes no
+    /// `futex` call.
     fn wake_blocked(&self) {
         let (lock, cv) = &self.blocked;
-        drop(lock.lock().unwrap_or_else(|e| e.into_inner()));
-        cv.notify_all();
+        let asleep = *lock.lock().unwrap_or_else(|e| e.into_inner());
+        if asleep > 0 {
+            cv.notify_all();
+        }
     }
 
     /// Syncs now, from a blocking context (e.g. before a checkpoint).
