@@ -23,6 +23,8 @@ const CHECKPOINT_FRAMES: u32 = 4000;
 /// The capture state of one database's writer.
 pub struct Capture {
     wal: WalReader,
+    /// The database file, synced by [`Capture::checkpoint`] itself.
+    db_path: PathBuf,
     log: Arc<Log>,
     log_dir: PathBuf,
     epoch: Arc<AtomicU64>,
@@ -47,6 +49,7 @@ impl Capture {
     ) -> Capture {
         Capture {
             wal: WalReader::new(wal_path(db_path)),
+            db_path: db_path.to_path_buf(),
             log,
             log_dir,
             epoch,
@@ -144,13 +147,28 @@ impl Capture {
 
     /// Copies the WAL into the database file once the log holds (durably)
     /// every frame in it; records the checkpoint LSN only if the copy was
-    /// complete, then drops log segments nobody needs.
+    /// complete and the file synced, then drops log segments nobody needs.
+    ///
+    /// The writer runs with `synchronous = OFF`, so SQLite syncs neither
+    /// the WAL before the copy nor the file after it. The WAL needs no
+    /// sync: recovery discards it and redoes the log from the checkpoint
+    /// LSN (`recover`). Syncing it cost a write of every frame since the
+    /// last checkpoint (about 16 MB) with the write lock held, every 4,000
+    /// frames: a stall of every writer (BENCHMARKS.md, "the sixth step").
+    /// The file is synced here, before the checkpoint LSN lets the log
+    /// before it go.
     fn checkpoint(&mut self, conn: &Connection) -> Result<()> {
         let durable = self.log.sync_blocking().map_err(log_error)?;
         if !checkpoint_passive(conn)? {
             // A reader still uses older frames; try again after later commits.
             return Ok(());
         }
+        std::fs::File::open(&self.db_path)
+            .and_then(|file| file.sync_data())
+            .map_err(|source| Error::Io {
+                context: format!("cannot sync {} after a checkpoint", self.db_path.display()),
+                source,
+            })?;
         log::write_checkpoint(&self.log_dir, durable).map_err(log_error)?;
         let keep = durable.min(self.retain_from.load(Ordering::SeqCst));
         self.log.truncate_before(keep).map_err(log_error)?;

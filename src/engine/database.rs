@@ -1604,12 +1604,13 @@ fn open_writer(
         )?;
     }
     // The log, not SQLite's WAL, makes commits durable (it is fsynced before
-    // a commit is acknowledged), so SQLite need not sync at commit. NORMAL
-    // still syncs the WAL before, and the file after, each checkpoint.
-    // availdb checkpoints itself, only as far as the log is durable.
+    // a commit is acknowledged), and recovery discards the WAL, so SQLite
+    // need not sync it, at commit or at a checkpoint. availdb checkpoints
+    // itself, only as far as the log is durable, and syncs the file after
+    // each checkpoint (`Capture::checkpoint`).
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
+         PRAGMA synchronous = OFF;
          PRAGMA wal_autocheckpoint = 0;
          PRAGMA foreign_keys = ON;",
     )?;
