@@ -733,7 +733,8 @@ impl Database {
     }
 
     /// Copies redo's WAL into the file (PASSIVE: never waits for readers)
-    /// and, when the copy was complete, records the checkpoint LSN and drops
+    /// and, when the copy was complete, syncs the file, records the
+    /// checkpoint LSN and drops
     /// log segments before it that no replica needs. Returns whether it
     /// checkpointed.
     pub fn checkpoint_redone(&self) -> Result<bool> {
@@ -745,6 +746,7 @@ impl Database {
         if !super::capture::checkpoint_passive(a.connection())? {
             return Ok(false);
         }
+        super::capture::sync_checkpointed_file(&self.path)?;
         crate::log::write_checkpoint(&self.log_dir, end)
             .map_err(|e| Error::sql("58030", e.to_string()))?;
         // Never past the start of an image redo is inside (see `image_from`).

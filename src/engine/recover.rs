@@ -150,14 +150,15 @@ pub fn whole_transactions(records: &[Record]) -> usize {
         .map_or(0, |i| i + 1)
 }
 
-/// Redoes `records` into the file at `db_path` and checkpoints it fully.
+/// Redoes `records` into the file at `db_path`, checkpoints it fully and
+/// syncs it.
 pub fn redo(db_path: &Path, records: &[Record]) -> Result<()> {
     let mut applier = Applier::open(db_path).map_err(redo_error)?;
     apply_all(&mut applier, records)?;
     applier
         .connection()
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-    Ok(())
+    super::capture::sync_checkpointed_file(db_path)
 }
 
 /// Recovery's redo: the log's page images written straight into the file.

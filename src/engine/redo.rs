@@ -85,10 +85,11 @@
 //! cannot pick a wrong one.
 //!
 //! # Connection settings
-//! WAL mode, `synchronous = NORMAL` (the availdb log, not the SQLite file, is
+//! WAL mode, `synchronous = OFF` (the availdb log, not the SQLite file, is
 //! the source of truth: a power loss that drops the last redone transactions
-//! is repaired by redoing them from the log, and checkpoints still fsync the
-//! file), `wal_autocheckpoint = 0` (the owner checkpoints, through
+//! is repaired by redoing them from the log, and recovery discards the WAL,
+//! so nothing syncs it; `Database::checkpoint_redone` syncs the file after a
+//! checkpoint, before it records the checkpoint LSN), `wal_autocheckpoint = 0` (the owner checkpoints, through
 //! [`Applier::connection`], when its bookkeeping allows), and a 5 s busy
 //! timeout for the moments a checkpoint or a reader's recovery holds a lock.
 //!
@@ -240,7 +241,7 @@ impl Applier {
         // Redo overwrites pages whole and never serves a reader: a page
         // that fails its checksum here is replaced, not refused (`vfs`).
         super::vfs::set_verification(&conn, false);
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let pages: u32 = conn.pragma_query_value(None, "page_count", |row| row.get(0))?;
         let mut applier = Applier {
