@@ -1201,7 +1201,14 @@ fn scan_segment(seg: &Segment, repair: bool, ends_at: Option<Lsn>) -> Result<Sca
 /// writes its data only, not the file's size and block map as well
 /// (PostgreSQL zero-fills its WAL segments for the same reason). A scan
 /// takes the zeros after the last record for the end of the log.
-pub const PREALLOCATE_BYTES: u64 = 4 << 20;
+///
+/// The zeros are not synced when written: the next commit's `fdatasync`
+/// writes them (a file's sync covers all of its dirty pages). So the chunk
+/// is small: 4 MiB made that sync take 2.5–3 ms once in about 1,000
+/// commits, a stall of every commit waiting on it (BENCHMARKS.md, "the
+/// sixth step"); 256 KiB spreads the same bytes over 16 times as many
+/// syncs, a fraction of a millisecond each.
+pub const PREALLOCATE_BYTES: u64 = 256 << 10;
 
 /// Writes zeros after the current segment's records, [`PREALLOCATE_BYTES`]
 /// at a time, so that the next `len` bytes of records land on zeros
