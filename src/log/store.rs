@@ -1204,7 +1204,7 @@ fn scan_segment(seg: &Segment, repair: bool, ends_at: Option<Lsn>) -> Result<Sca
 ///
 /// The zeros are not synced when written: the next commit's `fdatasync`
 /// writes them (a file's sync covers all of its dirty pages). So the chunk
-/// is small: 4 MiB made that sync take 2.5–3 ms once in about 1,000
+/// is small: 4 MiB made that sync take 2.3–3.1 ms once in about 1,000
 /// commits, a stall of every commit waiting on it (BENCHMARKS.md, "the
 /// sixth step"); 256 KiB spreads the same bytes over 16 times as many
 /// syncs, a fraction of a millisecond each.
