@@ -734,9 +734,8 @@ impl Database {
 
     /// Copies redo's WAL into the file (PASSIVE: never waits for readers)
     /// and, when the copy was complete, syncs the file, records the
-    /// checkpoint LSN and drops
-    /// log segments before it that no replica needs. Returns whether it
-    /// checkpointed.
+    /// checkpoint LSN and drops log segments before it that no replica
+    /// needs. Returns whether it checkpointed.
     pub fn checkpoint_redone(&self) -> Result<bool> {
         let applier = self.redo.lock().unwrap_or_else(|e| e.into_inner());
         let Some(a) = applier.as_ref() else {

@@ -89,9 +89,10 @@
 //! the source of truth: a power loss that drops the last redone transactions
 //! is repaired by redoing them from the log, and recovery discards the WAL,
 //! so nothing syncs it; `Database::checkpoint_redone` syncs the file after a
-//! checkpoint, before it records the checkpoint LSN), `wal_autocheckpoint = 0` (the owner checkpoints, through
-//! [`Applier::connection`], when its bookkeeping allows), and a 5 s busy
-//! timeout for the moments a checkpoint or a reader's recovery holds a lock.
+//! checkpoint, before it records the checkpoint LSN), `wal_autocheckpoint =
+//! 0` (the owner checkpoints, through [`Applier::connection`], when its
+//! bookkeeping allows), and a 5 s busy timeout for the moments a checkpoint
+//! or a reader's recovery holds a lock.
 //!
 //! # Limits
 //! * A transaction that grows the file must carry every page it adds (SQLite's

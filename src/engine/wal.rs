@@ -396,14 +396,15 @@ impl WalReader {
 /// file's times.
 ///
 /// Recent Linux kernels (6.18 where this was measured) give ext4, XFS and
-/// btrfs *multigrain* timestamps: a file whose change time was read (`stat`, or `std::fs::metadata`, which
-/// asks for every field) gets a fine-grained timestamp at its next write,
-/// so its inode is dirtied by every write, not once per clock tick. The
-/// WAL is written by every commit and its inode may lie in the same inode
-/// table block as the log segment's, which the log's `fdatasync` then
-/// writes and waits for: measured, 40–55 µs more per sync, a quarter of a
-/// standalone node's commits at `-c 1` (BENCHMARKS.md, "the sixth step"). Where `statx` is missing, falls back
-/// to `std::fs::metadata`.
+/// btrfs *multigrain* timestamps: a file whose change time was read
+/// (`stat`, or `std::fs::metadata`, which asks for every field) gets a
+/// fine-grained timestamp at its next write, so its inode is dirtied by
+/// every write, not once per clock tick. The WAL is written by every
+/// commit and its inode may lie in the same inode table block as the log
+/// segment's, which the log's `fdatasync` then writes and waits for:
+/// measured, 40–55 µs more per sync, about a quarter of a standalone
+/// commit at `-c 1` (BENCHMARKS.md, "the sixth step"). Where `statx` is
+/// missing, falls back to `std::fs::metadata`.
 fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
