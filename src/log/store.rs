@@ -1350,6 +1350,33 @@ mod tests {
         }
     }
 
+    /// A publisher wakes blocking waiters only when the count says some
+    /// sleep (`wake_blocked`): a waiter must be counted for as long as it
+    /// sleeps, or its wake-up is skipped, and uncounted once it is awake.
+    #[test]
+    fn a_blocking_waiter_is_counted_while_it_sleeps_and_not_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        log.syncing.store(true, Ordering::SeqCst);
+        let end = log.append(record(1)).unwrap();
+        let asleep = || *log.blocked.0.lock().unwrap();
+        let waiter = std::thread::spawn({
+            let log = log.clone();
+            move || log.wait_durable_blocking(end)
+        });
+        let mut polls = 0;
+        while asleep() == 0 {
+            polls += 1;
+            assert!(polls < 2_000, "the waiter was never counted as asleep");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(asleep(), 1);
+        drop(SyncTurn(&log));
+        waiter.join().unwrap().unwrap();
+        assert_eq!(log.durable_lsn(), end);
+        assert_eq!(asleep(), 0, "an awake waiter is not counted");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commits_waiting_on_blocking_threads_while_a_sync_runs_share_the_next_one() {
         // Group commit on the commit path's blocking threads: records
