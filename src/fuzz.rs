@@ -174,7 +174,7 @@ mod targets {
             },
             Message::Records {
                 database: "app".into(),
-                records: vec![vec![1, 2, 3], vec![4; 40]],
+                records: vec![vec![1, 2, 3].into(), vec![4; 40].into()],
             },
             Message::Progress {
                 database: "app".into(),

@@ -1040,7 +1040,7 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         &mut conn,
         Message::Records {
             database: "fake".into(),
-            records: vec![full_bytes.clone(), corrupt],
+            records: vec![full_bytes.clone().into(), corrupt.into()],
         },
     )
     .await;
@@ -1085,7 +1085,7 @@ async fn safety_rule_6_a_corrupt_record_is_refused_and_nothing_applied() {
         &mut conn,
         Message::Records {
             database: "fake".into(),
-            records: vec![full_bytes],
+            records: vec![full_bytes.into()],
         },
     )
     .await;

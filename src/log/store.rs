@@ -56,6 +56,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::record::{DecodeError, Lsn, Record};
@@ -155,8 +156,9 @@ pub struct RawRecord {
     pub lsn: Lsn,
     /// Its commit time (µs since the Unix epoch).
     pub commit_time_us: i64,
-    /// The encoded record, checksum included.
-    pub bytes: Arc<[u8]>,
+    /// The encoded record, checksum included (shared, never copied: the
+    /// bytes written are the bytes kept and the bytes shipped).
+    pub bytes: Bytes,
 }
 
 impl RawRecord {
@@ -184,8 +186,6 @@ struct Tail {
     zeroed: u64,
     /// LSN the next record gets.
     end: Lsn,
-    /// Encoding buffer, reused.
-    buf: Vec<u8>,
     /// Bumped by [`Log::restart_at`]: a sync of the file that was current
     /// before a reset says nothing about the log after it.
     generation: u64,
@@ -290,7 +290,6 @@ impl Log {
                 len,
                 zeroed,
                 end,
-                buf: Vec::new(),
                 generation: 0,
                 last: last_record,
                 boundaries: std::collections::VecDeque::new(),
@@ -463,32 +462,64 @@ impl Log {
         let mut tail = self.lock();
         self.check_failed()?;
         record.lsn = tail.end;
+        let mut encoded = Vec::with_capacity(record.encoded_len());
+        record.encode_into(&mut encoded);
+        self.write_record(&mut tail, &record, encoded.into())
+    }
+
+    /// Appends a record received from the primary, as the primary encoded
+    /// it, at its own LSN, which must be this log's end (the logs of all
+    /// replicas share LSNs). `encoded` must be the bytes `record` was
+    /// decoded from, whole ([`Record::decode`] checked their checksum and
+    /// used every byte): they are written as they are, so every replica's
+    /// log holds the primary's bytes and nothing is encoded or copied again.
+    pub fn append_encoded(&self, record: &Record, encoded: Bytes) -> Result<Lsn, LogError> {
+        let mut tail = self.lock();
+        self.check_failed()?;
+        if record.lsn != tail.end {
+            return Err(LogError::OutOfRange {
+                wanted: record.lsn,
+                first: tail.segments[0].first_lsn,
+                end: tail.end,
+            });
+        }
+        debug_assert_eq!(
+            encoded.len(),
+            record.encoded_len(),
+            "not the record's encoding"
+        );
+        self.write_record(&mut tail, record, encoded)
+    }
+
+    /// Writes `encoded` (the encoding of `record`, whose LSN is the end)
+    /// at the end of the log and keeps it among the recent records.
+    fn write_record(
+        &self,
+        tail: &mut Tail,
+        record: &Record,
+        encoded: Bytes,
+    ) -> Result<Lsn, LogError> {
         self.last_commit_us
             .store(record.commit_time_us, Ordering::Relaxed);
-        let len = record.encoded_len() as u64;
+        let len = encoded.len() as u64;
         if tail.len > 0 && tail.len + len > segment_bytes() {
-            self.roll(&mut tail)?;
+            self.roll(tail)?;
         }
-        let mut buf = std::mem::take(&mut tail.buf);
-        buf.clear();
-        record.encode_into(&mut buf);
         let path = tail.segments.last().expect("a segment").path.clone();
-        let written = zero_ahead(&mut tail, len)
-            .and_then(|()| std::os::unix::fs::FileExt::write_all_at(&*tail.file, &buf, tail.len));
+        let written = zero_ahead(tail, len).and_then(|()| {
+            std::os::unix::fs::FileExt::write_all_at(&*tail.file, &encoded, tail.len)
+        });
         if let Err(e) = written {
-            tail.buf = buf;
-            return Err(self.undo_write(&mut tail, &path, e));
+            return Err(self.undo_write(tail, &path, e));
         }
-        let crc = u32::from_le_bytes(buf[buf.len() - 4..].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(encoded[encoded.len() - 4..].try_into().expect("4 bytes"));
         tail.last = Some((record.lsn, crc));
-        let raw = RawRecord {
+        tail.recent_bytes += len;
+        tail.recent.push_back(RawRecord {
             lsn: record.lsn,
             commit_time_us: record.commit_time_us,
-            bytes: Arc::from(buf.as_slice()),
-        };
-        tail.buf = buf;
-        tail.recent_bytes += len;
-        tail.recent.push_back(raw);
+            bytes: encoded,
+        });
         while tail.recent_bytes > RECENT_BYTES && tail.recent.len() > 1 {
             let old = tail.recent.pop_front().expect("not empty");
             tail.recent_bytes -= old.bytes.len() as u64;
@@ -843,17 +874,12 @@ impl Log {
     }
 
     /// Appends a record received from the primary at its own LSN, which
-    /// must be this log's end (the logs of all replicas share LSNs).
+    /// must be this log's end (the logs of all replicas share LSNs),
+    /// encoding it here; [`Log::append_encoded`] when its bytes are at hand.
     pub fn append_at(&self, record: &Record) -> Result<Lsn, LogError> {
-        let end = self.end_lsn();
-        if record.lsn != end {
-            return Err(LogError::OutOfRange {
-                wanted: record.lsn,
-                first: self.first_lsn(),
-                end,
-            });
-        }
-        self.append(record.clone())
+        let mut encoded = Vec::with_capacity(record.encoded_len());
+        record.encode_into(&mut encoded);
+        self.append_encoded(record, encoded.into())
     }
 
     /// Empties the log and starts it again at a full image that starts at
@@ -1951,6 +1977,51 @@ mod tests {
         assert_eq!(replica.first_lsn(), records[2].lsn);
         assert_eq!(replica.end_lsn(), primary.end_lsn());
         assert_eq!(replica.read_from(records[2].lsn).unwrap(), records[2..]);
+    }
+
+    #[test]
+    fn a_replica_log_holds_the_primary_bytes_as_they_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Log::open(&dir.path().join("p")).unwrap();
+        let replica = Log::open(&dir.path().join("r")).unwrap();
+        for n in 1..=3 {
+            primary.append(record(n)).unwrap();
+        }
+        let shipped = primary.read_raw(0, u64::MAX).unwrap();
+        let records = primary.read_from(0).unwrap();
+        assert!(
+            replica
+                .append_encoded(&records[1], shipped[1].bytes.clone())
+                .is_err(),
+            "a record past the end is refused"
+        );
+        for (r, raw) in records.iter().zip(&shipped) {
+            replica.append_encoded(r, raw.bytes.clone()).unwrap();
+        }
+        assert!(
+            replica
+                .append_encoded(&records[2], shipped[2].bytes.clone())
+                .is_err(),
+            "a duplicate is refused"
+        );
+        assert_eq!(replica.last_record(), primary.last_record());
+        // The recent records are the shipped bytes themselves, not copies.
+        let kept = replica.read_recent(0, u64::MAX).unwrap();
+        assert!(kept
+            .iter()
+            .zip(&shipped)
+            .all(|(k, s)| k.bytes.as_ptr() == s.bytes.as_ptr()));
+        drop(replica);
+        let on_disk = Log::open(&dir.path().join("r")).unwrap();
+        assert_eq!(on_disk.read_from(0).unwrap(), records);
+        let disk_bytes: Vec<u8> = on_disk
+            .read_raw(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.bytes.to_vec())
+            .collect();
+        let sent_bytes: Vec<u8> = shipped.iter().flat_map(|r| r.bytes.to_vec()).collect();
+        assert_eq!(disk_bytes, sent_bytes);
     }
 
     #[tokio::test]

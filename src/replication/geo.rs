@@ -664,7 +664,7 @@ async fn stream_geo(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .sent(&records, next - from);
-            let encoded = records.iter().map(|r| r.bytes.to_vec()).collect();
+            let encoded = records.iter().map(|r| r.bytes.clone()).collect();
             send(
                 &mut sink,
                 Message::Records {

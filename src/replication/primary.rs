@@ -1449,7 +1449,7 @@ async fn stream_to(
                     .or_default()
                     .sent(&records, bytes);
             }
-            let encoded = records.iter().map(|r| r.bytes.to_vec()).collect();
+            let encoded = records.iter().map(|r| r.bytes.clone()).collect();
             send(
                 &mut sink,
                 Message::Records {

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -381,7 +382,7 @@ impl SecondaryDb {
     /// always goes to the harden thread.
     pub async fn receive(
         self: &Arc<Self>,
-        raw: Vec<Vec<u8>>,
+        raw: Vec<Bytes>,
         link_epoch: u64,
         gate: &IntakeGate,
         hardening: Hardening,
@@ -390,8 +391,8 @@ impl SecondaryDb {
         if gate.is_closed() {
             return Err(ReplicationError::IntakeClosed);
         }
-        let bytes: usize = raw.iter().map(Vec::len).sum();
-        let records = decode_all(&database, &raw)?;
+        let bytes: usize = raw.iter().map(Bytes::len).sum();
+        let records = decode_all(&database, raw)?;
         let sdb = self.clone();
         let gate = gate.clone();
         let inline = bytes <= INLINE_BATCH_BYTES && crate::runtime::multi_thread();
@@ -936,7 +937,7 @@ impl SecondaryGroup {
     async fn receive(
         &self,
         database: &str,
-        raw: Vec<Vec<u8>>,
+        raw: Vec<Bytes>,
         link_epoch: u64,
         hardening: Hardening,
     ) -> Result<Received, ReplicationError> {
@@ -959,11 +960,18 @@ impl SecondaryGroup {
 fn accept_batch(
     sdb: &SecondaryDb,
     database: &str,
-    records: Vec<Record>,
+    arrived: Vec<Arrived>,
     wake_harden: bool,
 ) -> Result<Lsn, ReplicationError> {
     let log = sdb.db.log();
     let intake = sdb.intake();
+    let (records, mut encodings): (Vec<Record>, Vec<(Lsn, Bytes)>) = arrived
+        .into_iter()
+        .map(|a| {
+            let lsn = a.record.lsn;
+            (a.record, (lsn, a.encoded))
+        })
+        .unzip();
     let plan = check_batch(intake, &LogView(log), database, records)?;
     let Some(last) = plan.append.last() else {
         return Ok(log.end_lsn());
@@ -999,7 +1007,14 @@ fn accept_batch(
             }
             history_epoch = Some(newest.max(record.epoch));
         }
-        log.append_at(record).map_err(ReplicationError::local)?;
+        // The plan keeps the batch's order and skips only records the log
+        // holds already: each record's bytes are found past the last ones.
+        let at = encodings.partition_point(|(lsn, _)| *lsn < record.lsn);
+        match encodings.get_mut(at).filter(|(lsn, _)| *lsn == record.lsn) {
+            Some((_, encoded)) => log.append_encoded(record, std::mem::take(encoded)),
+            None => log.append_at(record),
+        }
+        .map_err(ReplicationError::local)?;
     }
     *sdb.intake.lock().unwrap_or_else(|e| e.into_inner()) = plan.intake;
     // Unannounced, the harden thread sees the new end the next time it
@@ -1072,14 +1087,25 @@ fn report_image_progress(sdb: &SecondaryDb, database: &str, accepted: &[Record])
     }
 }
 
-fn decode_all(database: &str, raw: &[Vec<u8>]) -> Result<Vec<Record>, ReplicationError> {
+/// A record as it arrived: decoded, and the bytes it was decoded from
+/// (what the log appends: [`crate::log::Log::append_encoded`]).
+struct Arrived {
+    record: Record,
+    encoded: Bytes,
+}
+
+/// Decodes received records, each kept with the bytes it came in.
+fn decode_all(database: &str, raw: Vec<Bytes>) -> Result<Vec<Arrived>, ReplicationError> {
     let corrupt = |cause: String| ReplicationError::Corrupt {
         database: database.to_string(),
         cause,
     };
-    raw.iter()
-        .map(|bytes| match Record::decode(bytes) {
-            Ok((record, len)) if len == bytes.len() => Ok(record),
+    raw.into_iter()
+        .map(|bytes| match Record::decode(&bytes) {
+            Ok((record, len)) if len == bytes.len() => Ok(Arrived {
+                record,
+                encoded: bytes,
+            }),
             Ok((record, _)) => Err(corrupt(format!(
                 "the record at LSN {} has trailing bytes",
                 record.lsn
@@ -1943,13 +1969,13 @@ mod tests {
         assert_eq!(count_rows(&db), 20);
     }
 
-    fn raw(records: &[Record]) -> Vec<Vec<u8>> {
+    fn raw(records: &[Record]) -> Vec<Bytes> {
         records
             .iter()
             .map(|r| {
                 let mut bytes = Vec::new();
                 r.encode_into(&mut bytes);
-                bytes
+                bytes.into()
             })
             .collect()
     }
@@ -2221,12 +2247,12 @@ mod tests {
             .take_while(|r| r.lsn <= image_start)
             .collect();
         assert!(received.last().unwrap().starts_image());
-        let raw: Vec<Vec<u8>> = received
+        let raw = received
             .iter()
             .map(|r| {
                 let mut bytes = Vec::new();
                 r.encode_into(&mut bytes);
-                bytes
+                Bytes::from(bytes)
             })
             .collect();
         let db = Arc::new(

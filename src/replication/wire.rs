@@ -145,7 +145,7 @@
 //!   decodes every older version's `Refuse`, so it can show why an older
 //!   peer turned it away.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// The protocol version this node speaks. Version 2 added the last
@@ -317,8 +317,9 @@ pub enum Message {
     Records {
         /// Database the records belong to.
         database: String,
-        /// Each the exact bytes of one log record (opaque here).
-        records: Vec<Vec<u8>>,
+        /// Each the exact bytes of one log record (opaque here; shared with
+        /// the log that keeps them, not copied).
+        records: Vec<Bytes>,
     },
     /// Secondary → primary: progress of one database.
     Progress {
@@ -1080,7 +1081,7 @@ impl<'a> Reader<'a> {
                 let count = self.count("records", 4)?;
                 let mut records = Vec::with_capacity(count);
                 for _ in 0..count {
-                    records.push(self.blob("records[]")?);
+                    records.push(Bytes::from(self.blob("records[]")?));
                 }
                 Message::Records { database, records }
             }
@@ -1439,7 +1440,11 @@ mod tests {
             },
             Message::Records {
                 database: "shop".into(),
-                records: vec![b"AVLR one".to_vec(), vec![], vec![0xff; 300]],
+                records: vec![
+                    b"AVLR one".to_vec().into(),
+                    Bytes::new(),
+                    vec![0xff; 300].into(),
+                ],
             },
             Message::Records {
                 database: "shop".into(),
@@ -1599,7 +1604,7 @@ mod tests {
     fn every_message_round_trips() {
         let big = Message::Records {
             database: "big".into(),
-            records: vec![vec![0x5a; 4 << 20], vec![1, 2, 3]],
+            records: vec![vec![0x5a; 4 << 20].into(), vec![1, 2, 3].into()],
         };
         for msg in samples().into_iter().chain([big]) {
             let frame = frame_of(&msg);
@@ -1862,19 +1867,19 @@ mod tests {
     fn a_message_too_large_to_send_is_refused_and_writes_nothing() {
         let overhead = Message::Records {
             database: "db".into(),
-            records: vec![vec![]],
+            records: vec![Bytes::new()],
         }
         .encoded_len()
         .unwrap()
             - LEN_FIELD;
         let fits = Message::Records {
             database: "db".into(),
-            records: vec![vec![0; MAX_FRAME_LEN - overhead]],
+            records: vec![vec![0; MAX_FRAME_LEN - overhead].into()],
         };
         assert_eq!(fits.encoded_len().unwrap(), LEN_FIELD + MAX_FRAME_LEN);
         let too_big = Message::Records {
             database: "db".into(),
-            records: vec![vec![0; MAX_FRAME_LEN - overhead + 1]],
+            records: vec![vec![0; MAX_FRAME_LEN - overhead + 1].into()],
         };
         let long_name = Message::Rewind {
             database: "x".repeat(65_536),
