@@ -276,8 +276,10 @@ mod targets {
             .collect()
     }
 
-    /// The log record decoder: never panics, and what it accepts passes
-    /// through encode and decode unchanged.
+    /// The log record decoder: never panics, what it accepts passes
+    /// through encode and decode unchanged (so a replica that appends the
+    /// bytes it received holds what re-encoding would write), and
+    /// `Record::check` takes and refuses exactly what it does.
     #[test]
     fn fuzz_log_record_decoder() {
         use crate::log::Record;
@@ -291,11 +293,22 @@ mod targets {
                 let crc = crc32c::crc32c(&input[..n]);
                 input[n..].copy_from_slice(&crc.to_le_bytes());
             }
-            if let Ok((record, used)) = Record::decode(&input) {
-                let _ = record.check_contents();
-                let mut again = Vec::new();
-                record.encode_into(&mut again);
-                assert_eq!(again.len(), used, "a decoded record's length");
+            let checked = Record::check(&input);
+            match Record::decode(&input) {
+                Ok((record, used)) => {
+                    let _ = record.check_contents();
+                    let mut again = Vec::new();
+                    record.encode_into(&mut again);
+                    assert_eq!(again.len(), used, "a decoded record's length");
+                    // Records passed on unread are the records decode takes.
+                    assert_eq!(again, input[..used], "a decoded record's bytes");
+                    let header = checked.expect("check takes what decode takes");
+                    assert_eq!(
+                        (header.lsn, header.commit_time_us, header.len),
+                        (record.lsn, record.commit_time_us, used)
+                    );
+                }
+                Err(e) => assert_eq!(checked, Err(e), "check refuses what decode refuses"),
             }
         });
     }

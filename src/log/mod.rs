@@ -58,7 +58,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-pub use record::{DecodeError, Lsn, Record};
+pub use record::{DecodeError, Header, Lsn, Record};
 pub use store::{Log, LogError, RawRecord, SEGMENT_BYTES};
 
 /// The epoch history of the log in `dir`: `(epoch, first LSN written in

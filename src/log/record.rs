@@ -63,6 +63,17 @@ pub struct Record {
     pub flags: u32,
 }
 
+/// What [`Record::check`] reads of a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Position of the record in the log.
+    pub lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// The record's length in bytes, checksum included.
+    pub len: usize,
+}
+
 /// Why bytes are not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -184,8 +195,10 @@ impl Record {
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decodes the record at the start of `bytes`; returns it and its length.
-    pub fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
+    /// Checks the record at the start of `bytes` as [`Record::decode`] does
+    /// (length, checksum, layout, flags) without taking its pages out;
+    /// returns its header. For passing records on as they are stored.
+    pub fn check(bytes: &[u8]) -> Result<Header, DecodeError> {
         let torn = |needed: usize| DecodeError::Torn {
             needed,
             available: bytes.len(),
@@ -226,6 +239,19 @@ impl Record {
                 "unknown flags {flags:#x} (a newer availdb wrote this log?)"
             )));
         }
+        Ok(Header {
+            lsn: u64_at(bytes, 8),
+            commit_time_us: u64_at(bytes, 24) as i64,
+            len: total,
+        })
+    }
+
+    /// Decodes the record at the start of `bytes`; returns it and its length.
+    pub fn decode(bytes: &[u8]) -> Result<(Record, usize), DecodeError> {
+        let total = Self::check(bytes)?.len;
+        let page_size = u32_at(bytes, 36);
+        let count = u32_at(bytes, 40) as usize;
+        let flags = u32_at(bytes, 44);
         let mut pages = Vec::with_capacity(count);
         let mut at = 48;
         for _ in 0..count {

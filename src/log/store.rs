@@ -59,7 +59,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::record::{DecodeError, Lsn, Record};
+use super::record::{DecodeError, Header, Lsn, Record};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -738,22 +738,36 @@ impl Log {
     /// Records from `from` (a record boundary) in order, stopping after
     /// about `max_bytes` (at least one record when there is one).
     pub fn read_some(&self, from: Lsn, max_bytes: u64) -> Result<Vec<Record>, LogError> {
-        if let Some(recent) = self.read_recent(from, max_bytes) {
-            return recent
-                .iter()
-                .map(|raw| {
-                    let (record, _) = Record::decode(&raw.bytes).map_err(|cause| {
-                        let path = self.lock().segments.last().expect("a segment").path.clone();
-                        LogError::Corrupt {
-                            path,
-                            lsn: raw.lsn,
-                            cause,
-                        }
-                    })?;
-                    Ok(record)
-                })
-                .collect();
-        }
+        let (raw, path) = match self.read_recent(from, max_bytes) {
+            Some(recent) => (
+                recent,
+                self.lock().segments.last().expect("a segment").path.clone(),
+            ),
+            None => self.read_stored(from, max_bytes)?,
+        };
+        raw.iter()
+            .map(|r| {
+                Record::decode(&r.bytes)
+                    .map(|(record, _)| record)
+                    .map_err(|cause| LogError::Corrupt {
+                        path: path.clone(),
+                        lsn: r.lsn,
+                        cause,
+                    })
+            })
+            .collect()
+    }
+
+    /// Records from `from` (a record boundary) as stored, read from the
+    /// segment files and checked ([`Record::check`]) but not decoded: each
+    /// is a slice of one buffer per segment read. Stops after about
+    /// `max_bytes` (at least one record when there is one). Also returns
+    /// the path of the last segment read, for the caller's errors.
+    fn read_stored(
+        &self,
+        from: Lsn,
+        max_bytes: u64,
+    ) -> Result<(Vec<RawRecord>, PathBuf), LogError> {
         let (segments, end) = {
             let tail = self.lock();
             (tail.segments.clone(), tail.end)
@@ -771,21 +785,23 @@ impl Log {
             move |cause| LogError::Corrupt { path, lsn, cause }
         };
         let mut out = Vec::new();
+        let mut last_path = segments.last().expect("a segment").path.clone();
         let mut budget = max_bytes;
         for (i, seg) in segments.iter().enumerate() {
             let seg_end = segments.get(i + 1).map_or(end, |next| next.first_lsn);
             if seg_end <= from {
                 continue;
             }
+            last_path = seg.path.clone();
             // `from` is a record boundary, so reading can start right there.
             let start = from.max(seg.first_lsn);
             let len = (seg_end - start).min(budget);
             let cut = start + len < seg_end;
-            let bytes = read_range(&seg.path, start - seg.first_lsn, len)?;
+            let bytes = Bytes::from(read_range(&seg.path, start - seg.first_lsn, len)?);
             let mut at = 0usize;
             while at < bytes.len() {
                 let lsn = start + at as u64;
-                let (record, n) = match Record::decode(&bytes[at..]) {
+                let header = match Record::check(&bytes[at..]) {
                     Err(DecodeError::Torn { .. }) if cut => {
                         if out.is_empty() {
                             // The first record alone is over the budget:
@@ -795,27 +811,24 @@ impl Log {
                             let body = header
                                 .get(4..8)
                                 .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-                            let whole = read_range(&seg.path, offset, 12 + body as u64)?;
-                            out.push(Record::decode(&whole).map_err(corrupt(seg, lsn))?.0);
+                            let whole =
+                                Bytes::from(read_range(&seg.path, offset, 12 + body as u64)?);
+                            let header = Record::check(&whole).map_err(corrupt(seg, lsn))?;
+                            out.push(raw_at(lsn, header, whole, 0).map_err(corrupt(seg, lsn))?);
                         }
-                        return Ok(out);
+                        return Ok((out, last_path));
                     }
-                    decoded => decoded.map_err(corrupt(seg, lsn))?,
+                    checked => checked.map_err(corrupt(seg, lsn))?,
                 };
-                if record.lsn != lsn {
-                    let cause =
-                        DecodeError::Inconsistent(format!("record says LSN {}", record.lsn));
-                    return Err(corrupt(seg, lsn)(cause));
-                }
-                out.push(record);
-                at += n;
+                out.push(raw_at(lsn, header, bytes.clone(), at).map_err(corrupt(seg, lsn))?);
+                at += header.len;
             }
             budget -= len;
             if cut || budget == 0 {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, last_path))
     }
 
     /// The records from `from` (a record boundary) on, about `max_bytes` of
@@ -858,19 +871,7 @@ impl Log {
         if let Some(records) = self.read_recent(from, max_bytes) {
             return Ok(records);
         }
-        Ok(self
-            .read_some(from, max_bytes)?
-            .into_iter()
-            .map(|r| {
-                let mut bytes = Vec::with_capacity(r.encoded_len());
-                r.encode_into(&mut bytes);
-                RawRecord {
-                    lsn: r.lsn,
-                    commit_time_us: r.commit_time_us,
-                    bytes: bytes.into(),
-                }
-            })
-            .collect())
+        Ok(self.read_stored(from, max_bytes)?.0)
     }
 
     /// Appends a record received from the primary at its own LSN, which
@@ -1140,6 +1141,22 @@ fn create_segment(dir: &Path, path: &Path) -> Result<(), LogError> {
         .and_then(|f| f.sync_all())
         .map_err(io_err(path))?;
     sync_dir(dir)
+}
+
+/// The record checked at `at` in `bytes`, which must start at `lsn`, as
+/// stored: a slice of `bytes`, not a copy.
+fn raw_at(lsn: Lsn, header: Header, bytes: Bytes, at: usize) -> Result<RawRecord, DecodeError> {
+    if header.lsn != lsn {
+        return Err(DecodeError::Inconsistent(format!(
+            "record says LSN {}",
+            header.lsn
+        )));
+    }
+    Ok(RawRecord {
+        lsn,
+        commit_time_us: header.commit_time_us,
+        bytes: bytes.slice(at..at + header.len),
+    })
 }
 
 fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, LogError> {
