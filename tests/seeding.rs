@@ -10,7 +10,8 @@
 //! * a large database is seeded from a streamed backup while its commits go
 //!   on;
 //! * a replica killed while restoring its seed starts with its old copy and
-//!   is seeded again.
+//!   is seeded again;
+//! * a session on the old copy ends when a seeded copy replaces it.
 
 mod common;
 
@@ -332,5 +333,83 @@ async fn a_replica_killed_while_restoring_its_seed_starts_with_its_old_copy_and_
     assert!(
         primary.len() >= 2 && primary.last().unwrap()[1].as_deref() == Some("COMPLETED"),
         "the primary seeded r2 twice, the second time whole: {primary:?}"
+    );
+}
+
+/// A seeded copy replaces the old one without waiting for the clients of
+/// the old one: a session a client keeps open on a secondary's copy (here
+/// the empty copy of a replica that lost its files) is ended when the
+/// copy the primary seeded takes its place, and gets FATAL 57P01 at its
+/// next statement; new sessions read the seeded copy.
+///
+/// Found by a benchmark that polled the secondary while it was seeded:
+/// the new copy waited until no session held the old one (up to 20 s),
+/// and a session that stayed open past that kept reading the old copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_on_the_old_copy_ends_when_a_seeded_copy_replaces_it() {
+    std::env::set_var("AVAILDB_LOG_SEGMENT_BYTES", "262144");
+    let mut group = Group::start(2).await;
+    let admin = group.primary().client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE big", "on r1").await;
+    // 24 MB: above the size seeded from a streamed backup.
+    fill(&group, "big", 2).await;
+    exec(
+        &admin,
+        "ALTER AVAILABILITY GROUP ag1 ADD DATABASE big",
+        "on r1",
+    )
+    .await;
+    wait_page_identical(&group, 1, "big", "first seeding").await;
+    // r2 loses its copy while data movement is suspended: it starts
+    // with an empty copy, which a client opens before the seed comes.
+    let big = group.primary().client("big").await;
+    exec(&big, "ALTER DATABASE big SET HADR SUSPEND", "on r1").await;
+    group.nodes[1].kill9();
+    let dir = group.nodes[1].data_dir();
+    for file in ["big.db", "big.db-wal", "big.db-shm"] {
+        let _ = std::fs::remove_file(dir.join("databases").join(file));
+    }
+    let _ = std::fs::remove_dir_all(dir.join("log").join("big"));
+    group.nodes[1].restart().await;
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    let held = loop {
+        if let Ok(c) = group.nodes[1].try_client("big").await {
+            if c.simple_query("SELECT 1").await.is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 never served its empty copy of big\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    exec(&big, "ALTER DATABASE big SET HADR RESUME", "on r1").await;
+    wait_page_identical(&group, 1, "big", "seeded again").await;
+    let count = query_text(
+        &group.nodes[1].client("big").await,
+        "SELECT count(*) FROM t",
+    )
+    .await
+    .unwrap();
+    assert_eq!(count, vec![vec![Some("12000".to_string())]]);
+    let ended = held
+        .simple_query("SELECT count(*) FROM t")
+        .await
+        .expect_err("the session on the old copy goes on");
+    let code = ended.as_db_error().map(|e| e.code().code().to_string());
+    assert_eq!(
+        code.as_deref(),
+        Some("57P01"),
+        "{ended:?}\n{}",
+        group.logs()
+    );
+    assert!(
+        group.nodes[1]
+            .log()
+            .contains("a copy the primary seeded replaces it"),
+        "r2 did not end the session on its old copy\n{}",
+        group.logs()
     );
 }

@@ -497,15 +497,32 @@ pub(crate) async fn propose_retrying(
 /// copy's users (the stopped secondary's tasks, sessions) to let go.
 const SEED_REPLACES_WITHIN: Duration = Duration::from_secs(20);
 
+/// How often a secondary starting with a seeded copy asks again that the
+/// sessions on the old copy end (a busy one ends at its next message).
+const SEED_RETIRE_EVERY: Duration = Duration::from_secs(1);
+
 /// Before a secondary starts with a copy seeded from a streamed backup
-/// (`crate::replication::seed`): waits, bounded, until nothing holds the
-/// copy it replaces.
+/// (`crate::replication::seed`): ends the sessions on the copy it replaces
+/// (`Database::retire`; a client that keeps a connection open, or polls,
+/// held the seeding up for as long as it stayed) and waits, bounded, until
+/// nothing holds that copy.
 async fn seed_replaces(engine: &crate::engine::Engine, name: &str) {
     if !crate::backup::is_restoring(engine.data_dir(), name) {
         return;
     }
+    let retire = || {
+        if let Ok(old) = engine.database(name) {
+            old.retire();
+        }
+    };
+    retire();
     let deadline = tokio::time::Instant::now() + SEED_REPLACES_WITHIN;
+    let mut asked = tokio::time::Instant::now();
     while engine.in_use(name) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if asked.elapsed() >= SEED_RETIRE_EVERY {
+            retire();
+            asked = tokio::time::Instant::now();
+        }
     }
 }

@@ -375,6 +375,12 @@ pub struct Database {
     /// database ended (see [`Database::promote`]); the front end follows
     /// it ([`Database::subscribe_read_ends`]).
     read_ends: tokio::sync::watch::Sender<u64>,
+    /// Set once a copy seeded from the primary is to replace this one
+    /// ([`Database::retire`]): its sessions end, so nothing holds it.
+    retiring: AtomicBool,
+    /// Bumped by each [`Database::retire`]; the front end follows it
+    /// ([`Database::subscribe_retire`]).
+    retire_requests: tokio::sync::watch::Sender<u64>,
     /// Where the full image that redo is inside starts (`u64::MAX`: none).
     /// The log is kept from there: a drain may have to cut a half image
     /// back to its start (`SecondaryDb`).
@@ -486,6 +492,8 @@ impl Database {
             intake: Mutex::new(()),
             writer_interrupt,
             read_ends: tokio::sync::watch::channel(0).0,
+            retiring: AtomicBool::new(false),
+            retire_requests: tokio::sync::watch::channel(0).0,
             image_from: AtomicU64::new(u64::MAX),
         })
     }
@@ -851,6 +859,26 @@ impl Database {
     /// this database (see [`Database::promote`]).
     pub fn subscribe_read_ends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.read_ends.subscribe()
+    }
+
+    /// Marks this copy as about to be replaced (a copy the primary seeded
+    /// from a streamed backup takes its place) and asks the front end to
+    /// end every session on it: idle ones at once, busy ones at their
+    /// next message (FATAL 57P01, as SQL Server drops the connections of
+    /// a database that is restored). Asking again asks again.
+    pub fn retire(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
+        self.retire_requests.send_modify(|n| *n += 1);
+    }
+
+    /// Whether [`Database::retire`] was called: sessions on it must end.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
+    }
+
+    /// Follows [`Database::retire`]'s requests.
+    pub fn subscribe_retire(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.retire_requests.subscribe()
     }
 
     /// The file and log part of [`Database::promote`]: cuts an unfinished

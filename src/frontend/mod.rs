@@ -192,8 +192,10 @@ pub struct Frontend {
     cancels: Mutex<HashMap<(i32, Bytes), Weak<CancelSlot>>>,
     /// Every connection, for ending read transactions at a promotion.
     connections: Mutex<Vec<Weak<ConnState>>>,
-    /// Databases whose promotions' read-end requests are followed.
-    followed: Mutex<std::collections::HashSet<String>>,
+    /// Databases whose promotions' read-end requests and retirements are
+    /// followed, each the copy followed (a copy that replaced another of
+    /// the same name is followed anew).
+    followed: Mutex<HashMap<String, Weak<crate::engine::Database>>>,
 }
 
 impl Frontend {
@@ -245,32 +247,102 @@ impl Frontend {
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,
             cancels: Mutex::new(HashMap::new()),
             connections: Mutex::new(Vec::new()),
-            followed: Mutex::new(std::collections::HashSet::new()),
+            followed: Mutex::new(HashMap::new()),
         })
     }
 
     /// Follows `db`'s requests to end its read transactions (a promotion
-    /// of this replica; see `Database::promote`), once per database.
+    /// of this replica; see `Database::promote`) and to end its sessions
+    /// (`Database::retire`), once per copy of a database.
     fn follow_read_ends(self: &Arc<Self>, db: &Arc<crate::engine::Database>) {
         let name = db.name().to_string();
-        if !self
-            .followed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone())
         {
-            return;
+            let mut followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+            if followed
+                .get(&name)
+                .is_some_and(|f| std::ptr::eq(f.as_ptr(), Arc::as_ptr(db)))
+            {
+                return;
+            }
+            followed.insert(name.clone(), Arc::downgrade(db));
         }
         let mut requests = db.subscribe_read_ends();
         let frontend = Arc::downgrade(self);
+        let database = name.clone();
         tokio::spawn(async move {
             while requests.changed().await.is_ok() {
                 let Some(frontend) = frontend.upgrade() else {
                     return;
                 };
-                frontend.end_read_transactions(&name);
+                frontend.end_read_transactions(&database);
             }
         });
+        let mut retirements = db.subscribe_retire();
+        let frontend = Arc::downgrade(self);
+        // Not the copy itself: the follower must not keep it in use.
+        let copy = Arc::downgrade(db);
+        tokio::spawn(async move {
+            while retirements.changed().await.is_ok() {
+                let Some(frontend) = frontend.upgrade() else {
+                    return;
+                };
+                frontend.end_sessions_of(&name, &copy);
+            }
+        });
+    }
+
+    /// Ends every session on `copy` of `database` (it is being replaced
+    /// by a copy the primary seeded): an idle session is dropped at once,
+    /// which lets go of the copy, and its client gets FATAL 57P01 at its
+    /// next message; a session running a statement has the statement
+    /// cancelled and ends at its next message.
+    fn end_sessions_of(&self, database: &str, copy: &Weak<crate::engine::Database>) {
+        let connections: Vec<Arc<ConnState>> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let (mut ended, mut cancelled) = (0, 0);
+        for state in connections {
+            if state.database.get().map(String::as_str) != Some(database) {
+                continue;
+            }
+            match state.session.try_lock() {
+                Ok(mut session) => {
+                    if session
+                        .as_ref()
+                        .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s.database()), copy.as_ptr()))
+                    {
+                        let _ = state.ended.set(self.ag.node().to_string());
+                        drop(session.take());
+                        ended += 1;
+                    }
+                }
+                Err(_) => {
+                    let key = state
+                        .cancel_key
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    if let Some(slot) =
+                        key.and_then(|k| self.lock_cancels().get(&k).and_then(Weak::upgrade))
+                    {
+                        slot.cancel();
+                        cancelled += 1;
+                    }
+                }
+            }
+        }
+        if ended + cancelled > 0 {
+            tracing::warn!(
+                database,
+                ended,
+                cancelled,
+                "ended the sessions on this replica's copy of the database: a copy the primary seeded replaces it"
+            );
+        }
     }
 
     /// Ends every read transaction on `database`: idle sessions' at once;
@@ -575,6 +647,10 @@ pub struct ConnState {
     cancel_key: Mutex<Option<(i32, Bytes)>>,
     /// The session's database, once it has one.
     database: std::sync::OnceLock<String>,
+    /// Set when the front end ended the session because its database was
+    /// being replaced (`Frontend::end_sessions_of`): the replica's name,
+    /// for the FATAL its client gets at its next message.
+    ended: std::sync::OnceLock<String>,
 }
 
 impl Drop for ConnState {
@@ -609,6 +685,7 @@ impl Connection {
             copy_in: tokio::sync::Mutex::new(None),
             cancel_key: Mutex::new(None),
             database: std::sync::OnceLock::new(),
+            ended: std::sync::OnceLock::new(),
         });
         {
             let mut all = state
@@ -1026,15 +1103,17 @@ impl ConnState {
         drive::idle_fatal(limit)
     }
 
-    /// Ends the session (FATAL) when its replica was demoted since it began.
+    /// Ends the session (FATAL) when its replica was demoted since it
+    /// began, or its database is being replaced by a copy the primary
+    /// seeded (then an idle session was already dropped: `ended`).
     async fn end_if_demoted(&self) -> PgWireResult<()> {
-        match self
-            .session
-            .lock()
-            .await
-            .as_ref()
-            .and_then(Session::demoted)
-        {
+        let why = match self.session.lock().await.as_ref() {
+            Some(session) => session.demoted().or_else(|| session.retired()),
+            None => self.ended.get().map(|node| {
+                session::retired_error(self.database.get().map_or("", String::as_str), node)
+            }),
+        };
+        match why {
             Some(err) => Err(fatal(&err)),
             None => Ok(()),
         }

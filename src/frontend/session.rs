@@ -364,6 +364,16 @@ impl Session {
         })
     }
 
+    /// Why the session must end because its database is being replaced
+    /// here by a copy the primary seeded (`Database::retire`): the session
+    /// would hold the old copy, which the new one can only replace once
+    /// nothing holds it. Sent as FATAL.
+    pub fn retired(&self) -> Option<Error> {
+        self.db
+            .is_retiring()
+            .then(|| retired_error(self.db.name(), self.ag.node()))
+    }
+
     /// Ends a transaction that holds a read snapshot of the database (the
     /// replica is becoming its primary, which needs the snapshot gone):
     /// the transaction fails, as PostgreSQL fails a standby's query that
@@ -2258,6 +2268,19 @@ fn lag_notice_text(
     Some(format!(
         "{what}: this read may miss recent commits. To read them, read on the primary or SET {READ_AFTER_LSN} to a commit's {COMMIT_LSN}; SET {LAG_NOTICE_AFTER} = 0 silences this notice"
     ))
+}
+
+/// The FATAL of a session whose database is being replaced by a copy the
+/// primary seeded ([`Session::retired`]; also sent to an idle session the
+/// front end ended for it).
+pub fn retired_error(database: &str, node: &str) -> Error {
+    Error::sql(
+        "57P01",
+        format!(
+            "terminating connection: database \"{database}\" on replica \"{node}\" is being replaced by a copy the primary seeded"
+        ),
+    )
+    .with_hint("reconnect: the new copy serves as soon as it is in place")
 }
 
 #[cfg(test)]
