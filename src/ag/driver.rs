@@ -498,8 +498,10 @@ pub(crate) async fn propose_retrying(
 const SEED_REPLACES_WITHIN: Duration = Duration::from_secs(20);
 
 /// How often a secondary starting with a seeded copy asks again that the
-/// sessions on the old copy end (a busy one ends at its next message).
-const SEED_RETIRE_EVERY: Duration = Duration::from_secs(1);
+/// sessions on the old copy end (a busy one ends at its next message; a
+/// session that connected just before the first request is ended by the
+/// next).
+const SEED_RETIRE_EVERY: Duration = Duration::from_millis(200);
 
 /// Before a secondary starts with a copy seeded from a streamed backup
 /// (`crate::replication::seed`): ends the sessions on the copy it replaces

@@ -1152,6 +1152,13 @@ impl ConnState {
             other => other,
         }
         .map_err(|e| fatal(&e))?;
+        if db.is_retiring() {
+            // A new session would hold the copy that is being replaced.
+            return Err(fatal(&session::replacing_error(
+                db.name(),
+                frontend.ag.node(),
+            )));
+        }
         let principal = frontend.principal_of(&user);
         if let crate::auth::Principal::Role(name) = &principal {
             let role = frontend.ag.role(name);

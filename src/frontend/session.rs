@@ -2270,6 +2270,18 @@ fn lag_notice_text(
     ))
 }
 
+/// The FATAL of a connection that asks for a database while it is being
+/// replaced by a copy the primary seeded (57P03, "cannot connect now").
+pub fn replacing_error(database: &str, node: &str) -> Error {
+    Error::sql(
+        "57P03",
+        format!(
+            "database \"{database}\" on replica \"{node}\" is being replaced by a copy the primary seeded"
+        ),
+    )
+    .with_hint("connect again in a moment: the new copy serves as soon as it is in place")
+}
+
 /// The FATAL of a session whose database is being replaced by a copy the
 /// primary seeded ([`Session::retired`]; also sent to an idle session the
 /// front end ended for it).
