@@ -518,13 +518,27 @@ async fn seed_replaces(engine: &crate::engine::Engine, name: &str) {
         }
     };
     retire();
-    let deadline = tokio::time::Instant::now() + SEED_REPLACES_WITHIN;
-    let mut asked = tokio::time::Instant::now();
+    let start = tokio::time::Instant::now();
+    let deadline = start + SEED_REPLACES_WITHIN;
+    let mut asked = start;
     while engine.in_use(name) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if asked.elapsed() >= SEED_RETIRE_EVERY {
             retire();
             asked = tokio::time::Instant::now();
         }
+    }
+    if engine.in_use(name) {
+        tracing::warn!(
+            database = name,
+            "the copy a seeded one replaces is still in use after {} s: replacing it anyway",
+            SEED_REPLACES_WITHIN.as_secs()
+        );
+    } else {
+        tracing::info!(
+            database = name,
+            waited_ms = start.elapsed().as_millis() as u64,
+            "the copy a seeded one replaces is let go"
+        );
     }
 }
