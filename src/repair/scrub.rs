@@ -337,7 +337,8 @@ async fn immediate_passes(
 
 /// A copy restored here waits to replace `name` (a seed, or a manual
 /// restore over a refused copy): the scrub lets go of the old one, which
-/// cannot be replaced while anything holds it.
+/// cannot be replaced while anything holds it (a pass also stops at once
+/// when the old copy is retired, and its comparisons stop waiting).
 fn replaced(engine: &Engine, name: &str) -> bool {
     crate::backup::is_restoring(engine.data_dir(), name)
 }
@@ -362,8 +363,9 @@ async fn scrub(
     }
     // What the node did since the previous chunk began (its sleep included).
     let mut window = (db.applied_lsn(), activity(), tokio::time::Instant::now());
+    let mut retire = db.subscribe_retire();
     loop {
-        if db.inside_image() || replaced(engine, db.name()) {
+        if db.inside_image() || replaced(engine, db.name()) || db.is_retiring() {
             return;
         }
         let chunk_started = tokio::time::Instant::now();
@@ -433,12 +435,12 @@ async fn scrub(
                 window.1 - activity_before,
                 window.2.duration_since(since).as_micros() as u64,
             );
-        tokio::time::sleep(Duration::from_micros(delay_us(
-            bytes,
-            elapsed,
-            pace(rate, busy),
-        )))
-        .await;
+        let pause = Duration::from_micros(delay_us(bytes, elapsed, pace(rate, busy)));
+        // A copy to be replaced is let go at once, not after the pause.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = retire.changed() => return,
+        }
     }
 }
 
