@@ -115,6 +115,20 @@ async fn fill(group: &Group, db: &str, chunks: i64) {
     }
 }
 
+/// Creates database `big` on the primary, fills it with `chunks` of 12 MB
+/// (`fill`) and adds it to ag1: its secondaries are seeded.
+async fn add_big(group: &Group, chunks: i64) {
+    let admin = group.primary().client(DEFAULT_DB).await;
+    exec(&admin, "CREATE DATABASE big", "on r1").await;
+    fill(group, "big", chunks).await;
+    exec(
+        &admin,
+        "ALTER AVAILABILITY GROUP ag1 ADD DATABASE big",
+        "on r1",
+    )
+    .await;
+}
+
 /// Waits until node `i`'s copy of `db` is page-identical to the primary's.
 async fn wait_page_identical(group: &Group, i: usize, db: &str, what: &str) {
     let deadline = Instant::now() + CATCH_UP_TIMEOUT;
@@ -163,16 +177,8 @@ async fn seeds(group: &Group, i: usize, db: &str) -> Vec<Vec<Option<String>>> {
 async fn a_large_database_is_seeded_from_a_streamed_backup_while_its_commits_go_on() {
     std::env::set_var("AVAILDB_LOG_SEGMENT_BYTES", "262144");
     let group = Group::start(3).await;
-    let admin = group.primary().client(DEFAULT_DB).await;
-    exec(&admin, "CREATE DATABASE big", "on r1").await;
     // 48 MB, in four transactions.
-    fill(&group, "big", 4).await;
-    exec(
-        &admin,
-        "ALTER AVAILABILITY GROUP ag1 ADD DATABASE big",
-        "on r1",
-    )
-    .await;
+    add_big(&group, 4).await;
     // Sessions of the group's primary started before the definition
     // changed end with it: the load starts on the new one.
     group.wait_takes_writes(0, CATCH_UP_TIMEOUT).await;
@@ -286,15 +292,7 @@ async fn a_replica_killed_while_restoring_its_seed_starts_with_its_old_copy_and_
         ..GroupSpec::default()
     };
     let mut group = Group::start_with(spec).await;
-    let admin = group.primary().client(DEFAULT_DB).await;
-    exec(&admin, "CREATE DATABASE big", "on r1").await;
-    fill(&group, "big", 2).await;
-    exec(
-        &admin,
-        "ALTER AVAILABILITY GROUP ag1 ADD DATABASE big",
-        "on r1",
-    )
-    .await;
+    add_big(&group, 2).await;
     let deadline = Instant::now() + CATCH_UP_TIMEOUT;
     while group.nodes[1].is_running() {
         assert!(
@@ -349,16 +347,8 @@ async fn a_replica_killed_while_restoring_its_seed_starts_with_its_old_copy_and_
 async fn a_session_on_the_old_copy_ends_when_a_seeded_copy_replaces_it() {
     std::env::set_var("AVAILDB_LOG_SEGMENT_BYTES", "262144");
     let mut group = Group::start(2).await;
-    let admin = group.primary().client(DEFAULT_DB).await;
-    exec(&admin, "CREATE DATABASE big", "on r1").await;
     // 24 MB: above the size seeded from a streamed backup.
-    fill(&group, "big", 2).await;
-    exec(
-        &admin,
-        "ALTER AVAILABILITY GROUP ag1 ADD DATABASE big",
-        "on r1",
-    )
-    .await;
+    add_big(&group, 2).await;
     wait_page_identical(&group, 1, "big", "first seeding").await;
     // r2 loses its copy while data movement is suspended: it starts
     // with an empty copy, which a client opens before the seed comes.

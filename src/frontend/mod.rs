@@ -297,44 +297,16 @@ impl Frontend {
     /// next message; a session running a statement has the statement
     /// cancelled and ends at its next message.
     fn end_sessions_of(&self, database: &str, copy: &Weak<crate::engine::Database>) {
-        let connections: Vec<Arc<ConnState>> = self
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let (mut ended, mut cancelled) = (0, 0);
-        for state in connections {
-            if state.database.get().map(String::as_str) != Some(database) {
-                continue;
+        let (ended, cancelled) = self.on_sessions_of(database, |state, session| {
+            let on_copy = session
+                .as_ref()
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s.database()), copy.as_ptr()));
+            if on_copy {
+                let _ = state.ended.set(self.ag.node().to_string());
+                drop(session.take());
             }
-            match state.session.try_lock() {
-                Ok(mut session) => {
-                    if session
-                        .as_ref()
-                        .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s.database()), copy.as_ptr()))
-                    {
-                        let _ = state.ended.set(self.ag.node().to_string());
-                        drop(session.take());
-                        ended += 1;
-                    }
-                }
-                Err(_) => {
-                    let key = state
-                        .cancel_key
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    if let Some(slot) =
-                        key.and_then(|k| self.lock_cancels().get(&k).and_then(Weak::upgrade))
-                    {
-                        slot.cancel();
-                        cancelled += 1;
-                    }
-                }
-            }
-        }
+            on_copy
+        });
         if ended + cancelled > 0 {
             tracing::warn!(
                 database,
@@ -349,6 +321,34 @@ impl Frontend {
     /// a session running a statement on it has the statement cancelled,
     /// and its transaction is ended at the promotion's next request.
     fn end_read_transactions(&self, database: &str) {
+        let why = format!(
+            "this replica is becoming the primary of database \"{database}\", which ends every read transaction on it"
+        );
+        let (ended, cancelled) = self.on_sessions_of(database, |_, session| {
+            session
+                .as_mut()
+                .is_some_and(|s| s.end_read_transaction(&why))
+        });
+        if ended + cancelled > 0 {
+            tracing::warn!(
+                database,
+                ended,
+                cancelled,
+                "ended the read transactions of sessions: this replica is becoming the primary"
+            );
+        }
+    }
+
+    /// Acts on every connection whose session is on `database`: `idle`
+    /// gets each one whose session is free (between statements; true when
+    /// it acted), and a session running a statement has the statement
+    /// cancelled. Returns how many `idle` acted on and how many were
+    /// cancelled.
+    fn on_sessions_of(
+        &self,
+        database: &str,
+        mut idle: impl FnMut(&ConnState, &mut Option<Session>) -> bool,
+    ) -> (usize, usize) {
         let connections: Vec<Arc<ConnState>> = self
             .connections
             .lock()
@@ -356,21 +356,15 @@ impl Frontend {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        let why = format!(
-            "this replica is becoming the primary of database \"{database}\", which ends every read transaction on it"
-        );
-        let (mut ended, mut cancelled) = (0, 0);
+        let (mut acted, mut cancelled) = (0, 0);
         for state in connections {
             if state.database.get().map(String::as_str) != Some(database) {
                 continue;
             }
             match state.session.try_lock() {
                 Ok(mut session) => {
-                    if session
-                        .as_mut()
-                        .is_some_and(|s| s.end_read_transaction(&why))
-                    {
-                        ended += 1;
+                    if idle(&state, &mut session) {
+                        acted += 1;
                     }
                 }
                 Err(_) => {
@@ -388,14 +382,7 @@ impl Frontend {
                 }
             }
         }
-        if ended + cancelled > 0 {
-            tracing::warn!(
-                database,
-                ended,
-                cancelled,
-                "ended the read transactions of sessions: this replica is becoming the primary"
-            );
-        }
+        (acted, cancelled)
     }
 
     /// Accepts connections until `shutdown` resolves.
