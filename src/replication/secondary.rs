@@ -1007,8 +1007,9 @@ fn accept_batch(
             }
             history_epoch = Some(newest.max(record.epoch));
         }
-        // The plan keeps the batch's order and skips only records the log
-        // holds already: each record's bytes are found past the last ones.
+        // The plan takes the batch's records unchanged, in LSN order,
+        // leaving out those the log holds already: a record's bytes are
+        // found by its LSN.
         let at = encodings.partition_point(|(lsn, _)| *lsn < record.lsn);
         match encodings.get_mut(at).filter(|(lsn, _)| *lsn == record.lsn) {
             Some((_, encoded)) => log.append_encoded(record, std::mem::take(encoded)),
