@@ -180,8 +180,19 @@ impl Driver {
                     manager.unpublish(&self.group);
                 }
                 for name in &config.databases {
-                    seed_replaces(&manager.engine, name).await;
-                    match manager.ensure_database(name, manual) {
+                    let retired = seed_replaces(&manager.engine, name).await;
+                    let ensured = manager.ensure_database(name, manual);
+                    if let Some(old) = retired.and_then(|w| w.upgrade()) {
+                        if manager
+                            .engine
+                            .database(name)
+                            .is_ok_and(|now| Arc::ptr_eq(&now, &old))
+                        {
+                            tracing::warn!(group = %self.group, database = %name, "the seeded copy did not replace this replica's copy: its sessions are admitted again");
+                            old.keep();
+                        }
+                    }
+                    match ensured {
                         Ok(Some(db)) => databases.push(db),
                         Ok(None) => {
                             tracing::info!(
@@ -507,13 +518,18 @@ const SEED_RETIRE_EVERY: Duration = Duration::from_millis(200);
 /// (`crate::replication::seed`): ends the sessions on the copy it replaces
 /// (`Database::retire`; a client that keeps a connection open, or polls,
 /// held the seeding up for as long as it stayed) and waits, bounded, until
-/// nothing holds that copy.
-async fn seed_replaces(engine: &crate::engine::Engine, name: &str) {
+/// nothing holds that copy. Returns the copy retired, which the caller
+/// keeps (`Database::keep`) if the seeded one did not replace it.
+async fn seed_replaces(
+    engine: &crate::engine::Engine,
+    name: &str,
+) -> Option<std::sync::Weak<crate::engine::Database>> {
     if !crate::backup::is_restoring(engine.data_dir(), name) {
-        return;
+        return None;
     }
+    let retired = engine.database(name).ok().map(|old| Arc::downgrade(&old));
     let retire = || {
-        if let Ok(old) = engine.database(name) {
+        if let Some(old) = retired.as_ref().and_then(std::sync::Weak::upgrade) {
             old.retire();
         }
     };
@@ -541,4 +557,5 @@ async fn seed_replaces(engine: &crate::engine::Engine, name: &str) {
             "the copy a seeded one replaces is let go"
         );
     }
+    retired
 }

@@ -871,6 +871,12 @@ impl Database {
         self.retire_requests.send_modify(|n| *n += 1);
     }
 
+    /// Takes back [`Database::retire`]: the copy meant to replace this one
+    /// did not, so sessions may use it again.
+    pub fn keep(&self) {
+        self.retiring.store(false, Ordering::SeqCst);
+    }
+
     /// Whether [`Database::retire`] was called: sessions on it must end.
     pub fn is_retiring(&self) -> bool {
         self.retiring.load(Ordering::SeqCst)
@@ -1897,6 +1903,24 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retired_copy_asks_its_followers_each_time_and_a_kept_one_admits_sessions_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db =
+            Database::open("app", &dir.path().join("app.db"), &dir.path().join("log")).unwrap();
+        let mut follower = db.subscribe_retire();
+        assert!(!db.is_retiring());
+        db.retire();
+        assert!(db.is_retiring());
+        assert!(follower.has_changed().unwrap(), "the front end is asked");
+        follower.borrow_and_update();
+        db.retire();
+        assert!(follower.has_changed().unwrap(), "and asked again");
+        // The seeded copy did not take its place: sessions may come back.
+        db.keep();
+        assert!(!db.is_retiring());
+    }
 
     #[test]
     fn a_replica_stopped_in_the_middle_of_an_image_opens_and_takes_the_image_again() {
