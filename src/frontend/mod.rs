@@ -258,9 +258,11 @@ impl Frontend {
         let name = db.name().to_string();
         {
             let mut followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+            // A live copy only: a new one may sit where a dropped one was.
             if followed
                 .get(&name)
-                .is_some_and(|f| std::ptr::eq(f.as_ptr(), Arc::as_ptr(db)))
+                .and_then(Weak::upgrade)
+                .is_some_and(|f| Arc::ptr_eq(&f, db))
             {
                 return;
             }
@@ -297,10 +299,15 @@ impl Frontend {
     /// next message; a session running a statement has the statement
     /// cancelled and ends at its next message.
     fn end_sessions_of(&self, database: &str, copy: &Weak<crate::engine::Database>) {
+        // Gone: no session holds it. (Held only while the sessions are
+        // walked, so a new copy at its address is never taken for it.)
+        let Some(copy) = copy.upgrade() else {
+            return;
+        };
         let (ended, cancelled) = self.on_sessions_of(database, |state, session| {
             let on_copy = session
                 .as_ref()
-                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s.database()), copy.as_ptr()));
+                .is_some_and(|s| Arc::ptr_eq(s.database(), &copy));
             if on_copy {
                 let _ = state.ended.set(self.ag.node().to_string());
                 drop(session.take());
