@@ -738,19 +738,23 @@ impl Log {
     /// Records from `from` (a record boundary) in order, stopping after
     /// about `max_bytes` (at least one record when there is one).
     pub fn read_some(&self, from: Lsn, max_bytes: u64) -> Result<Vec<Record>, LogError> {
-        let (raw, path) = match self.read_recent(from, max_bytes) {
-            Some(recent) => (
-                recent,
-                self.lock().segments.last().expect("a segment").path.clone(),
-            ),
-            None => self.read_stored(from, max_bytes)?,
+        // The path errors name: the last segment read, or for records
+        // from memory the current one (looked up only for an error).
+        let (raw, read_path) = match self.read_recent(from, max_bytes) {
+            Some(recent) => (recent, None),
+            None => {
+                let (raw, path) = self.read_stored(from, max_bytes)?;
+                (raw, Some(path))
+            }
         };
         raw.iter()
             .map(|r| {
                 Record::decode(&r.bytes)
                     .map(|(record, _)| record)
                     .map_err(|cause| LogError::Corrupt {
-                        path: path.clone(),
+                        path: read_path.clone().unwrap_or_else(|| {
+                            self.lock().segments.last().expect("a segment").path.clone()
+                        }),
                         lsn: r.lsn,
                         cause,
                     })
