@@ -1423,6 +1423,45 @@ async fn concurrent_increments_from_eight_clients_are_all_counted() {
     assert_eq!(n, (CLIENTS * INCREMENTS) as i32, "lost increments");
 }
 
+/// Rule: nothing writes a database file behind the log's back. The node
+/// holds each database it has open for its own process (SQLite's
+/// `unix-excl`), so another program's SQLite is refused while the node
+/// runs, and reads the file normally once it has stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_program_cannot_open_a_database_while_the_node_has_it() {
+    let mut server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    c.batch_execute("CREATE TABLE t(v INTEGER); INSERT INTO t VALUES (1), (2), (3)")
+        .await
+        .expect("CREATE TABLE and INSERT");
+    let file = server
+        .data_dir()
+        .join("databases")
+        .join(format!("{DEFAULT_DB}.db"));
+    let count = |file: &std::path::Path| -> rusqlite::Result<i64> {
+        let other = rusqlite::Connection::open(file)?;
+        other.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+    };
+    match count(&file) {
+        Err(rusqlite::Error::SqliteFailure(e, _)) => {
+            assert_eq!(e.code, rusqlite::ErrorCode::DatabaseBusy, "{e}")
+        }
+        other => panic!("another process read the node's database: {other:?}"),
+    }
+    assert!(
+        !file.with_extension("db-shm").exists(),
+        "the WAL index is in the node's memory, not in a -shm file"
+    );
+    // The node's own sessions are not disturbed by the refused reader.
+    c.batch_execute("INSERT INTO t VALUES (4)")
+        .await
+        .expect("INSERT after the refused reader");
+    drop(c);
+    let status = server.sigterm().await;
+    assert!(status.success(), "{status}\n{}", server.log_tail());
+    assert_eq!(count(&file).expect("read once the node stopped"), 4);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn committed_data_survives_sigterm_and_restart() {
     let mut server = TestServer::start().await;

@@ -163,7 +163,7 @@ impl Capture {
             // A reader still uses older frames; try again after later commits.
             return Ok(());
         }
-        sync_checkpointed_file(&self.db_path)?;
+        sync_checkpointed_file(conn, &self.db_path)?;
         log::write_checkpoint(&self.log_dir, durable).map_err(log_error)?;
         let keep = durable.min(self.retain_from.load(Ordering::SeqCst));
         self.log.truncate_before(keep).map_err(log_error)?;
@@ -197,13 +197,11 @@ pub fn wal_path(db_path: &Path) -> PathBuf {
 /// Syncs the database file a complete checkpoint just wrote, before its
 /// checkpoint LSN is recorded: the writer and the redo connection run with
 /// `synchronous = OFF`, so SQLite did not.
-pub(super) fn sync_checkpointed_file(db_path: &Path) -> Result<()> {
-    std::fs::File::open(db_path)
-        .and_then(|file| file.sync_data())
-        .map_err(|source| Error::Io {
-            context: format!("cannot sync {} after a checkpoint", db_path.display()),
-            source,
-        })
+pub(super) fn sync_checkpointed_file(conn: &Connection, db_path: &Path) -> Result<()> {
+    super::vfs::sync_database_file(conn).map_err(|source| Error::Io {
+        context: format!("cannot sync {} after a checkpoint", db_path.display()),
+        source,
+    })
 }
 
 /// Runs a PASSIVE checkpoint through the C API (the authorizer refuses the

@@ -753,7 +753,7 @@ impl Database {
         if !super::capture::checkpoint_passive(a.connection())? {
             return Ok(false);
         }
-        super::capture::sync_checkpointed_file(&self.path)?;
+        super::capture::sync_checkpointed_file(a.connection(), &self.path)?;
         crate::log::write_checkpoint(&self.log_dir, end)
             .map_err(|e| Error::sql("58030", e.to_string()))?;
         // Never past the start of an image redo is inside (see `image_from`).

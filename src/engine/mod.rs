@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! ```text
-//! DIR/databases/<name>.db      the SQLite file (WAL mode), with -wal and -shm
+//! DIR/databases/<name>.db      the SQLite file (WAL mode), with its -wal
+//!                              (the WAL index is in memory: `vfs`, no -shm)
 //! ```
 //! A database named `availdb` is created on first start, so that libpq's
 //! default (dbname = user name) connects.

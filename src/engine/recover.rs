@@ -155,10 +155,9 @@ pub fn whole_transactions(records: &[Record]) -> usize {
 pub fn redo(db_path: &Path, records: &[Record]) -> Result<()> {
     let mut applier = Applier::open(db_path).map_err(redo_error)?;
     apply_all(&mut applier, records)?;
-    applier
-        .connection()
-        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-    super::capture::sync_checkpointed_file(db_path)
+    let conn = applier.connection();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    super::capture::sync_checkpointed_file(conn, db_path)
 }
 
 /// Recovery's redo: the log's page images written straight into the file.

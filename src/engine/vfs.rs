@@ -29,6 +29,33 @@
 //! * Memory-mapped reads are refused for checksummed files (SQLite then
 //!   reads), since a mapped page bypasses the check.
 //!
+//! # One process per database
+//! The VFS below ours is SQLite's `unix-excl`, not `unix`: the first
+//! connection to a database file takes a write lock on it for the whole
+//! process, and SQLite keeps the file's WAL index in heap memory instead of
+//! the `-shm` file. The connections of the node (writer, readers, redo,
+//! backups) share both, so taking and dropping the WAL index's locks (six
+//! per commit, two per read transaction) costs no system call, where
+//! `unix` made an `fcntl` for each. The price is that no other process can
+//! open a database while the node has it open: another program's SQLite
+//! gets "database is locked". That was already the rule (the log is the
+//! source of truth, so nothing may write a database file behind it, and
+//! the data directory's lock refuses a second availdb process); the lock
+//! now also holds for other programs.
+//!
+//! Two things keep that lock held for as long as the node has the file:
+//! * `unix-excl` applies to files open for writing only (a read lock cannot
+//!   be made a write lock on a read-only descriptor), and a read-only
+//!   connection's own locks would replace the process's write lock. So a
+//!   connection that asks for a read-only database file gets it open for
+//!   writing below SQLite's read-only pager: [`open`] reports it read-only,
+//!   and SQLite refuses every write on that connection exactly as before
+//!   (`SQLITE_READONLY`, which no PRAGMA turns off).
+//! * Closing *any* descriptor of a file drops every POSIX lock the process
+//!   holds on it, so the node never opens a database file a second time
+//!   while SQLite has it: the sync after a checkpoint goes through SQLite's
+//!   own handle ([`sync_database_file`]).
+//!
 //! The flags that say whether a file is checksummed come from the header
 //! bytes SQLite itself reads and writes (page 1's byte 20), and are shared
 //! between a connection's database file and its WAL.
@@ -44,6 +71,12 @@ use super::checksum;
 
 /// The VFS's name.
 const NAME: &CStr = c"availdb";
+
+/// The VFS this one wraps: SQLite's Unix VFS that holds each file's POSIX
+/// lock for the whole process and keeps the WAL index in heap memory (see
+/// "One process per database" above). Where it is missing (not Unix), the
+/// default VFS.
+const LOWER_NAME: &CStr = c"unix-excl";
 
 /// File-control opcode of [`set_verification`] (custom opcodes start above
 /// 100, per SQLite's documentation of `xFileControl`).
@@ -83,12 +116,15 @@ static LOWER: OnceLock<Lower> = OnceLock::new();
 pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: sqlite3_vfs_find(NULL) returns the default VFS, which
+        // SAFETY: sqlite3_vfs_find returns a registered VFS (or NULL), which
         // lives as long as the process; the copy we register is leaked, so
         // it does too. Every method but xOpen stays the lower VFS's, with
         // the lower's pAppData, so they behave as for the lower VFS.
         unsafe {
-            let lower = ffi::sqlite3_vfs_find(std::ptr::null());
+            let mut lower = ffi::sqlite3_vfs_find(LOWER_NAME.as_ptr());
+            if lower.is_null() {
+                lower = ffi::sqlite3_vfs_find(std::ptr::null());
+            }
             assert!(!lower.is_null(), "SQLite has no default VFS");
             let _ = LOWER.set(Lower(lower));
             let mut ours = *lower;
@@ -189,6 +225,30 @@ pub fn read_database_file(
     }
 }
 
+/// Syncs `conn`'s main database file through SQLite's own handle (its
+/// data, not its timestamps where the platform can tell them apart), as
+/// the node does after a checkpoint. A second descriptor of the file would
+/// drop SQLite's locks when closed (see "One process per database").
+///
+/// Call it on the thread that owns `conn`.
+pub fn sync_database_file(conn: &rusqlite::Connection) -> std::io::Result<()> {
+    // SAFETY: `main_file` gives the connection's open main database file,
+    // alive while `conn` is; its xSync takes only the file and the flags,
+    // called on the caller's (the owning) thread.
+    unsafe {
+        let file = main_file(conn)?;
+        let Some(sync) = methods(file).xSync else {
+            return Err(std::io::Error::other("the VFS cannot sync files"));
+        };
+        match sync(file, ffi::SQLITE_SYNC_NORMAL | ffi::SQLITE_SYNC_DATAONLY) {
+            ffi::SQLITE_OK => Ok(()),
+            rc => Err(std::io::Error::other(format!(
+                "SQLite's sync of the database file failed with code {rc}"
+            ))),
+        }
+    }
+}
+
 static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
@@ -256,7 +316,24 @@ unsafe extern "C" fn open(
     let shim = file.cast::<ShimFile>();
     (*shim).base.pMethods = std::ptr::null();
     let inner = lower(file);
-    let rc = lower_open(lower_vfs, name, inner, flags, out_flags);
+    let read_only = flags & ffi::SQLITE_OPEN_READONLY != 0;
+    let rc = if main && read_only && !out_flags.is_null() {
+        // See "One process per database": a read-only connection's file is
+        // opened for writing below SQLite's read-only pager, so that it takes
+        // the process's lock like every other connection instead of a lock
+        // of its own. A file we may not write is opened as asked.
+        let writable = (flags & !ffi::SQLITE_OPEN_READONLY & !ffi::SQLITE_OPEN_CREATE)
+            | ffi::SQLITE_OPEN_READWRITE;
+        match lower_open(lower_vfs, name, inner, writable, out_flags) {
+            ffi::SQLITE_OK => {
+                *out_flags = (*out_flags & !ffi::SQLITE_OPEN_READWRITE) | ffi::SQLITE_OPEN_READONLY;
+                ffi::SQLITE_OK
+            }
+            _ => lower_open(lower_vfs, name, inner, flags, out_flags),
+        }
+    } else {
+        lower_open(lower_vfs, name, inner, flags, out_flags)
+    };
     if rc != ffi::SQLITE_OK {
         return rc;
     }
@@ -587,5 +664,73 @@ mod tests {
         ));
         assert_eq!(damage::pages(&path), vec![(1, damage::Status::Pending)]);
         damage::forget_file(&path);
+    }
+
+    /// The POSIX locks this process holds on `path`'s inode, from
+    /// `/proc/locks`: ("READ" | "WRITE", first byte, last byte).
+    fn process_locks(path: &std::path::Path) -> Vec<(String, String, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(path).unwrap().ino();
+        let pid = std::process::id().to_string();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let mine = f.get(1) == Some(&"POSIX")
+                    && f.get(4) == Some(&pid.as_str())
+                    && f.get(5).is_some_and(|d| d.ends_with(&format!(":{ino}")));
+                mine.then(|| (f[3].to_string(), f[6].to_string(), f[7].to_string()))
+            })
+            .collect()
+    }
+
+    /// Rule: no other process opens a database the node has open ("One
+    /// process per database"): a read-only connection and the sync after a
+    /// checkpoint leave the process's write lock in place, the read-only
+    /// connection still refuses writes, and no `-shm` file is made.
+    #[test]
+    fn the_process_keeps_its_write_lock_through_readers_and_checkpoint_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(checksummed(&path, 50));
+        assert_eq!(process_locks(&path), []);
+
+        // A read-only connection first: the lock it takes is the process's.
+        let reader = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .unwrap();
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 50);
+        let held = process_locks(&path);
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].0, "WRITE", "{held:?}");
+        let writer = Connection::open(&path).unwrap();
+        match reader.execute("INSERT INTO t VALUES (1000, 'x')", []) {
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                assert_eq!(e.code, rusqlite::ErrorCode::ReadOnly, "{e}")
+            }
+            other => panic!("a read-only connection wrote: {other:?}"),
+        }
+        assert_eq!(
+            process_locks(&path),
+            held,
+            "after the reader's refused write"
+        );
+
+        writer
+            .execute("INSERT INTO t VALUES (1000, 'x')", [])
+            .unwrap();
+        writer
+            .execute_batch("PRAGMA wal_checkpoint(PASSIVE);")
+            .unwrap();
+        sync_database_file(&writer).unwrap();
+        drop(reader);
+        assert_eq!(process_locks(&path), held, "after a checkpoint's sync");
+        assert!(!path.with_extension("db-shm").exists());
     }
 }
