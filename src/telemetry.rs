@@ -28,6 +28,7 @@
 //! | `availdb_cluster_elections_total` | counter | — | term changes this node saw (each term begins with an election) |
 //! | `availdb_failovers_total` | counter | `kind` (`PLANNED`, `AUTOMATIC`, `FORCED`) | failovers that made this node primary |
 //! | `availdb_listener_sessions_total` | counter | `group` | sessions this node's listeners accepted |
+//! | `availdb_listener_handovers_total` | counter | `group` | of those, sessions routed to this node itself and handed to its front end in-process instead of relayed |
 //! | `availdb_listener_routing_decisions_total` | counter | `group`, `route` (`primary`, `secondary`, `wait`, `refuse`) | routing decisions |
 //! | `availdb_page_repairs_total` | counter | `outcome` (`succeeded`, `irreparable`) | finished automatic page repairs |
 //! | `availdb_backups_total` | counter | — | backups this node took |
@@ -127,6 +128,8 @@ pub struct Telemetry {
     pub failovers: Family<Labels, Counter>,
     /// `availdb_listener_sessions_total{group}`.
     pub listener_sessions: Family<Labels, Counter>,
+    /// `availdb_listener_handovers_total{group}`.
+    pub listener_handovers: Family<Labels, Counter>,
     /// `availdb_listener_routing_decisions_total{group, route}`.
     pub routing_decisions: Family<Labels, Counter>,
     /// `availdb_page_repairs_total{outcome}`.
@@ -149,6 +152,14 @@ impl Telemetry {
     /// Counts a session a listener of `group` accepted.
     pub fn listener_session(&self, group: &str) {
         self.listener_sessions
+            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .inc();
+    }
+
+    /// Counts a listener session of `group` handed to this node's own
+    /// front end.
+    pub fn listener_handover(&self, group: &str) {
+        self.listener_handovers
             .get_or_create(&vec![("group".to_string(), group.to_string())])
             .inc();
     }
@@ -230,6 +241,11 @@ static REGISTERED: LazyLock<Registered> = LazyLock::new(|| {
         "availdb_listener_sessions",
         "Sessions this node's listeners accepted",
         t.listener_sessions.clone(),
+    );
+    r.register(
+        "availdb_listener_handovers",
+        "Listener sessions routed to this node and handed to its front end in-process",
+        t.listener_handovers.clone(),
     );
     r.register(
         "availdb_listener_routing_decisions",

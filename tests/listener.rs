@@ -283,6 +283,76 @@ async fn the_listener_sends_writes_to_the_primary_and_spreads_read_intent_over_t
     }
 }
 
+/// The sum of the samples of Prometheus counter `name` on `node`'s
+/// `/metrics` (0 when it has none yet).
+async fn counter(node: &common::TestServer, name: &str) -> f64 {
+    let fetch = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", node.http_port())).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).to_string())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .expect("/metrics answers within 10 s")
+        .expect("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Rule: a session the listener routes to its own node is handed to that
+/// node's front end, not relayed to its own endpoint; one that another
+/// node's listener took is relayed. Both reach the primary and work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_routed_to_the_listeners_own_node_is_handed_over_and_the_others_relayed() {
+    const SESSIONS: usize = 24;
+    let group = Group::start(2).await;
+    let _logs = KeepLogsOnPanic::new(&group, "listener_handover");
+    let listener = define_listener(&group, 0, &[]).await;
+    let before = [
+        counter(&group.nodes[0], "availdb_listener_sessions_total").await,
+        counter(&group.nodes[1], "availdb_listener_sessions_total").await,
+    ];
+    for i in 0..SESSIONS {
+        let client = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
+        assert_eq!(served_by(&client).await, "r1", "session {i}");
+        assert_eq!(value(&client, "SELECT 40 + 2").await, "42");
+    }
+    // The kernel spreads the sessions over both nodes' listener sockets
+    // (SO_REUSEPORT): all 24 on one node has a chance of 2^-23.
+    let sessions = [
+        counter(&group.nodes[0], "availdb_listener_sessions_total").await - before[0],
+        counter(&group.nodes[1], "availdb_listener_sessions_total").await - before[1],
+    ];
+    let handed = [
+        counter(&group.nodes[0], "availdb_listener_handovers_total").await,
+        counter(&group.nodes[1], "availdb_listener_handovers_total").await,
+    ];
+    assert_eq!(
+        sessions[0] + sessions[1],
+        SESSIONS as f64,
+        "sessions per node {sessions:?}"
+    );
+    assert!(
+        sessions[0] > 0.0 && sessions[1] > 0.0,
+        "sessions per node {sessions:?}"
+    );
+    // r1's listener (plus the one session `define_listener` opened, if r1
+    // took it) handed every one of its sessions to r1; r2's relayed all.
+    assert!(
+        handed[0] >= sessions[0] && handed[0] <= sessions[0] + before[0],
+        "r1 handed over {} of its {} sessions",
+        handed[0],
+        sessions[0]
+    );
+    assert_eq!(handed[1], 0.0, "r2 is not the primary: it relays");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_connections_is_enforced_on_every_node_directly_and_through_the_listener() {
     let group = Group::start(3).await;

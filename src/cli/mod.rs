@@ -594,14 +594,18 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             idle_in_transaction_timeout: config.idle_in_transaction_timeout,
         },
     );
+    // Sessions a listener hands over through the endpoint (or, routed to
+    // this node, in-process) are authenticated like direct ones; without a
+    // password that means none, which only a loopback endpoint may offer.
+    let takes_listener_sessions = config.password.is_some()
+        || config
+            .endpoint
+            .is_some_and(|endpoint| endpoint.ip().is_loopback());
     if let Some(endpoint) = config.endpoint {
         let listener = TcpListener::bind(endpoint).await.map_err(|e| {
             format!("cannot listen for replication on {endpoint}: {e}: choose another --endpoint")
         })?;
-        // Sessions a listener hands over through the endpoint are
-        // authenticated like direct ones; without a password that means
-        // none, which only a loopback endpoint may offer.
-        let sessions = (config.password.is_some() || endpoint.ip().is_loopback()).then(|| {
+        let sessions = takes_listener_sessions.then(|| {
             let frontend = frontend.clone();
             Arc::new(move |socket, peer| frontend.clone().serve_forwarded(socket, peer))
                 as crate::replication::secondary::SessionHandoff
@@ -646,6 +650,8 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             hold: config.listener_hold,
             tls,
         },
+        takes_listener_sessions
+            .then(|| frontend.clone() as Arc<dyn crate::listener::LocalSessions>),
     );
     tracing::info!(
         node = %config.name,

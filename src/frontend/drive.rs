@@ -58,14 +58,18 @@ pub(super) async fn run(
 }
 
 /// Serves a session a listener forwarded through the replication endpoint
-/// (plaintext or partner TLS, [`crate::net::PartnerStream`]): it opens
+/// (plaintext or partner TLS, [`crate::net::PartnerStream`]) or handed
+/// over in this process ([`crate::listener::HandedOver`]): it opens
 /// with its start-up packet, never with an encryption request — the
 /// listener ended the client's TLS.
-pub(super) async fn run_forwarded(
-    socket: crate::net::PartnerStream,
+pub(super) async fn run_forwarded<T>(
+    socket: T,
     peer: std::net::SocketAddr,
     handlers: Connection,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+{
     let startup_deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     let mut socket = Framed::new(
         socket,

@@ -439,6 +439,19 @@ impl Frontend {
         });
     }
 
+    /// Serves a session this node's own listener routed here and handed
+    /// over in-process ([`crate::listener::LocalSessions`]): as one
+    /// forwarded through the endpoint, with the client's real address as
+    /// its peer.
+    fn serve_handed_over(self: Arc<Self>, session: crate::listener::HandedOver, peer: SocketAddr) {
+        let handlers = Connection::new(self, peer, true);
+        tokio::spawn(async move {
+            if let Err(e) = drive::run_forwarded(session, peer, handlers).await {
+                tracing::debug!(%peer, error = %e, "handed-over session ended with an error");
+            }
+        });
+    }
+
     /// The TLS policy ([`crate::tls::TlsPolicy`]) for a session: the
     /// client's address and TLS as the connection shows them, or, for a
     /// session a listener forwarded, as the listener reports them.
@@ -1221,6 +1234,19 @@ impl StartupHandler for ConnState {
             }
             other => other,
         }
+    }
+}
+
+impl crate::listener::LocalSessions for Frontend {
+    fn refusal(&self, params: &HashMap<String, String>) -> Option<String> {
+        match self.admit(params) {
+            Err(e) if e.sqlstate() == "57P03" => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    fn serve(self: Arc<Self>, session: crate::listener::HandedOver, peer: SocketAddr) {
+        self.serve_handed_over(session, peer)
     }
 }
 

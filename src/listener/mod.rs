@@ -46,6 +46,20 @@
 //!    other first message goes to the client, and from then on the
 //!    listener relays bytes both ways until either side closes.
 //!
+//! # Sessions for this node
+//! When the replica chosen is the listener's own node, the listener does
+//! not relay the session to its own endpoint over loopback: it asks the
+//! node's front end whether it would refuse the session with 57P03 (the
+//! same check the replica makes, [`LocalSessions::refusal`]; a refusal
+//! makes the listener choose again, as above) and otherwise hands it the
+//! client's connection with the amended start-up packet
+//! ([`HandedOver`]). The session is then the front end's alone, as a
+//! direct one, with no relay and no second connection. A role change in
+//! the instant between the check and the front end's own reaches the
+//! client as the front end's 57P03, as on a direct connection. A node
+//! whose endpoint takes no listener sessions (no password and an endpoint
+//! off loopback) hands none over either.
+//!
 //! # Invariants
 //! * The listener never authenticates and never reads past the start-up
 //!   packet: authentication and every connection setting (`ALLOW_CONNECTIONS`,
@@ -152,8 +166,85 @@ pub struct ListenerOptions {
 }
 
 /// A client's connection to a listener: plain TCP, or TLS over it.
-trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo for T {}
+trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> ClientIo for T {}
+
+/// This node's front end, as its listeners see it: when the replica a
+/// session is routed to is this node, the listener hands the client's
+/// connection over instead of relaying it to its own endpoint over
+/// loopback (see "Sessions for this node").
+pub trait LocalSessions: Send + Sync {
+    /// The message of the 57P03 refusal this node would give a session
+    /// with these start-up parameters (the listener then chooses again, as
+    /// for a replica's answer), or None if it would take it.
+    fn refusal(&self, params: &HashMap<String, String>) -> Option<String>;
+    /// Serves the session from its start-up packet on, as one forwarded by
+    /// a listener: the client's address and TLS are the ones the start-up
+    /// packet reports.
+    fn serve(self: Arc<Self>, session: HandedOver, peer: SocketAddr);
+}
+
+/// A client connection handed to this node's front end: the start-up
+/// packet the listener read and amended is read first, then the client's
+/// own bytes; writes go to the client.
+pub struct HandedOver {
+    head: Vec<u8>,
+    at: usize,
+    client: Box<dyn ClientIo>,
+}
+
+impl tokio::io::AsyncRead for HandedOver {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.at);
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.client).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HandedOver {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.client).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.client).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.client.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.client).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.client).poll_shutdown(cx)
+    }
+}
 
 /// One bound listener port.
 struct Running {
@@ -166,6 +257,9 @@ struct Running {
 pub struct Listeners {
     manager: Arc<Manager>,
     options: ListenerOptions,
+    /// This node's front end, for sessions routed to this node; None
+    /// relays them to its endpoint like any other.
+    local: Option<Arc<dyn LocalSessions>>,
     running: Mutex<HashMap<u16, Running>>,
     /// Ports whose bind failure was already logged.
     failed_binds: Mutex<HashSet<u16>>,
@@ -189,10 +283,15 @@ fn random_start() -> usize {
 impl Listeners {
     /// Starts following the node's group definitions: binds and unbinds
     /// listener ports as they appear and change.
-    pub fn spawn(manager: Arc<Manager>, options: ListenerOptions) -> Arc<Listeners> {
+    pub fn spawn(
+        manager: Arc<Manager>,
+        options: ListenerOptions,
+        local: Option<Arc<dyn LocalSessions>>,
+    ) -> Arc<Listeners> {
         let listeners = Arc::new(Listeners {
             manager,
             options,
+            local,
             running: Mutex::new(HashMap::new()),
             failed_binds: Mutex::new(HashSet::new()),
             unavailable: Mutex::new(HashMap::new()),
@@ -387,6 +486,34 @@ impl Listeners {
                 ROUTE_PARAM,
                 if as_primary { "primary" } else { "secondary" },
             );
+            if let Some(local) = self
+                .local
+                .as_ref()
+                .filter(|_| replica.eq_ignore_ascii_case(self.manager.node()))
+            {
+                let params: HashMap<String, String> = startup.params.iter().cloned().collect();
+                match local.refusal(&params) {
+                    None => {
+                        let session = HandedOver {
+                            head: startup.encode(),
+                            at: 0,
+                            client,
+                        };
+                        crate::telemetry::get().listener_handover(group);
+                        local.clone().serve(session, peer);
+                        return;
+                    }
+                    Some(why) => {
+                        last = why;
+                        self.mark_unavailable(&replica);
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+            }
             match open(&config, &replica, as_primary, &startup.encode()).await {
                 Ok((mut server, first)) => {
                     let retry = first.first() == Some(&b'E')
