@@ -208,6 +208,9 @@ def main():
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--backup-kib-per-s", default="0")
     ap.add_argument("--commit-kib-per-s", default="0,default")
+    ap.add_argument("--backups-dir", default="",
+                    help="write every backup here (e.g. a tmpfs such as /dev/shm, to measure with the page "
+                         "cache as the destination) instead of under --work; emptied at the end")
     ap.add_argument("--out", required=True)
     ap.add_argument("--csv", required=True)
     args = ap.parse_args()
@@ -217,8 +220,15 @@ def main():
     os.makedirs(args.work)
     if os.geteuid() == 0:
         shutil.chown(args.work, "postgres", "postgres")
-    backups = os.path.join(args.work, "backups")
+    if args.backups_dir:
+        backups = os.path.join(args.backups_dir, f"availdb-bench-backups-{os.getpid()}")
+        shutil.rmtree(backups, ignore_errors=True)
+    else:
+        backups = os.path.join(args.work, "backups")
     os.makedirs(backups)
+    if os.geteuid() == 0:
+        shutil.chown(backups, "postgres", "postgres")
+    destination = args.backups_dir or "the work directory"
     procs = Procs()
     rows = []
     failures = []
@@ -282,6 +292,7 @@ def main():
             with connect(r2, "availdb") as c:
                 s, _ = timed(lambda: c.execute(f"BACKUP DATABASE app TO DISK = '{target}' WITH {with_}"))
             record({"measure": "backup", "system": "availdb (secondary)", "variant": with_.lower(),
+                    "destination": destination,
                     "backup_kib_per_s": args.backup_kib_per_s,
                     "seconds": round(s, 2), "database_bytes": db_bytes, "backup_bytes": os.path.getsize(target),
                     "mb_s": round(db_bytes / 1e6 / s, 1)})
@@ -292,6 +303,7 @@ def main():
                  "-D", target, "-X", "fetch", "--checkpoint=fast", "--no-sync"] + extra,
                 check=True, capture_output=True))
             record({"measure": "backup", "system": "pg_basebackup", "variant": variant, "seconds": round(s, 2),
+                    "destination": destination,
                     "database_bytes": pg_bytes, "backup_bytes": du(target), "mb_s": round(pg_bytes / 1e6 / s, 1)})
         out = os.path.join(backups, "lite-backup.db")
         src = sqlite3.connect(lite)
@@ -299,12 +311,14 @@ def main():
         s, _ = timed(lambda: src.backup(dst))
         dst.close()
         record({"measure": "backup", "system": "sqlite3", "variant": ".backup (online backup API)",
+                "destination": destination,
                 "seconds": round(s, 2), "database_bytes": lite_bytes, "backup_bytes": os.path.getsize(out),
                 "mb_s": round(lite_bytes / 1e6 / s, 1)})
         out = os.path.join(backups, "lite-vacuum.db")
         s, _ = timed(lambda: src.execute(f"VACUUM INTO '{out}'"))
         src.close()
         record({"measure": "backup", "system": "sqlite3", "variant": "VACUUM INTO", "seconds": round(s, 2),
+                "destination": destination,
                 "database_bytes": lite_bytes, "backup_bytes": os.path.getsize(out),
                 "mb_s": round(lite_bytes / 1e6 / s, 1)})
 
@@ -420,6 +434,8 @@ def main():
         print(f"backup: FAILED {e}", file=sys.stderr, flush=True)
     finally:
         procs.stop()
+        if args.backups_dir:
+            shutil.rmtree(backups, ignore_errors=True)
         if restored_started:
             subprocess.run(as_postgres([os.path.join(bindir, "pg_ctl"), "-D", restored_pg, "-m", "fast", "-w",
                                         "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
