@@ -29,6 +29,7 @@
 //! | `availdb_failovers_total` | counter | `kind` (`PLANNED`, `AUTOMATIC`, `FORCED`) | failovers that made this node primary |
 //! | `availdb_listener_sessions_total` | counter | `group` | sessions this node's listeners accepted |
 //! | `availdb_listener_handovers_total` | counter | `group` | of those, sessions routed to this node itself and handed to its front end in-process instead of relayed |
+//! | `availdb_listener_handed_over_sessions` | gauge | `group` | such sessions open now |
 //! | `availdb_listener_routing_decisions_total` | counter | `group`, `route` (`primary`, `secondary`, `wait`, `refuse`) | routing decisions |
 //! | `availdb_page_repairs_total` | counter | `outcome` (`succeeded`, `irreparable`) | finished automatic page repairs |
 //! | `availdb_backups_total` | counter | — | backups this node took |
@@ -41,6 +42,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -130,6 +132,8 @@ pub struct Telemetry {
     pub listener_sessions: Family<Labels, Counter>,
     /// `availdb_listener_handovers_total{group}`.
     pub listener_handovers: Family<Labels, Counter>,
+    /// `availdb_listener_handed_over_sessions{group}`.
+    pub listener_handed_over: Family<Labels, Gauge>,
     /// `availdb_listener_routing_decisions_total{group, route}`.
     pub routing_decisions: Family<Labels, Counter>,
     /// `availdb_page_repairs_total{outcome}`.
@@ -157,11 +161,18 @@ impl Telemetry {
     }
 
     /// Counts a listener session of `group` handed to this node's own
-    /// front end.
+    /// front end, and counts it open until [`Telemetry::listener_handover_ended`].
     pub fn listener_handover(&self, group: &str) {
-        self.listener_handovers
+        let labels = vec![("group".to_string(), group.to_string())];
+        self.listener_handovers.get_or_create(&labels).inc();
+        self.listener_handed_over.get_or_create(&labels).inc();
+    }
+
+    /// A session of [`Telemetry::listener_handover`] ended.
+    pub fn listener_handover_ended(&self, group: &str) {
+        self.listener_handed_over
             .get_or_create(&vec![("group".to_string(), group.to_string())])
-            .inc();
+            .dec();
     }
 
     /// Counts a routing decision of a listener of `group`.
@@ -246,6 +257,11 @@ static REGISTERED: LazyLock<Registered> = LazyLock::new(|| {
         "availdb_listener_handovers",
         "Listener sessions routed to this node and handed to its front end in-process",
         t.listener_handovers.clone(),
+    );
+    r.register(
+        "availdb_listener_handed_over_sessions",
+        "Listener sessions handed to this node's front end that are open now",
+        t.listener_handed_over.clone(),
     );
     r.register(
         "availdb_listener_routing_decisions",

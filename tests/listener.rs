@@ -283,8 +283,8 @@ async fn the_listener_sends_writes_to_the_primary_and_spreads_read_intent_over_t
     }
 }
 
-/// The sum of the samples of Prometheus counter `name` on `node`'s
-/// `/metrics` (0 when it has none yet).
+/// The sum of the samples of Prometheus metric `name` (a counter or a
+/// gauge) on `node`'s `/metrics` (0 when it has none yet).
 async fn counter(node: &common::TestServer, name: &str) -> f64 {
     let fetch = async {
         let mut stream = TcpStream::connect(("127.0.0.1", node.http_port())).await?;
@@ -318,10 +318,13 @@ async fn a_session_routed_to_the_listeners_own_node_is_handed_over_and_the_other
         counter(&group.nodes[0], "availdb_listener_sessions_total").await,
         counter(&group.nodes[1], "availdb_listener_sessions_total").await,
     ];
+    let handed_before = counter(&group.nodes[0], "availdb_listener_handovers_total").await;
+    let mut clients = Vec::new();
     for i in 0..SESSIONS {
         let client = connect_retrying(&listener.rw(APP, ""), REACH_TIMEOUT, &group).await;
         assert_eq!(served_by(&client).await, "r1", "session {i}");
         assert_eq!(value(&client, "SELECT 40 + 2").await, "42");
+        clients.push(client);
     }
     // The kernel spreads the sessions over both nodes' listener sockets
     // (SO_REUSEPORT): all 24 on one node has a chance of 2^-23.
@@ -351,6 +354,21 @@ async fn a_session_routed_to_the_listeners_own_node_is_handed_over_and_the_other
         sessions[0]
     );
     assert_eq!(handed[1], 0.0, "r2 is not the primary: it relays");
+    // The sessions handed over are open until their clients leave.
+    let open = "availdb_listener_handed_over_sessions";
+    assert_eq!(
+        counter(&group.nodes[0], open).await,
+        handed[0] - handed_before
+    );
+    drop(clients);
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    while counter(&group.nodes[0], open).await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "handed-over sessions still counted open 60 s after their clients left"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

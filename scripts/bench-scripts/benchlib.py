@@ -142,6 +142,21 @@ def parse_progress(text):
     return out
 
 
+def metric_value(text, name):
+    """The sum of the samples of Prometheus metric `name` (a counter or a
+    gauge; all its label sets) in the text exposition `text`; 0 when it
+    has none."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+            continue
+        try:
+            total += float(line.rsplit(" ", 1)[1])
+        except (ValueError, IndexError):
+            continue
+    return total
+
+
 def count_established(lines, ports):
     """Established TCP connections whose remote port is one of ports, from
     the lines of /proc/net/tcp or /proc/net/tcp6 (header included or not):
@@ -1071,6 +1086,9 @@ def main(argv=None):
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--interval", type=float, default=0.0)
     s.add_argument("ports", nargs="+", type=int)
+    s = sub.add_parser("metric")
+    s.add_argument("--name", required=True)
+    s.add_argument("ports", nargs="+", type=int)
     s = sub.add_parser("free-port")
     s.add_argument("offsets", nargs="*", type=int)
     s = sub.add_parser("sample")
@@ -1120,6 +1138,18 @@ def main(argv=None):
             samples.append(count_established(lines, a.ports))
         # The median drops a connection that lives for one sample only.
         print(" ".join(f"{p}={round(median([c[p] for c in samples]))}" for p in a.ports))
+    elif a.cmd == "metric":
+        # Each port's /metrics: "PORT=value" (an integer), "PORT=error" if
+        # it does not answer.
+        import urllib.request
+        values = []
+        for port in a.ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    values.append(f"{port}={round(metric_value(r.read().decode(), a.name))}")
+            except OSError:
+                values.append(f"{port}=error")
+        print(" ".join(values))
     elif a.cmd == "free-port":
         port = free_port(a.offsets)
         if port is None:

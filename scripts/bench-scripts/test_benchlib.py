@@ -152,6 +152,18 @@ class ParsePgbench(unittest.TestCase):
         self.assertEqual(benchlib.count_established(lines, [31000, 31001, 31002]),
                          {31000: 1, 31001: 1, 31002: 0})
 
+    def test_metric_value_sums_every_label_set_of_that_metric_only(self):
+        text = "\n".join([
+            "# TYPE availdb_listener_handovers counter",
+            'availdb_listener_handovers_total{group="ag1"} 3',
+            'availdb_listener_handovers_total{group="ag2"} 2',
+            "availdb_listener_handovers_total_other 7",
+            'availdb_listener_sessions_total{group="ag1"} 9',
+            "availdb_listener_handovers_total garbage",
+        ])
+        self.assertEqual(benchlib.metric_value(text, "availdb_listener_handovers_total"), 5.0)
+        self.assertEqual(benchlib.metric_value(text, "availdb_nothing_total"), 0.0)
+
     def test_cli_prints_error_for_a_failed_run(self):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "log")

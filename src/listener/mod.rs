@@ -191,6 +191,14 @@ pub struct HandedOver {
     head: Vec<u8>,
     at: usize,
     client: Box<dyn ClientIo>,
+    /// The listener's group, for `availdb_listener_handed_over_sessions`.
+    group: String,
+}
+
+impl Drop for HandedOver {
+    fn drop(&mut self) {
+        crate::telemetry::get().listener_handover_ended(&self.group);
+    }
 }
 
 impl tokio::io::AsyncRead for HandedOver {
@@ -494,12 +502,13 @@ impl Listeners {
                 let params: HashMap<String, String> = startup.params.iter().cloned().collect();
                 match local.refusal(&params) {
                     None => {
+                        crate::telemetry::get().listener_handover(group);
                         let session = HandedOver {
                             head: startup.encode(),
                             at: 0,
                             client,
+                            group: group.to_string(),
                         };
-                        crate::telemetry::get().listener_handover(group);
                         local.clone().serve(session, peer);
                         return;
                     }
