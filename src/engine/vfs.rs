@@ -225,10 +225,11 @@ pub fn read_database_file(
     }
 }
 
-/// Syncs `conn`'s main database file through SQLite's own handle (its
-/// data, not its timestamps where the platform can tell them apart), as
-/// the node does after a checkpoint. A second descriptor of the file would
-/// drop SQLite's locks when closed (see "One process per database").
+/// Syncs `conn`'s main database file through SQLite's own handle, as the
+/// node does after a checkpoint. A second descriptor of the file would
+/// drop SQLite's locks when closed (see "One process per database"). On
+/// Linux this is an `fsync`, timestamps included: the bundled SQLite is
+/// built without `fdatasync` (`HAVE_FDATASYNC`).
 ///
 /// Call it on the thread that owns `conn`.
 pub fn sync_database_file(conn: &rusqlite::Connection) -> std::io::Result<()> {
