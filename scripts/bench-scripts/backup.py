@@ -276,6 +276,20 @@ def main():
         wait_synchronized(r1, "app")
         lite = os.path.join(args.work, "plain.db")
         sqlite_file(lite, mb)
+        # Every system's data written out, and r2 done redoing it, before
+        # anything is timed: a backup then competes with no writeback of
+        # the load (several GB here) and no redo.
+        os.sync()
+        _, secondary = roles(p + 22, p + 23)
+        settle_deadline = time.time() + 300
+        while True:
+            with connect(secondary, "availdb") as c:
+                queue = c.execute("SELECT coalesce(sum(redo_queue_size), 0) FROM sys.dm_hadr_database_replica_states "
+                                  "WHERE database_name = 'app' AND is_local").fetchone()[0]
+            if int(queue) == 0 or time.time() > settle_deadline:
+                break
+            time.sleep(0.2)
+        os.sync()
         app_files = glob.glob(os.path.join(args.work, "group", "r2", "**", "app.db"), recursive=True)
         db_bytes = os.path.getsize(app_files[0]) if app_files else mb * 10**6
         with connect(p + 10, "postgres", "postgres") as c:
