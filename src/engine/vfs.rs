@@ -48,9 +48,9 @@
 //!   be made a write lock on a read-only descriptor), and a read-only
 //!   connection's own locks would replace the process's write lock. So a
 //!   connection that asks for a read-only database file gets it open for
-//!   writing below SQLite's read-only pager: [`open`] reports it read-only,
-//!   and SQLite refuses every write on that connection exactly as before
-//!   (`SQLITE_READONLY`, which no PRAGMA turns off).
+//!   writing below SQLite's read-only pager: our `xOpen` reports it
+//!   read-only, and SQLite refuses every write on that connection exactly
+//!   as before (`SQLITE_READONLY`, which no PRAGMA turns off).
 //! * Closing *any* descriptor of a file drops every POSIX lock the process
 //!   holds on it, so the node never opens a database file a second time
 //!   while SQLite has it: the sync after a checkpoint goes through SQLite's
