@@ -197,6 +197,29 @@ def pgbench(port, seconds, clients, log_dir):
     }
 
 
+def in_page_cache(paths):
+    """How much of `paths` (files, or directories walked) the page cache
+    holds (util-linux `fincore`): the fraction of their bytes (None where
+    fincore is missing), their bytes and how many files."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files.extend(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        else:
+            files.append(path)
+    files = [f for f in files if os.path.isfile(f)]
+    if not files or shutil.which("fincore") is None:
+        return {"fraction": None, "bytes": None, "files": len(files)}
+    out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES,SIZE"] + files,
+                         capture_output=True, text=True)
+    resident = size = 0
+    for line in out.stdout.splitlines():
+        cols = line.split()
+        if len(cols) == 2 and cols[0].isdigit() and cols[1].isdigit():
+            resident, size = resident + int(cols[0]), size + int(cols[1])
+    return {"fraction": round(resident / size, 3) if size else None, "bytes": size, "files": len(files)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -300,6 +323,11 @@ def main():
 
         # --- 1. backup
         r1, r2 = roles(p + 22, p + 23)
+        # How much of each source the page cache holds: a backup read from
+        # the disk measures the disk, whatever the destination.
+        for system, paths in (("availdb (secondary)", app_files), ("PostgreSQL", [os.path.join(pg_dir, "primary")]),
+                              ("sqlite3", [lite])):
+            record({"measure": "source_in_page_cache", "system": system, "paths": paths, **in_page_cache(paths)})
         for compression in (True, False):
             target = os.path.join(backups, f"r2-{'zstd' if compression else 'plain'}.bak")
             with_ = "COPY_ONLY, COMPRESSION" if compression else "COPY_ONLY"
