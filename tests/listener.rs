@@ -286,19 +286,7 @@ async fn the_listener_sends_writes_to_the_primary_and_spreads_read_intent_over_t
 /// The sum of the samples of Prometheus metric `name` (a counter or a
 /// gauge) on `node`'s `/metrics` (0 when it has none yet).
 async fn counter(node: &common::TestServer, name: &str) -> f64 {
-    let fetch = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", node.http_port())).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).to_string())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .expect("/metrics answers within 10 s")
-        .expect("/metrics");
+    let (_, text) = common::http_get(node.http_port(), "/metrics").await;
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -1407,33 +1407,6 @@ fn free_port_block() -> u16 {
     panic!("no block of free ports found")
 }
 
-/// `GET path` on loopback `port` (HTTP/1.0): (status, body).
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).to_string())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), request)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path} on port {port}: no answer in 10 s"))
-        .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"));
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
-}
-
 /// Direct children of `pid`, from /proc.
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -1752,9 +1725,9 @@ async fn availdb_up_starts_a_working_three_replica_group_restarts_a_killed_node_
     }
 
     // Every node serves HTTP health checks on PORT + 149 + i.
-    let (status, body) = http_get(base + 150, "/primary").await;
+    let (status, body) = common::http_get(base + 150, "/primary").await;
     assert_eq!(status, 200, "r1 /primary: {body}\n{}", output());
-    let (status, body) = http_get(base + 151, "/replica").await;
+    let (status, body) = common::http_get(base + 151, "/replica").await;
     assert_eq!(status, 200, "r2 /replica: {body}\n{}", output());
 
     // up names `availdb status`, which shows every replica from the

@@ -494,59 +494,52 @@ impl Listeners {
                 ROUTE_PARAM,
                 if as_primary { "primary" } else { "secondary" },
             );
-            if let Some(local) = self
+            let local = self
                 .local
                 .as_ref()
-                .filter(|_| replica.eq_ignore_ascii_case(self.manager.node()))
-            {
-                let params: HashMap<String, String> = startup.params.iter().cloned().collect();
-                match local.refusal(&params) {
-                    None => {
-                        crate::telemetry::get().listener_handover(group);
-                        let session = HandedOver {
-                            head: startup.encode(),
-                            at: 0,
-                            client,
-                            group: group.to_string(),
-                        };
-                        local.clone().serve(session, peer);
-                        return;
-                    }
-                    Some(why) => {
-                        last = why;
-                        self.mark_unavailable(&replica);
-                        if Instant::now() >= deadline {
-                            break;
+                .filter(|_| replica.eq_ignore_ascii_case(self.manager.node()));
+            // Why this replica did not take the session; it is passed over.
+            last = match local {
+                Some(local) => {
+                    let params: HashMap<String, String> = startup.params.iter().cloned().collect();
+                    match local.refusal(&params) {
+                        None => {
+                            crate::telemetry::get().listener_handover(group);
+                            let session = HandedOver {
+                                head: startup.encode(),
+                                at: 0,
+                                client,
+                                group: group.to_string(),
+                            };
+                            local.clone().serve(session, peer);
+                            return;
                         }
-                        tokio::time::sleep(RETRY).await;
-                        continue;
+                        Some(why) => why,
                     }
                 }
-            }
-            match open(&config, &replica, as_primary, &startup.encode()).await {
-                Ok((mut server, first)) => {
-                    let retry = first.first() == Some(&b'E')
-                        && packet::error_sqlstate(&first[5..]).as_deref() == Some("57P03");
-                    if !retry {
-                        if client.write_all(&first).await.is_ok() {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                None => match open(&config, &replica, as_primary, &startup.encode()).await {
+                    Ok((mut server, first)) => {
+                        let retry = first.first() == Some(&b'E')
+                            && packet::error_sqlstate(&first[5..]).as_deref() == Some("57P03");
+                        if !retry {
+                            if client.write_all(&first).await.is_ok() {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                            return;
                         }
-                        return;
+                        packet::error_fields(&first[5..])
+                            .into_iter()
+                            .find(|(code, _)| *code == b'M')
+                            .map_or_else(
+                                || format!("replica \"{replica}\" refused the session"),
+                                |(_, m)| m,
+                            )
                     }
-                    last = packet::error_fields(&first[5..])
-                        .into_iter()
-                        .find(|(code, _)| *code == b'M')
-                        .map_or_else(
-                            || format!("replica \"{replica}\" refused the session"),
-                            |(_, m)| m,
-                        );
-                    self.mark_unavailable(&replica);
-                }
-                Err(e) => {
-                    last = format!("replica \"{replica}\": {e}");
-                    self.mark_unavailable(&replica);
-                }
-            }
+                    Err(e) => format!("replica \"{replica}\": {e}"),
+                },
+            };
+            self.mark_unavailable(&replica);
             if Instant::now() >= deadline {
                 break;
             }

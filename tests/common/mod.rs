@@ -718,6 +718,33 @@ pub fn availdb_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_availdb")))
 }
 
+/// `GET path` on loopback `port` (HTTP/1.0): (status, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).to_string())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} on port {port}: no answer in 10 s"))
+        .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"));
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
 /// Connects with a libpq-style connection string and runs the connection on
 /// its own task; panics if the start-up takes longer than `CONNECT_TIMEOUT`.
 pub async fn connect(conn_string: &str) -> Result<Client, tokio_postgres::Error> {
