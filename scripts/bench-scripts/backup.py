@@ -197,17 +197,67 @@ def pgbench(port, seconds, clients, log_dir):
     }
 
 
-def in_page_cache(paths):
-    """How much of `paths` (files, or directories walked) the page cache
-    holds (util-linux `fincore`): the fraction of their bytes (None where
-    fincore is missing), their bytes and how many files."""
+def files_in(paths):
+    """The files `paths` name, directories walked."""
     files = []
     for path in paths:
         if os.path.isdir(path):
             files.extend(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
         else:
             files.append(path)
-    files = [f for f in files if os.path.isfile(f)]
+    return [f for f in files if os.path.isfile(f)]
+
+
+def refill_page_cache(paths):
+    """Drops the page cache (root only) and reads the files of `paths` into
+    it again; returns whether it could drop it.
+
+    Why: on a virtual machine whose host backs the guest's memory lazily,
+    writing memory the guest has not used lately is an order of magnitude
+    slower. On the bench machine `dd` to a tmpfs wrote 2.8-3.4 GB/s for
+    the first 8-9 GB and 140-200 MB/s after, whatever `free` said. The load
+    phase here writes about 10 GB (four systems' data, logs and WAL), so
+    without this every backup and restore after it ran at that speed, all
+    systems alike. Dropping the cache frees memory the guest has used, and
+    only the sources of what is timed come back."""
+    dropped = False
+    if os.geteuid() == 0:
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("1\n")
+            dropped = True
+        except OSError as e:
+            print(f"backup: NOTE: could not drop the page cache ({e}): the timings after the load may "
+                  "measure the machine's memory, not the backups", flush=True)
+    else:
+        print("backup: NOTE: not root, the page cache is not dropped after the load: the timings may "
+              "measure the machine's memory, not the backups", flush=True)
+    for name in files_in(paths):
+        with open(name, "rb") as f:
+            while f.read(8 << 20):
+                pass
+    return dropped
+
+
+def warm_memory(directory, nbytes):
+    """Writes `nbytes` to a file in `directory` and removes it, just before
+    a timed step writes about that much: the step then writes memory the
+    guest has just used (see `refill_page_cache`), whichever system runs
+    it. Outside the timed part."""
+    path = os.path.join(directory, f"warm-{os.getpid()}.tmp")
+    chunk = bytes(8 << 20)
+    with open(path, "wb") as f:
+        for _ in range(0, nbytes, len(chunk)):
+            f.write(chunk)
+    os.remove(path)
+
+
+def in_page_cache(paths):
+    """How much of `paths` (files, or directories walked) the page cache
+    holds (util-linux `fincore`): the fraction of their bytes (None where
+    fincore is missing), their bytes and how many files."""
+    files = files_in(paths)
     if not files or shutil.which("fincore") is None:
         return {"fraction": None, "bytes": None, "files": len(files)}
     out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES,SIZE"] + files,
@@ -323,14 +373,19 @@ def main():
 
         # --- 1. backup
         r1, r2 = roles(p + 22, p + 23)
+        sources = {"availdb (secondary)": app_files, "PostgreSQL": [os.path.join(pg_dir, "primary")],
+                   "sqlite3": [lite]}
+        dropped = refill_page_cache([path for paths in sources.values() for path in paths])
+        record({"measure": "page_cache", "dropped_after_load": dropped,
+                "refilled_with": "each backup's source"})
         # How much of each source the page cache holds: a backup read from
         # the disk measures the disk, whatever the destination.
-        for system, paths in (("availdb (secondary)", app_files), ("PostgreSQL", [os.path.join(pg_dir, "primary")]),
-                              ("sqlite3", [lite])):
+        for system, paths in sources.items():
             record({"measure": "source_in_page_cache", "system": system, "paths": paths, **in_page_cache(paths)})
         for compression in (True, False):
             target = os.path.join(backups, f"r2-{'zstd' if compression else 'plain'}.bak")
             with_ = "COPY_ONLY, COMPRESSION" if compression else "COPY_ONLY"
+            warm_memory(backups, db_bytes)
             with connect(r2, "availdb") as c:
                 s, _ = timed(lambda: c.execute(f"BACKUP DATABASE app TO DISK = '{target}' WITH {with_}"))
             record({"measure": "backup", "system": "availdb (secondary)", "variant": with_.lower(),
@@ -340,6 +395,7 @@ def main():
                     "mb_s": round(db_bytes / 1e6 / s, 1)})
         for variant, extra in (("plain -Fp", ["-Fp"]), ("tar -Ft -Z zstd", ["-Ft", "-Z", "zstd"])):
             target = os.path.join(backups, "pg-" + extra[0].strip("-"))
+            warm_memory(backups, pg_bytes)
             s, _ = timed(lambda: subprocess.run(
                 [os.path.join(bindir, "pg_basebackup"), "-h", "127.0.0.1", "-p", str(p + 10), "-U", "postgres",
                  "-D", target, "-X", "fetch", "--checkpoint=fast", "--no-sync"] + extra,
@@ -347,26 +403,35 @@ def main():
             record({"measure": "backup", "system": "pg_basebackup", "variant": variant, "seconds": round(s, 2),
                     "destination": destination,
                     "database_bytes": pg_bytes, "backup_bytes": du(target), "mb_s": round(pg_bytes / 1e6 / s, 1)})
+            if variant == "plain -Fp":
+                # Not restored below: its memory (a tmpfs) goes back.
+                shutil.rmtree(target)
         out = os.path.join(backups, "lite-backup.db")
         src = sqlite3.connect(lite)
         dst = sqlite3.connect(out)
+        warm_memory(backups, lite_bytes)
         s, _ = timed(lambda: src.backup(dst))
         dst.close()
         record({"measure": "backup", "system": "sqlite3", "variant": ".backup (online backup API)",
                 "destination": destination,
                 "seconds": round(s, 2), "database_bytes": lite_bytes, "backup_bytes": os.path.getsize(out),
                 "mb_s": round(lite_bytes / 1e6 / s, 1)})
+        os.remove(out)
         out = os.path.join(backups, "lite-vacuum.db")
+        warm_memory(backups, lite_bytes)
         s, _ = timed(lambda: src.execute(f"VACUUM INTO '{out}'"))
         src.close()
         record({"measure": "backup", "system": "sqlite3", "variant": "VACUUM INTO", "seconds": round(s, 2),
                 "destination": destination,
                 "database_bytes": lite_bytes, "backup_bytes": os.path.getsize(out),
                 "mb_s": round(lite_bytes / 1e6 / s, 1)})
+        os.remove(out)
+        os.remove(lite)
 
         # --- 2. restore
         r1, r2 = roles(p + 22, p + 23)
         source = os.path.join(backups, "r2-zstd.bak")
+        warm_memory(backups, db_bytes)
         with connect(r1, "availdb") as c:
             s, _ = timed(lambda: c.execute(f"RESTORE DATABASE restored FROM DISK = '{source}' WITH RECOVERY"))
             n = None
@@ -388,6 +453,7 @@ def main():
                                         f"-p {p + 30} -c cluster_name=restored -c synchronous_standby_names=''",
                                         "start"]), check=True, stdout=subprocess.DEVNULL)
 
+        warm_memory(backups, pg_bytes)
         s, _ = timed(pg_restore)
         restored_started = True
         with connect(p + 30, "postgres", "postgres") as c:
@@ -459,6 +525,7 @@ def main():
                 c.execute(f"RESTORE DATABASE pitr FROM DISK = '{full}' WITH NORECOVERY")
                 c.execute(f"RESTORE LOG pitr FROM DISK = '{log}' WITH STOPAT = '{stop_at}', RECOVERY")
 
+        warm_memory(backups, db_bytes)
         s, _ = timed(pitr)
         with connect(r1, "pitr") as c:
             n = c.execute("SELECT count(*) FROM p").fetchone()[0]
