@@ -286,6 +286,33 @@ pub trait SyncArbiter: Send + Sync {
     ) -> std::result::Result<(), String>;
 }
 
+/// Pause between two tries of recording a synchronized-set change.
+const RECORD_RETRY: Duration = Duration::from_millis(100);
+
+/// Tries `record` every [`RECORD_RETRY`] until it succeeds (true) or the
+/// primary stops (false). A primary that stopped before the first try —
+/// its link to the replica ended because it was stopping — stops it at
+/// once: waiting for the next *change* of `stop` there retried forever,
+/// and a deposed primary's tries are refused forever.
+async fn until_recorded_or_stopped<F, Fut>(stop: &mut watch::Receiver<bool>, mut record: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    loop {
+        if *stop.borrow_and_update() {
+            return false;
+        }
+        if record().await.is_ok() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECORD_RETRY) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return false,
+        }
+    }
+}
+
 fn stopped_waiting() -> Error {
     Error::sql(
         "40003",
@@ -954,17 +981,14 @@ impl PrimaryGroup {
                 .replica(replica)
                 .is_some_and(|r| r.state == SyncState::Synchronized);
             if let (true, Some(arbiter)) = (was_synchronized, &self.arbiter) {
-                loop {
-                    match arbiter.set(name, replica, false).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::warn!(database = %name, replica, "cannot record that the replica left the synchronized set, retrying: {e}")
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        _ = stop.changed() => return,
-                    }
+                let recorded = until_recorded_or_stopped(&mut stop, || async {
+                    arbiter.set(name, replica, false).await.inspect_err(|e| {
+                        tracing::warn!(database = %name, replica, "cannot record that the replica left the synchronized set, retrying: {e}")
+                    })
+                })
+                .await;
+                if !recorded {
+                    return;
                 }
             }
             cell.update(|s| s.leave(replica, reason));
@@ -1790,6 +1814,58 @@ mod tests {
         assert_eq!(next_backoff(RETRY_MAX, true, true), RETRY_FIRST);
         // A link that ended without an error (the replica left) too.
         assert_eq!(next_backoff(RETRY_MAX, false, false), RETRY_FIRST);
+    }
+
+    #[tokio::test]
+    async fn a_primary_that_stopped_before_its_leave_is_recorded_stops_trying() {
+        // Found in the transitions test: a link ended because its primary
+        // was stopping (deposed), and the leave that followed retried the
+        // cluster's refusal ("the sender was deposed") every 100 ms for
+        // good, waiting for a change of `stop` that had come already.
+        let (stop, _) = watch::channel(true);
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let refused = || async {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>("epoch 3 is older than the group's epoch 5".to_string())
+        };
+        let mut seen = stop.subscribe();
+        let recorded = tokio::time::timeout(
+            Duration::from_secs(5),
+            until_recorded_or_stopped(&mut seen, refused),
+        )
+        .await
+        .expect("a stopped primary does not retry");
+        assert!(!recorded);
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // Stopping while it retries ends the tries too.
+        let (stop, mut seen) = watch::channel(false);
+        let retrying = tokio::spawn(async move {
+            until_recorded_or_stopped(&mut seen, || async {
+                Err::<(), _>("no leader".to_string())
+            })
+            .await
+        });
+        tokio::time::sleep(3 * RECORD_RETRY).await;
+        stop.send_replace(true);
+        let recorded = tokio::time::timeout(Duration::from_secs(5), retrying)
+            .await
+            .expect("stopping ends the retries")
+            .unwrap();
+        assert!(!recorded);
+
+        // A refusal that clears is recorded.
+        let (_stop, mut seen) = watch::channel(false);
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let recorded = until_recorded_or_stopped(&mut seen, || async {
+            match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Err("no leader".to_string()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        assert!(recorded);
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// The two ends of a replication connection, in memory.
