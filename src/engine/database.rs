@@ -1422,8 +1422,7 @@ impl Database {
         let conn = reader.conn().sqlite();
         reset_cache(conn);
         // One read transaction for the chunk, as one statement had.
-        conn.execute_batch("BEGIN")?;
-        let chunk = (|| -> Result<(u32, u32)> {
+        in_read_transaction(conn, || {
             // The B-tree's page count, which is sqlite_dbpage's row count,
             // without stepping through every row as count(*) would.
             let pages: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -1439,10 +1438,7 @@ impl Database {
                 })
             })?;
             Ok((pages, page_size))
-        })();
-        // Dropping the reader also rolls back whatever is left open.
-        let _ = conn.execute_batch("COMMIT");
-        chunk
+        })
     }
 
     /// The stored checksums of pages `from..from + count` (those that
@@ -1515,29 +1511,27 @@ impl Database {
         let reader = self.reader()?;
         let conn = reader.conn().sqlite();
         reset_cache(conn);
-        conn.execute_batch("BEGIN")?;
-        let began = {
-            let redo = writer
-                .is_none()
-                .then(|| self.redo.lock().unwrap_or_else(|e| e.into_inner()));
-            // Any statement on the file begins the read transaction;
-            // this one reads page 1 only.
-            let begun = conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_dbpage WHERE pgno = 1",
-                    [],
-                    |_| Ok(()),
-                )
-                .map_err(Error::from);
-            let at = self.applied_lsn();
-            drop(redo);
-            drop(writer);
-            begun.map(|()| at)
-        };
-        let result = began.and_then(|at| read(conn, at));
-        // Dropping the reader also rolls back whatever is left open.
-        let _ = conn.execute_batch("COMMIT");
-        result
+        in_read_transaction(conn, || {
+            let began = {
+                let redo = writer
+                    .is_none()
+                    .then(|| self.redo.lock().unwrap_or_else(|e| e.into_inner()));
+                // Any statement on the file begins the read transaction;
+                // this one reads page 1 only.
+                let begun = conn
+                    .query_row(
+                        "SELECT count(*) FROM sqlite_dbpage WHERE pgno = 1",
+                        [],
+                        |_| Ok(()),
+                    )
+                    .map_err(Error::from);
+                let at = self.applied_lsn();
+                drop(redo);
+                drop(writer);
+                begun.map(|()| at)
+            };
+            began.and_then(|at| read(conn, at))
+        })
     }
 
     /// The pages from `from` on whose stored checksum (read on `conn`, a
@@ -1726,6 +1720,16 @@ fn for_each_page(
         }
     }
     Ok(())
+}
+
+/// Runs `read` inside one read transaction of `conn` (`BEGIN` … `COMMIT`),
+/// so that its statements all see one snapshot of the file.
+fn in_read_transaction<T>(conn: &Connection, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    conn.execute_batch("BEGIN")?;
+    let result = read();
+    // Dropping the reader also rolls back whatever is left open.
+    let _ = conn.execute_batch("COMMIT");
+    result
 }
 
 fn reset_cache(conn: &Connection) {
