@@ -28,8 +28,8 @@
 //! | `availdb_cluster_elections_total` | counter | — | term changes this node saw (each term begins with an election) |
 //! | `availdb_failovers_total` | counter | `kind` (`PLANNED`, `AUTOMATIC`, `FORCED`) | failovers that made this node primary |
 //! | `availdb_listener_sessions_total` | counter | `group` | sessions this node's listeners accepted |
-//! | `availdb_listener_handovers_total` | counter | `group` | of those, sessions routed to this node itself and handed to its front end in-process instead of relayed |
-//! | `availdb_listener_handed_over_sessions` | gauge | `group` | such sessions open now |
+//! | `availdb_listener_handovers_total` | counter | `group` | of those, sessions handed to a node's front end instead of relayed: this node's, in-process, or another node's on this host, which the client's socket was passed to |
+//! | `availdb_listener_handed_over_sessions` | gauge | `group` | sessions a listener (this node's or another's on this host) handed to this node's front end, open now |
 //! | `availdb_listener_routing_decisions_total` | counter | `group`, `route` (`primary`, `secondary`, `wait`, `refuse`) | routing decisions |
 //! | `availdb_page_repairs_total` | counter | `outcome` (`succeeded`, `irreparable`) | finished automatic page repairs |
 //! | `availdb_backups_total` | counter | — | backups this node took |
@@ -160,15 +160,23 @@ impl Telemetry {
             .inc();
     }
 
-    /// Counts a listener session of `group` handed to this node's own
-    /// front end, and counts it open until [`Telemetry::listener_handover_ended`].
+    /// Counts a session a listener of `group` handed to a node's front end
+    /// (this node's, or another node's on this host) instead of relaying it.
     pub fn listener_handover(&self, group: &str) {
-        let labels = vec![("group".to_string(), group.to_string())];
-        self.listener_handovers.get_or_create(&labels).inc();
-        self.listener_handed_over.get_or_create(&labels).inc();
+        self.listener_handovers
+            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .inc();
     }
 
-    /// A session of [`Telemetry::listener_handover`] ended.
+    /// Counts a handed-over session of `group` open on this node's front
+    /// end until [`Telemetry::listener_handover_ended`].
+    pub fn listener_handover_opened(&self, group: &str) {
+        self.listener_handed_over
+            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .inc();
+    }
+
+    /// A session of [`Telemetry::listener_handover_opened`] ended.
     pub fn listener_handover_ended(&self, group: &str) {
         self.listener_handed_over
             .get_or_create(&vec![("group".to_string(), group.to_string())])
@@ -255,7 +263,7 @@ static REGISTERED: LazyLock<Registered> = LazyLock::new(|| {
     );
     r.register(
         "availdb_listener_handovers",
-        "Listener sessions routed to this node and handed to its front end in-process",
+        "Listener sessions handed to a node's front end (this node's, or another's on this host) instead of relayed",
         t.listener_handovers.clone(),
     );
     r.register(

@@ -616,6 +616,12 @@ pub async fn run_server(config: ServerConfig) -> Result<(), String> {
             cluster.as_ref().map(|c| c.rpc_server()),
             sessions,
         ));
+        if takes_listener_sessions {
+            let local = frontend.clone() as Arc<dyn crate::listener::LocalSessions>;
+            if let Err(e) = crate::listener::handoff::receive(endpoint, local) {
+                tracing::warn!(%endpoint, error = %e, "cannot take sessions that other nodes' listeners on this host pass over; they relay them instead");
+            }
+        }
     }
     if let Some(cluster) = &cluster {
         crate::ag::clustered::spawn_follower(cluster.clone(), Arc::downgrade(&groups));

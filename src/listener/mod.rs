@@ -60,6 +60,16 @@
 //! whose endpoint takes no listener sessions (no password and an endpoint
 //! off loopback) hands none over either.
 //!
+//! # Sessions for another node on this host
+//! When the chosen replica is another node's process on the same host
+//! (`availdb up`, the tests), the listener passes it the client's socket
+//! itself over a Unix socket named after the replica's endpoint
+//! ([`handoff`]), after the same 57P03 check made there. The session then
+//! runs as a direct one, without the relay's two extra socket hops per
+//! round trip. A replica on another host (no such socket), a session whose
+//! TLS ended at the listener, or any failure before the receiver took the
+//! session: the listener relays it as above.
+//!
 //! # Invariants
 //! * The listener never authenticates and never reads past the start-up
 //!   packet: authentication and every connection setting (`ALLOW_CONNECTIONS`,
@@ -81,6 +91,7 @@
 //! * Connections the kernel queued on a node that is then killed are reset;
 //!   clients reconnect.
 
+pub mod handoff;
 pub(crate) mod packet;
 mod routing;
 
@@ -166,8 +177,20 @@ pub struct ListenerOptions {
 }
 
 /// A client's connection to a listener: plain TCP, or TLS over it.
-trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> ClientIo for T {}
+trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {
+    /// The TCP connection itself when nothing runs over it in this
+    /// process, so that it can be passed to another ([`handoff`]).
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+impl ClientIo for TcpStream {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+impl ClientIo for tokio::io::Empty {}
+impl ClientIo for tokio_rustls::server::TlsStream<Box<dyn ClientIo>> {}
 
 /// This node's front end, as its listeners see it: when the replica a
 /// session is routed to is this node, the listener hands the client's
@@ -193,6 +216,20 @@ pub struct HandedOver {
     client: Box<dyn ClientIo>,
     /// The listener's group, for `availdb_listener_handed_over_sessions`.
     group: String,
+}
+
+impl HandedOver {
+    /// The session of a client of `group`'s listener whose amended
+    /// start-up packet is `head`; counted open until it is dropped.
+    fn new(head: Vec<u8>, client: Box<dyn ClientIo>, group: String) -> HandedOver {
+        crate::telemetry::get().listener_handover_opened(&group);
+        HandedOver {
+            head,
+            at: 0,
+            client,
+            group,
+        }
+    }
 }
 
 impl Drop for HandedOver {
@@ -505,38 +542,45 @@ impl Listeners {
                     match local.refusal(&params) {
                         None => {
                             crate::telemetry::get().listener_handover(group);
-                            let session = HandedOver {
-                                head: startup.encode(),
-                                at: 0,
-                                client,
-                                group: group.to_string(),
-                            };
+                            let session =
+                                HandedOver::new(startup.encode(), client, group.to_string());
                             local.clone().serve(session, peer);
                             return;
                         }
                         Some(why) => why,
                     }
                 }
-                None => match open(&config, &replica, as_primary, &startup.encode()).await {
-                    Ok((mut server, first)) => {
-                        let retry = first.first() == Some(&b'E')
-                            && packet::error_sqlstate(&first[5..]).as_deref() == Some("57P03");
-                        if !retry {
-                            if client.write_all(&first).await.is_ok() {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
-                            return;
-                        }
-                        packet::error_fields(&first[5..])
-                            .into_iter()
-                            .find(|(code, _)| *code == b'M')
-                            .map_or_else(
-                                || format!("replica \"{replica}\" refused the session"),
-                                |(_, m)| m,
-                            )
+                None => match self.pass(&config, &replica, &*client, &startup).await {
+                    Some(handoff::Offer::Taken) => {
+                        crate::telemetry::get().listener_handover(group);
+                        return;
                     }
-                    Err(e) => format!("replica \"{replica}\": {e}"),
+                    Some(handoff::Offer::Refused(why)) => why,
+                    Some(handoff::Offer::NotHere(_)) | None => {
+                        match open(&config, &replica, as_primary, &startup.encode()).await {
+                            Ok((mut server, first)) => {
+                                let retry = first.first() == Some(&b'E')
+                                    && packet::error_sqlstate(&first[5..]).as_deref()
+                                        == Some("57P03");
+                                if !retry {
+                                    if client.write_all(&first).await.is_ok() {
+                                        let _ =
+                                            tokio::io::copy_bidirectional(&mut client, &mut server)
+                                                .await;
+                                    }
+                                    return;
+                                }
+                                packet::error_fields(&first[5..])
+                                    .into_iter()
+                                    .find(|(code, _)| *code == b'M')
+                                    .map_or_else(
+                                        || format!("replica \"{replica}\" refused the session"),
+                                        |(_, m)| m,
+                                    )
+                            }
+                            Err(e) => format!("replica \"{replica}\": {e}"),
+                        }
+                    }
                 },
             };
             self.mark_unavailable(&replica);
@@ -551,6 +595,29 @@ impl Listeners {
         );
         let hint = "the group may be failing over: retry; sys.availability_groups on any replica names the primary";
         let _ = refuse(&mut client, "57P03", &message, Some(hint)).await;
+    }
+
+    /// Offers a plaintext client's connection to `replica`'s process when
+    /// it runs on this host ([`handoff`]); None for a session whose TLS
+    /// ended here.
+    async fn pass(
+        &self,
+        config: &GroupConfig,
+        replica: &str,
+        client: &dyn ClientIo,
+        startup: &packet::Startup,
+    ) -> Option<handoff::Offer> {
+        let tcp = client.plain_tcp()?;
+        let endpoint = config.replica(replica)?.endpoint;
+        let offer = handoff::offer(endpoint, tcp, &startup.encode()).await;
+        if let handoff::Offer::NotHere(e) = &offer {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                tracing::warn!(%endpoint, error = %e, "not passing sessions to this handover socket, relaying them");
+            } else {
+                tracing::trace!(%endpoint, error = %e, "replica not on this host or not taking sessions: relaying");
+            }
+        }
+        Some(offer)
     }
 
     /// Passes a cancel request to every replica of the group: only the one
