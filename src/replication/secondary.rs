@@ -1322,8 +1322,12 @@ async fn stream_from(
     let mut floor = group.epoch_floor.subscribe();
     // A group stopped here (dropped, or started again: a database restored
     // here joined) ends its connection; the primary reconnects to the one
-    // serving now.
+    // serving now. A stop that came before this link began counts too:
+    // `changed` would never see it.
     let mut stopped = group.stop.subscribe();
+    if *stopped.borrow_and_update() {
+        return Err(ReplicationError::IntakeClosed);
+    }
     // Redo progress of every database, forwarded as Progress messages.
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
     let mut watchers = Vec::new();
