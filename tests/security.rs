@@ -508,6 +508,91 @@ async fn tls_through_the_listener_is_ended_by_the_listener() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
+/// The sum of Prometheus metric `name`'s samples on `node`'s `/metrics`.
+async fn metric(node: &common::TestServer, name: &str) -> f64 {
+    let (_, text) = common::http_get(node.http_port(), "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Rule: a session whose TLS the listener ended is never passed to another
+/// node's process (its TLS state lives in the listener's): another node's
+/// listener relays it, the primary's own hands it over in-process, and
+/// every one reaches the primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_session_through_another_nodes_listener_is_relayed_not_passed() {
+    const SESSIONS: usize = 24;
+    require_clients();
+    let pki = Pki::new(&[]);
+    let group = Group::start_with(GroupSpec {
+        replicas: 2,
+        password: Some(PASSWORD.into()),
+        args: pki.args(),
+        ..GroupSpec::default()
+    })
+    .await;
+    let (rw, ro) = loop {
+        let (a, b) = (free_port(), free_port());
+        if a != b {
+            break (a, b);
+        }
+    };
+    exec(
+        &group.nodes[0].client(DEFAULT_DB).await,
+        &format!(
+            "ALTER AVAILABILITY GROUP {GROUP} ADD LISTENER '{GROUP}-listener' (PORT = {rw}, READ_ONLY_PORT = {ro})"
+        ),
+        "r1",
+    )
+    .await;
+    let conn = format!(
+        "host=127.0.0.1 port={rw} user={USER} password={PASSWORD} dbname={APP} sslmode=verify-full sslrootcert={} connect_timeout=20",
+        pki.ca.display()
+    );
+    let which = "SELECT replica FROM sys.dm_hadr_availability_replica_states WHERE is_local";
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    while !psql(&conn, which).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener took no TLS session within {REACH_TIMEOUT:?}\n{}",
+            group.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let names = [
+        "availdb_listener_sessions_total",
+        "availdb_listener_handovers_total",
+    ];
+    let mut before = [[0.0; 2]; 2];
+    for (i, node) in group.nodes.iter().enumerate() {
+        for (k, name) in names.iter().enumerate() {
+            before[i][k] = metric(node, name).await;
+        }
+    }
+    // `sslmode=verify-full`: libpq takes no session without TLS.
+    for i in 0..SESSIONS {
+        assert_eq!(psql_ok(&conn, which).trim(), "r1", "session {i}");
+    }
+    let mut after = [[0.0; 2]; 2];
+    for (i, node) in group.nodes.iter().enumerate() {
+        for (k, name) in names.iter().enumerate() {
+            after[i][k] = metric(node, name).await - before[i][k];
+        }
+    }
+    let [[sessions1, handed1], [sessions2, handed2]] = after;
+    assert_eq!(sessions1 + sessions2, SESSIONS as f64, "{after:?}");
+    // The kernel spreads the sessions over both nodes' listener sockets
+    // (SO_REUSEPORT): all 24 on one node has a chance of 2^-23.
+    assert!(sessions1 > 0.0 && sessions2 > 0.0, "{after:?}");
+    assert_eq!(
+        handed1, sessions1,
+        "r1's listener hands its own node's sessions over"
+    );
+    assert_eq!(handed2, 0.0, "r2's listener relays every TLS session");
+}
+
 /// A session whose connection task reports how the connection ended (a
 /// FATAL the server sends on its own arrives there).
 async fn watched_client(

@@ -557,28 +557,9 @@ impl Listeners {
                     }
                     Some(handoff::Offer::Refused(why)) => why,
                     Some(handoff::Offer::NotHere(_)) | None => {
-                        match open(&config, &replica, as_primary, &startup.encode()).await {
-                            Ok((mut server, first)) => {
-                                let retry = first.first() == Some(&b'E')
-                                    && packet::error_sqlstate(&first[5..]).as_deref()
-                                        == Some("57P03");
-                                if !retry {
-                                    if client.write_all(&first).await.is_ok() {
-                                        let _ =
-                                            tokio::io::copy_bidirectional(&mut client, &mut server)
-                                                .await;
-                                    }
-                                    return;
-                                }
-                                packet::error_fields(&first[5..])
-                                    .into_iter()
-                                    .find(|(code, _)| *code == b'M')
-                                    .map_or_else(
-                                        || format!("replica \"{replica}\" refused the session"),
-                                        |(_, m)| m,
-                                    )
-                            }
-                            Err(e) => format!("replica \"{replica}\": {e}"),
+                        match relay(&config, &replica, as_primary, &startup, &mut client).await {
+                            None => return,
+                            Some(why) => why,
                         }
                     }
                 },
@@ -732,6 +713,39 @@ async fn refuse(
         .write_all(&packet::error_response("FATAL", sqlstate, message, hint))
         .await?;
     client.shutdown().await
+}
+
+/// Relays the session to `replica` until either side closes; None once
+/// the replica took it, or why it did not (a 57P03, a failed connection):
+/// the listener then chooses again.
+async fn relay(
+    config: &GroupConfig,
+    replica: &str,
+    as_primary: bool,
+    startup: &packet::Startup,
+    client: &mut Box<dyn ClientIo>,
+) -> Option<String> {
+    let (mut server, first) = match open(config, replica, as_primary, &startup.encode()).await {
+        Ok(opened) => opened,
+        Err(e) => return Some(format!("replica \"{replica}\": {e}")),
+    };
+    let refused = first.first() == Some(&b'E')
+        && packet::error_sqlstate(&first[5..]).as_deref() == Some("57P03");
+    if refused {
+        return Some(
+            packet::error_fields(&first[5..])
+                .into_iter()
+                .find(|(code, _)| *code == b'M')
+                .map_or_else(
+                    || format!("replica \"{replica}\" refused the session"),
+                    |(_, m)| m,
+                ),
+        );
+    }
+    if client.write_all(&first).await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(client, &mut server).await;
+    }
+    None
 }
 
 /// Connects to `replica` (its routing URL as a secondary, else its
