@@ -52,16 +52,6 @@ impl Listener {
     }
 }
 
-/// Two free loopback ports.
-fn two_ports() -> (u16, u16) {
-    loop {
-        let (a, b) = (free_port(), free_port());
-        if a != b {
-            return (a, b);
-        }
-    }
-}
-
 async fn connect(conn: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = match tokio::time::timeout(
         Duration::from_secs(30),
@@ -133,7 +123,7 @@ fn refusal(result: Result<Client, tokio_postgres::Error>, what: &str) -> (String
 /// Adds the listener (and runs `statements` first) on the primary `i`,
 /// then waits until a session through it answers.
 async fn define_listener(group: &Group, i: usize, statements: &[String]) -> Listener {
-    let (rw, ro) = two_ports();
+    let (rw, ro) = common::two_free_ports();
     let client = group.nodes[i].client(DEFAULT_DB).await;
     for sql in statements {
         exec(&client, sql, &name(i)).await;
@@ -283,16 +273,6 @@ async fn the_listener_sends_writes_to_the_primary_and_spreads_read_intent_over_t
     }
 }
 
-/// The sum of the samples of Prometheus metric `name` (a counter or a
-/// gauge) on `node`'s `/metrics` (0 when it has none yet).
-async fn counter(node: &common::TestServer, name: &str) -> f64 {
-    let (_, text) = common::http_get(node.http_port(), "/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Rule: a session a listener routes to a node on its own host is handed
 /// to that node's front end, not relayed: in-process when it is the
 /// listener's own node, by passing the client's socket to the node's
@@ -307,8 +287,8 @@ async fn sessions_routed_to_a_node_on_the_listeners_host_are_handed_over_not_rel
     let mut before = [[0.0; 2]; 2];
     for (i, node) in group.nodes.iter().enumerate() {
         before[i] = [
-            counter(node, "availdb_listener_sessions_total").await,
-            counter(node, "availdb_listener_handovers_total").await,
+            common::metric_sum(node, "availdb_listener_sessions_total").await,
+            common::metric_sum(node, "availdb_listener_handovers_total").await,
         ];
     }
     let mut clients = Vec::new();
@@ -321,8 +301,10 @@ async fn sessions_routed_to_a_node_on_the_listeners_host_are_handed_over_not_rel
     let mut sessions = [0.0; 2];
     let mut handed = [0.0; 2];
     for (i, node) in group.nodes.iter().enumerate() {
-        sessions[i] = counter(node, "availdb_listener_sessions_total").await - before[i][0];
-        handed[i] = counter(node, "availdb_listener_handovers_total").await - before[i][1];
+        sessions[i] =
+            common::metric_sum(node, "availdb_listener_sessions_total").await - before[i][0];
+        handed[i] =
+            common::metric_sum(node, "availdb_listener_handovers_total").await - before[i][1];
     }
     assert_eq!(
         sessions[0] + sessions[1],
@@ -340,11 +322,14 @@ async fn sessions_routed_to_a_node_on_the_listeners_host_are_handed_over_not_rel
     assert_eq!(handed, sessions, "handed over per node, sessions per node");
     // r1 serves all of them as handed over, open until their clients leave.
     let open = "availdb_listener_handed_over_sessions";
-    assert_eq!(counter(&group.nodes[0], open).await, SESSIONS as f64);
-    assert_eq!(counter(&group.nodes[1], open).await, 0.0);
+    assert_eq!(
+        common::metric_sum(&group.nodes[0], open).await,
+        SESSIONS as f64
+    );
+    assert_eq!(common::metric_sum(&group.nodes[1], open).await, 0.0);
     drop(clients);
     let deadline = Instant::now() + REACH_TIMEOUT;
-    while counter(&group.nodes[0], open).await > 0.0 {
+    while common::metric_sum(&group.nodes[0], open).await > 0.0 {
         assert!(
             Instant::now() < deadline,
             "handed-over sessions still counted open 60 s after their clients left"

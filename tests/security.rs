@@ -446,12 +446,7 @@ async fn tls_through_the_listener_is_ended_by_the_listener() {
         ..GroupSpec::default()
     })
     .await;
-    let (rw, ro) = loop {
-        let (a, b) = (free_port(), free_port());
-        if a != b {
-            break (a, b);
-        }
-    };
+    let (rw, ro) = common::two_free_ports();
     let primary = group.nodes[0].client(DEFAULT_DB).await;
     exec(
         &primary,
@@ -508,15 +503,6 @@ async fn tls_through_the_listener_is_ended_by_the_listener() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
-/// The sum of Prometheus metric `name`'s samples on `node`'s `/metrics`.
-async fn metric(node: &common::TestServer, name: &str) -> f64 {
-    let (_, text) = common::http_get(node.http_port(), "/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Rule: a session whose TLS the listener ended is never passed to another
 /// node's process (its TLS state lives in the listener's): another node's
 /// listener relays it, the primary's own hands it over in-process, and
@@ -533,12 +519,7 @@ async fn a_tls_session_through_another_nodes_listener_is_relayed_not_passed() {
         ..GroupSpec::default()
     })
     .await;
-    let (rw, ro) = loop {
-        let (a, b) = (free_port(), free_port());
-        if a != b {
-            break (a, b);
-        }
-    };
+    let (rw, ro) = common::two_free_ports();
     exec(
         &group.nodes[0].client(DEFAULT_DB).await,
         &format!(
@@ -568,7 +549,7 @@ async fn a_tls_session_through_another_nodes_listener_is_relayed_not_passed() {
     let mut before = [[0.0; 2]; 2];
     for (i, node) in group.nodes.iter().enumerate() {
         for (k, name) in names.iter().enumerate() {
-            before[i][k] = metric(node, name).await;
+            before[i][k] = common::metric_sum(node, name).await;
         }
     }
     // `sslmode=verify-full`: libpq takes no session without TLS.
@@ -578,7 +559,7 @@ async fn a_tls_session_through_another_nodes_listener_is_relayed_not_passed() {
     let mut after = [[0.0; 2]; 2];
     for (i, node) in group.nodes.iter().enumerate() {
         for (k, name) in names.iter().enumerate() {
-            after[i][k] = metric(node, name).await - before[i][k];
+            after[i][k] = common::metric_sum(node, name).await - before[i][k];
         }
     }
     let [[sessions1, handed1], [sessions2, handed2]] = after;

@@ -57,6 +57,16 @@ pub fn free_port() -> u16 {
     free_port_in(20_000, 12_000)
 }
 
+/// Two different free loopback ports (a listener's two).
+pub fn two_free_ports() -> (u16, u16) {
+    loop {
+        let (a, b) = (free_port(), free_port());
+        if a != b {
+            return (a, b);
+        }
+    }
+}
+
 /// A loopback port in `low .. low + span` that was free a moment ago, at a
 /// pseudo-random spot (see [`free_port`]).
 pub fn free_port_in(low: u16, span: u16) -> u16 {
@@ -716,6 +726,16 @@ pub fn availdb_bin() -> PathBuf {
     std::env::var_os("AVAILDB_TEST_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_availdb")))
+}
+
+/// The sum of the samples of Prometheus metric `name` (a counter or a
+/// gauge, every label set) on `node`'s `/metrics`; 0 when it has none yet.
+pub async fn metric_sum(node: &TestServer, name: &str) -> f64 {
+    let (_, text) = http_get(node.http_port(), "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// `GET path` on loopback `port` (HTTP/1.0): (status, body).
