@@ -49,6 +49,11 @@ use prometheus_client::registry::Registry;
 /// Label pairs of a family.
 pub type Labels = Vec<(String, String)>;
 
+/// The labels of a metric per availability group.
+fn group_label(group: &str) -> Labels {
+    vec![("group".to_string(), group.to_string())]
+}
+
 /// Upper bounds of the latency buckets, in microseconds (100 µs to 10 s).
 const BOUNDS_US: [u64; 16] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
@@ -156,7 +161,7 @@ impl Telemetry {
     /// Counts a session a listener of `group` accepted.
     pub fn listener_session(&self, group: &str) {
         self.listener_sessions
-            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .get_or_create(&group_label(group))
             .inc();
     }
 
@@ -164,7 +169,7 @@ impl Telemetry {
     /// (this node's, or another node's on this host) instead of relaying it.
     pub fn listener_handover(&self, group: &str) {
         self.listener_handovers
-            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .get_or_create(&group_label(group))
             .inc();
     }
 
@@ -172,14 +177,14 @@ impl Telemetry {
     /// end until [`Telemetry::listener_handover_ended`].
     pub fn listener_handover_opened(&self, group: &str) {
         self.listener_handed_over
-            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .get_or_create(&group_label(group))
             .inc();
     }
 
     /// A session of [`Telemetry::listener_handover_opened`] ended.
     pub fn listener_handover_ended(&self, group: &str) {
         self.listener_handed_over
-            .get_or_create(&vec![("group".to_string(), group.to_string())])
+            .get_or_create(&group_label(group))
             .dec();
     }
 

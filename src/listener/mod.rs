@@ -531,6 +531,8 @@ impl Listeners {
                 ROUTE_PARAM,
                 if as_primary { "primary" } else { "secondary" },
             );
+            // The amended start-up packet, as the chosen replica reads it.
+            let head = startup.encode();
             let local = self
                 .local
                 .as_ref()
@@ -542,22 +544,21 @@ impl Listeners {
                     match local.refusal(&params) {
                         None => {
                             crate::telemetry::get().listener_handover(group);
-                            let session =
-                                HandedOver::new(startup.encode(), client, group.to_string());
+                            let session = HandedOver::new(head, client, group.to_string());
                             local.clone().serve(session, peer);
                             return;
                         }
                         Some(why) => why,
                     }
                 }
-                None => match self.pass(&config, &replica, &*client, &startup).await {
+                None => match self.pass(&config, &replica, &*client, &head).await {
                     Some(handoff::Offer::Taken) => {
                         crate::telemetry::get().listener_handover(group);
                         return;
                     }
                     Some(handoff::Offer::Refused(why)) => why,
                     Some(handoff::Offer::NotHere(_)) | None => {
-                        match relay(&config, &replica, as_primary, &startup, &mut client).await {
+                        match relay(&config, &replica, as_primary, &head, &mut client).await {
                             None => return,
                             Some(why) => why,
                         }
@@ -586,11 +587,11 @@ impl Listeners {
         config: &GroupConfig,
         replica: &str,
         client: &dyn ClientIo,
-        startup: &packet::Startup,
+        startup: &[u8],
     ) -> Option<handoff::Offer> {
         let tcp = client.plain_tcp()?;
         let endpoint = config.replica(replica)?.endpoint;
-        let offer = handoff::offer(endpoint, tcp, &startup.encode()).await;
+        let offer = handoff::offer(endpoint, tcp, startup).await;
         if let handoff::Offer::NotHere(e) = &offer {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 tracing::warn!(%endpoint, error = %e, "not passing sessions to this handover socket, relaying them");
@@ -722,10 +723,10 @@ async fn relay(
     config: &GroupConfig,
     replica: &str,
     as_primary: bool,
-    startup: &packet::Startup,
+    startup: &[u8],
     client: &mut Box<dyn ClientIo>,
 ) -> Option<String> {
-    let (mut server, first) = match open(config, replica, as_primary, &startup.encode()).await {
+    let (mut server, first) = match open(config, replica, as_primary, startup).await {
         Ok(opened) => opened,
         Err(e) => return Some(format!("replica \"{replica}\": {e}")),
     };
