@@ -33,8 +33,31 @@
 //! So by the time the leader sees a lease expired, the primary has stopped
 //! accepting writes (safety rule 2). [`LeaseClock`] is the pure bookkeeping
 //! of either side; time is passed in, so tests never sleep.
+//!
+//! # Renewals on their way
+//! A renewal commits only once a majority has written it to disk. A disk
+//! that stalls (a node's own bulk writes, or, under `availdb up`, every
+//! node's writes on one disk) can hold commits for hundreds of
+//! milliseconds, at times seconds: longer than a lease. Counting only
+//! applied renewals, the leader then saw the lease of a primary that was
+//! renewing all along run out, and failed over a healthy primary — a
+//! false alarm, measured under a read load on `up --replicas 4`.
+//!
+//! So the leader also counts renewals *on their way*: each renewal of the
+//! group's current holder and epoch handed to this node's Raft (proposed
+//! here, or forwarded here by another node) is noted when it arrives and
+//! again when its proposal settles (committed, refused or timed out).
+//! While one is on its way the lease is not expired; after the last one
+//! settles, the count runs from that moment. This only ever makes the
+//! leader's expiry *later* than the applied count alone, so safety rule 2
+//! holds as argued above. What it costs: a primary that dies while the
+//! cluster's log is stalled is declared dead a lease after its last
+//! renewal settles, not after it was sent (at most the proposal's time-out
+//! later). A renewal naming another holder or an older epoch (a deposed
+//! primary) is not counted.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::state::{ClusterState, Command};
@@ -79,6 +102,37 @@ impl LeaseClock {
     }
 }
 
+/// Renewals on their way through this node's Raft for one group, holder
+/// and epoch (see the module docs).
+#[derive(Debug, Default)]
+struct OnTheirWay {
+    /// Proposals taken and not yet settled.
+    pending: usize,
+    /// Counts from the latest arrival or settling.
+    clock: LeaseClock,
+}
+
+/// Which renewals: group and holder (lower-case names) and epoch.
+type RenewalKey = (String, String, u64);
+
+/// A renewal on its way through this node's Raft: noted in the lease book
+/// when made ([`LeaseBook::renewal_on_its_way`]), settled when dropped —
+/// whether the proposal committed, was refused, timed out or was given up.
+pub(crate) struct RenewalOnItsWay {
+    book: Arc<Mutex<LeaseBook>>,
+    key: RenewalKey,
+    duration_ms: u64,
+}
+
+impl Drop for RenewalOnItsWay {
+    fn drop(&mut self) {
+        self.book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .renewal_settled(&self.key, self.duration_ms, Instant::now());
+    }
+}
+
 /// The lease clocks of every group on one node, kept by the state machine
 /// as it applies commands and read by the leader ([`super::Cluster::lease_expired`]).
 #[derive(Debug, Default)]
@@ -87,6 +141,8 @@ pub(crate) struct LeaseBook {
     leader_since: Option<(u64, Instant)>,
     /// Per group (lower-case name).
     clocks: BTreeMap<String, LeaseClock>,
+    /// Renewals on their way here.
+    on_their_way: BTreeMap<RenewalKey, OnTheirWay>,
 }
 
 impl LeaseBook {
@@ -101,7 +157,9 @@ impl LeaseBook {
                 .or_default()
                 .on_renewal_applied(*duration_ms, now),
             Command::Promote { group, .. } | Command::RemoveGroup(group) => {
-                self.clocks.remove(&group.to_ascii_lowercase());
+                let group = group.to_ascii_lowercase();
+                self.clocks.remove(&group);
+                self.on_their_way.retain(|(g, _, _), _| *g != group);
             }
             Command::PutGroup(_)
             | Command::SetSynchronized { .. }
@@ -151,7 +209,66 @@ impl LeaseBook {
                 clock
             });
         let grace = Duration::from_millis(lease.duration_ms / 2) + margin;
-        Some(clock.expired(now, margin) && now >= since + grace)
+        let key = (
+            group.to_ascii_lowercase(),
+            lease.holder.to_ascii_lowercase(),
+            lease.epoch,
+        );
+        let renewing = self
+            .on_their_way
+            .get(&key)
+            .is_some_and(|way| way.pending > 0 || !way.clock.expired(now, margin));
+        Some(clock.expired(now, margin) && !renewing && now >= since + grace)
+    }
+
+    /// Notes `command`, when it is a lease renewal, on its way through
+    /// this node's Raft from now on; the returned guard settles it when
+    /// dropped. Other commands: `None`.
+    pub(crate) fn renewal_on_its_way(
+        book: &Arc<Mutex<LeaseBook>>,
+        command: &Command,
+    ) -> Option<RenewalOnItsWay> {
+        let now = Instant::now();
+        let (key, duration_ms) = book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .renewal_arrived(command, now)?;
+        Some(RenewalOnItsWay {
+            book: book.clone(),
+            key,
+            duration_ms,
+        })
+    }
+
+    /// `command`, if a lease renewal, arrived at `now` for this node's
+    /// Raft; its key and duration, to settle it by.
+    fn renewal_arrived(&mut self, command: &Command, now: Instant) -> Option<(RenewalKey, u64)> {
+        let Command::RenewLease {
+            group,
+            holder,
+            epoch,
+            duration_ms,
+        } = command
+        else {
+            return None;
+        };
+        let key = (
+            group.to_ascii_lowercase(),
+            holder.to_ascii_lowercase(),
+            *epoch,
+        );
+        let way = self.on_their_way.entry(key.clone()).or_default();
+        way.pending += 1;
+        way.clock.on_renewal_applied(*duration_ms, now);
+        Some((key, *duration_ms))
+    }
+
+    /// The proposal of a renewal that arrived settled at `now`.
+    fn renewal_settled(&mut self, key: &RenewalKey, duration_ms: u64, now: Instant) {
+        if let Some(way) = self.on_their_way.get_mut(key) {
+            way.pending = way.pending.saturating_sub(1);
+            way.clock.on_renewal_applied(duration_ms, now);
+        }
     }
 }
 
@@ -161,6 +278,45 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    fn renewal(holder: &str, epoch: u64, duration_ms: u64) -> Command {
+        Command::RenewLease {
+            group: "AG1".into(),
+            holder: holder.into(),
+            epoch,
+            duration_ms,
+        }
+    }
+
+    /// The state of group ag1, primary r1 at epoch 1, with a lease of
+    /// `lease` ms held by r1 (none: no lease).
+    fn state(lease: Option<u64>) -> ClusterState {
+        use crate::cluster::state::{GroupRecord, Lease};
+        let config: crate::group::GroupConfig = serde_json::from_value(serde_json::json!({
+            "name": "ag1", "cluster_id": "c", "version": 1, "epoch": 1, "primary": "r1",
+            "databases": [], "required_synchronized_secondaries": 0, "replicas": []
+        }))
+        .unwrap();
+        let mut s = ClusterState::default();
+        let lease = lease.map(|duration_ms| Lease {
+            holder: "r1".into(),
+            epoch: 1,
+            duration_ms,
+        });
+        s.groups.insert(
+            "ag1".into(),
+            GroupRecord {
+                config,
+                lease,
+                synchronized: Default::default(),
+                previous: None,
+                stopped_epoch: 0,
+                backup_holds: Default::default(),
+                history: Default::default(),
+            },
+        );
+        s
     }
 
     #[test]
@@ -232,41 +388,8 @@ mod tests {
 
     #[test]
     fn the_leaders_book_counts_from_the_last_renewal_applied_here_in_any_role() {
-        use crate::cluster::state::{GroupRecord, Lease};
-
         let t0 = Instant::now();
-        let renew = |duration_ms| Command::RenewLease {
-            group: "AG1".into(),
-            holder: "r1".into(),
-            epoch: 1,
-            duration_ms,
-        };
-        let state = |lease: Option<u64>| {
-            let config: crate::group::GroupConfig = serde_json::from_value(serde_json::json!({
-                "name": "ag1", "cluster_id": "c", "version": 1, "epoch": 1, "primary": "r1",
-                "databases": [], "required_synchronized_secondaries": 0, "replicas": []
-            }))
-            .unwrap();
-            let mut s = ClusterState::default();
-            let lease = lease.map(|duration_ms| Lease {
-                holder: "r1".into(),
-                epoch: 1,
-                duration_ms,
-            });
-            s.groups.insert(
-                "ag1".into(),
-                GroupRecord {
-                    config,
-                    lease,
-                    synchronized: Default::default(),
-                    previous: None,
-                    stopped_epoch: 0,
-                    backup_holds: Default::default(),
-                    history: Default::default(),
-                },
-            );
-            s
-        };
+        let renew = |duration_ms| renewal("r1", 1, duration_ms);
         let with_lease = state(Some(1000));
         let mut book = LeaseBook::default();
         let margin = ms(100);
@@ -357,5 +480,107 @@ mod tests {
         };
         book.applied(&promote, t2);
         assert!(book.clocks.is_empty());
+    }
+
+    #[test]
+    fn renewals_on_their_way_through_a_stalled_log_keep_a_live_primary_from_being_failed_over() {
+        let with_lease = state(Some(1000));
+        let mut book = LeaseBook::default();
+        let margin = ms(100);
+        let t0 = Instant::now();
+        let expired = |book: &mut LeaseBook, at| book.expired(&with_lease, 5, "ag1", at, margin);
+
+        // The leader applied a renewal; the next one arrives 150 ms later
+        // and does not commit: the followers' disks stall for 3.2 s.
+        assert_eq!(expired(&mut book, t0), Some(false));
+        book.applied(&renewal("r1", 1, 1000), t0);
+        let (stuck, _) = book
+            .renewal_arrived(&renewal("r1", 1, 1000), t0 + ms(150))
+            .unwrap();
+        for after in [1100, 2000, 3349] {
+            assert_eq!(
+                expired(&mut book, t0 + ms(after)),
+                Some(false),
+                "a renewal on its way at {after} ms: the primary is renewing, only slowly"
+            );
+        }
+        // It commits at last: applied and settled, the count restarts.
+        let t1 = t0 + ms(3350);
+        book.applied(&renewal("r1", 1, 1000), t1);
+        book.renewal_settled(&stuck, 1000, t1);
+        assert_eq!(expired(&mut book, t1 + ms(1099)), Some(false));
+        assert_eq!(
+            expired(&mut book, t1 + ms(1100)),
+            Some(true),
+            "a primary that stopped renewing is declared dead a lease plus the margin later"
+        );
+
+        // The primary dies with a renewal on its way that never commits:
+        // the count runs from when the proposal settled (timed out).
+        let t2 = t1 + ms(10_000);
+        book.applied(&renewal("r1", 1, 1000), t2);
+        let (lost, _) = book
+            .renewal_arrived(&renewal("r1", 1, 1000), t2 + ms(150))
+            .unwrap();
+        let gave_up = t2 + ms(5150);
+        assert_eq!(expired(&mut book, gave_up - ms(1)), Some(false));
+        book.renewal_settled(&lost, 1000, gave_up);
+        assert_eq!(expired(&mut book, gave_up + ms(1099)), Some(false));
+        assert_eq!(expired(&mut book, gave_up + ms(1100)), Some(true));
+
+        // Renewals of another holder or an older epoch (a deposed primary
+        // still trying) hold nothing.
+        let t3 = gave_up + ms(10_000);
+        book.applied(&renewal("r1", 1, 1000), t3);
+        let _deposed = book.renewal_arrived(&renewal("r1", 0, 1000), t3 + ms(900));
+        let _other = book.renewal_arrived(&renewal("r2", 1, 1000), t3 + ms(900));
+        assert_eq!(expired(&mut book, t3 + ms(1100)), Some(true));
+
+        // A promotion forgets every count of the group.
+        let _held = book.renewal_arrived(&renewal("r1", 1, 1000), t3 + ms(1200));
+        book.applied(
+            &Command::Promote {
+                group: "ag1".into(),
+                new_primary: "r2".into(),
+                new_epoch: 2,
+                require_synchronized: false,
+                after_lease: false,
+                at_us: 0,
+                reason: String::new(),
+            },
+            t3 + ms(1300),
+        );
+        assert!(book.on_their_way.is_empty() && book.clocks.is_empty());
+        assert_eq!(
+            book.renewal_arrived(&Command::RemoveGroup("ag1".into()), t3),
+            None
+        );
+    }
+
+    #[test]
+    fn a_renewal_on_its_way_is_settled_when_its_proposal_ends_however_it_ends() {
+        let book = Arc::new(Mutex::new(LeaseBook::default()));
+        let pending = |book: &Arc<Mutex<LeaseBook>>| {
+            book.lock()
+                .unwrap()
+                .on_their_way
+                .values()
+                .map(|w| w.pending)
+                .sum::<usize>()
+        };
+        let first = LeaseBook::renewal_on_its_way(&book, &renewal("r1", 1, 800)).unwrap();
+        let second = LeaseBook::renewal_on_its_way(&book, &renewal("R1", 1, 800)).unwrap();
+        assert!(
+            LeaseBook::renewal_on_its_way(&book, &Command::RemoveGroup("ag1".into())).is_none()
+        );
+        assert_eq!(pending(&book), 2, "both on their way, under one key");
+        drop(first);
+        assert_eq!(pending(&book), 1);
+        drop(second);
+        assert_eq!(
+            pending(&book),
+            0,
+            "a dropped proposal (time-out, refusal, commit) settles"
+        );
     }
 }

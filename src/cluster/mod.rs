@@ -60,7 +60,10 @@
 //! replaced in well under a second on a healthy network. openraft waits at
 //! most one heartbeat interval for an AppendEntries answer, which includes
 //! the follower's fsync: a disk slower than that delays replication (the
-//! leader retries) but never breaks safety. An unreachable node is retried
+//! leader retries) but never breaks safety. A disk stalled for longer than
+//! a lease holds the primary's renewals uncommitted; the leader does not
+//! fail over a primary whose renewals are reaching it meanwhile (`lease.rs`,
+//! renewals on their way). An unreachable node is retried
 //! every 500 ms. A snapshot is taken every 1000 entries and the log before
 //! it purged (keeping 100 entries); a node too far behind gets the snapshot.
 //!
@@ -438,6 +441,9 @@ pub struct Cluster {
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Sends proposals to the leader when this node is not it.
     forward: TcpTransport,
+    /// Stalls this node's log writes (tests).
+    #[cfg(test)]
+    staller: store::Staller,
 }
 
 /// Counts the term changes this node sees (`availdb_cluster_elections_total`)
@@ -497,6 +503,8 @@ impl Cluster {
         let contacts = Arc::new(network::Contacts::default());
         let network =
             network::NetworkFactory::new(id, transport, identity.clone(), contacts.clone());
+        #[cfg(test)]
+        let staller = log.staller();
         let raft = Raft::new(id, Arc::new(config), network, log, state_machine)
             .await
             .map_err(|e| Error::Stopped(e.to_string()))?;
@@ -511,6 +519,8 @@ impl Cluster {
             leases,
             listener: Mutex::new(None),
             forward: TcpTransport::default(),
+            #[cfg(test)]
+            staller,
         })
     }
 
@@ -564,7 +574,11 @@ impl Cluster {
     /// The receiving side of this node's cluster RPCs, to pass to
     /// [`serve_rpc`].
     pub fn rpc_server(&self) -> RpcServer {
-        RpcServer::new(self.raft.clone(), self.identity.clone())
+        RpcServer::new(
+            self.raft.clone(),
+            self.identity.clone(),
+            self.leases.clone(),
+        )
     }
 
     /// The request frame of `request` to node `target`, from this node.
@@ -726,6 +740,7 @@ impl Cluster {
     }
 
     pub async fn propose(&self, command: Command) -> Result<CommandResult> {
+        let _on_its_way = LeaseBook::renewal_on_its_way(&self.leases, &command);
         let write = self.raft.client_write(command);
         match tokio::time::timeout(PROPOSE_TIMEOUT, write).await {
             Ok(Ok(response)) => Ok(response.data),

@@ -87,6 +87,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, FrameError};
 use super::identity::{admit, ClusterId, Identity, Refusal, Verdict};
+use super::lease::LeaseBook;
 use super::{NodeId, NodeInfo, TypeConfig};
 
 /// A Raft RPC.
@@ -430,12 +431,23 @@ pub struct RpcServer {
     me: NodeId,
     raft: Raft<TypeConfig>,
     identity: Arc<Identity>,
+    /// Notes the lease renewals forwarded here on their way.
+    leases: Arc<Mutex<LeaseBook>>,
 }
 
 impl RpcServer {
-    pub(crate) fn new(raft: Raft<TypeConfig>, identity: Arc<Identity>) -> RpcServer {
+    pub(crate) fn new(
+        raft: Raft<TypeConfig>,
+        identity: Arc<Identity>,
+        leases: Arc<Mutex<LeaseBook>>,
+    ) -> RpcServer {
         let me = raft.metrics().borrow().id;
-        RpcServer { me, raft, identity }
+        RpcServer {
+            me,
+            raft,
+            identity,
+            leases,
+        }
     }
 
     /// The answer to one request that arrived from `peer` (for the log).
@@ -485,7 +497,7 @@ impl RpcServer {
             verdict = admit(Some(&held), theirs, kind, joins);
         }
         match verdict {
-            Verdict::Accept => handle(&self.raft, &self.identity, envelope.request).await,
+            Verdict::Accept => handle(self, envelope.request).await,
             Verdict::Refuse(refusal) => {
                 self.identity
                     .log_refused_request(&refusal, kind, envelope.from, peer);
@@ -532,9 +544,11 @@ where
 }
 
 /// Hands one request to the local Raft node.
-async fn handle(raft: &Raft<TypeConfig>, identity: &Identity, request: RpcRequest) -> RpcResponse {
+async fn handle(server: &RpcServer, request: RpcRequest) -> RpcResponse {
+    let (raft, identity) = (&server.raft, &*server.identity);
     match request {
         RpcRequest::Propose(command) => {
+            let _on_its_way = LeaseBook::renewal_on_its_way(&server.leases, &command);
             let write = raft.client_write(command);
             RpcResponse::Proposed(
                 match tokio::time::timeout(super::PROPOSE_TIMEOUT, write).await {

@@ -446,7 +446,60 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// Stalls a node's log writes in tests, as a disk that does not answer
+/// would: [`Staller::stall`] holds the log file from another thread until
+/// the returned [`Stall`] is dropped, so every write (an append, a vote)
+/// waits for it.
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct Staller(Arc<Mutex<LogFile>>);
+
+/// Log writes wait while this lives (see [`Staller`]).
+#[cfg(test)]
+pub(crate) struct Stall {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(test)]
+impl Staller {
+    /// Takes the log file once it is free; returns when it is held.
+    pub(crate) fn stall(&self) -> Stall {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let file = self.0.clone();
+        let holder = std::thread::spawn(move || {
+            let _held = lock(&file);
+            let _ = held_tx.send(());
+            let _ = released.recv();
+        });
+        held_rx
+            .recv()
+            .expect("the stalling thread took the log file");
+        Stall {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Drop for Stall {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.join();
+        }
+    }
+}
+
 impl LogStore {
+    /// A handle to stall this log's writes (tests).
+    #[cfg(test)]
+    pub(crate) fn staller(&self) -> Staller {
+        Staller(self.file.clone())
+    }
+
     /// True when the log holds anything Raft wrote: a vote, entries, or a
     /// purge (a node that never joined a cluster has none of these).
     pub(crate) fn holds_state(&self) -> bool {

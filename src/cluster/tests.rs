@@ -321,6 +321,91 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
     }
 }
 
+/// The false alarm of a stalled disk: while the followers' cluster logs
+/// cannot write, no renewal commits, yet the primary keeps renewing. The
+/// leader must not count the lease out while a renewal of the holder is on
+/// its way (here forwarded from another node, its proposal waiting for a
+/// majority); once the primary stops, it counts the lease out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_renewing_through_a_stalled_log_is_counted_out_only_once_it_stops() {
+    const LEASE_MS: u64 = 800;
+    const MARGIN: Duration = Duration::from_millis(200);
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Option<Cluster>> = Vec::new();
+    let mut members = BTreeMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.insert(id, info(id, listener.local_addr().unwrap()));
+        nodes.push(Some(start_tcp(id, dir.path(), listener).await));
+    }
+    node(&nodes, 1).initialize(members).await.unwrap();
+    eventually("a leader", || agreed_leader(&nodes).is_some()).await;
+    for command in [
+        Command::PutGroup(Box::new(group())),
+        renew("r1", 1, LEASE_MS),
+    ] {
+        assert_eq!(propose_on_leader(&nodes, command).await, CommandResult::Ok);
+    }
+    let leader = agreed_leader(&nodes).expect("a leader");
+    let followers: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    let (leads, primary) = (node(&nodes, leader), node(&nodes, followers[0]));
+    eventually("the leader to count the lease", || {
+        leads
+            .state()
+            .group("ag1")
+            .is_some_and(|g| g.lease.is_some())
+            && leads
+                .lease_expired("ag1", MARGIN)
+                .is_ok_and(|expired| !expired)
+    })
+    .await;
+
+    // Both followers' disks stop answering: nothing commits from now on.
+    let stalls: Vec<_> = followers
+        .iter()
+        .map(|&id| node(&nodes, id).staller.stall())
+        .collect();
+    let renewing = async {
+        loop {
+            let renewed = primary.propose_anywhere(renew("r1", 1, LEASE_MS)).await;
+            assert!(
+                !matches!(renewed, Ok(CommandResult::Ok)),
+                "a renewal committed through a stalled majority: {renewed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    };
+    let watching = async {
+        // Three leases and more without a commit.
+        let until = tokio::time::Instant::now() + Duration::from_millis(3 * LEASE_MS);
+        while tokio::time::Instant::now() < until {
+            assert!(
+                !leads.lease_expired("ag1", MARGIN).unwrap(),
+                "the leader counted out a primary whose renewal was on its way"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        () = renewing => unreachable!("the renewals go on until the watch ends"),
+        () = watching => {}
+    }
+    // The primary stopped: its last renewal is still on its way on the
+    // leader (the proposal waits until its time-out), then the count runs.
+    assert!(!leads.lease_expired("ag1", MARGIN).unwrap());
+    eventually(
+        "the leader to count out a primary that stopped renewing",
+        || leads.lease_expired("ag1", MARGIN).unwrap(),
+    )
+    .await;
+
+    drop(stalls);
+    for n in nodes.iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Routes RPCs between in-process nodes; a cut-off node reaches nobody and
 /// nobody reaches it.
 #[derive(Default)]
