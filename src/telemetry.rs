@@ -30,6 +30,7 @@
 //! | `availdb_listener_sessions_total` | counter | `group` | sessions this node's listeners accepted |
 //! | `availdb_listener_handovers_total` | counter | `group` | of those, sessions handed to a node's front end instead of relayed: this node's, in-process, or another node's on this host, which the client's socket was passed to |
 //! | `availdb_listener_handed_over_sessions` | gauge | `group` | sessions a listener (this node's or another's on this host) handed to this node's front end, open now |
+//! | `availdb_listener_relayed_sessions` | gauge | `group`, `replica` | sessions this node's listeners relay to `replica` (another host's, or a session whose TLS ended here), open now |
 //! | `availdb_listener_routing_decisions_total` | counter | `group`, `route` (`primary`, `secondary`, `wait`, `refuse`) | routing decisions |
 //! | `availdb_page_repairs_total` | counter | `outcome` (`succeeded`, `irreparable`) | finished automatic page repairs |
 //! | `availdb_backups_total` | counter | — | backups this node took |
@@ -50,6 +51,16 @@ use prometheus_client::registry::Registry;
 pub type Labels = Vec<(String, String)>;
 
 /// The labels of a metric per availability group.
+/// A relayed listener session, counted in
+/// `availdb_listener_relayed_sessions` while this lives.
+pub struct RelayedSession(Gauge);
+
+impl Drop for RelayedSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn group_label(group: &str) -> Labels {
     vec![("group".to_string(), group.to_string())]
 }
@@ -139,6 +150,8 @@ pub struct Telemetry {
     pub listener_handovers: Family<Labels, Counter>,
     /// `availdb_listener_handed_over_sessions{group}`.
     pub listener_handed_over: Family<Labels, Gauge>,
+    /// `availdb_listener_relayed_sessions{group, replica}`.
+    pub listener_relayed: Family<Labels, Gauge>,
     /// `availdb_listener_routing_decisions_total{group, route}`.
     pub routing_decisions: Family<Labels, Counter>,
     /// `availdb_page_repairs_total{outcome}`.
@@ -186,6 +199,20 @@ impl Telemetry {
         self.listener_handed_over
             .get_or_create(&group_label(group))
             .dec();
+    }
+
+    /// Counts a session of `group` this node's listener relays to
+    /// `replica`, open until the returned guard is dropped.
+    pub fn listener_relaying(&self, group: &str, replica: &str) -> RelayedSession {
+        let gauge = self
+            .listener_relayed
+            .get_or_create(&vec![
+                ("group".to_string(), group.to_string()),
+                ("replica".to_string(), replica.to_string()),
+            ])
+            .clone();
+        gauge.inc();
+        RelayedSession(gauge)
     }
 
     /// Counts a routing decision of a listener of `group`.
@@ -275,6 +302,11 @@ static REGISTERED: LazyLock<Registered> = LazyLock::new(|| {
         "availdb_listener_handed_over_sessions",
         "Listener sessions handed to this node's front end that are open now",
         t.listener_handed_over.clone(),
+    );
+    r.register(
+        "availdb_listener_relayed_sessions",
+        "Listener sessions this node relays to a replica, open now",
+        t.listener_relayed.clone(),
     );
     r.register(
         "availdb_listener_routing_decisions",

@@ -142,13 +142,16 @@ def parse_progress(text):
     return out
 
 
-def metric_value(text, name):
+def metric_value(text, name, labels=()):
     """The sum of the samples of Prometheus metric `name` (a counter or a
-    gauge; all its label sets) in the text exposition `text`; 0 when it
-    has none."""
+    gauge; all its label sets, or those holding every `key="value"` of
+    `labels`) in the text exposition `text`; 0 when it has none."""
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+            continue
+        label_set = line[len(name):].split("}", 1)[0] if line[len(name)] == "{" else ""
+        if any(label not in label_set for label in labels):
             continue
         try:
             total += float(line.rsplit(" ", 1)[1])
@@ -1088,6 +1091,8 @@ def main(argv=None):
     s.add_argument("ports", nargs="+", type=int)
     s = sub.add_parser("metric")
     s.add_argument("--name", required=True)
+    s.add_argument("--label", action="append", default=[],
+                   help='only label sets with KEY="VALUE", given as KEY=VALUE (repeatable)')
     s.add_argument("ports", nargs="+", type=int)
     s = sub.add_parser("free-port")
     s.add_argument("offsets", nargs="*", type=int)
@@ -1139,6 +1144,7 @@ def main(argv=None):
         # The median drops a connection that lives for one sample only.
         print(" ".join(f"{p}={round(median([c[p] for c in samples]))}" for p in a.ports))
     elif a.cmd == "metric":
+        a.label = [f'{k}="{v}"' for k, v in (kv.split("=", 1) for kv in a.label)]
         # Each port's /metrics: "PORT=value" (an integer), "PORT=error" if
         # it does not answer.
         import urllib.request
@@ -1146,7 +1152,7 @@ def main(argv=None):
         for port in a.ports:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                    values.append(f"{port}={round(metric_value(r.read().decode(), a.name))}")
+                    values.append(f"{port}={round(metric_value(r.read().decode(), a.name, a.label))}")
             except OSError:
                 values.append(f"{port}=error")
         print(" ".join(values))

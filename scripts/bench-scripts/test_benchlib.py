@@ -164,6 +164,18 @@ class ParsePgbench(unittest.TestCase):
         self.assertEqual(benchlib.metric_value(text, "availdb_listener_handovers_total"), 5.0)
         self.assertEqual(benchlib.metric_value(text, "availdb_nothing_total"), 0.0)
 
+    def test_metric_value_keeps_only_the_label_sets_asked_for(self):
+        text = "\n".join([
+            'availdb_listener_relayed_sessions{group="ag1",replica="r1"} 2',
+            'availdb_listener_relayed_sessions{group="ag1",replica="r10"} 5',
+            'availdb_listener_relayed_sessions{group="ag2",replica="r1"} 1',
+            'availdb_listener_relayed_sessions{group="ag1",replica="r2"} 4',
+        ])
+        name = "availdb_listener_relayed_sessions"
+        self.assertEqual(benchlib.metric_value(text, name, ['replica="r1"']), 3.0)
+        self.assertEqual(benchlib.metric_value(text, name, ['replica="r1"', 'group="ag2"']), 1.0)
+        self.assertEqual(benchlib.metric_value(text, name), 12.0)
+
     def test_cli_prints_error_for_a_failed_run(self):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "log")

@@ -743,6 +743,7 @@ async fn relay(
                 ),
         );
     }
+    let _relayed = crate::telemetry::get().listener_relaying(&config.name, replica);
     if client.write_all(&first).await.is_ok() {
         let _ = tokio::io::copy_bidirectional(client, &mut server).await;
     }
@@ -804,6 +805,70 @@ async fn read_message(server: &mut PartnerStream) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_relayed_session_is_counted_while_it_lasts() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The replica: takes the preamble and the start-up packet, answers
+        // AuthenticationOk, echoes one byte, then ends the session.
+        let replica = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = crate::group::fixtures::group(&["r1", "r2"]);
+        config.name = "relay-count".into();
+        config.replicas[0].endpoint = replica.local_addr().unwrap();
+        let startup = b"startup!".to_vec();
+        let (go_on, mut went_on) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let (mut s, _) = replica.accept().await.unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).await.unwrap();
+            assert_eq!(
+                &first, b"AVPGstartup!",
+                "preamble, then the start-up packet"
+            );
+            s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await.unwrap();
+            let mut byte = [0u8; 1];
+            s.read_exact(&mut byte).await.unwrap();
+            s.write_all(&byte).await.unwrap();
+            let _ = (&mut went_on).await;
+        });
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        let mut accepted: Box<dyn ClientIo> = Box::new(accepted);
+        let relaying = tokio::spawn(async move {
+            let relayed = relay(&config, "r1", true, &startup, &mut accepted);
+            tokio::time::timeout(Duration::from_secs(20), relayed).await
+        });
+        let open = || {
+            crate::telemetry::get()
+                .listener_relayed
+                .get_or_create(&vec![
+                    ("group".to_string(), "relay-count".to_string()),
+                    ("replica".to_string(), "r1".to_string()),
+                ])
+                .get()
+        };
+        let mut answer = [0u8; 10];
+        client.write_all(b"x").await.unwrap();
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(
+            &answer, b"R\0\0\0\x08\0\0\0\0x",
+            "the replica's answer, then its echo"
+        );
+        assert_eq!(open(), 1, "one relayed session open");
+        // Both leave: the relay ends once each side has closed.
+        drop(client);
+        go_on.send(()).unwrap();
+        served.await.unwrap();
+        let relayed = relaying
+            .await
+            .unwrap()
+            .expect("the relay ends with its sides");
+        assert_eq!(relayed, None, "the replica took the session");
+        assert_eq!(open(), 0, "the session ended");
+    }
 
     #[test]
     fn read_intent_comes_from_the_parameter_or_the_options() {

@@ -2009,6 +2009,93 @@ mod tests {
         group
     }
 
+    /// An admission that takes nothing: for a link that must end before
+    /// it asks anything.
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl Admission for Nothing {
+        fn check_hello(&self, _: &str, _: &str, _: &str, _: u64) -> Result<(), String> {
+            Err("nothing is admitted here".into())
+        }
+        async fn accept_config(&self, _: GroupConfig) -> Result<Arc<SecondaryGroup>, String> {
+            Err("nothing is admitted here".into())
+        }
+        async fn geo_forwarder(
+            self: Arc<Self>,
+            _: &super::super::geo::GeoRequest,
+        ) -> Result<Arc<super::super::geo::Forwarder>, String> {
+            Err("nothing is admitted here".into())
+        }
+        async fn end_geo_secondary(
+            self: Arc<Self>,
+            _: &str,
+            _: &str,
+            _: bool,
+            _: Lsn,
+            _: Option<super::super::wire::Handover>,
+        ) -> Result<Lsn, String> {
+            Err("nothing is admitted here".into())
+        }
+        fn seed_staging(&self) -> std::path::PathBuf {
+            std::env::temp_dir()
+        }
+        fn seeding_board(&self) -> Arc<super::super::seed::SeedingBoard> {
+            Arc::default()
+        }
+        async fn seeded(
+            self: Arc<Self>,
+            _: &str,
+            _: &str,
+            _: std::path::PathBuf,
+        ) -> Result<(), String> {
+            Err("nothing is admitted here".into())
+        }
+        async fn page_for_partner(
+            &self,
+            _: &crate::repair::PageRequest,
+        ) -> Result<(Lsn, Vec<u8>), String> {
+            Err("nothing is admitted here".into())
+        }
+        async fn page_sums_for_partner(
+            &self,
+            _: &crate::repair::SumsRequest,
+        ) -> Result<(Lsn, Vec<u32>), String> {
+            Err("nothing is admitted here".into())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_that_begins_after_its_group_stopped_ends_at_once() {
+        // A group stopped (dropped, or started again for a restored
+        // database) ends its links; a link whose streaming begins after the
+        // stop must see it too, not wait for a change that already came.
+        let dir = tempfile::tempdir().unwrap();
+        let records = primary_with_rows(dir.path(), 1).await;
+        let group = secondary_with(dir.path(), &records).await;
+        group.stop();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let primary_side = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut conn = Framed::new(PartnerStream::Plain(socket), WireCodec);
+        let admission: Arc<dyn Admission> = Arc::new(Nothing);
+        let link = stream_from(
+            &mut conn,
+            &group,
+            &admission,
+            records[0].epoch,
+            Duration::from_secs(600),
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(10), link).await;
+        assert!(
+            matches!(ended, Ok(Err(ReplicationError::IntakeClosed))),
+            "the link of a stopped group went on: {ended:?}"
+        );
+        drop(primary_side);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_the_link_hardens_counts_only_once_durable_and_a_dropped_link_hands_it_to_the_harden_thread(
     ) {
