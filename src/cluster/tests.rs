@@ -350,15 +350,21 @@ async fn a_primary_renewing_through_a_stalled_log_is_counted_out_only_once_it_st
     let leader = agreed_leader(&nodes).expect("a leader");
     let followers: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
     let (leads, primary) = (node(&nodes, leader), node(&nodes, followers[0]));
-    eventually("the leader to count the lease", || {
-        leads
-            .state()
-            .group("ag1")
-            .is_some_and(|g| g.lease.is_some())
-            && leads
-                .lease_expired("ag1", MARGIN)
-                .is_ok_and(|expired| !expired)
-    })
+    // Every node applied the renewal, so every follower has stored the
+    // commit index too: heartbeats write nothing while the logs stall, and
+    // the followers' Raft stays free to send proposals to the leader.
+    eventually(
+        "every node to apply the renewal, the leader to count it",
+        || {
+            nodes
+                .iter()
+                .flatten()
+                .all(|n| n.state().group("ag1").is_some_and(|g| g.lease.is_some()))
+                && leads
+                    .lease_expired("ag1", MARGIN)
+                    .is_ok_and(|expired| !expired)
+        },
+    )
     .await;
 
     // Both followers' disks stop answering: nothing commits from now on.
