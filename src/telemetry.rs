@@ -50,17 +50,24 @@ use prometheus_client::registry::Registry;
 /// Label pairs of a family.
 pub type Labels = Vec<(String, String)>;
 
-/// The labels of a metric per availability group.
-/// A relayed listener session, counted in
-/// `availdb_listener_relayed_sessions` while this lives.
-pub struct RelayedSession(Gauge);
+/// Something open (a listener session), counted in its gauge while this
+/// lives.
+pub struct Open(Gauge);
 
-impl Drop for RelayedSession {
+impl Open {
+    fn new(gauge: &Gauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
         self.0.dec();
     }
 }
 
+/// The labels of a metric per availability group.
 fn group_label(group: &str) -> Labels {
     vec![("group".to_string(), group.to_string())]
 }
@@ -187,32 +194,18 @@ impl Telemetry {
     }
 
     /// Counts a handed-over session of `group` open on this node's front
-    /// end until [`Telemetry::listener_handover_ended`].
-    pub fn listener_handover_opened(&self, group: &str) {
-        self.listener_handed_over
-            .get_or_create(&group_label(group))
-            .inc();
-    }
-
-    /// A session of [`Telemetry::listener_handover_opened`] ended.
-    pub fn listener_handover_ended(&self, group: &str) {
-        self.listener_handed_over
-            .get_or_create(&group_label(group))
-            .dec();
+    /// end while the returned guard lives.
+    pub fn listener_handed_over_session(&self, group: &str) -> Open {
+        Open::new(&self.listener_handed_over.get_or_create(&group_label(group)))
     }
 
     /// Counts a session of `group` this node's listener relays to
-    /// `replica`, open until the returned guard is dropped.
-    pub fn listener_relaying(&self, group: &str, replica: &str) -> RelayedSession {
-        let gauge = self
-            .listener_relayed
-            .get_or_create(&vec![
-                ("group".to_string(), group.to_string()),
-                ("replica".to_string(), replica.to_string()),
-            ])
-            .clone();
-        gauge.inc();
-        RelayedSession(gauge)
+    /// `replica`, open while the returned guard lives.
+    pub fn listener_relayed_session(&self, group: &str, replica: &str) -> Open {
+        Open::new(&self.listener_relayed.get_or_create(&vec![
+            ("group".to_string(), group.to_string()),
+            ("replica".to_string(), replica.to_string()),
+        ]))
     }
 
     /// Counts a routing decision of a listener of `group`.

@@ -289,19 +289,6 @@ mod tests {
         }
     }
 
-    /// r2 promoted in group ag1, epoch 2.
-    fn promotion() -> Command {
-        Command::Promote {
-            group: "ag1".into(),
-            new_primary: "r2".into(),
-            new_epoch: 2,
-            require_synchronized: false,
-            after_lease: false,
-            at_us: 0,
-            reason: String::new(),
-        }
-    }
-
     /// The state of group ag1, primary r1 at epoch 1, with a lease of
     /// `lease` ms held by r1 (none: no lease).
     fn state(lease: Option<u64>) -> ClusterState {
@@ -482,7 +469,7 @@ mod tests {
             None,
             "no group"
         );
-        book.applied(&promotion(), t2);
+        book.applied(&crate::cluster::tests::promotion(), t2);
         assert!(book.clocks.is_empty());
     }
 
@@ -542,7 +529,7 @@ mod tests {
 
         // A promotion forgets every count of the group.
         let _held = book.renewal_arrived(&renewal("r1", 1, 1000), t3 + ms(1200));
-        book.applied(&promotion(), t3 + ms(1300));
+        book.applied(&crate::cluster::tests::promotion(), t3 + ms(1300));
         assert!(book.on_their_way.is_empty() && book.clocks.is_empty());
         assert_eq!(
             book.renewal_arrived(&Command::RemoveGroup("ag1".into()), t3),

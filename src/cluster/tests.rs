@@ -63,6 +63,19 @@ fn renew(holder: &str, epoch: u64, duration_ms: u64) -> Command {
     }
 }
 
+/// r2 promoted in group ag1, epoch 2 (the lease book's tests use it too).
+pub(super) fn promotion() -> Command {
+    Command::Promote {
+        group: "ag1".into(),
+        new_primary: "r2".into(),
+        new_epoch: 2,
+        require_synchronized: false,
+        after_lease: false,
+        at_us: 0,
+        reason: String::new(),
+    }
+}
+
 fn info(id: NodeId, endpoint: SocketAddr) -> NodeInfo {
     NodeInfo {
         name: format!("r{id}"),
@@ -234,15 +247,7 @@ async fn three_nodes_over_tcp_fail_over_keep_their_state_and_refuse_stale_epochs
     })
     .await;
 
-    let promote = Command::Promote {
-        group: "ag1".into(),
-        new_primary: "r2".into(),
-        new_epoch: 2,
-        require_synchronized: false,
-        after_lease: false,
-        at_us: 0,
-        reason: String::new(),
-    };
+    let promote = promotion();
     assert_eq!(
         propose_on_leader(&nodes, promote.clone()).await,
         CommandResult::Ok
@@ -519,15 +524,7 @@ async fn a_cut_off_leader_commits_nothing_while_the_majority_fails_over() {
         let result = cut.propose(Command::PutGroup(Box::new(change))).await;
         (cut, result)
     });
-    let promote = Command::Promote {
-        group: "ag1".into(),
-        new_primary: "r2".into(),
-        new_epoch: 2,
-        require_synchronized: false,
-        after_lease: false,
-        at_us: 0,
-        reason: String::new(),
-    };
+    let promote = promotion();
     assert_eq!(propose_on_leader(&nodes, promote).await, CommandResult::Ok);
 
     router.cut_off.lock().unwrap().clear();

@@ -263,7 +263,7 @@ async fn answer(
     stream.write_all(b"A").await?;
     match stream.read_u8().await? {
         b'G' => Ok(Some((
-            HandedOver::new(message, Box::new(client), group),
+            HandedOver::new(message, Box::new(client), &group),
             peer,
         ))),
         other => Err(invalid(format!("go byte {other}"))),

@@ -214,27 +214,20 @@ pub struct HandedOver {
     head: Vec<u8>,
     at: usize,
     client: Box<dyn ClientIo>,
-    /// The listener's group, for `availdb_listener_handed_over_sessions`.
-    group: String,
+    /// Counts it in `availdb_listener_handed_over_sessions` while it lives.
+    _open: crate::telemetry::Open,
 }
 
 impl HandedOver {
     /// The session of a client of `group`'s listener whose amended
     /// start-up packet is `head`; counted open until it is dropped.
-    fn new(head: Vec<u8>, client: Box<dyn ClientIo>, group: String) -> HandedOver {
-        crate::telemetry::get().listener_handover_opened(&group);
+    fn new(head: Vec<u8>, client: Box<dyn ClientIo>, group: &str) -> HandedOver {
         HandedOver {
             head,
             at: 0,
             client,
-            group,
+            _open: crate::telemetry::get().listener_handed_over_session(group),
         }
-    }
-}
-
-impl Drop for HandedOver {
-    fn drop(&mut self) {
-        crate::telemetry::get().listener_handover_ended(&self.group);
     }
 }
 
@@ -544,7 +537,7 @@ impl Listeners {
                     match local.refusal(&params) {
                         None => {
                             crate::telemetry::get().listener_handover(group);
-                            let session = HandedOver::new(head, client, group.to_string());
+                            let session = HandedOver::new(head, client, group);
                             local.clone().serve(session, peer);
                             return;
                         }
@@ -743,7 +736,7 @@ async fn relay(
                 ),
         );
     }
-    let _relayed = crate::telemetry::get().listener_relaying(&config.name, replica);
+    let _relayed = crate::telemetry::get().listener_relayed_session(&config.name, replica);
     if client.write_all(&first).await.is_ok() {
         let _ = tokio::io::copy_bidirectional(client, &mut server).await;
     }
