@@ -29,6 +29,23 @@
 //! * Memory-mapped reads are refused for checksummed files (SQLite then
 //!   reads), since a mapped page bypasses the check.
 //!
+//! # One write per WAL frame
+//! SQLite writes each WAL frame in two calls: its 24-byte header, then the
+//! page right after it. The shim holds the header back and writes both
+//! with one system call when the page follows (one `pwrite` per commit
+//! less, for a one-page commit). Rules:
+//! 1. **Nothing else sees a held header.** Any other call on the file
+//!    (a read, another write, truncate, sync, size, file control, close)
+//!    writes it first, so SQLite never reads what it has not written.
+//! 2. **Another descriptor never needs it.** A header is held only until
+//!    SQLite's next call on the file, and SQLite writes headers only while
+//!    it writes a transaction's frames, holding the WAL's write lock; those
+//!    frames join a snapshot only once the commit frame after them is
+//!    written, which writes any held header first. So no other connection,
+//!    and no capture (it reads after the commit), looks for a held header
+//!    in the file. A frame whose page write fails loses its header too,
+//!    and the transaction fails with the write.
+//!
 //! # One process per database
 //! The VFS below ours is SQLite's `unix-excl`, not `unix`: the first
 //! connection to a database file takes a write lock on it for the whole
@@ -100,7 +117,15 @@ struct ShimFile {
     /// `Arc<FileState>` leaked into the file, dropped at close.
     state: *const FileState,
     wal: bool,
+    /// Where a WAL frame header held back lies (-1: none held; see "One
+    /// write per WAL frame").
+    held_at: i64,
+    /// The header held back.
+    held: [u8; FRAME_HEADER_LEN],
 }
+
+/// A WAL frame header's length.
+const FRAME_HEADER_LEN: usize = 24;
 
 /// The default VFS this one wraps.
 struct Lower(*mut ffi::sqlite3_vfs);
@@ -316,6 +341,7 @@ unsafe extern "C" fn open(
     }
     let shim = file.cast::<ShimFile>();
     (*shim).base.pMethods = std::ptr::null();
+    (*shim).held_at = -1;
     let inner = lower(file);
     let read_only = flags & ffi::SQLITE_OPEN_READONLY != 0;
     let rc = if main && read_only && !out_flags.is_null() {
@@ -374,7 +400,46 @@ unsafe extern "C" fn open(
     ffi::SQLITE_OK
 }
 
+/// Writes the WAL frame header held back, if any (rule 1 of "One write per
+/// WAL frame"); SQLITE_OK or the write's error.
+///
+/// # Safety
+/// `file` is a `ShimFile` opened by [`open`] and not closed.
+unsafe fn write_held(file: *mut ffi::sqlite3_file) -> c_int {
+    let shim = file.cast::<ShimFile>();
+    let at = (*shim).held_at;
+    if at < 0 {
+        return ffi::SQLITE_OK;
+    }
+    (*shim).held_at = -1;
+    let inner = lower(file);
+    let Some(lower_write) = methods(inner).xWrite else {
+        return ffi::SQLITE_IOERR_WRITE;
+    };
+    let held = (*shim).held;
+    count_wal_write((*shim).wal);
+    lower_write(inner, held.as_ptr().cast(), FRAME_HEADER_LEN as c_int, at)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Writes this thread made to WAL files below the shim (tests).
+    static WAL_WRITES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a write below the shim to a WAL file, for the tests.
+#[inline]
+fn count_wal_write(wal: bool) {
+    #[cfg(test)]
+    if wal {
+        WAL_WRITES.with(|n| n.set(n.get() + 1));
+    }
+    #[cfg(not(test))]
+    let _ = wal;
+}
+
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    let held = write_held(file);
     let inner = lower(file);
     let rc = match methods(inner).xClose {
         Some(close) => close(inner),
@@ -383,6 +448,9 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let shim = file.cast::<ShimFile>();
     drop(Arc::from_raw((*shim).state));
     (*shim).state = std::ptr::null();
+    if held != ffi::SQLITE_OK {
+        return held;
+    }
     rc
 }
 
@@ -401,6 +469,9 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
+    if write_held(file) != ffi::SQLITE_OK {
+        return ffi::SQLITE_IOERR_READ;
+    }
     let inner = lower(file);
     let Some(lower_read) = methods(inner).xRead else {
         return ffi::SQLITE_IOERR_READ;
@@ -440,31 +511,65 @@ unsafe extern "C" fn write(
     let Some(lower_write) = methods(inner).xWrite else {
         return ffi::SQLITE_IOERR_WRITE;
     };
+    let shim = file.cast::<ShimFile>();
+    let wal = (*shim).wal;
+    let page_after_header =
+        wal && (*shim).held_at >= 0 && offset == (*shim).held_at + FRAME_HEADER_LEN as i64;
+    if !page_after_header {
+        let rc = write_held(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    }
     if amount <= 0 {
+        count_wal_write(wal);
         return lower_write(inner, buf, amount, offset);
+    }
+    if wal && amount as usize == FRAME_HEADER_LEN {
+        // A frame's header: held until its page follows (rule 2).
+        (*shim).held.copy_from_slice(std::slice::from_raw_parts(
+            buf.cast::<u8>(),
+            FRAME_HEADER_LEN,
+        ));
+        (*shim).held_at = offset;
+        return ffi::SQLITE_OK;
     }
     let state = state(file);
     // SQLite hands over its own page buffer (the pager's copy of the page);
     // sealing it in place, as SQLite's cksumvfs does, keeps that copy
     // sealed for the connection's later reads of it.
     let bytes = std::slice::from_raw_parts_mut(buf.cast::<u8>().cast_mut(), amount as usize);
-    let wal = (*file.cast::<ShimFile>()).wal;
     if (!wal && offset == 0) || (wal && checksum::is_page_size(bytes.len())) {
         note_header(state, bytes);
     }
     let seal = state.checksummed.load(Ordering::SeqCst) && checksum::is_page_size(bytes.len());
-    if !seal {
-        return lower_write(inner, buf, amount, offset);
-    }
-    if !wal {
+    if seal && !wal {
         checksum::seal(bytes);
-        return lower_write(inner, buf, amount, offset);
     }
-    // The frame's checksum, in the header SQLite wrote just before, covers
-    // the page as it is now: it goes to the WAL unchanged, and is sealed
-    // only afterwards, in SQLite's buffer.
-    let rc = lower_write(inner, buf, amount, offset);
-    checksum::seal(bytes);
+    // A WAL frame's checksum, in its header, covers the page as it is now:
+    // the page goes to the WAL unchanged, and is sealed only afterwards,
+    // in SQLite's buffer.
+    count_wal_write(wal);
+    let rc = if page_after_header {
+        (*shim).held_at = -1;
+        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + bytes.len());
+        frame.extend_from_slice(&(*shim).held);
+        frame.extend_from_slice(bytes);
+        match c_int::try_from(frame.len()) {
+            Ok(len) => lower_write(
+                inner,
+                frame.as_ptr().cast(),
+                len,
+                offset - FRAME_HEADER_LEN as i64,
+            ),
+            Err(_) => ffi::SQLITE_IOERR_WRITE,
+        }
+    } else {
+        lower_write(inner, buf, amount, offset)
+    };
+    if seal && wal {
+        checksum::seal(bytes);
+    }
     rc
 }
 
@@ -480,6 +585,10 @@ unsafe extern "C" fn file_control(
         *arg = c_int::from(was);
         return ffi::SQLITE_OK;
     }
+    let held = write_held(file);
+    if held != ffi::SQLITE_OK {
+        return held;
+    }
     let inner = lower(file);
     match methods(inner).xFileControl {
         Some(f) => f(inner, op, arg),
@@ -493,6 +602,10 @@ unsafe extern "C" fn fetch(
     amount: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
+    if write_held(file) != ffi::SQLITE_OK {
+        *out = std::ptr::null_mut();
+        return ffi::SQLITE_IOERR_MMAP;
+    }
     if state(file).checksummed.load(Ordering::SeqCst) {
         *out = std::ptr::null_mut();
         return ffi::SQLITE_OK;
@@ -509,6 +622,8 @@ unsafe extern "C" fn fetch(
 
 /// Pass-through methods: the lower file's, or what SQLite assumes when a
 /// VFS lacks one.
+/// Those marked `held first` write a held WAL frame header first (rule 1
+/// of "One write per WAL frame"), failing as the method would.
 macro_rules! forward {
     ($name:ident, $method:ident, ($($arg:ident: $ty:ty),*), $missing:expr) => {
         unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
@@ -519,11 +634,23 @@ macro_rules! forward {
             }
         }
     };
+    (held first, $name:ident, $method:ident, ($($arg:ident: $ty:ty),*), $missing:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
+            if write_held(file) != ffi::SQLITE_OK {
+                return $missing;
+            }
+            let inner = lower(file);
+            match methods(inner).$method {
+                Some(f) => f(inner $(, $arg)*),
+                None => $missing,
+            }
+        }
+    };
 }
 
-forward!(truncate, xTruncate, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
-forward!(sync, xSync, (flags: c_int), ffi::SQLITE_IOERR_FSYNC);
-forward!(file_size, xFileSize, (size: *mut ffi::sqlite3_int64), ffi::SQLITE_IOERR_FSTAT);
+forward!(held first, truncate, xTruncate, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
+forward!(held first, sync, xSync, (flags: c_int), ffi::SQLITE_IOERR_FSYNC);
+forward!(held first, file_size, xFileSize, (size: *mut ffi::sqlite3_int64), ffi::SQLITE_IOERR_FSTAT);
 forward!(lock, xLock, (level: c_int), ffi::SQLITE_IOERR_LOCK);
 forward!(unlock, xUnlock, (level: c_int), ffi::SQLITE_IOERR_UNLOCK);
 forward!(check_reserved_lock, xCheckReservedLock, (out: *mut c_int), ffi::SQLITE_IOERR_CHECKRESERVEDLOCK);
@@ -578,6 +705,55 @@ mod tests {
         let mut b = [0u8];
         file.read_exact_at(&mut b, at).unwrap();
         file.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+
+    /// "One write per WAL frame": each frame a commit appends reaches the
+    /// WAL in one write below the shim, header and page together, and the
+    /// WAL stays valid (capture reads the commits back whole, their pages
+    /// as SQLite sees them); a held header is written before a checkpoint
+    /// or a read needs the file.
+    #[test]
+    fn each_wal_frame_is_one_write_and_the_wal_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frames.db");
+        let mut conn = checksummed(&path, 200);
+        let frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let seen = frames.clone();
+        conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+                seen.store(n, Ordering::SeqCst);
+                Ok(())
+            },
+        ))
+        .unwrap();
+        let mut reader = super::super::wal::WalReader::new(super::super::capture::wal_path(&path));
+        let mut read_back = 0;
+        for i in 0..20 {
+            let before = WAL_WRITES.with(|n| n.get());
+            let frames_before = frames.load(Ordering::SeqCst);
+            conn.execute("INSERT INTO t VALUES (?1, randomblob(300))", [1000 + i])
+                .unwrap();
+            let writes = WAL_WRITES.with(|n| n.get()) - before;
+            let appended = (frames.load(Ordering::SeqCst) - frames_before) as u64;
+            // The first commit after the checkpoint writes the WAL's header too.
+            let header = u64::from(i == 0);
+            assert!(appended >= 1);
+            assert_eq!(writes, appended + header, "commit {i}: one write per frame");
+            read_back += reader.read_committed().unwrap().len();
+        }
+        assert_eq!(read_back, 20, "every commit is read back from the WAL");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t WHERE length(pad) = 300", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 220);
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 
     #[test]

@@ -131,6 +131,12 @@ const WAL_FORMAT_VERSION: u32 = 3_007_000;
 const FIRST_READ_FRAMES: usize = 16;
 /// Upper bound on the bytes asked for by one read.
 const MAX_READ_BYTES: usize = 8 << 20;
+/// The last read of a call is kept for [`WalReader::read_pages`] when it is
+/// at most this long (a commit of up to about 120 pages of 4 KB): it holds
+/// the images just checked, so capture takes them from memory instead of
+/// reading them again. A longer read is dropped, and its pages are read
+/// again part by part, so a large transaction still costs bounded memory.
+const KEEP_READ_BYTES: usize = 512 << 10;
 
 /// A running WAL checksum: the two 32-bit sums.
 type Checksum = [u32; 2];
@@ -219,7 +225,13 @@ pub struct WalReader {
     file: Option<(File, (u64, u64))>,
     /// The generation being read and how far; `None` until a header is seen.
     position: Option<Position>,
+    /// The last read of the last call, when short enough to keep
+    /// ([`KEEP_READ_BYTES`]).
+    kept: Option<Read>,
 }
+
+/// Bytes read from the WAL: where they start in the file, and the bytes.
+type Read = (u64, Vec<u8>);
 
 /// Where the reader stands.
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +250,7 @@ impl WalReader {
             path: path.into(),
             file: None,
             position: None,
+            kept: None,
         }
     }
 
@@ -275,6 +288,7 @@ impl WalReader {
     /// earlier generations. Frames past it are not looked at; the caller
     /// still compares [`WalReader::frames_read`] with the hook's count.
     pub fn read_commits_to(&mut self, frames: Option<u32>) -> Result<Vec<WalCommit>, WalError> {
+        self.kept = None;
         match self.open_current() {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -302,7 +316,8 @@ impl WalReader {
             Some(last) if last.header == header => last.committed,
             Some(last) => {
                 check_restart(&last.header, &header)?;
-                let stale = scan(file, &last.header, last.committed, None).map_err(io_error)?;
+                let (stale, _) =
+                    scan(file, &last.header, last.committed, None).map_err(io_error)?;
                 if !stale.transactions.is_empty() {
                     return Err(WalError::CommitsMissed {
                         frame: last.committed.frames,
@@ -312,7 +327,8 @@ impl WalReader {
                 Cursor::start(&header)
             }
         };
-        let scanner = scan(file, &header, from, frames).map_err(io_error)?;
+        let (scanner, last_read) = scan(file, &header, from, frames).map_err(io_error)?;
+        self.kept = last_read.filter(|(_, bytes)| bytes.len() <= KEEP_READ_BYTES);
         self.position = Some(Position {
             header,
             committed: scanner.committed,
@@ -321,8 +337,11 @@ impl WalReader {
     }
 
     /// The images of `pages`, as [`WalReader::read_commits`] located them
-    /// (in that order), read from the file with one read per run of
-    /// adjacent frames. Valid until the next write on the writer connection.
+    /// (in that order): taken from the last call's last read where it holds
+    /// them (the bytes whose checksums that call checked; a commit's own
+    /// frames, usually), otherwise read from the file with one read per run
+    /// of adjacent frames. Valid until the next write on the writer
+    /// connection.
     pub fn read_pages(&self, pages: &[(u32, u64)]) -> Result<Vec<(u32, Vec<u8>)>, WalError> {
         let Some(position) = self.position else {
             return Ok(Vec::new());
@@ -356,11 +375,23 @@ impl WalReader {
                 run_end += 1;
             }
             let len = (run_end - run_start - 1) * frame_len as usize + page_size;
-            let mut buf = vec![0; len];
-            file.read_exact_at(&mut buf, first).map_err(io_error)?;
+            let kept = self.kept.as_ref().and_then(|(start, bytes)| {
+                let from = usize::try_from(first.checked_sub(*start)?).ok()?;
+                bytes.get(from..from.checked_add(len)?)
+            });
+            let read;
+            let run = match kept {
+                Some(run) => run,
+                None => {
+                    let mut buf = vec![0; len];
+                    file.read_exact_at(&mut buf, first).map_err(io_error)?;
+                    read = buf;
+                    &read[..]
+                }
+            };
             for (i, &(pgno, _)) in pages[run_start..run_end].iter().enumerate() {
                 let at = i * frame_len as usize;
-                out.push((pgno, buf[at..at + page_size].to_vec()));
+                out.push((pgno, run[at..at + page_size].to_vec()));
             }
             run_start = run_end;
         }
@@ -486,35 +517,39 @@ pub fn pages_in(path: &std::path::Path) -> Result<Vec<u32>, WalError> {
 
 /// Reads frames of the generation `header` describes from `from` on, in
 /// growing chunks, until the first invalid frame, the end of the file, or
-/// frame `until` when given.
+/// frame `until` when given. Returns the scanner and the last chunk read
+/// (where it starts, and its bytes), if any.
 fn scan<'h>(
     file: &File,
     header: &'h WalHeader,
     from: Cursor,
     until: Option<u32>,
-) -> io::Result<FrameScanner<'h>> {
+) -> io::Result<(FrameScanner<'h>, Option<Read>)> {
     let frame_len = header.frame_len();
     let max_frames = (MAX_READ_BYTES / frame_len).max(1);
     let mut scanner = FrameScanner::new(header, from);
     let mut frames = FIRST_READ_FRAMES.min(max_frames);
+    let mut last = None;
     loop {
         if let Some(until) = until {
             let left = until.saturating_sub(scanner.next.frames) as usize;
             if left == 0 {
-                return Ok(scanner);
+                return Ok((scanner, last));
             }
             frames = frames.min(left);
         }
         let wanted = frames * frame_len;
-        let chunk = read_at(file, scanner.next.offset, wanted)?;
-        for frame in chunk.chunks_exact(frame_len) {
-            if !scanner.feed(frame) {
-                return Ok(scanner);
-            }
-        }
-        if chunk.len() < wanted {
-            // End of the file; a torn last frame is left for a later call.
-            return Ok(scanner);
+        let at = scanner.next.offset;
+        let chunk = read_at(file, at, wanted)?;
+        let whole = chunk
+            .chunks_exact(frame_len)
+            .all(|frame| scanner.feed(frame));
+        let ended = !whole || chunk.len() < wanted;
+        last = Some((at, chunk));
+        if ended {
+            // An invalid frame, or the end of the file (a torn last frame
+            // is left for a later call).
+            return Ok((scanner, last));
         }
         frames = (frames * 2).min(max_frames);
     }
@@ -1143,6 +1178,55 @@ mod tests {
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].pages.len(), 301);
         assert_eq!(reader.frames_read(), 301);
+    }
+
+    /// A commit's pages are the bytes whose checksums the same call checked,
+    /// taken from that read: capture does not read them from the file a
+    /// second time (one `pread` per commit less). Bytes changed in the file
+    /// after the check are not what the record carries.
+    #[test]
+    fn a_commits_pages_come_from_the_read_that_checked_them_not_a_second_read() {
+        let wal = synthetic_wal(false, &[(1, 0, 0x11), (2, 2, 0x22)]);
+        let (_dir, path, mut reader) = reader_on(&wal);
+        let commits = reader.read_commits().unwrap();
+        assert_eq!(commits.len(), 1);
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(commits[0].pages[0].1)).unwrap();
+        file.write_all(&[0xee; SYNTH_PAGE_SIZE as usize]).unwrap();
+        drop(file);
+        let pages = reader.read_pages(&commits[0].pages).unwrap();
+        assert_eq!(
+            pages,
+            [
+                (1, vec![0x11; SYNTH_PAGE_SIZE as usize]),
+                (2, vec![0x22; SYNTH_PAGE_SIZE as usize])
+            ]
+        );
+    }
+
+    /// A transaction read in several reads gets every page right: pages in
+    /// the last read come from memory, the others from the file, each page
+    /// with its own image.
+    #[test]
+    fn a_transaction_read_in_several_reads_gets_each_page_from_its_own_frame() {
+        let frame_len = (SYNTH_PAGE_SIZE as usize + FRAME_HEADER_LEN) as u64;
+        let count = 2 * KEEP_READ_BYTES as u32 / frame_len as u32;
+        let mut frames: Vec<SynthFrame> = (1..count).map(|n| (n, 0, n as u8)).collect();
+        frames.push((count, count, count as u8));
+        let (_dir, _path, mut reader) = reader_on(&synthetic_wal(false, &frames));
+        let commits = reader.read_commits().unwrap();
+        assert_eq!(commits.len(), 1);
+        let (kept_from, kept) = reader.kept.as_ref().expect("the last read is kept");
+        assert!(kept.len() <= KEEP_READ_BYTES);
+        assert!(
+            *kept_from > WAL_HEADER_LEN as u64 + frame_len,
+            "the first pages lie outside the kept read"
+        );
+        let pages = reader.read_pages(&commits[0].pages).unwrap();
+        assert_eq!(pages.len(), count as usize);
+        for (n, page) in &pages {
+            assert_eq!(page, &vec![*n as u8; SYNTH_PAGE_SIZE as usize], "page {n}");
+        }
     }
 
     #[test]
