@@ -37,7 +37,7 @@ use super::geo::{
 };
 use super::link::{ahead_only, plan_start, OwnLog, Start};
 use super::seed::{seed_by_backup_from, Prepared, SeedHolds, SeedSource, SeedingBoard};
-use super::sync::{CommitCheck, DbSync, LeaveReason, SyncState};
+use super::sync::{DbSync, LeaveReason, SyncState};
 use super::wire::{DatabasePosition, Message, WireCodec};
 use crate::engine::{
     monotonic_us, Closed, CommitHook, Database, Engine, Error, Fence, PrimaryFence, Result, Writes,
@@ -60,7 +60,27 @@ const AHEAD_PATIENCE: Duration = Duration::from_secs(15);
 pub struct SyncCell {
     state: Mutex<DbSync>,
     changed: watch::Sender<u64>,
+    /// Commits waiting for the secondaries ([`SyncHook`]).
+    waiting: Mutex<Waiters>,
     metrics: Mutex<HashMap<String, ReplicaMetrics>>,
+}
+
+/// The commits waiting for the secondaries, by the LSN each waits for.
+///
+/// A secondary's progress wakes only the commits it releases (each
+/// progress report used to wake every waiting commit, most of which found
+/// their LSN still unhardened and went back to sleep: at `-c 16` with two
+/// synchronous secondaries, several wake-ups per commit); any other change
+/// of the state (a replica joins or leaves, the definition changes) wakes
+/// every one, since it may also change what a commit waits for.
+///
+/// No wake-up is lost: a commit registers under the state's lock, in the
+/// same critical section as its check, and each change computes how far it
+/// releases under that lock before it wakes the commits registered.
+#[derive(Default)]
+struct Waiters {
+    next_id: u64,
+    by_lsn: std::collections::BTreeMap<(Lsn, u64), Arc<tokio::sync::Notify>>,
 }
 
 /// Measured movement of one database to one secondary (for the views).
@@ -153,26 +173,93 @@ impl SyncCell {
         Arc::new(SyncCell {
             state: Mutex::new(sync),
             changed: watch::channel(0).0,
+            waiting: Mutex::new(Waiters::default()),
             metrics: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Applies `f` to the state and wakes waiting commits.
+    /// Applies `f` to the state and wakes every waiting commit (see
+    /// [`Waiters`]).
     pub fn update<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
-        let out = f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        let out = f(&mut self.lock_state());
         self.changed.send_modify(|n| *n += 1);
+        let everyone = std::mem::take(&mut self.lock_waiters().by_lsn);
+        for waiter in everyone.into_values() {
+            waiter.notify_one();
+        }
         out
+    }
+
+    /// Applies a secondary's progress report `f` to the state and wakes the
+    /// waiting commits it releases, and only those (see [`Waiters`]).
+    fn progress<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
+        let (out, released) = {
+            let mut state = self.lock_state();
+            let out = f(&mut state);
+            (out, state.released_upto())
+        };
+        self.changed.send_modify(|n| *n += 1);
+        let Some(upto) = released else {
+            return out;
+        };
+        let woken = {
+            let mut waiters = self.lock_waiters();
+            let later = match upto.checked_add(1) {
+                Some(next) => waiters.by_lsn.split_off(&(next, 0)),
+                None => Default::default(),
+            };
+            std::mem::replace(&mut waiters.by_lsn, later)
+        };
+        for waiter in woken.into_values() {
+            waiter.notify_one();
+        }
+        out
+    }
+
+    /// Checks whether a commit ending at `lsn` may be acknowledged; when
+    /// not, registers it to be woken (see [`Waiters`]) and says why it
+    /// waits: for replicas to harden it (None), or for enough replicas to
+    /// be synchronized (`(have, required)`).
+    fn check_or_wait(&self, lsn: Lsn) -> Option<(Waiter<'_>, Option<(usize, usize)>)> {
+        let mut state = self.lock_state();
+        state.appended(lsn);
+        let released = state.released_upto();
+        if released.is_some_and(|upto| upto >= lsn) {
+            return None;
+        }
+        let too_few = state.too_few_synchronized();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut waiters = self.lock_waiters();
+        let key = (lsn, waiters.next_id);
+        waiters.next_id += 1;
+        waiters.by_lsn.insert(key, notify.clone());
+        Some((
+            Waiter {
+                cell: self,
+                key,
+                notify,
+            },
+            too_few,
+        ))
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, DbSync> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies `f` without waking waiting commits: for changes that can
     /// never release one (a higher primary end only makes catching up harder).
     fn inspect<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
-        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self.lock_state())
     }
 
     /// A copy of the state, for views.
     pub fn snapshot(&self) -> DbSync {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock_state().clone()
     }
 
     /// Measured movement to `replica`.
@@ -188,6 +275,20 @@ impl SyncCell {
     }
 }
 
+/// A commit registered in [`Waiters`]; leaves it when dropped (a commit
+/// that stops waiting for another reason leaves no entry behind).
+struct Waiter<'a> {
+    cell: &'a SyncCell,
+    key: (Lsn, u64),
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.cell.lock_waiters().by_lsn.remove(&self.key);
+    }
+}
+
 /// Makes a commit wait for the synchronized synchronous secondaries.
 struct SyncHook {
     cell: Arc<SyncCell>,
@@ -200,32 +301,26 @@ struct SyncHook {
 #[async_trait]
 impl CommitHook for SyncHook {
     async fn wait(&self, lsn: Lsn) -> Result<()> {
-        let mut rx = self.cell.changed.subscribe();
         let mut stopped = self.stopped.clone();
         let deadline = Instant::now() + self.patience;
         loop {
             if *stopped.borrow() {
                 return Err(stopped_waiting());
             }
-            // Checking must not wake the other waiting commits: only
-            // progress and leaving replicas can release them.
-            let check = self.cell.inspect(|s| {
-                s.appended(lsn);
-                s.check_commit(lsn)
-            });
-            match check {
-                CommitCheck::Ready => return Ok(()),
-                CommitCheck::Waiting(_) => {
+            // Checking wakes no other waiting commit: only changes of the
+            // state release them (see `Waiters`).
+            let Some((waiter, too_few)) = self.cell.check_or_wait(lsn) else {
+                return Ok(());
+            };
+            match too_few {
+                None => {
                     // Replicas either harden or leave the set on timeout.
-                    if *stopped.borrow() {
-                        return Err(stopped_waiting());
-                    }
                     tokio::select! {
-                        changed = rx.changed() => if changed.is_err() { return Err(stopped_waiting()) },
+                        _ = waiter.notify.notified() => {}
                         _ = stopped.changed() => return Err(stopped_waiting()),
                     }
                 }
-                CommitCheck::TooFewSynchronized { have, required } => {
+                Some((have, required)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(Error::sql(
@@ -238,7 +333,10 @@ impl CommitHook for SyncHook {
                         )
                         .with_hint("check the secondaries (sys.dm_hadr_database_replica_states); the transaction may be visible"));
                     }
-                    let _ = tokio::time::timeout(left, rx.changed()).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(left, waiter.notify.notified()) => {}
+                        _ = stopped.changed() => return Err(stopped_waiting()),
+                    }
                 }
             }
         }
@@ -932,7 +1030,7 @@ impl PrimaryGroup {
         let Some((db, cell)) = self.databases.get(database) else {
             return;
         };
-        let (_, end, joined) = cell.update(|s| {
+        let (_, end, joined) = cell.progress(|s| {
             let before = s.replica(replica).map(|r| r.state);
             s.progress(replica, hardened, redone);
             let after = s.replica(replica).map(|r| r.state);
@@ -1796,6 +1894,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+
+    /// Whether `waiter` was woken (its permit is there).
+    fn woken(waiter: &Waiter<'_>) -> bool {
+        waiter.notify.notified().now_or_never().is_some()
+    }
+
+    /// `Waiters`: a secondary's progress wakes the commits it releases and
+    /// no other; any other change wakes every one (it may change what they
+    /// wait for); a commit that stops waiting leaves no entry behind.
+    #[test]
+    fn progress_wakes_only_the_commits_it_releases() {
+        let cell = SyncCell::new(DbSync::new(0, &[("r2".to_string(), true)], 0));
+        cell.update(|s| s.connected("r2", 0, 0));
+        assert_eq!(cell.snapshot().released_upto(), Some(0), "r2 synchronized");
+        let wait = |lsn| cell.check_or_wait(lsn).expect("not hardened yet").0;
+        let (w100, w200, w300) = (wait(100), wait(200), wait(300));
+        cell.progress(|s| s.progress("r2", 200, 0));
+        assert!(woken(&w100) && woken(&w200), "released by the progress");
+        assert!(!woken(&w300), "300 is not hardened: not woken");
+        assert!(cell.check_or_wait(150).is_none(), "released commits return");
+        drop((w100, w200));
+        assert_eq!(cell.lock_waiters().by_lsn.len(), 1, "only 300 waits");
+        let w400 = wait(400);
+        cell.update(|s| s.leave("r2", LeaveReason::Disconnected));
+        assert!(
+            woken(&w300) && woken(&w400),
+            "a replica leaving wakes every commit"
+        );
+        drop((w300, w400));
+        assert!(cell.check_or_wait(400).is_none(), "nobody to wait for");
+        cell.update(|s| s.set_required(1));
+        let (w500, too_few) = cell.check_or_wait(500).expect("too few synchronized");
+        assert_eq!(too_few, Some((0, 1)));
+        drop(w500);
+        assert!(
+            cell.lock_waiters().by_lsn.is_empty(),
+            "no entry left behind"
+        );
+    }
 
     #[test]
     fn a_sender_backs_off_failed_connects_but_retries_a_link_that_was_up_at_once() {

@@ -285,6 +285,33 @@ impl DbSync {
             .min()
     }
 
+    /// How far commits may be acknowledged now, by the commit rule: every
+    /// commit whose record ends at or before the answer may (the lowest LSN
+    /// a SYNCHRONIZED replica hardened; `Lsn::MAX` with none); None while
+    /// fewer than REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT replicas are
+    /// synchronized. [`DbSync::check_commit`] is `Ready` for `l` exactly
+    /// when this is at least `l`; unlike it, this allocates nothing.
+    pub fn released_upto(&self) -> Option<Lsn> {
+        let (count, lowest) = self
+            .replicas
+            .values()
+            .filter(|r| r.state == SyncState::Synchronized)
+            .fold((0, Lsn::MAX), |(n, low), r| (n + 1, low.min(r.hardened)));
+        (count >= self.required).then_some(lowest)
+    }
+
+    /// `(synchronized, required)` while fewer replicas are SYNCHRONIZED
+    /// than REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT (no commit may be
+    /// acknowledged); None otherwise.
+    pub fn too_few_synchronized(&self) -> Option<(usize, usize)> {
+        let have = self
+            .replicas
+            .values()
+            .filter(|r| r.state == SyncState::Synchronized)
+            .count();
+        (have < self.required).then_some((have, self.required))
+    }
+
     /// May a commit whose record ends at `lsn` be acknowledged?
     pub fn check_commit(&self, lsn: Lsn) -> CommitCheck {
         let synchronized: Vec<(&String, &ReplicaProgress)> = self
@@ -325,6 +352,46 @@ mod tests {
             ],
             0,
         )
+    }
+
+    /// The commit hook wakes a waiting commit when `released_upto` reaches
+    /// its LSN: that must be exactly when the commit rule (`check_commit`)
+    /// lets it return, in every state the transitions lead to.
+    #[test]
+    fn a_commit_is_released_exactly_when_the_commit_rule_lets_it_return() {
+        let agree = |s: &DbSync, what: &str| {
+            for lsn in [0, 1, 50, 99, 100, 101, 150, 199, 200, 201, 300, Lsn::MAX] {
+                let ready = s.check_commit(lsn) == CommitCheck::Ready;
+                let released = s.released_upto().is_some_and(|upto| upto >= lsn);
+                assert_eq!(ready, released, "{what}: commit ending at {lsn}");
+            }
+            assert_eq!(
+                s.too_few_synchronized().is_some(),
+                s.released_upto().is_none(),
+                "{what}"
+            );
+        };
+        let mut s = two_sync_one_async();
+        agree(&s, "nobody connected");
+        s.appended(200);
+        s.connected("r2", 100, 100);
+        agree(&s, "r2 synchronizing");
+        s.progress("r2", 200, 150);
+        agree(&s, "r2 synchronized");
+        s.connected("r3", 200, 200);
+        s.appended(300);
+        s.progress("r3", 250, 200);
+        agree(&s, "both synchronized, r3 ahead");
+        s.set_required(2);
+        agree(&s, "two required, two synchronized");
+        s.leave("r2", LeaveReason::SessionTimeout);
+        agree(&s, "two required, one synchronized");
+        s.set_required(0);
+        agree(&s, "none required, one synchronized");
+        s.leave("r3", LeaveReason::Disconnected);
+        agree(&s, "none synchronized, none required");
+        s.set_required(1);
+        agree(&s, "none synchronized, one required");
     }
 
     #[test]
