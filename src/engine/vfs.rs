@@ -30,21 +30,26 @@
 //!   reads), since a mapped page bypasses the check.
 //!
 //! # One write per WAL frame
-//! SQLite writes each WAL frame in two calls: its 24-byte header, then the
-//! page right after it. The shim holds the header back and writes both
-//! with one system call when the page follows (one `pwrite` per commit
-//! less, for a one-page commit). Rules:
+//! SQLite writes each WAL frame it appends in two calls: its 24-byte
+//! header, then the page right after it. The shim holds such a header back
+//! and writes both with one system call when the page follows (one
+//! `pwrite` per commit less, for a one-page commit). Rules:
 //! 1. **Nothing else sees a held header.** Any other call on the file
 //!    (a read, another write, truncate, sync, size, file control, close)
 //!    writes it first, so SQLite never reads what it has not written.
-//! 2. **Another descriptor never needs it.** A header is held only until
-//!    SQLite's next call on the file, and SQLite writes headers only while
-//!    it writes a transaction's frames, holding the WAL's write lock; those
-//!    frames join a snapshot only once the commit frame after them is
-//!    written, which writes any held header first. So no other connection,
-//!    and no capture (it reads after the commit), looks for a held header
-//!    in the file. A frame whose page write fails loses its header too,
-//!    and the transaction fails with the write.
+//! 2. **Only an appended frame's header is held**: one at or past the end
+//!    of what this file handle has written in the WAL's current generation
+//!    (a write at offset 0, the WAL's header, starts a new one). Its page
+//!    is SQLite's very next call on the file, which writes both. A header
+//!    SQLite writes *again* lies below that end and is written at once:
+//!    after a transaction too large for the page cache spilled frames and
+//!    then changed one of them, the commit rewrites the checksums of every
+//!    frame from there, the commit frame's last, and nothing may follow
+//!    before capture reads the WAL through its own descriptor (with
+//!    `synchronous = OFF`, no sync does). A held one would leave capture
+//!    the stale header and a broken checksum chain. A frame whose page
+//!    write fails loses its header too, and the transaction fails with
+//!    the write.
 //!
 //! # One process per database
 //! The VFS below ours is SQLite's `unix-excl`, not `unix`: the first
@@ -120,6 +125,9 @@ struct ShimFile {
     /// Where a WAL frame header held back lies (-1: none held; see "One
     /// write per WAL frame").
     held_at: i64,
+    /// The end of what this handle has written in the WAL's current
+    /// generation (rule 2 of "One write per WAL frame").
+    written_end: i64,
     /// The header held back.
     held: [u8; FRAME_HEADER_LEN],
 }
@@ -342,6 +350,7 @@ unsafe extern "C" fn open(
     let shim = file.cast::<ShimFile>();
     (*shim).base.pMethods = std::ptr::null();
     (*shim).held_at = -1;
+    (*shim).written_end = 0;
     let inner = lower(file);
     let read_only = flags & ffi::SQLITE_OPEN_READONLY != 0;
     let rc = if main && read_only && !out_flags.is_null() {
@@ -525,8 +534,14 @@ unsafe extern "C" fn write(
         count_wal_write(wal);
         return lower_write(inner, buf, amount, offset);
     }
-    if wal && amount as usize == FRAME_HEADER_LEN {
-        // A frame's header: held until its page follows (rule 2).
+    let appended_header = wal && {
+        // Rule 2: the end of what this handle wrote, from the WAL header on.
+        let end_before = if offset == 0 { 0 } else { (*shim).written_end };
+        (*shim).written_end = end_before.max(offset + i64::from(amount));
+        amount as usize == FRAME_HEADER_LEN && offset > 0 && offset >= end_before
+    };
+    if appended_header {
+        // An appended frame's header: held until its page follows.
         (*shim).held.copy_from_slice(std::slice::from_raw_parts(
             buf.cast::<u8>(),
             FRAME_HEADER_LEN,
@@ -622,6 +637,7 @@ unsafe extern "C" fn fetch(
 
 /// Pass-through methods: the lower file's, or what SQLite assumes when a
 /// VFS lacks one.
+///
 /// Those marked `held first` write a held WAL frame header first (rule 1
 /// of "One write per WAL frame"), failing as the method would.
 macro_rules! forward {
@@ -754,6 +770,53 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
+    }
+
+    /// A transaction larger than the page cache spills frames into the WAL
+    /// before its commit; at the commit SQLite overwrites the spilled
+    /// frames of pages written again and rewrites the checksums of every
+    /// frame after the first one overwritten (reading each frame, then
+    /// writing its header alone). The WAL must still read back whole.
+    #[test]
+    fn a_spilled_transaction_with_rewritten_checksums_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill.db");
+        let mut conn = checksummed(&path, 10);
+        let frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let seen = frames.clone();
+        conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+                seen.store(n, Ordering::SeqCst);
+                Ok(())
+            },
+        ))
+        .unwrap();
+        // As the node's writer runs: no sync after a commit writes a held
+        // header for it.
+        conn.execute_batch(
+            "PRAGMA cache_size = 50; PRAGMA synchronous = OFF;
+             CREATE INDEX t_pad_x ON t(pad, x);",
+        )
+        .unwrap();
+        let mut reader = super::super::wal::WalReader::new(super::super::capture::wal_path(&path));
+        reader.read_committed().unwrap();
+        for round in 0..3 {
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+                 INSERT INTO t SELECT 1000 * ({round} + 1) + i, randomblob(3000) FROM s;
+                 UPDATE t SET pad = randomblob(300) WHERE x < 10;
+                 COMMIT;"
+            ))
+            .unwrap();
+            let read = reader.read_committed().unwrap();
+            assert_eq!(read.len(), 1, "round {round}: the commit is read back");
+            assert_eq!(
+                reader.frames_read() as i32,
+                frames.load(Ordering::SeqCst),
+                "round {round}: every frame SQLite reports is valid"
+            );
+        }
     }
 
     #[test]
