@@ -540,6 +540,9 @@ fn scan<'h>(
         }
         let wanted = frames * frame_len;
         let at = scanner.next.offset;
+        // Only the last read is returned: the one before goes first, so a
+        // large transaction holds one read's bytes at a time, as before.
+        drop(last.take());
         let chunk = read_at(file, at, wanted)?;
         let whole = chunk
             .chunks_exact(frame_len)
