@@ -711,6 +711,39 @@ mod tests {
         conn
     }
 
+    /// The frame count SQLite's wal hook reports after each commit on
+    /// `conn`, and a WAL reader on `path`'s WAL, as capture reads it.
+    fn followed(
+        conn: &mut Connection,
+        path: &std::path::Path,
+    ) -> (
+        Arc<std::sync::atomic::AtomicI32>,
+        super::super::wal::WalReader,
+    ) {
+        let frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let seen = frames.clone();
+        conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+                seen.store(n, Ordering::SeqCst);
+                Ok(())
+            },
+        ))
+        .unwrap();
+        let reader = super::super::wal::WalReader::new(super::super::capture::wal_path(path));
+        (frames, reader)
+    }
+
+    /// Checkpoints `conn`'s WAL whole into its file, which must then pass
+    /// SQLite's integrity check.
+    fn assert_intact(conn: &Connection) {
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
     fn flip(path: &std::path::Path, pgno: u32, byte: u64) {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -733,16 +766,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("frames.db");
         let mut conn = checksummed(&path, 200);
-        let frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
-        let seen = frames.clone();
-        conn.wal_hook(Some(
-            move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
-                seen.store(n, Ordering::SeqCst);
-                Ok(())
-            },
-        ))
-        .unwrap();
-        let mut reader = super::super::wal::WalReader::new(super::super::capture::wal_path(&path));
+        let (frames, mut reader) = followed(&mut conn, &path);
         let mut read_back = 0;
         for i in 0..20 {
             let before = WAL_WRITES.with(|n| n.get());
@@ -764,12 +788,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(rows, 220);
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_intact(&conn);
     }
 
     /// A transaction larger than the page cache spills frames into the WAL
@@ -782,15 +801,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spill.db");
         let mut conn = checksummed(&path, 10);
-        let frames = Arc::new(std::sync::atomic::AtomicI32::new(0));
-        let seen = frames.clone();
-        conn.wal_hook(Some(
-            move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
-                seen.store(n, Ordering::SeqCst);
-                Ok(())
-            },
-        ))
-        .unwrap();
+        let (frames, mut reader) = followed(&mut conn, &path);
         // As the node's writer runs: no sync after a commit writes a held
         // header for it.
         conn.execute_batch(
@@ -798,7 +809,6 @@ mod tests {
              CREATE INDEX t_pad_x ON t(pad, x);",
         )
         .unwrap();
-        let mut reader = super::super::wal::WalReader::new(super::super::capture::wal_path(&path));
         reader.read_committed().unwrap();
         for round in 0..3 {
             conn.execute_batch(&format!(
@@ -838,17 +848,12 @@ mod tests {
             all.iter().all(|p| checksum::verify(p)),
             "a page is not sealed"
         );
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
+        assert_intact(&conn);
         let bytes = std::fs::read(&path).unwrap();
         assert!(
             bytes.chunks(4096).all(checksum::verify),
             "the file is sealed"
         );
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
     }
 
     #[test]
