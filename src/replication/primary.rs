@@ -179,7 +179,8 @@ impl SyncCell {
     }
 
     /// Applies `f` to the state and wakes every waiting commit (see
-    /// [`Waiters`]).
+    /// `Waiters`: any change but a secondary's progress may change what a
+    /// commit waits for).
     pub fn update<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
         let out = f(&mut self.lock_state());
         self.changed.send_modify(|n| *n += 1);
