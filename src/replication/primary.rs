@@ -68,11 +68,10 @@ pub struct SyncCell {
 /// The commits waiting for the secondaries, by the LSN each waits for.
 ///
 /// A secondary's progress wakes only the commits it releases (each
-/// progress report used to wake every waiting commit, most of which found
-/// their LSN still unhardened and went back to sleep: at `-c 16` with two
-/// synchronous secondaries, several wake-ups per commit); any other change
-/// of the state (a replica joins or leaves, the definition changes) wakes
-/// every one, since it may also change what a commit waits for.
+/// progress report used to wake every waiting commit, and those whose LSN
+/// was not yet hardened went back to sleep); any other change of the state
+/// (a replica joins or leaves, the definition changes) wakes every one,
+/// since it may also change what a commit waits for.
 ///
 /// No wake-up is lost: a commit registers under the state's lock, in the
 /// same critical section as its check, and each change computes how far it
