@@ -183,10 +183,7 @@ impl SyncCell {
     pub fn update<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
         let out = f(&mut self.lock_state());
         self.changed.send_modify(|n| *n += 1);
-        let everyone = std::mem::take(&mut self.lock_waiters().by_lsn);
-        for waiter in everyone.into_values() {
-            waiter.notify_one();
-        }
+        self.wake_upto(Lsn::MAX);
         out
     }
 
@@ -199,9 +196,15 @@ impl SyncCell {
             (out, state.released_upto())
         };
         self.changed.send_modify(|n| *n += 1);
-        let Some(upto) = released else {
-            return out;
-        };
+        if let Some(upto) = released {
+            self.wake_upto(upto);
+        }
+        out
+    }
+
+    /// Wakes the waiting commits whose LSN is at most `upto` (all of them
+    /// for `Lsn::MAX`); they leave [`Waiters`].
+    fn wake_upto(&self, upto: Lsn) {
         let woken = {
             let mut waiters = self.lock_waiters();
             let later = match upto.checked_add(1) {
@@ -213,7 +216,6 @@ impl SyncCell {
         for waiter in woken.into_values() {
             waiter.notify_one();
         }
-        out
     }
 
     /// Checks whether a commit ending at `lsn` may be acknowledged; when

@@ -278,63 +278,51 @@ impl DbSync {
     /// the log up to here, so a record before it survives any failover
     /// that loses no acknowledged commit.
     pub fn synchronized_hardened(&self) -> Option<Lsn> {
-        self.replicas
-            .values()
-            .filter(|r| r.state == SyncState::Synchronized)
-            .map(|r| r.hardened)
-            .min()
+        self.synchronized().map(|(_, r)| r.hardened).min()
     }
 
     /// How far commits may be acknowledged now, by the commit rule: every
     /// commit whose record ends at or before the answer may (the lowest LSN
     /// a SYNCHRONIZED replica hardened; `Lsn::MAX` with none); None while
     /// fewer than REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT replicas are
-    /// synchronized. [`DbSync::check_commit`] is `Ready` for `l` exactly
-    /// when this is at least `l`; unlike it, this allocates nothing.
+    /// synchronized. The rule's one statement: [`DbSync::check_commit`]
+    /// answers from it. Allocates nothing.
     pub fn released_upto(&self) -> Option<Lsn> {
-        let (count, lowest) = self
-            .replicas
-            .values()
-            .filter(|r| r.state == SyncState::Synchronized)
-            .fold((0, Lsn::MAX), |(n, low), r| (n + 1, low.min(r.hardened)));
-        (count >= self.required).then_some(lowest)
+        self.too_few_synchronized()
+            .is_none()
+            .then(|| self.synchronized_hardened().unwrap_or(Lsn::MAX))
     }
 
     /// `(synchronized, required)` while fewer replicas are SYNCHRONIZED
     /// than REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT (no commit may be
     /// acknowledged); None otherwise.
     pub fn too_few_synchronized(&self) -> Option<(usize, usize)> {
-        let have = self
-            .replicas
-            .values()
-            .filter(|r| r.state == SyncState::Synchronized)
-            .count();
+        let have = self.synchronized().count();
         (have < self.required).then_some((have, self.required))
     }
 
-    /// May a commit whose record ends at `lsn` be acknowledged?
+    /// May a commit whose record ends at `lsn` be acknowledged? (By
+    /// [`DbSync::released_upto`]; when not, who or what it waits for.)
     pub fn check_commit(&self, lsn: Lsn) -> CommitCheck {
-        let synchronized: Vec<(&String, &ReplicaProgress)> = self
-            .replicas
+        if let Some((have, required)) = self.too_few_synchronized() {
+            return CommitCheck::TooFewSynchronized { have, required };
+        }
+        if self.released_upto().is_some_and(|upto| upto >= lsn) {
+            return CommitCheck::Ready;
+        }
+        CommitCheck::Waiting(
+            self.synchronized()
+                .filter(|(_, r)| r.hardened < lsn)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        )
+    }
+
+    /// The SYNCHRONIZED replicas.
+    fn synchronized(&self) -> impl Iterator<Item = (&String, &ReplicaProgress)> {
+        self.replicas
             .iter()
             .filter(|(_, r)| r.state == SyncState::Synchronized)
-            .collect();
-        if synchronized.len() < self.required {
-            return CommitCheck::TooFewSynchronized {
-                have: synchronized.len(),
-                required: self.required,
-            };
-        }
-        let behind: Vec<String> = synchronized
-            .iter()
-            .filter(|(_, r)| r.hardened < lsn)
-            .map(|(n, _)| (*n).clone())
-            .collect();
-        if behind.is_empty() {
-            CommitCheck::Ready
-        } else {
-            CommitCheck::Waiting(behind)
-        }
     }
 }
 
