@@ -31,9 +31,10 @@
 //! 4. **No session sleeps through a wait on its worker.** After an
 //!    inline commit the local log's fsync is awaited: the group commit's
 //!    leader syncs on its own worker (`Log::wait_durable_here`; one
-//!    leader at a time, so one worker at most), every other committer
-//!    awaits the durable LSN with its worker free, and so joins the next
-//!    fsync. Before it waits, a committer yields once when the next writer
+//!    leader at a time, so one worker at most, for one sync: when records
+//!    were written meanwhile, a blocking thread syncs them), every other
+//!    committer awaits the durable LSN with its worker free, and so joins
+//!    the next fsync. Before it waits, a committer yields once when the next writer
 //!    already holds the write lock (`Database::commit_durable`): that
 //!    writer was woken on this worker, in the slot no other worker steals
 //!    from, and would otherwise wait out this worker's fsync lock in hand.

@@ -26,6 +26,31 @@
 //! segment anywhere, in any other only where the next segment starts (zeros
 //! short of it are lost records: [`LogError::Corrupt`]).
 //!
+//! # Group commit ([`Log::wait_durable`])
+//! One sync at a time, holding the *sync turn*, covers everything appended
+//! before it starts; a commit whose record that sync covers waits for it
+//! instead of syncing again. Rules:
+//! 1. **Whoever finds the turn free takes it** and syncs up to the end
+//!    of the log. The others wait for the durable LSN to move (async) or
+//!    for the turn to come free (blocking threads, [`Log::wait_durable_blocking`]).
+//! 2. **The turn passes on while records wait.** A commit that synced on
+//!    its own worker ([`Log::wait_durable_here`]) and finds records
+//!    written after what its sync covered does not give the turn up: it
+//!    hands it to a blocking thread, which syncs again at once, until
+//!    nothing written is left to sync, and returns to its client. Under
+//!    load the log then syncs back to back, and no sync waits for a
+//!    waiting commit's task to be scheduled, nor holds a worker that
+//!    statements need (the commit matrix in BENCHMARKS.md, "the sync turn
+//!    passes on").
+//! 3. **No record is left behind when the turn comes free.** A writer
+//!    appends, then looks at the turn; the one giving it up lets go, then
+//!    looks for records not yet durable (both with sequentially consistent
+//!    order), and takes the turn back for them. So either the writer finds
+//!    the turn free and syncs, or the one letting go sees its record and
+//!    syncs it: a waiting commit never depends on a timeout.
+//! 4. **A waiter dropped mid-sync hands the turn back** (its guard's
+//!    `Drop`), so the log never stops becoming durable.
+//!
 //! # Failed writes
 //! * A failed or short append (ENOSPC, EIO) truncates the segment back to
 //!   the last good offset before the error is returned, so the next record
@@ -219,8 +244,72 @@ struct SyncTurn<'a>(&'a Log);
 
 impl Drop for SyncTurn<'_> {
     fn drop(&mut self) {
-        self.0.syncing.store(false, Ordering::Release);
-        self.0.wake_blocked();
+        self.0.give_up_turn();
+    }
+}
+
+/// The sync turn held apart from any waiter (rule 2 of group commit): by
+/// the commit that synced last until it hands it to a blocking thread,
+/// then by that thread. Given up when dropped, so a thread the runtime
+/// never runs (it is shutting down) does not keep the turn.
+struct HeldTurn(Arc<Log>);
+
+impl HeldTurn {
+    /// Syncs on a blocking thread of the current runtime (or here,
+    /// outside one) until nothing written is left to sync; or gives the
+    /// turn up now when nothing is.
+    fn hand_on(self) {
+        let Some(held) = self.keep_or_give_up() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || held.keep_syncing())),
+            Err(_) => held.keep_syncing(),
+        }
+    }
+
+    /// Syncs to the end of the log until a sync finds nothing new to
+    /// cover, then gives the turn up (rule 3). A failed sync fails the log
+    /// (its waiters see that) and gives the turn up.
+    fn keep_syncing(mut self) {
+        loop {
+            let log = &self.0;
+            if log.check_failed().is_err() {
+                return;
+            }
+            let (file, target, path, generation) = log.sync_target();
+            if target > log.durable_lsn() {
+                if log.sync_file(&file, &path).is_err() {
+                    return;
+                }
+                log.mark_durable(target, generation);
+                continue;
+            }
+            match self.keep_or_give_up() {
+                Some(held) => self = held,
+                None => return,
+            }
+        }
+    }
+
+    /// Keeps the turn while records written are not durable (and the log
+    /// has not failed); otherwise gives it up, then looks again and takes
+    /// it back for a record written meanwhile, unless another took it
+    /// (rule 3: the writer appended before it looked at the turn).
+    fn keep_or_give_up(self) -> Option<HeldTurn> {
+        if self.0.unsynced() {
+            return Some(self);
+        }
+        let log = self.0.clone();
+        drop(self);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        (log.unsynced() && !log.syncing.swap(true, Ordering::SeqCst)).then_some(HeldTurn(log))
+    }
+}
+
+impl Drop for HeldTurn {
+    fn drop(&mut self) {
+        self.0.give_up_turn();
     }
 }
 
@@ -589,7 +678,7 @@ impl Log {
     /// commit whose other half failed first, a timeout) hands the turn on,
     /// so the log never stops becoming durable.
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
-        self.wait_durable_syncing_on(lsn, false).await
+        self.wait_durable_syncing_on(lsn, false, None).await
     }
 
     /// [`Log::wait_durable`] for a commit's acknowledgement: when this
@@ -598,19 +687,28 @@ impl Log {
     /// thread and back that costs more than a small fsync. One worker at
     /// most is held so, since one waiter syncs at a time; the others await
     /// the durable LSN without holding theirs.
-    pub async fn wait_durable_here(&self, lsn: Lsn) -> Result<(), LogError> {
+    ///
+    /// When its sync leaves records written after what it covered, it
+    /// hands the turn to a blocking thread that syncs them (rule 2 of the
+    /// module's group commit) and returns.
+    pub async fn wait_durable_here(self: &Arc<Self>, lsn: Lsn) -> Result<(), LogError> {
         let here = crate::runtime::multi_thread();
-        self.wait_durable_syncing_on(lsn, here).await
+        self.wait_durable_syncing_on(lsn, here, Some(self)).await
     }
 
-    async fn wait_durable_syncing_on(&self, lsn: Lsn, here: bool) -> Result<(), LogError> {
+    async fn wait_durable_syncing_on(
+        &self,
+        lsn: Lsn,
+        here: bool,
+        hand_on: Option<&Arc<Log>>,
+    ) -> Result<(), LogError> {
         let mut rx = self.durable.subscribe();
         loop {
             if *rx.borrow_and_update() >= lsn {
                 return Ok(());
             }
             self.check_failed()?;
-            if self.syncing.swap(true, Ordering::AcqRel) {
+            if self.syncing.swap(true, Ordering::SeqCst) {
                 // Another waiter is syncing; its result may cover us.
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed()).await;
@@ -631,6 +729,12 @@ impl Log {
                 return Err(self.fail(format!("fsync of {} failed: {e}", path.display())));
             }
             self.mark_durable(target, generation);
+            if let Some(log) = hand_on.filter(|_| self.durable_lsn() >= lsn) {
+                // This commit is durable; the turn goes on without it.
+                std::mem::forget(_turn);
+                HeldTurn(log.clone()).hand_on();
+                return Ok(());
+            }
         }
     }
 
@@ -646,7 +750,7 @@ impl Log {
                 return Ok(());
             }
             self.check_failed()?;
-            if self.syncing.swap(true, Ordering::AcqRel) {
+            if self.syncing.swap(true, Ordering::SeqCst) {
                 let (lock, cv) = &self.blocked;
                 let mut asleep = lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Checked again under the lock the publisher takes before
@@ -679,6 +783,18 @@ impl Log {
             return Ok(None);
         }
         Ok(Some(self.sync_target()))
+    }
+
+    /// Records written that are not durable yet (none count once the log
+    /// has failed: nothing will make them durable).
+    fn unsynced(&self) -> bool {
+        *self.written.borrow() > self.durable_lsn() && self.failure().is_none()
+    }
+
+    /// Frees the sync turn and wakes the waiters blocked on it.
+    fn give_up_turn(&self) {
+        self.syncing.store(false, Ordering::SeqCst);
+        self.wake_blocked();
     }
 
     /// Wakes the waiters sleeping in [`Log::wait_durable_blocking`], if
@@ -1395,6 +1511,102 @@ mod tests {
                 .unwrap_or_else(|_| panic!("round {round}: the log never became durable"))
                 .unwrap();
         }
+    }
+
+    /// Polls until `done` holds (10 s at most).
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Group commit, rule 2: a sync that leaves records written after what
+    /// it covered passes the turn to a blocking thread, which syncs them
+    /// with nobody waiting for them, and then gives the turn up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_written_during_a_sync_are_synced_by_the_turn_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        // A sync holds the turn; it covers the first record, and two more
+        // are written meanwhile.
+        log.syncing.store(true, Ordering::SeqCst);
+        let first = log.append(record(1)).unwrap();
+        let ends = [
+            log.append(record(2)).unwrap(),
+            log.append(record(3)).unwrap(),
+        ];
+        let generation = log.lock().generation;
+        log.mark_durable(first, generation);
+        HeldTurn(log.clone()).hand_on();
+        eventually("the records written during the sync are durable", || {
+            log.durable_lsn() == ends[1]
+        })
+        .await;
+        eventually("the turn is free", || !log.syncing.load(Ordering::SeqCst)).await;
+        assert_eq!(log.syncs.load(Ordering::SeqCst), 1, "one sync for both");
+        // With nothing left to sync, the turn is given up at once.
+        log.syncing.store(true, Ordering::SeqCst);
+        HeldTurn(log.clone()).hand_on();
+        assert!(!log.syncing.load(Ordering::SeqCst));
+        assert_eq!(log.syncs.load(Ordering::SeqCst), 1);
+    }
+
+    /// Group commit, rule 3: whoever lets the turn go looks for records
+    /// not yet durable and keeps (or takes back) the turn for them; a
+    /// failed log has none, so a failure cannot keep a thread syncing.
+    #[test]
+    fn the_turn_is_kept_while_records_are_not_durable_and_never_on_a_failed_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        log.syncing.store(true, Ordering::SeqCst);
+        assert!(HeldTurn(log.clone()).keep_or_give_up().is_none());
+        assert!(!log.syncing.load(Ordering::SeqCst), "nothing to sync: free");
+        log.syncing.store(true, Ordering::SeqCst);
+        let end = log.append(record(1)).unwrap();
+        let kept = HeldTurn(log.clone()).keep_or_give_up().expect("kept");
+        assert!(log.syncing.load(Ordering::SeqCst));
+        // The thread's sync fails: the log fails, and the turn is free.
+        *log.fail_next_sync.lock().unwrap() = Some(io::Error::from_raw_os_error(libc::EIO));
+        kept.keep_syncing();
+        assert!(!log.syncing.load(Ordering::SeqCst));
+        assert!(log.failure().is_some());
+        assert!(log.wait_durable_blocking(end).is_err());
+        log.syncing.store(true, Ordering::SeqCst);
+        assert!(
+            HeldTurn(log.clone()).keep_or_give_up().is_none(),
+            "a failed log keeps no turn for records it will never sync"
+        );
+    }
+
+    /// Commits on many tasks, each syncing on its worker when it finds the
+    /// turn free: every one becomes durable, and when they are done the
+    /// turn is free again (no handing on leaks it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_that_pass_the_turn_on_all_become_durable_and_free_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        let committers: Vec<_> = (0..8u8)
+            .map(|task| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    for round in 0..25u8 {
+                        let end = log.append(record(task * 25 + round)).unwrap();
+                        log.wait_durable_here(end).await.unwrap();
+                        assert!(log.durable_lsn() >= end);
+                    }
+                })
+            })
+            .collect();
+        for committer in committers {
+            tokio::time::timeout(std::time::Duration::from_secs(30), committer)
+                .await
+                .expect("every commit became durable")
+                .unwrap();
+        }
+        eventually("the turn is free", || !log.syncing.load(Ordering::SeqCst)).await;
+        assert_eq!(log.durable_lsn(), log.end_lsn());
     }
 
     /// A publisher wakes blocking waiters only when the count says some
