@@ -45,9 +45,11 @@
 //! 3. **No record is left behind when the turn comes free.** A writer
 //!    appends, then looks at the turn; the one giving it up lets go, then
 //!    looks for records not yet durable (both with sequentially consistent
-//!    order), and takes the turn back for them. So either the writer finds
-//!    the turn free and syncs, or the one letting go sees its record and
-//!    syncs it: a waiting commit never depends on a timeout.
+//!    order). The thread of rule 2 takes the turn back for them; a waiter
+//!    giving its turn up wakes the async waiters to look again (blocking
+//!    ones are woken at every release). So either the writer finds the
+//!    turn free and syncs, or the one letting go sees its record: a
+//!    waiting commit never depends on its wait's timeout.
 //! 4. **A waiter dropped mid-sync hands the turn back** (its guard's
 //!    `Drop`), so the log never stops becoming durable.
 //!
@@ -301,7 +303,8 @@ impl HeldTurn {
             return Some(self);
         }
         let log = self.0.clone();
-        drop(self);
+        std::mem::forget(self);
+        log.release_turn();
         std::sync::atomic::fence(Ordering::SeqCst);
         (log.unsynced() && !log.syncing.swap(true, Ordering::SeqCst)).then_some(HeldTurn(log))
     }
@@ -792,9 +795,20 @@ impl Log {
     }
 
     /// Frees the sync turn and wakes the waiters blocked on it.
-    fn give_up_turn(&self) {
+    fn release_turn(&self) {
         self.syncing.store(false, Ordering::SeqCst);
         self.wake_blocked();
+    }
+
+    /// Frees the sync turn (group commit, rule 3): when records written
+    /// are not durable, their async waiters may have looked at the turn
+    /// before it came free, so they are woken to look again.
+    fn give_up_turn(&self) {
+        self.release_turn();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.unsynced() {
+            self.durable.send_modify(|_| {});
+        }
     }
 
     /// Wakes the waiters sleeping in [`Log::wait_durable_blocking`], if
@@ -1578,6 +1592,27 @@ mod tests {
             HeldTurn(log.clone()).keep_or_give_up().is_none(),
             "a failed log keeps no turn for records it will never sync"
         );
+    }
+
+    /// Group commit, rule 3, for a waiter's turn: given up while records
+    /// written are not durable, it wakes the async waiters (one of them may
+    /// have found the turn taken just before); with none, it wakes nobody.
+    #[test]
+    fn a_turn_given_up_with_records_not_durable_wakes_the_waiters_to_look_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut waiter = log.subscribe_durable();
+        log.syncing.store(true, Ordering::SeqCst);
+        drop(SyncTurn(&log));
+        assert!(
+            !waiter.has_changed().unwrap(),
+            "nothing to sync: nobody woken"
+        );
+        log.syncing.store(true, Ordering::SeqCst);
+        log.append(record(1)).unwrap();
+        drop(SyncTurn(&log));
+        assert!(!log.syncing.load(Ordering::SeqCst));
+        assert!(waiter.has_changed().unwrap(), "the waiters look again");
     }
 
     /// Commits on many tasks, each syncing on its worker when it finds the
