@@ -23,7 +23,9 @@
 //! # Durability
 //! * [`Log::append`] writes a record without syncing; [`Log::wait_durable`]
 //!   waits until an fsync (`fdatasync`) covered it. Concurrent waiters share
-//!   one fsync (group commit). A commit is acknowledged only after it.
+//!   one fsync (group commit; `store.rs` has its rules), and a sync wakes
+//!   the waiters it covered, no other (`waiters.rs`). A commit is
+//!   acknowledged only after it.
 //! * A crash or power loss can leave a damaged tail — a torn record,
 //!   zeroes, the last writes persisted partly or out of order: nothing
 //!   there was acknowledged, so [`Log::open`] cuts the last segment back to
@@ -53,6 +55,7 @@
 
 mod record;
 mod store;
+mod waiters;
 
 use std::fs;
 use std::io::Write;
@@ -60,6 +63,7 @@ use std::path::Path;
 
 pub use record::{DecodeError, Header, Lsn, Record};
 pub use store::{Log, LogError, RawRecord, SEGMENT_BYTES};
+pub use waiters::{LsnWaiter, LsnWaiters};
 
 /// The epoch history of the log in `dir`: `(epoch, first LSN written in
 /// it)`, oldest first, like PostgreSQL's timeline history. Two replicas'

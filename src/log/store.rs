@@ -87,6 +87,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::record::{DecodeError, Header, Lsn, Record};
+use super::waiters::LsnWaiters;
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -325,9 +326,11 @@ pub struct Log {
     syncing: AtomicBool,
     /// Where waiters on a blocking thread sleep until the durable LSN
     /// moves or the group-commit turn is free
-    /// ([`Log::wait_durable_blocking`]), and how many sleep there; the
-    /// async ones watch `durable`.
+    /// ([`Log::wait_durable_blocking`]), and how many sleep there.
     blocked: (Mutex<usize>, std::sync::Condvar),
+    /// The async waiters, by the LSN each waits for: a sync wakes the
+    /// ones it made durable, no other (`super::waiters`).
+    waiting: LsnWaiters,
     /// Commit time of the last record appended (µs since the Unix epoch).
     last_commit_us: std::sync::atomic::AtomicI64,
     /// Set at the first failed fsync or unrepairable write: the log takes
@@ -390,6 +393,7 @@ impl Log {
             written: watch::channel(end).0,
             syncing: AtomicBool::new(false),
             blocked: (Mutex::new(0), std::sync::Condvar::new()),
+            waiting: LsnWaiters::default(),
             last_commit_us: std::sync::atomic::AtomicI64::new(0),
             failed: Mutex::new(None),
             image_pending: Mutex::new(image_pending),
@@ -471,6 +475,9 @@ impl Log {
             ));
         }
         let cause = failed.get_or_insert(cause).clone();
+        drop(failed);
+        // Nothing more becomes durable: the waiters learn it now.
+        self.waiting.wake_all();
         LogError::Failed {
             dir: self.dir.clone(),
             cause,
@@ -657,6 +664,7 @@ impl Log {
             *d = (*d).max(tail.end);
             moved
         });
+        self.waiting.wake_upto(tail.end);
         let path = segment_path(&self.dir, tail.end);
         create_segment(&self.dir, &path)?;
         let file = OpenOptions::new()
@@ -705,16 +713,24 @@ impl Log {
         here: bool,
         hand_on: Option<&Arc<Log>>,
     ) -> Result<(), LogError> {
-        let mut rx = self.durable.subscribe();
         loop {
-            if *rx.borrow_and_update() >= lsn {
+            if self.durable_lsn() >= lsn {
                 return Ok(());
             }
             self.check_failed()?;
-            if self.syncing.swap(true, Ordering::SeqCst) {
-                // Another waiter is syncing; its result may cover us.
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed()).await;
+            if self.take_turn() {
+                // Another holds the turn: its sync may cover this record,
+                // or it finds the record when it lets go (rule 3). Checked
+                // again once registered, so no wake-up is lost.
+                let waiter = self.waiting.register(lsn);
+                if self.durable_lsn() >= lsn {
+                    return Ok(());
+                }
+                if self.syncing.load(Ordering::SeqCst) {
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_millis(50), waiter.woken())
+                            .await;
+                }
                 continue;
             }
             let _turn = SyncTurn(self);
@@ -753,7 +769,7 @@ impl Log {
                 return Ok(());
             }
             self.check_failed()?;
-            if self.syncing.swap(true, Ordering::SeqCst) {
+            if self.take_turn() {
                 let (lock, cv) = &self.blocked;
                 let mut asleep = lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Checked again under the lock the publisher takes before
@@ -794,6 +810,14 @@ impl Log {
         *self.written.borrow() > self.durable_lsn() && self.failure().is_none()
     }
 
+    /// Tries to take the sync turn; true when another holds it. The fence
+    /// makes this waiter's record, appended before, visible to whoever
+    /// lets the turn go after this (rule 3).
+    fn take_turn(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.syncing.swap(true, Ordering::SeqCst)
+    }
+
     /// Frees the sync turn and wakes the waiters blocked on it.
     fn release_turn(&self) {
         self.syncing.store(false, Ordering::SeqCst);
@@ -807,7 +831,7 @@ impl Log {
         self.release_turn();
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.unsynced() {
-            self.durable.send_modify(|_| {});
+            self.waiting.wake_all();
         }
     }
 
@@ -857,6 +881,7 @@ impl Log {
             moved
         });
         drop(tail);
+        self.waiting.wake_upto(target);
         self.wake_blocked();
     }
 
@@ -1051,6 +1076,8 @@ impl Log {
         *self.image_pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((lsn, epoch));
         self.durable.send_replace(lsn);
         self.written.send_replace(lsn);
+        // Whatever they waited for belonged to the log replaced.
+        self.waiting.wake_all();
         Ok(())
     }
 
@@ -1601,18 +1628,40 @@ mod tests {
     fn a_turn_given_up_with_records_not_durable_wakes_the_waiters_to_look_again() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
-        let mut waiter = log.subscribe_durable();
+        let waiter = log.waiting.register(1);
         log.syncing.store(true, Ordering::SeqCst);
         drop(SyncTurn(&log));
-        assert!(
-            !waiter.has_changed().unwrap(),
-            "nothing to sync: nobody woken"
-        );
+        assert!(!waiter.was_woken(), "nothing to sync: nobody woken");
         log.syncing.store(true, Ordering::SeqCst);
-        log.append(record(1)).unwrap();
+        let end = log.append(record(1)).unwrap();
+        let after = log.waiting.register(end);
         drop(SyncTurn(&log));
         assert!(!log.syncing.load(Ordering::SeqCst));
-        assert!(waiter.has_changed().unwrap(), "the waiters look again");
+        assert!(
+            waiter.was_woken() && after.was_woken(),
+            "the waiters look again"
+        );
+    }
+
+    /// A sync wakes the async waiters whose records it made durable and
+    /// no other (`waiters`, rule 1); a failure wakes every one, so they
+    /// learn it at once.
+    #[test]
+    fn a_sync_wakes_only_the_waiters_it_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let (e1, e2) = (
+            log.append(record(1)).unwrap(),
+            log.append(record(2)).unwrap(),
+        );
+        let (w1, w2) = (log.waiting.register(e1), log.waiting.register(e2));
+        let generation = log.lock().generation;
+        log.mark_durable(e1, generation);
+        assert!(w1.was_woken(), "made durable: woken");
+        assert!(!w2.was_woken(), "not durable yet: left asleep");
+        *log.fail_next_sync.lock().unwrap() = Some(io::Error::from_raw_os_error(libc::EIO));
+        assert!(log.sync_blocking().is_err());
+        assert!(w2.was_woken(), "a failure wakes every waiter");
     }
 
     /// Commits on many tasks, each syncing on its worker when it finds the

@@ -43,7 +43,7 @@ use crate::engine::{
     monotonic_us, Closed, CommitHook, Database, Engine, Error, Fence, PrimaryFence, Result, Writes,
 };
 use crate::group::{AvailabilityMode, GeoPartner, GroupConfig, ReplicaConfig, SeedingMode};
-use crate::log::Lsn;
+use crate::log::{Lsn, LsnWaiter, LsnWaiters};
 
 /// Most record bytes sent in one `Records` message.
 const BATCH_BYTES: u64 = 4 << 20;
@@ -60,26 +60,15 @@ const AHEAD_PATIENCE: Duration = Duration::from_secs(15);
 pub struct SyncCell {
     state: Mutex<DbSync>,
     changed: watch::Sender<u64>,
-    /// Commits waiting for the secondaries ([`SyncHook`]).
-    waiting: Mutex<Waiters>,
+    /// Commits waiting for the secondaries ([`SyncHook`]), by LSN: a
+    /// secondary's progress wakes only the commits it releases; any other
+    /// change of the state (a replica joins or leaves, the definition
+    /// changes) wakes every one, since it may also change what a commit
+    /// waits for. No wake-up is lost: a commit registers under the state's
+    /// lock, in the same critical section as its check, and each change
+    /// computes how far it releases under that lock before it wakes.
+    waiting: LsnWaiters,
     metrics: Mutex<HashMap<String, ReplicaMetrics>>,
-}
-
-/// The commits waiting for the secondaries, by the LSN each waits for.
-///
-/// A secondary's progress wakes only the commits it releases (each
-/// progress report used to wake every waiting commit, and those whose LSN
-/// was not yet hardened went back to sleep); any other change of the state
-/// (a replica joins or leaves, the definition changes) wakes every one,
-/// since it may also change what a commit waits for.
-///
-/// No wake-up is lost: a commit registers under the state's lock, in the
-/// same critical section as its check, and each change computes how far it
-/// releases under that lock before it wakes the commits registered.
-#[derive(Default)]
-struct Waiters {
-    next_id: u64,
-    by_lsn: std::collections::BTreeMap<(Lsn, u64), Arc<tokio::sync::Notify>>,
 }
 
 /// Measured movement of one database to one secondary (for the views).
@@ -172,23 +161,22 @@ impl SyncCell {
         Arc::new(SyncCell {
             state: Mutex::new(sync),
             changed: watch::channel(0).0,
-            waiting: Mutex::new(Waiters::default()),
+            waiting: LsnWaiters::default(),
             metrics: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Applies `f` to the state and wakes every waiting commit (see
-    /// `Waiters`: any change but a secondary's progress may change what a
-    /// commit waits for).
+    /// Applies `f` to the state and wakes every waiting commit (any change
+    /// but a secondary's progress may change what a commit waits for).
     pub fn update<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
         let out = f(&mut self.lock_state());
         self.changed.send_modify(|n| *n += 1);
-        self.wake_upto(Lsn::MAX);
+        self.waiting.wake_all();
         out
     }
 
     /// Applies a secondary's progress report `f` to the state and wakes the
-    /// waiting commits it releases, and only those (see [`Waiters`]).
+    /// waiting commits it releases, and only those.
     fn progress<T>(&self, f: impl FnOnce(&mut DbSync) -> T) -> T {
         let (out, released) = {
             let mut state = self.lock_state();
@@ -197,32 +185,16 @@ impl SyncCell {
         };
         self.changed.send_modify(|n| *n += 1);
         if let Some(upto) = released {
-            self.wake_upto(upto);
+            self.waiting.wake_upto(upto);
         }
         out
     }
 
-    /// Wakes the waiting commits whose LSN is at most `upto` (all of them
-    /// for `Lsn::MAX`); they leave [`Waiters`].
-    fn wake_upto(&self, upto: Lsn) {
-        let woken = {
-            let mut waiters = self.lock_waiters();
-            let later = match upto.checked_add(1) {
-                Some(next) => waiters.by_lsn.split_off(&(next, 0)),
-                None => Default::default(),
-            };
-            std::mem::replace(&mut waiters.by_lsn, later)
-        };
-        for waiter in woken.into_values() {
-            waiter.notify_one();
-        }
-    }
-
     /// Checks whether a commit ending at `lsn` may be acknowledged; when
-    /// not, registers it to be woken (see [`Waiters`]) and says why it
-    /// waits: for replicas to harden it (None), or for enough replicas to
-    /// be synchronized (`(have, required)`).
-    fn check_or_wait(&self, lsn: Lsn) -> Option<(Waiter<'_>, Option<(usize, usize)>)> {
+    /// not, registers it to be woken and says why it waits: for replicas
+    /// to harden it (None), or for enough replicas to be synchronized
+    /// (`(have, required)`).
+    fn check_or_wait(&self, lsn: Lsn) -> Option<(LsnWaiter<'_>, Option<(usize, usize)>)> {
         let mut state = self.lock_state();
         state.appended(lsn);
         let released = state.released_upto();
@@ -230,27 +202,11 @@ impl SyncCell {
             return None;
         }
         let too_few = state.too_few_synchronized();
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let mut waiters = self.lock_waiters();
-        let key = (lsn, waiters.next_id);
-        waiters.next_id += 1;
-        waiters.by_lsn.insert(key, notify.clone());
-        Some((
-            Waiter {
-                cell: self,
-                key,
-                notify,
-            },
-            too_few,
-        ))
+        Some((self.waiting.register(lsn), too_few))
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, DbSync> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies `f` without waking waiting commits: for changes that can
@@ -277,20 +233,6 @@ impl SyncCell {
     }
 }
 
-/// A commit registered in [`Waiters`]; leaves it when dropped (a commit
-/// that stops waiting for another reason leaves no entry behind).
-struct Waiter<'a> {
-    cell: &'a SyncCell,
-    key: (Lsn, u64),
-    notify: Arc<tokio::sync::Notify>,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.cell.lock_waiters().by_lsn.remove(&self.key);
-    }
-}
-
 /// Makes a commit wait for the synchronized synchronous secondaries.
 struct SyncHook {
     cell: Arc<SyncCell>,
@@ -310,7 +252,7 @@ impl CommitHook for SyncHook {
                 return Err(stopped_waiting());
             }
             // Checking wakes no other waiting commit: only changes of the
-            // state release them (see `Waiters`).
+            // state release them.
             let Some((waiter, too_few)) = self.cell.check_or_wait(lsn) else {
                 return Ok(());
             };
@@ -318,7 +260,7 @@ impl CommitHook for SyncHook {
                 None => {
                     // Replicas either harden or leave the set on timeout.
                     tokio::select! {
-                        _ = waiter.notify.notified() => {}
+                        _ = waiter.woken() => {}
                         _ = stopped.changed() => return Err(stopped_waiting()),
                     }
                 }
@@ -336,7 +278,7 @@ impl CommitHook for SyncHook {
                         .with_hint("check the secondaries (sys.dm_hadr_database_replica_states); the transaction may be visible"));
                     }
                     tokio::select! {
-                        _ = tokio::time::timeout(left, waiter.notify.notified()) => {}
+                        _ = tokio::time::timeout(left, waiter.woken()) => {}
                         _ = stopped.changed() => return Err(stopped_waiting()),
                     }
                 }
@@ -1896,14 +1838,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt;
 
-    /// Whether `waiter` was woken (its permit is there).
-    fn woken(waiter: &Waiter<'_>) -> bool {
-        waiter.notify.notified().now_or_never().is_some()
-    }
-
-    /// `Waiters`: a secondary's progress wakes the commits it releases and
+    /// The waiting commits: a secondary's progress wakes the commits it releases and
     /// no other; any other change wakes every one (it may change what they
     /// wait for); a commit that stops waiting leaves no entry behind.
     #[test]
@@ -1914,15 +1850,18 @@ mod tests {
         let wait = |lsn| cell.check_or_wait(lsn).expect("not hardened yet").0;
         let (w100, w200, w300) = (wait(100), wait(200), wait(300));
         cell.progress(|s| s.progress("r2", 200, 0));
-        assert!(woken(&w100) && woken(&w200), "released by the progress");
-        assert!(!woken(&w300), "300 is not hardened: not woken");
+        assert!(
+            w100.was_woken() && w200.was_woken(),
+            "released by the progress"
+        );
+        assert!(!w300.was_woken(), "300 is not hardened: not woken");
         assert!(cell.check_or_wait(150).is_none(), "released commits return");
         drop((w100, w200));
-        assert_eq!(cell.lock_waiters().by_lsn.len(), 1, "only 300 waits");
+        assert_eq!(cell.waiting.len(), 1, "only 300 waits");
         let w400 = wait(400);
         cell.update(|s| s.leave("r2", LeaveReason::Disconnected));
         assert!(
-            woken(&w300) && woken(&w400),
+            w300.was_woken() && w400.was_woken(),
             "a replica leaving wakes every commit"
         );
         drop((w300, w400));
@@ -1931,10 +1870,7 @@ mod tests {
         let (w500, too_few) = cell.check_or_wait(500).expect("too few synchronized");
         assert_eq!(too_few, Some((0, 1)));
         drop(w500);
-        assert!(
-            cell.lock_waiters().by_lsn.is_empty(),
-            "no entry left behind"
-        );
+        assert!(cell.waiting.is_empty(), "no entry left behind");
     }
 
     #[test]

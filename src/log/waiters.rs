@@ -1,0 +1,158 @@
+//! Tasks waiting for an LSN to be reached, woken by LSN.
+//!
+//! A commit waits for its record's end LSN twice: to be durable in the
+//! local log ([`super::Log::wait_durable`]) and to be hardened by the
+//! synchronous secondaries (`replication::primary`). A `watch` of the LSN
+//! woke every waiting task at each move, and those it had not reached went
+//! back to sleep: under load, several wake-ups per move that did nothing.
+//! Here each task registers with the LSN it waits for, and a move wakes
+//! the tasks it reaches, no other.
+//!
+//! # Rules
+//! 1. **A move wakes whom it reaches, and only them**
+//!    ([`LsnWaiters::wake_upto`]); a change that may alter what tasks wait
+//!    for wakes them all ([`LsnWaiters::wake_all`]).
+//! 2. **No wake-up is lost when the task registers before it checks, and
+//!    the mover moves before it wakes.** Either the task's check sees the
+//!    move, or its registration is in place when the wake-up runs; a
+//!    wake-up before the task sleeps leaves a permit, so the sleep ends at
+//!    once ([`tokio::sync::Notify::notify_one`]).
+//! 3. **A task that stops waiting leaves no entry** ([`LsnWaiter`]'s
+//!    `Drop`): a commit cancelled or failed for another reason.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::Lsn;
+
+/// The tasks waiting for LSNs, by LSN.
+#[derive(Default)]
+pub struct LsnWaiters {
+    waiting: Mutex<ByLsn>,
+}
+
+#[derive(Default)]
+struct ByLsn {
+    next_id: u64,
+    by_lsn: BTreeMap<(Lsn, u64), Arc<Notify>>,
+}
+
+impl LsnWaiters {
+    /// Registers a task waiting for `lsn`; it leaves when the returned
+    /// waiter is dropped (rule 3). Check the condition after this (rule 2).
+    pub fn register(&self, lsn: Lsn) -> LsnWaiter<'_> {
+        let notify = Arc::new(Notify::new());
+        let mut waiting = self.lock();
+        let key = (lsn, waiting.next_id);
+        waiting.next_id += 1;
+        waiting.by_lsn.insert(key, notify.clone());
+        LsnWaiter {
+            waiters: self,
+            key,
+            notify,
+        }
+    }
+
+    /// Wakes the tasks waiting for an LSN at most `upto` (every one for
+    /// `Lsn::MAX`); they leave.
+    pub fn wake_upto(&self, upto: Lsn) {
+        let woken = {
+            let mut waiting = self.lock();
+            let later = match upto.checked_add(1) {
+                Some(next) => waiting.by_lsn.split_off(&(next, 0)),
+                None => BTreeMap::new(),
+            };
+            std::mem::replace(&mut waiting.by_lsn, later)
+        };
+        for notify in woken.into_values() {
+            notify.notify_one();
+        }
+    }
+
+    /// Wakes every waiting task.
+    pub fn wake_all(&self) {
+        self.wake_upto(Lsn::MAX);
+    }
+
+    /// How many tasks wait.
+    pub fn len(&self) -> usize {
+        self.lock().by_lsn.len()
+    }
+
+    /// Whether no task waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ByLsn> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A task registered in [`LsnWaiters`]; leaves when dropped.
+pub struct LsnWaiter<'a> {
+    waiters: &'a LsnWaiters,
+    key: (Lsn, u64),
+    notify: Arc<Notify>,
+}
+
+impl LsnWaiter<'_> {
+    /// Returns once the task was woken (at once when it was woken before).
+    pub async fn woken(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether the task was woken, without waiting (consumes the wake-up).
+    pub fn was_woken(&self) -> bool {
+        use futures::FutureExt;
+        self.notify.notified().now_or_never().is_some()
+    }
+}
+
+impl Drop for LsnWaiter<'_> {
+    fn drop(&mut self) {
+        self.waiters.lock().by_lsn.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rules 1 and 3: a move wakes the tasks it reaches and no other;
+    /// every task for `wake_all`; a task dropped leaves no entry.
+    #[test]
+    fn a_move_wakes_the_tasks_it_reaches_and_no_other() {
+        let waiters = LsnWaiters::default();
+        let (w100, w200, w300) = (
+            waiters.register(100),
+            waiters.register(200),
+            waiters.register(300),
+        );
+        waiters.wake_upto(200);
+        assert!(w100.was_woken() && w200.was_woken());
+        assert!(!w300.was_woken(), "300 is not reached");
+        assert_eq!(waiters.len(), 1, "woken tasks leave");
+        let w400 = waiters.register(400);
+        waiters.wake_all();
+        assert!(w300.was_woken() && w400.was_woken());
+        let w500 = waiters.register(500);
+        drop((w100, w200, w300, w400));
+        assert_eq!(waiters.len(), 1);
+        drop(w500);
+        assert!(waiters.is_empty(), "no entry left behind");
+    }
+
+    /// Rule 2: a wake-up that comes before the task sleeps is not lost.
+    #[tokio::test]
+    async fn a_wake_up_before_the_sleep_ends_it_at_once() {
+        let waiters = LsnWaiters::default();
+        let waiter = waiters.register(7);
+        waiters.wake_upto(7);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter.woken())
+            .await
+            .expect("the earlier wake-up ends the sleep");
+    }
+}
