@@ -31,8 +31,10 @@
 //! before it starts; a commit whose record that sync covers waits for it
 //! instead of syncing again. Rules:
 //! 1. **Whoever finds the turn free takes it** and syncs up to the end
-//!    of the log. The others wait for the durable LSN to move (async) or
-//!    for the turn to come free (blocking threads, [`Log::wait_durable_blocking`]).
+//!    of the log. The others wait: async ones, registered by the LSN they
+//!    need, until a sync makes it durable (a sync wakes no other;
+//!    `super::waiters`); blocking ones until the turn comes free
+//!    ([`Log::wait_durable_blocking`]).
 //! 2. **The turn passes on while records wait.** A commit that synced on
 //!    its own worker ([`Log::wait_durable_here`]) and finds records
 //!    written after what its sync covered does not give the turn up: it
