@@ -4,9 +4,8 @@
 //! local log ([`super::Log::wait_durable`]) and to be hardened by the
 //! synchronous secondaries (`replication::primary`). A `watch` of the LSN
 //! woke every waiting task at each move, and those it had not reached went
-//! back to sleep: under load, several wake-ups per move that did nothing.
-//! Here each task registers with the LSN it waits for, and a move wakes
-//! the tasks it reaches, no other.
+//! back to sleep. Here each task registers with the LSN it waits for, and
+//! a move wakes the tasks it reaches, no other.
 //!
 //! # Rules
 //! 1. **A move wakes whom it reaches, and only them**
