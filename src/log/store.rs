@@ -273,23 +273,11 @@ impl HeldTurn {
         }
     }
 
-    /// Syncs to the end of the log until a sync finds nothing new to
-    /// cover, then gives the turn up (rule 3). A failed sync fails the log
-    /// (its waiters see that) and gives the turn up.
+    /// Syncs to the end of the log while records written are not
+    /// durable, then gives the turn up (rule 3). A failed sync fails the
+    /// log (its waiters see that) and gives the turn up.
     fn keep_syncing(mut self) {
-        loop {
-            let log = &self.0;
-            if log.check_failed().is_err() {
-                return;
-            }
-            let (file, target, path, generation) = log.sync_target();
-            if target > log.durable_lsn() {
-                if log.sync_file(&file, &path).is_err() {
-                    return;
-                }
-                log.mark_durable(target, generation);
-                continue;
-            }
+        while self.0.sync_blocking().is_ok() {
             match self.keep_or_give_up() {
                 Some(held) => self = held,
                 None => return,
@@ -661,11 +649,7 @@ impl Log {
     fn roll(&self, tail: &mut Tail) -> Result<(), LogError> {
         let old = tail.segments.last().expect("a segment").path.clone();
         self.sync_file(&tail.file, &old)?;
-        self.durable.send_if_modified(|d| {
-            let moved = *d < tail.end;
-            *d = (*d).max(tail.end);
-            moved
-        });
+        self.raise_durable(tail.end);
         self.waiting.wake_upto(tail.end);
         let path = segment_path(&self.dir, tail.end);
         create_segment(&self.dir, &path)?;
@@ -691,7 +675,7 @@ impl Log {
     /// commit whose other half failed first, a timeout) hands the turn on,
     /// so the log never stops becoming durable.
     pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
-        self.wait_durable_syncing_on(lsn, false, None).await
+        self.wait_durable_syncing_on(lsn, None).await
     }
 
     /// [`Log::wait_durable`] for a commit's acknowledgement: when this
@@ -705,16 +689,17 @@ impl Log {
     /// hands the turn to a blocking thread that syncs them (rule 2 of the
     /// module's group commit) and returns.
     pub async fn wait_durable_here(self: &Arc<Self>, lsn: Lsn) -> Result<(), LogError> {
-        let here = crate::runtime::multi_thread();
-        self.wait_durable_syncing_on(lsn, here, Some(self)).await
+        self.wait_durable_syncing_on(lsn, Some(self)).await
     }
 
+    /// Syncs on the waiter's own worker (on a multi-thread runtime), and
+    /// hands the turn on, when called for a commit (`hand_on`).
     async fn wait_durable_syncing_on(
         &self,
         lsn: Lsn,
-        here: bool,
         hand_on: Option<&Arc<Log>>,
     ) -> Result<(), LogError> {
+        let here = hand_on.is_some() && crate::runtime::multi_thread();
         loop {
             if self.durable_lsn() >= lsn {
                 return Ok(());
@@ -877,14 +862,21 @@ impl Log {
         if tail.generation != generation || self.failure().is_some() {
             return;
         }
-        self.durable.send_if_modified(|d| {
-            let moved = *d < target;
-            *d = (*d).max(target);
-            moved
-        });
+        // Under the tail's lock: a restart cannot come between the check
+        // of the generation and the move.
+        self.raise_durable(target);
         drop(tail);
         self.waiting.wake_upto(target);
         self.wake_blocked();
+    }
+
+    /// Moves the durable LSN up to `upto` (never down).
+    fn raise_durable(&self, upto: Lsn) {
+        self.durable.send_if_modified(|d| {
+            let moved = *d < upto;
+            *d = (*d).max(upto);
+            moved
+        });
     }
 
     /// All records from `from` (a record boundary) to the end, in order.

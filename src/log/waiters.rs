@@ -76,11 +76,13 @@ impl LsnWaiters {
     }
 
     /// How many tasks wait.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().by_lsn.len()
     }
 
     /// Whether no task waits.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -104,6 +106,7 @@ impl LsnWaiter<'_> {
     }
 
     /// Whether the task was woken, without waiting (consumes the wake-up).
+    #[cfg(test)]
     pub fn was_woken(&self) -> bool {
         use futures::FutureExt;
         self.notify.notified().now_or_never().is_some()
