@@ -81,6 +81,12 @@ impl Capture {
         Ok(())
     }
 
+    /// Whether the WAL reader was told of the WAL's changes (tests).
+    #[cfg(test)]
+    pub fn watches_the_wal(&self) -> bool {
+        self.wal.is_watching()
+    }
+
     /// Appends a record for every transaction committed since the last
     /// call; returns the log's end LSN (what the commit must wait for).
     ///
@@ -88,6 +94,15 @@ impl Capture {
     /// for where each page's image lies, then part by part (issue 16: a
     /// transaction of any size is captured in bounded memory).
     pub fn after_commit(&mut self, conn: &Connection) -> Result<Lsn> {
+        if !self.wal.is_watching() {
+            // Every connection of the engine goes through the VFS
+            // (`Database::open` installs it first), so the reader may look
+            // at the WAL's file and header only when the VFS says they
+            // changed (`vfs.rs`, "What capture learns from the shim").
+            if let Some(changes) = super::vfs::wal_changes_of(conn) {
+                self.wal.watch(changes);
+            }
+        }
         // Defence in depth: what we read must be exactly what SQLite wrote.
         let hooked = self.wal_frames.load(Ordering::SeqCst);
         let transactions = self
@@ -212,7 +227,7 @@ pub fn checkpoint_passive(conn: &Connection) -> Result<bool> {
 }
 
 /// Runs a checkpoint of `mode`; returns (frames in the WAL, frames copied).
-fn checkpoint(conn: &Connection, mode: std::ffi::c_int) -> Result<(i32, i32)> {
+pub(super) fn checkpoint(conn: &Connection, mode: std::ffi::c_int) -> Result<(i32, i32)> {
     let mut log_frames = 0;
     let mut copied = 0;
     // SAFETY: the handle is valid for the connection's lifetime and used on

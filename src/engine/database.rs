@@ -244,6 +244,12 @@ impl Writer {
         }
         captured
     }
+
+    /// Whether capture was told of the WAL's changes by the VFS (tests).
+    #[cfg(test)]
+    fn capture_watches_the_wal(&self) -> bool {
+        self.capture.watches_the_wal()
+    }
 }
 
 /// Waits, after a commit is durable locally, for whatever replication
@@ -2508,6 +2514,62 @@ mod tests {
         let (after_lsn, after) = db.page_sums_at_rest(1, 64).await.unwrap();
         assert!(after_lsn >= committed_lsn && after_lsn > at);
         assert_ne!(after, before, "a later snapshot sees the commit");
+    }
+
+    /// Capture looks at the WAL's file and header only when the VFS says
+    /// they changed (`vfs.rs`, "What capture learns from the shim"), and
+    /// still follows every new generation and truncation: each commit's
+    /// capture reads exactly the frames SQLite reports, and the log alone
+    /// rebuilds every row.
+    #[test]
+    fn capture_told_of_the_wals_changes_follows_every_restart_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, log_dir) = (dir.path().join("a.db"), dir.path().join("log"));
+        {
+            let db = Database::open("app", &path, &log_dir).unwrap();
+            let mut w = db.writer.try_lock().unwrap();
+            w.conn()
+                .sqlite()
+                .execute_batch("CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)")
+                .unwrap();
+            w.after_commit().unwrap();
+            for i in 0..60 {
+                if i % 10 == 5 {
+                    // Everything is captured: the WAL may be emptied or
+                    // restarted under the reader.
+                    let mode = if i % 20 == 5 {
+                        rusqlite::ffi::SQLITE_CHECKPOINT_RESTART
+                    } else {
+                        rusqlite::ffi::SQLITE_CHECKPOINT_TRUNCATE
+                    };
+                    super::super::capture::checkpoint(w.conn().sqlite(), mode).unwrap();
+                }
+                w.conn()
+                    .sqlite()
+                    .execute("INSERT INTO t VALUES (?1, randomblob(3000))", [i])
+                    .unwrap();
+                w.after_commit()
+                    .unwrap_or_else(|e| panic!("commit {i} was not captured whole: {e}"));
+            }
+            assert!(
+                w.capture_watches_the_wal(),
+                "capture was not told of the WAL's changes"
+            );
+        }
+        // Recovery rebuilds the file from the log.
+        std::fs::remove_file(&path).unwrap();
+        let _ = std::fs::remove_file(path.with_file_name("a.db-wal"));
+        let db = Database::open("app", &path, &log_dir).unwrap();
+        let (rows, sum): (i64, i64) = db
+            .reader()
+            .unwrap()
+            .conn()
+            .sqlite()
+            .query_row("SELECT count(*), sum(a) FROM t", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((rows, sum), (60, (0..60).sum::<i64>()));
     }
 
     #[test]

@@ -51,6 +51,25 @@
 //!    write fails loses its header too, and the transaction fails with
 //!    the write.
 //!
+//! # What capture learns from the shim
+//! Capture reads each commit's frames back from the WAL through a
+//! descriptor of its own (`wal.rs`). Whether that descriptor still names
+//! the WAL, and the WAL's 32-byte header (its generation), change only
+//! through this shim, so the shim counts such changes per WAL path
+//! ([`wal_changes_of`]) and capture re-reads them only when the count moved:
+//! a `statx` and a header read per commit less. Rules:
+//! 1. **Every call that may change them moves the count, before and after
+//!    the lower call**: opening a WAL (it may create the file), writing at
+//!    its offset 0 (the header: a new generation), truncating it, deleting
+//!    it. A reader that looks while such a call runs finds the count moved
+//!    again at its next look, so it never keeps what it read mid-change.
+//! 2. **Commits do not move it**: appended frames are read by their own
+//!    checks (salts, chained checksums, the frame count SQLite's wal_hook
+//!    reports), as before.
+//! 3. The count is trusted only by a reader told that every connection to
+//!    its database goes through this VFS (the engine's capture); one that
+//!    is not told checks the file and reads the header at every call.
+//!
 //! # One process per database
 //! The VFS below ours is SQLite's `unix-excl`, not `unix`: the first
 //! connection to a database file takes a write lock on it for the whole
@@ -82,10 +101,11 @@
 //! bytes SQLite itself reads and writes (page 1's byte 20), and are shared
 //! between a connection's database file and its WAL.
 
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rusqlite::ffi;
 
@@ -130,6 +150,9 @@ struct ShimFile {
     written_end: i64,
     /// The header held back.
     held: [u8; FRAME_HEADER_LEN],
+    /// A WAL's count of changes ([`wal_changes_of`]; `Arc` leaked into the
+    /// file, dropped at close); null for a database file.
+    changes: *const AtomicU64,
 }
 
 /// A WAL frame header's length.
@@ -143,6 +166,58 @@ unsafe impl Send for Lower {}
 unsafe impl Sync for Lower {}
 
 static LOWER: OnceLock<Lower> = OnceLock::new();
+
+/// The count of changes of each WAL path this process has opened through
+/// the shim ("What capture learns from the shim"); an entry lives while a
+/// file or a reader holds it.
+static WAL_CHANGES: Mutex<Option<HashMap<PathBuf, Weak<AtomicU64>>>> = Mutex::new(None);
+
+/// The count of changes of the WAL SQLite names `wal_path`: it moves whenever the file the path names or the WAL's header
+/// may have changed through this VFS, and at no commit. Trust it only
+/// where every connection to the database goes through this VFS.
+fn wal_changes(wal_path: &Path) -> Arc<AtomicU64> {
+    let mut map = WAL_CHANGES.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(count) = map.get(wal_path).and_then(Weak::upgrade) {
+        return count;
+    }
+    map.retain(|_, count| count.strong_count() > 0);
+    let count = Arc::new(AtomicU64::new(0));
+    map.insert(wal_path.to_path_buf(), Arc::downgrade(&count));
+    count
+}
+
+/// The count of changes of `conn`'s WAL, keyed by the name SQLite itself
+/// gives the WAL (so no spelling of the path can miss it); None when the
+/// connection's database file is not open through this VFS, or has no
+/// file (in memory).
+pub fn wal_changes_of(conn: &rusqlite::Connection) -> Option<Arc<AtomicU64>> {
+    // SAFETY: the handle is `conn`'s, used on its thread; the file pointer
+    // lives as long as the connection, and SQLite's filename pointers as
+    // long as the database is attached.
+    unsafe {
+        let file = main_file_of(conn).ok()?;
+        if !std::ptr::eq((*file).pMethods, &METHODS) {
+            return None;
+        }
+        let db = ffi::sqlite3_db_filename(conn.handle(), c"main".as_ptr());
+        if db.is_null() || *db == 0 {
+            return None;
+        }
+        let wal = ffi::sqlite3_filename_wal(db);
+        if wal.is_null() || *wal == 0 {
+            return None;
+        }
+        let path = PathBuf::from(CStr::from_ptr(wal).to_string_lossy().into_owned());
+        Some(wal_changes(&path))
+    }
+}
+
+/// Moves a WAL's count of changes (rule 1 of "What capture learns from the
+/// shim": once before the call that may change it, once after).
+fn note_change(changes: &AtomicU64) {
+    changes.fetch_add(1, Ordering::SeqCst);
+}
 
 /// Registers the VFS as SQLite's default, once per process. Connections
 /// opened before the first call do not use it.
@@ -165,6 +240,7 @@ pub fn install() {
             ours.pNext = std::ptr::null_mut();
             ours.szOsFile = (*lower).szOsFile + std::mem::size_of::<ShimFile>() as c_int;
             ours.xOpen = Some(open);
+            ours.xDelete = Some(delete);
             let ours = Box::leak(Box::new(ours));
             let rc = ffi::sqlite3_vfs_register(ours, 1);
             assert_eq!(rc, ffi::SQLITE_OK, "cannot register the availdb VFS");
@@ -196,6 +272,20 @@ pub fn set_verification(conn: &rusqlite::Connection, on: bool) -> bool {
 /// The result lives as long as `conn` and is used on the thread that owns
 /// `conn`.
 unsafe fn main_file(conn: &rusqlite::Connection) -> std::io::Result<*mut ffi::sqlite3_file> {
+    let file = main_file_of(conn)?;
+    if std::ptr::eq((*file).pMethods, &METHODS) {
+        Ok(lower(file))
+    } else {
+        Ok(file)
+    }
+}
+
+/// The main database file `conn` has open, as SQLite holds it (ours when
+/// the connection goes through this VFS).
+///
+/// # Safety
+/// As [`main_file`].
+unsafe fn main_file_of(conn: &rusqlite::Connection) -> std::io::Result<*mut ffi::sqlite3_file> {
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     let rc = ffi::sqlite3_file_control(
         conn.handle(),
@@ -208,11 +298,7 @@ unsafe fn main_file(conn: &rusqlite::Connection) -> std::io::Result<*mut ffi::sq
             "the connection has no database file open (SQLite code {rc})"
         )));
     }
-    if std::ptr::eq((*file).pMethods, &METHODS) {
-        Ok(lower(file))
-    } else {
-        Ok(file)
-    }
+    Ok(file)
 }
 
 /// Reads `buf.len()` bytes of `conn`'s database file at `offset` through
@@ -331,6 +417,31 @@ unsafe fn methods<'a>(file: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_metho
     &*(*file).pMethods
 }
 
+/// Deletes a file through the lower VFS; a WAL's count of changes moves
+/// around it (rule 1 of "What capture learns from the shim").
+unsafe extern "C" fn delete(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const std::ffi::c_char,
+    sync_dir: c_int,
+) -> c_int {
+    let lower_vfs = lower_vfs();
+    let Some(lower_delete) = (*lower_vfs).xDelete else {
+        return ffi::SQLITE_IOERR_DELETE;
+    };
+    let changes = (!name.is_null())
+        .then(|| PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned()))
+        .filter(|path| path.as_os_str().to_string_lossy().ends_with("-wal"))
+        .map(|path| wal_changes(&path));
+    if let Some(changes) = &changes {
+        note_change(changes);
+    }
+    let rc = lower_delete(lower_vfs, name, sync_dir);
+    if let Some(changes) = &changes {
+        note_change(changes);
+    }
+    rc
+}
+
 unsafe extern "C" fn open(
     _vfs: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
@@ -351,6 +462,14 @@ unsafe extern "C" fn open(
     (*shim).base.pMethods = std::ptr::null();
     (*shim).held_at = -1;
     (*shim).written_end = 0;
+    (*shim).changes = std::ptr::null();
+    let changes = wal.then(|| {
+        let path = PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned());
+        wal_changes(&path)
+    });
+    if let Some(changes) = &changes {
+        note_change(changes);
+    }
     let inner = lower(file);
     let read_only = flags & ffi::SQLITE_OPEN_READONLY != 0;
     let rc = if main && read_only && !out_flags.is_null() {
@@ -370,6 +489,9 @@ unsafe extern "C" fn open(
     } else {
         lower_open(lower_vfs, name, inner, flags, out_flags)
     };
+    if let Some(changes) = &changes {
+        note_change(changes);
+    }
     if rc != ffi::SQLITE_OK {
         return rc;
     }
@@ -405,6 +527,7 @@ unsafe extern "C" fn open(
     };
     (*shim).state = state;
     (*shim).wal = wal;
+    (*shim).changes = changes.map_or(std::ptr::null(), Arc::into_raw);
     (*shim).base.pMethods = &METHODS;
     ffi::SQLITE_OK
 }
@@ -457,6 +580,10 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let shim = file.cast::<ShimFile>();
     drop(Arc::from_raw((*shim).state));
     (*shim).state = std::ptr::null();
+    if !(*shim).changes.is_null() {
+        drop(Arc::from_raw((*shim).changes));
+        (*shim).changes = std::ptr::null();
+    }
     if held != ffi::SQLITE_OK {
         return held;
     }
@@ -510,7 +637,35 @@ unsafe extern "C" fn read(
     rc
 }
 
+/// The WAL's count of changes, for a WAL file.
+///
+/// # Safety
+/// `file` is a `ShimFile` opened by [`open`] and not closed.
+unsafe fn changes<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a AtomicU64> {
+    (*file.cast::<ShimFile>()).changes.as_ref()
+}
+
 unsafe extern "C" fn write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    // A write at a WAL's offset 0 is its header: a new generation (rule 1
+    // of "What capture learns from the shim").
+    let header = changes(file).filter(|_| offset == 0);
+    if let Some(changes) = header {
+        note_change(changes);
+    }
+    let rc = write_through(file, buf, amount, offset);
+    if let Some(changes) = header {
+        note_change(changes);
+    }
+    rc
+}
+
+/// [`write`], below the count of changes.
+unsafe fn write_through(
     file: *mut ffi::sqlite3_file,
     buf: *const c_void,
     amount: c_int,
@@ -664,7 +819,7 @@ macro_rules! forward {
     };
 }
 
-forward!(held first, truncate, xTruncate, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
+forward!(held first, truncate_through, xTruncate, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
 forward!(held first, sync, xSync, (flags: c_int), ffi::SQLITE_IOERR_FSYNC);
 forward!(held first, file_size, xFileSize, (size: *mut ffi::sqlite3_int64), ffi::SQLITE_IOERR_FSTAT);
 forward!(lock, xLock, (level: c_int), ffi::SQLITE_IOERR_LOCK);
@@ -676,6 +831,20 @@ forward!(shm_map, xShmMap, (page: c_int, size: c_int, extend: c_int, out: *mut *
 forward!(shm_lock, xShmLock, (offset: c_int, n: c_int, flags: c_int), ffi::SQLITE_IOERR_SHMLOCK);
 forward!(shm_unmap, xShmUnmap, (delete: c_int), ffi::SQLITE_OK);
 forward!(unfetch, xUnfetch, (offset: ffi::sqlite3_int64, page: *mut c_void), ffi::SQLITE_OK);
+
+/// Truncates the file; a WAL's count of changes moves around it (a
+/// TRUNCATE checkpoint empties the WAL, header and all).
+unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
+    let changes = changes(file);
+    if let Some(changes) = changes {
+        note_change(changes);
+    }
+    let rc = truncate_through(file, size);
+    if let Some(changes) = changes {
+        note_change(changes);
+    }
+    rc
+}
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
     let inner = lower(file);
@@ -690,6 +859,67 @@ mod tests {
     use crate::engine::damage;
     use rusqlite::{Connection, FileControl};
     use std::os::unix::fs::FileExt;
+
+    /// "What capture learns from the shim", rules 1 and 2: the count moves
+    /// at every call that may change the WAL's file or header (a new
+    /// generation's header, a truncation, an open, a deletion), and at no
+    /// commit.
+    #[test]
+    fn the_wal_count_of_changes_moves_at_every_new_generation_and_at_no_commit() {
+        install();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t(a)")
+            .unwrap();
+        let changes = wal_changes_of(&conn).expect("a file opened through the VFS");
+        let count = || changes.load(Ordering::SeqCst);
+        let checkpoint = |mode: &str| {
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                .unwrap()
+        };
+
+        let at = count();
+        for i in 0..20 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        assert_eq!(count(), at, "a commit moved the count");
+
+        // A RESTART checkpoint leaves the file; the next write restarts the
+        // WAL with a new header.
+        checkpoint("RESTART");
+        let at = count();
+        conn.execute("INSERT INTO t VALUES (20)", []).unwrap();
+        assert!(
+            count() > at,
+            "a new generation's header did not move the count"
+        );
+        let at = count();
+        conn.execute("INSERT INTO t VALUES (21)", []).unwrap();
+        assert_eq!(count(), at, "a commit moved the count");
+
+        // A TRUNCATE checkpoint empties the file.
+        let at = count();
+        checkpoint("TRUNCATE");
+        assert!(count() > at, "a truncation did not move the count");
+
+        // Another connection opens the WAL; the last one to close deletes it.
+        let at = count();
+        let other = Connection::open(&path).unwrap();
+        let rows: i64 = other
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 22);
+        assert!(count() > at, "opening the WAL did not move the count");
+        drop(other);
+        let at = count();
+        drop(conn);
+        assert!(
+            !path.with_file_name("a.db-wal").exists(),
+            "SQLite kept the WAL at the last close"
+        );
+        assert!(count() > at, "deleting the WAL did not move the count");
+    }
 
     /// A checksummed database in WAL mode with `rows` rows, checkpointed
     /// into its file.

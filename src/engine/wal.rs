@@ -109,6 +109,16 @@
 //!   SQLite deleted and created again (after the last connection closed) is
 //!   seen as such. (Opening it at every commit cost an `openat` and a
 //!   `close` per commit.)
+//! * A reader given the VFS's count of the WAL's changes
+//!   ([`WalReader::watch`], `vfs.rs`: "What capture learns from the
+//!   shim") makes that check, and reads the header, only when the count
+//!   moved since it last did: a commit then costs one read, of its own
+//!   frames. The count moves at every open, header write, truncation and
+//!   deletion of the WAL, so this holds only where every connection to the
+//!   database goes through the VFS (the engine's capture). A change it
+//!   missed would not pass unseen: frames of another generation fail the
+//!   salt check, and the caller's comparison with `sqlite3_wal_hook`'s
+//!   frame count fails.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -116,6 +126,8 @@ use std::io;
 use std::mem;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Length of the header at the start of the WAL file.
 const WAL_HEADER_LEN: usize = 32;
@@ -228,6 +240,20 @@ pub struct WalReader {
     /// The last read of the last call, when short enough to keep
     /// ([`KEEP_READ_BYTES`]).
     kept: Option<Read>,
+    /// The VFS's count of the WAL's changes, when the reader was given it.
+    changes: Option<Arc<AtomicU64>>,
+    /// What the file and its header were at the count of changes when they
+    /// were last looked at: valid while the count stays there.
+    looked: Option<Looked>,
+}
+
+/// The WAL as a reader given the count of changes last looked at it.
+#[derive(Debug, Clone, Copy)]
+struct Looked {
+    /// The count of changes when the file and its header were looked at.
+    at: u64,
+    /// The header found (None: the file had none yet).
+    header: Option<WalHeader>,
 }
 
 /// Bytes read from the WAL: where they start in the file, and the bytes.
@@ -251,7 +277,23 @@ impl WalReader {
             file: None,
             position: None,
             kept: None,
+            changes: None,
+            looked: None,
         }
+    }
+
+    /// From now on, looks at the file and its header only when `changes`,
+    /// the VFS's count of the WAL's changes ([`super::vfs::wal_changes_of`]),
+    /// moved since it last did. Only where every connection to the
+    /// database goes through the VFS.
+    pub fn watch(&mut self, changes: Arc<AtomicU64>) {
+        self.changes = Some(changes);
+        self.looked = None;
+    }
+
+    /// Whether [`WalReader::watch`] was called.
+    pub fn is_watching(&self) -> bool {
+        self.changes.is_some()
     }
 
     /// Transactions committed since the last call, in commit order.
@@ -289,28 +331,16 @@ impl WalReader {
     /// still compares [`WalReader::frames_read`] with the hook's count.
     pub fn read_commits_to(&mut self, frames: Option<u32>) -> Result<Vec<WalCommit>, WalError> {
         self.kept = None;
-        match self.open_current() {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(WalError::Io {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
-        }
+        let Some(header) = self.look()? else {
+            // No file, or no header yet: the WAL is new, or a TRUNCATE
+            // checkpoint emptied it and nothing was written since.
+            return Ok(Vec::new());
+        };
         let io_error = |source| WalError::Io {
             path: self.path.clone(),
             source,
         };
-        let file = &self.file.as_ref().expect("opened").0;
-        let raw = read_at(file, 0, WAL_HEADER_LEN).map_err(io_error)?;
-        let Ok(raw) = <&[u8; WAL_HEADER_LEN]>::try_from(raw.as_slice()) else {
-            // No header yet: the WAL is new, or a TRUNCATE checkpoint emptied
-            // it and nothing was written since.
-            return Ok(Vec::new());
-        };
-        let header = WalHeader::parse(raw)?;
+        let file = &self.file.as_ref().expect("looked at").0;
         let from = match self.position {
             None => Cursor::start(&header),
             Some(last) if last.header == header => last.committed,
@@ -396,6 +426,44 @@ impl WalReader {
             run_start = run_end;
         }
         Ok(out)
+    }
+
+    /// The WAL's header as it stands, with the file the path names held
+    /// (None: no file, or no header yet). Without a count of changes, or
+    /// when it moved since the last look, the path is checked and the
+    /// header read; otherwise both are as the last look found them.
+    fn look(&mut self) -> Result<Option<WalHeader>, WalError> {
+        let now = self.changes.as_ref().map(|c| c.load(Ordering::SeqCst));
+        if let (Some(now), Some(looked)) = (now, self.looked) {
+            if looked.at == now && self.file.is_some() {
+                return Ok(looked.header);
+            }
+        }
+        self.looked = None;
+        match self.open_current() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(WalError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+        let io_error = |source| WalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = &self.file.as_ref().expect("opened").0;
+        let raw = read_at(file, 0, WAL_HEADER_LEN).map_err(io_error)?;
+        let header = match <&[u8; WAL_HEADER_LEN]>::try_from(raw.as_slice()) {
+            Ok(raw) => Some(WalHeader::parse(raw)?),
+            Err(_) => None,
+        };
+        // Taken at the count read before the look: a change since then
+        // moved it, so the next look reads again.
+        self.looked = now.map(|at| Looked { at, header });
+        Ok(header)
     }
 
     /// Holds the file the path names now: the one held if it still is,
