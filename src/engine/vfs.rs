@@ -158,6 +158,12 @@ struct ShimFile {
 /// A WAL frame header's length.
 const FRAME_HEADER_LEN: usize = 24;
 
+thread_local! {
+    /// The buffer a WAL frame's header and page are written from ("One
+    /// write per WAL frame").
+    static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The default VFS this one wraps.
 struct Lower(*mut ffi::sqlite3_vfs);
 // SAFETY: SQLite's VFS objects are process-wide and thread-safe by contract.
@@ -722,18 +728,23 @@ unsafe fn write_through(
     count_wal_write(wal);
     let rc = if page_after_header {
         (*shim).held_at = -1;
-        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + bytes.len());
-        frame.extend_from_slice(&(*shim).held);
-        frame.extend_from_slice(bytes);
-        match c_int::try_from(frame.len()) {
-            Ok(len) => lower_write(
-                inner,
-                frame.as_ptr().cast(),
-                len,
-                offset - FRAME_HEADER_LEN as i64,
-            ),
-            Err(_) => ffi::SQLITE_IOERR_WRITE,
-        }
+        // Header and page side by side in a buffer of the thread's, kept
+        // between frames (no allocation per frame; at most a frame of the
+        // largest page size, 64 KiB, per thread).
+        FRAME.with_borrow_mut(|frame| {
+            frame.clear();
+            frame.extend_from_slice(&(*shim).held);
+            frame.extend_from_slice(bytes);
+            match c_int::try_from(frame.len()) {
+                Ok(len) => lower_write(
+                    inner,
+                    frame.as_ptr().cast(),
+                    len,
+                    offset - FRAME_HEADER_LEN as i64,
+                ),
+                Err(_) => ffi::SQLITE_IOERR_WRITE,
+            }
+        })
     } else {
         lower_write(inner, buf, amount, offset)
     };
