@@ -2516,6 +2516,13 @@ mod tests {
         assert_ne!(after, before, "a later snapshot sees the commit");
     }
 
+    /// Runs `sql` on the writer and captures its commit, as a session does.
+    fn write_and_capture(db: &Database, sql: &str) {
+        let mut w = db.writer.try_lock().unwrap();
+        w.conn().sqlite().execute_batch(sql).unwrap();
+        w.after_commit().unwrap();
+    }
+
     /// Capture looks at the WAL's file and header only when the VFS says
     /// they changed (`vfs.rs`, "What capture learns from the shim"), and
     /// still follows every new generation and truncation: each commit's
@@ -2527,12 +2534,8 @@ mod tests {
         let (path, log_dir) = (dir.path().join("a.db"), dir.path().join("log"));
         {
             let db = Database::open("app", &path, &log_dir).unwrap();
+            write_and_capture(&db, "CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)");
             let mut w = db.writer.try_lock().unwrap();
-            w.conn()
-                .sqlite()
-                .execute_batch("CREATE TABLE t(a INTEGER PRIMARY KEY, b BLOB)")
-                .unwrap();
-            w.after_commit().unwrap();
             for i in 0..60 {
                 if i % 10 == 5 {
                     // Everything is captured: the WAL may be emptied or
@@ -2584,12 +2587,7 @@ mod tests {
         let (path, log_dir) = (dir.path().join("a.db"), dir.path().join("log"));
         {
             let db = Database::open("app", &path, &log_dir).unwrap();
-            let mut w = db.writer.try_lock().unwrap();
-            w.conn()
-                .sqlite()
-                .execute_batch("CREATE TABLE t(a)")
-                .unwrap();
-            w.after_commit().unwrap();
+            write_and_capture(&db, "CREATE TABLE t(a)");
         }
         let logged = {
             // Recovery puts the logged table into the file.

@@ -178,9 +178,10 @@ static LOWER: OnceLock<Lower> = OnceLock::new();
 /// file or a reader holds it.
 static WAL_CHANGES: Mutex<Option<HashMap<PathBuf, Weak<AtomicU64>>>> = Mutex::new(None);
 
-/// The count of changes of the WAL SQLite names `wal_path`: it moves whenever the file the path names or the WAL's header
-/// may have changed through this VFS, and at no commit. Trust it only
-/// where every connection to the database goes through this VFS.
+/// The count of changes of the WAL SQLite names `wal_path`: it moves
+/// whenever the file the path names or the WAL's header may have changed
+/// through this VFS, and at no commit. Trust it only where every
+/// connection to the database goes through this VFS.
 fn wal_changes(wal_path: &Path) -> Arc<AtomicU64> {
     let mut map = WAL_CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let map = map.get_or_insert_with(HashMap::new);
