@@ -178,11 +178,18 @@ static LOWER: OnceLock<Lower> = OnceLock::new();
 /// file or a reader holds it.
 static WAL_CHANGES: Mutex<Option<HashMap<PathBuf, Weak<AtomicU64>>>> = Mutex::new(None);
 
-/// The count of changes of the WAL SQLite names `wal_path`: it moves
+/// The count of changes of the WAL SQLite names `wal_name`: it moves
 /// whenever the file the path names or the WAL's header may have changed
 /// through this VFS, and at no commit. Trust it only where every
 /// connection to the database goes through this VFS.
-fn wal_changes(wal_path: &Path) -> Arc<AtomicU64> {
+///
+/// # Safety
+/// `wal_name` is a NUL-terminated file name SQLite gave the VFS.
+unsafe fn wal_changes(wal_name: *const std::ffi::c_char) -> Arc<AtomicU64> {
+    use std::os::unix::ffi::OsStrExt;
+    let wal_path = Path::new(std::ffi::OsStr::from_bytes(
+        CStr::from_ptr(wal_name).to_bytes(),
+    ));
     let mut map = WAL_CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let map = map.get_or_insert_with(HashMap::new);
     if let Some(count) = map.get(wal_path).and_then(Weak::upgrade) {
@@ -215,8 +222,7 @@ pub fn wal_changes_of(conn: &rusqlite::Connection) -> Option<Arc<AtomicU64>> {
         if wal.is_null() || *wal == 0 {
             return None;
         }
-        let path = PathBuf::from(CStr::from_ptr(wal).to_string_lossy().into_owned());
-        Some(wal_changes(&path))
+        Some(wal_changes(wal))
     }
 }
 
@@ -435,10 +441,8 @@ unsafe extern "C" fn delete(
     let Some(lower_delete) = (*lower_vfs).xDelete else {
         return ffi::SQLITE_IOERR_DELETE;
     };
-    let changes = (!name.is_null())
-        .then(|| PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned()))
-        .filter(|path| path.as_os_str().to_string_lossy().ends_with("-wal"))
-        .map(|path| wal_changes(&path));
+    let changes = (!name.is_null() && CStr::from_ptr(name).to_bytes().ends_with(b"-wal"))
+        .then(|| wal_changes(name));
     if let Some(changes) = &changes {
         note_change(changes);
     }
@@ -470,10 +474,7 @@ unsafe extern "C" fn open(
     (*shim).held_at = -1;
     (*shim).written_end = 0;
     (*shim).changes = std::ptr::null();
-    let changes = wal.then(|| {
-        let path = PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned());
-        wal_changes(&path)
-    });
+    let changes = wal.then(|| wal_changes(name));
     if let Some(changes) = &changes {
         note_change(changes);
     }
