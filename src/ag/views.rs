@@ -1018,10 +1018,11 @@ fn sys_relations() -> rusqlite::Result<Vec<crate::engine::catalog::SysRelation>>
         .collect()
 }
 
-/// True when `sql` reads the `sys` views.
+/// True when `sql` reads the `sys` views. Asked of every statement, so it
+/// looks at the text where it lies: only where `sys.` appears (in any case)
+/// are the views' names compared.
 pub fn mentions_sys(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    [
+    const VIEWS: [&str; 12] = [
         "sys.availability_",
         "sys.databases",
         "sys.dm_hadr_cluster",
@@ -1034,9 +1035,16 @@ pub fn mentions_sys(sql: &str) -> bool {
         "sys.dm_os_process_memory",
         "sys.backup_history",
         "sys.server_principals",
-    ]
-    .iter()
-    .any(|v| lower.contains(v))
+    ];
+    let bytes = sql.as_bytes();
+    (0..bytes.len()).any(|at| {
+        let rest = &bytes[at..];
+        rest.len() >= 4
+            && rest[..4].eq_ignore_ascii_case(b"sys.")
+            && VIEWS.iter().any(|view| {
+                rest.len() >= view.len() && rest[..view.len()].eq_ignore_ascii_case(view.as_bytes())
+            })
+    })
 }
 
 #[cfg(test)]
@@ -1135,6 +1143,9 @@ mod tests {
             "select * from SYS.DM_HADR_DATABASE_REPLICA_STATES"
         ));
         assert!(!mentions_sys("select 'system'"));
+        assert!(mentions_sys("SELECT 1 FROM sys.Server_Principals"));
+        assert!(!mentions_sys("select * from sys.tables; -- sys."));
+        assert!(!mentions_sys("insert into t values ('sys.databas')"));
     }
 
     #[test]

@@ -610,11 +610,13 @@ fn scan<'h>(
         let at = scanner.next.offset;
         // Only the last read is returned: the one before goes first, so a
         // large transaction holds one read's bytes at a time, as before.
-        drop(last.take());
+        if let Some((at, bytes)) = last.take() {
+            scanner.keep_commit_image(at, &bytes);
+        }
         let chunk = read_at(file, at, wanted)?;
         let whole = chunk
             .chunks_exact(frame_len)
-            .all(|frame| scanner.feed(frame));
+            .all(|frame| scanner.feed(frame, at, &chunk));
         let ended = !whole || chunk.len() < wanted;
         last = Some((at, chunk));
         if ended {
@@ -803,7 +805,18 @@ struct FrameScanner<'h> {
     transactions: Vec<WalCommit>,
     /// The last frame fed if it was a commit frame (or a copy of one): its
     /// header and image.
-    last_commit: Option<(FrameHeader, Vec<u8>)>,
+    last_commit: Option<(FrameHeader, CommitImage)>,
+}
+
+/// Where the image of the last commit frame fed is: compared with the next
+/// frame (a sector-padding copy repeats it), and copied only when the read
+/// that holds it is let go before the next one — not at every commit.
+#[derive(Debug)]
+enum CommitImage {
+    /// In the current read, at this file offset.
+    InRead(u64),
+    /// Copied out of an earlier read.
+    Copied(Vec<u8>),
 }
 
 impl<'h> FrameScanner<'h> {
@@ -818,9 +831,10 @@ impl<'h> FrameScanner<'h> {
         }
     }
 
-    /// Feeds the frame at `self.next`. Returns false if it is not valid: the
-    /// log ends before it, and nothing more may be fed.
-    fn feed(&mut self, frame: &[u8]) -> bool {
+    /// Feeds the frame at `self.next`, which lies in `read` (the bytes of
+    /// the file from offset `read_at`). Returns false if it is not valid:
+    /// the log ends before it, and nothing more may be fed.
+    fn feed(&mut self, frame: &[u8], read_at: u64, read: &[u8]) -> bool {
         let Some((head, checksum)) = decode_frame(self.header, self.next.checksum, frame) else {
             return false;
         };
@@ -836,7 +850,7 @@ impl<'h> FrameScanner<'h> {
             self.last_commit = None;
             return true;
         }
-        if !self.repeats_last_commit(head, page) {
+        if !self.repeats_last_commit(head, page, read_at, read) {
             self.pending.insert(head.page_number, image_at);
             let pages = mem::take(&mut self.pending)
                 .into_iter()
@@ -848,18 +862,43 @@ impl<'h> FrameScanner<'h> {
             });
         }
         self.committed = self.next;
-        self.last_commit = Some((head, page.to_vec()));
+        self.last_commit = Some((head, CommitImage::InRead(image_at)));
         true
     }
 
     /// Whether a commit frame is a sector-padding copy of the commit frame
     /// fed just before it (in this call).
-    fn repeats_last_commit(&self, head: FrameHeader, page: &[u8]) -> bool {
-        !self.transactions.is_empty()
-            && self
-                .last_commit
-                .as_ref()
-                .is_some_and(|(last, image)| *last == head && image == page)
+    fn repeats_last_commit(
+        &self,
+        head: FrameHeader,
+        page: &[u8],
+        read_at: u64,
+        read: &[u8],
+    ) -> bool {
+        if self.transactions.is_empty() {
+            return false;
+        }
+        match &self.last_commit {
+            Some((last, _)) if *last != head => false,
+            Some((_, CommitImage::Copied(image))) => image == page,
+            Some((_, CommitImage::InRead(image_at))) => {
+                let from = (image_at - read_at) as usize;
+                read[from..from + page.len()] == *page
+            }
+            None => false,
+        }
+    }
+
+    /// `read` (from file offset `read_at`) is let go: the last commit
+    /// frame's image, if it lies there, is copied out of it.
+    fn keep_commit_image(&mut self, read_at: u64, read: &[u8]) {
+        let page_len = self.header.page_size as usize;
+        if let Some((_, image)) = &mut self.last_commit {
+            if let CommitImage::InRead(image_at) = *image {
+                let from = (image_at - read_at) as usize;
+                *image = CommitImage::Copied(read[from..from + page_len].to_vec());
+            }
+        }
     }
 }
 
@@ -1221,6 +1260,23 @@ mod tests {
                 "{frames:?}"
             );
             assert_eq!(reader.frames_read() as usize, frames.len(), "{frames:?}");
+        }
+    }
+
+    /// The commit frame is the last of the first read and its copy the
+    /// first of the next: the image kept from the first read still tells a
+    /// copy (one transaction) from a new commit with another image (two).
+    #[test]
+    fn a_padding_copy_in_the_read_after_its_commit_frame_is_still_recognised() {
+        for (copy_image, transactions) in [(2u8, 1usize), (9, 2)] {
+            let mut frames: Vec<SynthFrame> = (1..FIRST_READ_FRAMES as u32)
+                .map(|n| (n, 0, n as u8))
+                .collect();
+            frames.push((16, 16, 2));
+            frames.push((16, 16, copy_image));
+            let (_dir, _path, mut reader) = reader_on(&synthetic_wal(false, &frames));
+            assert_eq!(reader.read_committed().unwrap().len(), transactions);
+            assert_eq!(reader.frames_read() as usize, frames.len());
         }
     }
 

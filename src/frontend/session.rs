@@ -928,9 +928,10 @@ impl Session {
         let telemetry = crate::telemetry::get();
         telemetry.commits.inc();
         telemetry.commit_duration.observe(started.elapsed());
-        self.settings.record(COMMIT_LSN, end.to_string());
+        let end = end.to_string();
+        self.settings.record(COMMIT_LSN, end.clone());
         self.asides
-            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end.to_string()));
+            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end));
     }
 
     /// Read-your-writes: on a secondary, waits until `availdb.read_after_lsn`

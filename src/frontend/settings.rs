@@ -335,7 +335,13 @@ impl Settings {
     /// Records a value the server sets (a read-only setting such as
     /// `availdb.commit_lsn`).
     pub fn record(&mut self, name: &str, value: String) {
-        self.values.insert(name.to_ascii_lowercase(), value);
+        // Recorded at every commit: the name is allocated only the first time.
+        match self.values.get_mut(name) {
+            Some(held) => *held = value,
+            None => {
+                self.values.insert(name.to_ascii_lowercase(), value);
+            }
+        }
     }
 
     /// `RESET name` / `RESET ALL`; returns changed reported settings.

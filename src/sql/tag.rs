@@ -2,76 +2,87 @@
 //! SQLite statements; drivers read row counts from them.
 
 /// The tag for a statement that returned `rows` rows and changed `changes`.
+///
+/// It is built for every statement a session runs, so it reads the
+/// statement's words where they lie and allocates only the tag.
 pub fn command_tag(sql: &str, rows: usize, changes: u64) -> String {
-    let words = leading_words(sql, 3);
-    let first = words.first().map(String::as_str).unwrap_or("");
-    let verb = if first == "WITH" {
+    let mut words = sql
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty());
+    let Some(first) = words.next() else {
+        return String::new();
+    };
+    let verb = if first.eq_ignore_ascii_case("WITH") {
         main_verb_after_cte(sql)
     } else {
-        first.to_string()
+        first
     };
-    match verb.as_str() {
-        "INSERT" | "REPLACE" => {
-            format!("INSERT 0 {}", if rows > 0 { rows as u64 } else { changes })
-        }
-        "UPDATE" => format!("UPDATE {}", if rows > 0 { rows as u64 } else { changes }),
-        "DELETE" => format!("DELETE {}", if rows > 0 { rows as u64 } else { changes }),
-        "SELECT" | "VALUES" | "WITH" | "PRAGMA" | "EXPLAIN" | "TABLE" => format!("SELECT {rows}"),
-        "CREATE" | "DROP" | "ALTER" => {
-            let object: Vec<&str> = words[1..]
+    let counted = if rows > 0 { rows as u64 } else { changes };
+    let is = |word: &str| verb.eq_ignore_ascii_case(word);
+    if is("INSERT") || is("REPLACE") {
+        format!("INSERT 0 {counted}")
+    } else if is("UPDATE") || is("DELETE") {
+        format!("{} {counted}", verb.to_ascii_uppercase())
+    } else if ["SELECT", "VALUES", "WITH", "PRAGMA", "EXPLAIN", "TABLE"]
+        .iter()
+        .any(|w| is(w))
+    {
+        format!("SELECT {rows}")
+    } else if is("CREATE") || is("DROP") || is("ALTER") {
+        // The object's kind is among the next two words, after the
+        // modifiers: `CREATE UNIQUE INDEX`, `DROP TABLE IF EXISTS`.
+        let object = words.take(2).find(|w| {
+            !["UNIQUE", "TEMP", "TEMPORARY", "VIRTUAL", "IF"]
                 .iter()
-                .map(String::as_str)
-                .filter(|w| !matches!(*w, "UNIQUE" | "TEMP" | "TEMPORARY" | "VIRTUAL" | "IF"))
-                .take(1)
-                .collect();
-            format!("{verb} {}", object.join(" "))
-                .trim_end()
-                .to_string()
+                .any(|m| w.eq_ignore_ascii_case(m))
+        });
+        match object {
+            Some(object) => format!(
+                "{} {}",
+                verb.to_ascii_uppercase(),
+                object.to_ascii_uppercase()
+            ),
+            None => verb.to_ascii_uppercase(),
         }
-        "" => String::new(),
-        other => other.to_string(),
+    } else {
+        verb.to_ascii_uppercase()
     }
 }
 
-fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .filter(|w| !w.is_empty())
-        .take(n)
-        .map(str::to_ascii_uppercase)
-        .collect()
-}
-
-/// `WITH x AS (…) INSERT …`: the first DML keyword at parenthesis depth 0.
-fn main_verb_after_cte(sql: &str) -> String {
+/// `WITH x AS (…) INSERT …`: the first DML keyword at parenthesis depth 0
+/// (`SELECT` when there is none).
+fn main_verb_after_cte(sql: &str) -> &str {
+    let bytes = sql.as_bytes();
     let mut depth = 0i32;
-    let mut word = String::new();
+    let mut word_start = None;
     let mut in_str = false;
-    for c in sql.chars().chain(std::iter::once(' ')) {
+    for (i, &b) in bytes.iter().chain(std::iter::once(&b' ')).enumerate() {
         if in_str {
-            in_str = c != '\'';
+            in_str = b != b'\'';
             continue;
         }
-        if c.is_ascii_alphanumeric() || c == '_' {
-            word.push(c.to_ascii_uppercase());
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            word_start.get_or_insert(i);
             continue;
         }
-        if depth == 0
-            && matches!(
-                word.as_str(),
-                "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "VALUES"
-            )
-        {
-            return word;
+        if let Some(start) = word_start.take() {
+            let word = &sql[start..i];
+            if depth == 0
+                && ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "VALUES"]
+                    .iter()
+                    .any(|w| word.eq_ignore_ascii_case(w))
+            {
+                return word;
+            }
         }
-        word.clear();
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            '\'' => in_str = true,
+        match b {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b'\'' => in_str = true,
             _ => {}
         }
     }
-    "SELECT".to_string()
+    "SELECT"
 }
 
 #[cfg(test)]
@@ -99,6 +110,17 @@ mod tests {
             ("DROP TABLE IF EXISTS t", 0, 0, "DROP TABLE"),
             ("ALTER TABLE t ADD COLUMN b", 0, 0, "ALTER TABLE"),
             ("VACUUM", 0, 0, "VACUUM"),
+            ("vacuum", 0, 0, "VACUUM"),
+            ("delete from t where a = 'x'", 0, 2, "DELETE 2"),
+            ("create temp table t(a)", 0, 0, "CREATE TABLE"),
+            ("CREATE", 0, 0, "CREATE"),
+            (
+                "with x as (select 'a(') update t set a = 1",
+                0,
+                2,
+                "UPDATE 2",
+            ),
+            ("", 0, 0, ""),
         ];
         for (sql, rows, changes, want) in cases {
             assert_eq!(command_tag(sql, rows, changes), want, "{sql}");
