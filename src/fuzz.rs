@@ -265,6 +265,18 @@ mod targets {
                 pages: vec![(2, vec![9; 512])],
                 flags: Record::TX_MORE,
             },
+            Record {
+                lsn: 4096,
+                epoch: 2,
+                commit_time_us: 6,
+                db_size: 3,
+                page_size: 512,
+                pages: vec![
+                    (1, [vec![5; 100], vec![0; 300], vec![6; 112]].concat()),
+                    (3, vec![8; 512]),
+                ],
+                flags: Record::HOLES,
+            },
         ];
         records
             .iter()

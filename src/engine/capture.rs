@@ -148,7 +148,9 @@ impl Capture {
                         db_size: tx.db_size,
                         page_size,
                         pages,
-                        flags: if more { Record::TX_MORE } else { 0 },
+                        // Pages without their hole: an inserted row changes a
+                        // few bytes of a page that is mostly free space.
+                        flags: Record::HOLES | if more { Record::TX_MORE } else { 0 },
                     })
                     .map_err(log_error)?;
                 crate::crashpoint::hit("capture.part_appended");

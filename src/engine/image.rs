@@ -75,7 +75,8 @@ pub fn for_each_image_part_sized(
             db_size,
             page_size,
             pages: std::mem::take(pages),
-            flags: *flags | if last { 0 } else { Record::IMAGE_MORE },
+            // Free space is left out of each page (`Record::HOLES`).
+            flags: Record::HOLES | *flags | if last { 0 } else { Record::IMAGE_MORE },
         };
         *flags = 0;
         part(record)

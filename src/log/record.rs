@@ -12,13 +12,34 @@
 //!     40     4  page count      P
 //!     44     4  flags           bit 0: starts a full image; bit 1: the image
 //!                               goes on in the next record; bit 2: the
-//!                               transaction goes on in the next record
-//!     48     …  P × (4-byte page number, page-size bytes of image)
+//!                               transaction goes on in the next record;
+//!                               bit 3: pages are stored without their hole
+//!     48     …  P pages, each:
+//!                 without bit 3: 4-byte page number, page-size bytes of image
+//!                 with bit 3:    4-byte page number, 4-byte hole offset H,
+//!                                4-byte hole length L, the image's bytes
+//!                                before H and from H + L (page size − L)
 //!  8 + N     4  crc32c          over bytes 0 .. 8+N
 //! ```
 //! All integers little-endian. A record is `12 + N` bytes long; the next
 //! record's LSN is this one's LSN plus that length, so LSNs are byte
 //! positions in an endless stream and queue sizes are differences of LSNs.
+//!
+//! # Pages without their hole ([`Record::HOLES`])
+//! A page image is mostly the free space of a b-tree page: the zeros
+//! between its cell pointers and its cells (an inserted row changes a few
+//! dozen bytes of a page that is, on average, half empty). With bit 3 a
+//! record leaves out each page's *hole*, its longest run of zero bytes —
+//! the first of the longest, and only from [`MIN_HOLE`] bytes (none:
+//! offset and length 0) — and decoding puts the zeros back, so every
+//! replica still holds the primary's exact bytes. PostgreSQL leaves out
+//! the hole of its full-page images the same way. The hole is a function
+//! of the image, so an encoding is *canonical*: [`Record::check`] refuses
+//! a stored hole that is not the image's, and a record decoded and encoded
+//! again is the same bytes (what a replica appending the bytes it received
+//! relies on). A record without bit 3 (an older log, a full image) is read
+//! and written as before; a binary older than bit 3 refuses such records
+//! as written by a newer availdb.
 //!
 //! A **full image** of a database (seeding a replica, rewinding a diverged
 //! one, starting a log for an existing file) is a run of records: the
@@ -43,6 +64,13 @@ pub type Lsn = u64;
 
 const MAGIC: [u8; 4] = *b"AVL2";
 const FIXED_BODY: usize = 8 + 8 + 8 + 4 + 4 + 4 + 4;
+/// A page's number, and with [`Record::HOLES`] its hole's offset and length.
+const PAGE_HEAD: usize = 4;
+const HOLE_HEAD: usize = 4 + 4 + 4;
+/// The shortest run of zeros left out as a page's hole. Above the 6 zeros
+/// that fit between two non-zero bytes of one 8-byte word, which the
+/// word-at-a-time scan ([`ZeroRuns`]) does not measure.
+pub const MIN_HOLE: usize = 32;
 
 /// One committed transaction as shipped and redone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +136,11 @@ impl Record {
     pub const IMAGE_MORE: u32 = 2;
     /// The transaction goes on in the next record.
     pub const TX_MORE: u32 = 4;
+    /// Pages are stored without their hole (the module's page, "Pages
+    /// without their hole").
+    pub const HOLES: u32 = 8;
+    const KNOWN_FLAGS: u32 =
+        Record::IMAGE_START | Record::IMAGE_MORE | Record::TX_MORE | Record::HOLES;
     /// Most page bytes one record of a large transaction carries.
     pub const PART_BYTES: usize = 1 << 20;
 
@@ -165,7 +198,15 @@ impl Record {
 
     /// Encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
-        12 + FIXED_BODY + self.pages.len() * (4 + self.page_size as usize)
+        let pages = if self.flags & Record::HOLES != 0 {
+            self.pages
+                .iter()
+                .map(|(_, image)| HOLE_HEAD + image.len() - hole(image).1)
+                .sum()
+        } else {
+            self.pages.len() * (PAGE_HEAD + self.page_size as usize)
+        };
+        12 + FIXED_BODY + pages
     }
 
     /// LSN of the record that follows this one.
@@ -173,10 +214,25 @@ impl Record {
         self.lsn + self.encoded_len() as u64
     }
 
-    /// Appends the encoded record to `out`.
+    /// Appends the encoded record to `out` (reserving exactly its length).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
-        let body_len = self.encoded_len() - 12;
+        // Each page's hole is found once, here.
+        let holes: Vec<(usize, usize)> = if self.flags & Record::HOLES != 0 {
+            self.pages.iter().map(|(_, image)| hole(image)).collect()
+        } else {
+            Vec::new()
+        };
+        let pages_len = if holes.is_empty() {
+            self.pages.len() * (PAGE_HEAD + self.page_size as usize)
+        } else {
+            holes
+                .iter()
+                .map(|(_, len)| HOLE_HEAD + self.page_size as usize - len)
+                .sum()
+        };
+        let body_len = FIXED_BODY + pages_len;
+        out.reserve(12 + body_len);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(body_len as u32).to_le_bytes());
         out.extend_from_slice(&self.lsn.to_le_bytes());
@@ -186,10 +242,18 @@ impl Record {
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.flags.to_le_bytes());
-        for (pgno, image) in &self.pages {
+        for (i, (pgno, image)) in self.pages.iter().enumerate() {
             debug_assert_eq!(image.len(), self.page_size as usize);
             out.extend_from_slice(&pgno.to_le_bytes());
-            out.extend_from_slice(image);
+            match holes.get(i) {
+                None => out.extend_from_slice(image),
+                Some(&(at, len)) => {
+                    out.extend_from_slice(&(at as u32).to_le_bytes());
+                    out.extend_from_slice(&(len as u32).to_le_bytes());
+                    out.extend_from_slice(&image[..at]);
+                    out.extend_from_slice(&image[at + len..]);
+                }
+            }
         }
         let crc = crc32c::crc32c(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -227,17 +291,21 @@ impl Record {
         }
         let page_size = u32_at(bytes, 36);
         let count = u32_at(bytes, 40) as usize;
-        let expected = FIXED_BODY + count * (4 + page_size as usize);
-        if expected != body_len {
-            return Err(DecodeError::Inconsistent(format!(
-                "{count} pages of {page_size} bytes need a body of {expected}, found {body_len}"
-            )));
-        }
         let flags = u32_at(bytes, 44);
-        if flags & !(Record::IMAGE_START | Record::IMAGE_MORE | Record::TX_MORE) != 0 {
+        if flags & !Record::KNOWN_FLAGS != 0 {
             return Err(DecodeError::Inconsistent(format!(
                 "unknown flags {flags:#x} (a newer availdb wrote this log?)"
             )));
+        }
+        if flags & Record::HOLES != 0 {
+            check_holes(&bytes[..8 + body_len], page_size as usize, count)?;
+        } else {
+            let expected = FIXED_BODY + count * (PAGE_HEAD + page_size as usize);
+            if expected != body_len {
+                return Err(DecodeError::Inconsistent(format!(
+                    "{count} pages of {page_size} bytes need a body of {expected}, found {body_len}"
+                )));
+            }
         }
         Ok(Header {
             lsn: u64_at(bytes, 8),
@@ -254,11 +322,25 @@ impl Record {
         let flags = u32_at(bytes, 44);
         let mut pages = Vec::with_capacity(count);
         let mut at = 48;
+        let size = page_size as usize;
         for _ in 0..count {
             let pgno = u32_at(bytes, at);
-            let image = bytes[at + 4..at + 4 + page_size as usize].to_vec();
+            if flags & Record::HOLES == 0 {
+                pages.push((pgno, bytes[at + PAGE_HEAD..at + PAGE_HEAD + size].to_vec()));
+                at += PAGE_HEAD + size;
+                continue;
+            }
+            // `check` has checked the layout and that each hole is its page's.
+            let (hole_at, hole_len) = (
+                u32_at(bytes, at + 4) as usize,
+                u32_at(bytes, at + 8) as usize,
+            );
+            let stored = &bytes[at + HOLE_HEAD..at + HOLE_HEAD + size - hole_len];
+            let mut image = vec![0; size];
+            image[..hole_at].copy_from_slice(&stored[..hole_at]);
+            image[hole_at + hole_len..].copy_from_slice(&stored[hole_at..]);
             pages.push((pgno, image));
-            at += 4 + page_size as usize;
+            at += HOLE_HEAD + size - hole_len;
         }
         let record = Record {
             lsn: u64_at(bytes, 8),
@@ -270,6 +352,131 @@ impl Record {
             flags,
         };
         Ok((record, total))
+    }
+}
+
+/// Checks the pages of a record with [`Record::HOLES`] (`bytes` ends where
+/// its checksum starts): each hole inside its page, the stored bytes ending
+/// exactly at the checksum, and each hole the one its image has — the first
+/// longest run of zeros, from [`MIN_HOLE`] bytes — so that every image has
+/// one encoding.
+fn check_holes(bytes: &[u8], page_size: usize, count: usize) -> Result<(), DecodeError> {
+    let bad = |why: String| Err(DecodeError::Inconsistent(why));
+    let mut at = 48;
+    for i in 0..count {
+        if bytes.len() < at + HOLE_HEAD {
+            return bad(format!("page {i} of {count} starts past the record's end"));
+        }
+        let (hole_at, hole_len) = (
+            u32_at(bytes, at + 4) as usize,
+            u32_at(bytes, at + 8) as usize,
+        );
+        if hole_at
+            .checked_add(hole_len)
+            .is_none_or(|end| end > page_size)
+        {
+            return bad(format!(
+                "page {i}'s hole ({hole_len} bytes at {hole_at}) is not inside a page of {page_size} bytes"
+            ));
+        }
+        let stored_len = page_size - hole_len;
+        let Some(stored) = bytes.get(at + HOLE_HEAD..at + HOLE_HEAD + stored_len) else {
+            return bad(format!("page {i} of {count} ends past the record's end"));
+        };
+        let mut runs = ZeroRuns::default();
+        runs.bytes(&stored[..hole_at]);
+        runs.zeros(hole_len);
+        runs.bytes(&stored[hole_at..]);
+        let (own_at, own_len) = runs.hole();
+        if (own_at, own_len) != (hole_at, hole_len) {
+            return bad(format!(
+                "page {i}'s stored hole ({hole_len} bytes at {hole_at}) is not its own ({own_len} bytes at {own_at})"
+            ));
+        }
+        at += HOLE_HEAD + stored_len;
+    }
+    if at != bytes.len() {
+        return bad(format!(
+            "{count} pages end at byte {at}, the body at {}",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A page's hole: (offset, length) of its first longest run of zero
+/// bytes, or (0, 0) when none reaches [`MIN_HOLE`].
+pub fn hole(image: &[u8]) -> (usize, usize) {
+    let mut runs = ZeroRuns::default();
+    runs.bytes(image);
+    runs.hole()
+}
+
+/// Finds the first longest run of zeros in bytes fed in order, eight at a
+/// time where it can: a word of zeros extends the run, a word with a
+/// non-zero byte ends it after the word's leading zero bytes and starts the
+/// next with its trailing ones. Runs between two non-zero bytes of one word
+/// (at most 6 bytes) are not measured: they are shorter than [`MIN_HOLE`].
+#[derive(Debug, Default)]
+struct ZeroRuns {
+    /// Bytes fed so far.
+    pos: usize,
+    /// Where the current run of zeros started, and its length.
+    run_at: usize,
+    run_len: usize,
+    /// The longest run ended so far.
+    best: (usize, usize),
+}
+
+impl ZeroRuns {
+    fn bytes(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            if w == 0 {
+                self.run_len += 8;
+            } else {
+                // Little-endian: the word's first bytes are its low bits.
+                let leading = (w.trailing_zeros() / 8) as usize;
+                self.run_len += leading;
+                self.end_run();
+                let trailing = (w.leading_zeros() / 8) as usize;
+                self.run_at = self.pos + 8 - trailing;
+                self.run_len = trailing;
+            }
+            self.pos += 8;
+        }
+        for &b in words.remainder() {
+            if b == 0 {
+                self.run_len += 1;
+            } else {
+                self.end_run();
+                self.run_at = self.pos + 1;
+                self.run_len = 0;
+            }
+            self.pos += 1;
+        }
+    }
+
+    fn zeros(&mut self, n: usize) {
+        self.run_len += n;
+        self.pos += n;
+    }
+
+    fn end_run(&mut self) {
+        if self.run_len > self.best.1 {
+            self.best = (self.run_at, self.run_len);
+        }
+    }
+
+    /// The first longest run of zeros, if it reaches [`MIN_HOLE`].
+    fn hole(mut self) -> (usize, usize) {
+        self.end_run();
+        if self.best.1 >= MIN_HOLE {
+            self.best
+        } else {
+            (0, 0)
+        }
     }
 }
 
@@ -336,6 +543,151 @@ mod tests {
             break_it(&mut r);
             assert!(r.check_contents().is_err(), "{what}");
         }
+    }
+
+    /// The first longest run of zeros, one byte at a time.
+    fn naive_hole(image: &[u8]) -> (usize, usize) {
+        let (mut best, mut at, mut len) = ((0, 0), 0, 0);
+        for (i, &b) in image.iter().enumerate() {
+            if b == 0 {
+                if len == 0 {
+                    at = i;
+                }
+                len += 1;
+                if len > best.1 {
+                    best = (at, len);
+                }
+            } else {
+                len = 0;
+            }
+        }
+        if best.1 >= MIN_HOLE {
+            best
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// A b-tree page after some inserts: header and cell pointers, free
+    /// space, cells at the end.
+    fn leaf_page(size: usize, used: usize) -> Vec<u8> {
+        let mut page = vec![0; size];
+        page[..8 + used / 8].fill(0x0d);
+        page[size - used..]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8 | 1);
+        page
+    }
+
+    #[test]
+    fn the_hole_is_the_first_longest_run_of_zeros_at_any_alignment() {
+        assert_eq!(hole(&[0; 4096]), (0, 4096));
+        assert_eq!(hole(&[7; 4096]), (0, 0));
+        assert_eq!(hole(&leaf_page(4096, 1000)), (133, 4096 - 1000 - 133));
+        // Deterministic pseudo-random pages: runs of every length and
+        // offset, ties, runs across words, runs at both ends.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let size = [512, 1024, 4096][(next() % 3) as usize];
+            let mut page: Vec<u8> = (0..size).map(|_| (next() % 255 + 1) as u8).collect();
+            for _ in 0..(next() % 4) {
+                let len = (next() % 120) as usize;
+                let at = (next() as usize) % size;
+                let end = (at + len).min(size);
+                page[at..end].fill(0);
+            }
+            assert_eq!(hole(&page), naive_hole(&page), "{page:?}");
+        }
+    }
+
+    #[test]
+    fn pages_without_their_hole_round_trip_to_the_same_bytes() {
+        let record = Record {
+            pages: vec![
+                (1, leaf_page(4096, 1000)),
+                (2, vec![0; 4096]),
+                (5, vec![3; 4096]),
+            ],
+            page_size: 4096,
+            flags: Record::HOLES | Record::TX_MORE,
+            ..sample()
+        };
+        let mut buf = Vec::new();
+        record.encode_into(&mut buf);
+        assert_eq!(buf.len(), record.encoded_len());
+        let full = Record {
+            flags: Record::TX_MORE,
+            ..record.clone()
+        };
+        assert_eq!(
+            full.encoded_len() - buf.len(),
+            (4096 - 1000 - 133) + 4096 - 3 * 8,
+            "each hole is left out, at 8 bytes a page"
+        );
+        let (back, len) = Record::decode(&buf).unwrap();
+        assert_eq!((&back, len), (&record, buf.len()));
+        let mut again = Vec::new();
+        back.encode_into(&mut again);
+        assert_eq!(again, buf);
+        assert_eq!(Record::check(&buf).unwrap().len, buf.len());
+    }
+
+    /// An image has one encoding: a stored hole that is not the image's
+    /// first longest run of zeros is refused, checksum or not.
+    #[test]
+    fn a_hole_that_is_not_the_pages_own_is_refused() {
+        let page = leaf_page(512, 100);
+        let (at, len) = hole(&page);
+        let stored_with = |hole_at: usize, hole_len: usize| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&4096u64.to_le_bytes());
+            body.extend_from_slice(&3u64.to_le_bytes());
+            body.extend_from_slice(&5i64.to_le_bytes());
+            body.extend_from_slice(&7u32.to_le_bytes());
+            body.extend_from_slice(&512u32.to_le_bytes());
+            body.extend_from_slice(&1u32.to_le_bytes());
+            body.extend_from_slice(&Record::HOLES.to_le_bytes());
+            body.extend_from_slice(&1u32.to_le_bytes());
+            body.extend_from_slice(&(hole_at as u32).to_le_bytes());
+            body.extend_from_slice(&(hole_len as u32).to_le_bytes());
+            body.extend_from_slice(&page[..hole_at]);
+            body.extend_from_slice(&page[hole_at + hole_len..]);
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&body);
+            let crc = crc32c::crc32c(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        assert!(Record::decode(&stored_with(at, len)).is_ok());
+        for (what, hole_at, hole_len) in [
+            ("a shorter hole", at + 8, len - 8),
+            ("no hole", 0, 0),
+            ("a hole of non-zero bytes", 0, 40),
+        ] {
+            let bytes = stored_with(hole_at, hole_len);
+            assert!(
+                matches!(Record::check(&bytes), Err(DecodeError::Inconsistent(_))),
+                "{what}"
+            );
+            assert!(Record::decode(&bytes).is_err(), "{what}");
+        }
+        let mut outside = stored_with(at, len);
+        outside[52..56].copy_from_slice(&600u32.to_le_bytes());
+        let n = outside.len() - 4;
+        let crc = crc32c::crc32c(&outside[..n]);
+        outside[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Record::check(&outside),
+            Err(DecodeError::Inconsistent(_))
+        ));
     }
 
     #[test]

@@ -551,7 +551,7 @@ impl Log {
         let mut tail = self.lock();
         self.check_failed()?;
         record.lsn = tail.end;
-        let mut encoded = Vec::with_capacity(record.encoded_len());
+        let mut encoded = Vec::new();
         record.encode_into(&mut encoded);
         self.write_record(&mut tail, &record, encoded.into())
     }
@@ -1031,7 +1031,7 @@ impl Log {
     /// must be this log's end (the logs of all replicas share LSNs),
     /// encoding it here; [`Log::append_encoded`] when its bytes are at hand.
     pub fn append_at(&self, record: &Record) -> Result<Lsn, LogError> {
-        let mut encoded = Vec::with_capacity(record.encoded_len());
+        let mut encoded = Vec::new();
         record.encode_into(&mut encoded);
         self.append_encoded(record, encoded.into())
     }

@@ -50,7 +50,8 @@ pub(crate) fn record(epoch: u64, payload: Payload) -> Record {
         db_size: 1,
         page_size: PAGE,
         pages: vec![(1, page)],
-        flags,
+        // As capture and full images write them: the page's zeros left out.
+        flags: flags | Record::HOLES,
     }
 }
 
