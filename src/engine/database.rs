@@ -650,9 +650,10 @@ impl Database {
         } else {
             records.truncate(whole);
             let last = records.last().expect("whole > 0");
+            let end = last.end_lsn();
             let done = Redone {
-                end: last.end_lsn(),
-                bytes: last.end_lsn() - from,
+                end,
+                bytes: end - from,
                 commit_time_us: last.commit_time_us,
                 inside_image: last.image_continues(),
             };

@@ -67,9 +67,8 @@ const FIXED_BODY: usize = 8 + 8 + 8 + 4 + 4 + 4 + 4;
 /// A page's number, and with [`Record::HOLES`] its hole's offset and length.
 const PAGE_HEAD: usize = 4;
 const HOLE_HEAD: usize = 4 + 4 + 4;
-/// The shortest run of zeros left out as a page's hole. Above the 6 zeros
-/// that fit between two non-zero bytes of one 8-byte word, which the
-/// word-at-a-time scan ([`ZeroRuns`]) does not measure.
+/// The shortest run of zeros left out as a page's hole (at least 15: the
+/// search looks at whole 8-byte words, see `first_zero_run`).
 pub const MIN_HOLE: usize = 32;
 
 /// One committed transaction as shipped and redone.
@@ -383,14 +382,21 @@ fn check_holes(bytes: &[u8], page_size: usize, count: usize) -> Result<(), Decod
         let Some(stored) = bytes.get(at + HOLE_HEAD..at + HOLE_HEAD + stored_len) else {
             return bad(format!("page {i} of {count} ends past the record's end"));
         };
-        let mut runs = ZeroRuns::default();
-        runs.bytes(&stored[..hole_at]);
-        runs.zeros(hole_len);
-        runs.bytes(&stored[hole_at..]);
-        let (own_at, own_len) = runs.hole();
-        if (own_at, own_len) != (hole_at, hole_len) {
+        // The first longest run of zeros is the hole when the bytes around
+        // it are not zero, none before it is as long and none after longer.
+        let (before, after) = stored.split_at(hole_at);
+        let canonical = if hole_len == 0 {
+            hole_at == 0 && first_zero_run(stored, MIN_HOLE).is_none()
+        } else {
+            hole_len >= MIN_HOLE
+                && before.last().is_none_or(|&b| b != 0)
+                && after.first().is_none_or(|&b| b != 0)
+                && first_zero_run(before, hole_len).is_none()
+                && first_zero_run(after, hole_len + 1).is_none()
+        };
+        if !canonical {
             return bad(format!(
-                "page {i}'s stored hole ({hole_len} bytes at {hole_at}) is not its own ({own_len} bytes at {own_at})"
+                "page {i}'s stored hole ({hole_len} bytes at {hole_at}) is not its image's first longest run of zeros"
             ));
         }
         at += HOLE_HEAD + stored_len;
@@ -407,77 +413,54 @@ fn check_holes(bytes: &[u8], page_size: usize, count: usize) -> Result<(), Decod
 /// A page's hole: (offset, length) of its first longest run of zero
 /// bytes, or (0, 0) when none reaches [`MIN_HOLE`].
 pub fn hole(image: &[u8]) -> (usize, usize) {
-    let mut runs = ZeroRuns::default();
-    runs.bytes(image);
-    runs.hole()
+    let mut best = (0, 0);
+    let mut from = 0;
+    while let Some((at, len)) = first_zero_run(&image[from..], best.1.max(MIN_HOLE - 1) + 1) {
+        best = (from + at, len);
+        from += at + len;
+    }
+    best
 }
 
-/// Finds the first longest run of zeros in bytes fed in order, eight at a
-/// time where it can: a word of zeros extends the run, a word with a
-/// non-zero byte ends it after the word's leading zero bytes and starts the
-/// next with its trailing ones. Runs between two non-zero bytes of one word
-/// (at most 6 bytes) are not measured: they are shorter than [`MIN_HOLE`].
-#[derive(Debug, Default)]
-struct ZeroRuns {
-    /// Bytes fed so far.
-    pos: usize,
-    /// Where the current run of zeros started, and its length.
-    run_at: usize,
-    run_len: usize,
-    /// The longest run ended so far.
-    best: (usize, usize),
-}
-
-impl ZeroRuns {
-    fn bytes(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-            if w == 0 {
-                self.run_len += 8;
-            } else {
-                // Little-endian: the word's first bytes are its low bits.
-                let leading = (w.trailing_zeros() / 8) as usize;
-                self.run_len += leading;
-                self.end_run();
-                let trailing = (w.leading_zeros() / 8) as usize;
-                self.run_at = self.pos + 8 - trailing;
-                self.run_len = trailing;
-            }
-            self.pos += 8;
-        }
-        for &b in words.remainder() {
-            if b == 0 {
-                self.run_len += 1;
-            } else {
-                self.end_run();
-                self.run_at = self.pos + 1;
-                self.run_len = 0;
-            }
-            self.pos += 1;
-        }
+/// The first run of at least `need` (≥ 15) zero bytes in `bytes`: its
+/// offset and its whole length. Such a run covers `(need - 7) / 8` whole
+/// 8-byte words, one of which lies on a grid of that many words, so only
+/// the grid's words are looked at until one is zero; that run is then
+/// measured, and the search goes on from the grid past it. A page is
+/// looked at in a few dozen words, its hole's words aside.
+fn first_zero_run(bytes: &[u8], need: usize) -> Option<(usize, usize)> {
+    debug_assert!(need >= 15, "runs shorter than two words are not found");
+    if bytes.len() < need {
+        return None;
     }
-
-    fn zeros(&mut self, n: usize) {
-        self.run_len += n;
-        self.pos += n;
-    }
-
-    fn end_run(&mut self) {
-        if self.run_len > self.best.1 {
-            self.best = (self.run_at, self.run_len);
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let stride = (need - 7) / 8 * 8;
+    let mut probe = 0;
+    while probe + 8 <= bytes.len() {
+        if word(probe) != 0 {
+            probe += stride;
+            continue;
         }
-    }
-
-    /// The first longest run of zeros, if it reaches [`MIN_HOLE`].
-    fn hole(mut self) -> (usize, usize) {
-        self.end_run();
-        if self.best.1 >= MIN_HOLE {
-            self.best
-        } else {
-            (0, 0)
+        let mut start = probe;
+        while start >= 8 && word(start - 8) == 0 {
+            start -= 8;
         }
+        while start > 0 && bytes[start - 1] == 0 {
+            start -= 1;
+        }
+        let mut end = probe + 8;
+        while end + 8 <= bytes.len() && word(end) == 0 {
+            end += 8;
+        }
+        while end < bytes.len() && bytes[end] == 0 {
+            end += 1;
+        }
+        if end - start >= need {
+            return Some((start, end - start));
+        }
+        probe = end.div_ceil(stride) * stride;
     }
+    None
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -643,9 +626,7 @@ mod tests {
     /// first longest run of zeros is refused, checksum or not.
     #[test]
     fn a_hole_that_is_not_the_pages_own_is_refused() {
-        let page = leaf_page(512, 100);
-        let (at, len) = hole(&page);
-        let stored_with = |hole_at: usize, hole_len: usize| {
+        let stored_with = |page: &[u8], hole_at: usize, hole_len: usize| {
             let mut body = Vec::new();
             body.extend_from_slice(&4096u64.to_le_bytes());
             body.extend_from_slice(&3u64.to_le_bytes());
@@ -666,20 +647,30 @@ mod tests {
             bytes.extend_from_slice(&crc.to_le_bytes());
             bytes
         };
-        assert!(Record::decode(&stored_with(at, len)).is_ok());
-        for (what, hole_at, hole_len) in [
-            ("a shorter hole", at + 8, len - 8),
-            ("no hole", 0, 0),
-            ("a hole of non-zero bytes", 0, 40),
+        let page = leaf_page(512, 100);
+        let (at, len) = hole(&page);
+        // Two runs of 40 zeros: the first is the hole.
+        let mut twins = vec![9u8; 512];
+        twins[100..140].fill(0);
+        twins[300..340].fill(0);
+        assert_eq!(hole(&twins), (100, 40));
+        assert!(Record::decode(&stored_with(&page, at, len)).is_ok());
+        assert!(Record::decode(&stored_with(&twins, 100, 40)).is_ok());
+        for (what, image, hole_at, hole_len) in [
+            ("a shorter hole", &page, at + 8, len - 8),
+            ("no hole", &page, 0, 0),
+            ("a hole of non-zero bytes", &page, 0, 40),
+            ("the second of two longest runs", &twins, 300, 40),
+            ("a run shorter than the shortest hole", &twins, 100, 20),
         ] {
-            let bytes = stored_with(hole_at, hole_len);
+            let bytes = stored_with(image, hole_at, hole_len);
             assert!(
                 matches!(Record::check(&bytes), Err(DecodeError::Inconsistent(_))),
                 "{what}"
             );
             assert!(Record::decode(&bytes).is_err(), "{what}");
         }
-        let mut outside = stored_with(at, len);
+        let mut outside = stored_with(&page, at, len);
         outside[52..56].copy_from_slice(&600u32.to_le_bytes());
         let n = outside.len() - 4;
         let crc = crc32c::crc32c(&outside[..n]);

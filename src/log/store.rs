@@ -887,6 +887,17 @@ impl Log {
     /// Records from `from` (a record boundary) in order, stopping after
     /// about `max_bytes` (at least one record when there is one).
     pub fn read_some(&self, from: Lsn, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+        self.read_some_until(from, max_bytes, Lsn::MAX)
+    }
+
+    /// [`Log::read_some`], only the records that end by `until` (a redo
+    /// that applies hardened records only): the others are not decoded.
+    pub fn read_some_until(
+        &self,
+        from: Lsn,
+        max_bytes: u64,
+        until: Lsn,
+    ) -> Result<Vec<Record>, LogError> {
         // The path errors name: the last segment read, or for records
         // from memory the current one (looked up only for an error).
         let (raw, read_path) = match self.read_recent(from, max_bytes) {
@@ -897,6 +908,7 @@ impl Log {
             }
         };
         raw.iter()
+            .take_while(|r| r.end_lsn() <= until)
             .map(|r| {
                 Record::decode(&r.bytes)
                     .map(|(record, _)| record)

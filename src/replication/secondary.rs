@@ -973,10 +973,9 @@ fn accept_batch(
         })
         .unzip();
     let plan = check_batch(intake, &LogView(log), database, records)?;
-    let Some(last) = plan.append.last() else {
+    if plan.append.is_empty() {
         return Ok(log.end_lsn());
-    };
-    let end = last.end_lsn();
+    }
     report_image_progress(sdb, database, &plan.append);
     // The history's newest epoch, read from its file only when a record
     // of an epoch newer than the log's newest arrives: the history always
@@ -994,6 +993,8 @@ fn accept_batch(
         sdb.hardened.send_replace(lsn);
         sdb.written.send_replace(lsn);
     }
+    // Where the last record appended ends.
+    let mut end = log.end_lsn();
     for record in &plan.append {
         // Where a new epoch starts goes into the history first.
         if record.epoch > history_epoch.unwrap_or(intake.epoch) {
@@ -1011,7 +1012,7 @@ fn accept_batch(
         // leaving out those the log holds already: a record's bytes are
         // found by its LSN.
         let at = encodings.partition_point(|(lsn, _)| *lsn < record.lsn);
-        match encodings.get_mut(at).filter(|(lsn, _)| *lsn == record.lsn) {
+        end = match encodings.get_mut(at).filter(|(lsn, _)| *lsn == record.lsn) {
             Some((_, encoded)) => log.append_encoded(record, std::mem::take(encoded)),
             None => log.append_at(record),
         }
@@ -1783,12 +1784,9 @@ fn redo_batch(sdb: &SecondaryDb) -> Result<Option<crate::engine::Redone>, String
         if from >= hardened.min(log.end_lsn()) {
             return Ok(Vec::new());
         }
-        let records: Vec<Record> = log
-            .read_some(from, REDO_BATCH_BYTES)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .take_while(|r| r.end_lsn() <= hardened)
-            .collect();
+        let records = log
+            .read_some_until(from, REDO_BATCH_BYTES, hardened)
+            .map_err(|e| e.to_string())?;
         if whole_hardened || crate::engine::whole_transactions(&records) > 0 {
             return Ok(records);
         }
