@@ -882,8 +882,7 @@ impl<'h> FrameScanner<'h> {
             Some((last, _)) if *last != head => false,
             Some((_, CommitImage::Copied(image))) => image == page,
             Some((_, CommitImage::InRead(image_at))) => {
-                let from = (image_at - read_at) as usize;
-                read[from..from + page.len()] == *page
+                image_in(read, read_at, *image_at, page.len()) == page
             }
             None => false,
         }
@@ -895,11 +894,17 @@ impl<'h> FrameScanner<'h> {
         let page_len = self.header.page_size as usize;
         if let Some((_, image)) = &mut self.last_commit {
             if let CommitImage::InRead(image_at) = *image {
-                let from = (image_at - read_at) as usize;
-                *image = CommitImage::Copied(read[from..from + page_len].to_vec());
+                *image = CommitImage::Copied(image_in(read, read_at, image_at, page_len).to_vec());
             }
         }
     }
+}
+
+/// The `len` bytes at file offset `image_at` of `read`, the bytes of the
+/// file from offset `read_at`.
+fn image_in(read: &[u8], read_at: u64, image_at: u64, len: usize) -> &[u8] {
+    let from = (image_at - read_at) as usize;
+    &read[from..from + len]
 }
 
 /// The big-endian `u32` at `at`.

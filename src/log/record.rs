@@ -69,7 +69,7 @@ const PAGE_HEAD: usize = 4;
 const HOLE_HEAD: usize = 4 + 4 + 4;
 /// The shortest run of zeros left out as a page's hole (at least 15: the
 /// search looks at whole 8-byte words, see `first_zero_run`).
-pub const MIN_HOLE: usize = 32;
+const MIN_HOLE: usize = 32;
 
 /// One committed transaction as shipped and redone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,15 +197,25 @@ impl Record {
 
     /// Encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
-        let pages = if self.flags & Record::HOLES != 0 {
-            self.pages
+        12 + FIXED_BODY + self.pages_len(self.holes().as_deref())
+    }
+
+    /// Each page's hole when the record leaves them out ([`Record::HOLES`]).
+    fn holes(&self) -> Option<Vec<(usize, usize)>> {
+        (self.flags & Record::HOLES != 0)
+            .then(|| self.pages.iter().map(|(_, image)| hole(image)).collect())
+    }
+
+    /// The encoded length of the pages, given their holes (if left out).
+    fn pages_len(&self, holes: Option<&[(usize, usize)]>) -> usize {
+        let page_size = self.page_size as usize;
+        match holes {
+            None => self.pages.len() * (PAGE_HEAD + page_size),
+            Some(holes) => holes
                 .iter()
-                .map(|(_, image)| HOLE_HEAD + image.len() - hole(image).1)
-                .sum()
-        } else {
-            self.pages.len() * (PAGE_HEAD + self.page_size as usize)
-        };
-        12 + FIXED_BODY + pages
+                .map(|(_, len)| HOLE_HEAD + page_size - len)
+                .sum(),
+        }
     }
 
     /// LSN of the record that follows this one.
@@ -217,20 +227,8 @@ impl Record {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         // Each page's hole is found once, here.
-        let holes: Vec<(usize, usize)> = if self.flags & Record::HOLES != 0 {
-            self.pages.iter().map(|(_, image)| hole(image)).collect()
-        } else {
-            Vec::new()
-        };
-        let pages_len = if holes.is_empty() {
-            self.pages.len() * (PAGE_HEAD + self.page_size as usize)
-        } else {
-            holes
-                .iter()
-                .map(|(_, len)| HOLE_HEAD + self.page_size as usize - len)
-                .sum()
-        };
-        let body_len = FIXED_BODY + pages_len;
+        let holes = self.holes();
+        let body_len = FIXED_BODY + self.pages_len(holes.as_deref());
         out.reserve(12 + body_len);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -244,9 +242,9 @@ impl Record {
         for (i, (pgno, image)) in self.pages.iter().enumerate() {
             debug_assert_eq!(image.len(), self.page_size as usize);
             out.extend_from_slice(&pgno.to_le_bytes());
-            match holes.get(i) {
+            match holes.as_ref().map(|holes| holes[i]) {
                 None => out.extend_from_slice(image),
-                Some(&(at, len)) => {
+                Some((at, len)) => {
                     out.extend_from_slice(&(at as u32).to_le_bytes());
                     out.extend_from_slice(&(len as u32).to_le_bytes());
                     out.extend_from_slice(&image[..at]);
@@ -330,10 +328,7 @@ impl Record {
                 continue;
             }
             // `check` has checked the layout and that each hole is its page's.
-            let (hole_at, hole_len) = (
-                u32_at(bytes, at + 4) as usize,
-                u32_at(bytes, at + 8) as usize,
-            );
+            let (hole_at, hole_len) = stored_hole(bytes, at);
             let stored = &bytes[at + HOLE_HEAD..at + HOLE_HEAD + size - hole_len];
             let mut image = vec![0; size];
             image[..hole_at].copy_from_slice(&stored[..hole_at]);
@@ -366,10 +361,7 @@ fn check_holes(bytes: &[u8], page_size: usize, count: usize) -> Result<(), Decod
         if bytes.len() < at + HOLE_HEAD {
             return bad(format!("page {i} of {count} starts past the record's end"));
         }
-        let (hole_at, hole_len) = (
-            u32_at(bytes, at + 4) as usize,
-            u32_at(bytes, at + 8) as usize,
-        );
+        let (hole_at, hole_len) = stored_hole(bytes, at);
         if hole_at
             .checked_add(hole_len)
             .is_none_or(|end| end > page_size)
@@ -412,7 +404,7 @@ fn check_holes(bytes: &[u8], page_size: usize, count: usize) -> Result<(), Decod
 
 /// A page's hole: (offset, length) of its first longest run of zero
 /// bytes, or (0, 0) when none reaches [`MIN_HOLE`].
-pub fn hole(image: &[u8]) -> (usize, usize) {
+fn hole(image: &[u8]) -> (usize, usize) {
     let mut best = (0, 0);
     let mut from = 0;
     while let Some((at, len)) = first_zero_run(&image[from..], best.1.max(MIN_HOLE - 1) + 1) {
@@ -461,6 +453,14 @@ fn first_zero_run(bytes: &[u8], need: usize) -> Option<(usize, usize)> {
         probe = end.div_ceil(stride) * stride;
     }
     None
+}
+
+/// The hole's offset and length stored with the page that starts at `at`.
+fn stored_hole(bytes: &[u8], at: usize) -> (usize, usize) {
+    (
+        u32_at(bytes, at + PAGE_HEAD) as usize,
+        u32_at(bytes, at + PAGE_HEAD + 4) as usize,
+    )
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
