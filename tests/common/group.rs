@@ -258,21 +258,44 @@ pub async fn replica_states(server: &TestServer) -> Vec<ReplicaState> {
 
 /// Every page image of `db` on `server`: `(pgno, bytes)` in page order.
 pub async fn pages(server: &TestServer, db: &str) -> Vec<(i64, Vec<u8>)> {
-    let client = server.client(db).await;
+    match try_pages(server, db).await {
+        Ok(pages) => pages,
+        Err(why) => panic!("{why}\n{}", server.log_tail()),
+    }
+}
+
+/// [`pages`], or why they could not be read (no session: the copy is being
+/// replaced or restored; the session ended; no answer in time), for a
+/// caller that waits for a copy and tries again.
+pub async fn try_pages(server: &TestServer, db: &str) -> Result<Vec<(i64, Vec<u8>)>, String> {
+    let client = server.try_client(db).await.map_err(|e| {
+        format!(
+            "cannot connect to {db:?} on port {}: {}",
+            server.port(),
+            error_text(&e)
+        )
+    })?;
     let sql = "SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno";
     let rows = match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(sql, &[])).await {
         Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => panic!(
-            "{sql} on port {}: {}\n{}",
-            server.port(),
-            error_text(&e),
-            server.log_tail()
-        ),
-        Err(_) => panic!("{sql} on port {}: no answer in time", server.port()),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "{sql} on port {}: {}",
+                server.port(),
+                error_text(&e)
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "{sql} on port {}: no answer in time",
+                server.port()
+            ))
+        }
     };
-    rows.iter()
+    Ok(rows
+        .iter()
         .map(|row| (super::int(row, 0), row.get::<_, Vec<u8>>(1)))
-        .collect()
+        .collect())
 }
 
 /// Page 1 bytes that legitimately differ between replicas: the file change
