@@ -481,9 +481,11 @@ impl Session {
         };
     }
 
-    /// Notices and parameter changes produced since the last call.
-    pub fn take_asides(&mut self) -> Vec<Aside> {
-        std::mem::take(&mut self.asides)
+    /// Notices and parameter changes produced since the last call, taken
+    /// out of the session's list (which keeps its capacity: a commit adds
+    /// one every time).
+    pub fn take_asides(&mut self) -> std::vec::Drain<'_, Aside> {
+        self.asides.drain(..)
     }
 
     /// Runs one classified statement. On error the session is left in the
@@ -928,10 +930,12 @@ impl Session {
         let telemetry = crate::telemetry::get();
         telemetry.commits.inc();
         telemetry.commit_duration.observe(started.elapsed());
-        let end = end.to_string();
-        self.settings.record(COMMIT_LSN, end.clone());
+        self.settings.record_with(COMMIT_LSN, |held| {
+            use std::fmt::Write;
+            let _ = write!(held, "{end}");
+        });
         self.asides
-            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end));
+            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end.to_string()));
     }
 
     /// Read-your-writes: on a secondary, waits until `availdb.read_after_lsn`

@@ -335,13 +335,19 @@ impl Settings {
     /// Records a value the server sets (a read-only setting such as
     /// `availdb.commit_lsn`).
     pub fn record(&mut self, name: &str, value: String) {
-        // Recorded at every commit: the name is allocated only the first time.
-        match self.values.get_mut(name) {
-            Some(held) => *held = value,
-            None => {
-                self.values.insert(name.to_ascii_lowercase(), value);
-            }
-        }
+        self.record_with(name, |held| *held = value);
+    }
+
+    /// [`Settings::record`], written into the value held: recorded at every
+    /// commit, so neither the name (after the first time) nor the value
+    /// needs an allocation.
+    pub fn record_with(&mut self, name: &str, write: impl FnOnce(&mut String)) {
+        let held = match self.values.get_mut(name) {
+            Some(held) => held,
+            None => self.values.entry(name.to_ascii_lowercase()).or_default(),
+        };
+        held.clear();
+        write(held);
     }
 
     /// `RESET name` / `RESET ALL`; returns changed reported settings.
@@ -569,6 +575,20 @@ mod tests {
         s.reset(Some(LAG_NOTICE_AFTER));
         assert_eq!(s.lag_notice_after(), Some(Duration::from_secs(1)));
         assert!(s.set(LAG_NOTICE_AFTER, Some("soon")).is_err());
+    }
+
+    /// A commit writes its LSN into the value held: the next commit's
+    /// replaces it, whatever its length.
+    #[test]
+    fn a_recorded_value_replaces_the_one_before() {
+        use std::fmt::Write;
+        let mut s = Settings::default();
+        for lsn in [123_456_u64, 7, 80_000] {
+            s.record_with(COMMIT_LSN, |held| write!(held, "{lsn}").unwrap());
+            assert_eq!(s.show(COMMIT_LSN), Some(lsn.to_string()));
+        }
+        s.record("AvailDB.Commit_LSN", "9".into());
+        assert_eq!(s.show(COMMIT_LSN).as_deref(), Some("9"));
     }
 
     #[test]

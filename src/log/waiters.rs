@@ -57,16 +57,15 @@ impl LsnWaiters {
     /// Wakes the tasks waiting for an LSN at most `upto` (every one for
     /// `Lsn::MAX`); they leave.
     pub fn wake_upto(&self, upto: Lsn) {
-        let woken = {
-            let mut waiting = self.lock();
-            let later = match upto.checked_add(1) {
-                Some(next) => waiting.by_lsn.split_off(&(next, 0)),
-                None => BTreeMap::new(),
-            };
-            std::mem::replace(&mut waiting.by_lsn, later)
-        };
-        for notify in woken.into_values() {
-            notify.notify_one();
+        // Taken off from the lowest LSN up, with no map split off (an
+        // allocation at every move): a wake-up only schedules the task, so
+        // it may run under the lock.
+        let mut waiting = self.lock();
+        while let Some(entry) = waiting.by_lsn.first_entry() {
+            if entry.key().0 > upto {
+                break;
+            }
+            entry.remove().notify_one();
         }
     }
 

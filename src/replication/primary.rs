@@ -1123,9 +1123,7 @@ impl PrimaryGroup {
 
     fn is_suspended(&self, database: &str, replica: &str) -> bool {
         self.databases.get(database).is_some_and(|(_, cell)| {
-            cell.snapshot()
-                .replica(replica)
-                .is_some_and(|r| r.suspended)
+            cell.inspect(|s| s.replica(replica).is_some_and(|r| r.suspended))
         })
     }
 }
@@ -1533,16 +1531,22 @@ async fn stream_to(
                 }
             };
             let Some(last) = records.last() else { continue };
-            next.insert(name.clone(), last.end_lsn());
+            if let Some(next) = next.get_mut(name) {
+                *next = last.end_lsn();
+            }
             if let Some((_, cell)) = group.databases.get(name) {
                 // Whatever was appended (commits, and full images that
                 // no commit waits for) counts before any replica catches up.
                 cell.inspect(|s| s.appended(last.end_lsn()));
                 let bytes = last.end_lsn() - from;
-                cell.lock_metrics()
-                    .entry(replica.name.clone())
-                    .or_default()
-                    .sent(&records, bytes);
+                let mut metrics = cell.lock_metrics();
+                match metrics.get_mut(&replica.name) {
+                    Some(m) => m.sent(&records, bytes),
+                    None => metrics
+                        .entry(replica.name.clone())
+                        .or_default()
+                        .sent(&records, bytes),
+                }
             }
             let encoded = records.iter().map(|r| r.bytes.clone()).collect();
             send(
