@@ -197,7 +197,10 @@ impl Record {
 
     /// Encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
-        12 + FIXED_BODY + self.pages_len(self.holes().as_deref())
+        // Each hole's length as it is found: no list of them is kept.
+        let hole_lens = (self.flags & Record::HOLES != 0)
+            .then(|| self.pages.iter().map(|(_, image)| hole(image).1));
+        12 + FIXED_BODY + self.pages_len(hole_lens)
     }
 
     /// Each page's hole when the record leaves them out ([`Record::HOLES`]).
@@ -206,15 +209,13 @@ impl Record {
             .then(|| self.pages.iter().map(|(_, image)| hole(image)).collect())
     }
 
-    /// The encoded length of the pages, given their holes (if left out).
-    fn pages_len(&self, holes: Option<&[(usize, usize)]>) -> usize {
+    /// The encoded length of the pages, given their holes' lengths (when
+    /// the holes are left out).
+    fn pages_len(&self, hole_lens: Option<impl Iterator<Item = usize>>) -> usize {
         let page_size = self.page_size as usize;
-        match holes {
+        match hole_lens {
             None => self.pages.len() * (PAGE_HEAD + page_size),
-            Some(holes) => holes
-                .iter()
-                .map(|(_, len)| HOLE_HEAD + page_size - len)
-                .sum(),
+            Some(lens) => lens.map(|len| HOLE_HEAD + page_size - len).sum(),
         }
     }
 
@@ -228,7 +229,8 @@ impl Record {
         let start = out.len();
         // Each page's hole is found once, here.
         let holes = self.holes();
-        let body_len = FIXED_BODY + self.pages_len(holes.as_deref());
+        let body_len =
+            FIXED_BODY + self.pages_len(holes.as_ref().map(|h| h.iter().map(|&(_, len)| len)));
         out.reserve(12 + body_len);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(body_len as u32).to_le_bytes());
