@@ -155,10 +155,15 @@ pub fn check_batch(
     records: Vec<Record>,
 ) -> Result<Plan, ReplicationError> {
     let mut epoch = intake.epoch;
-    let mut expected = local.end();
+    let local_end = local.end();
     let mut restart = None;
     let mut append: Vec<Record> = Vec::with_capacity(records.len());
     for record in records {
+        // Where this record must start: the end of the last record taken,
+        // else the local log's. Worked out only when a record asks (a
+        // record's length is found page by page; a batch's last record
+        // needs none).
+        let expected = append.last().map_or(local_end, Record::end_lsn);
         if let Err(cause) = record.check_contents() {
             return Err(ReplicationError::Corrupt {
                 database: database.to_string(),
@@ -172,7 +177,6 @@ pub fn check_batch(
             if intake.rewind_to == Some(record.lsn) || record.lsn > expected {
                 restart = Some((record.lsn, record.epoch));
                 epoch = record.epoch;
-                expected = record.end_lsn();
                 append.push(record);
                 continue;
             }
@@ -213,7 +217,6 @@ pub fn check_batch(
             });
         }
         epoch = record.epoch;
-        expected = record.end_lsn();
         append.push(record);
     }
     Ok(Plan {

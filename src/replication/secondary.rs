@@ -1616,10 +1616,13 @@ impl Reported {
     ) -> Result<(), ReplicationError> {
         let now = (sdb.hardened(), sdb.redone(), sdb.db.log().first_lsn());
         let database = sdb.db.name();
-        if self.0.get(database) == Some(&now) {
-            return Ok(());
+        match self.0.get_mut(database) {
+            Some(said) if *said == now => return Ok(()),
+            Some(said) => *said = now,
+            None => {
+                self.0.insert(database.to_string(), now);
+            }
         }
-        self.0.insert(database.to_string(), now);
         send(
             conn,
             Message::Progress {
