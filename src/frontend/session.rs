@@ -930,12 +930,13 @@ impl Session {
         let telemetry = crate::telemetry::get();
         telemetry.commits.inc();
         telemetry.commit_duration.observe(started.elapsed());
-        self.settings.record_with(COMMIT_LSN, |held| {
-            use std::fmt::Write;
-            let _ = write!(held, "{end}");
-        });
+        // Formatted once: copied into the value the setting holds, moved
+        // into the report.
+        let end = end.to_string();
+        self.settings
+            .record_with(COMMIT_LSN, |held| held.push_str(&end));
         self.asides
-            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end.to_string()));
+            .push(Aside::ParameterStatus(COMMIT_LSN.into(), end));
     }
 
     /// Read-your-writes: on a secondary, waits until `availdb.read_after_lsn`

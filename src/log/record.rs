@@ -198,15 +198,14 @@ impl Record {
     /// Encoded length in bytes.
     pub fn encoded_len(&self) -> usize {
         // Each hole's length as it is found: no list of them is kept.
-        let hole_lens = (self.flags & Record::HOLES != 0)
-            .then(|| self.pages.iter().map(|(_, image)| hole(image).1));
+        let hole_lens = self.each_hole().map(|holes| holes.map(|(_, len)| len));
         12 + FIXED_BODY + self.pages_len(hole_lens)
     }
 
-    /// Each page's hole when the record leaves them out ([`Record::HOLES`]).
-    fn holes(&self) -> Option<Vec<(usize, usize)>> {
-        (self.flags & Record::HOLES != 0)
-            .then(|| self.pages.iter().map(|(_, image)| hole(image)).collect())
+    /// Each page's hole, found as asked, when the record leaves them out
+    /// ([`Record::HOLES`]).
+    fn each_hole(&self) -> Option<impl Iterator<Item = (usize, usize)> + '_> {
+        (self.flags & Record::HOLES != 0).then(|| self.pages.iter().map(|(_, image)| hole(image)))
     }
 
     /// The encoded length of the pages, given their holes' lengths (when
@@ -228,7 +227,7 @@ impl Record {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         // Each page's hole is found once, here.
-        let holes = self.holes();
+        let holes: Option<Vec<_>> = self.each_hole().map(Iterator::collect);
         let body_len =
             FIXED_BODY + self.pages_len(holes.as_ref().map(|h| h.iter().map(|&(_, len)| len)));
         out.reserve(12 + body_len);
