@@ -21,19 +21,22 @@
 //! end.
 //!
 //! # Durability
-//! * [`Log::append`] writes a record without syncing; [`Log::wait_durable`]
-//!   waits until an fsync (`fdatasync`) covered it. Concurrent waiters share
-//!   one fsync (group commit; `store.rs` has its rules), and a sync wakes
-//!   the waiters it covered, no other (`waiters.rs`). A commit is
-//!   acknowledged only after it.
+//! * [`Log::append`] puts a record at the end of the log in memory;
+//!   [`Log::wait_durable`] waits until a durable write covered it (direct
+//!   I/O, `O_DIRECT | O_DSYNC`, or a buffered write and `fdatasync` where
+//!   the file system refuses direct I/O: `store.rs`, "Direct I/O").
+//!   Concurrent waiters share one write (group commit; `store.rs` has its
+//!   rules), and a write wakes the waiters it covered, no other
+//!   (`waiters.rs`). A commit is acknowledged only after it. A crash loses
+//!   the records not yet written, as a power loss loses those not synced.
 //! * A crash or power loss can leave a damaged tail — a torn record,
 //!   zeroes, the last writes persisted partly or out of order: nothing
 //!   there was acknowledged, so [`Log::open`] cuts the last segment back to
 //!   its last valid record. Damage followed by a valid record is corruption
 //!   of written data, a must-stop error ([`LogError::CorruptBeforeValid`],
 //!   [`LogError::Corrupt`]); `store.rs` has the exact rule.
-//! * A failed or short append is cut back before anything else is written;
-//!   a failed fsync is never retried — the log refuses writes
+//! * An append that finds no room on disk is refused and the log goes on;
+//!   a failed durable write is never retried — the log refuses writes
 //!   ([`LogError::Failed`]) until the node restarts and re-reads the disk;
 //!   the failure is announced to [`crate::failstop`], and the server exits.
 //! * Seeding or rewinding restarts the log at a full image
