@@ -57,8 +57,9 @@
 //!
 //! # Group commit ([`Log::wait_durable`])
 //! One sync (a write of the records held, above) at a time, holding the
-//! *sync turn*, covers everything appended before it starts; a commit whose record that sync covers waits for it
-//! instead of syncing again. Rules:
+//! *sync turn*, covers everything appended before it starts; a commit
+//! whose record that sync covers waits for it instead of syncing again.
+//! Rules:
 //! 1. **Whoever finds the turn free takes it** and syncs up to the end
 //!    of the log. The others wait: async ones, registered by the LSN they
 //!    need, until a sync makes it durable (a sync wakes no other;
@@ -2607,6 +2608,56 @@ mod tests {
         ));
     }
 
+    /// Direct I/O: a crash (here `abort`, as a kill -9) loses the records
+    /// not yet written, never one made durable; a log closed without a
+    /// crash writes what it holds first.
+    #[test]
+    fn a_crash_loses_only_records_not_yet_written_and_a_close_loses_none() {
+        use crate::crashpoint::tests_support::{child_dir, crash_in_child};
+        if let Some(dir) = child_dir() {
+            let log = Log::open(&dir).unwrap();
+            for i in 1..=3 {
+                log.append(record(i)).unwrap();
+            }
+            let durable = log.sync_blocking().unwrap();
+            fs::write(dir.join("durable"), durable.to_string()).unwrap();
+            for i in 4..=5 {
+                log.append(record(i)).unwrap();
+            }
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = crash_in_child(
+            "log::store::tests::a_crash_loses_only_records_not_yet_written_and_a_close_loses_none",
+            None,
+            dir.path(),
+        );
+        assert!(
+            out.status.code().is_none(),
+            "the child was to abort:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let durable: Lsn = fs::read_to_string(dir.path().join("durable"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(
+            log.end_lsn(),
+            durable,
+            "only the records not yet written are lost"
+        );
+        assert_eq!(log.read_from(0).unwrap().len(), 3);
+        for i in 4..=5 {
+            log.append(record(i)).unwrap();
+        }
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.read_from(0).unwrap().len(), 5, "closed: nothing lost");
+    }
+
+    /// A full disk (here `RLIMIT_FSIZE`) fails the append that needs room,
+    /// before anything is written, and the log goes on.
     #[test]
     fn an_append_that_finds_no_room_on_disk_is_refused_and_the_log_goes_on() {
         use crate::crashpoint::tests_support::{child_dir, crash_in_child};
