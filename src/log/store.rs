@@ -245,6 +245,10 @@ const BLOCK: u64 = 4096;
 /// in memory no longer than that (module page, "Direct I/O").
 const UNWRITTEN_BYTES: u64 = 4 << 20;
 
+/// A log's buffers of bytes not yet written keep at most this much room
+/// once a bulk load is written out ([`Aligned::shrink`]).
+const HELD_BYTES: u64 = 1 << 20;
+
 /// Bytes at a [`BLOCK`]-aligned address, as `O_DIRECT` needs: the buffer
 /// starts at the first aligned byte of a larger allocation, and its
 /// capacity is a whole number of blocks.
@@ -299,6 +303,16 @@ impl Aligned {
         self.bytes
             .copy_within(from..self.start + self.len, self.start);
         self.len -= n;
+    }
+
+    /// Gives memory back after a bulk load: a buffer past [`HELD_BYTES`]
+    /// that holds less than a quarter of its room is made small again.
+    fn shrink(&mut self) {
+        if self.capacity() > HELD_BYTES as usize && self.len < self.capacity() / 4 {
+            let mut small = Aligned::with_capacity(self.len.max(64 << 10));
+            small.extend_from_slice(self.as_slice());
+            *self = small;
+        }
     }
 
     /// The bytes, then zeros to the end of their last block.
@@ -484,6 +498,7 @@ impl Tail {
             self.held.drop_front((whole - self.held_at) as usize);
             self.held_at = whole;
         }
+        self.held.shrink();
     }
 
     /// Loads the current segment's last partial block from the file (all
@@ -608,6 +623,9 @@ pub struct Log {
     /// Set at the first failed fsync or unrepairable write: the log takes
     /// no more records and makes nothing more durable.
     failed: Mutex<Option<String>>,
+    /// Whether `failed` is set: read without its lock by every append
+    /// and sync.
+    has_failed: AtomicBool,
     /// The log restarted at a full image not yet wholly redone: (LSN,
     /// epoch) of the image (the `image-pending` file).
     image_pending: Mutex<Option<(Lsn, u64)>>,
@@ -674,6 +692,7 @@ impl Log {
             waiting: LsnWaiters::default(),
             last_commit_us: std::sync::atomic::AtomicI64::new(0),
             failed: Mutex::new(None),
+            has_failed: AtomicBool::new(false),
             image_pending: Mutex::new(image_pending),
             #[cfg(test)]
             fail_next_sync: Mutex::new(None),
@@ -726,6 +745,9 @@ impl Log {
     /// Why the log refuses writes (a failed fsync or an append it could
     /// not undo), if it does.
     pub fn failure(&self) -> Option<String> {
+        if !self.has_failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -753,6 +775,7 @@ impl Log {
             ));
         }
         let cause = failed.get_or_insert(cause).clone();
+        self.has_failed.store(true, Ordering::Release);
         drop(failed);
         // Nothing more becomes durable: the waiters learn it now.
         self.waiting.wake_all();
@@ -781,6 +804,8 @@ impl Log {
             }
         };
         self.write_unwritten(&mut copy, &unwritten)?;
+        copy.len = 0;
+        copy.shrink();
         let zeroed = unwritten.zeros.and_then(|(from, to)| {
             match unwritten.file.write_zeros(from, to) {
                 Ok(()) => Some(to),
@@ -827,6 +852,8 @@ impl Log {
     fn write_out_locked(&self, copy: &mut Aligned, tail: &mut Tail) -> Result<(), LogError> {
         if let Some(unwritten) = tail.unwritten(copy) {
             self.write_unwritten(copy, &unwritten)?;
+            copy.len = 0;
+            copy.shrink();
             tail.wrote(&unwritten);
             self.raise_durable(unwritten.end);
             self.waiting.wake_upto(unwritten.end);
@@ -2362,6 +2389,15 @@ mod tests {
         assert!(
             log.durable_lsn() > 2 * UNWRITTEN_BYTES,
             "written durably on the way"
+        );
+        log.sync_blocking().unwrap();
+        assert!(
+            log.lock().held.capacity() <= HELD_BYTES as usize,
+            "the tail's room given back"
+        );
+        assert!(
+            log.io.lock().unwrap().capacity() <= HELD_BYTES as usize,
+            "the copy's room given back"
         );
     }
 
