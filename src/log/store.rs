@@ -1290,6 +1290,7 @@ impl Log {
         max_bytes: u64,
     ) -> Result<(Vec<RawRecord>, PathBuf), LogError> {
         let mut out = Vec::new();
+        let mut retried_at = None;
         loop {
             let size: u64 = out.iter().map(|r: &RawRecord| r.bytes.len() as u64).sum();
             let left = max_bytes.saturating_sub(size);
@@ -1309,6 +1310,17 @@ impl Log {
                 out.append(&mut recent);
                 return Ok((out, path));
             }
+            if retried_at == Some(next) {
+                // Neither on disk nor in memory, twice: not a record of
+                // this log (it was cut or replaced meanwhile).
+                let tail = self.lock();
+                return Err(LogError::OutOfRange {
+                    wanted: next,
+                    first: tail.segments[0].first_lsn,
+                    end: tail.end,
+                });
+            }
+            retried_at = Some(next);
             from = next;
         }
     }
@@ -1397,7 +1409,13 @@ impl Log {
         if from >= tail.end || tail.recent.front().is_none_or(|r| r.lsn > from) {
             return None;
         }
-        let first = tail.recent.partition_point(|r| r.lsn < from);
+        // A sender that keeps up asks for the newest few records: look
+        // among them first, then search the rest.
+        let newest = tail.recent.iter().rev().take(8).position(|r| r.lsn <= from);
+        let first = match newest {
+            Some(back) => tail.recent.len() - 1 - back,
+            None => tail.recent.partition_point(|r| r.lsn < from),
+        };
         if tail.recent.get(first).is_none_or(|r| r.lsn != from) {
             return None;
         }
@@ -2434,7 +2452,7 @@ mod tests {
     fn records_read_from_memory_are_the_records_read_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(Log::open(dir.path()).unwrap());
-        let ends: Vec<Lsn> = (1..=6).map(|i| log.append(record(i)).unwrap()).collect();
+        let ends: Vec<Lsn> = (1..=20).map(|i| log.append(record(i)).unwrap()).collect();
         let one = record(1).encoded_len() as u64;
         let reads = |log: &Log| {
             [
@@ -2443,9 +2461,17 @@ mod tests {
                 (ends[1], 1),
                 (ends[1], 2 * one),
                 (0, 0),
+                (ends[16], u64::MAX),
+                (ends[16], 1),
             ]
             .map(|(from, max)| log.read_some(from, max).unwrap())
         };
+        // In memory: among the newest few records and further back, and
+        // nothing where no record starts.
+        for from in [ends[1], ends[16]] {
+            assert!(log.read_recent(from, 1).is_some());
+            assert!(log.read_recent(from + 1, 1).is_none());
+        }
         let from_memory = reads(&log);
         drop(log);
         let log = Arc::new(Log::open(dir.path()).unwrap());
@@ -2454,9 +2480,10 @@ mod tests {
             assert_eq!(m.len(), d.len(), "read {i}: record counts");
             assert_eq!(m, d, "read {i}");
         }
-        assert_eq!(from_disk[0].len(), 6);
+        assert_eq!(from_disk[0].len(), 20);
         assert_eq!(from_disk[2].len(), 1, "at least one record");
         assert_eq!(from_disk[3].len(), 2, "about max_bytes");
+        assert_eq!(from_disk[5].len(), 3);
     }
 
     #[test]
