@@ -15,7 +15,6 @@
 //! | `log.restart.old_removed` | … removed the old segments |
 //! | `log.restart.history` | … replaced the epoch history |
 //! | `log.restart.checkpoint` | … wrote the checkpoint, before removing the intent |
-//! | `log.append.failed` | a log write failed, before it is cut back |
 //! | `backup.pages_written` | a full backup wrote its pages, not yet its log or manifest (the file is still `.partial`) |
 //! | `restore.built` | a RESTORE DATABASE built and checked its copy, before it becomes RESTORING |
 //! | `restore.log_written` | a RESTORE LOG wrote its records, before the restore's state records it |

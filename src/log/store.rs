@@ -334,6 +334,8 @@ struct SegmentFile {
     records: Arc<File>,
     zeros: Arc<File>,
     direct: bool,
+    /// For errors: shared, so a write's copy of it allocates nothing.
+    path: Arc<Path>,
 }
 
 impl SegmentFile {
@@ -349,6 +351,7 @@ impl SegmentFile {
                 records: file.clone(),
                 zeros: file,
                 direct: false,
+                path: path.into(),
             })
         };
         if !direct_io_wanted() {
@@ -368,6 +371,7 @@ impl SegmentFile {
                 records: Arc::new(records),
                 zeros: Arc::new(zeros),
                 direct: true,
+                path: path.into(),
             }),
             (Err(e), _) | (_, Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
                 static WARNED: AtomicBool = AtomicBool::new(false);
@@ -441,8 +445,9 @@ struct Tail {
     zeroed: u64,
     /// LSN the next record gets.
     end: Lsn,
-    /// Bumped by [`Log::restart_at`]: a sync of the file that was current
-    /// before a reset says nothing about the log after it.
+    /// Bumped by [`Log::restart_at`] and [`Log::truncate_from`]: a reader
+    /// that planned from the log as it was must plan again
+    /// ([`Log::generation`]).
     generation: u64,
     /// The last record held: where it starts and its stored crc32c.
     last: Option<(Lsn, u32)>,
@@ -484,8 +489,6 @@ impl Tail {
             len: self.len,
             end: self.end,
             zeros,
-            generation: self.generation,
-            path: self.path().to_path_buf(),
         })
     }
 
@@ -523,15 +526,14 @@ impl Tail {
 
 /// What one write of the log's tail covers: the bytes from `at` (a block
 /// boundary) to `len` of the current segment, whose records end at `end`;
-/// and zeros to write ahead after them, if the margin is short.
+/// and zeros to write ahead after them, if the margin is short. No cut or
+/// restart comes between its copy and its end (both take `io` first).
 struct Unwritten {
     file: SegmentFile,
     at: u64,
     len: u64,
     end: Lsn,
     zeros: Option<(u64, u64)>,
-    generation: u64,
-    path: PathBuf,
 }
 
 /// The group-commit turn of one waiter; handed back even when the waiter
@@ -804,36 +806,31 @@ impl Log {
             }
         };
         self.write_unwritten(&mut copy, &unwritten)?;
-        copy.len = 0;
-        copy.shrink();
         let zeroed = unwritten.zeros.and_then(|(from, to)| {
             match unwritten.file.write_zeros(from, to) {
                 Ok(()) => Some(to),
                 Err(e) => {
                     // The next append that needs the room writes the zeros
                     // itself, and is refused if it cannot.
-                    tracing::warn!(segment = %unwritten.path.display(), "writing zeros ahead of the log's records failed: {e}");
+                    tracing::warn!(segment = %unwritten.file.path.display(), "writing zeros ahead of the log's records failed: {e}");
                     None
                 }
             }
         });
         let mut tail = self.lock();
-        if tail.generation != unwritten.generation || self.failure().is_some() {
+        if self.failure().is_some() {
             return Ok(unwritten.end);
         }
-        tail.wrote(&unwritten);
         tail.zeroed = tail.zeroed.max(zeroed.unwrap_or(0));
-        // Under the tail's lock: a restart cannot come between the check
-        // of the generation and the move.
-        self.raise_durable(unwritten.end);
+        self.publish(&mut tail, &unwritten);
         drop(tail);
-        self.waiting.wake_upto(unwritten.end);
-        self.wake_blocked();
+        self.wake_durable(unwritten.end);
         Ok(unwritten.end)
     }
 
     /// The write of [`Log::write_out`], also made under the tail's lock
-    /// (a segment rolling, a cut): fails the log when it fails.
+    /// (a segment rolling, a cut): fails the log when it fails. The copy
+    /// is emptied after it (and gives back a bulk load's room).
     fn write_unwritten(&self, copy: &mut Aligned, unwritten: &Unwritten) -> Result<(), LogError> {
         match self.injected_sync_error() {
             Some(e) => Err(e),
@@ -842,9 +839,25 @@ impl Log {
         .map_err(|e| {
             self.fail(format!(
                 "writing the log's records to {} durably failed: {e}",
-                unwritten.path.display()
+                unwritten.file.path.display()
             ))
-        })
+        })?;
+        copy.len = 0;
+        copy.shrink();
+        Ok(())
+    }
+
+    /// Takes note that `unwritten` is on disk and publishes it durable,
+    /// under the tail's lock.
+    fn publish(&self, tail: &mut Tail, unwritten: &Unwritten) {
+        tail.wrote(unwritten);
+        self.raise_durable(unwritten.end);
+    }
+
+    /// Wakes the waiters of everything before `end`, now durable.
+    fn wake_durable(&self, end: Lsn) {
+        self.waiting.wake_upto(end);
+        self.wake_blocked();
     }
 
     /// Under both locks (`io`, then the tail's): writes what the current
@@ -852,12 +865,8 @@ impl Log {
     fn write_out_locked(&self, copy: &mut Aligned, tail: &mut Tail) -> Result<(), LogError> {
         if let Some(unwritten) = tail.unwritten(copy) {
             self.write_unwritten(copy, &unwritten)?;
-            copy.len = 0;
-            copy.shrink();
-            tail.wrote(&unwritten);
-            self.raise_durable(unwritten.end);
-            self.waiting.wake_upto(unwritten.end);
-            self.wake_blocked();
+            self.publish(tail, &unwritten);
+            self.wake_durable(unwritten.end);
         }
         Ok(())
     }
@@ -1289,15 +1298,16 @@ impl Log {
         mut from: Lsn,
         max_bytes: u64,
     ) -> Result<(Vec<RawRecord>, PathBuf), LogError> {
-        let mut out = Vec::new();
+        let mut out: Vec<RawRecord> = Vec::new();
+        let mut size = 0u64;
         let mut retried_at = None;
         loop {
-            let size: u64 = out.iter().map(|r: &RawRecord| r.bytes.len() as u64).sum();
             let left = max_bytes.saturating_sub(size);
             if !out.is_empty() && left == 0 {
                 return Ok((out, self.lock().path().to_path_buf()));
             }
             let (mut read, path, disk_end) = self.read_on_disk(from, left)?;
+            size += read.iter().map(|r| r.bytes.len() as u64).sum::<u64>();
             out.append(&mut read);
             let Some(disk_end) = disk_end else {
                 return Ok((out, path));
@@ -1305,7 +1315,6 @@ impl Log {
             // The rest is in memory, unless a write took it to disk since
             // (and it left memory): then read the disk again from there.
             let next = out.last().map_or(from, RawRecord::end_lsn).max(disk_end);
-            let size: u64 = out.iter().map(|r| r.bytes.len() as u64).sum();
             if let Some(mut recent) = self.read_recent(next, max_bytes.saturating_sub(size)) {
                 out.append(&mut recent);
                 return Ok((out, path));
