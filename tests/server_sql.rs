@@ -1006,6 +1006,52 @@ async fn write_in_read_only_transaction_reports_25006() {
     assert_eq!(count_rows(&c, "t").await, 2);
 }
 
+/// A write the session already ran, opening a transaction block, goes
+/// straight to the writer (no reader, no hop to a blocking thread to ask
+/// whether it writes): the block keeps every rule it had — invisible until
+/// COMMIT, gone at ROLLBACK, refused in a READ ONLY block.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_the_session_knows_opens_its_block_on_the_writer_and_the_block_keeps_its_rules() {
+    let server = TestServer::start().await;
+    let c = server.client(DEFAULT_DB).await;
+    let other = server.client(DEFAULT_DB).await;
+    c.batch_execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .expect("set up");
+    let insert = c
+        .prepare("INSERT INTO t(v) VALUES ($1)")
+        .await
+        .expect("prepare");
+    for round in 0..3i64 {
+        c.batch_execute("BEGIN").await.expect("BEGIN");
+        c.execute(&insert, &[&format!("r{round}")])
+            .await
+            .expect("the block's first statement writes");
+        assert_eq!(
+            count_rows(&other, "t").await,
+            round,
+            "round {round}: another session does not see the block before COMMIT"
+        );
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        assert_eq!(count_rows(&other, "t").await, round + 1, "round {round}");
+    }
+    c.batch_execute("BEGIN").await.expect("BEGIN");
+    c.execute(&insert, &[&"rolled back"]).await.expect("insert");
+    c.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    assert_eq!(count_rows(&other, "t").await, 3, "ROLLBACK leaves no row");
+
+    c.batch_execute("BEGIN READ ONLY")
+        .await
+        .expect("BEGIN READ ONLY");
+    assert_sqlstate(
+        c.execute(&insert, &[&"refused"]).await,
+        &SqlState::READ_ONLY_SQL_TRANSACTION,
+        "a write the session knows, first in a READ ONLY block",
+    );
+    c.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    assert_eq!(count_rows(&c, "t").await, 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn statements_after_error_in_transaction_fail_with_25p02_until_rollback() {
     let server = TestServer::start().await;

@@ -94,6 +94,11 @@ struct State {
     drain: bool,
     /// Why the statement must stop (cancel, timeout, its transaction ended).
     stop: Option<Error>,
+    /// The cursor thread waits for room (rule 1): only then does taking a
+    /// batch, stopping or going away wake it. A result held whole has no
+    /// thread, and a statement of a few rows never waits: a wake-up of
+    /// nobody would still cost a system call per statement.
+    producer_waits: bool,
 }
 
 struct Shared {
@@ -109,13 +114,25 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Lets the state go, then wakes the cursor thread if it waits for
+    /// room (it looks at the state again under the lock, so a change made
+    /// before it waited is never missed).
+    fn wake_producer(&self, state: MutexGuard<'_, State>) {
+        let waits = state.producer_waits;
+        drop(state);
+        if waits {
+            self.room.notify_all();
+        }
+    }
+
     fn stop(&self, why: Error) {
-        {
+        let waits = {
             let mut state = self.lock();
             if state.stop.is_none() && state.end.is_none() {
                 state.stop = Some(why);
             }
-        }
+            state.producer_waits
+        };
         if let Some(handle) = self
             .interrupt
             .lock()
@@ -124,7 +141,9 @@ impl Shared {
         {
             handle.interrupt();
         }
-        self.room.notify_all();
+        if waits {
+            self.room.notify_all();
+        }
         self.ready.notify_one();
     }
 
@@ -142,7 +161,9 @@ impl Shared {
                 self.ready.notify_one();
                 return Ok(());
             }
+            state.producer_waits = true;
             state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.producer_waits = false;
         }
     }
 
@@ -181,9 +202,10 @@ impl RowSource {
                 }
                 if let Some((rows, charge)) = state.queue.pop_front() {
                     state.queued_bytes = state.queued_bytes.saturating_sub(charge.bytes() as usize);
-                    drop(state);
+                    // Its bytes go back to the budget before the thread
+                    // charges its next batch.
                     drop(charge);
-                    self.shared.room.notify_all();
+                    self.shared.wake_producer(state);
                     return Some(Ok(rows));
                 }
                 if let Some(end) = state.end.take() {
@@ -258,8 +280,7 @@ impl Drop for RowSource {
         state.consumer_gone = true;
         state.queue.clear();
         state.queued_bytes = 0;
-        drop(state);
-        self.shared.room.notify_all();
+        self.shared.wake_producer(state);
     }
 }
 
@@ -302,11 +323,11 @@ impl<H: Holds> CursorHandle<H> {
                 state.queue.clear();
                 state.queued_bytes = 0;
             }
+            self.shared.wake_producer(state);
         }
         if !drain {
             self.shared.stop(closed_portal());
         }
-        self.shared.room.notify_all();
         self.shared.ready.notify_one();
         let back = self.back.take().expect("a handle is reclaimed once");
         match back.await {

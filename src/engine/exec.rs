@@ -70,6 +70,13 @@ pub fn is_readonly(conn: &Connection, sql: &str) -> Result<bool> {
     Ok(conn.prepare_cached(sql)?.readonly() && !super::sequence::writes_sequences(sql))
 }
 
+/// Runs a statement that returns no rows and takes no parameters, such as
+/// `BEGIN IMMEDIATE` or `COMMIT`, from the connection's statement cache:
+/// one a session runs for every transaction is parsed once, not each time.
+pub fn run_control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Runs `sql` with `params` (`params[i]` is `$i+1`), collecting all rows.
 /// Column types are inferred only when `with_types` (the extended protocol
 /// already announced them at Describe).

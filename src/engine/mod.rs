@@ -87,7 +87,8 @@ pub use database::{
 };
 pub use error::{Error, Result};
 pub use exec::{
-    describe, is_readonly, run, run_briefly, run_charged, until, Brief, Column, Described, Outcome,
+    describe, is_readonly, run, run_briefly, run_charged, run_control, until, Brief, Column,
+    Described, Outcome,
 };
 pub use fence::{Closed, Fence, PrimaryFence, Refusal, Writes};
 pub use image::is_base_image;

@@ -1154,7 +1154,7 @@ impl Session {
                     inline,
                     w,
                     |w, at| match engine::until(w.conn().sqlite(), at, || {
-                        w.conn().sqlite().execute_batch("COMMIT")
+                        engine::run_control(w.conn().sqlite(), "COMMIT")
                     }) {
                         Ok(()) => Ok(((), w.after_commit()?)),
                         Err(e) => {
@@ -1555,6 +1555,15 @@ impl Session {
         params: Vec<Value>,
     ) -> (Holder, Result<Reply>) {
         let holder = match holder {
+            // A statement known to write (it ran before in this session)
+            // goes straight to the writer: no reader, and no hop to a
+            // blocking thread to ask SQLite what it already told us.
+            Holder::Nothing if !read_only && self.readonly.get(&sql) == Some(&false) => {
+                match self.writer_for_transaction(Holder::Nothing).await {
+                    Ok(w) => Holder::Writer(w),
+                    Err(e) => return (Holder::Nothing, Err(e)),
+                }
+            }
             Holder::Nothing => match self.reader() {
                 Ok(reader) => {
                     // Read the commit counter before the snapshot starts, so
@@ -1722,7 +1731,7 @@ impl Session {
                 let started = Instant::now();
                 let res =
                     commit_on_writer(&self.cancel, timeout, &self.db, false, w, move |w, _| {
-                        w.conn().sqlite().execute_batch("BEGIN IMMEDIATE")?;
+                        engine::run_control(w.conn().sqlite(), "BEGIN IMMEDIATE")?;
                         let changes = match run(w) {
                             Ok(n) => n,
                             Err(e) => {
@@ -1730,7 +1739,7 @@ impl Session {
                                 return Err(e);
                             }
                         };
-                        if let Err(e) = w.conn().sqlite().execute_batch("COMMIT") {
+                        if let Err(e) = engine::run_control(w.conn().sqlite(), "COMMIT") {
                             w.conn().reset();
                             return Err(Error::from(e));
                         }
@@ -1942,11 +1951,7 @@ impl Session {
             }
         }
         let begin = move || {
-            let res = w
-                .conn()
-                .sqlite()
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(Error::from);
+            let res = engine::run_control(w.conn().sqlite(), BEGIN_IMMEDIATE).map_err(Error::from);
             (w, res)
         };
         let started = Instant::now();
