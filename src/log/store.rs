@@ -38,7 +38,11 @@
 //!   there where the records on disk end.
 //! * **Where the file system refuses `O_DIRECT`** (tmpfs; or with
 //!   `AVAILDB_LOG_DIRECT_IO=off`) the same writes go through the page
-//!   cache, each followed by `fdatasync`.
+//!   cache, each followed by `fdatasync`. A file system may also take the
+//!   flag at open and refuse a write with `EINVAL` (its blocks are larger
+//!   than [`BLOCK`], or it wants another alignment): such a write wrote
+//!   nothing, so it is made again through the page cache, and so is every
+//!   later write to that segment, with a warning — the log does not fail.
 //! * **A crash loses what was not yet written**, as a power loss loses
 //!   what was not synced: never an acknowledged commit (that waits for the
 //!   write), and the database file is rebuilt from the log at start (the
@@ -334,6 +338,10 @@ struct SegmentFile {
     records: Arc<File>,
     zeros: Arc<File>,
     direct: bool,
+    /// The same file opened without `O_DIRECT`, once a direct write was
+    /// refused with `EINVAL` (module page, "Direct I/O"): every write
+    /// goes through it from then on.
+    refused: Arc<std::sync::OnceLock<File>>,
     /// For errors: shared, so a write's copy of it allocates nothing.
     path: Arc<Path>,
 }
@@ -351,6 +359,7 @@ impl SegmentFile {
                 records: file.clone(),
                 zeros: file,
                 direct: false,
+                refused: Default::default(),
                 path: path.into(),
             })
         };
@@ -371,6 +380,7 @@ impl SegmentFile {
                 records: Arc::new(records),
                 zeros: Arc::new(zeros),
                 direct: true,
+                refused: Default::default(),
                 path: path.into(),
             }),
             (Err(e), _) | (_, Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -386,11 +396,45 @@ impl SegmentFile {
 
     /// Writes whole blocks at `at` (a block boundary), durably.
     fn write_blocks(&self, blocks: &[u8], at: u64) -> io::Result<()> {
-        self.records.write_all_at(blocks, at)?;
-        if !self.direct {
-            self.records.sync_data()?;
+        let buffered = |file: &File| {
+            file.write_all_at(blocks, at)?;
+            file.sync_data()
+        };
+        if let Some(file) = self.refused.get() {
+            return buffered(file);
         }
-        Ok(())
+        if !self.direct {
+            return buffered(&self.records);
+        }
+        match self.direct_write(&self.records, blocks, at) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => buffered(self.through_cache(e)?),
+            written => written,
+        }
+    }
+
+    /// A write through an `O_DIRECT` descriptor (refused with `EINVAL`
+    /// where a test says so).
+    fn direct_write(&self, file: &File, bytes: &[u8], at: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if tests::REFUSE_DIRECT_WRITES.with(|r| r.get()) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        file.write_all_at(bytes, at)
+    }
+
+    /// The file opened without `O_DIRECT` after a direct write was refused
+    /// with `refusal`: an `EINVAL` write wrote nothing, so writing the same
+    /// bytes again through the page cache (and syncing them) is safe.
+    fn through_cache(&self, refusal: io::Error) -> io::Result<&File> {
+        if let Some(file) = self.refused.get() {
+            return Ok(file);
+        }
+        let file = OpenOptions::new().write(true).open(&self.path)?;
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(segment = %self.path.display(), "the file system took O_DIRECT but refused a direct write ({refusal}): the log writes through the page cache and syncs with fdatasync from now on");
+        }
+        Ok(self.refused.get_or_init(|| file))
     }
 
     /// Writes zeros over `from..to` (block boundaries), not synced.
@@ -403,7 +447,17 @@ impl SegmentFile {
         let mut at = from;
         while at < to {
             let n = (to - at).min(ZEROS.len as u64) as usize;
-            self.zeros.write_all_at(&ZEROS.as_slice()[..n], at)?;
+            let zeros = &ZEROS.as_slice()[..n];
+            match self.refused.get() {
+                Some(file) => file.write_all_at(zeros, at)?,
+                None if !self.direct => self.zeros.write_all_at(zeros, at)?,
+                None => match self.direct_write(&self.zeros, zeros, at) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.through_cache(e)?.write_all_at(zeros, at)?
+                    }
+                    written => written?,
+                },
+            }
             at += n as u64;
         }
         Ok(())
@@ -1908,6 +1962,9 @@ mod tests {
     thread_local! {
         /// Makes logs opened on this thread write through the page cache.
         pub(super) static FORCE_BUFFERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Makes direct writes on this thread fail with `EINVAL`, as on a
+        /// file system that takes `O_DIRECT` at open but not our blocks.
+        pub(super) static REFUSE_DIRECT_WRITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     fn record(n: u8) -> Record {
@@ -2455,6 +2512,56 @@ mod tests {
             assert_eq!(log.read_from(ends[38]).unwrap().len(), 2);
         }
         FORCE_BUFFERED.with(|b| b.set(false));
+    }
+
+    /// A file system may take `O_DIRECT` at open and refuse the writes
+    /// themselves with `EINVAL` (blocks larger than ours): the refused
+    /// write wrote nothing, so the log makes it through the page cache and
+    /// goes on, and every record survives reopening.
+    #[test]
+    fn a_direct_write_refused_after_the_open_goes_through_the_page_cache_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        let direct = log.lock().file.direct;
+        if !direct {
+            eprintln!(
+                "WARNING: the file system of {} refuses O_DIRECT at open: a direct write refused later is NOT tested here",
+                dir.path().display()
+            );
+        }
+        for i in 1..=5 {
+            log.append(record(i)).unwrap();
+        }
+        log.sync_blocking().expect("direct writes");
+        REFUSE_DIRECT_WRITES.with(|r| r.set(true));
+        // Small records, then big ones past the zeros written ahead: the
+        // zeros too are written through the page cache.
+        let big = |n: u8| Record {
+            page_size: 1 << 16,
+            pages: vec![(n as u32, vec![n; 1 << 16])],
+            ..record(n)
+        };
+        let ends: Vec<Lsn> = (6..=32)
+            .map(record)
+            .chain((33..=40).map(big))
+            .map(|r| log.append(r).unwrap())
+            .collect();
+        let synced = log.sync_blocking();
+        REFUSE_DIRECT_WRITES.with(|r| r.set(false));
+        synced.expect("a refused direct write is made through the page cache");
+        assert_eq!(log.failure(), None, "the log did not fail");
+        assert!(log.durable_lsn() >= *ends.last().unwrap());
+        if direct {
+            assert!(
+                log.lock().file.refused.get().is_some(),
+                "the segment writes through the page cache from now on"
+            );
+        }
+        log.append(record(41)).unwrap();
+        log.sync_blocking().expect("later writes");
+        drop(log);
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.read_from(0).unwrap().len(), 41);
     }
 
     #[test]
