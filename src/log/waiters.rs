@@ -18,6 +18,12 @@
 //!    once ([`tokio::sync::Notify::notify_one`]).
 //! 3. **A task that stops waiting leaves no entry** ([`LsnWaiter`]'s
 //!    `Drop`): a commit cancelled or failed for another reason.
+//! 4. **Woken after the lock is let go.** A woken task may run at once on
+//!    another worker and leave, and its leaving takes the lock: woken under
+//!    it, it would find the lock held by the waker's next wake-up and sleep
+//!    on it (a `futex` wait and wake, and two context switches, per commit
+//!    at times). The tasks reached are taken off under the lock, a few at a
+//!    time into a buffer on the stack, and woken once it is let go.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,15 +63,31 @@ impl LsnWaiters {
     /// Wakes the tasks waiting for an LSN at most `upto` (every one for
     /// `Lsn::MAX`); they leave.
     pub fn wake_upto(&self, upto: Lsn) {
-        // Taken off from the lowest LSN up, with no map split off (an
-        // allocation at every move): a wake-up only schedules the task, so
-        // it may run under the lock.
-        let mut waiting = self.lock();
-        while let Some(entry) = waiting.by_lsn.first_entry() {
-            if entry.key().0 > upto {
-                break;
+        // Taken off from the lowest LSN up, with no map split off and no
+        // list allocated (both were an allocation at every move); woken
+        // once the lock is let go (rule 4).
+        const BATCH: usize = 16;
+        loop {
+            let mut reached: [Option<Arc<Notify>>; BATCH] = Default::default();
+            let mut taken = 0;
+            {
+                let mut waiting = self.lock();
+                while taken < BATCH {
+                    match waiting.by_lsn.first_entry() {
+                        Some(entry) if entry.key().0 <= upto => {
+                            reached[taken] = Some(entry.remove());
+                            taken += 1;
+                        }
+                        _ => break,
+                    }
+                }
             }
-            entry.remove().notify_one();
+            for notify in reached.iter().flatten() {
+                notify.notify_one();
+            }
+            if taken < BATCH {
+                return;
+            }
         }
     }
 
@@ -144,6 +166,55 @@ mod tests {
         assert_eq!(waiters.len(), 1);
         drop(w500);
         assert!(waiters.is_empty(), "no entry left behind");
+    }
+
+    /// Rule 4: the lock is free when a task is woken, so a task that runs
+    /// at once elsewhere and leaves does not sleep on it; more tasks than
+    /// one batch are all woken.
+    #[test]
+    fn tasks_are_woken_after_the_lock_is_let_go() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Wake, Waker};
+
+        struct Probe {
+            waiters: Arc<LsnWaiters>,
+            woken: AtomicUsize,
+            woken_under_the_lock: AtomicUsize,
+        }
+        impl Wake for Probe {
+            fn wake(self: Arc<Self>) {
+                self.woken.fetch_add(1, Ordering::SeqCst);
+                if self.waiters.waiting.try_lock().is_err() {
+                    self.woken_under_the_lock.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let waiters = Arc::new(LsnWaiters::default());
+        let probe = Arc::new(Probe {
+            waiters: waiters.clone(),
+            woken: AtomicUsize::new(0),
+            woken_under_the_lock: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(probe.clone());
+        let mut cx = Context::from_waker(&waker);
+        let tasks: Vec<LsnWaiter> = (0..40).map(|i| waiters.register(i)).collect();
+        let mut sleeps: Vec<_> = tasks.iter().map(|t| Box::pin(t.woken())).collect();
+        for sleep in &mut sleeps {
+            assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        }
+        waiters.wake_upto(u64::MAX);
+        assert_eq!(
+            probe.woken.load(Ordering::SeqCst),
+            40,
+            "every task, past one batch"
+        );
+        assert_eq!(
+            probe.woken_under_the_lock.load(Ordering::SeqCst),
+            0,
+            "no task is woken while the lock is held"
+        );
+        assert!(waiters.is_empty());
     }
 
     /// Rule 2: a wake-up that comes before the task sleeps is not lost.
