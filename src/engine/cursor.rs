@@ -126,13 +126,11 @@ impl Shared {
     }
 
     fn stop(&self, why: Error) {
-        let waits = {
-            let mut state = self.lock();
-            if state.stop.is_none() && state.end.is_none() {
-                state.stop = Some(why);
-            }
-            state.producer_waits
-        };
+        let mut state = self.lock();
+        if state.stop.is_none() && state.end.is_none() {
+            state.stop = Some(why);
+        }
+        self.wake_producer(state);
         if let Some(handle) = self
             .interrupt
             .lock()
@@ -140,9 +138,6 @@ impl Shared {
             .as_ref()
         {
             handle.interrupt();
-        }
-        if waits {
-            self.room.notify_all();
         }
         self.ready.notify_one();
     }

@@ -396,20 +396,32 @@ impl SegmentFile {
 
     /// Writes whole blocks at `at` (a block boundary), durably.
     fn write_blocks(&self, blocks: &[u8], at: u64) -> io::Result<()> {
-        let buffered = |file: &File| {
-            file.write_all_at(blocks, at)?;
-            file.sync_data()
+        if let Some(buffered) = self.write_at(&self.records, blocks, at)? {
+            buffered.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` at `at` through `direct` (the records' or the zeros'
+    /// descriptor), or through the page cache where direct I/O is off or
+    /// was refused; returns the file written through the page cache, which
+    /// a durable write then syncs.
+    fn write_at<'a>(
+        &'a self,
+        direct: &'a File,
+        bytes: &[u8],
+        at: u64,
+    ) -> io::Result<Option<&'a File>> {
+        let file = match self.refused.get() {
+            Some(file) => file,
+            None if !self.direct => direct,
+            None => match self.direct_write(direct, bytes, at) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.through_cache(e)?,
+                written => return written.map(|()| None),
+            },
         };
-        if let Some(file) = self.refused.get() {
-            return buffered(file);
-        }
-        if !self.direct {
-            return buffered(&self.records);
-        }
-        match self.direct_write(&self.records, blocks, at) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => buffered(self.through_cache(e)?),
-            written => written,
-        }
+        file.write_all_at(bytes, at)?;
+        Ok(Some(file))
     }
 
     /// A write through an `O_DIRECT` descriptor (refused with `EINVAL`
@@ -447,17 +459,7 @@ impl SegmentFile {
         let mut at = from;
         while at < to {
             let n = (to - at).min(ZEROS.len as u64) as usize;
-            let zeros = &ZEROS.as_slice()[..n];
-            match self.refused.get() {
-                Some(file) => file.write_all_at(zeros, at)?,
-                None if !self.direct => self.zeros.write_all_at(zeros, at)?,
-                None => match self.direct_write(&self.zeros, zeros, at) {
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.through_cache(e)?.write_all_at(zeros, at)?
-                    }
-                    written => written?,
-                },
-            }
+            self.write_at(&self.zeros, &ZEROS.as_slice()[..n], at)?;
             at += n as u64;
         }
         Ok(())
