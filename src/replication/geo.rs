@@ -843,7 +843,9 @@ impl Forwarder {
             floor: floor.subscribe(),
         };
         let status = GeoLinkStatus::new(db.name(), source.clone(), GeoRole::Secondary);
-        let sdb = SecondaryDb::start(db, stop.subscribe());
+        // The geo link watches the hardened and redone LSNs themselves
+        // (one database): the moves' signal has no one to wake.
+        let sdb = SecondaryDb::start(db, stop.subscribe(), watch::channel(()).0);
         Arc::new(Forwarder {
             source,
             sdb,

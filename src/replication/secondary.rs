@@ -26,6 +26,14 @@
 //!    SQLite transaction per batch of whole records, and reports the redone
 //!    LSN. A small backlog waits until `REDO_PAUSE` (1 ms) after the previous
 //!    redo, so at thousands of commits a second one redo covers several.
+//! 6. Reports: whoever moves a database's hardened or redone LSN (the link,
+//!    a harden thread, a redo task) pings the group's one `moved` signal;
+//!    the link, woken by it, sends a `Progress` for each database whose
+//!    hardened or first LSN moved at once (commits wait for it), and lets a
+//!    move of the redone LSN alone wait up to `REDO_REPORT_DELAY` (5 ms) for
+//!    a hardened move to carry it: under load every redo is reported by the
+//!    next acknowledgement, with no message of its own; when the stream goes
+//!    quiet, within 5 ms. Nothing is reported that the primary heard already.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -35,7 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
 use super::error::ReplicationError;
@@ -57,6 +65,10 @@ const REDO_EAGER_BYTES: u64 = 256 << 10;
 /// redo lag it adds, against one SQLite transaction (and a hop to a
 /// blocking thread) per commit at thousands of commits a second.
 const REDO_PAUSE: Duration = Duration::from_millis(1);
+/// How long a move of a database's redone LSN alone waits for a hardened
+/// move to carry it to the primary (only views of redo lag, and waits for
+/// redo there, read it) before it goes out in a `Progress` of its own.
+const REDO_REPORT_DELAY: Duration = Duration::from_millis(5);
 /// Checkpoint the secondary's file after this many redone bytes.
 const CHECKPOINT_BYTES: u64 = 16 << 20;
 
@@ -261,6 +273,9 @@ pub struct SecondaryDb {
     image_total: std::sync::atomic::AtomicU64,
     /// Where the newest full image taken in starts.
     images: watch::Sender<Option<Lsn>>,
+    /// Pinged after `hardened` or `redone` moves: the signal the link
+    /// reports on, one for every database of its group.
+    moved: watch::Sender<()>,
     /// Data movement suspended from this side (`SET HADR SUSPEND` run on
     /// this secondary); the primary is told at every connection.
     suspended_here: std::sync::atomic::AtomicBool,
@@ -277,8 +292,13 @@ impl SecondaryDb {
     /// yet redone (an intake restarted by a definition change or a new
     /// primary while redo ran behind) are redone from the file's applied
     /// LSN on, and records written but not yet durable are hardened by the
-    /// harden task before they count.
-    pub fn start(db: Arc<Database>, stop: watch::Receiver<bool>) -> Arc<SecondaryDb> {
+    /// harden task before they count. `moved` is pinged whenever the
+    /// hardened or redone LSN moves.
+    pub fn start(
+        db: Arc<Database>,
+        stop: watch::Receiver<bool>,
+        moved: watch::Sender<()>,
+    ) -> Arc<SecondaryDb> {
         let end = db.log().end_lsn();
         let durable = db.log().durable_lsn().min(end);
         let applied = db.applied_lsn().max(db.log().first_lsn());
@@ -299,6 +319,7 @@ impl SecondaryDb {
             image_pages: std::sync::atomic::AtomicU64::new(0),
             image_total: std::sync::atomic::AtomicU64::new(0),
             images: watch::channel(None).0,
+            moved,
             suspended_here: std::sync::atomic::AtomicBool::new(false),
             suspended_for_page: Mutex::new(None),
             db,
@@ -443,11 +464,7 @@ impl SecondaryDb {
                 .wait_durable_here(target)
                 .await
                 .map_err(ReplicationError::local)?;
-            self.hardened.send_if_modified(|h| {
-                let moved = *h < target;
-                *h = (*h).max(target);
-                moved
-            });
+            self.publish_hardened(target);
         }
         Ok(self.hardened())
     }
@@ -495,11 +512,7 @@ impl SecondaryDb {
                 )
             })?
             .map_err(|e| e.to_string())?;
-        self.hardened.send_if_modified(|h| {
-            let moved = *h < log_end;
-            *h = (*h).max(log_end);
-            moved
-        });
+        self.publish_hardened(log_end);
         let log = self.db.log().clone();
         let applied = self.db.applied_lsn();
         let end = tokio::task::spawn_blocking(move || whole_end(&log, applied))
@@ -577,6 +590,7 @@ impl SecondaryDb {
         for watch in [&self.written, &self.hardened, &self.redone] {
             watch.send_replace(start);
         }
+        self.moved.send_replace(());
         self.image_pages.store(0, Ordering::Relaxed);
         tracing::info!(database = %self.db.name(), lsn = start, "cut an unfinished full image (written for another replica) from the log before taking over");
         Ok(())
@@ -584,6 +598,26 @@ impl SecondaryDb {
 
     fn intake(&self) -> Intake {
         *self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything before `lsn` is durable here: moves the hardened LSN
+    /// (never back) and pings `moved`.
+    fn publish_hardened(&self, lsn: Lsn) {
+        let moved = self.hardened.send_if_modified(|h| {
+            let moved = *h < lsn;
+            *h = (*h).max(lsn);
+            moved
+        });
+        if moved {
+            self.moved.send_replace(());
+        }
+    }
+
+    /// The file holds everything before `lsn` (redo went on, or the file
+    /// was moved under it): sets the redone LSN and pings `moved`.
+    fn publish_redone(&self, lsn: Lsn) {
+        self.redone.send_replace(lsn);
+        self.moved.send_replace(());
     }
 
     /// Everything before this LSN is in the local log, durably.
@@ -747,12 +781,16 @@ pub struct SecondaryGroup {
     /// Set once a primary's handshake is over (its Rewinds and
     /// AwaitsRestores sent): every database it did not refuse is streamed.
     handshaken: watch::Sender<bool>,
+    /// Pinged when a database's hardened or redone LSN moves: what the
+    /// link reports on.
+    moved: watch::Sender<()>,
 }
 
 impl SecondaryGroup {
     /// Makes `databases` secondaries of the group and starts their redo.
     pub fn start(config: GroupConfig, databases: Vec<Arc<Database>>) -> Arc<SecondaryGroup> {
         let stop = watch::channel(false).0;
+        let moved = watch::channel(()).0;
         let mut map = HashMap::new();
         for db in databases {
             // A secondary's fence has no epoch: this cannot fail.
@@ -760,7 +798,7 @@ impl SecondaryGroup {
                 group: config.name.clone(),
                 primary: config.primary.clone(),
             });
-            let sdb = SecondaryDb::start(db, stop.subscribe());
+            let sdb = SecondaryDb::start(db, stop.subscribe(), moved.clone());
             map.insert(sdb.db.name().to_string(), sdb);
         }
         let (announce, announcements) = tokio::sync::mpsc::unbounded_channel();
@@ -775,6 +813,7 @@ impl SecondaryGroup {
             announcements: tokio::sync::Mutex::new(announcements),
             awaiting_restore: Mutex::new(HashMap::new()),
             handshaken: watch::channel(false).0,
+            moved,
         })
     }
 
@@ -989,8 +1028,8 @@ fn accept_batch(
             .restart_log_at(lsn, epoch)
             .map_err(ReplicationError::Local)?;
         history_epoch = Some(epoch);
-        sdb.redone.send_replace(lsn);
         sdb.hardened.send_replace(lsn);
+        sdb.publish_redone(lsn);
         sdb.written.send_replace(lsn);
     }
     // Where the last record appended ends.
@@ -1329,23 +1368,8 @@ async fn stream_from(
     if *stopped.borrow_and_update() {
         return Err(ReplicationError::IntakeClosed);
     }
-    // Redo progress of every database, forwarded as Progress messages.
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<String>();
-    let mut watchers = Vec::new();
-    for sdb in group.databases() {
-        for mut rx in [sdb.hardened.subscribe(), sdb.redone.subscribe()] {
-            let tx = progress_tx.clone();
-            let name = sdb.db.name().to_string();
-            watchers.push(tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    if tx.send(name.clone()).is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-    }
-    let _abort = AbortOnDrop(watchers);
+    // Hardened and redone LSNs moved from here on, reported as Progress.
+    let mut moved = group.moved.subscribe();
     // Suspensions made here hold on every connection; later changes follow.
     let mut announcements = group.announcements.lock().await;
     let mut changed = std::collections::BTreeSet::new();
@@ -1380,7 +1404,18 @@ async fn stream_from(
     // when the link ends.
     let mut unhardened = Unhardened::default();
     let mut reported = Reported::default();
+    // Due when the redone LSNs not reported yet must go out: one timer,
+    // set again only when a new due time comes.
+    let redo_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(redo_timer);
+    let mut armed: Option<Instant> = None;
     loop {
+        if reported.redo_due != armed {
+            armed = reported.redo_due;
+            if let Some(due) = armed {
+                redo_timer.as_mut().reset(due.into());
+            }
+        }
         // Biased: a stop or a raised floor first; the branches that are
         // ready only now and then (progress, announcements, the ping)
         // before the next message, so a busy stream starves none of them;
@@ -1398,10 +1433,12 @@ async fn stream_from(
                     return Err(ReplicationError::Superseded { epoch, newest });
                 }
             }
-            Some(database) = progress_rx.recv() => {
-                if let Some(sdb) = group.databases.get(&database) {
-                    reported.send(conn, sdb).await?;
-                }
+            _ = moved.changed() => {
+                moved.borrow_and_update();
+                reported.send_all(conn, group, Instant::now(), false).await?;
+            }
+            _ = &mut redo_timer, if armed.is_some() => {
+                reported.send_all(conn, group, Instant::now(), true).await?;
             }
             Some((database, suspended)) = announcements.recv() => {
                 send(conn, Message::DatabaseState { database, suspended }).await?;
@@ -1538,8 +1575,13 @@ async fn stream_from(
                 while let Some(sdb) = unhardened.first() {
                     sdb.harden_written().await?;
                     unhardened.hardened(&sdb);
-                    reported.send(conn, &sdb).await?;
+                    reported.send(conn, &sdb, Instant::now(), false).await?;
                 }
+                // The moves made meanwhile (this link's own among them)
+                // are reported now, from what each database says after
+                // the mark: none is lost, and none wakes the link again.
+                moved.borrow_and_update();
+                reported.send_all(conn, group, Instant::now(), false).await?;
             }
         }
     }
@@ -1603,46 +1645,99 @@ impl Drop for Unhardened {
     }
 }
 
-/// What the last `Progress` of each database said: a wake-up that changed
-/// nothing sends nothing.
+/// What the last `Progress` of each database said, and when a move of a
+/// redone LSN alone is due to be reported: a wake-up that changed nothing
+/// sends nothing, and a redo waits up to [`REDO_REPORT_DELAY`] for an
+/// acknowledgement to carry it. Decides only; the link sends.
 #[derive(Default)]
-struct Reported(HashMap<String, (Lsn, Lsn, Lsn)>);
+struct Reported {
+    /// (hardened, redone, first) LSN of each database's last `Progress`.
+    said: HashMap<String, (Lsn, Lsn, Lsn)>,
+    /// When the redone LSNs not reported yet must go out.
+    redo_due: Option<Instant>,
+}
 
 impl Reported {
+    /// Whether a `Progress` of `database`, standing at `current`, goes out
+    /// now: when its hardened or first LSN moved since the last one (or
+    /// none was sent), or its redone LSN moved and `redo_now`. A move of
+    /// the redone LSN alone otherwise sets `redo_due`, if not set yet.
+    fn due(
+        &mut self,
+        database: &str,
+        current: (Lsn, Lsn, Lsn),
+        now: Instant,
+        redo_now: bool,
+    ) -> bool {
+        match self.said.get_mut(database) {
+            Some(said) if *said == current => false,
+            Some(said) if !redo_now && (said.0, said.2) == (current.0, current.2) => {
+                self.redo_due.get_or_insert(now + REDO_REPORT_DELAY);
+                false
+            }
+            Some(said) => {
+                *said = current;
+                true
+            }
+            None => {
+                self.said.insert(database.to_string(), current);
+                true
+            }
+        }
+    }
+
+    /// Whether the redone LSNs not reported yet are due at `now` (then
+    /// they no longer are: the caller reports them).
+    fn take_redo_due(&mut self, now: Instant) -> bool {
+        let due = self.redo_due.is_some_and(|due| due <= now);
+        if due {
+            self.redo_due = None;
+        }
+        due
+    }
+
+    /// Sends `sdb`'s `Progress` if [`Reported::due`].
     async fn send(
         &mut self,
         conn: &mut Framed<PartnerStream, WireCodec>,
         sdb: &SecondaryDb,
+        now: Instant,
+        redo_now: bool,
     ) -> Result<(), ReplicationError> {
-        let now = (sdb.hardened(), sdb.redone(), sdb.db.log().first_lsn());
+        let current = (sdb.hardened(), sdb.redone(), sdb.db.log().first_lsn());
         let database = sdb.db.name();
-        match self.0.get_mut(database) {
-            Some(said) if *said == now => return Ok(()),
-            Some(said) => *said = now,
-            None => {
-                self.0.insert(database.to_string(), now);
-            }
+        if !self.due(database, current, now, redo_now) {
+            return Ok(());
         }
         send(
             conn,
             Message::Progress {
                 database: database.to_string(),
-                hardened_lsn: now.0,
-                redone_lsn: now.1,
-                first_lsn: now.2,
+                hardened_lsn: current.0,
+                redone_lsn: current.1,
+                first_lsn: current.2,
             },
         )
         .await
     }
-}
 
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
+    /// Sends every database's `Progress` that is due, with every redo not
+    /// reported yet once `redo_due` has come (or at once, `redo_now`).
+    async fn send_all(
+        &mut self,
+        conn: &mut Framed<PartnerStream, WireCodec>,
+        group: &SecondaryGroup,
+        now: Instant,
+        redo_now: bool,
+    ) -> Result<(), ReplicationError> {
+        let redo_now = self.take_redo_due(now) || redo_now;
+        if redo_now {
+            self.redo_due = None;
         }
+        for sdb in group.databases.values() {
+            self.send(conn, sdb, now, redo_now).await?;
+        }
+        Ok(())
     }
 }
 
@@ -1658,7 +1753,7 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
         let applied = sdb.db.applied_lsn();
         if applied != sdb.redone() {
             // Another group's redo (or a log restart) moved the file.
-            sdb.redone.send_replace(applied);
+            sdb.publish_redone(applied);
             sdb.publish_readable();
         }
         if applied >= sdb.hardened() {
@@ -1685,7 +1780,7 @@ async fn redo_task(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
             Ok(Some(done)) => {
                 sdb.last_redone_commit_us
                     .store(done.commit_time_us, Ordering::Relaxed);
-                sdb.redone.send_replace(done.end);
+                sdb.publish_redone(done.end);
                 if !done.inside_image {
                     sdb.image_pending.store(false, Ordering::SeqCst);
                 }
@@ -1736,13 +1831,7 @@ fn harden(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
         let target = *written.borrow_and_update();
         if target > sdb.hardened() {
             match sdb.db.log().wait_durable_blocking(target) {
-                Ok(()) => {
-                    sdb.hardened.send_if_modified(|h| {
-                        let moved = *h < target;
-                        *h = (*h).max(target);
-                        moved
-                    });
-                }
+                Ok(()) => sdb.publish_hardened(target),
                 Err(e) => {
                     tracing::error!(database = %sdb.db.name(), "cannot harden the log: {e}");
                     *sdb.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
@@ -2381,5 +2470,71 @@ mod tests {
         );
         assert_eq!(db.applied_lsn(), image_start);
         assert_eq!(count_rows(&db), 4000, "every row is there");
+    }
+
+    /// Reports: a move of the hardened LSN goes out at once (commits wait
+    /// for it) and carries the redone LSN with it; a move of the redone LSN
+    /// alone waits for it, and nothing is said twice.
+    #[test]
+    fn a_redo_alone_waits_for_the_next_acknowledgement_to_carry_it() {
+        let t0 = Instant::now();
+        let mut reported = Reported::default();
+        assert!(
+            reported.due("app", (100, 50, 1), t0, false),
+            "the first report goes out"
+        );
+        assert!(
+            !reported.due("app", (100, 50, 1), t0, false),
+            "nothing moved"
+        );
+        assert!(
+            !reported.due("app", (100, 80, 1), t0, false),
+            "redo alone waits"
+        );
+        assert_eq!(reported.redo_due, Some(t0 + REDO_REPORT_DELAY));
+        let later = t0 + Duration::from_millis(1);
+        assert!(!reported.due("app", (100, 90, 1), later, false));
+        assert_eq!(
+            reported.redo_due,
+            Some(t0 + REDO_REPORT_DELAY),
+            "the first wait counts"
+        );
+        assert!(
+            reported.due("app", (120, 90, 1), later, false),
+            "a hardened move goes at once"
+        );
+        assert_eq!(reported.said["app"], (120, 90, 1), "and carries the redo");
+        assert!(
+            reported.due("app", (120, 90, 5), later, false),
+            "so does a moved first LSN"
+        );
+        assert!(
+            reported.due("other", (7, 7, 1), later, false),
+            "each database its own"
+        );
+    }
+
+    /// Reports: a redo no acknowledgement carried goes out once due, so the
+    /// primary's view of redo lag settles within [`REDO_REPORT_DELAY`] of
+    /// the last redo.
+    #[test]
+    fn a_redo_no_acknowledgement_carried_goes_out_once_due() {
+        let t0 = Instant::now();
+        let mut reported = Reported::default();
+        assert!(reported.due("app", (100, 50, 1), t0, false));
+        assert!(!reported.due("app", (100, 100, 1), t0, false));
+        assert!(
+            !reported.take_redo_due(t0 + Duration::from_millis(4)),
+            "not yet"
+        );
+        let due = t0 + REDO_REPORT_DELAY;
+        assert!(reported.take_redo_due(due));
+        assert_eq!(reported.redo_due, None, "taken");
+        assert!(
+            reported.due("app", (100, 100, 1), due, true),
+            "the redo goes out"
+        );
+        assert!(!reported.due("app", (100, 100, 1), due, true), "once");
+        assert_eq!(reported.redo_due, None);
     }
 }
