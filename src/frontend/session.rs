@@ -1731,7 +1731,7 @@ impl Session {
                 let started = Instant::now();
                 let res =
                     commit_on_writer(&self.cancel, timeout, &self.db, false, w, move |w, _| {
-                        engine::run_control(w.conn().sqlite(), "BEGIN IMMEDIATE")?;
+                        engine::run_control(w.conn().sqlite(), BEGIN_IMMEDIATE)?;
                         let changes = match run(w) {
                             Ok(n) => n,
                             Err(e) => {
