@@ -26,6 +26,10 @@
 //!    SQLite transaction per batch of whole records, and reports the redone
 //!    LSN. A small backlog waits until `REDO_PAUSE` (1 ms) after the previous
 //!    redo, so at thousands of commits a second one redo covers several.
+//!    Redo takes the records the intake decoded for its check (kept per
+//!    database, at most 8 MiB, as one contiguous run dropped where the log
+//!    restarts or is cut: `Decoded`) when they start where the file
+//!    stands, and reads the log otherwise: a record is decoded once.
 //! 6. Reports: whoever moves a database's hardened or redone LSN (the link,
 //!    a harden thread, a redo task) pings the group's one `moved` signal;
 //!    the link, woken by it, sends a `Progress` for each database whose
@@ -35,7 +39,7 @@
 //!    next acknowledgement, with no message of its own; when the stream goes
 //!    quiet, within 5 ms. Nothing is reported that the primary heard already.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +73,9 @@ const REDO_PAUSE: Duration = Duration::from_millis(1);
 /// move to carry it to the primary (only views of redo lag, and waits for
 /// redo there, read it) before it goes out in a `Progress` of its own.
 const REDO_REPORT_DELAY: Duration = Duration::from_millis(5);
+/// Records the intake decoded that a secondary keeps for its redo, at most
+/// (see [`Decoded`]).
+const DECODED_BYTES: u64 = 8 << 20;
 /// Checkpoint the secondary's file after this many redone bytes.
 const CHECKPOINT_BYTES: u64 = 16 << 20;
 
@@ -276,6 +283,9 @@ pub struct SecondaryDb {
     /// Pinged after `hardened` or `redone` moves: the signal the link
     /// reports on, one for every database of its group.
     moved: watch::Sender<()>,
+    /// Records the intake decoded and appended, for redo to take without
+    /// reading and decoding them again.
+    decoded: Mutex<Decoded>,
     /// Data movement suspended from this side (`SET HADR SUSPEND` run on
     /// this secondary); the primary is told at every connection.
     suspended_here: std::sync::atomic::AtomicBool,
@@ -320,6 +330,7 @@ impl SecondaryDb {
             image_total: std::sync::atomic::AtomicU64::new(0),
             images: watch::channel(None).0,
             moved,
+            decoded: Mutex::new(Decoded::default()),
             suspended_here: std::sync::atomic::AtomicBool::new(false),
             suspended_for_page: Mutex::new(None),
             db,
@@ -550,6 +561,9 @@ impl SecondaryDb {
         let Some(start) = *self.images.borrow() else {
             return Ok(());
         };
+        // The intake is closed: nothing is kept from here on, and redo
+        // reads whatever it redoes from the log, cut or not.
+        self.decoded().clear();
         let db = self.db.clone();
         let cut = tokio::task::spawn_blocking(move || -> Result<bool, String> {
             // Only a log that ends inside an image holds half of one: an
@@ -598,6 +612,10 @@ impl SecondaryDb {
 
     fn intake(&self) -> Intake {
         *self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn decoded(&self) -> std::sync::MutexGuard<'_, Decoded> {
+        self.decoded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Everything before `lsn` is durable here: moves the hardened LSN
@@ -1024,6 +1042,7 @@ fn accept_batch(
         tracing::info!(database, lsn, "restarting the log from a full image");
         sdb.image_pending.store(true, Ordering::SeqCst);
         sdb.publish_readable();
+        sdb.decoded().clear();
         sdb.db
             .restart_log_at(lsn, epoch)
             .map_err(ReplicationError::Local)?;
@@ -1034,7 +1053,8 @@ fn accept_batch(
     }
     // Where the last record appended ends.
     let mut end = log.end_lsn();
-    for record in &plan.append {
+    let mut appended = Vec::with_capacity(plan.append.len());
+    for record in plan.append {
         // Where a new epoch starts goes into the history first.
         if record.epoch > history_epoch.unwrap_or(intake.epoch) {
             let newest = match history_epoch {
@@ -1052,12 +1072,14 @@ fn accept_batch(
         // found by its LSN.
         let at = encodings.partition_point(|(lsn, _)| *lsn < record.lsn);
         end = match encodings.get_mut(at).filter(|(lsn, _)| *lsn == record.lsn) {
-            Some((_, encoded)) => log.append_encoded(record, std::mem::take(encoded)),
-            None => log.append_at(record),
+            Some((_, encoded)) => log.append_encoded(&record, std::mem::take(encoded)),
+            None => log.append_at(&record),
         }
         .map_err(ReplicationError::local)?;
+        appended.push((record, end));
     }
     *sdb.intake.lock().unwrap_or_else(|e| e.into_inner()) = plan.intake;
+    sdb.decoded().keep(appended);
     // Unannounced, the harden thread sees the new end the next time it
     // looks; the caller hardens it meanwhile.
     sdb.written.send_if_modified(|w| {
@@ -1857,6 +1879,81 @@ fn harden(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The records a secondary's intake decoded (for its batch check) and
+/// appended, kept in log order for redo to take instead of reading the log
+/// and decoding them a second time.
+///
+/// Rules: the records kept are a contiguous run of the log (a batch that
+/// does not follow the last one kept replaces them all); at most
+/// [`DECODED_BYTES`] of log are kept (what does not fit is read from the
+/// log); the run is dropped where the log restarts or is cut (the same LSNs
+/// then hold other records). Redo takes from here only a run that starts
+/// exactly where the file stands, so whatever is missing here, redo reads.
+#[derive(Default)]
+struct Decoded {
+    /// Each record with where it ends in the log.
+    records: VecDeque<(Record, Lsn)>,
+    /// Bytes of log the records kept take.
+    bytes: u64,
+}
+
+impl Decoded {
+    /// Keeps `records` (appended to the log just now, in order, each with
+    /// where it ends).
+    fn keep(&mut self, records: Vec<(Record, Lsn)>) {
+        for (record, end) in records {
+            if self
+                .records
+                .back()
+                .is_some_and(|(_, last)| *last != record.lsn)
+            {
+                self.clear();
+            }
+            let len = end - record.lsn;
+            if self.bytes + len > DECODED_BYTES {
+                // Full: redo reads the rest from the log, and a later
+                // batch (not contiguous with what is kept) starts again.
+                return;
+            }
+            self.bytes += len;
+            self.records.push_back((record, end));
+        }
+    }
+
+    /// The kept records from `from` on that end by `until`, about
+    /// `max_bytes` of them (at least one); None when the run kept does
+    /// not start at `from` (the caller reads the log).
+    fn take(&mut self, from: Lsn, max_bytes: u64, until: Lsn) -> Option<Vec<Record>> {
+        while self.records.front().is_some_and(|(_, end)| *end <= from) {
+            self.pop();
+        }
+        if self.records.front()?.0.lsn != from {
+            return None;
+        }
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while let Some((record, end)) = self.records.front() {
+            if *end > until || (bytes >= max_bytes && !taken.is_empty()) {
+                break;
+            }
+            bytes += end - record.lsn;
+            taken.extend(self.pop());
+        }
+        Some(taken)
+    }
+
+    fn pop(&mut self) -> Option<Record> {
+        let (record, end) = self.records.pop_front()?;
+        self.bytes -= end - record.lsn;
+        Some(record)
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.bytes = 0;
+    }
+}
+
 /// Redoes one batch of hardened records (blocking), from wherever the
 /// file stands: the database's redo lock makes the read of the applied
 /// LSN, the log read and the apply one step.
@@ -1876,9 +1973,12 @@ fn redo_batch(sdb: &SecondaryDb) -> Result<Option<crate::engine::Redone>, String
         if from >= hardened.min(log.end_lsn()) {
             return Ok(Vec::new());
         }
-        let records = log
-            .read_some_until(from, REDO_BATCH_BYTES, hardened)
-            .map_err(|e| e.to_string())?;
+        let records = match sdb.decoded().take(from, REDO_BATCH_BYTES, hardened) {
+            Some(records) => records,
+            None => log
+                .read_some_until(from, REDO_BATCH_BYTES, hardened)
+                .map_err(|e| e.to_string())?,
+        };
         if whole_hardened || crate::engine::whole_transactions(&records) > 0 {
             return Ok(records);
         }
@@ -2536,5 +2636,85 @@ mod tests {
         );
         assert!(!reported.due("app", (100, 100, 1), due, true), "once");
         assert_eq!(reported.redo_due, None);
+    }
+
+    fn kept_record(lsn: Lsn) -> Record {
+        Record {
+            lsn,
+            epoch: 1,
+            commit_time_us: 0,
+            db_size: 1,
+            page_size: 512,
+            pages: vec![(1, vec![0; 512])],
+            flags: 0,
+        }
+    }
+
+    /// A run of 100-byte records from `from`, each with its end.
+    fn run_of(from: Lsn, n: u64) -> Vec<(Record, Lsn)> {
+        (0..n)
+            .map(|i| (kept_record(from + i * 100), from + (i + 1) * 100))
+            .collect()
+    }
+
+    fn lsns(records: &[Record]) -> Vec<Lsn> {
+        records.iter().map(|r| r.lsn).collect()
+    }
+
+    /// Decode once: redo takes the records the intake decoded only as a run
+    /// that starts exactly where the file stands and ends by the hardened
+    /// LSN; anything else it reads from the log.
+    #[test]
+    fn redo_takes_decoded_records_only_from_where_the_file_stands() {
+        let mut kept = Decoded::default();
+        kept.keep(run_of(1000, 5)); // 1000..1500
+        assert_eq!(
+            kept.take(900, u64::MAX, u64::MAX),
+            None,
+            "starts later than the file"
+        );
+        assert_eq!(
+            kept.take(1050, u64::MAX, u64::MAX),
+            None,
+            "not a record boundary"
+        );
+        let taken = kept.take(1000, u64::MAX, 1300).expect("starts at the file");
+        assert_eq!(
+            lsns(&taken),
+            [1000, 1100, 1200],
+            "only what ends by the hardened LSN"
+        );
+        let taken = kept.take(1300, 150, u64::MAX).expect("the rest");
+        assert_eq!(lsns(&taken), [1300, 1400], "about max_bytes, at least one");
+        assert_eq!(kept.bytes, 0);
+        // Records the file already holds are dropped on the way.
+        kept.keep(run_of(1500, 3)); // 1500..1800
+        let taken = kept.take(1600, u64::MAX, u64::MAX).expect("from 1600");
+        assert_eq!(lsns(&taken), [1600, 1700]);
+        assert_eq!(kept.take(1800, u64::MAX, u64::MAX), None, "nothing kept");
+    }
+
+    /// Decode once: what is kept is one contiguous run of the log, bounded;
+    /// a batch that does not follow it replaces it.
+    #[test]
+    fn decoded_records_are_kept_as_one_contiguous_bounded_run() {
+        let mut kept = Decoded::default();
+        kept.keep(run_of(1000, 2)); // 1000..1200
+        kept.keep(run_of(5000, 2)); // a gap: replaces the run
+        assert_eq!(kept.take(1000, u64::MAX, u64::MAX), None);
+        assert_eq!(
+            lsns(&kept.take(5000, u64::MAX, u64::MAX).unwrap()),
+            [5000, 5100]
+        );
+        // Past the bound, the rest is not kept (redo reads it from the log).
+        let per = DECODED_BYTES / 4;
+        let big: Vec<(Record, Lsn)> = (0..6)
+            .map(|i| (kept_record(i * per), (i + 1) * per))
+            .collect();
+        kept.keep(big);
+        assert_eq!(kept.bytes, DECODED_BYTES);
+        assert_eq!(kept.records.len(), 4);
+        kept.clear();
+        assert_eq!((kept.bytes, kept.records.len()), (0, 0));
     }
 }
