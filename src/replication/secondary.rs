@@ -27,7 +27,7 @@
 //!    LSN. A small backlog waits until `REDO_PAUSE` (1 ms) after the previous
 //!    redo, so at thousands of commits a second one redo covers several.
 //!    Redo takes the records the intake decoded for its check (kept per
-//!    database, at most 8 MiB, as one contiguous run dropped where the log
+//!    database, at most 8 MiB of pages, as one contiguous run dropped where the log
 //!    restarts or is cut: `Decoded`) when they start where the file
 //!    stands, and reads the log otherwise: a record is decoded once.
 //! 6. Reports: whoever moves a database's hardened or redone LSN (the link,
@@ -73,8 +73,9 @@ const REDO_PAUSE: Duration = Duration::from_millis(1);
 /// move to carry it to the primary (only views of redo lag, and waits for
 /// redo there, read it) before it goes out in a `Progress` of its own.
 const REDO_REPORT_DELAY: Duration = Duration::from_millis(5);
-/// Records the intake decoded that a secondary keeps for its redo, at most
-/// (see [`Decoded`]).
+/// Memory the records the intake decoded take that a secondary keeps for
+/// its redo, at most (see [`Decoded`]): their pages whole, not their
+/// log bytes (a page's hole is left out of the log).
 const DECODED_BYTES: u64 = 8 << 20;
 /// Checkpoint the secondary's file after this many redone bytes.
 const CHECKPOINT_BYTES: u64 = 16 << 20;
@@ -1885,16 +1886,21 @@ fn harden(sdb: Arc<SecondaryDb>, mut stop: watch::Receiver<bool>) {
 ///
 /// Rules: the records kept are a contiguous run of the log (a batch that
 /// does not follow the last one kept replaces them all); at most
-/// [`DECODED_BYTES`] of log are kept (what does not fit is read from the
-/// log); the run is dropped where the log restarts or is cut (the same LSNs
+/// [`DECODED_BYTES`] of pages are kept (what does not fit is read from the
+/// log), so a redo that runs behind holds no more than that; the run is dropped where the log restarts or is cut (the same LSNs
 /// then hold other records). Redo takes from here only a run that starts
 /// exactly where the file stands, so whatever is missing here, redo reads.
 #[derive(Default)]
 struct Decoded {
     /// Each record with where it ends in the log.
     records: VecDeque<(Record, Lsn)>,
-    /// Bytes of log the records kept take.
+    /// Bytes of pages the records kept hold.
     bytes: u64,
+}
+
+/// The memory a decoded record's pages take.
+fn held(record: &Record) -> u64 {
+    record.pages.len() as u64 * u64::from(record.page_size)
 }
 
 impl Decoded {
@@ -1909,7 +1915,7 @@ impl Decoded {
             {
                 self.clear();
             }
-            let len = end - record.lsn;
+            let len = held(&record);
             if self.bytes + len > DECODED_BYTES {
                 // Full: redo reads the rest from the log, and a later
                 // batch (not contiguous with what is kept) starts again.
@@ -1943,8 +1949,8 @@ impl Decoded {
     }
 
     fn pop(&mut self) -> Option<Record> {
-        let (record, end) = self.records.pop_front()?;
-        self.bytes -= end - record.lsn;
+        let (record, _) = self.records.pop_front()?;
+        self.bytes -= held(&record);
         Some(record)
     }
 
@@ -2638,16 +2644,21 @@ mod tests {
         assert_eq!(reported.redo_due, None);
     }
 
-    fn kept_record(lsn: Lsn) -> Record {
+    /// A record of `pages` pages of 512 bytes.
+    fn kept_record_of(lsn: Lsn, pages: u32) -> Record {
         Record {
             lsn,
             epoch: 1,
             commit_time_us: 0,
-            db_size: 1,
+            db_size: pages,
             page_size: 512,
-            pages: vec![(1, vec![0; 512])],
+            pages: (1..=pages).map(|p| (p, vec![0; 512])).collect(),
             flags: 0,
         }
+    }
+
+    fn kept_record(lsn: Lsn) -> Record {
+        kept_record_of(lsn, 1)
     }
 
     /// A run of 100-byte records from `from`, each with its end.
@@ -2686,7 +2697,7 @@ mod tests {
         );
         let taken = kept.take(1300, 150, u64::MAX).expect("the rest");
         assert_eq!(lsns(&taken), [1300, 1400], "about max_bytes, at least one");
-        assert_eq!(kept.bytes, 0);
+        assert_eq!(kept.bytes, 0, "what was taken no longer counts");
         // Records the file already holds are dropped on the way.
         kept.keep(run_of(1500, 3)); // 1500..1800
         let taken = kept.take(1600, u64::MAX, u64::MAX).expect("from 1600");
@@ -2706,10 +2717,17 @@ mod tests {
             lsns(&kept.take(5000, u64::MAX, u64::MAX).unwrap()),
             [5000, 5100]
         );
-        // Past the bound, the rest is not kept (redo reads it from the log).
-        let per = DECODED_BYTES / 4;
+        // Past the bound, the rest is not kept (redo reads it from the
+        // log). The bound counts pages whole, not the few log bytes a
+        // page with a large hole takes.
+        let pages = (DECODED_BYTES / 4 / 512) as u32;
         let big: Vec<(Record, Lsn)> = (0..6)
-            .map(|i| (kept_record(i * per), (i + 1) * per))
+            .map(|i| {
+                (
+                    kept_record_of(10_000 + i * 100, pages),
+                    10_000 + (i + 1) * 100,
+                )
+            })
             .collect();
         kept.keep(big);
         assert_eq!(kept.bytes, DECODED_BYTES);
