@@ -54,7 +54,11 @@
 //! holds: [`PREALLOCATE_BYTES`] of zeros are written ahead of them, a chunk
 //! at a time (never far past the segment's size). The write that makes a
 //! commit durable then writes its data blocks only; into a growing file it
-//! would also write the file's size and block map every time. A scan takes
+//! would also write the file's size and block map every time. Zeros are
+//! written after the records' waiters are woken, and never on a commit's
+//! way back to its client: a commit that synced on its own worker leaves
+//! them to the blocking thread it hands the sync turn to (group commit,
+//! rule 2), which writes them before it syncs again. A scan takes
 //! the zeros after the last record for the end of the records, in the last
 //! segment anywhere, in any other only where the next segment starts (zeros
 //! short of it are lost records: [`LogError::Corrupt`]).
@@ -71,9 +75,10 @@
 //!    ([`Log::wait_durable_blocking`]).
 //! 2. **The turn passes on while records wait.** A commit that synced on
 //!    its own worker ([`Log::wait_durable_here`]) and finds records
-//!    written after what its sync covered does not give the turn up: it
-//!    hands it to a blocking thread, which syncs again at once, until
-//!    nothing written is left to sync, and returns to its client. Under
+//!    written after what its sync covered, or zeros ahead due (above),
+//!    does not give the turn up: it hands it to a blocking thread, which
+//!    writes the zeros and syncs again at once, until nothing written is
+//!    left to sync, and returns to its client. Under
 //!    load the log then syncs back to back, and no sync waits for a
 //!    waiting commit's task to be scheduled, nor holds a worker that
 //!    statements need (the commit matrix in BENCHMARKS.md, "the sync turn
@@ -449,10 +454,12 @@ impl SegmentFile {
         Ok(self.refused.get_or_init(|| file))
     }
 
-    /// Writes zeros over `from..to` (block boundaries), not synced.
+    /// Writes zeros over `from..to` (block boundaries), not synced: a
+    /// chunk of [`PREALLOCATE_BYTES`] in one write (each write of a direct
+    /// file waits for the disk).
     fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
         static ZEROS: std::sync::LazyLock<Aligned> = std::sync::LazyLock::new(|| {
-            let mut zeros = Aligned::with_capacity(64 << 10);
+            let mut zeros = Aligned::with_capacity(PREALLOCATE_BYTES as usize);
             zeros.len = zeros.capacity();
             zeros
         });
@@ -536,16 +543,19 @@ impl Tail {
             return None;
         }
         copy.replace_with(self.held.as_slice());
-        let zeros = (self.zeroed < self.len + PREALLOCATE_BYTES / 2
-            && self.zeroed < segment_bytes())
-        .then(|| (zeros_from(self), zero_target(self.len)));
         Some(Unwritten {
             file: self.file.clone(),
             at: self.held_at,
             len: self.len,
             end: self.end,
-            zeros,
         })
+    }
+
+    /// The zeros the current segment wants written ahead of its records
+    /// (`from..to`), when less than half of [`PREALLOCATE_BYTES`] is left.
+    fn zeros_due(&self) -> Option<(u64, u64)> {
+        (self.zeroed < self.len + PREALLOCATE_BYTES / 2 && self.zeroed < segment_bytes())
+            .then(|| (zeros_from(self), zero_target(self.len)))
     }
 
     /// Takes note that `written` is on disk: the whole blocks it wrote
@@ -584,12 +594,22 @@ impl Tail {
 /// boundary) to `len` of the current segment, whose records end at `end`;
 /// and zeros to write ahead after them, if the margin is short. No cut or
 /// restart comes between its copy and its end (both take `io` first).
+/// Whether [`Log::write_out`] also tops up the zeros written ahead of the
+/// records (`# Zeros written ahead`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Zeros {
+    /// After the records' waiters are woken, on the writer's thread.
+    Ahead,
+    /// Not now: a commit syncing on its own worker returns to its client
+    /// first, and the blocking thread it hands the turn to writes them.
+    Later,
+}
+
 struct Unwritten {
     file: SegmentFile,
     at: u64,
     len: u64,
     end: Lsn,
-    zeros: Option<(u64, u64)>,
 }
 
 /// The group-commit turn of one waiter; handed back even when the waiter
@@ -611,11 +631,18 @@ struct HeldTurn(Arc<Log>);
 
 impl HeldTurn {
     /// Syncs on a blocking thread of the current runtime (or here,
-    /// outside one) until nothing written is left to sync; or gives the
-    /// turn up now when nothing is.
+    /// outside one) until nothing written is left to sync, writing the
+    /// zeros ahead of the records first when they are due (the commit that
+    /// synced left them, [`Zeros::Later`]); or gives the turn up now when
+    /// neither is.
     fn hand_on(self) {
-        let Some(held) = self.keep_or_give_up() else {
-            return;
+        let held = if self.0.zeros_due() {
+            self
+        } else {
+            let Some(held) = self.keep_or_give_up() else {
+                return;
+            };
+            held
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || held.keep_syncing())),
@@ -693,6 +720,9 @@ pub struct Log {
     /// Segment fsyncs so far, for tests of group commit.
     #[cfg(test)]
     syncs: std::sync::atomic::AtomicU64,
+    /// While set, a write of zeros ahead waits (tests of who writes them).
+    #[cfg(test)]
+    zeros_held: AtomicBool,
 }
 
 impl Log {
@@ -756,6 +786,8 @@ impl Log {
             fail_next_sync: Mutex::new(None),
             #[cfg(test)]
             syncs: Default::default(),
+            #[cfg(test)]
+            zeros_held: AtomicBool::new(false),
         };
         // Where the log ends is a boundary unless its last record goes on
         // in the next (a crash between the parts; the database cuts such a
@@ -849,39 +881,68 @@ impl Log {
     /// without it, so appends go on meanwhile; one write at a time (the
     /// `io` turn). A failed write fails the log for good, as a failed
     /// fsync does: what reached the disk is unknown.
-    fn write_out(&self) -> Result<Lsn, LogError> {
+    ///
+    /// With `zeros`, it then tops up the zeros written ahead of the records
+    /// when they run short, after the waiters of the records are woken;
+    /// without, it leaves them to the next write that may wait for them
+    /// ([`Zeros`]).
+    fn write_out(&self, zeros: Zeros) -> Result<Lsn, LogError> {
         let mut copy = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        let unwritten = {
+        let (unwritten, end) = {
             let tail = self.lock();
             self.check_failed()?;
-            match tail.unwritten(&mut copy) {
-                Some(unwritten) => unwritten,
-                // Everything appended is on disk, and was published
-                // durable by the write that put it there (under `io`).
-                None => return Ok(tail.end),
-            }
+            (tail.unwritten(&mut copy), tail.end)
         };
-        self.write_unwritten(&mut copy, &unwritten)?;
-        let zeroed = unwritten.zeros.and_then(|(from, to)| {
-            match unwritten.file.write_zeros(from, to) {
-                Ok(()) => Some(to),
-                Err(e) => {
+        // Without records to write, everything appended is on disk and was
+        // published durable by the write that put it there (under `io`).
+        let end = match unwritten {
+            Some(unwritten) => {
+                self.write_unwritten(&mut copy, &unwritten)?;
+                let mut tail = self.lock();
+                if self.failure().is_some() {
+                    return Ok(unwritten.end);
+                }
+                self.publish(&mut tail, &unwritten);
+                drop(tail);
+                self.wake_durable(unwritten.end);
+                unwritten.end
+            }
+            None => end,
+        };
+        if zeros == Zeros::Ahead {
+            // Still under `io`: no later write of records lands in these
+            // blocks before the zeros do.
+            let due = {
+                let tail = self.lock();
+                tail.zeros_due().map(|range| (tail.file.clone(), range))
+            };
+            if let Some((file, (from, to))) = due {
+                #[cfg(test)]
+                while self.zeros_held.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                match file.write_zeros(from, to) {
+                    // The segment is still this one: a roll, a restart
+                    // and a cut take `io` first.
+                    Ok(()) => {
+                        let mut tail = self.lock();
+                        tail.zeroed = tail.zeroed.max(to);
+                    }
                     // The next append that needs the room writes the zeros
                     // itself, and is refused if it cannot.
-                    tracing::warn!(segment = %unwritten.file.path.display(), "writing zeros ahead of the log's records failed: {e}");
-                    None
+                    Err(e) => {
+                        tracing::warn!(segment = %file.path.display(), "writing zeros ahead of the log's records failed: {e}")
+                    }
                 }
             }
-        });
-        let mut tail = self.lock();
-        if self.failure().is_some() {
-            return Ok(unwritten.end);
         }
-        tail.zeroed = tail.zeroed.max(zeroed.unwrap_or(0));
-        self.publish(&mut tail, &unwritten);
-        drop(tail);
-        self.wake_durable(unwritten.end);
-        Ok(unwritten.end)
+        Ok(end)
+    }
+
+    /// Whether zeros ahead of the records are due and the log can still
+    /// write them (rule 2 of group commit keeps the turn for them).
+    fn zeros_due(&self) -> bool {
+        self.failure().is_none() && self.lock().zeros_due().is_some()
     }
 
     /// The write of [`Log::write_out`], also made under the tail's lock
@@ -1046,7 +1107,7 @@ impl Log {
         let unwritten = tail.len - tail.on_disk;
         drop(tail);
         if unwritten > UNWRITTEN_BYTES {
-            self.write_out()?;
+            self.write_out(Zeros::Ahead)?;
         }
         Ok(())
     }
@@ -1178,10 +1239,12 @@ impl Log {
                 return Ok(());
             }
             if here {
-                self.write_out()?;
+                // The zeros ahead, when due, are left to the blocking
+                // thread the turn goes on to below (rule 2).
+                self.write_out(Zeros::Later)?;
             } else {
                 let log = self.clone();
-                tokio::task::spawn_blocking(move || log.write_out())
+                tokio::task::spawn_blocking(move || log.write_out(Zeros::Ahead))
                     .await
                     .unwrap_or_else(|e| {
                         Err(self.fail(format!("the task writing the log stopped: {e}")))
@@ -1227,7 +1290,7 @@ impl Log {
             if self.covered(lsn)? {
                 return Ok(());
             }
-            self.write_out()?;
+            self.write_out(Zeros::Ahead)?;
         }
     }
 
@@ -1287,7 +1350,7 @@ impl Log {
     /// context (e.g. before a checkpoint); returns the LSN covered.
     pub fn sync_blocking(&self) -> Result<Lsn, LogError> {
         self.check_failed()?;
-        self.write_out()
+        self.write_out(Zeros::Ahead)
     }
 
     /// Moves the durable LSN up to `upto` (never down).
@@ -1678,7 +1741,7 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         if self.failure().is_none() {
-            if let Err(e) = self.write_out() {
+            if let Err(e) = self.write_out(Zeros::Later) {
                 tracing::warn!(log = %self.dir.display(), "closing the log, its last records could not be written: {e}");
             }
         }
@@ -1899,7 +1962,9 @@ fn scan_segment(seg: &Segment, repair: bool, ends_at: Option<Lsn>) -> Result<Sca
 /// zeros after the last record for the end of the log.
 ///
 /// The write that takes records to disk ([`Log::write_out`]) tops the zeros
-/// up when less than half of this is left, off the tail's lock; an append
+/// up when less than half of this is left, off the tail's lock, in one
+/// write, after the records' waiters are woken (or on the blocking thread
+/// the sync turn goes on to, [`Zeros::Later`]); an append
 /// that finds too little room writes them itself, and is refused when it
 /// cannot (a full disk). The zeros are not synced when written: the first
 /// durable write into them makes the file's new blocks durable too. A
@@ -2101,6 +2166,69 @@ mod tests {
         HeldTurn(log.clone()).hand_on();
         assert!(!log.syncing.load(Ordering::SeqCst));
         assert_eq!(log.syncs.load(Ordering::SeqCst), 2);
+    }
+
+    /// Zeros written ahead never hold up a commit's return (`# Zeros
+    /// written ahead`, group commit rule 2): a commit that syncs on its own
+    /// worker while zeros are due returns with them not yet written, and
+    /// the blocking thread it hands the turn to writes them, then frees the
+    /// turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_syncing_on_its_worker_leaves_the_zeros_ahead_to_the_turn_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path()).unwrap());
+        let mut end = log.append(record(1)).unwrap();
+        log.sync_blocking().unwrap();
+        let zeroed = log.lock().zeroed;
+        assert!(log.lock().zeros_due().is_none(), "a sync tops the zeros up");
+        for n in 0..100_000u32 {
+            if log.lock().zeros_due().is_some() {
+                break;
+            }
+            end = log.append(record((n % 200) as u8 + 2)).unwrap();
+        }
+        assert!(
+            log.lock().zeros_due().is_some(),
+            "records reached the zeros' second half"
+        );
+        assert_eq!(
+            log.lock().zeroed,
+            zeroed,
+            "the appends needed no zeros of their own"
+        );
+
+        log.zeros_held.store(true, Ordering::SeqCst);
+        let commit = tokio::spawn({
+            let log = log.clone();
+            async move { log.wait_durable_here(end).await }
+        });
+        let returned = tokio::time::timeout(std::time::Duration::from_secs(10), commit).await;
+        if returned.is_err() {
+            log.zeros_held.store(false, Ordering::SeqCst);
+            panic!("the commit waited for the zeros ahead");
+        }
+        returned.unwrap().unwrap().unwrap();
+        assert_eq!(log.durable_lsn(), end);
+        assert_eq!(
+            log.lock().zeroed,
+            zeroed,
+            "not written on the commit's way back"
+        );
+        assert!(
+            log.syncing.load(Ordering::SeqCst),
+            "the turn went on for them"
+        );
+
+        log.zeros_held.store(false, Ordering::SeqCst);
+        eventually("the turn passed on writes the zeros", || {
+            log.lock().zeroed > zeroed
+        })
+        .await;
+        eventually("and then frees the turn", || {
+            !log.syncing.load(Ordering::SeqCst)
+        })
+        .await;
+        assert!(log.lock().zeros_due().is_none());
     }
 
     /// Group commit, rule 3: whoever lets the turn go looks for records
