@@ -590,10 +590,6 @@ impl Tail {
     }
 }
 
-/// What one write of the log's tail covers: the bytes from `at` (a block
-/// boundary) to `len` of the current segment, whose records end at `end`;
-/// and zeros to write ahead after them, if the margin is short. No cut or
-/// restart comes between its copy and its end (both take `io` first).
 /// Whether [`Log::write_out`] also tops up the zeros written ahead of the
 /// records (`# Zeros written ahead`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -605,6 +601,10 @@ enum Zeros {
     Later,
 }
 
+/// What one write of the log's tail covers: the bytes from `at` (a block
+/// boundary) to `len` of the current segment, whose records end at `end`.
+/// No cut or restart comes between its copy and its end (both take `io`
+/// first).
 struct Unwritten {
     file: SegmentFile,
     at: u64,
@@ -882,10 +882,10 @@ impl Log {
     /// `io` turn). A failed write fails the log for good, as a failed
     /// fsync does: what reached the disk is unknown.
     ///
-    /// With `zeros`, it then tops up the zeros written ahead of the records
-    /// when they run short, after the waiters of the records are woken;
-    /// without, it leaves them to the next write that may wait for them
-    /// ([`Zeros`]).
+    /// With [`Zeros::Ahead`] it then tops up the zeros written ahead of the
+    /// records when they run short, after the records' waiters are woken;
+    /// with [`Zeros::Later`] it leaves them to the blocking thread the sync
+    /// turn goes on to.
     fn write_out(&self, zeros: Zeros) -> Result<Lsn, LogError> {
         let mut copy = self.io.lock().unwrap_or_else(|e| e.into_inner());
         let (unwritten, end) = {
