@@ -454,9 +454,9 @@ impl SegmentFile {
         Ok(self.refused.get_or_init(|| file))
     }
 
-    /// Writes zeros over `from..to` (block boundaries), not synced: a
-    /// chunk of [`PREALLOCATE_BYTES`] in one write (each write of a direct
-    /// file waits for the disk).
+    /// Writes zeros over `from..to` (block boundaries), not synced: up to
+    /// [`PREALLOCATE_BYTES`] a write (each write of a direct file waits for
+    /// the disk).
     fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
         static ZEROS: std::sync::LazyLock<Aligned> = std::sync::LazyLock::new(|| {
             let mut zeros = Aligned::with_capacity(PREALLOCATE_BYTES as usize);
@@ -597,7 +597,8 @@ enum Zeros {
     /// After the records' waiters are woken, on the writer's thread.
     Ahead,
     /// Not now: a commit syncing on its own worker returns to its client
-    /// first, and the blocking thread it hands the turn to writes them.
+    /// first, and the blocking thread it hands the turn to writes them (a
+    /// log closing needs none).
     Later,
 }
 
@@ -637,12 +638,12 @@ impl HeldTurn {
     /// neither is.
     fn hand_on(self) {
         let held = if self.0.zeros_due() {
-            self
+            Some(self)
         } else {
-            let Some(held) = self.keep_or_give_up() else {
-                return;
-            };
-            held
+            self.keep_or_give_up()
+        };
+        let Some(held) = held else {
+            return;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(move || held.keep_syncing())),
@@ -910,33 +911,38 @@ impl Log {
             None => end,
         };
         if zeros == Zeros::Ahead {
-            // Still under `io`: no later write of records lands in these
-            // blocks before the zeros do.
-            let due = {
-                let tail = self.lock();
-                tail.zeros_due().map(|range| (tail.file.clone(), range))
-            };
-            if let Some((file, (from, to))) = due {
-                #[cfg(test)]
-                while self.zeros_held.load(Ordering::SeqCst) {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                match file.write_zeros(from, to) {
-                    // The segment is still this one: a roll, a restart
-                    // and a cut take `io` first.
-                    Ok(()) => {
-                        let mut tail = self.lock();
-                        tail.zeroed = tail.zeroed.max(to);
-                    }
-                    // The next append that needs the room writes the zeros
-                    // itself, and is refused if it cannot.
-                    Err(e) => {
-                        tracing::warn!(segment = %file.path.display(), "writing zeros ahead of the log's records failed: {e}")
-                    }
-                }
-            }
+            self.top_up_zeros();
         }
         Ok(end)
+    }
+
+    /// Writes the zeros ahead of the current segment's records when they
+    /// run short. Called under `io`: no later write of records lands in
+    /// these blocks before the zeros do, and the segment stays this one (a
+    /// roll, a restart and a cut take `io` first). A failed write is left
+    /// to the next append that needs the room, which writes the zeros
+    /// itself and is refused if it cannot.
+    fn top_up_zeros(&self) {
+        let (file, (from, to)) = {
+            let tail = self.lock();
+            let Some(range) = tail.zeros_due() else {
+                return;
+            };
+            (tail.file.clone(), range)
+        };
+        #[cfg(test)]
+        while self.zeros_held.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match file.write_zeros(from, to) {
+            Ok(()) => {
+                let mut tail = self.lock();
+                tail.zeroed = tail.zeroed.max(to);
+            }
+            Err(e) => {
+                tracing::warn!(segment = %file.path.display(), "writing zeros ahead of the log's records failed: {e}")
+            }
+        }
     }
 
     /// Whether zeros ahead of the records are due and the log can still
