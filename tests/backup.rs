@@ -2120,6 +2120,20 @@ impl Drop for ObjectStore {
     }
 }
 
+/// The files left in a node's backup staging folder once its background
+/// proofs are done: a proof downloads a URL backup into the same folder
+/// while it runs (and removes its copy when it ends), so a count taken
+/// right after a BACKUP can see the proof's copy. Waits up to 60 s for the
+/// folder to empty; returns what is left then.
+async fn staging_files_once_proofs_end(staging: &std::path::Path) -> usize {
+    let left = || std::fs::read_dir(staging).map(|d| d.count()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while left() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    left()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_to_an_s3_url_restore_verify_and_are_proven_and_a_missing_object_or_bucket_is_a_clear_error(
 ) {
@@ -2148,8 +2162,11 @@ async fn backups_to_an_s3_url_restore_verify_and_are_proven_and_a_missing_object
     )
     .await;
     let staging = server.data_dir().join("backup").join("staging");
-    let left = || std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(left(), 0, "the staging files are removed");
+    assert_eq!(
+        staging_files_once_proofs_end(&staging).await,
+        0,
+        "the staging files are removed"
+    );
 
     ok(
         &admin,
@@ -2198,7 +2215,11 @@ async fn backups_to_an_s3_url_restore_verify_and_are_proven_and_a_missing_object
         &state("22023"),
         "BACKUP to a store that is not S3",
     );
-    assert_eq!(left(), 0, "a failed upload leaves no staging file");
+    assert_eq!(
+        staging_files_once_proofs_end(&staging).await,
+        0,
+        "a failed upload leaves no staging file"
+    );
     // Each failed one ended: the failed download and upload are FAILED, the
     // unusable destination was never started, none is left IN_PROGRESS.
     let operations = ok(
